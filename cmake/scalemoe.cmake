@@ -1,0 +1,37 @@
+# Helpers shared by every folder's CMakeLists.txt.
+
+# scalemoe_library(NAME SOURCES ... DEPS ...): one static library per folder,
+# with our warnings and the repository root on the include path.
+function(scalemoe_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR})
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${SCALEMOE_WARNINGS}>)
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS})
+endfunction()
+
+# scalemoe_test(NAME SOURCES ... DEPS ... LABELS ... [MPI_RANKS n]): one
+# GoogleTest binary registered with CTest. With MPI_RANKS the test runs under
+# mpirun with that many ranks (--oversubscribe: CI has 2 cores).
+function(scalemoe_test name)
+  cmake_parse_arguments(ARG "" "MPI_RANKS;TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  add_executable(${name} ${ARG_SOURCES})
+  target_compile_options(${name} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${SCALEMOE_WARNINGS}>)
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gmock)
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 600)
+  endif()
+  if(ARG_MPI_RANKS)
+    target_link_libraries(${name} PRIVATE GTest::gtest)
+    add_test(NAME ${name}
+             COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} ${ARG_MPI_RANKS}
+                     --oversubscribe $<TARGET_FILE:${name}>)
+    set_tests_properties(${name} PROPERTIES
+      ENVIRONMENT "OMPI_ALLOW_RUN_AS_ROOT=1;OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1;OMPI_MCA_rmaps_base_oversubscribe=1")
+  else()
+    target_link_libraries(${name} PRIVATE GTest::gtest_main)
+    add_test(NAME ${name} COMMAND ${name})
+  endif()
+  set_tests_properties(${name} PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
+                       WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+endfunction()

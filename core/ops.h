@@ -1,0 +1,50 @@
+// The op set: free functions in scalemoe::ops, declared here once, implemented
+// in core/cpu/<op>.cc (templated reference over f32/f64) and core/cuda/<op>.cu.
+//
+// Conventions (llm.c's gradient contract):
+// - Outputs are passed as tensors (handles) and written in place; they must be
+//   allocated by the caller with the right shape, dtype and device.
+// - Backward ops OVERWRITE activation gradients (d_x) and ACCUMULATE (+=)
+//   parameter gradients (d_w), unless the comment says otherwise.
+// - Every op checks shapes/dtypes/devices with SM_CHECK (programming errors).
+// - All float tensors of one call share a dtype (f32 or f64 on the CPU).
+#pragma once
+
+#include <cstdint>
+
+#include "core/context.h"
+#include "core/tensor.h"
+
+namespace scalemoe::ops {
+
+// ---------------------------------------------------------------- linear algebra
+
+enum class Trans : uint8_t { kNo = 0, kYes = 1 };
+
+struct GemmOptions {
+  Trans trans_a = Trans::kNo;
+  Trans trans_b = Trans::kNo;
+  double alpha = 1.0;
+  double beta = 0.0;  // 0: overwrite c; 1: accumulate into c
+};
+
+// c = alpha * op(a) @ op(b) + beta * c. 2-D [M,K]x[K,N]->[M,N], or batched
+// 3-D with a leading batch dim on all three (a or b may also be 2-D and is
+// then shared by every batch). Contiguous inputs. CPU: OpenBLAS.
+void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
+          const GemmOptions& options = {});
+
+// ---------------------------------------------------------------- elementwise
+
+// y = x (same numel; dtype conversion allowed on the CPU).
+void Copy(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+// y += alpha * x.
+void Axpy(const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y);
+// x *= alpha.
+void Scale(const ExecContext& ctx, double alpha, const Tensor& x);
+// x = 0.
+void Zero(const ExecContext& ctx, const Tensor& x);
+// Sum of all elements, accumulated in f64 (returned to the host: not for hot paths).
+double Sum(const ExecContext& ctx, const Tensor& x);
+
+}  // namespace scalemoe::ops

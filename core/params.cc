@@ -1,0 +1,146 @@
+#include "core/params.h"
+
+#include <cstring>
+
+#include "core/philox.h"
+
+#if SCALEMOE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace scalemoe {
+
+const char* ParamRoleName(ParamRole role) {
+  switch (role) {
+    case ParamRole::kLinear: return "linear";
+    case ParamRole::kExpertLinear: return "expert_linear";
+    case ParamRole::kRouter: return "router";
+    case ParamRole::kEmbedding: return "embedding";
+    case ParamRole::kLmHead: return "lm_head";
+    case ParamRole::kInputNormScale: return "input_norm_scale";
+    case ParamRole::kOutputNormScale: return "output_norm_scale";
+    case ParamRole::kBias: return "bias";
+    case ParamRole::kExpertBias: return "expert_bias";
+  }
+  return "?";
+}
+
+bool IsScaleVector(ParamRole role) {
+  return role == ParamRole::kInputNormScale || role == ParamRole::kOutputNormScale;
+}
+
+bool IsTrainable(ParamRole role) { return role != ParamRole::kExpertBias; }
+
+namespace {
+
+int SplitSize(const ParamLayout& layout, const ShardCoords& c) {
+  if (layout.tp_split_dim < 0) return 1;
+  return layout.tp_group == TpGroup::kExpert ? c.etp_size : c.tp_size;
+}
+int SplitRank(const ParamLayout& layout, const ShardCoords& c) {
+  if (layout.tp_split_dim < 0) return 0;
+  return layout.tp_group == TpGroup::kExpert ? c.etp_rank : c.tp_rank;
+}
+
+}  // namespace
+
+int64_t Param::SplitStart(const ShardCoords& coords) const {
+  if (spec.layout.tp_split_dim < 0) return 0;
+  return SplitRank(spec.layout, coords) * local_shape[spec.layout.tp_split_dim];
+}
+
+int64_t Param::GlobalIndex(int64_t local_index, const ShardCoords& coords) const {
+  const int d = spec.layout.tp_split_dim;
+  if (d < 0) return local_index;
+  // Decompose the local row-major index, shift the split coordinate, recompose.
+  const int64_t start = SplitStart(coords);
+  int64_t global = 0, stride = 1, rest = local_index;
+  for (int i = static_cast<int>(local_shape.size()) - 1; i >= 0; --i) {
+    int64_t coord = rest % local_shape[i];
+    rest /= local_shape[i];
+    if (i == d) coord += start;
+    global += coord * stride;
+    stride *= spec.shape[i];
+  }
+  return global;
+}
+
+ParamRegistry::ParamRegistry(ShardCoords coords) : coords_(coords) {}
+
+Param* ParamRegistry::Create(ParamSpec spec) {
+  SM_CHECK_MSG(!materialized(), "Create(", spec.name, ") after Materialize");
+  SM_CHECK_MSG(Find(spec.name) == nullptr, "duplicate parameter name ", spec.name);
+  auto p = std::make_unique<Param>();
+  p->local_shape = spec.shape;
+  const int d = spec.layout.tp_split_dim;
+  if (d >= 0) {
+    SM_CHECK_MSG(d < static_cast<int>(spec.shape.size()), spec.name, ": split dim ", d);
+    const int n = SplitSize(spec.layout, coords_);
+    SM_CHECK_MSG(spec.shape[d] % n == 0, spec.name, ": dim ", d, " of ",
+                 ShapeString(spec.shape), " not divisible by TP size ", n);
+    p->local_shape[d] /= n;
+  }
+  p->spec = std::move(spec);
+  p->flat_offset = total_;
+  total_ += p->local_numel();
+  params_.push_back(std::move(p));
+  return params_.back().get();
+}
+
+void ParamRegistry::InitValue(Param& p, uint64_t seed) const {
+  // Initialise on the host in f64, then store in the parameter's dtype.
+  const int64_t n = p.local_numel();
+  std::vector<double> host(n);
+  const uint64_t stream = HashName(p.spec.name);
+  for (int64_t i = 0; i < n; ++i) {
+    switch (p.spec.init.kind) {
+      case InitKind::kNormal:
+        host[i] = p.spec.init.scale * PhiloxNormal(seed, stream, p.GlobalIndex(i, coords_));
+        break;
+      case InitKind::kOnes: host[i] = 1.0; break;
+      case InitKind::kZeros: host[i] = 0.0; break;
+      case InitKind::kConstant: host[i] = p.spec.init.scale; break;
+    }
+  }
+  Tensor src = Tensor::FromBlob(host.data(), p.local_shape, DType::kF64, Device::kCPU);
+  if (p.value.device() == Device::kCPU) {
+    p.value.CopyFrom(src);
+  } else {
+    Tensor staged = Tensor::Empty(p.local_shape, p.value.dtype());
+    staged.CopyFrom(src);
+    p.value.CopyFrom(staged);
+  }
+}
+
+Status ParamRegistry::Materialize(uint64_t seed, DType dtype, Device device) {
+  if (materialized()) return absl::FailedPreconditionError("Materialize called twice");
+  SM_ASSIGN_OR_RETURN(flat_values_, Tensor::TryEmpty({total_}, dtype, device));
+  SM_ASSIGN_OR_RETURN(flat_grads_, Tensor::TryEmpty({total_}, dtype, device));
+  for (auto& p : params_) {
+    p->value = flat_values_.Narrow(0, p->flat_offset, p->local_numel()).View(p->local_shape);
+    p->grad = flat_grads_.Narrow(0, p->flat_offset, p->local_numel()).View(p->local_shape);
+    InitValue(*p, seed);
+  }
+  ZeroGrads();
+  return absl::OkStatus();
+}
+
+Param* ParamRegistry::Find(std::string_view name) const {
+  for (const auto& p : params_) {
+    if (p->spec.name == name) return p.get();
+  }
+  return nullptr;
+}
+
+void ParamRegistry::ZeroGrads() {
+  if (!flat_grads_.defined()) return;
+  if (flat_grads_.device() == Device::kCPU) {
+    std::memset(flat_grads_.raw_data(), 0, flat_grads_.nbytes());
+  } else {
+#if SCALEMOE_CUDA
+    cudaMemset(flat_grads_.raw_data(), 0, flat_grads_.nbytes());
+#endif
+  }
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,267 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "absl/strings/str_join.h"
+
+#if SCALEMOE_CUDA
+#include <cuda_runtime.h>
+#endif
+
+namespace scalemoe {
+
+int64_t NumElements(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeString(const Shape& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+Shape ContiguousStrides(const Shape& shape) {
+  Shape strides(shape.size());
+  int64_t s = 1;
+  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
+    strides[i] = s;
+    s *= shape[i];
+  }
+  return strides;
+}
+
+StatusOr<std::shared_ptr<Storage>> Storage::Allocate(size_t nbytes, Device device) {
+  void* ptr = nullptr;
+  if (device == Device::kCPU) {
+    // 64-byte alignment for vector loads; calloc semantics via memset.
+    size_t padded = (nbytes + 63) / 64 * 64;
+    ptr = std::aligned_alloc(64, padded == 0 ? 64 : padded);
+    if (ptr == nullptr) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("host allocation of ", nbytes, " bytes failed"));
+    }
+    std::memset(ptr, 0, padded == 0 ? 64 : padded);
+  } else {
+#if SCALEMOE_CUDA
+    cudaError_t err = cudaMalloc(&ptr, nbytes == 0 ? 1 : nbytes);
+    if (err != cudaSuccess) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cudaMalloc of ", nbytes, " bytes failed: ",
+                       cudaGetErrorString(err),
+                       "; reduce micro_batch_size or raise parallelism"));
+    }
+#else
+    return absl::FailedPreconditionError(
+        "CUDA tensor requested but scalemoe was built without the CUDA backend; "
+        "rebuild with nvcc available (or -DSCALEMOE_CUDA=ON) or use the CPU device");
+#endif
+  }
+  return std::shared_ptr<Storage>(new Storage(ptr, nbytes, device, /*owned=*/true));
+}
+
+std::shared_ptr<Storage> Storage::Borrow(void* data, size_t nbytes, Device device) {
+  return std::shared_ptr<Storage>(new Storage(data, nbytes, device, /*owned=*/false));
+}
+
+Storage::~Storage() {
+  if (!owned_ || data_ == nullptr) return;
+  if (device_ == Device::kCPU) {
+    std::free(data_);
+  } else {
+#if SCALEMOE_CUDA
+    cudaFree(data_);
+#endif
+  }
+}
+
+StatusOr<Tensor> Tensor::TryEmpty(const Shape& shape, DType dtype, Device device) {
+  for (int64_t d : shape) {
+    if (d < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("negative dimension in shape ", ShapeString(shape)));
+    }
+  }
+  Tensor t;
+  SM_ASSIGN_OR_RETURN(t.storage_,
+                      Storage::Allocate(NumElements(shape) * DTypeSize(dtype), device));
+  t.shape_ = shape;
+  t.strides_ = ContiguousStrides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
+  StatusOr<Tensor> t = TryEmpty(shape, dtype, device);
+  SM_CHECK_OK(t.status());
+  return *std::move(t);
+}
+
+Tensor Tensor::Zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = Empty(shape, dtype, device);
+#if SCALEMOE_CUDA
+  if (device == Device::kCUDA) cudaMemset(t.raw_data(), 0, t.nbytes());
+#endif
+  return t;
+}
+
+Tensor Tensor::FromVector(const Shape& shape, const std::vector<double>& values,
+                          DType dtype) {
+  SM_CHECK_MSG(NumElements(shape) == static_cast<int64_t>(values.size()),
+               "FromVector: shape ", ShapeString(shape), " vs ", values.size(), " values");
+  Tensor t = Empty(shape, dtype);
+  Tensor src = FromBlob(const_cast<double*>(values.data()), shape, DType::kF64, Device::kCPU);
+  t.CopyFrom(src);
+  return t;
+}
+
+Tensor Tensor::FromBlob(void* data, const Shape& shape, DType dtype, Device device) {
+  Tensor t;
+  t.storage_ = Storage::Borrow(data, NumElements(shape) * DTypeSize(dtype), device);
+  t.shape_ = shape;
+  t.strides_ = ContiguousStrides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+int64_t Tensor::dim(int i) const {
+  if (i < 0) i += ndim();
+  SM_CHECK_MSG(i >= 0 && i < ndim(), "dim ", i, " of ", ShapeString(shape_));
+  return shape_[i];
+}
+
+bool Tensor::is_contiguous() const { return strides_ == ContiguousStrides(shape_); }
+
+void* Tensor::raw_data() const {
+  SM_CHECK_MSG(defined(), "raw_data() of an undefined tensor");
+  return static_cast<char*>(storage_->data()) + offset_ * DTypeSize(dtype_);
+}
+
+Tensor Tensor::View(const Shape& shape) const {
+  SM_CHECK_MSG(is_contiguous(), "View of a non-contiguous tensor ", DebugString());
+  Shape s = shape;
+  int infer = -1;
+  int64_t known = 1;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == -1) {
+      SM_CHECK_MSG(infer < 0, "View: more than one -1 in ", ShapeString(shape));
+      infer = static_cast<int>(i);
+    } else {
+      known *= s[i];
+    }
+  }
+  if (infer >= 0) s[infer] = known == 0 ? 0 : numel() / known;
+  SM_CHECK_MSG(NumElements(s) == numel(), "View ", ShapeString(shape), " of ",
+               DebugString());
+  Tensor t = *this;
+  t.shape_ = s;
+  t.strides_ = ContiguousStrides(s);
+  return t;
+}
+
+Tensor Tensor::Narrow(int d, int64_t start, int64_t length) const {
+  if (d < 0) d += ndim();
+  SM_CHECK_MSG(d >= 0 && d < ndim() && start >= 0 && length >= 0 &&
+                   start + length <= shape_[d],
+               "Narrow(", d, ", ", start, ", ", length, ") of ", DebugString());
+  Tensor t = *this;
+  t.offset_ += start * strides_[d];
+  t.shape_[d] = length;
+  return t;
+}
+
+namespace {
+
+// Element at flat (row-major logical) index of a possibly strided tensor.
+int64_t StorageIndex(const Shape& shape, const Shape& strides, int64_t flat) {
+  int64_t idx = 0;
+  for (int i = static_cast<int>(shape.size()) - 1; i >= 0; --i) {
+    idx += (flat % shape[i]) * strides[i];
+    flat /= shape[i];
+  }
+  return idx;
+}
+
+double LoadAsDouble(const void* base, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32: return static_cast<const float*>(base)[i];
+    case DType::kF64: return static_cast<const double*>(base)[i];
+    case DType::kBF16: return static_cast<float>(static_cast<const bf16*>(base)[i]);
+    case DType::kI32: return static_cast<const int32_t*>(base)[i];
+    case DType::kI64: return static_cast<double>(static_cast<const int64_t*>(base)[i]);
+  }
+  return 0;
+}
+
+void StoreDouble(void* base, DType dtype, int64_t i, double v) {
+  switch (dtype) {
+    case DType::kF32: static_cast<float*>(base)[i] = static_cast<float>(v); break;
+    case DType::kF64: static_cast<double*>(base)[i] = v; break;
+    case DType::kBF16: static_cast<bf16*>(base)[i] = bf16(static_cast<float>(v)); break;
+    case DType::kI32: static_cast<int32_t*>(base)[i] = static_cast<int32_t>(v); break;
+    case DType::kI64: static_cast<int64_t*>(base)[i] = static_cast<int64_t>(v); break;
+  }
+}
+
+}  // namespace
+
+Tensor Tensor::Clone() const {
+  Tensor t = Empty(shape_, dtype_, device_);
+  t.CopyFrom(*this);
+  return t;
+}
+
+void Tensor::CopyFrom(const Tensor& src) {
+  SM_CHECK_MSG(src.numel() == numel(), "CopyFrom: ", src.DebugString(), " into ",
+               DebugString());
+  if (device_ == Device::kCUDA || src.device_ == Device::kCUDA) {
+#if SCALEMOE_CUDA
+    SM_CHECK_MSG(src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous(),
+                 "device CopyFrom needs same dtype, contiguous");
+    cudaMemcpy(raw_data(), src.raw_data(), nbytes(), cudaMemcpyDefault);
+    return;
+#else
+    SM_CHECK_MSG(false, "CUDA tensor without CUDA backend");
+#endif
+  }
+  if (src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous()) {
+    std::memmove(raw_data(), src.raw_data(), nbytes());
+    return;
+  }
+  const void* s = src.storage_->data();
+  void* d = storage_->data();
+  for (int64_t i = 0; i < numel(); ++i) {
+    double v = LoadAsDouble(s, src.dtype_, src.offset_ + StorageIndex(src.shape_, src.strides_, i));
+    StoreDouble(d, dtype_, offset_ + StorageIndex(shape_, strides_, i), v);
+  }
+}
+
+void Tensor::Fill(double value) {
+  SM_CHECK_MSG(device_ == Device::kCPU, "Fill on ", DebugString());
+  void* d = storage_->data();
+  for (int64_t i = 0; i < numel(); ++i) {
+    StoreDouble(d, dtype_, offset_ + StorageIndex(shape_, strides_, i), value);
+  }
+}
+
+double Tensor::At(int64_t flat_index) const {
+  SM_CHECK_MSG(device_ == Device::kCPU, "At on ", DebugString());
+  SM_CHECK(flat_index >= 0 && flat_index < numel());
+  return LoadAsDouble(storage_->data(), dtype_,
+                      offset_ + StorageIndex(shape_, strides_, flat_index));
+}
+
+std::vector<double> Tensor::ToVector() const {
+  std::vector<double> out(numel());
+  for (int64_t i = 0; i < numel(); ++i) out[i] = At(i);
+  return out;
+}
+
+std::string Tensor::DebugString() const {
+  if (!defined()) return "undefined";
+  return absl::StrCat(DTypeName(dtype_), ShapeString(shape_), " ", DeviceName(device_));
+}
+
+}  // namespace scalemoe

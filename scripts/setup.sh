@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs every system package that the build, the tests and the default
+# corpus need (Debian 12). Idempotent: installs only what is missing and says
+# nothing when everything is already there. Needs root (or sudo).
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain and libraries
+  build-essential cmake pkg-config git
+  libabsl-dev libprotobuf-dev protobuf-compiler
+  openmpi-bin libopenmpi-dev
+  libgtest-dev libgmock-dev libbenchmark-dev
+  libopenblas-dev nlohmann-json3-dev libzstd-dev
+  # tests and tools: node runs GPT-2's reference encoder; numpy reads exports
+  python3 python3-numpy gnuplot-nox
+  # default corpus (scripts/corpus.sh)
+  r-cran-janeaustenr bible-kjv bible-kjv-text fortunes fortunes-min jargon-text
+)
+
+missing=()
+# node and npm may come from another source (nodesource bundles npm): only
+# ask Debian for them when they are absent.
+command -v node >/dev/null && command -v npm >/dev/null || PACKAGES+=(nodejs npm)
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO="sudo"
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

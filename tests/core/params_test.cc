@@ -1,0 +1,79 @@
+#include "core/params.h"
+
+#include "core/philox.h"
+#include "gtest/gtest.h"
+
+namespace scalemoe {
+namespace {
+
+ParamSpec Matrix(std::string name, int split_dim) {
+  ParamSpec s;
+  s.name = std::move(name);
+  s.shape = {6, 4};
+  s.role = ParamRole::kLinear;
+  s.init = InitSpec::Normal(0.5);
+  s.layout.tp_split_dim = split_dim;
+  return s;
+}
+
+TEST(ParamRegistryTest, FlatBuffersHoldParamsInRegistrationOrder) {
+  ParamRegistry reg;
+  Param* a = reg.Create(Matrix("a", -1));
+  ParamSpec g{"g", {4}, ParamRole::kInputNormScale, InitSpec::Ones(), {}};
+  Param* b = reg.Create(g);
+  ASSERT_TRUE(reg.Materialize(1, DType::kF32, Device::kCPU).ok());
+  EXPECT_EQ(reg.total_local_numel(), 28);
+  EXPECT_EQ(a->flat_offset, 0);
+  EXPECT_EQ(b->flat_offset, 24);
+  EXPECT_EQ(b->value.ToVector(), (std::vector<double>(4, 1.0)));
+  EXPECT_EQ(reg.flat_values().At(24), 1.0);
+  EXPECT_EQ(reg.Find("g"), b);
+  EXPECT_EQ(reg.Find("nope"), nullptr);
+}
+
+TEST(ParamRegistryTest, InitIsAPureFunctionOfSeedNameAndIndex) {
+  ParamRegistry reg;
+  Param* a = reg.Create(Matrix("layers.0.w", -1));
+  ASSERT_TRUE(reg.Materialize(9, DType::kF64, Device::kCPU).ok());
+  for (int i = 0; i < 24; ++i) {
+    EXPECT_EQ(a->value.At(i), 0.5 * PhiloxNormal(9, HashName("layers.0.w"), i));
+  }
+}
+
+// A TP shard draws exactly its slice of the single-rank tensor.
+TEST(ParamRegistryTest, ShardsAreSlicesOfTheWholeTensor) {
+  for (int split_dim : {0, 1}) {
+    ParamRegistry whole;
+    Param* w = whole.Create(Matrix("w", split_dim));
+    ASSERT_TRUE(whole.Materialize(3, DType::kF32, Device::kCPU).ok());
+    for (int rank = 0; rank < 2; ++rank) {
+      ParamRegistry shard(ShardCoords{.tp_rank = rank, .tp_size = 2});
+      Param* s = shard.Create(Matrix("w", split_dim));
+      ASSERT_TRUE(shard.Materialize(3, DType::kF32, Device::kCPU).ok());
+      const int64_t len = s->local_shape[split_dim];
+      Tensor expected = w->value.Narrow(split_dim, rank * len, len);
+      EXPECT_EQ(s->value.ToVector(), expected.ToVector()) << "dim " << split_dim;
+    }
+  }
+}
+
+TEST(ParamRegistryTest, ScaleVectorRoles) {
+  EXPECT_TRUE(IsScaleVector(ParamRole::kInputNormScale));
+  EXPECT_TRUE(IsScaleVector(ParamRole::kOutputNormScale));
+  EXPECT_FALSE(IsScaleVector(ParamRole::kLinear));
+  EXPECT_FALSE(IsTrainable(ParamRole::kExpertBias));
+  EXPECT_EQ(ParamRoleName(ParamRole::kOutputNormScale), "output_norm_scale");
+}
+
+TEST(ParamRegistryTest, ZeroGradsClearsTheFlatBuffer) {
+  ParamRegistry reg;
+  Param* a = reg.Create(Matrix("a", -1));
+  ASSERT_TRUE(reg.Materialize(1, DType::kF32, Device::kCPU).ok());
+  a->grad.Fill(3.0);
+  EXPECT_EQ(reg.flat_grads().At(5), 3.0);
+  reg.ZeroGrads();
+  EXPECT_EQ(reg.flat_grads().At(5), 0.0);
+}
+
+}  // namespace
+}  // namespace scalemoe
