@@ -47,4 +47,28 @@ void Zero(const ExecContext& ctx, const Tensor& x);
 // Sum of all elements, accumulated in f64 (returned to the host: not for hot paths).
 double Sum(const ExecContext& ctx, const Tensor& x);
 
+// ---------------------------------------------------------------- scale vectors
+// The fold of SCALE_VECTORS.md ("Cost"): W_eff = diag(row) · W · diag(col).
+// Shapes: x, out [R, C] or batched [B, R, C]; row [R] / [B, R]; col [C] /
+// [B, C]; row or col may be undefined (treated as all ones). Also serves as
+// the per-token path (x = activations, col = γ).
+
+// out[b,i,j] = row[b,i] * x[b,i,j] * col[b,j].
+void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row,
+                   const Tensor& col, const Tensor& out);
+
+// Backward of ScaleRowsCols given d_out:
+//   d_x = d_out ⊙ row colᵀ                (overwritten; skipped if undefined)
+//   d_row[b,i] += Σ_j d_out[b,i,j] x[b,i,j] col[b,j]   (if defined)
+//   d_col[b,j] += Σ_i d_out[b,i,j] x[b,i,j] row[b,i]   (if defined)
+void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor& row,
+                           const Tensor& col, const Tensor& d_out, const Tensor& d_x,
+                           const Tensor& d_row, const Tensor& d_col);
+
+// ---------------------------------------------------------------- model ops (model/, norm/)
+// Owner: the dense-model work. Add declarations below this line.
+
+// ---------------------------------------------------------------- MoE ops (moe/)
+// Owner: the MoE work. Add declarations below this line.
+
 }  // namespace scalemoe::ops

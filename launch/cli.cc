@@ -2,6 +2,8 @@
 
 #include <cstdio>
 
+#include "launch/commands.h"
+
 namespace scalemoe {
 namespace {
 
@@ -16,7 +18,9 @@ void PrintTopHelp() {
 }  // namespace
 
 const std::vector<Subcommand>& Subcommands() {
-  static const std::vector<Subcommand>* table = new std::vector<Subcommand>{};
+  static const std::vector<Subcommand>* table = new std::vector<Subcommand>{
+      // One line per subcommand, in --help order.
+  };
   return *table;
 }
 

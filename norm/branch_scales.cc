@@ -1,0 +1,58 @@
+#include "norm/branch_scales.h"
+
+#include "core/ops.h"
+
+namespace scalemoe {
+
+BranchScales::BranchScales(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
+                           std::string shared_name, ParamLayout shared_layout, int64_t dim,
+                           std::vector<BranchSpec> branches, bool per_branch) {
+  const int n = static_cast<int>(branches.size());
+  branch_to_vector_.assign(n, 0);
+  if (cfg.mode() == config::ScaleVectorConfig::NONE) {
+    branch_to_vector_.assign(n, -1);
+    return;
+  }
+  const bool own = cfg.mode() == config::ScaleVectorConfig::PER_BRANCH && per_branch;
+  if (!own) {
+    vectors_.push_back(std::make_unique<ScaleVector>(registry, std::move(shared_name), dim,
+                                                     ParamRole::kInputNormScale, cfg.reparam(),
+                                                     shared_layout));
+    return;
+  }
+  for (int b = 0; b < n; ++b) {
+    branch_to_vector_[b] = b;
+    vectors_.push_back(std::make_unique<ScaleVector>(registry, branches[b].param_name, dim,
+                                                     ParamRole::kInputNormScale, cfg.reparam(),
+                                                     branches[b].layout));
+  }
+}
+
+void BranchScales::Forward(const ExecContext& ctx, DType dtype) {
+  if (gammas_.empty()) {
+    for (const auto& v : vectors_) {
+      gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device));
+      d_gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device));
+    }
+  }
+  for (size_t i = 0; i < vectors_.size(); ++i) {
+    vectors_[i]->Compute(ctx, gammas_[i]);
+    ops::Zero(ctx, d_gammas_[i]);
+  }
+}
+
+const Tensor& BranchScales::gamma(int branch) const {
+  const int v = branch_to_vector_.at(branch);
+  return v < 0 ? undefined_ : gammas_.at(v);
+}
+
+const Tensor& BranchScales::d_gamma(int branch) const {
+  const int v = branch_to_vector_.at(branch);
+  return v < 0 ? undefined_ : d_gammas_.at(v);
+}
+
+void BranchScales::Backward(const ExecContext& ctx) {
+  for (size_t i = 0; i < vectors_.size(); ++i) vectors_[i]->Backward(ctx, d_gammas_[i]);
+}
+
+}  // namespace scalemoe

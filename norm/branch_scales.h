@@ -1,0 +1,53 @@
+// BranchScales: the Input-Norm scale vectors that one normalization feeds.
+//
+// A pre-norm computes n = x / rms(x) once (no γ). Each consumer branch b
+// (q, k, v; gate, up; router; every expert's gate and up) then sees γ_b ⊙ n,
+// where per SCALE_VECTORS.md:
+//   mode NONE        no vector: γ_b ≡ 1 (gamma(b) is an undefined Tensor)
+//   mode SHARED      one vector "<shared_name>" shared by all branches
+//   mode PER_BRANCH  with `per_branch` true: every branch its own vector,
+//                    named by its BranchSpec; otherwise as SHARED
+// HG never recomputes the normalization: branches share n and differ only in
+// γ_b, which layers fold into their weights (ops::ScaleRowsCols).
+//
+// Per step: Forward() computes every effective γ_b; layers read gamma(b) and
+// accumulate dL/dγ_b into d_gamma(b) (zeroed by Forward); Backward() pushes
+// those into the parameters' gradients (a shared vector receives the sum).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "norm/scale_vector.h"
+
+namespace scalemoe {
+
+struct BranchSpec {
+  std::string param_name;  // name of the branch's own vector under PER_BRANCH
+  ParamLayout layout;      // e.g. layout.expert for an expert's vectors
+};
+
+class BranchScales {
+ public:
+  BranchScales(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
+               std::string shared_name, ParamLayout shared_layout, int64_t dim,
+               std::vector<BranchSpec> branches, bool per_branch);
+
+  int num_branches() const { return static_cast<int>(branch_to_vector_.size()); }
+  bool enabled() const { return !vectors_.empty(); }  // false under mode NONE
+
+  void Forward(const ExecContext& ctx, DType dtype);
+  const Tensor& gamma(int branch) const;  // undefined when !enabled()
+  const Tensor& d_gamma(int branch) const;
+  void Backward(const ExecContext& ctx);
+
+ private:
+  std::vector<std::unique_ptr<ScaleVector>> vectors_;
+  std::vector<int> branch_to_vector_;  // branch -> index into vectors_
+  std::vector<Tensor> gammas_;         // per vector, [dim]
+  std::vector<Tensor> d_gammas_;       // per vector, [dim]
+  Tensor undefined_;
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,106 @@
+#include "norm/scale_vector.h"
+
+#include <cmath>
+
+namespace scalemoe {
+namespace {
+
+ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout layout) {
+  ParamSpec s;
+  s.name = std::move(name);
+  s.shape = std::move(shape);
+  s.role = role;
+  s.init = InitSpec::Ones();
+  s.layout = layout;
+  return s;
+}
+
+template <typename T>
+void ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
+                  int64_t d, T* gamma) {
+  if (reparam == config::ScaleVectorConfig::PLAIN) {
+    const T* g = plain->value.data<T>();
+    for (int64_t j = 0; j < d; ++j) gamma[j] = g[j];
+    return;
+  }
+  const T* a = alpha->value.data<T>();
+  T scale = beta->value.data<T>()[0];
+  if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
+    double sq = 0;
+    for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(a[j]) * a[j];
+    scale = static_cast<T>(scale * std::sqrt(static_cast<double>(d) / sq));
+  }
+  for (int64_t j = 0; j < d; ++j) gamma[j] = scale * a[j];
+}
+
+template <typename T>
+void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
+                   int64_t d, const T* dg) {
+  if (reparam == config::ScaleVectorConfig::PLAIN) {
+    T* g = plain->grad.data<T>();
+    for (int64_t j = 0; j < d; ++j) g[j] += dg[j];
+    return;
+  }
+  const T* a = alpha->value.data<T>();
+  const T b = beta->value.data<T>()[0];
+  T* da = alpha->grad.data<T>();
+  T* db = beta->grad.data<T>();
+  double dot = 0;  // <α, dγ>
+  for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(a[j]) * dg[j];
+  if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION) {
+    // γ = β·α: dα = β·dγ, dβ = <α, dγ>.
+    for (int64_t j = 0; j < d; ++j) da[j] += b * dg[j];
+    db[0] += static_cast<T>(dot);
+    return;
+  }
+  // γ = β·s·α with s = √d/‖α‖: dβ = s<α,dγ>,
+  // dα = β·s·(dγ − α<α,dγ>/‖α‖²).
+  double sq = 0;
+  for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(a[j]) * a[j];
+  const double s = std::sqrt(static_cast<double>(d) / sq);
+  db[0] += static_cast<T>(s * dot);
+  for (int64_t j = 0; j < d; ++j) {
+    da[j] += static_cast<T>(b * s * (dg[j] - a[j] * dot / sq));
+  }
+}
+
+}  // namespace
+
+ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim, ParamRole role,
+                         Reparam reparam, ParamLayout layout)
+    : name_(std::move(name)), dim_(dim), role_(role), reparam_(reparam) {
+  SM_CHECK_MSG(IsScaleVector(role), name_, ": a scale vector needs a norm-scale role");
+  if (reparam == config::ScaleVectorConfig::PLAIN) {
+    plain_ = registry.Create(VectorSpec(name_, {dim}, role, layout));
+  } else {
+    // β is a scalar: never split over TP, whatever the vector's layout.
+    ParamLayout scalar_layout = layout;
+    scalar_layout.tp_split_dim = -1;
+    beta_ = registry.Create(VectorSpec(name_ + ".beta", {1}, role, scalar_layout));
+    alpha_ = registry.Create(VectorSpec(name_ + ".alpha", {dim}, role, layout));
+  }
+}
+
+void ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
+  SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
+  SM_CHECK_MSG(gamma.numel() == dim_ && gamma.is_contiguous(), name_, ": gamma ",
+               gamma.DebugString());
+  if (gamma.dtype() == DType::kF64) {
+    ComputeTyped(plain_, alpha_, beta_, reparam_, dim_, gamma.data<double>());
+  } else {
+    ComputeTyped(plain_, alpha_, beta_, reparam_, dim_, gamma.data<float>());
+  }
+}
+
+void ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
+  SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
+  SM_CHECK_MSG(d_gamma.numel() == dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
+               d_gamma.DebugString());
+  if (d_gamma.dtype() == DType::kF64) {
+    BackwardTyped(plain_, alpha_, beta_, reparam_, dim_, d_gamma.data<double>());
+  } else {
+    BackwardTyped(plain_, alpha_, beta_, reparam_, dim_, d_gamma.data<float>());
+  }
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,51 @@
+// ScaleVector: one learnable scale vector γ of length d under a
+// reparameterisation (SCALE_VECTORS.md, "OR"):
+//   PLAIN                          γ = g               params: <name> [d]
+//   MAGNITUDE_DIRECTION            γ = β·α             params: <name>.beta [1], <name>.alpha [d]
+//   MAGNITUDE_DIRECTION_NORMALIZED γ = β·α·√d/‖α‖      same params
+// Every parameter starts at 1, so γ = 1 at init (function-preserving), and
+// β and α inherit the role (Input-/Output-Norm) of the γ they form.
+//
+// Use: Compute() once per forward step into a caller-owned [d] tensor;
+// Backward() turns dL/dγ into parameter gradients (accumulated, +=).
+#pragma once
+
+#include <string>
+
+#include "configs/scalemoe.pb.h"
+#include "core/context.h"
+#include "core/params.h"
+#include "core/tensor.h"
+
+namespace scalemoe {
+
+using Reparam = config::ScaleVectorConfig::Reparam;
+
+class ScaleVector {
+ public:
+  // Registers the parameters in `registry` (role kInputNormScale or
+  // kOutputNormScale; `layout` says which rank owns/splits them).
+  ScaleVector(ParamRegistry& registry, std::string name, int64_t dim, ParamRole role,
+              Reparam reparam, ParamLayout layout = {});
+
+  // gamma[d] = effective scale vector (same dtype/device as the parameters).
+  void Compute(const ExecContext& ctx, const Tensor& gamma) const;
+  // Accumulates the underlying parameters' gradients from d_gamma[d].
+  void Backward(const ExecContext& ctx, const Tensor& d_gamma) const;
+
+  const std::string& name() const { return name_; }
+  int64_t dim() const { return dim_; }
+  ParamRole role() const { return role_; }
+  Reparam reparam() const { return reparam_; }
+
+ private:
+  std::string name_;
+  int64_t dim_;
+  ParamRole role_;
+  Reparam reparam_;
+  Param* plain_ = nullptr;   // PLAIN
+  Param* alpha_ = nullptr;   // MAGNITUDE_DIRECTION*
+  Param* beta_ = nullptr;    // MAGNITUDE_DIRECTION*
+};
+
+}  // namespace scalemoe
