@@ -65,6 +65,14 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
                            const Tensor& col, const Tensor& d_out, const Tensor& d_x,
                            const Tensor& d_row, const Tensor& d_col);
 
+// ---------------------------------------------------------------- activations
+
+// SwiGLU: h[n, f] = silu(gate[n, f]) * up[n, f], silu(g) = g * sigmoid(g).
+void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h);
+// d_gate, d_up overwritten from d_h.
+void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up,
+                    const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up);
+
 // ---------------------------------------------------------------- model ops (model/, norm/)
 // Owner: the dense-model work. Add declarations below this line.
 
