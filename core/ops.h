@@ -76,7 +76,107 @@ void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up
 // ---------------------------------------------------------------- model ops (model/, norm/)
 // Owner: the dense-model work. Add declarations below this line.
 
+// n[r, :] = x[r, :] / rms(x[r, :]), rms = sqrt(mean(x²) + eps); rstd[r] =
+// 1/rms is cached for the backward. x, n [R, D] (any shape viewed as rows of
+// the last dim); rstd [R]. No scale: γ lives in norm/ (BranchScales,
+// ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D].
+void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n,
+                  const Tensor& rstd);
+// d_x = rstd ⊙ (d_n − n · mean(d_n ⊙ n)) per row (overwritten).
+void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor& rstd,
+                          const Tensor& d_n, const Tensor& d_x);
+
+// Rotary position embedding, rotate-half convention: for each head vector of
+// x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
+// t · theta^(−2i/D). out may alias x.
+void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
+// d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
+void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
+
+// Causal softmax attention with grouped-query heads: q [B, T, H, D], k and v
+// [B, T, KV, D] (KV divides H; query head h reads kv head h / (H/KV)),
+// out [B, T, H, D], probs [B, H, T, T] (softmax of q·kᵀ/√D over keys ≤ t,
+// zero above the diagonal; cached for the backward).
+void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& out, const Tensor& probs);
+// d_q, d_k, d_v overwritten from d_out (k and v gradients summed over the
+// query heads that share them).
+void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tensor& k,
+                             const Tensor& v, const Tensor& probs, const Tensor& d_out,
+                             const Tensor& d_q, const Tensor& d_k, const Tensor& d_v);
+
+// out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
+// (SM_CHECK: callers validate data), weight [V, C], out [N, C].
+void EmbeddingLookup(const ExecContext& ctx, const Tensor& tokens, const Tensor& weight,
+                     const Tensor& out);
+// d_weight[tokens[n], :] += d_out[n, :] (accumulated).
+void EmbeddingBackward(const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out,
+                       const Tensor& d_weight);
+
+// Mean over the N rows of −log softmax(logits[n])[targets[n]]; logits [N, V],
+// targets int32 [N]. If d_logits is defined it is overwritten with
+// d(mean loss)/d logits = (softmax − onehot) / N. Returns the loss (host
+// value: the loss is reported every step anyway).
+double CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
+                    const Tensor& d_logits);
+
 // ---------------------------------------------------------------- MoE ops (moe/)
 // Owner: the MoE work. Add declarations below this line.
+
+// Router math (core/cpu/router_scores.cc, topk_routing.cc, router_losses.cc).
+// Shapes: logits/scores [N, E]; expert_ids [N, K] i32; weights/kept [N, K].
+enum class ScoreFunction : uint8_t { kSoftmax = 0, kSigmoid = 1 };
+
+// scores = softmax over each row, or elementwise sigmoid, of logits.
+void RouterScores(const ExecContext& ctx, ScoreFunction fn, const Tensor& logits,
+                  const Tensor& scores);
+// d_logits (overwritten) from d_scores.
+void RouterScoresBackward(const ExecContext& ctx, ScoreFunction fn, const Tensor& scores,
+                          const Tensor& d_scores, const Tensor& d_logits);
+
+// Per row: the K experts with the largest scores + bias (bias [E] may be
+// undefined; it only selects), ties to the lower expert index, in descending
+// order. weights = scores at those experts, divided by their sum if normalize.
+void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k,
+                 bool normalize, const Tensor& expert_ids, const Tensor& weights);
+// d_scores += gradient of the weights above given d_weights.
+void TopKRoutingBackward(const ExecContext& ctx, const Tensor& scores,
+                         const Tensor& expert_ids, bool normalize, const Tensor& d_weights,
+                         const Tensor& d_scores);
+// kept [N, K] i32 (1 kept, 0 dropped): per expert at most `capacity`
+// assignments, the highest `priority` [N, K] kept, ties to the earlier token.
+// capacity <= 0 keeps everything (dropless).
+void CapacityDrop(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority,
+                  int num_experts, int64_t capacity, const Tensor& kept);
+
+// Switch/GShard loss[1] = coeff * E * Σ_e f_e P_e with f_e the fraction of
+// the N*K (token, slot) assignments on e (constant) and P_e = mean_t scores[t, e].
+void LoadBalancingLoss(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,
+                       double coeff, const Tensor& loss);
+// d_scores += scale * dloss/dscores.
+void LoadBalancingLossBackward(const ExecContext& ctx, const Tensor& expert_ids, double coeff,
+                               double scale, const Tensor& d_scores);
+// z-loss[1] = coeff * mean_t logsumexp(logits[t])².
+void ZLoss(const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss);
+// d_logits += scale * dloss/dlogits.
+void ZLossBackward(const ExecContext& ctx, const Tensor& logits, double coeff, double scale,
+                   const Tensor& d_logits);
+
+// Token permutation (core/cpu/permute_rows.cc).
+// Stable sort of the kept (token, slot) assignments by expert:
+// perm_slot[M] i32 = flat slot t*K+j of each permuted row (M = N*K; rows past
+// Σ counts are -1), counts[E] i64 = kept assignments per expert.
+void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
+                  int num_experts, const Tensor& perm_slot, const Tensor& counts);
+// out[i] = x[indices[i] / divisor] (row gather; index < 0 gives a zero row).
+void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
+                const Tensor& out);
+// out[indices[i] / divisor] += weights[i] * y[i] (weights [M] may be
+// undefined = 1; index < 0 skipped). Accumulates.
+void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,
+                    const Tensor& weights, const Tensor& out);
+// out[i] = <x[indices[i] / divisor], y[i]> (0 where index < 0). Overwrites.
+void GatheredRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
+                    const Tensor& y, const Tensor& out);
 
 }  // namespace scalemoe::ops

@@ -20,6 +20,11 @@ void PrintTopHelp() {
 const std::vector<Subcommand>& Subcommands() {
   static const std::vector<Subcommand>* table = new std::vector<Subcommand>{
       // One line per subcommand, in --help order.
+      CheckConfigCommand(),
+      InspectCommand(),
+      PrepareCommand(),
+      TokenizeCommand(),
+      TrainCommand(),
   };
   return *table;
 }

@@ -6,7 +6,11 @@
 
 namespace scalemoe {
 
-// Add one line per subcommand, e.g.:
-// Subcommand TokenizeCommand();
+// One line per subcommand, in name order.
+Subcommand CheckConfigCommand();  // check_command.cc
+Subcommand InspectCommand();      // inspect_command.cc
+Subcommand PrepareCommand();      // prepare_command.cc
+Subcommand TokenizeCommand();     // tokenize_command.cc
+Subcommand TrainCommand();        // train_command.cc
 
 }  // namespace scalemoe

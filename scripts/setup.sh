@@ -15,6 +15,7 @@ PACKAGES=(
   python3 python3-numpy gnuplot-nox
   # default corpus (scripts/corpus.sh)
   r-cran-janeaustenr bible-kjv bible-kjv-text fortunes fortunes-min jargon-text
+  linux-doc-6.1
 )
 
 missing=()

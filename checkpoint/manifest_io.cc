@@ -1,0 +1,116 @@
+#include "checkpoint/manifest_io.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "checkpoint/checkpoint_files.h"
+#include "checkpoint/xxhash64.h"
+
+namespace scalemoe::checkpoint {
+
+namespace fs = std::filesystem;
+
+std::string CompleteMarkerText(int64_t step, const std::string& manifest_checksum) {
+  return absl::StrCat("step ", step, "\nmanifest ", manifest_checksum, "\n");
+}
+
+StatusOr<CheckpointManifest> ReadVerifiedManifest(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("checkpoint directory ", dir,
+                                            " does not exist; check the path (checkpoints/step_N)"));
+  }
+  const std::string complete_path = (fs::path(dir) / kCompleteFile).string();
+  StatusOr<FileBytes> marker = ReadWholeFile(complete_path);
+  if (!marker.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", dir, " is incomplete (no readable ", kCompleteFile,
+        " marker: the save was interrupted); load an earlier checkpoint, e.g. the one "
+        "LatestCheckpoint picks"));
+  }
+  std::string marker_text(reinterpret_cast<const char*>(marker->data.get()), marker->size);
+  std::string expected_checksum;
+  for (absl::string_view line : absl::StrSplit(marker_text, '\n')) {
+    if (absl::ConsumePrefix(&line, "manifest ")) expected_checksum = std::string(line);
+  }
+
+  const std::string manifest_path = (fs::path(dir) / kManifestFile).string();
+  StatusOr<FileBytes> bytes = ReadWholeFile(manifest_path);
+  if (!bytes.ok()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", dir, " has ", kCompleteFile,
+                                            " but its manifest is unreadable: ",
+                                            bytes.status().message()));
+  }
+  if (ChecksumString(bytes->xxh64) != expected_checksum) {
+    return absl::DataLossError(absl::StrCat(
+        "manifest ", manifest_path, " has checksum ", ChecksumString(bytes->xxh64), " but ",
+        kCompleteFile, " records '", expected_checksum, "': the manifest is corrupt"));
+  }
+  CheckpointManifest manifest;
+  if (!manifest.ParseFromArray(bytes->data.get(), static_cast<int>(bytes->size))) {
+    return absl::DataLossError(absl::StrCat("manifest ", manifest_path, " does not parse"));
+  }
+  if (manifest.format_version() != kFormatVersion) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint ", dir, " has format_version ", manifest.format_version(),
+        " but this build reads version ", kFormatVersion, "; use a matching scalemoe build"));
+  }
+  return manifest;
+}
+
+Layout ToProto(const CheckpointLayout& l) {
+  Layout p;
+  p.set_tp(l.tp);
+  p.set_pp(l.pp);
+  p.set_dp(l.dp);
+  p.set_ep(l.ep);
+  p.set_etp(l.etp);
+  p.set_world_size(l.world_size);
+  p.set_zero_stage(l.zero_stage);
+  return p;
+}
+
+CheckpointLayout FromProto(const Layout& p) {
+  CheckpointLayout l;
+  l.tp = p.tp();
+  l.pp = p.pp();
+  l.dp = p.dp();
+  l.ep = p.ep();
+  l.etp = p.etp();
+  l.world_size = p.world_size();
+  l.zero_stage = p.zero_stage();
+  return l;
+}
+
+StatusOr<std::vector<StepDir>> ListStepDirs(const std::string& checkpoints_dir) {
+  std::vector<StepDir> out;
+  std::error_code ec;
+  if (!fs::exists(checkpoints_dir, ec)) return out;
+  fs::directory_iterator it(checkpoints_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot list ", checkpoints_dir, ": ", ec.message()));
+  }
+  for (const fs::directory_entry& entry : it) {
+    std::string name = entry.path().filename().string();
+    absl::string_view digits(name);
+    if (!absl::ConsumePrefix(&digits, kStepPrefix) || digits.empty() ||
+        !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit)) {
+      continue;
+    }
+    StepDir dir;
+    if (!absl::SimpleAtoi(digits, &dir.step) || !entry.is_directory(ec)) continue;
+    dir.path = entry.path().string();
+    dir.complete = fs::is_regular_file(entry.path() / kCompleteFile, ec);
+    out.push_back(dir);
+  }
+  std::sort(out.begin(), out.end(),
+            [](const StepDir& a, const StepDir& b) { return a.step < b.step; });
+  return out;
+}
+
+}  // namespace scalemoe::checkpoint

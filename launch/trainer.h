@@ -1,0 +1,51 @@
+// Trainer: the single-rank training loop behind `scalemoe train`.
+//
+// Owns one run directory:
+//   <run_dir>/config.textproto        the resolved config (every field)
+//   <run_dir>/metrics.jsonl           one record per log/eval step (append)
+//   <run_dir>/events.out.tfevents.*   TensorBoard scalars
+//   <run_dir>/checkpoints/step_N/     parameters, optimizer state, loader state
+//
+// A step: PrepareStep (fold scale vectors into weights), A micro-batches of
+// Forward/Backward (A = global_batch / (micro_batch * dp)), FinishBackward,
+// optimizer Step (clip + update), expert-bias update. Resume restores the
+// parameters, optimizer state, step and loader position from the newest
+// complete checkpoint, so N straight steps equal k steps + resume + N-k steps
+// bit for bit.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "configs/scalemoe.pb.h"
+#include "core/status.h"
+
+namespace scalemoe {
+
+struct TrainOptions {
+  config::RunConfig config;  // validated
+  std::string run_dir;
+  bool resume = false;       // continue from the newest checkpoint in run_dir
+  bool quiet = false;        // no progress lines (tests)
+  // Stop (after saving a checkpoint) once this many steps are done, without
+  // ending the schedule (Megatron's --exit-interval); 0 = run to train_steps.
+  int64_t exit_after_steps = 0;
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;       // the step count reached (== train_steps when complete)
+  double last_train_loss = 0;   // mean total loss of the last step
+  double last_val_loss = -1;    // last evaluation's cross-entropy (-1: none)
+  double unigram_val_loss = -1; // cross-entropy of a unigram model on the same batches
+  int64_t skipped_steps = 0;    // non-finite steps skipped (on_nonfinite: SKIP)
+  std::string last_checkpoint;  // newest checkpoint written or resumed from
+};
+
+// Runs the training loop. Errors (bad dataset, a checkpoint that does not
+// match, a non-finite loss under on_nonfinite STOP) name the thing and the
+// fix; checkpoints already written stay intact.
+StatusOr<TrainResult> Train(const TrainOptions& options);
+
+}  // namespace scalemoe

@@ -1,0 +1,148 @@
+#include "model/attention.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/ops.h"
+#include "model/scale_options.h"
+#include "model/weight_spec.h"
+
+namespace scalemoe {
+namespace {
+
+constexpr int kQ = 0, kK = 1, kV = 2;  // branch indices in the BranchScales
+
+}  // namespace
+
+Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer) {
+  const config::ModelConfig& m = cfg.model();
+  const ScaleOptions so(cfg.scale_vectors());
+  const int64_t c = m.hidden_size();
+  heads_ = m.num_heads();
+  kv_heads_ = m.num_kv_heads() > 0 ? m.num_kv_heads() : heads_;
+  head_dim_ = c / heads_;
+  rope_theta_ = m.rope_theta();
+  const std::string p = absl::StrCat("layers.", layer, ".attn");
+  const ParamLayout layout = LayerLayout(layer);
+
+  std::vector<BranchSpec> branches = {{p + ".gamma_q", layout},
+                                      {p + ".gamma_k", layout},
+                                      {p + ".gamma_v", layout}};
+  scales_ = std::make_unique<BranchScales>(
+      registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".attn_norm.scale"), layout,
+      c, std::move(branches), cfg.scale_vectors().hg_attention());
+
+  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std) {
+    return registry.Create(WeightSpec(absl::StrCat(p, ".", name), {rows, cols},
+                                      ParamRole::kLinear, init_std, layer));
+  };
+  Param* w_q = weight("w_q", heads_ * head_dim_, c, m.init_std());
+  Param* w_k = weight("w_k", kv_heads_ * head_dim_, c, m.init_std());
+  Param* w_v = weight("w_v", kv_heads_ * head_dim_, c, m.init_std());
+  Param* w_o = weight("w_o", c, heads_ * head_dim_, OutputProjectionStd(m));
+  auto u_name = [&](Projection proj, const char* suffix) {
+    return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
+  };
+  q_proj_ = std::make_unique<ScaledLinear>(registry, w_q, scales_.get(), kQ,
+                                           u_name(config::ScaleVectorConfig::Q, "q"),
+                                           so.reparam(), so.path());
+  k_proj_ = std::make_unique<ScaledLinear>(registry, w_k, scales_.get(), kK,
+                                           u_name(config::ScaleVectorConfig::K, "k"),
+                                           so.reparam(), so.path());
+  v_proj_ = std::make_unique<ScaledLinear>(registry, w_v, scales_.get(), kV,
+                                           u_name(config::ScaleVectorConfig::V, "v"),
+                                           so.reparam(), so.path());
+  o_proj_ = std::make_unique<ScaledLinear>(registry, w_o, nullptr, 0,
+                                           u_name(config::ScaleVectorConfig::O, "o"),
+                                           so.reparam(), so.path());
+
+  auto head_norm = [&](Projection proj, const char* dnp_name, const char* qk_name,
+                       bool qk_norm) -> std::unique_ptr<ScaledRmsNorm> {
+    std::string name;
+    if (so.NormalizedOutput(proj)) {
+      name = absl::StrCat(p, ".", dnp_name);
+    } else if (qk_norm) {
+      name = absl::StrCat(p, ".", qk_name);
+    } else {
+      return nullptr;
+    }
+    return std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(), name, head_dim_,
+                                           m.norm_eps(), layout);
+  };
+  q_norm_ = head_norm(config::ScaleVectorConfig::Q, "dnp_q", "q_norm", m.qk_norm());
+  k_norm_ = head_norm(config::ScaleVectorConfig::K, "dnp_k", "k_norm", m.qk_norm());
+  v_norm_ = head_norm(config::ScaleVectorConfig::V, "dnp_v", "", false);
+}
+
+void Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
+  scales_->Forward(ctx, dtype);
+  for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
+    l->PrepareStep(ctx, dtype);
+  }
+  for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
+    if (n) n->PrepareStep(ctx, dtype);
+  }
+}
+
+void Attention::Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
+                        const Tensor& out) {
+  batch_ = batch;
+  seq_ = seq;
+  const int64_t tokens = batch * seq;
+  const DType dt = n.dtype();
+  // Projection, then (optional) per-head norm, then RoPE (in place).
+  auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
+    Tensor lin = Tensor::Empty({tokens, heads * head_dim_}, dt, n.device());
+    proj.Forward(ctx, n, lin);
+    Tensor y = lin;
+    if (norm) {
+      y = Tensor::Empty(lin.shape(), dt, n.device());
+      norm->Forward(ctx, lin, y);
+    }
+    y = y.View({batch, seq, heads, head_dim_});
+    if (rope) ops::Rope(ctx, y, rope_theta_, y);
+    return y;
+  };
+  q_ = project(*q_proj_, q_norm_.get(), heads_, true);
+  k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
+  v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
+  probs_ = Tensor::Empty({batch, heads_, seq, seq}, dt, n.device());
+  Tensor attn = Tensor::Empty({batch, seq, heads_, head_dim_}, dt, n.device());
+  ops::CausalAttention(ctx, q_, k_, v_, attn, probs_);
+  o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), out);
+}
+
+void Attention::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n) {
+  const int64_t tokens = batch_ * seq_;
+  const DType dt = d_out.dtype();
+  const Device dev = d_out.device();
+  Tensor d_attn = Tensor::Empty({tokens, heads_ * head_dim_}, dt, dev);
+  o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
+  Tensor d_q = Tensor::Empty(q_.shape(), dt, dev);
+  Tensor d_k = Tensor::Empty(k_.shape(), dt, dev);
+  Tensor d_v = Tensor::Empty(v_.shape(), dt, dev);
+  ops::CausalAttentionBackward(ctx, q_, k_, v_, probs_, d_attn.View(q_.shape()), d_q, d_k, d_v);
+  auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
+                  GradMode mode) {
+    if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);
+    Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
+    if (norm) {
+      d_lin = Tensor::Empty(d_lin.shape(), dt, dev);
+      norm->Backward(ctx, d_y, d_lin);
+    }
+    proj.Backward(ctx, d_lin, d_n, mode);
+  };
+  back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
+  back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
+  back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
+}
+
+void Attention::FinishBackward(const ExecContext& ctx) {
+  for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
+    l->FinishBackward(ctx);
+  }
+  for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
+    if (n) n->FinishBackward(ctx);
+  }
+  scales_->Backward(ctx);
+}
+
+}  // namespace scalemoe

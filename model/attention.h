@@ -1,0 +1,50 @@
+// Attention: the causal self-attention sublayer of one block, fed by the
+// pre-attention normalization n = x / rms(x) (computed once by the block).
+//   q = W_q(γ_q ⊙ n), k = W_k(γ_k ⊙ n), v = W_v(γ_v ⊙ n)   [N, H*D], [N, KV*D]
+//   optional per-head RMSNorm with scale on q, k (QK-norm or DNP; v too
+//   under DNP with dnp_normalize_v), RoPE on q and k, causal GQA softmax
+//   attention, out = W_o(attn) [N, C].
+// The γ's (names "layers.<l>.attn_norm.scale" shared, or
+// "layers.<l>.attn.gamma_q/k/v" under PER_BRANCH with hg_attention) are
+// owned here through BranchScales; DUAL adds u_q/u_k/u_v/u_o
+// ("layers.<l>.attn.u_q" ...) per dual_projections.
+// QK-norm and DNP together: DNP's norm IS a QK-norm, so only one norm is
+// applied, named "layers.<l>.attn.dnp_q.scale" (model.qk_norm is then moot).
+//
+// Gradient contract: Backward overwrites d_n, accumulates parameter grads;
+// FinishBackward once per step after the last Backward.
+#pragma once
+
+#include <memory>
+
+#include "configs/scalemoe.pb.h"
+#include "model/scaled_linear.h"
+#include "norm/branch_scales.h"
+#include "norm/scaled_rms_norm.h"
+
+namespace scalemoe {
+
+class Attention {
+ public:
+  Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+
+  void PrepareStep(const ExecContext& ctx, DType dtype);
+  // n, out: [B*T, C] for `batch` sequences of `seq` tokens.
+  void Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
+               const Tensor& out);
+  void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
+  void FinishBackward(const ExecContext& ctx);
+
+ private:
+  int64_t heads_, kv_heads_, head_dim_;
+  double rope_theta_;
+  std::unique_ptr<BranchScales> scales_;  // branches q, k, v
+  std::unique_ptr<ScaledLinear> q_proj_, k_proj_, v_proj_, o_proj_;
+  std::unique_ptr<ScaledRmsNorm> q_norm_, k_norm_, v_norm_;  // null when absent
+  // Forward cache.
+  int64_t batch_ = 0, seq_ = 0;
+  Tensor q_, k_, v_;  // [B, T, *, D] attention inputs (after norm and RoPE)
+  Tensor probs_;      // [B, H, T, T]
+};
+
+}  // namespace scalemoe

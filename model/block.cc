@@ -1,0 +1,131 @@
+#include "model/block.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/ops.h"
+#include "model/weight_spec.h"
+
+namespace scalemoe {
+
+bool IsMoeLayer(const config::RunConfig& cfg, int layer) {
+  const config::MoEConfig& moe = cfg.moe();
+  if (moe.num_experts() <= 0 || layer < moe.first_dense_layers()) return false;
+  const int every = std::max(1, moe.moe_layer_frequency());
+  return (layer - moe.first_dense_layers()) % every == 0;
+}
+
+Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer)
+    : eps_(cfg.model().norm_eps()) {
+  const std::string p = absl::StrCat("layers.", layer);
+  const int64_t c = cfg.model().hidden_size();
+  attention_ = std::make_unique<Attention>(registry, cfg, layer);
+  if (cfg.model().sandwich_norm()) {
+    post_attn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
+                                                      p + ".post_attn_norm", c, eps_,
+                                                      LayerLayout(layer));
+  }
+  if (IsMoeLayer(cfg, layer)) {
+    moe_ = std::make_unique<MoeLayer>(registry, cfg, layer, p + ".moe", p + ".ffn_norm");
+  } else {
+    mlp_ = std::make_unique<Mlp>(registry, cfg, layer);
+  }
+  if (cfg.model().sandwich_norm()) {
+    post_ffn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
+                                                     p + ".post_ffn_norm", c, eps_,
+                                                     LayerLayout(layer));
+  }
+}
+
+void Block::PrepareStep(const ExecContext& ctx, DType dtype) {
+  attention_->PrepareStep(ctx, dtype);
+  if (mlp_) mlp_->PrepareStep(ctx, dtype);
+  if (moe_) moe_->PrepareStep(ctx, dtype);
+  if (post_attn_norm_) post_attn_norm_->PrepareStep(ctx, dtype);
+  if (post_ffn_norm_) post_ffn_norm_->PrepareStep(ctx, dtype);
+}
+
+void Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
+                    const Tensor& y) {
+  const Shape shape = x.shape();  // [N, C]
+  const DType dt = x.dtype();
+  const Device dev = x.device();
+  auto sublayer_into = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual) {
+    // y = residual + post(run()), computed into y.
+    Tensor out = Tensor::Empty(shape, dt, dev);
+    run(out);
+    if (post) {
+      Tensor normed = Tensor::Empty(shape, dt, dev);
+      post->Forward(ctx, out, normed);
+      out = normed;
+    }
+    ops::Copy(ctx, residual, y);
+    ops::Axpy(ctx, 1.0, out, y);
+  };
+  n_attn_ = Tensor::Empty(shape, dt, dev);
+  rstd_attn_ = Tensor::Empty({shape[0]}, dt, dev);
+  ops::RmsNormalize(ctx, x, eps_, n_attn_, rstd_attn_);
+  sublayer_into(
+      post_attn_norm_.get(),
+      [&](const Tensor& out) { attention_->Forward(ctx, n_attn_, batch, seq, out); }, x);
+  // y now holds h; normalize it before it is overwritten by h + FFN.
+  Tensor h = y.Clone();
+  n_ffn_ = Tensor::Empty(shape, dt, dev);
+  rstd_ffn_ = Tensor::Empty({shape[0]}, dt, dev);
+  ops::RmsNormalize(ctx, h, eps_, n_ffn_, rstd_ffn_);
+  sublayer_into(
+      post_ffn_norm_.get(),
+      [&](const Tensor& out) {
+        if (mlp_) {
+          mlp_->Forward(ctx, n_ffn_, out);
+        } else {
+          moe_->Forward(ctx, n_ffn_, out);
+        }
+      },
+      h);
+}
+
+void Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                     double loss_grad_scale) {
+  const Shape shape = d_y.shape();
+  const DType dt = d_y.dtype();
+  const Device dev = d_y.device();
+  // d_in = d_residual + RmsNormalizeBackward(sublayer backward of post-norm backward).
+  auto sublayer_back = [&](ScaledRmsNorm* post, auto&& run, const Tensor& d_res,
+                           const Tensor& n, const Tensor& rstd, const Tensor& d_in) {
+    Tensor d_out = d_res;
+    if (post) {
+      d_out = Tensor::Empty(shape, dt, dev);
+      post->Backward(ctx, d_res, d_out);
+    }
+    Tensor d_n = Tensor::Empty(shape, dt, dev);
+    run(d_out, d_n);
+    Tensor d_norm_in = Tensor::Empty(shape, dt, dev);
+    ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_norm_in);
+    if (d_in.raw_data() != d_res.raw_data()) ops::Copy(ctx, d_res, d_in);
+    ops::Axpy(ctx, 1.0, d_norm_in, d_in);
+  };
+  Tensor d_h = Tensor::Empty(shape, dt, dev);
+  sublayer_back(
+      post_ffn_norm_.get(),
+      [&](const Tensor& d_out, const Tensor& d_n) {
+        if (mlp_) {
+          mlp_->Backward(ctx, d_out, d_n);
+        } else {
+          moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
+        }
+      },
+      d_y, n_ffn_, rstd_ffn_, d_h);
+  sublayer_back(
+      post_attn_norm_.get(),
+      [&](const Tensor& d_out, const Tensor& d_n) { attention_->Backward(ctx, d_out, d_n); },
+      d_h, n_attn_, rstd_attn_, d_x);
+}
+
+void Block::FinishBackward(const ExecContext& ctx) {
+  attention_->FinishBackward(ctx);
+  if (mlp_) mlp_->FinishBackward(ctx);
+  if (moe_) moe_->FinishBackward(ctx);
+  if (post_attn_norm_) post_attn_norm_->FinishBackward(ctx);
+  if (post_ffn_norm_) post_ffn_norm_->FinishBackward(ctx);
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,50 @@
+// Block: one pre-norm transformer layer on the residual stream x [N, C]:
+//   h = x + [post_attn_norm](Attention(n(x)))
+//   y = h + [post_ffn_norm](FFN(n(h)))       FFN = dense Mlp or MoeLayer
+// n(·) = x / rms(x) is computed once per norm ("layers.<l>.attn_norm",
+// "layers.<l>.ffn_norm"); their γ's live with the branches they feed
+// (Attention, Mlp, MoeLayer). The optional sandwich norms (model.sandwich_norm)
+// are Output-Norm RMSNorms with scale "layers.<l>.post_attn_norm.scale",
+// "layers.<l>.post_ffn_norm.scale".
+// Gradient contract: Backward overwrites d_x, accumulates parameter grads.
+#pragma once
+
+#include <memory>
+
+#include "configs/scalemoe.pb.h"
+#include "model/attention.h"
+#include "model/mlp.h"
+#include "moe/moe_layer.h"
+#include "norm/scaled_rms_norm.h"
+
+namespace scalemoe {
+
+// Whether layer `layer` uses the MoE FFN under `cfg` (moe.num_experts > 0,
+// at or after first_dense_layers, every moe_layer_frequency-th layer).
+bool IsMoeLayer(const config::RunConfig& cfg, int layer);
+
+class Block {
+ public:
+  Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+
+  void PrepareStep(const ExecContext& ctx, DType dtype);
+  void Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
+               const Tensor& y);
+  // loss_grad_scale reaches the MoE layer's own aux/z-loss gradients.
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                double loss_grad_scale);
+  void FinishBackward(const ExecContext& ctx);
+
+  MoeLayer* moe() const { return moe_.get(); }  // null for a dense layer
+
+ private:
+  double eps_;
+  std::unique_ptr<Attention> attention_;
+  std::unique_ptr<Mlp> mlp_;       // exactly one of mlp_, moe_
+  std::unique_ptr<MoeLayer> moe_;
+  std::unique_ptr<ScaledRmsNorm> post_attn_norm_, post_ffn_norm_;  // sandwich, or null
+  // Forward cache: normalized inputs and 1/rms of the two pre-norms.
+  Tensor n_attn_, rstd_attn_, n_ffn_, rstd_ffn_;
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,35 @@
+// Mlp: the dense SwiGLU FFN of one block, fed by the pre-FFN normalization
+// n = x / rms(x) (computed by the block):
+//   out = W_down(silu(W_gate(γ_gate ⊙ n)) ⊙ W_up(γ_up ⊙ n))
+// W_gate, W_up [F, C], W_down [C, F] ("layers.<l>.mlp.w_gate" ...). The γ's
+// ("layers.<l>.ffn_norm.scale" shared, or "layers.<l>.mlp.gamma_gate"/
+// "gamma_up" under PER_BRANCH with hg_ffn) are owned here through
+// BranchScales; DUAL adds "layers.<l>.mlp.u_gate"/"u_up"/"u_down" per
+// dual_projections.
+// Gradient contract: Backward overwrites d_n, accumulates parameter grads.
+#pragma once
+
+#include <memory>
+
+#include "configs/scalemoe.pb.h"
+#include "model/scaled_linear.h"
+#include "norm/branch_scales.h"
+
+namespace scalemoe {
+
+class Mlp {
+ public:
+  Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+
+  void PrepareStep(const ExecContext& ctx, DType dtype);
+  void Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);  // [N, C]
+  void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
+  void FinishBackward(const ExecContext& ctx);
+
+ private:
+  std::unique_ptr<BranchScales> scales_;  // branches gate, up
+  std::unique_ptr<ScaledLinear> gate_, up_, down_;
+  Tensor gate_out_, up_out_;  // [N, F] forward cache
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,190 @@
+#include "model/model.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/ops.h"
+#include "model/scale_options.h"
+#include "model/weight_spec.h"
+
+namespace scalemoe {
+
+MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg)
+    : registry_(registry), cfg_(cfg) {
+  const config::ModelConfig& m = cfg_.model();
+  const ScaleOptions so(cfg_.scale_vectors());
+  const int64_t v = m.vocab_size(), c = m.hidden_size();
+  embedding_ = registry.Create(
+      WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+  for (int l = 0; l < m.num_layers(); ++l) {
+    blocks_.push_back(std::make_unique<Block>(registry, cfg_, l));
+  }
+  final_scales_ = std::make_unique<BranchScales>(registry, cfg_.scale_vectors(),
+                                                 "final_norm.scale", ParamLayout{}, c,
+                                                 std::vector<BranchSpec>{{"final_norm.scale", {}}},
+                                                 /*per_branch=*/false);
+  Param* head_weight = embedding_;
+  if (!m.tied_embeddings()) {
+    head_weight = registry.Create(
+        WeightSpec("lm_head.weight", {v, c}, ParamRole::kLmHead, m.init_std(), -1));
+  }
+  head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
+                                         so.reparam(), so.path());
+}
+
+MoeTransformer::~MoeTransformer() = default;
+
+Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) const {
+  for (const Tensor* t : {&tokens, &targets}) {
+    const char* what = t == &tokens ? "tokens" : "targets";
+    if (!t->defined() || t->ndim() != 2 || t->dtype() != DType::kI32 ||
+        t->device() != Device::kCPU || !t->is_contiguous()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model batch: ", what, " must be a contiguous int32 CPU tensor [B, T], got ",
+          t->defined() ? t->DebugString() : std::string("an undefined tensor")));
+    }
+    if (t->dim(1) > cfg_.model().seq_length()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "model batch: ", what, " has ", t->dim(1), " positions, more than model.seq_length=",
+          cfg_.model().seq_length(), "; cut the sequences or raise model.seq_length"));
+    }
+    const int32_t* ids = t->data<int32_t>();
+    for (int64_t i = 0; i < t->numel(); ++i) {
+      if (ids[i] < 0 || ids[i] >= cfg_.model().vocab_size()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model batch: ", what, "[", i, "] = ", ids[i], " is outside the vocabulary [0, ",
+            cfg_.model().vocab_size(), "); the data and model.vocab_size disagree"));
+      }
+    }
+  }
+  if (tokens.shape() != targets.shape()) {
+    return absl::InvalidArgumentError(absl::StrCat("model batch: tokens ",
+                                                   ShapeString(tokens.shape()), " and targets ",
+                                                   ShapeString(targets.shape()), " differ"));
+  }
+  return absl::OkStatus();
+}
+
+void MoeTransformer::PrepareStep(const ExecContext& ctx) {
+  SM_CHECK_MSG(registry_.materialized(), "MoeTransformer::PrepareStep before Materialize");
+  const DType dt = registry_.flat_values().dtype();
+  for (auto& b : blocks_) b->PrepareStep(ctx, dt);
+  final_scales_->Forward(ctx, dt);
+  head_->PrepareStep(ctx, dt);
+}
+
+LossBreakdown MoeTransformer::Run(const ExecContext& ctx, const Tensor& tokens,
+                                  const Tensor& targets, bool keep_grad) {
+  SM_CHECK_OK(CheckBatch(tokens, targets));
+  const DType dt = registry_.flat_values().dtype();
+  const Device dev = ctx.device;
+  batch_ = tokens.dim(0);
+  seq_ = tokens.dim(1);
+  const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
+  tokens_ = tokens.View({n});
+  residuals_.assign(blocks_.size() + 1, Tensor());
+  residuals_[0] = Tensor::Empty({n, c}, dt, dev);
+  ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
+  LossBreakdown loss;
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    residuals_[l + 1] = Tensor::Empty({n, c}, dt, dev);
+    blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]);
+    if (MoeLayer* moe = blocks_[l]->moe()) {
+      loss.aux += moe->aux_loss();
+      loss.z += moe->z_loss();
+    }
+  }
+  n_final_ = Tensor::Empty({n, c}, dt, dev);
+  rstd_final_ = Tensor::Empty({n}, dt, dev);
+  ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
+  logits_ = Tensor::Empty({n, cfg_.model().vocab_size()}, dt, dev);
+  head_->Forward(ctx, n_final_, logits_);
+  d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
+  loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
+  loss.total = loss.cross_entropy + loss.aux + loss.z;
+  loss.tokens = n;
+  return loss;
+}
+
+LossBreakdown MoeTransformer::Forward(const ExecContext& ctx, const Tensor& tokens,
+                                      const Tensor& targets) {
+  return Run(ctx, tokens, targets, /*keep_grad=*/true);
+}
+
+LossBreakdown MoeTransformer::Evaluate(const ExecContext& ctx, const Tensor& tokens,
+                                       const Tensor& targets) {
+  return Run(ctx, tokens, targets, /*keep_grad=*/false);
+}
+
+void MoeTransformer::Backward(const ExecContext& ctx, double loss_grad_scale) {
+  SM_CHECK_MSG(d_logits_.defined(), "MoeTransformer::Backward needs a Forward first");
+  const Shape shape = n_final_.shape();
+  const DType dt = d_logits_.dtype();
+  Tensor d_logits = d_logits_;
+  if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
+  Tensor d_n = Tensor::Empty(shape, dt, ctx.device);
+  head_->Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
+  Tensor d_x = Tensor::Empty(shape, dt, ctx.device);
+  ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
+  Tensor d_in = Tensor::Empty(shape, dt, ctx.device);
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale);
+    std::swap(d_x, d_in);
+  }
+  ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
+  d_logits_ = Tensor();  // one Backward per Forward
+}
+
+void MoeTransformer::FinishBackward(const ExecContext& ctx) {
+  for (auto& b : blocks_) b->FinishBackward(ctx);
+  head_->FinishBackward(ctx);
+  final_scales_->Backward(ctx);
+}
+
+std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {
+  std::vector<MoeLayerStats> stats;
+  for (const auto& b : blocks_) {
+    if (b->moe()) stats.push_back(b->moe()->stats());
+  }
+  return stats;
+}
+
+void MoeTransformer::UpdateExpertBiases() {
+  for (auto& b : blocks_) {
+    if (b->moe()) b->moe()->UpdateExpertBias();
+  }
+}
+
+ModelCounts MoeTransformer::Counts() const {
+  const config::ModelConfig& m = cfg_.model();
+  const double active_fraction =
+      cfg_.moe().num_experts() > 0
+          ? static_cast<double>(cfg_.moe().top_k()) / cfg_.moe().num_experts()
+          : 1.0;
+  ModelCounts counts;
+  int64_t routed = 0, routed_matmul = 0, matmul = 0;
+  for (const auto& p : registry_.params()) {
+    const ParamRole role = p->spec.role;
+    if (!IsTrainable(role)) continue;
+    const int64_t numel = NumElements(p->spec.shape);
+    counts.total_params += numel;
+    if (IsScaleVector(role)) counts.scale_vector_params += numel;
+    const bool is_matmul = role == ParamRole::kLinear || role == ParamRole::kExpertLinear ||
+                           role == ParamRole::kRouter || role == ParamRole::kLmHead ||
+                           (role == ParamRole::kEmbedding && m.tied_embeddings());
+    const bool is_routed = p->spec.layout.expert >= 0;
+    if (is_routed) routed += numel;
+    if (is_matmul) (is_routed ? routed_matmul : matmul) += numel;
+  }
+  counts.active_params_per_token =
+      counts.total_params - routed + static_cast<int64_t>(routed * active_fraction + 0.5);
+  counts.scale_vector_share =
+      counts.total_params > 0
+          ? static_cast<double>(counts.scale_vector_params) / counts.total_params
+          : 0.0;
+  const double active_matmul = matmul + routed_matmul * active_fraction;
+  const int64_t heads = m.num_heads(), head_dim = m.hidden_size() / std::max(1, m.num_heads());
+  counts.train_flops_per_token =
+      6.0 * active_matmul + 12.0 * m.num_layers() * heads * head_dim * m.seq_length();
+  return counts;
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,88 @@
+// MoeTransformer: the whole single-rank model on one ParamRegistry:
+//   embedding ("embedding.weight" [V, C]) -> blocks (model/block.h) ->
+//   final norm ("final_norm": n = x/rms(x), Input-Norm γ "final_norm.scale"
+//   feeding the head) -> LM head (tied to the embedding, or
+//   "lm_head.weight" [V, C]) -> cross-entropy, mean over tokens.
+// Total loss = CE + Σ_layers (aux + z) of the MoE layers.
+//
+// Step protocol (the trainer's): PrepareStep after every parameter update
+// (effective γ's and folded weights); per micro-batch Forward then Backward
+// (Backward accumulates loss_grad_scale · d(total)/dθ into the registry's
+// grads); FinishBackward once after the last Backward (unfolds the folded
+// weights' gradients into the parameters'). Evaluate runs a forward only and
+// replaces the Forward cache (do not call it between Forward and Backward).
+// The parameter dtype (f32/f64) is the registry's; activations follow it.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "configs/scalemoe.pb.h"
+#include "core/context.h"
+#include "core/params.h"
+#include "core/tensor.h"
+#include "model/block.h"
+#include "model/scaled_linear.h"
+#include "norm/branch_scales.h"
+
+namespace scalemoe {
+
+struct LossBreakdown {
+  double total = 0, cross_entropy = 0, aux = 0, z = 0;
+  int64_t tokens = 0;
+};
+
+struct ModelCounts {
+  int64_t total_params = 0;             // every trainable element
+  int64_t active_params_per_token = 0;  // routed experts counted top_k of num_experts
+  int64_t scale_vector_params = 0;      // γ, u, α, β (Input- and Output-Norm)
+  double scale_vector_share = 0;        // scale_vector_params / total_params
+  // 6 · (active matmul weights, head included) + 12 · L · H·D · T (attention
+  // scores and values, PaLM's convention).
+  double train_flops_per_token = 0;
+};
+
+class MoeTransformer {
+ public:
+  // Registers every parameter (allocates nothing: the caller materializes).
+  MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg);
+  ~MoeTransformer();
+  MoeTransformer(const MoeTransformer&) = delete;
+  MoeTransformer& operator=(const MoeTransformer&) = delete;
+
+  // Checks a batch against the model (shapes, int32, ids in the vocabulary).
+  Status CheckBatch(const Tensor& tokens, const Tensor& targets) const;
+
+  void PrepareStep(const ExecContext& ctx);
+  // tokens, targets: [B, T] int32 CPU tensors (T <= seq_length).
+  LossBreakdown Forward(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
+  void Backward(const ExecContext& ctx, double loss_grad_scale);
+  void FinishBackward(const ExecContext& ctx);
+  LossBreakdown Evaluate(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
+
+  std::vector<MoeLayerStats> MoeStats() const;
+  void UpdateExpertBiases();
+  ModelCounts Counts() const;
+
+  // Logits [B*T, V] of the last Forward/Evaluate (tests, generation).
+  const Tensor& logits() const { return logits_; }
+
+ private:
+  LossBreakdown Run(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets,
+                    bool keep_grad);
+
+  ParamRegistry& registry_;
+  const config::RunConfig cfg_;
+  Param* embedding_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<BranchScales> final_scales_;  // one branch: the head
+  std::unique_ptr<ScaledLinear> head_;
+  // Forward cache.
+  int64_t batch_ = 0, seq_ = 0;
+  Tensor tokens_;                  // [B*T] int32
+  std::vector<Tensor> residuals_;  // L+1 tensors [B*T, C]: block inputs and the last output
+  Tensor n_final_, rstd_final_;    // final norm
+  Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits
+};
+
+}  // namespace scalemoe

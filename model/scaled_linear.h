@@ -1,0 +1,68 @@
+// ScaledLinear: y[N, out] = u ⊙ (W (γ ⊙ x[N, in])) for a weight W [out, in],
+// an Input-Norm γ [in] owned by a BranchScales (optional) and an output-side
+// u [out] (DUAL placement, role kOutputNormScale, optional, owned here).
+//
+// Two paths compute the same function (SCALE_VECTORS.md, "Cost"):
+//  - fold (default): PrepareStep forms W_eff = diag(u) W diag(γ) once per
+//    step; Forward is one GEMM on the shared normalized input; Backward
+//    accumulates dW_eff; FinishBackward turns it into dW, dγ, du in one pass
+//    (ops::ScaleRowsColsBackward). With neither γ nor u, W is used directly.
+//  - per token (scale_vectors.fold_into_weights = false, the reference):
+//    γ and u scale the activations of every token.
+// Gradient contract: Backward overwrites or adds into d_x (GradMode) and
+// accumulates parameter grads; dγ lands in the BranchScales' d_gamma, which
+// the owner pushes to the parameters after FinishBackward.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/context.h"
+#include "core/params.h"
+#include "core/tensor.h"
+#include "norm/branch_scales.h"
+#include "norm/scale_vector.h"
+
+namespace scalemoe {
+
+enum class GradMode : uint8_t { kOverwrite = 0, kAccumulate = 1 };
+enum class ScalePath : uint8_t { kFold = 0, kPerToken = 1 };
+
+class ScaledLinear {
+ public:
+  // `scales`/`branch`: where γ comes from (nullptr: no γ); `u_name` non-empty
+  // registers the output-side vector u [out] under that name.
+  ScaledLinear(ParamRegistry& registry, Param* weight, const BranchScales* scales, int branch,
+               const std::string& u_name, Reparam reparam, ScalePath path);
+
+  // After the BranchScales' Forward (γ of this step) and before Forward.
+  void PrepareStep(const ExecContext& ctx, DType dtype);
+  void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, GradMode mode);
+  // Before the owning BranchScales' Backward.
+  void FinishBackward(const ExecContext& ctx);
+
+  Param* weight() const { return weight_; }
+  int64_t out_features() const { return weight_->local_shape[0]; }
+  int64_t in_features() const { return weight_->local_shape[1]; }
+
+ private:
+  const Tensor& Gamma() const;
+  const Tensor& DGamma() const;
+  bool folded() const { return path_ == ScalePath::kFold && (Gamma().defined() || u_); }
+
+  Param* weight_;
+  const BranchScales* scales_;
+  int branch_;
+  ScalePath path_;
+  std::unique_ptr<ScaleVector> u_;  // null when there is no output side
+  Tensor undefined_;
+  Tensor u_value_;   // [out] effective u of this step
+  Tensor d_u_;       // [out] accumulated over the step
+  Tensor w_eff_;     // [out, in] folded weight (fold path with γ or u)
+  Tensor d_w_eff_;   // [out, in] its accumulated gradient
+  // Forward cache: x (fold) or x, γ⊙x and W(γ⊙x) (per token).
+  Tensor x_, x_scaled_, y_raw_;
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,132 @@
+#include "moe/grouped_experts.h"
+
+#include <algorithm>
+
+#include "core/ops.h"
+
+namespace scalemoe {
+namespace {
+
+using Sv = config::ScaleVectorConfig;
+
+bool HasDual(const Sv& sv, Sv::Projection p) {
+  if (sv.placement() == Sv::INPUT_ONLY) return false;
+  const auto& list = sv.dual_projections();
+  return std::find(list.begin(), list.end(), p) != list.end();
+}
+
+}  // namespace
+
+GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
+                               ExpertGroupOptions options)
+    : options_(std::move(options)) {
+  const int64_t c = options_.hidden, f = options_.ffn;
+  const Sv::Projection kinds[kNumProj] = {Sv::GATE, Sv::UP, Sv::DOWN};
+  const char* names[kNumProj] = {"gate", "up", "down"};
+  experts_.resize(options_.num_experts);
+  for (int e = 0; e < options_.num_experts; ++e) {
+    const std::string base = options_.prefix + "." + std::to_string(e);
+    ParamLayout layout;
+    layout.layer = options_.layer;
+    layout.expert = options_.routed ? e : -1;
+    for (int p = 0; p < kNumProj; ++p) {
+      ParamSpec spec;
+      spec.name = base + ".w_" + names[p];
+      spec.shape = p == kDown ? Shape{c, f} : Shape{f, c};
+      spec.role = ParamRole::kExpertLinear;
+      spec.init = InitSpec::Normal(p == kDown ? options_.down_init_std : options_.init_std);
+      spec.layout = layout;
+      experts_[e].proj[p] =
+          std::make_unique<FoldedLinear>(registry.Create(spec), sv.fold_into_weights());
+      if (HasDual(sv, kinds[p])) {
+        experts_[e].u[p] = std::make_unique<ScaleVector>(
+            registry, base + ".u_" + names[p], p == kDown ? c : f, ParamRole::kOutputNormScale,
+            sv.reparam(), layout);
+      }
+    }
+  }
+}
+
+GroupedExperts::~GroupedExperts() = default;
+
+void GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
+                                 const ExpertGammas& gammas) {
+  SM_CHECK(static_cast<int>(gammas.gate.size()) == options_.num_experts);
+  for (int e = 0; e < options_.num_experts; ++e) {
+    Expert& ex = experts_[e];
+    for (int p = 0; p < kNumProj; ++p) {
+      if (!ex.u[p]) continue;
+      if (!ex.u_value[p].defined()) {
+        ex.u_value[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
+        ex.d_u[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
+      }
+      ex.u[p]->Compute(ctx, ex.u_value[p]);
+      ops::Zero(ctx, ex.d_u[p]);
+    }
+    ex.proj[kGate]->PrepareStep(ctx, gammas.gate[e], gammas.d_gate[e], ex.u_value[kGate],
+                                ex.d_u[kGate]);
+    ex.proj[kUp]->PrepareStep(ctx, gammas.up[e], gammas.d_up[e], ex.u_value[kUp],
+                              ex.d_u[kUp]);
+    ex.proj[kDown]->PrepareStep(ctx, Tensor(), Tensor(), ex.u_value[kDown], ex.d_u[kDown]);
+  }
+}
+
+void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
+                             const std::vector<int64_t>& counts, const Tensor& y) {
+  SM_CHECK(static_cast<int>(counts.size()) == options_.num_experts);
+  const int64_t m = x.dim(0), f = options_.ffn;
+  x_ = x;
+  counts_ = counts;
+  gate_ = Tensor::Empty({m, f}, x.dtype(), x.device());
+  up_ = Tensor::Empty({m, f}, x.dtype(), x.device());
+  h_ = Tensor::Empty({m, f}, x.dtype(), x.device());
+  ops::Zero(ctx, y);
+  int64_t start = 0;
+  for (int e = 0; e < options_.num_experts; ++e) {
+    const int64_t t = counts[e];
+    if (t == 0) continue;  // an expert without tokens does no work (and gets zero grads)
+    Expert& ex = experts_[e];
+    const Tensor xe = x.Narrow(0, start, t);
+    const Tensor ge = gate_.Narrow(0, start, t), ue = up_.Narrow(0, start, t);
+    const Tensor he = h_.Narrow(0, start, t);
+    ex.proj[kGate]->Forward(ctx, xe, ge, &ex.cache[kGate]);
+    ex.proj[kUp]->Forward(ctx, xe, ue, &ex.cache[kUp]);
+    ops::SwiGlu(ctx, ge, ue, he);
+    ex.proj[kDown]->Forward(ctx, he, y.Narrow(0, start, t), &ex.cache[kDown]);
+    start += t;
+  }
+}
+
+void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
+  const int64_t m = x_.dim(0), f = options_.ffn;
+  SM_CHECK(d_y.shape() == x_.shape() && d_x.shape() == x_.shape());
+  ops::Zero(ctx, d_x);
+  Tensor d_h = Tensor::Empty({m, f}, x_.dtype(), x_.device());
+  Tensor d_gate = Tensor::Empty({m, f}, x_.dtype(), x_.device());
+  Tensor d_up = Tensor::Empty({m, f}, x_.dtype(), x_.device());
+  Tensor d_x_up = Tensor::Empty(x_.shape(), x_.dtype(), x_.device());
+  int64_t start = 0;
+  for (int e = 0; e < options_.num_experts; ++e) {
+    const int64_t t = counts_[e];
+    if (t == 0) continue;
+    Expert& ex = experts_[e];
+    auto rows = [&](const Tensor& a) { return a.Narrow(0, start, t); };
+    ex.proj[kDown]->Backward(ctx, rows(h_), ex.cache[kDown], rows(d_y), rows(d_h));
+    ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
+    ex.proj[kGate]->Backward(ctx, rows(x_), ex.cache[kGate], rows(d_gate), rows(d_x));
+    ex.proj[kUp]->Backward(ctx, rows(x_), ex.cache[kUp], rows(d_up), rows(d_x_up));
+    ops::Axpy(ctx, 1.0, rows(d_x_up), rows(d_x));
+    start += t;
+  }
+}
+
+void GroupedExperts::FinishBackward(const ExecContext& ctx) {
+  for (Expert& ex : experts_) {
+    for (int p = 0; p < kNumProj; ++p) {
+      ex.proj[p]->FinishBackward(ctx);
+      if (ex.u[p]) ex.u[p]->Backward(ctx, ex.d_u[p]);
+    }
+  }
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,76 @@
+// GroupedExperts: a group of SwiGLU expert FFNs (routed or shared), each
+//   y = u_down ⊙ ((u_gate ⊙ silu((γ_gate ⊙ x) W_gateᵀ)) * (u_up ⊙ (γ_up ⊙ x) W_upᵀ)) W_downᵀ
+// over its own contiguous block of input rows (the permuter groups rows by
+// expert). Each projection is a FoldedLinear; Input-Norm γ's come from the
+// caller (MoeLayer's BranchScales), output-side u's (DUAL placement with
+// GATE/UP/DOWN in dual_projections) are owned here as ScaleVectors.
+//
+// DUAL_NORMALIZED: SCALE_VECTORS.md defines the output-side RMSNorm for
+// q/k/v heads only; for experts it behaves exactly like DUAL (plain u).
+//
+// Gradient contract: Backward overwrites d_x and accumulates parameter (or
+// folded-weight) gradients; FinishBackward adds γ/u gradients. One Forward
+// cache: each Backward must follow its Forward.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "configs/scalemoe.pb.h"
+#include "moe/folded_linear.h"
+#include "norm/scale_vector.h"
+
+namespace scalemoe {
+
+struct ExpertGroupOptions {
+  std::string prefix;  // e.g. "layers.3.moe.experts"; params "<prefix>.<e>.w_gate"
+  int num_experts = 0;
+  int64_t hidden = 0;  // C
+  int64_t ffn = 0;     // F
+  int layer = -1;
+  bool routed = true;  // routed experts set layout.expert = e
+  double init_std = 0.02;
+  double down_init_std = 0.02;  // output projection
+};
+
+// Input-side γ for one group (one entry per expert; undefined = none).
+struct ExpertGammas {
+  std::vector<Tensor> gate, d_gate, up, d_up;
+};
+
+class GroupedExperts {
+ public:
+  GroupedExperts(ParamRegistry& registry, const config::ScaleVectorConfig& sv,
+                 ExpertGroupOptions options);
+  ~GroupedExperts();
+
+  int num_experts() const { return options_.num_experts; }
+  // Once per step: folds γ (and u) into the weights (or keeps them per token).
+  void PrepareStep(const ExecContext& ctx, DType dtype, const ExpertGammas& gammas);
+  // x [M, C] with expert e on the next counts[e] rows (Σ counts <= M); y [M, C]
+  // overwritten (rows past Σ counts are zero).
+  void Forward(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
+               const Tensor& y);
+  // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  void FinishBackward(const ExecContext& ctx);
+
+ private:
+  enum Proj { kGate = 0, kUp = 1, kDown = 2, kNumProj = 3 };
+  struct Expert {
+    std::unique_ptr<FoldedLinear> proj[kNumProj];
+    std::unique_ptr<ScaleVector> u[kNumProj];  // output side, null unless DUAL
+    Tensor u_value[kNumProj], d_u[kNumProj];
+    FoldedLinear::Cache cache[kNumProj];
+  };
+
+  ExpertGroupOptions options_;
+  std::vector<Expert> experts_;
+  // Forward cache over all M rows.
+  Tensor x_;                  // [M, C]
+  Tensor gate_, up_, h_;      // [M, F]
+  std::vector<int64_t> counts_;
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,219 @@
+#include "moe/moe_layer.h"
+
+#include <cmath>
+
+#include "core/ops.h"
+#include "moe/grouped_experts.h"
+#include "moe/router.h"
+#include "moe/token_permuter.h"
+#include "norm/branch_scales.h"
+
+namespace scalemoe {
+namespace {
+
+using Sv = config::ScaleVectorConfig;
+
+// Collects the layer's Input-Norm branches into the two BranchScales groups.
+struct BranchPlan {
+  std::vector<BranchSpec> shared, own;
+  // Appends a branch; returns (own?, index in its group).
+  std::pair<bool, int> Add(bool own_vector, std::string name, ParamLayout layout) {
+    auto& list = own_vector ? own : shared;
+    list.push_back({std::move(name), layout});
+    return {own_vector, static_cast<int>(list.size()) - 1};
+  }
+};
+
+}  // namespace
+
+MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+                   const std::string& prefix, const std::string& norm_name)
+    : hidden_(cfg.model().hidden_size()),
+      num_experts_(cfg.moe().num_experts()),
+      top_k_(cfg.moe().top_k()),
+      num_shared_(cfg.moe().num_shared_experts()) {
+  const config::MoEConfig& moe = cfg.moe();
+  const Sv& sv = cfg.scale_vectors();
+  SM_CHECK_MSG(num_experts_ > 0 && top_k_ >= 1 && top_k_ <= num_experts_,
+               prefix, ": moe.top_k must be in [1, moe.num_experts]; got top_k=", top_k_,
+               " num_experts=", num_experts_);
+  SM_CHECK_MSG(num_shared_ >= 0 && moe.expert_ffn_hidden_size() > 0, prefix,
+               ": moe.expert_ffn_hidden_size must be > 0 and num_shared_experts >= 0");
+
+  // Which branches get their own γ (HG): only under PER_BRANCH, per group flag.
+  const bool per_branch = sv.mode() == Sv::PER_BRANCH;
+  const bool own_router = per_branch && sv.hg_router();
+  const bool own_experts = per_branch && sv.hg_experts();
+  const bool own_shared = per_branch && sv.hg_shared_experts();
+  ParamLayout base;
+  base.layer = layer;
+  BranchPlan plan;
+  std::vector<std::pair<bool, int>> refs;  // router, E×(gate, up), S×(gate, up)
+  refs.push_back(plan.Add(own_router, prefix + ".router.gamma", base));
+  for (int e = 0; e < num_experts_; ++e) {
+    ParamLayout l = base;
+    l.expert = e;
+    const std::string p = prefix + ".experts." + std::to_string(e);
+    refs.push_back(plan.Add(own_experts, p + ".gamma_gate", l));
+    refs.push_back(plan.Add(own_experts, p + ".gamma_up", l));
+  }
+  for (int s = 0; s < num_shared_; ++s) {
+    const std::string p = prefix + ".shared_experts." + std::to_string(s);
+    refs.push_back(plan.Add(own_shared, p + ".gamma_gate", base));
+    refs.push_back(plan.Add(own_shared, p + ".gamma_up", base));
+  }
+  if (!plan.shared.empty()) {
+    shared_group_ = std::make_unique<BranchScales>(registry, sv, norm_name + ".scale", base,
+                                                   hidden_, plan.shared, /*per_branch=*/false);
+  }
+  if (!plan.own.empty()) {
+    own_group_ = std::make_unique<BranchScales>(registry, sv, norm_name + ".scale", base,
+                                                hidden_, plan.own, /*per_branch=*/true);
+  }
+  auto ref = [&](size_t i) {
+    return BranchRef{refs[i].first ? own_group_.get() : shared_group_.get(), refs[i].second};
+  };
+  router_branch_ = ref(0);
+  for (int e = 0; e < num_experts_; ++e) {
+    expert_gate_.push_back(ref(1 + 2 * e));
+    expert_up_.push_back(ref(2 + 2 * e));
+  }
+  for (int s = 0; s < num_shared_; ++s) {
+    shared_gate_.push_back(ref(1 + 2 * num_experts_ + 2 * s));
+    shared_up_.push_back(ref(2 + 2 * num_experts_ + 2 * s));
+  }
+
+  router_ = std::make_unique<Router>(registry, cfg, layer, prefix);
+  permuter_ = std::make_unique<TokenPermuter>(num_experts_, top_k_);
+  ExpertGroupOptions opts;
+  opts.prefix = prefix + ".experts";
+  opts.num_experts = num_experts_;
+  opts.hidden = hidden_;
+  opts.ffn = moe.expert_ffn_hidden_size();
+  opts.layer = layer;
+  opts.routed = true;
+  opts.init_std = cfg.model().init_std();
+  opts.down_init_std = cfg.model().init_std() / std::sqrt(2.0 * cfg.model().num_layers());
+  experts_ = std::make_unique<GroupedExperts>(registry, sv, opts);
+  if (num_shared_ > 0) {
+    opts.prefix = prefix + ".shared_experts";
+    opts.num_experts = num_shared_;
+    opts.ffn = moe.shared_expert_ffn_hidden_size() > 0 ? moe.shared_expert_ffn_hidden_size()
+                                                       : moe.expert_ffn_hidden_size();
+    opts.routed = false;
+    shared_experts_ = std::make_unique<GroupedExperts>(registry, sv, opts);
+  }
+  step_loads_.assign(num_experts_, 0);
+}
+
+MoeLayer::~MoeLayer() = default;
+
+const Tensor& MoeLayer::Gamma(const BranchRef& b) const { return b.scales->gamma(b.index); }
+const Tensor& MoeLayer::DGamma(const BranchRef& b) const { return b.scales->d_gamma(b.index); }
+
+void MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
+  if (shared_group_) shared_group_->Forward(ctx, dtype);
+  if (own_group_) own_group_->Forward(ctx, dtype);
+  router_->PrepareStep(ctx, Gamma(router_branch_), DGamma(router_branch_));
+  auto gammas = [&](const std::vector<BranchRef>& gate, const std::vector<BranchRef>& up) {
+    ExpertGammas g;
+    for (size_t i = 0; i < gate.size(); ++i) {
+      g.gate.push_back(Gamma(gate[i]));
+      g.d_gate.push_back(DGamma(gate[i]));
+      g.up.push_back(Gamma(up[i]));
+      g.d_up.push_back(DGamma(up[i]));
+    }
+    return g;
+  };
+  experts_->PrepareStep(ctx, dtype, gammas(expert_gate_, expert_up_));
+  if (shared_experts_) shared_experts_->PrepareStep(ctx, dtype, gammas(shared_gate_, shared_up_));
+}
+
+void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+  SM_CHECK_MSG(n.ndim() == 2 && n.dim(1) == hidden_ && out.shape() == n.shape() &&
+                   out.dtype() == n.dtype(),
+               "MoeLayer::Forward: n ", n.DebugString(), " out ", out.DebugString(),
+               " (want [N, ", hidden_, "])");
+  const int64_t tokens = n.dim(0);
+  n_ = n;
+  router_->Forward(ctx, n);
+  permuter_->Plan(ctx, router_->expert_ids(), router_->kept());
+  Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device);
+  permuter_->Permute(ctx, n, permuted_x);
+  permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device);
+  experts_->Forward(ctx, permuted_x, permuter_->counts(), permuted_y_);
+  ops::Zero(ctx, out);
+  permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);
+
+  if (shared_experts_) {
+    // Every shared expert sees every token: rows s*N + t of the tiled input.
+    shared_tiled_ = Tensor::Empty({num_shared_ * tokens}, DType::kI32, ctx.device);
+    for (int64_t i = 0; i < num_shared_ * tokens; ++i) {
+      shared_tiled_.data<int32_t>()[i] = static_cast<int32_t>(i % tokens);
+    }
+    Tensor x_sh = Tensor::Empty({num_shared_ * tokens, hidden_}, n.dtype(), ctx.device);
+    Tensor y_sh = Tensor::Empty(x_sh.shape(), n.dtype(), ctx.device);
+    ops::GatherRows(ctx, n, shared_tiled_, 1, x_sh);
+    shared_experts_->Forward(ctx, x_sh, std::vector<int64_t>(num_shared_, tokens), y_sh);
+    ops::ScatterAddRows(ctx, y_sh, shared_tiled_, 1, Tensor(), out);
+  }
+
+  // Stats from the counts already on the host.
+  stats_.tokens_per_expert = permuter_->counts();
+  int64_t kept = 0;
+  for (int64_t c : stats_.tokens_per_expert) kept += c;
+  stats_.dropped_tokens = tokens * top_k_ - kept;
+  const double mean = static_cast<double>(kept) / num_experts_;
+  double var = 0;
+  for (int e = 0; e < num_experts_; ++e) {
+    const double d = static_cast<double>(stats_.tokens_per_expert[e]) - mean;
+    var += d * d;
+    step_loads_[e] += stats_.tokens_per_expert[e];
+  }
+  stats_.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
+  stats_.aux_loss = router_->aux_loss();
+  stats_.z_loss = router_->z_loss();
+}
+
+void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                        double loss_grad_scale) {
+  SM_CHECK_MSG(d_out.shape() == n_.shape() && d_n.shape() == n_.shape(),
+               "MoeLayer::Backward: d_out ", d_out.DebugString(), " d_n ", d_n.DebugString(),
+               " for n ", n_.DebugString());
+  const DType dt = n_.dtype();
+  Tensor d_permuted_y = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
+  Tensor d_weights = Tensor::Empty(router_->weights().shape(), dt, ctx.device);
+  permuter_->UnpermuteBackward(ctx, d_out, permuted_y_, router_->weights(), d_permuted_y,
+                               d_weights);
+  Tensor d_permuted_x = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
+  experts_->Backward(ctx, d_permuted_y, d_permuted_x);
+  router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
+  permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
+  if (shared_experts_) {
+    const int64_t rows = shared_tiled_.numel();
+    Tensor d_y_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device);
+    Tensor d_x_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device);
+    ops::GatherRows(ctx, d_out, shared_tiled_, 1, d_y_sh);
+    shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
+    ops::ScatterAddRows(ctx, d_x_sh, shared_tiled_, 1, Tensor(), d_n);
+  }
+}
+
+void MoeLayer::FinishBackward(const ExecContext& ctx) {
+  router_->FinishBackward(ctx);
+  experts_->FinishBackward(ctx);
+  if (shared_experts_) shared_experts_->FinishBackward(ctx);
+  if (shared_group_) shared_group_->Backward(ctx);
+  if (own_group_) own_group_->Backward(ctx);
+}
+
+void MoeLayer::UpdateExpertBias() {
+  router_->UpdateExpertBias(step_loads_);
+  step_loads_.assign(num_experts_, 0);
+}
+
+double MoeLayer::aux_loss() const { return stats_.aux_loss; }
+double MoeLayer::z_loss() const { return stats_.z_loss; }
+const MoeLayerStats& MoeLayer::stats() const { return stats_; }
+
+}  // namespace scalemoe

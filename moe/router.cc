@@ -1,0 +1,118 @@
+#include "moe/router.h"
+
+#include <cmath>
+
+namespace scalemoe {
+namespace {
+
+Param* CreateWeight(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+                    const std::string& prefix) {
+  ParamSpec spec;
+  spec.name = prefix + ".router.weight";
+  spec.shape = {cfg.moe().num_experts(), cfg.model().hidden_size()};
+  spec.role = ParamRole::kRouter;
+  spec.init = InitSpec::Normal(cfg.model().init_std());
+  spec.layout.layer = layer;
+  return registry.Create(spec);
+}
+
+}  // namespace
+
+Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+               const std::string& prefix)
+    : cfg_(cfg.moe()),
+      score_fn_(cfg.moe().score_function() == config::MoEConfig::SIGMOID
+                    ? ops::ScoreFunction::kSigmoid
+                    : ops::ScoreFunction::kSoftmax),
+      weight_(CreateWeight(registry, cfg, layer, prefix)),
+      linear_(weight_, cfg.scale_vectors().fold_into_weights()) {
+  if (cfg_.expert_bias()) {
+    ParamSpec spec;
+    spec.name = prefix + ".router.expert_bias";
+    spec.shape = {cfg_.num_experts()};
+    spec.role = ParamRole::kExpertBias;
+    spec.init = InitSpec::Zeros();
+    spec.layout.layer = layer;
+    expert_bias_ = registry.Create(spec);
+  }
+}
+
+void Router::PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma) {
+  linear_.PrepareStep(ctx, gamma, d_gamma, Tensor(), Tensor());
+}
+
+void Router::Forward(const ExecContext& ctx, const Tensor& n) {
+  const int64_t tokens = n.dim(0);
+  const int64_t e = cfg_.num_experts();
+  const int k = cfg_.top_k();
+  const DType dt = n.dtype();
+  n_ = n;
+  logits_ = Tensor::Empty({tokens, e}, dt, ctx.device);
+  scores_ = Tensor::Empty({tokens, e}, dt, ctx.device);
+  expert_ids_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
+  weights_ = Tensor::Empty({tokens, k}, dt, ctx.device);
+  kept_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
+  aux_loss_ = Tensor::Zeros({1}, dt, ctx.device);
+  z_loss_ = Tensor::Zeros({1}, dt, ctx.device);
+
+  linear_.Forward(ctx, n, logits_, &cache_);
+  ops::RouterScores(ctx, score_fn_, logits_, scores_);
+  const Tensor bias = expert_bias_ ? expert_bias_->value : Tensor();
+  ops::TopKRouting(ctx, scores_, bias, k, cfg_.normalize_topk(), expert_ids_, weights_);
+
+  capacity_ = 0;
+  Tensor priority;  // the raw score of each selected assignment
+  if (cfg_.capacity_factor() > 0) {
+    capacity_ = static_cast<int64_t>(
+        std::ceil(cfg_.capacity_factor() * static_cast<double>(tokens * k) / e));
+    priority = Tensor::Empty({tokens, k}, dt, ctx.device);
+    Tensor same_ids = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
+    ops::TopKRouting(ctx, scores_, bias, k, /*normalize=*/false, same_ids, priority);
+  }
+  ops::CapacityDrop(ctx, expert_ids_, priority.defined() ? priority : weights_,
+                    static_cast<int>(e), capacity_, kept_);
+  if (cfg_.aux_loss_coeff() != 0) {
+    ops::LoadBalancingLoss(ctx, scores_, expert_ids_, cfg_.aux_loss_coeff(), aux_loss_);
+  }
+  if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z_loss_);
+}
+
+void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
+                      const Tensor& d_n) {
+  Tensor d_scores = Tensor::Zeros(scores_.shape(), scores_.dtype(), ctx.device);
+  ops::TopKRoutingBackward(ctx, scores_, expert_ids_, cfg_.normalize_topk(), d_weights,
+                           d_scores);
+  if (cfg_.aux_loss_coeff() != 0) {
+    ops::LoadBalancingLossBackward(ctx, expert_ids_, cfg_.aux_loss_coeff(), loss_grad_scale,
+                                   d_scores);
+  }
+  Tensor d_logits = Tensor::Empty(logits_.shape(), logits_.dtype(), ctx.device);
+  ops::RouterScoresBackward(ctx, score_fn_, scores_, d_scores, d_logits);
+  if (cfg_.z_loss_coeff() != 0) {
+    ops::ZLossBackward(ctx, logits_, cfg_.z_loss_coeff(), loss_grad_scale, d_logits);
+  }
+  linear_.Backward(ctx, n_, cache_, d_logits, d_n);
+}
+
+void Router::FinishBackward(const ExecContext& ctx) { linear_.FinishBackward(ctx); }
+
+void Router::UpdateExpertBias(const std::vector<int64_t>& loads) {
+  if (!expert_bias_) return;
+  const int e = cfg_.num_experts();
+  SM_CHECK(static_cast<int>(loads.size()) == e);
+  double mean = 0;
+  for (int64_t l : loads) mean += static_cast<double>(l);
+  mean /= e;
+  const Tensor& b = expert_bias_->value;
+  for (int j = 0; j < e; ++j) {
+    const double load = static_cast<double>(loads[j]);
+    const double step = cfg_.expert_bias_update_rate() * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
+    if (b.dtype() == DType::kF64) {
+      b.data<double>()[j] += step;
+    } else {
+      b.data<float>()[j] += static_cast<float>(step);
+    }
+  }
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,68 @@
+// Router: Megatron TopKRouter vocabulary for one MoE layer.
+//   logits [N, E] = (γ_router ⊙ n) W_routerᵀ      (compute dtype of the layer)
+//   scores [N, E] = softmax(logits) or sigmoid(logits)
+//   expert_ids [N, K] = top-k of scores + expert_bias (bias selects only;
+//                       ties to the lower expert index)
+//   weights [N, K] = scores at expert_ids, renormalised to sum 1 if normalize_topk
+//   kept [N, K]    = capacity mask (capacity_factor > 0): per expert the
+//                    highest-scoring ceil(cf·N·K/E) assignments survive (ties:
+//                    earlier token). Dropped assignments contribute nothing and
+//                    the surviving weights are NOT renormalised (a token that
+//                    lost a slot gets less output, as in GShard/Switch).
+// Losses (coefficient-weighted): aux = coeff·E·Σ_e f_e P_e with f_e the
+// fraction of the N·K top-k assignments on e BEFORE capacity drops (constant)
+// and P_e = mean_t scores[t, e] (sigmoid scores used as they are); z-loss =
+// coeff·mean_t logsumexp(logits_t)².
+//
+// Gradient contract: Backward overwrites d_n and accumulates into the router
+// weight (or its folded copy, see FoldedLinear) and d_γ.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "configs/scalemoe.pb.h"
+#include "core/ops.h"
+#include "moe/folded_linear.h"
+
+namespace scalemoe {
+
+class Router {
+ public:
+  Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+         const std::string& prefix);
+
+  void PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma);
+  void Forward(const ExecContext& ctx, const Tensor& n);
+  // d_weights [N, K]: gradient of the main loss w.r.t. the combine weights.
+  // The aux/z losses' gradients are added scaled by loss_grad_scale.
+  void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
+                const Tensor& d_n);
+  void FinishBackward(const ExecContext& ctx);
+  // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3); no-op without a bias.
+  void UpdateExpertBias(const std::vector<int64_t>& loads);
+
+  const Tensor& logits() const { return logits_; }
+  const Tensor& scores() const { return scores_; }
+  const Tensor& expert_ids() const { return expert_ids_; }  // [N, K] i32
+  const Tensor& weights() const { return weights_; }        // [N, K]
+  const Tensor& kept() const { return kept_; }              // [N, K] i32
+  // Host reads of the [1] loss tensors of the last Forward.
+  double aux_loss() const { return aux_loss_.defined() ? aux_loss_.At(0) : 0.0; }
+  double z_loss() const { return z_loss_.defined() ? z_loss_.At(0) : 0.0; }
+  int64_t capacity() const { return capacity_; }  // of the last Forward; 0 = dropless
+
+ private:
+  config::MoEConfig cfg_;
+  ops::ScoreFunction score_fn_;
+  Param* weight_;               // [E, C]
+  Param* expert_bias_ = nullptr;  // [E], only with moe.expert_bias
+  FoldedLinear linear_;
+  // Forward cache.
+  Tensor n_;
+  FoldedLinear::Cache cache_;
+  Tensor logits_, scores_, expert_ids_, weights_, kept_, aux_loss_, z_loss_;
+  int64_t capacity_ = 0;
+};
+
+}  // namespace scalemoe

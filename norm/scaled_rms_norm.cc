@@ -1,0 +1,58 @@
+#include "norm/scaled_rms_norm.h"
+
+#include "core/ops.h"
+
+namespace scalemoe {
+
+ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
+                             std::string name, int64_t dim, double eps, ParamLayout layout)
+    : name_(std::move(name)), dim_(dim), eps_(eps) {
+  if (cfg.mode() != config::ScaleVectorConfig::NONE) {
+    scale_ = std::make_unique<ScaleVector>(registry, name_ + ".scale", dim,
+                                           ParamRole::kOutputNormScale, cfg.reparam(), layout);
+  }
+}
+
+void ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
+  if (!scale_) return;
+  if (!gamma_.defined() || gamma_.dtype() != dtype) {
+    gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
+    d_gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
+  }
+  scale_->Compute(ctx, gamma_);
+  ops::Zero(ctx, d_gamma_);
+}
+
+void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+  SM_CHECK_MSG(x.numel() % dim_ == 0 && y.numel() == x.numel(), name_, ": x ", x.DebugString(),
+               " y ", y.DebugString(), " for dim ", dim_);
+  const int64_t rows = x.numel() / dim_;
+  const Tensor x2 = x.View({rows, dim_});
+  n_ = Tensor::Empty({rows, dim_}, x.dtype(), x.device());
+  rstd_ = Tensor::Empty({rows}, x.dtype(), x.device());
+  ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
+  if (scale_) {
+    ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), y.View({rows, dim_}));
+  } else {
+    ops::Copy(ctx, n_, y);
+  }
+}
+
+void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
+  const int64_t rows = n_.dim(0);
+  SM_CHECK_MSG(d_y.numel() == n_.numel() && d_x.numel() == n_.numel(), name_,
+               ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString());
+  Tensor d_n = d_y.View({rows, dim_});
+  if (scale_) {
+    d_n = Tensor::Empty({rows, dim_}, d_y.dtype(), d_y.device());
+    ops::ScaleRowsColsBackward(ctx, n_, Tensor(), gamma_, d_y.View({rows, dim_}), d_n, Tensor(),
+                               d_gamma_);
+  }
+  ops::RmsNormalizeBackward(ctx, n_, rstd_, d_n, d_x.View({rows, dim_}));
+}
+
+void ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {
+  if (scale_) scale_->Backward(ctx, d_gamma_);
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,51 @@
+// ScaledRmsNorm: y = γ ⊙ x / rms(x) over the last `dim` elements, with an
+// Output-Norm scale vector γ (role kOutputNormScale: no linear map follows).
+// Serves QK-norm and DNP's output-side norms (per head: x [N, H*D] is viewed
+// as [N*H, D], one γ [D] shared by the heads) and the sandwich norms on the
+// sublayer outputs. Under scale-vector mode NONE there is no γ: y = x/rms(x).
+// γ follows the configured reparameterisation (norm/scale_vector.h).
+//
+// Per step: PrepareStep() computes γ and zeroes its gradient; each
+// Forward/Backward pair handles one micro-batch (Forward caches n and rstd;
+// Backward overwrites d_x and accumulates dγ); FinishBackward() pushes dγ
+// into the parameters' gradients (+=).
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "configs/scalemoe.pb.h"
+#include "core/context.h"
+#include "core/params.h"
+#include "core/tensor.h"
+#include "norm/scale_vector.h"
+
+namespace scalemoe {
+
+class ScaledRmsNorm {
+ public:
+  // Registers "<name>.scale" (or its α/β) unless cfg.mode() is NONE.
+  ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorConfig& cfg, std::string name,
+                int64_t dim, double eps, ParamLayout layout = {});
+
+  void PrepareStep(const ExecContext& ctx, DType dtype);
+  // x, y: contiguous, numel a multiple of dim; y must not alias x.
+  void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  void FinishBackward(const ExecContext& ctx);
+
+  bool has_scale() const { return scale_ != nullptr; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_;
+  int64_t dim_;
+  double eps_;
+  std::unique_ptr<ScaleVector> scale_;  // null under mode NONE
+  Tensor gamma_;    // [dim] effective γ of this step
+  Tensor d_gamma_;  // [dim] accumulated over the step's micro-batches
+  Tensor n_;        // [R, dim] normalized input of the last Forward
+  Tensor rstd_;     // [R]
+};
+
+}  // namespace scalemoe

@@ -1,0 +1,89 @@
+// Optimizer: the single-rank optimizer a trainer drives. Owns the parameter
+// groups, the schedule, clipping, AdamW (every non-Muon element) and, for
+// OptimizerConfig.type == MUON, Muon (2-D hidden matrices).
+//
+// Use per training step: gradients in the registry's flat grad buffer, then
+// Step(ctx, step). State (all flat, parallel to the registry's
+// flat_values(), so a ZeRO-1 optimizer can slice it) is exposed by name for
+// checkpoints:
+//   optimizer.adam_m          [total] AdamW first moment
+//   optimizer.adam_v          [total] AdamW second moment
+//   optimizer.muon_momentum   [total] Muon momentum (MUON only)
+//   optimizer.num_updates     i64[1]  updates applied (bias correction)
+// The registry must outlive the optimizer and stay materialised.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "configs/scalemoe.pb.h"
+#include "core/context.h"
+#include "core/params.h"
+#include "core/status.h"
+#include "optim/adamw.h"
+#include "optim/muon.h"
+#include "optim/param_groups.h"
+
+namespace scalemoe {
+
+// What one Step did, for logging and the non-finite policy.
+struct StepStats {
+  double lr = 0.0;         // AdamW rate used (before role multipliers)
+  double muon_lr = 0.0;    // Muon rate used (0 without Muon)
+  double grad_norm = 0.0;  // global norm before clipping; NaN/Inf if non-finite
+  bool applied = false;    // false: non-finite norm, nothing was changed
+};
+
+using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
+
+class Optimizer {
+ public:
+  // Reads config.optimizer, config.schedule, config.scale_vectors.decay_policy
+  // and config.train.train_steps (schedule length). Errors name the field:
+  // out-of-range hyper-parameters, unknown role multipliers, an
+  // unmaterialised registry, or parameters that are not f32/f64 on the CPU.
+  static StatusOr<std::unique_ptr<Optimizer>> Create(const config::RunConfig& config,
+                                                     ParamRegistry& registry);
+
+  Optimizer(const Optimizer&) = delete;
+  Optimizer& operator=(const Optimizer&) = delete;
+
+  // Clips the gradients to optimizer.grad_clip (0: off) and applies one
+  // update. `step` is the 0-based training step (the schedule's input; the
+  // bias correction counts applied updates instead). With a non-finite
+  // gradient norm, parameters and state are left untouched and
+  // applied == false: the trainer stops or skips per train.on_nonfinite.
+  StepStats Step(const ExecContext& ctx, int64_t step);
+
+  // Scheduled AdamW rate (before role multipliers) for `step`.
+  double LearningRateAt(int64_t step) const;
+
+  const ParamGroups& groups() const { return groups_; }
+  int64_t num_updates() const { return num_updates_; }
+
+  // Named state (list above). The flat tensors alias the live state: copy
+  // them before the next Step to keep a snapshot.
+  NamedTensors StateTensors() const;
+  // Restores state saved by StateTensors() from an optimizer of the same
+  // config and registry layout: every name must be present, no extra name,
+  // same element counts (dtype converts). Errors name the tensor.
+  Status LoadStateTensors(const NamedTensors& state);
+
+ private:
+  Optimizer(const config::RunConfig& config, ParamRegistry& registry, ParamGroups groups);
+
+  ParamRegistry& registry_;
+  config::OptimizerConfig options_;
+  config::ScheduleConfig schedule_;
+  int64_t total_steps_;
+  ParamGroups groups_;
+  AdamW adamw_;               // over [0, total)
+  std::optional<Muon> muon_;  // MUON only
+  int64_t num_updates_ = 0;
+};
+
+}  // namespace scalemoe

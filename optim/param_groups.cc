@@ -1,0 +1,158 @@
+#include "optim/param_groups.h"
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+
+namespace scalemoe {
+
+bool Decays(ParamRole role, int ndim, DecayPolicy policy) {
+  if (!IsTrainable(role)) return false;
+  switch (policy) {
+    case config::ScaleVectorConfig::IWD:
+      return role != ParamRole::kOutputNormScale && role != ParamRole::kBias;
+    case config::ScaleVectorConfig::NONE_1D:
+      return ndim >= 2;
+    case config::ScaleVectorConfig::ALL:
+      return true;
+    case config::ScaleVectorConfig::OUTPUT_ONLY:
+      return ndim >= 2 || role == ParamRole::kOutputNormScale;
+  }
+  return false;
+}
+
+const char* UpdateRuleName(UpdateRule rule) {
+  switch (rule) {
+    case UpdateRule::kAdamW: return "adamw";
+    case UpdateRule::kMuon: return "muon";
+    case UpdateRule::kNone: return "none";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr int kNumRoles = static_cast<int>(ParamRole::kExpertBias) + 1;
+
+struct Multipliers {
+  double lr = 1.0;
+  double wd = 1.0;
+};
+
+// Role multipliers indexed by ParamRole, validated.
+StatusOr<std::vector<Multipliers>> ReadMultipliers(const config::OptimizerConfig& optimizer) {
+  std::vector<Multipliers> out(kNumRoles);
+  std::vector<bool> seen(kNumRoles, false);
+  std::vector<std::string> valid;
+  for (int r = 0; r < kNumRoles; ++r) {
+    if (IsTrainable(static_cast<ParamRole>(r))) valid.push_back(ParamRoleName(static_cast<ParamRole>(r)));
+  }
+  for (const config::RoleMultiplier& m : optimizer.role_multipliers()) {
+    int role = -1;
+    for (int r = 0; r < kNumRoles; ++r) {
+      if (m.role() == ParamRoleName(static_cast<ParamRole>(r))) role = r;
+    }
+    if (role < 0 || !IsTrainable(static_cast<ParamRole>(role))) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer.role_multipliers: unknown or untrainable role \"", m.role(),
+          "\"; use one of: ", absl::StrJoin(valid, ", ")));
+    }
+    if (seen[role]) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer.role_multipliers: role \"", m.role(), "\" given twice; keep one entry"));
+    }
+    if (m.lr_mult() < 0 || m.wd_mult() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "optimizer.role_multipliers: role \"", m.role(), "\" has lr_mult=", m.lr_mult(),
+          " wd_mult=", m.wd_mult(), "; multipliers must be >= 0"));
+    }
+    seen[role] = true;
+    out[role] = {m.lr_mult(), m.wd_mult()};
+  }
+  return out;
+}
+
+UpdateRule RuleFor(const Param& p, const config::OptimizerConfig& optimizer) {
+  const ParamRole role = p.spec.role;
+  if (!IsTrainable(role)) return UpdateRule::kNone;
+  const bool hidden_matrix = (role == ParamRole::kLinear || role == ParamRole::kExpertLinear) &&
+                             p.local_shape.size() == 2;
+  if (optimizer.type() == config::OptimizerConfig::MUON && hidden_matrix) return UpdateRule::kMuon;
+  return UpdateRule::kAdamW;
+}
+
+}  // namespace
+
+StatusOr<ParamGroups> ParamGroups::Create(const ParamRegistry& registry,
+                                          const config::OptimizerConfig& optimizer,
+                                          DecayPolicy policy) {
+  SM_ASSIGN_OR_RETURN(std::vector<Multipliers> mults, ReadMultipliers(optimizer));
+  ParamGroups out;
+  out.policy_ = policy;
+  std::map<std::tuple<int, int, bool>, int> index;  // (role, rule, decays) -> group
+  for (const auto& owned : registry.params()) {
+    const Param& p = *owned;
+    const ParamRole role = p.spec.role;
+    const UpdateRule rule = RuleFor(p, optimizer);
+    const bool decays = Decays(role, static_cast<int>(p.local_shape.size()), policy);
+    const auto key = std::make_tuple(static_cast<int>(role), static_cast<int>(rule), decays);
+    auto it = index.find(key);
+    if (it == index.end()) {
+      ParamGroup g;
+      g.role = role;
+      g.rule = rule;
+      g.decays = decays;
+      g.lr_mult = mults[static_cast<int>(role)].lr;
+      g.wd_mult = mults[static_cast<int>(role)].wd;
+      it = index.emplace(key, static_cast<int>(out.groups_.size())).first;
+      out.groups_.push_back(g);
+    }
+    const int gi = it->second;
+    out.groups_[gi].num_params += 1;
+    out.groups_[gi].num_elements += p.local_numel();
+    out.entries_.push_back({&p, gi});
+    if (p.local_numel() == 0) continue;
+    // Parameters are laid out back to back in registration order.
+    SM_CHECK_MSG(p.flat_offset == out.total_, p.spec.name, " at flat offset ", p.flat_offset,
+                 ", expected ", out.total_);
+    if (!out.segments_.empty() && out.segments_.back().group == gi) {
+      out.segments_.back().end += p.local_numel();
+    } else {
+      out.segments_.push_back({p.flat_offset, p.flat_offset + p.local_numel(), gi});
+    }
+    out.total_ += p.local_numel();
+  }
+  return out;
+}
+
+std::vector<FlatSegment> ParamGroups::SegmentsIn(int64_t begin, int64_t end) const {
+  SM_CHECK_MSG(0 <= begin && begin <= end && end <= total_, "SegmentsIn [", begin, ", ", end,
+               ") outside [0, ", total_, ")");
+  std::vector<FlatSegment> out;
+  if (begin == end) return out;
+  // First segment whose end is past `begin`.
+  auto it = std::upper_bound(segments_.begin(), segments_.end(), begin,
+                             [](int64_t v, const FlatSegment& s) { return v < s.end; });
+  for (; it != segments_.end() && it->begin < end; ++it) {
+    out.push_back({std::max(it->begin, begin), std::min(it->end, end), it->group});
+  }
+  return out;
+}
+
+std::string ParamGroups::DescribeGroups() const {
+  std::string out = absl::StrFormat("%-3s %-18s %-6s %8s %12s %8s %8s %-5s\n", "#", "role", "rule",
+                                    "params", "elements", "lr_mult", "wd_mult", "decay");
+  for (size_t i = 0; i < groups_.size(); ++i) {
+    const ParamGroup& g = groups_[i];
+    absl::StrAppend(&out, absl::StrFormat("%-3d %-18s %-6s %8d %12d %8g %8g %-5s\n",
+                                          static_cast<int>(i), ParamRoleName(g.role),
+                                          UpdateRuleName(g.rule), g.num_params, g.num_elements,
+                                          g.lr_mult, g.wd_mult, g.decays ? "yes" : "no"));
+  }
+  return out;
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,284 @@
+#include "checkpoint/checkpoint.h"
+
+#include <filesystem>
+#include <fstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/checkpoint/temp_dir.h"
+
+namespace scalemoe::checkpoint {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+Tensor Values(const Shape& shape, DType dtype, double seed) {
+  std::vector<double> v(NumElements(shape));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = seed + 0.25 * static_cast<double>(i);
+  return Tensor::FromVector(shape, v, dtype);
+}
+
+// A small "model": weights in three float types, an integer buffer, and one
+// optimizer-state tensor.
+std::vector<NamedTensor> ModelTensors(double seed) {
+  return {
+      {"embed", Values({6, 4}, DType::kF32, seed), {}, {}, TensorRole::kModel},
+      {"layers.0.w", Values({4, 4}, DType::kBF16, seed + 1), {}, {}, TensorRole::kModel},
+      {"layers.0.norm", Values({4}, DType::kF64, seed + 2), {}, {}, TensorRole::kModel},
+      {"tokens_seen", Values({2}, DType::kI64, 1000 * seed), {}, {}, TensorRole::kModel},
+      {"adam.m.embed", Values({6, 4}, DType::kF32, seed + 3), {}, {}, TensorRole::kState},
+  };
+}
+
+// Zero-filled destinations with the same names, shapes, dtypes and roles.
+std::vector<NamedTensor> Targets(const std::vector<NamedTensor>& like) {
+  std::vector<NamedTensor> out;
+  for (const NamedTensor& t : like) {
+    out.push_back({t.name, Tensor::Zeros(t.tensor.shape(), t.tensor.dtype()), {}, {}, t.role});
+  }
+  return out;
+}
+
+class CheckpointTest : public ::testing::Test {
+ protected:
+  Status Save(int64_t step, int keep_last = 0) {
+    SaveRequest req;
+    req.root = dir_.path();
+    req.step = step;
+    req.config_text = "model { d_model: 4 }";
+    req.layout.zero_stage = 1;
+    req.tensors = ModelTensors(static_cast<double>(step));
+    req.blobs = {{"loader", R"({"shard": 3, "offset": 17})"},
+                 {"rng", std::string("\x00\xff\x80 binary", 10)}};
+    req.keep_last = keep_last;
+    return SaveCheckpoint(req);
+  }
+  std::string StepDir(int64_t step) {
+    return dir_.path() + "/checkpoints/step_" + std::to_string(step);
+  }
+  std::string RankFile(int64_t step) { return StepDir(step) + "/rank_00000.safetensors"; }
+
+  testing::TempDir dir_;
+};
+
+TEST_F(CheckpointTest, RoundTripsTensorsOfEveryDTypeAndBlobs) {
+  ASSERT_TRUE(Save(5).ok());
+  StatusOr<std::string> latest = LatestCheckpoint(dir_.path());
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  EXPECT_EQ(*latest, StepDir(5));
+
+  std::vector<NamedTensor> saved = ModelTensors(5);
+  LoadRequest req{Targets(saved)};
+  StatusOr<LoadedCheckpoint> loaded = LoadCheckpoint(*latest, req);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  EXPECT_EQ(loaded->step, 5);
+  EXPECT_EQ(loaded->config_text, "model { d_model: 4 }");
+  EXPECT_EQ(loaded->layout.zero_stage, 1);
+  EXPECT_EQ(loaded->blobs.at("loader"), R"({"shard": 3, "offset": 17})");
+  EXPECT_EQ(loaded->blobs.at("rng"), std::string("\x00\xff\x80 binary", 10));
+  for (size_t i = 0; i < saved.size(); ++i) {
+    EXPECT_EQ(req.targets[i].tensor.ToVector(), saved[i].tensor.ToVector()) << saved[i].name;
+  }
+  EXPECT_TRUE(fs::exists(StepDir(5) + "/manifest.txt"));
+}
+
+TEST_F(CheckpointTest, ConvertsBetweenF32AndBf16OnLoad) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets[0].tensor = Tensor::Zeros({6, 4}, DType::kBF16);  // stored f32
+  targets[1].tensor = Tensor::Zeros({4, 4}, DType::kF32);   // stored bf16
+  LoadRequest req{targets};
+  ASSERT_TRUE(LoadCheckpoint(StepDir(1), req).ok());
+  // Values are multiples of 0.25 below 8: exact in bf16.
+  EXPECT_EQ(targets[0].tensor.ToVector(), ModelTensors(1)[0].tensor.ToVector());
+  EXPECT_EQ(targets[1].tensor.ToVector(), ModelTensors(1)[1].tensor.ToVector());
+}
+
+TEST_F(CheckpointTest, StateTensorsAreOptionalOnLoad) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets.pop_back();  // no optimizer state: e.g. fine-tuning with a fresh optimizer
+  EXPECT_TRUE(LoadCheckpoint(StepDir(1), LoadRequest{targets}).ok());
+}
+
+TEST_F(CheckpointTest, RefusesToSaveAStepThatAlreadyExists) {
+  ASSERT_TRUE(Save(3).ok());
+  Status s = Save(3);
+  EXPECT_EQ(s.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(s.message(), HasSubstr("step_3"));
+}
+
+TEST_F(CheckpointTest, LatestIsNotFoundWithoutCheckpoints) {
+  EXPECT_EQ(LatestCheckpoint(dir_.path()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST_F(CheckpointTest, LoadOfMissingDirectoryNamesIt) {
+  Status s = LoadCheckpoint(StepDir(9), LoadRequest{Targets(ModelTensors(9))}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(s.message(), HasSubstr(StepDir(9)));
+}
+
+TEST_F(CheckpointTest, LeftoverTmpDirIsIgnoredThenCleanedByNextSave) {
+  ASSERT_TRUE(Save(1).ok());
+  const std::string tmp = dir_.path() + "/checkpoints/.tmp-step_2-99999";
+  fs::create_directories(tmp);
+  std::ofstream(tmp + "/rank_00000.safetensors") << "half written";
+  EXPECT_EQ(*LatestCheckpoint(dir_.path()), StepDir(1));
+  ASSERT_TRUE(Save(2).ok());
+  EXPECT_FALSE(fs::exists(tmp));
+  EXPECT_EQ(*LatestCheckpoint(dir_.path()), StepDir(2));
+}
+
+TEST_F(CheckpointTest, StepDirWithoutCompleteIsIgnoredAndReplacedOnResave) {
+  ASSERT_TRUE(Save(1).ok());
+  ASSERT_TRUE(Save(2).ok());
+  fs::remove(StepDir(2) + "/COMPLETE");  // as if killed before the marker
+  EXPECT_EQ(*LatestCheckpoint(dir_.path()), StepDir(1));
+  Status s = LoadCheckpoint(StepDir(2), LoadRequest{Targets(ModelTensors(2))}).status();
+  EXPECT_THAT(s.message(), HasSubstr("incomplete"));
+  ASSERT_TRUE(Save(2).ok());  // the debris does not block a re-save
+  EXPECT_EQ(*LatestCheckpoint(dir_.path()), StepDir(2));
+}
+
+TEST_F(CheckpointTest, KeepsTheLastKCompleteCheckpoints) {
+  for (int64_t step : {10, 20, 30, 40}) ASSERT_TRUE(Save(step, /*keep_last=*/2).ok());
+  EXPECT_FALSE(fs::exists(StepDir(10)));
+  EXPECT_FALSE(fs::exists(StepDir(20)));
+  EXPECT_TRUE(fs::exists(StepDir(30) + "/COMPLETE"));
+  EXPECT_TRUE(fs::exists(StepDir(40) + "/COMPLETE"));
+  for (const auto& e : fs::directory_iterator(dir_.path() + "/checkpoints")) {
+    EXPECT_THAT(e.path().filename().string(), ::testing::StartsWith("step_"));
+  }
+}
+
+TEST_F(CheckpointTest, PruningNeverDeletesTheCheckpointJustWritten) {
+  ASSERT_TRUE(Save(50).ok());
+  ASSERT_TRUE(Save(60).ok());
+  ASSERT_TRUE(Save(5, /*keep_last=*/1).ok());  // older step, e.g. after resuming from step_5
+  EXPECT_TRUE(fs::exists(StepDir(5) + "/COMPLETE"));
+  EXPECT_TRUE(fs::exists(StepDir(60) + "/COMPLETE"));
+  EXPECT_FALSE(fs::exists(StepDir(50)));
+}
+
+TEST_F(CheckpointTest, FlippedByteFailsTheChecksumNamingTheFile) {
+  ASSERT_TRUE(Save(1).ok());
+  {
+    std::fstream f(RankFile(1), std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-5, std::ios::end);
+    char c;
+    f.read(&c, 1);
+    c ^= 0x10;
+    f.seekp(-5, std::ios::end);
+    f.write(&c, 1);
+  }
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{Targets(ModelTensors(1))}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr(RankFile(1)));
+  EXPECT_THAT(s.message(), HasSubstr("checksum"));
+  StatusOr<std::string> described = DescribeCheckpoint(StepDir(1));
+  ASSERT_TRUE(described.ok()) << described.status();
+  EXPECT_THAT(*described, HasSubstr("BAD (checksum"));
+  EXPECT_THAT(*described, HasSubstr("blobs.json"));
+}
+
+TEST_F(CheckpointTest, TruncatedFileIsReported) {
+  ASSERT_TRUE(Save(1).ok());
+  fs::resize_file(RankFile(1), fs::file_size(RankFile(1)) - 16);
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{Targets(ModelTensors(1))}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr(RankFile(1)));
+  EXPECT_THAT(s.message(), HasSubstr("truncated"));
+}
+
+TEST_F(CheckpointTest, MissingFileIsReported) {
+  ASSERT_TRUE(Save(1).ok());
+  fs::remove(StepDir(1) + "/blobs.json");
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{Targets(ModelTensors(1))}).status();
+  EXPECT_THAT(s.message(), HasSubstr("blobs.json"));
+  EXPECT_THAT(s.message(), HasSubstr("missing"));
+}
+
+TEST_F(CheckpointTest, CorruptManifestIsReported) {
+  ASSERT_TRUE(Save(1).ok());
+  std::ofstream(StepDir(1) + "/manifest.pb", std::ios::app) << "x";
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{Targets(ModelTensors(1))}).status();
+  EXPECT_THAT(s.message(), HasSubstr("manifest"));
+  EXPECT_THAT(s.message(), HasSubstr("corrupt"));
+}
+
+TEST_F(CheckpointTest, OtherModelIsRefusedNamingTheMismatch) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets[0].name = "embedding";  // renamed parameter
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{targets}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("different model"));
+  EXPECT_THAT(s.message(), HasSubstr("'embed' is in the checkpoint but not in the model"));
+  EXPECT_THAT(s.message(), HasSubstr("'embedding' is in the model but not in the checkpoint"));
+}
+
+TEST_F(CheckpointTest, WrongShapeIsRefusedNamingTheTensor) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets[1].tensor = Tensor::Zeros({4, 5}, DType::kBF16);
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{targets}).status();
+  EXPECT_THAT(s.message(), HasSubstr("'layers.0.w' has global shape [4, 4] in the checkpoint but [4, 5]"));
+}
+
+TEST_F(CheckpointTest, WrongStateShapeIsRefusedNamingTheTensor) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets[4].tensor = Tensor::Zeros({6, 3}, DType::kF32);  // kState: not in the fingerprint
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{targets}).status();
+  EXPECT_THAT(s.message(), HasSubstr("tensor 'adam.m.embed' has global shape [6, 4]"));
+}
+
+TEST_F(CheckpointTest, IncompatibleDTypeIsRefused) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  targets[3].tensor = Tensor::Zeros({2}, DType::kF32);  // stored i64
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{targets}).status();
+  EXPECT_THAT(s.message(), HasSubstr("'tokens_seen' is stored as i64 but the target is f32"));
+}
+
+// Every failure above happens after some tensors were already verified; none
+// of them may reach the caller's memory.
+TEST_F(CheckpointTest, FailedLoadLeavesEveryTargetUntouched) {
+  ASSERT_TRUE(Save(1).ok());
+  std::vector<NamedTensor> targets = Targets(ModelTensors(1));
+  for (NamedTensor& t : targets) t.tensor.Fill(-7);
+  targets.push_back({"not.saved", Tensor::Zeros({2}, DType::kF32), {}, {}, TensorRole::kState});
+  Status s = LoadCheckpoint(StepDir(1), LoadRequest{targets}).status();
+  EXPECT_THAT(s.message(), HasSubstr("'not.saved' is not in checkpoint"));
+  for (const NamedTensor& t : targets) {
+    if (t.name == "not.saved") continue;
+    for (double v : t.tensor.ToVector()) ASSERT_EQ(v, -7) << t.name;
+  }
+}
+
+TEST_F(CheckpointTest, DescribeListsStepLayoutTensorsAndFiles) {
+  ASSERT_TRUE(Save(7).ok());
+  StatusOr<std::string> d = DescribeCheckpoint(StepDir(7));
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_THAT(*d, HasSubstr("step 7"));
+  EXPECT_THAT(*d, HasSubstr("zero_stage=1"));
+  EXPECT_THAT(*d, HasSubstr("layers.0.w"));
+  EXPECT_THAT(*d, HasSubstr("BF16"));
+  EXPECT_THAT(*d, HasSubstr("rank_00000.safetensors"));
+  EXPECT_THAT(*d, ::testing::Not(HasSubstr("BAD")));
+}
+
+TEST_F(CheckpointTest, RejectsSliceOutsideGlobalShapeAndMultiRankSave) {
+  SaveRequest req;
+  req.root = dir_.path();
+  req.step = 1;
+  req.tensors = {{"w", Values({2, 4}, DType::kF32, 0), {3, 4}, {2, 0}, TensorRole::kModel}};
+  EXPECT_THAT(SaveCheckpoint(req).message(), HasSubstr("tensor 'w'"));
+  req.tensors.clear();
+  req.layout.world_size = 2;
+  EXPECT_EQ(SaveCheckpoint(req).code(), absl::StatusCode::kUnimplemented);
+}
+
+}  // namespace
+}  // namespace scalemoe::checkpoint

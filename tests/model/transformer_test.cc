@@ -1,0 +1,303 @@
+// The whole model (MoeTransformer): f64 gradients w.r.t. every parameter for
+// every scale-vector variant (dense and MoE), function preservation at init,
+// fold vs per-token paths, micro-batch accumulation, determinism, sandwich
+// norms, batch validation and the parameter counts.
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "model/model.h"
+#include "tests/model/model_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using SV = config::ScaleVectorConfig;
+
+struct Variant {
+  std::string name;
+  std::function<void(config::RunConfig&)> apply;
+  bool function_preserving = true;
+};
+
+void AllProjections(SV* sv) {
+  for (auto p : {SV::Q, SV::K, SV::V, SV::O, SV::GATE, SV::UP, SV::DOWN}) {
+    sv->add_dual_projections(p);
+  }
+}
+
+std::vector<Variant> Variants() {
+  return {
+      {"NONE", [](config::RunConfig& c) { c.mutable_scale_vectors()->set_mode(SV::NONE); }},
+      {"SHARED", [](config::RunConfig&) {}},
+      {"PER_BRANCH",
+       [](config::RunConfig& c) { c.mutable_scale_vectors()->set_mode(SV::PER_BRANCH); }},
+      {"DUAL", [](config::RunConfig& c) { c.mutable_scale_vectors()->set_placement(SV::DUAL); }},
+      {"DUAL_NORMALIZED",
+       [](config::RunConfig& c) {
+         c.mutable_scale_vectors()->set_placement(SV::DUAL_NORMALIZED);
+       }},
+      {"MAGNITUDE_DIRECTION",
+       [](config::RunConfig& c) {
+         c.mutable_scale_vectors()->set_reparam(SV::MAGNITUDE_DIRECTION);
+       }},
+      {"MAGNITUDE_DIRECTION_NORMALIZED",
+       [](config::RunConfig& c) {
+         c.mutable_scale_vectors()->set_reparam(SV::MAGNITUDE_DIRECTION_NORMALIZED);
+       }},
+      {"UNION_DUAL",
+       [](config::RunConfig& c) {
+         SV* sv = c.mutable_scale_vectors();
+         sv->set_mode(SV::PER_BRANCH);
+         sv->set_placement(SV::DUAL);
+         AllProjections(sv);
+         sv->set_reparam(SV::MAGNITUDE_DIRECTION_NORMALIZED);
+         c.mutable_model()->set_qk_norm(true);
+         c.mutable_model()->set_sandwich_norm(true);
+       }},
+      {"UNION_DNP",
+       [](config::RunConfig& c) {
+         SV* sv = c.mutable_scale_vectors();
+         sv->set_mode(SV::PER_BRANCH);
+         sv->set_placement(SV::DUAL_NORMALIZED);
+         AllProjections(sv);
+         sv->set_reparam(SV::MAGNITUDE_DIRECTION);
+         sv->set_dnp_normalize_v(true);  // changes the function: no init check
+         c.mutable_model()->set_sandwich_norm(true);
+       },
+       /*function_preserving=*/false},
+  };
+}
+
+Tensor Tokens(uint64_t stream, int64_t vocab = 16) {
+  std::vector<double> ids(10);
+  for (int i = 0; i < 10; ++i) {
+    ids[i] = static_cast<double>(Philox4x32_10({{static_cast<uint32_t>(i), 0, 0, 0}},
+                                               static_cast<uint32_t>(stream), 3)
+                                     .v[0] %
+                                 vocab);
+  }
+  return Tensor::FromVector({2, 5}, ids, DType::kI32);
+}
+
+// A materialized model with its registry.
+struct Built {
+  std::unique_ptr<ParamRegistry> registry = std::make_unique<ParamRegistry>();
+  std::unique_ptr<MoeTransformer> model;
+};
+
+Built Build(const config::RunConfig& cfg, DType dtype) {
+  Built b;
+  b.model = std::make_unique<MoeTransformer>(*b.registry, cfg);
+  SM_CHECK_OK(b.registry->Materialize(cfg.train().seed(), dtype, Device::kCPU));
+  return b;
+}
+
+// Full step: grads of loss_grad_scale · total loss.
+LossBreakdown Step(Built& b, const Tensor& tokens, const Tensor& targets) {
+  const ExecContext ctx;
+  b.registry->ZeroGrads();
+  b.model->PrepareStep(ctx);
+  LossBreakdown loss = b.model->Forward(ctx, tokens, targets);
+  b.model->Backward(ctx, 1.0);
+  b.model->FinishBackward(ctx);
+  return loss;
+}
+
+class ModelVariantTest : public ::testing::TestWithParam<std::tuple<int, int>> {
+ protected:
+  Variant variant() const { return Variants()[std::get<0>(GetParam())]; }
+  config::RunConfig Config() const {
+    config::RunConfig cfg = testing::TinyConfig(std::get<1>(GetParam()));
+    variant().apply(cfg);
+    return cfg;
+  }
+};
+
+TEST_P(ModelVariantTest, GradientsMatchFiniteDifferences) {
+  Built b = Build(Config(), DType::kF64);
+  testing::PerturbScaleVectors(*b.registry, 11);
+  const Tensor tokens = Tokens(1), targets = Tokens(2);
+  const LossBreakdown loss = Step(b, tokens, targets);
+  EXPECT_GT(loss.cross_entropy, 0.0);
+  const ExecContext ctx;
+  auto total = [&] {
+    b.model->PrepareStep(ctx);
+    return b.model->Evaluate(ctx, tokens, targets).total;
+  };
+  testing::ExpectAllParamGrads(*b.registry, total, 32);
+}
+
+TEST_P(ModelVariantTest, InitComputesTheSharedBaselineFunction) {
+  if (!variant().function_preserving) GTEST_SKIP() << "dnp_normalize_v adds a norm on v";
+  config::RunConfig cfg = Config();
+  config::RunConfig base = testing::TinyConfig(std::get<1>(GetParam()));
+  base.mutable_model()->CopyFrom(cfg.model());
+  // DNP's output side is a QK-norm: its baseline is SHARED with QK-norm.
+  if (cfg.scale_vectors().placement() == SV::DUAL_NORMALIZED) {
+    base.mutable_model()->set_qk_norm(true);
+  }
+  const ExecContext ctx;
+  const Tensor tokens = Tokens(3), targets = Tokens(4);
+  for (DType dtype : {DType::kF64, DType::kF32}) {
+    Built v = Build(cfg, dtype), s = Build(base, dtype);
+    v.model->PrepareStep(ctx);
+    s.model->PrepareStep(ctx);
+    const double lv = v.model->Evaluate(ctx, tokens, targets).total;
+    const double ls = s.model->Evaluate(ctx, tokens, targets).total;
+    const std::vector<double> a = v.model->logits().ToVector(), c = s.model->logits().ToVector();
+    ASSERT_EQ(a.size(), c.size());
+    if (dtype == DType::kF64) {
+      EXPECT_EQ(lv, ls);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_EQ(a[i], c[i]) << i;
+    } else {
+      EXPECT_NEAR(lv, ls, 1e-6);
+      for (size_t i = 0; i < a.size(); ++i) ASSERT_NEAR(a[i], c[i], 1e-6) << i;
+    }
+  }
+}
+
+TEST_P(ModelVariantTest, FoldAndPerTokenPathsAgree) {
+  config::RunConfig fold = Config(), per_token = Config();
+  per_token.mutable_scale_vectors()->set_fold_into_weights(false);
+  Built a = Build(fold, DType::kF64), b = Build(per_token, DType::kF64);
+  testing::PerturbScaleVectors(*a.registry, 12);
+  testing::PerturbScaleVectors(*b.registry, 12);
+  const Tensor tokens = Tokens(5), targets = Tokens(6);
+  const double la = Step(a, tokens, targets).total, lb = Step(b, tokens, targets).total;
+  EXPECT_NEAR(la, lb, 1e-12);
+  const std::vector<double> ga = a.registry->flat_grads().ToVector();
+  const std::vector<double> gb = b.registry->flat_grads().ToVector();
+  ASSERT_EQ(ga.size(), gb.size());
+  for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
+}
+
+std::string VariantName(const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
+  return Variants()[std::get<0>(info.param)].name +
+         (std::get<1>(info.param) > 0 ? "_moe" : "_dense");
+}
+
+INSTANTIATE_TEST_SUITE_P(AllVariants, ModelVariantTest,
+                         ::testing::Combine(::testing::Range(0, 9), ::testing::Values(0, 4)),
+                         VariantName);
+
+// Two micro-batches with loss_grad_scale 1/2 give the gradient of the mean.
+TEST(ModelTest, MicroBatchesAccumulateScaledGradients) {
+  config::RunConfig cfg = testing::TinyConfig(4);
+  Variants()[7].apply(cfg);
+  Built b = Build(cfg, DType::kF64);
+  testing::PerturbScaleVectors(*b.registry, 13);
+  const ExecContext ctx;
+  const Tensor t1 = Tokens(7), y1 = Tokens(8), t2 = Tokens(9), y2 = Tokens(10);
+  b.registry->ZeroGrads();
+  b.model->PrepareStep(ctx);
+  b.model->Forward(ctx, t1, y1);
+  b.model->Backward(ctx, 0.5);
+  b.model->Forward(ctx, t2, y2);
+  b.model->Backward(ctx, 0.5);
+  b.model->FinishBackward(ctx);
+  auto mean = [&] {
+    b.model->PrepareStep(ctx);
+    return 0.5 * (b.model->Evaluate(ctx, t1, y1).total + b.model->Evaluate(ctx, t2, y2).total);
+  };
+  testing::ExpectAllParamGrads(*b.registry, mean, 6);
+}
+
+TEST(ModelTest, DeterministicAcrossRuns) {
+  config::RunConfig cfg = testing::TinyConfig(4);
+  Variants()[7].apply(cfg);
+  std::vector<double> grads[2];
+  double losses[2];
+  for (int run = 0; run < 2; ++run) {
+    Built b = Build(cfg, DType::kF32);
+    losses[run] = Step(b, Tokens(1), Tokens(2)).total;
+    grads[run] = b.registry->flat_grads().ToVector();
+  }
+  EXPECT_EQ(losses[0], losses[1]);
+  EXPECT_EQ(grads[0], grads[1]);
+}
+
+TEST(ModelTest, SandwichNormsAreOutputNormScalesAndChangeTheFunction) {
+  config::RunConfig cfg = testing::TinyConfig(0);
+  cfg.mutable_model()->set_sandwich_norm(true);
+  Built b = Build(cfg, DType::kF64);
+  for (const char* name : {"layers.0.post_attn_norm.scale", "layers.1.post_ffn_norm.scale"}) {
+    const Param* p = b.registry->Find(name);
+    ASSERT_NE(p, nullptr) << name;
+    EXPECT_EQ(p->spec.role, ParamRole::kOutputNormScale);
+  }
+  config::RunConfig none = cfg;
+  none.mutable_scale_vectors()->set_mode(SV::NONE);
+  ParamRegistry probe;
+  MoeTransformer no_scales(probe, none);
+  for (const auto& p : probe.params()) EXPECT_FALSE(IsScaleVector(p->spec.role)) << p->spec.name;
+  Built plain = Build(testing::TinyConfig(0), DType::kF64);
+  const ExecContext ctx;
+  b.model->PrepareStep(ctx);
+  plain.model->PrepareStep(ctx);
+  EXPECT_NE(b.model->Evaluate(ctx, Tokens(1), Tokens(2)).total,
+            plain.model->Evaluate(ctx, Tokens(1), Tokens(2)).total);
+}
+
+TEST(ModelTest, ParameterNamesFollowTheScheme) {
+  config::RunConfig cfg = testing::TinyConfig(0);
+  Variants()[7].apply(cfg);  // UNION_DUAL
+  cfg.mutable_model()->set_tied_embeddings(false);
+  ParamRegistry r;
+  MoeTransformer model(r, cfg);
+  for (const char* name :
+       {"embedding.weight", "lm_head.weight", "layers.1.attn.w_q", "layers.1.attn.w_o",
+        "layers.0.attn.gamma_q.alpha", "layers.0.attn.u_o.beta", "layers.0.mlp.gamma_up.alpha",
+        "layers.0.mlp.u_down.alpha", "layers.0.attn.q_norm.scale.alpha", "final_norm.scale.beta",
+        "layers.0.mlp.w_down"}) {
+    EXPECT_NE(r.Find(name), nullptr) << name;
+  }
+  EXPECT_EQ(r.Find("layers.0.attn_norm.scale.alpha"), nullptr);  // PER_BRANCH: no shared γ
+  EXPECT_EQ(r.Find("lm_head.weight")->spec.role, ParamRole::kLmHead);
+}
+
+TEST(ModelTest, BadBatchIsAClearError) {
+  config::RunConfig cfg = testing::TinyConfig(0);
+  ParamRegistry r;
+  MoeTransformer model(r, cfg);
+  Tensor bad = Tensor::FromVector({1, 2}, {3, 16}, DType::kI32);
+  const Status s = model.CheckBatch(bad, bad);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(std::string(s.message()).find("vocab_size"), std::string::npos) << s;
+  Tensor long_seq = Tensor::Zeros({1, 6}, DType::kI32);
+  EXPECT_NE(std::string(model.CheckBatch(long_seq, long_seq).message()).find("seq_length"),
+            std::string::npos);
+  EXPECT_TRUE(model.CheckBatch(Tokens(1), Tokens(2)).ok());
+}
+
+TEST(ModelTest, CountsOfTheDenseModel) {
+  config::RunConfig cfg = testing::TinyConfig(0);
+  ParamRegistry r;
+  MoeTransformer model(r, cfg);
+  const ModelCounts c = model.Counts();
+  // embedding 16·8; per layer: q 8·8, k 4·8, v 4·8, o 8·8, mlp 3·12·8, γ 8 + 8.
+  const int64_t per_layer = 64 + 32 + 32 + 64 + 3 * 96 + 16;
+  EXPECT_EQ(c.total_params, 128 + 2 * per_layer + 8);
+  EXPECT_EQ(c.active_params_per_token, c.total_params);
+  EXPECT_EQ(c.scale_vector_params, 2 * 16 + 8);
+  const double matmul = 128 + 2 * (per_layer - 16);
+  EXPECT_DOUBLE_EQ(c.train_flops_per_token, 6 * matmul + 12.0 * 2 * 8 * 5);
+  EXPECT_FALSE(r.materialized());
+}
+
+TEST(ModelTest, CountsOfTheMoeModelActivateTopKExperts) {
+  config::RunConfig cfg = testing::TinyConfig(4);
+  ParamRegistry r;
+  MoeTransformer model(r, cfg);
+  const ModelCounts c = model.Counts();
+  int64_t routed = 0;
+  for (const auto& p : r.params()) {
+    if (p->spec.layout.expert >= 0) routed += NumElements(p->spec.shape);
+  }
+  ASSERT_GT(routed, 0);
+  EXPECT_EQ(c.active_params_per_token, c.total_params - routed / 2);  // k/E = 2/4
+}
+
+}  // namespace
+}  // namespace scalemoe

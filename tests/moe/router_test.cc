@@ -1,0 +1,209 @@
+// Router: forward/backward incl. aux and z losses (f64 central differences),
+// top-k ties, capacity drops, sigmoid scores, expert bias.
+#include "moe/router.h"
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+
+#include "core/ops.h"
+#include "tests/moe/moe_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::kHidden;
+using testing::kTokens;
+
+struct RouterRig {
+  explicit RouterRig(const config::RunConfig& cfg) {
+    router = std::make_unique<Router>(registry, cfg, 0, "layers.0.moe");
+    gamma_param = registry.Create({"gamma", {kHidden}, ParamRole::kInputNormScale,
+                                   InitSpec::Ones(), {}});
+    SM_CHECK_OK(registry.Materialize(99, DType::kF64, Device::kCPU));
+    for (int64_t i = 0; i < kHidden; ++i) gamma_param->value.data<double>()[i] += 0.1 * i;
+    n = testing::RandomTensor({kTokens, kHidden}, 5);
+    r = testing::RandomTensor({kTokens, cfg.moe().top_k()}, 6);
+    d_gamma = Tensor::Empty({kHidden}, DType::kF64);
+  }
+  void Forward() {
+    d_gamma.Fill(0);
+    router->PrepareStep(ctx, gamma_param->value, d_gamma);
+    router->Forward(ctx, n);
+  }
+  // Σ r ⊙ weights (kept slots only, like the combine) + aux + z.
+  double Loss() {
+    Forward();
+    double s = 0;
+    for (int64_t i = 0; i < r.numel(); ++i) {
+      if (router->kept().data<int32_t>()[i]) s += r.At(i) * router->weights().At(i);
+    }
+    return s + router->aux_loss() + router->z_loss();
+  }
+  Tensor Gradients() {
+    registry.ZeroGrads();
+    Forward();
+    Tensor d_w = r.Clone();
+    for (int64_t i = 0; i < r.numel(); ++i) {
+      if (!router->kept().data<int32_t>()[i]) d_w.data<double>()[i] = 0;
+    }
+    Tensor d_n = Tensor::Empty(n.shape(), DType::kF64);
+    router->Backward(ctx, d_w, 1.0, d_n);
+    router->FinishBackward(ctx);
+    ops::Axpy(ctx, 1.0, d_gamma, gamma_param->grad);
+    return d_n;
+  }
+  void CheckGradients() {
+    const Tensor d_n = Gradients();
+    auto loss = [&] { return Loss(); };
+    EXPECT_LE(testing::GradError(loss, n, d_n), testing::kGradTolerance) << "d_n";
+    testing::ExpectParamGradsMatch(registry, loss);
+  }
+
+  ExecContext ctx = ExecContext::Cpu();
+  ParamRegistry registry;
+  std::unique_ptr<Router> router;
+  Param* gamma_param;
+  Tensor n, r, d_gamma;
+};
+
+TEST(RouterTest, SoftmaxGradientsWithAuxAndZLoss) {
+  for (bool fold : {true, false}) {
+    config::RunConfig cfg = testing::TinyConfig();
+    cfg.mutable_scale_vectors()->set_fold_into_weights(fold);
+    RouterRig rig(cfg);
+    rig.CheckGradients();
+  }
+}
+
+TEST(RouterTest, SigmoidGradients) {
+  for (bool normalize : {true, false}) {
+    config::RunConfig cfg = testing::TinyConfig();
+    cfg.mutable_moe()->set_score_function(config::MoEConfig::SIGMOID);
+    cfg.mutable_moe()->set_normalize_topk(normalize);
+    RouterRig rig(cfg);
+    rig.Forward();
+    // Sigmoid scores are independent per expert; normalised weights sum to 1.
+    const Tensor& s = rig.router->scores();
+    EXPECT_NEAR(s.At(0), 1.0 / (1.0 + std::exp(-rig.router->logits().At(0))), 1e-15);
+    if (normalize) {
+      EXPECT_NEAR(rig.router->weights().At(0) + rig.router->weights().At(1), 1, 1e-15);
+    }
+    rig.CheckGradients();
+  }
+}
+
+TEST(RouterTest, LossesMatchTheirDefinitions) {
+  config::RunConfig cfg = testing::TinyConfig();
+  RouterRig rig(cfg);
+  rig.Forward();
+  const Tensor& x = rig.router->logits();
+  const Tensor& s = rig.router->scores();
+  const Tensor& ids = rig.router->expert_ids();
+  double z = 0, aux = 0;
+  std::vector<double> f(4, 0), p(4, 0);
+  for (int64_t t = 0; t < kTokens; ++t) {
+    double sum = 0;
+    for (int e = 0; e < 4; ++e) sum += std::exp(x.At(t * 4 + e));
+    z += std::log(sum) * std::log(sum);
+    for (int e = 0; e < 4; ++e) p[e] += s.At(t * 4 + e) / kTokens;
+    for (int j = 0; j < 2; ++j) f[ids.data<int32_t>()[t * 2 + j]] += 1.0 / (kTokens * 2);
+  }
+  for (int e = 0; e < 4; ++e) aux += f[e] * p[e];
+  EXPECT_NEAR(rig.router->z_loss(), 0.05 * z / kTokens, 1e-14);
+  EXPECT_NEAR(rig.router->aux_loss(), 0.1 * 4 * aux, 1e-14);
+}
+
+TEST(RouterTest, TopKTiesGoToTheLowerExpert) {
+  const ExecContext ctx = ExecContext::Cpu();
+  const Tensor scores =
+      Tensor::FromVector({2, 4}, {0.25, 0.25, 0.25, 0.25, 0.1, 0.4, 0.1, 0.4}, DType::kF64);
+  Tensor ids = Tensor::Empty({2, 2}, DType::kI32);
+  Tensor w = Tensor::Empty({2, 2}, DType::kF64);
+  ops::TopKRouting(ctx, scores, Tensor(), 2, true, ids, w);
+  EXPECT_EQ(ids.data<int32_t>()[0], 0);
+  EXPECT_EQ(ids.data<int32_t>()[1], 1);
+  EXPECT_EQ(ids.data<int32_t>()[2], 1);
+  EXPECT_EQ(ids.data<int32_t>()[3], 3);
+  EXPECT_DOUBLE_EQ(w.At(0), 0.5);
+  // A bias breaks the tie but the weights stay the unbiased scores.
+  const Tensor bias = Tensor::FromVector({4}, {0, 0, 0.01, 0.02}, DType::kF64);
+  ops::TopKRouting(ctx, scores, bias, 2, false, ids, w);
+  EXPECT_EQ(ids.data<int32_t>()[0], 3);
+  EXPECT_EQ(ids.data<int32_t>()[1], 2);
+  EXPECT_DOUBLE_EQ(w.At(0), 0.25);
+}
+
+TEST(RouterTest, CapacityDropsLowestScoresAndKeepsEarlierTokensOnTies) {
+  const ExecContext ctx = ExecContext::Cpu();
+  // 4 tokens, k=1, all on expert 0; capacity 2.
+  const Tensor ids = Tensor::FromVector({4, 1}, {0, 0, 0, 1}, DType::kI32);
+  const Tensor prio = Tensor::FromVector({4, 1}, {0.3, 0.5, 0.3, 0.1}, DType::kF64);
+  Tensor kept = Tensor::Empty({4, 1}, DType::kI32);
+  ops::CapacityDrop(ctx, ids, prio, 2, 2, kept);
+  EXPECT_EQ(kept.ToVector(), (std::vector<double>{1, 1, 0, 1}));
+  ops::CapacityDrop(ctx, ids, prio, 2, 0, kept);  // dropless
+  EXPECT_EQ(kept.ToVector(), (std::vector<double>{1, 1, 1, 1}));
+}
+
+TEST(RouterTest, CapacityOverflowInTheRouter) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_capacity_factor(0.5);
+  cfg.mutable_moe()->set_expert_bias(true);
+  RouterRig rig(cfg);
+  // Send every token's first choice to expert 0: 10 assignments, capacity 3.
+  rig.registry.Find("layers.0.moe.router.expert_bias")->value.data<double>()[0] = 100;
+  rig.Forward();
+  EXPECT_EQ(rig.router->capacity(), 3);  // ceil(0.5 * 10 * 2 / 4)
+  const Tensor& s = rig.router->scores();
+  const int32_t* ids = rig.router->expert_ids().data<int32_t>();
+  const int32_t* kept = rig.router->kept().data<int32_t>();
+  std::vector<std::pair<double, int>> on_zero;  // (score, token) of expert-0 assignments
+  for (int t = 0; t < kTokens; ++t) {
+    ASSERT_EQ(ids[t * 2], 0);
+    on_zero.push_back({s.At(t * 4), t});
+  }
+  std::stable_sort(on_zero.begin(), on_zero.end(),
+                   [](auto a, auto b) { return a.first > b.first; });
+  for (int i = 0; i < kTokens; ++i) {
+    EXPECT_EQ(kept[on_zero[i].second * 2], i < 3 ? 1 : 0) << "token " << on_zero[i].second;
+  }
+  rig.CheckGradients();
+}
+
+TEST(RouterTest, ExpertBiasChangesSelectionNotWeights) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_expert_bias(true);
+  RouterRig rig(cfg);
+  rig.Forward();
+  const std::vector<double> ids_before = rig.router->expert_ids().ToVector();
+  Param* bias = rig.registry.Find("layers.0.moe.router.expert_bias");
+  EXPECT_FALSE(IsTrainable(bias->spec.role));
+  bias->value.data<double>()[3] = -100;  // expert 3 never selected
+  rig.Forward();
+  const std::vector<double> ids_after = rig.router->expert_ids().ToVector();
+  EXPECT_NE(ids_before, ids_after);
+  const Tensor& s = rig.router->scores();
+  for (int t = 0; t < kTokens; ++t) {
+    const int a = static_cast<int>(ids_after[t * 2]), b = static_cast<int>(ids_after[t * 2 + 1]);
+    EXPECT_NE(a, 3);
+    EXPECT_NE(b, 3);
+    EXPECT_NEAR(rig.router->weights().At(t * 2), s.At(t * 4 + a) / (s.At(t * 4 + a) + s.At(t * 4 + b)),
+                1e-15);
+  }
+  rig.CheckGradients();
+  EXPECT_EQ(bias->grad.At(3), 0.0);  // the bias gets no gradient
+}
+
+TEST(RouterTest, ExpertBiasUpdateFollowsLoad) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_expert_bias(true);
+  cfg.mutable_moe()->set_expert_bias_update_rate(0.5);
+  RouterRig rig(cfg);
+  rig.router->UpdateExpertBias({8, 2, 5, 5});
+  EXPECT_EQ(rig.registry.Find("layers.0.moe.router.expert_bias")->value.ToVector(),
+            (std::vector<double>{-0.5, 0.5, 0, 0}));
+}
+
+}  // namespace
+}  // namespace scalemoe

@@ -1,0 +1,88 @@
+// ScaledRmsNorm: forward semantics, f64 gradients (every reparam), mode NONE.
+#include "core/ops.h"
+#include "gtest/gtest.h"
+#include "norm/scaled_rms_norm.h"
+#include "tests/testing/gradcheck.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::RandomTensor;
+
+TEST(ScaledRmsNormTest, ForwardIsGammaTimesNormalizedPerHead) {
+  config::ScaleVectorConfig cfg;
+  ParamRegistry registry;
+  ScaledRmsNorm norm(registry, cfg, "x_norm", 4, 0.0);
+  ASSERT_TRUE(registry.Materialize(1, DType::kF64, Device::kCPU).ok());
+  Param* g = registry.Find("x_norm.scale");
+  ASSERT_NE(g, nullptr);
+  EXPECT_EQ(g->spec.role, ParamRole::kOutputNormScale);
+  for (int j = 0; j < 4; ++j) g->value.Narrow(0, j, 1).Fill(j + 1.0);
+  const ExecContext ctx;
+  norm.PrepareStep(ctx, DType::kF64);
+  Tensor x = RandomTensor({3, 8}, 2);  // 3 tokens x 2 heads of 4
+  Tensor y = Tensor::Empty({3, 8}, DType::kF64);
+  norm.Forward(ctx, x, y);
+  for (int r = 0; r < 6; ++r) {
+    double sq = 0;
+    for (int j = 0; j < 4; ++j) sq += x.At(r * 4 + j) * x.At(r * 4 + j);
+    const double rstd = 1.0 / std::sqrt(sq / 4);
+    for (int j = 0; j < 4; ++j) EXPECT_NEAR(y.At(r * 4 + j), (j + 1) * x.At(r * 4 + j) * rstd, 1e-13);
+  }
+}
+
+TEST(ScaledRmsNormTest, GradientsForEveryReparam) {
+  for (auto reparam : {config::ScaleVectorConfig::PLAIN,
+                       config::ScaleVectorConfig::MAGNITUDE_DIRECTION,
+                       config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED}) {
+    SCOPED_TRACE(reparam);
+    config::ScaleVectorConfig cfg;
+    cfg.set_reparam(reparam);
+    ParamRegistry registry;
+    ScaledRmsNorm norm(registry, cfg, "n", 6, 1e-6);
+    ASSERT_TRUE(registry.Materialize(1, DType::kF64, Device::kCPU).ok());
+    for (const auto& p : registry.params()) {
+      for (int64_t i = 0; i < p->local_numel(); ++i) {
+        p->value.View({p->local_numel()}).Narrow(0, i, 1).Fill(1.0 + 0.1 * (i % 3) - 0.05 * i);
+      }
+    }
+    const ExecContext ctx;
+    Tensor x = RandomTensor({5, 6}, 3);
+    Tensor w = RandomTensor({5, 6}, 4);
+    auto loss = [&] {
+      norm.PrepareStep(ctx, DType::kF64);
+      Tensor y = Tensor::Empty({5, 6}, DType::kF64);
+      norm.Forward(ctx, x, y);
+      return testing::WeightedSum(y, w);
+    };
+    loss();
+    registry.ZeroGrads();
+    Tensor dx = Tensor::Empty({5, 6}, DType::kF64);
+    norm.Backward(ctx, w, dx);
+    norm.FinishBackward(ctx);
+    for (const auto& p : registry.params()) {
+      EXPECT_LT(testing::GradError(loss, p->value, p->grad), testing::kGradTolerance)
+          << p->spec.name;
+    }
+    EXPECT_LT(testing::GradError(loss, x, dx), testing::kGradTolerance);
+  }
+}
+
+TEST(ScaledRmsNormTest, ModeNoneHasNoParametersAndOnlyNormalizes) {
+  config::ScaleVectorConfig cfg;
+  cfg.set_mode(config::ScaleVectorConfig::NONE);
+  ParamRegistry registry;
+  ScaledRmsNorm norm(registry, cfg, "n", 3, 0.0);
+  EXPECT_TRUE(registry.params().empty());
+  EXPECT_FALSE(norm.has_scale());
+  const ExecContext ctx;
+  norm.PrepareStep(ctx, DType::kF64);
+  Tensor x = Tensor::FromVector({1, 3}, {3, 0, -3}, DType::kF64);
+  Tensor y = Tensor::Empty({1, 3}, DType::kF64);
+  norm.Forward(ctx, x, y);
+  EXPECT_NEAR(y.At(0), std::sqrt(1.5), 1e-14);
+  EXPECT_NEAR(y.At(2), -std::sqrt(1.5), 1e-14);
+}
+
+}  // namespace
+}  // namespace scalemoe
