@@ -13,6 +13,7 @@
 #include "launch/config.h"
 #include "launch/flags.h"
 #include "model/model.h"
+#include "optim/param_groups.h"
 
 namespace scalemoe {
 namespace {
@@ -37,18 +38,21 @@ std::string Grouped(int64_t n) {
   return out;
 }
 
-void PrintTable(const ParamRegistry& registry) {
+void PrintTable(const ParamRegistry& registry, DecayPolicy policy) {
   size_t name_width = 4, shape_width = 5;
   for (const auto& p : registry.params()) {
     name_width = std::max(name_width, p->spec.name.size());
     shape_width = std::max(shape_width, ShapeString(p->spec.shape).size());
   }
   const int nw = static_cast<int>(name_width), sw = static_cast<int>(shape_width);
-  std::printf("%-*s  %-*s  %-17s  %13s\n", nw, "name", sw, "shape", "role", "count");
+  std::printf("%-*s  %-*s  %-17s  %-5s  %13s\n", nw, "name", sw, "shape", "role", "decay",
+              "count");
   for (const auto& p : registry.params()) {
-    std::printf("%-*s  %-*s  %-17s  %13s\n", nw, p->spec.name.c_str(), sw,
+    const bool decays =
+        Decays(p->spec.role, static_cast<int>(p->spec.shape.size()), policy);
+    std::printf("%-*s  %-*s  %-17s  %-5s  %13s\n", nw, p->spec.name.c_str(), sw,
                 ShapeString(p->spec.shape).c_str(), ParamRoleName(p->spec.role),
-                Grouped(NumElements(p->spec.shape)).c_str());
+                decays ? "yes" : "no", Grouped(NumElements(p->spec.shape)).c_str());
   }
 }
 
@@ -69,7 +73,8 @@ int RunInspect(const std::vector<std::string>& args) {
   }
   ParamRegistry registry;
   MoeTransformer model(registry, *cfg);
-  PrintTable(registry);
+  const DecayPolicy policy = cfg->scale_vectors().decay_policy();
+  PrintTable(registry, policy);
   const ModelCounts c = model.Counts();
   std::printf("\nparameters:            %s (%zu tensors)\n", Grouped(c.total_params).c_str(),
               registry.params().size());
@@ -77,6 +82,11 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("scale vectors:         %s (%.4f%% of parameters)\n",
               Grouped(c.scale_vector_params).c_str(), 100.0 * c.scale_vector_share);
   std::printf("train FLOPs per token: %.4g\n", c.train_flops_per_token);
+  StatusOr<ParamGroups> groups = ParamGroups::Create(registry, cfg->optimizer(), policy);
+  if (!groups.ok()) return Fail(std::string(groups.status().message()));
+  std::printf("\noptimizer groups (decay policy %s):\n%s",
+              config::ScaleVectorConfig::DecayPolicy_Name(policy).c_str(),
+              groups->DescribeGroups().c_str());
   return 0;
 }
 

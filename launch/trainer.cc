@@ -87,6 +87,7 @@ class TrainLoop {
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   int64_t start_step_ = 0;
+  double flops_per_token_ = 0;  // training FLOPs per token (model counts)
   TrainResult result_;
 };
 
@@ -108,6 +109,7 @@ Status TrainLoop::Setup() {
     if (!out) return absl::InternalError("cannot write config.textproto in " + options_.run_dir);
   }
   SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, Device::kCPU));
+  flops_per_token_ = model_.Counts().train_flops_per_token;
   SM_ASSIGN_OR_RETURN(optimizer_, Optimizer::Create(cfg_, registry_));
 
   TokenLoaderOptions lo;
@@ -222,7 +224,8 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
   nlohmann::json record = {{"step", step},          {"loss", mean.total},
                            {"ce", mean.cross_entropy}, {"aux_loss", mean.aux},
                            {"z_loss", mean.z},      {"lr", stats.lr},
-                           {"grad_norm", stats.grad_norm}, {"tokens_per_s", tokens_per_second}};
+                           {"grad_norm", stats.grad_norm}, {"tokens_per_s", tokens_per_second},
+                           {"tflops", tokens_per_second * flops_per_token_ * 1e-12}};
   if (cfg_.logging().moe_stats()) {
     nlohmann::json layers = nlohmann::json::array();
     const std::vector<MoeLayerStats> moe = model_.MoeStats();

@@ -25,10 +25,11 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
   const char* names[kNumProj] = {"gate", "up", "down"};
   experts_.resize(options_.num_experts);
   for (int e = 0; e < options_.num_experts; ++e) {
-    const std::string base = options_.prefix + "." + std::to_string(e);
+    const int global = options_.first_expert + e;
+    const std::string base = options_.prefix + "." + std::to_string(global);
     ParamLayout layout;
     layout.layer = options_.layer;
-    layout.expert = options_.routed ? e : -1;
+    layout.expert = options_.routed ? global : -1;
     for (int p = 0; p < kNumProj; ++p) {
       ParamSpec spec;
       spec.name = base + ".w_" + names[p];

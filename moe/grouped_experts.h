@@ -11,6 +11,11 @@
 // Gradient contract: Backward overwrites d_x and accumulates parameter (or
 // folded-weight) gradients; FinishBackward adds γ/u gradients. One Forward
 // cache: each Backward must follow its Forward.
+//
+// Under expert parallelism a group holds only the owned experts
+// [first_expert, first_expert + num_experts): names and layout.expert use the
+// global index, so checkpoints and the optimizer see the same parameters
+// whatever the layout; local index e means global first_expert + e.
 #pragma once
 
 #include <memory>
@@ -25,7 +30,8 @@ namespace scalemoe {
 
 struct ExpertGroupOptions {
   std::string prefix;  // e.g. "layers.3.moe.experts"; params "<prefix>.<e>.w_gate"
-  int num_experts = 0;
+  int num_experts = 0;   // experts this rank holds
+  int first_expert = 0;  // global index of the first (expert parallel: the owned range)
   int64_t hidden = 0;  // C
   int64_t ffn = 0;     // F
   int layer = -1;

@@ -12,7 +12,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev nlohmann-json3-dev libzstd-dev
   # tests and tools: node runs GPT-2's reference encoder; numpy reads exports
-  python3 python3-numpy gnuplot-nox
+  python3 python3-numpy python3-matplotlib gnuplot-nox
   # default corpus (scripts/corpus.sh)
   r-cran-janeaustenr bible-kjv bible-kjv-text fortunes fortunes-min jargon-text
   linux-doc-6.1

@@ -1,0 +1,126 @@
+#include "moe/token_dispatcher.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/ops.h"
+
+namespace scalemoe {
+namespace {
+
+std::vector<int64_t> Times(const std::vector<int64_t>& rows, int64_t width) {
+  std::vector<int64_t> out(rows.size());
+  for (size_t i = 0; i < rows.size(); ++i) out[i] = rows[i] * width;
+  return out;
+}
+
+}  // namespace
+
+ExpertRange OwnedExperts(int num_experts, int ep_size, int ep_rank) {
+  return {ep_rank * num_experts / ep_size, (ep_rank + 1) * num_experts / ep_size};
+}
+
+TokenDispatcher::TokenDispatcher(int num_experts, Communicator* ep)
+    : num_experts_(num_experts), ep_(ep) {
+  SM_CHECK_MSG(ep_ != nullptr && ep_->size() >= 1 && num_experts_ >= ep_->size(),
+               "TokenDispatcher: moe.num_experts (", num_experts_,
+               ") must be >= the expert-parallel size (",
+               ep_ ? ep_->size() : 0, ") so that every EP rank owns an expert; lower ep");
+  owned_ = OwnedExperts(num_experts_, ep_->size(), ep_->rank());
+}
+
+Status TokenDispatcher::Plan(const std::vector<int64_t>& counts) {
+  const int ep_size = ep_->size(), local = owned_.size();
+  if (static_cast<int>(counts.size()) != num_experts_) {
+    return absl::InvalidArgumentError(absl::StrCat("TokenDispatcher::Plan: got ", counts.size(),
+                                                   " expert counts for ", num_experts_,
+                                                   " experts (pass TokenPermuter::counts())"));
+  }
+  // Counts first: rank p gets, from every rank, the counts of p's experts.
+  Tensor send = Tensor::Empty({num_experts_}, DType::kI64);
+  Tensor recv = Tensor::Empty({static_cast<int64_t>(ep_size) * local}, DType::kI64);
+  std::vector<int64_t> send_counts(ep_size), recv_counts(ep_size, local);
+  send_rows_.assign(ep_size, 0);
+  sent_rows_ = 0;
+  for (int p = 0; p < ep_size; ++p) {
+    const ExpertRange r = OwnedExperts(num_experts_, ep_size, p);
+    send_counts[p] = r.size();
+    for (int e = r.begin; e < r.end; ++e) send_rows_[p] += counts[e];
+    sent_rows_ += send_rows_[p];
+  }
+  std::copy(counts.begin(), counts.end(), send.data<int64_t>());
+  SM_RETURN_IF_ERROR(ep_->AllToAllV(send, send_counts, recv, recv_counts));
+
+  // c[s][le] = recv[s * local + le]; received order is [s][le], expert order [le][s].
+  const int64_t* c = recv.data<int64_t>();
+  recv_rows_.assign(ep_size, 0);
+  local_counts_.assign(local, 0);
+  std::vector<int64_t> block_start(static_cast<size_t>(ep_size) * local);
+  received_rows_ = 0;
+  for (int s = 0; s < ep_size; ++s) {
+    for (int le = 0; le < local; ++le) {
+      const int64_t rows = c[s * local + le];
+      if (rows < 0) {
+        return absl::InternalError(absl::StrCat("TokenDispatcher::Plan: rank ", s, " of ",
+                                                ep_->name(), " sent a negative count ", rows,
+                                                " for local expert ", le));
+      }
+      block_start[s * local + le] = received_rows_;
+      received_rows_ += rows;
+      recv_rows_[s] += rows;
+      local_counts_[le] += rows;
+    }
+  }
+  to_expert_order_ = Tensor::Empty({received_rows_}, DType::kI32);
+  to_received_order_ = Tensor::Empty({received_rows_}, DType::kI32);
+  int32_t* fwd = to_expert_order_.data<int32_t>();
+  int32_t* inv = to_received_order_.data<int32_t>();
+  int64_t i = 0;
+  for (int le = 0; le < local; ++le) {
+    for (int s = 0; s < ep_size; ++s) {
+      const int64_t start = block_start[s * local + le];
+      for (int64_t j = 0; j < c[s * local + le]; ++j, ++i) {
+        fwd[i] = static_cast<int32_t>(start + j);
+        inv[start + j] = static_cast<int32_t>(i);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+Status TokenDispatcher::CheckRows(const char* what, const Tensor& t, int64_t min_rows) const {
+  if (t.ndim() != 2 || t.dim(0) < min_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("TokenDispatcher: ", what, " ",
+                                                   t.DebugString(), " needs >= ", min_rows,
+                                                   " rows [rows, C] (call Plan first)"));
+  }
+  return absl::OkStatus();
+}
+
+Status TokenDispatcher::Dispatch(const ExecContext& ctx, const Tensor& permuted,
+                                 const Tensor& expert_rows) {
+  SM_RETURN_IF_ERROR(CheckRows("permuted", permuted, sent_rows_));
+  SM_RETURN_IF_ERROR(CheckRows("expert_rows", expert_rows, received_rows_));
+  const int64_t width = permuted.dim(1);
+  Tensor received = Tensor::Empty({received_rows_, width}, permuted.dtype(), ctx.device);
+  SM_RETURN_IF_ERROR(ep_->AllToAllV(permuted.Narrow(0, 0, sent_rows_), Times(send_rows_, width),
+                                    received, Times(recv_rows_, width)));
+  ops::GatherRows(ctx, received, to_expert_order_, 1,
+                  expert_rows.Narrow(0, 0, received_rows_));
+  return absl::OkStatus();
+}
+
+Status TokenDispatcher::Combine(const ExecContext& ctx, const Tensor& expert_rows,
+                                const Tensor& permuted) {
+  SM_RETURN_IF_ERROR(CheckRows("expert_rows", expert_rows, received_rows_));
+  SM_RETURN_IF_ERROR(CheckRows("permuted", permuted, sent_rows_));
+  const int64_t width = expert_rows.dim(1);
+  Tensor received = Tensor::Empty({received_rows_, width}, expert_rows.dtype(), ctx.device);
+  ops::GatherRows(ctx, expert_rows.Narrow(0, 0, received_rows_), to_received_order_, 1,
+                  received);
+  ops::Zero(ctx, permuted);
+  return ep_->AllToAllV(received, Times(recv_rows_, width), permuted.Narrow(0, 0, sent_rows_),
+                        Times(send_rows_, width));
+}
+
+}  // namespace scalemoe
