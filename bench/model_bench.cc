@@ -89,10 +89,10 @@ void BM_TinyForwardBackward(benchmark::State& state) {
     model.Backward(ctx, 1.0);
     model.FinishBackward(ctx);
   }
-  const double tokens = static_cast<double>(state.iterations() * batch * seq);
+  const double processed = static_cast<double>(state.iterations() * batch * seq);
   state.SetItemsProcessed(state.iterations() * batch * seq);
   state.counters["TFLOPs"] = benchmark::Counter(
-      tokens * model.Counts().train_flops_per_token * 1e-12, benchmark::Counter::kIsRate);
+      processed * model.Counts().train_flops_per_token * 1e-12, benchmark::Counter::kIsRate);
   state.counters["params"] = static_cast<double>(registry.total_local_numel());
   state.counters["peak_MiB"] = PeakResidentMiB();
 }

@@ -10,9 +10,12 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
+#include "absl/strings/str_format.h"
 #include "checkpoint/checkpoint_files.h"
 #include "checkpoint/manifest_io.h"
+#include "checkpoint/rank_sync.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/slices.h"
 #include "checkpoint/xxhash64.h"
 #include "core/logging.h"
 #include "google/protobuf/text_format.h"
@@ -121,33 +124,29 @@ Status Prune(const std::string& checkpoints_dir, int keep_last, int64_t just_wri
   return FsyncDirectory(checkpoints_dir);
 }
 
-}  // namespace
+std::string FragmentFileName(int rank) { return absl::StrFormat("rank_%05d.fragment.pb", rank); }
 
-std::string ModelFingerprint(std::vector<std::pair<std::string, Shape>> tensors) {
-  std::sort(tensors.begin(), tensors.end());
-  XxHash64 hasher;
-  for (const auto& [name, shape] : tensors) {
-    std::string line = absl::StrCat(name, ShapeString(shape), "\n");
-    hasher.Update(line.data(), line.size());
-  }
-  return ChecksumString(hasher.Digest());
+void RemoveQuietly(const fs::path& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
 }
 
-Status SaveCheckpoint(const SaveRequest& request) {
+StatusOr<std::vector<NamedTensor>> CheckRequest(const SaveRequest& request, int rank, int size) {
   const int64_t step = request.step;
   if (request.root.empty()) return BadRequest(step, "root is empty; set the run directory");
   if (step < 0) return BadRequest(step, "step must be >= 0");
   if (request.keep_last < 0) return BadRequest(step, "keep_last must be >= 0 (0 keeps all)");
-  if (request.layout.world_size != 1 || request.rank != 0) {
-    return absl::UnimplementedError(absl::StrCat(
-        "SaveCheckpoint: world_size ", request.layout.world_size, " (rank ", request.rank,
-        ") needs the multi-rank commit (every rank writes its file, rank 0 the manifest), "
-        "which is not implemented yet; save from a world of one"));
+  if (request.layout.world_size != size || request.rank != rank) {
+    return BadRequest(step, absl::StrCat(
+        "request says rank ", request.rank, " of world_size ", request.layout.world_size,
+        " but the communicator is rank ", rank, " of ", size,
+        "; pass the world communicator (nullptr only for a world of one)"));
   }
-  SM_ASSIGN_OR_RETURN(std::vector<NamedTensor> tensors, Normalize(request));
+  return Normalize(request);
+}
 
-  const fs::path checkpoints_dir = fs::path(request.root) / kCheckpointsDir;
-  const fs::path final_dir = checkpoints_dir / absl::StrCat(kStepPrefix, step);
+// Rank 0, before anything is written.
+Status PrepareDirs(const fs::path& checkpoints_dir, const fs::path& final_dir, int64_t step) {
   std::error_code ec;
   fs::create_directories(checkpoints_dir, ec);
   if (ec) {
@@ -160,28 +159,31 @@ Status SaveCheckpoint(const SaveRequest& request) {
         "instead of saving step ", step, " again"));
   }
   SM_RETURN_IF_ERROR(RemoveLeftovers(checkpoints_dir.string()));
-
   const fs::path tmp_dir = checkpoints_dir / absl::StrCat(kTmpPrefix, kStepPrefix, step, "-", ::getpid());
   fs::create_directory(tmp_dir, ec);
   if (ec) {
     return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp_dir.string(), ": ", ec.message()));
   }
+  return absl::OkStatus();
+}
 
-  CheckpointManifest manifest;
-  manifest.set_format_version(kFormatVersion);
-  manifest.set_step(step);
-  manifest.set_config_text(request.config_text);
-  *manifest.mutable_layout() = ToProto(request.layout);
-  manifest.set_blobs_file(kBlobsFile);
+void AddFile(CheckpointManifest* manifest, const std::string& name, const FileDigest& digest) {
+  FileEntry* f = manifest->add_files();
+  f->set_file(name);
+  f->set_bytes(digest.bytes);
+  f->set_checksum(ChecksumString(digest.xxh64));
+}
 
-  // This rank's file.
-  const std::string rank_file = RankFileName(request.rank);
+// This rank's safetensors file (when it has tensors), rank 0's blobs, and a
+// manifest fragment listing both, all fsynced.
+Status WriteRankFiles(const fs::path& tmp_dir, const SaveRequest& request,
+                      const std::vector<NamedTensor>& tensors, int rank) {
+  CheckpointManifest fragment;
+  const std::string rank_file = RankFileName(rank);
   std::vector<std::pair<std::string, Tensor>> pairs;
-  std::vector<std::pair<std::string, Shape>> model_shapes;
   for (const NamedTensor& t : tensors) {
     pairs.emplace_back(t.name, t.tensor);
-    if (t.role == TensorRole::kModel) model_shapes.emplace_back(t.name, t.global_shape);
-    TensorEntry* e = manifest.add_tensors();
+    TensorEntry* e = fragment.add_tensors();
     e->set_name(t.name);
     for (int64_t d : t.global_shape) e->add_global_shape(d);
     e->set_dtype(SafetensorsDTypeName(t.tensor.dtype()));
@@ -193,22 +195,57 @@ Status SaveCheckpoint(const SaveRequest& request) {
     }
     e->set_role(t.role == TensorRole::kModel ? TensorEntry::MODEL : TensorEntry::STATE);
   }
-  manifest.set_model_fingerprint(ModelFingerprint(std::move(model_shapes)));
-  const std::map<std::string, std::string> metadata = {
-      {"format", "pt"}, {"scalemoe.step", absl::StrCat(step)},
-      {"scalemoe.rank", absl::StrCat(request.rank)}};
-  SM_ASSIGN_OR_RETURN(FileDigest rank_digest,
-                      WriteSafetensors((tmp_dir / rank_file).string(), pairs, metadata));
-  SM_ASSIGN_OR_RETURN(std::string blobs_json, BlobsJson(request.blobs));
-  SM_ASSIGN_OR_RETURN(FileDigest blobs_digest,
-                      WriteWholeFile((tmp_dir / kBlobsFile).string(), blobs_json));
-  for (const auto& [name, digest] : {std::pair{rank_file, rank_digest},
-                                     std::pair{std::string(kBlobsFile), blobs_digest}}) {
-    FileEntry* f = manifest.add_files();
-    f->set_file(name);
-    f->set_bytes(digest.bytes);
-    f->set_checksum(ChecksumString(digest.xxh64));
+  if (!pairs.empty()) {
+    const std::map<std::string, std::string> metadata = {
+        {"format", "pt"}, {"scalemoe.step", absl::StrCat(request.step)},
+        {"scalemoe.rank", absl::StrCat(rank)}};
+    SM_ASSIGN_OR_RETURN(FileDigest digest, WriteSafetensors((tmp_dir / rank_file).string(), pairs, metadata));
+    AddFile(&fragment, rank_file, digest);
   }
+  if (rank == 0) {
+    SM_ASSIGN_OR_RETURN(std::string blobs_json, BlobsJson(request.blobs));
+    SM_ASSIGN_OR_RETURN(FileDigest digest, WriteWholeFile((tmp_dir / kBlobsFile).string(), blobs_json));
+    AddFile(&fragment, kBlobsFile, digest);
+  }
+  std::string bytes;
+  if (!fragment.SerializeToString(&bytes)) {
+    return absl::InternalError(absl::StrCat("cannot serialize rank ", rank, "'s manifest fragment"));
+  }
+  return WriteWholeFile((tmp_dir / FragmentFileName(rank)).string(), bytes).status();
+}
+
+// Rank 0, after every rank wrote: merge, validate, write the manifest, commit.
+Status Commit(const SaveRequest& request, int size, const fs::path& checkpoints_dir,
+              const fs::path& tmp_dir, const fs::path& final_dir) {
+  const int64_t step = request.step;
+  CheckpointManifest manifest;
+  manifest.set_format_version(kFormatVersion);
+  manifest.set_step(step);
+  manifest.set_config_text(request.config_text);
+  *manifest.mutable_layout() = ToProto(request.layout);
+  manifest.set_blobs_file(kBlobsFile);
+  for (int r = 0; r < size; ++r) {
+    const fs::path path = tmp_dir / FragmentFileName(r);
+    SM_ASSIGN_OR_RETURN(FileBytes bytes, ReadWholeFile(path.string()));
+    CheckpointManifest fragment;
+    if (!fragment.ParseFromArray(bytes.data.get(), static_cast<int>(bytes.size))) {
+      return absl::DataLossError(absl::StrCat("manifest fragment ", path.string(), " is malformed"));
+    }
+    manifest.MergeFrom(fragment);
+    std::error_code ec;
+    fs::remove(path, ec);
+  }
+  SM_RETURN_IF_ERROR(ValidateTiling(manifest));
+  std::map<std::string, Shape> model_shapes;
+  int64_t total_bytes = 0;
+  for (const TensorEntry& e : manifest.tensors()) {
+    if (e.role() == TensorEntry::MODEL) {
+      model_shapes[e.name()] = Shape(e.global_shape().begin(), e.global_shape().end());
+    }
+  }
+  for (const FileEntry& f : manifest.files()) total_bytes += f.bytes();
+  manifest.set_model_fingerprint(ModelFingerprint(
+      std::vector<std::pair<std::string, Shape>>(model_shapes.begin(), model_shapes.end())));
 
   std::string manifest_bytes;
   std::string manifest_text;
@@ -222,6 +259,7 @@ Status SaveCheckpoint(const SaveRequest& request) {
   SM_RETURN_IF_ERROR(FsyncDirectory(tmp_dir.string()));
 
   // Commit: atomic rename, then the marker that makes it visible.
+  std::error_code ec;
   fs::rename(tmp_dir, final_dir, ec);
   if (ec) {
     return absl::PermissionDeniedError(absl::StrCat("cannot rename ", tmp_dir.string(), " to ",
@@ -232,11 +270,63 @@ Status SaveCheckpoint(const SaveRequest& request) {
                                     CompleteMarkerText(step, ChecksumString(manifest_digest.xxh64)))
                          .status());
   SM_RETURN_IF_ERROR(FsyncDirectory(final_dir.string()));
-  SM_LOG(kInfo, "saved checkpoint ", final_dir.string(), " (", rank_digest.bytes, " bytes)");
+  SM_LOG(kInfo, "saved checkpoint ", final_dir.string(), " (", size, " rank file(s), ", total_bytes,
+         " bytes)");
+  return absl::OkStatus();
+}
 
-  // The checkpoint is durable now; a failed prune only leaves extra copies.
-  Status pruned = Prune(checkpoints_dir.string(), request.keep_last, step);
-  if (!pruned.ok()) SM_LOG(kWarning, "checkpoint saved, but pruning failed: ", pruned.message());
+}  // namespace
+
+std::string ModelFingerprint(std::vector<std::pair<std::string, Shape>> tensors) {
+  std::sort(tensors.begin(), tensors.end());
+  XxHash64 hasher;
+  for (const auto& [name, shape] : tensors) {
+    std::string line = absl::StrCat(name, ShapeString(shape), "\n");
+    hasher.Update(line.data(), line.size());
+  }
+  return ChecksumString(hasher.Digest());
+}
+
+Status SaveCheckpoint(const SaveRequest& request) { return SaveCheckpoint(request, nullptr); }
+
+Status SaveCheckpoint(const SaveRequest& request, Communicator* world) {
+  const int64_t step = request.step;
+  const int rank = world == nullptr ? 0 : world->rank();
+  const int size = world == nullptr ? 1 : world->size();
+  const fs::path checkpoints_dir = fs::path(request.root) / kCheckpointsDir;
+  const fs::path final_dir = checkpoints_dir / absl::StrCat(kStepPrefix, step);
+
+  // Phase 1: every rank checks its request; rank 0 prepares the directories
+  // and picks the tmp dir (named by its pid, broadcast with the outcome).
+  StatusOr<std::vector<NamedTensor>> tensors = CheckRequest(request, rank, size);
+  Status local = tensors.status();
+  if (local.ok() && rank == 0) local = PrepareDirs(checkpoints_dir, final_dir, step);
+  double tmp_id = static_cast<double>(::getpid());
+  SM_RETURN_IF_ERROR(AgreeOnStatus(world, local, absl::StrCat("save of step ", step), &tmp_id));
+  const fs::path tmp_dir = checkpoints_dir / absl::StrCat(kTmpPrefix, kStepPrefix, step, "-",
+                                                          static_cast<int64_t>(tmp_id));
+
+  // Phase 2: every rank writes and fsyncs its own files.
+  local = WriteRankFiles(tmp_dir, request, *tensors, rank);
+  Status written = AgreeOnStatus(world, local, absl::StrCat("save of step ", step));
+  if (!written.ok()) {
+    if (rank == 0) RemoveQuietly(tmp_dir);
+    return written;
+  }
+
+  // Phase 3: rank 0 merges the fragments, validates and commits; the final
+  // agreement keeps every rank from returning before the commit.
+  local = absl::OkStatus();
+  if (rank == 0) {
+    local = Commit(request, size, checkpoints_dir, tmp_dir, final_dir);
+    if (!local.ok()) RemoveQuietly(tmp_dir);
+  }
+  SM_RETURN_IF_ERROR(AgreeOnStatus(world, local, absl::StrCat("commit of step ", step)));
+  if (rank == 0) {
+    // The checkpoint is durable now; a failed prune only leaves extra copies.
+    Status pruned = Prune(checkpoints_dir.string(), request.keep_last, step);
+    if (!pruned.ok()) SM_LOG(kWarning, "checkpoint saved, but pruning failed: ", pruned.message());
+  }
   return absl::OkStatus();
 }
 

@@ -15,10 +15,19 @@
 // checkpoints untouched; leftovers (.tmp-* dirs, step dirs without COMPLETE)
 // are ignored by LatestCheckpoint and removed by the next save.
 //
-// Today one process writes the whole checkpoint (world_size 1). The format is
-// already per rank: each rank's tensors carry their global shape and slice,
-// each rank file is listed with its size and checksum, so the multi-rank path
-// only adds "every rank writes its file, rank 0 writes the manifest".
+// Multi-rank save (all ranks see the same file system): every rank writes
+// only the slices its request lists into the same tmp dir (rank 0 creates it
+// and broadcasts its name), fsyncs its rank_RRRRR.safetensors and a manifest
+// fragment; rank 0 merges the fragments, checks that the slices of every
+// global tensor tile it exactly once, writes the manifest, renames and
+// writes COMPLETE. An ok flag is all-reduced after each phase, so a failure
+// on any rank makes every rank return an error and nothing is committed.
+//
+// Resharding load: a target names any box (global shape + slice start + its
+// own shape) of a global tensor; it is assembled from every stored shard that
+// intersects it, whatever layout wrote them. Optimizer state sharded by
+// ZeRO is stored as 1-D ranges of the flattened tensor (global shape
+// [numel]), so a change of dp size reshards it like any other tensor.
 #pragma once
 
 #include <cstdint>
@@ -29,6 +38,10 @@
 
 #include "core/status.h"
 #include "core/tensor.h"
+
+namespace scalemoe {
+class Communicator;
+}  // namespace scalemoe
 
 namespace scalemoe::checkpoint {
 
@@ -62,7 +75,8 @@ struct SaveRequest {
   CheckpointLayout layout;
   int rank = 0;               // writer's rank; names its file
   std::vector<NamedTensor> tensors;
-  std::map<std::string, std::string> blobs;  // any bytes; stored in blobs.json
+  // Any bytes; stored in blobs.json. Global state: only rank 0's are stored.
+  std::map<std::string, std::string> blobs;
   // Complete checkpoints to keep after this save (the one just written always
   // stays); 0 keeps all.
   int keep_last = 0;
@@ -71,16 +85,24 @@ struct SaveRequest {
 // Saves per the commit protocol above. Fails (deleting nothing of earlier
 // checkpoints) if step_N already exists complete, on I/O errors, and on bad
 // requests (duplicate names, slices outside the global shape).
+// Multi-rank: every rank of `world` calls it with its own request (rank ==
+// world->rank(), layout.world_size == world->size()); the caller decides
+// which replica saves a replicated tensor (each element exactly once over
+// all ranks, else InvalidArgument naming the tensor). Returns on every rank
+// only after rank 0 committed (or every rank failed). world == nullptr: a
+// world of one.
 Status SaveCheckpoint(const SaveRequest& request);
+Status SaveCheckpoint(const SaveRequest& request, Communicator* world);
 
 // <root>/checkpoints/step_N with the largest N that has COMPLETE; NotFound
 // when there is none.
 StatusOr<std::string> LatestCheckpoint(const std::string& root);
 
 struct LoadRequest {
-  // Destinations. Every kModel tensor of the checkpoint must be among them
-  // (the model fingerprint over their names and global shapes must match);
-  // kState targets are filled only if listed.
+  // Destinations: any box of a global tensor (see NamedTensor). Every kModel
+  // tensor of the checkpoint must be among the targets (of all ranks, with
+  // a world: the fingerprint is over the union of every rank's kModel names
+  // and global shapes); kState targets are filled only if listed.
   std::vector<NamedTensor> targets;
 };
 
@@ -91,12 +113,17 @@ struct LoadedCheckpoint {
   std::map<std::string, std::string> blobs;
 };
 
-// Verifies COMPLETE, the manifest, every file's size and checksum, the model
-// fingerprint and every target's shape and dtype, staging all data in
+// Verifies COMPLETE, the manifest, the size and checksum of every file it
+// reads, the model fingerprint and every target's shape and dtype, staging all data in
 // memory; only when everything passed are the targets written. On error no
 // target has been touched and the Status names the file or tensor and the
 // mismatch.
+// Only the rank files that intersect this rank's targets are read. With a
+// world, every rank of it must call this; no rank writes its targets unless
+// every rank's checks passed.
 StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir, const LoadRequest& request);
+StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir, const LoadRequest& request,
+                                          Communicator* world);
 
 // Human-readable summary for `scalemoe inspect --checkpoint DIR`: step,
 // layout, tensors (dtype, global shape, slice, bytes), and each file's size

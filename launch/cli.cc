@@ -21,6 +21,7 @@ const std::vector<Subcommand>& Subcommands() {
   static const std::vector<Subcommand>* table = new std::vector<Subcommand>{
       // One line per subcommand, in --help order.
       CheckConfigCommand(),
+      ExportCommand(),
       InspectCommand(),
       PrepareCommand(),
       TokenizeCommand(),

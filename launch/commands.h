@@ -8,6 +8,7 @@ namespace scalemoe {
 
 // One line per subcommand, in name order.
 Subcommand CheckConfigCommand();  // check_command.cc
+Subcommand ExportCommand();       // export_command.cc
 Subcommand InspectCommand();      // inspect_command.cc
 Subcommand PrepareCommand();      // prepare_command.cc
 Subcommand TokenizeCommand();     // tokenize_command.cc

@@ -14,14 +14,17 @@
 #include "launch/flags.h"
 #include "model/model.h"
 #include "optim/param_groups.h"
+#include "parallel/process_groups.h"
 
 namespace scalemoe {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: scalemoe inspect --config FILE [--set a.b=value]...\n"
+    "usage: scalemoe inspect --config FILE [--set a.b=value]... [--world N]\n"
     "  Builds the model of FILE (after the overrides) without allocating it and\n"
-    "  prints the parameter table (name, shape, role, count) and the totals.\n";
+    "  prints the parameter table (name, shape, role, count) and the totals.\n"
+    "  --world N checks the layout for N ranks (default: the smallest that fits)\n"
+    "  and prints every process group as lists of global ranks.\n";
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "scalemoe inspect: %s\n", message.c_str());
@@ -58,7 +61,7 @@ void PrintTable(const ParamRegistry& registry, DecayPolicy policy) {
 
 int RunInspect(const std::vector<std::string>& args) {
   StatusOr<ParsedFlags> flags =
-      ParseFlags(args, {{"config", true, false}, {"set", true, true}});
+      ParseFlags(args, {{"config", true, false}, {"set", true, true}, {"world", true, false}});
   if (!flags.ok()) return Fail(std::string(flags.status().message()) + "\n" + kUsage);
   if (flags->help) {
     std::printf("%s", kUsage);
@@ -68,7 +71,12 @@ int RunInspect(const std::vector<std::string>& args) {
   if (path.empty()) return Fail(std::string("--config is required\n") + kUsage);
   StatusOr<config::RunConfig> cfg = LoadConfig(path, flags->All("set"));
   if (!cfg.ok()) return Fail(std::string(cfg.status().message()));
-  if (Status s = ValidateConfig(*cfg, MinimalWorldSize(*cfg)); !s.ok()) {
+  StatusOr<int64_t> world = flags->GetInt("world", MinimalWorldSize(*cfg));
+  if (!world.ok()) return Fail(std::string(world.status().message()));
+  if (*world < 1 || *world > (1 << 20)) {
+    return Fail("--world " + std::to_string(*world) + " must be between 1 and 1048576");
+  }
+  if (Status s = ValidateConfig(*cfg, static_cast<int>(*world)); !s.ok()) {
     return Fail(path + ": " + std::string(s.message()));
   }
   ParamRegistry registry;
@@ -87,6 +95,13 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("\noptimizer groups (decay policy %s):\n%s",
               config::ScaleVectorConfig::DecayPolicy_Name(policy).c_str(),
               groups->DescribeGroups().c_str());
+  StatusOr<ParallelLayout> layout = ResolveLayout(*cfg, static_cast<int>(*world));
+  if (!layout.ok()) return Fail(std::string(layout.status().message()));
+  StatusOr<RankGrid> grid = RankGrid::Create(
+      layout->world, {.tp = layout->tp, .dp = layout->dp, .pp = layout->pp,
+                      .etp = layout->etp, .ep = layout->ep, .edp = layout->edp});
+  if (!grid.ok()) return Fail(std::string(grid.status().message()));
+  std::printf("\n%s", grid->Describe().c_str());
   return 0;
 }
 

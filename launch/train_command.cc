@@ -1,14 +1,21 @@
 // `scalemoe train`: loads and validates a config, then runs the training
 // loop (launch/trainer.h) into a run directory.
+#include <mpi.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "core/logging.h"
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/flags.h"
 #include "launch/trainer.h"
+#include "parallel/mpi_communicator.h"
 
 namespace scalemoe {
 namespace {
@@ -16,6 +23,8 @@ namespace {
 constexpr char kUsage[] =
     "usage: scalemoe train --config FILE [--set a.b=value]... [--run-dir DIR]\n"
     "                      [--resume] [--exit-after N] [--quiet]\n"
+    "  One rank: run it directly. Several: mpirun -np N build/scalemoe train ...;\n"
+    "  the layout (parallel.dp/ep/zero_stage) must fit N (check-config --world N).\n"
     "  Trains the model FILE describes on its dataset (data.dataset_dir, made by\n"
     "  'scalemoe prepare'). Outputs go to DIR (default runs/<name>-<time>):\n"
     "  config.textproto, metrics.jsonl, a TensorBoard event file, checkpoints/.\n"
@@ -35,6 +44,22 @@ std::string DefaultRunDir(const std::string& name) {
   return "runs/" + name + "-" + stamp;
 }
 
+// Started by mpirun/srun (Open MPI, PMI or PMIx set these)? A plain process
+// is a world of one and needs no MPI at all.
+bool LaunchedByMpi() {
+  return std::getenv("OMPI_COMM_WORLD_SIZE") != nullptr || std::getenv("PMI_SIZE") != nullptr ||
+         std::getenv("PMIX_RANK") != nullptr;
+}
+
+// Every rank takes rank 0's string (the run dir must agree across ranks).
+std::string BroadcastString(std::string value) {
+  int size = static_cast<int>(value.size());
+  MPI_Bcast(&size, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  value.resize(size);
+  MPI_Bcast(value.data(), size, MPI_CHAR, 0, MPI_COMM_WORLD);
+  return value;
+}
+
 int RunTrain(const std::vector<std::string>& args) {
   StatusOr<ParsedFlags> flags = ParseFlags(args, {{"config"},
                                                   {"set", true, true},
@@ -48,24 +73,56 @@ int RunTrain(const std::vector<std::string>& args) {
     return 0;
   }
   if (!flags->Has("config")) return Fail(2, std::string("--config is required\n") + kUsage);
-  StatusOr<config::RunConfig> cfg = LoadConfig(flags->Get("config"), flags->All("set"));
-  if (!cfg.ok()) return Fail(2, std::string(cfg.status().message()));
-  if (Status s = ValidateConfig(*cfg, /*world_size=*/1); !s.ok()) {
-    return Fail(2, flags->Get("config") + ": " + std::string(s.message()));
-  }
   StatusOr<int64_t> exit_after = flags->GetInt("exit-after", 0);
   if (!exit_after.ok()) return Fail(2, std::string(exit_after.status().message()));
+  // Every rank loads and validates the same config, so a bad one fails on
+  // all ranks alike (no rank is left waiting in a collective).
+  StatusOr<config::RunConfig> cfg = LoadConfig(flags->Get("config"), flags->All("set"));
+  if (!cfg.ok()) return Fail(2, std::string(cfg.status().message()));
+
+  std::unique_ptr<MpiRuntime> runtime;
+  if (LaunchedByMpi()) {
+    runtime = std::make_unique<MpiRuntime>(nullptr, nullptr);
+    if (!runtime->status().ok()) return Fail(1, std::string(runtime->status().message()));
+  }
+  const int world = runtime ? runtime->world_size() : 1;
+  const int rank = runtime ? runtime->world_rank() : 0;
+  SetLogRank(rank, world);
+  if (Status s = ValidateConfig(*cfg, world); !s.ok()) {
+    return rank == 0 ? Fail(2, flags->Get("config") + ": " + std::string(s.message())) : 2;
+  }
+  StatusOr<ParallelLayout> layout = ResolveLayout(*cfg, world);
+  if (!layout.ok()) return Fail(2, std::string(layout.status().message()));
 
   TrainOptions options;
   options.config = *cfg;
   options.run_dir = flags->Get("run-dir", DefaultRunDir(cfg->name()));
   options.resume = flags->Has("resume");
-  options.quiet = flags->Has("quiet");
+  options.quiet = flags->Has("quiet") || rank != 0;
   options.exit_after_steps = *exit_after;
-  std::printf("run dir: %s\n", options.run_dir.c_str());
-  std::fflush(stdout);
+  std::optional<ProcessGroups> groups;
+  if (runtime) {
+    options.run_dir = BroadcastString(options.run_dir);
+    StatusOr<ProcessGroups> created = CreateMpiProcessGroups(
+        GridSizes{layout->tp, layout->dp, layout->pp, layout->etp, layout->ep, layout->edp});
+    if (!created.ok()) return Fail(1, std::string(created.status().message()));
+    groups.emplace(*std::move(created));
+    options.groups = &*groups;
+  }
+  if (rank == 0) {
+    std::printf("run dir: %s (%d rank%s: dp=%d ep=%d edp=%d zero_stage=%d)\n",
+                options.run_dir.c_str(), world, world == 1 ? "" : "s", layout->dp, layout->ep,
+                layout->edp, cfg->parallel().zero_stage());
+    std::fflush(stdout);
+  }
   StatusOr<TrainResult> result = Train(options);
-  if (!result.ok()) return Fail(1, std::string(result.status().message()));
+  if (!result.ok()) {
+    SM_LOG(kError, "scalemoe train: ", result.status().message());
+    // One failed rank must not leave the others waiting in a collective.
+    if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
+    return 1;
+  }
+  if (rank != 0) return 0;
   std::printf("done: %lld steps | train loss %.4f | val loss %.4f | unigram baseline %.4f\n",
               static_cast<long long>(result->steps_done), result->last_train_loss,
               result->last_val_loss, result->unigram_val_loss);

@@ -5,8 +5,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "checkpoint/checkpoint.h"
 #include "core/logging.h"
 #include "core/params.h"
@@ -16,7 +18,8 @@
 #include "launch/tensorboard.h"
 #include "model/model.h"
 #include "nlohmann/json.hpp"
-#include "optim/optimizer.h"
+#include "optim/distributed_optimizer.h"
+#include "parallel/local_communicator.h"
 
 namespace scalemoe {
 namespace {
@@ -25,6 +28,7 @@ namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
 constexpr char kLoaderBlob[] = "train_loader";
+constexpr char kUpdatesBlob[] = "optimizer_updates";
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
@@ -38,40 +42,35 @@ std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch) {
           Tensor::FromBlob(batch.targets.data(), shape, DType::kI32, Device::kCPU)};
 }
 
-// The unigram baseline: cross-entropy on `val` batches of token frequencies
-// counted on `train` batches (add-one smoothing). A model that learned
-// nothing beyond frequencies scores this; training must go well below it.
-double UnigramLoss(TokenLoader& train, TokenLoader& val, int64_t vocab, int eval_batches) {
-  std::vector<double> counts(vocab, 1.0);
-  double total = static_cast<double>(vocab);
-  const int64_t count_batches = std::min<int64_t>(256, train.micro_batches_per_epoch());
-  for (int64_t i = 0; i < count_batches; ++i) {
-    MicroBatch b = train.At(i);
-    for (int32_t t : b.targets) counts[t] += 1;
-    total += static_cast<double>(b.targets.size());
-  }
-  double loss = 0;
-  int64_t n = 0;
-  for (int i = 0; i < eval_batches; ++i) {
-    MicroBatch b = val.At(i);
-    for (int32_t t : b.targets) loss -= std::log(counts[t] / total);
-    n += static_cast<int64_t>(b.targets.size());
-  }
-  return loss / static_cast<double>(n);
+// Sums `values` element-wise over `comm` (host scalars: logging, not hot).
+StatusOr<std::vector<double>> SumOver(Communicator& comm, std::vector<double> values) {
+  Tensor t = Tensor::FromBlob(values.data(), {static_cast<int64_t>(values.size())},
+                              DType::kF64, Device::kCPU);
+  SM_RETURN_IF_ERROR(comm.AllReduce(t));
+  return values;
 }
 
 class TrainLoop {
  public:
   explicit TrainLoop(const TrainOptions& options)
-      : options_(options), cfg_(options.config), registry_(), model_(registry_, cfg_) {}
+      : options_(options),
+        cfg_(options.config),
+        local_groups_(options.groups ? nullptr
+                                     : std::make_unique<ProcessGroups>(LocalProcessGroups())),
+        groups_(options.groups ? *options.groups : *local_groups_),
+        registry_(),
+        model_(registry_, cfg_, &groups_) {}
 
   StatusOr<TrainResult> Run();
 
  private:
+  bool is_rank0() const { return groups_.coords.global == 0; }
   Status Setup();
   Status Resume();
-  double Evaluate();
+  StatusOr<double> UnigramLoss();
+  StatusOr<double> Evaluate();
   Status SaveCheckpoint(int64_t step);
+  std::vector<checkpoint::NamedTensor> CheckpointTensors(bool for_save) const;
   Status LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                  double tokens_per_second, double eta_seconds);
   Status NonFinite(int64_t step, double loss, double grad_norm) const;
@@ -79,14 +78,17 @@ class TrainLoop {
   const TrainOptions& options_;
   const config::RunConfig& cfg_;
   const ExecContext ctx_ = ExecContext::Cpu();
+  std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
+  ProcessGroups& groups_;
   ParamRegistry registry_;
   MoeTransformer model_;
-  std::unique_ptr<Optimizer> optimizer_;
+  std::unique_ptr<DistributedOptimizer> optimizer_;
   std::optional<TokenLoader> train_loader_;
   std::optional<TokenLoader> val_loader_;
-  std::unique_ptr<MetricsWriter> metrics_;
-  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  std::unique_ptr<MetricsWriter> metrics_;         // rank 0
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
   int64_t start_step_ = 0;
+  int64_t accumulation_ = 1;    // micro-batches per step on each rank
   double flops_per_token_ = 0;  // training FLOPs per token (model counts)
   TrainResult result_;
 };
@@ -97,25 +99,37 @@ Status TrainLoop::Setup() {
     return absl::UnimplementedError(
         "train.device=CUDA: the CUDA training path is not built yet; set train.device: CPU");
   }
-  std::error_code ec;
-  fs::create_directories(options_.run_dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat("cannot create run dir ", options_.run_dir,
-                                                    ": ", ec.message(), "; pass another --run-dir"));
-  }
-  {
+  if (is_rank0()) {
+    std::error_code ec;
+    fs::create_directories(options_.run_dir, ec);
+    if (ec) {
+      return absl::PermissionDeniedError(absl::StrCat("cannot create run dir ", options_.run_dir,
+                                                      ": ", ec.message(),
+                                                      "; pass another --run-dir"));
+    }
     std::ofstream out(fs::path(options_.run_dir) / "config.textproto");
     out << ConfigToText(cfg_);
     if (!out) return absl::InternalError("cannot write config.textproto in " + options_.run_dir);
   }
   SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, Device::kCPU));
   flops_per_token_ = model_.Counts().train_flops_per_token;
-  SM_ASSIGN_OR_RETURN(optimizer_, Optimizer::Create(cfg_, registry_));
+  SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_));
+  const MemoryReport memory = optimizer_->Memory();
+  SM_LOG_RANK0(kInfo, "memory on rank 0: parameters ", memory.param_bytes / 1048576.0,
+               " MiB, gradients ", memory.grad_bytes / 1048576.0, " MiB, optimizer state ",
+               memory.optimizer_state_bytes / 1048576.0, " MiB");
+  const int64_t dp = groups_.grid.sizes().dp;
+  const int64_t global_batch = train.global_batch_size() > 0
+                                   ? train.global_batch_size()
+                                   : train.micro_batch_size() * dp;
+  accumulation_ = global_batch / (train.micro_batch_size() * dp);
 
   TokenLoaderOptions lo;
   lo.dataset_dir = cfg_.data().dataset_dir();
   lo.seq_length = cfg_.model().seq_length();
   lo.micro_batch_size = train.micro_batch_size();
+  lo.dp_rank = groups_.coords.dp;
+  lo.dp_size = groups_.grid.sizes().dp;
   lo.seed = cfg_.data().shuffle_seed();
   SM_ASSIGN_OR_RETURN(TokenLoader train_loader, TokenLoader::Open(lo));
   lo.split = "val";
@@ -128,31 +142,73 @@ Status TrainLoop::Setup() {
         " but model.vocab_size=", cfg_.model().vocab_size(),
         ": set model.vocab_size >= ", train_loader_->vocab_size()));
   }
-  if (val_loader_->micro_batches_per_epoch() < train.eval_batches()) {
+  if (val_loader_->micro_batches_per_epoch() < train.eval_batches() * accumulation_) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the validation split of ", lo.dataset_dir, " holds ",
-        val_loader_->micro_batches_per_epoch(), " micro-batches but train.eval_batches=",
-        train.eval_batches(), ": lower train.eval_batches or prepare a larger val split"));
+        val_loader_->micro_batches_per_epoch() / accumulation_,
+        " global batches but train.eval_batches=", train.eval_batches(),
+        ": lower train.eval_batches or prepare a larger val split"));
   }
-  result_.unigram_val_loss = UnigramLoss(*train_loader_, *val_loader_,
-                                         train_loader_->vocab_size(), train.eval_batches());
+  SM_ASSIGN_OR_RETURN(result_.unigram_val_loss, UnigramLoss());
 
-  SM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Open(options_.run_dir));
-  if (cfg_.logging().tensorboard()) {
-    SM_ASSIGN_OR_RETURN(tensorboard_, TensorBoardWriter::Open(options_.run_dir));
+  if (is_rank0()) {
+    SM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Open(options_.run_dir));
+    if (cfg_.logging().tensorboard()) {
+      SM_ASSIGN_OR_RETURN(tensorboard_, TensorBoardWriter::Open(options_.run_dir));
+    }
   }
   if (options_.resume) SM_RETURN_IF_ERROR(Resume());
   return absl::OkStatus();
 }
 
-std::vector<checkpoint::NamedTensor> CheckpointTensors(const ParamRegistry& registry,
-                                                       const NamedTensors& state) {
-  std::vector<checkpoint::NamedTensor> out;
-  for (const auto& p : registry.params()) {
-    out.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
+// The unigram baseline: cross-entropy on the evaluation batches of token
+// frequencies counted on the first ~2048 train windows (add-one smoothing),
+// over all data-parallel ranks. A model that learned only frequencies
+// scores this.
+StatusOr<double> TrainLoop::UnigramLoss() {
+  const int64_t vocab = train_loader_->vocab_size();
+  std::vector<double> counts(vocab, 0.0);
+  const int64_t windows_per_batch = cfg_.train().micro_batch_size() * groups_.grid.sizes().dp;
+  const int64_t count_batches = std::min<int64_t>(
+      (2048 + windows_per_batch - 1) / windows_per_batch, train_loader_->micro_batches_per_epoch());
+  for (int64_t i = 0; i < count_batches; ++i) {
+    for (int32_t t : train_loader_->At(i).targets) counts[t] += 1;
   }
-  for (const auto& [name, tensor] : state) {
-    out.push_back({name, tensor, {}, {}, checkpoint::TensorRole::kState});
+  SM_ASSIGN_OR_RETURN(counts, SumOver(*groups_.dp, std::move(counts)));
+  double total = 0;
+  for (double& c : counts) total += (c += 1.0);
+  std::vector<double> loss_and_tokens = {0, 0};
+  for (int64_t i = 0; i < cfg_.train().eval_batches() * accumulation_; ++i) {
+    for (int32_t t : val_loader_->At(i).targets) {
+      loss_and_tokens[0] -= std::log(counts[t] / total);
+      loss_and_tokens[1] += 1;
+    }
+  }
+  SM_ASSIGN_OR_RETURN(loss_and_tokens, SumOver(*groups_.dp, std::move(loss_and_tokens)));
+  return loss_and_tokens[0] / loss_and_tokens[1];
+}
+
+// Checkpoint contents of this rank. For a save, a replicated tensor is
+// written by group rank 0 of its replica group only (dense: dp, expert:
+// edp); for a load, every rank fills everything it holds.
+std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
+  auto writes = [&](const ParamSpec& spec) {
+    return !for_save || (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0;
+  };
+  std::vector<checkpoint::NamedTensor> out;
+  for (const auto& p : registry_.params()) {
+    if (writes(p->spec)) {
+      out.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
+    }
+  }
+  for (const StateSlice& s : optimizer_->StateSlices()) {
+    const std::string param = s.name.substr(s.name.find('/') + 1);
+    const Param* p = registry_.Find(param);
+    SM_CHECK_MSG(p != nullptr, "optimizer state ", s.name, " of an unknown parameter");
+    const bool replicated =
+        optimizer_->zero_stage() == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
+    if (replicated && !writes(p->spec)) continue;
+    out.push_back({s.name, s.data, {s.global_numel}, {s.start}, checkpoint::TensorRole::kState});
   }
   return out;
 }
@@ -164,37 +220,44 @@ Status TrainLoop::Resume() {
                                             options_.run_dir,
                                             "/checkpoints; drop --resume to start afresh"));
   }
-  // Optimizer state is staged in copies and handed over only after the whole
-  // checkpoint verified (LoadCheckpoint writes nothing on failure).
-  NamedTensors state = optimizer_->StateTensors();
-  for (auto& [name, tensor] : state) tensor = tensor.Clone();
   checkpoint::LoadRequest request;
-  request.targets = CheckpointTensors(registry_, state);
+  request.targets = CheckpointTensors(/*for_save=*/false);
   SM_ASSIGN_OR_RETURN(checkpoint::LoadedCheckpoint loaded,
-                      checkpoint::LoadCheckpoint(*latest, request));
-  SM_RETURN_IF_ERROR(optimizer_->LoadStateTensors(state));
-  auto blob = loaded.blobs.find(kLoaderBlob);
-  if (blob == loaded.blobs.end()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, " has no ", kLoaderBlob,
+                      checkpoint::LoadCheckpoint(*latest, request, groups_.world.get()));
+  optimizer_->LoadMasterFromParams();
+  auto loader_blob = loaded.blobs.find(kLoaderBlob);
+  auto updates_blob = loaded.blobs.find(kUpdatesBlob);
+  if (loader_blob == loaded.blobs.end() || updates_blob == loaded.blobs.end()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, " lacks the ", kLoaderBlob,
+                                            "/", kUpdatesBlob,
                                             " state; it was not written by scalemoe train"));
   }
-  SM_ASSIGN_OR_RETURN(LoaderState loader_state, LoaderState::FromJson(blob->second));
+  SM_ASSIGN_OR_RETURN(LoaderState loader_state, LoaderState::FromJson(loader_blob->second));
   SM_RETURN_IF_ERROR(train_loader_->Restore(loader_state));
+  int64_t updates = 0;
+  if (!absl::SimpleAtoi(updates_blob->second, &updates)) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, ": ", kUpdatesBlob, " '",
+                                            updates_blob->second, "' is not an integer"));
+  }
+  optimizer_->set_num_updates(updates);
   start_step_ = loaded.step;
   result_.last_checkpoint = *latest;
   SM_LOG_RANK0(kInfo, "resumed from ", *latest, " at step ", start_step_);
   return absl::OkStatus();
 }
 
-double TrainLoop::Evaluate() {
-  double loss = 0;
-  const int n = cfg_.train().eval_batches();
-  for (int i = 0; i < n; ++i) {
+// Mean cross-entropy over train.eval_batches global batches of the
+// validation split: the same windows whatever the layout.
+StatusOr<double> TrainLoop::Evaluate() {
+  std::vector<double> loss = {0};
+  const int64_t n = cfg_.train().eval_batches() * accumulation_;
+  for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    loss += model_.Evaluate(ctx_, tokens, targets).cross_entropy;
+    loss[0] += model_.Evaluate(ctx_, tokens, targets).cross_entropy / n;
   }
-  return loss / n;
+  SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
+  return loss[0] / groups_.dp->size();
 }
 
 Status TrainLoop::SaveCheckpoint(int64_t step) {
@@ -202,10 +265,17 @@ Status TrainLoop::SaveCheckpoint(int64_t step) {
   request.root = options_.run_dir;
   request.step = step;
   request.config_text = ConfigToText(cfg_);
-  request.tensors = CheckpointTensors(registry_, optimizer_->StateTensors());
-  request.blobs[kLoaderBlob] = train_loader_->state().ToJson();
+  const GridSizes& sizes = groups_.grid.sizes();
+  request.layout = {1, 1, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
+                    optimizer_->zero_stage()};
+  request.rank = groups_.coords.global;
+  request.tensors = CheckpointTensors(/*for_save=*/true);
+  if (is_rank0()) {
+    request.blobs[kLoaderBlob] = train_loader_->state().ToJson();
+    request.blobs[kUpdatesBlob] = std::to_string(optimizer_->num_updates());
+  }
   request.keep_last = cfg_.checkpoint().keep_last();
-  SM_RETURN_IF_ERROR(checkpoint::SaveCheckpoint(request));
+  SM_RETURN_IF_ERROR(checkpoint::SaveCheckpoint(request, groups_.world.get()));
   result_.last_checkpoint =
       (fs::path(options_.run_dir) / "checkpoints" / absl::StrCat("step_", step)).string();
   return absl::OkStatus();
@@ -221,14 +291,20 @@ Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
 
 Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                           double tokens_per_second, double eta_seconds) {
-  nlohmann::json record = {{"step", step},          {"loss", mean.total},
-                           {"ce", mean.cross_entropy}, {"aux_loss", mean.aux},
-                           {"z_loss", mean.z},      {"lr", stats.lr},
-                           {"grad_norm", stats.grad_norm}, {"tokens_per_s", tokens_per_second},
+  // MoE statistics are global already (the layers all-reduce their counts).
+  const std::vector<MoeLayerStats> moe = model_.MoeStats();
+  if (!is_rank0()) return absl::OkStatus();
+  nlohmann::json record = {{"step", step},
+                           {"loss", mean.total},
+                           {"ce", mean.cross_entropy},
+                           {"aux_loss", mean.aux},
+                           {"z_loss", mean.z},
+                           {"lr", stats.lr},
+                           {"grad_norm", stats.grad_norm},
+                           {"tokens_per_s", tokens_per_second},
                            {"tflops", tokens_per_second * flops_per_token_ * 1e-12}};
   if (cfg_.logging().moe_stats()) {
     nlohmann::json layers = nlohmann::json::array();
-    const std::vector<MoeLayerStats> moe = model_.MoeStats();
     for (size_t i = 0; i < moe.size(); ++i) {
       layers.push_back({{"tokens_per_expert", moe[i].tokens_per_expert},
                         {"load_cv", moe[i].load_cv},
@@ -267,10 +343,10 @@ StatusOr<TrainResult> TrainLoop::Run() {
   const int64_t stop_at = options_.exit_after_steps > 0
                               ? std::min<int64_t>(total_steps, options_.exit_after_steps)
                               : total_steps;
-  const int64_t global_batch =
-      train.global_batch_size() > 0 ? train.global_batch_size() : train.micro_batch_size();
-  const int64_t accumulation = global_batch / train.micro_batch_size();
-  const int64_t tokens_per_step = global_batch * cfg_.model().seq_length();
+  const int64_t dp = groups_.grid.sizes().dp;
+  const int64_t accumulation = accumulation_;
+  const int64_t tokens_per_step =
+      accumulation * dp * train.micro_batch_size() * cfg_.model().seq_length();
   const int interval = std::max(1, cfg_.logging().log_interval());
 
   auto window_start = Clock::now();
@@ -279,27 +355,31 @@ StatusOr<TrainResult> TrainLoop::Run() {
   for (int64_t step = start_step_; step < stop_at; ++step) {
     model_.PrepareStep(ctx_);
     registry_.ZeroGrads();
-    LossBreakdown mean;
+    std::vector<double> sums = {0, 0, 0, 0};  // total, ce, aux, z over micro-batches
     for (int64_t m = 0; m < accumulation; ++m) {
       MicroBatch batch = train_loader_->Next();
       auto [tokens, targets] = BatchTensors(batch);
+      SM_RETURN_IF_ERROR(model_.CheckBatch(tokens, targets));
       const LossBreakdown loss = model_.Forward(ctx_, tokens, targets);
       model_.Backward(ctx_, 1.0 / static_cast<double>(accumulation));
-      mean.total += loss.total / accumulation;
-      mean.cross_entropy += loss.cross_entropy / accumulation;
-      mean.aux += loss.aux / accumulation;
-      mean.z += loss.z / accumulation;
+      sums[0] += loss.total;
+      sums[1] += loss.cross_entropy;
+      sums[2] += loss.aux;
+      sums[3] += loss.z;
     }
     model_.FinishBackward(ctx_);
-    const StepStats stats = optimizer_->Step(ctx_, step);
+    SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
+    SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.dp, std::move(sums)));
+    const double n = static_cast<double>(accumulation * dp);
+    const LossBreakdown mean{sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / n, 0};
     if (!stats.applied || !std::isfinite(mean.total)) {
       if (train.on_nonfinite() == config::TrainConfig::STOP) {
         return NonFinite(step, mean.total, stats.grad_norm);
       }
+      // Only a non-finite gradient norm blocks the update; a step whose loss
+      // alone was non-finite is still counted here.
       ++result_.skipped_steps;
       SM_LOG_RANK0(kWarning, "step ", step + 1, ": non-finite loss/gradient, step skipped");
-      // A step whose loss alone was non-finite may still have updated: the
-      // optimizer only refuses non-finite gradients. Both are counted.
     } else {
       model_.UpdateExpertBiases();
     }
@@ -315,18 +395,20 @@ StatusOr<TrainResult> TrainLoop::Run() {
     }
     const int eval_every = train.eval_interval();
     if ((eval_every > 0 && done % eval_every == 0) || done == total_steps) {
-      result_.last_val_loss = Evaluate();
-      SM_RETURN_IF_ERROR(metrics_->Write({{"step", done},
-                                          {"val_loss", result_.last_val_loss},
-                                          {"unigram_val_loss", result_.unigram_val_loss}}));
-      if (tensorboard_) {
-        SM_RETURN_IF_ERROR(tensorboard_->AddScalar("val/loss", done, result_.last_val_loss));
-      }
-      if (!options_.quiet) {
-        std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n",
-                    static_cast<long long>(done), result_.last_val_loss,
-                    result_.unigram_val_loss);
-        std::fflush(stdout);
+      SM_ASSIGN_OR_RETURN(result_.last_val_loss, Evaluate());
+      if (is_rank0()) {
+        SM_RETURN_IF_ERROR(metrics_->Write({{"step", done},
+                                            {"val_loss", result_.last_val_loss},
+                                            {"unigram_val_loss", result_.unigram_val_loss}}));
+        if (tensorboard_) {
+          SM_RETURN_IF_ERROR(tensorboard_->AddScalar("val/loss", done, result_.last_val_loss));
+        }
+        if (!options_.quiet) {
+          std::printf("step %lld | val loss %.4f (unigram baseline %.4f)\n",
+                      static_cast<long long>(done), result_.last_val_loss,
+                      result_.unigram_val_loss);
+          std::fflush(stdout);
+        }
       }
     }
     const int every = cfg_.checkpoint().interval();

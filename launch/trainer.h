@@ -1,4 +1,5 @@
-// Trainer: the single-rank training loop behind `scalemoe train`.
+// Trainer: the training loop behind `scalemoe train`, on one rank or many
+// (data and expert parallel, ZeRO-1: parallel/, optim/distributed_optimizer).
 //
 // Owns one run directory:
 //   <run_dir>/config.textproto        the resolved config (every field)
@@ -11,7 +12,9 @@
 // optimizer Step (clip + update), expert-bias update. Resume restores the
 // parameters, optimizer state, step and loader position from the newest
 // complete checkpoint, so N straight steps equal k steps + resume + N-k steps
-// bit for bit.
+// bit for bit. On several ranks every rank runs this loop; rank 0 alone
+// writes metrics, TensorBoard and progress, every rank writes its own part of
+// each checkpoint.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +24,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/status.h"
+#include "parallel/process_groups.h"
 
 namespace scalemoe {
 
@@ -32,6 +36,9 @@ struct TrainOptions {
   // Stop (after saving a checkpoint) once this many steps are done, without
   // ending the schedule (Megatron's --exit-interval); 0 = run to train_steps.
   int64_t exit_after_steps = 0;
+  // This rank's process groups (laid out as config.parallel says); nullptr =
+  // a world of one. Not owned; must outlive Train().
+  ProcessGroups* groups = nullptr;
 };
 
 struct TrainResult {

@@ -13,7 +13,8 @@ bool IsMoeLayer(const config::RunConfig& cfg, int layer) {
   return (layer - moe.first_dense_layers()) % every == 0;
 }
 
-Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer)
+Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+             const ProcessGroups* groups)
     : eps_(cfg.model().norm_eps()) {
   const std::string p = absl::StrCat("layers.", layer);
   const int64_t c = cfg.model().hidden_size();
@@ -24,7 +25,8 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer)
                                                       LayerLayout(layer));
   }
   if (IsMoeLayer(cfg, layer)) {
-    moe_ = std::make_unique<MoeLayer>(registry, cfg, layer, p + ".moe", p + ".ffn_norm");
+    moe_ = std::make_unique<MoeLayer>(registry, cfg, layer, p + ".moe", p + ".ffn_norm",
+                                      groups);
   } else {
     mlp_ = std::make_unique<Mlp>(registry, cfg, layer);
   }

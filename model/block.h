@@ -25,7 +25,9 @@ bool IsMoeLayer(const config::RunConfig& cfg, int layer);
 
 class Block {
  public:
-  Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+  // groups (may be null) reaches the MoE layer (expert parallelism).
+  Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+        const ProcessGroups* groups = nullptr);
 
   void PrepareStep(const ExecContext& ctx, DType dtype);
   void Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,

@@ -7,15 +7,17 @@
 
 namespace scalemoe {
 
-MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg)
-    : registry_(registry), cfg_(cfg) {
+MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg,
+                               const ProcessGroups* groups)
+    : registry_(registry), cfg_(cfg), num_local_experts_(cfg.moe().num_experts()) {
   const config::ModelConfig& m = cfg_.model();
   const ScaleOptions so(cfg_.scale_vectors());
   const int64_t v = m.vocab_size(), c = m.hidden_size();
   embedding_ = registry.Create(
       WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
   for (int l = 0; l < m.num_layers(); ++l) {
-    blocks_.push_back(std::make_unique<Block>(registry, cfg_, l));
+    blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups));
+    if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
   }
   final_scales_ = std::make_unique<BranchScales>(registry, cfg_.scale_vectors(),
                                                  "final_norm.scale", ParamLayout{}, c,
@@ -160,20 +162,30 @@ ModelCounts MoeTransformer::Counts() const {
           ? static_cast<double>(cfg_.moe().top_k()) / cfg_.moe().num_experts()
           : 1.0;
   ModelCounts counts;
-  int64_t routed = 0, routed_matmul = 0, matmul = 0;
+  // Routed-expert elements are counted locally, then scaled to all E experts
+  // (every expert of a layer has the same shapes; EP holds only some).
+  int64_t total = 0, scale_vectors = 0, routed = 0, routed_sv = 0, routed_matmul = 0,
+          matmul = 0;
   for (const auto& p : registry_.params()) {
     const ParamRole role = p->spec.role;
     if (!IsTrainable(role)) continue;
     const int64_t numel = NumElements(p->spec.shape);
-    counts.total_params += numel;
-    if (IsScaleVector(role)) counts.scale_vector_params += numel;
+    const bool is_routed = p->spec.layout.expert >= 0;
+    (is_routed ? routed : total) += numel;
+    if (IsScaleVector(role)) (is_routed ? routed_sv : scale_vectors) += numel;
     const bool is_matmul = role == ParamRole::kLinear || role == ParamRole::kExpertLinear ||
                            role == ParamRole::kRouter || role == ParamRole::kLmHead ||
                            (role == ParamRole::kEmbedding && m.tied_embeddings());
-    const bool is_routed = p->spec.layout.expert >= 0;
-    if (is_routed) routed += numel;
     if (is_matmul) (is_routed ? routed_matmul : matmul) += numel;
   }
+  const int64_t num_experts = cfg_.moe().num_experts();
+  auto global = [&](int64_t local) {
+    return num_local_experts_ > 0 ? local / num_local_experts_ * num_experts : local;
+  };
+  routed = global(routed);
+  routed_matmul = global(routed_matmul);
+  counts.total_params = total + routed;
+  counts.scale_vector_params = scale_vectors + global(routed_sv);
   counts.active_params_per_token =
       counts.total_params - routed + static_cast<int64_t>(routed * active_fraction + 0.5);
   counts.scale_vector_share =

@@ -45,7 +45,10 @@ struct ModelCounts {
 class MoeTransformer {
  public:
   // Registers every parameter (allocates nothing: the caller materializes).
-  MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg);
+  // groups (may be null = one rank) must outlive the model; under expert
+  // parallelism only the owned experts are registered (moe/moe_layer.h).
+  MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg,
+                 const ProcessGroups* groups = nullptr);
   ~MoeTransformer();
   MoeTransformer(const MoeTransformer&) = delete;
   MoeTransformer& operator=(const MoeTransformer&) = delete;
@@ -62,6 +65,7 @@ class MoeTransformer {
 
   std::vector<MoeLayerStats> MoeStats() const;
   void UpdateExpertBiases();
+  // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
 
   // Logits [B*T, V] of the last Forward/Evaluate (tests, generation).
@@ -74,6 +78,7 @@ class MoeTransformer {
   ParamRegistry& registry_;
   const config::RunConfig cfg_;
   Param* embedding_;
+  int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<BranchScales> final_scales_;  // one branch: the head
   std::unique_ptr<ScaledLinear> head_;

@@ -1,12 +1,15 @@
 #include "moe/moe_layer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "core/ops.h"
 #include "moe/grouped_experts.h"
 #include "moe/router.h"
+#include "moe/token_dispatcher.h"
 #include "moe/token_permuter.h"
 #include "norm/branch_scales.h"
+#include "parallel/process_groups.h"
 
 namespace scalemoe {
 namespace {
@@ -27,11 +30,13 @@ struct BranchPlan {
 }  // namespace
 
 MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-                   const std::string& prefix, const std::string& norm_name)
+                   const std::string& prefix, const std::string& norm_name,
+                   const ProcessGroups* groups)
     : hidden_(cfg.model().hidden_size()),
       num_experts_(cfg.moe().num_experts()),
       top_k_(cfg.moe().top_k()),
-      num_shared_(cfg.moe().num_shared_experts()) {
+      num_shared_(cfg.moe().num_shared_experts()),
+      num_local_(num_experts_) {
   const config::MoEConfig& moe = cfg.moe();
   const Sv& sv = cfg.scale_vectors();
   SM_CHECK_MSG(num_experts_ > 0 && top_k_ >= 1 && top_k_ <= num_experts_,
@@ -39,6 +44,12 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
                " num_experts=", num_experts_);
   SM_CHECK_MSG(num_shared_ >= 0 && moe.expert_ffn_hidden_size() > 0, prefix,
                ": moe.expert_ffn_hidden_size must be > 0 and num_shared_experts >= 0");
+  if (groups != nullptr && groups->ep != nullptr && groups->ep->size() > 1) {
+    ep_ = groups->ep.get();
+    dispatcher_ = std::make_unique<TokenDispatcher>(num_experts_, ep_);
+    first_expert_ = dispatcher_->owned().begin;
+    num_local_ = dispatcher_->owned().size();
+  }
 
   // Which branches get their own γ (HG): only under PER_BRANCH, per group flag.
   const bool per_branch = sv.mode() == Sv::PER_BRANCH;
@@ -48,9 +59,9 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   ParamLayout base;
   base.layer = layer;
   BranchPlan plan;
-  std::vector<std::pair<bool, int>> refs;  // router, E×(gate, up), S×(gate, up)
+  std::vector<std::pair<bool, int>> refs;  // router, local E×(gate, up), S×(gate, up)
   refs.push_back(plan.Add(own_router, prefix + ".router.gamma", base));
-  for (int e = 0; e < num_experts_; ++e) {
+  for (int e = first_expert_; e < first_expert_ + num_local_; ++e) {
     ParamLayout l = base;
     l.expert = e;
     const std::string p = prefix + ".experts." + std::to_string(e);
@@ -74,20 +85,21 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     return BranchRef{refs[i].first ? own_group_.get() : shared_group_.get(), refs[i].second};
   };
   router_branch_ = ref(0);
-  for (int e = 0; e < num_experts_; ++e) {
+  for (int e = 0; e < num_local_; ++e) {
     expert_gate_.push_back(ref(1 + 2 * e));
     expert_up_.push_back(ref(2 + 2 * e));
   }
   for (int s = 0; s < num_shared_; ++s) {
-    shared_gate_.push_back(ref(1 + 2 * num_experts_ + 2 * s));
-    shared_up_.push_back(ref(2 + 2 * num_experts_ + 2 * s));
+    shared_gate_.push_back(ref(1 + 2 * num_local_ + 2 * s));
+    shared_up_.push_back(ref(2 + 2 * num_local_ + 2 * s));
   }
 
   router_ = std::make_unique<Router>(registry, cfg, layer, prefix);
   permuter_ = std::make_unique<TokenPermuter>(num_experts_, top_k_);
   ExpertGroupOptions opts;
   opts.prefix = prefix + ".experts";
-  opts.num_experts = num_experts_;
+  opts.num_experts = num_local_;
+  opts.first_expert = first_expert_;
   opts.hidden = hidden_;
   opts.ffn = moe.expert_ffn_hidden_size();
   opts.layer = layer;
@@ -98,6 +110,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   if (num_shared_ > 0) {
     opts.prefix = prefix + ".shared_experts";
     opts.num_experts = num_shared_;
+    opts.first_expert = 0;
     opts.ffn = moe.shared_expert_ffn_hidden_size() > 0 ? moe.shared_expert_ffn_hidden_size()
                                                        : moe.expert_ffn_hidden_size();
     opts.routed = false;
@@ -141,7 +154,17 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
   Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device);
   permuter_->Permute(ctx, n, permuted_x);
   permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device);
-  experts_->Forward(ctx, permuted_x, permuter_->counts(), permuted_y_);
+  if (dispatcher_) {
+    SM_CHECK_OK(dispatcher_->Plan(permuter_->counts()));
+    const Shape rows{dispatcher_->received_rows(), hidden_};
+    Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device);
+    Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device);
+    SM_CHECK_OK(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
+    experts_->Forward(ctx, expert_x, dispatcher_->local_counts(), expert_y);
+    SM_CHECK_OK(dispatcher_->Combine(ctx, expert_y, permuted_y_));
+  } else {
+    experts_->Forward(ctx, permuted_x, permuter_->counts(), permuted_y_);
+  }
   ops::Zero(ctx, out);
   permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);
 
@@ -158,11 +181,22 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
     ops::ScatterAddRows(ctx, y_sh, shared_tiled_, 1, Tensor(), out);
   }
 
-  // Stats from the counts already on the host.
+  // Stats from the counts already on the host; under EP summed over the group
+  // (counts [E] and the assignment total in one all-reduce).
   stats_.tokens_per_expert = permuter_->counts();
+  int64_t assignments = tokens * top_k_;
+  if (ep_ != nullptr) {
+    Tensor sums = Tensor::Empty({num_experts_ + 1}, DType::kI64);
+    int64_t* v = sums.data<int64_t>();
+    std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
+    v[num_experts_] = assignments;
+    SM_CHECK_OK(ep_->AllReduce(sums));
+    stats_.tokens_per_expert.assign(v, v + num_experts_);
+    assignments = v[num_experts_];
+  }
   int64_t kept = 0;
   for (int64_t c : stats_.tokens_per_expert) kept += c;
-  stats_.dropped_tokens = tokens * top_k_ - kept;
+  stats_.dropped_tokens = assignments - kept;
   const double mean = static_cast<double>(kept) / num_experts_;
   double var = 0;
   for (int e = 0; e < num_experts_; ++e) {
@@ -186,7 +220,18 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
   permuter_->UnpermuteBackward(ctx, d_out, permuted_y_, router_->weights(), d_permuted_y,
                                d_weights);
   Tensor d_permuted_x = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
-  experts_->Backward(ctx, d_permuted_y, d_permuted_x);
+  if (dispatcher_) {
+    // The mirror of Forward: gradients of the outputs travel like the inputs
+    // did (Dispatch), gradients of the inputs like the outputs did (Combine).
+    const Shape rows{dispatcher_->received_rows(), hidden_};
+    Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device);
+    Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device);
+    SM_CHECK_OK(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
+    experts_->Backward(ctx, d_expert_y, d_expert_x);
+    SM_CHECK_OK(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
+  } else {
+    experts_->Backward(ctx, d_permuted_y, d_permuted_x);
+  }
   router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
   if (shared_experts_) {

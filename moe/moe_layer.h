@@ -12,6 +12,30 @@
 // Host synchronisation: the per-expert token counts are read on the host once
 // per Forward (they size the per-expert GEMMs and, under expert parallel, the
 // all-to-all); the stats (losses, loads) are computed from the same read.
+//
+// Expert parallelism (ProcessGroups::ep of size EP > 1): this rank creates
+// and runs only the experts it owns, [r*E/EP, (r+1)*E/EP) (global names and
+// ParamLayout.expert unchanged); the router, the Input-Norm vectors that are
+// not per expert and the shared experts are replicated. Between permute and
+// the experts a TokenDispatcher (moe/token_dispatcher.h) exchanges counts and
+// rows over the EP group, and mirrors it before the combine; Backward sends
+// the rows' gradients the opposite way. What EP changes and what it does not:
+// - Outputs, d_n and the aux/z losses of rank r equal the single-rank layer's
+//   on rank r's tokens: routing, losses and capacity are local (capacity is
+//   ceil(cf·N_local·K/E) per expert per source rank, so an owner may get up
+//   to EP times that many rows of one expert).
+// - An owned expert's parameter gradient collects the rows of every EP rank,
+//   i.e. it already is the SUM over the EP group of what each rank's tokens
+//   contribute; replicated parameters hold only this rank's share (a shared
+//   γ also receives the owned experts' contribution from every rank's rows).
+//   Summed over the ranks (the DP/EDP gradient reduction), both give the
+//   single-rank gradient of the union of the tokens.
+// - stats() are global: the per-expert counts and drop count are all-reduced
+//   (sum) over the EP group once per Forward (one more small sync), so every
+//   EP rank reports, and updates the expert bias from, the same loads.
+// - A failed collective aborts with the communicator's Status (Forward and
+//   Backward return void, as the model's call chain does today).
+// A null ProcessGroups or an EP group of one is exactly the single-rank layer.
 #pragma once
 
 #include <memory>
@@ -26,14 +50,17 @@
 namespace scalemoe {
 
 class BranchScales;
+class Communicator;
 class GroupedExperts;
 class Router;
+class TokenDispatcher;
 class TokenPermuter;
+struct ProcessGroups;
 
 // Statistics of the last Forward, for metrics (host values; computing them is
 // the one documented host sync of the layer).
 struct MoeLayerStats {
-  std::vector<int64_t> tokens_per_expert;  // [E], after capacity drops
+  std::vector<int64_t> tokens_per_expert;  // [E] (all experts, summed over EP), after drops
   int64_t dropped_tokens = 0;              // (token, expert) assignments dropped by capacity
   double load_cv = 0;                      // coefficient of variation of tokens_per_expert
   double aux_loss = 0;                     // coefficient-weighted load-balancing loss
@@ -49,8 +76,11 @@ struct MoeLayerStats {
 class MoeLayer {
  public:
   // prefix e.g. "layers.3.moe"; norm_name e.g. "layers.3.ffn_norm"; layer = 3.
+  // groups (not owned, may be null) supplies the EP group; it must outlive
+  // the layer.
   MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-           const std::string& prefix, const std::string& norm_name);
+           const std::string& prefix, const std::string& norm_name,
+           const ProcessGroups* groups = nullptr);
   ~MoeLayer();
   MoeLayer(const MoeLayer&) = delete;
   MoeLayer& operator=(const MoeLayer&) = delete;
@@ -76,6 +106,10 @@ class MoeLayer {
   double aux_loss() const;  // of the last Forward (coefficient-weighted)
   double z_loss() const;
   const MoeLayerStats& stats() const;
+  // Routed experts held by this rank: global [first_local_expert(),
+  // first_local_expert() + num_local_experts()).
+  int first_local_expert() const { return first_expert_; }
+  int num_local_experts() const { return num_local_; }
 
  private:
   // Logical Input-Norm branches: router, then (gate, up) per routed expert,
@@ -91,13 +125,17 @@ class MoeLayer {
   int num_experts_;      // E
   int top_k_;            // K
   int num_shared_;       // S
+  Communicator* ep_ = nullptr;  // EP group when EP > 1, else null (single-rank path)
+  int first_expert_ = 0;        // owned routed experts [first_expert_, + num_local_)
+  int num_local_ = 0;
   std::unique_ptr<BranchScales> shared_group_;  // branches without their own γ
   std::unique_ptr<BranchScales> own_group_;     // branches with their own γ (HG)
   BranchRef router_branch_;
-  std::vector<BranchRef> expert_gate_, expert_up_;  // [E]
+  std::vector<BranchRef> expert_gate_, expert_up_;  // [num_local_]
   std::vector<BranchRef> shared_gate_, shared_up_;  // [S]
   std::unique_ptr<Router> router_;
   std::unique_ptr<TokenPermuter> permuter_;
+  std::unique_ptr<TokenDispatcher> dispatcher_;  // null unless EP > 1
   std::unique_ptr<GroupedExperts> experts_;
   std::unique_ptr<GroupedExperts> shared_experts_;  // null when S == 0
   // Forward cache (what Backward needs).

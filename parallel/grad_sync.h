@@ -7,9 +7,9 @@
 //   expert parameters  (ParamLayout::is_expert()) all-reduced over edp
 // Both are then divided by the DP size (not the EDP size): under expert
 // parallelism the EP dispatcher already sums an owned expert's gradient over
-// the tokens of every rank of its EP group, so summing over EDP covers all
-// DP·1 micro-batches once and 1/DP gives the same mean as for dense
-// parameters (Megatron's expert_gradient_scaling_factor). With EP = 1,
+// the tokens of every rank of its EP group, so the sum over EDP covers every
+// DP rank's micro-batch exactly once and 1/DP gives the same mean as for
+// dense parameters (Megatron's expert_gradient_scaling_factor). With EP = 1,
 // EDP = DP and this is the plain mean.
 // kExpertBias has no gradient and is skipped; an optional filter narrows the
 // synced parameters further (the ZeRO-1 optimizer syncs only Muon matrices
@@ -69,7 +69,6 @@ class GradSync {
   const ProcessGroups& groups_;
   std::vector<Bucket> buckets_;  // ascending flat order
   std::vector<Pending> pending_;
-  Status first_error_;
 };
 
 }  // namespace scalemoe

@@ -2,7 +2,9 @@
 # The README's first command: sets up a fresh machine and runs the main job on
 # the built-in default: assemble the default corpus from Debian packages,
 # train a byte-level BPE tokenizer and write token shards (once; later runs
-# reuse them), then train the tiny MoE preset, printing progress.
+# reuse them), then train the tiny MoE preset on 2 ranks (data parallel with
+# the experts split over both ranks and the optimizer state sharded),
+# printing progress.
 # Extra arguments go to `scalemoe train` (e.g. --set train.train_steps=50).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +23,9 @@ if [ ! -f "$dataset/manifest.json" ]; then
     --tokenizer "$dataset/tokenizer" --out "$dataset"
 fi
 config=configs/tiny_cpu.textproto
-build/scalemoe check-config --config "$config" --world 1 | head -1
-echo "== train: $config"
-build/scalemoe train --config "$config" "$@"
+ranks=2
+layout=(--set parallel.ep=2 --set parallel.zero_stage=1)
+build/scalemoe check-config --config "$config" --world $ranks "${layout[@]}" >/dev/null
+echo "== train: $config on $ranks ranks (data parallel 2, experts split over both, ZeRO-1)"
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+mpirun -np $ranks --oversubscribe build/scalemoe train --config "$config" "${layout[@]}" "$@"

@@ -8,10 +8,9 @@
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
-#include "data/prepare.h"
 #include "gtest/gtest.h"
 #include "launch/config.h"
-#include "launch/metrics.h"
+#include "tests/launch/tiny_training.h"
 
 namespace scalemoe {
 namespace {
@@ -28,33 +27,11 @@ std::string ReadFile(const fs::path& path) {
 class TrainerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() /
-                         ("scalemoe_trainer_test_" + std::to_string(::getpid())));
+    root_ = new fs::path(fs::temp_directory_path() / ("scalemoe_trainer_test_" +
+                                                      std::to_string(::getpid())));
     fs::remove_all(*root_);
-    fs::create_directories(*root_);
-    // A small corpus with learnable structure: templated sentences.
-    const char* names[] = {"Emma", "Harriet", "Mr. Knightley", "Jane", "Frank"};
-    const char* verbs[] = {"walked to", "wrote to", "spoke of", "thought of", "visited"};
-    const char* places[] = {"Highbury", "Randalls", "Hartfield", "London", "Donwell"};
-    std::ofstream corpus(*root_ / "corpus.txt");
-    for (int doc = 0; doc < 120; ++doc) {
-      for (int s = 0; s < 12; ++s) {
-        const int i = (doc * 7 + s * 3) % 5, j = (doc + s) % 5, k = (doc * 3 + s) % 5;
-        corpus << names[i] << " " << verbs[j] << " " << places[k] << " on day " << (s + doc) % 9
-               << ". ";
-      }
-      corpus << "\n" << kDocumentSeparator << "\n";
-    }
-    corpus.close();
-    PrepareOptions prep;
-    prep.input = (*root_ / "corpus.txt").string();
-    prep.tokenizer_dir = (*root_ / "tokenizer").string();
-    prep.out_dir = (*root_ / "dataset").string();
-    prep.train_tokenizer_vocab = 320;
-    prep.val_fraction = 0.1;
-    prep.threads = 1;
-    StatusOr<PrepareSummary> summary = PrepareDataset(prep);
-    ASSERT_TRUE(summary.ok()) << summary.status();
+    Status made = testing::MakeTinyDataset(*root_);
+    ASSERT_TRUE(made.ok()) << made;
   }
   static void TearDownTestSuite() {
     fs::remove_all(*root_);
@@ -62,31 +39,9 @@ class TrainerTest : public ::testing::Test {
   }
 
   static config::RunConfig TinyConfig(const std::vector<std::string>& extra = {}) {
-    std::vector<std::string> overrides = {"model.num_layers=2",
-                                          "model.hidden_size=16",
-                                          "model.num_heads=2",
-                                          "model.num_kv_heads=1",
-                                          "model.ffn_hidden_size=32",
-                                          "model.vocab_size=320",
-                                          "model.seq_length=16",
-                                          "moe.num_experts=4",
-                                          "moe.top_k=2",
-                                          "moe.expert_ffn_hidden_size=16",
-                                          "train.micro_batch_size=2",
-                                          "train.global_batch_size=4",
-                                          "train.train_steps=8",
-                                          "train.eval_interval=4",
-                                          "train.eval_batches=2",
-                                          "schedule.warmup_steps=2",
-                                          "logging.log_interval=1",
-                                          "checkpoint.interval=2",
-                                          "checkpoint.keep_last=0",
-                                          "data.dataset_dir=" + (*root_ / "dataset").string()};
-    overrides.insert(overrides.end(), extra.begin(), extra.end());
-    StatusOr<config::RunConfig> cfg = LoadConfig("configs/tiny_cpu.textproto", overrides);
-    EXPECT_TRUE(cfg.ok()) << cfg.status();
-    EXPECT_TRUE(ValidateConfig(*cfg, 1).ok()) << ValidateConfig(*cfg, 1);
-    return *cfg;
+    config::RunConfig cfg = testing::TinyTrainingConfig(*root_, extra);
+    EXPECT_TRUE(ValidateConfig(cfg, 1).ok()) << ValidateConfig(cfg, 1);
+    return cfg;
   }
 
   static TrainOptions Options(const config::RunConfig& cfg, const std::string& name) {
@@ -98,14 +53,7 @@ class TrainerTest : public ::testing::Test {
   }
 
   static std::vector<double> Losses(const std::string& run_dir) {
-    StatusOr<std::vector<nlohmann::json>> records =
-        ReadMetricsFile((fs::path(run_dir) / "metrics.jsonl").string());
-    EXPECT_TRUE(records.ok()) << records.status();
-    std::vector<double> losses;
-    for (const auto& r : *records) {
-      if (r.contains("loss")) losses.push_back(r["loss"].get<double>());
-    }
-    return losses;
+    return testing::ReadLosses(run_dir);
   }
 
   static fs::path* root_;

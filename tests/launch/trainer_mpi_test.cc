@@ -1,0 +1,245 @@
+// Whole training runs under mpirun: every data/expert-parallel layout (with
+// and without ZeRO-1) trains to the single-rank losses and parameters within
+// 1e-5 relative (fp32); resume is bit-exact on the same layout; a checkpoint
+// saved on one layout resumes on another (resharding) and continues the
+// uninterrupted single-rank run. Registered for 2 and 4 ranks; each world
+// size runs the layouts that fit it.
+#include <mpi.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "launch/config.h"
+#include "launch/trainer.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/launch/tiny_training.h"
+
+namespace scalemoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kSteps = 20;
+constexpr double kTolerance = 1e-5;
+
+int WorldRank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int WorldSize() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// One directory for the whole job (rank 0 names it, everyone agrees).
+fs::path JobRoot() {
+  static fs::path* root = [] {
+    long long id = ::getpid();
+    MPI_Bcast(&id, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+    return new fs::path(fs::temp_directory_path() /
+                        ("scalemoe_trainer_mpi_" + std::to_string(WorldSize()) + "_" +
+                         std::to_string(id)));
+  }();
+  return *root;
+}
+
+// Same global batch on every layout: micro-batch 2 on each of `world` ranks.
+// Scale vectors: HG + DUAL + OR + IWD. (With DNP instead of DUAL, the β of
+// γ_q and γ_k is redundant — the per-head norm after the projection removes
+// it — so its gradient is rounding noise that AdamW normalises into full
+// steps: losses still agree, but that β's value is not comparable at 1e-5.)
+config::RunConfig Config(const std::vector<std::string>& layout) {
+  std::vector<std::string> extra = {
+      "train.train_steps=" + std::to_string(kSteps), "checkpoint.interval=10",
+      "train.global_batch_size=" + std::to_string(2 * WorldSize()), "train.eval_interval=10",
+      "scale_vectors.placement=DUAL"};
+  extra.insert(extra.end(), layout.begin(), layout.end());
+  return testing::TinyTrainingConfig(JobRoot(), extra);
+}
+
+StatusOr<TrainResult> TrainOn(const config::RunConfig& cfg, const std::string& name,
+                              ProcessGroups* groups, int64_t exit_after = 0,
+                              bool resume = false) {
+  TrainOptions o;
+  o.config = cfg;
+  o.run_dir = (JobRoot() / name).string();
+  o.quiet = true;
+  o.groups = groups;
+  o.exit_after_steps = exit_after;
+  o.resume = resume;
+  return Train(o);
+}
+
+StatusOr<ProcessGroups> Groups(const config::RunConfig& cfg) {
+  SM_RETURN_IF_ERROR(ValidateConfig(cfg, WorldSize()));
+  SM_ASSIGN_OR_RETURN(ParallelLayout l, ResolveLayout(cfg, WorldSize()));
+  return CreateMpiProcessGroups(GridSizes{l.tp, l.dp, l.pp, l.etp, l.ep, l.edp});
+}
+
+class TrainerMpiTest : public ::testing::Test {
+ protected:
+  // Rank 0 prepares the data and runs the single-rank reference once.
+  static void SetUpTestSuite() {
+    if (WorldRank() == 0) {
+      fs::remove_all(JobRoot());
+      Status made = testing::MakeTinyDataset(JobRoot());
+      ASSERT_TRUE(made.ok()) << made;
+      StatusOr<TrainResult> r = TrainOn(Config({}), "reference", nullptr);
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  static void TearDownTestSuite() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (WorldRank() == 0) fs::remove_all(JobRoot());
+  }
+
+  // Rank 0 checks run `name` against the reference: losses of every step,
+  // then every parameter of the final checkpoints.
+  static void ExpectMatchesReference(const config::RunConfig& cfg, const std::string& name) {
+    if (WorldRank() != 0) return;
+    const std::vector<double> want = testing::ReadLosses((JobRoot() / "reference").string());
+    const std::vector<double> got = testing::ReadLosses((JobRoot() / name).string());
+    ASSERT_EQ(got.size(), want.size()) << name;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_NEAR(got[i], want[i], kTolerance * std::abs(want[i])) << name << " step " << i + 1;
+    }
+    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
+    StatusOr<testing::WholeModel> a = testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
+    StatusOr<testing::WholeModel> b =
+        testing::LoadWholeModel(cfg, (JobRoot() / "reference" / last).string());
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (const auto& p : b->registry->params()) {
+      const Param* q = a->registry->Find(p->spec.name);
+      ASSERT_NE(q, nullptr) << p->spec.name;
+      EXPECT_LE(testing::RelativeDifference(q->value, p->value), kTolerance)
+          << name << ": " << p->spec.name;
+    }
+  }
+
+  static void RunLayout(const std::string& name, const std::vector<std::string>& layout) {
+    const config::RunConfig cfg = Config(layout);
+    StatusOr<ProcessGroups> groups = Groups(cfg);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    StatusOr<TrainResult> r = TrainOn(cfg, name, &*groups);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->steps_done, kSteps);
+    ExpectMatchesReference(cfg, name);
+  }
+};
+
+TEST_F(TrainerMpiTest, DataParallel) { RunLayout("dp", {}); }
+TEST_F(TrainerMpiTest, DataParallelZero1) { RunLayout("dp_zero1", {"parallel.zero_stage=1"}); }
+TEST_F(TrainerMpiTest, DataParallelZero1Muon) {
+  // Muon changes the reference: compare with its own single-rank run.
+  const std::vector<std::string> muon = {"optimizer.type=MUON"};
+  if (WorldRank() == 0) {
+    ASSERT_TRUE(TrainOn(Config(muon), "reference_muon", nullptr).ok());
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  const config::RunConfig cfg = Config({"optimizer.type=MUON", "parallel.zero_stage=1"});
+  StatusOr<ProcessGroups> groups = Groups(cfg);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  ASSERT_TRUE(TrainOn(cfg, "dp_zero1_muon", &*groups).ok());
+  if (WorldRank() == 0) {
+    const std::vector<double> want = testing::ReadLosses((JobRoot() / "reference_muon").string());
+    const std::vector<double> got = testing::ReadLosses((JobRoot() / "dp_zero1_muon").string());
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_NEAR(got[i], want[i], kTolerance * std::abs(want[i])) << "step " << i + 1;
+    }
+  }
+}
+TEST_F(TrainerMpiTest, ExpertParallelAllRanks) {
+  RunLayout("ep_all", {"parallel.ep=" + std::to_string(WorldSize())});
+}
+TEST_F(TrainerMpiTest, ExpertParallelTwoWithZero1) {
+  // World 4: DP2 x EP2 (experts over 2 ranks, replicated over edp 2).
+  RunLayout("ep2_zero1", {"parallel.ep=2", "parallel.zero_stage=1"});
+}
+
+// k steps, save, resume on the same layout, N-k steps: bit for bit.
+TEST_F(TrainerMpiTest, ResumeOnSameLayoutIsBitExact) {
+  const config::RunConfig cfg = Config({"parallel.ep=2", "parallel.zero_stage=1"});
+  StatusOr<ProcessGroups> groups = Groups(cfg);
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  ASSERT_TRUE(TrainOn(cfg, "straight", &*groups).ok());
+  ASSERT_TRUE(TrainOn(cfg, "resumed", &*groups, /*exit_after=*/7).ok());
+  StatusOr<TrainResult> rest = TrainOn(cfg, "resumed", &*groups, 0, /*resume=*/true);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  if (WorldRank() == 0) {
+    EXPECT_EQ(testing::ReadLosses((JobRoot() / "resumed").string()),
+              testing::ReadLosses((JobRoot() / "straight").string()));
+    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
+    StatusOr<testing::WholeModel> a =
+        testing::LoadWholeModel(cfg, (JobRoot() / "resumed" / last).string());
+    StatusOr<testing::WholeModel> b =
+        testing::LoadWholeModel(cfg, (JobRoot() / "straight" / last).string());
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (const auto& p : b->registry->params()) {
+      EXPECT_EQ(a->registry->Find(p->spec.name)->value.ToVector(), p->value.ToVector())
+          << p->spec.name;
+    }
+  }
+}
+
+// Saved by one layout, resumed by another: continues the reference run.
+TEST_F(TrainerMpiTest, ResumeOnAnotherLayout) {
+  struct Pair {
+    std::string name;
+    std::vector<std::string> from;  // empty "from" with single_rank: the reference layout
+    bool from_single_rank;
+    std::vector<std::string> to;
+  };
+  const std::string all = std::to_string(WorldSize());
+  const std::vector<Pair> pairs = {
+      {"single_to_ep_all", {}, true, {"parallel.ep=" + all, "parallel.zero_stage=1"}},
+      {"single_to_dp", {}, true, {}},
+      {"ep_all_zero1_to_ep2", {"parallel.ep=" + all, "parallel.zero_stage=1"}, false,
+       {"parallel.ep=2"}},
+  };
+  for (const Pair& pair : pairs) {
+    const config::RunConfig from = Config(pair.from);
+    if (pair.from_single_rank) {
+      if (WorldRank() == 0) {
+        ASSERT_TRUE(TrainOn(from, pair.name, nullptr, /*exit_after=*/10).ok()) << pair.name;
+      }
+      MPI_Barrier(MPI_COMM_WORLD);
+    } else {
+      StatusOr<ProcessGroups> groups = Groups(from);
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      ASSERT_TRUE(TrainOn(from, pair.name, &*groups, /*exit_after=*/10).ok()) << pair.name;
+    }
+    const config::RunConfig to = Config(pair.to);
+    StatusOr<ProcessGroups> groups = Groups(to);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    StatusOr<TrainResult> r = TrainOn(to, pair.name, &*groups, 0, /*resume=*/true);
+    ASSERT_TRUE(r.ok()) << pair.name << ": " << r.status();
+    ExpectMatchesReference(to, pair.name);
+  }
+}
+
+}  // namespace
+}  // namespace scalemoe
+
+// Under mpirun: every rank runs every test; the job fails if any rank failed.
+int main(int argc, char** argv) {
+  scalemoe::MpiRuntime runtime(&argc, &argv);
+  if (!runtime.status().ok()) {
+    std::fprintf(stderr, "%s\n", std::string(runtime.status().message()).c_str());
+    return 1;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  if (runtime.world_rank() != 0) {
+    delete ::testing::UnitTest::GetInstance()->listeners().Release(
+        ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return failed;
+}
