@@ -8,6 +8,7 @@
 #include "absl/strings/numbers.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/flags.h"
 
 namespace scalemoe {
 namespace {
@@ -24,32 +25,15 @@ int Fail(const std::string& message) {
 }
 
 int RunCheckConfig(const std::vector<std::string>& args) {
-  std::string path;
-  std::vector<std::string> overrides;
-  std::string world_text;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    }
-    // Each flag takes "--flag value" or "--flag=value".
-    const size_t eq = arg.find('=');
-    const bool inline_value = arg.rfind("--", 0) == 0 && eq != std::string::npos;
-    const std::string flag = inline_value ? arg.substr(0, eq) : arg;
-    if (flag != "--config" && flag != "--world" && flag != "--set") {
-      return Fail("unknown argument '" + arg + "'\n" + kUsage);
-    }
-    if (!inline_value && i + 1 >= args.size()) return Fail(flag + " needs a value\n" + kUsage);
-    const std::string value = inline_value ? arg.substr(eq + 1) : args[++i];
-    if (flag == "--config") {
-      path = value;
-    } else if (flag == "--world") {
-      world_text = value;
-    } else {
-      overrides.push_back(value);
-    }
+  StatusOr<ParsedFlags> flags = ParseFlags(args, {{"config"}, {"world"}, {"set", true, true}});
+  if (!flags.ok()) return Fail(std::string(flags.status().message()) + "\n" + kUsage);
+  if (flags->help) {
+    std::printf("%s", kUsage);
+    return 0;
   }
+  const std::string path = flags->Get("config");
+  const std::vector<std::string> overrides = flags->All("set");
+  const std::string world_text = flags->Get("world");
   if (path.empty()) return Fail(std::string("--config is required\n") + kUsage);
   StatusOr<config::RunConfig> config = LoadConfig(path, overrides);
   if (!config.ok()) return Fail(std::string(config.status().message()));

@@ -7,6 +7,7 @@
 
 #include "checkpoint/export.h"
 #include "launch/commands.h"
+#include "launch/flags.h"
 
 namespace scalemoe {
 namespace {
@@ -32,33 +33,22 @@ int Fail(const std::string& message, int code) {
 }
 
 int RunExport(const std::vector<std::string>& args) {
-  checkpoint::ExportOptions options;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& arg = args[i];
-    if (arg == "--help" || arg == "-h") {
-      std::printf("%s", kUsage);
-      return 0;
-    }
-    const size_t eq = arg.find('=');
-    const bool inline_value = arg.rfind("--", 0) == 0 && eq != std::string::npos;
-    const std::string flag = inline_value ? arg.substr(0, eq) : arg;
-    if (flag != "--checkpoint" && flag != "--out" && flag != "--dtype" && flag != "--tokenizer") {
-      return Fail("unknown argument '" + arg + "'\n" + kUsage, 2);
-    }
-    if (!inline_value && i + 1 >= args.size()) return Fail(flag + " needs a value\n" + kUsage, 2);
-    const std::string value = inline_value ? arg.substr(eq + 1) : args[++i];
-    if (flag == "--checkpoint") {
-      options.checkpoint_dir = value;
-    } else if (flag == "--out") {
-      options.out_dir = value;
-    } else if (flag == "--tokenizer") {
-      options.tokenizer_dir = value;
-    } else if (value == "fp32" || value == "bf16") {
-      options.dtype = value == "fp32" ? DType::kF32 : DType::kBF16;
-    } else {
-      return Fail("--dtype '" + value + "' must be fp32 or bf16", 2);
-    }
+  StatusOr<ParsedFlags> flags =
+      ParseFlags(args, {{"checkpoint"}, {"out"}, {"dtype"}, {"tokenizer"}});
+  if (!flags.ok()) return Fail(std::string(flags.status().message()) + "\n" + kUsage, 2);
+  if (flags->help) {
+    std::printf("%s", kUsage);
+    return 0;
   }
+  checkpoint::ExportOptions options;
+  options.checkpoint_dir = flags->Get("checkpoint");
+  options.out_dir = flags->Get("out");
+  options.tokenizer_dir = flags->Get("tokenizer");
+  const std::string dtype = flags->Get("dtype", "fp32");
+  if (dtype != "fp32" && dtype != "bf16") {
+    return Fail("--dtype '" + dtype + "' must be fp32 or bf16", 2);
+  }
+  options.dtype = dtype == "fp32" ? DType::kF32 : DType::kBF16;
   if (options.checkpoint_dir.empty() || options.out_dir.empty()) {
     return Fail(std::string("--checkpoint and --out are required\n") + kUsage, 2);
   }

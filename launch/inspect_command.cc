@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint.h"
 #include "core/params.h"
 #include "launch/commands.h"
 #include "launch/config.h"
@@ -21,10 +22,13 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: scalemoe inspect --config FILE [--set a.b=value]... [--world N]\n"
+    "       scalemoe inspect --checkpoint DIR\n"
     "  Builds the model of FILE (after the overrides) without allocating it and\n"
     "  prints the parameter table (name, shape, role, count) and the totals.\n"
     "  --world N checks the layout for N ranks (default: the smallest that fits)\n"
-    "  and prints every process group as lists of global ranks.\n";
+    "  and prints every process group as lists of global ranks.\n"
+    "  --checkpoint DIR prints a checkpoint's manifest: step, layout, tensors\n"
+    "  (dtype, global shape, slice, bytes) and each file's checksum status.\n";
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "scalemoe inspect: %s\n", message.c_str());
@@ -61,10 +65,22 @@ void PrintTable(const ParamRegistry& registry, DecayPolicy policy) {
 
 int RunInspect(const std::vector<std::string>& args) {
   StatusOr<ParsedFlags> flags =
-      ParseFlags(args, {{"config", true, false}, {"set", true, true}, {"world", true, false}});
+      ParseFlags(args, {{"config", true, false},
+                        {"set", true, true},
+                        {"world", true, false},
+                        {"checkpoint", true, false}});
   if (!flags.ok()) return Fail(std::string(flags.status().message()) + "\n" + kUsage);
   if (flags->help) {
     std::printf("%s", kUsage);
+    return 0;
+  }
+  if (flags->Has("checkpoint")) {
+    StatusOr<std::string> described = checkpoint::DescribeCheckpoint(flags->Get("checkpoint"));
+    if (!described.ok()) {
+      Fail(std::string(described.status().message()));
+      return 1;  // a runtime failure, not bad usage
+    }
+    std::printf("%s", described->c_str());
     return 0;
   }
   const std::string path = flags->Get("config");

@@ -7,6 +7,7 @@
 
 #include "core/ops.h"
 #include "optim/clip.h"
+#include "optim/optimizer_config.h"
 #include "optim/schedule.h"
 
 namespace scalemoe {
@@ -17,44 +18,13 @@ Status Check(bool ok, const char* field, double value, const char* rule) {
   return absl::InvalidArgumentError(absl::StrCat(field, "=", value, ": ", rule));
 }
 
-// The hyper-parameters this optimizer reads (Optimizer::Create checks the
-// same ones for the single-rank path).
+// What DistributedOptimizer reads beyond the single-rank optimizer's fields.
 Status ValidateConfig(const config::RunConfig& config) {
-  const config::OptimizerConfig& o = config.optimizer();
-  SM_RETURN_IF_ERROR(Check(o.lr() > 0, "optimizer.lr", o.lr(), "must be > 0"));
-  SM_RETURN_IF_ERROR(Check(o.min_lr() >= 0 && o.min_lr() <= o.lr(), "optimizer.min_lr", o.min_lr(),
-                           "must be in [0, optimizer.lr]"));
-  SM_RETURN_IF_ERROR(
-      Check(o.weight_decay() >= 0, "optimizer.weight_decay", o.weight_decay(), "must be >= 0"));
-  SM_RETURN_IF_ERROR(
-      Check(o.beta1() >= 0 && o.beta1() < 1, "optimizer.beta1", o.beta1(), "must be in [0, 1)"));
-  SM_RETURN_IF_ERROR(
-      Check(o.beta2() >= 0 && o.beta2() < 1, "optimizer.beta2", o.beta2(), "must be in [0, 1)"));
-  SM_RETURN_IF_ERROR(Check(o.eps() > 0, "optimizer.eps", o.eps(), "must be > 0"));
-  SM_RETURN_IF_ERROR(
-      Check(o.grad_clip() >= 0, "optimizer.grad_clip", o.grad_clip(), "must be >= 0 (0 = off)"));
-  if (o.type() == config::OptimizerConfig::MUON) {
-    SM_RETURN_IF_ERROR(Check(o.muon_lr() > 0, "optimizer.muon_lr", o.muon_lr(), "must be > 0"));
-    SM_RETURN_IF_ERROR(Check(o.muon_momentum() >= 0 && o.muon_momentum() < 1,
-                             "optimizer.muon_momentum", o.muon_momentum(), "must be in [0, 1)"));
-    SM_RETURN_IF_ERROR(Check(o.muon_ns_steps() >= 1, "optimizer.muon_ns_steps", o.muon_ns_steps(),
-                             "must be >= 1"));
-  }
+  SM_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
   const int zero = config.parallel().zero_stage();
   SM_RETURN_IF_ERROR(Check(zero == 0 || zero == 1, "parallel.zero_stage", zero,
                            "must be 0 (replicated optimizer) or 1 (ZeRO-1)"));
-  return ValidateSchedule(config.schedule(), config.train().train_steps());
-}
-
-AdamWOptions AdamWFrom(const config::OptimizerConfig& o) {
-  return {.beta1 = o.beta1(), .beta2 = o.beta2(), .eps = o.eps(), .weight_decay = o.weight_decay()};
-}
-
-MuonOptions MuonFrom(const config::OptimizerConfig& o) {
-  return {.momentum = o.muon_momentum(),
-          .nesterov = o.muon_nesterov(),
-          .ns_steps = o.muon_ns_steps(),
-          .weight_decay = o.weight_decay()};
+  return absl::OkStatus();
 }
 
 // Whether this rank counts `p` in the global norm: a tensor replicated over
@@ -130,10 +100,10 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
   const DType dtype = registry.flat_values().dtype();
   const int64_t bucket = config.parallel().grad_bucket_elements();
   if (options_.type() == config::OptimizerConfig::MUON)
-    muon_.emplace(MuonFrom(options_), groups_, dtype);
+    muon_.emplace(MuonOptionsFrom(options_), groups_, dtype);
   if (zero_stage_ == 0) {
     grad_sync_ = std::make_unique<GradSync>(registry, groups, bucket);
-    adamw_.emplace(AdamWFrom(options_), groups_, 0, groups_.total_numel(), dtype);
+    adamw_.emplace(AdamWOptionsFrom(options_), groups_, 0, groups_.total_numel(), dtype);
     return;
   }
   std::unordered_set<const Param*> muon_params;
@@ -166,7 +136,7 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
       if (b >= e) continue;
       const int64_t flat_b = r.flat_begin + (b - r.packed_begin);
       d->pieces.push_back({flat_b, flat_b + (e - b), b - mine_begin});
-      d->adamw.emplace_back(AdamWFrom(options_), groups_, flat_b, flat_b + (e - b), dtype);
+      d->adamw.emplace_back(AdamWOptionsFrom(options_), groups_, flat_b, flat_b + (e - b), dtype);
     }
     d->master = Tensor::Zeros({d->shard}, dtype);
     d->grad = Tensor::Zeros({d->shard}, dtype);

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/status.h"
@@ -49,6 +50,17 @@ class Work {
   virtual ~Work() = default;
   // Blocks until done; returns the collective's status. Call once.
   virtual Status Wait() = 0;
+};
+
+// A Work that finished before it was returned (backends that complete an
+// "async" call synchronously): Wait() reports `status`.
+class CompletedWork : public Work {
+ public:
+  explicit CompletedWork(Status status) : status_(std::move(status)) {}
+  Status Wait() override { return status_; }
+
+ private:
+  Status status_;
 };
 
 class Communicator {

@@ -96,15 +96,6 @@ void ReduceParts(const std::vector<Part>& parts, DType dtype, int64_t offset, in
   }
 }
 
-class DoneWork : public Work {
- public:
-  explicit DoneWork(Status status) : status_(std::move(status)) {}
-  Status Wait() override { return status_; }
-
- private:
-  Status status_;
-};
-
 class FakeCommunicator : public Communicator {
  public:
   FakeCommunicator(std::shared_ptr<WorldState> world, Group* group, int rank)
@@ -123,7 +114,7 @@ class FakeCommunicator : public Communicator {
   }
   StatusOr<std::unique_ptr<Work>> AllReduceAsync(const Tensor& tensor,
                                                  const AllReduceOptions& options) override {
-    return std::unique_ptr<Work>(new DoneWork(AllReduce(tensor, options)));
+    return std::unique_ptr<Work>(new CompletedWork(AllReduce(tensor, options)));
   }
 
   Status ReduceScatter(const Tensor& input, const Tensor& output,
@@ -139,7 +130,7 @@ class FakeCommunicator : public Communicator {
   }
   StatusOr<std::unique_ptr<Work>> ReduceScatterAsync(
       const Tensor& input, const Tensor& output, const ReduceScatterOptions& options) override {
-    return std::unique_ptr<Work>(new DoneWork(ReduceScatter(input, output, options)));
+    return std::unique_ptr<Work>(new CompletedWork(ReduceScatter(input, output, options)));
   }
 
   Status AllGather(const Tensor& input, const Tensor& output, const AllGatherOptions&) override {

@@ -5,15 +5,6 @@
 namespace scalemoe {
 namespace {
 
-class DoneWork : public Work {
- public:
-  explicit DoneWork(Status status) : status_(std::move(status)) {}
-  Status Wait() override { return status_; }
-
- private:
-  Status status_;
-};
-
 Status CopyElements(const Tensor& from, const Tensor& to, int64_t count, const char* what) {
   if (from.dtype() != to.dtype() || from.numel() < count || to.numel() < count) {
     return absl::InvalidArgumentError(absl::StrCat(what, ": ", from.DebugString(), " -> ",
@@ -34,7 +25,7 @@ Status LocalCommunicator::AllReduce(const Tensor&, const AllReduceOptions&) {
 
 StatusOr<std::unique_ptr<Work>> LocalCommunicator::AllReduceAsync(const Tensor& tensor,
                                                                   const AllReduceOptions& o) {
-  return std::unique_ptr<Work>(new DoneWork(AllReduce(tensor, o)));
+  return std::unique_ptr<Work>(new CompletedWork(AllReduce(tensor, o)));
 }
 
 Status LocalCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
@@ -44,7 +35,7 @@ Status LocalCommunicator::ReduceScatter(const Tensor& input, const Tensor& outpu
 
 StatusOr<std::unique_ptr<Work>> LocalCommunicator::ReduceScatterAsync(
     const Tensor& input, const Tensor& output, const ReduceScatterOptions& o) {
-  return std::unique_ptr<Work>(new DoneWork(ReduceScatter(input, output, o)));
+  return std::unique_ptr<Work>(new CompletedWork(ReduceScatter(input, output, o)));
 }
 
 Status LocalCommunicator::AllGather(const Tensor& input, const Tensor& output,

@@ -9,6 +9,7 @@
 
 #include "checkpoint/checkpoint.h"
 #include "gtest/gtest.h"
+#include "launch/commands.h"
 #include "launch/config.h"
 #include "tests/launch/tiny_training.h"
 
@@ -106,6 +107,31 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
     ASSERT_TRUE(fs::exists(a) && fs::exists(b));
     EXPECT_TRUE(ReadFile(a) == ReadFile(b)) << optimizer << ": final checkpoints differ";
   }
+}
+
+TEST_F(TrainerTest, InspectCheckpointPrintsTheManifestAndFlagsCorruption) {
+  TrainOptions o = Options(TinyConfig({"train.train_steps=2", "schedule.warmup_steps=1"}),
+                           "inspected");
+  ASSERT_TRUE(Train(o).ok());
+  const std::string dir = (fs::path(o.run_dir) / "checkpoints/step_2").string();
+  const Subcommand inspect = InspectCommand();
+  ::testing::internal::CaptureStdout();
+  EXPECT_EQ(inspect.run({"--checkpoint", dir}), 0);
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("embedding.weight"), std::string::npos) << out;
+  EXPECT_NE(out.find("OK"), std::string::npos) << out;
+  {  // flip one byte of the rank file: the checksum status says BAD
+    std::fstream f(fs::path(dir) / "rank_00000.safetensors",
+                   std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(-3, std::ios::end);
+    const char byte = static_cast<char>(f.get());
+    f.seekp(-3, std::ios::end);
+    f.put(static_cast<char>(~byte));
+  }
+  ::testing::internal::CaptureStdout();
+  inspect.run({"--checkpoint", dir});
+  EXPECT_NE(::testing::internal::GetCapturedStdout().find("BAD"), std::string::npos);
+  EXPECT_NE(inspect.run({"--checkpoint", "/nonexistent/step_1"}), 0);
 }
 
 TEST_F(TrainerTest, NonFiniteLossStopsWithLastCheckpointIntact) {
