@@ -104,67 +104,6 @@ void Accumulate(const Grads& from, Grads& into) {
   }
 }
 
-// Forwards to FakeWorld's EP communicator, padding AllToAllV inputs to the
-// group's largest: FakeWorld (as of this writing) rejects AllToAllV calls
-// whose input sizes differ between ranks, which uneven splits always do.
-// Drop this once FakeWorld accepts them (the contract in communicator.h does).
-class EvenInputs : public Communicator {
- public:
-  explicit EvenInputs(Communicator* inner) : inner_(inner) {}
-  int rank() const override { return inner_->rank(); }
-  int size() const override { return inner_->size(); }
-  const std::string& name() const override { return inner_->name(); }
-  Status AllReduce(const Tensor& t, const AllReduceOptions& o) override {
-    return inner_->AllReduce(t, o);
-  }
-  StatusOr<std::unique_ptr<Work>> AllReduceAsync(const Tensor& t,
-                                                 const AllReduceOptions& o) override {
-    return inner_->AllReduceAsync(t, o);
-  }
-  Status ReduceScatter(const Tensor& i, const Tensor& o, const ReduceScatterOptions& p) override {
-    return inner_->ReduceScatter(i, o, p);
-  }
-  StatusOr<std::unique_ptr<Work>> ReduceScatterAsync(const Tensor& i, const Tensor& o,
-                                                     const ReduceScatterOptions& p) override {
-    return inner_->ReduceScatterAsync(i, o, p);
-  }
-  Status AllGather(const Tensor& i, const Tensor& o, const AllGatherOptions& p) override {
-    return inner_->AllGather(i, o, p);
-  }
-  Status AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                   const Tensor& output, const std::vector<int64_t>& recv_counts,
-                   const AllToAllOptions& options) override {
-    Tensor longest = Tensor::Empty({1}, DType::kI64);
-    longest.data<int64_t>()[0] = input.numel();
-    SM_RETURN_IF_ERROR(inner_->AllReduce(longest, {ReduceOp::kMax}));
-    Tensor padded = Tensor::Empty({longest.data<int64_t>()[0]}, input.dtype());
-    padded.Narrow(0, 0, input.numel()).CopyFrom(input.View({input.numel()}));
-    return inner_->AllToAllV(padded, send_counts, output, recv_counts, options);
-  }
-  Status Broadcast(const Tensor& t, const BroadcastOptions& o) override {
-    return inner_->Broadcast(t, o);
-  }
-  Status Send(const Tensor& t, int peer, const SendRecvOptions& o) override {
-    return inner_->Send(t, peer, o);
-  }
-  Status Recv(const Tensor& t, int peer, const SendRecvOptions& o) override {
-    return inner_->Recv(t, peer, o);
-  }
-  Status Barrier() override { return inner_->Barrier(); }
-
- private:
-  Communicator* inner_;
-};
-
-// This rank's groups with the EP communicator wrapped in EvenInputs.
-ProcessGroups WithEvenEp(ProcessGroups& groups) {
-  ProcessGroups out;
-  out.grid = groups.grid;
-  out.coords = groups.coords;
-  out.ep = std::make_unique<EvenInputs>(groups.ep.get());
-  return out;
-}
-
 std::vector<RankResult> RunEp(const config::RunConfig& cfg, int ep,
                               const std::vector<std::pair<int, double>>& bias = {}) {
   std::vector<RankResult> results(ep);
@@ -173,8 +112,7 @@ std::vector<RankResult> RunEp(const config::RunConfig& cfg, int ep,
   sizes.dp = ep;
   sizes.ep = ep;
   const Status status = world.Run(ep, sizes, [&](ProcessGroups& groups) {
-    const ProcessGroups even = WithEvenEp(groups);
-    results[groups.coords.global] = RunLayer(cfg, &even, groups.coords.global, bias);
+    results[groups.coords.global] = RunLayer(cfg, &groups, groups.coords.global, bias);
     return absl::OkStatus();
   });
   EXPECT_TRUE(status.ok()) << status;
@@ -346,8 +284,7 @@ TEST(EpTest, ModelCountsAreGlobalUnderEp) {
   sizes.ep = 2;
   ASSERT_TRUE(world.Run(2, sizes, [&](ProcessGroups& groups) {
     ParamRegistry registry;
-    const ProcessGroups even = WithEvenEp(groups);
-    MoeTransformer model(registry, cfg, &even);
+    MoeTransformer model(registry, cfg, &groups);
     counts[groups.coords.global] = model.Counts();
     local[groups.coords.global] = static_cast<int64_t>(registry.params().size());
     return absl::OkStatus();
