@@ -50,6 +50,9 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     first_expert_ = dispatcher_->owned().begin;
     num_local_ = dispatcher_->owned().size();
   }
+  if (groups != nullptr && groups->dp != nullptr && groups->dp->size() > 1) {
+    loads_comm_ = groups->dp.get();
+  }
 
   // Which branches get their own γ (HG): only under PER_BRANCH, per group flag.
   const bool per_branch = sv.mode() == Sv::PER_BRANCH;
@@ -181,16 +184,17 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
     ops::ScatterAddRows(ctx, y_sh, shared_tiled_, 1, Tensor(), out);
   }
 
-  // Stats from the counts already on the host; under EP summed over the group
-  // (counts [E] and the assignment total in one all-reduce).
+  // Stats from the counts already on the host; with several replicas of the
+  // router summed over them (counts [E] and the assignment total in one
+  // all-reduce: the layer's documented host sync).
   stats_.tokens_per_expert = permuter_->counts();
   int64_t assignments = tokens * top_k_;
-  if (ep_ != nullptr) {
+  if (loads_comm_ != nullptr) {
     Tensor sums = Tensor::Empty({num_experts_ + 1}, DType::kI64);
     int64_t* v = sums.data<int64_t>();
     std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
     v[num_experts_] = assignments;
-    SM_CHECK_OK(ep_->AllReduce(sums));
+    SM_CHECK_OK(loads_comm_->AllReduce(sums));
     stats_.tokens_per_expert.assign(v, v + num_experts_);
     assignments = v[num_experts_];
   }

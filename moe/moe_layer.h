@@ -31,8 +31,9 @@
 //   Summed over the ranks (the DP/EDP gradient reduction), both give the
 //   single-rank gradient of the union of the tokens.
 // - stats() are global: the per-expert counts and drop count are all-reduced
-//   (sum) over the EP group once per Forward (one more small sync), so every
-//   EP rank reports, and updates the expert bias from, the same loads.
+//   (sum) over the DP group (every replica of the router) once per Forward
+//   (one more small sync), so every rank reports, and updates the replicated
+//   expert bias from, the same loads — whatever EP and EDP are.
 // - A failed collective aborts with the communicator's Status (Forward and
 //   Backward return void, as the model's call chain does today).
 // A null ProcessGroups or an EP group of one is exactly the single-rank layer.
@@ -126,6 +127,10 @@ class MoeLayer {
   int top_k_;            // K
   int num_shared_;       // S
   Communicator* ep_ = nullptr;  // EP group when EP > 1, else null (single-rank path)
+  // The router's replica group (dp) when it has several ranks: expert loads
+  // are summed over it, so the statistics and the expert-bias update see
+  // every token of the step and stay identical on all replicas.
+  Communicator* loads_comm_ = nullptr;
   int first_expert_ = 0;        // owned routed experts [first_expert_, + num_local_)
   int num_local_ = 0;
   std::unique_ptr<BranchScales> shared_group_;  // branches without their own γ

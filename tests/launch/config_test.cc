@@ -409,7 +409,7 @@ TEST(CheckConfigCommandTest, BadUsageExitsTwo) {
   EXPECT_EQ(RunCheck({}, &out, &err), 2);
   EXPECT_THAT(err, HasSubstr("--config is required"));
   EXPECT_EQ(RunCheck({"--config", kTinyCpu, "--wrld", "2"}, &out, &err), 2);
-  EXPECT_THAT(err, HasSubstr("unknown argument '--wrld'"));
+  EXPECT_THAT(err, HasSubstr("unknown flag '--wrld'"));
   EXPECT_EQ(RunCheck({"--config", kTinyCpu, "--world", "zero"}, &out, &err), 2);
   EXPECT_THAT(err, HasSubstr("--world 'zero'"));
   EXPECT_EQ(RunCheck({"--config", "configs/missing.textproto"}, &out, &err), 2);
