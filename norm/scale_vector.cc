@@ -79,27 +79,33 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
     beta_ = registry.Create(VectorSpec(name_ + ".beta", {1}, role, scalar_layout));
     alpha_ = registry.Create(VectorSpec(name_ + ".alpha", {dim}, role, layout));
   }
+  local_dim_ = (plain_ != nullptr ? plain_ : alpha_)->local_numel();
+  // A split β·α needs ‖α‖² and dβ = <α, dγ> summed over the TP group, which
+  // this class does not do: refuse rather than compute a partial answer.
+  SM_CHECK_MSG(local_dim_ == dim_ || reparam == config::ScaleVectorConfig::PLAIN, name_,
+               ": a magnitude-direction scale vector split over tensor parallel ranks is not "
+               "supported yet");
 }
 
 void ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
   SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
-  SM_CHECK_MSG(gamma.numel() == dim_ && gamma.is_contiguous(), name_, ": gamma ",
+  SM_CHECK_MSG(gamma.numel() == local_dim_ && gamma.is_contiguous(), name_, ": gamma ",
                gamma.DebugString());
   if (gamma.dtype() == DType::kF64) {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, dim_, gamma.data<double>());
+    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, gamma.data<double>());
   } else {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, dim_, gamma.data<float>());
+    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, gamma.data<float>());
   }
 }
 
 void ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
   SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
-  SM_CHECK_MSG(d_gamma.numel() == dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
+  SM_CHECK_MSG(d_gamma.numel() == local_dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
                d_gamma.DebugString());
   if (d_gamma.dtype() == DType::kF64) {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, dim_, d_gamma.data<double>());
+    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, d_gamma.data<double>());
   } else {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, dim_, d_gamma.data<float>());
+    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, d_gamma.data<float>());
   }
 }
 

@@ -28,19 +28,23 @@ class ScaleVector {
   ScaleVector(ParamRegistry& registry, std::string name, int64_t dim, ParamRole role,
               Reparam reparam, ParamLayout layout = {});
 
-  // gamma[d] = effective scale vector (same dtype/device as the parameters).
+  // gamma[dim()] = effective scale vector (same dtype/device as the
+  // parameters). Under TP a split vector holds only its slice: dim() is the
+  // length held on this rank, global_dim() the whole vector's.
   void Compute(const ExecContext& ctx, const Tensor& gamma) const;
   // Accumulates the underlying parameters' gradients from d_gamma[d].
   void Backward(const ExecContext& ctx, const Tensor& d_gamma) const;
 
   const std::string& name() const { return name_; }
-  int64_t dim() const { return dim_; }
+  int64_t dim() const { return local_dim_; }
+  int64_t global_dim() const { return dim_; }
   ParamRole role() const { return role_; }
   Reparam reparam() const { return reparam_; }
 
  private:
   std::string name_;
-  int64_t dim_;
+  int64_t dim_;        // global length
+  int64_t local_dim_;  // length held on this rank (dim_ unless split over TP)
   ParamRole role_;
   Reparam reparam_;
   Param* plain_ = nullptr;   // PLAIN
