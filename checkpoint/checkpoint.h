@@ -131,6 +131,9 @@ StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir, const LoadRequ
 // manifest itself cannot be read.
 StatusOr<std::string> DescribeCheckpoint(const std::string& dir);
 
+// The resolved RunConfig (text format) a complete checkpoint was saved with.
+StatusOr<std::string> CheckpointConfigText(const std::string& dir);
+
 // XXH64 hex over the sorted "name[shape]" list: identifies a model's
 // parameter set independent of order and layout.
 std::string ModelFingerprint(std::vector<std::pair<std::string, Shape>> tensors);

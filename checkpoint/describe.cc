@@ -27,6 +27,11 @@ std::string FileStatus(const std::string& dir, const FileEntry& f) {
 
 }  // namespace
 
+StatusOr<std::string> CheckpointConfigText(const std::string& dir) {
+  SM_ASSIGN_OR_RETURN(CheckpointManifest m, ReadVerifiedManifest(dir));
+  return m.config_text();
+}
+
 StatusOr<std::string> DescribeCheckpoint(const std::string& dir) {
   SM_ASSIGN_OR_RETURN(CheckpointManifest m, ReadVerifiedManifest(dir));
   const Layout& l = m.layout();

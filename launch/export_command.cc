@@ -2,12 +2,18 @@
 // directory (model.safetensors, config.json, tokenizer files), scale vectors
 // folded into the weights. The mapping lives in checkpoint/export.h.
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
+#include "checkpoint/checkpoint.h"
 #include "checkpoint/export.h"
+#include "core/philox.h"
 #include "launch/commands.h"
+#include "launch/config.h"
 #include "launch/flags.h"
+#include "model/model.h"
+#include "nlohmann/json.hpp"
 
 namespace scalemoe {
 namespace {
@@ -25,11 +31,53 @@ constexpr char kUsage[] =
     "    model.layers.L.post_attention_output_norm.weight,\n"
     "    model.layers.L.post_feedforward_layernorm.weight  sandwich norms (on the\n"
     "        sublayer output, before the residual add)\n"
-    "  Check an export with: python3 scripts/export_check.py OUT\n";
+    "  Also writes OUT/scalemoe_reference.json: the trainer's own cross-entropy\n"
+    "  on a fixed token batch, for checking the export elsewhere, e.g.\n"
+    "  python3 scripts/torch_loss_check.py OUT (PyTorch) or\n"
+    "  python3 scripts/export_check.py OUT (numpy).\n";
 
 int Fail(const std::string& message, int code) {
   std::fprintf(stderr, "scalemoe export: %s\n", message.c_str());
   return code;
+}
+
+// The trainer's cross-entropy on a fixed batch (2 sequences of up to 16+1
+// Philox-drawn tokens), from the checkpoint itself, so that any independent
+// implementation can check the export against it.
+Status WriteReferenceLoss(const std::string& checkpoint_dir, const std::string& out_dir) {
+  SM_ASSIGN_OR_RETURN(std::string text, checkpoint::CheckpointConfigText(checkpoint_dir));
+  SM_ASSIGN_OR_RETURN(config::RunConfig cfg, ParseConfigText(text, checkpoint_dir));
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  SM_RETURN_IF_ERROR(registry.Materialize(0, DType::kF32, Device::kCPU));
+  checkpoint::LoadRequest request;
+  for (const auto& p : registry.params()) {
+    request.targets.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
+  }
+  SM_RETURN_IF_ERROR(checkpoint::LoadCheckpoint(checkpoint_dir, request).status());
+  const int64_t batch = 2, seq = std::min<int64_t>(16, cfg.model().seq_length());
+  std::vector<int32_t> inputs(batch * seq), targets(batch * seq);
+  nlohmann::json sequences = nlohmann::json::array();
+  for (int64_t b = 0; b < batch; ++b) {
+    std::vector<int32_t> s(seq + 1);
+    for (int64_t t = 0; t <= seq; ++t) {
+      s[t] = static_cast<int32_t>(PhiloxUniform(1234, b, t) * cfg.model().vocab_size());
+    }
+    std::copy(s.begin(), s.end() - 1, inputs.begin() + b * seq);
+    std::copy(s.begin() + 1, s.end(), targets.begin() + b * seq);
+    sequences.push_back(s);
+  }
+  const Shape shape = {batch, seq};
+  const ExecContext ctx;
+  model.PrepareStep(ctx);
+  const LossBreakdown loss =
+      model.Evaluate(ctx, Tensor::FromBlob(inputs.data(), shape, DType::kI32, Device::kCPU),
+                     Tensor::FromBlob(targets.data(), shape, DType::kI32, Device::kCPU));
+  std::ofstream out(out_dir + "/scalemoe_reference.json");
+  out << nlohmann::json{{"tokens", sequences}, {"cross_entropy", loss.cross_entropy}}.dump()
+      << "\n";
+  if (!out) return absl::InternalError("cannot write " + out_dir + "/scalemoe_reference.json");
+  return absl::OkStatus();
 }
 
 int RunExport(const std::vector<std::string>& args) {
@@ -53,6 +101,9 @@ int RunExport(const std::vector<std::string>& args) {
     return Fail(std::string("--checkpoint and --out are required\n") + kUsage, 2);
   }
   if (Status s = checkpoint::ExportCheckpoint(options); !s.ok()) return Fail(std::string(s.message()), 1);
+  if (Status s = WriteReferenceLoss(options.checkpoint_dir, options.out_dir); !s.ok()) {
+    return Fail(std::string(s.message()), 1);
+  }
   std::printf("exported %s to %s\n", options.checkpoint_dir.c_str(), options.out_dir.c_str());
   return 0;
 }

@@ -17,9 +17,11 @@
 #include "launch/metrics.h"
 #include "launch/tensorboard.h"
 #include "model/model.h"
+#include "model/pipeline_model_stage.h"
 #include "nlohmann/json.hpp"
 #include "optim/distributed_optimizer.h"
 #include "parallel/local_communicator.h"
+#include "parallel/pipeline_executor.h"
 
 namespace scalemoe {
 namespace {
@@ -29,6 +31,9 @@ using Clock = std::chrono::steady_clock;
 
 constexpr char kLoaderBlob[] = "train_loader";
 constexpr char kUpdatesBlob[] = "optimizer_updates";
+// Point-to-point tag of the forward-only evaluation pass between pipeline
+// stages (the executor's training tags are 2*mb and 2*mb + 1, far below).
+constexpr int kEvalTag = 30000;
 
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
@@ -58,14 +63,19 @@ class TrainLoop {
         local_groups_(options.groups ? nullptr
                                      : std::make_unique<ProcessGroups>(LocalProcessGroups())),
         groups_(options.groups ? *options.groups : *local_groups_),
-        registry_(),
-        model_(registry_, cfg_, &groups_) {}
+        registry_() {}
 
   StatusOr<TrainResult> Run();
 
  private:
   bool is_rank0() const { return groups_.coords.global == 0; }
+  bool pipelined() const { return groups_.grid.sizes().pp > 1; }
   Status Setup();
+  Status SetupPipeline();
+  // One step's forward/backward passes on this rank; returns the sums over
+  // its micro-batches of {total, ce, aux, z} (this stage's share under PP).
+  StatusOr<std::vector<double>> ForwardBackward();
+  StatusOr<double> EvaluatePipelined();
   Status Resume();
   StatusOr<double> UnigramLoss();
   StatusOr<double> Evaluate();
@@ -81,8 +91,9 @@ class TrainLoop {
   std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
   ProcessGroups& groups_;
   ParamRegistry registry_;
-  MoeTransformer model_;
+  std::unique_ptr<MoeTransformer> model_;  // built in Setup, once the layout is checked
   std::unique_ptr<DistributedOptimizer> optimizer_;
+  std::optional<PipelineExecutor> executor_;  // pp > 1
   std::optional<TokenLoader> train_loader_;
   std::optional<TokenLoader> val_loader_;
   std::unique_ptr<MetricsWriter> metrics_;         // rank 0
@@ -111,8 +122,20 @@ Status TrainLoop::Setup() {
     out << ConfigToText(cfg_);
     if (!out) return absl::InternalError("cannot write config.textproto in " + options_.run_dir);
   }
+  if (pipelined() && cfg_.model().tied_embeddings()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "model.tied_embeddings with parallel.pp=", groups_.grid.sizes().pp,
+        ": the first and last pipeline stages would share the embedding matrix, which is not "
+        "supported yet; set model.tied_embeddings: false (or parallel.pp: 1)"));
+  }
+  if (cfg_.parallel().virtual_stages() > 1) {
+    return absl::UnimplementedError(absl::StrCat(
+        "parallel.virtual_stages=", cfg_.parallel().virtual_stages(),
+        ": the interleaved 1F1B schedule is not built yet; set parallel.virtual_stages: 1"));
+  }
+  model_ = std::make_unique<MoeTransformer>(registry_, cfg_, &groups_);
   SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, Device::kCPU));
-  flops_per_token_ = model_.Counts().train_flops_per_token;
+  flops_per_token_ = model_->Counts().train_flops_per_token;
   SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_));
   const MemoryReport memory = optimizer_->Memory();
   SM_LOG_RANK0(kInfo, "memory on rank 0: parameters ", memory.param_bytes / 1048576.0,
@@ -123,6 +146,7 @@ Status TrainLoop::Setup() {
                                    ? train.global_batch_size()
                                    : train.micro_batch_size() * dp;
   accumulation_ = global_batch / (train.micro_batch_size() * dp);
+  if (pipelined()) SM_RETURN_IF_ERROR(SetupPipeline());
 
   TokenLoaderOptions lo;
   lo.dataset_dir = cfg_.data().dataset_dir();
@@ -159,6 +183,68 @@ Status TrainLoop::Setup() {
   }
   if (options_.resume) SM_RETURN_IF_ERROR(Resume());
   return absl::OkStatus();
+}
+
+// Pipeline parallelism: one 1F1B executor over the pp group, each step's
+// micro-batches (the loader's, the same on every stage) in flight together.
+// Rank 0 prints the schedule's bubble fraction and every stage's peak of
+// stashed input activations (what issue 6 asks the trainer to report).
+Status TrainLoop::SetupPipeline() {
+  PipelineExecutorOptions eo;
+  eo.schedule = PipelineScheduleKind::kOneFOneB;
+  eo.num_microbatches = static_cast<int>(accumulation_);
+  eo.activation_shape = {cfg_.train().micro_batch_size() * cfg_.model().seq_length(),
+                         cfg_.model().hidden_size()};
+  eo.activation_dtype = registry_.flat_values().dtype();
+  SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
+  executor_.emplace(std::move(executor));
+  if (!is_rank0()) return absl::OkStatus();
+  const int p = groups_.pp->size(), m = eo.num_microbatches;
+  const int64_t activation_bytes = NumElements(eo.activation_shape) * DTypeSize(eo.activation_dtype);
+  std::string stages;
+  for (int s = 0; s < p; ++s) {
+    SM_ASSIGN_OR_RETURN(std::vector<PipelineAction> actions,
+                        BuildPipelineSchedule(eo.schedule, s, p, m));
+    const int peak = PeakInFlightMicrobatches(actions);
+    // Stage 0 embeds its own tokens: it stashes no received activation.
+    absl::StrAppend(&stages, s == 0 ? "" : ", ", "stage ", s, ": ", peak, " micro-batches (",
+                    s == 0 ? 0.0 : peak * activation_bytes / 1048576.0, " MiB received)");
+  }
+  SM_LOG_RANK0(kInfo, "pipeline: ", p, " stages x ", m, " micro-batches per step, ",
+               PipelineScheduleName(eo.schedule), ", bubble fraction ",
+               PipelineBubbleFraction(p, m), "; peak stashed activations per stage: ", stages);
+  return absl::OkStatus();
+}
+
+StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
+  std::vector<double> sums = {0, 0, 0, 0};  // total, ce, aux, z over micro-batches
+  if (!pipelined()) {
+    for (int64_t m = 0; m < accumulation_; ++m) {
+      MicroBatch batch = train_loader_->Next();
+      auto [tokens, targets] = BatchTensors(batch);
+      SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
+      const LossBreakdown loss = model_->Forward(ctx_, tokens, targets);
+      model_->Backward(ctx_, 1.0 / static_cast<double>(accumulation_));
+      sums[0] += loss.total;
+      sums[1] += loss.cross_entropy;
+      sums[2] += loss.aux;
+      sums[3] += loss.z;
+    }
+    return sums;
+  }
+  std::vector<MicroBatch> batches;
+  std::vector<PipelineModelStage::Batch> views;
+  batches.reserve(accumulation_);
+  for (int64_t m = 0; m < accumulation_; ++m) {
+    batches.push_back(train_loader_->Next());
+    auto [tokens, targets] = BatchTensors(batches.back());
+    SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
+    views.push_back({tokens, targets});
+  }
+  PipelineModelStage stage(*model_, ctx_, std::move(views));
+  SM_RETURN_IF_ERROR(executor_->RunStep(stage).status());
+  const LossBreakdown& l = stage.sums();
+  return std::vector<double>{l.total, l.cross_entropy, l.aux, l.z};
 }
 
 // The unigram baseline: cross-entropy on the evaluation batches of token
@@ -249,13 +335,40 @@ Status TrainLoop::Resume() {
 // Mean cross-entropy over train.eval_batches global batches of the
 // validation split: the same windows whatever the layout.
 StatusOr<double> TrainLoop::Evaluate() {
+  if (pipelined()) return EvaluatePipelined();
   std::vector<double> loss = {0};
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    loss[0] += model_.Evaluate(ctx_, tokens, targets).cross_entropy / n;
+    loss[0] += model_->Evaluate(ctx_, tokens, targets).cross_entropy / n;
   }
+  SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
+  return loss[0] / groups_.dp->size();
+}
+
+// Forward only, one micro-batch at a time through the stages (no overlap:
+// evaluation is rare); the last stage holds the cross-entropy.
+StatusOr<double> TrainLoop::EvaluatePipelined() {
+  Communicator& pp = *groups_.pp;
+  std::vector<double> loss = {0};
+  const int64_t n = cfg_.train().eval_batches() * accumulation_;
+  for (int64_t i = 0; i < n; ++i) {
+    MicroBatch batch = val_loader_->At(i);
+    auto [tokens, targets] = BatchTensors(batch);
+    Tensor input;
+    if (!model_->is_first_stage()) {
+      input = Tensor::Empty({tokens.numel(), cfg_.model().hidden_size()},
+                            registry_.flat_values().dtype(), Device::kCPU);
+      SM_RETURN_IF_ERROR(pp.Recv(input, pp.rank() - 1, {.tag = kEvalTag}));
+    }
+    const StageOutput out = model_->ForwardStage(ctx_, tokens, targets, input, false);
+    if (!model_->is_last_stage()) {
+      SM_RETURN_IF_ERROR(pp.Send(out.output, pp.rank() + 1, {.tag = kEvalTag}));
+    }
+    loss[0] += out.loss.cross_entropy / n;
+  }
+  SM_ASSIGN_OR_RETURN(loss, SumOver(pp, std::move(loss)));
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
   return loss[0] / groups_.dp->size();
 }
@@ -266,7 +379,7 @@ Status TrainLoop::SaveCheckpoint(int64_t step) {
   request.step = step;
   request.config_text = ConfigToText(cfg_);
   const GridSizes& sizes = groups_.grid.sizes();
-  request.layout = {1, 1, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
+  request.layout = {1, sizes.pp, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
                     optimizer_->zero_stage()};
   request.rank = groups_.coords.global;
   request.tensors = CheckpointTensors(/*for_save=*/true);
@@ -292,7 +405,7 @@ Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
 Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                           double tokens_per_second, double eta_seconds) {
   // MoE statistics are global already (the layers all-reduce their counts).
-  const std::vector<MoeLayerStats> moe = model_.MoeStats();
+  const std::vector<MoeLayerStats> moe = model_->MoeStats();
   if (!is_rank0()) return absl::OkStatus();
   nlohmann::json record = {{"step", step},
                            {"loss", mean.total},
@@ -353,22 +466,15 @@ StatusOr<TrainResult> TrainLoop::Run() {
   const auto run_start = Clock::now();
   int64_t window_tokens = 0;
   for (int64_t step = start_step_; step < stop_at; ++step) {
-    model_.PrepareStep(ctx_);
+    model_->PrepareStep(ctx_);
     registry_.ZeroGrads();
-    std::vector<double> sums = {0, 0, 0, 0};  // total, ce, aux, z over micro-batches
-    for (int64_t m = 0; m < accumulation; ++m) {
-      MicroBatch batch = train_loader_->Next();
-      auto [tokens, targets] = BatchTensors(batch);
-      SM_RETURN_IF_ERROR(model_.CheckBatch(tokens, targets));
-      const LossBreakdown loss = model_.Forward(ctx_, tokens, targets);
-      model_.Backward(ctx_, 1.0 / static_cast<double>(accumulation));
-      sums[0] += loss.total;
-      sums[1] += loss.cross_entropy;
-      sums[2] += loss.aux;
-      sums[3] += loss.z;
-    }
-    model_.FinishBackward(ctx_);
+    SM_ASSIGN_OR_RETURN(std::vector<double> sums, ForwardBackward());
+    model_->FinishBackward(ctx_);
     SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
+    // Under PP each stage holds its share (CE on the last, aux/z per stage).
+    if (pipelined()) {
+      SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.pp, std::move(sums)));
+    }
     SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.dp, std::move(sums)));
     const double n = static_cast<double>(accumulation * dp);
     const LossBreakdown mean{sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / n, 0};
@@ -381,7 +487,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
       ++result_.skipped_steps;
       SM_LOG_RANK0(kWarning, "step ", step + 1, ": non-finite loss/gradient, step skipped");
     } else {
-      model_.UpdateExpertBiases();
+      model_->UpdateExpertBiases();
     }
     const int64_t done = step + 1;
     window_tokens += tokens_per_step;

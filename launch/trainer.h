@@ -9,7 +9,13 @@
 //
 // A step: PrepareStep (fold scale vectors into weights), A micro-batches of
 // Forward/Backward (A = global_batch / (micro_batch * dp)), FinishBackward,
-// optimizer Step (clip + update), expert-bias update. Resume restores the
+// optimizer Step (clip + update), expert-bias update. Under pipeline
+// parallelism (parallel.pp > 1, untied embeddings) the A micro-batches run
+// through the stages as one 1F1B PipelineExecutor step
+// (model/pipeline_model_stage.h); the logged loss is the last stage's CE
+// plus every stage's aux/z, evaluation is a forward-only pass through the
+// stages, and rank 0 prints the bubble fraction and each stage's peak of
+// stashed activations at start-up. Resume restores the
 // parameters, optimizer state, step and loader position from the newest
 // complete checkpoint, so N straight steps equal k steps + resume + N-k steps
 // bit for bit. On several ranks every rank runs this loop; rank 0 alone

@@ -4,6 +4,8 @@
 #include "core/ops.h"
 #include "model/scale_options.h"
 #include "model/weight_spec.h"
+#include "parallel/process_groups.h"
+#include "parallel/stage_partition.h"
 
 namespace scalemoe {
 
@@ -13,23 +15,43 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   const config::ModelConfig& m = cfg_.model();
   const ScaleOptions so(cfg_.scale_vectors());
   const int64_t v = m.vocab_size(), c = m.hidden_size();
-  embedding_ = registry.Create(
-      WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
-  for (int l = 0; l < m.num_layers(); ++l) {
+  if (groups != nullptr) {
+    stage_ = groups->coords.pp;
+    num_stages_ = groups->grid.sizes().pp;
+  }
+  // Config validation has refused these already; a direct caller gets a
+  // clear abort instead of a wrong model.
+  StatusOr<StagePartition> partition = StagePartition::Even(m.num_layers(), num_stages_);
+  SM_CHECK_OK(partition.status());
+  SM_CHECK_MSG(num_stages_ == 1 || !m.tied_embeddings(),
+               "model.tied_embeddings with parallel.pp > 1 is not supported: set "
+               "model.tied_embeddings: false");
+  const StageLayers& mine = partition->stage(stage_);
+  const size_t first_param = registry.params().size();
+  if (mine.has_embedding) {
+    embedding_ = registry.Create(
+        WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+  }
+  for (int l = mine.first_layer; l < mine.first_layer + mine.num_layers; ++l) {
     blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups));
     if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
   }
-  final_scales_ = std::make_unique<BranchScales>(registry, cfg_.scale_vectors(),
-                                                 "final_norm.scale", ParamLayout{}, c,
-                                                 std::vector<BranchSpec>{{"final_norm.scale", {}}},
-                                                 /*per_branch=*/false);
-  Param* head_weight = embedding_;
-  if (!m.tied_embeddings()) {
-    head_weight = registry.Create(
-        WeightSpec("lm_head.weight", {v, c}, ParamRole::kLmHead, m.init_std(), -1));
+  if (mine.has_head) {
+    final_scales_ = std::make_unique<BranchScales>(
+        registry, cfg_.scale_vectors(), "final_norm.scale", ParamLayout{}, c,
+        std::vector<BranchSpec>{{"final_norm.scale", {}}},
+        /*per_branch=*/false);
+    Param* head_weight = embedding_;
+    if (!m.tied_embeddings()) {
+      head_weight = registry.Create(
+          WeightSpec("lm_head.weight", {v, c}, ParamRole::kLmHead, m.init_std(), -1));
+    }
+    head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
+                                           so.reparam(), so.path());
   }
-  head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
-                                         so.reparam(), so.path());
+  for (size_t i = first_param; i < registry.params().size(); ++i) {
+    registry.params()[i]->spec.layout.pipeline_stage = stage_;
+  }
 }
 
 MoeTransformer::~MoeTransformer() = default;
@@ -69,12 +91,15 @@ void MoeTransformer::PrepareStep(const ExecContext& ctx) {
   SM_CHECK_MSG(registry_.materialized(), "MoeTransformer::PrepareStep before Materialize");
   const DType dt = registry_.flat_values().dtype();
   for (auto& b : blocks_) b->PrepareStep(ctx, dt);
-  final_scales_->Forward(ctx, dt);
-  head_->PrepareStep(ctx, dt);
+  if (head_) {
+    final_scales_->Forward(ctx, dt);
+    head_->PrepareStep(ctx, dt);
+  }
 }
 
-LossBreakdown MoeTransformer::Run(const ExecContext& ctx, const Tensor& tokens,
-                                  const Tensor& targets, bool keep_grad) {
+StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& tokens,
+                                         const Tensor& targets, const Tensor& input,
+                                         bool keep_grad) {
   SM_CHECK_OK(CheckBatch(tokens, targets));
   const DType dt = registry_.flat_values().dtype();
   const Device dev = ctx.device;
@@ -83,9 +108,16 @@ LossBreakdown MoeTransformer::Run(const ExecContext& ctx, const Tensor& tokens,
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
   tokens_ = tokens.View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
-  residuals_[0] = Tensor::Empty({n, c}, dt, dev);
-  ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
-  LossBreakdown loss;
+  if (is_first_stage()) {
+    residuals_[0] = Tensor::Empty({n, c}, dt, dev);
+    ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
+  } else {
+    SM_CHECK_MSG(input.defined() && input.shape() == Shape({n, c}) && input.dtype() == dt,
+                 "pipeline stage ", stage_, " needs an input activation [", n, ", ", c, "]");
+    residuals_[0] = input;
+  }
+  StageOutput out;
+  LossBreakdown& loss = out.loss;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     residuals_[l + 1] = Tensor::Empty({n, c}, dt, dev);
     blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]);
@@ -94,51 +126,81 @@ LossBreakdown MoeTransformer::Run(const ExecContext& ctx, const Tensor& tokens,
       loss.z += moe->z_loss();
     }
   }
+  loss.tokens = n;
+  if (!is_last_stage()) {
+    out.output = residuals_.back();
+    keep_grad_ = keep_grad;
+    loss.total = loss.aux + loss.z;
+    return out;
+  }
   n_final_ = Tensor::Empty({n, c}, dt, dev);
   rstd_final_ = Tensor::Empty({n}, dt, dev);
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
   logits_ = Tensor::Empty({n, cfg_.model().vocab_size()}, dt, dev);
   head_->Forward(ctx, n_final_, logits_);
   d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
+  keep_grad_ = keep_grad;
   loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
   loss.total = loss.cross_entropy + loss.aux + loss.z;
-  loss.tokens = n;
-  return loss;
+  return out;
 }
 
 LossBreakdown MoeTransformer::Forward(const ExecContext& ctx, const Tensor& tokens,
                                       const Tensor& targets) {
-  return Run(ctx, tokens, targets, /*keep_grad=*/true);
+  SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Forward on pipeline stage ", stage_,
+               ": use ForwardStage");
+  return ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/true).loss;
 }
 
 LossBreakdown MoeTransformer::Evaluate(const ExecContext& ctx, const Tensor& tokens,
                                        const Tensor& targets) {
-  return Run(ctx, tokens, targets, /*keep_grad=*/false);
+  SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Evaluate on pipeline stage ", stage_,
+               ": use ForwardStage");
+  return ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/false).loss;
 }
 
 void MoeTransformer::Backward(const ExecContext& ctx, double loss_grad_scale) {
-  SM_CHECK_MSG(d_logits_.defined(), "MoeTransformer::Backward needs a Forward first");
-  const Shape shape = n_final_.shape();
-  const DType dt = d_logits_.dtype();
-  Tensor d_logits = d_logits_;
-  if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
-  Tensor d_n = Tensor::Empty(shape, dt, ctx.device);
-  head_->Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
+  SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Backward on pipeline stage ", stage_,
+               ": use BackwardStage");
+  BackwardStage(ctx, Tensor(), loss_grad_scale);
+}
+
+Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_output,
+                                     double loss_grad_scale) {
+  SM_CHECK_MSG(keep_grad_, "MoeTransformer::Backward needs a Forward (with gradients) first");
+  keep_grad_ = false;  // one Backward per Forward
+  const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
+  const Shape shape = {n, c};
+  const DType dt = registry_.flat_values().dtype();
   Tensor d_x = Tensor::Empty(shape, dt, ctx.device);
-  ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
+  if (is_last_stage()) {
+    Tensor d_logits = d_logits_;
+    if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
+    Tensor d_n = Tensor::Empty(shape, dt, ctx.device);
+    head_->Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
+    ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
+    d_logits_ = Tensor();
+  } else {
+    SM_CHECK_MSG(d_output.defined() && d_output.shape() == shape && d_output.dtype() == dt,
+                 "pipeline stage ", stage_, " needs an output gradient [", n, ", ", c, "]");
+    d_x.CopyFrom(d_output);  // the blocks overwrite their buffers; the caller's stays intact
+  }
   Tensor d_in = Tensor::Empty(shape, dt, ctx.device);
   for (size_t l = blocks_.size(); l-- > 0;) {
     blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale);
     std::swap(d_x, d_in);
   }
+  if (!is_first_stage()) return d_x;
   ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
-  d_logits_ = Tensor();  // one Backward per Forward
+  return Tensor();
 }
 
 void MoeTransformer::FinishBackward(const ExecContext& ctx) {
   for (auto& b : blocks_) b->FinishBackward(ctx);
-  head_->FinishBackward(ctx);
-  final_scales_->Backward(ctx);
+  if (head_) {
+    head_->FinishBackward(ctx);
+    final_scales_->Backward(ctx);
+  }
 }
 
 std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {

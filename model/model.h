@@ -12,6 +12,16 @@
 // weights' gradients into the parameters'). Evaluate runs a forward only and
 // replaces the Forward cache (do not call it between Forward and Backward).
 // The parameter dtype (f32/f64) is the registry's; activations follow it.
+//
+// Pipeline parallelism (groups->grid.sizes().pp > 1): this rank holds stage
+// groups->coords.pp of StagePartition::Even(num_layers, pp): only that
+// stage's blocks are registered (global names unchanged,
+// ParamLayout.pipeline_stage set), the embedding on the first stage, the
+// final norm and the head on the last. Untied embeddings only (config
+// validation refuses model.tied_embeddings with pp > 1). A stage runs
+// ForwardStage / BackwardStage (activations [B*T, C] cross the boundaries,
+// model/pipeline_model_stage.h drives them); Forward / Backward / Evaluate
+// are the whole-model calls and need a single stage.
 #pragma once
 
 #include <memory>
@@ -30,6 +40,14 @@ namespace scalemoe {
 struct LossBreakdown {
   double total = 0, cross_entropy = 0, aux = 0, z = 0;
   int64_t tokens = 0;
+};
+
+// One stage's forward result.
+struct StageOutput {
+  // cross_entropy on the last stage only (0 elsewhere); aux and z of this
+  // stage's MoE layers; total = their sum; tokens = B*T.
+  LossBreakdown loss;
+  Tensor output;  // [B*T, C] the last block's output (undefined on the last stage)
 };
 
 struct ModelCounts {
@@ -63,6 +81,22 @@ class MoeTransformer {
   void FinishBackward(const ExecContext& ctx);
   LossBreakdown Evaluate(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
 
+  // This stage's part. tokens/targets as for Forward (every stage reads
+  // them: B and T, the embedding on the first stage, the loss on the last);
+  // input: the previous stage's output [B*T, C] (ignored on the first
+  // stage). keep_grad = false: no Backward may follow (evaluation).
+  StageOutput ForwardStage(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets,
+                           const Tensor& input, bool keep_grad);
+  // Backward of the last ForwardStage: d_output is the gradient of its
+  // output (ignored on the last stage, which starts from its loss). Returns
+  // the gradient of its input [B*T, C], undefined on the first stage.
+  Tensor BackwardStage(const ExecContext& ctx, const Tensor& d_output, double loss_grad_scale);
+  int stage() const { return stage_; }
+  int num_stages() const { return num_stages_; }
+  bool is_first_stage() const { return stage_ == 0; }
+  bool is_last_stage() const { return stage_ == num_stages_ - 1; }
+
+  // MoE layers of this stage only.
   std::vector<MoeLayerStats> MoeStats() const;
   void UpdateExpertBiases();
   // Global totals: all E routed experts counted, whichever this rank holds.
@@ -72,22 +106,22 @@ class MoeTransformer {
   const Tensor& logits() const { return logits_; }
 
  private:
-  LossBreakdown Run(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets,
-                    bool keep_grad);
-
   ParamRegistry& registry_;
   const config::RunConfig cfg_;
-  Param* embedding_;
+  int stage_ = 0, num_stages_ = 1;
+  Param* embedding_ = nullptr;  // first stage only
   int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
-  std::vector<std::unique_ptr<Block>> blocks_;
-  std::unique_ptr<BranchScales> final_scales_;  // one branch: the head
-  std::unique_ptr<ScaledLinear> head_;
+  std::vector<std::unique_ptr<Block>> blocks_;   // this stage's layers
+  std::unique_ptr<BranchScales> final_scales_;  // last stage; one branch: the head
+  std::unique_ptr<ScaledLinear> head_;          // last stage
   // Forward cache.
   int64_t batch_ = 0, seq_ = 0;
   Tensor tokens_;                  // [B*T] int32
   std::vector<Tensor> residuals_;  // L+1 tensors [B*T, C]: block inputs and the last output
+                                   // (L = this stage's layers)
   Tensor n_final_, rstd_final_;    // final norm
   Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits
+  bool keep_grad_ = false;         // the cache awaits its Backward
 };
 
 }  // namespace scalemoe

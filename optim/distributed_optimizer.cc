@@ -61,12 +61,11 @@ StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
     const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups) {
   SM_RETURN_IF_ERROR(ValidateConfig(config));
   const GridSizes& sizes = groups.grid.sizes();
-  if (sizes.tp != 1 || sizes.etp != 1 || sizes.pp != 1) {
+  if (sizes.tp != 1 || sizes.etp != 1) {
     return absl::UnimplementedError(
-        absl::StrCat("DistributedOptimizer: tp=", sizes.tp, " etp=", sizes.etp, " pp=", sizes.pp,
-                     "; only data and expert parallelism are supported: set "
-                     "parallel.tp, parallel.etp and "
-                     "parallel.pp to 1"));
+        absl::StrCat("DistributedOptimizer: tp=", sizes.tp, " etp=", sizes.etp,
+                     "; only data, expert and pipeline parallelism are supported: set "
+                     "parallel.tp and parallel.etp to 1"));
   }
   if (!registry.materialized()) {
     return absl::FailedPreconditionError(

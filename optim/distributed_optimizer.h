@@ -1,7 +1,10 @@
 // DistributedOptimizer: the optimizer of a data-/expert-parallel run. Input
 // to Step: every rank's own, unsynchronised gradients in the registry's flat
 // grad buffer (dense parameters replicated over dp, experts owned per EP rank
-// and replicated over edp; TP = PP = 1). Output: the same parameters on every
+// and replicated over edp; TP = 1). Under pipeline parallelism each stage's
+// registry holds only its own (disjoint) parameters; the dp/edp groups lie
+// inside one stage, so the sync is per stage, and the world all-reduce of
+// the norm adds every stage's parameters exactly once. Output: the same parameters on every
 // replica, equal (up to summation order) to a single-rank Optimizer stepping
 // on the mean gradient (GradSync explains the 1/DP for experts).
 //
@@ -53,7 +56,7 @@ struct MemoryReport {
 class DistributedOptimizer {
  public:
   // Reads what Optimizer::Create reads plus parallel.zero_stage (0 or 1) and
-  // parallel.grad_bucket_elements. Errors name the field; TP/ETP/PP > 1 are
+  // parallel.grad_bucket_elements. Errors name the field; TP/ETP > 1 are
   // not supported yet. `registry` (materialised) and `groups` must outlive
   // the optimizer.
   static StatusOr<std::unique_ptr<DistributedOptimizer>> Create(const config::RunConfig& config,
