@@ -170,8 +170,10 @@ class FakeCommunicator : public Communicator {
                                   " elements here but recv_counts[", p, "] = ", recv_counts[p],
                                   ": exchange the counts first so both sides agree"));
       }
-      std::memcpy(out, parts[p].bytes.data() + offset * es, c[rank_] * es);
-      out += c[rank_] * es;
+      if (c[rank_] > 0) {  // an empty part may have no buffer at all
+        std::memcpy(out, parts[p].bytes.data() + offset * es, c[rank_] * es);
+        out += c[rank_] * es;
+      }
     }
     return absl::OkStatus();
   }

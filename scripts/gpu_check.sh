@@ -19,8 +19,10 @@ fi
 build=${BUILD_DIR:-build-gpu}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "warning|error" || true
-ctest --test-dir "$build" -LE network --output-on-failure -j8 | tail -8
-ctest --test-dir "$build" -L gpu --output-on-failure | grep -E "tests passed|Skipped|Failed"
+status=0
+ctest --test-dir "$build" -LE network --output-on-failure -j8 > "$build/ctest.log" 2>&1 || status=1
+grep -E "tests passed|\(Failed\)|\(Skipped\)|Not Run" "$build/ctest.log" || true
+[ $status -eq 0 ] || grep -B2 -A25 "Failure\|FAILED" "$build/ctest.log" | head -80
 
 work=$(mktemp -d)
 python3 - "$work/corpus.txt" <<'PY'
@@ -41,5 +43,6 @@ PY
   --set train.eval_batches=1 --set data.dataset_dir="$work/data" | tail -1
 "$build/scalemoe" export --checkpoint "$work/run/checkpoints/step_20" --out "$work/export" \
   --tokenizer "$work/tokenizer"
-python3 scripts/torch_loss_check.py "$work/export"
-python3 scripts/export_check.py "$work/export" | cut -c1-120
+python3 scripts/torch_loss_check.py "$work/export" || status=1
+python3 scripts/export_check.py "$work/export" | cut -c1-120 || status=1
+exit $status

@@ -6,6 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "tests/testing/python.h"
 #include "nlohmann/json.hpp"
 #include "tests/checkpoint/temp_dir.h"
 
@@ -167,10 +168,9 @@ TEST_F(SafetensorsTest, ReaderReportsMissingFile) {
 // The Python reader shares no code with ours: agreeing with it means we wrote
 // the format, not just something our own reader accepts.
 TEST_F(SafetensorsTest, IndependentPythonReaderAgrees) {
-  const char* python = "/usr/bin/python3";
-  if (!std::filesystem::exists(python)) GTEST_SKIP() << python << " not found";
-  if (std::system("/usr/bin/python3 -c 'import numpy' 2>/dev/null") != 0) {
-    GTEST_SKIP() << "numpy missing for /usr/bin/python3 (apt-get install python3-numpy)";
+  const std::string python = scalemoe::testing::PythonWithNumpy();
+  if (python.empty()) {
+    GTEST_SKIP() << "no python3 with numpy (apt-get install python3-numpy)";
   }
   const std::string path = File("t.safetensors");
   auto tensors = Mixed();

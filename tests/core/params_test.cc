@@ -62,7 +62,7 @@ TEST(ParamRegistryTest, ScaleVectorRoles) {
   EXPECT_TRUE(IsScaleVector(ParamRole::kOutputNormScale));
   EXPECT_FALSE(IsScaleVector(ParamRole::kLinear));
   EXPECT_FALSE(IsTrainable(ParamRole::kExpertBias));
-  EXPECT_EQ(ParamRoleName(ParamRole::kOutputNormScale), "output_norm_scale");
+  EXPECT_STREQ(ParamRoleName(ParamRole::kOutputNormScale), "output_norm_scale");
 }
 
 TEST(ParamRegistryTest, ZeroGradsClearsTheFlatBuffer) {
