@@ -98,11 +98,12 @@ class TrainerMpiTest : public ::testing::Test {
     if (WorldRank() == 0) fs::remove_all(JobRoot());
   }
 
-  // Rank 0 checks run `name` against the reference: losses of every step,
+  // Rank 0 checks run `name` against a reference run: losses of every step,
   // then every parameter of the final checkpoints.
-  static void ExpectMatchesReference(const config::RunConfig& cfg, const std::string& name) {
+  static void ExpectMatchesReference(const config::RunConfig& cfg, const std::string& name,
+                                     const std::string& reference = "reference") {
     if (WorldRank() != 0) return;
-    const std::vector<double> want = testing::ReadLosses((JobRoot() / "reference").string());
+    const std::vector<double> want = testing::ReadLosses((JobRoot() / reference).string());
     const std::vector<double> got = testing::ReadLosses((JobRoot() / name).string());
     ASSERT_EQ(got.size(), want.size()) << name;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -111,7 +112,7 @@ class TrainerMpiTest : public ::testing::Test {
     const std::string last = "checkpoints/step_" + std::to_string(kSteps);
     StatusOr<testing::WholeModel> a = testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
     StatusOr<testing::WholeModel> b =
-        testing::LoadWholeModel(cfg, (JobRoot() / "reference" / last).string());
+        testing::LoadWholeModel(cfg, (JobRoot() / reference / last).string());
     ASSERT_TRUE(a.ok()) << a.status();
     ASSERT_TRUE(b.ok()) << b.status();
     for (const auto& p : b->registry->params()) {
@@ -318,6 +319,36 @@ TEST_F(TrainerPipelineTest, ResumeIsBitExact) {
   }
 }
 // Tied embeddings with a pipeline: a clear error, not a wrong model.
+// A checkpoint saved with pipeline stages resumes without them and back:
+// both continue the uninterrupted single-rank run.
+TEST_F(TrainerPipelineTest, ResumeAcrossPipelineAndDataParallel) {
+  const std::vector<std::string> untied = {"model.tied_embeddings=false"};
+  if (WorldRank() == 0) {
+    ASSERT_TRUE(TrainOn(Config(untied), "untied_reference", nullptr).ok());
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  struct Pair {
+    std::string name, from, to;  // "" = no parallel.pp override
+  };
+  for (const Pair& pair : {Pair{"pp2_to_dp", "parallel.pp=2", ""},
+                           Pair{"dp_to_pp2", "", "parallel.pp=2"}}) {
+    std::vector<std::string> from = untied, to = untied;
+    if (!pair.from.empty()) from.push_back(pair.from);
+    if (!pair.to.empty()) to.push_back(pair.to);
+    const config::RunConfig from_cfg = Config(from), to_cfg = Config(to);
+    {
+      StatusOr<ProcessGroups> groups = Groups(from_cfg);
+      ASSERT_TRUE(groups.ok()) << groups.status();
+      ASSERT_TRUE(TrainOn(from_cfg, pair.name, &*groups, /*exit_after=*/10).ok()) << pair.name;
+    }
+    StatusOr<ProcessGroups> groups = Groups(to_cfg);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    StatusOr<TrainResult> r = TrainOn(to_cfg, pair.name, &*groups, 0, /*resume=*/true);
+    ASSERT_TRUE(r.ok()) << pair.name << ": " << r.status();
+    ExpectMatchesReference(to_cfg, pair.name, "untied_reference");
+  }
+}
+
 TEST_F(TrainerPipelineTest, TiedEmbeddingsAreRefused) {
   const config::RunConfig cfg = Config({"parallel.pp=2"});
   StatusOr<ProcessGroups> groups = Groups(cfg);
