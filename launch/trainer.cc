@@ -469,7 +469,12 @@ StatusOr<TrainResult> TrainLoop::Run() {
     model_->PrepareStep(ctx_);
     registry_.ZeroGrads();
     SM_ASSIGN_OR_RETURN(std::vector<double> sums, ForwardBackward());
-    model_->FinishBackward(ctx_);
+    // Gradient all-reduces start as each layer's gradients are final.
+    Status sync_started;
+    model_->FinishBackward(ctx_, [&](int64_t begin, int64_t end) {
+      sync_started.Update(optimizer_->GradientsReady(begin, end));
+    });
+    SM_RETURN_IF_ERROR(sync_started);
     SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
     if (pipelined()) {

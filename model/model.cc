@@ -31,11 +31,15 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   if (mine.has_embedding) {
     embedding_ = registry.Create(
         WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+    embedding_params_ = {first_param, registry.params().size()};
   }
   for (int l = mine.first_layer; l < mine.first_layer + mine.num_layers; ++l) {
+    const size_t before = registry.params().size();
     blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups));
+    block_params_.emplace_back(before, registry.params().size());
     if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
   }
+  const size_t before_head = registry.params().size();
   if (mine.has_head) {
     final_scales_ = std::make_unique<BranchScales>(
         registry, cfg_.scale_vectors(), "final_norm.scale", ParamLayout{}, c,
@@ -49,6 +53,7 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
                                            so.reparam(), so.path());
   }
+  head_params_ = {before_head, registry.params().size()};
   for (size_t i = first_param; i < registry.params().size(); ++i) {
     registry.params()[i]->spec.layout.pipeline_stage = stage_;
   }
@@ -195,12 +200,25 @@ Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_out
   return Tensor();
 }
 
-void MoeTransformer::FinishBackward(const ExecContext& ctx) {
-  for (auto& b : blocks_) b->FinishBackward(ctx);
+void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready) {
+  auto ready = [&](const ParamRange& range) {
+    if (!on_ready || range.first == range.second) return;
+    const auto& params = registry_.params();
+    const Param& last = *params[range.second - 1];
+    on_ready(params[range.first]->flat_offset, last.flat_offset + last.local_numel());
+  };
+  // The order a fused backward finishes them: head first, then the layers
+  // from the last; the embedding (tied: also written by the head) last.
   if (head_) {
     head_->FinishBackward(ctx);
     final_scales_->Backward(ctx);
+    ready(head_params_);
   }
+  for (size_t l = blocks_.size(); l-- > 0;) {
+    blocks_[l]->FinishBackward(ctx);
+    ready(block_params_[l]);
+  }
+  ready(embedding_params_);
 }
 
 std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {

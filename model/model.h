@@ -24,6 +24,7 @@
 // are the whole-model calls and need a single stage.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -78,7 +79,12 @@ class MoeTransformer {
   // tokens, targets: [B, T] int32 CPU tensors (T <= seq_length).
   LossBreakdown Forward(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
   void Backward(const ExecContext& ctx, double loss_grad_scale);
-  void FinishBackward(const ExecContext& ctx);
+  // Called with each flat range [begin, end) of the registry whose gradients
+  // are final, so gradient communication can start while the rest finishes.
+  using GradsReadyFn = std::function<void(int64_t begin, int64_t end)>;
+  // Once per step after the last Backward: unfolds the folded weights'
+  // gradients, last layer first, reporting each finished part to `on_ready`.
+  void FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready = nullptr);
   LossBreakdown Evaluate(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
 
   // This stage's part. tokens/targets as for Forward (every stage reads
@@ -112,6 +118,12 @@ class MoeTransformer {
   Param* embedding_ = nullptr;  // first stage only
   int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
   std::vector<std::unique_ptr<Block>> blocks_;   // this stage's layers
+  // Registry indices [first, end) of the parameters each part registered, for
+  // FinishBackward's ready ranges (registration order = flat order).
+  using ParamRange = std::pair<size_t, size_t>;
+  ParamRange embedding_params_{0, 0};
+  std::vector<ParamRange> block_params_;  // per entry of blocks_
+  ParamRange head_params_{0, 0};
   std::unique_ptr<BranchScales> final_scales_;  // last stage; one branch: the head
   std::unique_ptr<ScaledLinear> head_;          // last stage
   // Forward cache.

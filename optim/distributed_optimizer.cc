@@ -177,8 +177,13 @@ Status DistributedOptimizer::SyncGradients() {
     SM_RETURN_IF_ERROR(d->comm->ReduceScatter(packed, d->grad));
     ops::Scale(ctx, inv_dp, d->grad);
   }
-  if (grad_sync_) SM_RETURN_IF_ERROR(grad_sync_->AllReduceMean());
+  // Buckets GradientsReady already started are only waited for here.
+  if (grad_sync_) SM_RETURN_IF_ERROR(grad_sync_->WaitAll());
   return absl::OkStatus();
+}
+
+Status DistributedOptimizer::GradientsReady(int64_t begin, int64_t end) {
+  return grad_sync_ ? grad_sync_->LaunchRange(begin, end) : absl::OkStatus();
 }
 
 StatusOr<double> DistributedOptimizer::GlobalGradNorm() {

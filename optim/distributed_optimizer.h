@@ -66,6 +66,13 @@ class DistributedOptimizer {
   DistributedOptimizer(const DistributedOptimizer&) = delete;
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
 
+  // Flat gradient range [begin, end) is final for this step (the model's
+  // FinishBackward reports ranges as it unfolds them): starts the all-reduce
+  // of every bucket it completes, so communication overlaps the rest of the
+  // backward. Only what GradSync syncs (stage 0: everything; stage 1: Muon
+  // matrices) starts early; Step waits for it and syncs the rest.
+  Status GradientsReady(int64_t begin, int64_t end);
+
   // Synchronises the gradients, clips and applies one update (see above).
   // Collective over the world: every rank calls it with the same `step`.
   // Errors are communication failures. Under stage 1 the registry's grads of
