@@ -8,20 +8,16 @@
 #include <optional>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "checkpoint/checkpoint.h"
 #include "core/logging.h"
 #include "core/params.h"
 #include "data/token_loader.h"
 #include "launch/config.h"
 #include "launch/metrics.h"
 #include "launch/tensorboard.h"
+#include "launch/train_loop.h"
 #include "model/model.h"
-#include "model/pipeline_model_stage.h"
 #include "nlohmann/json.hpp"
 #include "optim/distributed_optimizer.h"
-#include "parallel/local_communicator.h"
-#include "parallel/pipeline_executor.h"
 
 namespace scalemoe {
 namespace {
@@ -29,80 +25,24 @@ namespace {
 namespace fs = std::filesystem;
 using Clock = std::chrono::steady_clock;
 
-constexpr char kLoaderBlob[] = "train_loader";
-constexpr char kUpdatesBlob[] = "optimizer_updates";
-// Point-to-point tag of the forward-only evaluation pass between pipeline
-// stages (the executor's training tags are 2*mb and 2*mb + 1, far below).
-constexpr int kEvalTag = 30000;
-
 double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
-// Views a loader micro-batch as the model's [B, T] int32 tensors (the batch
-// must outlive them).
+}  // namespace
+
 std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch) {
   const Shape shape = {batch.batch, batch.seq};
   return {Tensor::FromBlob(batch.inputs.data(), shape, DType::kI32, Device::kCPU),
           Tensor::FromBlob(batch.targets.data(), shape, DType::kI32, Device::kCPU)};
 }
 
-// Sums `values` element-wise over `comm` (host scalars: logging, not hot).
 StatusOr<std::vector<double>> SumOver(Communicator& comm, std::vector<double> values) {
   Tensor t = Tensor::FromBlob(values.data(), {static_cast<int64_t>(values.size())},
                               DType::kF64, Device::kCPU);
   SM_RETURN_IF_ERROR(comm.AllReduce(t));
   return values;
 }
-
-class TrainLoop {
- public:
-  explicit TrainLoop(const TrainOptions& options)
-      : options_(options),
-        cfg_(options.config),
-        local_groups_(options.groups ? nullptr
-                                     : std::make_unique<ProcessGroups>(LocalProcessGroups())),
-        groups_(options.groups ? *options.groups : *local_groups_),
-        registry_() {}
-
-  StatusOr<TrainResult> Run();
-
- private:
-  bool is_rank0() const { return groups_.coords.global == 0; }
-  bool pipelined() const { return groups_.grid.sizes().pp > 1; }
-  Status Setup();
-  Status SetupPipeline();
-  // One step's forward/backward passes on this rank; returns the sums over
-  // its micro-batches of {total, ce, aux, z} (this stage's share under PP).
-  StatusOr<std::vector<double>> ForwardBackward();
-  StatusOr<double> EvaluatePipelined();
-  Status Resume();
-  StatusOr<double> UnigramLoss();
-  StatusOr<double> Evaluate();
-  Status SaveCheckpoint(int64_t step);
-  std::vector<checkpoint::NamedTensor> CheckpointTensors(bool for_save) const;
-  Status LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
-                 double tokens_per_second, double eta_seconds);
-  Status NonFinite(int64_t step, double loss, double grad_norm) const;
-
-  const TrainOptions& options_;
-  const config::RunConfig& cfg_;
-  const ExecContext ctx_ = ExecContext::Cpu();
-  std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
-  ProcessGroups& groups_;
-  ParamRegistry registry_;
-  std::unique_ptr<MoeTransformer> model_;  // built in Setup, once the layout is checked
-  std::unique_ptr<DistributedOptimizer> optimizer_;
-  std::optional<PipelineExecutor> executor_;  // pp > 1
-  std::optional<TokenLoader> train_loader_;
-  std::optional<TokenLoader> val_loader_;
-  std::unique_ptr<MetricsWriter> metrics_;         // rank 0
-  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
-  int64_t start_step_ = 0;
-  int64_t accumulation_ = 1;    // micro-batches per step on each rank
-  double flops_per_token_ = 0;  // training FLOPs per token (model counts)
-  TrainResult result_;
-};
 
 Status TrainLoop::Setup() {
   const auto& train = cfg_.train();
@@ -185,68 +125,6 @@ Status TrainLoop::Setup() {
   return absl::OkStatus();
 }
 
-// Pipeline parallelism: one 1F1B executor over the pp group, each step's
-// micro-batches (the loader's, the same on every stage) in flight together.
-// Rank 0 prints the schedule's bubble fraction and every stage's peak of
-// stashed input activations (what issue 6 asks the trainer to report).
-Status TrainLoop::SetupPipeline() {
-  PipelineExecutorOptions eo;
-  eo.schedule = PipelineScheduleKind::kOneFOneB;
-  eo.num_microbatches = static_cast<int>(accumulation_);
-  eo.activation_shape = {cfg_.train().micro_batch_size() * cfg_.model().seq_length(),
-                         cfg_.model().hidden_size()};
-  eo.activation_dtype = registry_.flat_values().dtype();
-  SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
-  executor_.emplace(std::move(executor));
-  if (!is_rank0()) return absl::OkStatus();
-  const int p = groups_.pp->size(), m = eo.num_microbatches;
-  const int64_t activation_bytes = NumElements(eo.activation_shape) * DTypeSize(eo.activation_dtype);
-  std::string stages;
-  for (int s = 0; s < p; ++s) {
-    SM_ASSIGN_OR_RETURN(std::vector<PipelineAction> actions,
-                        BuildPipelineSchedule(eo.schedule, s, p, m));
-    const int peak = PeakInFlightMicrobatches(actions);
-    // Stage 0 embeds its own tokens: it stashes no received activation.
-    absl::StrAppend(&stages, s == 0 ? "" : ", ", "stage ", s, ": ", peak, " micro-batches (",
-                    s == 0 ? 0.0 : peak * activation_bytes / 1048576.0, " MiB received)");
-  }
-  SM_LOG_RANK0(kInfo, "pipeline: ", p, " stages x ", m, " micro-batches per step, ",
-               PipelineScheduleName(eo.schedule), ", bubble fraction ",
-               PipelineBubbleFraction(p, m), "; peak stashed activations per stage: ", stages);
-  return absl::OkStatus();
-}
-
-StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
-  std::vector<double> sums = {0, 0, 0, 0};  // total, ce, aux, z over micro-batches
-  if (!pipelined()) {
-    for (int64_t m = 0; m < accumulation_; ++m) {
-      MicroBatch batch = train_loader_->Next();
-      auto [tokens, targets] = BatchTensors(batch);
-      SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
-      const LossBreakdown loss = model_->Forward(ctx_, tokens, targets);
-      model_->Backward(ctx_, 1.0 / static_cast<double>(accumulation_));
-      sums[0] += loss.total;
-      sums[1] += loss.cross_entropy;
-      sums[2] += loss.aux;
-      sums[3] += loss.z;
-    }
-    return sums;
-  }
-  std::vector<MicroBatch> batches;
-  std::vector<PipelineModelStage::Batch> views;
-  batches.reserve(accumulation_);
-  for (int64_t m = 0; m < accumulation_; ++m) {
-    batches.push_back(train_loader_->Next());
-    auto [tokens, targets] = BatchTensors(batches.back());
-    SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
-    views.push_back({tokens, targets});
-  }
-  PipelineModelStage stage(*model_, ctx_, std::move(views));
-  SM_RETURN_IF_ERROR(executor_->RunStep(stage).status());
-  const LossBreakdown& l = stage.sums();
-  return std::vector<double>{l.total, l.cross_entropy, l.aux, l.z};
-}
-
 // The unigram baseline: cross-entropy on the evaluation batches of token
 // frequencies counted on the first ~2048 train windows (add-one smoothing),
 // over all data-parallel ranks. A model that learned only frequencies
@@ -274,64 +152,6 @@ StatusOr<double> TrainLoop::UnigramLoss() {
   return loss_and_tokens[0] / loss_and_tokens[1];
 }
 
-// Checkpoint contents of this rank. For a save, a replicated tensor is
-// written by group rank 0 of its replica group only (dense: dp, expert:
-// edp); for a load, every rank fills everything it holds.
-std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
-  auto writes = [&](const ParamSpec& spec) {
-    return !for_save || (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0;
-  };
-  std::vector<checkpoint::NamedTensor> out;
-  for (const auto& p : registry_.params()) {
-    if (writes(p->spec)) {
-      out.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
-    }
-  }
-  for (const StateSlice& s : optimizer_->StateSlices()) {
-    const std::string param = s.name.substr(s.name.find('/') + 1);
-    const Param* p = registry_.Find(param);
-    SM_CHECK_MSG(p != nullptr, "optimizer state ", s.name, " of an unknown parameter");
-    const bool replicated =
-        optimizer_->zero_stage() == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
-    if (replicated && !writes(p->spec)) continue;
-    out.push_back({s.name, s.data, {s.global_numel}, {s.start}, checkpoint::TensorRole::kState});
-  }
-  return out;
-}
-
-Status TrainLoop::Resume() {
-  StatusOr<std::string> latest = checkpoint::LatestCheckpoint(options_.run_dir);
-  if (!latest.ok()) {
-    return absl::NotFoundError(absl::StrCat("--resume: no complete checkpoint under ",
-                                            options_.run_dir,
-                                            "/checkpoints; drop --resume to start afresh"));
-  }
-  checkpoint::LoadRequest request;
-  request.targets = CheckpointTensors(/*for_save=*/false);
-  SM_ASSIGN_OR_RETURN(checkpoint::LoadedCheckpoint loaded,
-                      checkpoint::LoadCheckpoint(*latest, request, groups_.world.get()));
-  optimizer_->LoadMasterFromParams();
-  auto loader_blob = loaded.blobs.find(kLoaderBlob);
-  auto updates_blob = loaded.blobs.find(kUpdatesBlob);
-  if (loader_blob == loaded.blobs.end() || updates_blob == loaded.blobs.end()) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, " lacks the ", kLoaderBlob,
-                                            "/", kUpdatesBlob,
-                                            " state; it was not written by scalemoe train"));
-  }
-  SM_ASSIGN_OR_RETURN(LoaderState loader_state, LoaderState::FromJson(loader_blob->second));
-  SM_RETURN_IF_ERROR(train_loader_->Restore(loader_state));
-  int64_t updates = 0;
-  if (!absl::SimpleAtoi(updates_blob->second, &updates)) {
-    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, ": ", kUpdatesBlob, " '",
-                                            updates_blob->second, "' is not an integer"));
-  }
-  optimizer_->set_num_updates(updates);
-  start_step_ = loaded.step;
-  result_.last_checkpoint = *latest;
-  SM_LOG_RANK0(kInfo, "resumed from ", *latest, " at step ", start_step_);
-  return absl::OkStatus();
-}
-
 // Mean cross-entropy over train.eval_batches global batches of the
 // validation split: the same windows whatever the layout.
 StatusOr<double> TrainLoop::Evaluate() {
@@ -345,53 +165,6 @@ StatusOr<double> TrainLoop::Evaluate() {
   }
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
   return loss[0] / groups_.dp->size();
-}
-
-// Forward only, one micro-batch at a time through the stages (no overlap:
-// evaluation is rare); the last stage holds the cross-entropy.
-StatusOr<double> TrainLoop::EvaluatePipelined() {
-  Communicator& pp = *groups_.pp;
-  std::vector<double> loss = {0};
-  const int64_t n = cfg_.train().eval_batches() * accumulation_;
-  for (int64_t i = 0; i < n; ++i) {
-    MicroBatch batch = val_loader_->At(i);
-    auto [tokens, targets] = BatchTensors(batch);
-    Tensor input;
-    if (!model_->is_first_stage()) {
-      input = Tensor::Empty({tokens.numel(), cfg_.model().hidden_size()},
-                            registry_.flat_values().dtype(), Device::kCPU);
-      SM_RETURN_IF_ERROR(pp.Recv(input, pp.rank() - 1, {.tag = kEvalTag}));
-    }
-    const StageOutput out = model_->ForwardStage(ctx_, tokens, targets, input, false);
-    if (!model_->is_last_stage()) {
-      SM_RETURN_IF_ERROR(pp.Send(out.output, pp.rank() + 1, {.tag = kEvalTag}));
-    }
-    loss[0] += out.loss.cross_entropy / n;
-  }
-  SM_ASSIGN_OR_RETURN(loss, SumOver(pp, std::move(loss)));
-  SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
-  return loss[0] / groups_.dp->size();
-}
-
-Status TrainLoop::SaveCheckpoint(int64_t step) {
-  checkpoint::SaveRequest request;
-  request.root = options_.run_dir;
-  request.step = step;
-  request.config_text = ConfigToText(cfg_);
-  const GridSizes& sizes = groups_.grid.sizes();
-  request.layout = {1, sizes.pp, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
-                    optimizer_->zero_stage()};
-  request.rank = groups_.coords.global;
-  request.tensors = CheckpointTensors(/*for_save=*/true);
-  if (is_rank0()) {
-    request.blobs[kLoaderBlob] = train_loader_->state().ToJson();
-    request.blobs[kUpdatesBlob] = std::to_string(optimizer_->num_updates());
-  }
-  request.keep_last = cfg_.checkpoint().keep_last();
-  SM_RETURN_IF_ERROR(checkpoint::SaveCheckpoint(request, groups_.world.get()));
-  result_.last_checkpoint =
-      (fs::path(options_.run_dir) / "checkpoints" / absl::StrCat("step_", step)).string();
-  return absl::OkStatus();
 }
 
 Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
@@ -530,8 +303,6 @@ StatusOr<TrainResult> TrainLoop::Run() {
   if (tensorboard_) SM_RETURN_IF_ERROR(tensorboard_->Flush());
   return result_;
 }
-
-}  // namespace
 
 StatusOr<TrainResult> Train(const TrainOptions& options) {
   TrainLoop loop(options);

@@ -123,6 +123,31 @@ class TrainerMpiTest : public ::testing::Test {
     }
   }
 
+  // k steps, save, resume on the same layout, N-k steps: bit for bit
+  // against N straight steps (losses and every final parameter).
+  static void ExpectBitExactResume(const config::RunConfig& cfg, const std::string& name) {
+    StatusOr<ProcessGroups> groups = Groups(cfg);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    const std::string straight = name + "_straight", resumed = name + "_resumed";
+    ASSERT_TRUE(TrainOn(cfg, straight, &*groups).ok());
+    ASSERT_TRUE(TrainOn(cfg, resumed, &*groups, /*exit_after=*/7).ok());
+    StatusOr<TrainResult> rest = TrainOn(cfg, resumed, &*groups, 0, /*resume=*/true);
+    ASSERT_TRUE(rest.ok()) << rest.status();
+    if (WorldRank() != 0) return;
+    EXPECT_EQ(testing::ReadLosses((JobRoot() / resumed).string()),
+              testing::ReadLosses((JobRoot() / straight).string()));
+    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
+    StatusOr<testing::WholeModel> a =
+        testing::LoadWholeModel(cfg, (JobRoot() / resumed / last).string());
+    StatusOr<testing::WholeModel> b =
+        testing::LoadWholeModel(cfg, (JobRoot() / straight / last).string());
+    ASSERT_TRUE(a.ok() && b.ok());
+    for (const auto& p : b->registry->params()) {
+      EXPECT_EQ(a->registry->Find(p->spec.name)->value.ToVector(), p->value.ToVector())
+          << p->spec.name;
+    }
+  }
+
   static void RunLayout(const std::string& name, const std::vector<std::string>& layout) {
     const config::RunConfig cfg = Config(layout);
     StatusOr<ProcessGroups> groups = Groups(cfg);
@@ -164,29 +189,8 @@ TEST_F(TrainerMpiTest, ExpertParallelTwoWithZero1) {
   RunLayout("ep2_zero1", {"parallel.ep=2", "parallel.zero_stage=1"});
 }
 
-// k steps, save, resume on the same layout, N-k steps: bit for bit.
 TEST_F(TrainerMpiTest, ResumeOnSameLayoutIsBitExact) {
-  const config::RunConfig cfg = Config({"parallel.ep=2", "parallel.zero_stage=1"});
-  StatusOr<ProcessGroups> groups = Groups(cfg);
-  ASSERT_TRUE(groups.ok()) << groups.status();
-  ASSERT_TRUE(TrainOn(cfg, "straight", &*groups).ok());
-  ASSERT_TRUE(TrainOn(cfg, "resumed", &*groups, /*exit_after=*/7).ok());
-  StatusOr<TrainResult> rest = TrainOn(cfg, "resumed", &*groups, 0, /*resume=*/true);
-  ASSERT_TRUE(rest.ok()) << rest.status();
-  if (WorldRank() == 0) {
-    EXPECT_EQ(testing::ReadLosses((JobRoot() / "resumed").string()),
-              testing::ReadLosses((JobRoot() / "straight").string()));
-    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
-    StatusOr<testing::WholeModel> a =
-        testing::LoadWholeModel(cfg, (JobRoot() / "resumed" / last).string());
-    StatusOr<testing::WholeModel> b =
-        testing::LoadWholeModel(cfg, (JobRoot() / "straight" / last).string());
-    ASSERT_TRUE(a.ok() && b.ok());
-    for (const auto& p : b->registry->params()) {
-      EXPECT_EQ(a->registry->Find(p->spec.name)->value.ToVector(), p->value.ToVector())
-          << p->spec.name;
-    }
-  }
+  ExpectBitExactResume(Config({"parallel.ep=2", "parallel.zero_stage=1"}), "ep2_zero1");
 }
 
 // Saved by one layout, resumed by another: continues the reference run.
@@ -296,27 +300,7 @@ TEST_F(TrainerPipelineTest, FourStages) {
 }
 // k steps, save, resume on the same pipeline layout, N-k steps: bit for bit.
 TEST_F(TrainerPipelineTest, ResumeIsBitExact) {
-  const config::RunConfig cfg = Config({"model.tied_embeddings=false", "parallel.pp=2"});
-  StatusOr<ProcessGroups> groups = Groups(cfg);
-  ASSERT_TRUE(groups.ok()) << groups.status();
-  ASSERT_TRUE(TrainOn(cfg, "pp_straight", &*groups).ok());
-  ASSERT_TRUE(TrainOn(cfg, "pp_resumed", &*groups, /*exit_after=*/7).ok());
-  StatusOr<TrainResult> rest = TrainOn(cfg, "pp_resumed", &*groups, 0, /*resume=*/true);
-  ASSERT_TRUE(rest.ok()) << rest.status();
-  if (WorldRank() == 0) {
-    EXPECT_EQ(testing::ReadLosses((JobRoot() / "pp_resumed").string()),
-              testing::ReadLosses((JobRoot() / "pp_straight").string()));
-    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
-    StatusOr<testing::WholeModel> a =
-        testing::LoadWholeModel(cfg, (JobRoot() / "pp_resumed" / last).string());
-    StatusOr<testing::WholeModel> b =
-        testing::LoadWholeModel(cfg, (JobRoot() / "pp_straight" / last).string());
-    ASSERT_TRUE(a.ok() && b.ok());
-    for (const auto& p : b->registry->params()) {
-      EXPECT_EQ(a->registry->Find(p->spec.name)->value.ToVector(), p->value.ToVector())
-          << p->spec.name;
-    }
-  }
+  ExpectBitExactResume(Config({"model.tied_embeddings=false", "parallel.pp=2"}), "pp2");
 }
 // Tied embeddings with a pipeline: a clear error, not a wrong model.
 // A checkpoint saved with pipeline stages resumes without them and back:

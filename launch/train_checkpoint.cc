@@ -1,0 +1,99 @@
+// TrainLoop's checkpoints: what each rank writes (replicated tensors by
+// their replica group's rank 0 only), saving, and resuming (resharding when
+// the layout changed: every rank reads just the slices it holds).
+#include <filesystem>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "core/logging.h"
+#include "launch/config.h"
+#include "launch/train_loop.h"
+
+namespace scalemoe {
+namespace {
+
+constexpr char kLoaderBlob[] = "train_loader";
+constexpr char kUpdatesBlob[] = "optimizer_updates";
+
+}  // namespace
+
+// Checkpoint contents of this rank. For a save, a replicated tensor is
+// written by group rank 0 of its replica group only (dense: dp, expert:
+// edp); for a load, every rank fills everything it holds.
+std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
+  auto writes = [&](const ParamSpec& spec) {
+    return !for_save || (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0;
+  };
+  std::vector<checkpoint::NamedTensor> out;
+  for (const auto& p : registry_.params()) {
+    if (writes(p->spec)) {
+      out.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
+    }
+  }
+  for (const StateSlice& s : optimizer_->StateSlices()) {
+    const std::string param = s.name.substr(s.name.find('/') + 1);
+    const Param* p = registry_.Find(param);
+    SM_CHECK_MSG(p != nullptr, "optimizer state ", s.name, " of an unknown parameter");
+    const bool replicated =
+        optimizer_->zero_stage() == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
+    if (replicated && !writes(p->spec)) continue;
+    out.push_back({s.name, s.data, {s.global_numel}, {s.start}, checkpoint::TensorRole::kState});
+  }
+  return out;
+}
+
+Status TrainLoop::Resume() {
+  StatusOr<std::string> latest = checkpoint::LatestCheckpoint(options_.run_dir);
+  if (!latest.ok()) {
+    return absl::NotFoundError(absl::StrCat("--resume: no complete checkpoint under ",
+                                            options_.run_dir,
+                                            "/checkpoints; drop --resume to start afresh"));
+  }
+  checkpoint::LoadRequest request;
+  request.targets = CheckpointTensors(/*for_save=*/false);
+  SM_ASSIGN_OR_RETURN(checkpoint::LoadedCheckpoint loaded,
+                      checkpoint::LoadCheckpoint(*latest, request, groups_.world.get()));
+  optimizer_->LoadMasterFromParams();
+  auto loader_blob = loaded.blobs.find(kLoaderBlob);
+  auto updates_blob = loaded.blobs.find(kUpdatesBlob);
+  if (loader_blob == loaded.blobs.end() || updates_blob == loaded.blobs.end()) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, " lacks the ", kLoaderBlob,
+                                            "/", kUpdatesBlob,
+                                            " state; it was not written by scalemoe train"));
+  }
+  SM_ASSIGN_OR_RETURN(LoaderState loader_state, LoaderState::FromJson(loader_blob->second));
+  SM_RETURN_IF_ERROR(train_loader_->Restore(loader_state));
+  int64_t updates = 0;
+  if (!absl::SimpleAtoi(updates_blob->second, &updates)) {
+    return absl::DataLossError(absl::StrCat("checkpoint ", *latest, ": ", kUpdatesBlob, " '",
+                                            updates_blob->second, "' is not an integer"));
+  }
+  optimizer_->set_num_updates(updates);
+  start_step_ = loaded.step;
+  result_.last_checkpoint = *latest;
+  SM_LOG_RANK0(kInfo, "resumed from ", *latest, " at step ", start_step_);
+  return absl::OkStatus();
+}
+
+Status TrainLoop::SaveCheckpoint(int64_t step) {
+  checkpoint::SaveRequest request;
+  request.root = options_.run_dir;
+  request.step = step;
+  request.config_text = ConfigToText(cfg_);
+  const GridSizes& sizes = groups_.grid.sizes();
+  request.layout = {1, sizes.pp, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
+                    optimizer_->zero_stage()};
+  request.rank = groups_.coords.global;
+  request.tensors = CheckpointTensors(/*for_save=*/true);
+  if (is_rank0()) {
+    request.blobs[kLoaderBlob] = train_loader_->state().ToJson();
+    request.blobs[kUpdatesBlob] = std::to_string(optimizer_->num_updates());
+  }
+  request.keep_last = cfg_.checkpoint().keep_last();
+  SM_RETURN_IF_ERROR(checkpoint::SaveCheckpoint(request, groups_.world.get()));
+  result_.last_checkpoint =
+      (std::filesystem::path(options_.run_dir) / "checkpoints" / absl::StrCat("step_", step)).string();
+  return absl::OkStatus();
+}
+
+}  // namespace scalemoe

@@ -1,0 +1,82 @@
+// TrainLoop: the training loop behind Train() (launch/trainer.h), shared by
+// its implementation files — trainer.cc (set-up, the step loop, evaluation,
+// logging), train_checkpoint.cc (save/resume), train_pipeline.cc (pipeline
+// stages). Internal to launch/: nothing else includes it.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "checkpoint/checkpoint.h"
+#include "core/context.h"
+#include "core/params.h"
+#include "data/token_loader.h"
+#include "launch/metrics.h"
+#include "launch/tensorboard.h"
+#include "launch/trainer.h"
+#include "model/model.h"
+#include "optim/distributed_optimizer.h"
+#include "parallel/local_communicator.h"
+#include "parallel/pipeline_executor.h"
+
+namespace scalemoe {
+
+// Views a loader micro-batch as the model's [B, T] int32 tensors (the batch
+// must outlive them).
+std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch);
+
+// Sums `values` element-wise over `comm` (host scalars: logging, not hot).
+StatusOr<std::vector<double>> SumOver(Communicator& comm, std::vector<double> values);
+
+class TrainLoop {
+ public:
+  explicit TrainLoop(const TrainOptions& options)
+      : options_(options),
+        cfg_(options.config),
+        local_groups_(options.groups ? nullptr
+                                     : std::make_unique<ProcessGroups>(LocalProcessGroups())),
+        groups_(options.groups ? *options.groups : *local_groups_),
+        registry_() {}
+
+  StatusOr<TrainResult> Run();
+
+ private:
+  bool is_rank0() const { return groups_.coords.global == 0; }
+  bool pipelined() const { return groups_.grid.sizes().pp > 1; }
+  Status Setup();
+  Status SetupPipeline();
+  // One step's forward/backward passes on this rank; returns the sums over
+  // its micro-batches of {total, ce, aux, z} (this stage's share under PP).
+  StatusOr<std::vector<double>> ForwardBackward();
+  StatusOr<double> EvaluatePipelined();
+  Status Resume();
+  StatusOr<double> UnigramLoss();
+  StatusOr<double> Evaluate();
+  Status SaveCheckpoint(int64_t step);
+  std::vector<checkpoint::NamedTensor> CheckpointTensors(bool for_save) const;
+  Status LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
+                 double tokens_per_second, double eta_seconds);
+  Status NonFinite(int64_t step, double loss, double grad_norm) const;
+
+  const TrainOptions& options_;
+  const config::RunConfig& cfg_;
+  const ExecContext ctx_ = ExecContext::Cpu();
+  std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
+  ProcessGroups& groups_;
+  ParamRegistry registry_;
+  std::unique_ptr<MoeTransformer> model_;  // built in Setup, once the layout is checked
+  std::unique_ptr<DistributedOptimizer> optimizer_;
+  std::optional<PipelineExecutor> executor_;  // pp > 1
+  std::optional<TokenLoader> train_loader_;
+  std::optional<TokenLoader> val_loader_;
+  std::unique_ptr<MetricsWriter> metrics_;         // rank 0
+  std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
+  int64_t start_step_ = 0;
+  int64_t accumulation_ = 1;    // micro-batches per step on each rank
+  double flops_per_token_ = 0;  // training FLOPs per token (model counts)
+  TrainResult result_;
+};
+
+}  // namespace scalemoe
