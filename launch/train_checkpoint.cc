@@ -19,10 +19,17 @@ constexpr char kUpdatesBlob[] = "optimizer_updates";
 
 // Checkpoint contents of this rank. For a save, a replicated tensor is
 // written by group rank 0 of its replica group only (dense: dp, expert:
-// edp); for a load, every rank fills everything it holds.
+// edp), and a tied embedding by the first pipeline stage only (the last
+// stage's copy is identical); for a load, every rank fills everything it
+// holds (both copies read the one stored tensor).
 std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
+  auto tied_copy = [](const ParamSpec& spec) {
+    return spec.role == ParamRole::kEmbedding && spec.layout.pipeline_stage > 0;
+  };
   auto writes = [&](const ParamSpec& spec) {
-    return !for_save || (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0;
+    return !for_save ||
+           (!tied_copy(spec) &&
+            (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0);
   };
   std::vector<checkpoint::NamedTensor> out;
   for (const auto& p : registry_.params()) {
@@ -36,7 +43,7 @@ std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save)
     SM_CHECK_MSG(p != nullptr, "optimizer state ", s.name, " of an unknown parameter");
     const bool replicated =
         optimizer_->zero_stage() == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
-    if (replicated && !writes(p->spec)) continue;
+    if ((replicated && !writes(p->spec)) || (for_save && tied_copy(p->spec))) continue;
     out.push_back({s.name, s.data, {s.global_numel}, {s.start}, checkpoint::TensorRole::kState});
   }
   return out;

@@ -51,6 +51,9 @@ class TrainLoop {
   // its micro-batches of {total, ce, aux, z} (this stage's share under PP).
   StatusOr<std::vector<double>> ForwardBackward();
   StatusOr<double> EvaluatePipelined();
+  // Tied embeddings under PP: the first and last stage both end with the sum
+  // of their copies' local gradients (before the data-parallel reduction).
+  Status SumTiedEmbeddingGrads();
   Status Resume();
   StatusOr<double> UnigramLoss();
   StatusOr<double> Evaluate();

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/logging.h"
+#include "core/ops.h"
 #include "launch/train_loop.h"
 #include "model/pipeline_model_stage.h"
 
@@ -14,6 +15,8 @@ namespace {
 // Point-to-point tag of the forward-only evaluation pass between pipeline
 // stages (the executor's training tags are 2*mb and 2*mb + 1, far below).
 constexpr int kEvalTag = 30000;
+// Tag of the tied-embedding gradient exchange between the first and last stage.
+constexpr int kTiedEmbeddingTag = 30001;
 
 }  // namespace
 
@@ -103,6 +106,33 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
   SM_ASSIGN_OR_RETURN(loss, SumOver(pp, std::move(loss)));
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
   return loss[0] / groups_.dp->size();
+}
+
+// The first and last stage swap their local embedding gradients and each
+// adds the other's: a + b is exact-commutative in IEEE arithmetic, so both
+// copies get the same bits, then the same reduction and update. The model
+// does not report the embedding range ready, so the optimizer's Step reduces
+// it over dp only after this sum. Middle stages hold no copy.
+Status TrainLoop::SumTiedEmbeddingGrads() {
+  if (!model_->is_first_stage() && !model_->is_last_stage()) return absl::OkStatus();
+  Communicator& pp = *groups_.pp;
+  const Param* embedding = registry_.Find("embedding.weight");
+  SM_CHECK_MSG(embedding != nullptr, "tied embeddings: stage ", model_->stage(),
+               " holds no embedding.weight");
+  const Tensor& mine = embedding->grad;
+  Tensor theirs = Tensor::Empty(mine.shape(), mine.dtype(), mine.device());
+  const SendRecvOptions tag{.tag = kTiedEmbeddingTag};
+  // First stage sends first, the last receives first: blocking sends cannot
+  // deadlock.
+  if (model_->is_first_stage()) {
+    SM_RETURN_IF_ERROR(pp.Send(mine, pp.size() - 1, tag));
+    SM_RETURN_IF_ERROR(pp.Recv(theirs, pp.size() - 1, tag));
+  } else {
+    SM_RETURN_IF_ERROR(pp.Recv(theirs, 0, tag));
+    SM_RETURN_IF_ERROR(pp.Send(mine, 0, tag));
+  }
+  ops::Axpy(ctx_, 1.0, theirs, mine);
+  return absl::OkStatus();
 }
 
 }  // namespace scalemoe

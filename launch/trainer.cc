@@ -62,12 +62,6 @@ Status TrainLoop::Setup() {
     out << ConfigToText(cfg_);
     if (!out) return absl::InternalError("cannot write config.textproto in " + options_.run_dir);
   }
-  if (pipelined() && cfg_.model().tied_embeddings()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "model.tied_embeddings with parallel.pp=", groups_.grid.sizes().pp,
-        ": the first and last pipeline stages would share the embedding matrix, which is not "
-        "supported yet; set model.tied_embeddings: false (or parallel.pp: 1)"));
-  }
   if (cfg_.parallel().virtual_stages() > 1) {
     return absl::UnimplementedError(absl::StrCat(
         "parallel.virtual_stages=", cfg_.parallel().virtual_stages(),
@@ -248,6 +242,11 @@ StatusOr<TrainResult> TrainLoop::Run() {
       sync_started.Update(optimizer_->GradientsReady(begin, end));
     });
     SM_RETURN_IF_ERROR(sync_started);
+    // Tied under PP: the embedding was not reported ready; Step reduces it
+    // over dp after the stages' copies are summed.
+    if (pipelined() && cfg_.model().tied_embeddings()) {
+      SM_RETURN_IF_ERROR(SumTiedEmbeddingGrads());
+    }
     SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
     if (pipelined()) {

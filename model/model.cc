@@ -23,9 +23,6 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   // clear abort instead of a wrong model.
   StatusOr<StagePartition> partition = StagePartition::Even(m.num_layers(), num_stages_);
   SM_CHECK_OK(partition.status());
-  SM_CHECK_MSG(num_stages_ == 1 || !m.tied_embeddings(),
-               "model.tied_embeddings with parallel.pp > 1 is not supported: set "
-               "model.tied_embeddings: false");
   const StageLayers& mine = partition->stage(stage_);
   const size_t first_param = registry.params().size();
   if (mine.has_embedding) {
@@ -38,6 +35,15 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups));
     block_params_.emplace_back(before, registry.params().size());
     if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
+  }
+  // Tied under PP: the last stage registers its own copy of the embedding
+  // (same name and init, so bit-identical to the first stage's); the
+  // trainer sums the two copies' gradients before every update.
+  if (mine.has_head && m.tied_embeddings() && !mine.has_embedding) {
+    const size_t before = registry.params().size();
+    embedding_ = registry.Create(
+        WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+    embedding_params_ = {before, registry.params().size()};
   }
   const size_t before_head = registry.params().size();
   if (mine.has_head) {
@@ -218,7 +224,10 @@ void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& 
     blocks_[l]->FinishBackward(ctx);
     ready(block_params_[l]);
   }
-  ready(embedding_params_);
+  // Tied under PP the embedding is not reported: its gradient is final only
+  // once the trainer has added the other stage's copy, and the optimizer's
+  // Step syncs the ranges never reported.
+  if (!(num_stages_ > 1 && cfg_.model().tied_embeddings())) ready(embedding_params_);
 }
 
 std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {

@@ -17,8 +17,11 @@
 // groups->coords.pp of StagePartition::Even(num_layers, pp): only that
 // stage's blocks are registered (global names unchanged,
 // ParamLayout.pipeline_stage set), the embedding on the first stage, the
-// final norm and the head on the last. Untied embeddings only (config
-// validation refuses model.tied_embeddings with pp > 1). A stage runs
+// final norm and the head on the last. Tied embeddings: the last stage holds
+// its own copy of "embedding.weight" as the head weight (ParamLayout
+// .pipeline_stage tells the copies apart); the trainer keeps the copies
+// identical by summing their gradients (TrainLoop::SumTiedEmbeddingGrads),
+// and FinishBackward does not report the embedding range. A stage runs
 // ForwardStage / BackwardStage (activations [B*T, C] cross the boundaries,
 // model/pipeline_model_stage.h drives them); Forward / Backward / Evaluate
 // are the whole-model calls and need a single stage.
@@ -115,7 +118,7 @@ class MoeTransformer {
   ParamRegistry& registry_;
   const config::RunConfig cfg_;
   int stage_ = 0, num_stages_ = 1;
-  Param* embedding_ = nullptr;  // first stage only
+  Param* embedding_ = nullptr;  // first stage; also the last when tied
   int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
   std::vector<std::unique_ptr<Block>> blocks_;   // this stage's layers
   // Registry indices [first, end) of the parameters each part registered, for

@@ -27,10 +27,17 @@ Status ValidateConfig(const config::RunConfig& config) {
   return absl::OkStatus();
 }
 
+// The last pipeline stage's copy of a tied embedding (model/model.h): the
+// trainer gives it the first stage's gradient, so the norm counts only the
+// first stage's copy.
+bool IsTiedCopy(const Param& p) {
+  return p.spec.role == ParamRole::kEmbedding && p.spec.layout.pipeline_stage > 0;
+}
+
 // Whether this rank counts `p` in the global norm: a tensor replicated over
 // its reduction group is counted on group rank 0 only.
 bool CountsInNorm(const Param& p, const ProcessGroups& groups) {
-  return (p.spec.layout.is_expert() ? groups.edp : groups.dp)->rank() == 0;
+  return !IsTiedCopy(p) && (p.spec.layout.is_expert() ? groups.edp : groups.dp)->rank() == 0;
 }
 
 }  // namespace
@@ -188,7 +195,21 @@ Status DistributedOptimizer::GradientsReady(int64_t begin, int64_t end) {
 
 StatusOr<double> DistributedOptimizer::GlobalGradNorm() {
   double local = 0.0;
-  for (const auto& d : domains_) local += SumOfSquares(d->grad);  // padding is zero
+  for (const auto& d : domains_) {
+    local += SumOfSquares(d->grad);  // padding is zero
+    // Less this shard's part of a tied embedding copy.
+    for (const Domain::Piece& piece : d->pieces) {
+      for (const ParamGroupEntry& e : groups_.entries()) {
+        if (!IsTiedCopy(*e.param)) continue;
+        const int64_t b = std::max(piece.flat_begin, e.param->flat_offset);
+        const int64_t end =
+            std::min(piece.flat_end, e.param->flat_offset + e.param->local_numel());
+        if (b >= end) continue;
+        const int64_t offset = piece.shard_offset + (b - piece.flat_begin);
+        local -= SumOfSquares(d->grad.Narrow(0, offset, end - b));
+      }
+    }
+  }
   for (const ParamGroupEntry& e : groups_.entries()) {
     const UpdateRule rule = groups_.group(e.group).rule;
     // Stage 1 holds AdamW gradients in the shards; the rest is replicated.

@@ -22,7 +22,8 @@
 //      instead, and every rank updates them with replicated momentum (so
 //      only AdamW state + master weights shrink as 1/DP).
 // Both stages: the global grad norm counts every element once over the world
-// (shard sums of squares; a replicated tensor only on group rank 0),
+// (shard sums of squares; a replicated tensor only on group rank 0; a tied
+// embedding only on the first pipeline stage, not the last stage's copy),
 // all-reduced over the world, then clipping to optimizer.grad_clip. A
 // non-finite norm changes no parameter and no state (applied = false).
 #pragma once

@@ -229,16 +229,18 @@ TEST_F(TrainerMpiTest, ResumeOnAnotherLayout) {
   }
 }
 
-// Pipeline parallel layouts (untied embeddings: the stages do not share the
-// embedding matrix) against a single-rank run of the same model and global
-// batch: losses of every step and every final parameter within 1e-5.
+// Pipeline parallel layouts against a single-rank run of the same model and
+// global batch: losses of every step and every final parameter within 1e-5.
 class TrainerPipelineTest : public TrainerMpiTest {
  protected:
   // `model` overrides go to both runs; `layout` to the parallel one only.
+  // Untied embeddings unless `tied` (then the first and last stage each hold
+  // a copy of the embedding and sum their gradients).
   static void RunPipeline(const std::string& name, const std::vector<std::string>& model,
-                          int64_t global_batch, const std::vector<std::string>& layout) {
+                          int64_t global_batch, const std::vector<std::string>& layout,
+                          bool tied = false) {
     std::vector<std::string> common = model;
-    common.push_back("model.tied_embeddings=false");
+    common.push_back(tied ? "model.tied_embeddings=true" : "model.tied_embeddings=false");
     common.push_back("train.global_batch_size=" + std::to_string(global_batch));
     const std::string reference = name + "_reference";
     double want_val = 0;
@@ -281,11 +283,28 @@ TEST_F(TrainerPipelineTest, FourStages) {
   RunPipeline("pp4_m4", {"model.num_layers=4"}, 8, {"parallel.pp=4"});
   RunPipeline("pp4_m2", {"model.num_layers=4"}, 4, {"parallel.pp=4"});
 }
+// Tied embeddings, PP2 (world 4: PP2 x DP2): the last stage's copy of the
+// embedding gets the summed gradient, as the single-rank tied model's one
+// matrix does; also with ZeRO-1 (the norm counts the embedding once).
+TEST_F(TrainerPipelineTest, TwoStagesTiedEmbeddings) {
+  RunPipeline("pp2_tied", {}, 4 * WorldSize() / 2, {"parallel.pp=2"}, /*tied=*/true);
+  RunPipeline("pp2_tied_zero1", {}, 4 * WorldSize(), {"parallel.pp=2", "parallel.zero_stage=1"},
+              /*tied=*/true);
+}
+// World 4: PP4, tied: the middle stages hold no copy.
+TEST_F(TrainerPipelineTest, FourStagesTiedEmbeddings) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunPipeline("pp4_tied", {"model.num_layers=4"}, 8, {"parallel.pp=4"}, /*tied=*/true);
+}
 // k steps, save, resume on the same pipeline layout, N-k steps: bit for bit.
 TEST_F(TrainerPipelineTest, ResumeIsBitExact) {
   ExpectBitExactResume(Config({"model.tied_embeddings=false", "parallel.pp=2"}), "pp2");
 }
-// Tied embeddings with a pipeline: a clear error, not a wrong model.
+// Tied: only the first stage saves the embedding; the resumed last stage
+// reads that copy, so any drift between the copies would break bit-exactness.
+TEST_F(TrainerPipelineTest, TiedEmbeddingsResumeIsBitExact) {
+  ExpectBitExactResume(Config({"model.tied_embeddings=true", "parallel.pp=2"}), "pp2_tied");
+}
 // A checkpoint saved with pipeline stages resumes without them and back:
 // both continue the uninterrupted single-rank run.
 TEST_F(TrainerPipelineTest, ResumeAcrossPipelineAndDataParallel) {
@@ -316,13 +335,15 @@ TEST_F(TrainerPipelineTest, ResumeAcrossPipelineAndDataParallel) {
   }
 }
 
-TEST_F(TrainerPipelineTest, TiedEmbeddingsAreRefused) {
-  const config::RunConfig cfg = Config({"parallel.pp=2"});
+// The interleaved schedule is not built: a clear error, not a wrong model.
+TEST_F(TrainerPipelineTest, VirtualStagesAreRefused) {
+  const config::RunConfig cfg =
+      Config({"model.num_layers=4", "parallel.pp=2", "parallel.virtual_stages=2"});
   StatusOr<ProcessGroups> groups = Groups(cfg);
   ASSERT_TRUE(groups.ok()) << groups.status();
-  StatusOr<TrainResult> r = TrainOn(cfg, "pp_tied", &*groups);
+  StatusOr<TrainResult> r = TrainOn(cfg, "pp_virtual", &*groups);
   ASSERT_FALSE(r.ok());
-  EXPECT_NE(r.status().message().find("model.tied_embeddings: false"), absl::string_view::npos)
+  EXPECT_NE(r.status().message().find("set parallel.virtual_stages: 1"), absl::string_view::npos)
       << r.status();
 }
 
