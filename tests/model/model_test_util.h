@@ -66,13 +66,7 @@ inline double SampledGradError(const std::function<double()>& loss, Param& p,
   double* values = p.value.data<double>();
   for (int64_t s = 0; s < count; ++s) {
     const int64_t i = s * n / count;
-    const double saved = values[i];
-    values[i] = saved + h;
-    const double up = loss();
-    values[i] = saved - h;
-    const double down = loss();
-    values[i] = saved;
-    numeric.data<double>()[s] = (up - down) / (2 * h);
+    numeric.data<double>()[s] = CentralDifference(loss, values + i, h);
     analytic.data<double>()[s] = p.grad.data<double>()[i];
   }
   // Relative error, but a gradient that vanishes by symmetry (e.g. the β of

@@ -17,18 +17,24 @@ constexpr double kGradTolerance = 1e-6;
 
 // Central differences of `loss` with respect to every element of `x`
 // (perturbed in place, then restored). `x` must be a contiguous f64 CPU tensor.
+// d loss / d *x by central differences; *x is restored.
+inline double CentralDifference(const std::function<double()>& loss, double* x,
+                                double h = 1e-5) {
+  const double saved = *x;
+  *x = saved + h;
+  const double up = loss();
+  *x = saved - h;
+  const double down = loss();
+  *x = saved;
+  return (up - down) / (2 * h);
+}
+
 inline Tensor NumericGrad(const std::function<double()>& loss, const Tensor& x,
                           double h = 1e-5) {
   Tensor g = Tensor::Empty(x.shape(), DType::kF64);
   double* xs = x.data<double>();
   for (int64_t i = 0; i < x.numel(); ++i) {
-    const double saved = xs[i];
-    xs[i] = saved + h;
-    const double up = loss();
-    xs[i] = saved - h;
-    const double down = loss();
-    xs[i] = saved;
-    g.data<double>()[i] = (up - down) / (2 * h);
+    g.data<double>()[i] = CentralDifference(loss, xs + i, h);
   }
   return g;
 }
