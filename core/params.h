@@ -63,6 +63,15 @@ struct ParamLayout {
   int expert = -1;                // routed expert index (owned by one EP rank), -1 if none
   int layer = -1;                 // transformer layer, -1 for embedding/final norm/head
   int pipeline_stage = 0;         // stage that owns it (set by the model under PP)
+  // Replicated over its (E)TP group, but each (E)TP rank's backward leaves
+  // only its share of the gradient: the vector feeds a tensor-parallel map
+  // (γ in front of a column-parallel linear, u after a row-parallel one, the
+  // β of a split β·α) or sees only this rank's tokens (the MoE layer's
+  // router and shared parts; norms under sequence parallelism). The model
+  // sums these over the tp_group's communicator once per step, before any
+  // data-parallel reduction (parallel/tp_grad_reduce.h). False for split
+  // parameters and for replicated ones every (E)TP rank computes in full.
+  bool tp_partial_grad = false;
   bool is_expert() const { return expert >= 0 || tp_group == TpGroup::kExpert; }
 };
 

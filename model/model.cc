@@ -67,6 +67,10 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
 
 MoeTransformer::~MoeTransformer() = default;
 
+Shape MoeTransformer::BoundaryShape(int64_t batch, int64_t seq) const {
+  return {batch * seq, cfg_.model().hidden_size()};
+}
+
 Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) const {
   for (const Tensor* t : {&tokens, &targets}) {
     const char* what = t == &tokens ? "tokens" : "targets";

@@ -100,6 +100,10 @@ class MoeTransformer {
   // output (ignored on the last stage, which starts from its loss). Returns
   // the gradient of its input [B*T, C], undefined on the first stage.
   Tensor BackwardStage(const ExecContext& ctx, const Tensor& d_output, double loss_grad_scale);
+  // The activation crossing a stage boundary for a [batch, seq] micro-batch:
+  // [B*T, C], or under sequence parallelism this TP rank's token rows
+  // [B*T/tp, C].
+  Shape BoundaryShape(int64_t batch, int64_t seq) const;
   int stage() const { return stage_; }
   int num_stages() const { return num_stages_; }
   bool is_first_stage() const { return stage_ == 0; }

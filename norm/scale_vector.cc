@@ -15,9 +15,21 @@ ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout 
   return s;
 }
 
+// The whole vector's Σ x_j y_j: this rank's slice, summed over `group` when
+// the vector is split over it.
+template <typename T>
+double Dot(const T* x, const T* y, int64_t d, Communicator* group) {
+  double dot = 0;
+  for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[j]) * y[j];
+  if (group == nullptr) return dot;
+  Tensor t = Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU);
+  SM_CHECK_OK(group->AllReduce(t));
+  return dot;
+}
+
 template <typename T>
 void ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                  int64_t d, T* gamma) {
+                  int64_t d, int64_t global_d, Communicator* group, T* gamma) {
   if (reparam == config::ScaleVectorConfig::PLAIN) {
     const T* g = plain->value.data<T>();
     for (int64_t j = 0; j < d; ++j) gamma[j] = g[j];
@@ -26,16 +38,16 @@ void ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Rep
   const T* a = alpha->value.data<T>();
   T scale = beta->value.data<T>()[0];
   if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
-    double sq = 0;
-    for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(a[j]) * a[j];
-    scale = static_cast<T>(scale * std::sqrt(static_cast<double>(d) / sq));
+    const double sq = Dot(a, a, d, group);
+    scale = static_cast<T>(scale * std::sqrt(static_cast<double>(global_d) / sq));
   }
   for (int64_t j = 0; j < d; ++j) gamma[j] = scale * a[j];
 }
 
+// Split over TP, dβ gets this slice's share only (β is tp_partial_grad).
 template <typename T>
 void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                   int64_t d, const T* dg) {
+                   int64_t d, int64_t global_d, Communicator* group, const T* dg) {
   if (reparam == config::ScaleVectorConfig::PLAIN) {
     T* g = plain->grad.data<T>();
     for (int64_t j = 0; j < d; ++j) g[j] += dg[j];
@@ -45,7 +57,7 @@ void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Re
   const T b = beta->value.data<T>()[0];
   T* da = alpha->grad.data<T>();
   T* db = beta->grad.data<T>();
-  double dot = 0;  // <α, dγ>
+  double dot = 0;  // <α, dγ> over this slice
   for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(a[j]) * dg[j];
   if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION) {
     // γ = β·α: dα = β·dγ, dβ = <α, dγ>.
@@ -54,37 +66,44 @@ void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Re
     return;
   }
   // γ = β·s·α with s = √d/‖α‖: dβ = s<α,dγ>,
-  // dα = β·s·(dγ − α<α,dγ>/‖α‖²).
-  double sq = 0;
-  for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(a[j]) * a[j];
-  const double s = std::sqrt(static_cast<double>(d) / sq);
+  // dα = β·s·(dγ − α<α,dγ>/‖α‖²), both inner products over the whole vector.
+  const double sq = Dot(a, a, d, group);
+  double whole_dot = dot;
+  if (group != nullptr) {
+    Tensor t = Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU);
+    SM_CHECK_OK(group->AllReduce(t));
+  }
+  const double s = std::sqrt(static_cast<double>(global_d) / sq);
   db[0] += static_cast<T>(s * dot);
   for (int64_t j = 0; j < d; ++j) {
-    da[j] += static_cast<T>(b * s * (dg[j] - a[j] * dot / sq));
+    da[j] += static_cast<T>(b * s * (dg[j] - a[j] * whole_dot / sq));
   }
 }
 
 }  // namespace
 
 ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim, ParamRole role,
-                         Reparam reparam, ParamLayout layout)
+                         Reparam reparam, ParamLayout layout, Communicator* split_group)
     : name_(std::move(name)), dim_(dim), role_(role), reparam_(reparam) {
   SM_CHECK_MSG(IsScaleVector(role), name_, ": a scale vector needs a norm-scale role");
   if (reparam == config::ScaleVectorConfig::PLAIN) {
     plain_ = registry.Create(VectorSpec(name_, {dim}, role, layout));
   } else {
-    // β is a scalar: never split over TP, whatever the vector's layout.
+    // β is a scalar: never split over TP, whatever the vector's layout; of a
+    // split vector each rank computes only its slice's share of dβ.
     ParamLayout scalar_layout = layout;
     scalar_layout.tp_split_dim = -1;
+    if (layout.tp_split_dim >= 0) scalar_layout.tp_partial_grad = true;
     beta_ = registry.Create(VectorSpec(name_ + ".beta", {1}, role, scalar_layout));
     alpha_ = registry.Create(VectorSpec(name_ + ".alpha", {dim}, role, layout));
   }
   local_dim_ = (plain_ != nullptr ? plain_ : alpha_)->local_numel();
-  // A split β·α needs ‖α‖² and dβ = <α, dγ> summed over the TP group, which
-  // this class does not do: refuse rather than compute a partial answer.
-  SM_CHECK_MSG(local_dim_ == dim_ || reparam == config::ScaleVectorConfig::PLAIN, name_,
-               ": a magnitude-direction scale vector split over tensor parallel ranks is not "
-               "supported yet");
+  if (local_dim_ != dim_ && reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
+    SM_CHECK_MSG(split_group != nullptr && split_group->size() * local_dim_ == dim_, name_,
+                 ": a normalized magnitude-direction vector split over tensor parallel ranks "
+                 "needs the communicator of the group it is split over");
+    split_group_ = split_group;
+  }
 }
 
 void ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
@@ -92,9 +111,11 @@ void ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
   SM_CHECK_MSG(gamma.numel() == local_dim_ && gamma.is_contiguous(), name_, ": gamma ",
                gamma.DebugString());
   if (gamma.dtype() == DType::kF64) {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, gamma.data<double>());
+    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                 gamma.data<double>());
   } else {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, gamma.data<float>());
+    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                 gamma.data<float>());
   }
 }
 
@@ -103,9 +124,11 @@ void ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const 
   SM_CHECK_MSG(d_gamma.numel() == local_dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
                d_gamma.DebugString());
   if (d_gamma.dtype() == DType::kF64) {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, d_gamma.data<double>());
+    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                  d_gamma.data<double>());
   } else {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, d_gamma.data<float>());
+    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                  d_gamma.data<float>());
   }
 }
 

@@ -8,6 +8,14 @@
 //
 // Use: Compute() once per forward step into a caller-owned [d] tensor;
 // Backward() turns dL/dγ into parameter gradients (accumulated, +=).
+//
+// Split over tensor parallel ranks (layout.tp_split_dim = 0: an output-side
+// u split with the rows it scales), each rank holds α's slice and the whole
+// scalar β. β's gradient <α, dγ> is then a per-rank share (layout
+// tp_partial_grad, summed by the model with the other shares); the
+// normalized form also needs ‖α‖² and <α, dγ> over the whole vector, so it
+// all-reduces those two scalars over `split_group` (a collective: every rank
+// of the group calls Compute/Backward in the same order).
 #pragma once
 
 #include <string>
@@ -16,6 +24,7 @@
 #include "core/context.h"
 #include "core/params.h"
 #include "core/tensor.h"
+#include "parallel/communicator.h"
 
 namespace scalemoe {
 
@@ -25,8 +34,10 @@ class ScaleVector {
  public:
   // Registers the parameters in `registry` (role kInputNormScale or
   // kOutputNormScale; `layout` says which rank owns/splits them).
+  // `split_group` (not owned) is the (E)TP communicator a split vector is
+  // split over; needed only for a split MAGNITUDE_DIRECTION_NORMALIZED one.
   ScaleVector(ParamRegistry& registry, std::string name, int64_t dim, ParamRole role,
-              Reparam reparam, ParamLayout layout = {});
+              Reparam reparam, ParamLayout layout = {}, Communicator* split_group = nullptr);
 
   // gamma[dim()] = effective scale vector (same dtype/device as the
   // parameters). Under TP a split vector holds only its slice: dim() is the
@@ -50,6 +61,7 @@ class ScaleVector {
   Param* plain_ = nullptr;   // PLAIN
   Param* alpha_ = nullptr;   // MAGNITUDE_DIRECTION*
   Param* beta_ = nullptr;    // MAGNITUDE_DIRECTION*
+  Communicator* split_group_ = nullptr;  // set when split and normalized
 };
 
 }  // namespace scalemoe
