@@ -162,6 +162,33 @@ void ZLoss(const ExecContext& ctx, const Tensor& logits, double coeff, const Ten
 void ZLossBackward(const ExecContext& ctx, const Tensor& logits, double coeff, double scale,
                    const Tensor& d_logits);
 
+// Token-sharded forms (tensor parallel: the N_total rows of one micro-batch
+// are split over the ranks of a group, this rank holding `scores`/`logits`
+// [N_local, E]). Each loss op writes this rank's ADDITIVE SHARE of the whole
+// micro-batch's loss (its rows' terms of the sum) and each backward adds the
+// gradient of that share only, so shares and gradients summed over the group
+// equal the single-rank ops on the concatenated rows. With fractions from
+// these rows alone and total_tokens = N_local they are the ops above.
+// counts [E] f64 (overwritten) = top-k assignments per expert among these
+// rows, before capacity drops (integers, exact in f64; the caller sums them
+// over the group and divides by total_tokens·K to get the fractions).
+void AssignmentCounts(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts);
+// share[1] = coeff·E·Σ_e fractions[e]·(Σ_{t in rows} scores[t, e]) / total_tokens,
+// fractions [E] f64 = f_e of the whole micro-batch (constant).
+void LoadBalancingLossShare(const ExecContext& ctx, const Tensor& scores,
+                            const Tensor& fractions, int64_t total_tokens, double coeff,
+                            const Tensor& loss);
+// d_scores += scale * dshare/dscores.
+void LoadBalancingLossShareBackward(const ExecContext& ctx, const Tensor& fractions,
+                                    int64_t total_tokens, double coeff, double scale,
+                                    const Tensor& d_scores);
+// share[1] = coeff·Σ_{t in rows} logsumexp(logits[t])² / total_tokens.
+void ZLossShare(const ExecContext& ctx, const Tensor& logits, int64_t total_tokens,
+                double coeff, const Tensor& loss);
+// d_logits += scale * dshare/dlogits.
+void ZLossShareBackward(const ExecContext& ctx, const Tensor& logits, int64_t total_tokens,
+                        double coeff, double scale, const Tensor& d_logits);
+
 // Token permutation (core/cpu/permute_rows.cc).
 // Stable sort of the kept (token, slot) assignments by expert:
 // perm_slot[M] i32 = flat slot t*K+j of each permuted row (M = N*K; rows past

@@ -1,5 +1,7 @@
 #include "model/attention.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
 #include "model/scale_options.h"
@@ -12,16 +14,25 @@ constexpr int kQ = 0, kK = 1, kV = 2;  // branch indices in the BranchScales
 
 }  // namespace
 
-Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer) {
+Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+                     const TpRegion& tp)
+    : tp_(tp) {
   const config::ModelConfig& m = cfg.model();
   const ScaleOptions so(cfg.scale_vectors());
   const int64_t c = m.hidden_size();
-  heads_ = m.num_heads();
-  kv_heads_ = m.num_kv_heads() > 0 ? m.num_kv_heads() : heads_;
-  head_dim_ = c / heads_;
+  const int64_t heads = m.num_heads();
+  const int64_t kv_heads = m.num_kv_heads() > 0 ? m.num_kv_heads() : heads;
+  SM_CHECK_MSG(heads % tp.size() == 0 && kv_heads % tp.size() == 0, "layer ", layer, ": ",
+               heads, " heads and ", kv_heads, " KV heads do not split over parallel.tp=",
+               tp.size());
+  heads_ = heads / tp.size();
+  kv_heads_ = kv_heads / tp.size();
+  head_dim_ = c / heads;
   rope_theta_ = m.rope_theta();
   const std::string p = absl::StrCat("layers.", layer, ".attn");
-  const ParamLayout layout = LayerLayout(layer);
+  // The γ's and head-norm scales see only this rank's heads.
+  ParamLayout layout = LayerLayout(layer);
+  layout.tp_partial_grad = true;
 
   std::vector<BranchSpec> branches = {{p + ".gamma_q", layout},
                                       {p + ".gamma_k", layout},
@@ -30,29 +41,30 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
       registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".attn_norm.scale"), layout,
       c, std::move(branches), cfg.scale_vectors().hg_attention());
 
-  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std) {
-    return registry.Create(WeightSpec(absl::StrCat(p, ".", name), {rows, cols},
-                                      ParamRole::kLinear, init_std, layer));
+  // Global shapes; split_dim 0: column-parallel by heads, 1: row-parallel.
+  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std,
+                    int split_dim) {
+    ParamSpec spec = WeightSpec(absl::StrCat(p, ".", name), {rows, cols}, ParamRole::kLinear,
+                                init_std, layer);
+    spec.layout.tp_split_dim = split_dim;
+    return registry.Create(std::move(spec));
   };
-  Param* w_q = weight("w_q", heads_ * head_dim_, c, m.init_std());
-  Param* w_k = weight("w_k", kv_heads_ * head_dim_, c, m.init_std());
-  Param* w_v = weight("w_v", kv_heads_ * head_dim_, c, m.init_std());
-  Param* w_o = weight("w_o", c, heads_ * head_dim_, OutputProjectionStd(m));
+  Param* w_q = weight("w_q", heads * head_dim_, c, m.init_std(), 0);
+  Param* w_k = weight("w_k", kv_heads * head_dim_, c, m.init_std(), 0);
+  Param* w_v = weight("w_v", kv_heads * head_dim_, c, m.init_std(), 0);
+  Param* w_o = weight("w_o", c, heads * head_dim_, OutputProjectionStd(m), 1);
   auto u_name = [&](Projection proj, const char* suffix) {
     return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
   };
-  q_proj_ = std::make_unique<ScaledLinear>(registry, w_q, scales_.get(), kQ,
-                                           u_name(config::ScaleVectorConfig::Q, "q"),
-                                           so.reparam(), so.path());
-  k_proj_ = std::make_unique<ScaledLinear>(registry, w_k, scales_.get(), kK,
-                                           u_name(config::ScaleVectorConfig::K, "k"),
-                                           so.reparam(), so.path());
-  v_proj_ = std::make_unique<ScaledLinear>(registry, w_v, scales_.get(), kV,
-                                           u_name(config::ScaleVectorConfig::V, "v"),
-                                           so.reparam(), so.path());
-  o_proj_ = std::make_unique<ScaledLinear>(registry, w_o, nullptr, 0,
-                                           u_name(config::ScaleVectorConfig::O, "o"),
-                                           so.reparam(), so.path());
+  auto linear = [&](Param* w, int branch, Projection proj, const char* suffix) {
+    return std::make_unique<ScaledLinear>(registry, w, branch < 0 ? nullptr : scales_.get(),
+                                          std::max(branch, 0), u_name(proj, suffix),
+                                          so.reparam(), so.path(), tp.comm());
+  };
+  q_proj_ = linear(w_q, kQ, config::ScaleVectorConfig::Q, "q");
+  k_proj_ = linear(w_k, kK, config::ScaleVectorConfig::K, "k");
+  v_proj_ = linear(w_v, kV, config::ScaleVectorConfig::V, "v");
+  o_proj_ = linear(w_o, -1, config::ScaleVectorConfig::O, "o");
 
   auto head_norm = [&](Projection proj, const char* dnp_name, const char* qk_name,
                        bool qk_norm) -> std::unique_ptr<ScaledRmsNorm> {
@@ -82,11 +94,12 @@ void Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
   }
 }
 
-void Attention::Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
-                        const Tensor& out) {
+void Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t batch,
+                        int64_t seq, const Tensor& out) {
   batch_ = batch;
   seq_ = seq;
   const int64_t tokens = batch * seq;
+  const Tensor n = tp_.ToFull(n_rows);  // every token: the projections are column-parallel
   const DType dt = n.dtype();
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
@@ -107,13 +120,23 @@ void Attention::Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, 
   probs_ = Tensor::Empty({batch, heads_, seq, seq}, dt, n.device());
   Tensor attn = Tensor::Empty({batch, seq, heads_, head_dim_}, dt, n.device());
   ops::CausalAttention(ctx, q_, k_, v_, attn, probs_);
-  o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), out);
+  // Row-parallel: this rank's heads give a partial sum of the output.
+  const Tensor partial =
+      tp_.sequence_parallel() ? Tensor::Empty({tokens, out.dim(1)}, dt, n.device()) : out;
+  o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), partial);
+  tp_.ReduceToRows(partial, out);
 }
 
-void Attention::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n) {
+void Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
+                         const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
+  const Tensor d_out = tp_.ToFull(d_out_rows);
   const DType dt = d_out.dtype();
   const Device dev = d_out.device();
+  // The column-parallel projections give this rank's share of d_n.
+  const Tensor d_n = tp_.sequence_parallel()
+                         ? Tensor::Empty({tokens, d_n_rows.dim(1)}, dt, dev)
+                         : d_n_rows;
   Tensor d_attn = Tensor::Empty({tokens, heads_ * head_dim_}, dt, dev);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
   Tensor d_q = Tensor::Empty(q_.shape(), dt, dev);
@@ -133,6 +156,7 @@ void Attention::Backward(const ExecContext& ctx, const Tensor& d_out, const Tens
   back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
   back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
   back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
+  tp_.ReduceToRows(d_n, d_n_rows);
 }
 
 void Attention::FinishBackward(const ExecContext& ctx) {

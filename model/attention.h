@@ -13,12 +13,20 @@
 //
 // Gradient contract: Backward overwrites d_n, accumulates parameter grads;
 // FinishBackward once per step after the last Backward.
+//
+// Tensor parallel (Megatron's pairing): W_q, W_k, W_v are column-parallel by
+// heads (rank r holds heads [r*H/tp, (r+1)*H/tp) and the matching KV heads),
+// W_o is row-parallel; attention runs on the local heads only. The γ's and
+// the per-head norm scales are replicated with a per-rank share of their
+// gradient (tp_partial_grad); u_q/u_k/u_v split with the heads, u_o whole.
+// n and out are the residual stream's rows (model/tp_region.h).
 #pragma once
 
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
 #include "model/scaled_linear.h"
+#include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_rms_norm.h"
 
@@ -26,17 +34,21 @@ namespace scalemoe {
 
 class Attention {
  public:
-  Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+  // tp must outlive the layer.
+  Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
+            const TpRegion& tp);
 
   void PrepareStep(const ExecContext& ctx, DType dtype);
-  // n, out: [B*T, C] for `batch` sequences of `seq` tokens.
+  // n, out: this rank's residual rows of `batch` sequences of `seq` tokens
+  // ([B*T, C], or [B*T/tp, C] under sequence parallelism).
   void Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
                const Tensor& out);
   void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
   void FinishBackward(const ExecContext& ctx);
 
  private:
-  int64_t heads_, kv_heads_, head_dim_;
+  const TpRegion& tp_;
+  int64_t heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's
   double rope_theta_;
   std::unique_ptr<BranchScales> scales_;  // branches q, k, v
   std::unique_ptr<ScaledLinear> q_proj_, k_proj_, v_proj_, o_proj_;

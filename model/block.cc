@@ -14,27 +14,42 @@ bool IsMoeLayer(const config::RunConfig& cfg, int layer) {
 }
 
 Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-             const ProcessGroups* groups)
-    : eps_(cfg.model().norm_eps()) {
+             const ProcessGroups* groups, const TpRegion& tp)
+    : eps_(cfg.model().norm_eps()), tp_(tp) {
   const std::string p = absl::StrCat("layers.", layer);
   const int64_t c = cfg.model().hidden_size();
-  attention_ = std::make_unique<Attention>(registry, cfg, layer);
+  ParamLayout sandwich = LayerLayout(layer);
+  sandwich.tp_partial_grad = tp.sequence_parallel();
+  attention_ = std::make_unique<Attention>(registry, cfg, layer, tp);
   if (cfg.model().sandwich_norm()) {
     post_attn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
-                                                      p + ".post_attn_norm", c, eps_,
-                                                      LayerLayout(layer));
+                                                      p + ".post_attn_norm", c, eps_, sandwich);
   }
   if (IsMoeLayer(cfg, layer)) {
     moe_ = std::make_unique<MoeLayer>(registry, cfg, layer, p + ".moe", p + ".ffn_norm",
                                       groups);
   } else {
-    mlp_ = std::make_unique<Mlp>(registry, cfg, layer);
+    mlp_ = std::make_unique<Mlp>(registry, cfg, layer, tp);
   }
   if (cfg.model().sandwich_norm()) {
     post_ffn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
-                                                     p + ".post_ffn_norm", c, eps_,
-                                                     LayerLayout(layer));
+                                                     p + ".post_ffn_norm", c, eps_, sandwich);
   }
+}
+
+void Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+  const Tensor chunk = tp_.ToChunk(n);
+  Tensor chunk_out = Tensor::Empty(chunk.shape(), chunk.dtype(), chunk.device());
+  moe_->Forward(ctx, chunk, chunk_out);
+  tp_.ChunkToRows(chunk_out, out);
+}
+
+void Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                        double loss_grad_scale) {
+  const Tensor d_chunk = tp_.ToChunk(d_out);
+  Tensor d_n_chunk = Tensor::Empty(d_chunk.shape(), d_chunk.dtype(), d_chunk.device());
+  moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale);
+  tp_.ChunkToRows(d_n_chunk, d_n);
 }
 
 void Block::PrepareStep(const ExecContext& ctx, DType dtype) {
@@ -79,7 +94,7 @@ void Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int6
         if (mlp_) {
           mlp_->Forward(ctx, n_ffn_, out);
         } else {
-          moe_->Forward(ctx, n_ffn_, out);
+          MoeForward(ctx, n_ffn_, out);
         }
       },
       h);
@@ -112,7 +127,7 @@ void Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_
         if (mlp_) {
           mlp_->Backward(ctx, d_out, d_n);
         } else {
-          moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
+          MoeBackward(ctx, d_out, d_n, loss_grad_scale);
         }
       },
       d_y, n_ffn_, rstd_ffn_, d_h);

@@ -7,6 +7,13 @@
 // are Output-Norm RMSNorms with scale "layers.<l>.post_attn_norm.scale",
 // "layers.<l>.post_ffn_norm.scale".
 // Gradient contract: Backward overwrites d_x, accumulates parameter grads.
+//
+// Tensor parallel: x and y are the residual stream's rows on this rank
+// (model/tp_region.h); attention and MLP are Megatron's column/row pairs;
+// the MoE layer gets this rank's token chunk and its output is gathered back
+// into the rows. The sandwich norms' scales see only this rank's rows under
+// sequence parallelism (then tp_partial_grad); without it every TP rank
+// computes them in full.
 #pragma once
 
 #include <memory>
@@ -25,9 +32,10 @@ bool IsMoeLayer(const config::RunConfig& cfg, int layer);
 
 class Block {
  public:
-  // groups (may be null) reaches the MoE layer (expert parallelism).
+  // groups (may be null) reaches the MoE layer (expert and tensor
+  // parallelism); tp is the model's region over groups->tp (must outlive the block).
   Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-        const ProcessGroups* groups = nullptr);
+        const ProcessGroups* groups, const TpRegion& tp);
 
   void PrepareStep(const ExecContext& ctx, DType dtype);
   void Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
@@ -40,7 +48,13 @@ class Block {
   MoeLayer* moe() const { return moe_.get(); }  // null for a dense layer
 
  private:
+  // The MoE sublayer on this rank's token chunk of the rows n / d_out.
+  void MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
+  void MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                   double loss_grad_scale);
+
   double eps_;
+  const TpRegion& tp_;
   std::unique_ptr<Attention> attention_;
   std::unique_ptr<Mlp> mlp_;       // exactly one of mlp_, moe_
   std::unique_ptr<MoeLayer> moe_;

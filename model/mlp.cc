@@ -12,35 +12,42 @@ constexpr int kGate = 0, kUp = 1;  // branch indices in the BranchScales
 
 }  // namespace
 
-Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer) {
+Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const TpRegion& tp)
+    : tp_(tp) {
   const config::ModelConfig& m = cfg.model();
   const ScaleOptions so(cfg.scale_vectors());
   const int64_t c = m.hidden_size(), f = m.ffn_hidden_size();
+  SM_CHECK_MSG(f % tp.size() == 0, "layer ", layer, ": model.ffn_hidden_size=", f,
+               " does not split over parallel.tp=", tp.size());
   const std::string p = absl::StrCat("layers.", layer, ".mlp");
-  const ParamLayout layout = LayerLayout(layer);
+  ParamLayout layout = LayerLayout(layer);
+  layout.tp_partial_grad = true;  // the γ's see only this rank's F columns
   std::vector<BranchSpec> branches = {{p + ".gamma_gate", layout}, {p + ".gamma_up", layout}};
   scales_ = std::make_unique<BranchScales>(
       registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".ffn_norm.scale"), layout,
       c, std::move(branches), cfg.scale_vectors().hg_ffn());
-  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std) {
-    return registry.Create(WeightSpec(absl::StrCat(p, ".", name), {rows, cols},
-                                      ParamRole::kLinear, init_std, layer));
+  // Global shapes; split_dim 0: column-parallel, 1: row-parallel.
+  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std,
+                    int split_dim) {
+    ParamSpec spec = WeightSpec(absl::StrCat(p, ".", name), {rows, cols}, ParamRole::kLinear,
+                                init_std, layer);
+    spec.layout.tp_split_dim = split_dim;
+    return registry.Create(std::move(spec));
   };
-  Param* w_gate = weight("w_gate", f, c, m.init_std());
-  Param* w_up = weight("w_up", f, c, m.init_std());
-  Param* w_down = weight("w_down", c, f, OutputProjectionStd(m));
+  Param* w_gate = weight("w_gate", f, c, m.init_std(), 0);
+  Param* w_up = weight("w_up", f, c, m.init_std(), 0);
+  Param* w_down = weight("w_down", c, f, OutputProjectionStd(m), 1);
   auto u_name = [&](Projection proj, const char* suffix) {
     return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
   };
-  gate_ = std::make_unique<ScaledLinear>(registry, w_gate, scales_.get(), kGate,
-                                         u_name(config::ScaleVectorConfig::GATE, "gate"),
-                                         so.reparam(), so.path());
-  up_ = std::make_unique<ScaledLinear>(registry, w_up, scales_.get(), kUp,
-                                       u_name(config::ScaleVectorConfig::UP, "up"), so.reparam(),
-                                       so.path());
-  down_ = std::make_unique<ScaledLinear>(registry, w_down, nullptr, 0,
-                                         u_name(config::ScaleVectorConfig::DOWN, "down"),
-                                         so.reparam(), so.path());
+  auto linear = [&](Param* w, const BranchScales* scales, int branch, Projection proj,
+                    const char* suffix) {
+    return std::make_unique<ScaledLinear>(registry, w, scales, branch, u_name(proj, suffix),
+                                          so.reparam(), so.path(), tp.comm());
+  };
+  gate_ = linear(w_gate, scales_.get(), kGate, config::ScaleVectorConfig::GATE, "gate");
+  up_ = linear(w_up, scales_.get(), kUp, config::ScaleVectorConfig::UP, "up");
+  down_ = linear(w_down, nullptr, 0, config::ScaleVectorConfig::DOWN, "down");
 }
 
 void Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
@@ -48,7 +55,8 @@ void Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
   for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) l->PrepareStep(ctx, dtype);
 }
 
-void Mlp::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+void Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
+  const Tensor n = tp_.ToFull(n_rows);
   const int64_t tokens = n.dim(0), f = gate_->out_features();
   gate_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
   up_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
@@ -56,11 +64,20 @@ void Mlp::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
   up_->Forward(ctx, n, up_out_);
   Tensor h = Tensor::Empty({tokens, f}, n.dtype(), n.device());
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
-  down_->Forward(ctx, h, out);
+  const Tensor partial = tp_.sequence_parallel()
+                             ? Tensor::Empty({tokens, out.dim(1)}, n.dtype(), n.device())
+                             : out;
+  down_->Forward(ctx, h, partial);
+  tp_.ReduceToRows(partial, out);
 }
 
-void Mlp::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n) {
+void Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
+  const Tensor d_out = tp_.ToFull(d_out_rows);
   const Shape shape = gate_out_.shape();
+  const Tensor d_n =
+      tp_.sequence_parallel()
+          ? Tensor::Empty({shape[0], d_n_rows.dim(1)}, d_out.dtype(), d_out.device())
+          : d_n_rows;
   Tensor d_h = Tensor::Empty(shape, d_out.dtype(), d_out.device());
   down_->Backward(ctx, d_out, d_h, GradMode::kOverwrite);
   Tensor d_gate = Tensor::Empty(shape, d_out.dtype(), d_out.device());
@@ -68,6 +85,7 @@ void Mlp::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_
   ops::SwiGluBackward(ctx, gate_out_, up_out_, d_h, d_gate, d_up);
   gate_->Backward(ctx, d_gate, d_n, GradMode::kOverwrite);
   up_->Backward(ctx, d_up, d_n, GradMode::kAccumulate);
+  tp_.ReduceToRows(d_n, d_n_rows);
 }
 
 void Mlp::FinishBackward(const ExecContext& ctx) {

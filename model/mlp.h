@@ -7,19 +7,26 @@
 // BranchScales; DUAL adds "layers.<l>.mlp.u_gate"/"u_up"/"u_down" per
 // dual_projections.
 // Gradient contract: Backward overwrites d_n, accumulates parameter grads.
+//
+// Tensor parallel: W_gate, W_up column-parallel (F split), W_down
+// row-parallel; the γ's are replicated with a per-rank share of their
+// gradient, u_gate/u_up split with F, u_down whole (tp_partial_grad). n and
+// out are the residual stream's rows (model/tp_region.h).
 #pragma once
 
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
 #include "model/scaled_linear.h"
+#include "model/tp_region.h"
 #include "norm/branch_scales.h"
 
 namespace scalemoe {
 
 class Mlp {
  public:
-  Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer);
+  // tp must outlive the layer.
+  Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const TpRegion& tp);
 
   void PrepareStep(const ExecContext& ctx, DType dtype);
   void Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);  // [N, C]
@@ -27,6 +34,7 @@ class Mlp {
   void FinishBackward(const ExecContext& ctx);
 
  private:
+  const TpRegion& tp_;
   std::unique_ptr<BranchScales> scales_;  // branches gate, up
   std::unique_ptr<ScaledLinear> gate_, up_, down_;
   Tensor gate_out_, up_out_;  // [N, F] forward cache

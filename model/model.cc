@@ -6,12 +6,25 @@
 #include "model/weight_spec.h"
 #include "parallel/process_groups.h"
 #include "parallel/stage_partition.h"
+#include "parallel/tp_grad_reduce.h"
 
 namespace scalemoe {
 
+namespace {
+
+Communicator* TpComm(const ProcessGroups* groups) {
+  return groups != nullptr ? groups->tp.get() : nullptr;
+}
+
+}  // namespace
+
 MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg,
                                const ProcessGroups* groups)
-    : registry_(registry), cfg_(cfg), num_local_experts_(cfg.moe().num_experts()) {
+    : registry_(registry),
+      cfg_(cfg),
+      groups_(groups),
+      tp_(TpComm(groups), cfg.parallel().sequence_parallel()),
+      num_local_experts_(cfg.moe().num_experts()) {
   const config::ModelConfig& m = cfg_.model();
   const ScaleOptions so(cfg_.scale_vectors());
   const int64_t v = m.vocab_size(), c = m.hidden_size();
@@ -25,14 +38,26 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   SM_CHECK_OK(partition.status());
   const StageLayers& mine = partition->stage(stage_);
   const size_t first_param = registry.params().size();
+  // Embedding and head are split over the vocabulary (a no-op on one TP rank).
+  ParamSpec vocab_spec =
+      WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1);
+  vocab_spec.layout.tp_split_dim = 0;
   if (mine.has_embedding) {
-    embedding_ = registry.Create(
-        WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+    if (tp_.size() > 1) {
+      StatusOr<std::unique_ptr<VocabParallelEmbedding>> e = VocabParallelEmbedding::Create(
+          registry, vocab_spec, *tp_.comm(),
+          tp_.sequence_parallel() ? SequenceParallel::kOn : SequenceParallel::kOff);
+      SM_CHECK_OK(e.status());
+      vocab_embedding_ = std::move(*e);
+      embedding_ = vocab_embedding_->weight();
+    } else {
+      embedding_ = registry.Create(vocab_spec);
+    }
     embedding_params_ = {first_param, registry.params().size()};
   }
   for (int l = mine.first_layer; l < mine.first_layer + mine.num_layers; ++l) {
     const size_t before = registry.params().size();
-    blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups));
+    blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups, tp_));
     block_params_.emplace_back(before, registry.params().size());
     if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
   }
@@ -41,23 +66,32 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   // trainer sums the two copies' gradients before every update.
   if (mine.has_head && m.tied_embeddings() && !mine.has_embedding) {
     const size_t before = registry.params().size();
-    embedding_ = registry.Create(
-        WeightSpec("embedding.weight", {v, c}, ParamRole::kEmbedding, m.init_std(), -1));
+    embedding_ = registry.Create(vocab_spec);
     embedding_params_ = {before, registry.params().size()};
   }
   const size_t before_head = registry.params().size();
   if (mine.has_head) {
+    // The final γ feeds the vocab-split head: each rank gets a share of dγ.
+    ParamLayout final_layout;
+    final_layout.tp_partial_grad = true;
     final_scales_ = std::make_unique<BranchScales>(
-        registry, cfg_.scale_vectors(), "final_norm.scale", ParamLayout{}, c,
-        std::vector<BranchSpec>{{"final_norm.scale", {}}},
+        registry, cfg_.scale_vectors(), "final_norm.scale", final_layout, c,
+        std::vector<BranchSpec>{{"final_norm.scale", final_layout}},
         /*per_branch=*/false);
     Param* head_weight = embedding_;
     if (!m.tied_embeddings()) {
-      head_weight = registry.Create(
-          WeightSpec("lm_head.weight", {v, c}, ParamRole::kLmHead, m.init_std(), -1));
+      ParamSpec head_spec =
+          WeightSpec("lm_head.weight", {v, c}, ParamRole::kLmHead, m.init_std(), -1);
+      head_spec.layout.tp_split_dim = 0;
+      head_weight = registry.Create(head_spec);
     }
     head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
-                                           so.reparam(), so.path());
+                                           so.reparam(), so.path(), tp_.comm());
+    if (tp_.size() > 1) {
+      StatusOr<VocabParallelCrossEntropy> loss = VocabParallelCrossEntropy::Create(v, *tp_.comm());
+      SM_CHECK_OK(loss.status());
+      vocab_loss_.emplace(std::move(*loss));
+    }
   }
   head_params_ = {before_head, registry.params().size()};
   for (size_t i = first_param; i < registry.params().size(); ++i) {
@@ -68,7 +102,13 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
 MoeTransformer::~MoeTransformer() = default;
 
 Shape MoeTransformer::BoundaryShape(int64_t batch, int64_t seq) const {
-  return {batch * seq, cfg_.model().hidden_size()};
+  return {tp_.Rows(batch * seq), cfg_.model().hidden_size()};
+}
+
+void MoeTransformer::SumPartialGrads(std::pair<size_t, size_t> range) const {
+  if (groups_ == nullptr) return;
+  SM_CHECK_OK(SumPartialGradsOverTp(registry_, range.first, range.second, *groups_->tp,
+                                    *groups_->etp));
 }
 
 Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) const {
@@ -120,21 +160,29 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
   const Device dev = ctx.device;
   batch_ = tokens.dim(0);
   seq_ = tokens.dim(1);
-  const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
+  const int64_t n = batch_ * seq_;
+  const Shape rows = BoundaryShape(batch_, seq_);
+  SM_CHECK_MSG(!tp_.sequence_parallel() || n % tp_.size() == 0, "sequence parallelism splits ",
+               n, " tokens over parallel.tp=", tp_.size(),
+               ": make micro_batch_size * sequence length a multiple of tp");
   tokens_ = tokens.View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
   if (is_first_stage()) {
-    residuals_[0] = Tensor::Empty({n, c}, dt, dev);
-    ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
+    residuals_[0] = Tensor::Empty(rows, dt, dev);
+    if (vocab_embedding_) {
+      SM_CHECK_OK(vocab_embedding_->Forward(ctx, tokens_, residuals_[0]));
+    } else {
+      ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
+    }
   } else {
-    SM_CHECK_MSG(input.defined() && input.shape() == Shape({n, c}) && input.dtype() == dt,
-                 "pipeline stage ", stage_, " needs an input activation [", n, ", ", c, "]");
+    SM_CHECK_MSG(input.defined() && input.shape() == rows && input.dtype() == dt,
+                 "pipeline stage ", stage_, " needs an input activation ", ShapeString(rows));
     residuals_[0] = input;
   }
   StageOutput out;
   LossBreakdown& loss = out.loss;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    residuals_[l + 1] = Tensor::Empty({n, c}, dt, dev);
+    residuals_[l + 1] = Tensor::Empty(rows, dt, dev);
     blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]);
     if (MoeLayer* moe = blocks_[l]->moe()) {
       loss.aux += moe->aux_loss();
@@ -148,14 +196,20 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
     loss.total = loss.aux + loss.z;
     return out;
   }
-  n_final_ = Tensor::Empty({n, c}, dt, dev);
-  rstd_final_ = Tensor::Empty({n}, dt, dev);
+  n_final_ = Tensor::Empty(rows, dt, dev);
+  rstd_final_ = Tensor::Empty({rows[0]}, dt, dev);
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
-  logits_ = Tensor::Empty({n, cfg_.model().vocab_size()}, dt, dev);
-  head_->Forward(ctx, n_final_, logits_);
+  logits_ = Tensor::Empty({n, head_->out_features()}, dt, dev);  // this rank's vocab shard
+  head_->Forward(ctx, tp_.ToFull(n_final_), logits_);
   d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
   keep_grad_ = keep_grad;
-  loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
+  if (vocab_loss_) {
+    StatusOr<double> ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
+    SM_CHECK_OK(ce.status());
+    loss.cross_entropy = *ce;
+  } else {
+    loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
+  }
   loss.total = loss.cross_entropy + loss.aux + loss.z;
   return out;
 }
@@ -185,19 +239,23 @@ Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_out
   SM_CHECK_MSG(keep_grad_, "MoeTransformer::Backward needs a Forward (with gradients) first");
   keep_grad_ = false;  // one Backward per Forward
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
-  const Shape shape = {n, c};
+  const Shape shape = BoundaryShape(batch_, seq_);
   const DType dt = registry_.flat_values().dtype();
   Tensor d_x = Tensor::Empty(shape, dt, ctx.device);
   if (is_last_stage()) {
     Tensor d_logits = d_logits_;
     if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
     Tensor d_n = Tensor::Empty(shape, dt, ctx.device);
-    head_->Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
+    // The vocab-split head gives this rank's share of d n_final (all tokens).
+    const Tensor d_n_full =
+        tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device) : d_n;
+    head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
+    tp_.ReduceToRows(d_n_full, d_n);
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
     d_logits_ = Tensor();
   } else {
     SM_CHECK_MSG(d_output.defined() && d_output.shape() == shape && d_output.dtype() == dt,
-                 "pipeline stage ", stage_, " needs an output gradient [", n, ", ", c, "]");
+                 "pipeline stage ", stage_, " needs an output gradient ", ShapeString(shape));
     d_x.CopyFrom(d_output);  // the blocks overwrite their buffers; the caller's stays intact
   }
   Tensor d_in = Tensor::Empty(shape, dt, ctx.device);
@@ -206,7 +264,11 @@ Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_out
     std::swap(d_x, d_in);
   }
   if (!is_first_stage()) return d_x;
-  ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
+  if (vocab_embedding_) {
+    SM_CHECK_OK(vocab_embedding_->Backward(ctx, d_x));
+  } else {
+    ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
+  }
   return Tensor();
 }
 
@@ -219,13 +281,17 @@ void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& 
   };
   // The order a fused backward finishes them: head first, then the layers
   // from the last; the embedding (tied: also written by the head) last.
+  // Each part's tp_partial_grad shares are summed over (E)TP before it is
+  // reported: GradientsReady may start its data-parallel reduction at once.
   if (head_) {
     head_->FinishBackward(ctx);
     final_scales_->Backward(ctx);
+    SumPartialGrads(head_params_);
     ready(head_params_);
   }
   for (size_t l = blocks_.size(); l-- > 0;) {
     blocks_[l]->FinishBackward(ctx);
+    SumPartialGrads(block_params_[l]);
     ready(block_params_[l]);
   }
   // Tied under PP the embedding is not reported: its gradient is final only

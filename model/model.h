@@ -25,10 +25,23 @@
 // ForwardStage / BackwardStage (activations [B*T, C] cross the boundaries,
 // model/pipeline_model_stage.h drives them); Forward / Backward / Evaluate
 // are the whole-model calls and need a single stage.
+//
+// Tensor parallelism (groups->grid.sizes().tp > 1, Megatron's layout): the
+// embedding and the LM head are split over the vocabulary (vocab-parallel
+// lookup, head column-parallel, vocab-parallel cross-entropy: no rank holds
+// the full logits, logits() is this rank's [B*T, V/tp] shard); attention and
+// MLP are column/row-parallel pairs, the MoE layer splits the tokens over TP
+// (model/block.h). With parallel.sequence_parallel the residual stream
+// between sublayers holds only this rank's B*T/tp token rows (also across
+// pipeline boundaries, BoundaryShape). Every parameter's ParamSpec says how
+// it is laid out (shape global, tp_split_dim, tp_partial_grad); after
+// FinishBackward each rank holds its data-parallel replica's whole gradient
+// for everything it holds (the partial ones summed over (E)TP).
 #pragma once
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
@@ -37,7 +50,10 @@
 #include "core/tensor.h"
 #include "model/block.h"
 #include "model/scaled_linear.h"
+#include "model/tp_region.h"
 #include "norm/branch_scales.h"
+#include "parallel/tp_cross_entropy.h"
+#include "parallel/tp_embedding.h"
 
 namespace scalemoe {
 
@@ -115,14 +131,22 @@ class MoeTransformer {
   // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
 
-  // Logits [B*T, V] of the last Forward/Evaluate (tests, generation).
+  // Logits [B*T, V] of the last Forward/Evaluate (tests, generation); under
+  // TP this rank's vocabulary shard [B*T, V/tp].
   const Tensor& logits() const { return logits_; }
 
  private:
+  // Sums the tp_partial_grad gradients of registry params [range) over (E)TP.
+  void SumPartialGrads(std::pair<size_t, size_t> range) const;
+
   ParamRegistry& registry_;
   const config::RunConfig cfg_;
+  const ProcessGroups* groups_;  // may be null (one rank)
   int stage_ = 0, num_stages_ = 1;
+  TpRegion tp_;
   Param* embedding_ = nullptr;  // first stage; also the last when tied
+  std::unique_ptr<VocabParallelEmbedding> vocab_embedding_;  // first stage under TP
+  std::optional<VocabParallelCrossEntropy> vocab_loss_;      // last stage under TP
   int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
   std::vector<std::unique_ptr<Block>> blocks_;   // this stage's layers
   // Registry indices [first, end) of the parameters each part registered, for
@@ -136,8 +160,8 @@ class MoeTransformer {
   // Forward cache.
   int64_t batch_ = 0, seq_ = 0;
   Tensor tokens_;                  // [B*T] int32
-  std::vector<Tensor> residuals_;  // L+1 tensors [B*T, C]: block inputs and the last output
-                                   // (L = this stage's layers)
+  std::vector<Tensor> residuals_;  // L+1 tensors [rows, C]: block inputs and the last output
+                                   // (L = this stage's layers; rows = tp_.Rows(B*T))
   Tensor n_final_, rstd_final_;    // final norm
   Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits
   bool keep_grad_ = false;         // the cache awaits its Backward

@@ -6,14 +6,16 @@ namespace scalemoe {
 
 ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchScales* scales,
                            int branch, const std::string& u_name, Reparam reparam,
-                           ScalePath path)
+                           ScalePath path, Communicator* tp)
     : weight_(weight), scales_(scales), branch_(branch), path_(path) {
   if (!u_name.empty()) {
     ParamLayout layout = weight->spec.layout;
-    // u runs along W's rows: split with them if W is row-split, else replicated.
+    // u runs along W's rows: split with them if W is row-split, else
+    // replicated (a share of its gradient per rank if W's columns are split).
     layout.tp_split_dim = weight->spec.layout.tp_split_dim == 0 ? 0 : -1;
+    layout.tp_partial_grad = weight->spec.layout.tp_split_dim == 1;
     u_ = std::make_unique<ScaleVector>(registry, u_name, weight->spec.shape[0],
-                                       ParamRole::kOutputNormScale, reparam, layout);
+                                       ParamRole::kOutputNormScale, reparam, layout, tp);
   }
 }
 

@@ -12,6 +12,13 @@
 // Gradient contract: Backward overwrites or adds into d_x (GradMode) and
 // accumulates parameter grads; dγ lands in the BranchScales' d_gamma, which
 // the owner pushes to the parameters after FinishBackward.
+//
+// Tensor parallel: the map is local to this rank's shard of W (its
+// local_shape); the caller moves activations (model/tp_region.h). W split on
+// dim 0 (column-parallel) splits u with its rows; W split on dim 1
+// (row-parallel) leaves u [out] whole, its gradient a per-rank share
+// (tp_partial_grad). A replicated γ in front of a column-parallel map gets a
+// share too: its owner marks it.
 #pragma once
 
 #include <memory>
@@ -32,8 +39,10 @@ class ScaledLinear {
  public:
   // `scales`/`branch`: where γ comes from (nullptr: no γ); `u_name` non-empty
   // registers the output-side vector u [out] under that name.
+  // `tp` (may be null): the TP group W is split over, for a split u.
   ScaledLinear(ParamRegistry& registry, Param* weight, const BranchScales* scales, int branch,
-               const std::string& u_name, Reparam reparam, ScalePath path);
+               const std::string& u_name, Reparam reparam, ScalePath path,
+               Communicator* tp = nullptr);
 
   // After the BranchScales' Forward (γ of this step) and before Forward.
   void PrepareStep(const ExecContext& ctx, DType dtype);

@@ -23,13 +23,27 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
   const int64_t c = options_.hidden, f = options_.ffn;
   const Sv::Projection kinds[kNumProj] = {Sv::GATE, Sv::UP, Sv::DOWN};
   const char* names[kNumProj] = {"gate", "up", "down"};
+  const bool routed = options_.routed;
+  const int etp = routed ? registry.coords().etp_size : 1;
+  SM_CHECK_MSG(f % etp == 0, options_.prefix, ": moe.expert_ffn_hidden_size=", f,
+               " does not split over parallel.etp=", etp,
+               "; pick an expert FFN size divisible by etp");
+  SM_CHECK_MSG(options_.ffn_split_group == nullptr || options_.ffn_split_group->size() == etp,
+               options_.prefix, ": the ETP group has ", options_.ffn_split_group->size(),
+               " ranks but the parameter registry was built for etp_size=", etp);
+  local_ffn_ = f / etp;
   experts_.resize(options_.num_experts);
   for (int e = 0; e < options_.num_experts; ++e) {
     const int global = options_.first_expert + e;
     const std::string base = options_.prefix + "." + std::to_string(global);
     ParamLayout layout;
     layout.layer = options_.layer;
-    layout.expert = options_.routed ? global : -1;
+    layout.expert = routed ? global : -1;
+    if (routed) {
+      layout.tp_group = TpGroup::kExpert;
+    } else {
+      layout.tp_partial_grad = true;  // replicated, run on this TP rank's rows only
+    }
     for (int p = 0; p < kNumProj; ++p) {
       ParamSpec spec;
       spec.name = base + ".w_" + names[p];
@@ -37,12 +51,16 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
       spec.role = ParamRole::kExpertLinear;
       spec.init = InitSpec::Normal(p == kDown ? options_.down_init_std : options_.init_std);
       spec.layout = layout;
+      if (routed) spec.layout.tp_split_dim = p == kDown ? 1 : 0;  // F
       experts_[e].proj[p] =
           std::make_unique<FoldedLinear>(registry.Create(spec), sv.fold_into_weights());
       if (HasDual(sv, kinds[p])) {
+        ParamLayout u_layout = layout;
+        if (routed && p == kDown) u_layout.tp_partial_grad = true;  // [C], per-F-slice shares
+        if (routed && p != kDown) u_layout.tp_split_dim = 0;         // [F], split with F
         experts_[e].u[p] = std::make_unique<ScaleVector>(
             registry, base + ".u_" + names[p], p == kDown ? c : f, ParamRole::kOutputNormScale,
-            sv.reparam(), layout);
+            sv.reparam(), u_layout, routed ? options_.ffn_split_group : nullptr);
       }
     }
   }
@@ -75,7 +93,7 @@ void GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
 void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
                              const std::vector<int64_t>& counts, const Tensor& y) {
   SM_CHECK(static_cast<int>(counts.size()) == options_.num_experts);
-  const int64_t m = x.dim(0), f = options_.ffn;
+  const int64_t m = x.dim(0), f = local_ffn_;
   x_ = x;
   counts_ = counts;
   gate_ = Tensor::Empty({m, f}, x.dtype(), x.device());
@@ -99,7 +117,7 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
 }
 
 void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
-  const int64_t m = x_.dim(0), f = options_.ffn;
+  const int64_t m = x_.dim(0), f = local_ffn_;
   SM_CHECK(d_y.shape() == x_.shape() && d_x.shape() == x_.shape());
   ops::Zero(ctx, d_x);
   Tensor d_h = Tensor::Empty({m, f}, x_.dtype(), x_.device());

@@ -16,6 +16,17 @@
 // [first_expert, first_expert + num_experts): names and layout.expert use the
 // global index, so checkpoints and the optimizer see the same parameters
 // whatever the layout; local index e means global first_expert + e.
+//
+// Layouts (the same in every world; the registry's ShardCoords slice):
+// - routed experts: everything tp_group kExpert (ETP). Each FFN is split on F
+//   over ETP: w_gate, w_up [F, C] on dim 0, w_down [C, F] on dim 1, u_gate,
+//   u_up [F] on dim 0 (their β tp_partial_grad; a normalized one reduces its
+//   norms over `ffn_split_group`); u_down [C] replicated with
+//   tp_partial_grad (each ETP rank's F slice gives a share). Rows must then
+//   be every row of the ETP group (moe/expert_tp_exchange.h) and y is this
+//   rank's PARTIAL output (summed over ETP by the exchange).
+// - shared experts: replicated, every parameter tp_partial_grad (each TP
+//   rank runs them on its own rows only).
 #pragma once
 
 #include <memory>
@@ -33,11 +44,14 @@ struct ExpertGroupOptions {
   int num_experts = 0;   // experts this rank holds
   int first_expert = 0;  // global index of the first (expert parallel: the owned range)
   int64_t hidden = 0;  // C
-  int64_t ffn = 0;     // F
+  int64_t ffn = 0;     // F (global; routed experts hold F/ETP of it)
   int layer = -1;
   bool routed = true;  // routed experts set layout.expert = e
   double init_std = 0.02;
   double down_init_std = 0.02;  // output projection
+  // Routed only: the ETP group F is split over (not owned; may be null when
+  // the registry's etp_size is 1). Its size must match the registry's.
+  Communicator* ffn_split_group = nullptr;
 };
 
 // Input-side γ for one group (one entry per expert; undefined = none).
@@ -52,6 +66,7 @@ class GroupedExperts {
   ~GroupedExperts();
 
   int num_experts() const { return options_.num_experts; }
+  int64_t local_ffn() const { return local_ffn_; }  // F held on this rank
   // Once per step: folds γ (and u) into the weights (or keeps them per token).
   void PrepareStep(const ExecContext& ctx, DType dtype, const ExpertGammas& gammas);
   // x [M, C] with expert e on the next counts[e] rows (Σ counts <= M); y [M, C]
@@ -72,6 +87,7 @@ class GroupedExperts {
   };
 
   ExpertGroupOptions options_;
+  int64_t local_ffn_ = 0;
   std::vector<Expert> experts_;
   // Forward cache over all M rows.
   Tensor x_;                  // [M, C]

@@ -16,6 +16,13 @@ Status ValidateMoeConfig(const config::RunConfig& cfg) {
   if (m.expert_ffn_hidden_size() <= 0) {
     return bad("expert_ffn_hidden_size", m.expert_ffn_hidden_size(), "set it >= 1");
   }
+  const int etp = cfg.parallel().etp();
+  if (etp >= 1 && m.expert_ffn_hidden_size() % etp != 0) {
+    return bad("expert_ffn_hidden_size", m.expert_ffn_hidden_size(),
+               absl::StrCat("it must be divisible by parallel.etp = ", etp,
+                            " (expert tensor parallelism splits it); change either")
+                   .c_str());
+  }
   if (m.num_shared_experts() < 0) {
     return bad("num_shared_experts", m.num_shared_experts(), "set it >= 0");
   }

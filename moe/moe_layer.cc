@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/ops.h"
+#include "moe/expert_tp_exchange.h"
 #include "moe/grouped_experts.h"
 #include "moe/router.h"
 #include "moe/token_dispatcher.h"
@@ -44,15 +45,33 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
                " num_experts=", num_experts_);
   SM_CHECK_MSG(num_shared_ >= 0 && moe.expert_ffn_hidden_size() > 0, prefix,
                ": moe.expert_ffn_hidden_size must be > 0 and num_shared_experts >= 0");
-  if (groups != nullptr && groups->ep != nullptr && groups->ep->size() > 1) {
-    ep_ = groups->ep.get();
+  auto group = [&](const std::unique_ptr<Communicator> ProcessGroups::*axis) -> Communicator* {
+    if (groups == nullptr) return nullptr;
+    Communicator* c = (groups->*axis).get();
+    return c != nullptr && c->size() > 1 ? c : nullptr;
+  };
+  if ((ep_ = group(&ProcessGroups::ep)) != nullptr) {
     dispatcher_ = std::make_unique<TokenDispatcher>(num_experts_, ep_);
     first_expert_ = dispatcher_->owned().begin;
     num_local_ = dispatcher_->owned().size();
   }
-  if (groups != nullptr && groups->dp != nullptr && groups->dp->size() > 1) {
-    loads_comm_ = groups->dp.get();
+  tp_ = group(&ProcessGroups::tp);
+  etp_ = group(&ProcessGroups::etp);
+  for (Communicator* c : {tp_, group(&ProcessGroups::dp)}) {
+    if (c != nullptr) loads_comms_.push_back(c);
   }
+  const ShardCoords& coords = registry.coords();
+  const int etp_size = etp_ != nullptr ? etp_->size() : 1;
+  const int etp_rank = etp_ != nullptr ? etp_->rank() : 0;
+  SM_CHECK_MSG(coords.etp_size == etp_size && coords.etp_rank == etp_rank, prefix,
+               ": the parameter registry was built for ETP rank ", coords.etp_rank, " of ",
+               coords.etp_size, " but the process groups put this rank at ", etp_rank, " of ",
+               etp_size, "; build the ParamRegistry's ShardCoords from the same ProcessGroups");
+  SM_CHECK_MSG(moe.expert_ffn_hidden_size() % etp_size == 0, prefix,
+               ": moe.expert_ffn_hidden_size=", moe.expert_ffn_hidden_size(),
+               " does not split over parallel.etp=", etp_size,
+               "; pick an expert FFN size divisible by etp (or lower etp)");
+  if (etp_ != nullptr) etp_exchange_ = std::make_unique<ExpertTpExchange>(etp_);
 
   // Which branches get their own γ (HG): only under PER_BRANCH, per group flag.
   const bool per_branch = sv.mode() == Sv::PER_BRANCH;
@@ -61,12 +80,15 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   const bool own_shared = per_branch && sv.hg_shared_experts();
   ParamLayout base;
   base.layer = layer;
+  // Replicated over TP; each TP rank's rows give only a share of the gradient.
+  base.tp_partial_grad = true;
   BranchPlan plan;
   std::vector<std::pair<bool, int>> refs;  // router, local E×(gate, up), S×(gate, up)
   refs.push_back(plan.Add(own_router, prefix + ".router.gamma", base));
   for (int e = first_expert_; e < first_expert_ + num_local_; ++e) {
     ParamLayout l = base;
     l.expert = e;
+    l.tp_group = TpGroup::kExpert;  // a share per ETP rank's F slice (and per EDP rank's rows)
     const std::string p = prefix + ".experts." + std::to_string(e);
     refs.push_back(plan.Add(own_experts, p + ".gamma_gate", l));
     refs.push_back(plan.Add(own_experts, p + ".gamma_up", l));
@@ -97,7 +119,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     shared_up_.push_back(ref(2 + 2 * num_local_ + 2 * s));
   }
 
-  router_ = std::make_unique<Router>(registry, cfg, layer, prefix);
+  router_ = std::make_unique<Router>(registry, cfg, layer, prefix, tp_);
   permuter_ = std::make_unique<TokenPermuter>(num_experts_, top_k_);
   ExpertGroupOptions opts;
   opts.prefix = prefix + ".experts";
@@ -109,7 +131,9 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   opts.routed = true;
   opts.init_std = cfg.model().init_std();
   opts.down_init_std = cfg.model().init_std() / std::sqrt(2.0 * cfg.model().num_layers());
+  opts.ffn_split_group = etp_;
   experts_ = std::make_unique<GroupedExperts>(registry, sv, opts);
+  opts.ffn_split_group = nullptr;
   if (num_shared_ > 0) {
     opts.prefix = prefix + ".shared_experts";
     opts.num_experts = num_shared_;
@@ -163,10 +187,10 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
     Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device);
     Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device);
     SM_CHECK_OK(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
-    experts_->Forward(ctx, expert_x, dispatcher_->local_counts(), expert_y);
+    RunExperts(ctx, expert_x, dispatcher_->local_counts(), expert_y);
     SM_CHECK_OK(dispatcher_->Combine(ctx, expert_y, permuted_y_));
   } else {
-    experts_->Forward(ctx, permuted_x, permuter_->counts(), permuted_y_);
+    RunExperts(ctx, permuted_x, permuter_->counts(), permuted_y_);
   }
   ops::Zero(ctx, out);
   permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);
@@ -186,15 +210,16 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
 
   // Stats from the counts already on the host; with several replicas of the
   // router summed over them (counts [E] and the assignment total in one
-  // all-reduce: the layer's documented host sync).
+  // all-reduce per replica group, tp then dp: Σ over tp of Σ over dp is every
+  // rank of the stage once).
   stats_.tokens_per_expert = permuter_->counts();
   int64_t assignments = tokens * top_k_;
-  if (loads_comm_ != nullptr) {
+  if (!loads_comms_.empty()) {
     Tensor sums = Tensor::Empty({num_experts_ + 1}, DType::kI64);
     int64_t* v = sums.data<int64_t>();
     std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
     v[num_experts_] = assignments;
-    SM_CHECK_OK(loads_comm_->AllReduce(sums));
+    for (Communicator* c : loads_comms_) SM_CHECK_OK(c->AllReduce(sums));
     stats_.tokens_per_expert.assign(v, v + num_experts_);
     assignments = v[num_experts_];
   }
@@ -231,10 +256,10 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
     Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device);
     Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device);
     SM_CHECK_OK(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
-    experts_->Backward(ctx, d_expert_y, d_expert_x);
+    RunExpertsBackward(ctx, d_expert_y, d_expert_x);
     SM_CHECK_OK(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
   } else {
-    experts_->Backward(ctx, d_permuted_y, d_permuted_x);
+    RunExpertsBackward(ctx, d_permuted_y, d_permuted_x);
   }
   router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
@@ -246,6 +271,37 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
     shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
     ops::ScatterAddRows(ctx, d_x_sh, shared_tiled_, 1, Tensor(), d_n);
   }
+}
+
+void MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
+                          const std::vector<int64_t>& counts, const Tensor& y) {
+  if (!etp_exchange_) {
+    experts_->Forward(ctx, x, counts, y);
+    return;
+  }
+  // Every ETP rank runs every row of the group on its F slice; the partial
+  // outputs are summed back to the rows' owner.
+  SM_CHECK_OK(etp_exchange_->Plan(counts));
+  const Shape rows{etp_exchange_->group_rows(), hidden_};
+  Tensor group_x = Tensor::Empty(rows, x.dtype(), ctx.device);
+  Tensor group_y = Tensor::Empty(rows, x.dtype(), ctx.device);
+  SM_CHECK_OK(etp_exchange_->Gather(ctx, x, group_x));
+  experts_->Forward(ctx, group_x, etp_exchange_->group_counts(), group_y);
+  SM_CHECK_OK(etp_exchange_->ScatterReduce(ctx, group_y, y));
+}
+
+void MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
+  if (!etp_exchange_) {
+    experts_->Backward(ctx, d_y, d_x);
+    return;
+  }
+  // The mirror: d_y travels like x did (Gather), d_x like y did (ScatterReduce).
+  const Shape rows{etp_exchange_->group_rows(), hidden_};
+  Tensor group_d_y = Tensor::Empty(rows, d_y.dtype(), ctx.device);
+  Tensor group_d_x = Tensor::Empty(rows, d_y.dtype(), ctx.device);
+  SM_CHECK_OK(etp_exchange_->Gather(ctx, d_y, group_d_y));
+  experts_->Backward(ctx, group_d_y, group_d_x);
+  SM_CHECK_OK(etp_exchange_->ScatterReduce(ctx, group_d_x, d_x));
 }
 
 void MoeLayer::FinishBackward(const ExecContext& ctx) {

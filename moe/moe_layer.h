@@ -31,12 +31,43 @@
 //   Summed over the ranks (the DP/EDP gradient reduction), both give the
 //   single-rank gradient of the union of the tokens.
 // - stats() are global: the per-expert counts and drop count are all-reduced
-//   (sum) over the DP group (every replica of the router) once per Forward
-//   (one more small sync), so every rank reports, and updates the replicated
-//   expert bias from, the same loads — whatever EP and EDP are.
+//   (sum) over the TP and then the DP group (every replica of the router:
+//   the whole pipeline stage) once per Forward (one more small sync per
+//   group), so every rank reports, and updates the replicated expert bias
+//   from, the same loads — whatever TP, EP and EDP are.
 // - A failed collective aborts with the communicator's Status (Forward and
 //   Backward return void, as the model's call chain does today).
-// A null ProcessGroups or an EP group of one is exactly the single-rank layer.
+//
+// Tensor parallelism (ProcessGroups::tp of size TP > 1): the model splits a
+// micro-batch's tokens over the TP group: each TP rank passes its own N rows
+// (rank r: rows [r*N, (r+1)*N) of the micro-batch, every rank the same N).
+// The reference is the single-rank layer on the N·TP rows in TP rank order.
+// - Routing, permutation, the shared experts and capacity are per rank
+//   (capacity = ceil(cf·N·K/E) of the LOCAL rows, as under EP).
+// - The aux and z losses are the micro-batch's (moe/router.h: f_e from top-k
+//   counts summed over TP, denominators N·TP); each rank's Backward adds the
+//   gradient of its own additive share; aux_loss()/z_loss() report the whole
+//   value, identical on every TP rank.
+// - Every parameter that is not a routed expert's (router weight, the
+//   Input-Norm γ's that are not per routed expert, shared experts' weights
+//   and u's) is replicated with layout.tp_partial_grad: this rank's rows give
+//   a share, which the model sums over TP (parallel/tp_grad_reduce.h) before
+//   the DP reduction.
+// Expert tensor parallelism (ProcessGroups::etp of size ETP > 1): every
+// routed expert's FFN is split on F over ETP (moe/grouped_experts.h gives the
+// layouts; moe.expert_ffn_hidden_size must divide by ETP). After the EP
+// dispatch (or the permute when EP = 1) an ExpertTpExchange
+// (moe/expert_tp_exchange.h) gathers the rows of every ETP rank of the group,
+// the experts run on their F slice, and the partial outputs are summed back
+// to the rows' owners; Backward mirrors it. The ETP group need not be the TP
+// group (tp=1, etp=2 makes two DP ranks, with different tokens, share the
+// experts). Per-routed-expert γ's and u_down are replicated over ETP with
+// tp_partial_grad (tp_group kExpert: summed over ETP). A replicated vector
+// shared with the routed experts (SHARED mode's "<norm>.scale") collects the
+// F-slice shares too; the TP then DP sum covers every rank once, so it comes
+// out whole.
+// The ParamRegistry's ShardCoords must be built from the same groups.
+// A null ProcessGroups or groups of one are exactly the single-rank layer.
 #pragma once
 
 #include <memory>
@@ -52,6 +83,7 @@ namespace scalemoe {
 
 class BranchScales;
 class Communicator;
+class ExpertTpExchange;
 class GroupedExperts;
 class Router;
 class TokenDispatcher;
@@ -61,7 +93,8 @@ struct ProcessGroups;
 // Statistics of the last Forward, for metrics (host values; computing them is
 // the one documented host sync of the layer).
 struct MoeLayerStats {
-  std::vector<int64_t> tokens_per_expert;  // [E] (all experts, summed over EP), after drops
+  // [E] all experts, after drops, summed over every router replica (tp, dp)
+  std::vector<int64_t> tokens_per_expert;
   int64_t dropped_tokens = 0;              // (token, expert) assignments dropped by capacity
   double load_cv = 0;                      // coefficient of variation of tokens_per_expert
   double aux_loss = 0;                     // coefficient-weighted load-balancing loss
@@ -77,8 +110,8 @@ struct MoeLayerStats {
 class MoeLayer {
  public:
   // prefix e.g. "layers.3.moe"; norm_name e.g. "layers.3.ffn_norm"; layer = 3.
-  // groups (not owned, may be null) supplies the EP group; it must outlive
-  // the layer.
+  // groups (not owned, may be null) supplies the TP, DP, EP and ETP groups;
+  // it must outlive the layer.
   MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
            const std::string& prefix, const std::string& norm_name,
            const ProcessGroups* groups = nullptr);
@@ -90,7 +123,8 @@ class MoeLayer {
   // Forward): computes effective γ's and folds them into the expert weights.
   void PrepareStep(const ExecContext& ctx, DType dtype);
   // out[N, C] = MoE(n[N, C]); computes the aux and z losses of this call and
-  // caches what Backward needs. N = tokens of the micro-batch.
+  // caches what Backward needs. N = tokens of the micro-batch (under TP this
+  // rank's share of them; see above).
   void Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
   // d_n overwritten; parameter gradients accumulated. The aux/z losses' own
   // gradients are added scaled by `loss_grad_scale` (the same factor the
@@ -121,16 +155,23 @@ class MoeLayer {
   };
   const Tensor& Gamma(const BranchRef& b) const;
   const Tensor& DGamma(const BranchRef& b) const;
+  // The routed experts on x [M, C] (counts per local expert), through the
+  // ETP exchange when there is one; and their backward.
+  void RunExperts(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
+                  const Tensor& y);
+  void RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
 
   int64_t hidden_;       // C
   int num_experts_;      // E
   int top_k_;            // K
   int num_shared_;       // S
-  Communicator* ep_ = nullptr;  // EP group when EP > 1, else null (single-rank path)
-  // The router's replica group (dp) when it has several ranks: expert loads
-  // are summed over it, so the statistics and the expert-bias update see
-  // every token of the step and stay identical on all replicas.
-  Communicator* loads_comm_ = nullptr;
+  Communicator* ep_ = nullptr;   // EP group when EP > 1, else null (single-rank path)
+  Communicator* tp_ = nullptr;   // TP group when TP > 1 (splits the micro-batch's tokens)
+  Communicator* etp_ = nullptr;  // ETP group when ETP > 1 (splits the routed experts' F)
+  // The router's replica groups (tp, dp) that have several ranks: expert
+  // loads are summed over them, so the statistics and the expert-bias update
+  // see every token of the step and stay identical on all replicas.
+  std::vector<Communicator*> loads_comms_;
   int first_expert_ = 0;        // owned routed experts [first_expert_, + num_local_)
   int num_local_ = 0;
   std::unique_ptr<BranchScales> shared_group_;  // branches without their own γ
@@ -141,6 +182,7 @@ class MoeLayer {
   std::unique_ptr<Router> router_;
   std::unique_ptr<TokenPermuter> permuter_;
   std::unique_ptr<TokenDispatcher> dispatcher_;  // null unless EP > 1
+  std::unique_ptr<ExpertTpExchange> etp_exchange_;  // null unless ETP > 1
   std::unique_ptr<GroupedExperts> experts_;
   std::unique_ptr<GroupedExperts> shared_experts_;  // null when S == 0
   // Forward cache (what Backward needs).

@@ -13,13 +13,15 @@ Param* CreateWeight(ParamRegistry& registry, const config::RunConfig& cfg, int l
   spec.role = ParamRole::kRouter;
   spec.init = InitSpec::Normal(cfg.model().init_std());
   spec.layout.layer = layer;
+  // Replicated; under TP each rank's rows give only a share of its gradient.
+  spec.layout.tp_partial_grad = true;
   return registry.Create(spec);
 }
 
 }  // namespace
 
 Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-               const std::string& prefix)
+               const std::string& prefix, Communicator* token_group)
     : cfg_(cfg.moe()),
       score_fn_(cfg.moe().score_function() == config::MoEConfig::SIGMOID
                     ? ops::ScoreFunction::kSigmoid
@@ -35,6 +37,7 @@ Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
     spec.layout.layer = layer;
     expert_bias_ = registry.Create(spec);
   }
+  if (token_group != nullptr && token_group->size() > 1) token_group_ = token_group;
 }
 
 void Router::PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma) {
@@ -71,10 +74,32 @@ void Router::Forward(const ExecContext& ctx, const Tensor& n) {
   }
   ops::CapacityDrop(ctx, expert_ids_, priority.defined() ? priority : weights_,
                     static_cast<int>(e), capacity_, kept_);
-  if (cfg_.aux_loss_coeff() != 0) {
-    ops::LoadBalancingLoss(ctx, scores_, expert_ids_, cfg_.aux_loss_coeff(), aux_loss_);
+  if (token_group_ == nullptr) {
+    if (cfg_.aux_loss_coeff() != 0) {
+      ops::LoadBalancingLoss(ctx, scores_, expert_ids_, cfg_.aux_loss_coeff(), aux_loss_);
+    }
+    if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z_loss_);
+    aux_total_ = aux_loss_.At(0);
+    z_total_ = z_loss_.At(0);
+    return;
   }
-  if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z_loss_);
+  // Token-sharded: the micro-batch's fractions, then this rank's shares.
+  total_tokens_ = tokens * token_group_->size();
+  if (cfg_.aux_loss_coeff() != 0) {
+    fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device);
+    ops::AssignmentCounts(ctx, expert_ids_, fractions_);
+    SM_CHECK_OK(token_group_->AllReduce(fractions_));
+    ops::Scale(ctx, 1.0 / static_cast<double>(total_tokens_ * k), fractions_);
+    ops::LoadBalancingLossShare(ctx, scores_, fractions_, total_tokens_, cfg_.aux_loss_coeff(),
+                                aux_loss_);
+  }
+  if (cfg_.z_loss_coeff() != 0) {
+    ops::ZLossShare(ctx, logits_, total_tokens_, cfg_.z_loss_coeff(), z_loss_);
+  }
+  double totals[2] = {aux_loss_.At(0), z_loss_.At(0)};
+  SM_CHECK_OK(token_group_->AllReduce(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)));
+  aux_total_ = totals[0];
+  z_total_ = totals[1];
 }
 
 void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
@@ -83,13 +108,23 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
   ops::TopKRoutingBackward(ctx, scores_, expert_ids_, cfg_.normalize_topk(), d_weights,
                            d_scores);
   if (cfg_.aux_loss_coeff() != 0) {
-    ops::LoadBalancingLossBackward(ctx, expert_ids_, cfg_.aux_loss_coeff(), loss_grad_scale,
-                                   d_scores);
+    if (token_group_ == nullptr) {
+      ops::LoadBalancingLossBackward(ctx, expert_ids_, cfg_.aux_loss_coeff(), loss_grad_scale,
+                                     d_scores);
+    } else {
+      ops::LoadBalancingLossShareBackward(ctx, fractions_, total_tokens_, cfg_.aux_loss_coeff(),
+                                          loss_grad_scale, d_scores);
+    }
   }
   Tensor d_logits = Tensor::Empty(logits_.shape(), logits_.dtype(), ctx.device);
   ops::RouterScoresBackward(ctx, score_fn_, scores_, d_scores, d_logits);
   if (cfg_.z_loss_coeff() != 0) {
-    ops::ZLossBackward(ctx, logits_, cfg_.z_loss_coeff(), loss_grad_scale, d_logits);
+    if (token_group_ == nullptr) {
+      ops::ZLossBackward(ctx, logits_, cfg_.z_loss_coeff(), loss_grad_scale, d_logits);
+    } else {
+      ops::ZLossShareBackward(ctx, logits_, total_tokens_, cfg_.z_loss_coeff(), loss_grad_scale,
+                              d_logits);
+    }
   }
   linear_.Backward(ctx, n_, cache_, d_logits, d_n);
 }

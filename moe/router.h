@@ -14,8 +14,20 @@
 // and P_e = mean_t scores[t, e] (sigmoid scores used as they are); z-loss =
 // coeff·mean_t logsumexp(logits_t)².
 //
+// Tensor parallel (a `token_group` of size TP > 1: the ranks that split one
+// micro-batch's N_total = N·TP rows, this rank holding N): routing and
+// capacity stay per rank (capacity = ceil(cf·N·K/E) of the LOCAL rows); the
+// losses are the whole micro-batch's. f_e comes from the top-k counts summed
+// over the group (one all-reduce of [E] f64), and each rank computes its
+// additive share of both losses with N_total as the denominator
+// (ops::LoadBalancingLossShare, ops::ZLossShare); Backward adds the gradient
+// of that share only, so the shares' gradients sum to the single-rank one.
+// aux_loss()/z_loss() report the whole value (the shares summed over the
+// group: a second, [2]-element all-reduce), identical on every rank.
+//
 // Gradient contract: Backward overwrites d_n and accumulates into the router
-// weight (or its folded copy, see FoldedLinear) and d_γ.
+// weight (or its folded copy, see FoldedLinear) and d_γ. Under TP both are
+// this rank's share (the weight's layout says tp_partial_grad).
 #pragma once
 
 #include <string>
@@ -24,13 +36,16 @@
 #include "configs/scalemoe.pb.h"
 #include "core/ops.h"
 #include "moe/folded_linear.h"
+#include "parallel/communicator.h"
 
 namespace scalemoe {
 
 class Router {
  public:
+  // token_group (not owned, may be null; outlives the router): the TP group
+  // whose ranks split the micro-batch's rows; null or of size 1 = single rank.
   Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-         const std::string& prefix);
+         const std::string& prefix, Communicator* token_group = nullptr);
 
   void PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma);
   void Forward(const ExecContext& ctx, const Tensor& n);
@@ -47,9 +62,10 @@ class Router {
   const Tensor& expert_ids() const { return expert_ids_; }  // [N, K] i32
   const Tensor& weights() const { return weights_; }        // [N, K]
   const Tensor& kept() const { return kept_; }              // [N, K] i32
-  // Host reads of the [1] loss tensors of the last Forward.
-  double aux_loss() const { return aux_loss_.defined() ? aux_loss_.At(0) : 0.0; }
-  double z_loss() const { return z_loss_.defined() ? z_loss_.At(0) : 0.0; }
+  // The whole micro-batch's losses of the last Forward (host values; under TP
+  // the shares summed over the token group).
+  double aux_loss() const { return aux_total_; }
+  double z_loss() const { return z_total_; }
   int64_t capacity() const { return capacity_; }  // of the last Forward; 0 = dropless
 
  private:
@@ -61,8 +77,15 @@ class Router {
   // Forward cache.
   Tensor n_;
   FoldedLinear::Cache cache_;
-  Tensor logits_, scores_, expert_ids_, weights_, kept_, aux_loss_, z_loss_;
+  Tensor logits_, scores_, expert_ids_, weights_, kept_;
+  Tensor aux_loss_, z_loss_;  // [1] this rank's share (the whole loss without TP)
+  double aux_total_ = 0, z_total_ = 0;
   int64_t capacity_ = 0;
+  // Token-sharded losses (token_group_ set): the micro-batch's f_e [E] f64
+  // and row count N_total of the last Forward.
+  Communicator* token_group_ = nullptr;
+  Tensor fractions_;
+  int64_t total_tokens_ = 0;
 };
 
 }  // namespace scalemoe

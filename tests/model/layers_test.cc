@@ -12,6 +12,9 @@
 namespace scalemoe {
 namespace {
 
+const TpRegion kOneRank(nullptr, /*sequence_parallel=*/false);
+
+
 using testing::kGradTolerance;
 using testing::RandomTensor;
 using testing::WeightedSum;
@@ -48,7 +51,7 @@ config::RunConfig AttentionConfig() {
 
 void CheckAttention(const config::RunConfig& cfg) {
   ParamRegistry registry;
-  Attention attention(registry, cfg, 0);
+  Attention attention(registry, cfg, 0, kOneRank);
   ASSERT_TRUE(registry.Materialize(1, DType::kF64, Device::kCPU).ok());
   testing::PerturbScaleVectors(registry, 5);
   const ExecContext ctx;
@@ -90,7 +93,7 @@ TEST(AttentionTest, GradientsDnpWithNormalizedV) {
   sv->set_reparam(config::ScaleVectorConfig::MAGNITUDE_DIRECTION);
   cfg.mutable_model()->set_qk_norm(true);  // DNP's norm replaces it: one norm each
   ParamRegistry probe;
-  Attention names(probe, cfg, 0);
+  Attention names(probe, cfg, 0, kOneRank);
   EXPECT_EQ(probe.Find("layers.0.attn.q_norm.scale.alpha"), nullptr);
   EXPECT_NE(probe.Find("layers.0.attn.dnp_q.scale.alpha"), nullptr);
   EXPECT_NE(probe.Find("layers.0.attn.dnp_v.scale.beta"), nullptr);
@@ -100,7 +103,7 @@ TEST(AttentionTest, GradientsDnpWithNormalizedV) {
 
 void CheckMlp(const config::RunConfig& cfg) {
   ParamRegistry registry;
-  Mlp mlp(registry, cfg, 1);
+  Mlp mlp(registry, cfg, 1, kOneRank);
   ASSERT_TRUE(registry.Materialize(2, DType::kF64, Device::kCPU).ok());
   testing::PerturbScaleVectors(registry, 6);
   const ExecContext ctx;
@@ -135,7 +138,7 @@ TEST(MlpTest, ModeNoneRegistersOnlyWeights) {
   cfg.mutable_scale_vectors()->set_mode(config::ScaleVectorConfig::NONE);
   cfg.mutable_scale_vectors()->set_placement(config::ScaleVectorConfig::DUAL);
   ParamRegistry registry;
-  Mlp mlp(registry, cfg, 0);
+  Mlp mlp(registry, cfg, 0, kOneRank);
   ASSERT_EQ(registry.params().size(), 3u);
   for (const auto& p : registry.params()) EXPECT_EQ(p->spec.role, ParamRole::kLinear);
 }

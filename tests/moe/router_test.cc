@@ -1,5 +1,6 @@
 // Router: forward/backward incl. aux and z losses (f64 central differences),
-// top-k ties, capacity drops, sigmoid scores, expert bias.
+// top-k ties, capacity drops, sigmoid scores, expert bias, and the
+// token-sharded loss ops (tensor parallel) against the single-rank ones.
 #include "moe/router.h"
 
 #include <algorithm>
@@ -203,6 +204,66 @@ TEST(RouterTest, ExpertBiasUpdateFollowsLoad) {
   rig.router->UpdateExpertBias({8, 2, 5, 5});
   EXPECT_EQ(rig.registry.Find("layers.0.moe.router.expert_bias")->value.ToVector(),
             (std::vector<double>{-0.5, 0.5, 0, 0}));
+}
+
+TEST(RouterTest, ShardedLossSharesSumToTheSingleRankLosses) {
+  // 10 rows split 4 + 6 over two "ranks": shares and their gradients summed
+  // (gradients concatenated by rows) equal the single-rank ops.
+  const ExecContext ctx = ExecContext::Cpu();
+  const int64_t e = 4, k = 2, rows[2] = {4, 6};
+  const Tensor logits = testing::RandomTensor({kTokens, e}, 11);
+  Tensor scores = Tensor::Empty(logits.shape(), DType::kF64);
+  ops::RouterScores(ctx, ops::ScoreFunction::kSoftmax, logits, scores);
+  Tensor ids = Tensor::Empty({kTokens, k}, DType::kI32);
+  Tensor weights = Tensor::Empty({kTokens, k}, DType::kF64);
+  ops::TopKRouting(ctx, scores, Tensor(), static_cast<int>(k), true, ids, weights);
+  const double aux_coeff = 0.1, z_coeff = 0.05, scale = 0.5;
+  Tensor aux = Tensor::Empty({1}, DType::kF64), z = Tensor::Empty({1}, DType::kF64);
+  ops::LoadBalancingLoss(ctx, scores, ids, aux_coeff, aux);
+  ops::ZLoss(ctx, logits, z_coeff, z);
+  Tensor d_scores = Tensor::Zeros(scores.shape(), DType::kF64);
+  Tensor d_logits = Tensor::Zeros(logits.shape(), DType::kF64);
+  ops::LoadBalancingLossBackward(ctx, ids, aux_coeff, scale, d_scores);
+  ops::ZLossBackward(ctx, logits, z_coeff, scale, d_logits);
+
+  // The group's fractions: counts of each shard, summed, over N·K.
+  Tensor fractions = Tensor::Zeros({e}, DType::kF64);
+  for (int r = 0, start = 0; r < 2; start += rows[r], ++r) {
+    Tensor counts = Tensor::Empty({e}, DType::kF64);
+    ops::AssignmentCounts(ctx, ids.Narrow(0, start, rows[r]).Clone(), counts);
+    ops::Axpy(ctx, 1.0, counts, fractions);
+  }
+  ops::Scale(ctx, 1.0 / static_cast<double>(kTokens * k), fractions);
+  double aux_sum = 0, z_sum = 0;
+  for (int r = 0, start = 0; r < 2; start += rows[r], ++r) {
+    const Tensor s = scores.Narrow(0, start, rows[r]).Clone();
+    const Tensor l = logits.Narrow(0, start, rows[r]).Clone();
+    Tensor share = Tensor::Empty({1}, DType::kF64);
+    ops::LoadBalancingLossShare(ctx, s, fractions, kTokens, aux_coeff, share);
+    aux_sum += share.At(0);
+    ops::ZLossShare(ctx, l, kTokens, z_coeff, share);
+    z_sum += share.At(0);
+    Tensor ds = Tensor::Zeros(s.shape(), DType::kF64);
+    Tensor dl = Tensor::Zeros(l.shape(), DType::kF64);
+    ops::LoadBalancingLossShareBackward(ctx, fractions, kTokens, aux_coeff, scale, ds);
+    ops::ZLossShareBackward(ctx, l, kTokens, z_coeff, scale, dl);
+    for (int64_t i = 0; i < ds.numel(); ++i) {
+      EXPECT_NEAR(ds.At(i), d_scores.At(start * e + i), 1e-15);
+      EXPECT_NEAR(dl.At(i), d_logits.At(start * e + i), 1e-15);
+    }
+  }
+  EXPECT_NEAR(aux_sum, aux.At(0), 1e-14);
+  EXPECT_NEAR(z_sum, z.At(0), 1e-14);
+
+  // One shard holding every row is the single-rank op.
+  Tensor whole = Tensor::Empty({1}, DType::kF64);
+  Tensor counts = Tensor::Empty({e}, DType::kF64);
+  ops::AssignmentCounts(ctx, ids, counts);
+  ops::Scale(ctx, 1.0 / static_cast<double>(kTokens * k), counts);
+  ops::LoadBalancingLossShare(ctx, scores, counts, kTokens, aux_coeff, whole);
+  EXPECT_DOUBLE_EQ(whole.At(0), aux.At(0));  // fractions as c·(1/NK), not c/NK
+  ops::ZLossShare(ctx, logits, kTokens, z_coeff, whole);
+  EXPECT_EQ(whole.At(0), z.At(0));
 }
 
 }  // namespace

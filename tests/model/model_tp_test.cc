@@ -1,0 +1,216 @@
+// Tensor parallelism in the model: a TP2 model (with and without sequence
+// parallelism) on FakeWorld ranks equals the single-rank model on the same
+// micro-batches — the loss, this rank's logits shard and, after
+// FinishBackward (which sums the tp_partial_grad shares over TP), every
+// parameter gradient element against the reference's element at the same
+// global index. f64, tolerance 1e-11 relative to the tensor's largest
+// reference gradient, never below 1e-11 * kSymmetryFloor absolute
+// (summation order is the only difference).
+#include <cmath>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "core/philox.h"
+#include "gtest/gtest.h"
+#include "model/model.h"
+#include "parallel/fake_communicator.h"
+#include "tests/model/model_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using Sv = config::ScaleVectorConfig;
+
+constexpr double kTolerance = 1e-11;
+
+// Every scale-vector element away from 1, by global index, so that any
+// layout perturbs the same single-rank tensor.
+void PerturbByGlobalIndex(ParamRegistry& registry) {
+  for (const auto& p : registry.params()) {
+    if (!IsScaleVector(p->spec.role)) continue;
+    const uint64_t stream = std::hash<std::string>{}(p->spec.name) & 0xffffffu;
+    double* v = p->value.data<double>();
+    for (int64_t i = 0; i < p->local_numel(); ++i) {
+      v[i] = 1.0 + 0.3 * PhiloxNormal(77, stream, p->GlobalIndex(i, registry.coords()));
+    }
+  }
+}
+
+struct Batch {
+  Tensor tokens, targets;
+};
+
+std::vector<Batch> Batches(const config::RunConfig& cfg, int count) {
+  std::vector<Batch> out;
+  const int64_t b = 2, t = cfg.model().seq_length(), v = cfg.model().vocab_size();
+  for (int m = 0; m < count; ++m) {
+    Batch batch{Tensor::Empty({b, t}, DType::kI32), Tensor::Empty({b, t}, DType::kI32)};
+    for (int64_t i = 0; i < b * t; ++i) {
+      batch.tokens.data<int32_t>()[i] = static_cast<int32_t>((i * 7 + m * 3 + 1) % v);
+      batch.targets.data<int32_t>()[i] = static_cast<int32_t>((i * 5 + m * 11 + 2) % v);
+    }
+    out.push_back(batch);
+  }
+  return out;
+}
+
+struct RunResult {
+  std::vector<double> losses;
+  std::map<std::string, std::vector<double>> grads;  // local elements
+  std::vector<double> logits;                        // of the last micro-batch
+};
+
+// One step (two micro-batches, loss scale 1/2) on `registry`'s model.
+// Expert gradients are then summed over EDP, as the optimizer's reduction
+// does (with DP = 1 its 1/DP is 1): each rank's hold only its tokens' part.
+RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
+                  const ProcessGroups* groups) {
+  MoeTransformer model(registry, cfg, groups);
+  SM_CHECK_OK(registry.Materialize(3, DType::kF64, Device::kCPU));
+  PerturbByGlobalIndex(registry);
+  const ExecContext ctx = ExecContext::Cpu();
+  model.PrepareStep(ctx);
+  RunResult r;
+  for (const Batch& b : Batches(cfg, 2)) {
+    r.losses.push_back(model.Forward(ctx, b.tokens, b.targets).total);
+    model.Backward(ctx, 0.5);
+  }
+  model.FinishBackward(ctx);
+  if (groups != nullptr && groups->edp->size() > 1) {
+    for (const auto& p : registry.params()) {
+      if (p->spec.layout.is_expert()) SM_CHECK_OK(groups->edp->AllReduce(p->grad));
+    }
+  }
+  r.logits = model.logits().ToVector();
+  for (const auto& p : registry.params()) r.grads[p->spec.name] = p->grad.ToVector();
+  return r;
+}
+
+// Runs `cfg` on one rank and on `tp` TP ranks (sequence parallel per cfg;
+// experts split over `etp` of them, the rest of the expert grid EDP) and
+// compares everything.
+void ExpectTpEqualsOneRank(config::RunConfig cfg, int tp, int etp = 1) {
+  ParamRegistry ref_registry;
+  const RunResult ref = RunStep(ref_registry, cfg, nullptr);
+  cfg.mutable_parallel()->set_tp(tp);
+  cfg.mutable_parallel()->set_etp(etp);
+  const int64_t vocab = cfg.model().vocab_size(), n = 2 * cfg.model().seq_length();
+  FakeWorld world;
+  const GridSizes sizes{.tp = tp, .etp = etp, .edp = tp / etp};
+  const Status status = world.Run(tp, sizes, [&](ProcessGroups& g) -> Status {
+    ParamRegistry registry(ShardCoords{
+        .tp_rank = g.coords.tp, .tp_size = tp, .etp_rank = g.coords.etp, .etp_size = etp});
+    const RunResult got = RunStep(registry, cfg, &g);
+    const std::string where = absl::StrCat("tp rank ", g.coords.tp);
+    for (size_t m = 0; m < ref.losses.size(); ++m) {
+      EXPECT_NEAR(got.losses[m], ref.losses[m], kTolerance * std::abs(ref.losses[m]))
+          << where << " micro-batch " << m;
+    }
+    // Logits: this rank holds vocabulary columns [r*V/tp, (r+1)*V/tp).
+    const int64_t shard = vocab / tp;
+    EXPECT_EQ(static_cast<int64_t>(got.logits.size()), n * shard) << where;
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < shard; ++j) {
+        EXPECT_NEAR(got.logits[t * shard + j], ref.logits[t * vocab + g.coords.tp * shard + j],
+                    1e-12)
+            << where << " logit " << t << "," << j;
+      }
+    }
+    for (const auto& p : registry.params()) {
+      const std::vector<double>& want = ref.grads.at(p->spec.name);
+      const std::vector<double>& have = got.grads.at(p->spec.name);
+      // A gradient that (nearly) vanishes by symmetry, like a normalized β's,
+      // is a cancellation of O(1) terms: compared absolutely (model_test_util.h).
+      double scale = testing::kSymmetryFloor;
+      for (double w : want) scale = std::max(scale, std::abs(w));
+      int bad = 0;
+      for (int64_t i = 0; i < p->local_numel() && bad < 3; ++i) {
+        const double w = want[p->GlobalIndex(i, registry.coords())];
+        if (std::abs(have[i] - w) > kTolerance * scale) {
+          ADD_FAILURE() << where << " " << p->spec.name << "[" << i << "]: " << have[i]
+                        << " vs one rank " << w;
+          ++bad;
+        }
+      }
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+}
+
+config::RunConfig DenseConfig() {
+  config::RunConfig cfg = testing::TinyConfig(/*num_experts=*/0);
+  cfg.mutable_model()->set_num_kv_heads(2);  // KV heads split over TP2
+  cfg.mutable_model()->set_seq_length(4);
+  return cfg;
+}
+
+// The unified strategy on the dense parts: HG γ's, output-side u on every
+// projection (column- and row-parallel), normalized β·α.
+config::RunConfig UnifiedDense() {
+  config::RunConfig cfg = DenseConfig();
+  Sv& sv = *cfg.mutable_scale_vectors();
+  sv.set_mode(Sv::PER_BRANCH);
+  sv.set_placement(Sv::DUAL);
+  for (auto p : {Sv::Q, Sv::K, Sv::V, Sv::O, Sv::GATE, Sv::UP, Sv::DOWN}) {
+    sv.add_dual_projections(p);
+  }
+  sv.set_reparam(Sv::MAGNITUDE_DIRECTION_NORMALIZED);
+  return cfg;
+}
+
+TEST(ModelTpTest, SharedGammaTp2) { ExpectTpEqualsOneRank(DenseConfig(), 2); }
+
+TEST(ModelTpTest, UnifiedScaleVectorsTp2) { ExpectTpEqualsOneRank(UnifiedDense(), 2); }
+
+TEST(ModelTpTest, UnifiedScaleVectorsTp2SequenceParallel) {
+  config::RunConfig cfg = UnifiedDense();
+  cfg.mutable_parallel()->set_sequence_parallel(true);
+  cfg.mutable_model()->set_sandwich_norm(true);  // norms on the split rows
+  ExpectTpEqualsOneRank(cfg, 2);
+}
+
+TEST(ModelTpTest, DnpQkNormUntiedPerTokenTp2SequenceParallel) {
+  config::RunConfig cfg = DenseConfig();
+  Sv& sv = *cfg.mutable_scale_vectors();
+  sv.set_mode(Sv::PER_BRANCH);
+  sv.set_placement(Sv::DUAL_NORMALIZED);
+  sv.set_dnp_normalize_v(true);
+  sv.set_reparam(Sv::MAGNITUDE_DIRECTION);
+  sv.set_fold_into_weights(false);
+  cfg.mutable_model()->set_tied_embeddings(false);
+  cfg.mutable_model()->set_qk_norm(true);
+  cfg.mutable_parallel()->set_sequence_parallel(true);
+  ExpectTpEqualsOneRank(cfg, 2);
+}
+
+// The paper's unified strategy on the MoE model: HG on router and every
+// expert, DUAL on every expert projection, normalized β·α, a shared expert,
+// aux and z losses.
+config::RunConfig UnifiedMoe() {
+  config::RunConfig cfg = UnifiedDense();
+  cfg.mutable_model()->set_ffn_hidden_size(12);
+  config::MoEConfig& moe = *cfg.mutable_moe();
+  moe.set_num_experts(4);
+  moe.set_top_k(2);
+  moe.set_expert_ffn_hidden_size(6);
+  moe.set_num_shared_experts(1);
+  moe.set_aux_loss_coeff(0.01);
+  moe.set_z_loss_coeff(0.001);
+  return cfg;
+}
+
+TEST(ModelTpTest, UnifiedMoeTp2) { ExpectTpEqualsOneRank(UnifiedMoe(), 2); }
+
+TEST(ModelTpTest, UnifiedMoeTp2SequenceParallel) {
+  config::RunConfig cfg = UnifiedMoe();
+  cfg.mutable_parallel()->set_sequence_parallel(true);
+  ExpectTpEqualsOneRank(cfg, 2);
+}
+
+TEST(ModelTpTest, UnifiedMoeTp2Etp2) { ExpectTpEqualsOneRank(UnifiedMoe(), 2, 2); }
+
+}  // namespace
+}  // namespace scalemoe
