@@ -1,4 +1,4 @@
-// Tensor-parallel plumbing shared by the TP layers (tp_linear.h,
+// Tensor-parallel plumbing shared by the TP layers (model/tp_region.h,
 // tp_embedding.h, tp_cross_entropy.h): the sequence-parallel token regions
 // (Megatron's gather_from_sequence_parallel_region and
 // reduce_scatter_to_sequence_parallel_region), the vocabulary shard of a TP

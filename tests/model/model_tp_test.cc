@@ -172,6 +172,15 @@ TEST(ModelTpTest, UnifiedScaleVectorsTp2SequenceParallel) {
   ExpectTpEqualsOneRank(cfg, 2);
 }
 
+// Four ranks: one head, one KV head and a quarter of the vocabulary each.
+TEST(ModelTpTest, UnifiedScaleVectorsTp4SequenceParallel) {
+  config::RunConfig cfg = UnifiedDense();
+  cfg.mutable_model()->set_num_heads(4);
+  cfg.mutable_model()->set_num_kv_heads(4);
+  cfg.mutable_parallel()->set_sequence_parallel(true);
+  ExpectTpEqualsOneRank(cfg, 4);
+}
+
 TEST(ModelTpTest, DnpQkNormUntiedPerTokenTp2SequenceParallel) {
   config::RunConfig cfg = DenseConfig();
   Sv& sv = *cfg.mutable_scale_vectors();
