@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <set>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -34,15 +36,18 @@ Status BadRequest(int64_t step, const std::string& problem) {
 // inside its global shape.
 StatusOr<std::vector<NamedTensor>> Normalize(const SaveRequest& request) {
   std::vector<NamedTensor> out;
-  std::set<std::string> names;
+  std::set<std::pair<std::string, Shape>> boxes;
   for (NamedTensor t : request.tensors) {
     if (t.name.empty()) return BadRequest(request.step, "a tensor has an empty name");
     if (!t.tensor.defined()) return BadRequest(request.step, absl::StrCat("tensor '", t.name, "' is undefined"));
-    if (!names.insert(t.name).second) {
-      return BadRequest(request.step, absl::StrCat("tensor name '", t.name, "' appears twice"));
-    }
     if (t.global_shape.empty()) t.global_shape = t.tensor.shape();
     if (t.slice_start.empty()) t.slice_start.assign(t.global_shape.size(), 0);
+    // One rank may list several boxes of a tensor (the tiling check catches
+    // overlaps), but not the same one twice.
+    if (!boxes.insert({t.name, t.slice_start}).second) {
+      return BadRequest(request.step, absl::StrCat("tensor name '", t.name, "' appears twice at slice start ",
+                                                   ShapeString(t.slice_start)));
+    }
     const Shape& local = t.tensor.shape();
     bool ok = t.global_shape.size() == local.size() && t.slice_start.size() == local.size();
     for (size_t d = 0; ok && d < local.size(); ++d) {
@@ -181,10 +186,14 @@ Status WriteRankFiles(const fs::path& tmp_dir, const SaveRequest& request,
   CheckpointManifest fragment;
   const std::string rank_file = RankFileName(rank);
   std::vector<std::pair<std::string, Tensor>> pairs;
+  std::map<std::string, int> seen;  // boxes of each name so far in this file
   for (const NamedTensor& t : tensors) {
-    pairs.emplace_back(t.name, t.tensor);
+    const int nth = seen[t.name]++;
+    const std::string key = nth == 0 ? t.name : absl::StrCat(t.name, "#", nth);
+    pairs.emplace_back(key, t.tensor);
     TensorEntry* e = fragment.add_tensors();
     e->set_name(t.name);
+    if (nth > 0) e->set_key(key);
     for (int64_t d : t.global_shape) e->add_global_shape(d);
     e->set_dtype(SafetensorsDTypeName(t.tensor.dtype()));
     e->set_file(rank_file);

@@ -25,9 +25,13 @@
 //
 // Resharding load: a target names any box (global shape + slice start + its
 // own shape) of a global tensor; it is assembled from every stored shard that
-// intersects it, whatever layout wrote them. Optimizer state sharded by
-// ZeRO is stored as 1-D ranges of the flattened tensor (global shape
-// [numel]), so a change of dp size reshards it like any other tensor.
+// intersects it, whatever layout wrote them. Optimizer state is stored under
+// its parameter's global shape; a ZeRO-1 shard (a flat range of a rank's
+// (E)TP slice) becomes a few boxes of it (optim/optimizer_state.h
+// StateBoxes), so a change of tp, dp or zero stage reshards it like the
+// parameter itself. One rank may save (and load) several boxes of one
+// tensor: in its file the first is stored under the name, the others under
+// "<name>#<k>" (TensorEntry.key).
 #pragma once
 
 #include <cstdint>
@@ -52,7 +56,8 @@ enum class TensorRole { kModel = 0, kState = 1 };
 
 // One rank's piece of one global tensor. On save `tensor` is read; on load it
 // is the destination (its shape must equal the slice, dtype equal to the
-// stored one or f32 <-> bf16).
+// stored one or f32 <-> bf16). A request may list several pieces of one name
+// with different slice starts.
 struct NamedTensor {
   std::string name;          // stable global name ("layers.0.attn.wq")
   Tensor tensor;             // local data: the slice [slice_start, +shape)

@@ -2,6 +2,8 @@
 #include <filesystem>
 #include <optional>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
@@ -97,11 +99,12 @@ struct Staged {
 // Which stored shards cover each target; errors when a target lies outside
 // its tensor, the tensor is missing, or the shards leave part of it uncovered.
 StatusOr<std::vector<TargetPlan>> PlanTargets(const std::string& dir, const CheckpointManifest& manifest,
-                                              const std::map<std::string, const NamedTensor*>& targets) {
+                                              const std::vector<const NamedTensor*>& targets) {
   std::map<std::string, std::vector<const TensorEntry*>> by_name;
   for (const TensorEntry& e : manifest.tensors()) by_name[e.name()].push_back(&e);
   std::vector<TargetPlan> plans;
-  for (const auto& [name, t] : targets) {
+  for (const NamedTensor* t : targets) {
+    const std::string& name = t->name;
     auto found = by_name.find(name);
     if (found == by_name.end()) {
       return absl::NotFoundError(absl::StrCat("tensor '", name, "' is not in checkpoint ", dir,
@@ -193,7 +196,7 @@ StatusOr<Tensor> Assemble(const TargetPlan& plan, const std::map<std::string, Sa
   Tensor staging;
   for (const Piece& p : plan.pieces) {
     const SafetensorsFile& file = files.at(p.entry->file());
-    SM_ASSIGN_OR_RETURN(Tensor source, file.Get(name));
+    SM_ASSIGN_OR_RETURN(Tensor source, file.Get(EntryKey(*p.entry)));
     const Box stored = EntryBox(*p.entry);
     if (source.shape() != stored.size || SafetensorsDTypeName(source.dtype()) != p.entry->dtype()) {
       return absl::DataLossError(absl::StrCat(
@@ -237,7 +240,7 @@ struct StagedLoad {
 
 // Everything one rank checks and stages alone (no collectives).
 StatusOr<StagedLoad> StageLocally(const std::string& dir, const CheckpointManifest& manifest,
-                                           const std::map<std::string, const NamedTensor*>& targets,
+                                           const std::vector<const NamedTensor*>& targets,
                                            const std::map<std::string, Shape>& model,
                                            std::optional<FileBytes>* blobs_bytes) {
   const std::string fingerprint =
@@ -274,16 +277,18 @@ StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir, const LoadRequ
   // Local checks first; collectives run on every rank whatever the outcome.
   Status local = absl::OkStatus();
   std::map<std::string, Shape> model;
-  std::map<std::string, const NamedTensor*> targets;
+  std::vector<const NamedTensor*> targets;
+  std::set<std::pair<std::string, Shape>> boxes;  // a tensor may have several target boxes
   for (const NamedTensor& t : request.targets) {
     if (!t.tensor.defined()) {
       local = absl::InvalidArgumentError(absl::StrCat("LoadCheckpoint: target '", t.name, "' is undefined"));
       break;
     }
-    if (!targets.emplace(t.name, &t).second) {
+    if (!boxes.insert({t.name, t.slice_start}).second) {
       local = absl::InvalidArgumentError(absl::StrCat("LoadCheckpoint: target '", t.name, "' listed twice"));
       break;
     }
+    targets.push_back(&t);
     if (t.role == TensorRole::kModel) model[t.name] = t.global_shape.empty() ? t.tensor.shape() : t.global_shape;
   }
   // 1. Model identity over the union of every rank's model targets.

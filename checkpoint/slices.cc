@@ -18,6 +18,10 @@ Box EntryBox(const TensorEntry& entry) {
   return box;
 }
 
+const std::string& EntryKey(const TensorEntry& entry) {
+  return entry.key().empty() ? entry.name() : entry.key();
+}
+
 int64_t Volume(const Box& box) { return NumElements(box.size); }
 
 std::optional<Box> Intersect(const Box& a, const Box& b) {

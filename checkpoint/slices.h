@@ -20,6 +20,8 @@ struct Box {
 
 // The box of a manifest entry.
 Box EntryBox(const TensorEntry& entry);
+// The key of a manifest entry's data in its safetensors file.
+const std::string& EntryKey(const TensorEntry& entry);
 int64_t Volume(const Box& box);
 // Intersection of two boxes of the same rank; nullopt when empty.
 std::optional<Box> Intersect(const Box& a, const Box& b);

@@ -154,13 +154,18 @@ void CheckMoE(const config::RunConfig& c, Problems& p) {
             " is not divisible by parallel.etp=", par.etp(),
             ": choose etp that divides the expert ffn size");
   }
-  const int shared_ffn = e.shared_expert_ffn_hidden_size() == 0 ? e.expert_ffn_hidden_size()
-                                                                : e.shared_expert_ffn_hidden_size();
-  if (e.num_shared_experts() > 0 && par.tp() >= 1 && shared_ffn > 0) {
-    // Shared experts see every token, so they are split like a dense MLP (TP).
-    p.Check(shared_ffn % par.tp() == 0, "moe.shared_expert_ffn_hidden_size=", shared_ffn,
+  // Shared experts are not split (replicated over TP: each TP rank runs them
+  // on its share of the tokens), so their ffn size has no TP rule. The MoE
+  // layer splits each micro-batch's tokens over TP (with or without sequence
+  // parallelism); under sequence parallelism the rule is checked (and named)
+  // in CheckParallel.
+  const config::ModelConfig& m = c.model();
+  const bool has_moe_layers = e.first_dense_layers() < m.num_layers();
+  if (par.tp() > 1 && has_moe_layers && !par.sequence_parallel() && m.seq_length() > 0) {
+    p.Check(m.seq_length() % par.tp() == 0, "model.seq_length=", m.seq_length(),
             " is not divisible by parallel.tp=", par.tp(),
-            ": choose tp that divides the shared expert ffn size");
+            ": the MoE layers split each micro-batch's tokens over tensor-parallel ranks; "
+            "choose tp that divides seq_length");
   }
 }
 
@@ -219,6 +224,12 @@ void CheckOptimizer(const config::RunConfig& c, Problems& p) {
   p.Check(o.eps() > 0, "optimizer.eps=", o.eps(), " must be > 0: e.g. 1e-8");
   NonNegative(p, "optimizer.grad_clip", o.grad_clip());
   if (o.type() == config::OptimizerConfig::MUON) {
+    const config::ParallelConfig& par = c.parallel();
+    p.Check(par.tp() <= 1 && par.etp() <= 1, "optimizer.type=MUON with parallel.tp=", par.tp(),
+            " etp=", par.etp(),
+            " is not supported: Muon's Newton-Schulz step needs whole matrices but tensor "
+            "parallelism splits them; use optimizer.type=ADAMW or set parallel.tp=1 and "
+            "parallel.etp=1");
     p.Check(o.muon_lr() > 0, "optimizer.muon_lr=", o.muon_lr(), " must be > 0: e.g. 0.02");
     InUnitInterval(p, "optimizer.muon_momentum", o.muon_momentum());
     Positive(p, "optimizer.muon_ns_steps", o.muon_ns_steps());

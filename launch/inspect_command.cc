@@ -1,6 +1,7 @@
 // `scalemoe inspect`: builds the model of a config on a ParamRegistry WITHOUT
 // materializing it (nothing is allocated, so any size can be inspected) and
-// prints every parameter (global name, shape, role, element count) and the
+// prints every parameter (global name, global shape, the per-rank shape under
+// tp/etp > 1, role, element count) and the
 // totals: parameters, active parameters per token, training FLOPs per token,
 // and the scale vectors' count and share.
 #include <algorithm>
@@ -45,21 +46,44 @@ std::string Grouped(int64_t n) {
   return out;
 }
 
-void PrintTable(const ParamRegistry& registry, DecayPolicy policy) {
-  size_t name_width = 4, shape_width = 5;
+// The shape each rank holds of `spec` under `layout`: the global shape with
+// the split dim divided by tp (or etp for an expert-TP split).
+Shape PerRankShape(const ParamSpec& spec, const ParallelLayout& layout) {
+  Shape shape = spec.shape;
+  const int d = spec.layout.tp_split_dim;
+  if (d >= 0 && d < static_cast<int>(shape.size())) {
+    shape[d] /= spec.layout.tp_group == TpGroup::kExpert ? layout.etp : layout.tp;
+  }
+  return shape;
+}
+
+// Shapes are global; with tp or etp > 1 a "per rank" column shows the slice
+// every (E)TP rank holds (equal to the global shape when replicated).
+void PrintTable(const ParamRegistry& registry, DecayPolicy policy, const ParallelLayout& layout) {
+  const bool split = layout.tp > 1 || layout.etp > 1;
+  size_t name_width = 4, shape_width = 5, local_width = 8;
   for (const auto& p : registry.params()) {
     name_width = std::max(name_width, p->spec.name.size());
     shape_width = std::max(shape_width, ShapeString(p->spec.shape).size());
+    local_width = std::max(local_width, ShapeString(PerRankShape(p->spec, layout)).size());
   }
   const int nw = static_cast<int>(name_width), sw = static_cast<int>(shape_width);
-  std::printf("%-*s  %-*s  %-17s  %-5s  %13s\n", nw, "name", sw, "shape", "role", "decay",
-              "count");
+  const int lw = split ? static_cast<int>(local_width) : 0;
+  if (split) {
+    std::printf("shapes are global; 'per rank' is what each of the tp=%d (etp=%d for expert-TP "
+                "splits) ranks holds\n",
+                layout.tp, layout.etp);
+  }
+  std::printf("%-*s  %-*s  %-*s%s%-17s  %-5s  %13s\n", nw, "name", sw, "shape", lw,
+              split ? "per rank" : "", split ? "  " : "", "role", "decay", "count");
   for (const auto& p : registry.params()) {
     const bool decays =
         Decays(p->spec.role, static_cast<int>(p->spec.shape.size()), policy);
-    std::printf("%-*s  %-*s  %-17s  %-5s  %13s\n", nw, p->spec.name.c_str(), sw,
-                ShapeString(p->spec.shape).c_str(), ParamRoleName(p->spec.role),
-                decays ? "yes" : "no", Grouped(NumElements(p->spec.shape)).c_str());
+    const std::string local = split ? ShapeString(PerRankShape(p->spec, layout)) : "";
+    std::printf("%-*s  %-*s  %-*s%s%-17s  %-5s  %13s\n", nw, p->spec.name.c_str(), sw,
+                ShapeString(p->spec.shape).c_str(), lw, local.c_str(), split ? "  " : "",
+                ParamRoleName(p->spec.role), decays ? "yes" : "no",
+                Grouped(NumElements(p->spec.shape)).c_str());
   }
 }
 
@@ -95,10 +119,12 @@ int RunInspect(const std::vector<std::string>& args) {
   if (Status s = ValidateConfig(*cfg, static_cast<int>(*world)); !s.ok()) {
     return Fail(path + ": " + std::string(s.message()));
   }
+  StatusOr<ParallelLayout> layout = ResolveLayout(*cfg, static_cast<int>(*world));
+  if (!layout.ok()) return Fail(std::string(layout.status().message()));
   ParamRegistry registry;
   MoeTransformer model(registry, *cfg);
   const DecayPolicy policy = cfg->scale_vectors().decay_policy();
-  PrintTable(registry, policy);
+  PrintTable(registry, policy, *layout);
   const ModelCounts c = model.Counts();
   std::printf("\nparameters:            %s (%zu tensors)\n", Grouped(c.total_params).c_str(),
               registry.params().size());
@@ -111,8 +137,6 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("\noptimizer groups (decay policy %s):\n%s",
               config::ScaleVectorConfig::DecayPolicy_Name(policy).c_str(),
               groups->DescribeGroups().c_str());
-  StatusOr<ParallelLayout> layout = ResolveLayout(*cfg, static_cast<int>(*world));
-  if (!layout.ok()) return Fail(std::string(layout.status().message()));
   StatusOr<RankGrid> grid = RankGrid::Create(
       layout->world, {.tp = layout->tp, .dp = layout->dp, .pp = layout->pp,
                       .etp = layout->etp, .ep = layout->ep, .edp = layout->edp});

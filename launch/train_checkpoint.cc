@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
+#include "checkpoint/training_tensors.h"
 #include "core/logging.h"
 #include "launch/config.h"
 #include "launch/train_loop.h"
@@ -17,36 +18,15 @@ constexpr char kUpdatesBlob[] = "optimizer_updates";
 
 }  // namespace
 
-// Checkpoint contents of this rank. For a save, a replicated tensor is
-// written by group rank 0 of its replica group only (dense: dp, expert:
-// edp), and a tied embedding by the first pipeline stage only (the last
-// stage's copy is identical); for a load, every rank fills everything it
-// holds (both copies read the one stored tensor).
+// Checkpoint contents of this rank (checkpoint/training_tensors.h): for a
+// save each element once over the world (replicas over dp/edp by group rank
+// 0, over (E)TP by (E)TP rank 0, split tensors by every (E)TP rank, a tied
+// embedding by the first stage); for a load everything this rank holds.
+// Optimizer state is stored under the parameter's global shape, so it
+// reshards over tp, dp and the zero stage like the parameter.
 std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
-  auto tied_copy = [](const ParamSpec& spec) {
-    return spec.role == ParamRole::kEmbedding && spec.layout.pipeline_stage > 0;
-  };
-  auto writes = [&](const ParamSpec& spec) {
-    return !for_save ||
-           (!tied_copy(spec) &&
-            (spec.layout.is_expert() ? groups_.coords.edp : groups_.coords.dp) == 0);
-  };
-  std::vector<checkpoint::NamedTensor> out;
-  for (const auto& p : registry_.params()) {
-    if (writes(p->spec)) {
-      out.push_back({p->spec.name, p->value, {}, {}, checkpoint::TensorRole::kModel});
-    }
-  }
-  for (const StateSlice& s : optimizer_->StateSlices()) {
-    const std::string param = s.name.substr(s.name.find('/') + 1);
-    const Param* p = registry_.Find(param);
-    SM_CHECK_MSG(p != nullptr, "optimizer state ", s.name, " of an unknown parameter");
-    const bool replicated =
-        optimizer_->zero_stage() == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
-    if ((replicated && !writes(p->spec)) || (for_save && tied_copy(p->spec))) continue;
-    out.push_back({s.name, s.data, {s.global_numel}, {s.start}, checkpoint::TensorRole::kState});
-  }
-  return out;
+  return checkpoint::TrainingTensors(registry_, optimizer_->StateSlices(),
+                                     optimizer_->zero_stage(), groups_.coords, for_save);
 }
 
 Status TrainLoop::Resume() {
@@ -88,7 +68,7 @@ Status TrainLoop::SaveCheckpoint(int64_t step) {
   request.step = step;
   request.config_text = ConfigToText(cfg_);
   const GridSizes& sizes = groups_.grid.sizes();
-  request.layout = {1, sizes.pp, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
+  request.layout = {sizes.tp, sizes.pp, sizes.dp, sizes.ep, sizes.etp, groups_.grid.world(),
                     optimizer_->zero_stage()};
   request.rank = groups_.coords.global;
   request.tensors = CheckpointTensors(/*for_save=*/true);

@@ -38,7 +38,10 @@ class TrainLoop {
         local_groups_(options.groups ? nullptr
                                      : std::make_unique<ProcessGroups>(LocalProcessGroups())),
         groups_(options.groups ? *options.groups : *local_groups_),
-        registry_() {}
+        registry_(ShardCoords{.tp_rank = groups_.coords.tp,
+                              .tp_size = groups_.grid.sizes().tp,
+                              .etp_rank = groups_.coords.etp,
+                              .etp_size = groups_.grid.sizes().etp}) {}
 
   StatusOr<TrainResult> Run();
 

@@ -23,13 +23,17 @@ constexpr int kTiedEmbeddingTag = 30001;
 // Pipeline parallelism: one 1F1B executor over the pp group, each step's
 // micro-batches (the loader's, the same on every stage) in flight together.
 // Rank 0 prints the schedule's bubble fraction and every stage's peak of
-// stashed input activations (what issue 6 asks the trainer to report).
+// stashed input activations per rank (what issue 6 asks the trainer to
+// report; under sequence parallelism each TP rank stashes its 1/tp of the
+// tokens).
 Status TrainLoop::SetupPipeline() {
   PipelineExecutorOptions eo;
   eo.schedule = PipelineScheduleKind::kOneFOneB;
   eo.num_microbatches = static_cast<int>(accumulation_);
-  eo.activation_shape = {cfg_.train().micro_batch_size() * cfg_.model().seq_length(),
-                         cfg_.model().hidden_size()};
+  // What one stage sends the next per micro-batch: [B*T, C], or this TP
+  // rank's [B*T/tp, C] under sequence parallelism.
+  eo.activation_shape =
+      model_->BoundaryShape(cfg_.train().micro_batch_size(), cfg_.model().seq_length());
   eo.activation_dtype = registry_.flat_values().dtype();
   SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
   executor_.emplace(std::move(executor));
@@ -93,7 +97,7 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
     auto [tokens, targets] = BatchTensors(batch);
     Tensor input;
     if (!model_->is_first_stage()) {
-      input = Tensor::Empty({tokens.numel(), cfg_.model().hidden_size()},
+      input = Tensor::Empty(model_->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
                             registry_.flat_values().dtype(), Device::kCPU);
       SM_RETURN_IF_ERROR(pp.Recv(input, pp.rank() - 1, {.tag = kEvalTag}));
     }

@@ -72,6 +72,7 @@ Status TrainLoop::Setup() {
   flops_per_token_ = model_->Counts().train_flops_per_token;
   SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_));
   const MemoryReport memory = optimizer_->Memory();
+  // Per rank (its (E)TP slices, its ZeRO shards).
   SM_LOG_RANK0(kInfo, "memory on rank 0: parameters ", memory.param_bytes / 1048576.0,
                " MiB, gradients ", memory.grad_bytes / 1048576.0, " MiB, optimizer state ",
                memory.optimizer_state_bytes / 1048576.0, " MiB");
@@ -157,6 +158,7 @@ StatusOr<double> TrainLoop::Evaluate() {
     auto [tokens, targets] = BatchTensors(batch);
     loss[0] += model_->Evaluate(ctx_, tokens, targets).cross_entropy / n;
   }
+  // TP ranks hold the same TP-global loss: mean over dp replicas only.
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
   return loss[0] / groups_.dp->size();
 }
@@ -225,6 +227,9 @@ StatusOr<TrainResult> TrainLoop::Run() {
                               : total_steps;
   const int64_t dp = groups_.grid.sizes().dp;
   const int64_t accumulation = accumulation_;
+  // Tokens of one global batch: each data-parallel replica's (its TP and PP
+  // ranks share them, so not × tp or × pp); tokens/s and TFLOP/s (the
+  // model's global FLOPs per token) are per run, not per rank.
   const int64_t tokens_per_step =
       accumulation * dp * train.micro_batch_size() * cfg_.model().seq_length();
   const int interval = std::max(1, cfg_.logging().log_interval());
@@ -249,6 +254,8 @@ StatusOr<TrainResult> TrainLoop::Run() {
     }
     SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
+    // Under TP every TP rank of a replica holds the same TP-global losses:
+    // reduce over pp and dp only (a world sum would count them tp times).
     if (pipelined()) {
       SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.pp, std::move(sums)));
     }

@@ -34,10 +34,23 @@ bool IsTiedCopy(const Param& p) {
   return p.spec.role == ParamRole::kEmbedding && p.spec.layout.pipeline_stage > 0;
 }
 
-// Whether this rank counts `p` in the global norm: a tensor replicated over
-// its reduction group is counted on group rank 0 only.
+// Whether this rank's copy of `p` counts toward the world's sum of squares
+// at all: a tensor replicated over its (E)TP group (every (E)TP rank holds
+// the same values and, after the model's partial-gradient sum, the same
+// gradient) only on (E)TP rank 0; a split one on every (E)TP rank (each holds
+// a different slice); a tied embedding copy never.
+bool CountsOverTp(const Param& p, const ProcessGroups& groups) {
+  if (IsTiedCopy(p)) return false;
+  if (p.spec.layout.tp_split_dim >= 0) return true;
+  return (p.spec.layout.is_expert() ? groups.etp : groups.tp)->rank() == 0;
+}
+
+// Whether this rank counts a replicated (not ZeRO-sharded) `p` in the global
+// norm: on (E)TP rank 0 unless split (above), and on rank 0 of its reduction
+// group (dp, or edp for experts).
 bool CountsInNorm(const Param& p, const ProcessGroups& groups) {
-  return !IsTiedCopy(p) && (p.spec.layout.is_expert() ? groups.edp : groups.dp)->rank() == 0;
+  return CountsOverTp(p, groups) &&
+         (p.spec.layout.is_expert() ? groups.edp : groups.dp)->rank() == 0;
 }
 
 }  // namespace
@@ -68,11 +81,15 @@ StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
     const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups) {
   SM_RETURN_IF_ERROR(ValidateConfig(config));
   const GridSizes& sizes = groups.grid.sizes();
-  if (sizes.tp != 1 || sizes.etp != 1) {
-    return absl::UnimplementedError(
-        absl::StrCat("DistributedOptimizer: tp=", sizes.tp, " etp=", sizes.etp,
-                     "; only data, expert and pipeline parallelism are supported: set "
-                     "parallel.tp and parallel.etp to 1"));
+  if (config.optimizer().type() == config::OptimizerConfig::MUON &&
+      (sizes.tp > 1 || sizes.etp > 1)) {
+    // Refused whenever TP or ETP is on, split Muon matrices or not: under
+    // (E)TP the dense or expert linears are split, and Newton-Schulz needs
+    // whole matrices.
+    return absl::UnimplementedError(absl::StrCat(
+        "optimizer.type=MUON with parallel.tp=", sizes.tp, " etp=", sizes.etp,
+        ": Muon's Newton-Schulz orthogonalisation needs whole matrices but tensor parallelism "
+        "splits them; use optimizer.type=ADAMW, or parallel.tp=1 and parallel.etp=1"));
   }
   if (!registry.materialized()) {
     return absl::FailedPreconditionError(
@@ -195,18 +212,18 @@ Status DistributedOptimizer::GradientsReady(int64_t begin, int64_t end) {
 
 StatusOr<double> DistributedOptimizer::GlobalGradNorm() {
   double local = 0.0;
+  // Stage 1: the reduced gradients of this rank's shards, parameter by
+  // parameter, skipping what another (E)TP rank counts (replicated over the
+  // group) and tied embedding copies; padding is never counted.
   for (const auto& d : domains_) {
-    local += SumOfSquares(d->grad);  // padding is zero
-    // Less this shard's part of a tied embedding copy.
     for (const Domain::Piece& piece : d->pieces) {
       for (const ParamGroupEntry& e : groups_.entries()) {
-        if (!IsTiedCopy(*e.param)) continue;
-        const int64_t b = std::max(piece.flat_begin, e.param->flat_offset);
-        const int64_t end =
-            std::min(piece.flat_end, e.param->flat_offset + e.param->local_numel());
-        if (b >= end) continue;
+        const Param& p = *e.param;
+        const int64_t b = std::max(piece.flat_begin, p.flat_offset);
+        const int64_t end = std::min(piece.flat_end, p.flat_offset + p.local_numel());
+        if (b >= end || !CountsOverTp(p, process_groups_)) continue;
         const int64_t offset = piece.shard_offset + (b - piece.flat_begin);
-        local -= SumOfSquares(d->grad.Narrow(0, offset, end - b));
+        local += SumOfSquares(d->grad.Narrow(0, offset, end - b));
       }
     }
   }
@@ -285,7 +302,7 @@ std::vector<StateSlice> DistributedOptimizer::StateSlices() const {
       const int64_t stop = std::min(end, p.flat_offset + p.local_numel());
       if (b >= stop) continue;
       out.push_back({absl::StrCat("optimizer.", buffer, "/", p.spec.name),
-                     state.Narrow(0, b - begin, stop - b), p.local_numel(), b - p.flat_offset});
+                     state.Narrow(0, b - begin, stop - b), &p, b - p.flat_offset});
     }
   };
   auto add_rule = [&](const char* buffer, const Tensor& state, UpdateRule rule) {

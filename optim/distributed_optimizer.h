@@ -1,7 +1,12 @@
 // DistributedOptimizer: the optimizer of a data-/expert-parallel run. Input
 // to Step: every rank's own, unsynchronised gradients in the registry's flat
 // grad buffer (dense parameters replicated over dp, experts owned per EP rank
-// and replicated over edp; TP = 1). Under pipeline parallelism each stage's
+// and replicated over edp). Under tensor parallelism the registry holds this
+// rank's (E)TP slice of each split parameter and the whole of each replicated
+// one, and the model has already summed the partial gradients over (E)TP
+// (ParamLayout.tp_partial_grad), so every rank holds its data-parallel
+// replica's gradient of what it holds, as without TP: the dp/edp groups
+// (same (E)TP rank) sync and shard identical layouts. Under pipeline parallelism each stage's
 // registry holds only its own (disjoint) parameters; the dp/edp groups lie
 // inside one stage, so the sync is per stage, and the world all-reduce of
 // the norm adds every stage's parameters exactly once. Output: the same parameters on every
@@ -22,8 +27,10 @@
 //      instead, and every rank updates them with replicated momentum (so
 //      only AdamW state + master weights shrink as 1/DP).
 // Both stages: the global grad norm counts every element once over the world
-// (shard sums of squares; a replicated tensor only on group rank 0; a tied
-// embedding only on the first pipeline stage, not the last stage's copy),
+// (shard sums of squares; a tensor replicated over dp/edp only on group rank
+// 0; one replicated over its (E)TP group only on (E)TP rank 0, a split one on
+// every (E)TP rank; a tied embedding only on the first pipeline stage, not
+// the last stage's copy),
 // all-reduced over the world, then clipping to optimizer.grad_clip. A
 // non-finite norm changes no parameter and no state (applied = false).
 #pragma once
@@ -57,8 +64,9 @@ struct MemoryReport {
 class DistributedOptimizer {
  public:
   // Reads what Optimizer::Create reads plus parallel.zero_stage (0 or 1) and
-  // parallel.grad_bucket_elements. Errors name the field; TP/ETP > 1 are
-  // not supported yet. `registry` (materialised) and `groups` must outlive
+  // parallel.grad_bucket_elements. Errors name the field; optimizer.type=MUON
+  // is refused whenever tp > 1 or etp > 1 (Newton-Schulz needs whole
+  // matrices). `registry` (materialised) and `groups` must outlive
   // the optimizer.
   static StatusOr<std::unique_ptr<DistributedOptimizer>> Create(const config::RunConfig& config,
                                                                 ParamRegistry& registry,
@@ -87,9 +95,11 @@ class DistributedOptimizer {
   void set_num_updates(int64_t n) { num_updates_ = n; }
 
   // The state this rank holds, per parameter ("optimizer.adam_m/<name>",
-  // adam_v, muon_momentum), aliasing the live buffers. Replicated state (all
-  // of it under stage 0, Muon momentum under stage 1) appears on every rank
-  // of its group (dp or edp) with start 0: a writer keeps group rank 0's.
+  // adam_v, muon_momentum), aliasing the live buffers, as ranges of the
+  // parameter's local (E)TP shard. Replicated state (all of it under stage 0,
+  // Muon momentum under stage 1) appears on every rank of its group (dp or
+  // edp) with start 0: a writer keeps group rank 0's (and, for a parameter
+  // replicated over (E)TP, (E)TP rank 0's).
   std::vector<StateSlice> StateSlices() const;
   // Re-reads the ZeRO-1 master weights from the registry's values; call after
   // restoring parameters from a checkpoint. No-op under stage 0.

@@ -9,10 +9,12 @@
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
+#include "checkpoint/training_tensors.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "nlohmann/json.hpp"
+#include "parallel/fake_communicator.h"
 #include "tests/testing/python.h"
 #include "tests/checkpoint/temp_dir.h"
 #include "tests/model/model_test_util.h"
@@ -97,6 +99,61 @@ TEST(ExportTest, FoldsScaleVectorsAndMatchesTheModelLoss) {
   LossBreakdown loss = model.Forward(ctx, Tensor::FromVector({b, t}, in, DType::kI32),
                                      Tensor::FromVector({b, t}, tgt, DType::kI32));
   EXPECT_NEAR(j["loss"].get<double>(), loss.cross_entropy, 1e-4) << text;
+}
+
+// A checkpoint written by two TP ranks (split tensors as slices, replicated
+// ones by TP rank 0) exports the same consolidated model as a one-rank
+// checkpoint of the same model: init is layout-independent.
+TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
+  testing::TempDir one, two;
+  config::RunConfig cfg = ExportConfig();
+  cfg.mutable_model()->set_num_kv_heads(cfg.model().num_heads());  // splits over tp=2
+  std::string config_text;
+  google::protobuf::TextFormat::PrintToString(cfg, &config_text);
+  {
+    ParamRegistry registry;
+    MoeTransformer model(registry, cfg);
+    ASSERT_TRUE(registry.Materialize(7, DType::kF32, Device::kCPU).ok());
+    SaveRequest req;
+    req.root = one.path();
+    req.step = 1;
+    req.config_text = config_text;
+    req.tensors = TrainingTensors(registry, {}, 0, GridCoords{}, true);
+    ASSERT_TRUE(SaveCheckpoint(req).ok());
+  }
+  FakeWorld world;
+  const Status saved = world.Run(2, {.tp = 2, .dp = 1, .etp = 2, .edp = 1}, [&](ProcessGroups& pg) -> Status {
+    ParamRegistry registry(ShardCoords{pg.coords.tp, 2, pg.coords.etp, 2});
+    MoeTransformer model(registry, cfg, &pg);  // parameters only (no forward)
+    SM_RETURN_IF_ERROR(registry.Materialize(7, DType::kF32, Device::kCPU));
+    int split = 0;
+    for (const auto& p : registry.params()) split += p->spec.layout.tp_split_dim >= 0;
+    if (split == 0) return absl::InternalError("no split parameter: the test checks nothing");
+    SaveRequest req;
+    req.root = two.path();
+    req.step = 1;
+    req.config_text = config_text;
+    req.layout = {2, 1, 1, 1, 2, 2, 0};
+    req.rank = pg.coords.global;
+    req.tensors = TrainingTensors(registry, {}, 0, pg.coords, true);
+    return SaveCheckpoint(req, pg.world.get());
+  });
+  ASSERT_TRUE(saved.ok()) << saved;
+  StatusOr<std::string> described = DescribeCheckpoint(two.path() + "/checkpoints/step_1");
+  ASSERT_TRUE(described.ok()) << described.status();
+  for (const testing::TempDir* d : {&one, &two}) {
+    const Status s =
+        ExportCheckpoint({d->path() + "/checkpoints/step_1", d->path() + "/export", DType::kF32, ""});
+    ASSERT_TRUE(s.ok()) << s;
+  }
+  StatusOr<SafetensorsFile> a = SafetensorsFile::Read(one.path() + "/export/model.safetensors");
+  StatusOr<SafetensorsFile> b = SafetensorsFile::Read(two.path() + "/export/model.safetensors");
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->entries().size(), b->entries().size());
+  for (const SafetensorsEntry& e : a->entries()) {
+    ASSERT_NE(b->Find(e.name), nullptr) << e.name;
+    EXPECT_EQ((*a->Get(e.name)).ToVector(), (*b->Get(e.name)).ToVector()) << e.name;
+  }
 }
 
 }  // namespace

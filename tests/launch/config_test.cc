@@ -254,9 +254,16 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
       {{"moe.expert_ffn_hidden_size=0"}, 1, {"moe.expert_ffn_hidden_size=0"}},
       {{"moe.num_shared_experts=-1"}, 1, {"moe.num_shared_experts=-1"}},
       {{"moe.shared_expert_ffn_hidden_size=-1"}, 1, {"moe.shared_expert_ffn_hidden_size=-1"}},
-      {{"moe.num_shared_experts=1", "moe.shared_expert_ffn_hidden_size=129", "parallel.tp=2"},
+      {{"parallel.tp=2", "model.seq_length=127"},
        2,
-       {"moe.shared_expert_ffn_hidden_size=129 is not divisible by parallel.tp=2"}},
+       {"model.seq_length=127 is not divisible by parallel.tp=2",
+        "MoE layers split each micro-batch's tokens"}},
+      {{"optimizer.type=MUON", "parallel.tp=2"},
+       2,
+       {"optimizer.type=MUON with parallel.tp=2 etp=1 is not supported", "optimizer.type=ADAMW"}},
+      {{"optimizer.type=MUON", "parallel.etp=2"},
+       2,
+       {"optimizer.type=MUON with parallel.tp=1 etp=2 is not supported"}},
       {{"moe.first_dense_layers=5"}, 1, {"moe.first_dense_layers=5"}},
       {{"moe.moe_layer_frequency=0"}, 1, {"moe.moe_layer_frequency=0"}},
       {{"moe.capacity_factor=-1"}, 1, {"moe.capacity_factor=-1 must be a finite value >= 0"}},
@@ -328,6 +335,21 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
     for (const std::string& e : rc.expected) EXPECT_THAT(std::string(s.message()), HasSubstr(e));
   }
+}
+
+// Shared experts stay replicated under TP: no divisibility rule for their
+// ffn size; the MoE token split needs only seq_length % tp.
+TEST(ValidateTest, TensorParallelMoeRulesAcceptValidLayouts) {
+  EXPECT_TRUE(ValidateConfig(Tiny({"moe.num_shared_experts=1",
+                                   "moe.shared_expert_ffn_hidden_size=129", "parallel.tp=2"}),
+                             2)
+                  .ok());
+  EXPECT_TRUE(ValidateConfig(Tiny({"parallel.tp=2", "parallel.sequence_parallel=true"}), 2).ok());
+  // A dense model has no MoE token split: an odd sequence is fine without SP.
+  EXPECT_TRUE(
+      ValidateConfig(Tiny({"parallel.tp=2", "model.seq_length=127", "moe.num_experts=0"}), 2)
+          .ok());
+  EXPECT_TRUE(ValidateConfig(Tiny({"optimizer.type=MUON"}), 2).ok());
 }
 
 TEST(ValidateTest, ReportsAllProblemsAtOnce) {

@@ -9,6 +9,8 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -299,7 +301,7 @@ TEST(DistributedOptimizerTest, StateSlicesTileEveryParameterOnce) {
                          std::lock_guard<std::mutex> lock(mu);
                          for (const StateSlice& s : opt->StateSlices()) {
                            std::vector<int>& count = owners[s.name];
-                           count.resize(s.global_numel);
+                           count.resize(s.param->local_numel());
                            for (int64_t i = 0; i < s.data.numel(); ++i) count[s.start + i] += 1;
                          }
                          return absl::OkStatus();
@@ -309,6 +311,226 @@ TEST(DistributedOptimizerTest, StateSlicesTileEveryParameterOnce) {
             2u * 8);  // adam_m and adam_v of every dense parameter
   for (const auto& [name, count] : owners) {
     for (size_t i = 0; i < count.size(); ++i) EXPECT_EQ(count[i], 1) << name << "[" << i << "]";
+  }
+}
+
+// ---- Tensor parallelism: split and replicated parameters over TP/ETP. ----
+
+// Dense: column- and row-split matrices, a split bias, a replicated matrix
+// and scale vectors; expert-layout (ETP): routed experts split on either dim
+// with a replicated γ, and a replicated expert-TP matrix (no expert index).
+// Sizes make the ZeRO-1 shards cut through split and replicated tensors.
+void BuildTp(ParamRegistry& reg, DType dtype) {
+  auto add = [&](const std::string& name, Shape shape, ParamRole role, int split,
+                 TpGroup group = TpGroup::kDense, int expert = -1) {
+    ParamLayout layout;
+    layout.tp_split_dim = split;
+    layout.tp_group = group;
+    layout.expert = expert;
+    const InitSpec init = role == ParamRole::kInputNormScale || role == ParamRole::kOutputNormScale
+                              ? InitSpec::Ones()
+                              : InitSpec::Normal(0.5);
+    reg.Create({name, std::move(shape), role, init, layout});
+  };
+  add("w_col", {8, 5}, ParamRole::kLinear, 0);
+  add("in_gamma", {5}, ParamRole::kInputNormScale, -1);
+  add("w_row", {3, 8}, ParamRole::kLinear, 1);
+  add("b_col", {8}, ParamRole::kBias, 0);
+  add("w_rep", {3, 3}, ParamRole::kLinear, -1);
+  for (int e = 0; e < 2; ++e) {
+    add(absl::StrCat("experts.", e, ".w_up"), {3, 4}, ParamRole::kExpertLinear, 1,
+        TpGroup::kExpert, e);
+    add(absl::StrCat("experts.", e, ".gamma"), {3}, ParamRole::kInputNormScale, -1,
+        TpGroup::kExpert, e);
+    add(absl::StrCat("experts.", e, ".w_down"), {4, 3}, ParamRole::kExpertLinear, 0,
+        TpGroup::kExpert, e);
+  }
+  add("shared_rep", {2, 3}, ParamRole::kExpertLinear, -1, TpGroup::kExpert);
+  add("out_u", {3}, ParamRole::kOutputNormScale, -1);
+  SM_CHECK_OK(reg.Materialize(11, dtype, Device::kCPU));
+}
+
+// The gradient data-parallel replica `dp` computes for global element `gi`
+// (identical on every (E)TP rank of the replica, as after the model's
+// partial-gradient sums).
+double ReplicaGrad(const std::string& name, int64_t gi, int dp, int t) {
+  return LocalGrad(name, gi, dp, t);
+}
+
+// What a rank holds for an expert-layout element, as the MoE layer leaves
+// it: each replica's tokens are split over its TP ranks, and an ETP group
+// computes over the tokens of all its members; so the sum over the ETP
+// group's members Q of replica dp(Q)'s gradient, over tp. Summed over edp
+// (and ×1/DP) this is the mean over replicas, like a dense gradient.
+double ExpertGrad(const ProcessGroups& pg, const std::string& name, int64_t gi, int t) {
+  double g = 0;
+  for (int q : pg.grid.GroupOf(Axis::kEtp, pg.coords.global)) {
+    g += ReplicaGrad(name, gi, pg.grid.Coords(q).dp, t);
+  }
+  return g / pg.grid.sizes().tp;
+}
+
+ShardCoords CoordsOf(const ProcessGroups& pg) {
+  return {pg.coords.tp, pg.grid.sizes().tp, pg.coords.etp, pg.grid.sizes().etp};
+}
+
+// TP `tp` x DP `dp`, every expert on every rank (ep 1), experts split over
+// ETP `etp` (edp = tp*dp/etp) vs one rank on the mean over replicas.
+void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
+  const config::RunConfig config = Config(config::OptimizerConfig::ADAMW, zero);
+  constexpr int kSteps = 4;
+  const int world_size = tp * dp;
+  std::vector<double> ref_norms;
+  std::map<std::string, std::vector<double>> ref;
+  {
+    ParamRegistry reg;
+    BuildTp(reg, DType::kF64);
+    auto opt = Optimizer::Create(config, reg);
+    SM_CHECK_OK(opt.status());
+    for (int t = 0; t < kSteps; ++t) {
+      for (const auto& p : reg.params()) {
+        std::vector<double> g(p->local_numel(), 0.0);
+        for (int r = 0; r < dp; ++r) {
+          for (int64_t i = 0; i < p->local_numel(); ++i) g[i] += ReplicaGrad(p->spec.name, i, r, t) / dp;
+        }
+        p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
+      }
+      const StepStats stats = (*opt)->Step(ExecContext::Cpu(), t);
+      SM_CHECK(stats.applied);
+      ref_norms.push_back(stats.grad_norm);
+    }
+    for (const auto& p : reg.params()) ref[p->spec.name] = p->value.ToVector();
+  }
+  EXPECT_GT(*std::max_element(ref_norms.begin(), ref_norms.end()), 2.0);  // clipping acts
+  std::mutex mu;
+  FakeWorld world;
+  const GridSizes sizes{.tp = tp, .dp = dp, .etp = etp, .ep = 1, .edp = world_size / etp};
+  const Status status = world.Run(world_size, sizes, [&](ProcessGroups& pg) -> Status {
+    ParamRegistry reg(CoordsOf(pg));
+    BuildTp(reg, DType::kF64);
+    SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg));
+    std::vector<double> norms;
+    for (int t = 0; t < kSteps; ++t) {
+      for (const auto& p : reg.params()) {
+        std::vector<double> g(p->local_numel());
+        for (int64_t i = 0; i < p->local_numel(); ++i) {
+          const int64_t gi = p->GlobalIndex(i, reg.coords());
+          g[i] = p->spec.layout.is_expert() ? ExpertGrad(pg, p->spec.name, gi, t)
+                                            : ReplicaGrad(p->spec.name, gi, pg.coords.dp, t);
+        }
+        p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
+      }
+      SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), t));
+      if (!stats.applied) return absl::InternalError("step not applied");
+      norms.push_back(stats.grad_norm);
+    }
+    std::lock_guard<std::mutex> lock(mu);
+    SCOPED_TRACE(absl::StrCat("rank ", pg.coords.global, " tp ", pg.coords.tp, " etp ",
+                              pg.coords.etp));
+    for (int t = 0; t < kSteps; ++t) {
+      EXPECT_NEAR(norms[t], ref_norms[t], 1e-12 * ref_norms[t]) << "step " << t;
+    }
+    for (const auto& p : reg.params()) {
+      const std::vector<double> got = p->value.ToVector();
+      const std::vector<double>& want = ref.at(p->spec.name);
+      for (int64_t i = 0; i < p->local_numel(); ++i) {
+        const int64_t gi = p->GlobalIndex(i, reg.coords());
+        EXPECT_NEAR(got[i], want[gi], 1e-12 * std::max(1.0, std::abs(want[gi])))
+            << p->spec.name << "[" << gi << "]";
+      }
+    }
+    return absl::OkStatus();
+  });
+  ASSERT_TRUE(status.ok()) << status;
+}
+
+TEST(DistributedOptimizerTest, TensorParallelMatchesSingleRankOnWholeTensors) {
+  for (int zero : {0, 1}) {
+    for (auto [tp, dp, etp] : {std::tuple{2, 1, 1}, std::tuple{2, 2, 1}, std::tuple{2, 2, 2},
+                               std::tuple{1, 2, 2}, std::tuple{4, 1, 2}}) {
+      SCOPED_TRACE(absl::StrCat("zero ", zero, " tp ", tp, " dp ", dp, " etp ", etp));
+      ExpectTpMatchesReference(zero, tp, dp, etp);
+    }
+  }
+}
+
+TEST(DistributedOptimizerTest, MuonIsRefusedUnderTensorParallelism) {
+  for (auto [tp, etp] : {std::pair{2, 1}, std::pair{1, 2}}) {
+    FakeWorld world;
+    const Status status = world.Run(2, {.tp = tp, .dp = 2 / tp, .etp = etp, .edp = 2 / etp},
+                                    [&](ProcessGroups& pg) -> Status {
+                                      ParamRegistry reg(CoordsOf(pg));
+                                      BuildTp(reg, DType::kF32);
+                                      auto opt = DistributedOptimizer::Create(
+                                          Config(config::OptimizerConfig::MUON, 1), reg, pg);
+                                      EXPECT_FALSE(opt.ok());
+                                      EXPECT_THAT(opt.status().message(),
+                                                  HasSubstr("optimizer.type=MUON"));
+                                      EXPECT_THAT(opt.status().message(), HasSubstr("ADAMW"));
+                                      return absl::OkStatus();
+                                    });
+    EXPECT_TRUE(status.ok()) << status;
+  }
+}
+
+// StateBoxes of every rank, each (E)TP-replicated tensor's taken from (E)TP
+// rank 0 only (as checkpoints do), tile every parameter's GLOBAL shape once,
+// and each box element is the state of that global element.
+TEST(DistributedOptimizerTest, StateBoxesTileTheGlobalShapesUnderTp) {
+  for (int zero : {0, 1}) {
+    SCOPED_TRACE(absl::StrCat("zero ", zero));
+    const config::RunConfig config = Config(config::OptimizerConfig::ADAMW, zero);
+    std::mutex mu;
+    std::map<std::string, std::vector<int>> count;  // name -> per global element
+    FakeWorld world;
+    const Status status =
+        world.Run(4, {.tp = 2, .dp = 2, .etp = 2, .ep = 1, .edp = 2}, [&](ProcessGroups& pg) -> Status {
+          ParamRegistry reg(CoordsOf(pg));
+          BuildTp(reg, DType::kF64);
+          SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg));
+          const std::vector<StateSlice> slices = opt->StateSlices();
+          // Mark every state element with its parameter's global index.
+          for (const StateSlice& s : slices) {
+            for (int64_t i = 0; i < s.data.numel(); ++i) {
+              s.data.Narrow(0, i, 1).Fill(
+                  static_cast<double>(s.param->GlobalIndex(s.start + i, reg.coords())));
+            }
+          }
+          std::lock_guard<std::mutex> lock(mu);
+          for (const StateSlice& s : slices) {
+            const ParamLayout& l = s.param->spec.layout;
+            if (l.tp_split_dim < 0 && (l.is_expert() ? pg.coords.etp : pg.coords.tp) != 0) continue;
+            if (zero == 0 && (l.is_expert() ? pg.coords.edp : pg.coords.dp) != 0) continue;
+            const Shape& global = s.param->spec.shape;
+            std::vector<int>& c = count[s.name];
+            c.resize(NumElements(global));
+            int64_t total = 0;
+            const std::vector<StateBox> boxes = StateBoxes(s, reg.coords());
+            EXPECT_LE(boxes.size(), 2 * global.size() - 1) << s.name;
+            for (const StateBox& box : boxes) {
+              const std::vector<double> v = box.data.ToVector();
+              const Shape& size = box.data.shape();
+              const Shape strides = ContiguousStrides(global);
+              for (int64_t j = 0; j < static_cast<int64_t>(v.size()); ++j) {
+                int64_t rest = j, gi = 0;
+                for (int d = static_cast<int>(size.size()) - 1; d >= 0; --d) {
+                  gi += (box.slice_start[d] + rest % size[d]) * strides[d];
+                  rest /= size[d];
+                }
+                EXPECT_EQ(v[j], static_cast<double>(gi)) << s.name;
+                c[gi] += 1;
+              }
+              total += box.data.numel();
+            }
+            EXPECT_EQ(total, s.data.numel()) << s.name;
+          }
+          return absl::OkStatus();
+        });
+    ASSERT_TRUE(status.ok()) << status;
+    EXPECT_EQ(count.size(), 2u * 13);  // adam_m, adam_v of every parameter
+    for (const auto& [name, c] : count) {
+      for (size_t i = 0; i < c.size(); ++i) EXPECT_EQ(c[i], 1) << name << "[" << i << "]";
+    }
   }
 }
 

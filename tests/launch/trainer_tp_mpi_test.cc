@@ -1,0 +1,224 @@
+// Tensor-parallel training runs under mpirun: TP2, TP2 with sequence
+// parallelism, ETP2 x EP2, TP2 x PP2 and TP2 x EP2 x PP2 (8 ranks) each train
+// the tiny MoE preset for 20 steps to the losses and final parameters of a
+// single-rank run on the same global batch, within 1e-5 relative (fp32); a
+// TP checkpoint resumes on another layout. Registered for 2, 4 and 8 ranks;
+// each world size runs the layouts that fit it.
+#include <mpi.h>
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "launch/config.h"
+#include "launch/trainer.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/launch/tiny_training.h"
+
+namespace scalemoe {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int kSteps = 20;
+constexpr double kTolerance = 1e-5;
+
+int WorldRank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int WorldSize() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+fs::path JobRoot() {
+  static fs::path* root = [] {
+    long long id = ::getpid();
+    MPI_Bcast(&id, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+    return new fs::path(fs::temp_directory_path() /
+                        ("scalemoe_trainer_tp_" + std::to_string(WorldSize()) + "_" +
+                         std::to_string(id)));
+  }();
+  return *root;
+}
+
+// The tiny preset's strategy (HG + DUAL + OR + IWD) with 2 KV heads (so
+// that heads split over TP2), a shared expert and the z-loss on, so every
+// kind of parameter is in play; `extra` last.
+config::RunConfig Config(const std::vector<std::string>& extra) {
+  std::vector<std::string> all = {
+      "train.train_steps=" + std::to_string(kSteps), "checkpoint.interval=10",
+      "train.eval_interval=10", "scale_vectors.placement=DUAL",
+      "scale_vectors.dual_projections=Q", "scale_vectors.dual_projections=O",
+      "scale_vectors.dual_projections=GATE", "scale_vectors.dual_projections=DOWN",
+      "model.num_kv_heads=2", "moe.num_shared_experts=1", "moe.z_loss_coeff=0.001"};
+  all.insert(all.end(), extra.begin(), extra.end());
+  return testing::TinyTrainingConfig(JobRoot(), all);
+}
+
+StatusOr<TrainResult> TrainOn(const config::RunConfig& cfg, const std::string& name,
+                              ProcessGroups* groups, int64_t exit_after = 0,
+                              bool resume = false) {
+  TrainOptions o;
+  o.config = cfg;
+  o.run_dir = (JobRoot() / name).string();
+  o.quiet = true;
+  o.groups = groups;
+  o.exit_after_steps = exit_after;
+  o.resume = resume;
+  return Train(o);
+}
+
+StatusOr<ProcessGroups> Groups(const config::RunConfig& cfg) {
+  SM_RETURN_IF_ERROR(ValidateConfig(cfg, WorldSize()));
+  SM_ASSIGN_OR_RETURN(ParallelLayout l, ResolveLayout(cfg, WorldSize()));
+  return CreateMpiProcessGroups(GridSizes{l.tp, l.dp, l.pp, l.etp, l.ep, l.edp});
+}
+
+class TrainerTpTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    if (WorldRank() == 0) {
+      fs::remove_all(JobRoot());
+      Status made = testing::MakeTinyDataset(JobRoot());
+      ASSERT_TRUE(made.ok()) << made;
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+  }
+  static void TearDownTestSuite() {
+    MPI_Barrier(MPI_COMM_WORLD);
+    if (WorldRank() == 0) fs::remove_all(JobRoot());
+  }
+
+  // Rank 0: losses of every step and every final parameter of run `name`
+  // against run `reference` (a whole model loaded from each checkpoint).
+  static void ExpectMatches(const config::RunConfig& cfg, const std::string& name,
+                            const std::string& reference) {
+    if (WorldRank() != 0) return;
+    const std::vector<double> want = testing::ReadLosses((JobRoot() / reference).string());
+    const std::vector<double> got = testing::ReadLosses((JobRoot() / name).string());
+    ASSERT_EQ(got.size(), want.size()) << name;
+    for (size_t i = 0; i < want.size(); ++i) {
+      EXPECT_NEAR(got[i], want[i], kTolerance * std::abs(want[i])) << name << " step " << i + 1;
+    }
+    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
+    StatusOr<testing::WholeModel> a =
+        testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
+    StatusOr<testing::WholeModel> b =
+        testing::LoadWholeModel(cfg, (JobRoot() / reference / last).string());
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE(b.ok()) << b.status();
+    for (const auto& p : b->registry->params()) {
+      const Param* q = a->registry->Find(p->spec.name);
+      ASSERT_NE(q, nullptr) << p->spec.name;
+      EXPECT_LE(testing::RelativeDifference(q->value, p->value), kTolerance)
+          << name << ": " << p->spec.name;
+    }
+  }
+
+  // `layout` on this world against one rank with the same global batch
+  // (micro-batch 2 per data-parallel replica, `micro_batches` of them).
+  static void RunLayout(const std::string& name, const std::vector<std::string>& model,
+                        const std::vector<std::string>& layout, int dp, int micro_batches) {
+    std::vector<std::string> common = model;
+    common.push_back("train.global_batch_size=" + std::to_string(2 * dp * micro_batches));
+    const std::string reference = name + "_reference";
+    if (WorldRank() == 0) {
+      StatusOr<TrainResult> r = TrainOn(Config(common), reference, nullptr);
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+    MPI_Barrier(MPI_COMM_WORLD);
+    std::vector<std::string> all = common;
+    all.insert(all.end(), layout.begin(), layout.end());
+    const config::RunConfig cfg = Config(all);
+    StatusOr<ProcessGroups> groups = Groups(cfg);
+    ASSERT_TRUE(groups.ok()) << groups.status();
+    StatusOr<TrainResult> r = TrainOn(cfg, name, &*groups);
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->steps_done, kSteps);
+    ExpectMatches(cfg, name, reference);
+  }
+};
+
+// World 2.
+TEST_F(TrainerTpTest, Tp2) {
+  if (WorldSize() != 2) GTEST_SKIP() << "needs 2 ranks";
+  RunLayout("tp2", {}, {"parallel.tp=2"}, 1, 2);
+}
+TEST_F(TrainerTpTest, Tp2SequenceParallelSandwichNorms) {
+  if (WorldSize() != 2) GTEST_SKIP() << "needs 2 ranks";
+  RunLayout("tp2_sp", {"model.sandwich_norm=true"},
+            {"parallel.tp=2", "parallel.sequence_parallel=true"}, 1, 2);
+}
+TEST_F(TrainerTpTest, Etp2OverDataParallelZero1) {
+  if (WorldSize() != 2) GTEST_SKIP() << "needs 2 ranks";
+  RunLayout("etp2_dp2", {}, {"parallel.etp=2", "parallel.zero_stage=1"}, 2, 1);
+}
+
+// World 4.
+TEST_F(TrainerTpTest, Etp2Ep2) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunLayout("etp2_ep2", {}, {"parallel.tp=2", "parallel.etp=2", "parallel.ep=2"}, 2, 1);
+}
+TEST_F(TrainerTpTest, Tp2Pp2) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunLayout("tp2_pp2", {}, {"parallel.tp=2", "parallel.pp=2"}, 1, 4);
+}
+TEST_F(TrainerTpTest, Tp2SequenceParallelPp2Tied) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunLayout("tp2_sp_pp2_tied", {"model.tied_embeddings=true"},
+            {"parallel.tp=2", "parallel.sequence_parallel=true", "parallel.pp=2"}, 1, 2);
+}
+
+// World 8: TP2 x EP2 x PP2 (dense view tp2 dp2 pp2; experts ep2 edp2).
+TEST_F(TrainerTpTest, Tp2Ep2Pp2) {
+  if (WorldSize() != 8) GTEST_SKIP() << "needs 8 ranks";
+  RunLayout("tp2_ep2_pp2", {}, {"parallel.tp=2", "parallel.ep=2", "parallel.pp=2",
+                                "parallel.zero_stage=1"}, 2, 2);
+}
+
+// A checkpoint saved under TP2 x DP2 (ZeRO-1) resumes on TP1 x DP4 with the
+// experts split ETP2 x EP2, and continues the uninterrupted single-rank run.
+TEST_F(TrainerTpTest, ResumeAcrossTensorParallelSizes) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  const std::vector<std::string> common = {"train.global_batch_size=8"};
+  if (WorldRank() == 0) {
+    ASSERT_TRUE(TrainOn(Config(common), "reshard_reference", nullptr).ok());
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  std::vector<std::string> from = common, to = common;
+  for (const char* f : {"parallel.tp=2", "parallel.zero_stage=1"}) from.push_back(f);
+  for (const char* t : {"parallel.etp=2", "parallel.ep=2"}) to.push_back(t);
+  const config::RunConfig from_cfg = Config(from), to_cfg = Config(to);
+  StatusOr<ProcessGroups> g1 = Groups(from_cfg);
+  ASSERT_TRUE(g1.ok()) << g1.status();
+  ASSERT_TRUE(TrainOn(from_cfg, "reshard", &*g1, /*exit_after=*/10).ok());
+  StatusOr<ProcessGroups> g2 = Groups(to_cfg);
+  ASSERT_TRUE(g2.ok()) << g2.status();
+  StatusOr<TrainResult> r = TrainOn(to_cfg, "reshard", &*g2, 0, /*resume=*/true);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ExpectMatches(to_cfg, "reshard", "reshard_reference");
+}
+
+}  // namespace
+}  // namespace scalemoe
+
+int main(int argc, char** argv) {
+  scalemoe::MpiRuntime runtime(&argc, &argv);
+  if (!runtime.status().ok()) {
+    std::fprintf(stderr, "%s\n", std::string(runtime.status().message()).c_str());
+    return 1;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  if (runtime.world_rank() != 0) {
+    delete ::testing::UnitTest::GetInstance()->listeners().Release(
+        ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return failed;
+}
