@@ -2,8 +2,10 @@
 # On a GPU machine (CUDA toolkit, PyTorch; e.g. the device of the tool
 # library): builds with the CUDA backend, runs every test that needs no
 # network (the gpu-labelled ones included: they must pass, not skip), then
-# trains a tiny model on a generated corpus, exports it and checks the
-# export's loss with plain PyTorch and with numpy against the trainer's.
+# trains a tiny model on a generated corpus (on one rank, and on two with
+# tensor, sequence and expert-tensor parallelism), exports each checkpoint
+# and checks the export's loss with plain PyTorch (and numpy) against the
+# trainer's.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
 #   no Abseil, e.g. .device/absl/usr
@@ -37,12 +39,20 @@ with open(sys.argv[1], "w") as f:
 PY
 "$build/scalemoe" prepare --input "$work/corpus.txt" --train-tokenizer 320 \
   --tokenizer "$work/tokenizer" --out "$work/data" --val-fraction 0.1 >/dev/null
-"$build/scalemoe" train --config configs/tiny_cpu.textproto --run-dir "$work/run" --quiet \
-  --set model.vocab_size=320 --set model.num_layers=2 --set model.seq_length=32 \
-  --set train.train_steps=20 --set schedule.warmup_steps=2 --set train.eval_interval=0 \
-  --set train.eval_batches=1 --set data.dataset_dir="$work/data" | tail -1
+tiny=(--config configs/tiny_cpu.textproto --quiet
+  --set model.vocab_size=320 --set model.num_layers=2 --set model.seq_length=32
+  --set train.train_steps=20 --set schedule.warmup_steps=2 --set train.eval_interval=0
+  --set train.eval_batches=1 --set data.dataset_dir="$work/data")
+"$build/scalemoe" train "${tiny[@]}" --run-dir "$work/run" | tail -1
 "$build/scalemoe" export --checkpoint "$work/run/checkpoints/step_20" --out "$work/export" \
   --tokenizer "$work/tokenizer"
 python3 scripts/torch_loss_check.py "$work/export" || status=1
 python3 scripts/export_check.py "$work/export" | cut -c1-120 || status=1
+# The same on 2 ranks, TP2 + SP + ETP2: the sharded checkpoint exports to the
+# same kind of plain model.
+mpirun -np 2 --oversubscribe "$build/scalemoe" train "${tiny[@]}" --run-dir "$work/run_tp" \
+  --set parallel.tp=2 --set parallel.sequence_parallel=true --set parallel.etp=2 | tail -1
+"$build/scalemoe" export --checkpoint "$work/run_tp/checkpoints/step_20" --out "$work/export_tp" \
+  --tokenizer "$work/tokenizer"
+python3 scripts/torch_loss_check.py "$work/export_tp" || status=1
 exit $status
