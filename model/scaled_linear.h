@@ -2,13 +2,10 @@
 // an Input-Norm γ [in] owned by a BranchScales (optional) and an output-side
 // u [out] (DUAL placement, role kOutputNormScale, optional, owned here).
 //
-// Two paths compute the same function (SCALE_VECTORS.md, "Cost"):
-//  - fold (default): PrepareStep forms W_eff = diag(u) W diag(γ) once per
-//    step; Forward is one GEMM on the shared normalized input; Backward
-//    accumulates dW_eff; FinishBackward turns it into dW, dγ, du in one pass
-//    (ops::ScaleRowsColsBackward). With neither γ nor u, W is used directly.
-//  - per token (scale_vectors.fold_into_weights = false, the reference):
-//    γ and u scale the activations of every token.
+// The map itself is a FoldedLinear (norm/folded_linear.h: W_eff = diag(u) W
+// diag(γ) formed once per step, or γ and u applied per token with
+// scale_vectors.fold_into_weights = false); this class adds where γ and u
+// come from and who owns u.
 // Gradient contract: Backward overwrites or adds into d_x (GradMode) and
 // accumulates parameter grads; dγ lands in the BranchScales' d_gamma, which
 // the owner pushes to the parameters after FinishBackward.
@@ -28,11 +25,11 @@
 #include "core/params.h"
 #include "core/tensor.h"
 #include "norm/branch_scales.h"
+#include "norm/folded_linear.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {
 
-enum class GradMode : uint8_t { kOverwrite = 0, kAccumulate = 1 };
 enum class ScalePath : uint8_t { kFold = 0, kPerToken = 1 };
 
 class ScaledLinear {
@@ -58,20 +55,17 @@ class ScaledLinear {
  private:
   const Tensor& Gamma() const;
   const Tensor& DGamma() const;
-  bool folded() const { return path_ == ScalePath::kFold && (Gamma().defined() || u_); }
 
   Param* weight_;
   const BranchScales* scales_;
   int branch_;
-  ScalePath path_;
+  FoldedLinear linear_;
   std::unique_ptr<ScaleVector> u_;  // null when there is no output side
   Tensor undefined_;
-  Tensor u_value_;   // [out] effective u of this step
-  Tensor d_u_;       // [out] accumulated over the step
-  Tensor w_eff_;     // [out, in] folded weight (fold path with γ or u)
-  Tensor d_w_eff_;   // [out, in] its accumulated gradient
-  // Forward cache: x (fold) or x, γ⊙x and W(γ⊙x) (per token).
-  Tensor x_, x_scaled_, y_raw_;
+  Tensor u_value_;  // [out] effective u of this step
+  Tensor d_u_;      // [out] accumulated over the step
+  Tensor x_;        // forward cache: the input
+  FoldedLinear::Cache cache_;
 };
 
 }  // namespace scalemoe

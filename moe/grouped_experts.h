@@ -34,7 +34,7 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
-#include "moe/folded_linear.h"
+#include "norm/folded_linear.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {

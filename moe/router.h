@@ -35,7 +35,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/ops.h"
-#include "moe/folded_linear.h"
+#include "norm/folded_linear.h"
 #include "parallel/communicator.h"
 
 namespace scalemoe {

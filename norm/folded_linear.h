@@ -10,7 +10,10 @@
 //
 // The layer does not own W, γ or u: W is a registry Param; γ/u and their
 // gradient tensors belong to the caller (BranchScales, ScaleVector owners)
-// and must stay valid from PrepareStep to FinishBackward.
+// and must stay valid from PrepareStep to FinishBackward. The one
+// implementation of the fold: the model's projections (model/scaled_linear.h),
+// the router and the experts all run through it. Under TP it is local to this
+// rank's shard of W (SCALE_VECTORS.md, "Cost").
 #pragma once
 
 #include "core/context.h"
@@ -18,6 +21,10 @@
 #include "core/tensor.h"
 
 namespace scalemoe {
+
+// Whether a Backward overwrites d_x or adds into it (several projections
+// reading one input, e.g. q, k, v of one normalized n).
+enum class GradMode : uint8_t { kOverwrite = 0, kAccumulate = 1 };
 
 class FoldedLinear {
  public:
@@ -34,9 +41,10 @@ class FoldedLinear {
                    const Tensor& u, const Tensor& d_u);
   // y [T, R] overwritten from x [T, Cin].
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y, Cache* cache) const;
-  // d_x [T, Cin] overwritten; weight (or folded-weight) gradient accumulated.
+  // d_x [T, Cin] overwritten (or added to, kAccumulate); weight (or
+  // folded-weight) gradient accumulated.
   void Backward(const ExecContext& ctx, const Tensor& x, const Cache& cache, const Tensor& d_y,
-                const Tensor& d_x) const;
+                const Tensor& d_x, GradMode mode = GradMode::kOverwrite) const;
   // Folded path: dW += dW_eff ⊙ u γᵀ, dγ/du += their shares. No-op otherwise.
   void FinishBackward(const ExecContext& ctx);
 

@@ -1,4 +1,4 @@
-#include "moe/folded_linear.h"
+#include "norm/folded_linear.h"
 
 #include "core/ops.h"
 
@@ -45,7 +45,8 @@ void FoldedLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
 }
 
 void FoldedLinear::Backward(const ExecContext& ctx, const Tensor& x, const Cache& cache,
-                            const Tensor& d_y, const Tensor& d_x) const {
+                            const Tensor& d_y, const Tensor& d_x, GradMode mode) const {
+  const bool accumulate = mode == GradMode::kAccumulate;
   const Tensor& w = folded() ? w_eff_ : weight_->value;
   const Tensor& d_w = folded() ? d_w_eff_ : weight_->grad;
   Tensor d_raw = d_y;
@@ -55,12 +56,18 @@ void FoldedLinear::Backward(const ExecContext& ctx, const Tensor& x, const Cache
   }
   ops::Gemm(ctx, d_raw, cache.input, d_w, {.trans_a = ops::Trans::kYes, .beta = 1.0});
   if (!per_token_gamma()) {
-    ops::Gemm(ctx, d_raw, w, d_x);
+    ops::Gemm(ctx, d_raw, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
     return;
   }
   Tensor d_in = Tensor::Empty(x.shape(), x.dtype(), x.device());
   ops::Gemm(ctx, d_raw, w, d_in);
-  ops::ScaleRowsColsBackward(ctx, x, Tensor(), gamma_, d_in, d_x, Tensor(), d_gamma_);
+  if (!accumulate) {
+    ops::ScaleRowsColsBackward(ctx, x, Tensor(), gamma_, d_in, d_x, Tensor(), d_gamma_);
+    return;
+  }
+  Tensor d_part = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  ops::ScaleRowsColsBackward(ctx, x, Tensor(), gamma_, d_in, d_part, Tensor(), d_gamma_);
+  ops::Axpy(ctx, 1.0, d_part, d_x);
 }
 
 void FoldedLinear::FinishBackward(const ExecContext& ctx) {
