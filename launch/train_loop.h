@@ -62,6 +62,9 @@ class TrainLoop {
   StatusOr<double> Evaluate();
   Status SaveCheckpoint(int64_t step);
   std::vector<checkpoint::NamedTensor> CheckpointTensors(bool for_save) const;
+  // Every MoE layer of the model with its global layer index, on every rank:
+  // under PP each stage contributes its own layers (a sum over the pp group).
+  StatusOr<std::vector<std::pair<int, MoeLayerStats>>> AllMoeStats();
   Status LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                  double tokens_per_second, double eta_seconds);
   Status NonFinite(int64_t step, double loss, double grad_norm) const;

@@ -1,5 +1,6 @@
 #include "launch/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -150,6 +151,9 @@ StatusOr<double> TrainLoop::UnigramLoss() {
 // Mean cross-entropy over train.eval_batches global batches of the
 // validation split: the same windows whatever the layout.
 StatusOr<double> TrainLoop::Evaluate() {
+  // The folded weights were formed before the last update: re-form them from
+  // the parameters as they are now (the ones a checkpoint of this step holds).
+  model_->PrepareStep(ctx_);
   if (pipelined()) return EvaluatePipelined();
   std::vector<double> loss = {0};
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
@@ -171,10 +175,53 @@ Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
       ". Lower optimizer.lr or set train.on_nonfinite: SKIP"));
 }
 
+StatusOr<std::vector<std::pair<int, MoeLayerStats>>> TrainLoop::AllMoeStats() {
+  // A layer's statistics are global already (it all-reduces its counts over
+  // every replica of its router); only the pipeline stages hold different layers.
+  const std::vector<MoeLayerStats> mine = model_->MoeStats();
+  const std::vector<int> layers = model_->MoeLayerIndices();
+  std::vector<std::pair<int, MoeLayerStats>> out;
+  for (size_t i = 0; i < mine.size(); ++i) out.emplace_back(layers[i], mine[i]);
+  if (!pipelined()) return out;
+  // One slot per MoE layer of the model: [E loads, dropped, load_cv, aux, z].
+  const int num_experts = cfg_.moe().num_experts();
+  const size_t width = static_cast<size_t>(num_experts) + 4;
+  std::vector<int> all_layers;
+  for (int l = 0; l < cfg_.model().num_layers(); ++l) {
+    if (IsMoeLayer(cfg_, l)) all_layers.push_back(l);
+  }
+  std::vector<double> slots(all_layers.size() * width, 0.0);
+  for (const auto& [layer, st] : out) {
+    const size_t slot = std::lower_bound(all_layers.begin(), all_layers.end(), layer) -
+                        all_layers.begin();
+    double* v = slots.data() + slot * width;
+    for (int e = 0; e < num_experts; ++e) v[e] = static_cast<double>(st.tokens_per_expert[e]);
+    v[num_experts] = static_cast<double>(st.dropped_tokens);
+    v[num_experts + 1] = st.load_cv;
+    v[num_experts + 2] = st.aux_loss;
+    v[num_experts + 3] = st.z_loss;
+  }
+  SM_ASSIGN_OR_RETURN(slots, SumOver(*groups_.pp, std::move(slots)));
+  out.clear();
+  for (size_t slot = 0; slot < all_layers.size(); ++slot) {
+    const double* v = slots.data() + slot * width;
+    MoeLayerStats st;
+    for (int e = 0; e < num_experts; ++e) st.tokens_per_expert.push_back(std::llround(v[e]));
+    st.dropped_tokens = std::llround(v[num_experts]);
+    st.load_cv = v[num_experts + 1];
+    st.aux_loss = v[num_experts + 2];
+    st.z_loss = v[num_experts + 3];
+    out.emplace_back(all_layers[slot], st);
+  }
+  return out;
+}
+
 Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                           double tokens_per_second, double eta_seconds) {
-  // MoE statistics are global already (the layers all-reduce their counts).
-  const std::vector<MoeLayerStats> moe = model_->MoeStats();
+  std::vector<std::pair<int, MoeLayerStats>> moe;
+  if (cfg_.logging().moe_stats()) {
+    SM_ASSIGN_OR_RETURN(moe, AllMoeStats());
+  }
   if (!is_rank0()) return absl::OkStatus();
   nlohmann::json record = {{"step", step},
                            {"loss", mean.total},
@@ -187,15 +234,16 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
                            {"tflops", tokens_per_second * flops_per_token_ * 1e-12}};
   if (cfg_.logging().moe_stats()) {
     nlohmann::json layers = nlohmann::json::array();
-    for (size_t i = 0; i < moe.size(); ++i) {
-      layers.push_back({{"tokens_per_expert", moe[i].tokens_per_expert},
-                        {"load_cv", moe[i].load_cv},
-                        {"dropped", moe[i].dropped_tokens},
-                        {"aux_loss", moe[i].aux_loss},
-                        {"z_loss", moe[i].z_loss}});
+    for (const auto& [layer, st] : moe) {
+      layers.push_back({{"layer", layer},
+                        {"tokens_per_expert", st.tokens_per_expert},
+                        {"load_cv", st.load_cv},
+                        {"dropped", st.dropped_tokens},
+                        {"aux_loss", st.aux_loss},
+                        {"z_loss", st.z_loss}});
       if (tensorboard_) {
-        SM_RETURN_IF_ERROR(tensorboard_->AddScalar(absl::StrCat("moe/", i, "/load_cv"), step,
-                                                   moe[i].load_cv));
+        SM_RETURN_IF_ERROR(tensorboard_->AddScalar(absl::StrCat("moe/layer", layer, "/load_cv"),
+                                                   step, st.load_cv));
       }
     }
     record["moe"] = layers;

@@ -59,7 +59,10 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     const size_t before = registry.params().size();
     blocks_.push_back(std::make_unique<Block>(registry, cfg_, l, groups, tp_));
     block_params_.emplace_back(before, registry.params().size());
-    if (blocks_.back()->moe()) num_local_experts_ = blocks_.back()->moe()->num_local_experts();
+    if (blocks_.back()->moe()) {
+      num_local_experts_ = blocks_.back()->moe()->num_local_experts();
+      moe_layers_.push_back(l);
+    }
   }
   // Tied under PP: the last stage registers its own copy of the embedding
   // (same name and init, so bit-identical to the first stage's); the
@@ -303,7 +306,7 @@ void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& 
 std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {
   std::vector<MoeLayerStats> stats;
   for (const auto& b : blocks_) {
-    if (b->moe()) stats.push_back(b->moe()->stats());
+    if (b->moe()) stats.push_back(b->moe()->step_stats());
   }
   return stats;
 }

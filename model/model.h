@@ -125,8 +125,11 @@ class MoeTransformer {
   bool is_first_stage() const { return stage_ == 0; }
   bool is_last_stage() const { return stage_ == num_stages_ - 1; }
 
-  // MoE layers of this stage only.
+  // MoE layers of this stage only, in layer order (MoeLayer::step_stats:
+  // this step's training micro-batches); MoeLayerIndices() gives each one's
+  // global layer index.
   std::vector<MoeLayerStats> MoeStats() const;
+  std::vector<int> MoeLayerIndices() const { return moe_layers_; }
   void UpdateExpertBiases();
   // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
@@ -149,6 +152,7 @@ class MoeTransformer {
   std::optional<VocabParallelCrossEntropy> vocab_loss_;      // last stage under TP
   int num_local_experts_ = 0;  // routed experts per MoE layer held here (E without EP)
   std::vector<std::unique_ptr<Block>> blocks_;   // this stage's layers
+  std::vector<int> moe_layers_;                  // global indices of this stage's MoE layers
   // Registry indices [first, end) of the parameters each part registered, for
   // FinishBackward's ready ranges (registration order = flat order).
   using ParamRange = std::pair<size_t, size_t>;

@@ -152,6 +152,10 @@ const Tensor& MoeLayer::Gamma(const BranchRef& b) const { return b.scales->gamma
 const Tensor& MoeLayer::DGamma(const BranchRef& b) const { return b.scales->d_gamma(b.index); }
 
 void MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
+  step_loads_.assign(num_experts_, 0);
+  step_dropped_ = 0;
+  step_aux_ = step_z_ = 0;
+  step_micro_batches_ = 0;
   if (shared_group_) shared_group_->Forward(ctx, dtype);
   if (own_group_) own_group_->Forward(ctx, dtype);
   router_->PrepareStep(ctx, Gamma(router_branch_), DGamma(router_branch_));
@@ -231,7 +235,6 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
   for (int e = 0; e < num_experts_; ++e) {
     const double d = static_cast<double>(stats_.tokens_per_expert[e]) - mean;
     var += d * d;
-    step_loads_[e] += stats_.tokens_per_expert[e];
   }
   stats_.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
   stats_.aux_loss = router_->aux_loss();
@@ -243,6 +246,12 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
   SM_CHECK_MSG(d_out.shape() == n_.shape() && d_n.shape() == n_.shape(),
                "MoeLayer::Backward: d_out ", d_out.DebugString(), " d_n ", d_n.DebugString(),
                " for n ", n_.DebugString());
+  // A Backward marks its Forward as a training micro-batch of this step.
+  for (int e = 0; e < num_experts_; ++e) step_loads_[e] += stats_.tokens_per_expert[e];
+  step_dropped_ += stats_.dropped_tokens;
+  step_aux_ += stats_.aux_loss;
+  step_z_ += stats_.z_loss;
+  ++step_micro_batches_;
   const DType dt = n_.dtype();
   Tensor d_permuted_y = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
   Tensor d_weights = Tensor::Empty(router_->weights().shape(), dt, ctx.device);
@@ -314,7 +323,25 @@ void MoeLayer::FinishBackward(const ExecContext& ctx) {
 
 void MoeLayer::UpdateExpertBias() {
   router_->UpdateExpertBias(step_loads_);
-  step_loads_.assign(num_experts_, 0);
+}
+
+MoeLayerStats MoeLayer::step_stats() const {
+  MoeLayerStats s;
+  s.tokens_per_expert = step_loads_;
+  s.dropped_tokens = step_dropped_;
+  int64_t kept = 0;
+  for (int64_t c : step_loads_) kept += c;
+  const double mean = static_cast<double>(kept) / num_experts_;
+  double var = 0;
+  for (int64_t c : step_loads_) {
+    const double d = static_cast<double>(c) - mean;
+    var += d * d;
+  }
+  s.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
+  const double n = std::max(1, step_micro_batches_);
+  s.aux_loss = step_aux_ / n;
+  s.z_loss = step_z_ / n;
+  return s;
 }
 
 double MoeLayer::aux_loss() const { return stats_.aux_loss; }

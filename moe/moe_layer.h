@@ -134,13 +134,18 @@ class MoeLayer {
   // Once per step after the last Backward: turns accumulated folded-weight
   // gradients into parameter (and γ) gradients.
   void FinishBackward(const ExecContext& ctx);
-  // Aux-loss-free balancing: nudge the expert bias from the last step's loads
+  // Aux-loss-free balancing: nudge the expert bias from this step's loads
   // (no-op unless moe.expert_bias). Call after the optimizer step.
   void UpdateExpertBias();
 
   double aux_loss() const;  // of the last Forward (coefficient-weighted)
   double z_loss() const;
-  const MoeLayerStats& stats() const;
+  const MoeLayerStats& stats() const;  // of the last Forward
+  // Of this step so far (since PrepareStep): every micro-batch that had a
+  // Backward (evaluation and pipeline recomputation excluded) — loads and
+  // drops summed over them and over every replica of the router (whatever
+  // the layout), aux and z the mean over this replica's micro-batches.
+  MoeLayerStats step_stats() const;
   // Routed experts held by this rank: global [first_local_expert(),
   // first_local_expert() + num_local_experts()).
   int first_local_expert() const { return first_expert_; }
@@ -190,7 +195,11 @@ class MoeLayer {
   Tensor permuted_y_;    // [N*K, C] routed expert outputs, permuted order
   Tensor shared_tiled_;  // [S*N] token index per shared-expert row
   MoeLayerStats stats_;
-  std::vector<int64_t> step_loads_;  // [E] tokens per expert since the last bias update
+  // This step's training micro-batches (reset by PrepareStep, added by Backward).
+  std::vector<int64_t> step_loads_;  // [E] tokens per expert, all router replicas
+  int64_t step_dropped_ = 0;
+  double step_aux_ = 0, step_z_ = 0;
+  int step_micro_batches_ = 0;
 };
 
 }  // namespace scalemoe

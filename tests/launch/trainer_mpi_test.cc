@@ -12,6 +12,7 @@
 
 #include "gtest/gtest.h"
 #include "launch/config.h"
+#include "launch/metrics.h"
 #include "launch/trainer.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/launch/tiny_training.h"
@@ -110,7 +111,8 @@ class TrainerMpiTest : public ::testing::Test {
       EXPECT_NEAR(got[i], want[i], kTolerance * std::abs(want[i])) << name << " step " << i + 1;
     }
     const std::string last = "checkpoints/step_" + std::to_string(kSteps);
-    StatusOr<testing::WholeModel> a = testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
+    StatusOr<testing::WholeModel> a =
+        testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
     StatusOr<testing::WholeModel> b =
         testing::LoadWholeModel(cfg, (JobRoot() / reference / last).string());
     ASSERT_TRUE(a.ok()) << a.status();
@@ -265,9 +267,39 @@ class TrainerPipelineTest : public TrainerMpiTest {
   }
 };
 
+// Rank 0 logs the MoE statistics of every layer, whichever stage holds it:
+// the same layers, loads and drops as the single-rank run logs.
+void ExpectSameMoeStats(const std::string& name, const std::string& reference) {
+  if (WorldRank() != 0) return;
+  auto moe_records = [](const std::string& run) {
+    StatusOr<std::vector<nlohmann::json>> records =
+        ReadMetricsFile((JobRoot() / run / "metrics.jsonl").string());
+    EXPECT_TRUE(records.ok()) << records.status();
+    std::vector<nlohmann::json> out;
+    if (!records.ok()) return out;
+    for (const auto& r : *records) {
+      if (r.contains("moe")) out.push_back(r["moe"]);
+    }
+    return out;
+  };
+  const std::vector<nlohmann::json> got = moe_records(name), want = moe_records(reference);
+  ASSERT_EQ(got.size(), want.size()) << name;
+  ASSERT_FALSE(want.empty());
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(got[i].size(), want[i].size()) << name << " record " << i;
+    for (size_t l = 0; l < want[i].size(); ++l) {
+      EXPECT_EQ(got[i][l]["layer"], want[i][l]["layer"]) << name << " record " << i;
+      EXPECT_EQ(got[i][l]["tokens_per_expert"], want[i][l]["tokens_per_expert"])
+          << name << " record " << i << " layer " << l;
+      EXPECT_EQ(got[i][l]["dropped"], want[i][l]["dropped"]);
+    }
+  }
+}
+
 // World 2: PP2. World 4: PP2 x DP2. Two micro-batches per dp rank (= stages).
 TEST_F(TrainerPipelineTest, TwoStages) {
   RunPipeline("pp2", {}, 4 * WorldSize() / 2, {"parallel.pp=2"});
+  ExpectSameMoeStats("pp2", "pp2_reference");
 }
 // One micro-batch per step: fewer micro-batches than stages.
 TEST_F(TrainerPipelineTest, TwoStagesOneMicroBatch) {

@@ -283,5 +283,33 @@ TEST(MoeLayerTest, StatsDescribeTheRouting) {
   EXPECT_GE(s.load_cv, 0);
 }
 
+// step_stats: the step's training micro-batches only — a forward without a
+// backward (evaluation) adds nothing, each trained micro-batch adds once, and
+// PrepareStep starts the next step from zero.
+TEST(MoeLayerTest, StepStatsCountTrainedMicroBatchesOnce) {
+  LayerRig rig(testing::TinyConfig());
+  rig.layer->PrepareStep(rig.ctx, rig.dtype);
+  Tensor out = Tensor::Empty(rig.n.shape(), rig.dtype);
+  Tensor d_n = Tensor::Empty(rig.n.shape(), rig.dtype);
+  std::vector<int64_t> want(4, 0);
+  double aux = 0;
+  for (int m = 0; m < 2; ++m) {
+    rig.layer->Forward(rig.ctx, rig.n, out);
+    for (int e = 0; e < 4; ++e) want[e] += rig.layer->stats().tokens_per_expert[e];
+    aux += rig.layer->aux_loss() / 2;
+    rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5);
+  }
+  rig.layer->Forward(rig.ctx, rig.n, out);  // evaluation: no Backward
+  const MoeLayerStats s = rig.layer->step_stats();
+  EXPECT_EQ(s.tokens_per_expert, want);
+  EXPECT_EQ(s.dropped_tokens, 0);
+  EXPECT_NEAR(s.aux_loss, aux, 1e-15);
+  int64_t total = 0;
+  for (int64_t c : s.tokens_per_expert) total += c;
+  EXPECT_EQ(total, 2 * kTokens * 2);
+  rig.layer->PrepareStep(rig.ctx, rig.dtype);
+  EXPECT_EQ(rig.layer->step_stats().tokens_per_expert, std::vector<int64_t>(4, 0));
+}
+
 }  // namespace
 }  // namespace scalemoe
