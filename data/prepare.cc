@@ -1,96 +1,32 @@
+// PrepareDataset (data/prepare.h): checks options, gets the tokenizer, encodes
+// the documents and writes each split's shards and the manifest. Corpus
+// reading is in prepare_corpus.cc, the manifest format in dataset_manifest.cc.
 #include "data/prepare.h"
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <optional>
-#include <sstream>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_format.h"
 #include "core/philox.h"
 #include "data/bpe_tokenizer.h"
+#include "data/prepare_internal.h"
 #include "data/shard_format.h"
-#include "nlohmann/json.hpp"
 
 namespace scalemoe {
 namespace {
 
 namespace fs = std::filesystem;
-using Json = nlohmann::json;
 
-constexpr uint64_t kValSplitStream = HashName("scalemoe/prepare/val_split");
+using prepare_internal::kValSplitStream;
+using prepare_internal::ReadWholeFile;
 
 double SecondsSince(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-bool IsBlank(std::string_view text) {
-  return std::all_of(text.begin(), text.end(), [](char c) {
-    return c == ' ' || c == '\n' || c == '\r' || c == '\t' || c == '\f' || c == '\v';
-  });
-}
-
-StatusOr<std::string> ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("corpus ", path,
-                                            ": cannot open; run "
-                                            "scripts/corpus.sh ",
-                                            path, " to build the default one"));
-  }
-  std::ostringstream buffer;
-  buffer << in.rdbuf();
-  if (in.bad()) return absl::DataLossError(absl::StrCat("corpus ", path, ": read failed"));
-  return std::move(buffer).str();
-}
-
-Json SplitToJson(const SplitManifest& split) {
-  Json shards = Json::array();
-  for (const ShardEntry& s : split.shards) {
-    shards.push_back({{"file", s.file}, {"tokens", s.tokens}, {"crc32c", s.crc32c}});
-  }
-  return {{"documents", split.documents}, {"tokens", split.tokens}, {"shards", shards}};
-}
-
-// Reads `key` of `object` into `out`, or explains which field of `path` is bad.
-template <typename T>
-Status GetField(const Json& object, const char* key, const std::string& path, T& out) {
-  if (!object.is_object() || !object.contains(key)) {
-    return absl::DataLossError(absl::StrCat("dataset manifest ", path, ": field '", key,
-                                            "' is missing; re-run `scalemoe prepare`"));
-  }
-  try {
-    out = object.at(key).get<T>();
-  } catch (const Json::exception& e) {
-    return absl::DataLossError(absl::StrCat("dataset manifest ", path, ": field '", key,
-                                            "' has the wrong type (", e.what(), ")"));
-  }
-  return absl::OkStatus();
-}
-
-Status SplitFromJson(const Json& j, const std::string& path, SplitManifest& split) {
-  SM_RETURN_IF_ERROR(GetField(j, "documents", path, split.documents));
-  SM_RETURN_IF_ERROR(GetField(j, "tokens", path, split.tokens));
-  Json shards;
-  SM_RETURN_IF_ERROR(GetField(j, "shards", path, shards));
-  int64_t total = 0;
-  for (const Json& s : shards) {
-    ShardEntry entry;
-    SM_RETURN_IF_ERROR(GetField(s, "file", path, entry.file));
-    SM_RETURN_IF_ERROR(GetField(s, "tokens", path, entry.tokens));
-    SM_RETURN_IF_ERROR(GetField(s, "crc32c", path, entry.crc32c));
-    total += entry.tokens;
-    split.shards.push_back(std::move(entry));
-  }
-  if (total != split.tokens) {
-    return absl::DataLossError(absl::StrCat("dataset manifest ", path, ": shards hold ", total,
-                                            " tokens but the split says ", split.tokens));
-  }
-  return absl::OkStatus();
 }
 
 // Encodes every document with `threads` workers; result[i] is document i's
@@ -187,132 +123,6 @@ std::string ManifestTokenizerDir(const std::string& tokenizer_dir, const std::st
 }
 
 }  // namespace
-
-std::vector<std::string_view> SplitCorpusDocuments(std::string_view corpus) {
-  std::vector<std::string_view> docs;
-  size_t doc_begin = 0;
-  size_t line_begin = 0;
-  while (line_begin < corpus.size()) {
-    size_t line_end = corpus.find('\n', line_begin);
-    if (line_end == std::string_view::npos) line_end = corpus.size();
-    if (line_end - line_begin == 1 && corpus[line_begin] == kDocumentSeparator) {
-      // The newline before the separator line belongs to the separator.
-      const size_t end = line_begin > doc_begin ? line_begin - 1 : doc_begin;
-      std::string_view doc = corpus.substr(doc_begin, end - doc_begin);
-      if (!IsBlank(doc)) docs.push_back(doc);
-      doc_begin = std::min(line_end + 1, corpus.size());
-    }
-    line_begin = line_end + 1;
-  }
-  std::string_view tail = corpus.substr(doc_begin);
-  if (!IsBlank(tail)) docs.push_back(tail);
-  return docs;
-}
-
-std::string SampleDocuments(const std::vector<std::string_view>& documents, int64_t budget_bytes) {
-  int64_t total = 0;
-  for (std::string_view d : documents) total += static_cast<int64_t>(d.size());
-  std::string sample;
-  const bool take_all = total + static_cast<int64_t>(documents.size()) <= budget_bytes;
-  int64_t seen = 0;
-  for (std::string_view d : documents) {
-    seen += static_cast<int64_t>(d.size());
-    // Keep the sample's size proportional to how far through the corpus we
-    // are, so every part of the corpus contributes.
-    const double quota = static_cast<double>(budget_bytes) * static_cast<double>(seen) /
-                         static_cast<double>(std::max<int64_t>(total, 1));
-    if (take_all || static_cast<double>(sample.size()) < quota) {
-      sample.append(d.data(), d.size());
-      sample.push_back('\n');
-    }
-  }
-  return sample;
-}
-
-bool IsValidationDocument(uint64_t seed, int64_t index, double val_fraction) {
-  return PhiloxUniform(seed, kValSplitStream, static_cast<uint64_t>(index)) < val_fraction;
-}
-
-StatusOr<DatasetManifest> DatasetManifest::Read(const std::string& dataset_dir) {
-  const std::string path = (fs::path(dataset_dir) / kManifestFile).string();
-  std::ifstream in(path);
-  if (!in) {
-    return absl::NotFoundError(absl::StrCat("dataset manifest ", path, " not found; is '",
-                                            dataset_dir,
-                                            "' a dataset written by `scalemoe "
-                                            "prepare`? Run prepare first"));
-  }
-  Json j;
-  try {
-    in >> j;
-  } catch (const Json::exception& e) {
-    return absl::DataLossError(
-        absl::StrCat("dataset manifest ", path, ": not valid JSON (", e.what(), ")"));
-  }
-  int version = 0;
-  SM_RETURN_IF_ERROR(GetField(j, "version", path, version));
-  if (version != kManifestVersion) {
-    return absl::FailedPreconditionError(absl::StrCat("dataset manifest ", path, ": version ",
-                                                      version, " is not supported (expected ",
-                                                      kManifestVersion, ")"));
-  }
-  DatasetManifest m;
-  SM_RETURN_IF_ERROR(GetField(j, "vocab_size", path, m.vocab_size));
-  SM_RETURN_IF_ERROR(GetField(j, "eot_id", path, m.eot_id));
-  SM_RETURN_IF_ERROR(GetField(j, "tokenizer_dir", path, m.tokenizer_dir));
-  SM_RETURN_IF_ERROR(GetField(j, "source", path, m.source));
-  SM_RETURN_IF_ERROR(GetField(j, "seed", path, m.seed));
-  SM_RETURN_IF_ERROR(GetField(j, "val_fraction", path, m.val_fraction));
-  Json splits;
-  SM_RETURN_IF_ERROR(GetField(j, "splits", path, splits));
-  Json train, val;
-  SM_RETURN_IF_ERROR(GetField(splits, "train", path, train));
-  SM_RETURN_IF_ERROR(GetField(splits, "val", path, val));
-  SM_RETURN_IF_ERROR(SplitFromJson(train, path, m.train));
-  SM_RETURN_IF_ERROR(SplitFromJson(val, path, m.val));
-  if (m.vocab_size <= 0 || m.eot_id < 0 || m.eot_id >= m.vocab_size) {
-    return absl::DataLossError(absl::StrCat("dataset manifest ", path, ": vocab_size ",
-                                            m.vocab_size, " / eot_id ", m.eot_id,
-                                            " are inconsistent"));
-  }
-  return m;
-}
-
-Status DatasetManifest::Write(const std::string& dataset_dir) const {
-  Json j = {
-      {"version", kManifestVersion},
-      {"format", "scalemoe token shards (data/shard_format.h)"},
-      {"token_dtype", TokenDtypeForVocab(vocab_size) == TokenDtype::kUint16 ? "uint16" : "uint32"},
-      {"vocab_size", vocab_size},
-      {"eot_id", eot_id},
-      {"tokenizer_dir", tokenizer_dir},
-      {"source", source},
-      {"seed", seed},
-      {"val_fraction", val_fraction},
-      {"splits", {{"train", SplitToJson(train)}, {"val", SplitToJson(val)}}}};
-  const std::string path = (fs::path(dataset_dir) / kManifestFile).string();
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << j.dump(2) << "\n";
-    if (!out)
-      return absl::UnavailableError(absl::StrCat("dataset manifest ", tmp, ": write failed"));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    return absl::UnavailableError(
-        absl::StrCat("dataset manifest ", path, ": rename failed (", ec.message(), ")"));
-  }
-  return absl::OkStatus();
-}
-
-StatusOr<const SplitManifest*> DatasetManifest::Split(const std::string& name) const {
-  if (name == "train") return &train;
-  if (name == "val") return &val;
-  return absl::InvalidArgumentError(
-      absl::StrCat("dataset split '", name, "' does not exist; use \"train\" or \"val\""));
-}
 
 StatusOr<PrepareSummary> PrepareDataset(const PrepareOptions& options) {
   SM_RETURN_IF_ERROR(CheckOptions(options));
