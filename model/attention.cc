@@ -41,18 +41,14 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
       registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".attn_norm.scale"), layout,
       c, std::move(branches), cfg.scale_vectors().hg_attention());
 
-  // Global shapes; split_dim 0: column-parallel by heads, 1: row-parallel.
-  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std,
-                    int split_dim) {
-    ParamSpec spec = WeightSpec(absl::StrCat(p, ".", name), {rows, cols}, ParamRole::kLinear,
-                                init_std, layer);
-    spec.layout.tp_split_dim = split_dim;
-    return registry.Create(std::move(spec));
-  };
-  Param* w_q = weight("w_q", heads * head_dim_, c, m.init_std(), 0);
-  Param* w_k = weight("w_k", kv_heads * head_dim_, c, m.init_std(), 0);
-  Param* w_v = weight("w_v", kv_heads * head_dim_, c, m.init_std(), 0);
-  Param* w_o = weight("w_o", c, heads * head_dim_, OutputProjectionStd(m), 1);
+  // Global shapes; q, k, v column-parallel by heads, o row-parallel.
+  const double init_std = m.init_std();
+  constexpr TpSplit kCol = TpSplit::kColumn, kRow = TpSplit::kRow;
+  Param* w_q = CreateTpLinear(registry, p, "w_q", {heads * head_dim_, c}, init_std, layer, kCol);
+  Param* w_k = CreateTpLinear(registry, p, "w_k", {kv_heads * head_dim_, c}, init_std, layer, kCol);
+  Param* w_v = CreateTpLinear(registry, p, "w_v", {kv_heads * head_dim_, c}, init_std, layer, kCol);
+  Param* w_o = CreateTpLinear(registry, p, "w_o", {c, heads * head_dim_}, OutputProjectionStd(m),
+                              layer, kRow);
   auto u_name = [&](Projection proj, const char* suffix) {
     return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
   };

@@ -26,17 +26,12 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   scales_ = std::make_unique<BranchScales>(
       registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".ffn_norm.scale"), layout,
       c, std::move(branches), cfg.scale_vectors().hg_ffn());
-  // Global shapes; split_dim 0: column-parallel, 1: row-parallel.
-  auto weight = [&](const char* name, int64_t rows, int64_t cols, double init_std,
-                    int split_dim) {
-    ParamSpec spec = WeightSpec(absl::StrCat(p, ".", name), {rows, cols}, ParamRole::kLinear,
-                                init_std, layer);
-    spec.layout.tp_split_dim = split_dim;
-    return registry.Create(std::move(spec));
-  };
-  Param* w_gate = weight("w_gate", f, c, m.init_std(), 0);
-  Param* w_up = weight("w_up", f, c, m.init_std(), 0);
-  Param* w_down = weight("w_down", c, f, OutputProjectionStd(m), 1);
+  // Global shapes; gate and up column-parallel, down row-parallel.
+  Param* w_gate = CreateTpLinear(registry, p, "w_gate", {f, c}, m.init_std(), layer,
+                                 TpSplit::kColumn);
+  Param* w_up = CreateTpLinear(registry, p, "w_up", {f, c}, m.init_std(), layer, TpSplit::kColumn);
+  Param* w_down = CreateTpLinear(registry, p, "w_down", {c, f}, OutputProjectionStd(m), layer,
+                                 TpSplit::kRow);
   auto u_name = [&](Projection proj, const char* suffix) {
     return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
   };

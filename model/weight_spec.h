@@ -20,6 +20,20 @@ inline ParamSpec WeightSpec(std::string name, Shape shape, ParamRole role, doubl
   return s;
 }
 
+// Megatron's two halves of a tensor-parallel pair.
+enum class TpSplit : int { kColumn = 0, kRow = 1 };  // the split dim of W [out, in]
+
+// Registers the dense linear weight "<prefix>.<name>" (global [rows, cols])
+// split over TP as a column- or row-parallel map.
+inline Param* CreateTpLinear(ParamRegistry& registry, const std::string& prefix,
+                             const std::string& name, Shape shape, double init_std, int layer,
+                             TpSplit split) {
+  ParamSpec spec = WeightSpec(prefix + "." + name, std::move(shape), ParamRole::kLinear, init_std,
+                              layer);
+  spec.layout.tp_split_dim = static_cast<int>(split);
+  return registry.Create(std::move(spec));
+}
+
 // Output projections (w_o, w_down) start smaller so the residual stream's
 // variance does not grow with depth (GPT-2 / Megatron convention).
 inline double OutputProjectionStd(const config::ModelConfig& m) {

@@ -14,7 +14,7 @@
 #include "launch/config.h"
 #include "launch/metrics.h"
 #include "launch/trainer.h"
-#include "parallel/mpi_communicator.h"
+#include "tests/launch/mpi_training.h"
 #include "tests/launch/tiny_training.h"
 
 namespace scalemoe {
@@ -25,28 +25,10 @@ namespace fs = std::filesystem;
 constexpr int kSteps = 20;
 constexpr double kTolerance = 1e-5;
 
-int WorldRank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
-}
-int WorldSize() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+using testing::WorldRank;
+using testing::WorldSize;
 
-// One directory for the whole job (rank 0 names it, everyone agrees).
-fs::path JobRoot() {
-  static fs::path* root = [] {
-    long long id = ::getpid();
-    MPI_Bcast(&id, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    return new fs::path(fs::temp_directory_path() /
-                        ("scalemoe_trainer_mpi_" + std::to_string(WorldSize()) + "_" +
-                         std::to_string(id)));
-  }();
-  return *root;
-}
+fs::path JobRoot() { return testing::MpiJobRoot("scalemoe_trainer_mpi"); }
 
 // Same global batch on every layout: micro-batch 2 on each of `world` ranks.
 // Scale vectors: HG + DUAL + OR + IWD. (With DNP instead of DUAL, the β of
@@ -65,21 +47,10 @@ config::RunConfig Config(const std::vector<std::string>& layout) {
 StatusOr<TrainResult> TrainOn(const config::RunConfig& cfg, const std::string& name,
                               ProcessGroups* groups, int64_t exit_after = 0,
                               bool resume = false) {
-  TrainOptions o;
-  o.config = cfg;
-  o.run_dir = (JobRoot() / name).string();
-  o.quiet = true;
-  o.groups = groups;
-  o.exit_after_steps = exit_after;
-  o.resume = resume;
-  return Train(o);
+  return testing::TrainRun(cfg, JobRoot() / name, groups, exit_after, resume);
 }
 
-StatusOr<ProcessGroups> Groups(const config::RunConfig& cfg) {
-  SM_RETURN_IF_ERROR(ValidateConfig(cfg, WorldSize()));
-  SM_ASSIGN_OR_RETURN(ParallelLayout l, ResolveLayout(cfg, WorldSize()));
-  return CreateMpiProcessGroups(GridSizes{l.tp, l.dp, l.pp, l.etp, l.ep, l.edp});
-}
+StatusOr<ProcessGroups> Groups(const config::RunConfig& cfg) { return testing::MpiGroups(cfg); }
 
 class TrainerMpiTest : public ::testing::Test {
  protected:
@@ -103,26 +74,8 @@ class TrainerMpiTest : public ::testing::Test {
   // then every parameter of the final checkpoints.
   static void ExpectMatchesReference(const config::RunConfig& cfg, const std::string& name,
                                      const std::string& reference = "reference") {
-    if (WorldRank() != 0) return;
-    const std::vector<double> want = testing::ReadLosses((JobRoot() / reference).string());
-    const std::vector<double> got = testing::ReadLosses((JobRoot() / name).string());
-    ASSERT_EQ(got.size(), want.size()) << name;
-    for (size_t i = 0; i < want.size(); ++i) {
-      EXPECT_NEAR(got[i], want[i], kTolerance * std::abs(want[i])) << name << " step " << i + 1;
-    }
-    const std::string last = "checkpoints/step_" + std::to_string(kSteps);
-    StatusOr<testing::WholeModel> a =
-        testing::LoadWholeModel(cfg, (JobRoot() / name / last).string());
-    StatusOr<testing::WholeModel> b =
-        testing::LoadWholeModel(cfg, (JobRoot() / reference / last).string());
-    ASSERT_TRUE(a.ok()) << a.status();
-    ASSERT_TRUE(b.ok()) << b.status();
-    for (const auto& p : b->registry->params()) {
-      const Param* q = a->registry->Find(p->spec.name);
-      ASSERT_NE(q, nullptr) << p->spec.name;
-      EXPECT_LE(testing::RelativeDifference(q->value, p->value), kTolerance)
-          << name << ": " << p->spec.name;
-    }
+    testing::ExpectSameTraining(cfg, JobRoot() / name, JobRoot() / reference, kSteps,
+                                kTolerance);
   }
 
   // k steps, save, resume on the same layout, N-k steps: bit for bit
@@ -382,19 +335,4 @@ TEST_F(TrainerPipelineTest, VirtualStagesAreRefused) {
 }  // namespace
 }  // namespace scalemoe
 
-// Under mpirun: every rank runs every test; the job fails if any rank failed.
-int main(int argc, char** argv) {
-  scalemoe::MpiRuntime runtime(&argc, &argv);
-  if (!runtime.status().ok()) {
-    std::fprintf(stderr, "%s\n", std::string(runtime.status().message()).c_str());
-    return 1;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  if (runtime.world_rank() != 0) {
-    delete ::testing::UnitTest::GetInstance()->listeners().Release(
-        ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
-  }
-  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return failed;
-}
+int main(int argc, char** argv) { return scalemoe::testing::MpiTestMain(argc, argv); }

@@ -1,0 +1,111 @@
+// Shared by the whole-training tests under mpirun (trainer_mpi_test.cc,
+// trainer_tp_mpi_test.cc): the job's directory, one training run on this
+// world's process groups, the comparison of two runs, and main().
+#pragma once
+
+#include <mpi.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "launch/config.h"
+#include "launch/trainer.h"
+#include "parallel/mpi_communicator.h"
+#include "tests/launch/tiny_training.h"
+
+namespace scalemoe::testing {
+
+inline int WorldRank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+inline int WorldSize() {
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+// One directory for the whole job, "<tmp>/<prefix>_<world>_<rank 0's pid>",
+// the same on every rank. The first call is a collective (rank 0 names it).
+inline std::filesystem::path MpiJobRoot(const std::string& prefix) {
+  static std::filesystem::path* root = [&] {
+    long long id = ::getpid();
+    MPI_Bcast(&id, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
+    return new std::filesystem::path(
+        std::filesystem::temp_directory_path() /
+        (prefix + "_" + std::to_string(WorldSize()) + "_" + std::to_string(id)));
+  }();
+  return *root;
+}
+
+// One quiet training run into `run_dir` (groups null: a world of one).
+inline StatusOr<TrainResult> TrainRun(const config::RunConfig& cfg,
+                                      const std::filesystem::path& run_dir, ProcessGroups* groups,
+                                      int64_t exit_after = 0, bool resume = false) {
+  TrainOptions o;
+  o.config = cfg;
+  o.run_dir = run_dir.string();
+  o.quiet = true;
+  o.groups = groups;
+  o.exit_after_steps = exit_after;
+  o.resume = resume;
+  return Train(o);
+}
+
+// The process groups of `cfg`'s layout on this MPI world.
+inline StatusOr<ProcessGroups> MpiGroups(const config::RunConfig& cfg) {
+  SM_RETURN_IF_ERROR(ValidateConfig(cfg, WorldSize()));
+  SM_ASSIGN_OR_RETURN(ParallelLayout l, ResolveLayout(cfg, WorldSize()));
+  return CreateMpiProcessGroups(GridSizes{l.tp, l.dp, l.pp, l.etp, l.ep, l.edp});
+}
+
+// Rank 0: run `run` against run `reference` — the loss of every logged step,
+// then every parameter of their checkpoints at `steps` (each loaded whole into
+// one rank's model of `cfg`), within `tolerance` relative.
+inline void ExpectSameTraining(const config::RunConfig& cfg, const std::filesystem::path& run,
+                               const std::filesystem::path& reference, int steps,
+                               double tolerance) {
+  if (WorldRank() != 0) return;
+  const std::string name = run.filename().string();
+  const std::vector<double> want = ReadLosses(reference.string());
+  const std::vector<double> got = ReadLosses(run.string());
+  ASSERT_EQ(got.size(), want.size()) << name;
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], tolerance * std::abs(want[i])) << name << " step " << i + 1;
+  }
+  const std::string last = "checkpoints/step_" + std::to_string(steps);
+  StatusOr<WholeModel> a = LoadWholeModel(cfg, (run / last).string());
+  StatusOr<WholeModel> b = LoadWholeModel(cfg, (reference / last).string());
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  for (const auto& p : b->registry->params()) {
+    const Param* q = a->registry->Find(p->spec.name);
+    ASSERT_NE(q, nullptr) << p->spec.name;
+    EXPECT_LE(RelativeDifference(q->value, p->value), tolerance) << name << ": " << p->spec.name;
+  }
+}
+
+// main() of an mpirun test: every rank runs every test (only rank 0 prints);
+// the job fails if any rank failed.
+inline int MpiTestMain(int argc, char** argv) {
+  MpiRuntime runtime(&argc, &argv);
+  if (!runtime.status().ok()) {
+    std::fprintf(stderr, "%s\n", std::string(runtime.status().message()).c_str());
+    return 1;
+  }
+  ::testing::InitGoogleTest(&argc, argv);
+  if (runtime.world_rank() != 0) {
+    delete ::testing::UnitTest::GetInstance()->listeners().Release(
+        ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
+  }
+  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  return failed;
+}
+
+}  // namespace scalemoe::testing
