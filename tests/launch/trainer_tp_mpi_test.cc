@@ -1,7 +1,8 @@
 // Tensor-parallel training runs under mpirun: TP2, TP2 with sequence
 // parallelism, ETP2 x EP2, TP2 x PP2 and TP2 x EP2 x PP2 (8 ranks) each train
 // the tiny MoE preset for 20 steps to the losses and final parameters of a
-// single-rank run on the same global batch, within 1e-5 relative (fp32); a
+// single-rank run on the same global batch (and its validation loss), within
+// 1e-5 relative (fp32); a
 // TP checkpoint resumes on another layout. Registered for 2, 4 and 8 ranks;
 // each world size runs the layouts that fit it.
 #include <mpi.h>
@@ -79,9 +80,11 @@ class TrainerTpTest : public ::testing::Test {
     std::vector<std::string> common = model;
     common.push_back("train.global_batch_size=" + std::to_string(2 * dp * micro_batches));
     const std::string reference = name + "_reference";
+    double want_val = 0;
     if (WorldRank() == 0) {
       StatusOr<TrainResult> r = TrainOn(Config(common), reference, nullptr);
       ASSERT_TRUE(r.ok()) << r.status();
+      want_val = r->last_val_loss;
     }
     MPI_Barrier(MPI_COMM_WORLD);
     std::vector<std::string> all = common;
@@ -92,6 +95,9 @@ class TrainerTpTest : public ::testing::Test {
     StatusOr<TrainResult> r = TrainOn(cfg, name, &*groups);
     ASSERT_TRUE(r.ok()) << r.status();
     EXPECT_EQ(r->steps_done, kSteps);
+    if (WorldRank() == 0) {
+      EXPECT_NEAR(r->last_val_loss, want_val, kTolerance * want_val) << name << " val loss";
+    }
     ExpectMatches(cfg, name, reference);
   }
 };
