@@ -2,9 +2,8 @@
 // parallelism, ETP2 x EP2, TP2 x PP2 and TP2 x EP2 x PP2 (8 ranks) each train
 // the tiny MoE preset for 20 steps to the losses and final parameters of a
 // single-rank run on the same global batch (and its validation loss), within
-// 1e-5 relative (fp32); a
-// TP checkpoint resumes on another layout. Registered for 2, 4 and 8 ranks;
-// each world size runs the layouts that fit it.
+// 1e-5 relative (fp32); a TP checkpoint resumes on another layout.
+// Registered for 2, 4 and 8 ranks; each world size runs the layouts that fit.
 #include <mpi.h>
 
 #include <filesystem>
