@@ -1,4 +1,5 @@
 // LoadCheckpoint: verify everything, stage everything, then write targets.
+#include <deque>
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -113,9 +114,14 @@ StatusOr<std::vector<TargetPlan>> PlanTargets(const std::string& dir, const Chec
     const Shape global = t->global_shape.empty() ? t->tensor.shape() : t->global_shape;
     const Shape stored = ToShape(found->second.front()->global_shape());
     if (stored != global) {
+      const bool legacy_flat = stored.size() == 1 && stored[0] == NumElements(global);
       return absl::FailedPreconditionError(absl::StrCat(
           "tensor '", name, "' has global shape ", ShapeString(stored), " in checkpoint ", dir, " but ",
-          ShapeString(global), " in the model"));
+          ShapeString(global), " in the model",
+          legacy_flat ? "; this checkpoint stores optimizer state flattened (written before "
+                        "2026-11-25): resume it once without tensor parallelism, save, then "
+                        "change the layout"
+                      : ""));
     }
     TargetPlan plan{t, {t->slice_start.empty() ? Shape(global.size(), 0) : t->slice_start, t->tensor.shape()}, {}};
     bool inside = plan.box.start.size() == global.size() && plan.box.size.size() == global.size();
@@ -238,6 +244,42 @@ struct StagedLoad {
   std::vector<Staged> staged;
 };
 
+// Checkpoints written before optimizer state took its parameter's shape
+// (2026-11-25) store it flattened, global shape [numel]. A state target box
+// that is one contiguous run of the row-major global tensor (always so
+// without tensor parallelism) reads the same elements from that flat tensor:
+// returns the equivalent 1-D target (kept in `owned`), or nullptr when `t`
+// is not such a case.
+const NamedTensor* FlatLegacyTarget(const CheckpointManifest& manifest, const NamedTensor& t,
+                                    std::deque<NamedTensor>* owned) {
+  if (t.role != TensorRole::kState || t.global_shape.size() < 2) return nullptr;
+  const TensorEntry* stored = nullptr;
+  for (const TensorEntry& e : manifest.tensors()) {
+    if (e.name() == t.name) {
+      stored = &e;
+      break;
+    }
+  }
+  if (stored == nullptr || stored->global_shape_size() != 1 ||
+      stored->global_shape(0) != NumElements(t.global_shape) || !t.tensor.is_contiguous()) {
+    return nullptr;
+  }
+  const Shape& g = t.global_shape;
+  const Shape start = t.slice_start.empty() ? Shape(g.size(), 0) : t.slice_start;
+  const Shape& size = t.tensor.shape();
+  // Contiguous: below the first dim holding more than one index, every dim is
+  // whole.
+  size_t d = 0;
+  while (d < g.size() && size[d] == 1) ++d;
+  for (size_t k = d + 1; k < g.size(); ++k) {
+    if (start[k] != 0 || size[k] != g[k]) return nullptr;
+  }
+  int64_t flat = 0;
+  for (size_t k = 0; k < g.size(); ++k) flat = flat * g[k] + start[k];
+  owned->push_back({t.name, t.tensor.View({t.tensor.numel()}), {NumElements(g)}, {flat}, t.role});
+  return &owned->back();
+}
+
 // Everything one rank checks and stages alone (no collectives).
 StatusOr<StagedLoad> StageLocally(const std::string& dir, const CheckpointManifest& manifest,
                                            const std::vector<const NamedTensor*>& targets,
@@ -251,7 +293,12 @@ StatusOr<StagedLoad> StageLocally(const std::string& dir, const CheckpointManife
         ", current model ", fingerprint, ")", FingerprintDiff(manifest, model),
         "; resume from a checkpoint of this model or change the model config to match"));
   }
-  SM_ASSIGN_OR_RETURN(std::vector<TargetPlan> plans, PlanTargets(dir, manifest, targets));
+  std::deque<NamedTensor> legacy;
+  std::vector<const NamedTensor*> planned = targets;
+  for (const NamedTensor*& t : planned) {
+    if (const NamedTensor* flat = FlatLegacyTarget(manifest, *t, &legacy)) t = flat;
+  }
+  SM_ASSIGN_OR_RETURN(std::vector<TargetPlan> plans, PlanTargets(dir, manifest, planned));
   std::set<std::string> wanted;
   if (!manifest.blobs_file().empty()) wanted.insert(manifest.blobs_file());
   for (const TargetPlan& plan : plans) {

@@ -280,5 +280,44 @@ TEST_F(CheckpointTest, RejectsSliceOutsideGlobalShapeAndMultiRankSave) {
   EXPECT_THAT(SaveCheckpoint(req).message(), HasSubstr("pass the world communicator"));
 }
 
+// A checkpoint from before optimizer state took its parameter's shape stores
+// it flattened ([numel], ZeRO ranges as 1-D slices). Box targets that are
+// contiguous runs of the global tensor (every box without TP) still load from
+// it; a TP column slice cannot, and the error says what to do.
+TEST_F(CheckpointTest, LegacyFlatOptimizerStateLoadsIntoBoxes) {
+  const Tensor whole = Values({6, 4}, DType::kF32, 7);  // the state, row-major
+  const Tensor flat = whole.View({24});
+  SaveRequest req;
+  req.root = dir_.path();
+  req.step = 1;
+  req.tensors = {{"embed", Values({6, 4}, DType::kF32, 0), {}, {}, TensorRole::kModel},
+                 // Two ZeRO ranges of the flattened state, cutting row 2.
+                 {"m/embed", flat.Narrow(0, 0, 10), {24}, {0}, TensorRole::kState},
+                 {"m/embed", flat.Narrow(0, 10, 14), {24}, {10}, TensorRole::kState}};
+  ASSERT_TRUE(SaveCheckpoint(req).ok());
+  // Today's targets: a partial row, whole rows, a partial row (StateBoxes).
+  Tensor row1_tail = Tensor::Zeros({1, 3}, DType::kF32);  // [1, 1:4)
+  Tensor rows = Tensor::Zeros({3, 4}, DType::kF32);       // rows 2-4
+  Tensor row5_head = Tensor::Zeros({1, 2}, DType::kF32);  // [5, 0:2)
+  LoadRequest load;
+  load.targets = {{"embed", Tensor::Zeros({6, 4}, DType::kF32), {}, {}, TensorRole::kModel},
+                  {"m/embed", row1_tail, {6, 4}, {1, 1}, TensorRole::kState},
+                  {"m/embed", rows, {6, 4}, {2, 0}, TensorRole::kState},
+                  {"m/embed", row5_head, {6, 4}, {5, 0}, TensorRole::kState}};
+  StatusOr<LoadedCheckpoint> loaded = LoadCheckpoint(StepDir(1), load);
+  ASSERT_TRUE(loaded.ok()) << loaded.status();
+  for (int j = 0; j < 3; ++j) EXPECT_EQ(row1_tail.At(j), whole.At(4 + 1 + j));
+  for (int i = 0; i < 12; ++i) EXPECT_EQ(rows.At(i), whole.At(8 + i));
+  for (int j = 0; j < 2; ++j) EXPECT_EQ(row5_head.At(j), whole.At(20 + j));
+
+  // A TP column slice of the state is not one contiguous run.
+  load.targets = {{"embed", Tensor::Zeros({6, 4}, DType::kF32), {}, {}, TensorRole::kModel},
+                  {"m/embed", Tensor::Zeros({6, 2}, DType::kF32), {6, 4}, {0, 2},
+                   TensorRole::kState}};
+  loaded = LoadCheckpoint(StepDir(1), load);
+  ASSERT_FALSE(loaded.ok());
+  EXPECT_THAT(loaded.status().message(), HasSubstr("stores optimizer state flattened"));
+}
+
 }  // namespace
 }  // namespace scalemoe::checkpoint
