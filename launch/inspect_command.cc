@@ -57,8 +57,19 @@ Shape PerRankShape(const ParamSpec& spec, const ParallelLayout& layout) {
   return shape;
 }
 
+// How the (E)TP group holds `spec` (its ParamLayout): "split" (each rank a
+// slice), "sum" (replicated; each rank's backward gives a share of the
+// gradient, summed over the group) or "copy" (replicated, computed whole).
+std::string TpTreatment(const ParamSpec& spec) {
+  const char* group = spec.layout.tp_group == TpGroup::kExpert ? "etp" : "tp";
+  if (spec.layout.tp_split_dim >= 0) return absl::StrCat("split/", group);
+  if (spec.layout.tp_partial_grad) return absl::StrCat("sum/", group);
+  return "copy";
+}
+
 // Shapes are global; with tp or etp > 1 a "per rank" column shows the slice
-// every (E)TP rank holds (equal to the global shape when replicated).
+// every (E)TP rank holds (equal to the global shape when replicated) and a
+// "tp" column how the group holds it (TpTreatment).
 void PrintTable(const ParamRegistry& registry, DecayPolicy policy, const ParallelLayout& layout) {
   const bool split = layout.tp > 1 || layout.etp > 1;
   size_t name_width = 4, shape_width = 5, local_width = 8;
@@ -71,19 +82,23 @@ void PrintTable(const ParamRegistry& registry, DecayPolicy policy, const Paralle
   const int lw = split ? static_cast<int>(local_width) : 0;
   if (split) {
     std::printf("shapes are global; 'per rank' is what each of the tp=%d (etp=%d for expert-TP "
-                "splits) ranks holds\n",
+                "splits) ranks holds; tp: split = sliced over the group, sum = replicated with "
+                "its gradient shares summed over the group, copy = replicated and whole\n",
                 layout.tp, layout.etp);
   }
-  std::printf("%-*s  %-*s  %-*s%s%-17s  %-5s  %13s\n", nw, "name", sw, "shape", lw,
-              split ? "per rank" : "", split ? "  " : "", "role", "decay", "count");
+  const int tw = split ? 9 : 0;
+  std::printf("%-*s  %-*s  %-*s%s%-*s%s%-17s  %-5s  %13s\n", nw, "name", sw, "shape", lw,
+              split ? "per rank" : "", split ? "  " : "", tw, split ? "tp" : "",
+              split ? "  " : "", "role", "decay", "count");
   for (const auto& p : registry.params()) {
     const bool decays =
         Decays(p->spec.role, static_cast<int>(p->spec.shape.size()), policy);
     const std::string local = split ? ShapeString(PerRankShape(p->spec, layout)) : "";
-    std::printf("%-*s  %-*s  %-*s%s%-17s  %-5s  %13s\n", nw, p->spec.name.c_str(), sw,
-                ShapeString(p->spec.shape).c_str(), lw, local.c_str(), split ? "  " : "",
-                ParamRoleName(p->spec.role), decays ? "yes" : "no",
-                Grouped(NumElements(p->spec.shape)).c_str());
+    const std::string tp = split ? TpTreatment(p->spec) : "";
+    std::printf("%-*s  %-*s  %-*s%s%-*s%s%-17s  %-5s  %13s\n", nw, p->spec.name.c_str(), sw,
+                ShapeString(p->spec.shape).c_str(), lw, local.c_str(), split ? "  " : "", tw,
+                tp.c_str(), split ? "  " : "", ParamRoleName(p->spec.role),
+                decays ? "yes" : "no", Grouped(NumElements(p->spec.shape)).c_str());
   }
 }
 

@@ -18,8 +18,10 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
     : eps_(cfg.model().norm_eps()), tp_(tp) {
   const std::string p = absl::StrCat("layers.", layer);
   const int64_t c = cfg.model().hidden_size();
+  // From the config, not the region, so that a model built without process
+  // groups (scalemoe inspect) records the same layout as the training ranks'.
   ParamLayout sandwich = LayerLayout(layer);
-  sandwich.tp_partial_grad = tp.sequence_parallel();
+  sandwich.tp_partial_grad = cfg.parallel().sequence_parallel() && cfg.parallel().tp() > 1;
   attention_ = std::make_unique<Attention>(registry, cfg, layer, tp);
   if (cfg.model().sandwich_norm()) {
     post_attn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
