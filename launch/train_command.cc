@@ -110,9 +110,15 @@ int RunTrain(const std::vector<std::string>& args) {
     options.groups = &*groups;
   }
   if (rank == 0) {
-    std::printf("run dir: %s (%d rank%s: dp=%d ep=%d edp=%d zero_stage=%d)\n",
-                options.run_dir.c_str(), world, world == 1 ? "" : "s", layout->dp, layout->ep,
-                layout->edp, cfg->parallel().zero_stage());
+    const bool sp = cfg->parallel().sequence_parallel() && layout->tp > 1;
+    std::printf("run dir: %s (%d rank%s: tp=%d%s pp=%d dp=%d | etp=%d ep=%d edp=%d | "
+                "zero_stage=%d)\n",
+                options.run_dir.c_str(), world, world == 1 ? "" : "s", layout->tp,
+                sp ? " +sp" : "", layout->pp, layout->dp, layout->etp, layout->ep, layout->edp,
+                cfg->parallel().zero_stage());
+    if (cfg->parallel().sequence_parallel() && layout->tp == 1) {
+      std::printf("note: parallel.sequence_parallel has no effect with parallel.tp=1\n");
+    }
     std::fflush(stdout);
   }
   StatusOr<TrainResult> result = Train(options);
