@@ -75,7 +75,13 @@ class TrainLoop {
   std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
   ProcessGroups& groups_;
   ParamRegistry registry_;
-  std::unique_ptr<MoeTransformer> model_;  // built in Setup, once the layout is checked
+  // This rank's model: one chunk, or parallel.virtual_stages of them under the
+  // interleaved pipeline schedule (built in Setup, once the layout is checked).
+  std::vector<std::unique_ptr<MoeTransformer>> chunks_;
+  MoeTransformer& model() const { return *chunks_.front(); }
+  // Whether this rank holds the first / last (virtual) pipeline stage.
+  bool holds_first_stage() const { return chunks_.front()->is_first_stage(); }
+  bool holds_last_stage() const { return chunks_.back()->is_last_stage(); }
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::optional<PipelineExecutor> executor_;  // pp > 1
   std::optional<TokenLoader> train_loader_;

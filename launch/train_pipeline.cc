@@ -1,6 +1,7 @@
 // TrainLoop under pipeline parallelism: the executor set-up, one step's
 // forward/backward (plain or through the 1F1B executor) and the forward-only
 // evaluation pass through the stages.
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -27,13 +28,15 @@ constexpr int kTiedEmbeddingTag = 30001;
 // report; under sequence parallelism each TP rank stashes its 1/tp of the
 // tokens).
 Status TrainLoop::SetupPipeline() {
+  const int v = static_cast<int>(chunks_.size());
   PipelineExecutorOptions eo;
-  eo.schedule = PipelineScheduleKind::kOneFOneB;
+  eo.schedule = v > 1 ? PipelineScheduleKind::kInterleaved1F1B : PipelineScheduleKind::kOneFOneB;
   eo.num_microbatches = static_cast<int>(accumulation_);
+  eo.num_chunks = v;
   // What one stage sends the next per micro-batch: [B*T, C], or this TP
   // rank's [B*T/tp, C] under sequence parallelism.
   eo.activation_shape =
-      model_->BoundaryShape(cfg_.train().micro_batch_size(), cfg_.model().seq_length());
+      model().BoundaryShape(cfg_.train().micro_batch_size(), cfg_.model().seq_length());
   eo.activation_dtype = registry_.flat_values().dtype();
   SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
   executor_.emplace(std::move(executor));
@@ -43,15 +46,25 @@ Status TrainLoop::SetupPipeline() {
   std::string stages;
   for (int s = 0; s < p; ++s) {
     SM_ASSIGN_OR_RETURN(std::vector<PipelineAction> actions,
-                        BuildPipelineSchedule(eo.schedule, s, p, m));
+                        BuildPipelineSchedule(eo.schedule, s, p, m, v));
     const int peak = PeakInFlightMicrobatches(actions);
-    // Stage 0 embeds its own tokens: it stashes no received activation.
-    absl::StrAppend(&stages, s == 0 ? "" : ", ", "stage ", s, ": ", peak, " micro-batches (",
-                    s == 0 ? 0.0 : peak * activation_bytes / 1048576.0, " MiB received)");
+    // Received inputs held at once: every in-flight forward except those of
+    // virtual stage 0 (rank 0's first chunk embeds its own tokens).
+    int received = 0, in_flight = 0;
+    for (const PipelineAction& a : actions) {
+      const bool receives = !(s == 0 && a.chunk == 0);
+      if (a.op == PipelineOp::kForward && receives) received = std::max(received, ++in_flight);
+      if (a.op == PipelineOp::kBackward && receives) --in_flight;
+    }
+    absl::StrAppend(&stages, s == 0 ? "" : ", ", "stage ", s, ": ", peak,
+                    v > 1 ? " (chunk, micro-batch) pairs (" : " micro-batches (",
+                    received * activation_bytes / 1048576.0,
+                    " MiB received)");
   }
-  SM_LOG_RANK0(kInfo, "pipeline: ", p, " stages x ", m, " micro-batches per step, ",
-               PipelineScheduleName(eo.schedule), ", bubble fraction ",
-               PipelineBubbleFraction(p, m), "; peak stashed activations per stage: ", stages);
+  SM_LOG_RANK0(kInfo, "pipeline: ", p, " stages", v > 1 ? absl::StrCat(" x ", v, " chunks") : "",
+               " x ", m, " micro-batches per step, ", PipelineScheduleName(eo.schedule),
+               ", bubble fraction ", PipelineBubbleFraction(p, m, v),
+               "; peak stashed activations per stage: ", stages);
   return absl::OkStatus();
 }
 
@@ -61,9 +74,9 @@ StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
     for (int64_t m = 0; m < accumulation_; ++m) {
       MicroBatch batch = train_loader_->Next();
       auto [tokens, targets] = BatchTensors(batch);
-      SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
-      const LossBreakdown loss = model_->Forward(ctx_, tokens, targets);
-      model_->Backward(ctx_, 1.0 / static_cast<double>(accumulation_));
+      SM_RETURN_IF_ERROR(model().CheckBatch(tokens, targets));
+      const LossBreakdown loss = model().Forward(ctx_, tokens, targets);
+      model().Backward(ctx_, 1.0 / static_cast<double>(accumulation_));
       sums[0] += loss.total;
       sums[1] += loss.cross_entropy;
       sums[2] += loss.aux;
@@ -77,35 +90,42 @@ StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
   for (int64_t m = 0; m < accumulation_; ++m) {
     batches.push_back(train_loader_->Next());
     auto [tokens, targets] = BatchTensors(batches.back());
-    SM_RETURN_IF_ERROR(model_->CheckBatch(tokens, targets));
+    SM_RETURN_IF_ERROR(model().CheckBatch(tokens, targets));
     views.push_back({tokens, targets});
   }
-  PipelineModelStage stage(*model_, ctx_, std::move(views));
+  std::vector<MoeTransformer*> chunks;
+  for (auto& c : chunks_) chunks.push_back(c.get());
+  PipelineModelStage stage(std::move(chunks), ctx_, std::move(views));
   SM_RETURN_IF_ERROR(executor_->RunStep(stage).status());
   const LossBreakdown& l = stage.sums();
   return std::vector<double>{l.total, l.cross_entropy, l.aux, l.z};
 }
 
 // Forward only, one micro-batch at a time through the stages (no overlap:
-// evaluation is rare); the last stage holds the cross-entropy.
+// evaluation is rare); the last stage holds the cross-entropy. Interleaved,
+// a micro-batch passes the ranks once per chunk: rank p-1's chunk c feeds
+// rank 0's chunk c+1.
 StatusOr<double> TrainLoop::EvaluatePipelined() {
   Communicator& pp = *groups_.pp;
+  const int p = pp.size(), r = pp.rank();
   std::vector<double> loss = {0};
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    Tensor input;
-    if (!model_->is_first_stage()) {
-      input = Tensor::Empty(model_->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
-                            registry_.flat_values().dtype(), Device::kCPU);
-      SM_RETURN_IF_ERROR(pp.Recv(input, pp.rank() - 1, {.tag = kEvalTag}));
+    for (auto& chunk : chunks_) {
+      Tensor input;
+      if (!chunk->is_first_stage()) {
+        input = Tensor::Empty(chunk->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
+                              registry_.flat_values().dtype(), Device::kCPU);
+        SM_RETURN_IF_ERROR(pp.Recv(input, (r + p - 1) % p, {.tag = kEvalTag}));
+      }
+      const StageOutput out = chunk->ForwardStage(ctx_, tokens, targets, input, false);
+      if (!chunk->is_last_stage()) {
+        SM_RETURN_IF_ERROR(pp.Send(out.output, (r + 1) % p, {.tag = kEvalTag}));
+      }
+      loss[0] += out.loss.cross_entropy / n;
     }
-    const StageOutput out = model_->ForwardStage(ctx_, tokens, targets, input, false);
-    if (!model_->is_last_stage()) {
-      SM_RETURN_IF_ERROR(pp.Send(out.output, pp.rank() + 1, {.tag = kEvalTag}));
-    }
-    loss[0] += out.loss.cross_entropy / n;
   }
   SM_ASSIGN_OR_RETURN(loss, SumOver(pp, std::move(loss)));
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
@@ -118,17 +138,17 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
 // does not report the embedding range ready, so the optimizer's Step reduces
 // it over dp only after this sum. Middle stages hold no copy.
 Status TrainLoop::SumTiedEmbeddingGrads() {
-  if (!model_->is_first_stage() && !model_->is_last_stage()) return absl::OkStatus();
+  if (!holds_first_stage() && !holds_last_stage()) return absl::OkStatus();
   Communicator& pp = *groups_.pp;
   const Param* embedding = registry_.Find("embedding.weight");
-  SM_CHECK_MSG(embedding != nullptr, "tied embeddings: stage ", model_->stage(),
+  SM_CHECK_MSG(embedding != nullptr, "tied embeddings: pipeline rank ", pp.rank(),
                " holds no embedding.weight");
   const Tensor& mine = embedding->grad;
   Tensor theirs = Tensor::Empty(mine.shape(), mine.dtype(), mine.device());
   const SendRecvOptions tag{.tag = kTiedEmbeddingTag};
   // First stage sends first, the last receives first: blocking sends cannot
   // deadlock.
-  if (model_->is_first_stage()) {
+  if (holds_first_stage()) {
     SM_RETURN_IF_ERROR(pp.Send(mine, pp.size() - 1, tag));
     SM_RETURN_IF_ERROR(pp.Recv(theirs, pp.size() - 1, tag));
   } else {

@@ -63,14 +63,18 @@ Status TrainLoop::Setup() {
     out << ConfigToText(cfg_);
     if (!out) return absl::InternalError("cannot write config.textproto in " + options_.run_dir);
   }
-  if (cfg_.parallel().virtual_stages() > 1) {
-    return absl::UnimplementedError(absl::StrCat(
-        "parallel.virtual_stages=", cfg_.parallel().virtual_stages(),
-        ": the interleaved 1F1B schedule is not built yet; set parallel.virtual_stages: 1"));
+  const int chunks = pipelined() ? std::max(1, cfg_.parallel().virtual_stages()) : 1;
+  for (int c = 0; c < chunks; ++c) {
+    chunks_.push_back(std::make_unique<MoeTransformer>(registry_, cfg_, &groups_, c));
   }
-  model_ = std::make_unique<MoeTransformer>(registry_, cfg_, &groups_);
   SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, Device::kCPU));
-  flops_per_token_ = model_->Counts().train_flops_per_token;
+  {
+    // FLOPs of the whole model (this rank's registry holds only its stage):
+    // counted on a registry that is never materialized.
+    ParamRegistry whole_registry;
+    const MoeTransformer whole(whole_registry, cfg_);
+    flops_per_token_ = whole.Counts().train_flops_per_token;
+  }
   SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_));
   const MemoryReport memory = optimizer_->Memory();
   // Per rank (its (E)TP slices, its ZeRO shards).
@@ -153,14 +157,14 @@ StatusOr<double> TrainLoop::UnigramLoss() {
 StatusOr<double> TrainLoop::Evaluate() {
   // The folded weights were formed before the last update: re-form them from
   // the parameters as they are now (the ones a checkpoint of this step holds).
-  model_->PrepareStep(ctx_);
+  for (auto& c : chunks_) c->PrepareStep(ctx_);
   if (pipelined()) return EvaluatePipelined();
   std::vector<double> loss = {0};
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    loss[0] += model_->Evaluate(ctx_, tokens, targets).cross_entropy / n;
+    loss[0] += model().Evaluate(ctx_, tokens, targets).cross_entropy / n;
   }
   // TP ranks hold the same TP-global loss: mean over dp replicas only.
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
@@ -178,10 +182,12 @@ Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
 StatusOr<std::vector<std::pair<int, MoeLayerStats>>> TrainLoop::AllMoeStats() {
   // A layer's statistics are global already (it all-reduces its counts over
   // every replica of its router); only the pipeline stages hold different layers.
-  const std::vector<MoeLayerStats> mine = model_->MoeStats();
-  const std::vector<int> layers = model_->MoeLayerIndices();
   std::vector<std::pair<int, MoeLayerStats>> out;
-  for (size_t i = 0; i < mine.size(); ++i) out.emplace_back(layers[i], mine[i]);
+  for (const auto& chunk : chunks_) {
+    const std::vector<MoeLayerStats> mine = chunk->MoeStats();
+    const std::vector<int> layers = chunk->MoeLayerIndices();
+    for (size_t i = 0; i < mine.size(); ++i) out.emplace_back(layers[i], mine[i]);
+  }
   if (!pipelined()) return out;
   // One slot per MoE layer of the model: [E loads, dropped, load_cv, aux, z].
   const int num_experts = cfg_.moe().num_experts();
@@ -286,14 +292,16 @@ StatusOr<TrainResult> TrainLoop::Run() {
   const auto run_start = Clock::now();
   int64_t window_tokens = 0;
   for (int64_t step = start_step_; step < stop_at; ++step) {
-    model_->PrepareStep(ctx_);
+    for (auto& c : chunks_) c->PrepareStep(ctx_);
     registry_.ZeroGrads();
     SM_ASSIGN_OR_RETURN(std::vector<double> sums, ForwardBackward());
     // Gradient all-reduces start as each layer's gradients are final.
     Status sync_started;
-    model_->FinishBackward(ctx_, [&](int64_t begin, int64_t end) {
-      sync_started.Update(optimizer_->GradientsReady(begin, end));
-    });
+    for (size_t c = chunks_.size(); c-- > 0;) {  // last layers first
+      chunks_[c]->FinishBackward(ctx_, [&](int64_t begin, int64_t end) {
+        sync_started.Update(optimizer_->GradientsReady(begin, end));
+      });
+    }
     SM_RETURN_IF_ERROR(sync_started);
     // Tied under PP: the embedding was not reported ready; Step reduces it
     // over dp after the stages' copies are summed.
@@ -319,7 +327,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
       ++result_.skipped_steps;
       SM_LOG_RANK0(kWarning, "step ", step + 1, ": non-finite loss/gradient, step skipped");
     } else {
-      model_->UpdateExpertBiases();
+      for (auto& c : chunks_) c->UpdateExpertBiases();
     }
     const int64_t done = step + 1;
     window_tokens += tokens_per_step;

@@ -1,5 +1,7 @@
 #include "model/model.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
 #include "model/scale_options.h"
@@ -19,7 +21,7 @@ Communicator* TpComm(const ProcessGroups* groups) {
 }  // namespace
 
 MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg,
-                               const ProcessGroups* groups)
+                               const ProcessGroups* groups, int chunk)
     : registry_(registry),
       cfg_(cfg),
       groups_(groups),
@@ -28,9 +30,15 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
   const config::ModelConfig& m = cfg_.model();
   const ScaleOptions so(cfg_.scale_vectors());
   const int64_t v = m.vocab_size(), c = m.hidden_size();
+  const int chunks = std::max(1, cfg.parallel().virtual_stages());
+  SM_CHECK_MSG(chunk >= 0 && chunk < chunks, "model chunk ", chunk, " of parallel.virtual_stages=",
+               chunks);
   if (groups != nullptr) {
-    stage_ = groups->coords.pp;
-    num_stages_ = groups->grid.sizes().pp;
+    stage_ = chunk * groups->grid.sizes().pp + groups->coords.pp;
+    num_stages_ = groups->grid.sizes().pp * chunks;
+  } else {
+    SM_CHECK_MSG(chunk == 0, "model chunk ", chunk, " without process groups: one rank holds "
+                 "the whole model");
   }
   // Config validation has refused these already; a direct caller gets a
   // clear abort instead of a wrong model.

@@ -85,8 +85,13 @@ class MoeTransformer {
   // Registers every parameter (allocates nothing: the caller materializes).
   // groups (may be null = one rank) must outlive the model; under expert
   // parallelism only the owned experts are registered (moe/moe_layer.h).
+  // With parallel.virtual_stages = v > 1 (interleaved pipeline) a rank holds
+  // v models, one per `chunk`: chunk c of pipeline rank r is virtual stage
+  // c*pp + r of StagePartition::Even(num_layers, pp*v); stage() and
+  // num_stages() are virtual ones. All chunks register into one registry.
+  // Without groups the model is whole (one stage), whatever the config says.
   MoeTransformer(ParamRegistry& registry, const config::RunConfig& cfg,
-                 const ProcessGroups* groups = nullptr);
+                 const ProcessGroups* groups = nullptr, int chunk = 0);
   ~MoeTransformer();
   MoeTransformer(const MoeTransformer&) = delete;
   MoeTransformer& operator=(const MoeTransformer&) = delete;

@@ -4,11 +4,19 @@
 
 namespace scalemoe {
 
-PipelineModelStage::PipelineModelStage(MoeTransformer& model, const ExecContext& ctx,
-                                       std::vector<Batch> batches)
-    : model_(model), ctx_(ctx), batches_(std::move(batches)), inputs_(batches_.size()) {}
+PipelineModelStage::PipelineModelStage(std::vector<MoeTransformer*> chunks,
+                                       const ExecContext& ctx, std::vector<Batch> batches)
+    : chunks_(std::move(chunks)),
+      ctx_(ctx),
+      batches_(std::move(batches)),
+      inputs_(chunks_.size(), std::vector<Tensor>(batches_.size())) {}
 
-Status PipelineModelStage::CheckMicrobatch(int microbatch) const {
+Status PipelineModelStage::Check(int chunk, int microbatch) const {
+  if (chunk < 0 || chunk >= static_cast<int>(chunks_.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model chunk ", chunk, " is outside this rank's ", chunks_.size(),
+        " chunks: the executor's num_chunks and parallel.virtual_stages disagree"));
+  }
   if (microbatch < 0 || microbatch >= static_cast<int>(batches_.size())) {
     return absl::InvalidArgumentError(absl::StrCat(
         "micro-batch ", microbatch, " is outside this step's ", batches_.size(),
@@ -25,25 +33,26 @@ void PipelineModelStage::Add(const LossBreakdown& loss) {
   sums_.tokens += loss.tokens;
 }
 
-StatusOr<Tensor> PipelineModelStage::Forward(int microbatch, const Tensor& input) {
-  SM_RETURN_IF_ERROR(CheckMicrobatch(microbatch));
-  inputs_[microbatch] = input;
-  if (model_.is_last_stage()) return Tensor();  // the forward runs in Backward
+StatusOr<Tensor> PipelineModelStage::Forward(int chunk, int microbatch, const Tensor& input) {
+  SM_RETURN_IF_ERROR(Check(chunk, microbatch));
+  inputs_[chunk][microbatch] = input;
+  MoeTransformer& model = *chunks_[chunk];
+  if (model.is_last_stage()) return Tensor();  // the forward runs in Backward
   const Batch& b = batches_[microbatch];
-  StageOutput out = model_.ForwardStage(ctx_, b.tokens, b.targets, input, /*keep_grad=*/true);
+  StageOutput out = model.ForwardStage(ctx_, b.tokens, b.targets, input, /*keep_grad=*/true);
   Add(out.loss);
   return out.output;
 }
 
-StatusOr<Tensor> PipelineModelStage::Backward(int microbatch, const Tensor& d_output) {
-  SM_RETURN_IF_ERROR(CheckMicrobatch(microbatch));
+StatusOr<Tensor> PipelineModelStage::Backward(int chunk, int microbatch, const Tensor& d_output) {
+  SM_RETURN_IF_ERROR(Check(chunk, microbatch));
+  MoeTransformer& model = *chunks_[chunk];
   const Batch& b = batches_[microbatch];
-  StageOutput out =
-      model_.ForwardStage(ctx_, b.tokens, b.targets, inputs_[microbatch], /*keep_grad=*/true);
-  if (model_.is_last_stage()) Add(out.loss);
-  inputs_[microbatch] = Tensor();
-  return model_.BackwardStage(ctx_, d_output,
-                              1.0 / static_cast<double>(batches_.size()));
+  StageOutput out = model.ForwardStage(ctx_, b.tokens, b.targets, inputs_[chunk][microbatch],
+                                       /*keep_grad=*/true);
+  if (model.is_last_stage()) Add(out.loss);
+  inputs_[chunk][microbatch] = Tensor();
+  return model.BackwardStage(ctx_, d_output, 1.0 / static_cast<double>(batches_.size()));
 }
 
 }  // namespace scalemoe

@@ -1,20 +1,19 @@
-// PipelineModelStage: this rank's MoeTransformer stage as the pipeline
-// executor's PipelineStage (parallel/pipeline_executor.h), over one step's
-// micro-batches.
+// PipelineModelStage: this rank's MoeTransformer chunks (one, or
+// parallel.virtual_stages of them under the interleaved schedule) as the
+// pipeline executor's PipelineStage (parallel/pipeline_executor.h), over one
+// step's micro-batches.
 //
 // The model keeps one forward cache while a pipeline has several
-// micro-batches in flight, so a stage recomputes instead of caching:
-// - before the last stage, Forward(mb) runs the stage's forward (its output
-//   goes to the next stage) and keeps the input handle; Backward(mb) reruns
-//   that forward from the same input, then the backward;
-// - the last stage's Forward(mb) only keeps the input; Backward(mb) runs the
-//   forward (the loss) and the backward back to back.
+// micro-batches in flight, so a chunk recomputes instead of caching:
+// - before the last (virtual) stage, Forward(c, mb) runs the chunk's forward
+//   (its output goes to the next stage) and keeps the input handle;
+//   Backward(c, mb) reruns that forward from the same input, then the
+//   backward;
+// - the last stage's Forward only keeps the input; Backward runs the forward
+//   (the loss) and the backward back to back.
 // The rerun sees the same input and parameters, so gradients equal the
-// unpipelined model's. Every MoE layer sees each micro-batch the same number
-// of times per step (2 before the last stage, 1 on it), so its accumulated
-// expert loads are exactly that multiple of the single-rank ones and the
-// sign-based expert-bias update (moe/router.cc) is unchanged; the layer's
-// stats() are those of its last forward, as on one rank.
+// unpipelined model's. MoE statistics and expert-bias loads count each
+// micro-batch once (MoeLayer::step_stats counts forwards that get a Backward).
 #pragma once
 
 #include <vector>
@@ -32,25 +31,28 @@ class PipelineModelStage : public PipelineStage {
     Tensor tokens, targets;  // [B, T] int32 CPU, checked by the caller (CheckBatch)
   };
   // One step: every micro-batch's loss gradient is scaled by 1/batches.size().
-  // model and the batches' storage must outlive the stage.
-  PipelineModelStage(MoeTransformer& model, const ExecContext& ctx, std::vector<Batch> batches);
+  // chunks[c] is model chunk c of this rank; the models and the batches'
+  // storage must outlive the stage.
+  PipelineModelStage(std::vector<MoeTransformer*> chunks, const ExecContext& ctx,
+                     std::vector<Batch> batches);
 
-  StatusOr<Tensor> Forward(int microbatch, const Tensor& input) override;
-  StatusOr<Tensor> Backward(int microbatch, const Tensor& d_output) override;
+  StatusOr<Tensor> Forward(int chunk, int microbatch, const Tensor& input) override;
+  StatusOr<Tensor> Backward(int chunk, int microbatch, const Tensor& d_output) override;
 
-  // Sums over the step's micro-batches of this stage's share of the loss:
-  // cross_entropy on the last stage only, aux and z of this stage's MoE
+  // Sums over the step's micro-batches of this rank's share of the loss:
+  // cross_entropy on the last stage only, aux and z of this rank's MoE
   // layers, total = their sum.
   const LossBreakdown& sums() const { return sums_; }
 
  private:
-  Status CheckMicrobatch(int microbatch) const;
+  Status Check(int chunk, int microbatch) const;
   void Add(const LossBreakdown& loss);
 
-  MoeTransformer& model_;
+  std::vector<MoeTransformer*> chunks_;
   const ExecContext ctx_;
   std::vector<Batch> batches_;
-  std::vector<Tensor> inputs_;  // per micro-batch, from Forward until its Backward
+  // [chunk][micro-batch]: the input from Forward until its Backward.
+  std::vector<std::vector<Tensor>> inputs_;
   LossBreakdown sums_;
 };
 

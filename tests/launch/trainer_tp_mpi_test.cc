@@ -131,6 +131,14 @@ TEST_F(TrainerTpTest, Tp2SequenceParallelPp2Tied) {
             {"parallel.tp=2", "parallel.sequence_parallel=true", "parallel.pp=2"}, 1, 2);
 }
 
+TEST_F(TrainerTpTest, Tp2SequenceParallelInterleavedPp2) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunLayout("tp2_sp_pp2_v2", {"model.num_layers=4"},
+            {"parallel.tp=2", "parallel.sequence_parallel=true", "parallel.pp=2",
+             "parallel.virtual_stages=2"},
+            1, 2);
+}
+
 // World 8: TP2 x EP2 x PP2 (dense view tp2 dp2 pp2; experts ep2 edp2).
 TEST_F(TrainerTpTest, Tp2Ep2Pp2) {
   if (WorldSize() != 8) GTEST_SKIP() << "needs 8 ranks";

@@ -1,10 +1,13 @@
-// PipelineModelStage under the 1F1B executor on an in-process world: a
-// model cut into pp stages accumulates, over a step of m micro-batches, the
-// same parameter gradients and losses as the whole model running the
-// micro-batches one after another (f64; the recompute is deterministic).
+// PipelineModelStage under the 1F1B executor (and the interleaved one, with v
+// model chunks per rank) on an in-process world: a model cut into pp (x v)
+// stages accumulates, over a step of m micro-batches, the same parameter
+// gradients and losses as the whole model running the micro-batches one
+// after another (f64; the recompute is deterministic).
 #include "model/pipeline_model_stage.h"
 
+#include <algorithm>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -17,9 +20,9 @@
 namespace scalemoe {
 namespace {
 
-config::RunConfig Config() {
+config::RunConfig Config(int num_layers = 4) {
   config::RunConfig cfg = testing::TinyConfig(/*num_experts=*/4);
-  cfg.mutable_model()->set_num_layers(4);
+  cfg.mutable_model()->set_num_layers(num_layers);
   cfg.mutable_model()->set_tied_embeddings(false);
   return cfg;
 }
@@ -57,33 +60,41 @@ Reference WholeModel(const config::RunConfig& cfg, int m) {
   return r;
 }
 
-void ExpectPipelineMatches(int pp, int m) {
-  const config::RunConfig cfg = Config();
+void ExpectPipelineMatches(int pp, int m, int v = 1) {
+  config::RunConfig cfg = Config(std::max(4, pp * v));
   const Reference want = WholeModel(cfg, m);
+  cfg.mutable_parallel()->set_virtual_stages(v);
   std::mutex mu;
   std::map<std::string, std::vector<double>> got;
   LossBreakdown sums;
   FakeWorld world;
   Status status = world.Run(pp, GridSizes{.pp = pp}, [&](ProcessGroups& groups) -> Status {
     ParamRegistry registry;
-    MoeTransformer model(registry, cfg, &groups);
+    std::vector<std::unique_ptr<MoeTransformer>> chunks;
+    std::vector<MoeTransformer*> views;
+    for (int c = 0; c < v; ++c) {
+      chunks.push_back(std::make_unique<MoeTransformer>(registry, cfg, &groups, c));
+      views.push_back(chunks.back().get());
+    }
     SM_RETURN_IF_ERROR(registry.Materialize(cfg.train().seed(), DType::kF64, Device::kCPU));
     const ExecContext ctx;
     registry.ZeroGrads();
-    model.PrepareStep(ctx);
+    for (auto& c : chunks) c->PrepareStep(ctx);
     std::vector<PipelineModelStage::Batch> batches;
     for (int mb = 0; mb < m; ++mb) batches.push_back({Tokens(mb), Tokens(100 + mb)});
-    PipelineModelStage stage(model, ctx, batches);
+    PipelineModelStage stage(views, ctx, batches);
     PipelineExecutorOptions eo;
+    eo.schedule = v > 1 ? PipelineScheduleKind::kInterleaved1F1B : PipelineScheduleKind::kOneFOneB;
     eo.num_microbatches = m;
+    eo.num_chunks = v;
     eo.activation_shape = {10, cfg.model().hidden_size()};
     eo.activation_dtype = DType::kF64;
     SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups.pp, eo));
     SM_RETURN_IF_ERROR(executor.RunStep(stage).status());
-    model.FinishBackward(ctx);
+    for (int c = v; c-- > 0;) chunks[c]->FinishBackward(ctx);
     std::lock_guard<std::mutex> lock(mu);
     for (const auto& p : registry.params()) {
-      EXPECT_EQ(p->spec.layout.pipeline_stage, groups.coords.pp) << p->spec.name;
+      EXPECT_EQ(p->spec.layout.pipeline_stage % pp, groups.coords.pp) << p->spec.name;
       EXPECT_TRUE(got.emplace(p->spec.name, p->grad.ToVector()).second)
           << p->spec.name << " on two stages";
     }
@@ -111,6 +122,10 @@ void ExpectPipelineMatches(int pp, int m) {
 TEST(PipelineModelStageTest, TwoStagesMatchWholeModel) { ExpectPipelineMatches(2, 3); }
 TEST(PipelineModelStageTest, FourStagesMatchWholeModel) { ExpectPipelineMatches(4, 5); }
 TEST(PipelineModelStageTest, FewerMicroBatchesThanStages) { ExpectPipelineMatches(4, 2); }
+// Interleaved: 2 ranks x 2 chunks (virtual stages 0, 2 on rank 0 and 1, 3 on
+// rank 1), and 4 ranks x 2 chunks over 8 layers.
+TEST(PipelineModelStageTest, InterleavedTwoRanksTwoChunks) { ExpectPipelineMatches(2, 4, 2); }
+TEST(PipelineModelStageTest, InterleavedFourRanksTwoChunks) { ExpectPipelineMatches(4, 4, 2); }
 
 TEST(PipelineModelStageTest, StagesHoldTheirLayersOnly) {
   const config::RunConfig cfg = Config();

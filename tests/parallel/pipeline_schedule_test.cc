@@ -1,8 +1,9 @@
 #include "parallel/pipeline_schedule.h"
 
-#include <deque>
+#include <algorithm>
 #include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "gmock/gmock.h"
@@ -17,10 +18,11 @@ using ::testing::HasSubstr;
 constexpr PipelineScheduleKind kKinds[] = {PipelineScheduleKind::kGPipe,
                                            PipelineScheduleKind::kOneFOneB};
 
-std::vector<std::vector<PipelineAction>> AllStages(PipelineScheduleKind kind, int p, int m) {
+std::vector<std::vector<PipelineAction>> AllStages(PipelineScheduleKind kind, int p, int m,
+                                                   int v = 1) {
   std::vector<std::vector<PipelineAction>> stages;
   for (int s = 0; s < p; ++s) {
-    StatusOr<std::vector<PipelineAction>> actions = BuildPipelineSchedule(kind, s, p, m);
+    StatusOr<std::vector<PipelineAction>> actions = BuildPipelineSchedule(kind, s, p, m, v);
     SM_CHECK_OK(actions.status());
     stages.push_back(*actions);
   }
@@ -41,29 +43,39 @@ bool IsSend(PipelineOp op) {
 bool IsRecv(PipelineOp op) {
   return op == PipelineOp::kRecvActivation || op == PipelineOp::kRecvGrad;
 }
-int Peer(int stage, PipelineOp op) {
-  return op == PipelineOp::kSendActivation || op == PipelineOp::kRecvGrad ? stage + 1 : stage - 1;
-}
-PipelineOp Matching(PipelineOp op) {
-  switch (op) {
-    case PipelineOp::kSendActivation: return PipelineOp::kRecvActivation;
-    case PipelineOp::kRecvActivation: return PipelineOp::kSendActivation;
-    case PipelineOp::kSendGrad: return PipelineOp::kRecvGrad;
-    case PipelineOp::kRecvGrad: return PipelineOp::kSendGrad;
-    default: return op;
+
+// Where a point-to-point action of rank s (of p) goes: the peer rank and the
+// message it carries, named by (gradient?, lower virtual stage of the
+// boundary, micro-batch) — what the executor's tag encodes. Virtual stage of
+// (rank s, chunk c) is c*p + s; without chunks that is the stage itself.
+struct Message {
+  int peer;
+  std::tuple<bool, int, int> key;
+};
+Message Route(int s, int p, const PipelineAction& a) {
+  const int vs = a.chunk * p + s;
+  const int prev = (s + p - 1) % p, next = (s + 1) % p;
+  switch (a.op) {
+    case PipelineOp::kSendActivation: return {next, {false, vs, a.microbatch}};
+    case PipelineOp::kRecvActivation: return {prev, {false, vs - 1, a.microbatch}};
+    case PipelineOp::kSendGrad: return {prev, {true, vs - 1, a.microbatch}};
+    case PipelineOp::kRecvGrad: return {next, {true, vs, a.microbatch}};
+    default: SM_CHECK_MSG(false, "not a point-to-point action");
   }
+  return {};
 }
 
-// Runs every stage's list against the others. Eager: a Send never blocks
-// (FakeWorld, small MPI messages). Rendezvous: a Send completes only together
-// with the peer's matching Recv (large MPI messages). Returns "" when every
-// stage finished with each Recv getting the micro-batch it expects, else
+// Runs every rank's list against the others, messages matched by (peer,
+// key) like tagged MPI messages. Eager: a Send never blocks (FakeWorld,
+// small MPI messages). Rendezvous: a Send completes only together with the
+// peer's matching Recv (large MPI messages), and each blocks until then.
+// Returns "" when every rank finished and every message was received, else
 // what went wrong.
 std::string Simulate(const std::vector<std::vector<PipelineAction>>& stages, bool rendezvous) {
   const int p = static_cast<int>(stages.size());
   std::vector<size_t> pc(p, 0);
-  // (sender, op) -> micro-batches in flight (eager mode).
-  std::map<std::pair<int, PipelineOp>, std::deque<int>> wire;
+  // (sender, receiver, key) of messages in flight (eager mode).
+  std::map<std::tuple<int, int, std::tuple<bool, int, int>>, int> wire;
   auto done = [&](int s) { return pc[s] == stages[s].size(); };
   for (bool progress = true; progress;) {
     progress = false;
@@ -73,44 +85,40 @@ std::string Simulate(const std::vector<std::vector<PipelineAction>>& stages, boo
       if (!IsSend(a.op) && !IsRecv(a.op)) {
         ++pc[s];
         progress = true;
-      } else if (!rendezvous && IsSend(a.op)) {
-        wire[{s, a.op}].push_back(a.microbatch);
+        continue;
+      }
+      const Message msg = Route(s, p, a);
+      if (!rendezvous && IsSend(a.op)) {
+        ++wire[{s, msg.peer, msg.key}];
         ++pc[s];
         progress = true;
       } else if (!rendezvous) {
-        std::deque<int>& q = wire[{Peer(s, a.op), Matching(a.op)}];
-        if (q.empty()) continue;
-        if (q.front() != a.microbatch) {
-          return absl::StrCat("stage ", s, " ", PipelineOpName(a.op), " expects micro-batch ",
-                              a.microbatch, " but gets ", q.front());
-        }
-        q.pop_front();
+        auto it = wire.find({msg.peer, s, msg.key});
+        if (it == wire.end() || it->second == 0) continue;
+        --it->second;
         ++pc[s];
         progress = true;
       } else if (IsSend(a.op)) {
-        const int peer = Peer(s, a.op);
-        if (done(peer)) continue;
-        const PipelineAction& b = stages[peer][pc[peer]];
-        if (b.op != Matching(a.op)) continue;
-        if (b.microbatch != a.microbatch) {
-          return absl::StrCat("stage ", s, " sends micro-batch ", a.microbatch, ", stage ", peer,
-                              " expects ", b.microbatch);
-        }
+        if (done(msg.peer)) continue;
+        const PipelineAction& b = stages[msg.peer][pc[msg.peer]];
+        if (!IsRecv(b.op)) continue;
+        const Message back = Route(msg.peer, p, b);
+        if (back.peer != s || back.key != msg.key) continue;
         ++pc[s];
-        ++pc[peer];
+        ++pc[msg.peer];
         progress = true;
       }
     }
   }
   for (int s = 0; s < p; ++s) {
     if (!done(s)) {
-      return absl::StrCat("deadlock: stage ", s, " stuck at ",
-                          PipelineOpName(stages[s][pc[s]].op), " ",
-                          stages[s][pc[s]].microbatch);
+      const PipelineAction& a = stages[s][pc[s]];
+      return absl::StrCat("deadlock: stage ", s, " stuck at ", PipelineOpName(a.op), " ",
+                          a.microbatch, " chunk ", a.chunk);
     }
   }
-  for (const auto& [key, q] : wire) {
-    if (!q.empty()) return absl::StrCat("stage ", key.first, " sent unreceived messages");
+  for (const auto& [key, n] : wire) {
+    if (n != 0) return absl::StrCat("stage ", std::get<0>(key), " sent unreceived messages");
   }
   return "";
 }
@@ -259,7 +267,184 @@ TEST(PipelineScheduleTest, RejectsBadArguments) {
   EXPECT_THAT(build(-1, 2, 4).message(), HasSubstr("parallel.pp = 2"));
   Status zero = build(0, 2, 0);
   EXPECT_EQ(zero.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(zero.message(), HasSubstr("training.global_batch_size"));
+  EXPECT_THAT(zero.message(), HasSubstr("train.global_batch_size"));
+}
+
+// Interleaved 1F1B: p ranks, v chunks each, m micro-batches.
+class InterleavedScheduleTest : public ::testing::TestWithParam<std::tuple<int, int, int>> {
+ protected:
+  void SetUp() override {
+    std::tie(p_, v_, m_) = GetParam();
+    m_ *= p_;  // the parameter is m / p
+    stages_ = AllStages(PipelineScheduleKind::kInterleaved1F1B, p_, m_, v_);
+  }
+  // Megatron's forward and backward order of rank s (see the header).
+  std::vector<PipelineAction> MegatronComputeOrder(int s) const {
+    const int total = m_ * v_;
+    const int warmup = std::min((p_ - s - 1) * 2 + (v_ - 1) * p_, total);
+    auto mb = [&](int k) { return (k / (p_ * v_)) * p_ + k % p_; };
+    auto f = [&](int k) { return PipelineAction{PipelineOp::kForward, mb(k), (k / p_) % v_}; };
+    auto b = [&](int k) {
+      return PipelineAction{PipelineOp::kBackward, mb(k), v_ - 1 - (k / p_) % v_};
+    };
+    std::vector<PipelineAction> out;
+    for (int k = 0; k < warmup; ++k) out.push_back(f(k));
+    for (int i = 0; i < total - warmup; ++i) {
+      out.push_back(f(warmup + i));
+      out.push_back(b(i));
+    }
+    for (int k = total - warmup; k < total; ++k) out.push_back(b(k));
+    return out;
+  }
+  int p_ = 0, v_ = 0, m_ = 0;
+  std::vector<std::vector<PipelineAction>> stages_;
+};
+
+// Every (chunk, micro-batch) runs Forward and Backward once, forward first;
+// each Recv precedes the compute that reads it and each Send follows the
+// compute producing it; only virtual stage 0 receives no activation and
+// only the last virtual stage receives no gradient.
+TEST_P(InterleavedScheduleTest, EveryChunkAndMicrobatchRunsOnceInDataOrder) {
+  for (int s = 0; s < p_; ++s) {
+    SCOPED_TRACE(absl::StrCat("rank ", s, ": ", ScheduleString(stages_[s])));
+    std::map<std::tuple<PipelineOp, int, int>, int> pos;
+    for (size_t i = 0; i < stages_[s].size(); ++i) {
+      const PipelineAction& a = stages_[s][i];
+      ASSERT_TRUE(a.chunk >= 0 && a.chunk < v_);
+      ASSERT_TRUE(a.microbatch >= 0 && a.microbatch < m_);
+      ASSERT_TRUE(pos.emplace(std::make_tuple(a.op, a.chunk, a.microbatch), i).second)
+          << "repeats " << PipelineOpName(a.op) << " " << a.microbatch << "." << a.chunk;
+    }
+    size_t expected = 0;
+    for (int c = 0; c < v_; ++c) {
+      const bool first = s == 0 && c == 0, last = s == p_ - 1 && c == v_ - 1;
+      expected += m_ * (2 + (first ? 0 : 2) + (last ? 0 : 2));
+      for (int mb = 0; mb < m_; ++mb) {
+        auto at = [&](PipelineOp op) { return pos.at({op, c, mb}); };
+        auto has = [&](PipelineOp op) { return pos.count({op, c, mb}) == 1; };
+        EXPECT_LT(at(PipelineOp::kForward), at(PipelineOp::kBackward));
+        EXPECT_EQ(has(PipelineOp::kRecvActivation), !first);
+        EXPECT_EQ(has(PipelineOp::kSendGrad), !first);
+        EXPECT_EQ(has(PipelineOp::kSendActivation), !last);
+        EXPECT_EQ(has(PipelineOp::kRecvGrad), !last);
+        if (!first) {
+          EXPECT_LT(at(PipelineOp::kRecvActivation), at(PipelineOp::kForward));
+          EXPECT_LT(at(PipelineOp::kBackward), at(PipelineOp::kSendGrad));
+        }
+        if (!last) {
+          EXPECT_LT(at(PipelineOp::kForward), at(PipelineOp::kSendActivation));
+          EXPECT_LT(at(PipelineOp::kRecvGrad), at(PipelineOp::kBackward));
+        }
+      }
+    }
+    EXPECT_EQ(stages_[s].size(), expected);
+  }
+}
+
+TEST_P(InterleavedScheduleTest, ComputeOrderIsMegatrons) {
+  for (int s = 0; s < p_; ++s) {
+    std::vector<PipelineAction> compute;
+    for (const PipelineAction& a : stages_[s]) {
+      if (a.op == PipelineOp::kForward || a.op == PipelineOp::kBackward) compute.push_back(a);
+    }
+    EXPECT_EQ(ScheduleString(compute), ScheduleString(MegatronComputeOrder(s))) << "rank " << s;
+  }
+}
+
+TEST_P(InterleavedScheduleTest, CompletesWithEagerAndBlockingSends) {
+  EXPECT_EQ(Simulate(stages_, /*rendezvous=*/false), "");
+  EXPECT_EQ(Simulate(stages_, /*rendezvous=*/true), "");
+}
+
+// Peak stash: Megatron's warm-up forwards plus the first steady forward,
+// at most all m*v (chunk, micro-batch) pairs.
+TEST_P(InterleavedScheduleTest, PeakStash) {
+  for (int s = 0; s < p_; ++s) {
+    const int warmup = std::min((p_ - s - 1) * 2 + (v_ - 1) * p_, m_ * v_);
+    EXPECT_EQ(PeakInFlightMicrobatches(stages_[s]), std::min(warmup + 1, m_ * v_))
+        << "rank " << s;
+  }
+}
+
+// Breaking one list must be caught: rank 1 posting its first receive last
+// leaves its sender blocked (rendezvous) while rank 1 waits on messages
+// that sender would send after it.
+TEST_P(InterleavedScheduleTest, SimulatorCatchesBrokenList) {
+  std::vector<std::vector<PipelineAction>> broken = stages_;
+  std::vector<PipelineAction>& r1 = broken[1];
+  auto it =
+      std::find_if(r1.begin(), r1.end(), [](const PipelineAction& a) { return IsRecv(a.op); });
+  ASSERT_NE(it, r1.end());
+  const PipelineAction moved = *it;
+  r1.erase(it);
+  r1.push_back(moved);
+  EXPECT_THAT(Simulate(broken, /*rendezvous=*/true), HasSubstr("deadlock"));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllLayouts, InterleavedScheduleTest,
+                         ::testing::Combine(::testing::Values(2, 3, 4), ::testing::Values(2, 3),
+                                            ::testing::Values(1, 2, 3)),
+                         [](const auto& info) {
+                           const int p = std::get<0>(info.param);
+                           return absl::StrCat("pp", p, "_v", std::get<1>(info.param), "_mb",
+                                               p * std::get<2>(info.param));
+                         });
+
+// A wider sweep than the parameterized suite: larger pipelines and more
+// chunks still complete under blocking sends.
+TEST(PipelineScheduleTest, InterleavedSweepCompletesWithBlockingSends) {
+  for (int p = 2; p <= 8; ++p) {
+    for (int v = 2; v <= 4; ++v) {
+      for (int k = 1; k <= 4; ++k) {
+        const auto stages = AllStages(PipelineScheduleKind::kInterleaved1F1B, p, k * p, v);
+        EXPECT_EQ(Simulate(stages, /*rendezvous=*/true), "") << p << " " << v << " " << k * p;
+      }
+    }
+  }
+}
+
+TEST(PipelineScheduleTest, InterleavedListsForTwoRanks) {
+  // pp 2, 2 chunks, 2 micro-batches. Virtual stages: rank 0 chunk 0 -> rank
+  // 1 chunk 0 -> rank 0 chunk 1 -> rank 1 chunk 1 (loss).
+  auto r0 = BuildPipelineSchedule(PipelineScheduleKind::kInterleaved1F1B, 0, 2, 2, 2);
+  auto r1 = BuildPipelineSchedule(PipelineScheduleKind::kInterleaved1F1B, 1, 2, 2, 2);
+  ASSERT_TRUE(r0.ok() && r1.ok());
+  // Rank 0 warms up with all 4 forwards; rank 1 with 2, then alternates.
+  // A transfer sits where its producer finishes (one time unit per compute).
+  EXPECT_EQ(ScheduleString(*r0),
+            "F0 SA0 F1 SA1 RA0.1 F0.1 SA0.1 RA1.1 F1.1 SA1.1 RG0.1 B0.1 SG0.1 RG1.1 B1.1 SG1.1 "
+            "RG0 B0 RG1 B1");
+  EXPECT_EQ(ScheduleString(*r1),
+            "RA0 F0 RA1 SA0 F1 RA0.1 SA1 F0.1 RA1.1 B0.1 SG0.1 F1.1 RG0 B1.1 SG1.1 B0 RG1 SG0 "
+            "B1 SG1");
+}
+
+TEST(PipelineScheduleTest, InterleavedRefusals) {
+  using K = PipelineScheduleKind;
+  auto build = [](K kind, int p, int m, int v) {
+    return BuildPipelineSchedule(kind, 0, p, m, v).status();
+  };
+  Status uneven = build(K::kInterleaved1F1B, 4, 6, 2);
+  EXPECT_EQ(uneven.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(uneven.message(), HasSubstr("multiple of parallel.pp = 4"));
+  EXPECT_THAT(uneven.message(), HasSubstr("got 6 micro-batches"));
+  EXPECT_THAT(build(K::kInterleaved1F1B, 1, 4, 2).message(), HasSubstr("parallel.pp >= 2"));
+  Status one_chunk = build(K::kInterleaved1F1B, 2, 4, 1);
+  EXPECT_EQ(one_chunk.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(one_chunk.message(), HasSubstr("parallel.virtual_stages >= 2"));
+  for (K kind : kKinds) {
+    Status chunks = build(kind, 2, 4, 2);
+    EXPECT_EQ(chunks.code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(chunks.message(), HasSubstr("parallel.virtual_stages = 2"));
+  }
+  EXPECT_STREQ(PipelineScheduleName(K::kInterleaved1F1B), "interleaved-1f1b");
+}
+
+TEST(PipelineScheduleTest, InterleavedBubbleFraction) {
+  EXPECT_DOUBLE_EQ(PipelineBubbleFraction(4, 8, 2), 3.0 / 19);
+  EXPECT_DOUBLE_EQ(PipelineBubbleFraction(2, 4, 3), 1.0 / 13);
+  EXPECT_DOUBLE_EQ(PipelineBubbleFraction(1, 4, 2), 0.0);
+  EXPECT_DOUBLE_EQ(PipelineBubbleFraction(4, 8, 1), PipelineBubbleFraction(4, 8));
 }
 
 std::vector<int> Counts(const StagePartition& p) {
