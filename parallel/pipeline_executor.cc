@@ -36,7 +36,7 @@ StatusOr<PipelineExecutor> PipelineExecutor::Create(Communicator& pp,
         2 * static_cast<int64_t>(options.num_chunks) * options.num_microbatches + 1,
         " reaches the pipeline tag limit ", kPipelineTagLimit,
         " (higher tags are the trainer's): lower train.global_batch_size or raise "
-        "training.micro_batch_size"));
+        "train.micro_batch_size"));
   }
   SM_ASSIGN_OR_RETURN(std::vector<PipelineAction> actions,
                       BuildPipelineSchedule(options.schedule, pp.rank(), pp.size(),
