@@ -168,19 +168,7 @@ void ExpectEpMatchesSingleRank(const config::RunConfig& cfg, int ep,
 }
 
 config::RunConfig UnifiedConfig(int num_experts) {
-  config::RunConfig cfg = testing::TinyConfig();
-  cfg.mutable_moe()->set_num_experts(num_experts);
-  cfg.mutable_moe()->set_num_shared_experts(1);
-  cfg.mutable_moe()->set_shared_expert_ffn_hidden_size(5);
-  cfg.mutable_moe()->set_expert_bias(true);
-  ScaleVectorConfig* sv = cfg.mutable_scale_vectors();
-  sv->set_mode(ScaleVectorConfig::PER_BRANCH);
-  sv->set_placement(ScaleVectorConfig::DUAL);
-  sv->add_dual_projections(ScaleVectorConfig::GATE);
-  sv->add_dual_projections(ScaleVectorConfig::UP);
-  sv->add_dual_projections(ScaleVectorConfig::DOWN);
-  sv->set_reparam(ScaleVectorConfig::MAGNITUDE_DIRECTION);
-  return cfg;
+  return testing::DualExpertsConfig(num_experts, ScaleVectorConfig::MAGNITUDE_DIRECTION);
 }
 
 // SHARED mode: one γ feeds the router and every expert, so this replicated

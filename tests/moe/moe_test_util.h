@@ -29,6 +29,27 @@ inline config::RunConfig TinyConfig() {
   return cfg;
 }
 
+// The strategy the multi-rank MoE tests train: PER_BRANCH γ's (router and
+// routed experts their own), DUAL u on gate/up/down, β·α (`reparam`), one
+// shared expert of F = 5, the expert bias.
+inline config::RunConfig DualExpertsConfig(int num_experts,
+                                           config::ScaleVectorConfig::Reparam reparam) {
+  using Sv = config::ScaleVectorConfig;
+  config::RunConfig cfg = TinyConfig();
+  cfg.mutable_moe()->set_num_experts(num_experts);
+  cfg.mutable_moe()->set_num_shared_experts(1);
+  cfg.mutable_moe()->set_shared_expert_ffn_hidden_size(5);
+  cfg.mutable_moe()->set_expert_bias(true);
+  Sv* sv = cfg.mutable_scale_vectors();
+  sv->set_mode(Sv::PER_BRANCH);
+  sv->set_placement(Sv::DUAL);
+  sv->add_dual_projections(Sv::GATE);
+  sv->add_dual_projections(Sv::UP);
+  sv->add_dual_projections(Sv::DOWN);
+  sv->set_reparam(reparam);
+  return cfg;
+}
+
 // Moves every scale vector away from its init (all ones) so that the
 // variants' gradients are not checked only at the trivial point.
 inline void PerturbScaleVectors(ParamRegistry& registry, uint64_t stream) {

@@ -212,21 +212,13 @@ void ExpectMatchesSingleRank(const config::RunConfig& cfg, int world, const Grid
 // The unified strategy: PER_BRANCH (router and routed experts their own γ),
 // DUAL gate/up/down, normalized magnitude-direction, a shared expert.
 config::RunConfig UnifiedConfig(int num_experts, bool hg_shared = false) {
-  config::RunConfig cfg = testing::TinyConfig();  // F = 6, K = 2, softmax, aux and z on
-  cfg.mutable_moe()->set_num_experts(num_experts);
-  cfg.mutable_moe()->set_num_shared_experts(1);
-  cfg.mutable_moe()->set_shared_expert_ffn_hidden_size(5);
-  cfg.mutable_moe()->set_expert_bias(true);
+  // F = 6, K = 2, softmax, aux and z on.
+  config::RunConfig cfg =
+      testing::DualExpertsConfig(num_experts, ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED);
   ScaleVectorConfig* sv = cfg.mutable_scale_vectors();
-  sv->set_mode(ScaleVectorConfig::PER_BRANCH);
   sv->set_hg_router(true);
   sv->set_hg_experts(true);
   sv->set_hg_shared_experts(hg_shared);
-  sv->set_placement(ScaleVectorConfig::DUAL);
-  sv->add_dual_projections(ScaleVectorConfig::GATE);
-  sv->add_dual_projections(ScaleVectorConfig::UP);
-  sv->add_dual_projections(ScaleVectorConfig::DOWN);
-  sv->set_reparam(ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED);
   return cfg;
 }
 
