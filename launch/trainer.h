@@ -1,5 +1,6 @@
 // Trainer: the training loop behind `scalemoe train`, on one rank or many
-// (data and expert parallel, ZeRO-1: parallel/, optim/distributed_optimizer).
+// (data, expert, tensor/sequence/expert-tensor and pipeline parallel, ZeRO-1:
+// parallel/, model/, optim/distributed_optimizer).
 //
 // Owns one run directory:
 //   <run_dir>/config.textproto        the resolved config (every field)
@@ -10,12 +11,14 @@
 // A step: PrepareStep (fold scale vectors into weights), A micro-batches of
 // Forward/Backward (A = global_batch / (micro_batch * dp)), FinishBackward,
 // optimizer Step (clip + update), expert-bias update. Under pipeline
-// parallelism (parallel.pp > 1, untied embeddings) the A micro-batches run
-// through the stages as one 1F1B PipelineExecutor step
-// (model/pipeline_model_stage.h); the logged loss is the last stage's CE
-// plus every stage's aux/z, evaluation is a forward-only pass through the
-// stages, and rank 0 prints the bubble fraction and each stage's peak of
-// stashed activations at start-up. Resume restores the
+// parallelism (parallel.pp > 1) the A micro-batches run through the stages
+// as one 1F1B PipelineExecutor step, or interleaved over
+// parallel.virtual_stages model chunks per rank (model/pipeline_model_stage.h);
+// tied embeddings keep a copy on the last stage, whose gradient is summed
+// with the first stage's; the logged loss is the last stage's CE plus every
+// stage's aux/z, evaluation (on the parameters after the update) is a
+// forward-only pass through the stages, and rank 0 prints the bubble
+// fraction and each stage's peak of stashed activations at start-up. Resume restores the
 // parameters, optimizer state, step and loader position from the newest
 // complete checkpoint, so N straight steps equal k steps + resume + N-k steps
 // bit for bit. On several ranks every rank runs this loop; rank 0 alone
