@@ -40,6 +40,10 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
 }
 
 void Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+  if (!tp_.SplitsTokens()) {  // the rows are this rank's tokens: no staging copy
+    moe_->Forward(ctx, n, out);
+    return;
+  }
   const Tensor chunk = tp_.ToChunk(n);
   Tensor chunk_out = Tensor::Empty(chunk.shape(), chunk.dtype(), chunk.device());
   moe_->Forward(ctx, chunk, chunk_out);
@@ -48,6 +52,10 @@ void Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
 
 void Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
                         double loss_grad_scale) {
+  if (!tp_.SplitsTokens()) {
+    moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
+    return;
+  }
   const Tensor d_chunk = tp_.ToChunk(d_out);
   Tensor d_n_chunk = Tensor::Empty(d_chunk.shape(), d_chunk.dtype(), d_chunk.device());
   moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale);

@@ -36,6 +36,9 @@ class TpRegion {
   int size() const { return size_; }
   int rank() const { return rank_; }
   bool sequence_parallel() const { return sp_; }
+  // Whether the MoE layer's token chunk differs from the residual rows (TP
+  // without sequence parallelism); otherwise ToChunk/ChunkToRows are identities.
+  bool SplitsTokens() const { return tp_ != nullptr && !sp_; }
   // Residual-stream rows this rank holds for n tokens.
   int64_t Rows(int64_t n) const { return sp_ ? n / size_ : n; }
 
