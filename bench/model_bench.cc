@@ -83,11 +83,11 @@ void BM_TinyForwardBackward(benchmark::State& state) {
   const Tensor y = Tensor::FromBlob(targets.data(), {batch, seq}, DType::kI32, Device::kCPU);
   const ExecContext ctx;
   for (auto _ : state) {
-    model.PrepareStep(ctx);
+    SM_CHECK_OK(model.PrepareStep(ctx));
     registry.ZeroGrads();
     benchmark::DoNotOptimize(model.Forward(ctx, t, y));
-    model.Backward(ctx, 1.0);
-    model.FinishBackward(ctx);
+    SM_CHECK_OK(model.Backward(ctx, 1.0));
+    SM_CHECK_OK(model.FinishBackward(ctx));
   }
   const double processed = static_cast<double>(state.iterations() * batch * seq);
   state.SetItemsProcessed(state.iterations() * batch * seq);

@@ -14,6 +14,13 @@
 namespace scalemoe {
 using absl::Status;
 using absl::StatusOr;
+
+// The same error with `context` in front of its message ("layer 3 moe
+// forward: all-reduce on tp[0,1] failed: ..."); OK stays OK.
+inline Status WithContext(const Status& status, absl::string_view context) {
+  if (status.ok()) return status;
+  return Status(status.code(), absl::StrCat(context, ": ", status.message()));
+}
 }  // namespace scalemoe
 
 #define SM_CONCAT_INNER_(a, b) a##b
@@ -24,6 +31,16 @@ using absl::StatusOr;
   do {                                              \
     ::absl::Status sm_status_ = (expr);             \
     if (!sm_status_.ok()) return sm_status_;        \
+  } while (0)
+
+// As SM_RETURN_IF_ERROR, with the concatenated context put in front of the
+// message: SM_RETURN_IF_ERROR_CTX(Foo(), "layer ", l, " forward").
+#define SM_RETURN_IF_ERROR_CTX(expr, ...)                                  \
+  do {                                                                     \
+    ::absl::Status sm_status_ = (expr);                                    \
+    if (!sm_status_.ok()) {                                                \
+      return ::scalemoe::WithContext(sm_status_, ::absl::StrCat(__VA_ARGS__)); \
+    }                                                                      \
   } while (0)
 
 // `SM_ASSIGN_OR_RETURN(auto x, Foo());` assigns the value or returns the error.

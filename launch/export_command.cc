@@ -69,10 +69,11 @@ Status WriteReferenceLoss(const std::string& checkpoint_dir, const std::string& 
   }
   const Shape shape = {batch, seq};
   const ExecContext ctx;
-  model.PrepareStep(ctx);
-  const LossBreakdown loss =
+  SM_RETURN_IF_ERROR(model.PrepareStep(ctx));
+  SM_ASSIGN_OR_RETURN(
+      const LossBreakdown loss,
       model.Evaluate(ctx, Tensor::FromBlob(inputs.data(), shape, DType::kI32, Device::kCPU),
-                     Tensor::FromBlob(targets.data(), shape, DType::kI32, Device::kCPU));
+                     Tensor::FromBlob(targets.data(), shape, DType::kI32, Device::kCPU)));
   std::ofstream out(out_dir + "/scalemoe_reference.json");
   out << nlohmann::json{{"tokens", sequences}, {"cross_entropy", loss.cross_entropy}}.dump()
       << "\n";

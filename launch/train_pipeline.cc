@@ -75,8 +75,8 @@ StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
       MicroBatch batch = train_loader_->Next();
       auto [tokens, targets] = BatchTensors(batch);
       SM_RETURN_IF_ERROR(model().CheckBatch(tokens, targets));
-      const LossBreakdown loss = model().Forward(ctx_, tokens, targets);
-      model().Backward(ctx_, 1.0 / static_cast<double>(accumulation_));
+      SM_ASSIGN_OR_RETURN(const LossBreakdown loss, model().Forward(ctx_, tokens, targets));
+      SM_RETURN_IF_ERROR(model().Backward(ctx_, 1.0 / static_cast<double>(accumulation_)));
       sums[0] += loss.total;
       sums[1] += loss.cross_entropy;
       sums[2] += loss.aux;
@@ -120,7 +120,8 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
                               registry_.flat_values().dtype(), Device::kCPU);
         SM_RETURN_IF_ERROR(pp.Recv(input, (r + p - 1) % p, {.tag = kEvalTag}));
       }
-      const StageOutput out = chunk->ForwardStage(ctx_, tokens, targets, input, false);
+      SM_ASSIGN_OR_RETURN(const StageOutput out,
+                          chunk->ForwardStage(ctx_, tokens, targets, input, false));
       if (!chunk->is_last_stage()) {
         SM_RETURN_IF_ERROR(pp.Send(out.output, (r + 1) % p, {.tag = kEvalTag}));
       }

@@ -157,14 +157,15 @@ StatusOr<double> TrainLoop::UnigramLoss() {
 StatusOr<double> TrainLoop::Evaluate() {
   // The folded weights were formed before the last update: re-form them from
   // the parameters as they are now (the ones a checkpoint of this step holds).
-  for (auto& c : chunks_) c->PrepareStep(ctx_);
+  for (auto& c : chunks_) SM_RETURN_IF_ERROR(c->PrepareStep(ctx_));
   if (pipelined()) return EvaluatePipelined();
   std::vector<double> loss = {0};
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    loss[0] += model().Evaluate(ctx_, tokens, targets).cross_entropy / n;
+    SM_ASSIGN_OR_RETURN(const LossBreakdown l, model().Evaluate(ctx_, tokens, targets));
+    loss[0] += l.cross_entropy / n;
   }
   // TP ranks hold the same TP-global loss: mean over dp replicas only.
   SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
@@ -292,15 +293,18 @@ StatusOr<TrainResult> TrainLoop::Run() {
   const auto run_start = Clock::now();
   int64_t window_tokens = 0;
   for (int64_t step = start_step_; step < stop_at; ++step) {
-    for (auto& c : chunks_) c->PrepareStep(ctx_);
+    for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     registry_.ZeroGrads();
-    SM_ASSIGN_OR_RETURN(std::vector<double> sums, ForwardBackward());
+    StatusOr<std::vector<double>> forward_backward = ForwardBackward();
+    SM_RETURN_IF_ERROR_CTX(forward_backward.status(), "step ", step + 1);
+    std::vector<double> sums = *std::move(forward_backward);
     // Gradient all-reduces start as each layer's gradients are final.
     Status sync_started;
+    auto on_ready = [&](int64_t begin, int64_t end) {
+      sync_started.Update(optimizer_->GradientsReady(begin, end));
+    };
     for (size_t c = chunks_.size(); c-- > 0;) {  // last layers first
-      chunks_[c]->FinishBackward(ctx_, [&](int64_t begin, int64_t end) {
-        sync_started.Update(optimizer_->GradientsReady(begin, end));
-      });
+      SM_RETURN_IF_ERROR_CTX(chunks_[c]->FinishBackward(ctx_, on_ready), "step ", step + 1);
     }
     SM_RETURN_IF_ERROR(sync_started);
     // Tied under PP: the embedding was not reported ready; Step reduces it

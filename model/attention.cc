@@ -80,22 +80,24 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   v_norm_ = head_norm(config::ScaleVectorConfig::V, "dnp_v", "", false);
 }
 
-void Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
-  scales_->Forward(ctx, dtype);
+Status Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
+  SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
   for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
-    l->PrepareStep(ctx, dtype);
+    SM_RETURN_IF_ERROR(l->PrepareStep(ctx, dtype));
   }
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
-    if (n) n->PrepareStep(ctx, dtype);
+    if (n) SM_RETURN_IF_ERROR(n->PrepareStep(ctx, dtype));
   }
+  return absl::OkStatus();
 }
 
-void Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t batch,
-                        int64_t seq, const Tensor& out) {
+Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t batch,
+                          int64_t seq, const Tensor& out) {
   batch_ = batch;
   seq_ = seq;
   const int64_t tokens = batch * seq;
-  const Tensor n = tp_.ToFull(n_rows);  // every token: the projections are column-parallel
+  // Every token: the projections are column-parallel.
+  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(n_rows));
   const DType dt = n.dtype();
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
@@ -120,13 +122,13 @@ void Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t ba
   const Tensor partial =
       tp_.sequence_parallel() ? Tensor::Empty({tokens, out.dim(1)}, dt, n.device()) : out;
   o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), partial);
-  tp_.ReduceToRows(partial, out);
+  return tp_.ReduceToRows(partial, out);
 }
 
-void Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
-                         const Tensor& d_n_rows) {
+Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
+                           const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
-  const Tensor d_out = tp_.ToFull(d_out_rows);
+  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(d_out_rows));
   const DType dt = d_out.dtype();
   const Device dev = d_out.device();
   // The column-parallel projections give this rank's share of d_n.
@@ -152,17 +154,17 @@ void Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
   back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
   back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
-  tp_.ReduceToRows(d_n, d_n_rows);
+  return tp_.ReduceToRows(d_n, d_n_rows);
 }
 
-void Attention::FinishBackward(const ExecContext& ctx) {
+Status Attention::FinishBackward(const ExecContext& ctx) {
   for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
-    l->FinishBackward(ctx);
+    SM_RETURN_IF_ERROR(l->FinishBackward(ctx));
   }
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
-    if (n) n->FinishBackward(ctx);
+    if (n) SM_RETURN_IF_ERROR(n->FinishBackward(ctx));
   }
-  scales_->Backward(ctx);
+  return scales_->Backward(ctx);
 }
 
 }  // namespace scalemoe

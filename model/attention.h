@@ -38,13 +38,14 @@ class Attention {
   Attention(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
             const TpRegion& tp);
 
-  void PrepareStep(const ExecContext& ctx, DType dtype);
+  // Each returns the first failed collective's Status (TP groups).
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   // n, out: this rank's residual rows of `batch` sequences of `seq` tokens
   // ([B*T, C], or [B*T/tp, C] under sequence parallelism).
-  void Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
-               const Tensor& out);
-  void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
-  void FinishBackward(const ExecContext& ctx);
+  Status Forward(const ExecContext& ctx, const Tensor& n, int64_t batch, int64_t seq,
+                 const Tensor& out);
+  Status Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
+  Status FinishBackward(const ExecContext& ctx);
 
  private:
   const TpRegion& tp_;

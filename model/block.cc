@@ -15,7 +15,7 @@ bool IsMoeLayer(const config::RunConfig& cfg, int layer) {
 
 Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
              const ProcessGroups* groups, const TpRegion& tp)
-    : eps_(cfg.model().norm_eps()), tp_(tp) {
+    : layer_(layer), eps_(cfg.model().norm_eps()), tp_(tp) {
   const std::string p = absl::StrCat("layers.", layer);
   const int64_t c = cfg.model().hidden_size();
   // From the config, not the region, so that a model built without process
@@ -39,46 +39,43 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
   }
 }
 
-void Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+Status Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
   if (!tp_.SplitsTokens()) {  // the rows are this rank's tokens: no staging copy
-    moe_->Forward(ctx, n, out);
-    return;
+    return moe_->Forward(ctx, n, out);
   }
   const Tensor chunk = tp_.ToChunk(n);
   Tensor chunk_out = Tensor::Empty(chunk.shape(), chunk.dtype(), chunk.device());
-  moe_->Forward(ctx, chunk, chunk_out);
-  tp_.ChunkToRows(chunk_out, out);
+  SM_RETURN_IF_ERROR(moe_->Forward(ctx, chunk, chunk_out));
+  return tp_.ChunkToRows(chunk_out, out);
 }
 
-void Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
-                        double loss_grad_scale) {
-  if (!tp_.SplitsTokens()) {
-    moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
-    return;
-  }
+Status Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                          double loss_grad_scale) {
+  if (!tp_.SplitsTokens()) return moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
   const Tensor d_chunk = tp_.ToChunk(d_out);
   Tensor d_n_chunk = Tensor::Empty(d_chunk.shape(), d_chunk.dtype(), d_chunk.device());
-  moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale);
-  tp_.ChunkToRows(d_n_chunk, d_n);
+  SM_RETURN_IF_ERROR(moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale));
+  return tp_.ChunkToRows(d_n_chunk, d_n);
 }
 
-void Block::PrepareStep(const ExecContext& ctx, DType dtype) {
-  attention_->PrepareStep(ctx, dtype);
-  if (mlp_) mlp_->PrepareStep(ctx, dtype);
-  if (moe_) moe_->PrepareStep(ctx, dtype);
-  if (post_attn_norm_) post_attn_norm_->PrepareStep(ctx, dtype);
-  if (post_ffn_norm_) post_ffn_norm_->PrepareStep(ctx, dtype);
+Status Block::PrepareStep(const ExecContext& ctx, DType dtype) {
+  SM_RETURN_IF_ERROR_CTX(attention_->PrepareStep(ctx, dtype), "attention");
+  if (mlp_) SM_RETURN_IF_ERROR_CTX(mlp_->PrepareStep(ctx, dtype), "mlp");
+  if (moe_) SM_RETURN_IF_ERROR_CTX(moe_->PrepareStep(ctx, dtype), "moe");
+  if (post_attn_norm_) SM_RETURN_IF_ERROR(post_attn_norm_->PrepareStep(ctx, dtype));
+  if (post_ffn_norm_) SM_RETURN_IF_ERROR(post_ffn_norm_->PrepareStep(ctx, dtype));
+  return absl::OkStatus();
 }
 
-void Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
-                    const Tensor& y) {
+Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
+                      const Tensor& y) {
   const Shape shape = x.shape();  // [N, C]
   const DType dt = x.dtype();
   const Device dev = x.device();
-  auto sublayer_into = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual) {
+  auto sublayer_into = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual) -> Status {
     // y = residual + post(run()), computed into y.
     Tensor out = Tensor::Empty(shape, dt, dev);
-    run(out);
+    SM_RETURN_IF_ERROR(run(out));
     if (post) {
       Tensor normed = Tensor::Empty(shape, dt, dev);
       post->Forward(ctx, out, normed);
@@ -86,73 +83,78 @@ void Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int6
     }
     ops::Copy(ctx, residual, y);
     ops::Axpy(ctx, 1.0, out, y);
+    return absl::OkStatus();
   };
   n_attn_ = Tensor::Empty(shape, dt, dev);
   rstd_attn_ = Tensor::Empty({shape[0]}, dt, dev);
   ops::RmsNormalize(ctx, x, eps_, n_attn_, rstd_attn_);
-  sublayer_into(
-      post_attn_norm_.get(),
-      [&](const Tensor& out) { attention_->Forward(ctx, n_attn_, batch, seq, out); }, x);
+  SM_RETURN_IF_ERROR_CTX(
+      sublayer_into(
+          post_attn_norm_.get(),
+          [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); },
+          x),
+      "attention");
   // y now holds h; normalize it before it is overwritten by h + FFN.
   Tensor h = y.Clone();
   n_ffn_ = Tensor::Empty(shape, dt, dev);
   rstd_ffn_ = Tensor::Empty({shape[0]}, dt, dev);
   ops::RmsNormalize(ctx, h, eps_, n_ffn_, rstd_ffn_);
-  sublayer_into(
-      post_ffn_norm_.get(),
-      [&](const Tensor& out) {
-        if (mlp_) {
-          mlp_->Forward(ctx, n_ffn_, out);
-        } else {
-          MoeForward(ctx, n_ffn_, out);
-        }
-      },
-      h);
+  return WithContext(sublayer_into(
+                         post_ffn_norm_.get(),
+                         [&](const Tensor& out) {
+                           return mlp_ ? mlp_->Forward(ctx, n_ffn_, out)
+                                       : MoeForward(ctx, n_ffn_, out);
+                         },
+                         h),
+                     mlp_ ? "mlp" : "moe");
 }
 
-void Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
-                     double loss_grad_scale) {
+Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                       double loss_grad_scale) {
   const Shape shape = d_y.shape();
   const DType dt = d_y.dtype();
   const Device dev = d_y.device();
   // d_in = d_residual + RmsNormalizeBackward(sublayer backward of post-norm backward).
   auto sublayer_back = [&](ScaledRmsNorm* post, auto&& run, const Tensor& d_res,
-                           const Tensor& n, const Tensor& rstd, const Tensor& d_in) {
+                           const Tensor& n, const Tensor& rstd, const Tensor& d_in) -> Status {
     Tensor d_out = d_res;
     if (post) {
       d_out = Tensor::Empty(shape, dt, dev);
       post->Backward(ctx, d_res, d_out);
     }
     Tensor d_n = Tensor::Empty(shape, dt, dev);
-    run(d_out, d_n);
+    SM_RETURN_IF_ERROR(run(d_out, d_n));
     Tensor d_norm_in = Tensor::Empty(shape, dt, dev);
     ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_norm_in);
     if (d_in.raw_data() != d_res.raw_data()) ops::Copy(ctx, d_res, d_in);
     ops::Axpy(ctx, 1.0, d_norm_in, d_in);
+    return absl::OkStatus();
   };
   Tensor d_h = Tensor::Empty(shape, dt, dev);
-  sublayer_back(
-      post_ffn_norm_.get(),
-      [&](const Tensor& d_out, const Tensor& d_n) {
-        if (mlp_) {
-          mlp_->Backward(ctx, d_out, d_n);
-        } else {
-          MoeBackward(ctx, d_out, d_n, loss_grad_scale);
-        }
-      },
-      d_y, n_ffn_, rstd_ffn_, d_h);
-  sublayer_back(
-      post_attn_norm_.get(),
-      [&](const Tensor& d_out, const Tensor& d_n) { attention_->Backward(ctx, d_out, d_n); },
-      d_h, n_attn_, rstd_attn_, d_x);
+  SM_RETURN_IF_ERROR_CTX(sublayer_back(
+                             post_ffn_norm_.get(),
+                             [&](const Tensor& d_out, const Tensor& d_n) {
+                               return mlp_ ? mlp_->Backward(ctx, d_out, d_n)
+                                           : MoeBackward(ctx, d_out, d_n, loss_grad_scale);
+                             },
+                             d_y, n_ffn_, rstd_ffn_, d_h),
+                         mlp_ ? "mlp" : "moe");
+  return WithContext(sublayer_back(
+                         post_attn_norm_.get(),
+                         [&](const Tensor& d_out, const Tensor& d_n) {
+                           return attention_->Backward(ctx, d_out, d_n);
+                         },
+                         d_h, n_attn_, rstd_attn_, d_x),
+                     "attention");
 }
 
-void Block::FinishBackward(const ExecContext& ctx) {
-  attention_->FinishBackward(ctx);
-  if (mlp_) mlp_->FinishBackward(ctx);
-  if (moe_) moe_->FinishBackward(ctx);
-  if (post_attn_norm_) post_attn_norm_->FinishBackward(ctx);
-  if (post_ffn_norm_) post_ffn_norm_->FinishBackward(ctx);
+Status Block::FinishBackward(const ExecContext& ctx) {
+  SM_RETURN_IF_ERROR_CTX(attention_->FinishBackward(ctx), "attention");
+  if (mlp_) SM_RETURN_IF_ERROR_CTX(mlp_->FinishBackward(ctx), "mlp");
+  if (moe_) SM_RETURN_IF_ERROR_CTX(moe_->FinishBackward(ctx), "moe");
+  if (post_attn_norm_) SM_RETURN_IF_ERROR(post_attn_norm_->FinishBackward(ctx));
+  if (post_ffn_norm_) SM_RETURN_IF_ERROR(post_ffn_norm_->FinishBackward(ctx));
+  return absl::OkStatus();
 }
 
 }  // namespace scalemoe

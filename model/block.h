@@ -37,22 +37,26 @@ class Block {
   Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
         const ProcessGroups* groups, const TpRegion& tp);
 
-  void PrepareStep(const ExecContext& ctx, DType dtype);
-  void Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
-               const Tensor& y);
+  // Each returns the first failed collective's Status, prefixed with the
+  // sublayer ("attention", "moe", ...); the model adds the layer.
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
+  Status Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, int64_t seq,
+                 const Tensor& y);
   // loss_grad_scale reaches the MoE layer's own aux/z-loss gradients.
-  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
-                double loss_grad_scale);
-  void FinishBackward(const ExecContext& ctx);
+  Status Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                  double loss_grad_scale);
+  Status FinishBackward(const ExecContext& ctx);
 
   MoeLayer* moe() const { return moe_.get(); }  // null for a dense layer
+  int layer() const { return layer_; }          // global layer index
 
  private:
   // The MoE sublayer on this rank's token chunk of the rows n / d_out.
-  void MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
-  void MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
-                   double loss_grad_scale);
+  Status MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
+  Status MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                     double loss_grad_scale);
 
+  int layer_;
   double eps_;
   const TpRegion& tp_;
   std::unique_ptr<Attention> attention_;

@@ -45,13 +45,16 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   down_ = linear(w_down, nullptr, 0, config::ScaleVectorConfig::DOWN, "down");
 }
 
-void Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
-  scales_->Forward(ctx, dtype);
-  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) l->PrepareStep(ctx, dtype);
+Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
+  SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
+  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) {
+    SM_RETURN_IF_ERROR(l->PrepareStep(ctx, dtype));
+  }
+  return absl::OkStatus();
 }
 
-void Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
-  const Tensor n = tp_.ToFull(n_rows);
+Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
+  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(n_rows));
   const int64_t tokens = n.dim(0), f = gate_->out_features();
   gate_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
   up_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
@@ -63,11 +66,11 @@ void Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& ou
                              ? Tensor::Empty({tokens, out.dim(1)}, n.dtype(), n.device())
                              : out;
   down_->Forward(ctx, h, partial);
-  tp_.ReduceToRows(partial, out);
+  return tp_.ReduceToRows(partial, out);
 }
 
-void Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
-  const Tensor d_out = tp_.ToFull(d_out_rows);
+Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
+  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(d_out_rows));
   const Shape shape = gate_out_.shape();
   const Tensor d_n =
       tp_.sequence_parallel()
@@ -80,12 +83,14 @@ void Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tenso
   ops::SwiGluBackward(ctx, gate_out_, up_out_, d_h, d_gate, d_up);
   gate_->Backward(ctx, d_gate, d_n, GradMode::kOverwrite);
   up_->Backward(ctx, d_up, d_n, GradMode::kAccumulate);
-  tp_.ReduceToRows(d_n, d_n_rows);
+  return tp_.ReduceToRows(d_n, d_n_rows);
 }
 
-void Mlp::FinishBackward(const ExecContext& ctx) {
-  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) l->FinishBackward(ctx);
-  scales_->Backward(ctx);
+Status Mlp::FinishBackward(const ExecContext& ctx) {
+  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) {
+    SM_RETURN_IF_ERROR(l->FinishBackward(ctx));
+  }
+  return scales_->Backward(ctx);
 }
 
 }  // namespace scalemoe

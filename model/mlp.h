@@ -28,10 +28,11 @@ class Mlp {
   // tp must outlive the layer.
   Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const TpRegion& tp);
 
-  void PrepareStep(const ExecContext& ctx, DType dtype);
-  void Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);  // [N, C]
-  void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
-  void FinishBackward(const ExecContext& ctx);
+  // Each returns the first failed collective's Status (TP groups).
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
+  Status Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);  // [N, C]
+  Status Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
+  Status FinishBackward(const ExecContext& ctx);
 
  private:
   const TpRegion& tp_;

@@ -40,10 +40,10 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     SM_CHECK_MSG(chunk == 0, "model chunk ", chunk, " without process groups: one rank holds "
                  "the whole model");
   }
-  // Config validation has refused these already; a direct caller gets a
-  // clear abort instead of a wrong model.
+  // Config validation has refused these already (invariants here): a direct
+  // caller with an unvalidated config gets a clear abort, not a wrong model.
   StatusOr<StagePartition> partition = StagePartition::Even(m.num_layers(), num_stages_);
-  SM_CHECK_OK(partition.status());
+  SM_CHECK_MSG(partition.ok(), "unvalidated config: ", partition.status().message());
   const StageLayers& mine = partition->stage(stage_);
   const size_t first_param = registry.params().size();
   // Embedding and head are split over the vocabulary (a no-op on one TP rank).
@@ -55,7 +55,7 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
       StatusOr<std::unique_ptr<VocabParallelEmbedding>> e = VocabParallelEmbedding::Create(
           registry, vocab_spec, *tp_.comm(),
           tp_.sequence_parallel() ? SequenceParallel::kOn : SequenceParallel::kOff);
-      SM_CHECK_OK(e.status());
+      SM_CHECK_MSG(e.ok(), "unvalidated config: ", e.status().message());
       vocab_embedding_ = std::move(*e);
       embedding_ = vocab_embedding_->weight();
     } else {
@@ -100,7 +100,7 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
                                            so.reparam(), so.path(), tp_.comm());
     if (tp_.size() > 1) {
       StatusOr<VocabParallelCrossEntropy> loss = VocabParallelCrossEntropy::Create(v, *tp_.comm());
-      SM_CHECK_OK(loss.status());
+      SM_CHECK_MSG(loss.ok(), "unvalidated config: ", loss.status().message());
       vocab_loss_.emplace(std::move(*loss));
     }
   }
@@ -116,10 +116,10 @@ Shape MoeTransformer::BoundaryShape(int64_t batch, int64_t seq) const {
   return {tp_.Rows(batch * seq), cfg_.model().hidden_size()};
 }
 
-void MoeTransformer::SumPartialGrads(std::pair<size_t, size_t> range) const {
-  if (groups_ == nullptr) return;
-  SM_CHECK_OK(SumPartialGradsOverTp(registry_, range.first, range.second, *groups_->tp,
-                                    *groups_->etp));
+Status MoeTransformer::SumPartialGrads(std::pair<size_t, size_t> range) const {
+  if (groups_ == nullptr) return absl::OkStatus();
+  return SumPartialGradsOverTp(registry_, range.first, range.second, *groups_->tp,
+                               *groups_->etp);
 }
 
 Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) const {
@@ -153,20 +153,24 @@ Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) c
   return absl::OkStatus();
 }
 
-void MoeTransformer::PrepareStep(const ExecContext& ctx) {
+Status MoeTransformer::PrepareStep(const ExecContext& ctx) {
   SM_CHECK_MSG(registry_.materialized(), "MoeTransformer::PrepareStep before Materialize");
   const DType dt = registry_.flat_values().dtype();
-  for (auto& b : blocks_) b->PrepareStep(ctx, dt);
-  if (head_) {
-    final_scales_->Forward(ctx, dt);
-    head_->PrepareStep(ctx, dt);
+  for (size_t l = 0; l < blocks_.size(); ++l) {
+    SM_RETURN_IF_ERROR_CTX(blocks_[l]->PrepareStep(ctx, dt), "layer ", blocks_[l]->layer(),
+                           " prepare");
   }
+  if (head_) {
+    SM_RETURN_IF_ERROR_CTX(final_scales_->Forward(ctx, dt), "final norm prepare");
+    SM_RETURN_IF_ERROR_CTX(head_->PrepareStep(ctx, dt), "lm head prepare");
+  }
+  return absl::OkStatus();
 }
 
-StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& tokens,
-                                         const Tensor& targets, const Tensor& input,
-                                         bool keep_grad) {
-  SM_CHECK_OK(CheckBatch(tokens, targets));
+StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& tokens,
+                                                   const Tensor& targets, const Tensor& input,
+                                                   bool keep_grad) {
+  SM_RETURN_IF_ERROR(CheckBatch(tokens, targets));
   const DType dt = registry_.flat_values().dtype();
   const Device dev = ctx.device;
   batch_ = tokens.dim(0);
@@ -181,7 +185,8 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
   if (is_first_stage()) {
     residuals_[0] = Tensor::Empty(rows, dt, dev);
     if (vocab_embedding_) {
-      SM_CHECK_OK(vocab_embedding_->Forward(ctx, tokens_, residuals_[0]));
+      SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Forward(ctx, tokens_, residuals_[0]),
+                             "embedding forward");
     } else {
       ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
     }
@@ -194,7 +199,9 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
   LossBreakdown& loss = out.loss;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     residuals_[l + 1] = Tensor::Empty(rows, dt, dev);
-    blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]);
+    SM_RETURN_IF_ERROR_CTX(
+        blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
+        blocks_[l]->layer(), " forward");
     if (MoeLayer* moe = blocks_[l]->moe()) {
       loss.aux += moe->aux_loss();
       loss.z += moe->z_loss();
@@ -211,12 +218,14 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
   rstd_final_ = Tensor::Empty({rows[0]}, dt, dev);
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
   logits_ = Tensor::Empty({n, head_->out_features()}, dt, dev);  // this rank's vocab shard
-  head_->Forward(ctx, tp_.ToFull(n_final_), logits_);
+  StatusOr<Tensor> n_full = tp_.ToFull(n_final_);
+  SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
+  head_->Forward(ctx, *n_full, logits_);
   d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
   keep_grad_ = keep_grad;
   if (vocab_loss_) {
     StatusOr<double> ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
-    SM_CHECK_OK(ce.status());
+    SM_RETURN_IF_ERROR_CTX(ce.status(), "vocab-parallel cross-entropy");
     loss.cross_entropy = *ce;
   } else {
     loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
@@ -225,28 +234,32 @@ StageOutput MoeTransformer::ForwardStage(const ExecContext& ctx, const Tensor& t
   return out;
 }
 
-LossBreakdown MoeTransformer::Forward(const ExecContext& ctx, const Tensor& tokens,
-                                      const Tensor& targets) {
+StatusOr<LossBreakdown> MoeTransformer::Forward(const ExecContext& ctx, const Tensor& tokens,
+                                                const Tensor& targets) {
   SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Forward on pipeline stage ", stage_,
                ": use ForwardStage");
-  return ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/true).loss;
+  SM_ASSIGN_OR_RETURN(StageOutput out,
+                      ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/true));
+  return out.loss;
 }
 
-LossBreakdown MoeTransformer::Evaluate(const ExecContext& ctx, const Tensor& tokens,
-                                       const Tensor& targets) {
+StatusOr<LossBreakdown> MoeTransformer::Evaluate(const ExecContext& ctx, const Tensor& tokens,
+                                                 const Tensor& targets) {
   SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Evaluate on pipeline stage ", stage_,
                ": use ForwardStage");
-  return ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/false).loss;
+  SM_ASSIGN_OR_RETURN(StageOutput out,
+                      ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/false));
+  return out.loss;
 }
 
-void MoeTransformer::Backward(const ExecContext& ctx, double loss_grad_scale) {
+Status MoeTransformer::Backward(const ExecContext& ctx, double loss_grad_scale) {
   SM_CHECK_MSG(num_stages_ == 1, "MoeTransformer::Backward on pipeline stage ", stage_,
                ": use BackwardStage");
-  BackwardStage(ctx, Tensor(), loss_grad_scale);
+  return BackwardStage(ctx, Tensor(), loss_grad_scale).status();
 }
 
-Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_output,
-                                     double loss_grad_scale) {
+StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_output,
+                                               double loss_grad_scale) {
   SM_CHECK_MSG(keep_grad_, "MoeTransformer::Backward needs a Forward (with gradients) first");
   keep_grad_ = false;  // one Backward per Forward
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
@@ -261,7 +274,7 @@ Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_out
     const Tensor d_n_full =
         tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device) : d_n;
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
-    tp_.ReduceToRows(d_n_full, d_n);
+    SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
     d_logits_ = Tensor();
   } else {
@@ -271,19 +284,20 @@ Tensor MoeTransformer::BackwardStage(const ExecContext& ctx, const Tensor& d_out
   }
   Tensor d_in = Tensor::Empty(shape, dt, ctx.device);
   for (size_t l = blocks_.size(); l-- > 0;) {
-    blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale);
+    SM_RETURN_IF_ERROR_CTX(blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale), "layer ",
+                           blocks_[l]->layer(), " backward");
     std::swap(d_x, d_in);
   }
   if (!is_first_stage()) return d_x;
   if (vocab_embedding_) {
-    SM_CHECK_OK(vocab_embedding_->Backward(ctx, d_x));
+    SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Backward(ctx, d_x), "embedding backward");
   } else {
     ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
   }
   return Tensor();
 }
 
-void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready) {
+Status MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready) {
   auto ready = [&](const ParamRange& range) {
     if (!on_ready || range.first == range.second) return;
     const auto& params = registry_.params();
@@ -295,20 +309,23 @@ void MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn& 
   // Each part's tp_partial_grad shares are summed over (E)TP before it is
   // reported: GradientsReady may start its data-parallel reduction at once.
   if (head_) {
-    head_->FinishBackward(ctx);
-    final_scales_->Backward(ctx);
-    SumPartialGrads(head_params_);
+    SM_RETURN_IF_ERROR_CTX(head_->FinishBackward(ctx), "lm head finish backward");
+    SM_RETURN_IF_ERROR_CTX(final_scales_->Backward(ctx), "final norm finish backward");
+    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(head_params_), "lm head gradient sum over tp");
     ready(head_params_);
   }
   for (size_t l = blocks_.size(); l-- > 0;) {
-    blocks_[l]->FinishBackward(ctx);
-    SumPartialGrads(block_params_[l]);
+    SM_RETURN_IF_ERROR_CTX(blocks_[l]->FinishBackward(ctx), "layer ", blocks_[l]->layer(),
+                           " finish backward");
+    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(block_params_[l]), "layer ", blocks_[l]->layer(),
+                           " gradient sum over tp");
     ready(block_params_[l]);
   }
   // Tied under PP the embedding is not reported: its gradient is final only
   // once the trainer has added the other stage's copy, and the optimizer's
   // Step syncs the ranges never reported.
   if (!(num_stages_ > 1 && cfg_.model().tied_embeddings())) ready(embedding_params_);
+  return absl::OkStatus();
 }
 
 std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {

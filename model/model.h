@@ -99,28 +99,34 @@ class MoeTransformer {
   // Checks a batch against the model (shapes, int32, ids in the vocabulary).
   Status CheckBatch(const Tensor& tokens, const Tensor& targets) const;
 
-  void PrepareStep(const ExecContext& ctx);
+  // Errors: every step call returns the first failure (a bad batch, a
+  // collective that failed) as a Status whose message names the part of the
+  // model ("layer 3: moe: all-to-all on ep[...] ..."); the caller stops.
+  Status PrepareStep(const ExecContext& ctx);
   // tokens, targets: [B, T] int32 CPU tensors (T <= seq_length).
-  LossBreakdown Forward(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
-  void Backward(const ExecContext& ctx, double loss_grad_scale);
+  StatusOr<LossBreakdown> Forward(const ExecContext& ctx, const Tensor& tokens,
+                                  const Tensor& targets);
+  Status Backward(const ExecContext& ctx, double loss_grad_scale);
   // Called with each flat range [begin, end) of the registry whose gradients
   // are final, so gradient communication can start while the rest finishes.
   using GradsReadyFn = std::function<void(int64_t begin, int64_t end)>;
   // Once per step after the last Backward: unfolds the folded weights'
   // gradients, last layer first, reporting each finished part to `on_ready`.
-  void FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready = nullptr);
-  LossBreakdown Evaluate(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets);
+  Status FinishBackward(const ExecContext& ctx, const GradsReadyFn& on_ready = nullptr);
+  StatusOr<LossBreakdown> Evaluate(const ExecContext& ctx, const Tensor& tokens,
+                                   const Tensor& targets);
 
   // This stage's part. tokens/targets as for Forward (every stage reads
   // them: B and T, the embedding on the first stage, the loss on the last);
   // input: the previous stage's output [B*T, C] (ignored on the first
   // stage). keep_grad = false: no Backward may follow (evaluation).
-  StageOutput ForwardStage(const ExecContext& ctx, const Tensor& tokens, const Tensor& targets,
-                           const Tensor& input, bool keep_grad);
+  StatusOr<StageOutput> ForwardStage(const ExecContext& ctx, const Tensor& tokens,
+                                     const Tensor& targets, const Tensor& input, bool keep_grad);
   // Backward of the last ForwardStage: d_output is the gradient of its
   // output (ignored on the last stage, which starts from its loss). Returns
   // the gradient of its input [B*T, C], undefined on the first stage.
-  Tensor BackwardStage(const ExecContext& ctx, const Tensor& d_output, double loss_grad_scale);
+  StatusOr<Tensor> BackwardStage(const ExecContext& ctx, const Tensor& d_output,
+                                 double loss_grad_scale);
   // The activation crossing a stage boundary for a [batch, seq] micro-batch:
   // [B*T, C], or under sequence parallelism this TP rank's token rows
   // [B*T/tp, C].
@@ -145,7 +151,7 @@ class MoeTransformer {
 
  private:
   // Sums the tp_partial_grad gradients of registry params [range) over (E)TP.
-  void SumPartialGrads(std::pair<size_t, size_t> range) const;
+  Status SumPartialGrads(std::pair<size_t, size_t> range) const;
 
   ParamRegistry& registry_;
   const config::RunConfig cfg_;

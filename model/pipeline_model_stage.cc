@@ -39,7 +39,8 @@ StatusOr<Tensor> PipelineModelStage::Forward(int chunk, int microbatch, const Te
   MoeTransformer& model = *chunks_[chunk];
   if (model.is_last_stage()) return Tensor();  // the forward runs in Backward
   const Batch& b = batches_[microbatch];
-  StageOutput out = model.ForwardStage(ctx_, b.tokens, b.targets, input, /*keep_grad=*/true);
+  SM_ASSIGN_OR_RETURN(StageOutput out,
+                      model.ForwardStage(ctx_, b.tokens, b.targets, input, /*keep_grad=*/true));
   Add(out.loss);
   return out.output;
 }
@@ -48,8 +49,9 @@ StatusOr<Tensor> PipelineModelStage::Backward(int chunk, int microbatch, const T
   SM_RETURN_IF_ERROR(Check(chunk, microbatch));
   MoeTransformer& model = *chunks_[chunk];
   const Batch& b = batches_[microbatch];
-  StageOutput out = model.ForwardStage(ctx_, b.tokens, b.targets, inputs_[chunk][microbatch],
-                                       /*keep_grad=*/true);
+  SM_ASSIGN_OR_RETURN(StageOutput out,
+                      model.ForwardStage(ctx_, b.tokens, b.targets, inputs_[chunk][microbatch],
+                                         /*keep_grad=*/true));
   if (model.is_last_stage()) Add(out.loss);
   inputs_[chunk][microbatch] = Tensor();
   return model.BackwardStage(ctx_, d_output, 1.0 / static_cast<double>(batches_.size()));

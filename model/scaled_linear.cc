@@ -29,16 +29,17 @@ const Tensor& ScaledLinear::DGamma() const {
   return scales_ ? scales_->d_gamma(branch_) : undefined_;
 }
 
-void ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
+Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (u_) {
     if (!u_value_.defined() || u_value_.dtype() != dtype) {
       u_value_ = Tensor::Empty({out_features()}, dtype, ctx.device);
       d_u_ = Tensor::Empty({out_features()}, dtype, ctx.device);
     }
-    u_->Compute(ctx, u_value_);
+    SM_RETURN_IF_ERROR(u_->Compute(ctx, u_value_));
     ops::Zero(ctx, d_u_);
   }
   linear_.PrepareStep(ctx, Gamma(), DGamma(), u_value_, d_u_);
+  return absl::OkStatus();
 }
 
 void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
@@ -51,9 +52,9 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
   linear_.Backward(ctx, x_, cache_, d_y, d_x, mode);
 }
 
-void ScaledLinear::FinishBackward(const ExecContext& ctx) {
+Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
   linear_.FinishBackward(ctx);
-  if (u_) u_->Backward(ctx, d_u_);
+  return u_ ? u_->Backward(ctx, d_u_) : absl::OkStatus();
 }
 
 }  // namespace scalemoe

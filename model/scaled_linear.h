@@ -42,11 +42,11 @@ class ScaledLinear {
                Communicator* tp = nullptr);
 
   // After the BranchScales' Forward (γ of this step) and before Forward.
-  void PrepareStep(const ExecContext& ctx, DType dtype);
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, GradMode mode);
   // Before the owning BranchScales' Backward.
-  void FinishBackward(const ExecContext& ctx);
+  Status FinishBackward(const ExecContext& ctx);
 
   Param* weight() const { return weight_; }
   int64_t out_features() const { return weight_->local_shape[0]; }

@@ -14,20 +14,17 @@ TpRegion::TpRegion(Communicator* tp, bool sequence_parallel)
   }
 }
 
-Tensor TpRegion::ToFull(const Tensor& rows) const {
+StatusOr<Tensor> TpRegion::ToFull(const Tensor& rows) const {
   if (!sp_) return rows;
   Tensor full = Tensor::Empty({rows.dim(0) * size_, rows.dim(1)}, rows.dtype(), rows.device());
-  SM_CHECK_OK(GatherTokens(*tp_, rows, full));
+  SM_RETURN_IF_ERROR(GatherTokens(*tp_, rows, full));
   return full;
 }
 
-void TpRegion::ReduceToRows(const Tensor& full, const Tensor& rows) const {
-  if (sp_) {
-    SM_CHECK_OK(ReduceScatterTokens(*tp_, full, rows));
-    return;
-  }
+Status TpRegion::ReduceToRows(const Tensor& full, const Tensor& rows) const {
+  if (sp_) return ReduceScatterTokens(*tp_, full, rows);
   if (rows.raw_data() != full.raw_data()) Tensor(rows).CopyFrom(full);
-  if (tp_ != nullptr) SM_CHECK_OK(tp_->AllReduce(rows));
+  return tp_ != nullptr ? tp_->AllReduce(rows) : absl::OkStatus();
 }
 
 Tensor TpRegion::ToChunk(const Tensor& rows) const {
@@ -39,13 +36,13 @@ Tensor TpRegion::ToChunk(const Tensor& rows) const {
   return rows.Narrow(0, rank_ * chunk, chunk);
 }
 
-void TpRegion::ChunkToRows(const Tensor& chunk, const Tensor& rows) const {
+Status TpRegion::ChunkToRows(const Tensor& chunk, const Tensor& rows) const {
   if (sp_ || tp_ == nullptr) {
     if (rows.raw_data() != chunk.raw_data()) Tensor(rows).CopyFrom(chunk);
-    return;
+    return absl::OkStatus();
   }
   Tensor contiguous = chunk.is_contiguous() ? chunk : chunk.Clone();
-  SM_CHECK_OK(GatherTokens(*tp_, contiguous, rows));
+  return GatherTokens(*tp_, contiguous, rows);
 }
 
 }  // namespace scalemoe

@@ -16,8 +16,8 @@
 //   ChunkToRows(chunk, rows) back to the residual rows: SP a copy; else an
 //                           all-gather.
 // Again each other's backward. With one TP rank every call is the identity.
-// Every call communicating is a collective over the TP group; failures
-// abort with the communicator's Status (the model's calls return void).
+// Every call communicating is a collective over the TP group and returns
+// the communicator's Status.
 #pragma once
 
 #include <cstdint>
@@ -42,10 +42,10 @@ class TpRegion {
   // Residual-stream rows this rank holds for n tokens.
   int64_t Rows(int64_t n) const { return sp_ ? n / size_ : n; }
 
-  Tensor ToFull(const Tensor& rows) const;
-  void ReduceToRows(const Tensor& full, const Tensor& rows) const;
-  Tensor ToChunk(const Tensor& rows) const;
-  void ChunkToRows(const Tensor& chunk, const Tensor& rows) const;
+  StatusOr<Tensor> ToFull(const Tensor& rows) const;
+  Status ReduceToRows(const Tensor& full, const Tensor& rows) const;
+  Tensor ToChunk(const Tensor& rows) const;  // never communicates
+  Status ChunkToRows(const Tensor& chunk, const Tensor& rows) const;
 
  private:
   Communicator* tp_;

@@ -68,8 +68,8 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
 
 GroupedExperts::~GroupedExperts() = default;
 
-void GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
-                                 const ExpertGammas& gammas) {
+Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
+                                   const ExpertGammas& gammas) {
   SM_CHECK(static_cast<int>(gammas.gate.size()) == options_.num_experts);
   for (int e = 0; e < options_.num_experts; ++e) {
     Expert& ex = experts_[e];
@@ -79,7 +79,7 @@ void GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
         ex.u_value[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
         ex.d_u[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
       }
-      ex.u[p]->Compute(ctx, ex.u_value[p]);
+      SM_RETURN_IF_ERROR(ex.u[p]->Compute(ctx, ex.u_value[p]));
       ops::Zero(ctx, ex.d_u[p]);
     }
     ex.proj[kGate]->PrepareStep(ctx, gammas.gate[e], gammas.d_gate[e], ex.u_value[kGate],
@@ -88,6 +88,7 @@ void GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
                               ex.d_u[kUp]);
     ex.proj[kDown]->PrepareStep(ctx, Tensor(), Tensor(), ex.u_value[kDown], ex.d_u[kDown]);
   }
+  return absl::OkStatus();
 }
 
 void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
@@ -139,13 +140,14 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
   }
 }
 
-void GroupedExperts::FinishBackward(const ExecContext& ctx) {
+Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
   for (Expert& ex : experts_) {
     for (int p = 0; p < kNumProj; ++p) {
       ex.proj[p]->FinishBackward(ctx);
-      if (ex.u[p]) ex.u[p]->Backward(ctx, ex.d_u[p]);
+      if (ex.u[p]) SM_RETURN_IF_ERROR(ex.u[p]->Backward(ctx, ex.d_u[p]));
     }
   }
+  return absl::OkStatus();
 }
 
 }  // namespace scalemoe

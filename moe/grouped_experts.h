@@ -68,14 +68,15 @@ class GroupedExperts {
   int num_experts() const { return options_.num_experts; }
   int64_t local_ffn() const { return local_ffn_; }  // F held on this rank
   // Once per step: folds γ (and u) into the weights (or keeps them per token).
-  void PrepareStep(const ExecContext& ctx, DType dtype, const ExpertGammas& gammas);
+  // Fail only when a split normalized u's all-reduce fails.
+  Status PrepareStep(const ExecContext& ctx, DType dtype, const ExpertGammas& gammas);
   // x [M, C] with expert e on the next counts[e] rows (Σ counts <= M); y [M, C]
   // overwritten (rows past Σ counts are zero).
   void Forward(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
                const Tensor& y);
   // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
-  void FinishBackward(const ExecContext& ctx);
+  Status FinishBackward(const ExecContext& ctx);
 
  private:
   enum Proj { kGate = 0, kUp = 1, kDown = 2, kNumProj = 3 };

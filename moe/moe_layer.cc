@@ -151,13 +151,13 @@ MoeLayer::~MoeLayer() = default;
 const Tensor& MoeLayer::Gamma(const BranchRef& b) const { return b.scales->gamma(b.index); }
 const Tensor& MoeLayer::DGamma(const BranchRef& b) const { return b.scales->d_gamma(b.index); }
 
-void MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
+Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
   step_loads_.assign(num_experts_, 0);
   step_dropped_ = 0;
   step_aux_ = step_z_ = 0;
   step_micro_batches_ = 0;
-  if (shared_group_) shared_group_->Forward(ctx, dtype);
-  if (own_group_) own_group_->Forward(ctx, dtype);
+  if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Forward(ctx, dtype));
+  if (own_group_) SM_RETURN_IF_ERROR(own_group_->Forward(ctx, dtype));
   router_->PrepareStep(ctx, Gamma(router_branch_), DGamma(router_branch_));
   auto gammas = [&](const std::vector<BranchRef>& gate, const std::vector<BranchRef>& up) {
     ExpertGammas g;
@@ -169,32 +169,36 @@ void MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
     }
     return g;
   };
-  experts_->PrepareStep(ctx, dtype, gammas(expert_gate_, expert_up_));
-  if (shared_experts_) shared_experts_->PrepareStep(ctx, dtype, gammas(shared_gate_, shared_up_));
+  SM_RETURN_IF_ERROR(experts_->PrepareStep(ctx, dtype, gammas(expert_gate_, expert_up_)));
+  if (shared_experts_) {
+    SM_RETURN_IF_ERROR(
+        shared_experts_->PrepareStep(ctx, dtype, gammas(shared_gate_, shared_up_)));
+  }
+  return absl::OkStatus();
 }
 
-void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
+Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
   SM_CHECK_MSG(n.ndim() == 2 && n.dim(1) == hidden_ && out.shape() == n.shape() &&
                    out.dtype() == n.dtype(),
                "MoeLayer::Forward: n ", n.DebugString(), " out ", out.DebugString(),
                " (want [N, ", hidden_, "])");
   const int64_t tokens = n.dim(0);
   n_ = n;
-  router_->Forward(ctx, n);
+  SM_RETURN_IF_ERROR(router_->Forward(ctx, n));
   permuter_->Plan(ctx, router_->expert_ids(), router_->kept());
   Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device);
   permuter_->Permute(ctx, n, permuted_x);
   permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device);
   if (dispatcher_) {
-    SM_CHECK_OK(dispatcher_->Plan(permuter_->counts()));
+    SM_RETURN_IF_ERROR(dispatcher_->Plan(permuter_->counts()));
     const Shape rows{dispatcher_->received_rows(), hidden_};
     Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device);
     Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device);
-    SM_CHECK_OK(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
-    RunExperts(ctx, expert_x, dispatcher_->local_counts(), expert_y);
-    SM_CHECK_OK(dispatcher_->Combine(ctx, expert_y, permuted_y_));
+    SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
+    SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, dispatcher_->local_counts(), expert_y));
+    SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, expert_y, permuted_y_));
   } else {
-    RunExperts(ctx, permuted_x, permuter_->counts(), permuted_y_);
+    SM_RETURN_IF_ERROR(RunExperts(ctx, permuted_x, permuter_->counts(), permuted_y_));
   }
   ops::Zero(ctx, out);
   permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);
@@ -223,7 +227,9 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
     int64_t* v = sums.data<int64_t>();
     std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
     v[num_experts_] = assignments;
-    for (Communicator* c : loads_comms_) SM_CHECK_OK(c->AllReduce(sums));
+    for (Communicator* c : loads_comms_) {
+      SM_RETURN_IF_ERROR(WithContext(c->AllReduce(sums), "expert loads"));
+    }
     stats_.tokens_per_expert.assign(v, v + num_experts_);
     assignments = v[num_experts_];
   }
@@ -239,10 +245,11 @@ void MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& ou
   stats_.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
   stats_.aux_loss = router_->aux_loss();
   stats_.z_loss = router_->z_loss();
+  return absl::OkStatus();
 }
 
-void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
-                        double loss_grad_scale) {
+Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                          double loss_grad_scale) {
   SM_CHECK_MSG(d_out.shape() == n_.shape() && d_n.shape() == n_.shape(),
                "MoeLayer::Backward: d_out ", d_out.DebugString(), " d_n ", d_n.DebugString(),
                " for n ", n_.DebugString());
@@ -264,11 +271,11 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
     const Shape rows{dispatcher_->received_rows(), hidden_};
     Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device);
     Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device);
-    SM_CHECK_OK(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
-    RunExpertsBackward(ctx, d_expert_y, d_expert_x);
-    SM_CHECK_OK(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
+    SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
+    SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_expert_y, d_expert_x));
+    SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
   } else {
-    RunExpertsBackward(ctx, d_permuted_y, d_permuted_x);
+    SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_permuted_y, d_permuted_x));
   }
   router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
@@ -280,45 +287,48 @@ void MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Tenso
     shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
     ops::ScatterAddRows(ctx, d_x_sh, shared_tiled_, 1, Tensor(), d_n);
   }
+  return absl::OkStatus();
 }
 
-void MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
-                          const std::vector<int64_t>& counts, const Tensor& y) {
+Status MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
+                            const std::vector<int64_t>& counts, const Tensor& y) {
   if (!etp_exchange_) {
     experts_->Forward(ctx, x, counts, y);
-    return;
+    return absl::OkStatus();
   }
   // Every ETP rank runs every row of the group on its F slice; the partial
   // outputs are summed back to the rows' owner.
-  SM_CHECK_OK(etp_exchange_->Plan(counts));
+  SM_RETURN_IF_ERROR(etp_exchange_->Plan(counts));
   const Shape rows{etp_exchange_->group_rows(), hidden_};
   Tensor group_x = Tensor::Empty(rows, x.dtype(), ctx.device);
   Tensor group_y = Tensor::Empty(rows, x.dtype(), ctx.device);
-  SM_CHECK_OK(etp_exchange_->Gather(ctx, x, group_x));
+  SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, x, group_x));
   experts_->Forward(ctx, group_x, etp_exchange_->group_counts(), group_y);
-  SM_CHECK_OK(etp_exchange_->ScatterReduce(ctx, group_y, y));
+  return etp_exchange_->ScatterReduce(ctx, group_y, y);
 }
 
-void MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
+Status MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y,
+                                    const Tensor& d_x) {
   if (!etp_exchange_) {
     experts_->Backward(ctx, d_y, d_x);
-    return;
+    return absl::OkStatus();
   }
   // The mirror: d_y travels like x did (Gather), d_x like y did (ScatterReduce).
   const Shape rows{etp_exchange_->group_rows(), hidden_};
   Tensor group_d_y = Tensor::Empty(rows, d_y.dtype(), ctx.device);
   Tensor group_d_x = Tensor::Empty(rows, d_y.dtype(), ctx.device);
-  SM_CHECK_OK(etp_exchange_->Gather(ctx, d_y, group_d_y));
+  SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, d_y, group_d_y));
   experts_->Backward(ctx, group_d_y, group_d_x);
-  SM_CHECK_OK(etp_exchange_->ScatterReduce(ctx, group_d_x, d_x));
+  return etp_exchange_->ScatterReduce(ctx, group_d_x, d_x);
 }
 
-void MoeLayer::FinishBackward(const ExecContext& ctx) {
+Status MoeLayer::FinishBackward(const ExecContext& ctx) {
   router_->FinishBackward(ctx);
-  experts_->FinishBackward(ctx);
-  if (shared_experts_) shared_experts_->FinishBackward(ctx);
-  if (shared_group_) shared_group_->Backward(ctx);
-  if (own_group_) own_group_->Backward(ctx);
+  SM_RETURN_IF_ERROR(experts_->FinishBackward(ctx));
+  if (shared_experts_) SM_RETURN_IF_ERROR(shared_experts_->FinishBackward(ctx));
+  if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Backward(ctx));
+  if (own_group_) SM_RETURN_IF_ERROR(own_group_->Backward(ctx));
+  return absl::OkStatus();
 }
 
 void MoeLayer::UpdateExpertBias() {

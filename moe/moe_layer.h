@@ -35,8 +35,8 @@
 //   the whole pipeline stage) once per Forward (one more small sync per
 //   group), so every rank reports, and updates the replicated expert bias
 //   from, the same loads — whatever TP, EP and EDP are.
-// - A failed collective aborts with the communicator's Status (Forward and
-//   Backward return void, as the model's call chain does today).
+// - A failed collective's Status is returned (naming the exchange) by
+//   PrepareStep, Forward, Backward and FinishBackward.
 //
 // Tensor parallelism (ProcessGroups::tp of size TP > 1): the model splits a
 // micro-batch's tokens over the TP group: each TP rank passes its own N rows
@@ -121,19 +121,19 @@ class MoeLayer {
 
   // Once per optimizer step, after parameters changed (and before the first
   // Forward): computes effective γ's and folds them into the expert weights.
-  void PrepareStep(const ExecContext& ctx, DType dtype);
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   // out[N, C] = MoE(n[N, C]); computes the aux and z losses of this call and
   // caches what Backward needs. N = tokens of the micro-batch (under TP this
   // rank's share of them; see above).
-  void Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
+  Status Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);
   // d_n overwritten; parameter gradients accumulated. The aux/z losses' own
   // gradients are added scaled by `loss_grad_scale` (the same factor the
   // trainer applies to the total loss, e.g. 1/num_micro_batches).
-  void Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
-                double loss_grad_scale);
+  Status Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
+                  double loss_grad_scale);
   // Once per step after the last Backward: turns accumulated folded-weight
   // gradients into parameter (and γ) gradients.
-  void FinishBackward(const ExecContext& ctx);
+  Status FinishBackward(const ExecContext& ctx);
   // Aux-loss-free balancing: nudge the expert bias from this step's loads
   // (no-op unless moe.expert_bias). Call after the optimizer step.
   void UpdateExpertBias();
@@ -162,9 +162,9 @@ class MoeLayer {
   const Tensor& DGamma(const BranchRef& b) const;
   // The routed experts on x [M, C] (counts per local expert), through the
   // ETP exchange when there is one; and their backward.
-  void RunExperts(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
-                  const Tensor& y);
-  void RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  Status RunExperts(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
+                    const Tensor& y);
+  Status RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
 
   int64_t hidden_;       // C
   int num_experts_;      // E

@@ -44,7 +44,7 @@ void Router::PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tens
   linear_.PrepareStep(ctx, gamma, d_gamma, Tensor(), Tensor());
 }
 
-void Router::Forward(const ExecContext& ctx, const Tensor& n) {
+Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const int64_t tokens = n.dim(0);
   const int64_t e = cfg_.num_experts();
   const int k = cfg_.top_k();
@@ -81,14 +81,14 @@ void Router::Forward(const ExecContext& ctx, const Tensor& n) {
     if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z_loss_);
     aux_total_ = aux_loss_.At(0);
     z_total_ = z_loss_.At(0);
-    return;
+    return absl::OkStatus();
   }
   // Token-sharded: the micro-batch's fractions, then this rank's shares.
   total_tokens_ = tokens * token_group_->size();
   if (cfg_.aux_loss_coeff() != 0) {
     fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device);
     ops::AssignmentCounts(ctx, expert_ids_, fractions_);
-    SM_CHECK_OK(token_group_->AllReduce(fractions_));
+    SM_RETURN_IF_ERROR(WithContext(token_group_->AllReduce(fractions_), "router load fractions"));
     ops::Scale(ctx, 1.0 / static_cast<double>(total_tokens_ * k), fractions_);
     ops::LoadBalancingLossShare(ctx, scores_, fractions_, total_tokens_, cfg_.aux_loss_coeff(),
                                 aux_loss_);
@@ -97,9 +97,12 @@ void Router::Forward(const ExecContext& ctx, const Tensor& n) {
     ops::ZLossShare(ctx, logits_, total_tokens_, cfg_.z_loss_coeff(), z_loss_);
   }
   double totals[2] = {aux_loss_.At(0), z_loss_.At(0)};
-  SM_CHECK_OK(token_group_->AllReduce(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)));
+  SM_RETURN_IF_ERROR(WithContext(
+      token_group_->AllReduce(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)),
+      "router losses"));
   aux_total_ = totals[0];
   z_total_ = totals[1];
+  return absl::OkStatus();
 }
 
 void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,

@@ -48,7 +48,8 @@ class Router {
          const std::string& prefix, Communicator* token_group = nullptr);
 
   void PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma);
-  void Forward(const ExecContext& ctx, const Tensor& n);
+  // Fails when a token-group all-reduce (TP) fails.
+  Status Forward(const ExecContext& ctx, const Tensor& n);
   // d_weights [N, K]: gradient of the main loss w.r.t. the combine weights.
   // The aux/z losses' gradients are added scaled by loss_grad_scale.
   void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,

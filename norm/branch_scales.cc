@@ -28,7 +28,7 @@ BranchScales::BranchScales(ParamRegistry& registry, const config::ScaleVectorCon
   }
 }
 
-void BranchScales::Forward(const ExecContext& ctx, DType dtype) {
+Status BranchScales::Forward(const ExecContext& ctx, DType dtype) {
   if (gammas_.empty()) {
     for (const auto& v : vectors_) {
       gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device));
@@ -36,9 +36,10 @@ void BranchScales::Forward(const ExecContext& ctx, DType dtype) {
     }
   }
   for (size_t i = 0; i < vectors_.size(); ++i) {
-    vectors_[i]->Compute(ctx, gammas_[i]);
+    SM_RETURN_IF_ERROR(vectors_[i]->Compute(ctx, gammas_[i]));
     ops::Zero(ctx, d_gammas_[i]);
   }
+  return absl::OkStatus();
 }
 
 const Tensor& BranchScales::gamma(int branch) const {
@@ -51,8 +52,11 @@ const Tensor& BranchScales::d_gamma(int branch) const {
   return v < 0 ? undefined_ : d_gammas_.at(v);
 }
 
-void BranchScales::Backward(const ExecContext& ctx) {
-  for (size_t i = 0; i < vectors_.size(); ++i) vectors_[i]->Backward(ctx, d_gammas_[i]);
+Status BranchScales::Backward(const ExecContext& ctx) {
+  for (size_t i = 0; i < vectors_.size(); ++i) {
+    SM_RETURN_IF_ERROR(vectors_[i]->Backward(ctx, d_gammas_[i]));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace scalemoe

@@ -37,10 +37,10 @@ class BranchScales {
   int num_branches() const { return static_cast<int>(branch_to_vector_.size()); }
   bool enabled() const { return !vectors_.empty(); }  // false under mode NONE
 
-  void Forward(const ExecContext& ctx, DType dtype);
+  Status Forward(const ExecContext& ctx, DType dtype);
   const Tensor& gamma(int branch) const;  // undefined when !enabled()
   const Tensor& d_gamma(int branch) const;
-  void Backward(const ExecContext& ctx);
+  Status Backward(const ExecContext& ctx);
 
  private:
   std::vector<std::unique_ptr<ScaleVector>> vectors_;

@@ -18,40 +18,40 @@ ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout 
 // The whole vector's Σ x_j y_j: this rank's slice, summed over `group` when
 // the vector is split over it.
 template <typename T>
-double Dot(const T* x, const T* y, int64_t d, Communicator* group) {
+StatusOr<double> Dot(const T* x, const T* y, int64_t d, Communicator* group) {
   double dot = 0;
   for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[j]) * y[j];
   if (group == nullptr) return dot;
-  Tensor t = Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU);
-  SM_CHECK_OK(group->AllReduce(t));
+  SM_RETURN_IF_ERROR(group->AllReduce(Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU)));
   return dot;
 }
 
 template <typename T>
-void ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                  int64_t d, int64_t global_d, Communicator* group, T* gamma) {
+Status ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
+                    int64_t d, int64_t global_d, Communicator* group, T* gamma) {
   if (reparam == config::ScaleVectorConfig::PLAIN) {
     const T* g = plain->value.data<T>();
     for (int64_t j = 0; j < d; ++j) gamma[j] = g[j];
-    return;
+    return absl::OkStatus();
   }
   const T* a = alpha->value.data<T>();
   T scale = beta->value.data<T>()[0];
   if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
-    const double sq = Dot(a, a, d, group);
+    SM_ASSIGN_OR_RETURN(const double sq, Dot(a, a, d, group));
     scale = static_cast<T>(scale * std::sqrt(static_cast<double>(global_d) / sq));
   }
   for (int64_t j = 0; j < d; ++j) gamma[j] = scale * a[j];
+  return absl::OkStatus();
 }
 
 // Split over TP, dβ gets this slice's share only (β is tp_partial_grad).
 template <typename T>
-void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                   int64_t d, int64_t global_d, Communicator* group, const T* dg) {
+Status BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
+                     int64_t d, int64_t global_d, Communicator* group, const T* dg) {
   if (reparam == config::ScaleVectorConfig::PLAIN) {
     T* g = plain->grad.data<T>();
     for (int64_t j = 0; j < d; ++j) g[j] += dg[j];
-    return;
+    return absl::OkStatus();
   }
   const T* a = alpha->value.data<T>();
   const T b = beta->value.data<T>()[0];
@@ -63,21 +63,22 @@ void BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Re
     // γ = β·α: dα = β·dγ, dβ = <α, dγ>.
     for (int64_t j = 0; j < d; ++j) da[j] += b * dg[j];
     db[0] += static_cast<T>(dot);
-    return;
+    return absl::OkStatus();
   }
   // γ = β·s·α with s = √d/‖α‖: dβ = s<α,dγ>,
   // dα = β·s·(dγ − α<α,dγ>/‖α‖²), both inner products over the whole vector.
-  const double sq = Dot(a, a, d, group);
+  SM_ASSIGN_OR_RETURN(const double sq, Dot(a, a, d, group));
   double whole_dot = dot;
   if (group != nullptr) {
-    Tensor t = Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU);
-    SM_CHECK_OK(group->AllReduce(t));
+    SM_RETURN_IF_ERROR(
+        group->AllReduce(Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU)));
   }
   const double s = std::sqrt(static_cast<double>(global_d) / sq);
   db[0] += static_cast<T>(s * dot);
   for (int64_t j = 0; j < d; ++j) {
     da[j] += static_cast<T>(b * s * (dg[j] - a[j] * whole_dot / sq));
   }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -106,30 +107,30 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
   }
 }
 
-void ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
+Status ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
   SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(gamma.numel() == local_dim_ && gamma.is_contiguous(), name_, ": gamma ",
                gamma.DebugString());
-  if (gamma.dtype() == DType::kF64) {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                 gamma.data<double>());
-  } else {
-    ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                 gamma.data<float>());
-  }
+  const Status s =
+      gamma.dtype() == DType::kF64
+          ? ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                         gamma.data<double>())
+          : ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                         gamma.data<float>());
+  return WithContext(s, name_);
 }
 
-void ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
+Status ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
   SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(d_gamma.numel() == local_dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
                d_gamma.DebugString());
-  if (d_gamma.dtype() == DType::kF64) {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                  d_gamma.data<double>());
-  } else {
-    BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                  d_gamma.data<float>());
-  }
+  const Status s =
+      d_gamma.dtype() == DType::kF64
+          ? BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                          d_gamma.data<double>())
+          : BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
+                          d_gamma.data<float>());
+  return WithContext(s, name_);
 }
 
 }  // namespace scalemoe

@@ -42,9 +42,10 @@ class ScaleVector {
   // gamma[dim()] = effective scale vector (same dtype/device as the
   // parameters). Under TP a split vector holds only its slice: dim() is the
   // length held on this rank, global_dim() the whole vector's.
-  void Compute(const ExecContext& ctx, const Tensor& gamma) const;
+  // Fails only when the split normalized form's all-reduce fails.
+  Status Compute(const ExecContext& ctx, const Tensor& gamma) const;
   // Accumulates the underlying parameters' gradients from d_gamma[d].
-  void Backward(const ExecContext& ctx, const Tensor& d_gamma) const;
+  Status Backward(const ExecContext& ctx, const Tensor& d_gamma) const;
 
   const std::string& name() const { return name_; }
   int64_t dim() const { return local_dim_; }

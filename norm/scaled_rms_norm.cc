@@ -13,14 +13,15 @@ ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorC
   }
 }
 
-void ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
-  if (!scale_) return;
+Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
+  if (!scale_) return absl::OkStatus();
   if (!gamma_.defined() || gamma_.dtype() != dtype) {
     gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
     d_gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
   }
-  scale_->Compute(ctx, gamma_);
+  SM_RETURN_IF_ERROR(scale_->Compute(ctx, gamma_));
   ops::Zero(ctx, d_gamma_);
+  return absl::OkStatus();
 }
 
 void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
@@ -51,8 +52,8 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
   ops::RmsNormalizeBackward(ctx, n_, rstd_, d_n, d_x.View({rows, dim_}));
 }
 
-void ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {
-  if (scale_) scale_->Backward(ctx, d_gamma_);
+Status ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {
+  return scale_ ? scale_->Backward(ctx, d_gamma_) : absl::OkStatus();
 }
 
 }  // namespace scalemoe

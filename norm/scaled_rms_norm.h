@@ -28,11 +28,11 @@ class ScaledRmsNorm {
   ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorConfig& cfg, std::string name,
                 int64_t dim, double eps, ParamLayout layout = {});
 
-  void PrepareStep(const ExecContext& ctx, DType dtype);
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   // x, y: contiguous, numel a multiple of dim; y must not alias x.
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
-  void FinishBackward(const ExecContext& ctx);
+  Status FinishBackward(const ExecContext& ctx);
 
   bool has_scale() const { return scale_ != nullptr; }
   const std::string& name() const { return name_; }

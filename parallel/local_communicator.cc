@@ -73,7 +73,7 @@ Status LocalCommunicator::Recv(const Tensor&, int peer, const SendRecvOptions&) 
 
 ProcessGroups LocalProcessGroups() {
   StatusOr<RankGrid> grid = RankGrid::Create(1, GridSizes{});
-  SM_CHECK_OK(grid.status());
+  SM_CHECK_MSG(grid.ok(), "a world of one always tiles: ", grid.status().message());
   ProcessGroups groups{*grid, grid->Coords(0), nullptr, nullptr, nullptr, nullptr,
                        nullptr, nullptr, nullptr};
   groups.world = std::make_unique<LocalCommunicator>("world[0]");

@@ -18,6 +18,9 @@
 #include "tests/testing/python.h"
 #include "tests/checkpoint/temp_dir.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe::checkpoint {
 namespace {
@@ -95,9 +98,9 @@ TEST(ExportTest, FoldsScaleVectorsAndMatchesTheModelLoss) {
     }
   }
   const ExecContext ctx = ExecContext::Cpu();
-  model.PrepareStep(ctx);
-  LossBreakdown loss = model.Forward(ctx, Tensor::FromVector({b, t}, in, DType::kI32),
-                                     Tensor::FromVector({b, t}, tgt, DType::kI32));
+  Must(model.PrepareStep(ctx));
+  LossBreakdown loss = Must(model.Forward(ctx, Tensor::FromVector({b, t}, in, DType::kI32),
+                                          Tensor::FromVector({b, t}, tgt, DType::kI32)));
   EXPECT_NEAR(j["loss"].get<double>(), loss.cross_entropy, 1e-4) << text;
 }
 

@@ -13,6 +13,9 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "tests/launch/tiny_training.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -104,7 +107,7 @@ TEST_F(TrainerTest, ValidationLossIsThatOfTheSavedParameters) {
   StatusOr<TokenLoader> val = TokenLoader::Open(lo);
   ASSERT_TRUE(val.ok()) << val.status();
   const ExecContext ctx = ExecContext::Cpu();
-  whole->model->PrepareStep(ctx);
+  Must(whole->model->PrepareStep(ctx));
   const int64_t n = cfg.train().eval_batches() * cfg.train().global_batch_size() /
                     cfg.train().micro_batch_size();
   double loss = 0;
@@ -113,7 +116,7 @@ TEST_F(TrainerTest, ValidationLossIsThatOfTheSavedParameters) {
     const Shape shape = {batch.batch, batch.seq};
     const Tensor tokens = Tensor::FromBlob(batch.inputs.data(), shape, DType::kI32, Device::kCPU);
     const Tensor targets = Tensor::FromBlob(batch.targets.data(), shape, DType::kI32, Device::kCPU);
-    loss += whole->model->Evaluate(ctx, tokens, targets).cross_entropy / n;
+    loss += Must(whole->model->Evaluate(ctx, tokens, targets)).cross_entropy / n;
   }
   EXPECT_NEAR(r->last_val_loss, loss, 1e-6 * loss);
 }

@@ -9,6 +9,9 @@
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -28,13 +31,13 @@ std::vector<double> Gradients(bool with_callback,
   MoeTransformer model(registry, cfg);
   EXPECT_TRUE(registry.Materialize(7, DType::kF64, Device::kCPU).ok());
   const ExecContext ctx;
-  model.PrepareStep(ctx);
-  model.Forward(ctx, Tokens(1, 16), Tokens(2, 16));
-  model.Backward(ctx, 1.0);
+  Must(model.PrepareStep(ctx));
+  Must(model.Forward(ctx, Tokens(1, 16), Tokens(2, 16)));
+  Must(model.Backward(ctx, 1.0));
   if (with_callback) {
-    model.FinishBackward(ctx, [&](int64_t b, int64_t e) { ranges->emplace_back(b, e); });
+    Must(model.FinishBackward(ctx, [&](int64_t b, int64_t e) { ranges->emplace_back(b, e); }));
   } else {
-    model.FinishBackward(ctx);
+    Must(model.FinishBackward(ctx));
   }
   return registry.flat_grads().ToVector();
 }

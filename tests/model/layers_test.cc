@@ -8,6 +8,9 @@
 #include "model/mlp.h"
 #include "model/scaled_linear.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -27,7 +30,7 @@ void CheckLayer(ParamRegistry& registry, Layer& layer, Fwd forward, Bwd backward
   const ExecContext ctx;
   Tensor w = RandomTensor(out_shape, 99);
   auto loss = [&] {
-    layer.PrepareStep(ctx, DType::kF64);
+    Must(layer.PrepareStep(ctx, DType::kF64));
     Tensor out = Tensor::Empty(out_shape, DType::kF64);
     forward(layer, n, out);
     return WeightedSum(out, w);
@@ -36,7 +39,7 @@ void CheckLayer(ParamRegistry& registry, Layer& layer, Fwd forward, Bwd backward
   loss();
   Tensor d_n = Tensor::Empty(n.shape(), DType::kF64);
   backward(layer, w, d_n);
-  layer.FinishBackward(ctx);
+  Must(layer.FinishBackward(ctx));
   testing::ExpectAllParamGrads(registry, loss, 24);
   EXPECT_LT(testing::GradError(loss, n, d_n), kGradTolerance);
 }
@@ -59,8 +62,8 @@ void CheckAttention(const config::RunConfig& cfg) {
   Tensor n = RandomTensor({b * t, c}, 3);
   CheckLayer(
       registry, attention,
-      [&](Attention& a, const Tensor& x, const Tensor& out) { a.Forward(ctx, x, b, t, out); },
-      [&](Attention& a, const Tensor& d_out, const Tensor& d_n) { a.Backward(ctx, d_out, d_n); },
+      [&](Attention& a, const Tensor& x, const Tensor& out) { Must(a.Forward(ctx, x, b, t, out)); },
+      [&](Attention& a, const Tensor& d_out, const Tensor& d_n) { Must(a.Backward(ctx, d_out, d_n)); },
       n, {b * t, c});
 }
 
@@ -110,8 +113,8 @@ void CheckMlp(const config::RunConfig& cfg) {
   const int64_t c = cfg.model().hidden_size();
   Tensor n = RandomTensor({7, c}, 4);
   CheckLayer(
-      registry, mlp, [&](Mlp& m, const Tensor& x, const Tensor& out) { m.Forward(ctx, x, out); },
-      [&](Mlp& m, const Tensor& d_out, const Tensor& d_n) { m.Backward(ctx, d_out, d_n); }, n,
+      registry, mlp, [&](Mlp& m, const Tensor& x, const Tensor& out) { Must(m.Forward(ctx, x, out)); },
+      [&](Mlp& m, const Tensor& d_out, const Tensor& d_n) { Must(m.Backward(ctx, d_out, d_n)); }, n,
       {7, c});
 }
 
@@ -161,15 +164,15 @@ TEST(ScaledLinearTest, FoldAndPerTokenAgree) {
                      path == 0 ? ScalePath::kFold : ScalePath::kPerToken);
     ASSERT_TRUE(registry.Materialize(3, DType::kF64, Device::kCPU).ok());
     testing::PerturbScaleVectors(registry, 8);
-    scales.Forward(ctx, DType::kF64);
-    lin.PrepareStep(ctx, DType::kF64);
+    Must(scales.Forward(ctx, DType::kF64));
+    Must(lin.PrepareStep(ctx, DType::kF64));
     Tensor y = Tensor::Empty({6, 4}, DType::kF64);
     lin.Forward(ctx, x, y);
     Tensor dx = Tensor::Empty({6, 5}, DType::kF64);
     dx.Fill(1.0);
     lin.Backward(ctx, w, dx, GradMode::kAccumulate);  // adds to the 1s
-    lin.FinishBackward(ctx);
-    scales.Backward(ctx);
+    Must(lin.FinishBackward(ctx));
+    Must(scales.Backward(ctx));
     outs[path] = y.ToVector();
     grads[path] = registry.flat_grads().ToVector();
     for (double v : dx.ToVector()) grads[path].push_back(v);

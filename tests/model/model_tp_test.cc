@@ -17,6 +17,9 @@
 #include "model/model.h"
 #include "parallel/fake_communicator.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -71,13 +74,13 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
   SM_CHECK_OK(registry.Materialize(3, DType::kF64, Device::kCPU));
   PerturbByGlobalIndex(registry);
   const ExecContext ctx = ExecContext::Cpu();
-  model.PrepareStep(ctx);
+  Must(model.PrepareStep(ctx));
   RunResult r;
   for (const Batch& b : Batches(cfg, 2)) {
-    r.losses.push_back(model.Forward(ctx, b.tokens, b.targets).total);
-    model.Backward(ctx, 0.5);
+    r.losses.push_back(Must(model.Forward(ctx, b.tokens, b.targets)).total);
+    Must(model.Backward(ctx, 0.5));
   }
-  model.FinishBackward(ctx);
+  Must(model.FinishBackward(ctx));
   if (groups != nullptr && groups->edp->size() > 1) {
     for (const auto& p : registry.params()) {
       if (p->spec.layout.is_expert()) SM_CHECK_OK(groups->edp->AllReduce(p->grad));

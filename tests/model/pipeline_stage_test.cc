@@ -16,6 +16,9 @@
 #include "gtest/gtest.h"
 #include "parallel/fake_communicator.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -46,16 +49,16 @@ Reference WholeModel(const config::RunConfig& cfg, int m) {
   SM_CHECK_OK(registry.Materialize(cfg.train().seed(), DType::kF64, Device::kCPU));
   const ExecContext ctx;
   registry.ZeroGrads();
-  model.PrepareStep(ctx);
+  Must(model.PrepareStep(ctx));
   Reference r;
   for (int mb = 0; mb < m; ++mb) {
-    const LossBreakdown l = model.Forward(ctx, Tokens(mb), Tokens(100 + mb));
-    model.Backward(ctx, 1.0 / m);
+    const LossBreakdown l = Must(model.Forward(ctx, Tokens(mb), Tokens(100 + mb)));
+    Must(model.Backward(ctx, 1.0 / m));
     r.sums.cross_entropy += l.cross_entropy;
     r.sums.aux += l.aux;
     r.sums.z += l.z;
   }
-  model.FinishBackward(ctx);
+  Must(model.FinishBackward(ctx));
   for (const auto& p : registry.params()) r.grads[p->spec.name] = p->grad.ToVector();
   return r;
 }
@@ -79,7 +82,7 @@ void ExpectPipelineMatches(int pp, int m, int v = 1) {
     SM_RETURN_IF_ERROR(registry.Materialize(cfg.train().seed(), DType::kF64, Device::kCPU));
     const ExecContext ctx;
     registry.ZeroGrads();
-    for (auto& c : chunks) c->PrepareStep(ctx);
+    for (auto& c : chunks) Must(c->PrepareStep(ctx));
     std::vector<PipelineModelStage::Batch> batches;
     for (int mb = 0; mb < m; ++mb) batches.push_back({Tokens(mb), Tokens(100 + mb)});
     PipelineModelStage stage(views, ctx, batches);
@@ -91,7 +94,7 @@ void ExpectPipelineMatches(int pp, int m, int v = 1) {
     eo.activation_dtype = DType::kF64;
     SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups.pp, eo));
     SM_RETURN_IF_ERROR(executor.RunStep(stage).status());
-    for (int c = v; c-- > 0;) chunks[c]->FinishBackward(ctx);
+    for (int c = v; c-- > 0;) Must(chunks[c]->FinishBackward(ctx));
     std::lock_guard<std::mutex> lock(mu);
     for (const auto& p : registry.params()) {
       EXPECT_EQ(p->spec.layout.pipeline_stage % pp, groups.coords.pp) << p->spec.name;

@@ -9,6 +9,9 @@
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -98,10 +101,10 @@ Built Build(const config::RunConfig& cfg, DType dtype) {
 LossBreakdown Step(Built& b, const Tensor& tokens, const Tensor& targets) {
   const ExecContext ctx;
   b.registry->ZeroGrads();
-  b.model->PrepareStep(ctx);
-  LossBreakdown loss = b.model->Forward(ctx, tokens, targets);
-  b.model->Backward(ctx, 1.0);
-  b.model->FinishBackward(ctx);
+  Must(b.model->PrepareStep(ctx));
+  LossBreakdown loss = Must(b.model->Forward(ctx, tokens, targets));
+  Must(b.model->Backward(ctx, 1.0));
+  Must(b.model->FinishBackward(ctx));
   return loss;
 }
 
@@ -123,8 +126,8 @@ TEST_P(ModelVariantTest, GradientsMatchFiniteDifferences) {
   EXPECT_GT(loss.cross_entropy, 0.0);
   const ExecContext ctx;
   auto total = [&] {
-    b.model->PrepareStep(ctx);
-    return b.model->Evaluate(ctx, tokens, targets).total;
+    Must(b.model->PrepareStep(ctx));
+    return Must(b.model->Evaluate(ctx, tokens, targets)).total;
   };
   testing::ExpectAllParamGrads(*b.registry, total, 32);
 }
@@ -142,10 +145,10 @@ TEST_P(ModelVariantTest, InitComputesTheSharedBaselineFunction) {
   const Tensor tokens = Tokens(3), targets = Tokens(4);
   for (DType dtype : {DType::kF64, DType::kF32}) {
     Built v = Build(cfg, dtype), s = Build(base, dtype);
-    v.model->PrepareStep(ctx);
-    s.model->PrepareStep(ctx);
-    const double lv = v.model->Evaluate(ctx, tokens, targets).total;
-    const double ls = s.model->Evaluate(ctx, tokens, targets).total;
+    Must(v.model->PrepareStep(ctx));
+    Must(s.model->PrepareStep(ctx));
+    const double lv = Must(v.model->Evaluate(ctx, tokens, targets)).total;
+    const double ls = Must(s.model->Evaluate(ctx, tokens, targets)).total;
     const std::vector<double> a = v.model->logits().ToVector(), c = s.model->logits().ToVector();
     ASSERT_EQ(a.size(), c.size());
     if (dtype == DType::kF64) {
@@ -191,15 +194,16 @@ TEST(ModelTest, MicroBatchesAccumulateScaledGradients) {
   const ExecContext ctx;
   const Tensor t1 = Tokens(7), y1 = Tokens(8), t2 = Tokens(9), y2 = Tokens(10);
   b.registry->ZeroGrads();
-  b.model->PrepareStep(ctx);
-  b.model->Forward(ctx, t1, y1);
-  b.model->Backward(ctx, 0.5);
-  b.model->Forward(ctx, t2, y2);
-  b.model->Backward(ctx, 0.5);
-  b.model->FinishBackward(ctx);
+  Must(b.model->PrepareStep(ctx));
+  Must(b.model->Forward(ctx, t1, y1));
+  Must(b.model->Backward(ctx, 0.5));
+  Must(b.model->Forward(ctx, t2, y2));
+  Must(b.model->Backward(ctx, 0.5));
+  Must(b.model->FinishBackward(ctx));
   auto mean = [&] {
-    b.model->PrepareStep(ctx);
-    return 0.5 * (b.model->Evaluate(ctx, t1, y1).total + b.model->Evaluate(ctx, t2, y2).total);
+    Must(b.model->PrepareStep(ctx));
+    return 0.5 * (Must(b.model->Evaluate(ctx, t1, y1)).total +
+                  Must(b.model->Evaluate(ctx, t2, y2)).total);
   };
   testing::ExpectAllParamGrads(*b.registry, mean, 6);
 }
@@ -234,10 +238,10 @@ TEST(ModelTest, SandwichNormsAreOutputNormScalesAndChangeTheFunction) {
   for (const auto& p : probe.params()) EXPECT_FALSE(IsScaleVector(p->spec.role)) << p->spec.name;
   Built plain = Build(testing::TinyConfig(0), DType::kF64);
   const ExecContext ctx;
-  b.model->PrepareStep(ctx);
-  plain.model->PrepareStep(ctx);
-  EXPECT_NE(b.model->Evaluate(ctx, Tokens(1), Tokens(2)).total,
-            plain.model->Evaluate(ctx, Tokens(1), Tokens(2)).total);
+  Must(b.model->PrepareStep(ctx));
+  Must(plain.model->PrepareStep(ctx));
+  EXPECT_NE(Must(b.model->Evaluate(ctx, Tokens(1), Tokens(2))).total,
+            Must(plain.model->Evaluate(ctx, Tokens(1), Tokens(2))).total);
 }
 
 TEST(ModelTest, ParameterNamesFollowTheScheme) {

@@ -21,6 +21,9 @@
 #include "moe/token_dispatcher.h"
 #include "parallel/fake_communicator.h"
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -69,14 +72,14 @@ RankResult RunLayer(const config::RunConfig& cfg, const ProcessGroups* groups, i
     registry.Find("layers.0.moe.router.expert_bias")->value.data<double>()[e] = b;
   }
   registry.ZeroGrads();
-  layer.PrepareStep(ctx, DType::kF64);
+  Must(layer.PrepareStep(ctx, DType::kF64));
   const Tensor n = Tokens(rank);
   RankResult r;
   r.out = Tensor::Empty(n.shape(), DType::kF64);
   r.d_n = Tensor::Empty(n.shape(), DType::kF64);
-  layer.Forward(ctx, n, r.out);
-  layer.Backward(ctx, OutGrad(rank), r.d_n, 1.0);
-  layer.FinishBackward(ctx);
+  Must(layer.Forward(ctx, n, r.out));
+  Must(layer.Backward(ctx, OutGrad(rank), r.d_n, 1.0));
+  Must(layer.FinishBackward(ctx));
   r.aux = layer.aux_loss();
   r.z = layer.z_loss();
   r.stats = layer.stats();

@@ -6,6 +6,9 @@
 
 #include "core/ops.h"
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -49,7 +52,7 @@ struct ExpertsRig {
     }
   }
   Tensor Output() {
-    experts->PrepareStep(ctx, DType::kF64, gammas);
+    Must(experts->PrepareStep(ctx, DType::kF64, gammas));
     Tensor y = Tensor::Empty(x.shape(), DType::kF64);
     experts->Forward(ctx, x, kCounts, y);
     return y;
@@ -59,7 +62,7 @@ struct ExpertsRig {
     Output();
     Tensor d_x = Tensor::Empty(x.shape(), DType::kF64);
     experts->Backward(ctx, w, d_x);
-    experts->FinishBackward(ctx);
+    Must(experts->FinishBackward(ctx));
     return d_x;
   }
 

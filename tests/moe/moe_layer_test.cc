@@ -6,6 +6,9 @@
 #include <memory>
 
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -23,9 +26,9 @@ struct LayerRig {
     w = testing::RandomTensor({kTokens, kHidden}, 2, 1.0, dtype);
   }
   Tensor Output() {
-    layer->PrepareStep(ctx, dtype);
+    Must(layer->PrepareStep(ctx, dtype));
     Tensor out = Tensor::Empty(n.shape(), dtype);
-    layer->Forward(ctx, n, out);
+    Must(layer->Forward(ctx, n, out));
     return out;
   }
   double Loss() {
@@ -37,8 +40,8 @@ struct LayerRig {
     registry.ZeroGrads();
     Output();
     Tensor d_n = Tensor::Empty(n.shape(), dtype);
-    layer->Backward(ctx, w, d_n, 1.0);
-    layer->FinishBackward(ctx);
+    Must(layer->Backward(ctx, w, d_n, 1.0));
+    Must(layer->FinishBackward(ctx));
     return d_n;
   }
   void CheckGradients() {
@@ -217,14 +220,14 @@ TEST(MoeLayerTest, MicroBatchGradientsAccumulate) {
   }
   const Tensor n1 = testing::RandomTensor({kTokens, kHidden}, 1);
   rig.registry.ZeroGrads();
-  rig.layer->PrepareStep(rig.ctx, DType::kF64);
+  Must(rig.layer->PrepareStep(rig.ctx, DType::kF64));
   for (const Tensor& input : {n1, n2}) {
     Tensor out = Tensor::Empty(input.shape(), DType::kF64);
     Tensor d_n = Tensor::Empty(input.shape(), DType::kF64);
-    rig.layer->Forward(rig.ctx, input, out);
-    rig.layer->Backward(rig.ctx, rig.w, d_n, 1.0);
+    Must(rig.layer->Forward(rig.ctx, input, out));
+    Must(rig.layer->Backward(rig.ctx, rig.w, d_n, 1.0));
   }
-  rig.layer->FinishBackward(rig.ctx);
+  Must(rig.layer->FinishBackward(rig.ctx));
   for (size_t i = 0; i < separate.size(); ++i) {
     EXPECT_NEAR(rig.registry.flat_grads().At(i), separate[i], 1e-12 * (1 + std::abs(separate[i])));
   }
@@ -288,18 +291,18 @@ TEST(MoeLayerTest, StatsDescribeTheRouting) {
 // PrepareStep starts the next step from zero.
 TEST(MoeLayerTest, StepStatsCountTrainedMicroBatchesOnce) {
   LayerRig rig(testing::TinyConfig());
-  rig.layer->PrepareStep(rig.ctx, rig.dtype);
+  Must(rig.layer->PrepareStep(rig.ctx, rig.dtype));
   Tensor out = Tensor::Empty(rig.n.shape(), rig.dtype);
   Tensor d_n = Tensor::Empty(rig.n.shape(), rig.dtype);
   std::vector<int64_t> want(4, 0);
   double aux = 0;
   for (int m = 0; m < 2; ++m) {
-    rig.layer->Forward(rig.ctx, rig.n, out);
+    Must(rig.layer->Forward(rig.ctx, rig.n, out));
     for (int e = 0; e < 4; ++e) want[e] += rig.layer->stats().tokens_per_expert[e];
     aux += rig.layer->aux_loss() / 2;
-    rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5);
+    Must(rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5));
   }
-  rig.layer->Forward(rig.ctx, rig.n, out);  // evaluation: no Backward
+  Must(rig.layer->Forward(rig.ctx, rig.n, out));  // evaluation: no Backward
   const MoeLayerStats s = rig.layer->step_stats();
   EXPECT_EQ(s.tokens_per_expert, want);
   EXPECT_EQ(s.dropped_tokens, 0);
@@ -307,7 +310,7 @@ TEST(MoeLayerTest, StepStatsCountTrainedMicroBatchesOnce) {
   int64_t total = 0;
   for (int64_t c : s.tokens_per_expert) total += c;
   EXPECT_EQ(total, 2 * kTokens * 2);
-  rig.layer->PrepareStep(rig.ctx, rig.dtype);
+  Must(rig.layer->PrepareStep(rig.ctx, rig.dtype));
   EXPECT_EQ(rig.layer->step_stats().tokens_per_expert, std::vector<int64_t>(4, 0));
 }
 

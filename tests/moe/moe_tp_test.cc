@@ -29,6 +29,9 @@
 #include "parallel/grad_sync.h"
 #include "parallel/tp_grad_reduce.h"
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -88,13 +91,13 @@ Result RunLayer(const config::RunConfig& cfg, ProcessGroups* groups, const Tenso
   SM_CHECK_OK(registry.Materialize(kSeed, DType::kF64, Device::kCPU));
   PerturbByName(registry);
   registry.ZeroGrads();
-  layer.PrepareStep(ctx, DType::kF64);
+  Must(layer.PrepareStep(ctx, DType::kF64));
   Result r;
   r.out = Tensor::Empty(n.shape(), DType::kF64);
   r.d_n = Tensor::Empty(n.shape(), DType::kF64);
-  layer.Forward(ctx, n, r.out);
-  layer.Backward(ctx, d_out, r.d_n, 1.0);
-  layer.FinishBackward(ctx);
+  Must(layer.Forward(ctx, n, r.out));
+  Must(layer.Backward(ctx, d_out, r.d_n, 1.0));
+  Must(layer.FinishBackward(ctx));
   if (groups != nullptr) {
     SM_CHECK_OK(SumPartialGradsOverTp(registry, 0, registry.params().size(), *groups->tp,
                                       *groups->etp));

@@ -9,6 +9,9 @@
 
 #include "core/ops.h"
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -30,7 +33,7 @@ struct RouterRig {
   void Forward() {
     d_gamma.Fill(0);
     router->PrepareStep(ctx, gamma_param->value, d_gamma);
-    router->Forward(ctx, n);
+    Must(router->Forward(ctx, n));
   }
   // Σ r ⊙ weights (kept slots only, like the combine) + aux + z.
   double Loss() {

@@ -2,6 +2,9 @@
 
 #include "gtest/gtest.h"
 #include "parallel/fake_communicator.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -24,10 +27,10 @@ TEST(ScaleVectorTest, SplitVectorWorksOnItsLocalSlice) {
   EXPECT_EQ(gamma.global_dim(), 8);
   EXPECT_EQ(registry.total_local_numel(), 4);
   Tensor g = Tensor::Empty({gamma.dim()}, DType::kF64);
-  gamma.Compute(ExecContext{}, g);
+  Must(gamma.Compute(ExecContext{}, g));
   EXPECT_EQ(g.ToVector(), std::vector<double>(4, 1.0));
   Tensor d = Tensor::FromVector({4}, {1, 2, 3, 4}, DType::kF64);
-  gamma.Backward(ExecContext{}, d);
+  Must(gamma.Backward(ExecContext{}, d));
   EXPECT_EQ(registry.Find("g")->grad.ToVector(), (std::vector<double>{1, 2, 3, 4}));
 }
 
@@ -38,9 +41,9 @@ TEST(ScaleVectorTest, MagnitudeDirectionGradients) {
   registry.Find("g.alpha")->value.CopyFrom(Tensor::FromVector({3}, {1, 2, 3}, DType::kF64));
   registry.Find("g.beta")->value.Fill(0.5);
   Tensor g = Tensor::Empty({3}, DType::kF64);
-  gamma.Compute(ExecContext{}, g);
+  Must(gamma.Compute(ExecContext{}, g));
   EXPECT_EQ(g.ToVector(), (std::vector<double>{0.5, 1.0, 1.5}));
-  gamma.Backward(ExecContext{}, Tensor::FromVector({3}, {1, 0, -1}, DType::kF64));
+  Must(gamma.Backward(ExecContext{}, Tensor::FromVector({3}, {1, 0, -1}, DType::kF64)));
   // dα = β·dγ, dβ = <α, dγ>.
   EXPECT_EQ(registry.Find("g.alpha")->grad.ToVector(), (std::vector<double>{0.5, 0, -0.5}));
   EXPECT_EQ(registry.Find("g.beta")->grad.ToVector(), (std::vector<double>{-2.0}));
@@ -61,8 +64,8 @@ WholeResult Whole(Sv::Reparam reparam, const std::vector<double>& alpha, double 
   registry.Find("u.alpha")->value.CopyFrom(Tensor::FromVector({d}, alpha, DType::kF64));
   registry.Find("u.beta")->value.Fill(beta);
   Tensor g = Tensor::Empty({d}, DType::kF64);
-  v.Compute(ExecContext{}, g);
-  v.Backward(ExecContext{}, Tensor::FromVector({d}, d_gamma, DType::kF64));
+  Must(v.Compute(ExecContext{}, g));
+  Must(v.Backward(ExecContext{}, Tensor::FromVector({d}, d_gamma, DType::kF64)));
   return {g.ToVector(), registry.Find("u.alpha")->grad.ToVector(),
           registry.Find("u.beta")->grad.At(0)};
 }
@@ -92,8 +95,8 @@ void CheckSplitEqualsWhole(Sv::Reparam reparam) {
     registry.Find("u.alpha")->value.CopyFrom(Tensor::FromVector({3}, slice(alpha), DType::kF64));
     registry.Find("u.beta")->value.Fill(beta);
     Tensor gm = Tensor::Empty({3}, DType::kF64);
-    v.Compute(ExecContext{}, gm);
-    v.Backward(ExecContext{}, Tensor::FromVector({3}, slice(d_gamma), DType::kF64));
+    Must(v.Compute(ExecContext{}, gm));
+    Must(v.Backward(ExecContext{}, Tensor::FromVector({3}, slice(d_gamma), DType::kF64)));
     const std::vector<double> got_g = gm.ToVector();
     const std::vector<double> got_da = registry.Find("u.alpha")->grad.ToVector();
     for (int j = 0; j < 3; ++j) {

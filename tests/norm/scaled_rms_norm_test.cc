@@ -3,6 +3,9 @@
 #include "gtest/gtest.h"
 #include "norm/scaled_rms_norm.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/status_util.h"
+
+using scalemoe::testing::Must;
 
 namespace scalemoe {
 namespace {
@@ -19,7 +22,7 @@ TEST(ScaledRmsNormTest, ForwardIsGammaTimesNormalizedPerHead) {
   EXPECT_EQ(g->spec.role, ParamRole::kOutputNormScale);
   for (int j = 0; j < 4; ++j) g->value.Narrow(0, j, 1).Fill(j + 1.0);
   const ExecContext ctx;
-  norm.PrepareStep(ctx, DType::kF64);
+  Must(norm.PrepareStep(ctx, DType::kF64));
   Tensor x = RandomTensor({3, 8}, 2);  // 3 tokens x 2 heads of 4
   Tensor y = Tensor::Empty({3, 8}, DType::kF64);
   norm.Forward(ctx, x, y);
@@ -50,7 +53,7 @@ TEST(ScaledRmsNormTest, GradientsForEveryReparam) {
     Tensor x = RandomTensor({5, 6}, 3);
     Tensor w = RandomTensor({5, 6}, 4);
     auto loss = [&] {
-      norm.PrepareStep(ctx, DType::kF64);
+      Must(norm.PrepareStep(ctx, DType::kF64));
       Tensor y = Tensor::Empty({5, 6}, DType::kF64);
       norm.Forward(ctx, x, y);
       return testing::WeightedSum(y, w);
@@ -59,7 +62,7 @@ TEST(ScaledRmsNormTest, GradientsForEveryReparam) {
     registry.ZeroGrads();
     Tensor dx = Tensor::Empty({5, 6}, DType::kF64);
     norm.Backward(ctx, w, dx);
-    norm.FinishBackward(ctx);
+    Must(norm.FinishBackward(ctx));
     for (const auto& p : registry.params()) {
       EXPECT_LT(testing::GradError(loss, p->value, p->grad), testing::kGradTolerance)
           << p->spec.name;
@@ -76,7 +79,7 @@ TEST(ScaledRmsNormTest, ModeNoneHasNoParametersAndOnlyNormalizes) {
   EXPECT_TRUE(registry.params().empty());
   EXPECT_FALSE(norm.has_scale());
   const ExecContext ctx;
-  norm.PrepareStep(ctx, DType::kF64);
+  Must(norm.PrepareStep(ctx, DType::kF64));
   Tensor x = Tensor::FromVector({1, 3}, {3, 0, -3}, DType::kF64);
   Tensor y = Tensor::Empty({1, 3}, DType::kF64);
   norm.Forward(ctx, x, y);
