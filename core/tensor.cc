@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_join.h"
+#include "core/allocator.h"
 
 #if SCALEMOE_CUDA
 #include <cuda_runtime.h>
@@ -32,47 +33,40 @@ Shape ContiguousStrides(const Shape& shape) {
 }
 
 StatusOr<std::shared_ptr<Storage>> Storage::Allocate(size_t nbytes, Device device) {
-  void* ptr = nullptr;
   if (device == Device::kCPU) {
-    // 64-byte alignment for vector loads; calloc semantics via memset.
-    size_t padded = (nbytes + 63) / 64 * 64;
-    ptr = std::aligned_alloc(64, padded == 0 ? 64 : padded);
-    if (ptr == nullptr) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("host allocation of ", nbytes, " bytes failed"));
-    }
-    std::memset(ptr, 0, padded == 0 ? 64 : padded);
-  } else {
-#if SCALEMOE_CUDA
-    cudaError_t err = cudaMalloc(&ptr, nbytes == 0 ? 1 : nbytes);
-    if (err != cudaSuccess) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cudaMalloc of ", nbytes, " bytes failed: ",
-                       cudaGetErrorString(err),
-                       "; reduce micro_batch_size or raise parallelism"));
-    }
-#else
-    return absl::FailedPreconditionError(
-        "CUDA tensor requested but scalemoe was built without the CUDA backend; "
-        "rebuild with nvcc available (or -DSCALEMOE_CUDA=ON) or use the CPU device");
-#endif
+    std::shared_ptr<BlockSource> host = HostBlockSource();
+    const size_t padded = nbytes == 0 ? 64 : nbytes;
+    SM_ASSIGN_OR_RETURN(void* ptr, host->Allocate(padded));
+    if (PoisonAllocationsFromEnv()) host->Poison(ptr, padded);
+    return Adopt(ptr, nbytes, device, [host](void* p) { host->Free(p); });
   }
-  return std::shared_ptr<Storage>(new Storage(ptr, nbytes, device, /*owned=*/true));
+#if SCALEMOE_CUDA
+  void* ptr = nullptr;
+  cudaError_t err = cudaMalloc(&ptr, nbytes == 0 ? 1 : nbytes);
+  if (err != cudaSuccess) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cudaMalloc of ", nbytes, " bytes failed: ", cudaGetErrorString(err),
+                     "; reduce micro_batch_size or raise parallelism"));
+  }
+  return Adopt(ptr, nbytes, device, [](void* p) { cudaFree(p); });
+#else
+  return absl::FailedPreconditionError(
+      "CUDA tensor requested but scalemoe was built without the CUDA backend; "
+      "rebuild with nvcc available (or -DSCALEMOE_CUDA=ON) or use the CPU device");
+#endif
 }
 
 std::shared_ptr<Storage> Storage::Borrow(void* data, size_t nbytes, Device device) {
-  return std::shared_ptr<Storage>(new Storage(data, nbytes, device, /*owned=*/false));
+  return std::shared_ptr<Storage>(new Storage(data, nbytes, device, nullptr));
+}
+
+std::shared_ptr<Storage> Storage::Adopt(void* data, size_t nbytes, Device device,
+                                        std::function<void(void*)> release) {
+  return std::shared_ptr<Storage>(new Storage(data, nbytes, device, std::move(release)));
 }
 
 Storage::~Storage() {
-  if (!owned_ || data_ == nullptr) return;
-  if (device_ == Device::kCPU) {
-    std::free(data_);
-  } else {
-#if SCALEMOE_CUDA
-    cudaFree(data_);
-#endif
-  }
+  if (release_ && data_ != nullptr) release_(data_);
 }
 
 StatusOr<Tensor> Tensor::TryEmpty(const Shape& shape, DType dtype, Device device) {
@@ -100,9 +94,13 @@ Tensor Tensor::Empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::Zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = Empty(shape, dtype, device);
+  if (device == Device::kCPU) {
+    std::memset(t.raw_data(), 0, t.nbytes());
+  } else {
 #if SCALEMOE_CUDA
-  if (device == Device::kCUDA) cudaMemset(t.raw_data(), 0, t.nbytes());
+    cudaMemset(t.raw_data(), 0, t.nbytes());
 #endif
+  }
   return t;
 }
 
@@ -123,6 +121,19 @@ Tensor Tensor::FromBlob(void* data, const Shape& shape, DType dtype, Device devi
   t.strides_ = ContiguousStrides(shape);
   t.dtype_ = dtype;
   t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::OnStorage(std::shared_ptr<Storage> storage, const Shape& shape, DType dtype) {
+  SM_CHECK_MSG(storage->nbytes() >= static_cast<size_t>(NumElements(shape)) * DTypeSize(dtype),
+               "storage of ", storage->nbytes(), " bytes for ", DTypeName(dtype),
+               ShapeString(shape));
+  Tensor t;
+  t.device_ = storage->device();
+  t.storage_ = std::move(storage);
+  t.shape_ = shape;
+  t.strides_ = ContiguousStrides(shape);
+  t.dtype_ = dtype;
   return t;
 }
 

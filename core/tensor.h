@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
 #include <string>
@@ -25,11 +26,17 @@ std::string ShapeString(const Shape& shape);  // "[2, 3, 4]"
 // A block of memory on one device. Frees itself unless borrowed.
 class Storage {
  public:
-  // Allocates `nbytes` on `device` (zero-filled on the CPU). Fails with a
-  // clear message when the CUDA backend is not built or memory runs out.
+  // Allocates `nbytes` on `device` straight from the system (malloc,
+  // cudaMalloc). Contents undefined (0xFF bytes in poison mode,
+  // core/allocator.h). Fails with a clear message when the CUDA backend is
+  // not built or memory runs out.
   static StatusOr<std::shared_ptr<Storage>> Allocate(size_t nbytes, Device device);
   // Wraps memory owned elsewhere; never freed by us.
   static std::shared_ptr<Storage> Borrow(void* data, size_t nbytes, Device device);
+  // Takes a block whose `release` gives it back when the storage dies (a
+  // caching allocator's).
+  static std::shared_ptr<Storage> Adopt(void* data, size_t nbytes, Device device,
+                                        std::function<void(void*)> release);
 
   ~Storage();
   Storage(const Storage&) = delete;
@@ -40,20 +47,22 @@ class Storage {
   Device device() const { return device_; }
 
  private:
-  Storage(void* data, size_t nbytes, Device device, bool owned)
-      : data_(data), nbytes_(nbytes), device_(device), owned_(owned) {}
+  Storage(void* data, size_t nbytes, Device device, std::function<void(void*)> release)
+      : data_(data), nbytes_(nbytes), device_(device), release_(std::move(release)) {}
   void* data_;
   size_t nbytes_;
   Device device_;
-  bool owned_;
+  std::function<void(void*)> release_;  // empty when borrowed
 };
 
 class Tensor {
  public:
   Tensor() = default;  // undefined tensor: defined() == false
 
-  // New contiguous tensor. CPU memory is zero-filled. SM_CHECK-fails only
-  // for programming errors; out-of-memory is reported via TryEmpty.
+  // New contiguous tensor straight from the system allocator, contents
+  // undefined (for long-lived buffers: parameters, optimizer state; step
+  // temporaries come from ExecContext::Empty). SM_CHECK-fails only for
+  // programming errors; out-of-memory is reported via TryEmpty.
   static Tensor Empty(const Shape& shape, DType dtype, Device device = Device::kCPU);
   static StatusOr<Tensor> TryEmpty(const Shape& shape, DType dtype, Device device);
   static Tensor Zeros(const Shape& shape, DType dtype, Device device = Device::kCPU);
@@ -62,6 +71,8 @@ class Tensor {
                            DType dtype);
   // Contiguous view of memory owned elsewhere.
   static Tensor FromBlob(void* data, const Shape& shape, DType dtype, Device device);
+  // Contiguous tensor over the start of `storage` (an allocator's block).
+  static Tensor OnStorage(std::shared_ptr<Storage> storage, const Shape& shape, DType dtype);
 
   bool defined() const { return storage_ != nullptr; }
   const Shape& shape() const { return shape_; }

@@ -172,7 +172,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
                                                    bool keep_grad) {
   SM_RETURN_IF_ERROR(CheckBatch(tokens, targets));
   const DType dt = registry_.flat_values().dtype();
-  const Device dev = ctx.device;
+  const Device dev = ctx.device();
   batch_ = tokens.dim(0);
   seq_ = tokens.dim(1);
   const int64_t n = batch_ * seq_;
@@ -265,14 +265,14 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
   const Shape shape = BoundaryShape(batch_, seq_);
   const DType dt = registry_.flat_values().dtype();
-  Tensor d_x = Tensor::Empty(shape, dt, ctx.device);
+  Tensor d_x = Tensor::Empty(shape, dt, ctx.device());
   if (is_last_stage()) {
     Tensor d_logits = d_logits_;
     if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
-    Tensor d_n = Tensor::Empty(shape, dt, ctx.device);
+    Tensor d_n = Tensor::Empty(shape, dt, ctx.device());
     // The vocab-split head gives this rank's share of d n_final (all tokens).
     const Tensor d_n_full =
-        tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device) : d_n;
+        tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device()) : d_n;
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
@@ -282,7 +282,7 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
                  "pipeline stage ", stage_, " needs an output gradient ", ShapeString(shape));
     d_x.CopyFrom(d_output);  // the blocks overwrite their buffers; the caller's stays intact
   }
-  Tensor d_in = Tensor::Empty(shape, dt, ctx.device);
+  Tensor d_in = Tensor::Empty(shape, dt, ctx.device());
   for (size_t l = blocks_.size(); l-- > 0;) {
     SM_RETURN_IF_ERROR_CTX(blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale), "layer ",
                            blocks_[l]->layer(), " backward");

@@ -93,10 +93,10 @@ Status ExpertTpExchange::Gather(const ExecContext& ctx, const Tensor& rows, cons
   // Every rank contributes max_rows_ rows (the padding is never read).
   Tensor send = rows.Narrow(0, 0, own_rows_);
   if (own_rows_ < max_rows_) {
-    send = Tensor::Zeros({max_rows_, width}, rows.dtype(), ctx.device);
+    send = Tensor::Zeros({max_rows_, width}, rows.dtype(), ctx.device());
     ops::Copy(ctx, rows.Narrow(0, 0, own_rows_), send.Narrow(0, 0, own_rows_));
   }
-  Tensor padded = Tensor::Empty({etp_->size() * max_rows_, width}, rows.dtype(), ctx.device);
+  Tensor padded = Tensor::Empty({etp_->size() * max_rows_, width}, rows.dtype(), ctx.device());
   SM_RETURN_IF_ERROR(etp_->AllGather(send.View({max_rows_ * width}),
                                      padded.View({etp_->size() * max_rows_ * width})));
   ops::GatherRows(ctx, padded, to_group_order_, 1, group.Narrow(0, 0, group_rows_));
@@ -109,11 +109,11 @@ Status ExpertTpExchange::ScatterReduce(const ExecContext& ctx, const Tensor& par
   SM_RETURN_IF_ERROR(CheckRows("rows", rows, own_rows_));
   const int size = etp_->size();
   const int64_t width = partial.dim(1);
-  Tensor by_source = Tensor::Empty({group_rows_, width}, partial.dtype(), ctx.device);
+  Tensor by_source = Tensor::Empty({group_rows_, width}, partial.dtype(), ctx.device());
   ops::GatherRows(ctx, partial.Narrow(0, 0, group_rows_), to_source_order_, 1, by_source);
   std::vector<int64_t> send_counts(size), recv_counts(size, own_rows_ * width);
   for (int s = 0; s < size; ++s) send_counts[s] = rows_of_[s] * width;
-  Tensor received = Tensor::Empty({size * own_rows_, width}, partial.dtype(), ctx.device);
+  Tensor received = Tensor::Empty({size * own_rows_, width}, partial.dtype(), ctx.device());
   SM_RETURN_IF_ERROR(etp_->AllToAllV(by_source.View({group_rows_ * width}), send_counts,
                                      received.View({size * own_rows_ * width}), recv_counts));
   ops::Zero(ctx, rows);

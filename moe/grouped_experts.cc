@@ -76,8 +76,8 @@ Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
     for (int p = 0; p < kNumProj; ++p) {
       if (!ex.u[p]) continue;
       if (!ex.u_value[p].defined()) {
-        ex.u_value[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
-        ex.d_u[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device);
+        ex.u_value[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device());
+        ex.d_u[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device());
       }
       SM_RETURN_IF_ERROR(ex.u[p]->Compute(ctx, ex.u_value[p]));
       ops::Zero(ctx, ex.d_u[p]);

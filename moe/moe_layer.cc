@@ -186,14 +186,14 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
   n_ = n;
   SM_RETURN_IF_ERROR(router_->Forward(ctx, n));
   permuter_->Plan(ctx, router_->expert_ids(), router_->kept());
-  Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device);
+  Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device());
   permuter_->Permute(ctx, n, permuted_x);
-  permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device);
+  permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device());
   if (dispatcher_) {
     SM_RETURN_IF_ERROR(dispatcher_->Plan(permuter_->counts()));
     const Shape rows{dispatcher_->received_rows(), hidden_};
-    Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device);
-    Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device);
+    Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device());
+    Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device());
     SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
     SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, dispatcher_->local_counts(), expert_y));
     SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, expert_y, permuted_y_));
@@ -205,12 +205,12 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
 
   if (shared_experts_) {
     // Every shared expert sees every token: rows s*N + t of the tiled input.
-    shared_tiled_ = Tensor::Empty({num_shared_ * tokens}, DType::kI32, ctx.device);
+    shared_tiled_ = Tensor::Empty({num_shared_ * tokens}, DType::kI32, ctx.device());
     for (int64_t i = 0; i < num_shared_ * tokens; ++i) {
       shared_tiled_.data<int32_t>()[i] = static_cast<int32_t>(i % tokens);
     }
-    Tensor x_sh = Tensor::Empty({num_shared_ * tokens, hidden_}, n.dtype(), ctx.device);
-    Tensor y_sh = Tensor::Empty(x_sh.shape(), n.dtype(), ctx.device);
+    Tensor x_sh = Tensor::Empty({num_shared_ * tokens, hidden_}, n.dtype(), ctx.device());
+    Tensor y_sh = Tensor::Empty(x_sh.shape(), n.dtype(), ctx.device());
     ops::GatherRows(ctx, n, shared_tiled_, 1, x_sh);
     shared_experts_->Forward(ctx, x_sh, std::vector<int64_t>(num_shared_, tokens), y_sh);
     ops::ScatterAddRows(ctx, y_sh, shared_tiled_, 1, Tensor(), out);
@@ -260,17 +260,17 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   step_z_ += stats_.z_loss;
   ++step_micro_batches_;
   const DType dt = n_.dtype();
-  Tensor d_permuted_y = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
-  Tensor d_weights = Tensor::Empty(router_->weights().shape(), dt, ctx.device);
+  Tensor d_permuted_y = Tensor::Empty(permuted_y_.shape(), dt, ctx.device());
+  Tensor d_weights = Tensor::Empty(router_->weights().shape(), dt, ctx.device());
   permuter_->UnpermuteBackward(ctx, d_out, permuted_y_, router_->weights(), d_permuted_y,
                                d_weights);
-  Tensor d_permuted_x = Tensor::Empty(permuted_y_.shape(), dt, ctx.device);
+  Tensor d_permuted_x = Tensor::Empty(permuted_y_.shape(), dt, ctx.device());
   if (dispatcher_) {
     // The mirror of Forward: gradients of the outputs travel like the inputs
     // did (Dispatch), gradients of the inputs like the outputs did (Combine).
     const Shape rows{dispatcher_->received_rows(), hidden_};
-    Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device);
-    Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device);
+    Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device());
+    Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device());
     SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
     SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_expert_y, d_expert_x));
     SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
@@ -281,8 +281,8 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
   if (shared_experts_) {
     const int64_t rows = shared_tiled_.numel();
-    Tensor d_y_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device);
-    Tensor d_x_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device);
+    Tensor d_y_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device());
+    Tensor d_x_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device());
     ops::GatherRows(ctx, d_out, shared_tiled_, 1, d_y_sh);
     shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
     ops::ScatterAddRows(ctx, d_x_sh, shared_tiled_, 1, Tensor(), d_n);
@@ -300,8 +300,8 @@ Status MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
   // outputs are summed back to the rows' owner.
   SM_RETURN_IF_ERROR(etp_exchange_->Plan(counts));
   const Shape rows{etp_exchange_->group_rows(), hidden_};
-  Tensor group_x = Tensor::Empty(rows, x.dtype(), ctx.device);
-  Tensor group_y = Tensor::Empty(rows, x.dtype(), ctx.device);
+  Tensor group_x = Tensor::Empty(rows, x.dtype(), ctx.device());
+  Tensor group_y = Tensor::Empty(rows, x.dtype(), ctx.device());
   SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, x, group_x));
   experts_->Forward(ctx, group_x, etp_exchange_->group_counts(), group_y);
   return etp_exchange_->ScatterReduce(ctx, group_y, y);
@@ -315,8 +315,8 @@ Status MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y,
   }
   // The mirror: d_y travels like x did (Gather), d_x like y did (ScatterReduce).
   const Shape rows{etp_exchange_->group_rows(), hidden_};
-  Tensor group_d_y = Tensor::Empty(rows, d_y.dtype(), ctx.device);
-  Tensor group_d_x = Tensor::Empty(rows, d_y.dtype(), ctx.device);
+  Tensor group_d_y = Tensor::Empty(rows, d_y.dtype(), ctx.device());
+  Tensor group_d_x = Tensor::Empty(rows, d_y.dtype(), ctx.device());
   SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, d_y, group_d_y));
   experts_->Backward(ctx, group_d_y, group_d_x);
   return etp_exchange_->ScatterReduce(ctx, group_d_x, d_x);

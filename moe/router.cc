@@ -50,13 +50,13 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const int k = cfg_.top_k();
   const DType dt = n.dtype();
   n_ = n;
-  logits_ = Tensor::Empty({tokens, e}, dt, ctx.device);
-  scores_ = Tensor::Empty({tokens, e}, dt, ctx.device);
-  expert_ids_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
-  weights_ = Tensor::Empty({tokens, k}, dt, ctx.device);
-  kept_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
-  aux_loss_ = Tensor::Zeros({1}, dt, ctx.device);
-  z_loss_ = Tensor::Zeros({1}, dt, ctx.device);
+  logits_ = Tensor::Empty({tokens, e}, dt, ctx.device());
+  scores_ = Tensor::Empty({tokens, e}, dt, ctx.device());
+  expert_ids_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
+  weights_ = Tensor::Empty({tokens, k}, dt, ctx.device());
+  kept_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
+  aux_loss_ = Tensor::Zeros({1}, dt, ctx.device());
+  z_loss_ = Tensor::Zeros({1}, dt, ctx.device());
 
   linear_.Forward(ctx, n, logits_, &cache_);
   ops::RouterScores(ctx, score_fn_, logits_, scores_);
@@ -68,8 +68,8 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   if (cfg_.capacity_factor() > 0) {
     capacity_ = static_cast<int64_t>(
         std::ceil(cfg_.capacity_factor() * static_cast<double>(tokens * k) / e));
-    priority = Tensor::Empty({tokens, k}, dt, ctx.device);
-    Tensor same_ids = Tensor::Empty({tokens, k}, DType::kI32, ctx.device);
+    priority = Tensor::Empty({tokens, k}, dt, ctx.device());
+    Tensor same_ids = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
     ops::TopKRouting(ctx, scores_, bias, k, /*normalize=*/false, same_ids, priority);
   }
   ops::CapacityDrop(ctx, expert_ids_, priority.defined() ? priority : weights_,
@@ -86,7 +86,7 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   // Token-sharded: the micro-batch's fractions, then this rank's shares.
   total_tokens_ = tokens * token_group_->size();
   if (cfg_.aux_loss_coeff() != 0) {
-    fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device);
+    fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device());
     ops::AssignmentCounts(ctx, expert_ids_, fractions_);
     SM_RETURN_IF_ERROR(WithContext(token_group_->AllReduce(fractions_), "router load fractions"));
     ops::Scale(ctx, 1.0 / static_cast<double>(total_tokens_ * k), fractions_);
@@ -107,7 +107,7 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
 
 void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
                       const Tensor& d_n) {
-  Tensor d_scores = Tensor::Zeros(scores_.shape(), scores_.dtype(), ctx.device);
+  Tensor d_scores = Tensor::Zeros(scores_.shape(), scores_.dtype(), ctx.device());
   ops::TopKRoutingBackward(ctx, scores_, expert_ids_, cfg_.normalize_topk(), d_weights,
                            d_scores);
   if (cfg_.aux_loss_coeff() != 0) {
@@ -119,7 +119,7 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
                                           loss_grad_scale, d_scores);
     }
   }
-  Tensor d_logits = Tensor::Empty(logits_.shape(), logits_.dtype(), ctx.device);
+  Tensor d_logits = Tensor::Empty(logits_.shape(), logits_.dtype(), ctx.device());
   ops::RouterScoresBackward(ctx, score_fn_, scores_, d_scores, d_logits);
   if (cfg_.z_loss_coeff() != 0) {
     if (token_group_ == nullptr) {

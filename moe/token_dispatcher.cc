@@ -102,7 +102,7 @@ Status TokenDispatcher::Dispatch(const ExecContext& ctx, const Tensor& permuted,
   SM_RETURN_IF_ERROR(CheckRows("permuted", permuted, sent_rows_));
   SM_RETURN_IF_ERROR(CheckRows("expert_rows", expert_rows, received_rows_));
   const int64_t width = permuted.dim(1);
-  Tensor received = Tensor::Empty({received_rows_, width}, permuted.dtype(), ctx.device);
+  Tensor received = Tensor::Empty({received_rows_, width}, permuted.dtype(), ctx.device());
   SM_RETURN_IF_ERROR(ep_->AllToAllV(permuted.Narrow(0, 0, sent_rows_), Times(send_rows_, width),
                                     received, Times(recv_rows_, width)));
   ops::GatherRows(ctx, received, to_expert_order_, 1,
@@ -115,7 +115,7 @@ Status TokenDispatcher::Combine(const ExecContext& ctx, const Tensor& expert_row
   SM_RETURN_IF_ERROR(CheckRows("expert_rows", expert_rows, received_rows_));
   SM_RETURN_IF_ERROR(CheckRows("permuted", permuted, sent_rows_));
   const int64_t width = expert_rows.dim(1);
-  Tensor received = Tensor::Empty({received_rows_, width}, expert_rows.dtype(), ctx.device);
+  Tensor received = Tensor::Empty({received_rows_, width}, expert_rows.dtype(), ctx.device());
   ops::GatherRows(ctx, expert_rows.Narrow(0, 0, received_rows_), to_received_order_, 1,
                   received);
   ops::Zero(ctx, permuted);

@@ -31,8 +31,8 @@ BranchScales::BranchScales(ParamRegistry& registry, const config::ScaleVectorCon
 Status BranchScales::Forward(const ExecContext& ctx, DType dtype) {
   if (gammas_.empty()) {
     for (const auto& v : vectors_) {
-      gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device));
-      d_gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device));
+      gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device()));
+      d_gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device()));
     }
   }
   for (size_t i = 0; i < vectors_.size(); ++i) {

@@ -108,7 +108,7 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
 }
 
 Status ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(gamma.numel() == local_dim_ && gamma.is_contiguous(), name_, ": gamma ",
                gamma.DebugString());
   const Status s =
@@ -121,7 +121,7 @@ Status ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
 }
 
 Status ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "ScaleVector: CPU path only in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(d_gamma.numel() == local_dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
                d_gamma.DebugString());
   const Status s =

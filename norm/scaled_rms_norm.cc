@@ -16,8 +16,8 @@ ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorC
 Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (!scale_) return absl::OkStatus();
   if (!gamma_.defined() || gamma_.dtype() != dtype) {
-    gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
-    d_gamma_ = Tensor::Empty({dim_}, dtype, ctx.device);
+    gamma_ = Tensor::Empty({dim_}, dtype, ctx.device());
+    d_gamma_ = Tensor::Empty({dim_}, dtype, ctx.device());
   }
   SM_RETURN_IF_ERROR(scale_->Compute(ctx, gamma_));
   ops::Zero(ctx, d_gamma_);

@@ -49,7 +49,7 @@ AdamW::AdamW(const AdamWOptions& options, const ParamGroups& groups, int64_t beg
 
 void AdamW::Step(const ExecContext& ctx, const Tensor& values, const Tensor& grads, double lr,
                  int64_t t) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "AdamW: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "AdamW: CUDA path not in this build");
   SM_CHECK_MSG(t >= 1, "AdamW::Step update count ", t, " must be >= 1");
   const int64_t length = end_ - begin_;
   CheckRange(values, length, m_.dtype(), "values");

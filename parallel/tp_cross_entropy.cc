@@ -76,7 +76,7 @@ StatusOr<VocabParallelCrossEntropy> VocabParallelCrossEntropy::Create(int64_t vo
 StatusOr<double> VocabParallelCrossEntropy::Forward(const ExecContext& ctx, const Tensor& logits,
                                                     const Tensor& targets, const Tensor& d_logits) {
   const char* kLayer = "VocabParallelCrossEntropy";
-  if (ctx.device != Device::kCPU) {
+  if (ctx.device() != Device::kCPU) {
     return absl::UnimplementedError(absl::StrCat(kLayer, ": CPU tensors only in this build"));
   }
   if (!logits.defined() || logits.ndim() != 2 ||

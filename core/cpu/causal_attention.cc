@@ -3,9 +3,9 @@
 #include <cmath>
 #include <vector>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 struct Dims {
@@ -157,4 +157,4 @@ void CausalAttentionBackward(const ExecContext&, const Tensor& q, const Tensor& 
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -1,9 +1,9 @@
 // Mean token cross-entropy with its logits gradient (CPU, f32/f64).
 #include <cmath>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 template <typename T>
@@ -54,4 +54,4 @@ double CrossEntropy(const ExecContext&, const Tensor& logits, const Tensor& targ
              d_logits.defined() ? d_logits.data<float>() : nullptr, n, v);
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

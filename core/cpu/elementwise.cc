@@ -1,9 +1,9 @@
 // Basic elementwise ops on CPU tensors (f32/f64; Copy converts any dtype).
 #include <cstring>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 template <typename F>
@@ -73,4 +73,4 @@ double Sum(const ExecContext&, const Tensor& x) {
   return s;
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

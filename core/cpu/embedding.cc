@@ -1,9 +1,9 @@
 // Token embedding lookup and its backward (CPU, f32/f64 weights, int32 ids).
 #include <cstring>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 void Check(const Tensor& tokens, const Tensor& weight, const Tensor& rows) {
@@ -59,4 +59,4 @@ void EmbeddingBackward(const ExecContext&, const Tensor& tokens, const Tensor& d
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -1,9 +1,9 @@
 // CPU GEMM through OpenBLAS (cblas), row-major.
 #include <cblas.h>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 struct GemmDims {
@@ -47,7 +47,7 @@ GemmDims CheckGemm(const Tensor& a, const Tensor& b, const Tensor& c, const Gemm
 
 void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
           const GemmOptions& o) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU && c.device() == Device::kCPU,
+  SM_CHECK_MSG(ctx.device() == Device::kCPU && c.device() == Device::kCPU,
                "Gemm: CUDA path not in this build");
   const GemmDims d = CheckGemm(a, b, c, o);
   if (d.m == 0 || d.n == 0) return;
@@ -76,4 +76,4 @@ void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

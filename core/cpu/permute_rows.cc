@@ -3,9 +3,9 @@
 // their backward are made of.
 #include <vector>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 void CheckIndexed(const char* what, const Tensor& rows, const Tensor& indices,
@@ -59,7 +59,7 @@ void DotTyped(int64_t m, int64_t c, const T* x, const int32_t* idx, int divisor,
 
 void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
                   int num_experts, const Tensor& perm_slot, const Tensor& counts) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "SortByExpert: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "SortByExpert: CUDA path not in this build");
   const int64_t m = expert_ids.numel();
   SM_CHECK_MSG(expert_ids.dtype() == DType::kI32 && kept.dtype() == DType::kI32 &&
                    kept.numel() == m && perm_slot.dtype() == DType::kI32 &&
@@ -86,7 +86,7 @@ void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor
 
 void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
                 const Tensor& out) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "GatherRows: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "GatherRows: CUDA path not in this build");
   CheckIndexed("GatherRows", out, indices, x);
   const int64_t m = out.dim(0), c = out.dim(1);
   if (x.dtype() == DType::kF64) {
@@ -98,7 +98,7 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
 
 void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,
                     const Tensor& weights, const Tensor& out) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "ScatterAddRows: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScatterAddRows: CUDA path not in this build");
   CheckIndexed("ScatterAddRows", y, indices, out);
   SM_CHECK_MSG(!weights.defined() ||
                    (weights.numel() == y.dim(0) && weights.dtype() == y.dtype()),
@@ -115,7 +115,7 @@ void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indic
 
 void GatheredRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
                     const Tensor& y, const Tensor& out) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "GatheredRowDot: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "GatheredRowDot: CUDA path not in this build");
   CheckIndexed("GatheredRowDot", y, indices, x);
   SM_CHECK_MSG(out.numel() == y.dim(0) && out.dtype() == y.dtype(), "GatheredRowDot out ",
                out.DebugString());
@@ -129,4 +129,4 @@ void GatheredRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& indic
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -1,9 +1,9 @@
 // RmsNormalize (n = x / rms(x), no scale) and its backward (CPU, f32/f64).
 #include <cmath>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 int64_t RowsOf(const Tensor& x, const Tensor& rstd) {
@@ -72,4 +72,4 @@ void RmsNormalizeBackward(const ExecContext&, const Tensor& n, const Tensor& rst
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

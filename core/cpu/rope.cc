@@ -2,9 +2,9 @@
 #include <cmath>
 #include <vector>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 // Rotates every head vector by +angle (sign 1) or −angle (sign −1).
@@ -61,4 +61,4 @@ void RopeBackward(const ExecContext&, const Tensor& d_out, double theta, const T
   Run(d_out, theta, d_x, -1.0);
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -7,9 +7,9 @@
 #include <cmath>
 #include <vector>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 // f_e: fraction of the N*K assignments routed to e (before capacity drops).
@@ -95,7 +95,7 @@ void SetScalar(const Tensor& loss, double v) {
 void LoadBalancingLossImpl(const char* op, const ExecContext& ctx, const Tensor& scores,
                            const std::vector<double>& f, int64_t denom, double coeff,
                            const Tensor& loss) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, op, ": CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, op, ": CUDA path not in this build");
   SM_CHECK_MSG(scores.ndim() == 2 && scores.is_contiguous() &&
                    static_cast<int64_t>(f.size()) == scores.dim(1),
                op, " scores ", scores.DebugString());
@@ -110,7 +110,7 @@ void LoadBalancingLossImpl(const char* op, const ExecContext& ctx, const Tensor&
 void LoadBalancingBackwardImpl(const char* op, const ExecContext& ctx,
                                const std::vector<double>& f, int64_t denom, double coeff,
                                double scale, const Tensor& d_scores) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, op, ": CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, op, ": CUDA path not in this build");
   SM_CHECK_MSG(d_scores.ndim() == 2 && d_scores.is_contiguous() &&
                    static_cast<int64_t>(f.size()) == d_scores.dim(1),
                op, " d_scores ", d_scores.DebugString());
@@ -129,7 +129,7 @@ void LoadBalancingBackwardImpl(const char* op, const ExecContext& ctx,
 
 void ZLossImpl(const char* op, const ExecContext& ctx, const Tensor& logits, int64_t denom,
                double coeff, const Tensor& loss) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, op, ": CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, op, ": CUDA path not in this build");
   SM_CHECK_MSG(logits.ndim() == 2 && logits.is_contiguous(), op, " logits ",
                logits.DebugString());
   CheckLossOut(loss, logits);
@@ -146,7 +146,7 @@ void ZLossImpl(const char* op, const ExecContext& ctx, const Tensor& logits, int
 
 void ZLossBackwardImpl(const char* op, const ExecContext& ctx, const Tensor& logits,
                        int64_t denom, double coeff, double scale, const Tensor& d_logits) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, op, ": CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, op, ": CUDA path not in this build");
   SM_CHECK_MSG(d_logits.shape() == logits.shape() && d_logits.dtype() == logits.dtype() &&
                    logits.is_contiguous() && d_logits.is_contiguous(),
                op, " d_logits ", d_logits.DebugString());
@@ -195,7 +195,7 @@ void ZLossBackward(const ExecContext& ctx, const Tensor& logits, double coeff, d
 }
 
 void AssignmentCounts(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "AssignmentCounts: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "AssignmentCounts: CUDA path not in this build");
   SM_CHECK_MSG(counts.dtype() == DType::kF64 && counts.ndim() == 1 && counts.is_contiguous(),
                "AssignmentCounts: counts must be f64 [E], got ", counts.DebugString());
   const std::vector<double> c = AssignmentCountsOf(expert_ids, counts.numel());
@@ -231,4 +231,4 @@ void ZLossShareBackward(const ExecContext& ctx, const Tensor& logits, int64_t to
   ZLossBackwardImpl("ZLossShareBackward", ctx, logits, total_tokens, coeff, scale, d_logits);
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -1,9 +1,9 @@
 // RouterScores (softmax / sigmoid) and its backward on the CPU (f32/f64).
 #include <cmath>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 void CheckRows(const char* what, const Tensor& a, const Tensor& b) {
@@ -53,7 +53,7 @@ void ScoresBackwardTyped(ScoreFunction fn, int64_t n, int64_t e, const T* s, con
 
 void RouterScores(const ExecContext& ctx, ScoreFunction fn, const Tensor& logits,
                   const Tensor& scores) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "RouterScores: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "RouterScores: CUDA path not in this build");
   CheckRows("RouterScores", logits, scores);
   const int64_t n = logits.dim(0), e = logits.dim(1);
   if (logits.dtype() == DType::kF64) {
@@ -65,7 +65,7 @@ void RouterScores(const ExecContext& ctx, ScoreFunction fn, const Tensor& logits
 
 void RouterScoresBackward(const ExecContext& ctx, ScoreFunction fn, const Tensor& scores,
                           const Tensor& d_scores, const Tensor& d_logits) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "RouterScoresBackward: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "RouterScoresBackward: CUDA path not in this build");
   CheckRows("RouterScoresBackward", scores, d_scores);
   CheckRows("RouterScoresBackward", scores, d_logits);
   const int64_t n = scores.dim(0), e = scores.dim(1);
@@ -78,4 +78,4 @@ void RouterScoresBackward(const ExecContext& ctx, ScoreFunction fn, const Tensor
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -1,7 +1,7 @@
 // ScaleRowsCols and its backward on the CPU (f32/f64 reference).
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 struct Dims {
@@ -103,4 +103,4 @@ void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& ro
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

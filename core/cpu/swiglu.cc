@@ -1,9 +1,9 @@
 // SwiGLU activation and its backward (CPU reference, f32/f64).
 #include <cmath>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
@@ -57,4 +57,4 @@ void SwiGluBackward(const ExecContext&, const Tensor& gate, const Tensor& up, co
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

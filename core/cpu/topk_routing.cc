@@ -5,9 +5,9 @@
 #include <numeric>
 #include <vector>
 
-#include "core/ops.h"
+#include "core/cpu/cpu_ops.h"
 
-namespace scalemoe::ops {
+namespace scalemoe::cpu {
 namespace {
 
 void CheckIds(const Tensor& ids, int64_t n, int k) {
@@ -80,7 +80,7 @@ void CapacityTyped(int64_t n, int k, int num_experts, int64_t capacity, const in
 
 void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k,
                  bool normalize, const Tensor& expert_ids, const Tensor& weights) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "TopKRouting: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "TopKRouting: CUDA path not in this build");
   SM_CHECK_MSG(scores.ndim() == 2 && scores.is_contiguous() && k >= 1 && k <= scores.dim(1),
                "TopKRouting scores ", scores.DebugString(), " k=", k);
   const int64_t n = scores.dim(0), e = scores.dim(1);
@@ -105,7 +105,7 @@ void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bia
 void TopKRoutingBackward(const ExecContext& ctx, const Tensor& scores,
                          const Tensor& expert_ids, bool normalize, const Tensor& d_weights,
                          const Tensor& d_scores) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "TopKRoutingBackward: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "TopKRoutingBackward: CUDA path not in this build");
   const int64_t n = scores.dim(0), e = scores.dim(1);
   const int k = static_cast<int>(expert_ids.dim(1));
   CheckIds(expert_ids, n, k);
@@ -123,7 +123,7 @@ void TopKRoutingBackward(const ExecContext& ctx, const Tensor& scores,
 
 void CapacityDrop(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority,
                   int num_experts, int64_t capacity, const Tensor& kept) {
-  SM_CHECK_MSG(ctx.device == Device::kCPU, "CapacityDrop: CUDA path not in this build");
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "CapacityDrop: CUDA path not in this build");
   const int64_t n = expert_ids.dim(0);
   const int k = static_cast<int>(expert_ids.dim(1));
   CheckIds(expert_ids, n, k);
@@ -138,4 +138,4 @@ void CapacityDrop(const ExecContext& ctx, const Tensor& expert_ids, const Tensor
   }
 }
 
-}  // namespace scalemoe::ops
+}  // namespace scalemoe::cpu

@@ -5,14 +5,15 @@
 namespace scalemoe {
 namespace {
 
-TEST(TensorTest, EmptyIsZeroFilledContiguous) {
+TEST(TensorTest, EmptyIsContiguousAndZerosIsZeroFilled) {
   Tensor t = Tensor::Empty({2, 3, 4}, DType::kF32);
   EXPECT_TRUE(t.defined());
   EXPECT_EQ(t.numel(), 24);
   EXPECT_EQ(t.strides(), (Shape{12, 4, 1}));
   EXPECT_TRUE(t.is_contiguous());
-  for (int i = 0; i < 24; ++i) EXPECT_EQ(t.data<float>()[i], 0.0f);
   EXPECT_EQ(t.DebugString(), "f32[2, 3, 4] cpu");
+  Tensor z = Tensor::Zeros({2, 3, 4}, DType::kF32);
+  for (int i = 0; i < 24; ++i) EXPECT_EQ(z.data<float>()[i], 0.0f);
 }
 
 TEST(TensorTest, ViewAliasesAndInfers) {

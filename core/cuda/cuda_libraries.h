@@ -1,0 +1,36 @@
+// Library handles a CUDA ExecContext creates on first use (cuBLASLt now,
+// cuDNN later) and the per-shape plans ops cache in them. Owned by the
+// context's CudaDevice; used only from the context's stream.
+#pragma once
+
+#include <cublasLt.h>
+
+#include <map>
+#include <memory>
+#include <string>
+
+namespace scalemoe {
+
+struct CudaLibraries {
+  // Opaque per-op caches keyed by a shape/dtype string (e.g. a GEMM's chosen
+  // algorithm); each op defines its own entry type deriving from Entry.
+  struct Entry {
+    virtual ~Entry() = default;
+  };
+
+  CudaLibraries() = default;
+  ~CudaLibraries();
+  CudaLibraries(const CudaLibraries&) = delete;
+  CudaLibraries& operator=(const CudaLibraries&) = delete;
+
+  // The cuBLASLt handle (created on first call; null if creation failed,
+  // which the caller reports).
+  cublasLtHandle_t Lt();
+  std::map<std::string, std::unique_ptr<Entry>>& cache() { return cache_; }
+
+ private:
+  cublasLtHandle_t lt_ = nullptr;
+  std::map<std::string, std::unique_ptr<Entry>> cache_;
+};
+
+}  // namespace scalemoe

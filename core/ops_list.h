@@ -1,0 +1,54 @@
+// The op set as one X-macro list, for the backends' declarations
+// (core/cpu/cpu_ops.h, core/cuda/cuda_ops.h) and the dispatcher
+// (core/ops_dispatch.cc). core/ops.h holds the documented declarations of
+// the same functions; a mismatch with this list fails the build (the
+// dispatcher defines ops::X from it).
+//
+// SM_OPS(X) calls X(ReturnType, Name, (parameters), (arguments), Cuda) for
+// every op; Cuda is CUDA when core/cuda implements the op, NO_CUDA while it
+// does not (a CUDA context then fails the op with a Status naming it).
+#pragma once
+
+#include "core/context.h"
+#include "core/tensor.h"
+
+// clang-format off
+#define SM_OPS(X) \
+  X(void, Gemm, (const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c, const ::scalemoe::ops::GemmOptions& options), (ctx, a, b, c, options), NO_CUDA) \
+  X(void, Copy, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), NO_CUDA) \
+  X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), NO_CUDA) \
+  X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), NO_CUDA) \
+  X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
+  X(double, Sum, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
+  X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), NO_CUDA) \
+  X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), NO_CUDA) \
+  X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), NO_CUDA) \
+  X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), NO_CUDA) \
+  X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), NO_CUDA) \
+  X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), NO_CUDA) \
+  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), NO_CUDA) \
+  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), NO_CUDA) \
+  X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& probs), (ctx, q, k, v, out, probs), NO_CUDA) \
+  X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v), (ctx, q, k, v, probs, d_out, d_q, d_k, d_v), NO_CUDA) \
+  X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
+  X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), NO_CUDA) \
+  X(double, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits), (ctx, logits, targets, d_logits), NO_CUDA) \
+  X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), NO_CUDA) \
+  X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), NO_CUDA) \
+  X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), NO_CUDA) \
+  X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), NO_CUDA) \
+  X(void, CapacityDrop, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority, int num_experts, int64_t capacity, const Tensor& kept), (ctx, expert_ids, priority, num_experts, capacity, kept), NO_CUDA) \
+  X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), NO_CUDA) \
+  X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), NO_CUDA) \
+  X(void, ZLoss, (const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss), (ctx, logits, coeff, loss), NO_CUDA) \
+  X(void, ZLossBackward, (const ExecContext& ctx, const Tensor& logits, double coeff, double scale, const Tensor& d_logits), (ctx, logits, coeff, scale, d_logits), NO_CUDA) \
+  X(void, AssignmentCounts, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts), (ctx, expert_ids, counts), NO_CUDA) \
+  X(void, LoadBalancingLossShare, (const ExecContext& ctx, const Tensor& scores, const Tensor& fractions, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, scores, fractions, total_tokens, coeff, loss), NO_CUDA) \
+  X(void, LoadBalancingLossShareBackward, (const ExecContext& ctx, const Tensor& fractions, int64_t total_tokens, double coeff, double scale, const Tensor& d_scores), (ctx, fractions, total_tokens, coeff, scale, d_scores), NO_CUDA) \
+  X(void, ZLossShare, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, logits, total_tokens, coeff, loss), NO_CUDA) \
+  X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), NO_CUDA) \
+  X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), NO_CUDA) \
+  X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), NO_CUDA) \
+  X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), NO_CUDA) \
+  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA)
+// clang-format on
