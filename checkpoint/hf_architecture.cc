@@ -30,13 +30,15 @@ constexpr RouterScore kSigmoid = RouterScore::kSigmoid;
 //   first_k_dense_replace layers dense; q/k norms iff use_qk_norm.
 // None has a norm on v, sandwich norms or capacity dropping.
 // clang-format off
+constexpr MoeLayers kAll = MoeLayers::kAll, kLeading = MoeLayers::kAfterLeadingDense,
+                    kAny = MoeLayers::kAny;
 const std::vector<HfArchitecture> kArchitectures = {
-//  class                  type         moe    q/k norm   v norm  sandwich score     top-k renorm expert bias shared    S·F_s%F  min E  MoE layers                     capacity
-  {"LlamaForCausalLM",    "llama",     false, kNever,    kNever, kNever,  kSoftmax, kNever,      kNever,     kNever,   false,   0,     MoeLayers::kAny,               false},
-  {"Qwen3ForCausalLM",    "qwen3",     false, kAlways,   kNever, kNever,  kSoftmax, kNever,      kNever,     kNever,   false,   0,     MoeLayers::kAny,               false},
-  {"MixtralForCausalLM",  "mixtral",   true,  kNever,    kNever, kNever,  kSoftmax, kAlways,     kNever,     kNever,   false,   1,     MoeLayers::kAll,               false},
-  {"Qwen3MoeForCausalLM", "qwen3_moe", true,  kAlways,   kNever, kNever,  kSoftmax, kOptional,   kNever,     kNever,   false,   1,     MoeLayers::kAny,               false},
-  {"Glm4MoeForCausalLM",  "glm4_moe",  true,  kOptional, kNever, kNever,  kSigmoid, kOptional,   kOptional,  kAlways,  true,    2,     MoeLayers::kAfterLeadingDense, false},
+// class                  type         moe    q/k norm   v norm  sandwich score     renorm     bias       shared   S·F_s%F min E layers    capacity
+  {"LlamaForCausalLM",    "llama",     false, kNever,    kNever, kNever,  kSoftmax, kNever,    kNever,    kNever,  false,  0,    kAny,     false},
+  {"Qwen3ForCausalLM",    "qwen3",     false, kAlways,   kNever, kNever,  kSoftmax, kNever,    kNever,    kNever,  false,  0,    kAny,     false},
+  {"MixtralForCausalLM",  "mixtral",   true,  kNever,    kNever, kNever,  kSoftmax, kAlways,   kNever,    kNever,  false,  1,    kAll,     false},
+  {"Qwen3MoeForCausalLM", "qwen3_moe", true,  kAlways,   kNever, kNever,  kSoftmax, kOptional, kNever,    kNever,  false,  1,    kAny,     false},
+  {"Glm4MoeForCausalLM",  "glm4_moe",  true,  kOptional, kNever, kNever,  kSigmoid, kOptional, kOptional, kAlways, true,   2,    kLeading, false},
 };
 // clang-format on
 

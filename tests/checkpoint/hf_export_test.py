@@ -47,8 +47,9 @@ TINY = ["model.vocab_size=320", "model.seq_length=16", "model.hidden_size=32", "
         "train.device=CPU",
         "train.precision=FP32", "schedule.warmup_steps=1", "optimizer.lr=0.01",
         "logging.log_interval=1", "checkpoint.interval=0", "checkpoint.keep_last=0"]
-FINEGRAINED = ["model.num_layers=3", "moe.shared_expert_ffn_hidden_size=32",
-               "moe.expert_bias_update_rate=0.1"]
+# 16 experts: the per-expert keys transformers 5 merges include two-digit indices.
+FINEGRAINED = ["model.num_layers=3", "moe.num_experts=16", "moe.top_k=4",
+               "moe.shared_expert_ffn_hidden_size=32", "moe.expert_bias_update_rate=0.1"]
 
 # name, preset, overrides, architecture, tied
 CASES = [
