@@ -52,11 +52,11 @@ def scalemoe_ids(binary, out, text):
     return [int(t) for t in r.stdout.split()]
 
 
-def load(out):
+def load(out, cfg):
     kwargs = {"output_loading_info": True, "attn_implementation": "eager"}
     major = int(transformers.__version__.split(".")[0])
     kwargs["dtype" if major >= 5 else "torch_dtype"] = torch.float32
-    if major >= 5:
+    if major >= 5 and cfg["model_type"] in ("mixtral", "qwen3_moe", "glm4_moe"):
         kwargs["experts_implementation"] = "eager"  # the reference loop over experts
     return AutoModelForCausalLM.from_pretrained(out, **kwargs)
 
@@ -74,7 +74,7 @@ def main():
     cfg = json.load(open(f"{out}/config.json"))
     ref = json.load(open(f"{out}/scalemoe_reference.json"))
 
-    model, info = load(out)
+    model, info = load(out, cfg)
     if type(model).__name__ != cfg["architectures"][0]:
         fail(f"loaded {type(model).__name__}, config.json says {cfg['architectures'][0]}")
     problems = {k: list(v) for k, v in info.items() if v}
