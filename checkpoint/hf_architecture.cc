@@ -67,53 +67,51 @@ int ModelFeatures::LeadingDenseLayers() const {
 const std::vector<HfArchitecture>& HfArchitectures() { return kArchitectures; }
 
 std::string Mismatch(const HfArchitecture& a, const ModelFeatures& f) {
-  for (std::string why : {
-           PresenceMismatch(a.head_qk_norm, f.head_qk_norm, "per-head q/k norms",
-                            "scale_vectors.placement=DUAL_NORMALIZED or model.qk_norm"),
-           PresenceMismatch(a.head_v_norm, f.head_v_norm, "per-head v norm",
-                            "scale_vectors.dnp_normalize_v"),
-           PresenceMismatch(a.sandwich_norm, f.sandwich_norm, "sandwich norms",
-                            "model.sandwich_norm"),
-       }) {
-    if (!why.empty()) return why;
+  std::vector<std::string> why = {
+      PresenceMismatch(a.head_qk_norm, f.head_qk_norm, "per-head q/k norms",
+                       "scale_vectors.placement=DUAL_NORMALIZED or model.qk_norm"),
+      PresenceMismatch(a.head_v_norm, f.head_v_norm, "per-head v norm", "scale_vectors.dnp_normalize_v"),
+      PresenceMismatch(a.sandwich_norm, f.sandwich_norm, "sandwich norms", "model.sandwich_norm"),
+  };
+  if (f.moe()) {
+    if (f.routed_experts < a.min_routed_experts) {
+      why.push_back(absl::StrCat("needs at least ", a.min_routed_experts,
+                                 " routed experts (moe.num_experts=", f.routed_experts, ")"));
+    }
+    if (a.score != f.score) {
+      why.push_back(absl::StrCat("routes by ", ScoreName(a.score), ", the model by ",
+                                 ScoreName(f.score), " (moe.score_function)"));
+    }
+    why.push_back(PresenceMismatch(a.topk_renormalization, f.normalize_topk, "top-k renormalisation",
+                                   "moe.normalize_topk"));
+    why.push_back(PresenceMismatch(a.expert_bias, f.expert_bias, "expert bias", "moe.expert_bias"));
+    why.push_back(PresenceMismatch(a.shared_experts, f.shared_experts > 0, "shared experts",
+                                   "moe.num_shared_experts"));
+    if (a.shared_hidden_multiple_of_routed && f.shared_experts > 0 &&
+        (f.routed_hidden <= 0 || f.shared_hidden % f.routed_hidden != 0)) {
+      why.push_back(absl::StrCat(
+          "sizes its shared MLP as a multiple of the routed expert's ", f.routed_hidden,
+          " hidden units, the model's shared experts have ", f.shared_hidden,
+          " together (moe.shared_expert_ffn_hidden_size x moe.num_shared_experts)"));
+    }
+    const int leading_dense = f.LeadingDenseLayers();
+    if (a.moe_layers == MoeLayers::kAll && leading_dense != 0) {
+      why.push_back("makes every layer MoE, the model has dense layers (moe.first_dense_layers, "
+                    "moe.moe_layer_frequency)");
+    }
+    if (a.moe_layers == MoeLayers::kAfterLeadingDense && leading_dense < 0) {
+      why.push_back("has dense layers only before the first MoE layer (first_k_dense_replace), "
+                    "the model mixes them (moe.moe_layer_frequency)");
+    }
+    if (!a.capacity_drops && f.capacity_drops) {
+      why.push_back("drops no tokens (moe.capacity_factor > 0 drops assignments over capacity)");
+    }
   }
-  if (!f.moe()) return "";
-  if (f.routed_experts < a.min_routed_experts) {
-    return absl::StrCat("needs at least ", a.min_routed_experts, " routed experts (moe.num_experts=",
-                        f.routed_experts, ")");
+  std::string joined;
+  for (const std::string& w : why) {
+    if (!w.empty()) absl::StrAppend(&joined, joined.empty() ? "" : "; ", w);
   }
-  if (a.score != f.score) {
-    return absl::StrCat("routes by ", ScoreName(a.score), ", the model by ", ScoreName(f.score),
-                        " (moe.score_function)");
-  }
-  for (std::string why : {
-           PresenceMismatch(a.topk_renormalization, f.normalize_topk,
-                            "top-k renormalisation", "moe.normalize_topk"),
-           PresenceMismatch(a.expert_bias, f.expert_bias, "expert bias", "moe.expert_bias"),
-           PresenceMismatch(a.shared_experts, f.shared_experts > 0, "shared experts",
-                            "moe.num_shared_experts"),
-       }) {
-    if (!why.empty()) return why;
-  }
-  if (a.shared_hidden_multiple_of_routed && f.shared_experts > 0 &&
-      (f.routed_hidden <= 0 || f.shared_hidden % f.routed_hidden != 0)) {
-    return absl::StrCat("sizes its shared MLP as a multiple of the routed expert's ", f.routed_hidden,
-                        " hidden units, the model's shared experts have ", f.shared_hidden,
-                        " together (moe.shared_expert_ffn_hidden_size x moe.num_shared_experts)");
-  }
-  const int leading_dense = f.LeadingDenseLayers();
-  if (a.moe_layers == MoeLayers::kAll && leading_dense != 0) {
-    return "makes every layer MoE, the model has dense layers (moe.first_dense_layers, "
-           "moe.moe_layer_frequency)";
-  }
-  if (a.moe_layers == MoeLayers::kAfterLeadingDense && leading_dense < 0) {
-    return "has dense layers only before the first MoE layer (first_k_dense_replace), the model "
-           "mixes them (moe.moe_layer_frequency)";
-  }
-  if (!a.capacity_drops && f.capacity_drops) {
-    return "drops no tokens (moe.capacity_factor > 0 drops assignments over capacity)";
-  }
-  return "";
+  return joined;
 }
 
 StatusOr<const HfArchitecture*> SelectHfArchitecture(const ModelFeatures& f) {

@@ -6,8 +6,8 @@
 // computes, in one table (HfArchitectures(), hf_architecture.cc). The export
 // takes the first architecture of the table that computes exactly the
 // model's function, or refuses with a message that names, for every
-// architecture of the model's kind (dense or MoE), the first feature it
-// cannot represent. A near match is never taken: it would load without an
+// architecture of the model's kind (dense or MoE), each feature it cannot
+// represent. A near match is never taken: it would load without an
 // error and compute a different loss.
 #pragma once
 
@@ -71,8 +71,8 @@ struct HfArchitecture {
 // Every candidate, in order of preference.
 const std::vector<HfArchitecture>& HfArchitectures();
 
-// Why `arch` cannot represent `features` exactly (the first feature it
-// lacks, naming the config field); "" when it can.
+// Why `arch` cannot represent `features` exactly (every feature it lacks,
+// "; "-separated, each naming its config field); "" when it can.
 std::string Mismatch(const HfArchitecture& arch, const ModelFeatures& features);
 
 // The first architecture that represents `features` exactly, or
