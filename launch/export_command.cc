@@ -1,6 +1,7 @@
-// `scalemoe export`: a checkpoint as a plain Hugging Face-style model
-// directory (model.safetensors, config.json, tokenizer files), scale vectors
-// folded into the weights. The mapping lives in checkpoint/export.h.
+// `scalemoe export`: a checkpoint as a Hugging Face model directory
+// (model.safetensors, config.json, tokenizer files) under the architecture
+// that computes it exactly, scale vectors folded into the weights. The
+// choice and the mapping live in checkpoint/ (export.h, hf_architecture.h).
 #include <cstdio>
 #include <fstream>
 #include <string>
@@ -20,21 +21,31 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: scalemoe export --checkpoint DIR --out DIR [--dtype fp32|bf16] [--tokenizer DIR]\n"
-    "  Writes OUT/model.safetensors (every rank shard assembled, HF names),\n"
-    "  OUT/config.json and copies the files of --tokenizer DIR.\n"
-    "  Folded: every Input-Norm gamma (shared or per-branch, router, experts,\n"
-    "  final norm; OR's beta*alpha formed first) into the columns of the next\n"
-    "  weight, every output-side u into its rows; input norms export as ones.\n"
-    "  Not foldable, exported as extra tensors (config.json scalemoe.extra_tensors):\n"
-    "    model.layers.L.self_attn.{q,k,v}_norm.weight   DNP / QK per-head RMSNorm\n"
-    "        scales (over head_dim, after the projection, before RoPE)\n"
-    "    model.layers.L.post_attention_output_norm.weight,\n"
-    "    model.layers.L.post_feedforward_layernorm.weight  sandwich norms (on the\n"
-    "        sublayer output, before the residual add)\n"
-    "  Also writes OUT/scalemoe_reference.json: the trainer's own cross-entropy\n"
-    "  on a fixed token batch, for checking the export elsewhere, e.g.\n"
-    "  python3 scripts/torch_loss_check.py OUT (PyTorch) or\n"
-    "  python3 scripts/export_check.py OUT (numpy).\n";
+    "  Writes a Hugging Face model directory that transformers loads exactly\n"
+    "  (AutoModelForCausalLM.from_pretrained(OUT): no missing or unexpected key,\n"
+    "  the trainer's loss), every rank shard assembled:\n"
+    "    OUT/model.safetensors, OUT/config.json under the first architecture that\n"
+    "    computes the model exactly, with its own tensor names and config keys:\n"
+    "      dense, no per-head q/k norms                 LlamaForCausalLM\n"
+    "      dense, per-head q/k norms (DNP or qk_norm)   Qwen3ForCausalLM\n"
+    "      MoE, softmax routing, no q/k norms           MixtralForCausalLM\n"
+    "      MoE, softmax routing, q/k norms              Qwen3MoeForCausalLM\n"
+    "      MoE, sigmoid routing with shared experts     Glm4MoeForCausalLM\n"
+    "    A model none of them computes (sandwich norms, a v norm, capacity\n"
+    "    dropping, an expert bias on softmax scores, ...) is refused, with the\n"
+    "    reason for every architecture considered (checkpoint/hf_architecture.cc).\n"
+    "    With --tokenizer DIR (GPT-2 format: encoder.json, vocab.bpe): also\n"
+    "    tokenizer.json, vocab.json, merges.txt, tokenizer_config.json for AutoTokenizer.\n"
+    "  Folded: every Input-Norm gamma (shared or per-branch, router, experts; OR's\n"
+    "  beta*alpha formed first) into the columns of the next weight, every\n"
+    "  output-side u into its rows; the input norms export as ones. The per-head\n"
+    "  q/k norm scales and the final norm's gamma stay norm weights (so a tied\n"
+    "  head stays tied: tie_word_embeddings is true only then).\n"
+    "  Also writes OUT/scalemoe_reference.json (the trainer's own cross-entropy on\n"
+    "  a fixed token batch) and OUT/scalemoe_export.json (source and choice).\n"
+    "  Check: /usr/bin/python3 scripts/export_check.py OUT (numpy, each\n"
+    "  architecture's forward as transformers defines it) or\n"
+    "  python3 scripts/hf_load_check.py OUT (transformers itself).\n";
 
 int Fail(const std::string& message, int code) {
   std::fprintf(stderr, "scalemoe export: %s\n", message.c_str());
@@ -101,18 +112,21 @@ int RunExport(const std::vector<std::string>& args) {
   if (options.checkpoint_dir.empty() || options.out_dir.empty()) {
     return Fail(std::string("--checkpoint and --out are required\n") + kUsage, 2);
   }
-  if (Status s = checkpoint::ExportCheckpoint(options); !s.ok()) return Fail(std::string(s.message()), 1);
+  StatusOr<checkpoint::ExportResult> result = checkpoint::ExportCheckpoint(options);
+  if (!result.ok()) return Fail(std::string(result.status().message()), 1);
   if (Status s = WriteReferenceLoss(options.checkpoint_dir, options.out_dir); !s.ok()) {
     return Fail(std::string(s.message()), 1);
   }
-  std::printf("exported %s to %s\n", options.checkpoint_dir.c_str(), options.out_dir.c_str());
+  std::printf("exported %s to %s as %s (%s embeddings)\n", options.checkpoint_dir.c_str(),
+              options.out_dir.c_str(), result->architecture.c_str(),
+              result->tied_embeddings ? "tied" : "untied");
   return 0;
 }
 
 }  // namespace
 
 Subcommand ExportCommand() {
-  return {"export", "write a checkpoint as a Hugging Face-style model (folded scale vectors)", RunExport};
+  return {"export", "write a checkpoint as a Hugging Face model that transformers loads exactly", RunExport};
 }
 
 }  // namespace scalemoe

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# On a GPU machine (CUDA toolkit, PyTorch; e.g. the device of the tool
-# library): builds with the CUDA backend, runs every test that needs no
-# network (the gpu-labelled ones included: they must pass, not skip), then
-# trains a tiny model on a generated corpus (on one rank, and on two with
-# tensor, sequence and expert-tensor parallelism), exports each checkpoint
-# and checks the export's loss with plain PyTorch (and numpy) against the
-# trainer's.
+# On a GPU machine (CUDA toolkit, PyTorch, transformers; e.g. the device of
+# the tool library): builds with the CUDA backend, runs every test that needs
+# no network (the gpu-labelled ones included: they must pass, not skip; so
+# must the python-labelled export_hf_transformers_test, which loads an export
+# of every kind with transformers), then trains a tiny model on a generated
+# corpus (on one rank, and on two with tensor, sequence and expert-tensor
+# parallelism), exports each checkpoint and loads it with transformers
+# (scripts/hf_load_check.py; and numpy) against the trainer's loss.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
 #   no Abseil, e.g. .device/absl/usr
@@ -24,6 +25,10 @@ cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "warning|error" || true
 status=0
 ctest --test-dir "$build" -LE network --output-on-failure -j8 > "$build/ctest.log" 2>&1 || status=1
 grep -E "tests passed|\(Failed\)|\(Skipped\)|Not Run" "$build/ctest.log" || true
+if grep -q "export_hf_transformers_test.*Skipped" "$build/ctest.log"; then
+  echo "export_hf_transformers_test skipped: no python3 with torch and transformers here" >&2
+  status=1
+fi
 [ $status -eq 0 ] || grep -B2 -A25 "Failure\|FAILED" "$build/ctest.log" | head -80
 
 work=$(mktemp -d)
@@ -46,7 +51,7 @@ tiny=(--config configs/tiny_cpu.textproto --quiet
 "$build/scalemoe" train "${tiny[@]}" --run-dir "$work/run" | tail -1
 "$build/scalemoe" export --checkpoint "$work/run/checkpoints/step_20" --out "$work/export" \
   --tokenizer "$work/tokenizer"
-python3 scripts/torch_loss_check.py "$work/export" || status=1
+python3 scripts/hf_load_check.py "$work/export" --scalemoe "$build/scalemoe" || status=1
 python3 scripts/export_check.py "$work/export" | cut -c1-120 || status=1
 # The same on 2 ranks, TP2 + SP + ETP2: the sharded checkpoint exports to the
 # same kind of plain model.
@@ -54,5 +59,5 @@ mpirun -np 2 --oversubscribe "$build/scalemoe" train "${tiny[@]}" --run-dir "$wo
   --set parallel.tp=2 --set parallel.sequence_parallel=true --set parallel.etp=2 | tail -1
 "$build/scalemoe" export --checkpoint "$work/run_tp/checkpoints/step_20" --out "$work/export_tp" \
   --tokenizer "$work/tokenizer"
-python3 scripts/torch_loss_check.py "$work/export_tp" || status=1
+python3 scripts/hf_load_check.py "$work/export_tp" || status=1
 exit $status

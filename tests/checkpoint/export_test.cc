@@ -1,23 +1,30 @@
-// Export: a tiny MoE with the unified scale-vector strategy (perturbed γ, u,
-// DNP scales) is saved, exported, and checked: folded weights equal
-// diag(u) W diag(γ), the export passes scripts/export_check.py, and the
-// plain model's numpy loss matches MoeTransformer::Forward.
+// Export: tiny models of every kind (scale vectors and expert biases moved
+// away from their init) are saved, exported and checked: the architecture
+// chosen, folded weights equal diag(u) W diag(γ), tied heads stay tied, and
+// scripts/export_check.py (each architecture's forward as transformers
+// defines it, in numpy, with the exact key set it loads) matches
+// MoeTransformer's loss. Refused models write nothing. A TP-sharded
+// checkpoint exports like one rank's.
 #include "checkpoint/export.h"
 
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
 #include <memory>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
 #include "checkpoint/training_tensors.h"
+#include "core/philox.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "nlohmann/json.hpp"
 #include "parallel/fake_communicator.h"
-#include "tests/testing/python.h"
 #include "tests/checkpoint/temp_dir.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/python.h"
 #include "tests/testing/status_util.h"
 
 using scalemoe::testing::Must;
@@ -25,83 +32,236 @@ using scalemoe::testing::Must;
 namespace scalemoe::checkpoint {
 namespace {
 
-config::RunConfig ExportConfig() {
+using Sv = config::ScaleVectorConfig;
+using Edit = std::function<void(config::RunConfig&)>;
+
+config::RunConfig Config(const Edit& edit) {
   config::RunConfig cfg = ::scalemoe::testing::TinyConfig(4);
-  config::ScaleVectorConfig& sv = *cfg.mutable_scale_vectors();
-  sv.set_mode(config::ScaleVectorConfig::PER_BRANCH);
-  sv.set_placement(config::ScaleVectorConfig::DUAL_NORMALIZED);
-  sv.set_reparam(config::ScaleVectorConfig::MAGNITUDE_DIRECTION);
   cfg.mutable_moe()->set_aux_loss_coeff(0);
   cfg.mutable_moe()->set_z_loss_coeff(0);
+  edit(cfg);
   return cfg;
 }
 
-TEST(ExportTest, FoldsScaleVectorsAndMatchesTheModelLoss) {
-  testing::TempDir dir;
-  const config::RunConfig cfg = ExportConfig();
-  ParamRegistry registry;
-  MoeTransformer model(registry, cfg);
-  ASSERT_TRUE(registry.Materialize(7, DType::kF32, Device::kCPU).ok());
-  ASSERT_GT(::scalemoe::testing::PerturbScaleVectors(registry, 3), 0);
+void Dnp(config::RunConfig& c) {
+  c.mutable_scale_vectors()->set_mode(Sv::PER_BRANCH);
+  c.mutable_scale_vectors()->set_placement(Sv::DUAL_NORMALIZED);
+  c.mutable_scale_vectors()->set_reparam(Sv::MAGNITUDE_DIRECTION);
+}
+void Untied(config::RunConfig& c) { c.mutable_model()->set_tied_embeddings(false); }
 
+// A model of `cfg` with every scale vector and expert bias away from init,
+// saved as step 1 under `root`.
+struct SavedModel {
+  std::unique_ptr<ParamRegistry> registry;
+  std::unique_ptr<MoeTransformer> model;
+  std::map<std::string, Tensor> values;
+};
+
+SavedModel Save(const config::RunConfig& cfg, const std::string& root) {
+  SavedModel s;
+  s.registry = std::make_unique<ParamRegistry>();
+  s.model = std::make_unique<MoeTransformer>(*s.registry, cfg);
+  EXPECT_TRUE(s.registry->Materialize(7, DType::kF32, Device::kCPU).ok());
+  ::scalemoe::testing::PerturbScaleVectors(*s.registry, 3);
   SaveRequest req;
-  req.root = dir.path();
+  req.root = root;
   req.step = 1;
   google::protobuf::TextFormat::PrintToString(cfg, &req.config_text);
-  std::map<std::string, Tensor> values;
-  for (const auto& p : registry.params()) {
-    req.tensors.push_back({p->spec.name, p->value, {}, {}, TensorRole::kModel});
-    values[p->spec.name] = p->value;
-  }
-  ASSERT_TRUE(SaveCheckpoint(req).ok());
-  const std::string out = dir.path() + "/export";
-  Status s = ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""});
-  ASSERT_TRUE(s.ok()) << s;
-
-  // q_proj of layer 0 = W_q diag(β·α) (DNP on q: no u, the per-head norm is extra).
-  StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
-  ASSERT_TRUE(st.ok()) << st.status();
-  StatusOr<Tensor> q = st->Get("model.layers.0.self_attn.q_proj.weight");
-  ASSERT_TRUE(q.ok()) << q.status();
-  const Tensor& w = values.at("layers.0.attn.w_q");
-  const double beta = values.at("layers.0.attn.gamma_q.beta").At(0);
-  const Tensor& alpha = values.at("layers.0.attn.gamma_q.alpha");
-  const int64_t cols = w.shape()[1];
-  for (int64_t i = 0; i < w.numel(); ++i) {
-    ASSERT_NEAR(q->At(i), w.At(i) * beta * alpha.At(i % cols), 1e-6) << i;
-  }
-  EXPECT_NE(st->Find("model.layers.0.self_attn.q_norm.weight"), nullptr);
-  EXPECT_NE(st->Find("lm_head.weight"), nullptr);
-
-  // The numpy forward of the plain model.
-  const std::string python = scalemoe::testing::PythonWithNumpy();
-  if (python.empty()) {
-    GTEST_SKIP() << "no python3 with numpy (apt-get install python3-numpy): numpy check skipped";
-  }
-  const std::string cmd = python + " " SCALEMOE_SOURCE_DIR "/scripts/export_check.py " + out;
-  FILE* pipe = ::popen(cmd.c_str(), "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string text;
-  char buf[4096];
-  while (size_t n = std::fread(buf, 1, sizeof(buf), pipe)) text.append(buf, n);
-  ASSERT_EQ(::pclose(pipe), 0) << text;
-  nlohmann::json j = nlohmann::json::parse(text);
-  ASSERT_TRUE(j["ok"].get<bool>());
-  const auto tokens = j["tokens"].get<std::vector<std::vector<int>>>();
-  const int64_t b = static_cast<int64_t>(tokens.size());
-  const int64_t t = static_cast<int64_t>(tokens[0].size()) - 1;
-  std::vector<double> in, tgt;
-  for (const auto& row : tokens) {
-    for (int64_t i = 0; i < t; ++i) {
-      in.push_back(row[i]);
-      tgt.push_back(row[i + 1]);
+  for (const auto& p : s.registry->params()) {
+    if (p->spec.role == ParamRole::kExpertBias) {  // large enough to change the selection
+      for (int64_t i = 0; i < p->value.numel(); ++i) {
+        p->value.View({p->value.numel()}).Narrow(0, i, 1).Fill(0.5 * PhiloxNormal(5, 0, i));
+      }
     }
+    req.tensors.push_back({p->spec.name, p->value, {}, {}, TensorRole::kModel});
+    s.values[p->spec.name] = p->value;
+  }
+  EXPECT_TRUE(SaveCheckpoint(req).ok());
+  return s;
+}
+
+// scalemoe_reference.json as `scalemoe export` writes it: the model's own
+// cross-entropy on 2 Philox-drawn sequences of seq_length + 1 tokens.
+void WriteReference(MoeTransformer& model, const config::RunConfig& cfg, const std::string& out) {
+  const int64_t b = 2, t = cfg.model().seq_length();
+  std::vector<double> in, tgt;
+  nlohmann::json tokens = nlohmann::json::array();
+  for (int64_t s = 0; s < b; ++s) {
+    std::vector<int> seq;
+    for (int64_t i = 0; i <= t; ++i) seq.push_back(static_cast<int>(PhiloxUniform(99, s, i) * cfg.model().vocab_size()));
+    for (int64_t i = 0; i < t; ++i) {
+      in.push_back(seq[i]);
+      tgt.push_back(seq[i + 1]);
+    }
+    tokens.push_back(seq);
   }
   const ExecContext ctx = ExecContext::Cpu();
   Must(model.PrepareStep(ctx));
-  LossBreakdown loss = Must(model.Forward(ctx, Tensor::FromVector({b, t}, in, DType::kI32),
-                                          Tensor::FromVector({b, t}, tgt, DType::kI32)));
-  EXPECT_NEAR(j["loss"].get<double>(), loss.cross_entropy, 1e-4) << text;
+  const LossBreakdown loss = Must(model.Forward(ctx, Tensor::FromVector({b, t}, in, DType::kI32),
+                                                Tensor::FromVector({b, t}, tgt, DType::kI32)));
+  std::ofstream(out + "/scalemoe_reference.json")
+      << nlohmann::json{{"tokens", tokens}, {"cross_entropy", loss.cross_entropy}}.dump();
+}
+
+// Runs scripts/export_check.py on `out`: "" on success, else its output.
+std::string NumpyCheck(const std::string& python, const std::string& out) {
+  const std::string cmd = python + " " SCALEMOE_SOURCE_DIR "/scripts/export_check.py " + out + " 2>&1";
+  FILE* pipe = ::popen(cmd.c_str(), "r");
+  if (pipe == nullptr) return "cannot run " + cmd;
+  std::string text;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof(buf), pipe)) text.append(buf, n);
+  return ::pclose(pipe) == 0 ? "" : text;
+}
+
+struct Case {
+  const char* name;
+  const char* architecture;
+  Edit edit;
+};
+
+class ExportCaseTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(ExportCaseTest, LoadsAsItsArchitectureAndMatchesTheModelLoss) {
+  testing::TempDir dir;
+  const config::RunConfig cfg = Config(GetParam().edit);
+  SavedModel saved = Save(cfg, dir.path());
+  const std::string out = dir.path() + "/export";
+  StatusOr<ExportResult> result = ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->architecture, GetParam().architecture);
+  EXPECT_EQ(result->tied_embeddings, cfg.model().tied_embeddings());
+
+  StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->Find("lm_head.weight") == nullptr, cfg.model().tied_embeddings());
+  std::ifstream config_file(out + "/config.json");
+  const nlohmann::json hf = nlohmann::json::parse(config_file);
+  EXPECT_EQ(hf["architectures"][0], GetParam().architecture);
+  EXPECT_EQ(hf["tie_word_embeddings"], cfg.model().tied_embeddings());
+
+  const std::string python = scalemoe::testing::PythonWithNumpy();
+  if (python.empty()) GTEST_SKIP() << "no python3 with numpy (apt-get install python3-numpy): numpy check skipped";
+  WriteReference(*saved.model, cfg, out);
+  EXPECT_EQ(NumpyCheck(python, out), "");
+}
+
+const Case kCases[] = {
+    {"mixtral_shared_gamma", "MixtralForCausalLM", [](config::RunConfig&) {}},
+    {"mixtral_dual_untied", "MixtralForCausalLM",
+     [](config::RunConfig& c) {
+       Untied(c);
+       c.mutable_scale_vectors()->set_mode(Sv::PER_BRANCH);
+       c.mutable_scale_vectors()->set_placement(Sv::DUAL);
+       c.mutable_scale_vectors()->set_reparam(Sv::MAGNITUDE_DIRECTION_NORMALIZED);
+     }},
+    {"qwen3_moe_dnp_untied", "Qwen3MoeForCausalLM",
+     [](config::RunConfig& c) {
+       Dnp(c), Untied(c);
+       c.mutable_moe()->set_normalize_topk(false);
+     }},
+    {"qwen3_moe_dense_layers", "Qwen3MoeForCausalLM",
+     [](config::RunConfig& c) {
+       c.mutable_scale_vectors()->set_mode(Sv::NONE);  // the q/k norms without scales
+       c.mutable_model()->set_qk_norm(true);
+       c.mutable_model()->set_num_layers(4);
+       c.mutable_moe()->set_first_dense_layers(1);
+       c.mutable_moe()->set_moe_layer_frequency(2);
+     }},
+    {"glm4_moe_finegrained", "Glm4MoeForCausalLM",
+     [](config::RunConfig& c) {
+       Dnp(c);
+       config::MoEConfig& m = *c.mutable_moe();
+       m.set_score_function(config::MoEConfig::SIGMOID);
+       m.set_expert_bias(true);
+       m.set_num_shared_experts(1);
+       m.set_shared_expert_ffn_hidden_size(12);
+       m.set_first_dense_layers(1);
+     }},
+    {"glm4_moe_two_shared_untied", "Glm4MoeForCausalLM",
+     [](config::RunConfig& c) {
+       Untied(c);
+       c.mutable_scale_vectors()->set_mode(Sv::PER_BRANCH);
+       config::MoEConfig& m = *c.mutable_moe();
+       m.set_score_function(config::MoEConfig::SIGMOID);
+       m.set_normalize_topk(false);
+       m.set_num_shared_experts(2);
+     }},
+    {"llama_untied", "LlamaForCausalLM",
+     [](config::RunConfig& c) {
+       Untied(c);
+       c.mutable_moe()->set_num_experts(0);
+       c.mutable_scale_vectors()->set_mode(Sv::PER_BRANCH);
+     }},
+    {"qwen3_dnp", "Qwen3ForCausalLM",
+     [](config::RunConfig& c) {
+       Dnp(c);
+       c.mutable_moe()->set_num_experts(0);
+     }},
+};
+
+INSTANTIATE_TEST_SUITE_P(Kinds, ExportCaseTest, ::testing::ValuesIn(kCases),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(ExportTest, FoldsInputScalesIntoColumnsAndKeepsTheFinalNormAsANormWeight) {
+  testing::TempDir dir;
+  const config::RunConfig cfg = Config(Dnp);
+  SavedModel saved = Save(cfg, dir.path());
+  const std::string out = dir.path() + "/export";
+  ASSERT_TRUE(ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""}).ok());
+  StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  // q_proj of layer 0 = W_q diag(β·α) (DNP on q: no u; its head norm is q_norm).
+  const Tensor q = *st->Get("model.layers.0.self_attn.q_proj.weight");
+  const Tensor& w = saved.values.at("layers.0.attn.w_q");
+  const double beta = saved.values.at("layers.0.attn.gamma_q.beta").At(0);
+  const Tensor& alpha = saved.values.at("layers.0.attn.gamma_q.alpha");
+  const int64_t cols = w.shape()[1];
+  for (int64_t i = 0; i < w.numel(); ++i) {
+    ASSERT_NEAR(q.At(i), w.At(i) * beta * alpha.At(i % cols), 1e-6) << i;
+  }
+  const Tensor q_norm = *st->Get("model.layers.0.self_attn.q_norm.weight");
+  const double q_norm_beta = saved.values.at("layers.0.attn.dnp_q.scale.beta").At(0);
+  for (int64_t i = 0; i < q_norm.numel(); ++i) {
+    EXPECT_NEAR(q_norm.At(i), q_norm_beta * saved.values.at("layers.0.attn.dnp_q.scale.alpha").At(i), 1e-6);
+  }
+  // Tied: the head is the embedding, the final γ its norm's weight.
+  EXPECT_EQ(st->Find("lm_head.weight"), nullptr);
+  EXPECT_EQ(st->Get("model.embed_tokens.weight")->ToVector(), saved.values.at("embedding.weight").ToVector());
+  const Tensor final_norm = *st->Get("model.norm.weight");
+  const double final_beta = saved.values.at("final_norm.scale.beta").At(0);
+  for (int64_t i = 0; i < final_norm.numel(); ++i) {
+    EXPECT_NEAR(final_norm.At(i), final_beta * saved.values.at("final_norm.scale.alpha").At(i), 1e-6);
+  }
+}
+
+TEST(ExportTest, RefusedModelWritesNothing) {
+  testing::TempDir dir;
+  Save(Config([](config::RunConfig& c) { c.mutable_model()->set_sandwich_norm(true); }), dir.path());
+  const std::string out = dir.path() + "/export";
+  StatusOr<ExportResult> result = ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""});
+  ASSERT_FALSE(result.ok());
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(result.status().message().find("model.sandwich_norm"), std::string::npos) << result.status();
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST(ExportTest, Bf16ExportKeepsTheExpertBiasInF32) {
+  testing::TempDir dir;
+  Save(Config([](config::RunConfig& c) {
+         config::MoEConfig& m = *c.mutable_moe();
+         m.set_score_function(config::MoEConfig::SIGMOID);
+         m.set_expert_bias(true);
+         m.set_num_shared_experts(1);
+       }),
+       dir.path());
+  const std::string out = dir.path() + "/export";
+  ASSERT_TRUE(ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kBF16, ""}).ok());
+  StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->Find("model.layers.0.mlp.gate.e_score_correction_bias")->dtype, DType::kF32);
+  EXPECT_EQ(st->Find("model.layers.0.mlp.gate.weight")->dtype, DType::kBF16);
 }
 
 // A checkpoint written by two TP ranks (split tensors as slices, replicated
@@ -109,7 +269,7 @@ TEST(ExportTest, FoldsScaleVectorsAndMatchesTheModelLoss) {
 // checkpoint of the same model: init is layout-independent.
 TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
   testing::TempDir one, two;
-  config::RunConfig cfg = ExportConfig();
+  config::RunConfig cfg = Config(Dnp);
   cfg.mutable_model()->set_num_kv_heads(cfg.model().num_heads());  // splits over tp=2
   std::string config_text;
   google::protobuf::TextFormat::PrintToString(cfg, &config_text);
@@ -145,9 +305,9 @@ TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
   StatusOr<std::string> described = DescribeCheckpoint(two.path() + "/checkpoints/step_1");
   ASSERT_TRUE(described.ok()) << described.status();
   for (const testing::TempDir* d : {&one, &two}) {
-    const Status s =
+    const StatusOr<ExportResult> r =
         ExportCheckpoint({d->path() + "/checkpoints/step_1", d->path() + "/export", DType::kF32, ""});
-    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_TRUE(r.ok()) << r.status();
   }
   StatusOr<SafetensorsFile> a = SafetensorsFile::Read(one.path() + "/export/model.safetensors");
   StatusOr<SafetensorsFile> b = SafetensorsFile::Read(two.path() + "/export/model.safetensors");
