@@ -56,7 +56,8 @@ cluster_up() {
   local bridges=(l) i n ns
   [[ $data == data ]] && bridges+=(d)
   for b in "${bridges[@]}"; do
-    ip link add "sm${CLUSTER_ID}$b" type bridge || { cluster_skip "cannot create a bridge"; return; }
+    ip link add "sm${CLUSTER_ID}$b" type bridge 2>"$dir/ip.err" ||
+      { cluster_skip "cannot create a bridge ($(head -c 200 "$dir/ip.err"))"; return; }
     ip link set "sm${CLUSTER_ID}$b" up
   done
   : >"$dir/hostfile"
@@ -66,14 +67,16 @@ cluster_up() {
   for ((i = 1; i <= nodes; ++i)); do
     n=node$i ns=$(cluster_ns $n)
     # Called as `cluster_up ... || exit`, so set -e is off in here: check.
-    ip netns add "$ns" && ip -n "$ns" link set lo up || { echo "cluster: cannot create $ns"; return 1; }
+    ip netns add "$ns" 2>"$dir/ip.err" && ip -n "$ns" link set lo up 2>>"$dir/ip.err" ||
+      { cluster_skip "cannot create namespace $ns ($(head -c 200 "$dir/ip.err"))"; return; }
     local k=0
     for b in "${bridges[@]}"; do
       # Host side sm<id>n<i><b> on the bridge; node side eth<k>.
       { ip link add "${ns}$b" type veth peer name "eth$k" netns "$ns" &&
         ip link set "${ns}$b" master "sm${CLUSTER_ID}$b" && ip link set "${ns}$b" up &&
-        ip -n "$ns" addr add "10.213.$k.1$i/24" dev "eth$k" && ip -n "$ns" link set "eth$k" up; } ||
-        { echo "cluster: cannot connect $ns to bridge sm${CLUSTER_ID}$b"; return 1; }
+        ip -n "$ns" addr add "10.213.$k.1$i/24" dev "eth$k" && ip -n "$ns" link set "eth$k" up; } \
+        2>"$dir/ip.err" ||
+        { cluster_skip "cannot link $ns to bridge sm${CLUSTER_ID}$b with a veth pair ($(head -c 200 "$dir/ip.err"))"; return; }
       k=$((k + 1))
     done
     mkdir -p "/etc/netns/$ns"
