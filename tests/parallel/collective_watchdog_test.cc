@@ -64,14 +64,15 @@ TEST(CollectiveWatchdogTest, CallPastTheTimeoutFiresOnceNamingRankNodeCallAndGro
 
 TEST(CollectiveWatchdogTest, CallsThatReturnInTimeNeverFire) {
   Recorder recorder;
-  CollectiveWatchdog watchdog(Options(&recorder, milliseconds(200)));
+  // Generous against a loaded machine: each call takes 20 ms of 1 s.
+  CollectiveWatchdog watchdog(Options(&recorder, milliseconds(1000)));
   const std::string group = "world[0,1]";
-  for (int i = 0; i < 20; ++i) {
+  for (int i = 0; i < 10; ++i) {
     CollectiveWatchdog::Scope scope = CollectiveWatchdog::Watch(&watchdog, "Send", group, 0);
     std::this_thread::sleep_for(milliseconds(20));
   }
   // Idle time between calls does not count.
-  std::this_thread::sleep_for(milliseconds(400));
+  std::this_thread::sleep_for(milliseconds(1500));
   EXPECT_TRUE(recorder.Get().empty());
   EXPECT_FALSE(watchdog.fired());
 }
