@@ -1,7 +1,6 @@
 // `scalemoe train`: loads and validates a config, then runs the training
 // loop (launch/trainer.h) into a run directory.
-#include <mpi.h>
-
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -15,7 +14,9 @@
 #include "launch/config.h"
 #include "launch/flags.h"
 #include "launch/trainer.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/broadcast_string.h"
+#include "parallel/collective_watchdog.h"
+#include "parallel/mpi_runtime.h"
 
 namespace scalemoe {
 namespace {
@@ -51,13 +52,17 @@ bool LaunchedByMpi() {
          std::getenv("PMIX_RANK") != nullptr;
 }
 
-// Every rank takes rank 0's string (the run dir must agree across ranks).
-std::string BroadcastString(std::string value) {
-  int size = static_cast<int>(value.size());
-  MPI_Bcast(&size, 1, MPI_INT, 0, MPI_COMM_WORLD);
-  value.resize(size);
-  MPI_Bcast(value.data(), size, MPI_CHAR, 0, MPI_COMM_WORLD);
-  return value;
+// The watchdog's handler: say why, then end this rank at once (no MPI call:
+// it runs on the watchdog thread while the main thread is blocked in MPI).
+// The launcher sees a rank exit with code 1 and stops the job (mpirun does
+// by default; srun with --kill-on-bad-exit, as scripts/slurm_train.sbatch).
+void EndRankOnTimeout(const std::string& message) {
+  SM_LOG(kError, "scalemoe train: ", message,
+         ". Checkpoints are atomic, so the newest complete one is intact: fix the node or its "
+         "network and rerun with --resume");
+  std::fflush(stdout);
+  std::fflush(stderr);
+  std::_Exit(1);
 }
 
 int RunTrain(const std::vector<std::string>& args) {
@@ -100,14 +105,28 @@ int RunTrain(const std::vector<std::string>& args) {
   options.resume = flags->Has("resume");
   options.quiet = flags->Has("quiet") || rank != 0;
   options.exit_after_steps = *exit_after;
+  // Destroyed in reverse: the groups, then the watchdog, then MPI.
+  std::unique_ptr<CollectiveWatchdog> watchdog;
   std::optional<ProcessGroups> groups;
   if (runtime) {
-    options.run_dir = BroadcastString(options.run_dir);
+    if (const uint32_t timeout = cfg->parallel().collective_timeout_s(); timeout > 0) {
+      watchdog = std::make_unique<CollectiveWatchdog>(CollectiveWatchdogOptions{
+          .timeout = std::chrono::seconds(timeout),
+          .world_rank = rank,
+          .host = runtime->host(),
+          .timeout_setting = "parallel.collective_timeout_s",
+          .on_timeout = EndRankOnTimeout});
+    }
     StatusOr<ProcessGroups> created = CreateMpiProcessGroups(
-        GridSizes{layout->tp, layout->dp, layout->pp, layout->etp, layout->ep, layout->edp});
+        GridSizes{layout->tp, layout->dp, layout->pp, layout->etp, layout->ep, layout->edp},
+        {.watchdog = watchdog.get()});
     if (!created.ok()) return Fail(1, std::string(created.status().message()));
     groups.emplace(*std::move(created));
     options.groups = &*groups;
+    // The run dir must agree across ranks (a default one has a time stamp).
+    StatusOr<std::string> run_dir = BroadcastString(*groups->world, options.run_dir);
+    if (!run_dir.ok()) return Fail(1, std::string(run_dir.status().message()));
+    options.run_dir = *run_dir;
   }
   if (rank == 0) {
     const bool sp = cfg->parallel().sequence_parallel() && layout->tp > 1;
@@ -123,10 +142,14 @@ int RunTrain(const std::vector<std::string>& args) {
   }
   StatusOr<TrainResult> result = Train(options);
   if (!result.ok()) {
-    SM_LOG(kError, "scalemoe train: ", result.status().message());
+    if (!runtime || world == 1) {
+      SM_LOG(kError, "scalemoe train: ", result.status().message());
+      return 1;
+    }
     // One failed rank must not leave the others waiting in a collective.
-    if (world > 1) MPI_Abort(MPI_COMM_WORLD, 1);
-    return 1;
+    SM_LOG(kError, "scalemoe train: rank ", rank, " on node ", runtime->host(), " failed: ",
+           result.status().message(), "; ending the job");
+    runtime->Abort(1);
   }
   if (rank != 0) return 0;
   std::printf("done: %lld steps | train loss %.4f | val loss %.4f | unigram baseline %.4f\n",

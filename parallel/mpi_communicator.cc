@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <climits>
-#include <cstdio>
 
 #include "absl/strings/str_cat.h"
 #include "parallel/group_name.h"
@@ -32,25 +31,23 @@ MPI_Op MpiOp(ReduceOp op) {
   return MPI_OP_NULL;
 }
 
-std::string MpiErrorString(int code) {
-  char text[MPI_MAX_ERROR_STRING];
-  int length = 0;
-  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return absl::StrCat("code ", code);
-  return std::string(text, length);
-}
-
 // An in-flight nonblocking collective; holds the tensors so their storage
 // outlives the request.
 class MpiWork : public Work {
  public:
-  MpiWork(MPI_Request request, std::vector<Tensor> buffers, std::string what)
-      : request_(request), buffers_(std::move(buffers)), what_(std::move(what)) {}
+  MpiWork(MPI_Request request, std::vector<Tensor> buffers, std::string what,
+          const char* op, const std::string& group, int group_rank,
+          CollectiveWatchdog* watchdog)
+      : request_(request), buffers_(std::move(buffers)), what_(std::move(what)), op_(op),
+        group_(group), group_rank_(group_rank), watchdog_(watchdog) {}
   ~MpiWork() override {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (request_ != MPI_REQUEST_NULL && !finalized) MPI_Wait(&request_, MPI_STATUS_IGNORE);
   }
   Status Wait() override {
+    CollectiveWatchdog::Scope watch =
+        CollectiveWatchdog::Watch(watchdog_, op_, group_, group_rank_);
     const int code = MPI_Wait(&request_, MPI_STATUS_IGNORE);
     if (code == MPI_SUCCESS) return absl::OkStatus();
     return absl::InternalError(absl::StrCat(what_, ": ", MpiErrorString(code)));
@@ -60,42 +57,27 @@ class MpiWork : public Work {
   MPI_Request request_;
   std::vector<Tensor> buffers_;
   std::string what_;
+  // For the watchdog: the call, its group's name (a copy: the Work may
+  // outlive its communicator's name only in a broken program, but a copy
+  // costs nothing next to the collective) and this rank in it.
+  const char* op_;
+  std::string group_;
+  int group_rank_;
+  CollectiveWatchdog* watchdog_;
 };
 
 }  // namespace
 
-MpiRuntime::MpiRuntime(int* argc, char*** argv) {
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (!initialized) {
-    int provided = 0;
-    const int code = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
-    if (code != MPI_SUCCESS) {
-      status_ = absl::UnavailableError(absl::StrCat(
-          "MPI_Init_thread failed (", MpiErrorString(code),
-          "): check the MPI installation, run under mpirun/srun, and as root set "
-          "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"));
-      std::fprintf(stderr, "scalemoe: %s\n", status_.ToString().c_str());
-      return;
-    }
-    initialized_here_ = true;
-    if (provided < MPI_THREAD_FUNNELED) {
-      std::fprintf(stderr, "scalemoe: MPI provides thread level %d < FUNNELED; "
-                           "only the main thread communicates, so this is fine\n", provided);
-    }
-  }
-  MPI_Comm_rank(MPI_COMM_WORLD, &world_rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_size_);
-}
-
-MpiRuntime::~MpiRuntime() {
-  int finalized = 0;
-  MPI_Finalized(&finalized);
-  if (initialized_here_ && !finalized) MPI_Finalize();
+std::string MpiErrorString(int code) {
+  char text[MPI_MAX_ERROR_STRING];
+  int length = 0;
+  if (MPI_Error_string(code, text, &length) != MPI_SUCCESS) return absl::StrCat("code ", code);
+  return std::string(text, length);
 }
 
 StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Adopt(MPI_Comm comm,
-                                                                  std::string name) {
+                                                                  std::string name,
+                                                                  CollectiveWatchdog* watchdog) {
   int rank = 0, size = 0;
   if (int code = MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN); code != MPI_SUCCESS) {
     return absl::InternalError(absl::StrCat("MPI_Comm_set_errhandler on ", name, ": ",
@@ -103,7 +85,7 @@ StatusOr<std::unique_ptr<MpiCommunicator>> MpiCommunicator::Adopt(MPI_Comm comm,
   }
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
-  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(comm, std::move(name), rank, size));
+  return std::unique_ptr<MpiCommunicator>(new MpiCommunicator(comm, std::move(name), rank, size, watchdog));
 }
 
 MpiCommunicator::~MpiCommunicator() {
@@ -152,6 +134,7 @@ Status MpiCommunicator::CheckChunks(const char* op, const Tensor& chunk,
 
 Status MpiCommunicator::AllReduce(const Tensor& tensor, const AllReduceOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("AllReduce", tensor, true));
+  CollectiveWatchdog::Scope watch = Watch("AllReduce");
   return Check(MPI_Allreduce(MPI_IN_PLACE, tensor.raw_data(), static_cast<int>(tensor.numel()),
                              MpiType(tensor.dtype()), MpiOp(options.op), comm_),
                "AllReduce");
@@ -166,7 +149,8 @@ StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduceAsync(const Tensor& te
                      MpiType(tensor.dtype()), MpiOp(options.op), comm_, &request),
       "AllReduceAsync"));
   return std::unique_ptr<Work>(new MpiWork(
-      request, {tensor}, absl::StrCat("AllReduceAsync on ", name_, " (group rank ", rank_, ")")));
+      request, {tensor}, absl::StrCat("AllReduceAsync on ", name_, " (group rank ", rank_, ")"),
+      "AllReduceAsync (Wait)", name_, rank_, watchdog_));
 }
 
 Status MpiCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
@@ -174,6 +158,7 @@ Status MpiCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", input, true));
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", output, true));
   SM_RETURN_IF_ERROR(CheckChunks("ReduceScatter", output, input));
+  CollectiveWatchdog::Scope watch = Watch("ReduceScatter");
   return Check(MPI_Reduce_scatter_block(input.raw_data(), output.raw_data(),
                                         static_cast<int>(output.numel()), MpiType(input.dtype()),
                                         MpiOp(options.op), comm_),
@@ -193,7 +178,8 @@ StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatterAsync(
                            "ReduceScatterAsync"));
   return std::unique_ptr<Work>(
       new MpiWork(request, {input, output},
-                  absl::StrCat("ReduceScatterAsync on ", name_, " (group rank ", rank_, ")")));
+                  absl::StrCat("ReduceScatterAsync on ", name_, " (group rank ", rank_, ")"),
+                  "ReduceScatterAsync (Wait)", name_, rank_, watchdog_));
 }
 
 Status MpiCommunicator::AllGather(const Tensor& input, const Tensor& output,
@@ -202,6 +188,7 @@ Status MpiCommunicator::AllGather(const Tensor& input, const Tensor& output,
   SM_RETURN_IF_ERROR(CheckTensor("AllGather", output, false));
   SM_RETURN_IF_ERROR(CheckChunks("AllGather", input, output));
   const int n = static_cast<int>(input.numel());
+  CollectiveWatchdog::Scope watch = Watch("AllGather");
   return Check(MPI_Allgather(input.raw_data(), n, MpiType(input.dtype()), output.raw_data(), n,
                              MpiType(output.dtype()), comm_),
                "AllGather");
@@ -240,6 +227,7 @@ Status MpiCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_t
   SM_RETURN_IF_ERROR(to_int("send_counts", send_counts, input, &sc, &sd));
   SM_RETURN_IF_ERROR(to_int("recv_counts", recv_counts, output, &rc, &rd));
   const MPI_Datatype type = MpiType(input.dtype());
+  CollectiveWatchdog::Scope watch = Watch("AllToAllV");
   return Check(MPI_Alltoallv(input.raw_data(), sc.data(), sd.data(), type, output.raw_data(),
                              rc.data(), rd.data(), type, comm_),
                "AllToAllV");
@@ -252,6 +240,7 @@ Status MpiCommunicator::Broadcast(const Tensor& tensor, const BroadcastOptions& 
                                                    options.root, " is not a rank of this group of ",
                                                    size_));
   }
+  CollectiveWatchdog::Scope watch = Watch("Broadcast");
   return Check(MPI_Bcast(tensor.raw_data(), static_cast<int>(tensor.numel()),
                          MpiType(tensor.dtype()), options.root, comm_),
                "Broadcast");
@@ -263,6 +252,7 @@ Status MpiCommunicator::Send(const Tensor& tensor, int peer, const SendRecvOptio
     return absl::InvalidArgumentError(absl::StrCat(
         "Send on ", name_, ": peer ", peer, " must be another rank of this group of ", size_));
   }
+  CollectiveWatchdog::Scope watch = Watch("Send");
   return Check(MPI_Send(tensor.raw_data(), static_cast<int>(tensor.numel()),
                         MpiType(tensor.dtype()), peer, options.tag, comm_),
                "Send");
@@ -274,55 +264,15 @@ Status MpiCommunicator::Recv(const Tensor& tensor, int peer, const SendRecvOptio
     return absl::InvalidArgumentError(absl::StrCat(
         "Recv on ", name_, ": peer ", peer, " must be another rank of this group of ", size_));
   }
+  CollectiveWatchdog::Scope watch = Watch("Recv");
   return Check(MPI_Recv(tensor.raw_data(), static_cast<int>(tensor.numel()),
                         MpiType(tensor.dtype()), peer, options.tag, comm_, MPI_STATUS_IGNORE),
                "Recv");
 }
 
-Status MpiCommunicator::Barrier() { return Check(MPI_Barrier(comm_), "Barrier"); }
-
-StatusOr<ProcessGroups> CreateMpiProcessGroups(const GridSizes& sizes) {
-  int initialized = 0;
-  MPI_Initialized(&initialized);
-  if (!initialized) {
-    return absl::FailedPreconditionError(
-        "CreateMpiProcessGroups: MPI is not initialised: create an MpiRuntime first");
-  }
-  int world = 1, me = 0;
-  MPI_Comm_size(MPI_COMM_WORLD, &world);
-  MPI_Comm_rank(MPI_COMM_WORLD, &me);
-  SM_ASSIGN_OR_RETURN(RankGrid grid, RankGrid::Create(world, sizes));
-  ProcessGroups groups;
-  groups.grid = grid;
-  groups.coords = grid.Coords(me);
-  for (Axis axis : kAllAxes) {
-    const std::vector<std::vector<int>> all = grid.Groups(axis);
-    const std::vector<int> mine = grid.GroupOf(axis, me);
-    int color = 0;
-    while (all[color] != mine) ++color;
-    const int key = static_cast<int>(std::find(mine.begin(), mine.end(), me) - mine.begin());
-    MPI_Comm comm = MPI_COMM_NULL;
-    const int code = MPI_Comm_split(MPI_COMM_WORLD, color, key, &comm);
-    const std::string name = GroupName(axis, mine);
-    if (code != MPI_SUCCESS) {
-      return absl::InternalError(absl::StrCat("MPI_Comm_split for ", name, " (global rank ", me,
-                                              "): ", MpiErrorString(code)));
-    }
-    SM_ASSIGN_OR_RETURN(std::unique_ptr<MpiCommunicator> communicator,
-                        MpiCommunicator::Adopt(comm, name));
-    std::unique_ptr<Communicator>* slot = nullptr;
-    switch (axis) {
-      case Axis::kWorld: slot = &groups.world; break;
-      case Axis::kTp: slot = &groups.tp; break;
-      case Axis::kDp: slot = &groups.dp; break;
-      case Axis::kPp: slot = &groups.pp; break;
-      case Axis::kEtp: slot = &groups.etp; break;
-      case Axis::kEp: slot = &groups.ep; break;
-      case Axis::kEdp: slot = &groups.edp; break;
-    }
-    *slot = std::move(communicator);
-  }
-  return groups;
+Status MpiCommunicator::Barrier() {
+  CollectiveWatchdog::Scope watch = Watch("Barrier");
+  return Check(MPI_Barrier(comm_), "Barrier");
 }
 
 }  // namespace scalemoe

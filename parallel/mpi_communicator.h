@@ -1,6 +1,7 @@
-// MPI backend for CPU tensors: MpiRuntime (process-wide MPI init/finalize,
-// RAII), MpiCommunicator (a Communicator over one MPI_Comm) and
-// CreateMpiProcessGroups (every axis's communicator via MPI_Comm_split).
+// MPI backend for CPU tensors: MpiCommunicator, a Communicator over one
+// MPI_Comm. The launcher creates them through parallel/mpi_runtime.h
+// (CreateMpiProcessGroups) and never sees MPI types; this header is for the
+// backend and its tests.
 //
 // Every communicator we create has MPI_ERRORS_RETURN set, so MPI failures
 // become a Status naming the collective, the group ("dp[0,2]") and the rank.
@@ -8,6 +9,9 @@
 // MpiRuntime may call into these communicators.
 // Lifetime: destroy every MpiCommunicator (ProcessGroups) before the
 // MpiRuntime, since MPI_Finalize must come last.
+// Hangs: with a CollectiveWatchdog, every blocking call (and Work::Wait) is
+// watched: one that does not return in time ends the process through the
+// watchdog's handler (parallel/collective_watchdog.h).
 // Dtypes: f32, f64, i32, i64 everywhere; bf16 moves as raw 16-bit words
 // (AllGather, AllToAllV, Broadcast, Send/Recv) and is refused by reductions.
 // Counts above INT_MAX elements are refused (MPI's int counts).
@@ -20,39 +24,23 @@
 #include <vector>
 
 #include "core/status.h"
+#include "parallel/collective_watchdog.h"
 #include "parallel/communicator.h"
+#include "parallel/mpi_runtime.h"
 #include "parallel/process_groups.h"
 
 namespace scalemoe {
 
-// Initialises MPI (MPI_THREAD_FUNNELED) unless someone already did, and
-// finalises it on destruction if it initialised it. Without mpirun, Open MPI
-// starts as a singleton: a world of one.
-class MpiRuntime {
- public:
-  MpiRuntime(int* argc, char*** argv);
-  ~MpiRuntime();
-  MpiRuntime(const MpiRuntime&) = delete;
-  MpiRuntime& operator=(const MpiRuntime&) = delete;
-
-  // Not OK when MPI_Init_thread failed (the message says why and what to
-  // check); world_rank/world_size are then 0 and 1.
-  const Status& status() const { return status_; }
-  int world_rank() const { return world_rank_; }
-  int world_size() const { return world_size_; }
-
- private:
-  Status status_;
-  bool initialized_here_ = false;
-  int world_rank_ = 0;
-  int world_size_ = 1;
-};
+// MPI's text for an error code ("code N" when MPI has none).
+std::string MpiErrorString(int code);
 
 class MpiCommunicator : public Communicator {
  public:
   // Takes ownership of `comm` (freed on destruction while MPI is still up)
-  // and sets MPI_ERRORS_RETURN on it.
-  static StatusOr<std::unique_ptr<MpiCommunicator>> Adopt(MPI_Comm comm, std::string name);
+  // and sets MPI_ERRORS_RETURN on it. `watchdog` (may be null) watches every
+  // blocking call and must outlive the communicator.
+  static StatusOr<std::unique_ptr<MpiCommunicator>> Adopt(MPI_Comm comm, std::string name,
+                                                          CollectiveWatchdog* watchdog = nullptr);
   ~MpiCommunicator() override;
 
   int rank() const override { return rank_; }
@@ -79,8 +67,12 @@ class MpiCommunicator : public Communicator {
   Status Barrier() override;
 
  private:
-  MpiCommunicator(MPI_Comm comm, std::string name, int rank, int size)
-      : comm_(comm), name_(std::move(name)), rank_(rank), size_(size) {}
+  MpiCommunicator(MPI_Comm comm, std::string name, int rank, int size,
+                  CollectiveWatchdog* watchdog)
+      : comm_(comm), name_(std::move(name)), rank_(rank), size_(size), watchdog_(watchdog) {}
+  CollectiveWatchdog::Scope Watch(const char* op) const {
+    return CollectiveWatchdog::Watch(watchdog_, op, name_, rank_);
+  }
   // Status of an MPI return code for collective `op`.
   Status Check(int code, const char* op) const;
   Status CheckTensor(const char* op, const Tensor& t, bool reduces) const;
@@ -89,10 +81,7 @@ class MpiCommunicator : public Communicator {
   MPI_Comm comm_;
   std::string name_;
   int rank_, size_;
+  CollectiveWatchdog* watchdog_;  // not owned; may be null
 };
-
-// This rank's communicators for `sizes` over MPI_COMM_WORLD (MPI must be
-// initialised). InvalidArgument when `sizes` does not tile the world.
-StatusOr<ProcessGroups> CreateMpiProcessGroups(const GridSizes& sizes);
 
 }  // namespace scalemoe

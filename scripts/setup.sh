@@ -13,6 +13,9 @@ PACKAGES=(
   libopenblas-dev nlohmann-json3-dev libzstd-dev
   # tests and tools: node runs GPT-2's reference encoder; numpy reads exports
   python3 python3-numpy python3-matplotlib gnuplot-nox
+  # launcher tests: nodes in network namespaces (ip, ss) and a one-node Slurm
+  # cluster (tests/scripts/: the multinode and slurm labels)
+  iproute2 slurm-wlm munge
   # default corpus (scripts/corpus.sh)
   r-cran-janeaustenr bible-kjv bible-kjv-text fortunes fortunes-min jargon-text
   linux-doc-6.1
@@ -31,5 +34,13 @@ SUDO=""
 [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
+# Package scripts must not start the daemons they install (munge, slurmctld
+# and slurmd would start with the system's config, or fail the install for
+# want of one): the tests start their own. Debian's switch is policy-rc.d.
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+  $SUDO chmod +x /usr/sbin/policy-rc.d
+  trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+fi
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

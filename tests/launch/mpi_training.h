@@ -3,42 +3,48 @@
 // world's process groups, the comparison of two runs, and main().
 #pragma once
 
-#include <mpi.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "launch/config.h"
 #include "launch/trainer.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/broadcast_string.h"
+#include "parallel/mpi_runtime.h"
 #include "tests/launch/tiny_training.h"
 
 namespace scalemoe::testing {
 
-inline int WorldRank() {
-  int r = 0;
-  MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  return r;
+// The job's MPI world for the helpers below (no MPI calls outside
+// parallel/): the runtime and a world communicator, set up by MpiTestMain.
+struct MpiTestWorld {
+  MpiRuntime* runtime = nullptr;
+  std::unique_ptr<ProcessGroups> groups;
+};
+inline MpiTestWorld& TestWorld() {
+  static MpiTestWorld* world = new MpiTestWorld;
+  return *world;
 }
-inline int WorldSize() {
-  int n = 1;
-  MPI_Comm_size(MPI_COMM_WORLD, &n);
-  return n;
-}
+
+inline int WorldRank() { return TestWorld().runtime->world_rank(); }
+inline int WorldSize() { return TestWorld().runtime->world_size(); }
+inline void WorldBarrier() { SM_CHECK_OK(TestWorld().groups->world->Barrier()); }
 
 // One directory for the whole job, "<tmp>/<prefix>_<world>_<rank 0's pid>",
 // the same on every rank. The first call is a collective (rank 0 names it).
 inline std::filesystem::path MpiJobRoot(const std::string& prefix) {
   static std::filesystem::path* root = [&] {
-    long long id = ::getpid();
-    MPI_Bcast(&id, 1, MPI_LONG_LONG, 0, MPI_COMM_WORLD);
-    return new std::filesystem::path(
-        std::filesystem::temp_directory_path() /
-        (prefix + "_" + std::to_string(WorldSize()) + "_" + std::to_string(id)));
+    StatusOr<std::string> id =
+        BroadcastString(*TestWorld().groups->world, std::to_string(::getpid()));
+    SM_CHECK_OK(id.status());
+    return new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                     (prefix + "_" + std::to_string(WorldSize()) + "_" + *id));
   }();
   return *root;
 }
@@ -98,14 +104,25 @@ inline int MpiTestMain(int argc, char** argv) {
     std::fprintf(stderr, "%s\n", std::string(runtime.status().message()).c_str());
     return 1;
   }
+  StatusOr<ProcessGroups> groups = CreateMpiProcessGroups(
+      {.dp = runtime.world_size(), .edp = runtime.world_size()});
+  if (!groups.ok()) {
+    std::fprintf(stderr, "%s\n", std::string(groups.status().message()).c_str());
+    return 1;
+  }
+  TestWorld().runtime = &runtime;
+  TestWorld().groups = std::make_unique<ProcessGroups>(*std::move(groups));
   ::testing::InitGoogleTest(&argc, argv);
   if (runtime.world_rank() != 0) {
     delete ::testing::UnitTest::GetInstance()->listeners().Release(
         ::testing::UnitTest::GetInstance()->listeners().default_result_printer());
   }
-  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  MPI_Allreduce(MPI_IN_PLACE, &failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  return failed;
+  Tensor failed = Tensor::Zeros({1}, DType::kI32);
+  failed.data<int32_t>()[0] = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  SM_CHECK_OK(TestWorld().groups->world->AllReduce(failed, {.op = ReduceOp::kMax}));
+  const int code = failed.data<int32_t>()[0];
+  TestWorld().groups.reset();  // before MPI_Finalize
+  return code;
 }
 
 }  // namespace scalemoe::testing

@@ -4,8 +4,6 @@
 // saved on one layout resumes on another (resharding) and continues the
 // uninterrupted single-rank run. Registered for 2 and 4 ranks; each world
 // size runs the layouts that fit it.
-#include <mpi.h>
-
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -63,10 +61,10 @@ class TrainerMpiTest : public ::testing::Test {
       StatusOr<TrainResult> r = TrainOn(Config({}), "reference", nullptr);
       ASSERT_TRUE(r.ok()) << r.status();
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
   }
   static void TearDownTestSuite() {
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
     if (WorldRank() == 0) fs::remove_all(JobRoot());
   }
 
@@ -122,7 +120,7 @@ TEST_F(TrainerMpiTest, DataParallelZero1Muon) {
   if (WorldRank() == 0) {
     ASSERT_TRUE(TrainOn(Config(muon), "reference_muon", nullptr).ok());
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  testing::WorldBarrier();
   const config::RunConfig cfg = Config({"optimizer.type=MUON", "parallel.zero_stage=1"});
   StatusOr<ProcessGroups> groups = Groups(cfg);
   ASSERT_TRUE(groups.ok()) << groups.status();
@@ -169,7 +167,7 @@ TEST_F(TrainerMpiTest, ResumeOnAnotherLayout) {
       if (WorldRank() == 0) {
         ASSERT_TRUE(TrainOn(from, pair.name, nullptr, /*exit_after=*/10).ok()) << pair.name;
       }
-      MPI_Barrier(MPI_COMM_WORLD);
+      testing::WorldBarrier();
     } else {
       StatusOr<ProcessGroups> groups = Groups(from);
       ASSERT_TRUE(groups.ok()) << groups.status();
@@ -204,7 +202,7 @@ class TrainerPipelineTest : public TrainerMpiTest {
       ASSERT_TRUE(r.ok()) << r.status();
       want_val = r->last_val_loss;
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
     std::vector<std::string> all = common;
     all.insert(all.end(), layout.begin(), layout.end());
     const config::RunConfig cfg = Config(all);
@@ -297,7 +295,7 @@ TEST_F(TrainerPipelineTest, ResumeAcrossPipelineAndDataParallel) {
   if (WorldRank() == 0) {
     ASSERT_TRUE(TrainOn(Config(untied), "untied_reference", nullptr).ok());
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  testing::WorldBarrier();
   struct Pair {
     std::string name, from, to;  // "" = no parallel.pp override
   };

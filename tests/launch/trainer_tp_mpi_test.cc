@@ -4,8 +4,6 @@
 // single-rank run on the same global batch (and its validation loss), within
 // 1e-5 relative (fp32); a TP checkpoint resumes on another layout.
 // Registered for 2, 4 and 8 ranks; each world size runs the layouts that fit.
-#include <mpi.h>
-
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -59,10 +57,10 @@ class TrainerTpTest : public ::testing::Test {
       Status made = testing::MakeTinyDataset(JobRoot());
       ASSERT_TRUE(made.ok()) << made;
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
   }
   static void TearDownTestSuite() {
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
     if (WorldRank() == 0) fs::remove_all(JobRoot());
   }
 
@@ -85,7 +83,7 @@ class TrainerTpTest : public ::testing::Test {
       ASSERT_TRUE(r.ok()) << r.status();
       want_val = r->last_val_loss;
     }
-    MPI_Barrier(MPI_COMM_WORLD);
+    testing::WorldBarrier();
     std::vector<std::string> all = common;
     all.insert(all.end(), layout.begin(), layout.end());
     const config::RunConfig cfg = Config(all);
@@ -154,7 +152,7 @@ TEST_F(TrainerTpTest, ResumeAcrossTensorParallelSizes) {
   if (WorldRank() == 0) {
     ASSERT_TRUE(TrainOn(Config(common), "reshard_reference", nullptr).ok());
   }
-  MPI_Barrier(MPI_COMM_WORLD);
+  testing::WorldBarrier();
   std::vector<std::string> from = common, to = common;
   for (const char* f : {"parallel.tp=2", "parallel.zero_stage=1"}) from.push_back(f);
   for (const char* t : {"parallel.etp=2", "parallel.ep=2"}) to.push_back(t);
