@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine (CUDA toolkit, PyTorch, transformers; e.g. the device of
 # the tool library): builds with the CUDA backend, runs every test that needs
-# no network (the gpu-labelled ones included: they must pass, not skip; so
+# no network, no Slurm and no network namespaces (the gpu-labelled ones
+# included: they must pass, not skip; so
 # must the python-labelled export_hf_transformers_test, which loads an export
 # of every kind with transformers), then trains a tiny model on a generated
 # corpus (on one rank, and on two with tensor, sequence and expert-tensor
@@ -23,7 +24,7 @@ build=${BUILD_DIR:-build-gpu}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "warning|error" || true
 status=0
-ctest --test-dir "$build" -LE network --output-on-failure -j8 > "$build/ctest.log" 2>&1 || status=1
+ctest --test-dir "$build" -LE "network|multinode|slurm" --output-on-failure -j8 > "$build/ctest.log" 2>&1 || status=1
 grep -E "tests passed|\(Failed\)|\(Skipped\)|Not Run" "$build/ctest.log" || true
 if grep -q "export_hf_transformers_test.*Skipped" "$build/ctest.log"; then
   echo "export_hf_transformers_test skipped: no python3 with torch and transformers here" >&2
