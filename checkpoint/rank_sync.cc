@@ -16,7 +16,7 @@ Status AgreeOnStatus(Communicator* world, const Status& local, const std::string
   double* f = flags.data<double>();
   f[world->rank()] = local.ok() ? 0.0 : 1.0;
   if (world->rank() == 0 && value != nullptr) f[size] = *value;
-  Status reduced = world->AllReduce(flags, {ReduceOp::kSum});
+  Status reduced = world->AllReduceHost(flags, {ReduceOp::kSum});
   if (!reduced.ok()) {
     return absl::AbortedError(absl::StrCat("checkpoint ", phase, ": agreeing on the outcome over ",
                                            world->name(), " failed: ", reduced.message()));
@@ -40,7 +40,7 @@ StatusOr<std::vector<std::string>> AllGatherStrings(Communicator* world, const s
   const int size = world->size();
   Tensor my_len = Tensor::FromVector({1}, {static_cast<double>(mine.size())}, DType::kF64);
   Tensor lens = Tensor::Zeros({size}, DType::kF64);
-  SM_RETURN_IF_ERROR(world->AllGather(my_len, lens));
+  SM_RETURN_IF_ERROR(world->AllGatherHost(my_len, lens));
   int64_t max_len = 0;
   for (int r = 0; r < size; ++r) max_len = std::max(max_len, static_cast<int64_t>(lens.data<double>()[r]));
   // One byte per F64 element: every backend moves F64, and name lists are small.
@@ -49,7 +49,7 @@ StatusOr<std::vector<std::string>> AllGatherStrings(Communicator* world, const s
     my_bytes.data<double>()[i] = static_cast<unsigned char>(mine[i]);
   }
   Tensor all = Tensor::Zeros({size * my_bytes.numel()}, DType::kF64);
-  SM_RETURN_IF_ERROR(world->AllGather(my_bytes, all));
+  SM_RETURN_IF_ERROR(world->AllGatherHost(my_bytes, all));
   std::vector<std::string> out(size);
   for (int r = 0; r < size; ++r) {
     const double* p = all.data<double>() + r * my_bytes.numel();

@@ -143,6 +143,29 @@ Tensor ExecContext::ToDevice(const Tensor& t) const {
 #endif
 }
 
+Status ExecContext::CopyAcross(const Tensor& src, const Tensor& dst) const {
+  SM_CHECK_MSG(src.dtype() == dst.dtype() && src.numel() == dst.numel() && src.is_contiguous() &&
+                   dst.is_contiguous(),
+               "CopyAcross ", src.DebugString(), " -> ", dst.DebugString());
+  if (src.device() == Device::kCPU && dst.device() == Device::kCPU) {
+    if (src.raw_data() != dst.raw_data())
+      std::memmove(dst.raw_data(), src.raw_data(), src.nbytes());
+    return absl::OkStatus();
+  }
+#if SCALEMOE_CUDA
+  SM_CHECK_MSG(state_->cuda != nullptr, "CopyAcross of a CUDA tensor on a CPU context");
+  if (dst.device() == Device::kCPU) {
+    return state_->cuda->CopyToHost(dst.raw_data(), src.raw_data(), src.nbytes());
+  }
+  if (src.device() == Device::kCPU) {
+    return state_->cuda->CopyToDevice(dst.raw_data(), src.raw_data(), src.nbytes());
+  }
+  return state_->cuda->CopyOnDevice(dst.raw_data(), src.raw_data(), src.nbytes());
+#else
+  return absl::FailedPreconditionError("a CUDA tensor without the CUDA backend");
+#endif
+}
+
 Status ExecContext::Synchronize() const {
 #if SCALEMOE_CUDA
   if (state_->cuda) SM_RETURN_IF_ERROR(state_->cuda->Synchronize());

@@ -73,6 +73,11 @@ class ExecContext {
   Tensor ToHost(const Tensor& t) const;
   // A copy of host tensor `t` on this context's device (t itself on the CPU).
   Tensor ToDevice(const Tensor& t) const;
+  // Copies src into dst (same dtype and numel, contiguous) across host and
+  // device memory in either direction, ordered on the stream; a copy into
+  // host memory returns once it has landed. Not counted as a host read
+  // (communication staging uses it; layers read through ToHost).
+  Status CopyAcross(const Tensor& src, const Tensor& dst) const;
   // Waits until all work queued on the stream is done (no-op on the CPU).
   Status Synchronize() const;
 

@@ -38,6 +38,8 @@ Status TrainLoop::SetupPipeline() {
   eo.activation_shape =
       model().BoundaryShape(cfg_.train().micro_batch_size(), cfg_.model().seq_length());
   eo.activation_dtype = registry_.flat_values().dtype();
+  eo.activation_device = ctx_.device();
+  eo.ctx = ctx_;
   SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
   executor_.emplace(std::move(executor));
   if (!is_rank0()) return absl::OkStatus();
@@ -118,12 +120,12 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
       if (!chunk->is_first_stage()) {
         input = Tensor::Empty(chunk->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
                               registry_.flat_values().dtype(), Device::kCPU);
-        SM_RETURN_IF_ERROR(pp.Recv(input, (r + p - 1) % p, {.tag = kEvalTag}));
+        SM_RETURN_IF_ERROR(pp.Recv(ctx_, input, (r + p - 1) % p, {.tag = kEvalTag}));
       }
       SM_ASSIGN_OR_RETURN(const StageOutput out,
                           chunk->ForwardStage(ctx_, tokens, targets, input, false));
       if (!chunk->is_last_stage()) {
-        SM_RETURN_IF_ERROR(pp.Send(out.output, (r + 1) % p, {.tag = kEvalTag}));
+        SM_RETURN_IF_ERROR(pp.Send(ctx_, out.output, (r + 1) % p, {.tag = kEvalTag}));
       }
       loss[0] += out.loss.cross_entropy / n;
     }
@@ -150,11 +152,11 @@ Status TrainLoop::SumTiedEmbeddingGrads() {
   // First stage sends first, the last receives first: blocking sends cannot
   // deadlock.
   if (holds_first_stage()) {
-    SM_RETURN_IF_ERROR(pp.Send(mine, pp.size() - 1, tag));
-    SM_RETURN_IF_ERROR(pp.Recv(theirs, pp.size() - 1, tag));
+    SM_RETURN_IF_ERROR(pp.Send(ctx_, mine, pp.size() - 1, tag));
+    SM_RETURN_IF_ERROR(pp.Recv(ctx_, theirs, pp.size() - 1, tag));
   } else {
-    SM_RETURN_IF_ERROR(pp.Recv(theirs, 0, tag));
-    SM_RETURN_IF_ERROR(pp.Send(mine, 0, tag));
+    SM_RETURN_IF_ERROR(pp.Recv(ctx_, theirs, 0, tag));
+    SM_RETURN_IF_ERROR(pp.Send(ctx_, mine, 0, tag));
   }
   ops::Axpy(ctx_, 1.0, theirs, mine);
   return absl::OkStatus();

@@ -41,7 +41,7 @@ std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch) {
 StatusOr<std::vector<double>> SumOver(Communicator& comm, std::vector<double> values) {
   Tensor t = Tensor::FromBlob(values.data(), {static_cast<int64_t>(values.size())},
                               DType::kF64, Device::kCPU);
-  SM_RETURN_IF_ERROR(comm.AllReduce(t));
+  SM_RETURN_IF_ERROR(comm.AllReduceHost(t));
   return values;
 }
 
@@ -75,7 +75,7 @@ Status TrainLoop::Setup() {
     const MoeTransformer whole(whole_registry, cfg_);
     flops_per_token_ = whole.Counts().train_flops_per_token;
   }
-  SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_));
+  SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_, ctx_));
   const MemoryReport memory = optimizer_->Memory();
   // Per rank (its (E)TP slices, its ZeRO shards).
   SM_LOG_RANK0(kInfo, "memory on rank 0: parameters ", memory.param_bytes / 1048576.0,

@@ -97,7 +97,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   seq_ = seq;
   const int64_t tokens = batch * seq;
   // Every token: the projections are column-parallel.
-  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(n_rows));
+  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
   const DType dt = n.dtype();
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
@@ -122,13 +122,13 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   const Tensor partial =
       tp_.sequence_parallel() ? Tensor::Empty({tokens, out.dim(1)}, dt, n.device()) : out;
   o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), partial);
-  return tp_.ReduceToRows(partial, out);
+  return tp_.ReduceToRows(ctx, partial, out);
 }
 
 Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                            const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
-  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(d_out_rows));
+  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const DType dt = d_out.dtype();
   const Device dev = d_out.device();
   // The column-parallel projections give this rank's share of d_n.
@@ -154,7 +154,7 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
   back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
   back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
-  return tp_.ReduceToRows(d_n, d_n_rows);
+  return tp_.ReduceToRows(ctx, d_n, d_n_rows);
 }
 
 Status Attention::FinishBackward(const ExecContext& ctx) {

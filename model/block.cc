@@ -46,7 +46,7 @@ Status Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& 
   const Tensor chunk = tp_.ToChunk(n);
   Tensor chunk_out = Tensor::Empty(chunk.shape(), chunk.dtype(), chunk.device());
   SM_RETURN_IF_ERROR(moe_->Forward(ctx, chunk, chunk_out));
-  return tp_.ChunkToRows(chunk_out, out);
+  return tp_.ChunkToRows(ctx, chunk_out, out);
 }
 
 Status Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n,
@@ -55,7 +55,7 @@ Status Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Ten
   const Tensor d_chunk = tp_.ToChunk(d_out);
   Tensor d_n_chunk = Tensor::Empty(d_chunk.shape(), d_chunk.dtype(), d_chunk.device());
   SM_RETURN_IF_ERROR(moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale));
-  return tp_.ChunkToRows(d_n_chunk, d_n);
+  return tp_.ChunkToRows(ctx, d_n_chunk, d_n);
 }
 
 Status Block::PrepareStep(const ExecContext& ctx, DType dtype) {

@@ -54,7 +54,7 @@ Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
 }
 
 Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
-  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(n_rows));
+  SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
   const int64_t tokens = n.dim(0), f = gate_->out_features();
   gate_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
   up_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
@@ -66,11 +66,11 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
                              ? Tensor::Empty({tokens, out.dim(1)}, n.dtype(), n.device())
                              : out;
   down_->Forward(ctx, h, partial);
-  return tp_.ReduceToRows(partial, out);
+  return tp_.ReduceToRows(ctx, partial, out);
 }
 
 Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
-  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(d_out_rows));
+  SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const Shape shape = gate_out_.shape();
   const Tensor d_n =
       tp_.sequence_parallel()
@@ -83,7 +83,7 @@ Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Ten
   ops::SwiGluBackward(ctx, gate_out_, up_out_, d_h, d_gate, d_up);
   gate_->Backward(ctx, d_gate, d_n, GradMode::kOverwrite);
   up_->Backward(ctx, d_up, d_n, GradMode::kAccumulate);
-  return tp_.ReduceToRows(d_n, d_n_rows);
+  return tp_.ReduceToRows(ctx, d_n, d_n_rows);
 }
 
 Status Mlp::FinishBackward(const ExecContext& ctx) {

@@ -116,9 +116,10 @@ Shape MoeTransformer::BoundaryShape(int64_t batch, int64_t seq) const {
   return {tp_.Rows(batch * seq), cfg_.model().hidden_size()};
 }
 
-Status MoeTransformer::SumPartialGrads(std::pair<size_t, size_t> range) const {
+Status MoeTransformer::SumPartialGrads(const ExecContext& ctx,
+                                       std::pair<size_t, size_t> range) const {
   if (groups_ == nullptr) return absl::OkStatus();
-  return SumPartialGradsOverTp(registry_, range.first, range.second, *groups_->tp,
+  return SumPartialGradsOverTp(ctx, registry_, range.first, range.second, *groups_->tp,
                                *groups_->etp);
 }
 
@@ -218,7 +219,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   rstd_final_ = Tensor::Empty({rows[0]}, dt, dev);
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
   logits_ = Tensor::Empty({n, head_->out_features()}, dt, dev);  // this rank's vocab shard
-  StatusOr<Tensor> n_full = tp_.ToFull(n_final_);
+  StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
   SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
   head_->Forward(ctx, *n_full, logits_);
   d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
@@ -274,7 +275,7 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
     const Tensor d_n_full =
         tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device()) : d_n;
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
-    SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(d_n_full, d_n), "lm head backward");
+    SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
     d_logits_ = Tensor();
   } else {
@@ -311,13 +312,13 @@ Status MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn
   if (head_) {
     SM_RETURN_IF_ERROR_CTX(head_->FinishBackward(ctx), "lm head finish backward");
     SM_RETURN_IF_ERROR_CTX(final_scales_->Backward(ctx), "final norm finish backward");
-    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(head_params_), "lm head gradient sum over tp");
+    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(ctx, head_params_), "lm head gradient sum over tp");
     ready(head_params_);
   }
   for (size_t l = blocks_.size(); l-- > 0;) {
     SM_RETURN_IF_ERROR_CTX(blocks_[l]->FinishBackward(ctx), "layer ", blocks_[l]->layer(),
                            " finish backward");
-    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(block_params_[l]), "layer ", blocks_[l]->layer(),
+    SM_RETURN_IF_ERROR_CTX(SumPartialGrads(ctx, block_params_[l]), "layer ", blocks_[l]->layer(),
                            " gradient sum over tp");
     ready(block_params_[l]);
   }

@@ -151,7 +151,7 @@ class MoeTransformer {
 
  private:
   // Sums the tp_partial_grad gradients of registry params [range) over (E)TP.
-  Status SumPartialGrads(std::pair<size_t, size_t> range) const;
+  Status SumPartialGrads(const ExecContext& ctx, std::pair<size_t, size_t> range) const;
 
   ParamRegistry& registry_;
   const config::RunConfig cfg_;

@@ -1,5 +1,6 @@
 #include "model/tp_region.h"
 
+#include "core/ops.h"
 #include "core/status.h"
 #include "parallel/tp_comm.h"
 
@@ -14,17 +15,18 @@ TpRegion::TpRegion(Communicator* tp, bool sequence_parallel)
   }
 }
 
-StatusOr<Tensor> TpRegion::ToFull(const Tensor& rows) const {
+StatusOr<Tensor> TpRegion::ToFull(const ExecContext& ctx, const Tensor& rows) const {
   if (!sp_) return rows;
-  Tensor full = Tensor::Empty({rows.dim(0) * size_, rows.dim(1)}, rows.dtype(), rows.device());
-  SM_RETURN_IF_ERROR(GatherTokens(*tp_, rows, full));
+  Tensor full = ctx.Empty({rows.dim(0) * size_, rows.dim(1)}, rows.dtype());
+  SM_RETURN_IF_ERROR(GatherTokens(ctx, *tp_, rows, full));
   return full;
 }
 
-Status TpRegion::ReduceToRows(const Tensor& full, const Tensor& rows) const {
-  if (sp_) return ReduceScatterTokens(*tp_, full, rows);
-  if (rows.raw_data() != full.raw_data()) Tensor(rows).CopyFrom(full);
-  return tp_ != nullptr ? tp_->AllReduce(rows) : absl::OkStatus();
+Status TpRegion::ReduceToRows(const ExecContext& ctx, const Tensor& full,
+                              const Tensor& rows) const {
+  if (sp_) return ReduceScatterTokens(ctx, *tp_, full, rows);
+  if (rows.raw_data() != full.raw_data()) ops::Copy(ctx, full, rows);
+  return tp_ != nullptr ? tp_->AllReduce(ctx, rows) : absl::OkStatus();
 }
 
 Tensor TpRegion::ToChunk(const Tensor& rows) const {
@@ -36,13 +38,14 @@ Tensor TpRegion::ToChunk(const Tensor& rows) const {
   return rows.Narrow(0, rank_ * chunk, chunk);
 }
 
-Status TpRegion::ChunkToRows(const Tensor& chunk, const Tensor& rows) const {
+Status TpRegion::ChunkToRows(const ExecContext& ctx, const Tensor& chunk,
+                             const Tensor& rows) const {
   if (sp_ || tp_ == nullptr) {
-    if (rows.raw_data() != chunk.raw_data()) Tensor(rows).CopyFrom(chunk);
+    if (rows.raw_data() != chunk.raw_data()) ops::Copy(ctx, chunk, rows);
     return absl::OkStatus();
   }
-  Tensor contiguous = chunk.is_contiguous() ? chunk : chunk.Clone();
-  return GatherTokens(*tp_, contiguous, rows);
+  SM_CHECK_MSG(chunk.is_contiguous(), "ChunkToRows of a strided chunk ", chunk.DebugString());
+  return GatherTokens(ctx, *tp_, chunk, rows);
 }
 
 }  // namespace scalemoe

@@ -22,6 +22,7 @@
 
 #include <cstdint>
 
+#include "core/context.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
 
@@ -42,10 +43,10 @@ class TpRegion {
   // Residual-stream rows this rank holds for n tokens.
   int64_t Rows(int64_t n) const { return sp_ ? n / size_ : n; }
 
-  StatusOr<Tensor> ToFull(const Tensor& rows) const;
-  Status ReduceToRows(const Tensor& full, const Tensor& rows) const;
+  StatusOr<Tensor> ToFull(const ExecContext& ctx, const Tensor& rows) const;
+  Status ReduceToRows(const ExecContext& ctx, const Tensor& full, const Tensor& rows) const;
   Tensor ToChunk(const Tensor& rows) const;  // never communicates
-  Status ChunkToRows(const Tensor& chunk, const Tensor& rows) const;
+  Status ChunkToRows(const ExecContext& ctx, const Tensor& chunk, const Tensor& rows) const;
 
  private:
   Communicator* tp_;

@@ -17,7 +17,7 @@ Status ExpertTpExchange::Plan(const std::vector<int64_t>& local_counts) {
   Tensor send = Tensor::Empty({local}, DType::kI64);
   Tensor recv = Tensor::Empty({static_cast<int64_t>(size) * local}, DType::kI64);
   std::copy(local_counts.begin(), local_counts.end(), send.data<int64_t>());
-  SM_RETURN_IF_ERROR(etp_->AllGather(send, recv));
+  SM_RETURN_IF_ERROR(etp_->AllGatherHost(send, recv));
   num_local_ = local;
 
   // c[s][le] = recv[s * local + le]; padded row of (s, le, j) = s*max + start[s][le] + j.
@@ -97,7 +97,7 @@ Status ExpertTpExchange::Gather(const ExecContext& ctx, const Tensor& rows, cons
     ops::Copy(ctx, rows.Narrow(0, 0, own_rows_), send.Narrow(0, 0, own_rows_));
   }
   Tensor padded = Tensor::Empty({etp_->size() * max_rows_, width}, rows.dtype(), ctx.device());
-  SM_RETURN_IF_ERROR(etp_->AllGather(send.View({max_rows_ * width}),
+  SM_RETURN_IF_ERROR(etp_->AllGather(ctx, send.View({max_rows_ * width}),
                                      padded.View({etp_->size() * max_rows_ * width})));
   ops::GatherRows(ctx, padded, to_group_order_, 1, group.Narrow(0, 0, group_rows_));
   return absl::OkStatus();
@@ -114,7 +114,7 @@ Status ExpertTpExchange::ScatterReduce(const ExecContext& ctx, const Tensor& par
   std::vector<int64_t> send_counts(size), recv_counts(size, own_rows_ * width);
   for (int s = 0; s < size; ++s) send_counts[s] = rows_of_[s] * width;
   Tensor received = Tensor::Empty({size * own_rows_, width}, partial.dtype(), ctx.device());
-  SM_RETURN_IF_ERROR(etp_->AllToAllV(by_source.View({group_rows_ * width}), send_counts,
+  SM_RETURN_IF_ERROR(etp_->AllToAllV(ctx, by_source.View({group_rows_ * width}), send_counts,
                                      received.View({size * own_rows_ * width}), recv_counts));
   ops::Zero(ctx, rows);
   const Tensor own = rows.Narrow(0, 0, own_rows_);

@@ -228,7 +228,7 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
     std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
     v[num_experts_] = assignments;
     for (Communicator* c : loads_comms_) {
-      SM_RETURN_IF_ERROR(WithContext(c->AllReduce(sums), "expert loads"));
+      SM_RETURN_IF_ERROR(WithContext(c->AllReduceHost(sums), "expert loads"));
     }
     stats_.tokens_per_expert.assign(v, v + num_experts_);
     assignments = v[num_experts_];

@@ -88,7 +88,8 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   if (cfg_.aux_loss_coeff() != 0) {
     fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device());
     ops::AssignmentCounts(ctx, expert_ids_, fractions_);
-    SM_RETURN_IF_ERROR(WithContext(token_group_->AllReduce(fractions_), "router load fractions"));
+    SM_RETURN_IF_ERROR(
+        WithContext(token_group_->AllReduce(ctx, fractions_), "router load fractions"));
     ops::Scale(ctx, 1.0 / static_cast<double>(total_tokens_ * k), fractions_);
     ops::LoadBalancingLossShare(ctx, scores_, fractions_, total_tokens_, cfg_.aux_loss_coeff(),
                                 aux_loss_);
@@ -98,7 +99,7 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   }
   double totals[2] = {aux_loss_.At(0), z_loss_.At(0)};
   SM_RETURN_IF_ERROR(WithContext(
-      token_group_->AllReduce(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)),
+      token_group_->AllReduceHost(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)),
       "router losses"));
   aux_total_ = totals[0];
   z_total_ = totals[1];

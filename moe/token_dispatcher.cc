@@ -49,7 +49,7 @@ Status TokenDispatcher::Plan(const std::vector<int64_t>& counts) {
     sent_rows_ += send_rows_[p];
   }
   std::copy(counts.begin(), counts.end(), send.data<int64_t>());
-  SM_RETURN_IF_ERROR(ep_->AllToAllV(send, send_counts, recv, recv_counts));
+  SM_RETURN_IF_ERROR(ep_->AllToAllVHost(send, send_counts, recv, recv_counts));
 
   // c[s][le] = recv[s * local + le]; received order is [s][le], expert order [le][s].
   const int64_t* c = recv.data<int64_t>();
@@ -103,8 +103,8 @@ Status TokenDispatcher::Dispatch(const ExecContext& ctx, const Tensor& permuted,
   SM_RETURN_IF_ERROR(CheckRows("expert_rows", expert_rows, received_rows_));
   const int64_t width = permuted.dim(1);
   Tensor received = Tensor::Empty({received_rows_, width}, permuted.dtype(), ctx.device());
-  SM_RETURN_IF_ERROR(ep_->AllToAllV(permuted.Narrow(0, 0, sent_rows_), Times(send_rows_, width),
-                                    received, Times(recv_rows_, width)));
+  SM_RETURN_IF_ERROR(ep_->AllToAllV(ctx, permuted.Narrow(0, 0, sent_rows_),
+                                    Times(send_rows_, width), received, Times(recv_rows_, width)));
   ops::GatherRows(ctx, received, to_expert_order_, 1,
                   expert_rows.Narrow(0, 0, received_rows_));
   return absl::OkStatus();
@@ -119,7 +119,7 @@ Status TokenDispatcher::Combine(const ExecContext& ctx, const Tensor& expert_row
   ops::GatherRows(ctx, expert_rows.Narrow(0, 0, received_rows_), to_received_order_, 1,
                   received);
   ops::Zero(ctx, permuted);
-  return ep_->AllToAllV(received, Times(recv_rows_, width), permuted.Narrow(0, 0, sent_rows_),
+  return ep_->AllToAllV(ctx, received, Times(recv_rows_, width), permuted.Narrow(0, 0, sent_rows_),
                         Times(send_rows_, width));
 }
 

@@ -22,7 +22,7 @@ StatusOr<double> Dot(const T* x, const T* y, int64_t d, Communicator* group) {
   double dot = 0;
   for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[j]) * y[j];
   if (group == nullptr) return dot;
-  SM_RETURN_IF_ERROR(group->AllReduce(Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU)));
+  SM_RETURN_IF_ERROR(group->AllReduceHost(Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU)));
   return dot;
 }
 
@@ -71,7 +71,7 @@ Status BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, 
   double whole_dot = dot;
   if (group != nullptr) {
     SM_RETURN_IF_ERROR(
-        group->AllReduce(Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU)));
+        group->AllReduceHost(Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU)));
   }
   const double s = std::sqrt(static_cast<double>(global_d) / sq);
   db[0] += static_cast<T>(s * dot);

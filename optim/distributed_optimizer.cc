@@ -78,7 +78,8 @@ struct DistributedOptimizer::Domain {
 };
 
 StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
-    const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups) {
+    const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups,
+    const ExecContext& ctx) {
   SM_RETURN_IF_ERROR(ValidateConfig(config));
   const GridSizes& sizes = groups.grid.sizes();
   if (config.optimizer().type() == config::OptimizerConfig::MUON &&
@@ -108,12 +109,14 @@ StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
       ParamGroups param_groups,
       ParamGroups::Create(registry, config.optimizer(), config.scale_vectors().decay_policy()));
   return std::unique_ptr<DistributedOptimizer>(
-      new DistributedOptimizer(config, registry, groups, std::move(param_groups)));
+      new DistributedOptimizer(config, registry, groups, std::move(param_groups), ctx));
 }
 
 DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, ParamRegistry& registry,
-                                           const ProcessGroups& groups, ParamGroups param_groups)
-    : registry_(registry),
+                                           const ProcessGroups& groups, ParamGroups param_groups,
+                                           const ExecContext& ctx)
+    : ctx_(ctx),
+      registry_(registry),
       process_groups_(groups),
       options_(config.optimizer()),
       schedule_(config.schedule()),
@@ -125,7 +128,7 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
   if (options_.type() == config::OptimizerConfig::MUON)
     muon_.emplace(MuonOptionsFrom(options_), groups_, dtype);
   if (zero_stage_ == 0) {
-    grad_sync_ = std::make_unique<GradSync>(registry, groups, bucket);
+    grad_sync_ = std::make_unique<GradSync>(ctx_, registry, groups, bucket);
     adamw_.emplace(AdamWOptionsFrom(options_), groups_, 0, groups_.total_numel(), dtype);
     return;
   }
@@ -168,7 +171,7 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
   LoadMasterFromParams();
   if (!muon_params.empty()) {
     grad_sync_ = std::make_unique<GradSync>(
-        registry, groups, bucket,
+        ctx_, registry, groups, bucket,
         [muon_params](const Param& p) { return muon_params.count(&p) > 0; });
   }
 }
@@ -189,7 +192,7 @@ void DistributedOptimizer::LoadMasterFromParams() {
 }
 
 Status DistributedOptimizer::SyncGradients() {
-  const ExecContext ctx = ExecContext::Cpu();
+  const ExecContext& ctx = ctx_;
   const double inv_dp = 1.0 / process_groups_.dp->size();
   for (auto& d : domains_) {
     Tensor packed = Tensor::Zeros({d->padded()}, d->grad.dtype());
@@ -198,7 +201,7 @@ Status DistributedOptimizer::SyncGradients() {
       packed.Narrow(0, r.packed_begin, n)
           .CopyFrom(registry_.flat_grads().Narrow(0, r.flat_begin, n));
     }
-    SM_RETURN_IF_ERROR(d->comm->ReduceScatter(packed, d->grad));
+    SM_RETURN_IF_ERROR(d->comm->ReduceScatter(ctx, packed, d->grad));
     ops::Scale(ctx, inv_dp, d->grad);
   }
   // Buckets GradientsReady already started are only waited for here.
@@ -235,12 +238,12 @@ StatusOr<double> DistributedOptimizer::GlobalGradNorm() {
     if (replicated && CountsInNorm(*e.param, process_groups_)) local += SumOfSquares(e.param->grad);
   }
   Tensor sum = Tensor::FromVector({1}, {local}, DType::kF64);
-  SM_RETURN_IF_ERROR(process_groups_.world->AllReduce(sum));
+  SM_RETURN_IF_ERROR(process_groups_.world->AllReduce(ctx_, sum));
   return std::sqrt(sum.At(0));
 }
 
 void DistributedOptimizer::ScaleGradients(double factor) {
-  const ExecContext ctx = ExecContext::Cpu();
+  const ExecContext& ctx = ctx_;
   for (auto& d : domains_) ops::Scale(ctx, factor, d->grad);
   for (const ParamGroupEntry& e : groups_.entries()) {
     const UpdateRule rule = groups_.group(e.group).rule;
@@ -253,7 +256,7 @@ void DistributedOptimizer::ScaleGradients(double factor) {
 Status DistributedOptimizer::GatherParameters() {
   for (auto& d : domains_) {
     Tensor packed = Tensor::Empty({d->padded()}, d->master.dtype());
-    SM_RETURN_IF_ERROR(d->comm->AllGather(d->master, packed));
+    SM_RETURN_IF_ERROR(d->comm->AllGather(ctx_, d->master, packed));
     for (const Domain::Run& r : d->runs) {
       const int64_t n = r.flat_end - r.flat_begin;
       registry_.flat_values()

@@ -68,9 +68,10 @@ class DistributedOptimizer {
   // is refused whenever tp > 1 or etp > 1 (Newton-Schulz needs whole
   // matrices). `registry` (materialised) and `groups` must outlive
   // the optimizer.
-  static StatusOr<std::unique_ptr<DistributedOptimizer>> Create(const config::RunConfig& config,
-                                                                ParamRegistry& registry,
-                                                                const ProcessGroups& groups);
+  // The buffers live, and the update runs, on `ctx`.
+  static StatusOr<std::unique_ptr<DistributedOptimizer>> Create(
+      const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups,
+      const ExecContext& ctx = ExecContext());
   ~DistributedOptimizer();
   DistributedOptimizer(const DistributedOptimizer&) = delete;
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
@@ -111,12 +112,14 @@ class DistributedOptimizer {
   struct Domain;  // one ZeRO-1 shard space (dense over dp, or expert over edp)
 
   DistributedOptimizer(const config::RunConfig& config, ParamRegistry& registry,
-                       const ProcessGroups& groups, ParamGroups param_groups);
+                       const ProcessGroups& groups, ParamGroups param_groups,
+                       const ExecContext& ctx);
   Status SyncGradients();
   StatusOr<double> GlobalGradNorm();
   void ScaleGradients(double factor);
   Status GatherParameters();
 
+  ExecContext ctx_;
   ParamRegistry& registry_;
   const ProcessGroups& process_groups_;
   config::OptimizerConfig options_;

@@ -46,7 +46,7 @@ void ReduceParts(const std::vector<Part>& parts, DType dtype, int64_t offset, in
 
 }  // namespace
 
-Status FakeCommunicator::AllReduce(const Tensor& tensor, const AllReduceOptions& options) {
+Status FakeCommunicator::HostAllReduce(const Tensor& tensor, const AllReduceOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("AllReduce", tensor, /*reduces=*/true));
   SM_ASSIGN_OR_RETURN(std::vector<Part> parts,
                       Exchange("AllReduce", MakePart("AllReduce", tensor, tensor.numel())));
@@ -54,8 +54,8 @@ Status FakeCommunicator::AllReduce(const Tensor& tensor, const AllReduceOptions&
   return absl::OkStatus();
 }
 
-Status FakeCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
-                                       const ReduceScatterOptions& options) {
+Status FakeCommunicator::HostReduceScatter(const Tensor& input, const Tensor& output,
+                                           const ReduceScatterOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", input, true));
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", output, true));
   SM_RETURN_IF_ERROR(CheckChunks("ReduceScatter", output, input));
@@ -66,8 +66,8 @@ Status FakeCommunicator::ReduceScatter(const Tensor& input, const Tensor& output
   return absl::OkStatus();
 }
 
-Status FakeCommunicator::AllGather(const Tensor& input, const Tensor& output,
-                                   const AllGatherOptions&) {
+Status FakeCommunicator::HostAllGather(const Tensor& input, const Tensor& output,
+                                       const AllGatherOptions&) {
   SM_RETURN_IF_ERROR(CheckTensor("AllGather", input, false));
   SM_RETURN_IF_ERROR(CheckTensor("AllGather", output, false));
   SM_RETURN_IF_ERROR(CheckChunks("AllGather", input, output));
@@ -81,9 +81,10 @@ Status FakeCommunicator::AllGather(const Tensor& input, const Tensor& output,
   return absl::OkStatus();
 }
 
-Status FakeCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                                   const Tensor& output, const std::vector<int64_t>& recv_counts,
-                                   const AllToAllOptions&) {
+Status FakeCommunicator::HostAllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
+                                       const Tensor& output,
+                                       const std::vector<int64_t>& recv_counts,
+                                       const AllToAllOptions&) {
   SM_RETURN_IF_ERROR(CheckTensor("AllToAllV", input, false));
   SM_RETURN_IF_ERROR(CheckTensor("AllToAllV", output, false));
   SM_ASSIGN_OR_RETURN(int64_t sent, CheckCounts("send_counts", send_counts, input));
@@ -112,7 +113,7 @@ Status FakeCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_
   return absl::OkStatus();
 }
 
-Status FakeCommunicator::Broadcast(const Tensor& tensor, const BroadcastOptions& options) {
+Status FakeCommunicator::HostBroadcast(const Tensor& tensor, const BroadcastOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Broadcast", tensor, false));
   if (options.root < 0 || options.root >= size()) {
     return Error("Broadcast", absl::StatusCode::kInvalidArgument,

@@ -72,27 +72,29 @@ class FakeCommunicator : public Communicator {
   int size() const override { return static_cast<int>(group_->ranks.size()); }
   const std::string& name() const override { return group_->name; }
 
-  Status AllReduce(const Tensor& tensor, const AllReduceOptions& options) override;
-  StatusOr<std::unique_ptr<Work>> AllReduceAsync(const Tensor& tensor,
-                                                 const AllReduceOptions& options) override {
-    return std::unique_ptr<Work>(new CompletedWork(AllReduce(tensor, options)));
-  }
-
-  Status ReduceScatter(const Tensor& input, const Tensor& output,
-                       const ReduceScatterOptions& options) override;
-  StatusOr<std::unique_ptr<Work>> ReduceScatterAsync(
-      const Tensor& input, const Tensor& output, const ReduceScatterOptions& options) override {
-    return std::unique_ptr<Work>(new CompletedWork(ReduceScatter(input, output, options)));
-  }
-
-  Status AllGather(const Tensor& input, const Tensor& output, const AllGatherOptions&) override;
-  Status AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                   const Tensor& output, const std::vector<int64_t>& recv_counts,
-                   const AllToAllOptions&) override;
-  Status Broadcast(const Tensor& tensor, const BroadcastOptions& options) override;
-  Status Send(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
-  Status Recv(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
   Status Barrier() override;
+
+ protected:
+  Status HostAllReduce(const Tensor& tensor, const AllReduceOptions& options) override;
+  StatusOr<std::unique_ptr<Work>> HostAllReduceAsync(const Tensor& tensor,
+                                                     const AllReduceOptions& options) override {
+    return std::unique_ptr<Work>(new CompletedWork(HostAllReduce(tensor, options)));
+  }
+
+  Status HostReduceScatter(const Tensor& input, const Tensor& output,
+                           const ReduceScatterOptions& options) override;
+  StatusOr<std::unique_ptr<Work>> HostReduceScatterAsync(
+      const Tensor& input, const Tensor& output, const ReduceScatterOptions& options) override {
+    return std::unique_ptr<Work>(new CompletedWork(HostReduceScatter(input, output, options)));
+  }
+
+  Status HostAllGather(const Tensor& input, const Tensor& output, const AllGatherOptions&) override;
+  Status HostAllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
+                       const Tensor& output, const std::vector<int64_t>& recv_counts,
+                       const AllToAllOptions&) override;
+  Status HostBroadcast(const Tensor& tensor, const BroadcastOptions& options) override;
+  Status HostSend(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
+  Status HostRecv(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
 
  private:
   Status Error(const char* op, absl::StatusCode code, const std::string& detail) const {

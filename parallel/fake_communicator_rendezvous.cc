@@ -133,7 +133,7 @@ StatusOr<std::vector<Part>> FakeCommunicator::Exchange(const char* op, Part mine
   return parts;
 }
 
-Status FakeCommunicator::Send(const Tensor& tensor, int peer, const SendRecvOptions& options) {
+Status FakeCommunicator::HostSend(const Tensor& tensor, int peer, const SendRecvOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Send", tensor, false));
   if (peer < 0 || peer >= size() || peer == rank_) {
     return Error("Send", absl::StatusCode::kInvalidArgument,
@@ -146,7 +146,7 @@ Status FakeCommunicator::Send(const Tensor& tensor, int peer, const SendRecvOpti
   return absl::OkStatus();
 }
 
-Status FakeCommunicator::Recv(const Tensor& tensor, int peer, const SendRecvOptions& options) {
+Status FakeCommunicator::HostRecv(const Tensor& tensor, int peer, const SendRecvOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Recv", tensor, false));
   if (peer < 0 || peer >= size() || peer == rank_) {
     return Error("Recv", absl::StatusCode::kInvalidArgument,

@@ -8,9 +8,9 @@
 
 namespace scalemoe {
 
-GradSync::GradSync(ParamRegistry& registry, const ProcessGroups& groups, int64_t bucket_elements,
-                   std::function<bool(const Param&)> include)
-    : registry_(registry), groups_(groups) {
+GradSync::GradSync(const ExecContext& ctx, ParamRegistry& registry, const ProcessGroups& groups,
+                   int64_t bucket_elements, std::function<bool(const Param&)> include)
+    : ctx_(ctx), registry_(registry), groups_(groups) {
   SM_CHECK_MSG(registry.materialized(),
                "GradSync: the parameter registry is not materialised; call "
                "ParamRegistry::Materialize first");
@@ -46,7 +46,7 @@ Status GradSync::Launch(size_t index) {
   Communicator& comm = b.expert ? *groups_.edp : *groups_.dp;
   if (comm.size() == 1) return absl::OkStatus();  // nothing to sum
   Tensor range = registry_.flat_grads().Narrow(0, b.begin, b.end - b.begin);
-  SM_ASSIGN_OR_RETURN(pending.work, comm.AllReduceAsync(range));
+  SM_ASSIGN_OR_RETURN(pending.work, comm.AllReduceAsync(ctx_, range));
   return absl::OkStatus();
 }
 
@@ -91,9 +91,8 @@ Status GradSync::WaitAll() {
   SM_RETURN_IF_ERROR(status);
   const double inv_dp = 1.0 / groups_.dp->size();
   if (inv_dp == 1.0) return absl::OkStatus();
-  const ExecContext ctx = ExecContext::Cpu();
   for (const Bucket& b : buckets_) {
-    ops::Scale(ctx, inv_dp, registry_.flat_grads().Narrow(0, b.begin, b.end - b.begin));
+    ops::Scale(ctx_, inv_dp, registry_.flat_grads().Narrow(0, b.begin, b.end - b.begin));
   }
   return absl::OkStatus();
 }

@@ -27,6 +27,7 @@
 #include <memory>
 #include <vector>
 
+#include "core/context.h"
 #include "core/params.h"
 #include "core/status.h"
 #include "parallel/process_groups.h"
@@ -44,8 +45,9 @@ class GradSync {
   // The registry must be materialised and, like `groups`, outlive this
   // object. `include`, if given, selects which parameters are synced (on top
   // of skipping kExpertBias).
-  GradSync(ParamRegistry& registry, const ProcessGroups& groups, int64_t bucket_elements,
-           std::function<bool(const Param&)> include = nullptr);
+  // The reductions run on `ctx` (where the registry's buffers live).
+  GradSync(const ExecContext& ctx, ParamRegistry& registry, const ProcessGroups& groups,
+           int64_t bucket_elements, std::function<bool(const Param&)> include = nullptr);
 
   // Every bucket: launch all, wait all, average. Grads become the DP mean.
   Status AllReduceMean();
@@ -65,6 +67,7 @@ class GradSync {
   };
   Status Launch(size_t index);
 
+  ExecContext ctx_;
   ParamRegistry& registry_;
   const ProcessGroups& groups_;
   std::vector<Bucket> buckets_;  // ascending flat order

@@ -19,33 +19,35 @@ Status CopyElements(const Tensor& from, const Tensor& to, int64_t count, const c
 
 }  // namespace
 
-Status LocalCommunicator::AllReduce(const Tensor&, const AllReduceOptions&) {
+Status LocalCommunicator::HostAllReduce(const Tensor&, const AllReduceOptions&) {
   return absl::OkStatus();
 }
 
-StatusOr<std::unique_ptr<Work>> LocalCommunicator::AllReduceAsync(const Tensor& tensor,
-                                                                  const AllReduceOptions& o) {
-  return std::unique_ptr<Work>(new CompletedWork(AllReduce(tensor, o)));
+StatusOr<std::unique_ptr<Work>> LocalCommunicator::HostAllReduceAsync(const Tensor& tensor,
+                                                                      const AllReduceOptions& o) {
+  return std::unique_ptr<Work>(new CompletedWork(HostAllReduce(tensor, o)));
 }
 
-Status LocalCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
-                                        const ReduceScatterOptions&) {
+Status LocalCommunicator::HostReduceScatter(const Tensor& input, const Tensor& output,
+                                            const ReduceScatterOptions&) {
   return CopyElements(input, output, output.numel(), "ReduceScatter");
 }
 
-StatusOr<std::unique_ptr<Work>> LocalCommunicator::ReduceScatterAsync(
+StatusOr<std::unique_ptr<Work>> LocalCommunicator::HostReduceScatterAsync(
     const Tensor& input, const Tensor& output, const ReduceScatterOptions& o) {
-  return std::unique_ptr<Work>(new CompletedWork(ReduceScatter(input, output, o)));
+  return std::unique_ptr<Work>(new CompletedWork(HostReduceScatter(input, output, o)));
 }
 
-Status LocalCommunicator::AllGather(const Tensor& input, const Tensor& output,
-                                    const AllGatherOptions&) {
+Status LocalCommunicator::HostAllGather(const Tensor& input, const Tensor& output,
+                                        const AllGatherOptions&) {
   return CopyElements(input, output, input.numel(), "AllGather");
 }
 
-Status LocalCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                                    const Tensor& output, const std::vector<int64_t>& recv_counts,
-                                    const AllToAllOptions&) {
+Status LocalCommunicator::HostAllToAllV(const Tensor& input,
+                                        const std::vector<int64_t>& send_counts,
+                                        const Tensor& output,
+                                        const std::vector<int64_t>& recv_counts,
+                                        const AllToAllOptions&) {
   if (send_counts.size() != 1 || recv_counts.size() != 1 || send_counts[0] != recv_counts[0]) {
     return absl::InvalidArgumentError(
         absl::StrCat("AllToAllV on ", name_, " (1 rank): counts must be one equal pair"));
@@ -53,7 +55,7 @@ Status LocalCommunicator::AllToAllV(const Tensor& input, const std::vector<int64
   return CopyElements(input, output, send_counts[0], "AllToAllV");
 }
 
-Status LocalCommunicator::Broadcast(const Tensor&, const BroadcastOptions& options) {
+Status LocalCommunicator::HostBroadcast(const Tensor&, const BroadcastOptions& options) {
   if (options.root != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("Broadcast on ", name_, ": root ", options.root, " of a 1-rank group"));
@@ -61,12 +63,12 @@ Status LocalCommunicator::Broadcast(const Tensor&, const BroadcastOptions& optio
   return absl::OkStatus();
 }
 
-Status LocalCommunicator::Send(const Tensor&, int peer, const SendRecvOptions&) {
+Status LocalCommunicator::HostSend(const Tensor&, int peer, const SendRecvOptions&) {
   return absl::InvalidArgumentError(
       absl::StrCat("Send to rank ", peer, " on ", name_, ": a 1-rank group has no peer"));
 }
 
-Status LocalCommunicator::Recv(const Tensor&, int peer, const SendRecvOptions&) {
+Status LocalCommunicator::HostRecv(const Tensor&, int peer, const SendRecvOptions&) {
   return absl::InvalidArgumentError(
       absl::StrCat("Recv from rank ", peer, " on ", name_, ": a 1-rank group has no peer"));
 }

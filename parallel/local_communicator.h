@@ -19,22 +19,24 @@ class LocalCommunicator : public Communicator {
   int size() const override { return 1; }
   const std::string& name() const override { return name_; }
 
-  Status AllReduce(const Tensor& tensor, const AllReduceOptions& options) override;
-  StatusOr<std::unique_ptr<Work>> AllReduceAsync(const Tensor& tensor,
-                                                 const AllReduceOptions& options) override;
-  Status ReduceScatter(const Tensor& input, const Tensor& output,
-                       const ReduceScatterOptions& options) override;
-  StatusOr<std::unique_ptr<Work>> ReduceScatterAsync(const Tensor& input, const Tensor& output,
-                                                     const ReduceScatterOptions& options) override;
-  Status AllGather(const Tensor& input, const Tensor& output,
-                   const AllGatherOptions& options) override;
-  Status AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                   const Tensor& output, const std::vector<int64_t>& recv_counts,
-                   const AllToAllOptions& options) override;
-  Status Broadcast(const Tensor& tensor, const BroadcastOptions& options) override;
-  Status Send(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
-  Status Recv(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
   Status Barrier() override { return absl::OkStatus(); }
+
+ protected:
+  Status HostAllReduce(const Tensor& tensor, const AllReduceOptions& options) override;
+  StatusOr<std::unique_ptr<Work>> HostAllReduceAsync(const Tensor& tensor,
+                                                     const AllReduceOptions& options) override;
+  Status HostReduceScatter(const Tensor& input, const Tensor& output,
+                           const ReduceScatterOptions& options) override;
+  StatusOr<std::unique_ptr<Work>> HostReduceScatterAsync(
+      const Tensor& input, const Tensor& output, const ReduceScatterOptions& options) override;
+  Status HostAllGather(const Tensor& input, const Tensor& output,
+                       const AllGatherOptions& options) override;
+  Status HostAllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
+                       const Tensor& output, const std::vector<int64_t>& recv_counts,
+                       const AllToAllOptions& options) override;
+  Status HostBroadcast(const Tensor& tensor, const BroadcastOptions& options) override;
+  Status HostSend(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
+  Status HostRecv(const Tensor& tensor, int peer, const SendRecvOptions& options) override;
 
  private:
   std::string name_;

@@ -132,7 +132,7 @@ Status MpiCommunicator::CheckChunks(const char* op, const Tensor& chunk,
   return absl::OkStatus();
 }
 
-Status MpiCommunicator::AllReduce(const Tensor& tensor, const AllReduceOptions& options) {
+Status MpiCommunicator::HostAllReduce(const Tensor& tensor, const AllReduceOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("AllReduce", tensor, true));
   CollectiveWatchdog::Scope watch = Watch("AllReduce");
   return Check(MPI_Allreduce(MPI_IN_PLACE, tensor.raw_data(), static_cast<int>(tensor.numel()),
@@ -140,8 +140,8 @@ Status MpiCommunicator::AllReduce(const Tensor& tensor, const AllReduceOptions& 
                "AllReduce");
 }
 
-StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduceAsync(const Tensor& tensor,
-                                                                const AllReduceOptions& options) {
+StatusOr<std::unique_ptr<Work>> MpiCommunicator::HostAllReduceAsync(
+    const Tensor& tensor, const AllReduceOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("AllReduceAsync", tensor, true));
   MPI_Request request = MPI_REQUEST_NULL;
   SM_RETURN_IF_ERROR(Check(
@@ -153,8 +153,8 @@ StatusOr<std::unique_ptr<Work>> MpiCommunicator::AllReduceAsync(const Tensor& te
       "AllReduceAsync (Wait)", name_, rank_, watchdog_));
 }
 
-Status MpiCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
-                                      const ReduceScatterOptions& options) {
+Status MpiCommunicator::HostReduceScatter(const Tensor& input, const Tensor& output,
+                                          const ReduceScatterOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", input, true));
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatter", output, true));
   SM_RETURN_IF_ERROR(CheckChunks("ReduceScatter", output, input));
@@ -165,7 +165,7 @@ Status MpiCommunicator::ReduceScatter(const Tensor& input, const Tensor& output,
                "ReduceScatter");
 }
 
-StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatterAsync(
+StatusOr<std::unique_ptr<Work>> MpiCommunicator::HostReduceScatterAsync(
     const Tensor& input, const Tensor& output, const ReduceScatterOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatterAsync", input, true));
   SM_RETURN_IF_ERROR(CheckTensor("ReduceScatterAsync", output, true));
@@ -182,8 +182,8 @@ StatusOr<std::unique_ptr<Work>> MpiCommunicator::ReduceScatterAsync(
                   "ReduceScatterAsync (Wait)", name_, rank_, watchdog_));
 }
 
-Status MpiCommunicator::AllGather(const Tensor& input, const Tensor& output,
-                                  const AllGatherOptions&) {
+Status MpiCommunicator::HostAllGather(const Tensor& input, const Tensor& output,
+                                      const AllGatherOptions&) {
   SM_RETURN_IF_ERROR(CheckTensor("AllGather", input, false));
   SM_RETURN_IF_ERROR(CheckTensor("AllGather", output, false));
   SM_RETURN_IF_ERROR(CheckChunks("AllGather", input, output));
@@ -194,9 +194,9 @@ Status MpiCommunicator::AllGather(const Tensor& input, const Tensor& output,
                "AllGather");
 }
 
-Status MpiCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
-                                  const Tensor& output, const std::vector<int64_t>& recv_counts,
-                                  const AllToAllOptions&) {
+Status MpiCommunicator::HostAllToAllV(const Tensor& input, const std::vector<int64_t>& send_counts,
+                                      const Tensor& output, const std::vector<int64_t>& recv_counts,
+                                      const AllToAllOptions&) {
   SM_RETURN_IF_ERROR(CheckTensor("AllToAllV", input, false));
   SM_RETURN_IF_ERROR(CheckTensor("AllToAllV", output, false));
   if (input.dtype() != output.dtype()) {
@@ -233,7 +233,7 @@ Status MpiCommunicator::AllToAllV(const Tensor& input, const std::vector<int64_t
                "AllToAllV");
 }
 
-Status MpiCommunicator::Broadcast(const Tensor& tensor, const BroadcastOptions& options) {
+Status MpiCommunicator::HostBroadcast(const Tensor& tensor, const BroadcastOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Broadcast", tensor, false));
   if (options.root < 0 || options.root >= size_) {
     return absl::InvalidArgumentError(absl::StrCat("Broadcast on ", name_, ": root ",
@@ -246,7 +246,7 @@ Status MpiCommunicator::Broadcast(const Tensor& tensor, const BroadcastOptions& 
                "Broadcast");
 }
 
-Status MpiCommunicator::Send(const Tensor& tensor, int peer, const SendRecvOptions& options) {
+Status MpiCommunicator::HostSend(const Tensor& tensor, int peer, const SendRecvOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Send", tensor, false));
   if (peer < 0 || peer >= size_ || peer == rank_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -258,7 +258,7 @@ Status MpiCommunicator::Send(const Tensor& tensor, int peer, const SendRecvOptio
                "Send");
 }
 
-Status MpiCommunicator::Recv(const Tensor& tensor, int peer, const SendRecvOptions& options) {
+Status MpiCommunicator::HostRecv(const Tensor& tensor, int peer, const SendRecvOptions& options) {
   SM_RETURN_IF_ERROR(CheckTensor("Recv", tensor, false));
   if (peer < 0 || peer >= size_ || peer == rank_) {
     return absl::InvalidArgumentError(absl::StrCat(

@@ -95,7 +95,8 @@ Status PipelineExecutor::Run(const PipelineAction& action, PipelineStage& stage,
                                                           options_.activation_dtype,
                                                           options_.activation_device));
       ++stats.recvs;
-      return pp_->Recv(inputs_[slot], prev, {.tag = Tag(action, /*up=*/false, /*grad=*/false)});
+      return pp_->Recv(options_.ctx, inputs_[slot], prev,
+                       {.tag = Tag(action, /*up=*/false, /*grad=*/false)});
     }
     case PipelineOp::kForward: {
       SM_ASSIGN_OR_RETURN(outputs_[slot], stage.Forward(c, mb, inputs_[slot]));
@@ -112,8 +113,8 @@ Status PipelineExecutor::Run(const PipelineAction& action, PipelineStage& stage,
     }
     case PipelineOp::kSendActivation: {
       ++stats.sends;
-      Status status =
-          pp_->Send(outputs_[slot], next, {.tag = Tag(action, /*up=*/true, /*grad=*/false)});
+      Status status = pp_->Send(options_.ctx, outputs_[slot], next,
+                                {.tag = Tag(action, /*up=*/true, /*grad=*/false)});
       outputs_[slot] = Tensor();
       return status;
     }
@@ -122,7 +123,8 @@ Status PipelineExecutor::Run(const PipelineAction& action, PipelineStage& stage,
                                                              options_.activation_dtype,
                                                              options_.activation_device));
       ++stats.recvs;
-      return pp_->Recv(d_outputs_[slot], next, {.tag = Tag(action, /*up=*/true, /*grad=*/true)});
+      return pp_->Recv(options_.ctx, d_outputs_[slot], next,
+                       {.tag = Tag(action, /*up=*/true, /*grad=*/true)});
     }
     case PipelineOp::kBackward: {
       SM_ASSIGN_OR_RETURN(d_inputs_[slot], stage.Backward(c, mb, d_outputs_[slot]));
@@ -143,8 +145,8 @@ Status PipelineExecutor::Run(const PipelineAction& action, PipelineStage& stage,
     }
     case PipelineOp::kSendGrad: {
       ++stats.sends;
-      Status status =
-          pp_->Send(d_inputs_[slot], prev, {.tag = Tag(action, /*up=*/false, /*grad=*/true)});
+      Status status = pp_->Send(options_.ctx, d_inputs_[slot], prev,
+                                {.tag = Tag(action, /*up=*/false, /*grad=*/true)});
       d_inputs_[slot] = Tensor();
       return status;
     }

@@ -84,6 +84,7 @@ struct PipelineExecutorOptions {
   Shape activation_shape;    // [B*T, C]
   DType activation_dtype = DType::kF32;
   Device activation_device = Device::kCPU;  // where receive buffers live
+  ExecContext ctx;  // the stages' context: sends and receives are ordered on it
 };
 
 struct PipelineStepStats {

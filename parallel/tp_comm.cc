@@ -1,5 +1,7 @@
 #include "parallel/tp_comm.h"
 
+#include "core/ops.h"
+
 namespace scalemoe {
 namespace {
 
@@ -20,22 +22,24 @@ Status CheckTokenSplit(const Communicator& tp, const Tensor& local, const Tensor
 
 }  // namespace
 
-Status GatherTokens(Communicator& tp, const Tensor& local, const Tensor& full) {
+Status GatherTokens(const ExecContext& ctx, Communicator& tp, const Tensor& local,
+                    const Tensor& full) {
   SM_RETURN_IF_ERROR(CheckTokenSplit(tp, local, full, "GatherTokens"));
   if (tp.size() == 1) {
-    Tensor(full).CopyFrom(local);  // a handle copy: writes into full's data
+    ops::Copy(ctx, local, full);
     return absl::OkStatus();
   }
-  return tp.AllGather(local, full);
+  return tp.AllGather(ctx, local, full);
 }
 
-Status ReduceScatterTokens(Communicator& tp, const Tensor& full, const Tensor& local) {
+Status ReduceScatterTokens(const ExecContext& ctx, Communicator& tp, const Tensor& full,
+                           const Tensor& local) {
   SM_RETURN_IF_ERROR(CheckTokenSplit(tp, local, full, "ReduceScatterTokens"));
   if (tp.size() == 1) {
-    Tensor(local).CopyFrom(full);
+    ops::Copy(ctx, full, local);
     return absl::OkStatus();
   }
-  return tp.ReduceScatter(full, local);
+  return tp.ReduceScatter(ctx, full, local);
 }
 
 StatusOr<VocabShard> ShardVocab(int64_t vocab, int rank, int tp_size) {

@@ -27,9 +27,11 @@ namespace scalemoe {
 enum class SequenceParallel : uint8_t { kOff = 0, kOn = 1 };
 
 // local [N/tp, C] on every rank -> full [N, C] (rank order), identical on all.
-Status GatherTokens(Communicator& tp, const Tensor& local, const Tensor& full);
+Status GatherTokens(const ExecContext& ctx, Communicator& tp, const Tensor& local,
+                    const Tensor& full);
 // full [N, C] partial sums -> local [N/tp, C] = this rank's rows of Σ_ranks full.
-Status ReduceScatterTokens(Communicator& tp, const Tensor& full, const Tensor& local);
+Status ReduceScatterTokens(const ExecContext& ctx, Communicator& tp, const Tensor& full,
+                           const Tensor& local);
 
 // The vocabulary rows [start, start + size) held by TP rank `rank` of `tp_size`.
 struct VocabShard {

@@ -46,17 +46,17 @@ void ShardGrad(int64_t n, int64_t v, const T* logits, const int32_t* targets,
 }
 
 template <typename T>
-StatusOr<double> Run(Communicator& tp, const VocabShard& shard, const Tensor& logits,
-                     const Tensor& targets, const Tensor& d_logits) {
+StatusOr<double> Run(const ExecContext& ctx, Communicator& tp, const VocabShard& shard,
+                     const Tensor& logits, const Tensor& targets, const Tensor& d_logits) {
   const int64_t n = logits.dim(0), v = logits.dim(1);
   const T* l = logits.data<T>();
   const int32_t* t = targets.data<int32_t>();
   Tensor max = Tensor::Empty({n}, DType::kF64);
   RowMax(n, v, l, max.data<double>());
-  SM_RETURN_IF_ERROR(tp.AllReduce(max, {.op = ReduceOp::kMax}));
+  SM_RETURN_IF_ERROR(tp.AllReduce(ctx, max, {.op = ReduceOp::kMax}));
   Tensor stats = Tensor::Empty({2 * n}, DType::kF64);
   ShardStats(n, v, l, t, shard, max.data<double>(), stats.data<double>());
-  SM_RETURN_IF_ERROR(tp.AllReduce(stats));
+  SM_RETURN_IF_ERROR(tp.AllReduce(ctx, stats));
   const double* m = max.data<double>();
   const double* s = stats.data<double>();
   double loss = 0;
@@ -106,8 +106,9 @@ StatusOr<double> VocabParallelCrossEntropy::Forward(const ExecContext& ctx, cons
     SM_RETURN_IF_ERROR(
         CheckMatrix(d_logits, n, shard_.size, logits.dtype(), std::string(kLayer) + " d_logits"));
   }
-  if (logits.dtype() == DType::kF64) return Run<double>(*tp_, shard_, logits, targets, d_logits);
-  return Run<float>(*tp_, shard_, logits, targets, d_logits);
+  if (logits.dtype() == DType::kF64)
+    return Run<double>(ctx, *tp_, shard_, logits, targets, d_logits);
+  return Run<float>(ctx, *tp_, shard_, logits, targets, d_logits);
 }
 
 }  // namespace scalemoe

@@ -49,10 +49,10 @@ Status VocabParallelEmbedding::Forward(const ExecContext& ctx, const Tensor& tok
     }
     rows[i] = shard_.Owns(t[i]) ? static_cast<int32_t>(t[i] - shard_.start) : -1;
   }
-  const Tensor full = sp ? Tensor::Empty({n, c}, out.dtype(), out.device()) : out;
+  const Tensor full = sp ? ctx.Empty({n, c}, out.dtype()) : out;
   ops::GatherRows(ctx, weight_->value, local_rows_, 1, full);
-  if (sp) return ReduceScatterTokens(*tp_, full, out);
-  return tp_->size() > 1 ? tp_->AllReduce(out) : absl::OkStatus();
+  if (sp) return ReduceScatterTokens(ctx, *tp_, full, out);
+  return tp_->size() > 1 ? tp_->AllReduce(ctx, out) : absl::OkStatus();
 }
 
 Status VocabParallelEmbedding::Backward(const ExecContext& ctx, const Tensor& d_out) {
@@ -68,7 +68,7 @@ Status VocabParallelEmbedding::Backward(const ExecContext& ctx, const Tensor& d_
   Tensor d_full = d_out;
   if (sp) {
     d_full = Tensor::Empty({n, c}, d_out.dtype(), d_out.device());
-    SM_RETURN_IF_ERROR(GatherTokens(*tp_, d_out, d_full));
+    SM_RETURN_IF_ERROR(GatherTokens(ctx, *tp_, d_out, d_full));
   }
   ops::ScatterAddRows(ctx, d_full, local_rows_, 1, Tensor(), weight_->grad);
   return absl::OkStatus();

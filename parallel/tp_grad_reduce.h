@@ -21,7 +21,7 @@ namespace scalemoe {
 // range. Parameters [first, end) of `registry` with tp_partial_grad are packed
 // (dense ones summed over `tp`, tp_group == kExpert ones over `etp`) into one
 // all-reduce per group of size > 1. A group of one is skipped.
-Status SumPartialGradsOverTp(const ParamRegistry& registry, size_t first, size_t end,
-                             Communicator& tp, Communicator& etp);
+Status SumPartialGradsOverTp(const ExecContext& ctx, const ParamRegistry& registry, size_t first,
+                             size_t end, Communicator& tp, Communicator& etp);
 
 }  // namespace scalemoe

@@ -79,6 +79,12 @@ Status CudaDevice::CopyToDevice(void* dst, const void* host_src, size_t nbytes) 
                     "cudaMemcpyAsync (host to device)", ordinal_);
 }
 
+Status CudaDevice::CopyOnDevice(void* dst, const void* src, size_t nbytes) const {
+  return CudaStatus(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice,
+                                    static_cast<cudaStream_t>(stream_)),
+                    "cudaMemcpyAsync (device to device)", ordinal_);
+}
+
 Status CudaDevice::CopyToHost(void* host_dst, const void* src, size_t nbytes) const {
   SM_RETURN_IF_ERROR(CudaStatus(cudaMemcpyAsync(host_dst, src, nbytes, cudaMemcpyDeviceToHost,
                                                 static_cast<cudaStream_t>(stream_)),

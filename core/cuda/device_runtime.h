@@ -30,6 +30,7 @@ class CudaDevice {
   // Stream-ordered: queued on the stream.
   Status MemsetZero(void* ptr, size_t nbytes) const;
   Status CopyToDevice(void* dst, const void* host_src, size_t nbytes) const;
+  Status CopyOnDevice(void* dst, const void* src, size_t nbytes) const;
   // Waits for the stream, then returns with dst filled.
   Status CopyToHost(void* host_dst, const void* src, size_t nbytes) const;
   Status Synchronize() const;

@@ -18,6 +18,7 @@
 #include "parallel/broadcast_string.h"
 #include "parallel/mpi_runtime.h"
 #include "tests/launch/tiny_training.h"
+#include "tests/testing/host_context.h"
 
 namespace scalemoe::testing {
 
@@ -119,7 +120,8 @@ inline int MpiTestMain(int argc, char** argv) {
   }
   Tensor failed = Tensor::Zeros({1}, DType::kI32);
   failed.data<int32_t>()[0] = RUN_ALL_TESTS() != 0 ? 1 : 0;
-  SM_CHECK_OK(TestWorld().groups->world->AllReduce(failed, {.op = ReduceOp::kMax}));
+  SM_CHECK_OK(
+      TestWorld().groups->world->AllReduce(testing::HostCtx(), failed, {.op = ReduceOp::kMax}));
   const int code = failed.data<int32_t>()[0];
   TestWorld().groups.reset();  // before MPI_Finalize
   return code;

@@ -17,6 +17,7 @@
 #include "model/model.h"
 #include "parallel/fake_communicator.h"
 #include "tests/model/model_test_util.h"
+#include "tests/testing/host_context.h"
 #include "tests/testing/status_util.h"
 
 using scalemoe::testing::Must;
@@ -83,7 +84,8 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
   Must(model.FinishBackward(ctx));
   if (groups != nullptr && groups->edp->size() > 1) {
     for (const auto& p : registry.params()) {
-      if (p->spec.layout.is_expert()) SM_CHECK_OK(groups->edp->AllReduce(p->grad));
+      if (p->spec.layout.is_expert())
+        SM_CHECK_OK(groups->edp->AllReduce(testing::HostCtx(), p->grad));
     }
   }
   r.logits = model.logits().ToVector();

@@ -29,6 +29,7 @@
 #include "parallel/grad_sync.h"
 #include "parallel/tp_grad_reduce.h"
 #include "tests/moe/moe_test_util.h"
+#include "tests/testing/host_context.h"
 #include "tests/testing/status_util.h"
 
 using scalemoe::testing::Must;
@@ -99,9 +100,9 @@ Result RunLayer(const config::RunConfig& cfg, ProcessGroups* groups, const Tenso
   Must(layer.Backward(ctx, d_out, r.d_n, 1.0));
   Must(layer.FinishBackward(ctx));
   if (groups != nullptr) {
-    SM_CHECK_OK(SumPartialGradsOverTp(registry, 0, registry.params().size(), *groups->tp,
-                                      *groups->etp));
-    GradSync sync(registry, *groups, /*bucket_elements=*/0);
+    SM_CHECK_OK(SumPartialGradsOverTp(testing::HostCtx(), registry, 0, registry.params().size(),
+                                      *groups->tp, *groups->etp));
+    GradSync sync(testing::HostCtx(), registry, *groups, /*bucket_elements=*/0);
     SM_CHECK_OK(sync.AllReduceMean());
   }
   r.aux = layer.aux_loss();

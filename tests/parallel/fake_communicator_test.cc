@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/host_context.h"
 
 namespace scalemoe {
 namespace {
@@ -26,17 +27,17 @@ TEST(FakeCommunicatorTest, AllReduceSumMaxMinInEveryDtype) {
     const double r = dp.rank();
     for (DType dtype : {DType::kF32, DType::kF64, DType::kI32, DType::kI64}) {
       Tensor sum = Vec({r, 10 * r + 1}, dtype);
-      SM_RETURN_IF_ERROR(dp.AllReduce(sum));
+      SM_RETURN_IF_ERROR(dp.AllReduce(testing::HostCtx(), sum));
       EXPECT_EQ(sum.ToVector(), (std::vector<double>{6, 64})) << DTypeName(dtype);
       Tensor max = Vec({r, -r}, dtype);
-      SM_RETURN_IF_ERROR(dp.AllReduce(max, {.op = ReduceOp::kMax}));
+      SM_RETURN_IF_ERROR(dp.AllReduce(testing::HostCtx(), max, {.op = ReduceOp::kMax}));
       EXPECT_EQ(max.ToVector(), (std::vector<double>{3, 0})) << DTypeName(dtype);
       Tensor min = Vec({r, -r}, dtype);
-      SM_RETURN_IF_ERROR(dp.AllReduce(min, {.op = ReduceOp::kMin}));
+      SM_RETURN_IF_ERROR(dp.AllReduce(testing::HostCtx(), min, {.op = ReduceOp::kMin}));
       EXPECT_EQ(min.ToVector(), (std::vector<double>{0, -3})) << DTypeName(dtype);
     }
     Tensor async = Vec({r + 0.5});
-    SM_ASSIGN_OR_RETURN(std::unique_ptr<Work> work, dp.AllReduceAsync(async));
+    SM_ASSIGN_OR_RETURN(std::unique_ptr<Work> work, dp.AllReduceAsync(testing::HostCtx(), async));
     SM_RETURN_IF_ERROR(work->Wait());
     EXPECT_EQ(async.ToVector(), (std::vector<double>{8}));
     return absl::OkStatus();
@@ -51,21 +52,21 @@ TEST(FakeCommunicatorTest, ReduceScatterAllGatherBroadcastBarrier) {
     // input chunk q holds r + q; rank q gets sum over r of (r + q) = 3 + 3q.
     Tensor input = Vec({r, r + 1, r + 2, 100 * r, 100 * r + 1, 100 * r + 2}, DType::kF64);
     Tensor output = Tensor::Zeros({2}, DType::kF64);
-    SM_RETURN_IF_ERROR(c.ReduceScatter(input, output));
+    SM_RETURN_IF_ERROR(c.ReduceScatter(testing::HostCtx(), input, output));
     // chunks are [r, r+1], [r+2, 100r], [100r+1, 100r+2]
     const std::vector<std::vector<double>> want = {{3, 6}, {9, 300}, {303, 306}};
     EXPECT_EQ(output.ToVector(), want[c.rank()]);
     Tensor async_out = Tensor::Zeros({2}, DType::kF64);
-    SM_ASSIGN_OR_RETURN(auto work, c.ReduceScatterAsync(input, async_out));
+    SM_ASSIGN_OR_RETURN(auto work, c.ReduceScatterAsync(testing::HostCtx(), input, async_out));
     SM_RETURN_IF_ERROR(work->Wait());
     EXPECT_EQ(async_out.ToVector(), want[c.rank()]);
 
     Tensor gathered = Tensor::Zeros({6}, DType::kI64);
-    SM_RETURN_IF_ERROR(c.AllGather(Vec({r, -r}, DType::kI64), gathered));
+    SM_RETURN_IF_ERROR(c.AllGather(testing::HostCtx(), Vec({r, -r}, DType::kI64), gathered));
     EXPECT_EQ(gathered.ToVector(), (std::vector<double>{0, 0, 1, -1, 2, -2}));
 
     Tensor b = Vec({r * 1.5, 7}, DType::kBF16);
-    SM_RETURN_IF_ERROR(c.Broadcast(b, {.root = 2}));
+    SM_RETURN_IF_ERROR(c.Broadcast(testing::HostCtx(), b, {.root = 2}));
     EXPECT_EQ(b.ToVector(), (std::vector<double>{3, 7}));
     return c.Barrier();
   });
@@ -90,7 +91,7 @@ TEST(FakeCommunicatorTest, UnevenAllToAllVWithZeroCounts) {
     }
     Tensor input = send.empty() ? Tensor::Zeros({0}, DType::kF32) : Vec(send);
     Tensor output = Tensor::Zeros({static_cast<int64_t>(want.size())}, DType::kF32);
-    SM_RETURN_IF_ERROR(ep.AllToAllV(input, counts[r], output, recv_counts));
+    SM_RETURN_IF_ERROR(ep.AllToAllV(testing::HostCtx(), input, counts[r], output, recv_counts));
     EXPECT_EQ(output.ToVector(), want) << "rank " << r;
     return absl::OkStatus();
   });
@@ -102,7 +103,7 @@ TEST(FakeCommunicatorTest, AllToAllVCountMismatchIsAnError) {
     Communicator& ep = pg.Get(Axis::kEp);
     Tensor buf = Tensor::Zeros({4}, DType::kF32);
     // Each rank sends 1 to the other but expects 2 from it.
-    return ep.AllToAllV(buf, {1, 1}, buf.Clone(), {1, 2});
+    return ep.AllToAllV(testing::HostCtx(), buf, {1, 1}, buf.Clone(), {1, 2});
   });
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.message().find("recv_counts"), absl::string_view::npos) << s;
@@ -112,18 +113,18 @@ TEST(FakeCommunicatorTest, SendRecvAndGroupsFollowTheGrid) {
   Status s = FakeWorld(Fast()).Run(4, {.dp = 4, .ep = 2, .edp = 2}, [](ProcessGroups& pg) {
     const int g = pg.coords.global;
     Tensor ep_sum = Vec({static_cast<double>(g)}, DType::kI32);
-    SM_RETURN_IF_ERROR(pg.ep->AllReduce(ep_sum));
+    SM_RETURN_IF_ERROR(pg.ep->AllReduce(testing::HostCtx(), ep_sum));
     EXPECT_EQ(ep_sum.At(0), g < 2 ? 1 : 5);  // ep groups [0,1] [2,3]
     Tensor edp_sum = Vec({static_cast<double>(g)}, DType::kI32);
-    SM_RETURN_IF_ERROR(pg.edp->AllReduce(edp_sum));
+    SM_RETURN_IF_ERROR(pg.edp->AllReduce(testing::HostCtx(), edp_sum));
     EXPECT_EQ(edp_sum.At(0), g % 2 == 0 ? 2 : 4);  // edp groups [0,2] [1,3]
     EXPECT_EQ(pg.edp->name(), g % 2 == 0 ? "edp[0,2]" : "edp[1,3]");
     EXPECT_EQ(pg.tp->size(), 1);
     // Ring over the world: send to the right, receive from the left.
     Communicator& w = *pg.world;
     Tensor out = Vec({10.0 * g}, DType::kF64), in = Tensor::Zeros({1}, DType::kF64);
-    SM_RETURN_IF_ERROR(w.Send(out, (g + 1) % 4, {.tag = 7}));
-    SM_RETURN_IF_ERROR(w.Recv(in, (g + 3) % 4, {.tag = 7}));
+    SM_RETURN_IF_ERROR(w.Send(testing::HostCtx(), out, (g + 1) % 4, {.tag = 7}));
+    SM_RETURN_IF_ERROR(w.Recv(testing::HostCtx(), in, (g + 3) % 4, {.tag = 7}));
     EXPECT_EQ(in.At(0), 10.0 * ((g + 3) % 4));
     return absl::OkStatus();
   });
@@ -133,10 +134,10 @@ TEST(FakeCommunicatorTest, SendRecvAndGroupsFollowTheGrid) {
 TEST(FakeCommunicatorTest, WorldOfOneIsIdentity) {
   Status s = FakeWorld(Fast()).Run(1, {}, [](ProcessGroups& pg) {
     Tensor t = Vec({1, 2});
-    SM_RETURN_IF_ERROR(pg.dp->AllReduce(t));
+    SM_RETURN_IF_ERROR(pg.dp->AllReduce(testing::HostCtx(), t));
     EXPECT_EQ(t.ToVector(), (std::vector<double>{1, 2}));
     Tensor out = Tensor::Zeros({2}, DType::kF32);
-    SM_RETURN_IF_ERROR(pg.ep->AllToAllV(t, {2}, out, {2}));
+    SM_RETURN_IF_ERROR(pg.ep->AllToAllV(testing::HostCtx(), t, {2}, out, {2}));
     EXPECT_EQ(out.ToVector(), (std::vector<double>{1, 2}));
     return pg.world->Barrier();
   });
@@ -145,7 +146,7 @@ TEST(FakeCommunicatorTest, WorldOfOneIsIdentity) {
 
 TEST(FakeCommunicatorTest, Bf16ReductionsAreUnimplemented) {
   Status s = FakeWorld(Fast()).Run(2, {.dp = 2, .edp = 2}, [](ProcessGroups& pg) {
-    return pg.dp->AllReduce(Vec({1}, DType::kBF16));
+    return pg.dp->AllReduce(testing::HostCtx(), Vec({1}, DType::kBF16));
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kUnimplemented) << s;
   EXPECT_NE(s.message().find("dp[0,1]"), absl::string_view::npos) << s;
@@ -164,9 +165,9 @@ TEST(FakeCommunicatorTest, InjectedFailureReachesEveryPeer) {
   std::atomic<int> first_ok{0};
   Status s = world.Run(3, {.dp = 3, .edp = 3}, [&](ProcessGroups& pg) {
     Tensor t = Vec({1});
-    SM_RETURN_IF_ERROR(pg.dp->AllReduce(t));
+    SM_RETURN_IF_ERROR(pg.dp->AllReduce(testing::HostCtx(), t));
     ++first_ok;
-    return pg.dp->AllReduce(t);
+    return pg.dp->AllReduce(testing::HostCtx(), t);
   });
   EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(1500));
   EXPECT_EQ(first_ok.load(), 3);
@@ -197,8 +198,8 @@ TEST(FakeCommunicatorTest, MismatchedCallOrderTimesOut) {
   const auto start = std::chrono::steady_clock::now();
   Status s = world.Run(2, {.dp = 2, .edp = 2}, [](ProcessGroups& pg) {
     Tensor t = Vec({1});
-    if (pg.coords.global == 0) return pg.dp->AllReduce(t);
-    return pg.world->Recv(t, 0);
+    if (pg.coords.global == 0) return pg.dp->AllReduce(testing::HostCtx(), t);
+    return pg.world->Recv(testing::HostCtx(), t, 0);
   });
   EXPECT_LT(std::chrono::steady_clock::now() - start, milliseconds(1500));
   EXPECT_EQ(s.code(), absl::StatusCode::kDeadlineExceeded) << s;
@@ -208,8 +209,8 @@ TEST(FakeCommunicatorTest, MismatchedCallOrderTimesOut) {
 TEST(FakeCommunicatorTest, MismatchedCollectivesAreErrors) {
   Status s = FakeWorld(Fast()).Run(2, {.dp = 2, .edp = 2}, [](ProcessGroups& pg) {
     Tensor t = Vec({1, 2});
-    if (pg.coords.global == 0) return pg.dp->AllReduce(t);
-    return pg.dp->Broadcast(t);
+    if (pg.coords.global == 0) return pg.dp->AllReduce(testing::HostCtx(), t);
+    return pg.dp->Broadcast(testing::HostCtx(), t);
   });
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
   EXPECT_NE(s.message().find("mismatched call"), absl::string_view::npos) << s;

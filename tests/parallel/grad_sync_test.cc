@@ -12,6 +12,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "parallel/fake_communicator.h"
+#include "tests/testing/host_context.h"
 
 namespace scalemoe {
 namespace {
@@ -63,7 +64,7 @@ std::vector<Result> Sync(int dp, int ep, int64_t bucket, Mode mode) {
     ParamRegistry reg;
     Build(reg, {2 * pg.coords.ep, 2 * pg.coords.ep + 1});
     SetLocalGrads(reg, pg.coords.global);
-    GradSync sync(reg, pg, bucket);
+    GradSync sync(testing::HostCtx(), reg, pg, bucket);
     if (mode == Mode::kAllReduceMean) {
       SM_RETURN_IF_ERROR(sync.AllReduceMean());
     } else {
@@ -148,7 +149,7 @@ TEST(GradSyncTest, BadRangesAreErrors) {
                        [&](ProcessGroups& pg) -> Status {
                          ParamRegistry reg;
                          Build(reg, {0});
-                         GradSync sync(reg, pg, 4);
+                         GradSync sync(testing::HostCtx(), reg, pg, 4);
                          Status s = sync.LaunchRange(0, reg.total_local_numel() + 1);
                          EXPECT_THAT(s.message(), HasSubstr("not inside the flat grad buffer"));
                          EXPECT_TRUE(sync.LaunchRange(0, 6).ok());
@@ -168,7 +169,7 @@ TEST(GradSyncTest, FailedCollectiveIsAStatusOnEveryRank) {
     ParamRegistry reg;
     Build(reg, {0, 1});
     SetLocalGrads(reg, pg.coords.global);
-    GradSync sync(reg, pg, 4);
+    GradSync sync(testing::HostCtx(), reg, pg, 4);
     return sync.AllReduceMean();
   });
   EXPECT_FALSE(status.ok());

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/testing/host_context.h"
 
 namespace scalemoe {
 namespace {
@@ -31,11 +32,11 @@ TEST_F(MpiCommunicatorTest, AllReduceInEveryDtypeAndOp) {
   ASSERT_EQ(world().size(), n_);
   for (DType dtype : {DType::kF32, DType::kF64, DType::kI32, DType::kI64}) {
     Tensor sum = Vec({r, 2 * r + 1}, dtype);
-    ASSERT_TRUE(world().AllReduce(sum).ok());
+    ASSERT_TRUE(world().AllReduce(testing::HostCtx(), sum).ok());
     EXPECT_EQ(sum.ToVector(), (std::vector<double>{n * (n - 1) / 2, n * (n - 1) + n}));
     Tensor max = Vec({r, -r}, dtype), min = Vec({r, -r}, dtype);
-    ASSERT_TRUE(world().AllReduce(max, {.op = ReduceOp::kMax}).ok());
-    ASSERT_TRUE(world().AllReduce(min, {.op = ReduceOp::kMin}).ok());
+    ASSERT_TRUE(world().AllReduce(testing::HostCtx(), max, {.op = ReduceOp::kMax}).ok());
+    ASSERT_TRUE(world().AllReduce(testing::HostCtx(), min, {.op = ReduceOp::kMin}).ok());
     EXPECT_EQ(max.ToVector(), (std::vector<double>{n - 1, 0}));
     EXPECT_EQ(min.ToVector(), (std::vector<double>{0, 1 - n}));
   }
@@ -44,7 +45,7 @@ TEST_F(MpiCommunicatorTest, AllReduceInEveryDtypeAndOp) {
 TEST_F(MpiCommunicatorTest, AsyncAllReduceAndReduceScatter) {
   const double r = world().rank(), n = n_;
   Tensor t = Vec(std::vector<double>(1000, r + 1), DType::kF64);
-  auto work = world().AllReduceAsync(t);
+  auto work = world().AllReduceAsync(testing::HostCtx(), t);
   ASSERT_TRUE(work.ok()) << work.status();
   ASSERT_TRUE((*work)->Wait().ok());
   EXPECT_EQ(t.At(999), n * (n + 1) / 2);
@@ -52,10 +53,10 @@ TEST_F(MpiCommunicatorTest, AsyncAllReduceAndReduceScatter) {
   std::vector<double> in;
   for (int q = 0; q < n_; ++q) in.insert(in.end(), {r * q, 1.0});
   Tensor out = Tensor::Zeros({2}, DType::kF32);
-  ASSERT_TRUE(world().ReduceScatter(Vec(in), out).ok());
+  ASSERT_TRUE(world().ReduceScatter(testing::HostCtx(), Vec(in), out).ok());
   EXPECT_EQ(out.ToVector(), (std::vector<double>{r * n * (n - 1) / 2, n}));
   Tensor async_out = Tensor::Zeros({2}, DType::kF32);
-  auto rs = world().ReduceScatterAsync(Vec(in), async_out);
+  auto rs = world().ReduceScatterAsync(testing::HostCtx(), Vec(in), async_out);
   ASSERT_TRUE(rs.ok()) << rs.status();
   ASSERT_TRUE((*rs)->Wait().ok());
   EXPECT_EQ(async_out.ToVector(), out.ToVector());
@@ -64,13 +65,14 @@ TEST_F(MpiCommunicatorTest, AsyncAllReduceAndReduceScatter) {
 TEST_F(MpiCommunicatorTest, AllGatherBroadcastBf16AndSendRecv) {
   const int r = world().rank();
   Tensor gathered = Tensor::Zeros({2 * n_}, DType::kBF16);
-  ASSERT_TRUE(world().AllGather(Vec({1.0 * r, -0.5 * r}, DType::kBF16), gathered).ok());
+  ASSERT_TRUE(
+      world().AllGather(testing::HostCtx(), Vec({1.0 * r, -0.5 * r}, DType::kBF16), gathered).ok());
   for (int q = 0; q < n_; ++q) {
     EXPECT_EQ(gathered.At(2 * q), q);
     EXPECT_EQ(gathered.At(2 * q + 1), -0.5 * q);
   }
   Tensor b = Vec({r + 0.25, 3}, DType::kF64);
-  ASSERT_TRUE(world().Broadcast(b, {.root = n_ - 1}).ok());
+  ASSERT_TRUE(world().Broadcast(testing::HostCtx(), b, {.root = n_ - 1}).ok());
   EXPECT_EQ(b.ToVector(), (std::vector<double>{n_ - 0.75, 3}));
 
   EXPECT_TRUE(world().Barrier().ok());
@@ -79,11 +81,11 @@ TEST_F(MpiCommunicatorTest, AllGatherBroadcastBf16AndSendRecv) {
   // Even ranks send first, odd ranks receive first: no deadlock on blocking sends.
   const int right = (r + 1) % n_, left = (r + n_ - 1) % n_;
   if (r % 2 == 0) {
-    ASSERT_TRUE(world().Send(out, right, {.tag = 3}).ok());
-    ASSERT_TRUE(world().Recv(in, left, {.tag = 3}).ok());
+    ASSERT_TRUE(world().Send(testing::HostCtx(), out, right, {.tag = 3}).ok());
+    ASSERT_TRUE(world().Recv(testing::HostCtx(), in, left, {.tag = 3}).ok());
   } else {
-    ASSERT_TRUE(world().Recv(in, left, {.tag = 3}).ok());
-    ASSERT_TRUE(world().Send(out, right, {.tag = 3}).ok());
+    ASSERT_TRUE(world().Recv(testing::HostCtx(), in, left, {.tag = 3}).ok());
+    ASSERT_TRUE(world().Send(testing::HostCtx(), out, right, {.tag = 3}).ok());
   }
   EXPECT_EQ(in.At(0), 10.0 * left);
 }
@@ -104,22 +106,23 @@ TEST_F(MpiCommunicatorTest, UnevenAllToAllV) {
   Tensor input = Tensor::Zeros({static_cast<int64_t>(send.size())}, DType::kI32);
   if (!send.empty()) input = Vec(send, DType::kI32);
   Tensor output = Tensor::Zeros({static_cast<int64_t>(want.size())}, DType::kI32);
-  ASSERT_TRUE(world().AllToAllV(input, send_counts, output, recv_counts).ok());
+  ASSERT_TRUE(world().AllToAllV(testing::HostCtx(), input, send_counts, output, recv_counts).ok());
   EXPECT_EQ(output.ToVector(), want);
 }
 
 TEST_F(MpiCommunicatorTest, BadArgumentsAreErrorsNamingTheGroup) {
-  Status bf16 = world().AllReduce(Vec({1}, DType::kBF16));
+  Status bf16 = world().AllReduce(testing::HostCtx(), Vec({1}, DType::kBF16));
   EXPECT_EQ(bf16.code(), absl::StatusCode::kUnimplemented);
   EXPECT_NE(bf16.message().find("world[0"), absl::string_view::npos) << bf16;
   // One count too many: counts need one entry per rank.
-  Status counts = world().AllToAllV(Vec({1, 1, 1, 1, 1}), std::vector<int64_t>(n_ + 1, 1),
-                                    Vec({1, 1, 1, 1, 1}), std::vector<int64_t>(n_ + 1, 1));
+  Status counts =
+      world().AllToAllV(testing::HostCtx(), Vec({1, 1, 1, 1, 1}), std::vector<int64_t>(n_ + 1, 1),
+                        Vec({1, 1, 1, 1, 1}), std::vector<int64_t>(n_ + 1, 1));
   EXPECT_EQ(counts.code(), absl::StatusCode::kInvalidArgument) << counts;
   Status chunks =
-      world().AllGather(Vec({1, 2}), Tensor::Zeros({2 * n_ + 1}, DType::kF32));
+      world().AllGather(testing::HostCtx(), Vec({1, 2}), Tensor::Zeros({2 * n_ + 1}, DType::kF32));
   EXPECT_EQ(chunks.code(), absl::StatusCode::kInvalidArgument) << chunks;
-  EXPECT_FALSE(world().Broadcast(Vec({1}), {.root = n_}).ok());
+  EXPECT_FALSE(world().Broadcast(testing::HostCtx(), Vec({1}), {.root = n_}).ok());
 }
 
 // dp2 x ep2 on 4 ranks (dp = 4 dense): ep [0,1] [2,3], edp [0,2] [1,3].
@@ -132,8 +135,8 @@ TEST_F(MpiCommunicatorTest, ExpertGroupsFromCommSplit) {
   EXPECT_EQ(groups->edp->rank(), g / 2);
   EXPECT_EQ(groups->ep->name(), g < 2 ? "ep[0,1]" : "ep[2,3]");
   Tensor ep = Vec({1.0 * g}, DType::kI64), edp = Vec({1.0 * g}, DType::kI64);
-  ASSERT_TRUE(groups->ep->AllReduce(ep).ok());
-  ASSERT_TRUE(groups->edp->AllReduce(edp).ok());
+  ASSERT_TRUE(groups->ep->AllReduce(testing::HostCtx(), ep).ok());
+  ASSERT_TRUE(groups->edp->AllReduce(testing::HostCtx(), edp).ok());
   EXPECT_EQ(ep.At(0), g < 2 ? 1 : 5);
   EXPECT_EQ(edp.At(0), g % 2 == 0 ? 2 : 4);
   EXPECT_EQ(groups->tp->size(), 1);

@@ -141,8 +141,12 @@ Reference RunSingleRank(const ToyProblem& p) {
 FakeWorldOptions Fast() { return {.timeout = std::chrono::milliseconds(3000)}; }
 
 PipelineExecutorOptions Options(PipelineScheduleKind kind, int m) {
-  return {.schedule = kind, .num_microbatches = m, .activation_shape = {kRows, kWidth},
-          .activation_dtype = DType::kF64};
+  PipelineExecutorOptions o;
+  o.schedule = kind;
+  o.num_microbatches = m;
+  o.activation_shape = {kRows, kWidth};
+  o.activation_dtype = DType::kF64;
+  return o;
 }
 
 // The toy's backward is right: the reference gradients match central

@@ -99,9 +99,13 @@ TEST(PipelineMpiTest, BothSchedulesCompleteWithBlockingSends) {
       SCOPED_TRACE(absl::StrCat(PipelineScheduleName(kind), " m=", m));
       const double expected_loss = ExpectedLoss(p, m);
       ScalarStage stage(s, p, m);
-      StatusOr<PipelineExecutor> executor = PipelineExecutor::Create(
-          pp, {.schedule = kind, .num_microbatches = m, .activation_shape = {kRows, kWidth},
-               .activation_dtype = DType::kF64});
+      StatusOr<PipelineExecutor> executor =
+          PipelineExecutor::Create(pp, {.schedule = kind,
+                                        .num_microbatches = m,
+                                        .activation_shape = {kRows, kWidth},
+                                        .activation_dtype = DType::kF64,
+                                        .activation_device = Device::kCPU,
+                                        .ctx = ExecContext::Cpu()});
       ASSERT_TRUE(executor.ok()) << executor.status();
       StatusOr<PipelineStepStats> stats = executor->RunStep(stage);
       ASSERT_TRUE(stats.ok()) << stats.status();
@@ -128,10 +132,14 @@ TEST(PipelineMpiTest, InterleavedCompletesWithBlockingSends) {
       SCOPED_TRACE(absl::StrCat("interleaved v=", v, " m=", m));
       const double expected_loss = ExpectedLoss(p * v, m);
       ScalarStage stage(s, p, m, v);
-      StatusOr<PipelineExecutor> executor = PipelineExecutor::Create(
-          pp, {.schedule = PipelineScheduleKind::kInterleaved1F1B, .num_microbatches = m,
-               .num_chunks = v, .activation_shape = {kRows, kWidth},
-               .activation_dtype = DType::kF64});
+      StatusOr<PipelineExecutor> executor =
+          PipelineExecutor::Create(pp, {.schedule = PipelineScheduleKind::kInterleaved1F1B,
+                                        .num_microbatches = m,
+                                        .num_chunks = v,
+                                        .activation_shape = {kRows, kWidth},
+                                        .activation_dtype = DType::kF64,
+                                        .activation_device = Device::kCPU,
+                                        .ctx = ExecContext::Cpu()});
       ASSERT_TRUE(executor.ok()) << executor.status();
       StatusOr<PipelineStepStats> stats = executor->RunStep(stage);
       ASSERT_TRUE(stats.ok()) << stats.status();
