@@ -15,6 +15,7 @@
 #include "launch/config.h"
 #include "launch/flags.h"
 #include "model/model.h"
+#include "norm/scale_options.h"
 #include "optim/param_groups.h"
 #include "parallel/process_groups.h"
 
@@ -138,7 +139,7 @@ int RunInspect(const std::vector<std::string>& args) {
   if (!layout.ok()) return Fail(std::string(layout.status().message()));
   ParamRegistry registry;
   MoeTransformer model(registry, *cfg);
-  const DecayPolicy policy = cfg->scale_vectors().decay_policy();
+  const DecayPolicy policy = ScaleOptions(cfg->scale_vectors()).decay_policy();
   PrintTable(registry, policy, *layout);
   const ModelCounts c = model.Counts();
   std::printf("\nparameters:            %s (%zu tensors)\n", Grouped(c.total_params).c_str(),
