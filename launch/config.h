@@ -33,8 +33,8 @@ StatusOr<config::RunConfig> ParseConfigText(const std::string& text,
 // listing the valid field names at that level.
 Status ApplyOverride(const std::string& assignment, config::RunConfig* config);
 
-// Reads `path` (NotFound if missing), parses it and applies `overrides` in
-// order. Does not validate: call ValidateConfig once the world size is known.
+// Reads `path` (NotFound if missing, InvalidArgument if it is a directory or
+// anything but a regular file), parses it and applies `overrides` in order. Does not validate: call ValidateConfig once the world size is known.
 StatusOr<config::RunConfig> LoadConfig(const std::string& path,
                                        const std::vector<std::string>& overrides);
 

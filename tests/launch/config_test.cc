@@ -107,6 +107,15 @@ TEST(ParseTest, BadEnumNamesTheField) {
               AllOf(HasSubstr(path + ":1:"), HasSubstr("mode"), HasSubstr("PER_HEAD")));
 }
 
+// A directory reads as an empty file, i.e. the all-defaults config, which
+// check-config called valid.
+TEST(ParseTest, DirectoryIsNotAConfig) {
+  StatusOr<config::RunConfig> c = LoadConfig("configs", {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("configs is a directory"));
+}
+
 TEST(ParseTest, MissingFileIsNotFound) {
   StatusOr<config::RunConfig> c = LoadConfig("configs/no_such.textproto", {});
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
@@ -447,6 +456,9 @@ TEST(CheckConfigCommandTest, BadUsageExitsTwo) {
   EXPECT_THAT(err, HasSubstr("model.bogus"));
   EXPECT_EQ(RunCheck({"--config"}, &out, &err), 2);
   EXPECT_THAT(err, HasSubstr("--config needs a value"));
+  EXPECT_EQ(RunCheck({"--config", "configs"}, &out, &err), 2);
+  EXPECT_THAT(err, HasSubstr("configs is a directory"));
+  EXPECT_EQ(out, "");
 }
 
 TEST(CheckConfigCommandTest, IsListedInTheCli) {
