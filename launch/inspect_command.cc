@@ -115,12 +115,20 @@ int RunInspect(const std::vector<std::string>& args) {
     return 0;
   }
   if (flags->Has("checkpoint")) {
-    StatusOr<std::string> described = checkpoint::DescribeCheckpoint(flags->Get("checkpoint"));
+    const std::string dir = flags->Get("checkpoint");
+    int bad_files = 0;
+    StatusOr<std::string> described = checkpoint::DescribeCheckpoint(dir, &bad_files);
     if (!described.ok()) {
       Fail(std::string(described.status().message()));
       return 1;  // a runtime failure, not bad usage
     }
     std::printf("%s", described->c_str());
+    std::fflush(stdout);
+    if (bad_files > 0) {  // listed, but the checkpoint cannot be loaded
+      Fail(absl::StrCat("checkpoint ", dir, ": ", bad_files, " file(s) BAD (listed above); it "
+                        "cannot be loaded: resume from an earlier checkpoint"));
+      return 1;
+    }
     return 0;
   }
   const std::string path = flags->Get("config");

@@ -176,9 +176,11 @@ TEST_F(CheckpointTest, FlippedByteFailsTheChecksumNamingTheFile) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr(RankFile(1)));
   EXPECT_THAT(s.message(), HasSubstr("checksum"));
-  StatusOr<std::string> described = DescribeCheckpoint(StepDir(1));
+  int bad_files = 0;
+  StatusOr<std::string> described = DescribeCheckpoint(StepDir(1), &bad_files);
   ASSERT_TRUE(described.ok()) << described.status();
   EXPECT_THAT(*described, HasSubstr("BAD (checksum"));
+  EXPECT_EQ(bad_files, 1);
   EXPECT_THAT(*described, HasSubstr("blobs.json"));
 }
 
@@ -259,8 +261,10 @@ TEST_F(CheckpointTest, FailedLoadLeavesEveryTargetUntouched) {
 
 TEST_F(CheckpointTest, DescribeListsStepLayoutTensorsAndFiles) {
   ASSERT_TRUE(Save(7).ok());
-  StatusOr<std::string> d = DescribeCheckpoint(StepDir(7));
+  int bad_files = -1;
+  StatusOr<std::string> d = DescribeCheckpoint(StepDir(7), &bad_files);
   ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(bad_files, 0);
   EXPECT_THAT(*d, HasSubstr("step 7"));
   EXPECT_THAT(*d, HasSubstr("zero_stage=1"));
   EXPECT_THAT(*d, HasSubstr("layers.0.w"));

@@ -164,9 +164,12 @@ TEST_F(TrainerTest, InspectCheckpointPrintsTheManifestAndFlagsCorruption) {
     f.seekp(-3, std::ios::end);
     f.put(static_cast<char>(~byte));
   }
+  // Listed as BAD, and the exit code says the checkpoint cannot be loaded.
   ::testing::internal::CaptureStdout();
-  inspect.run({"--checkpoint", dir});
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(inspect.run({"--checkpoint", dir}), 1);
   EXPECT_NE(::testing::internal::GetCapturedStdout().find("BAD"), std::string::npos);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("1 file(s) BAD"), std::string::npos);
   EXPECT_NE(inspect.run({"--checkpoint", "/nonexistent/step_1"}), 0);
 }
 
