@@ -28,7 +28,7 @@ inline constexpr int kManifestVersion = 1;
 inline constexpr char kManifestFile[] = "manifest.json";
 
 struct ShardEntry {
-  std::string file;  // relative to the dataset directory
+  std::string file;  // a file name in the dataset directory (no '/', not '..')
   int64_t tokens = 0;
   uint32_t crc32c = 0;
 };
