@@ -77,6 +77,9 @@ void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Pro
             " is not a multiple of train.micro_batch_size*dp=", t.micro_batch_size(), "*",
             layout->dp, "=", per_step, ": choose a global batch that is a multiple of ", per_step);
   }
+  p.Check(t.max_consecutive_skips() >= 1, "train.max_consecutive_skips=",
+          t.max_consecutive_skips(),
+          " must be >= 1: the number of non-finite steps in a row that stops a SKIP run");
   p.Check(t.eval_interval() >= 0, "train.eval_interval=", t.eval_interval(),
           " must be >= 0: set 0 to disable evaluation");
   p.Check(t.eval_interval() == 0 || t.eval_batches() > 0, "train.eval_batches=", t.eval_batches(),
