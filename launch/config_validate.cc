@@ -5,11 +5,14 @@
 // the per-rank memory estimate), so one run of `scalemoe check-config` shows
 // all problems; each message names the field, its value and the fix.
 #include <algorithm>
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <numeric>
 
 #include "core/config_problems.h"
 #include "launch/config.h"
+#include "launch/memory_estimate.h"
 #include "model/model_config.h"
 #include "moe/moe_config.h"
 #include "norm/scale_options.h"
@@ -22,6 +25,13 @@ using Problems = ConfigProblems;
 
 std::string WorldText(int world_size) {
   return absl::StrCat("invalid config (world size ", world_size, ")");
+}
+
+// a * b, or INT64_MAX when it overflows (absurd degrees must not wrap into
+// a product that happens to tile the world).
+int64_t SaturatingMul(int64_t a, int64_t b) {
+  int64_t out;
+  return __builtin_mul_overflow(a, b, &out) ? INT64_MAX : out;
 }
 
 // Fills `layout` from the config and the world; returns false (with the
@@ -37,7 +47,7 @@ bool CheckLayout(const config::RunConfig& c, int world, Problems& p, ParallelLay
   if (world < 1 || par.tp() < 1 || par.pp() < 1 || par.ep() < 1 || par.etp() < 1 || par.dp() < 0) {
     return false;
   }
-  const int64_t tp_pp = int64_t{par.tp()} * par.pp();
+  const int64_t tp_pp = SaturatingMul(par.tp(), par.pp());
   int64_t dp = par.dp();
   bool ok = true;
   if (dp == 0) {
@@ -47,12 +57,13 @@ bool CheckLayout(const config::RunConfig& c, int world, Problems& p, ParallelLay
             ": launch a multiple of ", tp_pp, " ranks or choose tp, pp whose product divides it");
     dp = world / tp_pp;
   } else {
-    ok &= tp_pp * dp == world;
-    p.Check(tp_pp * dp == world, "parallel.tp*dp*pp=", par.tp(), "*", dp, "*", par.pp(), "=",
-            tp_pp * dp, " != world size ", world, ": set parallel.dp=0 to derive it, or launch ",
-            tp_pp * dp, " ranks");
+    const int64_t ranks = SaturatingMul(tp_pp, dp);
+    ok &= ranks == world;
+    p.Check(ranks == world, "parallel.tp*dp*pp=", par.tp(), "*", dp, "*", par.pp(), "=", ranks,
+            " != world size ", world, ": set parallel.dp=0 to derive it, or launch ", ranks,
+            " ranks");
   }
-  const int64_t expert_grid = int64_t{par.etp()} * par.ep() * par.pp();
+  const int64_t expert_grid = SaturatingMul(SaturatingMul(par.etp(), par.ep()), par.pp());
   ok &= world % expert_grid == 0;
   p.Check(world % expert_grid == 0, "world size ", world,
           " is not divisible by parallel.etp*ep*pp=", par.etp(), "*", par.ep(), "*", par.pp(), "=",
@@ -100,9 +111,18 @@ void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Pro
 
 int MinimalWorldSize(const config::RunConfig& c) {
   const config::ParallelConfig& par = c.parallel();
-  const int tp = std::max(par.tp(), 1), pp = std::max(par.pp(), 1);
-  if (par.dp() > 0) return tp * par.dp() * pp;
-  return std::lcm(tp * pp, std::max(par.etp(), 1) * std::max(par.ep(), 1) * pp);
+  const int64_t tp = std::max(par.tp(), 1), pp = std::max(par.pp(), 1);
+  int64_t world;
+  if (par.dp() > 0) {
+    world = SaturatingMul(SaturatingMul(tp, par.dp()), pp);
+  } else {
+    const int64_t dense = SaturatingMul(tp, pp);
+    const int64_t expert =
+        SaturatingMul(SaturatingMul(std::max(par.etp(), 1), std::max(par.ep(), 1)), pp);
+    world = SaturatingMul(dense / std::gcd(dense, expert), expert);
+  }
+  // Past INT_MAX no world exists: validation then names the degrees.
+  return static_cast<int>(std::min<int64_t>(world, INT_MAX));
 }
 
 StatusOr<ParallelLayout> ResolveLayout(const config::RunConfig& c, int world_size) {
@@ -121,6 +141,8 @@ Status ValidateConfig(const config::RunConfig& c, int world_size) {
   ValidateScaleVectorConfig(c, p);
   ValidateOptimizerConfig(c, p);
   CheckTraining(c, layout_ok ? &layout : nullptr, p);
+  // The sizes need every other rule to hold (positive, dividing as split).
+  if (p.empty()) ValidateSizes(c, layout, p);
   return p.ToStatus(WorldText(world_size));
 }
 

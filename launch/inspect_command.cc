@@ -14,6 +14,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/flags.h"
+#include "launch/memory_estimate.h"
 #include "model/model.h"
 #include "norm/scale_options.h"
 #include "optim/param_groups.h"
@@ -156,6 +157,8 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("scale vectors:         %s (%.4f%% of parameters)\n",
               Grouped(c.scale_vector_params).c_str(), 100.0 * c.scale_vector_share);
   std::printf("train FLOPs per token: %.4g\n", c.train_flops_per_token);
+  std::printf("estimated memory:      %s, of train.device_memory_gib=%g\n",
+              EstimateMemory(*cfg, *layout).Summary().c_str(), cfg->train().device_memory_gib());
   StatusOr<ParamGroups> groups = ParamGroups::Create(registry, cfg->optimizer(), policy);
   if (!groups.ok()) return Fail(std::string(groups.status().message()));
   std::printf("\noptimizer groups (decay policy %s):\n%s",
