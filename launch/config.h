@@ -7,8 +7,9 @@
 // problems at once, each naming the field and the fix. It is the one
 // validation path: it runs each module's validator (model/model_config.h,
 // moe/moe_config.h, norm/scale_options.h, optim/optimizer_config.h) and then
-// launch's own rules. Nothing downstream re-checks these rules: code that
-// receives a validated config may rely on them. Implementation: config.cc (load, override, print) and
+// launch's own rules (launch/memory_estimate.h for the sizes). Nothing
+// downstream re-checks these rules: code that receives a validated config
+// may rely on them. Implementation: config.cc (load, override, print) and
 // config_validate.cc (rules, layout).
 #pragma once
 

@@ -6,7 +6,6 @@
 // all problems; each message names the field, its value and the fix.
 #include <algorithm>
 #include <climits>
-#include <cmath>
 #include <cstdint>
 #include <numeric>
 
@@ -21,8 +20,6 @@
 namespace scalemoe {
 namespace {
 
-using Problems = ConfigProblems;
-
 std::string WorldText(int world_size) {
   return absl::StrCat("invalid config (world size ", world_size, ")");
 }
@@ -36,7 +33,8 @@ int64_t SaturatingMul(int64_t a, int64_t b) {
 
 // Fills `layout` from the config and the world; returns false (with the
 // reasons in `p`) when the grids do not tile the world.
-bool CheckLayout(const config::RunConfig& c, int world, Problems& p, ParallelLayout* layout) {
+bool CheckLayout(const config::RunConfig& c, int world, ConfigProblems& p,
+                 ParallelLayout* layout) {
   const config::ParallelConfig& par = c.parallel();
   p.Check(world >= 1, "world size ", world, " must be >= 1: launch at least one rank");
   p.Positive("parallel.tp", par.tp());
@@ -75,7 +73,7 @@ bool CheckLayout(const config::RunConfig& c, int world, Problems& p, ParallelLay
   return true;
 }
 
-void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Problems& p) {
+void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, ConfigProblems& p) {
   const config::TrainConfig& t = c.train();
   p.Positive("train.train_steps", t.train_steps());
   p.Positive("train.micro_batch_size", t.micro_batch_size());
@@ -126,14 +124,14 @@ int MinimalWorldSize(const config::RunConfig& c) {
 }
 
 StatusOr<ParallelLayout> ResolveLayout(const config::RunConfig& c, int world_size) {
-  Problems p;
+  ConfigProblems p;
   ParallelLayout layout;
   if (!CheckLayout(c, world_size, p, &layout)) return p.ToStatus(WorldText(world_size));
   return layout;
 }
 
 Status ValidateConfig(const config::RunConfig& c, int world_size) {
-  Problems p;
+  ConfigProblems p;
   ParallelLayout layout;
   const bool layout_ok = CheckLayout(c, world_size, p, &layout);
   ValidateModelConfig(c, p);

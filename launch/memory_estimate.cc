@@ -12,8 +12,9 @@ constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
 
 // The config's sizes as doubles, with the layer counts the model derives.
 struct Sizes {
-  double L, C, H, KV, D, F, V, T, B;  // layers, hidden, heads, kv heads, head dim, ffn, vocab, seq, micro batch
-  double E, K, Fe, S, Fs;             // experts, top_k, expert ffn, shared experts, shared ffn
+  // Layers, hidden, heads, kv heads, head dim, ffn, vocab, seq, micro batch.
+  double L, C, H, KV, D, F, V, T, B;
+  double E, K, Fe, S, Fs;  // experts, top_k, expert ffn, shared experts, shared ffn
   double moe_layers, dense_layers;
   double tp, pp, v, dp, ep, etp, edp;
 
@@ -56,7 +57,8 @@ std::string FormatBytes(double bytes) {
     bytes /= 1024;
     ++unit;
   }
-  return unit == 0 ? absl::StrFormat("%.0f B", bytes) : absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
+  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
+                   : absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
 }
 
 std::string MemoryEstimate::Summary() const {
@@ -108,8 +110,9 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
               stage_layers * attn / s.tp, s.dp);
   if (s.dense_layers > 0) {
     add_weights("dense MLP weights",
-                absl::StrCat(Num(s.dense_layers * share), " dense layers x 3 x model.ffn_hidden_size=",
-                             Num(s.F), " x model.hidden_size=", Num(s.C), tp_text),
+                absl::StrCat(Num(s.dense_layers * share),
+                             " dense layers x 3 x model.ffn_hidden_size=", Num(s.F),
+                             " x model.hidden_size=", Num(s.C), tp_text),
                 s.dense_layers * share * 3 * s.F * s.C / s.tp, s.dp);
   }
   const double moe = s.moe_layers * share;
@@ -174,7 +177,8 @@ void ValidateSizes(const config::RunConfig& c, const ParallelLayout& layout, Con
   const config::ModelConfig& m = c.model();
   const config::MoEConfig& e = c.moe();
   for (const auto& [field, value] :
-       {std::pair{"model.hidden_size", m.hidden_size()}, {"model.ffn_hidden_size", m.ffn_hidden_size()},
+       {std::pair{"model.hidden_size", m.hidden_size()},
+        {"model.ffn_hidden_size", m.ffn_hidden_size()},
         {"moe.expert_ffn_hidden_size", e.expert_ffn_hidden_size()},
         {"moe.shared_expert_ffn_hidden_size", e.shared_expert_ffn_hidden_size()}}) {
     p.Check(value <= kMaxWidth, field, "=", value, " is above ", Num(kMaxWidth),

@@ -77,7 +77,8 @@ UpdateRule RuleFor(const Param& p, const config::OptimizerConfig& optimizer) {
 void ValidateRoleMultipliers(const config::OptimizerConfig& optimizer, ConfigProblems& p) {
   std::vector<std::string> valid;
   for (int r = 0; r < kNumRoles; ++r) {
-    if (IsTrainable(static_cast<ParamRole>(r))) valid.push_back(ParamRoleName(static_cast<ParamRole>(r)));
+    const auto role = static_cast<ParamRole>(r);
+    if (IsTrainable(role)) valid.push_back(ParamRoleName(role));
   }
   std::vector<bool> seen(kNumRoles, false);
   for (const config::RoleMultiplier& m : optimizer.role_multipliers()) {

@@ -152,8 +152,8 @@ TEST(MemoryEstimateTest, InspectRefusesWhatCannotFitAndPrintsTheEstimate) {
   const Subcommand inspect = InspectCommand();
   ::testing::internal::CaptureStdout();
   ::testing::internal::CaptureStderr();
-  const int rc = inspect.run(
-      {"--config", kTinyCpu, "--set", "model.hidden_size=65536", "--set", "model.vocab_size=65536"});
+  const int rc = inspect.run({"--config", kTinyCpu, "--set", "model.hidden_size=65536", "--set",
+                              "model.vocab_size=65536"});
   const std::string out = ::testing::internal::GetCapturedStdout();
   const std::string err = ::testing::internal::GetCapturedStderr();
   EXPECT_EQ(rc, 2) << out;
