@@ -59,6 +59,14 @@ class TrainerTest : public ::testing::Test {
     return testing::ReadLosses(run_dir);
   }
 
+  // lr 1e30: every step after the first is non-finite; on_nonfinite SKIP.
+  static config::RunConfig SkippingConfig(const std::string& max_consecutive_skips) {
+    return TinyConfig({"optimizer.lr=1e30", "optimizer.grad_clip=0", "schedule.warmup_steps=0",
+                       "schedule.kind=CONSTANT", "train.on_nonfinite=SKIP",
+                       "train.max_consecutive_skips=" + max_consecutive_skips,
+                       "checkpoint.interval=0"});
+  }
+
   static fs::path* root_;
 };
 
@@ -189,14 +197,10 @@ TEST_F(TrainerTest, NonFiniteLossStopsWithLastCheckpointIntact) {
   }
 }
 
-// lr 1e30: every step after the first is non-finite. SKIP skipped them
-// without limit and ended with exit 0 and a NaN loss; it stops now.
+// SKIP skipped without limit and ended with exit 0 and a NaN loss; it stops
+// after max_consecutive_skips now.
 TEST_F(TrainerTest, SkipStopsAfterMaxConsecutiveNonFiniteSteps) {
-  TrainOptions o = Options(
-      TinyConfig({"optimizer.lr=1e30", "optimizer.grad_clip=0", "schedule.warmup_steps=0",
-                  "schedule.kind=CONSTANT", "train.on_nonfinite=SKIP",
-                  "train.max_consecutive_skips=2", "checkpoint.interval=0"}),
-      "skip_limit");
+  TrainOptions o = Options(SkippingConfig("2"), "skip_limit");
   StatusOr<TrainResult> r = Train(o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find("non-finite"), std::string::npos) << r.status();
@@ -209,11 +213,7 @@ TEST_F(TrainerTest, SkipStopsAfterMaxConsecutiveNonFiniteSteps) {
 // The proto promises skipped steps are counted: in every metrics record and
 // as a TensorBoard scalar.
 TEST_F(TrainerTest, SkippedStepsAreCountedInMetricsAndTensorBoard) {
-  TrainOptions o = Options(
-      TinyConfig({"optimizer.lr=1e30", "optimizer.grad_clip=0", "schedule.warmup_steps=0",
-                  "schedule.kind=CONSTANT", "train.on_nonfinite=SKIP",
-                  "train.max_consecutive_skips=100", "checkpoint.interval=0"}),
-      "skip_counted");
+  TrainOptions o = Options(SkippingConfig("100"), "skip_counted");
   StatusOr<TrainResult> r = Train(o);
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_GT(r->skipped_steps, 0);
