@@ -133,8 +133,9 @@ StatusOr<LoadedCheckpoint> LoadCheckpoint(const std::string& dir, const LoadRequ
 // Human-readable summary for `scalemoe inspect --checkpoint DIR`: step,
 // layout, tensors (dtype, global shape, slice, bytes), and each file's size
 // and checksum status (OK / BAD with the reason). Errors only when the
-// manifest itself cannot be read.
-StatusOr<std::string> DescribeCheckpoint(const std::string& dir);
+// manifest itself cannot be read; `bad_files` (optional) receives how many
+// files are BAD, i.e. whether the checkpoint can be loaded.
+StatusOr<std::string> DescribeCheckpoint(const std::string& dir, int* bad_files = nullptr);
 
 // The resolved RunConfig (text format) a complete checkpoint was saved with.
 StatusOr<std::string> CheckpointConfigText(const std::string& dir);

@@ -32,7 +32,7 @@ StatusOr<std::string> CheckpointConfigText(const std::string& dir) {
   return m.config_text();
 }
 
-StatusOr<std::string> DescribeCheckpoint(const std::string& dir) {
+StatusOr<std::string> DescribeCheckpoint(const std::string& dir, int* bad_files) {
   SM_ASSIGN_OR_RETURN(CheckpointManifest m, ReadVerifiedManifest(dir));
   const Layout& l = m.layout();
   std::string out = absl::StrCat("checkpoint ", dir, "\n", "step ", m.step(), "  format_version ",
@@ -60,10 +60,14 @@ StatusOr<std::string> DescribeCheckpoint(const std::string& dir) {
         absl::StrJoin(e.global_shape(), ", "), absl::StrJoin(slice, ", "), bytes, e.file()));
   }
   absl::StrAppend(&out, "tensor bytes total ", total, "\n", "files (", m.files_size(), "):\n");
+  int bad = 0;
   for (const FileEntry& f : m.files()) {
+    const std::string status = FileStatus(dir, f);
+    bad += status != "OK";
     absl::StrAppend(&out, absl::StrFormat("  %-28s %12d bytes  %s  %s\n", f.file(), f.bytes(),
-                                          f.checksum(), FileStatus(dir, f)));
+                                          f.checksum(), status));
   }
+  if (bad_files != nullptr) *bad_files = bad;
   return out;
 }
 

@@ -14,6 +14,24 @@ namespace scalemoe::checkpoint {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The N of a directory named step_N (any trailing '/' ignored), or -1 when
+// the name carries no step (a copy under another name is fine).
+int64_t StepOfDirName(std::string dir) {
+  while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+  absl::string_view name = fs::path(dir).filename().native();
+  int64_t step = -1;
+  if (!absl::ConsumePrefix(&name, kStepPrefix) || name.empty() ||
+      !std::all_of(name.begin(), name.end(), absl::ascii_isdigit) ||
+      !absl::SimpleAtoi(name, &step)) {
+    return -1;
+  }
+  return step;
+}
+
+}  // namespace
+
 std::string CompleteMarkerText(int64_t step, const std::string& manifest_checksum) {
   return absl::StrCat("step ", step, "\nmanifest ", manifest_checksum, "\n");
 }
@@ -34,8 +52,12 @@ StatusOr<CheckpointManifest> ReadVerifiedManifest(const std::string& dir) {
   }
   std::string marker_text(reinterpret_cast<const char*>(marker->data.get()), marker->size);
   std::string expected_checksum;
+  int64_t marker_step = -1;
   for (absl::string_view line : absl::StrSplit(marker_text, '\n')) {
     if (absl::ConsumePrefix(&line, "manifest ")) expected_checksum = std::string(line);
+    if (absl::ConsumePrefix(&line, "step ") && !absl::SimpleAtoi(line, &marker_step)) {
+      marker_step = -2;  // unreadable: disagrees with any manifest step
+    }
   }
 
   const std::string manifest_path = (fs::path(dir) / kManifestFile).string();
@@ -58,6 +80,21 @@ StatusOr<CheckpointManifest> ReadVerifiedManifest(const std::string& dir) {
     return absl::FailedPreconditionError(absl::StrCat(
         "checkpoint ", dir, " has format_version ", manifest.format_version(),
         " but this build reads version ", kFormatVersion, "; use a matching scalemoe build"));
+  }
+  // A step directory renamed or copied over another name would be loaded as
+  // that step and clash with the next save (e.g. step_5 holding step 3: the
+  // resumed run saves step_4, then finds step_5 taken). Refuse it up front.
+  if (marker_step != manifest.step()) {
+    return absl::DataLossError(absl::StrCat(
+        "checkpoint ", dir, ": ", kCompleteFile, " records step ", marker_step,
+        " but the manifest step ", manifest.step(), ": the directory is corrupt"));
+  }
+  const int64_t named = StepOfDirName(dir);
+  if (named >= 0 && named != manifest.step()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "checkpoint directory ", dir, " is named ", kStepPrefix, named, " but holds step ",
+        manifest.step(), " (renamed or copied?): rename it to ", kStepPrefix, manifest.step(),
+        " (or move it out of checkpoints/) before loading it"));
   }
   return manifest;
 }
@@ -96,14 +133,9 @@ StatusOr<std::vector<StepDir>> ListStepDirs(const std::string& checkpoints_dir) 
         absl::StrCat("cannot list ", checkpoints_dir, ": ", ec.message()));
   }
   for (const fs::directory_entry& entry : it) {
-    std::string name = entry.path().filename().string();
-    absl::string_view digits(name);
-    if (!absl::ConsumePrefix(&digits, kStepPrefix) || digits.empty() ||
-        !std::all_of(digits.begin(), digits.end(), absl::ascii_isdigit)) {
-      continue;
-    }
     StepDir dir;
-    if (!absl::SimpleAtoi(digits, &dir.step) || !entry.is_directory(ec)) continue;
+    dir.step = StepOfDirName(entry.path().string());
+    if (dir.step < 0 || !entry.is_directory(ec)) continue;
     dir.path = entry.path().string();
     dir.complete = fs::is_regular_file(entry.path() / kCompleteFile, ec);
     out.push_back(dir);

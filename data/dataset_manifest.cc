@@ -49,6 +49,16 @@ Status SplitFromJson(const Json& j, const std::string& path, SplitManifest& spli
   for (const Json& s : shards) {
     ShardEntry entry;
     SM_RETURN_IF_ERROR(GetField(s, "file", path, entry.file));
+    // The manifest is data from outside: a shard must be a file of the
+    // dataset directory itself, refused here before anything opens it.
+    const fs::path file(entry.file);
+    if (entry.file.empty() || file.has_parent_path() || file.is_absolute() ||
+        entry.file == "." || entry.file == "..") {
+      return absl::DataLossError(absl::StrCat(
+          "dataset manifest ", path, ": shard file '", entry.file,
+          "' is not a file name inside the dataset directory (no '/', not '..'); re-run "
+          "`scalemoe prepare` rather than pointing a manifest at other files"));
+    }
     SM_RETURN_IF_ERROR(GetField(s, "tokens", path, entry.tokens));
     SM_RETURN_IF_ERROR(GetField(s, "crc32c", path, entry.crc32c));
     total += entry.tokens;

@@ -137,6 +137,14 @@ StatusOr<PrepareSummary> PrepareDataset(const PrepareOptions& options) {
         absl::StrCat("corpus ", options.input, " holds no documents (only whitespace)"));
   }
   summary.documents = static_cast<int64_t>(docs.size());
+  // Train and validation take whole documents: asked for a validation split,
+  // one document cannot give both (an empty split fails only at train time).
+  if (options.val_fraction > 0 && docs.size() < 2) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "corpus ", options.input, " holds 1 document, but --val-fraction ", options.val_fraction,
+        " needs a whole document for the validation split besides one for training: add "
+        "documents (each ended by a line holding only the byte 0x1E)"));
+  }
 
   std::error_code ec;
   fs::create_directories(options.out_dir, ec);

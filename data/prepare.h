@@ -28,7 +28,7 @@ inline constexpr int kManifestVersion = 1;
 inline constexpr char kManifestFile[] = "manifest.json";
 
 struct ShardEntry {
-  std::string file;  // relative to the dataset directory
+  std::string file;  // a file name in the dataset directory (no '/', not '..')
   int64_t tokens = 0;
   uint32_t crc32c = 0;
 };
@@ -102,6 +102,9 @@ std::string SampleDocuments(const std::vector<std::string_view>& documents, int6
 bool IsValidationDocument(uint64_t seed, int64_t index, double val_fraction);
 
 // Runs the whole preparation. Overwrites an existing dataset in out_dir.
+// With val_fraction > 0 both splits get at least one whole document; a
+// corpus of one document is refused (InvalidArgument) before anything is
+// written.
 StatusOr<PrepareSummary> PrepareDataset(const PrepareOptions& options);
 
 }  // namespace scalemoe

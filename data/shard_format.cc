@@ -60,6 +60,22 @@ Status ShardError(const std::string& path, const std::string& what) {
                                           "; re-run `scalemoe prepare` to rebuild the dataset"));
 }
 
+// Index of the first of `count` tokens of `payload` whose id is not below
+// `vocab_size` (its id in *id), or -1 when every id is inside.
+template <typename T>
+int64_t FirstIdOutside(const unsigned char* payload, int64_t count, uint64_t vocab_size,
+                       uint64_t* id) {
+  for (int64_t i = 0; i < count; ++i) {
+    T v;
+    std::memcpy(&v, payload + i * sizeof(T), sizeof(T));
+    if (v >= vocab_size) {
+      *id = v;
+      return i;
+    }
+  }
+  return -1;
+}
+
 }  // namespace
 
 size_t TokenDtypeBytes(TokenDtype dtype) { return dtype == TokenDtype::kUint16 ? 2 : 4; }
@@ -223,6 +239,20 @@ StatusOr<TokenShard> TokenShard::Open(const std::string& path, int64_t expected_
     return ShardError(path, absl::StrFormat("payload checksum mismatch (header CRC-32C %08x, "
                                             "payload %08x): the file is corrupt",
                                             info.checksum, actual));
+  }
+  // Shards are data from outside and a right checksum says nothing about
+  // the ids: one at or past the vocabulary would index past the embedding
+  // (or any per-id table) far from here. Check every id once, now.
+  uint64_t bad_id = 0;
+  const int64_t bad_at =
+      info.dtype == TokenDtype::kUint16
+          ? FirstIdOutside<uint16_t>(shard.payload_, info.token_count, header.vocab_size, &bad_id)
+          : FirstIdOutside<uint32_t>(shard.payload_, info.token_count, header.vocab_size, &bad_id);
+  if (bad_at >= 0) {
+    return ShardError(path, absl::StrCat("token ", bad_at, " (byte ", kShardHeaderBytes +
+                                         bad_at * width, ") has id ", bad_id,
+                                         ", outside the vocabulary [0, ", header.vocab_size,
+                                         ") the header records"));
   }
   return shard;
 }

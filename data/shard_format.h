@@ -57,8 +57,10 @@ class TokenShard {
  public:
   // Maps `path` and checks magic, version, dtype, vocab size (against
   // `expected_vocab_size`; pass 0 to accept any), file size against the
-  // token count (truncated or trailing bytes) and the payload checksum.
-  // Every error names the file and what is wrong with it.
+  // token count (truncated or trailing bytes), the payload checksum and
+  // every token id against the vocab size (once, here: readers may then
+  // index by id). Every error names the file and what is wrong with it (a
+  // bad id: its position).
   static StatusOr<TokenShard> Open(const std::string& path, int64_t expected_vocab_size);
 
   TokenShard(TokenShard&& other) noexcept;

@@ -9,6 +9,7 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/flags.h"
+#include "launch/memory_estimate.h"
 
 namespace scalemoe {
 namespace {
@@ -48,6 +49,9 @@ int RunCheckConfig(const std::vector<std::string>& args) {
   std::printf("# %s is valid for world size %d: tp=%d pp=%d dp=%d | etp=%d ep=%d edp=%d\n",
               path.c_str(), world, layout->tp, layout->pp, layout->dp, layout->etp, layout->ep,
               layout->edp);
+  std::printf("# estimated memory %s, of train.device_memory_gib=%g\n",
+              EstimateMemory(*config, *layout).Summary().c_str(),
+              config->train().device_memory_gib());
   std::printf("%s", ConfigToText(*config).c_str());
   return 0;
 }

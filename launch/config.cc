@@ -3,6 +3,7 @@
 #include "launch/config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <sstream>
@@ -235,6 +236,16 @@ Status ApplyOverride(const std::string& assignment, config::RunConfig* config) {
 
 StatusOr<config::RunConfig> LoadConfig(const std::string& path,
                                        const std::vector<std::string>& overrides) {
+  // A directory opens as an empty stream, which parses as the all-defaults
+  // config: refuse anything that is not a regular file before reading.
+  std::error_code ec;
+  if (std::filesystem::exists(path, ec) && !std::filesystem::is_regular_file(path, ec)) {
+    const bool dir = std::filesystem::is_directory(path, ec);
+    return absl::InvalidArgumentError(
+        absl::StrCat("config ", path, " is ", dir ? "a directory" : "not a regular file",
+                     ", not a text-format config file: pass a file such as "
+                     "configs/tiny_cpu.textproto"));
+  }
   std::ifstream in(path);
   if (!in) {
     return absl::NotFoundError(absl::StrCat(

@@ -4,9 +4,12 @@
 // LoadConfig parses a text-format preset and applies `--set a.b.c=value`
 // overrides; ValidateConfig then checks every rule up front (sizes, ranges,
 // divisibility, the parallel layout against the world size) and reports all
-// problems at once, each naming the field and the fix. Nothing downstream
-// re-checks these rules: code that receives a validated config may rely on
-// them. Implementation: config.cc (load, override, print) and
+// problems at once, each naming the field and the fix. It is the one
+// validation path: it runs each module's validator (model/model_config.h,
+// moe/moe_config.h, norm/scale_options.h, optim/optimizer_config.h) and then
+// launch's own rules (launch/memory_estimate.h for the sizes). Nothing
+// downstream re-checks these rules: code that receives a validated config
+// may rely on them. Implementation: config.cc (load, override, print) and
 // config_validate.cc (rules, layout).
 #pragma once
 
@@ -31,8 +34,8 @@ StatusOr<config::RunConfig> ParseConfigText(const std::string& text,
 // listing the valid field names at that level.
 Status ApplyOverride(const std::string& assignment, config::RunConfig* config);
 
-// Reads `path` (NotFound if missing), parses it and applies `overrides` in
-// order. Does not validate: call ValidateConfig once the world size is known.
+// Reads `path` (NotFound if missing, InvalidArgument if it is a directory or
+// anything but a regular file), parses it and applies `overrides` in order. Does not validate: call ValidateConfig once the world size is known.
 StatusOr<config::RunConfig> LoadConfig(const std::string& path,
                                        const std::vector<std::string>& overrides);
 

@@ -14,7 +14,9 @@
 #include "launch/commands.h"
 #include "launch/config.h"
 #include "launch/flags.h"
+#include "launch/memory_estimate.h"
 #include "model/model.h"
+#include "norm/scale_options.h"
 #include "optim/param_groups.h"
 #include "parallel/process_groups.h"
 
@@ -114,12 +116,20 @@ int RunInspect(const std::vector<std::string>& args) {
     return 0;
   }
   if (flags->Has("checkpoint")) {
-    StatusOr<std::string> described = checkpoint::DescribeCheckpoint(flags->Get("checkpoint"));
+    const std::string dir = flags->Get("checkpoint");
+    int bad_files = 0;
+    StatusOr<std::string> described = checkpoint::DescribeCheckpoint(dir, &bad_files);
     if (!described.ok()) {
       Fail(std::string(described.status().message()));
       return 1;  // a runtime failure, not bad usage
     }
     std::printf("%s", described->c_str());
+    std::fflush(stdout);
+    if (bad_files > 0) {  // listed, but the checkpoint cannot be loaded
+      Fail(absl::StrCat("checkpoint ", dir, ": ", bad_files, " file(s) BAD (listed above); it "
+                        "cannot be loaded: resume from an earlier checkpoint"));
+      return 1;
+    }
     return 0;
   }
   const std::string path = flags->Get("config");
@@ -138,7 +148,7 @@ int RunInspect(const std::vector<std::string>& args) {
   if (!layout.ok()) return Fail(std::string(layout.status().message()));
   ParamRegistry registry;
   MoeTransformer model(registry, *cfg);
-  const DecayPolicy policy = cfg->scale_vectors().decay_policy();
+  const DecayPolicy policy = ScaleOptions(cfg->scale_vectors()).decay_policy();
   PrintTable(registry, policy, *layout);
   const ModelCounts c = model.Counts();
   std::printf("\nparameters:            %s (%zu tensors)\n", Grouped(c.total_params).c_str(),
@@ -147,6 +157,8 @@ int RunInspect(const std::vector<std::string>& args) {
   std::printf("scale vectors:         %s (%.4f%% of parameters)\n",
               Grouped(c.scale_vector_params).c_str(), 100.0 * c.scale_vector_share);
   std::printf("train FLOPs per token: %.4g\n", c.train_flops_per_token);
+  std::printf("estimated memory:      %s, of train.device_memory_gib=%g\n",
+              EstimateMemory(*cfg, *layout).Summary().c_str(), cfg->train().device_memory_gib());
   StatusOr<ParamGroups> groups = ParamGroups::Create(registry, cfg->optimizer(), policy);
   if (!groups.ok()) return Fail(std::string(groups.status().message()));
   std::printf("\noptimizer groups (decay policy %s):\n%s",

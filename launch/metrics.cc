@@ -1,6 +1,8 @@
 // metrics.jsonl writer/reader and the progress-line formatting.
 #include "launch/metrics.h"
 
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
@@ -40,6 +42,49 @@ Status MetricsWriter::Write(const nlohmann::json& record) {
   if (std::fwrite(line.data(), 1, line.size(), file_) != line.size() || std::fflush(file_) != 0) {
     return absl::DataLossError(
         absl::StrCat("cannot write to ", path_, ": ", std::strerror(errno), " (disk full?)"));
+  }
+  return absl::OkStatus();
+}
+
+Status DropMetricsAfter(const std::string& run_dir, int64_t step) {
+  const std::string path = (std::filesystem::path(run_dir) / "metrics.jsonl").string();
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::OkStatus();  // nothing logged yet
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string kept;
+  int64_t dropped = 0;
+  for (size_t begin = 0; begin < text.size();) {
+    const size_t nl = text.find('\n', begin);
+    if (nl == std::string::npos) {  // a record cut short by a crash
+      ++dropped;
+      break;
+    }
+    const std::string line = text.substr(begin, nl - begin);
+    begin = nl + 1;
+    const nlohmann::json record = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    const bool later = record.is_object() && record.contains("step") &&
+                       record["step"].is_number_integer() && record["step"].get<int64_t>() > step;
+    if (later) {
+      ++dropped;
+    } else {
+      kept += line + "\n";
+    }
+  }
+  if (dropped == 0) return absl::OkStatus();
+  const std::string tmp = path + ".tmp";
+  std::FILE* out = std::fopen(tmp.c_str(), "wb");
+  bool ok = out != nullptr;
+  if (ok) ok = std::fwrite(kept.data(), 1, kept.size(), out) == kept.size();
+  if (ok) ok = std::fflush(out) == 0 && ::fsync(::fileno(out)) == 0;
+  if (out != nullptr) ok = std::fclose(out) == 0 && ok;
+  std::error_code ec;
+  if (ok) std::filesystem::rename(tmp, path, ec);
+  if (!ok || ec) {
+    const std::string why = ec ? ec.message() : std::strerror(errno);
+    std::filesystem::remove(tmp, ec);
+    return absl::DataLossError(absl::StrCat("cannot drop the records after step ", step, " from ",
+                                            path, " for the resume: ", why, " (disk full?); ",
+                                            path, " is unchanged"));
   }
   return absl::OkStatus();
 }

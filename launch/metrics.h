@@ -15,7 +15,8 @@
 namespace scalemoe {
 
 // Appends records to <run_dir>/metrics.jsonl. The file is opened in append
-// mode, so a resumed run keeps the lines written before it stopped, and
+// mode, so a resumed run keeps the lines up to its checkpoint (the trainer
+// drops the later ones first: DropMetricsAfter), and
 // every record is flushed before Write returns, so a crash loses at most the
 // record being written. Not thread-safe. Non-finite numbers are written as
 // null (JSON has no NaN).
@@ -40,6 +41,14 @@ class MetricsWriter {
   std::string path_;  // <run_dir>/metrics.jsonl
   std::FILE* file_;   // owned; closed by the destructor
 };
+
+// Resuming from the checkpoint of `step`: drops the records of
+// <run_dir>/metrics.jsonl with a "step" above it (the stopped run wrote
+// them; the resumed run writes those steps again) and a last line cut short
+// by a crash. Lines it cannot read as records are kept. Atomic: the kept
+// lines go to metrics.jsonl.tmp, fsynced, renamed over the file; a missing
+// file is fine.
+Status DropMetricsAfter(const std::string& run_dir, int64_t step);
 
 // Reads a metrics.jsonl back, one object per non-empty line; an unparsable
 // line is an error naming the file and line.

@@ -77,7 +77,17 @@ Status TrainLoop::SaveCheckpoint(int64_t step) {
     request.blobs[kUpdatesBlob] = std::to_string(optimizer_->num_updates());
   }
   request.keep_last = cfg_.checkpoint().keep_last();
-  SM_RETURN_IF_ERROR(checkpoint::SaveCheckpoint(request, groups_.world.get()));
+  if (Status saved = checkpoint::SaveCheckpoint(request, groups_.world.get()); !saved.ok()) {
+    // A full disk (or any failed save) must say what is still safe to
+    // resume from: the newest complete checkpoint on disk, as --resume picks.
+    StatusOr<std::string> last_good = checkpoint::LatestCheckpoint(options_.run_dir);
+    return Status(saved.code(),
+                  absl::StrCat("saving the checkpoint of step ", step, " failed: ", saved.message(),
+                               ". Last good checkpoint: ",
+                               last_good.ok() ? *last_good + " (--resume continues from it)"
+                                              : std::string("none: no checkpoint of this run is "
+                                                            "complete")));
+  }
   result_.last_checkpoint =
       (std::filesystem::path(options_.run_dir) / "checkpoints" / absl::StrCat("step_", step)).string();
   return absl::OkStatus();

@@ -67,7 +67,9 @@ class TrainLoop {
   StatusOr<std::vector<std::pair<int, MoeLayerStats>>> AllMoeStats();
   Status LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                  double tokens_per_second, double eta_seconds);
-  Status NonFinite(int64_t step, double loss, double grad_norm) const;
+  // The STOP message; `skipped_in_a_row` > 0: SKIP reached its limit.
+  Status NonFinite(int64_t step, double loss, double grad_norm,
+                   int64_t skipped_in_a_row = 0) const;
 
   const TrainOptions& options_;
   const config::RunConfig& cfg_;

@@ -115,13 +115,16 @@ Status TrainLoop::Setup() {
   }
   SM_ASSIGN_OR_RETURN(result_.unigram_val_loss, UnigramLoss());
 
+  if (options_.resume) SM_RETURN_IF_ERROR(Resume());
   if (is_rank0()) {
+    // Records past the checkpoint were written by the run that stopped; the
+    // resumed run writes those steps again.
+    if (options_.resume) SM_RETURN_IF_ERROR(DropMetricsAfter(options_.run_dir, start_step_));
     SM_ASSIGN_OR_RETURN(metrics_, MetricsWriter::Open(options_.run_dir));
     if (cfg_.logging().tensorboard()) {
       SM_ASSIGN_OR_RETURN(tensorboard_, TensorBoardWriter::Open(options_.run_dir));
     }
   }
-  if (options_.resume) SM_RETURN_IF_ERROR(Resume());
   return absl::OkStatus();
 }
 
@@ -172,12 +175,18 @@ StatusOr<double> TrainLoop::Evaluate() {
   return loss[0] / groups_.dp->size();
 }
 
-Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm) const {
+Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm,
+                            int64_t skipped_in_a_row) const {
+  const std::string fix =
+      skipped_in_a_row > 0
+          ? absl::StrCat(" (", skipped_in_a_row, " steps in a row: train.max_consecutive_skips=",
+                         cfg_.train().max_consecutive_skips(),
+                         "). Lower optimizer.lr, or raise train.max_consecutive_skips")
+          : ". Lower optimizer.lr or set train.on_nonfinite: SKIP";
   return absl::DataLossError(absl::StrCat(
       "step ", step + 1, ": non-finite loss or gradient (loss=", loss, ", grad_norm=", grad_norm,
       "); parameters were not updated. Last good checkpoint: ",
-      result_.last_checkpoint.empty() ? "none" : result_.last_checkpoint,
-      ". Lower optimizer.lr or set train.on_nonfinite: SKIP"));
+      result_.last_checkpoint.empty() ? "none" : result_.last_checkpoint, fix));
 }
 
 StatusOr<std::vector<std::pair<int, MoeLayerStats>>> TrainLoop::AllMoeStats() {
@@ -237,6 +246,7 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
                            {"z_loss", mean.z},
                            {"lr", stats.lr},
                            {"grad_norm", stats.grad_norm},
+                           {"skipped_steps", result_.skipped_steps},
                            {"tokens_per_s", tokens_per_second},
                            {"tflops", tokens_per_second * flops_per_token_ * 1e-12}};
   if (cfg_.logging().moe_stats()) {
@@ -260,6 +270,8 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/loss", step, mean.total));
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/lr", step, stats.lr));
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/grad_norm", step, stats.grad_norm));
+    SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/skipped_steps", step,
+                                               static_cast<double>(result_.skipped_steps)));
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/tokens_per_s", step, tokens_per_second));
     SM_RETURN_IF_ERROR(tensorboard_->Flush());
   }
@@ -292,6 +304,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
   auto window_start = Clock::now();
   const auto run_start = Clock::now();
   int64_t window_tokens = 0;
+  int64_t skipped_in_a_row = 0;  // on_nonfinite SKIP stops at max_consecutive_skips
   for (int64_t step = start_step_; step < stop_at; ++step) {
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     registry_.ZeroGrads();
@@ -329,8 +342,12 @@ StatusOr<TrainResult> TrainLoop::Run() {
       // Only a non-finite gradient norm blocks the update; a step whose loss
       // alone was non-finite is still counted here.
       ++result_.skipped_steps;
+      if (++skipped_in_a_row >= train.max_consecutive_skips()) {
+        return NonFinite(step, mean.total, stats.grad_norm, skipped_in_a_row);
+      }
       SM_LOG_RANK0(kWarning, "step ", step + 1, ": non-finite loss/gradient, step skipped");
     } else {
+      skipped_in_a_row = 0;
       for (auto& c : chunks_) c->UpdateExpertBiases();
     }
     const int64_t done = step + 1;

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
-#include "model/scale_options.h"
 #include "model/weight_spec.h"
+#include "norm/scale_options.h"
 
 namespace scalemoe {
 namespace {
@@ -22,6 +22,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   const int64_t c = m.hidden_size();
   const int64_t heads = m.num_heads();
   const int64_t kv_heads = m.num_kv_heads() > 0 ? m.num_kv_heads() : heads;
+  // Invariant: ValidateModelConfig (model/model_config.h) reports this.
   SM_CHECK_MSG(heads % tp.size() == 0 && kv_heads % tp.size() == 0, "layer ", layer, ": ",
                heads, " heads and ", kv_heads, " KV heads do not split over parallel.tp=",
                tp.size());
@@ -38,8 +39,8 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
                                       {p + ".gamma_k", layout},
                                       {p + ".gamma_v", layout}};
   scales_ = std::make_unique<BranchScales>(
-      registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".attn_norm.scale"), layout,
-      c, std::move(branches), cfg.scale_vectors().hg_attention());
+      registry, so, absl::StrCat("layers.", layer, ".attn_norm.scale"), layout, c,
+      std::move(branches), so.OwnVectors(BranchGroup::kAttention));
 
   // Global shapes; q, k, v column-parallel by heads, o row-parallel.
   const double init_std = m.init_std();
@@ -72,7 +73,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
     } else {
       return nullptr;
     }
-    return std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(), name, head_dim_,
+    return std::make_unique<ScaledRmsNorm>(registry, so, name, head_dim_,
                                            m.norm_eps(), layout);
   };
   q_norm_ = head_norm(config::ScaleVectorConfig::Q, "dnp_q", "q_norm", m.qk_norm());

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
 #include "model/weight_spec.h"
+#include "norm/scale_options.h"
 
 namespace scalemoe {
 
@@ -18,14 +19,15 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
     : layer_(layer), eps_(cfg.model().norm_eps()), tp_(tp) {
   const std::string p = absl::StrCat("layers.", layer);
   const int64_t c = cfg.model().hidden_size();
+  const ScaleOptions so(cfg.scale_vectors());
   // From the config, not the region, so that a model built without process
   // groups (scalemoe inspect) records the same layout as the training ranks'.
   ParamLayout sandwich = LayerLayout(layer);
   sandwich.tp_partial_grad = cfg.parallel().sequence_parallel() && cfg.parallel().tp() > 1;
   attention_ = std::make_unique<Attention>(registry, cfg, layer, tp);
   if (cfg.model().sandwich_norm()) {
-    post_attn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
-                                                      p + ".post_attn_norm", c, eps_, sandwich);
+    post_attn_norm_ = std::make_unique<ScaledRmsNorm>(registry, so, p + ".post_attn_norm", c,
+                                                      eps_, sandwich);
   }
   if (IsMoeLayer(cfg, layer)) {
     moe_ = std::make_unique<MoeLayer>(registry, cfg, layer, p + ".moe", p + ".ffn_norm",
@@ -34,8 +36,8 @@ Block::Block(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
     mlp_ = std::make_unique<Mlp>(registry, cfg, layer, tp);
   }
   if (cfg.model().sandwich_norm()) {
-    post_ffn_norm_ = std::make_unique<ScaledRmsNorm>(registry, cfg.scale_vectors(),
-                                                     p + ".post_ffn_norm", c, eps_, sandwich);
+    post_ffn_norm_ = std::make_unique<ScaledRmsNorm>(registry, so, p + ".post_ffn_norm", c,
+                                                     eps_, sandwich);
   }
 }
 

@@ -2,8 +2,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
-#include "model/scale_options.h"
 #include "model/weight_spec.h"
+#include "norm/scale_options.h"
 
 namespace scalemoe {
 namespace {
@@ -17,6 +17,7 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   const config::ModelConfig& m = cfg.model();
   const ScaleOptions so(cfg.scale_vectors());
   const int64_t c = m.hidden_size(), f = m.ffn_hidden_size();
+  // Invariant: ValidateModelConfig (model/model_config.h) reports this.
   SM_CHECK_MSG(f % tp.size() == 0, "layer ", layer, ": model.ffn_hidden_size=", f,
                " does not split over parallel.tp=", tp.size());
   const std::string p = absl::StrCat("layers.", layer, ".mlp");
@@ -24,8 +25,8 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   layout.tp_partial_grad = true;  // the γ's see only this rank's F columns
   std::vector<BranchSpec> branches = {{p + ".gamma_gate", layout}, {p + ".gamma_up", layout}};
   scales_ = std::make_unique<BranchScales>(
-      registry, cfg.scale_vectors(), absl::StrCat("layers.", layer, ".ffn_norm.scale"), layout,
-      c, std::move(branches), cfg.scale_vectors().hg_ffn());
+      registry, so, absl::StrCat("layers.", layer, ".ffn_norm.scale"), layout, c,
+      std::move(branches), so.OwnVectors(BranchGroup::kFfn));
   // Global shapes; gate and up column-parallel, down row-parallel.
   Param* w_gate = CreateTpLinear(registry, p, "w_gate", {f, c}, m.init_std(), layer,
                                  TpSplit::kColumn);

@@ -4,8 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
-#include "model/scale_options.h"
 #include "model/weight_spec.h"
+#include "norm/scale_options.h"
 #include "parallel/process_groups.h"
 #include "parallel/stage_partition.h"
 #include "parallel/tp_grad_reduce.h"
@@ -86,9 +86,9 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     ParamLayout final_layout;
     final_layout.tp_partial_grad = true;
     final_scales_ = std::make_unique<BranchScales>(
-        registry, cfg_.scale_vectors(), "final_norm.scale", final_layout, c,
+        registry, so, "final_norm.scale", final_layout, c,
         std::vector<BranchSpec>{{"final_norm.scale", final_layout}},
-        /*per_branch=*/false);
+        /*own_vectors=*/false);
     Param* head_weight = embedding_;
     if (!m.tied_embeddings()) {
       ParamSpec head_spec =

@@ -26,11 +26,10 @@
 #include "core/tensor.h"
 #include "norm/branch_scales.h"
 #include "norm/folded_linear.h"
+#include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {
-
-enum class ScalePath : uint8_t { kFold = 0, kPerToken = 1 };
 
 class ScaledLinear {
  public:

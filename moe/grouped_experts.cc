@@ -5,19 +5,10 @@
 #include "core/ops.h"
 
 namespace scalemoe {
-namespace {
 
 using Sv = config::ScaleVectorConfig;
 
-bool HasDual(const Sv& sv, Sv::Projection p) {
-  if (sv.placement() == Sv::INPUT_ONLY) return false;
-  const auto& list = sv.dual_projections();
-  return std::find(list.begin(), list.end(), p) != list.end();
-}
-
-}  // namespace
-
-GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
+GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
                                ExpertGroupOptions options)
     : options_(std::move(options)) {
   const int64_t c = options_.hidden, f = options_.ffn;
@@ -25,6 +16,7 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
   const char* names[kNumProj] = {"gate", "up", "down"};
   const bool routed = options_.routed;
   const int etp = routed ? registry.coords().etp_size : 1;
+  // Invariant: ValidateMoeConfig (moe/moe_config.h) reports this.
   SM_CHECK_MSG(f % etp == 0, options_.prefix, ": moe.expert_ffn_hidden_size=", f,
                " does not split over parallel.etp=", etp,
                "; pick an expert FFN size divisible by etp");
@@ -53,14 +45,14 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const Sv& sv,
       spec.layout = layout;
       if (routed) spec.layout.tp_split_dim = p == kDown ? 1 : 0;  // F
       experts_[e].proj[p] =
-          std::make_unique<FoldedLinear>(registry.Create(spec), sv.fold_into_weights());
-      if (HasDual(sv, kinds[p])) {
+          std::make_unique<FoldedLinear>(registry.Create(spec), so.path() == ScalePath::kFold);
+      if (so.OutputVector(kinds[p])) {
         ParamLayout u_layout = layout;
         if (routed && p == kDown) u_layout.tp_partial_grad = true;  // [C], per-F-slice shares
         if (routed && p != kDown) u_layout.tp_split_dim = 0;         // [F], split with F
         experts_[e].u[p] = std::make_unique<ScaleVector>(
             registry, base + ".u_" + names[p], p == kDown ? c : f, ParamRole::kOutputNormScale,
-            sv.reparam(), u_layout, routed ? options_.ffn_split_group : nullptr);
+            so.reparam(), u_layout, routed ? options_.ffn_split_group : nullptr);
       }
     }
   }

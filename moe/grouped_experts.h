@@ -2,8 +2,9 @@
 //   y = u_down ⊙ ((u_gate ⊙ silu((γ_gate ⊙ x) W_gateᵀ)) * (u_up ⊙ (γ_up ⊙ x) W_upᵀ)) W_downᵀ
 // over its own contiguous block of input rows (the permuter groups rows by
 // expert). Each projection is a FoldedLinear; Input-Norm γ's come from the
-// caller (MoeLayer's BranchScales), output-side u's (DUAL placement with
-// GATE/UP/DOWN in dual_projections) are owned here as ScaleVectors.
+// caller (MoeLayer's BranchScales), output-side u's (where
+// ScaleOptions::OutputVector says so for GATE/UP/DOWN) are owned here as
+// ScaleVectors.
 //
 // DUAL_NORMALIZED: SCALE_VECTORS.md defines the output-side RMSNorm for
 // q/k/v heads only; for experts it behaves exactly like DUAL (plain u).
@@ -35,6 +36,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "norm/folded_linear.h"
+#include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {
@@ -61,7 +63,7 @@ struct ExpertGammas {
 
 class GroupedExperts {
  public:
-  GroupedExperts(ParamRegistry& registry, const config::ScaleVectorConfig& sv,
+  GroupedExperts(ParamRegistry& registry, const ScaleOptions& scale_options,
                  ExpertGroupOptions options);
   ~GroupedExperts();
 

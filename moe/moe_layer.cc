@@ -10,12 +10,11 @@
 #include "moe/token_dispatcher.h"
 #include "moe/token_permuter.h"
 #include "norm/branch_scales.h"
+#include "norm/scale_options.h"
 #include "parallel/process_groups.h"
 
 namespace scalemoe {
 namespace {
-
-using Sv = config::ScaleVectorConfig;
 
 // Collects the layer's Input-Norm branches into the two BranchScales groups.
 struct BranchPlan {
@@ -39,7 +38,9 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
       num_shared_(cfg.moe().num_shared_experts()),
       num_local_(num_experts_) {
   const config::MoEConfig& moe = cfg.moe();
-  const Sv& sv = cfg.scale_vectors();
+  const ScaleOptions so(cfg.scale_vectors());
+  // Invariants ValidateMoeConfig (moe/moe_config.h) reports as config errors;
+  // a direct caller with a bad config gets an abort, not a wrong layer.
   SM_CHECK_MSG(num_experts_ > 0 && top_k_ >= 1 && top_k_ <= num_experts_,
                prefix, ": moe.top_k must be in [1, moe.num_experts]; got top_k=", top_k_,
                " num_experts=", num_experts_);
@@ -73,11 +74,10 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
                "; pick an expert FFN size divisible by etp (or lower etp)");
   if (etp_ != nullptr) etp_exchange_ = std::make_unique<ExpertTpExchange>(etp_);
 
-  // Which branches get their own γ (HG): only under PER_BRANCH, per group flag.
-  const bool per_branch = sv.mode() == Sv::PER_BRANCH;
-  const bool own_router = per_branch && sv.hg_router();
-  const bool own_experts = per_branch && sv.hg_experts();
-  const bool own_shared = per_branch && sv.hg_shared_experts();
+  // Which branches get their own γ (HG).
+  const bool own_router = so.OwnVectors(BranchGroup::kRouter);
+  const bool own_experts = so.OwnVectors(BranchGroup::kExperts);
+  const bool own_shared = so.OwnVectors(BranchGroup::kSharedExperts);
   ParamLayout base;
   base.layer = layer;
   // Replicated over TP; each TP rank's rows give only a share of the gradient.
@@ -99,12 +99,12 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     refs.push_back(plan.Add(own_shared, p + ".gamma_up", base));
   }
   if (!plan.shared.empty()) {
-    shared_group_ = std::make_unique<BranchScales>(registry, sv, norm_name + ".scale", base,
-                                                   hidden_, plan.shared, /*per_branch=*/false);
+    shared_group_ = std::make_unique<BranchScales>(registry, so, norm_name + ".scale", base,
+                                                   hidden_, plan.shared, /*own_vectors=*/false);
   }
   if (!plan.own.empty()) {
-    own_group_ = std::make_unique<BranchScales>(registry, sv, norm_name + ".scale", base,
-                                                hidden_, plan.own, /*per_branch=*/true);
+    own_group_ = std::make_unique<BranchScales>(registry, so, norm_name + ".scale", base,
+                                                hidden_, plan.own, /*own_vectors=*/true);
   }
   auto ref = [&](size_t i) {
     return BranchRef{refs[i].first ? own_group_.get() : shared_group_.get(), refs[i].second};
@@ -132,7 +132,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   opts.init_std = cfg.model().init_std();
   opts.down_init_std = cfg.model().init_std() / std::sqrt(2.0 * cfg.model().num_layers());
   opts.ffn_split_group = etp_;
-  experts_ = std::make_unique<GroupedExperts>(registry, sv, opts);
+  experts_ = std::make_unique<GroupedExperts>(registry, so, opts);
   opts.ffn_split_group = nullptr;
   if (num_shared_ > 0) {
     opts.prefix = prefix + ".shared_experts";
@@ -141,7 +141,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     opts.ffn = moe.shared_expert_ffn_hidden_size() > 0 ? moe.shared_expert_ffn_hidden_size()
                                                        : moe.expert_ffn_hidden_size();
     opts.routed = false;
-    shared_experts_ = std::make_unique<GroupedExperts>(registry, sv, opts);
+    shared_experts_ = std::make_unique<GroupedExperts>(registry, so, opts);
   }
   step_loads_.assign(num_experts_, 0);
 }

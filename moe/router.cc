@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "norm/scale_options.h"
+
 namespace scalemoe {
 namespace {
 
@@ -27,7 +29,7 @@ Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
                     ? ops::ScoreFunction::kSigmoid
                     : ops::ScoreFunction::kSoftmax),
       weight_(CreateWeight(registry, cfg, layer, prefix)),
-      linear_(weight_, cfg.scale_vectors().fold_into_weights()) {
+      linear_(weight_, ScaleOptions(cfg.scale_vectors()).path() == ScalePath::kFold) {
   if (cfg_.expert_bias()) {
     ParamSpec spec;
     spec.name = prefix + ".router.expert_bias";

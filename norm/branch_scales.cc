@@ -4,26 +4,25 @@
 
 namespace scalemoe {
 
-BranchScales::BranchScales(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
+BranchScales::BranchScales(ParamRegistry& registry, const ScaleOptions& options,
                            std::string shared_name, ParamLayout shared_layout, int64_t dim,
-                           std::vector<BranchSpec> branches, bool per_branch) {
+                           std::vector<BranchSpec> branches, bool own_vectors) {
   const int n = static_cast<int>(branches.size());
   branch_to_vector_.assign(n, 0);
-  if (cfg.mode() == config::ScaleVectorConfig::NONE) {
+  if (options.none()) {
     branch_to_vector_.assign(n, -1);
     return;
   }
-  const bool own = cfg.mode() == config::ScaleVectorConfig::PER_BRANCH && per_branch;
-  if (!own) {
+  if (!own_vectors) {
     vectors_.push_back(std::make_unique<ScaleVector>(registry, std::move(shared_name), dim,
-                                                     ParamRole::kInputNormScale, cfg.reparam(),
+                                                     ParamRole::kInputNormScale, options.reparam(),
                                                      shared_layout));
     return;
   }
   for (int b = 0; b < n; ++b) {
     branch_to_vector_[b] = b;
     vectors_.push_back(std::make_unique<ScaleVector>(registry, branches[b].param_name, dim,
-                                                     ParamRole::kInputNormScale, cfg.reparam(),
+                                                     ParamRole::kInputNormScale, options.reparam(),
                                                      branches[b].layout));
   }
 }

@@ -3,10 +3,10 @@
 // A pre-norm computes n = x / rms(x) once (no γ). Each consumer branch b
 // (q, k, v; gate, up; router; every expert's gate and up) then sees γ_b ⊙ n,
 // where per SCALE_VECTORS.md:
-//   mode NONE        no vector: γ_b ≡ 1 (gamma(b) is an undefined Tensor)
-//   mode SHARED      one vector "<shared_name>" shared by all branches
-//   mode PER_BRANCH  with `per_branch` true: every branch its own vector,
-//                    named by its BranchSpec; otherwise as SHARED
+//   options.none()   no vector: γ_b ≡ 1 (gamma(b) is an undefined Tensor)
+//   own_vectors      every branch its own vector, named by its BranchSpec
+//                    (the caller asks ScaleOptions::OwnVectors of its group)
+//   otherwise        one vector "<shared_name>" shared by all branches
 // HG never recomputes the normalization: branches share n and differ only in
 // γ_b, which layers fold into their weights (ops::ScaleRowsCols).
 //
@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {
@@ -30,9 +31,9 @@ struct BranchSpec {
 
 class BranchScales {
  public:
-  BranchScales(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
-               std::string shared_name, ParamLayout shared_layout, int64_t dim,
-               std::vector<BranchSpec> branches, bool per_branch);
+  BranchScales(ParamRegistry& registry, const ScaleOptions& options, std::string shared_name,
+               ParamLayout shared_layout, int64_t dim, std::vector<BranchSpec> branches,
+               bool own_vectors);
 
   int num_branches() const { return static_cast<int>(branch_to_vector_.size()); }
   bool enabled() const { return !vectors_.empty(); }  // false under mode NONE

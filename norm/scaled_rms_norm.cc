@@ -4,12 +4,12 @@
 
 namespace scalemoe {
 
-ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorConfig& cfg,
+ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const ScaleOptions& options,
                              std::string name, int64_t dim, double eps, ParamLayout layout)
     : name_(std::move(name)), dim_(dim), eps_(eps) {
-  if (cfg.mode() != config::ScaleVectorConfig::NONE) {
+  if (!options.none()) {
     scale_ = std::make_unique<ScaleVector>(registry, name_ + ".scale", dim,
-                                           ParamRole::kOutputNormScale, cfg.reparam(), layout);
+                                           ParamRole::kOutputNormScale, options.reparam(), layout);
   }
 }
 

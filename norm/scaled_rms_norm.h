@@ -18,14 +18,15 @@
 #include "core/context.h"
 #include "core/params.h"
 #include "core/tensor.h"
+#include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 
 namespace scalemoe {
 
 class ScaledRmsNorm {
  public:
-  // Registers "<name>.scale" (or its α/β) unless cfg.mode() is NONE.
-  ScaledRmsNorm(ParamRegistry& registry, const config::ScaleVectorConfig& cfg, std::string name,
+  // Registers "<name>.scale" (or its α/β) unless options.none().
+  ScaledRmsNorm(ParamRegistry& registry, const ScaleOptions& options, std::string name,
                 int64_t dim, double eps, ParamLayout layout = {});
 
   Status PrepareStep(const ExecContext& ctx, DType dtype);

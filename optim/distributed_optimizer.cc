@@ -6,26 +6,13 @@
 #include <utility>
 
 #include "core/ops.h"
+#include "norm/scale_options.h"
 #include "optim/clip.h"
 #include "optim/optimizer_config.h"
 #include "optim/schedule.h"
 
 namespace scalemoe {
 namespace {
-
-Status Check(bool ok, const char* field, double value, const char* rule) {
-  if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(field, "=", value, ": ", rule));
-}
-
-// What DistributedOptimizer reads beyond the single-rank optimizer's fields.
-Status ValidateConfig(const config::RunConfig& config) {
-  SM_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
-  const int zero = config.parallel().zero_stage();
-  SM_RETURN_IF_ERROR(Check(zero == 0 || zero == 1, "parallel.zero_stage", zero,
-                           "must be 0 (replicated optimizer) or 1 (ZeRO-1)"));
-  return absl::OkStatus();
-}
 
 // The last pipeline stage's copy of a tied embedding (model/model.h): the
 // trainer gives it the first stage's gradient, so the norm counts only the
@@ -80,18 +67,15 @@ struct DistributedOptimizer::Domain {
 StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
     const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups,
     const ExecContext& ctx) {
-  SM_RETURN_IF_ERROR(ValidateConfig(config));
+  // ValidateOptimizerConfig refused these; a direct caller gets a clear abort.
   const GridSizes& sizes = groups.grid.sizes();
-  if (config.optimizer().type() == config::OptimizerConfig::MUON &&
-      (sizes.tp > 1 || sizes.etp > 1)) {
-    // Refused whenever TP or ETP is on, split Muon matrices or not: under
-    // (E)TP the dense or expert linears are split, and Newton-Schulz needs
-    // whole matrices.
-    return absl::UnimplementedError(absl::StrCat(
-        "optimizer.type=MUON with parallel.tp=", sizes.tp, " etp=", sizes.etp,
-        ": Muon's Newton-Schulz orthogonalisation needs whole matrices but tensor parallelism "
-        "splits them; use optimizer.type=ADAMW, or parallel.tp=1 and parallel.etp=1"));
-  }
+  SM_CHECK_MSG(config.optimizer().type() != config::OptimizerConfig::MUON ||
+                   (sizes.tp == 1 && sizes.etp == 1),
+               "optimizer.type=MUON with tp=", sizes.tp, " etp=", sizes.etp,
+               ": Newton-Schulz needs whole matrices (ValidateOptimizerConfig refuses this)");
+  SM_CHECK_MSG(config.parallel().zero_stage() == 0 || config.parallel().zero_stage() == 1,
+               "parallel.zero_stage=", config.parallel().zero_stage(),
+               " (ValidateOptimizerConfig refuses it)");
   if (!registry.materialized()) {
     return absl::FailedPreconditionError(
         "DistributedOptimizer::Create: the parameter registry is not "
@@ -107,7 +91,8 @@ StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
   }
   SM_ASSIGN_OR_RETURN(
       ParamGroups param_groups,
-      ParamGroups::Create(registry, config.optimizer(), config.scale_vectors().decay_policy()));
+      ParamGroups::Create(registry, config.optimizer(),
+                          ScaleOptions(config.scale_vectors()).decay_policy()));
   return std::unique_ptr<DistributedOptimizer>(
       new DistributedOptimizer(config, registry, groups, std::move(param_groups), ctx));
 }

@@ -63,12 +63,12 @@ struct MemoryReport {
 
 class DistributedOptimizer {
  public:
-  // Reads what Optimizer::Create reads plus parallel.zero_stage (0 or 1) and
-  // parallel.grad_bucket_elements. Errors name the field; optimizer.type=MUON
-  // is refused whenever tp > 1 or etp > 1 (Newton-Schulz needs whole
-  // matrices). `registry` (materialised) and `groups` must outlive
-  // the optimizer.
-  // The buffers live, and the update runs, on `ctx`.
+  // Reads what Optimizer::Create reads plus parallel.zero_stage and
+  // parallel.grad_bucket_elements, validated as Optimizer::Create's (so
+  // zero_stage is 0 or 1, and optimizer.type=MUON comes only with tp = etp =
+  // 1: Newton-Schulz needs whole matrices; `groups` must be laid out as
+  // config.parallel says). `registry` (materialised) and `groups` must
+  // outlive the optimizer. The buffers live, and the update runs, on `ctx`.
   static StatusOr<std::unique_ptr<DistributedOptimizer>> Create(
       const config::RunConfig& config, ParamRegistry& registry, const ProcessGroups& groups,
       const ExecContext& ctx = ExecContext());

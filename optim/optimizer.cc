@@ -2,6 +2,7 @@
 
 #include <cmath>
 
+#include "norm/scale_options.h"
 #include "optim/clip.h"
 #include "optim/optimizer_config.h"
 #include "optim/schedule.h"
@@ -18,7 +19,6 @@ constexpr char kNumUpdates[] = "optimizer.num_updates";
 
 StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const config::RunConfig& config,
                                                        ParamRegistry& registry) {
-  SM_RETURN_IF_ERROR(ValidateOptimizerConfig(config));
   if (!registry.materialized()) {
     return absl::FailedPreconditionError(
         "Optimizer::Create: the parameter registry is not materialised; call "
@@ -34,7 +34,7 @@ StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const config::RunConfig& 
   }
   SM_ASSIGN_OR_RETURN(ParamGroups groups,
                       ParamGroups::Create(registry, config.optimizer(),
-                                          config.scale_vectors().decay_policy()));
+                                          ScaleOptions(config.scale_vectors()).decay_policy()));
   return std::unique_ptr<Optimizer>(new Optimizer(config, registry, std::move(groups)));
 }
 

@@ -43,8 +43,8 @@ using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 class Optimizer {
  public:
   // Reads config.optimizer, config.schedule, config.scale_vectors.decay_policy
-  // and config.train.train_steps (schedule length). Errors name the field:
-  // out-of-range hyper-parameters, unknown role multipliers, an
+  // and config.train.train_steps (schedule length), which must have passed
+  // ValidateOptimizerConfig (optim/optimizer_config.h). Errors: an
   // unmaterialised registry, or parameters that are not f32/f64 on the CPU.
   static StatusOr<std::unique_ptr<Optimizer>> Create(const config::RunConfig& config,
                                                      ParamRegistry& registry);

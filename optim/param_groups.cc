@@ -42,35 +42,23 @@ struct Multipliers {
   double wd = 1.0;
 };
 
-// Role multipliers indexed by ParamRole, validated.
-StatusOr<std::vector<Multipliers>> ReadMultipliers(const config::OptimizerConfig& optimizer) {
-  std::vector<Multipliers> out(kNumRoles);
-  std::vector<bool> seen(kNumRoles, false);
-  std::vector<std::string> valid;
+// The trainable role called `name`, or -1.
+int TrainableRole(const std::string& name) {
   for (int r = 0; r < kNumRoles; ++r) {
-    if (IsTrainable(static_cast<ParamRole>(r))) valid.push_back(ParamRoleName(static_cast<ParamRole>(r)));
+    const auto role = static_cast<ParamRole>(r);
+    if (IsTrainable(role) && name == ParamRoleName(role)) return r;
   }
+  return -1;
+}
+
+// Role multipliers indexed by ParamRole, after ValidateRoleMultipliers.
+StatusOr<std::vector<Multipliers>> ReadMultipliers(const config::OptimizerConfig& optimizer) {
+  ConfigProblems problems;
+  ValidateRoleMultipliers(optimizer, problems);
+  SM_RETURN_IF_ERROR(problems.ToStatus("optimizer.role_multipliers"));
+  std::vector<Multipliers> out(kNumRoles);
   for (const config::RoleMultiplier& m : optimizer.role_multipliers()) {
-    int role = -1;
-    for (int r = 0; r < kNumRoles; ++r) {
-      if (m.role() == ParamRoleName(static_cast<ParamRole>(r))) role = r;
-    }
-    if (role < 0 || !IsTrainable(static_cast<ParamRole>(role))) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer.role_multipliers: unknown or untrainable role \"", m.role(),
-          "\"; use one of: ", absl::StrJoin(valid, ", ")));
-    }
-    if (seen[role]) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer.role_multipliers: role \"", m.role(), "\" given twice; keep one entry"));
-    }
-    if (m.lr_mult() < 0 || m.wd_mult() < 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "optimizer.role_multipliers: role \"", m.role(), "\" has lr_mult=", m.lr_mult(),
-          " wd_mult=", m.wd_mult(), "; multipliers must be >= 0"));
-    }
-    seen[role] = true;
-    out[role] = {m.lr_mult(), m.wd_mult()};
+    out[TrainableRole(m.role())] = {m.lr_mult(), m.wd_mult()};
   }
   return out;
 }
@@ -85,6 +73,28 @@ UpdateRule RuleFor(const Param& p, const config::OptimizerConfig& optimizer) {
 }
 
 }  // namespace
+
+void ValidateRoleMultipliers(const config::OptimizerConfig& optimizer, ConfigProblems& p) {
+  std::vector<std::string> valid;
+  for (int r = 0; r < kNumRoles; ++r) {
+    const auto role = static_cast<ParamRole>(r);
+    if (IsTrainable(role)) valid.push_back(ParamRoleName(role));
+  }
+  std::vector<bool> seen(kNumRoles, false);
+  for (const config::RoleMultiplier& m : optimizer.role_multipliers()) {
+    const int role = TrainableRole(m.role());
+    p.Check(role >= 0, "optimizer.role_multipliers.role='", m.role(),
+            "' is not a parameter role the optimizer trains: use one of ",
+            absl::StrJoin(valid, ", "));
+    if (role >= 0) {
+      p.Check(!seen[role], "optimizer.role_multipliers.role='", m.role(),
+              "' appears twice: keep one entry per role");
+      seen[role] = true;
+    }
+    p.NonNegative("optimizer.role_multipliers.lr_mult", m.lr_mult());
+    p.NonNegative("optimizer.role_multipliers.wd_mult", m.wd_mult());
+  }
+}
 
 StatusOr<ParamGroups> ParamGroups::Create(const ParamRegistry& registry,
                                           const config::OptimizerConfig& optimizer,

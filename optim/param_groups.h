@@ -28,12 +28,19 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
+#include "core/config_problems.h"
 #include "core/params.h"
 #include "core/status.h"
 
 namespace scalemoe {
 
 using DecayPolicy = config::ScaleVectorConfig::DecayPolicy;
+
+// The rules on optimizer.role_multipliers (a role the optimizer trains, at
+// most once, finite multipliers >= 0), appended to `problems`. The
+// optimizer's validator (optim/optimizer_config.h) calls it up front;
+// ParamGroups::Create refuses a list that breaks one with the same messages.
+void ValidateRoleMultipliers(const config::OptimizerConfig& optimizer, ConfigProblems& problems);
 
 // Whether a trainable parameter of `role` and `ndim` dimensions is decayed.
 bool Decays(ParamRole role, int ndim, DecayPolicy policy);

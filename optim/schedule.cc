@@ -35,21 +35,4 @@ double LearningRate(const config::ScheduleConfig& schedule, double peak_lr, doub
   return peak_lr;
 }
 
-Status ValidateSchedule(const config::ScheduleConfig& schedule, int64_t total_steps) {
-  if (total_steps < 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "train.train_steps=", total_steps, ": the schedule needs at least 1 step"));
-  }
-  if (schedule.warmup_steps() < 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "schedule.warmup_steps=", schedule.warmup_steps(), ": must be >= 0 (0 = no warm-up)"));
-  }
-  const double f = schedule.wsd_decay_fraction();
-  if (!(f >= 0.0 && f <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "schedule.wsd_decay_fraction=", f, ": must be in [0, 1]"));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace scalemoe

@@ -14,6 +14,8 @@
 //             decay line applies from t = W on (continuous only if W <= T-D).
 //   CONSTANT  t <= W: warm-up; then peak.
 // Beyond T the rate stays at its value at T. warmup_steps = 0 means none.
+// The fields it relies on are checked by ValidateOptimizerConfig
+// (optim/optimizer_config.h).
 #pragma once
 
 #include <cstdint>
@@ -25,8 +27,5 @@ namespace scalemoe {
 
 double LearningRate(const config::ScheduleConfig& schedule, double peak_lr, double min_lr,
                     int64_t step, int64_t total_steps);
-
-// Checks the fields LearningRate relies on; errors name the field and the fix.
-Status ValidateSchedule(const config::ScheduleConfig& schedule, int64_t total_steps);
 
 }  // namespace scalemoe

@@ -109,6 +109,37 @@ TEST_F(CheckpointTest, RefusesToSaveAStepThatAlreadyExists) {
   EXPECT_THAT(s.message(), HasSubstr("step_3"));
 }
 
+// step_5 holding step 3 (renamed or copied): refused when loaded, not found
+// at the next save (a resume would write step_4, then clash with step_5).
+TEST_F(CheckpointTest, DirectoryNamedForAnotherStepIsRefused) {
+  ASSERT_TRUE(Save(3).ok());
+  fs::rename(StepDir(3), StepDir(5));
+  StatusOr<std::string> latest = LatestCheckpoint(dir_.path());
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  Status s = LoadCheckpoint(*latest, LoadRequest{Targets(ModelTensors(3))}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(s.message(), HasSubstr("is named step_5 but holds step 3"));
+  EXPECT_THAT(s.message(), HasSubstr("rename it to step_3"));
+  EXPECT_FALSE(DescribeCheckpoint(StepDir(5) + "/").ok());
+  // Under a name that carries no step it loads.
+  fs::rename(StepDir(5), dir_.path() + "/best");
+  EXPECT_TRUE(LoadCheckpoint(dir_.path() + "/best", LoadRequest{Targets(ModelTensors(3))}).ok());
+}
+
+TEST_F(CheckpointTest, CompleteMarkerForAnotherStepIsRefused) {
+  ASSERT_TRUE(Save(3).ok());
+  std::string marker;
+  {
+    std::ifstream in(StepDir(3) + "/COMPLETE");
+    marker.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  ASSERT_EQ(marker.rfind("step 3\n", 0), 0u) << marker;
+  std::ofstream(StepDir(3) + "/COMPLETE", std::ios::trunc) << "step 4\n" << marker.substr(7);
+  Status s = LoadCheckpoint(StepDir(3), LoadRequest{Targets(ModelTensors(3))}).status();
+  EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
+  EXPECT_THAT(s.message(), HasSubstr("COMPLETE records step 4 but the manifest step 3"));
+}
+
 TEST_F(CheckpointTest, LatestIsNotFoundWithoutCheckpoints) {
   EXPECT_EQ(LatestCheckpoint(dir_.path()).status().code(), absl::StatusCode::kNotFound);
 }
@@ -176,9 +207,11 @@ TEST_F(CheckpointTest, FlippedByteFailsTheChecksumNamingTheFile) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(s.message(), HasSubstr(RankFile(1)));
   EXPECT_THAT(s.message(), HasSubstr("checksum"));
-  StatusOr<std::string> described = DescribeCheckpoint(StepDir(1));
+  int bad_files = 0;
+  StatusOr<std::string> described = DescribeCheckpoint(StepDir(1), &bad_files);
   ASSERT_TRUE(described.ok()) << described.status();
   EXPECT_THAT(*described, HasSubstr("BAD (checksum"));
+  EXPECT_EQ(bad_files, 1);
   EXPECT_THAT(*described, HasSubstr("blobs.json"));
 }
 
@@ -259,8 +292,10 @@ TEST_F(CheckpointTest, FailedLoadLeavesEveryTargetUntouched) {
 
 TEST_F(CheckpointTest, DescribeListsStepLayoutTensorsAndFiles) {
   ASSERT_TRUE(Save(7).ok());
-  StatusOr<std::string> d = DescribeCheckpoint(StepDir(7));
+  int bad_files = -1;
+  StatusOr<std::string> d = DescribeCheckpoint(StepDir(7), &bad_files);
   ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_EQ(bad_files, 0);
   EXPECT_THAT(*d, HasSubstr("step 7"));
   EXPECT_THAT(*d, HasSubstr("zero_stage=1"));
   EXPECT_THAT(*d, HasSubstr("layers.0.w"));

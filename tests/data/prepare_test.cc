@@ -207,6 +207,20 @@ TEST_F(PrepareTest, BadInputsAreClearErrors) {
   o.val_fraction = 1.0;
   EXPECT_THAT(PrepareDataset(o).status().message(), HasSubstr("--val-fraction"));
 
+  // One document cannot give a train and a validation split: refused, not
+  // written with an empty validation split that fails only at train time.
+  {
+    std::ofstream one(dir_ / "one_doc.txt", std::ios::binary);
+    one << docs_[0] << "\n\x1e\n";
+  }
+  o = Options("bad_one_doc");
+  o.input = (dir_ / "one_doc.txt").string();
+  auto one_doc = PrepareDataset(o);
+  ASSERT_FALSE(one_doc.ok());
+  EXPECT_EQ(one_doc.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(one_doc.status().message(), HasSubstr("one_doc.txt holds 1 document"));
+  EXPECT_FALSE(fs::exists(dir_ / "bad_one_doc" / kManifestFile));
+
   o = Options("bad");
   o.train_tokenizer_vocab = 0;
   o.tokenizer_dir = (dir_ / "no_tokenizer").string();

@@ -194,5 +194,65 @@ TEST_F(ShardFormatTest, VocabMismatchIsRefused) {
   EXPECT_THAT(shard.status().message(), HasSubstr("50257"));
 }
 
+// A shard written by anything but WriteShard: `ids` stored as-is (no range
+// check) with a correct header and checksum.
+std::string WriteRawShard(const std::string& path, TokenDtype dtype, uint64_t vocab_size,
+                          const std::vector<uint32_t>& ids) {
+  std::vector<unsigned char> payload;
+  for (uint32_t id : ids) {
+    if (dtype == TokenDtype::kUint16) {
+      const uint16_t v = static_cast<uint16_t>(id);
+      payload.insert(payload.end(), reinterpret_cast<const unsigned char*>(&v),
+                     reinterpret_cast<const unsigned char*>(&v) + 2);
+    } else {
+      payload.insert(payload.end(), reinterpret_cast<const unsigned char*>(&id),
+                     reinterpret_cast<const unsigned char*>(&id) + 4);
+    }
+  }
+  unsigned char header[kShardHeaderBytes] = {};
+  const uint32_t version = kShardFormatVersion, code = static_cast<uint32_t>(dtype);
+  const uint64_t count = ids.size();
+  const uint32_t crc = Crc32c(payload.data(), payload.size());
+  std::memcpy(header, kShardMagic, 8);
+  std::memcpy(header + 8, &version, 4);
+  std::memcpy(header + 12, &code, 4);
+  std::memcpy(header + 16, &count, 8);
+  std::memcpy(header + 24, &vocab_size, 8);
+  std::memcpy(header + 32, &crc, 4);
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(header), kShardHeaderBytes);
+  out.write(reinterpret_cast<const char*>(payload.data()),
+            static_cast<std::streamsize>(payload.size()));
+  return path;
+}
+
+// The checksum is right, the ids are not: refused when the shard is opened,
+// naming the file and the token's position (ids near 65535 crashed the
+// embedding; an id equal to the vocab size wrote past the unigram table).
+TEST_F(ShardFormatTest, IdOutsideTheVocabularyIsRefusedNamingThePosition) {
+  struct Case {
+    TokenDtype dtype;
+    uint64_t vocab;
+    uint32_t bad;
+  };
+  for (const Case& c : {Case{TokenDtype::kUint16, 320, 320}, Case{TokenDtype::kUint16, 320, 65535},
+                        Case{TokenDtype::kUint32, 70000, 70000}}) {
+    SCOPED_TRACE(c.bad);
+    const std::string path =
+        WriteRawShard(Path("bad_ids.bin"), c.dtype, c.vocab, {1, 2, 0, c.bad, 5});
+    auto shard = TokenShard::Open(path, static_cast<int64_t>(c.vocab));
+    ASSERT_FALSE(shard.ok());
+    EXPECT_EQ(shard.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(shard.status().message(), HasSubstr(path));
+    EXPECT_THAT(shard.status().message(), HasSubstr("token 3 "));
+    EXPECT_THAT(shard.status().message(), HasSubstr("has id " + std::to_string(c.bad)));
+  }
+  // The same ids below the vocabulary open fine.
+  EXPECT_TRUE(TokenShard::Open(WriteRawShard(Path("good.bin"), TokenDtype::kUint16, 320,
+                                             {1, 2, 0, 319, 5}),
+                               320)
+                  .ok());
+}
+
 }  // namespace
 }  // namespace scalemoe

@@ -244,6 +244,32 @@ TEST_F(TokenLoaderTest, ShardReplacedBehindTheManifestIsRefused) {
   EXPECT_THAT(loader.status().message(), HasSubstr("manifest lists"));
 }
 
+// A manifest naming a shard outside the dataset directory is refused when
+// read, before the file is opened: here a valid copy of the first shard,
+// which would otherwise load.
+TEST_F(TokenLoaderTest, ShardOutsideTheDatasetDirectoryIsRefused) {
+  const fs::path outside = dir_.string() + "_outside";
+  fs::create_directories(outside);
+  fs::copy_file(dir_ / "train_000000.bin", outside / "train_000000.bin",
+                fs::copy_options::overwrite_existing);
+  StatusOr<DatasetManifest> m = DatasetManifest::Read(dir_.string());
+  ASSERT_TRUE(m.ok()) << m.status();
+  for (const std::string& file :
+       {"../" + outside.filename().string() + "/train_000000.bin",
+        (outside / "train_000000.bin").string(), std::string("..")}) {
+    SCOPED_TRACE(file);
+    DatasetManifest bad = *m;
+    bad.train.shards[0].file = file;
+    ASSERT_TRUE(bad.Write(dir_.string()).ok());
+    auto loader = TokenLoader::Open(Options(16, 2));
+    ASSERT_FALSE(loader.ok());
+    EXPECT_EQ(loader.status().code(), absl::StatusCode::kDataLoss);
+    EXPECT_THAT(loader.status().message(), HasSubstr("shard file '" + file + "'"));
+    EXPECT_THAT(loader.status().message(), HasSubstr("manifest.json"));
+  }
+  fs::remove_all(outside);
+}
+
 TEST_F(TokenLoaderTest, BadLayoutIsRefused) {
   EXPECT_THAT(TokenLoader::Open(Options(0, 4)).status().message(), HasSubstr("seq_length"));
   EXPECT_THAT(TokenLoader::Open(Options(16, 0)).status().message(), HasSubstr("micro_batch_size"));

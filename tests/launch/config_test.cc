@@ -107,6 +107,15 @@ TEST(ParseTest, BadEnumNamesTheField) {
               AllOf(HasSubstr(path + ":1:"), HasSubstr("mode"), HasSubstr("PER_HEAD")));
 }
 
+// A directory reads as an empty file, i.e. the all-defaults config, which
+// check-config called valid.
+TEST(ParseTest, DirectoryIsNotAConfig) {
+  StatusOr<config::RunConfig> c = LoadConfig("configs", {});
+  ASSERT_FALSE(c.ok());
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("configs is a directory"));
+}
+
 TEST(ParseTest, MissingFileIsNotFound) {
   StatusOr<config::RunConfig> c = LoadConfig("configs/no_such.textproto", {});
   EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
@@ -302,6 +311,15 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
       {{"optimizer.role_multipliers=[{role: \"gamma\"}]"},
        1,
        {"optimizer.role_multipliers.role='gamma' is not a parameter role", "input_norm_scale"}},
+      {{"optimizer.role_multipliers=[{role: \"expert_bias\"}]"},
+       1,
+       {"optimizer.role_multipliers.role='expert_bias' is not a parameter role"}},
+      {{"scale_vectors.placement=INPUT_ONLY", "scale_vectors.dual_projections=[GATE]"},
+       1,
+       {"scale_vectors.dual_projections is set but scale_vectors.placement=INPUT_ONLY"}},
+      {{"scale_vectors.dual_projections=[Q, Q]"},
+       1,
+       {"scale_vectors.dual_projections lists Q twice"}},
       {{"optimizer.role_multipliers=[{role: \"router\"}, {role: \"router\"}]"},
        1,
        {"'router' appears twice"}},
@@ -314,6 +332,7 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
       {{"train.global_batch_size=24"},
        2,
        {"train.global_batch_size=24 is not a multiple of train.micro_batch_size*dp=8*2=16"}},
+      {{"train.max_consecutive_skips=0"}, 1, {"train.max_consecutive_skips=0 must be >= 1"}},
       {{"train.eval_interval=-1"}, 1, {"train.eval_interval=-1"}},
       {{"train.eval_batches=0"}, 1, {"train.eval_batches=0 must be > 0"}},
       {{"schedule.warmup_steps=301"},
@@ -440,6 +459,9 @@ TEST(CheckConfigCommandTest, BadUsageExitsTwo) {
   EXPECT_THAT(err, HasSubstr("model.bogus"));
   EXPECT_EQ(RunCheck({"--config"}, &out, &err), 2);
   EXPECT_THAT(err, HasSubstr("--config needs a value"));
+  EXPECT_EQ(RunCheck({"--config", "configs"}, &out, &err), 2);
+  EXPECT_THAT(err, HasSubstr("configs is a directory"));
+  EXPECT_EQ(out, "");
 }
 
 TEST(CheckConfigCommandTest, IsListedInTheCli) {

@@ -21,6 +21,28 @@ std::string FreshDir(const std::string& name) {
   return dir;
 }
 
+// A resume from step 3 drops what the stopped run logged after it (and a
+// line cut short by its crash) and keeps the rest as it was.
+TEST(MetricsWriterTest, DropMetricsAfterKeepsRecordsUpToTheCheckpoint) {
+  const std::string dir = FreshDir("drop");
+  EXPECT_TRUE(DropMetricsAfter(dir, 3).ok());  // no file yet: nothing to do
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream out(dir + "/metrics.jsonl");
+    for (int step = 1; step <= 5; ++step) out << nlohmann::json{{"step", step}}.dump() << "\n";
+    out << "not a record\n" << R"({"step": 2, "val_loss": 4.0})" << "\n" << R"({"step": 6, "lo)";
+  }
+  ASSERT_TRUE(DropMetricsAfter(dir, 3).ok());
+  StatusOr<std::vector<nlohmann::json>> records = ReadMetricsFile(dir + "/metrics.jsonl");
+  EXPECT_FALSE(records.ok());  // the unreadable line is kept, not silently lost
+  std::ifstream in(dir + "/metrics.jsonl");
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  EXPECT_EQ(lines, (std::vector<std::string>{R"({"step":1})", R"({"step":2})", R"({"step":3})",
+                                             "not a record", R"({"step": 2, "val_loss": 4.0})"}));
+  EXPECT_FALSE(std::filesystem::exists(dir + "/metrics.jsonl.tmp"));
+}
+
 TEST(MetricsWriterTest, WritesOneFlushedObjectPerLine) {
   const std::string dir = FreshDir("lines");
   StatusOr<std::unique_ptr<MetricsWriter>> w = MetricsWriter::Open(dir + "/run");

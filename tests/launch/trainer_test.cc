@@ -12,6 +12,7 @@
 #include "gtest/gtest.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/metrics.h"
 #include "tests/launch/tiny_training.h"
 #include "tests/testing/status_util.h"
 
@@ -59,6 +60,14 @@ class TrainerTest : public ::testing::Test {
 
   static std::vector<double> Losses(const std::string& run_dir) {
     return testing::ReadLosses(run_dir);
+  }
+
+  // lr 1e30: every step after the first is non-finite; on_nonfinite SKIP.
+  static config::RunConfig SkippingConfig(const std::string& max_consecutive_skips) {
+    return TinyConfig({"optimizer.lr=1e30", "optimizer.grad_clip=0", "schedule.warmup_steps=0",
+                       "schedule.kind=CONSTANT", "train.on_nonfinite=SKIP",
+                       "train.max_consecutive_skips=" + max_consecutive_skips,
+                       "checkpoint.interval=0"});
   }
 
   static fs::path* root_;
@@ -167,9 +176,12 @@ TEST_F(TrainerTest, InspectCheckpointPrintsTheManifestAndFlagsCorruption) {
     f.seekp(-3, std::ios::end);
     f.put(static_cast<char>(~byte));
   }
+  // Listed as BAD, and the exit code says the checkpoint cannot be loaded.
   ::testing::internal::CaptureStdout();
-  inspect.run({"--checkpoint", dir});
+  ::testing::internal::CaptureStderr();
+  EXPECT_EQ(inspect.run({"--checkpoint", dir}), 1);
   EXPECT_NE(::testing::internal::GetCapturedStdout().find("BAD"), std::string::npos);
+  EXPECT_NE(::testing::internal::GetCapturedStderr().find("1 file(s) BAD"), std::string::npos);
   EXPECT_NE(inspect.run({"--checkpoint", "/nonexistent/step_1"}), 0);
 }
 
@@ -186,6 +198,93 @@ TEST_F(TrainerTest, NonFiniteLossStopsWithLastCheckpointIntact) {
   if (latest.ok()) {  // the run may fail on its first step, before any save
     EXPECT_NE(std::string(r.status().message()).find(*latest), std::string::npos);
   }
+}
+
+// SKIP skipped without limit and ended with exit 0 and a NaN loss; it stops
+// after max_consecutive_skips now.
+TEST_F(TrainerTest, SkipStopsAfterMaxConsecutiveNonFiniteSteps) {
+  TrainOptions o = Options(SkippingConfig("2"), "skip_limit");
+  StatusOr<TrainResult> r = Train(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(std::string(r.status().message()).find("non-finite"), std::string::npos) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("2 steps in a row"), std::string::npos)
+      << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("train.max_consecutive_skips=2"),
+            std::string::npos);
+}
+
+// The proto promises skipped steps are counted: in every metrics record and
+// as a TensorBoard scalar.
+TEST_F(TrainerTest, SkippedStepsAreCountedInMetricsAndTensorBoard) {
+  TrainOptions o = Options(SkippingConfig("100"), "skip_counted");
+  StatusOr<TrainResult> r = Train(o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_GT(r->skipped_steps, 0);
+  StatusOr<std::vector<nlohmann::json>> records =
+      ReadMetricsFile((fs::path(o.run_dir) / "metrics.jsonl").string());
+  ASSERT_TRUE(records.ok()) << records.status();
+  int64_t last = -1;
+  for (const auto& rec : *records) {
+    if (!rec.contains("loss")) continue;
+    ASSERT_TRUE(rec.contains("skipped_steps")) << rec.dump();
+    EXPECT_GE(rec["skipped_steps"].get<int64_t>(), last);
+    last = rec["skipped_steps"].get<int64_t>();
+  }
+  EXPECT_EQ(last, r->skipped_steps);
+  std::string events;
+  for (const auto& e : fs::directory_iterator(o.run_dir)) {
+    if (e.path().filename().string().rfind("events.out.tfevents.", 0) == 0) {
+      events += ReadFile(e.path());
+    }
+  }
+  EXPECT_NE(events.find("train/skipped_steps"), std::string::npos);
+}
+
+// A run that went past its last checkpoint and stopped (here: the later
+// checkpoints removed) resumes from it; metrics.jsonl then holds every step
+// once, exactly as the straight run's, not the steps since the checkpoint
+// twice.
+TEST_F(TrainerTest, ResumeDropsTheMetricsLoggedAfterTheCheckpoint) {
+  const config::RunConfig cfg = TinyConfig();  // 8 steps, checkpoint every 2, eval every 4
+  TrainOptions straight = Options(cfg, "metrics_straight");
+  ASSERT_TRUE(Train(straight).ok());
+  TrainOptions crashed = Options(cfg, "metrics_resumed");
+  ASSERT_TRUE(Train(crashed).ok());
+  for (const char* later : {"step_6", "step_8"}) {
+    fs::remove_all(fs::path(crashed.run_dir) / "checkpoints" / later);
+  }
+  crashed.resume = true;
+  StatusOr<TrainResult> rest = Train(crashed);
+  ASSERT_TRUE(rest.ok()) << rest.status();
+  auto read = [](const std::string& run_dir) {
+    StatusOr<std::vector<nlohmann::json>> records =
+        ReadMetricsFile((fs::path(run_dir) / "metrics.jsonl").string());
+    EXPECT_TRUE(records.ok()) << records.status();
+    std::vector<std::string> steps;  // "<step> loss" / "<step> val_loss"
+    for (const auto& r : records.value_or(std::vector<nlohmann::json>{})) {
+      steps.push_back(std::to_string(r["step"].get<int64_t>()) +
+                      (r.contains("loss") ? " loss" : " val_loss"));
+    }
+    return steps;
+  };
+  EXPECT_EQ(read(crashed.run_dir), read(straight.run_dir));
+  EXPECT_EQ(Losses(crashed.run_dir), Losses(straight.run_dir));
+}
+
+// A failed save (a full disk; here step_4's name is taken by a file, so the
+// commit's rename fails) names the checkpoint that is still good.
+TEST_F(TrainerTest, FailedSaveNamesTheLastGoodCheckpoint) {
+  TrainOptions o = Options(TinyConfig(), "save_fails");
+  fs::create_directories(fs::path(o.run_dir) / "checkpoints");
+  std::ofstream(fs::path(o.run_dir) / "checkpoints" / "step_4") << "in the way";
+  StatusOr<TrainResult> r = Train(o);
+  ASSERT_FALSE(r.ok());
+  const std::string message(r.status().message());
+  EXPECT_NE(message.find("saving the checkpoint of step 4 failed"), std::string::npos) << message;
+  EXPECT_NE(message.find("Last good checkpoint: " +
+                         (fs::path(o.run_dir) / "checkpoints" / "step_2").string()),
+            std::string::npos)
+      << message;
 }
 
 TEST_F(TrainerTest, ResumeWithoutCheckpointIsAClearError) {

@@ -34,8 +34,7 @@ config::RunConfig Config(const std::vector<std::string>& extra) {
   std::vector<std::string> all = {
       "train.train_steps=" + std::to_string(kSteps), "checkpoint.interval=10",
       "train.eval_interval=10", "scale_vectors.placement=DUAL",
-      "scale_vectors.dual_projections=Q", "scale_vectors.dual_projections=O",
-      "scale_vectors.dual_projections=GATE", "scale_vectors.dual_projections=DOWN",
+      "scale_vectors.dual_projections=[Q, O, GATE, DOWN]",
       "model.num_kv_heads=2", "moe.num_shared_experts=1", "moe.z_loss_coeff=0.001"};
   all.insert(all.end(), extra.begin(), extra.end());
   return testing::TinyTrainingConfig(JobRoot(), all);

@@ -159,7 +159,7 @@ TEST(ScaledLinearTest, FoldAndPerTokenAgree) {
     ParamRegistry registry;
     ParamSpec spec{"w", {4, 5}, ParamRole::kLinear, InitSpec::Normal(1.0), {}};
     Param* weight = registry.Create(spec);
-    BranchScales scales(registry, sv, "gamma", {}, 5, {{"gamma", {}}}, false);
+    BranchScales scales(registry, ScaleOptions(sv), "gamma", {}, 5, {{"gamma", {}}}, false);
     ScaledLinear lin(registry, weight, &scales, 0, "u", config::ScaleVectorConfig::PLAIN,
                      path == 0 ? ScalePath::kFold : ScalePath::kPerToken);
     ASSERT_TRUE(registry.Materialize(3, DType::kF64, Device::kCPU).ok());

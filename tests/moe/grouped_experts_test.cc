@@ -31,7 +31,7 @@ struct ExpertsRig {
     o.ffn = kF;
     o.init_std = 0.5;
     o.down_init_std = 0.4;
-    experts = std::make_unique<GroupedExperts>(registry, sv, o);
+    experts = std::make_unique<GroupedExperts>(registry, ScaleOptions(sv), o);
     for (int e = 0; e < kE; ++e) {
       ParamLayout l;
       l.expert = e;

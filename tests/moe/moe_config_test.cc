@@ -6,24 +6,35 @@
 namespace scalemoe {
 namespace {
 
-TEST(MoeConfigTest, TinyConfigIsValid) {
-  EXPECT_TRUE(ValidateMoeConfig(testing::TinyConfig()).ok());
+std::string Problems(const config::RunConfig& cfg) {
+  ConfigProblems p;
+  ValidateMoeConfig(cfg, p);
+  return std::string(p.ToStatus("moe").message());
 }
+
+TEST(MoeConfigTest, TinyConfigIsValid) { EXPECT_EQ(Problems(testing::TinyConfig()), ""); }
 
 TEST(MoeConfigTest, TopKLargerThanExpertsNamesTheField) {
   config::RunConfig cfg = testing::TinyConfig();
   cfg.mutable_moe()->set_top_k(5);
-  const Status s = ValidateMoeConfig(cfg);
-  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(std::string(s.message()).find("moe.top_k = 5"), std::string::npos) << s;
-  EXPECT_NE(std::string(s.message()).find("[1, moe.num_experts = 4]"), std::string::npos) << s;
+  const std::string s = Problems(cfg);
+  EXPECT_NE(s.find("moe.top_k=5"), std::string::npos) << s;
+  EXPECT_NE(s.find("[1, moe.num_experts=4]"), std::string::npos) << s;
 }
 
 TEST(MoeConfigTest, NegativeCapacityFactorIsRejected) {
   config::RunConfig cfg = testing::TinyConfig();
   cfg.mutable_moe()->set_capacity_factor(-1);
-  EXPECT_NE(std::string(ValidateMoeConfig(cfg).message()).find("moe.capacity_factor"),
-            std::string::npos);
+  EXPECT_NE(Problems(cfg).find("moe.capacity_factor"), std::string::npos);
+}
+
+TEST(MoeConfigTest, ReportsEveryProblemAtOnce) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_top_k(0);
+  cfg.mutable_moe()->set_aux_loss_coeff(-1);
+  const std::string s = Problems(cfg);
+  EXPECT_NE(s.find("moe.top_k=0"), std::string::npos) << s;
+  EXPECT_NE(s.find("moe.aux_loss_coeff=-1"), std::string::npos) << s;
 }
 
 }  // namespace

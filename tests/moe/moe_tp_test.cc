@@ -327,9 +327,12 @@ TEST(MoeTpTest, ExpertFfnNotDivisibleByEtpIsAClearError) {
   config::RunConfig cfg = UnifiedConfig(4);
   cfg.mutable_moe()->set_expert_ffn_hidden_size(5);
   cfg.mutable_parallel()->set_etp(2);
-  const Status status = ValidateMoeConfig(cfg);
+  ConfigProblems problems;
+  ValidateMoeConfig(cfg, problems);
+  const Status status = problems.ToStatus("moe");
   EXPECT_TRUE(absl::IsInvalidArgument(status)) << status;
-  EXPECT_NE(status.ToString().find("parallel.etp = 2"), std::string::npos) << status;
+  EXPECT_NE(status.ToString().find("is not divisible by parallel.etp=2"), std::string::npos)
+      << status;
   GTEST_FLAG_SET(death_test_style, "threadsafe");  // FakeWorld runs ranks on threads
   EXPECT_DEATH(
       {

@@ -15,7 +15,7 @@ using testing::RandomTensor;
 TEST(ScaledRmsNormTest, ForwardIsGammaTimesNormalizedPerHead) {
   config::ScaleVectorConfig cfg;
   ParamRegistry registry;
-  ScaledRmsNorm norm(registry, cfg, "x_norm", 4, 0.0);
+  ScaledRmsNorm norm(registry, ScaleOptions(cfg), "x_norm", 4, 0.0);
   ASSERT_TRUE(registry.Materialize(1, DType::kF64, Device::kCPU).ok());
   Param* g = registry.Find("x_norm.scale");
   ASSERT_NE(g, nullptr);
@@ -42,7 +42,7 @@ TEST(ScaledRmsNormTest, GradientsForEveryReparam) {
     config::ScaleVectorConfig cfg;
     cfg.set_reparam(reparam);
     ParamRegistry registry;
-    ScaledRmsNorm norm(registry, cfg, "n", 6, 1e-6);
+    ScaledRmsNorm norm(registry, ScaleOptions(cfg), "n", 6, 1e-6);
     ASSERT_TRUE(registry.Materialize(1, DType::kF64, Device::kCPU).ok());
     for (const auto& p : registry.params()) {
       for (int64_t i = 0; i < p->local_numel(); ++i) {
@@ -75,7 +75,7 @@ TEST(ScaledRmsNormTest, ModeNoneHasNoParametersAndOnlyNormalizes) {
   config::ScaleVectorConfig cfg;
   cfg.set_mode(config::ScaleVectorConfig::NONE);
   ParamRegistry registry;
-  ScaledRmsNorm norm(registry, cfg, "n", 3, 0.0);
+  ScaledRmsNorm norm(registry, ScaleOptions(cfg), "n", 3, 0.0);
   EXPECT_TRUE(registry.params().empty());
   EXPECT_FALSE(norm.has_scale());
   const ExecContext ctx;

@@ -7,6 +7,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "optim/clip.h"
+#include "optim/optimizer_config.h"
 
 namespace scalemoe {
 namespace {
@@ -152,21 +153,29 @@ TEST(OptimizerTest, LoadRejectsMissingExtraAndMisSizedState) {
   EXPECT_THAT(std::string(s.message()), HasSubstr("optimizer.adam_v"));
 }
 
-TEST(OptimizerTest, CreateRejectsBadConfigWithTheFieldName) {
-  Model m;
+// The config rules are the validator's (one validation path); Create
+// checks only what it needs of the registry, and ParamGroups' role names.
+TEST(OptimizerTest, ValidatorNamesTheFieldAndCreateRejectsWhatItCannotRun) {
+  auto problems = [](const config::RunConfig& c) {
+    ConfigProblems p;
+    ValidateOptimizerConfig(c, p);
+    return std::string(p.ToStatus("optimizer").message());
+  };
+  EXPECT_EQ(problems(Config(config::OptimizerConfig::MUON)), "");
   config::RunConfig c = Config(config::OptimizerConfig::ADAMW);
   c.mutable_optimizer()->set_beta2(1.0);
-  auto opt = Optimizer::Create(c, m.reg);
-  EXPECT_THAT(std::string(opt.status().message()), HasSubstr("optimizer.beta2"));
-
+  EXPECT_THAT(problems(c), HasSubstr("optimizer.beta2=1"));
   c = Config(config::OptimizerConfig::MUON);
   c.mutable_optimizer()->set_muon_ns_steps(0);
-  EXPECT_THAT(std::string(Optimizer::Create(c, m.reg).status().message()),
-              HasSubstr("optimizer.muon_ns_steps"));
+  EXPECT_THAT(problems(c), HasSubstr("optimizer.muon_ns_steps=0"));
+  c = Config(config::OptimizerConfig::ADAMW);
+  c.mutable_optimizer()->add_role_multipliers()->set_role("expert_bias");
+  EXPECT_THAT(problems(c), HasSubstr("role='expert_bias' is not a parameter role"));
 
+  Model m;
   c = Config(config::OptimizerConfig::ADAMW);
   c.mutable_optimizer()->add_role_multipliers()->set_role("gamma");
-  EXPECT_THAT(std::string(Optimizer::Create(c, m.reg).status().message()), HasSubstr("\"gamma\""));
+  EXPECT_THAT(std::string(Optimizer::Create(c, m.reg).status().message()), HasSubstr("'gamma'"));
 
   ParamRegistry unmaterialized;
   EXPECT_EQ(Optimizer::Create(Config(config::OptimizerConfig::ADAMW), unmaterialized).status().code(),

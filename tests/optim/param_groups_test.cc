@@ -163,7 +163,7 @@ TEST_F(ParamGroupsTest, BadRoleMultipliersAreErrorsNamingTheRole) {
   };
   Status s = try_role("input_norm_gamma", 1.0, 1);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("\"input_norm_gamma\""));
+  EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("'input_norm_gamma'"));
   EXPECT_THAT(std::string(s.message()), ::testing::HasSubstr("input_norm_scale"));
   EXPECT_FALSE(try_role("expert_bias", 1.0, 1).ok());
   EXPECT_THAT(std::string(try_role("router", 1.0, 2).message()), ::testing::HasSubstr("twice"));

@@ -4,6 +4,7 @@
 #include <numbers>
 
 #include "gtest/gtest.h"
+#include "optim/optimizer_config.h"
 
 namespace scalemoe {
 namespace {
@@ -64,14 +65,25 @@ TEST(ScheduleTest, ConstantStaysAtPeakAndZeroWarmupStartsAtPeak) {
                    kMin + (kPeak - kMin) * 0.5);
 }
 
+// The schedule's rules live in the optimizer's validator.
 TEST(ScheduleTest, ValidationNamesTheField) {
-  EXPECT_TRUE(ValidateSchedule(Schedule(config::ScheduleConfig::COSINE, 10), 100).ok());
-  Status s = ValidateSchedule(Schedule(config::ScheduleConfig::COSINE, -1), 100);
-  EXPECT_NE(std::string(s.message()).find("schedule.warmup_steps"), std::string::npos);
-  s = ValidateSchedule(Schedule(config::ScheduleConfig::WSD, 1, 1.5), 100);
-  EXPECT_NE(std::string(s.message()).find("schedule.wsd_decay_fraction"), std::string::npos);
-  s = ValidateSchedule(Schedule(config::ScheduleConfig::WSD, 1), 0);
-  EXPECT_NE(std::string(s.message()).find("train.train_steps"), std::string::npos);
+  auto problems = [](const config::ScheduleConfig& schedule, int steps) {
+    config::RunConfig cfg;
+    *cfg.mutable_schedule() = schedule;
+    cfg.mutable_train()->set_train_steps(steps);
+    ConfigProblems p;
+    ValidateOptimizerConfig(cfg, p);
+    return std::string(p.ToStatus("schedule").message());
+  };
+  EXPECT_EQ(problems(Schedule(config::ScheduleConfig::COSINE, 10), 100), "");
+  EXPECT_NE(problems(Schedule(config::ScheduleConfig::COSINE, -1), 100).find(
+                "schedule.warmup_steps=-1"),
+            std::string::npos);
+  EXPECT_NE(problems(Schedule(config::ScheduleConfig::WSD, 1, 1.5), 100).find(
+                "schedule.wsd_decay_fraction=1.5"),
+            std::string::npos);
+  EXPECT_NE(problems(Schedule(config::ScheduleConfig::WSD, 10), 5).find("train.train_steps=5"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -1,0 +1,227 @@
+#include "launch/memory_estimate.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_format.h"
+
+namespace scalemoe {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+// The config's sizes as doubles, with the layer counts the model derives.
+struct Sizes {
+  // Layers, hidden, heads, kv heads, head dim, ffn, vocab, seq, micro batch.
+  double L, C, H, KV, D, F, V, T, B;
+  double E, K, Fe, S, Fs;  // experts, top_k, expert ffn, shared experts, shared ffn
+  double moe_layers, dense_layers;
+  double tp, pp, v, dp, ep, etp, edp;
+
+  Sizes(const config::RunConfig& c, const ParallelLayout& l) {
+    const config::ModelConfig& m = c.model();
+    const config::MoEConfig& e = c.moe();
+    L = m.num_layers();
+    C = m.hidden_size();
+    H = m.num_heads();
+    KV = m.num_kv_heads() > 0 ? m.num_kv_heads() : H;
+    D = C / H;
+    F = m.ffn_hidden_size();
+    V = m.vocab_size();
+    T = m.seq_length();
+    B = c.train().micro_batch_size();
+    E = std::max(0, e.num_experts());
+    K = E > 0 ? e.top_k() : 0;
+    Fe = e.expert_ffn_hidden_size();
+    S = E > 0 ? e.num_shared_experts() : 0;
+    Fs = e.shared_expert_ffn_hidden_size() > 0 ? e.shared_expert_ffn_hidden_size() : Fe;
+    // Layers [first_dense, L) every moe_layer_frequency-th (model/block.h IsMoeLayer).
+    const double first = e.first_dense_layers(), every = std::max(1, e.moe_layer_frequency());
+    moe_layers = E > 0 && L > first ? std::ceil((L - first) / every) : 0;
+    dense_layers = L - moe_layers;
+    tp = l.tp, pp = l.pp, dp = l.dp, ep = l.ep, etp = l.etp, edp = l.edp;
+    v = pp > 1 ? std::max(1, c.parallel().virtual_stages()) : 1;
+  }
+};
+
+std::string Num(double x) {
+  return x < 1e15 && x == std::floor(x) ? absl::StrFormat("%.0f", x) : absl::StrFormat("%.3g", x);
+}
+
+}  // namespace
+
+std::string FormatBytes(double bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  size_t unit = 0;
+  while (bytes >= 1024 && unit + 1 < std::size(kUnits)) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
+                   : absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
+}
+
+std::string MemoryEstimate::Summary() const {
+  return absl::StrFormat("%s per rank (weights %.3g, gradients %.3g, optimizer state %.3g, "
+                         "activations %.3g GiB)",
+                         FormatBytes(total_bytes()), param_bytes / kGiB, grad_bytes / kGiB,
+                         optimizer_bytes / kGiB, activation_bytes / kGiB);
+}
+
+MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout& layout) {
+  const Sizes s(cfg, layout);
+  const bool bf16 = cfg.train().precision() == config::TrainConfig::BF16;
+  const bool zero = cfg.parallel().zero_stage() == 1;
+  const bool tied = cfg.model().tied_embeddings();
+  MemoryEstimate est;
+
+  // Bytes per weight element: the weight, its gradient, and the optimizer
+  // state (master copy + moments + reduced-gradient shard under ZeRO-1,
+  // divided over the replicas that share it).
+  const double weight = bf16 ? 2 : 4, grad = 4;
+  auto state = [&](double replicas) {
+    const double master = bf16 || zero ? 4 : 0, moments = 8, shard = zero ? 4 : 0;
+    return (master + moments + shard) / (zero ? replicas : 1);
+  };
+  // The largest stage's share of the layers.
+  const double chunks = s.pp * s.v;
+  const double stage_layers = std::min(s.L, std::ceil(s.L / chunks) * s.v);
+  const double share = stage_layers / s.L;
+  auto add_weights = [&](std::string what, std::string fields, double elements, double replicas) {
+    est.rank_params += elements;
+    est.param_bytes += elements * weight;
+    est.grad_bytes += elements * grad;
+    est.optimizer_bytes += elements * state(replicas);
+    est.parts.push_back(
+        {std::move(what), std::move(fields), elements * (weight + grad + state(replicas))});
+  };
+  const std::string tp_text = absl::StrCat(" / parallel.tp=", Num(s.tp));
+  // Embedding, and the head (untied) or the last stage's copy (tied, pp > 1).
+  const double vocab_mats = s.pp > 1 ? 1 : (tied ? 1 : 2);
+  add_weights("embedding and head weights",
+              absl::StrCat(Num(vocab_mats), " x model.vocab_size=", Num(s.V),
+                           " x model.hidden_size=", Num(s.C), tp_text),
+              vocab_mats * s.V * s.C / s.tp, s.dp);
+  const double attn = 2 * (s.H + s.KV) * s.D * s.C;
+  add_weights("attention weights",
+              absl::StrCat(Num(stage_layers), " layers x 2 x (model.num_heads=", Num(s.H),
+                           " + num_kv_heads=", Num(s.KV), ") x head dim ", Num(s.D),
+                           " x model.hidden_size=", Num(s.C), tp_text),
+              stage_layers * attn / s.tp, s.dp);
+  if (s.dense_layers > 0) {
+    add_weights("dense MLP weights",
+                absl::StrCat(Num(s.dense_layers * share),
+                             " dense layers x 3 x model.ffn_hidden_size=", Num(s.F),
+                             " x model.hidden_size=", Num(s.C), tp_text),
+                s.dense_layers * share * 3 * s.F * s.C / s.tp, s.dp);
+  }
+  const double moe = s.moe_layers * share;
+  if (moe > 0) {
+    add_weights("routers",
+                absl::StrCat(Num(moe), " MoE layers x moe.num_experts=", Num(s.E),
+                             " x model.hidden_size=", Num(s.C)),
+                moe * s.E * s.C, s.dp);
+    add_weights("routed experts' weights",
+                absl::StrCat(Num(moe), " MoE layers x moe.num_experts=", Num(s.E),
+                             " / parallel.ep=", Num(s.ep), " x 3 x moe.expert_ffn_hidden_size=",
+                             Num(s.Fe), " / parallel.etp=", Num(s.etp), " x model.hidden_size=",
+                             Num(s.C)),
+                moe * s.E / s.ep * 3 * s.Fe / s.etp * s.C, s.edp);
+    if (s.S > 0) {
+      add_weights("shared experts' weights",
+                  absl::StrCat(Num(moe), " MoE layers x moe.num_shared_experts=", Num(s.S),
+                               " x 3 x ffn ", Num(s.Fs), " x model.hidden_size=", Num(s.C)),
+                  moe * s.S * 3 * s.Fs * s.C, s.dp);
+    }
+  }
+  est.weight_bytes = est.param_bytes + est.grad_bytes + est.optimizer_bytes;
+  est.model_params = (tied ? 1 : 2) * s.V * s.C + s.L * attn + s.dense_layers * 3 * s.F * s.C +
+                     s.moe_layers * (s.E * s.C + s.E * 3 * s.Fe * s.C + s.S * 3 * s.Fs * s.C);
+  // Per layer at most 4 weights, 3 input γ's, 4 u's, 3 head norms and 2
+  // sandwich norms (two tensors each under OR); per expert 3 weights, 2 γ's
+  // and 3 u's (two tensors each under OR).
+  est.tensors = 8 + s.L * 32 + s.moe_layers * (1 + 16 * (s.E + s.S));
+
+  // Activations of one micro-batch: every layer's under one stage, else one
+  // chunk's (recomputed in backward) plus the in-flight boundaries.
+  const double act = bf16 ? 2 : 4, tokens = s.B * s.T;
+  const double kept_layers = s.pp > 1 ? std::ceil(s.L / chunks) : s.L;
+  auto add_acts = [&](std::string what, std::string fields, double elements, double bytes) {
+    est.activation_bytes += elements * bytes;
+    est.parts.push_back({std::move(what), std::move(fields), elements * bytes});
+  };
+  const std::string batch = absl::StrCat("train.micro_batch_size=", Num(s.B),
+                                         " x model.seq_length=", Num(s.T));
+  add_acts("attention probabilities",
+           absl::StrCat(Num(kept_layers), " layers x ", batch, " x model.num_heads=", Num(s.H),
+                        tp_text, " x model.seq_length=", Num(s.T)),
+           kept_layers * tokens * s.H / s.tp * s.T, act);
+  const double per_token =
+      10 * s.C + 2 * (s.H + 2 * s.KV) * s.D / s.tp +
+      (s.dense_layers * 4 * s.F / s.tp +
+       s.moe_layers * (s.K * (2 * s.C + 4 * s.Fe / s.etp) + 4 * s.S * s.Fs + 2 * s.E)) /
+          s.L;
+  add_acts("layer activations",
+           absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),
+                        " values per token (model.hidden_size, ffn sizes, moe.top_k)"),
+           kept_layers * tokens * per_token + (s.pp > 1 ? chunks * tokens * s.C : 0), act);
+  add_acts("logits and their gradient",
+           absl::StrCat(batch, " x 2 x model.vocab_size=", Num(s.V), tp_text),
+           tokens * 2 * s.V / s.tp, 4);
+  std::sort(est.parts.begin(), est.parts.end(),
+            [](const MemoryPart& a, const MemoryPart& b) { return a.bytes > b.bytes; });
+  return est;
+}
+
+void ValidateSizes(const config::RunConfig& c, const ParallelLayout& layout, ConfigProblems& p) {
+  const config::ModelConfig& m = c.model();
+  const config::MoEConfig& e = c.moe();
+  for (const auto& [field, value] :
+       {std::pair{"model.hidden_size", m.hidden_size()},
+        {"model.ffn_hidden_size", m.ffn_hidden_size()},
+        {"moe.expert_ffn_hidden_size", e.expert_ffn_hidden_size()},
+        {"moe.shared_expert_ffn_hidden_size", e.shared_expert_ffn_hidden_size()}}) {
+    p.Check(value <= kMaxWidth, field, "=", value, " is above ", Num(kMaxWidth),
+            ", the largest width this trainer accepts (over 10x any published model's): "
+            "choose a real size");
+  }
+  const double budget = c.train().device_memory_gib();
+  if (!p.Check(budget > 0 && std::isfinite(budget), "train.device_memory_gib=", budget,
+               " must be > 0: the memory of one device (GiB), e.g. 80")) {
+    return;
+  }
+  const config::TrainConfig& t = c.train();
+  const double global = t.global_batch_size() > 0
+                            ? t.global_batch_size()
+                            : static_cast<double>(t.micro_batch_size()) * layout.dp;
+  const double tokens = global * m.seq_length();
+  const std::string batch =
+      t.global_batch_size() > 0
+          ? absl::StrCat("train.global_batch_size=", t.global_batch_size())
+          : absl::StrCat("train.micro_batch_size=", t.micro_batch_size(), " x dp=", layout.dp);
+  p.Check(tokens <= kMaxTokensPerStep, batch, " x model.seq_length=", m.seq_length(), " = ",
+          Num(tokens),
+          " tokens per step is above ", Num(kMaxTokensPerStep),
+          " (100x the largest published batches): lower the global batch or the sequence length");
+
+  const MemoryEstimate est = EstimateMemory(c, layout);
+  p.Check(est.tensors <= kMaxTensors, "model.num_layers=", m.num_layers(),
+          " with moe.num_experts=", e.num_experts(), " and moe.num_shared_experts=",
+          e.num_shared_experts(), " make up to ", Num(est.tensors),
+          " parameter tensors, above the limit ", Num(kMaxTensors),
+          " (each is registered, checkpointed and listed by name): fewer layers or experts");
+  if (est.total_bytes() <= budget * kGiB) return;
+  std::string largest;
+  for (size_t i = 0; i < est.parts.size() && i < 3; ++i) {
+    absl::StrAppend(&largest, i == 0 ? "" : "; ", est.parts[i].what, " ",
+                    FormatBytes(est.parts[i].bytes), " (", est.parts[i].fields, ")");
+  }
+  p.Check(false, "estimated memory ", est.Summary(), " is above train.device_memory_gib=", budget,
+          " (launch/memory_estimate.h). Largest: ", largest,
+          ". Shrink the largest, or spread it: parallel.tp or pp for dense layers, parallel.ep "
+          "or etp for experts, parallel.zero_stage=1 for optimizer state, a smaller "
+          "train.micro_batch_size or model.seq_length for activations; or raise "
+          "train.device_memory_gib if the device has more");
+}
+
+}  // namespace scalemoe

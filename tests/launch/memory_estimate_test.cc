@@ -1,0 +1,167 @@
+// launch/memory_estimate.h and the size rules of validation: absurd sizes
+// are refused (exit 2, naming the field) instead of overflowing or filling
+// the machine; real models (the presets, a 7B dense model split over 8 GPUs)
+// pass; the estimate's parameter count is the built model's.
+#include "launch/memory_estimate.h"
+
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "launch/commands.h"
+#include "launch/config.h"
+#include "model/model.h"
+
+namespace scalemoe {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr char kTinyCpu[] = "configs/tiny_cpu.textproto";
+
+// A Llama-7B-shaped dense model in bf16.
+const std::vector<std::string> kDense7b = {
+    "model.num_layers=32",         "model.hidden_size=4096",       "model.num_heads=32",
+    "model.num_kv_heads=32",       "model.ffn_hidden_size=11008",  "model.vocab_size=32000",
+    "model.seq_length=4096",       "model.tied_embeddings=false",  "moe.num_experts=0",
+    "train.micro_batch_size=1",    "train.global_batch_size=0",    "train.precision=BF16",
+    "train.device=CUDA"};
+
+config::RunConfig Load(const std::string& path, std::vector<std::string> overrides) {
+  StatusOr<config::RunConfig> c = LoadConfig(path, overrides);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? *c : config::RunConfig();
+}
+
+std::vector<std::string> With(std::vector<std::string> a, const std::vector<std::string>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(MemoryEstimateTest, ParameterCountIsTheBuiltModels) {
+  struct Case {
+    const char* path;
+    std::vector<std::string> overrides;
+  };
+  for (const Case& c : std::vector<Case>{
+           {kTinyCpu, {}},
+           {kTinyCpu, {"moe.num_shared_experts=2", "moe.shared_expert_ffn_hidden_size=96",
+                       "moe.first_dense_layers=1", "moe.moe_layer_frequency=2",
+                       "model.tied_embeddings=false"}},
+           {"configs/gpu_moe_125m.textproto", {}},
+           {"configs/gpu_finegrained_64e.textproto", {}},
+           {kTinyCpu, kDense7b}}) {
+    const config::RunConfig cfg = Load(c.path, c.overrides);
+    SCOPED_TRACE(std::string(c.path) + " " + testing::PrintToString(c.overrides));
+    ParamRegistry registry;  // never materialized: nothing is allocated
+    const MoeTransformer model(registry, cfg);
+    const double counted = static_cast<double>(model.Counts().total_params);
+    const MemoryEstimate est = EstimateMemory(cfg, ParallelLayout{});
+    // The estimate leaves out the scale vectors and norms (well under 1%).
+    EXPECT_LE(est.model_params, counted);
+    EXPECT_GE(est.model_params, 0.99 * counted);
+    EXPECT_EQ(est.rank_params, est.model_params);  // one rank holds it all
+    EXPECT_GE(est.tensors, static_cast<double>(registry.params().size()));
+  }
+}
+
+TEST(MemoryEstimateTest, SplittingDividesWhatEachRankHolds) {
+  const config::RunConfig cfg = Load("configs/gpu_moe_125m.textproto", {});
+  const MemoryEstimate one = EstimateMemory(cfg, ParallelLayout{});
+  const MemoryEstimate ep8 = EstimateMemory(cfg, ParallelLayout{.dp = 8, .ep = 8, .world = 8});
+  EXPECT_LT(ep8.rank_params, one.rank_params / 3);
+  config::RunConfig zero = cfg;
+  zero.mutable_parallel()->set_zero_stage(1);
+  EXPECT_LT(EstimateMemory(zero, ParallelLayout{.dp = 8, .ep = 8, .edp = 1, .world = 8})
+                .optimizer_bytes,
+            ep8.optimizer_bytes);
+}
+
+// Each of these passed check-config; inspect and train then ran at 100% CPU
+// with growing memory, printed a negative parameter count, or crashed.
+TEST(MemoryEstimateTest, AbsurdSizesAreRefusedNamingTheField) {
+  struct Case {
+    std::vector<std::string> overrides;
+    std::vector<std::string> expected;
+  };
+  const std::vector<Case> cases = {
+      {{"moe.num_experts=2000000000"},
+       {"moe.num_experts=2000000000", "parameter tensors", "routed experts' weights"}},
+      {{"model.hidden_size=2000000000", "model.num_heads=2", "model.num_kv_heads=2"},
+       {"model.hidden_size=2000000000 is above 1048576"}},
+      {{"model.ffn_hidden_size=2000000000"}, {"model.ffn_hidden_size=2000000000 is above"}},
+      {{"moe.expert_ffn_hidden_size=2000000000"}, {"moe.expert_ffn_hidden_size=2000000000"}},
+      {{"model.seq_length=2000000000"},
+       {"model.seq_length=2000000000", "attention probabilities"}},
+      {{"train.micro_batch_size=2000000000", "train.global_batch_size=0"},
+       {"train.micro_batch_size=2000000000", "layer activations"}},
+      {{"train.global_batch_size=2000000000"},
+       {"train.global_batch_size=2000000000 x model.seq_length=128"}},
+      {{"model.hidden_size=65536", "model.vocab_size=65536"},
+       {"estimated memory", "attention weights", "model.hidden_size=65536"}},
+      {{"model.num_layers=2000000000"}, {"model.num_layers=2000000000", "parameter tensors"}},
+      {{"train.device_memory_gib=0"}, {"train.device_memory_gib=0 must be > 0"}},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(testing::PrintToString(c.overrides));
+    const config::RunConfig cfg = Load(kTinyCpu, c.overrides);
+    const Status s = ValidateConfig(cfg, 1);
+    ASSERT_FALSE(s.ok());
+    EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+    for (const std::string& e : c.expected) EXPECT_THAT(std::string(s.message()), HasSubstr(e));
+  }
+}
+
+// Parallel degrees whose product overflows int64 are refused, not wrapped.
+TEST(MemoryEstimateTest, HugeParallelDegreesAreRefusedWithoutOverflow) {
+  const config::RunConfig cfg = Load(
+      kTinyCpu, {"parallel.tp=2000000000", "parallel.dp=2000000000", "parallel.pp=2",
+                 "parallel.ep=2000000000", "parallel.etp=2000000000"});
+  EXPECT_EQ(MinimalWorldSize(cfg), INT_MAX);
+  const Status s = ValidateConfig(cfg, 8);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("!= world size 8"));
+  EXPECT_THAT(std::string(s.message()), HasSubstr("not divisible by parallel.etp*ep*pp"));
+}
+
+TEST(MemoryEstimateTest, RealModelsFitAndTheBudgetIsTheConfigs) {
+  // A 7B dense model: over one 80 GB GPU, it fits split over eight.
+  const config::RunConfig one = Load(kTinyCpu, kDense7b);
+  const Status s = ValidateConfig(one, 1);
+  EXPECT_THAT(std::string(s.message()),
+              ::testing::AllOf(HasSubstr("above train.device_memory_gib=80"),
+                               HasSubstr("dense MLP weights"), HasSubstr("parallel.tp")));
+  EXPECT_TRUE(ValidateConfig(Load(kTinyCpu, With(kDense7b, {"parallel.tp=8"})), 8).ok())
+      << ValidateConfig(Load(kTinyCpu, With(kDense7b, {"parallel.tp=8"})), 8);
+  EXPECT_TRUE(ValidateConfig(Load(kTinyCpu, With(kDense7b, {"parallel.pp=4",
+                                                             "parallel.zero_stage=1",
+                                                             "train.global_batch_size=64"})),
+                             32)
+                  .ok());
+  // On a device with room for it, one rank is fine.
+  EXPECT_TRUE(ValidateConfig(Load(kTinyCpu, With(kDense7b, {"train.device_memory_gib=192"})), 1)
+                  .ok());
+  // A small budget refuses even the tiny model.
+  EXPECT_THAT(std::string(ValidateConfig(Load(kTinyCpu, {"train.device_memory_gib=0.01"}), 1)
+                              .message()),
+              HasSubstr("train.device_memory_gib=0.01"));
+}
+
+// inspect validated the 65536 x 65536 model and printed its counts, exit 0.
+TEST(MemoryEstimateTest, InspectRefusesWhatCannotFitAndPrintsTheEstimate) {
+  const Subcommand inspect = InspectCommand();
+  ::testing::internal::CaptureStdout();
+  ::testing::internal::CaptureStderr();
+  const int rc = inspect.run({"--config", kTinyCpu, "--set", "model.hidden_size=65536", "--set",
+                              "model.vocab_size=65536"});
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  EXPECT_EQ(rc, 2) << out;
+  EXPECT_THAT(err, HasSubstr("model.hidden_size=65536"));
+  ::testing::internal::CaptureStdout();
+  ASSERT_EQ(inspect.run({"--config", kTinyCpu}), 0);
+  EXPECT_THAT(::testing::internal::GetCapturedStdout(), HasSubstr("estimated memory:"));
+}
+
+}  // namespace
+}  // namespace scalemoe
