@@ -1,0 +1,97 @@
+#!/usr/bin/env python3
+"""Fails when code outside the backends touches tensor elements or allocates.
+
+Issue 12's rule (shared/DESIGN.md, "Built for the GPU"): layers, the
+optimizer, the parallel layers and the trainer never read or write tensor
+elements on the host and never allocate step tensors outside the
+ExecContext: math goes through ops (core/ops.h), allocation through
+ctx.Empty, device->host reads through ctx.ToHost. Raw access lives in the
+backends (core/cpu, core/cuda), the tensor implementation (core/), file I/O
+(data/, checkpoint/) and the host communication backends listed in EXEMPT.
+
+ALLOWED holds the counts still to be removed: a file may only go down.
+Usage: check_raw_access.py [ROOT]   (exit 1 listing every excess)
+"""
+import os
+import re
+import sys
+
+PATTERN = re.compile(
+    r"\.data<|->data<|raw_data\(\)|\.At\(|ToVector\(\)|\.Fill\(|CopyFrom\(|\.Clone\(\)"
+    r"|Tensor::Empty\(|Tensor::Zeros\(|Tensor::FromBlob\(|Tensor::FromVector\(")
+SCANNED = ["model", "moe", "norm", "parallel", "optim", "launch"]
+# Host backends and I/O: their job is host memory.
+EXEMPT = {
+    "parallel/mpi_communicator.cc": "MPI backend: host buffers",
+    "parallel/fake_communicator_collectives.cc": "in-process fake backend",
+    "parallel/fake_communicator_rendezvous.cc": "in-process fake backend",
+    "parallel/local_communicator.cc": "group of one: host copies",
+    "parallel/communicator.cc": "staging of device tensors through host memory",
+    "parallel/broadcast_string.cc": "host collective of a string",
+    "launch/export_command.cc": "writes the reference batch of an export",
+}
+# Not yet moved into ops / the context (issue 12). Lower these as code moves.
+ALLOWED = {
+    "model/attention.cc": 11,
+    "model/block.cc": 15,
+    "model/mlp.cc": 8,
+    "model/model.cc": 12,
+    "model/scaled_linear.cc": 2,
+    "model/tp_region.cc": 4,
+    "moe/expert_tp_exchange.cc": 12,
+    "moe/grouped_experts.cc": 9,
+    "moe/moe_layer.cc": 21,
+    "moe/router.cc": 19,
+    "moe/token_dispatcher.cc": 10,
+    "moe/token_permuter.cc": 6,
+    "norm/branch_scales.cc": 2,
+    "norm/folded_linear.cc": 8,
+    "norm/scale_vector.cc": 14,
+    "norm/scaled_rms_norm.cc": 5,
+    "parallel/tp_cross_entropy.cc": 11,
+    "parallel/tp_embedding.cc": 4,
+    "optim/adamw.cc": 10,
+    "optim/clip.cc": 2,
+    "optim/distributed_optimizer.cc": 9,
+    "optim/muon.cc": 6,
+    "optim/optimizer.cc": 3,
+    "launch/train_pipeline.cc": 2,
+    "launch/trainer.cc": 3,
+}
+
+
+def count(path):
+    n = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            code = line.split("//", 1)[0]
+            n += len(PATTERN.findall(code))
+    return n
+
+
+def main():
+    root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..")
+    bad = []
+    for d in SCANNED:
+        for name in sorted(os.listdir(os.path.join(root, d))):
+            if not name.endswith((".cc", ".h")):
+                continue
+            rel = f"{d}/{name}"
+            if rel in EXEMPT:
+                continue
+            n = count(os.path.join(root, rel))
+            if n > ALLOWED.get(rel, 0):
+                bad.append(f"{rel}: {n} raw element accesses or non-context allocations "
+                           f"(allowed {ALLOWED.get(rel, 0)})")
+    if bad:
+        print("raw tensor access outside the backends (move the math into an op in "
+              "core/ops.h, allocate with ctx.Empty, read with ctx.ToHost):")
+        print("\n".join("  " + b for b in bad))
+        return 1
+    print(f"raw access check: {len(SCANNED)} folders clean apart from {len(ALLOWED)} "
+          f"allow-listed files")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
