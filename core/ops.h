@@ -206,4 +206,23 @@ void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indic
 void GatheredRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
                     const Tensor& y, const Tensor& out);
 
+// ---------------------------------------------------------------- scale vectors (norm/)
+
+// out f64[1] = Σ_i x[i]·y[i], accumulated in f64 (a device scalar: no host read).
+void Dot(const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out);
+// Magnitude–direction reparameterisation (SCALE_VECTORS.md, "OR"):
+// gamma = β·α·s, with s = 1 when norm_sq is undefined, else
+// s = √(dim / norm_sq[0]) (the normalized form; norm_sq f64[1] = ‖α‖² of the
+// whole vector, α possibly a TP slice of it). alpha, gamma [d]; beta [1].
+void MagnitudeDirection(const ExecContext& ctx, const Tensor& alpha, const Tensor& beta,
+                        const Tensor& norm_sq, int64_t dim, const Tensor& gamma);
+// Its backward, accumulating (+=) into d_alpha [d] and d_beta [1]. dots f64[3]
+// = {‖α‖² (whole vector), <α, dγ> (whole vector), <α, dγ> (this slice)};
+// dim <= 0 selects the plain form γ = β·α (only dots[2] is read), else the
+// normalized form for a vector of `dim` elements. d_beta gets this slice's
+// share (summed over the split group by the model's tp_partial_grad pass).
+void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, const Tensor& beta,
+                                const Tensor& dots, int64_t dim, const Tensor& d_gamma,
+                                const Tensor& d_alpha, const Tensor& d_beta);
+
 }  // namespace scalemoe::ops

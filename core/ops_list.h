@@ -50,5 +50,8 @@
   X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), NO_CUDA) \
   X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), NO_CUDA) \
   X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), NO_CUDA) \
-  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA)
+  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA) \
+  X(void, Dot, (const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out), (ctx, x, y, out), NO_CUDA) \
+  X(void, MagnitudeDirection, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& norm_sq, int64_t dim, const Tensor& gamma), (ctx, alpha, beta, norm_sq, dim, gamma), NO_CUDA) \
+  X(void, MagnitudeDirectionBackward, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& dots, int64_t dim, const Tensor& d_gamma, const Tensor& d_alpha, const Tensor& d_beta), (ctx, alpha, beta, dots, dim, d_gamma, d_alpha, d_beta), NO_CUDA)
 // clang-format on

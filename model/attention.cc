@@ -102,11 +102,11 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   const DType dt = n.dtype();
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
-    Tensor lin = Tensor::Empty({tokens, heads * head_dim_}, dt, n.device());
+    Tensor lin = ctx.Empty({tokens, heads * head_dim_}, dt);
     proj.Forward(ctx, n, lin);
     Tensor y = lin;
     if (norm) {
-      y = Tensor::Empty(lin.shape(), dt, n.device());
+      y = ctx.Empty(lin.shape(), dt);
       norm->Forward(ctx, lin, y);
     }
     y = y.View({batch, seq, heads, head_dim_});
@@ -116,12 +116,12 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
   k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
-  probs_ = Tensor::Empty({batch, heads_, seq, seq}, dt, n.device());
-  Tensor attn = Tensor::Empty({batch, seq, heads_, head_dim_}, dt, n.device());
+  probs_ = ctx.Empty({batch, heads_, seq, seq}, dt);
+  Tensor attn = ctx.Empty({batch, seq, heads_, head_dim_}, dt);
   ops::CausalAttention(ctx, q_, k_, v_, attn, probs_);
   // Row-parallel: this rank's heads give a partial sum of the output.
   const Tensor partial =
-      tp_.sequence_parallel() ? Tensor::Empty({tokens, out.dim(1)}, dt, n.device()) : out;
+      tp_.sequence_parallel() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
   o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
@@ -131,23 +131,22 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   const int64_t tokens = batch_ * seq_;
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const DType dt = d_out.dtype();
-  const Device dev = d_out.device();
   // The column-parallel projections give this rank's share of d_n.
   const Tensor d_n = tp_.sequence_parallel()
-                         ? Tensor::Empty({tokens, d_n_rows.dim(1)}, dt, dev)
+                         ? ctx.Empty({tokens, d_n_rows.dim(1)}, dt)
                          : d_n_rows;
-  Tensor d_attn = Tensor::Empty({tokens, heads_ * head_dim_}, dt, dev);
+  Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, dt);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
-  Tensor d_q = Tensor::Empty(q_.shape(), dt, dev);
-  Tensor d_k = Tensor::Empty(k_.shape(), dt, dev);
-  Tensor d_v = Tensor::Empty(v_.shape(), dt, dev);
+  Tensor d_q = ctx.Empty(q_.shape(), dt);
+  Tensor d_k = ctx.Empty(k_.shape(), dt);
+  Tensor d_v = ctx.Empty(v_.shape(), dt);
   ops::CausalAttentionBackward(ctx, q_, k_, v_, probs_, d_attn.View(q_.shape()), d_q, d_k, d_v);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
                   GradMode mode) {
     if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
     if (norm) {
-      d_lin = Tensor::Empty(d_lin.shape(), dt, dev);
+      d_lin = ctx.Empty(d_lin.shape(), dt);
       norm->Backward(ctx, d_y, d_lin);
     }
     proj.Backward(ctx, d_lin, d_n, mode);

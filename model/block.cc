@@ -46,7 +46,7 @@ Status Block::MoeForward(const ExecContext& ctx, const Tensor& n, const Tensor& 
     return moe_->Forward(ctx, n, out);
   }
   const Tensor chunk = tp_.ToChunk(n);
-  Tensor chunk_out = Tensor::Empty(chunk.shape(), chunk.dtype(), chunk.device());
+  Tensor chunk_out = ctx.Empty(chunk.shape(), chunk.dtype());
   SM_RETURN_IF_ERROR(moe_->Forward(ctx, chunk, chunk_out));
   return tp_.ChunkToRows(ctx, chunk_out, out);
 }
@@ -55,7 +55,7 @@ Status Block::MoeBackward(const ExecContext& ctx, const Tensor& d_out, const Ten
                           double loss_grad_scale) {
   if (!tp_.SplitsTokens()) return moe_->Backward(ctx, d_out, d_n, loss_grad_scale);
   const Tensor d_chunk = tp_.ToChunk(d_out);
-  Tensor d_n_chunk = Tensor::Empty(d_chunk.shape(), d_chunk.dtype(), d_chunk.device());
+  Tensor d_n_chunk = ctx.Empty(d_chunk.shape(), d_chunk.dtype());
   SM_RETURN_IF_ERROR(moe_->Backward(ctx, d_chunk, d_n_chunk, loss_grad_scale));
   return tp_.ChunkToRows(ctx, d_n_chunk, d_n);
 }
@@ -73,13 +73,12 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
                       const Tensor& y) {
   const Shape shape = x.shape();  // [N, C]
   const DType dt = x.dtype();
-  const Device dev = x.device();
   auto sublayer_into = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual) -> Status {
     // y = residual + post(run()), computed into y.
-    Tensor out = Tensor::Empty(shape, dt, dev);
+    Tensor out = ctx.Empty(shape, dt);
     SM_RETURN_IF_ERROR(run(out));
     if (post) {
-      Tensor normed = Tensor::Empty(shape, dt, dev);
+      Tensor normed = ctx.Empty(shape, dt);
       post->Forward(ctx, out, normed);
       out = normed;
     }
@@ -87,8 +86,8 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
     ops::Axpy(ctx, 1.0, out, y);
     return absl::OkStatus();
   };
-  n_attn_ = Tensor::Empty(shape, dt, dev);
-  rstd_attn_ = Tensor::Empty({shape[0]}, dt, dev);
+  n_attn_ = ctx.Empty(shape, dt);
+  rstd_attn_ = ctx.Empty({shape[0]}, dt);
   ops::RmsNormalize(ctx, x, eps_, n_attn_, rstd_attn_);
   SM_RETURN_IF_ERROR_CTX(
       sublayer_into(
@@ -97,9 +96,10 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
           x),
       "attention");
   // y now holds h; normalize it before it is overwritten by h + FFN.
-  Tensor h = y.Clone();
-  n_ffn_ = Tensor::Empty(shape, dt, dev);
-  rstd_ffn_ = Tensor::Empty({shape[0]}, dt, dev);
+  Tensor h = ctx.Empty(shape, dt);
+  ops::Copy(ctx, y, h);
+  n_ffn_ = ctx.Empty(shape, dt);
+  rstd_ffn_ = ctx.Empty({shape[0]}, dt);
   ops::RmsNormalize(ctx, h, eps_, n_ffn_, rstd_ffn_);
   return WithContext(sublayer_into(
                          post_ffn_norm_.get(),
@@ -115,24 +115,23 @@ Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& 
                        double loss_grad_scale) {
   const Shape shape = d_y.shape();
   const DType dt = d_y.dtype();
-  const Device dev = d_y.device();
   // d_in = d_residual + RmsNormalizeBackward(sublayer backward of post-norm backward).
   auto sublayer_back = [&](ScaledRmsNorm* post, auto&& run, const Tensor& d_res,
                            const Tensor& n, const Tensor& rstd, const Tensor& d_in) -> Status {
     Tensor d_out = d_res;
     if (post) {
-      d_out = Tensor::Empty(shape, dt, dev);
+      d_out = ctx.Empty(shape, dt);
       post->Backward(ctx, d_res, d_out);
     }
-    Tensor d_n = Tensor::Empty(shape, dt, dev);
+    Tensor d_n = ctx.Empty(shape, dt);
     SM_RETURN_IF_ERROR(run(d_out, d_n));
-    Tensor d_norm_in = Tensor::Empty(shape, dt, dev);
+    Tensor d_norm_in = ctx.Empty(shape, dt);
     ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_norm_in);
     if (d_in.raw_data() != d_res.raw_data()) ops::Copy(ctx, d_res, d_in);
     ops::Axpy(ctx, 1.0, d_norm_in, d_in);
     return absl::OkStatus();
   };
-  Tensor d_h = Tensor::Empty(shape, dt, dev);
+  Tensor d_h = ctx.Empty(shape, dt);
   SM_RETURN_IF_ERROR_CTX(sublayer_back(
                              post_ffn_norm_.get(),
                              [&](const Tensor& d_out, const Tensor& d_n) {

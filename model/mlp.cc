@@ -57,14 +57,14 @@ Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
 Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
   SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
   const int64_t tokens = n.dim(0), f = gate_->out_features();
-  gate_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
-  up_out_ = Tensor::Empty({tokens, f}, n.dtype(), n.device());
+  gate_out_ = ctx.Empty({tokens, f}, n.dtype());
+  up_out_ = ctx.Empty({tokens, f}, n.dtype());
   gate_->Forward(ctx, n, gate_out_);
   up_->Forward(ctx, n, up_out_);
-  Tensor h = Tensor::Empty({tokens, f}, n.dtype(), n.device());
+  Tensor h = ctx.Empty({tokens, f}, n.dtype());
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
   const Tensor partial = tp_.sequence_parallel()
-                             ? Tensor::Empty({tokens, out.dim(1)}, n.dtype(), n.device())
+                             ? ctx.Empty({tokens, out.dim(1)}, n.dtype())
                              : out;
   down_->Forward(ctx, h, partial);
   return tp_.ReduceToRows(ctx, partial, out);
@@ -75,12 +75,12 @@ Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Ten
   const Shape shape = gate_out_.shape();
   const Tensor d_n =
       tp_.sequence_parallel()
-          ? Tensor::Empty({shape[0], d_n_rows.dim(1)}, d_out.dtype(), d_out.device())
+          ? ctx.Empty({shape[0], d_n_rows.dim(1)}, d_out.dtype())
           : d_n_rows;
-  Tensor d_h = Tensor::Empty(shape, d_out.dtype(), d_out.device());
+  Tensor d_h = ctx.Empty(shape, d_out.dtype());
   down_->Backward(ctx, d_out, d_h, GradMode::kOverwrite);
-  Tensor d_gate = Tensor::Empty(shape, d_out.dtype(), d_out.device());
-  Tensor d_up = Tensor::Empty(shape, d_out.dtype(), d_out.device());
+  Tensor d_gate = ctx.Empty(shape, d_out.dtype());
+  Tensor d_up = ctx.Empty(shape, d_out.dtype());
   ops::SwiGluBackward(ctx, gate_out_, up_out_, d_h, d_gate, d_up);
   gate_->Backward(ctx, d_gate, d_n, GradMode::kOverwrite);
   up_->Backward(ctx, d_up, d_n, GradMode::kAccumulate);

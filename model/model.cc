@@ -173,7 +173,6 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
                                                    bool keep_grad) {
   SM_RETURN_IF_ERROR(CheckBatch(tokens, targets));
   const DType dt = registry_.flat_values().dtype();
-  const Device dev = ctx.device();
   batch_ = tokens.dim(0);
   seq_ = tokens.dim(1);
   const int64_t n = batch_ * seq_;
@@ -184,7 +183,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   tokens_ = tokens.View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
   if (is_first_stage()) {
-    residuals_[0] = Tensor::Empty(rows, dt, dev);
+    residuals_[0] = ctx.Empty(rows, dt);
     if (vocab_embedding_) {
       SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Forward(ctx, tokens_, residuals_[0]),
                              "embedding forward");
@@ -199,7 +198,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   StageOutput out;
   LossBreakdown& loss = out.loss;
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    residuals_[l + 1] = Tensor::Empty(rows, dt, dev);
+    residuals_[l + 1] = ctx.Empty(rows, dt);
     SM_RETURN_IF_ERROR_CTX(
         blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
         blocks_[l]->layer(), " forward");
@@ -215,14 +214,14 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
     loss.total = loss.aux + loss.z;
     return out;
   }
-  n_final_ = Tensor::Empty(rows, dt, dev);
-  rstd_final_ = Tensor::Empty({rows[0]}, dt, dev);
+  n_final_ = ctx.Empty(rows, dt);
+  rstd_final_ = ctx.Empty({rows[0]}, dt);
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
-  logits_ = Tensor::Empty({n, head_->out_features()}, dt, dev);  // this rank's vocab shard
+  logits_ = ctx.Empty({n, head_->out_features()}, dt);  // this rank's vocab shard
   StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
   SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
   head_->Forward(ctx, *n_full, logits_);
-  d_logits_ = keep_grad ? Tensor::Empty(logits_.shape(), dt, dev) : Tensor();
+  d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), dt) : Tensor();
   keep_grad_ = keep_grad;
   if (vocab_loss_) {
     StatusOr<double> ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
@@ -266,14 +265,14 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
   const Shape shape = BoundaryShape(batch_, seq_);
   const DType dt = registry_.flat_values().dtype();
-  Tensor d_x = Tensor::Empty(shape, dt, ctx.device());
+  Tensor d_x = ctx.Empty(shape, dt);
   if (is_last_stage()) {
     Tensor d_logits = d_logits_;
     if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
-    Tensor d_n = Tensor::Empty(shape, dt, ctx.device());
+    Tensor d_n = ctx.Empty(shape, dt);
     // The vocab-split head gives this rank's share of d n_final (all tokens).
     const Tensor d_n_full =
-        tp_.sequence_parallel() ? Tensor::Empty({n, c}, dt, ctx.device()) : d_n;
+        tp_.sequence_parallel() ? ctx.Empty({n, c}, dt) : d_n;
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
@@ -281,9 +280,9 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   } else {
     SM_CHECK_MSG(d_output.defined() && d_output.shape() == shape && d_output.dtype() == dt,
                  "pipeline stage ", stage_, " needs an output gradient ", ShapeString(shape));
-    d_x.CopyFrom(d_output);  // the blocks overwrite their buffers; the caller's stays intact
+    ops::Copy(ctx, d_output, d_x);  // the blocks overwrite their buffers; the caller's stays intact
   }
-  Tensor d_in = Tensor::Empty(shape, dt, ctx.device());
+  Tensor d_in = ctx.Empty(shape, dt);
   for (size_t l = blocks_.size(); l-- > 0;) {
     SM_RETURN_IF_ERROR_CTX(blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale), "layer ",
                            blocks_[l]->layer(), " backward");

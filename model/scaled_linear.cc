@@ -32,8 +32,8 @@ const Tensor& ScaledLinear::DGamma() const {
 Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (u_) {
     if (!u_value_.defined() || u_value_.dtype() != dtype) {
-      u_value_ = Tensor::Empty({out_features()}, dtype, ctx.device());
-      d_u_ = Tensor::Empty({out_features()}, dtype, ctx.device());
+      u_value_ = ctx.Empty({out_features()}, dtype);
+      d_u_ = ctx.Empty({out_features()}, dtype);
     }
     SM_RETURN_IF_ERROR(u_->Compute(ctx, u_value_));
     ops::Zero(ctx, d_u_);

@@ -30,8 +30,8 @@ BranchScales::BranchScales(ParamRegistry& registry, const ScaleOptions& options,
 Status BranchScales::Forward(const ExecContext& ctx, DType dtype) {
   if (gammas_.empty()) {
     for (const auto& v : vectors_) {
-      gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device()));
-      d_gammas_.push_back(Tensor::Empty({v->dim()}, dtype, ctx.device()));
+      gammas_.push_back(ctx.Empty({v->dim()}, dtype));
+      d_gammas_.push_back(ctx.Empty({v->dim()}, dtype));
     }
   }
   for (size_t i = 0; i < vectors_.size(); ++i) {

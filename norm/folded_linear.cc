@@ -19,8 +19,8 @@ void FoldedLinear::PrepareStep(const ExecContext& ctx, const Tensor& gamma,
   if (!folded()) return;
   const Tensor& w = weight_->value;
   if (!w_eff_.defined() || w_eff_.dtype() != w.dtype()) {
-    w_eff_ = Tensor::Empty(w.shape(), w.dtype(), w.device());
-    d_w_eff_ = Tensor::Empty(w.shape(), w.dtype(), w.device());
+    w_eff_ = ctx.Empty(w.shape(), w.dtype());
+    d_w_eff_ = ctx.Empty(w.shape(), w.dtype());
   }
   ops::ScaleRowsCols(ctx, w, u_, gamma_, w_eff_);
   ops::Zero(ctx, d_w_eff_);
@@ -31,7 +31,7 @@ void FoldedLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
   const Tensor& w = folded() ? w_eff_ : weight_->value;
   cache->input = x;
   if (per_token_gamma()) {
-    cache->input = Tensor::Empty(x.shape(), x.dtype(), x.device());
+    cache->input = ctx.Empty(x.shape(), x.dtype());
     ops::ScaleRowsCols(ctx, x, Tensor(), gamma_, cache->input);
   }
   const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
@@ -39,7 +39,7 @@ void FoldedLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
     ops::Gemm(ctx, cache->input, w, y, xwt);
     return;
   }
-  cache->raw = Tensor::Empty(y.shape(), y.dtype(), y.device());
+  cache->raw = ctx.Empty(y.shape(), y.dtype());
   ops::Gemm(ctx, cache->input, w, cache->raw, xwt);
   ops::ScaleRowsCols(ctx, cache->raw, Tensor(), u_, y);
 }
@@ -51,7 +51,7 @@ void FoldedLinear::Backward(const ExecContext& ctx, const Tensor& x, const Cache
   const Tensor& d_w = folded() ? d_w_eff_ : weight_->grad;
   Tensor d_raw = d_y;
   if (per_token_u()) {
-    d_raw = Tensor::Empty(d_y.shape(), d_y.dtype(), d_y.device());
+    d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
     ops::ScaleRowsColsBackward(ctx, cache.raw, Tensor(), u_, d_y, d_raw, Tensor(), d_u_);
   }
   ops::Gemm(ctx, d_raw, cache.input, d_w, {.trans_a = ops::Trans::kYes, .beta = 1.0});
@@ -59,13 +59,13 @@ void FoldedLinear::Backward(const ExecContext& ctx, const Tensor& x, const Cache
     ops::Gemm(ctx, d_raw, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
     return;
   }
-  Tensor d_in = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  Tensor d_in = ctx.Empty(x.shape(), x.dtype());
   ops::Gemm(ctx, d_raw, w, d_in);
   if (!accumulate) {
     ops::ScaleRowsColsBackward(ctx, x, Tensor(), gamma_, d_in, d_x, Tensor(), d_gamma_);
     return;
   }
-  Tensor d_part = Tensor::Empty(x.shape(), x.dtype(), x.device());
+  Tensor d_part = ctx.Empty(x.shape(), x.dtype());
   ops::ScaleRowsColsBackward(ctx, x, Tensor(), gamma_, d_in, d_part, Tensor(), d_gamma_);
   ops::Axpy(ctx, 1.0, d_part, d_x);
 }
@@ -74,7 +74,7 @@ void FoldedLinear::FinishBackward(const ExecContext& ctx) {
   if (!folded()) return;
   // dW_eff = dY'ᵀX with W_eff = diag(u)·W·diag(γ): ScaleRowsColsBackward
   // gives dW and the row/column vector gradients in one pass.
-  Tensor d_w = Tensor::Empty(w_eff_.shape(), w_eff_.dtype(), w_eff_.device());
+  Tensor d_w = ctx.Empty(w_eff_.shape(), w_eff_.dtype());
   ops::ScaleRowsColsBackward(ctx, weight_->value, u_, gamma_, d_w_eff_, d_w, d_u_, d_gamma_);
   ops::Axpy(ctx, 1.0, d_w, weight_->grad);
   ops::Zero(ctx, d_w_eff_);

@@ -1,6 +1,6 @@
 #include "norm/scale_vector.h"
 
-#include <cmath>
+#include "core/ops.h"
 
 namespace scalemoe {
 namespace {
@@ -13,72 +13,6 @@ ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout 
   s.init = InitSpec::Ones();
   s.layout = layout;
   return s;
-}
-
-// The whole vector's Σ x_j y_j: this rank's slice, summed over `group` when
-// the vector is split over it.
-template <typename T>
-StatusOr<double> Dot(const T* x, const T* y, int64_t d, Communicator* group) {
-  double dot = 0;
-  for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(x[j]) * y[j];
-  if (group == nullptr) return dot;
-  SM_RETURN_IF_ERROR(group->AllReduceHost(Tensor::FromBlob(&dot, {1}, DType::kF64, Device::kCPU)));
-  return dot;
-}
-
-template <typename T>
-Status ComputeTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                    int64_t d, int64_t global_d, Communicator* group, T* gamma) {
-  if (reparam == config::ScaleVectorConfig::PLAIN) {
-    const T* g = plain->value.data<T>();
-    for (int64_t j = 0; j < d; ++j) gamma[j] = g[j];
-    return absl::OkStatus();
-  }
-  const T* a = alpha->value.data<T>();
-  T scale = beta->value.data<T>()[0];
-  if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
-    SM_ASSIGN_OR_RETURN(const double sq, Dot(a, a, d, group));
-    scale = static_cast<T>(scale * std::sqrt(static_cast<double>(global_d) / sq));
-  }
-  for (int64_t j = 0; j < d; ++j) gamma[j] = scale * a[j];
-  return absl::OkStatus();
-}
-
-// Split over TP, dβ gets this slice's share only (β is tp_partial_grad).
-template <typename T>
-Status BackwardTyped(const Param* plain, const Param* alpha, const Param* beta, Reparam reparam,
-                     int64_t d, int64_t global_d, Communicator* group, const T* dg) {
-  if (reparam == config::ScaleVectorConfig::PLAIN) {
-    T* g = plain->grad.data<T>();
-    for (int64_t j = 0; j < d; ++j) g[j] += dg[j];
-    return absl::OkStatus();
-  }
-  const T* a = alpha->value.data<T>();
-  const T b = beta->value.data<T>()[0];
-  T* da = alpha->grad.data<T>();
-  T* db = beta->grad.data<T>();
-  double dot = 0;  // <α, dγ> over this slice
-  for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(a[j]) * dg[j];
-  if (reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION) {
-    // γ = β·α: dα = β·dγ, dβ = <α, dγ>.
-    for (int64_t j = 0; j < d; ++j) da[j] += b * dg[j];
-    db[0] += static_cast<T>(dot);
-    return absl::OkStatus();
-  }
-  // γ = β·s·α with s = √d/‖α‖: dβ = s<α,dγ>,
-  // dα = β·s·(dγ − α<α,dγ>/‖α‖²), both inner products over the whole vector.
-  SM_ASSIGN_OR_RETURN(const double sq, Dot(a, a, d, group));
-  double whole_dot = dot;
-  if (group != nullptr) {
-    SM_RETURN_IF_ERROR(
-        group->AllReduceHost(Tensor::FromBlob(&whole_dot, {1}, DType::kF64, Device::kCPU)));
-  }
-  const double s = std::sqrt(static_cast<double>(global_d) / sq);
-  db[0] += static_cast<T>(s * dot);
-  for (int64_t j = 0; j < d; ++j) {
-    da[j] += static_cast<T>(b * s * (dg[j] - a[j] * whole_dot / sq));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -108,29 +42,47 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
 }
 
 Status ScaleVector::Compute(const ExecContext& ctx, const Tensor& gamma) const {
-  SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(gamma.numel() == local_dim_ && gamma.is_contiguous(), name_, ": gamma ",
                gamma.DebugString());
-  const Status s =
-      gamma.dtype() == DType::kF64
-          ? ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                         gamma.data<double>())
-          : ComputeTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                         gamma.data<float>());
-  return WithContext(s, name_);
+  if (plain_ != nullptr) {
+    ops::Copy(ctx, plain_->value, gamma);
+    return absl::OkStatus();
+  }
+  Tensor norm_sq;  // ‖α‖² of the whole vector (normalized form only)
+  if (reparam_ == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
+    norm_sq = ctx.Empty({1}, DType::kF64);
+    ops::Dot(ctx, alpha_->value, alpha_->value, norm_sq);
+    if (split_group_ != nullptr) {
+      SM_RETURN_IF_ERROR(WithContext(split_group_->AllReduce(ctx, norm_sq), name_));
+    }
+  }
+  ops::MagnitudeDirection(ctx, alpha_->value, beta_->value, norm_sq, dim_, gamma);
+  return absl::OkStatus();
 }
 
 Status ScaleVector::Backward(const ExecContext& ctx, const Tensor& d_gamma) const {
-  SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScaleVector: CPU path only in this build");
   SM_CHECK_MSG(d_gamma.numel() == local_dim_ && d_gamma.is_contiguous(), name_, ": d_gamma ",
                d_gamma.DebugString());
-  const Status s =
-      d_gamma.dtype() == DType::kF64
-          ? BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                          d_gamma.data<double>())
-          : BackwardTyped(plain_, alpha_, beta_, reparam_, local_dim_, dim_, split_group_,
-                          d_gamma.data<float>());
-  return WithContext(s, name_);
+  if (plain_ != nullptr) {
+    ops::Axpy(ctx, 1.0, d_gamma, plain_->grad);
+    return absl::OkStatus();
+  }
+  // {‖α‖², <α,dγ> whole, <α,dγ> this slice}: split over TP, dβ gets this
+  // slice's share only (β is tp_partial_grad); the normalized form needs the
+  // first two over the whole vector.
+  Tensor dots = ctx.Empty({3}, DType::kF64);
+  ops::Dot(ctx, alpha_->value, d_gamma, dots.Narrow(0, 2, 1));
+  const bool normalized = reparam_ == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED;
+  if (normalized) {
+    ops::Dot(ctx, alpha_->value, alpha_->value, dots.Narrow(0, 0, 1));
+    ops::Copy(ctx, dots.Narrow(0, 2, 1), dots.Narrow(0, 1, 1));
+    if (split_group_ != nullptr) {
+      SM_RETURN_IF_ERROR(WithContext(split_group_->AllReduce(ctx, dots.Narrow(0, 0, 2)), name_));
+    }
+  }
+  ops::MagnitudeDirectionBackward(ctx, alpha_->value, beta_->value, dots, normalized ? dim_ : 0,
+                                  d_gamma, alpha_->grad, beta_->grad);
+  return absl::OkStatus();
 }
 
 }  // namespace scalemoe

@@ -16,8 +16,8 @@ ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const ScaleOptions& option
 Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (!scale_) return absl::OkStatus();
   if (!gamma_.defined() || gamma_.dtype() != dtype) {
-    gamma_ = Tensor::Empty({dim_}, dtype, ctx.device());
-    d_gamma_ = Tensor::Empty({dim_}, dtype, ctx.device());
+    gamma_ = ctx.Empty({dim_}, dtype);
+    d_gamma_ = ctx.Empty({dim_}, dtype);
   }
   SM_RETURN_IF_ERROR(scale_->Compute(ctx, gamma_));
   ops::Zero(ctx, d_gamma_);
@@ -29,8 +29,8 @@ void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tenso
                " y ", y.DebugString(), " for dim ", dim_);
   const int64_t rows = x.numel() / dim_;
   const Tensor x2 = x.View({rows, dim_});
-  n_ = Tensor::Empty({rows, dim_}, x.dtype(), x.device());
-  rstd_ = Tensor::Empty({rows}, x.dtype(), x.device());
+  n_ = ctx.Empty({rows, dim_}, x.dtype());
+  rstd_ = ctx.Empty({rows}, x.dtype());
   ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
   if (scale_) {
     ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), y.View({rows, dim_}));
@@ -45,7 +45,7 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
                ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString());
   Tensor d_n = d_y.View({rows, dim_});
   if (scale_) {
-    d_n = Tensor::Empty({rows, dim_}, d_y.dtype(), d_y.device());
+    d_n = ctx.Empty({rows, dim_}, d_y.dtype());
     ops::ScaleRowsColsBackward(ctx, n_, Tensor(), gamma_, d_y.View({rows, dim_}), d_n, Tensor(),
                                d_gamma_);
   }

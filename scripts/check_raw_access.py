@@ -32,11 +32,8 @@ EXEMPT = {
 }
 # Not yet moved into ops / the context (issue 12). Lower these as code moves.
 ALLOWED = {
-    "model/attention.cc": 11,
-    "model/block.cc": 15,
-    "model/mlp.cc": 8,
-    "model/model.cc": 12,
-    "model/scaled_linear.cc": 2,
+    "model/block.cc": 2,
+    "model/model.cc": 1,
     "model/tp_region.cc": 4,
     "moe/expert_tp_exchange.cc": 12,
     "moe/grouped_experts.cc": 9,
@@ -44,10 +41,6 @@ ALLOWED = {
     "moe/router.cc": 19,
     "moe/token_dispatcher.cc": 10,
     "moe/token_permuter.cc": 6,
-    "norm/branch_scales.cc": 2,
-    "norm/folded_linear.cc": 8,
-    "norm/scale_vector.cc": 14,
-    "norm/scaled_rms_norm.cc": 5,
     "parallel/tp_cross_entropy.cc": 11,
     "parallel/tp_embedding.cc": 4,
     "optim/adamw.cc": 10,
