@@ -19,7 +19,7 @@
   X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), NO_CUDA) \
   X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), NO_CUDA) \
   X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
-  X(double, Sum, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
+  X(void, Sum, (const ExecContext& ctx, const Tensor& x, const Tensor& out), (ctx, x, out), NO_CUDA) \
   X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), NO_CUDA) \
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), NO_CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), NO_CUDA) \
