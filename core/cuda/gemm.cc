@@ -1,7 +1,8 @@
 // ops::Gemm on the GPU through cuBLASLt (the contract of core/ops.h):
 // c = alpha·op(a)·op(b) + beta·c, row-major, 2-D or batched 3-D with a
 // shared 2-D operand, f32 (exact: CUBLAS_COMPUTE_32F, never TF32), f64, and
-// bf16 into bf16 or f32, accumulating in f32 (f64 for f64).
+// bf16 into bf16 or f32, accumulating in f32 (f64 for f64; a split-K
+// algorithm for a bf16 output must reduce its parts in f32 too).
 //
 // Row-major to cuBLAS's column-major: a row-major [R, C] matrix is the
 // column-major [C, R] matrix (its transpose) with the same bytes, so
@@ -205,6 +206,15 @@ StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const PlanRequ
       cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                            &kMaxWorkspaceBytes, sizeof(kMaxWorkspaceBytes)),
       "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+  if (r.out == DType::kBF16) {
+    // Split-K partial sums in f32 only: INPLACE and OUTPUT_TYPE add them up
+    // in the output type, bf16.
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    SM_RETURN_IF_CUBLAS(
+        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                             &schemes, sizeof(schemes)),
+        "cublasLtMatmulPreferenceSetAttribute(REDUCTION_SCHEME_MASK)");
+  }
   const struct {
     cublasLtMatmulPreferenceAttributes_t attr;
     uint32_t value;
