@@ -62,6 +62,22 @@ TEST(Bf16OpsTest, CopyRoundsToNearestEvenBothWays) {
   }
 }
 
+TEST(Bf16OpsTest, CopyEqualsCopyFromForEveryFloatPair) {
+  const ExecContext ctx;
+  for (DType from : {DType::kF32, DType::kF64, DType::kBF16}) {
+    for (DType to : {DType::kF32, DType::kF64, DType::kBF16}) {
+      const Tensor x = RandomTensor({257}, 20, 3.0, from);
+      Tensor fast = Tensor::Empty({257}, to);  // ops::Copy's contiguous loop
+      Tensor slow = Tensor::Empty({257}, to);  // CopyFrom's element-wise path
+      ops::Copy(ctx, x, fast);
+      slow.CopyFrom(x);
+      for (int64_t i = 0; i < 257; ++i) {
+        ASSERT_EQ(fast.At(i), slow.At(i)) << DTypeName(from) << "->" << DTypeName(to) << " " << i;
+      }
+    }
+  }
+}
+
 TEST(Bf16OpsTest, GemmBf16IntoF32AccumulatesInF32) {
   const ExecContext ctx;
   for (bool ta : {false, true}) {
