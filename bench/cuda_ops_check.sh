@@ -24,7 +24,12 @@ tests=(core_tensor_test core_gemm_test core_scale_rows_cols_test core_context_te
        core_bf16_ops_test core_cuda_philox_test core_cuda_gemm_test core_cuda_elementwise_test
        core_cuda_scale_rows_cols_test core_cuda_context_test)
 start=$(date +%s)
-cmake --build "$build" -j"$jobs" --target "${tests[@]}" cuda_gemm_bench 2>&1 | grep -E "error|warning" || true
+if ! cmake --build "$build" -j"$jobs" --target "${tests[@]}" cuda_gemm_bench > "$build/cuda_ops_build.log" 2>&1; then
+  grep -E -A6 "error|Error" "$build/cuda_ops_build.log" | head -80
+  echo "build failed: $build/cuda_ops_build.log" >&2
+  exit 1
+fi
+grep -E "warning" "$build/cuda_ops_build.log" | head -20 || true
 echo "build: $(( $(date +%s) - start )) s"
 status=0
 regex="^($(IFS='|'; echo "${tests[*]}"))\$"
