@@ -7,7 +7,11 @@
 // - Backward ops OVERWRITE activation gradients (d_x) and ACCUMULATE (+=)
 //   parameter gradients (d_w), unless the comment says otherwise.
 // - Every op checks shapes/dtypes/devices with SM_CHECK (programming errors).
-// - All float tensors of one call share a dtype (f32 or f64 on the CPU).
+// - All float tensors of one call share a dtype (f32 or f64 on the CPU),
+//   except where an op says otherwise. bf16 (where an op says so) is
+//   computed in f32 and rounded to nearest even on store, on both backends.
+// - CUDA: ops are queued on ctx.stream() and never synchronise; a launch or
+//   library failure is recorded with ctx.Fail (see ctx.status()).
 #pragma once
 
 #include <cstdint>
@@ -30,28 +34,42 @@ struct GemmOptions {
 
 // c = alpha * op(a) @ op(b) + beta * c. 2-D [M,K]x[K,N]->[M,N], or batched
 // 3-D with a leading batch dim on all three (a or b may also be 2-D and is
-// then shared by every batch). Contiguous inputs. CPU: OpenBLAS.
+// then shared by every batch). Contiguous inputs. Any of M, N, K and the
+// batch may be 0 (K = 0: c = beta * c). beta = 0 ignores c's contents (NaN
+// included). Dtypes (a and b alike; accumulation in f32, f64 for f64):
+// f32 -> f32, f64 -> f64, bf16 -> bf16, bf16 -> f32 (so bf16 activations
+// accumulate weight gradients straight into f32 with beta = 1).
+// CPU: OpenBLAS (bf16 converted to f32 first). CUDA: cuBLASLt with exact
+// f32 math (CUBLAS_COMPUTE_32F, never TF32), its algorithm cached per shape.
 void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
           const GemmOptions& options = {});
 
 // ---------------------------------------------------------------- elementwise
 
-// y = x (same numel; dtype conversion allowed on the CPU).
+// Elementwise ops take contiguous f32, f64 or bf16 tensors of one dtype.
+
+// y = x (same numel; any dtype to itself, and conversion among f32, f64
+// and bf16; f64 -> bf16 rounds through f32). CUDA: both on the device.
 void Copy(const ExecContext& ctx, const Tensor& x, const Tensor& y);
 // y += alpha * x.
 void Axpy(const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y);
-// x *= alpha.
+// x *= alpha (alpha = 0 writes zeros, clearing NaN/Inf).
 void Scale(const ExecContext& ctx, double alpha, const Tensor& x);
-// x = 0.
+// x = 0 (any dtype).
 void Zero(const ExecContext& ctx, const Tensor& x);
-// Sum of all elements, accumulated in f64 (returned to the host: not for hot paths).
-double Sum(const ExecContext& ctx, const Tensor& x);
+// out[0] = sum of all elements of x, accumulated in f64; out is an f32 or
+// f64 tensor of one element on x's device (stays there: read it with
+// ctx.ToHost only where a host value is needed). Deterministic on both
+// backends (CUDA: a fixed-order tree, the same bits on every run).
+void Sum(const ExecContext& ctx, const Tensor& x, const Tensor& out);
 
 // ---------------------------------------------------------------- scale vectors
 // The fold of SCALE_VECTORS.md ("Cost"): W_eff = diag(row) · W · diag(col).
 // Shapes: x, out [R, C] or batched [B, R, C]; row [R] / [B, R]; col [C] /
 // [B, C]; row or col may be undefined (treated as all ones). Also serves as
-// the per-token path (x = activations, col = γ).
+// the per-token path (x = activations, col = γ). f32, f64 or bf16, one
+// dtype for all; the backward's sums over j and over i are deterministic
+// (fixed order) on both backends.
 
 // out[b,i,j] = row[b,i] * x[b,i,j] * col[b,j].
 void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row,
@@ -68,6 +86,7 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
 // ---------------------------------------------------------------- activations
 
 // SwiGLU: h[n, f] = silu(gate[n, f]) * up[n, f], silu(g) = g * sigmoid(g).
+// f32, f64 or bf16, one dtype for all.
 void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h);
 // d_gate, d_up overwritten from d_h.
 void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up,

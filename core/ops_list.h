@@ -14,16 +14,16 @@
 
 // clang-format off
 #define SM_OPS(X) \
-  X(void, Gemm, (const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c, const ::scalemoe::ops::GemmOptions& options), (ctx, a, b, c, options), NO_CUDA) \
-  X(void, Copy, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), NO_CUDA) \
-  X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), NO_CUDA) \
-  X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), NO_CUDA) \
-  X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
-  X(double, Sum, (const ExecContext& ctx, const Tensor& x), (ctx, x), NO_CUDA) \
-  X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), NO_CUDA) \
-  X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), NO_CUDA) \
-  X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), NO_CUDA) \
-  X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), NO_CUDA) \
+  X(void, Gemm, (const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c, const ::scalemoe::ops::GemmOptions& options), (ctx, a, b, c, options), CUDA) \
+  X(void, Copy, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), CUDA) \
+  X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), CUDA) \
+  X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), CUDA) \
+  X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), CUDA) \
+  X(void, Sum, (const ExecContext& ctx, const Tensor& x, const Tensor& out), (ctx, x, out), CUDA) \
+  X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), CUDA) \
+  X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
+  X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
+  X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), NO_CUDA) \
   X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), NO_CUDA) \
   X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), NO_CUDA) \

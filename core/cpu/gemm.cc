@@ -1,4 +1,5 @@
-// CPU GEMM through OpenBLAS (cblas), row-major.
+// CPU GEMM through OpenBLAS (cblas), row-major. bf16 operands are converted
+// to f32 first (f32 accumulation), a bf16 result rounded on store.
 #include <cblas.h>
 
 #include "core/cpu/cpu_ops.h"
@@ -12,8 +13,10 @@ struct GemmDims {
 };
 
 GemmDims CheckGemm(const Tensor& a, const Tensor& b, const Tensor& c, const GemmOptions& o) {
-  SM_CHECK_MSG(a.dtype() == b.dtype() && b.dtype() == c.dtype(), "Gemm dtypes ",
-               a.DebugString(), " ", b.DebugString(), " ", c.DebugString());
+  SM_CHECK_MSG(a.dtype() == b.dtype() &&
+                   (b.dtype() == c.dtype() ||
+                    (b.dtype() == DType::kBF16 && c.dtype() == DType::kF32)),
+               "Gemm dtypes ", a.DebugString(), " ", b.DebugString(), " ", c.DebugString());
   SM_CHECK_MSG(a.is_contiguous() && b.is_contiguous() && c.is_contiguous(),
                "Gemm needs contiguous tensors");
   SM_CHECK_MSG(c.ndim() == 2 || c.ndim() == 3, "Gemm output ", c.DebugString());
@@ -43,6 +46,24 @@ GemmDims CheckGemm(const Tensor& a, const Tensor& b, const Tensor& c, const Gemm
   return d;
 }
 
+// bf16 operands: the same product on f32 copies (into an f32 copy of c when
+// c is bf16: read only when beta != 0, rounded back on store).
+void GemmBf16(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
+              const GemmOptions& o) {
+  Tensor a32 = ctx.Empty(a.shape(), DType::kF32);
+  Tensor b32 = ctx.Empty(b.shape(), DType::kF32);
+  Copy(ctx, a, a32);
+  Copy(ctx, b, b32);
+  if (c.dtype() == DType::kF32) {
+    cpu::Gemm(ctx, a32, b32, c, o);
+    return;
+  }
+  Tensor c32 = ctx.Empty(c.shape(), DType::kF32);
+  if (o.beta != 0.0) Copy(ctx, c, c32);
+  cpu::Gemm(ctx, a32, b32, c32, o);
+  Copy(ctx, c32, c);
+}
+
 }  // namespace
 
 void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
@@ -51,6 +72,10 @@ void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor
                "Gemm: CUDA path not in this build");
   const GemmDims d = CheckGemm(a, b, c, o);
   if (d.m == 0 || d.n == 0) return;
+  if (a.dtype() == DType::kBF16) {
+    GemmBf16(ctx, a, b, c, o);
+    return;
+  }
   const CBLAS_TRANSPOSE ta = o.trans_a == Trans::kYes ? CblasTrans : CblasNoTrans;
   const CBLAS_TRANSPOSE tb = o.trans_b == Trans::kYes ? CblasTrans : CblasNoTrans;
   const int lda = static_cast<int>(a.dim(-1));

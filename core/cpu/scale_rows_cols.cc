@@ -1,5 +1,10 @@
-// ScaleRowsCols and its backward on the CPU (f32/f64 reference).
+// ScaleRowsCols and its backward on the CPU (f32/f64 reference; bf16
+// computed in f32, its d_col sums kept in f32 until the one rounding store).
+#include <type_traits>
+#include <vector>
+
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/float_types.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -25,22 +30,25 @@ Dims CheckShapes(const Tensor& x, const Tensor& row, const Tensor& col) {
 }
 
 template <typename T>
-const T* OrNull(const Tensor& t) {
+T* OrNull(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
 template <typename T>
 void Forward(Dims d, const T* x, const T* row, const T* col, T* out) {
+  using A = Acc<T>;
   for (int64_t b = 0; b < d.b; ++b) {
     for (int64_t i = 0; i < d.r; ++i) {
-      const T ri = row ? row[b * d.r + i] : T(1);
+      const A ri = row ? static_cast<A>(row[b * d.r + i]) : A(1);
       const T* xr = x + (b * d.r + i) * d.c;
       T* orow = out + (b * d.r + i) * d.c;
       const T* cb = col ? col + b * d.c : nullptr;
       if (cb) {
-        for (int64_t j = 0; j < d.c; ++j) orow[j] = ri * xr[j] * cb[j];
+        for (int64_t j = 0; j < d.c; ++j) {
+          orow[j] = T(ri * static_cast<A>(xr[j]) * static_cast<A>(cb[j]));
+        }
       } else {
-        for (int64_t j = 0; j < d.c; ++j) orow[j] = ri * xr[j];
+        for (int64_t j = 0; j < d.c; ++j) orow[j] = T(ri * static_cast<A>(xr[j]));
       }
     }
   }
@@ -49,21 +57,37 @@ void Forward(Dims d, const T* x, const T* row, const T* col, T* out) {
 template <typename T>
 void Backward(Dims d, const T* x, const T* row, const T* col, const T* dout, T* dx, T* drow,
               T* dcol) {
+  using A = Acc<T>;
+  // d_col's sums run in A: in place for f32/f64, in an f32 copy for bf16.
+  std::vector<A> dcol_copy;
+  A* dc = nullptr;
+  if (dcol) {
+    if constexpr (std::is_same_v<A, T>) {
+      dc = dcol;
+    } else {
+      dcol_copy.resize(static_cast<size_t>(d.b * d.c));
+      for (size_t j = 0; j < dcol_copy.size(); ++j) dcol_copy[j] = static_cast<A>(dcol[j]);
+      dc = dcol_copy.data();
+    }
+  }
   for (int64_t b = 0; b < d.b; ++b) {
     const T* cb = col ? col + b * d.c : nullptr;
     for (int64_t i = 0; i < d.r; ++i) {
-      const T ri = row ? row[b * d.r + i] : T(1);
+      const A ri = row ? static_cast<A>(row[b * d.r + i]) : A(1);
       const int64_t base = (b * d.r + i) * d.c;
-      T acc_row = 0;
+      A acc_row = 0;
       for (int64_t j = 0; j < d.c; ++j) {
-        const T cj = cb ? cb[j] : T(1);
-        const T g = dout[base + j];
-        if (dx) dx[base + j] = g * ri * cj;
-        if (drow) acc_row += g * x[base + j] * cj;
-        if (dcol) dcol[b * d.c + j] += g * x[base + j] * ri;
+        const A cj = cb ? static_cast<A>(cb[j]) : A(1);
+        const A g = static_cast<A>(dout[base + j]);
+        if (dx) dx[base + j] = T(g * ri * cj);
+        if (drow) acc_row += g * static_cast<A>(x[base + j]) * cj;
+        if (dc) dc[b * d.c + j] += g * static_cast<A>(x[base + j]) * ri;
       }
-      if (drow) drow[b * d.r + i] += acc_row;
+      if (drow) drow[b * d.r + i] = T(static_cast<A>(drow[b * d.r + i]) + acc_row);
     }
+  }
+  if constexpr (!std::is_same_v<A, T>) {
+    for (size_t j = 0; j < dcol_copy.size(); ++j) dcol[j] = T(dcol_copy[j]);
   }
 }
 
@@ -74,11 +98,10 @@ void ScaleRowsCols(const ExecContext&, const Tensor& x, const Tensor& row, const
   const Dims d = CheckShapes(x, row, col);
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous(),
                "ScaleRowsCols out ", out.DebugString());
-  if (x.dtype() == DType::kF64) {
-    Forward(d, x.data<double>(), OrNull<double>(row), OrNull<double>(col), out.data<double>());
-  } else {
-    Forward(d, x.data<float>(), OrNull<float>(row), OrNull<float>(col), out.data<float>());
-  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    Forward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), out.data<T>());
+  });
 }
 
 void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& row,
@@ -90,17 +113,11 @@ void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& ro
   if (d_x.defined()) SM_CHECK(d_x.numel() == x.numel() && d_x.dtype() == x.dtype());
   if (d_row.defined()) SM_CHECK(d_row.numel() == d.b * d.r && d_row.dtype() == x.dtype());
   if (d_col.defined()) SM_CHECK(d_col.numel() == d.b * d.c && d_col.dtype() == x.dtype());
-  if (x.dtype() == DType::kF64) {
-    using T = double;
-    Backward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), d_out.data<T>(),
-             d_x.defined() ? d_x.data<T>() : nullptr, d_row.defined() ? d_row.data<T>() : nullptr,
-             d_col.defined() ? d_col.data<T>() : nullptr);
-  } else {
-    using T = float;
-    Backward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), d_out.data<T>(),
-             d_x.defined() ? d_x.data<T>() : nullptr, d_row.defined() ? d_row.data<T>() : nullptr,
-             d_col.defined() ? d_col.data<T>() : nullptr);
-  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    Backward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), d_out.data<T>(), OrNull<T>(d_x),
+             OrNull<T>(d_row), OrNull<T>(d_col));
+  });
 }
 
 }  // namespace scalemoe::cpu

@@ -1,7 +1,9 @@
-// SwiGLU activation and its backward (CPU reference, f32/f64).
+// SwiGLU activation and its backward (CPU reference, f32/f64; bf16 computed
+// in f32 and rounded on store).
 #include <cmath>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/float_types.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -13,20 +15,25 @@ void CheckSame(const Tensor& a, const Tensor& b, const char* what) {
 }
 
 template <typename T>
-void Forward(const T* g, const T* u, T* h, int64_t n) {
+void Forward(const T* gp, const T* up, T* h, int64_t n) {
+  using A = Acc<T>;
   for (int64_t i = 0; i < n; ++i) {
-    const T s = T(1) / (T(1) + std::exp(-g[i]));
-    h[i] = g[i] * s * u[i];
+    const A g = static_cast<A>(gp[i]);
+    const A s = A(1) / (A(1) + std::exp(-g));
+    h[i] = T(g * s * static_cast<A>(up[i]));
   }
 }
 
 template <typename T>
-void Backward(const T* g, const T* u, const T* dh, T* dg, T* du, int64_t n) {
+void Backward(const T* gp, const T* up, const T* dhp, T* dg, T* du, int64_t n) {
+  using A = Acc<T>;
   for (int64_t i = 0; i < n; ++i) {
-    const T s = T(1) / (T(1) + std::exp(-g[i]));
-    const T silu = g[i] * s;
-    du[i] = dh[i] * silu;
-    dg[i] = dh[i] * u[i] * s * (T(1) + g[i] * (T(1) - s));
+    const A g = static_cast<A>(gp[i]);
+    const A dh = static_cast<A>(dhp[i]);
+    const A s = A(1) / (A(1) + std::exp(-g));
+    const A silu = g * s;
+    du[i] = T(dh * silu);
+    dg[i] = T(dh * static_cast<A>(up[i]) * s * (A(1) + g * (A(1) - s)));
   }
 }
 
@@ -35,11 +42,10 @@ void Backward(const T* g, const T* u, const T* dh, T* dg, T* du, int64_t n) {
 void SwiGlu(const ExecContext&, const Tensor& gate, const Tensor& up, const Tensor& h) {
   CheckSame(gate, up, "up");
   CheckSame(gate, h, "h");
-  if (h.dtype() == DType::kF64) {
-    Forward(gate.data<double>(), up.data<double>(), h.data<double>(), h.numel());
-  } else {
-    Forward(gate.data<float>(), up.data<float>(), h.data<float>(), h.numel());
-  }
+  DispatchFloat(h, [&](auto zero) {
+    using T = decltype(zero);
+    Forward(gate.data<T>(), up.data<T>(), h.data<T>(), h.numel());
+  });
 }
 
 void SwiGluBackward(const ExecContext&, const Tensor& gate, const Tensor& up, const Tensor& d_h,
@@ -48,13 +54,11 @@ void SwiGluBackward(const ExecContext&, const Tensor& gate, const Tensor& up, co
   CheckSame(gate, d_h, "d_h");
   CheckSame(gate, d_gate, "d_gate");
   CheckSame(gate, d_up, "d_up");
-  if (d_h.dtype() == DType::kF64) {
-    Backward(gate.data<double>(), up.data<double>(), d_h.data<double>(), d_gate.data<double>(),
-             d_up.data<double>(), d_h.numel());
-  } else {
-    Backward(gate.data<float>(), up.data<float>(), d_h.data<float>(), d_gate.data<float>(),
-             d_up.data<float>(), d_h.numel());
-  }
+  DispatchFloat(d_h, [&](auto zero) {
+    using T = decltype(zero);
+    Backward(gate.data<T>(), up.data<T>(), d_h.data<T>(), d_gate.data<T>(), d_up.data<T>(),
+             d_h.numel());
+  });
 }
 
 }  // namespace scalemoe::cpu

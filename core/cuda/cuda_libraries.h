@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 namespace scalemoe {
@@ -26,9 +27,15 @@ struct CudaLibraries {
   // The cuBLASLt handle (created on first call; null if creation failed,
   // which the caller reports).
   cublasLtHandle_t Lt();
+  // Entries are never removed before the libraries die, so a pointer to one
+  // stays valid after the lock is released.
   std::map<std::string, std::unique_ptr<Entry>>& cache() { return cache_; }
+  // Held while looking up or filling cache() (and creating the handle):
+  // threads may share a context (core/allocator.h).
+  std::mutex& mu() { return mu_; }
 
  private:
+  std::mutex mu_;
   cublasLtHandle_t lt_ = nullptr;
   std::map<std::string, std::unique_ptr<Entry>> cache_;
 };

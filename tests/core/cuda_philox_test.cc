@@ -3,16 +3,14 @@
 
 #include "core/cuda/philox_fill.h"
 #include "core/philox.h"
-#include "gtest/gtest.h"
+#include "tests/core/cuda_test_util.h"
 
 namespace scalemoe {
 namespace {
 
-TEST(CudaPhiloxTest, DeviceInitEqualsHostInit) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
-    GTEST_SKIP() << "no CUDA device on this machine: gpu test skipped";
-  }
+using CudaPhiloxTest = testing::CudaOpTest;  // skips without a device
+
+TEST_F(CudaPhiloxTest, DeviceInitEqualsHostInit) {
   const int64_t n = 100003, first = 77;
   float* dev = nullptr;
   ASSERT_EQ(cudaMalloc(&dev, n * sizeof(float)), cudaSuccess);

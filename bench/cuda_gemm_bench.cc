@@ -1,0 +1,181 @@
+// TFLOP/s of ops::Gemm (cuBLASLt) on the linear layers of the gpu_moe_125m
+// and gpu_finegrained_64e presets (micro-batch 8 x 1024 tokens, hidden 768),
+// bf16 and f32 (exact, no TF32), for the three GEMMs of a linear layer
+// y = x·Wᵀ (x [M, K] tokens, W [N, K]):
+//   fwd    y[M, N]   = x · Wᵀ                 (trans_b)
+//   dgrad  dx[M, K]  = dy · W
+//   wgrad  dW[N, K] += dyᵀ · x                 (trans_a, beta 1; f32 dW for bf16)
+// Expert layers are batched over the experts (each with its own W), with the
+// tokens an expert sees when routing is balanced (tokens · top_k / experts).
+//
+// Timing: CUDA events around kInner back-to-back calls, rotating over
+// kSets input sets (so that repeated runs do not just hit L2), kSamples
+// samples after kWarmup calls; the median sample / kInner per call.
+// Output: one tab-separated row per case (bench/gemm_vs_torch.sh joins it
+// with bench/torch_matmul_bench.py's):
+//   case dtype form batch m n k ms tflops
+// usage: cuda_gemm_bench            time every case
+//        cuda_gemm_bench --list     print the cases (name batch tokens in out)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "core/context.h"
+#include "core/cuda/philox_fill.h"
+#include "core/ops.h"
+
+namespace scalemoe {
+namespace {
+
+struct BenchCase {
+  const char* name;
+  int64_t batch;   // experts (1: a dense layer)
+  int64_t tokens;  // M per batch
+  int64_t in;      // K
+  int64_t out;     // N
+};
+
+// micro_batch_size 8 x seq_length 1024 = 8192 tokens; hidden 768.
+constexpr BenchCase kCases[] = {
+    {"qkv_125m", 1, 8192, 768, 2304},       // 12 heads + 12 kv heads of 64
+    {"qkv_64e", 1, 8192, 768, 1280},        // 12 heads + 4 kv heads of 64 (GQA)
+    {"attn_out", 1, 8192, 768, 768},
+    {"dense_up_64e", 1, 8192, 768, 2048},   // layer 0's gate/up
+    {"dense_down_64e", 1, 8192, 2048, 768},
+    {"lm_head", 1, 8192, 768, 32768},       // vocab 32768
+    {"experts_up_125m", 16, 1024, 768, 1280},   // 16 experts, top-2
+    {"experts_down_125m", 16, 1024, 1280, 768},
+    {"experts_up_64e", 64, 1024, 768, 256},     // 64 experts, top-8
+    {"experts_down_64e", 64, 1024, 256, 768},
+};
+
+constexpr int kSets = 3, kWarmup = 3, kInner = 4, kSamples = 25;
+
+enum class Form { kFwd, kDgrad, kWgrad };
+const char* FormName(Form f) {
+  return f == Form::kFwd ? "fwd" : f == Form::kDgrad ? "dgrad" : "wgrad";
+}
+
+void Check(const Status& st, const char* what) {
+  if (st.ok()) return;
+  std::fprintf(stderr, "cuda_gemm_bench: %s: %s\n", what, st.ToString().c_str());
+  std::exit(1);
+}
+
+void CheckCuda(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return;
+  std::fprintf(stderr, "cuda_gemm_bench: %s: %s\n", what, cudaGetErrorString(err));
+  std::exit(1);
+}
+
+// A device tensor of N(0, stddev²) values drawn on the device (f32, then
+// rounded for bf16).
+Tensor Random(const ExecContext& ctx, const Shape& shape, DType dtype, uint64_t stream,
+              double stddev) {
+  Tensor f32 = ctx.Empty(shape, DType::kF32);
+  Check(cuda::PhiloxNormalFill(f32.data<float>(), f32.numel(), 2024, stream, 0, stddev,
+                               ctx.stream()),
+        "PhiloxNormalFill");
+  if (dtype == DType::kF32) return f32;
+  Tensor out = ctx.Empty(shape, dtype);
+  ops::Copy(ctx, f32, out);
+  return out;
+}
+
+struct Set {
+  Tensor x, w, y, dx, dw;  // y doubles as dy
+};
+
+double TimeCase(const ExecContext& ctx, const BenchCase& bc, DType dtype, Form form) {
+  const bool batched = bc.batch > 1;
+  auto shape = [&](int64_t r, int64_t c) {
+    return batched ? Shape{bc.batch, r, c} : Shape{r, c};
+  };
+  std::vector<Set> sets;
+  for (int s = 0; s < kSets; ++s) {
+    Set set;
+    const uint64_t base = 100 * static_cast<uint64_t>(s);
+    set.x = Random(ctx, shape(bc.tokens, bc.in), dtype, base + 1, 1.0);
+    set.w = Random(ctx, shape(bc.out, bc.in), dtype, base + 2, 0.02);
+    set.y = Random(ctx, shape(bc.tokens, bc.out), dtype, base + 3, 1.0);
+    set.dx = ctx.Empty(shape(bc.tokens, bc.in), dtype);
+    set.dw = Random(ctx, shape(bc.out, bc.in), DType::kF32, base + 4, 1.0);  // f32 grads
+    sets.push_back(std::move(set));
+  }
+  auto call = [&](int i) {
+    const Set& s = sets[i % kSets];
+    switch (form) {
+      case Form::kFwd: ops::Gemm(ctx, s.x, s.w, s.y, {.trans_b = ops::Trans::kYes}); break;
+      case Form::kDgrad: ops::Gemm(ctx, s.y, s.w, s.dx); break;
+      case Form::kWgrad:
+        ops::Gemm(ctx, s.y, s.x, s.dw, {.trans_a = ops::Trans::kYes, .beta = 1.0});
+        break;
+    }
+  };
+  for (int i = 0; i < kWarmup; ++i) call(i);
+  Check(ctx.Synchronize(), "warm-up");
+  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
+  cudaEvent_t start, stop;
+  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
+  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
+  std::vector<float> ms(kSamples);
+  for (int sample = 0; sample < kSamples; ++sample) {
+    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    for (int i = 0; i < kInner; ++i) call(sample * kInner + i);
+    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    CheckCuda(cudaEventElapsedTime(&ms[sample], start, stop), "cudaEventElapsedTime");
+  }
+  CheckCuda(cudaEventDestroy(start), "cudaEventDestroy");
+  CheckCuda(cudaEventDestroy(stop), "cudaEventDestroy");
+  Check(ctx.status(), "Gemm");
+  std::sort(ms.begin(), ms.end());
+  return ms[kSamples / 2] / kInner;
+}
+
+int Main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "--list") == 0) {
+    for (const BenchCase& bc : kCases) {
+      std::printf("%s\t%lld\t%lld\t%lld\t%lld\n", bc.name, static_cast<long long>(bc.batch),
+                  static_cast<long long>(bc.tokens), static_cast<long long>(bc.in),
+                  static_cast<long long>(bc.out));
+    }
+    return 0;
+  }
+  StatusOr<ExecContext> ctx = ExecContext::Cuda(0);
+  Check(ctx.status(), "ExecContext::Cuda(0)");
+  std::printf("case\tdtype\tform\tbatch\tm\tn\tk\tms\ttflops\n");
+  for (const BenchCase& bc : kCases) {
+    for (DType dtype : {DType::kBF16, DType::kF32}) {
+      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad}) {
+        // The product's M x N x K for this form.
+        int64_t m = bc.tokens, n = bc.out, k = bc.in;  // fwd: [M, K] x [K, N]
+        if (form == Form::kDgrad) std::swap(n, k);      // [M, N] x [N, K]
+        if (form == Form::kWgrad) {                     // [N, M] x [M, K]
+          m = bc.out;
+          n = bc.in;
+          k = bc.tokens;
+        }
+        const double ms = TimeCase(*ctx, bc, dtype, form);
+        const double tflops = 2.0 * bc.batch * m * n * k / (ms * 1e-3) / 1e12;
+        std::printf("%s\t%s\t%s\t%lld\t%lld\t%lld\t%lld\t%.4f\t%.1f\n", bc.name,
+                    dtype == DType::kBF16 ? "bf16" : "fp32", FormName(form),
+                    static_cast<long long>(bc.batch), static_cast<long long>(m),
+                    static_cast<long long>(n), static_cast<long long>(k), ms, tflops);
+        std::fflush(stdout);
+      }
+      ctx->allocator().ReleaseCache();  // this case's buffers back to the system
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace scalemoe
+
+int main(int argc, char** argv) { return scalemoe::Main(argc, argv); }

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""TFLOP/s of torch.matmul on the cases of bench/cuda_gemm_bench.cc.
+
+The same cases, forms, dtypes and timing as the C++ bench (CUDA events
+around 4 back-to-back calls rotating over 3 input sets, median of 25
+samples after 3 warm-up calls), with fp32 in exact fp32 (TF32 off). Forms of
+a linear layer y = x @ W.T (x [B?, M, K], W [B?, N, K]):
+  fwd    torch.matmul(x, W.transpose(-1, -2), out=y)
+  dgrad  torch.matmul(dy, W, out=dx)
+  wgrad  dW.addmm_(dy.T, x) / dW.baddbmm_(...)  (accumulates, beta 1)
+For bf16, torch's wgrad accumulates into a bf16 dW (torch has no bf16 x bf16
+-> fp32 addmm); ours writes an fp32 dW. Same FLOPs; the table notes it.
+
+usage: torch_matmul_bench.py CASES   (CASES: `cuda_gemm_bench --list` output)
+Prints rows `case dtype form batch m n k ms tflops note`, tab-separated.
+"""
+import sys
+
+import torch
+
+SETS, WARMUP, INNER, SAMPLES = 3, 3, 4, 25
+
+
+def exact_fp32():
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    try:  # newer releases spell it so
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    except (AttributeError, RuntimeError, ValueError):
+        pass
+
+
+def time_case(batch, tokens, k_in, n_out, dtype, form):
+    dev = torch.device("cuda")
+    lead = (batch,) if batch > 1 else ()
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(2024)
+
+    def randn(*shape, std=1.0, dt=dtype):
+        return (torch.randn(*lead, *shape, device=dev, generator=gen, dtype=torch.float32) * std).to(dt)
+
+    sets = []
+    for _ in range(SETS):
+        x = randn(tokens, k_in)
+        w = randn(n_out, k_in, std=0.02)
+        y = randn(tokens, n_out)
+        dx = torch.empty(*lead, tokens, k_in, device=dev, dtype=dtype)
+        dw = randn(n_out, k_in)  # bf16 for bf16 inputs: see the module doc
+        sets.append((x, w, y, dx, dw))
+
+    def call(i):
+        x, w, y, dx, dw = sets[i % SETS]
+        if form == "fwd":
+            torch.matmul(x, w.transpose(-1, -2), out=y)
+        elif form == "dgrad":
+            torch.matmul(y, w, out=dx)
+        elif batch > 1:
+            dw.baddbmm_(y.transpose(-1, -2), x)
+        else:
+            dw.addmm_(y.t(), x)
+
+    for i in range(WARMUP):
+        call(i)
+    torch.cuda.synchronize()
+    start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for s in range(SAMPLES):
+        start.record()
+        for i in range(INNER):
+            call(s * INNER + i)
+        stop.record()
+        stop.synchronize()
+        samples.append(start.elapsed_time(stop))
+    samples.sort()
+    del sets
+    torch.cuda.empty_cache()
+    return samples[SAMPLES // 2] / INNER
+
+
+def main():
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    exact_fp32()
+    print("case\tdtype\tform\tbatch\tm\tn\tk\tms\ttflops\tnote")
+    with open(sys.argv[1]) as f:
+        cases = [line.split() for line in f if line.strip()]
+    for name, batch, tokens, k_in, n_out in cases:
+        batch, tokens, k_in, n_out = int(batch), int(tokens), int(k_in), int(n_out)
+        for dname, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
+            for form in ("fwd", "dgrad", "wgrad"):
+                m, n, k = tokens, n_out, k_in
+                if form == "dgrad":
+                    n, k = k, n
+                elif form == "wgrad":
+                    m, n, k = n_out, k_in, tokens
+                ms = time_case(batch, tokens, k_in, n_out, dtype, form)
+                tflops = 2.0 * batch * m * n * k / (ms * 1e-3) / 1e12
+                note = "torch dW bf16" if form == "wgrad" and dname == "bf16" else ""
+                print(f"{name}\t{dname}\t{form}\t{batch}\t{m}\t{n}\t{k}\t{ms:.4f}\t{tflops:.1f}\t{note}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+// The CPU reference ops on bf16 tensors: computed in f32 (f32 accumulation),
+// rounded to nearest even on store. Each is checked against f64 math on the
+// same (bf16-exact) inputs: within one rounding of the result (2^-8
+// relative, plus f32 accumulation error), and where the result stays f32,
+// within f32 accumulation error. These paths are the reference of the CUDA
+// bf16 ops (tests/core/cuda_*_test.cc).
+#include <cmath>
+#include <limits>
+
+#include "core/ops.h"
+#include "gtest/gtest.h"
+#include "tests/testing/gradcheck.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::RandomTensor;
+
+constexpr double kBf16Rounding = 1.0 / 256;  // 2^-8 >= half an ulp, relative
+
+Tensor ToF64(const Tensor& t) {
+  Tensor out = Tensor::Empty(t.shape(), DType::kF64);
+  out.CopyFrom(t);
+  return out;
+}
+
+double MaxAbs(const Tensor& t) {
+  double m = 0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::abs(t.At(i)));
+  return m;
+}
+
+// Every element of `got` within rel * |ref| + abs_frac * max|ref| of `ref`.
+void ExpectClose(const Tensor& got, const Tensor& ref, double rel, double abs_frac,
+                 const std::string& what) {
+  ASSERT_EQ(got.numel(), ref.numel()) << what;
+  const double scale = MaxAbs(ref);
+  int reported = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const double g = got.At(i), r = ref.At(i);
+    const bool ok = std::isfinite(g) && std::abs(g - r) <= rel * std::abs(r) + abs_frac * scale;
+    if (!ok && reported++ < 5) ADD_FAILURE() << what << " element " << i << ": " << g << " vs " << r;
+  }
+}
+
+TEST(Bf16OpsTest, CopyRoundsToNearestEvenBothWays) {
+  const ExecContext ctx;
+  // 1 + 2^-8 is a tie between 1 and 1 + 2^-7: even is 1. 1 + 3·2^-8 ties
+  // to 1 + 2^-6. 1 + 2^-8 + 2^-20 is above the tie.
+  const std::vector<double> values = {1 + 1.0 / 256, 1 + 3.0 / 256, 1 + 1.0 / 256 + 1.0 / (1 << 20),
+                                      -2.5, 0.0, 1e30};
+  const std::vector<double> want = {1, 1 + 1.0 / 64, 1 + 1.0 / 128, -2.5, 0.0,
+                                    static_cast<float>(bf16(1e30f))};
+  for (DType from : {DType::kF32, DType::kF64}) {
+    Tensor x = Tensor::FromVector({6}, values, from);
+    Tensor y = Tensor::Empty({6}, DType::kBF16);
+    ops::Copy(ctx, x, y);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(y.At(i), want[i]) << DTypeName(from) << " " << i;
+    Tensor back = Tensor::Empty({6}, from);
+    ops::Copy(ctx, y, back);
+    for (int i = 0; i < 6; ++i) EXPECT_EQ(back.At(i), want[i]) << DTypeName(from) << " " << i;
+  }
+}
+
+TEST(Bf16OpsTest, CopyEqualsCopyFromForEveryFloatPair) {
+  const ExecContext ctx;
+  for (DType from : {DType::kF32, DType::kF64, DType::kBF16}) {
+    for (DType to : {DType::kF32, DType::kF64, DType::kBF16}) {
+      const Tensor x = RandomTensor({257}, 20, 3.0, from);
+      Tensor fast = Tensor::Empty({257}, to);  // ops::Copy's contiguous loop
+      Tensor slow = Tensor::Empty({257}, to);  // CopyFrom's element-wise path
+      ops::Copy(ctx, x, fast);
+      slow.CopyFrom(x);
+      for (int64_t i = 0; i < 257; ++i) {
+        ASSERT_EQ(fast.At(i), slow.At(i)) << DTypeName(from) << "->" << DTypeName(to) << " " << i;
+      }
+    }
+  }
+}
+
+TEST(Bf16OpsTest, GemmBf16IntoF32AccumulatesInF32) {
+  const ExecContext ctx;
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const int64_t m = 7, n = 5, k = 37;
+      Tensor a = RandomTensor(ta ? Shape{3, k, m} : Shape{3, m, k}, 1, 1.0, DType::kBF16);
+      Tensor b = RandomTensor(tb ? Shape{n, k} : Shape{k, n}, 2, 1.0, DType::kBF16);  // shared
+      Tensor c = RandomTensor({3, m, n}, 3, 1.0, DType::kF32);
+      Tensor ref = ToF64(c);
+      const ops::GemmOptions o{ta ? ops::Trans::kYes : ops::Trans::kNo,
+                               tb ? ops::Trans::kYes : ops::Trans::kNo, 0.5, 1.0};
+      ops::Gemm(ctx, ToF64(a), ToF64(b), ref, o);
+      ops::Gemm(ctx, a, b, c, o);
+      ExpectClose(c, ref, 0, 1e-6, "gemm bf16 -> f32");
+    }
+  }
+}
+
+TEST(Bf16OpsTest, GemmBf16IntoBf16RoundsOnce) {
+  const ExecContext ctx;
+  Tensor a = RandomTensor({9, 19}, 4, 1.0, DType::kBF16);
+  Tensor b = RandomTensor({11, 19}, 5, 1.0, DType::kBF16);
+  for (double beta : {0.0, -1.5}) {
+    Tensor c = RandomTensor({9, 11}, 6, 1.0, DType::kBF16);
+    if (beta == 0.0) c.Fill(std::numeric_limits<double>::quiet_NaN());  // never read
+    Tensor ref = ToF64(c);
+    const ops::GemmOptions o{.trans_b = ops::Trans::kYes, .alpha = 2.0, .beta = beta};
+    ops::Gemm(ctx, ToF64(a), ToF64(b), ref, o);
+    ops::Gemm(ctx, a, b, c, o);
+    ExpectClose(c, ref, kBf16Rounding, 1e-6, "gemm bf16 -> bf16");
+  }
+}
+
+TEST(Bf16OpsTest, AxpyScaleAndSumComputeInF32) {
+  const ExecContext ctx;
+  Tensor x = RandomTensor({1000}, 7, 1.0, DType::kBF16);
+  Tensor y = RandomTensor({1000}, 8, 1.0, DType::kBF16);
+  Tensor ref = ToF64(y);
+  ops::Axpy(ctx, -0.75, ToF64(x), ref);
+  ops::Axpy(ctx, -0.75, x, y);
+  ExpectClose(y, ref, kBf16Rounding, 1e-6, "axpy");
+  ops::Scale(ctx, 3.0, ref);
+  ops::Scale(ctx, 3.0, y);
+  ExpectClose(y, ref, 2 * kBf16Rounding, 1e-6, "scale");
+
+  Tensor sum64 = Tensor::Empty({1}, DType::kF64);
+  Tensor sum32 = Tensor::Empty({1}, DType::kF32);
+  ops::Sum(ctx, ToF64(x), sum64);
+  const double want = sum64.At(0);
+  ops::Sum(ctx, x, sum64);
+  ops::Sum(ctx, x, sum32);
+  EXPECT_EQ(sum64.At(0), want);  // bf16 values are exact in f64
+  EXPECT_EQ(sum32.At(0), static_cast<float>(want));
+}
+
+TEST(Bf16OpsTest, ScaleRowsColsAndBackward) {
+  const ExecContext ctx;
+  const int64_t b = 2, r = 300, c = 24;  // d_col sums 300 rows
+  Tensor x = RandomTensor({b, r, c}, 9, 1.0, DType::kBF16);
+  Tensor row = RandomTensor({b, r}, 10, 1.0, DType::kBF16);
+  Tensor col = RandomTensor({b, c}, 11, 1.0, DType::kBF16);
+  Tensor d_out = RandomTensor({b, r, c}, 12, 1.0, DType::kBF16);
+  Tensor out = Tensor::Empty(x.shape(), DType::kBF16);
+  Tensor out_ref = Tensor::Empty(x.shape(), DType::kF64);
+  ops::ScaleRowsCols(ctx, ToF64(x), ToF64(row), ToF64(col), out_ref);
+  ops::ScaleRowsCols(ctx, x, row, col, out);
+  ExpectClose(out, out_ref, kBf16Rounding, 1e-6, "forward");
+
+  Tensor d_x = Tensor::Empty(x.shape(), DType::kBF16);
+  Tensor d_row = RandomTensor({b, r}, 13, 1.0, DType::kBF16);
+  Tensor d_col = RandomTensor({b, c}, 14, 1.0, DType::kBF16);
+  Tensor d_x_ref = Tensor::Empty(x.shape(), DType::kF64);
+  Tensor d_row_ref = ToF64(d_row);
+  Tensor d_col_ref = ToF64(d_col);
+  ops::ScaleRowsColsBackward(ctx, ToF64(x), ToF64(row), ToF64(col), ToF64(d_out), d_x_ref,
+                             d_row_ref, d_col_ref);
+  ops::ScaleRowsColsBackward(ctx, x, row, col, d_out, d_x, d_row, d_col);
+  ExpectClose(d_x, d_x_ref, kBf16Rounding, 1e-6, "d_x");
+  ExpectClose(d_row, d_row_ref, kBf16Rounding, 1e-5, "d_row");
+  ExpectClose(d_col, d_col_ref, kBf16Rounding, 1e-5, "d_col");
+}
+
+TEST(Bf16OpsTest, SwiGluAndBackward) {
+  const ExecContext ctx;
+  Tensor g = RandomTensor({31, 17}, 15, 2.0, DType::kBF16);
+  Tensor u = RandomTensor({31, 17}, 16, 1.0, DType::kBF16);
+  Tensor d_h = RandomTensor({31, 17}, 17, 1.0, DType::kBF16);
+  Tensor h = Tensor::Empty(g.shape(), DType::kBF16);
+  Tensor h_ref = Tensor::Empty(g.shape(), DType::kF64);
+  ops::SwiGlu(ctx, ToF64(g), ToF64(u), h_ref);
+  ops::SwiGlu(ctx, g, u, h);
+  ExpectClose(h, h_ref, kBf16Rounding, 1e-6, "h");
+  Tensor d_g = Tensor::Empty(g.shape(), DType::kBF16);
+  Tensor d_u = Tensor::Empty(g.shape(), DType::kBF16);
+  Tensor d_g_ref = Tensor::Empty(g.shape(), DType::kF64);
+  Tensor d_u_ref = Tensor::Empty(g.shape(), DType::kF64);
+  ops::SwiGluBackward(ctx, ToF64(g), ToF64(u), ToF64(d_h), d_g_ref, d_u_ref);
+  ops::SwiGluBackward(ctx, g, u, d_h, d_g, d_u);
+  ExpectClose(d_g, d_g_ref, kBf16Rounding, 1e-6, "d_gate");
+  ExpectClose(d_u, d_u_ref, kBf16Rounding, 1e-6, "d_up");
+}
+
+TEST(SumTest, WritesTheSumIntoAOneElementTensor) {
+  const ExecContext ctx;
+  Tensor x = Tensor::FromVector({2, 2}, {1.5, -4, 0.25, 1e-3}, DType::kF32);
+  Tensor out = ctx.Empty({1}, DType::kF64);
+  ops::Sum(ctx, x, out);
+  EXPECT_DOUBLE_EQ(out.At(0), 1.5 - 4 + 0.25 + static_cast<double>(1e-3f));
+  ops::Sum(ctx, Tensor::Empty({0}, DType::kF32), out);
+  EXPECT_EQ(out.At(0), 0.0);
+}
+
+}  // namespace
+}  // namespace scalemoe

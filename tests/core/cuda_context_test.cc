@@ -1,0 +1,138 @@
+// GPU test: the execution seam on a CUDA context. An op still without a CUDA
+// implementation is an Unimplemented Status naming the op and the device
+// (never a silent host fallback); a steady-state loop of ctx.Empty and ops
+// makes no cudaMalloc/cudaFree after its first iteration (the caching
+// allocator's system_allocs counter, the one the issue asks for).
+#include <functional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/ops_list.h"
+#include "tests/core/cuda_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::CudaOpTest;
+using testing::RandomHost;
+
+// The names of the ops core/ops_list.h marks NO_CUDA.
+#define SM_NAME_IF_NO_CUDA_NO_CUDA(NAME) #NAME,
+#define SM_NAME_IF_NO_CUDA_CUDA(NAME)
+#define SM_NAME_IF_NO_CUDA(R, NAME, PARAMS, ARGS, CUDA) SM_NAME_IF_NO_CUDA_##CUDA(NAME)
+const std::set<std::string> kNoCudaOps = {SM_OPS(SM_NAME_IF_NO_CUDA)};
+#undef SM_NAME_IF_NO_CUDA
+
+class CudaContextTest : public CudaOpTest {};
+
+TEST_F(CudaContextTest, AnOpWithoutACudaImplementationIsUnimplementedNamingOpAndDevice) {
+  // Candidates, in order; the first still marked NO_CUDA is called.
+  struct Candidate {
+    std::string name;
+    std::function<void(const ExecContext&)> call;
+  };
+  const std::vector<Candidate> candidates = {
+      {"RmsNormalize",
+       [](const ExecContext& c) {
+         ops::RmsNormalize(c, c.Empty({2, 8}, DType::kF32), 1e-6, c.Empty({2, 8}, DType::kF32),
+                           c.Empty({2}, DType::kF32));
+       }},
+      {"Rope",
+       [](const ExecContext& c) {
+         Tensor x = c.Empty({1, 2, 2, 8}, DType::kF32);
+         ops::Rope(c, x, 10000.0, x);
+       }},
+      {"EmbeddingLookup",
+       [](const ExecContext& c) {
+         ops::EmbeddingLookup(c, c.Zeros({3}, DType::kI32), c.Empty({5, 4}, DType::kF32),
+                              c.Empty({3, 4}, DType::kF32));
+       }},
+      {"CrossEntropy",
+       [](const ExecContext& c) {
+         (void)ops::CrossEntropy(c, c.Empty({3, 5}, DType::kF32), c.Zeros({3}, DType::kI32),
+                                 Tensor());
+       }},
+      {"GatherRows",
+       [](const ExecContext& c) {
+         ops::GatherRows(c, c.Empty({4, 3}, DType::kF32), c.Zeros({2}, DType::kI32), 1,
+                         c.Empty({2, 3}, DType::kF32));
+       }},
+  };
+  const Candidate* pick = nullptr;
+  for (const Candidate& c : candidates) {
+    if (kNoCudaOps.count(c.name) > 0) {
+      pick = &c;
+      break;
+    }
+  }
+  if (pick == nullptr) GTEST_SKIP() << "every candidate op has a CUDA implementation now";
+  // A context of its own: the error is sticky.
+  StatusOr<ExecContext> ctx = ExecContext::Cuda(0);
+  ASSERT_TRUE(ctx.ok()) << ctx.status();
+  pick->call(*ctx);
+  const Status st = ctx->status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnimplemented) << st;
+  EXPECT_NE(st.message().find(pick->name), std::string::npos) << st;
+  EXPECT_NE(st.message().find("cuda:0"), std::string::npos) << st;
+  // The first error stays; later work does not clear it.
+  ops::Zero(*ctx, ctx->Empty({4}, DType::kF32));
+  EXPECT_EQ(ctx->status(), st);
+}
+
+TEST_F(CudaContextTest, SteadyStateStepMakesNoCudaMallocAfterTheFirst) {
+  const int64_t tokens = 256, hidden = 192, ffn = 320;
+  // Long-lived state: weights, a scale vector, f32 gradients, an f32 input.
+  const Tensor x32 = Dev(RandomHost({tokens, hidden}, DType::kF32, 5, 1));
+  const Tensor w_gate = Dev(RandomHost({ffn, hidden}, DType::kBF16, 5, 2, 0.05));
+  const Tensor w_up = Dev(RandomHost({ffn, hidden}, DType::kBF16, 5, 3, 0.05));
+  const Tensor gamma = Dev(RandomHost({ffn}, DType::kBF16, 5, 4, 0.1, 1.0));
+  Tensor d_w_gate = ctx_.Zeros({ffn, hidden}, DType::kF32);
+  Tensor d_gamma = ctx_.Zeros({ffn}, DType::kBF16);
+  Tensor total = ctx_.Zeros({1}, DType::kF64);
+
+  auto step = [&] {
+    Tensor x = ctx_.Empty({tokens, hidden}, DType::kBF16);
+    ops::Copy(ctx_, x32, x);
+    Tensor gate = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    Tensor up = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    ops::Gemm(ctx_, x, w_gate, gate, {.trans_b = ops::Trans::kYes});
+    ops::Gemm(ctx_, x, w_up, up, {.trans_b = ops::Trans::kYes});
+    Tensor h = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    ops::SwiGlu(ctx_, gate, up, h);
+    Tensor y = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    ops::ScaleRowsCols(ctx_, h, Tensor(), gamma, y);
+    // Backward with d_y = y.
+    Tensor d_h = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    ops::ScaleRowsColsBackward(ctx_, h, Tensor(), gamma, y, d_h, Tensor(), d_gamma);
+    Tensor d_gate = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    Tensor d_up = ctx_.Empty({tokens, ffn}, DType::kBF16);
+    ops::SwiGluBackward(ctx_, gate, up, d_h, d_gate, d_up);
+    ops::Gemm(ctx_, d_gate, x, d_w_gate, {.trans_a = ops::Trans::kYes, .beta = 1.0});
+    Tensor d_x = ctx_.Empty({tokens, hidden}, DType::kBF16);
+    ops::Gemm(ctx_, d_up, w_up, d_x);
+    Tensor d_x32 = ctx_.Empty({tokens, hidden}, DType::kF32);
+    ops::Copy(ctx_, d_x, d_x32);
+    ops::Axpy(ctx_, 0.5, x32, d_x32);
+    ops::Scale(ctx_, 0.25, d_x32);
+    Tensor s = ctx_.Empty({1}, DType::kF64);
+    ops::Sum(ctx_, d_x32, s);
+    ops::Axpy(ctx_, 1.0, s, total);
+  };
+  step();
+  ASSERT_TRUE(ctx_.Synchronize().ok()) << ctx_.status();
+  const AllocatorStats first = ctx_.allocator_stats();
+  EXPECT_GT(first.system_allocs, 0);
+  for (int i = 0; i < 10; ++i) step();
+  ASSERT_TRUE(ctx_.Synchronize().ok()) << ctx_.status();
+  const AllocatorStats later = ctx_.allocator_stats();
+  EXPECT_EQ(later.system_allocs, first.system_allocs) << "cudaMalloc after the first step";
+  EXPECT_EQ(later.system_frees, first.system_frees) << "cudaFree after the first step";
+  EXPECT_GT(later.cache_hits, first.cache_hits);
+  EXPECT_EQ(later.in_use_bytes, first.in_use_bytes);  // every step's block came back
+  const Tensor t = Host(total);
+  EXPECT_TRUE(std::isfinite(t.At(0))) << t.At(0);
+}
+
+}  // namespace
+}  // namespace scalemoe
