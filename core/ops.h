@@ -134,10 +134,10 @@ void EmbeddingBackward(const ExecContext& ctx, const Tensor& tokens, const Tenso
 
 // Mean over the N rows of −log softmax(logits[n])[targets[n]]; logits [N, V],
 // targets int32 [N]. If d_logits is defined it is overwritten with
-// d(mean loss)/d logits = (softmax − onehot) / N. Returns the loss (host
-// value: the loss is reported every step anyway).
-double CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
-                    const Tensor& d_logits);
+// d(mean loss)/d logits = (softmax − onehot) / N. loss f64[1] is overwritten
+// with the mean (a device scalar: read it with ExecContext::ToHost).
+void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
+                  const Tensor& d_logits, const Tensor& loss);
 
 // ---------------------------------------------------------------- MoE ops (moe/)
 // Owner: the MoE work. Add declarations below this line.

@@ -32,7 +32,7 @@
   X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v), (ctx, q, k, v, probs, d_out, d_q, d_k, d_v), NO_CUDA) \
   X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
   X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), NO_CUDA) \
-  X(double, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits), (ctx, logits, targets, d_logits), NO_CUDA) \
+  X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), NO_CUDA) \
   X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), NO_CUDA) \
   X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), NO_CUDA) \
   X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), NO_CUDA) \

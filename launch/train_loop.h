@@ -52,7 +52,9 @@ class TrainLoop {
   Status SetupPipeline();
   // One step's forward/backward passes on this rank; returns the sums over
   // its micro-batches of {total, ce, aux, z} (this stage's share under PP).
-  StatusOr<std::vector<double>> ForwardBackward();
+  // This rank's loss sums over the step's micro-batches, f64 [kNumLosses]
+  // on ctx_ (model/model.h).
+  StatusOr<Tensor> ForwardBackward();
   StatusOr<double> EvaluatePipelined();
   // Tied embeddings under PP: the first and last stage both end with the sum
   // of their copies' local gradients (before the data-parallel reduction).

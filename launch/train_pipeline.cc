@@ -70,19 +70,17 @@ Status TrainLoop::SetupPipeline() {
   return absl::OkStatus();
 }
 
-StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
-  std::vector<double> sums = {0, 0, 0, 0};  // total, ce, aux, z over micro-batches
+StatusOr<Tensor> TrainLoop::ForwardBackward() {
   if (!pipelined()) {
+    Tensor sums = ctx_.Zeros({kNumLosses}, DType::kF64);  // over the micro-batches
     for (int64_t m = 0; m < accumulation_; ++m) {
       MicroBatch batch = train_loader_->Next();
       auto [tokens, targets] = BatchTensors(batch);
       SM_RETURN_IF_ERROR(model().CheckBatch(tokens, targets));
-      SM_ASSIGN_OR_RETURN(const LossBreakdown loss, model().Forward(ctx_, tokens, targets));
+      SM_ASSIGN_OR_RETURN(const StageOutput out, model().ForwardStage(ctx_, tokens, targets,
+                                                                      Tensor(), true));
       SM_RETURN_IF_ERROR(model().Backward(ctx_, 1.0 / static_cast<double>(accumulation_)));
-      sums[0] += loss.total;
-      sums[1] += loss.cross_entropy;
-      sums[2] += loss.aux;
-      sums[3] += loss.z;
+      ops::Axpy(ctx_, 1.0, out.losses, sums);
     }
     return sums;
   }
@@ -99,8 +97,7 @@ StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
   for (auto& c : chunks_) chunks.push_back(c.get());
   PipelineModelStage stage(std::move(chunks), ctx_, std::move(views));
   SM_RETURN_IF_ERROR(executor_->RunStep(stage).status());
-  const LossBreakdown& l = stage.sums();
-  return std::vector<double>{l.total, l.cross_entropy, l.aux, l.z};
+  return stage.sums();
 }
 
 // Forward only, one micro-batch at a time through the stages (no overlap:
@@ -110,7 +107,7 @@ StatusOr<std::vector<double>> TrainLoop::ForwardBackward() {
 StatusOr<double> TrainLoop::EvaluatePipelined() {
   Communicator& pp = *groups_.pp;
   const int p = pp.size(), r = pp.rank();
-  std::vector<double> loss = {0};
+  Tensor loss = ctx_.Zeros({1}, DType::kF64);
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
@@ -118,8 +115,8 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
     for (auto& chunk : chunks_) {
       Tensor input;
       if (!chunk->is_first_stage()) {
-        input = Tensor::Empty(chunk->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
-                              registry_.flat_values().dtype(), Device::kCPU);
+        input = ctx_.Empty(chunk->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
+                           registry_.flat_values().dtype());
         SM_RETURN_IF_ERROR(pp.Recv(ctx_, input, (r + p - 1) % p, {.tag = kEvalTag}));
       }
       SM_ASSIGN_OR_RETURN(const StageOutput out,
@@ -127,12 +124,12 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
       if (!chunk->is_last_stage()) {
         SM_RETURN_IF_ERROR(pp.Send(ctx_, out.output, (r + 1) % p, {.tag = kEvalTag}));
       }
-      loss[0] += out.loss.cross_entropy / n;
+      ops::Axpy(ctx_, 1.0 / n, out.losses.Narrow(0, kCrossEntropyLoss, 1), loss);
     }
   }
-  SM_ASSIGN_OR_RETURN(loss, SumOver(pp, std::move(loss)));
-  SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
-  return loss[0] / groups_.dp->size();
+  SM_RETURN_IF_ERROR(pp.AllReduce(ctx_, loss));
+  SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, loss));
+  return ctx_.ToHost(loss).At(0) / groups_.dp->size();
 }
 
 // The first and last stage swap their local embedding gradients and each

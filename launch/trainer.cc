@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/logging.h"
+#include "core/ops.h"
 #include "core/params.h"
 #include "data/token_loader.h"
 #include "launch/config.h"
@@ -162,17 +163,18 @@ StatusOr<double> TrainLoop::Evaluate() {
   // the parameters as they are now (the ones a checkpoint of this step holds).
   for (auto& c : chunks_) SM_RETURN_IF_ERROR(c->PrepareStep(ctx_));
   if (pipelined()) return EvaluatePipelined();
-  std::vector<double> loss = {0};
+  Tensor loss = ctx_.Zeros({1}, DType::kF64);
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
   for (int64_t i = 0; i < n; ++i) {
     MicroBatch batch = val_loader_->At(i);
     auto [tokens, targets] = BatchTensors(batch);
-    SM_ASSIGN_OR_RETURN(const LossBreakdown l, model().Evaluate(ctx_, tokens, targets));
-    loss[0] += l.cross_entropy / n;
+    SM_ASSIGN_OR_RETURN(const StageOutput out,
+                        model().ForwardStage(ctx_, tokens, targets, Tensor(), false));
+    ops::Axpy(ctx_, 1.0 / n, out.losses.Narrow(0, kCrossEntropyLoss, 1), loss);
   }
   // TP ranks hold the same TP-global loss: mean over dp replicas only.
-  SM_ASSIGN_OR_RETURN(loss, SumOver(*groups_.dp, std::move(loss)));
-  return loss[0] / groups_.dp->size();
+  SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, loss));
+  return ctx_.ToHost(loss).At(0) / groups_.dp->size();
 }
 
 Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm,
@@ -308,9 +310,9 @@ StatusOr<TrainResult> TrainLoop::Run() {
   for (int64_t step = start_step_; step < stop_at; ++step) {
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     registry_.ZeroGrads();
-    StatusOr<std::vector<double>> forward_backward = ForwardBackward();
+    StatusOr<Tensor> forward_backward = ForwardBackward();
     SM_RETURN_IF_ERROR_CTX(forward_backward.status(), "step ", step + 1);
-    std::vector<double> sums = *std::move(forward_backward);
+    const Tensor sums = *std::move(forward_backward);
     // Gradient all-reduces start as each layer's gradients are final.
     Status sync_started;
     auto on_ready = [&](int64_t begin, int64_t end) {
@@ -329,12 +331,10 @@ StatusOr<TrainResult> TrainLoop::Run() {
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
     // Under TP every TP rank of a replica holds the same TP-global losses:
     // reduce over pp and dp only (a world sum would count them tp times).
-    if (pipelined()) {
-      SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.pp, std::move(sums)));
-    }
-    SM_ASSIGN_OR_RETURN(sums, SumOver(*groups_.dp, std::move(sums)));
-    const double n = static_cast<double>(accumulation * dp);
-    const LossBreakdown mean{sums[0] / n, sums[1] / n, sums[2] / n, sums[3] / n, 0};
+    if (pipelined()) SM_RETURN_IF_ERROR(groups_.pp->AllReduce(ctx_, sums));
+    SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, sums));
+    ops::Scale(ctx_, 1.0 / static_cast<double>(accumulation * dp), sums);
+    const LossBreakdown mean = ReadLosses(ctx_, sums);
     if (!stats.applied || !std::isfinite(mean.total)) {
       if (train.on_nonfinite() == config::TrainConfig::STOP) {
         return NonFinite(step, mean.total, stats.grad_norm);

@@ -196,22 +196,32 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
     residuals_[0] = input;
   }
   StageOutput out;
-  LossBreakdown& loss = out.loss;
+  out.losses = ctx.Zeros({kNumLosses}, DType::kF64);
+  out.tokens = n;
+  const Tensor ce = out.losses.Narrow(0, kCrossEntropyLoss, 1);
+  const Tensor aux = out.losses.Narrow(0, kAuxLoss, 1);
+  const Tensor z = out.losses.Narrow(0, kZLoss, 1);
+  double aux_sum = 0, z_sum = 0;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     residuals_[l + 1] = ctx.Empty(rows, dt);
     SM_RETURN_IF_ERROR_CTX(
         blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
         blocks_[l]->layer(), " forward");
     if (MoeLayer* moe = blocks_[l]->moe()) {
-      loss.aux += moe->aux_loss();
-      loss.z += moe->z_loss();
+      aux_sum += moe->aux_loss();
+      z_sum += moe->z_loss();
     }
   }
-  loss.tokens = n;
+  // The MoE layers still report host values (moe/router.h).
+  double aux_z[2] = {aux_sum, z_sum};
+  SM_RETURN_IF_ERROR(ctx.CopyAcross(Tensor::FromBlob(aux_z, {2}, DType::kF64, Device::kCPU),
+                                    out.losses.Narrow(0, kAuxLoss, 2)));
+  const Tensor total = out.losses.Narrow(0, kTotalLoss, 1);
   if (!is_last_stage()) {
     out.output = residuals_.back();
     keep_grad_ = keep_grad;
-    loss.total = loss.aux + loss.z;
+    ops::Axpy(ctx, 1.0, aux, total);
+    ops::Axpy(ctx, 1.0, z, total);
     return out;
   }
   n_final_ = ctx.Empty(rows, dt);
@@ -224,14 +234,26 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), dt) : Tensor();
   keep_grad_ = keep_grad;
   if (vocab_loss_) {
-    StatusOr<double> ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
-    SM_RETURN_IF_ERROR_CTX(ce.status(), "vocab-parallel cross-entropy");
-    loss.cross_entropy = *ce;
+    StatusOr<double> vocab_ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
+    SM_RETURN_IF_ERROR_CTX(vocab_ce.status(), "vocab-parallel cross-entropy");
+    SM_RETURN_IF_ERROR(
+        ctx.CopyAcross(Tensor::FromBlob(&*vocab_ce, {1}, DType::kF64, Device::kCPU), ce));
   } else {
-    loss.cross_entropy = ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_);
+    ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_, ce);
   }
-  loss.total = loss.cross_entropy + loss.aux + loss.z;
+  for (const Tensor& part : {ce, aux, z}) ops::Axpy(ctx, 1.0, part, total);
   return out;
+}
+
+LossBreakdown ReadLosses(const ExecContext& ctx, const Tensor& losses, int64_t tokens) {
+  const Tensor host = ctx.ToHost(losses);
+  LossBreakdown l;
+  l.total = host.At(kTotalLoss);
+  l.cross_entropy = host.At(kCrossEntropyLoss);
+  l.aux = host.At(kAuxLoss);
+  l.z = host.At(kZLoss);
+  l.tokens = tokens;
+  return l;
 }
 
 StatusOr<LossBreakdown> MoeTransformer::Forward(const ExecContext& ctx, const Tensor& tokens,
@@ -240,7 +262,7 @@ StatusOr<LossBreakdown> MoeTransformer::Forward(const ExecContext& ctx, const Te
                ": use ForwardStage");
   SM_ASSIGN_OR_RETURN(StageOutput out,
                       ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/true));
-  return out.loss;
+  return ReadLosses(ctx, out.losses, out.tokens);
 }
 
 StatusOr<LossBreakdown> MoeTransformer::Evaluate(const ExecContext& ctx, const Tensor& tokens,
@@ -249,7 +271,7 @@ StatusOr<LossBreakdown> MoeTransformer::Evaluate(const ExecContext& ctx, const T
                ": use ForwardStage");
   SM_ASSIGN_OR_RETURN(StageOutput out,
                       ForwardStage(ctx, tokens, targets, Tensor(), /*keep_grad=*/false));
-  return out.loss;
+  return ReadLosses(ctx, out.losses, out.tokens);
 }
 
 Status MoeTransformer::Backward(const ExecContext& ctx, double loss_grad_scale) {

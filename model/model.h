@@ -57,17 +57,25 @@
 
 namespace scalemoe {
 
+// The losses of a forward stay on the device as one f64 [kNumLosses] tensor
+// (indices below): the step adds them up there and the host reads them only
+// when it logs. LossBreakdown is their host copy.
+enum LossIndex : int { kTotalLoss = 0, kCrossEntropyLoss, kAuxLoss, kZLoss, kNumLosses };
+
 struct LossBreakdown {
   double total = 0, cross_entropy = 0, aux = 0, z = 0;
   int64_t tokens = 0;
 };
+// Host copy of a [kNumLosses] loss tensor (one ExecContext::ToHost read).
+LossBreakdown ReadLosses(const ExecContext& ctx, const Tensor& losses, int64_t tokens = 0);
 
 // One stage's forward result.
 struct StageOutput {
-  // cross_entropy on the last stage only (0 elsewhere); aux and z of this
-  // stage's MoE layers; total = their sum; tokens = B*T.
-  LossBreakdown loss;
-  Tensor output;  // [B*T, C] the last block's output (undefined on the last stage)
+  // f64 [kNumLosses] on the context: cross_entropy on the last stage only (0
+  // elsewhere); aux and z of this stage's MoE layers; total = their sum.
+  Tensor losses;
+  int64_t tokens = 0;  // B*T
+  Tensor output;       // [B*T, C] the last block's output (undefined on the last stage)
 };
 
 struct ModelCounts {
@@ -103,7 +111,9 @@ class MoeTransformer {
   // collective that failed) as a Status whose message names the part of the
   // model ("layer 3: moe: all-to-all on ep[...] ..."); the caller stops.
   Status PrepareStep(const ExecContext& ctx);
-  // tokens, targets: [B, T] int32 CPU tensors (T <= seq_length).
+  // tokens, targets: [B, T] int32 CPU tensors (T <= seq_length). Forward
+  // and Evaluate return the losses on the host (one ToHost read each: for
+  // tests and tools; the trainer keeps ForwardStage's device losses).
   StatusOr<LossBreakdown> Forward(const ExecContext& ctx, const Tensor& tokens,
                                   const Tensor& targets);
   Status Backward(const ExecContext& ctx, double loss_grad_scale);

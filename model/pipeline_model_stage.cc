@@ -1,6 +1,7 @@
 #include "model/pipeline_model_stage.h"
 
 #include "absl/strings/str_cat.h"
+#include "core/ops.h"
 
 namespace scalemoe {
 
@@ -9,7 +10,8 @@ PipelineModelStage::PipelineModelStage(std::vector<MoeTransformer*> chunks,
     : chunks_(std::move(chunks)),
       ctx_(ctx),
       batches_(std::move(batches)),
-      inputs_(chunks_.size(), std::vector<Tensor>(batches_.size())) {}
+      inputs_(chunks_.size(), std::vector<Tensor>(batches_.size())),
+      sums_(ctx.Zeros({kNumLosses}, DType::kF64)) {}
 
 Status PipelineModelStage::Check(int chunk, int microbatch) const {
   if (chunk < 0 || chunk >= static_cast<int>(chunks_.size())) {
@@ -25,14 +27,6 @@ Status PipelineModelStage::Check(int chunk, int microbatch) const {
   return absl::OkStatus();
 }
 
-void PipelineModelStage::Add(const LossBreakdown& loss) {
-  sums_.cross_entropy += loss.cross_entropy;
-  sums_.aux += loss.aux;
-  sums_.z += loss.z;
-  sums_.total += loss.total;
-  sums_.tokens += loss.tokens;
-}
-
 StatusOr<Tensor> PipelineModelStage::Forward(int chunk, int microbatch, const Tensor& input) {
   SM_RETURN_IF_ERROR(Check(chunk, microbatch));
   inputs_[chunk][microbatch] = input;
@@ -41,7 +35,7 @@ StatusOr<Tensor> PipelineModelStage::Forward(int chunk, int microbatch, const Te
   const Batch& b = batches_[microbatch];
   SM_ASSIGN_OR_RETURN(StageOutput out,
                       model.ForwardStage(ctx_, b.tokens, b.targets, input, /*keep_grad=*/true));
-  Add(out.loss);
+  ops::Axpy(ctx_, 1.0, out.losses, sums_);
   return out.output;
 }
 
@@ -52,7 +46,7 @@ StatusOr<Tensor> PipelineModelStage::Backward(int chunk, int microbatch, const T
   SM_ASSIGN_OR_RETURN(StageOutput out,
                       model.ForwardStage(ctx_, b.tokens, b.targets, inputs_[chunk][microbatch],
                                          /*keep_grad=*/true));
-  if (model.is_last_stage()) Add(out.loss);
+  if (model.is_last_stage()) ops::Axpy(ctx_, 1.0, out.losses, sums_);
   inputs_[chunk][microbatch] = Tensor();
   return model.BackwardStage(ctx_, d_output, 1.0 / static_cast<double>(batches_.size()));
 }

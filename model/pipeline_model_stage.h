@@ -39,21 +39,20 @@ class PipelineModelStage : public PipelineStage {
   StatusOr<Tensor> Forward(int chunk, int microbatch, const Tensor& input) override;
   StatusOr<Tensor> Backward(int chunk, int microbatch, const Tensor& d_output) override;
 
-  // Sums over the step's micro-batches of this rank's share of the loss:
-  // cross_entropy on the last stage only, aux and z of this rank's MoE
-  // layers, total = their sum.
-  const LossBreakdown& sums() const { return sums_; }
+  // Sums over the step's micro-batches of this rank's share of the loss, f64
+  // [kNumLosses] on the context (model/model.h): cross_entropy on the last
+  // stage only, aux and z of this rank's MoE layers, total = their sum.
+  const Tensor& sums() const { return sums_; }
 
  private:
   Status Check(int chunk, int microbatch) const;
-  void Add(const LossBreakdown& loss);
 
   std::vector<MoeTransformer*> chunks_;
   const ExecContext ctx_;
   std::vector<Batch> batches_;
   // [chunk][micro-batch]: the input from Forward until its Backward.
   std::vector<std::vector<Tensor>> inputs_;
-  LossBreakdown sums_;
+  Tensor sums_;
 };
 
 }  // namespace scalemoe

@@ -34,8 +34,8 @@ double Run(const T* logits, const int32_t* targets, T* d_logits, int64_t n, int6
 
 }  // namespace
 
-double CrossEntropy(const ExecContext&, const Tensor& logits, const Tensor& targets,
-                    const Tensor& d_logits) {
+void CrossEntropy(const ExecContext&, const Tensor& logits, const Tensor& targets,
+                  const Tensor& d_logits, const Tensor& loss) {
   SM_CHECK_MSG(logits.ndim() == 2 && logits.is_contiguous() && logits.device() == Device::kCPU,
                "CrossEntropy logits must be [N, V], got ", logits.DebugString());
   SM_CHECK_MSG(targets.dtype() == DType::kI32 && targets.numel() == logits.dim(0),
@@ -44,14 +44,19 @@ double CrossEntropy(const ExecContext&, const Tensor& logits, const Tensor& targ
     SM_CHECK_MSG(d_logits.numel() == logits.numel() && d_logits.dtype() == logits.dtype(),
                  "CrossEntropy d_logits ", d_logits.DebugString());
   }
+  SM_CHECK_MSG(loss.dtype() == DType::kF64 && loss.numel() == 1, "CrossEntropy loss ",
+               loss.DebugString(), " (want f64[1])");
   const int64_t n = logits.dim(0), v = logits.dim(1);
-  if (n == 0) return 0.0;
-  if (logits.dtype() == DType::kF64) {
-    return Run(logits.data<double>(), targets.data<int32_t>(),
-               d_logits.defined() ? d_logits.data<double>() : nullptr, n, v);
+  double& out = loss.data<double>()[0];
+  if (n == 0) {
+    out = 0.0;
+  } else if (logits.dtype() == DType::kF64) {
+    out = Run(logits.data<double>(), targets.data<int32_t>(),
+              d_logits.defined() ? d_logits.data<double>() : nullptr, n, v);
+  } else {
+    out = Run(logits.data<float>(), targets.data<int32_t>(),
+              d_logits.defined() ? d_logits.data<float>() : nullptr, n, v);
   }
-  return Run(logits.data<float>(), targets.data<int32_t>(),
-             d_logits.defined() ? d_logits.data<float>() : nullptr, n, v);
 }
 
 }  // namespace scalemoe::cpu

@@ -50,8 +50,8 @@ TEST_F(CudaContextTest, AnOpWithoutACudaImplementationIsUnimplementedNamingOpAnd
        }},
       {"CrossEntropy",
        [](const ExecContext& c) {
-         (void)ops::CrossEntropy(c, c.Empty({3, 5}, DType::kF32), c.Zeros({3}, DType::kI32),
-                                 Tensor());
+         ops::CrossEntropy(c, c.Empty({3, 5}, DType::kF32), c.Zeros({3}, DType::kI32),
+                           Tensor(), c.Empty({1}, DType::kF64));
        }},
       {"GatherRows",
        [](const ExecContext& c) {
