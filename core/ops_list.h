@@ -50,5 +50,12 @@
   X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), NO_CUDA) \
   X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), NO_CUDA) \
   X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), NO_CUDA) \
-  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA)
+  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA) \
+  X(void, CopySegments, (const ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& segments), (ctx, src, dst, segments), NO_CUDA) \
+  X(void, SegmentSumOfSquares, (const ExecContext& ctx, const Tensor& x, const Tensor& segments, const Tensor& sums), (ctx, x, segments, sums), NO_CUDA) \
+  X(void, GradNormControl, (const ExecContext& ctx, const Tensor& sum_of_squares, double max_norm, const Tensor& grad_norm, const ::scalemoe::ops::StepControl& control), (ctx, sum_of_squares, max_norm, grad_norm, control), NO_CUDA) \
+  X(void, AdamWUpdate, (const ExecContext& ctx, const Tensor& params, const Tensor& grads, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& segments, const Tensor& coefficients, const ::scalemoe::ops::AdamWUpdateOptions& options, const ::scalemoe::ops::StepControl& control), (ctx, params, grads, exp_avg, exp_avg_sq, segments, coefficients, options, control), NO_CUDA) \
+  X(void, MuonMomentum, (const ExecContext& ctx, const Tensor& grads, const Tensor& momentum, const Tensor& update, const Tensor& segments, const ::scalemoe::ops::MuonMomentumOptions& options, const ::scalemoe::ops::StepControl& control), (ctx, grads, momentum, update, segments, options, control), NO_CUDA) \
+  X(void, FrobeniusNormalize, (const ExecContext& ctx, const Tensor& x, double eps), (ctx, x, eps), NO_CUDA) \
+  X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), NO_CUDA)
 // clang-format on

@@ -131,7 +131,7 @@ std::map<std::string, std::vector<double>> Reference(const config::RunConfig& co
       }
       p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
     }
-    const StepStats stats = (*opt)->Step(ExecContext::Cpu(), t);
+    const StepStats stats = ReadStepStats(ExecContext::Cpu(), (*opt)->Step(ExecContext::Cpu(), t));
     SM_CHECK(stats.applied);
     norms->push_back(stats.grad_norm);
   }
@@ -158,7 +158,8 @@ std::vector<RankResult> RunDistributed(const config::RunConfig& config, const La
     RankResult& out = results[pg.coords.global];
     for (int t = 0; t < steps; ++t) {
       SetLocalGrads(reg, pg.coords.global, t);
-      SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), t));
+      SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), t));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
       if (!stats.applied) return absl::InternalError("step not applied");
       out.norms.push_back(stats.grad_norm);
     }
@@ -248,7 +249,8 @@ TEST(DistributedOptimizerTest, ShardedDecayFollowsTheRolePolicyPerElement) {
                  Build(reg, {}, DType::kF64);
                  SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg));
                  reg.ZeroGrads();
-                 SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), 0));
+                 SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), 0));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
                  std::lock_guard<std::mutex> lock(mu);
                  EXPECT_DOUBLE_EQ(stats.lr, lr);
                  for (const char* name : {"in_gamma", "in_gamma2"}) {
@@ -397,7 +399,7 @@ void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
         }
         p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
       }
-      const StepStats stats = (*opt)->Step(ExecContext::Cpu(), t);
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), (*opt)->Step(ExecContext::Cpu(), t));
       SM_CHECK(stats.applied);
       ref_norms.push_back(stats.grad_norm);
     }
@@ -422,7 +424,8 @@ void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
         }
         p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
       }
-      SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), t));
+      SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), t));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
       if (!stats.applied) return absl::InternalError("step not applied");
       norms.push_back(stats.grad_norm);
     }
@@ -559,7 +562,8 @@ TEST(DistributedOptimizerTest, NonFiniteGradientOnOneRankChangesNothingAnywhere)
                            SetLocalGrads(reg, pg.coords.global, 0);
                            if (pg.coords.global == 1)
                              reg.Find("in_gamma")->grad.data<float>()[2] = NAN;
-                           SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), 0));
+                           SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), 0));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
                            EXPECT_FALSE(stats.applied);
                            EXPECT_FALSE(std::isfinite(stats.grad_norm));
                            EXPECT_EQ(opt->num_updates(), 0);

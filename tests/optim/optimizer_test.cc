@@ -49,7 +49,8 @@ TEST(OptimizerTest, StepUsesAndReportsTheScheduledRate) {
   ASSERT_TRUE(opt.ok()) << opt.status();
   const std::vector<double> before = m.reg.flat_values().ToVector();
   m.SetGrads(0);
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 0);
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 0));
   EXPECT_TRUE(stats.applied);
   EXPECT_DOUBLE_EQ(stats.lr, 0.5e-2);       // warm-up step 0 of 2
   EXPECT_DOUBLE_EQ(stats.muon_lr, 0.01);    // muon_lr 0.02 on the same curve
@@ -64,17 +65,35 @@ TEST(OptimizerTest, StepUsesAndReportsTheScheduledRate) {
   }
 }
 
+// Clipping scales the gradients inside the update: the step equals an
+// unclipped step on gradients scaled to the max norm, the grad buffer keeps
+// its values, and the pre-clip norm is reported.
 TEST(OptimizerTest, ClipsBeforeTheUpdateAndReportsThePreClipNorm) {
-  Model m;
+  Model clipped, prescaled;
   config::RunConfig c = Config(config::OptimizerConfig::ADAMW);
   c.mutable_optimizer()->set_grad_clip(0.5);
-  auto opt = Optimizer::Create(c, m.reg);
+  auto opt = Optimizer::Create(c, clipped.reg);
+  auto reference = Optimizer::Create(Config(config::OptimizerConfig::ADAMW), prescaled.reg);
   ASSERT_TRUE(opt.ok());
-  m.SetGrads(1);
-  const double norm = std::sqrt(SumOfSquares(m.reg.flat_grads()));
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 3);
+  ASSERT_TRUE(reference.ok());
+  clipped.SetGrads(1);
+  const std::vector<double> grads = clipped.reg.flat_grads().ToVector();
+  double sum = 0;
+  for (double g : grads) sum += g * g;
+  const double norm = std::sqrt(sum);
+  ASSERT_GT(norm, 0.5);
+  std::vector<double> scaled = grads;
+  for (double& g : scaled) g *= 0.5 / norm;
+  Tensor(prescaled.reg.flat_grads())
+      .CopyFrom(Tensor::FromVector({static_cast<int64_t>(scaled.size())}, scaled, DType::kF64));
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 3));
+  (*reference)->Step(ctx, 3);
   EXPECT_NEAR(stats.grad_norm, norm, 1e-6 * norm);
-  EXPECT_NEAR(std::sqrt(SumOfSquares(m.reg.flat_grads())), 0.5, 1e-6);
+  EXPECT_EQ(clipped.reg.flat_grads().ToVector(), grads);
+  const std::vector<double> got = clipped.reg.flat_values().ToVector();
+  const std::vector<double> want = prescaled.reg.flat_values().ToVector();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6) << i;
 }
 
 TEST(OptimizerTest, NonFiniteGradientLeavesEverythingUntouched) {
@@ -84,7 +103,8 @@ TEST(OptimizerTest, NonFiniteGradientLeavesEverythingUntouched) {
   const std::vector<double> before = m.reg.flat_values().ToVector();
   m.SetGrads(0);
   m.reg.flat_grads().data<float>()[7] = std::numeric_limits<float>::infinity();
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 0);
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 0));
   EXPECT_FALSE(stats.applied);
   EXPECT_TRUE(std::isinf(stats.grad_norm));
   EXPECT_EQ(m.reg.flat_values().ToVector(), before);
