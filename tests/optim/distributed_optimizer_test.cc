@@ -577,6 +577,37 @@ TEST(DistributedOptimizerTest, NonFiniteGradientOnOneRankChangesNothingAnywhere)
   }
 }
 
+// The step reads nothing on the host, on every layout and stage, with a
+// finite and a non-finite gradient: the norm, the clip factor and the skip
+// stay tensors on the optimizer's context.
+TEST(DistributedOptimizerTest, StepMakesNoHostReads) {
+  for (Type type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    for (int zero : {0, 1}) {
+      SCOPED_TRACE(absl::StrCat(config::OptimizerConfig::Type_Name(type), " zero ", zero));
+      const config::RunConfig config = Config(type, zero);
+      const Layout layout{.dp = 4, .ep = 2};
+      FakeWorld world;
+      const Status status = world.Run(layout.dp, layout.Sizes(), [&](ProcessGroups& pg) -> Status {
+        const ExecContext ctx = ExecContext::Cpu();
+        ParamRegistry reg;
+        Build(reg, layout.ExpertsOf(pg.coords.ep), DType::kF32);
+        SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg, ctx));
+        const int64_t before = ctx.counters().host_reads.load();
+        for (int t = 0; t < 3; ++t) {
+          SetLocalGrads(reg, pg.coords.global, t);
+          if (t == 1 && pg.coords.global == 2) reg.Find("w2")->grad.data<float>()[0] = NAN;
+          SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, t));
+          EXPECT_EQ(result.grad_norm.device(), ctx.device());
+        }
+        EXPECT_EQ(ctx.counters().host_reads.load(), before) << "rank " << pg.coords.global;
+        EXPECT_EQ(opt->num_updates(), 2);  // the non-finite step was skipped everywhere
+        return absl::OkStatus();
+      });
+      ASSERT_TRUE(status.ok()) << status;
+    }
+  }
+}
+
 // Its config rules are the optimizer validator's (one validation path).
 TEST(DistributedOptimizerTest, ValidatorRejectsBadConfigWithTheFieldName) {
   auto problems = [](const config::RunConfig& c) {

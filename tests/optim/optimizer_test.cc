@@ -114,6 +114,61 @@ TEST(OptimizerTest, NonFiniteGradientLeavesEverythingUntouched) {
   }
 }
 
+// A non-finite step after good ones (state no longer zero) leaves values,
+// state and the update count bit-identical, so the next good step is the one
+// a run without the bad step takes.
+TEST(OptimizerTest, NonFiniteStepIsSkippedOnTheDevice) {
+  for (auto type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    SCOPED_TRACE(config::OptimizerConfig::Type_Name(type));
+    config::RunConfig c = Config(type);
+    c.mutable_optimizer()->set_grad_clip(1.0);
+    Model a, b;
+    auto opt_a = Optimizer::Create(c, a.reg);
+    auto opt_b = Optimizer::Create(c, b.reg);
+    ASSERT_TRUE(opt_a.ok() && opt_b.ok());
+    const ExecContext ctx = ExecContext::Cpu();
+    for (int t = 0; t < 2; ++t) {
+      a.SetGrads(t);
+      b.SetGrads(t);
+      (*opt_a)->Step(ctx, t);
+      (*opt_b)->Step(ctx, t);
+    }
+    const std::vector<double> values = a.reg.flat_values().ToVector();
+    std::vector<std::vector<double>> state;
+    for (const auto& [name, t] : (*opt_a)->StateTensors()) state.push_back(t.ToVector());
+    a.SetGrads(2);
+    a.reg.flat_grads().data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+    const StepStats bad = ReadStepStats(ctx, (*opt_a)->Step(ctx, 2));
+    EXPECT_FALSE(bad.applied);
+    EXPECT_TRUE(std::isnan(bad.grad_norm));
+    EXPECT_EQ(a.reg.flat_values().ToVector(), values);
+    size_t i = 0;
+    for (const auto& [name, t] : (*opt_a)->StateTensors()) EXPECT_EQ(t.ToVector(), state[i++]) << name;
+    EXPECT_EQ((*opt_a)->num_updates(), 2);
+    a.SetGrads(3);
+    b.SetGrads(3);
+    EXPECT_TRUE(ReadStepStats(ctx, (*opt_a)->Step(ctx, 3)).applied);
+    (*opt_b)->Step(ctx, 3);
+    EXPECT_EQ(a.reg.flat_values().ToVector(), b.reg.flat_values().ToVector());
+  }
+}
+
+// The step stays on the context: no device-to-host read, finite or not.
+TEST(OptimizerTest, StepReadsNothingOnTheHost) {
+  for (auto type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    Model m;
+    const ExecContext ctx = ExecContext::Cpu();
+    auto opt = Optimizer::Create(Config(type), m.reg, ctx);
+    ASSERT_TRUE(opt.ok());
+    const int64_t before = ctx.counters().host_reads.load();
+    m.SetGrads(0);
+    (*opt)->Step(ctx, 0);
+    m.reg.flat_grads().data<float>()[1] = std::numeric_limits<float>::infinity();
+    (*opt)->Step(ctx, 1);
+    EXPECT_EQ(ctx.counters().host_reads.load(), before);
+  }
+}
+
 // Exact resume: save the state after 3 steps, load it into a fresh optimizer
 // over a registry holding the same values; the next steps are bit-identical.
 TEST(OptimizerTest, StateRoundTripGivesBitIdenticalNextSteps) {
