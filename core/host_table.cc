@@ -6,12 +6,11 @@ namespace {
 template <typename V>
 Tensor Upload(const ExecContext& ctx, const Shape& shape, const std::vector<V>& values,
               DType dtype) {
-  SM_CHECK_MSG(NumElements(shape) == static_cast<int64_t>(values.size()), "TableToDevice: ",
-               values.size(), " values for shape ", ShapeString(shape));
+  SM_CHECK_MSG(NumElements(shape) == static_cast<int64_t>(values.size()),
+               "TableToDevice: ", values.size(), " values for shape ", ShapeString(shape));
   Tensor out = ctx.Empty(shape, dtype);
   if (values.empty()) return out;
-  const Tensor host =
-      Tensor::FromBlob(const_cast<V*>(values.data()), shape, dtype, Device::kCPU);
+  const Tensor host = Tensor::FromBlob(const_cast<V*>(values.data()), shape, dtype, Device::kCPU);
   ctx.Fail(ctx.CopyAcross(host, out));
   if (ctx.device() != Device::kCPU) {
     // The copy reads `values` asynchronously; they die with this call.

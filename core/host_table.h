@@ -20,8 +20,7 @@ namespace scalemoe {
 // (row-major): i64 from int64_t values, f64 from doubles.
 Tensor TableToDevice(const ExecContext& ctx, const Shape& shape,
                      const std::vector<int64_t>& values);
-Tensor TableToDevice(const ExecContext& ctx, const Shape& shape,
-                     const std::vector<double>& values);
+Tensor TableToDevice(const ExecContext& ctx, const Shape& shape, const std::vector<double>& values);
 
 // The one element of `t` (any dtype) as a double, read through ctx.ToHost.
 double ReadScalar(const ExecContext& ctx, const Tensor& t);

@@ -1,7 +1,6 @@
 #include "optim/distributed_optimizer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <unordered_set>
 #include <utility>
 
@@ -225,7 +224,9 @@ void DistributedOptimizer::set_num_updates(int64_t n) {
 }
 
 void DistributedOptimizer::LoadMasterFromParams() {
-  for (auto& d : domains_) ops::CopySegments(ctx_, registry_.flat_values(), d->master, d->load_master);
+  for (auto& d : domains_) {
+    ops::CopySegments(ctx_, registry_.flat_values(), d->master, d->load_master);
+  }
 }
 
 Status DistributedOptimizer::SyncGradients() {

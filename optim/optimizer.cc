@@ -1,6 +1,6 @@
 #include "optim/optimizer.h"
 
-#include <cmath>
+#include <utility>
 
 #include "core/host_table.h"
 #include "core/ops.h"

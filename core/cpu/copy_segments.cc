@@ -20,8 +20,8 @@ void CopyRows(const S* src, D* dst, const Table& table) {
       std::memcpy(static_cast<void*>(to), static_cast<const void*>(from),
                   static_cast<size_t>(r[2]) * sizeof(S));
     } else {
-      using A = std::conditional_t<std::is_same_v<S, double> || std::is_same_v<D, double>,
-                                   double, float>;
+      using A =
+          std::conditional_t<std::is_same_v<S, double> || std::is_same_v<D, double>, double, float>;
       for (int64_t i = 0; i < r[2]; ++i) to[i] = Store<D>(Load<A>(from[i]));
     }
   }

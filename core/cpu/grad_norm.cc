@@ -23,8 +23,8 @@ double SumOfSquares(const S* x, int64_t begin, int64_t end) {
 
 void CheckScalar(const Tensor& t, DType dtype, const char* op, const char* what) {
   CheckCpuContiguous(t, op, what);
-  SM_CHECK_MSG(t.dtype() == dtype && t.numel() == 1, op, ": ", what, " must be ",
-               DTypeName(dtype), " [1], got ", t.DebugString());
+  SM_CHECK_MSG(t.dtype() == dtype && t.numel() == 1, op, ": ", what, " must be ", DTypeName(dtype),
+               " [1], got ", t.DebugString());
 }
 
 }  // namespace

@@ -29,23 +29,21 @@ struct Table {
 
 inline Table ReadTable(const Tensor& segments, int width, const char* op) {
   CheckCpuContiguous(segments, op, "segments");
-  SM_CHECK_MSG(segments.dtype() == DType::kI64 && segments.ndim() == 2 &&
-                   segments.dim(1) == width,
+  SM_CHECK_MSG(segments.dtype() == DType::kI64 && segments.ndim() == 2 && segments.dim(1) == width,
                op, ": segments must be i64 [S, ", width, "], got ", segments.DebugString());
   return {segments.data<int64_t>(), segments.dim(0), width};
 }
 
 // Checks that [begin, end) lies inside a buffer of n elements.
 inline void CheckRange(int64_t begin, int64_t end, int64_t n, const char* op, const char* what) {
-  SM_CHECK_MSG(0 <= begin && begin <= end && end <= n, op, ": ", what, " range [", begin, ", ",
-               end, ") outside [0, ", n, ")");
+  SM_CHECK_MSG(0 <= begin && begin <= end && end <= n, op, ": ", what, " range [", begin, ", ", end,
+               ") outside [0, ", n, ")");
 }
 
 // Per-row coefficients f64 [S, width].
 inline const double* ReadCoefficients(const Tensor& c, int64_t rows, int width, const char* op) {
   CheckCpuContiguous(c, op, "coefficients");
-  SM_CHECK_MSG(c.dtype() == DType::kF64 && c.ndim() == 2 && c.dim(0) == rows &&
-                   c.dim(1) == width,
+  SM_CHECK_MSG(c.dtype() == DType::kF64 && c.ndim() == 2 && c.dim(0) == rows && c.dim(1) == width,
                op, ": coefficients must be f64 [", rows, ", ", width, "], got ", c.DebugString());
   return c.data<double>();
 }
@@ -101,9 +99,14 @@ inline D Store(T v) {
 template <typename F>
 void DispatchReal(const Tensor& t, const char* op, F&& f) {
   switch (t.dtype()) {
-    case DType::kF32: f(float{}); return;
-    case DType::kF64: f(double{}); return;
-    default: SM_CHECK_MSG(false, op, ": expected f32 or f64, got ", t.DebugString());
+    case DType::kF32:
+      f(float{});
+      return;
+    case DType::kF64:
+      f(double{});
+      return;
+    default:
+      SM_CHECK_MSG(false, op, ": expected f32 or f64, got ", t.DebugString());
   }
 }
 
@@ -111,10 +114,17 @@ void DispatchReal(const Tensor& t, const char* op, F&& f) {
 template <typename F>
 void DispatchStorage(const Tensor& t, const char* op, F&& f) {
   switch (t.dtype()) {
-    case DType::kF32: f(float{}); return;
-    case DType::kF64: f(double{}); return;
-    case DType::kBF16: f(bf16{}); return;
-    default: SM_CHECK_MSG(false, op, ": expected f32, f64 or bf16, got ", t.DebugString());
+    case DType::kF32:
+      f(float{});
+      return;
+    case DType::kF64:
+      f(double{});
+      return;
+    case DType::kBF16:
+      f(bf16{});
+      return;
+    default:
+      SM_CHECK_MSG(false, op, ": expected f32, f64 or bf16, got ", t.DebugString());
   }
 }
 
@@ -126,8 +136,8 @@ void DispatchSameOrBf16(const Tensor& t, const char* op, const char* what, F&& f
   } else if (t.dtype() == DType::kBF16) {
     f(bf16{});
   } else {
-    SM_CHECK_MSG(false, op, ": ", what, " must be ", DTypeName(DTypeOf<T>::value),
-                 " or bf16, got ", t.DebugString());
+    SM_CHECK_MSG(false, op, ": ", what, " must be ", DTypeName(DTypeOf<T>::value), " or bf16, got ",
+                 t.DebugString());
   }
 }
 

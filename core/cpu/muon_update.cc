@@ -30,8 +30,8 @@ void MuonMomentum(const ExecContext&, const Tensor& grads, const Tensor& momentu
   CheckCpuContiguous(momentum, kOp, "momentum");
   CheckCpuContiguous(update, kOp, "update");
   SM_CHECK_MSG(grads.numel() == momentum.numel() && update.dtype() == momentum.dtype(), kOp,
-               ": grads ", grads.DebugString(), ", momentum ", momentum.DebugString(),
-               ", update ", update.DebugString());
+               ": grads ", grads.DebugString(), ", momentum ", momentum.DebugString(), ", update ",
+               update.DebugString());
   const Table table = ReadTable(segments, 3, kOp);
   CheckRows(table, momentum.numel(), update.numel(), kOp);
   const Control c = ReadControl(control, kOp, /*needs_clip=*/true, /*needs_count=*/false);

@@ -131,7 +131,8 @@ std::map<std::string, std::vector<double>> Reference(const config::RunConfig& co
       }
       p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
     }
-    const StepStats stats = ReadStepStats(ExecContext::Cpu(), (*opt)->Step(ExecContext::Cpu(), t));
+    const ExecContext ctx = ExecContext::Cpu();
+    const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, t));
     SM_CHECK(stats.applied);
     norms->push_back(stats.grad_norm);
   }
@@ -249,8 +250,9 @@ TEST(DistributedOptimizerTest, ShardedDecayFollowsTheRolePolicyPerElement) {
                  Build(reg, {}, DType::kF64);
                  SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg));
                  reg.ZeroGrads();
-                 SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), 0));
-      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
+                 const ExecContext ctx = ExecContext::Cpu();
+                 SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, 0));
+                 const StepStats stats = ReadStepStats(ctx, result);
                  std::lock_guard<std::mutex> lock(mu);
                  EXPECT_DOUBLE_EQ(stats.lr, lr);
                  for (const char* name : {"in_gamma", "in_gamma2"}) {
@@ -399,7 +401,8 @@ void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
         }
         p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
       }
-      const StepStats stats = ReadStepStats(ExecContext::Cpu(), (*opt)->Step(ExecContext::Cpu(), t));
+      const ExecContext ctx = ExecContext::Cpu();
+      const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, t));
       SM_CHECK(stats.applied);
       ref_norms.push_back(stats.grad_norm);
     }
@@ -562,8 +565,9 @@ TEST(DistributedOptimizerTest, NonFiniteGradientOnOneRankChangesNothingAnywhere)
                            SetLocalGrads(reg, pg.coords.global, 0);
                            if (pg.coords.global == 1)
                              reg.Find("in_gamma")->grad.data<float>()[2] = NAN;
-                           SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), 0));
-      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
+                           const ExecContext ctx = ExecContext::Cpu();
+                           SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, 0));
+                           const StepStats stats = ReadStepStats(ctx, result);
                            EXPECT_FALSE(stats.applied);
                            EXPECT_FALSE(std::isfinite(stats.grad_norm));
                            EXPECT_EQ(opt->num_updates(), 0);

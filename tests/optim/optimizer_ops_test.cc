@@ -28,7 +28,8 @@ Tensor Vec(const Values& v, DType dtype) {
 
 Values Wave(int64_t n, double phase, double scale = 1.0) {
   Values v(n);
-  for (int64_t i = 0; i < n; ++i) v[i] = scale * (std::sin(0.7 * i + phase) + 0.2 * std::cos(1.9 * i));
+  for (int64_t i = 0; i < n; ++i)
+    v[i] = scale * (std::sin(0.7 * i + phase) + 0.2 * std::cos(1.9 * i));
   return v;
 }
 
@@ -95,9 +96,9 @@ TEST(GradNormControlTest, NormClipFactorFlagAndCount) {
     bool nonfinite;
   };
   const double inf = std::numeric_limits<double>::infinity();
-  for (const Case& c : {Case{25, 2, 5, 0.4, false}, Case{25, 10, 5, 1, false},
-                        Case{25, 5, 5, 1, false}, Case{25, 0, 5, 1, false},
-                        Case{0, 1, 0, 1, false}, Case{inf, 1, inf, 1, true}}) {
+  for (const Case& c :
+       {Case{25, 2, 5, 0.4, false}, Case{25, 10, 5, 1, false}, Case{25, 5, 5, 1, false},
+        Case{25, 0, 5, 1, false}, Case{0, 1, 0, 1, false}, Case{inf, 1, inf, 1, true}}) {
     SCOPED_TRACE(::testing::Message() << "sum " << c.sum << " max " << c.max_norm);
     ops::StepControl control = TestControl(3, /*clip_factor=*/-1, /*nonfinite=*/true);
     Tensor norm = Tensor::Empty({1}, DType::kF64);
@@ -244,7 +245,8 @@ TEST(MuonMomentumTest, MomentumAndNesterovIntoThePackedUpdate) {
       }
       const Values b = momentum.ToVector(), u = update.ToVector();
       for (int64_t k = 0; k < kMuonN; ++k) EXPECT_NEAR(b[k], buf[k], Tolerance(dtype, buf[k])) << k;
-      for (int64_t k = 0; k < kPackedN; ++k) EXPECT_NEAR(u[k], want[k], Tolerance(dtype, want[k])) << k;
+      for (int64_t k = 0; k < kPackedN; ++k)
+        EXPECT_NEAR(u[k], want[k], Tolerance(dtype, want[k])) << k;
       EXPECT_EQ(u[0], -5);  // no row writes it
       EXPECT_EQ(b[7], 0.0);
     }
@@ -306,7 +308,8 @@ TEST(MuonApplyTest, DecayAndScaledStepPerRow) {
       }
     }
     const Values got = params.ToVector();
-    for (int64_t k = 0; k < kMuonN; ++k) EXPECT_NEAR(got[k], want[k], Tolerance(dtype, want[k])) << k;
+    for (int64_t k = 0; k < kMuonN; ++k)
+      EXPECT_NEAR(got[k], want[k], Tolerance(dtype, want[k])) << k;
     // Non-finite: nothing moves.
     ops::MuonApply(Ctx(), params, ortho, Table(kMuonRows, DType::kI64),
                    Table(kMuonCoeffs, DType::kF64), kLr, TestControl(2, 1.0, true));

@@ -6,7 +6,6 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "optim/clip.h"
 #include "optim/optimizer_config.h"
 
 namespace scalemoe {
@@ -143,7 +142,9 @@ TEST(OptimizerTest, NonFiniteStepIsSkippedOnTheDevice) {
     EXPECT_TRUE(std::isnan(bad.grad_norm));
     EXPECT_EQ(a.reg.flat_values().ToVector(), values);
     size_t i = 0;
-    for (const auto& [name, t] : (*opt_a)->StateTensors()) EXPECT_EQ(t.ToVector(), state[i++]) << name;
+    for (const auto& [name, t] : (*opt_a)->StateTensors()) {
+      EXPECT_EQ(t.ToVector(), state[i++]) << name;
+    }
     EXPECT_EQ((*opt_a)->num_updates(), 2);
     a.SetGrads(3);
     b.SetGrads(3);

@@ -10,8 +10,7 @@
 namespace scalemoe {
 
 // Update count t (this update included), clip factor, non-finite flag.
-inline ops::StepControl TestControl(int64_t t, double clip_factor = 1.0,
-                                    bool nonfinite = false) {
+inline ops::StepControl TestControl(int64_t t, double clip_factor = 1.0, bool nonfinite = false) {
   ops::StepControl c;
   c.clip_factor = Tensor::FromVector({1}, {clip_factor}, DType::kF64);
   c.nonfinite = Tensor::FromVector({1}, {nonfinite ? 1.0 : 0.0}, DType::kI32);
