@@ -244,4 +244,105 @@ void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, con
                                 const Tensor& dots, int64_t dim, const Tensor& d_gamma,
                                 const Tensor& d_alpha, const Tensor& d_beta);
 
+// ---------------------------------------------------------------- optimizer ops (optim/)
+// Owner: the optimizer work. Add declarations below this line.
+//
+// Multi-tensor ops over flat buffers (parameters, gradients, optimizer state
+// and master weights are flat, optim/ and core/params.h): one call covers many
+// parameters, each a range of the buffers named by one row of a small
+// segment table, an i64 tensor on the context's device built once on the host
+// (core/host_table.h) and never read back. Rows are disjoint; their order is
+// the order of any sum over them. A CUDA kernel maps blocks to chunks of the
+// rows (no per-parameter launches); sums are per chunk, then added in row
+// order (deterministic, no float atomics).
+//
+// Device-resident step: the gradient norm's outcome never goes to the host.
+// GradNormControl turns the all-reduced sum of squares into a StepControl,
+// and the update ops read it: they multiply gradients by clip_factor and do
+// nothing at all (parameters, state, num_updates untouched) when nonfinite is
+// set, so a non-finite step is skipped on the device.
+
+// The control values of one optimizer step, on the context's device.
+struct StepControl {
+  Tensor clip_factor;  // f64 [1]: gradients are multiplied by it (1: no clipping)
+  Tensor nonfinite;    // i32 [1]: 1 when the gradient norm is NaN/Inf, else 0
+  Tensor num_updates;  // i64 [1]: updates applied so far, this step's included
+};
+
+// dst[dst_begin + i] = src[src_begin + i] for i < count, per row of
+// segments i64 [S, 3] = (src_begin, dst_begin, count). src and dst are
+// contiguous f32, f64 or bf16 buffers of any shape, indexed flat (dtypes may
+// differ: converted, bf16 rounded to nearest even); destination ranges are
+// disjoint and do not overlap the source ranges. ZeRO-1's packing of
+// gradients into a shard space and its unpacking of gathered master weights.
+void CopySegments(const ExecContext& ctx, const Tensor& src, const Tensor& dst,
+                  const Tensor& segments);
+
+// Sums of squares of ranges of x (contiguous f32, f64 or bf16, indexed
+// flat), each accumulated in f64 from 0, ADDED into sums (f64): sums [S]
+// gets row s's sum in sums[s]; sums [1] with S > 1 gets the rows' sums one by
+// one in row order. Rows of segments i64 [S, 2] = (begin, end).
+void SegmentSumOfSquares(const ExecContext& ctx, const Tensor& x, const Tensor& segments,
+                         const Tensor& sums);
+
+// From the global sum of squares sum_of_squares f64 [1] (every rank's share,
+// all-reduced): grad_norm f64 [1] = sqrt(sum) (NaN/Inf when not finite);
+// control.nonfinite = 1 if grad_norm is not finite, else 0;
+// control.clip_factor = max_norm / grad_norm when max_norm > 0 and a finite
+// grad_norm exceeds it, else 1; control.num_updates += 1 unless nonfinite.
+void GradNormControl(const ExecContext& ctx, const Tensor& sum_of_squares, double max_norm,
+                     const Tensor& grad_norm, const StepControl& control);
+
+struct AdamWUpdateOptions {
+  double lr = 0.0;  // scheduled rate; each row multiplies it by its lr multiplier
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+};
+
+// AdamW with decoupled weight decay (PyTorch's torch.optim.AdamW) on the
+// rows of segments i64 [S, 2] = (begin, end) of params, grads, exp_avg and
+// exp_avg_sq (flat, one index space), with coefficients f64 [S, 2] = (lr
+// multiplier, weight decay per unit lr). Per element, lr_s = lr · lr_mult,
+// wd_s the row's decay, t = control.num_updates, g = grad · clip_factor:
+//   p ← p·(1 − lr_s·wd_s)
+//   m ← β1·m + (1−β1)·g,   v ← β2·v + (1−β2)·g²
+//   p ← p − (lr_s / (1−β1^t)) · m / (sqrt(v) / sqrt(1−β2^t) + ε)
+// No-op when control.nonfinite. params, exp_avg, exp_avg_sq share a dtype
+// (f32 or f64: master weights and state); grads that dtype or bf16.
+// Elements outside the rows are not touched.
+void AdamWUpdate(const ExecContext& ctx, const Tensor& params, const Tensor& grads,
+                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& segments,
+                 const Tensor& coefficients, const AdamWUpdateOptions& options,
+                 const StepControl& control);
+
+struct MuonMomentumOptions {
+  double momentum = 0.95;
+  bool nesterov = true;
+};
+
+// Muon's momentum over the rows of segments i64 [S, 3] = (begin, end,
+// packed_begin): grads and momentum indexed [begin, end), update written at
+// [packed_begin, packed_begin + end − begin) (matrices of one shape packed
+// back to back, for one batched Newton–Schulz). With g = grad · clip_factor:
+//   B ← μ·B + g;   update = g + μ·B (nesterov) or B.
+// No-op when control.nonfinite (momentum kept, update not written).
+// momentum and update share a dtype (f32 or f64); grads that or bf16.
+void MuonMomentum(const ExecContext& ctx, const Tensor& grads, const Tensor& momentum,
+                  const Tensor& update, const Tensor& segments,
+                  const MuonMomentumOptions& options, const StepControl& control);
+
+// x [R, C], or [B, R, C] for B matrices: each matrix X ← X / (‖X‖_F + eps),
+// the norm accumulated in f64 (Newton–Schulz's first step). f32, f64, bf16.
+void FrobeniusNormalize(const ExecContext& ctx, const Tensor& x, double eps);
+
+// Muon's update of the rows of segments i64 [S, 3] = (begin, end,
+// packed_begin) with coefficients f64 [S, 3] = (lr multiplier, weight decay
+// per unit lr, shape scale), lr_s = lr · lr_mult:
+//   p[begin + i] ← p·(1 − lr_s·wd_s) − lr_s·scale_s·ortho[packed_begin + i].
+// No-op when control.nonfinite. params f32 or f64; ortho that or bf16.
+void MuonApply(const ExecContext& ctx, const Tensor& params, const Tensor& ortho,
+               const Tensor& segments, const Tensor& coefficients, double lr,
+               const StepControl& control);
+
 }  // namespace scalemoe::ops

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/logging.h"
+#include "core/host_table.h"
 #include "core/ops.h"
 #include "launch/train_loop.h"
 #include "model/pipeline_model_stage.h"
@@ -129,7 +130,7 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
   }
   SM_RETURN_IF_ERROR(pp.AllReduce(ctx_, loss));
   SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, loss));
-  return ctx_.ToHost(loss).At(0) / groups_.dp->size();
+  return ReadScalar(ctx_, loss) / groups_.dp->size();
 }
 
 // The first and last stage swap their local embedding gradients and each

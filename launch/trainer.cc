@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/logging.h"
+#include "core/host_table.h"
 #include "core/ops.h"
 #include "core/params.h"
 #include "data/token_loader.h"
@@ -174,7 +175,7 @@ StatusOr<double> TrainLoop::Evaluate() {
   }
   // TP ranks hold the same TP-global loss: mean over dp replicas only.
   SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, loss));
-  return ctx_.ToHost(loss).At(0) / groups_.dp->size();
+  return ReadScalar(ctx_, loss) / groups_.dp->size();
 }
 
 Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm,
@@ -327,7 +328,10 @@ StatusOr<TrainResult> TrainLoop::Run() {
     if (pipelined() && cfg_.model().tied_embeddings()) {
       SM_RETURN_IF_ERROR(SumTiedEmbeddingGrads());
     }
-    SM_ASSIGN_OR_RETURN(const StepStats stats, optimizer_->Step(ctx_, step));
+    SM_ASSIGN_OR_RETURN(const StepResult step_result, optimizer_->Step(ctx_, step));
+    // The step's norm and non-finite flag, read on the host right away (two
+    // reads per step) for the SKIP/STOP policy and the log line.
+    const StepStats stats = ReadStepStats(ctx_, step_result);
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
     // Under TP every TP rank of a replica holds the same TP-global losses:
     // reduce over pp and dp only (a world sum would count them tp times).

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_table.h"
 #include "core/ops.h"
 #include "model/weight_spec.h"
 #include "norm/scale_options.h"
@@ -213,9 +214,8 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
     }
   }
   // The MoE layers still report host values (moe/router.h).
-  double aux_z[2] = {aux_sum, z_sum};
-  SM_RETURN_IF_ERROR(ctx.CopyAcross(Tensor::FromBlob(aux_z, {2}, DType::kF64, Device::kCPU),
-                                    out.losses.Narrow(0, kAuxLoss, 2)));
+  ops::Copy(ctx, TableToDevice(ctx, {2}, std::vector<double>{aux_sum, z_sum}),
+            out.losses.Narrow(0, kAuxLoss, 2));
   const Tensor total = out.losses.Narrow(0, kTotalLoss, 1);
   if (!is_last_stage()) {
     out.output = residuals_.back();
@@ -236,8 +236,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   if (vocab_loss_) {
     StatusOr<double> vocab_ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
     SM_RETURN_IF_ERROR_CTX(vocab_ce.status(), "vocab-parallel cross-entropy");
-    SM_RETURN_IF_ERROR(
-        ctx.CopyAcross(Tensor::FromBlob(&*vocab_ce, {1}, DType::kF64, Device::kCPU), ce));
+    ops::Copy(ctx, TableToDevice(ctx, {1}, std::vector<double>{*vocab_ce}), ce);
   } else {
     ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_, ce);
   }
@@ -246,12 +245,12 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
 }
 
 LossBreakdown ReadLosses(const ExecContext& ctx, const Tensor& losses, int64_t tokens) {
-  const Tensor host = ctx.ToHost(losses);
+  const std::vector<double> v = ReadValues(ctx, losses);
   LossBreakdown l;
-  l.total = host.At(kTotalLoss);
-  l.cross_entropy = host.At(kCrossEntropyLoss);
-  l.aux = host.At(kAuxLoss);
-  l.z = host.At(kZLoss);
+  l.total = v[kTotalLoss];
+  l.cross_entropy = v[kCrossEntropyLoss];
+  l.aux = v[kAuxLoss];
+  l.z = v[kZLoss];
   l.tokens = tokens;
   return l;
 }

@@ -1,44 +1,55 @@
 #include "optim/clip.h"
 
-#include <cmath>
-
-#include "core/ops.h"
+#include "core/host_table.h"
 
 namespace scalemoe {
 
-double SumOfSquares(const Tensor& x) {
-  SM_CHECK_MSG(x.device() == Device::kCPU && x.is_contiguous(),
-               "SumOfSquares needs a contiguous CPU tensor, got ", x.DebugString());
-  double sum = 0.0;
-  const int64_t n = x.numel();
-  if (x.dtype() == DType::kF32) {
-    const float* p = x.data<float>();
-    for (int64_t i = 0; i < n; ++i) sum += static_cast<double>(p[i]) * p[i];
-  } else {
-    SM_CHECK_MSG(x.dtype() == DType::kF64, "SumOfSquares: f32/f64 only, got ", x.DebugString());
-    const double* p = x.data<double>();
-    for (int64_t i = 0; i < n; ++i) sum += p[i] * p[i];
+void GradNormRanges::Add(const Tensor& buffer, const std::vector<Range>& ranges) {
+  Run run;
+  run.buffer = buffer;
+  for (const auto& [begin, end] : ranges) {
+    SM_CHECK_MSG(0 <= begin && begin <= end && end <= buffer.numel(), "GradNormRanges: [",
+                 begin, ", ", end, ") outside ", buffer.DebugString());
+    if (begin == end) continue;
+    run.rows.push_back(begin);
+    run.rows.push_back(end);
   }
-  return sum;
+  if (!run.rows.empty()) runs_.push_back(std::move(run));
 }
 
-double GlobalGradNorm(const ParamRegistry& registry) {
-  double sum = 0.0;
-  for (const auto& p : registry.params()) {
-    if (IsTrainable(p->spec.role)) sum += SumOfSquares(p->grad);
+void GradNormRanges::Upload(const ExecContext& ctx) {
+  for (Run& run : runs_) {
+    run.segments =
+        TableToDevice(ctx, {static_cast<int64_t>(run.rows.size() / 2), 2}, run.rows);
   }
-  return std::sqrt(sum);
 }
 
-double ClipGradients(ParamRegistry& registry, double max_norm) {
-  const double norm = GlobalGradNorm(registry);
-  if (max_norm <= 0.0 || !std::isfinite(norm) || norm <= max_norm) return norm;
-  const double scale = max_norm / norm;
-  const ExecContext ctx = ExecContext::Cpu();
-  for (const auto& p : registry.params()) {
-    if (IsTrainable(p->spec.role)) ops::Scale(ctx, scale, p->grad);
+void GradNormRanges::Accumulate(const ExecContext& ctx, const Tensor& sum) const {
+  for (const Run& run : runs_) {
+    SM_CHECK_MSG(run.segments.defined(), "GradNormRanges::Accumulate before Upload");
+    ops::SegmentSumOfSquares(ctx, run.buffer, run.segments, sum);
   }
-  return norm;
+}
+
+std::vector<GradNormRanges::Range> TrainedRanges(const ParamGroups& groups) {
+  std::vector<GradNormRanges::Range> out;
+  for (const ParamGroupEntry& e : groups.entries()) {
+    const Param& p = *e.param;
+    if (groups.group(e.group).rule == UpdateRule::kNone || p.local_numel() == 0) continue;
+    out.emplace_back(p.flat_offset, p.flat_offset + p.local_numel());
+  }
+  return out;
+}
+
+NormCheck CheckGradNorm(const ExecContext& ctx, const Tensor& sum_of_squares, double max_norm,
+                        const Tensor& num_updates) {
+  NormCheck out;
+  out.grad_norm = ctx.Empty({1}, DType::kF64);
+  out.control.clip_factor = ctx.Empty({1}, DType::kF64);
+  out.control.nonfinite = ctx.Empty({1}, DType::kI32);
+  out.control.num_updates = num_updates;
+  ops::GradNormControl(ctx, sum_of_squares, max_norm, out.grad_norm, out.control);
+  return out;
 }
 
 }  // namespace scalemoe

@@ -1,10 +1,10 @@
 #include "optim/distributed_optimizer.h"
 
 #include <algorithm>
-#include <cmath>
 #include <unordered_set>
 #include <utility>
 
+#include "core/host_table.h"
 #include "core/ops.h"
 #include "norm/scale_options.h"
 #include "optim/clip.h"
@@ -40,26 +40,33 @@ bool CountsInNorm(const Param& p, const ProcessGroups& groups) {
          (p.spec.layout.is_expert() ? groups.edp : groups.dp)->rank() == 0;
 }
 
+// Rows (src_begin, dst_begin, count) for ops::CopySegments, on ctx.
+Tensor CopyTable(const ExecContext& ctx, const std::vector<int64_t>& rows) {
+  return TableToDevice(ctx, {static_cast<int64_t>(rows.size() / 3), 3}, rows);
+}
+
 }  // namespace
 
 // One ZeRO-1 shard space: the AdamW elements of one domain, packed in
 // registry order, zero-padded to size() · shard, rank r owning packed
-// [r·shard, (r+1)·shard).
+// [r·shard, (r+1)·shard). The packed runs are back to back, so this rank's
+// pieces fill [0, owned) of its shard and the rest is padding.
 struct DistributedOptimizer::Domain {
   struct Run {  // flat [flat_begin, flat_end) stored at packed_begin
     int64_t flat_begin, flat_end, packed_begin;
-  };
-  struct Piece {  // flat [flat_begin, flat_end) at shard_offset of this rank's shard
-    int64_t flat_begin, flat_end, shard_offset;
   };
   Communicator* comm = nullptr;
   std::vector<Run> runs;
   int64_t numel = 0;
   int64_t shard = 0;
-  std::vector<Piece> pieces;
-  std::vector<AdamW> adamw;  // one per piece
-  Tensor master;             // [shard] master weights
-  Tensor grad;               // [shard] reduced gradient
+  int64_t owned = 0;           // this rank's elements: [0, owned) of the shard
+  std::vector<AdamW::Piece> pieces;  // flat pieces at their shard offsets
+  std::optional<AdamW> adamw;  // over [0, owned) of the shard; none when owned == 0
+  Tensor master;               // [shard] master weights
+  Tensor grad;                 // [shard] reduced gradient
+  Tensor pack;                 // CopySegments rows: flat grads -> packed
+  Tensor unpack;               // CopySegments rows: gathered packed -> flat values
+  Tensor load_master;          // CopySegments rows: flat values -> master
 
   int64_t padded() const { return shard * comm->size(); }
 };
@@ -110,11 +117,24 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
       groups_(std::move(param_groups)) {
   const DType dtype = registry.flat_values().dtype();
   const int64_t bucket = config.parallel().grad_bucket_elements();
+  num_updates_ = ctx_.Zeros({1}, DType::kI64);
   if (options_.type() == config::OptimizerConfig::MUON)
-    muon_.emplace(MuonOptionsFrom(options_), groups_, dtype);
+    muon_.emplace(MuonOptionsFrom(options_), groups_, dtype, ctx_);
+  // The norm: what this rank counts of the replicated gradients (everything
+  // trained under stage 0, the Muon matrices under stage 1).
+  std::vector<GradNormRanges::Range> replicated;
+  for (const ParamGroupEntry& e : groups_.entries()) {
+    const UpdateRule rule = groups_.group(e.group).rule;
+    const bool held = zero_stage_ == 0 ? rule != UpdateRule::kNone : rule == UpdateRule::kMuon;
+    if (held && CountsInNorm(*e.param, groups)) {
+      replicated.emplace_back(e.param->flat_offset, e.param->flat_offset + e.param->local_numel());
+    }
+  }
   if (zero_stage_ == 0) {
     grad_sync_ = std::make_unique<GradSync>(ctx_, registry, groups, bucket);
-    adamw_.emplace(AdamWOptionsFrom(options_), groups_, 0, groups_.total_numel(), dtype);
+    adamw_.emplace(AdamWOptionsFrom(options_), groups_, 0, groups_.total_numel(), dtype, ctx_);
+    norm_ranges_.Add(registry.flat_grads(), replicated);
+    norm_ranges_.Upload(ctx_);
     return;
   }
   std::unordered_set<const Param*> muon_params;
@@ -141,18 +161,46 @@ DistributedOptimizer::DistributedOptimizer(const config::RunConfig& config, Para
     const int64_t size = d->comm->size();
     d->shard = (d->numel + size - 1) / size;
     const int64_t mine_begin = d->comm->rank() * d->shard, mine_end = mine_begin + d->shard;
+    d->owned = std::clamp<int64_t>(d->numel - mine_begin, 0, d->shard);
+    std::vector<int64_t> pack, unpack, load_master;
     for (const Domain::Run& r : d->runs) {
-      const int64_t packed_end = r.packed_begin + (r.flat_end - r.flat_begin);
-      const int64_t b = std::max(r.packed_begin, mine_begin), e = std::min(packed_end, mine_end);
+      const int64_t n = r.flat_end - r.flat_begin;
+      pack.insert(pack.end(), {r.flat_begin, r.packed_begin, n});
+      unpack.insert(unpack.end(), {r.packed_begin, r.flat_begin, n});
+      const int64_t b = std::max(r.packed_begin, mine_begin);
+      const int64_t e = std::min(r.packed_begin + n, mine_end);
       if (b >= e) continue;
       const int64_t flat_b = r.flat_begin + (b - r.packed_begin);
       d->pieces.push_back({flat_b, flat_b + (e - b), b - mine_begin});
-      d->adamw.emplace_back(AdamWOptionsFrom(options_), groups_, flat_b, flat_b + (e - b), dtype);
+      load_master.insert(load_master.end(), {flat_b, b - mine_begin, e - b});
     }
-    d->master = Tensor::Zeros({d->shard}, dtype);
-    d->grad = Tensor::Zeros({d->shard}, dtype);
+    d->pack = CopyTable(ctx_, pack);
+    d->unpack = CopyTable(ctx_, unpack);
+    d->load_master = CopyTable(ctx_, load_master);
+    if (d->owned > 0) {
+      d->adamw.emplace(AdamWOptionsFrom(options_), groups_, d->pieces, d->owned, dtype, ctx_);
+    }
+    d->master = ctx_.Zeros({d->shard}, dtype);
+    d->grad = ctx_.Zeros({d->shard}, dtype);
+    // This rank's shard of the reduced gradients, parameter by parameter,
+    // skipping what another (E)TP rank counts (replicated over the group) and
+    // tied embedding copies; padding is never counted.
+    std::vector<GradNormRanges::Range> shard_ranges;
+    for (const AdamW::Piece& piece : d->pieces) {
+      for (const ParamGroupEntry& e : groups_.entries()) {
+        const Param& p = *e.param;
+        const int64_t b = std::max(piece.flat_begin, p.flat_offset);
+        const int64_t end = std::min(piece.flat_end, p.flat_offset + p.local_numel());
+        if (b >= end || !CountsOverTp(p, groups)) continue;
+        const int64_t offset = piece.offset + (b - piece.flat_begin);
+        shard_ranges.emplace_back(offset, offset + (end - b));
+      }
+    }
+    norm_ranges_.Add(d->grad, shard_ranges);
     domains_.push_back(std::move(d));
   }
+  norm_ranges_.Add(registry.flat_grads(), replicated);
+  norm_ranges_.Upload(ctx_);
   LoadMasterFromParams();
   if (!muon_params.empty()) {
     grad_sync_ = std::make_unique<GradSync>(
@@ -167,12 +215,17 @@ double DistributedOptimizer::LearningRateAt(int64_t step) const {
   return LearningRate(schedule_, options_.lr(), options_.min_lr(), step, total_steps_);
 }
 
+int64_t DistributedOptimizer::num_updates() const {
+  return static_cast<int64_t>(ReadScalar(ctx_, num_updates_));
+}
+
+void DistributedOptimizer::set_num_updates(int64_t n) {
+  ops::Copy(ctx_, TableToDevice(ctx_, {1}, std::vector<int64_t>{n}), num_updates_);
+}
+
 void DistributedOptimizer::LoadMasterFromParams() {
   for (auto& d : domains_) {
-    for (const Domain::Piece& p : d->pieces) {
-      d->master.Narrow(0, p.shard_offset, p.flat_end - p.flat_begin)
-          .CopyFrom(registry_.flat_values().Narrow(0, p.flat_begin, p.flat_end - p.flat_begin));
-    }
+    ops::CopySegments(ctx_, registry_.flat_values(), d->master, d->load_master);
   }
 }
 
@@ -180,12 +233,9 @@ Status DistributedOptimizer::SyncGradients() {
   const ExecContext& ctx = ctx_;
   const double inv_dp = 1.0 / process_groups_.dp->size();
   for (auto& d : domains_) {
-    Tensor packed = Tensor::Zeros({d->padded()}, d->grad.dtype());
-    for (const Domain::Run& r : d->runs) {
-      const int64_t n = r.flat_end - r.flat_begin;
-      packed.Narrow(0, r.packed_begin, n)
-          .CopyFrom(registry_.flat_grads().Narrow(0, r.flat_begin, n));
-    }
+    Tensor packed = ctx.Empty({d->padded()}, d->grad.dtype());
+    if (d->padded() > d->numel) ops::Zero(ctx, packed.Narrow(0, d->numel, d->padded() - d->numel));
+    ops::CopySegments(ctx, registry_.flat_grads(), packed, d->pack);
     SM_RETURN_IF_ERROR(d->comm->ReduceScatter(ctx, packed, d->grad));
     ops::Scale(ctx, inv_dp, d->grad);
   }
@@ -198,85 +248,45 @@ Status DistributedOptimizer::GradientsReady(int64_t begin, int64_t end) {
   return grad_sync_ ? grad_sync_->LaunchRange(begin, end) : absl::OkStatus();
 }
 
-StatusOr<double> DistributedOptimizer::GlobalGradNorm() {
-  double local = 0.0;
-  // Stage 1: the reduced gradients of this rank's shards, parameter by
-  // parameter, skipping what another (E)TP rank counts (replicated over the
-  // group) and tied embedding copies; padding is never counted.
-  for (const auto& d : domains_) {
-    for (const Domain::Piece& piece : d->pieces) {
-      for (const ParamGroupEntry& e : groups_.entries()) {
-        const Param& p = *e.param;
-        const int64_t b = std::max(piece.flat_begin, p.flat_offset);
-        const int64_t end = std::min(piece.flat_end, p.flat_offset + p.local_numel());
-        if (b >= end || !CountsOverTp(p, process_groups_)) continue;
-        const int64_t offset = piece.shard_offset + (b - piece.flat_begin);
-        local += SumOfSquares(d->grad.Narrow(0, offset, end - b));
-      }
-    }
-  }
-  for (const ParamGroupEntry& e : groups_.entries()) {
-    const UpdateRule rule = groups_.group(e.group).rule;
-    // Stage 1 holds AdamW gradients in the shards; the rest is replicated.
-    const bool replicated =
-        zero_stage_ == 0 ? rule != UpdateRule::kNone : rule == UpdateRule::kMuon;
-    if (replicated && CountsInNorm(*e.param, process_groups_)) local += SumOfSquares(e.param->grad);
-  }
-  Tensor sum = Tensor::FromVector({1}, {local}, DType::kF64);
-  SM_RETURN_IF_ERROR(process_groups_.world->AllReduce(ctx_, sum));
-  return std::sqrt(sum.At(0));
-}
-
-void DistributedOptimizer::ScaleGradients(double factor) {
-  const ExecContext& ctx = ctx_;
-  for (auto& d : domains_) ops::Scale(ctx, factor, d->grad);
-  for (const ParamGroupEntry& e : groups_.entries()) {
-    const UpdateRule rule = groups_.group(e.group).rule;
-    if (zero_stage_ == 0 ? rule != UpdateRule::kNone : rule == UpdateRule::kMuon) {
-      ops::Scale(ctx, factor, e.param->grad);
-    }
-  }
-}
-
 Status DistributedOptimizer::GatherParameters() {
   for (auto& d : domains_) {
-    Tensor packed = Tensor::Empty({d->padded()}, d->master.dtype());
+    Tensor packed = ctx_.Empty({d->padded()}, d->master.dtype());
     SM_RETURN_IF_ERROR(d->comm->AllGather(ctx_, d->master, packed));
-    for (const Domain::Run& r : d->runs) {
-      const int64_t n = r.flat_end - r.flat_begin;
-      registry_.flat_values()
-          .Narrow(0, r.flat_begin, n)
-          .CopyFrom(packed.Narrow(0, r.packed_begin, n));
-    }
+    ops::CopySegments(ctx_, packed, registry_.flat_values(), d->unpack);
   }
   return absl::OkStatus();
 }
 
-StatusOr<StepStats> DistributedOptimizer::Step(const ExecContext& ctx, int64_t step) {
-  StepStats stats;
-  stats.lr = LearningRateAt(step);
-  stats.muon_lr = muon_ ? stats.lr * options_.muon_lr() / options_.lr() : 0.0;
+StatusOr<StepResult> DistributedOptimizer::Step(const ExecContext& ctx, int64_t step) {
+  SM_CHECK_MSG(ctx.device() == ctx_.device() && ctx.stream() == ctx_.stream(),
+               "DistributedOptimizer::Step on another device or stream than its buffers'");
+  StepResult result;
+  result.lr = LearningRateAt(step);
+  result.muon_lr = muon_ ? result.lr * options_.muon_lr() / options_.lr() : 0.0;
   SM_RETURN_IF_ERROR(SyncGradients());
-  SM_ASSIGN_OR_RETURN(stats.grad_norm, GlobalGradNorm());
-  if (!std::isfinite(stats.grad_norm)) return stats;
-  const double max_norm = options_.grad_clip();
-  if (max_norm > 0.0 && stats.grad_norm > max_norm) ScaleGradients(max_norm / stats.grad_norm);
-  ++num_updates_;
+  // The global norm: this rank's share, summed over the world on the device.
+  const Tensor sum = ctx_.Zeros({1}, DType::kF64);
+  norm_ranges_.Accumulate(ctx_, sum);
+  SM_RETURN_IF_ERROR(process_groups_.world->AllReduce(ctx_, sum));
+  const NormCheck check = CheckGradNorm(ctx_, sum, options_.grad_clip(), num_updates_);
+  // A non-finite norm makes every update below a no-op on the device; the
+  // gather then writes back the unchanged master weights.
   if (adamw_) {
-    adamw_->Step(ctx, registry_.flat_values(), registry_.flat_grads(), stats.lr, num_updates_);
+    adamw_->Step(ctx_, registry_.flat_values(), registry_.flat_grads(), result.lr, check.control);
   }
   for (auto& d : domains_) {
-    for (size_t i = 0; i < d->pieces.size(); ++i) {
-      const Domain::Piece& p = d->pieces[i];
-      const int64_t n = p.flat_end - p.flat_begin;
-      d->adamw[i].Step(ctx, d->master.Narrow(0, p.shard_offset, n),
-                       d->grad.Narrow(0, p.shard_offset, n), stats.lr, num_updates_);
-    }
+    if (!d->adamw) continue;
+    d->adamw->Step(ctx_, d->master.Narrow(0, 0, d->owned), d->grad.Narrow(0, 0, d->owned),
+                   result.lr, check.control);
   }
-  if (muon_) muon_->Step(ctx, stats.muon_lr);
+  if (muon_) {
+    muon_->Step(ctx_, registry_.flat_values(), registry_.flat_grads(), result.muon_lr,
+                check.control);
+  }
   SM_RETURN_IF_ERROR(GatherParameters());
-  stats.applied = true;
-  return stats;
+  result.grad_norm = check.grad_norm;
+  result.nonfinite = check.control.nonfinite;
+  return result;
 }
 
 std::vector<StateSlice> DistributedOptimizer::StateSlices() const {
@@ -304,9 +314,11 @@ std::vector<StateSlice> DistributedOptimizer::StateSlices() const {
     add_rule("adam_v", adamw_->exp_avg_sq(), UpdateRule::kAdamW);
   }
   for (const auto& d : domains_) {
-    for (const AdamW& a : d->adamw) {
-      add("adam_m", a.exp_avg(), a.begin(), a.end());
-      add("adam_v", a.exp_avg_sq(), a.begin(), a.end());
+    if (!d->adamw) continue;
+    for (const AdamW::Piece& p : d->adamw->pieces()) {
+      const int64_t n = p.flat_end - p.flat_begin;
+      add("adam_m", d->adamw->exp_avg().Narrow(0, p.offset, n), p.flat_begin, p.flat_end);
+      add("adam_v", d->adamw->exp_avg_sq().Narrow(0, p.offset, n), p.flat_begin, p.flat_end);
     }
   }
   if (muon_) add_rule("muon_momentum", muon_->momentum(), UpdateRule::kMuon);
@@ -323,7 +335,7 @@ MemoryReport DistributedOptimizer::Memory() const {
   for (const auto& d : domains_) {
     state += d->master.nbytes();
     r.grad_bytes += static_cast<int64_t>(d->grad.nbytes());
-    for (const AdamW& a : d->adamw) state += a.exp_avg().nbytes() + a.exp_avg_sq().nbytes();
+    if (d->adamw) state += d->adamw->exp_avg().nbytes() + d->adamw->exp_avg_sq().nbytes();
   }
   r.optimizer_state_bytes = state;
   return r;

@@ -31,8 +31,10 @@
 // 0; one replicated over its (E)TP group only on (E)TP rank 0, a split one on
 // every (E)TP rank; a tied embedding only on the first pipeline stage, not
 // the last stage's copy),
-// all-reduced over the world, then clipping to optimizer.grad_clip. A
-// non-finite norm changes no parameter and no state (applied = false).
+// all-reduced over the world as a device tensor, then clipping to
+// optimizer.grad_clip inside the update ops. A non-finite norm changes no
+// parameter and no state (nonfinite = 1). The whole step stays on the
+// optimizer's context: it reads nothing on the host (no ctx.ToHost).
 #pragma once
 
 #include <cstdint>
@@ -45,6 +47,7 @@
 #include "core/params.h"
 #include "core/status.h"
 #include "optim/adamw.h"
+#include "optim/clip.h"
 #include "optim/muon.h"
 #include "optim/optimizer.h"
 #include "optim/optimizer_state.h"
@@ -83,17 +86,21 @@ class DistributedOptimizer {
   // matrices) starts early; Step waits for it and syncs the rest.
   Status GradientsReady(int64_t begin, int64_t end);
 
-  // Synchronises the gradients, clips and applies one update (see above).
-  // Collective over the world: every rank calls it with the same `step`.
-  // Errors are communication failures. Under stage 1 the registry's grads of
-  // AdamW elements stay this rank's local ones (the mean lives in the shard).
-  StatusOr<StepStats> Step(const ExecContext& ctx, int64_t step);
+  // Synchronises the gradients, clips and applies one update (see above),
+  // queued on the optimizer's context (`ctx` must share its device and
+  // stream). Collective over the world: every rank calls it with the same
+  // `step`, whatever the gradients hold. Errors are communication failures.
+  // Under stage 1 the registry's grads of AdamW elements stay this rank's
+  // local ones (the mean lives in the shard); clipping never rescales grads.
+  StatusOr<StepResult> Step(const ExecContext& ctx, int64_t step);
 
   double LearningRateAt(int64_t step) const;
   const ParamGroups& groups() const { return groups_; }
   int zero_stage() const { return zero_stage_; }
-  int64_t num_updates() const { return num_updates_; }
-  void set_num_updates(int64_t n) { num_updates_ = n; }
+  // Updates applied so far: a host read of the device counter (checkpoints),
+  // and its restore.
+  int64_t num_updates() const;
+  void set_num_updates(int64_t n);
 
   // The state this rank holds, per parameter ("optimizer.adam_m/<name>",
   // adam_v, muon_momentum), aliasing the live buffers, as ranges of the
@@ -115,8 +122,6 @@ class DistributedOptimizer {
                        const ProcessGroups& groups, ParamGroups param_groups,
                        const ExecContext& ctx);
   Status SyncGradients();
-  StatusOr<double> GlobalGradNorm();
-  void ScaleGradients(double factor);
   Status GatherParameters();
 
   ExecContext ctx_;
@@ -131,7 +136,8 @@ class DistributedOptimizer {
   std::optional<AdamW> adamw_;                    // stage 0: over [0, total)
   std::vector<std::unique_ptr<Domain>> domains_;  // stage 1: dense, expert
   std::optional<Muon> muon_;
-  int64_t num_updates_ = 0;
+  GradNormRanges norm_ranges_;  // what this rank counts toward the global norm
+  Tensor num_updates_;          // i64 [1] on ctx_
 };
 
 }  // namespace scalemoe

@@ -2,10 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <utility>
 
-#include "core/ops.h"
-#include "optim/clip.h"
+#include "core/host_table.h"
 
 namespace scalemoe {
 namespace {
@@ -17,29 +17,63 @@ constexpr double kNsEps = 1e-7;
 
 }  // namespace
 
-Muon::Muon(const MuonOptions& options, const ParamGroups& groups, DType dtype, Device device)
-    : options_(options), groups_(groups.groups()) {
+Muon::Muon(const MuonOptions& options, const ParamGroups& groups, DType dtype,
+           const ExecContext& ctx)
+    : options_(options), total_(groups.total_numel()) {
   SM_CHECK_MSG(dtype == DType::kF32 || dtype == DType::kF64, "Muon state dtype ",
                DTypeName(dtype), ": f32 or f64");
-  SM_CHECK_MSG(device == Device::kCPU, "Muon: CUDA path not in this build");
+  // Matrices by shape (registry order within a shape), packed class by class.
+  std::map<std::pair<int64_t, int64_t>, std::vector<const ParamGroupEntry*>> by_shape;
   for (const ParamGroupEntry& e : groups.entries()) {
-    if (groups_[e.group].rule == UpdateRule::kMuon) matrices_.push_back(e);
+    const Param& p = *e.param;
+    if (groups.group(e.group).rule != UpdateRule::kMuon || p.local_numel() == 0) continue;
+    SM_CHECK_MSG(p.local_shape.size() == 2, p.spec.name, ": Muon takes 2-D matrices");
+    by_shape[{p.local_shape[0], p.local_shape[1]}].push_back(&e);
   }
-  momentum_ = Tensor::Zeros({groups.total_numel()}, dtype, device);
+  std::vector<int64_t> rows;
+  std::vector<double> coefficients;
+  for (const auto& [shape, entries] : by_shape) {
+    const auto [r, c] = shape;
+    classes_.push_back({r, c, static_cast<int64_t>(entries.size()), packed_numel_});
+    const double shape_scale = std::sqrt(std::max(1.0, static_cast<double>(r) / c));
+    for (const ParamGroupEntry* e : entries) {
+      const Param& p = *e->param;
+      const ParamGroup& g = groups.group(e->group);
+      rows.insert(rows.end(), {p.flat_offset, p.flat_offset + p.local_numel(), packed_numel_});
+      coefficients.insert(coefficients.end(),
+                          {g.lr_mult, g.EffectiveWeightDecay(options_.weight_decay),
+                           shape_scale});
+      packed_numel_ += p.local_numel();
+    }
+  }
+  const int64_t matrices = static_cast<int64_t>(rows.size() / 3);
+  segments_ = TableToDevice(ctx, {matrices, 3}, rows);
+  coefficients_ = TableToDevice(ctx, {matrices, 3}, coefficients);
+  momentum_ = ctx.Zeros({total_}, dtype);
 }
 
 void Muon::NewtonSchulz(const ExecContext& ctx, const Tensor& g, const Tensor& out, int steps) {
-  SM_CHECK_MSG(g.ndim() == 2 && out.shape() == g.shape() && out.dtype() == g.dtype(),
-               "NewtonSchulz ", g.DebugString(), " -> ", out.DebugString());
-  const int64_t rows = g.dim(0), cols = g.dim(1);
+  SM_CHECK_MSG(out.shape() == g.shape() && out.dtype() == g.dtype(), "NewtonSchulz ",
+               g.DebugString(), " -> ", out.DebugString());
+  ops::Copy(ctx, g, out);
+  NewtonSchulzInPlace(ctx, out, steps);
+}
+
+void Muon::NewtonSchulzInPlace(const ExecContext& ctx, const Tensor& x_in, int steps) {
+  SM_CHECK_MSG(x_in.ndim() == 2 || x_in.ndim() == 3, "NewtonSchulz of ", x_in.DebugString(),
+               ": [R, C] or [B, R, C]");
+  const int64_t rows = x_in.dim(-2), cols = x_in.dim(-1);
   const bool tall = rows > cols;  // iterate on Xᵀ: Gram matrix on the small side
   const int64_t small = std::min(rows, cols);
-  Tensor x = out;
-  ops::Copy(ctx, g, x);
-  ops::Scale(ctx, 1.0 / (std::sqrt(SumOfSquares(x)) + kNsEps), x);
-  Tensor next = Tensor::Empty(g.shape(), g.dtype(), g.device());
-  Tensor gram = Tensor::Empty({small, small}, g.dtype(), g.device());
-  Tensor poly = Tensor::Empty({small, small}, g.dtype(), g.device());
+  Shape square = {small, small};
+  if (x_in.ndim() == 3) square.insert(square.begin(), x_in.dim(0));
+  ops::FrobeniusNormalize(ctx, x_in, kNsEps);
+  // x and next swap roles each iteration (no copy back); the result is
+  // copied into x_in at the end if it lies in the scratch buffer.
+  Tensor x = x_in;
+  Tensor next = ctx.Empty(x_in.shape(), x_in.dtype());
+  const Tensor gram = ctx.Empty(square, x_in.dtype());
+  const Tensor poly = ctx.Empty(square, x_in.dtype());
   for (int i = 0; i < steps; ++i) {
     // gram = X·Xᵀ (wide) or Xᵀ·X (tall).
     ops::Gemm(ctx, x, x, gram,
@@ -55,36 +89,26 @@ void Muon::NewtonSchulz(const ExecContext& ctx, const Tensor& g, const Tensor& o
     } else {
       ops::Gemm(ctx, poly, x, next, {.beta = kNsA});
     }
-    ops::Copy(ctx, next, x);
+    std::swap(x, next);
   }
+  if (steps % 2 == 1) ops::Copy(ctx, x, x_in);
 }
 
-void Muon::Step(const ExecContext& ctx, double lr) {
-  for (const ParamGroupEntry& e : matrices_) {
-    const Param& p = *e.param;
-    const ParamGroup& g = groups_[e.group];
-    const double lr_g = lr * g.lr_mult;
-    const double wd_g = g.EffectiveWeightDecay(options_.weight_decay);
-    SM_CHECK_MSG(p.value.dtype() == momentum_.dtype(), p.spec.name, " is ",
-                 DTypeName(p.value.dtype()), ", Muon state ", DTypeName(momentum_.dtype()));
-    Tensor buf = momentum_.Narrow(0, p.flat_offset, p.local_numel()).View(p.local_shape);
-    ops::Scale(ctx, options_.momentum, buf);
-    ops::Axpy(ctx, 1.0, p.grad, buf);
-    Tensor update = Tensor::Empty(p.local_shape, p.value.dtype(), p.value.device());
-    if (options_.nesterov) {
-      ops::Copy(ctx, p.grad, update);
-      ops::Axpy(ctx, options_.momentum, buf, update);
-    } else {
-      ops::Copy(ctx, buf, update);
-    }
-    Tensor ortho = Tensor::Empty(p.local_shape, p.value.dtype(), p.value.device());
-    NewtonSchulz(ctx, update, ortho, options_.ns_steps);
-    const double rows = static_cast<double>(p.local_shape[0]);
-    const double cols = static_cast<double>(p.local_shape[1]);
-    const double shape_scale = std::sqrt(std::max(1.0, rows / cols));
-    ops::Scale(ctx, 1.0 - lr_g * wd_g, p.value);
-    ops::Axpy(ctx, -lr_g * shape_scale, ortho, p.value);
+void Muon::Step(const ExecContext& ctx, const Tensor& values, const Tensor& grads, double lr,
+                const ops::StepControl& control) {
+  SM_CHECK_MSG(values.numel() == total_ && grads.numel() == total_, "Muon::Step values ",
+               values.DebugString(), ", grads ", grads.DebugString(), ": need the ", total_,
+               "-element flat buffers");
+  if (classes_.empty()) return;
+  const Tensor packed = ctx.Empty({packed_numel_}, momentum_.dtype());
+  ops::MuonMomentum(ctx, grads, momentum_, packed, segments_,
+                    {.momentum = options_.momentum, .nesterov = options_.nesterov}, control);
+  for (const ShapeClass& c : classes_) {
+    const Tensor batch =
+        packed.Narrow(0, c.packed_begin, c.count * c.rows * c.cols).View({c.count, c.rows, c.cols});
+    NewtonSchulzInPlace(ctx, batch, options_.ns_steps);
   }
+  ops::MuonApply(ctx, values, packed, segments_, coefficients_, lr, control);
 }
 
 }  // namespace scalemoe

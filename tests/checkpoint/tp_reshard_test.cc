@@ -116,7 +116,8 @@ class TpCheckpointTest : public ::testing::Test {
                       int from, int to) {
     for (int t = from; t < to; ++t) {
       SetGrads(pg, reg, t);
-      SM_ASSIGN_OR_RETURN(StepStats stats, opt.Step(ExecContext::Cpu(), t));
+      SM_ASSIGN_OR_RETURN(const StepResult result, opt.Step(ExecContext::Cpu(), t));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
       if (!stats.applied) return absl::InternalError("step not applied");
     }
     return absl::OkStatus();

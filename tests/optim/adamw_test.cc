@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/optim/step_control_testing.h"
 
 namespace scalemoe {
 namespace {
@@ -80,7 +81,8 @@ void RunAdamW(Fixture& f, int steps) {
   AdamW adamw(kOptions, *f.groups, 0, f.reg.total_local_numel(), f.reg.flat_values().dtype());
   for (int t = 1; t <= steps; ++t) {
     f.SetGrads(t);
-    adamw.Step(ExecContext::Cpu(), f.reg.flat_values(), f.reg.flat_grads(), kLr[t - 1], t);
+    adamw.Step(ExecContext::Cpu(), f.reg.flat_values(), f.reg.flat_grads(), kLr[t - 1],
+               TestControl(t));
   }
 }
 
@@ -129,11 +131,13 @@ TEST(AdamWTest, ShardStepsEqualTheWholeRangeStep) {
   for (int t = 1; t <= 3; ++t) {
     whole.SetGrads(t);
     sharded.SetGrads(t);
-    full.Step(ExecContext::Cpu(), whole.reg.flat_values(), whole.reg.flat_grads(), kLr[t - 1], t);
+    full.Step(ExecContext::Cpu(), whole.reg.flat_values(), whole.reg.flat_grads(), kLr[t - 1],
+              TestControl(t));
     for (auto& shard : shards) {
       const int64_t len = shard->end() - shard->begin();
       shard->Step(ExecContext::Cpu(), sharded.reg.flat_values().Narrow(0, shard->begin(), len),
-                  sharded.reg.flat_grads().Narrow(0, shard->begin(), len), kLr[t - 1], t);
+                  sharded.reg.flat_grads().Narrow(0, shard->begin(), len), kLr[t - 1],
+                  TestControl(t));
     }
   }
   const float* a = whole.reg.flat_values().data<float>();

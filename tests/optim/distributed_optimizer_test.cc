@@ -131,7 +131,8 @@ std::map<std::string, std::vector<double>> Reference(const config::RunConfig& co
       }
       p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
     }
-    const StepStats stats = (*opt)->Step(ExecContext::Cpu(), t);
+    const ExecContext ctx = ExecContext::Cpu();
+    const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, t));
     SM_CHECK(stats.applied);
     norms->push_back(stats.grad_norm);
   }
@@ -158,7 +159,8 @@ std::vector<RankResult> RunDistributed(const config::RunConfig& config, const La
     RankResult& out = results[pg.coords.global];
     for (int t = 0; t < steps; ++t) {
       SetLocalGrads(reg, pg.coords.global, t);
-      SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), t));
+      SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), t));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
       if (!stats.applied) return absl::InternalError("step not applied");
       out.norms.push_back(stats.grad_norm);
     }
@@ -248,7 +250,9 @@ TEST(DistributedOptimizerTest, ShardedDecayFollowsTheRolePolicyPerElement) {
                  Build(reg, {}, DType::kF64);
                  SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg));
                  reg.ZeroGrads();
-                 SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), 0));
+                 const ExecContext ctx = ExecContext::Cpu();
+                 SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, 0));
+                 const StepStats stats = ReadStepStats(ctx, result);
                  std::lock_guard<std::mutex> lock(mu);
                  EXPECT_DOUBLE_EQ(stats.lr, lr);
                  for (const char* name : {"in_gamma", "in_gamma2"}) {
@@ -397,7 +401,8 @@ void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
         }
         p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
       }
-      const StepStats stats = (*opt)->Step(ExecContext::Cpu(), t);
+      const ExecContext ctx = ExecContext::Cpu();
+      const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, t));
       SM_CHECK(stats.applied);
       ref_norms.push_back(stats.grad_norm);
     }
@@ -422,7 +427,8 @@ void ExpectTpMatchesReference(int zero, int tp, int dp, int etp) {
         }
         p->grad.CopyFrom(Tensor::FromVector(p->local_shape, g, DType::kF64));
       }
-      SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), t));
+      SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ExecContext::Cpu(), t));
+      const StepStats stats = ReadStepStats(ExecContext::Cpu(), result);
       if (!stats.applied) return absl::InternalError("step not applied");
       norms.push_back(stats.grad_norm);
     }
@@ -559,7 +565,9 @@ TEST(DistributedOptimizerTest, NonFiniteGradientOnOneRankChangesNothingAnywhere)
                            SetLocalGrads(reg, pg.coords.global, 0);
                            if (pg.coords.global == 1)
                              reg.Find("in_gamma")->grad.data<float>()[2] = NAN;
-                           SM_ASSIGN_OR_RETURN(StepStats stats, opt->Step(ExecContext::Cpu(), 0));
+                           const ExecContext ctx = ExecContext::Cpu();
+                           SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, 0));
+                           const StepStats stats = ReadStepStats(ctx, result);
                            EXPECT_FALSE(stats.applied);
                            EXPECT_FALSE(std::isfinite(stats.grad_norm));
                            EXPECT_EQ(opt->num_updates(), 0);
@@ -570,6 +578,37 @@ TEST(DistributedOptimizerTest, NonFiniteGradientOnOneRankChangesNothingAnywhere)
                            return absl::OkStatus();
                          })
                     .ok());
+  }
+}
+
+// The step reads nothing on the host, on every layout and stage, with a
+// finite and a non-finite gradient: the norm, the clip factor and the skip
+// stay tensors on the optimizer's context.
+TEST(DistributedOptimizerTest, StepMakesNoHostReads) {
+  for (Type type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    for (int zero : {0, 1}) {
+      SCOPED_TRACE(absl::StrCat(config::OptimizerConfig::Type_Name(type), " zero ", zero));
+      const config::RunConfig config = Config(type, zero);
+      const Layout layout{.dp = 4, .ep = 2};
+      FakeWorld world;
+      const Status status = world.Run(layout.dp, layout.Sizes(), [&](ProcessGroups& pg) -> Status {
+        const ExecContext ctx = ExecContext::Cpu();
+        ParamRegistry reg;
+        Build(reg, layout.ExpertsOf(pg.coords.ep), DType::kF32);
+        SM_ASSIGN_OR_RETURN(auto opt, DistributedOptimizer::Create(config, reg, pg, ctx));
+        const int64_t before = ctx.counters().host_reads.load();
+        for (int t = 0; t < 3; ++t) {
+          SetLocalGrads(reg, pg.coords.global, t);
+          if (t == 1 && pg.coords.global == 2) reg.Find("w2")->grad.data<float>()[0] = NAN;
+          SM_ASSIGN_OR_RETURN(const StepResult result, opt->Step(ctx, t));
+          EXPECT_EQ(result.grad_norm.device(), ctx.device());
+        }
+        EXPECT_EQ(ctx.counters().host_reads.load(), before) << "rank " << pg.coords.global;
+        EXPECT_EQ(opt->num_updates(), 2);  // the non-finite step was skipped everywhere
+        return absl::OkStatus();
+      });
+      ASSERT_TRUE(status.ok()) << status;
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/optim/step_control_testing.h"
 
 namespace scalemoe {
 namespace {
@@ -137,7 +138,8 @@ TEST(MuonTest, MatchesFloat64ReferenceOverSeveralSteps) {
     }
     for (int t = 1; t <= 3; ++t) {
       f.SetGrads(t);
-      muon.Step(ExecContext::Cpu(), lrs[t - 1]);
+      muon.Step(ExecContext::Cpu(), f.reg.flat_values(), f.reg.flat_grads(), lrs[t - 1],
+                TestControl(t));
       ref.SetGrads(t);
       for (auto& m : mats) {
         const Matrix g = ToMatrix(ref.reg.Find(m.name)->grad);

@@ -6,7 +6,6 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "optim/clip.h"
 #include "optim/optimizer_config.h"
 
 namespace scalemoe {
@@ -49,7 +48,8 @@ TEST(OptimizerTest, StepUsesAndReportsTheScheduledRate) {
   ASSERT_TRUE(opt.ok()) << opt.status();
   const std::vector<double> before = m.reg.flat_values().ToVector();
   m.SetGrads(0);
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 0);
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 0));
   EXPECT_TRUE(stats.applied);
   EXPECT_DOUBLE_EQ(stats.lr, 0.5e-2);       // warm-up step 0 of 2
   EXPECT_DOUBLE_EQ(stats.muon_lr, 0.01);    // muon_lr 0.02 on the same curve
@@ -64,17 +64,35 @@ TEST(OptimizerTest, StepUsesAndReportsTheScheduledRate) {
   }
 }
 
+// Clipping scales the gradients inside the update: the step equals an
+// unclipped step on gradients scaled to the max norm, the grad buffer keeps
+// its values, and the pre-clip norm is reported.
 TEST(OptimizerTest, ClipsBeforeTheUpdateAndReportsThePreClipNorm) {
-  Model m;
+  Model clipped, prescaled;
   config::RunConfig c = Config(config::OptimizerConfig::ADAMW);
   c.mutable_optimizer()->set_grad_clip(0.5);
-  auto opt = Optimizer::Create(c, m.reg);
+  auto opt = Optimizer::Create(c, clipped.reg);
+  auto reference = Optimizer::Create(Config(config::OptimizerConfig::ADAMW), prescaled.reg);
   ASSERT_TRUE(opt.ok());
-  m.SetGrads(1);
-  const double norm = std::sqrt(SumOfSquares(m.reg.flat_grads()));
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 3);
+  ASSERT_TRUE(reference.ok());
+  clipped.SetGrads(1);
+  const std::vector<double> grads = clipped.reg.flat_grads().ToVector();
+  double sum = 0;
+  for (double g : grads) sum += g * g;
+  const double norm = std::sqrt(sum);
+  ASSERT_GT(norm, 0.5);
+  std::vector<double> scaled = grads;
+  for (double& g : scaled) g *= 0.5 / norm;
+  Tensor(prescaled.reg.flat_grads())
+      .CopyFrom(Tensor::FromVector({static_cast<int64_t>(scaled.size())}, scaled, DType::kF64));
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 3));
+  (*reference)->Step(ctx, 3);
   EXPECT_NEAR(stats.grad_norm, norm, 1e-6 * norm);
-  EXPECT_NEAR(std::sqrt(SumOfSquares(m.reg.flat_grads())), 0.5, 1e-6);
+  EXPECT_EQ(clipped.reg.flat_grads().ToVector(), grads);
+  const std::vector<double> got = clipped.reg.flat_values().ToVector();
+  const std::vector<double> want = prescaled.reg.flat_values().ToVector();
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_NEAR(got[i], want[i], 1e-6) << i;
 }
 
 TEST(OptimizerTest, NonFiniteGradientLeavesEverythingUntouched) {
@@ -84,13 +102,71 @@ TEST(OptimizerTest, NonFiniteGradientLeavesEverythingUntouched) {
   const std::vector<double> before = m.reg.flat_values().ToVector();
   m.SetGrads(0);
   m.reg.flat_grads().data<float>()[7] = std::numeric_limits<float>::infinity();
-  const StepStats stats = (*opt)->Step(ExecContext::Cpu(), 0);
+  const ExecContext ctx = ExecContext::Cpu();
+  const StepStats stats = ReadStepStats(ctx, (*opt)->Step(ctx, 0));
   EXPECT_FALSE(stats.applied);
   EXPECT_TRUE(std::isinf(stats.grad_norm));
   EXPECT_EQ(m.reg.flat_values().ToVector(), before);
   EXPECT_EQ((*opt)->num_updates(), 0);
   for (const auto& [name, t] : (*opt)->StateTensors()) {
     for (double v : t.ToVector()) EXPECT_EQ(v, 0.0) << name;
+  }
+}
+
+// A non-finite step after good ones (state no longer zero) leaves values,
+// state and the update count bit-identical, so the next good step is the one
+// a run without the bad step takes.
+TEST(OptimizerTest, NonFiniteStepIsSkippedOnTheDevice) {
+  for (auto type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    SCOPED_TRACE(config::OptimizerConfig::Type_Name(type));
+    config::RunConfig c = Config(type);
+    c.mutable_optimizer()->set_grad_clip(1.0);
+    Model a, b;
+    auto opt_a = Optimizer::Create(c, a.reg);
+    auto opt_b = Optimizer::Create(c, b.reg);
+    ASSERT_TRUE(opt_a.ok() && opt_b.ok());
+    const ExecContext ctx = ExecContext::Cpu();
+    for (int t = 0; t < 2; ++t) {
+      a.SetGrads(t);
+      b.SetGrads(t);
+      (*opt_a)->Step(ctx, t);
+      (*opt_b)->Step(ctx, t);
+    }
+    const std::vector<double> values = a.reg.flat_values().ToVector();
+    std::vector<std::vector<double>> state;
+    for (const auto& [name, t] : (*opt_a)->StateTensors()) state.push_back(t.ToVector());
+    a.SetGrads(2);
+    a.reg.flat_grads().data<float>()[3] = std::numeric_limits<float>::quiet_NaN();
+    const StepStats bad = ReadStepStats(ctx, (*opt_a)->Step(ctx, 2));
+    EXPECT_FALSE(bad.applied);
+    EXPECT_TRUE(std::isnan(bad.grad_norm));
+    EXPECT_EQ(a.reg.flat_values().ToVector(), values);
+    size_t i = 0;
+    for (const auto& [name, t] : (*opt_a)->StateTensors()) {
+      EXPECT_EQ(t.ToVector(), state[i++]) << name;
+    }
+    EXPECT_EQ((*opt_a)->num_updates(), 2);
+    a.SetGrads(3);
+    b.SetGrads(3);
+    EXPECT_TRUE(ReadStepStats(ctx, (*opt_a)->Step(ctx, 3)).applied);
+    (*opt_b)->Step(ctx, 3);
+    EXPECT_EQ(a.reg.flat_values().ToVector(), b.reg.flat_values().ToVector());
+  }
+}
+
+// The step stays on the context: no device-to-host read, finite or not.
+TEST(OptimizerTest, StepReadsNothingOnTheHost) {
+  for (auto type : {config::OptimizerConfig::ADAMW, config::OptimizerConfig::MUON}) {
+    Model m;
+    const ExecContext ctx = ExecContext::Cpu();
+    auto opt = Optimizer::Create(Config(type), m.reg, ctx);
+    ASSERT_TRUE(opt.ok());
+    const int64_t before = ctx.counters().host_reads.load();
+    m.SetGrads(0);
+    (*opt)->Step(ctx, 0);
+    m.reg.flat_grads().data<float>()[1] = std::numeric_limits<float>::infinity();
+    (*opt)->Step(ctx, 1);
+    EXPECT_EQ(ctx.counters().host_reads.load(), before);
   }
 }
 
