@@ -345,4 +345,13 @@ void MuonApply(const ExecContext& ctx, const Tensor& params, const Tensor& ortho
                const Tensor& segments, const Tensor& coefficients, double lr,
                const StepControl& control);
 
+// ---------------------------------------------------------------- trainer (launch/)
+
+// Non-finite step record, f64 tracker[4] = {steps non-finite so far, of them
+// in a row now, the first one's `step` (0: none), the longest run in a row}.
+// A step is non-finite when `nonfinite` (i32[1], the optimizer's flag) is
+// set or `loss` (f64[1]) is not finite; `step` is its 1-based number.
+void TrackNonFinite(const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss,
+                    int64_t step, const Tensor& tracker);
+
 }  // namespace scalemoe::ops

@@ -60,5 +60,6 @@
   X(void, AdamWUpdate, (const ExecContext& ctx, const Tensor& params, const Tensor& grads, const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& segments, const Tensor& coefficients, const ::scalemoe::ops::AdamWUpdateOptions& options, const ::scalemoe::ops::StepControl& control), (ctx, params, grads, exp_avg, exp_avg_sq, segments, coefficients, options, control), NO_CUDA) \
   X(void, MuonMomentum, (const ExecContext& ctx, const Tensor& grads, const Tensor& momentum, const Tensor& update, const Tensor& segments, const ::scalemoe::ops::MuonMomentumOptions& options, const ::scalemoe::ops::StepControl& control), (ctx, grads, momentum, update, segments, options, control), NO_CUDA) \
   X(void, FrobeniusNormalize, (const ExecContext& ctx, const Tensor& x, double eps), (ctx, x, eps), NO_CUDA) \
-  X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), NO_CUDA)
+  X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), NO_CUDA) \
+  X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), NO_CUDA)
 // clang-format on

@@ -72,6 +72,17 @@ class TrainLoop {
   // The STOP message; `skipped_in_a_row` > 0: SKIP reached its limit.
   Status NonFinite(int64_t step, double loss, double grad_norm,
                    int64_t skipped_in_a_row = 0) const;
+  // What the host learns of the step, in one ToHost read: the mean losses,
+  // the gradient norm and the non-finite record (core/ops.h TrackNonFinite).
+  struct StepReport {
+    LossBreakdown mean;
+    double grad_norm = 0;
+    int64_t skipped_total = 0, first_bad_step = 0, longest_skip_run = 0;
+  };
+  StepReport ReadStepReport(const Tensor& mean_losses, const Tensor& grad_norm) const;
+  // Applies train.on_nonfinite to what `report` says happened so far: the
+  // STOP message after any non-finite step, SKIP's after too many in a row.
+  Status CheckNonFinite(const StepReport& report) const;
 
   const TrainOptions& options_;
   const config::RunConfig& cfg_;
@@ -93,6 +104,7 @@ class TrainLoop {
   std::unique_ptr<MetricsWriter> metrics_;         // rank 0
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
   int64_t start_step_ = 0;
+  Tensor nonfinite_tracker_;  // f64 [4] on ctx_ (core/ops.h TrackNonFinite)
   int64_t accumulation_ = 1;    // micro-batches per step on each rank
   double flops_per_token_ = 0;  // training FLOPs per token (model counts)
   TrainResult result_;

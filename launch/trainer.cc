@@ -235,6 +235,35 @@ StatusOr<std::vector<std::pair<int, MoeLayerStats>>> TrainLoop::AllMoeStats() {
   return out;
 }
 
+TrainLoop::StepReport TrainLoop::ReadStepReport(const Tensor& mean_losses,
+                                                const Tensor& grad_norm) const {
+  // One read: [losses (kNumLosses), grad norm, tracker (4)] packed on the device.
+  Tensor packed = ctx_.Empty({kNumLosses + 5}, DType::kF64);
+  ops::Copy(ctx_, mean_losses, packed.Narrow(0, 0, kNumLosses));
+  ops::Copy(ctx_, grad_norm, packed.Narrow(0, kNumLosses, 1));
+  ops::Copy(ctx_, nonfinite_tracker_, packed.Narrow(0, kNumLosses + 1, 4));
+  const std::vector<double> v = ReadValues(ctx_, packed);
+  StepReport r;
+  r.mean = {v[kTotalLoss], v[kCrossEntropyLoss], v[kAuxLoss], v[kZLoss], 0};
+  r.grad_norm = v[kNumLosses];
+  r.skipped_total = static_cast<int64_t>(v[kNumLosses + 1]);
+  r.first_bad_step = static_cast<int64_t>(v[kNumLosses + 3]);
+  r.longest_skip_run = static_cast<int64_t>(v[kNumLosses + 4]);
+  return r;
+}
+
+Status TrainLoop::CheckNonFinite(const StepReport& report) const {
+  if (report.first_bad_step == 0) return absl::OkStatus();
+  if (cfg_.train().on_nonfinite() == config::TrainConfig::STOP) {
+    return NonFinite(report.first_bad_step - 1, report.mean.total, report.grad_norm);
+  }
+  if (report.longest_skip_run >= cfg_.train().max_consecutive_skips()) {
+    return NonFinite(report.first_bad_step - 1, report.mean.total, report.grad_norm,
+                     report.longest_skip_run);
+  }
+  return absl::OkStatus();
+}
+
 Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepStats& stats,
                           double tokens_per_second, double eta_seconds) {
   std::vector<std::pair<int, MoeLayerStats>> moe;
@@ -307,7 +336,10 @@ StatusOr<TrainResult> TrainLoop::Run() {
   auto window_start = Clock::now();
   const auto run_start = Clock::now();
   int64_t window_tokens = 0;
-  int64_t skipped_in_a_row = 0;  // on_nonfinite SKIP stops at max_consecutive_skips
+  // Every step stays on the device; the host reads losses, norm and the
+  // non-finite record when it logs, evaluates, saves or stops (a step late
+  // is fine: the optimizer never applies a non-finite update).
+  nonfinite_tracker_ = ctx_.Zeros({4}, DType::kF64);
   for (int64_t step = start_step_; step < stop_at; ++step) {
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     registry_.ZeroGrads();
@@ -329,43 +361,46 @@ StatusOr<TrainResult> TrainLoop::Run() {
       SM_RETURN_IF_ERROR(SumTiedEmbeddingGrads());
     }
     SM_ASSIGN_OR_RETURN(const StepResult step_result, optimizer_->Step(ctx_, step));
-    // The step's norm and non-finite flag, read on the host right away (two
-    // reads per step) for the SKIP/STOP policy and the log line.
-    const StepStats stats = ReadStepStats(ctx_, step_result);
     // Under PP each stage holds its share (CE on the last, aux/z per stage).
     // Under TP every TP rank of a replica holds the same TP-global losses:
     // reduce over pp and dp only (a world sum would count them tp times).
+    // Every rank then holds the same mean, so the record below agrees too.
     if (pipelined()) SM_RETURN_IF_ERROR(groups_.pp->AllReduce(ctx_, sums));
     SM_RETURN_IF_ERROR(groups_.dp->AllReduce(ctx_, sums));
     ops::Scale(ctx_, 1.0 / static_cast<double>(accumulation * dp), sums);
-    const LossBreakdown mean = ReadLosses(ctx_, sums);
-    if (!stats.applied || !std::isfinite(mean.total)) {
-      if (train.on_nonfinite() == config::TrainConfig::STOP) {
-        return NonFinite(step, mean.total, stats.grad_norm);
-      }
-      // Only a non-finite gradient norm blocks the update; a step whose loss
-      // alone was non-finite is still counted here.
-      ++result_.skipped_steps;
-      if (++skipped_in_a_row >= train.max_consecutive_skips()) {
-        return NonFinite(step, mean.total, stats.grad_norm, skipped_in_a_row);
-      }
-      SM_LOG_RANK0(kWarning, "step ", step + 1, ": non-finite loss/gradient, step skipped");
-    } else {
-      skipped_in_a_row = 0;
+    ops::TrackNonFinite(ctx_, step_result.nonfinite, sums.Narrow(0, kTotalLoss, 1), step + 1,
+                        nonfinite_tracker_);
+    // The expert bias moves only after an applied update (the router's
+    // update is host code until it reads the flag on the device itself).
+    if (cfg_.moe().expert_bias() && ReadScalar(ctx_, step_result.nonfinite) == 0) {
       for (auto& c : chunks_) c->UpdateExpertBiases();
     }
+    SM_RETURN_IF_ERROR(ctx_.status());
     const int64_t done = step + 1;
     window_tokens += tokens_per_step;
-    result_.last_train_loss = mean.total;
-    if (done % interval == 0 || done == stop_at) {
-      const double tps = window_tokens / std::max(1e-9, Seconds(window_start));
-      const double per_step = Seconds(run_start) / static_cast<double>(done - start_step_);
-      SM_RETURN_IF_ERROR(LogStep(done, mean, stats, tps, per_step * (total_steps - done)));
-      window_start = Clock::now();
-      window_tokens = 0;
-    }
     const int eval_every = train.eval_interval();
-    if ((eval_every > 0 && done % eval_every == 0) || done == total_steps) {
+    const bool log = done % interval == 0 || done == stop_at;
+    const bool evaluate = (eval_every > 0 && done % eval_every == 0) || done == total_steps;
+    const int every = cfg_.checkpoint().interval();
+    const bool at_end = done == stop_at && (cfg_.checkpoint().save_at_end() || done < total_steps);
+    const bool save = (every > 0 && done % every == 0) || at_end;
+    if (log || evaluate || save) {
+      const StepReport report = ReadStepReport(sums, step_result.grad_norm);
+      result_.skipped_steps = report.skipped_total;
+      result_.last_train_loss = report.mean.total;
+      SM_RETURN_IF_ERROR(CheckNonFinite(report));
+      if (log) {
+        const double tps = window_tokens / std::max(1e-9, Seconds(window_start));
+        const double per_step = Seconds(run_start) / static_cast<double>(done - start_step_);
+        const StepStats stats{step_result.lr, step_result.muon_lr, report.grad_norm,
+                              std::isfinite(report.grad_norm)};
+        SM_RETURN_IF_ERROR(
+            LogStep(done, report.mean, stats, tps, per_step * (total_steps - done)));
+        window_start = Clock::now();
+        window_tokens = 0;
+      }
+    }
+    if (evaluate) {
       SM_ASSIGN_OR_RETURN(result_.last_val_loss, Evaluate());
       if (is_rank0()) {
         SM_RETURN_IF_ERROR(metrics_->Write({{"step", done},
@@ -382,9 +417,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
         }
       }
     }
-    const int every = cfg_.checkpoint().interval();
-    const bool at_end = done == stop_at && (cfg_.checkpoint().save_at_end() || done < total_steps);
-    if ((every > 0 && done % every == 0) || at_end) SM_RETURN_IF_ERROR(SaveCheckpoint(done));
+    if (save) SM_RETURN_IF_ERROR(SaveCheckpoint(done));
     result_.steps_done = done;
   }
   if (tensorboard_) SM_RETURN_IF_ERROR(tensorboard_->Flush());
