@@ -6,7 +6,7 @@
 namespace scalemoe::checkpoint {
 
 std::vector<NamedTensor> TrainingTensors(const ParamRegistry& registry,
-                                         const std::vector<StateSlice>& state, int zero_stage,
+                                         const std::vector<StateSlice>& state,
                                          const GridCoords& coords, bool for_save) {
   // The last pipeline stage's copy of a tied embedding (model/model.h).
   auto tied_copy = [](const ParamSpec& spec) {
@@ -33,8 +33,7 @@ std::vector<NamedTensor> TrainingTensors(const ParamRegistry& registry,
   }
   for (const StateSlice& s : state) {
     const ParamSpec& spec = s.param->spec;
-    const bool replicated = zero_stage == 0 || s.name.rfind("optimizer.muon_momentum/", 0) == 0;
-    if (replicated && !writes(spec)) continue;
+    if (s.replicated && !writes(spec)) continue;
     if (for_save && (tied_copy(spec) || !tp_writes(spec))) continue;
     for (StateBox& box : StateBoxes(s, shard)) {
       out.push_back({s.name, std::move(box.data), spec.shape, std::move(box.slice_start),

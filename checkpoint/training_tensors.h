@@ -14,16 +14,15 @@ namespace scalemoe::checkpoint {
 // Parameters (kModel) under their global shape, a split one as this rank's
 // (E)TP slice at Param::SplitStart; optimizer state (kState) under the
 // parameter's global shape as StateBoxes. `state` comes from
-// DistributedOptimizer::StateSlices; under zero_stage 0 all of it, under 1
-// only Muon momentum ("optimizer.muon_momentum/..."), is replicated over
-// dp/edp.
+// DistributedOptimizer::StateSlices, each saying whether it is replicated
+// over dp/edp (zero_stage 0: all of it; 1: only Muon momentum).
 // for_save: each element once over the world: a tensor replicated over
 // dp/edp by group rank 0, one replicated over its (E)TP group by (E)TP rank
 // 0 (split ones by every (E)TP rank), a tied embedding (kEmbedding on a
 // pipeline stage > 0) and its state by the first stage only. For a load
 // (for_save false): everything this rank holds.
 std::vector<NamedTensor> TrainingTensors(const ParamRegistry& registry,
-                                         const std::vector<StateSlice>& state, int zero_stage,
+                                         const std::vector<StateSlice>& state,
                                          const GridCoords& coords, bool for_save);
 
 }  // namespace scalemoe::checkpoint

@@ -25,8 +25,8 @@ constexpr char kUpdatesBlob[] = "optimizer_updates";
 // Optimizer state is stored under the parameter's global shape, so it
 // reshards over tp, dp and the zero stage like the parameter.
 std::vector<checkpoint::NamedTensor> TrainLoop::CheckpointTensors(bool for_save) const {
-  return checkpoint::TrainingTensors(registry_, optimizer_->StateSlices(),
-                                     optimizer_->zero_stage(), groups_.coords, for_save);
+  return checkpoint::TrainingTensors(registry_, optimizer_->StateSlices(), groups_.coords,
+                                     for_save);
 }
 
 Status TrainLoop::Resume() {

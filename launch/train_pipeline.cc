@@ -141,11 +141,16 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
 Status TrainLoop::SumTiedEmbeddingGrads() {
   if (!holds_first_stage() && !holds_last_stage()) return absl::OkStatus();
   Communicator& pp = *groups_.pp;
-  const Param* embedding = registry_.Find("embedding.weight");
+  // This rank's copy: the one kEmbedding parameter it holds (the first
+  // stage's table, or the last stage's head copy).
+  const Param* embedding = nullptr;
+  for (const auto& p : registry_.params()) {
+    if (p->spec.role == ParamRole::kEmbedding) embedding = p.get();
+  }
   SM_CHECK_MSG(embedding != nullptr, "tied embeddings: pipeline rank ", pp.rank(),
-               " holds no embedding.weight");
+               " holds no embedding");
   const Tensor& mine = embedding->grad;
-  Tensor theirs = Tensor::Empty(mine.shape(), mine.dtype(), mine.device());
+  Tensor theirs = ctx_.Empty(mine.shape(), mine.dtype());
   const SendRecvOptions tag{.tag = kTiedEmbeddingTag};
   // First stage sends first, the last receives first: blocking sends cannot
   // deadlock.

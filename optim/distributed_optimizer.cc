@@ -293,20 +293,22 @@ std::vector<StateSlice> DistributedOptimizer::StateSlices() const {
   std::vector<StateSlice> out;
   // Appends the slices of every parameter overlapping flat [begin, end), whose
   // state m (and v) holds flat index begin at element 0.
-  auto add = [&](const char* buffer, const Tensor& state, int64_t begin, int64_t end) {
+  auto add = [&](const char* buffer, const Tensor& state, int64_t begin, int64_t end,
+                 bool replicated) {
     for (const ParamGroupEntry& e : groups_.entries()) {
       const Param& p = *e.param;
       const int64_t b = std::max(begin, p.flat_offset);
       const int64_t stop = std::min(end, p.flat_offset + p.local_numel());
       if (b >= stop) continue;
       out.push_back({absl::StrCat("optimizer.", buffer, "/", p.spec.name),
-                     state.Narrow(0, b - begin, stop - b), &p, b - p.flat_offset});
+                     state.Narrow(0, b - begin, stop - b), &p, b - p.flat_offset, replicated});
     }
   };
   auto add_rule = [&](const char* buffer, const Tensor& state, UpdateRule rule) {
     for (const FlatSegment& s : groups_.segments()) {
       if (groups_.group(s.group).rule == rule)
-        add(buffer, state.Narrow(0, s.begin, s.end - s.begin), s.begin, s.end);
+        add(buffer, state.Narrow(0, s.begin, s.end - s.begin), s.begin, s.end,
+            /*replicated=*/true);
     }
   };
   if (adamw_) {
@@ -317,8 +319,10 @@ std::vector<StateSlice> DistributedOptimizer::StateSlices() const {
     if (!d->adamw) continue;
     for (const AdamW::Piece& p : d->adamw->pieces()) {
       const int64_t n = p.flat_end - p.flat_begin;
-      add("adam_m", d->adamw->exp_avg().Narrow(0, p.offset, n), p.flat_begin, p.flat_end);
-      add("adam_v", d->adamw->exp_avg_sq().Narrow(0, p.offset, n), p.flat_begin, p.flat_end);
+      add("adam_m", d->adamw->exp_avg().Narrow(0, p.offset, n), p.flat_begin, p.flat_end,
+          /*replicated=*/false);
+      add("adam_v", d->adamw->exp_avg_sq().Narrow(0, p.offset, n), p.flat_begin, p.flat_end,
+          /*replicated=*/false);
     }
   }
   if (muon_) add_rule("muon_momentum", muon_->momentum(), UpdateRule::kMuon);

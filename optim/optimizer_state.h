@@ -23,6 +23,9 @@ struct StateSlice {
   Tensor data;                  // 1-D view into the live state: writing into it restores a checkpoint
   const Param* param = nullptr; // whose state (outlives the slice)
   int64_t start = 0;            // local flat index of data[0]
+  // Every data-parallel replica holds the same values (zero_stage 0, or
+  // Muon's momentum under ZeRO-1); false: this rank's shard only.
+  bool replicated = true;
 };
 
 // One box of the parameter's GLOBAL shape (spec.shape) holding a piece of a

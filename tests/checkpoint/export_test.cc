@@ -281,7 +281,7 @@ TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
     req.root = one.path();
     req.step = 1;
     req.config_text = config_text;
-    req.tensors = TrainingTensors(registry, {}, 0, GridCoords{}, true);
+    req.tensors = TrainingTensors(registry, {}, GridCoords{}, true);
     ASSERT_TRUE(SaveCheckpoint(req).ok());
   }
   FakeWorld world;
@@ -298,7 +298,7 @@ TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
     req.config_text = config_text;
     req.layout = {2, 1, 1, 1, 2, 2, 0};
     req.rank = pg.coords.global;
-    req.tensors = TrainingTensors(registry, {}, 0, pg.coords, true);
+    req.tensors = TrainingTensors(registry, {}, pg.coords, true);
     return SaveCheckpoint(req, pg.world.get());
   });
   ASSERT_TRUE(saved.ok()) << saved;

@@ -155,7 +155,7 @@ class TpCheckpointTest : public ::testing::Test {
       request.step = steps;
       request.layout = {from.tp, 1, from.dp, 1, from.etp, from.world(), from.zero};
       request.rank = pg.coords.global;
-      request.tensors = TrainingTensors(reg, opt.StateSlices(), opt.zero_stage(), pg.coords, true);
+      request.tensors = TrainingTensors(reg, opt.StateSlices(), pg.coords, true);
       SM_RETURN_IF_ERROR(SaveCheckpoint(request, pg.world.get()));
       Collect(reg, opt, &saved);
       return absl::OkStatus();
@@ -166,7 +166,7 @@ class TpCheckpointTest : public ::testing::Test {
   static Status Load(const std::string& dir, const ProcessGroups& pg, ParamRegistry& reg,
                      DistributedOptimizer& opt) {
     LoadRequest request;
-    request.targets = TrainingTensors(reg, opt.StateSlices(), opt.zero_stage(), pg.coords, false);
+    request.targets = TrainingTensors(reg, opt.StateSlices(), pg.coords, false);
     SM_RETURN_IF_ERROR(LoadCheckpoint(dir, request, pg.world.get()).status());
     opt.LoadMasterFromParams();
     return absl::OkStatus();
@@ -234,7 +234,7 @@ TEST_F(TpCheckpointTest, ResumeAtTheSameTpLayoutIsBitExact) {
       request.step = 2;
       request.layout = {layout.tp, 1, layout.dp, 1, layout.etp, layout.world(), layout.zero};
       request.rank = pg.coords.global;
-      request.tensors = TrainingTensors(reg, opt.StateSlices(), opt.zero_stage(), pg.coords, true);
+      request.tensors = TrainingTensors(reg, opt.StateSlices(), pg.coords, true);
       SM_RETURN_IF_ERROR(SaveCheckpoint(request, pg.world.get()));
       SM_RETURN_IF_ERROR(Steps(pg, reg, opt, 2, 4));
       Collect(reg, opt, &straight);
