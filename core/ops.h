@@ -75,7 +75,8 @@ void Sum(const ExecContext& ctx, const Tensor& x, const Tensor& out);
 void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row,
                    const Tensor& col, const Tensor& out);
 
-// Backward of ScaleRowsCols given d_out:
+// Backward of ScaleRowsCols given d_out (d_x may alias d_out: the sums read
+// d_out before d_x overwrites it):
 //   d_x = d_out ⊙ row colᵀ                (overwritten; skipped if undefined)
 //   d_row[b,i] += Σ_j d_out[b,i,j] x[b,i,j] col[b,j]   (if defined)
 //   d_col[b,j] += Σ_i d_out[b,i,j] x[b,i,j] row[b,i]   (if defined)

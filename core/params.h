@@ -75,12 +75,29 @@ struct ParamLayout {
   bool is_expert() const { return expert >= 0 || tp_group == TpGroup::kExpert; }
 };
 
+// What a scale-vector parameter forms and where that vector can be folded
+// (SCALE_VECTORS.md, "Cost"): an export multiplies every vector that folds
+// into a weight into it — Input-Norm γ's into its columns, output-side u's
+// into its rows — and needs nothing else to know which is which.
+enum class FoldSide : uint8_t { kColumns = 0, kRows = 1 };
+struct FoldTarget {
+  std::string weight;  // the weight's ParamSpec name
+  FoldSide side = FoldSide::kColumns;
+};
+enum class VectorPart : uint8_t { kPlain = 0, kAlpha = 1, kBeta = 2 };  // γ, or γ = β·α
+struct ScaleVectorInfo {
+  std::string vector;  // the effective vector's name (a plain γ's own name; α and β share it)
+  VectorPart part = VectorPart::kPlain;
+  std::vector<FoldTarget> folds_into;  // empty: no weight follows it (kept as a norm scale)
+};
+
 struct ParamSpec {
   std::string name;  // stable global name, e.g. "layers.3.moe.experts.7.w_up"
   Shape shape;       // global shape
   ParamRole role = ParamRole::kLinear;
   InitSpec init;
   ParamLayout layout;
+  ScaleVectorInfo scale_vector = {};  // scale-vector roles only
 };
 
 // Where this process sits, for slicing split parameters.

@@ -54,9 +54,12 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
     return so.OutputVector(proj) ? absl::StrCat(p, ".u_", suffix) : std::string();
   };
   auto linear = [&](Param* w, int branch, Projection proj, const char* suffix) {
+    const ScaledLinearOptions options{.path = so.path(),
+                                      .u_name = u_name(proj, suffix),
+                                      .reparam = so.reparam(),
+                                      .split_group = tp.comm()};
     return std::make_unique<ScaledLinear>(registry, w, branch < 0 ? nullptr : scales_.get(),
-                                          std::max(branch, 0), u_name(proj, suffix),
-                                          so.reparam(), so.path(), tp.comm());
+                                          std::max(branch, 0), options);
   };
   q_proj_ = linear(w_q, kQ, config::ScaleVectorConfig::Q, "q");
   k_proj_ = linear(w_k, kK, config::ScaleVectorConfig::K, "k");

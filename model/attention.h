@@ -25,7 +25,7 @@
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
-#include "model/scaled_linear.h"
+#include "norm/scaled_linear.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_rms_norm.h"

@@ -38,8 +38,11 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   };
   auto linear = [&](Param* w, const BranchScales* scales, int branch, Projection proj,
                     const char* suffix) {
-    return std::make_unique<ScaledLinear>(registry, w, scales, branch, u_name(proj, suffix),
-                                          so.reparam(), so.path(), tp.comm());
+    const ScaledLinearOptions options{.path = so.path(),
+                                      .u_name = u_name(proj, suffix),
+                                      .reparam = so.reparam(),
+                                      .split_group = tp.comm()};
+    return std::make_unique<ScaledLinear>(registry, w, scales, branch, options);
   };
   gate_ = linear(w_gate, scales_.get(), kGate, config::ScaleVectorConfig::GATE, "gate");
   up_ = linear(w_up, scales_.get(), kUp, config::ScaleVectorConfig::UP, "up");

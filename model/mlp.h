@@ -17,7 +17,7 @@
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
-#include "model/scaled_linear.h"
+#include "norm/scaled_linear.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 

@@ -97,8 +97,13 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
       head_spec.layout.tp_split_dim = 0;
       head_weight = registry.Create(head_spec);
     }
-    head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0, "",
-                                           so.reparam(), so.path(), tp_.comm());
+    // Tied on one stage, the embedding lookup adds into the same gradient.
+    const ScaledLinearOptions head_options{
+        .path = so.path(),
+        .split_group = tp_.comm(),
+        .shared_weight_grad = m.tied_embeddings() && mine.has_embedding};
+    head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0,
+                                           head_options);
     if (tp_.size() > 1) {
       StatusOr<VocabParallelCrossEntropy> loss = VocabParallelCrossEntropy::Create(v, *tp_.comm());
       SM_CHECK_MSG(loss.ok(), "unvalidated config: ", loss.status().message());

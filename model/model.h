@@ -49,7 +49,7 @@
 #include "core/params.h"
 #include "core/tensor.h"
 #include "model/block.h"
-#include "model/scaled_linear.h"
+#include "norm/scaled_linear.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "parallel/tp_cross_entropy.h"

@@ -46,6 +46,11 @@ const Tensor& BranchScales::gamma(int branch) const {
   return v < 0 ? undefined_ : gammas_.at(v);
 }
 
+void BranchScales::AddFoldTarget(int branch, const std::string& weight) const {
+  const int v = branch_to_vector_.at(branch);
+  if (v >= 0) vectors_[v]->AddFoldTarget(weight, FoldSide::kColumns);
+}
+
 const Tensor& BranchScales::d_gamma(int branch) const {
   const int v = branch_to_vector_.at(branch);
   return v < 0 ? undefined_ : d_gammas_.at(v);

@@ -41,6 +41,9 @@ class BranchScales {
   Status Forward(const ExecContext& ctx, DType dtype);
   const Tensor& gamma(int branch) const;  // undefined when !enabled()
   const Tensor& d_gamma(int branch) const;
+  // Branch `branch` feeds `weight` (its γ folds into the weight's columns);
+  // a no-op under mode NONE.
+  void AddFoldTarget(int branch, const std::string& weight) const;
   Status Backward(const ExecContext& ctx);
 
  private:

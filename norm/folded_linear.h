@@ -19,12 +19,10 @@
 #include "core/context.h"
 #include "core/params.h"
 #include "core/tensor.h"
+#include "norm/scaled_linear.h"  // GradMode
 
 namespace scalemoe {
 
-// Whether a Backward overwrites d_x or adds into it (several projections
-// reading one input, e.g. q, k, v of one normalized n).
-enum class GradMode : uint8_t { kOverwrite = 0, kAccumulate = 1 };
 
 class FoldedLinear {
  public:

@@ -5,13 +5,16 @@
 namespace scalemoe {
 namespace {
 
-ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout layout) {
+ParamSpec VectorSpec(std::string name, Shape shape, ParamRole role, ParamLayout layout,
+                     const std::string& vector, VectorPart part) {
   ParamSpec s;
   s.name = std::move(name);
   s.shape = std::move(shape);
   s.role = role;
   s.init = InitSpec::Ones();
   s.layout = layout;
+  s.scale_vector.vector = vector;
+  s.scale_vector.part = part;
   return s;
 }
 
@@ -22,15 +25,17 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
     : name_(std::move(name)), dim_(dim), role_(role), reparam_(reparam) {
   SM_CHECK_MSG(IsScaleVector(role), name_, ": a scale vector needs a norm-scale role");
   if (reparam == config::ScaleVectorConfig::PLAIN) {
-    plain_ = registry.Create(VectorSpec(name_, {dim}, role, layout));
+    plain_ = registry.Create(VectorSpec(name_, {dim}, role, layout, name_, VectorPart::kPlain));
   } else {
     // β is a scalar: never split over TP, whatever the vector's layout; of a
     // split vector each rank computes only its slice's share of dβ.
     ParamLayout scalar_layout = layout;
     scalar_layout.tp_split_dim = -1;
     if (layout.tp_split_dim >= 0) scalar_layout.tp_partial_grad = true;
-    beta_ = registry.Create(VectorSpec(name_ + ".beta", {1}, role, scalar_layout));
-    alpha_ = registry.Create(VectorSpec(name_ + ".alpha", {dim}, role, layout));
+    beta_ = registry.Create(
+        VectorSpec(name_ + ".beta", {1}, role, scalar_layout, name_, VectorPart::kBeta));
+    alpha_ = registry.Create(
+        VectorSpec(name_ + ".alpha", {dim}, role, layout, name_, VectorPart::kAlpha));
   }
   local_dim_ = (plain_ != nullptr ? plain_ : alpha_)->local_numel();
   if (local_dim_ != dim_ && reparam == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
@@ -38,6 +43,12 @@ ScaleVector::ScaleVector(ParamRegistry& registry, std::string name, int64_t dim,
                  ": a normalized magnitude-direction vector split over tensor parallel ranks "
                  "needs the communicator of the group it is split over");
     split_group_ = split_group;
+  }
+}
+
+void ScaleVector::AddFoldTarget(const std::string& weight, FoldSide side) const {
+  for (Param* p : {plain_, alpha_, beta_}) {
+    if (p != nullptr) p->spec.scale_vector.folds_into.push_back({weight, side});
   }
 }
 

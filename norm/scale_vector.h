@@ -48,6 +48,9 @@ class ScaleVector {
   Status Backward(const ExecContext& ctx, const Tensor& d_gamma) const;
 
   const std::string& name() const { return name_; }
+  // Records that this vector folds into `weight` (ParamSpec::scale_vector of
+  // its parameters; read by the export).
+  void AddFoldTarget(const std::string& weight, FoldSide side) const;
   int64_t dim() const { return local_dim_; }
   int64_t global_dim() const { return dim_; }
   ParamRole role() const { return role_; }

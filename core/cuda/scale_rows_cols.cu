@@ -201,11 +201,8 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
     const T* rs = Ptr<const T>(row);
     const T* cs = Ptr<const T>(col);
     const T* gs = Ptr<const T>(d_out);
-    if (d_x.defined() || d_row.defined()) {
-      RowPassKernel<T><<<Blocks(rows * 32), kThreads, 0, Stream(ctx)>>>(
-          rows, d.r, d.c, xs, rs, cs, gs, Ptr<T>(d_x), Ptr<T>(d_row));
-      SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "RowPassKernel");
-    }
+    // The column sums read d_out before the row pass may overwrite it (d_x
+    // may alias d_out: the in-place unfold of a folded weight's gradient).
     if (d_col.defined()) {
       SM_CHECK_MSG(d.b <= 65535, "ScaleRowsColsBackward: batch ", d.b, " over 65535");
       const int64_t chunk = ChunkRows(d.r);
@@ -219,6 +216,11 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
       ColumnFinishKernel<T><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
           d.b * d.c, d.c, chunks, Ptr<const A>(partials), Ptr<T>(d_col));
       SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "ColumnFinishKernel");
+    }
+    if (d_x.defined() || d_row.defined()) {
+      RowPassKernel<T><<<Blocks(rows * 32), kThreads, 0, Stream(ctx)>>>(
+          rows, d.r, d.c, xs, rs, cs, gs, Ptr<T>(d_x), Ptr<T>(d_row));
+      SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "RowPassKernel");
     }
   });
 }

@@ -6,7 +6,7 @@
 #include "gtest/gtest.h"
 #include "model/attention.h"
 #include "model/mlp.h"
-#include "model/scaled_linear.h"
+#include "norm/scaled_linear.h"
 #include "tests/model/model_test_util.h"
 #include "tests/testing/status_util.h"
 
@@ -147,23 +147,41 @@ TEST(MlpTest, ModeNoneRegistersOnlyWeights) {
 }
 
 // The fold and the per-token path compute the same function and gradients.
-TEST(ScaledLinearTest, FoldAndPerTokenAgree) {
+// The fold (in place in W's gradient, or through a separate buffer when the
+// gradient is shared with other terms) and the per-token path compute the
+// same outputs and gradients; the shared variant keeps what the gradient
+// already held.
+TEST(ScaledLinearTest, FoldInPlaceFoldSharedAndPerTokenAgree) {
   config::ScaleVectorConfig sv;
   sv.set_mode(config::ScaleVectorConfig::SHARED);
   const ExecContext ctx;
   Tensor x = RandomTensor({6, 5}, 20);
   Tensor w = RandomTensor({6, 4}, 21);
-  std::vector<double> grads[2];
-  std::vector<double> outs[2];
-  for (int path = 0; path < 2; ++path) {
+  constexpr int kVariants = 3;  // fold in place, fold shared, per token
+  std::vector<double> grads[kVariants];
+  std::vector<double> outs[kVariants];
+  for (int variant = 0; variant < kVariants; ++variant) {
     ParamRegistry registry;
     ParamSpec spec{"w", {4, 5}, ParamRole::kLinear, InitSpec::Normal(1.0), {}};
     Param* weight = registry.Create(spec);
     BranchScales scales(registry, ScaleOptions(sv), "gamma", {}, 5, {{"gamma", {}}}, false);
-    ScaledLinear lin(registry, weight, &scales, 0, "u", config::ScaleVectorConfig::PLAIN,
-                     path == 0 ? ScalePath::kFold : ScalePath::kPerToken);
+    const ScaledLinearOptions options{
+        .path = variant == 2 ? ScalePath::kPerToken : ScalePath::kFold,
+        .u_name = "u",
+        .shared_weight_grad = variant == 1};
+    ScaledLinear lin(registry, weight, &scales, 0, options);
     ASSERT_TRUE(registry.Materialize(3, DType::kF64, Device::kCPU).ok());
     testing::PerturbScaleVectors(registry, 8);
+    registry.ZeroGrads();
+    // What another user of the weight (a tied embedding) adds to its
+    // gradient: before this map's backward where the gradient is shared or
+    // not folded, after it where the fold owns the gradient (in place).
+    auto other_user = [&] {
+      for (int64_t i = 0; i < weight->local_numel(); ++i) {
+        weight->grad.data<double>()[i] += 0.25 * static_cast<double>(i % 3);
+      }
+    };
+    if (variant != 0) other_user();
     Must(scales.Forward(ctx, DType::kF64));
     Must(lin.PrepareStep(ctx, DType::kF64));
     Tensor y = Tensor::Empty({6, 4}, DType::kF64);
@@ -173,13 +191,49 @@ TEST(ScaledLinearTest, FoldAndPerTokenAgree) {
     lin.Backward(ctx, w, dx, GradMode::kAccumulate);  // adds to the 1s
     Must(lin.FinishBackward(ctx));
     Must(scales.Backward(ctx));
-    outs[path] = y.ToVector();
-    grads[path] = registry.flat_grads().ToVector();
-    for (double v : dx.ToVector()) grads[path].push_back(v);
+    if (variant == 0) other_user();
+    outs[variant] = y.ToVector();
+    grads[variant] = registry.flat_grads().ToVector();
+    for (double v : dx.ToVector()) grads[variant].push_back(v);
   }
-  ASSERT_EQ(grads[0].size(), grads[1].size());
-  for (size_t i = 0; i < outs[0].size(); ++i) EXPECT_NEAR(outs[0][i], outs[1][i], 1e-13);
-  for (size_t i = 0; i < grads[0].size(); ++i) EXPECT_NEAR(grads[0][i], grads[1][i], 1e-12);
+  for (int variant = 1; variant < kVariants; ++variant) {
+    ASSERT_EQ(grads[0].size(), grads[variant].size());
+    for (size_t i = 0; i < outs[0].size(); ++i) {
+      EXPECT_NEAR(outs[0][i], outs[variant][i], 1e-13) << variant;
+    }
+    for (size_t i = 0; i < grads[0].size(); ++i) {
+      EXPECT_NEAR(grads[0][i], grads[variant][i], 1e-12) << variant << " element " << i;
+    }
+  }
+}
+
+// A linear map records in its vectors' ParamSpecs which weight they fold
+// into: γ its columns, u its rows (the export reads nothing else).
+TEST(ScaledLinearTest, VectorsRecordTheWeightTheyFoldInto) {
+  config::ScaleVectorConfig sv;
+  sv.set_mode(config::ScaleVectorConfig::SHARED);
+  sv.set_reparam(config::ScaleVectorConfig::MAGNITUDE_DIRECTION);
+  ParamRegistry registry;
+  Param* w1 = registry.Create({"w1", {4, 5}, ParamRole::kLinear, InitSpec::Normal(1.0), {}});
+  Param* w2 = registry.Create({"w2", {3, 5}, ParamRole::kLinear, InitSpec::Normal(1.0), {}});
+  BranchScales scales(registry, ScaleOptions(sv), "gamma", {}, 5, {{"g1", {}}, {"g2", {}}},
+                      false);
+  ScaledLinear a(registry, w1, &scales, 0,
+                 {.u_name = "u1", .reparam = config::ScaleVectorConfig::MAGNITUDE_DIRECTION});
+  ScaledLinear b(registry, w2, &scales, 1, {});
+  for (const char* part : {"gamma.alpha", "gamma.beta"}) {
+    const ParamSpec& s = registry.Find(part)->spec;
+    EXPECT_EQ(s.scale_vector.vector, "gamma") << part;
+    ASSERT_EQ(s.scale_vector.folds_into.size(), 2u) << part;
+    EXPECT_EQ(s.scale_vector.folds_into[0].weight, "w1");
+    EXPECT_EQ(s.scale_vector.folds_into[1].weight, "w2");
+    EXPECT_EQ(s.scale_vector.folds_into[0].side, FoldSide::kColumns);
+  }
+  const ParamSpec& u = registry.Find("u1.alpha")->spec;
+  EXPECT_EQ(u.scale_vector.part, VectorPart::kAlpha);
+  ASSERT_EQ(u.scale_vector.folds_into.size(), 1u);
+  EXPECT_EQ(u.scale_vector.folds_into[0].weight, "w1");
+  EXPECT_EQ(u.scale_vector.folds_into[0].side, FoldSide::kRows);
 }
 
 }  // namespace

@@ -1,0 +1,126 @@
+#include "norm/scaled_linear.h"
+
+#include "core/ops.h"
+
+namespace scalemoe {
+
+ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchScales* scales,
+                           int branch, const ScaledLinearOptions& options)
+    : weight_(weight),
+      scales_(scales),
+      branch_(branch),
+      fold_(options.path == ScalePath::kFold),
+      shared_weight_grad_(options.shared_weight_grad) {
+  SM_CHECK_MSG(weight_ != nullptr && weight_->spec.shape.size() == 2,
+               "ScaledLinear needs a 2-D weight");
+  if (scales_ != nullptr) scales_->AddFoldTarget(branch_, weight_->spec.name);
+  if (!options.u_name.empty()) {
+    const ParamLayout& w = weight->spec.layout;
+    ParamLayout layout = w;
+    // u runs along W's rows: split with them if W is row-split, else
+    // replicated (a share of its gradient per rank if W's columns are split,
+    // or if W itself only sees this rank's tokens).
+    layout.tp_split_dim = w.tp_split_dim == 0 ? 0 : -1;
+    layout.tp_partial_grad = w.tp_partial_grad || w.tp_split_dim == 1;
+    u_ = std::make_unique<ScaleVector>(registry, options.u_name, weight->spec.shape[0],
+                                       ParamRole::kOutputNormScale, options.reparam, layout,
+                                       options.split_group);
+    u_->AddFoldTarget(weight_->spec.name, FoldSide::kRows);
+  }
+}
+
+const Tensor& ScaledLinear::Gamma() const {
+  return scales_ ? scales_->gamma(branch_) : undefined_;
+}
+const Tensor& ScaledLinear::DGamma() const {
+  return scales_ ? scales_->d_gamma(branch_) : undefined_;
+}
+
+const Tensor& ScaledLinear::GemmWeightGrad() const {
+  if (!folded()) return weight_->grad;
+  return shared_weight_grad_ ? d_w_eff_ : weight_->grad;
+}
+
+Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
+  if (u_) {
+    if (!u_value_.defined() || u_value_.dtype() != dtype) {
+      u_value_ = ctx.Empty({out_features()}, dtype);
+      d_u_ = ctx.Empty({out_features()}, dtype);
+    }
+    SM_RETURN_IF_ERROR(u_->Compute(ctx, u_value_));
+    ops::Zero(ctx, d_u_);
+  }
+  if (!folded()) return absl::OkStatus();
+  const Tensor& w = weight_->value;
+  if (!w_eff_.defined() || w_eff_.dtype() != w.dtype()) {
+    w_eff_ = ctx.Empty(w.shape(), w.dtype());
+    if (shared_weight_grad_) d_w_eff_ = ctx.Empty(w.shape(), w.dtype());
+  }
+  ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), w_eff_);
+  if (shared_weight_grad_) ops::Zero(ctx, d_w_eff_);
+  return absl::OkStatus();
+}
+
+void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+  x_ = x;
+  input_ = x;
+  if (per_token_gamma()) {
+    input_ = ctx.Empty(x.shape(), x.dtype());
+    ops::ScaleRowsCols(ctx, x, Tensor(), Gamma(), input_);
+  }
+  const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
+  if (!per_token_u()) {
+    ops::Gemm(ctx, input_, effective_weight(), y, xwt);
+    return;
+  }
+  raw_ = ctx.Empty(y.shape(), y.dtype());
+  ops::Gemm(ctx, input_, effective_weight(), raw_, xwt);
+  ops::ScaleRowsCols(ctx, raw_, Tensor(), u_value_, y);
+}
+
+void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                            GradMode mode) {
+  const bool accumulate = mode == GradMode::kAccumulate;
+  Tensor d_raw = d_y;
+  if (per_token_u()) {
+    d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
+    ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, d_y, d_raw, Tensor(), d_u_);
+  }
+  // The weight's (or the folded weight's) gradient, accumulated over the step.
+  ops::Gemm(ctx, d_raw, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
+  const Tensor& w = effective_weight();
+  if (!per_token_gamma()) {
+    ops::Gemm(ctx, d_raw, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
+    return;
+  }
+  Tensor d_in = ctx.Empty(x_.shape(), x_.dtype());
+  ops::Gemm(ctx, d_raw, w, d_in);
+  if (!accumulate) {
+    ops::ScaleRowsColsBackward(ctx, x_, Tensor(), Gamma(), d_in, d_x, Tensor(), DGamma());
+    return;
+  }
+  Tensor d_part = ctx.Empty(x_.shape(), x_.dtype());
+  ops::ScaleRowsColsBackward(ctx, x_, Tensor(), Gamma(), d_in, d_part, Tensor(), DGamma());
+  ops::Axpy(ctx, 1.0, d_part, d_x);
+}
+
+Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
+  if (folded()) {
+    // The GEMMs accumulated dW_eff with W_eff = diag(u)·W·diag(γ):
+    // ScaleRowsColsBackward gives dW = dW_eff ⊙ u γᵀ and the vectors'
+    // gradients in one pass — in place in W's gradient (its sums read dW_eff
+    // before overwriting it), or from the separate buffer of a shared one.
+    if (shared_weight_grad_) {
+      Tensor d_w = ctx.Empty(w_eff_.shape(), w_eff_.dtype());
+      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
+                                 DGamma());
+      ops::Axpy(ctx, 1.0, d_w, weight_->grad);
+    } else {
+      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), weight_->grad,
+                                 weight_->grad, d_u_, DGamma());
+    }
+  }
+  return u_ ? u_->Backward(ctx, d_u_) : absl::OkStatus();
+}
+
+}  // namespace scalemoe

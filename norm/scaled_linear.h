@@ -1,0 +1,115 @@
+// ScaledLinear: the one linear map with scale vectors, used by every
+// projection of the model (attention, dense MLP, LM head) and of the MoE
+// layer (router, routed and shared experts):
+//   y[T, R] = u ⊙ ((γ ⊙ x[T, C]) Wᵀ)      for a weight W [R, C]
+// with an optional Input-Norm γ [C] (owned by a BranchScales, one of its
+// branches) and an optional output-side u [R] (DUAL placement, role
+// kOutputNormScale, owned here), per SCALE_VECTORS.md ("Cost").
+//
+// Paths (scale_vectors.fold_into_weights):
+// - fold: W_eff = diag(u)·W·diag(γ) is formed once per step, the token path
+//   is one GEMM with W_eff. Backward accumulates dW_eff straight into W's
+//   fp32 gradient; FinishBackward turns it into dW, dγ, du in place (the
+//   vectors' sums read it before it is overwritten). A weight whose gradient
+//   also collects other terms (a tied head: the embedding lookup adds into
+//   the same buffer) keeps dW_eff in a buffer of its own instead.
+// - per token: γ and u scale the activations, their gradients accumulate
+//   in Backward; W is used as is.
+// Both compute the same function (tests compare them).
+//
+// Tensor parallel: the map is local to this rank's shard of W (its
+// local_shape); the caller moves activations (model/tp_region.h). W split on
+// dim 0 (column-parallel) splits u with its rows; W split on dim 1
+// (row-parallel) leaves u [R] whole, its gradient a per-rank share
+// (tp_partial_grad), as does a W whose own layout is tp_partial_grad (the
+// MoE layer's shared experts). A replicated γ in front of a column-parallel
+// map gets a share too: its owner marks it.
+//
+// Gradient contract: Backward overwrites or adds into d_x (GradMode) and
+// accumulates parameter gradients; dγ lands in the BranchScales' d_gamma,
+// which the owner pushes to the parameters after FinishBackward. One Forward
+// cache: each Backward follows its Forward.
+//
+// Names: construction records in the parameters' ParamSpec which weight γ
+// and u fold into (ScaleVectorInfo::folds_into), for the export.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/context.h"
+#include "core/params.h"
+#include "core/tensor.h"
+#include "norm/branch_scales.h"
+#include "norm/scale_options.h"
+#include "norm/scale_vector.h"
+
+namespace scalemoe {
+
+// Whether a Backward overwrites d_x or adds into it (several projections
+// reading one input, e.g. q, k, v of one normalized n).
+enum class GradMode : uint8_t { kOverwrite = 0, kAccumulate = 1 };
+
+struct ScaledLinearOptions {
+  ScalePath path = ScalePath::kFold;
+  // Non-empty: an output-side u [R] is registered under this name, with
+  // this reparameterisation.
+  std::string u_name = {};
+  Reparam reparam = config::ScaleVectorConfig::PLAIN;
+  // The (E)TP group W is split over: a split normalized u reduces its norms
+  // over it. May be null.
+  Communicator* split_group = nullptr;
+  // W's gradient also collects other terms (a tied LM head): the folded
+  // gradient is kept apart and added at FinishBackward.
+  bool shared_weight_grad = false;
+};
+
+class ScaledLinear {
+ public:
+  // `scales`/`branch`: where γ comes from (nullptr: no γ).
+  ScaledLinear(ParamRegistry& registry, Param* weight, const BranchScales* scales, int branch,
+               const ScaledLinearOptions& options);
+
+  // After the BranchScales' Forward (γ of this step) and before Forward;
+  // `dtype` is the activations'.
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
+  // y [T, R] overwritten from x [T, C].
+  void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, GradMode mode);
+  // Once per step after the last Backward, before the owning BranchScales'
+  // Backward.
+  Status FinishBackward(const ExecContext& ctx);
+
+  Param* weight() const { return weight_; }
+  int64_t out_features() const { return weight_->local_shape[0]; }
+  int64_t in_features() const { return weight_->local_shape[1]; }
+  // The folded weight of this step, or W itself when nothing is folded.
+  const Tensor& effective_weight() const { return folded() ? w_eff_ : weight_->value; }
+
+ private:
+  const Tensor& Gamma() const;
+  const Tensor& DGamma() const;
+  bool folded() const { return fold_ && (Gamma().defined() || u_ != nullptr); }
+  bool per_token_gamma() const { return !fold_ && Gamma().defined(); }
+  bool per_token_u() const { return !fold_ && u_ != nullptr; }
+  // Where Backward accumulates the gradient of the GEMM's weight.
+  const Tensor& GemmWeightGrad() const;
+
+  Param* weight_;
+  const BranchScales* scales_;
+  int branch_;
+  bool fold_;
+  bool shared_weight_grad_;
+  std::unique_ptr<ScaleVector> u_;  // null when there is no output side
+  Tensor undefined_;
+  Tensor u_value_;   // [R] effective u of this step
+  Tensor d_u_;       // [R] accumulated over the step
+  Tensor w_eff_;     // [R, C] folded weight (folded() only)
+  Tensor d_w_eff_;   // [R, C] folded gradient, shared_weight_grad only
+  // Forward cache.
+  Tensor x_;      // the input
+  Tensor input_;  // the GEMM's input: γ ⊙ x per token, else x
+  Tensor raw_;    // the GEMM's output before u (per-token u only)
+};
+
+}  // namespace scalemoe
