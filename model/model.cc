@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_read.h"
 #include "core/ops.h"
 #include "model/weight_spec.h"
 #include "norm/scale_options.h"
@@ -198,15 +199,23 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   }
   StageOutput out;
   LossBreakdown& loss = out.loss;
+  Tensor moe_losses;  // Σ over this stage's MoE layers of (aux, z), f64 on the device
   for (size_t l = 0; l < blocks_.size(); ++l) {
     residuals_[l + 1] = Tensor::Empty(rows, dt, dev);
     SM_RETURN_IF_ERROR_CTX(
         blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
         blocks_[l]->layer(), " forward");
     if (MoeLayer* moe = blocks_[l]->moe()) {
-      loss.aux += moe->aux_loss();
-      loss.z += moe->z_loss();
+      if (!moe_losses.defined()) moe_losses = ctx.Zeros({2}, DType::kF64);
+      const Tensor layer_losses = ctx.Empty({2}, DType::kF64);
+      ops::Copy(ctx, moe->losses(), layer_losses);
+      ops::Axpy(ctx, 1.0, layer_losses, moe_losses);
     }
+  }
+  if (moe_losses.defined()) {  // one host read for every MoE layer's losses
+    const std::vector<double> v = ReadHostDoubles(ctx, moe_losses);
+    loss.aux = v[0];
+    loss.z = v[1];
   }
   loss.tokens = n;
   if (!is_last_stage()) {
@@ -329,18 +338,27 @@ Status MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn
   return absl::OkStatus();
 }
 
-std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {
-  std::vector<MoeLayerStats> stats;
+std::vector<MoeLayer*> MoeTransformer::MoeLayers() const {
+  std::vector<MoeLayer*> layers;
   for (const auto& b : blocks_) {
-    if (b->moe()) stats.push_back(b->moe()->step_stats());
+    if (b->moe()) layers.push_back(b->moe());
   }
-  return stats;
+  return layers;
 }
 
-void MoeTransformer::UpdateExpertBiases() {
-  for (auto& b : blocks_) {
-    if (b->moe()) b->moe()->UpdateExpertBias();
+StatusOr<std::vector<MoeLayerStats>> MoeTransformer::MoeStats(const ExecContext& ctx) const {
+  // One all-reduce per router replica group for every layer's statistics.
+  return MoeLayer::StepStats(ctx, MoeLayers());
+}
+
+Status MoeTransformer::UpdateExpertBiases(const ExecContext& ctx) {
+  std::vector<MoeLayer*> layers;
+  for (MoeLayer* l : MoeLayers()) {
+    if (l->has_expert_bias()) layers.push_back(l);
   }
+  SM_RETURN_IF_ERROR(MoeLayer::ReduceStepStats(ctx, layers));
+  for (MoeLayer* l : layers) SM_RETURN_IF_ERROR(l->UpdateExpertBias(ctx));
+  return absl::OkStatus();
 }
 
 ModelCounts MoeTransformer::Counts() const {
