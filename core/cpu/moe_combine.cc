@@ -2,6 +2,7 @@
 // adds its own kept slots' rows, in slot order) and SlotRowDot (the combine
 // weights' gradient). Deterministic by construction: no two tokens write the
 // same output row, so a CUDA kernel needs no atomics either.
+#include <type_traits>
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
@@ -31,29 +32,34 @@ void CheckSlots(const char* op, const Tensor& rows, const Tensor& slot_row,
                " token rows ", per_token.DebugString());
 }
 
+// f32 and f64 add each slot's term straight into the output row; bf16 sums
+// a token's terms in f32 and rounds once.
 template <typename T>
 void CombineTyped(int64_t n, int64_t k, int64_t c, int64_t m, const T* rows, const int32_t* sr,
                   const T* w, T* out) {
   using A = Compute<T>;
-  std::vector<A> acc(c);
+  constexpr bool kDirect = std::is_same_v<A, T>;
+  std::vector<A> acc(kDirect ? 0 : c);
   for (int64_t t = 0; t < n; ++t) {
-    bool any = false;
+    T* o = out + t * c;
+    if constexpr (!kDirect) {
+      for (int64_t i = 0; i < c; ++i) acc[i] = Load(o[i]);
+    }
     for (int64_t j = 0; j < k; ++j) {
       const int32_t r = sr[t * k + j];
       if (r < 0) continue;
       SM_CHECK_MSG(r < m, "CombineSlots: row ", r, " of token ", t, " not in [0, ", m, ")");
       const A wj = w ? Load(w[t * k + j]) : A(1);
       const T* y = rows + static_cast<int64_t>(r) * c;
-      if (!any) {
-        for (int64_t i = 0; i < c; ++i) acc[i] = wj * Load(y[i]);
-        any = true;
+      if constexpr (kDirect) {
+        for (int64_t i = 0; i < c; ++i) o[i] += wj * y[i];
       } else {
         for (int64_t i = 0; i < c; ++i) acc[i] += wj * Load(y[i]);
       }
     }
-    if (!any) continue;
-    T* o = out + t * c;
-    for (int64_t i = 0; i < c; ++i) o[i] = Store<T>(Load(o[i]) + acc[i]);
+    if constexpr (!kDirect) {
+      for (int64_t i = 0; i < c; ++i) o[i] = Store<T>(acc[i]);
+    }
   }
 }
 
