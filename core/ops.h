@@ -354,5 +354,96 @@ void MuonApply(const ExecContext& ctx, const Tensor& params, const Tensor& ortho
 // set or `loss` (f64[1]) is not finite; `step` is its 1-based number.
 void TrackNonFinite(const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss,
                     int64_t step, const Tensor& tracker);
+// Capacity priority (core/cpu/moe_routing_stats.cc): out[t, j] =
+// scores[t, expert_ids[t, j]], the raw score of each selected assignment.
+// scores [N, E] and out [N, K] f32, f64 or bf16 (one dtype); expert_ids [N, K] i32.
+void SelectedScores(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,
+                    const Tensor& out);
+
+// Per-step MoE statistics, kept on the device (core/cpu/moe_routing_stats.cc).
+// step [E + 1] i64 (accumulated): step[e] += counts[e] (kept assignments per
+// expert, counts [E] i64), step[E] += assignments − Σ_e counts[e] (the
+// assignments capacity dropped; `assignments` = N·K of the forward).
+void AccumulateExpertLoads(const ExecContext& ctx, const Tensor& counts, int64_t assignments,
+                           const Tensor& step);
+// Aux-loss-free balancing (DeepSeek-V3): bias[e] += rate · sign(mean − loads[e]),
+// mean = Σ loads / E (exact: loads are integers). loads [E] i64; bias [E] f32/f64.
+void ExpertBiasUpdate(const ExecContext& ctx, const Tensor& loads, double rate,
+                      const Tensor& bias);
+
+// Index building from device counts (core/cpu/moe_index.cc). Row indices
+// are i32; −1 marks "no row".
+// slot_row[s] = i for every i with row_slot[i] = s >= 0; −1 for slots no row
+// holds (overwritten). row_slot [M] (its values >= 0 distinct, < S), slot_row [S].
+// The inverse of SortByExpert's perm_slot: each token's rows, for the
+// per-token combine below.
+void InvertRowIndex(const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row);
+// Every token to every one of `copies` experts (shared experts), rows grouped
+// by copy: gather [copies·N] with gather[c·N + t] = t (the token of each
+// row), slot_row [N, copies] with slot_row[t, c] = c·N + t (the row of each
+// (token, copy)). N = gather.numel() / copies.
+void TiledRowIndex(const ExecContext& ctx, int copies, const Tensor& gather,
+                   const Tensor& slot_row);
+// Rows that arrive as [source][expert] blocks (counts [S, L] i64: rows of
+// source s for local expert l) reordered to [expert][source] blocks (sources
+// in order; what GroupedExperts wants), and back. R = Σ counts rows:
+//   to_expert_order[g] = source-order position of expert-order row g, where
+//     source s's rows start at s·source_stride (source_stride > 0: padded
+//     blocks, e.g. an all-gather of equal-sized buffers; each source's total
+//     must fit) or right after source s−1's (source_stride = 0: packed);
+//   to_source_order[j] = expert-order row of packed source-order row j.
+// to_expert_order, to_source_order [R] i32 (R must equal Σ counts).
+void SourceToExpertOrder(const ExecContext& ctx, const Tensor& counts, int64_t source_stride,
+                         const Tensor& to_expert_order, const Tensor& to_source_order);
+// totals[l] = Σ_s counts[s, l] (overwritten); counts [S, L], totals [L], i64.
+void SumSourceCounts(const ExecContext& ctx, const Tensor& counts, const Tensor& totals);
+
+// The combine as a per-token sum (core/cpu/moe_combine.cc; deterministic:
+// each token sums its own K slots in slot order, no scatter).
+// out[t] += Σ_{j: slot_row[t, j] >= 0} weights[t, j] · rows[slot_row[t, j]]
+// (accumulated; weights may be undefined = 1). rows [M, C], slot_row [N, K]
+// i32, weights [N, K], out [N, C]; floats f32, f64 or bf16 (one dtype, f32
+// accumulation for bf16).
+void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row,
+                  const Tensor& weights, const Tensor& out);
+// out[t, j] = <x[t], rows[slot_row[t, j]]>, 0 where slot_row[t, j] < 0
+// (overwritten): the combine weights' gradient. x [N, C], rows [M, C],
+// slot_row and out [N, K].
+void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
+                const Tensor& rows, const Tensor& out);
+
+// ---------------------------------------------------------------- vocab-parallel ops (parallel/)
+// Owner: the MoE work (parallel/tp_cross_entropy.h, tp_embedding.h;
+// core/cpu/vocab_parallel.cc). A rank holds the vocabulary shard
+// [vocab_start, vocab_start + V_local) of the logits or of the table.
+// Statistics are f64 whatever the logits' dtype (f32, f64 or bf16).
+
+// row_max[n] = max_v logits[n, v] over this shard; logits [N, V_local], row_max [N] f64.
+void VocabRowMax(const ExecContext& ctx, const Tensor& logits, const Tensor& row_max);
+// With row_max the max over the WHOLE vocabulary (all-reduced):
+// stats[0, n] = Σ_v exp(logits[n, v] − row_max[n]) over this shard;
+// stats[1, n] = logits[n, targets[n] − vocab_start] when this shard holds
+// targets[n], else 0. targets [N] i32 (global ids), stats [2, N] f64.
+void VocabSoftmaxStats(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
+                       int64_t vocab_start, const Tensor& row_max, const Tensor& stats);
+// With stats summed over the shards: loss[0] = mean_n (log stats[0, n] +
+// row_max[n] − stats[1, n]); loss [1] f64.
+void VocabCrossEntropyLoss(const ExecContext& ctx, const Tensor& row_max, const Tensor& stats,
+                           const Tensor& loss);
+// This shard of d(mean loss)/d logits = (softmax − onehot(target)) / N
+// (overwritten), from the whole vocabulary's row_max and summed stats.
+void VocabCrossEntropyBackward(const ExecContext& ctx, const Tensor& logits,
+                               const Tensor& targets, int64_t vocab_start,
+                               const Tensor& row_max, const Tensor& stats,
+                               const Tensor& d_logits);
+// rows[n] = tokens[n] − vocab_start when vocab_start <= tokens[n] <
+// vocab_start + shard_size, else −1 (another shard's token, or no token's).
+// tokens, rows [N] i32.
+void VocabShardRows(const ExecContext& ctx, const Tensor& tokens, int64_t vocab_start,
+                    int64_t shard_size, const Tensor& rows);
+// count[0] = number of ids outside [begin, end) (overwritten): the device
+// flag a layer reports bad token ids through. ids i32 (any shape), count [1] i64.
+void CountOutOfRange(const ExecContext& ctx, const Tensor& ids, int64_t begin, int64_t end,
+                     const Tensor& count);
 
 }  // namespace scalemoe::ops

@@ -61,5 +61,20 @@
   X(void, MuonMomentum, (const ExecContext& ctx, const Tensor& grads, const Tensor& momentum, const Tensor& update, const Tensor& segments, const ::scalemoe::ops::MuonMomentumOptions& options, const ::scalemoe::ops::StepControl& control), (ctx, grads, momentum, update, segments, options, control), NO_CUDA) \
   X(void, FrobeniusNormalize, (const ExecContext& ctx, const Tensor& x, double eps), (ctx, x, eps), NO_CUDA) \
   X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), NO_CUDA) \
-  X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), NO_CUDA)
+  X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), NO_CUDA) \
+  X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), NO_CUDA) \
+  X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), NO_CUDA) \
+  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& bias), (ctx, loads, rate, bias), NO_CUDA) \
+  X(void, InvertRowIndex, (const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row), (ctx, row_slot, slot_row), NO_CUDA) \
+  X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), NO_CUDA) \
+  X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), NO_CUDA) \
+  X(void, SumSourceCounts, (const ExecContext& ctx, const Tensor& counts, const Tensor& totals), (ctx, counts, totals), NO_CUDA) \
+  X(void, CombineSlots, (const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row, const Tensor& weights, const Tensor& out), (ctx, rows, slot_row, weights, out), NO_CUDA) \
+  X(void, SlotRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& slot_row, const Tensor& rows, const Tensor& out), (ctx, x, slot_row, rows, out), NO_CUDA) \
+  X(void, VocabRowMax, (const ExecContext& ctx, const Tensor& logits, const Tensor& row_max), (ctx, logits, row_max), NO_CUDA) \
+  X(void, VocabSoftmaxStats, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats), (ctx, logits, targets, vocab_start, row_max, stats), NO_CUDA) \
+  X(void, VocabCrossEntropyLoss, (const ExecContext& ctx, const Tensor& row_max, const Tensor& stats, const Tensor& loss), (ctx, row_max, stats, loss), NO_CUDA) \
+  X(void, VocabCrossEntropyBackward, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats, const Tensor& d_logits), (ctx, logits, targets, vocab_start, row_max, stats, d_logits), NO_CUDA) \
+  X(void, VocabShardRows, (const ExecContext& ctx, const Tensor& tokens, int64_t vocab_start, int64_t shard_size, const Tensor& rows), (ctx, tokens, vocab_start, shard_size, rows), NO_CUDA) \
+  X(void, CountOutOfRange, (const ExecContext& ctx, const Tensor& ids, int64_t begin, int64_t end, const Tensor& count), (ctx, ids, begin, end, count), NO_CUDA)
 // clang-format on

@@ -193,11 +193,12 @@ Status TrainLoop::NonFinite(int64_t step, double loss, double grad_norm,
 }
 
 StatusOr<std::vector<std::pair<int, MoeLayerStats>>> TrainLoop::AllMoeStats() {
-  // A layer's statistics are global already (it all-reduces its counts over
-  // every replica of its router); only the pipeline stages hold different layers.
+  // A layer's statistics are global (MoeStats all-reduces the step's counts
+  // over every replica of the routers); only the pipeline stages hold
+  // different layers.
   std::vector<std::pair<int, MoeLayerStats>> out;
   for (const auto& chunk : chunks_) {
-    const std::vector<MoeLayerStats> mine = chunk->MoeStats();
+    SM_ASSIGN_OR_RETURN(const std::vector<MoeLayerStats> mine, chunk->MoeStats(ctx_));
     const std::vector<int> layers = chunk->MoeLayerIndices();
     for (size_t i = 0; i < mine.size(); ++i) out.emplace_back(layers[i], mine[i]);
   }
@@ -373,7 +374,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
     // The expert bias moves only after an applied update (the router's
     // update is host code until it reads the flag on the device itself).
     if (cfg_.moe().expert_bias() && ReadScalar(ctx_, step_result.nonfinite) == 0) {
-      for (auto& c : chunks_) c->UpdateExpertBiases();
+      for (auto& c : chunks_) SM_RETURN_IF_ERROR(c->UpdateExpertBiases(ctx_));
     }
     SM_RETURN_IF_ERROR(ctx_.status());
     const int64_t done = step + 1;

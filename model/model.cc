@@ -207,20 +207,18 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   const Tensor ce = out.losses.Narrow(0, kCrossEntropyLoss, 1);
   const Tensor aux = out.losses.Narrow(0, kAuxLoss, 1);
   const Tensor z = out.losses.Narrow(0, kZLoss, 1);
-  double aux_sum = 0, z_sum = 0;
   for (size_t l = 0; l < blocks_.size(); ++l) {
     residuals_[l + 1] = ctx.Empty(rows, dt);
     SM_RETURN_IF_ERROR_CTX(
         blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
         blocks_[l]->layer(), " forward");
     if (MoeLayer* moe = blocks_[l]->moe()) {
-      aux_sum += moe->aux_loss();
-      z_sum += moe->z_loss();
+      // This layer's (aux, z), in the router's dtype: summed in f64.
+      const Tensor layer_losses = ctx.Empty({2}, DType::kF64);
+      ops::Copy(ctx, moe->losses(), layer_losses);
+      ops::Axpy(ctx, 1.0, layer_losses, out.losses.Narrow(0, kAuxLoss, 2));
     }
   }
-  // The MoE layers still report host values (moe/router.h).
-  ops::Copy(ctx, TableToDevice(ctx, {2}, std::vector<double>{aux_sum, z_sum}),
-            out.losses.Narrow(0, kAuxLoss, 2));
   const Tensor total = out.losses.Narrow(0, kTotalLoss, 1);
   if (!is_last_stage()) {
     out.output = residuals_.back();
@@ -239,9 +237,8 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), dt) : Tensor();
   keep_grad_ = keep_grad;
   if (vocab_loss_) {
-    StatusOr<double> vocab_ce = vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_);
-    SM_RETURN_IF_ERROR_CTX(vocab_ce.status(), "vocab-parallel cross-entropy");
-    ops::Copy(ctx, TableToDevice(ctx, {1}, std::vector<double>{*vocab_ce}), ce);
+    SM_RETURN_IF_ERROR_CTX(vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_, ce),
+                           "vocab-parallel cross-entropy");
   } else {
     ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_, ce);
   }
@@ -354,18 +351,27 @@ Status MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn
   return absl::OkStatus();
 }
 
-std::vector<MoeLayerStats> MoeTransformer::MoeStats() const {
-  std::vector<MoeLayerStats> stats;
+std::vector<MoeLayer*> MoeTransformer::MoeLayers() const {
+  std::vector<MoeLayer*> layers;
   for (const auto& b : blocks_) {
-    if (b->moe()) stats.push_back(b->moe()->step_stats());
+    if (b->moe()) layers.push_back(b->moe());
   }
-  return stats;
+  return layers;
 }
 
-void MoeTransformer::UpdateExpertBiases() {
-  for (auto& b : blocks_) {
-    if (b->moe()) b->moe()->UpdateExpertBias();
+StatusOr<std::vector<MoeLayerStats>> MoeTransformer::MoeStats(const ExecContext& ctx) const {
+  // One all-reduce per router replica group for every layer's statistics.
+  return MoeLayer::StepStats(ctx, MoeLayers());
+}
+
+Status MoeTransformer::UpdateExpertBiases(const ExecContext& ctx) {
+  std::vector<MoeLayer*> layers;
+  for (MoeLayer* l : MoeLayers()) {
+    if (l->has_expert_bias()) layers.push_back(l);
   }
+  SM_RETURN_IF_ERROR(MoeLayer::ReduceStepStats(ctx, layers));
+  for (MoeLayer* l : layers) SM_RETURN_IF_ERROR(l->UpdateExpertBias(ctx));
+  return absl::OkStatus();
 }
 
 ModelCounts MoeTransformer::Counts() const {

@@ -146,12 +146,16 @@ class MoeTransformer {
   bool is_first_stage() const { return stage_ == 0; }
   bool is_last_stage() const { return stage_ == num_stages_ - 1; }
 
-  // MoE layers of this stage only, in layer order (MoeLayer::step_stats:
-  // this step's training micro-batches); MoeLayerIndices() gives each one's
-  // global layer index.
-  std::vector<MoeLayerStats> MoeStats() const;
+  // MoE layers of this stage only, in layer order (MoeLayer::StepStats:
+  // this step's training micro-batches, reduced over the routers' replicas
+  // once per step for all layers together; read on the host: for logging);
+  // MoeLayerIndices() gives each one's global layer index. Every rank of the
+  // stage calls it alike.
+  StatusOr<std::vector<MoeLayerStats>> MoeStats(const ExecContext& ctx) const;
   std::vector<int> MoeLayerIndices() const { return moe_layers_; }
-  void UpdateExpertBiases();
+  // Expert-bias update of every MoE layer from its reduced step loads, on
+  // the device (one reduction for all layers). Every rank of the stage calls it.
+  Status UpdateExpertBiases(const ExecContext& ctx);
   // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
 
@@ -160,6 +164,7 @@ class MoeTransformer {
   const Tensor& logits() const { return logits_; }
 
  private:
+  std::vector<MoeLayer*> MoeLayers() const;  // this stage's, in layer order
   // Sums the tp_partial_grad gradients of registry params [range) over (E)TP.
   Status SumPartialGrads(const ExecContext& ctx, std::pair<size_t, size_t> range) const;
 

@@ -11,17 +11,34 @@ ExpertTpExchange::ExpertTpExchange(Communicator* etp) : etp_(etp) {
   SM_CHECK_MSG(etp_ != nullptr, "ExpertTpExchange needs the expert tensor-parallel group");
 }
 
-Status ExpertTpExchange::Plan(const std::vector<int64_t>& local_counts) {
+Status ExpertTpExchange::ExchangeCounts(const ExecContext& ctx, const Tensor& local_counts,
+                                        const Tensor& group_counts) {
+  if (local_counts.dtype() != DType::kI64 || group_counts.dtype() != DType::kI64 ||
+      group_counts.numel() != etp_->size() * local_counts.numel()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExpertTpExchange::ExchangeCounts: local_counts ", local_counts.DebugString(),
+        " and group_counts ", group_counts.DebugString(), " must be i64 [E_local] and [",
+        etp_->size(), " * E_local]"));
+  }
+  return WithContext(etp_->AllGather(ctx, local_counts, group_counts),
+                     "expert tensor-parallel counts");
+}
+
+Status ExpertTpExchange::Plan(const ExecContext& ctx, const Tensor& group_counts,
+                              absl::Span<const int64_t> group_counts_host) {
   const int size = etp_->size();
-  const int local = static_cast<int>(local_counts.size());
-  Tensor send = Tensor::Empty({local}, DType::kI64);
-  Tensor recv = Tensor::Empty({static_cast<int64_t>(size) * local}, DType::kI64);
-  std::copy(local_counts.begin(), local_counts.end(), send.data<int64_t>());
-  SM_RETURN_IF_ERROR(etp_->AllGatherHost(send, recv));
+  const int local = static_cast<int>(group_counts_host.size()) / size;
+  if (static_cast<int64_t>(group_counts_host.size()) != static_cast<int64_t>(size) * local ||
+      group_counts.numel() != static_cast<int64_t>(group_counts_host.size())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "ExpertTpExchange::Plan: ", group_counts_host.size(), " host counts and ",
+        group_counts.DebugString(), " for ", size, " ranks (pass ExchangeCounts' output)"));
+  }
   num_local_ = local;
 
-  // c[s][le] = recv[s * local + le]; padded row of (s, le, j) = s*max + start[s][le] + j.
-  const int64_t* c = recv.data<int64_t>();
+  // c[s][le] = group_counts[s * local + le]; the padded all-gathered row of
+  // (s, le, j) is s*max + (rows of s before le) + j.
+  const absl::Span<const int64_t> c = group_counts_host;
   rows_of_.assign(size, 0);
   group_counts_.assign(local, 0);
   for (int s = 0; s < size; ++s) {
@@ -40,37 +57,10 @@ Status ExpertTpExchange::Plan(const std::vector<int64_t>& local_counts) {
   max_rows_ = *std::max_element(rows_of_.begin(), rows_of_.end());
   group_rows_ = 0;
   for (int64_t r : group_counts_) group_rows_ += r;
-
-  // Block starts: within a source's padded block, and within the group order.
-  std::vector<int64_t> source_start(static_cast<size_t>(size) * local);
-  std::vector<int64_t> group_start(static_cast<size_t>(size) * local);
-  for (int s = 0; s < size; ++s) {
-    int64_t at = 0;
-    for (int le = 0; le < local; ++le) {
-      source_start[s * local + le] = s * max_rows_ + at;
-      at += c[s * local + le];
-    }
-  }
-  int64_t at = 0;
-  for (int le = 0; le < local; ++le) {
-    for (int s = 0; s < size; ++s) {
-      group_start[s * local + le] = at;
-      at += c[s * local + le];
-    }
-  }
-  to_group_order_ = Tensor::Empty({group_rows_}, DType::kI32);
-  to_source_order_ = Tensor::Empty({group_rows_}, DType::kI32);
-  int32_t* to_group = to_group_order_.data<int32_t>();
-  int32_t* to_source = to_source_order_.data<int32_t>();
-  for (int s = 0, j = 0; s < size; ++s) {
-    for (int le = 0; le < local; ++le) {
-      for (int64_t r = 0; r < c[s * local + le]; ++r, ++j) {
-        const int64_t g = group_start[s * local + le] + r;
-        to_group[g] = static_cast<int32_t>(source_start[s * local + le] + r);
-        to_source[j] = static_cast<int32_t>(g);
-      }
-    }
-  }
+  to_group_order_ = ctx.Empty({group_rows_}, DType::kI32);
+  to_source_order_ = ctx.Empty({group_rows_}, DType::kI32);
+  ops::SourceToExpertOrder(ctx, group_counts.View({size, local}), /*source_stride=*/max_rows_,
+                           to_group_order_, to_source_order_);
   return absl::OkStatus();
 }
 
@@ -93,10 +83,10 @@ Status ExpertTpExchange::Gather(const ExecContext& ctx, const Tensor& rows, cons
   // Every rank contributes max_rows_ rows (the padding is never read).
   Tensor send = rows.Narrow(0, 0, own_rows_);
   if (own_rows_ < max_rows_) {
-    send = Tensor::Zeros({max_rows_, width}, rows.dtype(), ctx.device());
+    send = ctx.Empty({max_rows_, width}, rows.dtype());
     ops::Copy(ctx, rows.Narrow(0, 0, own_rows_), send.Narrow(0, 0, own_rows_));
   }
-  Tensor padded = Tensor::Empty({etp_->size() * max_rows_, width}, rows.dtype(), ctx.device());
+  Tensor padded = ctx.Empty({etp_->size() * max_rows_, width}, rows.dtype());
   SM_RETURN_IF_ERROR(etp_->AllGather(ctx, send.View({max_rows_ * width}),
                                      padded.View({etp_->size() * max_rows_ * width})));
   ops::GatherRows(ctx, padded, to_group_order_, 1, group.Narrow(0, 0, group_rows_));
@@ -109,11 +99,11 @@ Status ExpertTpExchange::ScatterReduce(const ExecContext& ctx, const Tensor& par
   SM_RETURN_IF_ERROR(CheckRows("rows", rows, own_rows_));
   const int size = etp_->size();
   const int64_t width = partial.dim(1);
-  Tensor by_source = Tensor::Empty({group_rows_, width}, partial.dtype(), ctx.device());
+  Tensor by_source = ctx.Empty({group_rows_, width}, partial.dtype());
   ops::GatherRows(ctx, partial.Narrow(0, 0, group_rows_), to_source_order_, 1, by_source);
   std::vector<int64_t> send_counts(size), recv_counts(size, own_rows_ * width);
   for (int s = 0; s < size; ++s) send_counts[s] = rows_of_[s] * width;
-  Tensor received = Tensor::Empty({size * own_rows_, width}, partial.dtype(), ctx.device());
+  Tensor received = ctx.Empty({size * own_rows_, width}, partial.dtype());
   SM_RETURN_IF_ERROR(etp_->AllToAllV(ctx, by_source.View({group_rows_ * width}), send_counts,
                                      received.View({size * own_rows_ * width}), recv_counts));
   ops::Zero(ctx, rows);

@@ -7,9 +7,13 @@
 // partial outputs. The ranks may hold different tokens (ETP ranks are TP
 // ranks of one micro-batch or data-parallel ranks of different ones): the
 // exchange only assumes the rows arrive grouped by local expert.
-//   Plan:          per-local-expert counts all-gathered ([E_local] i64 from
-//                  every rank), giving c[s][le] (rows ETP rank s holds for
-//                  local expert le); all later sizes come from it.
+//   ExchangeCounts: per-local-expert counts all-gathered on the device
+//                  ([E_local] i64 from every rank), giving c[s][le] (rows
+//                  ETP rank s holds for local expert le).
+//   Plan:          given the host copy of c (the MoeLayer reads all its
+//                  counts in one ctx.ToHost), all later sizes; the reorders
+//                  are built on the device from the device c
+//                  (ops::SourceToExpertOrder).
 //   Gather (owner rows -> group rows): one AllGather of each rank's rows,
 //                  padded to the largest rank's row count, then a local
 //                  reorder to [local expert][source] blocks, sources in ETP
@@ -25,12 +29,13 @@
 // with the forward's plan. A rank without rows, or a local expert without
 // rows, gives zero counts, never a skipped collective (every rank of the
 // group makes the same calls in the same order). Only ScatterReduce's sum
-// computes; nothing here reads the host beyond the counts in Plan.
+// computes; nothing here reads the host (Plan is given the counts' copy).
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "core/context.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -43,8 +48,15 @@ class ExpertTpExchange {
   // `etp` is the expert tensor-parallel group (not owned; outlives this).
   explicit ExpertTpExchange(Communicator* etp);
 
-  // Exchanges this rank's per-local-expert row counts ([E_local], host).
-  Status Plan(const std::vector<int64_t>& local_counts);
+  // local_counts [E_local] i64 (this rank's rows per local expert) ->
+  // group_counts [ETP * E_local] i64 = c[s][le], both on ctx's device.
+  Status ExchangeCounts(const ExecContext& ctx, const Tensor& local_counts,
+                        const Tensor& group_counts);
+  // group_counts: ExchangeCounts' output on the device (the reorders are
+  // built from it); group_counts_host: its host copy (the caller's one host
+  // read). Fails on a negative count.
+  Status Plan(const ExecContext& ctx, const Tensor& group_counts,
+              absl::Span<const int64_t> group_counts_host);
   // Rows of the whole group per local expert, after Gather.
   const std::vector<int64_t>& group_counts() const { return group_counts_; }
   int64_t group_rows() const { return group_rows_; }  // Σ group_counts

@@ -68,8 +68,8 @@ Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
     for (int p = 0; p < kNumProj; ++p) {
       if (!ex.u[p]) continue;
       if (!ex.u_value[p].defined()) {
-        ex.u_value[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device());
-        ex.d_u[p] = Tensor::Empty({ex.u[p]->dim()}, dtype, ctx.device());
+        ex.u_value[p] = ctx.Empty({ex.u[p]->dim()}, dtype);
+        ex.d_u[p] = ctx.Empty({ex.u[p]->dim()}, dtype);
       }
       SM_RETURN_IF_ERROR(ex.u[p]->Compute(ctx, ex.u_value[p]));
       ops::Zero(ctx, ex.d_u[p]);
@@ -89,9 +89,9 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   const int64_t m = x.dim(0), f = local_ffn_;
   x_ = x;
   counts_ = counts;
-  gate_ = Tensor::Empty({m, f}, x.dtype(), x.device());
-  up_ = Tensor::Empty({m, f}, x.dtype(), x.device());
-  h_ = Tensor::Empty({m, f}, x.dtype(), x.device());
+  gate_ = ctx.Empty({m, f}, x.dtype());
+  up_ = ctx.Empty({m, f}, x.dtype());
+  h_ = ctx.Empty({m, f}, x.dtype());
   ops::Zero(ctx, y);
   int64_t start = 0;
   for (int e = 0; e < options_.num_experts; ++e) {
@@ -113,10 +113,10 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
   const int64_t m = x_.dim(0), f = local_ffn_;
   SM_CHECK(d_y.shape() == x_.shape() && d_x.shape() == x_.shape());
   ops::Zero(ctx, d_x);
-  Tensor d_h = Tensor::Empty({m, f}, x_.dtype(), x_.device());
-  Tensor d_gate = Tensor::Empty({m, f}, x_.dtype(), x_.device());
-  Tensor d_up = Tensor::Empty({m, f}, x_.dtype(), x_.device());
-  Tensor d_x_up = Tensor::Empty(x_.shape(), x_.dtype(), x_.device());
+  Tensor d_h = ctx.Empty({m, f}, x_.dtype());
+  Tensor d_gate = ctx.Empty({m, f}, x_.dtype());
+  Tensor d_up = ctx.Empty({m, f}, x_.dtype());
+  Tensor d_x_up = ctx.Empty(x_.shape(), x_.dtype());
   int64_t start = 0;
   for (int e = 0; e < options_.num_experts; ++e) {
     const int64_t t = counts_[e];

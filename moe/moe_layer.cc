@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/types/span.h"
+#include "core/host_read.h"
 #include "core/ops.h"
 #include "moe/expert_tp_exchange.h"
 #include "moe/grouped_experts.h"
@@ -143,7 +145,6 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     opts.routed = false;
     shared_experts_ = std::make_unique<GroupedExperts>(registry, so, opts);
   }
-  step_loads_.assign(num_experts_, 0);
 }
 
 MoeLayer::~MoeLayer() = default;
@@ -151,11 +152,16 @@ MoeLayer::~MoeLayer() = default;
 const Tensor& MoeLayer::Gamma(const BranchRef& b) const { return b.scales->gamma(b.index); }
 const Tensor& MoeLayer::DGamma(const BranchRef& b) const { return b.scales->d_gamma(b.index); }
 
-Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
-  step_loads_.assign(num_experts_, 0);
-  step_dropped_ = 0;
-  step_aux_ = step_z_ = 0;
+void MoeLayer::ResetStepStats(const ExecContext& ctx, DType dtype) {
+  step_counts_ = ctx.Zeros({num_experts_ + 1}, DType::kI64);
+  step_losses_ = ctx.Zeros({2}, dtype);
   step_micro_batches_ = 0;
+  reduced_counts_ = Tensor();
+  reduced_ = false;
+}
+
+Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
+  ResetStepStats(ctx, dtype);
   if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Forward(ctx, dtype));
   if (own_group_) SM_RETURN_IF_ERROR(own_group_->Forward(ctx, dtype));
   router_->PrepareStep(ctx, Gamma(router_branch_), DGamma(router_branch_));
@@ -177,6 +183,46 @@ Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
   return absl::OkStatus();
 }
 
+Status MoeLayer::PlanCounts(const ExecContext& ctx) {
+  // One i64 buffer: [E] this rank's kept loads per global expert | EP: the
+  // exchanged matrix [EP, E_local] | ETP under EP: this rank's rows per local
+  // expert [E_local] | ETP: the group's matrix [ETP, E_local].
+  const int64_t e = num_experts_, local = num_local_;
+  const int64_t ep_size = dispatcher_ ? dispatcher_->received_counts_size() : 0;
+  const int64_t local_size = etp_exchange_ && dispatcher_ ? local : 0;
+  const int64_t etp_size = etp_exchange_ ? etp_->size() * local : 0;
+  plan_counts_ = ctx.Empty({e + ep_size + local_size + etp_size}, DType::kI64);
+  const Tensor counts = plan_counts_.Narrow(0, 0, e);
+  const Tensor received = plan_counts_.Narrow(0, e, ep_size);
+  const Tensor group = plan_counts_.Narrow(0, e + ep_size + local_size, etp_size);
+  forward_loads_ = counts;
+  permuter_->Plan(ctx, router_->expert_ids(), router_->kept(), counts);
+  if (dispatcher_) SM_RETURN_IF_ERROR(dispatcher_->ExchangeCounts(ctx, counts, received));
+  if (etp_exchange_) {
+    Tensor mine = counts;  // rows per local expert: all experts are local without EP
+    if (dispatcher_) {
+      mine = plan_counts_.Narrow(0, e + ep_size, local);
+      ops::SumSourceCounts(ctx, received.View({ep_->size(), local}), mine);
+    }
+    SM_RETURN_IF_ERROR(etp_exchange_->ExchangeCounts(ctx, mine, group));
+  }
+
+  // The layer's one host read of a step (documented in the header).
+  const std::vector<int64_t> host = ReadHostInts(ctx, plan_counts_);
+  const absl::Span<const int64_t> all(host);
+  expert_counts_.assign(host.begin(), host.begin() + e);
+  if (dispatcher_) {
+    SM_RETURN_IF_ERROR(
+        dispatcher_->Plan(ctx, received, all.subspan(0, e), all.subspan(e, ep_size)));
+    expert_counts_ = dispatcher_->local_counts();
+  }
+  if (etp_exchange_) {
+    SM_RETURN_IF_ERROR(
+        etp_exchange_->Plan(ctx, group, all.subspan(e + ep_size + local_size, etp_size)));
+  }
+  return absl::OkStatus();
+}
+
 Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out) {
   SM_CHECK_MSG(n.ndim() == 2 && n.dim(1) == hidden_ && out.shape() == n.shape() &&
                    out.dtype() == n.dtype(),
@@ -184,67 +230,37 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
                " (want [N, ", hidden_, "])");
   const int64_t tokens = n.dim(0);
   n_ = n;
+  forward_assignments_ = tokens * top_k_;
   SM_RETURN_IF_ERROR(router_->Forward(ctx, n));
-  permuter_->Plan(ctx, router_->expert_ids(), router_->kept());
-  Tensor permuted_x = Tensor::Empty({tokens * top_k_, hidden_}, n.dtype(), ctx.device());
+  SM_RETURN_IF_ERROR(PlanCounts(ctx));
+  Tensor permuted_x = ctx.Empty({tokens * top_k_, hidden_}, n.dtype());
   permuter_->Permute(ctx, n, permuted_x);
-  permuted_y_ = Tensor::Empty(permuted_x.shape(), n.dtype(), ctx.device());
+  permuted_y_ = ctx.Empty(permuted_x.shape(), n.dtype());
   if (dispatcher_) {
-    SM_RETURN_IF_ERROR(dispatcher_->Plan(permuter_->counts()));
     const Shape rows{dispatcher_->received_rows(), hidden_};
-    Tensor expert_x = Tensor::Empty(rows, n.dtype(), ctx.device());
-    Tensor expert_y = Tensor::Empty(rows, n.dtype(), ctx.device());
+    Tensor expert_x = ctx.Empty(rows, n.dtype());
+    Tensor expert_y = ctx.Empty(rows, n.dtype());
     SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
-    SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, dispatcher_->local_counts(), expert_y));
+    SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, expert_counts_, expert_y));
     SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, expert_y, permuted_y_));
   } else {
-    SM_RETURN_IF_ERROR(RunExperts(ctx, permuted_x, permuter_->counts(), permuted_y_));
+    SM_RETURN_IF_ERROR(RunExperts(ctx, permuted_x, expert_counts_, permuted_y_));
   }
   ops::Zero(ctx, out);
   permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);
 
   if (shared_experts_) {
-    // Every shared expert sees every token: rows s*N + t of the tiled input.
-    shared_tiled_ = Tensor::Empty({num_shared_ * tokens}, DType::kI32, ctx.device());
-    for (int64_t i = 0; i < num_shared_ * tokens; ++i) {
-      shared_tiled_.data<int32_t>()[i] = static_cast<int32_t>(i % tokens);
-    }
-    Tensor x_sh = Tensor::Empty({num_shared_ * tokens, hidden_}, n.dtype(), ctx.device());
-    Tensor y_sh = Tensor::Empty(x_sh.shape(), n.dtype(), ctx.device());
-    ops::GatherRows(ctx, n, shared_tiled_, 1, x_sh);
+    // Every shared expert sees every token: rows s*N + t of the tiled input,
+    // summed back per token.
+    shared_gather_ = ctx.Empty({num_shared_ * tokens}, DType::kI32);
+    shared_slots_ = ctx.Empty({tokens, num_shared_}, DType::kI32);
+    ops::TiledRowIndex(ctx, num_shared_, shared_gather_, shared_slots_);
+    Tensor x_sh = ctx.Empty({num_shared_ * tokens, hidden_}, n.dtype());
+    Tensor y_sh = ctx.Empty(x_sh.shape(), n.dtype());
+    ops::GatherRows(ctx, n, shared_gather_, 1, x_sh);
     shared_experts_->Forward(ctx, x_sh, std::vector<int64_t>(num_shared_, tokens), y_sh);
-    ops::ScatterAddRows(ctx, y_sh, shared_tiled_, 1, Tensor(), out);
+    ops::CombineSlots(ctx, y_sh, shared_slots_, Tensor(), out);
   }
-
-  // Stats from the counts already on the host; with several replicas of the
-  // router summed over them (counts [E] and the assignment total in one
-  // all-reduce per replica group, tp then dp: Σ over tp of Σ over dp is every
-  // rank of the stage once).
-  stats_.tokens_per_expert = permuter_->counts();
-  int64_t assignments = tokens * top_k_;
-  if (!loads_comms_.empty()) {
-    Tensor sums = Tensor::Empty({num_experts_ + 1}, DType::kI64);
-    int64_t* v = sums.data<int64_t>();
-    std::copy(stats_.tokens_per_expert.begin(), stats_.tokens_per_expert.end(), v);
-    v[num_experts_] = assignments;
-    for (Communicator* c : loads_comms_) {
-      SM_RETURN_IF_ERROR(WithContext(c->AllReduceHost(sums), "expert loads"));
-    }
-    stats_.tokens_per_expert.assign(v, v + num_experts_);
-    assignments = v[num_experts_];
-  }
-  int64_t kept = 0;
-  for (int64_t c : stats_.tokens_per_expert) kept += c;
-  stats_.dropped_tokens = assignments - kept;
-  const double mean = static_cast<double>(kept) / num_experts_;
-  double var = 0;
-  for (int e = 0; e < num_experts_; ++e) {
-    const double d = static_cast<double>(stats_.tokens_per_expert[e]) - mean;
-    var += d * d;
-  }
-  stats_.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
-  stats_.aux_loss = router_->aux_loss();
-  stats_.z_loss = router_->z_loss();
   return absl::OkStatus();
 }
 
@@ -253,24 +269,24 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   SM_CHECK_MSG(d_out.shape() == n_.shape() && d_n.shape() == n_.shape(),
                "MoeLayer::Backward: d_out ", d_out.DebugString(), " d_n ", d_n.DebugString(),
                " for n ", n_.DebugString());
+  SM_CHECK_MSG(step_counts_.defined(), "MoeLayer::Backward before PrepareStep");
   // A Backward marks its Forward as a training micro-batch of this step.
-  for (int e = 0; e < num_experts_; ++e) step_loads_[e] += stats_.tokens_per_expert[e];
-  step_dropped_ += stats_.dropped_tokens;
-  step_aux_ += stats_.aux_loss;
-  step_z_ += stats_.z_loss;
+  ops::AccumulateExpertLoads(ctx, forward_loads_, forward_assignments_, step_counts_);
+  ops::Axpy(ctx, 1.0, router_->losses(), step_losses_);
   ++step_micro_batches_;
+  reduced_ = false;
   const DType dt = n_.dtype();
-  Tensor d_permuted_y = Tensor::Empty(permuted_y_.shape(), dt, ctx.device());
-  Tensor d_weights = Tensor::Empty(router_->weights().shape(), dt, ctx.device());
+  Tensor d_permuted_y = ctx.Empty(permuted_y_.shape(), dt);
+  Tensor d_weights = ctx.Empty(router_->weights().shape(), dt);
   permuter_->UnpermuteBackward(ctx, d_out, permuted_y_, router_->weights(), d_permuted_y,
                                d_weights);
-  Tensor d_permuted_x = Tensor::Empty(permuted_y_.shape(), dt, ctx.device());
+  Tensor d_permuted_x = ctx.Empty(permuted_y_.shape(), dt);
   if (dispatcher_) {
     // The mirror of Forward: gradients of the outputs travel like the inputs
     // did (Dispatch), gradients of the inputs like the outputs did (Combine).
     const Shape rows{dispatcher_->received_rows(), hidden_};
-    Tensor d_expert_y = Tensor::Empty(rows, dt, ctx.device());
-    Tensor d_expert_x = Tensor::Empty(rows, dt, ctx.device());
+    Tensor d_expert_y = ctx.Empty(rows, dt);
+    Tensor d_expert_x = ctx.Empty(rows, dt);
     SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, d_permuted_y, d_expert_y));
     SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_expert_y, d_expert_x));
     SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, d_expert_x, d_permuted_x));
@@ -280,12 +296,12 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
   if (shared_experts_) {
-    const int64_t rows = shared_tiled_.numel();
-    Tensor d_y_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device());
-    Tensor d_x_sh = Tensor::Empty({rows, hidden_}, dt, ctx.device());
-    ops::GatherRows(ctx, d_out, shared_tiled_, 1, d_y_sh);
+    const int64_t rows = shared_gather_.numel();
+    Tensor d_y_sh = ctx.Empty({rows, hidden_}, dt);
+    Tensor d_x_sh = ctx.Empty({rows, hidden_}, dt);
+    ops::GatherRows(ctx, d_out, shared_gather_, 1, d_y_sh);
     shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
-    ops::ScatterAddRows(ctx, d_x_sh, shared_tiled_, 1, Tensor(), d_n);
+    ops::CombineSlots(ctx, d_x_sh, shared_slots_, Tensor(), d_n);
   }
   return absl::OkStatus();
 }
@@ -298,10 +314,9 @@ Status MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
   }
   // Every ETP rank runs every row of the group on its F slice; the partial
   // outputs are summed back to the rows' owner.
-  SM_RETURN_IF_ERROR(etp_exchange_->Plan(counts));
   const Shape rows{etp_exchange_->group_rows(), hidden_};
-  Tensor group_x = Tensor::Empty(rows, x.dtype(), ctx.device());
-  Tensor group_y = Tensor::Empty(rows, x.dtype(), ctx.device());
+  Tensor group_x = ctx.Empty(rows, x.dtype());
+  Tensor group_y = ctx.Empty(rows, x.dtype());
   SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, x, group_x));
   experts_->Forward(ctx, group_x, etp_exchange_->group_counts(), group_y);
   return etp_exchange_->ScatterReduce(ctx, group_y, y);
@@ -315,8 +330,8 @@ Status MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y,
   }
   // The mirror: d_y travels like x did (Gather), d_x like y did (ScatterReduce).
   const Shape rows{etp_exchange_->group_rows(), hidden_};
-  Tensor group_d_y = Tensor::Empty(rows, d_y.dtype(), ctx.device());
-  Tensor group_d_x = Tensor::Empty(rows, d_y.dtype(), ctx.device());
+  Tensor group_d_y = ctx.Empty(rows, d_y.dtype());
+  Tensor group_d_x = ctx.Empty(rows, d_y.dtype());
   SM_RETURN_IF_ERROR(etp_exchange_->Gather(ctx, d_y, group_d_y));
   experts_->Backward(ctx, group_d_y, group_d_x);
   return etp_exchange_->ScatterReduce(ctx, group_d_x, d_x);
@@ -331,31 +346,109 @@ Status MoeLayer::FinishBackward(const ExecContext& ctx) {
   return absl::OkStatus();
 }
 
-void MoeLayer::UpdateExpertBias() {
-  router_->UpdateExpertBias(step_loads_);
+bool MoeLayer::has_expert_bias() const { return router_->has_expert_bias(); }
+
+Status MoeLayer::UpdateExpertBias(const ExecContext& ctx) {
+  if (!router_->has_expert_bias()) return absl::OkStatus();
+  SM_RETURN_IF_ERROR(ReduceStepStats(ctx, {this}));
+  router_->UpdateExpertBias(ctx, reduced_counts_.Narrow(0, 0, num_experts_));
+  return absl::OkStatus();
 }
 
-MoeLayerStats MoeLayer::step_stats() const {
-  MoeLayerStats s;
-  s.tokens_per_expert = step_loads_;
-  s.dropped_tokens = step_dropped_;
-  int64_t kept = 0;
-  for (int64_t c : step_loads_) kept += c;
-  const double mean = static_cast<double>(kept) / num_experts_;
-  double var = 0;
-  for (int64_t c : step_loads_) {
-    const double d = static_cast<double>(c) - mean;
-    var += d * d;
+Status MoeLayer::ReduceStepStats(const ExecContext& ctx, const std::vector<MoeLayer*>& layers) {
+  std::vector<MoeLayer*> pending;
+  for (MoeLayer* l : layers) {
+    if (!l->step_counts_.defined()) l->ResetStepStats(ctx, DType::kF64);
+    if (!l->reduced_) pending.push_back(l);
   }
-  s.load_cv = mean > 0 ? std::sqrt(var / num_experts_) / mean : 0.0;
-  const double n = std::max(1, step_micro_batches_);
-  s.aux_loss = step_aux_ / n;
-  s.z_loss = step_z_ / n;
-  return s;
+  if (pending.empty()) return absl::OkStatus();
+  const std::vector<Communicator*>& comms = pending.front()->loads_comms_;
+  int64_t total = 0;
+  for (MoeLayer* l : pending) {
+    SM_CHECK_MSG(l->loads_comms_ == comms,
+                 "MoeLayer::ReduceStepStats: layers of different process groups");
+    total += l->step_counts_.numel();
+  }
+  if (comms.empty()) {
+    for (MoeLayer* l : pending) {
+      l->reduced_counts_ = l->step_counts_;
+      l->reduced_ = true;
+    }
+    return absl::OkStatus();
+  }
+  // Every pending layer's [E + 1] counts in one buffer: one all-reduce per
+  // replica group (tp then dp: every rank of the stage once).
+  Tensor all = ctx.Empty({total}, DType::kI64);
+  int64_t at = 0;
+  for (MoeLayer* l : pending) {
+    ops::Copy(ctx, l->step_counts_, all.Narrow(0, at, l->step_counts_.numel()));
+    at += l->step_counts_.numel();
+  }
+  for (Communicator* c : comms) {
+    SM_RETURN_IF_ERROR(WithContext(c->AllReduce(ctx, all), "MoE step statistics"));
+  }
+  at = 0;
+  for (MoeLayer* l : pending) {
+    l->reduced_counts_ = all.Narrow(0, at, l->step_counts_.numel());
+    at += l->step_counts_.numel();
+    l->reduced_ = true;
+  }
+  return absl::OkStatus();
 }
 
-double MoeLayer::aux_loss() const { return stats_.aux_loss; }
-double MoeLayer::z_loss() const { return stats_.z_loss; }
-const MoeLayerStats& MoeLayer::stats() const { return stats_; }
+StatusOr<std::vector<MoeLayerStats>> MoeLayer::StepStats(const ExecContext& ctx,
+                                                         const std::vector<MoeLayer*>& layers) {
+  SM_RETURN_IF_ERROR(ReduceStepStats(ctx, layers));
+  std::vector<MoeLayerStats> out(layers.size());
+  if (layers.empty()) return out;
+  // Every layer's reduced counts and step losses side by side: two host reads.
+  int64_t total = 0;
+  for (MoeLayer* l : layers) total += l->reduced_counts_.numel();
+  const DType loss_dtype = layers.front()->step_losses_.dtype();
+  Tensor counts = ctx.Empty({total}, DType::kI64);
+  Tensor losses = ctx.Empty({2 * static_cast<int64_t>(layers.size())}, loss_dtype);
+  int64_t at = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const MoeLayer& l = *layers[i];
+    SM_CHECK_MSG(l.step_losses_.dtype() == loss_dtype,
+                 "MoeLayer::StepStats: layers of different compute dtypes");
+    ops::Copy(ctx, l.reduced_counts_, counts.Narrow(0, at, l.reduced_counts_.numel()));
+    ops::Copy(ctx, l.step_losses_, losses.Narrow(0, 2 * static_cast<int64_t>(i), 2));
+    at += l.reduced_counts_.numel();
+  }
+  const std::vector<int64_t> c = ReadHostInts(ctx, counts);
+  const std::vector<double> v = ReadHostDoubles(ctx, losses);
+  at = 0;
+  for (size_t i = 0; i < layers.size(); ++i) {
+    const MoeLayer& l = *layers[i];
+    const int e = l.num_experts_;
+    MoeLayerStats& s = out[i];
+    s.tokens_per_expert.assign(c.begin() + at, c.begin() + at + e);
+    s.dropped_tokens = c[at + e];
+    at += e + 1;
+    int64_t kept = 0;
+    for (int64_t load : s.tokens_per_expert) kept += load;
+    const double mean = static_cast<double>(kept) / e;
+    double var = 0;
+    for (int64_t load : s.tokens_per_expert) {
+      const double d = static_cast<double>(load) - mean;
+      var += d * d;
+    }
+    s.load_cv = mean > 0 ? std::sqrt(var / e) / mean : 0.0;
+    const double n = std::max(1, l.step_micro_batches_);
+    s.aux_loss = v[2 * i] / n;
+    s.z_loss = v[2 * i + 1] / n;
+  }
+  return out;
+}
+
+StatusOr<MoeLayerStats> MoeLayer::step_stats(const ExecContext& ctx) {
+  SM_ASSIGN_OR_RETURN(std::vector<MoeLayerStats> s, StepStats(ctx, {this}));
+  return s.front();
+}
+
+const Tensor& MoeLayer::losses() const { return router_->losses(); }
+Tensor MoeLayer::aux_loss() const { return router_->aux_loss(); }
+Tensor MoeLayer::z_loss() const { return router_->z_loss(); }
 
 }  // namespace scalemoe

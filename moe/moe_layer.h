@@ -9,9 +9,17 @@
 // folded-weight gradients are turned into parameter gradients only in
 // FinishBackward (once per step).
 //
-// Host synchronisation: the per-expert token counts are read on the host once
-// per Forward (they size the per-expert GEMMs and, under expert parallel, the
-// all-to-all); the stats (losses, loads) are computed from the same read.
+// Host synchronisation: exactly ONE device->host read per Forward and none in
+// Backward. Forward builds every count it needs on the device — this rank's
+// per-expert counts (TokenPermuter), under EP the exchanged counts matrix
+// (TokenDispatcher::ExchangeCounts), under ETP the group's (ExpertTpExchange::
+// ExchangeCounts) — in one i64 buffer, and reads it with one ctx.ToHost
+// (MoeLayer::ReadPlanCounts, the one place the layer reads host values in a
+// step): the host copy sizes the per-expert GEMMs and the all-to-alls; every
+// index (permutation, expert<->received and ETP group orders, the shared
+// experts' rows) is built on the device from the device counts. The aux/z
+// losses stay [1] device tensors; the statistics accumulate on the device
+// (see "Statistics" below).
 //
 // Expert parallelism (ProcessGroups::ep of size EP > 1): this rank creates
 // and runs only the experts it owns, [r*E/EP, (r+1)*E/EP) (global names and
@@ -30,11 +38,12 @@
 //   γ also receives the owned experts' contribution from every rank's rows).
 //   Summed over the ranks (the DP/EDP gradient reduction), both give the
 //   single-rank gradient of the union of the tokens.
-// - stats() are global: the per-expert counts and drop count are all-reduced
-//   (sum) over the TP and then the DP group (every replica of the router:
-//   the whole pipeline stage) once per Forward (one more small sync per
-//   group), so every rank reports, and updates the replicated expert bias
-//   from, the same loads — whatever TP, EP and EDP are.
+// - Step statistics are global once reduced: the per-expert loads and drop
+//   counts of the step are all-reduced (sum) over the TP and then the DP
+//   group (every replica of the router: the whole pipeline stage) ONCE PER
+//   STEP, when they are first needed (ReduceStepStats: the expert-bias
+//   update or the trainer's log), so every rank reports, and updates the
+//   replicated expert bias from, the same loads — whatever TP, EP and EDP are.
 // - A failed collective's Status is returned (naming the exchange) by
 //   PrepareStep, Forward, Backward and FinishBackward.
 //
@@ -46,7 +55,7 @@
 //   (capacity = ceil(cf·N·K/E) of the LOCAL rows, as under EP).
 // - The aux and z losses are the micro-batch's (moe/router.h: f_e from top-k
 //   counts summed over TP, denominators N·TP); each rank's Backward adds the
-//   gradient of its own additive share; aux_loss()/z_loss() report the whole
+//   gradient of its own additive share; aux_loss()/z_loss() hold the whole
 //   value, identical on every TP rank.
 // - Every parameter that is not a routed expert's (router weight, the
 //   Input-Norm γ's that are not per routed expert, shared experts' weights
@@ -68,6 +77,16 @@
 // out whole.
 // The ParamRegistry's ShardCoords must be built from the same groups.
 // A null ProcessGroups or groups of one are exactly the single-rank layer.
+//
+// Statistics: every Backward marks its Forward as a training micro-batch of
+// the step and adds, on the device, that Forward's per-expert loads (after
+// capacity drops) and dropped assignments to an [E + 1] i64 step tensor
+// (ops::AccumulateExpertLoads) and its (aux, z) to a [2] tensor; PrepareStep
+// starts them from zero. ReduceStepStats sums the loads over the router's
+// replica groups once per step (the static form does it for several layers
+// with one all-reduce per group); UpdateExpertBias reads the reduced loads
+// on the device; StepStats produces host values (MoeLayerStats) for the log,
+// reading with ctx.ToHost then.
 #pragma once
 
 #include <memory>
@@ -90,8 +109,8 @@ class TokenDispatcher;
 class TokenPermuter;
 struct ProcessGroups;
 
-// Statistics of the last Forward, for metrics (host values; computing them is
-// the one documented host sync of the layer).
+// Statistics of a step, for metrics (host values, produced only when the
+// trainer logs: MoeLayer::StepStats).
 struct MoeLayerStats {
   // [E] all experts, after drops, summed over every router replica (tp, dp)
   std::vector<int64_t> tokens_per_expert;
@@ -134,18 +153,38 @@ class MoeLayer {
   // Once per step after the last Backward: turns accumulated folded-weight
   // gradients into parameter (and γ) gradients.
   Status FinishBackward(const ExecContext& ctx);
-  // Aux-loss-free balancing: nudge the expert bias from this step's loads
-  // (no-op unless moe.expert_bias). Call after the optimizer step.
-  void UpdateExpertBias();
+  // Aux-loss-free balancing: nudge the expert bias from this step's loads,
+  // reduced over the router's replicas (ReduceStepStats if not yet done this
+  // step), on the device. No-op unless moe.expert_bias. Call after the
+  // optimizer step; fails when the reduction fails.
+  Status UpdateExpertBias(const ExecContext& ctx);
+  bool has_expert_bias() const;
 
-  double aux_loss() const;  // of the last Forward (coefficient-weighted)
-  double z_loss() const;
-  const MoeLayerStats& stats() const;  // of the last Forward
-  // Of this step so far (since PrepareStep): every micro-batch that had a
-  // Backward (evaluation and pipeline recomputation excluded) — loads and
-  // drops summed over them and over every replica of the router (whatever
-  // the layout), aux and z the mean over this replica's micro-batches.
-  MoeLayerStats step_stats() const;
+  // The whole micro-batch's losses of the last Forward, coefficient-weighted:
+  // device tensors in the compute dtype, losses() [2] = (aux, z), and its
+  // [1] views (add them into a device loss accumulator; read them with
+  // ctx.ToHost only where a host value is needed).
+  const Tensor& losses() const;
+  Tensor aux_loss() const;
+  Tensor z_loss() const;
+  // [E] i64 on the device: this rank's kept assignments per global expert in
+  // the last Forward (before any reduction over replicas).
+  const Tensor& forward_loads() const { return forward_loads_; }
+
+  // Sums the step's loads and drops (since PrepareStep; every micro-batch
+  // that had a Backward, evaluation and pipeline recomputation excluded)
+  // over every replica of the router, for each layer not yet reduced this
+  // step: one all-reduce per replica group (tp, dp) of all those layers'
+  // statistics at once. The layers must share their process groups (one
+  // model stage's). Every rank of those groups must call it alike.
+  static Status ReduceStepStats(const ExecContext& ctx, const std::vector<MoeLayer*>& layers);
+  // Host values of the step's statistics of each layer (reduced first, as
+  // above): loads and drops summed over the micro-batches and the router's
+  // replicas, aux and z the mean over this replica's micro-batches. Two
+  // ctx.ToHost reads for all the layers: for the trainer's log only.
+  static StatusOr<std::vector<MoeLayerStats>> StepStats(const ExecContext& ctx,
+                                                        const std::vector<MoeLayer*>& layers);
+  StatusOr<MoeLayerStats> step_stats(const ExecContext& ctx);  // StepStats of this layer
   // Routed experts held by this rank: global [first_local_expert(),
   // first_local_expert() + num_local_experts()).
   int first_local_expert() const { return first_expert_; }
@@ -160,8 +199,15 @@ class MoeLayer {
   };
   const Tensor& Gamma(const BranchRef& b) const;
   const Tensor& DGamma(const BranchRef& b) const;
+  // Builds every count of this Forward on the device (see the header) and
+  // reads them with the layer's one host read; plans the EP dispatch and
+  // the ETP exchange. Sets expert_counts_ (rows per local expert).
+  Status PlanCounts(const ExecContext& ctx);
+  // The per-step statistics tensors, from zero (PrepareStep), or created
+  // zero when a step's statistics are asked for before any PrepareStep.
+  void ResetStepStats(const ExecContext& ctx, DType dtype);
   // The routed experts on x [M, C] (counts per local expert), through the
-  // ETP exchange when there is one; and their backward.
+  // ETP exchange when there is one (planned by PlanCounts); and their backward.
   Status RunExperts(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
                     const Tensor& y);
   Status RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
@@ -191,15 +237,23 @@ class MoeLayer {
   std::unique_ptr<GroupedExperts> experts_;
   std::unique_ptr<GroupedExperts> shared_experts_;  // null when S == 0
   // Forward cache (what Backward needs).
-  Tensor n_;             // [N, C] input
-  Tensor permuted_y_;    // [N*K, C] routed expert outputs, permuted order
-  Tensor shared_tiled_;  // [S*N] token index per shared-expert row
-  MoeLayerStats stats_;
-  // This step's training micro-batches (reset by PrepareStep, added by Backward).
-  std::vector<int64_t> step_loads_;  // [E] tokens per expert, all router replicas
-  int64_t step_dropped_ = 0;
-  double step_aux_ = 0, step_z_ = 0;
+  Tensor n_;              // [N, C] input
+  Tensor permuted_y_;     // [N*K, C] routed expert outputs, permuted order
+  Tensor shared_gather_;  // [S*N] i32 token of each shared-expert row
+  Tensor shared_slots_;   // [N, S] i32 shared-expert row of each (token, expert)
+  Tensor plan_counts_;    // i64: [E] this rank's kept loads | EP: [EP*E_local] | ETP: ...
+  Tensor forward_loads_;  // [E] i64 view of plan_counts_: this Forward's kept loads
+  std::vector<int64_t> expert_counts_;  // rows per local expert (host, sizes the GEMMs)
+  int64_t forward_assignments_ = 0;     // N*K of the last Forward
+  // This step's training micro-batches (reset by PrepareStep, added by
+  // Backward), on the device.
+  Tensor step_counts_;    // [E + 1] i64: loads per expert, dropped; this rank's
+  Tensor step_losses_;    // [2] Σ (aux, z) over this replica's micro-batches
   int step_micro_batches_ = 0;
+  // step_counts_ summed over the router's replicas (step_counts_ itself when
+  // there are none); valid until the next Backward or PrepareStep.
+  Tensor reduced_counts_;
+  bool reduced_ = false;
 };
 
 }  // namespace scalemoe

@@ -52,65 +52,60 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const int k = cfg_.top_k();
   const DType dt = n.dtype();
   n_ = n;
-  logits_ = Tensor::Empty({tokens, e}, dt, ctx.device());
-  scores_ = Tensor::Empty({tokens, e}, dt, ctx.device());
-  expert_ids_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
-  weights_ = Tensor::Empty({tokens, k}, dt, ctx.device());
-  kept_ = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
-  aux_loss_ = Tensor::Zeros({1}, dt, ctx.device());
-  z_loss_ = Tensor::Zeros({1}, dt, ctx.device());
+  logits_ = ctx.Empty({tokens, e}, dt);
+  scores_ = ctx.Empty({tokens, e}, dt);
+  expert_ids_ = ctx.Empty({tokens, k}, DType::kI32);
+  weights_ = ctx.Empty({tokens, k}, dt);
+  kept_ = ctx.Empty({tokens, k}, DType::kI32);
+  losses_ = ctx.Zeros({2}, dt);
+  const Tensor aux = aux_loss(), z = z_loss();
 
   linear_.Forward(ctx, n, logits_, &cache_);
   ops::RouterScores(ctx, score_fn_, logits_, scores_);
   const Tensor bias = expert_bias_ ? expert_bias_->value : Tensor();
   ops::TopKRouting(ctx, scores_, bias, k, cfg_.normalize_topk(), expert_ids_, weights_);
 
+  // Capacity from the shapes alone; the priority of an assignment is its raw
+  // (unnormalised, unbiased) score.
   capacity_ = 0;
-  Tensor priority;  // the raw score of each selected assignment
+  Tensor priority = weights_;
   if (cfg_.capacity_factor() > 0) {
     capacity_ = static_cast<int64_t>(
         std::ceil(cfg_.capacity_factor() * static_cast<double>(tokens * k) / e));
-    priority = Tensor::Empty({tokens, k}, dt, ctx.device());
-    Tensor same_ids = Tensor::Empty({tokens, k}, DType::kI32, ctx.device());
-    ops::TopKRouting(ctx, scores_, bias, k, /*normalize=*/false, same_ids, priority);
+    if (cfg_.normalize_topk()) {
+      priority = ctx.Empty({tokens, k}, dt);
+      ops::SelectedScores(ctx, scores_, expert_ids_, priority);
+    }
   }
-  ops::CapacityDrop(ctx, expert_ids_, priority.defined() ? priority : weights_,
-                    static_cast<int>(e), capacity_, kept_);
+  ops::CapacityDrop(ctx, expert_ids_, priority, static_cast<int>(e), capacity_, kept_);
   if (token_group_ == nullptr) {
     if (cfg_.aux_loss_coeff() != 0) {
-      ops::LoadBalancingLoss(ctx, scores_, expert_ids_, cfg_.aux_loss_coeff(), aux_loss_);
+      ops::LoadBalancingLoss(ctx, scores_, expert_ids_, cfg_.aux_loss_coeff(), aux);
     }
-    if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z_loss_);
-    aux_total_ = aux_loss_.At(0);
-    z_total_ = z_loss_.At(0);
+    if (cfg_.z_loss_coeff() != 0) ops::ZLoss(ctx, logits_, cfg_.z_loss_coeff(), z);
     return absl::OkStatus();
   }
-  // Token-sharded: the micro-batch's fractions, then this rank's shares.
+  // Token-sharded: the micro-batch's fractions, then this rank's shares,
+  // summed over the group into the whole losses.
   total_tokens_ = tokens * token_group_->size();
   if (cfg_.aux_loss_coeff() != 0) {
-    fractions_ = Tensor::Empty({e}, DType::kF64, ctx.device());
+    fractions_ = ctx.Empty({e}, DType::kF64);
     ops::AssignmentCounts(ctx, expert_ids_, fractions_);
     SM_RETURN_IF_ERROR(
         WithContext(token_group_->AllReduce(ctx, fractions_), "router load fractions"));
     ops::Scale(ctx, 1.0 / static_cast<double>(total_tokens_ * k), fractions_);
     ops::LoadBalancingLossShare(ctx, scores_, fractions_, total_tokens_, cfg_.aux_loss_coeff(),
-                                aux_loss_);
+                                aux);
   }
   if (cfg_.z_loss_coeff() != 0) {
-    ops::ZLossShare(ctx, logits_, total_tokens_, cfg_.z_loss_coeff(), z_loss_);
+    ops::ZLossShare(ctx, logits_, total_tokens_, cfg_.z_loss_coeff(), z);
   }
-  double totals[2] = {aux_loss_.At(0), z_loss_.At(0)};
-  SM_RETURN_IF_ERROR(WithContext(
-      token_group_->AllReduceHost(Tensor::FromBlob(totals, {2}, DType::kF64, Device::kCPU)),
-      "router losses"));
-  aux_total_ = totals[0];
-  z_total_ = totals[1];
-  return absl::OkStatus();
+  return WithContext(token_group_->AllReduce(ctx, losses_), "router losses");
 }
 
 void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
                       const Tensor& d_n) {
-  Tensor d_scores = Tensor::Zeros(scores_.shape(), scores_.dtype(), ctx.device());
+  Tensor d_scores = ctx.Zeros(scores_.shape(), scores_.dtype());
   ops::TopKRoutingBackward(ctx, scores_, expert_ids_, cfg_.normalize_topk(), d_weights,
                            d_scores);
   if (cfg_.aux_loss_coeff() != 0) {
@@ -122,7 +117,7 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
                                           loss_grad_scale, d_scores);
     }
   }
-  Tensor d_logits = Tensor::Empty(logits_.shape(), logits_.dtype(), ctx.device());
+  Tensor d_logits = ctx.Empty(logits_.shape(), logits_.dtype());
   ops::RouterScoresBackward(ctx, score_fn_, scores_, d_scores, d_logits);
   if (cfg_.z_loss_coeff() != 0) {
     if (token_group_ == nullptr) {
@@ -137,23 +132,12 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
 
 void Router::FinishBackward(const ExecContext& ctx) { linear_.FinishBackward(ctx); }
 
-void Router::UpdateExpertBias(const std::vector<int64_t>& loads) {
+void Router::UpdateExpertBias(const ExecContext& ctx, const Tensor& loads) {
   if (!expert_bias_) return;
-  const int e = cfg_.num_experts();
-  SM_CHECK(static_cast<int>(loads.size()) == e);
-  double mean = 0;
-  for (int64_t l : loads) mean += static_cast<double>(l);
-  mean /= e;
-  const Tensor& b = expert_bias_->value;
-  for (int j = 0; j < e; ++j) {
-    const double load = static_cast<double>(loads[j]);
-    const double step = cfg_.expert_bias_update_rate() * (load < mean ? 1.0 : load > mean ? -1.0 : 0.0);
-    if (b.dtype() == DType::kF64) {
-      b.data<double>()[j] += step;
-    } else {
-      b.data<float>()[j] += static_cast<float>(step);
-    }
-  }
+  SM_CHECK_MSG(loads.numel() == cfg_.num_experts() && loads.dtype() == DType::kI64,
+               "Router::UpdateExpertBias: loads ", loads.DebugString(), " for ",
+               cfg_.num_experts(), " experts");
+  ops::ExpertBiasUpdate(ctx, loads, cfg_.expert_bias_update_rate(), expert_bias_->value);
 }
 
 }  // namespace scalemoe

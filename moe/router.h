@@ -22,8 +22,12 @@
 // additive share of both losses with N_total as the denominator
 // (ops::LoadBalancingLossShare, ops::ZLossShare); Backward adds the gradient
 // of that share only, so the shares' gradients sum to the single-rank one.
-// aux_loss()/z_loss() report the whole value (the shares summed over the
+// aux_loss()/z_loss() hold the whole value (the shares summed over the
 // group: a second, [2]-element all-reduce), identical on every rank.
+//
+// Device-resident: the losses are [1] tensors on the context's device (views
+// of one [2] tensor, losses()), the fractions and the loss shares are
+// all-reduced as device tensors, and nothing here reads the host.
 //
 // Gradient contract: Backward overwrites d_n and accumulates into the router
 // weight (or its folded copy, see FoldedLinear) and d_γ. Under TP both are
@@ -31,7 +35,6 @@
 #pragma once
 
 #include <string>
-#include <vector>
 
 #include "configs/scalemoe.pb.h"
 #include "core/ops.h"
@@ -55,18 +58,23 @@ class Router {
   void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
                 const Tensor& d_n);
   void FinishBackward(const ExecContext& ctx);
-  // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3); no-op without a bias.
-  void UpdateExpertBias(const std::vector<int64_t>& loads);
+  // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3; ops::ExpertBiasUpdate)
+  // from loads [E] i64 on the device; no-op without a bias.
+  void UpdateExpertBias(const ExecContext& ctx, const Tensor& loads);
+  bool has_expert_bias() const { return expert_bias_ != nullptr; }
 
   const Tensor& logits() const { return logits_; }
   const Tensor& scores() const { return scores_; }
   const Tensor& expert_ids() const { return expert_ids_; }  // [N, K] i32
   const Tensor& weights() const { return weights_; }        // [N, K]
   const Tensor& kept() const { return kept_; }              // [N, K] i32
-  // The whole micro-batch's losses of the last Forward (host values; under TP
-  // the shares summed over the token group).
-  double aux_loss() const { return aux_total_; }
-  double z_loss() const { return z_total_; }
+  // The whole micro-batch's losses of the last Forward, coefficient-weighted
+  // (device tensors in the compute dtype; under TP the shares summed over
+  // the token group): losses() [2] = (aux, z), aux_loss() and z_loss() its
+  // [1] views.
+  const Tensor& losses() const { return losses_; }
+  Tensor aux_loss() const { return losses_.Narrow(0, 0, 1); }
+  Tensor z_loss() const { return losses_.Narrow(0, 1, 1); }
   int64_t capacity() const { return capacity_; }  // of the last Forward; 0 = dropless
 
  private:
@@ -79,8 +87,7 @@ class Router {
   Tensor n_;
   FoldedLinear::Cache cache_;
   Tensor logits_, scores_, expert_ids_, weights_, kept_;
-  Tensor aux_loss_, z_loss_;  // [1] this rank's share (the whole loss without TP)
-  double aux_total_ = 0, z_total_ = 0;
+  Tensor losses_;  // [2] (aux, z) of the whole micro-batch
   int64_t capacity_ = 0;
   // Token-sharded losses (token_group_ set): the micro-batch's f_e [E] f64
   // and row count N_total of the last Forward.

@@ -4,9 +4,15 @@
 // TokenPermuter::Unpermute). It owns the ownership rule
 //   EP rank r owns global experts [r*E/EP, (r+1)*E/EP)
 // and moves rows, never computes on them:
-//   Plan:    per-expert counts first (AllToAllV of [E] i64 counts: rank s
-//            sends rank p the counts of p's experts), giving the counts
-//            matrix c[s][le] (rows source rank s holds for local expert le).
+//   ExchangeCounts: per-expert counts first (AllToAllV of the [E] i64
+//            device counts: rank s sends rank p the counts of p's experts),
+//            giving the counts matrix c[s][le] (rows source rank s holds for
+//            local expert le) on the device.
+//   Plan:    given the host copy of those counts (the MoeLayer reads all its
+//            counts in one ctx.ToHost between the two steps: they size the
+//            row all-to-all and the expert GEMMs), the exchange sizes; the
+//            expert<->received reorders are built on the device from the
+//            device matrix (ops::SourceToExpertOrder).
 //   Dispatch (permuted order -> expert order): the permuted rows are already
 //            grouped by global expert, so the rows for rank p are one
 //            contiguous block; one AllToAllV of rows, then a local reorder
@@ -26,6 +32,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/types/span.h"
 #include "core/context.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -47,8 +54,16 @@ class TokenDispatcher {
 
   const ExpertRange& owned() const { return owned_; }
 
-  // Exchanges the per-expert counts of this rank's permuted rows ([E], host).
-  Status Plan(const std::vector<int64_t>& counts);
+  // Rows of the counts matrix `received` of ExchangeCounts: [EP * E_local].
+  int64_t received_counts_size() const;
+  // counts [E] i64 (this rank's permuted rows per global expert) ->
+  // received [EP * E_local] i64 = c[s][le], both on ctx's device.
+  Status ExchangeCounts(const ExecContext& ctx, const Tensor& counts, const Tensor& received);
+  // counts_host, received_host: the host copies of ExchangeCounts' counts
+  // and received (the caller's one host read); received: the device matrix
+  // the reorders are built from. Fails on a negative count.
+  Status Plan(const ExecContext& ctx, const Tensor& received,
+              absl::Span<const int64_t> counts_host, absl::Span<const int64_t> received_host);
   // Rows this rank holds per local expert after Dispatch, summed over sources.
   const std::vector<int64_t>& local_counts() const { return local_counts_; }
   int64_t received_rows() const { return received_rows_; }  // Σ local_counts

@@ -4,15 +4,16 @@
 
 namespace scalemoe {
 
-void TokenPermuter::Plan(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept) {
-  perm_slot_ = Tensor::Empty({expert_ids.numel()}, DType::kI32, ctx.device());
-  Tensor counts = Tensor::Empty({num_experts_}, DType::kI64, ctx.device());
+void TokenPermuter::Plan(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
+                         const Tensor& counts) {
+  perm_slot_ = ctx.Empty({expert_ids.numel()}, DType::kI32);
+  slot_row_ = ctx.Empty(expert_ids.shape(), DType::kI32);
   ops::SortByExpert(ctx, expert_ids, kept, num_experts_, perm_slot_, counts);
-  counts_.assign(counts.data<int64_t>(), counts.data<int64_t>() + num_experts_);
+  ops::InvertRowIndex(ctx, perm_slot_, slot_row_);
 }
 
 Tensor TokenPermuter::RowWeights(const ExecContext& ctx, const Tensor& weights) const {
-  Tensor w = Tensor::Empty({rows(), 1}, weights.dtype(), ctx.device());
+  Tensor w = ctx.Empty({rows(), 1}, weights.dtype());
   ops::GatherRows(ctx, weights.View({rows(), 1}), perm_slot_, 1, w);
   return w.View({rows()});
 }
@@ -24,7 +25,7 @@ void TokenPermuter::Permute(const ExecContext& ctx, const Tensor& n,
 
 void TokenPermuter::Unpermute(const ExecContext& ctx, const Tensor& y, const Tensor& weights,
                               const Tensor& out) const {
-  ops::ScatterAddRows(ctx, y, perm_slot_, top_k_, RowWeights(ctx, weights), out);
+  ops::CombineSlots(ctx, y, slot_row_, weights, out);
 }
 
 void TokenPermuter::UnpermuteBackward(const ExecContext& ctx, const Tensor& d_out,
@@ -33,16 +34,13 @@ void TokenPermuter::UnpermuteBackward(const ExecContext& ctx, const Tensor& d_ou
   // d_y[i] = w_i · d_out[token_i]
   ops::GatherRows(ctx, d_out, perm_slot_, top_k_, d_y);
   ops::ScaleRowsCols(ctx, d_y, RowWeights(ctx, weights), Tensor(), d_y);
-  // d_w[slot_i] = <d_out[token_i], y[i]>
-  Tensor d_row_w = Tensor::Empty({rows(), 1}, y.dtype(), ctx.device());
-  ops::GatheredRowDot(ctx, d_out, perm_slot_, top_k_, y, d_row_w);
-  ops::Zero(ctx, d_weights);
-  ops::ScatterAddRows(ctx, d_row_w, perm_slot_, 1, Tensor(), d_weights.View({rows(), 1}));
+  // d_w[t, j] = <d_out[t], y[row of (t, j)]>
+  ops::SlotRowDot(ctx, d_out, slot_row_, y, d_weights);
 }
 
 void TokenPermuter::PermuteBackward(const ExecContext& ctx, const Tensor& d_permuted,
                                     const Tensor& d_n) const {
-  ops::ScatterAddRows(ctx, d_permuted, perm_slot_, top_k_, Tensor(), d_n);
+  ops::CombineSlots(ctx, d_permuted, slot_row_, Tensor(), d_n);
 }
 
 }  // namespace scalemoe

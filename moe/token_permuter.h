@@ -1,15 +1,18 @@
 // TokenPermuter: local (never communicating) permute/unpermute of the kept
 // (token, slot) assignments, Megatron's dispatcher pre/post steps.
-//   Plan:      stable sort of the kept assignments by expert; per-expert
-//              counts read on the host (the layer's one sync: they size the
-//              expert GEMMs). An expert-parallel dispatcher would exchange
-//              these counts, then the permuted rows, between Permute and the
-//              experts (and back before Unpermute): that is the seam.
+//   Plan:      stable sort of the kept assignments by expert into perm_slot
+//              (the slot of each permuted row) and its inverse slot_row (the
+//              row of each slot), and the per-expert counts, all on the
+//              device (ops::SortByExpert, ops::InvertRowIndex). The layer
+//              reads the counts on the host (its one sync: they size the
+//              expert GEMMs and, under expert parallelism, the all-to-all).
 //   Permute:   permuted[i] = n[token of row i]       ([N*K, C]; rows past Σ counts zero)
-//   Unpermute: out[t] += Σ_kept weight[t, j] · y[row of (t, j)]   (the combine)
+//   Unpermute: out[t] += Σ_kept weight[t, j] · y[row of (t, j)]   (the combine,
+//              a per-token sum over the token's K slots: deterministic,
+//              ops::CombineSlots)
 #pragma once
 
-#include <vector>
+#include <cstdint>
 
 #include "core/context.h"
 #include "core/tensor.h"
@@ -20,9 +23,11 @@ class TokenPermuter {
  public:
   TokenPermuter(int num_experts, int top_k) : num_experts_(num_experts), top_k_(top_k) {}
 
-  void Plan(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept);
-  const std::vector<int64_t>& counts() const { return counts_; }  // [E], host
-  int64_t rows() const { return perm_slot_.numel(); }              // N*K
+  // expert_ids, kept [N, K] i32; counts [E] i64 (overwritten: kept
+  // assignments per expert).
+  void Plan(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
+            const Tensor& counts);
+  int64_t rows() const { return perm_slot_.numel(); }  // N*K
 
   void Permute(const ExecContext& ctx, const Tensor& n, const Tensor& permuted) const;
   // out [N, C] accumulated (+=) from y [N*K, C] and weights [N, K].
@@ -42,7 +47,7 @@ class TokenPermuter {
   int num_experts_;
   int top_k_;
   Tensor perm_slot_;  // [N*K] i32: flat slot t*K+j of each permuted row, -1 past the end
-  std::vector<int64_t> counts_;
+  Tensor slot_row_;   // [N, K] i32: permuted row of each slot, -1 where dropped
 };
 
 }  // namespace scalemoe

@@ -1,69 +1,15 @@
 #include "parallel/tp_cross_entropy.h"
 
-#include <algorithm>
-#include <cmath>
-#include <limits>
 #include <string>
+#include <vector>
+
+#include "core/host_read.h"
+#include "core/ops.h"
 
 namespace scalemoe {
 namespace {
 
-// max[n] = max_v logits[n, v] over this shard.
-template <typename T>
-void RowMax(int64_t n, int64_t v, const T* logits, double* max) {
-  for (int64_t i = 0; i < n; ++i) {
-    double m = -std::numeric_limits<double>::infinity();
-    for (int64_t j = 0; j < v; ++j) m = std::max(m, static_cast<double>(logits[i * v + j]));
-    max[i] = m;
-  }
-}
-
-// stats[n] = Σ_v exp(l − max), stats[N + n] = the target logit if owned, else 0.
-template <typename T>
-void ShardStats(int64_t n, int64_t v, const T* logits, const int32_t* targets,
-                const VocabShard& shard, const double* max, double* stats) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T* row = logits + i * v;
-    double sum = 0;
-    for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<double>(row[j]) - max[i]);
-    stats[i] = sum;
-    stats[n + i] = shard.Owns(targets[i]) ? static_cast<double>(row[targets[i] - shard.start]) : 0;
-  }
-}
-
-// d[n, v] = (exp(l − max) / Σexp − [v is the target]) / N.
-template <typename T>
-void ShardGrad(int64_t n, int64_t v, const T* logits, const int32_t* targets,
-               const VocabShard& shard, const double* max, const double* stats, T* d) {
-  const double inv_n = 1.0 / static_cast<double>(n);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t j = 0; j < v; ++j) {
-      const double p = std::exp(static_cast<double>(logits[i * v + j]) - max[i]) / stats[i];
-      const double onehot = targets[i] == shard.start + j ? 1.0 : 0.0;
-      d[i * v + j] = static_cast<T>((p - onehot) * inv_n);
-    }
-  }
-}
-
-template <typename T>
-StatusOr<double> Run(const ExecContext& ctx, Communicator& tp, const VocabShard& shard,
-                     const Tensor& logits, const Tensor& targets, const Tensor& d_logits) {
-  const int64_t n = logits.dim(0), v = logits.dim(1);
-  const T* l = logits.data<T>();
-  const int32_t* t = targets.data<int32_t>();
-  Tensor max = Tensor::Empty({n}, DType::kF64);
-  RowMax(n, v, l, max.data<double>());
-  SM_RETURN_IF_ERROR(tp.AllReduce(ctx, max, {.op = ReduceOp::kMax}));
-  Tensor stats = Tensor::Empty({2 * n}, DType::kF64);
-  ShardStats(n, v, l, t, shard, max.data<double>(), stats.data<double>());
-  SM_RETURN_IF_ERROR(tp.AllReduce(ctx, stats));
-  const double* m = max.data<double>();
-  const double* s = stats.data<double>();
-  double loss = 0;
-  for (int64_t i = 0; i < n; ++i) loss += std::log(s[i]) + m[i] - s[n + i];
-  if (d_logits.defined()) ShardGrad(n, v, l, t, shard, m, s, d_logits.data<T>());
-  return loss / static_cast<double>(n);
-}
+constexpr const char* kLayer = "VocabParallelCrossEntropy";
 
 }  // namespace
 
@@ -73,16 +19,14 @@ StatusOr<VocabParallelCrossEntropy> VocabParallelCrossEntropy::Create(int64_t vo
   return VocabParallelCrossEntropy(vocab, shard, tp);
 }
 
-StatusOr<double> VocabParallelCrossEntropy::Forward(const ExecContext& ctx, const Tensor& logits,
-                                                    const Tensor& targets, const Tensor& d_logits) {
-  const char* kLayer = "VocabParallelCrossEntropy";
-  if (ctx.device() != Device::kCPU) {
-    return absl::UnimplementedError(absl::StrCat(kLayer, ": CPU tensors only in this build"));
-  }
+Status VocabParallelCrossEntropy::Forward(const ExecContext& ctx, const Tensor& logits,
+                                          const Tensor& targets, const Tensor& d_logits,
+                                          const Tensor& loss) {
   if (!logits.defined() || logits.ndim() != 2 ||
-      (logits.dtype() != DType::kF32 && logits.dtype() != DType::kF64)) {
-    return absl::InvalidArgumentError(absl::StrCat(kLayer, ": logits must be f32/f64 [N, ",
-                                                   shard_.size, "] (this rank's vocab shard)"));
+      (logits.dtype() != DType::kF32 && logits.dtype() != DType::kF64 &&
+       logits.dtype() != DType::kBF16)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        kLayer, ": logits must be f32/f64/bf16 [N, ", shard_.size, "] (this rank's vocab shard)"));
   }
   const int64_t n = logits.dim(0);
   SM_RETURN_IF_ERROR(CheckMatrix(
@@ -94,21 +38,51 @@ StatusOr<double> VocabParallelCrossEntropy::Forward(const ExecContext& ctx, cons
     return absl::InvalidArgumentError(
         absl::StrCat(kLayer, ": targets must be a contiguous int32 [", n, "]"));
   }
-  const int32_t* t = targets.data<int32_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    if (t[i] < 0 || t[i] >= vocab_) {
-      return absl::InvalidArgumentError(absl::StrCat(kLayer, ": target ", t[i], " at row ", i,
-                                                     " is outside the vocabulary [0, ", vocab_,
-                                                     "): the data and model.vocab_size disagree"));
-    }
+  if (!loss.defined() || loss.numel() != 1 || loss.dtype() != DType::kF64 ||
+      loss.device() != ctx.device()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(kLayer, ": loss must be an f64 [1] tensor on the context's device"));
   }
   if (d_logits.defined()) {
     SM_RETURN_IF_ERROR(
         CheckMatrix(d_logits, n, shard_.size, logits.dtype(), std::string(kLayer) + " d_logits"));
   }
-  if (logits.dtype() == DType::kF64)
-    return Run<double>(ctx, *tp_, shard_, logits, targets, d_logits);
-  return Run<float>(ctx, *tp_, shard_, logits, targets, d_logits);
+  bad_targets_ = ctx.Empty({1}, DType::kI64);
+  ops::CountOutOfRange(ctx, targets, 0, vocab_, bad_targets_);
+  Tensor row_max = ctx.Empty({n}, DType::kF64);
+  ops::VocabRowMax(ctx, logits, row_max);
+  SM_RETURN_IF_ERROR(
+      WithContext(tp_->AllReduce(ctx, row_max, {.op = ReduceOp::kMax}), "vocab row max"));
+  Tensor stats = ctx.Empty({2, n}, DType::kF64);
+  ops::VocabSoftmaxStats(ctx, logits, targets, shard_.start, row_max, stats);
+  SM_RETURN_IF_ERROR(WithContext(tp_->AllReduce(ctx, stats), "vocab softmax statistics"));
+  ops::VocabCrossEntropyLoss(ctx, row_max, stats, loss);
+  if (d_logits.defined()) {
+    ops::VocabCrossEntropyBackward(ctx, logits, targets, shard_.start, row_max, stats,
+                                   d_logits);
+  }
+  return absl::OkStatus();
+}
+
+StatusOr<double> VocabParallelCrossEntropy::Forward(const ExecContext& ctx,
+                                                    const Tensor& logits, const Tensor& targets,
+                                                    const Tensor& d_logits) {
+  const Tensor loss = ctx.Empty({1}, DType::kF64);
+  SM_RETURN_IF_ERROR(Forward(ctx, logits, targets, d_logits, loss));
+  SM_RETURN_IF_ERROR(CheckTargets(ctx));
+  SM_RETURN_IF_ERROR(ctx.status());
+  return ReadHostDoubles(ctx, loss).front();
+}
+
+Status VocabParallelCrossEntropy::CheckTargets(const ExecContext& ctx) const {
+  if (!bad_targets_.defined()) {
+    return absl::FailedPreconditionError(absl::StrCat(kLayer, ": CheckTargets before Forward"));
+  }
+  const int64_t bad = ReadHostInts(ctx, bad_targets_).front();
+  if (bad == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      kLayer, ": ", bad, " of the last Forward's targets are outside the vocabulary [0, ",
+      vocab_, "): the data and model.vocab_size disagree"));
 }
 
 }  // namespace scalemoe

@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include "core/host_read.h"
 #include "core/ops.h"
 
 namespace scalemoe {
@@ -38,17 +39,10 @@ Status VocabParallelEmbedding::Forward(const ExecContext& ctx, const Tensor& tok
   SM_RETURN_IF_ERROR(
       CheckMatrix(out, sp ? n / tp_->size() : n, c, weight_->value.dtype(), layer + " output"));
   const int64_t vocab = weight_->spec.shape[0];
-  local_rows_ = Tensor::Empty({n}, DType::kI32);
-  const int32_t* t = tokens.data<int32_t>();
-  int32_t* rows = local_rows_.data<int32_t>();
-  for (int64_t i = 0; i < n; ++i) {
-    if (t[i] < 0 || t[i] >= vocab) {
-      return absl::InvalidArgumentError(absl::StrCat(layer, ": token ", t[i], " at position ", i,
-                                                     " is outside the vocabulary [0, ", vocab,
-                                                     "): the data and model.vocab_size disagree"));
-    }
-    rows[i] = shard_.Owns(t[i]) ? static_cast<int32_t>(t[i] - shard_.start) : -1;
-  }
+  bad_tokens_ = ctx.Empty({1}, DType::kI64);
+  ops::CountOutOfRange(ctx, tokens, 0, vocab, bad_tokens_);
+  local_rows_ = ctx.Empty({n}, DType::kI32);
+  ops::VocabShardRows(ctx, tokens, shard_.start, shard_.size, local_rows_);
   const Tensor full = sp ? ctx.Empty({n, c}, out.dtype()) : out;
   ops::GatherRows(ctx, weight_->value, local_rows_, 1, full);
   if (sp) return ReduceScatterTokens(ctx, *tp_, full, out);
@@ -67,11 +61,23 @@ Status VocabParallelEmbedding::Backward(const ExecContext& ctx, const Tensor& d_
       CheckMatrix(d_out, sp ? n / tp_->size() : n, c, weight_->grad.dtype(), layer + " d_out"));
   Tensor d_full = d_out;
   if (sp) {
-    d_full = Tensor::Empty({n, c}, d_out.dtype(), d_out.device());
+    d_full = ctx.Empty({n, c}, d_out.dtype());
     SM_RETURN_IF_ERROR(GatherTokens(ctx, *tp_, d_out, d_full));
   }
   ops::ScatterAddRows(ctx, d_full, local_rows_, 1, Tensor(), weight_->grad);
   return absl::OkStatus();
+}
+
+Status VocabParallelEmbedding::CheckTokens(const ExecContext& ctx) const {
+  const std::string layer = absl::StrCat("VocabParallelEmbedding(", weight_->spec.name, ")");
+  if (!bad_tokens_.defined()) {
+    return absl::FailedPreconditionError(layer + ": CheckTokens before Forward");
+  }
+  const int64_t bad = ReadHostInts(ctx, bad_tokens_).front();
+  if (bad == 0) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(
+      layer, ": ", bad, " of the last Forward's tokens are outside the vocabulary [0, ",
+      weight_->spec.shape[0], "): the data and model.vocab_size disagree"));
 }
 
 }  // namespace scalemoe

@@ -7,6 +7,12 @@
 // all-gathered first) accumulates the owned rows' gradient: W.grad +=.
 // Tokens are int32 [N], identical on every TP rank, values in [0, V).
 // A world of one computes exactly ops::EmbeddingLookup / EmbeddingBackward.
+//
+// Device-resident: the local rows are an op (ops::VocabShardRows) and the id
+// check is one too (ops::CountOutOfRange, into a device flag); an id outside
+// the vocabulary gives a zero row, never a read outside the table, and is
+// reported by CheckTokens, which reads the flag on the host. The data layer
+// validates token ids when it maps shards, so the step does not wait for it.
 #pragma once
 
 #include <memory>
@@ -28,8 +34,11 @@ class VocabParallelEmbedding {
                                                                   ParamSpec spec, Communicator& tp,
                                                                   SequenceParallel sp);
 
-  // tokens int32 [N]; out [N, C] (SP: [N/tp, C]) written.
+  // tokens int32 [N]; out [N, C] (SP: [N/tp, C]) written. No host read.
   Status Forward(const ExecContext& ctx, const Tensor& tokens, const Tensor& out);
+  // InvalidArgument (naming the layer, its tokens and the fix) when the last
+  // Forward's tokens held ids outside [0, V); one ctx.ToHost read.
+  Status CheckTokens(const ExecContext& ctx) const;
   // d_out [N, C] (SP: [N/tp, C]); accumulates the weight gradient.
   Status Backward(const ExecContext& ctx, const Tensor& d_out);
 
@@ -45,6 +54,7 @@ class VocabParallelEmbedding {
   Communicator* tp_;
   SequenceParallel sp_;
   Tensor local_rows_;  // int32 [N]: row in this shard, -1 where another rank owns the token
+  Tensor bad_tokens_;  // [1] i64: tokens of the last Forward outside [0, V)
 };
 
 }  // namespace scalemoe

@@ -8,7 +8,8 @@
 //   tokens, which the later EDP reduction then treats like any expert grad);
 // - a replicated parameter's gradient summed over the ranks (what the DP
 //   reduction does) equals the same single-rank sum;
-// - stats are global (all-reduced) and identical on every rank.
+// - step stats are global (all-reduced) and identical on every rank;
+// - a Forward reads the host once (its counts), a Backward never.
 #include <cstring>
 #include <functional>
 #include <map>
@@ -40,8 +41,9 @@ struct RankResult {
   Tensor out, d_n;
   double aux = 0, z = 0;
   Grads grads;  // trainable parameters by global name
-  MoeLayerStats stats;
+  MoeLayerStats stats;  // of the step (one micro-batch), reduced over the replicas
   std::vector<std::string> names;  // every registered parameter
+  int64_t forward_reads = 0, backward_reads = 0;  // ctx.ToHost calls
 };
 
 // Moves every scale vector off its init by a function of its global name
@@ -77,12 +79,15 @@ RankResult RunLayer(const config::RunConfig& cfg, const ProcessGroups* groups, i
   RankResult r;
   r.out = Tensor::Empty(n.shape(), DType::kF64);
   r.d_n = Tensor::Empty(n.shape(), DType::kF64);
+  const int64_t reads = ctx.counters().host_reads;
   Must(layer.Forward(ctx, n, r.out));
+  r.forward_reads = ctx.counters().host_reads - reads;
   Must(layer.Backward(ctx, OutGrad(rank), r.d_n, 1.0));
   Must(layer.FinishBackward(ctx));
-  r.aux = layer.aux_loss();
-  r.z = layer.z_loss();
-  r.stats = layer.stats();
+  r.backward_reads = ctx.counters().host_reads - reads - r.forward_reads;
+  r.aux = layer.aux_loss().At(0);
+  r.z = layer.z_loss().At(0);
+  r.stats = Must(layer.step_stats(ctx));
   for (const auto& p : registry.params()) {
     r.names.push_back(p->spec.name);
     if (IsTrainable(p->spec.role)) r.grads[p->spec.name] = p->grad.ToVector();
@@ -146,6 +151,8 @@ void ExpectEpMatchesSingleRank(const config::RunConfig& cfg, int ep,
     EXPECT_EQ(m.aux, single[r].aux);
     EXPECT_EQ(m.z, single[r].z);
     EXPECT_EQ(m.stats.tokens_per_expert, single_loads);  // global and equal on every rank
+    EXPECT_EQ(m.forward_reads, 1);   // the layer's counts, once
+    EXPECT_EQ(m.backward_reads, 0);
 
     // Only the owned experts are registered, under their global names.
     const ExpertRange owned = OwnedExperts(num_experts, ep, r);

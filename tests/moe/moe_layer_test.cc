@@ -33,7 +33,7 @@ struct LayerRig {
   }
   double Loss() {
     const Tensor out = Output();
-    return testing::WeightedSum(out, w) + layer->aux_loss() + layer->z_loss();
+    return testing::WeightedSum(out, w) + layer->aux_loss().At(0) + layer->z_loss().At(0);
   }
   // Gradients of Loss() into the registry; returns d_n.
   Tensor Gradients() {
@@ -150,8 +150,8 @@ TEST_P(MoeLayerVariantTest, InitEqualsSharedBaselineBitForBitInF64) {
     const Tensor a = base.Output(), b = rig.Output();
     ASSERT_EQ(a.nbytes(), b.nbytes());
     EXPECT_EQ(std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()), 0) << "fold=" << fold;
-    EXPECT_EQ(base.layer->aux_loss(), rig.layer->aux_loss());
-    EXPECT_EQ(base.layer->z_loss(), rig.layer->z_loss());
+    EXPECT_EQ(base.layer->aux_loss().At(0), rig.layer->aux_loss().At(0));
+    EXPECT_EQ(base.layer->z_loss().At(0), rig.layer->z_loss().At(0));
   }
 }
 
@@ -242,8 +242,10 @@ TEST(MoeLayerTest, AllTokensToOneExpertAndAnIdleExpert) {
   bias[0] = 100;   // every token's first choice
   bias[3] = -100;  // never chosen
   rig.CheckGradients();
-  EXPECT_EQ(rig.layer->stats().tokens_per_expert[0], kTokens);
-  EXPECT_EQ(rig.layer->stats().tokens_per_expert[3], 0);
+  rig.Gradients();  // one training micro-batch for the step statistics
+  const MoeLayerStats s = Must(rig.layer->step_stats(rig.ctx));
+  EXPECT_EQ(s.tokens_per_expert[0], kTokens);
+  EXPECT_EQ(s.tokens_per_expert[3], 0);
   for (const auto& p : rig.registry.params()) {
     if (p->spec.layout.expert != 3 || p->spec.name.find(".experts.3.w_") == std::string::npos) {
       continue;
@@ -259,7 +261,8 @@ TEST(MoeLayerTest, CapacityDropsAreCountedAndDifferentiable) {
   LayerRig rig(cfg);
   rig.registry.Find("layers.0.moe.router.expert_bias")->value.data<double>()[1] = 100;
   rig.CheckGradients();
-  const MoeLayerStats& s = rig.layer->stats();
+  rig.Gradients();
+  const MoeLayerStats s = Must(rig.layer->step_stats(rig.ctx));
   int64_t kept = 0;
   for (int64_t c : s.tokens_per_expert) {
     EXPECT_LE(c, 3);
@@ -272,8 +275,8 @@ TEST(MoeLayerTest, CapacityDropsAreCountedAndDifferentiable) {
 
 TEST(MoeLayerTest, StatsDescribeTheRouting) {
   LayerRig rig(testing::TinyConfig());
-  rig.Output();
-  const MoeLayerStats& s = rig.layer->stats();
+  rig.Gradients();
+  const MoeLayerStats s = Must(rig.layer->step_stats(rig.ctx));
   ASSERT_EQ(s.tokens_per_expert.size(), 4u);
   int64_t total = 0;
   for (int64_t c : s.tokens_per_expert) total += c;
@@ -281,7 +284,8 @@ TEST(MoeLayerTest, StatsDescribeTheRouting) {
   EXPECT_EQ(s.dropped_tokens, 0);
   EXPECT_GT(s.aux_loss, 0);
   EXPECT_GT(s.z_loss, 0);
-  EXPECT_EQ(s.aux_loss, rig.layer->aux_loss());
+  EXPECT_EQ(s.aux_loss, rig.layer->aux_loss().At(0));
+  EXPECT_EQ(s.z_loss, rig.layer->z_loss().At(0));
   // Balanced routing would give aux = coeff (=0.1) for softmax scores; CV >= 0.
   EXPECT_GE(s.load_cv, 0);
 }
@@ -298,12 +302,12 @@ TEST(MoeLayerTest, StepStatsCountTrainedMicroBatchesOnce) {
   double aux = 0;
   for (int m = 0; m < 2; ++m) {
     Must(rig.layer->Forward(rig.ctx, rig.n, out));
-    for (int e = 0; e < 4; ++e) want[e] += rig.layer->stats().tokens_per_expert[e];
-    aux += rig.layer->aux_loss() / 2;
+    for (int e = 0; e < 4; ++e) want[e] += rig.layer->forward_loads().At(e);
+    aux += rig.layer->aux_loss().At(0) / 2;
     Must(rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5));
   }
   Must(rig.layer->Forward(rig.ctx, rig.n, out));  // evaluation: no Backward
-  const MoeLayerStats s = rig.layer->step_stats();
+  const MoeLayerStats s = Must(rig.layer->step_stats(rig.ctx));
   EXPECT_EQ(s.tokens_per_expert, want);
   EXPECT_EQ(s.dropped_tokens, 0);
   EXPECT_NEAR(s.aux_loss, aux, 1e-15);
@@ -311,7 +315,60 @@ TEST(MoeLayerTest, StepStatsCountTrainedMicroBatchesOnce) {
   for (int64_t c : s.tokens_per_expert) total += c;
   EXPECT_EQ(total, 2 * kTokens * 2);
   Must(rig.layer->PrepareStep(rig.ctx, rig.dtype));
-  EXPECT_EQ(rig.layer->step_stats().tokens_per_expert, std::vector<int64_t>(4, 0));
+  EXPECT_EQ(Must(rig.layer->step_stats(rig.ctx)).tokens_per_expert, std::vector<int64_t>(4, 0));
+}
+
+// The step's only device->host read of a layer is its counts: exactly one
+// ctx.ToHost per Forward (shared experts, capacity drops and the expert bias
+// on), none in Backward or FinishBackward.
+TEST(MoeLayerTest, ForwardReadsTheHostOnceAndBackwardNever) {
+  config::RunConfig cfg = VariantConfig(kVariants[7], true);
+  cfg.mutable_moe()->set_capacity_factor(0.5);
+  cfg.mutable_moe()->set_expert_bias(true);
+  LayerRig rig(cfg);
+  Must(rig.layer->PrepareStep(rig.ctx, rig.dtype));
+  Tensor out = Tensor::Empty(rig.n.shape(), rig.dtype);
+  Tensor d_n = Tensor::Empty(rig.n.shape(), rig.dtype);
+  const ExecCounters& counters = rig.ctx.counters();
+  for (int m = 0; m < 2; ++m) {
+    const int64_t before = counters.host_reads;
+    Must(rig.layer->Forward(rig.ctx, rig.n, out));
+    EXPECT_EQ(counters.host_reads - before, 1) << "forward " << m;
+    const int64_t after_forward = counters.host_reads;
+    Must(rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5));
+    EXPECT_EQ(counters.host_reads - after_forward, 0) << "backward " << m;
+  }
+  const int64_t before_finish = counters.host_reads;
+  Must(rig.layer->FinishBackward(rig.ctx));
+  Must(rig.layer->UpdateExpertBias(rig.ctx));  // reads the loads on the device
+  EXPECT_EQ(counters.host_reads - before_finish, 0);
+}
+
+// The expert-bias update reads the step's loads (every trained micro-batch)
+// on the device: bias_e += rate · sign(mean − load_e).
+TEST(MoeLayerTest, ExpertBiasFollowsTheStepLoads) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_expert_bias(true);
+  cfg.mutable_moe()->set_expert_bias_update_rate(0.25);
+  LayerRig rig(cfg);
+  Must(rig.layer->PrepareStep(rig.ctx, rig.dtype));
+  Tensor out = Tensor::Empty(rig.n.shape(), rig.dtype);
+  Tensor d_n = Tensor::Empty(rig.n.shape(), rig.dtype);
+  std::vector<double> loads(4, 0);
+  const Tensor n2 = testing::RandomTensor({kTokens, kHidden}, 17);
+  for (const Tensor& input : {rig.n, n2}) {
+    Must(rig.layer->Forward(rig.ctx, input, out));
+    for (int e = 0; e < 4; ++e) loads[e] += rig.layer->forward_loads().At(e);
+    Must(rig.layer->Backward(rig.ctx, rig.w, d_n, 0.5));
+  }
+  Must(rig.layer->Forward(rig.ctx, n2, out));  // evaluation: not counted
+  Must(rig.layer->UpdateExpertBias(rig.ctx));
+  const double mean = (loads[0] + loads[1] + loads[2] + loads[3]) / 4;
+  const Tensor& bias = rig.registry.Find("layers.0.moe.router.expert_bias")->value;
+  for (int e = 0; e < 4; ++e) {
+    const double want = loads[e] < mean ? 0.25 : loads[e] > mean ? -0.25 : 0.0;
+    EXPECT_EQ(bias.At(e), want) << "expert " << e;
+  }
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 // - outputs and d_n: this rank's rows of its replica's reference;
 // - aux and z losses: the replica's whole value, on every TP rank;
 // - stats: loads and drops summed over every replica, on every rank;
+// - host reads: one ctx.ToHost per Forward (the counts), none in Backward;
 // - every parameter gradient after what the trainer does each step:
 //   SumPartialGradsOverTp (the partial shares over TP/ETP), then GradSync's
 //   data-parallel mean (dense: Σ over dp / DP; expert: Σ over edp / DP) —
@@ -53,8 +54,9 @@ struct HeldGrad {
 struct Result {
   Tensor out, d_n;
   double aux = 0, z = 0;
-  MoeLayerStats stats;
+  MoeLayerStats stats;  // of the step (one micro-batch), reduced over the replicas
   std::map<std::string, HeldGrad> grads;  // trainable parameters by global name
+  int64_t forward_reads = 0, backward_reads = 0;  // ctx.ToHost calls
 };
 
 // Moves every scale vector off its init by a function of (name, global
@@ -96,18 +98,21 @@ Result RunLayer(const config::RunConfig& cfg, ProcessGroups* groups, const Tenso
   Result r;
   r.out = Tensor::Empty(n.shape(), DType::kF64);
   r.d_n = Tensor::Empty(n.shape(), DType::kF64);
+  const int64_t reads = ctx.counters().host_reads;
   Must(layer.Forward(ctx, n, r.out));
+  r.forward_reads = ctx.counters().host_reads - reads;
   Must(layer.Backward(ctx, d_out, r.d_n, 1.0));
   Must(layer.FinishBackward(ctx));
+  r.backward_reads = ctx.counters().host_reads - reads - r.forward_reads;
   if (groups != nullptr) {
     SM_CHECK_OK(SumPartialGradsOverTp(testing::HostCtx(), registry, 0, registry.params().size(),
                                       *groups->tp, *groups->etp));
     GradSync sync(testing::HostCtx(), registry, *groups, /*bucket_elements=*/0);
     SM_CHECK_OK(sync.AllReduceMean());
   }
-  r.aux = layer.aux_loss();
-  r.z = layer.z_loss();
-  r.stats = layer.stats();
+  r.aux = layer.aux_loss().At(0);
+  r.z = layer.z_loss().At(0);
+  r.stats = Must(layer.step_stats(ctx));
   for (const auto& p : registry.params()) {
     if (!IsTrainable(p->spec.role)) continue;
     HeldGrad& g = r.grads[p->spec.name];
@@ -187,6 +192,8 @@ void ExpectMatchesSingleRank(const config::RunConfig& cfg, int world, const Grid
     EXPECT_NEAR(m.z, ref.z, kTol * std::abs(ref.z));
     EXPECT_EQ(m.stats.tokens_per_expert, loads);
     EXPECT_EQ(m.stats.dropped_tokens, dropped);
+    EXPECT_EQ(m.forward_reads, 1);  // the layer's counts (EP and ETP exchanged on the device)
+    EXPECT_EQ(m.backward_reads, 0);
     EXPECT_NEAR(m.stats.aux_loss, ref.aux, kTol * std::abs(ref.aux));
     EXPECT_NEAR(m.stats.z_loss, ref.z, kTol * std::abs(ref.z));
     for (const auto& [name, held] : m.grads) {

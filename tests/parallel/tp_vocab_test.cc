@@ -3,6 +3,7 @@
 // ops::CrossEntropy on the gathered table/logits; the TP shard of a split
 // parameter is the exact slice of the single-rank one; vocabularies that do
 // not split are refused.
+#include <cmath>
 #include <functional>
 
 #include "core/ops.h"
@@ -158,14 +159,31 @@ TEST(TpEmbeddingGradTest, BackwardMatchesFiniteDifferences) {
   EXPECT_LT(testing::GradError(loss, w->value, w->grad), testing::kGradTolerance);
 }
 
-TEST(TpEmbeddingTest, RefusesOutOfVocabularyTokens) {
+// Out-of-vocabulary ids are counted on the device during Forward (which
+// neither reads the host nor reads outside the table: such a token gets a
+// zero row) and reported by CheckTokens, naming the layer.
+TEST(TpEmbeddingTest, ReportsOutOfVocabularyTokens) {
   LocalCommunicator tp("tp[0]");
   ParamRegistry reg;
   auto embed = *VocabParallelEmbedding::Create(reg, TableSpec(), tp, SequenceParallel::kOff);
   ASSERT_TRUE(reg.Materialize(kSeed, DType::kF64, Device::kCPU).ok());
-  Status s = embed->Forward(kCtx, Tokens({1, 8}), Tensor::Empty({2, kDim}, DType::kF64));
+  const ExecContext ctx = ExecContext::Cpu();
+  Tensor out = Tensor::Empty({3, kDim}, DType::kF64);
+  const int64_t reads = ctx.counters().host_reads;
+  ASSERT_TRUE(embed->Forward(ctx, Tokens({1, 8, -2}), out).ok());
+  EXPECT_EQ(ctx.counters().host_reads, reads);
+  for (int64_t j = 0; j < kDim; ++j) {
+    EXPECT_EQ(out.At(kDim + j), 0.0);
+    EXPECT_EQ(out.At(2 * kDim + j), 0.0);
+  }
+  Status s = embed->CheckTokens(ctx);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_NE(s.message().find("token 8 at position 1"), absl::string_view::npos) << s;
+  EXPECT_NE(s.message().find("VocabParallelEmbedding(embed.weight): 2 of the last Forward's "
+                             "tokens are outside the vocabulary [0, 8)"),
+            absl::string_view::npos)
+      << s;
+  ASSERT_TRUE(embed->Forward(ctx, Tokens({1, 7, 0}), out).ok());
+  EXPECT_TRUE(embed->CheckTokens(ctx).ok());
 }
 
 // ---------------------------------------------------------------- cross-entropy
@@ -260,7 +278,109 @@ TEST(TpVocabTest, RefusesBadLogitsAndTargets) {
       ce.Forward(kCtx, testing::RandomTensor({2, 4}, 15), Tokens({0, 1}), Tensor()).status();
   EXPECT_EQ(wrong_width.code(), absl::StatusCode::kInvalidArgument) << wrong_width;
   Status bad_target = ce.Forward(kCtx, logits, Tokens({0, 9}), Tensor()).status();
-  EXPECT_NE(bad_target.message().find("target 9 at row 1"), absl::string_view::npos) << bad_target;
+  EXPECT_EQ(bad_target.code(), absl::StatusCode::kInvalidArgument) << bad_target;
+  EXPECT_NE(bad_target.message().find("VocabParallelCrossEntropy: 1 of the last Forward's "
+                                      "targets are outside the vocabulary [0, 8)"),
+            absl::string_view::npos)
+      << bad_target;
+  // The device form reports it through CheckTargets.
+  Tensor loss = Tensor::Empty({1}, DType::kF64);
+  ASSERT_TRUE(ce.Forward(kCtx, logits, Tokens({-1, 3}), Tensor(), loss).ok());
+  EXPECT_EQ(ce.CheckTargets(kCtx).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(ce.Forward(kCtx, logits, Tokens({0, 3}), Tensor(), loss).ok());
+  EXPECT_TRUE(ce.CheckTargets(kCtx).ok());
+}
+
+// The device form keeps the loss on the device: no host read.
+TEST_P(TpCrossEntropyTest, DeviceLossWithoutHostReads) {
+  const int tp_size = GetParam();
+  constexpr int64_t kN = 6;
+  const Tensor logits = testing::RandomTensor({kN, kVocab}, 16, 2.0);
+  const Tensor targets = Tokens({5, 1, 0, 7, 2, 2});
+  Tensor loss_tensor = Tensor::Empty({1}, DType::kF64);
+  ops::CrossEntropy(kCtx, logits, targets, Tensor(), loss_tensor);
+  const double loss_ref = loss_tensor.At(0);
+  Status s = FakeWorld().Run(tp_size, testing::TpGrid(tp_size), [&](ProcessGroups& pg) {
+    Communicator& tp = pg.Get(Axis::kTp);
+    const ExecContext ctx = ExecContext::Cpu();
+    SM_ASSIGN_OR_RETURN(VocabParallelCrossEntropy ce,
+                        VocabParallelCrossEntropy::Create(kVocab, tp));
+    Tensor loss = Tensor::Empty({1}, DType::kF64);
+    Tensor d_logits = Tensor::Empty({kN, kVocab / tp.size()}, DType::kF64);
+    const Tensor shard = Cols(logits, tp.rank(), tp.size());
+    SM_RETURN_IF_ERROR(ce.Forward(ctx, shard, targets, d_logits, loss));
+    EXPECT_EQ(ctx.counters().host_reads, 0);
+    EXPECT_NEAR(loss.At(0), loss_ref, kTpTolerance * std::abs(loss_ref));
+    return absl::OkStatus();
+  });
+  EXPECT_TRUE(s.ok()) << s;
+}
+
+// ---------------------------------------------------------------- vocab-parallel ops
+
+// The ops against a direct f64 reference on one shard [start, start + V_local)
+// of a vocabulary of 12: targets inside, before and after the shard.
+TEST(VocabOpsTest, ShardStatisticsLossAndGradientMatchReference) {
+  constexpr int64_t kN = 5, kLocal = 4, kStart = 4;
+  const Tensor logits = testing::RandomTensor({kN, kLocal}, 21, 2.0, DType::kF64, 5.0);
+  const Tensor targets = Tokens({4, 7, 0, 11, 5});
+  Tensor row_max = Tensor::Empty({kN}, DType::kF64);
+  Tensor stats = Tensor::Empty({2, kN}, DType::kF64);
+  Tensor loss = Tensor::Empty({1}, DType::kF64);
+  Tensor d = Tensor::Empty({kN, kLocal}, DType::kF64);
+  ops::VocabRowMax(kCtx, logits, row_max);
+  ops::VocabSoftmaxStats(kCtx, logits, targets, kStart, row_max, stats);
+  ops::VocabCrossEntropyLoss(kCtx, row_max, stats, loss);
+  ops::VocabCrossEntropyBackward(kCtx, logits, targets, kStart, row_max, stats, d);
+  double want_loss = 0;
+  for (int64_t n = 0; n < kN; ++n) {
+    double mx = -INFINITY, sum = 0;
+    for (int64_t v = 0; v < kLocal; ++v) mx = std::max(mx, logits.At(n * kLocal + v));
+    for (int64_t v = 0; v < kLocal; ++v) sum += std::exp(logits.At(n * kLocal + v) - mx);
+    const int64_t t = static_cast<int64_t>(targets.At(n)) - kStart;
+    const double target = t >= 0 && t < kLocal ? logits.At(n * kLocal + t) : 0.0;
+    EXPECT_EQ(row_max.At(n), mx);
+    EXPECT_NEAR(stats.At(n), sum, 1e-15 * sum);
+    EXPECT_EQ(stats.At(kN + n), target);
+    want_loss += (std::log(sum) + mx - target) / kN;
+    for (int64_t v = 0; v < kLocal; ++v) {
+      const double p = std::exp(logits.At(n * kLocal + v) - mx) / sum;
+      EXPECT_NEAR(d.At(n * kLocal + v), (p - (v == t ? 1.0 : 0.0)) / kN, 1e-15) << n << "," << v;
+    }
+  }
+  EXPECT_NEAR(loss.At(0), want_loss, 1e-14 * std::abs(want_loss));
+  // bf16 logits: computed in f32/f64 from the rounded values.
+  Tensor l16 = Tensor::Empty({kN, kLocal}, DType::kBF16);
+  l16.CopyFrom(logits);
+  Tensor rounded = Tensor::Empty({kN, kLocal}, DType::kF64);
+  rounded.CopyFrom(l16);
+  Tensor max16 = Tensor::Empty({kN}, DType::kF64), stats16 = Tensor::Empty({2, kN}, DType::kF64);
+  Tensor d16 = Tensor::Empty({kN, kLocal}, DType::kBF16);
+  ops::VocabRowMax(kCtx, l16, max16);
+  ops::VocabSoftmaxStats(kCtx, l16, targets, kStart, max16, stats16);
+  ops::VocabCrossEntropyBackward(kCtx, l16, targets, kStart, max16, stats16, d16);
+  ops::VocabRowMax(kCtx, rounded, row_max);
+  ops::VocabSoftmaxStats(kCtx, rounded, targets, kStart, row_max, stats);
+  ops::VocabCrossEntropyBackward(kCtx, rounded, targets, kStart, row_max, stats, d);
+  EXPECT_EQ(max16.ToVector(), row_max.ToVector());
+  EXPECT_EQ(stats16.ToVector(), stats.ToVector());
+  for (int64_t i = 0; i < d.numel(); ++i) EXPECT_NEAR(d16.At(i), d.At(i), 1e-3) << i;
+}
+
+TEST(VocabOpsTest, ShardRowsAndOutOfRangeCount) {
+  const Tensor tokens = Tokens({0, 3, 4, 7, 8, -1, 5});
+  Tensor rows = Tensor::Empty({7}, DType::kI32);
+  ops::VocabShardRows(kCtx, tokens, 4, 4, rows);
+  EXPECT_EQ(rows.ToVector(), (std::vector<double>{-1, -1, 0, 3, -1, -1, 1}));
+  ops::VocabShardRows(kCtx, tokens, 0, 4, rows);
+  EXPECT_EQ(rows.ToVector(), (std::vector<double>{0, 3, -1, -1, -1, -1, -1}));
+  Tensor count = Tensor::Empty({1}, DType::kI64);
+  ops::CountOutOfRange(kCtx, tokens, 0, 8, count);
+  EXPECT_EQ(count.At(0), 2);  // 8 and -1
+  ops::CountOutOfRange(kCtx, tokens, 0, 9, count);
+  EXPECT_EQ(count.At(0), 1);
+  ops::CountOutOfRange(kCtx, Tensor::Empty({0}, DType::kI32), 0, 8, count);
+  EXPECT_EQ(count.At(0), 0);
 }
 
 }  // namespace
