@@ -252,7 +252,7 @@ void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, con
 // and master weights are flat, optim/ and core/params.h): one call covers many
 // parameters, each a range of the buffers named by one row of a small
 // segment table, an i64 tensor on the context's device built once on the host
-// (core/host_table.h) and never read back. Rows are disjoint; their order is
+// (core/host_values.h) and never read back. Rows are disjoint; their order is
 // the order of any sum over them. A CUDA kernel maps blocks to chunks of the
 // rows (no per-parameter launches); sums are per chunk, then added in row
 // order (deterministic, no float atomics).

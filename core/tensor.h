@@ -86,6 +86,11 @@ class Tensor {
   bool is_contiguous() const;
 
   void* raw_data() const;
+  // Whether both tensors start at the same element of the same memory (an
+  // in-place call); never reads elements.
+  bool SharesDataWith(const Tensor& other) const {
+    return defined() && other.defined() && raw_data() == other.raw_data();
+  }
   template <typename T>
   T* data() const {
     SM_CHECK_MSG(DTypeOf<T>::value == dtype_, "tensor holds ", DTypeName(dtype_),

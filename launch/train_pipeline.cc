@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "core/logging.h"
-#include "core/host_table.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "launch/train_loop.h"
 #include "model/pipeline_model_stage.h"

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "core/logging.h"
-#include "core/host_table.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "core/params.h"
 #include "data/token_loader.h"
@@ -243,7 +243,7 @@ TrainLoop::StepReport TrainLoop::ReadStepReport(const Tensor& mean_losses,
   ops::Copy(ctx_, mean_losses, packed.Narrow(0, 0, kNumLosses));
   ops::Copy(ctx_, grad_norm, packed.Narrow(0, kNumLosses, 1));
   ops::Copy(ctx_, nonfinite_tracker_, packed.Narrow(0, kNumLosses + 1, 4));
-  const std::vector<double> v = ReadValues(ctx_, packed);
+  const std::vector<double> v = ReadHostDoubles(ctx_, packed);
   StepReport r;
   r.mean = {v[kTotalLoss], v[kCrossEntropyLoss], v[kAuxLoss], v[kZLoss], 0};
   r.grad_norm = v[kNumLosses];

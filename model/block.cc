@@ -127,7 +127,7 @@ Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& 
     SM_RETURN_IF_ERROR(run(d_out, d_n));
     Tensor d_norm_in = ctx.Empty(shape, dt);
     ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_norm_in);
-    if (d_in.raw_data() != d_res.raw_data()) ops::Copy(ctx, d_res, d_in);
+    if (!d_in.SharesDataWith(d_res)) ops::Copy(ctx, d_res, d_in);
     ops::Axpy(ctx, 1.0, d_norm_in, d_in);
     return absl::OkStatus();
   };

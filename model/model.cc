@@ -3,7 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
-#include "core/host_table.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "model/weight_spec.h"
 #include "norm/scale_options.h"
@@ -247,7 +247,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
 }
 
 LossBreakdown ReadLosses(const ExecContext& ctx, const Tensor& losses, int64_t tokens) {
-  const std::vector<double> v = ReadValues(ctx, losses);
+  const std::vector<double> v = ReadHostDoubles(ctx, losses);
   LossBreakdown l;
   l.total = v[kTotalLoss];
   l.cross_entropy = v[kCrossEntropyLoss];

@@ -25,7 +25,7 @@ StatusOr<Tensor> TpRegion::ToFull(const ExecContext& ctx, const Tensor& rows) co
 Status TpRegion::ReduceToRows(const ExecContext& ctx, const Tensor& full,
                               const Tensor& rows) const {
   if (sp_) return ReduceScatterTokens(ctx, *tp_, full, rows);
-  if (rows.raw_data() != full.raw_data()) ops::Copy(ctx, full, rows);
+  if (!rows.SharesDataWith(full)) ops::Copy(ctx, full, rows);
   return tp_ != nullptr ? tp_->AllReduce(ctx, rows) : absl::OkStatus();
 }
 
@@ -41,7 +41,7 @@ Tensor TpRegion::ToChunk(const Tensor& rows) const {
 Status TpRegion::ChunkToRows(const ExecContext& ctx, const Tensor& chunk,
                              const Tensor& rows) const {
   if (sp_ || tp_ == nullptr) {
-    if (rows.raw_data() != chunk.raw_data()) ops::Copy(ctx, chunk, rows);
+    if (!rows.SharesDataWith(chunk)) ops::Copy(ctx, chunk, rows);
     return absl::OkStatus();
   }
   SM_CHECK_MSG(chunk.is_contiguous(), "ChunkToRows of a strided chunk ", chunk.DebugString());

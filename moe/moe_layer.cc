@@ -4,7 +4,7 @@
 #include <cmath>
 
 #include "absl/types/span.h"
-#include "core/host_read.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "moe/expert_tp_exchange.h"
 #include "moe/grouped_experts.h"

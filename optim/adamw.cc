@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "core/host_table.h"
+#include "core/host_values.h"
 
 namespace scalemoe {
 

@@ -1,6 +1,6 @@
 #include "optim/clip.h"
 
-#include "core/host_table.h"
+#include "core/host_values.h"
 
 namespace scalemoe {
 

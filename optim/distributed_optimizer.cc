@@ -4,7 +4,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "core/host_table.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "norm/scale_options.h"
 #include "optim/clip.h"

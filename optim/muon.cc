@@ -5,7 +5,7 @@
 #include <map>
 #include <utility>
 
-#include "core/host_table.h"
+#include "core/host_values.h"
 
 namespace scalemoe {
 namespace {

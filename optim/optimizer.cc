@@ -2,7 +2,7 @@
 
 #include <utility>
 
-#include "core/host_table.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 #include "norm/scale_options.h"
 #include "optim/optimizer_config.h"

@@ -3,7 +3,7 @@
 #include <string>
 #include <vector>
 
-#include "core/host_read.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 
 namespace scalemoe {

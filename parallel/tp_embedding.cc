@@ -2,7 +2,7 @@
 
 #include <string>
 
-#include "core/host_read.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 
 namespace scalemoe {

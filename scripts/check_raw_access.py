@@ -30,11 +30,11 @@ EXEMPT = {
     "parallel/broadcast_string.cc": "host collective of a string",
     "launch/export_command.cc": "writes the reference batch of an export",
 }
-# Not yet moved into ops / the context (issue 12). Lower these as code moves.
+# Host inputs, not device data: the model checks the token ids a caller
+# passes in host memory (CheckBatch); the trainer wraps the loader's host
+# batches and host-collective values. A file may only go down.
 ALLOWED = {
-    "model/block.cc": 2,
     "model/model.cc": 1,
-    "model/tp_region.cc": 4,
     "launch/trainer.cc": 3,
 }
 
