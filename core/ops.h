@@ -368,8 +368,10 @@ void AccumulateExpertLoads(const ExecContext& ctx, const Tensor& counts, int64_t
                            const Tensor& step);
 // Aux-loss-free balancing (DeepSeek-V3): bias[e] += rate · sign(mean − loads[e]),
 // mean = Σ loads / E (exact: loads are integers). loads [E] i64; bias [E] f32/f64.
+// skip (i32[1], may be undefined): when set, nothing changes (the step's
+// optimizer update was skipped as non-finite: the bias stays with it).
 void ExpertBiasUpdate(const ExecContext& ctx, const Tensor& loads, double rate,
-                      const Tensor& bias);
+                      const Tensor& skip, const Tensor& bias);
 
 // Index building from device counts (core/cpu/moe_index.cc). Row indices
 // are i32; −1 marks "no row".

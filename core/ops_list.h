@@ -64,7 +64,7 @@
   X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), NO_CUDA) \
   X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), NO_CUDA) \
   X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), NO_CUDA) \
-  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& bias), (ctx, loads, rate, bias), NO_CUDA) \
+  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& skip, const Tensor& bias), (ctx, loads, rate, skip, bias), NO_CUDA) \
   X(void, InvertRowIndex, (const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row), (ctx, row_slot, slot_row), NO_CUDA) \
   X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), NO_CUDA) \
   X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), NO_CUDA) \

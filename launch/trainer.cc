@@ -342,6 +342,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
   // is fine: the optimizer never applies a non-finite update).
   nonfinite_tracker_ = ctx_.Zeros({4}, DType::kF64);
   for (int64_t step = start_step_; step < stop_at; ++step) {
+    const int64_t reads_before = ctx_.counters().host_reads.load();
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     registry_.ZeroGrads();
     StatusOr<Tensor> forward_backward = ForwardBackward();
@@ -371,10 +372,9 @@ StatusOr<TrainResult> TrainLoop::Run() {
     ops::Scale(ctx_, 1.0 / static_cast<double>(accumulation * dp), sums);
     ops::TrackNonFinite(ctx_, step_result.nonfinite, sums.Narrow(0, kTotalLoss, 1), step + 1,
                         nonfinite_tracker_);
-    // The expert bias moves only after an applied update (the router's
-    // update is host code until it reads the flag on the device itself).
-    if (cfg_.moe().expert_bias() && ReadScalar(ctx_, step_result.nonfinite) == 0) {
-      for (auto& c : chunks_) SM_RETURN_IF_ERROR(c->UpdateExpertBiases(ctx_));
+    // The expert bias moves only with an applied update (gated on the device).
+    for (auto& c : chunks_) {
+      SM_RETURN_IF_ERROR(c->UpdateExpertBiases(ctx_, step_result.nonfinite));
     }
     SM_RETURN_IF_ERROR(ctx_.status());
     const int64_t done = step + 1;
@@ -385,7 +385,9 @@ StatusOr<TrainResult> TrainLoop::Run() {
     const int every = cfg_.checkpoint().interval();
     const bool at_end = done == stop_at && (cfg_.checkpoint().save_at_end() || done < total_steps);
     const bool save = (every > 0 && done % every == 0) || at_end;
-    if (log || evaluate || save) {
+    if (!log && !evaluate && !save) {
+      result_.quiet_step_host_reads = ctx_.counters().host_reads.load() - reads_before;
+    } else {
       const StepReport report = ReadStepReport(sums, step_result.grad_norm);
       result_.skipped_steps = report.skipped_total;
       result_.last_train_loss = report.mean.total;

@@ -56,6 +56,10 @@ struct TrainResult {
   double last_val_loss = -1;    // last evaluation's cross-entropy (-1: none)
   double unigram_val_loss = -1; // cross-entropy of a unigram model on the same batches
   int64_t skipped_steps = 0;    // non-finite steps skipped (on_nonfinite: SKIP)
+  // Device→host reads (ExecContext::ToHost) of the last step that did not
+  // log, evaluate or save (-1: none such): the MoE layers' per-expert
+  // counts, one per MoE layer per micro-batch forward, and nothing else.
+  int64_t quiet_step_host_reads = -1;
   std::string last_checkpoint;  // newest checkpoint written or resumed from
 };
 

@@ -364,13 +364,13 @@ StatusOr<std::vector<MoeLayerStats>> MoeTransformer::MoeStats(const ExecContext&
   return MoeLayer::StepStats(ctx, MoeLayers());
 }
 
-Status MoeTransformer::UpdateExpertBiases(const ExecContext& ctx) {
+Status MoeTransformer::UpdateExpertBiases(const ExecContext& ctx, const Tensor& skip) {
   std::vector<MoeLayer*> layers;
   for (MoeLayer* l : MoeLayers()) {
     if (l->has_expert_bias()) layers.push_back(l);
   }
   SM_RETURN_IF_ERROR(MoeLayer::ReduceStepStats(ctx, layers));
-  for (MoeLayer* l : layers) SM_RETURN_IF_ERROR(l->UpdateExpertBias(ctx));
+  for (MoeLayer* l : layers) SM_RETURN_IF_ERROR(l->UpdateExpertBias(ctx, skip));
   return absl::OkStatus();
 }
 

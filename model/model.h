@@ -155,7 +155,8 @@ class MoeTransformer {
   std::vector<int> MoeLayerIndices() const { return moe_layers_; }
   // Expert-bias update of every MoE layer from its reduced step loads, on
   // the device (one reduction for all layers). Every rank of the stage calls it.
-  Status UpdateExpertBiases(const ExecContext& ctx);
+  // skip: the step's non-finite flag (i32[1] on ctx, may be undefined).
+  Status UpdateExpertBiases(const ExecContext& ctx, const Tensor& skip = Tensor());
   // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
 

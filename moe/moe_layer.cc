@@ -348,10 +348,10 @@ Status MoeLayer::FinishBackward(const ExecContext& ctx) {
 
 bool MoeLayer::has_expert_bias() const { return router_->has_expert_bias(); }
 
-Status MoeLayer::UpdateExpertBias(const ExecContext& ctx) {
+Status MoeLayer::UpdateExpertBias(const ExecContext& ctx, const Tensor& skip) {
   if (!router_->has_expert_bias()) return absl::OkStatus();
   SM_RETURN_IF_ERROR(ReduceStepStats(ctx, {this}));
-  router_->UpdateExpertBias(ctx, reduced_counts_.Narrow(0, 0, num_experts_));
+  router_->UpdateExpertBias(ctx, reduced_counts_.Narrow(0, 0, num_experts_), skip);
   return absl::OkStatus();
 }
 

@@ -157,7 +157,9 @@ class MoeLayer {
   // reduced over the router's replicas (ReduceStepStats if not yet done this
   // step), on the device. No-op unless moe.expert_bias. Call after the
   // optimizer step; fails when the reduction fails.
-  Status UpdateExpertBias(const ExecContext& ctx);
+  // skip: the step's non-finite flag (i32[1], may be undefined); set, the
+  // bias stays as the parameters do.
+  Status UpdateExpertBias(const ExecContext& ctx, const Tensor& skip = Tensor());
   bool has_expert_bias() const;
 
   // The whole micro-batch's losses of the last Forward, coefficient-weighted:

@@ -132,12 +132,12 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
 
 void Router::FinishBackward(const ExecContext& ctx) { linear_.FinishBackward(ctx); }
 
-void Router::UpdateExpertBias(const ExecContext& ctx, const Tensor& loads) {
+void Router::UpdateExpertBias(const ExecContext& ctx, const Tensor& loads, const Tensor& skip) {
   if (!expert_bias_) return;
   SM_CHECK_MSG(loads.numel() == cfg_.num_experts() && loads.dtype() == DType::kI64,
                "Router::UpdateExpertBias: loads ", loads.DebugString(), " for ",
                cfg_.num_experts(), " experts");
-  ops::ExpertBiasUpdate(ctx, loads, cfg_.expert_bias_update_rate(), expert_bias_->value);
+  ops::ExpertBiasUpdate(ctx, loads, cfg_.expert_bias_update_rate(), skip, expert_bias_->value);
 }
 
 }  // namespace scalemoe

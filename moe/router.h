@@ -60,7 +60,8 @@ class Router {
   void FinishBackward(const ExecContext& ctx);
   // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3; ops::ExpertBiasUpdate)
   // from loads [E] i64 on the device; no-op without a bias.
-  void UpdateExpertBias(const ExecContext& ctx, const Tensor& loads);
+  // skip (i32[1], may be undefined): the step's non-finite flag; set, nothing moves.
+  void UpdateExpertBias(const ExecContext& ctx, const Tensor& loads, const Tensor& skip = Tensor());
   bool has_expert_bias() const { return expert_bias_ != nullptr; }
 
   const Tensor& logits() const { return logits_; }

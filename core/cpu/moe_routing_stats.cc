@@ -64,7 +64,7 @@ void AccumulateExpertLoads(const ExecContext& ctx, const Tensor& counts, int64_t
 }
 
 void ExpertBiasUpdate(const ExecContext& ctx, const Tensor& loads, double rate,
-                      const Tensor& bias) {
+                      const Tensor& skip, const Tensor& bias) {
   SM_CHECK_MSG(ctx.device() == Device::kCPU, "ExpertBiasUpdate: CUDA path not in this build");
   CheckCpu("ExpertBiasUpdate", "loads", loads, &kI64);
   CheckCpu("ExpertBiasUpdate", "bias", bias);
@@ -73,6 +73,11 @@ void ExpertBiasUpdate(const ExecContext& ctx, const Tensor& loads, double rate,
                    (bias.dtype() == DType::kF32 || bias.dtype() == DType::kF64),
                "ExpertBiasUpdate: bias ", bias.DebugString(), " for loads ",
                loads.DebugString());
+  if (skip.defined()) {
+    SM_CHECK_MSG(skip.dtype() == DType::kI32 && skip.numel() == 1, "ExpertBiasUpdate: skip ",
+                 skip.DebugString());
+    if (skip.data<int32_t>()[0] != 0) return;
+  }
   const int64_t* l = loads.data<int64_t>();
   double mean = 0;
   for (int64_t i = 0; i < e; ++i) mean += static_cast<double>(l[i]);

@@ -200,6 +200,23 @@ TEST_F(TrainerTest, NonFiniteLossStopsWithLastCheckpointIntact) {
   }
 }
 
+// A step that does not log, evaluate or save reads exactly the documented
+// device values on the host: the per-expert token counts of each MoE layer,
+// once per micro-batch forward (they size the experts' GEMMs); the losses,
+// the gradient norm and the non-finite record wait for the next log line.
+TEST_F(TrainerTest, AQuietStepReadsOnlyTheMoeCountsOnTheHost) {
+  const config::RunConfig cfg =
+      TinyConfig({"logging.log_interval=4", "train.eval_interval=0", "checkpoint.interval=0",
+                  "checkpoint.save_at_end=false", "train.train_steps=6"});
+  StatusOr<TrainResult> r = Train(Options(cfg, "quiet_step_reads"));
+  ASSERT_TRUE(r.ok()) << r.status();
+  const int64_t moe_layers = cfg.model().num_layers();  // every layer is MoE here
+  const int64_t micro_batches =
+      cfg.train().global_batch_size() / cfg.train().micro_batch_size();
+  ASSERT_EQ(moe_layers * micro_batches, 4);
+  EXPECT_EQ(r->quiet_step_host_reads, moe_layers * micro_batches);
+}
+
 // SKIP skipped without limit and ended with exit 0 and a NaN loss; it stops
 // after max_consecutive_skips now.
 TEST_F(TrainerTest, SkipStopsAfterMaxConsecutiveNonFiniteSteps) {

@@ -67,11 +67,16 @@ TEST(MoeOpsTest, AccumulateExpertLoadsAddsLoadsAndDrops) {
 TEST(MoeOpsTest, ExpertBiasUpdateFollowsTheSignOfMeanMinusLoad) {
   for (DType dtype : {DType::kF64, DType::kF32}) {
     Tensor bias = Tensor::FromVector({4}, {0.5, 0, -1, 2}, dtype);
-    ops::ExpertBiasUpdate(kCtx, Ints({4}, {8, 2, 5, 5}, DType::kI64), 0.25, bias);
+    ops::ExpertBiasUpdate(kCtx, Ints({4}, {8, 2, 5, 5}, DType::kI64), 0.25, Tensor(), bias);
     EXPECT_EQ(bias.ToVector(), (std::vector<double>{0.25, 0.25, -1, 2}));  // mean 5 exactly
-    ops::ExpertBiasUpdate(kCtx, Ints({4}, {0, 0, 0, 0}, DType::kI64), 0.25, bias);
+    ops::ExpertBiasUpdate(kCtx, Ints({4}, {0, 0, 0, 0}, DType::kI64), 0.25, Tensor(), bias);
     EXPECT_EQ(bias.ToVector(), (std::vector<double>{0.25, 0.25, -1, 2}));  // balanced: no step
-    ops::ExpertBiasUpdate(kCtx, Ints({4}, {1, 0, 0, 0}, DType::kI64), 1, bias);
+    // A skipped (non-finite) step moves nothing; an applied one moves.
+    ops::ExpertBiasUpdate(kCtx, Ints({4}, {1, 0, 0, 0}, DType::kI64), 1,
+                          Ints({1}, {1}, DType::kI32), bias);
+    EXPECT_EQ(bias.ToVector(), (std::vector<double>{0.25, 0.25, -1, 2}));
+    ops::ExpertBiasUpdate(kCtx, Ints({4}, {1, 0, 0, 0}, DType::kI64), 1,
+                          Ints({1}, {0}, DType::kI32), bias);
     EXPECT_EQ(bias.ToVector(), (std::vector<double>{-0.75, 1.25, 0, 3}));
   }
 }
