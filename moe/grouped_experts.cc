@@ -44,41 +44,30 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
       spec.init = InitSpec::Normal(p == kDown ? options_.down_init_std : options_.init_std);
       spec.layout = layout;
       if (routed) spec.layout.tp_split_dim = p == kDown ? 1 : 0;  // F
+      Param* weight = registry.Create(spec);
+      using Source = ExpertGroupOptions::GammaSource;
+      auto gamma_of = [&](const std::vector<Source>& sources) {
+        return sources.empty() ? Source{} : sources.at(e);
+      };
+      const Source gamma = p == kGate ? gamma_of(options_.gate_gamma)
+                           : p == kUp ? gamma_of(options_.up_gamma)
+                                      : Source{};
+      const ScaledLinearOptions linear{
+          .path = so.path(),
+          .u_name = so.OutputVector(kinds[p]) ? base + ".u_" + names[p] : std::string(),
+          .reparam = so.reparam(),
+          .split_group = routed ? options_.ffn_split_group : nullptr};
       experts_[e].proj[p] =
-          std::make_unique<FoldedLinear>(registry.Create(spec), so.path() == ScalePath::kFold);
-      if (so.OutputVector(kinds[p])) {
-        ParamLayout u_layout = layout;
-        if (routed && p == kDown) u_layout.tp_partial_grad = true;  // [C], per-F-slice shares
-        if (routed && p != kDown) u_layout.tp_split_dim = 0;         // [F], split with F
-        experts_[e].u[p] = std::make_unique<ScaleVector>(
-            registry, base + ".u_" + names[p], p == kDown ? c : f, ParamRole::kOutputNormScale,
-            so.reparam(), u_layout, routed ? options_.ffn_split_group : nullptr);
-      }
+          std::make_unique<ScaledLinear>(registry, weight, gamma.scales, gamma.branch, linear);
     }
   }
 }
 
 GroupedExperts::~GroupedExperts() = default;
 
-Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype,
-                                   const ExpertGammas& gammas) {
-  SM_CHECK(static_cast<int>(gammas.gate.size()) == options_.num_experts);
-  for (int e = 0; e < options_.num_experts; ++e) {
-    Expert& ex = experts_[e];
-    for (int p = 0; p < kNumProj; ++p) {
-      if (!ex.u[p]) continue;
-      if (!ex.u_value[p].defined()) {
-        ex.u_value[p] = ctx.Empty({ex.u[p]->dim()}, dtype);
-        ex.d_u[p] = ctx.Empty({ex.u[p]->dim()}, dtype);
-      }
-      SM_RETURN_IF_ERROR(ex.u[p]->Compute(ctx, ex.u_value[p]));
-      ops::Zero(ctx, ex.d_u[p]);
-    }
-    ex.proj[kGate]->PrepareStep(ctx, gammas.gate[e], gammas.d_gate[e], ex.u_value[kGate],
-                                ex.d_u[kGate]);
-    ex.proj[kUp]->PrepareStep(ctx, gammas.up[e], gammas.d_up[e], ex.u_value[kUp],
-                              ex.d_u[kUp]);
-    ex.proj[kDown]->PrepareStep(ctx, Tensor(), Tensor(), ex.u_value[kDown], ex.d_u[kDown]);
+Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
+  for (Expert& ex : experts_) {
+    for (auto& proj : ex.proj) SM_RETURN_IF_ERROR(proj->PrepareStep(ctx, dtype));
   }
   return absl::OkStatus();
 }
@@ -101,10 +90,10 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
     const Tensor xe = x.Narrow(0, start, t);
     const Tensor ge = gate_.Narrow(0, start, t), ue = up_.Narrow(0, start, t);
     const Tensor he = h_.Narrow(0, start, t);
-    ex.proj[kGate]->Forward(ctx, xe, ge, &ex.cache[kGate]);
-    ex.proj[kUp]->Forward(ctx, xe, ue, &ex.cache[kUp]);
+    ex.proj[kGate]->Forward(ctx, xe, ge);
+    ex.proj[kUp]->Forward(ctx, xe, ue);
     ops::SwiGlu(ctx, ge, ue, he);
-    ex.proj[kDown]->Forward(ctx, he, y.Narrow(0, start, t), &ex.cache[kDown]);
+    ex.proj[kDown]->Forward(ctx, he, y.Narrow(0, start, t));
     start += t;
   }
 }
@@ -116,28 +105,23 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
   Tensor d_h = ctx.Empty({m, f}, x_.dtype());
   Tensor d_gate = ctx.Empty({m, f}, x_.dtype());
   Tensor d_up = ctx.Empty({m, f}, x_.dtype());
-  Tensor d_x_up = ctx.Empty(x_.shape(), x_.dtype());
   int64_t start = 0;
   for (int e = 0; e < options_.num_experts; ++e) {
     const int64_t t = counts_[e];
     if (t == 0) continue;
     Expert& ex = experts_[e];
     auto rows = [&](const Tensor& a) { return a.Narrow(0, start, t); };
-    ex.proj[kDown]->Backward(ctx, rows(h_), ex.cache[kDown], rows(d_y), rows(d_h));
+    ex.proj[kDown]->Backward(ctx, rows(d_y), rows(d_h), GradMode::kOverwrite);
     ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
-    ex.proj[kGate]->Backward(ctx, rows(x_), ex.cache[kGate], rows(d_gate), rows(d_x));
-    ex.proj[kUp]->Backward(ctx, rows(x_), ex.cache[kUp], rows(d_up), rows(d_x_up));
-    ops::Axpy(ctx, 1.0, rows(d_x_up), rows(d_x));
+    ex.proj[kGate]->Backward(ctx, rows(d_gate), rows(d_x), GradMode::kOverwrite);
+    ex.proj[kUp]->Backward(ctx, rows(d_up), rows(d_x), GradMode::kAccumulate);
     start += t;
   }
 }
 
 Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
   for (Expert& ex : experts_) {
-    for (int p = 0; p < kNumProj; ++p) {
-      ex.proj[p]->FinishBackward(ctx);
-      if (ex.u[p]) SM_RETURN_IF_ERROR(ex.u[p]->Backward(ctx, ex.d_u[p]));
-    }
+    for (auto& proj : ex.proj) SM_RETURN_IF_ERROR(proj->FinishBackward(ctx));
   }
   return absl::OkStatus();
 }

@@ -1,10 +1,11 @@
 // GroupedExperts: a group of SwiGLU expert FFNs (routed or shared), each
 //   y = u_down ⊙ ((u_gate ⊙ silu((γ_gate ⊙ x) W_gateᵀ)) * (u_up ⊙ (γ_up ⊙ x) W_upᵀ)) W_downᵀ
 // over its own contiguous block of input rows (the permuter groups rows by
-// expert). Each projection is a FoldedLinear; Input-Norm γ's come from the
-// caller (MoeLayer's BranchScales), output-side u's (where
-// ScaleOptions::OutputVector says so for GATE/UP/DOWN) are owned here as
-// ScaleVectors.
+// expert). Each projection is a ScaledLinear (norm/scaled_linear.h, the
+// model's one linear map with scale vectors); Input-Norm γ's come from the
+// caller's BranchScales (MoeLayer's), output-side u's (where
+// ScaleOptions::OutputVector says so for GATE/UP/DOWN) are owned by the
+// projections.
 //
 // DUAL_NORMALIZED: SCALE_VECTORS.md defines the output-side RMSNorm for
 // q/k/v heads only; for experts it behaves exactly like DUAL (plain u).
@@ -35,7 +36,8 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
-#include "norm/folded_linear.h"
+#include "norm/branch_scales.h"
+#include "norm/scaled_linear.h"
 #include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 
@@ -54,11 +56,13 @@ struct ExpertGroupOptions {
   // Routed only: the ETP group F is split over (not owned; may be null when
   // the registry's etp_size is 1). Its size must match the registry's.
   Communicator* ffn_split_group = nullptr;
-};
-
-// Input-side γ for one group (one entry per expert; undefined = none).
-struct ExpertGammas {
-  std::vector<Tensor> gate, d_gate, up, d_up;
+  // Where each expert's Input-Norm γ_gate and γ_up come from: one entry per
+  // expert, in local order (a null `scales` = no γ), or empty for none.
+  struct GammaSource {
+    const BranchScales* scales = nullptr;
+    int branch = 0;
+  };
+  std::vector<GammaSource> gate_gamma, up_gamma;
 };
 
 class GroupedExperts {
@@ -69,9 +73,10 @@ class GroupedExperts {
 
   int num_experts() const { return options_.num_experts; }
   int64_t local_ffn() const { return local_ffn_; }  // F held on this rank
-  // Once per step: folds γ (and u) into the weights (or keeps them per token).
-  // Fail only when a split normalized u's all-reduce fails.
-  Status PrepareStep(const ExecContext& ctx, DType dtype, const ExpertGammas& gammas);
+  // Once per step, after the γ's BranchScales' Forward: folds γ (and u) into
+  // the weights (or keeps them per token). Fails only when a split
+  // normalized u's all-reduce fails.
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   // x [M, C] with expert e on the next counts[e] rows (Σ counts <= M); y [M, C]
   // overwritten (rows past Σ counts are zero).
   void Forward(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
@@ -83,10 +88,7 @@ class GroupedExperts {
  private:
   enum Proj { kGate = 0, kUp = 1, kDown = 2, kNumProj = 3 };
   struct Expert {
-    std::unique_ptr<FoldedLinear> proj[kNumProj];
-    std::unique_ptr<ScaleVector> u[kNumProj];  // output side, null unless DUAL
-    Tensor u_value[kNumProj], d_u[kNumProj];
-    FoldedLinear::Cache cache[kNumProj];
+    std::unique_ptr<ScaledLinear> proj[kNumProj];
   };
 
   ExpertGroupOptions options_;

@@ -108,20 +108,25 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
     own_group_ = std::make_unique<BranchScales>(registry, so, norm_name + ".scale", base,
                                                 hidden_, plan.own, /*own_vectors=*/true);
   }
+  // Logical Input-Norm branches: router, then (gate, up) per routed expert,
+  // then (gate, up) per shared expert, each a branch of one of the groups.
+  using Source = ExpertGroupOptions::GammaSource;
   auto ref = [&](size_t i) {
-    return BranchRef{refs[i].first ? own_group_.get() : shared_group_.get(), refs[i].second};
+    return Source{refs[i].first ? own_group_.get() : shared_group_.get(), refs[i].second};
   };
-  router_branch_ = ref(0);
+  const Source router_gamma = ref(0);
+  std::vector<Source> expert_gate, expert_up, shared_gate, shared_up;
   for (int e = 0; e < num_local_; ++e) {
-    expert_gate_.push_back(ref(1 + 2 * e));
-    expert_up_.push_back(ref(2 + 2 * e));
+    expert_gate.push_back(ref(1 + 2 * e));
+    expert_up.push_back(ref(2 + 2 * e));
   }
   for (int s = 0; s < num_shared_; ++s) {
-    shared_gate_.push_back(ref(1 + 2 * num_local_ + 2 * s));
-    shared_up_.push_back(ref(2 + 2 * num_local_ + 2 * s));
+    shared_gate.push_back(ref(1 + 2 * num_local_ + 2 * s));
+    shared_up.push_back(ref(2 + 2 * num_local_ + 2 * s));
   }
 
-  router_ = std::make_unique<Router>(registry, cfg, layer, prefix, tp_);
+  router_ = std::make_unique<Router>(registry, cfg, layer, prefix, router_gamma.scales,
+                                     router_gamma.branch, tp_);
   permuter_ = std::make_unique<TokenPermuter>(num_experts_, top_k_);
   ExpertGroupOptions opts;
   opts.prefix = prefix + ".experts";
@@ -134,8 +139,12 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   opts.init_std = cfg.model().init_std();
   opts.down_init_std = cfg.model().init_std() / std::sqrt(2.0 * cfg.model().num_layers());
   opts.ffn_split_group = etp_;
+  opts.gate_gamma = expert_gate;
+  opts.up_gamma = expert_up;
   experts_ = std::make_unique<GroupedExperts>(registry, so, opts);
   opts.ffn_split_group = nullptr;
+  opts.gate_gamma = shared_gate;
+  opts.up_gamma = shared_up;
   if (num_shared_ > 0) {
     opts.prefix = prefix + ".shared_experts";
     opts.num_experts = num_shared_;
@@ -149,8 +158,6 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
 
 MoeLayer::~MoeLayer() = default;
 
-const Tensor& MoeLayer::Gamma(const BranchRef& b) const { return b.scales->gamma(b.index); }
-const Tensor& MoeLayer::DGamma(const BranchRef& b) const { return b.scales->d_gamma(b.index); }
 
 void MoeLayer::ResetStepStats(const ExecContext& ctx, DType dtype) {
   step_counts_ = ctx.Zeros({num_experts_ + 1}, DType::kI64);
@@ -164,22 +171,9 @@ Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
   ResetStepStats(ctx, dtype);
   if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Forward(ctx, dtype));
   if (own_group_) SM_RETURN_IF_ERROR(own_group_->Forward(ctx, dtype));
-  router_->PrepareStep(ctx, Gamma(router_branch_), DGamma(router_branch_));
-  auto gammas = [&](const std::vector<BranchRef>& gate, const std::vector<BranchRef>& up) {
-    ExpertGammas g;
-    for (size_t i = 0; i < gate.size(); ++i) {
-      g.gate.push_back(Gamma(gate[i]));
-      g.d_gate.push_back(DGamma(gate[i]));
-      g.up.push_back(Gamma(up[i]));
-      g.d_up.push_back(DGamma(up[i]));
-    }
-    return g;
-  };
-  SM_RETURN_IF_ERROR(experts_->PrepareStep(ctx, dtype, gammas(expert_gate_, expert_up_)));
-  if (shared_experts_) {
-    SM_RETURN_IF_ERROR(
-        shared_experts_->PrepareStep(ctx, dtype, gammas(shared_gate_, shared_up_)));
-  }
+  SM_RETURN_IF_ERROR(router_->PrepareStep(ctx, dtype));
+  SM_RETURN_IF_ERROR(experts_->PrepareStep(ctx, dtype));
+  if (shared_experts_) SM_RETURN_IF_ERROR(shared_experts_->PrepareStep(ctx, dtype));
   return absl::OkStatus();
 }
 
@@ -338,7 +332,7 @@ Status MoeLayer::RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y,
 }
 
 Status MoeLayer::FinishBackward(const ExecContext& ctx) {
-  router_->FinishBackward(ctx);
+  SM_RETURN_IF_ERROR(router_->FinishBackward(ctx));
   SM_RETURN_IF_ERROR(experts_->FinishBackward(ctx));
   if (shared_experts_) SM_RETURN_IF_ERROR(shared_experts_->FinishBackward(ctx));
   if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Backward(ctx));

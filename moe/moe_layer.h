@@ -193,14 +193,6 @@ class MoeLayer {
   int num_local_experts() const { return num_local_; }
 
  private:
-  // Logical Input-Norm branches: router, then (gate, up) per routed expert,
-  // then (gate, up) per shared expert. Each maps to one BranchScales group.
-  struct BranchRef {
-    BranchScales* scales = nullptr;
-    int index = 0;
-  };
-  const Tensor& Gamma(const BranchRef& b) const;
-  const Tensor& DGamma(const BranchRef& b) const;
   // Builds every count of this Forward on the device (see the header) and
   // reads them with the layer's one host read; plans the EP dispatch and
   // the ETP exchange. Sets expert_counts_ (rows per local expert).
@@ -229,9 +221,6 @@ class MoeLayer {
   int num_local_ = 0;
   std::unique_ptr<BranchScales> shared_group_;  // branches without their own γ
   std::unique_ptr<BranchScales> own_group_;     // branches with their own γ (HG)
-  BranchRef router_branch_;
-  std::vector<BranchRef> expert_gate_, expert_up_;  // [num_local_]
-  std::vector<BranchRef> shared_gate_, shared_up_;  // [S]
   std::unique_ptr<Router> router_;
   std::unique_ptr<TokenPermuter> permuter_;
   std::unique_ptr<TokenDispatcher> dispatcher_;  // null unless EP > 1

@@ -23,13 +23,15 @@ Param* CreateWeight(ParamRegistry& registry, const config::RunConfig& cfg, int l
 }  // namespace
 
 Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-               const std::string& prefix, Communicator* token_group)
+               const std::string& prefix, const BranchScales* gamma_scales, int gamma_branch,
+               Communicator* token_group)
     : cfg_(cfg.moe()),
       score_fn_(cfg.moe().score_function() == config::MoEConfig::SIGMOID
                     ? ops::ScoreFunction::kSigmoid
                     : ops::ScoreFunction::kSoftmax),
       weight_(CreateWeight(registry, cfg, layer, prefix)),
-      linear_(weight_, ScaleOptions(cfg.scale_vectors()).path() == ScalePath::kFold) {
+      linear_(registry, weight_, gamma_scales, gamma_branch,
+              {.path = ScaleOptions(cfg.scale_vectors()).path()}) {
   if (cfg_.expert_bias()) {
     ParamSpec spec;
     spec.name = prefix + ".router.expert_bias";
@@ -42,8 +44,8 @@ Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
   if (token_group != nullptr && token_group->size() > 1) token_group_ = token_group;
 }
 
-void Router::PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma) {
-  linear_.PrepareStep(ctx, gamma, d_gamma, Tensor(), Tensor());
+Status Router::PrepareStep(const ExecContext& ctx, DType dtype) {
+  return linear_.PrepareStep(ctx, dtype);
 }
 
 Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
@@ -51,7 +53,6 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const int64_t e = cfg_.num_experts();
   const int k = cfg_.top_k();
   const DType dt = n.dtype();
-  n_ = n;
   logits_ = ctx.Empty({tokens, e}, dt);
   scores_ = ctx.Empty({tokens, e}, dt);
   expert_ids_ = ctx.Empty({tokens, k}, DType::kI32);
@@ -60,7 +61,7 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   losses_ = ctx.Zeros({2}, dt);
   const Tensor aux = aux_loss(), z = z_loss();
 
-  linear_.Forward(ctx, n, logits_, &cache_);
+  linear_.Forward(ctx, n, logits_);
   ops::RouterScores(ctx, score_fn_, logits_, scores_);
   const Tensor bias = expert_bias_ ? expert_bias_->value : Tensor();
   ops::TopKRouting(ctx, scores_, bias, k, cfg_.normalize_topk(), expert_ids_, weights_);
@@ -127,10 +128,10 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
                               d_logits);
     }
   }
-  linear_.Backward(ctx, n_, cache_, d_logits, d_n);
+  linear_.Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
 }
 
-void Router::FinishBackward(const ExecContext& ctx) { linear_.FinishBackward(ctx); }
+Status Router::FinishBackward(const ExecContext& ctx) { return linear_.FinishBackward(ctx); }
 
 void Router::UpdateExpertBias(const ExecContext& ctx, const Tensor& loads, const Tensor& skip) {
   if (!expert_bias_) return;

@@ -30,7 +30,7 @@
 // all-reduced as device tensors, and nothing here reads the host.
 //
 // Gradient contract: Backward overwrites d_n and accumulates into the router
-// weight (or its folded copy, see FoldedLinear) and d_γ. Under TP both are
+// weight (folded or not: norm/scaled_linear.h) and d_γ. Under TP both are
 // this rank's share (the weight's layout says tp_partial_grad).
 #pragma once
 
@@ -38,26 +38,31 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/ops.h"
-#include "norm/folded_linear.h"
+#include "norm/branch_scales.h"
+#include "norm/scaled_linear.h"
 #include "parallel/communicator.h"
 
 namespace scalemoe {
 
 class Router {
  public:
-  // token_group (not owned, may be null; outlives the router): the TP group
-  // whose ranks split the micro-batch's rows; null or of size 1 = single rank.
+  // gamma_scales/gamma_branch: the router's Input-Norm γ (a BranchScales
+  // branch of the MoE layer; null: none). token_group (not owned, may be
+  // null; outlives the router): the TP group whose ranks split the
+  // micro-batch's rows; null or of size 1 = single rank.
   Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
-         const std::string& prefix, Communicator* token_group = nullptr);
+         const std::string& prefix, const BranchScales* gamma_scales, int gamma_branch,
+         Communicator* token_group = nullptr);
 
-  void PrepareStep(const ExecContext& ctx, const Tensor& gamma, const Tensor& d_gamma);
+  // After the γ's BranchScales' Forward; `dtype` is the activations'.
+  Status PrepareStep(const ExecContext& ctx, DType dtype);
   // Fails when a token-group all-reduce (TP) fails.
   Status Forward(const ExecContext& ctx, const Tensor& n);
   // d_weights [N, K]: gradient of the main loss w.r.t. the combine weights.
   // The aux/z losses' gradients are added scaled by loss_grad_scale.
   void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
                 const Tensor& d_n);
-  void FinishBackward(const ExecContext& ctx);
+  Status FinishBackward(const ExecContext& ctx);
   // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3; ops::ExpertBiasUpdate)
   // from loads [E] i64 on the device; no-op without a bias.
   // skip (i32[1], may be undefined): the step's non-finite flag; set, nothing moves.
@@ -83,10 +88,8 @@ class Router {
   ops::ScoreFunction score_fn_;
   Param* weight_;               // [E, C]
   Param* expert_bias_ = nullptr;  // [E], only with moe.expert_bias
-  FoldedLinear linear_;
+  ScaledLinear linear_;
   // Forward cache.
-  Tensor n_;
-  FoldedLinear::Cache cache_;
   Tensor logits_, scores_, expert_ids_, weights_, kept_;
   Tensor losses_;  // [2] (aux, z) of the whole micro-batch
   int64_t capacity_ = 0;

@@ -24,6 +24,17 @@ struct ExpertsRig {
     sv.set_placement(config::ScaleVectorConfig::DUAL);
     sv.add_dual_projections(config::ScaleVectorConfig::GATE);
     sv.add_dual_projections(config::ScaleVectorConfig::DOWN);
+    sv.set_mode(config::ScaleVectorConfig::PER_BRANCH);
+    // Every expert's own γ_gate "g<e>" and γ_up "u<e>": branches 2e, 2e+1.
+    std::vector<BranchSpec> branches;
+    for (int e = 0; e < kE; ++e) {
+      ParamLayout l;
+      l.expert = e;
+      branches.push_back({absl::StrCat("g", e), l});
+      branches.push_back({absl::StrCat("u", e), l});
+    }
+    scales = std::make_unique<BranchScales>(registry, ScaleOptions(sv), "unused", ParamLayout{},
+                                            kC, branches, /*own_vectors=*/true);
     ExpertGroupOptions o;
     o.prefix = "moe.experts";
     o.num_experts = kE;
@@ -31,28 +42,19 @@ struct ExpertsRig {
     o.ffn = kF;
     o.init_std = 0.5;
     o.down_init_std = 0.4;
-    experts = std::make_unique<GroupedExperts>(registry, ScaleOptions(sv), o);
     for (int e = 0; e < kE; ++e) {
-      ParamLayout l;
-      l.expert = e;
-      gate.push_back(registry.Create({absl::StrCat("g", e), {kC}, ParamRole::kInputNormScale,
-                                      InitSpec::Ones(), l}));
-      up.push_back(registry.Create({absl::StrCat("u", e), {kC}, ParamRole::kInputNormScale,
-                                    InitSpec::Ones(), l}));
+      o.gate_gamma.push_back({scales.get(), 2 * e});
+      o.up_gamma.push_back({scales.get(), 2 * e + 1});
     }
+    experts = std::make_unique<GroupedExperts>(registry, ScaleOptions(sv), o);
     SM_CHECK_OK(registry.Materialize(5, DType::kF64, Device::kCPU));
     testing::PerturbScaleVectors(registry, 21);
     x = testing::RandomTensor({kRows, kC}, 1);
     w = testing::RandomTensor({kRows, kC}, 2);
-    for (int e = 0; e < kE; ++e) {
-      gammas.gate.push_back(gate[e]->value);
-      gammas.d_gate.push_back(gate[e]->grad);
-      gammas.up.push_back(up[e]->value);
-      gammas.d_up.push_back(up[e]->grad);
-    }
   }
   Tensor Output() {
-    Must(experts->PrepareStep(ctx, DType::kF64, gammas));
+    Must(scales->Forward(ctx, DType::kF64));
+    Must(experts->PrepareStep(ctx, DType::kF64));
     Tensor y = Tensor::Empty(x.shape(), DType::kF64);
     experts->Forward(ctx, x, kCounts, y);
     return y;
@@ -63,14 +65,14 @@ struct ExpertsRig {
     Tensor d_x = Tensor::Empty(x.shape(), DType::kF64);
     experts->Backward(ctx, w, d_x);
     Must(experts->FinishBackward(ctx));
+    Must(scales->Backward(ctx));
     return d_x;
   }
 
   ExecContext ctx = ExecContext::Cpu();
   ParamRegistry registry;
+  std::unique_ptr<BranchScales> scales;
   std::unique_ptr<GroupedExperts> experts;
-  std::vector<Param*> gate, up;
-  ExpertGammas gammas;
   Tensor x, w;
 };
 

@@ -21,18 +21,20 @@ using testing::kTokens;
 
 struct RouterRig {
   explicit RouterRig(const config::RunConfig& cfg) {
-    router = std::make_unique<Router>(registry, cfg, 0, "layers.0.moe");
-    gamma_param = registry.Create({"gamma", {kHidden}, ParamRole::kInputNormScale,
-                                   InitSpec::Ones(), {}});
+    // The router's γ: one vector "gamma" (the layer's shared norm scale).
+    scales = std::make_unique<BranchScales>(registry, ScaleOptions(cfg.scale_vectors()), "gamma",
+                                            ParamLayout{}, kHidden,
+                                            std::vector<BranchSpec>{{"gamma", {}}}, false);
+    router = std::make_unique<Router>(registry, cfg, 0, "layers.0.moe", scales.get(), 0);
     SM_CHECK_OK(registry.Materialize(99, DType::kF64, Device::kCPU));
-    for (int64_t i = 0; i < kHidden; ++i) gamma_param->value.data<double>()[i] += 0.1 * i;
+    Param* gamma = registry.Find("gamma");
+    for (int64_t i = 0; i < kHidden; ++i) gamma->value.data<double>()[i] += 0.1 * i;
     n = testing::RandomTensor({kTokens, kHidden}, 5);
     r = testing::RandomTensor({kTokens, cfg.moe().top_k()}, 6);
-    d_gamma = Tensor::Empty({kHidden}, DType::kF64);
   }
   void Forward() {
-    d_gamma.Fill(0);
-    router->PrepareStep(ctx, gamma_param->value, d_gamma);
+    Must(scales->Forward(ctx, DType::kF64));
+    Must(router->PrepareStep(ctx, DType::kF64));
     Must(router->Forward(ctx, n));
   }
   // Σ r ⊙ weights (kept slots only, like the combine) + aux + z.
@@ -53,8 +55,8 @@ struct RouterRig {
     }
     Tensor d_n = Tensor::Empty(n.shape(), DType::kF64);
     router->Backward(ctx, d_w, 1.0, d_n);
-    router->FinishBackward(ctx);
-    ops::Axpy(ctx, 1.0, d_gamma, gamma_param->grad);
+    Must(router->FinishBackward(ctx));
+    Must(scales->Backward(ctx));
     return d_n;
   }
   void CheckGradients() {
@@ -66,9 +68,9 @@ struct RouterRig {
 
   ExecContext ctx = ExecContext::Cpu();
   ParamRegistry registry;
+  std::unique_ptr<BranchScales> scales;
   std::unique_ptr<Router> router;
-  Param* gamma_param;
-  Tensor n, r, d_gamma;
+  Tensor n, r;
 };
 
 TEST(RouterTest, SoftmaxGradientsWithAuxAndZLoss) {
