@@ -70,7 +70,9 @@ StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
   SM_ASSIGN_OR_RETURN(const ModelFeatures features, ModelFeaturesOf(cfg, ModelShapes(manifest)));
   SM_ASSIGN_OR_RETURN(const HfArchitecture* arch, SelectHfArchitecture(features));
   SM_ASSIGN_OR_RETURN(auto whole, LoadWholeModel(options.checkpoint_dir, manifest));
-  SM_ASSIGN_OR_RETURN(const FoldedModel model, FoldModel(std::move(whole), cfg, features));
+  SM_CHECK_MSG(options.model_specs != nullptr, "ExportOptions.model_specs is required");
+  SM_ASSIGN_OR_RETURN(const FoldedModel model,
+                      FoldModel(std::move(whole), cfg, features, options.model_specs(cfg)));
 
   std::error_code ec;
   fs::create_directories(options.out_dir, ec);

@@ -16,18 +16,28 @@
 // reason for each architecture considered; nothing is written then.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <vector>
 
+#include "configs/scalemoe.pb.h"
 #include "core/dtype.h"
+#include "core/params.h"
 #include "core/status.h"
 
 namespace scalemoe::checkpoint {
+
+// The ParamSpecs of the whole model a config describes (launch builds the
+// model; checkpoint/ sits below model/): which weight each scale vector
+// folds into comes from them, not from parameter names.
+using ModelSpecsFn = std::function<std::vector<ParamSpec>(const config::RunConfig&)>;
 
 struct ExportOptions {
   std::string checkpoint_dir;  // a step_N directory
   std::string out_dir;         // created if missing
   DType dtype = DType::kF32;   // kF32 or kBF16
   std::string tokenizer_dir;   // optional: GPT-2 format (encoder.json, vocab.bpe)
+  ModelSpecsFn model_specs;    // required
 };
 
 // What was exported.

@@ -13,11 +13,50 @@ namespace {
 
 using Reparam = config::ScaleVectorConfig::Reparam;
 
+// What the model's ParamSpecs say about its scale vectors: each effective
+// vector's parts (a plain γ, or β and α), and the vectors folding into each
+// weight, by side.
+struct FoldPlan {
+  struct Vector {
+    std::string plain, alpha, beta;  // part names; empty if absent
+  };
+  struct Fold {
+    std::string vector;
+    FoldSide side;
+  };
+  std::map<std::string, Vector> vectors;
+  std::map<std::string, std::vector<Fold>> into;  // weight -> its folds
+
+  // Weights the export writes as they are (a lookup table, a head that may
+  // be tied to it) take no fold: their vector stays a norm weight.
+  static FoldPlan Of(const std::vector<ParamSpec>& specs) {
+    std::set<std::string> as_is;
+    for (const ParamSpec& s : specs) {
+      if (s.role == ParamRole::kEmbedding || s.role == ParamRole::kLmHead) as_is.insert(s.name);
+    }
+    FoldPlan plan;
+    for (const ParamSpec& s : specs) {
+      if (!IsScaleVector(s.role)) continue;
+      const ScaleVectorInfo& info = s.scale_vector;
+      Vector& v = plan.vectors[info.vector];
+      (info.part == VectorPart::kPlain   ? v.plain
+       : info.part == VectorPart::kAlpha ? v.alpha
+                                         : v.beta) = s.name;
+      if (info.part == VectorPart::kBeta) continue;  // α records the same folds
+      for (const FoldTarget& t : info.folds_into) {
+        if (!as_is.count(t.weight)) plan.into[t.weight].push_back({info.vector, t.side});
+      }
+    }
+    return plan;
+  }
+};
+
 // The checkpoint's tensors, and which of them were used (every one must be).
 class Params {
  public:
-  Params(std::map<std::string, Tensor> tensors, Reparam reparam)
-      : tensors_(std::move(tensors)), reparam_(reparam) {}
+  Params(std::map<std::string, Tensor> tensors, const std::vector<ParamSpec>& specs,
+         Reparam reparam)
+      : tensors_(std::move(tensors)), plan_(FoldPlan::Of(specs)), reparam_(reparam) {}
 
   std::optional<Tensor> Take(const std::string& name) {
     auto it = tensors_.find(name);
@@ -29,12 +68,19 @@ class Params {
     if (std::optional<Tensor> t = Take(name)) return *t;
     return absl::NotFoundError(absl::StrCat("export: the checkpoint has no '", name, "'"));
   }
-  // The effective scale vector stored under `name` (plain, or β·α).
-  std::optional<Tensor> Gamma(const std::string& name) {
-    if (std::optional<Tensor> plain = Take(name)) return plain;
-    if (!tensors_.count(name + ".alpha") || !tensors_.count(name + ".beta")) return std::nullopt;
-    const Tensor alpha = *Take(name + ".alpha");
-    double scale = Take(name + ".beta")->At(0);
+  // The effective scale vector `vector` (plain, or β·α); nullopt if the
+  // model has no such vector.
+  StatusOr<std::optional<Tensor>> Gamma(const std::string& vector) {
+    auto it = plan_.vectors.find(vector);
+    if (it == plan_.vectors.end()) return std::optional<Tensor>();
+    const FoldPlan::Vector& v = it->second;
+    if (!v.plain.empty()) {
+      SM_ASSIGN_OR_RETURN(Tensor plain, Require(v.plain));
+      return std::optional<Tensor>(plain);
+    }
+    SM_ASSIGN_OR_RETURN(const Tensor alpha, Require(v.alpha));
+    SM_ASSIGN_OR_RETURN(const Tensor beta, Require(v.beta));
+    double scale = beta.At(0);
     if (reparam_ == config::ScaleVectorConfig::MAGNITUDE_DIRECTION_NORMALIZED) {
       double sq = 0;
       for (double a : alpha.ToVector()) sq += a * a;
@@ -42,13 +88,26 @@ class Params {
     }
     Tensor gamma = alpha.Clone();
     ops::Scale(ExecContext::Cpu(), scale, gamma);
-    return gamma;
+    return std::optional<Tensor>(gamma);
   }
-  std::optional<Tensor> FirstGamma(const std::vector<std::string>& names) {
-    for (const std::string& n : names) {
-      if (std::optional<Tensor> g = Gamma(n)) return g;
+  // The product of the vectors folding into `weight` on `side` (nullopt: none).
+  StatusOr<std::optional<Tensor>> Folded(const std::string& weight, FoldSide side) {
+    std::optional<Tensor> out;
+    auto it = plan_.into.find(weight);
+    if (it == plan_.into.end()) return out;
+    for (const FoldPlan::Fold& f : it->second) {
+      if (f.side != side) continue;
+      SM_ASSIGN_OR_RETURN(std::optional<Tensor> g, Gamma(f.vector));
+      if (!g)
+        return absl::NotFoundError(absl::StrCat("export: no tensor for vector '", f.vector, "'"));
+      if (out) {  // two vectors on one side: their product
+        const Tensor row = out->View({1, out->numel()});
+        ops::ScaleRowsCols(ExecContext::Cpu(), row, Tensor(), *g, row);
+      } else {
+        out = g->Clone();
+      }
     }
-    return std::nullopt;
+    return out;
   }
   std::vector<std::string> Unused() const {
     std::vector<std::string> out;
@@ -60,6 +119,7 @@ class Params {
 
  private:
   std::map<std::string, Tensor> tensors_;
+  FoldPlan plan_;
   Reparam reparam_;
   std::set<std::string> used_;
 };
@@ -70,27 +130,24 @@ Tensor Ones(int64_t n) {
   return t;
 }
 
-// diag(u) · W · diag(γ) of weight `w`, γ the first of `gammas` held, with
-// the model's own op.
-StatusOr<Tensor> Project(Params& params, const std::string& w, const std::vector<std::string>& gammas,
-                         const std::string& u) {
+// diag(u) · W · diag(γ) of weight `w`, with every γ and u the ParamSpecs
+// fold into it, by the model's own op.
+StatusOr<Tensor> Project(Params& params, const std::string& w) {
   SM_ASSIGN_OR_RETURN(Tensor weight, params.Require(w));
-  const std::optional<Tensor> gamma = params.FirstGamma(gammas);
-  const std::optional<Tensor> out_scale = params.Gamma(u);
+  SM_ASSIGN_OR_RETURN(const std::optional<Tensor> gamma, params.Folded(w, FoldSide::kColumns));
+  SM_ASSIGN_OR_RETURN(const std::optional<Tensor> u, params.Folded(w, FoldSide::kRows));
   Tensor out = Tensor::Empty(weight.shape(), DType::kF32);
-  ops::ScaleRowsCols(ExecContext::Cpu(), weight, out_scale.value_or(Tensor()), gamma.value_or(Tensor()),
+  ops::ScaleRowsCols(ExecContext::Cpu(), weight, u.value_or(Tensor()), gamma.value_or(Tensor()),
                      out);
   return out;
 }
 
-// The SwiGLU under `prefix` ("layers.L.mlp." or an expert's), fed by `norm`.
-StatusOr<SwiGlu> FoldSwiGlu(Params& params, const std::string& prefix, const std::string& norm) {
+// The SwiGLU under `prefix` ("layers.L.mlp." or an expert's).
+StatusOr<SwiGlu> FoldSwiGlu(Params& params, const std::string& prefix) {
   SwiGlu out;
-  SM_ASSIGN_OR_RETURN(out.gate, Project(params, prefix + "w_gate", {prefix + "gamma_gate", norm},
-                                        prefix + "u_gate"));
-  SM_ASSIGN_OR_RETURN(out.up, Project(params, prefix + "w_up", {prefix + "gamma_up", norm},
-                                      prefix + "u_up"));
-  SM_ASSIGN_OR_RETURN(out.down, Project(params, prefix + "w_down", {}, prefix + "u_down"));
+  SM_ASSIGN_OR_RETURN(out.gate, Project(params, prefix + "w_gate"));
+  SM_ASSIGN_OR_RETURN(out.up, Project(params, prefix + "w_up"));
+  SM_ASSIGN_OR_RETURN(out.down, Project(params, prefix + "w_down"));
   return out;
 }
 
@@ -113,10 +170,14 @@ SwiGlu Concatenate(const std::vector<SwiGlu>& parts) {
 }
 
 // The per-head norm of projection `b` ("q", "k"): its γ (DNP's or QK-norm's),
-// or ones when the norm has no scale (mode NONE).
-Tensor HeadNorm(Params& params, const std::string& attn, const std::string& b, int64_t head_dim) {
-  std::optional<Tensor> g = params.FirstGamma({attn + "dnp_" + b + ".scale", attn + b + "_norm.scale"});
-  return g ? *g : Ones(head_dim);
+// or ones when the norm has no scale (mode NONE). These stay norm weights.
+StatusOr<Tensor> HeadNorm(Params& params, const std::string& attn, const std::string& b,
+                          int64_t head_dim) {
+  for (const std::string& name : {attn + "dnp_" + b + ".scale", attn + b + "_norm.scale"}) {
+    SM_ASSIGN_OR_RETURN(std::optional<Tensor> g, params.Gamma(name));
+    if (g) return *g;
+  }
+  return Ones(head_dim);
 }
 
 StatusOr<FoldedLayer> FoldLayer(Params& params, const config::RunConfig& cfg,
@@ -124,36 +185,31 @@ StatusOr<FoldedLayer> FoldLayer(Params& params, const config::RunConfig& cfg,
   const std::string p = absl::StrCat("layers.", l, ".");
   const std::string attn = p + "attn.";
   FoldedLayer out;
-  Tensor* qkvo[] = {&out.q, &out.k, &out.v, &out.o};
-  const char* names[] = {"q", "k", "v", "o"};
-  for (int i = 0; i < 4; ++i) {
-    const std::string b = names[i];
-    std::vector<std::string> gammas;
-    if (b != "o") gammas = {attn + "gamma_" + b, p + "attn_norm.scale"};
-    SM_ASSIGN_OR_RETURN(*qkvo[i], Project(params, attn + "w_" + b, gammas, attn + "u_" + b));
-  }
+  SM_ASSIGN_OR_RETURN(out.q, Project(params, attn + "w_q"));
+  SM_ASSIGN_OR_RETURN(out.k, Project(params, attn + "w_k"));
+  SM_ASSIGN_OR_RETURN(out.v, Project(params, attn + "w_v"));
+  SM_ASSIGN_OR_RETURN(out.o, Project(params, attn + "w_o"));
   if (features.head_qk_norm) {
     const int64_t head_dim = cfg.model().hidden_size() / cfg.model().num_heads();
-    out.q_norm = HeadNorm(params, attn, "q", head_dim);
-    out.k_norm = HeadNorm(params, attn, "k", head_dim);
+    SM_ASSIGN_OR_RETURN(out.q_norm, HeadNorm(params, attn, "q", head_dim));
+    SM_ASSIGN_OR_RETURN(out.k_norm, HeadNorm(params, attn, "k", head_dim));
   }
-  const std::string ffn_norm = p + "ffn_norm.scale";
   out.moe = features.moe_layers[l];
   if (!out.moe) {
-    SM_ASSIGN_OR_RETURN(out.mlp, FoldSwiGlu(params, p + "mlp.", ffn_norm));
+    SM_ASSIGN_OR_RETURN(out.mlp, FoldSwiGlu(params, p + "mlp."));
     return out;
   }
   const std::string moe = p + "moe.";
-  SM_ASSIGN_OR_RETURN(out.router, Project(params, moe + "router.weight", {moe + "router.gamma", ffn_norm}, ""));
+  SM_ASSIGN_OR_RETURN(out.router, Project(params, moe + "router.weight"));
   if (std::optional<Tensor> bias = params.Take(moe + "router.expert_bias")) out.expert_bias = *bias;
   for (int e = 0; e < features.routed_experts; ++e) {
-    SM_ASSIGN_OR_RETURN(SwiGlu expert, FoldSwiGlu(params, absl::StrCat(moe, "experts.", e, "."), ffn_norm));
+    SM_ASSIGN_OR_RETURN(SwiGlu expert, FoldSwiGlu(params, absl::StrCat(moe, "experts.", e, ".")));
     out.experts.push_back(std::move(expert));
   }
   std::vector<SwiGlu> shared;
   for (int s = 0; s < features.shared_experts; ++s) {
     SM_ASSIGN_OR_RETURN(SwiGlu expert,
-                        FoldSwiGlu(params, absl::StrCat(moe, "shared_experts.", s, "."), ffn_norm));
+                        FoldSwiGlu(params, absl::StrCat(moe, "shared_experts.", s, ".")));
     shared.push_back(std::move(expert));
   }
   if (!shared.empty()) out.shared = Concatenate(shared);
@@ -163,12 +219,13 @@ StatusOr<FoldedLayer> FoldLayer(Params& params, const config::RunConfig& cfg,
 }  // namespace
 
 StatusOr<FoldedModel> FoldModel(std::map<std::string, Tensor> tensors, const config::RunConfig& cfg,
-                                const ModelFeatures& features) {
+                                const ModelFeatures& features,
+                                const std::vector<ParamSpec>& specs) {
   if (features.head_v_norm || features.sandwich_norm) {
     return absl::InvalidArgumentError(
         "export: a per-head v norm or sandwich norms cannot be folded into any weight");
   }
-  Params params(std::move(tensors), cfg.scale_vectors().reparam());
+  Params params(std::move(tensors), specs, cfg.scale_vectors().reparam());
   FoldedModel out;
   for (int l = 0; l < cfg.model().num_layers(); ++l) {
     SM_ASSIGN_OR_RETURN(FoldedLayer layer, FoldLayer(params, cfg, features, l));
@@ -176,7 +233,8 @@ StatusOr<FoldedModel> FoldModel(std::map<std::string, Tensor> tensors, const con
   }
   SM_ASSIGN_OR_RETURN(out.embedding, params.Require("embedding.weight"));
   if (std::optional<Tensor> head = params.Take("lm_head.weight")) out.head = *head;
-  const std::optional<Tensor> final_gamma = params.Gamma("final_norm.scale");
+  // The final γ feeds the head, which is written as it is (it may be tied).
+  SM_ASSIGN_OR_RETURN(const std::optional<Tensor> final_gamma, params.Gamma("final_norm.scale"));
   out.final_norm = final_gamma ? *final_gamma : Ones(out.embedding.dim(1));
   if (std::vector<std::string> unused = params.Unused(); !unused.empty()) {
     return absl::UnimplementedError(absl::StrCat(

@@ -20,6 +20,7 @@
 
 #include "checkpoint/hf_architecture.h"
 #include "configs/scalemoe.pb.h"
+#include "core/params.h"
 #include "core/tensor.h"
 
 namespace scalemoe::checkpoint {
@@ -51,9 +52,11 @@ struct FoldedModel {
 
 // `tensors`: every MODEL tensor of a checkpoint of `cfg` (whole, f32).
 // `features` must come from the same checkpoint (model_features.h) and have
-// been accepted by SelectHfArchitecture. Unimplemented when a tensor is left
-// over (a parameter this export does not know how to fold).
+// been accepted by SelectHfArchitecture. `specs`: the model's ParamSpecs;
+// each scale vector's ScaleVectorInfo says which weight it folds into.
+// Unimplemented when a tensor is left over (a parameter this export does
+// not know how to fold).
 StatusOr<FoldedModel> FoldModel(std::map<std::string, Tensor> tensors, const config::RunConfig& cfg,
-                                const ModelFeatures& features);
+                                const ModelFeatures& features, const std::vector<ParamSpec>& specs);
 
 }  // namespace scalemoe::checkpoint

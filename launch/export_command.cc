@@ -104,6 +104,7 @@ int RunExport(const std::vector<std::string>& args) {
   options.checkpoint_dir = flags->Get("checkpoint");
   options.out_dir = flags->Get("out");
   options.tokenizer_dir = flags->Get("tokenizer");
+  options.model_specs = WholeModelSpecs;
   const std::string dtype = flags->Get("dtype", "fp32");
   if (dtype != "fp32" && dtype != "bf16") {
     return Fail("--dtype '" + dtype + "' must be fp32 or bf16", 2);

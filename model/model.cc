@@ -418,4 +418,12 @@ ModelCounts MoeTransformer::Counts() const {
   return counts;
 }
 
+std::vector<ParamSpec> WholeModelSpecs(const config::RunConfig& cfg) {
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  std::vector<ParamSpec> specs;
+  for (const auto& p : registry.params()) specs.push_back(p->spec);
+  return specs;
+}
+
 }  // namespace scalemoe

@@ -198,4 +198,8 @@ class MoeTransformer {
   bool keep_grad_ = false;         // the cache awaits its Backward
 };
 
+// The ParamSpecs of the whole model `cfg` describes, as one rank holds it
+// (global names and shapes; what export reads to fold scale vectors).
+std::vector<ParamSpec> WholeModelSpecs(const config::RunConfig& cfg);
+
 }  // namespace scalemoe

@@ -128,7 +128,8 @@ TEST_P(ExportCaseTest, LoadsAsItsArchitectureAndMatchesTheModelLoss) {
   const config::RunConfig cfg = Config(GetParam().edit);
   SavedModel saved = Save(cfg, dir.path());
   const std::string out = dir.path() + "/export";
-  StatusOr<ExportResult> result = ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""});
+  StatusOr<ExportResult> result =
+      ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, "", WholeModelSpecs});
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->architecture, GetParam().architecture);
   EXPECT_EQ(result->tied_embeddings, cfg.model().tied_embeddings());
@@ -209,7 +210,9 @@ TEST(ExportTest, FoldsInputScalesIntoColumnsAndKeepsTheFinalNormAsANormWeight) {
   const config::RunConfig cfg = Config(Dnp);
   SavedModel saved = Save(cfg, dir.path());
   const std::string out = dir.path() + "/export";
-  ASSERT_TRUE(ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""}).ok());
+  ASSERT_TRUE(
+      ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, "", WholeModelSpecs})
+          .ok());
   StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
   ASSERT_TRUE(st.ok()) << st.status();
   // q_proj of layer 0 = W_q diag(β·α) (DNP on q: no u; its head norm is q_norm).
@@ -240,7 +243,8 @@ TEST(ExportTest, RefusedModelWritesNothing) {
   testing::TempDir dir;
   Save(Config([](config::RunConfig& c) { c.mutable_model()->set_sandwich_norm(true); }), dir.path());
   const std::string out = dir.path() + "/export";
-  StatusOr<ExportResult> result = ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, ""});
+  StatusOr<ExportResult> result =
+      ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kF32, "", WholeModelSpecs});
   ASSERT_FALSE(result.ok());
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(result.status().message().find("model.sandwich_norm"), std::string::npos) << result.status();
@@ -257,7 +261,9 @@ TEST(ExportTest, Bf16ExportKeepsTheExpertBiasInF32) {
        }),
        dir.path());
   const std::string out = dir.path() + "/export";
-  ASSERT_TRUE(ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kBF16, ""}).ok());
+  ASSERT_TRUE(
+      ExportCheckpoint({dir.path() + "/checkpoints/step_1", out, DType::kBF16, "", WholeModelSpecs})
+          .ok());
   StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->Find("model.layers.0.mlp.gate.e_score_correction_bias")->dtype, DType::kF32);
@@ -306,7 +312,8 @@ TEST(ExportTest, TensorParallelCheckpointExportsLikeOneRank) {
   ASSERT_TRUE(described.ok()) << described.status();
   for (const testing::TempDir* d : {&one, &two}) {
     const StatusOr<ExportResult> r =
-        ExportCheckpoint({d->path() + "/checkpoints/step_1", d->path() + "/export", DType::kF32, ""});
+        ExportCheckpoint({d->path() + "/checkpoints/step_1", d->path() + "/export", DType::kF32, "",
+                          WholeModelSpecs});
     ASSERT_TRUE(r.ok()) << r.status();
   }
   StatusOr<SafetensorsFile> a = SafetensorsFile::Read(one.path() + "/export/model.safetensors");
