@@ -144,7 +144,9 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
 
   // Activations of one micro-batch: every layer's under one stage, else one
   // chunk's (recomputed in backward) plus the in-flight boundaries.
-  const double act = bf16 ? 2 : 4, tokens = s.B * s.T;
+  // Activations stay fp32 under BF16 too (only the GEMMs' operands are bf16
+  // copies: norm/scaled_linear.h), so 4 bytes either way.
+  const double act = 4, tokens = s.B * s.T;
   const double kept_layers = s.pp > 1 ? std::ceil(s.L / chunks) : s.L;
   auto add_acts = [&](std::string what, std::string fields, double elements, double bytes) {
     est.activation_bytes += elements * bytes;

@@ -57,7 +57,8 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
     const ScaledLinearOptions options{.path = so.path(),
                                       .u_name = u_name(proj, suffix),
                                       .reparam = so.reparam(),
-                                      .split_group = tp.comm()};
+                                      .split_group = tp.comm(),
+                                      .bf16_operands = Bf16Operands(cfg)};
     return std::make_unique<ScaledLinear>(registry, w, branch < 0 ? nullptr : scales_.get(),
                                           std::max(branch, 0), options);
   };

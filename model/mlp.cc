@@ -41,7 +41,8 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
     const ScaledLinearOptions options{.path = so.path(),
                                       .u_name = u_name(proj, suffix),
                                       .reparam = so.reparam(),
-                                      .split_group = tp.comm()};
+                                      .split_group = tp.comm(),
+                                      .bf16_operands = Bf16Operands(cfg)};
     return std::make_unique<ScaledLinear>(registry, w, scales, branch, options);
   };
   gate_ = linear(w_gate, scales_.get(), kGate, config::ScaleVectorConfig::GATE, "gate");

@@ -101,7 +101,8 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     const ScaledLinearOptions head_options{
         .path = so.path(),
         .split_group = tp_.comm(),
-        .shared_weight_grad = m.tied_embeddings() && mine.has_embedding};
+        .shared_weight_grad = m.tied_embeddings() && mine.has_embedding,
+        .bf16_operands = Bf16Operands(cfg_)};
     head_ = std::make_unique<ScaledLinear>(registry, head_weight, final_scales_.get(), 0,
                                            head_options);
     if (tp_.size() > 1) {

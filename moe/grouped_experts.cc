@@ -56,7 +56,8 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
           .path = so.path(),
           .u_name = so.OutputVector(kinds[p]) ? base + ".u_" + names[p] : std::string(),
           .reparam = so.reparam(),
-          .split_group = routed ? options_.ffn_split_group : nullptr};
+          .split_group = routed ? options_.ffn_split_group : nullptr,
+          .bf16_operands = options_.bf16_operands};
       experts_[e].proj[p] =
           std::make_unique<ScaledLinear>(registry, weight, gamma.scales, gamma.branch, linear);
     }

@@ -63,6 +63,7 @@ struct ExpertGroupOptions {
     int branch = 0;
   };
   std::vector<GammaSource> gate_gamma, up_gamma;
+  bool bf16_operands = false;  // ScaledLinearOptions::bf16_operands
 };
 
 class GroupedExperts {

@@ -10,7 +10,8 @@ ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchS
       scales_(scales),
       branch_(branch),
       fold_(options.path == ScalePath::kFold),
-      shared_weight_grad_(options.shared_weight_grad) {
+      shared_weight_grad_(options.shared_weight_grad),
+      bf16_operands_(options.bf16_operands) {
   SM_CHECK_MSG(weight_ != nullptr && weight_->spec.shape.size() == 2,
                "ScaledLinear needs a 2-D weight");
   if (scales_ != nullptr) scales_->AddFoldTarget(branch_, weight_->spec.name);
@@ -28,6 +29,20 @@ ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchS
     u_->AddFoldTarget(weight_->spec.name, FoldSide::kRows);
   }
 }
+
+bool Bf16Operands(const config::RunConfig& cfg) {
+  return cfg.train().precision() == config::TrainConfig::BF16;
+}
+
+namespace {
+// `x` in `dtype`: x itself, or a new copy.
+Tensor As(const ExecContext& ctx, const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor out = ctx.Empty(x.shape(), dtype);
+  ops::Copy(ctx, x, out);
+  return out;
+}
+}  // namespace
 
 const Tensor& ScaledLinear::Gamma() const {
   return scales_ ? scales_->gamma(branch_) : undefined_;
@@ -50,13 +65,26 @@ Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
     SM_RETURN_IF_ERROR(u_->Compute(ctx, u_value_));
     ops::Zero(ctx, d_u_);
   }
-  if (!folded()) return absl::OkStatus();
   const Tensor& w = weight_->value;
-  if (!w_eff_.defined() || w_eff_.dtype() != w.dtype()) {
-    w_eff_ = ctx.Empty(w.shape(), w.dtype());
+  const DType gemm_dtype = bf16_operands_ ? DType::kBF16 : w.dtype();
+  if (!folded()) {
+    if (gemm_dtype != w.dtype()) {
+      if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype);
+      ops::Copy(ctx, w, w_copy_);
+    }
+    return absl::OkStatus();
+  }
+  if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype) {
+    w_eff_ = ctx.Empty(w.shape(), gemm_dtype);
     if (shared_weight_grad_) d_w_eff_ = ctx.Empty(w.shape(), w.dtype());
   }
-  ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), w_eff_);
+  if (gemm_dtype == w.dtype()) {
+    ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), w_eff_);
+  } else {  // folded in the master's precision, rounded once
+    Tensor folded = ctx.Empty(w.shape(), w.dtype());
+    ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), folded);
+    ops::Copy(ctx, folded, w_eff_);
+  }
   if (shared_weight_grad_) ops::Zero(ctx, d_w_eff_);
   return absl::OkStatus();
 }
@@ -68,6 +96,7 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
     input_ = ctx.Empty(x.shape(), x.dtype());
     ops::ScaleRowsCols(ctx, x, Tensor(), Gamma(), input_);
   }
+  input_ = As(ctx, input_, effective_weight().dtype());
   const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
   if (!per_token_u()) {
     ops::Gemm(ctx, input_, effective_weight(), y, xwt);
@@ -86,15 +115,16 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
     d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
     ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, d_y, d_raw, Tensor(), d_u_);
   }
-  // The weight's (or the folded weight's) gradient, accumulated over the step.
-  ops::Gemm(ctx, d_raw, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
   const Tensor& w = effective_weight();
+  const Tensor d_gemm = As(ctx, d_raw, w.dtype());
+  // The weight's (or the folded weight's) gradient, accumulated over the step.
+  ops::Gemm(ctx, d_gemm, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
   if (!per_token_gamma()) {
-    ops::Gemm(ctx, d_raw, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
+    ops::Gemm(ctx, d_gemm, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
     return;
   }
   Tensor d_in = ctx.Empty(x_.shape(), x_.dtype());
-  ops::Gemm(ctx, d_raw, w, d_in);
+  ops::Gemm(ctx, d_gemm, w, d_in);
   if (!accumulate) {
     ops::ScaleRowsColsBackward(ctx, x_, Tensor(), Gamma(), d_in, d_x, Tensor(), DGamma());
     return;
@@ -111,7 +141,7 @@ Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
     // gradients in one pass — in place in W's gradient (its sums read dW_eff
     // before overwriting it), or from the separate buffer of a shared one.
     if (shared_weight_grad_) {
-      Tensor d_w = ctx.Empty(w_eff_.shape(), w_eff_.dtype());
+      Tensor d_w = ctx.Empty(d_w_eff_.shape(), d_w_eff_.dtype());
       ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
                                  DGamma());
       ops::Axpy(ctx, 1.0, d_w, weight_->grad);

@@ -30,6 +30,13 @@
 // which the owner pushes to the parameters after FinishBackward. One Forward
 // cache: each Backward follows its Forward.
 //
+// Precision (train.precision): with bf16 operands the GEMMs read a bf16
+// copy of the weight (W_eff itself when folded, formed from the fp32 master
+// each step) and a bf16 copy of their input, accumulate in fp32 and write
+// fp32 outputs and fp32 weight gradients; the master W, its gradient and
+// optimizer state, γ, u and everything around the GEMMs stay fp32. The
+// router keeps fp32 operands (its logits decide the routing).
+//
 // Names: construction records in the parameters' ParamSpec which weight γ
 // and u fold into (ScaleVectorInfo::folds_into), for the export.
 #pragma once
@@ -62,7 +69,12 @@ struct ScaledLinearOptions {
   // W's gradient also collects other terms (a tied LM head): the folded
   // gradient is kept apart and added at FinishBackward.
   bool shared_weight_grad = false;
+  // The GEMMs' operands are bf16 copies (see "Precision" above).
+  bool bf16_operands = false;
 };
+
+// Whether `cfg` asks for bf16 GEMM operands (train.precision BF16).
+bool Bf16Operands(const config::RunConfig& cfg);
 
 class ScaledLinear {
  public:
@@ -83,8 +95,10 @@ class ScaledLinear {
   Param* weight() const { return weight_; }
   int64_t out_features() const { return weight_->local_shape[0]; }
   int64_t in_features() const { return weight_->local_shape[1]; }
-  // The folded weight of this step, or W itself when nothing is folded.
-  const Tensor& effective_weight() const { return folded() ? w_eff_ : weight_->value; }
+  // The GEMM's weight this step: the folded weight, a bf16 copy of W, or W.
+  const Tensor& effective_weight() const {
+    return folded() ? w_eff_ : w_copy_.defined() ? w_copy_ : weight_->value;
+  }
 
  private:
   const Tensor& Gamma() const;
@@ -100,15 +114,17 @@ class ScaledLinear {
   int branch_;
   bool fold_;
   bool shared_weight_grad_;
+  bool bf16_operands_;
   std::unique_ptr<ScaleVector> u_;  // null when there is no output side
   Tensor undefined_;
   Tensor u_value_;   // [R] effective u of this step
   Tensor d_u_;       // [R] accumulated over the step
-  Tensor w_eff_;     // [R, C] folded weight (folded() only)
-  Tensor d_w_eff_;   // [R, C] folded gradient, shared_weight_grad only
+  Tensor w_eff_;     // [R, C] folded weight (folded() only), in the GEMM's dtype
+  Tensor w_copy_;    // [R, C] bf16 copy of W (unfolded bf16 operands only)
+  Tensor d_w_eff_;   // [R, C] folded gradient (W's dtype), shared_weight_grad only
   // Forward cache.
   Tensor x_;      // the input
-  Tensor input_;  // the GEMM's input: γ ⊙ x per token, else x
+  Tensor input_;  // the GEMM's input: γ ⊙ x per token, else x (bf16 copy with bf16 operands)
   Tensor raw_;    // the GEMM's output before u (per-token u only)
 };
 

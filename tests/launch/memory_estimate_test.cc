@@ -139,8 +139,8 @@ TEST(MemoryEstimateTest, RealModelsFitAndTheBudgetIsTheConfigs) {
                              32)
                   .ok());
   // On a device with room for it, one rank is fine.
-  EXPECT_TRUE(ValidateConfig(Load(kTinyCpu, With(kDense7b, {"train.device_memory_gib=192"})), 1)
-                  .ok());
+  EXPECT_TRUE(
+      ValidateConfig(Load(kTinyCpu, With(kDense7b, {"train.device_memory_gib=256"})), 1).ok());
   // A small budget refuses even the tiny model.
   EXPECT_THAT(std::string(ValidateConfig(Load(kTinyCpu, {"train.device_memory_gib=0.01"}), 1)
                               .message()),
