@@ -26,25 +26,36 @@ struct Variant {
 
 const std::vector<Variant>& Variants() {
   static const std::vector<Variant>* v = new std::vector<Variant>{
-      {"baseline_shared", {"scale_vectors.mode=SHARED", "scale_vectors.placement=INPUT_ONLY",
-                           "scale_vectors.reparam=PLAIN"}},
-      {"none", {"scale_vectors.mode=NONE", "scale_vectors.placement=INPUT_ONLY",
-                "scale_vectors.reparam=PLAIN"}},
-      {"hg", {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=INPUT_ONLY",
-              "scale_vectors.reparam=PLAIN"}},
-      {"dp", {"scale_vectors.mode=SHARED", "scale_vectors.placement=DUAL",
-              "scale_vectors.reparam=PLAIN"}},
-      {"dnp", {"scale_vectors.mode=SHARED", "scale_vectors.placement=DUAL_NORMALIZED",
-               "scale_vectors.reparam=PLAIN"}},
-      {"or", {"scale_vectors.mode=SHARED", "scale_vectors.placement=INPUT_ONLY",
-              "scale_vectors.reparam=MAGNITUDE_DIRECTION"}},
-      {"unified_hg_dnp_or", {"scale_vectors.mode=PER_BRANCH",
-                             "scale_vectors.placement=DUAL_NORMALIZED",
-                             "scale_vectors.reparam=MAGNITUDE_DIRECTION"}},
-      {"unified_per_token", {"scale_vectors.mode=PER_BRANCH",
-                             "scale_vectors.placement=DUAL_NORMALIZED",
-                             "scale_vectors.reparam=MAGNITUDE_DIRECTION",
-                             "scale_vectors.fold_into_weights=false"}},
+      {"baseline_shared",
+       {"scale_vectors.mode=SHARED", "scale_vectors.placement=INPUT_ONLY",
+        "scale_vectors.reparam=PLAIN"}},
+      {"none",
+       {"scale_vectors.mode=NONE", "scale_vectors.placement=INPUT_ONLY",
+        "scale_vectors.reparam=PLAIN"}},
+      {"hg",
+       {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=INPUT_ONLY",
+        "scale_vectors.reparam=PLAIN"}},
+      {"dp",
+       {"scale_vectors.mode=SHARED", "scale_vectors.placement=DUAL",
+        "scale_vectors.reparam=PLAIN"}},
+      {"dnp",
+       {"scale_vectors.mode=SHARED", "scale_vectors.placement=DUAL_NORMALIZED",
+        "scale_vectors.reparam=PLAIN"}},
+      {"or",
+       {"scale_vectors.mode=SHARED", "scale_vectors.placement=INPUT_ONLY",
+        "scale_vectors.reparam=MAGNITUDE_DIRECTION"}},
+      {"unified_hg_dnp_or",
+       {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=DUAL_NORMALIZED",
+        "scale_vectors.reparam=MAGNITUDE_DIRECTION"}},
+      {"unified_per_token",
+       {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=DUAL_NORMALIZED",
+        "scale_vectors.reparam=MAGNITUDE_DIRECTION", "scale_vectors.fold_into_weights=false"}},
+      {"unified_fold_just_in_time",
+       {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=DUAL_NORMALIZED",
+        "scale_vectors.reparam=MAGNITUDE_DIRECTION", "scale_vectors.fold_just_in_time=true"}},
+      {"unified_bf16_operands",
+       {"scale_vectors.mode=PER_BRANCH", "scale_vectors.placement=DUAL_NORMALIZED",
+        "scale_vectors.reparam=MAGNITUDE_DIRECTION", "train.precision=BF16"}},
   };
   return *v;
 }
@@ -96,7 +107,7 @@ void BM_TinyForwardBackward(benchmark::State& state) {
   state.counters["params"] = static_cast<double>(registry.total_local_numel());
   state.counters["peak_MiB"] = PeakResidentMiB();
 }
-BENCHMARK(BM_TinyForwardBackward)->DenseRange(0, 7)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_TinyForwardBackward)->DenseRange(0, 9)->Unit(benchmark::kMillisecond);
 
 }  // namespace
 }  // namespace scalemoe

@@ -24,9 +24,11 @@ using Projection = config::ScaleVectorConfig::Projection;
 using Reparam = config::ScaleVectorConfig::Reparam;
 using DecayPolicy = config::ScaleVectorConfig::DecayPolicy;
 
-// How a linear map applies its vectors: folded into the weight once per step
-// (W_eff = diag(u)·W·diag(γ)) or per token on the activations.
-enum class ScalePath : uint8_t { kFold = 0, kPerToken = 1 };
+// How a linear map applies its vectors: folded into the weight
+// (W_eff = diag(u)·W·diag(γ)) once per step and kept, folded just in time
+// (formed before each GEMM that reads it and released after: the forward's
+// and the backward's, per micro-batch), or per token on the activations.
+enum class ScalePath : uint8_t { kFold = 0, kPerToken = 1, kFoldJustInTime = 2 };
 
 // The groups of branches that the hg_* flags switch to their own γ.
 enum class BranchGroup : uint8_t {
@@ -47,7 +49,8 @@ class ScaleOptions {
   // under PER_BRANCH and with the group's hg_* flag.
   bool OwnVectors(BranchGroup group) const;
   ScalePath path() const {
-    return cfg_.fold_into_weights() ? ScalePath::kFold : ScalePath::kPerToken;
+    if (!cfg_.fold_into_weights()) return ScalePath::kPerToken;
+    return cfg_.fold_just_in_time() ? ScalePath::kFoldJustInTime : ScalePath::kFold;
   }
   // DNP replaces the output side of q and k (and v with dnp_normalize_v) by
   // a per-head RMSNorm with scale. Under mode NONE the norm stays, unscaled.

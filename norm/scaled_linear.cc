@@ -9,7 +9,8 @@ ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchS
     : weight_(weight),
       scales_(scales),
       branch_(branch),
-      fold_(options.path == ScalePath::kFold),
+      fold_(options.path != ScalePath::kPerToken),
+      just_in_time_(options.path == ScalePath::kFoldJustInTime),
       shared_weight_grad_(options.shared_weight_grad),
       bf16_operands_(options.bf16_operands) {
   SM_CHECK_MSG(weight_ != nullptr && weight_->spec.shape.size() == 2,
@@ -66,27 +67,43 @@ Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
     ops::Zero(ctx, d_u_);
   }
   const Tensor& w = weight_->value;
-  const DType gemm_dtype = bf16_operands_ ? DType::kBF16 : w.dtype();
+  gemm_dtype_ = bf16_operands_ ? DType::kBF16 : w.dtype();
   if (!folded()) {
-    if (gemm_dtype != w.dtype()) {
-      if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype);
+    if (gemm_dtype_ != w.dtype()) {
+      if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype_);
       ops::Copy(ctx, w, w_copy_);
     }
     return absl::OkStatus();
   }
-  if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype) {
-    w_eff_ = ctx.Empty(w.shape(), gemm_dtype);
-    if (shared_weight_grad_) d_w_eff_ = ctx.Empty(w.shape(), w.dtype());
+  if (shared_weight_grad_) {
+    if (!d_w_eff_.defined()) d_w_eff_ = ctx.Empty(w.shape(), w.dtype());
+    ops::Zero(ctx, d_w_eff_);
   }
-  if (gemm_dtype == w.dtype()) {
-    ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), w_eff_);
-  } else {  // folded in the master's precision, rounded once
-    Tensor folded = ctx.Empty(w.shape(), w.dtype());
-    ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), folded);
-    ops::Copy(ctx, folded, w_eff_);
+  if (just_in_time_) return absl::OkStatus();
+  if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype_) {
+    w_eff_ = ctx.Empty(w.shape(), gemm_dtype_);
   }
-  if (shared_weight_grad_) ops::Zero(ctx, d_w_eff_);
+  FormWeight(ctx, w_eff_);
   return absl::OkStatus();
+}
+
+void ScaledLinear::FormWeight(const ExecContext& ctx, const Tensor& out) const {
+  const Tensor& w = weight_->value;
+  if (out.dtype() == w.dtype()) {
+    ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), out);
+    return;
+  }
+  // Folded in the master's precision, rounded once.
+  Tensor folded = ctx.Empty(w.shape(), w.dtype());
+  ops::ScaleRowsCols(ctx, w, u_value_, Gamma(), folded);
+  ops::Copy(ctx, folded, out);
+}
+
+Tensor ScaledLinear::GemmWeight(const ExecContext& ctx) const {
+  if (!folded() || !just_in_time_) return effective_weight();
+  Tensor w_eff = ctx.Empty(weight_->value.shape(), gemm_dtype_);
+  FormWeight(ctx, w_eff);
+  return w_eff;
 }
 
 void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
@@ -96,14 +113,15 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
     input_ = ctx.Empty(x.shape(), x.dtype());
     ops::ScaleRowsCols(ctx, x, Tensor(), Gamma(), input_);
   }
-  input_ = As(ctx, input_, effective_weight().dtype());
+  input_ = As(ctx, input_, gemm_dtype_);
+  const Tensor w = GemmWeight(ctx);
   const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
   if (!per_token_u()) {
-    ops::Gemm(ctx, input_, effective_weight(), y, xwt);
+    ops::Gemm(ctx, input_, w, y, xwt);
     return;
   }
   raw_ = ctx.Empty(y.shape(), y.dtype());
-  ops::Gemm(ctx, input_, effective_weight(), raw_, xwt);
+  ops::Gemm(ctx, input_, w, raw_, xwt);
   ops::ScaleRowsCols(ctx, raw_, Tensor(), u_value_, y);
 }
 
@@ -115,10 +133,10 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
     d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
     ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, d_y, d_raw, Tensor(), d_u_);
   }
-  const Tensor& w = effective_weight();
-  const Tensor d_gemm = As(ctx, d_raw, w.dtype());
+  const Tensor d_gemm = As(ctx, d_raw, gemm_dtype_);
   // The weight's (or the folded weight's) gradient, accumulated over the step.
   ops::Gemm(ctx, d_gemm, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
+  const Tensor w = GemmWeight(ctx);
   if (!per_token_gamma()) {
     ops::Gemm(ctx, d_gemm, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
     return;

@@ -13,6 +13,10 @@
 //   vectors' sums read it before it is overwritten). A weight whose gradient
 //   also collects other terms (a tied head: the embedding lookup adds into
 //   the same buffer) keeps dW_eff in a buffer of its own instead.
+// - fold just in time: the same, but W_eff is formed right before each GEMM
+//   that reads it (forward, and the backward's d_x) and released after, so
+//   only one layer's W_eff is alive at a time; dW_eff still accumulates in
+//   W's gradient.
 // - per token: γ and u scale the activations, their gradients accumulate
 //   in Backward; W is used as is.
 // Both compute the same function (tests compare them).
@@ -95,7 +99,8 @@ class ScaledLinear {
   Param* weight() const { return weight_; }
   int64_t out_features() const { return weight_->local_shape[0]; }
   int64_t in_features() const { return weight_->local_shape[1]; }
-  // The GEMM's weight this step: the folded weight, a bf16 copy of W, or W.
+  // The GEMM's weight this step: the folded weight (undefined when folded
+  // just in time), a bf16 copy of W, or W.
   const Tensor& effective_weight() const {
     return folded() ? w_eff_ : w_copy_.defined() ? w_copy_ : weight_->value;
   }
@@ -108,11 +113,18 @@ class ScaledLinear {
   bool per_token_u() const { return !fold_ && u_ != nullptr; }
   // Where Backward accumulates the gradient of the GEMM's weight.
   const Tensor& GemmWeightGrad() const;
+  // diag(u)·W·diag(γ) of this step in the GEMM's dtype, into `out`.
+  void FormWeight(const ExecContext& ctx, const Tensor& out) const;
+  // The weight the GEMMs read now: effective_weight(), or a W_eff formed
+  // for this one use (just in time).
+  Tensor GemmWeight(const ExecContext& ctx) const;
 
   Param* weight_;
   const BranchScales* scales_;
   int branch_;
   bool fold_;
+  bool just_in_time_;
+  DType gemm_dtype_ = DType::kF32;  // of this step (PrepareStep)
   bool shared_weight_grad_;
   bool bf16_operands_;
   std::unique_ptr<ScaleVector> u_;  // null when there is no output side

@@ -148,16 +148,18 @@ TEST(MlpTest, ModeNoneRegistersOnlyWeights) {
 
 // The fold and the per-token path compute the same function and gradients.
 // The fold (in place in W's gradient, or through a separate buffer when the
-// gradient is shared with other terms) and the per-token path compute the
-// same outputs and gradients; the shared variant keeps what the gradient
-// already held.
+// gradient is shared with other terms; W_eff kept for the step or formed
+// just in time) and the per-token path compute the same outputs and
+// gradients; the shared variants keep what the gradient already held.
 TEST(ScaledLinearTest, FoldInPlaceFoldSharedAndPerTokenAgree) {
   config::ScaleVectorConfig sv;
   sv.set_mode(config::ScaleVectorConfig::SHARED);
   const ExecContext ctx;
   Tensor x = RandomTensor({6, 5}, 20);
   Tensor w = RandomTensor({6, 4}, 21);
-  constexpr int kVariants = 3;  // fold in place, fold shared, per token
+  // fold in place, fold shared, per token, just-in-time fold in place, shared
+  constexpr int kVariants = 5;
+  auto in_place = [](int variant) { return variant == 0 || variant == 3; };
   std::vector<double> grads[kVariants];
   std::vector<double> outs[kVariants];
   for (int variant = 0; variant < kVariants; ++variant) {
@@ -165,10 +167,11 @@ TEST(ScaledLinearTest, FoldInPlaceFoldSharedAndPerTokenAgree) {
     ParamSpec spec{"w", {4, 5}, ParamRole::kLinear, InitSpec::Normal(1.0), {}};
     Param* weight = registry.Create(spec);
     BranchScales scales(registry, ScaleOptions(sv), "gamma", {}, 5, {{"gamma", {}}}, false);
-    const ScaledLinearOptions options{
-        .path = variant == 2 ? ScalePath::kPerToken : ScalePath::kFold,
-        .u_name = "u",
-        .shared_weight_grad = variant == 1};
+    const ScaledLinearOptions options{.path = variant == 2   ? ScalePath::kPerToken
+                                              : variant >= 3 ? ScalePath::kFoldJustInTime
+                                                             : ScalePath::kFold,
+                                      .u_name = "u",
+                                      .shared_weight_grad = variant == 1 || variant == 4};
     ScaledLinear lin(registry, weight, &scales, 0, options);
     ASSERT_TRUE(registry.Materialize(3, DType::kF64, Device::kCPU).ok());
     testing::PerturbScaleVectors(registry, 8);
@@ -181,9 +184,10 @@ TEST(ScaledLinearTest, FoldInPlaceFoldSharedAndPerTokenAgree) {
         weight->grad.data<double>()[i] += 0.25 * static_cast<double>(i % 3);
       }
     };
-    if (variant != 0) other_user();
+    if (!in_place(variant)) other_user();
     Must(scales.Forward(ctx, DType::kF64));
     Must(lin.PrepareStep(ctx, DType::kF64));
+    EXPECT_EQ(lin.effective_weight().defined(), variant < 3) << variant;  // none kept: JIT
     Tensor y = Tensor::Empty({6, 4}, DType::kF64);
     lin.Forward(ctx, x, y);
     Tensor dx = Tensor::Empty({6, 5}, DType::kF64);
@@ -191,7 +195,7 @@ TEST(ScaledLinearTest, FoldInPlaceFoldSharedAndPerTokenAgree) {
     lin.Backward(ctx, w, dx, GradMode::kAccumulate);  // adds to the 1s
     Must(lin.FinishBackward(ctx));
     Must(scales.Backward(ctx));
-    if (variant == 0) other_user();
+    if (in_place(variant)) other_user();
     outs[variant] = y.ToVector();
     grads[variant] = registry.flat_grads().ToVector();
     for (double v : dx.ToVector()) grads[variant].push_back(v);

@@ -142,5 +142,15 @@ TEST(ScaleOptionsTest, ValidatorRefusesDuplicatesAndListsWithoutDualPlacement) {
   EXPECT_TRUE(none.empty());
 }
 
+// fold_into_weights and fold_just_in_time pick the linear maps' path.
+TEST(ScaleOptionsTest, PathFollowsTheFoldFlags) {
+  Sv sv;
+  EXPECT_EQ(ScaleOptions(sv).path(), ScalePath::kFold);
+  sv.set_fold_just_in_time(true);
+  EXPECT_EQ(ScaleOptions(sv).path(), ScalePath::kFoldJustInTime);
+  sv.set_fold_into_weights(false);
+  EXPECT_EQ(ScaleOptions(sv).path(), ScalePath::kPerToken);
+}
+
 }  // namespace
 }  // namespace scalemoe

@@ -176,6 +176,19 @@ TEST_P(ModelVariantTest, FoldAndPerTokenPathsAgree) {
   for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
 }
 
+// Forming W_eff just in time runs the same ops on the same values as
+// keeping it: the same bits.
+TEST_P(ModelVariantTest, FoldJustInTimeEqualsTheKeptFold) {
+  config::RunConfig kept = Config(), jit = Config();
+  jit.mutable_scale_vectors()->set_fold_just_in_time(true);
+  Built a = Build(kept, DType::kF32), b = Build(jit, DType::kF32);
+  testing::PerturbScaleVectors(*a.registry, 12);
+  testing::PerturbScaleVectors(*b.registry, 12);
+  const Tensor tokens = Tokens(5), targets = Tokens(6);
+  EXPECT_EQ(Step(a, tokens, targets).total, Step(b, tokens, targets).total);
+  EXPECT_EQ(a.registry->flat_grads().ToVector(), b.registry->flat_grads().ToVector());
+}
+
 std::string VariantName(const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
   return Variants()[std::get<0>(info.param)].name +
          (std::get<1>(info.param) > 0 ? "_moe" : "_dense");
