@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "benchmark/benchmark.h"
+#include "core/allocator.h"
+#include "core/context.h"
 #include "core/params.h"
 #include "core/philox.h"
 #include "launch/config.h"
@@ -106,6 +108,12 @@ void BM_TinyForwardBackward(benchmark::State& state) {
       processed * model.Counts().train_flops_per_token * 1e-12, benchmark::Counter::kIsRate);
   state.counters["params"] = static_cast<double>(registry.total_local_numel());
   state.counters["peak_MiB"] = PeakResidentMiB();
+  // The context's caching allocator: its peak of blocks in use, and what it
+  // holds at the end (in use + cached for the next step).
+  const AllocatorStats alloc = ctx.allocator().stats();
+  state.counters["alloc_peak_MiB"] = static_cast<double>(alloc.peak_in_use_bytes) / (1 << 20);
+  state.counters["alloc_held_MiB"] =
+      static_cast<double>(alloc.in_use_bytes + alloc.cached_bytes) / (1 << 20);
 }
 BENCHMARK(BM_TinyForwardBackward)->DenseRange(0, 9)->Unit(benchmark::kMillisecond);
 

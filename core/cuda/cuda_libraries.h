@@ -10,6 +10,8 @@
 #include <mutex>
 #include <string>
 
+#include "core/status.h"
+
 namespace scalemoe {
 
 struct CudaLibraries {
@@ -24,9 +26,9 @@ struct CudaLibraries {
   CudaLibraries(const CudaLibraries&) = delete;
   CudaLibraries& operator=(const CudaLibraries&) = delete;
 
-  // The cuBLASLt handle (created on first call; null if creation failed,
-  // which the caller reports).
-  cublasLtHandle_t Lt();
+  // The cuBLASLt handle (the library loaded and the handle created on first
+  // call: core/cuda/cublaslt_api.h); an error names what failed.
+  StatusOr<cublasLtHandle_t> Lt();
   // Entries are never removed before the libraries die, so a pointer to one
   // stays valid after the lock is released.
   std::map<std::string, std::unique_ptr<Entry>>& cache() { return cache_; }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include "absl/strings/str_cat.h"
+#include "core/cuda/cublaslt_api.h"
 
 namespace scalemoe {
 namespace {
@@ -103,11 +104,18 @@ Status CudaDevice::LastError() const {
 
 CudaLibraries::~CudaLibraries() {
   cache_.clear();
-  if (lt_ != nullptr) cublasLtDestroy(lt_);
+  if (lt_ != nullptr) cuda::lt::Destroy(lt_);
 }
 
-cublasLtHandle_t CudaLibraries::Lt() {
-  if (lt_ == nullptr && cublasLtCreate(&lt_) != CUBLAS_STATUS_SUCCESS) lt_ = nullptr;
+StatusOr<cublasLtHandle_t> CudaLibraries::Lt() {
+  if (lt_ != nullptr) return lt_;
+  SM_RETURN_IF_ERROR(cuda::lt::Load());
+  const cublasStatus_t st = cuda::lt::Create(&lt_);
+  if (st != CUBLAS_STATUS_SUCCESS) {
+    lt_ = nullptr;
+    return absl::InternalError(
+        absl::StrCat("cublasLtCreate failed: ", cuda::lt::GetStatusName(st)));
+  }
   return lt_;
 }
 

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/cuda/cublaslt_api.h"
 #include "core/cuda/cuda_libraries.h"
 #include "core/cuda/cuda_ops.h"
 
@@ -110,7 +111,7 @@ cudaDataType_t CudaType(DType d) {
 }
 
 std::string CublasError(cublasStatus_t st) {
-  return absl::StrCat(cublasGetStatusName(st), " (", cublasGetStatusString(st), ")");
+  return absl::StrCat(cuda::lt::GetStatusName(st), " (", cuda::lt::GetStatusString(st), ")");
 }
 
 // Everything cublasLtMatmul needs for one (shape, dtype, alignment) case.
@@ -122,10 +123,10 @@ struct GemmPlan : CudaLibraries::Entry {
   cublasLtMatmulAlgo_t algo{};
   size_t workspace_bytes = 0;
   ~GemmPlan() override {
-    if (layout_c != nullptr) cublasLtMatrixLayoutDestroy(layout_c);
-    if (layout_b != nullptr) cublasLtMatrixLayoutDestroy(layout_b);
-    if (layout_a != nullptr) cublasLtMatrixLayoutDestroy(layout_a);
-    if (desc != nullptr) cublasLtMatmulDescDestroy(desc);
+    if (layout_c != nullptr) cuda::lt::MatrixLayoutDestroy(layout_c);
+    if (layout_b != nullptr) cuda::lt::MatrixLayoutDestroy(layout_b);
+    if (layout_a != nullptr) cuda::lt::MatrixLayoutDestroy(layout_a);
+    if (desc != nullptr) cuda::lt::MatmulDescDestroy(desc);
   }
 };
 
@@ -149,15 +150,15 @@ std::string PlanKey(const PlanRequest& r) {
 // matrices `stride` elements apart.
 cublasStatus_t MakeLayout(cublasLtMatrixLayout_t* layout, cudaDataType_t type, int64_t rows,
                           int64_t cols, int64_t batch, int64_t stride) {
-  cublasStatus_t st = cublasLtMatrixLayoutCreate(layout, type, static_cast<uint64_t>(rows),
-                                                 static_cast<uint64_t>(cols), rows);
+  cublasStatus_t st = cuda::lt::MatrixLayoutCreate(layout, type, static_cast<uint64_t>(rows),
+                                                   static_cast<uint64_t>(cols), rows);
   if (st != CUBLAS_STATUS_SUCCESS || batch == 1) return st;
   const int32_t count = static_cast<int32_t>(batch);
-  st = cublasLtMatrixLayoutSetAttribute(*layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
-                                        sizeof(count));
+  st = cuda::lt::MatrixLayoutSetAttribute(*layout, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                          sizeof(count));
   if (st != CUBLAS_STATUS_SUCCESS) return st;
-  return cublasLtMatrixLayoutSetAttribute(*layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                                          &stride, sizeof(stride));
+  return cuda::lt::MatrixLayoutSetAttribute(*layout, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                            &stride, sizeof(stride));
 }
 
 #define SM_RETURN_IF_CUBLAS(expr, what)                                              \
@@ -174,16 +175,16 @@ StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const PlanRequ
   const bool f64 = r.in == DType::kF64;
   const cublasComputeType_t compute = f64 ? CUBLAS_COMPUTE_64F : CUBLAS_COMPUTE_32F;
   const cudaDataType_t scale = f64 ? CUDA_R_64F : CUDA_R_32F;
-  SM_RETURN_IF_CUBLAS(cublasLtMatmulDescCreate(&plan->desc, compute, scale),
+  SM_RETURN_IF_CUBLAS(cuda::lt::MatmulDescCreate(&plan->desc, compute, scale),
                       "cublasLtMatmulDescCreate");
   const cublasOperation_t op_a = r.trans_b == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = r.trans_a == Trans::kYes ? CUBLAS_OP_T : CUBLAS_OP_N;
-  SM_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
-                                                     &op_a, sizeof(op_a)),
-                      "cublasLtMatmulDescSetAttribute(TRANSA)");
-  SM_RETURN_IF_CUBLAS(cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
-                                                     &op_b, sizeof(op_b)),
-                      "cublasLtMatmulDescSetAttribute(TRANSB)");
+  SM_RETURN_IF_CUBLAS(cuda::lt::MatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA,
+                                                       &op_a, sizeof(op_a)),
+                      "cuda::lt::MatmulDescSetAttribute(TRANSA)");
+  SM_RETURN_IF_CUBLAS(cuda::lt::MatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB,
+                                                       &op_b, sizeof(op_b)),
+                      "cuda::lt::MatmulDescSetAttribute(TRANSB)");
   // Stored shapes, column-major: our b is [K, N] (or [N, K] transposed)
   // row-major, i.e. N x K (K x N) column-major; likewise a.
   const cudaDataType_t in = CudaType(r.in), out = CudaType(r.out);
@@ -192,28 +193,28 @@ StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const PlanRequ
   const int64_t b_rows = r.trans_a == Trans::kYes ? s.m : s.k;
   const int64_t b_cols = r.trans_a == Trans::kYes ? s.k : s.m;
   SM_RETURN_IF_CUBLAS(MakeLayout(&plan->layout_a, in, a_rows, a_cols, s.batch, s.stride_b),
-                      "cublasLtMatrixLayoutCreate(b)");
+                      "cuda::lt::MatrixLayoutCreate(b)");
   SM_RETURN_IF_CUBLAS(MakeLayout(&plan->layout_b, in, b_rows, b_cols, s.batch, s.stride_a),
-                      "cublasLtMatrixLayoutCreate(a)");
+                      "cuda::lt::MatrixLayoutCreate(a)");
   SM_RETURN_IF_CUBLAS(MakeLayout(&plan->layout_c, out, s.n, s.m, s.batch, s.stride_c),
-                      "cublasLtMatrixLayoutCreate(c)");
+                      "cuda::lt::MatrixLayoutCreate(c)");
 
   cublasLtMatmulPreference_t pref = nullptr;
-  SM_RETURN_IF_CUBLAS(cublasLtMatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
-  std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, decltype(&cublasLtMatmulPreferenceDestroy)>
-      pref_owner(pref, &cublasLtMatmulPreferenceDestroy);
+  SM_RETURN_IF_CUBLAS(cuda::lt::MatmulPreferenceCreate(&pref), "cublasLtMatmulPreferenceCreate");
+  std::unique_ptr<cublasLtMatmulPreferenceOpaque_t, decltype(cuda::lt::MatmulPreferenceDestroy)>
+      pref_owner(pref, cuda::lt::MatmulPreferenceDestroy);
   SM_RETURN_IF_CUBLAS(
-      cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                           &kMaxWorkspaceBytes, sizeof(kMaxWorkspaceBytes)),
-      "cublasLtMatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
+      cuda::lt::MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &kMaxWorkspaceBytes, sizeof(kMaxWorkspaceBytes)),
+      "cuda::lt::MatmulPreferenceSetAttribute(MAX_WORKSPACE_BYTES)");
   if (r.out == DType::kBF16) {
     // Split-K partial sums in f32 only: INPLACE and OUTPUT_TYPE add them up
     // in the output type, bf16.
     const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_NONE | CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
     SM_RETURN_IF_CUBLAS(
-        cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
-                                             &schemes, sizeof(schemes)),
-        "cublasLtMatmulPreferenceSetAttribute(REDUCTION_SCHEME_MASK)");
+        cuda::lt::MatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                               &schemes, sizeof(schemes)),
+        "cuda::lt::MatmulPreferenceSetAttribute(REDUCTION_SCHEME_MASK)");
   }
   const struct {
     cublasLtMatmulPreferenceAttributes_t attr;
@@ -224,14 +225,14 @@ StatusOr<std::unique_ptr<GemmPlan>> MakePlan(cublasLtHandle_t lt, const PlanRequ
                     {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, r.align_c}};
   for (const auto& al : alignments) {
     SM_RETURN_IF_CUBLAS(
-        cublasLtMatmulPreferenceSetAttribute(pref, al.attr, &al.value, sizeof(al.value)),
-        "cublasLtMatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
+        cuda::lt::MatmulPreferenceSetAttribute(pref, al.attr, &al.value, sizeof(al.value)),
+        "cuda::lt::MatmulPreferenceSetAttribute(MIN_ALIGNMENT)");
   }
   cublasLtMatmulHeuristicResult_t result{};
   int found = 0;
   SM_RETURN_IF_CUBLAS(
-      cublasLtMatmulAlgoGetHeuristic(lt, plan->desc, plan->layout_a, plan->layout_b,
-                                     plan->layout_c, plan->layout_c, pref, 1, &result, &found),
+      cuda::lt::MatmulAlgoGetHeuristic(lt, plan->desc, plan->layout_a, plan->layout_b,
+                                       plan->layout_c, plan->layout_c, pref, 1, &result, &found),
       "cublasLtMatmulAlgoGetHeuristic");
   if (found == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
     return absl::UnimplementedError(absl::StrCat(
@@ -251,8 +252,7 @@ StatusOr<const GemmPlan*> FindPlan(const ExecContext& ctx, const PlanRequest& r)
   const std::string key = PlanKey(r);
   auto it = libs->cache().find(key);
   if (it == libs->cache().end()) {
-    cublasLtHandle_t lt = libs->Lt();
-    if (lt == nullptr) return absl::InternalError("cublasLtCreate failed");
+    SM_ASSIGN_OR_RETURN(const cublasLtHandle_t lt, libs->Lt());
     SM_ASSIGN_OR_RETURN(std::unique_ptr<GemmPlan> plan, MakePlan(lt, r));
     it = libs->cache().emplace(key, std::move(plan)).first;
   }
@@ -271,16 +271,17 @@ Status RunGemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const T
                 Alignment(b.raw_data(), s.stride_b, in_size),
                 Alignment(c.raw_data(), s.stride_c, out_size)};
   SM_ASSIGN_OR_RETURN(const GemmPlan* plan, FindPlan(ctx, r));
+  SM_ASSIGN_OR_RETURN(const cublasLtHandle_t lt, ctx.cuda_libraries()->Lt());  // made by FindPlan
   void* workspace = plan->workspace_bytes > 0 ? ctx.Workspace(plan->workspace_bytes) : nullptr;
   const float alpha32 = static_cast<float>(o.alpha), beta32 = static_cast<float>(o.beta);
   const bool f64 = a.dtype() == DType::kF64;
   const void* alpha = f64 ? static_cast<const void*>(&o.alpha) : &alpha32;
   const void* beta = f64 ? static_cast<const void*>(&o.beta) : &beta32;
   SM_RETURN_IF_CUBLAS(
-      cublasLtMatmul(ctx.cuda_libraries()->Lt(), plan->desc, alpha, b.raw_data(), plan->layout_a,
-                     a.raw_data(), plan->layout_b, beta, c.raw_data(), plan->layout_c,
-                     c.raw_data(), plan->layout_c, &plan->algo, workspace, plan->workspace_bytes,
-                     static_cast<cudaStream_t>(ctx.stream())),
+      cuda::lt::Matmul(lt, plan->desc, alpha, b.raw_data(), plan->layout_a, a.raw_data(),
+                       plan->layout_b, beta, c.raw_data(), plan->layout_c, c.raw_data(),
+                       plan->layout_c, &plan->algo, workspace, plan->workspace_bytes,
+                       static_cast<cudaStream_t>(ctx.stream())),
       "cublasLtMatmul");
   return absl::OkStatus();
 }
