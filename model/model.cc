@@ -187,7 +187,9 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   SM_CHECK_MSG(!tp_.sequence_parallel() || n % tp_.size() == 0, "sequence parallelism splits ",
                n, " tokens over parallel.tp=", tp_.size(),
                ": make micro_batch_size * sequence length a multiple of tp");
-  tokens_ = tokens.View({n});
+  // The ids on the context's device (checked on the host above; one copy
+  // per micro-batch on the GPU, none on the CPU).
+  tokens_ = ctx.ToDevice(tokens).View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
   if (is_first_stage()) {
     residuals_[0] = ctx.Empty(rows, dt);
@@ -237,11 +239,12 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   head_->Forward(ctx, *n_full, logits_);
   d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), dt) : Tensor();
   keep_grad_ = keep_grad;
+  const Tensor target_ids = ctx.ToDevice(targets).View({n});
   if (vocab_loss_) {
-    SM_RETURN_IF_ERROR_CTX(vocab_loss_->Forward(ctx, logits_, targets.View({n}), d_logits_, ce),
+    SM_RETURN_IF_ERROR_CTX(vocab_loss_->Forward(ctx, logits_, target_ids, d_logits_, ce),
                            "vocab-parallel cross-entropy");
   } else {
-    ops::CrossEntropy(ctx, logits_, targets.View({n}), d_logits_, ce);
+    ops::CrossEntropy(ctx, logits_, target_ids, d_logits_, ce);
   }
   for (const Tensor& part : {ce, aux, z}) ops::Axpy(ctx, 1.0, part, total);
   return out;
