@@ -56,6 +56,14 @@ StatusOr<ExecContext> ExecContext::Cuda(int ordinal) {
 #endif
 }
 
+int ExecContext::CudaDeviceCount() {
+#if SCALEMOE_CUDA
+  return CudaDevice::Count();
+#else
+  return 0;
+#endif
+}
+
 Device ExecContext::device() const { return state_->device; }
 void* ExecContext::stream() const { return state_->stream; }
 int ExecContext::device_ordinal() const { return state_->ordinal; }

@@ -49,6 +49,8 @@ class ExecContext {
   // A context on CUDA device `ordinal` with its own non-blocking stream.
   // Fails without the CUDA backend or without such a device.
   static StatusOr<ExecContext> Cuda(int ordinal = 0);
+  // CUDA devices visible to this process (0 without the CUDA backend).
+  static int CudaDeviceCount();
 
   Device device() const;
   void* stream() const;  // cudaStream_t; null on the CPU

@@ -232,6 +232,10 @@ void Tensor::CopyFrom(const Tensor& src) {
     SM_CHECK_MSG(src.dtype_ == dtype_ && is_contiguous() && src.is_contiguous(),
                  "device CopyFrom needs same dtype, contiguous");
     cudaMemcpy(raw_data(), src.raw_data(), nbytes(), cudaMemcpyDefault);
+    // A pageable host -> device cudaMemcpy may return before its DMA lands,
+    // and contexts' streams are non-blocking (no implicit order with the
+    // legacy stream this copy runs on): wait for it here.
+    cudaStreamSynchronize(nullptr);
     return;
 #else
     SM_CHECK_MSG(false, "CUDA tensor without CUDA backend");

@@ -104,7 +104,10 @@ class Tensor {
   Tensor Narrow(int dim, int64_t start, int64_t length) const;
   // Deep copy (contiguous result) on the same device.
   Tensor Clone() const;
-  // Copies `src` into this tensor (same numel and device; CPU dtype convert).
+  // Copies `src` into this tensor (same numel; CPU dtype convert). Across
+  // host and device: synchronous, outside every context's stream — the
+  // caller synchronises the context first (ExecContext::CopyAcross is the
+  // stream-ordered copy).
   void CopyFrom(const Tensor& src);
   // CPU only: sets every element to `value`.
   void Fill(double value);

@@ -36,6 +36,7 @@ Status TrainLoop::Resume() {
                                             options_.run_dir,
                                             "/checkpoints; drop --resume to start afresh"));
   }
+  SM_RETURN_IF_ERROR(ctx_.Synchronize());  // the load writes on another stream
   checkpoint::LoadRequest request;
   request.targets = CheckpointTensors(/*for_save=*/false);
   SM_ASSIGN_OR_RETURN(checkpoint::LoadedCheckpoint loaded,
@@ -63,6 +64,8 @@ Status TrainLoop::Resume() {
 }
 
 Status TrainLoop::SaveCheckpoint(int64_t step) {
+  // The save copies device tensors on another stream: the step's work first.
+  SM_RETURN_IF_ERROR(ctx_.Synchronize());
   checkpoint::SaveRequest request;
   request.root = options_.run_dir;
   request.step = step;

@@ -86,7 +86,7 @@ class TrainLoop {
 
   const TrainOptions& options_;
   const config::RunConfig& cfg_;
-  const ExecContext ctx_ = ExecContext::Cpu();
+  ExecContext ctx_ = ExecContext::Cpu();         // train.device's, set by Setup
   std::unique_ptr<ProcessGroups> local_groups_;  // world of one, when none given
   ProcessGroups& groups_;
   ParamRegistry registry_;

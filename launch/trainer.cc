@@ -4,13 +4,14 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <optional>
 #include <vector>
 
-#include "core/logging.h"
 #include "core/host_values.h"
+#include "core/logging.h"
 #include "core/ops.h"
 #include "core/params.h"
 #include "data/token_loader.h"
@@ -32,6 +33,26 @@ double Seconds(Clock::time_point since) {
   return std::chrono::duration<double>(Clock::now() - since).count();
 }
 
+// This process's rank on its node, as the launcher says (mpirun, srun).
+int LocalRank() {
+  for (const char* var : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "LOCAL_RANK"}) {
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  }
+  return 0;
+}
+
+// train.device CUDA: GPU local_rank mod the visible devices (several ranks
+// share one GPU when there are more ranks than GPUs on the node).
+StatusOr<ExecContext> RankCudaContext() {
+  const int count = ExecContext::CudaDeviceCount();
+  if (count == 0) {
+    return absl::FailedPreconditionError(
+        "train.device=CUDA but no CUDA device is visible (and a build without the CUDA backend "
+        "sees none): run on a GPU machine, check CUDA_VISIBLE_DEVICES, or set train.device: CPU");
+  }
+  return ExecContext::Cuda(LocalRank() % count);
+}
+
 }  // namespace
 
 std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch) {
@@ -49,9 +70,8 @@ StatusOr<std::vector<double>> SumOver(Communicator& comm, std::vector<double> va
 
 Status TrainLoop::Setup() {
   const auto& train = cfg_.train();
-  if (train.device() != config::TrainConfig::CPU) {
-    return absl::UnimplementedError(
-        "train.device=CUDA: the CUDA training path is not built yet; set train.device: CPU");
+  if (train.device() == config::TrainConfig::CUDA) {
+    SM_ASSIGN_OR_RETURN(ctx_, RankCudaContext());
   }
   if (is_rank0()) {
     std::error_code ec;
@@ -69,7 +89,7 @@ Status TrainLoop::Setup() {
   for (int c = 0; c < chunks; ++c) {
     chunks_.push_back(std::make_unique<MoeTransformer>(registry_, cfg_, &groups_, c));
   }
-  SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, Device::kCPU));
+  SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, ctx_.device()));
   {
     // FLOPs of the whole model (this rank's registry holds only its stage):
     // counted on a registry that is never materialized.
@@ -344,7 +364,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
   for (int64_t step = start_step_; step < stop_at; ++step) {
     const int64_t reads_before = ctx_.counters().host_reads.load();
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
-    registry_.ZeroGrads();
+    ops::Zero(ctx_, registry_.flat_grads());  // ordered on the step's stream
     StatusOr<Tensor> forward_backward = ForwardBackward();
     SM_RETURN_IF_ERROR_CTX(forward_backward.status(), "step ", step + 1);
     const Tensor sums = *std::move(forward_backward);

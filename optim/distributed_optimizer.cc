@@ -90,11 +90,12 @@ StatusOr<std::unique_ptr<DistributedOptimizer>> DistributedOptimizer::Create(
         "ParamRegistry::Materialize first");
   }
   const Tensor& values = registry.flat_values();
-  if (values.device() != Device::kCPU ||
+  if (values.device() != ctx.device() ||
       (values.dtype() != DType::kF32 && values.dtype() != DType::kF64)) {
     return absl::UnimplementedError(absl::StrCat("DistributedOptimizer: parameters are ",
                                                  values.DebugString(),
-                                                 "; this build takes f32/f64 CPU parameters"));
+                                                 "; it takes f32/f64 parameters on its "
+                                                 "context's device"));
   }
   SM_ASSIGN_OR_RETURN(
       ParamGroups param_groups,

@@ -36,12 +36,11 @@ StatusOr<std::unique_ptr<Optimizer>> Optimizer::Create(const config::RunConfig& 
         "ParamRegistry::Materialize first");
   }
   const Tensor& values = registry.flat_values();
-  if (values.device() != Device::kCPU ||
+  if (values.device() != ctx.device() ||
       (values.dtype() != DType::kF32 && values.dtype() != DType::kF64)) {
     return absl::UnimplementedError(absl::StrCat(
         "Optimizer: parameters are ", values.DebugString(),
-        "; the single-rank optimizer takes f32/f64 CPU parameters (bf16/CUDA training uses "
-        "the distributed optimizer with fp32 master weights)"));
+        "; the single-rank optimizer takes f32/f64 parameters on its context's device"));
   }
   SM_ASSIGN_OR_RETURN(ParamGroups groups,
                       ParamGroups::Create(registry, config.optimizer(),

@@ -93,6 +93,15 @@ Status CudaDevice::CopyToHost(void* host_dst, const void* src, size_t nbytes) co
   return Synchronize();
 }
 
+int CudaDevice::Count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return count;
+}
+
 Status CudaDevice::Synchronize() const {
   return CudaStatus(cudaStreamSynchronize(static_cast<cudaStream_t>(stream_)),
                     "cudaStreamSynchronize", ordinal_);

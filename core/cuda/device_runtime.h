@@ -17,6 +17,8 @@ namespace scalemoe {
 class CudaDevice {
  public:
   static StatusOr<std::unique_ptr<CudaDevice>> Create(int ordinal);
+  // Visible devices; 0 when the driver finds none (the error is cleared).
+  static int Count();
   ~CudaDevice();
   CudaDevice(const CudaDevice&) = delete;
   CudaDevice& operator=(const CudaDevice&) = delete;
