@@ -1,0 +1,99 @@
+// AdamWUpdate on the GPU: the multi-tensor AdamW step (core/ops.h) over the
+// rows of a device segment table in one launch, each row with its own lr
+// multiplier and weight decay. The step's clip factor, non-finite flag and
+// update count are read on the device: a non-finite step returns before
+// touching anything. Math in the parameters' dtype (f32 or f64), in the CPU
+// reference's order; grads that dtype or bf16.
+#include <cmath>
+
+#include "core/cuda/cuda_ops.h"
+#include "core/cuda/kernel_util.cuh"
+#include "core/cuda/multi_tensor.cuh"
+
+namespace scalemoe::cuda {
+namespace {
+
+// ---------------------------------------------------------------- kernels
+
+struct AdamWScalars {
+  double lr, beta1, beta2, eps;
+};
+
+template <typename T, typename G>
+__global__ void AdamWKernel(const int64_t* __restrict__ rows, const double* __restrict__ coeff,
+                            const int64_t* __restrict__ plan, int64_t count, AdamWScalars o,
+                            const double* __restrict__ clip_factor,
+                            const int32_t* __restrict__ nonfinite,
+                            const int64_t* __restrict__ num_updates, T* __restrict__ p,
+                            const G* __restrict__ g, T* __restrict__ m, T* __restrict__ v) {
+  if (*nonfinite != 0) return;
+  const int64_t t = *num_updates;
+  if (t < 1) __trap();  // GradNormControl counts this update before it is applied
+  const double bias_correction1 = 1.0 - pow(o.beta1, static_cast<double>(t));
+  const double bias_correction2 = 1.0 - pow(o.beta2, static_cast<double>(t));
+  const T b1 = static_cast<T>(o.beta1), b2 = static_cast<T>(o.beta2);
+  const T one_minus_b1 = static_cast<T>(1.0 - o.beta1);
+  const T one_minus_b2 = static_cast<T>(1.0 - o.beta2);
+  const T inv_sqrt_bc2 = static_cast<T>(1.0 / sqrt(bias_correction2));
+  const T eps = static_cast<T>(o.eps);
+  const T clip = static_cast<T>(*clip_factor);
+  ForEachChunk(plan, count, [&](int64_t s, int64_t, int64_t offset) {
+    const int64_t begin = rows[2 * s], end = rows[2 * s + 1];
+    const double lr = o.lr * coeff[2 * s];
+    const T decay = static_cast<T>(1.0 - lr * coeff[2 * s + 1]);
+    const T step_size = static_cast<T>(lr / bias_correction1);
+    const int64_t first = begin + offset;
+    const int64_t last = first + kChunk < end ? first + kChunk : end;
+#pragma unroll 4
+    for (int64_t i = first + threadIdx.x; i < last; i += blockDim.x) {
+      const T grad = static_cast<T>(ToAcc(g[i])) * clip;
+      const T pi = p[i] * decay;
+      const T mi = b1 * m[i] + one_minus_b1 * grad;
+      const T vi = b2 * v[i] + one_minus_b2 * grad * grad;
+      m[i] = mi;
+      v[i] = vi;
+      p[i] = pi - step_size * mi / (sqrt(vi) * inv_sqrt_bc2 + eps);
+    }
+  });
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------- launcher
+
+void AdamWUpdate(const ExecContext& ctx, const Tensor& params, const Tensor& grads,
+                 const Tensor& exp_avg, const Tensor& exp_avg_sq, const Tensor& segments,
+                 const Tensor& coefficients, const ops::AdamWUpdateOptions& options,
+                 const ops::StepControl& control) {
+  constexpr const char* kOp = "AdamWUpdate";
+  CheckOnDevice(ctx, params, kOp, "params");
+  CheckOnDevice(ctx, grads, kOp, "grads");
+  CheckOnDevice(ctx, exp_avg, kOp, "exp_avg");
+  CheckOnDevice(ctx, exp_avg_sq, kOp, "exp_avg_sq");
+  const int64_t n = params.numel();
+  SM_CHECK_MSG(grads.numel() == n && exp_avg.numel() == n && exp_avg_sq.numel() == n &&
+                   exp_avg.dtype() == params.dtype() && exp_avg_sq.dtype() == params.dtype(),
+               kOp, ": params ", params.DebugString(), ", grads ", grads.DebugString(),
+               ", exp_avg ", exp_avg.DebugString(), ", exp_avg_sq ", exp_avg_sq.DebugString(),
+               ": one index space; params and state of one dtype");
+  CheckControl(ctx, control, kOp, /*needs_clip=*/true, /*needs_count=*/true);
+  const Tensor plan = ChunkPlan(ctx, segments, RowKind::kBeginEnd, n, 0, kOp);
+  const int64_t count = segments.dim(0);
+  CheckCoefficients(ctx, coefficients, count, 2, kOp);
+  if (count == 0) return;
+  const AdamWScalars o{options.lr, options.beta1, options.beta2, options.eps};
+  DispatchReal(params, kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    DispatchSameOrBf16<T>(grads, kOp, "grads", [&](auto gtag) {
+      using G = typename decltype(gtag)::type;
+      AdamWKernel<T, G><<<ChunkBlocks(ChunkBound(n, count)), kThreads, 0, Stream(ctx)>>>(
+          Ptr<const int64_t>(segments), Ptr<const double>(coefficients), Ptr<const int64_t>(plan),
+          count, o, Ptr<const double>(control.clip_factor), Ptr<const int32_t>(control.nonfinite),
+          Ptr<const int64_t>(control.num_updates), Ptr<T>(params), Ptr<const G>(grads),
+          Ptr<T>(exp_avg), Ptr<T>(exp_avg_sq));
+    });
+  });
+  SM_CHECK_LAUNCH(ctx, kOp, "AdamWKernel");
+}
+
+}  // namespace scalemoe::cuda
