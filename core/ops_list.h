@@ -33,20 +33,20 @@
   X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
   X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), NO_CUDA) \
   X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), NO_CUDA) \
-  X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), NO_CUDA) \
-  X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), NO_CUDA) \
-  X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), NO_CUDA) \
-  X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), NO_CUDA) \
+  X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), CUDA) \
+  X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), CUDA) \
+  X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), CUDA) \
+  X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), CUDA) \
   X(void, CapacityDrop, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority, int num_experts, int64_t capacity, const Tensor& kept), (ctx, expert_ids, priority, num_experts, capacity, kept), NO_CUDA) \
-  X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), NO_CUDA) \
-  X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), NO_CUDA) \
-  X(void, ZLoss, (const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss), (ctx, logits, coeff, loss), NO_CUDA) \
-  X(void, ZLossBackward, (const ExecContext& ctx, const Tensor& logits, double coeff, double scale, const Tensor& d_logits), (ctx, logits, coeff, scale, d_logits), NO_CUDA) \
-  X(void, AssignmentCounts, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts), (ctx, expert_ids, counts), NO_CUDA) \
-  X(void, LoadBalancingLossShare, (const ExecContext& ctx, const Tensor& scores, const Tensor& fractions, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, scores, fractions, total_tokens, coeff, loss), NO_CUDA) \
-  X(void, LoadBalancingLossShareBackward, (const ExecContext& ctx, const Tensor& fractions, int64_t total_tokens, double coeff, double scale, const Tensor& d_scores), (ctx, fractions, total_tokens, coeff, scale, d_scores), NO_CUDA) \
-  X(void, ZLossShare, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, logits, total_tokens, coeff, loss), NO_CUDA) \
-  X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), NO_CUDA) \
+  X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), CUDA) \
+  X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), CUDA) \
+  X(void, ZLoss, (const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss), (ctx, logits, coeff, loss), CUDA) \
+  X(void, ZLossBackward, (const ExecContext& ctx, const Tensor& logits, double coeff, double scale, const Tensor& d_logits), (ctx, logits, coeff, scale, d_logits), CUDA) \
+  X(void, AssignmentCounts, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts), (ctx, expert_ids, counts), CUDA) \
+  X(void, LoadBalancingLossShare, (const ExecContext& ctx, const Tensor& scores, const Tensor& fractions, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, scores, fractions, total_tokens, coeff, loss), CUDA) \
+  X(void, LoadBalancingLossShareBackward, (const ExecContext& ctx, const Tensor& fractions, int64_t total_tokens, double coeff, double scale, const Tensor& d_scores), (ctx, fractions, total_tokens, coeff, scale, d_scores), CUDA) \
+  X(void, ZLossShare, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, logits, total_tokens, coeff, loss), CUDA) \
+  X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), CUDA) \
   X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), NO_CUDA) \
   X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), NO_CUDA) \
   X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), NO_CUDA) \
@@ -62,9 +62,9 @@
   X(void, FrobeniusNormalize, (const ExecContext& ctx, const Tensor& x, double eps), (ctx, x, eps), NO_CUDA) \
   X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), NO_CUDA) \
   X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), NO_CUDA) \
-  X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), NO_CUDA) \
-  X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), NO_CUDA) \
-  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& skip, const Tensor& bias), (ctx, loads, rate, skip, bias), NO_CUDA) \
+  X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), CUDA) \
+  X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), CUDA) \
+  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& skip, const Tensor& bias), (ctx, loads, rate, skip, bias), CUDA) \
   X(void, InvertRowIndex, (const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row), (ctx, row_slot, slot_row), NO_CUDA) \
   X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), NO_CUDA) \
   X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), NO_CUDA) \
