@@ -45,11 +45,12 @@ Tensor HostScores(const ExecContext& cpu, const RouteShape& s, DType dtype, ops:
   return scores;
 }
 
-// Values on a grid of 1/4 in [0, 2): many exact ties, and sums of two exact.
+// Values on a grid of 1/4 in [0.25, 2]: many exact ties, sums of two exact,
+// and no row of zeros (normalize divides by the sum).
 Tensor TiedHost(const Shape& shape, DType dtype, uint64_t seed, uint64_t stream) {
   Tensor t = Tensor::Empty(shape, DType::kF64);
   for (int64_t i = 0; i < t.numel(); ++i) {
-    t.data<double>()[i] = 0.25 * static_cast<double>(RandomIndex(8, seed, stream, i));
+    t.data<double>()[i] = 0.25 * static_cast<double>(1 + RandomIndex(8, seed, stream, i));
   }
   Tensor out = Tensor::Empty(shape, dtype);
   out.CopyFrom(t);
@@ -118,15 +119,17 @@ TEST_F(CudaRouterTest, TopKRoutingSelectsLikeCpuWithBiasAndTies) {
             ExpectParity(Host(weights), weights_ref, ParityTolerance(dtype),
                          "TopKRouting weights " + what);
 
-            // Backward at the CPU's selection: d_scores accumulates.
+            // Backward at the CPU's selection: d_scores accumulates. The
+            // reference is the same dtype too: with K = 1 and normalize,
+            // (dw − dw·s/s)/s cancels, and an f32 residue divided by a tiny
+            // score is the formula's own rounding, not the GPU's.
             const Tensor d_weights = RandomHost({s.n, s.k}, dtype, seed, 3);
             const Tensor d_scores0 = RandomHost({s.n, s.e}, dtype, seed, 4);
             Tensor d_scores = Dev(d_scores0);
             ops::TopKRoutingBackward(ctx_, Dev(scores), Dev(ids_ref), normalize, Dev(d_weights),
                                      d_scores);
-            Tensor d_ref = ReferenceInput(d_scores0).Clone();
-            ops::TopKRoutingBackward(cpu_, ReferenceInput(scores), ids_ref, normalize,
-                                     ReferenceInput(d_weights), d_ref);
+            Tensor d_ref = d_scores0.Clone();
+            ops::TopKRoutingBackward(cpu_, scores, ids_ref, normalize, d_weights, d_ref);
             ExpectParity(Host(d_scores), d_ref, ParityTolerance(dtype),
                          "TopKRoutingBackward " + what);
           }
