@@ -23,11 +23,12 @@ inline std::string ShapeName(const RouteShape& s) {
   return absl::StrCat("N ", s.n, " E ", s.e, " K ", s.k);
 }
 
-// One token; k = 1 and k = 8 with 64 experts; k = E; rows wider than a warp.
+// One token; k = 1 and k = 8 with 64 experts; k = E; rows wider than a
+// warp; 32768 assignments (the radix sorts' multi-block path).
 inline const std::vector<RouteShape>& RouteShapes() {
   static const std::vector<RouteShape> shapes = {
       {1, 8, 2},     {1, 64, 8}, {37, 16, 1}, {256, 64, 8},  {1000, 64, 1},
-      {513, 128, 4}, {5, 1, 1},  {33, 6, 6},  {300, 200, 3},
+      {513, 128, 4}, {5, 1, 1},  {33, 6, 6},  {300, 200, 3}, {4096, 64, 8},
   };
   return shapes;
 }
