@@ -33,24 +33,24 @@
   X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
   X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), NO_CUDA) \
   X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), NO_CUDA) \
-  X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), NO_CUDA) \
-  X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), NO_CUDA) \
-  X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), NO_CUDA) \
-  X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), NO_CUDA) \
-  X(void, CapacityDrop, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority, int num_experts, int64_t capacity, const Tensor& kept), (ctx, expert_ids, priority, num_experts, capacity, kept), NO_CUDA) \
-  X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), NO_CUDA) \
-  X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), NO_CUDA) \
-  X(void, ZLoss, (const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss), (ctx, logits, coeff, loss), NO_CUDA) \
-  X(void, ZLossBackward, (const ExecContext& ctx, const Tensor& logits, double coeff, double scale, const Tensor& d_logits), (ctx, logits, coeff, scale, d_logits), NO_CUDA) \
-  X(void, AssignmentCounts, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts), (ctx, expert_ids, counts), NO_CUDA) \
-  X(void, LoadBalancingLossShare, (const ExecContext& ctx, const Tensor& scores, const Tensor& fractions, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, scores, fractions, total_tokens, coeff, loss), NO_CUDA) \
-  X(void, LoadBalancingLossShareBackward, (const ExecContext& ctx, const Tensor& fractions, int64_t total_tokens, double coeff, double scale, const Tensor& d_scores), (ctx, fractions, total_tokens, coeff, scale, d_scores), NO_CUDA) \
-  X(void, ZLossShare, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, logits, total_tokens, coeff, loss), NO_CUDA) \
-  X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), NO_CUDA) \
-  X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), NO_CUDA) \
-  X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), NO_CUDA) \
-  X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), NO_CUDA) \
-  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), NO_CUDA) \
+  X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), CUDA) \
+  X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), CUDA) \
+  X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), CUDA) \
+  X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), CUDA) \
+  X(void, CapacityDrop, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority, int num_experts, int64_t capacity, const Tensor& kept), (ctx, expert_ids, priority, num_experts, capacity, kept), CUDA) \
+  X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), CUDA) \
+  X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), CUDA) \
+  X(void, ZLoss, (const ExecContext& ctx, const Tensor& logits, double coeff, const Tensor& loss), (ctx, logits, coeff, loss), CUDA) \
+  X(void, ZLossBackward, (const ExecContext& ctx, const Tensor& logits, double coeff, double scale, const Tensor& d_logits), (ctx, logits, coeff, scale, d_logits), CUDA) \
+  X(void, AssignmentCounts, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& counts), (ctx, expert_ids, counts), CUDA) \
+  X(void, LoadBalancingLossShare, (const ExecContext& ctx, const Tensor& scores, const Tensor& fractions, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, scores, fractions, total_tokens, coeff, loss), CUDA) \
+  X(void, LoadBalancingLossShareBackward, (const ExecContext& ctx, const Tensor& fractions, int64_t total_tokens, double coeff, double scale, const Tensor& d_scores), (ctx, fractions, total_tokens, coeff, scale, d_scores), CUDA) \
+  X(void, ZLossShare, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, const Tensor& loss), (ctx, logits, total_tokens, coeff, loss), CUDA) \
+  X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), CUDA) \
+  X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), CUDA) \
+  X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), CUDA) \
+  X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), CUDA) \
+  X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), CUDA) \
   X(void, Dot, (const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out), (ctx, x, y, out), CUDA) \
   X(void, MagnitudeDirection, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& norm_sq, int64_t dim, const Tensor& gamma), (ctx, alpha, beta, norm_sq, dim, gamma), CUDA) \
   X(void, MagnitudeDirectionBackward, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& dots, int64_t dim, const Tensor& d_gamma, const Tensor& d_alpha, const Tensor& d_beta), (ctx, alpha, beta, dots, dim, d_gamma, d_alpha, d_beta), CUDA) \
@@ -62,15 +62,15 @@
   X(void, FrobeniusNormalize, (const ExecContext& ctx, const Tensor& x, double eps), (ctx, x, eps), CUDA) \
   X(void, MuonApply, (const ExecContext& ctx, const Tensor& params, const Tensor& ortho, const Tensor& segments, const Tensor& coefficients, double lr, const ::scalemoe::ops::StepControl& control), (ctx, params, ortho, segments, coefficients, lr, control), CUDA) \
   X(void, TrackNonFinite, (const ExecContext& ctx, const Tensor& nonfinite, const Tensor& loss, int64_t step, const Tensor& tracker), (ctx, nonfinite, loss, step, tracker), CUDA) \
-  X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), NO_CUDA) \
-  X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), NO_CUDA) \
-  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& skip, const Tensor& bias), (ctx, loads, rate, skip, bias), NO_CUDA) \
-  X(void, InvertRowIndex, (const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row), (ctx, row_slot, slot_row), NO_CUDA) \
-  X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), NO_CUDA) \
-  X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), NO_CUDA) \
-  X(void, SumSourceCounts, (const ExecContext& ctx, const Tensor& counts, const Tensor& totals), (ctx, counts, totals), NO_CUDA) \
-  X(void, CombineSlots, (const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row, const Tensor& weights, const Tensor& out), (ctx, rows, slot_row, weights, out), NO_CUDA) \
-  X(void, SlotRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& slot_row, const Tensor& rows, const Tensor& out), (ctx, x, slot_row, rows, out), NO_CUDA) \
+  X(void, SelectedScores, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, const Tensor& out), (ctx, scores, expert_ids, out), CUDA) \
+  X(void, AccumulateExpertLoads, (const ExecContext& ctx, const Tensor& counts, int64_t assignments, const Tensor& step), (ctx, counts, assignments, step), CUDA) \
+  X(void, ExpertBiasUpdate, (const ExecContext& ctx, const Tensor& loads, double rate, const Tensor& skip, const Tensor& bias), (ctx, loads, rate, skip, bias), CUDA) \
+  X(void, InvertRowIndex, (const ExecContext& ctx, const Tensor& row_slot, const Tensor& slot_row), (ctx, row_slot, slot_row), CUDA) \
+  X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), CUDA) \
+  X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), CUDA) \
+  X(void, SumSourceCounts, (const ExecContext& ctx, const Tensor& counts, const Tensor& totals), (ctx, counts, totals), CUDA) \
+  X(void, CombineSlots, (const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row, const Tensor& weights, const Tensor& out), (ctx, rows, slot_row, weights, out), CUDA) \
+  X(void, SlotRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& slot_row, const Tensor& rows, const Tensor& out), (ctx, x, slot_row, rows, out), CUDA) \
   X(void, VocabRowMax, (const ExecContext& ctx, const Tensor& logits, const Tensor& row_max), (ctx, logits, row_max), NO_CUDA) \
   X(void, VocabSoftmaxStats, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats), (ctx, logits, targets, vocab_start, row_max, stats), NO_CUDA) \
   X(void, VocabCrossEntropyLoss, (const ExecContext& ctx, const Tensor& row_max, const Tensor& stats, const Tensor& loss), (ctx, row_max, stats, loss), NO_CUDA) \
