@@ -99,7 +99,8 @@ void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up
 // n[r, :] = x[r, :] / rms(x[r, :]), rms = sqrt(mean(x²) + eps); rstd[r] =
 // 1/rms is cached for the backward. x, n [R, D] (any shape viewed as rows of
 // the last dim); rstd [R]. No scale: γ lives in norm/ (BranchScales,
-// ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D].
+// ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D]. f32 or f64 (rstd
+// the same dtype); on CUDA also bf16 x with an f32 rstd.
 void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n,
                   const Tensor& rstd);
 // d_x = rstd ⊙ (d_n − n · mean(d_n ⊙ n)) per row (overwritten).
@@ -108,7 +109,7 @@ void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor&
 
 // Rotary position embedding, rotate-half convention: for each head vector of
 // x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
-// t · theta^(−2i/D). out may alias x.
+// t · theta^(−2i/D). out may alias x. f32 or f64 (on CUDA also bf16).
 void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);

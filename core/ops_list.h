@@ -24,10 +24,10 @@
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
   X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
-  X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), NO_CUDA) \
-  X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), NO_CUDA) \
-  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), NO_CUDA) \
-  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), NO_CUDA) \
+  X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
+  X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
+  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \
+  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), CUDA) \
   X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& probs), (ctx, q, k, v, out, probs), NO_CUDA) \
   X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v), (ctx, q, k, v, probs, d_out, d_q, d_k, d_v), NO_CUDA) \
   X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
