@@ -127,17 +127,22 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                              const Tensor& d_q, const Tensor& d_k, const Tensor& d_v);
 
 // out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
-// (SM_CHECK: callers validate data), weight [V, C], out [N, C].
+// (SM_CHECK: callers validate data; on CUDA, which cannot check without a
+// host read, a bad id gives a NaN row here and adds nothing in the
+// backward), weight [V, C], out [N, C].
 void EmbeddingLookup(const ExecContext& ctx, const Tensor& tokens, const Tensor& weight,
                      const Tensor& out);
-// d_weight[tokens[n], :] += d_out[n, :] (accumulated).
+// d_weight[tokens[n], :] += d_out[n, :] (accumulated; on CUDA too in the
+// order of n, without atomics: the same bits every run).
 void EmbeddingBackward(const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out,
                        const Tensor& d_weight);
 
 // Mean over the N rows of −log softmax(logits[n])[targets[n]]; logits [N, V],
 // targets int32 [N]. If d_logits is defined it is overwritten with
 // d(mean loss)/d logits = (softmax − onehot) / N. loss f64[1] is overwritten
-// with the mean (a device scalar: read it with ExecContext::ToHost).
+// with the mean (a device scalar: read it with ExecContext::ToHost). On CUDA
+// (also bf16 logits) a target outside [0, V) makes the loss and its
+// gradient row NaN where the CPU SM_CHECKs.
 void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
                   const Tensor& d_logits, const Tensor& loss);
 
