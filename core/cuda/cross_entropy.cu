@@ -71,8 +71,9 @@ __device__ MaxSum<A> BlockMaxSum(MaxSum<A> m) {
 }
 
 template <typename T>
-__global__ void CrossEntropyRowKernel(int64_t n, int64_t v, const T* logits, const int32_t* targets,
-                                      T* d_logits, double* row_loss) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    CrossEntropyRowKernel(int64_t n, int64_t v, const T* logits, const int32_t* targets,
+                          T* d_logits, double* row_loss) {
   using A = Acc<T>;
   const double inv_n = 1.0 / static_cast<double>(n);
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {  // uniform over the block

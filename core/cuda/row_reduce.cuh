@@ -90,9 +90,11 @@ __device__ __forceinline__ __nv_bfloat16 NanOf<__nv_bfloat16>() {
 
 // Threads per block of a kernel that gives a block to each row of `cols`
 // elements: a function of the row length alone, so the order of every
-// row's sum is fixed by the shape.
+// row's sum is fixed by the shape. At most kMaxRowThreads (the kernels'
+// __launch_bounds__, so that they never ask for too many registers).
+constexpr int kMaxRowThreads = 512;
 inline int RowBlockThreads(int64_t cols) {
-  if (cols >= 4096) return 512;
+  if (cols >= 4096) return kMaxRowThreads;
   if (cols >= 512) return 256;
   if (cols >= 64) return 64;
   return 32;

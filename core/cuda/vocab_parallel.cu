@@ -23,7 +23,8 @@ namespace {
 // ---------------------------------------------------------------- kernels
 
 template <typename T>
-__global__ void VocabRowMaxKernel(int64_t n, int64_t v, const T* logits, double* row_max) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    VocabRowMaxKernel(int64_t n, int64_t v, const T* logits, double* row_max) {
   using A = Acc<T>;
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {  // uniform over the block
     const T* row = logits + r * v;
@@ -41,9 +42,9 @@ __device__ __forceinline__ A ExpShifted(A x, double max) {
 }
 
 template <typename T>
-__global__ void VocabSoftmaxStatsKernel(int64_t n, int64_t v, int64_t vocab_start, const T* logits,
-                                        const int32_t* targets, const double* row_max,
-                                        double* stats) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    VocabSoftmaxStatsKernel(int64_t n, int64_t v, int64_t vocab_start, const T* logits,
+                            const int32_t* targets, const double* row_max, double* stats) {
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {
     const T* row = logits + r * v;
     const double mx = row_max[r];
@@ -73,10 +74,10 @@ __global__ void VocabLossKernel(int64_t n, const double* row_max, const double* 
 }
 
 template <typename T>
-__global__ void VocabCrossEntropyBackwardKernel(int64_t n, int64_t v, int64_t vocab_start,
-                                                const T* logits, const int32_t* targets,
-                                                const double* row_max, const double* stats,
-                                                T* d_logits) {
+__global__ void __launch_bounds__(kMaxRowThreads)
+    VocabCrossEntropyBackwardKernel(int64_t n, int64_t v, int64_t vocab_start, const T* logits,
+                                    const int32_t* targets, const double* row_max,
+                                    const double* stats, T* d_logits) {
   using A = Acc<T>;
   const double inv_n = 1.0 / static_cast<double>(n);
   for (int64_t r = blockIdx.x; r < n; r += gridDim.x) {

@@ -51,7 +51,20 @@ Tensor Ids(const std::vector<double>& values) {
   return Tensor::FromVector({static_cast<int64_t>(values.size())}, values, DType::kI32);
 }
 
-class CudaEmbeddingCeTest : public CudaOpTest {};
+class CudaEmbeddingCeTest : public CudaOpTest {
+ protected:
+  // An integer output that must be written, poisoned with 0x5A bytes (not
+  // −1, which VocabShardRows writes).
+  Tensor PoisonedInts(const Shape& shape, DType dtype) const {
+    Tensor t = ctx_.Empty(shape, dtype);
+    if (t.nbytes() > 0) {
+      EXPECT_EQ(
+          cudaMemsetAsync(t.raw_data(), 0x5A, t.nbytes(), static_cast<cudaStream_t>(ctx_.stream())),
+          cudaSuccess);
+    }
+    return t;
+  }
+};
 
 // ---------------------------------------------------------------- embedding
 
@@ -339,13 +352,13 @@ TEST_F(CudaEmbeddingCeTest, ShardRowsAndOutOfRangeCountMatchCpu) {
       ++seed;
       Tensor tokens = RandomIds(n, -2, d.start + d.v_local + 3, seed);
       const std::string what = absl::StrCat("n ", n, " shard [", d.start, ", +", d.v_local, ")");
-      Tensor rows = Poisoned({n}, DType::kI32);
+      Tensor rows = PoisonedInts({n}, DType::kI32);
       ops::VocabShardRows(ctx_, Dev(tokens), d.start, d.v_local, rows);
       Tensor rows_ref = Tensor::Empty({n}, DType::kI32);
       ops::VocabShardRows(cpu_, tokens, d.start, d.v_local, rows_ref);
       EXPECT_TRUE(BitwiseEqual(Host(rows), rows_ref)) << what;
 
-      Tensor count = Poisoned({1}, DType::kI64);
+      Tensor count = PoisonedInts({1}, DType::kI64);
       ops::CountOutOfRange(ctx_, Dev(tokens), d.start, d.start + d.v_local, count);
       Tensor count_ref = Tensor::Empty({1}, DType::kI64);
       ops::CountOutOfRange(cpu_, tokens, d.start, d.start + d.v_local, count_ref);
