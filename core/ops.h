@@ -99,7 +99,8 @@ void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up
 // n[r, :] = x[r, :] / rms(x[r, :]), rms = sqrt(mean(x²) + eps); rstd[r] =
 // 1/rms is cached for the backward. x, n [R, D] (any shape viewed as rows of
 // the last dim); rstd [R]. No scale: γ lives in norm/ (BranchScales,
-// ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D].
+// ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D]. f32 or f64 (rstd
+// the same dtype); on CUDA also bf16 x with an f32 rstd.
 void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n,
                   const Tensor& rstd);
 // d_x = rstd ⊙ (d_n − n · mean(d_n ⊙ n)) per row (overwritten).
@@ -108,7 +109,7 @@ void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor&
 
 // Rotary position embedding, rotate-half convention: for each head vector of
 // x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
-// t · theta^(−2i/D). out may alias x.
+// t · theta^(−2i/D). out may alias x. f32 or f64 (on CUDA also bf16).
 void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
@@ -126,17 +127,22 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                              const Tensor& d_q, const Tensor& d_k, const Tensor& d_v);
 
 // out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
-// (SM_CHECK: callers validate data), weight [V, C], out [N, C].
+// (SM_CHECK: callers validate data; on CUDA, which cannot check without a
+// host read, a bad id gives a NaN row here and adds nothing in the
+// backward), weight [V, C], out [N, C].
 void EmbeddingLookup(const ExecContext& ctx, const Tensor& tokens, const Tensor& weight,
                      const Tensor& out);
-// d_weight[tokens[n], :] += d_out[n, :] (accumulated).
+// d_weight[tokens[n], :] += d_out[n, :] (accumulated; on CUDA too in the
+// order of n, without atomics: the same bits every run).
 void EmbeddingBackward(const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out,
                        const Tensor& d_weight);
 
 // Mean over the N rows of −log softmax(logits[n])[targets[n]]; logits [N, V],
 // targets int32 [N]. If d_logits is defined it is overwritten with
 // d(mean loss)/d logits = (softmax − onehot) / N. loss f64[1] is overwritten
-// with the mean (a device scalar: read it with ExecContext::ToHost).
+// with the mean (a device scalar: read it with ExecContext::ToHost). On CUDA
+// (also bf16 logits) a target outside [0, V) makes the loss and its
+// gradient row NaN where the CPU SM_CHECKs.
 void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
                   const Tensor& d_logits, const Tensor& loss);
 

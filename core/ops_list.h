@@ -24,15 +24,15 @@
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
   X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
-  X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), NO_CUDA) \
-  X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), NO_CUDA) \
-  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), NO_CUDA) \
-  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), NO_CUDA) \
+  X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
+  X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
+  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \
+  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), CUDA) \
   X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& probs), (ctx, q, k, v, out, probs), NO_CUDA) \
   X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& probs, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v), (ctx, q, k, v, probs, d_out, d_q, d_k, d_v), NO_CUDA) \
-  X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), NO_CUDA) \
-  X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), NO_CUDA) \
-  X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), NO_CUDA) \
+  X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), CUDA) \
+  X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), CUDA) \
+  X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), CUDA) \
   X(void, RouterScores, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& logits, const Tensor& scores), (ctx, fn, logits, scores), CUDA) \
   X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), CUDA) \
   X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), CUDA) \
@@ -71,10 +71,10 @@
   X(void, SumSourceCounts, (const ExecContext& ctx, const Tensor& counts, const Tensor& totals), (ctx, counts, totals), CUDA) \
   X(void, CombineSlots, (const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row, const Tensor& weights, const Tensor& out), (ctx, rows, slot_row, weights, out), CUDA) \
   X(void, SlotRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& slot_row, const Tensor& rows, const Tensor& out), (ctx, x, slot_row, rows, out), CUDA) \
-  X(void, VocabRowMax, (const ExecContext& ctx, const Tensor& logits, const Tensor& row_max), (ctx, logits, row_max), NO_CUDA) \
-  X(void, VocabSoftmaxStats, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats), (ctx, logits, targets, vocab_start, row_max, stats), NO_CUDA) \
-  X(void, VocabCrossEntropyLoss, (const ExecContext& ctx, const Tensor& row_max, const Tensor& stats, const Tensor& loss), (ctx, row_max, stats, loss), NO_CUDA) \
-  X(void, VocabCrossEntropyBackward, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats, const Tensor& d_logits), (ctx, logits, targets, vocab_start, row_max, stats, d_logits), NO_CUDA) \
-  X(void, VocabShardRows, (const ExecContext& ctx, const Tensor& tokens, int64_t vocab_start, int64_t shard_size, const Tensor& rows), (ctx, tokens, vocab_start, shard_size, rows), NO_CUDA) \
-  X(void, CountOutOfRange, (const ExecContext& ctx, const Tensor& ids, int64_t begin, int64_t end, const Tensor& count), (ctx, ids, begin, end, count), NO_CUDA)
+  X(void, VocabRowMax, (const ExecContext& ctx, const Tensor& logits, const Tensor& row_max), (ctx, logits, row_max), CUDA) \
+  X(void, VocabSoftmaxStats, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats), (ctx, logits, targets, vocab_start, row_max, stats), CUDA) \
+  X(void, VocabCrossEntropyLoss, (const ExecContext& ctx, const Tensor& row_max, const Tensor& stats, const Tensor& loss), (ctx, row_max, stats, loss), CUDA) \
+  X(void, VocabCrossEntropyBackward, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, int64_t vocab_start, const Tensor& row_max, const Tensor& stats, const Tensor& d_logits), (ctx, logits, targets, vocab_start, row_max, stats, d_logits), CUDA) \
+  X(void, VocabShardRows, (const ExecContext& ctx, const Tensor& tokens, int64_t vocab_start, int64_t shard_size, const Tensor& rows), (ctx, tokens, vocab_start, shard_size, rows), CUDA) \
+  X(void, CountOutOfRange, (const ExecContext& ctx, const Tensor& ids, int64_t begin, int64_t end, const Tensor& count), (ctx, ids, begin, end, count), CUDA)
 // clang-format on

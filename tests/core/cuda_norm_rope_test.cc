@@ -1,0 +1,200 @@
+// GPU test: RmsNormalize, RmsNormalizeBackward, Rope and RopeBackward
+// against the CPU reference on fresh Philox data: one row / one token, row
+// lengths that are odd, below and above a warp's share, not a multiple of a
+// 16-byte pack, and long rows (the block-per-row path); head dims 64 and
+// 128 (and 2 and 6); f32, f64 and bf16 (the CPU reference has no bf16: it
+// runs in f64 on the bf16 values). Outputs start as NaN; a NaN never passes.
+// In-place calls (out aliasing the input) match too, and the row sums give
+// the same bits on every run.
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/core/cuda_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::CudaOpTest;
+using testing::ExpectParity;
+using testing::ParityTolerance;
+using testing::RandomHost;
+
+constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
+
+// The CPU reference's input: f64 (the reference then measures the GPU's
+// error alone; bf16 values are exact in f64).
+Tensor F64(const Tensor& host) {
+  if (host.dtype() == DType::kF64) return host;
+  Tensor out = Tensor::Empty(host.shape(), DType::kF64);
+  out.CopyFrom(host);
+  return out;
+}
+
+// rstd's dtype on the GPU: x's, f32 for bf16.
+DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
+
+// x shapes: rows of the last dim. One token; odd hidden sizes, shorter than
+// a pack; per-head rows; not a multiple of a pack (warp path); the block
+// path (rows over 1024), unpacked and packed.
+// clang-format off
+const std::vector<Shape> kNormShapes = {
+    {1, 64}, {37, 5}, {3, 7, 128}, {129, 64}, {11, 33}, {300, 768}, {2, 1000},
+    {5, 1030}, {17, 4096}, {1, 8192},
+};
+// clang-format on
+
+class CudaNormRopeTest : public CudaOpTest {};
+
+TEST_F(CudaNormRopeTest, RmsNormalizeMatchesCpu) {
+  uint64_t seed = 1;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kNormShapes) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape));
+      const Tensor x = RandomHost(shape, dtype, seed, 1, 2.0, 0.3);
+      const int64_t rows = NumElements(shape) / shape.back();
+      Tensor n = Poisoned(shape, dtype);
+      Tensor rstd = Poisoned({rows}, StatDType(dtype));
+      ops::RmsNormalize(ctx_, Dev(x), 1e-5, n, rstd);
+      Tensor n_ref = Tensor::Empty(shape, DType::kF64);
+      Tensor rstd_ref = Tensor::Empty({rows}, DType::kF64);
+      ops::RmsNormalize(cpu_, F64(x), 1e-5, n_ref, rstd_ref);
+      ExpectParity(Host(n), n_ref, ParityTolerance(dtype), "n " + what);
+      ExpectParity(Host(rstd), rstd_ref, ParityTolerance(StatDType(dtype)), "rstd " + what);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(CudaNormRopeTest, RmsNormalizeBackwardMatchesCpu) {
+  uint64_t seed = 500;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kNormShapes) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " n ", ShapeString(shape));
+      const int64_t rows = NumElements(shape) / shape.back();
+      const Tensor n = RandomHost(shape, dtype, seed, 1);
+      const Tensor rstd = RandomHost({rows}, StatDType(dtype), seed, 2, 0.2, 1.0);
+      const Tensor d_n = RandomHost(shape, dtype, seed, 3);
+      Tensor d_x = Poisoned(shape, dtype);
+      ops::RmsNormalizeBackward(ctx_, Dev(n), Dev(rstd), Dev(d_n), d_x);
+      Tensor d_x_ref = Tensor::Empty(shape, DType::kF64);
+      ops::RmsNormalizeBackward(cpu_, F64(n), F64(rstd), F64(d_n), d_x_ref);
+      ExpectParity(Host(d_x), d_x_ref, ParityTolerance(dtype), "d_x " + what);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// n overwrites x, d_x overwrites d_n.
+TEST_F(CudaNormRopeTest, RmsNormalizeInPlaceMatchesCpu) {
+  uint64_t seed = 900;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : {Shape{9, 64}, Shape{3, 2050}}) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " ", ShapeString(shape));
+      const int64_t rows = NumElements(shape) / shape.back();
+      const Tensor x = RandomHost(shape, dtype, seed, 1);
+      Tensor xn = Dev(x);
+      Tensor rstd = Poisoned({rows}, StatDType(dtype));
+      ops::RmsNormalize(ctx_, xn, 1e-6, xn, rstd);
+      Tensor n_ref = Tensor::Empty(shape, DType::kF64);
+      Tensor rstd_ref = Tensor::Empty({rows}, DType::kF64);
+      ops::RmsNormalize(cpu_, F64(x), 1e-6, n_ref, rstd_ref);
+      ExpectParity(Host(xn), n_ref, ParityTolerance(dtype), "in-place n " + what);
+
+      const Tensor d_n = RandomHost(shape, dtype, seed, 2);
+      Tensor grad = Dev(d_n);
+      ops::RmsNormalizeBackward(ctx_, xn, rstd, grad, grad);
+      Tensor d_x_ref = Tensor::Empty(shape, DType::kF64);
+      ops::RmsNormalizeBackward(cpu_, F64(Host(xn)), F64(Host(rstd)), F64(d_n), d_x_ref);
+      ExpectParity(Host(grad), d_x_ref, ParityTolerance(dtype), "in-place d_x " + what);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(CudaNormRopeTest, RmsNormalizeIsTheSameBitsEveryRun) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (const Shape& shape : {Shape{257, 1000}, Shape{33, 5000}}) {
+      const int64_t rows = NumElements(shape) / shape.back();
+      const Tensor x = Dev(RandomHost(shape, dtype, 31, 1));
+      const Tensor d_n = Dev(RandomHost(shape, dtype, 31, 2));
+      std::vector<Tensor> outs;
+      for (int run = 0; run < 2; ++run) {
+        Tensor n = Poisoned(shape, dtype), rstd = Poisoned({rows}, StatDType(dtype));
+        Tensor d_x = Poisoned(shape, dtype);
+        ops::RmsNormalize(ctx_, x, 1e-5, n, rstd);
+        ops::RmsNormalizeBackward(ctx_, n, rstd, d_n, d_x);
+        outs.push_back(Host(rstd));
+        outs.push_back(Host(d_x));
+      }
+      EXPECT_TRUE(testing::BitwiseEqual(outs[0], outs[2])) << DTypeName(dtype);
+      EXPECT_TRUE(testing::BitwiseEqual(outs[1], outs[3])) << DTypeName(dtype);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// [B, T, H, D]: one token; head dims 64 and 128; one pair per head; an
+// odd half; T over a block.
+// clang-format off
+const std::vector<Shape> kRopeShapes = {
+    {1, 1, 1, 64}, {1, 1, 4, 128}, {2, 37, 3, 64}, {1, 300, 2, 128}, {3, 5, 4, 128},
+    {1, 13, 7, 2}, {2, 9, 5, 6}, {1, 129, 1, 64},
+};
+// clang-format on
+
+TEST_F(CudaNormRopeTest, RopeAndBackwardMatchCpu) {
+  uint64_t seed = 2000;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kRopeShapes) {
+      for (double theta : {10000.0, 500000.0}) {
+        ++seed;
+        const std::string what =
+            absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape), " theta ", theta);
+        const Tensor x = RandomHost(shape, dtype, seed, 1);
+        Tensor out = Poisoned(shape, dtype);
+        ops::Rope(ctx_, Dev(x), theta, out);
+        Tensor ref = Tensor::Empty(shape, DType::kF64);
+        ops::Rope(cpu_, F64(x), theta, ref);
+        ExpectParity(Host(out), ref, ParityTolerance(dtype), "Rope " + what);
+
+        const Tensor d_out = RandomHost(shape, dtype, seed, 2);
+        Tensor d_x = Poisoned(shape, dtype);
+        ops::RopeBackward(ctx_, Dev(d_out), theta, d_x);
+        Tensor d_ref = Tensor::Empty(shape, DType::kF64);
+        ops::RopeBackward(cpu_, F64(d_out), theta, d_ref);
+        ExpectParity(Host(d_x), d_ref, ParityTolerance(dtype), "RopeBackward " + what);
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(CudaNormRopeTest, RopeInPlaceMatchesCpu) {
+  uint64_t seed = 3000;
+  for (DType dtype : kFloats) {
+    const Shape shape{2, 33, 3, 128};
+    ++seed;
+    const Tensor x = RandomHost(shape, dtype, seed, 1);
+    Tensor y = Dev(x);
+    ops::Rope(ctx_, y, 10000.0, y);
+    Tensor ref = Tensor::Empty(shape, DType::kF64);
+    ops::Rope(cpu_, F64(x), 10000.0, ref);
+    ExpectParity(Host(y), ref, ParityTolerance(dtype), absl::StrCat("Rope ", DTypeName(dtype)));
+    ops::RopeBackward(ctx_, y, 10000.0, y);  // Rᵀ R = I: back to x
+    ExpectParity(Host(y), F64(x), ParityTolerance(dtype) * 2,
+                 absl::StrCat("RopeBackward(Rope(x)) ", DTypeName(dtype)));
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+}  // namespace
+}  // namespace scalemoe
