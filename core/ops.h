@@ -116,15 +116,20 @@ void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, con
 
 // Causal softmax attention with grouped-query heads: q [B, T, H, D], k and v
 // [B, T, KV, D] (KV divides H; query head h reads kv head h / (H/KV)),
-// out [B, T, H, D], probs [B, H, T, T] (softmax of q·kᵀ/√D over keys ≤ t,
-// zero above the diagonal; cached for the backward).
+// out [B, T, H, D] = softmax(q·kᵀ/√D over keys ≤ t) v, lse [B, H, T] (f32;
+// f64 when q is f64) = log Σ_{j≤t} exp(q_t·k_j/√D), the one thing the
+// backward needs besides the inputs and out: the [B, H, T, T] probabilities
+// are never stored. bf16 inputs compute in f32.
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& out, const Tensor& probs);
-// d_q, d_k, d_v overwritten from d_out (k and v gradients summed over the
-// query heads that share them).
+                     const Tensor& out, const Tensor& lse);
+// d_q, d_k, d_v overwritten from d_out, the probabilities recomputed from q,
+// k and lse (P = exp(q·kᵀ/√D − lse), D = rowsum(d_out ⊙ out),
+// dS = P ⊙ (d_out·vᵀ − D)); k and v gradients summed over the query heads
+// that share them, in a fixed order (deterministic on every device).
 void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tensor& k,
-                             const Tensor& v, const Tensor& probs, const Tensor& d_out,
-                             const Tensor& d_q, const Tensor& d_k, const Tensor& d_v);
+                             const Tensor& v, const Tensor& out, const Tensor& lse,
+                             const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
+                             const Tensor& d_v);
 
 // out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
 // (SM_CHECK: callers validate data; on CUDA, which cannot check without a

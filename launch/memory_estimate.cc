@@ -154,10 +154,12 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   };
   const std::string batch = absl::StrCat("train.micro_batch_size=", Num(s.B),
                                          " x model.seq_length=", Num(s.T));
-  add_acts("attention probabilities",
-           absl::StrCat(Num(kept_layers), " layers x ", batch, " x model.num_heads=", Num(s.H),
-                        tp_text, " x model.seq_length=", Num(s.T)),
-           kept_layers * tokens * s.H / s.tp * s.T, act);
+  // Attention keeps one log-sum-exp per query row, never the [B, H, T, T]
+  // probabilities (core/ops.h, CausalAttention).
+  add_acts(
+      "attention log-sum-exp",
+      absl::StrCat(Num(kept_layers), " layers x ", batch, " x model.num_heads=", Num(s.H), tp_text),
+      kept_layers * tokens * s.H / s.tp, act);
   const double per_token =
       10 * s.C + 2 * (s.H + 2 * s.KV) * s.D / s.tp +
       (s.dense_layers * 4 * s.F / s.tp +

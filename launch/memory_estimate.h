@@ -23,10 +23,11 @@
 //                experts' over edp), as optim/distributed_optimizer does.
 //   activations  one micro-batch (B·T tokens) kept for backward, per layer
 //                and token: 10·C (residual, norms, outputs) + 2·(H + 2·KV)·D
-//                /tp (q, k, v) + (H/tp)·T (attention probabilities, stored
-//                whole) + 4·F/tp (dense MLP) or top_k·(2·C + 4·Fe/etp) +
-//                4·S·Fs + 2·E (MoE); plus the logits and their gradient (2·V
-//                /tp per token, fp32). Under pipeline parallelism a stage
+//                /tp (q, k, v) + H/tp (attention's log-sum-exp; the T×T
+//                probabilities are never kept) + 4·F/tp (dense MLP) or
+//                top_k·(2·C + 4·Fe/etp) + 4·S·Fs + 2·E (MoE); plus the
+//                logits and their gradient (2·V/tp per token, fp32). Under
+//                pipeline parallelism a stage
 //                recomputes its forward in backward: one chunk's layers, plus
 //                pp·v micro-batches of boundary activations (B·T·C) in flight.
 // The budget is train.device_memory_gib per rank (default 80 GiB, one

@@ -120,13 +120,13 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
   k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
-  probs_ = ctx.Empty({batch, heads_, seq, seq}, dt);
-  Tensor attn = ctx.Empty({batch, seq, heads_, head_dim_}, dt);
-  ops::CausalAttention(ctx, q_, k_, v_, attn, probs_);
+  lse_ = ctx.Empty({batch, heads_, seq}, dt == DType::kF64 ? DType::kF64 : DType::kF32);
+  attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, dt);
+  ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_);
   // Row-parallel: this rank's heads give a partial sum of the output.
   const Tensor partial =
       tp_.sequence_parallel() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
-  o_proj_->Forward(ctx, attn.View({tokens, heads_ * head_dim_}), partial);
+  o_proj_->Forward(ctx, attn_.View({tokens, heads_ * head_dim_}), partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
 
@@ -144,7 +144,8 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   Tensor d_q = ctx.Empty(q_.shape(), dt);
   Tensor d_k = ctx.Empty(k_.shape(), dt);
   Tensor d_v = ctx.Empty(v_.shape(), dt);
-  ops::CausalAttentionBackward(ctx, q_, k_, v_, probs_, d_attn.View(q_.shape()), d_q, d_k, d_v);
+  ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k,
+                               d_v);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
                   GradMode mode) {
     if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);

@@ -57,7 +57,8 @@ class Attention {
   // Forward cache.
   int64_t batch_ = 0, seq_ = 0;
   Tensor q_, k_, v_;  // [B, T, *, D] attention inputs (after norm and RoPE)
-  Tensor probs_;      // [B, H, T, T]
+  Tensor attn_;       // [B, T, H, D] attention output (the input of W_o)
+  Tensor lse_;        // [B, H, T] log-sum-exp of each query row's scores
 };
 
 }  // namespace scalemoe

@@ -92,8 +92,7 @@ TEST(MemoryEstimateTest, AbsurdSizesAreRefusedNamingTheField) {
        {"model.hidden_size=2000000000 is above 1048576"}},
       {{"model.ffn_hidden_size=2000000000"}, {"model.ffn_hidden_size=2000000000 is above"}},
       {{"moe.expert_ffn_hidden_size=2000000000"}, {"moe.expert_ffn_hidden_size=2000000000"}},
-      {{"model.seq_length=2000000000"},
-       {"model.seq_length=2000000000", "attention probabilities"}},
+      {{"model.seq_length=2000000000"}, {"model.seq_length=2000000000", "layer activations"}},
       {{"train.micro_batch_size=2000000000", "train.global_batch_size=0"},
        {"train.micro_batch_size=2000000000", "layer activations"}},
       {{"train.global_batch_size=2000000000"},
@@ -145,6 +144,27 @@ TEST(MemoryEstimateTest, RealModelsFitAndTheBudgetIsTheConfigs) {
   EXPECT_THAT(std::string(ValidateConfig(Load(kTinyCpu, {"train.device_memory_gib=0.01"}), 1)
                               .message()),
               HasSubstr("train.device_memory_gib=0.01"));
+}
+
+// Attention keeps a log-sum-exp per query row, not the T x T probabilities:
+// its activations grow linearly with the sequence.
+TEST(MemoryEstimateTest, AttentionActivationsAreLinearInTheSequence) {
+  auto attention_bytes = [](const MemoryEstimate& est) {
+    double bytes = -1;
+    for (const MemoryPart& part : est.parts) {
+      EXPECT_THAT(part.what, ::testing::Not(HasSubstr("probabilities")));
+      if (part.what == "attention log-sum-exp") bytes = part.bytes;
+    }
+    return bytes;
+  };
+  const double short_seq = attention_bytes(
+      EstimateMemory(Load(kTinyCpu, With(kDense7b, {"model.seq_length=4096"})), ParallelLayout{}));
+  const double long_seq = attention_bytes(
+      EstimateMemory(Load(kTinyCpu, With(kDense7b, {"model.seq_length=32768"})), ParallelLayout{}));
+  ASSERT_GT(short_seq, 0);
+  // 32 layers x 4096 tokens x 32 heads x 4 bytes.
+  EXPECT_EQ(short_seq, 32.0 * 4096 * 32 * 4);
+  EXPECT_EQ(long_seq, 8 * short_seq);
 }
 
 // inspect validated the 65536 x 65536 model and printed its counts, exit 0.

@@ -84,29 +84,32 @@ TEST(RopeTest, BackwardMatchesFiniteDifferencesAndAliasingWorks) {
   EXPECT_LT(GradError(loss, x, dx), kGradTolerance);
 }
 
-TEST(CausalAttentionTest, FirstPositionCopiesItsValueAndRowsSumToOne) {
+TEST(CausalAttentionTest, FirstPositionCopiesItsValueAndLseNormalizesEachRow) {
   const ExecContext ctx;
   const int64_t b = 2, t = 4, h = 4, kv = 2, d = 3;
   Tensor q = RandomTensor({b, t, h, d}, 7);
   Tensor k = RandomTensor({b, t, kv, d}, 8);
   Tensor v = RandomTensor({b, t, kv, d}, 9);
   Tensor out = Tensor::Empty(q.shape(), DType::kF64);
-  Tensor probs = Tensor::Empty({b, h, t, t}, DType::kF64);
-  ops::CausalAttention(ctx, q, k, v, out, probs);
+  Tensor lse = Tensor::Empty({b, h, t}, DType::kF64);
+  ops::CausalAttention(ctx, q, k, v, out, lse);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(d));
   for (int64_t bi = 0; bi < b; ++bi) {
     for (int64_t hi = 0; hi < h; ++hi) {
       for (int64_t c = 0; c < d; ++c) {  // position 0 attends only to itself
         EXPECT_NEAR(out.At(((bi * t) * h + hi) * d + c), v.At(((bi * t) * kv + hi / 2) * d + c),
                     1e-14);
       }
+      // exp(score − lse) over the keys ≤ t sums to one.
       for (int64_t ti = 0; ti < t; ++ti) {
         double sum = 0;
-        for (int64_t j = 0; j < t; ++j) {
-          const double p = probs.At(((bi * h + hi) * t + ti) * t + j);
-          if (j > ti) {
-            EXPECT_EQ(p, 0.0);
+        for (int64_t j = 0; j <= ti; ++j) {
+          double dot = 0;
+          for (int64_t c = 0; c < d; ++c) {
+            dot +=
+                q.At(((bi * t + ti) * h + hi) * d + c) * k.At(((bi * t + j) * kv + hi / 2) * d + c);
           }
-          sum += p;
+          sum += std::exp(dot * scale - lse.At((bi * h + hi) * t + ti));
         }
         EXPECT_NEAR(sum, 1.0, 1e-14);
       }
@@ -122,16 +125,16 @@ TEST(CausalAttentionTest, BackwardMatchesFiniteDifferencesWithGqa) {
   Tensor v = RandomTensor({b, t, kv, d}, 12);
   Tensor w = RandomTensor(q.shape(), 13);
   Tensor out = Tensor::Empty(q.shape(), DType::kF64);
-  Tensor probs = Tensor::Empty({b, h, t, t}, DType::kF64);
+  Tensor lse = Tensor::Empty({b, h, t}, DType::kF64);
   auto loss = [&] {
-    ops::CausalAttention(ctx, q, k, v, out, probs);
+    ops::CausalAttention(ctx, q, k, v, out, lse);
     return WeightedSum(out, w);
   };
   loss();
   Tensor dq = Tensor::Empty(q.shape(), DType::kF64);
   Tensor dk = Tensor::Empty(k.shape(), DType::kF64);
   Tensor dv = Tensor::Empty(v.shape(), DType::kF64);
-  ops::CausalAttentionBackward(ctx, q, k, v, probs, w, dq, dk, dv);
+  ops::CausalAttentionBackward(ctx, q, k, v, out, lse, w, dq, dk, dv);
   EXPECT_LT(GradError(loss, q, dq), kGradTolerance);
   EXPECT_LT(GradError(loss, k, dk), kGradTolerance);
   EXPECT_LT(GradError(loss, v, dv), kGradTolerance);

@@ -1,0 +1,121 @@
+// Time of ops::CausalAttention and its backward (core/cuda/causal_attention.cu)
+// on the GPU presets' attention shapes, bf16 and f32. TFLOP/s by
+// FlashAttention's convention: the causal forward does 4·B·H·T²·D / 2
+// flops (two matmuls, half the scores), the backward 2.5x that.
+//
+// Timing: CUDA events around kInner back-to-back calls, kSamples samples
+// after kWarmup calls; the median sample / kInner per call.
+// Output: one tab-separated row per case:
+//   case dtype form b t h kv d ms tflops
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <tuple>
+#include <vector>
+
+#include "core/context.h"
+#include "core/cuda/philox_fill.h"
+#include "core/ops.h"
+
+namespace scalemoe {
+namespace {
+
+struct BenchCase {
+  const char* name;
+  int64_t b, t, h, kv, d;
+};
+
+constexpr BenchCase kCases[] = {
+    {"moe_125m", 8, 1024, 12, 12, 64},        // configs/gpu_moe_125m
+    {"finegrained_64e", 8, 1024, 12, 4, 64},  // GQA 3
+    {"d128_gqa4", 4, 2048, 16, 4, 128},
+};
+
+constexpr int kWarmup = 3, kInner = 4, kSamples = 15;
+
+void Check(const Status& st, const char* what) {
+  if (st.ok()) return;
+  std::fprintf(stderr, "cuda_attention_bench: %s: %s\n", what, st.ToString().c_str());
+  std::exit(1);
+}
+
+void CheckCuda(cudaError_t err, const char* what) {
+  if (err == cudaSuccess) return;
+  std::fprintf(stderr, "cuda_attention_bench: %s: %s\n", what, cudaGetErrorString(err));
+  std::exit(1);
+}
+
+Tensor Random(const ExecContext& ctx, const Shape& shape, DType dtype, uint64_t stream) {
+  Tensor f32 = ctx.Empty(shape, DType::kF32);
+  Check(cuda::PhiloxNormalFill(f32.data<float>(), f32.numel(), 2024, stream, 0, 1.0, ctx.stream()),
+        "PhiloxNormalFill");
+  if (dtype == DType::kF32) return f32;
+  Tensor out = ctx.Empty(shape, dtype);
+  ops::Copy(ctx, f32, out);
+  return out;
+}
+
+template <typename F>
+double Time(const ExecContext& ctx, F&& call) {
+  for (int i = 0; i < kWarmup; ++i) call();
+  Check(ctx.Synchronize(), "warm-up");
+  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
+  cudaEvent_t start, stop;
+  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
+  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
+  std::vector<float> ms(kSamples);
+  for (float& sample : ms) {
+    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
+    for (int i = 0; i < kInner; ++i) call();
+    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
+    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
+    CheckCuda(cudaEventElapsedTime(&sample, start, stop), "cudaEventElapsedTime");
+  }
+  CheckCuda(cudaEventDestroy(start), "cudaEventDestroy");
+  CheckCuda(cudaEventDestroy(stop), "cudaEventDestroy");
+  Check(ctx.status(), "CausalAttention");
+  std::sort(ms.begin(), ms.end());
+  return ms[kSamples / 2] / kInner;
+}
+
+int Main() {
+  StatusOr<ExecContext> ctx = ExecContext::Cuda(0);
+  Check(ctx.status(), "ExecContext::Cuda(0)");
+  std::printf("case\tdtype\tform\tb\tt\th\tkv\td\tms\ttflops\n");
+  for (const BenchCase& c : kCases) {
+    for (DType dtype : {DType::kBF16, DType::kF32}) {
+      const Tensor q = Random(*ctx, {c.b, c.t, c.h, c.d}, dtype, 1);
+      const Tensor k = Random(*ctx, {c.b, c.t, c.kv, c.d}, dtype, 2);
+      const Tensor v = Random(*ctx, {c.b, c.t, c.kv, c.d}, dtype, 3);
+      const Tensor d_out = Random(*ctx, q.shape(), dtype, 4);
+      const Tensor out = ctx->Empty(q.shape(), dtype);
+      const Tensor lse = ctx->Empty({c.b, c.h, c.t}, DType::kF32);
+      const Tensor d_q = ctx->Empty(q.shape(), dtype);
+      const Tensor d_k = ctx->Empty(k.shape(), dtype);
+      const Tensor d_v = ctx->Empty(v.shape(), dtype);
+      const double fwd_flops = 2.0 * c.b * c.h * c.t * c.t * c.d;
+      const double fwd = Time(*ctx, [&] { ops::CausalAttention(*ctx, q, k, v, out, lse); });
+      const double bwd = Time(*ctx, [&] {
+        ops::CausalAttentionBackward(*ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+      });
+      for (const auto& [form, ms, flops] :
+           {std::tuple{"fwd", fwd, fwd_flops}, {"bwd", bwd, 2.5 * fwd_flops}}) {
+        std::printf("%s\t%s\t%s\t%lld\t%lld\t%lld\t%lld\t%lld\t%.4f\t%.2f\n", c.name,
+                    dtype == DType::kBF16 ? "bf16" : "fp32", form, static_cast<long long>(c.b),
+                    static_cast<long long>(c.t), static_cast<long long>(c.h),
+                    static_cast<long long>(c.kv), static_cast<long long>(c.d), ms,
+                    flops / (ms * 1e-3) / 1e12);
+      }
+      std::fflush(stdout);
+    }
+    ctx->allocator().ReleaseCache();
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace scalemoe
+
+int main() { return scalemoe::Main(); }
