@@ -10,6 +10,8 @@
 #include <optional>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "core/allocator.h"
 #include "core/host_values.h"
 #include "core/logging.h"
 #include "core/ops.h"
@@ -73,6 +75,8 @@ Status TrainLoop::Setup() {
   if (train.device() == config::TrainConfig::CUDA) {
     SM_ASSIGN_OR_RETURN(ctx_, RankCudaContext());
   }
+  result_.device = ctx_.device() == Device::kCUDA ? absl::StrCat("CUDA:", ctx_.device_ordinal())
+                                                  : std::string("CPU");
   if (is_rank0()) {
     std::error_code ec;
     fs::create_directories(options_.run_dir, ec);
@@ -363,6 +367,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
   nonfinite_tracker_ = ctx_.Zeros({4}, DType::kF64);
   for (int64_t step = start_step_; step < stop_at; ++step) {
     const int64_t reads_before = ctx_.counters().host_reads.load();
+    const AllocatorStats allocs_before = ctx_.allocator_stats();
     for (auto& c : chunks_) SM_RETURN_IF_ERROR_CTX(c->PrepareStep(ctx_), "step ", step + 1);
     ops::Zero(ctx_, registry_.flat_grads());  // ordered on the step's stream
     StatusOr<Tensor> forward_backward = ForwardBackward();
@@ -407,6 +412,9 @@ StatusOr<TrainResult> TrainLoop::Run() {
     const bool save = (every > 0 && done % every == 0) || at_end;
     if (!log && !evaluate && !save) {
       result_.quiet_step_host_reads = ctx_.counters().host_reads.load() - reads_before;
+      const AllocatorStats allocs = ctx_.allocator_stats();
+      result_.quiet_step_system_allocs = allocs.system_allocs - allocs_before.system_allocs +
+                                         allocs.system_frees - allocs_before.system_frees;
     } else {
       const StepReport report = ReadStepReport(sums, step_result.grad_norm);
       result_.skipped_steps = report.skipped_total;

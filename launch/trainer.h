@@ -60,6 +60,10 @@ struct TrainResult {
   // log, evaluate or save (-1: none such): the MoE layers' per-expert
   // counts, one per MoE layer per micro-batch forward, and nothing else.
   int64_t quiet_step_host_reads = -1;
+  // malloc/free (CPU) or cudaMalloc/cudaFree (CUDA) calls of the context's
+  // caching allocator in that step (-1: none such): 0 once the cache is warm.
+  int64_t quiet_step_system_allocs = -1;
+  std::string device;           // where the step ran: "CPU" or "CUDA:<ordinal>"
   std::string last_checkpoint;  // newest checkpoint written or resumed from
 };
 

@@ -4,7 +4,10 @@
 // every step of 20; bf16 GEMM operands: the final loss within 1 %), the
 // same seed twice gives the same bits, checkpoints move both ways between
 // the devices (a run resumed on the other device continues with the
-// straight run's losses), and a quiet step reads only the MoE counts.
+// straight run's losses), and a quiet step reads only the MoE counts
+// and calls cudaMalloc/cudaFree zero times.
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -45,10 +48,9 @@ class TrainerCudaTest : public ::testing::Test {
 
   static TrainOptions Options(const std::string& device, const std::string& name,
                               std::vector<std::string> extra = {}) {
-    extra.push_back("train.device=" + device);
-    extra.push_back("train.train_steps=20");
-    extra.push_back("train.eval_interval=10");
-    extra.push_back("checkpoint.interval=10");
+    // Defaults first: `extra` overrides them.
+    extra.insert(extra.begin(), {"train.device=" + device, "train.train_steps=20",
+                                 "train.eval_interval=10", "checkpoint.interval=10"});
     TrainOptions o;
     o.config = testing::TinyTrainingConfig(*root_, extra);
     o.run_dir = (*root_ / name).string();
@@ -79,6 +81,7 @@ TEST_F(TrainerCudaTest, Fp32TracksTheCpuAndRepeatsBitForBit) {
     StatusOr<TrainResult> r = Train(*o);
     ASSERT_TRUE(r.ok()) << o->run_dir << ": " << r.status();
     EXPECT_EQ(r->steps_done, 20);
+    EXPECT_EQ(r->device, o == &cpu ? "CPU" : "CUDA:0");
   }
   ASSERT_EQ(Losses(cpu).size(), 20u);
   ExpectClose(Losses(gpu), Losses(cpu), 1e-4, "GPU vs CPU");
@@ -94,6 +97,33 @@ TEST_F(TrainerCudaTest, Bf16OperandsEndWithinOnePercentOfFp32) {
   }
   ASSERT_EQ(Losses(gpu).size(), 20u);
   EXPECT_NEAR(Losses(gpu).back(), Losses(cpu).back(), 1e-2 * Losses(cpu).back());
+}
+
+// The curve check: 300 steps, every step logged; fp32 within 1e-3
+// absolute of the CPU at every step, bf16 operands' last loss within 1 %.
+TEST_F(TrainerCudaTest, ThreeHundredStepsTrackTheCpuCurve) {
+  const std::vector<std::string> long_run = {"train.train_steps=300", "train.eval_interval=0",
+                                             "checkpoint.interval=0"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), long_run.begin(), long_run.end());
+    return extra;
+  };
+  const TrainOptions cpu = Options("CPU", "curve_cpu", with({}));
+  const TrainOptions gpu = Options("CUDA", "curve_gpu", with({}));
+  const TrainOptions bf16 = Options("CUDA", "curve_bf16", with({"train.precision=BF16"}));
+  for (const TrainOptions* o : {&cpu, &gpu, &bf16}) {
+    StatusOr<TrainResult> r = Train(*o);
+    ASSERT_TRUE(r.ok()) << o->run_dir << ": " << r.status();
+    EXPECT_EQ(r->steps_done, 300);
+  }
+  const std::vector<double> ref = Losses(cpu), got = Losses(gpu);
+  ASSERT_EQ(ref.size(), 300u);
+  ASSERT_EQ(got.size(), 300u);
+  double worst = 0;
+  for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
+  EXPECT_LE(worst, 1e-3);
+  EXPECT_LT(ref.back(), ref.front() - 0.5);  // it learned
+  EXPECT_NEAR(Losses(bf16).back(), ref.back(), 1e-2 * ref.back());
 }
 
 // Checkpoints have one format: the first 10 steps on one device, the rest
@@ -129,7 +159,10 @@ TEST_F(TrainerCudaTest, AQuietStepReadsOnlyTheMoeCountsOnTheHost) {
   ASSERT_TRUE(r.ok()) << r.status();
   const int64_t micro_batches =
       o.config.train().global_batch_size() / o.config.train().micro_batch_size();
+  EXPECT_EQ(r->device, "CUDA:0");
   EXPECT_EQ(r->quiet_step_host_reads, o.config.model().num_layers() * micro_batches);
+  // A steady-state step calls cudaMalloc/cudaFree zero times.
+  EXPECT_EQ(r->quiet_step_system_allocs, 0);
 }
 
 }  // namespace

@@ -215,6 +215,8 @@ TEST_F(TrainerTest, AQuietStepReadsOnlyTheMoeCountsOnTheHost) {
       cfg.train().global_batch_size() / cfg.train().micro_batch_size();
   ASSERT_EQ(moe_layers * micro_batches, 4);
   EXPECT_EQ(r->quiet_step_host_reads, moe_layers * micro_batches);
+  EXPECT_EQ(r->device, "CPU");
+  EXPECT_EQ(r->quiet_step_system_allocs, 0);  // the allocator's cache serves the step
 }
 
 // SKIP skipped without limit and ended with exit 0 and a NaN loss; it stops
