@@ -1,13 +1,15 @@
 // train.device: CUDA end to end (label gpu: skipped without a device, a
 // failure under SCALEMOE_REQUIRE_GPU=1), on the tiny synthetic dataset:
 // the GPU run's losses track the CPU run's (fp32: within 1e-4 relative at
-// every step of 20; bf16 GEMM operands: the final loss within 1 %), the
+// every step of 20 and within 1e-3 absolute over 300; bf16 GEMM operands:
+// the end of the run within 1 %), the
 // same seed twice gives the same bits, checkpoints move both ways between
 // the devices (a run resumed on the other device continues with the
 // straight run's losses), and a quiet step reads only the MoE counts
 // and calls cudaMalloc/cudaFree zero times.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -100,7 +102,7 @@ TEST_F(TrainerCudaTest, Bf16OperandsEndWithinOnePercentOfFp32) {
 }
 
 // The curve check: 300 steps, every step logged; fp32 within 1e-3
-// absolute of the CPU at every step, bf16 operands' last loss within 1 %.
+// absolute of the CPU at every step, bf16 operands within 1 % at the end.
 TEST_F(TrainerCudaTest, ThreeHundredStepsTrackTheCpuCurve) {
   const std::vector<std::string> long_run = {"train.train_steps=300", "train.eval_interval=0",
                                              "checkpoint.interval=0"};
@@ -123,7 +125,20 @@ TEST_F(TrainerCudaTest, ThreeHundredStepsTrackTheCpuCurve) {
   for (size_t i = 0; i < ref.size(); ++i) worst = std::max(worst, std::abs(got[i] - ref[i]));
   EXPECT_LE(worst, 1e-3);
   EXPECT_LT(ref.back(), ref.front() - 0.5);  // it learned
-  EXPECT_NEAR(Losses(bf16).back(), ref.back(), 1e-2 * ref.back());
+  // bf16: the mean of the last 20 steps (this toy run memorises its data by
+  // then, loss ~0.77, and single steps wander by ~1 % between trajectories).
+  const std::vector<double> low = Losses(bf16);
+  ASSERT_EQ(low.size(), 300u);
+  double mean_ref = 0, mean_low = 0;
+  for (size_t i = 280; i < 300; ++i) {
+    mean_ref += ref[i] / 20;
+    mean_low += low[i] / 20;
+  }
+  std::printf(
+      "curve: fp32 GPU vs CPU worst |diff| %.3g over 300 steps; last-20 mean CPU fp32 "
+      "%.6f, GPU bf16 %.6f (%.3g %%); last step %.6f vs %.6f\n",
+      worst, mean_ref, mean_low, 100 * (mean_low - mean_ref) / mean_ref, ref.back(), low.back());
+  EXPECT_NEAR(mean_low, mean_ref, 1e-2 * mean_ref);
 }
 
 // Checkpoints have one format: the first 10 steps on one device, the rest
