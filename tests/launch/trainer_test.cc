@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "checkpoint/checkpoint.h"
+#include "core/context.h"
 #include "data/token_loader.h"
 #include "gtest/gtest.h"
 #include "launch/commands.h"
@@ -319,6 +320,17 @@ TEST_F(TrainerTest, MissingDatasetNamesTheDirectory) {
   StatusOr<TrainResult> r = Train(o);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(std::string(r.status().message()).find("/nonexistent/ds"), std::string::npos);
+}
+
+// train.device CUDA where no GPU is visible: a clear error naming the field
+// and the fixes, nothing trained (launch_trainer_cuda_test covers a GPU).
+TEST_F(TrainerTest, CudaWithoutAGpuIsAClearError) {
+  if (ExecContext::CudaDeviceCount() > 0) GTEST_SKIP() << "a GPU is visible here";
+  StatusOr<TrainResult> r = Train(Options(TinyConfig({"train.device=CUDA"}), "no_gpu"));
+  ASSERT_FALSE(r.ok());
+  const std::string message(r.status().message());
+  EXPECT_NE(message.find("train.device=CUDA"), std::string::npos) << message;
+  EXPECT_NE(message.find("set train.device: CPU"), std::string::npos) << message;
 }
 
 }  // namespace
