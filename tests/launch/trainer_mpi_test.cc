@@ -4,10 +4,18 @@
 // saved on one layout resumes on another (resharding) and continues the
 // uninterrupted single-rank run. Registered for 2 and 4 ranks; each world
 // size runs the layouts that fit it.
+//
+// With SCALEMOE_TEST_DEVICE=CUDA (CTest's launch_trainer_mpi2_cuda_test,
+// label gpu) every run, the single-rank reference included, trains on the
+// GPU: the ranks share it and their collectives stage device buffers through
+// the host (MPI), so every layout's GPU code path runs on one GPU.
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <vector>
 
+#include "core/context.h"
 #include "gtest/gtest.h"
 #include "launch/config.h"
 #include "launch/metrics.h"
@@ -38,8 +46,19 @@ config::RunConfig Config(const std::vector<std::string>& layout) {
       "train.train_steps=" + std::to_string(kSteps), "checkpoint.interval=10",
       "train.global_batch_size=" + std::to_string(2 * WorldSize()), "train.eval_interval=10",
       "scale_vectors.placement=DUAL"};
+  if (const char* device = std::getenv("SCALEMOE_TEST_DEVICE")) {
+    extra.push_back(std::string("train.device=") + device);
+  }
   extra.insert(extra.end(), layout.begin(), layout.end());
   return testing::TinyTrainingConfig(JobRoot(), extra);
+}
+
+// SCALEMOE_TEST_DEVICE=CUDA on a machine without a GPU: every test skips
+// (fails under SCALEMOE_REQUIRE_GPU=1).
+bool MissingGpu() {
+  const char* device = std::getenv("SCALEMOE_TEST_DEVICE");
+  return device != nullptr && std::strcmp(device, "CUDA") == 0 &&
+         ExecContext::CudaDeviceCount() == 0;
 }
 
 StatusOr<TrainResult> TrainOn(const config::RunConfig& cfg, const std::string& name,
@@ -54,6 +73,7 @@ class TrainerMpiTest : public ::testing::Test {
  protected:
   // Rank 0 prepares the data and runs the single-rank reference once.
   static void SetUpTestSuite() {
+    if (MissingGpu()) return;
     if (WorldRank() == 0) {
       fs::remove_all(JobRoot());
       Status made = testing::MakeTinyDataset(JobRoot());
@@ -66,6 +86,12 @@ class TrainerMpiTest : public ::testing::Test {
   static void TearDownTestSuite() {
     testing::WorldBarrier();
     if (WorldRank() == 0) fs::remove_all(JobRoot());
+  }
+  void SetUp() override {
+    if (!MissingGpu()) return;
+    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
+    if (require != nullptr && std::strcmp(require, "1") == 0) FAIL() << "no CUDA device";
+    GTEST_SKIP() << "SCALEMOE_TEST_DEVICE=CUDA but no CUDA device here: gpu test skipped";
   }
 
   // Rank 0 checks run `name` against a reference run: losses of every step,
