@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# A gpu test that finds no device fails here instead of skipping.
+export SCALEMOE_REQUIRE_GPU=1
 extra=()
 if [ -n "${1:-}" ]; then
   prefix=$(realpath "$1")
