@@ -7,7 +7,9 @@
 # of every kind with transformers), then trains a tiny model on a generated
 # corpus (on one rank, and on two with tensor, sequence and expert-tensor
 # parallelism), exports each checkpoint and loads it with transformers
-# (scripts/hf_load_check.py; and numpy) against the trainer's loss.
+# (scripts/hf_load_check.py; and numpy) against the trainer's loss. Ends
+# with a short table: tests passed, gpu-labelled ones passed, the 300-step
+# GPU-vs-CPU curve figures, and the exports' distance to transformers.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
 #   no Abseil, e.g. .device/absl/usr
@@ -27,6 +29,9 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
 cmake --build "$build" -j"$(nproc)" 2>&1 | grep -E "warning|error" || true
 status=0
 ctest --test-dir "$build" -LE "network|multinode|slurm" --output-on-failure -j8 > "$build/ctest.log" 2>&1 || status=1
+# Every test's whole output (passing ones too), before another ctest call
+# overwrites it: the summary reads the figures the tests print.
+cp "$build/Testing/Temporary/LastTest.log" "$build/ctest_all_output.log"
 grep -E "tests passed|\(Failed\)|\(Skipped\)|Not Run" "$build/ctest.log" || true
 if grep -q "export_hf_transformers_test.*Skipped" "$build/ctest.log"; then
   echo "export_hf_transformers_test skipped: no python3 with torch and transformers here" >&2
@@ -54,7 +59,8 @@ tiny=(--config configs/tiny_cpu.textproto --quiet
 "$build/scalemoe" train "${tiny[@]}" --run-dir "$work/run" | tail -1
 "$build/scalemoe" export --checkpoint "$work/run/checkpoints/step_20" --out "$work/export" \
   --tokenizer "$work/tokenizer"
-python3 scripts/hf_load_check.py "$work/export" --scalemoe "$build/scalemoe" || status=1
+python3 scripts/hf_load_check.py "$work/export" --scalemoe "$build/scalemoe" | tee "$work/hf_one_rank.json" ||
+  status=1
 python3 scripts/export_check.py "$work/export" | cut -c1-120 || status=1
 # The same on 2 ranks, TP2 + SP + ETP2: the sharded checkpoint exports to the
 # same kind of plain model.
@@ -62,5 +68,27 @@ mpirun -np 2 --oversubscribe "$build/scalemoe" train "${tiny[@]}" --run-dir "$wo
   --set parallel.tp=2 --set parallel.sequence_parallel=true --set parallel.etp=2 | tail -1
 "$build/scalemoe" export --checkpoint "$work/run_tp/checkpoints/step_20" --out "$work/export_tp" \
   --tokenizer "$work/tokenizer"
-python3 scripts/hf_load_check.py "$work/export_tp" || status=1
+python3 scripts/hf_load_check.py "$work/export_tp" | tee "$work/hf_tp.json" || status=1
+
+# The short table: what passed, and the figures the GPU tests printed.
+abs_diff() {
+  python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["abs_diff"])' \
+    "$1" 2>/dev/null || echo "n/a"
+}
+gpu_tests=$(ctest --test-dir "$build" -N -L gpu | grep -oE "Test +#[0-9]+: [a-z0-9_]+" | awk '{print $NF}' || true)
+gpu_passed=0
+gpu_total=0
+for t in $gpu_tests; do
+  gpu_total=$((gpu_total + 1))
+  if grep -qE "Test +#[0-9]+: $t \.+ +Passed" "$build/ctest.log"; then gpu_passed=$((gpu_passed + 1)); fi
+done
+echo
+echo "== gpu_check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1))"
+printf '%-46s %s\n' "tests (all but network/multinode/slurm)" \
+  "$(grep -oE '[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+' "$build/ctest.log")"
+printf '%-46s %s\n' "gpu-labelled tests passed" "$gpu_passed of $gpu_total"
+printf '%-46s %s\n' "300-step curve, GPU vs CPU" \
+  "$(grep -h -oE 'curve: .*' "$build/ctest_all_output.log" | head -1 | cut -c8-)"
+printf '%-46s %s\n' "export, one rank: |transformers - trainer|" "$(abs_diff "$work/hf_one_rank.json")"
+printf '%-46s %s\n' "export, TP2+SP+ETP2: |transformers - trainer|" "$(abs_diff "$work/hf_tp.json")"
 exit $status
