@@ -3,6 +3,8 @@
 // on CUDA without the backend built) records an Unimplemented error on the
 // context naming the op and the device, and does nothing; callers see it at
 // their next ctx.status() check. Never a silent host fallback.
+#include "core/ops_dispatch.h"
+
 #include <limits>
 
 #include "absl/strings/str_cat.h"
@@ -13,10 +15,8 @@
 #endif
 
 namespace scalemoe::ops {
-namespace {
 
-template <typename R>
-R Unimplemented(const ExecContext& ctx, const char* op) {
+void RecordUnimplemented(const ExecContext& ctx, const char* op) {
   ctx.Fail(absl::UnimplementedError(absl::StrCat(
       "op ", op, " has no implementation for ", DeviceName(ctx.device()), ":",
       ctx.device_ordinal(),
@@ -26,6 +26,13 @@ R Unimplemented(const ExecContext& ctx, const char* op) {
       ": scalemoe was built without the CUDA backend (rebuild where nvcc is found)"
 #endif
       )));
+}
+
+namespace {
+
+template <typename R>
+R Unimplemented(const ExecContext& ctx, const char* op) {
+  RecordUnimplemented(ctx, op);
   if constexpr (std::is_same_v<R, double>) return std::numeric_limits<double>::quiet_NaN();
 }
 
