@@ -15,8 +15,8 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "core/context.h"
-#include "core/cuda/philox_fill.h"
 #include "core/ops.h"
 
 namespace scalemoe {
@@ -35,49 +35,16 @@ constexpr BenchCase kCases[] = {
 
 constexpr int kWarmup = 3, kInner = 4, kSamples = 15;
 
-void Check(const Status& st, const char* what) {
-  if (st.ok()) return;
-  std::fprintf(stderr, "cuda_attention_bench: %s: %s\n", what, st.ToString().c_str());
-  std::exit(1);
-}
-
-void CheckCuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  std::fprintf(stderr, "cuda_attention_bench: %s: %s\n", what, cudaGetErrorString(err));
-  std::exit(1);
-}
+using bench::Check;
 
 Tensor Random(const ExecContext& ctx, const Shape& shape, DType dtype, uint64_t stream) {
-  Tensor f32 = ctx.Empty(shape, DType::kF32);
-  Check(cuda::PhiloxNormalFill(f32.data<float>(), f32.numel(), 2024, stream, 0, 1.0, ctx.stream()),
-        "PhiloxNormalFill");
-  if (dtype == DType::kF32) return f32;
-  Tensor out = ctx.Empty(shape, dtype);
-  ops::Copy(ctx, f32, out);
-  return out;
+  return bench::RandomDevice(ctx, shape, dtype, stream, 1.0);
 }
 
 template <typename F>
 double Time(const ExecContext& ctx, F&& call) {
-  for (int i = 0; i < kWarmup; ++i) call();
-  Check(ctx.Synchronize(), "warm-up");
-  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
-  cudaEvent_t start, stop;
-  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
-  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
-  std::vector<float> ms(kSamples);
-  for (float& sample : ms) {
-    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
-    for (int i = 0; i < kInner; ++i) call();
-    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
-    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    CheckCuda(cudaEventElapsedTime(&sample, start, stop), "cudaEventElapsedTime");
-  }
-  CheckCuda(cudaEventDestroy(start), "cudaEventDestroy");
-  CheckCuda(cudaEventDestroy(stop), "cudaEventDestroy");
-  Check(ctx.status(), "CausalAttention");
-  std::sort(ms.begin(), ms.end());
-  return ms[kSamples / 2] / kInner;
+  return bench::MedianMsPerCall(
+      ctx, kWarmup, kInner, kSamples, [&](int) { call(); }, "CausalAttention");
 }
 
 int Main() {

@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "core/context.h"
-#include "core/cuda/philox_fill.h"
 #include "core/ops.h"
 #include "launch/config.h"
 #include "model/model.h"
@@ -33,16 +33,7 @@ namespace {
 
 constexpr int kWarmup = 2, kSamples = 9;
 
-void Check(const Status& st, const char* what) {
-  if (st.ok()) return;
-  std::fprintf(stderr, "cuda_fold_bench: %s: %s\n", what, st.ToString().c_str());
-  std::exit(1);
-}
-void CheckCuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  std::fprintf(stderr, "cuda_fold_bench: %s: %s\n", what, cudaGetErrorString(err));
-  std::exit(1);
-}
+using bench::Check;
 
 struct Fold {
   Tensor w, u, gamma, folded, out;  // master f32, vectors f32, f32 temp, bf16 W_eff
@@ -62,14 +53,9 @@ void RunConfig(const ExecContext& ctx, const std::string& path) {
         continue;
       }
       Fold f;
-      f.w = ctx.Empty(s.shape, DType::kF32);
-      f.u = ctx.Empty({s.shape[0]}, DType::kF32);
-      f.gamma = ctx.Empty({s.shape[1]}, DType::kF32);
-      for (const Tensor* t : {&f.w, &f.u, &f.gamma}) {
-        Check(cuda::PhiloxNormalFill(t->data<float>(), t->numel(), 7, ++stream, 0, 0.02,
-                                     ctx.stream()),
-              "PhiloxNormalFill");
-      }
+      f.w = bench::RandomDevice(ctx, s.shape, DType::kF32, ++stream, 0.02);
+      f.u = bench::RandomDevice(ctx, {s.shape[0]}, DType::kF32, ++stream, 0.02);
+      f.gamma = bench::RandomDevice(ctx, {s.shape[1]}, DType::kF32, ++stream, 0.02);
       f.folded = ctx.Empty(s.shape, DType::kF32);
       f.out = ctx.Empty(s.shape, DType::kBF16);
       params += f.w.numel();
@@ -83,34 +69,18 @@ void RunConfig(const ExecContext& ctx, const std::string& path) {
       ops::Copy(ctx, f.folded, f.out);
     }
   };
-  for (int i = 0; i < kWarmup; ++i) sweep();
-  Check(ctx.Synchronize(), "warm-up");
-  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
-  cudaEvent_t start, stop;
-  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
-  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
-  std::vector<float> ms(kSamples);
-  for (float& sample : ms) {
-    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
-    sweep();
-    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
-    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    CheckCuda(cudaEventElapsedTime(&sample, start, stop), "cudaEventElapsedTime");
-  }
-  CheckCuda(cudaEventDestroy(start), "cudaEventDestroy");
-  CheckCuda(cudaEventDestroy(stop), "cudaEventDestroy");
-  Check(ctx.status(), "fold");
-  std::sort(ms.begin(), ms.end());
+  const double sweep_ms = bench::MedianMsPerCall(
+      ctx, kWarmup, /*inner=*/1, kSamples, [&](int) { sweep(); }, "fold");
   ParamRegistry registry;
   MoeTransformer model(registry, *cfg);
   const double tokens =
       static_cast<double>(cfg->train().micro_batch_size()) * cfg->model().seq_length();
   // Bytes moved per sweep: read W (4), write and read the f32 temp (8),
   // write bf16 (2).
-  const double gbps = 14.0 * static_cast<double>(params) / (ms[kSamples / 2] * 1e-3) / 1e9;
+  const double gbps = 14.0 * static_cast<double>(params) / (sweep_ms * 1e-3) / 1e9;
   std::printf("%s\t%lld\t%.3f\t%.3f\t%.3f\t%.0f\t%.4g\n", path.c_str(),
               static_cast<long long>(params), 2.0 * params / (1 << 30), 2.0 * largest / (1 << 30),
-              ms[kSamples / 2], gbps, model.Counts().train_flops_per_token * tokens);
+              sweep_ms, gbps, model.Counts().train_flops_per_token * tokens);
   std::fflush(stdout);
   folds.clear();
   ctx.allocator().ReleaseCache();

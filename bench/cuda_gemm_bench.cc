@@ -25,8 +25,8 @@
 #include <string>
 #include <vector>
 
+#include "bench/cuda_bench_util.h"
 #include "core/context.h"
-#include "core/cuda/philox_fill.h"
 #include "core/ops.h"
 
 namespace scalemoe {
@@ -61,31 +61,8 @@ const char* FormName(Form f) {
   return f == Form::kFwd ? "fwd" : f == Form::kDgrad ? "dgrad" : "wgrad";
 }
 
-void Check(const Status& st, const char* what) {
-  if (st.ok()) return;
-  std::fprintf(stderr, "cuda_gemm_bench: %s: %s\n", what, st.ToString().c_str());
-  std::exit(1);
-}
-
-void CheckCuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return;
-  std::fprintf(stderr, "cuda_gemm_bench: %s: %s\n", what, cudaGetErrorString(err));
-  std::exit(1);
-}
-
-// A device tensor of N(0, stddev²) values drawn on the device (f32, then
-// rounded for bf16).
-Tensor Random(const ExecContext& ctx, const Shape& shape, DType dtype, uint64_t stream,
-              double stddev) {
-  Tensor f32 = ctx.Empty(shape, DType::kF32);
-  Check(cuda::PhiloxNormalFill(f32.data<float>(), f32.numel(), 2024, stream, 0, stddev,
-                               ctx.stream()),
-        "PhiloxNormalFill");
-  if (dtype == DType::kF32) return f32;
-  Tensor out = ctx.Empty(shape, dtype);
-  ops::Copy(ctx, f32, out);
-  return out;
-}
+using bench::Check;
+using bench::RandomDevice;
 
 struct Set {
   Tensor x, w, y, dx, dw;  // y doubles as dy
@@ -100,11 +77,11 @@ double TimeCase(const ExecContext& ctx, const BenchCase& bc, DType dtype, Form f
   for (int s = 0; s < kSets; ++s) {
     Set set;
     const uint64_t base = 100 * static_cast<uint64_t>(s);
-    set.x = Random(ctx, shape(bc.tokens, bc.in), dtype, base + 1, 1.0);
-    set.w = Random(ctx, shape(bc.out, bc.in), dtype, base + 2, 0.02);
-    set.y = Random(ctx, shape(bc.tokens, bc.out), dtype, base + 3, 1.0);
+    set.x = RandomDevice(ctx, shape(bc.tokens, bc.in), dtype, base + 1, 1.0);
+    set.w = RandomDevice(ctx, shape(bc.out, bc.in), dtype, base + 2, 0.02);
+    set.y = RandomDevice(ctx, shape(bc.tokens, bc.out), dtype, base + 3, 1.0);
     set.dx = ctx.Empty(shape(bc.tokens, bc.in), dtype);
-    set.dw = Random(ctx, shape(bc.out, bc.in), DType::kF32, base + 4, 1.0);  // f32 grads
+    set.dw = RandomDevice(ctx, shape(bc.out, bc.in), DType::kF32, base + 4, 1.0);  // f32 grads
     sets.push_back(std::move(set));
   }
   auto call = [&](int i) {
@@ -117,25 +94,7 @@ double TimeCase(const ExecContext& ctx, const BenchCase& bc, DType dtype, Form f
         break;
     }
   };
-  for (int i = 0; i < kWarmup; ++i) call(i);
-  Check(ctx.Synchronize(), "warm-up");
-  const cudaStream_t stream = static_cast<cudaStream_t>(ctx.stream());
-  cudaEvent_t start, stop;
-  CheckCuda(cudaEventCreate(&start), "cudaEventCreate");
-  CheckCuda(cudaEventCreate(&stop), "cudaEventCreate");
-  std::vector<float> ms(kSamples);
-  for (int sample = 0; sample < kSamples; ++sample) {
-    CheckCuda(cudaEventRecord(start, stream), "cudaEventRecord");
-    for (int i = 0; i < kInner; ++i) call(sample * kInner + i);
-    CheckCuda(cudaEventRecord(stop, stream), "cudaEventRecord");
-    CheckCuda(cudaEventSynchronize(stop), "cudaEventSynchronize");
-    CheckCuda(cudaEventElapsedTime(&ms[sample], start, stop), "cudaEventElapsedTime");
-  }
-  CheckCuda(cudaEventDestroy(start), "cudaEventDestroy");
-  CheckCuda(cudaEventDestroy(stop), "cudaEventDestroy");
-  Check(ctx.status(), "Gemm");
-  std::sort(ms.begin(), ms.end());
-  return ms[kSamples / 2] / kInner;
+  return bench::MedianMsPerCall(ctx, kWarmup, kInner, kSamples, call, "Gemm");
 }
 
 int Main(int argc, char** argv) {
