@@ -19,18 +19,12 @@ namespace {
 using testing::BitwiseEqual;
 using testing::CudaOpTest;
 using testing::ExpectParity;
+using testing::F64;
 using testing::ParityTolerance;
 using testing::RandomHost;
 using testing::ReferenceInput;
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
-
-Tensor F64(const Tensor& host) {
-  if (host.dtype() == DType::kF64) return host;
-  Tensor out = Tensor::Empty(host.shape(), DType::kF64);
-  out.CopyFrom(host);
-  return out;
-}
 
 // n int32 ids uniform in [lo, hi) (Philox), with ids[0] = lo and
 // ids[n − 1] = hi − 1 (the range's ends).

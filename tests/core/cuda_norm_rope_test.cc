@@ -16,19 +16,11 @@ namespace {
 
 using testing::CudaOpTest;
 using testing::ExpectParity;
+using testing::F64;
 using testing::ParityTolerance;
 using testing::RandomHost;
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
-
-// The CPU reference's input: f64 (the reference then measures the GPU's
-// error alone; bf16 values are exact in f64).
-Tensor F64(const Tensor& host) {
-  if (host.dtype() == DType::kF64) return host;
-  Tensor out = Tensor::Empty(host.shape(), DType::kF64);
-  out.CopyFrom(host);
-  return out;
-}
 
 // rstd's dtype on the GPU: x's, f32 for bf16.
 DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }

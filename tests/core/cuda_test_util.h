@@ -58,6 +58,15 @@ inline Tensor ReferenceInput(const Tensor& host) {
   return out;
 }
 
+// An f64 copy of host tensor `host` (itself when already f64): a reference
+// input that measures the GPU's error alone (bf16 values are exact in f64).
+inline Tensor F64(const Tensor& host) {
+  if (host.dtype() == DType::kF64) return host;
+  Tensor out = Tensor::Empty(host.shape(), DType::kF64);
+  out.CopyFrom(host);
+  return out;
+}
+
 inline Tensor HostCopy(const Tensor& t) { return t.defined() ? t.Clone() : t; }
 
 inline double MaxAbs(const Tensor& host) {
