@@ -15,6 +15,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/context.h"
 #include "core/tensor.h"
@@ -43,6 +44,43 @@ struct GemmOptions {
 // f32 math (CUBLAS_COMPUTE_32F, never TF32), its algorithm cached per shape.
 void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& c,
           const GemmOptions& options = {});
+
+// Grouped GEMMs: the expert FFNs of one MoE layer, every local expert in one
+// launch per matrix. Group g owns the rows [offsets[g], offsets[g+1]) of the
+// row-stacked activations (the permuter groups rows by expert); offsets is
+// int64 [G+1] on the context's device, non-decreasing, read by the kernels
+// (no host loop over groups, no host read). Each group has its own matrix:
+// a MatrixGroup holds G tensors of one shape and dtype (the experts'
+// weights or their gradients) and a device table of their addresses, built
+// once by MakeMatrixGroup and kept while the tensors stay put.
+// Dtypes as Gemm: f32, f64, bf16 inputs; c of the inputs' dtype or f32 for
+// bf16 inputs. Accumulation in f32 (f64 for f64), fixed order: the same bits
+// on every run. Contiguous tensors. CUDA: tensor cores (bf16, WMMA) where
+// the feature dims are multiples of 8, else an exact f32 SIMT kernel.
+struct MatrixGroup {
+  std::vector<Tensor> matrices;  // G tensors [rows, cols] (kept alive here)
+  Tensor addresses;              // int64 [G]: their data pointers, on the device
+  int64_t rows = 0, cols = 0;
+  DType dtype = DType::kF32;
+  int64_t size() const { return static_cast<int64_t>(matrices.size()); }
+};
+// The group of `matrices` (same shape, dtype and device as the context).
+MatrixGroup MakeMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices);
+
+struct GroupedGemmOptions {
+  Trans trans_b = Trans::kYes;
+  double beta = 0.0;  // 0: overwrite c's rows; 1: accumulate into them
+};
+// c[rows_g] = a[rows_g] @ op(b_g) + beta * c[rows_g] for every group g:
+// a [M, K], b_g [N, K] with trans_b (the forward x·Wᵀ) or [K, N] without (the
+// backward's d_x = d_y·W), c [M, N]. Rows outside every group are untouched.
+void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
+                 const Tensor& offsets, const Tensor& c, const GroupedGemmOptions& options);
+// c_g = a[rows_g]ᵀ @ b[rows_g] + beta * c_g for every group g: a [M, N],
+// b [M, K], c_g [N, K] (the weight gradients dW_g += d_y_gᵀ·x_g; a group
+// without rows gets beta * c_g).
+void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                           const Tensor& offsets, const MatrixGroup& c, double beta);
 
 // ---------------------------------------------------------------- elementwise
 

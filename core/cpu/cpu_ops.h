@@ -8,6 +8,8 @@
 
 namespace scalemoe::cpu {
 using ops::GemmOptions;
+using ops::GroupedGemmOptions;
+using ops::MatrixGroup;
 using ops::ScoreFunction;
 using ops::Trans;
 #define SM_DECLARE_OP(R, NAME, PARAMS, ARGS, CUDA) R NAME PARAMS;

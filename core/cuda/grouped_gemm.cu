@@ -1,0 +1,454 @@
+// Grouped GEMMs on the GPU (core/ops.h): every group (expert) of one matrix
+// in one launch, the group boundaries read from the device offsets.
+//
+// Both ops are one generic tiled product per group, C_g = A_g · B_g:
+// - GroupedGemm: A_g = the group's rows of a [M, K], B_g = its matrix (or
+//   its transpose), C_g = the same rows of c. The grid's y runs over row
+//   tiles of every group (at most ceil(M / tile) + G of them); a block finds
+//   its group by a prefix over the offsets and exits if it has none.
+// - GroupedGemmWeightGrad: A_g = (the group's rows of a)ᵀ, B_g = the same
+//   rows of b, C_g = the group's output matrix; grid z = the group, the
+//   reduction runs over the group's rows.
+// Kernels: bf16 inputs on tensor cores (WMMA 16x16x16, f32 accumulators,
+// 128x128x32 tiles, cp.async double buffering) when every contiguous dim is
+// a multiple of 8 and every pointer 16-byte aligned; otherwise (f32, f64,
+// odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
+// same bits on every run.
+#include <mma.h>
+
+#include <type_traits>
+
+#include "core/cuda/cuda_ops.h"
+#include "core/cuda/kernel_util.cuh"
+
+namespace scalemoe::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+
+// One launch's operands. An operand element (outer, inner) lives at
+// base[outer * ld + inner]: inner is the contiguous dim.
+struct Problem {
+  const void* a = nullptr;  // row-stacked: group g's rows start at offsets[g]
+  int64_t lda = 0;
+  const void* b = nullptr;  // weight grad: row-stacked like a
+  int64_t ldb = 0;
+  const int64_t* b_table = nullptr;  // GroupedGemm: the groups' matrices
+  void* c = nullptr;                 // GroupedGemm: row-stacked like a
+  int64_t ldc = 0;
+  const int64_t* c_table = nullptr;  // weight grad: the groups' outputs
+  const int64_t* offsets = nullptr;  // [groups + 1]
+  int groups = 0;
+  int64_t m = 0;  // weight grad: rows of every C_g
+  int64_t n = 0;  // columns of C
+  int64_t k = 0;  // GroupedGemm: the reduction length
+  float beta = 0.0f;
+};
+
+// The part of the product one block computes: rows [m0, m0 + tile) of C_g
+// (below m_lim), columns from blockIdx.x, the reduction over [0, k_len).
+template <typename T, typename OutT>
+struct BlockWork {
+  bool valid = false;
+  const T* a = nullptr;
+  const T* b = nullptr;
+  OutT* c = nullptr;
+  int64_t m0 = 0, m_lim = 0, k_len = 0;
+};
+
+template <typename T, typename OutT, bool kWeightGrad>
+__device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
+  BlockWork<T, OutT> w;
+  if constexpr (kWeightGrad) {
+    const int g = blockIdx.z;
+    const int64_t r0 = p.offsets[g];
+    w.valid = true;
+    w.a = static_cast<const T*>(p.a) + r0 * p.lda;
+    w.b = static_cast<const T*>(p.b) + r0 * p.ldb;
+    w.c = reinterpret_cast<OutT*>(p.c_table[g]);
+    w.m0 = static_cast<int64_t>(blockIdx.y) * tile_m;
+    w.m_lim = p.m;
+    w.k_len = p.offsets[g + 1] - r0;
+  } else {
+    // Row tile blockIdx.y of the concatenation of every group's row tiles.
+    int64_t first_tile = 0;
+    for (int g = 0; g < p.groups; ++g) {
+      const int64_t r0 = p.offsets[g], rows = p.offsets[g + 1] - r0;
+      const int64_t tiles = (rows + tile_m - 1) / tile_m;
+      if (blockIdx.y < first_tile + tiles) {
+        w.valid = true;
+        w.a = static_cast<const T*>(p.a) + r0 * p.lda;
+        w.b = reinterpret_cast<const T*>(p.b_table[g]);
+        w.c = static_cast<OutT*>(p.c) + r0 * p.ldc;
+        w.m0 = (blockIdx.y - first_tile) * tile_m;
+        w.m_lim = rows;
+        w.k_len = p.k;
+        return w;
+      }
+      first_tile += tiles;
+    }
+  }
+  return w;
+}
+
+// c = acc + beta * c, rounded to OutT.
+template <typename OutT, typename A>
+__device__ __forceinline__ void StoreOut(OutT* dst, A acc, float beta) {
+  A v = acc;
+  if (beta != 0.0f) v += static_cast<A>(beta) * static_cast<A>(ToAcc(*dst));
+  *dst = FromAcc<OutT>(static_cast<Acc<OutT>>(v));
+}
+
+// ---------------------------------------------------------------- SIMT kernel
+
+constexpr int kSimtTile = 64, kSimtK = 16, kSimtThreads = 256;
+
+// kAKMajor: A(m, k) at a[m * lda + k] (else a[k * lda + m]); kBKMajor:
+// B(k, n) at b[n * ldb + k] (else b[k * ldb + n]).
+template <typename T, typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
+__global__ void __launch_bounds__(kSimtThreads) GroupedGemmSimtKernel(Problem p) {
+  using A = Acc<T>;
+  const BlockWork<T, OutT> w = FindWork<T, OutT, kWeightGrad>(p, kSimtTile);
+  if (!w.valid) return;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kSimtTile;
+  __shared__ A as[kSimtK][kSimtTile];
+  __shared__ A bs[kSimtK][kSimtTile];
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  A acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < w.k_len; k0 += kSimtK) {
+    for (int e = threadIdx.x; e < kSimtTile * kSimtK; e += kSimtThreads) {
+      // The contiguous dim fastest across threads: coalesced reads.
+      const int mk = kAKMajor ? e / kSimtK : e % kSimtTile;
+      const int kk = kAKMajor ? e % kSimtK : e / kSimtTile;
+      const int64_t gm = w.m0 + mk, gk = k0 + kk;
+      A v = 0;
+      if (gm < w.m_lim && gk < w.k_len) {
+        v = ToAcc(kAKMajor ? w.a[gm * p.lda + gk] : w.a[gk * p.lda + gm]);
+      }
+      as[kk][mk] = v;
+      const int nb = kBKMajor ? e / kSimtK : e % kSimtTile;
+      const int kb = kBKMajor ? e % kSimtK : e / kSimtTile;
+      const int64_t gn = n0 + nb, gkb = k0 + kb;
+      A u = 0;
+      if (gn < p.n && gkb < w.k_len) {
+        u = ToAcc(kBKMajor ? w.b[gn * p.ldb + gkb] : w.b[gkb * p.ldb + gn]);
+      }
+      bs[kb][nb] = u;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kSimtK; ++kk) {
+      A av[4], bv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) av[i] = as[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) bv[j] = bs[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] += av[i] * bv[j];
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int64_t gm = w.m0 + ty + 16 * i;
+    if (gm >= w.m_lim) continue;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t gn = n0 + tx + 16 * j;
+      if (gn < p.n) StoreOut(w.c + gm * p.ldc + gn, acc[i][j], p.beta);
+    }
+  }
+}
+
+// ---------------------------------------------------------------- tensor-core kernel
+
+constexpr int kTile = 128, kTileK = 32, kPad = 8, kWmmaThreads = 256;
+constexpr int kOutLd = kTile + 4;  // f32 staging of the output tile
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+// An operand's tile in shared memory: kOuter x kInner elements (inner
+// contiguous, rows padded against bank conflicts), loaded 8 at a time; a
+// chunk past a limit is zero-filled (the limits of the inner dim are
+// multiples of 8, so a chunk is all in or all out).
+template <int kOuter, int kInner>
+struct SmemTile {
+  static constexpr int kLd = kInner + kPad;
+  static constexpr int kElems = kOuter * kLd;
+  __device__ static void Load(bf16* smem, const bf16* base, int64_t ld, int64_t outer0,
+                              int64_t inner0, int64_t outer_lim, int64_t inner_lim) {
+    constexpr int kChunksPerRow = kInner / 8;
+    for (int c = threadIdx.x; c < kOuter * kChunksPerRow; c += kWmmaThreads) {
+      const int o = c / kChunksPerRow, i = (c % kChunksPerRow) * 8;
+      const int64_t go = outer0 + o, gi = inner0 + i;
+      const bool valid = go < outer_lim && gi < inner_lim;
+      CpAsync16(smem + o * kLd + i, valid ? base + go * ld + gi : base, valid);
+    }
+  }
+};
+
+template <bool kAKMajor, bool kBKMajor>
+struct WmmaTiles {
+  // A: [m][k] when k is contiguous, else [k][m]; B: [n][k] or [k][n].
+  using ATile = std::conditional_t<kAKMajor, SmemTile<kTile, kTileK>, SmemTile<kTileK, kTile>>;
+  using BTile = std::conditional_t<kBKMajor, SmemTile<kTile, kTileK>, SmemTile<kTileK, kTile>>;
+  static constexpr int kStageBytes = (ATile::kElems + BTile::kElems) * 2;
+  static constexpr int kOutBytes = kTile * kOutLd * 4;  // reuses the stages' memory
+  static constexpr int kSmemBytes = 2 * kStageBytes > kOutBytes ? 2 * kStageBytes : kOutBytes;
+};
+
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
+__global__ void __launch_bounds__(kWmmaThreads) GroupedGemmWmmaKernel(Problem p) {
+  namespace wmma = nvcuda::wmma;
+  using Tiles = WmmaTiles<kAKMajor, kBKMajor>;
+  using ATile = typename Tiles::ATile;
+  using BTile = typename Tiles::BTile;
+  using ALayout = std::conditional_t<kAKMajor, wmma::row_major, wmma::col_major>;
+  using BLayout = std::conditional_t<kBKMajor, wmma::col_major, wmma::row_major>;
+  const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, kWeightGrad>(p, kTile);
+  if (!w.valid) return;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* stage_a[2] = {reinterpret_cast<bf16*>(smem),
+                      reinterpret_cast<bf16*>(smem + Tiles::kStageBytes)};
+  bf16* stage_b[2] = {stage_a[0] + ATile::kElems, stage_a[1] + ATile::kElems};
+  auto load = [&](int s, int64_t k0) {
+    if constexpr (kAKMajor) {
+      ATile::Load(stage_a[s], w.a, p.lda, w.m0, k0, w.m_lim, w.k_len);
+    } else {
+      ATile::Load(stage_a[s], w.a, p.lda, k0, w.m0, w.k_len, w.m_lim);
+    }
+    if constexpr (kBKMajor) {
+      BTile::Load(stage_b[s], w.b, p.ldb, n0, k0, p.n, w.k_len);
+    } else {
+      BTile::Load(stage_b[s], w.b, p.ldb, k0, n0, w.k_len, p.n);
+    }
+  };
+  // 8 warps as 2 x 4, each a 64 x 32 block of the tile: 4 x 2 fragments.
+  const int warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+  }
+  const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
+  if (k_tiles > 0) load(0, 0);
+  CpAsyncCommit();
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    const int s = static_cast<int>(t & 1);
+    if (t + 1 < k_tiles) load(s ^ 1, (t + 1) * kTileK);
+    CpAsyncCommit();
+    CpAsyncWait<1>();  // stage s has landed; the next one may be in flight
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kTileK; kk += 16) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, ALayout> af[4];
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, BLayout> bfr[2];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int m = wm * 64 + i * 16;
+        const bf16* src =
+            kAKMajor ? stage_a[s] + m * ATile::kLd + kk : stage_a[s] + kk * ATile::kLd + m;
+        wmma::load_matrix_sync(af[i], src, ATile::kLd);
+      }
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int n = wn * 32 + j * 16;
+        const bf16* src =
+            kBKMajor ? stage_b[s] + n * BTile::kLd + kk : stage_b[s] + kk * BTile::kLd + n;
+        wmma::load_matrix_sync(bfr[j], src, BTile::kLd);
+      }
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bfr[j], acc[i][j]);
+      }
+    }
+    __syncthreads();  // the next iteration's load overwrites this stage
+  }
+  CpAsyncWait<0>();
+  __syncthreads();
+  // Stage the f32 tile in shared memory, then write it with bounds and beta.
+  float* out = reinterpret_cast<float*>(smem);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wmma::store_matrix_sync(out + (wm * 64 + i * 16) * kOutLd + wn * 32 + j * 16, acc[i][j],
+                              kOutLd, wmma::mem_row_major);
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < kTile * kTile; e += kWmmaThreads) {
+    const int r = e / kTile, col = e % kTile;
+    const int64_t gm = w.m0 + r, gn = n0 + col;
+    if (gm < w.m_lim && gn < p.n) StoreOut(w.c + gm * p.ldc + gn, out[r * kOutLd + col], p.beta);
+  }
+}
+
+// ---------------------------------------------------------------- launch
+
+struct Launch {
+  dim3 grid;
+  bool tensor_cores = false;
+};
+
+template <typename T, typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
+void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op) {
+  if constexpr (std::is_same_v<T, bf16>) {
+    if (launch.tensor_cores) {
+      auto kernel = GroupedGemmWmmaKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
+      constexpr int kBytes = WmmaTiles<kAKMajor, kBKMajor>::kSmemBytes;
+      static const cudaError_t attr =
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+      SM_CHECK_CUDA_CALL(ctx, attr, op);
+      const dim3 grid((p.n + kTile - 1) / kTile, launch.grid.y, launch.grid.z);
+      kernel<<<grid, kWmmaThreads, kBytes, Stream(ctx)>>>(p);
+      SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWmmaKernel");
+      return;
+    }
+  }
+  const dim3 grid((p.n + kSimtTile - 1) / kSimtTile, launch.grid.y, launch.grid.z);
+  GroupedGemmSimtKernel<T, OutT, kAKMajor, kBKMajor, kWeightGrad>
+      <<<grid, kSimtThreads, 0, Stream(ctx)>>>(p);
+  SM_CHECK_LAUNCH(ctx, op, "GroupedGemmSimtKernel");
+}
+
+// Calls f(Tag<T>, Tag<OutT>) for the inputs' and the output's element types.
+template <typename F>
+void DispatchInOut(DType in, DType out, const char* op, F&& f) {
+  if (in == DType::kF32 && out == DType::kF32) return f(Tag<float>{}, Tag<float>{});
+  if (in == DType::kF64 && out == DType::kF64) return f(Tag<double>{}, Tag<double>{});
+  if (in == DType::kBF16 && out == DType::kBF16) return f(Tag<bf16>{}, Tag<bf16>{});
+  if (in == DType::kBF16 && out == DType::kF32) return f(Tag<bf16>{}, Tag<float>{});
+  SM_CHECK_MSG(false, op, ": inputs ", DTypeName(in), " with output ", DTypeName(out),
+               " (f32, f64, bf16 -> bf16 or f32)");
+}
+
+void CheckOffsets(const ExecContext& ctx, const Tensor& offsets, int64_t groups, const char* op) {
+  CheckOnDevice(ctx, offsets, op, "offsets");
+  SM_CHECK_MSG(
+      offsets.dtype() == DType::kI64 && offsets.ndim() == 1 && offsets.numel() == groups + 1, op,
+      ": offsets must be int64 [", groups + 1, "], got ", offsets.DebugString());
+}
+
+void CheckGroup(const ExecContext& ctx, const MatrixGroup& group, const char* op) {
+  SM_CHECK_MSG(group.addresses.numel() == group.size() &&
+                   (group.size() == 0 || group.addresses.device() == Device::kCUDA),
+               op, ": the matrix group's address table is not on the device (MakeMatrixGroup)");
+  for (const Tensor& m : group.matrices) CheckOnDevice(ctx, m, op, "group matrix");
+}
+
+// Tensor cores: bf16, contiguous dims multiples of 8, 16-byte aligned rows.
+bool TensorCoresFit(DType in, std::initializer_list<int64_t> inner_dims,
+                    std::initializer_list<const void*> ptrs, const MatrixGroup& group) {
+  if (in != DType::kBF16) return false;
+  for (int64_t d : inner_dims) {
+    if (d % 8 != 0) return false;
+  }
+  for (const Tensor& m : group.matrices) {
+    if (!Aligned16(m.raw_data())) return false;
+  }
+  return AllAligned16(ptrs);
+}
+
+}  // namespace
+
+void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
+                 const Tensor& offsets, const Tensor& c, const GroupedGemmOptions& o) {
+  const char* op = "GroupedGemm";
+  CheckOnDevice(ctx, a, op, "a");
+  CheckOnDevice(ctx, c, op, "c");
+  CheckGroup(ctx, b, op);
+  CheckOffsets(ctx, offsets, b.size(), op);
+  const bool trans = o.trans_b == Trans::kYes;
+  SM_CHECK_MSG(a.ndim() == 2 && c.ndim() == 2 && a.dim(0) == c.dim(0) &&
+                   (b.size() == 0 || (trans ? b.cols : b.rows) == a.dim(1)) &&
+                   (b.size() == 0 || (trans ? b.rows : b.cols) == c.dim(1)) &&
+                   (b.size() == 0 || b.dtype == a.dtype()),
+               op, ": a ", a.DebugString(), " x group of ", b.size(), " [", b.rows, ", ", b.cols,
+               "]", trans ? "ᵀ" : "", " -> c ", c.DebugString());
+  const int64_t m = a.dim(0), k = a.dim(1), n = c.dim(1);
+  if (b.size() == 0 || m == 0 || n == 0) return;
+  Problem p;
+  p.a = a.raw_data();
+  p.lda = k;
+  p.b_table = static_cast<const int64_t*>(b.addresses.raw_data());
+  p.ldb = trans ? k : n;
+  p.c = c.raw_data();
+  p.ldc = n;
+  p.offsets = static_cast<const int64_t*>(offsets.raw_data());
+  p.groups = static_cast<int>(b.size());
+  p.n = n;
+  p.k = k;
+  p.beta = static_cast<float>(o.beta);
+  const bool tc = TensorCoresFit(a.dtype(), {k, n}, {a.raw_data()}, b);
+  const int tile = tc ? kTile : kSimtTile;
+  // Every group's row tiles: at most ceil(M / tile) + G of them.
+  const int64_t row_tiles = (m + tile - 1) / tile + b.size();
+  SM_CHECK_MSG(row_tiles <= 65535, op, ": ", m, " rows in ", b.size(),
+               " groups exceed one launch's row tiles");
+  const Launch launch{dim3(1, static_cast<unsigned>(row_tiles), 1), tc};
+  DispatchInOut(a.dtype(), c.dtype(), op, [&](auto in, auto out) {
+    using T = typename decltype(in)::type;
+    using OutT = typename decltype(out)::type;
+    if (trans) {
+      Run<T, OutT, true, true, false>(ctx, p, launch, op);
+    } else {
+      Run<T, OutT, true, false, false>(ctx, p, launch, op);
+    }
+  });
+}
+
+void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                           const Tensor& offsets, const MatrixGroup& c, double beta) {
+  const char* op = "GroupedGemmWeightGrad";
+  CheckOnDevice(ctx, a, op, "a");
+  CheckOnDevice(ctx, b, op, "b");
+  CheckGroup(ctx, c, op);
+  CheckOffsets(ctx, offsets, c.size(), op);
+  SM_CHECK_MSG(a.ndim() == 2 && b.ndim() == 2 && a.dim(0) == b.dim(0) && a.dtype() == b.dtype() &&
+                   (c.size() == 0 || (c.rows == a.dim(1) && c.cols == b.dim(1))),
+               op, ": a ", a.DebugString(), "ᵀ x b ", b.DebugString(), " -> group of ", c.size(),
+               " [", c.rows, ", ", c.cols, "]");
+  const int64_t n_out = a.dim(1), k_out = b.dim(1);
+  if (c.size() == 0 || n_out == 0 || k_out == 0) return;
+  SM_CHECK_MSG(c.size() <= 65535, op, ": ", c.size(), " groups exceed one launch");
+  Problem p;
+  p.a = a.raw_data();
+  p.lda = n_out;
+  p.b = b.raw_data();
+  p.ldb = k_out;
+  p.c_table = static_cast<const int64_t*>(c.addresses.raw_data());
+  p.ldc = k_out;
+  p.offsets = static_cast<const int64_t*>(offsets.raw_data());
+  p.groups = static_cast<int>(c.size());
+  p.m = n_out;
+  p.n = k_out;
+  p.beta = static_cast<float>(beta);
+  const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, c);
+  const int tile = tc ? kTile : kSimtTile;
+  const Launch launch{
+      dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),
+      tc};
+  DispatchInOut(a.dtype(), c.dtype, op, [&](auto in, auto out) {
+    using T = typename decltype(in)::type;
+    using OutT = typename decltype(out)::type;
+    Run<T, OutT, false, false, true>(ctx, p, launch, op);
+  });
+}
+
+}  // namespace scalemoe::cuda

@@ -1,0 +1,199 @@
+// GPU test: the grouped GEMMs (ops::GroupedGemm, ops::GroupedGemmWeightGrad)
+// against the CPU reference on fresh Philox data: the forward x·W_gᵀ, the
+// backward d_y·W_g and the weight gradient d_y_gᵀ·x_g; f32 (exact SIMT),
+// f64, bf16 -> bf16 and bf16 -> f32 (tensor cores when the feature dims are
+// multiples of 8, the SIMT kernel when not); edge shapes: one row in all,
+// groups without rows (first, middle, last), row counts not a multiple of
+// either kernel's tile, 64 groups, rows outside every group (left
+// untouched), beta = 0 on NaN-poisoned outputs and beta = 1 accumulation.
+// References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
+// Every case also runs twice: the same bits.
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "tests/core/cuda_test_util.h"
+
+namespace scalemoe {
+namespace {
+
+using testing::BitwiseEqual;
+using testing::CudaOpTest;
+using testing::ExpectParity;
+using testing::F64;
+using testing::RandomHost;
+
+struct DTypes {
+  DType in, out;
+};
+constexpr DTypes kDTypes[] = {{DType::kF32, DType::kF32},
+                              {DType::kF64, DType::kF64},
+                              {DType::kBF16, DType::kBF16},
+                              {DType::kBF16, DType::kF32}};
+
+double Tolerance(DTypes d) {
+  if (d.in == DType::kBF16 && d.out == DType::kF32) return 1e-4;  // f32 accumulation only
+  return testing::ParityTolerance(d.out);
+}
+
+struct Case {
+  std::string name;
+  std::vector<int64_t> counts;  // rows per group
+  int64_t n, k;                 // feature dims
+  int64_t lead = 0, tail = 0;   // rows before the first group / after the last
+};
+
+std::vector<Case> Cases() {
+  std::vector<int64_t> many(64);
+  for (int g = 0; g < 64; ++g) many[g] = (g * 37) % 23;  // zeros among them
+  return {
+      {"one_row", {0, 1, 0}, 24, 16},
+      {"empty_groups", {0, 200, 0, 77, 0}, 64, 48},
+      {"not_tile_multiples", {129, 300, 65}, 136, 200},
+      {"odd_dims", {31, 0, 45}, 20, 13},
+      {"many_groups", many, 32, 40},
+      {"rows_outside", {50, 70}, 40, 24, 7, 9},
+  };
+}
+
+std::vector<int64_t> Offsets(const Case& c) {
+  std::vector<int64_t> off{c.lead};
+  for (int64_t n : c.counts) off.push_back(off.back() + n);
+  return off;
+}
+
+Tensor OffsetsTensor(const std::vector<int64_t>& off) {
+  Tensor t = Tensor::Empty({static_cast<int64_t>(off.size())}, DType::kI64);
+  for (size_t i = 0; i < off.size(); ++i) t.data<int64_t>()[i] = off[i];
+  return t;
+}
+
+class CudaGroupedGemmTest : public CudaOpTest {
+ protected:
+  // G random host matrices [rows, cols].
+  std::vector<Tensor> RandomMatrices(int64_t g, int64_t rows, int64_t cols, DType dtype,
+                                     uint64_t seed) {
+    std::vector<Tensor> out;
+    for (int64_t i = 0; i < g; ++i) out.push_back(RandomHost({rows, cols}, dtype, seed, 100 + i));
+    return out;
+  }
+  std::vector<Tensor> Devs(const std::vector<Tensor>& hosts) {
+    std::vector<Tensor> out;
+    for (const Tensor& h : hosts) out.push_back(Dev(h));
+    return out;
+  }
+  // The CPU reference's inputs: f64 copies (bf16 -> bf16: the CPU bf16 path).
+  Tensor Ref(const Tensor& host, DTypes d) {
+    return d.out == DType::kBF16 ? host.Clone() : F64(host);
+  }
+  DType RefOut(DTypes d) { return d.out == DType::kBF16 ? DType::kBF16 : DType::kF64; }
+
+  // c = a x op(b_g) on rows of each group; c starts random (beta = 1) or
+  // NaN-poisoned (beta = 0, rows outside the groups then stay NaN).
+  void CheckForward(const Case& c, DTypes d, ops::Trans trans, double beta, uint64_t seed) {
+    const std::vector<int64_t> off = Offsets(c);
+    const int64_t g = static_cast<int64_t>(c.counts.size()), m = off.back() + c.tail;
+    // Forward: a [M, K], b_g [N, K]; backward's d_x: a [M, N], b_g [N, K] -> c [M, K].
+    const bool t = trans == ops::Trans::kYes;
+    const int64_t in = t ? c.k : c.n, out = t ? c.n : c.k;
+    const Tensor a = RandomHost({m, in}, d.in, seed, 1);
+    const std::vector<Tensor> b = RandomMatrices(g, c.n, c.k, d.in, seed);
+    const Tensor c0 = RandomHost({m, out}, d.out, seed, 2);
+    const Tensor offsets = OffsetsTensor(off);
+
+    std::vector<Tensor> b_ref;
+    for (const Tensor& x : b) b_ref.push_back(Ref(x, d));
+    Tensor c_ref = Ref(c0, d);
+    ops::GroupedGemm(cpu_, Ref(a, d), ops::MakeMatrixGroup(cpu_, b_ref), offsets, c_ref,
+                     {.trans_b = trans, .beta = beta});
+
+    Tensor got[2];
+    for (Tensor& out_t : got) {
+      const Tensor c_dev = beta == 0 ? Poisoned({m, out}, d.out) : Dev(c0);
+      ops::GroupedGemm(ctx_, Dev(a), ops::MakeMatrixGroup(ctx_, Devs(b)), Dev(offsets), c_dev,
+                       {.trans_b = trans, .beta = beta});
+      out_t = Host(c_dev);
+    }
+    const std::string what = absl::StrCat(c.name, t ? " x·Wᵀ" : " d_y·W", " ", DTypeName(d.in),
+                                          "->", DTypeName(d.out), " beta ", beta);
+    EXPECT_TRUE(BitwiseEqual(got[0], got[1])) << what << ": two runs differ";
+    // Rows outside every group: untouched (NaN when poisoned).
+    const int64_t inside = off.back() - off.front();
+    const Tensor got_in = got[0].Narrow(0, off.front(), inside).Clone();
+    const Tensor ref_in = c_ref.Narrow(0, off.front(), inside).Clone();
+    ExpectParity(got_in, ref_in, Tolerance(d), what);
+    for (int64_t r : {int64_t{0}, m - 1}) {
+      if (r >= off.front() && r < off.back()) continue;
+      for (int64_t j = 0; j < out; ++j) {
+        const double v = got[0].Narrow(0, r, 1).Clone().At(j);
+        if (beta == 0) {
+          EXPECT_TRUE(std::isnan(v)) << what << ": row " << r << " outside the groups written";
+        } else {
+          EXPECT_EQ(v, c0.Narrow(0, r, 1).Clone().At(j)) << what << ": row " << r;
+        }
+      }
+    }
+  }
+
+  // c_g = a_gᵀ b_g (+ beta c_g): a [M, N], b [M, K], c_g [N, K].
+  void CheckWeightGrad(const Case& c, DTypes d, double beta, uint64_t seed) {
+    const std::vector<int64_t> off = Offsets(c);
+    const int64_t g = static_cast<int64_t>(c.counts.size()), m = off.back() + c.tail;
+    const Tensor a = RandomHost({m, c.n}, d.in, seed, 1);
+    const Tensor b = RandomHost({m, c.k}, d.in, seed, 2);
+    const std::vector<Tensor> c0 = RandomMatrices(g, c.n, c.k, d.out, seed + 1);
+    const Tensor offsets = OffsetsTensor(off);
+
+    std::vector<Tensor> c_ref;
+    for (const Tensor& x : c0) c_ref.push_back(Ref(x, d));
+    ops::GroupedGemmWeightGrad(cpu_, Ref(a, d), Ref(b, d), offsets,
+                               ops::MakeMatrixGroup(cpu_, c_ref), beta);
+    std::vector<Tensor> got[2];
+    for (auto& out : got) {
+      std::vector<Tensor> c_dev;
+      for (const Tensor& x : c0) {
+        c_dev.push_back(beta == 0 ? Poisoned(x.shape(), d.out) : Dev(x));
+      }
+      ops::GroupedGemmWeightGrad(ctx_, Dev(a), Dev(b), Dev(offsets),
+                                 ops::MakeMatrixGroup(ctx_, c_dev), beta);
+      for (const Tensor& x : c_dev) out.push_back(Host(x));
+    }
+    for (int64_t i = 0; i < g; ++i) {
+      const std::string what =
+          absl::StrCat(c.name, " weight grad group ", i, " (", c.counts[i], " rows) ",
+                       DTypeName(d.in), "->", DTypeName(d.out), " beta ", beta);
+      EXPECT_TRUE(BitwiseEqual(got[0][i], got[1][i])) << what << ": two runs differ";
+      ExpectParity(got[0][i], c_ref[i], Tolerance(d), what);
+    }
+  }
+};
+
+TEST_F(CudaGroupedGemmTest, ForwardMatchesCpu) {
+  uint64_t seed = 1000;
+  for (const Case& c : Cases()) {
+    for (DTypes d : kDTypes) {
+      for (double beta : {0.0, 1.0}) CheckForward(c, d, ops::Trans::kYes, beta, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaGroupedGemmTest, BackwardDataMatchesCpu) {
+  uint64_t seed = 2000;
+  for (const Case& c : Cases()) {
+    for (DTypes d : kDTypes) {
+      for (double beta : {0.0, 1.0}) CheckForward(c, d, ops::Trans::kNo, beta, ++seed);
+    }
+  }
+}
+
+TEST_F(CudaGroupedGemmTest, WeightGradMatchesCpu) {
+  uint64_t seed = 3000;
+  for (const Case& c : Cases()) {
+    for (DTypes d : kDTypes) {
+      for (double beta : {0.0, 1.0}) CheckWeightGrad(c, d, beta, ++seed);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace scalemoe
