@@ -1,4 +1,4 @@
-// MakeMatrixGroup (core/ops.h): the grouped GEMMs' table of per-group
+// MakeMatrixGroup and UpdateMatrixGroup (core/ops.h): the grouped GEMMs' table of per-group
 // matrices, their addresses uploaded once to the context's device.
 #include <cstring>
 
@@ -32,6 +32,17 @@ MatrixGroup MakeMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices
   group.addresses = ctx.ToDevice(addresses);
   group.matrices = std::move(matrices);
   return group;
+}
+
+void UpdateMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices, MatrixGroup& group) {
+  bool same = group.size() == static_cast<int64_t>(matrices.size()) &&
+              group.addresses.device() == ctx.device();
+  for (size_t i = 0; same && i < matrices.size(); ++i) {
+    const Tensor& a = matrices[i];
+    const Tensor& b = group.matrices[i];
+    same = a.raw_data() == b.raw_data() && a.dtype() == b.dtype() && a.shape() == b.shape();
+  }
+  if (!same) group = MakeMatrixGroup(ctx, std::move(matrices));
 }
 
 }  // namespace scalemoe::ops

@@ -66,6 +66,9 @@ struct MatrixGroup {
 };
 // The group of `matrices` (same shape, dtype and device as the context).
 MatrixGroup MakeMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices);
+// `group` made of `matrices`: rebuilt (its addresses uploaded again) only
+// when one of them is a different tensor than the group holds.
+void UpdateMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices, MatrixGroup& group);
 
 struct GroupedGemmOptions {
   Trans trans_b = Trans::kYes;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "core/host_values.h"
 #include "core/ops.h"
 
 namespace scalemoe {
@@ -73,15 +74,58 @@ Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
   return absl::OkStatus();
 }
 
+namespace {
+// `x` in `dtype`: x itself, or a new copy.
+Tensor As(const ExecContext& ctx, const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor out = ctx.Empty(x.shape(), dtype);
+  ops::Copy(ctx, x, out);
+  return out;
+}
+
+// Rows [rows, M) of t set to zero (rows past every expert's).
+void ZeroTail(const ExecContext& ctx, const Tensor& t, int64_t rows) {
+  if (rows < t.dim(0)) ops::Zero(ctx, t.Narrow(0, rows, t.dim(0) - rows));
+}
+}  // namespace
+
+bool GroupedExperts::Grouped() const {
+  for (const Expert& ex : experts_) {
+    for (const auto& proj : ex.proj) {
+      if (!proj->external_gemm_ok()) return false;
+    }
+  }
+  return !experts_.empty();
+}
+
+void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
+  for (int p = 0; p < kNumProj; ++p) {
+    std::vector<Tensor> w, g;
+    for (const Expert& ex : experts_) {
+      w.push_back(ex.proj[p]->effective_weight());
+      g.push_back(ex.proj[p]->gemm_weight_grad());
+    }
+    ops::UpdateMatrixGroup(ctx, std::move(w), weights_[p]);
+    ops::UpdateMatrixGroup(ctx, std::move(g), grads_[p]);
+  }
+}
+
 void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
                              const std::vector<int64_t>& counts, const Tensor& y) {
   SM_CHECK(static_cast<int>(counts.size()) == options_.num_experts);
   const int64_t m = x.dim(0), f = local_ffn_;
   x_ = x;
   counts_ = counts;
+  rows_ = 0;
+  for (int64_t t : counts) rows_ += t;
+  SM_CHECK_MSG(rows_ <= m, options_.prefix, ": ", rows_, " expert rows in an input of ", m);
   gate_ = ctx.Empty({m, f}, x.dtype());
   up_ = ctx.Empty({m, f}, x.dtype());
   h_ = ctx.Empty({m, f}, x.dtype());
+  if (Grouped()) {
+    ForwardGrouped(ctx, x, y);
+    return;
+  }
   ops::Zero(ctx, y);
   int64_t start = 0;
   for (int e = 0; e < options_.num_experts; ++e) {
@@ -99,9 +143,31 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   }
 }
 
+void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+  UpdateGroups(ctx);
+  // The experts' row offsets, read by the kernels on the device.
+  std::vector<int64_t> off{0};
+  for (int64_t t : counts_) off.push_back(off.back() + t);
+  offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
+  const DType gemm = experts_[0].proj[kGate]->gemm_dtype();
+  const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
+  x_gemm_ = As(ctx, x, gemm);
+  ops::GroupedGemm(ctx, x_gemm_, weights_[kGate], offsets_, gate_, xwt);
+  ops::GroupedGemm(ctx, x_gemm_, weights_[kUp], offsets_, up_, xwt);
+  const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
+  ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
+  h_gemm_ = As(ctx, h_, gemm);
+  ops::GroupedGemm(ctx, h_gemm_, weights_[kDown], offsets_, y, xwt);
+  ZeroTail(ctx, y, rows_);
+}
+
 void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
   const int64_t m = x_.dim(0), f = local_ffn_;
   SM_CHECK(d_y.shape() == x_.shape() && d_x.shape() == x_.shape());
+  if (Grouped()) {
+    BackwardGrouped(ctx, d_y, d_x);
+    return;
+  }
   ops::Zero(ctx, d_x);
   Tensor d_h = ctx.Empty({m, f}, x_.dtype());
   Tensor d_gate = ctx.Empty({m, f}, x_.dtype());
@@ -118,6 +184,29 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
     ex.proj[kUp]->Backward(ctx, rows(d_up), rows(d_x), GradMode::kAccumulate);
     start += t;
   }
+}
+
+void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
+  const int64_t m = x_.dim(0), f = local_ffn_;
+  const DType gemm = x_gemm_.dtype(), dt = x_.dtype();
+  const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
+  // Weight gradients accumulate over the step (beta = 1), in the GEMMs'
+  // gradient buffers (the folded weight's, turned into dW, dγ, du at
+  // FinishBackward).
+  const Tensor d_y_gemm = As(ctx, d_y, gemm);
+  ops::GroupedGemmWeightGrad(ctx, d_y_gemm, h_gemm_, offsets_, grads_[kDown], 1.0);
+  Tensor d_h = ctx.Empty({m, f}, dt);
+  ops::GroupedGemm(ctx, d_y_gemm, weights_[kDown], offsets_, d_h, {.trans_b = ops::Trans::kNo});
+  Tensor d_gate = ctx.Empty({m, f}, dt);
+  Tensor d_up = ctx.Empty({m, f}, dt);
+  ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
+  const Tensor d_gate_gemm = As(ctx, d_gate, gemm), d_up_gemm = As(ctx, d_up, gemm);
+  ops::GroupedGemmWeightGrad(ctx, d_gate_gemm, x_gemm_, offsets_, grads_[kGate], 1.0);
+  ops::GroupedGemmWeightGrad(ctx, d_up_gemm, x_gemm_, offsets_, grads_[kUp], 1.0);
+  ops::GroupedGemm(ctx, d_gate_gemm, weights_[kGate], offsets_, d_x, {.trans_b = ops::Trans::kNo});
+  ops::GroupedGemm(ctx, d_up_gemm, weights_[kUp], offsets_, d_x,
+                   {.trans_b = ops::Trans::kNo, .beta = 1.0});
+  ZeroTail(ctx, d_x, rows_);
 }
 
 Status GroupedExperts::FinishBackward(const ExecContext& ctx) {

@@ -36,10 +36,11 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
+#include "core/ops.h"
 #include "norm/branch_scales.h"
-#include "norm/scaled_linear.h"
 #include "norm/scale_options.h"
 #include "norm/scale_vector.h"
+#include "norm/scaled_linear.h"
 
 namespace scalemoe {
 
@@ -92,13 +93,27 @@ class GroupedExperts {
     std::unique_ptr<ScaledLinear> proj[kNumProj];
   };
 
+  // The grouped path: every expert's projection in one GEMM launch per
+  // matrix (ops::GroupedGemm), when every projection lets the caller run its
+  // GEMM (ScaledLinear::external_gemm_ok: the fold, or no scale vectors);
+  // otherwise one ScaledLinear call per expert.
+  bool Grouped() const;
+  void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  // Refreshes the weight and gradient groups when a tensor moved.
+  void UpdateGroups(const ExecContext& ctx);
+
   ExpertGroupOptions options_;
   int64_t local_ffn_ = 0;
   std::vector<Expert> experts_;
+  ops::MatrixGroup weights_[kNumProj], grads_[kNumProj];  // grouped path
   // Forward cache over all M rows.
   Tensor x_;                  // [M, C]
   Tensor gate_, up_, h_;      // [M, F]
   std::vector<int64_t> counts_;
+  int64_t rows_ = 0;        // Σ counts_
+  Tensor offsets_;          // grouped: int64 [E+1] on the device
+  Tensor x_gemm_, h_gemm_;  // grouped: x and h in the GEMMs' dtype
 };
 
 }  // namespace scalemoe

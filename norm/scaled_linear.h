@@ -104,6 +104,17 @@ class ScaledLinear {
   const Tensor& effective_weight() const {
     return folded() ? w_eff_ : w_copy_.defined() ? w_copy_ : weight_->value;
   }
+  // Whether a caller may run this map's GEMMs itself, on the weight
+  // effective_weight() and the gradient gemm_weight_grad(), in gemm_dtype():
+  // the token path is that one GEMM (no per-token γ or u) and the weight is
+  // formed once per step (not just in time). The MoE layer's grouped GEMMs
+  // do so for all experts at once, calling only PrepareStep and
+  // FinishBackward here.
+  bool external_gemm_ok() const {
+    return !per_token_gamma() && !per_token_u() && !(folded() && just_in_time_);
+  }
+  DType gemm_dtype() const { return gemm_dtype_; }
+  const Tensor& gemm_weight_grad() const { return GemmWeightGrad(); }
 
  private:
   const Tensor& Gamma() const;
