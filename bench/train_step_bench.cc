@@ -43,7 +43,7 @@ constexpr char kUsage[] =
     "usage: train_step_bench --config FILE [--set a.b=v]... [--steps N] [--warmup W]\n"
     "                        [--profile-steps P] [--label NAME] [--data-dir DIR]\n"
     "  Times N training steps (default 20, at least 1; >= 20 for the issue's\n"
-    "  figures) after W warm-up steps (default 3) of the preset FILE on synthetic\n"
+    "  figures) after W >= 1 warm-up steps (default 3) of the preset FILE on synthetic\n"
     "  random token ids (written to DIR, default a temporary directory).\n"
     "  --profile-steps P  P further steps with the op timer on: a table per op\n"
     "                     category (default 0 = none)\n"
@@ -186,9 +186,10 @@ int Main(int argc, char** argv) {
   for (const auto* v : {&steps, &warmup, &profile}) {
     if (!v->ok()) return Fail(std::string(v->status().message()));
   }
-  if (*steps < 1 || *warmup < 0 || *profile < 0) {
+  // The first timed step starts where warm-up step W ends: W >= 1.
+  if (*steps < 1 || *warmup < 1 || *profile < 0) {
     return Fail(absl::StrCat("--steps=", *steps, " --warmup=", *warmup, " --profile-steps=",
-                             *profile, ": need steps >= 1, warmup >= 0, profile-steps >= 0"));
+                             *profile, ": need steps >= 1, warmup >= 1, profile-steps >= 0"));
   }
   const int64_t total = *warmup + *steps + *profile;
 
@@ -256,6 +257,7 @@ int Main(int argc, char** argv) {
   };
   const StatusOr<TrainResult> result = Train(options);
   op_timer::SetEnabled(false);
+  if (!flags->Has("data-dir")) std::filesystem::remove_all(data_dir);
   if (!result.ok()) return Fail(result.status().ToString());
 
   std::vector<double> ms;
@@ -309,7 +311,6 @@ int Main(int argc, char** argv) {
   if (*profile > 0)
     PrintProfile(label, op_timer::Collect(), static_cast<int>(*profile), profile_ms);
   std::fflush(stdout);
-  if (!flags->Has("data-dir")) std::filesystem::remove_all(data_dir);
   return 0;
 }
 
