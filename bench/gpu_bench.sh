@@ -14,7 +14,8 @@
 # environment (defaults sized for <= 9 minutes on an H200, build included):
 #   PRESETS="gpu_moe_125m gpu_finegrained_64e"   MICRO_BATCH=8  GLOBAL_BATCH=64
 #   STEPS=20 (timed, >= 20 for the issue's figures)  WARMUP=3  PROFILE_STEPS=2
-#   TORCH_COMPILE=block|model|none  BUILD_DIR=build-gpu  RUN_TIMEOUT=150 (s per run)
+#   TORCH_COMPILE=block|model|none  BUILD_DIR=build-gpu
+#   RUN_TIMEOUT=150, TORCH_TIMEOUT=240: seconds one run of ours / of torch may take
 #   PREWARM=1: compile the torch models once (1 step) while the C++ build runs,
 #   so that the timed torch runs find inductor's caches warm.
 #   OPS=1: also torch_reference.py --ops per preset (torch.matmul, SDPA,
@@ -38,6 +39,7 @@ warmup=${WARMUP:-3}
 profile=${PROFILE_STEPS:-2}
 compile=${TORCH_COMPILE:-block}
 run_timeout=${RUN_TIMEOUT:-150}
+torch_timeout=${TORCH_TIMEOUT:-240}
 out="$build/gpu_bench"
 mkdir -p "$out"
 rm -f "$out"/*.log "$out/results.jsonl"
@@ -59,7 +61,7 @@ fi
 torch_run() {  # preset variant steps warmup log
   local preset=$1 variant=$2 sets=("${shape_sets[@]}")
   [ "$variant" = baseline ] && sets+=("${baseline_sets[@]}")
-  timeout "$run_timeout" python3 bench/torch_reference.py --config "configs/$preset.textproto" \
+  timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$preset.textproto" \
     "${sets[@]}" --steps "$3" --warmup "$4" --compile "$compile" --label "$preset/$variant" \
     > "$5" 2>&1
 }
@@ -111,7 +113,7 @@ for p in $presets; do
 done
 if [ "$have_torch" = 1 ] && [ "${OPS:-0}" = 1 ]; then  # issue 13's torch per-op table
   for p in $presets; do
-    timeout "$run_timeout" python3 bench/torch_reference.py --config "configs/$p.textproto" \
+    timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$p.textproto" \
       "${shape_sets[@]}" --ops > "$out/torch_ops_$p.log" 2>&1 || echo "gpu_bench: torch --ops $p failed" >&2
     grep -v "^BENCH_OPS_JSON" "$out/torch_ops_$p.log"
   done

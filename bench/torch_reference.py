@@ -457,7 +457,7 @@ if nn is not None:
                                self.head_g[p]() if p in self.head_g else None)
             q, k, v = heads["Q"], heads["K"], heads["V"]
             q, k = rope(q, cos, sin), rope(k, cos, sin)
-            q, k, v = (z.transpose(1, 2) for z in (q, k, v))
+            q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
             if self.kv != self.h and not SDPA_GQA["native"]:
                 k = k.repeat_interleave(self.h // self.kv, dim=1)
                 v = v.repeat_interleave(self.h // self.kv, dim=1)
