@@ -278,7 +278,7 @@ int Main(int argc, char** argv) {
   std::printf(
       "%s | %s %s | micro %d x global %lld x seq %lld | step %.2f ms (p10 %.2f, p90 %.2f; %lld "
       "steps) | %.0f tokens/s | %.1f TFLOP/s | MFU %.1f%% of %.0f bf16%s | peak %.2f GiB "
-      "(device), activations %.2f GiB\n",
+      "(device), caching allocator %.2f GiB\n",
       label.c_str(), result->device.c_str(), precision.c_str(), train.micro_batch_size(),
       static_cast<long long>(global_batch), static_cast<long long>(seq), median, p10, p90,
       static_cast<long long>(*steps), tokens_per_s, tflops, 100 * mfu, kH100DenseBf16Tflops,
@@ -304,7 +304,7 @@ int Main(int argc, char** argv) {
                                  {"flops_per_token", flops.flops_per_token},
                                  {"active_params", flops.active_params},
                                  {"peak_gib", peak_gib},
-                                 {"activation_peak_gib", alloc_peak / kGiB},
+                                 {"allocator_peak_gib", alloc_peak / kGiB},
                                  {"quiet_step_host_reads", result->quiet_step_host_reads},
                                  {"quiet_step_system_allocs", result->quiet_step_system_allocs}};
   std::printf("BENCH_JSON %s\n", record.dump().c_str());
