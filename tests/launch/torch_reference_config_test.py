@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
-"""bench/torch_reference.py's config side, which runs without PyTorch: its
-text-format reader reads the presets as scalemoe does, --set overrides them,
-and its Megatron FLOP count equals launch/megatron_flops.cc's on the presets'
-hand counts (tests/launch/megatron_flops_test.cc checks the C++ side)."""
+"""bench/torch_reference.py's config side (bench/torch_ref_config.py), which
+runs without PyTorch: its text-format reader reads the presets as scalemoe
+does, --set overrides them, and its Megatron FLOP count equals
+launch/megatron_flops.cc's on the presets' hand counts
+(tests/launch/megatron_flops_test.cc checks the C++ side)."""
 import os
 import sys
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "bench"))
-import torch_reference as ref  # noqa: E402
+import torch_ref_config as ref  # noqa: E402
 
 
 def preset(name, sets=()):

@@ -15,13 +15,15 @@ try:
 except ImportError:
     print("SKIP: no PyTorch here")
     sys.exit(77)
+import torch_ref_config as cfgs  # noqa: E402
+import torch_ref_model as M  # noqa: E402
 import torch_reference as ref  # noqa: E402
 
 SETS = ref.SMOKE_SETS
 
 
 def config(extra=()):
-    return ref.load_config(os.path.join(ROOT, "configs", "gpu_finegrained_64e.textproto"),
+    return cfgs.load_config(os.path.join(ROOT, "configs", "gpu_finegrained_64e.textproto"),
                            SETS + list(extra))
 
 
@@ -29,11 +31,11 @@ class TorchReferenceModelTest(unittest.TestCase):
     def test_padded_dispatch_matches_a_per_token_reference(self):
         torch.manual_seed(0)
         cfg = config()
-        st = ref.Strategy(cfg)
+        st = cfgs.Strategy(cfg)
         outs = []
         for align in (1, 8):
             torch.manual_seed(1)
-            moe = ref.MoeFfn(cfg, st, 0.02, align)
+            moe = M.MoeFfn(cfg, st, 0.02, align)
             n2 = torch.randn(24, cfg["model.hidden_size"])
             w = moe.folded()
             scores = torch.softmax(n2 @ w["router"].t(), -1)
@@ -55,7 +57,7 @@ class TorchReferenceModelTest(unittest.TestCase):
     def test_fold_once_per_step_gives_autograds_gradients(self):
         cfg = config()
         torch.manual_seed(2)
-        model = ref.Model(cfg, ref.Strategy(cfg), 1)
+        model = M.Model(cfg, cfgs.Strategy(cfg), 1)
         self.assertTrue(model.folds)
         t = cfg["model.seq_length"]
         batches = [torch.randint(0, cfg["model.vocab_size"], (2, t + 1)) for _ in range(2)]
