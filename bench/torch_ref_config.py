@@ -208,22 +208,35 @@ def is_moe_layer(cfg, layer):
     return (layer - cfg["moe.first_dense_layers"]) % max(1, cfg["moe.moe_layer_frequency"]) == 0
 
 
-def megatron_flops(cfg):
-    """(active matmul params incl. the LM head, FLOPs per token): the rule of
-    launch/megatron_flops.cc."""
+def matmul_params(cfg):
+    """(active, total) matmul weights as launch/megatron_flops.cc counts them:
+    routed experts top_k of num_experts in `active`; tied embeddings once, as
+    the head; an untied embedding in `total` only."""
     h = cfg["model.hidden_size"]
     hd = h // cfg["model.num_heads"]
     attention = 2 * h * h + 2 * h * cfg["model.num_kv_heads"] * hd
     active = cfg["model.vocab_size"] * h
+    total = active if cfg["model.tied_embeddings"] else 2 * active
     for layer in range(cfg["model.num_layers"]):
         active += attention
+        total += attention
         if is_moe_layer(cfg, layer):
-            active += (h * cfg["moe.num_experts"]
-                       + cfg["moe.top_k"] * 3 * h * cfg["moe.expert_ffn_hidden_size"]
-                       + cfg["moe.num_shared_experts"] * 3 * h
-                       * cfg["moe.shared_expert_ffn_hidden_size"])
+            expert = 3 * h * cfg["moe.expert_ffn_hidden_size"]
+            common = (h * cfg["moe.num_experts"] + cfg["moe.num_shared_experts"] * 3 * h
+                      * cfg["moe.shared_expert_ffn_hidden_size"])
+            active += common + cfg["moe.top_k"] * expert
+            total += common + cfg["moe.num_experts"] * expert
         else:
             active += 3 * h * cfg["model.ffn_hidden_size"]
+            total += 3 * h * cfg["model.ffn_hidden_size"]
+    return active, total
+
+
+def megatron_flops(cfg):
+    """(active matmul params incl. the LM head, FLOPs per token): the rule of
+    launch/megatron_flops.cc."""
+    active, _ = matmul_params(cfg)
+    h = cfg["model.hidden_size"]
     per_token = 6.0 * active + 12.0 * cfg["model.num_layers"] * cfg["model.seq_length"] * h
     return active, per_token
 

@@ -38,6 +38,12 @@ class TorchReferenceConfigTest(unittest.TestCase):
         self.assertEqual(active, 114_180_096)
         self.assertEqual(per_token, 6.0 * 114_180_096 + 12.0 * 12 * 1024 * 768)
 
+    def test_totals_match_the_hand_counts(self):
+        self.assertEqual(ref.matmul_params(preset("gpu_moe_125m"))[1],
+                         25_165_824 + 12 * (2_371_584 + 16 * 2_949_120))
+        self.assertEqual(ref.matmul_params(preset("gpu_finegrained_64e"))[1],
+                         25_165_824 + 6_291_456 + 11 * 40_550_400)
+
     def test_overrides_apply_in_order(self):
         cfg = preset("gpu_moe_125m", ["scale_vectors.mode=SHARED", "train.micro_batch_size=4",
                                       "train.micro_batch_size=16",

@@ -54,6 +54,17 @@ class TorchReferenceModelTest(unittest.TestCase):
         for out in outs:
             torch.testing.assert_close(out, expect, rtol=1e-5, atol=1e-6)
 
+    def test_weights_have_the_counted_shapes(self):
+        # Every matmul weight of the torch model (not the scale vectors) adds
+        # up to the count the FLOP formula uses: dense, MoE, shared, GQA.
+        for extra in ([], ["model.tied_embeddings=false", "moe.first_dense_layers=0"]):
+            cfg = config(extra)
+            model = M.Model(cfg, cfgs.Strategy(cfg), 1)
+            scales = {id(p) for m in model.modules() if isinstance(m, M.ScaleVec)
+                      for p in m.parameters()}
+            weights = sum(p.numel() for p in model.parameters() if id(p) not in scales)
+            self.assertEqual(weights, cfgs.matmul_params(cfg)[1], extra)
+
     def test_fold_once_per_step_gives_autograds_gradients(self):
         cfg = config()
         torch.manual_seed(2)
