@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/cpu/cpu_ops.h"
+#include "core/op_timer.h"
 #include "core/ops.h"
 #if SCALEMOE_CUDA
 #include "core/cuda/cuda_ops.h"
@@ -45,11 +46,12 @@ R Unimplemented(const ExecContext& ctx, const char* op) {
 #endif
 #define SM_CUDA_CALL_NO_CUDA(NAME, ARGS) return Unimplemented<R>(ctx, #NAME)
 
-#define SM_DEFINE_OP(RET, NAME, PARAMS, ARGS, CUDA) \
-  RET NAME PARAMS {                                 \
-    using R [[maybe_unused]] = RET;                                \
-    if (ctx.device() == Device::kCPU) return cpu::NAME ARGS; \
-    SM_CUDA_CALL_##CUDA(NAME, ARGS);                \
+#define SM_DEFINE_OP(RET, NAME, PARAMS, ARGS, CUDA)                        \
+  RET NAME PARAMS {                                                        \
+    using R [[maybe_unused]] = RET;                                        \
+    const op_timer::Scope timed_op(ctx, #NAME); /* off: one atomic load */ \
+    if (ctx.device() == Device::kCPU) return cpu::NAME ARGS;               \
+    SM_CUDA_CALL_##CUDA(NAME, ARGS);                                       \
   }
 SM_OPS(SM_DEFINE_OP)
 #undef SM_DEFINE_OP

@@ -403,6 +403,7 @@ StatusOr<TrainResult> TrainLoop::Run() {
     }
     SM_RETURN_IF_ERROR(ctx_.status());
     const int64_t done = step + 1;
+    if (options_.on_step_queued) options_.on_step_queued(done, ctx_);
     window_tokens += tokens_per_step;
     const int eval_every = train.eval_interval();
     const bool log = done % interval == 0 || done == stop_at;

@@ -32,6 +32,7 @@
 #include <string>
 
 #include "configs/scalemoe.pb.h"
+#include "core/context.h"
 #include "core/status.h"
 #include "parallel/process_groups.h"
 
@@ -48,6 +49,10 @@ struct TrainOptions {
   // This rank's process groups (laid out as config.parallel says); nullptr =
   // a world of one. Not owned; must outlive Train().
   ProcessGroups* groups = nullptr;
+  // Called once each step's work is queued on the context (before that
+  // step's logging, evaluation or checkpoint), with the steps done so far:
+  // bench/train_step_bench records its timing events here. Empty = none.
+  std::function<void(int64_t steps_done, const ExecContext& ctx)> on_step_queued;
 };
 
 struct TrainResult {
