@@ -1,16 +1,19 @@
 // Tests for launch/scale_vector_stats.h through tiny training runs: the "sv"
 // figures of every logged record are the norms of the vectors that the
 // checkpoint of the same step holds, computed here independently from the
-// parameters' names and values (the effective vector element by element);
-// TensorBoard gets them too; logging.scale_vector_stats=false and a model
-// without vectors write none. (Layouts against one rank: mpi_training.h's
-// ExpectSameTraining compares these figures in every multi-rank test.)
+// parameters' names and values (the effective vector element by element),
+// on the CPU and on the GPU; TensorBoard gets them too;
+// logging.scale_vector_stats=false and a model without vectors write none.
+// (Layouts against one rank: mpi_training.h's ExpectSameTraining compares
+// these figures in every multi-rank test.)
 #include "launch/scale_vector_stats.h"
 
 #include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -20,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "core/context.h"
 #include "gtest/gtest.h"
 #include "launch/metrics.h"
 #include "launch/trainer.h"
@@ -220,6 +224,24 @@ TEST_F(ScaleVectorStatsTest, PlainAndNormalizedFormsAreThoseOfTheCheckpoints) {
   ExpectFiguresOfCheckpoints(Config({"scale_vectors.reparam=MAGNITUDE_DIRECTION_NORMALIZED",
                                      "scale_vectors.placement=DUAL", "scale_vectors.mode=SHARED"}),
                              "normalized_shared");
+}
+
+// The same figures from device memory: the segment sums, the β copy and the
+// one read run on the GPU (skipped without one; a failure under
+// SCALEMOE_REQUIRE_GPU=1).
+TEST_F(ScaleVectorStatsTest, OnTheGpuFiguresAreThoseOfTheCheckpoints) {
+  if (ExecContext::CudaDeviceCount() == 0) {
+    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
+    if (require != nullptr && std::strcmp(require, "1") == 0) {
+      FAIL() << "SCALEMOE_REQUIRE_GPU=1 but no CUDA device";
+    }
+    GTEST_SKIP() << "no CUDA device on this machine: gpu test skipped";
+  }
+  ExpectFiguresOfCheckpoints(Config({"train.device=CUDA"}), "gpu_unified");
+  ExpectFiguresOfCheckpoints(
+      Config({"train.device=CUDA", "train.precision=BF16", "scale_vectors.reparam=PLAIN",
+              "scale_vectors.placement=DUAL", "scale_vectors.dual_projections=[Q, O, GATE]"}),
+      "gpu_plain_dual_bf16");
 }
 
 TEST_F(ScaleVectorStatsTest, SwitchedOffOrWithoutVectorsNothingIsWritten) {
