@@ -1,5 +1,5 @@
-// Scale-vector figures: which rank counts what, the one device read, the
-// world sum and the per-key summaries.
+// Scale-vector figures: which rank counts what, the one device read and
+// the per-key summaries of the world sums.
 #include "launch/scale_vector_stats.h"
 
 #include <algorithm>
@@ -32,7 +32,7 @@ std::string KeyOf(const std::string& vector, int expert) {
   return vector.substr(0, at) + ".experts." + vector.substr(at + index.size());
 }
 
-ScaleVectorFigure Summarise(const std::vector<double>& values) {
+ScaleVectorFigure FigureOf(const std::vector<double>& values) {
   ScaleVectorFigure f;
   if (values.empty()) return f;
   f.min = *std::min_element(values.begin(), values.end());
@@ -76,27 +76,25 @@ ScaleVectorStats::ScaleVectorStats(const ExecContext& ctx, const ParamRegistry& 
   if (num_betas_ > 0) beta_rows_ = TableToDevice(ctx, {num_betas_, 3}, beta_rows);
 }
 
-StatusOr<std::vector<ScaleVectorSummary>> ScaleVectorStats::Collect(const ExecContext& ctx,
-                                                                    Communicator& world) const {
-  // Per slot: the sum of squares of a plain or alpha vector, or β.
-  std::vector<double> slot_values(slots_.size(), 0.0);
-  if (num_sums_ + num_betas_ > 0) {
-    Tensor packed = ctx.Empty({num_sums_ + num_betas_}, DType::kF64);
-    if (num_sums_ > 0) {
-      const Tensor sums = packed.Narrow(0, 0, num_sums_);
-      ops::Zero(ctx, sums);  // SegmentSumOfSquares adds
-      ops::SegmentSumOfSquares(ctx, values_, sum_rows_, sums);
-    }
-    if (num_betas_ > 0) ops::CopySegments(ctx, values_, packed, beta_rows_);
-    const std::vector<double> host = ReadHostDoubles(ctx, packed);
-    for (size_t i = 0; i < host.size(); ++i) slot_values[packed_slot_[i]] = host[i];
+std::vector<double> ScaleVectorStats::ReadShares(const ExecContext& ctx) const {
+  std::vector<double> shares(slots_.size(), 0.0);
+  if (num_sums_ + num_betas_ == 0) return shares;
+  Tensor packed = ctx.Empty({num_sums_ + num_betas_}, DType::kF64);
+  if (num_sums_ > 0) {
+    const Tensor sums = packed.Narrow(0, 0, num_sums_);
+    ops::Zero(ctx, sums);  // SegmentSumOfSquares adds
+    ops::SegmentSumOfSquares(ctx, values_, sum_rows_, sums);
   }
-  if (!slot_values.empty()) {
-    const Tensor t = Tensor::FromBlob(
-        slot_values.data(), {static_cast<int64_t>(slot_values.size())}, DType::kF64, Device::kCPU);
-    SM_RETURN_IF_ERROR(WithContext(world.AllReduceHost(t), "scale-vector statistics"));
-  }
+  if (num_betas_ > 0) ops::CopySegments(ctx, values_, packed, beta_rows_);
+  const std::vector<double> host = ReadHostDoubles(ctx, packed);
+  for (size_t i = 0; i < host.size(); ++i) shares[packed_slot_[i]] = host[i];
+  return shares;
+}
 
+std::vector<ScaleVectorSummary> ScaleVectorStats::Summarise(
+    const std::vector<double>& slot_values) const {
+  SM_CHECK_MSG(slot_values.size() == slots_.size(), "scale-vector statistics: ", slot_values.size(),
+               " sums for ", slots_.size(), " slots");
   // Per effective vector, in order of first appearance: rms and β.
   struct Vector {
     std::string key;
@@ -145,8 +143,8 @@ StatusOr<std::vector<ScaleVectorSummary>> ScaleVectorStats::Collect(const ExecCo
   }
   for (size_t k = 0; k < out.size(); ++k) {
     out[k].count = static_cast<int>(rms[k].size());
-    out[k].rms = Summarise(rms[k]);
-    if (out[k].has_beta) out[k].beta = Summarise(beta[k]);
+    out[k].rms = FigureOf(rms[k]);
+    if (out[k].has_beta) out[k].beta = FigureOf(beta[k]);
   }
   return out;
 }

@@ -26,8 +26,9 @@
 // Cost, only on a logged step: one ops::SegmentSumOfSquares and one
 // ops::CopySegments on the context's device, one device→host read
 // (ctx.ToHost) of the small packed buffer [sums of squares, betas] of the
-// parameters this rank counts, and one host all-reduce over the world of one
-// double per scale-vector parameter of the model.
+// parameters this rank counts (ReadShares), and, by the caller, one host
+// all-reduce over the world of one double per scale-vector parameter of the
+// model (Summarise takes its result).
 //
 // Layout independence: every element of the whole model is counted by
 // exactly one rank — the rule the optimizer's gradient norm uses
@@ -49,7 +50,6 @@
 #include "core/params.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
-#include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 
 namespace scalemoe {
@@ -80,11 +80,14 @@ class ScaleVectorStats {
   ScaleVectorStats(const ExecContext& ctx, const ParamRegistry& whole, const ParamRegistry& local,
                    const GridCoords& coords, config::ScaleVectorConfig::Reparam reparam);
 
-  // The figures of the parameters as they are now, keys in the model's
-  // parameter order. A collective over `world`: every rank calls it at the
-  // same point; every rank gets the same result.
-  StatusOr<std::vector<ScaleVectorSummary>> Collect(const ExecContext& ctx,
-                                                    Communicator& world) const;
+  // This rank's share of every slot (one per scale-vector parameter of the
+  // whole model: the sum of squares of a plain or α vector, or β), zero
+  // where another rank counts it; one device→host read (none when this rank
+  // counts nothing). Summed over the world, they are the whole model's.
+  std::vector<double> ReadShares(const ExecContext& ctx) const;
+  // The figures from the world's sum of ReadShares, keys in the model's
+  // parameter order.
+  std::vector<ScaleVectorSummary> Summarise(const std::vector<double>& world_sums) const;
 
   bool empty() const { return slots_.empty(); }  // no scale vector (mode NONE)
 

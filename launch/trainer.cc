@@ -302,7 +302,10 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
   }
   std::vector<ScaleVectorSummary> scale_vectors;
   if (scale_vector_stats_ && !scale_vector_stats_->empty()) {
-    SM_ASSIGN_OR_RETURN(scale_vectors, scale_vector_stats_->Collect(ctx_, *groups_.world));
+    // Every rank's share (one device read), summed over the world.
+    SM_ASSIGN_OR_RETURN(const std::vector<double> sums,
+                        SumOver(*groups_.world, scale_vector_stats_->ReadShares(ctx_)));
+    scale_vectors = scale_vector_stats_->Summarise(sums);
   }
   if (!is_rank0()) return absl::OkStatus();
   nlohmann::json record = {{"step", step},
