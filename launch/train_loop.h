@@ -14,6 +14,7 @@
 #include "core/params.h"
 #include "data/token_loader.h"
 #include "launch/metrics.h"
+#include "launch/scale_vector_stats.h"
 #include "launch/tensorboard.h"
 #include "launch/trainer.h"
 #include "model/model.h"
@@ -103,6 +104,9 @@ class TrainLoop {
   std::optional<TokenLoader> val_loader_;
   std::unique_ptr<MetricsWriter> metrics_;         // rank 0
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
+  // logging.scale_vector_stats: the scale-vector figures of each log record
+  // (every rank takes part in their world sum).
+  std::optional<ScaleVectorStats> scale_vector_stats_;
   int64_t start_step_ = 0;
   Tensor nonfinite_tracker_;  // f64 [4] on ctx_ (core/ops.h TrackNonFinite)
   int64_t accumulation_ = 1;    // micro-batches per step on each rank

@@ -100,6 +100,11 @@ Status TrainLoop::Setup() {
     ParamRegistry whole_registry;
     const MoeTransformer whole(whole_registry, cfg_);
     flops_per_token_ = whole.Counts().train_flops_per_token;
+    if (cfg_.logging().scale_vector_stats()) {
+      // The whole model's list of vectors, the same on every rank.
+      scale_vector_stats_.emplace(ctx_, whole_registry, registry_, groups_.coords,
+                                  cfg_.scale_vectors().reparam());
+    }
   }
   SM_ASSIGN_OR_RETURN(optimizer_, DistributedOptimizer::Create(cfg_, registry_, groups_, ctx_));
   const MemoryReport memory = optimizer_->Memory();
@@ -295,6 +300,13 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
   if (cfg_.logging().moe_stats()) {
     SM_ASSIGN_OR_RETURN(moe, AllMoeStats());
   }
+  std::vector<ScaleVectorSummary> scale_vectors;
+  if (scale_vector_stats_ && !scale_vector_stats_->empty()) {
+    // Every rank's share (one device read), summed over the world.
+    SM_ASSIGN_OR_RETURN(const std::vector<double> sums,
+                        SumOver(*groups_.world, scale_vector_stats_->ReadShares(ctx_)));
+    scale_vectors = scale_vector_stats_->Summarise(sums);
+  }
   if (!is_rank0()) return absl::OkStatus();
   nlohmann::json record = {{"step", step},
                            {"loss", mean.total},
@@ -322,6 +334,7 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
     }
     record["moe"] = layers;
   }
+  if (!scale_vectors.empty()) record["sv"] = ScaleVectorJson(scale_vectors);
   SM_RETURN_IF_ERROR(metrics_->Write(record));
   if (tensorboard_) {
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/loss", step, mean.total));
@@ -330,6 +343,9 @@ Status TrainLoop::LogStep(int64_t step, const LossBreakdown& mean, const StepSta
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/skipped_steps", step,
                                                static_cast<double>(result_.skipped_steps)));
     SM_RETURN_IF_ERROR(tensorboard_->AddScalar("train/tokens_per_s", step, tokens_per_second));
+    for (const auto& [tag, value] : ScaleVectorScalars(scale_vectors)) {
+      SM_RETURN_IF_ERROR(tensorboard_->AddScalar(tag, step, value));
+    }
     SM_RETURN_IF_ERROR(tensorboard_->Flush());
   }
   if (!options_.quiet) {

@@ -71,9 +71,62 @@ inline StatusOr<ProcessGroups> MpiGroups(const config::RunConfig& cfg) {
   return CreateMpiProcessGroups(GridSizes{l.tp, l.dp, l.pp, l.etp, l.ep, l.edp});
 }
 
-// Rank 0: run `run` against run `reference` — the loss of every logged step,
-// then every parameter of their checkpoints at `steps` (each loaded whole into
-// one rank's model of `cfg`), within `tolerance` relative.
+// The scale-vector figures ("sv", launch/scale_vector_stats.h) of every
+// logged step of `run` against `reference`'s, within `tolerance` relative;
+// the spread across experts (std, a difference of O(rms) values) within
+// `tolerance` of the entry's mean rms.
+inline void ExpectSameScaleVectorStats(const std::filesystem::path& run,
+                                       const std::filesystem::path& reference, double tolerance) {
+  auto read = [](const std::filesystem::path& dir) {
+    StatusOr<std::vector<nlohmann::json>> records =
+        ReadMetricsFile((dir / "metrics.jsonl").string());
+    EXPECT_TRUE(records.ok()) << records.status();
+    std::vector<nlohmann::json> sv;
+    for (const auto& r : records.value_or(std::vector<nlohmann::json>{})) {
+      if (r.contains("loss")) sv.push_back(r.contains("sv") ? r["sv"] : nlohmann::json());
+    }
+    return sv;
+  };
+  const std::string name = run.filename().string();
+  const std::vector<nlohmann::json> got = read(run), want = read(reference);
+  ASSERT_EQ(got.size(), want.size()) << name;
+  auto near = [&](const nlohmann::json& g, const nlohmann::json& w, double scale,
+                  const std::string& what) {
+    ASSERT_TRUE(g.is_number() && w.is_number()) << what << ": " << g.dump() << " vs " << w.dump();
+    EXPECT_NEAR(g.get<double>(), w.get<double>(), tolerance * scale) << what;
+  };
+  for (size_t i = 0; i < want.size(); ++i) {
+    // No "sv" on both sides: a model without vectors, or the switch off.
+    ASSERT_EQ(got[i].is_null(), want[i].is_null()) << name << " record " << i;
+    ASSERT_EQ(got[i].size(), want[i].size()) << name << " record " << i;
+    for (const auto& [key, w] : want[i].items()) {
+      const std::string what = name + " record " + std::to_string(i) + " " + key;
+      ASSERT_TRUE(got[i].contains(key)) << what;
+      const nlohmann::json& g = got[i][key];
+      if (!w.contains("n")) {  // one vector
+        for (const char* f : {"rms", "beta"}) {
+          if (w.contains(f)) near(g[f], w[f], std::fabs(w[f].get<double>()), what + " " + f);
+        }
+        continue;
+      }
+      EXPECT_EQ(g["n"], w["n"]) << what;
+      const double scale = std::fabs(w["rms"]["mean"].get<double>());
+      for (const char* f : {"rms", "beta"}) {
+        if (!w.contains(f)) continue;
+        for (const char* stat : {"mean", "min", "max"}) {
+          near(g[f][stat], w[f][stat], std::fabs(w[f][stat].get<double>()),
+               what + " " + f + " " + stat);
+        }
+        near(g[f]["std"], w[f]["std"], scale, what + " " + f + " std");
+      }
+    }
+  }
+}
+
+// Rank 0: run `run` against run `reference` — the loss and the scale-vector
+// figures of every logged step, then every parameter of their checkpoints at
+// `steps` (each loaded whole into one rank's model of `cfg`), within
+// `tolerance` relative.
 inline void ExpectSameTraining(const config::RunConfig& cfg, const std::filesystem::path& run,
                                const std::filesystem::path& reference, int steps,
                                double tolerance) {
@@ -85,6 +138,7 @@ inline void ExpectSameTraining(const config::RunConfig& cfg, const std::filesyst
   for (size_t i = 0; i < want.size(); ++i) {
     EXPECT_NEAR(got[i], want[i], tolerance * std::abs(want[i])) << name << " step " << i + 1;
   }
+  ExpectSameScaleVectorStats(run, reference, tolerance);
   const std::string last = "checkpoints/step_" + std::to_string(steps);
   StatusOr<WholeModel> a = LoadWholeModel(cfg, (run / last).string());
   StatusOr<WholeModel> b = LoadWholeModel(cfg, (reference / last).string());
