@@ -150,6 +150,7 @@ StatusOr<std::unique_ptr<Work>> NcclCommunicator::Issue(const ExecContext& ctx, 
     std::lock_guard<std::mutex> lock(runtime_->mu());
     NcclRuntime::Tracked& t = *tracked_;
     status = runtime_->error_locked();
+    runtime_->set_context_locked(ctx);
     // The communication stream starts once the compute stream's work so far
     // (which wrote the inputs) is done.
     if (status.ok()) {

@@ -85,6 +85,7 @@ Status UseNcclCommunicators(ProcessGroups& groups, const ExecContext& ctx,
   if (ctx.device() != Device::kCUDA) {
     return absl::InvalidArgumentError("UseNcclCommunicators needs a CUDA context");
   }
+  if (dynamic_cast<NcclCommunicator*>(groups.world.get()) != nullptr) return absl::OkStatus();
   setenv("NCCL_NVLS_ENABLE", "0", /*overwrite=*/0);
   const int ordinal = ctx.device_ordinal();
   SM_RETURN_IF_ERROR(NcclCudaStatus(cudaSetDevice(ordinal), "cudaSetDevice", ordinal));
@@ -118,7 +119,7 @@ Status UseNcclCommunicators(ProcessGroups& groups, const ExecContext& ctx,
     return NcclError(r, absl::StrCat("ncclCommInitRank for ", world.name(), " (rank ", world.rank(),
                                      " of ", world.size(), ", CUDA device ", ordinal, ")"));
   }
-  StatusOr<std::shared_ptr<NcclRuntime>> runtime = NcclRuntime::Create(ctx, options);
+  StatusOr<std::shared_ptr<NcclRuntime>> runtime = NcclRuntime::Create(ordinal, options);
   if (!runtime.ok()) {
     (void)nccl::CommDestroy(world_comm);
     return runtime.status();

@@ -37,7 +37,8 @@ StatusOr<std::string> DescribeSharedGpus(Communicator& world, const ExecContext&
 // Replaces every communicator of `groups` (world, tp, dp, pp, etp, ep, edp)
 // by an NcclCommunicator over the same ranks on ctx's device, keeping the
 // old one for host collectives. `ctx` is this rank's CUDA context; groups
-// and ctx's device must outlive the new communicators' use.
+// and ctx's device must outlive the new communicators' use. Groups already
+// on NCCL (a second training run on the same groups) stay as they are.
 Status UseNcclCommunicators(ProcessGroups& groups, const ExecContext& ctx,
                             const NcclOptions& options);
 

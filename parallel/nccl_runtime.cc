@@ -16,13 +16,8 @@ Status NcclCudaStatus(cudaError_t error, const char* what, int ordinal) {
                                           cudaGetErrorString(error)));
 }
 
-StatusOr<std::shared_ptr<NcclRuntime>> NcclRuntime::Create(const ExecContext& ctx,
-                                                           NcclOptions options) {
-  if (ctx.device() != Device::kCUDA) {
-    return absl::InvalidArgumentError("the NCCL backend needs a CUDA context");
-  }
-  std::shared_ptr<NcclRuntime> runtime(new NcclRuntime(ctx, std::move(options)));
-  const int ordinal = runtime->ordinal_;
+StatusOr<std::shared_ptr<NcclRuntime>> NcclRuntime::Create(int ordinal, NcclOptions options) {
+  std::shared_ptr<NcclRuntime> runtime(new NcclRuntime(ordinal, std::move(options)));
   SM_RETURN_IF_ERROR(NcclCudaStatus(cudaSetDevice(ordinal), "cudaSetDevice", ordinal));
   SM_RETURN_IF_ERROR(
       NcclCudaStatus(cudaStreamCreateWithFlags(&runtime->stream_, cudaStreamNonBlocking),
@@ -137,7 +132,7 @@ void NcclRuntime::Loop() {
       }
     }
     if (message.empty()) continue;
-    ctx_.Fail(error_);
+    if (ctx_) ctx_->Fail(error_);
     lock.unlock();
     SM_LOG(kError, message);
     if (options_.on_failure) options_.on_failure(message);

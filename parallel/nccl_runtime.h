@@ -19,7 +19,8 @@
 // was queued, aborts every communicator (ncclCommAbort: stuck kernels exit,
 // so a host waiting on the compute stream returns), records a sticky error
 // naming the rank, the group, the collective and the setting, fails the
-// context (ExecContext::Fail, which the trainer checks), and calls
+// context of the newest collective (ExecContext::Fail, which the trainer
+// checks), and calls
 // `on_failure` if given. Every later call on these communicators returns the
 // error. NCCL calls that block the host themselves (the first send/recv
 // between two ranks connects them; init and split) are not covered: the MPI
@@ -38,6 +39,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,8 +52,8 @@ namespace scalemoe {
 
 class NcclRuntime {
  public:
-  // On the device of `ctx` (a CUDA context; kept to fail it on an error).
-  static StatusOr<std::shared_ptr<NcclRuntime>> Create(const ExecContext& ctx, NcclOptions options);
+  // On CUDA device `ordinal`.
+  static StatusOr<std::shared_ptr<NcclRuntime>> Create(int ordinal, NcclOptions options);
   ~NcclRuntime();
   NcclRuntime(const NcclRuntime&) = delete;
   NcclRuntime& operator=(const NcclRuntime&) = delete;
@@ -78,19 +80,21 @@ class NcclRuntime {
   std::mutex& mu() { return mu_; }
   // OK, or the failure that aborted the communicators (mu() held).
   const Status& error_locked() const { return error_; }
+  // The context of the newest collective, failed with the error (mu() held).
+  // Holding it keeps that context alive until the next collective or the
+  // runtime's end.
+  void set_context_locked(const ExecContext& ctx) { ctx_ = ctx; }
 
   // Events for asynchronous Work (each owns one until it is waited on).
   StatusOr<cudaEvent_t> TakeEvent();
   void ReturnEvent(cudaEvent_t event);
 
  private:
-  NcclRuntime(const ExecContext& ctx, NcclOptions options)
-      : ctx_(ctx), ordinal_(ctx.device_ordinal()), options_(std::move(options)) {}
+  NcclRuntime(int ordinal, NcclOptions options) : ordinal_(ordinal), options_(std::move(options)) {}
   void Loop();
   // Records the failure, aborts every communicator (mu_ held).
   std::string FailLocked(const Tracked& culprit, const std::string& why);
 
-  ExecContext ctx_;
   const int ordinal_;
   const NcclOptions options_;
   cudaStream_t stream_ = nullptr;
@@ -99,6 +103,7 @@ class NcclRuntime {
   std::condition_variable wake_;
   bool stop_ = false;
   Status error_;
+  std::optional<ExecContext> ctx_;
   std::vector<std::unique_ptr<Tracked>> tracked_;
   std::vector<cudaEvent_t> free_events_;
   std::thread monitor_;
