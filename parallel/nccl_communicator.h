@@ -12,7 +12,13 @@
 //   context's stream wait for that at once, an asynchronous one
 //   (AllReduceAsync, ReduceScatterAsync) only in Work::Wait, so that the
 //   compute queued in between (the rest of the backward pass) overlaps the
-//   communication. Neither blocks the host.
+//   communication. Neither blocks the host. Users today: GradSync's buckets
+//   (parallel/grad_sync.h) are AllReduceAsync, so a finished layer's
+//   gradients reduce while the compute stream finishes the layers below;
+//   ZeRO-1's reduce-scatter and all-gather (optim/distributed_optimizer.cc)
+//   are synchronous calls after backward and before the next forward;
+//   issuing ReduceScatterAsync per bucket from GradientsReady would overlap
+//   them the same way.
 // - CPU tensors (a CPU context) and the host collectives (*Host, Barrier):
 //   the group's host communicator given at construction (MPI; a
 //   LocalCommunicator for a world of one). A CPU tensor with a CUDA context

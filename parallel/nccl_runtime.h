@@ -20,11 +20,11 @@
 // so a host waiting on the compute stream returns), records a sticky error
 // naming the rank, the group, the collective and the setting, fails the
 // context of the newest collective (ExecContext::Fail, which the trainer
-// checks), and calls
-// `on_failure` if given. Every later call on these communicators returns the
-// error. NCCL calls that block the host themselves (the first send/recv
-// between two ranks connects them; init and split) are not covered: the MPI
-// collective that precedes init is watched by the CollectiveWatchdog.
+// checks), and calls `on_failure` if given. Every later call on these
+// communicators returns the error. The trainer passes no `on_failure`: its
+// next collective fails the run, and train_command ends the job. NCCL calls that block the host
+// themselves (the first send/recv between two ranks connects them; init and split) are not covered:
+// the MPI collective that precedes init is watched by the CollectiveWatchdog.
 //
 // Threading: the communicators are used by one thread (as MPI's FUNNELED);
 // the monitor thread takes mu() to read their state and to abort them.
