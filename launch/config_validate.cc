@@ -101,6 +101,10 @@ void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Con
           " must be >= 0: set 0 to keep all");
   p.Positive("logging.log_interval", c.logging().log_interval());
   p.Positive("parallel.grad_bucket_elements", c.parallel().grad_bucket_elements());
+  p.Check(c.parallel().communicator() != config::ParallelConfig::NCCL ||
+              t.device() == config::TrainConfig::CUDA,
+          "parallel.communicator=NCCL needs train.device: CUDA (NCCL moves device memory): set "
+          "train.device: CUDA, or parallel.communicator: AUTO or MPI");
   p.Check(!c.name().empty() && c.name().find('/') == std::string::npos, "name='", c.name(),
           "' must be non-empty without '/': it names the run directory");
 }

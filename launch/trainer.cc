@@ -24,6 +24,8 @@
 #include "model/model.h"
 #include "nlohmann/json.hpp"
 #include "optim/distributed_optimizer.h"
+#include "parallel/nccl_choice.h"
+#include "parallel/nccl_process_groups.h"
 
 namespace scalemoe {
 namespace {
@@ -55,6 +57,35 @@ StatusOr<ExecContext> RankCudaContext() {
   return ExecContext::Cuda(LocalRank() % count);
 }
 
+// parallel.communicator on a CUDA run: switch every group to NCCL, or keep
+// the host communicators (MPI staging device buffers; parallel/nccl_choice.h
+// says when). Every rank decides alike (the facts are gathered over the
+// world).
+Status UseConfiguredCommunicator(const config::RunConfig& cfg, ProcessGroups& groups,
+                                 const ExecContext& ctx) {
+  const config::ParallelConfig::Communicator setting = cfg.parallel().communicator();
+  const CommunicatorRequest request =
+      setting == config::ParallelConfig::NCCL  ? CommunicatorRequest::kNccl
+      : setting == config::ParallelConfig::MPI ? CommunicatorRequest::kMpi
+                                               : CommunicatorRequest::kAuto;
+  CommunicatorFacts facts;
+  facts.cuda = true;
+  facts.world = groups.grid.world();
+  // A world of one under AUTO has nothing to send: NCCL is not even loaded.
+  if (request == CommunicatorRequest::kNccl ||
+      (request == CommunicatorRequest::kAuto && facts.world > 1)) {
+    facts.nccl_available = NcclAvailableEverywhere(*groups.world);
+    SM_ASSIGN_OR_RETURN(facts.shared_gpus, DescribeSharedGpus(*groups.world, ctx));
+  }
+  SM_ASSIGN_OR_RETURN(const CommunicatorDecision decision, ChooseCommunicator(request, facts));
+  SM_LOG_RANK0(kInfo, "communicator: ", decision.why);
+  if (!decision.nccl) return absl::OkStatus();
+  NcclOptions options;
+  options.timeout = std::chrono::seconds(cfg.parallel().collective_timeout_s());
+  options.world_rank = groups.coords.global;
+  return UseNcclCommunicators(groups, ctx, options);
+}
+
 }  // namespace
 
 std::pair<Tensor, Tensor> BatchTensors(MicroBatch& batch) {
@@ -74,6 +105,7 @@ Status TrainLoop::Setup() {
   const auto& train = cfg_.train();
   if (train.device() == config::TrainConfig::CUDA) {
     SM_ASSIGN_OR_RETURN(ctx_, RankCudaContext());
+    SM_RETURN_IF_ERROR(UseConfiguredCommunicator(cfg_, groups_, ctx_));
   }
   result_.device = ctx_.device() == Device::kCUDA ? absl::StrCat("CUDA:", ctx_.device_ordinal())
                                                   : std::string("CPU");

@@ -50,6 +50,9 @@ Status Communicator::AllReduce(const ExecContext& ctx, const Tensor& tensor,
                                const AllReduceOptions& options) {
   CheckOn(ctx, "AllReduce", tensor);
   if (ctx.device() == Device::kCPU) return HostAllReduce(tensor, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceAllReduce(ctx, tensor, options);
+  }
   return Staged(ctx, "AllReduce", {tensor}, {tensor},
                 [&](const auto& r, const auto&) { return HostAllReduce(r[0], options); });
 }
@@ -59,6 +62,9 @@ StatusOr<std::unique_ptr<Work>> Communicator::AllReduceAsync(const ExecContext& 
                                                              const AllReduceOptions& options) {
   CheckOn(ctx, "AllReduceAsync", tensor);
   if (ctx.device() == Device::kCPU) return HostAllReduceAsync(tensor, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceAllReduceAsync(ctx, tensor, options);
+  }
   return std::unique_ptr<Work>(std::make_unique<CompletedWork>(AllReduce(ctx, tensor, options)));
 }
 
@@ -67,6 +73,9 @@ Status Communicator::ReduceScatter(const ExecContext& ctx, const Tensor& input,
   CheckOn(ctx, "ReduceScatter", input);
   CheckOn(ctx, "ReduceScatter", output);
   if (ctx.device() == Device::kCPU) return HostReduceScatter(input, output, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceReduceScatter(ctx, input, output, options);
+  }
   return Staged(ctx, "ReduceScatter", {input}, {output}, [&](const auto& r, const auto& w) {
     return HostReduceScatter(r[0], w[0], options);
   });
@@ -78,6 +87,9 @@ StatusOr<std::unique_ptr<Work>> Communicator::ReduceScatterAsync(
   CheckOn(ctx, "ReduceScatterAsync", input);
   CheckOn(ctx, "ReduceScatterAsync", output);
   if (ctx.device() == Device::kCPU) return HostReduceScatterAsync(input, output, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceReduceScatterAsync(ctx, input, output, options);
+  }
   return std::unique_ptr<Work>(
       std::make_unique<CompletedWork>(ReduceScatter(ctx, input, output, options)));
 }
@@ -87,6 +99,9 @@ Status Communicator::AllGather(const ExecContext& ctx, const Tensor& input, cons
   CheckOn(ctx, "AllGather", input);
   CheckOn(ctx, "AllGather", output);
   if (ctx.device() == Device::kCPU) return HostAllGather(input, output, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceAllGather(ctx, input, output, options);
+  }
   return Staged(ctx, "AllGather", {input}, {output},
                 [&](const auto& r, const auto& w) { return HostAllGather(r[0], w[0], options); });
 }
@@ -100,6 +115,9 @@ Status Communicator::AllToAllV(const ExecContext& ctx, const Tensor& input,
   if (ctx.device() == Device::kCPU) {
     return HostAllToAllV(input, send_counts, output, recv_counts, options);
   }
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceAllToAllV(ctx, input, send_counts, output, recv_counts, options);
+  }
   return Staged(ctx, "AllToAllV", {input}, {output}, [&](const auto& r, const auto& w) {
     return HostAllToAllV(r[0], send_counts, w[0], recv_counts, options);
   });
@@ -109,6 +127,9 @@ Status Communicator::Broadcast(const ExecContext& ctx, const Tensor& tensor,
                                const BroadcastOptions& options) {
   CheckOn(ctx, "Broadcast", tensor);
   if (ctx.device() == Device::kCPU) return HostBroadcast(tensor, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceBroadcast(ctx, tensor, options);
+  }
   return Staged(ctx, "Broadcast", {tensor}, {tensor},
                 [&](const auto& r, const auto&) { return HostBroadcast(r[0], options); });
 }
@@ -117,6 +138,9 @@ Status Communicator::Send(const ExecContext& ctx, const Tensor& tensor, int peer
                           const SendRecvOptions& options) {
   CheckOn(ctx, "Send", tensor);
   if (ctx.device() == Device::kCPU) return HostSend(tensor, peer, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceSend(ctx, tensor, peer, options);
+  }
   return Staged(ctx, "Send", {tensor}, {},
                 [&](const auto& r, const auto&) { return HostSend(r[0], peer, options); });
 }
@@ -125,6 +149,9 @@ Status Communicator::Recv(const ExecContext& ctx, const Tensor& tensor, int peer
                           const SendRecvOptions& options) {
   CheckOn(ctx, "Recv", tensor);
   if (ctx.device() == Device::kCPU) return HostRecv(tensor, peer, options);
+  if (DeviceCollectives* device = device_collectives()) {
+    return device->DeviceRecv(ctx, tensor, peer, options);
+  }
   return Staged(ctx, "Recv", {}, {tensor},
                 [&](const auto&, const auto& w) { return HostRecv(w[0], peer, options); });
 }

@@ -1,8 +1,9 @@
 // Communicator: the only way layers, the optimizer and checkpoints talk to
 // other ranks. One Communicator is bound to one process group (a set of
 // global ranks; rank() is the position inside it). Backends: MPI for host
-// memory (parallel/mpi_communicator.h), NCCL for CUDA tensors (later), and
-// an in-process fake for unit tests (parallel/fake_communicator.h).
+// memory (parallel/mpi_communicator.h), NCCL for CUDA tensors
+// (parallel/nccl_communicator.h, built with the CUDA backend), and an
+// in-process fake for unit tests (parallel/fake_communicator.h).
 //
 // Two kinds of call:
 // - Tensor collectives take the ExecContext the tensors live on and are
@@ -77,6 +78,39 @@ class CompletedWork : public Work {
   Status status_;
 };
 
+// A device-native backend (NCCL): tensor collectives on device memory,
+// queued on the context's stream (ordered as the Communicator contract
+// says). A Communicator that has one (device_collectives() non-null) sends
+// CUDA tensors there instead of staging them through host memory; CPU
+// tensors still take the host backend. Arguments are as the Communicator
+// calls of the same name without "Device".
+class DeviceCollectives {
+ public:
+  virtual ~DeviceCollectives() = default;
+  virtual Status DeviceAllReduce(const ExecContext& ctx, const Tensor& tensor,
+                                 const AllReduceOptions& options) = 0;
+  virtual StatusOr<std::unique_ptr<Work>> DeviceAllReduceAsync(const ExecContext& ctx,
+                                                               const Tensor& tensor,
+                                                               const AllReduceOptions& options) = 0;
+  virtual Status DeviceReduceScatter(const ExecContext& ctx, const Tensor& input,
+                                     const Tensor& output, const ReduceScatterOptions& options) = 0;
+  virtual StatusOr<std::unique_ptr<Work>> DeviceReduceScatterAsync(
+      const ExecContext& ctx, const Tensor& input, const Tensor& output,
+      const ReduceScatterOptions& options) = 0;
+  virtual Status DeviceAllGather(const ExecContext& ctx, const Tensor& input, const Tensor& output,
+                                 const AllGatherOptions& options) = 0;
+  virtual Status DeviceAllToAllV(const ExecContext& ctx, const Tensor& input,
+                                 const std::vector<int64_t>& send_counts, const Tensor& output,
+                                 const std::vector<int64_t>& recv_counts,
+                                 const AllToAllOptions& options) = 0;
+  virtual Status DeviceBroadcast(const ExecContext& ctx, const Tensor& tensor,
+                                 const BroadcastOptions& options) = 0;
+  virtual Status DeviceSend(const ExecContext& ctx, const Tensor& tensor, int peer,
+                            const SendRecvOptions& options) = 0;
+  virtual Status DeviceRecv(const ExecContext& ctx, const Tensor& tensor, int peer,
+                            const SendRecvOptions& options) = 0;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -133,6 +167,10 @@ class Communicator {
   virtual Status Barrier() = 0;
 
  protected:
+  // The device-native backend, or null: device tensors are then staged
+  // through the host backend below.
+  virtual DeviceCollectives* device_collectives() { return nullptr; }
+
   // The backend: collectives over host memory (MPI, the fake, a group of one).
   virtual Status HostAllReduce(const Tensor& tensor, const AllReduceOptions& options) = 0;
   virtual StatusOr<std::unique_ptr<Work>> HostAllReduceAsync(const Tensor& tensor,

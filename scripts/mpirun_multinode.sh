@@ -25,10 +25,18 @@
 #                   memory within a node, TCP between nodes)
 #   MPIRUN_ARGS     more mpirun options, e.g. "--display-map"
 #   SCALEMOE_BIN    the binary (default: build/scalemoe of this checkout)
+# NCCL (train.device: CUDA; parallel.communicator AUTO or NCCL), passed to
+# every rank; NCCL_NVLS_ENABLE=0 always (NVLink multicast stays off):
+#   NCCL_SOCKET_IFNAME  NCCL's bootstrap and socket network (default: every
+#                       interface but lo and docker*), e.g. eth0 or ^lo
+#   NCCL_IB_HCA         InfiniBand adapters NCCL may use, e.g. mlx5_0,mlx5_1
+#                       (unset: NCCL picks; not passed when unset)
+#   NCCL_DEBUG          NCCL's log level (default WARN; INFO shows the rings
+#                       and transports it chose)
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
-  sed -n '2,27p' "$0" >&2
+  sed -n '2,35p' "$0" >&2
   exit 2
 fi
 hostfile=$1 np=$2 config=$3
@@ -53,14 +61,20 @@ keepalive=(--mca oob_tcp_keepalive_time $((node_timeout / 2 > 0 ? node_timeout /
 read -r -a extra <<<"${MPIRUN_ARGS:-}"
 
 # -x exports a variable to every rank. NCCL_NVLS_ENABLE=0: NVLink multicast
-# (NVLS) stays off, it is not available on every node we run on.
-# NCCL_SOCKET_IFNAME picks NCCL's bootstrap network (adjust to the cluster).
+# (NVLS) stays off, it is not available on every node we run on (the binary
+# sets it too when unset). NCCL_SOCKET_IFNAME picks NCCL's bootstrap network
+# (adjust to the cluster); NCCL_IB_HCA is passed only when set.
+nccl_env=(-x NCCL_NVLS_ENABLE=0
+          -x NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-^lo,docker}"
+          -x NCCL_DEBUG="${NCCL_DEBUG:-WARN}")
+if [[ -n ${NCCL_IB_HCA:-} ]]; then
+  nccl_env+=(-x NCCL_IB_HCA="$NCCL_IB_HCA")
+fi
 exec mpirun \
   --hostfile "$hostfile" -np "$np" \
   --map-by ppr:"${RANKS_PER_NODE:-8}":node --bind-to none \
   --mca btl "${MPI_BTL:-self,vader,tcp}" "${net_args[@]}" "${keepalive[@]}" \
-  -x NCCL_NVLS_ENABLE=0 \
-  -x NCCL_SOCKET_IFNAME="${NCCL_SOCKET_IFNAME:-^lo,docker}" \
+  "${nccl_env[@]}" \
   -x OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" \
   -x SCALEMOE_LOG_LEVEL="${SCALEMOE_LOG_LEVEL:-info}" \
   "${extra[@]}" \
