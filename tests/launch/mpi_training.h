@@ -8,6 +8,8 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <cstring>
+#include <cstdlib>
 #include <memory>
 #include <string>
 #include <vector>
@@ -39,6 +41,32 @@ inline void WorldBarrier() { SM_CHECK_OK(TestWorld().groups->world->Barrier()); 
 
 // One directory for the whole job, "<tmp>/<prefix>_<world>_<rank 0's pid>",
 // the same on every rank. The first call is a collective (rank 0 names it).
+// SCALEMOE_TEST_DEVICE=CUDA (the gpu-labelled CTest entries): every run of
+// the test, its single-rank reference included, trains on the GPU.
+inline std::vector<std::string> TestDeviceOverrides() {
+  const char* device = std::getenv("SCALEMOE_TEST_DEVICE");
+  if (device == nullptr) return {};
+  return {std::string("train.device=") + device};
+}
+
+// SCALEMOE_TEST_DEVICE=CUDA on a machine without a GPU: the test skips
+// (fails under SCALEMOE_REQUIRE_GPU=1).
+inline bool MissingTestGpu() {
+  const char* device = std::getenv("SCALEMOE_TEST_DEVICE");
+  return device != nullptr && std::strcmp(device, "CUDA") == 0 &&
+         ExecContext::CudaDeviceCount() == 0;
+}
+
+// In a test's SetUp: skips (or fails under SCALEMOE_REQUIRE_GPU=1) when the
+// test device is missing.
+#define SM_SKIP_WITHOUT_TEST_GPU()                                                      \
+  do {                                                                                  \
+    if (!::scalemoe::testing::MissingTestGpu()) break;                                  \
+    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");                          \
+    if (require != nullptr && std::strcmp(require, "1") == 0) FAIL() << "no CUDA device"; \
+    GTEST_SKIP() << "SCALEMOE_TEST_DEVICE=CUDA but no CUDA device here: gpu test skipped"; \
+  } while (0)
+
 inline std::filesystem::path MpiJobRoot(const std::string& prefix) {
   static std::filesystem::path* root = [&] {
     StatusOr<std::string> id =

@@ -46,19 +46,9 @@ config::RunConfig Config(const std::vector<std::string>& layout) {
       "train.train_steps=" + std::to_string(kSteps), "checkpoint.interval=10",
       "train.global_batch_size=" + std::to_string(2 * WorldSize()), "train.eval_interval=10",
       "scale_vectors.placement=DUAL"};
-  if (const char* device = std::getenv("SCALEMOE_TEST_DEVICE")) {
-    extra.push_back(std::string("train.device=") + device);
-  }
+  for (const std::string& d : testing::TestDeviceOverrides()) extra.push_back(d);
   extra.insert(extra.end(), layout.begin(), layout.end());
   return testing::TinyTrainingConfig(JobRoot(), extra);
-}
-
-// SCALEMOE_TEST_DEVICE=CUDA on a machine without a GPU: every test skips
-// (fails under SCALEMOE_REQUIRE_GPU=1).
-bool MissingGpu() {
-  const char* device = std::getenv("SCALEMOE_TEST_DEVICE");
-  return device != nullptr && std::strcmp(device, "CUDA") == 0 &&
-         ExecContext::CudaDeviceCount() == 0;
 }
 
 StatusOr<TrainResult> TrainOn(const config::RunConfig& cfg, const std::string& name,
@@ -73,7 +63,7 @@ class TrainerMpiTest : public ::testing::Test {
  protected:
   // Rank 0 prepares the data and runs the single-rank reference once.
   static void SetUpTestSuite() {
-    if (MissingGpu()) return;
+    if (testing::MissingTestGpu()) return;
     if (WorldRank() == 0) {
       fs::remove_all(JobRoot());
       Status made = testing::MakeTinyDataset(JobRoot());
@@ -87,12 +77,7 @@ class TrainerMpiTest : public ::testing::Test {
     testing::WorldBarrier();
     if (WorldRank() == 0) fs::remove_all(JobRoot());
   }
-  void SetUp() override {
-    if (!MissingGpu()) return;
-    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
-    if (require != nullptr && std::strcmp(require, "1") == 0) FAIL() << "no CUDA device";
-    GTEST_SKIP() << "SCALEMOE_TEST_DEVICE=CUDA but no CUDA device here: gpu test skipped";
-  }
+  void SetUp() override { SM_SKIP_WITHOUT_TEST_GPU(); }
 
   // Rank 0 checks run `name` against a reference run: losses of every step,
   // then every parameter of the final checkpoints.

@@ -4,6 +4,9 @@
 // single-rank run on the same global batch (and its validation loss), within
 // 1e-5 relative (fp32); a TP checkpoint resumes on another layout.
 // Registered for 2, 4 and 8 ranks; each world size runs the layouts that fit.
+// With SCALEMOE_TEST_DEVICE=CUDA (CTest's launch_trainer_tp_mpi*_cuda_test,
+// label gpu) every run trains on the GPU, the ranks sharing it through
+// host-staged collectives, at the same tolerance.
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -36,6 +39,7 @@ config::RunConfig Config(const std::vector<std::string>& extra) {
       "train.eval_interval=10", "scale_vectors.placement=DUAL",
       "scale_vectors.dual_projections=[Q, O, GATE, DOWN]",
       "model.num_kv_heads=2", "moe.num_shared_experts=1", "moe.z_loss_coeff=0.001"};
+  for (const std::string& d : testing::TestDeviceOverrides()) all.push_back(d);
   all.insert(all.end(), extra.begin(), extra.end());
   return testing::TinyTrainingConfig(JobRoot(), all);
 }
@@ -51,6 +55,7 @@ StatusOr<ProcessGroups> Groups(const config::RunConfig& cfg) { return testing::M
 class TrainerTpTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
+    if (testing::MissingTestGpu()) return;
     if (WorldRank() == 0) {
       fs::remove_all(JobRoot());
       Status made = testing::MakeTinyDataset(JobRoot());
@@ -62,6 +67,8 @@ class TrainerTpTest : public ::testing::Test {
     testing::WorldBarrier();
     if (WorldRank() == 0) fs::remove_all(JobRoot());
   }
+
+  void SetUp() override { SM_SKIP_WITHOUT_TEST_GPU(); }
 
   static void ExpectMatches(const config::RunConfig& cfg, const std::string& name,
                             const std::string& reference) {
