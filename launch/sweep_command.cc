@@ -25,8 +25,8 @@ namespace scalemoe {
 namespace {
 
 constexpr char kUsage[] =
-    "usage: scalemoe sweep --spec FILE [--sweep-dir DIR] [--print] [--points A,B]\n"
-    "                      [--collect] [--quiet]\n"
+    "usage: scalemoe sweep --spec FILE [--set a.b=value]... [--sweep-dir DIR] [--print]\n"
+    "                      [--points A,B] [--collect] [--quiet]\n"
     "  Runs every point of the sweep FILE describes (configs/sweep.proto; examples\n"
     "  in configs/sweeps/), one after another, each as 'scalemoe train --config BASE\n"
     "  --set ... --run-dir DIR/<point>' (under mpirun for launcher.ranks > 1).\n"
@@ -35,7 +35,9 @@ constexpr char kUsage[] =
     "  from its newest complete checkpoint; a failed one stops the sweep, naming\n"
     "  its log (DIR/<point>/train.log). Rerun the same command to continue.\n"
     "  DIR/results.csv (one row per point) is rewritten after every point; plot it\n"
-    "  with python3 scripts/plot_sweep.py DIR.\n"
+    "  with scripts/plot_sweep.py DIR.\n"
+    "  --set a.b=value  one more override for every point, after the spec's set\n"
+    "                   (e.g. data.dataset_dir of this machine; give the same on reruns)\n"
     "  --sweep-dir DIR  output directory (default: the spec's output_dir, else\n"
     "                   sweeps/<spec name>)\n"
     "  --print          print one train command per point and exit (as launcher\n"
@@ -74,6 +76,7 @@ void PrintPlan(const config::SweepSpec& spec, const std::vector<SweepPoint>& poi
 
 int RunSweepCommand(const std::vector<std::string>& args) {
   StatusOr<ParsedFlags> flags = ParseFlags(args, {{"spec"},
+                                                  {"set", true, true},
                                                   {"sweep-dir"},
                                                   {"print", false},
                                                   {"points", true, true},
@@ -87,6 +90,7 @@ int RunSweepCommand(const std::vector<std::string>& args) {
   if (!flags->Has("spec")) return Fail(2, std::string("--spec is required\n") + kUsage);
   StatusOr<config::SweepSpec> spec = LoadSweepSpec(flags->Get("spec"));
   if (!spec.ok()) return Fail(2, std::string(spec.status().message()));
+  for (const std::string& o : flags->All("set")) spec->add_set(o);
   if (Status s = ValidateSweepSpec(*spec); !s.ok()) {
     return Fail(2, flags->Get("spec") + ": " + std::string(s.message()));
   }
@@ -136,7 +140,7 @@ int RunSweepCommand(const std::vector<std::string>& args) {
     return Fail(s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1, std::string(s.message()));
   }
   if (!options.quiet) {
-    std::printf("results: %s/%s (plots: python3 scripts/plot_sweep.py %s)\n", sweep_dir.c_str(),
+    std::printf("results: %s/%s (plots: scripts/plot_sweep.py %s)\n", sweep_dir.c_str(),
                 kResultsFile, sweep_dir.c_str());
   }
   return 0;
