@@ -137,7 +137,9 @@ int RunSweepCommand(const std::vector<std::string>& args) {
   std::ofstream(std::filesystem::path(sweep_dir) / "sweep_spec.textproto") << spec_text;
 
   if (Status s = RunSweep(*spec, *points, options); !s.ok()) {
-    return Fail(s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1, std::string(s.message()));
+    const bool usage = s.code() == absl::StatusCode::kInvalidArgument ||
+                       s.code() == absl::StatusCode::kFailedPrecondition;
+    return Fail(usage ? 2 : 1, std::string(s.message()));
   }
   if (!options.quiet) {
     std::printf("results: %s/%s (plots: scripts/plot_sweep.py %s)\n", sweep_dir.c_str(),

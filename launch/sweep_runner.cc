@@ -196,6 +196,8 @@ Status RunPoint(const config::SweepSpec& spec, const SweepPoint& point,
         "resumes from its newest complete checkpoint, if it has one"));
   }
   const nlohmann::json done = {{"point", point.name},
+                               {"base_config", spec.base_config()},
+                               {"overrides", point.overrides},
                                {"train_steps", steps},
                                {"wall_s", AttemptsWallSeconds(point_dir).value_or(seconds)}};
   return WriteAtomically((fs::path(point_dir) / kPointDoneFile).string(), done.dump() + "\n");
@@ -287,9 +289,43 @@ Status CheckPointNames(const std::vector<SweepPoint>& points,
   return absl::OkStatus();
 }
 
+Status CheckFinishedPoints(const config::SweepSpec& spec, const std::vector<SweepPoint>& points,
+                           const std::string& sweep_dir) {
+  std::vector<std::string> problems;
+  for (const SweepPoint& point : points) {
+    const fs::path marker = fs::path(sweep_dir) / point.name / kPointDoneFile;
+    std::ifstream in(marker);
+    if (!in) continue;
+    const nlohmann::json done = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!done.is_object() || !done.contains("overrides")) continue;
+    std::vector<std::string> then;
+    if (done["overrides"].is_array()) then = done["overrides"].get<std::vector<std::string>>();
+    const std::string then_base = done.value("base_config", spec.base_config());
+    if (then == point.overrides && then_base == spec.base_config()) continue;
+    std::string what = absl::StrCat("base_config ", then_base, ", now ", spec.base_config());
+    if (then_base == spec.base_config()) {
+      size_t i = 0;
+      while (i < then.size() && i < point.overrides.size() && then[i] == point.overrides[i]) ++i;
+      what = absl::StrCat("--set ", i < then.size() ? then[i] : "(none)", ", now --set ",
+                          i < point.overrides.size() ? point.overrides[i] : "(none)");
+    }
+    problems.push_back(absl::StrCat("point ", point.name,
+                                    " finished with other settings than "
+                                    "the spec gives it now (",
+                                    what, ")"));
+  }
+  if (problems.empty()) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(absl::StrJoin(problems, "\n"),
+                   "\nRun the changed sweep into another --sweep-dir, or delete "
+                   "the point's directory under ",
+                   sweep_dir, " to run it again"));
+}
+
 Status RunSweep(const config::SweepSpec& spec, const std::vector<SweepPoint>& points,
                 const SweepRunOptions& options) {
   SM_RETURN_IF_ERROR(CheckPointNames(points, options.only));
+  SM_RETURN_IF_ERROR(CheckFinishedPoints(spec, points, options.sweep_dir));
   std::error_code ec;
   fs::create_directories(options.sweep_dir, ec);
   if (ec) {

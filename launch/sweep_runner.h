@@ -7,8 +7,11 @@
 // A point is finished when sweep_done.json exists. The sweep writes it after
 // the child exits 0 and the point's metrics.jsonl holds the val_loss record
 // of step train.train_steps (the trainer evaluates at the last step,
-// always). A finished point is skipped and its directory left untouched;
-// delete sweep_done.json (or the directory) to run it again. An unfinished
+// always), with the point's base config and overrides. A finished point is
+// skipped and its directory left untouched; delete sweep_done.json (or the
+// directory) to run it again. A finished point whose base config or
+// overrides differ from what the spec now gives it stops the sweep before
+// anything runs (CheckFinishedPoints): its results would not be the spec's. An unfinished
 // point with a complete checkpoint resumes from the newest one (train
 // --resume); one without starts afresh (the stopped run's metrics and
 // TensorBoard files are removed; train.log keeps growing). A failed point
@@ -65,6 +68,12 @@ struct SweepRunOptions {
 // InvalidArgument naming the unknown ones when `only` names a point that
 // `points` lacks.
 Status CheckPointNames(const std::vector<SweepPoint>& points, const std::vector<std::string>& only);
+
+// FailedPrecondition naming every finished point under `sweep_dir` whose
+// sweep_done.json records another base config or other overrides than
+// `points` give it.
+Status CheckFinishedPoints(const config::SweepSpec& spec, const std::vector<SweepPoint>& points,
+                           const std::string& sweep_dir);
 
 // Runs the points (those in options.only, if given) in order as above.
 Status RunSweep(const config::SweepSpec& spec, const std::vector<SweepPoint>& points,

@@ -136,6 +136,14 @@ TEST_F(SweepRunTest, RerunSkipsFinishedResumesInterruptedAndRestartsStalePoints)
     EXPECT_EQ(LoggedSteps(dir / point), all_steps);  // each step once, none of the stale run's
   }
 
+  // A changed spec does not reuse the finished points.
+  CommandResult changed = RunCommand(sweep + " --set optimizer.lr=1e-2");
+  EXPECT_EQ(changed.exit_code, 2) << changed.output;
+  EXPECT_THAT(changed.output, HasSubstr("point experts-1 finished with other settings than the "
+                                        "spec gives it now (--set moe.num_experts=1, now "
+                                        "--set optimizer.lr=1e-2)"));
+  EXPECT_TRUE(Snapshot(dir / "experts-1") == finished);
+
   // results.csv: every point with its numbers, as the runs and models give them.
   const config::SweepSpec spec = Must(LoadSweepSpec((*root_ / "experts.textproto").string()));
   const std::vector<SweepPoint> points = Must(ExpandSweep(spec));
