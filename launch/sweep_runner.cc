@@ -1,11 +1,6 @@
 // Running a sweep's points as child processes (launch/sweep_runner.h).
 #include "launch/sweep_runner.h"
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
@@ -21,67 +16,13 @@
 #include "absl/strings/str_join.h"
 #include "checkpoint/checkpoint.h"
 #include "launch/metrics.h"
+#include "launch/sweep_child.h"
 #include "launch/sweep_results.h"
-
-extern char** environ;
 
 namespace scalemoe {
 namespace {
 
 namespace fs = std::filesystem;
-
-// How a child ended: "exit code 1", "signal 9 (Killed)".
-struct ChildEnd {
-  bool ok = false;
-  std::string how;
-};
-
-// The environment with `name` set to `value` (when value is not empty).
-std::vector<std::string> ChildEnvironment(const std::string& name, const std::string& value) {
-  std::vector<std::string> env;
-  const std::string prefix = name + "=";
-  for (char** e = environ; *e != nullptr; ++e) {
-    if (value.empty() || std::string(*e).rfind(prefix, 0) != 0) env.emplace_back(*e);
-  }
-  if (!value.empty()) env.push_back(prefix + value);
-  return env;
-}
-
-// Starts argv with stdout and stderr appended to `log_path` and stdin from
-// /dev/null, and waits for it.
-StatusOr<ChildEnd> RunChild(const std::vector<std::string>& argv,
-                            const std::vector<std::string>& env, const std::string& log_path) {
-  std::vector<char*> args, envp;
-  for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-  args.push_back(nullptr);
-  for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  envp.push_back(nullptr);
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, 1, log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&actions, 1, 2);
-  pid_t pid = 0;
-  const int err = posix_spawnp(&pid, args[0], &actions, nullptr, args.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (err != 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "cannot start ", argv[0], ": ", std::strerror(err),
-        "; check the path (launcher.mpirun for mpirun, the scalemoe build for the binary)"));
-  }
-  int status = 0;
-  while (waitpid(pid, &status, 0) < 0) {
-    if (errno != EINTR) {
-      return absl::InternalError(absl::StrCat("waiting for ", argv[0], ": ", std::strerror(errno)));
-    }
-  }
-  if (WIFEXITED(status)) {
-    return ChildEnd{WEXITSTATUS(status) == 0, absl::StrCat("exit code ", WEXITSTATUS(status))};
-  }
-  const int sig = WIFSIGNALED(status) ? WTERMSIG(status) : 0;
-  return ChildEnd{false, absl::StrCat("signal ", sig, " (", strsignal(sig), ")")};
-}
 
 Status AppendLine(const std::string& path, const std::string& line) {
   std::ofstream out(path, std::ios::app);
@@ -89,6 +30,12 @@ Status AppendLine(const std::string& path, const std::string& line) {
   out.flush();
   if (!out) return absl::DataLossError(absl::StrCat("cannot append to ", path, " (disk full?)"));
   return absl::OkStatus();
+}
+
+// LOCAL's CUDA_VISIBLE_DEVICES for the child, if the launcher sets one.
+std::vector<std::string> CudaDevices(const config::SweepLauncher& launcher) {
+  if (launcher.cuda_visible_devices().empty()) return {};
+  return {"CUDA_VISIBLE_DEVICES=" + launcher.cuda_visible_devices()};
 }
 
 // Writes `text` to `path` through a temporary file and a rename.
@@ -171,11 +118,7 @@ Status RunPoint(const config::SweepSpec& spec, const SweepPoint& point,
       AppendLine(log, absl::StrCat("=== scalemoe sweep: point ", point.name, ", attempt ", attempt,
                                    " (", from, ")\n$ ", ShellJoin(argv))));
   const auto start = std::chrono::steady_clock::now();
-  SM_ASSIGN_OR_RETURN(
-      const ChildEnd end,
-      RunChild(argv,
-               ChildEnvironment("CUDA_VISIBLE_DEVICES", spec.launcher().cuda_visible_devices()),
-               log));
+  SM_ASSIGN_OR_RETURN(const ChildEnd end, RunChild(argv, CudaDevices(spec.launcher()), log));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   const nlohmann::json record = {{"attempt", attempt},

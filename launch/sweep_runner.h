@@ -1,5 +1,6 @@
 // Running a sweep: each point is a child `scalemoe train` process (a plain
-// process for one rank, mpirun for more), one after another, into
+// process for one rank, mpirun for more; launch/sweep_child.h: it ends with
+// the sweep), one after another, into
 // SWEEP_DIR/<point name>/, which holds besides the run's own files:
 //   train.log             the child's stdout and stderr, every attempt
 //   sweep_attempts.jsonl  one record per attempt: command, exit, wall time

@@ -5,8 +5,10 @@
 // log; the launcher's commands (mpirun, a cluster prefix, PRINT).
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 
 #include "absl/strings/str_split.h"
 #include "gmock/gmock.h"
@@ -61,6 +63,32 @@ double LastValue(const fs::path& run, const std::string& key) {
     if (r.contains(key)) value = r[key].get<double>();
   }
   return value;
+}
+
+// Processes (other than this one) whose command line contains `needle`.
+std::vector<pid_t> ProcessesWith(const std::string& needle) {
+  std::vector<pid_t> pids;
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator("/proc", ec)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    std::string cmdline = ReadText(entry.path() / "cmdline");
+    std::replace(cmdline.begin(), cmdline.end(), '\0', ' ');
+    const pid_t pid = std::stoi(name);
+    if (pid != getpid() && cmdline.find(needle) != std::string::npos) pids.push_back(pid);
+  }
+  return pids;
+}
+
+// Polls `done` every 50 ms for up to `seconds`.
+template <typename F>
+bool WaitFor(double seconds, F done) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > until) return false;
+    usleep(50000);
+  }
+  return true;
 }
 
 class SweepRunTest : public ::testing::Test {
@@ -218,6 +246,27 @@ TEST_F(SweepRunTest, PrintLauncherPrintsOneCommandPerPointAndRunsNothing) {
   EXPECT_THAT(lines[1], HasSubstr("--set optimizer.lr=3e-3 --run-dir " +
                                   (Dir("printed") / "lr-3e-3").string()));
   EXPECT_FALSE(fs::exists(Dir("printed"))) << "PRINT started something";
+}
+
+TEST_F(SweepRunTest, KillingTheSweepEndsItsTrainingChild) {
+  const std::string sweep = Sweep("killed", R"(
+    set: ["train.train_steps=1000000", "train.eval_interval=0", "checkpoint.interval=0"]
+    axes { field: "train.seed" values: ["1"] }
+  )");
+  const fs::path run = Dir("killed") / "seed-1";
+  const std::string child = "--run-dir " + run.string();
+  CommandResult started =
+      RunCommand("(" + sweep + " > " + (*root_ / "killed.log").string() + " 2>&1 & echo $!)");
+  ASSERT_EQ(started.exit_code, 0) << started.output;
+  const pid_t sweep_pid = std::stoi(started.output);
+  const bool training = WaitFor(
+      60, [&] { return !ProcessesWith(child).empty() && fs::exists(run / "metrics.jsonl"); });
+  kill(sweep_pid, SIGKILL);
+  ASSERT_TRUE(training) << ReadText(*root_ / "killed.log");
+  // The child gets SIGTERM with its parent gone, instead of training on.
+  const bool ended = WaitFor(20, [&] { return ProcessesWith(child).empty(); });
+  for (pid_t orphan : ProcessesWith(child)) kill(orphan, SIGKILL);
+  EXPECT_TRUE(ended) << "the training child outlived the killed sweep";
 }
 
 TEST(SweepCommandTest, LocalCommandsUseMpirunForSeveralRanks) {
