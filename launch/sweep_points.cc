@@ -65,11 +65,11 @@ Status DeriveAndCheck(const config::SweepSpec& spec, const config::RunConfig& ba
   const bool sets_ffn = SetsField(draft.axis_overrides, "moe.expert_ffn_hidden_size");
   if (sets_ffn && (rule != config::SweepSpec::NONE || draft.granularity != 1)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "a bundle sets moe.expert_ffn_hidden_size, which ",
+        "the point sets moe.expert_ffn_hidden_size (an axis or bundle), which ",
         rule != config::SweepSpec::NONE
             ? absl::StrCat("hold_fixed ", config::SweepSpec::HoldFixed_Name(rule))
             : std::string("granularity"),
-        " derives; remove it from the bundle or set hold_fixed: NONE without granularity"));
+        " derives; remove it from the axes or set hold_fixed: NONE without granularity"));
   }
   // Without a rule or granularity the axes' sizes stand as given.
   if (rule != config::SweepSpec::NONE || draft.granularity != 1) {
@@ -100,8 +100,8 @@ Status DeriveAndCheck(const config::SweepSpec& spec, const config::RunConfig& ba
   if (spec.tokens_per_point() > 0) {
     if (SetsField(draft.axis_overrides, "train.train_steps")) {
       return absl::InvalidArgumentError(
-          "a bundle sets train.train_steps, which tokens_per_point derives; remove it from the "
-          "bundle or set tokens_per_point: 0");
+          "the point sets train.train_steps (an axis or bundle), which tokens_per_point "
+          "derives; remove it from the axes or set tokens_per_point: 0");
     }
     if (p.tokens_per_step <= 0 || spec.tokens_per_point() % p.tokens_per_step != 0) {
       return absl::InvalidArgumentError(

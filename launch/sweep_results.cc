@@ -202,6 +202,8 @@ Status WriteResults(const config::SweepSpec& spec, const std::vector<SweepPoint>
                         SummarisePoint(spec, p, (fs::path(sweep_dir) / p.name).string()));
     summaries.push_back(std::move(s));
   }
+  std::error_code ec;
+  fs::create_directories(sweep_dir, ec);
   const std::string path = (fs::path(sweep_dir) / kResultsFile).string();
   const std::string tmp = path + ".tmp";
   {
@@ -210,7 +212,6 @@ Status WriteResults(const config::SweepSpec& spec, const std::vector<SweepPoint>
     out.flush();
     if (!out) return absl::DataLossError(absl::StrCat("cannot write ", tmp, " (disk full?)"));
   }
-  std::error_code ec;
   fs::rename(tmp, path, ec);
   if (ec)
     return absl::DataLossError(

@@ -237,11 +237,12 @@ TEST(SweepPointsTest, PointErrorsNameThePoint) {
   // Each point's config goes through the one validator.
   EXPECT_THAT(ExpandError(TinySpec(R"(axes { field: "moe.top_k" values: ["9"] })")),
               HasSubstr("point top_k-9: "));
-  EXPECT_THAT(ExpandError(TinySpec(R"(
+  EXPECT_THAT(
+      ExpandError(TinySpec(R"(
     axes { name: "s" bundles { name: "x" set: "moe.expert_ffn_hidden_size=64" } }
     hold_fixed: SAME_TOTAL
   )")),
-              HasSubstr("point s-x: a bundle sets moe.expert_ffn_hidden_size"));
+      HasSubstr("point s-x: the point sets moe.expert_ffn_hidden_size (an axis or bundle)"));
   EXPECT_THAT(ExpandError("base_config: \"configs/no_such.textproto\"\n"
                           "axes { field: \"train.seed\" values: [\"1\"] }"),
               HasSubstr("sweep base (base_config and set)"));
