@@ -195,6 +195,18 @@ std::vector<std::string> PointCommand(const config::SweepSpec& spec, const Sweep
 std::string PrintedCommand(const config::SweepSpec& spec, const SweepPoint& point,
                            const std::string& point_dir, const std::string& binary) {
   const std::string& prefix = spec.launcher().command_prefix();
+  const std::string& script = spec.launcher().sbatch_script();
+  if (!script.empty()) {
+    // slurm_train.sbatch takes the run directory and binary from the
+    // environment, then CONFIG and the train flags.
+    std::vector<std::string> args = {spec.base_config()};
+    for (const std::string& o : point.overrides) args.insert(args.end(), {"--set", o});
+    std::vector<std::string> env = {"SCALEMOE_RUN_DIR=" + point_dir};
+    if (!spec.launcher().binary().empty()) env.push_back("SCALEMOE_BIN=" + binary);
+    return absl::StrCat(ShellJoin(env), " sbatch --job-name=", point.name,
+                        prefix.empty() ? "" : " ", prefix, " ", ShellJoin({script}), " ",
+                        ShellJoin(args));
+  }
   if (prefix.empty()) return ShellJoin(PointCommand(spec, point, point_dir, binary, false));
   config::SweepSpec one_rank = spec;  // the prefix replaces mpirun
   one_rank.mutable_launcher()->set_ranks(1);

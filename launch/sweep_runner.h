@@ -52,7 +52,8 @@ std::vector<std::string> PointCommand(const config::SweepSpec& spec, const Sweep
                                       bool resume);
 
 // The line PRINT shows for `point`: launcher.command_prefix (verbatim) or
-// the mpirun prefix for ranks > 1, then the train command, shell-quoted.
+// the mpirun prefix for ranks > 1, then the train command, shell-quoted; or,
+// with launcher.sbatch_script, its sbatch submission (configs/sweep.proto).
 std::string PrintedCommand(const config::SweepSpec& spec, const SweepPoint& point,
                            const std::string& point_dir, const std::string& binary);
 

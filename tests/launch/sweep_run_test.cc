@@ -246,6 +246,19 @@ TEST_F(SweepRunTest, PrintLauncherPrintsOneCommandPerPointAndRunsNothing) {
   EXPECT_THAT(lines[1], HasSubstr("--set optimizer.lr=3e-3 --run-dir " +
                                   (Dir("printed") / "lr-3e-3").string()));
   EXPECT_FALSE(fs::exists(Dir("printed"))) << "PRINT started something";
+  // Submitted through scripts/slurm_train.sbatch instead.
+  CommandResult sbatch = RunCommand(Sweep("submitted", R"(
+    axes { field: "optimizer.lr" values: ["1e-3"] }
+    launcher { kind: PRINT ranks: 2 command_prefix: "--nodes=1"
+               sbatch_script: "scripts/slurm_train.sbatch" }
+  )"));
+  ASSERT_EQ(sbatch.exit_code, 0) << sbatch.output;
+  EXPECT_THAT(sbatch.output,
+              ::testing::StartsWith("SCALEMOE_RUN_DIR=" + (Dir("submitted") / "lr-1e-3").string() +
+                                    " sbatch --job-name=lr-1e-3 --nodes=1 "
+                                    "scripts/slurm_train.sbatch configs/tiny_cpu.textproto --set "
+                                    "model.num_layers=2 "));
+  EXPECT_THAT(sbatch.output, HasSubstr("--set optimizer.lr=1e-3\n"));
 }
 
 TEST_F(SweepRunTest, KillingTheSweepEndsItsTrainingChild) {
