@@ -24,6 +24,7 @@ const std::vector<Subcommand>& Subcommands() {
       ExportCommand(),
       InspectCommand(),
       PrepareCommand(),
+      SweepCommand(),
       TokenizeCommand(),
       TrainCommand(),
   };

@@ -11,6 +11,7 @@ Subcommand CheckConfigCommand();  // check_command.cc
 Subcommand ExportCommand();       // export_command.cc
 Subcommand InspectCommand();      // inspect_command.cc
 Subcommand PrepareCommand();      // prepare_command.cc
+Subcommand SweepCommand();        // sweep_command.cc
 Subcommand TokenizeCommand();     // tokenize_command.cc
 Subcommand TrainCommand();        // train_command.cc
 
