@@ -2,6 +2,7 @@
 
 #include <cstdio>
 
+#include "core/context.h"
 #include "launch/commands.h"
 
 namespace scalemoe {
@@ -13,6 +14,12 @@ void PrintTopHelp() {
   for (const Subcommand& s : Subcommands()) {
     std::printf("  %-10s %s\n", s.name.c_str(), s.summary.c_str());
   }
+  // What train.device can be here (scripts/run_default.sh reads this line).
+#if SCALEMOE_CUDA
+  std::printf("\ndevices: CPU, CUDA (%d visible)\n", ExecContext::CudaDeviceCount());
+#else
+  std::printf("\ndevices: CPU (built without the CUDA backend)\n");
+#endif
 }
 
 }  // namespace

@@ -8,7 +8,8 @@
 # corpus (on one rank, and on two with tensor, sequence and expert-tensor
 # parallelism), exports each checkpoint and loads it with transformers
 # (scripts/hf_load_check.py; and numpy) against the trainer's loss. Ends
-# with a short table: tests passed, gpu-labelled ones passed, the 300-step
+# with a short table: tests passed, gpu-labelled ones passed, each layout
+# group on the one GPU, the whole-model check, the 300-step
 # GPU-vs-CPU curve figures, and the exports' distance to transformers.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
@@ -87,6 +88,18 @@ echo "== gpu_check summary ($(nvidia-smi --query-gpu=name --format=csv,noheader 
 printf '%-46s %s\n' "tests (all but network/multinode/slurm)" \
   "$(grep -oE '[0-9]+% tests passed, [0-9]+ tests failed out of [0-9]+' "$build/ctest.log")"
 printf '%-46s %s\n' "gpu-labelled tests passed" "$gpu_passed of $gpu_total"
+# Every parallel layout on the one GPU (ranks sharing it, host-staged
+# collectives), each against the one-rank GPU run.
+layout_row() {  # ctest name, what it covers
+  local result
+  result=$(grep -oE "Test +#[0-9]+: $1 \.+ *\**[A-Za-z]+" "$build/ctest.log" | awk '{print $NF}' | tr -d '*')
+  printf '%-46s %s\n' "$2" "${result:-not run}"
+}
+layout_row launch_trainer_mpi2_cuda_test "layouts, 2 ranks: DP, ZeRO-1, EP2, PP2, resume"
+layout_row launch_trainer_tp_mpi2_cuda_test "layouts, 2 ranks: TP2, TP2+SP, ETP2"
+layout_row launch_trainer_tp_mpi4_cuda_test "layouts, 4 ranks: ETP2xEP2, TP2xPP2 (+SP, v2)"
+layout_row launch_trainer_tp_mpi8_cuda_test "layouts, 8 ranks: TP2xEP2xPP2"
+layout_row model_cuda_model_test "whole model vs CPU (tiny variants + presets)"
 printf '%-46s %s\n' "300-step curve, GPU vs CPU" \
   "$(grep -h -oE 'curve: .*' "$build/ctest_all_output.log" | head -1 | cut -c8-)"
 printf '%-46s %s\n' "export, one rank: |transformers - trainer|" "$(abs_diff "$work/hf_one_rank.json")"

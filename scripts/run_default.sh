@@ -25,7 +25,16 @@ fi
 config=configs/tiny_cpu.textproto
 ranks=2
 layout=(--set parallel.ep=2 --set parallel.zero_stage=1)
+# On a machine with a GPU (and a build with the CUDA backend) the ranks train
+# on it (one GPU each where there are two; else they share one, their
+# collectives staged through the host). SCALEMOE_DEVICE=CPU keeps the CPU.
+device=CPU
+gpus=$(build/scalemoe --help | sed -n 's/^devices: CPU, CUDA (\([0-9]*\) visible)$/\1/p')
+if [ "${SCALEMOE_DEVICE:-auto}" != CPU ] && [ "${gpus:-0}" -gt 0 ]; then
+  device=CUDA
+  layout+=(--set train.device=CUDA)
+fi
 build/scalemoe check-config --config "$config" --world $ranks "${layout[@]}" >/dev/null
-echo "== train: $config on $ranks ranks (data parallel 2, experts split over both, ZeRO-1)"
+echo "== train: $config on $ranks ranks (data parallel 2, experts split over both, ZeRO-1) on $device"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 mpirun -np $ranks --oversubscribe build/scalemoe train --config "$config" "${layout[@]}" "$@"

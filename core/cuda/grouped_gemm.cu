@@ -352,17 +352,21 @@ void CheckGroup(const ExecContext& ctx, const MatrixGroup& group, const char* op
   for (const Tensor& m : group.matrices) CheckOnDevice(ctx, m, op, "group matrix");
 }
 
-// Tensor cores: bf16, contiguous dims multiples of 8, 16-byte aligned rows.
+// Tensor cores: bf16, contiguous dims multiples of 8, 16-byte aligned input
+// rows (cp.async reads 16 bytes; the outputs are written element-wise and
+// may sit anywhere, e.g. gradients packed after a scalar β).
 bool TensorCoresFit(DType in, std::initializer_list<int64_t> inner_dims,
-                    std::initializer_list<const void*> ptrs, const MatrixGroup& group) {
+                    std::initializer_list<const void*> inputs, const MatrixGroup* input_group) {
   if (in != DType::kBF16) return false;
   for (int64_t d : inner_dims) {
     if (d % 8 != 0) return false;
   }
-  for (const Tensor& m : group.matrices) {
-    if (!Aligned16(m.raw_data())) return false;
+  if (input_group != nullptr) {
+    for (const Tensor& m : input_group->matrices) {
+      if (!Aligned16(m.raw_data())) return false;
+    }
   }
-  return AllAligned16(ptrs);
+  return AllAligned16(inputs);
 }
 
 }  // namespace
@@ -395,7 +399,7 @@ void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
   p.n = n;
   p.k = k;
   p.beta = static_cast<float>(o.beta);
-  const bool tc = TensorCoresFit(a.dtype(), {k, n}, {a.raw_data()}, b);
+  const bool tc = TensorCoresFit(a.dtype(), {k, n}, {a.raw_data()}, &b);
   const int tile = tc ? kTile : kSimtTile;
   // Every group's row tiles: at most ceil(M / tile) + G of them.
   const int64_t row_tiles = (m + tile - 1) / tile + b.size();
@@ -439,7 +443,7 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   p.m = n_out;
   p.n = k_out;
   p.beta = static_cast<float>(beta);
-  const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, c);
+  const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, nullptr);
   const int tile = tc ? kTile : kSimtTile;
   const Launch launch{
       dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),

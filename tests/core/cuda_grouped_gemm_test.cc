@@ -5,7 +5,8 @@
 // multiples of 8, the SIMT kernel when not); edge shapes: one row in all,
 // groups without rows (first, middle, last), row counts not a multiple of
 // either kernel's tile, 64 groups, rows outside every group (left
-// untouched), beta = 0 on NaN-poisoned outputs and beta = 1 accumulation.
+// untouched), beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
+// (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
 // Every case also runs twice: the same bits.
 #include <string>
@@ -82,9 +83,11 @@ class CudaGroupedGemmTest : public CudaOpTest {
     for (const Tensor& h : hosts) out.push_back(Dev(h));
     return out;
   }
-  // The CPU reference's inputs: f64 copies (bf16 -> bf16: the CPU bf16 path).
+  // The CPU reference's inputs: f64 copies (bf16 -> bf16: the CPU bf16 path);
+  // always a new tensor, so that an output the reference accumulates into
+  // leaves the GPU's starting values alone.
   Tensor Ref(const Tensor& host, DTypes d) {
-    return d.out == DType::kBF16 ? host.Clone() : F64(host);
+    return d.out == DType::kBF16 || host.dtype() == DType::kF64 ? host.Clone() : F64(host);
   }
   DType RefOut(DTypes d) { return d.out == DType::kBF16 ? DType::kBF16 : DType::kF64; }
 
@@ -150,9 +153,18 @@ class CudaGroupedGemmTest : public CudaOpTest {
                                ops::MakeMatrixGroup(cpu_, c_ref), beta);
     std::vector<Tensor> got[2];
     for (auto& out : got) {
+      // Accumulating outputs packed one element off 16-byte alignment (as
+      // gradients are behind a scalar β); overwritten ones NaN-poisoned.
       std::vector<Tensor> c_dev;
-      for (const Tensor& x : c0) {
-        c_dev.push_back(beta == 0 ? Poisoned(x.shape(), d.out) : Dev(x));
+      const int64_t nk = c.n * c.k;
+      const Tensor packed = ctx_.Empty({g * nk + 1}, d.out);
+      for (int64_t i = 0; i < g; ++i) {
+        if (beta == 0) {
+          c_dev.push_back(Poisoned(c0[i].shape(), d.out));
+        } else {
+          c_dev.push_back(packed.Narrow(0, 1 + i * nk, nk).View({c.n, c.k}));
+          c_dev.back().CopyFrom(c0[i]);
+        }
       }
       ops::GroupedGemmWeightGrad(ctx_, Dev(a), Dev(b), Dev(offsets),
                                  ops::MakeMatrixGroup(ctx_, c_dev), beta);

@@ -5,12 +5,15 @@
 // every parameter's gradient within 1e-5 (relative, norm-wise); bf16 GEMM
 // operands: every gradient's cosine with the fp32 CPU one ≥ 0.999. Two GPU
 // runs give the same bits. Tiny dense and MoE models over the scale-vector
-// variants, both fold paths and the per-token path.
+// variants, both fold paths and the per-token path; and the GPU presets
+// (gpu_moe_125m, gpu_finegrained_64e) cut to their first MoE layer, at their
+// full widths, on 2 x 128 tokens.
 #include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "launch/config.h"
 #include "model/model.h"
 #include "tests/core/cuda_test_util.h"
 #include "tests/model/model_test_util.h"
@@ -77,18 +80,20 @@ constexpr double kSymmetryFloor = testing::kSymmetryFloor;
 
 // One forward+backward of `cfg` on `ctx`, from the values in `values` (a
 // host flat buffer of the registry's layout).
-Result Step(const config::RunConfig& cfg, const ExecContext& ctx, const Tensor& values) {
+// The micro-batch is [2, seq] of ids below `vocab`.
+Result Step(const config::RunConfig& cfg, const ExecContext& ctx, const Tensor& values, int seq = 5,
+            int vocab = 16) {
   ParamRegistry registry;
   MoeTransformer model(registry, cfg);
   Must(registry.Materialize(cfg.train().seed(), DType::kF32, ctx.device()));
   Must(ctx.CopyAcross(values, registry.flat_values()));
-  std::vector<int32_t> ids(10), next(10);
-  for (int i = 0; i < 10; ++i) {
-    ids[i] = (7 * i + 3) % 16;
-    next[i] = (5 * i + 1) % 16;
+  std::vector<int32_t> ids(2 * seq), next(2 * seq);
+  for (int i = 0; i < 2 * seq; ++i) {
+    ids[i] = (7 * i + 3) % vocab;
+    next[i] = (5 * i + 1) % vocab;
   }
-  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
-  const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, seq}, DType::kI32, Device::kCPU);
+  const Tensor targets = Tensor::FromBlob(next.data(), {2, seq}, DType::kI32, Device::kCPU);
   registry.ZeroGrads();
   Must(model.PrepareStep(ctx));
   Result r;
@@ -121,15 +126,9 @@ double Norm(const Tensor& t) {
 
 class CudaModelTest : public testing::CudaOpTest, public ::testing::WithParamInterface<int> {};
 
-TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
-  const Case c = Cases()[GetParam()];
-  config::RunConfig cfg = testing::TinyConfig(c.experts);
-  cfg.mutable_model()->set_init_std(0.1);
-  c.apply(cfg);
-  const Tensor values = StartValues(cfg);
-  const Result cpu = Step(cfg, cpu_, values);
-  const Result gpu = Step(cfg, ctx_, values);
-  const Result again = Step(cfg, ctx_, values);
+// fp32 on the GPU equals the CPU (loss and every gradient within 1e-5,
+// norm-wise) and repeats bit for bit.
+void ExpectFp32Parity(const Result& cpu, const Result& gpu, const Result& again) {
   EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * std::abs(cpu.loss));
   EXPECT_EQ(gpu.loss, again.loss);
   ASSERT_EQ(gpu.grads.size(), cpu.grads.size());
@@ -146,15 +145,9 @@ TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
   }
 }
 
-TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
-  const Case c = Cases()[GetParam()];
-  config::RunConfig cfg = testing::TinyConfig(c.experts);
-  cfg.mutable_model()->set_init_std(0.1);
-  c.apply(cfg);
-  const Tensor values = StartValues(cfg);
-  const Result cpu = Step(cfg, cpu_, values);
-  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
-  const Result gpu = Step(cfg, ctx_, values);
+// bf16 GEMM operands on the GPU track the fp32 CPU: loss within 1%, every
+// gradient's cosine >= 0.999.
+void ExpectBf16Tracks(const Result& cpu, const Result& gpu) {
   EXPECT_NEAR(gpu.loss, cpu.loss, 1e-2 * std::abs(cpu.loss));
   for (size_t i = 0; i < cpu.grads.size(); ++i) {
     const double a = Norm(cpu.grads[i]), b = Norm(gpu.grads[i]);
@@ -169,8 +162,71 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   }
 }
 
+TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
+  const Case c = Cases()[GetParam()];
+  config::RunConfig cfg = testing::TinyConfig(c.experts);
+  cfg.mutable_model()->set_init_std(0.1);
+  c.apply(cfg);
+  const Tensor values = StartValues(cfg);
+  const Result cpu = Step(cfg, cpu_, values);
+  const Result gpu = Step(cfg, ctx_, values);
+  const Result again = Step(cfg, ctx_, values);
+  ExpectFp32Parity(cpu, gpu, again);
+}
+
+TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
+  const Case c = Cases()[GetParam()];
+  config::RunConfig cfg = testing::TinyConfig(c.experts);
+  cfg.mutable_model()->set_init_std(0.1);
+  c.apply(cfg);
+  const Tensor values = StartValues(cfg);
+  const Result cpu = Step(cfg, cpu_, values);
+  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+  const Result gpu = Step(cfg, ctx_, values);
+  ExpectBf16Tracks(cpu, gpu);
+}
+
 INSTANTIATE_TEST_SUITE_P(Variants, CudaModelTest, ::testing::Range(0, 6),
                          [](const auto& info) { return Cases()[info.param].name; });
+
+// The GPU presets through their first MoE layer (gpu_finegrained_64e's
+// first layer is dense: two layers), full widths, 2 x 128 tokens.
+class CudaPresetTest : public testing::CudaOpTest,
+                       public ::testing::WithParamInterface<const char*> {
+ protected:
+  config::RunConfig Preset(config::TrainConfig::Precision precision) const {
+    const std::string name = GetParam();
+    const int layers = name == "gpu_finegrained_64e" ? 2 : 1;
+    return Must(LoadConfig(
+        "configs/" + name + ".textproto",
+        {"model.num_layers=" + std::to_string(layers), "model.seq_length=128",
+         "train.micro_batch_size=2", "train.global_batch_size=2", "train.device=CPU",
+         std::string("train.precision=") + config::TrainConfig::Precision_Name(precision)}));
+  }
+};
+
+TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
+  const config::RunConfig cfg = Preset(config::TrainConfig::FP32);
+  const Tensor values = StartValues(cfg);
+  const int vocab = cfg.model().vocab_size();
+  const Result cpu = Step(cfg, cpu_, values, 128, vocab);
+  const Result gpu = Step(cfg, ctx_, values, 128, vocab);
+  const Result again = Step(cfg, ctx_, values, 128, vocab);
+  ExpectFp32Parity(cpu, gpu, again);
+}
+
+TEST_P(CudaPresetTest, Bf16TracksTheFp32Cpu) {
+  const config::RunConfig fp32 = Preset(config::TrainConfig::FP32);
+  const Tensor values = StartValues(fp32);
+  const int vocab = fp32.model().vocab_size();
+  const Result cpu = Step(fp32, cpu_, values, 128, vocab);
+  const Result gpu = Step(Preset(config::TrainConfig::BF16), ctx_, values, 128, vocab);
+  ExpectBf16Tracks(cpu, gpu);
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,
+                         ::testing::Values("gpu_moe_125m", "gpu_finegrained_64e"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace scalemoe
