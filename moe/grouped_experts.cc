@@ -127,4 +127,12 @@ Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
   return absl::OkStatus();
 }
 
+void GroupedExperts::VisitForwardCache(ForwardCacheStash& stash) {
+  for (Tensor* t : {&x_, &gate_, &up_, &h_}) stash.Visit(*t);
+  stash.Visit(counts_);
+  for (Expert& e : experts_) {
+    for (auto& proj : e.proj) proj->VisitForwardCache(stash);
+  }
+}
+
 }  // namespace scalemoe

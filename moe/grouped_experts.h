@@ -36,10 +36,11 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
+#include "core/forward_cache.h"
 #include "norm/branch_scales.h"
-#include "norm/scaled_linear.h"
 #include "norm/scale_options.h"
 #include "norm/scale_vector.h"
+#include "norm/scaled_linear.h"
 
 namespace scalemoe {
 
@@ -85,6 +86,9 @@ class GroupedExperts {
   // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
  private:
   enum Proj { kGate = 0, kUp = 1, kDown = 2, kNumProj = 3 };
