@@ -15,20 +15,26 @@
 // copy, it keeps the cached storage alive (the activations of the
 // micro-batch). Per-step state (effective γ, folded weights, gradient
 // accumulators, step statistics) is not a forward cache and is not listed.
-// A stash is restored at most once; not thread-safe.
+// Members are of the types of ForwardCacheStash::Entry (a variant: no heap
+// allocation per member; another type does not compile). A stash is
+// restored at most once; not thread-safe.
 #pragma once
 
-#include <any>
 #include <cstddef>
+#include <cstdint>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "core/status.h"
+#include "core/tensor.h"
 
 namespace scalemoe {
 
 class ForwardCacheStash {
  public:
+  using Entry = std::variant<Tensor, std::vector<Tensor>, std::vector<int64_t>, int64_t, int, bool>;
+
   ForwardCacheStash() = default;
   ForwardCacheStash(ForwardCacheStash&&) = default;
   ForwardCacheStash& operator=(ForwardCacheStash&&) = default;
@@ -46,11 +52,11 @@ class ForwardCacheStash {
     }
     SM_CHECK_MSG(next_ < entries_.size(), "ForwardCacheStash: restoring visits more members (",
                  next_ + 1, ") than were saved (", entries_.size(), ")");
-    T* saved = std::any_cast<T>(&entries_[next_]);
+    T* saved = std::get_if<T>(&entries_[next_]);
     SM_CHECK_MSG(saved != nullptr, "ForwardCacheStash: member ", next_,
                  " is restored as another type than it was saved");
     member = std::move(*saved);
-    entries_[next_++].reset();
+    entries_[next_++] = Entry();  // the stash lets go of the storage
   }
 
   // Switches from saving to restoring, from the first entry.
@@ -64,7 +70,7 @@ class ForwardCacheStash {
   bool empty() const { return entries_.empty(); }
 
  private:
-  std::vector<std::any> entries_;
+  std::vector<Entry> entries_;
   size_t next_ = 0;
   bool restoring_ = false;
 };
