@@ -4,6 +4,8 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "parallel/pipeline_executor.h"
+#include "parallel/pipeline_schedule.h"
 
 namespace scalemoe {
 namespace {
@@ -46,6 +48,25 @@ struct Sizes {
 
 std::string Num(double x) {
   return x < 1e15 && x == std::floor(x) ? absl::StrFormat("%.0f", x) : absl::StrFormat("%.3g", x);
+}
+
+// (chunk, micro-batch) pairs the first pipeline stage holds at its peak
+// (parallel/pipeline_schedule.h), for the micro-batches of one step.
+double StageZeroInFlight(const config::RunConfig& c, const ParallelLayout& l) {
+  const config::TrainConfig& t = c.train();
+  const int64_t per_step = t.global_batch_size() > 0
+                               ? t.global_batch_size()
+                               : static_cast<int64_t>(t.micro_batch_size()) * l.dp;
+  const int64_t m =
+      std::max<int64_t>(1, per_step / std::max<int64_t>(1, t.micro_batch_size() * l.dp));
+  const int v = std::max(1, c.parallel().virtual_stages());
+  const PipelineScheduleKind kind =
+      v > 1 ? PipelineScheduleKind::kInterleaved1F1B : PipelineScheduleKind::kOneFOneB;
+  StatusOr<std::vector<PipelineAction>> actions = BuildPipelineSchedule(
+      kind, 0, l.pp, static_cast<int>(std::min<int64_t>(m, kPipelineTagLimit)), v);
+  // A schedule the other validators refuse: bound it by every chunk's stage.
+  if (!actions.ok()) return static_cast<double>(l.pp) * v;
+  return PeakInFlightMicrobatches(*actions);
 }
 
 }  // namespace
@@ -142,12 +163,24 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // and 3 u's (two tensors each under OR).
   est.tensors = 8 + s.L * 32 + s.moe_layers * (1 + 16 * (s.E + s.S));
 
-  // Activations of one micro-batch: every layer's under one stage, else one
-  // chunk's (recomputed in backward) plus the in-flight boundaries.
+  // Activations kept for backward (train.recompute; the in-flight counts
+  // are the first pipeline stage's, the largest):
+  // - one stage, NONE: every layer's of one micro-batch;
+  // - one stage, FULL: one layer's, plus every layer's input (B*T*C);
+  // - pipeline, NONE: one chunk's layers per in-flight (chunk, micro-batch)
+  //   (min(pp, micro-batches) under 1F1B; the interleaved schedule's peak);
+  // - pipeline, FULL: one chunk's layers (recomputed in backward) plus the
+  //   in-flight boundaries.
   // Activations stay fp32 under BF16 too (only the GEMMs' operands are bf16
   // copies: norm/scaled_linear.h), so 4 bytes either way.
   const double act = 4, tokens = s.B * s.T;
-  const double kept_layers = s.pp > 1 ? std::ceil(s.L / chunks) : s.L;
+  const bool recompute = cfg.train().recompute() == config::TrainConfig::FULL;
+  const double chunk_layers = std::ceil(s.L / chunks);
+  double kept_layers = recompute ? 1 : s.L, boundaries = recompute ? s.L : 0;
+  if (s.pp > 1) {
+    kept_layers = chunk_layers * (recompute ? 1 : StageZeroInFlight(cfg, layout));
+    boundaries = recompute ? chunks : 0;
+  }
   auto add_acts = [&](std::string what, std::string fields, double elements, double bytes) {
     est.activation_bytes += elements * bytes;
     est.parts.push_back({std::move(what), std::move(fields), elements * bytes});
@@ -167,8 +200,10 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
           s.L;
   add_acts("layer activations",
            absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),
-                        " values per token (model.hidden_size, ffn sizes, moe.top_k)"),
-           kept_layers * tokens * per_token + (s.pp > 1 ? chunks * tokens * s.C : 0), act);
+                        " values per token (model.hidden_size, ffn sizes, moe.top_k; "
+                        "train.recompute=",
+                        config::TrainConfig::Recompute_Name(cfg.train().recompute()), ")"),
+           kept_layers * tokens * per_token + boundaries * tokens * s.C, act);
   add_acts("logits and their gradient",
            absl::StrCat(batch, " x 2 x model.vocab_size=", Num(s.V), tp_text),
            tokens * 2 * s.V / s.tp, 4);
@@ -224,7 +259,8 @@ void ValidateSizes(const config::RunConfig& c, const ParallelLayout& layout, Con
           " (launch/memory_estimate.h). Largest: ", largest,
           ". Shrink the largest, or spread it: parallel.tp or pp for dense layers, parallel.ep "
           "or etp for experts, parallel.zero_stage=1 for optimizer state, a smaller "
-          "train.micro_batch_size or model.seq_length for activations; or raise "
+          "train.micro_batch_size or model.seq_length, or train.recompute=FULL, for activations; "
+          "or raise "
           "train.device_memory_gib if the device has more");
 }
 

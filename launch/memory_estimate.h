@@ -26,10 +26,14 @@
 //                /tp (q, k, v) + H/tp (attention's log-sum-exp; the T×T
 //                probabilities are never kept) + 4·F/tp (dense MLP) or
 //                top_k·(2·C + 4·Fe/etp) + 4·S·Fs + 2·E (MoE); plus the
-//                logits and their gradient (2·V/tp per token, fp32). Under
-//                pipeline parallelism a stage
-//                recomputes its forward in backward: one chunk's layers, plus
-//                pp·v micro-batches of boundary activations (B·T·C) in flight.
+//                logits and their gradient (2·V/tp per token, fp32).
+//                train.recompute NONE keeps that per in-flight micro-batch:
+//                under pipeline parallelism one chunk's layers per (chunk,
+//                micro-batch) the first stage holds at its peak (min(pp,
+//                micro-batches) under 1F1B). FULL keeps one layer's plus
+//                every layer's input (B·T·C) on one stage; under pipeline
+//                parallelism one chunk's layers, plus pp·v micro-batches of
+//                boundary activations (B·T·C) in flight.
 // The budget is train.device_memory_gib per rank (default 80 GiB, one
 // A100/H100): the estimate must fit it. It is an estimate of the dominant
 // terms, not a promise: allocator slack, workspaces and communication

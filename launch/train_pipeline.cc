@@ -24,6 +24,9 @@ constexpr int kTiedEmbeddingTag = 30001;
 
 // Pipeline parallelism: one 1F1B executor over the pp group, each step's
 // micro-batches (the loader's, the same on every stage) in flight together.
+// train.recompute picks whether a stage keeps its in-flight micro-batches'
+// activations (NONE) or reruns their forward in the backward (FULL):
+// model/pipeline_model_stage.h.
 // Rank 0 prints the schedule's bubble fraction and every stage's peak of
 // stashed input activations per rank (what issue 6 asks the trainer to
 // report; under sequence parallelism each TP rank stashes its 1/tp of the
@@ -67,7 +70,12 @@ Status TrainLoop::SetupPipeline() {
   SM_LOG_RANK0(kInfo, "pipeline: ", p, " stages", v > 1 ? absl::StrCat(" x ", v, " chunks") : "",
                " x ", m, " micro-batches per step, ", PipelineScheduleName(eo.schedule),
                ", bubble fraction ", PipelineBubbleFraction(p, m, v),
-               "; peak stashed activations per stage: ", stages);
+               "; peak stashed activations per stage: ", stages,
+               cfg_.train().recompute() == config::TrainConfig::FULL
+                   ? "; each stage but the last reruns its forward in the backward "
+                     "(train.recompute=FULL)"
+                   : "; each stage keeps those micro-batches' layer activations "
+                     "(train.recompute=NONE)");
   return absl::OkStatus();
 }
 
@@ -96,7 +104,7 @@ StatusOr<Tensor> TrainLoop::ForwardBackward() {
   }
   std::vector<MoeTransformer*> chunks;
   for (auto& c : chunks_) chunks.push_back(c.get());
-  PipelineModelStage stage(std::move(chunks), ctx_, std::move(views));
+  PipelineModelStage stage(std::move(chunks), ctx_, std::move(views), cfg_.train().recompute());
   SM_RETURN_IF_ERROR(executor_->RunStep(stage).status());
   return stage.sums();
 }

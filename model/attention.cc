@@ -172,4 +172,15 @@ Status Attention::FinishBackward(const ExecContext& ctx) {
   return scales_->Backward(ctx);
 }
 
+void Attention::VisitForwardCache(ForwardCacheStash& stash) {
+  for (int64_t* size : {&batch_, &seq_}) stash.Visit(*size);
+  for (Tensor* t : {&q_, &k_, &v_, &attn_, &lse_}) stash.Visit(*t);
+  for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
+    l->VisitForwardCache(stash);
+  }
+  for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
+    if (n) n->VisitForwardCache(stash);
+  }
+}
+
 }  // namespace scalemoe

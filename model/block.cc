@@ -158,4 +158,14 @@ Status Block::FinishBackward(const ExecContext& ctx) {
   return absl::OkStatus();
 }
 
+void Block::VisitForwardCache(ForwardCacheStash& stash) {
+  for (Tensor* t : {&n_attn_, &rstd_attn_, &n_ffn_, &rstd_ffn_}) stash.Visit(*t);
+  attention_->VisitForwardCache(stash);
+  if (mlp_) mlp_->VisitForwardCache(stash);
+  if (moe_) moe_->VisitForwardCache(stash);
+  for (ScaledRmsNorm* n : {post_attn_norm_.get(), post_ffn_norm_.get()}) {
+    if (n) n->VisitForwardCache(stash);
+  }
+}
+
 }  // namespace scalemoe

@@ -19,6 +19,7 @@
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
+#include "core/forward_cache.h"
 #include "model/attention.h"
 #include "model/mlp.h"
 #include "moe/moe_layer.h"
@@ -46,6 +47,9 @@ class Block {
   Status Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
                   double loss_grad_scale);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
   MoeLayer* moe() const { return moe_.get(); }  // null for a dense layer
   int layer() const { return layer_; }          // global layer index

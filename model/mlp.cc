@@ -98,4 +98,10 @@ Status Mlp::FinishBackward(const ExecContext& ctx) {
   return scales_->Backward(ctx);
 }
 
+void Mlp::VisitForwardCache(ForwardCacheStash& stash) {
+  stash.Visit(gate_out_);
+  stash.Visit(up_out_);
+  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) l->VisitForwardCache(stash);
+}
+
 }  // namespace scalemoe

@@ -17,9 +17,10 @@
 #include <memory>
 
 #include "configs/scalemoe.pb.h"
-#include "norm/scaled_linear.h"
+#include "core/forward_cache.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
+#include "norm/scaled_linear.h"
 
 namespace scalemoe {
 
@@ -33,6 +34,9 @@ class Mlp {
   Status Forward(const ExecContext& ctx, const Tensor& n, const Tensor& out);  // [N, C]
   Status Backward(const ExecContext& ctx, const Tensor& d_out, const Tensor& d_n);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
  private:
   const TpRegion& tp_;

@@ -41,6 +41,7 @@ MoeTransformer::MoeTransformer(ParamRegistry& registry, const config::RunConfig&
     SM_CHECK_MSG(chunk == 0, "model chunk ", chunk, " without process groups: one rank holds "
                  "the whole model");
   }
+  recompute_layers_ = num_stages_ == 1 && cfg.train().recompute() == config::TrainConfig::FULL;
   // Config validation has refused these already (invariants here): a direct
   // caller with an unvalidated config gets a clear abort, not a wrong model.
   StatusOr<StagePartition> partition = StagePartition::Even(m.num_layers(), num_stages_);
@@ -221,6 +222,10 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
       ops::Copy(ctx, moe->losses(), layer_losses);
       ops::Axpy(ctx, 1.0, layer_losses, out.losses.Narrow(0, kAuxLoss, 2));
     }
+    if (keep_grad && recompute_layers_) {
+      ForwardCacheStash dropped;  // rebuilt by BackwardStage's rerun
+      blocks_[l]->VisitForwardCache(dropped);
+    }
   }
   const Tensor total = out.losses.Narrow(0, kTotalLoss, 1);
   if (!is_last_stage()) {
@@ -311,8 +316,19 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   }
   Tensor d_in = ctx.Empty(shape, dt);
   for (size_t l = blocks_.size(); l-- > 0;) {
+    if (recompute_layers_) {
+      // The same input and parameters: the same cache, bit for bit. The MoE
+      // layer's statistics count once (in its Backward), not per forward.
+      Tensor y = ctx.Empty(shape, dt);
+      SM_RETURN_IF_ERROR_CTX(blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, y), "layer ",
+                             blocks_[l]->layer(), " recompute");
+    }
     SM_RETURN_IF_ERROR_CTX(blocks_[l]->Backward(ctx, d_x, d_in, loss_grad_scale), "layer ",
                            blocks_[l]->layer(), " backward");
+    if (recompute_layers_) {
+      ForwardCacheStash dropped;  // one block's activations alive at a time
+      blocks_[l]->VisitForwardCache(dropped);
+    }
     std::swap(d_x, d_in);
   }
   if (!is_first_stage()) return d_x;
@@ -428,6 +444,17 @@ std::vector<ParamSpec> WholeModelSpecs(const config::RunConfig& cfg) {
   std::vector<ParamSpec> specs;
   for (const auto& p : registry.params()) specs.push_back(p->spec);
   return specs;
+}
+
+void MoeTransformer::VisitForwardCache(ForwardCacheStash& stash) {
+  for (int64_t* size : {&batch_, &seq_}) stash.Visit(*size);
+  stash.Visit(tokens_);
+  stash.Visit(residuals_);
+  for (Tensor* t : {&n_final_, &rstd_final_, &d_logits_}) stash.Visit(*t);
+  stash.Visit(keep_grad_);
+  if (vocab_embedding_) vocab_embedding_->VisitForwardCache(stash);
+  for (auto& block : blocks_) block->VisitForwardCache(stash);
+  if (head_) head_->VisitForwardCache(stash);
 }
 
 }  // namespace scalemoe

@@ -13,6 +13,12 @@
 // replaces the Forward cache (do not call it between Forward and Backward).
 // The parameter dtype (f32/f64) is the registry's; activations follow it.
 //
+// Activation recomputation (train.recompute): NONE keeps every layer's
+// forward cache until Backward; FULL on a single stage keeps only each
+// block's input and reruns the block's forward in Backward (one block's
+// activations alive at a time). Under pipeline parallelism FULL is the
+// stage's business (model/pipeline_model_stage.h), not the model's.
+//
 // Pipeline parallelism (groups->grid.sizes().pp > 1): this rank holds stage
 // groups->coords.pp of StagePartition::Even(num_layers, pp): only that
 // stage's blocks are registered (global names unchanged,
@@ -46,12 +52,13 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/params.h"
 #include "core/tensor.h"
 #include "model/block.h"
-#include "norm/scaled_linear.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
+#include "norm/scaled_linear.h"
 #include "parallel/tp_cross_entropy.h"
 #include "parallel/tp_embedding.h"
 
@@ -137,6 +144,11 @@ class MoeTransformer {
   // the gradient of its input [B*T, C], undefined on the first stage.
   StatusOr<Tensor> BackwardStage(const ExecContext& ctx, const Tensor& d_output,
                                  double loss_grad_scale);
+  // Moves the forward cache BackwardStage reads (the residual stream, every
+  // block's cache, the final norm's, d logits; not logits(), which stays the
+  // last Forward's) into or out of `stash` (core/forward_cache.h): a pipeline
+  // stage keeps one per in-flight micro-batch (model/pipeline_model_stage.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
   // The activation crossing a stage boundary for a [batch, seq] micro-batch:
   // [B*T, C], or under sequence parallelism this TP rank's token rows
   // [B*T/tp, C].
@@ -196,6 +208,10 @@ class MoeTransformer {
   Tensor n_final_, rstd_final_;    // final norm
   Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits
   bool keep_grad_ = false;         // the cache awaits its Backward
+  // train.recompute FULL on a single stage: ForwardStage drops each block's
+  // cache (keeping its input in residuals_), BackwardStage reruns the
+  // block's forward just before its backward and drops the cache after.
+  bool recompute_layers_ = false;
 };
 
 // The ParamSpecs of the whole model `cfg` describes, as one rank holds it

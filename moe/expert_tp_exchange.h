@@ -37,6 +37,7 @@
 
 #include "absl/types/span.h"
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
@@ -69,6 +70,18 @@ class ExpertTpExchange {
   // row) -> rows [M, C]: the first own_rows() rows overwritten with the sum
   // over the ETP ranks of their partials for this rank's rows, the rest zeroed.
   Status ScatterReduce(const ExecContext& ctx, const Tensor& partial, const Tensor& rows);
+
+  // Moves the plan of the last Forward into or out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash) {
+    stash.Visit(num_local_, /*empty=*/-1);
+    stash.Visit(rows_of_);
+    stash.Visit(group_counts_);
+    stash.Visit(own_rows_);
+    stash.Visit(max_rows_);
+    stash.Visit(group_rows_);
+    stash.Visit(to_group_order_);
+    stash.Visit(to_source_order_);
+  }
 
  private:
   Status CheckRows(const char* what, const Tensor& t, int64_t min_rows) const;

@@ -216,4 +216,13 @@ Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
   return absl::OkStatus();
 }
 
+void GroupedExperts::VisitForwardCache(ForwardCacheStash& stash) {
+  for (Tensor* t : {&x_, &gate_, &up_, &h_, &offsets_, &x_gemm_, &h_gemm_}) stash.Visit(*t);
+  stash.Visit(counts_);
+  stash.Visit(rows_);
+  for (Expert& e : experts_) {
+    for (auto& proj : e.proj) proj->VisitForwardCache(stash);
+  }
+}
+
 }  // namespace scalemoe

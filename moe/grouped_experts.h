@@ -36,6 +36,7 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
+#include "core/forward_cache.h"
 #include "core/ops.h"
 #include "norm/branch_scales.h"
 #include "norm/scale_options.h"
@@ -86,6 +87,9 @@ class GroupedExperts {
   // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
  private:
   enum Proj { kGate = 0, kUp = 1, kDown = 2, kNumProj = 3 };

@@ -446,4 +446,23 @@ const Tensor& MoeLayer::losses() const { return router_->losses(); }
 Tensor MoeLayer::aux_loss() const { return router_->aux_loss(); }
 Tensor MoeLayer::z_loss() const { return router_->z_loss(); }
 
+// The one place a MoE layer's per-Forward state is listed: the routing and
+// its plan, the inputs and outputs the Backward reads, and this Forward's
+// loads and losses (Backward adds those to the step statistics, so a
+// restored Forward counts once, when its Backward runs).
+void MoeLayer::VisitForwardCache(ForwardCacheStash& stash) {
+  for (Tensor* t :
+       {&n_, &permuted_y_, &shared_gather_, &shared_slots_, &plan_counts_, &forward_loads_}) {
+    stash.Visit(*t);
+  }
+  stash.Visit(expert_counts_);
+  stash.Visit(forward_assignments_);
+  router_->VisitForwardCache(stash);
+  permuter_->VisitForwardCache(stash);
+  if (dispatcher_) dispatcher_->VisitForwardCache(stash);
+  if (etp_exchange_) etp_exchange_->VisitForwardCache(stash);
+  experts_->VisitForwardCache(stash);
+  if (shared_experts_) shared_experts_->VisitForwardCache(stash);
+}
+
 }  // namespace scalemoe

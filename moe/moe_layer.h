@@ -95,6 +95,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/params.h"
 #include "core/tensor.h"
 
@@ -153,6 +154,9 @@ class MoeLayer {
   // Once per step after the last Backward: turns accumulated folded-weight
   // gradients into parameter (and γ) gradients.
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
   // Aux-loss-free balancing: nudge the expert bias from this step's loads,
   // reduced over the router's replicas (ReduceStepStats if not yet done this
   // step), on the device. No-op unless moe.expert_bias. Call after the

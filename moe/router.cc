@@ -141,4 +141,13 @@ void Router::UpdateExpertBias(const ExecContext& ctx, const Tensor& loads, const
   ops::ExpertBiasUpdate(ctx, loads, cfg_.expert_bias_update_rate(), skip, expert_bias_->value);
 }
 
+void Router::VisitForwardCache(ForwardCacheStash& stash) {
+  for (Tensor* t : {&logits_, &scores_, &expert_ids_, &weights_, &kept_, &losses_, &fractions_}) {
+    stash.Visit(*t);
+  }
+  stash.Visit(capacity_);
+  stash.Visit(total_tokens_);
+  linear_.VisitForwardCache(stash);
+}
+
 }  // namespace scalemoe

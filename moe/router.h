@@ -37,6 +37,7 @@
 #include <string>
 
 #include "configs/scalemoe.pb.h"
+#include "core/forward_cache.h"
 #include "core/ops.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_linear.h"
@@ -63,6 +64,9 @@ class Router {
   void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,
                 const Tensor& d_n);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
   // bias_e += rate · sign(mean load − load_e) (DeepSeek-V3; ops::ExpertBiasUpdate)
   // from loads [E] i64 on the device; no-op without a bias.
   // skip (i32[1], may be undefined): the step's non-finite flag; set, nothing moves.

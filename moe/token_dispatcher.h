@@ -34,6 +34,7 @@
 
 #include "absl/types/span.h"
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/status.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
@@ -75,6 +76,17 @@ class TokenDispatcher {
   // expert_rows [received_rows(), C] -> permuted [M, C]: the first
   // sent_rows() rows overwritten, the rest zeroed.
   Status Combine(const ExecContext& ctx, const Tensor& expert_rows, const Tensor& permuted);
+
+  // Moves the plan of the last Forward into or out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash) {
+    stash.Visit(send_rows_);
+    stash.Visit(recv_rows_);
+    stash.Visit(local_counts_);
+    stash.Visit(sent_rows_);
+    stash.Visit(received_rows_);
+    stash.Visit(to_expert_order_);
+    stash.Visit(to_received_order_);
+  }
 
  private:
   Status CheckRows(const char* what, const Tensor& t, int64_t min_rows) const;

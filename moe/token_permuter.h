@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/tensor.h"
 
 namespace scalemoe {
@@ -40,6 +41,12 @@ class TokenPermuter {
   // d_n accumulated (+=) from d_permuted.
   void PermuteBackward(const ExecContext& ctx, const Tensor& d_permuted,
                        const Tensor& d_n) const;
+
+  // Moves the plan of the last Forward into or out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash) {
+    stash.Visit(perm_slot_);
+    stash.Visit(slot_row_);
+  }
 
  private:
   Tensor RowWeights(const ExecContext& ctx, const Tensor& weights) const;  // [N*K]

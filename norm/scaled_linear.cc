@@ -171,4 +171,10 @@ Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
   return u_ ? u_->Backward(ctx, d_u_) : absl::OkStatus();
 }
 
+void ScaledLinear::VisitForwardCache(ForwardCacheStash& stash) {
+  stash.Visit(x_);
+  stash.Visit(input_);
+  stash.Visit(raw_);
+}
+
 }  // namespace scalemoe

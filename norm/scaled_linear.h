@@ -49,6 +49,7 @@
 #include <string>
 
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/params.h"
 #include "core/tensor.h"
 #include "norm/branch_scales.h"
@@ -95,6 +96,9 @@ class ScaledLinear {
   // Once per step after the last Backward, before the owning BranchScales'
   // Backward.
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
   Param* weight() const { return weight_; }
   int64_t out_features() const { return weight_->local_shape[0]; }

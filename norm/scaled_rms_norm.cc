@@ -56,4 +56,9 @@ Status ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {
   return scale_ ? scale_->Backward(ctx, d_gamma_) : absl::OkStatus();
 }
 
+void ScaledRmsNorm::VisitForwardCache(ForwardCacheStash& stash) {
+  stash.Visit(n_);
+  stash.Visit(rstd_);
+}
+
 }  // namespace scalemoe

@@ -16,6 +16,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/params.h"
 #include "core/tensor.h"
 #include "norm/scale_options.h"
@@ -34,6 +35,9 @@ class ScaledRmsNorm {
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   Status FinishBackward(const ExecContext& ctx);
+  // Moves this module's per-Forward members (and its children's) into or
+  // out of `stash` (core/forward_cache.h).
+  void VisitForwardCache(ForwardCacheStash& stash);
 
   bool has_scale() const { return scale_ != nullptr; }
   const std::string& name() const { return name_; }

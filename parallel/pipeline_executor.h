@@ -26,6 +26,9 @@
 // m under GPipe, PeakInFlightMicrobatches(schedule()) in general. Under the
 // interleaved schedule an input may also be received a few steps before
 // its Forward (see pipeline_schedule.h); that buffer is not counted.
+// A stage that keeps its forward caches between Forward and Backward
+// (model/pipeline_model_stage.h under train.recompute=NONE) holds them for
+// the same stashed pairs.
 //
 // Errors: a failed Send/Recv, a stage's error, or a tensor of the wrong
 // shape ends the step with a Status naming the stage, the micro-batch and

@@ -18,6 +18,7 @@
 #include <memory>
 
 #include "core/context.h"
+#include "core/forward_cache.h"
 #include "core/params.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -41,6 +42,9 @@ class VocabParallelEmbedding {
   Status CheckTokens(const ExecContext& ctx) const;
   // d_out [N, C] (SP: [N/tp, C]); accumulates the weight gradient.
   Status Backward(const ExecContext& ctx, const Tensor& d_out);
+  // Moves the last Forward's shard rows into or out of `stash`
+  // (core/forward_cache.h); the token check's count stays.
+  void VisitForwardCache(ForwardCacheStash& stash) { stash.Visit(local_rows_); }
 
   Param* weight() const { return weight_; }
   const VocabShard& shard() const { return shard_; }

@@ -167,6 +167,35 @@ TEST(MemoryEstimateTest, AttentionActivationsAreLinearInTheSequence) {
   EXPECT_EQ(long_seq, 8 * short_seq);
 }
 
+// train.recompute: NONE keeps every layer's activations of a micro-batch
+// on one stage and, under 1F1B, min(pp, micro-batches) micro-batches of a
+// stage's layers on the first stage; FULL keeps one layer's (one stage) or
+// one micro-batch of the stage's layers (pipeline). The log-sum-exp part
+// has no boundary term, so it shows the kept layers exactly.
+TEST(MemoryEstimateTest, RecomputeKeepsFewerLayers) {
+  auto lse_bytes = [](const std::vector<std::string>& overrides, int pp, int dp) {
+    const MemoryEstimate est = EstimateMemory(Load(kTinyCpu, With(kDense7b, overrides)),
+                                              ParallelLayout{.pp = pp, .dp = dp, .world = pp * dp});
+    for (const MemoryPart& part : est.parts) {
+      if (part.what == "attention log-sum-exp") return part.bytes;
+    }
+    return -1.0;
+  };
+  const double layer = 4096.0 * 32 * 4;  // one layer of one micro-batch: T x H x 4 bytes
+  EXPECT_EQ(lse_bytes({}, 1, 1), 32 * layer);
+  EXPECT_EQ(lse_bytes({"train.recompute=FULL"}, 1, 1), layer);
+  // PP4 over 32 layers, 8 micro-batches: 4 in flight on stage 0 of 8 layers.
+  const std::vector<std::string> pp4 = {"parallel.pp=4", "train.global_batch_size=8"};
+  EXPECT_EQ(lse_bytes(pp4, 4, 1), 4 * 8 * layer);
+  EXPECT_EQ(lse_bytes(With(pp4, {"train.recompute=FULL"}), 4, 1), 8 * layer);
+  // Two micro-batches: only two in flight.
+  EXPECT_EQ(lse_bytes({"parallel.pp=4", "train.global_batch_size=2"}, 4, 1), 2 * 8 * layer);
+  // A config refused for its activations names the recompute fix.
+  const Status s = ValidateConfig(
+      Load(kTinyCpu, With(kDense7b, {"parallel.tp=8", "train.micro_batch_size=64"})), 8);
+  EXPECT_THAT(std::string(s.message()), HasSubstr("train.recompute=FULL"));
+}
+
 // inspect validated the 65536 x 65536 model and printed its counts, exit 0.
 TEST(MemoryEstimateTest, InspectRefusesWhatCannotFitAndPrintsTheEstimate) {
   const Subcommand inspect = InspectCommand();

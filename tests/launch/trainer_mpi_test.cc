@@ -341,6 +341,18 @@ TEST_F(TrainerPipelineTest, InterleavedTwoChunks) {
               {"parallel.pp=2", "parallel.virtual_stages=2", "parallel.zero_stage=1"},
               /*tied=*/true);
 }
+// train.recompute=FULL (every stage but the last reruns its forward in the
+// backward, as before the option existed) matches the single-rank run too,
+// MoE statistics included, as the default NONE does above: PP2 and
+// interleaved PP2 x 2 chunks.
+TEST_F(TrainerPipelineTest, RecomputeTwoStagesAndInterleaved) {
+  const int dp = WorldSize() / 2;
+  RunPipeline("pp2_full", {}, 4 * dp, {"parallel.pp=2", "train.recompute=FULL"});
+  ExpectSameMoeStats("pp2_full", "pp2_full_reference");
+  RunPipeline("pp2_v2_full", {"model.num_layers=4"}, 2 * dp * 4,
+              {"parallel.pp=2", "parallel.virtual_stages=2", "train.recompute=FULL"});
+  ExpectSameMoeStats("pp2_v2_full", "pp2_v2_full_reference");
+}
 TEST_F(TrainerPipelineTest, InterleavedFourStagesTwoChunks) {
   if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
   RunPipeline("pp4_v2", {"model.num_layers=8"}, 8, {"parallel.pp=4", "parallel.virtual_stages=2"});

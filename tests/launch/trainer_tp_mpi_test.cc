@@ -135,6 +135,13 @@ TEST_F(TrainerTpTest, Tp2SequenceParallelPp2Tied) {
             {"parallel.tp=2", "parallel.sequence_parallel=true", "parallel.pp=2"}, 1, 2);
 }
 
+// The experts' F split over the two data-parallel ranks of each stage: the
+// ETP exchange's plan is part of what a stage keeps per in-flight micro-batch.
+TEST_F(TrainerTpTest, Etp2Pp2) {
+  if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
+  RunLayout("etp2_pp2", {}, {"parallel.etp=2", "parallel.pp=2"}, 2, 2);
+}
+
 TEST_F(TrainerTpTest, Tp2SequenceParallelInterleavedPp2) {
   if (WorldSize() != 4) GTEST_SKIP() << "needs 4 ranks";
   RunLayout("tp2_sp_pp2_v2", {"model.num_layers=4"},
