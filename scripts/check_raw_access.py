@@ -26,6 +26,8 @@ EXEMPT = {
     "parallel/fake_communicator_collectives.cc": "in-process fake backend",
     "parallel/fake_communicator_rendezvous.cc": "in-process fake backend",
     "parallel/local_communicator.cc": "group of one: host copies",
+    "parallel/nccl_communicator.cc": "NCCL backend: device buffers and host collectives",
+    "parallel/nccl_process_groups.cc": "NCCL bootstrap: unique id and GPU identity over MPI",
     "parallel/communicator.cc": "staging of device tensors through host memory",
     "parallel/broadcast_string.cc": "host collective of a string",
     "launch/export_command.cc": "writes the reference batch of an export",
