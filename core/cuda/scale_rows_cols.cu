@@ -6,6 +6,10 @@
 // Both sums are deterministic: d_row is one warp's fixed butterfly per row;
 // d_col is two passes, partial sums over fixed chunks of rows (a chunk size
 // that depends on R only) and then the chunks added in order. No atomics.
+// The sums accumulate in f64 whatever T: they are the fold's γ/u gradients,
+// sums over a whole weight with cancellation, where f32 sums of two orders
+// differ by ~1e-5 of the result at GPU-preset widths (memory-bound: f64
+// costs nothing here).
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -51,16 +55,19 @@ __global__ void RowPassKernel(int64_t rows, int64_t r_dim, int64_t c_dim, const 
     const A ri = row ? ToAcc(row[r]) : A(1);
     const T* cb = col ? col + (r / r_dim) * c_dim : nullptr;
     const int64_t base = r * c_dim;
-    A acc = 0;
+    double acc = 0;
     for (int64_t j = lane; j < c_dim; j += 32) {
       const A cj = cb ? ToAcc(cb[j]) : A(1);
       const A g = ToAcc(d_out[base + j]);
       if (d_x) d_x[base + j] = FromAcc<T>(g * ri * cj);
-      if (d_row) acc += g * ToAcc(x[base + j]) * cj;
+      if (d_row) {
+        acc += static_cast<double>(g) * static_cast<double>(ToAcc(x[base + j])) *
+               static_cast<double>(cj);
+      }
     }
     if (d_row) {
       acc = WarpSum(acc);
-      if (lane == 0) d_row[r] = FromAcc<T>(ToAcc(d_row[r]) + acc);
+      if (lane == 0) d_row[r] = FromAcc<T>(static_cast<A>(static_cast<double>(ToAcc(d_row[r])) + acc));
     }
   }
 }
@@ -74,8 +81,8 @@ constexpr int kRowLanes = 8;   // rows read at once per block (threadIdx.y)
 // row 0 adds the 8 in order.
 template <typename T>
 __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk, const T* x,
-                                     const T* row, const T* d_out, Acc<T>* partials) {
-  using A = Acc<T>;
+                                     const T* row, const T* d_out, double* partials) {
+  using A = double;
   __shared__ A sums[kRowLanes][kColTile];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t s = blockIdx.y, b = blockIdx.z, chunks = gridDim.y;
@@ -86,7 +93,8 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
     for (int64_t i = begin + threadIdx.y; i < end; i += kRowLanes) {
       const int64_t r = b * r_dim + i;
       const A ri = row ? ToAcc(row[r]) : A(1);
-      acc += ToAcc(d_out[r * c_dim + j]) * ToAcc(x[r * c_dim + j]) * ri;
+      acc += static_cast<double>(ToAcc(d_out[r * c_dim + j])) *
+             static_cast<double>(ToAcc(x[r * c_dim + j])) * ri;
     }
   }
   sums[threadIdx.y][threadIdx.x] = acc;
@@ -102,8 +110,8 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
 // d_col[b, j] += Σ_s partials[b, s, j], s in order.
 template <typename T>
 __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
-                                   const Acc<T>* partials, T* d_col) {
-  using A = Acc<T>;
+                                   const double* partials, T* d_col) {
+  using A = double;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
        e += stride) {
@@ -111,7 +119,7 @@ __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
     const A* p = partials + b * chunks * c_dim + j;
     A total = 0;
     for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
-    d_col[e] = FromAcc<T>(ToAcc(d_col[e]) + total);
+    d_col[e] = FromAcc<T>(static_cast<Acc<T>>(static_cast<double>(ToAcc(d_col[e])) + total));
   }
 }
 
@@ -196,7 +204,6 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
   const int64_t rows = d.b * d.r;
   DispatchFloat(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using A = Acc<T>;
     const T* xs = Ptr<const T>(x);
     const T* rs = Ptr<const T>(row);
     const T* cs = Ptr<const T>(col);
@@ -207,14 +214,14 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
       SM_CHECK_MSG(d.b <= 65535, "ScaleRowsColsBackward: batch ", d.b, " over 65535");
       const int64_t chunk = ChunkRows(d.r);
       const int64_t chunks = (d.r + chunk - 1) / chunk;
-      Tensor partials = ctx.Empty({d.b, chunks, d.c}, DTypeOf<A>::value);
+      Tensor partials = ctx.Empty({d.b, chunks, d.c}, DType::kF64);
       const dim3 grid(static_cast<unsigned>((d.c + kColTile - 1) / kColTile),
                       static_cast<unsigned>(chunks), static_cast<unsigned>(d.b));
       ColumnPartialsKernel<T><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
-          d.r, d.c, chunk, xs, rs, gs, Ptr<A>(partials));
+          d.r, d.c, chunk, xs, rs, gs, Ptr<double>(partials));
       SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "ColumnPartialsKernel");
       ColumnFinishKernel<T><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
-          d.b * d.c, d.c, chunks, Ptr<const A>(partials), Ptr<T>(d_col));
+          d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<T>(d_col));
       SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "ColumnFinishKernel");
     }
     if (d_x.defined() || d_row.defined()) {
