@@ -11,6 +11,10 @@
 // QK-norm and DNP together: DNP's norm IS a QK-norm, so only one norm is
 // applied, named "layers.<l>.attn.dnp_q.scale" (model.qk_norm is then moot).
 //
+// Precision: under train.precision BF16 the attention itself also takes
+// bf16 operands (ops::AttentionOptions, tensor cores on the GPU); FP32 keeps
+// the exact kernels.
+//
 // Gradient contract: Backward overwrites d_n, accumulates parameter grads;
 // FinishBackward once per step after the last Backward.
 //
