@@ -7,6 +7,9 @@
 # of the exact kernels and the tensor cores, and the speedup.
 # usage: bench/attention_tc_check.sh [ABSL_PREFIX]     (as bench/cuda_ops_check.sh)
 #   BUILD_DIR (default build-gpu), JOBS (default 16) from the environment.
+#   MODEL=1 also builds model_cuda_model_test and runs its bf16 tests (the
+#   GPU presets' attention, head dim 64, then takes the tensor cores; every
+#   gradient within cosine 0.999 of the fp32 CPU step).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
@@ -22,8 +25,10 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null || ex
 grep -q "SCALEMOE_CUDA:BOOL=ON" "$build/CMakeCache.txt" ||
   { echo "CUDA backend is OFF in $build (nvcc not found?)" >&2; exit 1; }
 tests=(core_cuda_attention_test core_cuda_attention_tc_test)
+model_target=()
+[ "${MODEL:-0}" = 1 ] && model_target=(model_cuda_model_test)
 start=$(date +%s)
-if ! cmake --build "$build" -j"$jobs" --target "${tests[@]}" cuda_attention_bench \
+if ! cmake --build "$build" -j"$jobs" --target "${tests[@]}" "${model_target[@]}" cuda_attention_bench \
     > "$build/attention_tc_build.log" 2>&1; then
   grep -E -A6 "error|Error" "$build/attention_tc_build.log" | head -80
   echo "build failed: $build/attention_tc_build.log" >&2
@@ -38,6 +43,11 @@ grep -E "tests passed|Passed|\(Failed\)|\(Skipped\)|\(Timeout\)|Not Run" \
   "$build/attention_tc_ctest.log" || true
 [ $status -eq 0 ] ||
   grep -E -B2 -A12 "Failure|FAILED|SM_CHECK|Aborted|error" "$build/attention_tc_ctest.log" | head -120
+if [ "${MODEL:-0}" = 1 ]; then
+  SCALEMOE_REQUIRE_GPU=1 timeout 300 "$build/tests/model/model_cuda_model_test" \
+    --gtest_filter='*Bf16*' > "$build/attention_tc_model.log" 2>&1 || status=1
+  grep -E "^\[  (PASSED|FAILED) |^\[  FAILED|Failure" "$build/attention_tc_model.log" | head -20
+fi
 timeout 240 "$build/bench/cuda_attention_bench" > "$build/attention_tc_bench.tsv" || status=1
 # case dtype path form b t h kv d ms tflops -> one row per (case, dtype, form).
 awk -F'\t' 'NR == 1 { next }
