@@ -189,7 +189,8 @@ __global__ void __launch_bounds__(kTcThreads)
   AccFrag o[D / 16];
 #pragma unroll
   for (int n = 0; n < D / 16; ++n) wmma::fill_fragment(o[n], 0.0f);
-  // The softmax step of row r: lanes 2r and 2r + 1, 32 keys each.
+  // The softmax step of row r: lanes 2r and 2r + 1, the even and the odd
+  // keys (interleaved: fewer shared-memory bank conflicts than halves).
   const int r = lane / 2, half = lane % 2;
   const int64_t row = q0 + warp * 16 + r;
   float m = -INFINITY, l = 0.0f;  // running max (log2 units) and sum
@@ -214,12 +215,12 @@ __global__ void __launch_bounds__(kTcThreads)
       wmma::store_matrix_sync(s_w + n * 16, s, kSLd, wmma::mem_row_major);
     }
     __syncwarp();
-    const int64_t key0 = static_cast<int64_t>(j) * kTile + half * 32;
+    const int64_t key0 = static_cast<int64_t>(j) * kTile + half;
     const bool diag = j == tile;
-    const float* s_row = s_w + r * kSLd + half * 32;
+    const float* s_row = s_w + r * kSLd + half;
     float tile_max = -INFINITY;
 #pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
+    for (int c = 0; c < kTile; c += 2) {
       const bool keep = !diag || (key0 + c <= row && key0 + c < d.t);
       tile_max = fmaxf(tile_max, keep ? s_row[c] * scale_log2 : -INFINITY);
     }
@@ -228,9 +229,9 @@ __global__ void __launch_bounds__(kTcThreads)
     const float m_new = fmaxf(m, tile_max);
     const float factor = exp2f(m - m_new);
     float sum = 0.0f;
-    bf16* p_row = p_w + r * kPLd + half * 32;
+    bf16* p_row = p_w + r * kPLd + half;
 #pragma unroll 8
-    for (int c = 0; c < 32; ++c) {
+    for (int c = 0; c < kTile; c += 2) {
       const bool keep = !diag || (key0 + c <= row && key0 + c < d.t);
       const float p = keep ? exp2f(s_row[c] * scale_log2 - m_new) : 0.0f;
       sum += p;
