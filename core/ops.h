@@ -155,6 +155,16 @@ void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& o
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
 
+// How CausalAttention and its backward compute.
+struct AttentionOptions {
+  // train.precision BF16: on CUDA, head dims 64 and 128 with f32 or bf16
+  // tensors run on tensor cores (core/cuda/causal_attention_tc.cu): q, k, v,
+  // d_out and the probabilities enter the matmuls as bf16, accumulation and
+  // the softmax statistics stay f32, outputs keep the tensors' dtype. false:
+  // the exact kernels. The CPU computes exactly either way.
+  bool bf16_operands = false;
+};
+
 // Causal softmax attention with grouped-query heads: q [B, T, H, D], k and v
 // [B, T, KV, D] (KV divides H; query head h reads kv head h / (H/KV)),
 // out [B, T, H, D] = softmax(q·kᵀ/√D over keys ≤ t) v, lse [B, H, T] (f32;
@@ -162,7 +172,7 @@ void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, con
 // backward needs besides the inputs and out: the [B, H, T, T] probabilities
 // are never stored. bf16 inputs compute in f32.
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& out, const Tensor& lse);
+                     const Tensor& out, const Tensor& lse, const AttentionOptions& options = {});
 // d_q, d_k, d_v overwritten from d_out, the probabilities recomputed from q,
 // k and lse (P = exp(q·kᵀ/√D − lse), D = rowsum(d_out ⊙ out),
 // dS = P ⊙ (d_out·vᵀ − D)); k and v gradients summed over the query heads
@@ -170,7 +180,7 @@ void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, c
 void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tensor& k,
                              const Tensor& v, const Tensor& out, const Tensor& lse,
                              const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
-                             const Tensor& d_v);
+                             const Tensor& d_v, const AttentionOptions& options = {});
 
 // out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
 // (SM_CHECK: callers validate data; on CUDA, which cannot check without a

@@ -30,8 +30,8 @@
   X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
   X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \
   X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), CUDA) \
-  X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse), (ctx, q, k, v, out, lse), CUDA) \
-  X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v), (ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v), CUDA) \
+  X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const ::scalemoe::ops::AttentionOptions& options), (ctx, q, k, v, out, lse, options), CUDA) \
+  X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v, const ::scalemoe::ops::AttentionOptions& options), (ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v, options), CUDA) \
   X(void, EmbeddingLookup, (const ExecContext& ctx, const Tensor& tokens, const Tensor& weight, const Tensor& out), (ctx, tokens, weight, out), CUDA) \
   X(void, EmbeddingBackward, (const ExecContext& ctx, const Tensor& tokens, const Tensor& d_out, const Tensor& d_weight), (ctx, tokens, d_out, d_weight), CUDA) \
   X(void, CrossEntropy, (const ExecContext& ctx, const Tensor& logits, const Tensor& targets, const Tensor& d_logits, const Tensor& loss), (ctx, logits, targets, d_logits, loss), CUDA) \

@@ -30,6 +30,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   kv_heads_ = kv_heads / tp.size();
   head_dim_ = c / heads;
   rope_theta_ = m.rope_theta();
+  attention_options_.bf16_operands = Bf16Operands(cfg);
   const std::string p = absl::StrCat("layers.", layer, ".attn");
   // The γ's and head-norm scales see only this rank's heads.
   ParamLayout layout = LayerLayout(layer);
@@ -122,7 +123,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
   lse_ = ctx.Empty({batch, heads_, seq}, dt == DType::kF64 ? DType::kF64 : DType::kF32);
   attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, dt);
-  ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_);
+  ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_, attention_options_);
   // Row-parallel: this rank's heads give a partial sum of the output.
   const Tensor partial =
       tp_.sequence_parallel() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
@@ -144,8 +145,8 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   Tensor d_q = ctx.Empty(q_.shape(), dt);
   Tensor d_k = ctx.Empty(k_.shape(), dt);
   Tensor d_v = ctx.Empty(v_.shape(), dt);
-  ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k,
-                               d_v);
+  ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
+                               attention_options_);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
                   GradMode mode) {
     if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);

@@ -11,6 +11,10 @@
 // QK-norm and DNP together: DNP's norm IS a QK-norm, so only one norm is
 // applied, named "layers.<l>.attn.dnp_q.scale" (model.qk_norm is then moot).
 //
+// Precision: under train.precision BF16 the attention itself also takes
+// bf16 operands (ops::AttentionOptions, tensor cores on the GPU); FP32 keeps
+// the exact kernels.
+//
 // Gradient contract: Backward overwrites d_n, accumulates parameter grads;
 // FinishBackward once per step after the last Backward.
 //
@@ -26,6 +30,7 @@
 
 #include "configs/scalemoe.pb.h"
 #include "core/forward_cache.h"
+#include "core/ops.h"
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_linear.h"
@@ -55,6 +60,7 @@ class Attention {
   const TpRegion& tp_;
   int64_t heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's
   double rope_theta_;
+  ops::AttentionOptions attention_options_;  // bf16 operands under train.precision BF16
   std::unique_ptr<BranchScales> scales_;  // branches q, k, v
   std::unique_ptr<ScaledLinear> q_proj_, k_proj_, v_proj_, o_proj_;
   std::unique_ptr<ScaledRmsNorm> q_norm_, k_norm_, v_norm_;  // null when absent

@@ -152,7 +152,7 @@ void Backward(const Dims& d, const T* q, const T* k, const T* v, const T* out, c
 }  // namespace
 
 void CausalAttention(const ExecContext&, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& out, const Tensor& lse) {
+                     const Tensor& out, const Tensor& lse, const AttentionOptions&) {
   const Dims d = Check("CausalAttention", q, k, v, out, lse);
   DispatchFloat(q, [&](auto zero) {
     using T = decltype(zero);
@@ -162,7 +162,8 @@ void CausalAttention(const ExecContext&, const Tensor& q, const Tensor& k, const
 
 void CausalAttentionBackward(const ExecContext&, const Tensor& q, const Tensor& k, const Tensor& v,
                              const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                             const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
+                             const Tensor& d_q, const Tensor& d_k, const Tensor& d_v,
+                             const AttentionOptions&) {
   const char* op = "CausalAttentionBackward";
   const Dims d = Check(op, q, k, v, out, lse);
   for (const auto& [grad, like, what] :

@@ -7,6 +7,7 @@
 #include "core/ops_list.h"
 
 namespace scalemoe::cpu {
+using ops::AttentionOptions;
 using ops::GemmOptions;
 using ops::GroupedGemmOptions;
 using ops::MatrixGroup;

@@ -16,11 +16,15 @@
 // d_v with one block per (key tile, kv head, batch) looping over the query
 // heads of its group and the query tiles in a fixed order, then d_q in its
 // own pass. No atomics: the same inputs give the same bits.
+//
+// AttentionOptions::bf16_operands sends head dims 64 and 128 (f32 or bf16)
+// to the tensor-core kernels of causal_attention_tc.cu instead.
 #include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 
+#include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -495,10 +499,14 @@ dim3 FlashGrid(const AttnDims& d, int heads) {
 }  // namespace
 
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& out, const Tensor& lse) {
+                     const Tensor& out, const Tensor& lse, const AttentionOptions& options) {
   const char* op = "CausalAttention";
   const AttnDims d = CheckAttention(ctx, op, q, k, v, out, lse);
   if (q.numel() == 0) return;
+  if (options.bf16_operands && AttentionTcFits(q)) {
+    CausalAttentionTc(ctx, q, k, v, out, lse);
+    return;
+  }
   DispatchFloat(q, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using A = Acc<T>;
@@ -528,7 +536,7 @@ void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, c
 void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tensor& k,
                              const Tensor& v, const Tensor& out, const Tensor& lse,
                              const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
-                             const Tensor& d_v) {
+                             const Tensor& d_v, const AttentionOptions& options) {
   const char* op = "CausalAttentionBackward";
   const AttnDims d = CheckAttention(ctx, op, q, k, v, out, lse);
   for (const auto& [grad, like, what] :
@@ -538,6 +546,10 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                  grad->DebugString(), " for ", like->DebugString());
   }
   if (q.numel() == 0) return;
+  if (options.bf16_operands && AttentionTcFits(q)) {
+    CausalAttentionBackwardTc(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+    return;
+  }
   // D = rowsum(d_out ⊙ out), in lse's dtype; scratch for this call.
   const Tensor row_dot = ctx.Empty(lse.shape(), lse.dtype());
   DispatchFloat(q, [&](auto tag) {

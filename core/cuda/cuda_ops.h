@@ -8,6 +8,7 @@
 #include "core/ops_list.h"
 
 namespace scalemoe::cuda {
+using ops::AttentionOptions;
 using ops::GemmOptions;
 using ops::GroupedGemmOptions;
 using ops::MatrixGroup;

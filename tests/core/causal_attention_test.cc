@@ -5,6 +5,7 @@
 // same out and gradients (f64 to rounding, f32 to f32 rounding, bf16
 // computed in f32). Finite differences: tests/model/model_ops_test.cc.
 #include <cmath>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -128,6 +129,35 @@ TEST(CausalAttentionTest, Bf16ComputesInF32) {
   // Same bf16 inputs, f64 reference: only the bf16 rounding of the outputs
   // and gradients (2^-9 relative) and f32 arithmetic remain.
   for (const Shapes& s : kShapes) ExpectMatchesExplicit(s, DType::kBF16, 1e-2);
+}
+
+// AttentionOptions::bf16_operands picks the GPU's tensor cores; the CPU
+// computes exactly either way (core/ops.h): the same bits.
+TEST(CausalAttentionTest, Bf16OperandsLeaveTheCpuExact) {
+  const ExecContext ctx;
+  const Shapes s{2, 9, 4, 2, 8};
+  const Tensor q = RandomTensor({s.b, s.t, s.h, s.d}, 1, 1.5, DType::kF32);
+  const Tensor k = RandomTensor({s.b, s.t, s.kv, s.d}, 2, 1.5, DType::kF32);
+  const Tensor v = RandomTensor({s.b, s.t, s.kv, s.d}, 3, 1.0, DType::kF32);
+  const Tensor d_out = RandomTensor(q.shape(), 4, 1.0, DType::kF32);
+  std::vector<Tensor> runs[2];
+  for (int i = 0; i < 2; ++i) {
+    const ops::AttentionOptions options{.bf16_operands = i == 1};
+    Tensor out = Tensor::Empty(q.shape(), DType::kF32);
+    Tensor lse = Tensor::Empty({s.b, s.h, s.t}, DType::kF32);
+    Tensor dq = Tensor::Empty(q.shape(), DType::kF32);
+    Tensor dk = Tensor::Empty(k.shape(), DType::kF32);
+    Tensor dv = Tensor::Empty(v.shape(), DType::kF32);
+    ops::CausalAttention(ctx, q, k, v, out, lse, options);
+    ops::CausalAttentionBackward(ctx, q, k, v, out, lse, d_out, dq, dk, dv, options);
+    runs[i] = {out, lse, dq, dk, dv};
+  }
+  ASSERT_TRUE(ctx.status().ok()) << ctx.status();
+  for (int t = 0; t < 5; ++t) {
+    ASSERT_EQ(runs[0][t].nbytes(), runs[1][t].nbytes());
+    EXPECT_EQ(std::memcmp(runs[0][t].raw_data(), runs[1][t].raw_data(), runs[0][t].nbytes()), 0)
+        << "tensor " << t;
+  }
 }
 
 }  // namespace
