@@ -8,6 +8,7 @@
 // variants, both fold paths and the per-token path; and the GPU presets
 // (gpu_moe_125m, gpu_finegrained_64e) cut to their first MoE layer, at their
 // full widths, on 2 x 128 tokens.
+#include <algorithm>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -211,17 +212,41 @@ class CudaPresetTest : public testing::CudaOpTest,
   }
 };
 
-// Against an f64 CPU run: at these widths a scalar β's gradient is a sum of
-// ~10^6 products with cancellation, where two f32 summation orders already
-// differ by ~1e-5 of it; the f64 reference measures the GPU's error alone.
+// Against an f64 CPU run, each gradient within 1e-5 (norm-wise) — or, where
+// f32 itself cannot reach that, no worse than twice the CPU's own f32 error
+// on the same gradient. Measured on the CPU (Dec 2): at gpu_moe_125m's
+// width a few scalar β gradients (sums over a whole folded weight, with
+// cancellation) are 0.5-1.8e-5 off f64 in the CPU's f32 run; the H200's
+// were 1.05-1.6e-5, i.e. as exact as the CPU's.
 TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
   const config::RunConfig cfg = Preset(config::TrainConfig::FP32);
   const Tensor values = StartValues(cfg);
   const int vocab = cfg.model().vocab_size();
-  const Result cpu = Step(cfg, cpu_, values, 128, vocab, DType::kF64);
+  const Result exact = Step(cfg, cpu_, values, 128, vocab, DType::kF64);
+  const Result cpu = Step(cfg, cpu_, values, 128, vocab);
   const Result gpu = Step(cfg, ctx_, values, 128, vocab);
   const Result again = Step(cfg, ctx_, values, 128, vocab);
-  ExpectFp32Parity(cpu, gpu, again);
+  EXPECT_NEAR(gpu.loss, exact.loss, 1e-5 * std::abs(exact.loss));
+  EXPECT_EQ(gpu.loss, again.loss);
+  ASSERT_EQ(gpu.grads.size(), exact.grads.size());
+  auto error = [&](const Tensor& got, const Tensor& ref) {
+    double sum = 0;
+    for (int64_t j = 0; j < ref.numel(); ++j) {
+      const double d = got.At(j) - ref.At(j);
+      sum += d * d;
+    }
+    return std::sqrt(sum);
+  };
+  for (size_t i = 0; i < exact.grads.size(); ++i) {
+    const double ref = Norm(exact.grads[i]);
+    const double gpu_err = error(gpu.grads[i], exact.grads[i]);
+    const double cpu_err = error(cpu.grads[i], exact.grads[i]);
+    ASSERT_TRUE(std::isfinite(gpu_err)) << exact.names[i];
+    const double bound = std::max(ref >= kSymmetryFloor ? 1e-5 * ref : 1e-7, 2 * cpu_err);
+    EXPECT_LE(gpu_err, bound) << exact.names[i] << ": |grad| " << ref << ", CPU f32 error "
+                              << cpu_err;
+    EXPECT_TRUE(testing::BitwiseEqual(gpu.grads[i], again.grads[i])) << exact.names[i];
+  }
 }
 
 TEST_P(CudaPresetTest, Bf16TracksTheFp32Cpu) {
