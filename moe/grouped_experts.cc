@@ -75,14 +75,6 @@ Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
 }
 
 namespace {
-// `x` in `dtype`: x itself, or a new copy.
-Tensor As(const ExecContext& ctx, const Tensor& x, DType dtype) {
-  if (x.dtype() == dtype) return x;
-  Tensor out = ctx.Empty(x.shape(), dtype);
-  ops::Copy(ctx, x, out);
-  return out;
-}
-
 // Rows [rows, M) of t set to zero (rows past every expert's).
 void ZeroTail(const ExecContext& ctx, const Tensor& t, int64_t rows) {
   if (rows < t.dim(0)) ops::Zero(ctx, t.Narrow(0, rows, t.dim(0) - rows));
@@ -151,12 +143,12 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
   const DType gemm = experts_[0].proj[kGate]->gemm_dtype();
   const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
-  x_gemm_ = As(ctx, x, gemm);
+  x_gemm_ = InDType(ctx, x, gemm);
   ops::GroupedGemm(ctx, x_gemm_, weights_[kGate], offsets_, gate_, xwt);
   ops::GroupedGemm(ctx, x_gemm_, weights_[kUp], offsets_, up_, xwt);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
-  h_gemm_ = As(ctx, h_, gemm);
+  h_gemm_ = InDType(ctx, h_, gemm);
   ops::GroupedGemm(ctx, h_gemm_, weights_[kDown], offsets_, y, xwt);
   ZeroTail(ctx, y, rows_);
 }
@@ -193,14 +185,14 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   // Weight gradients accumulate over the step (beta = 1), in the GEMMs'
   // gradient buffers (the folded weight's, turned into dW, dγ, du at
   // FinishBackward).
-  const Tensor d_y_gemm = As(ctx, d_y, gemm);
+  const Tensor d_y_gemm = InDType(ctx, d_y, gemm);
   ops::GroupedGemmWeightGrad(ctx, d_y_gemm, h_gemm_, offsets_, grads_[kDown], 1.0);
   Tensor d_h = ctx.Empty({m, f}, dt);
   ops::GroupedGemm(ctx, d_y_gemm, weights_[kDown], offsets_, d_h, {.trans_b = ops::Trans::kNo});
   Tensor d_gate = ctx.Empty({m, f}, dt);
   Tensor d_up = ctx.Empty({m, f}, dt);
   ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
-  const Tensor d_gate_gemm = As(ctx, d_gate, gemm), d_up_gemm = As(ctx, d_up, gemm);
+  const Tensor d_gate_gemm = InDType(ctx, d_gate, gemm), d_up_gemm = InDType(ctx, d_up, gemm);
   ops::GroupedGemmWeightGrad(ctx, d_gate_gemm, x_gemm_, offsets_, grads_[kGate], 1.0);
   ops::GroupedGemmWeightGrad(ctx, d_up_gemm, x_gemm_, offsets_, grads_[kUp], 1.0);
   ops::GroupedGemm(ctx, d_gate_gemm, weights_[kGate], offsets_, d_x, {.trans_b = ops::Trans::kNo});

@@ -35,15 +35,12 @@ bool Bf16Operands(const config::RunConfig& cfg) {
   return cfg.train().precision() == config::TrainConfig::BF16;
 }
 
-namespace {
-// `x` in `dtype`: x itself, or a new copy.
-Tensor As(const ExecContext& ctx, const Tensor& x, DType dtype) {
+Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = ctx.Empty(x.shape(), dtype);
   ops::Copy(ctx, x, out);
   return out;
 }
-}  // namespace
 
 const Tensor& ScaledLinear::Gamma() const {
   return scales_ ? scales_->gamma(branch_) : undefined_;
@@ -113,7 +110,7 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
     input_ = ctx.Empty(x.shape(), x.dtype());
     ops::ScaleRowsCols(ctx, x, Tensor(), Gamma(), input_);
   }
-  input_ = As(ctx, input_, gemm_dtype_);
+  input_ = InDType(ctx, input_, gemm_dtype_);
   const Tensor w = GemmWeight(ctx);
   const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
   if (!per_token_u()) {
@@ -133,7 +130,7 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
     d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
     ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, d_y, d_raw, Tensor(), d_u_);
   }
-  const Tensor d_gemm = As(ctx, d_raw, gemm_dtype_);
+  const Tensor d_gemm = InDType(ctx, d_raw, gemm_dtype_);
   // The weight's (or the folded weight's) gradient, accumulated over the step.
   ops::Gemm(ctx, d_gemm, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
   const Tensor w = GemmWeight(ctx);

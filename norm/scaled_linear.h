@@ -81,6 +81,10 @@ struct ScaledLinearOptions {
 // Whether `cfg` asks for bf16 GEMM operands (train.precision BF16).
 bool Bf16Operands(const config::RunConfig& cfg);
 
+// `x` in `dtype`: x itself when it already is, else a new copy (the GEMMs'
+// bf16 operand copies).
+Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype);
+
 class ScaledLinear {
  public:
   // `scales`/`branch`: where γ comes from (nullptr: no γ).

@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "core/cuda/causal_attention_tc.h"
+#include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -62,17 +63,6 @@ struct TcDims {
 };
 
 constexpr int MaxOf(int a, int b) { return a > b ? a : b; }
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 // kTile rows of D bf16 in shared memory, rows padded.
 template <int D>

@@ -18,6 +18,7 @@
 
 #include <type_traits>
 
+#include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -167,17 +168,6 @@ __global__ void __launch_bounds__(kSimtThreads) GroupedGemmSimtKernel(Problem p)
 
 constexpr int kTile = 128, kTileK = 32, kPad = 8, kWmmaThreads = 256;
 constexpr int kOutLd = kTile + 4;  // f32 staging of the output tile
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem, bool valid) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  const int bytes = valid ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(bytes));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int kPending>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
-}
 
 // An operand's tile in shared memory: kOuter x kInner elements (inner
 // contiguous, rows padded against bank conflicts), loaded 8 at a time; a
