@@ -171,8 +171,9 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   //   (min(pp, micro-batches) under 1F1B; the interleaved schedule's peak);
   // - pipeline, FULL: one chunk's layers (recomputed in backward) plus the
   //   in-flight boundaries.
-  // Activations stay fp32 under BF16 too (only the GEMMs' operands are bf16
-  // copies: norm/scaled_linear.h), so 4 bytes either way.
+  // Activations stay fp32 under BF16 too (only the GEMMs' and attention's
+  // operands are bf16 copies, made per call and released: not counted), so
+  // 4 bytes either way.
   const double act = 4, tokens = s.B * s.T;
   const bool recompute = cfg.train().recompute() == config::TrainConfig::FULL;
   const double chunk_layers = std::ceil(s.L / chunks);

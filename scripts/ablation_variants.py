@@ -7,6 +7,9 @@ usage: scripts/ablation_variants.py                 # every variant and its over
        scripts/ablation_variants.py --commands CONFIG [--seeds 1234,1235] [--variants a,b]
            # one `build/scalemoe train` command per variant and seed, each into
            # runs/ablation/<config>-<variant>-s<seed> (--resume continues one)
+       scripts/ablation_variants.py --sweep-spec CONFIG [--seeds ...] [--variants ...]
+           # a sweep spec (variants x seeds) for `scalemoe sweep --spec`, which
+           # skips finished runs, resumes an interrupted one and writes results.csv
 
 variants.txt is the one definition (its comments map each paper name to the
 config fields); this script only reads it. Standard library only.
@@ -43,6 +46,25 @@ def set_flags(overrides):
     return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
 
 
+def sweep_spec(config, stem, variants, seeds):
+    """A configs/sweep.proto text: the variants as one strategy axis of
+    bundles (no_gamma labelled no-gamma), crossed with a seed axis, on the
+    base config as it is."""
+    quote = lambda text: json.dumps(text)  # a textproto string literal
+    lines = [f"# The scale-vector ablation on {config}: every variant of",
+             "# configs/ablation/variants.txt x train.seed (scripts/ablation_variants.py).",
+             f"name: {quote('ablation_' + stem)}", f"base_config: {quote(config)}",
+             "axes {", '  name: "strategy"']
+    for name, overrides in variants.items():
+        # Point names join axes with '_': a bundle's label spells it '-'.
+        lines += ["  bundles {", f"    name: {quote(name.replace('_', '-'))}",
+                  f"    set: [{', '.join(quote(o) for o in overrides)}]", "  }"]
+    lines += ["}", "axes {", '  field: "train.seed"', '  name: "seed"',
+              f"  values: [{', '.join(quote(s) for s in seeds)}]", "}",
+              "launcher {", "  kind: LOCAL", "  ranks: 1", "}", "peak_tflops_per_rank: 989"]
+    return "\n".join(lines)
+
+
 def main(argv):
     variants = read_variants()
     if not argv:
@@ -55,9 +77,9 @@ def main(argv):
     if argv[0] == "--json":
         print(json.dumps(variants, indent=1))
         return 0
-    if argv[0] == "--commands":
+    if argv[0] in ("--commands", "--sweep-spec"):
         if len(argv) < 2:
-            sys.exit("--commands needs a base config, e.g. configs/ablation/moe_adamw.textproto")
+            sys.exit(f"{argv[0]} needs a base config, e.g. configs/ablation/moe_adamw.textproto")
         config, rest = argv[1], argv[2:]
         seeds, names = ["1234"], list(variants)
         while rest:
@@ -74,6 +96,9 @@ def main(argv):
                 names = values
             rest = rest[2:]
         stem = os.path.splitext(os.path.basename(config))[0]
+        if argv[0] == "--sweep-spec":
+            print(sweep_spec(config, stem, {n: variants[n] for n in names}, seeds))
+            return 0
         for name in names:
             for seed in seeds:
                 run_dir = f"runs/ablation/{stem}-{name}-s{seed}"

@@ -4,6 +4,7 @@
 // and differs from the baseline in exactly those; the bases differ from each
 // other only in the model kind and the optimizer; scripts/ablation_variants.py
 // prints the same variants as the file holds.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -19,6 +20,8 @@
 #include "gtest/gtest.h"
 #include "launch/commands.h"
 #include "launch/config.h"
+#include "launch/sweep_points.h"
+#include "launch/sweep_spec.h"
 #include "nlohmann/json.hpp"
 
 namespace scalemoe {
@@ -212,16 +215,23 @@ TEST(AblationPresetsTest, BasesDifferOnlyInModelKindAndOptimizer) {
             moe_adamw.moe().top_k() * moe_adamw.moe().expert_ffn_hidden_size());
 }
 
+// The stdout of `command` (a failed command fails the test).
+std::string Stdout(const std::string& command) {
+  std::FILE* pipe = ::popen(command.c_str(), "r");
+  EXPECT_NE(pipe, nullptr) << command;
+  if (pipe == nullptr) return "";
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
+  EXPECT_EQ(::pclose(pipe), 0) << command << ": " << out;
+  return out;
+}
+
 TEST(AblationPresetsTest, TheScriptPrintsTheFilesVariants) {
   if (std::system("python3 --version > /dev/null 2>&1") != 0) {
     GTEST_SKIP() << "no python3 here: scripts/ablation_variants.py not checked";
   }
-  std::FILE* pipe = ::popen("python3 scripts/ablation_variants.py --json", "r");
-  ASSERT_NE(pipe, nullptr);
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = std::fread(buf, 1, sizeof buf, pipe)) > 0;) out.append(buf, n);
-  ASSERT_EQ(::pclose(pipe), 0) << out;
+  const std::string out = Stdout("python3 scripts/ablation_variants.py --json");
   const nlohmann::json printed = nlohmann::json::parse(out, nullptr, false);
   ASSERT_TRUE(printed.is_object()) << out;
   const auto variants = ReadVariants();
@@ -230,6 +240,38 @@ TEST(AblationPresetsTest, TheScriptPrintsTheFilesVariants) {
     ASSERT_TRUE(printed.contains(name)) << name;
     EXPECT_EQ(printed[name].get<std::vector<std::string>>(), overrides) << name;
   }
+}
+
+// --sweep-spec prints a spec that `scalemoe sweep` takes: every variant x
+// seed, each point the variant's overrides and its seed on the base config.
+TEST(AblationPresetsTest, TheScriptPrintsASweepOfEveryVariantAndSeed) {
+  if (std::system("python3 --version > /dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "no python3 here: scripts/ablation_variants.py not checked";
+  }
+  const std::string text =
+      Stdout(std::string("python3 scripts/ablation_variants.py --sweep-spec ") + kBases[0] +
+             " --seeds 1234,1235");
+  StatusOr<config::SweepSpec> spec = ParseSweepSpecText(text, "ablation sweep");
+  ASSERT_TRUE(spec.ok()) << spec.status() << "\n" << text;
+  ASSERT_TRUE(ValidateSweepSpec(*spec).ok()) << ValidateSweepSpec(*spec);
+  StatusOr<std::vector<SweepPoint>> points = ExpandSweep(*spec);
+  ASSERT_TRUE(points.ok()) << points.status();
+  const auto variants = ReadVariants();
+  ASSERT_EQ(points->size(), 2 * variants.size());
+  std::set<std::pair<std::string, std::string>> seen;
+  for (const SweepPoint& p : *points) {
+    ASSERT_EQ(p.values.size(), 2u) << p.name;
+    std::string variant = p.values[0].second;  // no_gamma is labelled no-gamma
+    std::replace(variant.begin(), variant.end(), '-', '_');
+    const std::string& seed = p.values[1].second;
+    seen.insert({variant, seed});
+    ASSERT_TRUE(variants.count(variant)) << p.name;
+    for (const std::string& o : variants.at(variant)) {
+      EXPECT_THAT(p.overrides, ::testing::Contains(o)) << p.name;
+    }
+    EXPECT_EQ(std::to_string(p.config.train().seed()), seed) << p.name;
+  }
+  EXPECT_EQ(seen.size(), 2 * variants.size());
 }
 
 }  // namespace
