@@ -25,21 +25,8 @@ struct GemmCase {
   bool a_shared = false, b_shared = false;  // a 2-D operand in a batched product
 };
 
-struct DTypes {
-  DType in, out;
-};
-
-constexpr DTypes kDTypes[] = {{DType::kF32, DType::kF32},
-                              {DType::kF64, DType::kF64},
-                              {DType::kBF16, DType::kBF16},
-                              {DType::kBF16, DType::kF32}};
-
-// bf16 -> f32 is held to 1e-4 of the f64 product of the same bf16 values
-// (the f32 accumulation's error; the bf16 bound is 1e-2).
-double Tolerance(DTypes d) {
-  if (d.in == DType::kBF16 && d.out == DType::kF32) return 1e-4;
-  return testing::ParityTolerance(d.out);
-}
+using DTypes = testing::GemmDTypes;
+using testing::kGemmDTypes;
 
 Tensor AsF64(const Tensor& host) {
   Tensor out = Tensor::Empty(host.shape(), DType::kF64);
@@ -84,7 +71,7 @@ class CudaGemmTest : public CudaOpTest {
       ref = AsF64(c);
       ops::Gemm(cpu_, AsF64(a), AsF64(b), ref, o);
     }
-    ExpectParity(got, ref, Tolerance(d), what);
+    ExpectParity(got, ref, testing::GemmTolerance(d), what);
   }
 };
 
@@ -100,7 +87,7 @@ TEST_F(CudaGemmTest, TwoDimensionalMatchesCpuForEveryDtypeAndTranspose) {
       {0, 96, 80, 1000},  // a weight gradient's long K (tokens)
   };
   uint64_t seed = 100;
-  for (const DTypes& d : kDTypes) {
+  for (const DTypes& d : kGemmDTypes) {
     for (const GemmCase& g : cases) {
       for (ops::Trans ta : kTrans) {
         for (ops::Trans tb : kTrans) {
@@ -124,7 +111,7 @@ TEST_F(CudaGemmTest, BatchedWithBatchedOrSharedOperandsMatchesCpu) {
       {6, 31, 29, 45, false, true},
   };
   uint64_t seed = 10000;
-  for (const DTypes& d : kDTypes) {
+  for (const DTypes& d : kGemmDTypes) {
     for (const GemmCase& g : cases) {
       for (ops::Trans ta : kTrans) {
         for (ops::Trans tb : kTrans) {
@@ -138,7 +125,7 @@ TEST_F(CudaGemmTest, BatchedWithBatchedOrSharedOperandsMatchesCpu) {
 
 TEST_F(CudaGemmTest, EmptyDimensions) {
   uint64_t seed = 20000;
-  for (const DTypes& d : kDTypes) {
+  for (const DTypes& d : kGemmDTypes) {
     for (ops::Trans ta : kTrans) {
       for (ops::Trans tb : kTrans) {
         Check({0, 5, 6, 0}, d, ta, tb, 1.0, 0.0, ++seed);   // K = 0, beta 0: zeros
@@ -150,7 +137,7 @@ TEST_F(CudaGemmTest, EmptyDimensions) {
     }
   }
   // A batch of zero products.
-  for (const DTypes& d : kDTypes) {
+  for (const DTypes& d : kGemmDTypes) {
     ops::Gemm(ctx_, ctx_.Empty({0, 3, 4}, d.in), ctx_.Empty({0, 4, 5}, d.in),
               ctx_.Empty({0, 3, 5}, d.out));
   }
@@ -163,7 +150,7 @@ TEST_F(CudaGemmTest, EmptyDimensions) {
 TEST_F(CudaGemmTest, UnalignedViewsMatchCpu) {
   const int64_t m = 19, n = 23, k = 13;
   uint64_t seed = 30000;
-  for (const DTypes& d : kDTypes) {
+  for (const DTypes& d : kGemmDTypes) {
     for (ops::Trans tb : kTrans) {
       ++seed;
       const Tensor a = RandomHost({m + 1, k}, d.in, seed, 1);
@@ -186,8 +173,9 @@ TEST_F(CudaGemmTest, UnalignedViewsMatchCpu) {
         ops::Gemm(cpu_, AsF64(a).Narrow(0, 1, m), AsF64(b).Narrow(0, 1, b.dim(0) - 1),
                   ref.Narrow(0, 1, m), o);
       }
-      ExpectParity(got, ref, Tolerance(d), absl::StrCat("unaligned ", DTypeName(d.in), "->",
-                                                         DTypeName(d.out), " tb ", static_cast<int>(tb)));
+      ExpectParity(got, ref, testing::GemmTolerance(d),
+                   absl::StrCat("unaligned ", DTypeName(d.in), "->", DTypeName(d.out), " tb ",
+                                static_cast<int>(tb)));
     }
   }
 }

@@ -24,18 +24,8 @@ using testing::ExpectParity;
 using testing::F64;
 using testing::RandomHost;
 
-struct DTypes {
-  DType in, out;
-};
-constexpr DTypes kDTypes[] = {{DType::kF32, DType::kF32},
-                              {DType::kF64, DType::kF64},
-                              {DType::kBF16, DType::kBF16},
-                              {DType::kBF16, DType::kF32}};
-
-double Tolerance(DTypes d) {
-  if (d.in == DType::kBF16 && d.out == DType::kF32) return 1e-4;  // f32 accumulation only
-  return testing::ParityTolerance(d.out);
-}
+using DTypes = testing::GemmDTypes;
+using testing::kGemmDTypes;
 
 struct Case {
   std::string name;
@@ -89,7 +79,6 @@ class CudaGroupedGemmTest : public CudaOpTest {
   Tensor Ref(const Tensor& host, DTypes d) {
     return d.out == DType::kBF16 || host.dtype() == DType::kF64 ? host.Clone() : F64(host);
   }
-  DType RefOut(DTypes d) { return d.out == DType::kBF16 ? DType::kBF16 : DType::kF64; }
 
   // c = a x op(b_g) on rows of each group; c starts random (beta = 1) or
   // NaN-poisoned (beta = 0, rows outside the groups then stay NaN).
@@ -124,7 +113,7 @@ class CudaGroupedGemmTest : public CudaOpTest {
     const int64_t inside = off.back() - off.front();
     const Tensor got_in = got[0].Narrow(0, off.front(), inside).Clone();
     const Tensor ref_in = c_ref.Narrow(0, off.front(), inside).Clone();
-    ExpectParity(got_in, ref_in, Tolerance(d), what);
+    ExpectParity(got_in, ref_in, testing::GemmTolerance(d), what);
     for (int64_t r : {int64_t{0}, m - 1}) {
       if (r >= off.front() && r < off.back()) continue;
       for (int64_t j = 0; j < out; ++j) {
@@ -175,7 +164,7 @@ class CudaGroupedGemmTest : public CudaOpTest {
           absl::StrCat(c.name, " weight grad group ", i, " (", c.counts[i], " rows) ",
                        DTypeName(d.in), "->", DTypeName(d.out), " beta ", beta);
       EXPECT_TRUE(BitwiseEqual(got[0][i], got[1][i])) << what << ": two runs differ";
-      ExpectParity(got[0][i], c_ref[i], Tolerance(d), what);
+      ExpectParity(got[0][i], c_ref[i], testing::GemmTolerance(d), what);
     }
   }
 };
@@ -183,7 +172,7 @@ class CudaGroupedGemmTest : public CudaOpTest {
 TEST_F(CudaGroupedGemmTest, ForwardMatchesCpu) {
   uint64_t seed = 1000;
   for (const Case& c : Cases()) {
-    for (DTypes d : kDTypes) {
+    for (DTypes d : kGemmDTypes) {
       for (double beta : {0.0, 1.0}) CheckForward(c, d, ops::Trans::kYes, beta, ++seed);
     }
   }
@@ -192,7 +181,7 @@ TEST_F(CudaGroupedGemmTest, ForwardMatchesCpu) {
 TEST_F(CudaGroupedGemmTest, BackwardDataMatchesCpu) {
   uint64_t seed = 2000;
   for (const Case& c : Cases()) {
-    for (DTypes d : kDTypes) {
+    for (DTypes d : kGemmDTypes) {
       for (double beta : {0.0, 1.0}) CheckForward(c, d, ops::Trans::kNo, beta, ++seed);
     }
   }
@@ -201,7 +190,7 @@ TEST_F(CudaGroupedGemmTest, BackwardDataMatchesCpu) {
 TEST_F(CudaGroupedGemmTest, WeightGradMatchesCpu) {
   uint64_t seed = 3000;
   for (const Case& c : Cases()) {
-    for (DTypes d : kDTypes) {
+    for (DTypes d : kGemmDTypes) {
       for (double beta : {0.0, 1.0}) CheckWeightGrad(c, d, beta, ++seed);
     }
   }

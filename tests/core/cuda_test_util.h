@@ -34,6 +34,22 @@ inline double ParityTolerance(DType dtype) {
   }
 }
 
+// The GEMM ops' input -> output dtypes (ops::Gemm, ops::GroupedGemm*), and
+// their tolerance: bf16 -> f32 is held to 1e-4 of the f64 product of the
+// same bf16 values (the f32 accumulation's error; the bf16 bound is
+// 1e-2), the rest to ParityTolerance of the output.
+struct GemmDTypes {
+  DType in, out;
+};
+inline constexpr GemmDTypes kGemmDTypes[] = {{DType::kF32, DType::kF32},
+                                             {DType::kF64, DType::kF64},
+                                             {DType::kBF16, DType::kBF16},
+                                             {DType::kBF16, DType::kF32}};
+inline double GemmTolerance(GemmDTypes d) {
+  if (d.in == DType::kBF16 && d.out == DType::kF32) return 1e-4;
+  return ParityTolerance(d.out);
+}
+
 // Host tensor of `dtype` with N(offset, scale²) entries drawn by Philox
 // (seed, stream), converted (rounded for bf16).
 inline Tensor RandomHost(const Shape& shape, DType dtype, uint64_t seed, uint64_t stream,
