@@ -71,6 +71,9 @@ Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
   for (Expert& ex : experts_) {
     for (auto& proj : ex.proj) SM_RETURN_IF_ERROR(proj->PrepareStep(ctx, dtype));
   }
+  // The step's weights are formed: the grouped GEMMs' tables follow them
+  // here, once per step, not per micro-batch.
+  if (Grouped()) UpdateGroups(ctx);
   return absl::OkStatus();
 }
 
@@ -136,7 +139,8 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
 }
 
 void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
-  UpdateGroups(ctx);
+  SM_CHECK_MSG(weights_[kGate].size() == options_.num_experts, options_.prefix,
+               ": Forward before PrepareStep (the step's weights are not formed)");
   // The experts' row offsets, read by the kernels on the device.
   std::vector<int64_t> off{0};
   for (int64_t t : counts_) off.push_back(off.back() + t);

@@ -104,7 +104,7 @@ class GroupedExperts {
   bool Grouped() const;
   void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
-  // Refreshes the weight and gradient groups when a tensor moved.
+  // Refreshes the weight and gradient groups when a tensor moved (PrepareStep).
   void UpdateGroups(const ExecContext& ctx);
 
   ExpertGroupOptions options_;
