@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Runs (or continues) a study sweep on a GPU machine within a time budget:
+# the points of SPEC in the order given, each a `scalemoe sweep` point
+# (finished points are skipped, an interrupted one resumes from its
+# checkpoint when the sweep directory still holds it). Prints the sweep's
+# results.csv at the end. Used for issue 15's runs on the device tool's
+# one-H200 machine, where each call is a fresh machine: the sweep directory
+# travels there and back (without checkpoints) so a later call continues.
+# usage: bench/study_gpu.sh SPEC BUDGET_S [POINT,POINT,...] [-- --set a.b=v ...]
+#   SCALEMOE_BIN  the scalemoe to run (default build-gpu/scalemoe, built here
+#                 first when missing; ABSL_PREFIX as for scripts/gpu_check.sh)
+#   SWEEP_DIR     output directory (default sweeps/<spec name>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n 2,14p "$0"; exit 2; }
+spec=$1 budget=$2
+shift 2
+points=""
+if [ $# -gt 0 ] && [ "$1" != "--" ]; then points=$1; shift; fi
+[ "${1:-}" = "--" ] && shift
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [ -n "${ABSL_PREFIX:-}" ]; then
+  prefix=$(realpath "$ABSL_PREFIX")
+  export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+fi
+bin=${SCALEMOE_BIN:-build-gpu/scalemoe}
+if [ ! -x "$bin" ]; then
+  extra=()
+  [ -n "${ABSL_PREFIX:-}" ] && extra+=(-Dabsl_DIR="$prefix/lib/x86_64-linux-gnu/cmake/absl")
+  cmake -S . -B build-gpu -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
+  cmake --build build-gpu -j"$(nproc)" --target scalemoe 2>&1 | grep -E "error" || true
+  bin=build-gpu/scalemoe
+fi
+"$bin" --help | grep '^devices:'
+args=(--spec "$spec" "$@")
+[ -n "${SWEEP_DIR:-}" ] && args+=(--sweep-dir "$SWEEP_DIR")
+[ -n "$points" ] && args+=(--points "$points")
+# SIGINT at the budget: the running point stops and resumes on a later call.
+status=0
+timeout -s INT -k 20 "$budget" "$bin" sweep "${args[@]}" || status=$?
+"$bin" sweep "${args[@]}" --collect --quiet || true
+dir=${SWEEP_DIR:-sweeps/$(sed -n 's/^name: *"\(.*\)"/\1/p' "$spec")}
+echo "== $dir/results.csv (sweep exit $status; 124 = stopped at the budget)"
+cat "$dir/results.csv" 2>/dev/null || echo "(none yet)"
