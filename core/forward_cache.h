@@ -68,6 +68,18 @@ class ForwardCacheStash {
   // True once a restoring visit took back every saved entry.
   bool restored() const { return restoring_ && next_ == entries_.size(); }
   bool empty() const { return entries_.empty(); }
+  // Calls fn(const Tensor&) for each saved tensor (and each one of a saved
+  // vector of tensors), in visit order: what a stash keeps alive, for
+  // memory accounting and tests.
+  template <typename Fn>
+  void ForEachTensor(Fn&& fn) const {
+    for (const Entry& e : entries_) {
+      if (const Tensor* t = std::get_if<Tensor>(&e)) fn(*t);
+      if (const auto* v = std::get_if<std::vector<Tensor>>(&e)) {
+        for (const Tensor& t : *v) fn(t);
+      }
+    }
+  }
 
  private:
   std::vector<Entry> entries_;

@@ -171,10 +171,12 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   //   (min(pp, micro-batches) under 1F1B; the interleaved schedule's peak);
   // - pipeline, FULL: one chunk's layers (recomputed in backward) plus the
   //   in-flight boundaries.
-  // Activations stay fp32 under BF16 too (only the GEMMs' and attention's
-  // operands are bf16 copies, made per call and released: not counted), so
-  // 4 bytes either way.
-  const double act = 4, tokens = s.B * s.T;
+  // Activations: the residual stream, norms, attention and router stay
+  // fp32 under BF16 (4 bytes); the FFNs' F-wide intermediates (gate, up,
+  // h) are bf16 there (model/mlp.h, moe/grouped_experts.h). The GEMMs' and
+  // attention's bf16 operand copies are made per call and released: not
+  // counted.
+  const double act = 4, ffn_act = bf16 ? 2 : 4, tokens = s.B * s.T;
   const bool recompute = cfg.train().recompute() == config::TrainConfig::FULL;
   const double chunk_layers = std::ceil(s.L / chunks);
   double kept_layers = recompute ? 1 : s.L, boundaries = recompute ? s.L : 0;
@@ -194,14 +196,16 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
       "attention log-sum-exp",
       absl::StrCat(Num(kept_layers), " layers x ", batch, " x model.num_heads=", Num(s.H), tp_text),
       kept_layers * tokens * s.H / s.tp, act);
+  // Values per token and layer, weighted by their bytes relative to fp32.
+  const double ffn = ffn_act / act;
   const double per_token =
       10 * s.C + 2 * (s.H + 2 * s.KV) * s.D / s.tp +
-      (s.dense_layers * 4 * s.F / s.tp +
-       s.moe_layers * (s.K * (2 * s.C + 4 * s.Fe / s.etp) + 4 * s.S * s.Fs + 2 * s.E)) /
+      (s.dense_layers * 4 * ffn * s.F / s.tp +
+       s.moe_layers * (s.K * (2 * s.C + 4 * ffn * s.Fe / s.etp) + 4 * ffn * s.S * s.Fs + 2 * s.E)) /
           s.L;
   add_acts("layer activations",
            absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),
-                        " values per token (model.hidden_size, ffn sizes, moe.top_k; "
+                        " fp32-sized values per token (model.hidden_size, ffn sizes, moe.top_k; "
                         "train.recompute=",
                         config::TrainConfig::Recompute_Name(cfg.train().recompute()), ")"),
            kept_layers * tokens * per_token + boundaries * tokens * s.C, act);

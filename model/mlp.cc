@@ -58,14 +58,20 @@ Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
   return absl::OkStatus();
 }
 
+DType Mlp::InnerDType(DType activations) const {
+  const DType dt = gate_->output_dtype(activations);
+  return up_->output_dtype(activations) == dt ? dt : activations;
+}
+
 Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& out) {
   SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
   const int64_t tokens = n.dim(0), f = gate_->out_features();
-  gate_out_ = ctx.Empty({tokens, f}, n.dtype());
-  up_out_ = ctx.Empty({tokens, f}, n.dtype());
+  const DType inner = InnerDType(n.dtype());
+  gate_out_ = ctx.Empty({tokens, f}, inner);
+  up_out_ = ctx.Empty({tokens, f}, inner);
   gate_->Forward(ctx, n, gate_out_);
   up_->Forward(ctx, n, up_out_);
-  Tensor h = ctx.Empty({tokens, f}, n.dtype());
+  Tensor h = ctx.Empty({tokens, f}, inner);
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
   const Tensor partial = tp_.sequence_parallel()
                              ? ctx.Empty({tokens, out.dim(1)}, n.dtype())
@@ -81,10 +87,11 @@ Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Ten
       tp_.sequence_parallel()
           ? ctx.Empty({shape[0], d_n_rows.dim(1)}, d_out.dtype())
           : d_n_rows;
-  Tensor d_h = ctx.Empty(shape, d_out.dtype());
+  const DType inner = gate_out_.dtype();
+  Tensor d_h = ctx.Empty(shape, inner);
   down_->Backward(ctx, d_out, d_h, GradMode::kOverwrite);
-  Tensor d_gate = ctx.Empty(shape, d_out.dtype());
-  Tensor d_up = ctx.Empty(shape, d_out.dtype());
+  Tensor d_gate = ctx.Empty(shape, inner);
+  Tensor d_up = ctx.Empty(shape, inner);
   ops::SwiGluBackward(ctx, gate_out_, up_out_, d_h, d_gate, d_up);
   gate_->Backward(ctx, d_gate, d_n, GradMode::kOverwrite);
   up_->Backward(ctx, d_up, d_n, GradMode::kAccumulate);

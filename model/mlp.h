@@ -39,6 +39,11 @@ class Mlp {
   void VisitForwardCache(ForwardCacheStash& stash);
 
  private:
+  // The dtype of the F-wide intermediates (gate, up, h and their
+  // gradients): bf16 under bf16 operands, where both projections can write
+  // it (ScaledLinear::output_dtype), else the activations'.
+  DType InnerDType(DType activations) const;
+
   const TpRegion& tp_;
   std::unique_ptr<BranchScales> scales_;  // branches gate, up
   std::unique_ptr<ScaledLinear> gate_, up_, down_;

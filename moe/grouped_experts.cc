@@ -114,9 +114,12 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   rows_ = 0;
   for (int64_t t : counts) rows_ += t;
   SM_CHECK_MSG(rows_ <= m, options_.prefix, ": ", rows_, " expert rows in an input of ", m);
-  gate_ = ctx.Empty({m, f}, x.dtype());
-  up_ = ctx.Empty({m, f}, x.dtype());
-  h_ = ctx.Empty({m, f}, x.dtype());
+  // The grouped path's F-wide intermediates are in the GEMMs' dtype (bf16
+  // under bf16 operands: written by the GEMMs, read by them without a copy).
+  const DType inner = Grouped() ? experts_[0].proj[kGate]->gemm_dtype() : x.dtype();
+  gate_ = ctx.Empty({m, f}, inner);
+  up_ = ctx.Empty({m, f}, inner);
+  h_ = ctx.Empty({m, f}, inner);
   if (Grouped()) {
     ForwardGrouped(ctx, x, y);
     return;
@@ -184,7 +187,7 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
 
 void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
   const int64_t m = x_.dim(0), f = local_ffn_;
-  const DType gemm = x_gemm_.dtype(), dt = x_.dtype();
+  const DType gemm = x_gemm_.dtype(), dt = gate_.dtype();
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   // Weight gradients accumulate over the step (beta = 1), in the GEMMs'
   // gradient buffers (the folded weight's, turned into dW, dγ, du at

@@ -113,11 +113,11 @@ class GroupedExperts {
   ops::MatrixGroup weights_[kNumProj], grads_[kNumProj];  // grouped path
   // Forward cache over all M rows.
   Tensor x_;                  // [M, C]
-  Tensor gate_, up_, h_;      // [M, F]
+  Tensor gate_, up_, h_;      // [M, F]; grouped: in the GEMMs' dtype (bf16 under bf16 operands)
   std::vector<int64_t> counts_;
   int64_t rows_ = 0;        // Σ counts_
   Tensor offsets_;          // grouped: int64 [E+1] on the device
-  Tensor x_gemm_, h_gemm_;  // grouped: x and h in the GEMMs' dtype
+  Tensor x_gemm_, h_gemm_;  // grouped: x and h in the GEMMs' dtype (h_gemm_ is h_)
 };
 
 }  // namespace scalemoe

@@ -201,6 +201,44 @@ TEST(ModelPrecisionTest, Bf16OperandsStayWithinBf16RoundingOfFp32) {
 }
 
 // Routing decisions come from fp32 logits whatever train.precision says.
+// Under BF16 the FFNs' F-wide activations (gate, up, SwiGLU output, which
+// the backward keeps) are bf16, written and read by the GEMMs; under FP32
+// they are fp32. Found in the model's forward cache by their last dim (the
+// tiny model's dense FFN is 12 wide, its experts 6: no other activation is).
+TEST(ModelPrecisionTest, Bf16KeepsTheFfnActivationsInBf16) {
+  for (int experts : {0, 4}) {
+    SCOPED_TRACE(experts ? "moe" : "dense");
+    const config::RunConfig base = testing::TinyConfig(experts);
+    const int64_t f =
+        experts ? base.moe().expert_ffn_hidden_size() : base.model().ffn_hidden_size();
+    for (auto precision : {config::TrainConfig::FP32, config::TrainConfig::BF16}) {
+      config::RunConfig cfg = base;
+      cfg.mutable_train()->set_precision(precision);
+      ParamRegistry registry;
+      MoeTransformer model(registry, cfg);
+      Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+      std::vector<int32_t> ids(10), next(10);
+      for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
+      const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
+      const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
+      const ExecContext ctx;
+      Must(model.PrepareStep(ctx));
+      Must(model.Forward(ctx, tokens, targets));
+      ForwardCacheStash stash;
+      model.VisitForwardCache(stash);
+      int ffn_wide = 0;
+      const DType want = precision == config::TrainConfig::BF16 ? DType::kBF16 : DType::kF32;
+      stash.ForEachTensor([&](const Tensor& t) {
+        if (!t.defined() || t.ndim() != 2 || t.dim(1) != f) return;
+        ++ffn_wide;
+        EXPECT_EQ(t.dtype(), want) << "an FFN activation [" << t.dim(0) << ", " << f << "]";
+      });
+      // gate, up and h (the down projection's input) in each of 2 layers.
+      EXPECT_GE(ffn_wide, 3 * cfg.model().num_layers());
+    }
+  }
+}
+
 TEST(ModelPrecisionTest, TheRouterKeepsFp32Operands) {
   std::vector<double> logits[2];
   for (int run = 0; run < 2; ++run) {
