@@ -10,7 +10,9 @@
 # (scripts/hf_load_check.py; and numpy) against the trainer's loss. Ends
 # with a short table: tests passed, gpu-labelled ones passed, each layout
 # group on the one GPU, the whole-model check, the 300-step
-# GPU-vs-CPU curve figures, and the exports' distance to transformers.
+# GPU-vs-CPU curve figures (the tests' toy model, and tiny_cpu on the default
+# corpus when datasets/default is there), and the exports' distance to
+# transformers.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
 #   no Abseil, e.g. .device/absl/usr
@@ -72,6 +74,31 @@ mpirun -np 2 --oversubscribe "$build/scalemoe" train "${tiny[@]}" --run-dir "$wo
   --tokenizer "$work/tokenizer"
 python3 scripts/hf_load_check.py "$work/export_tp" | tee "$work/hf_tp.json" || status=1
 
+# 300 steps of tiny_cpu on the default corpus (scripts/run_default.sh
+# prepares datasets/default; skipped without it) on the GPU against the CPU:
+# fp32 within 1e-3 at every logged step, bf16 final train and val loss within
+# 1 %. TINY_CPU_REF: a CPU run's directory or metrics.jsonl to use instead of
+# training the CPU reference here (the same config on 1 rank).
+curve_fp32="not run (no datasets/default)" curve_bf16=$curve_fp32
+if [ -f datasets/default/manifest.json ]; then
+  ref=${TINY_CPU_REF:-}
+  if [ -z "$ref" ]; then
+    "$build/scalemoe" train --config configs/tiny_cpu.textproto --quiet --run-dir "$work/tiny_cpu" \
+      >/dev/null
+    ref=$work/tiny_cpu
+  fi
+  for p in FP32 BF16; do
+    "$build/scalemoe" train --config configs/tiny_cpu.textproto --quiet --run-dir "$work/tiny_$p" \
+      --set train.device=CUDA --set train.precision=$p >/dev/null || status=1
+  done
+  curve_fp32=$(python3 scripts/curve_compare.py "$ref" "$work/tiny_FP32" --max-abs 1e-3 \
+    --label fp32) || status=1
+  curve_bf16=$(python3 scripts/curve_compare.py "$ref" "$work/tiny_BF16" --final-rel 0.01 \
+    --label bf16) || status=1
+  echo "$curve_fp32"
+  echo "$curve_bf16"
+fi
+
 # The short table: what passed, and the figures the GPU tests printed.
 abs_diff() {
   python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["abs_diff"])' \
@@ -101,8 +128,10 @@ layout_row launch_trainer_tp_mpi2_cuda_test "layouts, 2 ranks: TP2, TP2+SP, ETP2
 layout_row launch_trainer_tp_mpi4_cuda_test "layouts, 4 ranks: ETP2xEP2, TP2xPP2 (+SP, v2)"
 layout_row launch_trainer_tp_mpi8_cuda_test "layouts, 8 ranks: TP2xEP2xPP2"
 layout_row model_cuda_model_test "whole model vs CPU (tiny variants + presets)"
-printf '%-46s %s\n' "300-step curve, GPU vs CPU" \
+printf '%-46s %s\n' "300-step curve (tests' toy model), GPU vs CPU" \
   "$(grep -h -oE 'curve: .*' "$build/ctest_all_output.log" | head -1 | cut -c8-)"
+printf '%-46s %s\n' "tiny_cpu 300 steps, GPU fp32 vs CPU" "${curve_fp32#curve fp32: }"
+printf '%-46s %s\n' "tiny_cpu 300 steps, GPU bf16 vs CPU fp32" "${curve_bf16#curve bf16: }"
 printf '%-46s %s\n' "export, one rank: |transformers - trainer|" "$(abs_diff "$work/hf_one_rank.json")"
 printf '%-46s %s\n' "export, TP2+SP+ETP2: |transformers - trainer|" "$(abs_diff "$work/hf_tp.json")"
 exit $status
