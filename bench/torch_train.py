@@ -65,18 +65,21 @@ def smoke_dataset(directory, vocab):
 
 
 class Windows:
-    """A split's stream on the device and its windows as [B, T + 1] tensors."""
+    """A split's stream on the device and micro-batches 0 .. count-1 as
+    [B, T + 1] tensors (their window ids copied to the device once, so a
+    step never waits on a host copy)."""
 
-    def __init__(self, split, device):
-        self.split = split
+    def __init__(self, split, count, device):
+        self.t = split.t
         stream = torch.frombuffer(bytearray(split.stream.tobytes()), dtype=torch.int32)
         self.stream = stream.to(device)
+        ids = [split.window_ids(i) for i in range(count)]
+        self.starts = (torch.tensor(ids, dtype=torch.int64) * split.t).to(device)
         self.offsets = torch.arange(split.t + 1, device=device)
         self.device = device
 
     def batch(self, index):
-        ids = torch.tensor(self.split.window_ids(index), device=self.device, dtype=torch.int64)
-        return self.stream[ids[:, None] * self.split.t + self.offsets].long()
+        return self.stream[self.starts[index][:, None] + self.offsets].long()
 
 
 def fold_leaves(model, fold_dtype):
@@ -151,7 +154,8 @@ def train(cfg, args, device):
                             betas=(cfg["optimizer.beta1"], cfg["optimizer.beta2"]),
                             eps=cfg["optimizer.eps"], **({"fused": True} if fused else {}))
     params = list(model.parameters())
-    train_w, val_w = Windows(train_split, device), Windows(val_split, device)
+    train_w = Windows(train_split, steps * accum, device)
+    val_w = Windows(val_split, eval_n, device)
     compile_note = args.compile
     timing.apply_compile(model, args.compile)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16)

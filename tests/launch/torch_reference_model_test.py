@@ -162,7 +162,7 @@ class TorchReferenceModelTest(unittest.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             torch_train.smoke_dataset(tmp, 64)
             split = data.Split(tmp, "train", 16, 2, 5)
-            windows = torch_train.Windows(split, torch.device("cpu"))
+            windows = torch_train.Windows(split, split.per_epoch + 4, torch.device("cpu"))
             for i in (0, 1, split.per_epoch + 3):
                 self.assertEqual(windows.batch(i).tolist(), split.batch(i))
 
