@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from torch_ref_config import is_moe_layer
+from torch_train_rules import decays
 
 
 class ScaleVec(nn.Module):
@@ -361,6 +362,11 @@ class Model(nn.Module):
         return [b.ffn for b in self.blocks if isinstance(b.ffn, MoeFfn)]
 
     def forward(self, tokens, targets, ws):
+        ce, aux, counts = self.losses(tokens, targets, ws)
+        return ce + aux, counts
+
+    def losses(self, tokens, targets, ws):
+        """(cross-entropy, aux + z losses of the MoE layers, expert counts)."""
         x = F.embedding(tokens, self.wte)
         aux = x.new_zeros((), dtype=torch.float32)
         counts = []
@@ -371,26 +377,22 @@ class Model(nn.Module):
                 counts.append(c)
         gamma = self.final_g() if self.final_g is not None else None
         head = self.wte if self.head is None else self.head
-        return self.head_fn(x, gamma, head, targets, self.eps) + aux, counts
+        return self.head_fn(x, gamma, head, targets, self.eps), aux, counts
 
 def param_groups(model, cfg):
-    """AdamW groups by the decay policy: matrices always decay; Input-Norm
-    scale vectors under IWD/ALL, Output-Norm ones under ALL/OUTPUT_ONLY."""
+    """AdamW groups by the decay policy, with optim/param_groups.cc's rule
+    (torch_train_rules.decays): scale vectors are 1-D there (an expert's γ,
+    one [E, d] tensor here, is E vectors of [d]; its β [E, 1] is E scalars),
+    so they are ranked as 1-D; every other parameter is a weight matrix."""
     policy = cfg["scale_vectors.decay_policy"]
     decay, no_decay = [], []
     roles = {}
     for m in model.modules():
         if isinstance(m, ScaleVec):
             for p in m.parameters(recurse=False):
-                roles[id(p)] = m.role
+                roles[id(p)] = m.role + "_norm_scale"
     for p in model.parameters():
-        role = roles.get(id(p))
-        if role is None:
-            (decay if p.dim() >= 2 else no_decay).append(p)
-        elif (role == "input" and policy in ("IWD", "ALL")) or (
-                role == "output" and policy in ("ALL", "OUTPUT_ONLY")):
-            decay.append(p)
-        else:
-            no_decay.append(p)
+        role = roles.get(id(p), "linear")
+        (decay if decays(role, 1 if id(p) in roles else p.dim(), policy) else no_decay).append(p)
     return [{"params": decay, "weight_decay": cfg["optimizer.weight_decay"]},
             {"params": no_decay, "weight_decay": 0.0}]

@@ -119,6 +119,53 @@ class TorchReferenceModelTest(unittest.TestCase):
         self.assertEqual(r["fold"], "per step")
         self.assertTrue(0 < r["loss"] < 10)
 
+    def test_train_smoke_runs_baseline_and_unified(self):
+        # bench/torch_train.py --smoke: a generated dataset, every step's
+        # windows from torch_train_data, evaluations at steps 3 and 6.
+        import contextlib
+        import io
+        import json
+        import tempfile
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import ablation_variants
+        import torch_train
+        variants = ablation_variants.read_variants()
+        for name in ("baseline", "unified"):
+            with tempfile.TemporaryDirectory() as out:
+                buf = io.StringIO()
+                with contextlib.redirect_stdout(buf):
+                    sets = [a for o in variants[name] for a in ("--set", o)]
+                    torch_train.main(["--smoke", "--out", out] + sets)
+                line = [l for l in buf.getvalue().splitlines()
+                        if l.startswith("TORCH_TRAIN_JSON ")]
+                self.assertEqual(len(line), 1, name)
+                r = json.loads(line[0][len("TORCH_TRAIN_JSON "):])
+                with open(os.path.join(out, "metrics.jsonl")) as f:
+                    records = [json.loads(l) for l in f]
+            self.assertEqual([x["step"] for x in records], [2, 3, 4, 6], name)
+            vals = [x["val_loss"] for x in records if x["val_loss"] is not None]
+            self.assertEqual(len(vals), 2, name)
+            self.assertEqual(r["final_val_loss"], vals[-1])
+            self.assertEqual(r["tokens"], 6 * 4 * 16)
+            for v in vals + [r["final_loss"]]:
+                self.assertTrue(0 < v < 10, (name, v))
+            # NONE_1D: no vector decays (2 layers x 2 norms + the final one, of
+            # 32); IWD: only the output side (per layer u_v = β + α of 32, and
+            # DNP's q and k head scales, β + α of 16 each).
+            expect = 2 * 2 * 32 + 32 if name == "baseline" else 2 * (1 + 32 + 2 * (1 + 16))
+            self.assertEqual(r["undecayed_params"], expect, name)
+
+    def test_train_windows_are_the_split_windows(self):
+        import tempfile
+        import torch_train
+        import torch_train_data as data
+        with tempfile.TemporaryDirectory() as tmp:
+            torch_train.smoke_dataset(tmp, 64)
+            split = data.Split(tmp, "train", 16, 2, 5)
+            windows = torch_train.Windows(split, split.per_epoch + 4, torch.device("cpu"))
+            for i in (0, 1, split.per_epoch + 3):
+                self.assertEqual(windows.batch(i).tolist(), split.batch(i))
+
 
 if __name__ == "__main__":
     unittest.main()
