@@ -84,8 +84,9 @@ class Router {
   // Backward run as in a step whose top-k picked those ids (the expert bias
   // selects nothing). Checks the ids here, reading them on the host (not in
   // a step): K distinct experts in [0, E) per row; Forward fails on another
-  // N. An undefined tensor clears it. Unset, Forward is unchanged (no op,
-  // no allocation).
+  // N. The tensor is held, not copied: leave it unchanged while set. An
+  // undefined tensor clears it. Unset, Forward is unchanged (no op, no
+  // allocation).
   Status ForceSelection(const ExecContext& ctx, const Tensor& expert_ids);
 
   const Tensor& logits() const { return logits_; }
