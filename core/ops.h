@@ -225,6 +225,13 @@ void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bia
 void TopKRoutingBackward(const ExecContext& ctx, const Tensor& scores,
                          const Tensor& expert_ids, bool normalize, const Tensor& d_weights,
                          const Tensor& d_scores);
+// The weights TopKRouting writes for a selection made elsewhere (a router
+// holding its routing fixed: moe/router.h, ForceSelection): weights[t, j] =
+// scores[t, expert_ids[t, j]], divided by their sum (taken in slot order,
+// as TopKRouting does, so the same ids give the same bits) if normalize.
+// TopKRoutingBackward is its backward. Ids must lie in [0, E).
+void TopKWeightsAt(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,
+                   bool normalize, const Tensor& weights);
 // kept [N, K] i32 (1 kept, 0 dropped): per expert at most `capacity`
 // assignments, the highest `priority` [N, K] kept, ties to the earlier token.
 // capacity <= 0 keeps everything (dropless).

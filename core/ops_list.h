@@ -39,6 +39,7 @@
   X(void, RouterScoresBackward, (const ExecContext& ctx, ::scalemoe::ops::ScoreFunction fn, const Tensor& scores, const Tensor& d_scores, const Tensor& d_logits), (ctx, fn, scores, d_scores, d_logits), CUDA) \
   X(void, TopKRouting, (const ExecContext& ctx, const Tensor& scores, const Tensor& bias, int k, bool normalize, const Tensor& expert_ids, const Tensor& weights), (ctx, scores, bias, k, normalize, expert_ids, weights), CUDA) \
   X(void, TopKRoutingBackward, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& d_weights, const Tensor& d_scores), (ctx, scores, expert_ids, normalize, d_weights, d_scores), CUDA) \
+  X(void, TopKWeightsAt, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, bool normalize, const Tensor& weights), (ctx, scores, expert_ids, normalize, weights), CUDA) \
   X(void, CapacityDrop, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& priority, int num_experts, int64_t capacity, const Tensor& kept), (ctx, expert_ids, priority, num_experts, capacity, kept), CUDA) \
   X(void, LoadBalancingLoss, (const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids, double coeff, const Tensor& loss), (ctx, scores, expert_ids, coeff, loss), CUDA) \
   X(void, LoadBalancingLossBackward, (const ExecContext& ctx, const Tensor& expert_ids, double coeff, double scale, const Tensor& d_scores), (ctx, expert_ids, coeff, scale, d_scores), CUDA) \

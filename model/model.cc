@@ -394,6 +394,27 @@ Status MoeTransformer::UpdateExpertBiases(const ExecContext& ctx, const Tensor& 
   return absl::OkStatus();
 }
 
+std::vector<Tensor> MoeTransformer::RoutedExperts() const {
+  std::vector<Tensor> ids;
+  for (const MoeLayer* l : MoeLayers()) ids.push_back(l->expert_ids());
+  return ids;
+}
+
+Status MoeTransformer::ForceRouting(const ExecContext& ctx, const std::vector<Tensor>& expert_ids) {
+  const std::vector<MoeLayer*> layers = MoeLayers();
+  if (!expert_ids.empty() && expert_ids.size() != layers.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("MoeTransformer::ForceRouting: ", expert_ids.size(), " selections for ",
+                     layers.size(), " MoE layers; give one per MoE layer or none to clear"));
+  }
+  for (size_t i = 0; i < layers.size(); ++i) {
+    SM_RETURN_IF_ERROR_CTX(
+        layers[i]->ForceRouting(ctx, expert_ids.empty() ? Tensor() : expert_ids[i]), "layer ",
+        moe_layers_[i], ": moe");
+  }
+  return absl::OkStatus();
+}
+
 ModelCounts MoeTransformer::Counts() const {
   const config::ModelConfig& m = cfg_.model();
   const double active_fraction =

@@ -169,6 +169,14 @@ class MoeTransformer {
   // the device (one reduction for all layers). Every rank of the stage calls it.
   // skip: the step's non-finite flag (i32[1] on ctx, may be undefined).
   Status UpdateExpertBiases(const ExecContext& ctx, const Tensor& skip = Tensor());
+  // Tests only (precision checks that hold the routing fixed; see
+  // Router::ForceSelection): RoutedExperts() gives each MoE layer's (this
+  // stage's, in layer order) expert_ids [B*T (under TP this rank's rows), K]
+  // i32 of the last Forward; ForceRouting makes every later Forward of
+  // those layers use the given ids (one per MoE layer, same order and
+  // shapes, on ctx's device) instead of their top-k; an empty vector clears.
+  std::vector<Tensor> RoutedExperts() const;
+  Status ForceRouting(const ExecContext& ctx, const std::vector<Tensor>& expert_ids);
   // Global totals: all E routed experts counted, whichever this rank holds.
   ModelCounts Counts() const;
 

@@ -445,6 +445,10 @@ StatusOr<MoeLayerStats> MoeLayer::step_stats(const ExecContext& ctx) {
 const Tensor& MoeLayer::losses() const { return router_->losses(); }
 Tensor MoeLayer::aux_loss() const { return router_->aux_loss(); }
 Tensor MoeLayer::z_loss() const { return router_->z_loss(); }
+const Tensor& MoeLayer::expert_ids() const { return router_->expert_ids(); }
+Status MoeLayer::ForceRouting(const ExecContext& ctx, const Tensor& expert_ids) {
+  return router_->ForceSelection(ctx, expert_ids);
+}
 
 // The one place a MoE layer's per-Forward state is listed: the routing and
 // its plan, the inputs and outputs the Backward reads, and this Forward's

@@ -176,6 +176,12 @@ class MoeLayer {
   // [E] i64 on the device: this rank's kept assignments per global expert in
   // the last Forward (before any reduction over replicas).
   const Tensor& forward_loads() const { return forward_loads_; }
+  // Tests only (precision checks that hold the routing fixed): the last
+  // Forward's selection, expert_ids [N, K] i32 on the device, and a
+  // selection every later Forward uses instead of the router's top-k
+  // (Router::ForceSelection; undefined clears).
+  const Tensor& expert_ids() const;
+  Status ForceRouting(const ExecContext& ctx, const Tensor& expert_ids);
 
   // Sums the step's loads and drops (since PrepareStep; every micro-batch
   // that had a Backward, evaluation and pipeline recomputation excluded)

@@ -1,7 +1,9 @@
 #include "moe/router.h"
 
+#include <algorithm>
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "norm/scale_options.h"
 
 namespace scalemoe {
@@ -55,7 +57,12 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const DType dt = n.dtype();
   logits_ = ctx.Empty({tokens, e}, dt);
   scores_ = ctx.Empty({tokens, e}, dt);
-  expert_ids_ = ctx.Empty({tokens, k}, DType::kI32);
+  if (forced_ids_.defined() && forced_ids_.dim(0) != tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Router::Forward: the forced selection has ", forced_ids_.dim(0), " rows for ", tokens,
+        " tokens; force the ids of a micro-batch of this shape or clear it (ForceSelection)"));
+  }
+  expert_ids_ = forced_ids_.defined() ? forced_ids_ : ctx.Empty({tokens, k}, DType::kI32);
   weights_ = ctx.Empty({tokens, k}, dt);
   kept_ = ctx.Empty({tokens, k}, DType::kI32);
   losses_ = ctx.Zeros({2}, dt);
@@ -64,7 +71,11 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   linear_.Forward(ctx, n, logits_);
   ops::RouterScores(ctx, score_fn_, logits_, scores_);
   const Tensor bias = expert_bias_ ? expert_bias_->value : Tensor();
-  ops::TopKRouting(ctx, scores_, bias, k, cfg_.normalize_topk(), expert_ids_, weights_);
+  if (forced_ids_.defined()) {
+    ops::TopKWeightsAt(ctx, scores_, expert_ids_, cfg_.normalize_topk(), weights_);
+  } else {
+    ops::TopKRouting(ctx, scores_, bias, k, cfg_.normalize_topk(), expert_ids_, weights_);
+  }
 
   // Capacity from the shapes alone; the priority of an assignment is its raw
   // (unnormalised, unbiased) score.
@@ -129,6 +140,36 @@ void Router::Backward(const ExecContext& ctx, const Tensor& d_weights, double lo
     }
   }
   linear_.Backward(ctx, d_logits, d_n, GradMode::kOverwrite);
+}
+
+Status Router::ForceSelection(const ExecContext& ctx, const Tensor& expert_ids) {
+  if (!expert_ids.defined()) {
+    forced_ids_ = Tensor();
+    return absl::OkStatus();
+  }
+  const int k = cfg_.top_k();
+  const int e = cfg_.num_experts();
+  if (expert_ids.dtype() != DType::kI32 || expert_ids.ndim() != 2 || expert_ids.dim(1) != k ||
+      !expert_ids.is_contiguous() || expert_ids.device() != ctx.device()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Router::ForceSelection: expert_ids ", expert_ids.DebugString(),
+        " must be a contiguous i32 [N, ", k, "] (moe.top_k) tensor on the context's device"));
+  }
+  const Tensor host = ctx.ToHost(expert_ids);
+  const int32_t* ids = host.data<int32_t>();
+  for (int64_t t = 0; t < host.dim(0); ++t) {
+    for (int j = 0; j < k; ++j) {
+      const int32_t id = ids[t * k + j];
+      const bool repeated = std::find(ids + t * k, ids + t * k + j, id) != ids + t * k + j;
+      if (id < 0 || id >= e || repeated) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "Router::ForceSelection: token ", t, " slot ", j, " has expert ", id,
+            "; each token needs ", k, " distinct experts in [0, ", e, ") (moe.num_experts)"));
+      }
+    }
+  }
+  forced_ids_ = expert_ids;
+  return absl::OkStatus();
 }
 
 Status Router::FinishBackward(const ExecContext& ctx) { return linear_.FinishBackward(ctx); }

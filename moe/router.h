@@ -2,7 +2,8 @@
 //   logits [N, E] = (γ_router ⊙ n) W_routerᵀ      (compute dtype of the layer)
 //   scores [N, E] = softmax(logits) or sigmoid(logits)
 //   expert_ids [N, K] = top-k of scores + expert_bias (bias selects only;
-//                       ties to the lower expert index)
+//                       ties to the lower expert index), or the ids a test
+//                       forced (ForceSelection)
 //   weights [N, K] = scores at expert_ids, renormalised to sum 1 if normalize_topk
 //   kept [N, K]    = capacity mask (capacity_factor > 0): per expert the
 //                    highest-scoring ceil(cf·N·K/E) assignments survive (ties:
@@ -73,6 +74,21 @@ class Router {
   void UpdateExpertBias(const ExecContext& ctx, const Tensor& loads, const Tensor& skip = Tensor());
   bool has_expert_bias() const { return expert_bias_ != nullptr; }
 
+  // Routing held fixed, for tests only (the precision checks: a bf16 run
+  // compared with an fp32 one must not move near-tie tokens between
+  // experts, so it replays the fp32 run's selection). While set, every
+  // Forward takes `expert_ids` (i32 [N, K] on ctx's device, N = this rank's
+  // rows; e.g. another run's expert_ids()) instead of its own top-k pick:
+  // the weights are this Forward's own scores at those ids, renormalised as
+  // top-k weights are (ops::TopKWeightsAt), and capacity, the losses and
+  // Backward run as in a step whose top-k picked those ids (the expert bias
+  // selects nothing). Checks the ids here, reading them on the host (not in
+  // a step): K distinct experts in [0, E) per row; Forward fails on another
+  // N. The tensor is held, not copied: leave it unchanged while set. An
+  // undefined tensor clears it. Unset, Forward is unchanged (no op, no
+  // allocation).
+  Status ForceSelection(const ExecContext& ctx, const Tensor& expert_ids);
+
   const Tensor& logits() const { return logits_; }
   const Tensor& scores() const { return scores_; }
   const Tensor& expert_ids() const { return expert_ids_; }  // [N, K] i32
@@ -95,6 +111,7 @@ class Router {
   ScaledLinear linear_;
   // Forward cache.
   Tensor logits_, scores_, expert_ids_, weights_, kept_;
+  Tensor forced_ids_;  // [N, K] i32 set by ForceSelection (tests), else undefined
   Tensor losses_;  // [2] (aux, z) of the whole micro-batch
   int64_t capacity_ = 0;
   // Token-sharded losses (token_group_ set): the micro-batch's f_e [E] f64

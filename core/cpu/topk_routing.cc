@@ -1,4 +1,4 @@
-// TopKRouting (+ backward) and CapacityDrop on the CPU (f32/f64).
+// TopKRouting (+ backward), TopKWeightsAt and CapacityDrop on the CPU (f32/f64).
 // Deterministic: ties go to the lower expert index (selection) and to the
 // earlier token (capacity).
 #include <algorithm>
@@ -16,6 +16,20 @@ void CheckIds(const Tensor& ids, int64_t n, int k) {
                "expert_ids must be i32 [", n, ", ", k, "], got ", ids.DebugString());
 }
 
+// One row's weights: the scores at ids, over their sum (in slot order) if
+// normalize. TopKRouting and TopKWeightsAt share it, so they agree bit for bit.
+template <typename T>
+void WeightsRow(int k, bool normalize, const T* sr, const int32_t* ids, T* w) {
+  T sum = 0;
+  for (int j = 0; j < k; ++j) {
+    w[j] = sr[ids[j]];
+    sum += sr[ids[j]];
+  }
+  if (normalize) {
+    for (int j = 0; j < k; ++j) w[j] /= sum;
+  }
+}
+
 template <typename T>
 void TopKTyped(int64_t n, int64_t e, int k, bool normalize, const T* s, const T* bias,
                int32_t* ids, T* w) {
@@ -29,16 +43,19 @@ void TopKTyped(int64_t n, int64_t e, int k, bool normalize, const T* s, const T*
       const T ka = key(a), kb = key(b);
       return ka > kb || (ka == kb && a < b);
     });
-    T sum = 0;
-    for (int j = 0; j < k; ++j) {
-      ids[t * k + j] = order[j];
-      w[t * k + j] = sr[order[j]];
-      sum += sr[order[j]];
-    }
-    if (normalize) {
-      for (int j = 0; j < k; ++j) w[t * k + j] /= sum;
-    }
+    std::copy(order.begin(), order.begin() + k, ids + t * k);
+    WeightsRow(k, normalize, sr, ids + t * k, w + t * k);
   }
+}
+
+template <typename T>
+void WeightsAtTyped(int64_t n, int64_t e, int k, bool normalize, const T* s, const int32_t* ids,
+                    T* w) {
+  for (int64_t i = 0; i < n * k; ++i) {
+    SM_CHECK_MSG(ids[i] >= 0 && ids[i] < e, "TopKWeightsAt: expert id ", ids[i], " of token ",
+                 i / k, " outside [0, ", e, ")");
+  }
+  for (int64_t t = 0; t < n; ++t) WeightsRow(k, normalize, s + t * e, ids + t * k, w + t * k);
 }
 
 template <typename T>
@@ -99,6 +116,27 @@ void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bia
     TopKTyped(n, e, k, normalize, scores.data<float>(),
               bias.defined() ? bias.data<float>() : nullptr, expert_ids.data<int32_t>(),
               weights.data<float>());
+  }
+}
+
+void TopKWeightsAt(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,
+                   bool normalize, const Tensor& weights) {
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "TopKWeightsAt: CUDA path not in this build");
+  SM_CHECK_MSG(scores.ndim() == 2 && scores.is_contiguous() && expert_ids.ndim() == 2,
+               "TopKWeightsAt scores ", scores.DebugString(), " expert_ids ",
+               expert_ids.DebugString());
+  const int64_t n = scores.dim(0), e = scores.dim(1);
+  const int k = static_cast<int>(expert_ids.dim(1));
+  CheckIds(expert_ids, n, k);
+  SM_CHECK_MSG(
+      weights.dtype() == scores.dtype() && weights.numel() == n * k && weights.is_contiguous(),
+      "TopKWeightsAt weights ", weights.DebugString());
+  if (scores.dtype() == DType::kF64) {
+    WeightsAtTyped(n, e, k, normalize, scores.data<double>(), expert_ids.data<int32_t>(),
+                   weights.data<double>());
+  } else {
+    WeightsAtTyped(n, e, k, normalize, scores.data<float>(), expert_ids.data<int32_t>(),
+                   weights.data<float>());
   }
 }
 

@@ -1,6 +1,6 @@
 // Router math on the GPU, the contracts of core/ops.h and the arithmetic of
 // core/cpu/router_scores.cc, topk_routing.cc and moe_routing_stats.cc:
-// RouterScores (+ backward), TopKRouting (+ backward), SelectedScores,
+// RouterScores (+ backward), TopKRouting (+ backward), TopKWeightsAt, SelectedScores,
 // AccumulateExpertLoads and ExpertBiasUpdate. (CapacityDrop sorts, so it
 // lives with SortByExpert in permute_rows.cu.)
 //
@@ -123,6 +123,30 @@ __global__ void TopKKernel(int64_t n, int64_t e, int k, bool normalize, const T*
     if (normalize) {
       __syncwarp();
       for (int r = lane; r < k; r += 32) w[t * k + r] /= sum;
+    }
+  }
+}
+
+// One thread per row: the scores at given ids, over their sum in slot order
+// (TopKKernel's arithmetic: the same ids give the same bits). An id outside
+// [0, E) gets weight 0 and adds nothing to the sum.
+template <typename T>
+__global__ void WeightsAtKernel(int64_t n, int64_t e, int k, bool normalize, const T* s,
+                                const int32_t* ids, T* w) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < n;
+       t += stride) {
+    const T* sr = s + t * e;
+    const int32_t* id = ids + t * k;
+    T* wr = w + t * k;
+    T sum = 0;
+    for (int j = 0; j < k; ++j) {
+      const bool valid = id[j] >= 0 && id[j] < e;
+      wr[j] = valid ? sr[id[j]] : T(0);
+      if (valid) sum += sr[id[j]];
+    }
+    if (normalize) {
+      for (int j = 0; j < k; ++j) wr[j] /= sum;
     }
   }
 }
@@ -290,6 +314,26 @@ void TopKRouting(const ExecContext& ctx, const Tensor& scores, const Tensor& bia
         Ptr<T>(weights));
   });
   SM_CHECK_LAUNCH(ctx, "TopKRouting", "TopKKernel");
+}
+
+void TopKWeightsAt(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,
+                   bool normalize, const Tensor& weights) {
+  CheckOnDevice(ctx, scores, "TopKWeightsAt", "scores");
+  SM_CHECK_MSG(scores.ndim() == 2 && expert_ids.ndim() == 2, "TopKWeightsAt scores ",
+               scores.DebugString(), " expert_ids ", expert_ids.DebugString());
+  const int64_t n = scores.dim(0), e = scores.dim(1);
+  const int k = static_cast<int>(expert_ids.dim(1));
+  CheckIds(ctx, "TopKWeightsAt", expert_ids, n, k);
+  CheckOnDevice(ctx, weights, "TopKWeightsAt", "weights");
+  SM_CHECK_MSG(weights.dtype() == scores.dtype() && weights.numel() == n * k,
+               "TopKWeightsAt weights ", weights.DebugString());
+  if (n == 0 || k == 0) return;
+  DispatchF32F64("TopKWeightsAt", scores, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    WeightsAtKernel<T><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(
+        n, e, k, normalize, Ptr<const T>(scores), Ptr<const int32_t>(expert_ids), Ptr<T>(weights));
+  });
+  SM_CHECK_LAUNCH(ctx, "TopKWeightsAt", "WeightsAtKernel");
 }
 
 void TopKRoutingBackward(const ExecContext& ctx, const Tensor& scores, const Tensor& expert_ids,

@@ -1,6 +1,6 @@
 // GPU test: the router ops (RouterScores, TopKRouting, CapacityDrop, the
 // load-balancing and z-losses single-rank and sharded, AssignmentCounts,
-// SelectedScores, AccumulateExpertLoads, ExpertBiasUpdate) against the CPU
+// SelectedScores, TopKWeightsAt, AccumulateExpertLoads, ExpertBiasUpdate) against the CPU
 // reference on fresh Philox data: one token, k = 1 and k = 8 with 64
 // experts, k = E, an expert with no token, every token on one expert,
 // capacities that drop, sigmoid and softmax, expert bias, exact ties,
@@ -287,6 +287,37 @@ TEST_F(CudaRouterTest, SelectedScoresMatchesCpuExactly) {
       Tensor ref = Tensor::Empty({s.n, s.k}, dtype);
       ops::SelectedScores(cpu_, scores, ids, ref);
       EXPECT_TRUE(testing::BitwiseEqual(Host(out), ref)) << DTypeName(dtype) << " " << ShapeName(s);
+    }
+  }
+  ExpectOk();
+}
+
+// At the ids TopKRouting picked the weights are TopKRouting's bits (a
+// router with its selection forced reproduces an unforced step); at other
+// ids they equal the CPU's.
+TEST_F(CudaRouterTest, TopKWeightsAtMatchesCpuAndTheTopKWeightsExactly) {
+  uint64_t seed = 4500;
+  for (DType dtype : kRouterFloats) {
+    for (const RouteShape& s : RouteShapes()) {
+      for (bool normalize : {false, true}) {
+        ++seed;
+        const std::string what =
+            absl::StrCat(DTypeName(dtype), " ", ShapeName(s), " normalize ", normalize);
+        const Tensor scores = HostScores(cpu_, s, dtype, ops::ScoreFunction::kSoftmax, seed);
+        Tensor top_ids = PoisonedIndex({s.n, s.k}, DType::kI32);
+        Tensor top_w = Poisoned({s.n, s.k}, dtype);
+        ops::TopKRouting(ctx_, Dev(scores), Tensor(), s.k, normalize, top_ids, top_w);
+        Tensor at = Poisoned({s.n, s.k}, dtype);
+        ops::TopKWeightsAt(ctx_, Dev(scores), top_ids, normalize, at);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(at), Host(top_w))) << "top-k ids " << what;
+
+        const Tensor ids = RandomExpertIds(s, IdMode::kDistinctRows, seed);
+        Tensor out = Poisoned({s.n, s.k}, dtype);
+        ops::TopKWeightsAt(ctx_, Dev(scores), Dev(ids), normalize, out);
+        Tensor ref = Tensor::Empty({s.n, s.k}, dtype);
+        ops::TopKWeightsAt(cpu_, scores, ids, normalize, ref);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(out), ref)) << "random ids " << what;
+      }
     }
   }
   ExpectOk();

@@ -3,13 +3,15 @@
 // on the host, scale vectors moved off 1, copied over), one micro-batch's
 // forward and backward on a CUDA context and on the CPU. fp32: the loss and
 // every parameter's gradient within 1e-5 (relative, norm-wise); bf16 GEMM
-// operands: every gradient's cosine with the fp32 CPU one ≥ 0.999. Two GPU
+// operands: every gradient's cosine with the fp32 CPU one ≥ 0.999 (the
+// presets with the CPU's routing forced: see their test). Two GPU
 // runs give the same bits. Tiny dense and MoE models over the scale-vector
 // variants, both fold paths and the per-token path; and the GPU presets
 // (gpu_moe_125m, gpu_finegrained_64e) cut to their first MoE layer, at their
 // full widths, on 2 x 128 tokens.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,9 +20,16 @@
 #include "model/model.h"
 #include "tests/core/cuda_test_util.h"
 #include "tests/model/model_test_util.h"
+#include "tests/model/whole_model_step.h"
 #include "tests/testing/status_util.h"
 
+using scalemoe::testing::ExpectBf16Tracks;
+using scalemoe::testing::kSymmetryFloor;
 using scalemoe::testing::Must;
+using scalemoe::testing::Norm;
+using scalemoe::testing::StartValues;
+using scalemoe::testing::StepResult;
+using scalemoe::testing::WholeModelStep;
 
 namespace scalemoe {
 namespace {
@@ -67,74 +76,11 @@ std::vector<Case> Cases() {
   };
 }
 
-struct Result {
-  double loss = 0;
-  std::vector<Tensor> grads;  // host copies, per parameter
-  std::vector<std::string> names;
-};
-
-// Below this norm a gradient vanishes by symmetry (e.g. the β of a γ whose
-// branches are all re-normalized: only eps sees it) and what is left is
-// rounding noise of O(1) terms: such gradients are compared absolutely, to
-// fp32's 1e-7 (fp32) or only for size (bf16).
-constexpr double kSymmetryFloor = testing::kSymmetryFloor;
-
-// One forward+backward of `cfg` on `ctx`, from the values in `values` (a
-// host flat buffer of the registry's layout).
-// The micro-batch is [2, seq] of ids below `vocab`.
-// `dtype` f64 (CPU only): the reference in f64 from the same (f32) values.
-Result Step(const config::RunConfig& cfg, const ExecContext& ctx, const Tensor& values, int seq = 5,
-            int vocab = 16, DType dtype = DType::kF32) {
-  ParamRegistry registry;
-  MoeTransformer model(registry, cfg);
-  Must(registry.Materialize(cfg.train().seed(), dtype, ctx.device()));
-  if (dtype == values.dtype()) {
-    Must(ctx.CopyAcross(values, registry.flat_values()));
-  } else {
-    ops::Copy(ctx, values, registry.flat_values());
-  }
-  std::vector<int32_t> ids(2 * seq), next(2 * seq);
-  for (int i = 0; i < 2 * seq; ++i) {
-    ids[i] = (7 * i + 3) % vocab;
-    next[i] = (5 * i + 1) % vocab;
-  }
-  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, seq}, DType::kI32, Device::kCPU);
-  const Tensor targets = Tensor::FromBlob(next.data(), {2, seq}, DType::kI32, Device::kCPU);
-  registry.ZeroGrads();
-  Must(model.PrepareStep(ctx));
-  Result r;
-  r.loss = Must(model.Forward(ctx, tokens, targets)).total;
-  Must(model.Backward(ctx, 1.0));
-  Must(model.FinishBackward(ctx));
-  Must(ctx.Synchronize());
-  Must(ctx.status());
-  for (const auto& p : registry.params()) {
-    r.grads.push_back(ctx.ToHost(p->grad).Clone());
-    r.names.push_back(p->spec.name);
-  }
-  return r;
-}
-
-// The CPU registry's initial values with every scale vector moved off 1.
-Tensor StartValues(const config::RunConfig& cfg) {
-  ParamRegistry registry;
-  MoeTransformer model(registry, cfg);
-  Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
-  testing::PerturbScaleVectors(registry, 21);
-  return registry.flat_values().Clone();
-}
-
-double Norm(const Tensor& t) {
-  double s = 0;
-  for (int64_t i = 0; i < t.numel(); ++i) s += t.At(i) * t.At(i);
-  return std::sqrt(s);
-}
-
 class CudaModelTest : public testing::CudaOpTest, public ::testing::WithParamInterface<int> {};
 
 // fp32 on the GPU equals the CPU (loss and every gradient within 1e-5,
 // norm-wise) and repeats bit for bit.
-void ExpectFp32Parity(const Result& cpu, const Result& gpu, const Result& again) {
+void ExpectFp32Parity(const StepResult& cpu, const StepResult& gpu, const StepResult& again) {
   EXPECT_NEAR(gpu.loss, cpu.loss, 1e-5 * std::abs(cpu.loss));
   EXPECT_EQ(gpu.loss, again.loss);
   ASSERT_EQ(gpu.grads.size(), cpu.grads.size());
@@ -151,32 +97,15 @@ void ExpectFp32Parity(const Result& cpu, const Result& gpu, const Result& again)
   }
 }
 
-// bf16 GEMM operands on the GPU track the fp32 CPU: loss within 1%, every
-// gradient's cosine >= 0.999.
-void ExpectBf16Tracks(const Result& cpu, const Result& gpu) {
-  EXPECT_NEAR(gpu.loss, cpu.loss, 1e-2 * std::abs(cpu.loss));
-  for (size_t i = 0; i < cpu.grads.size(); ++i) {
-    const double a = Norm(cpu.grads[i]), b = Norm(gpu.grads[i]);
-    if (a < kSymmetryFloor) {  // a symmetry zero: stays one
-      EXPECT_LT(b, kSymmetryFloor) << cpu.names[i];
-      continue;
-    }
-    double dot = 0;
-    for (int64_t j = 0; j < cpu.grads[i].numel(); ++j)
-      dot += cpu.grads[i].At(j) * gpu.grads[i].At(j);
-    EXPECT_GE(dot / (a * b), 0.999) << cpu.names[i];
-  }
-}
-
 TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
   const Case c = Cases()[GetParam()];
   config::RunConfig cfg = testing::TinyConfig(c.experts);
   cfg.mutable_model()->set_init_std(0.1);
   c.apply(cfg);
   const Tensor values = StartValues(cfg);
-  const Result cpu = Step(cfg, cpu_, values);
-  const Result gpu = Step(cfg, ctx_, values);
-  const Result again = Step(cfg, ctx_, values);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
+  const StepResult gpu = WholeModelStep(cfg, ctx_, values);
+  const StepResult again = WholeModelStep(cfg, ctx_, values);
   ExpectFp32Parity(cpu, gpu, again);
 }
 
@@ -186,9 +115,9 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   cfg.mutable_model()->set_init_std(0.1);
   c.apply(cfg);
   const Tensor values = StartValues(cfg);
-  const Result cpu = Step(cfg, cpu_, values);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
   cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
-  const Result gpu = Step(cfg, ctx_, values);
+  const StepResult gpu = WholeModelStep(cfg, ctx_, values);
   ExpectBf16Tracks(cpu, gpu);
 }
 
@@ -222,10 +151,10 @@ TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
   const config::RunConfig cfg = Preset(config::TrainConfig::FP32);
   const Tensor values = StartValues(cfg);
   const int vocab = cfg.model().vocab_size();
-  const Result exact = Step(cfg, cpu_, values, 128, vocab, DType::kF64);
-  const Result cpu = Step(cfg, cpu_, values, 128, vocab);
-  const Result gpu = Step(cfg, ctx_, values, 128, vocab);
-  const Result again = Step(cfg, ctx_, values, 128, vocab);
+  const StepResult exact = WholeModelStep(cfg, cpu_, values, 128, vocab, DType::kF64);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values, 128, vocab);
+  const StepResult gpu = WholeModelStep(cfg, ctx_, values, 128, vocab);
+  const StepResult again = WholeModelStep(cfg, ctx_, values, 128, vocab);
   EXPECT_NEAR(gpu.loss, exact.loss, 1e-5 * std::abs(exact.loss));
   EXPECT_EQ(gpu.loss, again.loss);
   ASSERT_EQ(gpu.grads.size(), exact.grads.size());
@@ -249,13 +178,34 @@ TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
   }
 }
 
-TEST_P(CudaPresetTest, Bf16TracksTheFp32Cpu) {
+// bf16 GEMM operands against the f32 CPU run, with the CPU run's routing
+// forced on the GPU (MoeTransformer::ForceRouting). Unforced, bf16 rounding
+// flips the top-k pick of near-tie tokens (256 tokens over 16 or 64
+// experts) and moves whole tokens between experts: the CPU's own bf16 run
+// reaches only cosine 0.975 on an expert's w_down against its fp32 run
+// (tests/model/forced_routing_test.cc shows the same on a small model), so
+// 0.999 measures precision only with the routing held. The unforced run's
+// smallest cosine and moved assignments are printed for information.
+TEST_P(CudaPresetTest, Bf16WithTheCpuRoutingTracksTheFp32Cpu) {
   const config::RunConfig fp32 = Preset(config::TrainConfig::FP32);
+  const config::RunConfig bf16 = Preset(config::TrainConfig::BF16);
   const Tensor values = StartValues(fp32);
   const int vocab = fp32.model().vocab_size();
-  const Result cpu = Step(fp32, cpu_, values, 128, vocab);
-  const Result gpu = Step(Preset(config::TrainConfig::BF16), ctx_, values, 128, vocab);
-  ExpectBf16Tracks(cpu, gpu);
+  const StepResult cpu = WholeModelStep(fp32, cpu_, values, 128, vocab);
+  ASSERT_FALSE(cpu.routing.empty());
+  const StepResult forced =
+      WholeModelStep(bf16, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
+  EXPECT_EQ(testing::MovedAssignments(cpu.routing, forced.routing), 0);
+  ExpectBf16Tracks(cpu, forced);
+  const StepResult own = WholeModelStep(bf16, ctx_, values, 128, vocab);
+  const testing::MinCosine with = testing::SmallestCosine(cpu, forced);
+  const testing::MinCosine without = testing::SmallestCosine(cpu, own);
+  std::printf(
+      "%s bf16 vs fp32 CPU, smallest gradient cosine: routing forced %.6f (%s); own routing "
+      "%.6f (%s), %lld of %lld assignments moved\n",
+      GetParam(), with.cosine, with.name.c_str(), without.cosine, without.name.c_str(),
+      static_cast<long long>(testing::MovedAssignments(cpu.routing, own.routing)),
+      static_cast<long long>(cpu.routing.size() * cpu.routing.front().numel()));
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,

@@ -2,7 +2,8 @@
 // moe_routing_stats.cc) against direct f64 references: index building from
 // counts (experts without tokens, one token, capacity drops, k = 1, EP/ETP
 // blocks with empty ranks and idle experts, padded sources), the per-token
-// combine and its weight gradient (f32/f64/bf16), the capacity priority,
+// combine and its weight gradient (f32/f64/bf16), the capacity priority, the
+// top-k weights at given ids,
 // the step statistics and the expert-bias update.
 #include <cmath>
 #include <numeric>
@@ -52,6 +53,37 @@ TEST(MoeOpsTest, SelectedScoresEqualUnnormalizedTopKWeights) {
   Tensor out = Tensor::Empty({7, 3}, DType::kF64);
   ops::SelectedScores(kCtx, scores, ids, out);
   EXPECT_EQ(out.ToVector(), w.ToVector());
+}
+
+TEST(MoeOpsTest, TopKWeightsAtTheTopKIdsAreTheTopKWeightsBitForBit) {
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    for (bool normalize : {false, true}) {
+      const Tensor scores = testing::RandomTensor({9, 6}, 3, 1.0, dtype, 3.0);
+      Tensor ids = Tensor::Empty({9, 3}, DType::kI32), w = Tensor::Empty({9, 3}, dtype);
+      ops::TopKRouting(kCtx, scores, Tensor(), 3, normalize, ids, w);
+      Tensor at = Tensor::Empty({9, 3}, dtype);
+      ops::TopKWeightsAt(kCtx, scores, ids, normalize, at);
+      // f32 and f64 convert to double exactly: equal vectors are equal bits.
+      EXPECT_EQ(at.ToVector(), w.ToVector()) << DTypeName(dtype) << " normalize " << normalize;
+    }
+  }
+}
+
+TEST(MoeOpsTest, TopKWeightsAtOtherIdsGatherAndRenormalise) {
+  const Tensor scores = testing::RandomTensor({3, 4}, 4, 1.0, DType::kF64, 3.0);
+  // Not the top-k, and in no particular order.
+  const Tensor ids = Ints({3, 2}, {3, 1, 0, 2, 2, 1});
+  for (bool normalize : {false, true}) {
+    Tensor w = Tensor::Empty({3, 2}, DType::kF64);
+    ops::TopKWeightsAt(kCtx, scores, ids, normalize, w);
+    for (int t = 0; t < 3; ++t) {
+      const double a = scores.At(t * 4 + static_cast<int>(ids.At(t * 2)));
+      const double b = scores.At(t * 4 + static_cast<int>(ids.At(t * 2 + 1)));
+      const double sum = normalize ? a + b : 1.0;
+      EXPECT_DOUBLE_EQ(w.At(t * 2), a / sum);
+      EXPECT_DOUBLE_EQ(w.At(t * 2 + 1), b / sum);
+    }
+  }
 }
 
 TEST(MoeOpsTest, AccumulateExpertLoadsAddsLoadsAndDrops) {

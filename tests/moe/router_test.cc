@@ -1,13 +1,16 @@
 // Router: forward/backward incl. aux and z losses (f64 central differences),
-// top-k ties, capacity drops, sigmoid scores, expert bias, and the
-// token-sharded loss ops (tensor parallel) against the single-rank ones.
+// top-k ties, capacity drops, sigmoid scores, expert bias, a forced
+// selection (ForceSelection), and the token-sharded loss ops (tensor
+// parallel) against the single-rank ones.
 #include "moe/router.h"
 
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <string>
 
 #include "core/ops.h"
+#include "gmock/gmock.h"
 #include "tests/moe/moe_test_util.h"
 #include "tests/testing/status_util.h"
 
@@ -199,6 +202,82 @@ TEST(RouterTest, ExpertBiasChangesSelectionNotWeights) {
   }
   rig.CheckGradients();
   EXPECT_EQ(bias->grad.At(3), 0.0);  // the bias gets no gradient
+}
+
+// Forcing the router's own pick changes nothing (the same bits); forcing
+// other ids routes to them, with the weights gathered from this Forward's
+// scores and renormalised, and gradients that check against differences
+// of the loss with the selection held.
+TEST(RouterTest, ForcedSelectionReplaysItsOwnPickBitForBit) {
+  config::RunConfig cfg = testing::TinyConfig();
+  cfg.mutable_moe()->set_capacity_factor(0.75);  // some assignments drop
+  RouterRig rig(cfg);
+  rig.Forward();
+  const Tensor own_ids = rig.router->expert_ids().Clone();
+  const std::vector<double> weights = rig.router->weights().ToVector();
+  const std::vector<double> kept = rig.router->kept().ToVector();
+  ASSERT_GT(std::count(kept.begin(), kept.end(), 0.0), 0);  // capacity 4 dropped some
+  const std::vector<double> losses = rig.router->losses().ToVector();
+  const std::vector<double> d_n = rig.Gradients().ToVector();
+  const std::vector<double> d_w = rig.registry.Find("layers.0.moe.router.weight")->grad.ToVector();
+  Must(rig.router->ForceSelection(rig.ctx, own_ids));
+  rig.Forward();
+  EXPECT_EQ(rig.router->expert_ids().ToVector(), own_ids.ToVector());
+  EXPECT_EQ(rig.router->weights().ToVector(), weights);
+  EXPECT_EQ(rig.router->kept().ToVector(), kept);
+  EXPECT_EQ(rig.router->losses().ToVector(), losses);
+  EXPECT_EQ(rig.Gradients().ToVector(), d_n);
+  EXPECT_EQ(rig.registry.Find("layers.0.moe.router.weight")->grad.ToVector(), d_w);
+}
+
+TEST(RouterTest, ForcedSelectionRoutesToTheGivenExperts) {
+  for (bool normalize : {true, false}) {
+    config::RunConfig cfg = testing::TinyConfig();
+    cfg.mutable_moe()->set_normalize_topk(normalize);
+    cfg.mutable_moe()->set_expert_bias(true);  // ignored while forced
+    RouterRig rig(cfg);
+    std::vector<double> forced(kTokens * 2);
+    for (int64_t t = 0; t < kTokens; ++t) {  // experts 3 and 2 (t even) or 1 (t odd)
+      forced[t * 2] = 3;
+      forced[t * 2 + 1] = t % 2 == 0 ? 2 : 1;
+    }
+    const Tensor ids = Tensor::FromVector({kTokens, 2}, forced, DType::kI32);
+    Must(rig.router->ForceSelection(rig.ctx, ids));
+    rig.Forward();
+    EXPECT_EQ(rig.router->expert_ids().ToVector(), forced);
+    const Tensor& s = rig.router->scores();
+    for (int64_t t = 0; t < kTokens; ++t) {
+      const double a = s.At(t * 4 + 3), b = s.At(t * 4 + static_cast<int>(forced[t * 2 + 1]));
+      const double sum = normalize ? a + b : 1.0;
+      EXPECT_DOUBLE_EQ(rig.router->weights().At(t * 2), a / sum);
+      EXPECT_DOUBLE_EQ(rig.router->weights().At(t * 2 + 1), b / sum);
+    }
+    // f_e of the aux loss counts the forced assignments: 1/2 on expert 3.
+    rig.CheckGradients();
+    Must(rig.router->ForceSelection(rig.ctx, Tensor()));  // cleared: its own pick again
+    rig.Forward();
+    EXPECT_NE(rig.router->expert_ids().ToVector(), forced);
+  }
+}
+
+TEST(RouterTest, ForcedSelectionRejectsIdsItCannotUse) {
+  RouterRig rig(testing::TinyConfig());
+  auto expect_error = [](const Status& status, const char* what) {
+    EXPECT_FALSE(status.ok());
+    EXPECT_THAT(std::string(status.message()), ::testing::HasSubstr(what));
+  };
+  auto force = [&](const Shape& shape, const std::vector<double>& v) {
+    return rig.router->ForceSelection(rig.ctx, Tensor::FromVector(shape, v, DType::kI32));
+  };
+  expect_error(force({1, 3}, {0, 1, 2}), "i32 [N, 2] (moe.top_k)");
+  expect_error(force({1, 2}, {0, 4}), "token 0 slot 1 has expert 4");
+  expect_error(force({2, 2}, {0, 1, 2, 2}), "token 1 slot 1 has expert 2");
+  expect_error(rig.router->ForceSelection(rig.ctx, Tensor::FromVector({1, 2}, {0, 1}, DType::kI64)),
+               "contiguous i32");
+  Must(force({3, 2}, {0, 1, 0, 1, 0, 1}));  // 3 rows for a Forward of 10
+  Must(rig.scales->Forward(rig.ctx, DType::kF64));
+  Must(rig.router->PrepareStep(rig.ctx, DType::kF64));
+  expect_error(rig.router->Forward(rig.ctx, rig.n), "has 3 rows for 10 tokens");
 }
 
 TEST(RouterTest, ExpertBiasUpdateFollowsLoad) {
