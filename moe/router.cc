@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "core/host_values.h"
 #include "norm/scale_options.h"
 
 namespace scalemoe {
@@ -155,12 +156,12 @@ Status Router::ForceSelection(const ExecContext& ctx, const Tensor& expert_ids) 
         "Router::ForceSelection: expert_ids ", expert_ids.DebugString(),
         " must be a contiguous i32 [N, ", k, "] (moe.top_k) tensor on the context's device"));
   }
-  const Tensor host = ctx.ToHost(expert_ids);
-  const int32_t* ids = host.data<int32_t>();
-  for (int64_t t = 0; t < host.dim(0); ++t) {
+  const std::vector<int64_t> ids = ReadHostInts(ctx, expert_ids);
+  for (int64_t t = 0; t < expert_ids.dim(0); ++t) {
     for (int j = 0; j < k; ++j) {
-      const int32_t id = ids[t * k + j];
-      const bool repeated = std::find(ids + t * k, ids + t * k + j, id) != ids + t * k + j;
+      const int64_t id = ids[t * k + j];
+      const auto row = ids.begin() + t * k;
+      const bool repeated = std::find(row, row + j, id) != row + j;
       if (id < 0 || id >= e || repeated) {
         return absl::InvalidArgumentError(absl::StrCat(
             "Router::ForceSelection: token ", t, " slot ", j, " has expert ", id,

@@ -2,9 +2,17 @@
 """Compares two training runs' loss curves (their metrics.jsonl): the train
 loss at every logged step both runs logged, and the final evaluation.
 
-usage: scripts/curve_compare.py REFERENCE RUN [--max-abs A] [--final-rel R] [--label NAME]
+usage: scripts/curve_compare.py REFERENCE RUN [--max-abs A] [--noise RUN2] [--final-rel R]
+                                [--label NAME]
   REFERENCE, RUN  a run directory or its metrics.jsonl
   --max-abs A     fail unless |RUN - REFERENCE| <= A at every common logged step
+  --noise RUN2    the same training with another summation order (e.g. the
+                  reference's config on 2 ranks): with --max-abs, a worst
+                  |RUN - REFERENCE| above A still passes when it is at most
+                  twice the worst |RUN2 - REFERENCE| (an MoE trained with Adam
+                  is chaotic: rounding differences flip near-tie top-k picks
+                  and grow, so beyond A only the reference's own spread says
+                  what "the same curve" means)
   --final-rel R   fail unless the final train loss and the final val loss are
                   each within R relative of the reference's
 Prints one line: "curve NAME: N steps, worst |diff| X at step S, final loss
@@ -34,15 +42,17 @@ def read_curve(path):
 
 
 def main(argv):
-    paths, max_abs, final_rel, label = [], None, None, ""
+    paths, max_abs, final_rel, label, noise = [], None, None, "", None
     i = 0
     while i < len(argv):
-        if argv[i] in ("--max-abs", "--final-rel", "--label") and i + 1 < len(argv):
+        if argv[i] in ("--max-abs", "--final-rel", "--label", "--noise") and i + 1 < len(argv):
             value = argv[i + 1]
             if argv[i] == "--max-abs":
                 max_abs = float(value)
             elif argv[i] == "--final-rel":
                 final_rel = float(value)
+            elif argv[i] == "--noise":
+                noise = value
             else:
                 label = value
             i += 2
@@ -68,9 +78,19 @@ def main(argv):
     if ref_val and run_val and ref_val[0] == run_val[0]:
         val_rel = (run_val[1] - ref_val[1]) / abs(ref_val[1])
         text += f", final val {run_val[1]:.4f} vs {ref_val[1]:.4f} ({100 * val_rel:+.2f}%)"
+    noise_worst = None
+    if noise is not None:
+        other, _ = read_curve(noise)
+        common = [s for s in steps if s in other]
+        noise_worst = max((abs(other[s] - ref[s]) for s in common), default=None)
+        text += (f", reference's own spread (--noise) {noise_worst:.2e}" if noise_worst is not None
+                 else ", --noise run shares no step")
     failed = []
     if max_abs is not None and worst > max_abs:
-        failed.append(f"worst |diff| {worst:.2e} > {max_abs:g}")
+        if noise_worst is None or worst > 2 * noise_worst:
+            failed.append(f"worst |diff| {worst:.2e} > {max_abs:g}" +
+                          (f" and > 2 x the reference's own spread {noise_worst:.2e}"
+                           if noise_worst is not None else ""))
     if final_rel is not None:
         if abs(rel) > final_rel:
             failed.append(f"final loss off by {100 * rel:+.2f}% (bound {100 * final_rel:g}%)")

@@ -36,6 +36,14 @@ with tempfile.TemporaryDirectory() as d:
     assert code == 1 and "final loss off by +3.33%" in text and "final val off" in text, text
     code, text = run(ref, far)  # no bound: prints only
     assert code == 0, text
+    # --noise: beyond --max-abs, up to twice the reference's own spread passes.
+    noisy = os.path.join(d, "noisy.jsonl")
+    write(noisy, {10: 5.0, 20: 4.06, 30: 3.0}, 3.5)  # spread 0.06
+    code, text = run(ref, far, "--max-abs", "1e-3", "--noise", noisy)  # worst 0.1 <= 0.12
+    assert code == 0 and "own spread (--noise) 6.00e-02" in text, text
+    write(noisy, {10: 5.0, 20: 4.04, 30: 3.0}, 3.5)  # spread 0.04: 0.1 > 0.08
+    code, text = run(ref, far, "--max-abs", "1e-3", "--noise", noisy)
+    assert code == 1 and "and > 2 x the reference's own spread 4.00e-02" in text, text
     write(far, {11: 5.0}, 3.6)
     code, text = run(ref, far)
     assert code == 2 and "no common logged step" in text, text
