@@ -10,6 +10,9 @@
 #   SCALEMOE_BIN  the scalemoe to run (default build-gpu/scalemoe, built here
 #                 first when missing; ABSL_PREFIX as for scripts/gpu_check.sh)
 #   SWEEP_DIR     output directory (default sweeps/<spec name>)
+#   COPY_TO       also copy results.csv and each point's metrics.jsonl there,
+#                 flat (<point>.metrics.jsonl: the device tool returns files
+#                 at most two folders below its output folder)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,14p "$0"; exit 2; }
@@ -42,3 +45,10 @@ timeout -s INT -k 20 "$budget" "$bin" sweep "${args[@]}" || status=$?
 dir=${SWEEP_DIR:-sweeps/$(sed -n 's/^name: *"\(.*\)"/\1/p' "$spec")}
 echo "== $dir/results.csv (sweep exit $status; 124 = stopped at the budget)"
 cat "$dir/results.csv" 2>/dev/null || echo "(none yet)"
+if [ -n "${COPY_TO:-}" ]; then
+  mkdir -p "$COPY_TO"
+  cp "$dir/results.csv" "$COPY_TO/" 2>/dev/null || true
+  for m in "$dir"/*/metrics.jsonl; do
+    [ -f "$m" ] && cp "$m" "$COPY_TO/$(basename "$(dirname "$m")").metrics.jsonl"
+  done
+fi
