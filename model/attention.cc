@@ -105,10 +105,11 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   // Every token: the projections are column-parallel.
   SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
   const DType dt = n.dtype();
+  const Tensor n_in = SharedGemmInput(ctx, n, {q_proj_.get(), k_proj_.get(), v_proj_.get()});
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
     Tensor lin = ctx.Empty({tokens, heads * head_dim_}, dt);
-    proj.Forward(ctx, n, lin);
+    proj.Forward(ctx, n_in, lin);
     Tensor y = lin;
     if (norm) {
       y = ctx.Empty(lin.shape(), dt);

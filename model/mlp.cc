@@ -69,8 +69,9 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
   const DType inner = InnerDType(n.dtype());
   gate_out_ = ctx.Empty({tokens, f}, inner);
   up_out_ = ctx.Empty({tokens, f}, inner);
-  gate_->Forward(ctx, n, gate_out_);
-  up_->Forward(ctx, n, up_out_);
+  const Tensor n_in = SharedGemmInput(ctx, n, {gate_.get(), up_.get()});
+  gate_->Forward(ctx, n_in, gate_out_);
+  up_->Forward(ctx, n_in, up_out_);
   Tensor h = ctx.Empty({tokens, f}, inner);
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
   const Tensor partial = tp_.sequence_parallel()

@@ -42,6 +42,15 @@ Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype) {
   return out;
 }
 
+Tensor SharedGemmInput(const ExecContext& ctx, const Tensor& x,
+                       std::initializer_list<const ScaledLinear*> linears) {
+  const DType dtype = (*linears.begin())->gemm_dtype();
+  for (const ScaledLinear* l : linears) {
+    if (!l->gemm_reads_x() || l->gemm_dtype() != dtype) return x;
+  }
+  return InDType(ctx, x, dtype);
+}
+
 const Tensor& ScaledLinear::Gamma() const {
   return scales_ ? scales_->gamma(branch_) : undefined_;
 }

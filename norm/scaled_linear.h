@@ -45,6 +45,7 @@
 // and u fold into (ScaleVectorInfo::folds_into), for the export.
 #pragma once
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -84,6 +85,15 @@ bool Bf16Operands(const config::RunConfig& cfg);
 // `x` in `dtype`: x itself when it already is, else a new copy (the GEMMs'
 // bf16 operand copies).
 Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype);
+
+class ScaledLinear;
+// The input of several maps that read the same x (q, k, v; gate, up) in
+// their GEMMs' dtype, converted once: one bf16 copy for all of them instead
+// of one per map (their Forward then takes it as is). x itself when a map
+// scales x per token first (per-token γ) or their GEMM dtypes differ. After
+// their PrepareStep.
+Tensor SharedGemmInput(const ExecContext& ctx, const Tensor& x,
+                       std::initializer_list<const ScaledLinear*> linears);
 
 class ScaledLinear {
  public:
@@ -128,6 +138,8 @@ class ScaledLinear {
   // GEMM writes it directly, and a bf16 d_y enters the backward GEMMs
   // without a copy) unless a per-token u follows the GEMM (its op takes one
   // dtype for all). After PrepareStep.
+  // Whether Forward's GEMM reads x itself (in its dtype): no per-token γ.
+  bool gemm_reads_x() const { return !per_token_gamma(); }
   DType output_dtype(DType activations) const { return per_token_u() ? activations : gemm_dtype_; }
 
  private:

@@ -239,6 +239,39 @@ TEST(ModelPrecisionTest, Bf16KeepsTheFfnActivationsInBf16) {
   }
 }
 
+// Under BF16 the maps that read one input convert it once: q, k and v share
+// one bf16 copy of the attention's normed input, gate and up one of the
+// MLP's (SharedGemmInput); with the output projection's input, 3 distinct
+// bf16 [N, C] tensors per dense layer in the forward cache (6 with a copy
+// per map), and one more for the LM head's input.
+TEST(ModelPrecisionTest, Bf16MapsOfOneInputShareOneCopy) {
+  config::RunConfig cfg = testing::TinyConfig(0);
+  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+  std::vector<int32_t> ids(10, 3), next(10, 5);
+  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const ExecContext ctx;
+  Must(model.PrepareStep(ctx));
+  Must(model.Forward(ctx, tokens, targets));
+  ForwardCacheStash stash;
+  model.VisitForwardCache(stash);
+  std::vector<Tensor> copies;
+  stash.ForEachTensor([&](const Tensor& t) {
+    if (!t.defined() || t.dtype() != DType::kBF16 || t.ndim() != 2 ||
+        t.dim(1) != cfg.model().hidden_size()) {
+      return;
+    }
+    for (const Tensor& c : copies) {
+      if (c.SharesDataWith(t)) return;
+    }
+    copies.push_back(t);
+  });
+  EXPECT_EQ(copies.size(), 3u * cfg.model().num_layers() + 1);
+}
+
 TEST(ModelPrecisionTest, TheRouterKeepsFp32Operands) {
   std::vector<double> logits[2];
   for (int run = 0; run < 2; ++run) {
