@@ -11,9 +11,16 @@ and writes to --out (default SWEEP_DIR):
   loss_curves.png         training loss (lines) and validation loss (dots)
                           per point against the step
   throughput_vs_<x>.png   tokens/s against the x axis, one line per series
-and prints two Markdown tables to stdout: every point, and validation loss
-per x and series with each series' difference from the first series (the
-baseline when it comes first, as in configs/sweeps/).
+  expert_gamma_vs_<x>.png the routed experts' own γ (HG: gamma_gate and
+                          gamma_up of every expert) at the end of training:
+                          their RMS averaged over experts, layers and both
+                          branches, and their spread across experts (std /
+                          mean of the RMS); for points that have them
+and prints Markdown tables to stdout: every point, validation loss per x and
+series with each series' difference from the first series (the baseline
+when it comes first, as in configs/sweeps/), and the experts' γ statistics.
+A point's metrics are SWEEP_DIR/<point>/metrics.jsonl or, as
+bench/study_gpu.sh's COPY_TO leaves them, SWEEP_DIR/<point>.metrics.jsonl.
 --x defaults to the axis named experts or num_experts, else the first axis
 whose values are all numbers; --series to the first other axis whose values
 are not all numbers (a bundle axis such as strategy), else none.
@@ -24,6 +31,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 from collections import OrderedDict, defaultdict
 
@@ -63,23 +71,58 @@ def read_results(sweep_dir):
     return axes, rows
 
 
-def read_curves(run_dir):
-    """(train [(step, loss)], val [(step, val_loss)]) of a run; empty if absent."""
-    path = os.path.join(run_dir, "metrics.jsonl")
-    train, val = [], []
+def metrics_path(run_dir):
+    """A point's metrics.jsonl: in its run directory, or copied flat beside it."""
+    inside = os.path.join(run_dir, "metrics.jsonl")
+    return inside if os.path.exists(inside) else run_dir.rstrip("/") + ".metrics.jsonl"
+
+
+def read_records(run_dir):
+    path = metrics_path(run_dir)
     if not os.path.exists(path):
-        return train, val
+        return
     with open(path) as f:
         for line in f:
             try:
-                record = json.loads(line)
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue  # a stopped run's last line, cut short
-            if record.get("loss") is not None:
-                train.append((record["step"], record["loss"]))
-            if record.get("val_loss") is not None:
-                val.append((record["step"], record["val_loss"]))
+
+
+def read_curves(run_dir):
+    """(train [(step, loss)], val [(step, val_loss)]) of a run; empty if absent."""
+    train, val = [], []
+    for record in read_records(run_dir):
+        if record.get("loss") is not None:
+            train.append((record["step"], record["loss"]))
+        if record.get("val_loss") is not None:
+            val.append((record["step"], record["val_loss"]))
     return train, val
+
+
+EXPERT_GAMMA = re.compile(r"^layers\.\d+\.moe\.experts\.gamma_(gate|up)$")
+
+
+def expert_gamma(run_dir):
+    """(mean RMS, spread) of the routed experts' own γ in the run's last
+    scale-vector statistics (metrics "sv", per layer and branch a summary
+    over experts: rms {mean, std, ...}), averaged over layers and branches;
+    spread = std / mean of the RMS across experts. None without them."""
+    last = None
+    for record in read_records(run_dir):
+        if isinstance(record.get("sv"), dict):
+            last = record["sv"]
+    if not last:
+        return None
+    means, spreads = [], []
+    for name, stats in last.items():
+        rms = stats.get("rms") if EXPERT_GAMMA.match(name) and isinstance(stats, dict) else None
+        if isinstance(rms, dict) and rms.get("mean"):
+            means.append(rms["mean"])
+            spreads.append(rms.get("std", 0.0) / rms["mean"])
+    if not means:
+        return None
+    return sum(means) / len(means), sum(spreads) / len(spreads)
 
 
 def numeric_axis(rows, axis):
@@ -210,6 +253,17 @@ def difference_table(groups, x):
     return "\n".join(lines)
 
 
+def gamma_table(rows, axes):
+    header = ["point"] + axes + ["experts' γ RMS (mean)", "spread across experts (std/mean)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        if r.get("gamma_rms") is not None:
+            cells = ([r["point"]] + [r[a] for a in axes] +
+                     [f"{r['gamma_rms']:.4f}", f"{r['gamma_spread']:.4f}"])
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("sweep_dir")
@@ -237,6 +291,19 @@ def main(argv):
     path = os.path.join(out, "loss_curves.png")
     curves_plot(args.sweep_dir, rows, path)
     written.append(path)
+    for r in rows:
+        stats = expert_gamma(os.path.join(args.sweep_dir, r["point"]))
+        r["gamma_rms"], r["gamma_spread"] = stats if stats else (None, None)
+    with_gamma = [r for r in rows if r["gamma_rms"] is not None]
+    if x is not None and with_gamma:
+        path = os.path.join(out, f"expert_gamma_vs_{x}.png")
+        line_plot(grouped(with_gamma, x, series, "gamma_rms"), x, "experts' γ RMS (mean)",
+                  f"routed experts' own γ vs {x}", path)
+        spread_path = os.path.join(out, f"expert_gamma_spread_vs_{x}.png")
+        line_plot(grouped(with_gamma, x, series, "gamma_spread"), x,
+                  "spread of γ RMS across experts (std/mean)",
+                  f"routed experts' γ spread vs {x}", spread_path)
+        written += [path, spread_path]
 
     print(points_table(axes, rows))
     if x is not None and val:
@@ -245,6 +312,11 @@ def main(argv):
               " (mean over the other axes):")
         print()
         print(difference_table(val, x))
+    if with_gamma:
+        print()
+        print("The routed experts' own γ at the end of training (points that have them):")
+        print()
+        print(gamma_table(with_gamma, axes))
     print()
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

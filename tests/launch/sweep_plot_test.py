@@ -97,7 +97,8 @@ def main():
             if r["status"] != "done" or not r["val_loss"]:
                 fail(f"point {r['point']} is not done with a val loss: {r}")
             val[(r["experts"], r["strategy"])] = float(r["val_loss"])
-            row_line = [l for l in lines if l.startswith(f"| {r['point']} |")]
+            row_line = [l for l in lines
+                        if l.startswith(f"| {r['point']} |") and l.count("|") > 6]
             if len(row_line) != 1 or f"| {float(r['val_loss']):.4f} |" not in row_line[0]:
                 fail(f"the points table lacks {r['point']} with its val loss:\n{plot.stdout}")
         for experts in ("1", "4"):
@@ -106,6 +107,27 @@ def main():
                     f"{unified - base:+.4f} |")
             if want not in lines:
                 fail(f"the difference table lacks '{want}':\n{plot.stdout}")
+        # The unified points' experts have their own γ (HG): a plot and a
+        # table row each; the baseline's (shared γ) have none.
+        for name in ("expert_gamma_vs_experts.png", "expert_gamma_spread_vs_experts.png"):
+            if not os.path.exists(os.path.join(sweep_dir, name)):
+                fail(f"{name} was not written")
+        gamma_rows = {r["point"]: l for r in rows for l in lines
+                      if l.startswith(f"| {r['point']} |") and l.count("|") == 6}
+        if sorted(gamma_rows) != sorted(r["point"] for r in rows if r["strategy"] == "unified"):
+            fail(f"the experts' γ table should list the unified points only:\n{plot.stdout}")
+        # The same from metrics copied flat (bench/study_gpu.sh COPY_TO).
+        flat = os.path.join(tmp, "flat")
+        os.makedirs(flat)
+        shutil.copy(os.path.join(sweep_dir, "results.csv"), flat)
+        for r in rows:
+            shutil.copy(os.path.join(sweep_dir, r["point"], "metrics.jsonl"),
+                        os.path.join(flat, r["point"] + ".metrics.jsonl"))
+        again = subprocess.run([python, os.path.join(REPO, "scripts/plot_sweep.py"), flat],
+                               capture_output=True, text=True)
+        if again.returncode != 0 or [l for l in again.stdout.splitlines()
+                                     if l in gamma_rows.values()] != list(gamma_rows.values()):
+            fail(f"flat metrics give another γ table:\n{again.stdout}{again.stderr}")
         missing = subprocess.run([python, os.path.join(REPO, "scripts/plot_sweep.py"), tmp],
                                  capture_output=True, text=True)
         if missing.returncode == 0 or "results.csv not found" not in missing.stderr:
