@@ -21,6 +21,7 @@
 #   CHECK_FILTER: the gtest filter of the correctness check (default
 #   Variants/*: the tiny model's variants, fp32 exact and bf16, in seconds;
 #   scripts/gpu_check.sh runs the presets' whole-model cases)
+#   TORCH=0: skip the PyTorch reference (ours only)
 #   OPS=1: also torch_reference.py --ops per preset (torch.matmul, SDPA,
 #   torch._grouped_mm, fused AdamW at the preset's shapes; issue 13's table).
 # Raw output: BUILD_DIR/gpu_bench/*.log and results.jsonl (one BENCH_JSON each).
@@ -56,7 +57,9 @@ baseline_sets=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INP
 shape_sets=(--set train.micro_batch_size="$micro" --set train.global_batch_size="$global")
 
 have_torch=0
-if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+if [ "${TORCH:-1}" = 0 ]; then
+  echo "gpu_bench: TORCH=0: the torch columns stay empty" >&2
+elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   have_torch=1
 else
   echo "gpu_bench: no python3 with CUDA torch here: the torch columns stay empty" >&2
