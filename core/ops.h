@@ -125,6 +125,26 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
                            const Tensor& col, const Tensor& d_out, const Tensor& d_x,
                            const Tensor& d_row, const Tensor& d_col);
 
+// The same over G matrices of one shape at once (every local expert's weight
+// of one projection: one launch for all of them, no host loop on the
+// device). x, out, d_out, d_x: MatrixGroups of G [R, C] matrices; row, d_row:
+// of G [1, R] vectors and col, d_col: of G [1, C] vectors (a vector v enters
+// as v.View({1, n})); an empty group (size 0) stands for an undefined
+// tensor. Group g computes exactly what ScaleRowsCols(x_g, row_g, col_g,
+// out_g) and ScaleRowsColsBackward(x_g, row_g, col_g, d_out_g, d_x_g,
+// d_row_g, d_col_g) would: the same sums in the same order, the same bits
+// (d_x_g may alias d_out_g; each group's d_row_g and d_col_g must be
+// vectors of its own, SM_CHECKed: a vector shared by two groups would take
+// both sums at once). All groups share x's dtype, except that out may
+// be bf16 for f32 x: computed in f32 and rounded once on store (the folded
+// weight of bf16 GEMM operands, formed from the fp32 master).
+void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const MatrixGroup& row,
+                        const MatrixGroup& col, const MatrixGroup& out);
+void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
+                                const MatrixGroup& row, const MatrixGroup& col,
+                                const MatrixGroup& d_out, const MatrixGroup& d_x,
+                                const MatrixGroup& d_row, const MatrixGroup& d_col);
+
 // ---------------------------------------------------------------- activations
 
 // SwiGLU: h[n, f] = silu(gate[n, f]) * up[n, f], silu(g) = g * sigmoid(g).

@@ -24,6 +24,8 @@
   X(void, Sum, (const ExecContext& ctx, const Tensor& x, const Tensor& out), (ctx, x, out), CUDA) \
   X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), CUDA) \
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
+  X(void, ScaleRowsColsGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& out), (ctx, x, row, col, out), CUDA) \
+  X(void, ScaleRowsColsBackwardGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& d_out, const ::scalemoe::ops::MatrixGroup& d_x, const ::scalemoe::ops::MatrixGroup& d_row, const ::scalemoe::ops::MatrixGroup& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
   X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
