@@ -55,6 +55,12 @@ const Tensor& ScaledLinear::GemmWeightGrad() const {
 }
 
 Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
+  SM_RETURN_IF_ERROR(PrepareBuffers(ctx, dtype));
+  if (FoldsOncePerStep()) FormWeight(ctx, w_eff_);
+  return absl::OkStatus();
+}
+
+Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   if (u_) {
     if (!u_value_.defined() || u_value_.dtype() != dtype) {
       u_value_ = ctx.Empty({out_features()}, dtype);
@@ -80,7 +86,6 @@ Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype_) {
     w_eff_ = ctx.Empty(w.shape(), gemm_dtype_);
   }
-  FormWeight(ctx, w_eff_);
   return absl::OkStatus();
 }
 
@@ -150,21 +155,27 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
 }
 
 Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
-  if (folded()) {
-    // The GEMMs accumulated dW_eff with W_eff = diag(u)·W·diag(γ):
-    // ScaleRowsColsBackward gives dW = dW_eff ⊙ u γᵀ and the vectors'
-    // gradients in one pass — in place in W's gradient (its sums read dW_eff
-    // before overwriting it), or from the separate buffer of a shared one.
-    if (shared_weight_grad_) {
-      Tensor d_w = ctx.Empty(d_w_eff_.shape(), d_w_eff_.dtype());
-      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
-                                 DGamma());
-      ops::Axpy(ctx, 1.0, d_w, weight_->grad);
-    } else {
-      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), weight_->grad,
-                                 weight_->grad, d_u_, DGamma());
-    }
+  if (folded()) Unfold(ctx);
+  return FinishVectors(ctx);
+}
+
+void ScaledLinear::Unfold(const ExecContext& ctx) {
+  // The GEMMs accumulated dW_eff with W_eff = diag(u)·W·diag(γ):
+  // ScaleRowsColsBackward gives dW = dW_eff ⊙ u γᵀ and the vectors'
+  // gradients in one pass — in place in W's gradient (its sums read dW_eff
+  // before overwriting it), or from the separate buffer of a shared one.
+  if (shared_weight_grad_) {
+    Tensor d_w = ctx.Empty(d_w_eff_.shape(), d_w_eff_.dtype());
+    ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
+                               DGamma());
+    ops::Axpy(ctx, 1.0, d_w, weight_->grad);
+  } else {
+    ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), weight_->grad, weight_->grad,
+                               d_u_, DGamma());
   }
+}
+
+Status ScaledLinear::FinishVectors(const ExecContext& ctx) {
   return u_ ? u_->Backward(ctx, d_u_) : absl::OkStatus();
 }
 

@@ -125,6 +125,19 @@ class ScaledLinear {
   const Tensor& gemm_weight_grad() const { return GemmWeightGrad(); }
 
  private:
+  // The fold and unfold of many maps at once (norm/scaled_linear_group.h)
+  // run the parts below for each map and replace FormWeight and Unfold.
+  friend class ScaledLinearGroup;
+
+  // PrepareStep but the fold itself: this step's u, its zeroed gradient,
+  // the GEMM's dtype and the buffers (W_eff's allocated, not formed).
+  Status PrepareBuffers(const ExecContext& ctx, DType dtype);
+  // Whether PrepareStep forms W_eff (folded, not just in time).
+  bool FoldsOncePerStep() const { return folded() && !just_in_time_; }
+  // FinishBackward of a folded map: dW_eff into dW, du and dγ.
+  void Unfold(const ExecContext& ctx);
+  // FinishBackward's last part: du into u's parameters.
+  Status FinishVectors(const ExecContext& ctx);
   const Tensor& Gamma() const;
   const Tensor& DGamma() const;
   bool folded() const { return fold_ && (Gamma().defined() || u_ != nullptr); }

@@ -1,0 +1,108 @@
+#include "norm/scaled_linear_group.h"
+
+#include <algorithm>
+
+namespace scalemoe {
+namespace {
+
+// `t` [n] as the [1, n] matrix the vector groups hold.
+Tensor AsRow(const Tensor& t) { return t.View({1, t.numel()}); }
+
+// Whether the defined ones of `vectors` are all defined and at distinct
+// addresses (or all undefined).
+bool AllOwnOrNone(const std::vector<const Tensor*>& vectors) {
+  std::vector<const void*> at;
+  for (const Tensor* v : vectors) {
+    if (v->defined()) at.push_back(v->raw_data());
+  }
+  if (at.empty()) return true;
+  if (at.size() != vectors.size()) return false;
+  std::sort(at.begin(), at.end());
+  return std::adjacent_find(at.begin(), at.end()) == at.end();
+}
+
+}  // namespace
+
+ScaledLinearGroup::ScaledLinearGroup(std::vector<ScaledLinear*> maps) : maps_(std::move(maps)) {
+  for (const ScaledLinear* m : maps_) SM_CHECK(m != nullptr);
+}
+
+bool ScaledLinearGroup::FoldsTogether() const {
+  if (maps_.empty()) return false;
+  const ScaledLinear& first = *maps_.front();
+  const DType w = first.weight_->value.dtype(), eff = first.gemm_dtype_;
+  if (eff != w && !(w == DType::kF32 && eff == DType::kBF16)) return false;
+  std::vector<const Tensor*> u, d_u, gamma, d_gamma;
+  for (const ScaledLinear* m : maps_) {
+    if (!m->FoldsOncePerStep() || m->shared_weight_grad_ ||
+        m->weight_->local_shape != first.weight_->local_shape || m->weight_->value.dtype() != w ||
+        m->gemm_dtype_ != eff) {
+      return false;
+    }
+    u.push_back(&m->u_value_);
+    d_u.push_back(&m->d_u_);
+    gamma.push_back(&m->Gamma());
+    d_gamma.push_back(&m->DGamma());
+  }
+  // u and du are each map's own; γ may be shared, and then so is dγ.
+  const auto all_or_none = [](const std::vector<const Tensor*>& v) {
+    return std::all_of(v.begin(), v.end(),
+                       [&](const Tensor* t) { return t->defined() == v.front()->defined(); });
+  };
+  return all_or_none(u) && all_or_none(gamma) && AllOwnOrNone(d_u) && AllOwnOrNone(d_gamma);
+}
+
+void ScaledLinearGroup::UpdateTables(const ExecContext& ctx) {
+  std::vector<Tensor> w, u, gamma, w_eff, grad, d_u, d_gamma;
+  for (const ScaledLinear* m : maps_) {
+    w.push_back(m->weight_->value);
+    w_eff.push_back(m->w_eff_);
+    grad.push_back(m->weight_->grad);
+    if (m->u_value_.defined()) {
+      u.push_back(AsRow(m->u_value_));
+      d_u.push_back(AsRow(m->d_u_));
+    }
+    if (m->Gamma().defined()) {
+      gamma.push_back(AsRow(m->Gamma()));
+      d_gamma.push_back(AsRow(m->DGamma()));
+    }
+  }
+  ops::UpdateMatrixGroup(ctx, std::move(w), weights_);
+  ops::UpdateMatrixGroup(ctx, std::move(u), rows_);
+  ops::UpdateMatrixGroup(ctx, std::move(gamma), cols_);
+  ops::UpdateMatrixGroup(ctx, std::move(w_eff), folded_);
+  ops::UpdateMatrixGroup(ctx, std::move(grad), grads_);
+  ops::UpdateMatrixGroup(ctx, std::move(d_u), d_rows_);
+  ops::UpdateMatrixGroup(ctx, std::move(d_gamma), d_cols_);
+}
+
+Status ScaledLinearGroup::PrepareStep(const ExecContext& ctx, DType dtype) {
+  for (ScaledLinear* m : maps_) SM_RETURN_IF_ERROR(m->PrepareBuffers(ctx, dtype));
+  together_ = FoldsTogether();
+  if (!together_) {
+    for (ScaledLinear* m : maps_) {
+      if (m->FoldsOncePerStep()) m->FormWeight(ctx, m->w_eff_);
+    }
+    return absl::OkStatus();
+  }
+  UpdateTables(ctx);
+  // W_eff = diag(u)·W·diag(γ) for every map; a bf16 W_eff is folded in f32
+  // and rounded once, as FormWeight does.
+  ops::ScaleRowsColsGroup(ctx, weights_, rows_, cols_, folded_);
+  return absl::OkStatus();
+}
+
+Status ScaledLinearGroup::FinishBackward(const ExecContext& ctx) {
+  if (together_) {
+    // Every map's Unfold: in place in W's gradient.
+    ops::ScaleRowsColsBackwardGroup(ctx, weights_, rows_, cols_, grads_, grads_, d_rows_, d_cols_);
+  } else {
+    for (ScaledLinear* m : maps_) {
+      if (m->folded()) m->Unfold(ctx);
+    }
+  }
+  for (ScaledLinear* m : maps_) SM_RETURN_IF_ERROR(m->FinishVectors(ctx));
+  return absl::OkStatus();
+}
+
+}  // namespace scalemoe
