@@ -56,7 +56,7 @@ const Tensor& ScaledLinear::GemmWeightGrad() const {
 
 Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   SM_RETURN_IF_ERROR(PrepareBuffers(ctx, dtype));
-  if (FoldsOncePerStep()) FormWeight(ctx, w_eff_);
+  FormGemmWeight(ctx);
   return absl::OkStatus();
 }
 
@@ -74,7 +74,6 @@ Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   if (!folded()) {
     if (gemm_dtype_ != w.dtype()) {
       if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype_);
-      ops::Copy(ctx, w, w_copy_);
     }
     return absl::OkStatus();
   }
@@ -87,6 +86,14 @@ Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
     w_eff_ = ctx.Empty(w.shape(), gemm_dtype_);
   }
   return absl::OkStatus();
+}
+
+void ScaledLinear::FormGemmWeight(const ExecContext& ctx) const {
+  if (FoldsOncePerStep()) {
+    FormWeight(ctx, w_eff_);
+  } else if (CopiesWeight()) {
+    ops::Copy(ctx, weight_->value, w_copy_);
+  }
 }
 
 void ScaledLinear::FormWeight(const ExecContext& ctx, const Tensor& out) const {

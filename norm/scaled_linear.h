@@ -129,11 +129,15 @@ class ScaledLinear {
   // run the parts below for each map and replace FormWeight and Unfold.
   friend class ScaledLinearGroup;
 
-  // PrepareStep but the fold itself: this step's u, its zeroed gradient,
-  // the GEMM's dtype and the buffers (W_eff's allocated, not formed).
+  // PrepareStep but the GEMM's weight itself: this step's u, its zeroed
+  // gradient, the GEMM's dtype and the buffers (allocated, not formed).
   Status PrepareBuffers(const ExecContext& ctx, DType dtype);
+  // PrepareStep's last part: W_eff, or the bf16 copy of an unfolded W.
+  void FormGemmWeight(const ExecContext& ctx) const;
   // Whether PrepareStep forms W_eff (folded, not just in time).
   bool FoldsOncePerStep() const { return folded() && !just_in_time_; }
+  // Whether PrepareStep copies an unfolded W into the GEMM's dtype.
+  bool CopiesWeight() const { return !folded() && gemm_dtype_ != weight_->value.dtype(); }
   // FinishBackward of a folded map: dW_eff into dW, du and dγ.
   void Unfold(const ExecContext& ctx);
   // FinishBackward's last part: du into u's parameters.

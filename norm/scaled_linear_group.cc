@@ -33,10 +33,12 @@ bool ScaledLinearGroup::FoldsTogether() const {
   const DType w = first.weight_->value.dtype(), eff = first.gemm_dtype_;
   if (eff != w && !(w == DType::kF32 && eff == DType::kBF16)) return false;
   std::vector<const Tensor*> u, d_u, gamma, d_gamma;
+  const bool fold = first.FoldsOncePerStep();
+  if (!fold && !first.CopiesWeight()) return false;  // no weight to form
   for (const ScaledLinear* m : maps_) {
-    if (!m->FoldsOncePerStep() || m->shared_weight_grad_ ||
-        m->weight_->local_shape != first.weight_->local_shape || m->weight_->value.dtype() != w ||
-        m->gemm_dtype_ != eff) {
+    if (m->FoldsOncePerStep() != fold || m->CopiesWeight() != first.CopiesWeight() ||
+        (fold && m->shared_weight_grad_) || m->weight_->local_shape != first.weight_->local_shape ||
+        m->weight_->value.dtype() != w || m->gemm_dtype_ != eff) {
       return false;
     }
     u.push_back(&m->u_value_);
@@ -49,15 +51,18 @@ bool ScaledLinearGroup::FoldsTogether() const {
     return std::all_of(v.begin(), v.end(),
                        [&](const Tensor* t) { return t->defined() == v.front()->defined(); });
   };
-  return all_or_none(u) && all_or_none(gamma) && AllOwnOrNone(d_u) && AllOwnOrNone(d_gamma);
+  // A copy reads no vector (per-token ones scale the activations instead).
+  return !fold ||
+         (all_or_none(u) && all_or_none(gamma) && AllOwnOrNone(d_u) && AllOwnOrNone(d_gamma));
 }
 
 void ScaledLinearGroup::UpdateTables(const ExecContext& ctx) {
-  std::vector<Tensor> w, u, gamma, w_eff, grad, d_u, d_gamma;
+  std::vector<Tensor> w, u, gamma, formed, grad, d_u, d_gamma;
   for (const ScaledLinear* m : maps_) {
     w.push_back(m->weight_->value);
-    w_eff.push_back(m->w_eff_);
+    formed.push_back(m->effective_weight());
     grad.push_back(m->weight_->grad);
+    if (!m->folded()) continue;  // a copy: no vectors
     if (m->u_value_.defined()) {
       u.push_back(AsRow(m->u_value_));
       d_u.push_back(AsRow(m->d_u_));
@@ -70,7 +75,7 @@ void ScaledLinearGroup::UpdateTables(const ExecContext& ctx) {
   ops::UpdateMatrixGroup(ctx, std::move(w), weights_);
   ops::UpdateMatrixGroup(ctx, std::move(u), rows_);
   ops::UpdateMatrixGroup(ctx, std::move(gamma), cols_);
-  ops::UpdateMatrixGroup(ctx, std::move(w_eff), folded_);
+  ops::UpdateMatrixGroup(ctx, std::move(formed), formed_);
   ops::UpdateMatrixGroup(ctx, std::move(grad), grads_);
   ops::UpdateMatrixGroup(ctx, std::move(d_u), d_rows_);
   ops::UpdateMatrixGroup(ctx, std::move(d_gamma), d_cols_);
@@ -80,20 +85,19 @@ Status ScaledLinearGroup::PrepareStep(const ExecContext& ctx, DType dtype) {
   for (ScaledLinear* m : maps_) SM_RETURN_IF_ERROR(m->PrepareBuffers(ctx, dtype));
   together_ = FoldsTogether();
   if (!together_) {
-    for (ScaledLinear* m : maps_) {
-      if (m->FoldsOncePerStep()) m->FormWeight(ctx, m->w_eff_);
-    }
+    for (ScaledLinear* m : maps_) m->FormGemmWeight(ctx);
     return absl::OkStatus();
   }
   UpdateTables(ctx);
-  // W_eff = diag(u)·W·diag(γ) for every map; a bf16 W_eff is folded in f32
-  // and rounded once, as FormWeight does.
-  ops::ScaleRowsColsGroup(ctx, weights_, rows_, cols_, folded_);
+  // W_eff = diag(u)·W·diag(γ) for every map, a bf16 W_eff folded in f32 and
+  // rounded once as FormWeight does; or, unfolded, the bf16 copy of W (no
+  // vectors: W rounded once, as the Copy).
+  ops::ScaleRowsColsGroup(ctx, weights_, rows_, cols_, formed_);
   return absl::OkStatus();
 }
 
 Status ScaledLinearGroup::FinishBackward(const ExecContext& ctx) {
-  if (together_) {
+  if (together_ && maps_.front()->folded()) {
     // Every map's Unfold: in place in W's gradient.
     ops::ScaleRowsColsBackwardGroup(ctx, weights_, rows_, cols_, grads_, grads_, d_rows_, d_cols_);
   } else {

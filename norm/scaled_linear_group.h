@@ -13,7 +13,9 @@
 // W_eff in f32 or bf16, or W_eff in W's dtype), and each map's dγ a vector
 // of its own. A γ shared by the maps (scale_vectors.mode SHARED: one dγ for
 // all) would take every group's sum at once, so such maps, like any other
-// mix, fold and unfold one by one, in map order.
+// mix, fold and unfold one by one, in map order. Unfolded maps (no vector
+// on this projection) with bf16 operands get their bf16 copies of W in one
+// launch the same way.
 //
 // The maps are not owned and must outlive the group. One group per set of
 // maps: PrepareStep once per step (after the γ's BranchScales' Forward),
@@ -36,7 +38,8 @@ class ScaledLinearGroup {
   Status PrepareStep(const ExecContext& ctx, DType dtype);
   // Every map's FinishBackward.
   Status FinishBackward(const ExecContext& ctx);
-  // Whether this step's fold and unfold run as one launch each.
+  // Whether this step's GEMM weights are formed (and, folded, unfolded) in
+  // one launch for all maps.
   bool together() const { return together_; }
 
  private:
@@ -47,9 +50,10 @@ class ScaledLinearGroup {
 
   std::vector<ScaledLinear*> maps_;
   bool together_ = false;
-  // One entry per map: W, u, γ, W_eff, W's gradient, du, dγ (vectors as
-  // [1, n]; an empty group where the maps have no such vector).
-  ops::MatrixGroup weights_, rows_, cols_, folded_, grads_, d_rows_, d_cols_;
+  // One entry per map: W, u, γ, the GEMM's weight (W_eff or W's bf16
+  // copy), W's gradient, du, dγ (vectors as [1, n]; an empty group where the
+  // maps have no such vector).
+  ops::MatrixGroup weights_, rows_, cols_, formed_, grads_, d_rows_, d_cols_;
 };
 
 }  // namespace scalemoe

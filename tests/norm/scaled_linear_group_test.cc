@@ -1,9 +1,10 @@
 // ScaledLinearGroup (norm/scaled_linear_group.h): the fold and unfold of
 // several maps at once give the same bits as each map's own PrepareStep and
-// FinishBackward — W_eff (f32, or rounded to bf16 for bf16 operands), dW,
-// du, dγ and the vectors' parameter gradients — whether the maps fold
-// together (a γ and u of their own, plain or β·α) or one by one (a γ shared
-// by all maps, whose dγ takes every map's sum; per-token vectors).
+// FinishBackward — W_eff (f32, or rounded to bf16 for bf16 operands) or
+// W's bf16 copy, dW, du, dγ and the vectors' parameter gradients — whether
+// the maps fold together (a γ and u of their own, plain or β·α), copy W
+// together (no vectors on the weight), or go one by one (a γ shared by all
+// maps, whose dγ takes every map's sum; per-token vectors in f32).
 #include "norm/scaled_linear_group.h"
 
 #include <cstring>
@@ -34,6 +35,7 @@ struct Variant {
   bool fold = true;
   bool bf16_operands = false;
   bool together;  // expected ScaledLinearGroup::together()
+  bool with_u = true;
 };
 
 // kMaps maps of W [kRows, kCols] with an output-side u each, their γ from
@@ -57,12 +59,12 @@ struct Rig {
       ParamSpec spec{
           absl::StrCat("w", m), {kRows, kCols}, ParamRole::kLinear, InitSpec::Normal(1.0), {}};
       Param* w = registry.Create(spec);
-      maps.push_back(
-          std::make_unique<ScaledLinear>(registry, w, scales.get(), m,
-                                         ScaledLinearOptions{.path = so.path(),
-                                                             .u_name = absl::StrCat("u", m),
-                                                             .reparam = v.reparam,
-                                                             .bf16_operands = v.bf16_operands}));
+      maps.push_back(std::make_unique<ScaledLinear>(
+          registry, w, scales.get(), m,
+          ScaledLinearOptions{.path = so.path(),
+                              .u_name = v.with_u ? absl::StrCat("u", m) : std::string(),
+                              .reparam = v.reparam,
+                              .bf16_operands = v.bf16_operands}));
     }
     Must(registry.Materialize(5, DType::kF32, Device::kCPU));
     // Vectors away from 1 (γ = 1 hides swapped factors), gradients as if
@@ -98,6 +100,9 @@ TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
        true},
       {"shared gamma", Sv::SHARED, Sv::MAGNITUDE_DIRECTION, true, false, false},
       {"per token", Sv::PER_BRANCH, Sv::PLAIN, false, false, false},
+      // W's bf16 copies in one launch (the vectors scale the activations).
+      {"per token, bf16 operands", Sv::PER_BRANCH, Sv::PLAIN, false, true, true},
+      {"no vectors, bf16 operands", Sv::NONE, Sv::PLAIN, true, true, true, false},
   };
   const ExecContext ctx;
   for (const Variant& v : variants) {
