@@ -8,17 +8,20 @@ namespace {
 // `t` [n] as the [1, n] matrix the vector groups hold.
 Tensor AsRow(const Tensor& t) { return t.View({1, t.numel()}); }
 
-// Whether the defined ones of `vectors` are all defined and at distinct
-// addresses (or all undefined).
+// Whether `vectors` are all undefined, or all defined and none shares its
+// data with another (pairwise: a MoE layer's experts are few).
 bool AllOwnOrNone(const std::vector<const Tensor*>& vectors) {
-  std::vector<const void*> at;
-  for (const Tensor* v : vectors) {
-    if (v->defined()) at.push_back(v->raw_data());
+  const size_t n = vectors.size();
+  const size_t defined =
+      std::count_if(vectors.begin(), vectors.end(), [](const Tensor* v) { return v->defined(); });
+  if (defined == 0) return true;
+  if (defined != n) return false;
+  for (size_t a = 0; a < n; ++a) {
+    for (size_t b = a + 1; b < n; ++b) {
+      if (vectors[a]->SharesDataWith(*vectors[b])) return false;
+    }
   }
-  if (at.empty()) return true;
-  if (at.size() != vectors.size()) return false;
-  std::sort(at.begin(), at.end());
-  return std::adjacent_find(at.begin(), at.end()) == at.end();
+  return true;
 }
 
 }  // namespace
