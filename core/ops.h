@@ -326,6 +326,21 @@ void MagnitudeDirection(const ExecContext& ctx, const Tensor& alpha, const Tenso
 void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, const Tensor& beta,
                                 const Tensor& dots, int64_t dim, const Tensor& d_gamma,
                                 const Tensor& d_alpha, const Tensor& d_beta);
+// The plain form of both over G vectors at once (a MoE layer's experts'
+// γ's: one launch for all, no host loop on the device). alpha, gamma,
+// d_gamma, d_alpha: MatrixGroups of G [1, d] vectors, beta, d_beta: of G
+// [1, 1] (a vector v enters as v.View({1, n})). Forward: gamma_g = β_g·α_g,
+// the same bits as MagnitudeDirection. Backward (accumulating): d_alpha_g
+// += β_g·dγ_g and d_beta_g += <α_g, dγ_g>, the dot accumulated in f64 in a
+// fixed order: the CPU's is Dot's (the same bits as Dot then
+// MagnitudeDirectionBackward), the GPU's one block's per vector (the same
+// bits on every run, not Dot's). Each group's d_alpha_g and d_beta_g must
+// be its own (SM_CHECKed). f32 or f64, one dtype for all.
+void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                             const MatrixGroup& beta, const MatrixGroup& gamma);
+void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                                     const MatrixGroup& beta, const MatrixGroup& d_gamma,
+                                     const MatrixGroup& d_alpha, const MatrixGroup& d_beta);
 
 // ---------------------------------------------------------------- optimizer ops (optim/)
 // Owner: the optimizer work. Add declarations below this line.

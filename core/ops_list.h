@@ -58,6 +58,8 @@
   X(void, Dot, (const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out), (ctx, x, y, out), CUDA) \
   X(void, MagnitudeDirection, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& norm_sq, int64_t dim, const Tensor& gamma), (ctx, alpha, beta, norm_sq, dim, gamma), CUDA) \
   X(void, MagnitudeDirectionBackward, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& dots, int64_t dim, const Tensor& d_gamma, const Tensor& d_alpha, const Tensor& d_beta), (ctx, alpha, beta, dots, dim, d_gamma, d_alpha, d_beta), CUDA) \
+  X(void, MagnitudeDirectionGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& alpha, const ::scalemoe::ops::MatrixGroup& beta, const ::scalemoe::ops::MatrixGroup& gamma), (ctx, alpha, beta, gamma), CUDA) \
+  X(void, MagnitudeDirectionBackwardGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& alpha, const ::scalemoe::ops::MatrixGroup& beta, const ::scalemoe::ops::MatrixGroup& d_gamma, const ::scalemoe::ops::MatrixGroup& d_alpha, const ::scalemoe::ops::MatrixGroup& d_beta), (ctx, alpha, beta, d_gamma, d_alpha, d_beta), CUDA) \
   X(void, CopySegments, (const ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& segments), (ctx, src, dst, segments), CUDA) \
   X(void, SegmentSumOfSquares, (const ExecContext& ctx, const Tensor& x, const Tensor& segments, const Tensor& sums), (ctx, x, segments, sums), CUDA) \
   X(void, GradNormControl, (const ExecContext& ctx, const Tensor& sum_of_squares, double max_norm, const Tensor& grad_norm, const ::scalemoe::ops::StepControl& control), (ctx, sum_of_squares, max_norm, grad_norm, control), CUDA) \
