@@ -30,33 +30,36 @@ ScaledLinearGroup::ScaledLinearGroup(std::vector<ScaledLinear*> maps) : maps_(st
   for (const ScaledLinear* m : maps_) SM_CHECK(m != nullptr);
 }
 
-bool ScaledLinearGroup::FoldsTogether() const {
+bool ScaledLinearGroup::FormsTogether() const {
   if (maps_.empty()) return false;
   const ScaledLinear& first = *maps_.front();
   const DType w = first.weight_->value.dtype(), eff = first.gemm_dtype_;
   if (eff != w && !(w == DType::kF32 && eff == DType::kBF16)) return false;
-  std::vector<const Tensor*> u, d_u, gamma, d_gamma;
   const bool fold = first.FoldsOncePerStep();
   if (!fold && !first.CopiesWeight()) return false;  // no weight to form
   for (const ScaledLinear* m : maps_) {
     if (m->FoldsOncePerStep() != fold || m->CopiesWeight() != first.CopiesWeight() ||
-        (fold && m->shared_weight_grad_) || m->weight_->local_shape != first.weight_->local_shape ||
-        m->weight_->value.dtype() != w || m->gemm_dtype_ != eff) {
+        m->weight_->local_shape != first.weight_->local_shape || m->weight_->value.dtype() != w ||
+        m->gemm_dtype_ != eff ||
+        // A copy reads no vector (per-token ones scale the activations).
+        (fold && (m->u_value_.defined() != first.u_value_.defined() ||
+                  m->Gamma().defined() != first.Gamma().defined()))) {
       return false;
     }
-    u.push_back(&m->u_value_);
+  }
+  return true;
+}
+
+bool ScaledLinearGroup::UnfoldsTogether() const {
+  if (!forms_together_ || !maps_.front()->folded()) return false;
+  std::vector<const Tensor*> d_u, d_gamma;
+  for (const ScaledLinear* m : maps_) {
+    if (m->shared_weight_grad_) return false;
     d_u.push_back(&m->d_u_);
-    gamma.push_back(&m->Gamma());
     d_gamma.push_back(&m->DGamma());
   }
-  // u and du are each map's own; γ may be shared, and then so is dγ.
-  const auto all_or_none = [](const std::vector<const Tensor*>& v) {
-    return std::all_of(v.begin(), v.end(),
-                       [&](const Tensor* t) { return t->defined() == v.front()->defined(); });
-  };
-  // A copy reads no vector (per-token ones scale the activations instead).
-  return !fold ||
-         (all_or_none(u) && all_or_none(gamma) && AllOwnOrNone(d_u) && AllOwnOrNone(d_gamma));
+  // du is each map's own; γ may be shared (mode SHARED), and then so is dγ.
+  return AllOwnOrNone(d_u) && AllOwnOrNone(d_gamma);
 }
 
 void ScaledLinearGroup::UpdateTables(const ExecContext& ctx) {
@@ -86,8 +89,9 @@ void ScaledLinearGroup::UpdateTables(const ExecContext& ctx) {
 
 Status ScaledLinearGroup::PrepareStep(const ExecContext& ctx, DType dtype) {
   for (ScaledLinear* m : maps_) SM_RETURN_IF_ERROR(m->PrepareBuffers(ctx, dtype));
-  together_ = FoldsTogether();
-  if (!together_) {
+  forms_together_ = FormsTogether();
+  unfolds_together_ = UnfoldsTogether();
+  if (!forms_together_) {
     for (ScaledLinear* m : maps_) m->FormGemmWeight(ctx);
     return absl::OkStatus();
   }
@@ -100,7 +104,7 @@ Status ScaledLinearGroup::PrepareStep(const ExecContext& ctx, DType dtype) {
 }
 
 Status ScaledLinearGroup::FinishBackward(const ExecContext& ctx) {
-  if (together_ && maps_.front()->folded()) {
+  if (unfolds_together_) {
     // Every map's Unfold: in place in W's gradient.
     ops::ScaleRowsColsBackwardGroup(ctx, weights_, rows_, cols_, grads_, grads_, d_rows_, d_cols_);
   } else {

@@ -8,14 +8,15 @@
 // pushes du into u's parameters.
 //
 // The maps fold together when every one forms W_eff once per step (folded,
-// not just in time) into its own gradient buffer (not shared_weight_grad),
-// with the same vectors present, the same shape and dtypes (W in f32 with
-// W_eff in f32 or bf16, or W_eff in W's dtype), and each map's dγ a vector
-// of its own. A γ shared by the maps (scale_vectors.mode SHARED: one dγ for
-// all) would take every group's sum at once, so such maps, like any other
-// mix, fold and unfold one by one, in map order. Unfolded maps (no vector
-// on this projection) with bf16 operands get their bf16 copies of W in one
-// launch the same way.
+// not just in time) with the same vectors present, the same shape and
+// dtypes (W in f32 with W_eff in f32 or bf16, or W_eff in W's dtype).
+// Unfolded maps (no vector on this projection) with bf16 operands get their
+// bf16 copies of W in one launch the same way. They unfold together when
+// they also keep dW_eff in W's gradient (not shared_weight_grad) and each
+// map's dγ is a vector of its own: a γ shared by the maps
+// (scale_vectors.mode SHARED, the baseline: one dγ for all) would take every
+// map's sum at once, so such maps unfold one by one, in map order. Any other
+// mix forms and unfolds one by one.
 //
 // The maps are not owned and must outlive the group. One group per set of
 // maps: PrepareStep once per step (after the γ's BranchScales' Forward),
@@ -38,18 +39,21 @@ class ScaledLinearGroup {
   Status PrepareStep(const ExecContext& ctx, DType dtype);
   // Every map's FinishBackward.
   Status FinishBackward(const ExecContext& ctx);
-  // Whether this step's GEMM weights are formed (and, folded, unfolded) in
-  // one launch for all maps.
-  bool together() const { return together_; }
+  // Whether this step's GEMM weights are formed, and the folded gradients
+  // unfolded, in one launch for all maps.
+  bool forms_together() const { return forms_together_; }
+  bool unfolds_together() const { return unfolds_together_; }
 
  private:
-  // Whether the maps can fold together this step (see above).
-  bool FoldsTogether() const;
+  // Whether the maps can form their weights, and unfold, together this step
+  // (see above; after PrepareBuffers).
+  bool FormsTogether() const;
+  bool UnfoldsTogether() const;
   // The address tables of this step's tensors (rebuilt only when one moved).
   void UpdateTables(const ExecContext& ctx);
 
   std::vector<ScaledLinear*> maps_;
-  bool together_ = false;
+  bool forms_together_ = false, unfolds_together_ = false;
   // One entry per map: W, u, γ, the GEMM's weight (W_eff or W's bf16
   // copy), W's gradient, du, dγ (vectors as [1, n]; an empty group where the
   // maps have no such vector).

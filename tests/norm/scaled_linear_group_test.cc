@@ -2,9 +2,11 @@
 // several maps at once give the same bits as each map's own PrepareStep and
 // FinishBackward — W_eff (f32, or rounded to bf16 for bf16 operands) or
 // W's bf16 copy, dW, du, dγ and the vectors' parameter gradients — whether
-// the maps fold together (a γ and u of their own, plain or β·α), copy W
-// together (no vectors on the weight), or go one by one (a γ shared by all
-// maps, whose dγ takes every map's sum; per-token vectors in f32).
+// the maps fold and unfold together (a γ and u of their own, plain or β·α),
+// fold together and unfold one by one (a γ shared by all maps, whose dγ
+// takes every map's sum), copy W together (no vectors on the weight, or
+// per-token ones, with bf16 operands), or go one by one (per-token vectors
+// in f32).
 #include "norm/scaled_linear_group.h"
 
 #include <cstring>
@@ -34,7 +36,7 @@ struct Variant {
   Sv::Reparam reparam;
   bool fold = true;
   bool bf16_operands = false;
-  bool together;  // expected ScaledLinearGroup::together()
+  bool forms_together, unfolds_together;  // expected of ScaledLinearGroup
   bool with_u = true;
 };
 
@@ -95,14 +97,16 @@ bool SameBits(const Tensor& a, const Tensor& b) {
 
 TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
   const Variant variants[] = {
-      {"own gamma, plain", Sv::PER_BRANCH, Sv::PLAIN, true, false, true},
+      {"own gamma, plain", Sv::PER_BRANCH, Sv::PLAIN, true, false, true, true},
       {"own gamma, beta*alpha, bf16 operands", Sv::PER_BRANCH, Sv::MAGNITUDE_DIRECTION, true, true,
-       true},
-      {"shared gamma", Sv::SHARED, Sv::MAGNITUDE_DIRECTION, true, false, false},
-      {"per token", Sv::PER_BRANCH, Sv::PLAIN, false, false, false},
+       true, true},
+      // One dγ for all maps: folded together, unfolded one by one.
+      {"shared gamma", Sv::SHARED, Sv::MAGNITUDE_DIRECTION, true, false, true, false},
+      {"shared gamma, bf16 operands", Sv::SHARED, Sv::PLAIN, true, true, true, false},
+      {"per token", Sv::PER_BRANCH, Sv::PLAIN, false, false, false, false},
       // W's bf16 copies in one launch (the vectors scale the activations).
-      {"per token, bf16 operands", Sv::PER_BRANCH, Sv::PLAIN, false, true, true},
-      {"no vectors, bf16 operands", Sv::NONE, Sv::PLAIN, true, true, true, false},
+      {"per token, bf16 operands", Sv::PER_BRANCH, Sv::PLAIN, false, true, true, false},
+      {"no vectors, bf16 operands", Sv::NONE, Sv::PLAIN, true, true, true, false, false},
   };
   const ExecContext ctx;
   for (const Variant& v : variants) {
@@ -112,7 +116,8 @@ TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
     Must(single.scales->Forward(ctx, DType::kF32));
     Must(group.PrepareStep(ctx, DType::kF32));
     for (auto& m : single.maps) Must(m->PrepareStep(ctx, DType::kF32));
-    EXPECT_EQ(group.together(), v.together) << v.name;
+    EXPECT_EQ(group.forms_together(), v.forms_together) << v.name;
+    EXPECT_EQ(group.unfolds_together(), v.unfolds_together) << v.name;
     for (int m = 0; m < kMaps; ++m) {
       const Tensor& w_eff = grouped.maps[m]->effective_weight();
       EXPECT_EQ(w_eff.dtype(), v.bf16_operands ? DType::kBF16 : DType::kF32) << v.name;
