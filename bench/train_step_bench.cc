@@ -163,10 +163,16 @@ void PrintProfile(const std::string& label, const std::vector<op_timer::OpTime>&
     std::printf("| %s | %s | %.3f | %lld |\n", ops[i].op.c_str(), ops[i].category.c_str(),
                 ops[i].ms / profile_steps, static_cast<long long>(ops[i].calls / profile_steps));
   }
-  std::printf("BENCH_PROFILE_JSON %s\n",
-              nlohmann::json{{"label", label}, {"step_ms", step_ms}, {"ms_per_step", categories}}
-                  .dump()
-                  .c_str());
+  // Every op's calls per step (launch counts on CUDA: an op is one or a few
+  // kernels), not only the top ones.
+  nlohmann::json calls = nlohmann::json::object();
+  for (const auto& o : ops) calls[o.op] = o.calls / profile_steps;
+  std::printf("BENCH_PROFILE_JSON %s\n", nlohmann::json{{"label", label},
+                                                        {"step_ms", step_ms},
+                                                        {"ms_per_step", categories},
+                                                        {"calls_per_step", calls}}
+                                             .dump()
+                                             .c_str());
 }
 
 int Main(int argc, char** argv) {

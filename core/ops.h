@@ -125,6 +125,26 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
                            const Tensor& col, const Tensor& d_out, const Tensor& d_x,
                            const Tensor& d_row, const Tensor& d_col);
 
+// The same over G matrices of one shape at once (every local expert's weight
+// of one projection: one launch for all of them, no host loop on the
+// device). x, out, d_out, d_x: MatrixGroups of G [R, C] matrices; row, d_row:
+// of G [1, R] vectors and col, d_col: of G [1, C] vectors (a vector v enters
+// as v.View({1, n})); an empty group (size 0) stands for an undefined
+// tensor. Group g computes exactly what ScaleRowsCols(x_g, row_g, col_g,
+// out_g) and ScaleRowsColsBackward(x_g, row_g, col_g, d_out_g, d_x_g,
+// d_row_g, d_col_g) would: the same sums in the same order, the same bits
+// (d_x_g may alias d_out_g; each group's d_row_g and d_col_g must be
+// vectors of its own, SM_CHECKed: a vector shared by two groups would take
+// both sums at once). All groups share x's dtype, except that out may
+// be bf16 for f32 x: computed in f32 and rounded once on store (the folded
+// weight of bf16 GEMM operands, formed from the fp32 master).
+void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const MatrixGroup& row,
+                        const MatrixGroup& col, const MatrixGroup& out);
+void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
+                                const MatrixGroup& row, const MatrixGroup& col,
+                                const MatrixGroup& d_out, const MatrixGroup& d_x,
+                                const MatrixGroup& d_row, const MatrixGroup& d_col);
+
 // ---------------------------------------------------------------- activations
 
 // SwiGLU: h[n, f] = silu(gate[n, f]) * up[n, f], silu(g) = g * sigmoid(g).
@@ -313,6 +333,21 @@ void MagnitudeDirection(const ExecContext& ctx, const Tensor& alpha, const Tenso
 void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, const Tensor& beta,
                                 const Tensor& dots, int64_t dim, const Tensor& d_gamma,
                                 const Tensor& d_alpha, const Tensor& d_beta);
+// The plain form of both over G vectors at once (a MoE layer's experts'
+// γ's: one launch for all, no host loop on the device). alpha, gamma,
+// d_gamma, d_alpha: MatrixGroups of G [1, d] vectors, beta, d_beta: of G
+// [1, 1] (a vector v enters as v.View({1, n})). Forward: gamma_g = β_g·α_g,
+// the same bits as MagnitudeDirection. Backward (accumulating): d_alpha_g
+// += β_g·dγ_g and d_beta_g += <α_g, dγ_g>, the dot accumulated in f64 in a
+// fixed order: the CPU's is Dot's (the same bits as Dot then
+// MagnitudeDirectionBackward), the GPU's one block's per vector (the same
+// bits on every run, not Dot's). Each group's d_alpha_g and d_beta_g must
+// be its own (SM_CHECKed). f32 or f64, one dtype for all.
+void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                             const MatrixGroup& beta, const MatrixGroup& gamma);
+void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                                     const MatrixGroup& beta, const MatrixGroup& d_gamma,
+                                     const MatrixGroup& d_alpha, const MatrixGroup& d_beta);
 
 // ---------------------------------------------------------------- optimizer ops (optim/)
 // Owner: the optimizer work. Add declarations below this line.

@@ -24,6 +24,8 @@
   X(void, Sum, (const ExecContext& ctx, const Tensor& x, const Tensor& out), (ctx, x, out), CUDA) \
   X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), CUDA) \
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
+  X(void, ScaleRowsColsGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& out), (ctx, x, row, col, out), CUDA) \
+  X(void, ScaleRowsColsBackwardGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& d_out, const ::scalemoe::ops::MatrixGroup& d_x, const ::scalemoe::ops::MatrixGroup& d_row, const ::scalemoe::ops::MatrixGroup& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
   X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
@@ -57,6 +59,8 @@
   X(void, Dot, (const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out), (ctx, x, y, out), CUDA) \
   X(void, MagnitudeDirection, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& norm_sq, int64_t dim, const Tensor& gamma), (ctx, alpha, beta, norm_sq, dim, gamma), CUDA) \
   X(void, MagnitudeDirectionBackward, (const ExecContext& ctx, const Tensor& alpha, const Tensor& beta, const Tensor& dots, int64_t dim, const Tensor& d_gamma, const Tensor& d_alpha, const Tensor& d_beta), (ctx, alpha, beta, dots, dim, d_gamma, d_alpha, d_beta), CUDA) \
+  X(void, MagnitudeDirectionGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& alpha, const ::scalemoe::ops::MatrixGroup& beta, const ::scalemoe::ops::MatrixGroup& gamma), (ctx, alpha, beta, gamma), CUDA) \
+  X(void, MagnitudeDirectionBackwardGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& alpha, const ::scalemoe::ops::MatrixGroup& beta, const ::scalemoe::ops::MatrixGroup& d_gamma, const ::scalemoe::ops::MatrixGroup& d_alpha, const ::scalemoe::ops::MatrixGroup& d_beta), (ctx, alpha, beta, d_gamma, d_alpha, d_beta), CUDA) \
   X(void, CopySegments, (const ExecContext& ctx, const Tensor& src, const Tensor& dst, const Tensor& segments), (ctx, src, dst, segments), CUDA) \
   X(void, SegmentSumOfSquares, (const ExecContext& ctx, const Tensor& x, const Tensor& segments, const Tensor& sums), (ctx, x, segments, sums), CUDA) \
   X(void, GradNormControl, (const ExecContext& ctx, const Tensor& sum_of_squares, double max_norm, const Tensor& grad_norm, const ::scalemoe::ops::StepControl& control), (ctx, sum_of_squares, max_norm, grad_norm, control), CUDA) \

@@ -63,14 +63,17 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
           std::make_unique<ScaledLinear>(registry, weight, gamma.scales, gamma.branch, linear);
     }
   }
+  for (int p = 0; p < kNumProj; ++p) {
+    std::vector<ScaledLinear*> maps;
+    for (Expert& ex : experts_) maps.push_back(ex.proj[p].get());
+    folds_.emplace_back(std::move(maps));
+  }
 }
 
 GroupedExperts::~GroupedExperts() = default;
 
 Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
-  for (Expert& ex : experts_) {
-    for (auto& proj : ex.proj) SM_RETURN_IF_ERROR(proj->PrepareStep(ctx, dtype));
-  }
+  for (ScaledLinearGroup& fold : folds_) SM_RETURN_IF_ERROR(fold.PrepareStep(ctx, dtype));
   // The step's weights are formed: the grouped GEMMs' tables follow them
   // here, once per step, not per micro-batch.
   if (Grouped()) UpdateGroups(ctx);
@@ -209,9 +212,7 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
 }
 
 Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
-  for (Expert& ex : experts_) {
-    for (auto& proj : ex.proj) SM_RETURN_IF_ERROR(proj->FinishBackward(ctx));
-  }
+  for (ScaledLinearGroup& fold : folds_) SM_RETURN_IF_ERROR(fold.FinishBackward(ctx));
   return absl::OkStatus();
 }
 

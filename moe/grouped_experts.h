@@ -42,6 +42,7 @@
 #include "norm/scale_options.h"
 #include "norm/scale_vector.h"
 #include "norm/scaled_linear.h"
+#include "norm/scaled_linear_group.h"
 
 namespace scalemoe {
 
@@ -77,8 +78,9 @@ class GroupedExperts {
   int num_experts() const { return options_.num_experts; }
   int64_t local_ffn() const { return local_ffn_; }  // F held on this rank
   // Once per step, after the γ's BranchScales' Forward: folds γ (and u) into
-  // the weights (or keeps them per token). Fails only when a split
-  // normalized u's all-reduce fails.
+  // the weights (or keeps them per token), every expert of one projection
+  // in one launch where they fold alike. Fails only when a split normalized
+  // u's all-reduce fails.
   Status PrepareStep(const ExecContext& ctx, DType dtype);
   // x [M, C] with expert e on the next counts[e] rows (Σ counts <= M); y [M, C]
   // overwritten (rows past Σ counts are zero).
@@ -110,6 +112,9 @@ class GroupedExperts {
   ExpertGroupOptions options_;
   int64_t local_ffn_ = 0;
   std::vector<Expert> experts_;
+  // Per projection, every expert's map: the fold and unfold of all experts
+  // in one launch each (norm/scaled_linear_group.h).
+  std::vector<ScaledLinearGroup> folds_;
   ops::MatrixGroup weights_[kNumProj], grads_[kNumProj];  // grouped path
   // Forward cache over all M rows.
   Tensor x_;                  // [M, C]

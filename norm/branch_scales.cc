@@ -28,16 +28,25 @@ BranchScales::BranchScales(ParamRegistry& registry, const ScaleOptions& options,
 }
 
 Status BranchScales::Forward(const ExecContext& ctx, DType dtype) {
+  if (vectors_.empty()) return absl::OkStatus();
   if (gammas_.empty()) {
+    int64_t total = 0;
+    for (const auto& v : vectors_) total += v->dim();
+    d_gamma_all_ = ctx.Empty({total}, dtype);
+    int64_t start = 0;
+    std::vector<const ScaleVector*> vectors;
     for (const auto& v : vectors_) {
       gammas_.push_back(ctx.Empty({v->dim()}, dtype));
-      d_gammas_.push_back(ctx.Empty({v->dim()}, dtype));
+      d_gammas_.push_back(d_gamma_all_.Narrow(0, start, v->dim()));
+      start += v->dim();
+      vectors.push_back(v.get());
     }
+    // A MoE layer's per-expert γ's: formed (and their gradients pushed) in
+    // one launch for all where they are plain β·α.
+    group_ = std::make_unique<ScaleVectorGroup>(std::move(vectors));
   }
-  for (size_t i = 0; i < vectors_.size(); ++i) {
-    SM_RETURN_IF_ERROR(vectors_[i]->Compute(ctx, gammas_[i]));
-    ops::Zero(ctx, d_gammas_[i]);
-  }
+  SM_RETURN_IF_ERROR(group_->Compute(ctx, gammas_));
+  ops::Zero(ctx, d_gamma_all_);
   return absl::OkStatus();
 }
 
@@ -57,10 +66,7 @@ const Tensor& BranchScales::d_gamma(int branch) const {
 }
 
 Status BranchScales::Backward(const ExecContext& ctx) {
-  for (size_t i = 0; i < vectors_.size(); ++i) {
-    SM_RETURN_IF_ERROR(vectors_[i]->Backward(ctx, d_gammas_[i]));
-  }
-  return absl::OkStatus();
+  return group_ ? group_->Backward(ctx, d_gammas_) : absl::OkStatus();
 }
 
 }  // namespace scalemoe

@@ -21,6 +21,7 @@
 
 #include "norm/scale_options.h"
 #include "norm/scale_vector.h"
+#include "norm/scale_vector_group.h"
 
 namespace scalemoe {
 
@@ -48,9 +49,11 @@ class BranchScales {
 
  private:
   std::vector<std::unique_ptr<ScaleVector>> vectors_;
-  std::vector<int> branch_to_vector_;  // branch -> index into vectors_
-  std::vector<Tensor> gammas_;         // per vector, [dim]
-  std::vector<Tensor> d_gammas_;       // per vector, [dim]
+  std::unique_ptr<ScaleVectorGroup> group_;  // Compute/Backward of all vectors_
+  std::vector<int> branch_to_vector_;        // branch -> index into vectors_
+  std::vector<Tensor> gammas_;               // per vector, [dim]
+  std::vector<Tensor> d_gammas_;             // per vector, [dim]: rows of d_gamma_all_
+  Tensor d_gamma_all_;                       // every vector's dγ back to back (one Zero)
   Tensor undefined_;
 };
 

@@ -57,6 +57,9 @@ class ScaleVector {
   Reparam reparam() const { return reparam_; }
 
  private:
+  // Runs the plain β·α form of many vectors at once (norm/scale_vector_group.h).
+  friend class ScaleVectorGroup;
+
   std::string name_;
   int64_t dim_;        // global length
   int64_t local_dim_;  // length held on this rank (dim_ unless split over TP)

@@ -64,6 +64,12 @@ const Tensor& ScaledLinear::GemmWeightGrad() const {
 }
 
 Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
+  SM_RETURN_IF_ERROR(PrepareBuffers(ctx, dtype));
+  FormGemmWeight(ctx);
+  return absl::OkStatus();
+}
+
+Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   if (u_) {
     if (!u_value_.defined() || u_value_.dtype() != dtype) {
       u_value_ = ctx.Empty({out_features()}, dtype);
@@ -77,7 +83,6 @@ Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (!folded()) {
     if (gemm_dtype_ != w.dtype()) {
       if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype_);
-      ops::Copy(ctx, w, w_copy_);
     }
     return absl::OkStatus();
   }
@@ -89,8 +94,15 @@ Status ScaledLinear::PrepareStep(const ExecContext& ctx, DType dtype) {
   if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype_) {
     w_eff_ = ctx.Empty(w.shape(), gemm_dtype_);
   }
-  FormWeight(ctx, w_eff_);
   return absl::OkStatus();
+}
+
+void ScaledLinear::FormGemmWeight(const ExecContext& ctx) const {
+  if (FoldsOncePerStep()) {
+    FormWeight(ctx, w_eff_);
+  } else if (CopiesWeight()) {
+    ops::Copy(ctx, weight_->value, w_copy_);
+  }
 }
 
 void ScaledLinear::FormWeight(const ExecContext& ctx, const Tensor& out) const {
@@ -159,21 +171,27 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
 }
 
 Status ScaledLinear::FinishBackward(const ExecContext& ctx) {
-  if (folded()) {
-    // The GEMMs accumulated dW_eff with W_eff = diag(u)·W·diag(γ):
-    // ScaleRowsColsBackward gives dW = dW_eff ⊙ u γᵀ and the vectors'
-    // gradients in one pass — in place in W's gradient (its sums read dW_eff
-    // before overwriting it), or from the separate buffer of a shared one.
-    if (shared_weight_grad_) {
-      Tensor d_w = ctx.Empty(d_w_eff_.shape(), d_w_eff_.dtype());
-      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
-                                 DGamma());
-      ops::Axpy(ctx, 1.0, d_w, weight_->grad);
-    } else {
-      ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), weight_->grad,
-                                 weight_->grad, d_u_, DGamma());
-    }
+  if (folded()) Unfold(ctx);
+  return FinishVectors(ctx);
+}
+
+void ScaledLinear::Unfold(const ExecContext& ctx) {
+  // The GEMMs accumulated dW_eff with W_eff = diag(u)·W·diag(γ):
+  // ScaleRowsColsBackward gives dW = dW_eff ⊙ u γᵀ and the vectors'
+  // gradients in one pass — in place in W's gradient (its sums read dW_eff
+  // before overwriting it), or from the separate buffer of a shared one.
+  if (shared_weight_grad_) {
+    Tensor d_w = ctx.Empty(d_w_eff_.shape(), d_w_eff_.dtype());
+    ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), d_w_eff_, d_w, d_u_,
+                               DGamma());
+    ops::Axpy(ctx, 1.0, d_w, weight_->grad);
+  } else {
+    ops::ScaleRowsColsBackward(ctx, weight_->value, u_value_, Gamma(), weight_->grad, weight_->grad,
+                               d_u_, DGamma());
   }
+}
+
+Status ScaledLinear::FinishVectors(const ExecContext& ctx) {
   return u_ ? u_->Backward(ctx, d_u_) : absl::OkStatus();
 }
 

@@ -143,6 +143,23 @@ class ScaledLinear {
   DType output_dtype(DType activations) const { return per_token_u() ? activations : gemm_dtype_; }
 
  private:
+  // The fold and unfold of many maps at once (norm/scaled_linear_group.h)
+  // run the parts below for each map and replace FormWeight and Unfold.
+  friend class ScaledLinearGroup;
+
+  // PrepareStep but the GEMM's weight itself: this step's u, its zeroed
+  // gradient, the GEMM's dtype and the buffers (allocated, not formed).
+  Status PrepareBuffers(const ExecContext& ctx, DType dtype);
+  // PrepareStep's last part: W_eff, or the bf16 copy of an unfolded W.
+  void FormGemmWeight(const ExecContext& ctx) const;
+  // Whether PrepareStep forms W_eff (folded, not just in time).
+  bool FoldsOncePerStep() const { return folded() && !just_in_time_; }
+  // Whether PrepareStep copies an unfolded W into the GEMM's dtype.
+  bool CopiesWeight() const { return !folded() && gemm_dtype_ != weight_->value.dtype(); }
+  // FinishBackward of a folded map: dW_eff into dW, du and dγ.
+  void Unfold(const ExecContext& ctx);
+  // FinishBackward's last part: du into u's parameters.
+  Status FinishVectors(const ExecContext& ctx);
   const Tensor& Gamma() const;
   const Tensor& DGamma() const;
   bool folded() const { return fold_ && (Gamma().defined() || u_ != nullptr); }

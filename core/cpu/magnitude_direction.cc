@@ -1,7 +1,10 @@
 // Dot products into a device scalar and the magnitude–direction
 // reparameterisation of a scale vector (SCALE_VECTORS.md, "OR"):
-// γ = β·α·s with s = 1, or s = √(dim/‖α‖²) in the normalized form.
+// γ = β·α·s with s = 1, or s = √(dim/‖α‖²) in the normalized form; the
+// plain form's group ops call the single ones per vector, in group order.
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/cpu/cpu_ops.h"
 
@@ -87,6 +90,63 @@ void MagnitudeDirectionBackward(const ExecContext&, const Tensor& alpha, const T
       da[j] += static_cast<T>(b * scale * (dg[j] - a[j] * s[1] / s[0]));
     }
   });
+}
+
+namespace {
+
+// A group of G vectors [1, n] of one dtype on the CPU.
+void CheckVectors(const MatrixGroup& g, int64_t size, int64_t n, DType dtype, const char* op,
+                  const char* what) {
+  SM_CHECK_MSG(g.size() == size && g.rows == 1 && g.cols == n && g.dtype == dtype, op, " ", what,
+               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
+               ", expected ", size, " x [1, ", n, "] ", DTypeName(dtype));
+  for (const Tensor& t : g.matrices) {
+    SM_CHECK_MSG(t.device() == Device::kCPU, op, " ", what, " ", t.DebugString());
+  }
+}
+
+// Each group's gradient is its own: a shared one would take several sums.
+void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
+  std::vector<const void*> at;
+  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
+  std::sort(at.begin(), at.end());
+  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
+               ": two groups share a vector; each group needs a ", what, " of its own");
+}
+
+}  // namespace
+
+void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                             const MatrixGroup& beta, const MatrixGroup& gamma) {
+  const char* op = "MagnitudeDirectionGroup";
+  const int64_t n = alpha.size(), d = alpha.cols;
+  CheckVectors(alpha, n, d, alpha.dtype, op, "alpha");
+  CheckVectors(beta, n, 1, alpha.dtype, op, "beta");
+  CheckVectors(gamma, n, d, alpha.dtype, op, "gamma");
+  for (int64_t g = 0; g < n; ++g) {
+    MagnitudeDirection(ctx, alpha.matrices[g], beta.matrices[g], Tensor(), 0, gamma.matrices[g]);
+  }
+}
+
+void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                                     const MatrixGroup& beta, const MatrixGroup& d_gamma,
+                                     const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
+  const char* op = "MagnitudeDirectionBackwardGroup";
+  const int64_t n = alpha.size(), d = alpha.cols;
+  CheckVectors(alpha, n, d, alpha.dtype, op, "alpha");
+  CheckVectors(beta, n, 1, alpha.dtype, op, "beta");
+  CheckVectors(d_gamma, n, d, alpha.dtype, op, "d_gamma");
+  CheckVectors(d_alpha, n, d, alpha.dtype, op, "d_alpha");
+  CheckVectors(d_beta, n, 1, alpha.dtype, op, "d_beta");
+  CheckDistinct(d_alpha, op, "d_alpha");
+  CheckDistinct(d_beta, op, "d_beta");
+  // {‖α‖², <α,dγ> whole, <α,dγ>}: the plain form reads only the last.
+  Tensor dots = Tensor::Zeros({3}, DType::kF64);
+  for (int64_t g = 0; g < n; ++g) {
+    Dot(ctx, alpha.matrices[g], d_gamma.matrices[g], dots.Narrow(0, 2, 1));
+    MagnitudeDirectionBackward(ctx, alpha.matrices[g], beta.matrices[g], dots, 0,
+                               d_gamma.matrices[g], d_alpha.matrices[g], d_beta.matrices[g]);
+  }
 }
 
 }  // namespace scalemoe::cpu

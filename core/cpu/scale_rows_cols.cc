@@ -1,5 +1,7 @@
 // ScaleRowsCols and its backward on the CPU (f32/f64 reference; bf16
-// computed in f32, its d_col sums kept in f32 until the one rounding store).
+// computed in f32, its d_col sums kept in f32 until the one rounding store),
+// and their group forms: one single-matrix call per group, in group order.
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -34,21 +36,23 @@ T* OrNull(const Tensor& t) {
   return t.defined() ? t.data<T>() : nullptr;
 }
 
-template <typename T>
-void Forward(Dims d, const T* x, const T* row, const T* col, T* out) {
+// O is T, or bf16 for f32 T (the group op's folded bf16 operand: computed
+// in f32, rounded once on store).
+template <typename T, typename O = T>
+void Forward(Dims d, const T* x, const T* row, const T* col, O* out) {
   using A = Acc<T>;
   for (int64_t b = 0; b < d.b; ++b) {
     for (int64_t i = 0; i < d.r; ++i) {
       const A ri = row ? static_cast<A>(row[b * d.r + i]) : A(1);
       const T* xr = x + (b * d.r + i) * d.c;
-      T* orow = out + (b * d.r + i) * d.c;
+      O* orow = out + (b * d.r + i) * d.c;
       const T* cb = col ? col + b * d.c : nullptr;
       if (cb) {
         for (int64_t j = 0; j < d.c; ++j) {
-          orow[j] = T(ri * static_cast<A>(xr[j]) * static_cast<A>(cb[j]));
+          orow[j] = O(ri * static_cast<A>(xr[j]) * static_cast<A>(cb[j]));
         }
       } else {
-        for (int64_t j = 0; j < d.c; ++j) orow[j] = T(ri * static_cast<A>(xr[j]));
+        for (int64_t j = 0; j < d.c; ++j) orow[j] = O(ri * static_cast<A>(xr[j]));
       }
     }
   }
@@ -117,6 +121,88 @@ void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& ro
     using T = decltype(zero);
     Backward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), d_out.data<T>(), OrNull<T>(d_x),
              OrNull<T>(d_row), OrNull<T>(d_col));
+  });
+}
+
+namespace {
+
+// Checks a group of G matrices [r, c] (or an empty group where `optional`).
+void CheckGroup(const MatrixGroup& g, int64_t size, int64_t r, int64_t c, DType dtype,
+                bool optional, const char* op, const char* what) {
+  if (optional && g.size() == 0) return;
+  SM_CHECK_MSG(g.size() == size && g.rows == r && g.cols == c && g.dtype == dtype, op, " ", what,
+               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
+               ", expected ", size, " x [", r, ", ", c, "] ", DTypeName(dtype));
+  for (const Tensor& t : g.matrices) {
+    SM_CHECK_MSG(t.device() == Device::kCPU, op, " ", what, " ", t.DebugString());
+  }
+}
+
+// Each group's sums add into a vector of its own: a vector shared by two
+// groups would take both sums at once.
+void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
+  std::vector<const void*> at;
+  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
+  std::sort(at.begin(), at.end());
+  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
+               ": two groups share a vector; each group's sums need a ", what, " of its own");
+}
+
+template <typename T>
+T* At(const MatrixGroup& g, int64_t i) {
+  return g.size() == 0 ? nullptr : g.matrices[i].data<T>();
+}
+
+}  // namespace
+
+void ScaleRowsColsGroup(const ExecContext&, const MatrixGroup& x, const MatrixGroup& row,
+                        const MatrixGroup& col, const MatrixGroup& out) {
+  const char* op = "ScaleRowsColsGroup";
+  const int64_t n = x.size(), r = x.rows, c = x.cols;
+  const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
+  CheckGroup(row, n, 1, r, x.dtype, true, op, "row");
+  CheckGroup(col, n, 1, c, x.dtype, true, op, "col");
+  CheckGroup(out, n, r, c, rounded ? DType::kBF16 : x.dtype, false, op, "out");
+  if (n == 0) return;
+  const Dims d{1, r, c};
+  DispatchFloat(x.matrices[0], [&](auto zero) {
+    using T = decltype(zero);
+    for (int64_t g = 0; g < n; ++g) {
+      const T* xs = At<T>(x, g);
+      if constexpr (std::is_same_v<T, float>) {
+        if (rounded) {
+          Forward<T, bf16>(d, xs, At<T>(row, g), At<T>(col, g), At<bf16>(out, g));
+          continue;
+        }
+      }
+      Forward(d, xs, At<T>(row, g), At<T>(col, g), At<T>(out, g));
+    }
+  });
+}
+
+void ScaleRowsColsBackwardGroup(const ExecContext&, const MatrixGroup& x, const MatrixGroup& row,
+                                const MatrixGroup& col, const MatrixGroup& d_out,
+                                const MatrixGroup& d_x, const MatrixGroup& d_row,
+                                const MatrixGroup& d_col) {
+  const char* op = "ScaleRowsColsBackwardGroup";
+  const int64_t n = x.size(), r = x.rows, c = x.cols;
+  const DType dt = x.dtype;
+  CheckGroup(row, n, 1, r, dt, true, op, "row");
+  CheckGroup(col, n, 1, c, dt, true, op, "col");
+  CheckGroup(d_out, n, r, c, dt, false, op, "d_out");
+  CheckGroup(d_x, n, r, c, dt, true, op, "d_x");
+  CheckGroup(d_row, n, 1, r, dt, true, op, "d_row");
+  CheckGroup(d_col, n, 1, c, dt, true, op, "d_col");
+  CheckDistinct(d_row, op, "d_row");
+  CheckDistinct(d_col, op, "d_col");
+  if (n == 0) return;
+  const Dims d{1, r, c};
+  DispatchFloat(x.matrices[0], [&](auto zero) {
+    using T = decltype(zero);
+    for (int64_t g = 0; g < n; ++g) {
+      Backward(d, At<T>(x, g), At<T>(row, g), At<T>(col, g), At<T>(d_out, g), At<T>(d_x, g),
+               At<T>(d_row, g), At<T>(d_col, g));
+    }
   });
 }
 

@@ -3,8 +3,12 @@
 // "OR"): γ = β·α·s with s = 1, or s = √(dim/‖α‖²) in the normalized form.
 // f32/f64; β, ‖α‖² and the dots are read on the device. Dot is a
 // deterministic two-pass f64 sum (as ops::Sum); the rest is elementwise in
-// the CPU reference's precision.
+// the CPU reference's precision. The plain form's group ops run every
+// vector of a MatrixGroup in one launch (the backward's dot one block's
+// fixed-order f64 sum per vector).
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
@@ -72,6 +76,54 @@ __global__ void MagnitudeDirectionBackwardKernel(int64_t n, const T* alpha, cons
   }
 }
 
+// The plain form over G vectors of d elements, found through MatrixGroup
+// address tables: gamma_g[j] = β_g·α_g[j].
+template <typename T>
+__global__ void MagnitudeDirectionGroupKernel(int64_t n, int64_t d, const int64_t* alpha,
+                                              const int64_t* beta, const int64_t* gamma) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += stride) {
+    const int64_t g = i / d, j = i - g * d;
+    const T scale = *reinterpret_cast<const T*>(beta[g]);
+    reinterpret_cast<T*>(gamma[g])[j] = scale * reinterpret_cast<const T*>(alpha[g])[j];
+  }
+}
+
+// Block g (grid-stride over the G vectors): dα_g += β_g·dγ_g and dβ_g +=
+// <α_g, dγ_g>, the dot summed in f64 by the block in a fixed order.
+template <typename T>
+__global__ void MagnitudeDirectionBackwardGroupKernel(int64_t groups, int64_t d,
+                                                      const int64_t* alpha, const int64_t* beta,
+                                                      const int64_t* d_gamma,
+                                                      const int64_t* d_alpha,
+                                                      const int64_t* d_beta) {
+  __shared__ double warp_sums[32];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warps = static_cast<int>(blockDim.x / 32);
+  for (int64_t g = blockIdx.x; g < groups; g += gridDim.x) {  // block-uniform
+    const T* a = reinterpret_cast<const T*>(alpha[g]);
+    const T* dg = reinterpret_cast<const T*>(d_gamma[g]);
+    T* da = reinterpret_cast<T*>(d_alpha[g]);
+    const T b = *reinterpret_cast<const T*>(beta[g]);
+    double s = 0;
+    for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+      s += static_cast<double>(a[j]) * static_cast<double>(dg[j]);
+      da[j] += b * dg[j];
+    }
+    s = WarpSum(s);
+    if (lane == 0) warp_sums[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double total = 0;
+      for (int w = 0; w < warps; ++w) total += warp_sums[w];
+      T* db = reinterpret_cast<T*>(d_beta[g]);
+      *db += static_cast<T>(total);
+    }
+    __syncthreads();  // warp_sums is free for the next vector
+  }
+}
+
 // ---------------------------------------------------------------- launchers
 
 template <typename F>
@@ -93,6 +145,32 @@ void CheckF64(const ExecContext& ctx, const Tensor& t, int64_t n, const char* op
   CheckOnDevice(ctx, t, op, what);
   SM_CHECK_MSG(t.dtype() == DType::kF64 && t.numel() == n, op, " ", what, " must be f64[", n,
                "], got ", t.DebugString());
+}
+
+// A group of G vectors [1, n] of one dtype on the device.
+void CheckVectors(const ExecContext& ctx, const MatrixGroup& g, int64_t size, int64_t n,
+                  DType dtype, const char* op, const char* what) {
+  SM_CHECK_MSG(g.size() == size && g.rows == 1 && g.cols == n && g.dtype == dtype, op, " ", what,
+               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
+               ", expected ", size, " x [1, ", n, "] ", DTypeName(dtype));
+  SM_CHECK_MSG(
+      g.addresses.numel() == g.size() && (g.size() == 0 || g.addresses.device() == Device::kCUDA),
+      op, " ", what, ": the group's address table is not on the device (MakeMatrixGroup)");
+  for (const Tensor& m : g.matrices) CheckOnDevice(ctx, m, op, what);
+}
+
+// Each group's gradient is its own: a shared one would take several sums at
+// once.
+void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
+  std::vector<const void*> at;
+  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
+  std::sort(at.begin(), at.end());
+  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
+               ": two groups share a vector; each group needs a ", what, " of its own");
+}
+
+const int64_t* Table(const MatrixGroup& g) {
+  return static_cast<const int64_t*>(g.addresses.raw_data());
 }
 
 }  // namespace
@@ -170,6 +248,45 @@ void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, con
         Ptr<const T>(d_gamma), Ptr<T>(d_alpha), Ptr<T>(d_beta));
   });
   SM_CHECK_LAUNCH(ctx, kOp, "MagnitudeDirectionBackwardKernel");
+}
+
+void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                             const MatrixGroup& beta, const MatrixGroup& gamma) {
+  constexpr const char* kOp = "MagnitudeDirectionGroup";
+  const int64_t groups = alpha.size(), d = alpha.cols;
+  CheckVectors(ctx, alpha, groups, d, alpha.dtype, kOp, "alpha");
+  CheckVectors(ctx, beta, groups, 1, alpha.dtype, kOp, "beta");
+  CheckVectors(ctx, gamma, groups, d, alpha.dtype, kOp, "gamma");
+  const int64_t n = groups * d;
+  if (n == 0) return;
+  DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    MagnitudeDirectionGroupKernel<T>
+        <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, d, Table(alpha), Table(beta), Table(gamma));
+  });
+  SM_CHECK_LAUNCH(ctx, kOp, "MagnitudeDirectionGroupKernel");
+}
+
+void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& alpha,
+                                     const MatrixGroup& beta, const MatrixGroup& d_gamma,
+                                     const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
+  constexpr const char* kOp = "MagnitudeDirectionBackwardGroup";
+  const int64_t groups = alpha.size(), d = alpha.cols;
+  CheckVectors(ctx, alpha, groups, d, alpha.dtype, kOp, "alpha");
+  CheckVectors(ctx, beta, groups, 1, alpha.dtype, kOp, "beta");
+  CheckVectors(ctx, d_gamma, groups, d, alpha.dtype, kOp, "d_gamma");
+  CheckVectors(ctx, d_alpha, groups, d, alpha.dtype, kOp, "d_alpha");
+  CheckVectors(ctx, d_beta, groups, 1, alpha.dtype, kOp, "d_beta");
+  CheckDistinct(d_alpha, kOp, "d_alpha");
+  CheckDistinct(d_beta, kOp, "d_beta");
+  if (groups == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(groups, kMaxBlocks));
+  DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    MagnitudeDirectionBackwardGroupKernel<T><<<blocks, kThreads, 0, Stream(ctx)>>>(
+        groups, d, Table(alpha), Table(beta), Table(d_gamma), Table(d_alpha), Table(d_beta));
+  });
+  SM_CHECK_LAUNCH(ctx, kOp, "MagnitudeDirectionBackwardGroupKernel");
 }
 
 }  // namespace scalemoe::cuda

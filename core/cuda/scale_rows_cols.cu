@@ -1,5 +1,7 @@
 // ScaleRowsCols and its backward on the GPU (f32/f64/bf16; f32 math for f32
-// and bf16, f64 for f64), the contract of core/ops.h:
+// and bf16, f64 for f64), and their group forms (every matrix of a
+// MatrixGroup in the same launches, found through its address table), the
+// contract of core/ops.h:
 //   out[b,i,j] = row[b,i] · x[b,i,j] · col[b,j]
 //   d_x = d_out ⊙ row colᵀ (overwritten), d_row += Σ_j d_out·x·col,
 //   d_col += Σ_i d_out·x·row (accumulated).
@@ -10,6 +12,9 @@
 // sums over a whole weight with cancellation, where f32 sums of two orders
 // differ by ~1e-5 of the result at GPU-preset widths (memory-bound: f64
 // costs nothing here).
+#include <algorithm>
+#include <type_traits>
+
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -18,56 +23,89 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
+// Where matrix (or vector) b of a call lives: a batched tensor's b-th slice
+// (a contiguous [B, ...] block of `stride` elements each), or the g-th entry
+// of a MatrixGroup's device address table. Null base or table: undefined.
+template <typename T>
+struct Strided {
+  T* base;
+  int64_t stride;
+  __device__ __forceinline__ T* operator()(int64_t b) const {
+    return base ? base + b * stride : nullptr;
+  }
+};
+template <typename T>
+struct Table {
+  const int64_t* addresses;
+  __device__ __forceinline__ T* operator()(int64_t g) const {
+    return addresses ? reinterpret_cast<T*>(addresses[g]) : nullptr;
+  }
+};
+
 // n = B·R·C elements; V > 1 only when C % V == 0, so a pack never crosses a
-// row and col's pack at (b, j) is aligned too.
-template <typename T, int V>
-__global__ void ScaleRowsColsKernel(int64_t n, int64_t r_dim, int64_t c_dim, const T* x,
-                                    const T* row, const T* col, T* out) {
+// row (nor a matrix) and col's pack at (b, j) is aligned too. O is T, or
+// bf16 for f32 T (the group's rounded fold).
+template <typename T, typename O, int V, template <typename> class At>
+__global__ void ScaleRowsColsKernel(int64_t n, int64_t r_dim, int64_t c_dim, At<const T> x,
+                                    At<const T> row, At<const T> col, At<O> out) {
   using A = Acc<T>;
+  const int64_t rc = r_dim * c_dim;
   ForEachPack<V>(n, [&](int64_t i, int count) {
-    const int64_t r = i / c_dim;  // b·R + row index
-    const int64_t j = i - r * c_dim;
-    const A ri = row ? ToAcc(row[r]) : A(1);
+    const int64_t b = i / rc;
+    const int64_t k = i - b * rc;  // element of matrix b
+    const int64_t r = k / c_dim;   // its row
+    const int64_t j = k - r * c_dim;
+    const T* rb = row(b);
+    const T* cb = col(b);
+    const A ri = rb ? ToAcc(rb[r]) : A(1);
     A xv[V], cv[V], ov[V];
-    LoadPack<V>(x, i, count, xv);
-    if (col) {
-      LoadPack<V>(col + (r / r_dim) * c_dim, j, count, cv);
+    LoadPack<V>(x(b), k, count, xv);
+    if (cb) {
+      LoadPack<V>(cb, j, count, cv);
 #pragma unroll
-      for (int k = 0; k < V; ++k) ov[k] = ri * xv[k] * cv[k];
+      for (int q = 0; q < V; ++q) ov[q] = ri * xv[q] * cv[q];
     } else {
 #pragma unroll
-      for (int k = 0; k < V; ++k) ov[k] = ri * xv[k];
+      for (int q = 0; q < V; ++q) ov[q] = ri * xv[q];
     }
-    StorePack<V>(out, i, count, ov);
+    StorePack<V>(out(b), k, count, ov);
   });
 }
 
-// One warp per row r = b·R + i: d_x[r, :] (if d_x) and d_row[r] += Σ_j (if
-// d_row), the warp's lanes striding over j and summed by a fixed butterfly.
-template <typename T>
-__global__ void RowPassKernel(int64_t rows, int64_t r_dim, int64_t c_dim, const T* x,
-                              const T* row, const T* col, const T* d_out, T* d_x, T* d_row) {
+// One warp per row (b, i), rows = B·R: d_x[b, i, :] (if d_x) and d_row[b, i]
+// += Σ_j (if d_row), the warp's lanes striding over j and summed by a fixed
+// butterfly.
+template <typename T, template <typename> class At>
+__global__ void RowPassKernel(int64_t rows, int64_t r_dim, int64_t c_dim, At<const T> x,
+                              At<const T> row, At<const T> col, At<const T> d_out, At<T> d_x,
+                              At<T> d_row) {
   using A = Acc<T>;
   const int lane = threadIdx.x % 32;
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
   for (int64_t r = first; r < rows; r += warps) {  // warp-uniform
-    const A ri = row ? ToAcc(row[r]) : A(1);
-    const T* cb = col ? col + (r / r_dim) * c_dim : nullptr;
-    const int64_t base = r * c_dim;
+    const int64_t b = r / r_dim, i = r - b * r_dim;
+    const T* rb = row(b);
+    const T* cb = col(b);
+    const T* xb = x(b);
+    const T* gb = d_out(b);
+    T* dxb = d_x(b);
+    T* drb = d_row(b);
+    const A ri = rb ? ToAcc(rb[i]) : A(1);
+    const int64_t base = i * c_dim;
     double acc = 0;
     for (int64_t j = lane; j < c_dim; j += 32) {
       const A cj = cb ? ToAcc(cb[j]) : A(1);
-      const A g = ToAcc(d_out[base + j]);
-      if (d_x) d_x[base + j] = FromAcc<T>(g * ri * cj);
-      if (d_row) {
-        acc += static_cast<double>(g) * static_cast<double>(ToAcc(x[base + j])) *
+      const A g = ToAcc(gb[base + j]);
+      if (dxb) dxb[base + j] = FromAcc<T>(g * ri * cj);
+      if (drb) {
+        acc += static_cast<double>(g) * static_cast<double>(ToAcc(xb[base + j])) *
                static_cast<double>(cj);
       }
     }
-    if (d_row) {
+    if (drb) {
       acc = WarpSum(acc);
-      if (lane == 0) d_row[r] = FromAcc<T>(static_cast<A>(static_cast<double>(ToAcc(d_row[r])) + acc));
+      if (lane == 0) drb[i] = FromAcc<T>(static_cast<A>(static_cast<double>(ToAcc(drb[i])) + acc));
     }
   }
 }
@@ -79,22 +117,24 @@ constexpr int kRowLanes = 8;   // rows read at once per block (threadIdx.y)
 // of chunk s of d_out[b,i,j]·x[b,i,j]·row[b,i], for the tile's 32 columns.
 // Each thread sums rows i ≡ threadIdx.y (mod 8) of the chunk, then thread
 // row 0 adds the 8 in order.
-template <typename T>
-__global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk, const T* x,
-                                     const T* row, const T* d_out, double* partials) {
+template <typename T, template <typename> class At>
+__global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk, At<const T> x,
+                                     At<const T> row, At<const T> d_out, double* partials) {
   using A = double;
   __shared__ A sums[kRowLanes][kColTile];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t s = blockIdx.y, b = blockIdx.z, chunks = gridDim.y;
   const int64_t begin = s * chunk;
   const int64_t end = begin + chunk < r_dim ? begin + chunk : r_dim;
+  const T* xb = x(b);
+  const T* rb = row(b);
+  const T* gb = d_out(b);
   A acc = 0;
   if (j < c_dim) {
     for (int64_t i = begin + threadIdx.y; i < end; i += kRowLanes) {
-      const int64_t r = b * r_dim + i;
-      const A ri = row ? ToAcc(row[r]) : A(1);
-      acc += static_cast<double>(ToAcc(d_out[r * c_dim + j])) *
-             static_cast<double>(ToAcc(x[r * c_dim + j])) * ri;
+      const A ri = rb ? ToAcc(rb[i]) : A(1);
+      acc += static_cast<double>(ToAcc(gb[i * c_dim + j])) *
+             static_cast<double>(ToAcc(xb[i * c_dim + j])) * ri;
     }
   }
   sums[threadIdx.y][threadIdx.x] = acc;
@@ -108,9 +148,9 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
 }
 
 // d_col[b, j] += Σ_s partials[b, s, j], s in order.
-template <typename T>
+template <typename T, template <typename> class At>
 __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
-                                   const double* partials, T* d_col) {
+                                   const double* partials, At<T> d_col) {
   using A = double;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
@@ -119,7 +159,8 @@ __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
     const A* p = partials + b * chunks * c_dim + j;
     A total = 0;
     for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
-    d_col[e] = FromAcc<T>(static_cast<Acc<T>>(static_cast<double>(ToAcc(d_col[e])) + total));
+    T* dc = d_col(b);
+    dc[j] = FromAcc<T>(static_cast<Acc<T>>(static_cast<double>(ToAcc(dc[j])) + total));
   }
 }
 
@@ -161,6 +202,98 @@ void CheckLike(const ExecContext& ctx, const Tensor& t, int64_t numel, DType dty
 // 4096 chunks. A function of R alone: the order of the sums is fixed.
 int64_t ChunkRows(int64_t r) { return std::max<int64_t>(64, (r + 4095) / 4096); }
 
+// The forward over B matrices [R, C] wherever `At` finds them; `aligned`:
+// every matrix and col vector starts 16-byte aligned.
+template <typename T, typename O, template <typename> class At>
+void LaunchForward(const ExecContext& ctx, const char* op, Dims d, bool aligned, At<const T> x,
+                   At<const T> row, At<const T> col, At<O> out) {
+  const int64_t n = d.b * d.r * d.c;
+  if (n == 0) return;
+  constexpr int kV = kPack<T>;
+  if (d.c % kV == 0 && aligned) {
+    ScaleRowsColsKernel<T, O, kV, At>
+        <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, x, row, col, out);
+  } else {
+    ScaleRowsColsKernel<T, O, 1, At>
+        <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, x, row, col, out);
+  }
+  SM_CHECK_LAUNCH(ctx, op, "ScaleRowsColsKernel");
+}
+
+// The backward over B matrices: the column sums read d_out before the row
+// pass may overwrite it (d_x may alias d_out: the in-place unfold of a
+// folded weight's gradient).
+template <typename T, template <typename> class At>
+void LaunchBackward(const ExecContext& ctx, const char* op, Dims d, At<const T> x, At<const T> row,
+                    At<const T> col, At<const T> d_out, At<T> d_x, At<T> d_row, At<T> d_col,
+                    bool want_dx, bool want_drow, bool want_dcol) {
+  // An empty x leaves nothing to write: d_x is empty, and the sums add 0.
+  if (d.b * d.r * d.c == 0) return;
+  if (want_dcol) {
+    SM_CHECK_MSG(d.b <= 65535, op, ": batch ", d.b, " over 65535");
+    const int64_t chunk = ChunkRows(d.r);
+    const int64_t chunks = (d.r + chunk - 1) / chunk;
+    Tensor partials = ctx.Empty({d.b, chunks, d.c}, DType::kF64);
+    const dim3 grid(static_cast<unsigned>((d.c + kColTile - 1) / kColTile),
+                    static_cast<unsigned>(chunks), static_cast<unsigned>(d.b));
+    ColumnPartialsKernel<T, At><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
+        d.r, d.c, chunk, x, row, d_out, Ptr<double>(partials));
+    SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
+    ColumnFinishKernel<T, At><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
+        d.b * d.c, d.c, chunks, Ptr<const double>(partials), d_col);
+    SM_CHECK_LAUNCH(ctx, op, "ColumnFinishKernel");
+  }
+  if (want_dx || want_drow) {
+    const int64_t rows = d.b * d.r;
+    RowPassKernel<T, At><<<Blocks(rows * 32), kThreads, 0, Stream(ctx)>>>(rows, d.r, d.c, x, row,
+                                                                          col, d_out, d_x, d_row);
+    SM_CHECK_LAUNCH(ctx, op, "RowPassKernel");
+  }
+}
+
+template <typename T>
+Strided<T> Slices(const Tensor& t, int64_t stride) {
+  return {Ptr<T>(t), stride};
+}
+
+// ---------------------------------------------------------------- groups
+
+// Checks a group of G matrices [r, c] on the device (or an empty group where
+// `optional`).
+void CheckGroup(const ExecContext& ctx, const MatrixGroup& g, int64_t size, int64_t r, int64_t c,
+                DType dtype, bool optional, const char* op, const char* what) {
+  if (optional && g.size() == 0) return;
+  SM_CHECK_MSG(g.size() == size && g.rows == r && g.cols == c && g.dtype == dtype, op, " ", what,
+               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
+               ", expected ", size, " x [", r, ", ", c, "] ", DTypeName(dtype));
+  SM_CHECK_MSG(
+      g.addresses.numel() == g.size() && (g.size() == 0 || g.addresses.device() == Device::kCUDA),
+      op, " ", what, ": the group's address table is not on the device (MakeMatrixGroup)");
+  for (const Tensor& m : g.matrices) CheckOnDevice(ctx, m, op, what);
+}
+
+// Each group's sums add into a vector of its own: a vector shared by two
+// groups would take both sums at once.
+void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
+  std::vector<const void*> at;
+  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
+  std::sort(at.begin(), at.end());
+  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
+               ": two groups share a vector; each group's sums need a ", what, " of its own");
+}
+
+template <typename T>
+Table<T> Entries(const MatrixGroup& g) {
+  return {g.size() == 0 ? nullptr : static_cast<const int64_t*>(g.addresses.raw_data())};
+}
+
+bool GroupAligned16(const MatrixGroup& g) {
+  for (const Tensor& m : g.matrices) {
+    if (!Aligned16(m.raw_data())) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col,
@@ -169,24 +302,14 @@ void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row, c
   CheckOnDevice(ctx, out, "ScaleRowsCols", "out");
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype(), "ScaleRowsCols out ",
                out.DebugString(), " for x ", x.DebugString());
-  const int64_t n = x.numel();
-  if (n == 0) return;
+  const int64_t rc = d.r * d.c;
   DispatchFloat(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int kV = kPack<T>;
-    const T* xs = Ptr<const T>(x);
-    const T* rs = Ptr<const T>(row);
-    const T* cs = Ptr<const T>(col);
-    T* os = Ptr<T>(out);
-    if (d.c % kV == 0 && AllAligned16({xs, cs, os})) {
-      ScaleRowsColsKernel<T, kV><<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, xs,
-                                                                               rs, cs, os);
-    } else {
-      ScaleRowsColsKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, xs, rs,
-                                                                         cs, os);
-    }
+    const bool aligned = AllAligned16({x.raw_data(), Ptr<const T>(col), out.raw_data()});
+    LaunchForward<T, T, Strided>(ctx, "ScaleRowsCols", d, aligned, Slices<const T>(x, rc),
+                                 Slices<const T>(row, d.r), Slices<const T>(col, d.c),
+                                 Slices<T>(out, rc));
   });
-  SM_CHECK_LAUNCH(ctx, "ScaleRowsCols", "ScaleRowsColsKernel");
 }
 
 void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor& row,
@@ -199,36 +322,68 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
   CheckLike(ctx, d_x, x.numel(), x.dtype(), "d_x");
   CheckLike(ctx, d_row, d.b * d.r, x.dtype(), "d_row");
   CheckLike(ctx, d_col, d.b * d.c, x.dtype(), "d_col");
-  // An empty x leaves nothing to write: d_x is empty, and the sums add 0.
-  if (x.numel() == 0) return;
-  const int64_t rows = d.b * d.r;
+  const int64_t rc = d.r * d.c;
   DispatchFloat(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const T* xs = Ptr<const T>(x);
-    const T* rs = Ptr<const T>(row);
-    const T* cs = Ptr<const T>(col);
-    const T* gs = Ptr<const T>(d_out);
-    // The column sums read d_out before the row pass may overwrite it (d_x
-    // may alias d_out: the in-place unfold of a folded weight's gradient).
-    if (d_col.defined()) {
-      SM_CHECK_MSG(d.b <= 65535, "ScaleRowsColsBackward: batch ", d.b, " over 65535");
-      const int64_t chunk = ChunkRows(d.r);
-      const int64_t chunks = (d.r + chunk - 1) / chunk;
-      Tensor partials = ctx.Empty({d.b, chunks, d.c}, DType::kF64);
-      const dim3 grid(static_cast<unsigned>((d.c + kColTile - 1) / kColTile),
-                      static_cast<unsigned>(chunks), static_cast<unsigned>(d.b));
-      ColumnPartialsKernel<T><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
-          d.r, d.c, chunk, xs, rs, gs, Ptr<double>(partials));
-      SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "ColumnPartialsKernel");
-      ColumnFinishKernel<T><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
-          d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<T>(d_col));
-      SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "ColumnFinishKernel");
+    LaunchBackward<T, Strided>(ctx, "ScaleRowsColsBackward", d, Slices<const T>(x, rc),
+                               Slices<const T>(row, d.r), Slices<const T>(col, d.c),
+                               Slices<const T>(d_out, rc), Slices<T>(d_x, rc),
+                               Slices<T>(d_row, d.r), Slices<T>(d_col, d.c), d_x.defined(),
+                               d_row.defined(), d_col.defined());
+  });
+}
+
+void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const MatrixGroup& row,
+                        const MatrixGroup& col, const MatrixGroup& out) {
+  const char* op = "ScaleRowsColsGroup";
+  const int64_t n = x.size();
+  const Dims d{n, x.rows, x.cols};
+  const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
+  CheckGroup(ctx, x, n, d.r, d.c, x.dtype, false, op, "x");
+  CheckGroup(ctx, row, n, 1, d.r, x.dtype, true, op, "row");
+  CheckGroup(ctx, col, n, 1, d.c, x.dtype, true, op, "col");
+  CheckGroup(ctx, out, n, d.r, d.c, rounded ? DType::kBF16 : x.dtype, false, op, "out");
+  if (n == 0) return;
+  const bool aligned = GroupAligned16(x) && GroupAligned16(col) && GroupAligned16(out);
+  DispatchFloat(x.matrices[0], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_same_v<T, float>) {
+      if (rounded) {
+        LaunchForward<T, __nv_bfloat16, Table>(ctx, op, d, aligned, Entries<const T>(x),
+                                               Entries<const T>(row), Entries<const T>(col),
+                                               Entries<__nv_bfloat16>(out));
+        return;
+      }
     }
-    if (d_x.defined() || d_row.defined()) {
-      RowPassKernel<T><<<Blocks(rows * 32), kThreads, 0, Stream(ctx)>>>(
-          rows, d.r, d.c, xs, rs, cs, gs, Ptr<T>(d_x), Ptr<T>(d_row));
-      SM_CHECK_LAUNCH(ctx, "ScaleRowsColsBackward", "RowPassKernel");
-    }
+    LaunchForward<T, T, Table>(ctx, op, d, aligned, Entries<const T>(x), Entries<const T>(row),
+                               Entries<const T>(col), Entries<T>(out));
+  });
+}
+
+void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
+                                const MatrixGroup& row, const MatrixGroup& col,
+                                const MatrixGroup& d_out, const MatrixGroup& d_x,
+                                const MatrixGroup& d_row, const MatrixGroup& d_col) {
+  const char* op = "ScaleRowsColsBackwardGroup";
+  const int64_t n = x.size();
+  const Dims d{n, x.rows, x.cols};
+  const DType dt = x.dtype;
+  CheckGroup(ctx, x, n, d.r, d.c, dt, false, op, "x");
+  CheckGroup(ctx, row, n, 1, d.r, dt, true, op, "row");
+  CheckGroup(ctx, col, n, 1, d.c, dt, true, op, "col");
+  CheckGroup(ctx, d_out, n, d.r, d.c, dt, false, op, "d_out");
+  CheckGroup(ctx, d_x, n, d.r, d.c, dt, true, op, "d_x");
+  CheckGroup(ctx, d_row, n, 1, d.r, dt, true, op, "d_row");
+  CheckGroup(ctx, d_col, n, 1, d.c, dt, true, op, "d_col");
+  CheckDistinct(d_row, op, "d_row");
+  CheckDistinct(d_col, op, "d_col");
+  if (n == 0) return;
+  DispatchFloat(x.matrices[0], [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    LaunchBackward<T, Table>(ctx, op, d, Entries<const T>(x), Entries<const T>(row),
+                             Entries<const T>(col), Entries<const T>(d_out), Entries<T>(d_x),
+                             Entries<T>(d_row), Entries<T>(d_col), d_x.size() > 0, d_row.size() > 0,
+                             d_col.size() > 0);
   });
 }
 
