@@ -1,7 +1,10 @@
 // MakeMatrixGroup and UpdateMatrixGroup (core/ops.h): the grouped GEMMs' table of per-group
 // matrices, their addresses uploaded once to the context's device.
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
+#include "core/matrix_group_checks.h"
 #include "core/ops.h"
 
 namespace scalemoe::ops {
@@ -43,6 +46,31 @@ void UpdateMatrixGroup(const ExecContext& ctx, std::vector<Tensor> matrices, Mat
     same = a.raw_data() == b.raw_data() && a.dtype() == b.dtype() && a.shape() == b.shape();
   }
   if (!same) group = MakeMatrixGroup(ctx, std::move(matrices));
+}
+
+void CheckMatrixGroup(const MatrixGroup& g, int64_t size, int64_t rows, int64_t cols, DType dtype,
+                      Device device, bool optional, const char* op, const char* what) {
+  if (optional && g.size() == 0) return;
+  SM_CHECK_MSG(g.size() == size && g.rows == rows && g.cols == cols && g.dtype == dtype, op, " ",
+               what, ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
+               ", expected ", size, " x [", rows, ", ", cols, "] ", DTypeName(dtype));
+  if (device == Device::kCUDA) {
+    SM_CHECK_MSG(
+        g.addresses.numel() == g.size() && (g.size() == 0 || g.addresses.device() == Device::kCUDA),
+        op, " ", what, ": the group's address table is not on the device (MakeMatrixGroup)");
+  }
+  for (const Tensor& m : g.matrices) {
+    SM_CHECK_MSG(m.device() == device && m.is_contiguous(), op, " ", what, " needs contiguous ",
+                 DeviceName(device), " tensors, got ", m.DebugString());
+  }
+}
+
+void CheckOwnMatrices(const MatrixGroup& g, const char* op, const char* what) {
+  std::vector<const void*> at;
+  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
+  std::sort(at.begin(), at.end());
+  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
+               ": two groups share a vector; each group's sums need a ", what, " of its own");
 }
 
 }  // namespace scalemoe::ops

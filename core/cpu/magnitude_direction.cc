@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/matrix_group_checks.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -92,37 +93,13 @@ void MagnitudeDirectionBackward(const ExecContext&, const Tensor& alpha, const T
   });
 }
 
-namespace {
-
-// A group of G vectors [1, n] of one dtype on the CPU.
-void CheckVectors(const MatrixGroup& g, int64_t size, int64_t n, DType dtype, const char* op,
-                  const char* what) {
-  SM_CHECK_MSG(g.size() == size && g.rows == 1 && g.cols == n && g.dtype == dtype, op, " ", what,
-               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
-               ", expected ", size, " x [1, ", n, "] ", DTypeName(dtype));
-  for (const Tensor& t : g.matrices) {
-    SM_CHECK_MSG(t.device() == Device::kCPU, op, " ", what, " ", t.DebugString());
-  }
-}
-
-// Each group's gradient is its own: a shared one would take several sums.
-void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
-  std::vector<const void*> at;
-  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
-  std::sort(at.begin(), at.end());
-  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
-               ": two groups share a vector; each group needs a ", what, " of its own");
-}
-
-}  // namespace
-
 void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
                              const MatrixGroup& beta, const MatrixGroup& gamma) {
   const char* op = "MagnitudeDirectionGroup";
   const int64_t n = alpha.size(), d = alpha.cols;
-  CheckVectors(alpha, n, d, alpha.dtype, op, "alpha");
-  CheckVectors(beta, n, 1, alpha.dtype, op, "beta");
-  CheckVectors(gamma, n, d, alpha.dtype, op, "gamma");
+  ops::CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "alpha");
+  ops::CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "beta");
+  ops::CheckMatrixGroup(gamma, n, 1, d, alpha.dtype, Device::kCPU, false, op, "gamma");
   for (int64_t g = 0; g < n; ++g) {
     MagnitudeDirection(ctx, alpha.matrices[g], beta.matrices[g], Tensor(), 0, gamma.matrices[g]);
   }
@@ -133,13 +110,13 @@ void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& 
                                      const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
   const char* op = "MagnitudeDirectionBackwardGroup";
   const int64_t n = alpha.size(), d = alpha.cols;
-  CheckVectors(alpha, n, d, alpha.dtype, op, "alpha");
-  CheckVectors(beta, n, 1, alpha.dtype, op, "beta");
-  CheckVectors(d_gamma, n, d, alpha.dtype, op, "d_gamma");
-  CheckVectors(d_alpha, n, d, alpha.dtype, op, "d_alpha");
-  CheckVectors(d_beta, n, 1, alpha.dtype, op, "d_beta");
-  CheckDistinct(d_alpha, op, "d_alpha");
-  CheckDistinct(d_beta, op, "d_beta");
+  ops::CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "alpha");
+  ops::CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "beta");
+  ops::CheckMatrixGroup(d_gamma, n, 1, d, alpha.dtype, Device::kCPU, false, op, "d_gamma");
+  ops::CheckMatrixGroup(d_alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "d_alpha");
+  ops::CheckMatrixGroup(d_beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "d_beta");
+  ops::CheckOwnMatrices(d_alpha, op, "d_alpha");
+  ops::CheckOwnMatrices(d_beta, op, "d_beta");
   // {‖α‖², <α,dγ> whole, <α,dγ>}: the plain form reads only the last.
   Tensor dots = Tensor::Zeros({3}, DType::kF64);
   for (int64_t g = 0; g < n; ++g) {

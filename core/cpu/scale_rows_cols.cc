@@ -7,6 +7,7 @@
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/matrix_group_checks.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -126,28 +127,6 @@ void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& ro
 
 namespace {
 
-// Checks a group of G matrices [r, c] (or an empty group where `optional`).
-void CheckGroup(const MatrixGroup& g, int64_t size, int64_t r, int64_t c, DType dtype,
-                bool optional, const char* op, const char* what) {
-  if (optional && g.size() == 0) return;
-  SM_CHECK_MSG(g.size() == size && g.rows == r && g.cols == c && g.dtype == dtype, op, " ", what,
-               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
-               ", expected ", size, " x [", r, ", ", c, "] ", DTypeName(dtype));
-  for (const Tensor& t : g.matrices) {
-    SM_CHECK_MSG(t.device() == Device::kCPU, op, " ", what, " ", t.DebugString());
-  }
-}
-
-// Each group's sums add into a vector of its own: a vector shared by two
-// groups would take both sums at once.
-void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
-  std::vector<const void*> at;
-  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
-  std::sort(at.begin(), at.end());
-  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
-               ": two groups share a vector; each group's sums need a ", what, " of its own");
-}
-
 template <typename T>
 T* At(const MatrixGroup& g, int64_t i) {
   return g.size() == 0 ? nullptr : g.matrices[i].data<T>();
@@ -160,9 +139,11 @@ void ScaleRowsColsGroup(const ExecContext&, const MatrixGroup& x, const MatrixGr
   const char* op = "ScaleRowsColsGroup";
   const int64_t n = x.size(), r = x.rows, c = x.cols;
   const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
-  CheckGroup(row, n, 1, r, x.dtype, true, op, "row");
-  CheckGroup(col, n, 1, c, x.dtype, true, op, "col");
-  CheckGroup(out, n, r, c, rounded ? DType::kBF16 : x.dtype, false, op, "out");
+  ops::CheckMatrixGroup(x, n, r, c, x.dtype, Device::kCPU, false, op, "x");
+  ops::CheckMatrixGroup(row, n, 1, r, x.dtype, Device::kCPU, true, op, "row");
+  ops::CheckMatrixGroup(col, n, 1, c, x.dtype, Device::kCPU, true, op, "col");
+  ops::CheckMatrixGroup(out, n, r, c, rounded ? DType::kBF16 : x.dtype, Device::kCPU, false, op,
+                        "out");
   if (n == 0) return;
   const Dims d{1, r, c};
   DispatchFloat(x.matrices[0], [&](auto zero) {
@@ -187,14 +168,15 @@ void ScaleRowsColsBackwardGroup(const ExecContext&, const MatrixGroup& x, const 
   const char* op = "ScaleRowsColsBackwardGroup";
   const int64_t n = x.size(), r = x.rows, c = x.cols;
   const DType dt = x.dtype;
-  CheckGroup(row, n, 1, r, dt, true, op, "row");
-  CheckGroup(col, n, 1, c, dt, true, op, "col");
-  CheckGroup(d_out, n, r, c, dt, false, op, "d_out");
-  CheckGroup(d_x, n, r, c, dt, true, op, "d_x");
-  CheckGroup(d_row, n, 1, r, dt, true, op, "d_row");
-  CheckGroup(d_col, n, 1, c, dt, true, op, "d_col");
-  CheckDistinct(d_row, op, "d_row");
-  CheckDistinct(d_col, op, "d_col");
+  ops::CheckMatrixGroup(x, n, r, c, dt, Device::kCPU, false, op, "x");
+  ops::CheckMatrixGroup(row, n, 1, r, dt, Device::kCPU, true, op, "row");
+  ops::CheckMatrixGroup(col, n, 1, c, dt, Device::kCPU, true, op, "col");
+  ops::CheckMatrixGroup(d_out, n, r, c, dt, Device::kCPU, false, op, "d_out");
+  ops::CheckMatrixGroup(d_x, n, r, c, dt, Device::kCPU, true, op, "d_x");
+  ops::CheckMatrixGroup(d_row, n, 1, r, dt, Device::kCPU, true, op, "d_row");
+  ops::CheckMatrixGroup(d_col, n, 1, c, dt, Device::kCPU, true, op, "d_col");
+  ops::CheckOwnMatrices(d_row, op, "d_row");
+  ops::CheckOwnMatrices(d_col, op, "d_col");
   if (n == 0) return;
   const Dims d{1, r, c};
   DispatchFloat(x.matrices[0], [&](auto zero) {

@@ -12,6 +12,7 @@
 
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/matrix_group_checks.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -147,28 +148,6 @@ void CheckF64(const ExecContext& ctx, const Tensor& t, int64_t n, const char* op
                "], got ", t.DebugString());
 }
 
-// A group of G vectors [1, n] of one dtype on the device.
-void CheckVectors(const ExecContext& ctx, const MatrixGroup& g, int64_t size, int64_t n,
-                  DType dtype, const char* op, const char* what) {
-  SM_CHECK_MSG(g.size() == size && g.rows == 1 && g.cols == n && g.dtype == dtype, op, " ", what,
-               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
-               ", expected ", size, " x [1, ", n, "] ", DTypeName(dtype));
-  SM_CHECK_MSG(
-      g.addresses.numel() == g.size() && (g.size() == 0 || g.addresses.device() == Device::kCUDA),
-      op, " ", what, ": the group's address table is not on the device (MakeMatrixGroup)");
-  for (const Tensor& m : g.matrices) CheckOnDevice(ctx, m, op, what);
-}
-
-// Each group's gradient is its own: a shared one would take several sums at
-// once.
-void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
-  std::vector<const void*> at;
-  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
-  std::sort(at.begin(), at.end());
-  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
-               ": two groups share a vector; each group needs a ", what, " of its own");
-}
-
 const int64_t* Table(const MatrixGroup& g) {
   return static_cast<const int64_t*>(g.addresses.raw_data());
 }
@@ -254,9 +233,9 @@ void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
                              const MatrixGroup& beta, const MatrixGroup& gamma) {
   constexpr const char* kOp = "MagnitudeDirectionGroup";
   const int64_t groups = alpha.size(), d = alpha.cols;
-  CheckVectors(ctx, alpha, groups, d, alpha.dtype, kOp, "alpha");
-  CheckVectors(ctx, beta, groups, 1, alpha.dtype, kOp, "beta");
-  CheckVectors(ctx, gamma, groups, d, alpha.dtype, kOp, "gamma");
+  ops::CheckMatrixGroup(alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "alpha");
+  ops::CheckMatrixGroup(beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "beta");
+  ops::CheckMatrixGroup(gamma, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "gamma");
   const int64_t n = groups * d;
   if (n == 0) return;
   DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {
@@ -272,13 +251,13 @@ void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& 
                                      const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
   constexpr const char* kOp = "MagnitudeDirectionBackwardGroup";
   const int64_t groups = alpha.size(), d = alpha.cols;
-  CheckVectors(ctx, alpha, groups, d, alpha.dtype, kOp, "alpha");
-  CheckVectors(ctx, beta, groups, 1, alpha.dtype, kOp, "beta");
-  CheckVectors(ctx, d_gamma, groups, d, alpha.dtype, kOp, "d_gamma");
-  CheckVectors(ctx, d_alpha, groups, d, alpha.dtype, kOp, "d_alpha");
-  CheckVectors(ctx, d_beta, groups, 1, alpha.dtype, kOp, "d_beta");
-  CheckDistinct(d_alpha, kOp, "d_alpha");
-  CheckDistinct(d_beta, kOp, "d_beta");
+  ops::CheckMatrixGroup(alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "alpha");
+  ops::CheckMatrixGroup(beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "beta");
+  ops::CheckMatrixGroup(d_gamma, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "d_gamma");
+  ops::CheckMatrixGroup(d_alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "d_alpha");
+  ops::CheckMatrixGroup(d_beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "d_beta");
+  ops::CheckOwnMatrices(d_alpha, kOp, "d_alpha");
+  ops::CheckOwnMatrices(d_beta, kOp, "d_beta");
   if (groups == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(groups, kMaxBlocks));
   DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {

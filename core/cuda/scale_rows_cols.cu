@@ -17,6 +17,7 @@
 
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/matrix_group_checks.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -258,30 +259,6 @@ Strided<T> Slices(const Tensor& t, int64_t stride) {
 
 // ---------------------------------------------------------------- groups
 
-// Checks a group of G matrices [r, c] on the device (or an empty group where
-// `optional`).
-void CheckGroup(const ExecContext& ctx, const MatrixGroup& g, int64_t size, int64_t r, int64_t c,
-                DType dtype, bool optional, const char* op, const char* what) {
-  if (optional && g.size() == 0) return;
-  SM_CHECK_MSG(g.size() == size && g.rows == r && g.cols == c && g.dtype == dtype, op, " ", what,
-               ": ", g.size(), " x [", g.rows, ", ", g.cols, "] ", DTypeName(g.dtype),
-               ", expected ", size, " x [", r, ", ", c, "] ", DTypeName(dtype));
-  SM_CHECK_MSG(
-      g.addresses.numel() == g.size() && (g.size() == 0 || g.addresses.device() == Device::kCUDA),
-      op, " ", what, ": the group's address table is not on the device (MakeMatrixGroup)");
-  for (const Tensor& m : g.matrices) CheckOnDevice(ctx, m, op, what);
-}
-
-// Each group's sums add into a vector of its own: a vector shared by two
-// groups would take both sums at once.
-void CheckDistinct(const MatrixGroup& g, const char* op, const char* what) {
-  std::vector<const void*> at;
-  for (const Tensor& t : g.matrices) at.push_back(t.raw_data());
-  std::sort(at.begin(), at.end());
-  SM_CHECK_MSG(std::adjacent_find(at.begin(), at.end()) == at.end(), op, " ", what,
-               ": two groups share a vector; each group's sums need a ", what, " of its own");
-}
-
 template <typename T>
 Table<T> Entries(const MatrixGroup& g) {
   return {g.size() == 0 ? nullptr : static_cast<const int64_t*>(g.addresses.raw_data())};
@@ -339,10 +316,11 @@ void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const Matr
   const int64_t n = x.size();
   const Dims d{n, x.rows, x.cols};
   const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
-  CheckGroup(ctx, x, n, d.r, d.c, x.dtype, false, op, "x");
-  CheckGroup(ctx, row, n, 1, d.r, x.dtype, true, op, "row");
-  CheckGroup(ctx, col, n, 1, d.c, x.dtype, true, op, "col");
-  CheckGroup(ctx, out, n, d.r, d.c, rounded ? DType::kBF16 : x.dtype, false, op, "out");
+  ops::CheckMatrixGroup(x, n, d.r, d.c, x.dtype, Device::kCUDA, false, op, "x");
+  ops::CheckMatrixGroup(row, n, 1, d.r, x.dtype, Device::kCUDA, true, op, "row");
+  ops::CheckMatrixGroup(col, n, 1, d.c, x.dtype, Device::kCUDA, true, op, "col");
+  ops::CheckMatrixGroup(out, n, d.r, d.c, rounded ? DType::kBF16 : x.dtype, Device::kCUDA, false,
+                        op, "out");
   if (n == 0) return;
   const bool aligned = GroupAligned16(x) && GroupAligned16(col) && GroupAligned16(out);
   DispatchFloat(x.matrices[0], [&](auto tag) {
@@ -368,15 +346,15 @@ void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
   const int64_t n = x.size();
   const Dims d{n, x.rows, x.cols};
   const DType dt = x.dtype;
-  CheckGroup(ctx, x, n, d.r, d.c, dt, false, op, "x");
-  CheckGroup(ctx, row, n, 1, d.r, dt, true, op, "row");
-  CheckGroup(ctx, col, n, 1, d.c, dt, true, op, "col");
-  CheckGroup(ctx, d_out, n, d.r, d.c, dt, false, op, "d_out");
-  CheckGroup(ctx, d_x, n, d.r, d.c, dt, true, op, "d_x");
-  CheckGroup(ctx, d_row, n, 1, d.r, dt, true, op, "d_row");
-  CheckGroup(ctx, d_col, n, 1, d.c, dt, true, op, "d_col");
-  CheckDistinct(d_row, op, "d_row");
-  CheckDistinct(d_col, op, "d_col");
+  ops::CheckMatrixGroup(x, n, d.r, d.c, dt, Device::kCUDA, false, op, "x");
+  ops::CheckMatrixGroup(row, n, 1, d.r, dt, Device::kCUDA, true, op, "row");
+  ops::CheckMatrixGroup(col, n, 1, d.c, dt, Device::kCUDA, true, op, "col");
+  ops::CheckMatrixGroup(d_out, n, d.r, d.c, dt, Device::kCUDA, false, op, "d_out");
+  ops::CheckMatrixGroup(d_x, n, d.r, d.c, dt, Device::kCUDA, true, op, "d_x");
+  ops::CheckMatrixGroup(d_row, n, 1, d.r, dt, Device::kCUDA, true, op, "d_row");
+  ops::CheckMatrixGroup(d_col, n, 1, d.c, dt, Device::kCUDA, true, op, "d_col");
+  ops::CheckOwnMatrices(d_row, op, "d_row");
+  ops::CheckOwnMatrices(d_col, op, "d_col");
   if (n == 0) return;
   DispatchFloat(x.matrices[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
