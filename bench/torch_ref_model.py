@@ -379,6 +379,29 @@ class Model(nn.Module):
         head = self.wte if self.head is None else self.head
         return self.head_fn(x, gamma, head, targets, self.eps), aux, counts
 
+def fold_leaves(model, fold_dtype):
+    """The step's folded weights and the detached leaves the micro-batches use."""
+    eff = model.folded()
+    if not model.folds:
+        return eff, eff
+    ws = [{part: {k: v.detach().to(fold_dtype).requires_grad_(True) for k, v in d.items()}
+           for part, d in blk.items()} for blk in eff]
+    return eff, ws
+
+
+def fold_backward(eff, ws):
+    """The fold's backward, once per step: the leaves' accumulated gradients
+    flow back through the fold into W, γ and u."""
+    outs, grads = [], []
+    for blk_eff, blk_ws in zip(eff, ws):
+        for part in blk_eff:
+            for k, v in blk_eff[part].items():
+                g = blk_ws[part][k].grad
+                if g is not None and v.requires_grad:
+                    outs.append(v)
+                    grads.append(g.to(v.dtype))
+    torch.autograd.backward(outs, grads)
+
 def param_groups(model, cfg):
     """AdamW groups by the decay policy, with optim/param_groups.cc's rule
     (torch_train_rules.decays): scale vectors are 1-D there (an expert's γ,

@@ -127,12 +127,7 @@ def run_train(cfg, args, device):
 
     def step(i):
         opt.zero_grad(set_to_none=True)
-        eff = model.folded()
-        if model.folds:
-            ws = [{part: {k: v.detach().to(fold_dtype).requires_grad_(True)
-                          for k, v in d.items()} for part, d in blk.items()} for blk in eff]
-        else:
-            ws = eff
+        eff, ws = M.fold_leaves(model, fold_dtype)
         step_counts = None
         for m in range(accum):
             batch = data[(i * accum + m) % data.shape[0]]
@@ -142,15 +137,7 @@ def run_train(cfg, args, device):
             step_counts = counts if step_counts is None else [
                 a + b for a, b in zip(step_counts, counts)]
         if model.folds:  # the fold's backward, once per step
-            outs, grads = [], []
-            for blk_eff, blk_ws in zip(eff, ws):
-                for part in blk_eff:
-                    for k, v in blk_eff[part].items():
-                        g = blk_ws[part][k].grad
-                        if g is not None and v.requires_grad:
-                            outs.append(v)
-                            grads.append(g.to(v.dtype))
-            torch.autograd.backward(outs, grads)
+            M.fold_backward(eff, ws)
         if cfg["optimizer.grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg["optimizer.grad_clip"],
                                            **({"foreach": True} if fused else {}))

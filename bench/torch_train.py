@@ -82,28 +82,6 @@ class Windows:
         return self.stream[self.starts[index][:, None] + self.offsets].long()
 
 
-def fold_leaves(model, fold_dtype):
-    """The step's folded weights and the detached leaves the micro-batches use."""
-    eff = model.folded()
-    if not model.folds:
-        return eff, eff
-    ws = [{part: {k: v.detach().to(fold_dtype).requires_grad_(True) for k, v in d.items()}
-           for part, d in blk.items()} for blk in eff]
-    return eff, ws
-
-
-def fold_backward(eff, ws):
-    outs, grads = [], []
-    for blk_eff, blk_ws in zip(eff, ws):
-        for part in blk_eff:
-            for k, v in blk_eff[part].items():
-                g = blk_ws[part][k].grad
-                if g is not None and v.requires_grad:
-                    outs.append(v)
-                    grads.append(g.to(v.dtype))
-    torch.autograd.backward(outs, grads)
-
-
 def evaluate(model, val, micro_batches, autocast):
     """Mean cross-entropy over the eval micro-batches, eager (no compile)."""
     fns, head = model.block_fns, model.head_fn
@@ -167,7 +145,7 @@ def train(cfg, args, device):
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad(set_to_none=True)
-        eff, ws = fold_leaves(model, torch.float32)
+        eff, ws = M.fold_leaves(model, torch.float32)
         total = torch.zeros((), device=device)
         step_counts = None
         for m in range(accum):
@@ -179,7 +157,7 @@ def train(cfg, args, device):
             step_counts = counts if step_counts is None else [
                 a + c for a, c in zip(step_counts, counts)]
         if model.folds:
-            fold_backward(eff, ws)
+            M.fold_backward(eff, ws)
         if cfg["optimizer.grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg["optimizer.grad_clip"],
                                            **({"foreach": True} if fused else {}))
