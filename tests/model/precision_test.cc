@@ -201,6 +201,24 @@ TEST(ModelPrecisionTest, Bf16OperandsStayWithinBf16RoundingOfFp32) {
 }
 
 // Routing decisions come from fp32 logits whatever train.precision says.
+// The forward cache the tiny model (f32 parameters, CPU) keeps after one
+// micro-batch's Forward (2 x 5 tokens), moved out into a stash.
+ForwardCacheStash ForwardCacheOfOneStep(const config::RunConfig& cfg) {
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+  std::vector<int32_t> ids(10), next(10);
+  for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
+  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const ExecContext ctx;
+  Must(model.PrepareStep(ctx));
+  Must(model.Forward(ctx, tokens, targets));
+  ForwardCacheStash stash;
+  model.VisitForwardCache(stash);
+  return stash;
+}
+
 // Under BF16 the FFNs' F-wide activations (gate, up, SwiGLU output, which
 // the backward keeps) are bf16, written and read by the GEMMs; under FP32
 // they are fp32. Found in the model's forward cache by their last dim (the
@@ -214,18 +232,7 @@ TEST(ModelPrecisionTest, Bf16KeepsTheFfnActivationsInBf16) {
     for (auto precision : {config::TrainConfig::FP32, config::TrainConfig::BF16}) {
       config::RunConfig cfg = base;
       cfg.mutable_train()->set_precision(precision);
-      ParamRegistry registry;
-      MoeTransformer model(registry, cfg);
-      Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
-      std::vector<int32_t> ids(10), next(10);
-      for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
-      const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
-      const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
-      const ExecContext ctx;
-      Must(model.PrepareStep(ctx));
-      Must(model.Forward(ctx, tokens, targets));
-      ForwardCacheStash stash;
-      model.VisitForwardCache(stash);
+      const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
       int ffn_wide = 0;
       const DType want = precision == config::TrainConfig::BF16 ? DType::kBF16 : DType::kF32;
       stash.ForEachTensor([&](const Tensor& t) {
@@ -247,17 +254,7 @@ TEST(ModelPrecisionTest, Bf16KeepsTheFfnActivationsInBf16) {
 TEST(ModelPrecisionTest, Bf16MapsOfOneInputShareOneCopy) {
   config::RunConfig cfg = testing::TinyConfig(0);
   cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
-  ParamRegistry registry;
-  MoeTransformer model(registry, cfg);
-  Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
-  std::vector<int32_t> ids(10, 3), next(10, 5);
-  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
-  const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
-  const ExecContext ctx;
-  Must(model.PrepareStep(ctx));
-  Must(model.Forward(ctx, tokens, targets));
-  ForwardCacheStash stash;
-  model.VisitForwardCache(stash);
+  const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
   std::vector<Tensor> copies;
   stash.ForEachTensor([&](const Tensor& t) {
     if (!t.defined() || t.dtype() != DType::kBF16 || t.ndim() != 2 ||
