@@ -6,9 +6,9 @@
 // operands: every gradient's cosine with the fp32 CPU one ≥ 0.999 (the
 // presets with the CPU's routing forced: see their test). Two GPU
 // runs give the same bits. Tiny dense and MoE models over the scale-vector
-// variants, both fold paths and the per-token path; and the GPU presets
-// (gpu_moe_125m, gpu_finegrained_64e) cut to their first MoE layer, at their
-// full widths, on 2 x 128 tokens.
+// variants, both fold paths and the per-token path; and the presets:
+// tiny_cpu whole, gpu_moe_125m and gpu_finegrained_64e cut to their first
+// MoE layer, at their full widths, on 2 x 128 tokens.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -143,7 +143,8 @@ class CudaPresetTest : public testing::CudaOpTest,
  protected:
   config::RunConfig Preset(config::TrainConfig::Precision precision) const {
     const std::string name = GetParam();
-    const int layers = name == "gpu_finegrained_64e" ? 2 : 1;
+    // The GPU presets through their first MoE layer; tiny_cpu whole.
+    const int layers = name == "tiny_cpu" ? 4 : name == "gpu_finegrained_64e" ? 2 : 1;
     return Must(LoadConfig(
         "configs/" + name + ".textproto",
         {"model.num_layers=" + std::to_string(layers), "model.seq_length=128",
@@ -220,7 +221,7 @@ TEST_P(CudaPresetTest, Bf16WithTheCpuRoutingTracksTheFp32Cpu) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,
-                         ::testing::Values("gpu_moe_125m", "gpu_finegrained_64e"),
+                         ::testing::Values("tiny_cpu", "gpu_moe_125m", "gpu_finegrained_64e"),
                          [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
