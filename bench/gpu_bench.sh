@@ -22,6 +22,8 @@
 #   Variants/*: the tiny model's variants, fp32 exact and bf16, in seconds;
 #   scripts/gpu_check.sh runs the presets' whole-model cases)
 #   TORCH=0: skip the PyTorch reference (ours only)
+#   SKIP_BUILD=1: use BUILD_DIR's binaries as they are (e.g. built on
+#   another machine with the same CUDA and carried over)
 #   OPS=1: also torch_reference.py --ops per preset (torch.matmul, SDPA,
 #   torch._grouped_mm, fused AdamW at the preset's shapes; issue 13's table).
 # Raw output: BUILD_DIR/gpu_bench/*.log and results.jsonl (one BENCH_JSON each).
@@ -82,12 +84,16 @@ if [ "$have_torch" = 1 ] && [ "$compile" != none ] && [ "${PREWARM:-1}" = 1 ]; t
   stamp "torch compile pre-warm started in the background"
 fi
 
-stamp "building train_step_bench, scalemoe and model_cuda_model_test in $build"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null || exit 1
-if ! cmake --build "$build" -j"$(nproc)" --target train_step_bench scalemoe model_cuda_model_test \
-    > "$out/build.log" 2>&1; then
-  grep -E "error" "$out/build.log" | head -20
-  exit 1
+if [ "${SKIP_BUILD:-0}" = 1 ]; then
+  stamp "SKIP_BUILD=1: using the binaries in $build"
+else
+  stamp "building train_step_bench, scalemoe and model_cuda_model_test in $build"
+  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null || exit 1
+  if ! cmake --build "$build" -j"$(nproc)" --target train_step_bench scalemoe \
+      model_cuda_model_test > "$out/build.log" 2>&1; then
+    grep -E "error" "$out/build.log" | head -20
+    exit 1
+  fi
 fi
 [ -n "$prewarm_pid" ] && wait "$prewarm_pid"
 stamp "built"
