@@ -133,13 +133,13 @@ class ScaledLinear {
   }
   DType gemm_dtype() const { return gemm_dtype_; }
   const Tensor& gemm_weight_grad() const { return GemmWeightGrad(); }
+  // Whether Forward's GEMM reads x itself (in its dtype): no per-token γ.
+  bool gemm_reads_x() const { return !per_token_gamma(); }
   // The dtype Forward may write y in (and Backward read d_y in) when the
   // activations are `activations`: the GEMM's (bf16 with bf16 operands: the
   // GEMM writes it directly, and a bf16 d_y enters the backward GEMMs
   // without a copy) unless a per-token u follows the GEMM (its op takes one
   // dtype for all). After PrepareStep.
-  // Whether Forward's GEMM reads x itself (in its dtype): no per-token γ.
-  bool gemm_reads_x() const { return !per_token_gamma(); }
   DType output_dtype(DType activations) const { return per_token_u() ? activations : gemm_dtype_; }
 
  private:
