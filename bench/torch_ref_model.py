@@ -402,6 +402,18 @@ def fold_backward(eff, ws):
                     grads.append(g.to(v.dtype))
     torch.autograd.backward(outs, grads)
 
+def finish_step(model, opt, params, grad_clip, fused, eff, ws, step_counts):
+    """A step after its micro-batches' backward: the fold's backward (once
+    per step), global-norm clipping, the optimizer step, and the expert-bias
+    update from the step's token counts."""
+    if model.folds:
+        fold_backward(eff, ws)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip, **({"foreach": True} if fused else {}))
+    opt.step()
+    for layer, c in zip(model.moe_layers(), step_counts or []):
+        layer.update_bias(c)
+
 def param_groups(model, cfg):
     """AdamW groups by the decay policy, with optim/param_groups.cc's rule
     (torch_train_rules.decays): scale vectors are 1-D there (an expert's γ,

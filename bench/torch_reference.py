@@ -136,14 +136,7 @@ def run_train(cfg, args, device):
             (loss / accum).backward()
             step_counts = counts if step_counts is None else [
                 a + b for a, b in zip(step_counts, counts)]
-        if model.folds:  # the fold's backward, once per step
-            M.fold_backward(eff, ws)
-        if cfg["optimizer.grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg["optimizer.grad_clip"],
-                                           **({"foreach": True} if fused else {}))
-        opt.step()
-        for layer, c in zip(model.moe_layers(), step_counts or []):
-            layer.update_bias(c)
+        M.finish_step(model, opt, params, cfg["optimizer.grad_clip"], fused, eff, ws, step_counts)
         return loss
 
     compile_note = compile_mode

@@ -156,14 +156,7 @@ def train(cfg, args, device):
             total += loss.detach().float() / accum
             step_counts = counts if step_counts is None else [
                 a + c for a, c in zip(step_counts, counts)]
-        if model.folds:
-            M.fold_backward(eff, ws)
-        if cfg["optimizer.grad_clip"] > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg["optimizer.grad_clip"],
-                                           **({"foreach": True} if fused else {}))
-        opt.step()
-        for layer, c in zip(model.moe_layers(), step_counts or []):
-            layer.update_bias(c)
+        M.finish_step(model, opt, params, cfg["optimizer.grad_clip"], fused, eff, ws, step_counts)
         return total
 
     os.makedirs(args.out, exist_ok=True)
