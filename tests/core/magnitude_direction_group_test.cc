@@ -3,52 +3,34 @@
 // Dot then MagnitudeDirectionBackward (plain form), called on its own; for
 // several group sizes (one included), f32 and f64, one element and odd
 // lengths.
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
-#include "tests/testing/gradcheck.h"
+#include "tests/core/group_test_util.h"
+#include "tests/testing/same_bits.h"
 
 namespace scalemoe {
 namespace {
+
+using testing::Clones;
+using testing::Randoms;
+using testing::SameBits;
 
 struct Case {
   int64_t groups, d;
 };
 const Case kCases[] = {{1, 5}, {2, 1}, {3, 17}, {16, 40}};
 
-// G random vectors [1, d] in `dtype` (distinct streams).
-std::vector<Tensor> Randoms(int64_t groups, int64_t d, DType dtype, uint64_t stream) {
-  std::vector<Tensor> out;
-  for (int64_t g = 0; g < groups; ++g) {
-    Tensor t = Tensor::Empty({1, d}, dtype);
-    t.CopyFrom(testing::RandomTensor({1, d}, stream * 100 + g));
-    out.push_back(t);
-  }
-  return out;
-}
-
-std::vector<Tensor> Clones(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> out;
-  for (const Tensor& t : ts) out.push_back(t.Clone());
-  return out;
-}
-
-bool SameBits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
-}
-
 TEST(MagnitudeDirectionGroupTest, ForwardEqualsOneCallPerVector) {
   const ExecContext ctx;
   for (DType dtype : {DType::kF32, DType::kF64}) {
     for (const Case& k : kCases) {
-      const auto alpha = Randoms(k.groups, k.d, dtype, 1);
-      const auto beta = Randoms(k.groups, 1, dtype, 2);
-      const auto gamma = Randoms(k.groups, k.d, dtype, 3);  // overwritten
+      const auto alpha = Randoms(k.groups, {1, k.d}, dtype, 1);
+      const auto beta = Randoms(k.groups, {1, 1}, dtype, 2);
+      const auto gamma = Randoms(k.groups, {1, k.d}, dtype, 3);  // overwritten
       ops::MagnitudeDirectionGroup(ctx, ops::MakeMatrixGroup(ctx, alpha),
                                    ops::MakeMatrixGroup(ctx, beta),
                                    ops::MakeMatrixGroup(ctx, gamma));
@@ -67,11 +49,11 @@ TEST(MagnitudeDirectionGroupTest, BackwardEqualsDotThenBackwardPerVector) {
   for (DType dtype : {DType::kF32, DType::kF64}) {
     for (const Case& k : kCases) {
       const std::string what = absl::StrCat(DTypeName(dtype), " ", k.groups, " x ", k.d);
-      const auto alpha = Randoms(k.groups, k.d, dtype, 1);
-      const auto beta = Randoms(k.groups, 1, dtype, 2);
-      const auto d_gamma = Randoms(k.groups, k.d, dtype, 3);
-      const auto d_alpha = Randoms(k.groups, k.d, dtype, 4);  // accumulated
-      const auto d_beta = Randoms(k.groups, 1, dtype, 5);
+      const auto alpha = Randoms(k.groups, {1, k.d}, dtype, 1);
+      const auto beta = Randoms(k.groups, {1, 1}, dtype, 2);
+      const auto d_gamma = Randoms(k.groups, {1, k.d}, dtype, 3);
+      const auto d_alpha = Randoms(k.groups, {1, k.d}, dtype, 4);  // accumulated
+      const auto d_beta = Randoms(k.groups, {1, 1}, dtype, 5);
       const auto d_alpha_ref = Clones(d_alpha), d_beta_ref = Clones(d_beta);
       ops::MagnitudeDirectionBackwardGroup(
           ctx, ops::MakeMatrixGroup(ctx, alpha), ops::MakeMatrixGroup(ctx, beta),

@@ -3,17 +3,21 @@
 // call of its own, for several group sizes (one included), odd shapes,
 // undefined row or col, any subset of the backward's outputs, the in-place
 // unfold (d_x aliasing d_out) and the fold rounded to bf16.
-#include <cstring>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/ops.h"
 #include "gtest/gtest.h"
-#include "tests/testing/gradcheck.h"
+#include "tests/core/group_test_util.h"
+#include "tests/testing/same_bits.h"
 
 namespace scalemoe {
 namespace {
+
+using testing::Clones;
+using testing::Randoms;
+using testing::SameBits;
 
 struct Case {
   int64_t groups, r, c;
@@ -21,34 +25,11 @@ struct Case {
 const Case kCases[] = {{1, 3, 4}, {2, 1, 7}, {3, 5, 1}, {5, 17, 9}, {8, 33, 12}};
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
 
-// G random tensors of `shape` in `dtype` (distinct streams).
-std::vector<Tensor> Randoms(int64_t groups, const Shape& shape, DType dtype, uint64_t stream) {
-  std::vector<Tensor> out;
-  for (int64_t g = 0; g < groups; ++g) {
-    Tensor f64 = testing::RandomTensor(shape, stream * 100 + g);
-    Tensor t = Tensor::Empty(shape, dtype);
-    t.CopyFrom(f64);
-    out.push_back(t);
-  }
-  return out;
-}
-
-std::vector<Tensor> Clones(const std::vector<Tensor>& ts) {
-  std::vector<Tensor> out;
-  for (const Tensor& t : ts) out.push_back(t.Clone());
-  return out;
-}
-
 // The group of vectors [n] as [1, n] matrices; none when `vectors` is empty.
 ops::MatrixGroup VectorGroup(const ExecContext& ctx, const std::vector<Tensor>& vectors) {
   std::vector<Tensor> views;
   for (const Tensor& v : vectors) views.push_back(v.View({1, v.numel()}));
   return ops::MakeMatrixGroup(ctx, views);
-}
-
-bool SameBits(const Tensor& a, const Tensor& b) {
-  return a.shape() == b.shape() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }
 
 Tensor At(const std::vector<Tensor>& ts, size_t g) { return ts.empty() ? Tensor() : ts[g]; }

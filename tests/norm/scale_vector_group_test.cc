@@ -4,7 +4,6 @@
 // its own) — give the same bits as every vector's own Compute and Backward.
 #include "norm/scale_vector_group.h"
 
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -13,10 +12,13 @@
 #include "core/philox.h"
 #include "gtest/gtest.h"
 #include "norm/scale_vector.h"
+#include "tests/testing/same_bits.h"
 #include "tests/testing/status_util.h"
 
 namespace scalemoe {
 namespace {
+
+using testing::SameBits;
 
 using Sv = config::ScaleVectorConfig;
 using testing::Must;
@@ -59,11 +61,6 @@ struct Rig {
     }
   }
 };
-
-bool SameBits(const Tensor& a, const Tensor& b) {
-  return a.numel() == b.numel() && a.dtype() == b.dtype() &&
-         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
-}
 
 TEST(ScaleVectorGroupTest, EqualsEachVectorOnItsOwn) {
   const ExecContext ctx;

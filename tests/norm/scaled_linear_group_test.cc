@@ -9,7 +9,6 @@
 // in f32).
 #include "norm/scaled_linear_group.h"
 
-#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -19,10 +18,13 @@
 #include "gtest/gtest.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_linear.h"
+#include "tests/testing/same_bits.h"
 #include "tests/testing/status_util.h"
 
 namespace scalemoe {
 namespace {
+
+using testing::SameBits;
 
 using Sv = config::ScaleVectorConfig;
 using testing::Must;
@@ -88,12 +90,6 @@ struct Rig {
     return out;
   }
 };
-
-bool SameBits(const Tensor& a, const Tensor& b) {
-  return a.defined() == b.defined() &&
-         (!a.defined() || (a.shape() == b.shape() && a.dtype() == b.dtype() &&
-                           std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0));
-}
 
 TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
   const Variant variants[] = {
