@@ -6,7 +6,10 @@
 //   dgrad  dx[M, K]  = dy · W
 //   wgrad  dW[N, K] += dyᵀ · x                 (trans_a, beta 1; f32 dW for bf16)
 // Expert layers are batched over the experts (each with its own W), with the
-// tokens an expert sees when routing is balanced (tokens · top_k / experts).
+// tokens an expert sees when routing is balanced (tokens · top_k / experts):
+// in bf16 twice, as a strided batch through cuBLASLt (forms fwd, dgrad,
+// wgrad) and as the trainer runs them, row-stacked through ops::GroupedGemm
+// and ops::GroupedGemmWeightGrad with device offsets (gfwd, gdgrad, gwgrad).
 //
 // Timing: CUDA events around kInner back-to-back calls, rotating over
 // kSets input sets (so that repeated runs do not just hit L2), kSamples
@@ -27,6 +30,7 @@
 
 #include "bench/cuda_bench_util.h"
 #include "core/context.h"
+#include "core/host_values.h"
 #include "core/ops.h"
 
 namespace scalemoe {
@@ -56,10 +60,12 @@ constexpr BenchCase kCases[] = {
 
 constexpr int kSets = 3, kWarmup = 3, kInner = 4, kSamples = 25;
 
-enum class Form { kFwd, kDgrad, kWgrad };
+enum class Form { kFwd, kDgrad, kWgrad, kGroupedFwd, kGroupedDgrad, kGroupedWgrad };
 const char* FormName(Form f) {
-  return f == Form::kFwd ? "fwd" : f == Form::kDgrad ? "dgrad" : "wgrad";
+  constexpr const char* kNames[] = {"fwd", "dgrad", "wgrad", "gfwd", "gdgrad", "gwgrad"};
+  return kNames[static_cast<int>(f)];
 }
+bool Grouped(Form f) { return f >= Form::kGroupedFwd; }
 
 using bench::Check;
 using bench::RandomDevice;
@@ -92,9 +98,58 @@ double TimeCase(const ExecContext& ctx, const BenchCase& bc, DType dtype, Form f
       case Form::kWgrad:
         ops::Gemm(ctx, s.y, s.x, s.dw, {.trans_a = ops::Trans::kYes, .beta = 1.0});
         break;
+      default:
+        break;
     }
   };
   return bench::MedianMsPerCall(ctx, kWarmup, kInner, kSamples, call, "Gemm");
+}
+
+// The grouped forms: the experts' rows stacked [E·T, ·], balanced offsets,
+// each expert's W (and f32 dW) its own tensor of a MatrixGroup.
+struct GroupedSet {
+  Tensor x, y, dx, offsets;
+  ops::MatrixGroup w, dw;
+};
+
+double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
+  const int64_t rows = bc.batch * bc.tokens;
+  std::vector<int64_t> offsets;
+  for (int64_t e = 0; e <= bc.batch; ++e) offsets.push_back(e * bc.tokens);
+  std::vector<GroupedSet> sets;
+  for (int s = 0; s < kSets; ++s) {
+    GroupedSet set;
+    const uint64_t base = 100 * static_cast<uint64_t>(s);
+    set.x = RandomDevice(ctx, {rows, bc.in}, DType::kBF16, base + 1, 1.0);
+    set.y = RandomDevice(ctx, {rows, bc.out}, DType::kBF16, base + 3, 1.0);
+    set.dx = ctx.Empty({rows, bc.in}, DType::kBF16);
+    set.offsets = TableToDevice(ctx, {bc.batch + 1}, offsets);
+    std::vector<Tensor> w, dw;
+    for (int64_t e = 0; e < bc.batch; ++e) {
+      w.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kBF16, base + 10 + 2 * e, 0.02));
+      dw.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kF32, base + 11 + 2 * e, 1.0));
+    }
+    set.w = ops::MakeMatrixGroup(ctx, std::move(w));
+    set.dw = ops::MakeMatrixGroup(ctx, std::move(dw));
+    sets.push_back(std::move(set));
+  }
+  auto call = [&](int i) {
+    const GroupedSet& s = sets[i % kSets];
+    switch (form) {
+      case Form::kGroupedFwd:
+        ops::GroupedGemm(ctx, s.x, s.w, s.offsets, s.y, {.trans_b = ops::Trans::kYes});
+        break;
+      case Form::kGroupedDgrad:
+        ops::GroupedGemm(ctx, s.y, s.w, s.offsets, s.dx, {.trans_b = ops::Trans::kNo});
+        break;
+      case Form::kGroupedWgrad:
+        ops::GroupedGemmWeightGrad(ctx, s.y, s.x, s.offsets, s.dw, 1.0);
+        break;
+      default:
+        break;
+    }
+  };
+  return bench::MedianMsPerCall(ctx, kWarmup, kInner, kSamples, call, "GroupedGemm");
 }
 
 int Main(int argc, char** argv) {
@@ -111,16 +166,20 @@ int Main(int argc, char** argv) {
   std::printf("case\tdtype\tform\tbatch\tm\tn\tk\tms\ttflops\n");
   for (const BenchCase& bc : kCases) {
     for (DType dtype : {DType::kBF16, DType::kF32}) {
-      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad}) {
+      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd,
+                        Form::kGroupedDgrad, Form::kGroupedWgrad}) {
+        if (Grouped(form) && (bc.batch == 1 || dtype != DType::kBF16)) continue;
         // The product's M x N x K for this form.
         int64_t m = bc.tokens, n = bc.out, k = bc.in;  // fwd: [M, K] x [K, N]
-        if (form == Form::kDgrad) std::swap(n, k);      // [M, N] x [N, K]
-        if (form == Form::kWgrad) {                     // [N, M] x [M, K]
+        if (form == Form::kDgrad || form == Form::kGroupedDgrad)
+          std::swap(n, k);                                          // [M, N] x [N, K]
+        if (form == Form::kWgrad || form == Form::kGroupedWgrad) {  // [N, M] x [M, K]
           m = bc.out;
           n = bc.in;
           k = bc.tokens;
         }
-        const double ms = TimeCase(*ctx, bc, dtype, form);
+        const double ms =
+            Grouped(form) ? TimeGroupedCase(*ctx, bc, form) : TimeCase(*ctx, bc, dtype, form);
         const double tflops = 2.0 * bc.batch * m * n * k / (ms * 1e-3) / 1e12;
         std::printf("%s\t%s\t%s\t%lld\t%lld\t%lld\t%lld\t%.4f\t%.1f\n", bc.name,
                     dtype == DType::kBF16 ? "bf16" : "fp32", FormName(form),

@@ -7,7 +7,8 @@
 #   BUILD_DIR (default build-gpu) is configured when it has no CMakeCache.txt;
 #   ABSL_PREFIX=DIR in the environment points at an unpacked Abseil (as
 #   scripts/gpu_check.sh's argument, e.g. .device/absl/usr). Raw rows are
-#   left in BUILD_DIR/gemm_bench/.
+#   left in BUILD_DIR/gemm_bench/. SKIP_BUILD=1 uses BUILD_DIR's
+#   cuda_gemm_bench as it is (e.g. built on another machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-gpu}
@@ -17,10 +18,12 @@ if [ -n "${ABSL_PREFIX:-}" ]; then
   extra+=(-Dabsl_DIR="$prefix/lib/x86_64-linux-gnu/cmake/absl")
   export LD_LIBRARY_PATH="$prefix/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 fi
-if [ ! -f "$build/CMakeCache.txt" ]; then
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  if [ ! -f "$build/CMakeCache.txt" ]; then
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null
+  fi
+  cmake --build "$build" --target cuda_gemm_bench -j"$(nproc)" 2>&1 | grep -E "error|warning" || true
 fi
-cmake --build "$build" --target cuda_gemm_bench -j"$(nproc)" 2>&1 | grep -E "error|warning" || true
 out="$build/gemm_bench"
 mkdir -p "$out"
 "$build/bench/cuda_gemm_bench" --list > "$out/cases.tsv"
@@ -42,8 +45,8 @@ def rows(path):
     return {(r[0], r[1], r[2]): dict(zip(head, r)) for r in body}
 
 ours, torch = rows(sys.argv[1]), rows(sys.argv[2])
-print(f"GEMM TFLOP/s, ops::Gemm (cuBLASLt) vs torch.matmul, median of 25 x 4 calls; {sys.argv[3]}")
-print(f"{'case':<18} {'dtype':<5} {'form':<5} {'batch x M x N x K':<24} {'ours':>7} {'torch':>7} {'ratio':>6}  note")
+print(f"GEMM TFLOP/s, ops::Gemm (cuBLASLt) and ops::GroupedGemm (g*) vs torch.matmul and torch._grouped_mm, median of 25 x 4 calls; {sys.argv[3]}")
+print(f"{'case':<18} {'dtype':<5} {'form':<6} {'batch x M x N x K':<24} {'ours':>7} {'torch':>7} {'ratio':>6}  note")
 ratios = {}
 for key, o in ours.items():
     t = torch.get(key)
@@ -52,10 +55,10 @@ for key, o in ours.items():
     if t:
         torch_tf = float(t["tflops"])
         ratio = ours_tf / torch_tf if torch_tf > 0 else float("nan")
-        ratios.setdefault(key[1], []).append(ratio)
-        print(f"{key[0]:<18} {key[1]:<5} {key[2]:<5} {shape:<24} {ours_tf:7.1f} {torch_tf:7.1f} {ratio:6.2f}  {t.get('note', '')}")
+        ratios.setdefault(key[1] + (" grouped" if key[2].startswith("g") else ""), []).append(ratio)
+        print(f"{key[0]:<18} {key[1]:<5} {key[2]:<6} {shape:<24} {ours_tf:7.1f} {torch_tf:7.1f} {ratio:6.2f}  {t.get('note', '')}")
     else:
-        print(f"{key[0]:<18} {key[1]:<5} {key[2]:<5} {shape:<24} {ours_tf:7.1f} {'-':>7} {'-':>6}")
+        print(f"{key[0]:<18} {key[1]:<5} {key[2]:<6} {shape:<24} {ours_tf:7.1f} {'-':>7} {'-':>6}")
 for dtype, rs in ratios.items():
     good = [r for r in rs if r > 0 and math.isfinite(r)]
     if good:

@@ -10,6 +10,9 @@ a linear layer y = x @ W.T (x [B?, M, K], W [B?, N, K]):
   wgrad  dW.addmm_(dy.T, x) / dW.baddbmm_(...)  (accumulates, beta 1)
 For bf16, torch's wgrad accumulates into a bf16 dW (torch has no bf16 x bf16
 -> fp32 addmm); ours writes an fp32 dW. Same FLOPs; the table notes it.
+The expert cases (batch > 1) in bf16 also run row-stacked through
+torch._grouped_mm with balanced offsets (forms gfwd, gdgrad, gwgrad; the
+weight gradient is written, not accumulated, in bf16), when it exists.
 
 usage: torch_matmul_bench.py CASES   (CASES: `cuda_gemm_bench --list` output)
 Prints rows `case dtype form batch m n k ms tflops note`, tab-separated.
@@ -60,6 +63,36 @@ def time_case(batch, tokens, k_in, n_out, dtype, form):
         else:
             dw.addmm_(y.t(), x)
 
+    ms = time_calls(call)
+    del sets
+    return ms
+
+
+def time_grouped(batch, tokens, k_in, n_out, form):
+    dev = torch.device("cuda")
+    gen = torch.Generator(device=dev)
+    gen.manual_seed(2024)
+
+    def randn(*shape, std=1.0):
+        return (torch.randn(*shape, device=dev, generator=gen) * std).to(torch.bfloat16)
+
+    offs = torch.arange(1, batch + 1, device=dev, dtype=torch.int32) * tokens
+    sets = [(randn(batch * tokens, k_in), randn(batch, n_out, k_in, std=0.02),
+             randn(batch * tokens, n_out)) for _ in range(SETS)]
+
+    def call(i):
+        x, w, y = sets[i % SETS]
+        if form == "gfwd":
+            return torch._grouped_mm(x, w.transpose(-2, -1), offs=offs)
+        if form == "gdgrad":
+            return torch._grouped_mm(y, w, offs=offs)
+        return torch._grouped_mm(y.t(), x, offs=offs)
+
+    call(0)  # raises here if this form is not supported
+    return time_calls(call)
+
+
+def time_calls(call):
     for i in range(WARMUP):
         call(i)
     torch.cuda.synchronize()
@@ -73,7 +106,6 @@ def time_case(batch, tokens, k_in, n_out, dtype, form):
         stop.synchronize()
         samples.append(start.elapsed_time(stop))
     samples.sort()
-    del sets
     torch.cuda.empty_cache()
     return samples[SAMPLES // 2] / INNER
 
@@ -99,6 +131,22 @@ def main():
                 note = "torch dW bf16" if form == "wgrad" and dname == "bf16" else ""
                 print(f"{name}\t{dname}\t{form}\t{batch}\t{m}\t{n}\t{k}\t{ms:.4f}\t{tflops:.1f}\t{note}",
                       flush=True)
+        if batch == 1 or not hasattr(torch, "_grouped_mm"):
+            continue
+        for form in ("gfwd", "gdgrad", "gwgrad"):
+            m, n, k = tokens, n_out, k_in
+            if form == "gdgrad":
+                n, k = k, n
+            elif form == "gwgrad":
+                m, n, k = n_out, k_in, tokens
+            try:
+                ms = time_grouped(batch, tokens, k_in, n_out, form)
+            except RuntimeError as e:  # a layout this release's kernel refuses
+                print(f"torch_matmul_bench: {name} {form}: {str(e).splitlines()[0]}", file=sys.stderr)
+                continue
+            tflops = 2.0 * batch * m * n * k / (ms * 1e-3) / 1e12
+            note = "torch._grouped_mm" + (", dW bf16" if form == "gwgrad" else "")
+            print(f"{name}\tbf16\t{form}\t{batch}\t{m}\t{n}\t{k}\t{ms:.4f}\t{tflops:.1f}\t{note}", flush=True)
 
 
 if __name__ == "__main__":

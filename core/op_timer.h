@@ -57,7 +57,7 @@ struct OpTime {
 // per op since the last Collect, largest first, and starts afresh.
 std::vector<OpTime> Collect();
 
-// The table row an op belongs to: "GEMM", "attention", "routing",
+// The table row an op belongs to: "GEMM", "expert GEMM", "attention", "routing",
 // "permutation", "norms+elementwise", "embedding+loss", "optimizer" or "other".
 const char* CategoryOf(const std::string& op);
 

@@ -9,18 +9,17 @@
 // - GroupedGemmWeightGrad: A_g = (the group's rows of a)ᵀ, B_g = the same
 //   rows of b, C_g = the group's output matrix; grid z = the group, the
 //   reduction runs over the group's rows.
-// Kernels: bf16 inputs on tensor cores (WMMA 16x16x16, f32 accumulators,
-// 128x128x32 tiles, cp.async double buffering) when every contiguous dim is
+// Kernels: bf16 inputs on tensor cores (mma.sync m16n8k16 with ldmatrix, f32
+// accumulators, 128x128x32 tiles, a 4-stage cp.async ring) when every contiguous dim is
 // a multiple of 8 and every pointer 16-byte aligned; otherwise (f32, f64,
 // odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
 // same bits on every run.
-#include <mma.h>
-
 #include <type_traits>
 
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/mma_sync.cuh"
 
 namespace scalemoe::cuda {
 namespace {
@@ -100,6 +99,48 @@ __device__ __forceinline__ void StoreOut(OutT* dst, A acc, float beta) {
   *dst = FromAcc<OutT>(static_cast<Acc<OutT>>(v));
 }
 
+// The pair row[col], row[col + 1] (nothing past n; col is even and n a
+// multiple of 8, so a pair is all in or all out), as one access when
+// `pair` (the pair is aligned) or element by element.
+__device__ __forceinline__ void LoadPair(const float* row, int64_t col, int64_t n, bool pair,
+                                         float (&v)[2]) {
+  if (col >= n) return;
+  if (pair) {
+    const float2 x = *reinterpret_cast<const float2*>(row + col);
+    v[0] = x.x, v[1] = x.y;
+  } else {
+    v[0] = row[col], v[1] = row[col + 1];
+  }
+}
+__device__ __forceinline__ void LoadPair(const bf16* row, int64_t col, int64_t n, bool pair,
+                                         float (&v)[2]) {
+  if (col >= n) return;
+  if (pair) {
+    const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + col));
+    v[0] = x.x, v[1] = x.y;
+  } else {
+    v[0] = __bfloat162float(row[col]), v[1] = __bfloat162float(row[col + 1]);
+  }
+}
+__device__ __forceinline__ void StorePair(float* row, int64_t col, int64_t n, bool pair,
+                                          const float (&v)[2]) {
+  if (col >= n) return;
+  if (pair) {
+    *reinterpret_cast<float2*>(row + col) = make_float2(v[0], v[1]);
+  } else {
+    row[col] = v[0], row[col + 1] = v[1];
+  }
+}
+__device__ __forceinline__ void StorePair(bf16* row, int64_t col, int64_t n, bool pair,
+                                          const float (&v)[2]) {
+  if (col >= n) return;
+  if (pair) {
+    *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(v[0], v[1]);
+  } else {
+    row[col] = __float2bfloat16_rn(v[0]), row[col + 1] = __float2bfloat16_rn(v[1]);
+  }
+}
+
 // ---------------------------------------------------------------- SIMT kernel
 
 constexpr int kSimtTile = 64, kSimtK = 16, kSimtThreads = 256;
@@ -166,21 +207,32 @@ __global__ void __launch_bounds__(kSimtThreads) GroupedGemmSimtKernel(Problem p)
 
 // ---------------------------------------------------------------- tensor-core kernel
 
-constexpr int kTile = 128, kTileK = 32, kPad = 8, kWmmaThreads = 256;
-constexpr int kOutLd = kTile + 4;  // f32 staging of the output tile
+// 128 x 128 output tiles, k in steps of 32 through a 4-stage cp.async ring;
+// 4 warps as 2 x 2, each a 64 x 64 block: 4 x 8 mma.sync m16n8k16 per 16 of
+// k from 4 + 4 ldmatrix.x4 (.trans for an operand whose k is not
+// contiguous). Two blocks per SM (240 registers a thread, 80 KB of shared
+// memory each). Measured on the H200 (bench/RESULTS.md): 64 x 32 warp tiles
+// issued too many ldmatrix per MMA; 128 x 256 block tiles (one block of 8
+// warps per SM) cut L2 traffic but stalled on latency. Shared rows are
+// padded by 16 bytes, which keeps every ldmatrix and cp.async free of bank
+// conflicts in both layouts.
+constexpr int kTileM = 128, kTileN = 128, kTileK = 32, kStages = 4, kPad = 8, kTcThreads = 128;
 
 // An operand's tile in shared memory: kOuter x kInner elements (inner
-// contiguous, rows padded against bank conflicts), loaded 8 at a time; a
-// chunk past a limit is zero-filled (the limits of the inner dim are
-// multiples of 8, so a chunk is all in or all out).
+// contiguous, rows padded), loaded 8 at a time; a chunk past a limit is
+// zero-filled (the limits of the inner dim are multiples of 8, so a chunk
+// is all in or all out).
 template <int kOuter, int kInner>
 struct SmemTile {
   static constexpr int kLd = kInner + kPad;
   static constexpr int kElems = kOuter * kLd;
   __device__ static void Load(bf16* smem, const bf16* base, int64_t ld, int64_t outer0,
                               int64_t inner0, int64_t outer_lim, int64_t inner_lim) {
-    constexpr int kChunksPerRow = kInner / 8;
-    for (int c = threadIdx.x; c < kOuter * kChunksPerRow; c += kWmmaThreads) {
+    constexpr int kChunksPerRow = kInner / 8, kChunks = kOuter * kChunksPerRow;
+    static_assert(kChunks % kTcThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int it = 0; it < kChunks / kTcThreads; ++it) {
+      const int c = threadIdx.x + it * kTcThreads;
       const int o = c / kChunksPerRow, i = (c % kChunksPerRow) * 8;
       const int64_t go = outer0 + o, gi = inner0 + i;
       const bool valid = go < outer_lim && gi < inner_lim;
@@ -190,102 +242,107 @@ struct SmemTile {
 };
 
 template <bool kAKMajor, bool kBKMajor>
-struct WmmaTiles {
+struct TcTiles {
   // A: [m][k] when k is contiguous, else [k][m]; B: [n][k] or [k][n].
-  using ATile = std::conditional_t<kAKMajor, SmemTile<kTile, kTileK>, SmemTile<kTileK, kTile>>;
-  using BTile = std::conditional_t<kBKMajor, SmemTile<kTile, kTileK>, SmemTile<kTileK, kTile>>;
-  static constexpr int kStageBytes = (ATile::kElems + BTile::kElems) * 2;
-  static constexpr int kOutBytes = kTile * kOutLd * 4;  // reuses the stages' memory
-  static constexpr int kSmemBytes = 2 * kStageBytes > kOutBytes ? 2 * kStageBytes : kOutBytes;
+  using ATile = std::conditional_t<kAKMajor, SmemTile<kTileM, kTileK>, SmemTile<kTileK, kTileM>>;
+  using BTile = std::conditional_t<kBKMajor, SmemTile<kTileN, kTileK>, SmemTile<kTileK, kTileN>>;
+  static constexpr int kStageElems = ATile::kElems + BTile::kElems;
+  static constexpr int kSmemBytes = kStages * kStageElems * 2;
 };
 
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
-__global__ void __launch_bounds__(kWmmaThreads) GroupedGemmWmmaKernel(Problem p) {
-  namespace wmma = nvcuda::wmma;
-  using Tiles = WmmaTiles<kAKMajor, kBKMajor>;
+__global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) {
+  using Tiles = TcTiles<kAKMajor, kBKMajor>;
   using ATile = typename Tiles::ATile;
   using BTile = typename Tiles::BTile;
-  using ALayout = std::conditional_t<kAKMajor, wmma::row_major, wmma::col_major>;
-  using BLayout = std::conditional_t<kBKMajor, wmma::col_major, wmma::row_major>;
-  const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, kWeightGrad>(p, kTile);
+  const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, kWeightGrad>(p, kTileM);
   if (!w.valid) return;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  extern __shared__ __align__(128) unsigned char smem[];
-  bf16* stage_a[2] = {reinterpret_cast<bf16*>(smem),
-                      reinterpret_cast<bf16*>(smem + Tiles::kStageBytes)};
-  bf16* stage_b[2] = {stage_a[0] + ATile::kElems, stage_a[1] + ATile::kElems};
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
+  extern __shared__ __align__(128) unsigned char smem_bytes[];
+  bf16* const smem = reinterpret_cast<bf16*>(smem_bytes);
+  auto stage_a = [&](int s) { return smem + s * Tiles::kStageElems; };
+  auto stage_b = [&](int s) { return smem + s * Tiles::kStageElems + ATile::kElems; };
   auto load = [&](int s, int64_t k0) {
     if constexpr (kAKMajor) {
-      ATile::Load(stage_a[s], w.a, p.lda, w.m0, k0, w.m_lim, w.k_len);
+      ATile::Load(stage_a(s), w.a, p.lda, w.m0, k0, w.m_lim, w.k_len);
     } else {
-      ATile::Load(stage_a[s], w.a, p.lda, k0, w.m0, w.k_len, w.m_lim);
+      ATile::Load(stage_a(s), w.a, p.lda, k0, w.m0, w.k_len, w.m_lim);
     }
     if constexpr (kBKMajor) {
-      BTile::Load(stage_b[s], w.b, p.ldb, n0, k0, p.n, w.k_len);
+      BTile::Load(stage_b(s), w.b, p.ldb, n0, k0, p.n, w.k_len);
     } else {
-      BTile::Load(stage_b[s], w.b, p.ldb, k0, n0, w.k_len, p.n);
+      BTile::Load(stage_b(s), w.b, p.ldb, k0, n0, w.k_len, p.n);
     }
   };
-  // 8 warps as 2 x 4, each a 64 x 32 block of the tile: 4 x 2 fragments.
-  const int warp = threadIdx.x / 32, wm = warp / 4, wn = warp % 4;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[4][2];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
-  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int wm = (warp / 2) * 64, wn = (warp % 2) * 64;
+  float acc[4][8][4] = {};
   const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
-  if (k_tiles > 0) load(0, 0);
-  CpAsyncCommit();
-  for (int64_t t = 0; t < k_tiles; ++t) {
-    const int s = static_cast<int>(t & 1);
-    if (t + 1 < k_tiles) load(s ^ 1, (t + 1) * kTileK);
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < k_tiles) load(s, s * kTileK);
     CpAsyncCommit();
-    CpAsyncWait<1>();  // stage s has landed; the next one may be in flight
-    __syncthreads();
+  }
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    CpAsyncWait<kStages - 2>();  // tile t has landed
+    __syncthreads();             // ... for every thread; tile t - 1's stage is free
+    const int64_t next = t + kStages - 1;
+    if (next < k_tiles) load(static_cast<int>(next % kStages), next * kTileK);
+    CpAsyncCommit();
+    const int s = static_cast<int>(t % kStages);
+    const bf16* a_tile = stage_a(s);
+    const bf16* b_tile = stage_b(s);
 #pragma unroll
     for (int kk = 0; kk < kTileK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, ALayout> af[4];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, BLayout> bfr[2];
+      unsigned af[4][4], bfr[4][4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        const int m = wm * 64 + i * 16;
-        const bf16* src =
-            kAKMajor ? stage_a[s] + m * ATile::kLd + kk : stage_a[s] + kk * ATile::kLd + m;
-        wmma::load_matrix_sync(af[i], src, ATile::kLd);
-      }
+      for (int i = 0; i < 4; ++i)
+        LoadFragmentA<kAKMajor>(af[i], a_tile, ATile::kLd, wm + i * 16, kk);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        const int n = wn * 32 + j * 16;
-        const bf16* src =
-            kBKMajor ? stage_b[s] + n * BTile::kLd + kk : stage_b[s] + kk * BTile::kLd + n;
-        wmma::load_matrix_sync(bfr[j], src, BTile::kLd);
-      }
+      for (int j = 0; j < 4; ++j)
+        LoadFragmentsB<kBKMajor>(bfr[j], b_tile, BTile::kLd, wn + j * 16, kk);
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], af[i], bfr[j], acc[i][j]);
+        for (int j = 0; j < 8; ++j)
+          MmaBf16(acc[i][j], af[i], bfr[j / 2][(j % 2) * 2], bfr[j / 2][(j % 2) * 2 + 1]);
       }
     }
-    __syncthreads();  // the next iteration's load overwrites this stage
   }
   CpAsyncWait<0>();
-  __syncthreads();
-  // Stage the f32 tile in shared memory, then write it with bounds and beta.
-  float* out = reinterpret_cast<float*>(smem);
+  // Straight from the accumulators: each lane holds 2 adjacent columns of 2
+  // rows per block (n is a multiple of 8: a pair is all in or all out),
+  // stored as one pair when the output's rows allow it. With beta, a row's
+  // old values are all read before any is written: one round trip per row
+  // instead of one per element (the compiler cannot reorder them itself).
+  const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
 #pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      wmma::store_matrix_sync(out + (wm * 64 + i * 16) * kOutLd + wn * 32 + j * 16, acc[i][j],
-                              kOutLd, wmma::mem_row_major);
+    for (int h = 0; h < 2; ++h) {
+      const int64_t gm = w.m0 + wm + i * 16 + h * 8 + lane / 4;
+      if (gm >= w.m_lim) continue;
+      OutT* row = w.c + gm * p.ldc;
+      const int64_t col0 = n0 + wn + (lane % 4) * 2;
+      float v[8][2];
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        v[j][0] = acc[i][j][h * 2];
+        v[j][1] = acc[i][j][h * 2 + 1];
+      }
+      if (p.beta != 0.0f) {
+        float old[8][2];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) LoadPair(row, col0 + j * 8, p.n, pairs, old[j]);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+          v[j][0] += p.beta * old[j][0];
+          v[j][1] += p.beta * old[j][1];
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j) StorePair(row, col0 + j * 8, p.n, pairs, v[j]);
     }
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < kTile * kTile; e += kWmmaThreads) {
-    const int r = e / kTile, col = e % kTile;
-    const int64_t gm = w.m0 + r, gn = n0 + col;
-    if (gm < w.m_lim && gn < p.n) StoreOut(w.c + gm * p.ldc + gn, out[r * kOutLd + col], p.beta);
   }
 }
 
@@ -300,14 +357,14 @@ template <typename T, typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightG
 void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op) {
   if constexpr (std::is_same_v<T, bf16>) {
     if (launch.tensor_cores) {
-      auto kernel = GroupedGemmWmmaKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
-      constexpr int kBytes = WmmaTiles<kAKMajor, kBKMajor>::kSmemBytes;
+      auto kernel = GroupedGemmTcKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
+      constexpr int kBytes = TcTiles<kAKMajor, kBKMajor>::kSmemBytes;
       static const cudaError_t attr =
           cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
       SM_CHECK_CUDA_CALL(ctx, attr, op);
-      const dim3 grid((p.n + kTile - 1) / kTile, launch.grid.y, launch.grid.z);
-      kernel<<<grid, kWmmaThreads, kBytes, Stream(ctx)>>>(p);
-      SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWmmaKernel");
+      const dim3 grid((p.n + kTileN - 1) / kTileN, launch.grid.y, launch.grid.z);
+      kernel<<<grid, kTcThreads, kBytes, Stream(ctx)>>>(p);
+      SM_CHECK_LAUNCH(ctx, op, "GroupedGemmTcKernel");
       return;
     }
   }
@@ -390,7 +447,7 @@ void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
   p.k = k;
   p.beta = static_cast<float>(o.beta);
   const bool tc = TensorCoresFit(a.dtype(), {k, n}, {a.raw_data()}, &b);
-  const int tile = tc ? kTile : kSimtTile;
+  const int tile = tc ? kTileM : kSimtTile;
   // Every group's row tiles: at most ceil(M / tile) + G of them.
   const int64_t row_tiles = (m + tile - 1) / tile + b.size();
   SM_CHECK_MSG(row_tiles <= 65535, op, ": ", m, " rows in ", b.size(),
@@ -434,7 +491,7 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   p.n = k_out;
   p.beta = static_cast<float>(beta);
   const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, nullptr);
-  const int tile = tc ? kTile : kSimtTile;
+  const int tile = tc ? kTileM : kSimtTile;
   const Launch launch{
       dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),
       tc};

@@ -5,7 +5,7 @@
 // multiples of 8, the SIMT kernel when not); edge shapes: one row in all,
 // groups without rows (first, middle, last), row counts not a multiple of
 // either kernel's tile, 64 groups, rows outside every group (left
-// untouched), beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
+// untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
 // Every case also runs twice: the same bits.
@@ -44,6 +44,9 @@ std::vector<Case> Cases() {
       {"odd_dims", {31, 0, 45}, 20, 13},
       {"many_groups", many, 32, 40},
       {"rows_outside", {50, 70}, 40, 24, 7, 9},
+      // Several tiles each way and a reduction longer than the tensor-core
+      // kernel's ring of stages (4 x 32).
+      {"large", {700, 0, 1030}, 264, 520},
   };
 }
 

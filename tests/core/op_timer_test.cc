@@ -39,6 +39,7 @@ TEST(OpTimerTest, CountsOpsOnlyWhileEnabled) {
 
 TEST(OpTimerTest, CategoriesCoverTheProfileRows) {
   EXPECT_STREQ(op_timer::CategoryOf("Gemm"), "GEMM");
+  EXPECT_STREQ(op_timer::CategoryOf("GroupedGemmWeightGrad"), "expert GEMM");
   EXPECT_STREQ(op_timer::CategoryOf("CausalAttentionBackward"), "attention");
   EXPECT_STREQ(op_timer::CategoryOf("TopKRouting"), "routing");
   EXPECT_STREQ(op_timer::CategoryOf("GatherRows"), "permutation");
