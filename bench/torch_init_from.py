@@ -132,7 +132,18 @@ def load_trainer_weights(model, directory, st):
         raise SystemExit(f"torch_train --init-from: no {path}; write it with "
                          "`scalemoe export --unfolded --checkpoint RUN/checkpoints/step_0 "
                          f"--out {directory}`")
-    plan = _Plan(read_safetensors(path))
+    plan = map_trainer_tensors(model, read_safetensors(path), st)
+    with torch.no_grad():
+        for _, dest, value in plan:
+            dest.copy_(value.to(dest.dtype))
+    return len(plan)
+
+
+def map_trainer_tensors(model, source, st):
+    """[(reference name, reference tensor, value)] for every parameter (and
+    expert-bias buffer) of `model`, the values assembled from `source`
+    ({trainer name: tensor}, e.g. weights or per-parameter gradients)."""
+    plan = _Plan(source)
     plan.put("wte", model.wte, plan.take("embedding.weight"))
     if model.head is not None:
         plan.put("head", model.head, plan.take("lm_head.weight"))
@@ -159,7 +170,4 @@ def load_trainer_weights(model, directory, st):
                          f"weights: {', '.join(missing[:8])}")
     if len(filled) != len(plan.items):
         raise SystemExit("torch_train --init-from: a reference tensor was filled twice")
-    with torch.no_grad():
-        for _, dest, value in plan.items:
-            dest.copy_(value.to(dest.dtype))
-    return len(plan.used)
+    return plan.items

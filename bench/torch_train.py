@@ -139,7 +139,7 @@ def train(cfg, args, device):
     init_note = f"torch.manual_seed({cfg['train.seed']})"
     if args.init_from:
         loaded = load_trainer_weights(model, args.init_from, strategy)
-        init_note = f"{loaded} trainer tensors from {args.init_from}"
+        init_note = f"{loaded} reference tensors from {args.init_from}"
     model = model.to(device)
     fused = device.type == "cuda"
     groups = M.param_groups(model, cfg)
