@@ -7,7 +7,8 @@
 # exported unfolded; torch trains from it (--init-from) on the same windows.
 # Prints scripts/curve_compare.py per variant (worst per-step |diff|, final
 # train and val loss), the per-step loss difference at a few steps, and the
-# final val losses with the unified − baseline gap of each implementation.
+# final val losses with the unified − baseline gap of each implementation,
+# and the scale vectors whose final figures (metrics "sv": rms, β) differ most.
 # ~4 minutes on one H200 (each of our runs ~30 s, torch's ~25 s + compile).
 # usage: bench/same_init_compare.sh OUT [VARIANT ...]
 #   OUT           flat results: <variant>-{ours,torch}.metrics.jsonl and .log,
@@ -22,9 +23,10 @@
 #   SEED=1234  STEPS (default: the config's 500)  PYTHON=python3
 #   TORCH_COMPILE=block|none (torch_train.py --compile)
 #   SETS          more --set overrides for both, e.g. "train.precision=FP32"
+#   SUMMARY_ONLY=1  no training: print the summary of the runs already in OUT
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 1 ] || { sed -n 2,26p "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n 2,28p "$0"; exit 2; }
 out=$1
 shift
 variants=("$@")
@@ -50,6 +52,7 @@ common=(--set "train.seed=${SEED:-1234}" --set logging.log_interval=1)
 for s in ${SETS:-}; do common+=(--set "$s"); done
 
 for v in "${variants[@]}"; do
+  [ -n "${SUMMARY_ONLY:-}" ] && break
   read -r -a vsets <<<"$("$python" scripts/ablation_variants.py "$v")"  # --set a.b=v ...
   run=$work/$v-ours init=$work/$v-init
   rm -rf "$run" "$init" "$work/$v-torch"
@@ -105,6 +108,28 @@ for v in variants:
         f"{sum(lt[s] - lo[s] for s in w) / len(w):+.3f}" for w in windows if w))
     print("   val (ours / torch): " + ", ".join(
         f"{s}: {vo[s]:.4f} / {vt[s]:.4f}" for s in sorted(set(vo) & set(vt))))
+def last_sv(path):
+    sv = {}
+    for line in open(path):
+        r = json.loads(line)
+        if r.get("sv"):
+            sv = (r["step"], r["sv"])
+    return sv
+def flat(tree, prefix=""):
+    out = {}
+    for k, x in tree.items():
+        out.update(flat(x, f"{prefix}{k}/") if isinstance(x, dict) else {prefix + k: x})
+    return out
+for v in variants:  # what the vectors learned: the largest differences at the end
+    so = last_sv(os.path.join(out, f"{v}-ours.metrics.jsonl"))
+    st = last_sv(os.path.join(out, f"{v}-torch.metrics.jsonl"))
+    if not so or not st or so[0] != st[0]:
+        continue
+    a, b = flat(so[1]), flat(st[1])
+    keys = sorted((k for k in a if k in b and not k.endswith("/n")),
+                  key=lambda k: -abs(b[k] - a[k]))
+    print(f"-- {v}: scale vectors at step {so[0]}, largest |torch - ours| (ours / torch): " +
+          ", ".join(f"{k} {a[k]:.3f}/{b[k]:.3f}" for k in keys[:6]))
 finals = {v: {impl: max(runs[v][impl][1].items())[1] if runs[v][impl][1] else float("nan")
               for impl in ("ours", "torch")} for v in variants}
 print("| variant | ours final val | torch final val | torch - ours |")

@@ -52,6 +52,7 @@ class _Plan:
         self.source = source
         self.used = set()
         self.items = []  # (torch name, destination, value)
+        self.vectors = []  # (ScaleVec, trainer vector name; experts: "...experts.gamma_up")
 
     def take(self, name):
         if name not in self.source:
@@ -73,6 +74,10 @@ class _Plan:
         """A ScaleVec from one trainer vector (names: one name) or from one
         per expert stacked on dim 0 (names: a list)."""
         many = isinstance(names, list)
+        if many:  # the trainer's summary key: the name without the expert index
+            self.vectors.append((sv, names[0].replace(".experts.0.", ".experts.")))
+        else:
+            self.vectors.append((sv, names))
         parts = ["gamma"] if sv.reparam == "PLAIN" else ["beta", "alpha"]
         for part in parts:
             suffix = "" if part == "gamma" else "." + part
@@ -132,17 +137,48 @@ def load_trainer_weights(model, directory, st):
         raise SystemExit(f"torch_train --init-from: no {path}; write it with "
                          "`scalemoe export --unfolded --checkpoint RUN/checkpoints/step_0 "
                          f"--out {directory}`")
-    plan = map_trainer_tensors(model, read_safetensors(path), st)
+    plan = _map(model, read_safetensors(path), st)
     with torch.no_grad():
-        for _, dest, value in plan:
+        for _, dest, value in plan.items:
             dest.copy_(value.to(dest.dtype))
-    return len(plan)
+    model.trainer_vectors = plan.vectors  # for scale_vector_stats
+    return len(plan.items)
+
+
+def scale_vector_stats(model):
+    """The trainer's metrics "sv" record (launch/scale_vector_stats.h) of a
+    model loaded by load_trainer_weights: per effective vector its rms
+    (‖v‖/√d) and, under OR, β; routed experts' vectors summarised over the
+    experts (n, mean, min, max, std)."""
+    def summary(values):
+        t = values.double()
+        return {"max": float(t.max()), "mean": float(t.mean()), "min": float(t.min()),
+                "std": float(t.std(unbiased=False))}
+    out = {}
+    with torch.no_grad():
+        for sv, name in getattr(model, "trainer_vectors", []):
+            v = sv().float()
+            rms = v.norm(dim=-1) / v.shape[-1] ** 0.5
+            beta = sv.beta.float().reshape(rms.shape) if sv.reparam != "PLAIN" else None
+            if v.dim() == 1:
+                out[name] = {"rms": float(rms)}
+                if beta is not None:
+                    out[name]["beta"] = float(beta)
+            else:
+                out[name] = {"n": v.shape[0], "rms": summary(rms)}
+                if beta is not None:
+                    out[name]["beta"] = summary(beta)
+    return out
 
 
 def map_trainer_tensors(model, source, st):
     """[(reference name, reference tensor, value)] for every parameter (and
     expert-bias buffer) of `model`, the values assembled from `source`
     ({trainer name: tensor}, e.g. weights or per-parameter gradients)."""
+    return _map(model, source, st).items
+
+
+def _map(model, source, st):
     plan = _Plan(source)
     plan.put("wte", model.wte, plan.take("embedding.weight"))
     if model.head is not None:
@@ -170,4 +206,4 @@ def map_trainer_tensors(model, source, st):
                          f"weights: {', '.join(missing[:8])}")
     if len(filled) != len(plan.items):
         raise SystemExit("torch_train --init-from: a reference tensor was filled twice")
-    return plan.items
+    return plan

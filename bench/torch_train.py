@@ -32,7 +32,9 @@ Writes DIR/metrics.jsonl ({"step","loss","ce","aux_loss","lr","grad_norm",
 "val_loss","tokens","wall_s"} at every logging.log_interval and evaluation:
 "loss", "ce", "lr" and "grad_norm" as the trainer's records name them, here
 aux_loss = the trainer's aux_loss + z_loss; val_loss null between
-evaluations; --set logging.log_interval=1 logs every step) and prints a
+evaluations; with --init-from also "sv", the scale vectors' figures under
+the trainer's names (launch/scale_vector_stats.h); --set
+logging.log_interval=1 logs every step) and prints a
 last line TORCH_TRAIN_JSON {...}.
 --cpu-fp32-reference: the exact-comparison mode (tests/launch/same_init_test.py):
 CPU, FP32 and eager whatever the config says (torch 1.13's CPU build has
@@ -54,7 +56,7 @@ try:
     import torch
     import torch_ref_model as M
     import torch_reference as timing
-    from torch_init_from import load_trainer_weights
+    from torch_init_from import load_trainer_weights, scale_vector_stats
 except ImportError:  # --help works without torch
     torch = None
 
@@ -216,6 +218,8 @@ def train(cfg, args, device):
                   "grad_norm": float(norm) if norm is not None else None,
                   "val_loss": val_loss if evaluated else None,
                   "tokens": done * global_batch * t, "wall_s": time.perf_counter() - start}
+        if args.init_from:  # the trainer's names: its "sv" figures compare one to one
+            record["sv"] = scale_vector_stats(model)
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         print(f"step {done}/{steps} | loss {loss_value:.4f}"

@@ -5,7 +5,9 @@ ablation (configs/ablation/variants.txt) on a tiny moe_adamw:
 - the trainer saves step_0 (checkpoint.save_initial) and exports it
   unfolded; torch_train.py --init-from loads it (every parameter mapped);
 - the loss of steps 1..3 (step 1: the forward at init; 2 and 3: after the
-  first updates) agrees within 1e-5 relative, and so does the gradient norm;
+  first updates) agrees within 1e-5 relative, and so do the gradient norm
+  and every scale-vector figure ("sv": rms, β; experts' mean/min/max/std)
+  logged under the trainer's names;
 - every first-step gradient agrees (bench/same_init_grads.py: the trainer's
   from its step-1 AdamW moment) within 1e-5 relative (or 1e-7 of the whole
   gradient's norm, for the scale-invariant β's of DNP's γ_q, γ_k);
@@ -52,6 +54,17 @@ def records(path):
         return {r["step"]: r for r in map(json.loads, f) if r.get("loss") is not None}
 
 
+def flatten(tree, prefix=""):
+    """{"a/b/c": number} of a nested "sv" record."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}/"))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 class SameInitTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -75,7 +88,7 @@ class SameInitTest(unittest.TestCase):
         out = os.path.join(self.tmp.name, name or variant)
         flags = [a for s in self.sets(variant) + [
             "checkpoint.save_initial=true", "checkpoint.interval=1", "checkpoint.keep_last=0",
-            "logging.moe_stats=false", "logging.scale_vector_stats=false"] for a in ("--set", s)]
+            "logging.moe_stats=false"] for a in ("--set", s)]
         subprocess.run([SCALEMOE, "train", "--config", CONFIG, *flags, "--run-dir",
                         os.path.join(out, "ours"), "--quiet"], check=True,
                        stdout=subprocess.DEVNULL)
@@ -104,6 +117,12 @@ class SameInitTest(unittest.TestCase):
                         a, b = ours[s][key], ref[s][key]
                         self.assertLessEqual(abs(a - b), RTOL * abs(a),
                                              f"{variant} step {s} {key}: ours {a} torch {b}")
+                    self.assertEqual(flatten(ours[s].get("sv", {})).keys(),
+                                     flatten(ref[s].get("sv", {})).keys(), variant)
+                    for key, a in flatten(ours[s].get("sv", {})).items():
+                        b = flatten(ref[s]["sv"])[key]
+                        self.assertLessEqual(abs(a - b), RTOL * max(abs(a), 1.0),
+                                             f"{variant} step {s} sv {key}: ours {a} torch {b}")
                 cfg = load_config(CONFIG, self.sets(variant))
                 failed, _, _, ref_norm, norm = same_init_grads.compare(
                     cfg, os.path.join(out, "init"), os.path.join(out, "ours"), RTOL)
