@@ -41,6 +41,8 @@ if [ -n "${ABSL_PREFIX:-}" ]; then
 fi
 bin=${SCALEMOE_BIN:-build-gpu/scalemoe}
 [ -x "$bin" ] || { echo "same_init_compare: no $bin; build it (see --help) or set SCALEMOE_BIN" >&2; exit 2; }
+"$bin" export --help 2>&1 | grep -q -- --unfolded ||
+  { echo "same_init_compare: $bin predates export --unfolded and checkpoint.save_initial; rebuild it" >&2; exit 2; }
 [ -f datasets/default/manifest.json ] ||
   { echo "same_init_compare: no datasets/default (bash scripts/run_default.sh prepares it)" >&2; exit 2; }
 "$bin" --help | grep '^devices:' || true
