@@ -405,14 +405,18 @@ def fold_backward(eff, ws):
 def finish_step(model, opt, params, grad_clip, fused, eff, ws, step_counts):
     """A step after its micro-batches' backward: the fold's backward (once
     per step), global-norm clipping, the optimizer step, and the expert-bias
-    update from the step's token counts."""
+    update from the step's token counts. Returns the gradient norm before
+    clipping (a 0-d tensor), None without clipping."""
     if model.folds:
         fold_backward(eff, ws)
+    norm = None  # the global gradient norm before clipping (the trainer's grad_norm)
     if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(params, grad_clip, **({"foreach": True} if fused else {}))
+        norm = torch.nn.utils.clip_grad_norm_(params, grad_clip,
+                                              **({"foreach": True} if fused else {}))
     opt.step()
     for layer, c in zip(model.moe_layers(), step_counts or []):
         layer.update_bias(c)
+    return norm
 
 def param_groups(model, cfg):
     """AdamW groups by the decay policy, with optim/param_groups.cc's rule

@@ -17,17 +17,29 @@ Same as the trainer (from the preset textproto and --set overrides):
   init_std/sqrt(2L); scale vectors 1), MoE aux and z losses, scale-vector
   strategy folded once per step, bf16 autocast under train.precision BF16;
 - train.seed seeds torch's init (the same distribution, not the same
-  draws as the trainer's Philox init).
+  draws as the trainer's Philox init), unless --init-from DIR loads the
+  trainer's own initial weights (torch_init_from.py: DIR from `scalemoe
+  export --unfolded` of a step_0 checkpoint, checkpoint.save_initial=true).
 Differs: torch's clip factor is max_norm/(norm + 1e-6) (ours max_norm/norm);
 bf16 kernels and reduction orders are torch's.
 
 usage:
   torch_train.py --config configs/ablation/moe_adamw.textproto [--set a.b=v]... --out DIR
-                 [--compile block|none] [--align 8] [--label NAME]
+                 [--compile block|none] [--align 8] [--label NAME] [--init-from DIR]
+                 [--cpu-fp32-reference]
   torch_train.py --smoke [--out DIR]   tiny shapes on a generated dataset, CPU, fp32
-Writes DIR/metrics.jsonl ({"step","loss","val_loss","tokens","wall_s"} at every
-logging.log_interval and evaluation; val_loss null between evaluations) and
-prints a last line TORCH_TRAIN_JSON {...}.
+Writes DIR/metrics.jsonl ({"step","loss","ce","aux_loss","lr","grad_norm",
+"val_loss","tokens","wall_s"} at every logging.log_interval and evaluation:
+"loss", "ce", "lr" and "grad_norm" as the trainer's records name them, here
+aux_loss = the trainer's aux_loss + z_loss; val_loss null between
+evaluations; with --init-from also "sv", the scale vectors' figures under
+the trainer's names (launch/scale_vector_stats.h); --set
+logging.log_interval=1 logs every step) and prints a
+last line TORCH_TRAIN_JSON {...}.
+--cpu-fp32-reference: the exact-comparison mode (tests/launch/same_init_test.py):
+CPU, FP32 and eager whatever the config says (torch 1.13's CPU build has
+neither torch.compile nor SDPA nor F.rms_norm; the model falls back to
+explicit ops), so its losses compare with the trainer's CPU fp32 run.
 """
 import argparse
 import json
@@ -44,6 +56,7 @@ try:
     import torch
     import torch_ref_model as M
     import torch_reference as timing
+    from torch_init_from import load_trainer_weights, scale_vector_stats
 except ImportError:  # --help works without torch
     torch = None
 
@@ -123,7 +136,13 @@ def train(cfg, args, device):
     timing.setup_torch(device)
     torch.manual_seed(cfg["train.seed"])
     grouped = M.probe_grouped_mm(device, args.align) if bf16 else "fp32: per-expert loop"
-    model = M.Model(cfg, Strategy(cfg), args.align if M.GROUPED["use"] else 1).to(device)
+    strategy = Strategy(cfg)
+    model = M.Model(cfg, strategy, args.align if M.GROUPED["use"] else 1)
+    init_note = f"torch.manual_seed({cfg['train.seed']})"
+    if args.init_from:
+        loaded = load_trainer_weights(model, args.init_from, strategy)
+        init_note = f"{loaded} reference tensors from {args.init_from}"
+    model = model.to(device)
     fused = device.type == "cuda"
     groups = M.param_groups(model, cfg)
     decayed = sum(p.numel() for p in groups[0]["params"])
@@ -147,17 +166,21 @@ def train(cfg, args, device):
         opt.zero_grad(set_to_none=True)
         eff, ws = M.fold_leaves(model, torch.float32)
         total = torch.zeros((), device=device)
+        ce_total = torch.zeros((), device=device)
         step_counts = None
         for m in range(accum):
             b = train_w.batch(s * accum + m)
             with autocast:
-                loss, counts = model(b[:, :-1], b[:, 1:], ws)
+                ce, aux, counts = model.losses(b[:, :-1], b[:, 1:], ws)
+                loss = ce + aux
             (loss / accum).backward()
             total += loss.detach().float() / accum
+            ce_total += ce.detach().float() / accum
             step_counts = counts if step_counts is None else [
                 a + c for a, c in zip(step_counts, counts)]
-        M.finish_step(model, opt, params, cfg["optimizer.grad_clip"], fused, eff, ws, step_counts)
-        return total
+        norm = M.finish_step(model, opt, params, cfg["optimizer.grad_clip"], fused, eff, ws,
+                             step_counts)
+        return total, ce_total, norm, lr
 
     os.makedirs(args.out, exist_ok=True)
     metrics = open(os.path.join(args.out, "metrics.jsonl"), "w")
@@ -168,7 +191,7 @@ def train(cfg, args, device):
     eval_s, loss, val_loss, first_step_s = 0.0, None, None, 0.0
     for s in range(steps):
         try:
-            loss = step(s)
+            loss, ce, norm, lr = step(s)
         except Exception as e:  # noqa: BLE001 - a compile failure: say so, go eager
             if s > 0 or args.compile == "none":
                 raise
@@ -176,7 +199,7 @@ def train(cfg, args, device):
             print(f"torch_train: torch.compile failed, training eager: {e}", file=sys.stderr)
             torch._dynamo.reset()
             timing.apply_compile(model, "none")
-            loss = step(s)
+            loss, ce, norm, lr = step(s)
         done = s + 1
         if s == 0:
             sync()
@@ -190,8 +213,13 @@ def train(cfg, args, device):
             t0 = time.perf_counter()
             val_loss = evaluate(model, val_w, eval_n, autocast)
             eval_s += time.perf_counter() - t0
-        record = {"step": done, "loss": loss_value, "val_loss": val_loss if evaluated else None,
+        record = {"step": done, "loss": loss_value, "ce": float(ce),
+                  "aux_loss": loss_value - float(ce), "lr": lr,
+                  "grad_norm": float(norm) if norm is not None else None,
+                  "val_loss": val_loss if evaluated else None,
                   "tokens": done * global_batch * t, "wall_s": time.perf_counter() - start}
+        if args.init_from:  # the trainer's names: its "sv" figures compare one to one
+            record["sv"] = scale_vector_stats(model)
         metrics.write(json.dumps(record) + "\n")
         metrics.flush()
         print(f"step {done}/{steps} | loss {loss_value:.4f}"
@@ -211,7 +239,7 @@ def train(cfg, args, device):
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "CPU",
               "torch": torch.__version__, "precision": "BF16" if bf16 else "FP32",
               "experts": grouped, "compile": compile_note, "seed": cfg["train.seed"],
-              "first_step_s": first_step_s, "decayed_params": decayed,
+              "first_step_s": first_step_s, "init": init_note, "decayed_params": decayed,
               "undecayed_params": undecayed}
     print("TORCH_TRAIN_JSON " + json.dumps(result))
     return result
@@ -229,6 +257,12 @@ def main(argv=None):
     ap.add_argument("--align", type=int, default=8,
                     help="pad each expert's rows to this multiple for torch._grouped_mm")
     ap.add_argument("--label", default="", help="names the run in the output")
+    ap.add_argument("--init-from", default=None, metavar="DIR",
+                    help="start from the trainer's weights: DIR from `scalemoe export "
+                         "--unfolded` (of checkpoints/step_0: checkpoint.save_initial=true)")
+    ap.add_argument("--cpu-fp32-reference", action="store_true",
+                    help="CPU, FP32, eager whatever the config says: the exact comparison "
+                         "with the trainer's CPU fp32 run (works on torch 1.13)")
     ap.add_argument("--smoke", action="store_true",
                     help="tiny shapes on a generated dataset, CPU, fp32, eager")
     args = ap.parse_args(argv)
@@ -249,8 +283,9 @@ def main(argv=None):
                 raise SystemExit("torch_train: --config and --out are required (or --smoke)")
             config, sets = args.config, args.sets
         cfg = load_config(config, sets)
-        if args.smoke:
+        if args.smoke or args.cpu_fp32_reference:
             cfg["train.device"], cfg["train.precision"] = "CPU", "FP32"
+            args.compile = "none"
         if cfg["train.device"] == "CUDA" and not torch.cuda.is_available():
             raise SystemExit("torch_train: train.device=CUDA but torch sees no CUDA device; "
                              "run on the GPU machine or --set train.device=CPU")

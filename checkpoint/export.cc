@@ -54,6 +54,44 @@ Status WriteJson(const fs::path& path, const nlohmann::json& j) {
   return WriteWholeFile(path.string(), j.dump(2) + "\n").status();
 }
 
+Status CreateOutDir(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("export: cannot create ", dir, ": ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+// Every model tensor under its trainer name, nothing folded.
+StatusOr<ExportResult> ExportUnfolded(const ExportOptions& options,
+                                      const CheckpointManifest& manifest) {
+  SM_ASSIGN_OR_RETURN(auto whole, LoadWholeModel(options.checkpoint_dir, manifest));
+  SM_RETURN_IF_ERROR(CreateOutDir(options.out_dir));
+  const fs::path out(options.out_dir);
+  std::vector<std::pair<std::string, Tensor>> pairs;
+  for (auto& [name, value] : whole) {
+    Tensor converted = Tensor::Empty(value.shape(), options.dtype);
+    converted.CopyFrom(value);
+    pairs.emplace_back(name, converted);
+  }
+  SM_RETURN_IF_ERROR(WriteSafetensors((out / "model.safetensors").string(), pairs,
+                                      {{"format", "scalemoe-unfolded"},
+                                       {"scalemoe.step", absl::StrCat(manifest.step())}})
+                         .status());
+  SM_RETURN_IF_ERROR(
+      WriteWholeFile((out / "config.textproto").string(), manifest.config_text()).status());
+  const nlohmann::json provenance = {
+      {"checkpoint", options.checkpoint_dir},
+      {"step", manifest.step()},
+      {"architecture", "unfolded"},
+      {"folded", "nothing: every model tensor under its trainer name and global shape"},
+  };
+  SM_RETURN_IF_ERROR(WriteJson(out / "scalemoe_export.json", provenance));
+  return ExportResult{"unfolded", false};
+}
+
 }  // namespace
 
 StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
@@ -66,6 +104,7 @@ StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
     return absl::DataLossError(absl::StrCat("export: the config stored in ", options.checkpoint_dir,
                                             " does not parse as a RunConfig"));
   }
+  if (options.unfolded) return ExportUnfolded(options, manifest);
   // Choose (or refuse) before reading any weight.
   SM_ASSIGN_OR_RETURN(const ModelFeatures features, ModelFeaturesOf(cfg, ModelShapes(manifest)));
   SM_ASSIGN_OR_RETURN(const HfArchitecture* arch, SelectHfArchitecture(features));
@@ -74,11 +113,7 @@ StatusOr<ExportResult> ExportCheckpoint(const ExportOptions& options) {
   SM_ASSIGN_OR_RETURN(const FoldedModel model,
                       FoldModel(std::move(whole), cfg, features, options.model_specs(cfg)));
 
-  std::error_code ec;
-  fs::create_directories(options.out_dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(absl::StrCat("export: cannot create ", options.out_dir, ": ", ec.message()));
-  }
+  SM_RETURN_IF_ERROR(CreateOutDir(options.out_dir));
   const fs::path out(options.out_dir);
   SpecialTokens tokens;
   if (!options.tokenizer_dir.empty()) {

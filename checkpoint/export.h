@@ -14,6 +14,14 @@
 // (sigmoid routing with shared experts, optional expert bias, q/k norms and
 // leading dense layers). A model none of them computes is refused, with the
 // reason for each architecture considered; nothing is written then.
+//
+// Unfolded (ExportOptions.unfolded): instead, every model tensor as the
+// trainer holds it (consolidated, scale vectors NOT folded, the trainer's
+// global names and shapes, e.g. layers.0.attn.gamma_q.beta) in
+// model.safetensors, the resolved config in config.textproto, and
+// scalemoe_export.json; any model, no architecture choice. For loading the
+// trainer's weights into another implementation of the same model
+// (bench/torch_train.py --init-from).
 #pragma once
 
 #include <functional>
@@ -37,12 +45,13 @@ struct ExportOptions {
   std::string out_dir;         // created if missing
   DType dtype = DType::kF32;   // kF32 or kBF16
   std::string tokenizer_dir;   // optional: GPT-2 format (encoder.json, vocab.bpe)
-  ModelSpecsFn model_specs;    // required
+  ModelSpecsFn model_specs;    // required unless unfolded
+  bool unfolded = false;       // trainer names, nothing folded (see above)
 };
 
 // What was exported.
 struct ExportResult {
-  std::string architecture;  // e.g. "Qwen3MoeForCausalLM"
+  std::string architecture;  // e.g. "Qwen3MoeForCausalLM"; "unfolded" when unfolded
   bool tied_embeddings = false;
 };
 

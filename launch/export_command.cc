@@ -21,6 +21,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: scalemoe export --checkpoint DIR --out DIR [--dtype fp32|bf16] [--tokenizer DIR]\n"
+    "       scalemoe export --checkpoint DIR --out DIR --unfolded [--dtype fp32|bf16]\n"
     "  Writes a Hugging Face model directory that transformers loads exactly\n"
     "  (AutoModelForCausalLM.from_pretrained(OUT): no missing or unexpected key,\n"
     "  the trainer's loss), every rank shard assembled:\n"
@@ -45,7 +46,13 @@ constexpr char kUsage[] =
     "  a fixed token batch) and OUT/scalemoe_export.json (source and choice).\n"
     "  Check: /usr/bin/python3 scripts/export_check.py OUT (numpy, each\n"
     "  architecture's forward as transformers defines it) or\n"
-    "  python3 scripts/hf_load_check.py OUT (transformers itself).\n";
+    "  python3 scripts/hf_load_check.py OUT (transformers itself).\n"
+    "  --unfolded: instead, every model tensor as the trainer holds it (its global\n"
+    "  names and shapes, scale vectors NOT folded: gamma, u, beta, alpha as\n"
+    "  parameters) in OUT/model.safetensors, the run's config in\n"
+    "  OUT/config.textproto; any model. For starting another implementation from\n"
+    "  the trainer's weights (checkpoint.save_initial writes step_0;\n"
+    "  bench/torch_train.py --init-from OUT).\n";
 
 int Fail(const std::string& message, int code) {
   std::fprintf(stderr, "scalemoe export: %s\n", message.c_str());
@@ -94,7 +101,7 @@ Status WriteReferenceLoss(const std::string& checkpoint_dir, const std::string& 
 
 int RunExport(const std::vector<std::string>& args) {
   StatusOr<ParsedFlags> flags =
-      ParseFlags(args, {{"checkpoint"}, {"out"}, {"dtype"}, {"tokenizer"}});
+      ParseFlags(args, {{"checkpoint"}, {"out"}, {"dtype"}, {"tokenizer"}, {"unfolded", false}});
   if (!flags.ok()) return Fail(std::string(flags.status().message()) + "\n" + kUsage, 2);
   if (flags->help) {
     std::printf("%s", kUsage);
@@ -105,6 +112,10 @@ int RunExport(const std::vector<std::string>& args) {
   options.out_dir = flags->Get("out");
   options.tokenizer_dir = flags->Get("tokenizer");
   options.model_specs = WholeModelSpecs;
+  options.unfolded = flags->Has("unfolded");
+  if (options.unfolded && !options.tokenizer_dir.empty()) {
+    return Fail("--tokenizer writes Hugging Face tokenizer files; drop it with --unfolded", 2);
+  }
   const std::string dtype = flags->Get("dtype", "fp32");
   if (dtype != "fp32" && dtype != "bf16") {
     return Fail("--dtype '" + dtype + "' must be fp32 or bf16", 2);

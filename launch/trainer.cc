@@ -413,6 +413,10 @@ StatusOr<TrainResult> TrainLoop::Run() {
   // non-finite record when it logs, evaluates, saves or stops (a step late
   // is fine: the optimizer never applies a non-finite update).
   nonfinite_tracker_ = ctx_.Zeros({4}, DType::kF64);
+  // step_0: the weights before any update (a resumed run has its checkpoints).
+  if (cfg_.checkpoint().save_initial() && !options_.resume) {
+    SM_RETURN_IF_ERROR(SaveCheckpoint(0));
+  }
   for (int64_t step = start_step_; step < stop_at; ++step) {
     const int64_t reads_before = ctx_.counters().host_reads.load();
     const AllocatorStats allocs_before = ctx_.allocator_stats();

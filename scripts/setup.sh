@@ -2,6 +2,7 @@
 # Installs every system package that the build, the tests and the default
 # corpus need (Debian 12). Idempotent: installs only what is missing and says
 # nothing when everything is already there. Needs root (or sudo).
+# usage: scripts/setup.sh [--tests]   --tests: also TEST_PACKAGES (scripts/test.sh)
 set -euo pipefail
 
 PACKAGES=(
@@ -20,6 +21,13 @@ PACKAGES=(
   r-cran-janeaustenr bible-kjv bible-kjv-text fortunes fortunes-min jargon-text
   linux-doc-6.1
 )
+
+# Only for the test suite (scripts/test.sh passes --tests), not the default
+# job: Debian's CPU PyTorch 1.13 (~0.5 GB with its dependencies) runs the
+# trainer-vs-PyTorch reference checks of label python (tests/launch/
+# same_init_test.py), which skip without it.
+TEST_PACKAGES=(python3-torch)
+[ "${1:-}" = "--tests" ] && PACKAGES+=("${TEST_PACKAGES[@]}")
 
 missing=()
 # node and npm may come from another source (nodesource bundles npm): only

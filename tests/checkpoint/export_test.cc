@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 #include <memory>
+#include <sstream>
 
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/safetensors.h"
@@ -249,6 +250,40 @@ TEST(ExportTest, RefusedModelWritesNothing) {
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(result.status().message().find("model.sandwich_norm"), std::string::npos) << result.status();
   EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+// --unfolded: every model tensor exactly as saved, under the trainer's names
+// (scale vectors not folded), and the run's config; any model, even one no
+// Hugging Face architecture computes.
+TEST(ExportTest, UnfoldedExportWritesEveryTensorAsTheTrainerHoldsIt) {
+  testing::TempDir dir;
+  const config::RunConfig cfg = Config([](config::RunConfig& c) {
+    Dnp(c);
+    c.mutable_model()->set_sandwich_norm(true);
+  });
+  SavedModel saved = Save(cfg, dir.path());
+  const std::string out = dir.path() + "/export";
+  ExportOptions options{dir.path() + "/checkpoints/step_1", out, DType::kF32, "", nullptr};
+  options.unfolded = true;
+  StatusOr<ExportResult> result = ExportCheckpoint(options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->architecture, "unfolded");
+  StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_EQ(st->entries().size(), saved.values.size());
+  for (const auto& [name, value] : saved.values) {
+    StatusOr<Tensor> t = st->Get(name);
+    ASSERT_TRUE(t.ok()) << name << ": " << t.status();
+    EXPECT_EQ(t->shape(), value.shape()) << name;
+    EXPECT_EQ(t->ToVector(), value.ToVector()) << name;
+  }
+  std::ifstream text(out + "/config.textproto");
+  std::stringstream content;
+  content << text.rdbuf();
+  config::RunConfig read;
+  ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(content.str(), &read));
+  EXPECT_TRUE(read.model().sandwich_norm());
+  EXPECT_EQ(read.scale_vectors().placement(), Sv::DUAL_NORMALIZED);
 }
 
 TEST(ExportTest, Bf16ExportKeepsTheExpertBiasInF32) {

@@ -158,6 +158,42 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
   }
 }
 
+// checkpoint.save_initial writes step_0 before the first update: exactly
+// the parameters a fresh registry draws from train.seed (so another
+// implementation can start from the trainer's weights), and a run resumed
+// from it is the straight run.
+TEST_F(TrainerTest, SaveInitialWritesTheWeightsBeforeAnyUpdate) {
+  const config::RunConfig cfg =
+      TinyConfig({"checkpoint.save_initial=true", "checkpoint.interval=0", "train.seed=77"});
+  TrainOptions first = Options(cfg, "save_initial");
+  first.exit_after_steps = 2;
+  ASSERT_TRUE(Train(first).ok());
+  const fs::path step0 = fs::path(first.run_dir) / "checkpoints/step_0";
+  ASSERT_TRUE(fs::exists(step0 / "COMPLETE"));
+  StatusOr<testing::WholeModel> saved = testing::LoadWholeModel(cfg, step0.string());
+  ASSERT_TRUE(saved.ok()) << saved.status();
+  ParamRegistry fresh;
+  MoeTransformer model(fresh, cfg);
+  Must(fresh.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+  ASSERT_EQ(saved->registry->params().size(), fresh.params().size());
+  for (size_t i = 0; i < fresh.params().size(); ++i) {
+    const Param& a = *saved->registry->params()[i];
+    const Param& b = *fresh.params()[i];
+    ASSERT_EQ(a.spec.name, b.spec.name);
+    EXPECT_EQ(testing::RelativeDifference(a.value, b.value), 0.0) << a.spec.name;
+  }
+  // From step_0 (the step_2 of the first run removed), resume runs all 8 steps.
+  fs::remove_all(fs::path(first.run_dir) / "checkpoints/step_2");
+  TrainOptions resumed = first;
+  resumed.exit_after_steps = 0;
+  resumed.resume = true;
+  ASSERT_TRUE(Train(resumed).ok());
+  TrainOptions straight =
+      Options(TinyConfig({"checkpoint.interval=0", "train.seed=77"}), "save_initial_straight");
+  ASSERT_TRUE(Train(straight).ok());
+  EXPECT_EQ(Losses(resumed.run_dir), Losses(straight.run_dir));
+}
+
 TEST_F(TrainerTest, InspectCheckpointPrintsTheManifestAndFlagsCorruption) {
   TrainOptions o = Options(TinyConfig({"train.train_steps=2", "schedule.warmup_steps=1"}),
                            "inspected");
