@@ -9,17 +9,21 @@
 // - GroupedGemmWeightGrad: A_g = (the group's rows of a)ᵀ, B_g = the same
 //   rows of b, C_g = the group's output matrix; grid z = the group, the
 //   reduction runs over the group's rows.
-// Kernels: bf16 inputs on tensor cores (mma.sync m16n8k16 with ldmatrix, f32
-// accumulators, 128x128x32 tiles, a 4-stage cp.async ring) when every contiguous dim is
-// a multiple of 8 and every pointer 16-byte aligned; otherwise (f32, f64,
+// Kernels: bf16 inputs on tensor cores when every contiguous dim is a
+// multiple of 8 and every input pointer 16-byte aligned — the forward (both
+// operands K-major) on wgmma on sm_90 devices, everything else on mma.sync
+// (ldmatrix fragments; f32 accumulators either way); otherwise (f32, f64,
 // odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
 // same bits on every run.
+#include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/mma_sync.cuh"
+#include "core/cuda/wgmma.cuh"
 
 namespace scalemoe::cuda {
 namespace {
@@ -346,6 +350,124 @@ __global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) 
   }
 }
 
+// ---------------------------------------------------------------- wgmma kernel (sm_90a)
+
+// Both operands K-major (the forward x·W_gᵀ): 128 x 128 output tiles, k in
+// steps of 64 through a 3-stage cp.async ring of 128B-swizzled tiles, two
+// warpgroups each computing 64 rows with wgmma m64n128k16 (four per stage).
+// Two blocks per SM (96 KB of shared memory each).
+constexpr int kWgTileM = 128, kWgTileN = 128, kWgTileK = 64, kWgStages = 3, kWgThreads = 256;
+static_assert(kWgTileM == kTileM, "GroupedGemm sizes its grid by kTileM for both kernels");
+constexpr int kWgTileBytes = 128 * kWgTileK * 2;  // one operand's tile: 128 rows of 128 bytes
+constexpr int kWgStageBytes = 2 * kWgTileBytes;
+constexpr int kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + the base's 1024 alignment
+
+// Rows [outer0, outer0 + 128) x k [k0, k0 + 64) of a K-major operand into a
+// swizzled tile; chunks past a limit are zero-filled.
+__device__ __forceinline__ void LoadSwizzledTile(unsigned char* tile, const bf16* base, int64_t ld,
+                                                 int64_t outer0, int64_t k0, int64_t outer_lim,
+                                                 int64_t k_lim) {
+  constexpr int kChunks = 128 * 8;
+  static_assert(kChunks % kWgThreads == 0, "every thread copies the same number of chunks");
+#pragma unroll
+  for (int it = 0; it < kChunks / kWgThreads; ++it) {
+    const int c = threadIdx.x + it * kWgThreads;
+    const int row = c / 8, chunk = c % 8;
+    const int64_t go = outer0 + row, gk = k0 + chunk * 8;
+    const bool valid = go < outer_lim && gk < k_lim;
+    CpAsync16(tile + row * 128 + ((chunk ^ (row % 8)) * 16), valid ? base + go * ld + gk : base,
+              valid);
+  }
+}
+
+template <typename OutT>
+__global__ void __launch_bounds__(kWgThreads, 2) GroupedGemmWgmmaKernel(Problem p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, false>(p, kWgTileM);
+  if (!w.valid) return;
+  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kWgTileN;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  unsigned char* const smem = smem_raw + ((1024 - SmemAddress(smem_raw) % 1024) % 1024);
+  auto tile_a = [&](int s) { return smem + s * kWgStageBytes; };
+  auto tile_b = [&](int s) { return smem + s * kWgStageBytes + kWgTileBytes; };
+  auto load = [&](int s, int64_t k0) {
+    LoadSwizzledTile(tile_a(s), w.a, p.lda, w.m0, k0, w.m_lim, w.k_len);
+    LoadSwizzledTile(tile_b(s), w.b, p.ldb, n0, k0, p.n, w.k_len);
+  };
+  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  float acc[64] = {};
+  const int64_t k_tiles = (w.k_len + kWgTileK - 1) / kWgTileK;
+#pragma unroll
+  for (int s = 0; s < kWgStages - 1; ++s) {
+    if (s < k_tiles) load(s, s * kWgTileK);
+    CpAsyncCommit();
+  }
+  for (int64_t t = 0; t < k_tiles; ++t) {
+    CpAsyncWait<kWgStages - 2>();  // this thread's copies of tile t have landed
+    FenceProxyAsyncShared();       // ... and are visible to wgmma
+    __syncthreads();               // every thread's; tile t - 1's stage is free
+    const int64_t next = t + kWgStages - 1;
+    if (next < k_tiles) load(static_cast<int>(next % kWgStages), next * kWgTileK);
+    CpAsyncCommit();
+    const int s = static_cast<int>(t % kWgStages);
+    const unsigned char* a = tile_a(s) + warpgroup * 64 * 128;  // this warpgroup's 64 rows
+    const unsigned char* b = tile_b(s);
+    WgmmaFence();
+#pragma unroll
+    for (int kk = 0; kk < kWgTileK / 16; ++kk) {
+      WgmmaM64N128K16(acc, WgmmaDescriptor(a + kk * 32), WgmmaDescriptor(b + kk * 32));
+    }
+    WgmmaCommit();
+    WgmmaWait<0>();  // the stage is read before the next iteration may refill it
+  }
+  CpAsyncWait<0>();
+  const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int64_t gm = w.m0 + warpgroup * 64 + warp * 16 + h * 8 + lane / 4;
+    if (gm >= w.m_lim) continue;
+    OutT* row = w.c + gm * p.ldc;
+    const int64_t col0 = n0 + (lane % 4) * 2;
+    float v[16][2];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      v[j][0] = acc[4 * j + 2 * h];
+      v[j][1] = acc[4 * j + 2 * h + 1];
+    }
+    if (p.beta != 0.0f) {
+      float old[16][2];
+#pragma unroll
+      for (int j = 0; j < 16; ++j) LoadPair(row, col0 + j * 8, p.n, pairs, old[j]);
+#pragma unroll
+      for (int j = 0; j < 16; ++j) {
+        v[j][0] += p.beta * old[j][0];
+        v[j][1] += p.beta * old[j][1];
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 16; ++j) StorePair(row, col0 + j * 8, p.n, pairs, v[j]);
+  }
+#else
+  __trap();  // launched only on sm_90 devices, from a build for sm_90a
+#endif
+}
+
+// The wgmma kernel runs where the device is sm_90 and the build has sm_90a
+// code; SCALEMOE_GROUPED_GEMM=mma keeps the mma.sync kernel (A/B timings).
+bool UseWgmma() {
+  static const bool use = [] {
+    const char* env = std::getenv("SCALEMOE_GROUPED_GEMM");
+    if (env != nullptr && std::string(env) == "mma") return false;
+    int device = 0, major = 0;
+    if (cudaGetDevice(&device) != cudaSuccess) return false;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+      return false;
+    }
+    return major == 9;
+  }();
+  return use;
+}
+
 // ---------------------------------------------------------------- launch
 
 struct Launch {
@@ -356,6 +478,18 @@ struct Launch {
 template <typename T, typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op) {
   if constexpr (std::is_same_v<T, bf16>) {
+    if constexpr (kAKMajor && kBKMajor && !kWeightGrad) {
+      if (launch.tensor_cores && UseWgmma()) {
+        auto kernel = GroupedGemmWgmmaKernel<OutT>;
+        static const cudaError_t attr =
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes);
+        SM_CHECK_CUDA_CALL(ctx, attr, op);
+        const dim3 grid((p.n + kWgTileN - 1) / kWgTileN, launch.grid.y, launch.grid.z);
+        kernel<<<grid, kWgThreads, kWgSmemBytes, Stream(ctx)>>>(p);
+        SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaKernel");
+        return;
+      }
+    }
     if (launch.tensor_cores) {
       auto kernel = GroupedGemmTcKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
       constexpr int kBytes = TcTiles<kAKMajor, kBKMajor>::kSmemBytes;
