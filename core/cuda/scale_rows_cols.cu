@@ -167,21 +167,33 @@ __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
   }
 }
 
-// The same for one d_col shared by all B matrices (a γ shared by the
-// group's maps): d_col[j] += Σ_s partials[b, s, j] for b = 0, 1, ... in
-// order, rounded to T after each b — what B single launches in order give.
+// For one d_col shared by all B matrices (a γ shared by the group's maps),
+// first totals[b, j] = Σ_s partials[b, s, j] (s in order, all b at once)...
+__global__ void ColumnTotalsKernel(int64_t bc, int64_t c_dim, int64_t chunks,
+                                   const double* partials, double* totals) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
+       e += stride) {
+    const int64_t b = e / c_dim, j = e - b * c_dim;
+    const double* p = partials + b * chunks * c_dim + j;
+    double total = 0;
+    for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
+    totals[e] = total;
+  }
+}
+
+// ... then d_col[j] += totals[b, j] for b = 0, 1, ... in order, rounded to T
+// after each b: what B single launches in order give.
 template <typename T, template <typename> class At>
-__global__ void SharedColumnFinishKernel(int64_t b_dim, int64_t c_dim, int64_t chunks,
-                                         const double* partials, At<T> d_col) {
+__global__ void SharedColumnFinishKernel(int64_t b_dim, int64_t c_dim, const double* totals,
+                                         At<T> d_col) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   T* dc = d_col(0);
   for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < c_dim;
        j += stride) {
     for (int64_t b = 0; b < b_dim; ++b) {
-      const double* p = partials + b * chunks * c_dim + j;
-      double total = 0;
-      for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
-      dc[j] = FromAcc<T>(static_cast<Acc<T>>(static_cast<double>(ToAcc(dc[j])) + total));
+      dc[j] = FromAcc<T>(
+          static_cast<Acc<T>>(static_cast<double>(ToAcc(dc[j])) + totals[b * c_dim + j]));
     }
   }
 }
@@ -262,8 +274,12 @@ void LaunchBackward(const ExecContext& ctx, const char* op, Dims d, At<const T> 
         d.r, d.c, chunk, x, row, d_out, Ptr<double>(partials));
     SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
     if (shared_dcol) {
-      SharedColumnFinishKernel<T, At><<<Blocks(d.c), kThreads, 0, Stream(ctx)>>>(
-          d.b, d.c, chunks, Ptr<const double>(partials), d_col);
+      Tensor totals = ctx.Empty({d.b, d.c}, DType::kF64);
+      ColumnTotalsKernel<<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
+          d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<double>(totals));
+      SM_CHECK_LAUNCH(ctx, op, "ColumnTotalsKernel");
+      SharedColumnFinishKernel<T, At>
+          <<<Blocks(d.c), kThreads, 0, Stream(ctx)>>>(d.b, d.c, Ptr<const double>(totals), d_col);
       SM_CHECK_LAUNCH(ctx, op, "SharedColumnFinishKernel");
     } else {
       ColumnFinishKernel<T, At><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
