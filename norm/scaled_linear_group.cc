@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "core/host_values.h"
+
 namespace scalemoe {
 namespace {
 
@@ -31,8 +33,9 @@ Tensor OrFiller(const ExecContext& ctx, const Tensor& t, Tensor& filler, int64_t
                 bool ones) {
   if (t.defined()) return AsRow(t);
   if (!filler.defined() || filler.dtype() != dtype || filler.numel() != n) {
-    if (ones) {
-      filler = ctx.ToDevice(Tensor::FromVector({1, n}, std::vector<double>(n, 1.0), dtype));
+    if (ones) {  // uploaded once (core/host_values.h), in the vectors' dtype
+      filler = ctx.Empty({1, n}, dtype);
+      ops::Copy(ctx, TableToDevice(ctx, {1, n}, std::vector<double>(n, 1.0)), filler);
     } else {
       filler = ctx.Empty({1, n}, dtype);
       ops::Zero(ctx, filler);  // never read back; zero rather than arena garbage
