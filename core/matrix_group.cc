@@ -73,4 +73,13 @@ void CheckOwnMatrices(const MatrixGroup& g, const char* op, const char* what) {
                ": two groups share a vector; each group's sums need a ", what, " of its own");
 }
 
+bool CheckOwnOrSharedMatrices(const MatrixGroup& g, const char* op, const char* what) {
+  const bool shared =
+      g.size() >= 2 && std::all_of(g.matrices.begin(), g.matrices.end(), [&](const Tensor& t) {
+        return t.raw_data() == g.matrices.front().raw_data();
+      });
+  if (!shared) CheckOwnMatrices(g, op, what);
+  return shared;
+}
+
 }  // namespace scalemoe::ops

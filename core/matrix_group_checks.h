@@ -18,5 +18,9 @@ void CheckMatrixGroup(const MatrixGroup& g, int64_t size, int64_t rows, int64_t 
 // start at the same memory (a vector shared by two groups would take both
 // sums at once).
 void CheckOwnMatrices(const MatrixGroup& g, const char* op, const char* what);
+// The same, or every one of g's matrices is the same memory (one vector
+// shared by all groups, whose sums the op adds in group order). Returns
+// whether g is shared (two groups or more).
+bool CheckOwnOrSharedMatrices(const MatrixGroup& g, const char* op, const char* what);
 
 }  // namespace scalemoe::ops

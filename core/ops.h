@@ -133,9 +133,12 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
 // tensor. Group g computes exactly what ScaleRowsCols(x_g, row_g, col_g,
 // out_g) and ScaleRowsColsBackward(x_g, row_g, col_g, d_out_g, d_x_g,
 // d_row_g, d_col_g) would: the same sums in the same order, the same bits
-// (d_x_g may alias d_out_g; each group's d_row_g and d_col_g must be
-// vectors of its own, SM_CHECKed: a vector shared by two groups would take
-// both sums at once). All groups share x's dtype, except that out may
+// (d_x_g may alias d_out_g; each group's d_row_g must be a vector of its
+// own, SM_CHECKed: a vector shared by two groups would take both sums at
+// once). d_col_g likewise, or one vector for every group (a γ shared by
+// the maps, scale_vectors.mode SHARED): the groups' sums then add into it
+// in group order, each rounded as its own call's, the same bits as the
+// single calls in group order. All groups share x's dtype, except that out may
 // be bf16 for f32 x: computed in f32 and rounded once on store (the folded
 // weight of bf16 GEMM operands, formed from the fp32 master).
 void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const MatrixGroup& row,

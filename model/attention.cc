@@ -67,6 +67,8 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   k_proj_ = linear(w_k, kK, config::ScaleVectorConfig::K, "k");
   v_proj_ = linear(w_v, kV, config::ScaleVectorConfig::V, "v");
   o_proj_ = linear(w_o, -1, config::ScaleVectorConfig::O, "o");
+  projections_ = std::make_unique<ScaledLinearGroup>(
+      std::vector<ScaledLinear*>{q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()});
 
   auto head_norm = [&](Projection proj, const char* dnp_name, const char* qk_name,
                        bool qk_norm) -> std::unique_ptr<ScaledRmsNorm> {
@@ -88,9 +90,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
 
 Status Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
   SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
-  for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
-    SM_RETURN_IF_ERROR(l->PrepareStep(ctx, dtype));
-  }
+  SM_RETURN_IF_ERROR(projections_->PrepareStep(ctx, dtype));
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
     if (n) SM_RETURN_IF_ERROR(n->PrepareStep(ctx, dtype));
   }
@@ -165,9 +165,7 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
 }
 
 Status Attention::FinishBackward(const ExecContext& ctx) {
-  for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
-    SM_RETURN_IF_ERROR(l->FinishBackward(ctx));
-  }
+  SM_RETURN_IF_ERROR(projections_->FinishBackward(ctx));
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
     if (n) SM_RETURN_IF_ERROR(n->FinishBackward(ctx));
   }

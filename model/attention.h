@@ -34,6 +34,7 @@
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_linear.h"
+#include "norm/scaled_linear_group.h"
 #include "norm/scaled_rms_norm.h"
 
 namespace scalemoe {
@@ -63,6 +64,9 @@ class Attention {
   ops::AttentionOptions attention_options_;  // bf16 operands under train.precision BF16
   std::unique_ptr<BranchScales> scales_;  // branches q, k, v
   std::unique_ptr<ScaledLinear> q_proj_, k_proj_, v_proj_, o_proj_;
+  // Their fold and unfold, same-shaped neighbours in one launch (q, k, v
+  // under MHA; k, v under GQA; o too where it matches).
+  std::unique_ptr<ScaledLinearGroup> projections_;
   std::unique_ptr<ScaledRmsNorm> q_norm_, k_norm_, v_norm_;  // null when absent
   // Forward cache.
   int64_t batch_ = 0, seq_ = 0;

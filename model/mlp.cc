@@ -48,13 +48,13 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
   gate_ = linear(w_gate, scales_.get(), kGate, config::ScaleVectorConfig::GATE, "gate");
   up_ = linear(w_up, scales_.get(), kUp, config::ScaleVectorConfig::UP, "up");
   down_ = linear(w_down, nullptr, 0, config::ScaleVectorConfig::DOWN, "down");
+  projections_ = std::make_unique<ScaledLinearGroup>(
+      std::vector<ScaledLinear*>{gate_.get(), up_.get(), down_.get()});
 }
 
 Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
   SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
-  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) {
-    SM_RETURN_IF_ERROR(l->PrepareStep(ctx, dtype));
-  }
+  SM_RETURN_IF_ERROR(projections_->PrepareStep(ctx, dtype));
   return absl::OkStatus();
 }
 
@@ -100,9 +100,7 @@ Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Ten
 }
 
 Status Mlp::FinishBackward(const ExecContext& ctx) {
-  for (ScaledLinear* l : {gate_.get(), up_.get(), down_.get()}) {
-    SM_RETURN_IF_ERROR(l->FinishBackward(ctx));
-  }
+  SM_RETURN_IF_ERROR(projections_->FinishBackward(ctx));
   return scales_->Backward(ctx);
 }
 

@@ -21,6 +21,7 @@
 #include "model/tp_region.h"
 #include "norm/branch_scales.h"
 #include "norm/scaled_linear.h"
+#include "norm/scaled_linear_group.h"
 
 namespace scalemoe {
 
@@ -47,6 +48,8 @@ class Mlp {
   const TpRegion& tp_;
   std::unique_ptr<BranchScales> scales_;  // branches gate, up
   std::unique_ptr<ScaledLinear> gate_, up_, down_;
+  // Their fold and unfold, gate and up in one launch.
+  std::unique_ptr<ScaledLinearGroup> projections_;
   Tensor gate_out_, up_out_;  // [N, F] forward cache
 };
 

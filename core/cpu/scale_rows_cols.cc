@@ -1,6 +1,7 @@
 // ScaleRowsCols and its backward on the CPU (f32/f64 reference; bf16
 // computed in f32, its d_col sums kept in f32 until the one rounding store),
-// and their group forms: one single-matrix call per group, in group order.
+// and their group forms: one single-matrix call per group, in group order
+// (so a d_col shared by all groups gets the single calls' bits).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -176,7 +177,9 @@ void ScaleRowsColsBackwardGroup(const ExecContext&, const MatrixGroup& x, const 
   ops::CheckMatrixGroup(d_row, n, 1, r, dt, Device::kCPU, true, op, "d_row");
   ops::CheckMatrixGroup(d_col, n, 1, c, dt, Device::kCPU, true, op, "d_col");
   ops::CheckOwnMatrices(d_row, op, "d_row");
-  ops::CheckOwnMatrices(d_col, op, "d_col");
+  // A d_col shared by every group takes their sums in group order, as the
+  // single calls in that order would.
+  ops::CheckOwnOrSharedMatrices(d_col, op, "d_col");
   if (n == 0) return;
   const Dims d{1, r, c};
   DispatchFloat(x.matrices[0], [&](auto zero) {

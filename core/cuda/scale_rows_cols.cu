@@ -7,7 +7,9 @@
 //   d_col += Σ_i d_out·x·row (accumulated).
 // Both sums are deterministic: d_row is one warp's fixed butterfly per row;
 // d_col is two passes, partial sums over fixed chunks of rows (a chunk size
-// that depends on R only) and then the chunks added in order. No atomics.
+// that depends on R only) and then the chunks added in order (a d_col
+// shared by a group's matrices: the matrices' totals added in group order).
+// No atomics.
 // The sums accumulate in f64 whatever T: they are the fold's γ/u gradients,
 // sums over a whole weight with cancellation, where f32 sums of two orders
 // differ by ~1e-5 of the result at GPU-preset widths (memory-bound: f64
@@ -165,6 +167,37 @@ __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
   }
 }
 
+// For one d_col shared by all B matrices (a γ shared by the group's maps),
+// first totals[b, j] = Σ_s partials[b, s, j] (s in order, all b at once)...
+__global__ void ColumnTotalsKernel(int64_t bc, int64_t c_dim, int64_t chunks,
+                                   const double* partials, double* totals) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
+       e += stride) {
+    const int64_t b = e / c_dim, j = e - b * c_dim;
+    const double* p = partials + b * chunks * c_dim + j;
+    double total = 0;
+    for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
+    totals[e] = total;
+  }
+}
+
+// ... then d_col[j] += totals[b, j] for b = 0, 1, ... in order, rounded to T
+// after each b: what B single launches in order give.
+template <typename T, template <typename> class At>
+__global__ void SharedColumnFinishKernel(int64_t b_dim, int64_t c_dim, const double* totals,
+                                         At<T> d_col) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  T* dc = d_col(0);
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < c_dim;
+       j += stride) {
+    for (int64_t b = 0; b < b_dim; ++b) {
+      dc[j] = FromAcc<T>(
+          static_cast<Acc<T>>(static_cast<double>(ToAcc(dc[j])) + totals[b * c_dim + j]));
+    }
+  }
+}
+
 // ---------------------------------------------------------------- launchers
 
 struct Dims {
@@ -227,7 +260,7 @@ void LaunchForward(const ExecContext& ctx, const char* op, Dims d, bool aligned,
 template <typename T, template <typename> class At>
 void LaunchBackward(const ExecContext& ctx, const char* op, Dims d, At<const T> x, At<const T> row,
                     At<const T> col, At<const T> d_out, At<T> d_x, At<T> d_row, At<T> d_col,
-                    bool want_dx, bool want_drow, bool want_dcol) {
+                    bool want_dx, bool want_drow, bool want_dcol, bool shared_dcol) {
   // An empty x leaves nothing to write: d_x is empty, and the sums add 0.
   if (d.b * d.r * d.c == 0) return;
   if (want_dcol) {
@@ -240,9 +273,19 @@ void LaunchBackward(const ExecContext& ctx, const char* op, Dims d, At<const T> 
     ColumnPartialsKernel<T, At><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
         d.r, d.c, chunk, x, row, d_out, Ptr<double>(partials));
     SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
-    ColumnFinishKernel<T, At><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
-        d.b * d.c, d.c, chunks, Ptr<const double>(partials), d_col);
-    SM_CHECK_LAUNCH(ctx, op, "ColumnFinishKernel");
+    if (shared_dcol) {
+      Tensor totals = ctx.Empty({d.b, d.c}, DType::kF64);
+      ColumnTotalsKernel<<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
+          d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<double>(totals));
+      SM_CHECK_LAUNCH(ctx, op, "ColumnTotalsKernel");
+      SharedColumnFinishKernel<T, At>
+          <<<Blocks(d.c), kThreads, 0, Stream(ctx)>>>(d.b, d.c, Ptr<const double>(totals), d_col);
+      SM_CHECK_LAUNCH(ctx, op, "SharedColumnFinishKernel");
+    } else {
+      ColumnFinishKernel<T, At><<<Blocks(d.b * d.c), kThreads, 0, Stream(ctx)>>>(
+          d.b * d.c, d.c, chunks, Ptr<const double>(partials), d_col);
+      SM_CHECK_LAUNCH(ctx, op, "ColumnFinishKernel");
+    }
   }
   if (want_dx || want_drow) {
     const int64_t rows = d.b * d.r;
@@ -306,7 +349,7 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
                                Slices<const T>(row, d.r), Slices<const T>(col, d.c),
                                Slices<const T>(d_out, rc), Slices<T>(d_x, rc),
                                Slices<T>(d_row, d.r), Slices<T>(d_col, d.c), d_x.defined(),
-                               d_row.defined(), d_col.defined());
+                               d_row.defined(), d_col.defined(), /*shared_dcol=*/false);
   });
 }
 
@@ -354,14 +397,14 @@ void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
   ops::CheckMatrixGroup(d_row, n, 1, d.r, dt, Device::kCUDA, true, op, "d_row");
   ops::CheckMatrixGroup(d_col, n, 1, d.c, dt, Device::kCUDA, true, op, "d_col");
   ops::CheckOwnMatrices(d_row, op, "d_row");
-  ops::CheckOwnMatrices(d_col, op, "d_col");
+  const bool shared_dcol = ops::CheckOwnOrSharedMatrices(d_col, op, "d_col");
   if (n == 0) return;
   DispatchFloat(x.matrices[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
     LaunchBackward<T, Table>(ctx, op, d, Entries<const T>(x), Entries<const T>(row),
                              Entries<const T>(col), Entries<const T>(d_out), Entries<T>(d_x),
                              Entries<T>(d_row), Entries<T>(d_col), d_x.size() > 0, d_row.size() > 0,
-                             d_col.size() > 0);
+                             d_col.size() > 0, shared_dcol);
   });
 }
 

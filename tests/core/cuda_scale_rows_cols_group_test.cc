@@ -2,8 +2,9 @@
 // CPU reference on fresh Philox data (f32/f64/bf16; several group sizes,
 // one included; a single row or column; R large enough for many chunks of
 // d_col's sum; row or col undefined; any subset of d_x, d_row, d_col; the
-// in-place unfold d_x = d_out; the fold rounded to bf16), and bit for bit
-// against one ScaleRowsCols / ScaleRowsColsBackward launch per group.
+// in-place unfold d_x = d_out; the fold rounded to bf16; a d_col shared by
+// all groups), and bit for bit against one ScaleRowsCols /
+// ScaleRowsColsBackward launch per group.
 #include <string>
 #include <vector>
 
@@ -174,6 +175,50 @@ TEST_F(CudaScaleRowsColsGroupTest, BackwardMatchesCpuAndOneLaunchPerGroup) {
           }
         }
       }
+    }
+  }
+}
+
+// One d_col for every group (a γ shared by the maps, the baseline's
+// experts): the groups' sums add into it in group order, bit for bit what
+// one launch per group in that order gives, and near the CPU's in-order sum.
+TEST_F(CudaScaleRowsColsGroupTest, BackwardSharedColEqualsOneLaunchPerGroupInOrder) {
+  uint64_t seed = 5000;
+  for (DType dtype : kFloats) {
+    for (const Case& k : kCases) {
+      if (k.groups < 2) continue;
+      ++seed;
+      const std::string what =
+          absl::StrCat(DTypeName(dtype), " ", k.groups, " x [", k.r, ", ", k.c, "]");
+      const Shape xs{k.r, k.c};
+      const int64_t n = k.groups;
+      const auto x = Hosts(true, n, xs, dtype, seed, 1);
+      const auto row = Hosts(true, n, {k.r}, dtype, seed, 2);
+      const Tensor col = RandomHost({k.c}, dtype, seed, 3);
+      const auto grad = Hosts(true, n, xs, dtype, seed, 4);
+      const Tensor d_col = RandomHost({k.c}, dtype, seed, 6);
+      const auto x_dev = Devs(x), row_dev = Devs(row);
+      const Tensor col_dev = Dev(col);
+      const auto grad_dev = Devs(grad), grad_one = Devs(grad);
+      const Tensor d_col_dev = Dev(d_col), d_col_one = Dev(d_col);
+      const std::vector<Tensor> cols(n, col_dev), d_cols(n, d_col_dev);
+      // The unfold of a shared γ: in place in W's gradient, no du.
+      ops::ScaleRowsColsBackwardGroup(ctx_, Group(ctx_, x_dev), Group(ctx_, row_dev),
+                                      Group(ctx_, cols), Group(ctx_, grad_dev),
+                                      Group(ctx_, grad_dev), {}, Group(ctx_, d_cols));
+      const Status st = ctx_.status();
+      ASSERT_TRUE(st.ok()) << st;
+      const auto x_ref = Refs(x), row_ref = Refs(row), grad_ref = Refs(grad);
+      const Tensor col_ref = ReferenceInput(col).Clone(), d_col_ref = ReferenceInput(d_col).Clone();
+      for (int64_t g = 0; g < n; ++g) {
+        ops::ScaleRowsColsBackward(cpu_, x_ref[g], row_ref[g], col_ref, grad_ref[g], grad_ref[g],
+                                   Tensor(), d_col_ref);
+        ops::ScaleRowsColsBackward(ctx_, x_dev[g], row_dev[g], col_dev, grad_one[g], grad_one[g],
+                                   Tensor(), d_col_one);
+        EXPECT_TRUE(BitwiseEqual(Host(grad_dev[g]), Host(grad_one[g]))) << "d_x " << what << g;
+      }
+      ExpectParity(Host(d_col_dev), d_col_ref, ParityTolerance(dtype), "d_col " + what);
+      EXPECT_TRUE(BitwiseEqual(Host(d_col_dev), Host(d_col_one))) << "d_col " << what;
     }
   }
 }

@@ -2,7 +2,8 @@
 // every group gets the same bits as a ScaleRowsCols / ScaleRowsColsBackward
 // call of its own, for several group sizes (one included), odd shapes,
 // undefined row or col, any subset of the backward's outputs, the in-place
-// unfold (d_x aliasing d_out) and the fold rounded to bf16.
+// unfold (d_x aliasing d_out), a d_col shared by all groups and the fold
+// rounded to bf16.
 #include <string>
 #include <vector>
 
@@ -139,6 +140,49 @@ TEST(ScaleRowsColsGroupTest, BackwardInPlaceEqualsOneCallPerGroup) {
     EXPECT_TRUE(SameBits(d_row[g], d_row_ref[g])) << g;
     EXPECT_TRUE(SameBits(d_col[g], d_col_ref[g])) << g;
   }
+}
+
+// One d_col for every group (a γ shared by the maps): the groups' sums add
+// into it in group order, the bits of one call per group in that order.
+TEST(ScaleRowsColsGroupTest, BackwardSharedColEqualsOneCallPerGroupInOrder) {
+  const ExecContext ctx;
+  for (DType dtype : kFloats) {
+    const Case k{4, 19, 11};
+    const auto x = Randoms(k.groups, {k.r, k.c}, dtype, 1);
+    const auto row = Randoms(k.groups, {k.r}, dtype, 2);
+    const Tensor col = Randoms(1, {k.c}, dtype, 3)[0];
+    const auto grad = Randoms(k.groups, {k.r, k.c}, dtype, 4);
+    const auto d_row = Randoms(k.groups, {k.r}, dtype, 5);
+    const Tensor d_col = Randoms(1, {k.c}, dtype, 6)[0];
+    const auto grad_ref = Clones(grad), d_row_ref = Clones(d_row);
+    const Tensor d_col_ref = d_col.Clone();
+    const ops::MatrixGroup grads = ops::MakeMatrixGroup(ctx, grad);
+    const std::vector<Tensor> cols(k.groups, col), d_cols(k.groups, d_col);
+    ops::ScaleRowsColsBackwardGroup(ctx, ops::MakeMatrixGroup(ctx, x), VectorGroup(ctx, row),
+                                    VectorGroup(ctx, cols), grads, grads, VectorGroup(ctx, d_row),
+                                    VectorGroup(ctx, d_cols));
+    for (int64_t g = 0; g < k.groups; ++g) {
+      ops::ScaleRowsColsBackward(ctx, x[g], row[g], col, grad_ref[g], grad_ref[g], d_row_ref[g],
+                                 d_col_ref);
+      EXPECT_TRUE(SameBits(grad[g], grad_ref[g])) << DTypeName(dtype) << " " << g;
+      EXPECT_TRUE(SameBits(d_row[g], d_row_ref[g])) << DTypeName(dtype) << " " << g;
+    }
+    EXPECT_TRUE(SameBits(d_col, d_col_ref)) << DTypeName(dtype);
+  }
+}
+
+// A d_col shared by some groups but not all is refused (which order?).
+TEST(ScaleRowsColsGroupDeathTest, BackwardPartlySharedColFails) {
+  const ExecContext ctx;
+  const Case k{3, 4, 5};
+  const auto x = Randoms(k.groups, {k.r, k.c}, DType::kF32, 1);
+  const auto d_out = Randoms(k.groups, {k.r, k.c}, DType::kF32, 2);
+  const auto own = Randoms(2, {k.c}, DType::kF32, 3);
+  const std::vector<Tensor> d_cols = {own[0], own[1], own[0]};
+  EXPECT_DEATH(ops::ScaleRowsColsBackwardGroup(ctx, ops::MakeMatrixGroup(ctx, x), {}, {},
+                                               ops::MakeMatrixGroup(ctx, d_out), {}, {},
+                                               VectorGroup(ctx, d_cols)),
+               "share a vector");
 }
 
 }  // namespace
