@@ -71,7 +71,9 @@ StatusOr<ExportResult> ExportUnfolded(const ExportOptions& options,
   SM_RETURN_IF_ERROR(CreateOutDir(options.out_dir));
   const fs::path out(options.out_dir);
   std::vector<std::pair<std::string, Tensor>> pairs;
+  bool has_head = false;  // tied embeddings keep no lm_head of their own
   for (auto& [name, value] : whole) {
+    has_head = has_head || name == "lm_head.weight";
     Tensor converted = Tensor::Empty(value.shape(), options.dtype);
     converted.CopyFrom(value);
     pairs.emplace_back(name, converted);
@@ -89,7 +91,7 @@ StatusOr<ExportResult> ExportUnfolded(const ExportOptions& options,
       {"folded", "nothing: every model tensor under its trainer name and global shape"},
   };
   SM_RETURN_IF_ERROR(WriteJson(out / "scalemoe_export.json", provenance));
-  return ExportResult{"unfolded", false};
+  return ExportResult{"unfolded", !has_head};
 }
 
 }  // namespace

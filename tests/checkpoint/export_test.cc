@@ -268,6 +268,7 @@ TEST(ExportTest, UnfoldedExportWritesEveryTensorAsTheTrainerHoldsIt) {
   StatusOr<ExportResult> result = ExportCheckpoint(options);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->architecture, "unfolded");
+  EXPECT_EQ(result->tied_embeddings, cfg.model().tied_embeddings());
   StatusOr<SafetensorsFile> st = SafetensorsFile::Read(out + "/model.safetensors");
   ASSERT_TRUE(st.ok()) << st.status();
   EXPECT_EQ(st->entries().size(), saved.values.size());
