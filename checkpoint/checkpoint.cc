@@ -105,13 +105,15 @@ Status RemoveLeftovers(const std::string& checkpoints_dir) {
   return absl::OkStatus();
 }
 
-// Keeps the newest `keep_last` complete checkpoints plus `just_written`. A
-// doomed dir is first renamed to .tmp-* (atomic), so a crash mid-delete never
-// leaves a step dir with COMPLETE but missing files.
+// Keeps the newest `keep_last` complete checkpoints plus `just_written`, and
+// step_0 (the initial weights, saved only when asked for: a reference point
+// for other implementations, not counted). A doomed dir is first renamed to
+// .tmp-* (atomic), so a crash mid-delete never leaves a step dir with
+// COMPLETE but missing files.
 Status Prune(const std::string& checkpoints_dir, int keep_last, int64_t just_written) {
   if (keep_last <= 0) return absl::OkStatus();
   SM_ASSIGN_OR_RETURN(std::vector<StepDir> steps, ListStepDirs(checkpoints_dir));
-  std::erase_if(steps, [](const StepDir& s) { return !s.complete; });
+  std::erase_if(steps, [](const StepDir& s) { return !s.complete || s.step == 0; });
   const size_t keep = static_cast<size_t>(keep_last);
   for (size_t i = 0; i + keep < steps.size(); ++i) {
     if (steps[i].step == just_written) continue;

@@ -83,7 +83,7 @@ struct SaveRequest {
   // Any bytes; stored in blobs.json. Global state: only rank 0's are stored.
   std::map<std::string, std::string> blobs;
   // Complete checkpoints to keep after this save (the one just written always
-  // stays); 0 keeps all.
+  // stays, and so does step_0, the initial weights); 0 keeps all.
   int keep_last = 0;
 };
 

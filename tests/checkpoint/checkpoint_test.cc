@@ -183,6 +183,16 @@ TEST_F(CheckpointTest, KeepsTheLastKCompleteCheckpoints) {
   }
 }
 
+// step_0 (checkpoint.save_initial: the weights before any update) is a
+// reference for other implementations: kept, and not one of the K.
+TEST_F(CheckpointTest, PruningKeepsTheInitialWeightsOutsideTheCount) {
+  for (int64_t step : {0, 10, 20, 30}) ASSERT_TRUE(Save(step, /*keep_last=*/1).ok());
+  EXPECT_TRUE(fs::exists(StepDir(0) + "/COMPLETE"));
+  EXPECT_FALSE(fs::exists(StepDir(10)));
+  EXPECT_FALSE(fs::exists(StepDir(20)));
+  EXPECT_TRUE(fs::exists(StepDir(30) + "/COMPLETE"));
+}
+
 TEST_F(CheckpointTest, PruningNeverDeletesTheCheckpointJustWritten) {
   ASSERT_TRUE(Save(50).ok());
   ASSERT_TRUE(Save(60).ok());
