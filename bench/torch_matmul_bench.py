@@ -68,6 +68,16 @@ def time_case(batch, tokens, k_in, n_out, dtype, form):
     return ms
 
 
+def product_dims(form, tokens, k_in, n_out):
+    """The product's M, N, K for a form (g-prefixed: the same, grouped)."""
+    form = form.lstrip("g")
+    if form == "dgrad":  # [M, N] x [N, K]
+        return tokens, k_in, n_out
+    if form == "wgrad":  # [N, M] x [M, K]
+        return n_out, k_in, tokens
+    return tokens, n_out, k_in  # fwd: [M, K] x [K, N]
+
+
 def time_grouped(batch, tokens, k_in, n_out, form):
     dev = torch.device("cuda")
     gen = torch.Generator(device=dev)
@@ -121,11 +131,7 @@ def main():
         batch, tokens, k_in, n_out = int(batch), int(tokens), int(k_in), int(n_out)
         for dname, dtype in (("bf16", torch.bfloat16), ("fp32", torch.float32)):
             for form in ("fwd", "dgrad", "wgrad"):
-                m, n, k = tokens, n_out, k_in
-                if form == "dgrad":
-                    n, k = k, n
-                elif form == "wgrad":
-                    m, n, k = n_out, k_in, tokens
+                m, n, k = product_dims(form, tokens, k_in, n_out)
                 ms = time_case(batch, tokens, k_in, n_out, dtype, form)
                 tflops = 2.0 * batch * m * n * k / (ms * 1e-3) / 1e12
                 note = "torch dW bf16" if form == "wgrad" and dname == "bf16" else ""
@@ -134,11 +140,7 @@ def main():
         if batch == 1 or not hasattr(torch, "_grouped_mm"):
             continue
         for form in ("gfwd", "gdgrad", "gwgrad"):
-            m, n, k = tokens, n_out, k_in
-            if form == "gdgrad":
-                n, k = k, n
-            elif form == "gwgrad":
-                m, n, k = n_out, k_in, tokens
+            m, n, k = product_dims(form, tokens, k_in, n_out)
             try:
                 ms = time_grouped(batch, tokens, k_in, n_out, form)
             except RuntimeError as e:  # a layout this release's kernel refuses

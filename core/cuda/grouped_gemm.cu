@@ -145,6 +145,27 @@ __device__ __forceinline__ void StorePair(bf16* row, int64_t col, int64_t n, boo
   }
 }
 
+// One lane's kPairs column pairs of an output row, at columns col0 + 8j and
+// col0 + 8j + 1: v + beta * row's old values. With beta, the old values are
+// all read before any is written: one round trip per row instead of one per
+// element (the compiler cannot reorder them itself).
+template <int kPairs, typename OutT>
+__device__ __forceinline__ void StoreRowPairs(OutT* row, int64_t col0, int64_t n, bool pairs,
+                                              float beta, float (&v)[kPairs][2]) {
+  if (beta != 0.0f) {
+    float old[kPairs][2];
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) LoadPair(row, col0 + j * 8, n, pairs, old[j]);
+#pragma unroll
+    for (int j = 0; j < kPairs; ++j) {
+      v[j][0] += beta * old[j][0];
+      v[j][1] += beta * old[j][1];
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kPairs; ++j) StorePair(row, col0 + j * 8, n, pairs, v[j]);
+}
+
 // ---------------------------------------------------------------- SIMT kernel
 
 constexpr int kSimtTile = 64, kSimtK = 16, kSimtThreads = 256;
@@ -316,9 +337,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) 
   CpAsyncWait<0>();
   // Straight from the accumulators: each lane holds 2 adjacent columns of 2
   // rows per block (n is a multiple of 8: a pair is all in or all out),
-  // stored as one pair when the output's rows allow it. With beta, a row's
-  // old values are all read before any is written: one round trip per row
-  // instead of one per element (the compiler cannot reorder them itself).
+  // stored as one pair when the output's rows allow it.
   const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -334,18 +353,7 @@ __global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) 
         v[j][0] = acc[i][j][h * 2];
         v[j][1] = acc[i][j][h * 2 + 1];
       }
-      if (p.beta != 0.0f) {
-        float old[8][2];
-#pragma unroll
-        for (int j = 0; j < 8; ++j) LoadPair(row, col0 + j * 8, p.n, pairs, old[j]);
-#pragma unroll
-        for (int j = 0; j < 8; ++j) {
-          v[j][0] += p.beta * old[j][0];
-          v[j][1] += p.beta * old[j][1];
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < 8; ++j) StorePair(row, col0 + j * 8, p.n, pairs, v[j]);
+      StoreRowPairs(row, col0, p.n, pairs, p.beta, v);
     }
   }
 }
@@ -434,18 +442,7 @@ __global__ void __launch_bounds__(kWgThreads, 2) GroupedGemmWgmmaKernel(Problem 
       v[j][0] = acc[4 * j + 2 * h];
       v[j][1] = acc[4 * j + 2 * h + 1];
     }
-    if (p.beta != 0.0f) {
-      float old[16][2];
-#pragma unroll
-      for (int j = 0; j < 16; ++j) LoadPair(row, col0 + j * 8, p.n, pairs, old[j]);
-#pragma unroll
-      for (int j = 0; j < 16; ++j) {
-        v[j][0] += p.beta * old[j][0];
-        v[j][1] += p.beta * old[j][1];
-      }
-    }
-#pragma unroll
-    for (int j = 0; j < 16; ++j) StorePair(row, col0 + j * 8, p.n, pairs, v[j]);
+    StoreRowPairs(row, col0, p.n, pairs, p.beta, v);
   }
 #else
   __trap();  // launched only on sm_90 devices, from a build for sm_90a
