@@ -150,18 +150,24 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
   }
 }
 
+// Σ_s partials[b, s, j], s in order: column j of matrix b over its chunks.
+__device__ __forceinline__ double ChunksTotal(const double* partials, int64_t b, int64_t j,
+                                              int64_t chunks, int64_t c_dim) {
+  const double* p = partials + b * chunks * c_dim + j;
+  double total = 0;
+  for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
+  return total;
+}
+
 // d_col[b, j] += Σ_s partials[b, s, j], s in order.
 template <typename T, template <typename> class At>
 __global__ void ColumnFinishKernel(int64_t bc, int64_t c_dim, int64_t chunks,
                                    const double* partials, At<T> d_col) {
-  using A = double;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
        e += stride) {
     const int64_t b = e / c_dim, j = e - b * c_dim;
-    const A* p = partials + b * chunks * c_dim + j;
-    A total = 0;
-    for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
+    const double total = ChunksTotal(partials, b, j, chunks, c_dim);
     T* dc = d_col(b);
     dc[j] = FromAcc<T>(static_cast<Acc<T>>(static_cast<double>(ToAcc(dc[j])) + total));
   }
@@ -175,10 +181,7 @@ __global__ void ColumnTotalsKernel(int64_t bc, int64_t c_dim, int64_t chunks,
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < bc;
        e += stride) {
     const int64_t b = e / c_dim, j = e - b * c_dim;
-    const double* p = partials + b * chunks * c_dim + j;
-    double total = 0;
-    for (int64_t s = 0; s < chunks; ++s) total += p[s * c_dim];
-    totals[e] = total;
+    totals[e] = ChunksTotal(partials, b, j, chunks, c_dim);
   }
 }
 
