@@ -100,6 +100,27 @@ struct Rig {
   }
 };
 
+// The forward of both rigs: their vectors, then the group's fold and each
+// single map's.
+void PrepareBoth(const ExecContext& ctx, Rig& grouped, Rig& single, ScaledLinearGroup& group) {
+  Must(grouped.scales->Forward(ctx, DType::kF32));
+  Must(single.scales->Forward(ctx, DType::kF32));
+  Must(group.PrepareStep(ctx, DType::kF32));
+  for (auto& m : single.maps) Must(m->PrepareStep(ctx, DType::kF32));
+}
+
+// The backward of both (the group's unfold, each map's), then every
+// gradient: the same bits.
+void ExpectSameGradients(const ExecContext& ctx, Rig& grouped, Rig& single,
+                         ScaledLinearGroup& group, const std::string& name) {
+  Must(group.FinishBackward(ctx));
+  for (auto& m : single.maps) Must(m->FinishBackward(ctx));
+  Must(grouped.scales->Backward(ctx));
+  Must(single.scales->Backward(ctx));
+  EXPECT_TRUE(ctx.status().ok()) << name;
+  EXPECT_TRUE(SameBits(grouped.registry.flat_grads(), single.registry.flat_grads())) << name;
+}
+
 TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
   const Variant variants[] = {
       {"own gamma, plain", Sv::PER_BRANCH, Sv::PLAIN, true, false, true, true},
@@ -117,10 +138,7 @@ TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
   for (const Variant& v : variants) {
     Rig grouped(v), single(v);
     ScaledLinearGroup group(grouped.Maps());
-    Must(grouped.scales->Forward(ctx, DType::kF32));
-    Must(single.scales->Forward(ctx, DType::kF32));
-    Must(group.PrepareStep(ctx, DType::kF32));
-    for (auto& m : single.maps) Must(m->PrepareStep(ctx, DType::kF32));
+    PrepareBoth(ctx, grouped, single, group);
     EXPECT_EQ(group.forms_together(), v.forms_together) << v.name;
     EXPECT_EQ(group.unfolds_together(), v.unfolds_together) << v.name;
     for (int m = 0; m < kMaps; ++m) {
@@ -128,12 +146,7 @@ TEST(ScaledLinearGroupTest, EqualsEachMapOnItsOwn) {
       EXPECT_EQ(w_eff.dtype(), v.bf16_operands ? DType::kBF16 : DType::kF32) << v.name;
       EXPECT_TRUE(SameBits(w_eff, single.maps[m]->effective_weight())) << v.name << " map " << m;
     }
-    Must(group.FinishBackward(ctx));
-    for (auto& m : single.maps) Must(m->FinishBackward(ctx));
-    Must(grouped.scales->Backward(ctx));
-    Must(single.scales->Backward(ctx));
-    EXPECT_TRUE(ctx.status().ok()) << v.name;
-    EXPECT_TRUE(SameBits(grouped.registry.flat_grads(), single.registry.flat_grads())) << v.name;
+    ExpectSameGradients(ctx, grouped, single, group, v.name);
   }
 }
 
@@ -151,10 +164,7 @@ TEST(ScaledLinearGroupTest, SameShapedNeighboursRunTogether) {
   for (const Variant& v : variants) {
     Rig grouped(v, rows), single(v, rows);
     ScaledLinearGroup group(grouped.Maps());
-    Must(grouped.scales->Forward(ctx, DType::kF32));
-    Must(single.scales->Forward(ctx, DType::kF32));
-    Must(group.PrepareStep(ctx, DType::kF32));
-    for (auto& m : single.maps) Must(m->PrepareStep(ctx, DType::kF32));
+    PrepareBoth(ctx, grouped, single, group);
     EXPECT_FALSE(group.forms_together()) << v.name;
     EXPECT_EQ(group.form_launches(), 3) << v.name;
     // Without vectors nothing is folded, so nothing unfolds.
@@ -163,12 +173,7 @@ TEST(ScaledLinearGroupTest, SameShapedNeighboursRunTogether) {
       EXPECT_TRUE(SameBits(grouped.maps[m]->effective_weight(), single.maps[m]->effective_weight()))
           << v.name << " map " << m;
     }
-    Must(group.FinishBackward(ctx));
-    for (auto& m : single.maps) Must(m->FinishBackward(ctx));
-    Must(grouped.scales->Backward(ctx));
-    Must(single.scales->Backward(ctx));
-    EXPECT_TRUE(ctx.status().ok()) << v.name;
-    EXPECT_TRUE(SameBits(grouped.registry.flat_grads(), single.registry.flat_grads())) << v.name;
+    ExpectSameGradients(ctx, grouped, single, group, v.name);
   }
 }
 
@@ -189,22 +194,14 @@ TEST(ScaledLinearGroupTest, MapsLackingAVectorJoinTheRun) {
   for (const Variant& v : variants) {
     Rig grouped(v, rows, {2}, {1}), single(v, rows, {2}, {1});
     ScaledLinearGroup group(grouped.Maps());
-    Must(grouped.scales->Forward(ctx, DType::kF32));
-    Must(single.scales->Forward(ctx, DType::kF32));
-    Must(group.PrepareStep(ctx, DType::kF32));
-    for (auto& m : single.maps) Must(m->PrepareStep(ctx, DType::kF32));
+    PrepareBoth(ctx, grouped, single, group);
     EXPECT_EQ(group.forms_together(), v.forms_together) << v.name;
     EXPECT_EQ(group.unfolds_together(), v.unfolds_together) << v.name;
     for (size_t m = 0; m < rows.size(); ++m) {
       EXPECT_TRUE(SameBits(grouped.maps[m]->effective_weight(), single.maps[m]->effective_weight()))
           << v.name << " map " << m;
     }
-    Must(group.FinishBackward(ctx));
-    for (auto& m : single.maps) Must(m->FinishBackward(ctx));
-    Must(grouped.scales->Backward(ctx));
-    Must(single.scales->Backward(ctx));
-    EXPECT_TRUE(ctx.status().ok()) << v.name;
-    EXPECT_TRUE(SameBits(grouped.registry.flat_grads(), single.registry.flat_grads())) << v.name;
+    ExpectSameGradients(ctx, grouped, single, group, v.name);
   }
 }
 
