@@ -12,7 +12,12 @@
 #   SWEEP_DIR     output directory (default sweeps/<spec name>)
 #   COPY_TO       also copy results.csv and each point's metrics.jsonl there,
 #                 flat (<point>.metrics.jsonl: the device tool returns files
-#                 at most two folders below its output folder)
+#                 at most two folders below its output folder), and the
+#                 sweep directory without checkpoints as sweep_dir.tgz
+#   RESUME_FROM   a sweep directory kept from an earlier call (a folder such
+#                 as bench/studies/experts_gpu_6m, or its sweep_dir.tgz),
+#                 copied in first when the sweep directory does not exist:
+#                 its finished points are skipped, the others start again
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 2 ] || { sed -n 2,14p "$0"; exit 2; }
@@ -37,12 +42,21 @@ fi
 "$bin" --help | grep '^devices:'
 args=(--spec "$spec" "$@")
 [ -n "${SWEEP_DIR:-}" ] && args+=(--sweep-dir "$SWEEP_DIR")
+dir=${SWEEP_DIR:-sweeps/$(sed -n 's/^name: *"\(.*\)"/\1/p' "$spec")}
+if [ -n "${RESUME_FROM:-}" ] && [ ! -e "$dir" ]; then
+  mkdir -p "$dir"
+  if [ -d "$RESUME_FROM" ]; then
+    cp -r "$RESUME_FROM/." "$dir/"
+  else  # a sweep_dir.tgz of COPY_TO: the directory's contents at its top
+    tar -xzf "$RESUME_FROM" -C "$dir"
+  fi
+  echo "study_gpu: $dir continued from $RESUME_FROM"
+fi
 [ -n "$points" ] && args+=(--points "$points")
 # SIGINT at the budget: the running point stops and resumes on a later call.
 status=0
 timeout -s INT -k 20 "$budget" "$bin" sweep "${args[@]}" || status=$?
 "$bin" sweep "${args[@]}" --collect --quiet || true
-dir=${SWEEP_DIR:-sweeps/$(sed -n 's/^name: *"\(.*\)"/\1/p' "$spec")}
 echo "== $dir/results.csv (sweep exit $status; 124 = stopped at the budget)"
 cat "$dir/results.csv" 2>/dev/null || echo "(none yet)"
 if [ -n "${COPY_TO:-}" ]; then
@@ -51,4 +65,5 @@ if [ -n "${COPY_TO:-}" ]; then
   for m in "$dir"/*/metrics.jsonl; do
     [ -f "$m" ] && cp "$m" "$COPY_TO/$(basename "$(dirname "$m")").metrics.jsonl"
   done
+  tar --exclude=checkpoints -czf "$COPY_TO/sweep_dir.tgz" -C "$dir" .
 fi
