@@ -450,9 +450,13 @@ __global__ void __launch_bounds__(kWgThreads, 2) GroupedGemmWgmmaKernel(Problem 
 }
 
 // The wgmma kernel runs where the device is sm_90 and the build has sm_90a
-// code; SCALEMOE_GROUPED_GEMM=mma keeps the mma.sync kernel (A/B timings).
+// code (CMake defines SCALEMOE_HAVE_SM90A); SCALEMOE_GROUPED_GEMM=mma keeps
+// the mma.sync kernel (A/B timings).
 bool UseWgmma() {
   static const bool use = [] {
+#if !defined(SCALEMOE_HAVE_SM90A)
+    return false;
+#endif
     const char* env = std::getenv("SCALEMOE_GROUPED_GEMM");
     if (env != nullptr && std::string(env) == "mma") return false;
     int device = 0, major = 0;
