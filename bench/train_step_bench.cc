@@ -163,6 +163,27 @@ void PrintProfile(const std::string& label, const std::vector<op_timer::OpTime>&
     std::printf("| %s | %s | %.3f | %lld |\n", ops[i].op.c_str(), ops[i].category.c_str(),
                 ops[i].ms / profile_steps, static_cast<long long>(ops[i].calls / profile_steps));
   }
+  // The same calls split by their first tensor's shape: which call of an op
+  // is the slow one (e.g. a norm's per-token backward among its weight-sized ones).
+  struct ShapeRow {
+    const op_timer::OpTime* op;
+    const op_timer::ShapeTime* shape;
+  };
+  std::vector<ShapeRow> shape_rows;
+  for (const auto& o : ops) {
+    for (const auto& st : o.shapes) shape_rows.push_back({&o, &st});
+  }
+  std::sort(shape_rows.begin(), shape_rows.end(),
+            [](const ShapeRow& a, const ShapeRow& b) { return a.shape->ms > b.shape->ms; });
+  std::printf(
+      "top op calls by first tensor's shape:\n| op | shape | ms/step | calls/step | us/call |\n"
+      "|---|---|---:|---:|---:|\n");
+  for (size_t i = 0; i < std::min<size_t>(shape_rows.size(), 15); ++i) {
+    const op_timer::ShapeTime& st = *shape_rows[i].shape;
+    std::printf("| %s | %s | %.3f | %lld | %.1f |\n", shape_rows[i].op->op.c_str(),
+                st.shape.empty() ? "-" : st.shape.c_str(), st.ms / profile_steps,
+                static_cast<long long>(st.calls / profile_steps), 1000 * st.ms / st.calls);
+  }
   // Every op's calls per step (launch counts on CUDA: an op is one or a few
   // kernels), not only the top ones.
   nlohmann::json calls = nlohmann::json::object();

@@ -28,6 +28,7 @@ bool FromEnv() {
 // One op call being timed or waiting for Collect.
 struct Record {
   const char* op;
+  std::string shape;  // of the first tensor argument
 #if SCALEMOE_CUDA
   int event = -1;  // index of its start event in Timer::events (end = +1); -1 = host timed
 #endif
@@ -61,9 +62,9 @@ thread_local cudaStream_t open_stream = nullptr;
 namespace internal {
 std::atomic<bool> enabled{FromEnv()};
 
-void Start(const ExecContext& ctx, const char* op) {
+void Start(const ExecContext& ctx, const char* op, std::string shape) {
   if (depth++ > 0) return;
-  open_record = Record{op};
+  open_record = Record{op, std::move(shape)};
 #if SCALEMOE_CUDA
   if (ctx.device() == Device::kCUDA) {
     Timer& t = TheTimer();
@@ -110,21 +111,27 @@ std::vector<OpTime> Collect() {
   Timer& t = TheTimer();
   std::lock_guard<std::mutex> lock(t.mu);
   std::map<std::string, OpTime> by_op;
+  std::map<std::pair<std::string, std::string>, ShapeTime> by_shape;
   for (const Record& r : t.records) {
+    double ms = r.host_ms;
+#if SCALEMOE_CUDA
+    if (r.event >= 0) {
+      float event_ms = 0;
+      cudaEventSynchronize(t.events[r.event + 1]);
+      cudaEventElapsedTime(&event_ms, t.events[r.event], t.events[r.event + 1]);
+      ms = event_ms;
+    }
+#endif
     OpTime& o = by_op[r.op];
     o.op = r.op;
     o.calls += 1;
-#if SCALEMOE_CUDA
-    if (r.event >= 0) {
-      float ms = 0;
-      cudaEventSynchronize(t.events[r.event + 1]);
-      cudaEventElapsedTime(&ms, t.events[r.event], t.events[r.event + 1]);
-      o.ms += ms;
-      continue;
-    }
-#endif
-    o.ms += r.host_ms;
+    o.ms += ms;
+    ShapeTime& st = by_shape[{r.op, r.shape}];
+    st.shape = r.shape;
+    st.calls += 1;
+    st.ms += ms;
   }
+  for (auto& [key, st] : by_shape) by_op[key.first].shapes.push_back(std::move(st));
   t.records.clear();
 #if SCALEMOE_CUDA
   t.events_used = 0;
@@ -132,6 +139,8 @@ std::vector<OpTime> Collect() {
   std::vector<OpTime> out;
   for (auto& [name, o] : by_op) {
     o.category = CategoryOf(name);
+    std::sort(o.shapes.begin(), o.shapes.end(),
+              [](const ShapeTime& a, const ShapeTime& b) { return a.ms > b.ms; });
     out.push_back(std::move(o));
   }
   std::sort(out.begin(), out.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });

@@ -46,12 +46,13 @@ R Unimplemented(const ExecContext& ctx, const char* op) {
 #endif
 #define SM_CUDA_CALL_NO_CUDA(NAME, ARGS) return Unimplemented<R>(ctx, #NAME)
 
-#define SM_DEFINE_OP(RET, NAME, PARAMS, ARGS, CUDA)                        \
-  RET NAME PARAMS {                                                        \
-    using R [[maybe_unused]] = RET;                                        \
-    const op_timer::Scope timed_op(ctx, #NAME); /* off: one atomic load */ \
-    if (ctx.device() == Device::kCPU) return cpu::NAME ARGS;               \
-    SM_CUDA_CALL_##CUDA(NAME, ARGS);                                       \
+#define SM_DEFINE_OP(RET, NAME, PARAMS, ARGS, CUDA)                                              \
+  RET NAME PARAMS {                                                                              \
+    using R [[maybe_unused]] = RET;                                                              \
+    /* off: one atomic load; on: also the first tensor's shape */                                \
+    const op_timer::Scope timed_op(ctx, #NAME, [&] { return op_timer::FirstTensorShape ARGS; }); \
+    if (ctx.device() == Device::kCPU) return cpu::NAME ARGS;                                     \
+    SM_CUDA_CALL_##CUDA(NAME, ARGS);                                                             \
   }
 SM_OPS(SM_DEFINE_OP)
 #undef SM_DEFINE_OP

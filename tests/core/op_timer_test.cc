@@ -37,6 +37,37 @@ TEST(OpTimerTest, CountsOpsOnlyWhileEnabled) {
   EXPECT_TRUE(op_timer::Collect().empty());
 }
 
+// Each op's calls split by the shape of their first tensor argument, the
+// shares adding up to the op's totals.
+TEST(OpTimerTest, SplitsEachOpByItsFirstTensorsShape) {
+  const ExecContext ctx = ExecContext::Cpu();
+  Tensor small = ctx.Zeros({4, 8}, DType::kF32);
+  Tensor large = ctx.Zeros({512, 64}, DType::kF32);
+  op_timer::Collect();
+  op_timer::SetEnabled(true);
+  ops::Scale(ctx, 2.0, small);
+  ops::Scale(ctx, 2.0, large);
+  ops::Scale(ctx, 2.0, large);
+  op_timer::SetEnabled(false);
+  const std::vector<op_timer::OpTime> times = op_timer::Collect();
+  ASSERT_EQ(times.size(), 1u);
+  const op_timer::OpTime& scale = times[0];
+  ASSERT_EQ(scale.shapes.size(), 2u);
+  int64_t calls = 0;
+  double ms = 0;
+  for (const op_timer::ShapeTime& st : scale.shapes) {
+    EXPECT_EQ(st.calls, st.shape == "[512, 64]" ? 2 : 1) << st.shape;
+    EXPECT_TRUE(st.shape == "[512, 64]" || st.shape == "[4, 8]") << st.shape;
+    calls += st.calls;
+    ms += st.ms;
+  }
+  EXPECT_EQ(calls, scale.calls);
+  EXPECT_NEAR(ms, scale.ms, 1e-9 * scale.ms + 1e-12);  // summed in another order
+  EXPECT_GE(scale.shapes[0].ms, scale.shapes[1].ms);   // largest first
+  EXPECT_EQ(op_timer::FirstTensorShape(ctx, 2.0, Tensor(), large), "undefined");
+  EXPECT_EQ(op_timer::FirstTensorShape(ctx, 2.0), "");
+}
+
 TEST(OpTimerTest, CategoriesCoverTheProfileRows) {
   EXPECT_STREQ(op_timer::CategoryOf("Gemm"), "GEMM");
   EXPECT_STREQ(op_timer::CategoryOf("GroupedGemmWeightGrad"), "expert GEMM");
