@@ -114,7 +114,7 @@ void AdamWUpdate(const ExecContext& ctx, const Tensor& params, const Tensor& gra
   CheckCoefficients(ctx, coefficients, count, 2, kOp);
   if (count == 0) return;
   const AdamWScalars o{options.lr, options.beta1, options.beta2, options.eps};
-  DispatchReal(params, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, params, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DispatchSameOrBf16<T>(grads, kOp, "grads", [&](auto gtag) {
       using G = typename decltype(gtag)::type;

@@ -69,6 +69,22 @@ void DispatchFloat(const Tensor& t, F&& f) {
   }
 }
 
+// Calls f(Tag<T>{}) for f32 or f64: ops whose CPU reference takes only
+// those (routing, permutation); `op` names the op in the error.
+template <typename F>
+void DispatchF32F64(const char* op, const Tensor& t, F&& f) {
+  switch (t.dtype()) {
+    case DType::kF32:
+      f(Tag<float>{});
+      return;
+    case DType::kF64:
+      f(Tag<double>{});
+      return;
+    default:
+      SM_CHECK_MSG(false, op, ": expected an f32/f64 tensor, got ", t.DebugString());
+  }
+}
+
 template <typename T>
 T* Ptr(const Tensor& t) {
   return t.defined() ? static_cast<T*>(t.raw_data()) : nullptr;

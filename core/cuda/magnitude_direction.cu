@@ -127,20 +127,6 @@ __global__ void MagnitudeDirectionBackwardGroupKernel(int64_t groups, int64_t d,
 
 // ---------------------------------------------------------------- launchers
 
-template <typename F>
-void DispatchF32F64(const Tensor& t, const char* op, F&& f) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      f(Tag<float>{});
-      return;
-    case DType::kF64:
-      f(Tag<double>{});
-      return;
-    default:
-      SM_CHECK_MSG(false, op, ": expected f32 or f64, got ", t.DebugString());
-  }
-}
-
 void CheckF64(const ExecContext& ctx, const Tensor& t, int64_t n, const char* op,
               const char* what) {
   CheckOnDevice(ctx, t, op, what);
@@ -168,7 +154,7 @@ void Dot(const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor&
   const int parts =
       static_cast<int>(std::clamp<int64_t>((n + kThreads - 1) / kThreads, 1, kMaxParts));
   Tensor partials = ctx.Empty({parts}, DType::kF64);
-  DispatchF32F64(x, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, x, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DotPartialsKernel<T><<<parts, kThreads, 0, Stream(ctx)>>>(n, Ptr<const T>(x), Ptr<const T>(y),
                                                               Ptr<double>(partials));
@@ -192,7 +178,7 @@ void MagnitudeDirection(const ExecContext& ctx, const Tensor& alpha, const Tenso
   if (norm_sq.defined()) CheckF64(ctx, norm_sq, 1, kOp, "‖α‖²");
   const int64_t n = alpha.numel();
   if (n == 0) return;
-  DispatchF32F64(alpha, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, alpha, [&](auto tag) {
     using T = typename decltype(tag)::type;
     MagnitudeDirectionKernel<T><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(
         n, Ptr<const T>(alpha), Ptr<const T>(beta), Ptr<const double>(norm_sq),
@@ -219,7 +205,7 @@ void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, con
                d_beta.DebugString());
   CheckF64(ctx, dots, 3, kOp, "dots");
   const int64_t n = alpha.numel();
-  DispatchF32F64(alpha, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, alpha, [&](auto tag) {
     using T = typename decltype(tag)::type;
     // At least one block: d_beta is updated even for an empty slice.
     MagnitudeDirectionBackwardKernel<T><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(
@@ -238,7 +224,7 @@ void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
   ops::CheckMatrixGroup(gamma, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "gamma");
   const int64_t n = groups * d;
   if (n == 0) return;
-  DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {
+  DispatchF32F64(kOp, alpha.matrices[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
     MagnitudeDirectionGroupKernel<T>
         <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, d, Table(alpha), Table(beta), Table(gamma));
@@ -260,7 +246,7 @@ void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& 
   ops::CheckOwnMatrices(d_beta, kOp, "d_beta");
   if (groups == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(groups, kMaxBlocks));
-  DispatchF32F64(alpha.matrices[0], kOp, [&](auto tag) {
+  DispatchF32F64(kOp, alpha.matrices[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
     MagnitudeDirectionBackwardGroupKernel<T><<<blocks, kThreads, 0, Stream(ctx)>>>(
         groups, d, Table(alpha), Table(beta), Table(d_gamma), Table(d_alpha), Table(d_beta));

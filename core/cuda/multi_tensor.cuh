@@ -104,21 +104,6 @@ inline void CheckCoefficients(const ExecContext& ctx, const Tensor& c, int64_t r
                op, ": coefficients must be f64 [", rows, ", ", width, "], got ", c.DebugString());
 }
 
-// The kernel element type of an f32/f64 tensor (params, optimizer state).
-template <typename F>
-void DispatchReal(const Tensor& t, const char* op, F&& f) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      f(Tag<float>{});
-      return;
-    case DType::kF64:
-      f(Tag<double>{});
-      return;
-    default:
-      SM_CHECK_MSG(false, op, ": expected f32 or f64, got ", t.DebugString());
-  }
-}
-
 // The kernel element type of a gradient-like tensor: T itself or bf16.
 template <typename T, typename F>
 void DispatchSameOrBf16(const Tensor& t, const char* op, const char* what, F&& f) {

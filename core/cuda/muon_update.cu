@@ -133,7 +133,7 @@ void MuonMomentum(const ExecContext& ctx, const Tensor& grads, const Tensor& mom
       ChunkPlan(ctx, segments, RowKind::kBeginEndPacked, momentum.numel(), update.numel(), kOp);
   const int64_t count = segments.dim(0);
   if (count == 0) return;
-  DispatchReal(momentum, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, momentum, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DispatchSameOrBf16<T>(grads, kOp, "grads", [&](auto gtag) {
       using G = typename decltype(gtag)::type;
@@ -195,7 +195,7 @@ void MuonApply(const ExecContext& ctx, const Tensor& params, const Tensor& ortho
   const int64_t count = segments.dim(0);
   CheckCoefficients(ctx, coefficients, count, 3, kOp);
   if (count == 0) return;
-  DispatchReal(params, kOp, [&](auto tag) {
+  DispatchF32F64(kOp, params, [&](auto tag) {
     using T = typename decltype(tag)::type;
     DispatchSameOrBf16<T>(ortho, kOp, "ortho", [&](auto otag) {
       using O = typename decltype(otag)::type;

@@ -181,20 +181,6 @@ __global__ void GatheredDotKernel(int64_t m, int64_t c, int64_t x_rows, const T*
 
 // ---------------------------------------------------------------- launchers
 
-template <typename F>
-void DispatchF32F64(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      f(Tag<float>{});
-      return;
-    case DType::kF64:
-      f(Tag<double>{});
-      return;
-    default:
-      SM_CHECK_MSG(false, op, ": expected an f32/f64 tensor, got ", t.DebugString());
-  }
-}
-
 // Bits that hold every key in [0, max_key].
 int KeyBits(int64_t max_key) {
   int bits = 1;

@@ -228,21 +228,6 @@ __global__ void BiasUpdateKernel(int64_t e, const int64_t* loads, double rate, c
 
 // ---------------------------------------------------------------- launchers
 
-// Calls f(Tag<T>{}) for f32 or f64 (the dtypes the CPU router ops take).
-template <typename F>
-void DispatchF32F64(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      f(Tag<float>{});
-      return;
-    case DType::kF64:
-      f(Tag<double>{});
-      return;
-    default:
-      SM_CHECK_MSG(false, op, ": expected an f32/f64 tensor, got ", t.DebugString());
-  }
-}
-
 void CheckRows(const ExecContext& ctx, const char* op, const char* what, const Tensor& a,
                const Tensor& b) {
   CheckOnDevice(ctx, b, op, what);

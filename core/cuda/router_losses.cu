@@ -107,20 +107,6 @@ __global__ void ZLossRowsKernel(int64_t n, int64_t e, const T* x, double factor,
 
 // ---------------------------------------------------------------- launchers
 
-template <typename F>
-void DispatchF32F64(const char* op, const Tensor& t, F&& f) {
-  switch (t.dtype()) {
-    case DType::kF32:
-      f(Tag<float>{});
-      return;
-    case DType::kF64:
-      f(Tag<double>{});
-      return;
-    default:
-      SM_CHECK_MSG(false, op, ": expected an f32/f64 tensor, got ", t.DebugString());
-  }
-}
-
 unsigned PerExpertBlocks(int64_t e) {
   return static_cast<unsigned>(std::clamp<int64_t>(e, 1, kMaxBlocks));
 }
