@@ -56,6 +56,28 @@ using FragA = wmma::fragment<wmma::matrix_a, 16, 16, 16, bf16, wmma::row_major>;
 using FragBRow = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::row_major>;
 using FragBCol = wmma::fragment<wmma::matrix_b, 16, 16, 16, bf16, wmma::col_major>;
 
+// The backward's two 16 x 16 products of 16-row blocks over D, one fragment
+// pair at a time: s = a_s · b_sᵀ and dp = a_dp · b_dpᵀ (rows of ld
+// elements). Interleaved as the kernels always did.
+template <int D>
+__device__ __forceinline__ void TwoRowProducts(AccFrag& s, const bf16* a_s, const bf16* b_s,
+                                               AccFrag& dp, const bf16* a_dp, const bf16* b_dp,
+                                               int ld) {
+  wmma::fill_fragment(s, 0.0f);
+  wmma::fill_fragment(dp, 0.0f);
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    FragA a;
+    FragBCol bc;
+    wmma::load_matrix_sync(a, a_s + kk * 16, ld);
+    wmma::load_matrix_sync(bc, b_s + kk * 16, ld);
+    wmma::mma_sync(s, a, bc, s);
+    wmma::load_matrix_sync(a, a_dp + kk * 16, ld);
+    wmma::load_matrix_sync(bc, b_dp + kk * 16, ld);
+    wmma::mma_sync(dp, a, bc, dp);
+  }
+}
+
 struct TcDims {
   int b, t, h, kv;
   __host__ __device__ int group() const { return h / kv; }
@@ -378,19 +400,8 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
     for (int n = 0; n < kTile / 16; ++n) {
       AccFrag sf, dpf;
-      wmma::fill_fragment(sf, 0.0f);
-      wmma::fill_fragment(dpf, 0.0f);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        FragA a;
-        FragBCol bc;
-        wmma::load_matrix_sync(a, k_w + kk * 16, Tile::kLd);
-        wmma::load_matrix_sync(bc, q_s + n * 16 * Tile::kLd + kk * 16, Tile::kLd);
-        wmma::mma_sync(sf, a, bc, sf);
-        wmma::load_matrix_sync(a, v_w + kk * 16, Tile::kLd);
-        wmma::load_matrix_sync(bc, do_s + n * 16 * Tile::kLd + kk * 16, Tile::kLd);
-        wmma::mma_sync(dpf, a, bc, dpf);
-      }
+      TwoRowProducts<D>(sf, k_w, q_s + n * 16 * Tile::kLd, dpf, v_w, do_s + n * 16 * Tile::kLd,
+                        Tile::kLd);
 #pragma unroll
       for (int i = 0; i < sf.num_elements; ++i) {
         const int rr = static_cast<int>(row_id.x[i]);
@@ -514,19 +525,8 @@ __global__ void __launch_bounds__(kTcThreads)
 #pragma unroll
     for (int n = 0; n < kTile / 16; ++n) {
       AccFrag sf, dpf;
-      wmma::fill_fragment(sf, 0.0f);
-      wmma::fill_fragment(dpf, 0.0f);
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        FragA a;
-        FragBCol bc;
-        wmma::load_matrix_sync(a, q_w + kk * 16, Tile::kLd);
-        wmma::load_matrix_sync(bc, k_s + n * 16 * Tile::kLd + kk * 16, Tile::kLd);
-        wmma::mma_sync(sf, a, bc, sf);
-        wmma::load_matrix_sync(a, do_w + kk * 16, Tile::kLd);
-        wmma::load_matrix_sync(bc, v_s + n * 16 * Tile::kLd + kk * 16, Tile::kLd);
-        wmma::mma_sync(dpf, a, bc, dpf);
-      }
+      TwoRowProducts<D>(sf, q_w, k_s + n * 16 * Tile::kLd, dpf, do_w, v_s + n * 16 * Tile::kLd,
+                        Tile::kLd);
 #pragma unroll
       for (int i = 0; i < sf.num_elements; ++i) {
         const int rr = static_cast<int>(row_id.x[i]);
