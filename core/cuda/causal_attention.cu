@@ -295,6 +295,28 @@ __global__ void __launch_bounds__(kFlashThreads)
 
 constexpr int kGenericPer = kMaxGenericDim / 32;
 
+// The backward's two warp-wide dot products of a row held in registers with
+// a row in memory: s = Σ a_s·b_s and dp = Σ a_dp·b_dp over dim elements,
+// each lane its own elements, then a fixed butterfly (every lane gets both).
+template <typename T>
+__device__ __forceinline__ void TwoWarpDots(Acc<T>& s, const Acc<T> (&a_s)[kGenericPer],
+                                            const T* b_s, Acc<T>& dp,
+                                            const Acc<T> (&a_dp)[kGenericPer], const T* b_dp,
+                                            int lane, int dim) {
+  s = 0;
+  dp = 0;
+#pragma unroll
+  for (int i = 0; i < kGenericPer; ++i) {
+    const int c = lane + 32 * i;
+    if (c < dim) {
+      s += a_s[i] * ToAcc(b_s[c]);
+      dp += a_dp[i] * ToAcc(b_dp[c]);
+    }
+  }
+  s = WarpSum(s);
+  dp = WarpSum(dp);
+}
+
 // Row (b, t, h): an online softmax over keys 0..t.
 template <typename T>
 __global__ void GenericForwardKernel(AttnDims d, Acc<T> scale, const T* q, const T* k, const T* v,
@@ -366,17 +388,8 @@ __global__ void GenericBackwardKvKernel(AttnDims d, Acc<T> scale, const T* q, co
     const int h = kvh * d.group() + hg;
     for (int64_t t = j; t < d.t; ++t) {
       const int64_t qb = RowOffset(d, b, t, h, d.h);
-      A s = 0, dp = 0;
-#pragma unroll
-      for (int i = 0; i < kGenericPer; ++i) {
-        const int c = lane + 32 * i;
-        if (c < d.d) {
-          s += kr[i] * ToAcc(q[qb + c]);
-          dp += vr[i] * ToAcc(d_out[qb + c]);
-        }
-      }
-      s = WarpSum(s);
-      dp = WarpSum(dp);
+      A s, dp;
+      TwoWarpDots(s, kr, q + qb, dp, vr, d_out + qb, lane, d.d);
       const A p = Exp(s * scale - lse[LseIndex(d, b, h, t)]);
       const A ds = p * (dp - row_dot[LseIndex(d, b, h, t)]) * scale;
 #pragma unroll
@@ -422,17 +435,8 @@ __global__ void GenericBackwardQKernel(AttnDims d, Acc<T> scale, const T* q, con
   const A row_lse = lse[LseIndex(d, b, h, t)], row_d = row_dot[LseIndex(d, b, h, t)];
   for (int64_t j = 0; j <= t; ++j) {
     const int64_t kb = RowOffset(d, b, j, kvh, d.kv);
-    A s = 0, dp = 0;
-#pragma unroll
-    for (int i = 0; i < kGenericPer; ++i) {
-      const int c = lane + 32 * i;
-      if (c < d.d) {
-        s += qr[i] * ToAcc(k[kb + c]);
-        dp += dor[i] * ToAcc(v[kb + c]);
-      }
-    }
-    s = WarpSum(s);
-    dp = WarpSum(dp);
+    A s, dp;
+    TwoWarpDots(s, qr, k + kb, dp, dor, v + kb, lane, d.d);
     const A p = Exp(s * scale - row_lse);
     const A ds = p * (dp - row_d) * scale;
 #pragma unroll
