@@ -79,6 +79,26 @@ struct Flash {
   static constexpr int kRows = kFlashThreads / kG;  // rows per block
 };
 
+// The flash backward's two dot products of a row in registers (a row's
+// elements g, g + kG, ... of this lane) with a row in shared memory: s and
+// dp, each summed over the row's kG lanes (every lane of the row gets both).
+template <int D>
+__device__ __forceinline__ void TwoGroupDots(float& s, const float (&a_s)[Flash<D>::kPer],
+                                             const float* b_s, float& dp,
+                                             const float (&a_dp)[Flash<D>::kPer], const float* b_dp,
+                                             int g) {
+  using F = Flash<D>;
+  s = 0.0f;
+  dp = 0.0f;
+#pragma unroll
+  for (int e = 0; e < F::kPer; ++e) {
+    s += a_s[e] * b_s[e * F::kG + g];
+    dp += a_dp[e] * b_dp[e * F::kG + g];
+  }
+  s = GroupSum<F::kG>(s);
+  dp = GroupSum<F::kG>(dp);
+}
+
 // Loads rows [first, first + kTile) of one head of a [B, T, heads, D] tensor
 // into s[kTile][D] as f32, zeros past T. All threads call it.
 template <int D, int kTile, typename T>
@@ -211,14 +231,8 @@ __global__ void __launch_bounds__(kFlashThreads)
       __syncthreads();
 #pragma unroll 4
       for (int i = 0; i < kQueryTile; ++i) {
-        float s = 0.0f, dp = 0.0f;
-#pragma unroll
-        for (int e = 0; e < F::kPer; ++e) {
-          s += kr[e] * q_s[i][e * F::kG + g];
-          dp += vr[e] * do_s[i][e * F::kG + g];
-        }
-        s = GroupSum<F::kG>(s);
-        dp = GroupSum<F::kG>(dp);
+        float s, dp;
+        TwoGroupDots<D>(s, kr, q_s[i], dp, vr, do_s[i], g);
         const int64_t t = q0 + i;
         const float p = key <= t && t < d.t ? Exp(s * scale - lse_s[i]) : 0.0f;
         const float ds = p * (dp - dot_s[i]) * scale;
@@ -271,14 +285,8 @@ __global__ void __launch_bounds__(kFlashThreads)
     __syncthreads();
 #pragma unroll 4
     for (int j = 0; j < kKeyTile; ++j) {
-      float s = 0.0f, dp = 0.0f;
-#pragma unroll
-      for (int i = 0; i < F::kPer; ++i) {
-        s += qr[i] * k_s[j][i * F::kG + g];
-        dp += dor[i] * v_s[j][i * F::kG + g];
-      }
-      s = GroupSum<F::kG>(s);
-      dp = GroupSum<F::kG>(dp);
+      float s, dp;
+      TwoGroupDots<D>(s, qr, k_s[j], dp, dor, v_s[j], g);
       const float p = k0 + j <= row ? Exp(s * scale - row_lse) : 0.0f;
       const float ds = p * (dp - row_d) * scale;
 #pragma unroll
