@@ -78,6 +78,17 @@ __device__ __forceinline__ void TwoRowProducts(AccFrag& s, const bf16* a_s, cons
   }
 }
 
+// Every accumulator of a row block's D / 16 fragments times `scale` (the
+// softmax scale the backward applies at the end).
+template <int D>
+__device__ __forceinline__ void ScaleFragments(AccFrag (&f)[D / 16], float scale) {
+#pragma unroll
+  for (int n = 0; n < D / 16; ++n) {
+#pragma unroll
+    for (int i = 0; i < f[n].num_elements; ++i) f[n].x[i] *= scale;
+  }
+}
+
 struct TcDims {
   int b, t, h, kv;
   __host__ __device__ int group() const { return h / kv; }
@@ -431,11 +442,7 @@ __global__ void __launch_bounds__(kTcThreads)
     }
     __syncthreads();  // stage `stage` is reloaded next; the last one frees the stages
   }
-#pragma unroll
-  for (int n = 0; n < D / 16; ++n) {
-#pragma unroll
-    for (int i = 0; i < dk[n].num_elements; ++i) dk[n].x[i] *= scale;
-  }
+  ScaleFragments<D>(dk, scale);
   float* stage_w = reinterpret_cast<float*>(stages) + warp * 2 * 16 * (D + 4);
   StoreRows<T, D>(dk, stage_w, d_k + kv_head, kv_stride, key_base, d.t);
   StoreRows<T, D>(dv, stage_w + 16 * (D + 4), d_v + kv_head, kv_stride, key_base, d.t);
@@ -551,11 +558,7 @@ __global__ void __launch_bounds__(kTcThreads)
     }
     __syncthreads();  // stage `stage` is reloaded next; the last one frees the stages
   }
-#pragma unroll
-  for (int n = 0; n < D / 16; ++n) {
-#pragma unroll
-    for (int i = 0; i < dq[n].num_elements; ++i) dq[n].x[i] *= scale;
-  }
+  ScaleFragments<D>(dq, scale);
   float* stage_w = reinterpret_cast<float*>(stages) + warp * 16 * (D + 4);
   StoreRows<T, D>(dq, stage_w, d_q + q_head, q_stride, row_base, d.t);
 }
