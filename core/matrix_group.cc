@@ -82,4 +82,58 @@ bool CheckOwnOrSharedMatrices(const MatrixGroup& g, const char* op, const char* 
   return shared;
 }
 
+void CheckScaleRowsColsGroup(const MatrixGroup& x, const MatrixGroup& row, const MatrixGroup& col,
+                             const MatrixGroup& out, Device device) {
+  const char* op = "ScaleRowsColsGroup";
+  const int64_t n = x.size(), r = x.rows, c = x.cols;
+  const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
+  CheckMatrixGroup(x, n, r, c, x.dtype, device, false, op, "x");
+  CheckMatrixGroup(row, n, 1, r, x.dtype, device, true, op, "row");
+  CheckMatrixGroup(col, n, 1, c, x.dtype, device, true, op, "col");
+  CheckMatrixGroup(out, n, r, c, rounded ? DType::kBF16 : x.dtype, device, false, op, "out");
+}
+
+bool CheckScaleRowsColsBackwardGroup(const MatrixGroup& x, const MatrixGroup& row,
+                                     const MatrixGroup& col, const MatrixGroup& d_out,
+                                     const MatrixGroup& d_x, const MatrixGroup& d_row,
+                                     const MatrixGroup& d_col, Device device) {
+  const char* op = "ScaleRowsColsBackwardGroup";
+  const int64_t n = x.size(), r = x.rows, c = x.cols;
+  const DType dt = x.dtype;
+  CheckMatrixGroup(x, n, r, c, dt, device, false, op, "x");
+  CheckMatrixGroup(row, n, 1, r, dt, device, true, op, "row");
+  CheckMatrixGroup(col, n, 1, c, dt, device, true, op, "col");
+  CheckMatrixGroup(d_out, n, r, c, dt, device, false, op, "d_out");
+  CheckMatrixGroup(d_x, n, r, c, dt, device, true, op, "d_x");
+  CheckMatrixGroup(d_row, n, 1, r, dt, device, true, op, "d_row");
+  CheckMatrixGroup(d_col, n, 1, c, dt, device, true, op, "d_col");
+  CheckOwnMatrices(d_row, op, "d_row");
+  // A d_col shared by every group takes their sums in group order, as the
+  // single calls in that order would.
+  return CheckOwnOrSharedMatrices(d_col, op, "d_col");
+}
+
+void CheckMagnitudeDirectionGroup(const MatrixGroup& alpha, const MatrixGroup& beta,
+                                  const MatrixGroup& gamma, Device device) {
+  const char* op = "MagnitudeDirectionGroup";
+  const int64_t n = alpha.size(), d = alpha.cols;
+  CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, device, false, op, "alpha");
+  CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, device, false, op, "beta");
+  CheckMatrixGroup(gamma, n, 1, d, alpha.dtype, device, false, op, "gamma");
+}
+
+void CheckMagnitudeDirectionBackwardGroup(const MatrixGroup& alpha, const MatrixGroup& beta,
+                                          const MatrixGroup& d_gamma, const MatrixGroup& d_alpha,
+                                          const MatrixGroup& d_beta, Device device) {
+  const char* op = "MagnitudeDirectionBackwardGroup";
+  const int64_t n = alpha.size(), d = alpha.cols;
+  CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, device, false, op, "alpha");
+  CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, device, false, op, "beta");
+  CheckMatrixGroup(d_gamma, n, 1, d, alpha.dtype, device, false, op, "d_gamma");
+  CheckMatrixGroup(d_alpha, n, 1, d, alpha.dtype, device, false, op, "d_alpha");
+  CheckMatrixGroup(d_beta, n, 1, 1, alpha.dtype, device, false, op, "d_beta");
+  CheckOwnMatrices(d_alpha, op, "d_alpha");
+  CheckOwnMatrices(d_beta, op, "d_beta");
+}
+
 }  // namespace scalemoe::ops

@@ -23,4 +23,19 @@ void CheckOwnMatrices(const MatrixGroup& g, const char* op, const char* what);
 // whether g is shared (two groups or more).
 bool CheckOwnOrSharedMatrices(const MatrixGroup& g, const char* op, const char* what);
 
+// Each group op's whole argument contract (core/ops.h), one for both
+// backends; `device` is the backend's.
+void CheckScaleRowsColsGroup(const MatrixGroup& x, const MatrixGroup& row, const MatrixGroup& col,
+                             const MatrixGroup& out, Device device);
+// Returns whether d_col is one vector shared by every group.
+bool CheckScaleRowsColsBackwardGroup(const MatrixGroup& x, const MatrixGroup& row,
+                                     const MatrixGroup& col, const MatrixGroup& d_out,
+                                     const MatrixGroup& d_x, const MatrixGroup& d_row,
+                                     const MatrixGroup& d_col, Device device);
+void CheckMagnitudeDirectionGroup(const MatrixGroup& alpha, const MatrixGroup& beta,
+                                  const MatrixGroup& gamma, Device device);
+void CheckMagnitudeDirectionBackwardGroup(const MatrixGroup& alpha, const MatrixGroup& beta,
+                                          const MatrixGroup& d_gamma, const MatrixGroup& d_alpha,
+                                          const MatrixGroup& d_beta, Device device);
+
 }  // namespace scalemoe::ops

@@ -95,12 +95,8 @@ void MagnitudeDirectionBackward(const ExecContext&, const Tensor& alpha, const T
 
 void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
                              const MatrixGroup& beta, const MatrixGroup& gamma) {
-  const char* op = "MagnitudeDirectionGroup";
-  const int64_t n = alpha.size(), d = alpha.cols;
-  ops::CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "alpha");
-  ops::CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "beta");
-  ops::CheckMatrixGroup(gamma, n, 1, d, alpha.dtype, Device::kCPU, false, op, "gamma");
-  for (int64_t g = 0; g < n; ++g) {
+  ops::CheckMagnitudeDirectionGroup(alpha, beta, gamma, Device::kCPU);
+  for (int64_t g = 0; g < alpha.size(); ++g) {
     MagnitudeDirection(ctx, alpha.matrices[g], beta.matrices[g], Tensor(), 0, gamma.matrices[g]);
   }
 }
@@ -108,15 +104,8 @@ void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
 void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& alpha,
                                      const MatrixGroup& beta, const MatrixGroup& d_gamma,
                                      const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
-  const char* op = "MagnitudeDirectionBackwardGroup";
-  const int64_t n = alpha.size(), d = alpha.cols;
-  ops::CheckMatrixGroup(alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "alpha");
-  ops::CheckMatrixGroup(beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "beta");
-  ops::CheckMatrixGroup(d_gamma, n, 1, d, alpha.dtype, Device::kCPU, false, op, "d_gamma");
-  ops::CheckMatrixGroup(d_alpha, n, 1, d, alpha.dtype, Device::kCPU, false, op, "d_alpha");
-  ops::CheckMatrixGroup(d_beta, n, 1, 1, alpha.dtype, Device::kCPU, false, op, "d_beta");
-  ops::CheckOwnMatrices(d_alpha, op, "d_alpha");
-  ops::CheckOwnMatrices(d_beta, op, "d_beta");
+  ops::CheckMagnitudeDirectionBackwardGroup(alpha, beta, d_gamma, d_alpha, d_beta, Device::kCPU);
+  const int64_t n = alpha.size();
   // {‖α‖², <α,dγ> whole, <α,dγ>}: the plain form reads only the last.
   Tensor dots = Tensor::Zeros({3}, DType::kF64);
   for (int64_t g = 0; g < n; ++g) {

@@ -137,14 +137,9 @@ T* At(const MatrixGroup& g, int64_t i) {
 
 void ScaleRowsColsGroup(const ExecContext&, const MatrixGroup& x, const MatrixGroup& row,
                         const MatrixGroup& col, const MatrixGroup& out) {
-  const char* op = "ScaleRowsColsGroup";
+  ops::CheckScaleRowsColsGroup(x, row, col, out, Device::kCPU);
   const int64_t n = x.size(), r = x.rows, c = x.cols;
   const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
-  ops::CheckMatrixGroup(x, n, r, c, x.dtype, Device::kCPU, false, op, "x");
-  ops::CheckMatrixGroup(row, n, 1, r, x.dtype, Device::kCPU, true, op, "row");
-  ops::CheckMatrixGroup(col, n, 1, c, x.dtype, Device::kCPU, true, op, "col");
-  ops::CheckMatrixGroup(out, n, r, c, rounded ? DType::kBF16 : x.dtype, Device::kCPU, false, op,
-                        "out");
   if (n == 0) return;
   const Dims d{1, r, c};
   DispatchFloat(x.matrices[0], [&](auto zero) {
@@ -166,20 +161,10 @@ void ScaleRowsColsBackwardGroup(const ExecContext&, const MatrixGroup& x, const 
                                 const MatrixGroup& col, const MatrixGroup& d_out,
                                 const MatrixGroup& d_x, const MatrixGroup& d_row,
                                 const MatrixGroup& d_col) {
-  const char* op = "ScaleRowsColsBackwardGroup";
-  const int64_t n = x.size(), r = x.rows, c = x.cols;
-  const DType dt = x.dtype;
-  ops::CheckMatrixGroup(x, n, r, c, dt, Device::kCPU, false, op, "x");
-  ops::CheckMatrixGroup(row, n, 1, r, dt, Device::kCPU, true, op, "row");
-  ops::CheckMatrixGroup(col, n, 1, c, dt, Device::kCPU, true, op, "col");
-  ops::CheckMatrixGroup(d_out, n, r, c, dt, Device::kCPU, false, op, "d_out");
-  ops::CheckMatrixGroup(d_x, n, r, c, dt, Device::kCPU, true, op, "d_x");
-  ops::CheckMatrixGroup(d_row, n, 1, r, dt, Device::kCPU, true, op, "d_row");
-  ops::CheckMatrixGroup(d_col, n, 1, c, dt, Device::kCPU, true, op, "d_col");
-  ops::CheckOwnMatrices(d_row, op, "d_row");
   // A d_col shared by every group takes their sums in group order, as the
-  // single calls in that order would.
-  ops::CheckOwnOrSharedMatrices(d_col, op, "d_col");
+  // single calls in that order would (the loop below).
+  ops::CheckScaleRowsColsBackwardGroup(x, row, col, d_out, d_x, d_row, d_col, Device::kCPU);
+  const int64_t n = x.size(), r = x.rows, c = x.cols;
   if (n == 0) return;
   const Dims d{1, r, c};
   DispatchFloat(x.matrices[0], [&](auto zero) {

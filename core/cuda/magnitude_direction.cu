@@ -218,10 +218,8 @@ void MagnitudeDirectionBackward(const ExecContext& ctx, const Tensor& alpha, con
 void MagnitudeDirectionGroup(const ExecContext& ctx, const MatrixGroup& alpha,
                              const MatrixGroup& beta, const MatrixGroup& gamma) {
   constexpr const char* kOp = "MagnitudeDirectionGroup";
+  ops::CheckMagnitudeDirectionGroup(alpha, beta, gamma, Device::kCUDA);
   const int64_t groups = alpha.size(), d = alpha.cols;
-  ops::CheckMatrixGroup(alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "alpha");
-  ops::CheckMatrixGroup(beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "beta");
-  ops::CheckMatrixGroup(gamma, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "gamma");
   const int64_t n = groups * d;
   if (n == 0) return;
   DispatchF32F64(kOp, alpha.matrices[0], [&](auto tag) {
@@ -236,14 +234,8 @@ void MagnitudeDirectionBackwardGroup(const ExecContext& ctx, const MatrixGroup& 
                                      const MatrixGroup& beta, const MatrixGroup& d_gamma,
                                      const MatrixGroup& d_alpha, const MatrixGroup& d_beta) {
   constexpr const char* kOp = "MagnitudeDirectionBackwardGroup";
+  ops::CheckMagnitudeDirectionBackwardGroup(alpha, beta, d_gamma, d_alpha, d_beta, Device::kCUDA);
   const int64_t groups = alpha.size(), d = alpha.cols;
-  ops::CheckMatrixGroup(alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "alpha");
-  ops::CheckMatrixGroup(beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "beta");
-  ops::CheckMatrixGroup(d_gamma, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "d_gamma");
-  ops::CheckMatrixGroup(d_alpha, groups, 1, d, alpha.dtype, Device::kCUDA, false, kOp, "d_alpha");
-  ops::CheckMatrixGroup(d_beta, groups, 1, 1, alpha.dtype, Device::kCUDA, false, kOp, "d_beta");
-  ops::CheckOwnMatrices(d_alpha, kOp, "d_alpha");
-  ops::CheckOwnMatrices(d_beta, kOp, "d_beta");
   if (groups == 0) return;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(groups, kMaxBlocks));
   DispatchF32F64(kOp, alpha.matrices[0], [&](auto tag) {

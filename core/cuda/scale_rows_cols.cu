@@ -359,14 +359,10 @@ void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor
 void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const MatrixGroup& row,
                         const MatrixGroup& col, const MatrixGroup& out) {
   const char* op = "ScaleRowsColsGroup";
+  ops::CheckScaleRowsColsGroup(x, row, col, out, Device::kCUDA);
   const int64_t n = x.size();
   const Dims d{n, x.rows, x.cols};
   const bool rounded = x.dtype == DType::kF32 && out.dtype == DType::kBF16;
-  ops::CheckMatrixGroup(x, n, d.r, d.c, x.dtype, Device::kCUDA, false, op, "x");
-  ops::CheckMatrixGroup(row, n, 1, d.r, x.dtype, Device::kCUDA, true, op, "row");
-  ops::CheckMatrixGroup(col, n, 1, d.c, x.dtype, Device::kCUDA, true, op, "col");
-  ops::CheckMatrixGroup(out, n, d.r, d.c, rounded ? DType::kBF16 : x.dtype, Device::kCUDA, false,
-                        op, "out");
   if (n == 0) return;
   const bool aligned = GroupAligned16(x) && GroupAligned16(col) && GroupAligned16(out);
   DispatchFloat(x.matrices[0], [&](auto tag) {
@@ -389,18 +385,10 @@ void ScaleRowsColsBackwardGroup(const ExecContext& ctx, const MatrixGroup& x,
                                 const MatrixGroup& d_out, const MatrixGroup& d_x,
                                 const MatrixGroup& d_row, const MatrixGroup& d_col) {
   const char* op = "ScaleRowsColsBackwardGroup";
+  const bool shared_dcol =
+      ops::CheckScaleRowsColsBackwardGroup(x, row, col, d_out, d_x, d_row, d_col, Device::kCUDA);
   const int64_t n = x.size();
   const Dims d{n, x.rows, x.cols};
-  const DType dt = x.dtype;
-  ops::CheckMatrixGroup(x, n, d.r, d.c, dt, Device::kCUDA, false, op, "x");
-  ops::CheckMatrixGroup(row, n, 1, d.r, dt, Device::kCUDA, true, op, "row");
-  ops::CheckMatrixGroup(col, n, 1, d.c, dt, Device::kCUDA, true, op, "col");
-  ops::CheckMatrixGroup(d_out, n, d.r, d.c, dt, Device::kCUDA, false, op, "d_out");
-  ops::CheckMatrixGroup(d_x, n, d.r, d.c, dt, Device::kCUDA, true, op, "d_x");
-  ops::CheckMatrixGroup(d_row, n, 1, d.r, dt, Device::kCUDA, true, op, "d_row");
-  ops::CheckMatrixGroup(d_col, n, 1, d.c, dt, Device::kCUDA, true, op, "d_col");
-  ops::CheckOwnMatrices(d_row, op, "d_row");
-  const bool shared_dcol = ops::CheckOwnOrSharedMatrices(d_col, op, "d_col");
   if (n == 0) return;
   DispatchFloat(x.matrices[0], [&](auto tag) {
     using T = typename decltype(tag)::type;
