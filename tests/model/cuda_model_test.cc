@@ -6,7 +6,8 @@
 // operands: every gradient's cosine with the fp32 CPU one ≥ 0.999 (the
 // presets with the CPU's routing forced: see their test). Two GPU
 // runs give the same bits. Tiny dense and MoE models over the scale-vector
-// variants, both fold paths and the per-token path; and the presets:
+// variants (tests/model/variant_cases.h, head dim 16), both fold paths
+// and the per-token path; and the presets:
 // tiny_cpu whole, gpu_moe_125m and gpu_finegrained_64e cut to their first
 // MoE layer, at their full widths, on 2 x 128 tokens.
 #include <algorithm>
@@ -20,6 +21,7 @@
 #include "model/model.h"
 #include "tests/core/cuda_test_util.h"
 #include "tests/model/model_test_util.h"
+#include "tests/model/variant_cases.h"
 #include "tests/model/whole_model_step.h"
 #include "tests/testing/status_util.h"
 
@@ -29,52 +31,13 @@ using scalemoe::testing::Must;
 using scalemoe::testing::Norm;
 using scalemoe::testing::StartValues;
 using scalemoe::testing::StepResult;
+using scalemoe::testing::VariantCase;
+using scalemoe::testing::VariantCases;
+using scalemoe::testing::VariantConfig;
 using scalemoe::testing::WholeModelStep;
 
 namespace scalemoe {
 namespace {
-
-using SV = config::ScaleVectorConfig;
-
-struct Case {
-  std::string name;
-  int experts;
-  void (*apply)(config::RunConfig&);
-};
-
-std::vector<Case> Cases() {
-  return {
-      {"dense_shared", 0, [](config::RunConfig&) {}},
-      {"moe_shared", 4, [](config::RunConfig&) {}},
-      {"moe_hg_dual", 4,
-       [](config::RunConfig& c) {
-         c.mutable_scale_vectors()->set_mode(SV::PER_BRANCH);
-         c.mutable_scale_vectors()->set_placement(SV::DUAL);
-       }},
-      {"moe_hg_dnp_or", 4,
-       [](config::RunConfig& c) {
-         c.mutable_scale_vectors()->set_mode(SV::PER_BRANCH);
-         c.mutable_scale_vectors()->set_placement(SV::DUAL_NORMALIZED);
-         c.mutable_scale_vectors()->set_reparam(SV::MAGNITUDE_DIRECTION);
-       }},
-      {"moe_per_token_or_normalized", 4,
-       [](config::RunConfig& c) {
-         c.mutable_scale_vectors()->set_mode(SV::PER_BRANCH);
-         c.mutable_scale_vectors()->set_placement(SV::DUAL);
-         c.mutable_scale_vectors()->set_reparam(SV::MAGNITUDE_DIRECTION_NORMALIZED);
-         c.mutable_scale_vectors()->set_fold_into_weights(false);
-       }},
-      {"moe_sigmoid_bias_shared_expert_jit", 4,
-       [](config::RunConfig& c) {
-         c.mutable_moe()->set_score_function(config::MoEConfig::SIGMOID);
-         c.mutable_moe()->set_expert_bias(true);
-         c.mutable_moe()->set_num_shared_experts(1);
-         c.mutable_moe()->set_first_dense_layers(1);
-         c.mutable_scale_vectors()->set_fold_just_in_time(true);
-         c.mutable_model()->set_tied_embeddings(false);
-       }},
-  };
-}
 
 class CudaModelTest : public testing::CudaOpTest, public ::testing::WithParamInterface<int> {};
 
@@ -98,10 +61,8 @@ void ExpectFp32Parity(const StepResult& cpu, const StepResult& gpu, const StepRe
 }
 
 TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
-  const Case c = Cases()[GetParam()];
-  config::RunConfig cfg = testing::TinyConfig(c.experts);
-  cfg.mutable_model()->set_init_std(0.1);
-  c.apply(cfg);
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig cfg = VariantConfig(c);
   const Tensor values = StartValues(cfg);
   const StepResult cpu = WholeModelStep(cfg, cpu_, values);
   const StepResult gpu = WholeModelStep(cfg, ctx_, values);
@@ -110,20 +71,15 @@ TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
 }
 
 TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
-  const Case c = Cases()[GetParam()];
-  config::RunConfig cfg = testing::TinyConfig(c.experts);
-  cfg.mutable_model()->set_init_std(0.1);
-  c.apply(cfg);
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig cfg = VariantConfig(c);
   const Tensor values = StartValues(cfg);
   const StepResult cpu = WholeModelStep(cfg, cpu_, values);
   cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
   const StepResult gpu = WholeModelStep(cfg, ctx_, values);
   ExpectBf16Tracks(cpu, gpu);
   // The GPU's bf16 kernels against the CPU's bf16 run (the same roundings,
-  // other summation orders): far closer than bf16 to fp32. On the CPU,
-  // moe_hg_dnp_or's bf16 run reaches only 0.99763 against fp32 (on
-  // layers.1.attn.gamma_k.alpha, through DNP's per-head norm of head dim 4;
-  // 0.99929 before the FFN activations became bf16), as the GPU does.
+  // other summation orders): far closer than bf16 to fp32.
   const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
   const testing::MinCosine vs_cpu = testing::SmallestCosine(cpu_bf16, gpu);
   std::printf("%s: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s); bf16 CPU vs fp32 CPU %.6f\n",
@@ -132,8 +88,9 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaModelTest, ::testing::Range(0, 6),
-                         [](const auto& info) { return Cases()[info.param].name; });
+INSTANTIATE_TEST_SUITE_P(Variants, CudaModelTest,
+                         ::testing::Range(0, static_cast<int>(VariantCases().size())),
+                         [](const auto& info) { return VariantCases()[info.param].name; });
 
 // The GPU presets through their first MoE layer (gpu_finegrained_64e's
 // first layer is dense: two layers), full widths, 2 x 128 tokens. fp32
