@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,12 +111,44 @@ class CudaPresetTest : public testing::CudaOpTest,
   }
 };
 
-// Against an f64 CPU run, each gradient within 1e-5 (norm-wise) — or, where
-// f32 itself cannot reach that, no worse than twice the CPU's own f32 error
-// on the same gradient. Measured on the CPU (Dec 2): at gpu_moe_125m's
-// width a few scalar β gradients (sums over a whole folded weight, with
-// cancellation) are 0.5-1.8e-5 off f64 in the CPU's f32 run; the H200's
-// were 1.05-1.6e-5, i.e. as exact as the CPU's.
+// OR's magnitude β (γ = β·α) has dβ = ⟨α, dγ⟩ = Σ_j α_j dα_j / β: a sum
+// over a whole folded weight's columns whose terms cancel, so its f32 error
+// is a fraction of the terms' size, not of the sum's. Measured on the CPU
+// (Dec 2): in the three presets' f32 runs the β gradients are up to 3.8e-5
+// off f64 relative to themselves, but at most 6.6e-7 relative to
+// Σ_j |α_j dα_j| / |β|; every other gradient is within 4.5e-6 of itself.
+// Returns that terms' scale for each β gradient (0 for other parameters).
+std::vector<double> BetaTermScales(const config::RunConfig& cfg, const Tensor& values,
+                                   const StepResult& exact) {
+  std::vector<double> scales(exact.names.size(), 0.0);
+  if (cfg.scale_vectors().reparam() != config::ScaleVectorConfig::MAGNITUDE_DIRECTION) {
+    return scales;
+  }
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+  const ExecContext cpu;
+  Must(cpu.CopyAcross(values, registry.flat_values()));
+  std::map<std::string, Tensor> value_of;
+  std::map<std::string, size_t> index_of;
+  for (const auto& p : registry.params()) value_of[p->spec.name] = p->value;
+  for (size_t i = 0; i < exact.names.size(); ++i) index_of[exact.names[i]] = i;
+  const std::string beta = ".beta";
+  for (size_t i = 0; i < exact.names.size(); ++i) {
+    const std::string& name = exact.names[i];
+    if (!name.ends_with(beta)) continue;
+    const std::string alpha_name = name.substr(0, name.size() - beta.size()) + ".alpha";
+    const Tensor& alpha = value_of.at(alpha_name);
+    const Tensor& d_alpha = exact.grads[index_of.at(alpha_name)];
+    double terms = 0;
+    for (int64_t j = 0; j < alpha.numel(); ++j) terms += std::abs(alpha.At(j) * d_alpha.At(j));
+    scales[i] = terms / std::abs(value_of.at(name).At(0));
+  }
+  return scales;
+}
+
+// Against an f64 CPU run, each gradient within 1e-5 (norm-wise) of itself,
+// or for OR's β of the size of its terms (BetaTermScales).
 TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
   const config::RunConfig cfg = Preset(config::TrainConfig::FP32);
   const Tensor values = StartValues(cfg);
@@ -124,6 +157,7 @@ TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
   const StepResult cpu = WholeModelStep(cfg, cpu_, values, 128, vocab);
   const StepResult gpu = WholeModelStep(cfg, ctx_, values, 128, vocab);
   const StepResult again = WholeModelStep(cfg, ctx_, values, 128, vocab);
+  const std::vector<double> beta_terms = BetaTermScales(cfg, values, exact);
   EXPECT_NEAR(gpu.loss, exact.loss, 1e-5 * std::abs(exact.loss));
   EXPECT_EQ(gpu.loss, again.loss);
   ASSERT_EQ(gpu.grads.size(), exact.grads.size());
@@ -140,9 +174,10 @@ TEST_P(CudaPresetTest, Fp32StepEqualsTheCpu) {
     const double gpu_err = error(gpu.grads[i], exact.grads[i]);
     const double cpu_err = error(cpu.grads[i], exact.grads[i]);
     ASSERT_TRUE(std::isfinite(gpu_err)) << exact.names[i];
-    const double bound = std::max(ref >= kSymmetryFloor ? 1e-5 * ref : 1e-7, 2 * cpu_err);
-    EXPECT_LE(gpu_err, bound) << exact.names[i] << ": |grad| " << ref << ", CPU f32 error "
-                              << cpu_err;
+    const double scale = std::max(ref, beta_terms[i]);
+    const double bound = scale >= kSymmetryFloor ? 1e-5 * scale : 1e-7;
+    EXPECT_LE(gpu_err, bound) << exact.names[i] << ": |grad| " << ref << ", its terms "
+                              << beta_terms[i] << ", CPU f32 error " << cpu_err;
     EXPECT_TRUE(testing::BitwiseEqual(gpu.grads[i], again.grads[i])) << exact.names[i];
   }
 }
