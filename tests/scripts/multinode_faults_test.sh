@@ -47,6 +47,24 @@ start_across() {
     "${flags[@]}" --run-dir "$run" ${TRAIN_FLAGS:-} >"$LOG" 2>&1 &
   JOB=$!
 }
+# Waits up to SECONDS for COMMAND while the job runs; if the job ends first
+# or the time runs out, fails showing the job's log (why it never got there).
+await_job() {
+  local seconds=$1 what=$2 start
+  shift 2
+  start=$(now)
+  until "$@"; do
+    if ! kill -0 "$JOB" 2>/dev/null; then
+      tail -n 40 "$LOG"
+      fail "the job ended before $what"
+    fi
+    if awk -v s="$(since "$start")" -v l="$seconds" 'BEGIN { exit !(s > l) }'; then
+      tail -n 40 "$LOG"
+      fail "waited $seconds s for $what"
+    fi
+    sleep 0.2
+  done
+}
 # Waits for the job; sets RC and TOOK (seconds since $CUT).
 finish() {
   RC=0
@@ -63,6 +81,7 @@ reset_cluster() {
     cluster_mend node$i launch
     cluster_mend node$i data
   done
+  cluster_await_links
 }
 # The newest complete checkpoint of RUN passes its checksums and training
 # resumes from it on one host (one more step, saved).
@@ -86,7 +105,7 @@ has_checkpoint() { (($(newest_complete "$1") >= $2)); }
 
 echo "== 1. a rank on node2 is killed"
 start_across "$T/kill"
-wait_for 90 "2 steps across the nodes" has_steps "$T/kill" 2
+await_job 90 "2 steps across the nodes" has_steps "$T/kill" 2
 victim= rank=
 for pid in $(ip netns pids "$(cluster_ns node2)"); do
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == scalemoe ]] || continue
@@ -107,8 +126,8 @@ reset_cluster
 
 echo "== 2. node2's link is cut mid-run (NODE_TIMEOUT=10)"
 start_across "$T/cut" NODE_TIMEOUT=10
-wait_for 120 "checkpoint step_3" has_checkpoint "$T/cut" 3
-wait_for 60 "step 4" has_steps "$T/cut" 4
+await_job 120 "checkpoint step_3" has_checkpoint "$T/cut" 3
+await_job 60 "step 4" has_steps "$T/cut" 4
 cluster_cut node2 launch
 CUT=$(now)
 echo "   link of node2 down after $(logged_steps "$T/cut") steps"
@@ -124,8 +143,8 @@ expect_intact_and_resumable "$T/cut"
 echo "== 3. node2's data link is cut mid-run (parallel.collective_timeout_s=5)"
 TRAIN_FLAGS="--set parallel.collective_timeout_s=5" \
   start_across "$T/data_cut" MPI_DATA_NET="$CLUSTER_DATA_NET" NODE_TIMEOUT=60
-wait_for 120 "checkpoint step_3" has_checkpoint "$T/data_cut" 3
-wait_for 60 "step 4" has_steps "$T/data_cut" 4
+await_job 120 "checkpoint step_3" has_checkpoint "$T/data_cut" 3
+await_job 60 "step 4" has_steps "$T/data_cut" 4
 cluster_cut node2 data
 CUT=$(now)
 echo "   data link of node2 down after $(logged_steps "$T/data_cut") steps"
