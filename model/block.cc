@@ -73,41 +73,41 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
                       const Tensor& y) {
   const Shape shape = x.shape();  // [N, C]
   const DType dt = x.dtype();
-  auto sublayer_into = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual) -> Status {
-    // y = residual + post(run()), computed into y.
-    Tensor out = ctx.Empty(shape, dt);
-    SM_RETURN_IF_ERROR(run(out));
+  // into = residual + post(run()): the sublayer writes straight into `into`
+  // (through the post-norm's input when sandwiched) and the residual is
+  // added there, so the residual stream is never copied.
+  auto sublayer = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual,
+                      const Tensor& into) -> Status {
     if (post) {
-      Tensor normed = ctx.Empty(shape, dt);
-      post->Forward(ctx, out, normed);
-      out = normed;
+      Tensor raw = ctx.Empty(shape, dt);
+      SM_RETURN_IF_ERROR(run(raw));
+      post->Forward(ctx, raw, into);
+    } else {
+      SM_RETURN_IF_ERROR(run(into));
     }
-    ops::Copy(ctx, residual, y);
-    ops::Axpy(ctx, 1.0, out, y);
+    ops::Axpy(ctx, 1.0, residual, into);
     return absl::OkStatus();
   };
   n_attn_ = ctx.Empty(shape, dt);
   rstd_attn_ = ctx.Empty({shape[0]}, dt);
   ops::RmsNormalize(ctx, x, eps_, n_attn_, rstd_attn_);
+  const Tensor h = ctx.Empty(shape, dt);
   SM_RETURN_IF_ERROR_CTX(
-      sublayer_into(
+      sublayer(
           post_attn_norm_.get(),
           [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); },
-          x),
+          x, h),
       "attention");
-  // y now holds h; normalize it before it is overwritten by h + FFN.
-  Tensor h = ctx.Empty(shape, dt);
-  ops::Copy(ctx, y, h);
   n_ffn_ = ctx.Empty(shape, dt);
   rstd_ffn_ = ctx.Empty({shape[0]}, dt);
   ops::RmsNormalize(ctx, h, eps_, n_ffn_, rstd_ffn_);
-  return WithContext(sublayer_into(
+  return WithContext(sublayer(
                          post_ffn_norm_.get(),
                          [&](const Tensor& out) {
                            return mlp_ ? mlp_->Forward(ctx, n_ffn_, out)
                                        : MoeForward(ctx, n_ffn_, out);
                          },
-                         h),
+                         h, y),
                      mlp_ ? "mlp" : "moe");
 }
 
@@ -115,7 +115,9 @@ Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& 
                        double loss_grad_scale) {
   const Shape shape = d_y.shape();
   const DType dt = d_y.dtype();
-  // d_in = d_residual + RmsNormalizeBackward(sublayer backward of post-norm backward).
+  // d_in = d_res + RmsNormalizeBackward(sublayer backward of post-norm backward),
+  // the norm's backward written straight into d_in unless d_in is d_res's
+  // buffer (then into d_n, which it may overwrite, and added from there).
   auto sublayer_back = [&](ScaledRmsNorm* post, auto&& run, const Tensor& d_res,
                            const Tensor& n, const Tensor& rstd, const Tensor& d_in) -> Status {
     Tensor d_out = d_res;
@@ -125,10 +127,13 @@ Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& 
     }
     Tensor d_n = ctx.Empty(shape, dt);
     SM_RETURN_IF_ERROR(run(d_out, d_n));
-    Tensor d_norm_in = ctx.Empty(shape, dt);
-    ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_norm_in);
-    if (!d_in.SharesDataWith(d_res)) ops::Copy(ctx, d_res, d_in);
-    ops::Axpy(ctx, 1.0, d_norm_in, d_in);
+    if (d_in.SharesDataWith(d_res)) {
+      ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_n);
+      ops::Axpy(ctx, 1.0, d_n, d_in);
+    } else {
+      ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_in);
+      ops::Axpy(ctx, 1.0, d_res, d_in);
+    }
     return absl::OkStatus();
   };
   Tensor d_h = ctx.Empty(shape, dt);
