@@ -160,7 +160,7 @@ const char* CategoryOf(const std::string& op) {
         "AccumulateExpertLoads", "ExpertBiasUpdate"}},
       {"permutation",
        {"SortByExpert", "GatherRows", "ScatterAddRows", "GatheredRowDot", "InvertRowIndex",
-        "TiledRowIndex", "SourceToExpertOrder", "SumSourceCounts", "CombineSlots", "SlotRowDot"}},
+        "TiledRowIndex", "SourceToExpertOrder", "SumSourceCounts", "CountOffsets", "CombineSlots", "SlotRowDot"}},
       {"norms+elementwise",
        {"Copy",
         "Axpy",

@@ -506,6 +506,10 @@ void SourceToExpertOrder(const ExecContext& ctx, const Tensor& counts, int64_t s
                          const Tensor& to_expert_order, const Tensor& to_source_order);
 // totals[l] = Σ_s counts[s, l] (overwritten); counts [S, L], totals [L], i64.
 void SumSourceCounts(const ExecContext& ctx, const Tensor& counts, const Tensor& totals);
+// offsets[0] = 0, offsets[e + 1] = offsets[e] + counts[e] (overwritten):
+// the grouped GEMMs' row offsets from the per-expert counts, on the device.
+// counts [E], offsets [E + 1], i64.
+void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& offsets);
 
 // The combine as a per-token sum (core/cpu/moe_combine.cc; deterministic:
 // each token sums its own K slots in slot order, no scatter).

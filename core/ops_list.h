@@ -76,6 +76,7 @@
   X(void, TiledRowIndex, (const ExecContext& ctx, int copies, const Tensor& gather, const Tensor& slot_row), (ctx, copies, gather, slot_row), CUDA) \
   X(void, SourceToExpertOrder, (const ExecContext& ctx, const Tensor& counts, int64_t source_stride, const Tensor& to_expert_order, const Tensor& to_source_order), (ctx, counts, source_stride, to_expert_order, to_source_order), CUDA) \
   X(void, SumSourceCounts, (const ExecContext& ctx, const Tensor& counts, const Tensor& totals), (ctx, counts, totals), CUDA) \
+  X(void, CountOffsets, (const ExecContext& ctx, const Tensor& counts, const Tensor& offsets), (ctx, counts, offsets), CUDA) \
   X(void, CombineSlots, (const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row, const Tensor& weights, const Tensor& out), (ctx, rows, slot_row, weights, out), CUDA) \
   X(void, SlotRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& slot_row, const Tensor& rows, const Tensor& out), (ctx, x, slot_row, rows, out), CUDA) \
   X(void, VocabRowMax, (const ExecContext& ctx, const Tensor& logits, const Tensor& row_max), (ctx, logits, row_max), CUDA) \

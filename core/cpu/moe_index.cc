@@ -2,7 +2,8 @@
 // live in tensors (on CUDA each op is one kernel over the same inputs):
 // InvertRowIndex (the per-token view of a permutation), TiledRowIndex (the
 // shared experts' rows), SourceToExpertOrder (the expert-parallel and
-// expert-tensor-parallel exchanges' block reorders) and SumSourceCounts.
+// expert-tensor-parallel exchanges' block reorders), SumSourceCounts and
+// CountOffsets (the grouped GEMMs' row offsets).
 #include <climits>
 #include <vector>
 
@@ -120,6 +121,19 @@ void SumSourceCounts(const ExecContext& ctx, const Tensor& counts, const Tensor&
     for (int64_t s = 0; s < sources; ++s) sum += c[s * experts + l];
     out[l] = sum;
   }
+}
+
+void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& offsets) {
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "CountOffsets: CUDA path not in this build");
+  CheckIndexTensor("CountOffsets", "counts", counts, DType::kI64);
+  CheckIndexTensor("CountOffsets", "offsets", offsets, DType::kI64);
+  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1,
+               "CountOffsets: counts ", counts.DebugString(), " offsets ",
+               offsets.DebugString(), " (want [E] and [E + 1])");
+  const int64_t* c = counts.data<int64_t>();
+  int64_t* out = offsets.data<int64_t>();
+  out[0] = 0;
+  for (int64_t e = 0; e < counts.numel(); ++e) out[e + 1] = out[e] + c[e];
 }
 
 }  // namespace scalemoe::cpu

@@ -1,6 +1,6 @@
 // Index building of the MoE layer on the GPU, the contracts of core/ops.h
 // and core/cpu/moe_index.cc: InvertRowIndex, TiledRowIndex,
-// SourceToExpertOrder and SumSourceCounts. Integer work only; every output
+// SourceToExpertOrder, SumSourceCounts and CountOffsets. Integer work only; every output
 // element has one writer, so the results are exact and deterministic.
 //
 // What the CPU SM_CHECKs on index values (a slot held by two rows, a count
@@ -119,6 +119,17 @@ __global__ void SumSourcesKernel(int64_t sources, int64_t experts, const int64_t
   }
 }
 
+// One thread: E is the number of local experts (tens to hundreds), and the
+// sequential sum is the CPU's order (exact anyway: integers).
+__global__ void CountOffsetsKernel(int64_t experts, const int64_t* counts, int64_t* offsets) {
+  int64_t at = 0;
+  offsets[0] = 0;
+  for (int64_t e = 0; e < experts; ++e) {
+    at += counts[e];
+    offsets[e + 1] = at;
+  }
+}
+
 #undef SM_GRID_STRIDE
 
 // ---------------------------------------------------------------- launchers
@@ -203,6 +214,17 @@ void SumSourceCounts(const ExecContext& ctx, const Tensor& counts, const Tensor&
   SumSourcesKernel<<<Blocks(experts), kThreads, 0, Stream(ctx)>>>(
       sources, experts, Ptr<const int64_t>(counts), Ptr<int64_t>(totals));
   SM_CHECK_LAUNCH(ctx, "SumSourceCounts", "SumSourcesKernel");
+}
+
+void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& offsets) {
+  CheckIndexTensor(ctx, "CountOffsets", "counts", counts, DType::kI64);
+  CheckIndexTensor(ctx, "CountOffsets", "offsets", offsets, DType::kI64);
+  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1,
+               "CountOffsets: counts ", counts.DebugString(), " offsets ", offsets.DebugString(),
+               " (want [E] and [E + 1])");
+  CountOffsetsKernel<<<1, 1, 0, Stream(ctx)>>>(counts.numel(), Ptr<const int64_t>(counts),
+                                               Ptr<int64_t>(offsets));
+  SM_CHECK_LAUNCH(ctx, "CountOffsets", "CountOffsetsKernel");
 }
 
 }  // namespace scalemoe::cuda

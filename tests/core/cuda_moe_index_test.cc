@@ -1,6 +1,6 @@
 // GPU test: the MoE permutation, index and combine ops (SortByExpert,
 // GatherRows, ScatterAddRows, GatheredRowDot, InvertRowIndex, TiledRowIndex,
-// SourceToExpertOrder, SumSourceCounts, CombineSlots, SlotRowDot) against
+// SourceToExpertOrder, SumSourceCounts, CountOffsets, CombineSlots, SlotRowDot) against
 // the CPU reference on fresh Philox data: one token, k = 1 and k = 8 with 64
 // experts, an expert with no token, every token on one expert, dropped
 // slots (−1 rows), weights present or not, f32 and f64 (bf16 where the op
@@ -178,7 +178,7 @@ TEST_F(CudaMoeIndexTest, InvertAndTiledRowIndexMatchCpu) {
   ExpectOk();
 }
 
-TEST_F(CudaMoeIndexTest, SourceToExpertOrderAndSumSourceCountsMatchCpu) {
+TEST_F(CudaMoeIndexTest, SourceToExpertOrderSumSourceCountsAndCountOffsetsMatchCpu) {
   uint64_t seed = 300;
   for (int64_t sources : {1, 2, 5, 8}) {
     for (int64_t experts : {1, 3, 8, 64}) {
@@ -219,6 +219,14 @@ TEST_F(CudaMoeIndexTest, SourceToExpertOrderAndSumSourceCountsMatchCpu) {
         ops::SumSourceCounts(cpu_, counts, totals_ref);
         ExpectIntsEqual(Host(totals), totals_ref,
                         absl::StrCat("SumSourceCounts S ", sources, " L ", experts));
+        // The row offsets of source 0's counts (one row of the matrix).
+        const Tensor row = counts.Narrow(0, 0, 1).View({experts});
+        Tensor offsets = PoisonedIndex({experts + 1}, DType::kI64);
+        ops::CountOffsets(ctx_, Dev(row), offsets);
+        Tensor offsets_ref = Tensor::Empty({experts + 1}, DType::kI64);
+        ops::CountOffsets(cpu_, row, offsets_ref);
+        ExpectIntsEqual(Host(offsets), offsets_ref,
+                        absl::StrCat("CountOffsets L ", experts, " empty mode ", empty_mode));
       }
     }
   }

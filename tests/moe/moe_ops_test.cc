@@ -224,6 +224,18 @@ void ExpectSourceToExpertOrder(int64_t sources, int64_t experts, const std::vect
   }
 }
 
+TEST(MoeOpsTest, CountOffsetsArePrefixSumsFromZero) {
+  const Tensor counts = Ints({6}, {3, 0, 5, 0, 0, 1}, DType::kI64);
+  Tensor offsets = Tensor::Empty({7}, DType::kI64);
+  offsets.Fill(-7);
+  ops::CountOffsets(kCtx, counts, offsets);
+  EXPECT_EQ(AsInts(offsets), (std::vector<int64_t>{0, 3, 3, 8, 8, 8, 9}));
+  Tensor one = Tensor::Empty({1}, DType::kI64);  // no experts: just the 0
+  ops::CountOffsets(kCtx, Tensor::Empty({0}, DType::kI64), one);
+  EXPECT_EQ(one.At(0), 0);
+  EXPECT_DEATH(ops::CountOffsets(kCtx, counts, Tensor::Empty({6}, DType::kI64)), "E \\+ 1");
+}
+
 TEST(MoeOpsTest, SourceToExpertOrderPackedAndPadded) {
   // EP 3, 2 local experts: rank 1 sends nothing, local expert 1 gets rows
   // from rank 2 only.
