@@ -111,19 +111,17 @@ void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
 void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
                              const std::vector<int64_t>& counts, const Tensor& y) {
   SM_CHECK(static_cast<int>(counts.size()) == options_.num_experts);
-  const int64_t m = x.dim(0), f = local_ffn_;
-  x_ = x;
+  int64_t rows = 0;
+  for (int64_t t : counts) rows += t;
+  SM_CHECK_MSG(rows <= x.dim(0), options_.prefix, ": ", rows, " expert rows in an input of ",
+               x.dim(0));
+  StartForward(ctx, x, rows);
   counts_ = counts;
-  rows_ = 0;
-  for (int64_t t : counts) rows_ += t;
-  SM_CHECK_MSG(rows_ <= m, options_.prefix, ": ", rows_, " expert rows in an input of ", m);
-  // The grouped path's F-wide intermediates are in the GEMMs' dtype (bf16
-  // under bf16 operands: written by the GEMMs, read by them without a copy).
-  const DType inner = Grouped() ? experts_[0].proj[kGate]->gemm_dtype() : x.dtype();
-  gate_ = ctx.Empty({m, f}, inner);
-  up_ = ctx.Empty({m, f}, inner);
-  h_ = ctx.Empty({m, f}, inner);
   if (Grouped()) {
+    // The experts' row offsets, read by the kernels on the device.
+    std::vector<int64_t> off{0};
+    for (int64_t t : counts_) off.push_back(off.back() + t);
+    offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
     ForwardGrouped(ctx, x, y);
     return;
   }
@@ -144,13 +142,33 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   }
 }
 
+void GroupedExperts::ForwardAllRows(const ExecContext& ctx, const Tensor& x, const Tensor& offsets,
+                                    const Tensor& y) {
+  SM_CHECK_MSG(Grouped(), options_.prefix, ": ForwardAllRows needs the grouped path");
+  SM_CHECK_MSG(offsets.numel() == options_.num_experts + 1 && offsets.dtype() == DType::kI64,
+               options_.prefix, ": offsets ", offsets.DebugString(), " for ", options_.num_experts,
+               " experts");
+  StartForward(ctx, x, x.dim(0));
+  counts_.clear();
+  offsets_ = offsets;
+  ForwardGrouped(ctx, x, y);
+}
+
+void GroupedExperts::StartForward(const ExecContext& ctx, const Tensor& x, int64_t rows) {
+  const int64_t m = x.dim(0), f = local_ffn_;
+  x_ = x;
+  rows_ = rows;
+  // The grouped path's F-wide intermediates are in the GEMMs' dtype (bf16
+  // under bf16 operands: written by the GEMMs, read by them without a copy).
+  const DType inner = Grouped() ? experts_[0].proj[kGate]->gemm_dtype() : x.dtype();
+  gate_ = ctx.Empty({m, f}, inner);
+  up_ = ctx.Empty({m, f}, inner);
+  h_ = ctx.Empty({m, f}, inner);
+}
+
 void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   SM_CHECK_MSG(weights_[kGate].size() == options_.num_experts, options_.prefix,
                ": Forward before PrepareStep (the step's weights are not formed)");
-  // The experts' row offsets, read by the kernels on the device.
-  std::vector<int64_t> off{0};
-  for (int64_t t : counts_) off.push_back(off.back() + t);
-  offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
   const DType gemm = experts_[0].proj[kGate]->gemm_dtype();
   const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
   x_gemm_ = InDType(ctx, x, gemm);

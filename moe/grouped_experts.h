@@ -86,6 +86,14 @@ class GroupedExperts {
   // overwritten (rows past Σ counts are zero).
   void Forward(const ExecContext& ctx, const Tensor& x, const std::vector<int64_t>& counts,
                const Tensor& y);
+  // The same when every one of x's M rows belongs to an expert and the row
+  // offsets [E + 1] (i64, offsets[E] = M) are on the device already
+  // (ops::CountOffsets): no host value is needed. Only where
+  // reads_device_offsets().
+  void ForwardAllRows(const ExecContext& ctx, const Tensor& x, const Tensor& offsets,
+                      const Tensor& y);
+  // Whether ForwardAllRows may be used: the grouped path (below).
+  bool reads_device_offsets() const { return Grouped(); }
   // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   Status FinishBackward(const ExecContext& ctx);
@@ -104,6 +112,9 @@ class GroupedExperts {
   // GEMM (ScaledLinear::external_gemm_ok: the fold, or no scale vectors);
   // otherwise one ScaledLinear call per expert.
   bool Grouped() const;
+  // Forward's common start: the cache of x, Σ counts = rows, and the F-wide
+  // intermediates over all M rows.
+  void StartForward(const ExecContext& ctx, const Tensor& x, int64_t rows);
   void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   // Refreshes the weight and gradient groups when a tensor moved (PrepareStep).

@@ -193,6 +193,17 @@ Status MoeLayer::PlanCounts(const ExecContext& ctx) {
   forward_loads_ = counts;
   permuter_->Plan(ctx, router_->expert_ids(), router_->kept(), counts);
   if (dispatcher_) SM_RETURN_IF_ERROR(dispatcher_->ExchangeCounts(ctx, counts, received));
+  // Every expert local, none dropped and the grouped GEMMs (which read their
+  // row offsets on the device): the counts size nothing on the host, so no
+  // host read at all; the offsets are scanned on the device.
+  expert_offsets_ = Tensor();
+  if (!dispatcher_ && !etp_exchange_ && router_->capacity() == 0 &&
+      experts_->reads_device_offsets()) {
+    expert_offsets_ = ctx.Empty({e + 1}, DType::kI64);
+    ops::CountOffsets(ctx, counts, expert_offsets_);
+    expert_counts_.clear();
+    return absl::OkStatus();
+  }
   if (etp_exchange_) {
     Tensor mine = counts;  // rows per local expert: all experts are local without EP
     if (dispatcher_) {
@@ -303,6 +314,10 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
 
 Status MoeLayer::RunExperts(const ExecContext& ctx, const Tensor& x,
                             const std::vector<int64_t>& counts, const Tensor& y) {
+  if (expert_offsets_.defined()) {
+    experts_->ForwardAllRows(ctx, x, expert_offsets_, y);
+    return absl::OkStatus();
+  }
   if (!etp_exchange_) {
     experts_->Forward(ctx, x, counts, y);
     return absl::OkStatus();

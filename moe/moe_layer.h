@@ -9,12 +9,15 @@
 // folded-weight gradients are turned into parameter gradients only in
 // FinishBackward (once per step).
 //
-// Host synchronisation: exactly ONE device->host read per Forward and none in
-// Backward. Forward builds every count it needs on the device — this rank's
-// per-expert counts (TokenPermuter), under EP the exchanged counts matrix
+// Host synchronisation: at most ONE device->host read per Forward and none in
+// Backward — none at all when every expert is on this rank (no EP, no ETP),
+// no token is dropped (capacity_factor 0) and the experts run as grouped
+// GEMMs: their row offsets are then scanned on the device (ops::CountOffsets)
+// and nothing on the host depends on the counts. Otherwise Forward builds every count it needs on
+// the device — this rank's per-expert counts (TokenPermuter), under EP the exchanged counts matrix
 // (TokenDispatcher::ExchangeCounts), under ETP the group's (ExpertTpExchange::
 // ExchangeCounts) — in one i64 buffer, and reads it with one ctx.ToHost
-// (MoeLayer::ReadPlanCounts, the one place the layer reads host values in a
+// (MoeLayer::PlanCounts, the one place the layer reads host values in a
 // step): the host copy sizes the per-expert GEMMs and the all-to-alls; every
 // index (permutation, expert<->received and ETP group orders, the shared
 // experts' rows) is built on the device from the device counts. The aux/z
@@ -205,7 +208,9 @@ class MoeLayer {
  private:
   // Builds every count of this Forward on the device (see the header) and
   // reads them with the layer's one host read; plans the EP dispatch and
-  // the ETP exchange. Sets expert_counts_ (rows per local expert).
+  // the ETP exchange. Sets expert_counts_ (rows per local expert) — or,
+  // when every expert is local and none drops a token, only the device
+  // offsets expert_offsets_, without a host read.
   Status PlanCounts(const ExecContext& ctx);
   // The per-step statistics tensors, from zero (PrepareStep), or created
   // zero when a step's statistics are asked for before any PrepareStep.
@@ -245,6 +250,9 @@ class MoeLayer {
   Tensor plan_counts_;    // i64: [E] this rank's kept loads | EP: [EP*E_local] | ETP: ...
   Tensor forward_loads_;  // [E] i64 view of plan_counts_: this Forward's kept loads
   std::vector<int64_t> expert_counts_;  // rows per local expert (host, sizes the GEMMs)
+  // Without a host read (PlanCounts): the experts' row offsets [E + 1] on
+  // the device, for this Forward's RunExperts; undefined otherwise.
+  Tensor expert_offsets_;
   int64_t forward_assignments_ = 0;     // N*K of the last Forward
   // This step's training micro-batches (reset by PrepareStep, added by
   // Backward), on the device.

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "checkpoint/checkpoint.h"
 #include "core/context.h"
 #include "data/token_loader.h"
@@ -238,22 +239,28 @@ TEST_F(TrainerTest, NonFiniteLossStopsWithLastCheckpointIntact) {
 }
 
 // A step that does not log, evaluate or save reads exactly the documented
-// device values on the host: the per-expert token counts of each MoE layer,
-// once per micro-batch forward (they size the experts' GEMMs); the losses,
-// the gradient norm and the non-finite record wait for the next log line.
+// device values on the host: nothing when every MoE layer is local and
+// dropless (the experts' row offsets stay on the device); with capacity
+// drops, the per-expert token counts of each MoE layer, once per micro-batch
+// forward (they size the experts' GEMMs). The losses, the gradient norm and
+// the non-finite record wait for the next log line.
 TEST_F(TrainerTest, AQuietStepReadsOnlyTheMoeCountsOnTheHost) {
-  const config::RunConfig cfg =
-      TinyConfig({"logging.log_interval=4", "train.eval_interval=0", "checkpoint.interval=0",
-                  "checkpoint.save_at_end=false", "train.train_steps=6"});
-  StatusOr<TrainResult> r = Train(Options(cfg, "quiet_step_reads"));
-  ASSERT_TRUE(r.ok()) << r.status();
-  const int64_t moe_layers = cfg.model().num_layers();  // every layer is MoE here
-  const int64_t micro_batches =
-      cfg.train().global_batch_size() / cfg.train().micro_batch_size();
-  ASSERT_EQ(moe_layers * micro_batches, 4);
-  EXPECT_EQ(r->quiet_step_host_reads, moe_layers * micro_batches);
-  EXPECT_EQ(r->device, "CPU");
-  EXPECT_EQ(r->quiet_step_system_allocs, 0);  // the allocator's cache serves the step
+  for (const char* capacity : {"0", "1.5"}) {
+    SCOPED_TRACE(absl::StrCat("capacity_factor ", capacity));
+    const config::RunConfig cfg =
+        TinyConfig({"logging.log_interval=4", "train.eval_interval=0", "checkpoint.interval=0",
+                    "checkpoint.save_at_end=false", "train.train_steps=6",
+                    absl::StrCat("moe.capacity_factor=", capacity)});
+    StatusOr<TrainResult> r = Train(Options(cfg, absl::StrCat("quiet_step_reads_", capacity)));
+    ASSERT_TRUE(r.ok()) << r.status();
+    const int64_t moe_layers = cfg.model().num_layers();  // every layer is MoE here
+    const int64_t micro_batches = cfg.train().global_batch_size() / cfg.train().micro_batch_size();
+    ASSERT_EQ(moe_layers * micro_batches, 4);
+    const bool dropless = cfg.moe().capacity_factor() == 0;
+    EXPECT_EQ(r->quiet_step_host_reads, dropless ? 0 : moe_layers * micro_batches);
+    EXPECT_EQ(r->device, "CPU");
+    EXPECT_EQ(r->quiet_step_system_allocs, 0);  // the allocator's cache serves the step
+  }
 }
 
 // SKIP skipped without limit and ended with exit 0 and a NaN loss; it stops
