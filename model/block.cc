@@ -95,8 +95,8 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
   SM_RETURN_IF_ERROR_CTX(
       sublayer(
           post_attn_norm_.get(),
-          [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); },
-          x, h),
+          [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); }, x,
+          h),
       "attention");
   n_ffn_ = ctx.Empty(shape, dt);
   rstd_ffn_ = ctx.Empty({shape[0]}, dt);

@@ -127,9 +127,8 @@ void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& of
   SM_CHECK_MSG(ctx.device() == Device::kCPU, "CountOffsets: CUDA path not in this build");
   CheckIndexTensor("CountOffsets", "counts", counts, DType::kI64);
   CheckIndexTensor("CountOffsets", "offsets", offsets, DType::kI64);
-  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1,
-               "CountOffsets: counts ", counts.DebugString(), " offsets ",
-               offsets.DebugString(), " (want [E] and [E + 1])");
+  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1, "CountOffsets: counts ",
+               counts.DebugString(), " offsets ", offsets.DebugString(), " (want [E] and [E + 1])");
   const int64_t* c = counts.data<int64_t>();
   int64_t* out = offsets.data<int64_t>();
   out[0] = 0;

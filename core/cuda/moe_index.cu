@@ -219,9 +219,8 @@ void SumSourceCounts(const ExecContext& ctx, const Tensor& counts, const Tensor&
 void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& offsets) {
   CheckIndexTensor(ctx, "CountOffsets", "counts", counts, DType::kI64);
   CheckIndexTensor(ctx, "CountOffsets", "offsets", offsets, DType::kI64);
-  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1,
-               "CountOffsets: counts ", counts.DebugString(), " offsets ", offsets.DebugString(),
-               " (want [E] and [E + 1])");
+  SM_CHECK_MSG(counts.ndim() == 1 && offsets.numel() == counts.numel() + 1, "CountOffsets: counts ",
+               counts.DebugString(), " offsets ", offsets.DebugString(), " (want [E] and [E + 1])");
   CountOffsetsKernel<<<1, 1, 0, Stream(ctx)>>>(counts.numel(), Ptr<const int64_t>(counts),
                                                Ptr<int64_t>(offsets));
   SM_CHECK_LAUNCH(ctx, "CountOffsets", "CountOffsetsKernel");
