@@ -13,8 +13,9 @@
 // Backward — none at all when every expert is on this rank (no EP, no ETP),
 // no token is dropped (capacity_factor 0) and the experts run as grouped
 // GEMMs: their row offsets are then scanned on the device (ops::CountOffsets)
-// and nothing on the host depends on the counts. Otherwise Forward builds every count it needs on
-// the device — this rank's per-expert counts (TokenPermuter), under EP the exchanged counts matrix
+// and nothing on the host depends on the counts. Otherwise Forward builds
+// every count it needs on the device — this rank's per-expert counts
+// (TokenPermuter), under EP the exchanged counts matrix
 // (TokenDispatcher::ExchangeCounts), under ETP the group's (ExpertTpExchange::
 // ExchangeCounts) — in one i64 buffer, and reads it with one ctx.ToHost
 // (MoeLayer::PlanCounts, the one place the layer reads host values in a

@@ -1,7 +1,8 @@
 // Index building of the MoE layer on the GPU, the contracts of core/ops.h
 // and core/cpu/moe_index.cc: InvertRowIndex, TiledRowIndex,
-// SourceToExpertOrder, SumSourceCounts and CountOffsets. Integer work only; every output
-// element has one writer, so the results are exact and deterministic.
+// SourceToExpertOrder, SumSourceCounts and CountOffsets. Integer work only;
+// every output element has one writer, so the results are exact and
+// deterministic.
 //
 // What the CPU SM_CHECKs on index values (a slot held by two rows, a count
 // that is negative or overflows its stride, R ≠ Σ counts) needs a host read

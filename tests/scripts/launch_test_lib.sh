@@ -12,7 +12,10 @@ tiny_run_flags() {
     --set logging.log_interval=1 --set checkpoint.interval=3 --set checkpoint.keep_last=0
 }
 
+# FAIL_LOG (optional): the log of the job a test waits on; a failure shows
+# its tail (why the job never got where the test expected).
 fail() {
+  if [[ -n ${FAIL_LOG:-} && -f $FAIL_LOG ]]; then tail -n 40 "$FAIL_LOG"; fi
   echo "FAIL: $*"
   exit 1
 }

@@ -41,34 +41,25 @@ start_across() {
   local run=$1
   shift
   LOG=$run.log
+  FAIL_LOG=$LOG
   cluster_exec node1 env RANKS_PER_NODE=2 MPI_NET="$CLUSTER_LAUNCH_NET" NODE_TIMEOUT=30 \
     OMPI_MCA_plm_rsh_agent="$REPO/tests/scripts/netns_rsh_agent.sh" SCALEMOE_BIN="$bin" "$@" \
     timeout 300 bash "$REPO/scripts/mpirun_multinode.sh" "$T/cluster/hostfile" 4 "$config" \
     "${flags[@]}" --run-dir "$run" ${TRAIN_FLAGS:-} >"$LOG" 2>&1 &
   JOB=$!
 }
-# Waits up to SECONDS for COMMAND while the job runs; if the job ends first
-# or the time runs out, fails showing the job's log (why it never got there).
-await_job() {
-  local seconds=$1 what=$2 start
-  shift 2
-  start=$(now)
-  until "$@"; do
-    if ! kill -0 "$JOB" 2>/dev/null; then
-      tail -n 40 "$LOG"
-      fail "the job ended before $what"
-    fi
-    if awk -v s="$(since "$start")" -v l="$seconds" 'BEGIN { exit !(s > l) }'; then
-      tail -n 40 "$LOG"
-      fail "waited $seconds s for $what"
-    fi
-    sleep 0.2
-  done
+# COMMAND's answer while the job runs (for wait_for); fails at once,
+# showing the job's log, when the job ended first.
+while_job_runs() {
+  "$@" && return 0
+  kill -0 "$JOB" 2>/dev/null || fail "the job ended before: $*"
+  return 1
 }
 # Waits for the job; sets RC and TOOK (seconds since $CUT).
 finish() {
   RC=0
   wait "$JOB" || RC=$?
+  FAIL_LOG=  # the test shows the finished job's log itself
   TOOK=$(since "$CUT")
   echo "   job exit code $RC, $TOOK s after the fault"
 }
@@ -105,7 +96,7 @@ has_checkpoint() { (($(newest_complete "$1") >= $2)); }
 
 echo "== 1. a rank on node2 is killed"
 start_across "$T/kill"
-await_job 90 "2 steps across the nodes" has_steps "$T/kill" 2
+wait_for 90 "2 steps across the nodes" while_job_runs has_steps "$T/kill" 2
 victim= rank=
 for pid in $(ip netns pids "$(cluster_ns node2)"); do
   [[ $(cat "/proc/$pid/comm" 2>/dev/null) == scalemoe ]] || continue
@@ -126,8 +117,8 @@ reset_cluster
 
 echo "== 2. node2's link is cut mid-run (NODE_TIMEOUT=10)"
 start_across "$T/cut" NODE_TIMEOUT=10
-await_job 120 "checkpoint step_3" has_checkpoint "$T/cut" 3
-await_job 60 "step 4" has_steps "$T/cut" 4
+wait_for 120 "checkpoint step_3" while_job_runs has_checkpoint "$T/cut" 3
+wait_for 60 "step 4" while_job_runs has_steps "$T/cut" 4
 cluster_cut node2 launch
 CUT=$(now)
 echo "   link of node2 down after $(logged_steps "$T/cut") steps"
@@ -143,8 +134,8 @@ expect_intact_and_resumable "$T/cut"
 echo "== 3. node2's data link is cut mid-run (parallel.collective_timeout_s=5)"
 TRAIN_FLAGS="--set parallel.collective_timeout_s=5" \
   start_across "$T/data_cut" MPI_DATA_NET="$CLUSTER_DATA_NET" NODE_TIMEOUT=60
-await_job 120 "checkpoint step_3" has_checkpoint "$T/data_cut" 3
-await_job 60 "step 4" has_steps "$T/data_cut" 4
+wait_for 120 "checkpoint step_3" while_job_runs has_checkpoint "$T/data_cut" 3
+wait_for 60 "step 4" while_job_runs has_steps "$T/data_cut" 4
 cluster_cut node2 data
 CUT=$(now)
 echo "   data link of node2 down after $(logged_steps "$T/data_cut") steps"
