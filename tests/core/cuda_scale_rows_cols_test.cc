@@ -33,6 +33,8 @@ const std::vector<Dims> kDims = {
     {2, 1, 1},
     {0, 5000, 40},  // d_col sums 79 chunks of 64 rows
     {4, 700, 33},
+    {0, 40000, 64},  // skinny (DNP's [N·H, 64]): 625 chunks per column's warp
+    {2, 9000, 3},    // 141 chunks, columns fewer than a warp
 };
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
