@@ -16,6 +16,20 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
+// Products and sums rounded one by one, never contracted into an FMA: the
+// compiler may fuse `a * b + c` in one loop and not in another (the packed
+// body and the one-by-one head and tail), and then a tensor's bits would
+// depend on its alignment in the flat buffer: the last pipeline stage's copy
+// of a tied embedding, updated at another offset than the first stage's
+// table, would drift from it. The CPU reference (x86-64 without FMA) rounds
+// each operation the same way.
+__device__ __forceinline__ float Mul(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double Mul(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float Add(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double Add(double a, double b) { return __dadd_rn(a, b); }
+__device__ __forceinline__ float Sub(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double Sub(double a, double b) { return __dsub_rn(a, b); }
+
 struct AdamWScalars {
   double lr, beta1, beta2, eps;
 };
@@ -23,7 +37,8 @@ struct AdamWScalars {
 // kVec: p, m, v and g 16-byte aligned, so each chunk's body moves whole
 // packs (16 bytes of T, the same count of G) per load and store; the
 // elements before the first aligned index and after the last whole pack go
-// one by one. The same math per element either way (the same bits).
+// one by one. The same math per element either way, and the same bits (Mul,
+// Add, Sub above).
 template <typename T, typename G, bool kVec>
 __global__ void AdamWKernel(const int64_t* __restrict__ rows, const double* __restrict__ coeff,
                             const int64_t* __restrict__ plan, int64_t count, AdamWScalars o,
@@ -51,11 +66,11 @@ __global__ void AdamWKernel(const int64_t* __restrict__ rows, const double* __re
     const int64_t last = first + kChunk < end ? first + kChunk : end;
     // One element: p, m, v updated in place (the CPU reference's order).
     const auto update = [&](T& pi, T& mi, T& vi, T grad_in) {
-      const T grad = grad_in * clip;
-      pi = pi * decay;
-      mi = b1 * mi + one_minus_b1 * grad;
-      vi = b2 * vi + one_minus_b2 * grad * grad;
-      pi = pi - step_size * mi / (sqrt(vi) * inv_sqrt_bc2 + eps);
+      const T grad = Mul(grad_in, clip);
+      pi = Mul(pi, decay);
+      mi = Add(Mul(b1, mi), Mul(one_minus_b1, grad));
+      vi = Add(Mul(b2, vi), Mul(Mul(one_minus_b2, grad), grad));
+      pi = Sub(pi, Mul(step_size, mi) / Add(Mul(sqrt(vi), inv_sqrt_bc2), eps));
     };
     const auto one = [&](int64_t i) {
       T pi = p[i], mi = m[i], vi = v[i];

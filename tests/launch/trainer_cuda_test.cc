@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "launch/commands.h"
 #include "launch/trainer.h"
@@ -169,18 +170,28 @@ TEST_F(TrainerCudaTest, CheckpointsResumeOnTheOtherDevice) {
 }
 
 TEST_F(TrainerCudaTest, AQuietStepReadsOnlyTheMoeCountsOnTheHost) {
-  TrainOptions o = Options("CUDA", "quiet",
-                           {"logging.log_interval=4", "train.eval_interval=0",
-                            "checkpoint.interval=0", "checkpoint.save_at_end=false"});
-  o.config.mutable_train()->set_train_steps(6);
-  StatusOr<TrainResult> r = Train(o);
-  ASSERT_TRUE(r.ok()) << r.status();
-  const int64_t micro_batches =
-      o.config.train().global_batch_size() / o.config.train().micro_batch_size();
-  EXPECT_EQ(r->device, "CUDA:0");
-  EXPECT_EQ(r->quiet_step_host_reads, o.config.model().num_layers() * micro_batches);
-  // A steady-state step calls cudaMalloc/cudaFree zero times.
-  EXPECT_EQ(r->quiet_step_system_allocs, 0);
+  // Dropless with every expert local: no read at all (the experts' row
+  // offsets stay on the device); with capacity drops, each MoE layer's counts
+  // once per micro-batch forward. As trainer_test's CPU case.
+  for (const char* capacity : {"0", "1.5"}) {
+    SCOPED_TRACE(absl::StrCat("capacity_factor ", capacity));
+    TrainOptions o = Options("CUDA", absl::StrCat("quiet_", capacity),
+                             {"logging.log_interval=4", "train.eval_interval=0",
+                              "checkpoint.interval=0", "checkpoint.save_at_end=false",
+                              absl::StrCat("moe.capacity_factor=", capacity)});
+    o.config.mutable_train()->set_train_steps(6);
+    StatusOr<TrainResult> r = Train(o);
+    ASSERT_TRUE(r.ok()) << r.status();
+    const int64_t micro_batches =
+        o.config.train().global_batch_size() / o.config.train().micro_batch_size();
+    const int64_t moe_layers = o.config.model().num_layers();  // every layer is MoE here
+    ASSERT_EQ(moe_layers * micro_batches, 4);
+    const bool dropless = o.config.moe().capacity_factor() == 0;
+    EXPECT_EQ(r->device, "CUDA:0");
+    EXPECT_EQ(r->quiet_step_host_reads, dropless ? 0 : moe_layers * micro_batches);
+    // A steady-state step calls cudaMalloc/cudaFree zero times.
+    EXPECT_EQ(r->quiet_step_system_allocs, 0);
+  }
 }
 
 }  // namespace
