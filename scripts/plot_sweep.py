@@ -277,7 +277,11 @@ def main(argv):
     x, series = pick_axes(axes, rows, args.x, args.series)
     out = args.out or args.sweep_dir
     os.makedirs(out, exist_ok=True)
-    val = grouped(rows, x, series, "val_loss")
+    # Only finished points enter the per-axis plots and means: an interrupted
+    # point's last evaluation is from earlier in training (its row in the
+    # points table says so).
+    done = [r for r in rows if r["status"] == "done"]
+    val = grouped(done, x, series, "val_loss")
     written = []
     if x is not None:
         path = os.path.join(out, f"val_loss_vs_{x}.png")
@@ -285,7 +289,7 @@ def main(argv):
                   f"validation loss vs {x}" + (f" per {series}" if series else ""), path)
         written.append(path)
         path = os.path.join(out, f"throughput_vs_{x}.png")
-        line_plot(grouped(rows, x, series, "tokens_per_s"), x, "tokens/s",
+        line_plot(grouped(done, x, series, "tokens_per_s"), x, "tokens/s",
                   f"throughput vs {x}" + (f" per {series}" if series else ""), path)
         written.append(path)
     path = os.path.join(out, "loss_curves.png")
@@ -294,7 +298,7 @@ def main(argv):
     for r in rows:
         stats = expert_gamma(os.path.join(args.sweep_dir, r["point"]))
         r["gamma_rms"], r["gamma_spread"] = stats if stats else (None, None)
-    with_gamma = [r for r in rows if r["gamma_rms"] is not None]
+    with_gamma = [r for r in done if r["gamma_rms"] is not None]
     if x is not None and with_gamma:
         path = os.path.join(out, f"expert_gamma_vs_{x}.png")
         line_plot(grouped(with_gamma, x, series, "gamma_rms"), x, "experts' γ RMS (mean)",
@@ -309,12 +313,13 @@ def main(argv):
     if x is not None and val:
         print()
         print(f"Validation loss per {x}" + (f" and {series}" if series else "") +
-              " (mean over the other axes):")
+              " (finished points; mean over the other axes):")
         print()
         print(difference_table(val, x))
     if with_gamma:
         print()
-        print("The routed experts' own γ at the end of training (points that have them):")
+        print("The routed experts' own γ at the end of training (finished points that have "
+              "them):")
         print()
         print(gamma_table(with_gamma, axes))
     print()

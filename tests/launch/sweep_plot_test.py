@@ -128,6 +128,28 @@ def main():
         if again.returncode != 0 or [l for l in again.stdout.splitlines()
                                      if l in gamma_rows.values()] != list(gamma_rows.values()):
             fail(f"flat metrics give another γ table:\n{again.stdout}{again.stderr}")
+        # A point that did not finish (its last evaluation is from earlier in
+        # training) stays in the points table but leaves the means: marked
+        # interrupted, 4 experts' unified point drops out of the difference
+        # table, whose row then shows the baseline alone.
+        with open(os.path.join(flat, "results.csv"), newline="") as f:
+            reader = csv.DictReader(f)
+            fields, marked = reader.fieldnames, list(reader)
+        for r in marked:
+            if (r["experts"], r["strategy"]) == ("4", "unified"):
+                r["status"] = "interrupted"
+        with open(os.path.join(flat, "results.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(marked)
+        partial = subprocess.run([python, os.path.join(REPO, "scripts/plot_sweep.py"), flat],
+                                 capture_output=True, text=True)
+        plines = partial.stdout.splitlines()
+        four = [l for l in plines if l.startswith("| 4 |")]
+        if (partial.returncode != 0 or len(four) != 1 or
+                f"{val[('4', 'unified')]:.4f}" in four[0] or
+                f"{val[('4', 'baseline')]:.4f}" not in four[0]):
+            fail(f"an interrupted point entered the means:\n{partial.stdout}{partial.stderr}")
         missing = subprocess.run([python, os.path.join(REPO, "scripts/plot_sweep.py"), tmp],
                                  capture_output=True, text=True)
         if missing.returncode == 0 or "results.csv not found" not in missing.stderr:
