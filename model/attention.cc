@@ -97,6 +97,14 @@ Status Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
   return absl::OkStatus();
 }
 
+DType Attention::ActivationDType(DType activations) const {
+  const DType dt = q_proj_->output_dtype(activations);
+  for (const ScaledLinear* p : {k_proj_.get(), v_proj_.get()}) {
+    if (p->output_dtype(activations) != dt) return activations;
+  }
+  return dt;
+}
+
 Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t batch,
                           int64_t seq, const Tensor& out) {
   batch_ = batch;
@@ -104,16 +112,21 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   const int64_t tokens = batch * seq;
   // Every token: the projections are column-parallel.
   SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
-  const DType dt = n.dtype();
+  const DType dt = n.dtype(), inner = ActivationDType(dt);
   const Tensor n_in = SharedGemmInput(ctx, n, {q_proj_.get(), k_proj_.get(), v_proj_.get()});
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
-    Tensor lin = ctx.Empty({tokens, heads * head_dim_}, dt);
+    // A per-head norm reads the projection in the activations' dtype (its
+    // γ's), and only its output is rounded: a bf16 input would turn the
+    // exact zero gradient of the β that the norm removes (DNP under OR)
+    // into bf16 rounding noise.
+    Tensor lin = ctx.Empty({tokens, heads * head_dim_}, norm ? dt : inner);
     proj.Forward(ctx, n_in, lin);
     Tensor y = lin;
     if (norm) {
-      y = ctx.Empty(lin.shape(), dt);
-      norm->Forward(ctx, lin, y);
+      Tensor normed = ctx.Empty(lin.shape(), dt);
+      norm->Forward(ctx, lin, normed);
+      y = InDType(ctx, normed, inner);
     }
     y = y.View({batch, seq, heads, head_dim_});
     if (rope) ops::Rope(ctx, y, rope_theta_, y);
@@ -123,7 +136,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
   lse_ = ctx.Empty({batch, heads_, seq}, dt == DType::kF64 ? DType::kF64 : DType::kF32);
-  attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, dt);
+  attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, inner);
   ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_, attention_options_);
   // Row-parallel: this rank's heads give a partial sum of the output.
   const Tensor partial =
@@ -136,25 +149,25 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                            const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
-  const DType dt = d_out.dtype();
+  const DType dt = d_out.dtype(), inner = attn_.dtype();
   // The column-parallel projections give this rank's share of d_n.
   const Tensor d_n = tp_.sequence_parallel()
                          ? ctx.Empty({tokens, d_n_rows.dim(1)}, dt)
                          : d_n_rows;
-  Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, dt);
+  Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, inner);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
-  Tensor d_q = ctx.Empty(q_.shape(), dt);
-  Tensor d_k = ctx.Empty(k_.shape(), dt);
-  Tensor d_v = ctx.Empty(v_.shape(), dt);
+  Tensor d_q = ctx.Empty(q_.shape(), inner);
+  Tensor d_k = ctx.Empty(k_.shape(), inner);
+  Tensor d_v = ctx.Empty(v_.shape(), inner);
   ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
                                attention_options_);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
                   GradMode mode) {
     if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
-    if (norm) {
+    if (norm) {  // in the activations' dtype, as its forward
       d_lin = ctx.Empty(d_lin.shape(), dt);
-      norm->Backward(ctx, d_y, d_lin);
+      norm->Backward(ctx, InDType(ctx, d_y, dt), d_lin);
     }
     proj.Backward(ctx, d_lin, d_n, mode);
   };

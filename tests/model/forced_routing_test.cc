@@ -118,16 +118,18 @@ TEST(ForcedRoutingTest, ForceRoutingNeedsOneSelectionPerMoeLayer) {
 }
 
 // A small MoE model with many near-tie tokens (init_std 0.02: router
-// logits near 0, 128 tokens over 16 experts), one MoE layer.
+// logits near 0, 512 tokens over 16 experts), two MoE layers: bf16 must
+// flip a few picks (with one layer and 128 tokens it flipped one, then
+// none once q, k and v became bf16; two layers of 512 flip 4).
 config::RunConfig NearTies() {
   config::RunConfig cfg = testing::TinyConfig(16);
   config::ModelConfig& m = *cfg.mutable_model();
-  m.set_num_layers(1);
+  m.set_num_layers(2);
   m.set_hidden_size(64);
   m.set_num_heads(4);
   m.set_num_kv_heads(2);
   m.set_vocab_size(128);
-  m.set_seq_length(64);
+  m.set_seq_length(256);
   m.set_init_std(0.02);
   cfg.mutable_moe()->set_expert_ffn_hidden_size(32);
   cfg.mutable_moe()->set_aux_loss_coeff(0.01);

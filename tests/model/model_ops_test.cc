@@ -1,6 +1,7 @@
 // Forward semantics and f64 finite-difference checks of the model ops
 // (core/cpu/rms_normalize.cc, rope.cc, causal_attention.cc, embedding.cc,
 // cross_entropy.cc).
+#include <algorithm>
 #include <cmath>
 
 #include "core/ops.h"
@@ -82,6 +83,30 @@ TEST(RopeTest, BackwardMatchesFiniteDifferencesAndAliasingWorks) {
   Tensor dx = w.Clone();
   ops::RopeBackward(ctx, dx, 500.0, dx);  // in place
   EXPECT_LT(GradError(loss, x, dx), kGradTolerance);
+}
+
+// bf16 is rotated in f32 and rounded once on store: the f32 result of the
+// same (bf16-valued) input, rounded to bf16, bit for bit; forward then
+// backward returns the input to within bf16 rounding.
+TEST(RopeTest, Bf16IsTheF32RotationRounded) {
+  const ExecContext ctx;
+  const Shape shape{2, 7, 3, 8};
+  Tensor x32 = Tensor::Empty(shape, DType::kF32);
+  Tensor x = Tensor::Empty(shape, DType::kBF16);
+  ops::Copy(ctx, RandomTensor(shape, 11), x);  // bf16 values
+  ops::Copy(ctx, x, x32);                      // exactly representable in f32
+  Tensor y = Tensor::Empty(shape, DType::kBF16);
+  Tensor y32 = Tensor::Empty(shape, DType::kF32);
+  ops::Rope(ctx, x, 10000.0, y);
+  ops::Rope(ctx, x32, 10000.0, y32);
+  Tensor y32_rounded = Tensor::Empty(shape, DType::kBF16);
+  ops::Copy(ctx, y32, y32_rounded);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(y.At(i), y32_rounded.At(i)) << i;
+  Tensor back = Tensor::Empty(shape, DType::kBF16);
+  ops::RopeBackward(ctx, y, 10000.0, back);  // the inverse rotation
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    EXPECT_NEAR(back.At(i), x.At(i), 1.6e-2 * std::max(1.0, std::abs(x.At(i)))) << i;
+  }
 }
 
 TEST(CausalAttentionTest, FirstPositionCopiesItsValueAndLseNormalizesEachRow) {

@@ -270,11 +270,47 @@ TEST(ModelPrecisionTest, Bf16KeepsTheFfnActivationsInBf16) {
   }
 }
 
+// Under BF16 q, k, v (after the per-head norms and RoPE) and the
+// attention's output, which the backward keeps, are bf16: the GEMMs write
+// them, the attention reads them and W_o's GEMM reads its input without a
+// copy; under FP32 they are fp32. The log-sum-exp stays fp32, and so does a
+// per-head norm's own cache (it runs in the activations' dtype). Found in
+// the forward cache as the only 4-D tensors ([B, T, heads, D]).
+TEST(ModelPrecisionTest, Bf16KeepsTheAttentionActivationsInBf16) {
+  for (bool dnp : {false, true}) {
+    SCOPED_TRACE(dnp ? "DNP (per-head q/k norms)" : "no per-head norm");
+    config::RunConfig base = testing::TinyConfig(4);
+    if (dnp) {
+      base.mutable_scale_vectors()->set_placement(config::ScaleVectorConfig::DUAL_NORMALIZED);
+    }
+    for (auto precision : {config::TrainConfig::FP32, config::TrainConfig::BF16}) {
+      config::RunConfig cfg = base;
+      cfg.mutable_train()->set_precision(precision);
+      const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
+      const DType want = precision == config::TrainConfig::BF16 ? DType::kBF16 : DType::kF32;
+      int four_d = 0, lse = 0;
+      stash.ForEachTensor([&](const Tensor& t) {
+        if (!t.defined()) return;
+        if (t.ndim() == 4) {
+          ++four_d;
+          EXPECT_EQ(t.dtype(), want) << "an attention activation " << t.DebugString();
+        } else if (t.ndim() == 3 && t.dim(1) == cfg.model().num_heads()) {
+          ++lse;
+          EXPECT_EQ(t.dtype(), DType::kF32) << "the log-sum-exp " << t.DebugString();
+        }
+      });
+      EXPECT_EQ(four_d, 4 * cfg.model().num_layers());  // q, k, v, output
+      EXPECT_EQ(lse, cfg.model().num_layers());
+    }
+  }
+}
+
 // Under BF16 the maps that read one input convert it once: q, k and v share
 // one bf16 copy of the attention's normed input, gate and up one of the
-// MLP's (SharedGemmInput); with the output projection's input, 3 distinct
-// bf16 [N, C] tensors per dense layer in the forward cache (6 with a copy
-// per map), and one more for the LM head's input.
+// MLP's (SharedGemmInput); with the output projection's input (the
+// attention's bf16 output itself), 3 distinct bf16 [N, C] tensors per dense
+// layer in the forward cache (6 with a copy per map), and one more for the
+// LM head's input.
 TEST(ModelPrecisionTest, Bf16MapsOfOneInputShareOneCopy) {
   config::RunConfig cfg = testing::TinyConfig(0);
   cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
