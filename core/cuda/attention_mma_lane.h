@@ -115,6 +115,38 @@ SM_LANE_FN float OnlineStep(float& m, float& l, float tile_max) {
   return factor;
 }
 
+// The backward's element-wise step on S (log2 units, masked) and dP:
+// s <- P = exp2(s − lse·log2 e), dp <- dS = P ⊙ (dP − D). Rows past T carry
+// lse = +inf, so their P is 0 without a mask.
+// Statistics per row (S = Q Kᵀ, the d_q pass): lse2[CHalf(i)], di[CHalf(i)].
+template <int kN8>
+SM_LANE_FN void GradRows(float (&s)[kN8][4], float (&dp)[kN8][4], const float (&lse2)[2],
+                         const float (&di)[2]) {
+  SM_LANE_UNROLL
+  for (int j = 0; j < kN8; ++j) {
+    SM_LANE_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      s[j][i] = exp2f(s[j][i] - lse2[CHalf(i)]);
+      dp[j][i] = s[j][i] * (dp[j][i] - di[CHalf(i)]);
+    }
+  }
+}
+// Statistics per column (Sᵀ = K Qᵀ, the d_k/d_v pass): columns col0 + ...
+// of a tile's lse2[] and di[].
+template <int kN8>
+SM_LANE_FN void GradColumns(float (&s)[kN8][4], float (&dp)[kN8][4], int lane, int col0,
+                            const float* lse2, const float* di) {
+  SM_LANE_UNROLL
+  for (int j = 0; j < kN8; ++j) {
+    SM_LANE_UNROLL
+    for (int i = 0; i < 4; ++i) {
+      const int col = col0 + 8 * j + CCol(lane, i);
+      s[j][i] = exp2f(s[j][i] - lse2[col]);
+      dp[j][i] = s[j][i] * (dp[j][i] - di[col]);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- mask
 
 // Key `key` counts for query `query` of a sequence of t: causal, and keys

@@ -382,16 +382,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       Scale(st, scale_log2);
       if (mask) ml::MaskTile<true>(st, lane, key0, static_cast<int64_t>(qt) * kTile + c * 16, d.t);
-        // Pᵀ into st, dSᵀ = Pᵀ ⊙ (dPᵀ − D) into dpt (statistics per column).
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int col = c * 16 + 8 * n + ml::CCol(lane, i);
-          st[n][i] = exp2f(st[n][i] - lse2_s[col]);
-          dpt[n][i] = st[n][i] * (dpt[n][i] - di_s[col]);
-        }
-      }
+      ml::GradColumns(st, dpt, lane, c * 16, lse2_s, di_s);  // Pᵀ, dSᵀ
       unsigned pa[4], dsa[4];
       CToA(pa, st, 0);
       CToA(dsa, dpt, 0);
@@ -488,15 +479,7 @@ __global__ void __launch_bounds__(kThreads)
       }
       Scale(s, scale_log2);
       if (mask) ml::MaskTile<false>(s, lane, row0, static_cast<int64_t>(j) * kTile + c * 16, d.t);
-        // dS = P ⊙ (dP − D) into dp (statistics per row).
-#pragma unroll
-      for (int n = 0; n < 2; ++n) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int half = ml::CHalf(i);
-          dp[n][i] = exp2f(s[n][i] - lse2[half]) * (dp[n][i] - di[half]);
-        }
-      }
+      ml::GradRows(s, dp, lse2, di);  // P, dS
       unsigned dsa[4];
       CToA(dsa, dp, 0);
       // dQ += dS K over these 16 keys (the scale at the end).

@@ -9,6 +9,8 @@
 //   through it equal to a plain matmul;
 // - the online softmax over several key tiles (quad reductions by xor 1, 2)
 //   equal to a direct softmax, lse included, causal and T masks applied;
+// - one warp of the d_k/d_v pass (Sᵀ, per-column statistics) and of the d_q
+//   pass equal to direct sums, on and off the diagonal, past T;
 // - masks: only diagonal tiles need one, for T = 1 ... 1024.
 // Values are small integers where products must be exact.
 #include "core/cuda/attention_mma_lane.h"
@@ -19,8 +21,10 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <random>
 #include <set>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -374,6 +378,210 @@ TEST(AttentionMmaLaneTest, OnlineSoftmaxMatchesDirectSoftmax) {
   ExpectOnlineSoftmaxMatches(65, 64, 12);     // T = 65: one valid row in the second tile
   ExpectOnlineSoftmaxMatches(1, 0, 13);       // T = 1
   ExpectOnlineSoftmaxMatches(63, 48, 14);     // T = 63, the tile's last warp
+}
+
+// Tiles of the backward: 64 rows of head dim kBwdD at row stride kBwdLd,
+// rows at or past T zero (as the kernels' LoadTile), and per-query
+// statistics as the kernels' RowStats (lse·log2 e = +inf, D = 0 past T).
+constexpr int kBwdTile = 64, kBwdD = 32, kBwdLd = kBwdD + 8;
+struct BwdTile {
+  std::vector<float> rows;  // [kBwdTile][kBwdLd]
+  std::vector<float> lse2, di;
+};
+BwdTile MakeTile(std::mt19937& rng, int64_t first, int64_t t_len) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::uniform_real_distribution<float> uniform(1.0f, 3.0f);
+  BwdTile tile{std::vector<float>(kBwdTile * kBwdLd, 0.0f), std::vector<float>(kBwdTile),
+               std::vector<float>(kBwdTile)};
+  for (int r = 0; r < kBwdTile; ++r) {
+    const bool valid = first + r < t_len;
+    for (int c = 0; c < kBwdD; ++c) tile.rows[r * kBwdLd + c] = valid ? normal(rng) : 0.0f;
+    tile.lse2[r] = valid ? uniform(rng) : INFINITY;
+    tile.di[r] = valid ? normal(rng) : 0.0f;
+  }
+  return tile;
+}
+double Dot(const std::vector<float>& a, int ra, const std::vector<float>& b, int rb) {
+  double sum = 0;
+  for (int c = 0; c < kBwdD; ++c) sum += double{a[ra * kBwdLd + c]} * b[rb * kBwdLd + c];
+  return sum;
+}
+RegsA Load(const std::vector<float>& tile, bool trans, const std::function<int(int)>& offset) {
+  return LdMatrixX4(tile, Offsets(offset), trans);
+}
+// A lane's kN8 C blocks as the kernels hold them (float[kN8][4]) and back.
+struct Lane2 {
+  float v[2][4];
+};
+std::vector<Lane2> ToLanes(const std::vector<RegsC>& c) {
+  std::vector<Lane2> out(kLanes);
+  for (int t = 0; t < kLanes; ++t) {
+    for (int j = 0; j < 2; ++j) {
+      for (int i = 0; i < 4; ++i) out[t].v[j][i] = c[j][t][i];
+    }
+  }
+  return out;
+}
+std::vector<RegsC> FromLanes(const std::vector<Lane2>& lanes) {
+  std::vector<RegsC> c(2, RegsC(kLanes));
+  for (int t = 0; t < kLanes; ++t) {
+    for (int j = 0; j < 2; ++j) {
+      for (int i = 0; i < 4; ++i) c[j][t][i] = lanes[t].v[j][i];
+    }
+  }
+  return c;
+}
+void ExpectNear(float got, double want, const std::string& what) {
+  EXPECT_NEAR(got, want, 1e-4 * (1 + std::fabs(want))) << what;
+}
+
+// One warp of the d_k/d_v pass (keys warp·16.. of key tile kt, query tile
+// qt, 16 queries at a time: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ, per-column statistics,
+// Pᵀ and dSᵀ repacked as A) against direct sums over the visible pairs.
+void ExpectBackwardKvMatches(int64_t t_len, int kt, int qt, int warp, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message()
+               << "T " << t_len << " key tile " << kt << " query tile " << qt << " warp " << warp);
+  std::mt19937 rng(seed);
+  const int64_t k0 = int64_t{kt} * kBwdTile, t0 = int64_t{qt} * kBwdTile;
+  const BwdTile k = MakeTile(rng, k0, t_len), v = MakeTile(rng, k0, t_len);
+  const BwdTile q = MakeTile(rng, t0, t_len), d_out = MakeTile(rng, t0, t_len);
+  const float scale_log2 = 0.3f;
+  const int64_t key0 = k0 + warp * 16;
+  std::vector<RegsC> dk(kBwdD / 8, RegsC(kLanes, {0, 0, 0, 0})), dv = dk;
+  for (int c = 0; c < kBwdTile / 16; ++c) {
+    std::vector<RegsC> st(2, RegsC(kLanes, {0, 0, 0, 0})), dpt = st;
+    for (int kk = 0; kk < kBwdD / 16; ++kk) {
+      auto a_at = [&](int t) { return LdOffsetA(t, kBwdLd, warp * 16, kk * 16); };
+      auto b_at = [&](int t) { return LdOffsetBKMajor(t, kBwdLd, c * 16, kk * 16); };
+      const RegsA ka = Load(k.rows, false, a_at), va = Load(v.rows, false, a_at);
+      const RegsA qb = Load(q.rows, false, b_at), dob = Load(d_out.rows, false, b_at);
+      Mma(st[0], ka, qb, 0);
+      Mma(st[1], ka, qb, 2);
+      Mma(dpt[0], va, dob, 0);
+      Mma(dpt[1], va, dob, 2);
+    }
+    std::vector<Lane2> s = ToLanes(st), dp = ToLanes(dpt);
+    for (int t = 0; t < kLanes; ++t) {
+      for (auto& blk : s[t].v) {
+        for (float& x : blk) x *= scale_log2;
+      }
+      if (TileNeedsMask(qt, kt)) MaskTile<true>(s[t].v, t, key0, t0 + c * 16, t_len);
+      GradColumns(s[t].v, dp[t].v, t, c * 16, q.lse2.data(), q.di.data());
+    }
+    const RegsA pa = CToARegs(FromLanes(s), 0), dsa = CToARegs(FromLanes(dp), 0);
+    for (int nb = 0; nb < kBwdD / 16; ++nb) {
+      auto b_at = [&](int t) { return LdOffsetBNMajor(t, kBwdLd, nb * 16, c * 16); };
+      const RegsA dob = Load(d_out.rows, true, b_at), qb = Load(q.rows, true, b_at);
+      Mma(dv[2 * nb], pa, dob, 0);
+      Mma(dv[2 * nb + 1], pa, dob, 2);
+      Mma(dk[2 * nb], dsa, qb, 0);
+      Mma(dk[2 * nb + 1], dsa, qb, 2);
+    }
+  }
+  for (int t = 0; t < kLanes; ++t) {
+    for (int i = 0; i < 4; ++i) {
+      const int r = warp * 16 + CRow(t, i);  // the key's row in its tile
+      if (k0 + r >= t_len) continue;         // not written by the kernel
+      for (int n = 0; n < kBwdD / 8; ++n) {
+        const int col = 8 * n + CCol(t, i);
+        double want_dk = 0, want_dv = 0;
+        for (int qi = 0; qi < kBwdTile; ++qi) {
+          if (t0 + qi >= t_len || !Visible(k0 + r, t0 + qi, t_len)) continue;
+          const double p = std::exp2(Dot(k.rows, r, q.rows, qi) * scale_log2 - q.lse2[qi]);
+          const double ds = p * (Dot(v.rows, r, d_out.rows, qi) - q.di[qi]);
+          want_dv += p * d_out.rows[qi * kBwdLd + col];
+          want_dk += ds * q.rows[qi * kBwdLd + col];
+        }
+        const std::string at = "key " + std::to_string(k0 + r) + " col " + std::to_string(col);
+        ExpectNear(dv[n][t][i], want_dv, "d_v " + at);
+        ExpectNear(dk[n][t][i], want_dk, "d_k " + at);
+      }
+    }
+  }
+}
+
+TEST(AttentionMmaLaneTest, BackwardKvWarpMatchesDirectSums) {
+  ExpectBackwardKvMatches(1024, 2, 2, 1, 20);  // diagonal
+  ExpectBackwardKvMatches(1024, 1, 3, 3, 21);  // below the diagonal, unmasked
+  ExpectBackwardKvMatches(200, 3, 3, 0, 22);   // the last tile: queries and keys past T
+  ExpectBackwardKvMatches(220, 3, 3, 1, 23);   // the second warp, keys past T
+  ExpectBackwardKvMatches(65, 0, 1, 0, 24);    // one query in the last tile
+  ExpectBackwardKvMatches(65, 1, 1, 0, 25);    // one key in the last tile
+}
+
+// One warp of the d_q pass (queries warp·16.. of query tile qt, key tile kt,
+// 16 keys at a time: S = Q Kᵀ, dP = dO Vᵀ, per-row statistics, dS
+// repacked as A, K read with .trans) against direct sums.
+void ExpectBackwardQMatches(int64_t t_len, int qt, int kt, int warp, uint32_t seed) {
+  SCOPED_TRACE(::testing::Message()
+               << "T " << t_len << " query tile " << qt << " key tile " << kt << " warp " << warp);
+  std::mt19937 rng(seed);
+  const int64_t k0 = int64_t{kt} * kBwdTile, t0 = int64_t{qt} * kBwdTile;
+  const BwdTile q = MakeTile(rng, t0, t_len), d_out = MakeTile(rng, t0, t_len);
+  const BwdTile k = MakeTile(rng, k0, t_len), v = MakeTile(rng, k0, t_len);
+  const float scale_log2 = 0.3f;
+  const int64_t row0 = t0 + warp * 16;
+  std::vector<RegsC> dq(kBwdD / 8, RegsC(kLanes, {0, 0, 0, 0}));
+  for (int c = 0; c < kBwdTile / 16; ++c) {
+    std::vector<RegsC> sc(2, RegsC(kLanes, {0, 0, 0, 0})), dpc = sc;
+    for (int kk = 0; kk < kBwdD / 16; ++kk) {
+      auto a_at = [&](int t) { return LdOffsetA(t, kBwdLd, warp * 16, kk * 16); };
+      auto b_at = [&](int t) { return LdOffsetBKMajor(t, kBwdLd, c * 16, kk * 16); };
+      const RegsA qa = Load(q.rows, false, a_at), doa = Load(d_out.rows, false, a_at);
+      const RegsA kb = Load(k.rows, false, b_at), vb = Load(v.rows, false, b_at);
+      Mma(sc[0], qa, kb, 0);
+      Mma(sc[1], qa, kb, 2);
+      Mma(dpc[0], doa, vb, 0);
+      Mma(dpc[1], doa, vb, 2);
+    }
+    std::vector<Lane2> s = ToLanes(sc), dp = ToLanes(dpc);
+    for (int t = 0; t < kLanes; ++t) {
+      float lse2[2], di[2];
+      for (int half = 0; half < 2; ++half) {
+        const int r = warp * 16 + CRow(t, 2 * half);
+        lse2[half] = q.lse2[r];
+        di[half] = q.di[r];
+      }
+      for (auto& blk : s[t].v) {
+        for (float& x : blk) x *= scale_log2;
+      }
+      if (TileNeedsMask(qt, kt)) MaskTile<false>(s[t].v, t, row0, k0 + c * 16, t_len);
+      GradRows(s[t].v, dp[t].v, lse2, di);
+    }
+    const RegsA dsa = CToARegs(FromLanes(dp), 0);
+    for (int nb = 0; nb < kBwdD / 16; ++nb) {
+      const RegsA kb =
+          Load(k.rows, true, [&](int t) { return LdOffsetBNMajor(t, kBwdLd, nb * 16, c * 16); });
+      Mma(dq[2 * nb], dsa, kb, 0);
+      Mma(dq[2 * nb + 1], dsa, kb, 2);
+    }
+  }
+  for (int t = 0; t < kLanes; ++t) {
+    for (int i = 0; i < 4; ++i) {
+      const int r = warp * 16 + CRow(t, i);
+      if (t0 + r >= t_len) continue;  // not written by the kernel
+      for (int n = 0; n < kBwdD / 8; ++n) {
+        const int col = 8 * n + CCol(t, i);
+        double want = 0;
+        for (int ki = 0; ki < kBwdTile; ++ki) {
+          if (!Visible(k0 + ki, t0 + r, t_len)) continue;
+          const double p = std::exp2(Dot(q.rows, r, k.rows, ki) * scale_log2 - q.lse2[r]);
+          want += p * (Dot(d_out.rows, r, v.rows, ki) - q.di[r]) * k.rows[ki * kBwdLd + col];
+        }
+        ExpectNear(dq[n][t][i], want,
+                   "d_q query " + std::to_string(t0 + r) + " col " + std::to_string(col));
+      }
+    }
+  }
+}
+
+TEST(AttentionMmaLaneTest, BackwardQWarpMatchesDirectSums) {
+  ExpectBackwardQMatches(1024, 5, 5, 3, 30);  // diagonal
+  ExpectBackwardQMatches(1024, 5, 2, 1, 31);  // left of the diagonal, unmasked
+  ExpectBackwardQMatches(200, 3, 3, 0, 32);   // the last tile: queries and keys past T
+  ExpectBackwardQMatches(200, 3, 1, 0, 33);
+  ExpectBackwardQMatches(65, 1, 0, 0, 34);  // one query in the last tile
+  ExpectBackwardQMatches(65, 1, 1, 0, 35);  // ... and one key
 }
 
 TEST(AttentionMmaLaneTest, VisibleIsCausalAndStopsAtT) {
