@@ -93,7 +93,7 @@ __device__ __forceinline__ void LoadBCols(unsigned (&b)[4], const bf16* tile, in
   LdMatrixX4Trans(b, tile + ml::LdOffsetBNMajor(Lane(), ld, n0, k0));
 }
 
-// c[n0 / 8], c[n0 / 8 + 1] += a · b for the two n8 blocks of b.
+// c[2 nb], c[2 nb + 1] += a · b for the two n8 blocks of b (n16 block nb).
 template <int kN>
 __device__ __forceinline__ void MmaPair(float (&c)[kN][4], int nb, const unsigned (&a)[4],
                                         const unsigned (&b)[4]) {
