@@ -18,12 +18,14 @@
 // own pass. No atomics: the same inputs give the same bits.
 //
 // AttentionOptions::bf16_operands sends head dims 64 and 128 (f32 or bf16)
-// to the tensor-core kernels of causal_attention_tc.cu instead.
+// to the tensor-core kernels of causal_attention_tc.cu instead (WMMA), or
+// of causal_attention_mma.cu (mma.sync) when SCALEMOE_ATTENTION=mma.
 #include <cmath>
 #include <tuple>
 #include <type_traits>
 #include <utility>
 
+#include "core/cuda/causal_attention_mma.h"
 #include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
@@ -516,7 +518,11 @@ void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, c
   const AttnDims d = CheckAttention(ctx, op, q, k, v, out, lse);
   if (q.numel() == 0) return;
   if (options.bf16_operands && AttentionTcFits(q)) {
-    CausalAttentionTc(ctx, q, k, v, out, lse);
+    if (UseAttentionMma()) {
+      CausalAttentionMma(ctx, q, k, v, out, lse);
+    } else {
+      CausalAttentionTc(ctx, q, k, v, out, lse);
+    }
     return;
   }
   DispatchFloat(q, [&](auto tag) {
@@ -559,7 +565,11 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
   }
   if (q.numel() == 0) return;
   if (options.bf16_operands && AttentionTcFits(q)) {
-    CausalAttentionBackwardTc(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+    if (UseAttentionMma()) {
+      CausalAttentionBackwardMma(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+    } else {
+      CausalAttentionBackwardTc(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+    }
     return;
   }
   // D = rowsum(d_out ⊙ out), in lse's dtype; scratch for this call.

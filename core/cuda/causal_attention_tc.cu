@@ -572,17 +572,6 @@ TcDims DimsOf(const Tensor& q, const Tensor& k) {
           static_cast<int>(k.dim(2))};
 }
 
-// x as a bf16 tensor with 16-byte aligned rows (cp.async): x itself when it
-// already is one, else a converted copy (scratch of this call).
-Tensor Bf16Operand(const ExecContext& ctx, const Tensor& x) {
-  if (x.dtype() == DType::kBF16 && Aligned16(x.raw_data())) return x;
-  Tensor y = ctx.Empty(x.shape(), DType::kBF16);
-  Copy(ctx, x, y);
-  SM_CHECK_MSG(Aligned16(y.raw_data()), "CausalAttention: the allocator returned ", y.DebugString(),
-               " not 16-byte aligned");
-  return y;
-}
-
 // Opts a kernel into more than 48 KB of dynamic shared memory, once per
 // kernel (the static lives in the caller's template instance).
 template <typename Kernel>
@@ -629,13 +618,7 @@ void RunBackward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const
                  const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& d_out_bf16,
                  const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
-  // D = rowsum(d_out ⊙ out) in f32; scratch for this call.
-  const Tensor row_dot = ctx.Empty(lse.shape(), DType::kF32);
-  const int64_t rows = static_cast<int64_t>(d.b) * d.t * d.h;
-  TcRowDotKernel<T>
-      <<<static_cast<unsigned>((rows + kRowDotWarps - 1) / kRowDotWarps), kRowDotWarps * 32, 0,
-         Stream(ctx)>>>(d, D, Ptr<const T>(out), Ptr<const T>(d_out), Ptr<float>(row_dot));
-  SM_CHECK_LAUNCH(ctx, op, "TcRowDotKernel");
+  const Tensor row_dot = AttentionRowDot(ctx, out, d_out, op);
   const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = ScaleLog2(D);
   const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
   const bf16* dop = Ptr<const bf16>(d_out_bf16);
@@ -660,6 +643,37 @@ void RunBackward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const
 
 }  // namespace
 
+Tensor AttentionBf16Operand(const ExecContext& ctx, const Tensor& x) {
+  if (x.dtype() == DType::kBF16 && Aligned16(x.raw_data())) return x;
+  Tensor y = ctx.Empty(x.shape(), DType::kBF16);
+  Copy(ctx, x, y);
+  SM_CHECK_MSG(Aligned16(y.raw_data()), "CausalAttention: the allocator returned ", y.DebugString(),
+               " not 16-byte aligned");
+  return y;
+}
+
+Tensor AttentionRowDot(const ExecContext& ctx, const Tensor& out, const Tensor& d_out,
+                       const char* op) {
+  const TcDims d{static_cast<int>(out.dim(0)), static_cast<int>(out.dim(1)),
+                 static_cast<int>(out.dim(2)), static_cast<int>(out.dim(2))};
+  const int dim = static_cast<int>(out.dim(3));
+  const Tensor row_dot = ctx.Empty({d.b, d.h, d.t}, DType::kF32);
+  const int64_t rows = static_cast<int64_t>(d.b) * d.t * d.h;
+  const unsigned blocks = static_cast<unsigned>((rows + kRowDotWarps - 1) / kRowDotWarps);
+  auto launch = [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    TcRowDotKernel<T><<<blocks, kRowDotWarps * 32, 0, Stream(ctx)>>>(
+        d, dim, Ptr<const T>(out), Ptr<const T>(d_out), Ptr<float>(row_dot));
+  };
+  if (out.dtype() == DType::kBF16) {
+    launch(Tag<bf16>{});
+  } else {
+    launch(Tag<float>{});
+  }
+  SM_CHECK_LAUNCH(ctx, op, "TcRowDotKernel");
+  return row_dot;
+}
+
 bool AttentionTcFits(const Tensor& q) {
   return q.ndim() == 4 && (q.dim(3) == 64 || q.dim(3) == 128) &&
          (q.dtype() == DType::kF32 || q.dtype() == DType::kBF16);
@@ -668,7 +682,8 @@ bool AttentionTcFits(const Tensor& q) {
 void CausalAttentionTc(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& out, const Tensor& lse) {
   const TcDims d = DimsOf(q, k);
-  const Tensor qb = Bf16Operand(ctx, q), kb = Bf16Operand(ctx, k), vb = Bf16Operand(ctx, v);
+  const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
+               vb = AttentionBf16Operand(ctx, v);
   DispatchTc(q, [&](auto tag, auto dim) {
     RunForward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse);
   });
@@ -679,8 +694,9 @@ void CausalAttentionBackwardTc(const ExecContext& ctx, const Tensor& q, const Te
                                const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                                const Tensor& d_v) {
   const TcDims d = DimsOf(q, k);
-  const Tensor qb = Bf16Operand(ctx, q), kb = Bf16Operand(ctx, k), vb = Bf16Operand(ctx, v);
-  const Tensor dob = Bf16Operand(ctx, d_out);
+  const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
+               vb = AttentionBf16Operand(ctx, v);
+  const Tensor dob = AttentionBf16Operand(ctx, d_out);
   DispatchTc(q, [&](auto tag, auto dim) {
     RunBackward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse,
                                                                     dob, d_out, d_q, d_k, d_v);

@@ -23,4 +23,13 @@ void CausalAttentionBackwardTc(const ExecContext& ctx, const Tensor& q, const Te
                                const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                                const Tensor& d_v);
 
+// Shared with the mma.sync kernels (causal_attention_mma.cu).
+// x as a bf16 tensor with 16-byte aligned rows (cp.async): x itself when it
+// already is one, else a converted copy (scratch of this call).
+Tensor AttentionBf16Operand(const ExecContext& ctx, const Tensor& x);
+// D = rowsum(d_out ⊙ out) in f32, [B, H, T] like lse (scratch of this
+// call); out and d_out [B, T, H, D] of one dtype, f32 or bf16.
+Tensor AttentionRowDot(const ExecContext& ctx, const Tensor& out, const Tensor& d_out,
+                       const char* op);
+
 }  // namespace scalemoe::cuda

@@ -6,12 +6,16 @@
 // 1, 2 and 4 (and 4 of 8 heads), head dims 64 and 128, f32 and bf16
 // tensors. Outputs start as NaN. The backward runs on the reference's out
 // and lse, so both sides see the same inputs. Two runs give the same bits;
-// other head dims keep the exact kernels.
+// other head dims keep the exact kernels. Tile edges (T = 63, 64, 65, 128,
+// 129) and T = 1024 too. The binary runs twice: on the WMMA kernels
+// (core_cuda_attention_tc_test) and with SCALEMOE_ATTENTION=mma on the
+// mma.sync kernels of causal_attention_mma.cu (core_cuda_attention_tc_mma_test).
 #include <cmath>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/cuda/causal_attention_mma.h"
 #include "tests/core/cuda_test_util.h"
 
 namespace scalemoe {
@@ -27,7 +31,8 @@ constexpr ops::AttentionOptions kBf16{.bf16_operands = true};
 struct Case {
   int64_t b, t, h, kv, d;
   std::string Name(DType dtype) const {
-    return absl::StrCat(DTypeName(dtype), " B ", b, " T ", t, " H ", h, " KV ", kv, " D ", d);
+    return absl::StrCat(cuda::UseAttentionMma() ? "mma " : "wmma ", DTypeName(dtype), " B ", b,
+                        " T ", t, " H ", h, " KV ", kv, " D ", d);
   }
 };
 
@@ -127,6 +132,23 @@ TEST_F(CudaAttentionTcTest, Bf16TensorsMatchTheF64Reference) { ExpectAllMatch(DT
 TEST_F(CudaAttentionTcTest, LongerSequenceMatches) {
   ExpectMatchesReference({1, 333, 8, 2, 64}, DType::kF32, 300);
   ExpectMatchesReference({1, 333, 8, 1, 128}, DType::kF32, 301);
+}
+
+// Both sides of every tile edge, GQA 1, 2 and 4, both head dims.
+TEST_F(CudaAttentionTcTest, TileEdgesMatch) {
+  uint64_t seed = 600;
+  for (int64_t d : {64, 128}) {
+    for (int64_t t : {63, 64, 65, 128, 129}) {
+      for (int64_t kv : {4, 2, 1}) ExpectMatchesReference({1, t, 4, kv, d}, DType::kBF16, ++seed);
+    }
+  }
+}
+
+// Sixteen tiles, the bench's sequence length.
+TEST_F(CudaAttentionTcTest, SequenceOf1024Matches) {
+  ExpectMatchesReference({1, 1024, 4, 4, 64}, DType::kBF16, 700);
+  ExpectMatchesReference({1, 1024, 4, 2, 128}, DType::kF32, 701);
+  ExpectMatchesReference({1, 1024, 4, 1, 64}, DType::kF32, 702);
 }
 
 // The option does route: f32 tensors give other bits than the exact kernel

@@ -1,0 +1,608 @@
+// Causal grouped-query attention on mma.sync m16n8k16 (bf16 operands, f32
+// accumulators), FlashAttention-2 style: the alternative to the WMMA
+// kernels of causal_attention_tc.cu behind SCALEMOE_ATTENTION=mma, the same
+// contract (core/ops.h, AttentionOptions::bf16_operands).
+// - S = Q Kᵀ, P and dS never leave registers: a C fragment pair is the A
+//   fragment of the next mma (attention_mma_lane.h has the lane math and
+//   tests/core/attention_mma_lane_test.cc simulates it on the CPU).
+// - tiles: a block holds 64 rows (4 warps x 16); the other side streams in
+//   tiles of 64 through shared memory (cp.async, double buffered) and is
+//   read with ldmatrix (.trans where the operand is stored the other way).
+//   Only diagonal tiles are masked (the only ones that reach past T too).
+// - forward: block (query tile, h, b); per warp the online softmax over the
+//   key tiles, row max and sum over the quad of lanes that share a row.
+// - backward: D = rowsum(d_out ⊙ out) first; block (key tile, kv head, b)
+//   sums dV = Pᵀ dO and dK = dSᵀ Q over the group's query heads and query
+//   tiles in order, 16 queries at a time from Sᵀ = K Qᵀ and dPᵀ = V dOᵀ;
+//   block (query tile, h, b) sums dQ = dS K over key tiles in order, 16
+//   keys at a time. No atomics: the same inputs give the same bits. Rows
+//   past T get lse = +inf in the backward, so their P is 0 unmasked.
+#include <cmath>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "core/cuda/attention_mma_lane.h"
+#include "core/cuda/causal_attention_mma.h"
+#include "core/cuda/causal_attention_tc.h"
+#include "core/cuda/cp_async.cuh"
+#include "core/cuda/cuda_ops.h"
+#include "core/cuda/kernel_util.cuh"
+#include "core/cuda/mma_sync.cuh"
+
+namespace scalemoe::cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+namespace ml = mma_lane;
+
+// ---------------------------------------------------------------- kernels
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 16 * kWarps;  // rows per block = length of a streamed tile (64)
+constexpr int kN8 = kTile / 8;      // n8 blocks across a streamed tile
+constexpr int kPad = 8;             // bf16 row padding: 16-byte rows, ldmatrix without conflicts
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct MmaDims {
+  int b, t, h, kv;
+  __host__ __device__ int group() const { return h / kv; }
+  __host__ __device__ int tiles() const { return (t + kTile - 1) / kTile; }
+};
+
+// kTile rows of D bf16 in shared memory, rows padded.
+template <int D>
+struct Rows {
+  static constexpr int kLd = D + kPad;
+  static constexpr int kElems = kTile * kLd;
+  static constexpr int kBytes = kElems * 2;
+};
+
+// Rows [first, first + kTile) of one head into s (all threads call it):
+// `head` points at the head's element 0 of row 0, rows `stride` elements
+// apart; rows at or past `limit` are zero-filled.
+template <int D>
+__device__ __forceinline__ void LoadTile(bf16* s, const bf16* head, int64_t stride, int64_t first,
+                                         int64_t limit) {
+  constexpr int kChunks = D / 8;
+  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
+    const int r = c / kChunks, col = (c % kChunks) * 8;
+    const int64_t row = first + r;
+    const bool valid = row < limit;
+    CpAsync16(s + r * Rows<D>::kLd + col, valid ? head + row * stride + col : head, valid);
+  }
+}
+
+__device__ __forceinline__ int Lane() { return static_cast<int>(threadIdx.x % 32); }
+
+// ldmatrix loads of A (16 x 16 at (m0, k0)) and of two B n8 blocks (n0,
+// n0 + 8 over k0..k0 + 15) from a tile of row stride ld.
+__device__ __forceinline__ void LoadA(unsigned (&a)[4], const bf16* tile, int ld, int m0, int k0) {
+  LdMatrixX4(a, tile + ml::LdOffsetA(Lane(), ld, m0, k0));
+}
+// B(k, n) = tile[n][k]: rows of K (or Q, dO, V) as the n side.
+__device__ __forceinline__ void LoadBRows(unsigned (&b)[4], const bf16* tile, int ld, int n0,
+                                          int k0) {
+  LdMatrixX4(b, tile + ml::LdOffsetBKMajor(Lane(), ld, n0, k0));
+}
+// B(k, n) = tile[k][n]: rows of V (or dO, Q, K) as the k side.
+__device__ __forceinline__ void LoadBCols(unsigned (&b)[4], const bf16* tile, int ld, int n0,
+                                          int k0) {
+  LdMatrixX4Trans(b, tile + ml::LdOffsetBNMajor(Lane(), ld, n0, k0));
+}
+
+// c[2 nb], c[2 nb + 1] += a · b for the two n8 blocks of b (n16 block nb).
+template <int kN>
+__device__ __forceinline__ void MmaPair(float (&c)[kN][4], int nb, const unsigned (&a)[4],
+                                        const unsigned (&b)[4]) {
+  MmaBf16(c[2 * nb], a, b[0], b[1]);
+  MmaBf16(c[2 * nb + 1], a, b[2], b[3]);
+}
+
+__device__ __forceinline__ unsigned PackBf16(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // lo in the low half
+  return *reinterpret_cast<const unsigned*>(&v);
+}
+
+// The A fragment of k16 block kb from the C fragments c[2kb], c[2kb + 1].
+template <int kN>
+__device__ __forceinline__ void CToA(unsigned (&a)[4], const float (&c)[kN][4], int kb) {
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const float(&blk)[4] = c[2 * kb + ml::CToABlock(r)];
+    a[r] = PackBf16(blk[ml::CToAElem(r, 0)], blk[ml::CToAElem(r, 1)]);
+  }
+}
+
+__device__ __forceinline__ float QuadMax(float v) {
+#pragma unroll
+  for (int step = 0; step < ml::kQuadSteps; ++step) {
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1 << step));
+  }
+  return v;
+}
+__device__ __forceinline__ float QuadSum(float v) {
+#pragma unroll
+  for (int step = 0; step < ml::kQuadSteps; ++step) v += __shfl_xor_sync(0xffffffffu, v, 1 << step);
+  return v;
+}
+
+template <int kN>
+__device__ __forceinline__ void Zero(float (&c)[kN][4]) {
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[n][i] = 0.0f;
+  }
+}
+template <int kN>
+__device__ __forceinline__ void Scale(float (&c)[kN][4], float factor) {
+#pragma unroll
+  for (int n = 0; n < kN; ++n) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) c[n][i] *= factor;
+  }
+}
+
+// A warp's 16 x D accumulators, row half h times factor[h], into rows
+// [first, first + 16) of a head (rows `stride` elements apart; rows at or
+// past `limit` skipped).
+template <typename T, int D>
+__device__ __forceinline__ void StoreRows(const float (&acc)[D / 8][4], const float (&factor)[2],
+                                          T* head, int64_t stride, int64_t first, int64_t limit) {
+  const int lane = Lane();
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int64_t row = first + ml::CRow(lane, 2 * half);
+    if (row >= limit) continue;
+    T* dst = head + row * stride + ml::CCol(lane, 0);
+#pragma unroll
+    for (int n = 0; n < D / 8; ++n) {
+      dst[8 * n] = FromAcc<T>(acc[n][2 * half] * factor[half]);
+      dst[8 * n + 1] = FromAcc<T>(acc[n][2 * half + 1] * factor[half]);
+    }
+  }
+}
+
+// Shared memory of the forward and the d_q pass, in bytes: the block's own
+// rows (Q; the d_q pass dO too), then 2 stages x {K, V}.
+template <int D, int kOwnTiles>
+struct StreamSmem {
+  static constexpr int kStages = kOwnTiles * Rows<D>::kBytes;
+  static constexpr int kBytes = kStages + 4 * Rows<D>::kBytes;
+};
+
+// Block (query tile, h, b): out and lse of kTile queries. Tiles are taken
+// last first (the longest work starts first).
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    MmaForwardKernel(MmaDims d, float scale_log2, const bf16* __restrict__ q,
+                     const bf16* __restrict__ k, const bf16* __restrict__ v, T* __restrict__ out,
+                     float* __restrict__ lse) {
+  using R = Rows<D>;
+  using L = StreamSmem<D, 1>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  bf16* stages = reinterpret_cast<bf16*>(smem + L::kStages);
+  const int warp = threadIdx.x / 32, lane = Lane();
+
+  const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
+  const int64_t q0 = static_cast<int64_t>(tile) * kTile;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
+  const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
+  const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  auto load_kv = [&](int stage, int j) {
+    bf16* k_s = stages + 2 * stage * R::kElems;
+    const int64_t first = static_cast<int64_t>(j) * kTile;
+    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+  };
+
+  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  load_kv(0, 0);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  unsigned qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) LoadA(qf[kk], q_s, R::kLd, warp * 16, kk * 16);
+  float o[D / 8][4];
+  Zero(o);
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const int64_t row0 = q0 + warp * 16;
+
+  for (int j = 0; j <= tile; ++j) {
+    const int stage = j & 1;
+    if (j < tile) load_kv(stage ^ 1, j + 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    const bf16* k_s = stages + 2 * stage * R::kElems;
+    const bf16* v_s = k_s + R::kElems;
+    // S = Q Kᵀ (16 x kTile per warp), in log2 units.
+    float s[kN8][4];
+    Zero(s);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+#pragma unroll
+      for (int nb = 0; nb < kTile / 16; ++nb) {
+        unsigned kb[4];
+        LoadBRows(kb, k_s, R::kLd, nb * 16, kk * 16);
+        MmaPair(s, nb, qf[kk], kb);
+      }
+    }
+    Scale(s, scale_log2);
+    if (ml::TileNeedsMask(tile, j)) {
+      ml::MaskTile<false>(s, lane, row0, static_cast<int64_t>(j) * kTile, d.t);
+    }
+    // The online softmax step: s becomes P, o and l are rescaled.
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float factor = ml::OnlineStep(m[half], l[half], QuadMax(ml::LaneRowMax(s, half)));
+      l[half] += ml::ExpRow(s, half, m[half]);
+#pragma unroll
+      for (int n = 0; n < D / 8; ++n) {
+        o[n][2 * half] *= factor;
+        o[n][2 * half + 1] *= factor;
+      }
+    }
+    // O += P V, P straight from the score registers.
+#pragma unroll
+    for (int kb = 0; kb < kTile / 16; ++kb) {
+      unsigned pa[4];
+      CToA(pa, s, kb);
+#pragma unroll
+      for (int nb = 0; nb < D / 16; ++nb) {
+        unsigned vb[4];
+        LoadBCols(vb, v_s, R::kLd, nb * 16, kb * 16);
+        MmaPair(o, nb, pa, vb);
+      }
+    }
+    __syncthreads();  // stage `stage` is reloaded next
+  }
+  float inv[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    l[half] = QuadSum(l[half]);
+    inv[half] = 1.0f / l[half];
+  }
+  StoreRows<T, D>(o, inv, out + q_head, q_stride, row0, d.t);
+  if (lane % 4 == 0) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int64_t row = row0 + ml::CRow(lane, 2 * half);
+      if (row < d.t) {
+        lse[(static_cast<int64_t>(b) * d.h + h) * d.t + row] = (m[half] + log2f(l[half])) * kLn2;
+      }
+    }
+  }
+}
+
+// lse·log2 e and D of query t of head h, or (+inf, 0) past T: P = 0 there.
+__device__ __forceinline__ void RowStats(const MmaDims& d, const float* lse, const float* row_dot,
+                                         int b, int h, int64_t t, float& lse2, float& di) {
+  const int64_t i = (static_cast<int64_t>(b) * d.h + h) * d.t + t;
+  lse2 = t < d.t ? lse[i] * kLog2e : INFINITY;
+  di = t < d.t ? row_dot[i] : 0.0f;
+}
+
+// Shared memory of the d_k/d_v pass, in bytes: K, V, 2 stages x {Q, dO},
+// 2 stages x {lse·log2 e, D} [kTile].
+template <int D>
+struct KvSmem {
+  static constexpr int kK = 0;
+  static constexpr int kV = kK + Rows<D>::kBytes;
+  static constexpr int kStages = kV + Rows<D>::kBytes;
+  static constexpr int kStats = kStages + 4 * Rows<D>::kBytes;
+  static constexpr int kBytes = kStats + 2 * 2 * kTile * 4;
+};
+
+// Block (key tile, kv head, b): d_k and d_v of kTile keys, summed over the
+// group's query heads (in order) and, per head, the query tiles from the
+// key tile on (in order), 16 queries at a time.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    MmaBackwardKvKernel(MmaDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+                        const bf16* __restrict__ k, const bf16* __restrict__ v,
+                        const float* __restrict__ lse, const float* __restrict__ row_dot,
+                        const bf16* __restrict__ d_out, T* __restrict__ d_k, T* __restrict__ d_v) {
+  using R = Rows<D>;
+  using L = KvSmem<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* k_s = reinterpret_cast<bf16*>(smem + L::kK);
+  bf16* v_s = reinterpret_cast<bf16*>(smem + L::kV);
+  bf16* stages = reinterpret_cast<bf16*>(smem + L::kStages);
+  float* stats = reinterpret_cast<float*>(smem + L::kStats);
+  const int warp = threadIdx.x / 32, lane = Lane();
+
+  const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+  const int group = d.group(), per_head = d.tiles() - kt, steps = group * per_head;
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
+  const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const int64_t k0 = static_cast<int64_t>(kt) * kTile;
+  // Step s: query head kvh·group + s / per_head, query tile kt + s % per_head.
+  auto load_step = [&](int stage, int s) {
+    const int h = kvh * group + s / per_head;
+    const int64_t t0 = static_cast<int64_t>(kt + s % per_head) * kTile;
+    const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
+    bf16* q_s = stages + 2 * stage * R::kElems;
+    LoadTile<D>(q_s, q + q_head, q_stride, t0, d.t);
+    LoadTile<D>(q_s + R::kElems, d_out + q_head, q_stride, t0, d.t);
+    float* st = stats + stage * 2 * kTile;
+    for (int e = threadIdx.x; e < kTile; e += kThreads) {
+      RowStats(d, lse, row_dot, b, h, t0 + e, st[e], st[kTile + e]);
+    }
+  };
+
+  LoadTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
+  LoadTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
+  load_step(0, 0);
+  CpAsyncCommit();
+  CpAsyncWait<0>();
+  __syncthreads();
+  float dk[D / 8][4], dv[D / 8][4];
+  Zero(dk);
+  Zero(dv);
+  const int64_t key0 = k0 + warp * 16;
+
+  for (int s = 0; s < steps; ++s) {
+    const int stage = s & 1;
+    if (s + 1 < steps) load_step(stage ^ 1, s + 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();  // also publishes the step's plainly stored statistics
+    const bf16* q_s = stages + 2 * stage * R::kElems;
+    const bf16* do_s = q_s + R::kElems;
+    const float* lse2_s = stats + stage * 2 * kTile;
+    const float* di_s = lse2_s + kTile;
+    const int qt = kt + s % per_head;
+    const bool mask = ml::TileNeedsMask(qt, kt);
+#pragma unroll
+    for (int c = 0; c < kTile / 16; ++c) {
+      // Sᵀ = K Qᵀ and dPᵀ = V dOᵀ for the warp's 16 keys and queries c·16...
+      float st[2][4], dpt[2][4];
+      Zero(st);
+      Zero(dpt);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        // K and V fragments from shared memory each time: in registers too
+        // they spill at head dim 64 (ptxas) and do not fit at 128.
+        unsigned ka[4], va[4], qb[4], dob[4];
+        LoadA(ka, k_s, R::kLd, warp * 16, kk * 16);
+        LoadA(va, v_s, R::kLd, warp * 16, kk * 16);
+        LoadBRows(qb, q_s, R::kLd, c * 16, kk * 16);
+        LoadBRows(dob, do_s, R::kLd, c * 16, kk * 16);
+        MmaPair(st, 0, ka, qb);
+        MmaPair(dpt, 0, va, dob);
+      }
+      Scale(st, scale_log2);
+      if (mask) ml::MaskTile<true>(st, lane, key0, static_cast<int64_t>(qt) * kTile + c * 16, d.t);
+      ml::GradColumns(st, dpt, lane, c * 16, lse2_s, di_s);  // Pᵀ, dSᵀ
+      unsigned pa[4], dsa[4];
+      CToA(pa, st, 0);
+      CToA(dsa, dpt, 0);
+      // dV += Pᵀ dO, dK += dSᵀ Q over these 16 queries (the scale at the end).
+#pragma unroll
+      for (int nb = 0; nb < D / 16; ++nb) {
+        unsigned dob[4], qb[4];
+        LoadBCols(dob, do_s, R::kLd, nb * 16, c * 16);
+        MmaPair(dv, nb, pa, dob);
+        LoadBCols(qb, q_s, R::kLd, nb * 16, c * 16);
+        MmaPair(dk, nb, dsa, qb);
+      }
+    }
+    __syncthreads();  // stage `stage` is reloaded next
+  }
+  const float k_factor[2] = {scale, scale}, v_factor[2] = {1.0f, 1.0f};
+  StoreRows<T, D>(dk, k_factor, d_k + kv_head, kv_stride, key0, d.t);
+  StoreRows<T, D>(dv, v_factor, d_v + kv_head, kv_stride, key0, d.t);
+}
+
+// Block (query tile, h, b): d_q of kTile queries over the key tiles 0..tile
+// in order, 16 keys at a time. Tiles last first, as in the forward.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    MmaBackwardQKernel(MmaDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+                       const bf16* __restrict__ k, const bf16* __restrict__ v,
+                       const float* __restrict__ lse, const float* __restrict__ row_dot,
+                       const bf16* __restrict__ d_out, T* __restrict__ d_q) {
+  using R = Rows<D>;
+  using L = StreamSmem<D, 2>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* q_s = reinterpret_cast<bf16*>(smem);
+  bf16* do_s = q_s + R::kElems;
+  bf16* stages = reinterpret_cast<bf16*>(smem + L::kStages);
+  const int warp = threadIdx.x / 32, lane = Lane();
+
+  const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
+  const int64_t q0 = static_cast<int64_t>(tile) * kTile;
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
+  const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
+  const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  auto load_kv = [&](int stage, int j) {
+    bf16* k_s = stages + 2 * stage * R::kElems;
+    const int64_t first = static_cast<int64_t>(j) * kTile;
+    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+  };
+
+  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
+  load_kv(0, 0);
+  CpAsyncCommit();
+  const int64_t row0 = q0 + warp * 16;
+  float lse2[2], di[2];
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    RowStats(d, lse, row_dot, b, h, row0 + ml::CRow(lane, 2 * half), lse2[half], di[half]);
+  }
+  CpAsyncWait<0>();
+  __syncthreads();
+  unsigned qf[D / 16][4], dof[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; ++kk) {
+    LoadA(qf[kk], q_s, R::kLd, warp * 16, kk * 16);
+    LoadA(dof[kk], do_s, R::kLd, warp * 16, kk * 16);
+  }
+  float dq[D / 8][4];
+  Zero(dq);
+
+  for (int j = 0; j <= tile; ++j) {
+    const int stage = j & 1;
+    if (j < tile) load_kv(stage ^ 1, j + 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    const bf16* k_s = stages + 2 * stage * R::kElems;
+    const bf16* v_s = k_s + R::kElems;
+    const bool mask = ml::TileNeedsMask(tile, j);
+#pragma unroll
+    for (int c = 0; c < kTile / 16; ++c) {
+      // S = Q Kᵀ and dP = dO Vᵀ for the warp's 16 queries and keys c·16...
+      float s[2][4], dp[2][4];
+      Zero(s);
+      Zero(dp);
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        unsigned kb[4], vb[4];
+        LoadBRows(kb, k_s, R::kLd, c * 16, kk * 16);
+        LoadBRows(vb, v_s, R::kLd, c * 16, kk * 16);
+        MmaPair(s, 0, qf[kk], kb);
+        MmaPair(dp, 0, dof[kk], vb);
+      }
+      Scale(s, scale_log2);
+      if (mask) ml::MaskTile<false>(s, lane, row0, static_cast<int64_t>(j) * kTile + c * 16, d.t);
+      ml::GradRows(s, dp, lse2, di);  // P, dS
+      unsigned dsa[4];
+      CToA(dsa, dp, 0);
+      // dQ += dS K over these 16 keys (the scale at the end).
+#pragma unroll
+      for (int nb = 0; nb < D / 16; ++nb) {
+        unsigned kb[4];
+        LoadBCols(kb, k_s, R::kLd, nb * 16, c * 16);
+        MmaPair(dq, nb, dsa, kb);
+      }
+    }
+    __syncthreads();  // stage `stage` is reloaded next
+  }
+  const float factor[2] = {scale, scale};
+  StoreRows<T, D>(dq, factor, d_q + q_head, q_stride, row0, d.t);
+}
+
+// ---------------------------------------------------------------- launchers
+
+MmaDims DimsOf(const Tensor& q, const Tensor& k) {
+  return {static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)), static_cast<int>(q.dim(2)),
+          static_cast<int>(k.dim(2))};
+}
+
+// Opts a kernel into more than 48 KB of dynamic shared memory, once per
+// kernel (the static lives in the caller's template instance).
+template <typename Kernel>
+cudaError_t AllowSmem(Kernel kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+float ScaleLog2(int dim) { return kLog2e / std::sqrt(static_cast<float>(dim)); }
+
+// Calls f(Tag<T>, std::integral_constant<int, D>) for q's dtype and head dim.
+template <typename F>
+void DispatchMma(const Tensor& q, F&& f) {
+  auto with_dim = [&](auto tag) {
+    if (q.dim(3) == 64) {
+      f(tag, std::integral_constant<int, 64>{});
+    } else {
+      f(tag, std::integral_constant<int, 128>{});
+    }
+  };
+  if (q.dtype() == DType::kBF16) {
+    with_dim(Tag<bf16>{});
+  } else {
+    with_dim(Tag<float>{});
+  }
+}
+
+template <typename T, int D>
+void RunForward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const Tensor& k,
+                const Tensor& v, const Tensor& out, const Tensor& lse) {
+  const char* op = "CausalAttention";
+  constexpr int kBytes = StreamSmem<D, 1>::kBytes;
+  static const cudaError_t attr = AllowSmem(MmaForwardKernel<T, D>, kBytes);
+  SM_CHECK_CUDA_CALL(ctx, attr, op);
+  const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
+  MmaForwardKernel<T, D><<<grid, kThreads, kBytes, Stream(ctx)>>>(
+      d, ScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v), Ptr<T>(out),
+      Ptr<float>(lse));
+  SM_CHECK_LAUNCH(ctx, op, "MmaForwardKernel");
+}
+
+// q, k, v, d_out: the bf16 operands; the gradients in T.
+template <typename T, int D>
+void RunBackward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const Tensor& k,
+                 const Tensor& v, const Tensor& lse, const Tensor& row_dot, const Tensor& d_out,
+                 const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
+  const char* op = "CausalAttentionBackward";
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = ScaleLog2(D);
+  const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
+  const bf16* dop = Ptr<const bf16>(d_out);
+  const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
+
+  constexpr int kKvBytes = KvSmem<D>::kBytes;
+  static const cudaError_t kv_attr = AllowSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
+  SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
+  MmaBackwardKvKernel<T, D>
+      <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
+          d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v));
+  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
+
+  constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
+  static const cudaError_t q_attr = AllowSmem(MmaBackwardQKernel<T, D>, kQBytes);
+  SM_CHECK_CUDA_CALL(ctx, q_attr, op);
+  MmaBackwardQKernel<T, D>
+      <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
+          d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
+  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardQKernel");
+}
+
+}  // namespace
+
+bool UseAttentionMma() {
+  static const bool use = [] {
+    const char* env = std::getenv("SCALEMOE_ATTENTION");
+    return env != nullptr && std::string(env) == "mma";
+  }();
+  return use;
+}
+
+void CausalAttentionMma(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                        const Tensor& out, const Tensor& lse) {
+  const MmaDims d = DimsOf(q, k);
+  const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
+  const Tensor vb = AttentionBf16Operand(ctx, v);
+  DispatchMma(q, [&](auto tag, auto dim) {
+    RunForward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse);
+  });
+}
+
+void CausalAttentionBackwardMma(const ExecContext& ctx, const Tensor& q, const Tensor& k,
+                                const Tensor& v, const Tensor& out, const Tensor& lse,
+                                const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
+                                const Tensor& d_v) {
+  const MmaDims d = DimsOf(q, k);
+  const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
+  const Tensor vb = AttentionBf16Operand(ctx, v), dob = AttentionBf16Operand(ctx, d_out);
+  const Tensor row_dot = AttentionRowDot(ctx, out, d_out, "CausalAttentionBackward");
+  DispatchMma(q, [&](auto tag, auto dim) {
+    RunBackward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, lse,
+                                                                    row_dot, dob, d_q, d_k, d_v);
+  });
+}
+
+}  // namespace scalemoe::cuda
