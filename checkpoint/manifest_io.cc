@@ -20,7 +20,10 @@ namespace {
 // the name carries no step (a copy under another name is fine).
 int64_t StepOfDirName(std::string dir) {
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
-  absl::string_view name = fs::path(dir).filename().native();
+  // Own the file name: a view into filename()'s temporary dangles (ASan:
+  // stack-use-after-scope).
+  const std::string base = fs::path(dir).filename().string();
+  absl::string_view name = base;
   int64_t step = -1;
   if (!absl::ConsumePrefix(&name, kStepPrefix) || name.empty() ||
       !std::all_of(name.begin(), name.end(), absl::ascii_isdigit) ||
