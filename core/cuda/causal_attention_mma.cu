@@ -22,6 +22,7 @@
 #include <string>
 #include <type_traits>
 
+#include "core/cuda/attention_launch.cuh"
 #include "core/cuda/attention_mma_lane.h"
 #include "core/cuda/causal_attention_mma.h"
 #include "core/cuda/causal_attention_tc.h"
@@ -503,43 +504,17 @@ MmaDims DimsOf(const Tensor& q, const Tensor& k) {
           static_cast<int>(k.dim(2))};
 }
 
-// Opts a kernel into more than 48 KB of dynamic shared memory, once per
-// kernel (the static lives in the caller's template instance).
-template <typename Kernel>
-cudaError_t AllowSmem(Kernel kernel, int bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-}
-
-float ScaleLog2(int dim) { return kLog2e / std::sqrt(static_cast<float>(dim)); }
-
-// Calls f(Tag<T>, std::integral_constant<int, D>) for q's dtype and head dim.
-template <typename F>
-void DispatchMma(const Tensor& q, F&& f) {
-  auto with_dim = [&](auto tag) {
-    if (q.dim(3) == 64) {
-      f(tag, std::integral_constant<int, 64>{});
-    } else {
-      f(tag, std::integral_constant<int, 128>{});
-    }
-  };
-  if (q.dtype() == DType::kBF16) {
-    with_dim(Tag<bf16>{});
-  } else {
-    with_dim(Tag<float>{});
-  }
-}
-
 template <typename T, int D>
 void RunForward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const Tensor& k,
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
-  static const cudaError_t attr = AllowSmem(MmaForwardKernel<T, D>, kBytes);
+  static const cudaError_t attr = AttentionAllowSmem(MmaForwardKernel<T, D>, kBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   MmaForwardKernel<T, D><<<grid, kThreads, kBytes, Stream(ctx)>>>(
-      d, ScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v), Ptr<T>(out),
-      Ptr<float>(lse));
+      d, AttentionScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v),
+      Ptr<T>(out), Ptr<float>(lse));
   SM_CHECK_LAUNCH(ctx, op, "MmaForwardKernel");
 }
 
@@ -549,13 +524,13 @@ void RunBackward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, cons
                  const Tensor& v, const Tensor& lse, const Tensor& row_dot, const Tensor& d_out,
                  const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = ScaleLog2(D);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = AttentionScaleLog2(D);
   const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
   const bf16* dop = Ptr<const bf16>(d_out);
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AllowSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
+  static const cudaError_t kv_attr = AttentionAllowSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   MmaBackwardKvKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
@@ -563,7 +538,7 @@ void RunBackward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, cons
   SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
 
   constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
-  static const cudaError_t q_attr = AllowSmem(MmaBackwardQKernel<T, D>, kQBytes);
+  static const cudaError_t q_attr = AttentionAllowSmem(MmaBackwardQKernel<T, D>, kQBytes);
   SM_CHECK_CUDA_CALL(ctx, q_attr, op);
   MmaBackwardQKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
@@ -586,7 +561,7 @@ void CausalAttentionMma(const ExecContext& ctx, const Tensor& q, const Tensor& k
   const MmaDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v);
-  DispatchMma(q, [&](auto tag, auto dim) {
+  DispatchAttention(q, [&](auto tag, auto dim) {
     RunForward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse);
   });
 }
@@ -599,7 +574,7 @@ void CausalAttentionBackwardMma(const ExecContext& ctx, const Tensor& q, const T
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v), dob = AttentionBf16Operand(ctx, d_out);
   const Tensor row_dot = AttentionRowDot(ctx, out, d_out, "CausalAttentionBackward");
-  DispatchMma(q, [&](auto tag, auto dim) {
+  DispatchAttention(q, [&](auto tag, auto dim) {
     RunBackward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, lse,
                                                                     row_dot, dob, d_q, d_k, d_v);
   });

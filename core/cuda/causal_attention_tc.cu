@@ -28,6 +28,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "core/cuda/attention_launch.cuh"
 #include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
@@ -572,43 +573,17 @@ TcDims DimsOf(const Tensor& q, const Tensor& k) {
           static_cast<int>(k.dim(2))};
 }
 
-// Opts a kernel into more than 48 KB of dynamic shared memory, once per
-// kernel (the static lives in the caller's template instance).
-template <typename Kernel>
-cudaError_t AllowSmem(Kernel kernel, int bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-}
-
-float ScaleLog2(int dim) { return kLog2e / std::sqrt(static_cast<float>(dim)); }
-
-// Calls f(Tag<T>, std::integral_constant<int, D>) for q's dtype and head dim.
-template <typename F>
-void DispatchTc(const Tensor& q, F&& f) {
-  auto with_dim = [&](auto tag) {
-    if (q.dim(3) == 64) {
-      f(tag, std::integral_constant<int, 64>{});
-    } else {
-      f(tag, std::integral_constant<int, 128>{});
-    }
-  };
-  if (q.dtype() == DType::kBF16) {
-    with_dim(Tag<bf16>{});
-  } else {
-    with_dim(Tag<float>{});
-  }
-}
-
 template <typename T, int D>
 void RunForward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const Tensor& k,
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = FwdSmem<D>::kBytes;
-  static const cudaError_t attr = AllowSmem(FlashTcForwardKernel<T, D>, kBytes);
+  static const cudaError_t attr = AttentionAllowSmem(FlashTcForwardKernel<T, D>, kBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   FlashTcForwardKernel<T, D><<<grid, kTcThreads, kBytes, Stream(ctx)>>>(
-      d, ScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v), Ptr<T>(out),
-      Ptr<float>(lse));
+      d, AttentionScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v),
+      Ptr<T>(out), Ptr<float>(lse));
   SM_CHECK_LAUNCH(ctx, op, "FlashTcForwardKernel");
 }
 
@@ -619,13 +594,13 @@ void RunBackward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const
                  const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
   const Tensor row_dot = AttentionRowDot(ctx, out, d_out, op);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = ScaleLog2(D);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = AttentionScaleLog2(D);
   const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
   const bf16* dop = Ptr<const bf16>(d_out_bf16);
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AllowSmem(FlashTcBackwardKvKernel<T, D>, kKvBytes);
+  static const cudaError_t kv_attr = AttentionAllowSmem(FlashTcBackwardKvKernel<T, D>, kKvBytes);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   FlashTcBackwardKvKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kTcThreads, kKvBytes, Stream(ctx)>>>(
@@ -633,7 +608,7 @@ void RunBackward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const
   SM_CHECK_LAUNCH(ctx, op, "FlashTcBackwardKvKernel");
 
   constexpr int kQBytes = QSmem<D>::kBytes;
-  static const cudaError_t q_attr = AllowSmem(FlashTcBackwardQKernel<T, D>, kQBytes);
+  static const cudaError_t q_attr = AttentionAllowSmem(FlashTcBackwardQKernel<T, D>, kQBytes);
   SM_CHECK_CUDA_CALL(ctx, q_attr, op);
   FlashTcBackwardQKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kTcThreads, kQBytes, Stream(ctx)>>>(
@@ -684,7 +659,7 @@ void CausalAttentionTc(const ExecContext& ctx, const Tensor& q, const Tensor& k,
   const TcDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
                vb = AttentionBf16Operand(ctx, v);
-  DispatchTc(q, [&](auto tag, auto dim) {
+  DispatchAttention(q, [&](auto tag, auto dim) {
     RunForward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse);
   });
 }
@@ -697,7 +672,7 @@ void CausalAttentionBackwardTc(const ExecContext& ctx, const Tensor& q, const Te
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
                vb = AttentionBf16Operand(ctx, v);
   const Tensor dob = AttentionBf16Operand(ctx, d_out);
-  DispatchTc(q, [&](auto tag, auto dim) {
+  DispatchAttention(q, [&](auto tag, auto dim) {
     RunBackward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse,
                                                                     dob, d_out, d_q, d_k, d_v);
   });
