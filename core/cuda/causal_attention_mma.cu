@@ -24,6 +24,7 @@
 
 #include "core/cuda/attention_launch.cuh"
 #include "core/cuda/attention_mma_lane.h"
+#include "core/cuda/attention_tiles.cuh"
 #include "core/cuda/causal_attention_mma.h"
 #include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cp_async.cuh"
@@ -39,42 +40,11 @@ namespace ml = mma_lane;
 
 // ---------------------------------------------------------------- kernels
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kTile = 16 * kWarps;  // rows per block = length of a streamed tile (64)
-constexpr int kN8 = kTile / 8;      // n8 blocks across a streamed tile
-constexpr int kPad = 8;             // bf16 row padding: 16-byte rows, ldmatrix without conflicts
+constexpr int kThreads = kAttnThreads;
+constexpr int kTile = kAttnTile;
+constexpr int kN8 = kTile / 8;  // n8 blocks across a streamed tile
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
-
-struct MmaDims {
-  int b, t, h, kv;
-  __host__ __device__ int group() const { return h / kv; }
-  __host__ __device__ int tiles() const { return (t + kTile - 1) / kTile; }
-};
-
-// kTile rows of D bf16 in shared memory, rows padded.
-template <int D>
-struct Rows {
-  static constexpr int kLd = D + kPad;
-  static constexpr int kElems = kTile * kLd;
-  static constexpr int kBytes = kElems * 2;
-};
-
-// Rows [first, first + kTile) of one head into s (all threads call it):
-// `head` points at the head's element 0 of row 0, rows `stride` elements
-// apart; rows at or past `limit` are zero-filled.
-template <int D>
-__device__ __forceinline__ void LoadTile(bf16* s, const bf16* head, int64_t stride, int64_t first,
-                                         int64_t limit) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kTile * kChunks; c += kThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int64_t row = first + r;
-    const bool valid = row < limit;
-    CpAsync16(s + r * Rows<D>::kLd + col, valid ? head + row * stride + col : head, valid);
-  }
-}
 
 __device__ __forceinline__ int Lane() { return static_cast<int>(threadIdx.x % 32); }
 
@@ -171,18 +141,18 @@ __device__ __forceinline__ void StoreRows(const float (&acc)[D / 8][4], const fl
 // rows (Q; the d_q pass dO too), then 2 stages x {K, V}.
 template <int D, int kOwnTiles>
 struct StreamSmem {
-  static constexpr int kStages = kOwnTiles * Rows<D>::kBytes;
-  static constexpr int kBytes = kStages + 4 * Rows<D>::kBytes;
+  static constexpr int kStages = kOwnTiles * AttnRows<D>::kBytes;
+  static constexpr int kBytes = kStages + 4 * AttnRows<D>::kBytes;
 };
 
 // Block (query tile, h, b): out and lse of kTile queries. Tiles are taken
 // last first (the longest work starts first).
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
-    MmaForwardKernel(MmaDims d, float scale_log2, const bf16* __restrict__ q,
+    MmaForwardKernel(AttnDims d, float scale_log2, const bf16* __restrict__ q,
                      const bf16* __restrict__ k, const bf16* __restrict__ v, T* __restrict__ out,
                      float* __restrict__ lse) {
-  using R = Rows<D>;
+  using R = AttnRows<D>;
   using L = StreamSmem<D, 1>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);
@@ -199,11 +169,11 @@ __global__ void __launch_bounds__(kThreads)
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * R::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
   };
 
-  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   CpAsyncWait<0>();
@@ -284,7 +254,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // lse·log2 e and D of query t of head h, or (+inf, 0) past T: P = 0 there.
-__device__ __forceinline__ void RowStats(const MmaDims& d, const float* lse, const float* row_dot,
+__device__ __forceinline__ void RowStats(const AttnDims& d, const float* lse, const float* row_dot,
                                          int b, int h, int64_t t, float& lse2, float& di) {
   const int64_t i = (static_cast<int64_t>(b) * d.h + h) * d.t + t;
   lse2 = t < d.t ? lse[i] * kLog2e : INFINITY;
@@ -296,9 +266,9 @@ __device__ __forceinline__ void RowStats(const MmaDims& d, const float* lse, con
 template <int D>
 struct KvSmem {
   static constexpr int kK = 0;
-  static constexpr int kV = kK + Rows<D>::kBytes;
-  static constexpr int kStages = kV + Rows<D>::kBytes;
-  static constexpr int kStats = kStages + 4 * Rows<D>::kBytes;
+  static constexpr int kV = kK + AttnRows<D>::kBytes;
+  static constexpr int kStages = kV + AttnRows<D>::kBytes;
+  static constexpr int kStats = kStages + 4 * AttnRows<D>::kBytes;
   static constexpr int kBytes = kStats + 2 * 2 * kTile * 4;
 };
 
@@ -307,11 +277,11 @@ struct KvSmem {
 // key tile on (in order), 16 queries at a time.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
-    MmaBackwardKvKernel(MmaDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+    MmaBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ lse, const float* __restrict__ row_dot,
                         const bf16* __restrict__ d_out, T* __restrict__ d_k, T* __restrict__ d_v) {
-  using R = Rows<D>;
+  using R = AttnRows<D>;
   using L = KvSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* k_s = reinterpret_cast<bf16*>(smem + L::kK);
@@ -332,16 +302,16 @@ __global__ void __launch_bounds__(kThreads)
     const int64_t t0 = static_cast<int64_t>(kt + s % per_head) * kTile;
     const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
     bf16* q_s = stages + 2 * stage * R::kElems;
-    LoadTile<D>(q_s, q + q_head, q_stride, t0, d.t);
-    LoadTile<D>(q_s + R::kElems, d_out + q_head, q_stride, t0, d.t);
+    LoadAttnTile<D>(q_s, q + q_head, q_stride, t0, d.t);
+    LoadAttnTile<D>(q_s + R::kElems, d_out + q_head, q_stride, t0, d.t);
     float* st = stats + stage * 2 * kTile;
     for (int e = threadIdx.x; e < kTile; e += kThreads) {
       RowStats(d, lse, row_dot, b, h, t0 + e, st[e], st[kTile + e]);
     }
   };
 
-  LoadTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
-  LoadTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
+  LoadAttnTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
+  LoadAttnTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
   load_step(0, 0);
   CpAsyncCommit();
   CpAsyncWait<0>();
@@ -408,11 +378,11 @@ __global__ void __launch_bounds__(kThreads)
 // in order, 16 keys at a time. Tiles last first, as in the forward.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
-    MmaBackwardQKernel(MmaDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+    MmaBackwardQKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ row_dot,
                        const bf16* __restrict__ d_out, T* __restrict__ d_q) {
-  using R = Rows<D>;
+  using R = AttnRows<D>;
   using L = StreamSmem<D, 2>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);
@@ -430,12 +400,12 @@ __global__ void __launch_bounds__(kThreads)
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * R::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
   };
 
-  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
-  LoadTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   const int64_t row0 = q0 + warp * 16;
@@ -499,13 +469,13 @@ __global__ void __launch_bounds__(kThreads)
 
 // ---------------------------------------------------------------- launchers
 
-MmaDims DimsOf(const Tensor& q, const Tensor& k) {
+AttnDims DimsOf(const Tensor& q, const Tensor& k) {
   return {static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)), static_cast<int>(q.dim(2)),
           static_cast<int>(k.dim(2))};
 }
 
 template <typename T, int D>
-void RunForward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const Tensor& k,
+void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
@@ -520,7 +490,7 @@ void RunForward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const
 
 // q, k, v, d_out: the bf16 operands; the gradients in T.
 template <typename T, int D>
-void RunBackward(const ExecContext& ctx, const MmaDims& d, const Tensor& q, const Tensor& k,
+void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
                  const Tensor& v, const Tensor& lse, const Tensor& row_dot, const Tensor& d_out,
                  const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
@@ -558,7 +528,7 @@ bool UseAttentionMma() {
 
 void CausalAttentionMma(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                         const Tensor& out, const Tensor& lse) {
-  const MmaDims d = DimsOf(q, k);
+  const AttnDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v);
   DispatchAttention(q, [&](auto tag, auto dim) {
@@ -570,7 +540,7 @@ void CausalAttentionBackwardMma(const ExecContext& ctx, const Tensor& q, const T
                                 const Tensor& v, const Tensor& out, const Tensor& lse,
                                 const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                                 const Tensor& d_v) {
-  const MmaDims d = DimsOf(q, k);
+  const AttnDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v), dob = AttentionBf16Operand(ctx, d_out);
   const Tensor row_dot = AttentionRowDot(ctx, out, d_out, "CausalAttentionBackward");

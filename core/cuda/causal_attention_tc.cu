@@ -29,6 +29,7 @@
 #include <type_traits>
 
 #include "core/cuda/attention_launch.cuh"
+#include "core/cuda/attention_tiles.cuh"
 #include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
@@ -42,10 +43,10 @@ using bf16 = __nv_bfloat16;
 
 // ---------------------------------------------------------------- kernels
 
-constexpr int kWarps = 4;
-constexpr int kTcThreads = kWarps * 32;
-constexpr int kTile = 16 * kWarps;  // rows per block = length of a streamed tile (64)
-constexpr int kPad = 8;             // bf16 row padding: rows stay 16-byte aligned, banks spread
+constexpr int kWarps = kAttnWarps;
+constexpr int kTcThreads = kAttnThreads;
+constexpr int kTile = kAttnTile;
+constexpr int kPad = kAttnPad;
 constexpr int kPLd = kTile + kPad;  // per-warp bf16 rows of P or dS (16 x kTile)
 constexpr int kSLd = kTile + 4;     // per-warp f32 score rows (16 x kTile)
 constexpr int kIdsBytes = 2 * 256 * 4;
@@ -90,36 +91,7 @@ __device__ __forceinline__ void ScaleFragments(AccFrag (&f)[D / 16], float scale
   }
 }
 
-struct TcDims {
-  int b, t, h, kv;
-  __host__ __device__ int group() const { return h / kv; }
-  __host__ __device__ int tiles() const { return (t + kTile - 1) / kTile; }
-};
-
 constexpr int MaxOf(int a, int b) { return a > b ? a : b; }
-
-// kTile rows of D bf16 in shared memory, rows padded.
-template <int D>
-struct TileOf {
-  static constexpr int kLd = D + kPad;
-  static constexpr int kElems = kTile * kLd;
-  static constexpr int kBytes = kElems * 2;  // a multiple of 32: fragments stay aligned
-};
-
-// Rows [first, first + kTile) of one head into s (all threads call it):
-// `head` points at the head's element 0 of row 0, rows `stride` elements
-// apart; rows at or past `limit` are zero-filled.
-template <int D>
-__device__ __forceinline__ void LoadTile(bf16* s, const bf16* head, int64_t stride, int64_t first,
-                                         int64_t limit) {
-  constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kTile * kChunks; c += kTcThreads) {
-    const int r = c / kChunks, col = (c % kChunks) * 8;
-    const int64_t row = first + r;
-    const bool valid = row < limit;
-    CpAsync16(s + r * TileOf<D>::kLd + col, valid ? head + row * stride + col : head, valid);
-  }
-}
 
 // ids[0, 256): the row of each element of a 16x16 table, ids[256, 512): its
 // column (all threads call it; visible after the next __syncthreads).
@@ -152,7 +124,7 @@ __device__ __forceinline__ void StoreRows(const AccFrag (&acc)[D / 16], float* s
 // Shared memory of the forward, in bytes from the start.
 template <int D>
 struct FwdSmem {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   static constexpr int kKv = 0;  // 2 stages x {K, V}; the output staging at the end
   static constexpr int kS = kKv + 4 * Tile::kBytes;  // per-warp scores; the Q tile first
   static constexpr int kP = kS + MaxOf(kWarps * 16 * kSLd * 4, Tile::kBytes);  // per-warp P
@@ -166,10 +138,10 @@ struct FwdSmem {
 // last first (the longest work starts first).
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcThreads)
-    FlashTcForwardKernel(TcDims d, float scale_log2, const bf16* __restrict__ q,
+    FlashTcForwardKernel(AttnDims d, float scale_log2, const bf16* __restrict__ q,
                          const bf16* __restrict__ k, const bf16* __restrict__ v,
                          T* __restrict__ out, float* __restrict__ lse) {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   using L = FwdSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* kv_s = reinterpret_cast<bf16*>(smem + L::kKv);
@@ -189,13 +161,13 @@ __global__ void __launch_bounds__(kTcThreads)
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = kv_s + 2 * stage * Tile::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadTile<D>(k_s + Tile::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s + Tile::kElems, v + kv_head, kv_stride, first, d.t);
   };
 
   // The Q tile lands in the score rows' memory and is read into fragments once.
   bf16* q_s = reinterpret_cast<bf16*>(smem + L::kS);
-  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   FillIndexTable(ids);
@@ -306,7 +278,7 @@ __global__ void __launch_bounds__(kTcThreads)
 
 // D[b, h, t] = Σ_c d_out·out over the row, f32: one warp per row (b, t, h).
 template <typename T>
-__global__ void TcRowDotKernel(TcDims d, int dim, const T* out, const T* d_out, float* row_dot) {
+__global__ void TcRowDotKernel(AttnDims d, int dim, const T* out, const T* d_out, float* row_dot) {
   const int lane = threadIdx.x % 32;
   const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (r >= static_cast<int64_t>(d.b) * d.t * d.h) return;  // warp-uniform
@@ -322,7 +294,7 @@ __global__ void TcRowDotKernel(TcDims d, int dim, const T* out, const T* d_out, 
 // Shared memory of the d_k/d_v pass.
 template <int D>
 struct KvSmem {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   static constexpr int kK = 0;
   static constexpr int kV = kK + Tile::kBytes;
   static constexpr int kStages = kV + Tile::kBytes;  // 2 x {Q, dO}; the output staging at the end
@@ -339,12 +311,12 @@ struct KvSmem {
 // key tile on (in order). Each warp owns 16 keys: Sᵀ = K Qᵀ, dPᵀ = V dOᵀ.
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcThreads)
-    FlashTcBackwardKvKernel(TcDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+    FlashTcBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                             const bf16* __restrict__ k, const bf16* __restrict__ v,
                             const float* __restrict__ lse, const float* __restrict__ row_dot,
                             const bf16* __restrict__ d_out, T* __restrict__ d_k,
                             T* __restrict__ d_v) {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   using L = KvSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* k_s = reinterpret_cast<bf16*>(smem + L::kK);
@@ -368,8 +340,8 @@ __global__ void __launch_bounds__(kTcThreads)
     const int64_t t0 = static_cast<int64_t>(kt + s % per_head) * kTile;
     const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
     bf16* q_s = stages + 2 * stage * Tile::kElems;
-    LoadTile<D>(q_s, q + q_head, q_stride, t0, d.t);
-    LoadTile<D>(q_s + Tile::kElems, d_out + q_head, q_stride, t0, d.t);
+    LoadAttnTile<D>(q_s, q + q_head, q_stride, t0, d.t);
+    LoadAttnTile<D>(q_s + Tile::kElems, d_out + q_head, q_stride, t0, d.t);
     float* st = stats + stage * 2 * kTile;
     for (int e = threadIdx.x; e < kTile; e += kTcThreads) {
       const int64_t t = t0 + e, li = (static_cast<int64_t>(b) * d.h + h) * d.t + t;
@@ -378,8 +350,8 @@ __global__ void __launch_bounds__(kTcThreads)
     }
   };
 
-  LoadTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
-  LoadTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
+  LoadAttnTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
+  LoadAttnTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
   load_step(0, 0);
   CpAsyncCommit();
   FillIndexTable(ids);
@@ -452,7 +424,7 @@ __global__ void __launch_bounds__(kTcThreads)
 // Shared memory of the d_q pass.
 template <int D>
 struct QSmem {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   static constexpr int kQ = 0;
   static constexpr int kDo = kQ + Tile::kBytes;
   static constexpr int kStages = kDo + Tile::kBytes;  // 2 x {K, V}; the output staging at the end
@@ -467,11 +439,11 @@ struct QSmem {
 // in order. Tiles last first, as in the forward.
 template <typename T, int D>
 __global__ void __launch_bounds__(kTcThreads)
-    FlashTcBackwardQKernel(TcDims d, float scale, float scale_log2, const bf16* __restrict__ q,
+    FlashTcBackwardQKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                            const bf16* __restrict__ k, const bf16* __restrict__ v,
                            const float* __restrict__ lse, const float* __restrict__ row_dot,
                            const bf16* __restrict__ d_out, T* __restrict__ d_q) {
-  using Tile = TileOf<D>;
+  using Tile = AttnRows<D>;
   using L = QSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem + L::kQ);
@@ -492,12 +464,12 @@ __global__ void __launch_bounds__(kTcThreads)
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * Tile::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadTile<D>(k_s + Tile::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s + Tile::kElems, v + kv_head, kv_stride, first, d.t);
   };
 
-  LoadTile<D>(q_s, q + q_head, q_stride, q0, d.t);
-  LoadTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   for (int e = threadIdx.x; e < kTile; e += kTcThreads) {
@@ -568,13 +540,13 @@ __global__ void __launch_bounds__(kTcThreads)
 
 constexpr int kRowDotWarps = 8;
 
-TcDims DimsOf(const Tensor& q, const Tensor& k) {
+AttnDims DimsOf(const Tensor& q, const Tensor& k) {
   return {static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)), static_cast<int>(q.dim(2)),
           static_cast<int>(k.dim(2))};
 }
 
 template <typename T, int D>
-void RunForward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const Tensor& k,
+void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = FwdSmem<D>::kBytes;
@@ -589,7 +561,7 @@ void RunForward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const 
 
 // q, k, v, d_out: the bf16 operands; out and the gradients in T.
 template <typename T, int D>
-void RunBackward(const ExecContext& ctx, const TcDims& d, const Tensor& q, const Tensor& k,
+void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
                  const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& d_out_bf16,
                  const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
@@ -629,8 +601,8 @@ Tensor AttentionBf16Operand(const ExecContext& ctx, const Tensor& x) {
 
 Tensor AttentionRowDot(const ExecContext& ctx, const Tensor& out, const Tensor& d_out,
                        const char* op) {
-  const TcDims d{static_cast<int>(out.dim(0)), static_cast<int>(out.dim(1)),
-                 static_cast<int>(out.dim(2)), static_cast<int>(out.dim(2))};
+  const AttnDims d{static_cast<int>(out.dim(0)), static_cast<int>(out.dim(1)),
+                   static_cast<int>(out.dim(2)), static_cast<int>(out.dim(2))};
   const int dim = static_cast<int>(out.dim(3));
   const Tensor row_dot = ctx.Empty({d.b, d.h, d.t}, DType::kF32);
   const int64_t rows = static_cast<int64_t>(d.b) * d.t * d.h;
@@ -656,7 +628,7 @@ bool AttentionTcFits(const Tensor& q) {
 
 void CausalAttentionTc(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                        const Tensor& out, const Tensor& lse) {
-  const TcDims d = DimsOf(q, k);
+  const AttnDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
                vb = AttentionBf16Operand(ctx, v);
   DispatchAttention(q, [&](auto tag, auto dim) {
@@ -668,7 +640,7 @@ void CausalAttentionBackwardTc(const ExecContext& ctx, const Tensor& q, const Te
                                const Tensor& v, const Tensor& out, const Tensor& lse,
                                const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                                const Tensor& d_v) {
-  const TcDims d = DimsOf(q, k);
+  const AttnDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k),
                vb = AttentionBf16Operand(ctx, v);
   const Tensor dob = AttentionBf16Operand(ctx, d_out);
