@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The mma.sync attention kernels (core/cuda/causal_attention_mma.cu) against
-# the default WMMA ones, in one device call: builds the tensor-core parity
-# test and bench/cuda_attention_bench in BUILD_DIR (default build-gpu, an
-# already configured CUDA tree), runs the test on both paths (they must
-# pass, not skip), then the bench with SCALEMOE_ATTENTION=wmma and =mma, and
+# The mma.sync attention kernels (core/cuda/causal_attention_mma.cu, the
+# default) against the older WMMA ones, in one device call: builds the
+# tensor-core parity test and bench/cuda_attention_bench in BUILD_DIR
+# (default build-gpu, an already configured CUDA tree), runs the test on both
+# paths (they must pass, not skip), then the bench with SCALEMOE_ATTENTION=wmma and =mma, and
 # prints per shape, dtype and form the tensor-core ms of both and the speedup.
 # usage: bench/attention_mma_check.sh      (JOBS, default 16)
 set -uo pipefail

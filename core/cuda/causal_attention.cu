@@ -18,8 +18,8 @@
 // own pass. No atomics: the same inputs give the same bits.
 //
 // AttentionOptions::bf16_operands sends head dims 64 and 128 (f32 or bf16)
-// to the tensor-core kernels of causal_attention_tc.cu instead (WMMA), or
-// of causal_attention_mma.cu (mma.sync) when SCALEMOE_ATTENTION=mma.
+// to the tensor-core kernels of causal_attention_mma.cu instead (mma.sync),
+// or of causal_attention_tc.cu (WMMA) when SCALEMOE_ATTENTION=wmma.
 #include <cmath>
 #include <tuple>
 #include <type_traits>

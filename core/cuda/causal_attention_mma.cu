@@ -1,7 +1,7 @@
 // Causal grouped-query attention on mma.sync m16n8k16 (bf16 operands, f32
-// accumulators), FlashAttention-2 style: the alternative to the WMMA
-// kernels of causal_attention_tc.cu behind SCALEMOE_ATTENTION=mma, the same
-// contract (core/ops.h, AttentionOptions::bf16_operands).
+// accumulators), FlashAttention-2 style: the default path of
+// AttentionOptions::bf16_operands (the WMMA kernels of causal_attention_tc.cu
+// behind SCALEMOE_ATTENTION=wmma), the same contract (core/ops.h, AttentionOptions::bf16_operands).
 // - S = Q Kᵀ, P and dS never leave registers: a C fragment pair is the A
 //   fragment of the next mma (attention_mma_lane.h has the lane math and
 //   tests/core/attention_mma_lane_test.cc simulates it on the CPU).
@@ -521,7 +521,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
 bool UseAttentionMma() {
   static const bool use = [] {
     const char* env = std::getenv("SCALEMOE_ATTENTION");
-    return env != nullptr && std::string(env) == "mma";
+    return env == nullptr || std::string(env) != "wmma";
   }();
   return use;
 }

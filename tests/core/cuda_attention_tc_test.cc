@@ -7,9 +7,10 @@
 // tensors. Outputs start as NaN. The backward runs on the reference's out
 // and lse, so both sides see the same inputs. Two runs give the same bits;
 // other head dims keep the exact kernels. Tile edges (T = 63, 64, 65, 128,
-// 129) and T = 1024 too. The binary runs twice: on the WMMA kernels
-// (core_cuda_attention_tc_test) and with SCALEMOE_ATTENTION=mma on the
-// mma.sync kernels of causal_attention_mma.cu (core_cuda_attention_tc_mma_test).
+// 129) and T = 1024 too. The binary runs twice: with SCALEMOE_ATTENTION=wmma
+// on the WMMA kernels (core_cuda_attention_tc_test) and with =mma on the
+// mma.sync kernels of causal_attention_mma.cu, the default
+// (core_cuda_attention_tc_mma_test).
 #include <cmath>
 #include <string>
 #include <vector>
