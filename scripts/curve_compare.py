@@ -3,7 +3,7 @@
 loss at every logged step both runs logged, and the final evaluation.
 
 usage: scripts/curve_compare.py REFERENCE RUN [--max-abs A] [--noise RUN2] [--final-rel R]
-                                [--label NAME]
+                                [--final-window K] [--label NAME]
   REFERENCE, RUN  a run directory or its metrics.jsonl
   --max-abs A     fail unless |RUN - REFERENCE| <= A at every common logged step
   --noise RUN2    the same training with another summation order (e.g. the
@@ -15,6 +15,9 @@ usage: scripts/curve_compare.py REFERENCE RUN [--max-abs A] [--noise RUN2] [--fi
                   what "the same curve" means)
   --final-rel R   fail unless the final train loss and the final val loss are
                   each within R relative of the reference's
+  --final-window K  the final train loss is the mean over the last K common
+                  logged steps (default 1: the last step alone, one batch's
+                  loss; a few steps average out that batch's noise)
 Prints one line: "curve NAME: N steps, worst |diff| X at step S, final loss
 L vs REF (+P%), final val V vs REF (+Q%)" and exits 1 when a bound fails (2
 when the runs share no step). Standard library only.
@@ -42,15 +45,20 @@ def read_curve(path):
 
 
 def main(argv):
-    paths, max_abs, final_rel, label, noise = [], None, None, "", None
+    paths, max_abs, final_rel, label, noise, window = [], None, None, "", None, 1
     i = 0
     while i < len(argv):
-        if argv[i] in ("--max-abs", "--final-rel", "--label", "--noise") and i + 1 < len(argv):
+        if argv[i] in ("--max-abs", "--final-rel", "--final-window", "--label",
+                       "--noise") and i + 1 < len(argv):
             value = argv[i + 1]
             if argv[i] == "--max-abs":
                 max_abs = float(value)
             elif argv[i] == "--final-rel":
                 final_rel = float(value)
+            elif argv[i] == "--final-window":
+                window = int(value)
+                if window < 1:
+                    sys.exit("--final-window must be at least 1")
             elif argv[i] == "--noise":
                 noise = value
             else:
@@ -70,10 +78,13 @@ def main(argv):
         return 2
     worst_step = max(steps, key=lambda s: abs(run[s] - ref[s]))
     worst = abs(run[worst_step] - ref[worst_step])
-    last = steps[-1]
-    rel = (run[last] - ref[last]) / abs(ref[last])
+    tail = steps[-window:]
+    run_final = sum(run[s] for s in tail) / len(tail)
+    ref_final = sum(ref[s] for s in tail) / len(tail)
+    rel = (run_final - ref_final) / abs(ref_final)
+    what = "final loss" if len(tail) == 1 else f"final loss (mean of steps {tail[0]}-{tail[-1]})"
     text = (f"curve {label}: {len(steps)} steps, worst |diff| {worst:.2e} at step {worst_step}, "
-            f"final loss {run[last]:.4f} vs {ref[last]:.4f} ({100 * rel:+.2f}%)")
+            f"{what} {run_final:.4f} vs {ref_final:.4f} ({100 * rel:+.2f}%)")
     val_rel = None
     if ref_val and run_val and ref_val[0] == run_val[0]:
         val_rel = (run_val[1] - ref_val[1]) / abs(ref_val[1])

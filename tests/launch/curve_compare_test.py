@@ -44,6 +44,15 @@ with tempfile.TemporaryDirectory() as d:
     write(noisy, {10: 5.0, 20: 4.04, 30: 3.0}, 3.5)  # spread 0.04: 0.1 > 0.08
     code, text = run(ref, far, "--max-abs", "1e-3", "--noise", noisy)
     assert code == 1 and "and > 2 x the reference's own spread 4.00e-02" in text, text
+    # --final-window: the mean of the last K common steps, not the last alone.
+    spiky = os.path.join(d, "spiky.jsonl")
+    write(spiky, {10: 5.0, 20: 3.96, 30: 3.04}, 3.5)  # last step +1.33%, last 2 +0.00%
+    code, text = run(ref, spiky, "--final-rel", "0.01")
+    assert code == 1 and "final loss off by +1.33%" in text, text
+    code, text = run(ref, spiky, "--final-rel", "0.01", "--final-window", "2")
+    assert code == 0 and "final loss (mean of steps 20-30) 3.5000 vs 3.5000 (+0.00%)" in text, text
+    code, text = run(ref, far, "--final-rel", "0.01", "--final-window", "2")  # +2.86%
+    assert code == 1 and "final loss off by +2.86%" in text, text
     write(far, {11: 5.0}, 3.6)
     code, text = run(ref, far)
     assert code == 2 and "no common logged step" in text, text
