@@ -9,7 +9,10 @@
 // d_col is two passes, partial sums over fixed chunks of rows (a chunk size
 // that depends on R only) and then the chunks added in order (a d_col
 // shared by a group's matrices: the matrices' totals added in group order).
-// No atomics.
+// No atomics. With d_col wanted, d_x is written by the partial-sum pass
+// itself (one read of d_out for both: the fold's unfold and DNP's per-head
+// scale are memory-bound); the row pass then only sums d_row, first, while
+// d_out is still intact (d_x may alias it).
 // The sums accumulate in f64 whatever T: they are the fold's γ/u gradients,
 // sums over a whole weight with cancellation, where f32 sums of two orders
 // differ by ~1e-5 of the result at GPU-preset widths (memory-bound: f64
@@ -119,11 +122,15 @@ constexpr int kRowLanes = 8;   // rows read at once per block (threadIdx.y)
 // Block (tile, s, b) with threads (32, 8): partials[b, s, j] = Σ over rows i
 // of chunk s of d_out[b,i,j]·x[b,i,j]·row[b,i], for the tile's 32 columns.
 // Each thread sums rows i ≡ threadIdx.y (mod 8) of the chunk, then thread
-// row 0 adds the 8 in order.
+// row 0 adds the 8 in order. With d_x, the same pass writes d_x[b,i,j] =
+// d_out·row·col (RowPassKernel's expression: the same bits), each element
+// read and then written by one thread, so d_x may alias d_out.
 template <typename T, template <typename> class At>
 __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk, At<const T> x,
-                                     At<const T> row, At<const T> d_out, double* partials) {
+                                     At<const T> row, At<const T> col, At<const T> d_out, At<T> d_x,
+                                     double* partials) {
   using A = double;
+  using F = Acc<T>;  // RowPassKernel's type for d_x
   __shared__ A sums[kRowLanes][kColTile];
   const int64_t j = static_cast<int64_t>(blockIdx.x) * kColTile + threadIdx.x;
   const int64_t s = blockIdx.y, b = blockIdx.z, chunks = gridDim.y;
@@ -132,12 +139,20 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
   const T* xb = x(b);
   const T* rb = row(b);
   const T* gb = d_out(b);
+  T* dxb = d_x(b);
   A acc = 0;
   if (j < c_dim) {
+    const T* cb = col(b);
+    const F cj = cb ? ToAcc(cb[j]) : F(1);
+#pragma unroll 4
     for (int64_t i = begin + threadIdx.y; i < end; i += kRowLanes) {
       const A ri = rb ? ToAcc(rb[i]) : A(1);
-      acc += static_cast<double>(ToAcc(gb[i * c_dim + j])) *
-             static_cast<double>(ToAcc(xb[i * c_dim + j])) * ri;
+      const F g = ToAcc(gb[i * c_dim + j]);
+      acc += static_cast<double>(g) * static_cast<double>(ToAcc(xb[i * c_dim + j])) * ri;
+      if (dxb) {
+        const F rf = rb ? ToAcc(rb[i]) : F(1);
+        dxb[i * c_dim + j] = FromAcc<T>(g * rf * cj);
+      }
     }
   }
   sums[threadIdx.y][threadIdx.x] = acc;
@@ -272,44 +287,48 @@ void LaunchForward(const ExecContext& ctx, const char* op, Dims d, bool aligned,
   SM_CHECK_LAUNCH(ctx, op, "ScaleRowsColsKernel");
 }
 
-// The backward over B matrices: the column sums read d_out before the row
-// pass may overwrite it (d_x may alias d_out: the in-place unfold of a
-// folded weight's gradient).
+// The backward over B matrices. d_x may alias d_out (the in-place unfold of
+// a folded weight's gradient): every sum reads d_out before d_x overwrites
+// it — d_row's row pass runs first, and with d_col wanted, the column pass
+// writes d_x as it reads each element.
 template <typename T, template <typename> class At>
 void LaunchBackward(const ExecContext& ctx, const char* op, Dims d, At<const T> x, At<const T> row,
                     At<const T> col, At<const T> d_out, At<T> d_x, At<T> d_row, At<T> d_col,
                     bool want_dx, bool want_drow, bool want_dcol, bool shared_dcol) {
   // An empty x leaves nothing to write: d_x is empty, and the sums add 0.
   if (d.b * d.r * d.c == 0) return;
-  if (want_dcol) {
-    SM_CHECK_MSG(d.b <= 65535, op, ": batch ", d.b, " over 65535");
-    const int64_t chunk = ChunkRows(d.r);
-    const int64_t chunks = (d.r + chunk - 1) / chunk;
-    Tensor partials = ctx.Empty({d.b, chunks, d.c}, DType::kF64);
-    const dim3 grid(static_cast<unsigned>((d.c + kColTile - 1) / kColTile),
-                    static_cast<unsigned>(chunks), static_cast<unsigned>(d.b));
-    ColumnPartialsKernel<T, At><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
-        d.r, d.c, chunk, x, row, d_out, Ptr<double>(partials));
-    SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
-    if (shared_dcol) {
-      Tensor totals = ctx.Empty({d.b, d.c}, DType::kF64);
-      ColumnTotalsKernel<<<Blocks(d.b * d.c * 32), kThreads, 0, Stream(ctx)>>>(
-          d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<double>(totals));
-      SM_CHECK_LAUNCH(ctx, op, "ColumnTotalsKernel");
-      SharedColumnFinishKernel<T, At>
-          <<<Blocks(d.c), kThreads, 0, Stream(ctx)>>>(d.b, d.c, Ptr<const double>(totals), d_col);
-      SM_CHECK_LAUNCH(ctx, op, "SharedColumnFinishKernel");
-    } else {
-      ColumnFinishKernel<T, At><<<Blocks(d.b * d.c * 32), kThreads, 0, Stream(ctx)>>>(
-          d.b * d.c, d.c, chunks, Ptr<const double>(partials), d_col);
-      SM_CHECK_LAUNCH(ctx, op, "ColumnFinishKernel");
-    }
-  }
-  if (want_dx || want_drow) {
-    const int64_t rows = d.b * d.r;
+  const int64_t rows = d.b * d.r;
+  const auto row_pass = [&](At<T> dx) {
     RowPassKernel<T, At><<<Blocks(rows * 32), kThreads, 0, Stream(ctx)>>>(rows, d.r, d.c, x, row,
-                                                                          col, d_out, d_x, d_row);
+                                                                          col, d_out, dx, d_row);
     SM_CHECK_LAUNCH(ctx, op, "RowPassKernel");
+  };
+  if (!want_dcol) {
+    if (want_dx || want_drow) row_pass(d_x);
+    return;
+  }
+  if (want_drow) row_pass(At<T>{});  // d_row alone, before d_x overwrites d_out
+  SM_CHECK_MSG(d.b <= 65535, op, ": batch ", d.b, " over 65535");
+  const int64_t chunk = ChunkRows(d.r);
+  const int64_t chunks = (d.r + chunk - 1) / chunk;
+  Tensor partials = ctx.Empty({d.b, chunks, d.c}, DType::kF64);
+  const dim3 grid(static_cast<unsigned>((d.c + kColTile - 1) / kColTile),
+                  static_cast<unsigned>(chunks), static_cast<unsigned>(d.b));
+  ColumnPartialsKernel<T, At><<<grid, dim3(kColTile, kRowLanes), 0, Stream(ctx)>>>(
+      d.r, d.c, chunk, x, row, col, d_out, want_dx ? d_x : At<T>{}, Ptr<double>(partials));
+  SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
+  if (shared_dcol) {
+    Tensor totals = ctx.Empty({d.b, d.c}, DType::kF64);
+    ColumnTotalsKernel<<<Blocks(d.b * d.c * 32), kThreads, 0, Stream(ctx)>>>(
+        d.b * d.c, d.c, chunks, Ptr<const double>(partials), Ptr<double>(totals));
+    SM_CHECK_LAUNCH(ctx, op, "ColumnTotalsKernel");
+    SharedColumnFinishKernel<T, At>
+        <<<Blocks(d.c), kThreads, 0, Stream(ctx)>>>(d.b, d.c, Ptr<const double>(totals), d_col);
+    SM_CHECK_LAUNCH(ctx, op, "SharedColumnFinishKernel");
+  } else {
+    ColumnFinishKernel<T, At><<<Blocks(d.b * d.c * 32), kThreads, 0, Stream(ctx)>>>(
+        d.b * d.c, d.c, chunks, Ptr<const double>(partials), d_col);
+    SM_CHECK_LAUNCH(ctx, op, "ColumnFinishKernel");
   }
 }
 

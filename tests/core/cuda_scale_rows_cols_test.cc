@@ -3,7 +3,8 @@
 // undefined, any subset of d_x, d_row, d_col requested, a single row or
 // column, R large enough for many chunks of d_col's sum, f32/f64/bf16. d_x
 // starts as NaN (overwritten), d_row and d_col random (accumulated). The
-// backward's sums give the same bits on every run.
+// backward's sums give the same bits on every run, and d_x in place of d_out
+// gives what separate outputs give.
 #include <string>
 #include <vector>
 
@@ -103,6 +104,35 @@ TEST_F(CudaScaleRowsColsTest, BackwardMatchesCpu) {
         if (want_drow) ExpectParity(Host(d_row_dev), d_row_ref, tol, "d_row " + what);
         if (want_dcol) ExpectParity(Host(d_col_dev), d_col_ref, tol, "d_col " + what);
       }
+    }
+  }
+}
+
+// d_x in place of d_out (the unfold of a folded weight's gradient), with
+// d_row and d_col wanted too: both sums read d_out before it is overwritten,
+// and d_x is what a separate d_x gives, bit for bit.
+TEST_F(CudaScaleRowsColsTest, BackwardInPlaceEqualsSeparateOutputs) {
+  uint64_t seed = 5000;
+  for (DType dtype : kFloats) {
+    for (const Dims& d : {Dims{0, 5000, 40}, Dims{3, 17, 24}, Dims{0, 40000, 64}}) {
+      ++seed;
+      const Tensor x = Dev(RandomHost(XShape(d), dtype, seed, 1));
+      const Tensor row = Dev(RandomHost(RowShape(d), dtype, seed, 2));
+      const Tensor col = Dev(RandomHost(ColShape(d), dtype, seed, 3));
+      const Tensor d_out_host = RandomHost(XShape(d), dtype, seed, 4);
+      const Tensor d_row0 = RandomHost(RowShape(d), dtype, seed, 5);
+      const Tensor d_col0 = RandomHost(ColShape(d), dtype, seed, 6);
+      const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(XShape(d)));
+
+      Tensor d_x = Poisoned(XShape(d), dtype), d_row = Dev(d_row0), d_col = Dev(d_col0);
+      ops::ScaleRowsColsBackward(ctx_, x, row, col, Dev(d_out_host), d_x, d_row, d_col);
+      Tensor in_place = Dev(d_out_host), d_row_ip = Dev(d_row0), d_col_ip = Dev(d_col0);
+      ops::ScaleRowsColsBackward(ctx_, x, row, col, in_place, in_place, d_row_ip, d_col_ip);
+      const Status st = ctx_.status();
+      ASSERT_TRUE(st.ok()) << st;
+      EXPECT_TRUE(testing::BitwiseEqual(Host(in_place), Host(d_x))) << "d_x " << what;
+      EXPECT_TRUE(testing::BitwiseEqual(Host(d_row_ip), Host(d_row))) << "d_row " << what;
+      EXPECT_TRUE(testing::BitwiseEqual(Host(d_col_ip), Host(d_col))) << "d_col " << what;
     }
   }
 }
