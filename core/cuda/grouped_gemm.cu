@@ -15,12 +15,18 @@
 // (ldmatrix fragments; f32 accumulators either way); otherwise (f32, f64,
 // odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
 // same bits on every run.
+// SCALEMOE_GROUPED_WGRAD=wgmma (off by default until validated on the
+// H200) runs the bf16 -> f32 weight gradient on wgmma too: both operands
+// transposed by group into K-major scratch, each group's columns padded
+// with zeros to a multiple of the k tile (core/cuda/grouped_gemm_transpose.h),
+// then the wgmma kernel with grid z = the group.
 #include <cstdlib>
 #include <string>
 #include <type_traits>
 
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
+#include "core/cuda/grouped_gemm_transpose.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/mma_sync.cuh"
 #include "core/cuda/wgmma.cuh"
@@ -92,6 +98,24 @@ __device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
       first_tile += tiles;
     }
   }
+  return w;
+}
+
+// The weight gradient from K-major copies (the wgmma path): a, b are the
+// transposed operands [m, lda] and [n, ldb], offsets the groups' padded
+// column starts (multiples of the k tile, zeros past each group's rows).
+template <typename OutT>
+__device__ BlockWork<bf16, OutT> FindTransposedWork(const Problem& p, int tile_m) {
+  BlockWork<bf16, OutT> w;
+  const int g = blockIdx.z;
+  const int64_t k0 = p.offsets[g];
+  w.valid = true;
+  w.a = static_cast<const bf16*>(p.a) + k0;
+  w.b = static_cast<const bf16*>(p.b) + k0;
+  w.c = reinterpret_cast<OutT*>(p.c_table[g]);
+  w.m0 = static_cast<int64_t>(blockIdx.y) * tile_m;
+  w.m_lim = p.m;
+  w.k_len = p.offsets[g + 1] - k0;
   return w;
 }
 
@@ -363,7 +387,9 @@ __global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) 
 // Both operands K-major (the forward x·W_gᵀ): 128 x 128 output tiles, k in
 // steps of 64 through a 3-stage cp.async ring of 128B-swizzled tiles, two
 // warpgroups each computing 64 rows with wgmma m64n128k16 (four per stage).
-// Two blocks per SM (96 KB of shared memory each).
+// Two blocks per SM (96 KB of shared memory each). kTransposedWgrad: the
+// weight gradient from its K-major copies (FindTransposedWork), grid z =
+// the group; only where the operands come from and the k range differ.
 constexpr int kWgTileM = 128, kWgTileN = 128, kWgTileK = 64, kWgStages = 3, kWgThreads = 256;
 static_assert(kWgTileM == kTileM, "GroupedGemm sizes its grid by kTileM for both kernels");
 constexpr int kWgTileBytes = 128 * kWgTileK * 2;  // one operand's tile: 128 rows of 128 bytes
@@ -388,10 +414,13 @@ __device__ __forceinline__ void LoadSwizzledTile(unsigned char* tile, const bf16
   }
 }
 
-template <typename OutT>
+template <typename OutT, bool kTransposedWgrad>
 __global__ void __launch_bounds__(kWgThreads, 2) GroupedGemmWgmmaKernel(Problem p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, false>(p, kWgTileM);
+  const BlockWork<bf16, OutT> w = [&] {
+    if constexpr (kTransposedWgrad) return FindTransposedWork<OutT>(p, kWgTileM);
+    return FindWork<bf16, OutT, false>(p, kWgTileM);
+  }();
   if (!w.valid) return;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kWgTileN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -469,6 +498,17 @@ bool UseWgmma() {
   return use;
 }
 
+// The weight gradient on wgmma: only where the wgmma kernel runs at all
+// (UseWgmma) and SCALEMOE_GROUPED_WGRAD=wgmma asks for it — the mma.sync
+// kernel stays the default until the H200 has validated this path.
+bool UseWgmmaWeightGrad() {
+  static const bool use = [] {
+    const char* env = std::getenv("SCALEMOE_GROUPED_WGRAD");
+    return env != nullptr && std::string(env) == "wgmma" && UseWgmma();
+  }();
+  return use;
+}
+
 // ---------------------------------------------------------------- launch
 
 struct Launch {
@@ -481,7 +521,7 @@ void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op
   if constexpr (std::is_same_v<T, bf16>) {
     if constexpr (kAKMajor && kBKMajor && !kWeightGrad) {
       if (launch.tensor_cores && UseWgmma()) {
-        auto kernel = GroupedGemmWgmmaKernel<OutT>;
+        auto kernel = GroupedGemmWgmmaKernel<OutT, false>;
         static const cudaError_t attr =
             cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes);
         SM_CHECK_CUDA_CALL(ctx, attr, op);
@@ -507,6 +547,36 @@ void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op
   GroupedGemmSimtKernel<T, OutT, kAKMajor, kBKMajor, kWeightGrad>
       <<<grid, kSimtThreads, 0, Stream(ctx)>>>(p);
   SM_CHECK_LAUNCH(ctx, op, "GroupedGemmSimtKernel");
+}
+
+// GroupedGemmWeightGrad on wgmma (bf16 a [M, N], b [M, K] -> f32 c_g):
+// both operands transposed by group into K-major scratch from the caching
+// allocator (at most M + 63·G columns, bounded without reading the
+// offsets), then the wgmma kernel over each group's padded columns. `p` is
+// the mma.sync launch's problem; its operands and offsets are swapped for
+// the copies and the padded starts.
+void RunWeightGradWgmma(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                        const Tensor& offsets, Problem p, const char* op) {
+  const int64_t ld = PaddedGroupColumns(a.dim(0), p.groups);
+  const Tensor starts = PaddedGroupStarts(ctx, offsets, p.groups, ld);
+  const Tensor at = ctx.Empty({p.m, ld}, DType::kBF16);
+  const Tensor bt = ctx.Empty({p.n, ld}, DType::kBF16);
+  TransposeGroupRows(ctx, a, offsets, starts, p.groups, at);
+  TransposeGroupRows(ctx, b, offsets, starts, p.groups, bt);
+  p.a = at.raw_data();
+  p.lda = ld;
+  p.b = bt.raw_data();
+  p.ldb = ld;
+  p.offsets = static_cast<const int64_t*>(starts.raw_data());
+  auto kernel = GroupedGemmWgmmaKernel<float, true>;
+  static const cudaError_t attr =
+      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes);
+  SM_CHECK_CUDA_CALL(ctx, attr, op);
+  const dim3 grid(static_cast<unsigned>((p.n + kWgTileN - 1) / kWgTileN),
+                  static_cast<unsigned>((p.m + kWgTileM - 1) / kWgTileM),
+                  static_cast<unsigned>(p.groups));
+  kernel<<<grid, kWgThreads, kWgSmemBytes, Stream(ctx)>>>(p);
+  SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaKernel (weight grad)");
 }
 
 // Calls f(Tag<T>, Tag<OutT>) for the inputs' and the output's element types.
@@ -626,6 +696,10 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   p.n = k_out;
   p.beta = static_cast<float>(beta);
   const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, nullptr);
+  if (tc && c.dtype == DType::kF32 && UseWgmmaWeightGrad()) {
+    RunWeightGradWgmma(ctx, a, b, offsets, p, op);
+    return;
+  }
   const int tile = tc ? kTileM : kSimtTile;
   const Launch launch{
       dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),

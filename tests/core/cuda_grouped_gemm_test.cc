@@ -8,7 +8,11 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits.
+// Every case also runs twice: the same bits. The binary is registered three
+// times (tests/core/CMakeLists.txt): the default kernels, everything on
+// mma.sync (SCALEMOE_GROUPED_GEMM=mma) and the bf16 -> f32 weight gradient
+// on wgmma (SCALEMOE_GROUPED_WGRAD=wgmma), whose group padding to 64 rows
+// the row counts not a multiple of 64 exercise.
 #include <string>
 #include <vector>
 
@@ -47,6 +51,9 @@ std::vector<Case> Cases() {
       // Several tiles each way and a reduction longer than the tensor-core
       // kernel's ring of stages (4 x 32).
       {"large", {700, 0, 1030}, 264, 520},
+      // Groups of 37 and 130 rows (and 1, 64) between empty ones, both
+      // feature dims 8 past a multiple of the 128 tiles.
+      {"ragged_groups", {0, 37, 130, 0, 1, 64, 0}, 264, 136, 3, 5},
   };
 }
 
