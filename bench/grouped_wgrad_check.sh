@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The experts' weight gradient on wgmma (SCALEMOE_GROUPED_WGRAD=wgmma,
+# core/cuda/grouped_gemm.cu + grouped_gemm_transpose.cu) against the default
+# mma.sync kernel, in one device call: builds the grouped-GEMM parity test
+# and bench/cuda_gemm_bench in BUILD_DIR (default build-gpu, an already
+# configured CUDA tree), runs the test's three registrations (default,
+# everything on mma.sync, the weight gradient on wgmma; they must pass, not
+# skip), then the bench both ways, and prints the trainer's weight-gradient
+# rows (gwgrad: GroupedGemmWeightGrad with device offsets, the transposes
+# included) side by side.
+# usage: bench/grouped_wgrad_check.sh      (JOBS, default 16)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build-gpu}
+cmake --build "$build" -j"${JOBS:-16}" --target core_cuda_grouped_gemm_test cuda_gemm_bench \
+  > "$build/grouped_wgrad_build.log" 2>&1 ||
+  { grep -E -A6 "error" "$build/grouped_wgrad_build.log" | head -60; exit 1; }
+status=0
+SCALEMOE_REQUIRE_GPU=1 timeout 300 ctest --test-dir "$build" --output-on-failure \
+  -R '^core_cuda_grouped_gemm(_mma|_wgrad_wgmma)?_test$' > "$build/grouped_wgrad_ctest.log" 2>&1 ||
+  status=1
+grep -E "tests passed|\(Failed\)|\(Skipped\)|\(Timeout\)" "$build/grouped_wgrad_ctest.log"
+[ $status -eq 0 ] || grep -E -B2 -A10 "Failure|SM_CHECK|Aborted" "$build/grouped_wgrad_ctest.log" |
+  head -80
+for path in mma wgmma; do
+  env SCALEMOE_GROUPED_WGRAD=$([ $path = wgmma ] && echo wgmma) timeout 120 \
+    "$build/bench/cuda_gemm_bench" > "$build/grouped_wgrad_${path}_bench.tsv" || status=1
+done
+# Rows: case dtype form batch m n k ms tflops.
+awk -F'\t' 'FNR == 1 { file++; next } $3 == "gwgrad" {
+    key = $1; ms[key, file] = $8; tf[key, file] = $9
+    if (!(key in seen)) { seen[key] = 1; order[n++] = key } }
+  END {
+    printf "%-22s %9s %8s %9s %8s %8s\n", "case", "mma_ms", "TFLOP/s", "wgmma_ms", "TFLOP/s", "speedup"
+    for (i = 0; i < n; ++i) {
+      k = order[i]
+      printf "%-22s %9.4f %8.1f %9.4f %8.1f %7.2fx\n", k, ms[k, 1], tf[k, 1], ms[k, 2], tf[k, 2],
+             (ms[k, 2] > 0 ? ms[k, 1] / ms[k, 2] : 0)
+    }
+  }' "$build/grouped_wgrad_mma_bench.tsv" "$build/grouped_wgrad_wgmma_bench.tsv"
+exit $status
