@@ -9,15 +9,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
-cmake --build "$build" -j"${JOBS:-16}" --target core_cuda_attention_tc_test cuda_attention_bench \
-  > "$build/attention_mma_build.log" 2>&1 ||
-  { grep -E -A6 "error" "$build/attention_mma_build.log" | head -60; exit 1; }
-status=0
-SCALEMOE_REQUIRE_GPU=1 timeout 400 ctest --test-dir "$build" --output-on-failure \
-  -R '^core_cuda_attention_tc(_mma)?_test$' > "$build/attention_mma_ctest.log" 2>&1 || status=1
-grep -E "tests passed|\(Failed\)|\(Skipped\)|\(Timeout\)" "$build/attention_mma_ctest.log"
-[ $status -eq 0 ] || grep -E -B2 -A10 "Failure|SM_CHECK|Aborted" "$build/attention_mma_ctest.log" |
-  head -80
+. bench/kernel_check_util.sh
+build_and_test attention_mma '^core_cuda_attention_tc(_mma)?_test$' core_cuda_attention_tc_test \
+  cuda_attention_bench
 for path in wmma mma; do
   SCALEMOE_ATTENTION=$path timeout 240 "$build/bench/cuda_attention_bench" \
     > "$build/attention_${path}_bench.tsv" || status=1

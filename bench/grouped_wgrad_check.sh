@@ -12,16 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
-cmake --build "$build" -j"${JOBS:-16}" --target core_cuda_grouped_gemm_test cuda_gemm_bench \
-  > "$build/grouped_wgrad_build.log" 2>&1 ||
-  { grep -E -A6 "error" "$build/grouped_wgrad_build.log" | head -60; exit 1; }
-status=0
-SCALEMOE_REQUIRE_GPU=1 timeout 300 ctest --test-dir "$build" --output-on-failure \
-  -R '^core_cuda_grouped_gemm(_mma|_wgrad_wgmma)?_test$' > "$build/grouped_wgrad_ctest.log" 2>&1 ||
-  status=1
-grep -E "tests passed|\(Failed\)|\(Skipped\)|\(Timeout\)" "$build/grouped_wgrad_ctest.log"
-[ $status -eq 0 ] || grep -E -B2 -A10 "Failure|SM_CHECK|Aborted" "$build/grouped_wgrad_ctest.log" |
-  head -80
+. bench/kernel_check_util.sh
+build_and_test grouped_wgrad '^core_cuda_grouped_gemm(_mma|_wgrad_wgmma)?_test$' \
+  core_cuda_grouped_gemm_test cuda_gemm_bench
 for path in mma wgmma; do
   env SCALEMOE_GROUPED_WGRAD=$([ $path = wgmma ] && echo wgmma) timeout 120 \
     "$build/bench/cuda_gemm_bench" > "$build/grouped_wgrad_${path}_bench.tsv" || status=1
