@@ -188,10 +188,20 @@ void PrintProfile(const std::string& label, const std::vector<op_timer::OpTime>&
   // kernels), not only the top ones.
   nlohmann::json calls = nlohmann::json::object();
   for (const auto& o : ops) calls[o.op] = o.calls / profile_steps;
+  // And every (op, shape) row, not only the printed top ones: where a
+  // category's time goes (which Copy, which Axpy) without another device call.
+  nlohmann::json shapes = nlohmann::json::array();
+  for (const ShapeRow& r : shape_rows) {
+    shapes.push_back({{"op", r.op->op},
+                      {"shape", r.shape->shape},
+                      {"ms_per_step", r.shape->ms / profile_steps},
+                      {"calls_per_step", r.shape->calls / profile_steps}});
+  }
   std::printf("BENCH_PROFILE_JSON %s\n", nlohmann::json{{"label", label},
                                                         {"step_ms", step_ms},
                                                         {"ms_per_step", categories},
-                                                        {"calls_per_step", calls}}
+                                                        {"calls_per_step", calls},
+                                                        {"shapes", shapes}}
                                              .dump()
                                              .c_str());
 }
