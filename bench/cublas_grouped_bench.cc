@@ -11,9 +11,9 @@
 //   dgrad  dx_e = dy_e · W_e    (bf16 out)
 //   wgrad  dW_e += dy_eᵀ · x_e  (ours: f32 out, beta 1; cuBLAS's grouped
 //          GEMM answered bf16 in / f32 out with CUBLAS_STATUS_NOT_SUPPORTED
-//          on the H200, CUDA 13.0, so its row writes bf16 with beta 0: less traffic than
-//          the trainer's f32 accumulation, and max_rel_diff shows bf16's
-//          rounding, ~4e-3)
+//          on the H200, CUDA 13.0, so its row writes bf16 with beta 0: less
+//          traffic than the trainer's f32 accumulation, and max_rel_diff
+//          shows bf16's rounding, ~4e-3)
 // Output: one tab-separated row per case and form:
 //   case form experts tokens_per_expert in out ours_ms ours_tflops cublas_ms cublas_tflops
 //   max_rel_diff
