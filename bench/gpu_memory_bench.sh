@@ -2,7 +2,7 @@
 # Issue 14 items 5 and 6 on one GPU, after bench/gpu_bench.sh built its
 # binaries (BUILD_DIR, default build-gpu: train_step_bench and scalemoe):
 # - recomputation's cost: the preset's step at train.recompute NONE and FULL
-#   (step time, peak memory);
+#   (step time, peak memory, and the memory estimate's figure beside it);
 # - the largest micro-batch: the largest one the memory estimate admits on
 #   this GPU (scalemoe check-config, train.device_memory_gib = the GPU's
 #   memory), NONE and FULL, each then run for a few steps to show it fits;
@@ -30,16 +30,26 @@ gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -
 row_py='
 import json, sys
 r = json.loads(sys.stdin.read())
-print("| %s | %d | %.1f | %.0f | %.1f%% | %.2f |" % (r["label"], r["micro_batch"],
-      r["step_ms_median"], r["tokens_per_s"], 100 * r["mfu"], r["peak_gib"]))'
+print("| %s | %d | %.1f | %.0f | %.1f%% | %.2f | %s |" % (r["label"], r["micro_batch"],
+      r["step_ms_median"], r["tokens_per_s"], 100 * r["mfu"], r["peak_gib"], sys.argv[1]))'
 
-bench() {  # label, then --set flags
-  local label=$1
-  shift
-  timeout "$run_timeout" "$build/bench/train_step_bench" --config "$config" "$@" \
+# The memory estimate's GiB for a micro-batch and recompute (scalemoe
+# check-config; printed whether or not it fits).
+estimate() {
+  "$build/scalemoe" check-config --config "$config" --set train.micro_batch_size="$1" \
+    --set train.global_batch_size="$1" --set train.recompute="$2" \
+    --set train.device_memory_gib="$gib" 2>&1 | grep -oE "estimated memory [0-9.]+ [KMGT]iB" |
+    awk '{ f = ($4 == "KiB") ? 1 / 1048576 : ($4 == "MiB") ? 1 / 1024 : ($4 == "TiB") ? 1024 : 1
+           printf "%.2f\n", $3 * f }' | head -1
+}
+
+bench() {  # label, recompute, micro-batch
+  local label=$1 r=$2 b=$3
+  timeout "$run_timeout" "$build/bench/train_step_bench" --config "$config" \
+    --set train.recompute="$r" --set train.micro_batch_size="$b" --set train.global_batch_size="$b" \
     --set train.device_memory_gib="$gib" --steps "$steps" --warmup "$warmup" --label "$label" \
     > "$out/$label.log" 2>&1 || { echo "| $label | failed: $(tail -1 "$out/$label.log") |"; return; }
-  grep "^BENCH_JSON " "$out/$label.log" | cut -c12- | python3 -c "$row_py"
+  grep "^BENCH_JSON " "$out/$label.log" | cut -c12- | python3 -c "$row_py" "$(estimate "$b" "$r")"
 }
 
 fits() {  # micro-batch, recompute
@@ -56,18 +66,16 @@ largest() {  # recompute: the largest power-of-two multiple of 1 that fits
 
 echo "== $preset on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) ($gib GiB)"
 echo
-echo "| run | micro-batch | step ms (median) | tokens/s | MFU | peak GiB |"
-echo "|---|---:|---:|---:|---:|---:|"
+echo "| run | micro-batch | step ms (median) | tokens/s | MFU | peak GiB | estimated GiB |"
+echo "|---|---:|---:|---:|---:|---:|---:|"
 micro=$(sed -n 's/^ *micro_batch_size: *\([0-9]*\).*/\1/p' "$config" | head -1)
 for r in NONE FULL; do
-  bench "recompute_${r}_mb$micro" --set train.recompute=$r --set train.micro_batch_size="$micro" \
-    --set train.global_batch_size="$micro"
+  bench "recompute_${r}_mb$micro" "$r" "$micro"
 done
 for r in NONE FULL; do
   b=$(largest $r)
-  echo "| (memory estimate: largest power-of-two micro-batch with recompute $r: $b) | | | | | |"
-  [ "$b" -gt 0 ] && bench "largest_${r}_mb$b" --set train.recompute=$r \
-    --set train.micro_batch_size="$b" --set train.global_batch_size="$b"
+  echo "| (memory estimate: largest power-of-two micro-batch with recompute $r: $b) | | | | | | |"
+  [ "$b" -gt 0 ] && bench "largest_${r}_mb$b" "$r" "$b"
 done
 
 if [ -f datasets/default/manifest.json ]; then
