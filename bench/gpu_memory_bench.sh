@@ -13,6 +13,8 @@
 # (scripts/run_default.sh prepares it; skipped without it).
 # usage: bench/gpu_memory_bench.sh [PRESET]   (default gpu_moe_125m)
 #   STEPS=10 WARMUP=2: timed and warm-up steps per run; RUN_TIMEOUT=120
+#   DEVICE=CUDA: the PP2 part's train.device (CPU to try the script without
+#   a GPU)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -90,9 +92,10 @@ if [ -f datasets/default/manifest.json ]; then
     timeout "$run_timeout" mpirun -np 2 --oversubscribe "$build/scalemoe" train --config "$config" \
       --quiet --run-dir "$run" --set parallel.pp=2 --set model.num_layers=4 \
       --set train.micro_batch_size=4 --set train.global_batch_size=16 --set train.recompute=$r \
-      --set train.train_steps=30 --set train.eval_interval=0 --set checkpoint.interval=0 \
-      --set logging.log_interval=5 --set data.dataset_dir=datasets/default \
-      --set train.device=CUDA > "$run.log" 2>&1 || { echo "| $r | failed: $(tail -1 "$run.log") |"; continue; }
+      --set train.train_steps=30 --set schedule.warmup_steps=5 --set train.eval_interval=0 \
+      --set checkpoint.interval=0 --set logging.log_interval=5 \
+      --set data.dataset_dir=datasets/default --set train.device="${DEVICE:-CUDA}" \
+      > "$run.log" 2>&1 || { echo "| $r | failed: $(tail -1 "$run.log") |"; continue; }
     python3 - "$run/metrics.jsonl" "$r" <<'PY'
 import json, sys
 tps = [json.loads(l)["tokens_per_s"] for l in open(sys.argv[1]) if '"tokens_per_s"' in l]
