@@ -13,13 +13,6 @@
 
 namespace scalemoe::cuda {
 
-// Opts a kernel into more than 48 KB of dynamic shared memory, once per
-// kernel (callers keep the result in a static of their template instance).
-template <typename Kernel>
-cudaError_t AttentionAllowSmem(Kernel kernel, int bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-}
-
 // The scores' scale 1/√D in log2 units (the kernels exponentiate with exp2).
 inline float AttentionScaleLog2(int dim) {
   return 1.4426950408889634f / std::sqrt(static_cast<float>(dim));

@@ -18,8 +18,6 @@
 //   keys at a time. No atomics: the same inputs give the same bits. Rows
 //   past T get lse = +inf in the backward, so their P is 0 unmasked.
 #include <cmath>
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "core/cuda/attention_launch.cuh"
@@ -479,7 +477,7 @@ void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, cons
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
-  static const cudaError_t attr = AttentionAllowSmem(MmaForwardKernel<T, D>, kBytes);
+  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D>, kBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   MmaForwardKernel<T, D><<<grid, kThreads, kBytes, Stream(ctx)>>>(
@@ -500,7 +498,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AttentionAllowSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
+  static const cudaError_t kv_attr = AllowDynamicSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   MmaBackwardKvKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
@@ -508,7 +506,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
 
   constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
-  static const cudaError_t q_attr = AttentionAllowSmem(MmaBackwardQKernel<T, D>, kQBytes);
+  static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes);
   SM_CHECK_CUDA_CALL(ctx, q_attr, op);
   MmaBackwardQKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
@@ -519,10 +517,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
 }  // namespace
 
 bool UseAttentionMma() {
-  static const bool use = [] {
-    const char* env = std::getenv("SCALEMOE_ATTENTION");
-    return env == nullptr || std::string(env) != "wmma";
-  }();
+  static const bool use = [] { return !EnvEquals("SCALEMOE_ATTENTION", "wmma"); }();
   return use;
 }
 

@@ -550,7 +550,7 @@ void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, cons
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = FwdSmem<D>::kBytes;
-  static const cudaError_t attr = AttentionAllowSmem(FlashTcForwardKernel<T, D>, kBytes);
+  static const cudaError_t attr = AllowDynamicSmem(FlashTcForwardKernel<T, D>, kBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   FlashTcForwardKernel<T, D><<<grid, kTcThreads, kBytes, Stream(ctx)>>>(
@@ -572,7 +572,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AttentionAllowSmem(FlashTcBackwardKvKernel<T, D>, kKvBytes);
+  static const cudaError_t kv_attr = AllowDynamicSmem(FlashTcBackwardKvKernel<T, D>, kKvBytes);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   FlashTcBackwardKvKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kTcThreads, kKvBytes, Stream(ctx)>>>(
@@ -580,7 +580,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   SM_CHECK_LAUNCH(ctx, op, "FlashTcBackwardKvKernel");
 
   constexpr int kQBytes = QSmem<D>::kBytes;
-  static const cudaError_t q_attr = AttentionAllowSmem(FlashTcBackwardQKernel<T, D>, kQBytes);
+  static const cudaError_t q_attr = AllowDynamicSmem(FlashTcBackwardQKernel<T, D>, kQBytes);
   SM_CHECK_CUDA_CALL(ctx, q_attr, op);
   FlashTcBackwardQKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kTcThreads, kQBytes, Stream(ctx)>>>(

@@ -20,8 +20,6 @@
 // transposed by group into K-major scratch, each group's columns padded
 // with zeros to a multiple of the k tile (core/cuda/grouped_gemm_transpose.h),
 // then the wgmma kernel with grid z = the group.
-#include <cstdlib>
-#include <string>
 #include <type_traits>
 
 #include "core/cuda/cp_async.cuh"
@@ -486,8 +484,7 @@ bool UseWgmma() {
 #if !defined(SCALEMOE_HAVE_SM90A)
     return false;
 #endif
-    const char* env = std::getenv("SCALEMOE_GROUPED_GEMM");
-    if (env != nullptr && std::string(env) == "mma") return false;
+    if (EnvEquals("SCALEMOE_GROUPED_GEMM", "mma")) return false;
     int device = 0, major = 0;
     if (cudaGetDevice(&device) != cudaSuccess) return false;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
@@ -502,10 +499,7 @@ bool UseWgmma() {
 // (UseWgmma) and SCALEMOE_GROUPED_WGRAD=wgmma asks for it — the mma.sync
 // kernel stays the default until the H200 has validated this path.
 bool UseWgmmaWeightGrad() {
-  static const bool use = [] {
-    const char* env = std::getenv("SCALEMOE_GROUPED_WGRAD");
-    return env != nullptr && std::string(env) == "wgmma" && UseWgmma();
-  }();
+  static const bool use = EnvEquals("SCALEMOE_GROUPED_WGRAD", "wgmma") && UseWgmma();
   return use;
 }
 
@@ -522,8 +516,7 @@ void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op
     if constexpr (kAKMajor && kBKMajor && !kWeightGrad) {
       if (launch.tensor_cores && UseWgmma()) {
         auto kernel = GroupedGemmWgmmaKernel<OutT, false>;
-        static const cudaError_t attr =
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes);
+        static const cudaError_t attr = AllowDynamicSmem(kernel, kWgSmemBytes);
         SM_CHECK_CUDA_CALL(ctx, attr, op);
         const dim3 grid((p.n + kWgTileN - 1) / kWgTileN, launch.grid.y, launch.grid.z);
         kernel<<<grid, kWgThreads, kWgSmemBytes, Stream(ctx)>>>(p);
@@ -534,8 +527,7 @@ void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op
     if (launch.tensor_cores) {
       auto kernel = GroupedGemmTcKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
       constexpr int kBytes = TcTiles<kAKMajor, kBKMajor>::kSmemBytes;
-      static const cudaError_t attr =
-          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kBytes);
+      static const cudaError_t attr = AllowDynamicSmem(kernel, kBytes);
       SM_CHECK_CUDA_CALL(ctx, attr, op);
       const dim3 grid((p.n + kTileN - 1) / kTileN, launch.grid.y, launch.grid.z);
       kernel<<<grid, kTcThreads, kBytes, Stream(ctx)>>>(p);
@@ -569,8 +561,7 @@ void RunWeightGradWgmma(const ExecContext& ctx, const Tensor& a, const Tensor& b
   p.ldb = ld;
   p.offsets = static_cast<const int64_t*>(starts.raw_data());
   auto kernel = GroupedGemmWgmmaKernel<float, true>;
-  static const cudaError_t attr =
-      cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kWgSmemBytes);
+  static const cudaError_t attr = AllowDynamicSmem(kernel, kWgSmemBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>((p.n + kWgTileN - 1) / kWgTileN),
                   static_cast<unsigned>((p.m + kWgTileM - 1) / kWgTileM),

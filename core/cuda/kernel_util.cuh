@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <initializer_list>
 #include <string>
 
@@ -163,6 +164,20 @@ inline unsigned Blocks(int64_t items) {
 
 inline cudaStream_t Stream(const ExecContext& ctx) {
   return static_cast<cudaStream_t>(ctx.stream());
+}
+
+// Opts a kernel into more than 48 KB of dynamic shared memory, once per
+// kernel (callers keep the result in a static of their template instance).
+template <typename Kernel>
+cudaError_t AllowDynamicSmem(Kernel kernel, int bytes) {
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+}
+
+// Whether the environment variable `name` is set to `value` (the kernels'
+// A/B switches, e.g. SCALEMOE_GROUPED_GEMM=mma; callers read it once).
+inline bool EnvEquals(const char* name, const char* value) {
+  const char* env = std::getenv(name);
+  return env != nullptr && std::string(env) == value;
 }
 
 // Records a failed launch (or an earlier asynchronous fault) on ctx, naming

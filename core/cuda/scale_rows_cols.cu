@@ -148,13 +148,11 @@ __global__ void ColumnPartialsKernel(int64_t r_dim, int64_t c_dim, int64_t chunk
     const F cj = cb ? ToAcc(cb[j]) : F(1);
 #pragma unroll 4
     for (int64_t i = begin + threadIdx.y; i < end; i += kRowLanes) {
-      const A ri = rb ? ToAcc(rb[i]) : A(1);
+      const F ri = rb ? ToAcc(rb[i]) : F(1);
       const F g = ToAcc(gb[i * c_dim + j]);
-      acc += static_cast<double>(g) * static_cast<double>(ToAcc(xb[i * c_dim + j])) * ri;
-      if (dxb) {
-        const F rf = rb ? ToAcc(rb[i]) : F(1);
-        dxb[i * c_dim + j] = FromAcc<T>(g * rf * cj);
-      }
+      acc += static_cast<double>(g) * static_cast<double>(ToAcc(xb[i * c_dim + j])) *
+             static_cast<double>(ri);
+      if (dxb) dxb[i * c_dim + j] = FromAcc<T>(g * ri * cj);
     }
   }
   sums[threadIdx.y][threadIdx.x] = acc;
