@@ -35,12 +35,17 @@ r = json.loads(sys.stdin.read())
 print("| %s | %d | %.1f | %.0f | %.1f%% | %.2f | %s |" % (r["label"], r["micro_batch"],
       r["step_ms_median"], r["tokens_per_s"], 100 * r["mfu"], r["peak_gib"], sys.argv[1]))'
 
-# The memory estimate's GiB for a micro-batch and recompute (scalemoe
-# check-config; printed whether or not it fits).
-estimate() {
+# scalemoe check-config for a micro-batch and recompute on this GPU: exits 0
+# when the memory estimate fits, and prints the estimate either way.
+check_config() {
   "$build/scalemoe" check-config --config "$config" --set train.micro_batch_size="$1" \
     --set train.global_batch_size="$1" --set train.recompute="$2" \
-    --set train.device_memory_gib="$gib" 2>&1 | grep -oE "estimated memory [0-9.]+ [KMGT]iB" |
+    --set train.device_memory_gib="$gib"
+}
+
+# The memory estimate's GiB for a micro-batch and recompute.
+estimate() {
+  check_config "$1" "$2" 2>&1 | grep -oE "estimated memory [0-9.]+ [KMGT]iB" |
     awk '{ f = ($4 == "KiB") ? 1 / 1048576 : ($4 == "MiB") ? 1 / 1024 : ($4 == "TiB") ? 1024 : 1
            printf "%.2f\n", $3 * f }' | head -1
 }
@@ -54,11 +59,7 @@ bench() {  # label, recompute, micro-batch
   grep "^BENCH_JSON " "$out/$label.log" | cut -c12- | python3 -c "$row_py" "$(estimate "$b" "$r")"
 }
 
-fits() {  # micro-batch, recompute
-  "$build/scalemoe" check-config --config "$config" --set train.micro_batch_size="$1" \
-    --set train.global_batch_size="$1" --set train.recompute="$2" \
-    --set train.device_memory_gib="$gib" > /dev/null 2>&1
-}
+fits() { check_config "$1" "$2" > /dev/null 2>&1; }  # micro-batch, recompute
 
 largest() {  # recompute: the largest power-of-two multiple of 1 that fits
   local b=1
