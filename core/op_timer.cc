@@ -174,6 +174,8 @@ const char* CategoryOf(const std::string& op) {
         "ScaleRowsColsBackwardGroup",
         "SwiGlu",
         "SwiGluBackward",
+        "SwiGluPacked",
+        "SwiGluPackedBackward",
         "RmsNormalize",
         "RmsNormalizeBackward",
         "Rope",

@@ -157,6 +157,14 @@ void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const 
 void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up,
                     const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up);
 
+// The same on gate and up packed side by side in one row: gate_up [N, 2F]
+// (gate in columns [0, F), up in [F, 2F): one GEMM against the stacked
+// weights writes both), h [N, F]; d_gate_up [N, 2F] overwritten. The same
+// bits as SwiGlu / SwiGluBackward on the two halves.
+void SwiGluPacked(const ExecContext& ctx, const Tensor& gate_up, const Tensor& h);
+void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h,
+                          const Tensor& d_gate_up);
+
 // ---------------------------------------------------------------- model ops (model/, norm/)
 // Owner: the dense-model work. Add declarations below this line.
 

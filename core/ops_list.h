@@ -28,6 +28,8 @@
   X(void, ScaleRowsColsBackwardGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& d_out, const ::scalemoe::ops::MatrixGroup& d_x, const ::scalemoe::ops::MatrixGroup& d_row, const ::scalemoe::ops::MatrixGroup& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, SwiGlu, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h), (ctx, gate, up, h), CUDA) \
   X(void, SwiGluBackward, (const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& d_h, const Tensor& d_gate, const Tensor& d_up), (ctx, gate, up, d_h, d_gate, d_up), CUDA) \
+  X(void, SwiGluPacked, (const ExecContext& ctx, const Tensor& gate_up, const Tensor& h), (ctx, gate_up, h), CUDA) \
+  X(void, SwiGluPackedBackward, (const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h, const Tensor& d_gate_up), (ctx, gate_up, d_h, d_gate_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
   X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
   X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \

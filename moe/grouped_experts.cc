@@ -1,6 +1,8 @@
 #include "moe/grouped_experts.h"
 
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 
 #include "core/host_values.h"
 #include "core/ops.h"
@@ -37,6 +39,10 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
     } else {
       layout.tp_partial_grad = true;  // replicated, run on this TP rank's rows only
     }
+    // The three weights first, then their maps (which may register u's):
+    // each expert's w_gate and w_up lie side by side in the flat buffers,
+    // so one GEMM over both can write their gradients (gate_up_packed_).
+    Param* weights[kNumProj];
     for (int p = 0; p < kNumProj; ++p) {
       ParamSpec spec;
       spec.name = base + ".w_" + names[p];
@@ -45,7 +51,9 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
       spec.init = InitSpec::Normal(p == kDown ? options_.down_init_std : options_.init_std);
       spec.layout = layout;
       if (routed) spec.layout.tp_split_dim = p == kDown ? 1 : 0;  // F
-      Param* weight = registry.Create(spec);
+      weights[p] = registry.Create(spec);
+    }
+    for (int p = 0; p < kNumProj; ++p) {
       using Source = ExpertGroupOptions::GammaSource;
       auto gamma_of = [&](const std::vector<Source>& sources) {
         return sources.empty() ? Source{} : sources.at(e);
@@ -60,7 +68,7 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
           .split_group = routed ? options_.ffn_split_group : nullptr,
           .bf16_operands = options_.bf16_operands};
       experts_[e].proj[p] =
-          std::make_unique<ScaledLinear>(registry, weight, gamma.scales, gamma.branch, linear);
+          std::make_unique<ScaledLinear>(registry, weights[p], gamma.scales, gamma.branch, linear);
     }
   }
   for (int p = 0; p < kNumProj; ++p) {
@@ -73,6 +81,8 @@ GroupedExperts::GroupedExperts(ParamRegistry& registry, const ScaleOptions& so,
 GroupedExperts::~GroupedExperts() = default;
 
 Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
+  gate_up_packed_ = false;  // until UpdateGroups finds them side by side
+  if (Grouped()) ProvideGateUpStorage(ctx);
   for (ScaledLinearGroup& fold : folds_) SM_RETURN_IF_ERROR(fold.PrepareStep(ctx, dtype));
   // The step's weights are formed: the grouped GEMMs' tables follow them
   // here, once per step, not per micro-batch.
@@ -96,6 +106,42 @@ bool GroupedExperts::Grouped() const {
   return !experts_.empty();
 }
 
+void GroupedExperts::ProvideGateUpStorage(const ExecContext& ctx) {
+  if (gate_up_storage_.defined()) return;
+  for (const Expert& ex : experts_) {
+    // Maps that GEMM on W itself find it side by side already (the flat buffers).
+    if (!ex.proj[kGate]->forms_gemm_weight() || !ex.proj[kUp]->forms_gemm_weight()) return;
+  }
+  const ScaledLinear& gate = *experts_[0].proj[kGate];
+  const int64_t f = gate.out_features(), c = gate.in_features();
+  const DType gemm = options_.bf16_operands ? DType::kBF16 : gate.weight()->value.dtype();
+  gate_up_storage_ = ctx.Empty({options_.num_experts, 2 * f, c}, gemm);
+  for (int e = 0; e < options_.num_experts; ++e) {
+    const Tensor both = gate_up_storage_.Narrow(0, e, 1).View({2 * f, c});
+    experts_[e].proj[kGate]->set_gemm_weight_storage(both.Narrow(0, 0, f));
+    experts_[e].proj[kUp]->set_gemm_weight_storage(both.Narrow(0, f, f));
+  }
+}
+
+namespace {
+// `b` starts where `a` ends (same dtype, shape and device, contiguous).
+bool SideBySide(const Tensor& a, const Tensor& b) {
+  return a.defined() && b.defined() && a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         a.device() == b.device() && a.is_contiguous() && b.is_contiguous() &&
+         static_cast<const char*>(a.raw_data()) + a.nbytes() == b.raw_data();
+}
+
+// The [2R, C] matrix made of `a` [R, C] and the `b` that follows it.
+Tensor Stacked(const Tensor& a) {
+  return Tensor::FromBlob(a.raw_data(), {2 * a.dim(0), a.dim(1)}, a.dtype(), a.device());
+}
+
+bool GateUpSeparateFromEnv() {
+  const char* env = std::getenv("SCALEMOE_EXPERT_GATE_UP");
+  return env != nullptr && std::string(env) == "separate";
+}
+}  // namespace
+
 void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
   for (int p = 0; p < kNumProj; ++p) {
     std::vector<Tensor> w, g;
@@ -106,6 +152,20 @@ void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
     ops::UpdateMatrixGroup(ctx, std::move(w), weights_[p]);
     ops::UpdateMatrixGroup(ctx, std::move(g), grads_[p]);
   }
+  static const bool separate = GateUpSeparateFromEnv();
+  gate_up_packed_ = !separate;
+  std::vector<Tensor> w, g;
+  for (const Expert& ex : experts_) {
+    const ScaledLinear &gate = *ex.proj[kGate], &up = *ex.proj[kUp];
+    gate_up_packed_ = gate_up_packed_ &&
+                      SideBySide(gate.effective_weight(), up.effective_weight()) &&
+                      SideBySide(gate.gemm_weight_grad(), up.gemm_weight_grad());
+    if (!gate_up_packed_) return;
+    w.push_back(Stacked(gate.effective_weight()));
+    g.push_back(Stacked(gate.gemm_weight_grad()));
+  }
+  ops::UpdateMatrixGroup(ctx, std::move(w), gate_up_weights_);
+  ops::UpdateMatrixGroup(ctx, std::move(g), gate_up_grads_);
 }
 
 void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
@@ -160,9 +220,14 @@ void GroupedExperts::StartForward(const ExecContext& ctx, const Tensor& x, int64
   rows_ = rows;
   // The grouped path's F-wide intermediates are in the GEMMs' dtype (bf16
   // under bf16 operands: written by the GEMMs, read by them without a copy).
-  const DType inner = Grouped() ? experts_[0].proj[kGate]->gemm_dtype() : x.dtype();
-  gate_ = ctx.Empty({m, f}, inner);
-  up_ = ctx.Empty({m, f}, inner);
+  const bool grouped = Grouped();
+  const DType inner = grouped ? experts_[0].proj[kGate]->gemm_dtype() : x.dtype();
+  if (grouped && gate_up_packed_) {
+    gate_up_ = ctx.Empty({m, 2 * f}, inner);
+  } else {
+    gate_ = ctx.Empty({m, f}, inner);
+    up_ = ctx.Empty({m, f}, inner);
+  }
   h_ = ctx.Empty({m, f}, inner);
 }
 
@@ -172,10 +237,15 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   const DType gemm = experts_[0].proj[kGate]->gemm_dtype();
   const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
   x_gemm_ = InDType(ctx, x, gemm);
-  ops::GroupedGemm(ctx, x_gemm_, weights_[kGate], offsets_, gate_, xwt);
-  ops::GroupedGemm(ctx, x_gemm_, weights_[kUp], offsets_, up_, xwt);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
-  ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
+  if (gate_up_packed_) {
+    ops::GroupedGemm(ctx, x_gemm_, gate_up_weights_, offsets_, gate_up_, xwt);
+    ops::SwiGluPacked(ctx, rows(gate_up_), rows(h_));
+  } else {
+    ops::GroupedGemm(ctx, x_gemm_, weights_[kGate], offsets_, gate_, xwt);
+    ops::GroupedGemm(ctx, x_gemm_, weights_[kUp], offsets_, up_, xwt);
+    ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
+  }
   h_gemm_ = InDType(ctx, h_, gemm);
   ops::GroupedGemm(ctx, h_gemm_, weights_[kDown], offsets_, y, xwt);
   ZeroTail(ctx, y, rows_);
@@ -208,7 +278,7 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
 
 void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
   const int64_t m = x_.dim(0), f = local_ffn_;
-  const DType gemm = x_gemm_.dtype(), dt = gate_.dtype();
+  const DType gemm = x_gemm_.dtype(), dt = h_.dtype();
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   // Weight gradients accumulate over the step (beta = 1), in the GEMMs'
   // gradient buffers (the folded weight's, turned into dW, dγ, du at
@@ -217,6 +287,15 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   ops::GroupedGemmWeightGrad(ctx, d_y_gemm, h_gemm_, offsets_, grads_[kDown], 1.0);
   Tensor d_h = ctx.Empty({m, f}, dt);
   ops::GroupedGemm(ctx, d_y_gemm, weights_[kDown], offsets_, d_h, {.trans_b = ops::Trans::kNo});
+  if (gate_up_packed_) {
+    // dt is the GEMMs' dtype here (the grouped path's F-wide activations).
+    Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
+    ops::SwiGluPackedBackward(ctx, rows(gate_up_), rows(d_h), rows(d_gate_up));
+    ops::GroupedGemmWeightGrad(ctx, d_gate_up, x_gemm_, offsets_, gate_up_grads_, 1.0);
+    ops::GroupedGemm(ctx, d_gate_up, gate_up_weights_, offsets_, d_x, {.trans_b = ops::Trans::kNo});
+    ZeroTail(ctx, d_x, rows_);
+    return;
+  }
   Tensor d_gate = ctx.Empty({m, f}, dt);
   Tensor d_up = ctx.Empty({m, f}, dt);
   ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
@@ -235,7 +314,9 @@ Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
 }
 
 void GroupedExperts::VisitForwardCache(ForwardCacheStash& stash) {
-  for (Tensor* t : {&x_, &gate_, &up_, &h_, &offsets_, &x_gemm_, &h_gemm_}) stash.Visit(*t);
+  for (Tensor* t : {&x_, &gate_, &up_, &gate_up_, &h_, &offsets_, &x_gemm_, &h_gemm_}) {
+    stash.Visit(*t);
+  }
   stash.Visit(counts_);
   stash.Visit(rows_);
   for (Expert& e : experts_) {

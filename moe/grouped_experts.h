@@ -119,6 +119,10 @@ class GroupedExperts {
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   // Refreshes the weight and gradient groups when a tensor moved (PrepareStep).
   void UpdateGroups(const ExecContext& ctx);
+  // Gives the gate and up maps one [E, 2F, C] buffer for the GEMM weights
+  // they form (W_eff or bf16 copies), each expert's gate rows then its up
+  // rows, before their first PrepareStep.
+  void ProvideGateUpStorage(const ExecContext& ctx);
 
   ExpertGroupOptions options_;
   int64_t local_ffn_ = 0;
@@ -127,9 +131,17 @@ class GroupedExperts {
   // in one launch each (norm/scaled_linear_group.h).
   std::vector<ScaledLinearGroup> folds_;
   ops::MatrixGroup weights_[kNumProj], grads_[kNumProj];  // grouped path
+  // Gate and up as one GEMM per matrix over [2F, C] (the grouped path, when
+  // every expert's gate and up weights and gradients lie side by side):
+  // half the launches, and d_x in one GEMM with K = 2F instead of two.
+  // SCALEMOE_EXPERT_GATE_UP=separate keeps two (A/B timings).
+  bool gate_up_packed_ = false;
+  Tensor gate_up_storage_;  // [E, 2F, C]: the maps' own GEMM weights (when they form them)
+  ops::MatrixGroup gate_up_weights_, gate_up_grads_;  // [2F, C] per expert
   // Forward cache over all M rows.
   Tensor x_;                  // [M, C]
   Tensor gate_, up_, h_;      // [M, F]; grouped: in the GEMMs' dtype (bf16 under bf16 operands)
+  Tensor gate_up_;            // [M, 2F] instead of gate_ and up_ when gate_up_packed_
   std::vector<int64_t> counts_;
   int64_t rows_ = 0;        // Σ counts_
   Tensor offsets_;          // grouped: int64 [E+1] on the device

@@ -82,7 +82,7 @@ Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   gemm_dtype_ = bf16_operands_ ? DType::kBF16 : w.dtype();
   if (!folded()) {
     if (gemm_dtype_ != w.dtype()) {
-      if (!w_copy_.defined()) w_copy_ = ctx.Empty(w.shape(), gemm_dtype_);
+      if (!w_copy_.defined()) w_copy_ = OwnGemmWeight(ctx);
     }
     return absl::OkStatus();
   }
@@ -92,9 +92,18 @@ Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   }
   if (just_in_time_) return absl::OkStatus();
   if (!w_eff_.defined() || w_eff_.dtype() != gemm_dtype_) {
-    w_eff_ = ctx.Empty(w.shape(), gemm_dtype_);
+    w_eff_ = OwnGemmWeight(ctx);
   }
   return absl::OkStatus();
+}
+
+Tensor ScaledLinear::OwnGemmWeight(const ExecContext& ctx) const {
+  const Tensor& w = weight_->value;
+  if (weight_storage_.defined() && weight_storage_.dtype() == gemm_dtype_ &&
+      weight_storage_.shape() == w.shape()) {
+    return weight_storage_;
+  }
+  return ctx.Empty(w.shape(), gemm_dtype_);
 }
 
 void ScaledLinear::FormGemmWeight(const ExecContext& ctx) const {

@@ -50,6 +50,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "core/context.h"
 #include "core/forward_cache.h"
@@ -143,6 +144,16 @@ class ScaledLinear {
   // without a copy) unless a per-token u follows the GEMM (its op takes one
   // dtype for all). After PrepareStep.
   DType output_dtype(DType activations) const { return per_token_u() ? activations : gemm_dtype_; }
+  // Whether PrepareStep gives the GEMM a weight of its own (W_eff, or W's
+  // bf16 copy) rather than W itself. After the BranchScales' Forward.
+  bool forms_gemm_weight() const {
+    return folded() ? !just_in_time_ : bf16_operands_ && weight_->value.dtype() != DType::kBF16;
+  }
+  // Where PrepareStep puts that weight: a [R, C] view of the caller's buffer
+  // in the GEMM's dtype (the experts' gate and up side by side, for one GEMM
+  // over both); one of another dtype or shape is ignored. Before the first
+  // PrepareStep.
+  void set_gemm_weight_storage(Tensor storage) { weight_storage_ = std::move(storage); }
 
  private:
   // The fold and unfold of many maps at once (norm/scaled_linear_group.h)
@@ -152,6 +163,8 @@ class ScaledLinear {
   // PrepareStep but the GEMM's weight itself: this step's u, its zeroed
   // gradient, the GEMM's dtype and the buffers (allocated, not formed).
   Status PrepareBuffers(const ExecContext& ctx, DType dtype);
+  // A buffer for w_eff_ or w_copy_: weight_storage_ where it fits.
+  Tensor OwnGemmWeight(const ExecContext& ctx) const;
   // PrepareStep's last part: W_eff, or the bf16 copy of an unfolded W.
   void FormGemmWeight(const ExecContext& ctx) const;
   // Whether PrepareStep forms W_eff (folded, not just in time).
@@ -189,6 +202,7 @@ class ScaledLinear {
   Tensor d_u_;       // [R] accumulated over the step
   Tensor w_eff_;     // [R, C] folded weight (folded() only), in the GEMM's dtype
   Tensor w_copy_;    // [R, C] bf16 copy of W (unfolded bf16 operands only)
+  Tensor weight_storage_;  // the caller's place for w_eff_ or w_copy_ (may be undefined)
   Tensor d_w_eff_;   // [R, C] folded gradient (W's dtype), shared_weight_grad only
   // Forward cache.
   Tensor x_;      // the input

@@ -1,7 +1,9 @@
 // SwiGLU and its backward on the GPU (f32/f64/bf16; f32 math for f32 and
 // bf16, f64 for f64), the same formulas as core/cpu/swiglu.cc:
 //   h = g·σ(g)·u;  d_u = d_h·g·σ(g);  d_g = d_h·u·σ(g)·(1 + g·(1 − σ(g))).
-// One pass over the inputs; 16-byte packs where every pointer allows.
+// One pass over the inputs; 16-byte packs where every pointer allows. The
+// packed forms read gate and up from one [N, 2F] row (the experts' stacked
+// gate|up GEMM writes them so).
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -45,6 +47,43 @@ __global__ void SwiGluBackwardKernel(int64_t n, const T* gate, const T* up, cons
   });
 }
 
+// The packed layout: h index i (row r = i / F, column c) reads gate at
+// gate_up[r·2F + c] and up F further on. Packs of V never straddle a row
+// (the launcher packs only when F % V == 0).
+template <typename T, int V>
+__global__ void SwiGluPackedKernel(int64_t n, int64_t f, const T* gate_up, T* h) {
+  ForEachPack<V>(n, [&](int64_t i, int count) {
+    const int64_t r = i / f, at = i + r * f;  // r·2F + c
+    Acc<T> g[V], u[V], out[V];
+    LoadPack<V>(gate_up, at, count, g);
+    LoadPack<V>(gate_up, at + f, count, u);
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = g[k] * Sigmoid(g[k]) * u[k];
+    StorePack<V>(h, i, count, out);
+  });
+}
+
+template <typename T, int V>
+__global__ void SwiGluPackedBackwardKernel(int64_t n, int64_t f, const T* gate_up, const T* d_h,
+                                           T* d_gate_up) {
+  using A = Acc<T>;
+  ForEachPack<V>(n, [&](int64_t i, int count) {
+    const int64_t r = i / f, at = i + r * f;
+    A g[V], u[V], dh[V], dg[V], du[V];
+    LoadPack<V>(gate_up, at, count, g);
+    LoadPack<V>(gate_up, at + f, count, u);
+    LoadPack<V>(d_h, i, count, dh);
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const A s = Sigmoid(g[k]);
+      du[k] = dh[k] * (g[k] * s);
+      dg[k] = dh[k] * u[k] * s * (A(1) + g[k] * (A(1) - s));
+    }
+    StorePack<V>(d_gate_up, at, count, dg);
+    StorePack<V>(d_gate_up, at + f, count, du);
+  });
+}
+
 // ---------------------------------------------------------------- launchers
 
 void CheckSame(const ExecContext& ctx, const Tensor& a, const Tensor& b, const char* what) {
@@ -53,7 +92,62 @@ void CheckSame(const ExecContext& ctx, const Tensor& a, const Tensor& b, const c
                a.DebugString(), " vs ", b.DebugString());
 }
 
+// gate_up [N, 2F] on ctx's device and an F-wide tensor of its dtype: F.
+int64_t PackedWidth(const ExecContext& ctx, const Tensor& gate_up, const Tensor& half,
+                    const char* op, const char* what) {
+  CheckOnDevice(ctx, gate_up, op, "gate_up");
+  CheckOnDevice(ctx, half, op, what);
+  SM_CHECK_MSG(gate_up.ndim() == 2 && gate_up.dim(1) % 2 == 0 && half.dtype() == gate_up.dtype() &&
+                   half.numel() * 2 == gate_up.numel(),
+               op, " ", what, ": ", half.DebugString(), " for gate_up ", gate_up.DebugString(),
+               " (want gate_up [N, 2F], F-wide [N, F])");
+  return gate_up.dim(1) / 2;
+}
+
 }  // namespace
+
+void SwiGluPacked(const ExecContext& ctx, const Tensor& gate_up, const Tensor& h) {
+  const int64_t f = PackedWidth(ctx, gate_up, h, "SwiGluPacked", "h");
+  const int64_t n = h.numel();
+  if (n == 0) return;
+  DispatchFloat(h, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int kV = kPack<T>;
+    const T* gu = Ptr<const T>(gate_up);
+    T* out = Ptr<T>(h);
+    if (f % kV == 0 && AllAligned16({gu, out})) {
+      SwiGluPackedKernel<T, kV><<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, out);
+    } else {
+      SwiGluPackedKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, out);
+    }
+  });
+  SM_CHECK_LAUNCH(ctx, "SwiGluPacked", "SwiGluPackedKernel");
+}
+
+void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h,
+                          const Tensor& d_gate_up) {
+  const char* op = "SwiGluPackedBackward";
+  const int64_t f = PackedWidth(ctx, gate_up, d_h, op, "d_h");
+  CheckOnDevice(ctx, d_gate_up, op, "d_gate_up");
+  SM_CHECK_MSG(d_gate_up.shape() == gate_up.shape() && d_gate_up.dtype() == gate_up.dtype(), op,
+               " d_gate_up: ", d_gate_up.DebugString(), " for gate_up ", gate_up.DebugString());
+  const int64_t n = d_h.numel();
+  if (n == 0) return;
+  DispatchFloat(d_h, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    constexpr int kV = kPack<T>;
+    const T* gu = Ptr<const T>(gate_up);
+    const T* dh = Ptr<const T>(d_h);
+    T* dgu = Ptr<T>(d_gate_up);
+    if (f % kV == 0 && AllAligned16({gu, dh, dgu})) {
+      SwiGluPackedBackwardKernel<T, kV>
+          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, dh, dgu);
+    } else {
+      SwiGluPackedBackwardKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, dh, dgu);
+    }
+  });
+  SM_CHECK_LAUNCH(ctx, op, "SwiGluPackedBackwardKernel");
+}
 
 void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h) {
   CheckOnDevice(ctx, gate, "SwiGlu", "gate");

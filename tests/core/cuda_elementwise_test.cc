@@ -1,9 +1,10 @@
 // GPU test: the elementwise ops (Copy, Axpy, Scale, Zero, Sum, SwiGlu,
-// SwiGluBackward) against the CPU reference on fresh Philox data, for f32,
+// SwiGluBackward and their packed forms) against the CPU reference on fresh Philox data, for f32,
 // f64 and bf16, sizes that do and do not fill whole 16-byte packs, and
 // views one element into their buffer (the unpacked path). Outputs that
 // must be overwritten start as NaN.
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -192,6 +193,46 @@ TEST_F(CudaElementwiseTest, SwiGluBackwardMatchesCpu) {
         const std::string what = absl::StrCat(DTypeName(dtype), " n ", n, " offset ", offset);
         ExpectParity(Host(dg), dg_ref, ParityTolerance(dtype), "d_gate " + what);
         ExpectParity(Host(du), du_ref, ParityTolerance(dtype), "d_up " + what);
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// The packed forms (gate_up [N, 2F]) against the CPU, and the same bits as
+// the unpacked kernels on the two halves; F that does and does not fill
+// whole packs, views one element in (the unpacked path).
+TEST_F(CudaElementwiseTest, SwiGluPackedMatchesCpuAndHalves) {
+  uint64_t seed = 600;
+  for (DType dtype : kFloats) {
+    for (const auto& [n, f] : {std::pair<int64_t, int64_t>{1, 1}, {3, 7}, {64, 128}, {37, 1280}}) {
+      for (int64_t offset : {0, 1}) {
+        ++seed;
+        const std::string what =
+            absl::StrCat(DTypeName(dtype), " n ", n, " f ", f, " offset ", offset);
+        const Tensor gu = RandomHost({n, 2 * f}, dtype, seed, 1, 3.0);
+        const Tensor dh = RandomHost({n, f}, dtype, seed, 2);
+        const Tensor g = gu.Narrow(1, 0, f).Clone(), u = gu.Narrow(1, f, f).Clone();
+        Tensor h = PoisonedAt({n, f}, dtype, offset);
+        Tensor d_gu = PoisonedAt({n, 2 * f}, dtype, offset);
+        ops::SwiGluPacked(ctx_, DevAt(gu, offset), h);
+        ops::SwiGluPackedBackward(ctx_, DevAt(gu, offset), DevAt(dh, offset), d_gu);
+        const DType ref_dtype = ReferenceInput(gu).dtype();
+        Tensor h_ref = Tensor::Empty({n, f}, ref_dtype);
+        Tensor d_gu_ref = Tensor::Empty({n, 2 * f}, ref_dtype);
+        ops::SwiGluPacked(cpu_, ReferenceInput(gu), h_ref);
+        ops::SwiGluPackedBackward(cpu_, ReferenceInput(gu), ReferenceInput(dh), d_gu_ref);
+        ExpectParity(Host(h), h_ref, ParityTolerance(dtype), "h " + what);
+        ExpectParity(Host(d_gu), d_gu_ref, ParityTolerance(dtype), "d_gate_up " + what);
+        Tensor h_halves = PoisonedAt({n, f}, dtype, 0);
+        Tensor dg = PoisonedAt({n, f}, dtype, 0), du = PoisonedAt({n, f}, dtype, 0);
+        ops::SwiGlu(ctx_, Dev(g), Dev(u), h_halves);
+        ops::SwiGluBackward(ctx_, Dev(g), Dev(u), Dev(dh), dg, du);
+        const Tensor d_gu_host = Host(d_gu);
+        EXPECT_EQ(Host(h).ToVector(), Host(h_halves).ToVector()) << what;
+        EXPECT_EQ(d_gu_host.Narrow(1, 0, f).Clone().ToVector(), Host(dg).ToVector()) << what;
+        EXPECT_EQ(d_gu_host.Narrow(1, f, f).Clone().ToVector(), Host(du).ToVector()) << what;
       }
     }
   }
