@@ -65,6 +65,20 @@ def flatten(tree, prefix=""):
     return out
 
 
+def scale_invariant(sets, key):
+    """Whether `key` is a figure of γ_q or γ_k that carries the magnitude β
+    of γ = β·α under DNP: the per-head norm after the projection makes the
+    loss invariant to β, so its exact gradient is 0 and both sides' dβ is
+    fp32 rounding noise, which AdamW's first steps scale up to about ±lr (the
+    sign and size of noise: with another CPU's BLAS kernels the two sides
+    differ by ~2e-5 of β and of γ's rms). The gradients are still compared
+    (same_init_grads.compare's floor); these values after an update are not
+    comparable."""
+    return ("scale_vectors.placement=DUAL_NORMALIZED" in sets and
+            "scale_vectors.reparam=MAGNITUDE_DIRECTION" in sets and
+            any(f".{g}/" in "." + key for g in ("gamma_q", "gamma_k")))
+
+
 class SameInitTest(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
@@ -120,6 +134,8 @@ class SameInitTest(unittest.TestCase):
                     self.assertEqual(flatten(ours[s].get("sv", {})).keys(),
                                      flatten(ref[s].get("sv", {})).keys(), variant)
                     for key, a in flatten(ours[s].get("sv", {})).items():
+                        if scale_invariant(self.sets(variant), key):
+                            continue
                         b = flatten(ref[s]["sv"])[key]
                         self.assertLessEqual(abs(a - b), RTOL * max(abs(a), 1.0),
                                              f"{variant} step {s} sv {key}: ours {a} torch {b}")
