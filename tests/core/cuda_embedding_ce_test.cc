@@ -4,10 +4,14 @@
 // CPU reference on fresh Philox data: one token, token counts and
 // vocabularies that fill no block, ids 0 and V − 1, targets on both sides
 // of a shard's boundaries, f32, f64 and bf16. Outputs start as NaN; a NaN
-// never passes. The embedding's lookup is a copy and its backward adds in
-// the CPU's order, so both match the CPU bit for bit (f32, f64), and the
-// backward gives the same bits on every run with many repeated ids.
+// never passes. CrossEntropy also meets rows at every 16-byte alignment (V
+// not a multiple of its pack; targets in a row's unpacked first and last
+// elements), views that start off a 16-byte boundary, and −inf logits. The
+// embedding's lookup is a copy and its backward adds in the CPU's order, so
+// both match the CPU bit for bit (f32, f64), and the backward gives the
+// same bits on every run with many repeated ids.
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -177,9 +181,25 @@ struct CeDims {
   int64_t n, v;
 };
 
+// Odd V puts consecutive rows at every alignment of a 16-byte pack (4
+// f32, 8 bf16, 2 f64); V < 8 gives bf16 rows shorter than their unaligned
+// head; 4 × 50257 (a GPT-2 vocabulary) runs the unrolled pack loop and its
+// remainder.
 const std::vector<CeDims> kCeDims = {
-    {1, 64}, {1, 1}, {7, 5}, {37, 37}, {300, 1000}, {5, 5003}, {3, 32771}, {2, 65536},
+    {1, 64},   {1, 1},    {7, 5},     {5, 3},     {37, 37},   {300, 1000},
+    {9, 4099}, {5, 5003}, {3, 32771}, {2, 65536}, {4, 50257},
 };
+
+// Random targets, the first four rows alternating the last and the first
+// column: on rows that start off a 16-byte boundary these fall in the
+// elements before the first pack and after the last.
+Tensor CeTargets(int64_t n, int64_t v, uint64_t seed) {
+  Tensor t = RandomIds(n, 0, v, seed);
+  for (int64_t i = 0; i < n && i < 4; ++i) {
+    t.data<int32_t>()[i] = static_cast<int32_t>(i % 2 == 0 ? v - 1 : 0);
+  }
+  return t;
+}
 
 TEST_F(CudaEmbeddingCeTest, CrossEntropyMatchesCpu) {
   uint64_t seed = 300;
@@ -190,7 +210,7 @@ TEST_F(CudaEmbeddingCeTest, CrossEntropyMatchesCpu) {
         const std::string what = absl::StrCat(DTypeName(dtype), " N ", d.n, " V ", d.v,
                                               with_grad ? " with d_logits" : "");
         const Tensor logits = RandomHost({d.n, d.v}, dtype, seed, 1, 3.0);
-        const Tensor targets = RandomIds(d.n, 0, d.v, seed);
+        const Tensor targets = CeTargets(d.n, d.v, seed);
         Tensor d_logits = with_grad ? Poisoned({d.n, d.v}, dtype) : Tensor();
         Tensor loss = Poisoned({1}, DType::kF64);
         ops::CrossEntropy(ctx_, Dev(logits), Dev(targets), d_logits, loss);
@@ -228,6 +248,89 @@ TEST_F(CudaEmbeddingCeTest, CrossEntropyEdgeCases) {
   }
   EXPECT_TRUE(BitwiseEqual(runs[0], runs[2]));
   EXPECT_TRUE(BitwiseEqual(runs[1], runs[3]));
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// Logits or d_logits that start off a 16-byte boundary (a view one row into
+// a tensor of odd V) take the unpacked kernel; the same results.
+TEST_F(CudaEmbeddingCeTest, CrossEntropyOfUnalignedViewsMatchesCpu) {
+  const int64_t n = 6, v = 1001;
+  struct FirstRows {
+    int64_t logits, d_logits;
+  };
+  uint64_t seed = 400;
+  for (DType dtype : kFloats) {
+    for (const FirstRows first : {FirstRows{1, 0}, FirstRows{0, 1}, FirstRows{1, 1}}) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " logits from row ", first.logits,
+                                            ", d_logits from row ", first.d_logits);
+      const Tensor logits =
+          Dev(RandomHost({n + 1, v}, dtype, seed, 1, 3.0)).Narrow(0, first.logits, n);
+      const Tensor d_all = Poisoned({n + 1, v}, dtype);
+      const Tensor d_logits = d_all.Narrow(0, first.d_logits, n);
+      const Tensor targets = CeTargets(n, v, seed);
+      Tensor loss = Poisoned({1}, DType::kF64);
+      ops::CrossEntropy(ctx_, logits, Dev(targets), d_logits, loss);
+      Tensor d_ref = Tensor::Empty({n, v}, DType::kF64);
+      Tensor loss_ref = Tensor::Empty({1}, DType::kF64);
+      ops::CrossEntropy(cpu_, F64(Host(logits)), targets, d_ref, loss_ref);
+      ExpectParity(Host(loss), loss_ref, ParityTolerance(dtype), "loss " + what);
+      ExpectParity(Host(d_logits), d_ref, ParityTolerance(dtype), "d " + what);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// −inf logits (masked or padded vocabulary entries) add nothing: whole
+// packs of them, a thread whose first packs are all −inf, a row that is
+// −inf but for its target.
+TEST_F(CudaEmbeddingCeTest, CrossEntropyOfMinusInfLogitsMatchesCpu) {
+  const int64_t n = 3, v = 4099;
+  const double inf = std::numeric_limits<double>::infinity();
+  Tensor values = RandomHost({n, v}, DType::kF64, 500, 1, 3.0);
+  double* p = values.data<double>();
+  for (int64_t j = 0; j < 2000; ++j) p[j] = -inf;           // row 0: its first 2000
+  for (int64_t j = 1; j < v; j += 2) p[v + j] = -inf;       // row 1: every odd column
+  for (int64_t j = 0; j < v - 1; ++j) p[2 * v + j] = -inf;  // row 2: all but the last
+  const Tensor targets = Ids({2500, 0, v - 1});
+  for (DType dtype : kFloats) {
+    Tensor logits = Tensor::Empty({n, v}, dtype);
+    logits.CopyFrom(values);
+    Tensor d_logits = Poisoned({n, v}, dtype);
+    Tensor loss = Poisoned({1}, DType::kF64);
+    ops::CrossEntropy(ctx_, Dev(logits), Dev(targets), d_logits, loss);
+    Tensor d_ref = Tensor::Empty({n, v}, DType::kF64);
+    Tensor loss_ref = Tensor::Empty({1}, DType::kF64);
+    ops::CrossEntropy(cpu_, F64(logits), targets, d_ref, loss_ref);
+    ExpectParity(Host(loss), loss_ref, ParityTolerance(dtype),
+                 absl::StrCat("loss ", DTypeName(dtype)));
+    ExpectParity(Host(d_logits), d_ref, ParityTolerance(dtype),
+                 absl::StrCat("d ", DTypeName(dtype)));
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// A target outside the vocabulary makes its gradient row NaN; the other
+// rows are the CPU's (same N).
+TEST_F(CudaEmbeddingCeTest, CrossEntropyBadTargetMakesItsGradientRowNan) {
+  const int64_t v = 1001;
+  const Tensor logits = RandomHost({3, v}, DType::kF32, 6, 1, 3.0);
+  Tensor d_logits = Poisoned({3, v}, DType::kF32);
+  Tensor loss = Poisoned({1}, DType::kF64);
+  ops::CrossEntropy(ctx_, Dev(logits), Dev(Ids({1, -1, 2})), d_logits, loss);
+  EXPECT_TRUE(std::isnan(Host(loss).At(0)));
+  Tensor d_ref = Tensor::Empty({3, v}, DType::kF64);
+  Tensor loss_ref = Tensor::Empty({1}, DType::kF64);
+  ops::CrossEntropy(cpu_, F64(logits), Ids({1, 0, 2}), d_ref, loss_ref);
+  const Tensor got = Host(d_logits);
+  for (int64_t j = 0; j < v; ++j) EXPECT_TRUE(std::isnan(got.At(v + j))) << j;
+  for (int64_t r : {0, 2}) {
+    ExpectParity(got.Narrow(0, r, 1).Clone(), d_ref.Narrow(0, r, 1).Clone(),
+                 ParityTolerance(DType::kF32), absl::StrCat("row ", r));
+  }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;
 }
