@@ -176,6 +176,8 @@ const char* CategoryOf(const std::string& op) {
         "SwiGluBackward",
         "RmsNormalize",
         "RmsNormalizeBackward",
+        "AddRmsNormalize",
+        "RmsNormalizeBackwardAdd",
         "Rope",
         "RopeBackward",
         "Dot",
