@@ -70,8 +70,8 @@ __device__ __forceinline__ void LoadPackOrElems(const T* p, int64_t i, bool pack
 
 // Packs of a row that each thread keeps in registers between the forward's
 // two passes (32 registers' worth): rows up to G·V·C elements are read once
-// (every warp-path row of f32 and bf16; f32 rows up to 8192 on the block
-// path); the rest of a longer row is read again from x.
+// (f32 and bf16: every warp-path row and block-path rows up to 8192; f64
+// rows up to 512); the rest of a longer row is read again from x.
 template <typename T, int V>
 constexpr int kCachedPacks = static_cast<int>(128 / (V * sizeof(Acc<T>))) > 0
                                  ? static_cast<int>(128 / (V * sizeof(Acc<T>)))
