@@ -178,6 +178,8 @@ const char* CategoryOf(const std::string& op) {
         "SwiGluPackedBackward",
         "RmsNormalize",
         "RmsNormalizeBackward",
+        "AddRmsNormalize",
+        "RmsNormalizeBackwardAdd",
         "Rope",
         "RopeBackward",
         "Dot",

@@ -179,6 +179,26 @@ void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Ten
 void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor& rstd,
                           const Tensor& d_n, const Tensor& d_x);
 
+// The residual add and the norm after it in one pass over the rows (Block:
+// the attention sublayer's residual, then the FFN's pre-norm): x += residual
+// in place, then RmsNormalize(x, eps, n, rstd) of the sum. The same bits as
+// Axpy(1.0, residual, x) followed by RmsNormalize(x, eps, n, rstd) on both
+// backends (CUDA: RmsNormalize's kernel, its row layout and sums, with the
+// sum rounded to x's dtype before it is squared). Shapes and dtypes as
+// RmsNormalize (residual like x). Any two of residual, x and n may be the
+// same tensor (each element is read before it is written); a partial
+// overlap is SM_CHECKed.
+void AddRmsNormalize(const ExecContext& ctx, const Tensor& residual, const Tensor& x, double eps,
+                     const Tensor& n, const Tensor& rstd);
+// Its backward with the residual's gradient added: d_x = d_res +
+// RmsNormalizeBackward(n, rstd, d_n) (overwritten), the same bits as
+// RmsNormalizeBackward into d_x then Axpy(1.0, d_res, d_x) on both backends
+// (CUDA: the backward's kernel and sums, its result rounded to the dtype
+// before the add). d_x may be the same tensor as d_res, d_n or n (each
+// element is read before it is written); a partial overlap is SM_CHECKed.
+void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tensor& rstd,
+                             const Tensor& d_n, const Tensor& d_res, const Tensor& d_x);
+
 // Rotary position embedding, rotate-half convention: for each head vector of
 // x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
 // t · theta^(−2i/D). out may alias x. f32 or f64 (on CUDA also bf16).

@@ -32,6 +32,8 @@
   X(void, SwiGluPackedBackward, (const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h, const Tensor& d_gate_up), (ctx, gate_up, d_h, d_gate_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
   X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
+  X(void, AddRmsNormalize, (const ExecContext& ctx, const Tensor& residual, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, residual, x, eps, n, rstd), CUDA) \
+  X(void, RmsNormalizeBackwardAdd, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_res, const Tensor& d_x), (ctx, n, rstd, d_n, d_res, d_x), CUDA) \
   X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \
   X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), CUDA) \
   X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const ::scalemoe::ops::AttentionOptions& options), (ctx, q, k, v, out, lse, options), CUDA) \

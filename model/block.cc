@@ -73,20 +73,17 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
                       const Tensor& y) {
   const Shape shape = x.shape();  // [N, C]
   const DType dt = x.dtype();
-  // into = residual + post(run()): the sublayer writes straight into `into`
-  // (through the post-norm's input when sandwiched) and the residual is
-  // added there, so the residual stream is never copied.
-  auto sublayer = [&](ScaledRmsNorm* post, auto&& run, const Tensor& residual,
-                      const Tensor& into) -> Status {
+  // into = post(run()): the sublayer writes straight into `into` (through
+  // the post-norm's input when sandwiched) and the caller adds the residual
+  // there, so the residual stream is never copied.
+  auto sublayer = [&](ScaledRmsNorm* post, auto&& run, const Tensor& into) -> Status {
     if (post) {
       Tensor raw = ctx.Empty(shape, dt);
       SM_RETURN_IF_ERROR(run(raw));
       post->Forward(ctx, raw, into);
-    } else {
-      SM_RETURN_IF_ERROR(run(into));
+      return absl::OkStatus();
     }
-    ops::Axpy(ctx, 1.0, residual, into);
-    return absl::OkStatus();
+    return run(into);
   };
   n_attn_ = ctx.Empty(shape, dt);
   rstd_attn_ = ctx.Empty({shape[0]}, dt);
@@ -95,29 +92,31 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
   SM_RETURN_IF_ERROR_CTX(
       sublayer(
           post_attn_norm_.get(),
-          [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); }, x,
-          h),
+          [&](const Tensor& out) { return attention_->Forward(ctx, n_attn_, batch, seq, out); }, h),
       "attention");
+  // h += x and the FFN's norm of it in one pass.
   n_ffn_ = ctx.Empty(shape, dt);
   rstd_ffn_ = ctx.Empty({shape[0]}, dt);
-  ops::RmsNormalize(ctx, h, eps_, n_ffn_, rstd_ffn_);
-  return WithContext(sublayer(
-                         post_ffn_norm_.get(),
-                         [&](const Tensor& out) {
-                           return mlp_ ? mlp_->Forward(ctx, n_ffn_, out)
-                                       : MoeForward(ctx, n_ffn_, out);
-                         },
-                         h, y),
-                     mlp_ ? "mlp" : "moe");
+  ops::AddRmsNormalize(ctx, x, h, eps_, n_ffn_, rstd_ffn_);
+  SM_RETURN_IF_ERROR_CTX(sublayer(
+                             post_ffn_norm_.get(),
+                             [&](const Tensor& out) {
+                               return mlp_ ? mlp_->Forward(ctx, n_ffn_, out)
+                                           : MoeForward(ctx, n_ffn_, out);
+                             },
+                             y),
+                         mlp_ ? "mlp" : "moe");
+  ops::Axpy(ctx, 1.0, h, y);
+  return absl::OkStatus();
 }
 
 Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
                        double loss_grad_scale) {
   const Shape shape = d_y.shape();
   const DType dt = d_y.dtype();
-  // d_in = d_res + RmsNormalizeBackward(sublayer backward of post-norm backward),
-  // the norm's backward written straight into d_in unless d_in is d_res's
-  // buffer (then into d_n, which it may overwrite, and added from there).
+  // d_in = d_res + RmsNormalizeBackward(sublayer backward of post-norm
+  // backward): the norm's backward and the residual's gradient in one op
+  // (d_in may be d_res's buffer).
   auto sublayer_back = [&](ScaledRmsNorm* post, auto&& run, const Tensor& d_res,
                            const Tensor& n, const Tensor& rstd, const Tensor& d_in) -> Status {
     Tensor d_out = d_res;
@@ -127,13 +126,7 @@ Status Block::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& 
     }
     Tensor d_n = ctx.Empty(shape, dt);
     SM_RETURN_IF_ERROR(run(d_out, d_n));
-    if (d_in.SharesDataWith(d_res)) {
-      ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_n);
-      ops::Axpy(ctx, 1.0, d_n, d_in);
-    } else {
-      ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_in);
-      ops::Axpy(ctx, 1.0, d_res, d_in);
-    }
+    ops::RmsNormalizeBackwardAdd(ctx, n, rstd, d_n, d_res, d_in);
     return absl::OkStatus();
   };
   Tensor d_h = ctx.Empty(shape, dt);

@@ -5,7 +5,8 @@
 // 128 (and 2 and 6); f32, f64 and bf16 (the CPU reference has no bf16: it
 // runs in f64 on the bf16 values). Outputs start as NaN; a NaN never passes.
 // In-place calls (out aliasing the input) match too, and the row sums give
-// the same bits on every run.
+// the same bits on every run. The fused AddRmsNormalize and
+// RmsNormalizeBackwardAdd give the same bits as the GPU's two-op sequences.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -126,6 +127,103 @@ TEST_F(CudaNormRopeTest, RmsNormalizeIsTheSameBitsEveryRun) {
       }
       EXPECT_TRUE(testing::BitwiseEqual(outs[0], outs[2])) << DTypeName(dtype);
       EXPECT_TRUE(testing::BitwiseEqual(outs[1], outs[3])) << DTypeName(dtype);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// A device copy of host tensor t starting one element past a 16-byte
+// boundary (the fused ops then load it one element at a time).
+Tensor Misaligned(const ExecContext& ctx, const Tensor& t) {
+  Tensor buffer = ctx.Empty({t.numel() + 1}, t.dtype());
+  Tensor view = buffer.Narrow(0, 1, t.numel()).View(t.shape());
+  ops::Copy(ctx, ctx.ToDevice(t), view);
+  return view;
+}
+
+// AddRmsNormalize: the same bits as Axpy then RmsNormalize on the GPU (x,
+// n and rstd), and the CPU reference's values (f64 on the same inputs);
+// also with a residual that is not 16-byte aligned while x and n are.
+TEST_F(CudaNormRopeTest, AddRmsNormalizeIsTheTwoOpsBitForBitAndMatchesCpu) {
+  uint64_t seed = 1300;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kNormShapes) {
+      for (bool aligned : {true, false}) {
+        ++seed;
+        const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape),
+                                              aligned ? "" : ", misaligned residual");
+        const int64_t rows = NumElements(shape) / shape.back();
+        const Tensor x = RandomHost(shape, dtype, seed, 1, 2.0, 0.3);
+        const Tensor residual = RandomHost(shape, dtype, seed, 2, 1.5);
+        const Tensor res = aligned ? Dev(residual) : Misaligned(ctx_, residual);
+        Tensor x_seq = Dev(x), n_seq = Poisoned(shape, dtype);
+        Tensor rstd_seq = Poisoned({rows}, StatDType(dtype));
+        ops::Axpy(ctx_, 1.0, res, x_seq);
+        ops::RmsNormalize(ctx_, x_seq, 1e-5, n_seq, rstd_seq);
+        Tensor x_fused = Dev(x), n = Poisoned(shape, dtype);
+        Tensor rstd = Poisoned({rows}, StatDType(dtype));
+        ops::AddRmsNormalize(ctx_, res, x_fused, 1e-5, n, rstd);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(x_fused), Host(x_seq))) << "x " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(n), Host(n_seq))) << "n " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(rstd), Host(rstd_seq))) << "rstd " << what;
+
+        // The CPU reference in f64; for bf16 the norm of the GPU's rounded
+        // sum (what the op normalizes; the sum itself is checked first).
+        Tensor x_ref = F64(x);
+        Tensor n_ref = Tensor::Empty(shape, DType::kF64);
+        Tensor rstd_ref = Tensor::Empty({rows}, DType::kF64);
+        ops::AddRmsNormalize(cpu_, F64(residual), x_ref, 1e-5, n_ref, rstd_ref);
+        if (dtype == DType::kBF16) {
+          ops::RmsNormalize(cpu_, F64(Host(x_fused)), 1e-5, n_ref, rstd_ref);
+        }
+        ExpectParity(Host(x_fused), x_ref, ParityTolerance(dtype), "x " + what);
+        ExpectParity(Host(n), n_ref, ParityTolerance(dtype), "n " + what);
+        ExpectParity(Host(rstd), rstd_ref, ParityTolerance(StatDType(dtype)), "rstd " + what);
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// RmsNormalizeBackwardAdd: the same bits as RmsNormalizeBackward then Axpy
+// on the GPU, also in place over d_res and over d_n and with a misaligned
+// d_res, and the CPU reference's values.
+TEST_F(CudaNormRopeTest, RmsNormalizeBackwardAddIsTheTwoOpsBitForBitAndMatchesCpu) {
+  uint64_t seed = 1700;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kNormShapes) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " n ", ShapeString(shape));
+      const int64_t rows = NumElements(shape) / shape.back();
+      const Tensor n = Dev(RandomHost(shape, dtype, seed, 1));
+      const Tensor rstd = Dev(RandomHost({rows}, StatDType(dtype), seed, 2, 0.2, 1.0));
+      const Tensor d_n_host = RandomHost(shape, dtype, seed, 3);
+      const Tensor d_res_host = RandomHost(shape, dtype, seed, 4, 0.5);
+      const Tensor d_n = Dev(d_n_host), d_res = Dev(d_res_host);
+      Tensor d_x_seq = Poisoned(shape, dtype);
+      ops::RmsNormalizeBackward(ctx_, n, rstd, d_n, d_x_seq);
+      ops::Axpy(ctx_, 1.0, d_res, d_x_seq);
+      const Tensor want = Host(d_x_seq);
+
+      Tensor d_x = Poisoned(shape, dtype);
+      ops::RmsNormalizeBackwardAdd(ctx_, n, rstd, d_n, d_res, d_x);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(d_x), want)) << what;
+      Tensor over_res = Dev(d_res_host);
+      ops::RmsNormalizeBackwardAdd(ctx_, n, rstd, d_n, over_res, over_res);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(over_res), want)) << "d_x = d_res, " << what;
+      Tensor over_dn = Dev(d_n_host);
+      ops::RmsNormalizeBackwardAdd(ctx_, n, rstd, over_dn, d_res, over_dn);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(over_dn), want)) << "d_x = d_n, " << what;
+      Tensor misaligned = Poisoned(shape, dtype);
+      ops::RmsNormalizeBackwardAdd(ctx_, n, rstd, d_n, Misaligned(ctx_, d_res_host), misaligned);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(misaligned), want)) << "misaligned d_res, " << what;
+
+      Tensor d_x_ref = Tensor::Empty(shape, DType::kF64);
+      ops::RmsNormalizeBackwardAdd(cpu_, F64(Host(n)), F64(Host(rstd)), F64(d_n_host),
+                                   F64(d_res_host), d_x_ref);
+      ExpectParity(Host(d_x), d_x_ref, ParityTolerance(dtype), "d_x " + what);
     }
   }
   const Status st = ctx_.status();

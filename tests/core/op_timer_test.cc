@@ -75,6 +75,8 @@ TEST(OpTimerTest, CategoriesCoverTheProfileRows) {
   EXPECT_STREQ(op_timer::CategoryOf("TopKRouting"), "routing");
   EXPECT_STREQ(op_timer::CategoryOf("GatherRows"), "permutation");
   EXPECT_STREQ(op_timer::CategoryOf("RmsNormalize"), "norms+elementwise");
+  EXPECT_STREQ(op_timer::CategoryOf("AddRmsNormalize"), "norms+elementwise");
+  EXPECT_STREQ(op_timer::CategoryOf("RmsNormalizeBackwardAdd"), "norms+elementwise");
   EXPECT_STREQ(op_timer::CategoryOf("AdamWUpdate"), "optimizer");
   EXPECT_STREQ(op_timer::CategoryOf("VocabCrossEntropyLoss"), "embedding+loss");
   EXPECT_STREQ(op_timer::CategoryOf("NoSuchOp"), "other");
