@@ -183,6 +183,21 @@ Tensor Tensor::Narrow(int d, int64_t start, int64_t length) const {
   return t;
 }
 
+Tensor Tensor::JoinRows(const Tensor& next) const {
+  if (!defined() || !next.defined() || storage_ != next.storage_ || dtype_ != next.dtype_ ||
+      ndim() == 0 || next.ndim() != ndim() || !is_contiguous() || !next.is_contiguous() ||
+      next.offset_ != offset_ + numel()) {
+    return Tensor();
+  }
+  for (int d = 1; d < ndim(); ++d) {
+    if (shape_[d] != next.shape_[d]) return Tensor();
+  }
+  Tensor t = *this;
+  t.shape_[0] += next.shape_[0];
+  t.strides_ = ContiguousStrides(t.shape_);
+  return t;
+}
+
 namespace {
 
 // Element at flat (row-major logical) index of a possibly strided tensor.

@@ -102,6 +102,11 @@ class Tensor {
   Tensor View(const Shape& shape) const;
   // Sub-range [start, start+length) of dimension `dim`; aliases the data.
   Tensor Narrow(int dim, int64_t start, int64_t length) const;
+  // This tensor's rows followed by `next`'s as one tensor [R + R', ...],
+  // aliasing both, when `next` continues this one's storage right after
+  // its last element (both contiguous, same dtype and trailing dims, e.g.
+  // two parameters created one after the other); undefined otherwise.
+  Tensor JoinRows(const Tensor& next) const;
   // Deep copy (contiguous result) on the same device.
   Tensor Clone() const;
   // Copies `src` into this tensor (same numel; CPU dtype convert). Across

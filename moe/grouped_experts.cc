@@ -1,8 +1,6 @@
 #include "moe/grouped_experts.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "core/host_values.h"
 #include "core/ops.h"
@@ -82,7 +80,7 @@ GroupedExperts::~GroupedExperts() = default;
 
 Status GroupedExperts::PrepareStep(const ExecContext& ctx, DType dtype) {
   gate_up_packed_ = false;  // until UpdateGroups finds them side by side
-  if (Grouped()) ProvideGateUpStorage(ctx);
+  if (Grouped() && options_.fuse_gate_up) ProvideGateUpStorage(ctx);
   for (ScaledLinearGroup& fold : folds_) SM_RETURN_IF_ERROR(fold.PrepareStep(ctx, dtype));
   // The step's weights are formed: the grouped GEMMs' tables follow them
   // here, once per step, not per micro-batch.
@@ -123,25 +121,6 @@ void GroupedExperts::ProvideGateUpStorage(const ExecContext& ctx) {
   }
 }
 
-namespace {
-// `b` starts where `a` ends (same dtype, shape and device, contiguous).
-bool SideBySide(const Tensor& a, const Tensor& b) {
-  return a.defined() && b.defined() && a.dtype() == b.dtype() && a.shape() == b.shape() &&
-         a.device() == b.device() && a.is_contiguous() && b.is_contiguous() &&
-         static_cast<const char*>(a.raw_data()) + a.nbytes() == b.raw_data();
-}
-
-// The [2R, C] matrix made of `a` [R, C] and the `b` that follows it.
-Tensor Stacked(const Tensor& a) {
-  return Tensor::FromBlob(a.raw_data(), {2 * a.dim(0), a.dim(1)}, a.dtype(), a.device());
-}
-
-bool GateUpSeparateFromEnv() {
-  const char* env = std::getenv("SCALEMOE_EXPERT_GATE_UP");
-  return env != nullptr && std::string(env) == "separate";
-}
-}  // namespace
-
 void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
   for (int p = 0; p < kNumProj; ++p) {
     std::vector<Tensor> w, g;
@@ -152,18 +131,15 @@ void GroupedExperts::UpdateGroups(const ExecContext& ctx) {
     ops::UpdateMatrixGroup(ctx, std::move(w), weights_[p]);
     ops::UpdateMatrixGroup(ctx, std::move(g), grads_[p]);
   }
-  static const bool separate = GateUpSeparateFromEnv();
-  gate_up_packed_ = !separate;
+  if (!options_.fuse_gate_up) return;
   std::vector<Tensor> w, g;
   for (const Expert& ex : experts_) {
     const ScaledLinear &gate = *ex.proj[kGate], &up = *ex.proj[kUp];
-    gate_up_packed_ = gate_up_packed_ &&
-                      SideBySide(gate.effective_weight(), up.effective_weight()) &&
-                      SideBySide(gate.gemm_weight_grad(), up.gemm_weight_grad());
-    if (!gate_up_packed_) return;
-    w.push_back(Stacked(gate.effective_weight()));
-    g.push_back(Stacked(gate.gemm_weight_grad()));
+    w.push_back(gate.effective_weight().JoinRows(up.effective_weight()));
+    g.push_back(gate.gemm_weight_grad().JoinRows(up.gemm_weight_grad()));
+    if (!w.back().defined() || !g.back().defined()) return;  // not side by side
   }
+  gate_up_packed_ = true;
   ops::UpdateMatrixGroup(ctx, std::move(w), gate_up_weights_);
   ops::UpdateMatrixGroup(ctx, std::move(g), gate_up_grads_);
 }

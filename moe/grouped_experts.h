@@ -67,6 +67,8 @@ struct ExpertGroupOptions {
   };
   std::vector<GammaSource> gate_gamma, up_gamma;
   bool bf16_operands = false;  // ScaledLinearOptions::bf16_operands
+  // moe.fuse_gate_up: gate and up as one GEMM where their tensors allow.
+  bool fuse_gate_up = true;
 };
 
 class GroupedExperts {
@@ -133,8 +135,9 @@ class GroupedExperts {
   ops::MatrixGroup weights_[kNumProj], grads_[kNumProj];  // grouped path
   // Gate and up as one GEMM per matrix over [2F, C] (the grouped path, when
   // every expert's gate and up weights and gradients lie side by side):
-  // half the launches, and d_x in one GEMM with K = 2F instead of two.
-  // SCALEMOE_EXPERT_GATE_UP=separate keeps two (A/B timings).
+  // half the launches, and d_x in one GEMM with K = 2F instead of two
+  // (whose sum is rounded in another order: not the bits of the separate
+  // GEMMs). moe.fuse_gate_up=false keeps two.
   bool gate_up_packed_ = false;
   Tensor gate_up_storage_;  // [E, 2F, C]: the maps' own GEMM weights (when they form them)
   ops::MatrixGroup gate_up_weights_, gate_up_grads_;  // [2F, C] per expert

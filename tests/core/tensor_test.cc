@@ -37,6 +37,26 @@ TEST(TensorTest, NarrowOnInnerDimIsStridedView) {
   EXPECT_EQ(copy.ToVector(), (std::vector<double>{1, 2, 4, 5}));
 }
 
+// Two row blocks of one buffer, the second right after the first, join
+// into one aliasing view; anything else does not join.
+TEST(TensorTest, JoinRowsOnlyJoinsWhatFollowsInOneStorage) {
+  Tensor t = Tensor::FromVector({4, 2, 3}, std::vector<double>(24, 0.0), DType::kF32);
+  const Tensor a = t.Narrow(0, 1, 1).View({2, 3}), b = t.Narrow(0, 2, 1).View({2, 3});
+  Tensor both = a.JoinRows(b);
+  ASSERT_TRUE(both.defined());
+  EXPECT_EQ(both.shape(), (Shape{4, 3}));
+  EXPECT_TRUE(both.is_contiguous());
+  EXPECT_EQ(both.raw_data(), a.raw_data());
+  both.data<float>()[6] = 7;  // b's first element
+  EXPECT_EQ(b.At(0), 7);
+  EXPECT_FALSE(b.JoinRows(a).defined());                                  // the wrong order
+  EXPECT_FALSE(a.JoinRows(t.Narrow(0, 3, 1).View({2, 3})).defined());     // a gap
+  EXPECT_FALSE(a.JoinRows(b.Clone()).defined());                          // another buffer
+  EXPECT_FALSE(a.JoinRows(t.Narrow(0, 2, 1).View({3, 2})).defined());     // other rows
+  EXPECT_FALSE(t.Narrow(2, 0, 1).JoinRows(t.Narrow(2, 1, 1)).defined());  // strided
+  EXPECT_FALSE(Tensor().JoinRows(b).defined());
+}
+
 TEST(TensorTest, CopyConvertsDtypesIncludingBf16) {
   Tensor f = Tensor::FromVector({3}, {1.0, -2.5, 3.140625}, DType::kF32);
   Tensor b = Tensor::Empty({3}, DType::kBF16);

@@ -177,9 +177,13 @@ TEST_P(ModelVariantTest, FoldAndPerTokenPathsAgree) {
 }
 
 // Forming W_eff just in time runs the same ops on the same values as
-// keeping it: the same bits.
+// keeping it: the same bits. (A just-in-time fold runs the experts one
+// map at a time, so both run their gate and up GEMMs apart: one GEMM over
+// both rounds d_x in another order.)
 TEST_P(ModelVariantTest, FoldJustInTimeEqualsTheKeptFold) {
   config::RunConfig kept = Config(), jit = Config();
+  kept.mutable_moe()->set_fuse_gate_up(false);
+  jit.mutable_moe()->set_fuse_gate_up(false);
   jit.mutable_scale_vectors()->set_fold_just_in_time(true);
   Built a = Build(kept, DType::kF32), b = Build(jit, DType::kF32);
   testing::PerturbScaleVectors(*a.registry, 12);
@@ -187,6 +191,24 @@ TEST_P(ModelVariantTest, FoldJustInTimeEqualsTheKeptFold) {
   const Tensor tokens = Tokens(5), targets = Tokens(6);
   EXPECT_EQ(Step(a, tokens, targets).total, Step(b, tokens, targets).total);
   EXPECT_EQ(a.registry->flat_grads().ToVector(), b.registry->flat_grads().ToVector());
+}
+
+// The experts' gate and up as one GEMM over the stacked weights
+// (moe.fuse_gate_up, the default) against two: the same model, its loss and
+// every gradient to f64 rounding (d_x sums the two halves in another order).
+TEST_P(ModelVariantTest, FusedGateUpAgreesWithSeparateGemms) {
+  config::RunConfig fused = Config(), separate = Config();
+  if (fused.moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
+  separate.mutable_moe()->set_fuse_gate_up(false);
+  Built a = Build(fused, DType::kF64), b = Build(separate, DType::kF64);
+  testing::PerturbScaleVectors(*a.registry, 12);
+  testing::PerturbScaleVectors(*b.registry, 12);
+  const Tensor tokens = Tokens(5), targets = Tokens(6);
+  EXPECT_NEAR(Step(a, tokens, targets).total, Step(b, tokens, targets).total, 1e-12);
+  const std::vector<double> ga = a.registry->flat_grads().ToVector();
+  const std::vector<double> gb = b.registry->flat_grads().ToVector();
+  ASSERT_EQ(ga.size(), gb.size());
+  for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
 }
 
 std::string VariantName(const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
