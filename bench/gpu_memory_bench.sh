@@ -94,6 +94,7 @@ if [ -f datasets/default/manifest.json ]; then
       --quiet --run-dir "$run" --set parallel.pp=2 --set model.num_layers=4 \
       --set train.micro_batch_size=4 --set train.global_batch_size=16 --set train.recompute=$r \
       --set train.train_steps=30 --set schedule.warmup_steps=5 --set train.eval_interval=0 \
+      --set train.eval_batches=1 \
       --set checkpoint.interval=0 --set logging.log_interval=5 \
       --set data.dataset_dir=datasets/default --set train.device="${DEVICE:-CUDA}" \
       > "$run.log" 2>&1 || { echo "| $r | failed: $(tail -1 "$run.log") |"; continue; }

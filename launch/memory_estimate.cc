@@ -212,6 +212,18 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   add_acts("logits and their gradient",
            absl::StrCat(batch, " x 2 x model.vocab_size=", Num(s.V), tp_text),
            tokens * 2 * s.V / s.tp, 4);
+  // Transients at the backward's peak, beside what is kept: the gradients of
+  // the layer whose backward runs (about one layer's activations again) and,
+  // under BF16, the head's bf16 copy of d_logits. Without them FULL's
+  // estimate was low by 8 % at micro-batch 8 and admitted a micro-batch 256
+  // of gpu_moe_125m that ran out of an H200's 140 GiB (bench/RESULTS.md).
+  add_acts("backward working set",
+           absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
+                        " values per token (the running layer's gradients)",
+                        bf16 ? absl::StrCat(", and d_logits' bf16 copy: ", batch,
+                                            " x model.vocab_size=", Num(s.V), tp_text)
+                             : std::string()),
+           tokens * per_token * act + (bf16 ? tokens * s.V / s.tp * 2 : 0), 1);
   std::sort(est.parts.begin(), est.parts.end(),
             [](const MemoryPart& a, const MemoryPart& b) { return a.bytes > b.bytes; });
   return est;
