@@ -15,26 +15,37 @@ namespace {
 __device__ __forceinline__ float Sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
 __device__ __forceinline__ double Sigmoid(double g) { return 1.0 / (1.0 + exp(-g)); }
 
-template <typename T, int V>
-__global__ void SwiGluKernel(int64_t n, const T* gate, const T* up, T* h) {
+// Element i of h (and d_h) reads gate[at] and up[at]: at = i, or in the
+// packed layout (rows of gate | up, up = gate + F) at = r·2F + c for row
+// r = i / F, column c. Packs of V never straddle a row there (the launcher
+// packs only when F % V == 0).
+template <bool kPacked>
+__device__ __forceinline__ int64_t GateIndex(int64_t i, int64_t f) {
+  return kPacked ? i + (i / f) * f : i;
+}
+
+template <typename T, int V, bool kPacked>
+__global__ void SwiGluKernel(int64_t n, int64_t f, const T* gate, const T* up, T* h) {
   ForEachPack<V>(n, [&](int64_t i, int count) {
+    const int64_t at = GateIndex<kPacked>(i, f);
     Acc<T> g[V], u[V], out[V];
-    LoadPack<V>(gate, i, count, g);
-    LoadPack<V>(up, i, count, u);
+    LoadPack<V>(gate, at, count, g);
+    LoadPack<V>(up, at, count, u);
 #pragma unroll
     for (int k = 0; k < V; ++k) out[k] = g[k] * Sigmoid(g[k]) * u[k];
     StorePack<V>(h, i, count, out);
   });
 }
 
-template <typename T, int V>
-__global__ void SwiGluBackwardKernel(int64_t n, const T* gate, const T* up, const T* d_h,
+template <typename T, int V, bool kPacked>
+__global__ void SwiGluBackwardKernel(int64_t n, int64_t f, const T* gate, const T* up, const T* d_h,
                                      T* d_gate, T* d_up) {
   using A = Acc<T>;
   ForEachPack<V>(n, [&](int64_t i, int count) {
+    const int64_t at = GateIndex<kPacked>(i, f);
     A g[V], u[V], dh[V], dg[V], du[V];
-    LoadPack<V>(gate, i, count, g);
-    LoadPack<V>(up, i, count, u);
+    LoadPack<V>(gate, at, count, g);
+    LoadPack<V>(up, at, count, u);
     LoadPack<V>(d_h, i, count, dh);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
@@ -42,45 +53,8 @@ __global__ void SwiGluBackwardKernel(int64_t n, const T* gate, const T* up, cons
       du[k] = dh[k] * (g[k] * s);
       dg[k] = dh[k] * u[k] * s * (A(1) + g[k] * (A(1) - s));
     }
-    StorePack<V>(d_gate, i, count, dg);
-    StorePack<V>(d_up, i, count, du);
-  });
-}
-
-// The packed layout: h index i (row r = i / F, column c) reads gate at
-// gate_up[r·2F + c] and up F further on. Packs of V never straddle a row
-// (the launcher packs only when F % V == 0).
-template <typename T, int V>
-__global__ void SwiGluPackedKernel(int64_t n, int64_t f, const T* gate_up, T* h) {
-  ForEachPack<V>(n, [&](int64_t i, int count) {
-    const int64_t r = i / f, at = i + r * f;  // r·2F + c
-    Acc<T> g[V], u[V], out[V];
-    LoadPack<V>(gate_up, at, count, g);
-    LoadPack<V>(gate_up, at + f, count, u);
-#pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = g[k] * Sigmoid(g[k]) * u[k];
-    StorePack<V>(h, i, count, out);
-  });
-}
-
-template <typename T, int V>
-__global__ void SwiGluPackedBackwardKernel(int64_t n, int64_t f, const T* gate_up, const T* d_h,
-                                           T* d_gate_up) {
-  using A = Acc<T>;
-  ForEachPack<V>(n, [&](int64_t i, int count) {
-    const int64_t r = i / f, at = i + r * f;
-    A g[V], u[V], dh[V], dg[V], du[V];
-    LoadPack<V>(gate_up, at, count, g);
-    LoadPack<V>(gate_up, at + f, count, u);
-    LoadPack<V>(d_h, i, count, dh);
-#pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const A s = Sigmoid(g[k]);
-      du[k] = dh[k] * (g[k] * s);
-      dg[k] = dh[k] * u[k] * s * (A(1) + g[k] * (A(1) - s));
-    }
-    StorePack<V>(d_gate_up, at, count, dg);
-    StorePack<V>(d_gate_up, at + f, count, du);
+    StorePack<V>(d_gate, at, count, dg);
+    StorePack<V>(d_up, at, count, du);
   });
 }
 
@@ -116,12 +90,13 @@ void SwiGluPacked(const ExecContext& ctx, const Tensor& gate_up, const Tensor& h
     const T* gu = Ptr<const T>(gate_up);
     T* out = Ptr<T>(h);
     if (f % kV == 0 && AllAligned16({gu, out})) {
-      SwiGluPackedKernel<T, kV><<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, out);
+      SwiGluKernel<T, kV, true>
+          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, out);
     } else {
-      SwiGluPackedKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, out);
+      SwiGluKernel<T, 1, true><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, out);
     }
   });
-  SM_CHECK_LAUNCH(ctx, "SwiGluPacked", "SwiGluPackedKernel");
+  SM_CHECK_LAUNCH(ctx, "SwiGluPacked", "SwiGluKernel (packed)");
 }
 
 void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h,
@@ -140,13 +115,14 @@ void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const T
     const T* dh = Ptr<const T>(d_h);
     T* dgu = Ptr<T>(d_gate_up);
     if (f % kV == 0 && AllAligned16({gu, dh, dgu})) {
-      SwiGluPackedBackwardKernel<T, kV>
-          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, dh, dgu);
+      SwiGluBackwardKernel<T, kV, true>
+          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, dh, dgu, dgu + f);
     } else {
-      SwiGluPackedBackwardKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, dh, dgu);
+      SwiGluBackwardKernel<T, 1, true>
+          <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, dh, dgu, dgu + f);
     }
   });
-  SM_CHECK_LAUNCH(ctx, op, "SwiGluPackedBackwardKernel");
+  SM_CHECK_LAUNCH(ctx, op, "SwiGluBackwardKernel (packed)");
 }
 
 void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const Tensor& h) {
@@ -162,9 +138,10 @@ void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const 
     const T* u = Ptr<const T>(up);
     T* out = Ptr<T>(h);
     if (AllAligned16({g, u, out})) {
-      SwiGluKernel<T, kV><<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, g, u, out);
+      SwiGluKernel<T, kV, false>
+          <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, n, g, u, out);
     } else {
-      SwiGluKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, g, u, out);
+      SwiGluKernel<T, 1, false><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, n, g, u, out);
     }
   });
   SM_CHECK_LAUNCH(ctx, "SwiGlu", "SwiGluKernel");
@@ -188,10 +165,11 @@ void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up
     T* dg = Ptr<T>(d_gate);
     T* du = Ptr<T>(d_up);
     if (AllAligned16({g, u, dh, dg, du})) {
-      SwiGluBackwardKernel<T, kV>
-          <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, g, u, dh, dg, du);
+      SwiGluBackwardKernel<T, kV, false>
+          <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, n, g, u, dh, dg, du);
     } else {
-      SwiGluBackwardKernel<T, 1><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, g, u, dh, dg, du);
+      SwiGluBackwardKernel<T, 1, false>
+          <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, n, g, u, dh, dg, du);
     }
   });
   SM_CHECK_LAUNCH(ctx, "SwiGluBackward", "SwiGluBackwardKernel");
