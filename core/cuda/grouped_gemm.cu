@@ -15,8 +15,10 @@
 // (ldmatrix fragments; f32 accumulators either way); otherwise (f32, f64,
 // odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
 // same bits on every run.
-// SCALEMOE_GROUPED_WGRAD=wgmma (off by default until validated on the
-// H200) runs the bf16 -> f32 weight gradient on wgmma too: both operands
+// SCALEMOE_GROUPED_WGRAD=wgmma (off: correct on the H200 but slower there
+// than mma.sync, 191 vs 204 TFLOP/s at gpu_moe_125m's shapes and 135 vs 220
+// at gpu_finegrained_64e's, bench/RESULTS.md) runs the bf16 -> f32 weight
+// gradient on wgmma too: both operands
 // transposed by group into K-major scratch, each group's columns padded
 // with zeros to a multiple of the k tile (core/cuda/grouped_gemm_transpose.h),
 // then the wgmma kernel with grid z = the group.
@@ -497,7 +499,8 @@ bool UseWgmma() {
 
 // The weight gradient on wgmma: only where the wgmma kernel runs at all
 // (UseWgmma) and SCALEMOE_GROUPED_WGRAD=wgmma asks for it — the mma.sync
-// kernel stays the default until the H200 has validated this path.
+// kernel stays the default (faster on the H200: the transposes cost more
+// than the wgmma kernel saves).
 bool UseWgmmaWeightGrad() {
   static const bool use = EnvEquals("SCALEMOE_GROUPED_WGRAD", "wgmma") && UseWgmma();
   return use;
