@@ -215,8 +215,9 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // Transients at the backward's peak, beside what is kept: the gradients of
   // the layer whose backward runs (about one layer's activations again) and,
   // under BF16, the head's bf16 copy of d_logits. Without them FULL's
-  // estimate was low by 8 % at micro-batch 8 and admitted a micro-batch 256
-  // of gpu_moe_125m that ran out of an H200's 140 GiB (bench/RESULTS.md).
+  // estimate was low by 8 % at micro-batch 8 (13.3 GiB against 14.34 on an
+  // H200; now 14.4) and put gpu_moe_125m's micro-batch 256, which ran out of
+  // the H200's 140 GiB, at 103 GiB (now 139: not yet measured again).
   add_acts("backward working set",
            absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
                         " values per token (the running layer's gradients)",
