@@ -294,4 +294,11 @@ std::string Tensor::DebugString() const {
   return absl::StrCat(DTypeName(dtype_), ShapeString(shape_), " ", DeviceName(device_));
 }
 
+void CheckSameOrDisjoint(const char* op, const Tensor& a, const Tensor& b) {
+  const auto* pa = static_cast<const char*>(a.raw_data());
+  const auto* pb = static_cast<const char*>(b.raw_data());
+  SM_CHECK_MSG(pa == pb || pa + a.nbytes() <= pb || pb + b.nbytes() <= pa, op, " ", a.DebugString(),
+               " partly overlaps ", b.DebugString());
+}
+
 }  // namespace scalemoe

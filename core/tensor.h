@@ -134,4 +134,10 @@ class Tensor {
 // Row-major strides for a contiguous tensor of `shape`.
 Shape ContiguousStrides(const Shape& shape);
 
+// SM_CHECKs that contiguous a and b start at the same address (an in-place
+// call) or share no byte: what an op that reads each element before it
+// writes it allows (a partial overlap would read values already written).
+// `op` names the op in the message.
+void CheckSameOrDisjoint(const char* op, const Tensor& a, const Tensor& b);
+
 }  // namespace scalemoe

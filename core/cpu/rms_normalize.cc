@@ -21,15 +21,6 @@ int64_t RowsOf(const Tensor& x, const Tensor& rstd) {
   return rows;
 }
 
-// Exactly the same tensor passed twice, or no shared bytes: a row-by-row op
-// reads each element before it writes it, which a partial overlap breaks.
-void CheckSameOrDisjoint(const char* op, const Tensor& a, const Tensor& b) {
-  const auto* pa = static_cast<const char*>(a.raw_data());
-  const auto* pb = static_cast<const char*>(b.raw_data());
-  SM_CHECK_MSG(pa == pb || pa + a.nbytes() <= pb || pb + b.nbytes() <= pa, op, " ", a.DebugString(),
-               " partly overlaps ", b.DebugString());
-}
-
 void CheckLike(const char* op, const char* what, const Tensor& t, const Tensor& x) {
   SM_CHECK_MSG(t.device() == Device::kCPU && t.numel() == x.numel() && t.dtype() == x.dtype() &&
                    t.is_contiguous(),

@@ -233,15 +233,6 @@ void LaunchRows(int64_t rows, int64_t d, std::initializer_list<const void*> ptrs
   }
 }
 
-// Exactly the same tensor passed twice, or no shared bytes: the kernels
-// read each element before they write it, which a partial overlap breaks.
-void CheckSameOrDisjoint(const char* op, const Tensor& a, const Tensor& b) {
-  const auto* pa = static_cast<const char*>(a.raw_data());
-  const auto* pb = static_cast<const char*>(b.raw_data());
-  SM_CHECK_MSG(pa == pb || pa + a.nbytes() <= pb || pb + b.nbytes() <= pa, op, " ", a.DebugString(),
-               " partly overlaps ", b.DebugString());
-}
-
 // RmsNormalize (residual undefined) or AddRmsNormalize: the row layout is
 // chosen from x and n alone, as RmsNormalize's, so the fused op sums in the
 // same order as the RmsNormalize after an Axpy.
