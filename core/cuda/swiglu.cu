@@ -66,6 +66,34 @@ void CheckSame(const ExecContext& ctx, const Tensor& a, const Tensor& b, const c
                a.DebugString(), " vs ", b.DebugString());
 }
 
+// The kernels over n elements of h: 16-byte packs where `packs` (every
+// pointer aligned; packed rows a whole number of packs), else one element
+// at a time.
+template <typename T, bool kPacked>
+void LaunchSwiGlu(const ExecContext& ctx, bool packs, int64_t n, int64_t f, const T* gate,
+                  const T* up, T* h) {
+  constexpr int kV = kPack<T>;
+  if (packs) {
+    SwiGluKernel<T, kV, kPacked>
+        <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, f, gate, up, h);
+  } else {
+    SwiGluKernel<T, 1, kPacked><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gate, up, h);
+  }
+}
+
+template <typename T, bool kPacked>
+void LaunchSwiGluBackward(const ExecContext& ctx, bool packs, int64_t n, int64_t f, const T* gate,
+                          const T* up, const T* d_h, T* d_gate, T* d_up) {
+  constexpr int kV = kPack<T>;
+  if (packs) {
+    SwiGluBackwardKernel<T, kV, kPacked><<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(
+        n, f, gate, up, d_h, d_gate, d_up);
+  } else {
+    SwiGluBackwardKernel<T, 1, kPacked>
+        <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gate, up, d_h, d_gate, d_up);
+  }
+}
+
 // gate_up [N, 2F] on ctx's device and an F-wide tensor of its dtype: F.
 int64_t PackedWidth(const ExecContext& ctx, const Tensor& gate_up, const Tensor& half,
                     const char* op, const char* what) {
@@ -86,15 +114,9 @@ void SwiGluPacked(const ExecContext& ctx, const Tensor& gate_up, const Tensor& h
   if (n == 0) return;
   DispatchFloat(h, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int kV = kPack<T>;
     const T* gu = Ptr<const T>(gate_up);
     T* out = Ptr<T>(h);
-    if (f % kV == 0 && AllAligned16({gu, out})) {
-      SwiGluKernel<T, kV, true>
-          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, out);
-    } else {
-      SwiGluKernel<T, 1, true><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, out);
-    }
+    LaunchSwiGlu<T, true>(ctx, f % kPack<T> == 0 && AllAligned16({gu, out}), n, f, gu, gu + f, out);
   });
   SM_CHECK_LAUNCH(ctx, "SwiGluPacked", "SwiGluKernel (packed)");
 }
@@ -110,17 +132,11 @@ void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const T
   if (n == 0) return;
   DispatchFloat(d_h, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int kV = kPack<T>;
     const T* gu = Ptr<const T>(gate_up);
     const T* dh = Ptr<const T>(d_h);
     T* dgu = Ptr<T>(d_gate_up);
-    if (f % kV == 0 && AllAligned16({gu, dh, dgu})) {
-      SwiGluBackwardKernel<T, kV, true>
-          <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, dh, dgu, dgu + f);
-    } else {
-      SwiGluBackwardKernel<T, 1, true>
-          <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, f, gu, gu + f, dh, dgu, dgu + f);
-    }
+    LaunchSwiGluBackward<T, true>(ctx, f % kPack<T> == 0 && AllAligned16({gu, dh, dgu}), n, f, gu,
+                                  gu + f, dh, dgu, dgu + f);
   });
   SM_CHECK_LAUNCH(ctx, op, "SwiGluBackwardKernel (packed)");
 }
@@ -133,16 +149,10 @@ void SwiGlu(const ExecContext& ctx, const Tensor& gate, const Tensor& up, const 
   if (n == 0) return;
   DispatchFloat(h, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int kV = kPack<T>;
     const T* g = Ptr<const T>(gate);
     const T* u = Ptr<const T>(up);
     T* out = Ptr<T>(h);
-    if (AllAligned16({g, u, out})) {
-      SwiGluKernel<T, kV, false>
-          <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, n, g, u, out);
-    } else {
-      SwiGluKernel<T, 1, false><<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, n, g, u, out);
-    }
+    LaunchSwiGlu<T, false>(ctx, AllAligned16({g, u, out}), n, n, g, u, out);
   });
   SM_CHECK_LAUNCH(ctx, "SwiGlu", "SwiGluKernel");
 }
@@ -158,19 +168,12 @@ void SwiGluBackward(const ExecContext& ctx, const Tensor& gate, const Tensor& up
   if (n == 0) return;
   DispatchFloat(d_h, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    constexpr int kV = kPack<T>;
     const T* g = Ptr<const T>(gate);
     const T* u = Ptr<const T>(up);
     const T* dh = Ptr<const T>(d_h);
     T* dg = Ptr<T>(d_gate);
     T* du = Ptr<T>(d_up);
-    if (AllAligned16({g, u, dh, dg, du})) {
-      SwiGluBackwardKernel<T, kV, false>
-          <<<Blocks((n + kV - 1) / kV), kThreads, 0, Stream(ctx)>>>(n, n, g, u, dh, dg, du);
-    } else {
-      SwiGluBackwardKernel<T, 1, false>
-          <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, n, g, u, dh, dg, du);
-    }
+    LaunchSwiGluBackward<T, false>(ctx, AllAligned16({g, u, dh, dg, du}), n, n, g, u, dh, dg, du);
   });
   SM_CHECK_LAUNCH(ctx, "SwiGluBackward", "SwiGluBackwardKernel");
 }
