@@ -4,6 +4,7 @@
 
 #include <memory>
 
+#include "core/forward_cache.h"
 #include "core/ops.h"
 #include "tests/moe/moe_test_util.h"
 #include "tests/testing/status_util.h"
@@ -18,7 +19,7 @@ constexpr int64_t kC = 8, kF = 6, kRows = 12;  // 10 grouped rows + 2 padding
 const std::vector<int64_t> kCounts = {3, 0, 4, 3};
 
 struct ExpertsRig {
-  explicit ExpertsRig(bool fold) {
+  explicit ExpertsRig(bool fold, bool fuse_gate_up = true) {
     config::ScaleVectorConfig sv;
     sv.set_fold_into_weights(fold);
     sv.set_placement(config::ScaleVectorConfig::DUAL);
@@ -42,6 +43,7 @@ struct ExpertsRig {
     o.ffn = kF;
     o.init_std = 0.5;
     o.down_init_std = 0.4;
+    o.fuse_gate_up = fuse_gate_up;
     for (int e = 0; e < kE; ++e) {
       o.gate_gamma.push_back({scales.get(), 2 * e});
       o.up_gamma.push_back({scales.get(), 2 * e + 1});
@@ -126,6 +128,35 @@ TEST(GroupedExpertsTest, ExpertWithoutTokensGetsZeroGradient) {
     ops::Sum(rig.ctx, rig.registry.Find("moe.experts.2.w_up")->grad, sum);
     EXPECT_NE(rig.ctx.ToHost(sum).At(0), 0.0);
   }
+}
+
+// Folded, the experts' gate and up run as one GEMM over [2F, C] (the
+// forward keeps one [M, 2F] gate|up activation); with fuse_gate_up off, or
+// per token (no grouped GEMMs), they run apart. The fused path gives the
+// same output and, to f64 rounding, the same gradients.
+TEST(GroupedExpertsTest, GateAndUpRunAsOneGemmWhenFolded) {
+  auto packed_activations = [](ExpertsRig& rig) {
+    ForwardCacheStash stash;
+    rig.experts->VisitForwardCache(stash);
+    int packed = 0;
+    stash.ForEachTensor([&](const Tensor& t) {
+      if (t.defined() && t.ndim() == 2 && t.dim(1) == 2 * kF) ++packed;
+    });
+    return packed;
+  };
+  ExpertsRig fused(true), separate(true, /*fuse_gate_up=*/false), per_token(false);
+  for (ExpertsRig* rig : {&fused, &separate, &per_token}) rig->Output();
+  EXPECT_EQ(packed_activations(fused), 1);
+  EXPECT_EQ(packed_activations(separate), 0);
+  EXPECT_EQ(packed_activations(per_token), 0);
+  EXPECT_EQ(fused.Output().ToVector(), separate.Output().ToVector());
+  const std::vector<double> dx_fused = fused.Gradients().ToVector();
+  const std::vector<double> dx_separate = separate.Gradients().ToVector();
+  for (size_t i = 0; i < dx_fused.size(); ++i) EXPECT_NEAR(dx_fused[i], dx_separate[i], 1e-13) << i;
+  const std::vector<double> g_fused = fused.registry.flat_grads().ToVector();
+  const std::vector<double> g_separate = separate.registry.flat_grads().ToVector();
+  ASSERT_EQ(g_fused.size(), g_separate.size());
+  for (size_t i = 0; i < g_fused.size(); ++i) EXPECT_NEAR(g_fused[i], g_separate[i], 1e-13) << i;
 }
 
 }  // namespace
