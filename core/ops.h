@@ -172,7 +172,8 @@ void SwiGluPackedBackward(const ExecContext& ctx, const Tensor& gate_up, const T
 // 1/rms is cached for the backward. x, n [R, D] (any shape viewed as rows of
 // the last dim); rstd [R]. No scale: γ lives in norm/ (BranchScales,
 // ScaledRmsNorm). Per-head norms view [N, H*D] as [N*H, D]. f32 or f64 (rstd
-// the same dtype); on CUDA also bf16 x with an f32 rstd.
+// the same dtype), or bf16 with an f32 rstd on both backends: computed in
+// f32 (the statistic never rounded to bf16), n rounded once on store.
 void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n,
                   const Tensor& rstd);
 // d_x = rstd ⊙ (d_n − n · mean(d_n ⊙ n)) per row (overwritten).
@@ -183,8 +184,8 @@ void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor&
 // the attention sublayer's residual, then the FFN's pre-norm): x += residual
 // in place, then RmsNormalize(x, eps, n, rstd) of the sum. The same bits as
 // Axpy(1.0, residual, x) followed by RmsNormalize(x, eps, n, rstd) on both
-// backends (CUDA: RmsNormalize's kernel, its row layout and sums, with the
-// sum rounded to x's dtype before it is squared). Shapes and dtypes as
+// backends (CUDA: RmsNormalize's kernel, its row layout and sums), the sum
+// rounded to x's dtype (bf16 too) before it is squared. Shapes and dtypes as
 // RmsNormalize (residual like x). Any two of residual, x and n may be the
 // same tensor (each element is read before it is written); a partial
 // overlap is SM_CHECKed.
@@ -193,9 +194,10 @@ void AddRmsNormalize(const ExecContext& ctx, const Tensor& residual, const Tenso
 // Its backward with the residual's gradient added: d_x = d_res +
 // RmsNormalizeBackward(n, rstd, d_n) (overwritten), the same bits as
 // RmsNormalizeBackward into d_x then Axpy(1.0, d_res, d_x) on both backends
-// (CUDA: the backward's kernel and sums, its result rounded to the dtype
-// before the add). d_x may be the same tensor as d_res, d_n or n (each
-// element is read before it is written); a partial overlap is SM_CHECKed.
+// (CUDA: the backward's kernel and sums), the backward's result rounded to
+// the dtype (bf16 too) before the add. d_x may be the same tensor as d_res,
+// d_n or n (each element is read before it is written); a partial overlap
+// is SM_CHECKed.
 void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tensor& rstd,
                              const Tensor& d_n, const Tensor& d_res, const Tensor& d_x);
 

@@ -1,23 +1,38 @@
-// RmsNormalize (n = x / rms(x), no scale) and its backward (CPU, f32/f64),
-// and the two with the residual add fused in (AddRmsNormalize,
+// RmsNormalize (n = x / rms(x), no scale) and its backward (CPU), and the
+// two with the residual add fused in (AddRmsNormalize,
 // RmsNormalizeBackwardAdd): each row runs the same loops as the two-op
 // sequence (the add as Axpy's, then Forward/Backward on the row), so the
-// fused ops give its bits.
+// fused ops give its bits. f32 and f64 compute in themselves (row sums in
+// f64); bf16 is loaded into f32 and runs the f32 path's arithmetic, its
+// rstd kept in f32 and every bf16 output rounded once on store, where the
+// CUDA kernels round (core/cuda/rms_normalize.cu): AddRmsNormalize's sum
+// before it is squared, RmsNormalizeBackwardAdd's backward before the add.
 #include <algorithm>
 #include <cmath>
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/float_types.h"
 
 namespace scalemoe::cpu {
 namespace {
 
-int64_t RowsOf(const Tensor& x, const Tensor& rstd) {
-  SM_CHECK_MSG(x.device() == Device::kCPU && x.is_contiguous() && x.ndim() >= 1,
-               "RmsNormalize x ", x.DebugString());
+// rstd's dtype for rows of `dtype`: the same, except f32 for bf16 (the
+// statistic is not rounded to bf16).
+DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
+
+// Rows of x viewed as [R, D], after checking x and its row statistic.
+int64_t RowsOf(const char* op, const Tensor& x, const Tensor& rstd) {
+  SM_CHECK_MSG(
+      x.device() == Device::kCPU && x.is_contiguous() && x.ndim() >= 1 &&
+          (x.dtype() == DType::kF32 || x.dtype() == DType::kF64 || x.dtype() == DType::kBF16),
+      op, " x must be contiguous f32, f64 or bf16 CPU rows, got ", x.DebugString());
   const int64_t rows = x.numel() / x.dim(-1);
-  SM_CHECK_MSG(rstd.numel() == rows && rstd.dtype() == x.dtype() && rstd.is_contiguous(),
-               "RmsNormalize rstd ", rstd.DebugString(), " for x ", x.DebugString());
+  const DType stat = StatDType(x.dtype());
+  SM_CHECK_MSG(rstd.device() == Device::kCPU && rstd.numel() == rows && rstd.dtype() == stat &&
+                   rstd.is_contiguous(),
+               op, " rstd ", rstd.DebugString(), " for x ", x.DebugString(), " (want ", rows, " ",
+               DTypeName(stat), ")");
   return rows;
 }
 
@@ -27,49 +42,63 @@ void CheckLike(const char* op, const char* what, const Tensor& t, const Tensor& 
                op, " ", what, " ", t.DebugString(), " for ", x.DebugString());
 }
 
+// T is the storage type, A = Acc<T> the compute type and rstd's (T itself
+// for f32 and f64: the arithmetic those paths always had).
 template <typename T>
-void Forward(const T* x, double eps, T* n, T* rstd, int64_t rows, int64_t d) {
+void Forward(const T* x, double eps, T* n, Acc<T>* rstd, int64_t rows, int64_t d) {
+  using A = Acc<T>;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * d;
     double sq = 0;  // f64 accumulation: the f32 path keeps its precision
-    for (int64_t j = 0; j < d; ++j) sq += static_cast<double>(xr[j]) * xr[j];
-    const T s = static_cast<T>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
+    for (int64_t j = 0; j < d; ++j) {
+      const double v = static_cast<A>(xr[j]);
+      sq += v * v;
+    }
+    const A s = static_cast<A>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
     rstd[r] = s;
     T* nr = n + r * d;
-    for (int64_t j = 0; j < d; ++j) nr[j] = xr[j] * s;
+    for (int64_t j = 0; j < d; ++j) nr[j] = T(static_cast<A>(xr[j]) * s);
   }
 }
 
 template <typename T>
-void Backward(const T* n, const T* rstd, const T* dn, T* dx, int64_t rows, int64_t d) {
+void Backward(const T* n, const Acc<T>* rstd, const T* dn, T* dx, int64_t rows, int64_t d) {
+  using A = Acc<T>;
   for (int64_t r = 0; r < rows; ++r) {
     const T* nr = n + r * d;
     const T* gr = dn + r * d;
     double dot = 0;
-    for (int64_t j = 0; j < d; ++j) dot += static_cast<double>(gr[j]) * nr[j];
-    const T mean = static_cast<T>(dot / static_cast<double>(d));
+    for (int64_t j = 0; j < d; ++j) {
+      dot += static_cast<double>(static_cast<A>(gr[j])) * static_cast<A>(nr[j]);
+    }
+    const A mean = static_cast<A>(dot / static_cast<double>(d));
     T* out = dx + r * d;
-    for (int64_t j = 0; j < d; ++j) out[j] = rstd[r] * (gr[j] - nr[j] * mean);
+    for (int64_t j = 0; j < d; ++j) {
+      out[j] = T(rstd[r] * (static_cast<A>(gr[j]) - static_cast<A>(nr[j]) * mean));
+    }
   }
 }
 
-// y += x over one row, as Axpy(1.0, x, y) computes it (1·x is exact).
+// y += x over one row, as Axpy(1.0, x, y) computes it (1·x is exact),
+// rounded to T.
 template <typename T>
 void AddRow(const T* x, T* y, int64_t d) {
-  for (int64_t j = 0; j < d; ++j) y[j] = y[j] + x[j];
+  using A = Acc<T>;
+  for (int64_t j = 0; j < d; ++j) y[j] = T(static_cast<A>(y[j]) + static_cast<A>(x[j]));
 }
 
 template <typename T>
-void AddForward(const T* residual, T* x, double eps, T* n, T* rstd, int64_t rows, int64_t d) {
+void AddForward(const T* residual, T* x, double eps, T* n, Acc<T>* rstd, int64_t rows, int64_t d) {
   for (int64_t r = 0; r < rows; ++r) {
     AddRow(residual + r * d, x + r * d, d);
     Forward(x + r * d, eps, n + r * d, rstd + r, 1, d);
   }
 }
 
-// The row's backward goes to scratch first: d_x may be d_res (read after).
+// The row's backward goes to scratch first (rounded to T there, as
+// RmsNormalizeBackward's store): d_x may be d_res (read after).
 template <typename T>
-void BackwardAdd(const T* n, const T* rstd, const T* dn, const T* d_res, T* dx, int64_t rows,
+void BackwardAdd(const T* n, const Acc<T>* rstd, const T* dn, const T* d_res, T* dx, int64_t rows,
                  int64_t d) {
   std::vector<T> row(static_cast<size_t>(d));
   for (int64_t r = 0; r < rows; ++r) {
@@ -83,54 +112,45 @@ void BackwardAdd(const T* n, const T* rstd, const T* dn, const T* d_res, T* dx, 
 
 void RmsNormalize(const ExecContext&, const Tensor& x, double eps, const Tensor& n,
                   const Tensor& rstd) {
-  const int64_t rows = RowsOf(x, rstd);
-  SM_CHECK_MSG(n.numel() == x.numel() && n.dtype() == x.dtype() && n.is_contiguous(),
-               "RmsNormalize n ", n.DebugString());
+  const int64_t rows = RowsOf("RmsNormalize", x, rstd);
+  CheckLike("RmsNormalize", "n", n, x);
   const int64_t d = x.dim(-1);
-  if (x.dtype() == DType::kF64) {
-    Forward(x.data<double>(), eps, n.data<double>(), rstd.data<double>(), rows, d);
-  } else {
-    Forward(x.data<float>(), eps, n.data<float>(), rstd.data<float>(), rows, d);
-  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    Forward(x.data<T>(), eps, n.data<T>(), rstd.data<Acc<T>>(), rows, d);
+  });
 }
 
 void RmsNormalizeBackward(const ExecContext&, const Tensor& n, const Tensor& rstd,
                           const Tensor& d_n, const Tensor& d_x) {
-  const int64_t rows = RowsOf(n, rstd);
-  SM_CHECK_MSG(d_n.numel() == n.numel() && d_n.dtype() == n.dtype() && d_n.is_contiguous(),
-               "RmsNormalizeBackward d_n ", d_n.DebugString());
-  SM_CHECK_MSG(d_x.numel() == n.numel() && d_x.dtype() == n.dtype() && d_x.is_contiguous(),
-               "RmsNormalizeBackward d_x ", d_x.DebugString());
+  const int64_t rows = RowsOf("RmsNormalizeBackward", n, rstd);
+  CheckLike("RmsNormalizeBackward", "d_n", d_n, n);
+  CheckLike("RmsNormalizeBackward", "d_x", d_x, n);
   const int64_t d = n.dim(-1);
-  if (n.dtype() == DType::kF64) {
-    Backward(n.data<double>(), rstd.data<double>(), d_n.data<double>(), d_x.data<double>(), rows,
-             d);
-  } else {
-    Backward(n.data<float>(), rstd.data<float>(), d_n.data<float>(), d_x.data<float>(), rows, d);
-  }
+  DispatchFloat(n, [&](auto zero) {
+    using T = decltype(zero);
+    Backward(n.data<T>(), rstd.data<Acc<T>>(), d_n.data<T>(), d_x.data<T>(), rows, d);
+  });
 }
 
 void AddRmsNormalize(const ExecContext&, const Tensor& residual, const Tensor& x, double eps,
                      const Tensor& n, const Tensor& rstd) {
-  const int64_t rows = RowsOf(x, rstd);
+  const int64_t rows = RowsOf("AddRmsNormalize", x, rstd);
   CheckLike("AddRmsNormalize", "residual", residual, x);
   CheckLike("AddRmsNormalize", "n", n, x);
   CheckSameOrDisjoint("AddRmsNormalize", residual, x);
   CheckSameOrDisjoint("AddRmsNormalize", residual, n);
   CheckSameOrDisjoint("AddRmsNormalize", x, n);
   const int64_t d = x.dim(-1);
-  if (x.dtype() == DType::kF64) {
-    AddForward(residual.data<double>(), x.data<double>(), eps, n.data<double>(),
-               rstd.data<double>(), rows, d);
-  } else {
-    AddForward(residual.data<float>(), x.data<float>(), eps, n.data<float>(), rstd.data<float>(),
-               rows, d);
-  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    AddForward(residual.data<T>(), x.data<T>(), eps, n.data<T>(), rstd.data<Acc<T>>(), rows, d);
+  });
 }
 
 void RmsNormalizeBackwardAdd(const ExecContext&, const Tensor& n, const Tensor& rstd,
                              const Tensor& d_n, const Tensor& d_res, const Tensor& d_x) {
-  const int64_t rows = RowsOf(n, rstd);
+  const int64_t rows = RowsOf("RmsNormalizeBackwardAdd", n, rstd);
   CheckLike("RmsNormalizeBackwardAdd", "d_n", d_n, n);
   CheckLike("RmsNormalizeBackwardAdd", "d_res", d_res, n);
   CheckLike("RmsNormalizeBackwardAdd", "d_x", d_x, n);
@@ -138,13 +158,11 @@ void RmsNormalizeBackwardAdd(const ExecContext&, const Tensor& n, const Tensor& 
     CheckSameOrDisjoint("RmsNormalizeBackwardAdd", d_x, *in);
   }
   const int64_t d = n.dim(-1);
-  if (n.dtype() == DType::kF64) {
-    BackwardAdd(n.data<double>(), rstd.data<double>(), d_n.data<double>(), d_res.data<double>(),
-                d_x.data<double>(), rows, d);
-  } else {
-    BackwardAdd(n.data<float>(), rstd.data<float>(), d_n.data<float>(), d_res.data<float>(),
-                d_x.data<float>(), rows, d);
-  }
+  DispatchFloat(n, [&](auto zero) {
+    using T = decltype(zero);
+    BackwardAdd(n.data<T>(), rstd.data<Acc<T>>(), d_n.data<T>(), d_res.data<T>(), d_x.data<T>(),
+                rows, d);
+  });
 }
 
 }  // namespace scalemoe::cpu

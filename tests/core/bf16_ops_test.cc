@@ -6,15 +6,19 @@
 // bf16 ops (tests/core/cuda_*_test.cc).
 #include <cmath>
 #include <limits>
+#include <string>
+#include <vector>
 
 #include "core/ops.h"
 #include "gtest/gtest.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/same_bits.h"
 
 namespace scalemoe {
 namespace {
 
 using testing::RandomTensor;
+using testing::SameBits;
 
 constexpr double kBf16Rounding = 1.0 / 256;  // 2^-8 >= half an ulp, relative
 
@@ -178,6 +182,145 @@ TEST(Bf16OpsTest, SwiGluAndBackward) {
   ops::SwiGluBackward(ctx, g, u, d_h, d_g, d_u);
   ExpectClose(d_g, d_g_ref, kBf16Rounding, 1e-6, "d_gate");
   ExpectClose(d_u, d_u_ref, kBf16Rounding, 1e-6, "d_up");
+}
+
+// ---------------------------------------------------------------- bf16 activations, f32 statistics
+// The ops the bf16 residual stream meets (train.precision BF16): on
+// bf16-exact inputs each gives the f32 op's result on the same values,
+// rounded to bf16 once where the contract stores bf16 (bit for bit: the
+// CPU's bf16 path is its f32 arithmetic), and f64 math within a rounding.
+
+// t converted to dtype by ops::Copy (to bf16: rounded to nearest even).
+Tensor As(const Tensor& t, DType dtype) {
+  if (!t.defined()) return t;
+  Tensor out = Tensor::Empty(t.shape(), dtype);
+  ops::Copy(ExecContext(), t, out);
+  return out;
+}
+
+int64_t RowsOf(const Shape& shape) { return NumElements(shape) / shape.back(); }
+
+const std::vector<Shape> kNormShapes = {{1, 64}, {5, 33}, {3, 4, 128}, {17, 1000}};
+
+TEST(Bf16OpsTest, RmsNormalizeIsTheF32PathRoundedOnce) {
+  const ExecContext ctx;
+  uint64_t stream = 30;
+  for (const Shape& shape : kNormShapes) {
+    const std::string what = ShapeString(shape);
+    const Tensor x = RandomTensor(shape, ++stream, 1.5, DType::kBF16, 0.3);
+    Tensor n = Tensor::Empty(shape, DType::kBF16);
+    Tensor rstd = Tensor::Empty({RowsOf(shape)}, DType::kF32);
+    ops::RmsNormalize(ctx, x, 1e-5, n, rstd);
+    Tensor n32 = Tensor::Empty(shape, DType::kF32);
+    Tensor rstd32 = Tensor::Empty({RowsOf(shape)}, DType::kF32);
+    ops::RmsNormalize(ctx, As(x, DType::kF32), 1e-5, n32, rstd32);
+    EXPECT_TRUE(SameBits(rstd, rstd32)) << what;  // the statistic stays f32
+    EXPECT_TRUE(SameBits(n, As(n32, DType::kBF16))) << what;
+
+    Tensor n64 = Tensor::Empty(shape, DType::kF64);
+    Tensor rstd64 = Tensor::Empty({RowsOf(shape)}, DType::kF64);
+    ops::RmsNormalize(ctx, ToF64(x), 1e-5, n64, rstd64);
+    ExpectClose(n, n64, kBf16Rounding, 1e-6, "n " + what);
+    ExpectClose(rstd, rstd64, 1e-6, 0, "rstd " + what);
+  }
+}
+
+TEST(Bf16OpsTest, RmsNormalizeBackwardIsTheF32PathRoundedOnce) {
+  const ExecContext ctx;
+  uint64_t stream = 40;
+  for (const Shape& shape : kNormShapes) {
+    const std::string what = ShapeString(shape);
+    const Tensor n = RandomTensor(shape, ++stream, 1.0, DType::kBF16);
+    const Tensor rstd = RandomTensor({RowsOf(shape)}, ++stream, 0.2, DType::kF32, 1.0);
+    const Tensor d_n = RandomTensor(shape, ++stream, 1.0, DType::kBF16);
+    Tensor d_x = Tensor::Empty(shape, DType::kBF16);
+    ops::RmsNormalizeBackward(ctx, n, rstd, d_n, d_x);
+    Tensor d_x32 = Tensor::Empty(shape, DType::kF32);
+    ops::RmsNormalizeBackward(ctx, As(n, DType::kF32), rstd, As(d_n, DType::kF32), d_x32);
+    EXPECT_TRUE(SameBits(d_x, As(d_x32, DType::kBF16))) << what;
+
+    Tensor d_x64 = Tensor::Empty(shape, DType::kF64);
+    ops::RmsNormalizeBackward(ctx, ToF64(n), ToF64(rstd), ToF64(d_n), d_x64);
+    ExpectClose(d_x, d_x64, kBf16Rounding, 1e-6, "d_x " + what);
+  }
+}
+
+// The sum x + residual is rounded to bf16 (and stored in x) before it is
+// squared: the GPU kernel's rounding point.
+TEST(Bf16OpsTest, AddRmsNormalizeRoundsTheSumBeforeTheNorm) {
+  const ExecContext ctx;
+  uint64_t stream = 50;
+  for (const Shape& shape : kNormShapes) {
+    const std::string what = ShapeString(shape);
+    const Tensor x = RandomTensor(shape, ++stream, 1.5, DType::kBF16, 0.3);
+    const Tensor residual = RandomTensor(shape, ++stream, 2.0, DType::kBF16);
+    Tensor sum = Tensor::Empty(shape, DType::kBF16);  // the f32 add, rounded once
+    for (int64_t i = 0; i < sum.numel(); ++i) {
+      sum.data<bf16>()[i] = bf16(static_cast<float>(x.data<bf16>()[i]) +
+                                 static_cast<float>(residual.data<bf16>()[i]));
+    }
+    Tensor x_fused = x.Clone();
+    Tensor n = Tensor::Empty(shape, DType::kBF16);
+    Tensor rstd = Tensor::Empty({RowsOf(shape)}, DType::kF32);
+    ops::AddRmsNormalize(ctx, residual, x_fused, 1e-5, n, rstd);
+    EXPECT_TRUE(SameBits(x_fused, sum)) << what;
+
+    Tensor n32 = Tensor::Empty(shape, DType::kF32);
+    Tensor rstd32 = Tensor::Empty({RowsOf(shape)}, DType::kF32);
+    ops::RmsNormalize(ctx, As(sum, DType::kF32), 1e-5, n32, rstd32);
+    EXPECT_TRUE(SameBits(rstd, rstd32)) << what;
+    EXPECT_TRUE(SameBits(n, As(n32, DType::kBF16))) << what;
+
+    // The norm of the unrounded f32 sum has other statistics: the rounding
+    // point is observable, and this test would see it move.
+    Tensor unrounded = As(x, DType::kF32);
+    ops::Axpy(ctx, 1.0, As(residual, DType::kF32), unrounded);
+    ops::RmsNormalize(ctx, unrounded, 1e-5, n32, rstd32);
+    EXPECT_FALSE(SameBits(rstd, rstd32)) << what;
+  }
+}
+
+// The backward's result is rounded to bf16 before d_res is added: the GPU
+// kernel's rounding point, and RmsNormalizeBackward then Axpy's.
+TEST(Bf16OpsTest, RmsNormalizeBackwardAddRoundsTheBackwardBeforeTheAdd) {
+  const ExecContext ctx;
+  uint64_t stream = 60;
+  for (const Shape& shape : kNormShapes) {
+    const std::string what = ShapeString(shape);
+    const Tensor n = RandomTensor(shape, ++stream, 1.0, DType::kBF16);
+    const Tensor rstd = RandomTensor({RowsOf(shape)}, ++stream, 0.2, DType::kF32, 1.0);
+    const Tensor d_n = RandomTensor(shape, ++stream, 1.0, DType::kBF16);
+    const Tensor d_res = RandomTensor(shape, ++stream, 0.5, DType::kBF16);
+    Tensor d_x = Tensor::Empty(shape, DType::kBF16);
+    ops::RmsNormalizeBackwardAdd(ctx, n, rstd, d_n, d_res, d_x);
+
+    Tensor back32 = Tensor::Empty(shape, DType::kF32);
+    ops::RmsNormalizeBackward(ctx, As(n, DType::kF32), rstd, As(d_n, DType::kF32), back32);
+    const Tensor back = As(back32, DType::kBF16);
+    Tensor want = Tensor::Empty(shape, DType::kBF16);
+    Tensor unrounded = Tensor::Empty(shape, DType::kBF16);  // the add on the f32 backward
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      const float r = static_cast<float>(d_res.data<bf16>()[i]);
+      want.data<bf16>()[i] = bf16(static_cast<float>(back.data<bf16>()[i]) + r);
+      unrounded.data<bf16>()[i] = bf16(back32.data<float>()[i] + r);
+    }
+    EXPECT_TRUE(SameBits(d_x, want)) << what;
+    if (NumElements(shape) >= 128) {
+      EXPECT_FALSE(SameBits(d_x, unrounded)) << what;
+    }
+
+    Tensor d_x64 = Tensor::Empty(shape, DType::kF64);
+    ops::RmsNormalizeBackwardAdd(ctx, ToF64(n), ToF64(rstd), ToF64(d_n), ToF64(d_res), d_x64);
+    // Two roundings: the backward's (relative to it, not to the sum) and the sum's.
+    ExpectClose(d_x, d_x64, kBf16Rounding, kBf16Rounding, "d_x " + what);
+  }
+}
+
+TEST(Bf16OpsDeathTest, RmsNormalizeOfBf16RowsWantsAnF32Rstd) {
+  const ExecContext ctx;
+  const Tensor x = RandomTensor({4, 8}, 80, 1.0, DType::kBF16);
+  EXPECT_DEATH(ops::RmsNormalize(ctx, x, 1e-5, x.Clone(), Tensor::Empty({4}, DType::kBF16)),
+               "want 4 f32");
 }
 
 TEST(SumTest, WritesTheSumIntoAOneElementTensor) {

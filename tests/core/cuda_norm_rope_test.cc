@@ -2,8 +2,9 @@
 // against the CPU reference on fresh Philox data: one row / one token, row
 // lengths that are odd, below and above a warp's share, not a multiple of a
 // 16-byte pack, and long rows (the block-per-row path); head dims 64 and
-// 128 (and 2 and 6); f32, f64 and bf16 (the CPU reference has no bf16: it
-// runs in f64 on the bf16 values). Outputs start as NaN; a NaN never passes.
+// 128 (and 2 and 6); f32, f64 and bf16 (against f64 math on the bf16
+// values, and the norms also against the CPU's own bf16 path). Outputs
+// start as NaN; a NaN never passes.
 // In-place calls (out aliasing the input) match too, and the row sums give
 // the same bits on every run. The fused AddRmsNormalize and
 // RmsNormalizeBackwardAdd give the same bits as the GPU's two-op sequences.
@@ -225,6 +226,60 @@ TEST_F(CudaNormRopeTest, RmsNormalizeBackwardAddIsTheTwoOpsBitForBitAndMatchesCp
                                    F64(d_res_host), d_x_ref);
       ExpectParity(Host(d_x), d_x_ref, ParityTolerance(dtype), "d_x " + what);
     }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// bf16 rows (f32 rstd) against the CPU's bf16 path on the same inputs (not
+// f64 math): n, d_x within one bf16 rounding of the CPU's plus the f32 row
+// sums' order (the CPU sums in f64, the GPU in f32); rstd, never rounded to
+// bf16, within f32 tolerance; AddRmsNormalize's rounded sum the same bits.
+TEST_F(CudaNormRopeTest, Bf16MatchesTheCpuBf16Path) {
+  const DType bf = DType::kBF16, f32 = DType::kF32;
+  constexpr double kSums = 1e-5;  // max|ref|'s share for the row sums' order
+  uint64_t seed = 2500;
+  for (const Shape& shape : kNormShapes) {
+    ++seed;
+    const std::string what = "bf16 " + ShapeString(shape);
+    const int64_t rows = NumElements(shape) / shape.back();
+    const Tensor x = RandomHost(shape, bf, seed, 1, 2.0, 0.3);
+    Tensor n = Poisoned(shape, bf), rstd = Poisoned({rows}, f32);
+    ops::RmsNormalize(ctx_, Dev(x), 1e-5, n, rstd);
+    Tensor n_ref = Tensor::Empty(shape, bf), rstd_ref = Tensor::Empty({rows}, f32);
+    ops::RmsNormalize(cpu_, x, 1e-5, n_ref, rstd_ref);
+    testing::ExpectBf16Parity(Host(n), n_ref, kSums, "RmsNormalize n " + what);
+    ExpectParity(Host(rstd), rstd_ref, ParityTolerance(f32), "RmsNormalize rstd " + what);
+
+    // The backward on the CPU's n and rstd (both sides read the same values).
+    const Tensor d_n = RandomHost(shape, bf, seed, 2);
+    Tensor d_x = Poisoned(shape, bf);
+    ops::RmsNormalizeBackward(ctx_, Dev(n_ref), Dev(rstd_ref), Dev(d_n), d_x);
+    Tensor d_x_ref = Tensor::Empty(shape, bf);
+    ops::RmsNormalizeBackward(cpu_, n_ref, rstd_ref, d_n, d_x_ref);
+    testing::ExpectBf16Parity(Host(d_x), d_x_ref, kSums, "RmsNormalizeBackward d_x " + what);
+
+    const Tensor residual = RandomHost(shape, bf, seed, 3, 1.5);
+    Tensor x_sum = Dev(x);
+    n = Poisoned(shape, bf);
+    rstd = Poisoned({rows}, f32);
+    ops::AddRmsNormalize(ctx_, Dev(residual), x_sum, 1e-5, n, rstd);
+    Tensor x_sum_ref = x.Clone();
+    ops::AddRmsNormalize(cpu_, residual, x_sum_ref, 1e-5, n_ref, rstd_ref);
+    EXPECT_TRUE(testing::BitwiseEqual(Host(x_sum), x_sum_ref)) << "AddRmsNormalize x " << what;
+    testing::ExpectBf16Parity(Host(n), n_ref, kSums, "AddRmsNormalize n " + what);
+    ExpectParity(Host(rstd), rstd_ref, ParityTolerance(f32), "AddRmsNormalize rstd " + what);
+
+    // The backward's rounding before the add may differ by an ulp of the
+    // backward's value (the CPU's RmsNormalizeBackward above).
+    const Tensor d_res = RandomHost(shape, bf, seed, 4, 0.5);
+    d_x = Poisoned(shape, bf);
+    ops::RmsNormalizeBackwardAdd(ctx_, Dev(n_ref), Dev(rstd_ref), Dev(d_n), Dev(d_res), d_x);
+    Tensor back_ref = Tensor::Empty(shape, bf);
+    ops::RmsNormalizeBackward(cpu_, n_ref, rstd_ref, d_n, back_ref);
+    ops::RmsNormalizeBackwardAdd(cpu_, n_ref, rstd_ref, d_n, d_res, d_x_ref);
+    testing::ExpectBf16Parity(Host(d_x), d_x_ref, kSums, "RmsNormalizeBackwardAdd d_x " + what,
+                              back_ref);
   }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;

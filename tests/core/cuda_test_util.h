@@ -114,6 +114,31 @@ inline void ExpectParity(const Tensor& got, const Tensor& ref, double tol, const
       << "), max|ref| " << ref_max;
 }
 
+// bf16 results against the CPU's bf16 path on the same inputs, element by
+// element: within one bf16 rounding of the reference (2^-7 of it: an ulp,
+// what two roundings of nearly equal f32 values can differ by), plus
+// abs_frac of max|ref| (the f32 sums' order, where a reduction feeds the
+// element). `inner`, if defined, is an intermediate the op rounded to bf16
+// before a last add (RmsNormalizeBackwardAdd's backward): its rounding may
+// differ too, by 2^-7 of it.
+inline void ExpectBf16Parity(const Tensor& got, const Tensor& ref, double abs_frac,
+                             const std::string& what, const Tensor& inner = Tensor()) {
+  constexpr double kUlp = 1.0 / 128;
+  ASSERT_EQ(got.numel(), ref.numel()) << what;
+  const double slack = abs_frac * MaxAbs(ref);
+  int reported = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const double g = got.At(i), r = ref.At(i);
+    ASSERT_TRUE(std::isfinite(r)) << what << ": reference element " << i << " is " << r;
+    const double tol =
+        kUlp * std::abs(r) + (inner.defined() ? kUlp * std::abs(inner.At(i)) : 0.0) + slack;
+    if (!(std::abs(g - r) <= tol) && reported++ < 5) {
+      ADD_FAILURE() << what << ": element " << i << " is " << g << ", reference " << r
+                    << " (tolerance " << tol << ")";
+    }
+  }
+}
+
 inline bool BitwiseEqual(const Tensor& a, const Tensor& b) {
   return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }

@@ -2,7 +2,8 @@
 // RmsNormalizeBackwardAdd) on the CPU: the same bits as the two-op
 // sequences they replace in Block (Axpy then RmsNormalize; RmsNormalizeBackward
 // then Axpy), on random rows of several shapes (one row, short, odd, per-head
-// 3-D, long), f32 and f64, including the in-place calls the contract allows.
+// 3-D, long), f32, f64 and bf16 (with an f32 rstd), including the in-place
+// calls the contract allows.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -18,9 +19,12 @@ using testing::RandomTensor;
 using testing::SameBits;
 
 const std::vector<Shape> kShapes = {{1, 64}, {1, 7}, {5, 33}, {3, 4, 128}, {17, 1000}};
-constexpr DType kDTypes[] = {DType::kF32, DType::kF64};
+constexpr DType kDTypes[] = {DType::kF32, DType::kF64, DType::kBF16};
 
 int64_t RowsOf(const Shape& shape) { return NumElements(shape) / shape.back(); }
+
+// rstd's dtype: x's, f32 for bf16.
+DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
 
 std::string What(DType dtype, const Shape& shape) {
   return absl::StrCat(DTypeName(dtype), " ", ShapeString(shape));
@@ -36,13 +40,13 @@ TEST(AddRmsNormalizeTest, IsAxpyThenRmsNormalizeBitForBit) {
       // The sequence Block ran before.
       Tensor x_seq = x.Clone();
       Tensor n_seq = Tensor::Empty(shape, dtype);
-      Tensor rstd_seq = Tensor::Empty({RowsOf(shape)}, dtype);
+      Tensor rstd_seq = Tensor::Empty({RowsOf(shape)}, StatDType(dtype));
       ops::Axpy(ctx, 1.0, residual, x_seq);
       ops::RmsNormalize(ctx, x_seq, 1e-5, n_seq, rstd_seq);
       // The fused op.
       Tensor x_fused = x.Clone();
       Tensor n = Tensor::Empty(shape, dtype);
-      Tensor rstd = Tensor::Empty({RowsOf(shape)}, dtype);
+      Tensor rstd = Tensor::Empty({RowsOf(shape)}, StatDType(dtype));
       ops::AddRmsNormalize(ctx, residual, x_fused, 1e-5, n, rstd);
       EXPECT_TRUE(SameBits(x_fused, x_seq)) << What(dtype, shape);
       EXPECT_TRUE(SameBits(n, n_seq)) << What(dtype, shape);
@@ -60,12 +64,12 @@ TEST(AddRmsNormalizeTest, NOverTheResidualIsTheSameBits) {
     const Tensor residual = RandomTensor(shape, 42, 1.0, dtype);
     Tensor x_seq = x.Clone();
     Tensor n_seq = Tensor::Empty(shape, dtype);
-    Tensor rstd_seq = Tensor::Empty({9}, dtype);
+    Tensor rstd_seq = Tensor::Empty({9}, StatDType(dtype));
     ops::Axpy(ctx, 1.0, residual, x_seq);
     ops::RmsNormalize(ctx, x_seq, 1e-6, n_seq, rstd_seq);
     Tensor x_fused = x.Clone();
     Tensor res_then_n = residual.Clone();
-    Tensor rstd = Tensor::Empty({9}, dtype);
+    Tensor rstd = Tensor::Empty({9}, StatDType(dtype));
     ops::AddRmsNormalize(ctx, res_then_n, x_fused, 1e-6, res_then_n, rstd);
     EXPECT_TRUE(SameBits(x_fused, x_seq)) << DTypeName(dtype);
     EXPECT_TRUE(SameBits(res_then_n, n_seq)) << DTypeName(dtype);
@@ -80,7 +84,7 @@ TEST(RmsNormalizeBackwardAddTest, IsBackwardThenAxpyBitForBit) {
     for (const Shape& shape : kShapes) {
       const int64_t rows = RowsOf(shape);
       const Tensor n = RandomTensor(shape, ++stream, 1.0, dtype);
-      const Tensor rstd = RandomTensor({rows}, ++stream, 0.2, dtype, 1.0);
+      const Tensor rstd = RandomTensor({rows}, ++stream, 0.2, StatDType(dtype), 1.0);
       const Tensor d_n = RandomTensor(shape, ++stream, 1.0, dtype);
       const Tensor d_res = RandomTensor(shape, ++stream, 0.5, dtype);
       Tensor d_x_seq = Tensor::Empty(shape, dtype);
