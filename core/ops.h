@@ -546,12 +546,14 @@ void CountOffsets(const ExecContext& ctx, const Tensor& counts, const Tensor& of
 // out[t] += Σ_{j: slot_row[t, j] >= 0} weights[t, j] · rows[slot_row[t, j]]
 // (accumulated; weights may be undefined = 1). rows [M, C], slot_row [N, K]
 // i32, weights [N, K], out [N, C]; floats f32, f64 or bf16 (one dtype, f32
-// accumulation for bf16).
+// accumulation for bf16), or f32 weights with bf16 rows and out (products
+// and sums in f32, each out element rounded once).
 void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot_row,
                   const Tensor& weights, const Tensor& out);
 // out[t, j] = <x[t], rows[slot_row[t, j]]>, 0 where slot_row[t, j] < 0
 // (overwritten): the combine weights' gradient. x [N, C], rows [M, C],
-// slot_row and out [N, K].
+// slot_row and out [N, K]; one float dtype, or an f32 out for bf16 x and
+// rows (the f32 dot stored unrounded).
 void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
                 const Tensor& rows, const Tensor& out);
 

@@ -1,7 +1,9 @@
 // The MoE combine as a per-token sum on the CPU: CombineSlots (each token
 // adds its own kept slots' rows, in slot order) and SlotRowDot (the combine
 // weights' gradient). Deterministic by construction: no two tokens write the
-// same output row, so a CUDA kernel needs no atomics either.
+// same output row, so a CUDA kernel needs no atomics either. bf16 rows take
+// f32 weights (CombineSlots) and give an f32 out (SlotRowDot) as well as
+// bf16 ones: the router's probabilities and their gradient stay f32.
 #include <type_traits>
 #include <vector>
 
@@ -33,10 +35,11 @@ void CheckSlots(const char* op, const Tensor& rows, const Tensor& slot_row,
 }
 
 // f32 and f64 add each slot's term straight into the output row; bf16 sums
-// a token's terms in f32 and rounds once.
-template <typename T>
+// a token's terms in f32 and rounds once. W is the weights' storage type: T,
+// or f32 for bf16 T (loaded as they are: the f32 router's probabilities).
+template <typename T, typename W = T>
 void CombineTyped(int64_t n, int64_t k, int64_t c, int64_t m, const T* rows, const int32_t* sr,
-                  const T* w, T* out) {
+                  const W* w, T* out) {
   using A = Compute<T>;
   constexpr bool kDirect = std::is_same_v<A, T>;
   std::vector<A> acc(kDirect ? 0 : c);
@@ -63,9 +66,11 @@ void CombineTyped(int64_t n, int64_t k, int64_t c, int64_t m, const T* rows, con
   }
 }
 
-template <typename T>
+// O is out's storage type: T, or f32 for bf16 T (the f32 sum stored
+// without a bf16 rounding).
+template <typename T, typename O = T>
 void DotTyped(int64_t n, int64_t k, int64_t c, int64_t m, const T* x, const int32_t* sr,
-              const T* rows, T* out) {
+              const T* rows, O* out) {
   using A = Compute<T>;
   for (int64_t t = 0; t < n; ++t) {
     const T* xt = x + t * c;
@@ -77,7 +82,7 @@ void DotTyped(int64_t n, int64_t k, int64_t c, int64_t m, const T* x, const int3
         const T* y = rows + static_cast<int64_t>(r) * c;
         for (int64_t i = 0; i < c; ++i) acc += Load(xt[i]) * Load(y[i]);
       }
-      out[t * k + j] = Store<T>(acc);
+      out[t * k + j] = Store<O>(acc);
     }
   }
 }
@@ -89,11 +94,19 @@ void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot
   SM_CHECK_MSG(ctx.device() == Device::kCPU, "CombineSlots: CUDA path not in this build");
   CheckSlots("CombineSlots", rows, slot_row, out);
   const int64_t n = out.dim(0), k = slot_row.dim(1), c = out.dim(1), m = rows.dim(0);
+  const bool f32_weights =
+      weights.defined() && weights.dtype() == DType::kF32 && rows.dtype() == DType::kBF16;
   if (weights.defined()) {
     CheckCpu("CombineSlots", "weights", weights);
-    SM_CHECK_MSG(weights.numel() == n * k && weights.dtype() == rows.dtype(),
+    SM_CHECK_MSG(weights.numel() == n * k && (weights.dtype() == rows.dtype() || f32_weights),
                  "CombineSlots: weights ", weights.DebugString(), " for slot_row ",
-                 slot_row.DebugString());
+                 slot_row.DebugString(), " and rows ", rows.DebugString(),
+                 " (weights take the rows' dtype, or f32 for bf16 rows)");
+  }
+  if (f32_weights) {
+    CombineTyped<bf16, float>(n, k, c, m, rows.data<bf16>(), slot_row.data<int32_t>(),
+                              weights.data<float>(), out.data<bf16>());
+    return;
   }
   ForFloat(out, [&](auto zero) {
     using T = decltype(zero);
@@ -108,8 +121,15 @@ void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
   CheckSlots("SlotRowDot", rows, slot_row, x);
   CheckCpu("SlotRowDot", "out", out);
   const int64_t n = x.dim(0), k = slot_row.dim(1), c = x.dim(1), m = rows.dim(0);
-  SM_CHECK_MSG(out.numel() == n * k && out.dtype() == x.dtype(), "SlotRowDot: out ",
-               out.DebugString(), " for slot_row ", slot_row.DebugString());
+  const bool f32_out = out.dtype() == DType::kF32 && x.dtype() == DType::kBF16;
+  SM_CHECK_MSG(out.numel() == n * k && (out.dtype() == x.dtype() || f32_out), "SlotRowDot: out ",
+               out.DebugString(), " for slot_row ", slot_row.DebugString(), " and x ",
+               x.DebugString(), " (out takes x's dtype, or f32 for bf16 x)");
+  if (f32_out) {
+    DotTyped<bf16, float>(n, k, c, m, x.data<bf16>(), slot_row.data<int32_t>(), rows.data<bf16>(),
+                          out.data<float>());
+    return;
+  }
   ForFloat(x, [&](auto zero) {
     using T = decltype(zero);
     DotTyped<T>(n, k, c, m, x.data<T>(), slot_row.data<int32_t>(), rows.data<T>(),

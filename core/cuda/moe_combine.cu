@@ -4,7 +4,8 @@
 // bf16, rounded once) and SlotRowDot (the combine weights' gradient, one
 // warp's fixed butterfly per (token, slot)). One writer per output element:
 // deterministic, no atomics. Rows out of [0, M) (the CPU SM_CHECKs them)
-// are skipped.
+// are skipped. bf16 rows also take f32 weights (CombineSlots) and give an
+// f32 out (SlotRowDot), the router's probabilities and their gradient.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -14,9 +15,10 @@ namespace {
 // ---------------------------------------------------------------- kernels
 
 // Thread per output element (t, i): out[t, i] += Σ_j w[t, j]·rows[r_j, i].
-template <typename T>
+// W, the weights' type, is T or f32 for bf16 T (loaded unrounded).
+template <typename T, typename W>
 __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* rows,
-                              const int32_t* slot_row, const T* w, T* out) {
+                              const int32_t* slot_row, const W* w, T* out) {
   using A = Acc<T>;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n * c;
@@ -33,10 +35,11 @@ __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
   }
 }
 
-// One warp per (t, j): out[t, j] = <x[t], rows[slot_row[t, j]]>.
-template <typename T>
+// One warp per (t, j): out[t, j] = <x[t], rows[slot_row[t, j]]>. O, out's
+// type, is T or f32 for bf16 T (the f32 sum stored unrounded).
+template <typename T, typename O>
 __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* x,
-                              const int32_t* slot_row, const T* rows, T* out) {
+                              const int32_t* slot_row, const T* rows, O* out) {
   using A = Acc<T>;
   const int lane = threadIdx.x % 32;
   const int64_t first = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
@@ -50,7 +53,7 @@ __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
       for (int64_t i = lane; i < c; i += 32) acc += ToAcc(xt[i]) * ToAcc(y[i]);
     }
     acc = WarpSum(acc);
-    if (lane == 0) out[p] = FromAcc<T>(acc);
+    if (lane == 0) out[p] = FromAcc<O>(acc);
   }
 }
 
@@ -75,19 +78,28 @@ void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot
                   const Tensor& weights, const Tensor& out) {
   CheckSlots(ctx, "CombineSlots", rows, slot_row, out);
   const int64_t n = out.dim(0), k = slot_row.dim(1), c = out.dim(1), m = rows.dim(0);
+  const bool f32_weights =
+      weights.defined() && weights.dtype() == DType::kF32 && rows.dtype() == DType::kBF16;
   if (weights.defined()) {
     CheckOnDevice(ctx, weights, "CombineSlots", "weights");
-    SM_CHECK_MSG(weights.numel() == n * k && weights.dtype() == rows.dtype(),
+    SM_CHECK_MSG(weights.numel() == n * k && (weights.dtype() == rows.dtype() || f32_weights),
                  "CombineSlots: weights ", weights.DebugString(), " for slot_row ",
-                 slot_row.DebugString());
+                 slot_row.DebugString(), " and rows ", rows.DebugString(),
+                 " (weights take the rows' dtype, or f32 for bf16 rows)");
   }
   if (n * c == 0) return;
-  DispatchFloat(out, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    CombineKernel<T><<<Blocks(n * c), kThreads, 0, Stream(ctx)>>>(
-        n, k, c, m, Ptr<const T>(rows), Ptr<const int32_t>(slot_row), Ptr<const T>(weights),
+  const auto launch = [&](auto rows_tag, auto weights_tag) {
+    using T = typename decltype(rows_tag)::type;
+    using W = typename decltype(weights_tag)::type;
+    CombineKernel<T, W><<<Blocks(n * c), kThreads, 0, Stream(ctx)>>>(
+        n, k, c, m, Ptr<const T>(rows), Ptr<const int32_t>(slot_row), Ptr<const W>(weights),
         Ptr<T>(out));
-  });
+  };
+  if (f32_weights) {
+    launch(Tag<__nv_bfloat16>{}, Tag<float>{});
+  } else {
+    DispatchFloat(out, [&](auto tag) { launch(tag, tag); });
+  }
   SM_CHECK_LAUNCH(ctx, "CombineSlots", "CombineKernel");
 }
 
@@ -96,14 +108,22 @@ void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
   CheckSlots(ctx, "SlotRowDot", rows, slot_row, x);
   CheckOnDevice(ctx, out, "SlotRowDot", "out");
   const int64_t n = x.dim(0), k = slot_row.dim(1), c = x.dim(1), m = rows.dim(0);
-  SM_CHECK_MSG(out.numel() == n * k && out.dtype() == x.dtype(), "SlotRowDot: out ",
-               out.DebugString(), " for slot_row ", slot_row.DebugString());
+  const bool f32_out = out.dtype() == DType::kF32 && x.dtype() == DType::kBF16;
+  SM_CHECK_MSG(out.numel() == n * k && (out.dtype() == x.dtype() || f32_out), "SlotRowDot: out ",
+               out.DebugString(), " for slot_row ", slot_row.DebugString(), " and x ",
+               x.DebugString(), " (out takes x's dtype, or f32 for bf16 x)");
   if (n * k == 0) return;
-  DispatchFloat(x, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    SlotDotKernel<T><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
-        n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows), Ptr<T>(out));
-  });
+  const auto launch = [&](auto x_tag, auto out_tag) {
+    using T = typename decltype(x_tag)::type;
+    using O = typename decltype(out_tag)::type;
+    SlotDotKernel<T, O><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
+        n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows), Ptr<O>(out));
+  };
+  if (f32_out) {
+    launch(Tag<__nv_bfloat16>{}, Tag<float>{});
+  } else {
+    DispatchFloat(x, [&](auto tag) { launch(tag, tag); });
+  }
   SM_CHECK_LAUNCH(ctx, "SlotRowDot", "SlotDotKernel");
 }
 

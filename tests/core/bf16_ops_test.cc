@@ -323,6 +323,78 @@ TEST(Bf16OpsDeathTest, RmsNormalizeOfBf16RowsWantsAnF32Rstd) {
                "want 4 f32");
 }
 
+// slot_row [N, K] i32 into M rows, about one slot in seven dropped (−1).
+Tensor SlotRows(int64_t n, int64_t k, int64_t m) {
+  Tensor t = Tensor::Empty({n, k}, DType::kI32);
+  for (int64_t i = 0; i < n * k; ++i) {
+    t.data<int32_t>()[i] = i % 7 == 3 ? -1 : static_cast<int32_t>((i * 37) % m);
+  }
+  return t;
+}
+
+TEST(Bf16OpsTest, CombineSlotsTakesF32WeightsWithBf16Rows) {
+  const ExecContext ctx;
+  const int64_t n = 40, k = 4, c = 37, m = 120;
+  const Tensor slot_row = SlotRows(n, k, m);
+  const Tensor rows = RandomTensor({m, c}, 70, 1.0, DType::kBF16);
+  const Tensor w = RandomTensor({n, k}, 71, 0.5, DType::kF32, 0.2);  // not bf16-exact
+  const Tensor out0 = RandomTensor({n, c}, 72, 1.0, DType::kBF16);
+  Tensor out = out0.Clone();
+  ops::CombineSlots(ctx, rows, slot_row, w, out);
+
+  Tensor out32 = As(out0, DType::kF32);
+  ops::CombineSlots(ctx, As(rows, DType::kF32), slot_row, w, out32);
+  EXPECT_TRUE(SameBits(out, As(out32, DType::kBF16)));
+  // The weights enter unrounded: bf16-rounded ones give other bits.
+  Tensor rounded_w = out0.Clone();
+  ops::CombineSlots(ctx, rows, slot_row, As(w, DType::kBF16), rounded_w);
+  EXPECT_FALSE(SameBits(out, rounded_w));
+
+  Tensor ref = ToF64(out0);
+  ops::CombineSlots(ctx, ToF64(rows), slot_row, ToF64(w), ref);
+  ExpectClose(out, ref, kBf16Rounding, 1e-6, "CombineSlots");
+}
+
+TEST(Bf16OpsTest, SlotRowDotGivesAnF32OutForBf16Rows) {
+  const ExecContext ctx;
+  const int64_t n = 40, k = 4, c = 300, m = 120;
+  const Tensor slot_row = SlotRows(n, k, m);
+  const Tensor x = RandomTensor({n, c}, 73, 1.0, DType::kBF16);
+  const Tensor rows = RandomTensor({m, c}, 74, 1.0, DType::kBF16);
+  Tensor dot = Tensor::Empty({n, k}, DType::kF32);
+  ops::SlotRowDot(ctx, x, slot_row, rows, dot);
+
+  Tensor dot32 = Tensor::Empty({n, k}, DType::kF32);
+  ops::SlotRowDot(ctx, As(x, DType::kF32), slot_row, As(rows, DType::kF32), dot32);
+  EXPECT_TRUE(SameBits(dot, dot32));
+  // Stored without a bf16 rounding: not every dot is a bf16 value.
+  EXPECT_FALSE(SameBits(dot, As(As(dot, DType::kBF16), DType::kF32)));
+  for (int64_t i = 0; i < n * k; ++i) {
+    if (slot_row.data<int32_t>()[i] < 0) {
+      EXPECT_EQ(dot.At(i), 0.0) << i;
+    }
+  }
+
+  Tensor ref = Tensor::Empty({n, k}, DType::kF64);
+  ops::SlotRowDot(ctx, ToF64(x), slot_row, ToF64(rows), ref);
+  ExpectClose(dot, ref, 0, 1e-6, "SlotRowDot");
+}
+
+TEST(Bf16OpsDeathTest, CombineSlotsTakesF32WeightsOnlyWithBf16Rows) {
+  const ExecContext ctx;
+  const Tensor rows = RandomTensor({4, 8}, 81, 1.0, DType::kF32);
+  const Tensor w = RandomTensor({4, 2}, 82, 1.0, DType::kBF16);
+  EXPECT_DEATH(ops::CombineSlots(ctx, rows, SlotRows(4, 2, 4), w, rows.Clone()),
+               "weights take the rows' dtype, or f32 for bf16 rows");
+}
+
+TEST(Bf16OpsDeathTest, SlotRowDotGivesAnF32OutOnlyForBf16X) {
+  const ExecContext ctx;
+  const Tensor x = RandomTensor({4, 8}, 83, 1.0, DType::kBF16);
+  EXPECT_DEATH(ops::SlotRowDot(ctx, x, SlotRows(4, 2, 4), x, Tensor::Empty({4, 2}, DType::kF64)),
+               "out takes x's dtype, or f32 for bf16 x");
+}
+
 TEST(SumTest, WritesTheSumIntoAOneElementTensor) {
   const ExecContext ctx;
   Tensor x = Tensor::FromVector({2, 2}, {1.5, -4, 0.25, 1e-3}, DType::kF32);

@@ -4,8 +4,9 @@
 // the CPU reference on fresh Philox data: one token, k = 1 and k = 8 with 64
 // experts, an expert with no token, every token on one expert, dropped
 // slots (−1 rows), weights present or not, f32 and f64 (bf16 where the op
-// takes it). Outputs start as NaN (or −1 bytes); index outputs must equal
-// the CPU's exactly, and the scatter-add is the same bits every run.
+// takes it, and the combine's f32 weights with bf16 rows). Outputs start as
+// NaN (or −1 bytes); index outputs must equal the CPU's exactly, and the
+// scatter-add is the same bits every run.
 #include <string>
 #include <vector>
 
@@ -269,6 +270,54 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotMatchCpu) {
       }
     }
   }
+  ExpectOk();
+}
+
+// bf16 rows with the router's f32 weights (CombineSlots) and an f32
+// gradient of them (SlotRowDot), against the CPU's mixed-dtype path on the
+// same inputs. CombineSlots: each element within one bf16 rounding of the
+// CPU's (the same terms in the same slot order; the GPU may fuse a product
+// and its add, which moves about one element in 10^4 to the next bf16), and
+// at least 99 % of them the same bits: weights rounded to bf16 first would
+// move 15-30 % of them. SlotRowDot: f32 tolerance, which a bf16 rounding of
+// the dot (2^-9) would fail.
+TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
+  const DType bf = DType::kBF16, f32 = DType::kF32;
+  uint64_t seed = 900;
+  int64_t same = 0, total = 0;
+  for (const RouteShape& s : RouteShapes()) {
+    for (int64_t c : kWidths) {
+      for (int drop : {0, 25}) {
+        ++seed;
+        const std::string what =
+            absl::StrCat("bf16 rows, f32 weights, ", ShapeName(s), " C ", c, " drop ", drop);
+        const int64_t m = s.n * s.k;
+        const Tensor perm = CpuPermSlot(cpu_, s, RandomExpertIds(s, IdMode::kSkipLast, seed),
+                                        RandomKept(s, drop, seed));
+        Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
+        ops::InvertRowIndex(cpu_, perm, slot_row);
+        const Tensor rows = RandomHost({m, c}, bf, seed, 1);
+        const Tensor w = RandomHost({s.n, s.k}, f32, seed, 2, 0.3, 0.2);
+        const Tensor out0 = RandomHost({s.n, c}, bf, seed, 3);
+        Tensor out = Dev(out0);
+        ops::CombineSlots(ctx_, Dev(rows), Dev(slot_row), Dev(w), out);
+        Tensor out_ref = out0.Clone();
+        ops::CombineSlots(cpu_, rows, slot_row, w, out_ref);
+        const Tensor got = Host(out);
+        testing::ExpectBf16Parity(got, out_ref, 1e-6, "CombineSlots " + what);
+        for (int64_t i = 0; i < got.numel(); ++i) same += got.At(i) == out_ref.At(i);
+        total += got.numel();
+
+        const Tensor x = RandomHost({s.n, c}, bf, seed, 4);
+        Tensor dots = Poisoned({s.n, s.k}, f32);
+        ops::SlotRowDot(ctx_, Dev(x), Dev(slot_row), Dev(rows), dots);
+        Tensor dots_ref = Tensor::Empty({s.n, s.k}, f32);
+        ops::SlotRowDot(cpu_, x, slot_row, rows, dots_ref);
+        ExpectParity(Host(dots), dots_ref, ParityTolerance(f32), "SlotRowDot " + what);
+      }
+    }
+  }
+  EXPECT_GE(same, total * 99 / 100) << "CombineSlots elements with the CPU's bits, of " << total;
   ExpectOk();
 }
 
