@@ -112,7 +112,9 @@ void Sum(const ExecContext& ctx, const Tensor& x, const Tensor& out);
 // dtype for all; the backward's sums over j and over i are deterministic
 // (fixed order) on both backends.
 
-// out[b,i,j] = row[b,i] * x[b,i,j] * col[b,j].
+// out[b,i,j] = row[b,i] * x[b,i,j] * col[b,j]; out may be x (in place). For
+// bf16 x and out, row and/or col may also be f32 (routing weights): the
+// product in f32, rounded to bf16 once on store.
 void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row,
                    const Tensor& col, const Tensor& out);
 

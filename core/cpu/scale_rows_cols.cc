@@ -1,7 +1,8 @@
 // ScaleRowsCols and its backward on the CPU (f32/f64 reference; bf16
-// computed in f32, its d_col sums kept in f32 until the one rounding store),
-// and their group forms: one single-matrix call per group, in group order
-// (so a d_col shared by all groups gets the single calls' bits).
+// computed in f32, its d_col sums kept in f32 until the one rounding store;
+// the forward also takes f32 row/col vectors for bf16 x), and their group
+// forms: one single-matrix call per group, in group order (so a d_col
+// shared by all groups gets the single calls' bits).
 #include <algorithm>
 #include <type_traits>
 #include <vector>
@@ -17,20 +18,49 @@ struct Dims {
   int64_t b, r, c;
 };
 
-Dims CheckShapes(const Tensor& x, const Tensor& row, const Tensor& col) {
-  SM_CHECK_MSG(x.ndim() == 2 || x.ndim() == 3, "ScaleRowsCols x ", x.DebugString());
-  SM_CHECK_MSG(x.is_contiguous() && x.device() == Device::kCPU, "ScaleRowsCols x ",
-               x.DebugString());
+// The dtypes row and col may have beside x's.
+enum class VectorDTypes : uint8_t {
+  kLikeX,       // x's (the backward)
+  kLikeXOrF32,  // x's, or f32 for bf16 x (the forward: f32 weights on bf16 rows)
+};
+
+bool VectorDTypeOk(const Tensor& v, const Tensor& x, VectorDTypes allowed) {
+  return v.dtype() == x.dtype() || (allowed == VectorDTypes::kLikeXOrF32 &&
+                                    x.dtype() == DType::kBF16 && v.dtype() == DType::kF32);
+}
+
+Dims CheckShapes(const char* op, const Tensor& x, const Tensor& row, const Tensor& col,
+                 VectorDTypes allowed) {
+  SM_CHECK_MSG(x.ndim() == 2 || x.ndim() == 3, op, " x ", x.DebugString());
+  SM_CHECK_MSG(x.is_contiguous() && x.device() == Device::kCPU, op, " x ", x.DebugString());
   Dims d{x.ndim() == 3 ? x.dim(0) : 1, x.dim(-2), x.dim(-1)};
+  const char* dtypes = allowed == VectorDTypes::kLikeX ? " (row and col take x's dtype)"
+                                                       : " (row and col take x's dtype, or f32 "
+                                                         "for bf16 x)";
   if (row.defined()) {
-    SM_CHECK_MSG(row.numel() == d.b * d.r && row.dtype() == x.dtype() && row.is_contiguous(),
-                 "ScaleRowsCols row ", row.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(row.numel() == d.b * d.r && row.is_contiguous() && row.device() == Device::kCPU,
+                 op, " row ", row.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(VectorDTypeOk(row, x, allowed), op, " row ", row.DebugString(), " for x ",
+                 x.DebugString(), dtypes);
   }
   if (col.defined()) {
-    SM_CHECK_MSG(col.numel() == d.b * d.c && col.dtype() == x.dtype() && col.is_contiguous(),
-                 "ScaleRowsCols col ", col.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(col.numel() == d.b * d.c && col.is_contiguous() && col.device() == Device::kCPU,
+                 op, " col ", col.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(VectorDTypeOk(col, x, allowed), op, " col ", col.DebugString(), " for x ",
+                 x.DebugString(), dtypes);
   }
   return d;
+}
+
+// v's elements as f32: v's own when it is f32, null when it is undefined,
+// else widened into `copy` (exact for bf16).
+const float* AsF32(const Tensor& v, std::vector<float>& copy) {
+  if (!v.defined()) return nullptr;
+  if (v.dtype() == DType::kF32) return v.data<float>();
+  const bf16* p = v.data<bf16>();
+  copy.resize(static_cast<size_t>(v.numel()));
+  for (size_t i = 0; i < copy.size(); ++i) copy[i] = static_cast<float>(p[i]);
+  return copy.data();
 }
 
 template <typename T>
@@ -39,16 +69,17 @@ T* OrNull(const Tensor& t) {
 }
 
 // O is T, or bf16 for f32 T (the group op's folded bf16 operand: computed
-// in f32, rounded once on store).
-template <typename T, typename O = T>
-void Forward(Dims d, const T* x, const T* row, const T* col, O* out) {
+// in f32, rounded once on store). V, row's and col's type, is T, or f32 for
+// bf16 T (the same f32 products, rounded once on store). out may be x.
+template <typename T, typename O = T, typename V = T>
+void Forward(Dims d, const T* x, const V* row, const V* col, O* out) {
   using A = Acc<T>;
   for (int64_t b = 0; b < d.b; ++b) {
     for (int64_t i = 0; i < d.r; ++i) {
       const A ri = row ? static_cast<A>(row[b * d.r + i]) : A(1);
       const T* xr = x + (b * d.r + i) * d.c;
       O* orow = out + (b * d.r + i) * d.c;
-      const T* cb = col ? col + b * d.c : nullptr;
+      const V* cb = col ? col + b * d.c : nullptr;
       if (cb) {
         for (int64_t j = 0; j < d.c; ++j) {
           orow[j] = O(ri * static_cast<A>(xr[j]) * static_cast<A>(cb[j]));
@@ -101,9 +132,18 @@ void Backward(Dims d, const T* x, const T* row, const T* col, const T* dout, T* 
 
 void ScaleRowsCols(const ExecContext&, const Tensor& x, const Tensor& row, const Tensor& col,
                    const Tensor& out) {
-  const Dims d = CheckShapes(x, row, col);
-  SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous(),
-               "ScaleRowsCols out ", out.DebugString());
+  const Dims d = CheckShapes("ScaleRowsCols", x, row, col, VectorDTypes::kLikeXOrF32);
+  SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous() &&
+                   out.device() == Device::kCPU,
+               "ScaleRowsCols out ", out.DebugString(), " for x ", x.DebugString());
+  const bool f32_vectors =
+      (row.defined() && row.dtype() != x.dtype()) || (col.defined() && col.dtype() != x.dtype());
+  if (f32_vectors) {  // bf16 x (CheckShapes): a bf16 vector beside an f32 one is widened
+    std::vector<float> row_copy, col_copy;
+    Forward<bf16, bf16, float>(d, x.data<bf16>(), AsF32(row, row_copy), AsF32(col, col_copy),
+                               out.data<bf16>());
+    return;
+  }
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
     Forward(d, x.data<T>(), OrNull<T>(row), OrNull<T>(col), out.data<T>());
@@ -113,7 +153,7 @@ void ScaleRowsCols(const ExecContext&, const Tensor& x, const Tensor& row, const
 void ScaleRowsColsBackward(const ExecContext&, const Tensor& x, const Tensor& row,
                            const Tensor& col, const Tensor& d_out, const Tensor& d_x,
                            const Tensor& d_row, const Tensor& d_col) {
-  const Dims d = CheckShapes(x, row, col);
+  const Dims d = CheckShapes("ScaleRowsColsBackward", x, row, col, VectorDTypes::kLikeX);
   SM_CHECK_MSG(d_out.numel() == x.numel() && d_out.dtype() == x.dtype(), "d_out ",
                d_out.DebugString());
   if (d_x.defined()) SM_CHECK(d_x.numel() == x.numel() && d_x.dtype() == x.dtype());

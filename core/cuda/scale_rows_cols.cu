@@ -1,7 +1,7 @@
 // ScaleRowsCols and its backward on the GPU (f32/f64/bf16; f32 math for f32
-// and bf16, f64 for f64), and their group forms (every matrix of a
-// MatrixGroup in the same launches, found through its address table), the
-// contract of core/ops.h:
+// and bf16, f64 for f64; the forward also takes f32 row/col vectors for bf16
+// x), and their group forms (every matrix of a MatrixGroup in the same
+// launches, found through its address table), the contract of core/ops.h:
 //   out[b,i,j] = row[b,i] · x[b,i,j] · col[b,j]
 //   d_x = d_out ⊙ row colᵀ (overwritten), d_row += Σ_j d_out·x·col,
 //   d_col += Σ_i d_out·x·row (accumulated).
@@ -50,12 +50,27 @@ struct Table {
   }
 };
 
+// out[0..count) = p[j..j+count): one packed load when p's elements are as
+// wide as x's (the pack is then 16 bytes), else one at a time (an f32 col
+// beside bf16 x).
+template <int V, typename C, typename A>
+__device__ __forceinline__ void LoadCol(const C* p, int64_t j, int count, A (&out)[V]) {
+  if constexpr (V == 1 || sizeof(C) * V == 16) {
+    LoadPack<V>(p, j, count, out);
+  } else {
+#pragma unroll
+    for (int q = 0; q < V; ++q) out[q] = q < count ? ToAcc(p[j + q]) : A(0);
+  }
+}
+
 // n = B·R·C elements; V > 1 only when C % V == 0, so a pack never crosses a
 // row (nor a matrix) and col's pack at (b, j) is aligned too. O is T, or
-// bf16 for f32 T (the group's rounded fold).
-template <typename T, typename O, int V, template <typename> class At>
+// bf16 for f32 T (the group's rounded fold). R and C, row's and col's
+// types, are T, or f32 for bf16 T (f32 products, rounded once on store).
+// out may be x: each thread reads its pack before it writes it.
+template <typename T, typename O, typename R, typename C, int V, template <typename> class At>
 __global__ void ScaleRowsColsKernel(int64_t n, int64_t r_dim, int64_t c_dim, At<const T> x,
-                                    At<const T> row, At<const T> col, At<O> out) {
+                                    At<const R> row, At<const C> col, At<O> out) {
   using A = Acc<T>;
   const int64_t rc = r_dim * c_dim;
   ForEachPack<V>(n, [&](int64_t i, int count) {
@@ -63,13 +78,13 @@ __global__ void ScaleRowsColsKernel(int64_t n, int64_t r_dim, int64_t c_dim, At<
     const int64_t k = i - b * rc;  // element of matrix b
     const int64_t r = k / c_dim;   // its row
     const int64_t j = k - r * c_dim;
-    const T* rb = row(b);
-    const T* cb = col(b);
+    const R* rb = row(b);
+    const C* cb = col(b);
     const A ri = rb ? ToAcc(rb[r]) : A(1);
     A xv[V], cv[V], ov[V];
     LoadPack<V>(x(b), k, count, xv);
     if (cb) {
-      LoadPack<V>(cb, j, count, cv);
+      LoadCol<V>(cb, j, count, cv);
 #pragma unroll
       for (int q = 0; q < V; ++q) ov[q] = ri * xv[q] * cv[q];
     } else {
@@ -237,22 +252,36 @@ struct Dims {
   int64_t b, r, c;
 };
 
+// The dtypes row and col may have beside x's.
+enum class VectorDTypes : uint8_t {
+  kLikeX,       // x's (the backward)
+  kLikeXOrF32,  // x's, or f32 for bf16 x (the forward: f32 weights on bf16 rows)
+};
+
+bool VectorDTypeOk(const Tensor& v, const Tensor& x, VectorDTypes allowed) {
+  return v.dtype() == x.dtype() || (allowed == VectorDTypes::kLikeXOrF32 &&
+                                    x.dtype() == DType::kBF16 && v.dtype() == DType::kF32);
+}
+
 Dims CheckShapes(const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col,
-                 const char* op) {
+                 const char* op, VectorDTypes allowed) {
   CheckOnDevice(ctx, x, op, "x");
   SM_CHECK_MSG(x.ndim() == 2 || x.ndim() == 3, op, " x ", x.DebugString());
   SM_CHECK_MSG(x.dtype() == DType::kF32 || x.dtype() == DType::kF64 || x.dtype() == DType::kBF16,
                op, " x ", x.DebugString());
   Dims d{x.ndim() == 3 ? x.dim(0) : 1, x.dim(-2), x.dim(-1)};
+  const char* dtypes = allowed == VectorDTypes::kLikeX ? " (row and col take x's dtype)"
+                                                       : " (row and col take x's dtype, or f32 "
+                                                         "for bf16 x)";
   if (row.defined()) {
     CheckOnDevice(ctx, row, op, "row");
-    SM_CHECK_MSG(row.numel() == d.b * d.r && row.dtype() == x.dtype(), op, " row ",
-                 row.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(row.numel() == d.b * d.r && VectorDTypeOk(row, x, allowed), op, " row ",
+                 row.DebugString(), " for x ", x.DebugString(), dtypes);
   }
   if (col.defined()) {
     CheckOnDevice(ctx, col, op, "col");
-    SM_CHECK_MSG(col.numel() == d.b * d.c && col.dtype() == x.dtype(), op, " col ",
-                 col.DebugString(), " for x ", x.DebugString());
+    SM_CHECK_MSG(col.numel() == d.b * d.c && VectorDTypeOk(col, x, allowed), op, " col ",
+                 col.DebugString(), " for x ", x.DebugString(), dtypes);
   }
   return d;
 }
@@ -271,17 +300,17 @@ int64_t ChunkRows(int64_t r) { return std::max<int64_t>(64, (r + 4095) / 4096); 
 
 // The forward over B matrices [R, C] wherever `At` finds them; `aligned`:
 // every matrix and col vector starts 16-byte aligned.
-template <typename T, typename O, template <typename> class At>
+template <typename T, typename O, typename R, typename C, template <typename> class At>
 void LaunchForward(const ExecContext& ctx, const char* op, Dims d, bool aligned, At<const T> x,
-                   At<const T> row, At<const T> col, At<O> out) {
+                   At<const R> row, At<const C> col, At<O> out) {
   const int64_t n = d.b * d.r * d.c;
   if (n == 0) return;
   constexpr int kV = kPack<T>;
   if (d.c % kV == 0 && aligned) {
-    ScaleRowsColsKernel<T, O, kV, At>
+    ScaleRowsColsKernel<T, O, R, C, kV, At>
         <<<Blocks(n / kV), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, x, row, col, out);
   } else {
-    ScaleRowsColsKernel<T, O, 1, At>
+    ScaleRowsColsKernel<T, O, R, C, 1, At>
         <<<Blocks(n), kThreads, 0, Stream(ctx)>>>(n, d.r, d.c, x, row, col, out);
   }
   SM_CHECK_LAUNCH(ctx, op, "ScaleRowsColsKernel");
@@ -357,24 +386,36 @@ bool GroupAligned16(const MatrixGroup& g) {
 
 void ScaleRowsCols(const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col,
                    const Tensor& out) {
-  const Dims d = CheckShapes(ctx, x, row, col, "ScaleRowsCols");
+  const Dims d = CheckShapes(ctx, x, row, col, "ScaleRowsCols", VectorDTypes::kLikeXOrF32);
   CheckOnDevice(ctx, out, "ScaleRowsCols", "out");
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype(), "ScaleRowsCols out ",
                out.DebugString(), " for x ", x.DebugString());
   const int64_t rc = d.r * d.c;
+  const bool aligned = AllAligned16({x.raw_data(), Ptr<const void>(col), out.raw_data()});
+  const bool f32_row = row.defined() && row.dtype() != x.dtype();  // bf16 x (CheckShapes)
+  const bool f32_col = col.defined() && col.dtype() != x.dtype();
   DispatchFloat(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    const bool aligned = AllAligned16({x.raw_data(), Ptr<const T>(col), out.raw_data()});
-    LaunchForward<T, T, Strided>(ctx, "ScaleRowsCols", d, aligned, Slices<const T>(x, rc),
-                                 Slices<const T>(row, d.r), Slices<const T>(col, d.c),
-                                 Slices<T>(out, rc));
+    const auto launch = [&](auto row_tag, auto col_tag) {
+      using R = typename decltype(row_tag)::type;
+      using C = typename decltype(col_tag)::type;
+      LaunchForward<T, T, R, C, Strided>(ctx, "ScaleRowsCols", d, aligned, Slices<const T>(x, rc),
+                                         Slices<const R>(row, d.r), Slices<const C>(col, d.c),
+                                         Slices<T>(out, rc));
+    };
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      if (f32_row && f32_col) return launch(Tag<float>{}, Tag<float>{});
+      if (f32_row) return launch(Tag<float>{}, tag);
+      if (f32_col) return launch(tag, Tag<float>{});
+    }
+    launch(tag, tag);
   });
 }
 
 void ScaleRowsColsBackward(const ExecContext& ctx, const Tensor& x, const Tensor& row,
                            const Tensor& col, const Tensor& d_out, const Tensor& d_x,
                            const Tensor& d_row, const Tensor& d_col) {
-  const Dims d = CheckShapes(ctx, x, row, col, "ScaleRowsColsBackward");
+  const Dims d = CheckShapes(ctx, x, row, col, "ScaleRowsColsBackward", VectorDTypes::kLikeX);
   CheckOnDevice(ctx, d_out, "ScaleRowsColsBackward", "d_out");
   SM_CHECK_MSG(d_out.numel() == x.numel() && d_out.dtype() == x.dtype(),
                "ScaleRowsColsBackward d_out ", d_out.DebugString(), " for x ", x.DebugString());
@@ -405,14 +446,14 @@ void ScaleRowsColsGroup(const ExecContext& ctx, const MatrixGroup& x, const Matr
     using T = typename decltype(tag)::type;
     if constexpr (std::is_same_v<T, float>) {
       if (rounded) {
-        LaunchForward<T, __nv_bfloat16, Table>(ctx, op, d, aligned, Entries<const T>(x),
-                                               Entries<const T>(row), Entries<const T>(col),
-                                               Entries<__nv_bfloat16>(out));
+        LaunchForward<T, __nv_bfloat16, T, T, Table>(ctx, op, d, aligned, Entries<const T>(x),
+                                                     Entries<const T>(row), Entries<const T>(col),
+                                                     Entries<__nv_bfloat16>(out));
         return;
       }
     }
-    LaunchForward<T, T, Table>(ctx, op, d, aligned, Entries<const T>(x), Entries<const T>(row),
-                               Entries<const T>(col), Entries<T>(out));
+    LaunchForward<T, T, T, T, Table>(ctx, op, d, aligned, Entries<const T>(x),
+                                     Entries<const T>(row), Entries<const T>(col), Entries<T>(out));
   });
 }
 

@@ -395,6 +395,60 @@ TEST(Bf16OpsDeathTest, SlotRowDotGivesAnF32OutOnlyForBf16X) {
                "out takes x's dtype, or f32 for bf16 x");
 }
 
+TEST(Bf16OpsTest, ScaleRowsColsTakesF32VectorsWithBf16X) {
+  const ExecContext ctx;
+  const int64_t b = 2, r = 30, c = 24;
+  const Tensor x = RandomTensor({b, r, c}, 75, 1.0, DType::kBF16);
+  const Tensor row32 = RandomTensor({b, r}, 76, 0.5, DType::kF32, 0.2);
+  const Tensor col32 = RandomTensor({b, c}, 77, 0.5, DType::kF32, 1.0);
+  const Tensor row16 = RandomTensor({b, r}, 78, 0.5, DType::kBF16, 0.2);
+  const Tensor col16 = RandomTensor({b, c}, 79, 0.5, DType::kBF16, 1.0);
+  struct Case {
+    Tensor row, col;
+    const char* what;
+  };
+  const Case cases[] = {{row32, Tensor(), "f32 row"},
+                        {Tensor(), col32, "f32 col"},
+                        {row32, col32, "f32 row and col"},
+                        {row32, col16, "f32 row, bf16 col"},
+                        {row16, col32, "bf16 row, f32 col"}};
+  for (const Case& k : cases) {
+    Tensor out = Tensor::Empty(x.shape(), DType::kBF16);
+    ops::ScaleRowsCols(ctx, x, k.row, k.col, out);
+    Tensor out32 = Tensor::Empty(x.shape(), DType::kF32);
+    ops::ScaleRowsCols(ctx, As(x, DType::kF32), As(k.row, DType::kF32), As(k.col, DType::kF32),
+                       out32);
+    EXPECT_TRUE(SameBits(out, As(out32, DType::kBF16))) << k.what;
+    // In place (TokenPermuter::UnpermuteBackward's call): the same bits.
+    Tensor in_place = x.Clone();
+    ops::ScaleRowsCols(ctx, in_place, k.row, k.col, in_place);
+    EXPECT_TRUE(SameBits(in_place, out)) << k.what;
+    // The f32 vectors enter unrounded: bf16-rounded ones give other bits.
+    Tensor rounded = Tensor::Empty(x.shape(), DType::kBF16);
+    ops::ScaleRowsCols(ctx, x, As(k.row, DType::kBF16), As(k.col, DType::kBF16), rounded);
+    EXPECT_FALSE(SameBits(out, rounded)) << k.what;
+
+    Tensor ref = Tensor::Empty(x.shape(), DType::kF64);
+    ops::ScaleRowsCols(ctx, ToF64(x), As(k.row, DType::kF64), As(k.col, DType::kF64), ref);
+    ExpectClose(out, ref, kBf16Rounding, 1e-6, k.what);
+  }
+}
+
+// The forward only, and only for bf16 x; the backward keeps one dtype.
+TEST(Bf16OpsDeathTest, ScaleRowsColsTakesF32VectorsOnlyForBf16X) {
+  const ExecContext ctx;
+  const Tensor x16 = RandomTensor({4, 8}, 84, 1.0, DType::kBF16);
+  const Tensor x32 = As(x16, DType::kF32);
+  const Tensor row32 = RandomTensor({4}, 85, 1.0, DType::kF32);
+  EXPECT_DEATH(ops::ScaleRowsCols(ctx, x32, As(row32, DType::kBF16), Tensor(), x32.Clone()),
+               "row and col take x's dtype, or f32 for bf16 x");
+  EXPECT_DEATH(ops::ScaleRowsCols(ctx, x16, As(row32, DType::kF64), Tensor(), x16.Clone()),
+               "row and col take x's dtype, or f32 for bf16 x");
+  EXPECT_DEATH(
+      ops::ScaleRowsColsBackward(ctx, x16, row32, Tensor(), x16, x16.Clone(), Tensor(), Tensor()),
+      "row and col take x's dtype\\)");
+}
+
 TEST(SumTest, WritesTheSumIntoAOneElementTensor) {
   const ExecContext ctx;
   Tensor x = Tensor::FromVector({2, 2}, {1.5, -4, 0.25, 1e-3}, DType::kF32);

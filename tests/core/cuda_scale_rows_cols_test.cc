@@ -1,11 +1,14 @@
 // GPU test: ScaleRowsCols and ScaleRowsColsBackward against the CPU
 // reference on fresh Philox data: 2-D and batched, row and/or col
 // undefined, any subset of d_x, d_row, d_col requested, a single row or
-// column, R large enough for many chunks of d_col's sum, f32/f64/bf16. d_x
-// starts as NaN (overwritten), d_row and d_col random (accumulated). The
-// backward's sums give the same bits on every run, and d_x in place of d_out
-// gives what separate outputs give.
+// column, R large enough for many chunks of d_col's sum, f32/f64/bf16, and
+// the forward's f32 row/col with bf16 x (the CPU's bits). d_x starts as NaN
+// (overwritten), d_row and d_col random (accumulated). The backward's sums
+// give the same bits on every run, and d_x in place of d_out gives what
+// separate outputs give.
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -66,6 +69,45 @@ TEST_F(CudaScaleRowsColsTest, ForwardMatchesCpu) {
   }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;
+}
+
+// bf16 x with f32 row and/or col (routing weights on bf16 rows): the CPU's
+// products in the same order, rounded once on store, so the same bits as the
+// CPU's mixed-dtype path (a bf16 rounding of a weight would change them);
+// also in place (out = x, TokenPermuter::UnpermuteBackward's call), on the
+// packed and the element-at-a-time paths.
+TEST_F(CudaScaleRowsColsTest, ForwardWithF32VectorsForBf16XIsTheCpuBits) {
+  const DType bf = DType::kBF16, f32 = DType::kF32;
+  // row's and col's dtypes (nullopt: undefined), f32 in one of them at least.
+  using Vector = std::optional<DType>;
+  const std::pair<Vector, Vector> kVectors[] = {
+      {f32, std::nullopt}, {std::nullopt, f32}, {f32, f32}, {f32, bf}, {bf, f32}};
+  const auto name = [](Vector v) { return v ? DTypeName(*v) : "undefined"; };
+  uint64_t seed = 7000;
+  for (const Dims& d : kDims) {
+    for (const auto& [row_dtype, col_dtype] : kVectors) {
+      ++seed;
+      const std::string what = absl::StrCat("bf16 x ", ShapeString(XShape(d)), " row ",
+                                            name(row_dtype), " col ", name(col_dtype));
+      const Tensor x = RandomHost(XShape(d), bf, seed, 1);
+      const Tensor row =
+          row_dtype ? RandomHost(RowShape(d), *row_dtype, seed, 2, 0.3, 0.5) : Tensor();
+      const Tensor col =
+          col_dtype ? RandomHost(ColShape(d), *col_dtype, seed, 3, 0.3, 1.0) : Tensor();
+      Tensor out = Poisoned(XShape(d), bf);
+      ops::ScaleRowsCols(ctx_, Dev(x), Dev(row), Dev(col), out);
+      Tensor in_place = Dev(x);
+      ops::ScaleRowsCols(ctx_, in_place, Dev(row), Dev(col), in_place);
+      Tensor ref = Tensor::Empty(XShape(d), bf);
+      ops::ScaleRowsCols(cpu_, x, row, col, ref);
+      const Status st = ctx_.status();
+      ASSERT_TRUE(st.ok()) << st;
+      const Tensor got = Host(out);
+      ExpectParity(got, ref, ParityTolerance(bf), what);  // names the worst element
+      EXPECT_TRUE(testing::BitwiseEqual(got, ref)) << what;
+      EXPECT_TRUE(testing::BitwiseEqual(Host(in_place), ref)) << "in place, " << what;
+    }
+  }
 }
 
 TEST_F(CudaScaleRowsColsTest, BackwardMatchesCpu) {
