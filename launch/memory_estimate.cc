@@ -171,12 +171,16 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   //   (min(pp, micro-batches) under 1F1B; the interleaved schedule's peak);
   // - pipeline, FULL: one chunk's layers (recomputed in backward) plus the
   //   in-flight boundaries.
-  // Activations: the residual stream, norms, attention and router stay
-  // fp32 under BF16 (4 bytes); the FFNs' F-wide intermediates (gate, up,
-  // h) are bf16 there (model/mlp.h, moe/grouped_experts.h). The GEMMs' and
-  // attention's bf16 operand copies are made per call and released: not
-  // counted.
+  // Activations under BF16: the FFNs' F-wide intermediates (gate, up, h)
+  // and attention's q, k, v and output are bf16 (model/mlp.h,
+  // moe/grouped_experts.h, model/attention.h), and so are the residual
+  // stream, the norms' outputs and the MoE layer's permuted rows unless
+  // train.fp32_residual_connection; the router keeps an fp32 copy of its
+  // input then. Statistics (rstd, log-sum-exp) and the logits are fp32.
+  // Operand copies made per call and released are not counted.
+  const bool bf16_stream = bf16 && !cfg.train().fp32_residual_connection();
   const double act = 4, ffn_act = bf16 ? 2 : 4, tokens = s.B * s.T;
+  const double stream = bf16_stream ? 0.5 : 1;  // C-wide values' bytes relative to fp32
   const bool recompute = cfg.train().recompute() == config::TrainConfig::FULL;
   const double chunk_layers = std::ceil(s.L / chunks);
   double kept_layers = recompute ? 1 : s.L, boundaries = recompute ? s.L : 0;
@@ -199,16 +203,17 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // Values per token and layer, weighted by their bytes relative to fp32.
   const double ffn = ffn_act / act;
   const double per_token =
-      10 * s.C + 2 * (s.H + 2 * s.KV) * s.D / s.tp +
+      10 * s.C * stream + 2 * (s.H + 2 * s.KV) * s.D / s.tp * ffn +
       (s.dense_layers * 4 * ffn * s.F / s.tp +
-       s.moe_layers * (s.K * (2 * s.C + 4 * ffn * s.Fe / s.etp) + 4 * ffn * s.S * s.Fs + 2 * s.E)) /
+       s.moe_layers * (s.K * (2 * s.C * stream + 4 * ffn * s.Fe / s.etp) + (bf16_stream ? s.C : 0) +
+                       4 * ffn * s.S * s.Fs + 2 * s.E)) /
           s.L;
   add_acts("layer activations",
            absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),
                         " fp32-sized values per token (model.hidden_size, ffn sizes, moe.top_k; "
                         "train.recompute=",
                         config::TrainConfig::Recompute_Name(cfg.train().recompute()), ")"),
-           kept_layers * tokens * per_token + boundaries * tokens * s.C, act);
+           kept_layers * tokens * per_token + boundaries * tokens * s.C * stream, act);
   add_acts("logits and their gradient",
            absl::StrCat(batch, " x 2 x model.vocab_size=", Num(s.V), tp_text),
            tokens * 2 * s.V / s.tp, 4);

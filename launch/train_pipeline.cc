@@ -41,7 +41,7 @@ Status TrainLoop::SetupPipeline() {
   // rank's [B*T/tp, C] under sequence parallelism.
   eo.activation_shape =
       model().BoundaryShape(cfg_.train().micro_batch_size(), cfg_.model().seq_length());
-  eo.activation_dtype = registry_.flat_values().dtype();
+  eo.activation_dtype = model().BoundaryDType();
   eo.activation_device = ctx_.device();
   eo.ctx = ctx_;
   SM_ASSIGN_OR_RETURN(PipelineExecutor executor, PipelineExecutor::Create(*groups_.pp, eo));
@@ -125,7 +125,7 @@ StatusOr<double> TrainLoop::EvaluatePipelined() {
       Tensor input;
       if (!chunk->is_first_stage()) {
         input = ctx_.Empty(chunk->BoundaryShape(tokens.shape()[0], tokens.shape()[1]),
-                           registry_.flat_values().dtype());
+                           chunk->BoundaryDType());
         SM_RETURN_IF_ERROR(pp.Recv(ctx_, input, (r + p - 1) % p, {.tag = kEvalTag}));
       }
       SM_ASSIGN_OR_RETURN(const StageOutput out,

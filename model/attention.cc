@@ -89,6 +89,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
 }
 
 Status Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
+  dtype_ = dtype;
   SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
   SM_RETURN_IF_ERROR(projections_->PrepareStep(ctx, dtype));
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
@@ -112,7 +113,9 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   const int64_t tokens = batch * seq;
   // Every token: the projections are column-parallel.
   SM_ASSIGN_OR_RETURN(const Tensor n, tp_.ToFull(ctx, n_rows));
-  const DType dt = n.dtype(), inner = ActivationDType(dt);
+  // dt: the master's dtype, of the per-head norms and the partial sums over
+  // TP ranks; n may be bf16 (the residual stream's dtype).
+  const DType dt = dtype_, inner = ActivationDType(n.dtype());
   const Tensor n_in = SharedGemmInput(ctx, n, {q_proj_.get(), k_proj_.get(), v_proj_.get()});
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
@@ -139,8 +142,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, inner);
   ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_, attention_options_);
   // Row-parallel: this rank's heads give a partial sum of the output.
-  const Tensor partial =
-      tp_.sequence_parallel() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
+  const Tensor partial = tp_.comm() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
   o_proj_->Forward(ctx, attn_.View({tokens, heads_ * head_dim_}), partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
@@ -149,11 +151,9 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                            const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
-  const DType dt = d_out.dtype(), inner = attn_.dtype();
+  const DType dt = dtype_, inner = attn_.dtype();
   // The column-parallel projections give this rank's share of d_n.
-  const Tensor d_n = tp_.sequence_parallel()
-                         ? ctx.Empty({tokens, d_n_rows.dim(1)}, dt)
-                         : d_n_rows;
+  const Tensor d_n = tp_.comm() ? ctx.Empty({tokens, d_n_rows.dim(1)}, dt) : d_n_rows;
   Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, inner);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
   Tensor d_q = ctx.Empty(q_.shape(), inner);

@@ -61,10 +61,11 @@ class Attention {
   // The dtype of q, k, v, the attention's output and their gradients: bf16
   // under bf16 operands, where the q, k and v projections can all write it
   // (ScaledLinear::output_dtype), else the activations'. The per-head norms
-  // (DNP, QK-norm) run in the activations' dtype between the two.
+  // (DNP, QK-norm) run in the master's dtype between the two.
   DType ActivationDType(DType activations) const;
 
   const TpRegion& tp_;
+  DType dtype_ = DType::kF32;            // the master weights' (PrepareStep)
   int64_t heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's
   double rope_theta_;
   ops::AttentionOptions attention_options_;  // bf16 operands under train.precision BF16

@@ -4,6 +4,7 @@
 #include "core/ops.h"
 #include "model/weight_spec.h"
 #include "norm/scale_options.h"
+#include "norm/scaled_linear.h"
 
 namespace scalemoe {
 
@@ -86,7 +87,7 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
     return run(into);
   };
   n_attn_ = ctx.Empty(shape, dt);
-  rstd_attn_ = ctx.Empty({shape[0]}, dt);
+  rstd_attn_ = ctx.Empty({shape[0]}, StatDType(dt));
   ops::RmsNormalize(ctx, x, eps_, n_attn_, rstd_attn_);
   const Tensor h = ctx.Empty(shape, dt);
   SM_RETURN_IF_ERROR_CTX(
@@ -96,7 +97,7 @@ Status Block::Forward(const ExecContext& ctx, const Tensor& x, int64_t batch, in
       "attention");
   // h += x and the FFN's norm of it in one pass.
   n_ffn_ = ctx.Empty(shape, dt);
-  rstd_ffn_ = ctx.Empty({shape[0]}, dt);
+  rstd_ffn_ = ctx.Empty({shape[0]}, StatDType(dt));
   ops::AddRmsNormalize(ctx, x, h, eps_, n_ffn_, rstd_ffn_);
   SM_RETURN_IF_ERROR_CTX(sublayer(
                              post_ffn_norm_.get(),

@@ -53,6 +53,7 @@ Mlp::Mlp(ParamRegistry& registry, const config::RunConfig& cfg, int layer, const
 }
 
 Status Mlp::PrepareStep(const ExecContext& ctx, DType dtype) {
+  dtype_ = dtype;
   SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
   SM_RETURN_IF_ERROR(projections_->PrepareStep(ctx, dtype));
   return absl::OkStatus();
@@ -74,9 +75,8 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
   up_->Forward(ctx, n_in, up_out_);
   Tensor h = ctx.Empty({tokens, f}, inner);
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
-  const Tensor partial = tp_.sequence_parallel()
-                             ? ctx.Empty({tokens, out.dim(1)}, n.dtype())
-                             : out;
+  // Partial sums over the TP ranks in the master's dtype (TpRegion).
+  const Tensor partial = tp_.comm() ? ctx.Empty({tokens, out.dim(1)}, dtype_) : out;
   down_->Forward(ctx, h, partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
@@ -84,10 +84,7 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
 Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const Shape shape = gate_out_.shape();
-  const Tensor d_n =
-      tp_.sequence_parallel()
-          ? ctx.Empty({shape[0], d_n_rows.dim(1)}, d_out.dtype())
-          : d_n_rows;
+  const Tensor d_n = tp_.comm() ? ctx.Empty({shape[0], d_n_rows.dim(1)}, dtype_) : d_n_rows;
   const DType inner = gate_out_.dtype();
   Tensor d_h = ctx.Empty(shape, inner);
   down_->Backward(ctx, d_out, d_h, GradMode::kOverwrite);

@@ -46,6 +46,7 @@ class Mlp {
   DType InnerDType(DType activations) const;
 
   const TpRegion& tp_;
+  DType dtype_ = DType::kF32;             // the master weights' (PrepareStep)
   std::unique_ptr<BranchScales> scales_;  // branches gate, up
   std::unique_ptr<ScaledLinear> gate_, up_, down_;
   // Their fold and unfold, gate and up in one launch.

@@ -7,6 +7,7 @@
 #include "core/ops.h"
 #include "model/weight_spec.h"
 #include "norm/scale_options.h"
+#include "norm/scaled_linear.h"
 #include "parallel/process_groups.h"
 #include "parallel/stage_partition.h"
 #include "parallel/tp_grad_reduce.h"
@@ -124,6 +125,10 @@ Shape MoeTransformer::BoundaryShape(int64_t batch, int64_t seq) const {
   return {tp_.Rows(batch * seq), cfg_.model().hidden_size()};
 }
 
+DType MoeTransformer::BoundaryDType() const {
+  return ResidualDType(cfg_, registry_.flat_values().dtype());
+}
+
 Status MoeTransformer::SumPartialGrads(const ExecContext& ctx,
                                        std::pair<size_t, size_t> range) const {
   if (groups_ == nullptr) return absl::OkStatus();
@@ -180,7 +185,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
                                                    const Tensor& targets, const Tensor& input,
                                                    bool keep_grad) {
   SM_RETURN_IF_ERROR(CheckBatch(tokens, targets));
-  const DType dt = registry_.flat_values().dtype();
+  const DType dt = registry_.flat_values().dtype(), act = BoundaryDType();
   batch_ = tokens.dim(0);
   seq_ = tokens.dim(1);
   const int64_t n = batch_ * seq_;
@@ -193,16 +198,19 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   tokens_ = ctx.ToDevice(tokens).View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
   if (is_first_stage()) {
-    residuals_[0] = ctx.Empty(rows, dt);
+    // Looked up (and summed over the vocab shards) in the table's dtype.
+    Tensor embedded = ctx.Empty(rows, dt);
     if (vocab_embedding_) {
-      SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Forward(ctx, tokens_, residuals_[0]),
+      SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Forward(ctx, tokens_, embedded),
                              "embedding forward");
     } else {
-      ops::EmbeddingLookup(ctx, tokens_, embedding_->value, residuals_[0]);
+      ops::EmbeddingLookup(ctx, tokens_, embedding_->value, embedded);
     }
+    residuals_[0] = InDType(ctx, embedded, act);
   } else {
-    SM_CHECK_MSG(input.defined() && input.shape() == rows && input.dtype() == dt,
-                 "pipeline stage ", stage_, " needs an input activation ", ShapeString(rows));
+    SM_CHECK_MSG(input.defined() && input.shape() == rows && input.dtype() == act,
+                 "pipeline stage ", stage_, " needs an input activation ", ShapeString(rows), " ",
+                 DTypeName(act));
     residuals_[0] = input;
   }
   StageOutput out;
@@ -212,7 +220,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   const Tensor aux = out.losses.Narrow(0, kAuxLoss, 1);
   const Tensor z = out.losses.Narrow(0, kZLoss, 1);
   for (size_t l = 0; l < blocks_.size(); ++l) {
-    residuals_[l + 1] = ctx.Empty(rows, dt);
+    residuals_[l + 1] = ctx.Empty(rows, act);
     SM_RETURN_IF_ERROR_CTX(
         blocks_[l]->Forward(ctx, residuals_[l], batch_, seq_, residuals_[l + 1]), "layer ",
         blocks_[l]->layer(), " forward");
@@ -235,8 +243,8 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
     ops::Axpy(ctx, 1.0, z, total);
     return out;
   }
-  n_final_ = ctx.Empty(rows, dt);
-  rstd_final_ = ctx.Empty({rows[0]}, dt);
+  n_final_ = ctx.Empty(rows, act);
+  rstd_final_ = ctx.Empty({rows[0]}, StatDType(act));
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
   logits_ = ctx.Empty({n, head_->out_features()}, dt);  // this rank's vocab shard
   StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
@@ -296,15 +304,15 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   keep_grad_ = false;  // one Backward per Forward
   const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
   const Shape shape = BoundaryShape(batch_, seq_);
-  const DType dt = registry_.flat_values().dtype();
+  const DType master = registry_.flat_values().dtype(), dt = BoundaryDType();
   Tensor d_x = ctx.Empty(shape, dt);
   if (is_last_stage()) {
     Tensor d_logits = d_logits_;
     if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
     Tensor d_n = ctx.Empty(shape, dt);
-    // The vocab-split head gives this rank's share of d n_final (all tokens).
-    const Tensor d_n_full =
-        tp_.sequence_parallel() ? ctx.Empty({n, c}, dt) : d_n;
+    // The vocab-split head gives this rank's share of d n_final (all tokens),
+    // summed in the logits' dtype.
+    const Tensor d_n_full = tp_.comm() ? ctx.Empty({n, c}, d_logits.dtype()) : d_n;
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
@@ -332,10 +340,11 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
     std::swap(d_x, d_in);
   }
   if (!is_first_stage()) return d_x;
+  const Tensor d_embedded = InDType(ctx, d_x, master);
   if (vocab_embedding_) {
-    SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Backward(ctx, d_x), "embedding backward");
+    SM_RETURN_IF_ERROR_CTX(vocab_embedding_->Backward(ctx, d_embedded), "embedding backward");
   } else {
-    ops::EmbeddingBackward(ctx, tokens_, d_x, embedding_->grad);
+    ops::EmbeddingBackward(ctx, tokens_, d_embedded, embedding_->grad);
   }
   return Tensor();
 }

@@ -153,6 +153,9 @@ class MoeTransformer {
   // [B*T, C], or under sequence parallelism this TP rank's token rows
   // [B*T/tp, C].
   Shape BoundaryShape(int64_t batch, int64_t seq) const;
+  // Its dtype: the residual stream's (bf16 under train.precision BF16,
+  // norm/scaled_linear.h ResidualDType), as is its gradient's.
+  DType BoundaryDType() const;
   int stage() const { return stage_; }
   int num_stages() const { return num_stages_; }
   bool is_first_stage() const { return stage_ == 0; }

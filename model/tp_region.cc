@@ -2,6 +2,7 @@
 
 #include "core/ops.h"
 #include "core/status.h"
+#include "norm/scaled_linear.h"
 #include "parallel/tp_comm.h"
 
 namespace scalemoe {
@@ -24,9 +25,24 @@ StatusOr<Tensor> TpRegion::ToFull(const ExecContext& ctx, const Tensor& rows) co
 
 Status TpRegion::ReduceToRows(const ExecContext& ctx, const Tensor& full,
                               const Tensor& rows) const {
-  if (sp_) return ReduceScatterTokens(ctx, *tp_, full, rows);
-  if (!rows.SharesDataWith(full)) ops::Copy(ctx, full, rows);
-  return tp_ != nullptr ? tp_->AllReduce(ctx, rows) : absl::OkStatus();
+  if (tp_ == nullptr) {
+    if (!rows.SharesDataWith(full)) ops::Copy(ctx, full, rows);
+    return absl::OkStatus();
+  }
+  // The partial sums add in f32 (or f64): bf16 ones are converted first
+  // (the communicators do not reduce bf16), and rows of another dtype take
+  // the rounded sum.
+  const Tensor partial = InDType(ctx, full, StatDType(full.dtype()));
+  const Tensor sum =
+      rows.dtype() == partial.dtype() ? rows : ctx.Empty(rows.shape(), partial.dtype());
+  if (sp_) {
+    SM_RETURN_IF_ERROR(ReduceScatterTokens(ctx, *tp_, partial, sum));
+  } else {
+    if (!sum.SharesDataWith(partial)) ops::Copy(ctx, partial, sum);
+    SM_RETURN_IF_ERROR(tp_->AllReduce(ctx, sum));
+  }
+  if (!rows.SharesDataWith(sum)) ops::Copy(ctx, sum, rows);
+  return absl::OkStatus();
 }
 
 Tensor TpRegion::ToChunk(const Tensor& rows) const {

@@ -9,6 +9,8 @@
 //   ReduceToRows(full, rows) a row-parallel output (or a column-parallel
 //                           input's gradient) holding partial sums over the
 //                           TP ranks: SP reduce-scatter; else all-reduce.
+//                           Summed in f32 (bf16 partials are converted);
+//                           rows may have another dtype than full.
 // The two are each other's backward. The MoE layer instead splits tokens
 // over TP (each rank routes N/tp of them, moe/moe_layer.h):
 //   ToChunk(rows)           this rank's N/tp token rows: SP the rows

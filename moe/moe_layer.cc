@@ -13,6 +13,7 @@
 #include "moe/token_permuter.h"
 #include "norm/branch_scales.h"
 #include "norm/scale_options.h"
+#include "norm/scaled_linear.h"
 #include "parallel/process_groups.h"
 
 namespace scalemoe {
@@ -170,6 +171,7 @@ void MoeLayer::ResetStepStats(const ExecContext& ctx, DType dtype) {
 }
 
 Status MoeLayer::PrepareStep(const ExecContext& ctx, DType dtype) {
+  dtype_ = dtype;
   ResetStepStats(ctx, dtype);
   if (shared_group_) SM_RETURN_IF_ERROR(shared_group_->Forward(ctx, dtype));
   if (own_group_) SM_RETURN_IF_ERROR(own_group_->Forward(ctx, dtype));
@@ -238,7 +240,9 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
   const int64_t tokens = n.dim(0);
   n_ = n;
   forward_assignments_ = tokens * top_k_;
-  SM_RETURN_IF_ERROR(router_->Forward(ctx, n));
+  // The router reads n in the master's dtype (a copy of bf16 activations):
+  // its logits decide the routing.
+  SM_RETURN_IF_ERROR(router_->Forward(ctx, InDType(ctx, n, dtype_)));
   SM_RETURN_IF_ERROR(PlanCounts(ctx));
   Tensor permuted_x = ctx.Empty({tokens * top_k_, hidden_}, n.dtype());
   permuter_->Permute(ctx, n, permuted_x);
@@ -284,7 +288,7 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   reduced_ = false;
   const DType dt = n_.dtype();
   Tensor d_permuted_y = ctx.Empty(permuted_y_.shape(), dt);
-  Tensor d_weights = ctx.Empty(router_->weights().shape(), dt);
+  Tensor d_weights = ctx.Empty(router_->weights().shape(), router_->weights().dtype());
   permuter_->UnpermuteBackward(ctx, d_out, permuted_y_, router_->weights(), d_permuted_y,
                                d_weights);
   Tensor d_permuted_x = ctx.Empty(permuted_y_.shape(), dt);
@@ -300,7 +304,10 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   } else {
     SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_permuted_y, d_permuted_x));
   }
-  router_->Backward(ctx, d_weights, loss_grad_scale, d_n);
+  // The router's d_n in its own dtype, then the rows' gradients added in.
+  const Tensor d_n_router = d_n.dtype() == dtype_ ? d_n : ctx.Empty(d_n.shape(), dtype_);
+  router_->Backward(ctx, d_weights, loss_grad_scale, d_n_router);
+  if (!d_n_router.SharesDataWith(d_n)) ops::Copy(ctx, d_n_router, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
   if (shared_experts_) {
     const int64_t rows = shared_gather_.numel();

@@ -222,6 +222,7 @@ class MoeLayer {
                     const Tensor& y);
   Status RunExpertsBackward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
 
+  DType dtype_ = DType::kF32;  // the master weights' (PrepareStep): the router's
   int64_t hidden_;       // C
   int num_experts_;      // E
   int top_k_;            // K

@@ -35,11 +35,25 @@ bool Bf16Operands(const config::RunConfig& cfg) {
   return cfg.train().precision() == config::TrainConfig::BF16;
 }
 
+DType ResidualDType(const config::RunConfig& cfg, DType master) {
+  return Bf16Operands(cfg) && !cfg.train().fp32_residual_connection() ? DType::kBF16 : master;
+}
+
+DType StatDType(DType data) { return data == DType::kBF16 ? DType::kF32 : data; }
+
 Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = ctx.Empty(x.shape(), dtype);
   ops::Copy(ctx, x, out);
   return out;
+}
+
+void AddInto(const ExecContext& ctx, const Tensor& x, const Tensor& y, bool accumulate) {
+  if (!accumulate) {
+    ops::Copy(ctx, x, y);
+    return;
+  }
+  ops::Axpy(ctx, 1.0, InDType(ctx, x, y.dtype()), y);
 }
 
 Tensor SharedGemmInput(const ExecContext& ctx, const Tensor& x,
@@ -136,9 +150,12 @@ Tensor ScaledLinear::GemmWeight(const ExecContext& ctx) const {
 void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   x_ = x;
   input_ = x;
+  // The per-token scalings run in the vectors' (the master's) dtype, on a
+  // copy of bf16 activations: γ ⊙ x is rounded once, as in the fold.
+  const DType scale_dtype = weight_->value.dtype();
   if (per_token_gamma()) {
-    input_ = ctx.Empty(x.shape(), x.dtype());
-    ops::ScaleRowsCols(ctx, x, Tensor(), Gamma(), input_);
+    input_ = ctx.Empty(x.shape(), scale_dtype);
+    ops::ScaleRowsCols(ctx, InDType(ctx, x, scale_dtype), Tensor(), Gamma(), input_);
   }
   input_ = InDType(ctx, input_, gemm_dtype_);
   const Tensor w = GemmWeight(ctx);
@@ -147,18 +164,26 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
     ops::Gemm(ctx, input_, w, y, xwt);
     return;
   }
-  raw_ = ctx.Empty(y.shape(), y.dtype());
+  raw_ = ctx.Empty(y.shape(), scale_dtype);
   ops::Gemm(ctx, input_, w, raw_, xwt);
-  ops::ScaleRowsCols(ctx, raw_, Tensor(), u_value_, y);
+  if (y.dtype() == scale_dtype) {
+    ops::ScaleRowsCols(ctx, raw_, Tensor(), u_value_, y);
+    return;
+  }
+  Tensor scaled = ctx.Empty(y.shape(), scale_dtype);
+  ops::ScaleRowsCols(ctx, raw_, Tensor(), u_value_, scaled);
+  ops::Copy(ctx, scaled, y);
 }
 
 void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
                             GradMode mode) {
   const bool accumulate = mode == GradMode::kAccumulate;
+  const DType scale_dtype = weight_->value.dtype();
   Tensor d_raw = d_y;
   if (per_token_u()) {
-    d_raw = ctx.Empty(d_y.shape(), d_y.dtype());
-    ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, d_y, d_raw, Tensor(), d_u_);
+    d_raw = ctx.Empty(d_y.shape(), scale_dtype);
+    ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, InDType(ctx, d_y, scale_dtype), d_raw,
+                               Tensor(), d_u_);
   }
   const Tensor d_gemm = InDType(ctx, d_raw, gemm_dtype_);
   // The weight's (or the folded weight's) gradient, accumulated over the step.
@@ -168,15 +193,16 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
     ops::Gemm(ctx, d_gemm, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
     return;
   }
-  Tensor d_in = ctx.Empty(x_.shape(), x_.dtype());
+  Tensor d_in = ctx.Empty(x_.shape(), scale_dtype);
   ops::Gemm(ctx, d_gemm, w, d_in);
-  if (!accumulate) {
-    ops::ScaleRowsColsBackward(ctx, x_, Tensor(), Gamma(), d_in, d_x, Tensor(), DGamma());
+  const Tensor x = InDType(ctx, x_, scale_dtype);
+  if (!accumulate && d_x.dtype() == scale_dtype) {
+    ops::ScaleRowsColsBackward(ctx, x, Tensor(), Gamma(), d_in, d_x, Tensor(), DGamma());
     return;
   }
-  Tensor d_part = ctx.Empty(x_.shape(), x_.dtype());
-  ops::ScaleRowsColsBackward(ctx, x_, Tensor(), Gamma(), d_in, d_part, Tensor(), DGamma());
-  ops::Axpy(ctx, 1.0, d_part, d_x);
+  // d_in becomes the part (ScaleRowsColsBackward's d_x may alias its d_out).
+  ops::ScaleRowsColsBackward(ctx, x, Tensor(), Gamma(), d_in, d_in, Tensor(), DGamma());
+  AddInto(ctx, d_in, d_x, accumulate);
 }
 
 Status ScaledLinear::FinishBackward(const ExecContext& ctx) {

@@ -85,9 +85,19 @@ struct ScaledLinearOptions {
 // Whether `cfg` asks for bf16 GEMM operands (train.precision BF16).
 bool Bf16Operands(const config::RunConfig& cfg);
 
+// The dtype of the residual stream and of the activations between the
+// sublayers (norm outputs, the MoE layer's permuted rows) for master weights
+// of `master`: bf16 under train.precision BF16 (as Megatron's default),
+// unless train.fp32_residual_connection keeps them in the master's dtype.
+DType ResidualDType(const config::RunConfig& cfg, DType master);
+// The dtype of a norm's rstd, a softmax's statistics: f32 for bf16 data.
+DType StatDType(DType data);
+
 // `x` in `dtype`: x itself when it already is, else a new copy (the GEMMs'
 // bf16 operand copies).
 Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype);
+// y = x (accumulate false) or y += x, converting x to y's dtype first.
+void AddInto(const ExecContext& ctx, const Tensor& x, const Tensor& y, bool accumulate);
 
 class ScaledLinear;
 // The input of several maps that read the same x (q, k, v; gate, up) in

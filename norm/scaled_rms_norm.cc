@@ -1,6 +1,7 @@
 #include "norm/scaled_rms_norm.h"
 
 #include "core/ops.h"
+#include "norm/scaled_linear.h"
 
 namespace scalemoe {
 
@@ -14,6 +15,7 @@ ScaledRmsNorm::ScaledRmsNorm(ParamRegistry& registry, const ScaleOptions& option
 }
 
 Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
+  dtype_ = dtype;
   if (!scale_) return absl::OkStatus();
   if (!gamma_.defined() || gamma_.dtype() != dtype) {
     gamma_ = ctx.Empty({dim_}, dtype);
@@ -28,28 +30,34 @@ void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tenso
   SM_CHECK_MSG(x.numel() % dim_ == 0 && y.numel() == x.numel(), name_, ": x ", x.DebugString(),
                " y ", y.DebugString(), " for dim ", dim_);
   const int64_t rows = x.numel() / dim_;
-  const Tensor x2 = x.View({rows, dim_});
-  n_ = ctx.Empty({rows, dim_}, x.dtype());
-  rstd_ = ctx.Empty({rows}, x.dtype());
+  // In the master's dtype (bf16 activations are converted in and out).
+  const Tensor x2 = InDType(ctx, x.View({rows, dim_}), dtype_);
+  n_ = ctx.Empty({rows, dim_}, dtype_);
+  rstd_ = ctx.Empty({rows}, dtype_);
   ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
-  if (scale_) {
-    ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), y.View({rows, dim_}));
-  } else {
+  if (!scale_) {
     ops::Copy(ctx, n_, y);
+    return;
   }
+  const Tensor out = y.dtype() == dtype_ ? y.View({rows, dim_}) : ctx.Empty({rows, dim_}, dtype_);
+  ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), out);
+  if (!out.SharesDataWith(y)) ops::Copy(ctx, out, y);
 }
 
 void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
   const int64_t rows = n_.dim(0);
   SM_CHECK_MSG(d_y.numel() == n_.numel() && d_x.numel() == n_.numel(), name_,
                ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString());
-  Tensor d_n = d_y.View({rows, dim_});
+  Tensor d_n = InDType(ctx, d_y.View({rows, dim_}), dtype_);
   if (scale_) {
-    d_n = ctx.Empty({rows, dim_}, d_y.dtype());
-    ops::ScaleRowsColsBackward(ctx, n_, Tensor(), gamma_, d_y.View({rows, dim_}), d_n, Tensor(),
-                               d_gamma_);
+    Tensor d_y2 = d_n;
+    d_n = ctx.Empty({rows, dim_}, dtype_);
+    ops::ScaleRowsColsBackward(ctx, n_, Tensor(), gamma_, d_y2, d_n, Tensor(), d_gamma_);
   }
-  ops::RmsNormalizeBackward(ctx, n_, rstd_, d_n, d_x.View({rows, dim_}));
+  const Tensor d_x2 =
+      d_x.dtype() == dtype_ ? d_x.View({rows, dim_}) : ctx.Empty({rows, dim_}, dtype_);
+  ops::RmsNormalizeBackward(ctx, n_, rstd_, d_n, d_x2);
+  if (!d_x2.SharesDataWith(d_x)) ops::Copy(ctx, d_x2, d_x);
 }
 
 Status ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {

@@ -8,7 +8,9 @@
 // Per step: PrepareStep() computes γ and zeroes its gradient; each
 // Forward/Backward pair handles one micro-batch (Forward caches n and rstd;
 // Backward overwrites d_x and accumulates dγ); FinishBackward() pushes dγ
-// into the parameters' gradients (+=).
+// into the parameters' gradients (+=). The norm computes in PrepareStep's
+// dtype (the master's); x, y and the gradients may be bf16 activations,
+// converted in and out.
 #pragma once
 
 #include <memory>
@@ -45,6 +47,7 @@ class ScaledRmsNorm {
  private:
   std::string name_;
   int64_t dim_;
+  DType dtype_ = DType::kF32;  // PrepareStep's: n_, rstd_ and γ's
   double eps_;
   std::unique_ptr<ScaleVector> scale_;  // null under mode NONE
   Tensor gamma_;    // [dim] effective γ of this step

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
+#include "core/cpu/float_types.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -23,7 +24,7 @@ void GatherTyped(int64_t m, int64_t c, const T* x, const int32_t* idx, int divis
   for (int64_t i = 0; i < m; ++i) {
     T* o = out + i * c;
     if (idx[i] < 0) {
-      for (int64_t j = 0; j < c; ++j) o[j] = 0;
+      for (int64_t j = 0; j < c; ++j) o[j] = T{};
       continue;
     }
     const T* xr = x + static_cast<int64_t>(idx[i] / divisor) * c;
@@ -89,11 +90,10 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
   SM_CHECK_MSG(ctx.device() == Device::kCPU, "GatherRows: CUDA path not in this build");
   CheckIndexed("GatherRows", out, indices, x);
   const int64_t m = out.dim(0), c = out.dim(1);
-  if (x.dtype() == DType::kF64) {
-    GatherTyped(m, c, x.data<double>(), indices.data<int32_t>(), divisor, out.data<double>());
-  } else {
-    GatherTyped(m, c, x.data<float>(), indices.data<int32_t>(), divisor, out.data<float>());
-  }
+  DispatchFloat(x, [&](auto t) {  // a copy of rows: bf16 moves as it is
+    using T = decltype(t);
+    GatherTyped(m, c, x.data<T>(), indices.data<int32_t>(), divisor, out.data<T>());
+  });
 }
 
 void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,

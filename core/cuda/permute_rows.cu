@@ -112,14 +112,19 @@ __global__ void CapacityKeepKernel(int64_t m, int num_experts, int64_t capacity,
   }
 }
 
-template <typename T>
-__global__ void GatherRowsKernel(int64_t m, int64_t c, int64_t x_rows, const T* x,
-                                 const int32_t* idx, int divisor, T* out) {
-  SM_GRID_STRIDE(e, m * c) {
-    const int64_t i = e / c, j = e - i * c;
+// out row i = x row idx[i] / divisor (zeros when the index is negative or
+// past x), moved in words of U (16 bytes where the rows allow): a copy of
+// bits, whatever the rows' dtype.
+template <typename U>
+__global__ void GatherRowsKernel(int64_t m, int64_t words, int64_t x_rows, const U* x,
+                                 const int32_t* idx, int divisor, U* out) {
+  SM_GRID_STRIDE(e, m * words) {
+    const int64_t i = e / words, j = e - i * words;
     const int32_t index = idx[i];
     const int64_t r = index < 0 ? -1 : index / divisor;
-    out[e] = r >= 0 && r < x_rows ? x[r * c + j] : FromAcc<T>(Acc<T>(0));
+    U v{};
+    if (r >= 0 && r < x_rows) v = x[r * words + j];
+    out[e] = v;
   }
 }
 
@@ -315,11 +320,27 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
   CheckIndexed(ctx, "GatherRows", out, indices, x, divisor);
   const int64_t m = out.dim(0), c = out.dim(1);
   if (m * c == 0) return;
-  DispatchF32F64("GatherRows", x, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    GatherRowsKernel<T><<<Blocks(m * c), kThreads, 0, Stream(ctx)>>>(
-        m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor, Ptr<T>(out));
-  });
+  SM_CHECK_MSG(x.dtype() == DType::kF32 || x.dtype() == DType::kF64 || x.dtype() == DType::kBF16,
+               "GatherRows: rows must be f32, f64 or bf16, got ", x.DebugString());
+  const int64_t row_bytes = c * static_cast<int64_t>(DTypeSize(x.dtype()));
+  auto launch = [&](auto word) {
+    using U = decltype(word);
+    const int64_t words = row_bytes / static_cast<int64_t>(sizeof(U));
+    GatherRowsKernel<U><<<Blocks(m * words), kThreads, 0, Stream(ctx)>>>(
+        m, words, x.dim(0), static_cast<const U*>(x.raw_data()), Ptr<const int32_t>(indices),
+        divisor, static_cast<U*>(out.raw_data()));
+  };
+  const auto aligned = [&](int64_t n) {
+    return row_bytes % n == 0 && reinterpret_cast<uintptr_t>(x.raw_data()) % n == 0 &&
+           reinterpret_cast<uintptr_t>(out.raw_data()) % n == 0;
+  };
+  if (aligned(16)) {
+    launch(uint4{});
+  } else if (aligned(4)) {
+    launch(uint32_t{});
+  } else {
+    launch(uint16_t{});  // bf16 rows of an odd width
+  }
   SM_CHECK_LAUNCH(ctx, "GatherRows", "GatherRowsKernel");
 }
 

@@ -1,11 +1,11 @@
-// train.precision BF16: GEMM operands are bf16 copies (the weight, or the
-// folded W_eff formed from the fp32 master, and the GEMM's input), rounded
-// once, accumulated in fp32; outputs, master weights, gradients, scale
-// vectors and the router stay fp32. Checked three ways: one ScaledLinear
-// equals the same ops on explicitly rounded operands (both paths, forward
-// and backward), the whole model stays within bf16 rounding of its fp32 run
-// (and is not identical to it: bf16 is really used), and the router's
-// logits do not depend on the precision.
+// train.precision BF16: GEMM operands are bf16 (a copy of the weight, or
+// the folded W_eff formed from the fp32 master; the input, which is the
+// bf16 residual stream's norm output itself unless
+// train.fp32_residual_connection), accumulated in fp32; master weights,
+// gradients, scale vectors, statistics and the router stay fp32. Checked three ways: one
+// ScaledLinear equals the same ops on explicitly rounded operands (both paths, forward and
+// backward), the whole model stays within bf16 rounding of its fp32 run (and is not identical to
+// it: bf16 is really used), and the router's logits do not depend on the precision.
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -307,28 +307,71 @@ TEST(ModelPrecisionTest, Bf16KeepsTheAttentionActivationsInBf16) {
   }
 }
 
-// Under BF16 the maps that read one input convert it once: q, k and v share
-// one bf16 copy of the attention's normed input, gate and up one of the
-// MLP's (SharedGemmInput); with the output projection's input (the
-// attention's bf16 output itself), 3 distinct bf16 [N, C] tensors per dense
-// layer in the forward cache (6 with a copy per map), and one more for the
-// LM head's input.
+// The distinct [N, C] tensors of one dtype in a forward cache (views of
+// one buffer counted once).
+std::vector<Tensor> DistinctRows(const ForwardCacheStash& stash, int64_t c, DType dtype) {
+  std::vector<Tensor> distinct;
+  stash.ForEachTensor([&](const Tensor& t) {
+    if (!t.defined() || t.dtype() != dtype || t.ndim() != 2 || t.dim(1) != c) return;
+    for (const Tensor& d : distinct) {
+      if (d.SharesDataWith(t)) return;
+    }
+    distinct.push_back(t);
+  });
+  return distinct;
+}
+
+// Under BF16 with train.fp32_residual_connection the maps that read one
+// input convert it once: q, k and v share one bf16 copy of the attention's
+// normed input, gate and up one of the MLP's (SharedGemmInput); with the
+// output projection's input (the attention's bf16 output itself), 3
+// distinct bf16 [N, C] tensors per dense layer in the forward cache (6 with
+// a copy per map), and one more for the LM head's input. The residual
+// stream (L + 1 block inputs and output) stays fp32 then.
 TEST(ModelPrecisionTest, Bf16MapsOfOneInputShareOneCopy) {
   config::RunConfig cfg = testing::TinyConfig(0);
   cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+  cfg.mutable_train()->set_fp32_residual_connection(true);
   const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
-  std::vector<Tensor> copies;
-  stash.ForEachTensor([&](const Tensor& t) {
-    if (!t.defined() || t.dtype() != DType::kBF16 || t.ndim() != 2 ||
-        t.dim(1) != cfg.model().hidden_size()) {
-      return;
+  const int64_t c = cfg.model().hidden_size(), layers = cfg.model().num_layers();
+  EXPECT_EQ(DistinctRows(stash, c, DType::kBF16).size(), 3u * layers + 1);
+  EXPECT_EQ(DistinctRows(stash, c, DType::kF32).size(), (layers + 1) + 2u * layers + 1)
+      << "the residual stream, each layer's two norm outputs and the final one";
+}
+
+// Under BF16 (Megatron's default) the residual stream and the norms'
+// outputs are bf16 themselves and the GEMMs read them without a copy: per
+// dense layer its input, the two norm outputs and the attention's output,
+// plus the last block's output and the final norm's; no fp32 [N, C]
+// activation is kept at all (the norms' rstd are fp32 [N] vectors).
+TEST(ModelPrecisionTest, Bf16KeepsTheResidualStreamInBf16) {
+  for (int experts : {0, 4}) {
+    SCOPED_TRACE(experts ? "moe" : "dense");
+    config::RunConfig cfg = testing::TinyConfig(experts);
+    cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+    const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
+    const int64_t c = cfg.model().hidden_size(), layers = cfg.model().num_layers();
+    const size_t bf16_rows = DistinctRows(stash, c, DType::kBF16).size();
+    const size_t f32_rows = DistinctRows(stash, c, DType::kF32).size();
+    if (experts == 0) {
+      EXPECT_EQ(bf16_rows, 4u * layers + 2);
+      EXPECT_EQ(f32_rows, 0u);
+    } else {
+      // The MoE layers add their permuted rows (bf16) and the router's
+      // fp32 copy of its input, one per MoE layer.
+      EXPECT_GT(bf16_rows, 4u * layers + 2);
+      EXPECT_EQ(f32_rows, static_cast<size_t>(layers));
     }
-    for (const Tensor& c : copies) {
-      if (c.SharesDataWith(t)) return;
-    }
-    copies.push_back(t);
-  });
-  EXPECT_EQ(copies.size(), 3u * cfg.model().num_layers() + 1);
+    int rstd = 0;
+    stash.ForEachTensor([&](const Tensor& t) {
+      if (t.defined() && t.ndim() == 1 && t.dim(0) == 10 &&  // 2 x 5 tokens
+          t.dtype() != DType::kI32 && t.dtype() != DType::kI64) {
+        ++rstd;
+        EXPECT_EQ(t.dtype(), DType::kF32) << "a norm's rstd " << t.DebugString();
+      }
+    });
+    EXPECT_GE(rstd, 2 * layers + 1);
+  }
 }
 
 TEST(ModelPrecisionTest, TheRouterKeepsFp32Operands) {
