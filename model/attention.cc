@@ -138,11 +138,11 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
   k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
-  lse_ = ctx.Empty({batch, heads_, seq}, dt == DType::kF64 ? DType::kF64 : DType::kF32);
+  lse_ = ctx.Empty({batch, heads_, seq}, inner == DType::kF64 ? DType::kF64 : DType::kF32);
   attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, inner);
   ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_, attention_options_);
   // Row-parallel: this rank's heads give a partial sum of the output.
-  const Tensor partial = tp_.comm() ? ctx.Empty({tokens, out.dim(1)}, dt) : out;
+  const Tensor partial = tp_.PartialFor(ctx, out, tokens, dt);
   o_proj_->Forward(ctx, attn_.View({tokens, heads_ * head_dim_}), partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
@@ -153,7 +153,7 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const DType dt = dtype_, inner = attn_.dtype();
   // The column-parallel projections give this rank's share of d_n.
-  const Tensor d_n = tp_.comm() ? ctx.Empty({tokens, d_n_rows.dim(1)}, dt) : d_n_rows;
+  const Tensor d_n = tp_.PartialFor(ctx, d_n_rows, tokens, dt);
   Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, inner);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
   Tensor d_q = ctx.Empty(q_.shape(), inner);

@@ -76,7 +76,7 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
   Tensor h = ctx.Empty({tokens, f}, inner);
   ops::SwiGlu(ctx, gate_out_, up_out_, h);
   // Partial sums over the TP ranks in the master's dtype (TpRegion).
-  const Tensor partial = tp_.comm() ? ctx.Empty({tokens, out.dim(1)}, dtype_) : out;
+  const Tensor partial = tp_.PartialFor(ctx, out, tokens, dtype_);
   down_->Forward(ctx, h, partial);
   return tp_.ReduceToRows(ctx, partial, out);
 }
@@ -84,7 +84,7 @@ Status Mlp::Forward(const ExecContext& ctx, const Tensor& n_rows, const Tensor& 
 Status Mlp::Backward(const ExecContext& ctx, const Tensor& d_out_rows, const Tensor& d_n_rows) {
   SM_ASSIGN_OR_RETURN(const Tensor d_out, tp_.ToFull(ctx, d_out_rows));
   const Shape shape = gate_out_.shape();
-  const Tensor d_n = tp_.comm() ? ctx.Empty({shape[0], d_n_rows.dim(1)}, dtype_) : d_n_rows;
+  const Tensor d_n = tp_.PartialFor(ctx, d_n_rows, shape[0], dtype_);
   const DType inner = gate_out_.dtype();
   Tensor d_h = ctx.Empty(shape, inner);
   down_->Backward(ctx, d_out, d_h, GradMode::kOverwrite);

@@ -302,7 +302,7 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
                                                double loss_grad_scale) {
   SM_CHECK_MSG(keep_grad_, "MoeTransformer::Backward needs a Forward (with gradients) first");
   keep_grad_ = false;  // one Backward per Forward
-  const int64_t n = batch_ * seq_, c = cfg_.model().hidden_size();
+  const int64_t n = batch_ * seq_;
   const Shape shape = BoundaryShape(batch_, seq_);
   const DType master = registry_.flat_values().dtype(), dt = BoundaryDType();
   Tensor d_x = ctx.Empty(shape, dt);
@@ -312,7 +312,7 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
     Tensor d_n = ctx.Empty(shape, dt);
     // The vocab-split head gives this rank's share of d n_final (all tokens),
     // summed in the logits' dtype.
-    const Tensor d_n_full = tp_.comm() ? ctx.Empty({n, c}, d_logits.dtype()) : d_n;
+    const Tensor d_n_full = tp_.PartialFor(ctx, d_n, n, d_logits.dtype());
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);

@@ -45,6 +45,12 @@ Status TpRegion::ReduceToRows(const ExecContext& ctx, const Tensor& full,
   return absl::OkStatus();
 }
 
+Tensor TpRegion::PartialFor(const ExecContext& ctx, const Tensor& rows, int64_t tokens,
+                            DType sum_dtype) const {
+  if (tp_ == nullptr || (!sp_ && rows.dtype() == sum_dtype)) return rows;
+  return ctx.Empty({tokens, rows.dim(1)}, sum_dtype);
+}
+
 Tensor TpRegion::ToChunk(const Tensor& rows) const {
   if (sp_ || tp_ == nullptr) return rows;
   SM_CHECK_MSG(rows.dim(0) % size_ == 0, "the MoE layer splits ", rows.dim(0),

@@ -47,6 +47,12 @@ class TpRegion {
 
   StatusOr<Tensor> ToFull(const ExecContext& ctx, const Tensor& rows) const;
   Status ReduceToRows(const ExecContext& ctx, const Tensor& full, const Tensor& rows) const;
+  // Where a sublayer writes the partial sums ReduceToRows(full, rows) takes
+  // for `tokens` tokens, to be summed in `sum_dtype`: rows itself where
+  // that sums in place (one rank; no SP and rows of that dtype), else a
+  // new [tokens, C] buffer.
+  Tensor PartialFor(const ExecContext& ctx, const Tensor& rows, int64_t tokens,
+                    DType sum_dtype) const;
   Tensor ToChunk(const Tensor& rows) const;  // never communicates
   Status ChunkToRows(const ExecContext& ctx, const Tensor& chunk, const Tensor& rows) const;
 
