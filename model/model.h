@@ -11,7 +11,9 @@
 // grads); FinishBackward once after the last Backward (unfolds the folded
 // weights' gradients into the parameters'). Evaluate runs a forward only and
 // replaces the Forward cache (do not call it between Forward and Backward).
-// The parameter dtype (f32/f64) is the registry's; activations follow it.
+// The parameter dtype (f32/f64) is the registry's; activations follow it,
+// except under train.precision BF16, where the residual stream and the
+// activations between sublayers are bf16 (BoundaryDType).
 //
 // Activation recomputation (train.recompute): NONE keeps every layer's
 // forward cache until Backward; FULL on a single stage keeps only each

@@ -36,12 +36,14 @@
 //
 // Precision (train.precision): with bf16 operands the GEMMs read a bf16
 // copy of the weight (W_eff itself when folded, formed from the fp32 master
-// each step) and a bf16 copy of their input (one per input shared by
+// each step) and their input as it is when bf16 (the residual stream's
+// norm outputs: ResidualDType), else a bf16 copy (one per input shared by
 // several maps: SharedGemmInput), accumulate in fp32 and write fp32
-// weight gradients; outputs are fp32, or bf16 where the caller keeps its
-// activations in bf16 (output_dtype: the FFNs' F-wide ones). The master W,
-// its gradient and optimizer state, γ and u stay fp32. The router keeps
-// fp32 operands (its logits decide the routing).
+// weight gradients; outputs are in the caller's activations' dtype (bf16
+// but for the logits, the per-head norms' inputs and fp32 residual
+// streams). Per-token scalings by γ and u run in the master's dtype. The
+// master W, its gradient and optimizer state, γ and u stay fp32. The
+// router keeps fp32 operands (its logits decide the routing).
 //
 // Names: construction records in the parameters' ParamSpec which weight γ
 // and u fold into (ScaleVectorInfo::folds_into), for the export.
