@@ -5,8 +5,11 @@
 // f32, f64 and bf16; the angle and its cos/sin are computed in f64 (a
 // position times a frequency in f32 would be off by ~1e-4 rad at t ~ 4096),
 // then rounded to the compute type (f32 for f32 and bf16), as the CPU does.
-// A thread owns one (t, i) pair of columns, computes its cos/sin once and
-// rotates it in a slice of the B·H head vectors; out may alias x.
+// A block owns one position t and a tile of up to kTileCols pair columns:
+// it computes their cos/sin once into shared memory, then rotates them in a
+// range of the B·H head vectors, 16 bytes of x1 and of x2 per access where
+// D/2 is a multiple of the pack (else one element at a time). Each element
+// is read and written by one thread only, so out may alias x.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -15,37 +18,93 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
-// Pairs (t, i) over the grid's x (i fastest: a warp reads adjacent
-// columns); head vectors bh = b·H + h over the grid's y.
-template <typename T>
-__global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64_t d, double theta,
-                           double sign, const T* x, T* out) {
+// Pair columns whose cos/sin one block keeps in shared memory: D/2 up to
+// this in one tile (every head dim in use), longer heads over several.
+constexpr int kTileCols = 256;
+// Packs of x1 and x2 a thread has loaded at once: the first ones are in
+// flight while the block computes its table.
+constexpr int kItemsInFlight = 2;
+
+// One thread's share: V columns of x1 (and the matching ones of x2) of one
+// head vector, loaded and not yet written.
+template <typename T, int V>
+struct RopeItem {
+  bool valid = false;
+  int col = 0;       // first column within the block's tile
+  int64_t base = 0;  // element offset of its x1 columns
+  Pack<T, V> x1, x2;
+};
+
+// grid.x: (t, column tile), tile fastest; grid.y: ranges of bh_per_block
+// head vectors bh = b·H + h. Items (head vector, pack) of a block go over
+// its threads, pack fastest (a warp covers adjacent 16-byte chunks of
+// adjacent heads). V = 1 or 16 / sizeof(T); V > 1 needs D/2 % V == 0 and x
+// and out 16-byte aligned (the launcher checks).
+template <typename T, int V>
+__global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64_t bh_per_block,
+                           int64_t d, double theta, double sign, const T* x, T* out) {
   using A = Acc<T>;
+  __shared__ A cos_tab[kTileCols], sin_tab[kTileCols];
   const int64_t half = d / 2;
-  const int64_t pairs = t_dim * half;
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < pairs;
-       e += stride) {
-    const int64_t t = e / half, i = e - t * half;
+  const int64_t tiles = (half + kTileCols - 1) / kTileCols;
+  const int64_t t = blockIdx.x / tiles;
+  const int64_t first_col = (blockIdx.x - t * tiles) * kTileCols;
+  const int cols = static_cast<int>(half - first_col < kTileCols ? half - first_col : kTileCols);
+  const int packs = cols / V;  // cols % V == 0: half and kTileCols are multiples of V
+  const int64_t bh_first = static_cast<int64_t>(blockIdx.y) * bh_per_block;
+  const int64_t bh_end = bh_first + bh_per_block < bh_count ? bh_first + bh_per_block : bh_count;
+  const int64_t items = (bh_end - bh_first) * packs;
+
+  auto load = [&](int64_t q, RopeItem<T, V>& it) {
+    it.valid = q < items;
+    if (!it.valid) return;
+    const int64_t bh = bh_first + q / packs;
+    const int64_t b = bh / h_dim, h = bh - b * h_dim;
+    it.col = static_cast<int>(q % packs) * V;
+    it.base = ((b * t_dim + t) * h_dim + h) * d + first_col + it.col;
+    it.x1 = *reinterpret_cast<const Pack<T, V>*>(x + it.base);
+    it.x2 = *reinterpret_cast<const Pack<T, V>*>(x + it.base + half);
+  };
+  // The same expressions as the CPU reference, in A, each rounded to T once.
+  auto rotate_store = [&](const RopeItem<T, V>& it) {
+    if (!it.valid) return;
+    Pack<T, V> o1, o2;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const A c = cos_tab[it.col + k], s = sin_tab[it.col + k];
+      const A x1 = ToAcc(it.x1.v[k]), x2 = ToAcc(it.x2.v[k]);
+      o1.v[k] = FromAcc<T>(x1 * c - x2 * s);
+      o2.v[k] = FromAcc<T>(x2 * c + x1 * s);
+    }
+    *reinterpret_cast<Pack<T, V>*>(out + it.base) = o1;
+    *reinterpret_cast<Pack<T, V>*>(out + it.base + half) = o2;
+  };
+
+  // The first loads go out before the f64 table work, to overlap it.
+  const int64_t step = blockDim.x;
+  RopeItem<T, V> batch[kItemsInFlight];
+#pragma unroll
+  for (int r = 0; r < kItemsInFlight; ++r) load(threadIdx.x + r * step, batch[r]);
+
+  for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+    const int64_t i = first_col + j;
     const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
     double sin_d, cos_d;
     sincos(static_cast<double>(t) * inv_freq, &sin_d, &cos_d);
-    const A c = static_cast<A>(cos_d), s = static_cast<A>(sign * sin_d);
-    for (int64_t bh = blockIdx.y; bh < bh_count; bh += gridDim.y) {
-      const int64_t b = bh / h_dim, h = bh - b * h_dim;
-      const int64_t base = ((b * t_dim + t) * h_dim + h) * d + i;
-      const A x1 = ToAcc(x[base]), x2 = ToAcc(x[base + half]);
-      out[base] = FromAcc<T>(x1 * c - x2 * s);
-      out[base + half] = FromAcc<T>(x2 * c + x1 * s);
-    }
+    cos_tab[j] = static_cast<A>(cos_d);
+    sin_tab[j] = static_cast<A>(sign * sin_d);
+  }
+  __syncthreads();
+
+  for (int64_t q = threadIdx.x; q < items; q += kItemsInFlight * step) {
+#pragma unroll
+    for (int r = 0; r < kItemsInFlight; ++r) rotate_store(batch[r]);
+#pragma unroll
+    for (int r = 0; r < kItemsInFlight; ++r) load(q + (kItemsInFlight + r) * step, batch[r]);
   }
 }
 
 // ---------------------------------------------------------------- launchers
-
-// Enough blocks over the head vectors to fill the GPU when T·D/2 alone
-// does not (each block row recomputes its pairs' cos/sin).
-constexpr int64_t kTargetBlocks = 2048;
 
 void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, double sign,
          const Tensor& out) {
@@ -56,15 +115,30 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype(), op, " out ", out.DebugString(),
                " for x ", x.DebugString());
   const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
-  const int64_t pairs = t * (d / 2), bh = b * h;
-  if (pairs == 0 || bh == 0) return;
-  const unsigned gx = Blocks(pairs);
-  const unsigned gy = static_cast<unsigned>(
-      std::clamp<int64_t>((kTargetBlocks + gx - 1) / gx, 1, std::min<int64_t>(bh, 65535)));
+  const int64_t half = d / 2, bh = b * h;
+  if (t * half == 0 || bh == 0) return;
+  const int64_t tiles = (half + kTileCols - 1) / kTileCols;
+  SM_CHECK_MSG(t * tiles < (int64_t{1} << 31), op, " x ", x.DebugString(),
+               " has more positions than one launch covers");
   DispatchFloat(x, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    RopeKernel<T><<<dim3(gx, gy), kThreads, 0, Stream(ctx)>>>(t, h, bh, d, theta, sign,
-                                                              Ptr<const T>(x), Ptr<T>(out));
+    const auto launch = [&](auto pack_tag) {
+      constexpr int V = decltype(pack_tag)::value;
+      // About kItemsInFlight items per thread; at most 65535 head ranges.
+      const int64_t packs = std::min<int64_t>(half, kTileCols) / V;
+      const int64_t bh_per_block = std::max<int64_t>(
+          std::max<int64_t>(kItemsInFlight * kThreads / packs, 1), (bh + 65534) / 65535);
+      const dim3 grid(static_cast<unsigned>(t * tiles),
+                      static_cast<unsigned>((bh + bh_per_block - 1) / bh_per_block));
+      RopeKernel<T, V><<<grid, kThreads, 0, Stream(ctx)>>>(t, h, bh, bh_per_block, d, theta, sign,
+                                                           Ptr<const T>(x), Ptr<T>(out));
+    };
+    // 16-byte packs when every head vector's halves start on a pack.
+    if (half % kPack<T> == 0 && AllAligned16({x.raw_data(), out.raw_data()})) {
+      launch(std::integral_constant<int, kPack<T>>{});
+    } else {
+      launch(std::integral_constant<int, 1>{});
+    }
   });
   SM_CHECK_LAUNCH(ctx, op, "RopeKernel");
 }

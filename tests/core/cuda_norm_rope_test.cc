@@ -2,12 +2,14 @@
 // against the CPU reference on fresh Philox data: one row / one token, row
 // lengths that are odd, below and above a warp's share, not a multiple of a
 // 16-byte pack, and long rows (the block-per-row path); head dims 64 and
-// 128 (and 2 and 6); f32, f64 and bf16 (against f64 math on the bf16
-// values, and the norms also against the CPU's own bf16 path). Outputs
-// start as NaN; a NaN never passes.
+// 128 (and 2, 6, 18, 40 and 1024); f32, f64 and bf16 (against f64 math on
+// the bf16 values, and the norms also against the CPU's own bf16 path).
+// Outputs start as NaN; a NaN never passes.
 // In-place calls (out aliasing the input) match too, and the row sums give
-// the same bits on every run. The fused AddRmsNormalize and
-// RmsNormalizeBackwardAdd give the same bits as the GPU's two-op sequences.
+// the same bits on every run. Rope off a 16-byte boundary (one element at a
+// time) gives the same bits as on aligned tensors (16-byte packs). The fused
+// AddRmsNormalize and RmsNormalizeBackwardAdd give the same bits as the
+// GPU's two-op sequences.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -286,11 +288,15 @@ TEST_F(CudaNormRopeTest, Bf16MatchesTheCpuBf16Path) {
 }
 
 // [B, T, H, D]: one token; head dims 64 and 128; one pair per head; an
-// odd half; T over a block.
+// odd half; T over a block; halves that are not a multiple of a bf16 pack
+// (18: of no pack; 40: of the f32 and f64 ones only); more heads than one
+// block takes (several head ranges); a half over one block's cos/sin tile
+// (1024: two tiles).
 // clang-format off
 const std::vector<Shape> kRopeShapes = {
     {1, 1, 1, 64}, {1, 1, 4, 128}, {2, 37, 3, 64}, {1, 300, 2, 128}, {3, 5, 4, 128},
-    {1, 13, 7, 2}, {2, 9, 5, 6}, {1, 129, 1, 64},
+    {1, 13, 7, 2}, {2, 9, 5, 6}, {1, 129, 1, 64}, {2, 5, 3, 18}, {1, 7, 5, 40},
+    {2, 3, 40, 128}, {1, 2, 3, 1024},
 };
 // clang-format on
 
@@ -336,6 +342,39 @@ TEST_F(CudaNormRopeTest, RopeInPlaceMatchesCpu) {
     ops::RopeBackward(ctx_, y, 10000.0, y);  // Rᵀ R = I: back to x
     ExpectParity(Host(y), F64(x), ParityTolerance(dtype) * 2,
                  absl::StrCat("RopeBackward(Rope(x)) ", DTypeName(dtype)));
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// x and out one element past a 16-byte boundary take the one-element path;
+// it gives the same bits as the 16-byte packs on aligned tensors, out of
+// place and in place (an odd D/2 takes the one-element path either way).
+TEST_F(CudaNormRopeTest, RopeUnalignedIsThePackedPathBitForBit) {
+  uint64_t seed = 4000;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : {Shape{2, 33, 3, 128}, Shape{3, 4, 40, 64}, Shape{1, 5, 2, 18}}) {
+      ++seed;
+      const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape));
+      const Tensor x = RandomHost(shape, dtype, seed, 1);
+      for (double sign : {1.0, -1.0}) {
+        const auto rotate = [&](const Tensor& in, const Tensor& out) {
+          if (sign > 0) {
+            ops::Rope(ctx_, in, 500000.0, out);
+          } else {
+            ops::RopeBackward(ctx_, in, 500000.0, out);
+          }
+        };
+        Tensor packed = Poisoned(shape, dtype);
+        rotate(Dev(x), packed);
+        Tensor unaligned = Misaligned(ctx_, Host(Poisoned(shape, dtype)));
+        rotate(Misaligned(ctx_, x), unaligned);
+        Tensor in_place = Misaligned(ctx_, x);
+        rotate(in_place, in_place);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(packed), Host(unaligned))) << what << " " << sign;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(packed), Host(in_place))) << what << " " << sign;
+      }
+    }
   }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;
