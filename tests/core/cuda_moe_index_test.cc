@@ -6,7 +6,8 @@
 // slots (−1 rows), weights present or not, f32 and f64 (bf16 where the op
 // takes it, and the combine's f32 weights with bf16 rows). Outputs start as
 // NaN (or −1 bytes); index outputs must equal the CPU's exactly, and the
-// scatter-add is the same bits every run.
+// scatter-add is the same bits every run. CombineSlots off a 16-byte
+// boundary (one element at a time) gives the same bits as its 16-byte packs.
 #include <string>
 #include <vector>
 
@@ -31,6 +32,8 @@ using testing::ShapeName;
 
 constexpr IdMode kModes[] = {IdMode::kDistinctRows, IdMode::kSkipLast, IdMode::kAllToOne};
 constexpr int64_t kWidths[] = {1, 33, 128};
+// CombineSlots also at a width of f32 and f64 packs but not of bf16 ones.
+constexpr int64_t kCombineWidths[] = {1, 33, 40, 128};
 
 // kept [N, K] i32: about `drop_percent` of the slots dropped.
 Tensor RandomKept(const RouteShape& s, int drop_percent, uint64_t seed) {
@@ -238,7 +241,7 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotMatchCpu) {
   uint64_t seed = 400;
   for (DType dtype : {DType::kF32, DType::kF64, DType::kBF16}) {
     for (const RouteShape& s : RouteShapes()) {
-      for (int64_t c : kWidths) {
+      for (int64_t c : kCombineWidths) {
         for (int drop : {0, 25}) {
           ++seed;
           const std::string what =
@@ -286,7 +289,7 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
   uint64_t seed = 900;
   int64_t same = 0, total = 0;
   for (const RouteShape& s : RouteShapes()) {
-    for (int64_t c : kWidths) {
+    for (int64_t c : kCombineWidths) {
       for (int drop : {0, 25}) {
         ++seed;
         const std::string what =
@@ -318,6 +321,49 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
     }
   }
   EXPECT_GE(same, total * 99 / 100) << "CombineSlots elements with the CPU's bits, of " << total;
+  ExpectOk();
+}
+
+// A device copy of host tensor t starting one element past a 16-byte
+// boundary.
+Tensor Misaligned(const ExecContext& ctx, const Tensor& t) {
+  Tensor buffer = ctx.Empty({t.numel() + 1}, t.dtype());
+  Tensor view = buffer.Narrow(0, 1, t.numel()).View(t.shape());
+  ops::Copy(ctx, ctx.ToDevice(t), view);
+  return view;
+}
+
+// CombineSlots on rows and out off a 16-byte boundary (one element at a
+// time) gives the same bits as on aligned ones (16-byte packs), with and
+// without weights, f32 weights with bf16 rows included.
+TEST_F(CudaMoeIndexTest, CombineSlotsUnalignedIsThePackedPathBitForBit) {
+  const RouteShape s{256, 64, 8};
+  const int64_t m = s.n * s.k, c = 128;
+  uint64_t seed = 1200;
+  for (DType dtype : {DType::kF32, DType::kF64, DType::kBF16}) {
+    for (DType w_dtype : {dtype, DType::kF32}) {
+      if (w_dtype != dtype && dtype != DType::kBF16) continue;
+      ++seed;
+      const std::string what =
+          absl::StrCat(DTypeName(dtype), " rows, ", DTypeName(w_dtype), " weights");
+      const Tensor perm = CpuPermSlot(cpu_, s, RandomExpertIds(s, IdMode::kSkipLast, seed),
+                                      RandomKept(s, 25, seed));
+      Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
+      ops::InvertRowIndex(cpu_, perm, slot_row);
+      const Tensor rows = RandomHost({m, c}, dtype, seed, 1);
+      const Tensor w = RandomHost({s.n, s.k}, w_dtype, seed, 2, 0.3, 0.2);
+      const Tensor out0 = RandomHost({s.n, c}, dtype, seed, 3);
+      for (bool weighted : {false, true}) {
+        const Tensor weights = weighted ? Dev(w) : Tensor();
+        Tensor packed = Dev(out0);
+        ops::CombineSlots(ctx_, Dev(rows), Dev(slot_row), weights, packed);
+        Tensor unaligned = Misaligned(ctx_, out0);
+        ops::CombineSlots(ctx_, Misaligned(ctx_, rows), Dev(slot_row), weights, unaligned);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(packed), Host(unaligned)))
+            << what << " weighted " << weighted;
+      }
+    }
+  }
   ExpectOk();
 }
 
