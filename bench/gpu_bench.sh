@@ -116,12 +116,12 @@ for p in $presets; do
     timeout "$run_timeout" "$build/bench/train_step_bench" --config "configs/$p.textproto" \
       "${sets[@]}" --steps "$steps" --warmup "$warmup" --profile-steps "$profile" \
       --label "$p/$v" > "$log" 2>&1 || echo "gpu_bench: ours $p/$v failed: $(tail -3 "$log")" >&2
-    stamp "ours  $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-160)"
+    stamp "ours  $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
     if [ "$have_torch" = 1 ]; then
       log="$out/torch_${p}_$v.log"
       torch_run "$p" "$v" "$steps" "$warmup" "$log" ||
         echo "gpu_bench: torch $p/$v failed: $(tail -3 "$log")" >&2
-      stamp "torch $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-160)"
+      stamp "torch $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
     fi
   done
 done
