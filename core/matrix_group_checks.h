@@ -1,6 +1,6 @@
-// Argument checks of the group ops (core/ops.h: ScaleRowsColsGroup,
-// MagnitudeDirectionGroup and their backwards), shared by the CPU and CUDA
-// backends.
+// Argument checks shared by the CPU and CUDA backends: the group ops'
+// (core/ops.h: ScaleRowsColsGroup, MagnitudeDirectionGroup and their
+// backwards), and the dtypes ScaleRowsCols' vectors may have.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +8,16 @@
 #include "core/ops.h"
 
 namespace scalemoe::ops {
+
+// The dtypes ScaleRowsCols' row and col may have beside x's.
+enum class VectorDTypes : uint8_t {
+  kLikeX,       // x's (the backward)
+  kLikeXOrF32,  // x's, or f32 for bf16 x (the forward: f32 weights on bf16 rows)
+};
+inline bool VectorDTypeOk(const Tensor& v, const Tensor& x, VectorDTypes allowed) {
+  return v.dtype() == x.dtype() || (allowed == VectorDTypes::kLikeXOrF32 &&
+                                    x.dtype() == DType::kBF16 && v.dtype() == DType::kF32);
+}
 
 // `g` holds `size` contiguous matrices [rows, cols] of `dtype` on `device`
 // (on CUDA also its address table); with `optional`, an empty group (an

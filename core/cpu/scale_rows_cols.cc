@@ -14,20 +14,12 @@
 namespace scalemoe::cpu {
 namespace {
 
+using ops::VectorDTypeOk;
+using ops::VectorDTypes;
+
 struct Dims {
   int64_t b, r, c;
 };
-
-// The dtypes row and col may have beside x's.
-enum class VectorDTypes : uint8_t {
-  kLikeX,       // x's (the backward)
-  kLikeXOrF32,  // x's, or f32 for bf16 x (the forward: f32 weights on bf16 rows)
-};
-
-bool VectorDTypeOk(const Tensor& v, const Tensor& x, VectorDTypes allowed) {
-  return v.dtype() == x.dtype() || (allowed == VectorDTypes::kLikeXOrF32 &&
-                                    x.dtype() == DType::kBF16 && v.dtype() == DType::kF32);
-}
 
 Dims CheckShapes(const char* op, const Tensor& x, const Tensor& row, const Tensor& col,
                  VectorDTypes allowed) {

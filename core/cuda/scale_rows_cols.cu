@@ -29,6 +29,9 @@
 namespace scalemoe::cuda {
 namespace {
 
+using ops::VectorDTypeOk;
+using ops::VectorDTypes;
+
 // ---------------------------------------------------------------- kernels
 
 // Where matrix (or vector) b of a call lives: a batched tensor's b-th slice
@@ -251,17 +254,6 @@ __global__ void SharedColumnFinishKernel(int64_t b_dim, int64_t c_dim, const dou
 struct Dims {
   int64_t b, r, c;
 };
-
-// The dtypes row and col may have beside x's.
-enum class VectorDTypes : uint8_t {
-  kLikeX,       // x's (the backward)
-  kLikeXOrF32,  // x's, or f32 for bf16 x (the forward: f32 weights on bf16 rows)
-};
-
-bool VectorDTypeOk(const Tensor& v, const Tensor& x, VectorDTypes allowed) {
-  return v.dtype() == x.dtype() || (allowed == VectorDTypes::kLikeXOrF32 &&
-                                    x.dtype() == DType::kBF16 && v.dtype() == DType::kF32);
-}
 
 Dims CheckShapes(const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col,
                  const char* op, VectorDTypes allowed) {

@@ -21,6 +21,7 @@ using testing::ExpectIntsEqual;
 using testing::ExpectParity;
 using testing::IdMode;
 using testing::IntHost;
+using testing::Misaligned;
 using testing::ParityTolerance;
 using testing::RandomExpertIds;
 using testing::RandomHost;
@@ -322,15 +323,6 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
   }
   EXPECT_GE(same, total * 99 / 100) << "CombineSlots elements with the CPU's bits, of " << total;
   ExpectOk();
-}
-
-// A device copy of host tensor t starting one element past a 16-byte
-// boundary.
-Tensor Misaligned(const ExecContext& ctx, const Tensor& t) {
-  Tensor buffer = ctx.Empty({t.numel() + 1}, t.dtype());
-  Tensor view = buffer.Narrow(0, 1, t.numel()).View(t.shape());
-  ops::Copy(ctx, ctx.ToDevice(t), view);
-  return view;
 }
 
 // CombineSlots on rows and out off a 16-byte boundary (one element at a

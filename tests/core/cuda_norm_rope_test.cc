@@ -21,6 +21,7 @@ namespace {
 using testing::CudaOpTest;
 using testing::ExpectParity;
 using testing::F64;
+using testing::Misaligned;
 using testing::ParityTolerance;
 using testing::RandomHost;
 
@@ -134,15 +135,6 @@ TEST_F(CudaNormRopeTest, RmsNormalizeIsTheSameBitsEveryRun) {
   }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;
-}
-
-// A device copy of host tensor t starting one element past a 16-byte
-// boundary (the fused ops then load it one element at a time).
-Tensor Misaligned(const ExecContext& ctx, const Tensor& t) {
-  Tensor buffer = ctx.Empty({t.numel() + 1}, t.dtype());
-  Tensor view = buffer.Narrow(0, 1, t.numel()).View(t.shape());
-  ops::Copy(ctx, ctx.ToDevice(t), view);
-  return view;
 }
 
 // AddRmsNormalize: the same bits as Axpy then RmsNormalize on the GPU (x,

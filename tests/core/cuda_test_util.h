@@ -139,6 +139,15 @@ inline void ExpectBf16Parity(const Tensor& got, const Tensor& ref, double abs_fr
   }
 }
 
+// A device copy of host tensor t starting one element past a 16-byte
+// boundary (kernels with 16-byte packs then take their one-element path).
+inline Tensor Misaligned(const ExecContext& ctx, const Tensor& t) {
+  Tensor buffer = ctx.Empty({t.numel() + 1}, t.dtype());
+  Tensor view = buffer.Narrow(0, 1, t.numel()).View(t.shape());
+  ops::Copy(ctx, ctx.ToDevice(t), view);
+  return view;
+}
+
 inline bool BitwiseEqual(const Tensor& a, const Tensor& b) {
   return a.nbytes() == b.nbytes() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }

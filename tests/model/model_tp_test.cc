@@ -98,56 +98,66 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
   return r;
 }
 
-// Runs `cfg` on one rank and on `tp` TP ranks (sequence parallel per cfg;
-// experts split over `etp` of them, the rest of the expert grid EDP) and
-// compares everything.
-void ExpectTpEqualsOneRank(config::RunConfig cfg, int tp, int etp = 1) {
-  ParamRegistry ref_registry;
-  const RunResult ref = RunStep(ref_registry, cfg, nullptr, DType::kF64);
+// Runs one step of `cfg` (master weights of `master`) on `tp` FakeWorld TP
+// ranks (sequence parallel per cfg; experts split over `etp` of them, the
+// rest of the expert grid EDP); `check` sees each rank's result.
+using RankCheck = std::function<void(const RunResult& got, const ParamRegistry& registry,
+                                     const ProcessGroups& g, const std::string& where)>;
+void OnTpRanks(config::RunConfig cfg, int tp, int etp, DType master, const RankCheck& check) {
   cfg.mutable_parallel()->set_tp(tp);
   cfg.mutable_parallel()->set_etp(etp);
-  const int64_t vocab = cfg.model().vocab_size(), n = 2 * cfg.model().seq_length();
   FakeWorld world;
   const GridSizes sizes{.tp = tp, .etp = etp, .edp = tp / etp};
   const Status status = world.Run(tp, sizes, [&](ProcessGroups& g) -> Status {
     ParamRegistry registry(ShardCoords{
         .tp_rank = g.coords.tp, .tp_size = tp, .etp_rank = g.coords.etp, .etp_size = etp});
-    const RunResult got = RunStep(registry, cfg, &g, DType::kF64);
-    const std::string where = absl::StrCat("tp rank ", g.coords.tp);
-    for (size_t m = 0; m < ref.losses.size(); ++m) {
-      EXPECT_NEAR(got.losses[m], ref.losses[m], kTolerance * std::abs(ref.losses[m]))
-          << where << " micro-batch " << m;
-    }
-    // Logits: this rank holds vocabulary columns [r*V/tp, (r+1)*V/tp).
-    const int64_t shard = vocab / tp;
-    EXPECT_EQ(static_cast<int64_t>(got.logits.size()), n * shard) << where;
-    for (int64_t t = 0; t < n; ++t) {
-      for (int64_t j = 0; j < shard; ++j) {
-        EXPECT_NEAR(got.logits[t * shard + j], ref.logits[t * vocab + g.coords.tp * shard + j],
-                    1e-12)
-            << where << " logit " << t << "," << j;
-      }
-    }
-    for (const auto& p : registry.params()) {
-      const std::vector<double>& want = ref.grads.at(p->spec.name);
-      const std::vector<double>& have = got.grads.at(p->spec.name);
-      // A gradient that (nearly) vanishes by symmetry, like a normalized β's,
-      // is a cancellation of O(1) terms: compared absolutely (model_test_util.h).
-      double scale = testing::kSymmetryFloor;
-      for (double w : want) scale = std::max(scale, std::abs(w));
-      int bad = 0;
-      for (int64_t i = 0; i < p->local_numel() && bad < 3; ++i) {
-        const double w = want[p->GlobalIndex(i, registry.coords())];
-        if (std::abs(have[i] - w) > kTolerance * scale) {
-          ADD_FAILURE() << where << " " << p->spec.name << "[" << i << "]: " << have[i]
-                        << " vs one rank " << w;
-          ++bad;
-        }
-      }
-    }
+    check(RunStep(registry, cfg, &g, master), registry, g, absl::StrCat("tp rank ", g.coords.tp));
     return absl::OkStatus();
   });
   ASSERT_TRUE(status.ok()) << status;
+}
+
+// Runs `cfg` on one rank and on `tp` TP ranks (OnTpRanks) and compares
+// everything.
+void ExpectTpEqualsOneRank(const config::RunConfig& cfg, int tp, int etp = 1) {
+  ParamRegistry ref_registry;
+  const RunResult ref = RunStep(ref_registry, cfg, nullptr, DType::kF64);
+  const int64_t vocab = cfg.model().vocab_size(), n = 2 * cfg.model().seq_length();
+  OnTpRanks(cfg, tp, etp, DType::kF64,
+            [&](const RunResult& got, const ParamRegistry& registry, const ProcessGroups& g,
+                const std::string& where) {
+              for (size_t m = 0; m < ref.losses.size(); ++m) {
+                EXPECT_NEAR(got.losses[m], ref.losses[m], kTolerance * std::abs(ref.losses[m]))
+                    << where << " micro-batch " << m;
+              }
+              // Logits: this rank holds vocabulary columns [r*V/tp, (r+1)*V/tp).
+              const int64_t shard = vocab / tp;
+              EXPECT_EQ(static_cast<int64_t>(got.logits.size()), n * shard) << where;
+              for (int64_t t = 0; t < n; ++t) {
+                for (int64_t j = 0; j < shard; ++j) {
+                  EXPECT_NEAR(got.logits[t * shard + j],
+                              ref.logits[t * vocab + g.coords.tp * shard + j], 1e-12)
+                      << where << " logit " << t << "," << j;
+                }
+              }
+              for (const auto& p : registry.params()) {
+                const std::vector<double>& want = ref.grads.at(p->spec.name);
+                const std::vector<double>& have = got.grads.at(p->spec.name);
+                // A gradient that (nearly) vanishes by symmetry, like a normalized β's,
+                // is a cancellation of O(1) terms: compared absolutely (model_test_util.h).
+                double scale = testing::kSymmetryFloor;
+                for (double w : want) scale = std::max(scale, std::abs(w));
+                int bad = 0;
+                for (int64_t i = 0; i < p->local_numel() && bad < 3; ++i) {
+                  const double w = want[p->GlobalIndex(i, registry.coords())];
+                  if (std::abs(have[i] - w) > kTolerance * scale) {
+                    ADD_FAILURE() << where << " " << p->spec.name << "[" << i << "]: " << have[i]
+                                  << " vs one rank " << w;
+                    ++bad;
+                  }
+                }
+              }
+            });
 }
 
 config::RunConfig DenseConfig() {
@@ -261,36 +271,30 @@ void ExpectTpBf16TracksFp32(config::RunConfig cfg, int tp, int etp = 1) {
   for (const auto& [name, ref] : fp32.grads) {
     one_worst = std::max(one_worst, RelDistance(one.grads.at(name), ref));
   }
-  cfg.mutable_parallel()->set_tp(tp);
-  cfg.mutable_parallel()->set_etp(etp);
-  FakeWorld world;
-  const GridSizes sizes{.tp = tp, .etp = etp, .edp = tp / etp};
-  const Status status = world.Run(tp, sizes, [&](ProcessGroups& g) -> Status {
-    ParamRegistry registry(ShardCoords{
-        .tp_rank = g.coords.tp, .tp_size = tp, .etp_rank = g.coords.etp, .etp_size = etp});
-    const RunResult got = RunStep(registry, cfg, &g, DType::kF32);
-    const std::string where = absl::StrCat("tp rank ", g.coords.tp);
-    for (size_t m = 0; m < fp32.losses.size(); ++m) {
-      EXPECT_NEAR(got.losses[m], fp32.losses[m], 1e-2 * std::abs(fp32.losses[m]))
-          << where << " micro-batch " << m;
-    }
-    double worst = 0;
-    std::string worst_name;
-    for (const auto& p : registry.params()) {
-      const std::vector<double>& ref = fp32.grads.at(p->spec.name);
-      std::vector<double> want(p->local_numel()), have = got.grads.at(p->spec.name);
-      for (int64_t i = 0; i < p->local_numel(); ++i) {
-        want[i] = ref[p->GlobalIndex(i, registry.coords())];
-      }
-      const double d = RelDistance(have, want);
-      if (d > worst) worst = d, worst_name = p->spec.name;
-    }
-    std::printf("%s: largest relative gradient distance from fp32 %.4g (%s); one rank bf16 %.4g\n",
-                where.c_str(), worst, worst_name.c_str(), one_worst);
-    EXPECT_LE(worst, 2 * one_worst) << where << " " << worst_name;
-    return absl::OkStatus();
-  });
-  ASSERT_TRUE(status.ok()) << status;
+  OnTpRanks(
+      cfg, tp, etp, DType::kF32,
+      [&](const RunResult& got, const ParamRegistry& registry, const ProcessGroups&,
+          const std::string& where) {
+        for (size_t m = 0; m < fp32.losses.size(); ++m) {
+          EXPECT_NEAR(got.losses[m], fp32.losses[m], 1e-2 * std::abs(fp32.losses[m]))
+              << where << " micro-batch " << m;
+        }
+        double worst = 0;
+        std::string worst_name;
+        for (const auto& p : registry.params()) {
+          const std::vector<double>& ref = fp32.grads.at(p->spec.name);
+          std::vector<double> want(p->local_numel()), have = got.grads.at(p->spec.name);
+          for (int64_t i = 0; i < p->local_numel(); ++i) {
+            want[i] = ref[p->GlobalIndex(i, registry.coords())];
+          }
+          const double d = RelDistance(have, want);
+          if (d > worst) worst = d, worst_name = p->spec.name;
+        }
+        std::printf(
+            "%s: largest relative gradient distance from fp32 %.4g (%s); one rank bf16 %.4g\n",
+            where.c_str(), worst, worst_name.c_str(), one_worst);
+        EXPECT_LE(worst, 2 * one_worst) << where << " " << worst_name;
+      });
 }
 
 TEST(ModelTpTest, UnifiedMoeTp2SequenceParallelBf16) {
