@@ -5,7 +5,9 @@
 // parameter gradient element against the reference's element at the same
 // global index. f64, tolerance 1e-11 relative to the tensor's largest
 // reference gradient, never below 1e-11 * kSymmetryFloor absolute
-// (summation order is the only difference).
+// (summation order is the only difference). Under train.precision BF16
+// (the bf16 residual stream through the TP regions) the TP ranks instead
+// track the one-rank fp32 run as closely as one bf16 rank does.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
