@@ -39,6 +39,9 @@ struct bf16 {
 };
 
 size_t DTypeSize(DType dtype);
+// The dtype of statistics over data of `data` (a norm's rstd, partial sums
+// to reduce): the same, except f32 for bf16 (never rounded to bf16).
+inline DType StatDType(DType data) { return data == DType::kBF16 ? DType::kF32 : data; }
 const char* DTypeName(DType dtype);
 const char* DeviceName(Device device);
 

@@ -39,8 +39,6 @@ DType ResidualDType(const config::RunConfig& cfg, DType master) {
   return Bf16Operands(cfg) && !cfg.train().fp32_residual_connection() ? DType::kBF16 : master;
 }
 
-DType StatDType(DType data) { return data == DType::kBF16 ? DType::kF32 : data; }
-
 Tensor InDType(const ExecContext& ctx, const Tensor& x, DType dtype) {
   if (x.dtype() == dtype) return x;
   Tensor out = ctx.Empty(x.shape(), dtype);

@@ -92,8 +92,6 @@ bool Bf16Operands(const config::RunConfig& cfg);
 // of `master`: bf16 under train.precision BF16 (as Megatron's default),
 // unless train.fp32_residual_connection keeps them in the master's dtype.
 DType ResidualDType(const config::RunConfig& cfg, DType master);
-// The dtype of a norm's rstd, a softmax's statistics: f32 for bf16 data.
-DType StatDType(DType data);
 
 // `x` in `dtype`: x itself when it already is, else a new copy (the GEMMs'
 // bf16 operand copies).

@@ -17,10 +17,6 @@
 namespace scalemoe::cpu {
 namespace {
 
-// rstd's dtype for rows of `dtype`: the same, except f32 for bf16 (the
-// statistic is not rounded to bf16).
-DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
-
 // Rows of x viewed as [R, D], after checking x and its row statistic.
 int64_t RowsOf(const char* op, const Tensor& x, const Tensor& rstd) {
   SM_CHECK_MSG(

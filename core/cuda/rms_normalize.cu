@@ -198,7 +198,7 @@ int64_t CheckRows(const ExecContext& ctx, const char* op, const Tensor& x, const
                                  x.dtype() == DType::kBF16),
                op, " x must be f32, f64 or bf16 rows, got ", x.DebugString());
   const int64_t rows = x.dim(-1) == 0 ? 0 : x.numel() / x.dim(-1);
-  const DType stat = x.dtype() == DType::kBF16 ? DType::kF32 : x.dtype();
+  const DType stat = StatDType(x.dtype());
   CheckOnDevice(ctx, rstd, op, "rstd");
   SM_CHECK_MSG(rstd.numel() == rows && rstd.dtype() == stat, op, " rstd ", rstd.DebugString(),
                " for x ", x.DebugString(), " (want ", rows, " ", DTypeName(stat), ")");

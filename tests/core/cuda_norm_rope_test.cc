@@ -27,9 +27,6 @@ using testing::RandomHost;
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
 
-// rstd's dtype on the GPU: x's, f32 for bf16.
-DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
-
 // x shapes: rows of the last dim. One token; odd hidden sizes, shorter than
 // a pack; per-head rows; not a multiple of a pack (warp path); the block
 // path (rows over 1024), unpacked and packed.

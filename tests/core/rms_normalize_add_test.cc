@@ -23,9 +23,6 @@ constexpr DType kDTypes[] = {DType::kF32, DType::kF64, DType::kBF16};
 
 int64_t RowsOf(const Shape& shape) { return NumElements(shape) / shape.back(); }
 
-// rstd's dtype: x's, f32 for bf16.
-DType StatDType(DType dtype) { return dtype == DType::kBF16 ? DType::kF32 : dtype; }
-
 std::string What(DType dtype, const Shape& shape) {
   return absl::StrCat(DTypeName(dtype), " ", ShapeString(shape));
 }
