@@ -52,6 +52,16 @@ Tensor CpuPermSlot(const ExecContext& cpu, const RouteShape& s, const Tensor& id
   return perm;
 }
 
+// The CPU's slot_row [N, K] of a random routing (ids skipping the last
+// expert, `drop` % of the slots dropped): the combine's input.
+Tensor CpuSlotRow(const ExecContext& cpu, const RouteShape& s, int drop, uint64_t seed) {
+  const Tensor perm =
+      CpuPermSlot(cpu, s, RandomExpertIds(s, IdMode::kSkipLast, seed), RandomKept(s, drop, seed));
+  Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
+  ops::InvertRowIndex(cpu, perm, slot_row);
+  return slot_row;
+}
+
 class CudaMoeIndexTest : public testing::CudaMoeOpTest {};
 
 TEST_F(CudaMoeIndexTest, SortByExpertIsStableLikeCpu) {
@@ -248,10 +258,7 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotMatchCpu) {
           const std::string what =
               absl::StrCat(DTypeName(dtype), " ", ShapeName(s), " C ", c, " drop ", drop);
           const int64_t m = s.n * s.k;
-          const Tensor perm = CpuPermSlot(cpu_, s, RandomExpertIds(s, IdMode::kSkipLast, seed),
-                                          RandomKept(s, drop, seed));
-          Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
-          ops::InvertRowIndex(cpu_, perm, slot_row);
+          const Tensor slot_row = CpuSlotRow(cpu_, s, drop, seed);
           const Tensor rows = RandomHost({m, c}, dtype, seed, 1);
           const Tensor w = RandomHost({s.n, s.k}, dtype, seed, 2);
           const Tensor out0 = RandomHost({s.n, c}, dtype, seed, 3);
@@ -296,10 +303,7 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
         const std::string what =
             absl::StrCat("bf16 rows, f32 weights, ", ShapeName(s), " C ", c, " drop ", drop);
         const int64_t m = s.n * s.k;
-        const Tensor perm = CpuPermSlot(cpu_, s, RandomExpertIds(s, IdMode::kSkipLast, seed),
-                                        RandomKept(s, drop, seed));
-        Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
-        ops::InvertRowIndex(cpu_, perm, slot_row);
+        const Tensor slot_row = CpuSlotRow(cpu_, s, drop, seed);
         const Tensor rows = RandomHost({m, c}, bf, seed, 1);
         const Tensor w = RandomHost({s.n, s.k}, f32, seed, 2, 0.3, 0.2);
         const Tensor out0 = RandomHost({s.n, c}, bf, seed, 3);
@@ -338,10 +342,7 @@ TEST_F(CudaMoeIndexTest, CombineSlotsUnalignedIsThePackedPathBitForBit) {
       ++seed;
       const std::string what =
           absl::StrCat(DTypeName(dtype), " rows, ", DTypeName(w_dtype), " weights");
-      const Tensor perm = CpuPermSlot(cpu_, s, RandomExpertIds(s, IdMode::kSkipLast, seed),
-                                      RandomKept(s, 25, seed));
-      Tensor slot_row = Tensor::Empty({s.n, s.k}, DType::kI32);
-      ops::InvertRowIndex(cpu_, perm, slot_row);
+      const Tensor slot_row = CpuSlotRow(cpu_, s, 25, seed);
       const Tensor rows = RandomHost({m, c}, dtype, seed, 1);
       const Tensor w = RandomHost({s.n, s.k}, w_dtype, seed, 2, 0.3, 0.2);
       const Tensor out0 = RandomHost({s.n, c}, dtype, seed, 3);
