@@ -182,6 +182,29 @@ void RmsNormalize(const ExecContext& ctx, const Tensor& x, double eps, const Ten
 void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor& rstd,
                           const Tensor& d_n, const Tensor& d_x);
 
+// RmsNormalize with an Output-Norm scale γ over short rows, D <= 256 (a
+// head vector: DNP's and QK-norm's per-head norms view [N, H*D] as
+// [N*H, D]), in one pass per direction:
+//   y = n ⊙ γ,  n = x · rstd,  rstd = 1 / sqrt(mean(x²) + eps)
+// x [R, D] of f32, f64 or bf16; γ [D] and rstd [R] in StatDType(x) (f32 for
+// bf16), in which n and y are computed. y is x's dtype, or bf16 for f32 x
+// (the f32 projection in, the attention's bf16 operand out), rounded once
+// on store. n is not stored: the backward recomputes it from x and rstd with
+// the same expression. The CPU gives the bits of RmsNormalize then
+// ScaleRowsCols(n, -, γ) run in StatDType(x), then one rounding to y.
+constexpr int64_t kScaledRmsNormalizeMaxDim = 256;
+void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps,
+                        const Tensor& y, const Tensor& rstd);
+// Its backward: d_x = RmsNormalizeBackward(n, rstd, d_y ⊙ γ) (overwritten,
+// rounded once) and d_gamma[j] += Σ_r d_y[r, j] · n[r, j] (d_gamma like γ).
+// d_y and d_x share y's dtype rule (x's, or both bf16 for f32 x). The CPU
+// gives ScaleRowsColsBackward's then RmsNormalizeBackward's bits (d_gamma
+// summed row by row in StatDType(x)); CUDA sums d_gamma in f64 in a fixed
+// order (the same bits on every run for the same shapes and alignment).
+void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
+                                const Tensor& d_gamma);
+
 // The residual add and the norm after it in one pass over the rows (Block:
 // the attention sublayer's residual, then the FFN's pre-norm): x += residual
 // in place, then RmsNormalize(x, eps, n, rstd) of the sum. The same bits as

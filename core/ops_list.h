@@ -32,6 +32,8 @@
   X(void, SwiGluPackedBackward, (const ExecContext& ctx, const Tensor& gate_up, const Tensor& d_h, const Tensor& d_gate_up), (ctx, gate_up, d_h, d_gate_up), CUDA) \
   X(void, RmsNormalize, (const ExecContext& ctx, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, x, eps, n, rstd), CUDA) \
   X(void, RmsNormalizeBackward, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_x), (ctx, n, rstd, d_n, d_x), CUDA) \
+  X(void, ScaledRmsNormalize, (const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps, const Tensor& y, const Tensor& rstd), (ctx, x, gamma, eps, y, rstd), CUDA) \
+  X(void, ScaledRmsNormalizeBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& rstd, const Tensor& gamma, const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma), (ctx, x, rstd, gamma, d_y, d_x, d_gamma), CUDA) \
   X(void, AddRmsNormalize, (const ExecContext& ctx, const Tensor& residual, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, residual, x, eps, n, rstd), CUDA) \
   X(void, RmsNormalizeBackwardAdd, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_res, const Tensor& d_x), (ctx, n, rstd, d_n, d_res, d_x), CUDA) \
   X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \

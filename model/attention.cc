@@ -126,10 +126,9 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
     Tensor lin = ctx.Empty({tokens, heads * head_dim_}, norm ? dt : inner);
     proj.Forward(ctx, n_in, lin);
     Tensor y = lin;
-    if (norm) {
-      Tensor normed = ctx.Empty(lin.shape(), dt);
-      norm->Forward(ctx, lin, normed);
-      y = InDType(ctx, normed, inner);
+    if (norm) {  // rounded to the attention's operand dtype on the norm's store
+      y = ctx.Empty(lin.shape(), inner);
+      norm->Forward(ctx, lin, y);
     }
     y = y.View({batch, seq, heads, head_dim_});
     if (rope) ops::Rope(ctx, y, rope_theta_, y);
@@ -165,9 +164,11 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                   GradMode mode) {
     if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
-    if (norm) {  // in the activations' dtype, as its forward
-      d_lin = ctx.Empty(d_lin.shape(), dt);
-      norm->Backward(ctx, InDType(ctx, d_y, dt), d_lin);
+    if (norm) {  // computed in the activations' dtype, as its forward; d_lin
+      // in the projection's GEMM dtype (ScaledLinear::output_dtype) unless a
+      // per-token u reads it in the master's
+      d_lin = ctx.Empty(d_lin.shape(), proj.output_dtype(dt));
+      norm->Backward(ctx, d_y, d_lin);
     }
     proj.Backward(ctx, d_lin, d_n, mode);
   };

@@ -26,14 +26,30 @@ Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
   return absl::OkStatus();
 }
 
+bool ScaledRmsNorm::Fused(const Tensor& x, DType io) const {
+  return scale_ != nullptr && dim_ <= ops::kScaledRmsNormalizeMaxDim && x.dtype() == dtype_ &&
+         x.is_contiguous() && IoFits(io);
+}
+
+bool ScaledRmsNorm::IoFits(DType io) const {
+  return io == dtype_ || (io == DType::kBF16 && dtype_ == DType::kF32);
+}
+
 void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   SM_CHECK_MSG(x.numel() % dim_ == 0 && y.numel() == x.numel(), name_, ": x ", x.DebugString(),
                " y ", y.DebugString(), " for dim ", dim_);
   const int64_t rows = x.numel() / dim_;
+  rstd_ = ctx.Empty({rows}, dtype_);
+  if (Fused(x, y.dtype())) {  // one pass; the backward recomputes n from x
+    x_ = x.View({rows, dim_});
+    n_ = Tensor();
+    ops::ScaledRmsNormalize(ctx, x_, gamma_, eps_, y.View({rows, dim_}), rstd_);
+    return;
+  }
+  x_ = Tensor();
   // In the master's dtype (bf16 activations are converted in and out).
   const Tensor x2 = InDType(ctx, x.View({rows, dim_}), dtype_);
   n_ = ctx.Empty({rows, dim_}, dtype_);
-  rstd_ = ctx.Empty({rows}, dtype_);
   ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
   if (!scale_) {
     ops::Copy(ctx, n_, y);
@@ -45,9 +61,19 @@ void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tenso
 }
 
 void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
-  const int64_t rows = n_.dim(0);
-  SM_CHECK_MSG(d_y.numel() == n_.numel() && d_x.numel() == n_.numel(), name_,
-               ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString());
+  const int64_t rows = rstd_.numel();
+  SM_CHECK_MSG(d_y.numel() == rows * dim_ && d_x.numel() == rows * dim_, name_,
+               ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString(), " for ", rows,
+               " rows of ", dim_);
+  if (x_.defined()) {
+    // The fused op takes d_y and d_x in one dtype: d_x's where it may.
+    const DType io = IoFits(d_x.dtype()) ? d_x.dtype() : dtype_;
+    const Tensor d_y2 = InDType(ctx, d_y.View({rows, dim_}), io);
+    const Tensor d_x2 = d_x.dtype() == io ? d_x.View({rows, dim_}) : ctx.Empty({rows, dim_}, io);
+    ops::ScaledRmsNormalizeBackward(ctx, x_, rstd_, gamma_, d_y2, d_x2, d_gamma_);
+    if (!d_x2.SharesDataWith(d_x)) ops::Copy(ctx, d_x2, d_x);
+    return;
+  }
   Tensor d_n = InDType(ctx, d_y.View({rows, dim_}), dtype_);
   if (scale_) {
     Tensor d_y2 = d_n;
@@ -65,6 +91,7 @@ Status ScaledRmsNorm::FinishBackward(const ExecContext& ctx) {
 }
 
 void ScaledRmsNorm::VisitForwardCache(ForwardCacheStash& stash) {
+  stash.Visit(x_);
   stash.Visit(n_);
   stash.Visit(rstd_);
 }

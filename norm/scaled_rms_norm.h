@@ -10,7 +10,10 @@
 // Backward overwrites d_x and accumulates dγ); FinishBackward() pushes dγ
 // into the parameters' gradients (+=). The norm computes in PrepareStep's
 // dtype (the master's); x, y and the gradients may be bf16 activations,
-// converted in and out.
+// converted in and out. With a γ and rows of at most 256 (the per-head
+// norms) it runs as one ops::ScaledRmsNormalize per direction on x in the
+// master's dtype, writing y (and d_x) in it or in bf16 directly, and keeps x
+// instead of n (the backward recomputes n).
 #pragma once
 
 #include <memory>
@@ -52,7 +55,12 @@ class ScaledRmsNorm {
   std::unique_ptr<ScaleVector> scale_;  // null under mode NONE
   Tensor gamma_;    // [dim] effective γ of this step
   Tensor d_gamma_;  // [dim] accumulated over the step's micro-batches
-  Tensor n_;        // [R, dim] normalized input of the last Forward
+  // Whether ops::ScaledRmsNormalize serves x with outputs of dtype io.
+  bool Fused(const Tensor& x, DType io) const;
+  bool IoFits(DType io) const;
+
+  Tensor x_;        // [R, dim] input of the last Forward when it ran fused
+  Tensor n_;        // [R, dim] normalized input of the last Forward otherwise
   Tensor rstd_;     // [R]
 };
 

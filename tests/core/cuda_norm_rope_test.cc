@@ -9,7 +9,8 @@
 // the same bits on every run. Rope off a 16-byte boundary (one element at a
 // time) gives the same bits as on aligned tensors (16-byte packs). The fused
 // AddRmsNormalize and RmsNormalizeBackwardAdd give the same bits as the
-// GPU's two-op sequences.
+// GPU's two-op sequences. ScaledRmsNormalize (the per-head norms) and its
+// backward match the CPU, rerun to the same bits, aligned or not.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -216,6 +217,71 @@ TEST_F(CudaNormRopeTest, RmsNormalizeBackwardAddIsTheTwoOpsBitForBitAndMatchesCp
       ops::RmsNormalizeBackwardAdd(cpu_, F64(Host(n)), F64(Host(rstd)), F64(d_n_host),
                                    F64(d_res_host), d_x_ref);
       ExpectParity(Host(d_x), d_x_ref, ParityTolerance(dtype), "d_x " + what);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// ScaledRmsNormalize (the per-head norms: rows of up to 256) and its
+// backward against the CPU's f64 run on the same values: f32, f64, bf16, and
+// f32 x with bf16 outputs; one row, rows shorter than a pack, odd and not a
+// multiple of a pack, 8/16/32 lanes per row, many blocks of d_gamma
+// partials. Then the same bits twice (d_gamma's fixed order), and off a
+// 16-byte boundary (one element at a time) within the same tolerance.
+struct ScaledNormCase {
+  DType x, io;
+};
+constexpr ScaledNormCase kScaledNormCases[] = {{DType::kF32, DType::kF32},
+                                               {DType::kF64, DType::kF64},
+                                               {DType::kBF16, DType::kBF16},
+                                               {DType::kF32, DType::kBF16}};
+
+TEST_F(CudaNormRopeTest, ScaledRmsNormalizeMatchesCpu) {
+  const std::vector<Shape> shapes = {{1, 64},  {37, 5},  {3, 7, 128}, {129, 64},  {11, 33},
+                                     {6, 256}, {2, 250}, {20000, 64}, {3000, 128}};
+  uint64_t seed = 900;
+  for (const ScaledNormCase& c : kScaledNormCases) {
+    const DType stat = StatDType(c.x);
+    for (const Shape& shape : shapes) {
+      for (bool misaligned : {false, true}) {
+        ++seed;
+        const std::string what = absl::StrCat(DTypeName(c.x), " x, ", DTypeName(c.io), " out, ",
+                                              ShapeString(shape), misaligned ? " misaligned" : "");
+        const int64_t d = shape.back(), rows = NumElements(shape) / d;
+        const Tensor x = RandomHost({rows, d}, c.x, seed, 1, 1.5, 0.2);
+        const Tensor gamma = RandomHost({d}, stat, seed, 2, 0.5, 1.0);
+        const Tensor d_y = RandomHost({rows, d}, c.io, seed, 3);
+        const Tensor d_gamma0 = RandomHost({d}, stat, seed, 4, 0.1);
+        const Tensor x_dev = misaligned ? Misaligned(ctx_, x) : Dev(x);
+        const Tensor d_y_dev = misaligned ? Misaligned(ctx_, d_y) : Dev(d_y);
+        Tensor y = Poisoned({rows, d}, c.io);
+        Tensor rstd = Poisoned({rows}, stat);
+        ops::ScaledRmsNormalize(ctx_, x_dev, Dev(gamma), 1e-5, y, rstd);
+        Tensor d_x = Poisoned({rows, d}, c.io);
+        Tensor d_gamma = Dev(d_gamma0);
+        ops::ScaledRmsNormalizeBackward(ctx_, x_dev, rstd, Dev(gamma), d_y_dev, d_x, d_gamma);
+
+        Tensor y_ref = Tensor::Empty({rows, d}, DType::kF64);
+        Tensor rstd_ref = Tensor::Empty({rows}, DType::kF64);
+        ops::ScaledRmsNormalize(cpu_, F64(x), F64(gamma), 1e-5, y_ref, rstd_ref);
+        Tensor d_x_ref = Tensor::Empty({rows, d}, DType::kF64);
+        Tensor d_gamma_ref = F64(d_gamma0).Clone();
+        ops::ScaledRmsNormalizeBackward(cpu_, F64(x), rstd_ref, F64(gamma), F64(d_y), d_x_ref,
+                                        d_gamma_ref);
+        ExpectParity(Host(y), y_ref, ParityTolerance(c.io), "y " + what);
+        ExpectParity(Host(rstd), rstd_ref, ParityTolerance(stat), "rstd " + what);
+        ExpectParity(Host(d_x), d_x_ref, ParityTolerance(c.io), "d_x " + what);
+        ExpectParity(Host(d_gamma), d_gamma_ref, ParityTolerance(stat), "d_gamma " + what);
+
+        // Twice: the same bits.
+        Tensor d_x2 = Poisoned({rows, d}, c.io);
+        Tensor d_gamma2 = Dev(d_gamma0);
+        ops::ScaledRmsNormalizeBackward(ctx_, x_dev, rstd, Dev(gamma), d_y_dev, d_x2, d_gamma2);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(d_x2), Host(d_x))) << "d_x rerun " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(d_gamma2), Host(d_gamma)))
+            << "d_gamma rerun " << what;
+      }
     }
   }
   const Status st = ctx_.status();

@@ -1,0 +1,139 @@
+// ScaledRmsNormalize and its backward (CPU): RmsNormalize then the scale γ
+// over each row in one pass, with the arithmetic of the two-op sequence the
+// per-head norms ran before (core/cpu/rms_normalize.cc's row sums, then
+// core/cpu/scale_rows_cols.cc's products with no row vector), in A =
+// Acc<T> (f32 for bf16 x: the widened copy the sequence normalized), so the
+// same bits; a bf16 y (or d_y, d_x) for f32 x is the sequence's f32 result
+// rounded once, as its copy into bf16 rounded it. d_gamma is summed row by
+// row in A, as ScaleRowsColsBackward sums its d_col.
+#include <cmath>
+#include <vector>
+
+#include "core/cpu/cpu_ops.h"
+#include "core/cpu/float_types.h"
+
+namespace scalemoe::cpu {
+namespace {
+
+constexpr int64_t kMaxDim = ops::kScaledRmsNormalizeMaxDim;
+
+// Rows of x [R, D] after checking every tensor against it; the like_x
+// tensors take x's dtype, or all bf16 for f32 x.
+int64_t CheckRows(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& rstd,
+                  std::initializer_list<std::pair<const char*, const Tensor*>> like_x) {
+  SM_CHECK_MSG(
+      x.device() == Device::kCPU && x.is_contiguous() && x.ndim() >= 1 &&
+          (x.dtype() == DType::kF32 || x.dtype() == DType::kF64 || x.dtype() == DType::kBF16),
+      op, " x must be contiguous f32, f64 or bf16 CPU rows, got ", x.DebugString());
+  const int64_t d = x.dim(-1);
+  SM_CHECK_MSG(d >= 1 && d <= kMaxDim, op, ": rows of ", d, " elements (", x.DebugString(),
+               "); this op serves rows of 1..", kMaxDim, " (per-head vectors): use RmsNormalize",
+               " and ScaleRowsCols for longer ones");
+  const int64_t rows = x.numel() / d;
+  const DType stat = StatDType(x.dtype());
+  SM_CHECK_MSG(gamma.device() == Device::kCPU && gamma.is_contiguous() && gamma.numel() == d &&
+                   gamma.dtype() == stat,
+               op, " gamma ", gamma.DebugString(), " for x ", x.DebugString(), " (want ", d, " ",
+               DTypeName(stat), ")");
+  SM_CHECK_MSG(rstd.device() == Device::kCPU && rstd.is_contiguous() && rstd.numel() == rows &&
+                   rstd.dtype() == stat,
+               op, " rstd ", rstd.DebugString(), " for x ", x.DebugString(), " (want ", rows, " ",
+               DTypeName(stat), ")");
+  const DType io = like_x.begin()->second->dtype();
+  for (const auto& [what, t] : like_x) {
+    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous() && t->numel() == x.numel() &&
+                     t->dtype() == io &&
+                     (io == x.dtype() || (io == DType::kBF16 && x.dtype() == DType::kF32)),
+                 op, " ", what, " ", t->DebugString(), " for x ", x.DebugString(),
+                 " (x's dtype, or bf16 for f32 x, the same for every output)");
+  }
+  return rows;
+}
+
+// rstd of one row, as RmsNormalize's CPU path computes it.
+template <typename T>
+Acc<T> RowRstd(const T* xr, int64_t d, double eps) {
+  using A = Acc<T>;
+  double sq = 0;
+  for (int64_t j = 0; j < d; ++j) {
+    const double v = static_cast<A>(xr[j]);
+    sq += v * v;
+  }
+  return static_cast<A>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
+}
+
+// O: y's type (T, or bf16 for f32 T).
+template <typename T, typename O>
+void Forward(const T* x, const Acc<T>* gamma, double eps, O* y, Acc<T>* rstd, int64_t rows,
+             int64_t d) {
+  using A = Acc<T>;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * d;
+    const A s = RowRstd(xr, d, eps);
+    rstd[r] = s;
+    for (int64_t j = 0; j < d; ++j) {
+      const A n = static_cast<A>(xr[j]) * s;  // RmsNormalize's n, stored in A there
+      y[r * d + j] = O(n * gamma[j]);         // ScaleRowsCols' (1·n)·γ
+    }
+  }
+}
+
+template <typename T, typename O>
+void Backward(const T* x, const Acc<T>* rstd, const Acc<T>* gamma, const O* dy, O* dx,
+              Acc<T>* d_gamma, int64_t rows, int64_t d) {
+  using A = Acc<T>;
+  std::vector<A> n(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
+  for (int64_t r = 0; r < rows; ++r) {
+    const A s = rstd[r];
+    double dot = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      n[j] = static_cast<A>(x[r * d + j]) * s;
+      const A g = static_cast<A>(dy[r * d + j]);
+      dn[j] = g * gamma[j];
+      d_gamma[j] += g * n[j];
+      dot += static_cast<double>(dn[j]) * n[j];
+    }
+    const A mean = static_cast<A>(dot / static_cast<double>(d));
+    for (int64_t j = 0; j < d; ++j) dx[r * d + j] = O(s * (dn[j] - n[j] * mean));
+  }
+}
+
+}  // namespace
+
+void ScaledRmsNormalize(const ExecContext&, const Tensor& x, const Tensor& gamma, double eps,
+                        const Tensor& y, const Tensor& rstd) {
+  const int64_t rows = CheckRows("ScaledRmsNormalize", x, gamma, rstd, {{"y", &y}});
+  const int64_t d = x.dim(-1);
+  if (y.dtype() != x.dtype()) {  // bf16 y for f32 x (CheckRows)
+    Forward(x.data<float>(), gamma.data<float>(), eps, y.data<bf16>(), rstd.data<float>(), rows, d);
+    return;
+  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    Forward(x.data<T>(), gamma.data<Acc<T>>(), eps, y.data<T>(), rstd.data<Acc<T>>(), rows, d);
+  });
+}
+
+void ScaledRmsNormalizeBackward(const ExecContext&, const Tensor& x, const Tensor& rstd,
+                                const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
+                                const Tensor& d_gamma) {
+  const int64_t rows =
+      CheckRows("ScaledRmsNormalizeBackward", x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  SM_CHECK_MSG(d_gamma.device() == Device::kCPU && d_gamma.is_contiguous() &&
+                   d_gamma.numel() == gamma.numel() && d_gamma.dtype() == gamma.dtype(),
+               "ScaledRmsNormalizeBackward d_gamma ", d_gamma.DebugString(), " for gamma ",
+               gamma.DebugString());
+  const int64_t d = x.dim(-1);
+  if (d_y.dtype() != x.dtype()) {  // bf16 d_y and d_x for f32 x (CheckRows)
+    Backward(x.data<float>(), rstd.data<float>(), gamma.data<float>(), d_y.data<bf16>(),
+             d_x.data<bf16>(), d_gamma.data<float>(), rows, d);
+    return;
+  }
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    Backward(x.data<T>(), rstd.data<Acc<T>>(), gamma.data<Acc<T>>(), d_y.data<T>(), d_x.data<T>(),
+             d_gamma.data<Acc<T>>(), rows, d);
+  });
+}
+
+}  // namespace scalemoe::cpu

@@ -1,0 +1,303 @@
+// ScaledRmsNormalize and its backward on the GPU, the contract of
+// core/ops.h (core/cpu/scaled_rms_normalize.cc is the reference): the
+// per-head norms of DNP and QK-norm, rows of D <= 256 (64 or 128 in the
+// presets: 98,304 rows of 64 per micro-batch on gpu_moe_125m), which the
+// two-op sequence ran as four kernels and two dtype copies each way.
+//
+// A group of G = 8, 16 or 32 lanes per row (the fewest that cover a row in
+// 16-byte packs), several rows per warp; each lane keeps its packs in
+// registers between the row's sum and its outputs, so x (and d_y) are read
+// once. Math in A = Acc<T> (f32 for f32 and bf16, f64 for f64). O, the
+// type of y, d_y and d_x, is T or bf16 for f32 T (loaded in packs of the
+// same element count as x's).
+//
+// d_gamma: each lane sums d_y·n of its columns over the rows its group
+// visits in f64; the block adds its groups in order into one partial row,
+// and a second kernel adds the partial rows in order. The partition depends
+// only on the shape and the packing (not on the device): the same bits on
+// every run.
+#include "core/cuda/cuda_ops.h"
+#include "core/cuda/kernel_util.cuh"
+
+namespace scalemoe::cuda {
+namespace {
+
+constexpr int64_t kMaxDim = ops::kScaledRmsNormalizeMaxDim;
+// Row partitions of the backward's d_gamma sums (one block each, at most).
+constexpr int64_t kMaxPartials = 512;
+// Doubles of the backward's per-block scratch: (kThreads / G) groups × D
+// columns, D <= G·V·P (see Packs) — at most kThreads · 8 for every G, V.
+constexpr int kScratch = kThreads * 8;
+
+// Packs per lane: a row of up to kMaxDim elements in packs of V over G
+// lanes (G < 32 only when the row has at most G packs).
+template <int G, int V>
+constexpr int kPacksPerLane = G == 32 ? (kMaxDim / V + 31) / 32 : 1;
+
+// Sum over the G lanes of a group (G a power of two <= 32, groups aligned in
+// the warp); every lane of the warp calls it, every lane of a group gets
+// the same bits (a fixed butterfly; + is commutative).
+template <int G, typename A>
+__device__ __forceinline__ A GroupSum(A v) {
+#pragma unroll
+  for (int offset = G / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// Where this thread's group sits: its lane in the group, the first row it
+// visits and the stride, uniform over the warp (so every lane of a warp
+// runs the same iterations, as the shuffles need).
+template <int G>
+struct RowWalk {
+  int lane;
+  int64_t first, stride;
+  __device__ RowWalk() {
+    constexpr int kPerWarp = 32 / G;
+    const int64_t warp = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
+    lane = static_cast<int>(threadIdx.x % G);
+    first = warp * kPerWarp + (threadIdx.x % 32) / G;
+    stride = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32) * kPerWarp;
+  }
+};
+
+template <typename T, typename O, int G, int V>
+__global__ void ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x,
+                                         const Acc<T>* gamma, O* y, Acc<T>* rstd) {
+  using A = Acc<T>;
+  constexpr int P = kPacksPerLane<G, V>;
+  const RowWalk<G> w;
+  // Warp-uniform bound: the last warp's groups past `rows` run with ok false.
+  const int64_t warp_rows = w.first - (threadIdx.x % 32) / G;
+  for (int64_t base = warp_rows; base < rows; base += w.stride) {
+    const int64_t r = base + (threadIdx.x % 32) / G;
+    const bool ok = r < rows;
+    A v[P][V];
+    A sq = 0;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+      if (ok && j < d) {
+        LoadPack<V>(x + r * d, j, V, v[p]);
+#pragma unroll
+        for (int k = 0; k < V; ++k) sq += v[p][k] * v[p][k];
+      }
+    }
+    sq = GroupSum<G>(sq);
+    if (!ok) continue;
+    const A s = A(1) / sqrt(sq / static_cast<A>(d) + static_cast<A>(eps));
+    if (w.lane == 0) rstd[r] = s;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+      if (j < d) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[p][k] = (v[p][k] * s) * gamma[j + k];
+        StorePack<V>(y + r * d, j, V, v[p]);
+      }
+    }
+  }
+}
+
+// d_x of each row it visits, and the block's d_gamma partial row
+// partials[blockIdx.x, :] (f64).
+template <typename T, typename O, int G, int V>
+__global__ void ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x,
+                                                 const Acc<T>* rstd, const Acc<T>* gamma,
+                                                 const O* dy, O* dx, double* partials) {
+  using A = Acc<T>;
+  constexpr int P = kPacksPerLane<G, V>;
+  __shared__ double scratch[kScratch];
+  const RowWalk<G> w;
+  double dg[P][V] = {};
+  const int64_t warp_rows = w.first - (threadIdx.x % 32) / G;
+  for (int64_t base = warp_rows; base < rows; base += w.stride) {
+    const int64_t r = base + (threadIdx.x % 32) / G;
+    const bool ok = r < rows;
+    const A s = ok ? rstd[r] : A(0);
+    A n[P][V], dn[P][V];
+    A dot = 0;
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+      if (ok && j < d) {
+        A g[V];
+        LoadPack<V>(x + r * d, j, V, n[p]);
+        LoadPack<V>(dy + r * d, j, V, g);
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          n[p][k] *= s;
+          dn[p][k] = g[k] * gamma[j + k];
+          dg[p][k] += static_cast<double>(g[k] * n[p][k]);
+          dot += dn[p][k] * n[p][k];
+        }
+      }
+    }
+    dot = GroupSum<G>(dot);
+    if (!ok) continue;
+    const A mean = dot / static_cast<A>(d);
+#pragma unroll
+    for (int p = 0; p < P; ++p) {
+      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+      if (j < d) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) dn[p][k] = s * (dn[p][k] - n[p][k] * mean);
+        StorePack<V>(dx + r * d, j, V, dn[p]);
+      }
+    }
+  }
+  // The block's groups in order into its partial row.
+  const int group = static_cast<int>(threadIdx.x / G);
+  const int groups = static_cast<int>(blockDim.x / G);
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      if (j + k < d) scratch[group * d + j + k] = dg[p][k];
+    }
+  }
+  __syncthreads();
+  for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
+    double acc = 0;
+    for (int g = 0; g < groups; ++g) acc += scratch[g * d + j];
+    partials[blockIdx.x * d + j] = acc;
+  }
+}
+
+// d_gamma[j] += Σ_b partials[b, j], b ascending, rounded once.
+template <typename S>
+__global__ void AddPartialsKernel(int64_t blocks, int64_t d, const double* partials, S* d_gamma) {
+  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
+       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    double acc = 0;
+    for (int64_t b = 0; b < blocks; ++b) acc += partials[b * d + j];
+    d_gamma[j] = static_cast<S>(static_cast<double>(d_gamma[j]) + acc);
+  }
+}
+
+// ---------------------------------------------------------------- launchers
+
+int64_t CheckRows(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& gamma,
+                  const Tensor& rstd,
+                  std::initializer_list<std::pair<const char*, const Tensor*>> like_x) {
+  CheckOnDevice(ctx, x, op, "x");
+  SM_CHECK_MSG(x.ndim() >= 1 && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64 ||
+                                 x.dtype() == DType::kBF16),
+               op, " x must be f32, f64 or bf16 rows, got ", x.DebugString());
+  const int64_t d = x.dim(-1);
+  SM_CHECK_MSG(d >= 1 && d <= kMaxDim, op, ": rows of ", d, " elements (", x.DebugString(),
+               "); this op serves rows of 1..", kMaxDim, " (per-head vectors): use RmsNormalize",
+               " and ScaleRowsCols for longer ones");
+  const int64_t rows = x.numel() / d;
+  const DType stat = StatDType(x.dtype());
+  CheckOnDevice(ctx, gamma, op, "gamma");
+  CheckOnDevice(ctx, rstd, op, "rstd");
+  SM_CHECK_MSG(gamma.numel() == d && gamma.dtype() == stat, op, " gamma ", gamma.DebugString(),
+               " for x ", x.DebugString(), " (want ", d, " ", DTypeName(stat), ")");
+  SM_CHECK_MSG(rstd.numel() == rows && rstd.dtype() == stat, op, " rstd ", rstd.DebugString(),
+               " for x ", x.DebugString(), " (want ", rows, " ", DTypeName(stat), ")");
+  const DType io = like_x.begin()->second->dtype();
+  for (const auto& [what, t] : like_x) {
+    CheckOnDevice(ctx, *t, op, what);
+    SM_CHECK_MSG(t->numel() == x.numel() && t->dtype() == io &&
+                     (io == x.dtype() || (io == DType::kBF16 && x.dtype() == DType::kF32)),
+                 op, " ", what, " ", t->DebugString(), " for x ", x.DebugString(),
+                 " (x's dtype, or bf16 for f32 x, the same for every output)");
+  }
+  return rows;
+}
+
+// Calls launch(G, V): V a 16-byte pack where d and every row pointer allow
+// it, else 1; G the fewest of 8, 16, 32 lanes that cover a row's packs (32
+// lanes take several packs each past 32 packs).
+template <typename T, typename Launch>
+void LaunchRows(int64_t d, std::initializer_list<const void*> ptrs, Launch&& launch) {
+  constexpr int kV = kPack<T>;
+  auto with_v = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    const int64_t packs = (d + V - 1) / V;
+    if (packs <= 8) {
+      launch(std::integral_constant<int, 8>{}, v);
+    } else if (packs <= 16) {
+      launch(std::integral_constant<int, 16>{}, v);
+    } else {
+      launch(std::integral_constant<int, 32>{}, v);
+    }
+  };
+  if (d % kV == 0 && AllAligned16(ptrs)) {
+    with_v(std::integral_constant<int, kV>{});
+  } else {
+    with_v(std::integral_constant<int, 1>{});
+  }
+}
+
+// Calls f(Tag<T>, Tag<O>): x's type, and io's (T, or bf16 for f32 x; the
+// checks above allow nothing else).
+template <typename F>
+void DispatchIo(const Tensor& x, const Tensor& io, F&& f) {
+  if (io.dtype() != x.dtype()) {
+    f(Tag<float>{}, Tag<__nv_bfloat16>{});
+    return;
+  }
+  DispatchFloat(x, [&](auto tag) { f(tag, tag); });
+}
+
+// Blocks that give every group of G lanes a few rows (or every row a group).
+unsigned GroupBlocks(int64_t rows, int g, int64_t max_blocks) {
+  const int64_t groups_per_block = kThreads / g;
+  const int64_t want = (rows + 4 * groups_per_block - 1) / (4 * groups_per_block);
+  return static_cast<unsigned>(std::clamp<int64_t>(want, 1, max_blocks));
+}
+
+}  // namespace
+
+void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps,
+                        const Tensor& y, const Tensor& rstd) {
+  const char* op = "ScaledRmsNormalize";
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"y", &y}});
+  if (rows == 0) return;
+  const int64_t d = x.dim(-1);
+  DispatchIo(x, y, [&](auto tag, auto io_tag) {
+    using T = typename decltype(tag)::type;
+    using O = typename decltype(io_tag)::type;
+    LaunchRows<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
+      constexpr int G = decltype(g)::value, V = decltype(v)::value;
+      ScaledRmsNormalizeKernel<T, O, G, V>
+          <<<GroupBlocks(rows, G, kMaxBlocks), kThreads, 0, Stream(ctx)>>>(
+              rows, d, eps, Ptr<const T>(x), Ptr<const Acc<T>>(gamma), Ptr<O>(y),
+              Ptr<Acc<T>>(rstd));
+    });
+  });
+  SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeKernel");
+}
+
+void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
+                                const Tensor& d_gamma) {
+  const char* op = "ScaledRmsNormalizeBackward";
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  CheckOnDevice(ctx, d_gamma, op, "d_gamma");
+  SM_CHECK_MSG(d_gamma.numel() == gamma.numel() && d_gamma.dtype() == gamma.dtype(), op,
+               " d_gamma ", d_gamma.DebugString(), " for gamma ", gamma.DebugString());
+  if (rows == 0) return;
+  const int64_t d = x.dim(-1);
+  DispatchIo(x, d_y, [&](auto tag, auto io_tag) {
+    using T = typename decltype(tag)::type;
+    using O = typename decltype(io_tag)::type;
+    using A = Acc<T>;
+    LaunchRows<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
+      constexpr int G = decltype(g)::value, V = decltype(v)::value;
+      const unsigned blocks = GroupBlocks(rows, G, kMaxPartials);
+      const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
+      ScaledRmsNormalizeBackwardKernel<T, O, G, V><<<blocks, kThreads, 0, Stream(ctx)>>>(
+          rows, d, Ptr<const T>(x), Ptr<const A>(rstd), Ptr<const A>(gamma), Ptr<const O>(d_y),
+          Ptr<O>(d_x), Ptr<double>(partials));
+      SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeBackwardKernel");
+      AddPartialsKernel<A><<<Blocks(d), kThreads, 0, Stream(ctx)>>>(
+          blocks, d, Ptr<const double>(partials), Ptr<A>(d_gamma));
+    });
+  });
+  SM_CHECK_LAUNCH(ctx, op, "AddPartialsKernel");
+}
+
+}  // namespace scalemoe::cuda
