@@ -80,6 +80,11 @@ Param* ParamRegistry::Create(ParamSpec spec) {
                  ShapeString(spec.shape), " not divisible by TP size ", n);
     p->local_shape[d] /= n;
   }
+  // A matrix after a vector (or first) starts aligned (params.h); matrices
+  // in a row stay back to back (their sizes keep them aligned).
+  if (p->local_shape.size() >= 2 && (params_.empty() || params_.back()->local_shape.size() < 2)) {
+    total_ = (total_ + kParamAlignment - 1) / kParamAlignment * kParamAlignment;
+  }
   p->spec = std::move(spec);
   p->flat_offset = total_;
   total_ += p->local_numel();
@@ -116,6 +121,7 @@ Status ParamRegistry::Materialize(uint64_t seed, DType dtype, Device device) {
   if (materialized()) return absl::FailedPreconditionError("Materialize called twice");
   SM_ASSIGN_OR_RETURN(flat_values_, Tensor::TryEmpty({total_}, dtype, device));
   SM_ASSIGN_OR_RETURN(flat_grads_, Tensor::TryEmpty({total_}, dtype, device));
+  ZeroFlat(flat_values_);  // the padding between parameters stays zero
   for (auto& p : params_) {
     p->value = flat_values_.Narrow(0, p->flat_offset, p->local_numel()).View(p->local_shape);
     p->grad = flat_grads_.Narrow(0, p->flat_offset, p->local_numel()).View(p->local_shape);
@@ -132,15 +138,17 @@ Param* ParamRegistry::Find(std::string_view name) const {
   return nullptr;
 }
 
-void ParamRegistry::ZeroGrads() {
-  if (!flat_grads_.defined()) return;
-  if (flat_grads_.device() == Device::kCPU) {
-    std::memset(flat_grads_.raw_data(), 0, flat_grads_.nbytes());
+void ParamRegistry::ZeroFlat(const Tensor& flat) {
+  if (!flat.defined()) return;
+  if (flat.device() == Device::kCPU) {
+    std::memset(flat.raw_data(), 0, flat.nbytes());
   } else {
 #if SCALEMOE_CUDA
-    cudaMemset(flat_grads_.raw_data(), 0, flat_grads_.nbytes());
+    cudaMemset(flat.raw_data(), 0, flat.nbytes());
 #endif
   }
 }
+
+void ParamRegistry::ZeroGrads() { ZeroFlat(flat_grads_); }
 
 }  // namespace scalemoe

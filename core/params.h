@@ -8,8 +8,13 @@
 // Lifetime: layers Create() their parameters at construction and keep the
 // returned Param*; Materialize() then allocates one flat value buffer and one
 // flat grad buffer (registration order, so a layer's parameters are
-// contiguous) and fills values from (seed, name, global index). Param* stay
-// valid for the registry's lifetime; the registry is neither copyable nor
+// contiguous up to padding: a matrix — ndim >= 2 — that follows a vector or
+// a scalar starts on a multiple of kParamAlignment elements, so that GEMMs
+// and packed kernels get 16-byte-aligned f32 weights and gradients
+// even behind scalar β's, while matrices registered in a row stay back to
+// back (gate|up's one GEMM joins two); the padding stays zero, belongs to no
+// parameter and is never trained, counted or saved) and fills values from (seed, name, global
+// index). Param* stay valid for the registry's lifetime; the registry is neither copyable nor
 // movable after the first Create.
 #pragma once
 
@@ -106,6 +111,9 @@ struct ShardCoords {
   int etp_rank = 0, etp_size = 1;  // expert tensor parallel
 };
 
+// Alignment of every matrix parameter's flat offset, in elements.
+constexpr int64_t kParamAlignment = 4;
+
 struct Param {
   ParamSpec spec;
   Shape local_shape;         // shape held on this rank
@@ -144,10 +152,14 @@ class ParamRegistry {
 
   const Tensor& flat_values() const { return flat_values_; }
   const Tensor& flat_grads() const { return flat_grads_; }
+  // Elements of each flat buffer: the parameters' and the padding before
+  // aligned matrices (kParamAlignment).
   int64_t total_local_numel() const { return total_; }
   void ZeroGrads();
 
  private:
+  static void ZeroFlat(const Tensor& flat);
+
   ShardCoords coords_;
   std::vector<std::unique_ptr<Param>> params_;
   Tensor flat_values_;

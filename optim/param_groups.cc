@@ -125,16 +125,20 @@ StatusOr<ParamGroups> ParamGroups::Create(const ParamRegistry& registry,
     out.groups_[gi].num_elements += p.local_numel();
     out.entries_.push_back({&p, gi});
     if (p.local_numel() == 0) continue;
-    // Parameters are laid out back to back in registration order.
-    SM_CHECK_MSG(p.flat_offset == out.total_, p.spec.name, " at flat offset ", p.flat_offset,
-                 ", expected ", out.total_);
-    if (!out.segments_.empty() && out.segments_.back().group == gi) {
+    // Parameters lie in registration order, a matrix after zero padding
+    // (core/params.h): the padding belongs to no segment.
+    SM_CHECK_MSG(p.flat_offset >= out.total_ && p.flat_offset - out.total_ < kParamAlignment,
+                 p.spec.name, " at flat offset ", p.flat_offset, ", expected ", out.total_,
+                 " (or the next multiple of ", kParamAlignment, ")");
+    if (!out.segments_.empty() && out.segments_.back().group == gi &&
+        out.segments_.back().end == p.flat_offset) {
       out.segments_.back().end += p.local_numel();
     } else {
       out.segments_.push_back({p.flat_offset, p.flat_offset + p.local_numel(), gi});
     }
-    out.total_ += p.local_numel();
+    out.total_ = p.flat_offset + p.local_numel();
   }
+  out.total_ = registry.total_local_numel();
   return out;
 }
 

@@ -6,7 +6,8 @@
 // need not be materialised). Two views of the same assignment:
 // - per parameter: entries(), each naming its group;
 // - per element: segments(), maximal [begin, end) runs of the flat index
-//   space with one group, covering [0, total_local_numel()). SegmentsIn(a, b)
+//   space with one group, covering [0, total_local_numel()) but for the
+//   padding before aligned matrices (core/params.h). SegmentsIn(a, b)
 //   clips them to any slice, so a ZeRO shard that cuts through a scale vector
 //   still gives each element exactly the decay its role says.
 //

@@ -15,12 +15,18 @@ GradSync::GradSync(const ExecContext& ctx, ParamRegistry& registry, const Proces
                "GradSync: the parameter registry is not materialised; call "
                "ParamRegistry::Materialize first");
   const int64_t limit = bucket_elements > 0 ? bucket_elements : registry.total_local_numel();
+  int64_t previous_end = 0;  // of the previous parameter, whichever
   for (const auto& owned : registry.params()) {
     const Param& p = *owned;
+    const int64_t after = std::exchange(previous_end, p.flat_offset + p.local_numel());
     if (!IsTrainable(p.spec.role) || p.local_numel() == 0) continue;
     if (include && !include(p)) continue;
     const bool expert = p.spec.layout.is_expert();
-    int64_t begin = p.flat_offset;
+    // The zero padding right before an aligned matrix (core/params.h) joins
+    // a bucket of the domain that ends where it starts: one reduction, not two.
+    const bool join =
+        !buckets_.empty() && buckets_.back().end == after && buckets_.back().expert == expert;
+    int64_t begin = join ? after : p.flat_offset;
     const int64_t end = p.flat_offset + p.local_numel();
     while (begin < end) {
       // Extend the last bucket when adjacent, of the same domain and not full.

@@ -31,6 +31,32 @@ TEST(ParamRegistryTest, FlatBuffersHoldParamsInRegistrationOrder) {
   EXPECT_EQ(reg.Find("nope"), nullptr);
 }
 
+// A matrix behind a scalar (a β) starts on a 16-byte boundary (f32); the
+// padding before it is zero; matrices in a row stay back to back (gate|up's
+// joined GEMM needs them so); vectors are never padded.
+TEST(ParamRegistryTest, MatricesBehindVectorsStartAligned) {
+  ParamRegistry reg;
+  ParamSpec beta{"beta", {1}, ParamRole::kInputNormScale, InitSpec::Constant(2.0), {}};
+  ParamSpec alpha{"alpha", {5}, ParamRole::kInputNormScale, InitSpec::Ones(), {}};
+  Param* b = reg.Create(beta);
+  Param* a = reg.Create(alpha);
+  Param* gate = reg.Create(Matrix("gate", -1));
+  Param* up = reg.Create(Matrix("up", -1));
+  Param* tail = reg.Create({"tail", {3}, ParamRole::kInputNormScale, InitSpec::Ones(), {}});
+  ASSERT_TRUE(reg.Materialize(1, DType::kF32, Device::kCPU).ok());
+  EXPECT_EQ(b->flat_offset, 0);
+  EXPECT_EQ(a->flat_offset, 1);
+  EXPECT_EQ(gate->flat_offset, 8);  // 6 rounded up to kParamAlignment = 4 elements
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(gate->value.raw_data()) % 16, 0u);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(gate->grad.raw_data()) % 16, 0u);
+  EXPECT_EQ(up->flat_offset, 32);
+  EXPECT_EQ(tail->flat_offset, 56);
+  EXPECT_EQ(reg.total_local_numel(), 59);
+  EXPECT_EQ(reg.flat_values().At(6), 0.0);
+  EXPECT_EQ(reg.flat_values().At(7), 0.0);
+  EXPECT_EQ(reg.flat_grads().At(7), 0.0);
+}
+
 TEST(ParamRegistryTest, InitIsAPureFunctionOfSeedNameAndIndex) {
   ParamRegistry reg;
   Param* a = reg.Create(Matrix("layers.0.w", -1));

@@ -33,10 +33,16 @@ struct Model {
     reg.Create({"e", {5, 3}, ParamRole::kExpertLinear, InitSpec::Normal(0.5), {}});
     SM_CHECK_OK(reg.Materialize(3, dtype, Device::kCPU));
   }
+  // Every parameter's elements; the padding before aligned matrices
+  // (core/params.h) stays zero, as in training.
   void SetGrads(int t) {
     const int64_t n = reg.total_local_numel();
-    std::vector<double> g(n);
-    for (int64_t i = 0; i < n; ++i) g[i] = std::sin(0.37 * i + 0.9 * t) * (1 + i % 5);
+    std::vector<double> g(n, 0.0);
+    for (const auto& p : reg.params()) {
+      for (int64_t i = p->flat_offset; i < p->flat_offset + p->local_numel(); ++i) {
+        g[i] = std::sin(0.37 * i + 0.9 * t) * (1 + i % 5);
+      }
+    }
     Tensor(reg.flat_grads()).CopyFrom(Tensor::FromVector({n}, g, DType::kF64));
   }
   ParamRegistry reg;
