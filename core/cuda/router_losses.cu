@@ -3,11 +3,12 @@
 // statistics in f64 as there): load balancing and z-loss, single-rank and
 // token-sharded, their backwards (accumulating), and AssignmentCounts.
 //
-// Deterministic: the per-expert counts are integer counts of one block per
-// expert; P_e sums its column in a fixed order (BlockSum); the loss sums
-// E (or N) terms in one block in a fixed order. No float atomics, no host
-// reads: the loss stays a device scalar. Expert ids out of [0, E) (the CPU
-// SM_CHECKs them) are not counted.
+// Deterministic: the per-expert counts are integers (a shared-memory
+// histogram per block, added into 64-bit totals: integer sums do not depend
+// on their order); P_e sums its column over fixed row chunks, then the
+// chunks in order; the loss sums E (or N) terms in one block in a fixed
+// order. No float atomics, no host reads: the loss stays a device scalar.
+// Expert ids out of [0, E) (the CPU SM_CHECKs them) are not counted.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -16,36 +17,62 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
-// Block e: counts[e] = number of ids equal to e (exact in f64).
-__global__ void CountIdsKernel(int64_t m, int64_t e, const int32_t* ids, double* counts) {
-  for (int64_t x = blockIdx.x; x < e; x += gridDim.x) {
-    long long c = 0;
-    for (int64_t i = threadIdx.x; i < m; i += blockDim.x) c += ids[i] == x ? 1 : 0;
-    c = BlockSum(c);
-    if (threadIdx.x == 0) counts[x] = static_cast<double>(c);
-    __syncthreads();  // BlockSum's scratch is reused by the next expert
+// totals[x] += the number of ids equal to x in this block's grid-stride
+// share: a shared-memory histogram of E counters, then one integer atomic
+// per (block, expert). Dynamic shared memory: E unsigned ints.
+__global__ void HistogramKernel(int64_t m, int64_t e, const int32_t* ids,
+                                unsigned long long* totals) {
+  extern __shared__ unsigned int hist[];
+  for (int64_t x = threadIdx.x; x < e; x += blockDim.x) hist[x] = 0;
+  __syncthreads();
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < m;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int32_t id = ids[i];
+    if (id >= 0 && id < e) atomicAdd(&hist[id], 1u);
+  }
+  __syncthreads();
+  for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+    if (hist[x] != 0) atomicAdd(&totals[x], static_cast<unsigned long long>(hist[x]));
   }
 }
 
-// counts → fractions f_e = counts / max(m, 1), in place.
-__global__ void FractionsKernel(int64_t e, int64_t m, double* f) {
+// out[x] = totals[x] / divisor in f64 (exact counts for divisor 1).
+__global__ void TotalsToF64Kernel(int64_t e, const unsigned long long* totals, double divisor,
+                                  double* out) {
   for (int64_t x = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; x < e;
        x += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    f[x] /= static_cast<double>(m > 1 ? m : 1);
+    out[x] = static_cast<double>(totals[x]) / divisor;
   }
 }
 
-// Block e: terms[e] = f_e · (Σ_t s[t, e]) / denom, the column summed in f64.
+// Block b: partial[b, x] = Σ s[t, x] over its rows [b·rows, (b+1)·rows) in
+// f64, t ascending; a thread per column (consecutive threads read
+// consecutive columns of a row).
 template <typename T>
-__global__ void BalanceTermsKernel(int64_t n, int64_t e, const T* s, const double* f, int64_t denom,
-                                   double* terms) {
-  for (int64_t x = blockIdx.x; x < e; x += gridDim.x) {
+__global__ void ColumnPartialsKernel(int64_t n, int64_t e, int64_t rows, const T* s,
+                                     double* partial) {
+  const int64_t t0 = static_cast<int64_t>(blockIdx.x) * rows;
+  const int64_t t1 = t0 + rows < n ? t0 + rows : n;
+  for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
     double p = 0;
-    for (int64_t t = threadIdx.x; t < n; t += blockDim.x) p += static_cast<double>(s[t * e + x]);
-    p = BlockSum(p);
-    if (threadIdx.x == 0) terms[x] = f[x] * p / static_cast<double>(denom);
-    __syncthreads();
+    for (int64_t t = t0; t < t1; ++t) p += static_cast<double>(s[t * e + x]);
+    partial[blockIdx.x * e + x] = p;
   }
+}
+
+// One block: loss[0] = scale · Σ_x f_x · (Σ_b partial[b, x]) / denom, the
+// chunks in order, then the terms as FinishSumKernel sums them.
+template <typename T>
+__global__ void BalanceFinishKernel(int64_t e, int64_t chunks, const double* partial,
+                                    const double* f, int64_t denom, double scale, T* loss) {
+  double acc = 0;
+  for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
+    double p = 0;
+    for (int64_t b = 0; b < chunks; ++b) p += partial[b * e + x];
+    acc += f[x] * p / static_cast<double>(denom);
+  }
+  acc = BlockSum(acc);
+  if (threadIdx.x == 0) loss[0] = static_cast<T>(scale * acc);
 }
 
 // One block: loss[0] = scale · Σ_i terms[i] (fixed order), in T.
@@ -107,30 +134,43 @@ __global__ void ZLossRowsKernel(int64_t n, int64_t e, const T* x, double factor,
 
 // ---------------------------------------------------------------- launchers
 
-unsigned PerExpertBlocks(int64_t e) {
-  return static_cast<unsigned>(std::clamp<int64_t>(e, 1, kMaxBlocks));
+// Expert counts of expert_ids [N, K] divided by `divisor`, into `out` [E] f64.
+void CountsOver(const ExecContext& ctx, const char* op, const Tensor& expert_ids, int64_t e,
+                double divisor, const Tensor& out) {
+  CheckOnDevice(ctx, expert_ids, op, "expert_ids");
+  SM_CHECK_MSG(expert_ids.dtype() == DType::kI32 && expert_ids.ndim() == 2, op,
+               ": expert_ids must be i32 [N, K], got ", expert_ids.DebugString());
+  if (e == 0) return;
+  const int64_t m = expert_ids.numel();
+  const Tensor totals = ctx.Empty({e}, DType::kI64);
+  SM_CHECK_CUDA_CALL(ctx, cudaMemsetAsync(totals.raw_data(), 0, totals.nbytes(), Stream(ctx)), op);
+  auto* t = reinterpret_cast<unsigned long long*>(totals.raw_data());
+  if (m > 0) {
+    const size_t smem = static_cast<size_t>(e) * sizeof(unsigned int);
+    SM_CHECK_MSG(smem <= 48 * 1024, op, ": ", e, " experts exceed the histogram's shared memory");
+    const unsigned blocks = static_cast<unsigned>(
+        std::clamp<int64_t>((m + 8 * kThreads - 1) / (8 * kThreads), 1, 1024));
+    HistogramKernel<<<blocks, kThreads, smem, Stream(ctx)>>>(m, e, Ptr<const int32_t>(expert_ids),
+                                                             t);
+    SM_CHECK_LAUNCH(ctx, op, "HistogramKernel");
+  }
+  TotalsToF64Kernel<<<Blocks(e), kThreads, 0, Stream(ctx)>>>(e, t, divisor, Ptr<double>(out));
+  SM_CHECK_LAUNCH(ctx, op, "TotalsToF64Kernel");
 }
 
 // counts [E] f64 of expert_ids on ctx's device (a temporary unless `into`).
 Tensor Counts(const ExecContext& ctx, const char* op, const Tensor& expert_ids, int64_t e,
               const Tensor& into = Tensor()) {
-  CheckOnDevice(ctx, expert_ids, op, "expert_ids");
-  SM_CHECK_MSG(expert_ids.dtype() == DType::kI32 && expert_ids.ndim() == 2, op,
-               ": expert_ids must be i32 [N, K], got ", expert_ids.DebugString());
   Tensor counts = into.defined() ? into : ctx.Empty({e}, DType::kF64);
-  if (e == 0) return counts;
-  CountIdsKernel<<<PerExpertBlocks(e), kThreads, 0, Stream(ctx)>>>(
-      expert_ids.numel(), e, Ptr<const int32_t>(expert_ids), Ptr<double>(counts));
-  SM_CHECK_LAUNCH(ctx, op, "CountIdsKernel");
+  CountsOver(ctx, op, expert_ids, e, 1.0, counts);
   return counts;
 }
 
 // Fractions f_e of the N·K assignments of expert_ids, a temporary [E] f64.
 Tensor Fractions(const ExecContext& ctx, const char* op, const Tensor& expert_ids, int64_t e) {
-  Tensor f = Counts(ctx, op, expert_ids, e);
-  if (e == 0) return f;
-  FractionsKernel<<<Blocks(e), kThreads, 0, Stream(ctx)>>>(e, expert_ids.numel(), Ptr<double>(f));
-  SM_CHECK_LAUNCH(ctx, op, "FractionsKernel");
+  Tensor f = ctx.Empty({e}, DType::kF64);
+  const int64_t m = expert_ids.numel();
+  CountsOver(ctx, op, expert_ids, e, static_cast<double>(m > 1 ? m : 1), f);
   return f;
 }
 
@@ -158,17 +198,21 @@ void LoadBalancingLossImpl(const char* op, const ExecContext& ctx, const Tensor&
                scores.DebugString());
   CheckLossOut(ctx, op, loss, scores);
   const int64_t n = scores.dim(0), e = scores.dim(1);
-  Tensor terms = ctx.Empty({e}, DType::kF64);
+  // Row chunks of P_e's column sums: 32 rows each, at most 1024 chunks.
+  const int64_t chunks = std::clamp<int64_t>((n + 31) / 32, 1, 1024);
+  const int64_t rows = (n + chunks - 1) / chunks;
+  Tensor partial = ctx.Empty({chunks, std::max<int64_t>(e, 1)}, DType::kF64);
   DispatchF32F64(op, scores, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if (e > 0) {
-      BalanceTermsKernel<T><<<PerExpertBlocks(e), kThreads, 0, Stream(ctx)>>>(
-          n, e, Ptr<const T>(scores), Ptr<const double>(f), denom, Ptr<double>(terms));
-      SM_CHECK_LAUNCH(ctx, op, "BalanceTermsKernel");
+      ColumnPartialsKernel<T><<<static_cast<unsigned>(chunks), kThreads, 0, Stream(ctx)>>>(
+          n, e, rows, Ptr<const T>(scores), Ptr<double>(partial));
+      SM_CHECK_LAUNCH(ctx, op, "ColumnPartialsKernel");
     }
-    FinishSumKernel<T><<<1, kThreads, 0, Stream(ctx)>>>(
-        e, Ptr<const double>(terms), coeff * static_cast<double>(e), Ptr<T>(loss));
-    SM_CHECK_LAUNCH(ctx, op, "FinishSumKernel");
+    BalanceFinishKernel<T><<<1, kThreads, 0, Stream(ctx)>>>(
+        e, chunks, Ptr<const double>(partial), Ptr<const double>(f), denom,
+        coeff * static_cast<double>(e), Ptr<T>(loss));
+    SM_CHECK_LAUNCH(ctx, op, "BalanceFinishKernel");
   });
 }
 
