@@ -180,6 +180,8 @@ const char* CategoryOf(const std::string& op) {
         "RmsNormalizeBackward",
         "AddRmsNormalize",
         "RmsNormalizeBackwardAdd",
+        "ScaledRmsNormalize",
+        "ScaledRmsNormalizeBackward",
         "Rope",
         "RopeBackward",
         "Dot",

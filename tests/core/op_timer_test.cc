@@ -6,6 +6,7 @@
 
 #include "core/context.h"
 #include "core/ops.h"
+#include "core/ops_list.h"
 #include "gtest/gtest.h"
 
 namespace scalemoe {
@@ -80,6 +81,15 @@ TEST(OpTimerTest, CategoriesCoverTheProfileRows) {
   EXPECT_STREQ(op_timer::CategoryOf("AdamWUpdate"), "optimizer");
   EXPECT_STREQ(op_timer::CategoryOf("VocabCrossEntropyLoss"), "embedding+loss");
   EXPECT_STREQ(op_timer::CategoryOf("NoSuchOp"), "other");
+}
+
+// Every op of the op set (core/ops_list.h) lands in a category of the
+// profile table: a new op left out would show up as "other".
+TEST(OpTimerTest, EveryOpHasACategory) {
+#define SM_OP_NAME(ret, name, params, args, cuda) #name,
+  const char* const kOps[] = {SM_OPS(SM_OP_NAME)};
+#undef SM_OP_NAME
+  for (const char* op : kOps) EXPECT_STRNE(op_timer::CategoryOf(op), "other") << op;
 }
 
 }  // namespace
