@@ -48,6 +48,12 @@ class ScaledRmsNorm {
   const std::string& name() const { return name_; }
 
  private:
+  // Whether ops::ScaledRmsNormalize serves x with outputs (y, or d_y and
+  // d_x) of dtype io: a γ, rows of at most 256, x in the master's dtype, io
+  // that dtype or bf16 for an f32 master.
+  bool Fused(const Tensor& x, DType io) const;
+  bool IoFits(DType io) const;
+
   std::string name_;
   int64_t dim_;
   DType dtype_ = DType::kF32;  // PrepareStep's: n_, rstd_ and γ's
@@ -55,10 +61,6 @@ class ScaledRmsNorm {
   std::unique_ptr<ScaleVector> scale_;  // null under mode NONE
   Tensor gamma_;    // [dim] effective γ of this step
   Tensor d_gamma_;  // [dim] accumulated over the step's micro-batches
-  // Whether ops::ScaledRmsNormalize serves x with outputs of dtype io.
-  bool Fused(const Tensor& x, DType io) const;
-  bool IoFits(DType io) const;
-
   Tensor x_;        // [R, dim] input of the last Forward when it ran fused
   Tensor n_;        // [R, dim] normalized input of the last Forward otherwise
   Tensor rstd_;     // [R]
