@@ -11,43 +11,25 @@
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cpu {
 namespace {
 
-constexpr int64_t kMaxDim = ops::kScaledRmsNormalizeMaxDim;
-
-// Rows of x [R, D] after checking every tensor against it; the like_x
-// tensors take x's dtype, or all bf16 for f32 x.
+// Rows of x [R, D], every tensor a contiguous CPU tensor, then the shared
+// checks (core/scaled_rms_normalize_checks.h).
 int64_t CheckRows(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& rstd,
-                  std::initializer_list<std::pair<const char*, const Tensor*>> like_x) {
-  SM_CHECK_MSG(
-      x.device() == Device::kCPU && x.is_contiguous() && x.ndim() >= 1 &&
-          (x.dtype() == DType::kF32 || x.dtype() == DType::kF64 || x.dtype() == DType::kBF16),
-      op, " x must be contiguous f32, f64 or bf16 CPU rows, got ", x.DebugString());
-  const int64_t d = x.dim(-1);
-  SM_CHECK_MSG(d >= 1 && d <= kMaxDim, op, ": rows of ", d, " elements (", x.DebugString(),
-               "); this op serves rows of 1..", kMaxDim, " (per-head vectors): use RmsNormalize",
-               " and ScaleRowsCols for longer ones");
-  const int64_t rows = x.numel() / d;
-  const DType stat = StatDType(x.dtype());
-  SM_CHECK_MSG(gamma.device() == Device::kCPU && gamma.is_contiguous() && gamma.numel() == d &&
-                   gamma.dtype() == stat,
-               op, " gamma ", gamma.DebugString(), " for x ", x.DebugString(), " (want ", d, " ",
-               DTypeName(stat), ")");
-  SM_CHECK_MSG(rstd.device() == Device::kCPU && rstd.is_contiguous() && rstd.numel() == rows &&
-                   rstd.dtype() == stat,
-               op, " rstd ", rstd.DebugString(), " for x ", x.DebugString(), " (want ", rows, " ",
-               DTypeName(stat), ")");
-  const DType io = like_x.begin()->second->dtype();
-  for (const auto& [what, t] : like_x) {
-    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous() && t->numel() == x.numel() &&
-                     t->dtype() == io &&
-                     (io == x.dtype() || (io == DType::kBF16 && x.dtype() == DType::kF32)),
-                 op, " ", what, " ", t->DebugString(), " for x ", x.DebugString(),
-                 " (x's dtype, or bf16 for f32 x, the same for every output)");
+                  std::initializer_list<std::pair<const char*, const Tensor*>> io) {
+  for (const auto& [what, t] : std::initializer_list<std::pair<const char*, const Tensor*>>{
+           {"x", &x}, {"gamma", &gamma}, {"rstd", &rstd}}) {
+    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous(), op, " ", what,
+                 " must be a contiguous CPU tensor, got ", t->DebugString());
   }
-  return rows;
+  for (const auto& [what, t] : io) {
+    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous(), op, " ", what,
+                 " must be a contiguous CPU tensor, got ", t->DebugString());
+  }
+  return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
 }
 
 // rstd of one row, as RmsNormalize's CPU path computes it.

@@ -29,6 +29,7 @@
 #include "core/cuda/causal_attention_tc.h"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/row_reduce.cuh"
 
 namespace scalemoe::cuda {
 namespace {
@@ -64,14 +65,6 @@ __device__ __forceinline__ int64_t LseIndex(const AttnDims& d, int64_t b, int h,
 // The last valid row of the tile of `rows` rows starting at `first`.
 __device__ __forceinline__ int64_t LastRow(const AttnDims& d, int64_t first, int rows) {
   return (first + rows < d.t ? first + rows : d.t) - 1;
-}
-
-// Sum over the G adjacent lanes of a row (G divides 32; all lanes call it).
-template <int G>
-__device__ __forceinline__ float GroupSum(float v) {
-#pragma unroll
-  for (int offset = G / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
 }
 
 template <int D>

@@ -34,6 +34,16 @@ __device__ __forceinline__ A WarpAllReduce(A v, Op op) {
   return v;
 }
 
+// Sum over the G adjacent lanes of a group (G a power of two <= 32); every
+// lane of the warp calls it, every lane of a group gets the same bits (a
+// fixed butterfly; + is commutative).
+template <int G, typename A>
+__device__ __forceinline__ A GroupSum(A v) {
+#pragma unroll
+  for (int offset = G / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
 // op over the block (blockDim.x a multiple of 32, at most 1024); every
 // thread gets the result. Every thread of the block must call it; it may be
 // called any number of times.

@@ -18,31 +18,24 @@
 // every run.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/row_reduce.cuh"
+#include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cuda {
 namespace {
 
-constexpr int64_t kMaxDim = ops::kScaledRmsNormalizeMaxDim;
 // Row partitions of the backward's d_gamma sums (one block each, at most).
 constexpr int64_t kMaxPartials = 512;
 // Doubles of the backward's per-block scratch: (kThreads / G) groups × D
 // columns, D <= G·V·P (see Packs) — at most kThreads · 8 for every G, V.
 constexpr int kScratch = kThreads * 8;
 
-// Packs per lane: a row of up to kMaxDim elements in packs of V over G
+// Packs per lane: a row of up to kScaledRmsNormalizeMaxDim elements in packs of V over G
 // lanes (G < 32 only when the row has at most G packs).
 template <int G, int V>
-constexpr int kPacksPerLane = G == 32 ? (kMaxDim / V + 31) / 32 : 1;
-
-// Sum over the G lanes of a group (G a power of two <= 32, groups aligned in
-// the warp); every lane of the warp calls it, every lane of a group gets
-// the same bits (a fixed butterfly; + is commutative).
-template <int G, typename A>
-__device__ __forceinline__ A GroupSum(A v) {
-#pragma unroll
-  for (int offset = G / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
+constexpr int kPacksPerLane = G == 32
+                                  ? (static_cast<int>(ops::kScaledRmsNormalizeMaxDim) / V + 31) / 32
+                                  : 1;
 
 // Where this thread's group sits: its lane in the group, the first row it
 // visits and the stride, uniform over the warp (so every lane of a warp
@@ -177,34 +170,16 @@ __global__ void AddPartialsKernel(int64_t blocks, int64_t d, const double* parti
 
 // ---------------------------------------------------------------- launchers
 
+// Rows of x [R, D], every tensor on ctx's device, then the shared checks
+// (core/scaled_rms_normalize_checks.h).
 int64_t CheckRows(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& gamma,
                   const Tensor& rstd,
-                  std::initializer_list<std::pair<const char*, const Tensor*>> like_x) {
+                  std::initializer_list<std::pair<const char*, const Tensor*>> io) {
   CheckOnDevice(ctx, x, op, "x");
-  SM_CHECK_MSG(x.ndim() >= 1 && (x.dtype() == DType::kF32 || x.dtype() == DType::kF64 ||
-                                 x.dtype() == DType::kBF16),
-               op, " x must be f32, f64 or bf16 rows, got ", x.DebugString());
-  const int64_t d = x.dim(-1);
-  SM_CHECK_MSG(d >= 1 && d <= kMaxDim, op, ": rows of ", d, " elements (", x.DebugString(),
-               "); this op serves rows of 1..", kMaxDim, " (per-head vectors): use RmsNormalize",
-               " and ScaleRowsCols for longer ones");
-  const int64_t rows = x.numel() / d;
-  const DType stat = StatDType(x.dtype());
   CheckOnDevice(ctx, gamma, op, "gamma");
   CheckOnDevice(ctx, rstd, op, "rstd");
-  SM_CHECK_MSG(gamma.numel() == d && gamma.dtype() == stat, op, " gamma ", gamma.DebugString(),
-               " for x ", x.DebugString(), " (want ", d, " ", DTypeName(stat), ")");
-  SM_CHECK_MSG(rstd.numel() == rows && rstd.dtype() == stat, op, " rstd ", rstd.DebugString(),
-               " for x ", x.DebugString(), " (want ", rows, " ", DTypeName(stat), ")");
-  const DType io = like_x.begin()->second->dtype();
-  for (const auto& [what, t] : like_x) {
-    CheckOnDevice(ctx, *t, op, what);
-    SM_CHECK_MSG(t->numel() == x.numel() && t->dtype() == io &&
-                     (io == x.dtype() || (io == DType::kBF16 && x.dtype() == DType::kF32)),
-                 op, " ", what, " ", t->DebugString(), " for x ", x.DebugString(),
-                 " (x's dtype, or bf16 for f32 x, the same for every output)");
-  }
-  return rows;
+  for (const auto& [what, t] : io) CheckOnDevice(ctx, *t, op, what);
+  return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
 }
 
 // Calls launch(G, V): V a 16-byte pack where d and every row pointer allow
