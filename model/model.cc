@@ -354,7 +354,12 @@ Status MoeTransformer::FinishBackward(const ExecContext& ctx, const GradsReadyFn
     if (!on_ready || range.first == range.second) return;
     const auto& params = registry_.params();
     const Param& last = *params[range.second - 1];
-    on_ready(params[range.first]->flat_offset, last.flat_offset + last.local_numel());
+    // From the end of the parameter before (the zero padding in front of an
+    // aligned matrix, core/params.h, is ready with it: GradSync's buckets
+    // span it), so that the parts' ranges tile the flat buffer.
+    const Param* before = range.first > 0 ? params[range.first - 1].get() : nullptr;
+    const int64_t begin = before ? before->flat_offset + before->local_numel() : 0;
+    on_ready(begin, last.flat_offset + last.local_numel());
   };
   // The order a fused backward finishes them: head first, then the layers
   // from the last; the embedding (tied: also written by the head) last.
