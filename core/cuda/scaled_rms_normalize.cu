@@ -27,11 +27,12 @@ namespace {
 // Row partitions of the backward's d_gamma sums (one block each, at most).
 constexpr int64_t kMaxPartials = 512;
 // Doubles of the backward's per-block scratch: (kThreads / G) groups × D
-// columns, D <= G·V·P (see Packs) — at most kThreads · 8 for every G, V.
+// columns; D <= 8·V for G = 8, 16·V for G = 16, 256 for G = 32: at most
+// kThreads · 8 for every G and V.
 constexpr int kScratch = kThreads * 8;
 
-// Packs per lane: a row of up to kScaledRmsNormalizeMaxDim elements in packs of V over G
-// lanes (G < 32 only when the row has at most G packs).
+// Packs per lane: a row of up to kScaledRmsNormalizeMaxDim elements in
+// packs of V over G lanes (G < 32 only when the row has at most G packs).
 template <int G, int V>
 constexpr int kPacksPerLane = G == 32
                                   ? (static_cast<int>(ops::kScaledRmsNormalizeMaxDim) / V + 31) / 32
