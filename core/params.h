@@ -7,15 +7,17 @@
 //
 // Lifetime: layers Create() their parameters at construction and keep the
 // returned Param*; Materialize() then allocates one flat value buffer and one
-// flat grad buffer (registration order, so a layer's parameters are
-// contiguous up to padding: a matrix — ndim >= 2 — that follows a vector or
-// a scalar starts on a multiple of kParamAlignment elements, so that GEMMs
-// and packed kernels get 16-byte-aligned f32 weights and gradients
-// even behind scalar β's, while matrices registered in a row stay back to
-// back (gate|up's one GEMM joins two); the padding stays zero, belongs to no
-// parameter and is never trained, counted or saved) and fills values from (seed, name, global
-// index). Param* stay valid for the registry's lifetime; the registry is neither copyable nor
-// movable after the first Create.
+// flat grad buffer and fills values from (seed, name, global index). Param*
+// stay valid for the registry's lifetime; the registry is neither copyable
+// nor movable after the first Create.
+//
+// Layout: registration order, so a layer's parameters are contiguous up to
+// padding. A matrix (ndim >= 2) that follows a vector or a scalar starts on a
+// multiple of kParamAlignment elements, so that GEMMs and packed kernels get
+// 16-byte-aligned f32 weights and gradients even behind scalar β's; matrices
+// registered in a row stay back to back (gate|up's one GEMM joins two). The
+// padding stays zero, belongs to no parameter and is never trained, counted
+// or saved.
 #pragma once
 
 #include <cstdint>
