@@ -8,11 +8,11 @@
 // CUDA kernels round (core/cuda/rms_normalize.cu): AddRmsNormalize's sum
 // before it is squared, RmsNormalizeBackwardAdd's backward before the add.
 #include <algorithm>
-#include <cmath>
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/cpu/rms_rows.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -45,12 +45,7 @@ void Forward(const T* x, double eps, T* n, Acc<T>* rstd, int64_t rows, int64_t d
   using A = Acc<T>;
   for (int64_t r = 0; r < rows; ++r) {
     const T* xr = x + r * d;
-    double sq = 0;  // f64 accumulation: the f32 path keeps its precision
-    for (int64_t j = 0; j < d; ++j) {
-      const double v = static_cast<A>(xr[j]);
-      sq += v * v;
-    }
-    const A s = static_cast<A>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
+    const A s = RowRstd(xr, d, eps);
     rstd[r] = s;
     T* nr = n + r * d;
     for (int64_t j = 0; j < d; ++j) nr[j] = T(static_cast<A>(xr[j]) * s);
@@ -59,20 +54,7 @@ void Forward(const T* x, double eps, T* n, Acc<T>* rstd, int64_t rows, int64_t d
 
 template <typename T>
 void Backward(const T* n, const Acc<T>* rstd, const T* dn, T* dx, int64_t rows, int64_t d) {
-  using A = Acc<T>;
-  for (int64_t r = 0; r < rows; ++r) {
-    const T* nr = n + r * d;
-    const T* gr = dn + r * d;
-    double dot = 0;
-    for (int64_t j = 0; j < d; ++j) {
-      dot += static_cast<double>(static_cast<A>(gr[j])) * static_cast<A>(nr[j]);
-    }
-    const A mean = static_cast<A>(dot / static_cast<double>(d));
-    T* out = dx + r * d;
-    for (int64_t j = 0; j < d; ++j) {
-      out[j] = T(rstd[r] * (static_cast<A>(gr[j]) - static_cast<A>(nr[j]) * mean));
-    }
-  }
+  for (int64_t r = 0; r < rows; ++r) RowBackward(n + r * d, rstd[r], dn + r * d, dx + r * d, d);
 }
 
 // y += x over one row, as Axpy(1.0, x, y) computes it (1·x is exact),

@@ -1,16 +1,16 @@
 // ScaledRmsNormalize and its backward (CPU): RmsNormalize then the scale γ
 // over each row in one pass, with the arithmetic of the two-op sequence the
-// per-head norms ran before (core/cpu/rms_normalize.cc's row sums, then
+// per-head norms ran before (RmsNormalize's rows, core/cpu/rms_rows.h, then
 // core/cpu/scale_rows_cols.cc's products with no row vector), in A =
 // Acc<T> (f32 for bf16 x: the widened copy the sequence normalized), so the
 // same bits; a bf16 y (or d_y, d_x) for f32 x is the sequence's f32 result
 // rounded once, as its copy into bf16 rounded it. d_gamma is summed row by
 // row in A, as ScaleRowsColsBackward sums its d_col.
-#include <cmath>
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/cpu/rms_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cpu {
@@ -20,28 +20,15 @@ namespace {
 // checks (core/scaled_rms_normalize_checks.h).
 int64_t CheckRows(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& rstd,
                   std::initializer_list<std::pair<const char*, const Tensor*>> io) {
-  for (const auto& [what, t] : std::initializer_list<std::pair<const char*, const Tensor*>>{
-           {"x", &x}, {"gamma", &gamma}, {"rstd", &rstd}}) {
-    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous(), op, " ", what,
-                 " must be a contiguous CPU tensor, got ", t->DebugString());
-  }
-  for (const auto& [what, t] : io) {
-    SM_CHECK_MSG(t->device() == Device::kCPU && t->is_contiguous(), op, " ", what,
-                 " must be a contiguous CPU tensor, got ", t->DebugString());
-  }
+  const auto check = [op](const char* what, const Tensor& t) {
+    SM_CHECK_MSG(t.device() == Device::kCPU && t.is_contiguous(), op, " ", what,
+                 " must be a contiguous CPU tensor, got ", t.DebugString());
+  };
+  check("x", x);
+  check("gamma", gamma);
+  check("rstd", rstd);
+  for (const auto& [what, t] : io) check(what, *t);
   return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
-}
-
-// rstd of one row, as RmsNormalize's CPU path computes it.
-template <typename T>
-Acc<T> RowRstd(const T* xr, int64_t d, double eps) {
-  using A = Acc<T>;
-  double sq = 0;
-  for (int64_t j = 0; j < d; ++j) {
-    const double v = static_cast<A>(xr[j]);
-    sq += v * v;
-  }
-  return static_cast<A>(1.0 / std::sqrt(sq / static_cast<double>(d) + eps));
 }
 
 // O: y's type (T, or bf16 for f32 T).
@@ -66,17 +53,13 @@ void Backward(const T* x, const Acc<T>* rstd, const Acc<T>* gamma, const O* dy, 
   using A = Acc<T>;
   std::vector<A> n(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
   for (int64_t r = 0; r < rows; ++r) {
-    const A s = rstd[r];
-    double dot = 0;
     for (int64_t j = 0; j < d; ++j) {
-      n[j] = static_cast<A>(x[r * d + j]) * s;
+      n[j] = static_cast<A>(x[r * d + j]) * rstd[r];
       const A g = static_cast<A>(dy[r * d + j]);
-      dn[j] = g * gamma[j];
-      d_gamma[j] += g * n[j];
-      dot += static_cast<double>(dn[j]) * n[j];
+      dn[j] = g * gamma[j];    // ScaleRowsColsBackward's d_x
+      d_gamma[j] += g * n[j];  // and its d_col
     }
-    const A mean = static_cast<A>(dot / static_cast<double>(d));
-    for (int64_t j = 0; j < d; ++j) dx[r * d + j] = O(s * (dn[j] - n[j] * mean));
+    RowBackward(n.data(), rstd[r], dn.data(), dx + r * d, d);
   }
 }
 
