@@ -24,6 +24,9 @@
 #   TORCH=0: skip the PyTorch reference (ours only)
 #   SKIP_BUILD=1: use BUILD_DIR's binaries as they are (e.g. built on
 #   another machine with the same CUDA and carried over)
+#   CUDA_GRAPHS=1: ours with train.cuda_graphs (each micro-batch's forward
+#   and backward replayed as one CUDA graph; launch/micro_batch_graph.h);
+#   0: without
 #   OPS=1: also torch_reference.py --ops per preset (torch.matmul, SDPA,
 #   torch._grouped_mm, fused AdamW at the preset's shapes; issue 13's table).
 # Raw output: BUILD_DIR/gpu_bench/*.log and results.jsonl (one BENCH_JSON each).
@@ -57,6 +60,8 @@ stamp() { echo "[gpu_bench +$(($(date +%s) - start))s] $*"; }
 baseline_sets=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INPUT_ONLY
   --set scale_vectors.reparam=PLAIN --set scale_vectors.decay_policy=NONE_1D)
 shape_sets=(--set train.micro_batch_size="$micro" --set train.global_batch_size="$global")
+ours_sets=()
+[ "${CUDA_GRAPHS:-1}" = 1 ] && ours_sets+=(--set train.cuda_graphs=true)
 
 have_torch=0
 if [ "${TORCH:-1}" = 0 ]; then
@@ -110,7 +115,7 @@ stamp "correctness check (model_cuda_model_test, $check_filter): $check"
 
 for p in $presets; do
   for v in baseline unified; do
-    sets=("${shape_sets[@]}")
+    sets=("${shape_sets[@]}" "${ours_sets[@]}")
     [ "$v" = baseline ] && sets+=("${baseline_sets[@]}")
     log="$out/ours_${p}_$v.log"
     timeout "$run_timeout" "$build/bench/train_step_bench" --config "configs/$p.textproto" \

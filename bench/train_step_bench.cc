@@ -347,7 +347,16 @@ int Main(int argc, char** argv) {
                                  {"peak_gib", peak_gib},
                                  {"allocator_peak_gib", alloc_peak / kGiB},
                                  {"quiet_step_host_reads", result->quiet_step_host_reads},
-                                 {"quiet_step_system_allocs", result->quiet_step_system_allocs}};
+                                 {"quiet_step_system_allocs", result->quiet_step_system_allocs},
+                                 {"cuda_graphs", train.cuda_graphs()},
+                                 {"cuda_graph_replays", result->cuda_graph_replays},
+                                 {"cuda_graph_captures", result->cuda_graph_captures}};
+  if (train.cuda_graphs()) {
+    std::printf("CUDA graphs: %lld micro-batches replayed, %lld captures, %lld eager\n",
+                static_cast<long long>(result->cuda_graph_replays),
+                static_cast<long long>(result->cuda_graph_captures),
+                static_cast<long long>(result->cuda_graph_eager));
+  }
   std::printf("BENCH_JSON %s\n", record.dump().c_str());
   if (*profile > 0)
     PrintProfile(label, op_timer::Collect(), static_cast<int>(*profile), profile_ms, median);

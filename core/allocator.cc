@@ -1,7 +1,9 @@
 #include "core/allocator.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 #include "core/tensor.h"
@@ -56,20 +58,27 @@ CachingAllocator::~CachingAllocator() { ReleaseCache(); }
 StatusOr<std::shared_ptr<Storage>> CachingAllocator::Allocate(size_t nbytes) {
   const size_t rounded = RoundAllocation(nbytes);
   void* ptr = nullptr;
+  int pool = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.find(rounded);
-    if (it != free_.end() && !it->second.empty()) {
+    pool = active_pool_;
+    // A private pool's own blocks first, then the shared cache's (the block
+    // joins the pool): a capture takes only the blocks it uses.
+    for (FreeLists* lists : {pool == 0 ? nullptr : &private_free_[pool], &free_}) {
+      if (lists == nullptr) continue;
+      auto it = lists->find(rounded);
+      if (it == lists->end() || it->second.empty()) continue;
       ptr = it->second.back();
       it->second.pop_back();
       ++stats_.cache_hits;
       stats_.cached_bytes -= static_cast<int64_t>(rounded);
+      break;
     }
   }
   if (ptr == nullptr) {
     StatusOr<void*> fresh = source_->Allocate(rounded);
     if (!fresh.ok()) {
-      // Give the cache back and try once more before failing.
+      // Give the shared cache back and try once more before failing.
       ReleaseCache();
       fresh = source_->Allocate(rounded);
       if (!fresh.ok()) return fresh.status();
@@ -83,16 +92,22 @@ StatusOr<std::shared_ptr<Storage>> CachingAllocator::Allocate(size_t nbytes) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use_bytes += static_cast<int64_t>(rounded);
     stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+    if (tracing_ && pool == 0) trace_.push_back(ptr);
   }
   // The block keeps its allocator alive until it comes back.
   std::shared_ptr<CachingAllocator> owner = shared_from_this();
   return Storage::Adopt(ptr, nbytes, device(),
-                        [owner, rounded](void* p) { owner->Release(p, rounded); });
+                        [owner, rounded, pool](void* p) { owner->Release(p, rounded, pool); });
 }
 
-void CachingAllocator::Release(void* ptr, size_t rounded) {
+void CachingAllocator::Release(void* ptr, size_t rounded, int pool) {
   std::lock_guard<std::mutex> lock(mu_);
-  free_[rounded].push_back(ptr);
+  if (tracing_ && pool == 0) {  // the trace lists the blocks still in use
+    auto it = std::find(trace_.rbegin(), trace_.rend(), ptr);
+    if (it != trace_.rend()) trace_.erase(std::next(it).base());
+  }
+  auto live = pool == 0 ? private_free_.end() : private_free_.find(pool);
+  (live == private_free_.end() ? free_ : live->second)[rounded].push_back(ptr);
   stats_.in_use_bytes -= static_cast<int64_t>(rounded);
   stats_.cached_bytes += static_cast<int64_t>(rounded);
 }
@@ -107,6 +122,43 @@ void CachingAllocator::ReleaseCache() {
     }
     blocks.clear();
   }
+}
+
+int CachingAllocator::BeginPrivatePool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  SM_CHECK_MSG(active_pool_ == 0, "BeginPrivatePool: pool ", active_pool_, " is still open");
+  active_pool_ = ++last_pool_;
+  private_free_[active_pool_];
+  return active_pool_;
+}
+
+void CachingAllocator::EndPrivatePool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  active_pool_ = 0;
+}
+
+void CachingAllocator::RetirePrivatePool(int pool) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SM_CHECK_MSG(pool != active_pool_, "RetirePrivatePool: pool ", pool, " is still open");
+  auto it = private_free_.find(pool);
+  if (it == private_free_.end()) return;
+  for (auto& [size, blocks] : it->second) {
+    std::vector<void*>& to = free_[size];
+    to.insert(to.end(), blocks.begin(), blocks.end());
+  }
+  private_free_.erase(it);
+}
+
+void CachingAllocator::StartTrace() {
+  std::lock_guard<std::mutex> lock(mu_);
+  tracing_ = true;
+  trace_.clear();
+}
+
+std::vector<void*> CachingAllocator::TakeTrace() {
+  std::lock_guard<std::mutex> lock(mu_);
+  tracing_ = false;
+  return std::move(trace_);
 }
 
 AllocatorStats CachingAllocator::stats() const {

@@ -16,6 +16,24 @@
 // SCALEMOE_POISON_ALLOCATIONS=1 is set (CI runs the whole suite so), for
 // Tensor::Empty too.
 //
+// Private pools (CUDA graphs, launch/micro_batch_graph.h): a captured
+// graph replays into the addresses it was captured with, so the blocks it
+// allocated, its temporaries included, must stay its own after the capture.
+// Between BeginPrivatePool and EndPrivatePool every request is served from
+// a new private pool: its own cached blocks, else a block of the shared
+// cache, which joins the pool (so a capture after a step of the same work
+// finds its blocks without cudaMalloc), else a new one. A block of a live
+// private pool returns to that pool, never to the shared cache, until
+// RetirePrivatePool hands the pool's blocks (the cached ones now, the others
+// when they come back) to the shared cache.
+//
+// Trace: the shared-pool blocks handed out since StartTrace and still in
+// use, in the order they were handed out. Two stretches of host code whose
+// traces are equal left the tensors they made where the same code put them
+// before (a graph's check that the eager work around it did not move what
+// it reads; blocks freed again in the stretch cannot be read, and their
+// order in the cache may vary).
+//
 // Thread-safe (one mutex): FakeWorld ranks are threads that may share a
 // context.
 #pragma once
@@ -79,15 +97,29 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   void ReleaseCache();
   AllocatorStats stats() const;
 
+  // See "Private pools" above. BeginPrivatePool returns the new pool's id
+  // (> 0); one pool takes requests at a time.
+  int BeginPrivatePool();
+  void EndPrivatePool();
+  void RetirePrivatePool(int pool);
+  void StartTrace();
+  // The trace since StartTrace (blocks still in use); tracing stops.
+  std::vector<void*> TakeTrace();
+
  private:
+  using FreeLists = std::map<size_t, std::vector<void*>>;  // rounded size -> cached blocks
   CachingAllocator(std::unique_ptr<BlockSource> source, bool poison)
       : source_(std::move(source)), poison_(poison) {}
-  void Release(void* ptr, size_t rounded);
+  void Release(void* ptr, size_t rounded, int pool);
 
   std::unique_ptr<BlockSource> source_;
   const bool poison_;
   mutable std::mutex mu_;
-  std::map<size_t, std::vector<void*>> free_;  // rounded size -> cached blocks
+  FreeLists free_;                          // the shared pool (0)
+  std::map<int, FreeLists> private_free_;   // live private pools
+  int active_pool_ = 0, last_pool_ = 0;
+  bool tracing_ = false;
+  std::vector<void*> trace_;
   AllocatorStats stats_;
 };
 

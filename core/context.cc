@@ -2,35 +2,12 @@
 
 #include <cstring>
 #include <mutex>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
-
-#if SCALEMOE_CUDA
-#include "core/cuda/device_runtime.h"
-#endif
+#include "core/context_state.h"
 
 namespace scalemoe {
-
-struct ExecContext::State {
-  Device device = Device::kCPU;
-  int ordinal = 0;
-  void* stream = nullptr;
-  std::shared_ptr<CachingAllocator> allocator;
-  ExecCounters counters;
-  std::mutex mu;  // guards error and workspace
-  Status error;
-  std::shared_ptr<Storage> workspace;
-#if SCALEMOE_CUDA
-  std::unique_ptr<CudaDevice> cuda;  // stream and libraries; destroyed last
-#endif
-  ~State() {
-#if SCALEMOE_CUDA
-    if (cuda) (void)cuda->Synchronize();
-#endif
-    workspace.reset();
-    if (allocator) allocator->ReleaseCache();
-  }
-};
 
 ExecContext::ExecContext() : ExecContext(Cpu()) {}
 
@@ -68,6 +45,17 @@ Device ExecContext::device() const { return state_->device; }
 void* ExecContext::stream() const { return state_->stream; }
 int ExecContext::device_ordinal() const { return state_->ordinal; }
 ExecCounters& ExecContext::counters() const { return state_->counters; }
+
+void ExecContext::HostEffect(const std::function<void()>& effect) const {
+  effect();
+  std::lock_guard<std::mutex> lock(state_->mu);
+  if (state_->capturing) state_->capture_effects.push_back(effect);
+}
+
+bool ExecContext::capturing() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->capturing;
+}
 CachingAllocator& ExecContext::allocator() const { return *state_->allocator; }
 AllocatorStats ExecContext::allocator_stats() const { return state_->allocator->stats(); }
 
@@ -143,6 +131,7 @@ Tensor ExecContext::ToHost(const Tensor& t) const {
 Tensor ExecContext::ToDevice(const Tensor& t) const {
   if (device() == Device::kCPU || t.device() != Device::kCPU) return t;
 #if SCALEMOE_CUDA
+  counters().host_uploads.fetch_add(1, std::memory_order_relaxed);
   Tensor dev = Empty(t.shape(), t.dtype());
   Fail(state_->cuda->CopyToDevice(dev.raw_data(), t.raw_data(), t.nbytes()));
   return dev;
@@ -166,6 +155,7 @@ Status ExecContext::CopyAcross(const Tensor& src, const Tensor& dst) const {
     return state_->cuda->CopyToHost(dst.raw_data(), src.raw_data(), src.nbytes());
   }
   if (src.device() == Device::kCPU) {
+    counters().host_uploads.fetch_add(1, std::memory_order_relaxed);
     return state_->cuda->CopyToDevice(dst.raw_data(), src.raw_data(), src.nbytes());
   }
   return state_->cuda->CopyOnDevice(dst.raw_data(), src.raw_data(), src.nbytes());

@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "core/allocator.h"
@@ -35,6 +36,7 @@ struct CudaLibraries;  // core/cuda/cuda_libraries.h
 struct ExecCounters {
   std::atomic<int64_t> host_reads{0};       // ToHost calls (each a sync on CUDA)
   std::atomic<int64_t> host_read_bytes{0};
+  std::atomic<int64_t> host_uploads{0};     // host→device copies (ToDevice, CopyAcross)
 };
 
 struct CpuContextOptions {
@@ -88,7 +90,16 @@ class ExecContext {
   CachingAllocator& allocator() const;
   CudaLibraries* cuda_libraries() const;  // created on first use; null on the CPU
 
+  // Host-side bookkeeping that goes with queued work (a layer's count of
+  // this step's micro-batches): runs `effect` now and, while the stream is
+  // captured into a CUDA graph (core/cuda_graph.h), again after each replay
+  // of that graph, which runs no host code of its own.
+  void HostEffect(const std::function<void()>& effect) const;
+  // Whether the stream is being captured into a CUDA graph.
+  bool capturing() const;
+
  private:
+  friend class CudaGraph;
   struct State;
   explicit ExecContext(std::shared_ptr<State> state) : state_(std::move(state)) {}
   std::shared_ptr<State> state_;

@@ -105,6 +105,17 @@ void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Con
               t.device() == config::TrainConfig::CUDA,
           "parallel.communicator=NCCL needs train.device: CUDA (NCCL moves device memory): set "
           "train.device: CUDA, or parallel.communicator: AUTO or MPI");
+  if (t.cuda_graphs()) {
+    p.Check(t.device() == config::TrainConfig::CUDA,
+            "train.cuda_graphs=true needs train.device: CUDA: set train.device: CUDA, or "
+            "train.cuda_graphs: false");
+    p.Check(layout == nullptr || layout->world == 1, "train.cuda_graphs=true needs a world of one "
+            "rank (the communicators move data through the host, which a graph cannot replay): "
+            "launch one rank, or set train.cuda_graphs: false");
+    p.Check(c.moe().capacity_factor() == 0, "train.cuda_graphs=true needs moe.capacity_factor: 0 "
+            "(capacity drops read the expert counts on the host each micro-batch): set "
+            "moe.capacity_factor: 0, or train.cuda_graphs: false");
+  }
   p.Check(!c.name().empty() && c.name().find('/') == std::string::npos, "name='", c.name(),
           "' must be non-empty without '/': it names the run directory");
 }

@@ -14,6 +14,7 @@
 #include "core/params.h"
 #include "data/token_loader.h"
 #include "launch/metrics.h"
+#include "launch/micro_batch_graph.h"
 #include "launch/scale_vector_stats.h"
 #include "launch/tensorboard.h"
 #include "launch/trainer.h"
@@ -100,6 +101,7 @@ class TrainLoop {
   bool holds_last_stage() const { return chunks_.back()->is_last_stage(); }
   std::unique_ptr<DistributedOptimizer> optimizer_;
   std::optional<PipelineExecutor> executor_;  // pp > 1
+  std::optional<MicroBatchGraph> graph_;      // train.cuda_graphs
   std::optional<TokenLoader> train_loader_;
   std::optional<TokenLoader> val_loader_;
   std::unique_ptr<MetricsWriter> metrics_;         // rank 0
@@ -109,6 +111,7 @@ class TrainLoop {
   std::optional<ScaleVectorStats> scale_vector_stats_;
   int64_t start_step_ = 0;
   Tensor nonfinite_tracker_;  // f64 [4] on ctx_ (core/ops.h TrackNonFinite)
+  Tensor loss_sums_;          // f64 [kNumLosses]: ForwardBackward's, without PP
   int64_t accumulation_ = 1;    // micro-batches per step on each rank
   double flops_per_token_ = 0;  // training FLOPs per token (model counts)
   TrainResult result_;

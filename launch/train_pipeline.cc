@@ -81,14 +81,25 @@ Status TrainLoop::SetupPipeline() {
 
 StatusOr<Tensor> TrainLoop::ForwardBackward() {
   if (!pipelined()) {
-    Tensor sums = ctx_.Zeros({kNumLosses}, DType::kF64);  // over the micro-batches
+    // Over the micro-batches; kept from step to step, so that no block of
+    // the step's eager work is alive when a CUDA graph replays
+    // (launch/micro_batch_graph.h).
+    if (!loss_sums_.defined()) loss_sums_ = ctx_.Empty({kNumLosses}, DType::kF64);
+    const Tensor& sums = loss_sums_;
+    ops::Zero(ctx_, sums);
     for (int64_t m = 0; m < accumulation_; ++m) {
       MicroBatch batch = train_loader_->Next();
       auto [tokens, targets] = BatchTensors(batch);
       SM_RETURN_IF_ERROR(model().CheckBatch(tokens, targets));
+      const double scale = 1.0 / static_cast<double>(accumulation_);
+      if (graph_) {
+        SM_ASSIGN_OR_RETURN(const Tensor losses, graph_->Run(tokens, targets, scale, m == 0));
+        ops::Axpy(ctx_, 1.0, losses, sums);
+        continue;
+      }
       SM_ASSIGN_OR_RETURN(const StageOutput out, model().ForwardStage(ctx_, tokens, targets,
                                                                       Tensor(), true));
-      SM_RETURN_IF_ERROR(model().Backward(ctx_, 1.0 / static_cast<double>(accumulation_)));
+      SM_RETURN_IF_ERROR(model().Backward(ctx_, scale));
       ops::Axpy(ctx_, 1.0, out.losses, sums);
     }
     return sums;

@@ -126,6 +126,15 @@ Status TrainLoop::Setup() {
     chunks_.push_back(std::make_unique<MoeTransformer>(registry_, cfg_, &groups_, c));
   }
   SM_RETURN_IF_ERROR(registry_.Materialize(train.seed(), DType::kF32, ctx_.device()));
+  if (train.cuda_graphs()) {
+    // ValidateConfig names the same conditions; Train may be called without it.
+    if (ctx_.device() != Device::kCUDA || groups_.grid.world() != 1) {
+      return absl::FailedPreconditionError(
+          "train.cuda_graphs=true needs train.device: CUDA and a world of one rank: set "
+          "train.cuda_graphs: false");
+    }
+    graph_.emplace(ctx_, model());
+  }
   {
     // FLOPs of the whole model (this rank's registry holds only its stage):
     // counted on a registry that is never materialized.
@@ -224,6 +233,7 @@ StatusOr<double> TrainLoop::Evaluate() {
   // The folded weights were formed before the last update: re-form them from
   // the parameters as they are now (the ones a checkpoint of this step holds).
   for (auto& c : chunks_) SM_RETURN_IF_ERROR(c->PrepareStep(ctx_));
+  if (graph_) graph_->Invalidate();  // the eager forward replaces the model's caches
   if (pipelined()) return EvaluatePipelined();
   Tensor loss = ctx_.Zeros({1}, DType::kF64);
   const int64_t n = cfg_.train().eval_batches() * accumulation_;
@@ -505,6 +515,11 @@ StatusOr<TrainResult> TrainLoop::Run() {
     result_.steps_done = done;
   }
   if (tensorboard_) SM_RETURN_IF_ERROR(tensorboard_->Flush());
+  if (graph_) {
+    result_.cuda_graph_replays = graph_->stats().replays;
+    result_.cuda_graph_captures = graph_->stats().captures;
+    result_.cuda_graph_eager = graph_->stats().eager;
+  }
   return result_;
 }
 

@@ -68,6 +68,10 @@ struct TrainResult {
   // malloc/free (CPU) or cudaMalloc/cudaFree (CUDA) calls of the context's
   // caching allocator in that step (-1: none such): 0 once the cache is warm.
   int64_t quiet_step_system_allocs = -1;
+  // train.cuda_graphs: micro-batches run by replaying a captured graph,
+  // captures made (the first, and again after an evaluation or an op-timed
+  // step), and micro-batches run eagerly (launch/micro_batch_graph.h).
+  int64_t cuda_graph_replays = 0, cuda_graph_captures = 0, cuda_graph_eager = 0;
   std::string device;           // where the step ran: "CPU" or "CUDA:<ordinal>"
   std::string last_checkpoint;  // newest checkpoint written or resumed from
 };

@@ -139,10 +139,9 @@ Status MoeTransformer::SumPartialGrads(const ExecContext& ctx,
 Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) const {
   for (const Tensor* t : {&tokens, &targets}) {
     const char* what = t == &tokens ? "tokens" : "targets";
-    if (!t->defined() || t->ndim() != 2 || t->dtype() != DType::kI32 ||
-        t->device() != Device::kCPU || !t->is_contiguous()) {
+    if (!t->defined() || t->ndim() != 2 || t->dtype() != DType::kI32 || !t->is_contiguous()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "model batch: ", what, " must be a contiguous int32 CPU tensor [B, T], got ",
+          "model batch: ", what, " must be a contiguous int32 tensor [B, T], got ",
           t->defined() ? t->DebugString() : std::string("an undefined tensor")));
     }
     if (t->dim(1) > cfg_.model().seq_length()) {
@@ -150,6 +149,9 @@ Status MoeTransformer::CheckBatch(const Tensor& tokens, const Tensor& targets) c
           "model batch: ", what, " has ", t->dim(1), " positions, more than model.seq_length=",
           cfg_.model().seq_length(), "; cut the sequences or raise model.seq_length"));
     }
+    // A batch already on the device (a CUDA graph's input buffers) had its
+    // ids checked here on the host before it was uploaded.
+    if (t->device() != Device::kCPU) continue;
     const int32_t* ids = t->data<int32_t>();
     for (int64_t i = 0; i < t->numel(); ++i) {
       if (ids[i] < 0 || ids[i] >= cfg_.model().vocab_size()) {

@@ -114,6 +114,9 @@ class MoeTransformer {
   MoeTransformer& operator=(const MoeTransformer&) = delete;
 
   // Checks a batch against the model (shapes, int32, ids in the vocabulary).
+  // Host tensors, or tensors already on the context's device whose ids the
+  // caller checked on the host before the upload (a CUDA graph's inputs:
+  // launch/micro_batch_graph.h); ids are checked only on the host.
   Status CheckBatch(const Tensor& tokens, const Tensor& targets) const;
 
   // Errors: every step call returns the first failure (a bad batch, a

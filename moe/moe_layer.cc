@@ -163,8 +163,14 @@ MoeLayer::~MoeLayer() = default;
 
 
 void MoeLayer::ResetStepStats(const ExecContext& ctx, DType dtype) {
-  step_counts_ = ctx.Zeros({num_experts_ + 1}, DType::kI64);
-  step_losses_ = ctx.Zeros({2}, dtype);
+  // Kept from step to step (zeroed, not replaced): a CUDA graph of the
+  // micro-batches adds into the buffers it was captured with.
+  if (!step_counts_.defined()) step_counts_ = ctx.Empty({num_experts_ + 1}, DType::kI64);
+  if (!step_losses_.defined() || step_losses_.dtype() != dtype) {
+    step_losses_ = ctx.Empty({2}, dtype);
+  }
+  ops::Zero(ctx, step_counts_);
+  ops::Zero(ctx, step_losses_);
   step_micro_batches_ = 0;
   reduced_counts_ = Tensor();
   reduced_ = false;
@@ -284,8 +290,11 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   // A Backward marks its Forward as a training micro-batch of this step.
   ops::AccumulateExpertLoads(ctx, forward_loads_, forward_assignments_, step_counts_);
   ops::Axpy(ctx, 1.0, router_->losses(), step_losses_);
-  ++step_micro_batches_;
-  reduced_ = false;
+  // Again at each replay when this Backward is captured into a CUDA graph.
+  ctx.HostEffect([this] {
+    ++step_micro_batches_;
+    reduced_ = false;
+  });
   const DType dt = n_.dtype();
   Tensor d_permuted_y = ctx.Empty(permuted_y_.shape(), dt);
   Tensor d_weights = ctx.Empty(router_->weights().shape(), router_->weights().dtype());

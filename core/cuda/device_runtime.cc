@@ -107,6 +107,33 @@ Status CudaDevice::Synchronize() const {
                     "cudaStreamSynchronize", ordinal_);
 }
 
+Status CudaDevice::BeginCapture() const {
+  return CudaStatus(cudaStreamBeginCapture(static_cast<cudaStream_t>(stream_),
+                                           cudaStreamCaptureModeRelaxed),
+                    "cudaStreamBeginCapture", ordinal_);
+}
+
+StatusOr<void*> CudaDevice::EndCapture() const {
+  cudaGraph_t graph = nullptr;
+  SM_RETURN_IF_ERROR(CudaStatus(cudaStreamEndCapture(static_cast<cudaStream_t>(stream_), &graph),
+                                "cudaStreamEndCapture", ordinal_));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t made = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);  // the executable keeps what it needs
+  SM_RETURN_IF_ERROR(CudaStatus(made, "cudaGraphInstantiate", ordinal_));
+  return static_cast<void*>(exec);
+}
+
+Status CudaDevice::LaunchGraph(void* exec) const {
+  return CudaStatus(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec),
+                                    static_cast<cudaStream_t>(stream_)),
+                    "cudaGraphLaunch", ordinal_);
+}
+
+void CudaDevice::DestroyGraph(void* exec) {
+  cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
+}
+
 Status CudaDevice::LastError() const {
   return CudaStatus(cudaGetLastError(), "an earlier kernel", ordinal_);
 }

@@ -36,6 +36,14 @@ class CudaDevice {
   // Waits for the stream, then returns with dst filled.
   Status CopyToHost(void* host_dst, const void* src, size_t nbytes) const;
   Status Synchronize() const;
+  // CUDA graphs (core/cuda_graph.h): records the stream's work from
+  // BeginCapture (relaxed mode: the allocator may still cudaMalloc) until
+  // EndCapture, which instantiates it; LaunchGraph queues a replay.
+  Status BeginCapture() const;
+  StatusOr<void*> EndCapture() const;  // a cudaGraphExec_t
+  Status LaunchGraph(void* exec) const;
+  // Safe while replays are queued: the executable goes when they are done.
+  static void DestroyGraph(void* exec);
   // An asynchronous fault of earlier work (cudaGetLastError), as a Status.
   Status LastError() const;
 

@@ -4,6 +4,7 @@
 // not implement is a Status on the context, never a silent fallback.
 #include <cmath>
 #include <cstring>
+#include <vector>
 
 #include "core/context.h"
 #include "core/ops.h"
@@ -73,6 +74,75 @@ TEST(ContextTest, CopiesShareOneState) {
   copy.Fail(absl::InternalError("first"));
   copy.Fail(absl::InternalError("second"));
   EXPECT_EQ(ctx.status().message(), "first");
+}
+
+// CUDA graphs' allocator pools (core/allocator.h), on host blocks: a
+// private pool takes shared blocks it needs, keeps every block it handed out
+// (the shared pool never gets one while the pool lives), and gives them all
+// back when retired; the trace lists shared-pool blocks in order.
+TEST(ContextTest, PrivatePoolsKeepTheirBlocksUntilRetired) {
+  const ExecContext ctx = ExecContext::Cpu({.poison = false});
+  CachingAllocator& alloc = ctx.allocator();
+  void* shared_block = nullptr;
+  {
+    Tensor warm = ctx.Empty({256}, DType::kF32);  // one cached block of this size
+    shared_block = warm.raw_data();
+  }
+  const int pool = alloc.BeginPrivatePool();
+  EXPECT_GT(pool, 0);
+  void* taken = nullptr;
+  void* fresh = nullptr;
+  {
+    Tensor a = ctx.Empty({256}, DType::kF32);  // the shared block, now the pool's
+    Tensor b = ctx.Empty({256}, DType::kF32);  // a new block of the pool
+    taken = a.raw_data();
+    fresh = b.raw_data();
+  }
+  EXPECT_EQ(taken, shared_block);
+  alloc.EndPrivatePool();
+  // Both are cached in the pool: the shared pool makes a new block.
+  alloc.StartTrace();
+  const int64_t before = alloc.stats().system_allocs;
+  Tensor outside = ctx.Empty({256}, DType::kF32);
+  EXPECT_NE(outside.raw_data(), taken);
+  EXPECT_NE(outside.raw_data(), fresh);
+  EXPECT_EQ(alloc.stats().system_allocs, before + 1);
+  Tensor small = ctx.Empty({3}, DType::kI32);
+  { Tensor gone = ctx.Empty({5}, DType::kI32); }  // freed again: not in the trace
+  EXPECT_EQ(alloc.TakeTrace(), (std::vector<void*>{outside.raw_data(), small.raw_data()}));
+  // A new capture reuses the pool's blocks without asking the system.
+  const int again = alloc.BeginPrivatePool();
+  alloc.EndPrivatePool();
+  alloc.RetirePrivatePool(again);
+  alloc.RetirePrivatePool(pool);
+  // Retired: the pool's two blocks serve shared requests.
+  Tensor c = ctx.Empty({256}, DType::kF32), d = ctx.Empty({256}, DType::kF32);
+  EXPECT_EQ(alloc.stats().system_allocs, before + 3);  // outside's, small's and gone's only
+  EXPECT_TRUE((c.raw_data() == taken || c.raw_data() == fresh) &&
+              (d.raw_data() == taken || d.raw_data() == fresh));
+}
+
+// A block handed out by a pool that is retired while the block is in use
+// comes back to the shared cache.
+TEST(ContextTest, ABlockOfARetiredPoolReturnsToTheSharedCache) {
+  const ExecContext ctx = ExecContext::Cpu({.poison = false});
+  CachingAllocator& alloc = ctx.allocator();
+  const int pool = alloc.BeginPrivatePool();
+  Tensor kept = ctx.Empty({64}, DType::kF32);
+  void* block = kept.raw_data();
+  alloc.EndPrivatePool();
+  alloc.RetirePrivatePool(pool);
+  kept = Tensor();
+  Tensor reused = ctx.Empty({64}, DType::kF32);
+  EXPECT_EQ(reused.raw_data(), block);
+}
+
+TEST(ContextTest, HostEffectsRunAtOnce) {
+  const ExecContext ctx = ExecContext::Cpu();
+  int runs = 0;
+  ctx.HostEffect([&] { ++runs; });
+  EXPECT_EQ(runs, 1);
+  EXPECT_FALSE(ctx.capturing());
 }
 
 TEST(ContextTest, ACudaContextWithoutADeviceIsAClearError) {

@@ -344,6 +344,13 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
       {{"checkpoint.keep_last=-1"}, 1, {"checkpoint.keep_last=-1"}},
       {{"logging.log_interval=0"}, 1, {"logging.log_interval=0"}},
       {{"name=a/b"}, 1, {"name='a/b'"}},
+      {{"train.cuda_graphs=true"}, 1, {"train.cuda_graphs=true needs train.device: CUDA"}},
+      {{"train.cuda_graphs=true", "train.device=CUDA"},
+       2,
+       {"train.cuda_graphs=true needs a world of one rank", "launch one rank"}},
+      {{"train.cuda_graphs=true", "train.device=CUDA", "moe.capacity_factor=1.25"},
+       1,
+       {"train.cuda_graphs=true needs moe.capacity_factor: 0"}},
   };
   for (const RuleCase& rc : cases) {
     SCOPED_TRACE(testing::PrintToString(rc.overrides));
