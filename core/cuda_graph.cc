@@ -50,18 +50,22 @@ StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::EndCapture(const ExecContext& ct
   }
   s.allocator->EndPrivatePool();
   StatusOr<void*> exec = s.cuda->EndCapture();
-  // A host read inside the capture waited for work that never ran; an
-  // upload would replay from a host buffer long gone.
-  Status problem = exec.status();
-  if (problem.ok() && (reads > 0 || uploads > 0)) {
+  // The first cause first: a host read inside the capture waited for work
+  // that never ran, an upload would replay from a host buffer long gone
+  // (either also invalidates the capture); else the first op that failed
+  // inside it (the context's sticky error names it); else the capture's
+  // own error.
+  Status problem;
+  if (reads > 0 || uploads > 0) {
     problem = absl::FailedPreconditionError(absl::StrCat(
         "the captured work read the device from the host ", reads, " time(s) and uploaded ",
         uploads, " host buffer(s); a CUDA graph can replay neither"));
   }
-  // Work that failed inside the capture left the sticky error: report it.
   if (problem.ok()) problem = ctx.status();
+  if (problem.ok()) problem = exec.status();
   if (!problem.ok()) {
     if (exec.ok()) CudaDevice::DestroyGraph(*exec);
+    s.cuda->ClearLastError();  // the runtime's per-thread error: not this context's
     s.allocator->RetirePrivatePool(pool);
     return problem;
   }

@@ -154,10 +154,16 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   StartForward(ctx, x, rows);
   counts_ = counts;
   if (Grouped()) {
-    // The experts' row offsets, read by the kernels on the device.
-    std::vector<int64_t> off{0};
-    for (int64_t t : counts_) off.push_back(off.back() + t);
-    offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
+    // The experts' row offsets, read by the kernels on the device; uploaded
+    // again only when the counts change (the shared experts' never do: an
+    // upload waits for the stream, and a CUDA graph cannot replay one).
+    if (!uploaded_offsets_.defined() || counts_ != uploaded_counts_) {
+      std::vector<int64_t> off{0};
+      for (int64_t t : counts_) off.push_back(off.back() + t);
+      uploaded_offsets_ = TableToDevice(ctx, {options_.num_experts + 1}, off);
+      uploaded_counts_ = counts_;
+    }
+    offsets_ = uploaded_offsets_;
     ForwardGrouped(ctx, x, y);
     return;
   }

@@ -148,6 +148,9 @@ class GroupedExperts {
   std::vector<int64_t> counts_;
   int64_t rows_ = 0;        // Σ counts_
   Tensor offsets_;          // grouped: int64 [E+1] on the device
+  // The offsets last uploaded from host counts, and those counts.
+  Tensor uploaded_offsets_;
+  std::vector<int64_t> uploaded_counts_;
   Tensor x_gemm_, h_gemm_;  // grouped: x and h in the GEMMs' dtype (h_gemm_ is h_)
 };
 

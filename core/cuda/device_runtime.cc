@@ -134,6 +134,8 @@ void CudaDevice::DestroyGraph(void* exec) {
   cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec));
 }
 
+void CudaDevice::ClearLastError() const { (void)cudaGetLastError(); }
+
 Status CudaDevice::LastError() const {
   return CudaStatus(cudaGetLastError(), "an earlier kernel", ordinal_);
 }

@@ -44,6 +44,9 @@ class CudaDevice {
   Status LaunchGraph(void* exec) const;
   // Safe while replays are queued: the executable goes when they are done.
   static void DestroyGraph(void* exec);
+  // Resets the runtime's last error (cudaGetLastError) after a failure that
+  // is already reported, so that later status checks do not see it again.
+  void ClearLastError() const;
   // An asynchronous fault of earlier work (cudaGetLastError), as a Status.
   Status LastError() const;
 

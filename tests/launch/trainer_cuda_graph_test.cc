@@ -4,7 +4,8 @@
 // figure (losses, gradient norm, the MoE layers' loads and losses), every
 // evaluation and every parameter of the final checkpoint — with two
 // micro-batches per step, an evaluation and checkpoints in between (each
-// evaluation drops the graph, which is captured again), in fp32 and bf16;
+// evaluation drops the graph, which is captured again), in fp32 and bf16,
+// and with the fine-grained preset's shared expert and expert bias;
 // the graphs were really replayed; and a quiet step with graphs reads
 // nothing on the host and calls cudaMalloc/cudaFree zero times.
 #include <cstdlib>
@@ -79,9 +80,25 @@ class TrainerCudaGraphTest : public ::testing::Test {
 fs::path* TrainerCudaGraphTest::root_ = nullptr;
 
 TEST_F(TrainerCudaGraphTest, ReplaysGiveTheEagerRunsBits) {
-  for (const char* precision : {"FP32", "BF16"}) {
+  struct Case {
+    const char* name;
+    std::vector<std::string> overrides;
+  };
+  // tiny_cpu's strategy in fp32 and bf16; and gpu_finegrained_64e's
+  // features: a shared expert, a dense first layer, sigmoid routing with
+  // the expert bias.
+  const std::vector<Case> cases = {
+      {"FP32", {"train.precision=FP32"}},
+      {"BF16", {"train.precision=BF16"}},
+      {"finegrained",
+       {"train.precision=BF16", "moe.num_shared_experts=1", "moe.shared_expert_ffn_hidden_size=16",
+        "moe.first_dense_layers=1", "moe.score_function=SIGMOID", "moe.normalize_topk=true",
+        "moe.expert_bias=true", "moe.expert_bias_update_rate=0.01"}},
+  };
+  for (const Case& c : cases) {
+    const char* precision = c.name;
     SCOPED_TRACE(precision);
-    const std::vector<std::string> common = {absl::StrCat("train.precision=", precision)};
+    const std::vector<std::string>& common = c.overrides;
     std::vector<std::string> with_graphs = common;
     with_graphs.push_back("train.cuda_graphs=true");
     const TrainOptions eager = Options(absl::StrCat("eager_", precision), common);
