@@ -128,19 +128,8 @@ std::string EventFiles(const fs::path& run_dir) {
   return events;
 }
 
-class ScaleVectorStatsTest : public ::testing::Test {
+class ScaleVectorStatsTest : public testing::TinyDatasetSuite {
  protected:
-  static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() /
-                         ("scalemoe_sv_stats_test_" + std::to_string(::getpid())));
-    fs::remove_all(*root_);
-    Status made = testing::MakeTinyDataset(*root_);
-    ASSERT_TRUE(made.ok()) << made;
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*root_);
-    delete root_;
-  }
 
   // Trains `cfg` into run `name`; returns its loss records.
   static std::vector<nlohmann::json> Train(const config::RunConfig& cfg, const std::string& name) {
@@ -188,10 +177,7 @@ class ScaleVectorStatsTest : public ::testing::Test {
     return records;
   }
 
-  static fs::path* root_;
 };
-
-fs::path* ScaleVectorStatsTest::root_ = nullptr;
 
 // tiny_cpu's unified strategy (HG + DNP + OR + IWD): per-branch γ_q/k/v,
 // router and expert γ as β·α, the DNP head norms, u on v. TensorBoard gets

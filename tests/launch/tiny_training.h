@@ -2,12 +2,17 @@
 // dataset, a tiny config over it, and metrics/checkpoint readers.
 #pragma once
 
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "checkpoint/checkpoint.h"
+#include "core/context.h"
 #include "configs/scalemoe.pb.h"
 #include "core/params.h"
 #include "data/prepare.h"
@@ -45,6 +50,39 @@ inline Status MakeTinyDataset(const std::filesystem::path& root) {
   prep.threads = 1;
   return PrepareDataset(prep).status();
 }
+
+// A suite over one tiny dataset (MakeTinyDataset) in a temporary directory
+// of this process, root_, made once for the suite and removed after it.
+class TinyDatasetSuite : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    root_ = new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                      ("scalemoe_tiny_suite_" + std::to_string(::getpid())));
+    std::filesystem::remove_all(*root_);
+    Status made = MakeTinyDataset(*root_);
+    ASSERT_TRUE(made.ok()) << made;
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*root_);
+    delete root_;
+    root_ = nullptr;
+  }
+  inline static std::filesystem::path* root_ = nullptr;
+};
+
+// The same for gpu-labelled tests: each test is skipped without a CUDA
+// device, and fails instead under SCALEMOE_REQUIRE_GPU=1.
+class TinyDatasetGpuSuite : public TinyDatasetSuite {
+ protected:
+  void SetUp() override {
+    if (ExecContext::CudaDeviceCount() > 0) return;
+    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
+    if (require != nullptr && std::strcmp(require, "1") == 0) {
+      FAIL() << "SCALEMOE_REQUIRE_GPU=1 but no CUDA device";
+    }
+    GTEST_SKIP() << "no CUDA device on this machine: gpu test skipped";
+  }
+};
 
 // tiny_cpu's strategy on a 2-layer, 16-wide model with 4 experts over the
 // dataset under `root`; `extra` overrides come last.

@@ -26,28 +26,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TrainerCudaGraphTest : public ::testing::Test {
+class TrainerCudaGraphTest : public testing::TinyDatasetGpuSuite {
  protected:
-  static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() /
-                         ("scalemoe_trainer_cuda_graph_test_" + std::to_string(::getpid())));
-    fs::remove_all(*root_);
-    Status made = testing::MakeTinyDataset(*root_);
-    ASSERT_TRUE(made.ok()) << made;
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*root_);
-    delete root_;
-  }
-  void SetUp() override {
-    if (ExecContext::CudaDeviceCount() > 0) return;
-    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
-    if (require != nullptr && std::strcmp(require, "1") == 0) {
-      FAIL() << "SCALEMOE_REQUIRE_GPU=1 but no CUDA device";
-    }
-    GTEST_SKIP() << "no CUDA device on this machine: gpu test skipped";
-  }
-
   static TrainOptions Options(const std::string& name, std::vector<std::string> extra) {
     // Two micro-batches per step; an evaluation and checkpoints mid-run.
     extra.insert(extra.begin(),
@@ -74,10 +54,7 @@ class TrainerCudaGraphTest : public ::testing::Test {
     return *records;
   }
 
-  static fs::path* root_;
 };
-
-fs::path* TrainerCudaGraphTest::root_ = nullptr;
 
 TEST_F(TrainerCudaGraphTest, ReplaysGiveTheEagerRunsBits) {
   struct Case {

@@ -27,28 +27,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-class TrainerCudaTest : public ::testing::Test {
+class TrainerCudaTest : public testing::TinyDatasetGpuSuite {
  protected:
-  static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() /
-                         ("scalemoe_trainer_cuda_test_" + std::to_string(::getpid())));
-    fs::remove_all(*root_);
-    Status made = testing::MakeTinyDataset(*root_);
-    ASSERT_TRUE(made.ok()) << made;
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*root_);
-    delete root_;
-  }
-  void SetUp() override {
-    if (ExecContext::CudaDeviceCount() > 0) return;
-    const char* require = std::getenv("SCALEMOE_REQUIRE_GPU");
-    if (require != nullptr && std::strcmp(require, "1") == 0) {
-      FAIL() << "SCALEMOE_REQUIRE_GPU=1 but no CUDA device";
-    }
-    GTEST_SKIP() << "no CUDA device on this machine: gpu test skipped";
-  }
-
   static TrainOptions Options(const std::string& device, const std::string& name,
                               std::vector<std::string> extra = {}) {
     // Defaults first: `extra` overrides them.
@@ -71,10 +51,7 @@ class TrainerCudaTest : public ::testing::Test {
     }
   }
 
-  static fs::path* root_;
 };
-
-fs::path* TrainerCudaTest::root_ = nullptr;
 
 TEST_F(TrainerCudaTest, Fp32TracksTheCpuAndRepeatsBitForBit) {
   const TrainOptions cpu = Options("CPU", "cpu");

@@ -32,19 +32,8 @@ std::string ReadFile(const fs::path& path) {
   return s.str();
 }
 
-class TrainerTest : public ::testing::Test {
+class TrainerTest : public testing::TinyDatasetSuite {
  protected:
-  static void SetUpTestSuite() {
-    root_ = new fs::path(fs::temp_directory_path() / ("scalemoe_trainer_test_" +
-                                                      std::to_string(::getpid())));
-    fs::remove_all(*root_);
-    Status made = testing::MakeTinyDataset(*root_);
-    ASSERT_TRUE(made.ok()) << made;
-  }
-  static void TearDownTestSuite() {
-    fs::remove_all(*root_);
-    delete root_;
-  }
 
   static config::RunConfig TinyConfig(const std::vector<std::string>& extra = {}) {
     config::RunConfig cfg = testing::TinyTrainingConfig(*root_, extra);
@@ -72,10 +61,7 @@ class TrainerTest : public ::testing::Test {
                        "checkpoint.interval=0"});
   }
 
-  static fs::path* root_;
 };
-
-fs::path* TrainerTest::root_ = nullptr;
 
 TEST_F(TrainerTest, LossFallsBelowUnigramBaseline) {
   TrainOptions o = Options(TinyConfig({"train.train_steps=60", "train.eval_interval=60",
