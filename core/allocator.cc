@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iterator>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/tensor.h"
@@ -132,9 +133,9 @@ int CachingAllocator::BeginPrivatePool() {
   return active_pool_;
 }
 
-void CachingAllocator::EndPrivatePool() {
+int CachingAllocator::EndPrivatePool() {
   std::lock_guard<std::mutex> lock(mu_);
-  active_pool_ = 0;
+  return std::exchange(active_pool_, 0);
 }
 
 void CachingAllocator::RetirePrivatePool(int pool) {

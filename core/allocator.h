@@ -98,9 +98,10 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   AllocatorStats stats() const;
 
   // See "Private pools" above. BeginPrivatePool returns the new pool's id
-  // (> 0); one pool takes requests at a time.
+  // (> 0), EndPrivatePool the id of the pool it closes; one pool takes
+  // requests at a time.
   int BeginPrivatePool();
-  void EndPrivatePool();
+  int EndPrivatePool();
   void RetirePrivatePool(int pool);
   void StartTrace();
   // The trace since StartTrace (blocks still in use); tracing stops.

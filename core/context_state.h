@@ -25,11 +25,10 @@ struct ExecContext::State {
   Status error;
   std::shared_ptr<Storage> workspace;
   // While the stream is captured (core/cuda_graph.h): the host effects to
-  // repeat at each replay, the allocator's private pool, and the host reads
-  // and uploads counted when the capture began.
+  // repeat at each replay, and the host reads and uploads counted when the
+  // capture began.
   bool capturing = false;
   std::vector<std::function<void()>> capture_effects;
-  int capture_pool = 0;
   int64_t capture_reads = 0, capture_uploads = 0;
 #if SCALEMOE_CUDA
   std::unique_ptr<CudaDevice> cuda;  // stream and libraries; destroyed last

@@ -17,11 +17,10 @@ Status CudaGraph::BeginCapture(const ExecContext& ctx) {
   }
   SM_RETURN_IF_ERROR(ctx.status());  // an earlier fault would surface inside the capture
   SM_RETURN_IF_ERROR(s.cuda->BeginCapture());
-  const int pool = s.allocator->BeginPrivatePool();
+  s.allocator->BeginPrivatePool();
   std::lock_guard<std::mutex> lock(s.mu);
   s.capturing = true;
   s.capture_effects.clear();
-  s.capture_pool = pool;
   s.capture_reads = s.counters.host_reads.load();
   s.capture_uploads = s.counters.host_uploads.load();
   return absl::OkStatus();
@@ -36,7 +35,6 @@ StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::EndCapture(const ExecContext& ct
 #if SCALEMOE_CUDA
   ExecContext::State& s = *ctx.state_;
   std::vector<std::function<void()>> effects;
-  int pool = 0;
   int64_t reads = 0, uploads = 0;
   {
     std::lock_guard<std::mutex> lock(s.mu);
@@ -44,11 +42,10 @@ StatusOr<std::unique_ptr<CudaGraph>> CudaGraph::EndCapture(const ExecContext& ct
     s.capturing = false;
     effects = std::move(s.capture_effects);
     s.capture_effects.clear();
-    pool = s.capture_pool;
     reads = s.counters.host_reads.load() - s.capture_reads;
     uploads = s.counters.host_uploads.load() - s.capture_uploads;
   }
-  s.allocator->EndPrivatePool();
+  const int pool = s.allocator->EndPrivatePool();
   StatusOr<void*> exec = s.cuda->EndCapture();
   // The first cause first: a host read inside the capture waited for work
   // that never ran, an upload would replay from a host buffer long gone

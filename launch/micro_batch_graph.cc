@@ -71,7 +71,7 @@ StatusOr<Tensor> MicroBatchGraph::RunEager(const Tensor& tokens, const Tensor& t
 
 Status MicroBatchGraph::Upload(const Tensor& tokens, const Tensor& targets) {
   if (!tokens_.defined() || tokens_.shape() != tokens.shape()) {
-    graph_.reset();  // it reads the buffers it was captured with
+    // Only before a capture: a replay needs the shape it was captured with.
     tokens_ = ctx_.Empty(tokens.shape(), DType::kI32);
     targets_ = ctx_.Empty(targets.shape(), DType::kI32);
   }

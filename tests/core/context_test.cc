@@ -99,7 +99,7 @@ TEST(ContextTest, PrivatePoolsKeepTheirBlocksUntilRetired) {
     fresh = b.raw_data();
   }
   EXPECT_EQ(taken, shared_block);
-  alloc.EndPrivatePool();
+  EXPECT_EQ(alloc.EndPrivatePool(), pool);
   // Both are cached in the pool: the shared pool makes a new block.
   alloc.StartTrace();
   const int64_t before = alloc.stats().system_allocs;
