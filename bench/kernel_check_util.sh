@@ -1,5 +1,5 @@
 # Sourced by the one-call kernel checks (bench/attention_mma_check.sh,
-# bench/grouped_wgrad_check.sh): the build of their targets and the run of
+# bench/grouped_gemm_check.sh): the build of their targets and the run of
 # their GPU parity tests, which must pass, not skip. Sets `status` (0 or 1)
 # and exits on a build error. Needs `build` (an already configured CUDA tree).
 

@@ -10,185 +10,24 @@
 //   rows of b, C_g = the group's output matrix; grid z = the group, the
 //   reduction runs over the group's rows.
 // Kernels: bf16 inputs on tensor cores when every contiguous dim is a
-// multiple of 8 and every input pointer 16-byte aligned — the forward (both
-// operands K-major) on wgmma on sm_90 devices, everything else on mma.sync
-// (ldmatrix fragments; f32 accumulators either way); otherwise (f32, f64,
-// odd shapes) an exact SIMT kernel. No atomics, fixed summation order: the
-// same bits on every run.
-// SCALEMOE_GROUPED_WGRAD=wgmma (off: correct on the H200 but slower there
-// than mma.sync, 191 vs 204 TFLOP/s at gpu_moe_125m's shapes and 135 vs 220
-// at gpu_finegrained_64e's, bench/RESULTS.md) runs the bf16 -> f32 weight
-// gradient on wgmma too: both operands
-// transposed by group into K-major scratch, each group's columns padded
-// with zeros to a multiple of the k tile (core/cuda/grouped_gemm_transpose.h),
-// then the wgmma kernel with grid z = the group.
+// multiple of 8 and every input pointer 16-byte aligned — on wgmma on sm_90
+// devices (core/cuda/grouped_gemm_wgmma.cu, all three products), elsewhere
+// on mma.sync (ldmatrix fragments; f32 accumulators either way); otherwise
+// (f32, f64, odd shapes) an exact SIMT kernel. No atomics, fixed summation
+// order: the same bits on every run.
 #include <type_traits>
 
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
-#include "core/cuda/grouped_gemm_transpose.h"
+#include "core/cuda/grouped_gemm_problem.cuh"
+#include "core/cuda/grouped_gemm_wgmma.cuh"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/mma_sync.cuh"
-#include "core/cuda/wgmma.cuh"
 
 namespace scalemoe::cuda {
 namespace {
 
-using bf16 = __nv_bfloat16;
-
-// One launch's operands. An operand element (outer, inner) lives at
-// base[outer * ld + inner]: inner is the contiguous dim.
-struct Problem {
-  const void* a = nullptr;  // row-stacked: group g's rows start at offsets[g]
-  int64_t lda = 0;
-  const void* b = nullptr;  // weight grad: row-stacked like a
-  int64_t ldb = 0;
-  const int64_t* b_table = nullptr;  // GroupedGemm: the groups' matrices
-  void* c = nullptr;                 // GroupedGemm: row-stacked like a
-  int64_t ldc = 0;
-  const int64_t* c_table = nullptr;  // weight grad: the groups' outputs
-  const int64_t* offsets = nullptr;  // [groups + 1]
-  int groups = 0;
-  int64_t m = 0;  // weight grad: rows of every C_g
-  int64_t n = 0;  // columns of C
-  int64_t k = 0;  // GroupedGemm: the reduction length
-  float beta = 0.0f;
-};
-
-// The part of the product one block computes: rows [m0, m0 + tile) of C_g
-// (below m_lim), columns from blockIdx.x, the reduction over [0, k_len).
-template <typename T, typename OutT>
-struct BlockWork {
-  bool valid = false;
-  const T* a = nullptr;
-  const T* b = nullptr;
-  OutT* c = nullptr;
-  int64_t m0 = 0, m_lim = 0, k_len = 0;
-};
-
-template <typename T, typename OutT, bool kWeightGrad>
-__device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
-  BlockWork<T, OutT> w;
-  if constexpr (kWeightGrad) {
-    const int g = blockIdx.z;
-    const int64_t r0 = p.offsets[g];
-    w.valid = true;
-    w.a = static_cast<const T*>(p.a) + r0 * p.lda;
-    w.b = static_cast<const T*>(p.b) + r0 * p.ldb;
-    w.c = reinterpret_cast<OutT*>(p.c_table[g]);
-    w.m0 = static_cast<int64_t>(blockIdx.y) * tile_m;
-    w.m_lim = p.m;
-    w.k_len = p.offsets[g + 1] - r0;
-  } else {
-    // Row tile blockIdx.y of the concatenation of every group's row tiles.
-    int64_t first_tile = 0;
-    for (int g = 0; g < p.groups; ++g) {
-      const int64_t r0 = p.offsets[g], rows = p.offsets[g + 1] - r0;
-      const int64_t tiles = (rows + tile_m - 1) / tile_m;
-      if (blockIdx.y < first_tile + tiles) {
-        w.valid = true;
-        w.a = static_cast<const T*>(p.a) + r0 * p.lda;
-        w.b = reinterpret_cast<const T*>(p.b_table[g]);
-        w.c = static_cast<OutT*>(p.c) + r0 * p.ldc;
-        w.m0 = (blockIdx.y - first_tile) * tile_m;
-        w.m_lim = rows;
-        w.k_len = p.k;
-        return w;
-      }
-      first_tile += tiles;
-    }
-  }
-  return w;
-}
-
-// The weight gradient from K-major copies (the wgmma path): a, b are the
-// transposed operands [m, lda] and [n, ldb], offsets the groups' padded
-// column starts (multiples of the k tile, zeros past each group's rows).
-template <typename OutT>
-__device__ BlockWork<bf16, OutT> FindTransposedWork(const Problem& p, int tile_m) {
-  BlockWork<bf16, OutT> w;
-  const int g = blockIdx.z;
-  const int64_t k0 = p.offsets[g];
-  w.valid = true;
-  w.a = static_cast<const bf16*>(p.a) + k0;
-  w.b = static_cast<const bf16*>(p.b) + k0;
-  w.c = reinterpret_cast<OutT*>(p.c_table[g]);
-  w.m0 = static_cast<int64_t>(blockIdx.y) * tile_m;
-  w.m_lim = p.m;
-  w.k_len = p.offsets[g + 1] - k0;
-  return w;
-}
-
-// c = acc + beta * c, rounded to OutT.
-template <typename OutT, typename A>
-__device__ __forceinline__ void StoreOut(OutT* dst, A acc, float beta) {
-  A v = acc;
-  if (beta != 0.0f) v += static_cast<A>(beta) * static_cast<A>(ToAcc(*dst));
-  *dst = FromAcc<OutT>(static_cast<Acc<OutT>>(v));
-}
-
-// The pair row[col], row[col + 1] (nothing past n; col is even and n a
-// multiple of 8, so a pair is all in or all out), as one access when
-// `pair` (the pair is aligned) or element by element.
-__device__ __forceinline__ void LoadPair(const float* row, int64_t col, int64_t n, bool pair,
-                                         float (&v)[2]) {
-  if (col >= n) return;
-  if (pair) {
-    const float2 x = *reinterpret_cast<const float2*>(row + col);
-    v[0] = x.x, v[1] = x.y;
-  } else {
-    v[0] = row[col], v[1] = row[col + 1];
-  }
-}
-__device__ __forceinline__ void LoadPair(const bf16* row, int64_t col, int64_t n, bool pair,
-                                         float (&v)[2]) {
-  if (col >= n) return;
-  if (pair) {
-    const float2 x = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(row + col));
-    v[0] = x.x, v[1] = x.y;
-  } else {
-    v[0] = __bfloat162float(row[col]), v[1] = __bfloat162float(row[col + 1]);
-  }
-}
-__device__ __forceinline__ void StorePair(float* row, int64_t col, int64_t n, bool pair,
-                                          const float (&v)[2]) {
-  if (col >= n) return;
-  if (pair) {
-    *reinterpret_cast<float2*>(row + col) = make_float2(v[0], v[1]);
-  } else {
-    row[col] = v[0], row[col + 1] = v[1];
-  }
-}
-__device__ __forceinline__ void StorePair(bf16* row, int64_t col, int64_t n, bool pair,
-                                          const float (&v)[2]) {
-  if (col >= n) return;
-  if (pair) {
-    *reinterpret_cast<__nv_bfloat162*>(row + col) = __floats2bfloat162_rn(v[0], v[1]);
-  } else {
-    row[col] = __float2bfloat16_rn(v[0]), row[col + 1] = __float2bfloat16_rn(v[1]);
-  }
-}
-
-// One lane's kPairs column pairs of an output row, at columns col0 + 8j and
-// col0 + 8j + 1: v + beta * row's old values. With beta, the old values are
-// all read before any is written: one round trip per row instead of one per
-// element (the compiler cannot reorder them itself).
-template <int kPairs, typename OutT>
-__device__ __forceinline__ void StoreRowPairs(OutT* row, int64_t col0, int64_t n, bool pairs,
-                                              float beta, float (&v)[kPairs][2]) {
-  if (beta != 0.0f) {
-    float old[kPairs][2];
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) LoadPair(row, col0 + j * 8, n, pairs, old[j]);
-#pragma unroll
-    for (int j = 0; j < kPairs; ++j) {
-      v[j][0] += beta * old[j][0];
-      v[j][1] += beta * old[j][1];
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kPairs; ++j) StorePair(row, col0 + j * 8, n, pairs, v[j]);
-}
+using namespace grouped_gemm;
 
 // ---------------------------------------------------------------- SIMT kernel
 
@@ -266,6 +105,7 @@ __global__ void __launch_bounds__(kSimtThreads) GroupedGemmSimtKernel(Problem p)
 // padded by 16 bytes, which keeps every ldmatrix and cp.async free of bank
 // conflicts in both layouts.
 constexpr int kTileM = 128, kTileN = 128, kTileK = 32, kStages = 4, kPad = 8, kTcThreads = 128;
+static_assert(kTileM == kWgmmaTileM, "GroupedGemm sizes its grid by kTileM for both kernels");
 
 // An operand's tile in shared memory: kOuter x kInner elements (inner
 // contiguous, rows padded), loaded 8 at a time; a chunk past a limit is
@@ -382,130 +222,6 @@ __global__ void __launch_bounds__(kTcThreads, 2) GroupedGemmTcKernel(Problem p) 
   }
 }
 
-// ---------------------------------------------------------------- wgmma kernel (sm_90a)
-
-// Both operands K-major (the forward x·W_gᵀ): 128 x 128 output tiles, k in
-// steps of 64 through a 3-stage cp.async ring of 128B-swizzled tiles, two
-// warpgroups each computing 64 rows with wgmma m64n128k16 (four per stage).
-// Two blocks per SM (96 KB of shared memory each). kTransposedWgrad: the
-// weight gradient from its K-major copies (FindTransposedWork), grid z =
-// the group; only where the operands come from and the k range differ.
-constexpr int kWgTileM = 128, kWgTileN = 128, kWgTileK = 64, kWgStages = 3, kWgThreads = 256;
-static_assert(kWgTileM == kTileM, "GroupedGemm sizes its grid by kTileM for both kernels");
-constexpr int kWgTileBytes = 128 * kWgTileK * 2;  // one operand's tile: 128 rows of 128 bytes
-constexpr int kWgStageBytes = 2 * kWgTileBytes;
-constexpr int kWgSmemBytes = kWgStages * kWgStageBytes + 1024;  // + the base's 1024 alignment
-
-// Rows [outer0, outer0 + 128) x k [k0, k0 + 64) of a K-major operand into a
-// swizzled tile; chunks past a limit are zero-filled.
-__device__ __forceinline__ void LoadSwizzledTile(unsigned char* tile, const bf16* base, int64_t ld,
-                                                 int64_t outer0, int64_t k0, int64_t outer_lim,
-                                                 int64_t k_lim) {
-  constexpr int kChunks = 128 * 8;
-  static_assert(kChunks % kWgThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-  for (int it = 0; it < kChunks / kWgThreads; ++it) {
-    const int c = threadIdx.x + it * kWgThreads;
-    const int row = c / 8, chunk = c % 8;
-    const int64_t go = outer0 + row, gk = k0 + chunk * 8;
-    const bool valid = go < outer_lim && gk < k_lim;
-    CpAsync16(tile + row * 128 + ((chunk ^ (row % 8)) * 16), valid ? base + go * ld + gk : base,
-              valid);
-  }
-}
-
-template <typename OutT, bool kTransposedWgrad>
-__global__ void __launch_bounds__(kWgThreads, 2) GroupedGemmWgmmaKernel(Problem p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  const BlockWork<bf16, OutT> w = [&] {
-    if constexpr (kTransposedWgrad) return FindTransposedWork<OutT>(p, kWgTileM);
-    return FindWork<bf16, OutT, false>(p, kWgTileM);
-  }();
-  if (!w.valid) return;
-  const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kWgTileN;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  unsigned char* const smem = smem_raw + ((1024 - SmemAddress(smem_raw) % 1024) % 1024);
-  auto tile_a = [&](int s) { return smem + s * kWgStageBytes; };
-  auto tile_b = [&](int s) { return smem + s * kWgStageBytes + kWgTileBytes; };
-  auto load = [&](int s, int64_t k0) {
-    LoadSwizzledTile(tile_a(s), w.a, p.lda, w.m0, k0, w.m_lim, w.k_len);
-    LoadSwizzledTile(tile_b(s), w.b, p.ldb, n0, k0, p.n, w.k_len);
-  };
-  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-  float acc[64] = {};
-  const int64_t k_tiles = (w.k_len + kWgTileK - 1) / kWgTileK;
-#pragma unroll
-  for (int s = 0; s < kWgStages - 1; ++s) {
-    if (s < k_tiles) load(s, s * kWgTileK);
-    CpAsyncCommit();
-  }
-  for (int64_t t = 0; t < k_tiles; ++t) {
-    CpAsyncWait<kWgStages - 2>();  // this thread's copies of tile t have landed
-    FenceProxyAsyncShared();       // ... and are visible to wgmma
-    __syncthreads();               // every thread's; tile t - 1's stage is free
-    const int64_t next = t + kWgStages - 1;
-    if (next < k_tiles) load(static_cast<int>(next % kWgStages), next * kWgTileK);
-    CpAsyncCommit();
-    const int s = static_cast<int>(t % kWgStages);
-    const unsigned char* a = tile_a(s) + warpgroup * 64 * 128;  // this warpgroup's 64 rows
-    const unsigned char* b = tile_b(s);
-    WgmmaFence();
-#pragma unroll
-    for (int kk = 0; kk < kWgTileK / 16; ++kk) {
-      WgmmaM64N128K16(acc, WgmmaDescriptor(a + kk * 32), WgmmaDescriptor(b + kk * 32));
-    }
-    WgmmaCommit();
-    WgmmaWait<0>();  // the stage is read before the next iteration may refill it
-  }
-  CpAsyncWait<0>();
-  const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t gm = w.m0 + warpgroup * 64 + warp * 16 + h * 8 + lane / 4;
-    if (gm >= w.m_lim) continue;
-    OutT* row = w.c + gm * p.ldc;
-    const int64_t col0 = n0 + (lane % 4) * 2;
-    float v[16][2];
-#pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      v[j][0] = acc[4 * j + 2 * h];
-      v[j][1] = acc[4 * j + 2 * h + 1];
-    }
-    StoreRowPairs(row, col0, p.n, pairs, p.beta, v);
-  }
-#else
-  __trap();  // launched only on sm_90 devices, from a build for sm_90a
-#endif
-}
-
-// The wgmma kernel runs where the device is sm_90 and the build has sm_90a
-// code (CMake defines SCALEMOE_HAVE_SM90A); SCALEMOE_GROUPED_GEMM=mma keeps
-// the mma.sync kernel (A/B timings).
-bool UseWgmma() {
-  static const bool use = [] {
-#if !defined(SCALEMOE_HAVE_SM90A)
-    return false;
-#endif
-    if (EnvEquals("SCALEMOE_GROUPED_GEMM", "mma")) return false;
-    int device = 0, major = 0;
-    if (cudaGetDevice(&device) != cudaSuccess) return false;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-      return false;
-    }
-    return major == 9;
-  }();
-  return use;
-}
-
-// The weight gradient on wgmma: only where the wgmma kernel runs at all
-// (UseWgmma) and SCALEMOE_GROUPED_WGRAD=wgmma asks for it — the mma.sync
-// kernel stays the default (faster on the H200: the transposes cost more
-// than the wgmma kernel saves).
-bool UseWgmmaWeightGrad() {
-  static const bool use = EnvEquals("SCALEMOE_GROUPED_WGRAD", "wgmma") && UseWgmma();
-  return use;
-}
-
 // ---------------------------------------------------------------- launch
 
 struct Launch {
@@ -516,16 +232,9 @@ struct Launch {
 template <typename T, typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op) {
   if constexpr (std::is_same_v<T, bf16>) {
-    if constexpr (kAKMajor && kBKMajor && !kWeightGrad) {
-      if (launch.tensor_cores && UseWgmma()) {
-        auto kernel = GroupedGemmWgmmaKernel<OutT, false>;
-        static const cudaError_t attr = AllowDynamicSmem(kernel, kWgSmemBytes);
-        SM_CHECK_CUDA_CALL(ctx, attr, op);
-        const dim3 grid((p.n + kWgTileN - 1) / kWgTileN, launch.grid.y, launch.grid.z);
-        kernel<<<grid, kWgThreads, kWgSmemBytes, Stream(ctx)>>>(p);
-        SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaKernel");
-        return;
-      }
+    if (launch.tensor_cores && UseWgmma()) {
+      RunWgmma<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, launch.grid.y, launch.grid.z, op);
+      return;
     }
     if (launch.tensor_cores) {
       auto kernel = GroupedGemmTcKernel<OutT, kAKMajor, kBKMajor, kWeightGrad>;
@@ -542,35 +251,6 @@ void Run(const ExecContext& ctx, const Problem& p, Launch launch, const char* op
   GroupedGemmSimtKernel<T, OutT, kAKMajor, kBKMajor, kWeightGrad>
       <<<grid, kSimtThreads, 0, Stream(ctx)>>>(p);
   SM_CHECK_LAUNCH(ctx, op, "GroupedGemmSimtKernel");
-}
-
-// GroupedGemmWeightGrad on wgmma (bf16 a [M, N], b [M, K] -> f32 c_g):
-// both operands transposed by group into K-major scratch from the caching
-// allocator (at most M + 63·G columns, bounded without reading the
-// offsets), then the wgmma kernel over each group's padded columns. `p` is
-// the mma.sync launch's problem; its operands and offsets are swapped for
-// the copies and the padded starts.
-void RunWeightGradWgmma(const ExecContext& ctx, const Tensor& a, const Tensor& b,
-                        const Tensor& offsets, Problem p, const char* op) {
-  const int64_t ld = PaddedGroupColumns(a.dim(0), p.groups);
-  const Tensor starts = PaddedGroupStarts(ctx, offsets, p.groups, ld);
-  const Tensor at = ctx.Empty({p.m, ld}, DType::kBF16);
-  const Tensor bt = ctx.Empty({p.n, ld}, DType::kBF16);
-  TransposeGroupRows(ctx, a, offsets, starts, p.groups, at);
-  TransposeGroupRows(ctx, b, offsets, starts, p.groups, bt);
-  p.a = at.raw_data();
-  p.lda = ld;
-  p.b = bt.raw_data();
-  p.ldb = ld;
-  p.offsets = static_cast<const int64_t*>(starts.raw_data());
-  auto kernel = GroupedGemmWgmmaKernel<float, true>;
-  static const cudaError_t attr = AllowDynamicSmem(kernel, kWgSmemBytes);
-  SM_CHECK_CUDA_CALL(ctx, attr, op);
-  const dim3 grid(static_cast<unsigned>((p.n + kWgTileN - 1) / kWgTileN),
-                  static_cast<unsigned>((p.m + kWgTileM - 1) / kWgTileM),
-                  static_cast<unsigned>(p.groups));
-  kernel<<<grid, kWgThreads, kWgSmemBytes, Stream(ctx)>>>(p);
-  SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaKernel (weight grad)");
 }
 
 // Calls f(Tag<T>, Tag<OutT>) for the inputs' and the output's element types.
@@ -690,10 +370,6 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   p.n = k_out;
   p.beta = static_cast<float>(beta);
   const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, nullptr);
-  if (tc && c.dtype == DType::kF32 && UseWgmmaWeightGrad()) {
-    RunWeightGradWgmma(ctx, a, b, offsets, p, op);
-    return;
-  }
   const int tile = tc ? kTileM : kSimtTile;
   const Launch launch{
       dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),

@@ -8,11 +8,11 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits. The binary is registered three
-// times (tests/core/CMakeLists.txt): the default kernels, everything on
-// mma.sync (SCALEMOE_GROUPED_GEMM=mma) and the bf16 -> f32 weight gradient
-// on wgmma (SCALEMOE_GROUPED_WGRAD=wgmma), whose group padding to 64 rows
-// the row counts not a multiple of 64 exercise.
+// Every case also runs twice: the same bits. The binary is registered twice
+// (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
+// products on wgmma, with K-major and MN-major shared tiles, 128 x 256 or
+// 128 x 128 output tiles by the output's width) and everything on mma.sync
+// (SCALEMOE_GROUPED_GEMM=mma).
 #include <string>
 #include <vector>
 
@@ -54,6 +54,10 @@ std::vector<Case> Cases() {
       // Groups of 37 and 130 rows (and 1, 64) between empty ones, both
       // feature dims 8 past a multiple of the 128 tiles.
       {"ragged_groups", {0, 37, 130, 0, 1, 64, 0}, 264, 136, 3, 5},
+      // Reductions longer than the wgmma kernel's rings (4 and 6 stages of
+      // 64), into outputs at most 128 wide (its 128 x 128 tiles) and wider.
+      {"long_reduction", {0, 900, 3}, 120, 1000},
+      {"long_group_rows", {1100, 5}, 48, 112, 0, 2},
   };
 }
 
