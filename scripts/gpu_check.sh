@@ -11,8 +11,8 @@
 # with a short table: tests passed, gpu-labelled ones passed, each layout
 # group on the one GPU, the whole-model check, the 300-step
 # GPU-vs-CPU curve figures (the tests' toy model, and tiny_cpu on the default
-# corpus when datasets/default is there), and the exports' distance to
-# transformers.
+# corpus when datasets/default is there, with its bf16 against fp32 as the
+# means over several seeds), and the exports' distance to transformers.
 # usage: scripts/gpu_check.sh [ABSL_PREFIX]
 #   ABSL_PREFIX: Debian's libabsl-dev unpacked (dpkg -x) when the machine has
 #   no Abseil, e.g. .device/absl/usr
@@ -36,7 +36,7 @@ work=$(mktemp -d)
 # TINY_CPU_REF_2RANKS below), its two CPU reference runs (one rank, two
 # ranks) train while the tests run: their minutes would otherwise come
 # after the tests and push the call past a device call's 10 minutes.
-tiny_runs= cpu_ref_runs=
+tiny_runs= cpu_ref_runs= seed_runs=
 if [ -f datasets/default/manifest.json ]; then
   (set +e  # a failed run is recorded, not the end of the subshell
    for p in FP32 BF16; do
@@ -45,6 +45,20 @@ if [ -f datasets/default/manifest.json ]; then
      echo $? >"$work/tiny_$p.rc"
    done) &
   tiny_runs=$!
+  # The same in both precisions with other seeds (BF16_SEEDS, default "7 11
+  # 13"; empty: none), one chain per precision: one run's final loss
+  # scatters by ~2 % with the seed, so bf16 against fp32 is also compared
+  # as the means over every seed (scripts/seed_compare.py, reported, not
+  # checked).
+  for p in FP32 BF16; do
+    (set +e
+     for seed in ${BF16_SEEDS-7 11 13}; do
+       "$build/scalemoe" train --config configs/tiny_cpu.textproto --quiet \
+         --run-dir "$work/tiny_${p}_seed$seed" --set train.device=CUDA --set train.precision=$p \
+         --set train.seed="$seed" >/dev/null 2>"$work/tiny_${p}_seed$seed.err"
+     done) &
+    seed_runs+=" $!"
+  done
   # Two BLAS threads in all (as on a 2-core CI machine), so that the CPU
   # tests beside them keep their cores.
   (set +e
@@ -112,7 +126,7 @@ python3 scripts/hf_load_check.py "$work/export_tp" | tee "$work/hf_tp.json" || s
 # $build/tiny_cpu_{FP32,BF16}.metrics.jsonl; the GPU runs started with the
 # tests, above). TINY_CPU_REF and TINY_CPU_REF_2RANKS: CPU runs' directories
 # or metrics.jsonl to use instead of training them here.
-curve_fp32="not run (no datasets/default)" curve_bf16=$curve_fp32
+curve_fp32="not run (no datasets/default)" curve_bf16=$curve_fp32 seeds_bf16=$curve_fp32
 if [ -f datasets/default/manifest.json ]; then
   ref=${TINY_CPU_REF:-$work/tiny_cpu} ref2=${TINY_CPU_REF_2RANKS:-$work/tiny_cpu_2}
   wait "$cpu_ref_runs" || true
@@ -133,6 +147,14 @@ if [ -f datasets/default/manifest.json ]; then
     --noise "$ref2" --label fp32) || status=1
   curve_bf16=$(python3 scripts/curve_compare.py "$ref" "$work/tiny_BF16" --final-rel 0.01 \
     --final-window 5 --label bf16) || status=1
+  # shellcheck disable=SC2086  # one pid per word
+  wait $seed_runs || true
+  shopt -s nullglob
+  seeds_bf16=$(python3 scripts/seed_compare.py --label "bf16 vs fp32 on the GPU" --final-window 5 \
+    --ref "$work/tiny_FP32" "$work"/tiny_FP32_seed*/ \
+    --run "$work/tiny_BF16" "$work"/tiny_BF16_seed*/ 2>&1) || true
+  shopt -u nullglob
+  echo "$seeds_bf16"
   for p in FP32 BF16; do
     cp "$work/tiny_$p/metrics.jsonl" "$build/tiny_cpu_$p.metrics.jsonl" 2>/dev/null || true
   done
@@ -177,6 +199,8 @@ printf '%-46s %s\n' "300-step curve (tests' toy model), GPU vs CPU" \
   "$(grep -h -oE 'curve: .*' "$build/ctest_all_output.log" | head -1 | cut -c8-)"
 printf '%-46s %s\n' "tiny_cpu 300 steps, GPU fp32 vs CPU" "${curve_fp32#curve fp32: }"
 printf '%-46s %s\n' "tiny_cpu 300 steps, GPU bf16 vs CPU fp32" "${curve_bf16#curve bf16: }"
+printf '%-46s %s\n' "  GPU bf16 vs GPU fp32, mean over the seeds" \
+  "${seeds_bf16#seeds bf16 vs fp32 on the GPU: }"
 printf '%-46s %s\n' "export, one rank: |transformers - trainer|" "$(abs_diff "$work/hf_one_rank.json")"
 printf '%-46s %s\n' "export, TP2+SP+ETP2: |transformers - trainer|" "$(abs_diff "$work/hf_tp.json")"
 exit $status
