@@ -14,9 +14,11 @@ usage: scripts/seed_compare.py --ref RUN... --run RUN... [--final-window K]
   --final-rel R   fail unless both means (train and val) are within R
                   relative of the reference group's
 Prints one line: "seeds NAME: N vs M runs, final loss L (sd S) vs REF (sd
-T): +P% (se Q%), final val ..." and exits 1 when the bound fails (2 when a
-run has no metrics, fewer than K logged steps or no val loss). Standard
-library only.
+T): +P% (se Q%)[, paired by seed +D% (se E%)], final val ..." (paired when
+both groups list as many runs, the same seeds in the same order: the mean
+of the per-seed relative differences) and exits 1 when the bound on the
+groups' means fails (2 when a run has no metrics, fewer than K logged steps
+or no val loss). Standard library only.
 """
 import math
 import sys
@@ -67,17 +69,20 @@ def main(argv):
         i += 1
     if not groups["--ref"] or not groups["--run"]:
         sys.exit(__doc__)
-    stats = {}
+    stats, values = {}, {}
     for name, paths in groups.items():
-        values = []
+        values[name] = []
         for p in paths:
             f = finals(p, window)
             if f is None:
                 print(f"seeds {label}: {p} has no metrics, fewer than {window} logged steps "
                       "or no val loss")
                 return 2
-            values.append(f)
-        stats[name] = [mean_sd([v[k] for v in values]) for k in (0, 1)]
+            values[name].append(f)
+        stats[name] = [mean_sd([v[k] for v in values[name]]) for k in (0, 1)]
+    # Groups of the same size are taken as pairs in order (the same seed):
+    # the mean of the per-seed differences has the smaller error.
+    paired = len(groups["--ref"]) == len(groups["--run"]) > 1
     text = f"seeds {label}: {len(groups['--run'])} vs {len(groups['--ref'])} runs"
     failed = []
     for k, what in ((0, f"final loss (mean of the last {window} logged steps)"), (1, "final val")):
@@ -87,6 +92,11 @@ def main(argv):
                        ref_sd ** 2 / len(groups["--ref"])) / abs(ref_m)
         text += (f", {what} {run_m:.4f} (sd {run_sd:.4f}) vs {ref_m:.4f} (sd {ref_sd:.4f}): "
                  f"{100 * rel:+.2f}% (se {100 * se:.2f}%)")
+        if paired:
+            diffs = [(r[k] - f[k]) / abs(f[k]) for r, f in zip(values["--run"], values["--ref"])]
+            d_m, d_sd = mean_sd(diffs)
+            d_se = d_sd / math.sqrt(len(diffs))
+            text += f", paired by seed {100 * d_m:+.2f}% (se {100 * d_se:.2f}%)"
         if final_rel is not None and abs(rel) > final_rel:
             failed.append(f"{what.split(' (')[0]} off by {100 * rel:+.2f}% "
                           f"(bound {100 * final_rel:g}%)")

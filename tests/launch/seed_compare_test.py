@@ -36,6 +36,8 @@ with tempfile.TemporaryDirectory() as d:
     assert "seeds t: 2 vs 2 runs" in text, text
     assert "final loss (mean of the last 2 logged steps) 4.2000 (sd 0.1414) vs 4.1000" in text, text
     assert "+2.44% (se 3.45%)" in text, text
+    # Paired by seed: +2.50 % and +2.38 %, mean +2.44 %, se 0.06 %.
+    assert "+2.44% (se 3.45%), paired by seed +2.44% (se 0.06%)" in text, text
     assert "final val 3.2000 (sd 0.1414) vs 3.1000 (sd 0.1414): +3.23%" in text, text
     code, text = run("--ref", p("r1"), p("r2"), "--run", p("a1"), p("a2"), "--final-window", "2",
                      "--final-rel", "0.01")
@@ -46,6 +48,9 @@ with tempfile.TemporaryDirectory() as d:
     assert code == 0 and text.endswith("-- ok\n"), text
     code, text = run("--ref", p("r1"), "--run", p("far"), "--final-window", "2")
     assert code == 0 and "+25.00% (se 0.00%)" in text, text  # one run each: no spread
+    assert "paired" not in text, text
+    code, text = run("--ref", p("r1"), p("r2"), "--run", p("a1"), "--final-window", "2")
+    assert code == 0 and "paired" not in text, text  # unequal groups: not paired
     code, text = run("--ref", p("r1"), "--run", p("short"), "--final-window", "6")
     assert code == 2 and "fewer than 6 logged steps" in text, text
     code, text = run("--ref", p("r1"), "--run", os.path.join(d, "missing"))
