@@ -146,6 +146,9 @@ class ParamRegistry {
 
   // Re-runs the init of one parameter (tests; resets to the init function).
   void InitValue(Param& p, uint64_t seed) const;
+  // Host threads that fill a large parameter's initial value (the values do
+  // not depend on it); 0, the default: one per hardware thread.
+  void set_init_threads(int threads) { init_threads_ = threads; }
 
   const std::vector<std::unique_ptr<Param>>& params() const { return params_; }
   Param* Find(std::string_view name) const;  // nullptr if absent
@@ -162,7 +165,10 @@ class ParamRegistry {
  private:
   static void ZeroFlat(const Tensor& flat);
 
+  int InitThreads() const;
+
   ShardCoords coords_;
+  int init_threads_ = 0;
   std::vector<std::unique_ptr<Param>> params_;
   Tensor flat_values_;
   Tensor flat_grads_;

@@ -83,6 +83,29 @@ TEST(ParamRegistryTest, ShardsAreSlicesOfTheWholeTensor) {
   }
 }
 
+// Large parameters are filled by several host threads: the same bits as
+// one thread, whole or sharded on either dim (uneven ranges: 3 threads).
+TEST(ParamRegistryTest, ThreadedInitGivesTheSameBits) {
+  auto big = [](int split_dim) {
+    ParamSpec s = Matrix("big", split_dim);
+    s.shape = {700, 412};  // 288,400 elements: 4 ranges of 2^16 or more
+    return s;
+  };
+  for (int split_dim : {-1, 0, 1}) {
+    std::vector<double> values[2];
+    for (int threads : {1, 3}) {
+      ParamRegistry reg(ShardCoords{.tp_rank = 1, .tp_size = 2});
+      reg.set_init_threads(threads);
+      reg.Create(big(split_dim));
+      ASSERT_TRUE(reg.Materialize(11, DType::kF32, Device::kCPU).ok());
+      values[threads == 1 ? 0 : 1] = reg.flat_values().ToVector();
+    }
+    ASSERT_EQ(values[0].size(), values[1].size());
+    EXPECT_TRUE(values[0] == values[1]) << "split dim " << split_dim;
+    EXPECT_NE(values[0].front(), values[0].back());
+  }
+}
+
 TEST(ParamRegistryTest, ScaleVectorRoles) {
   EXPECT_TRUE(IsScaleVector(ParamRole::kInputNormScale));
   EXPECT_TRUE(IsScaleVector(ParamRole::kOutputNormScale));
