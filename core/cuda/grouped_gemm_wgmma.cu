@@ -82,12 +82,13 @@ __device__ __forceinline__ uint64_t SliceDescriptor(const unsigned char* tile, i
 }
 
 template <int kTileN, bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void Mma(float (&acc)[kTileN / 2], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void Mma(float (&acc)[kTileN / 2], uint64_t a, uint64_t b,
+                                    int accumulate) {
   constexpr int kTransA = kAKMajor ? 0 : 1, kTransB = kBKMajor ? 0 : 1;
   if constexpr (kTileN == 256) {
-    WgmmaM64N256K16<kTransA, kTransB>(acc, a, b);
+    WgmmaM64N256K16<kTransA, kTransB>(acc, a, b, accumulate);
   } else {
-    WgmmaM64N128K16<kTransA, kTransB>(acc, a, b);
+    WgmmaM64N128K16<kTransA, kTransB>(acc, a, b, accumulate);
   }
 }
 
@@ -117,16 +118,18 @@ __device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16
   }
 }
 
-// The k16 slices of one stage, multiplied into acc by this warpgroup.
+// The k16 slices of one stage, multiplied into acc by this warpgroup; the
+// first stage of a tile (first) overwrites acc.
 template <typename S, bool kAKMajor, bool kBKMajor>
 __device__ __forceinline__ void MmaStage(float (&acc)[S::kTileN / 2], const unsigned char* a,
-                                         const unsigned char* b) {
+                                         const unsigned char* b, bool first) {
   const int warpgroup = threadIdx.x / 128;
   WgmmaFence();
 #pragma unroll
   for (int kk = 0; kk < kTileK / 16; ++kk) {
     Mma<S::kTileN, kAKMajor, kBKMajor>(acc, SliceDescriptor<kAKMajor>(a, warpgroup * 64, kk),
-                                       SliceDescriptor<kBKMajor>(b, 0, kk));
+                                       SliceDescriptor<kBKMajor>(b, 0, kk),
+                                       kk > 0 || !first ? 1 : 0);
   }
   WgmmaCommit();
 }
@@ -157,8 +160,13 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p)
     LoadTile<kTileM, kAKMajor>(ring.a(t), w.a, p.lda, w.m0, t * kTileK, w.m_lim, w.k_len);
     LoadTile<kTileN, kBKMajor>(ring.b(t), w.b, p.ldb, n0, t * kTileK, p.n, w.k_len);
   };
-  float acc[kTileN / 2] = {};
   const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
+  if (k_tiles == 0) {  // a weight gradient's empty group: c = 0 + beta c
+    const float zeros[kTileN / 2] = {};
+    StoreTile<OutT, kTileN>(p, w, n0, zeros);
+    return;
+  }
+  float acc[kTileN / 2];  // the first MMA overwrites it (MmaStage)
   // Tiles loading beyond the one being multiplied: the ring also holds the
   // tile whose MMAs may still run (wait_group 1).
   constexpr int kAhead = S::kStages - 2;
@@ -174,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p)
     // the MMAs of tile t - 2 (its wait_group 1 after t - 1): that stage is
     // free for tile t + kAhead.
     __syncthreads();
-    MmaStage<S, kAKMajor, kBKMajor>(acc, ring.a(t), ring.b(t));
+    MmaStage<S, kAKMajor, kBKMajor>(acc, ring.a(t), ring.b(t), t == 0);
     if (t + kAhead < k_tiles) load(t + kAhead);
     CpAsyncCommit();
     WgmmaWait<1>();  // the MMAs of tile t - 1 are done

@@ -58,12 +58,16 @@ __device__ __forceinline__ void WgmmaWait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
 }
 
-// d += A · B for one 64 x N x 16 block, A and B given by their descriptors;
-// kTransA / kTransB: 0 = the operand is K-major, 1 = MN-major.
+// d = A · B (+ d where `accumulate` is non-zero) for one 64 x N x 16 block,
+// A and B given by their descriptors; kTransA / kTransB: 0 = the operand is
+// K-major, 1 = MN-major. The first product of a tile overwrites d: zeroing
+// the accumulators with ordinary moves instead makes ptxas serialize every
+// wgmma of the kernel (its warning C7515).
 template <int kTransA, int kTransB>
-__device__ __forceinline__ void WgmmaM64N128K16(float (&d)[64], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void WgmmaM64N128K16(float (&d)[64], uint64_t a, uint64_t b,
+                                                int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"  // scale-d: accumulate into d
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"  // scale-d: d = A·B (+ d)
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
       "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
@@ -80,13 +84,14 @@ __device__ __forceinline__ void WgmmaM64N128K16(float (&d)[64], uint64_t a, uint
         "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
         "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]),
         "+f"(d[63])
-      : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
+      : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB), "r"(accumulate));
 }
 
 template <int kTransA, int kTransB>
-__device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uint64_t b,
+                                                int accumulate) {
   asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"  // scale-d: accumulate into d
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %132, 0;\n"  // scale-d: d = A·B (+ d)
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
       "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, "
       "%18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, "
@@ -117,7 +122,7 @@ __device__ __forceinline__ void WgmmaM64N256K16(float (&d)[128], uint64_t a, uin
         "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]),
         "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]),
         "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
-      : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB));
+      : "l"(a), "l"(b), "n"(kTransA), "n"(kTransB), "r"(accumulate));
 }
 
 }  // namespace scalemoe::cuda
