@@ -161,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p)
     LoadTile<kTileN, kBKMajor>(ring.b(t), w.b, p.ldb, n0, t * kTileK, p.n, w.k_len);
   };
   const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
-  if (k_tiles == 0) {  // a weight gradient's empty group: c = 0 + beta c
+  if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c
     const float zeros[kTileN / 2] = {};
     StoreTile<OutT, kTileN>(p, w, n0, zeros);
     return;
