@@ -10,6 +10,9 @@
 // after is loaded (wgmma.wait_group 1): the tensor cores are not idle across
 // the block's barrier. Tiles of 128 x 256 (4 stages of 48 KB, one block per
 // SM) where the output is wider than 128 columns, else 128 x 128 (6 stages).
+// The epilogue writes the f32 tile to the ring, then stores 16-byte runs of
+// rows (a warp's store covers 512 contiguous bytes instead of 8 rows' 16);
+// SCALEMOE_GROUPED_GEMM_EPILOGUE=direct keeps the stores from the registers.
 // The first wgmma kernel (128 x 128, waiting for its MMAs every stage) ran
 // at ~290 TFLOP/s on the H200; this one at 265-350 on gpu_moe_125m's shapes.
 // Fixed summation order and no atomics: the same bits on every run.
@@ -37,6 +40,8 @@ struct Shape {
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + the 1024 alignment
   static_assert(kStages >= 3, "a stage multiplied, one in flight, one loading");
   static_assert(kSmemBytes <= 227 * 1024, "one block's shared memory on sm_90");
+  // The staged epilogue's f32 tile fits in the ring.
+  static_assert(kTileM * (kTileN + 8) * 4 <= kStages * kStageBytes, "the epilogue's stage");
 };
 using Wide = Shape<256, 4>;    // 128 x 256 tiles, 4 stages of 48 KB
 using Narrow = Shape<128, 6>;  // 128 x 128, 6 stages of 32 KB
@@ -92,10 +97,11 @@ __device__ __forceinline__ void Mma(float (&acc)[kTileN / 2], uint64_t a, uint64
   }
 }
 
-// The accumulators of a 128 x kTileN tile into w.c's rows (beta as in p).
+// The accumulators of a 128 x kTileN tile into w.c's rows (beta as in p),
+// straight from the registers: each warp store writes 8 rows' 16 bytes.
 template <typename OutT, int kTileN>
-__device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16, OutT>& w,
-                                          int64_t n0, const float (&acc)[kTileN / 2]) {
+__device__ __forceinline__ void StoreTileDirect(const Problem& p, const BlockWork<bf16, OutT>& w,
+                                                int64_t n0, const float (&acc)[kTileN / 2]) {
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
 #pragma unroll
@@ -115,6 +121,77 @@ __device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16
       }
       StoreRowPairs(row, col0 + j0 * 8, p.n, pairs, p.beta, v);
     }
+  }
+}
+
+// The staged epilogue's row pitch in floats: kTileN + 8 keeps the
+// fragments' float2 writes free of bank conflicts (rows 8 words apart in
+// each half-warp).
+template <int kTileN>
+constexpr int kStagePitch = kTileN + 8;
+
+// kVec outputs from f32 shared memory into c at dst (16 bytes): v + beta *
+// the old values, rounded once, as the direct store does.
+__device__ __forceinline__ void StoreVec16(float* dst, const float* v, float beta) {
+  float4 x = *reinterpret_cast<const float4*>(v);
+  if (beta != 0.0f) {
+    const float4 old = *reinterpret_cast<const float4*>(dst);
+    x.x += beta * old.x, x.y += beta * old.y, x.z += beta * old.z, x.w += beta * old.w;
+  }
+  *reinterpret_cast<float4*>(dst) = x;
+}
+__device__ __forceinline__ void StoreVec16(bf16* dst, const float* v, float beta) {
+  float x[8];
+  *reinterpret_cast<float4*>(x) = *reinterpret_cast<const float4*>(v);
+  *reinterpret_cast<float4*>(x + 4) = *reinterpret_cast<const float4*>(v + 4);
+  if (beta != 0.0f) {
+    const uint4 old = *reinterpret_cast<const uint4*>(dst);
+    const auto* o = reinterpret_cast<const __nv_bfloat162*>(&old);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float2 b = __bfloat1622float2(o[i]);
+      x[2 * i] += beta * b.x, x[2 * i + 1] += beta * b.y;
+    }
+  }
+  uint4 out;
+  auto* ov = reinterpret_cast<__nv_bfloat162*>(&out);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) ov[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
+  *reinterpret_cast<uint4*>(dst) = out;
+}
+
+// The same through shared memory (the ring, free once every MMA is done):
+// the f32 fragments are written there, then each thread stores whole
+// 16-byte runs of a row, so that a warp's store covers 512 contiguous bytes
+// instead of 8 rows' 16. Only where c's rows are 16-byte aligned; else the
+// direct store.
+template <typename OutT, int kTileN>
+__device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16, OutT>& w,
+                                          int64_t n0, const float (&acc)[kTileN / 2],
+                                          unsigned char* smem, bool staged) {
+  constexpr int kVec = 16 / sizeof(OutT), kPitch = kStagePitch<kTileN>;
+  const bool vec = p.ldc % kVec == 0 && reinterpret_cast<uintptr_t>(w.c) % 16 == 0;
+  if (!staged || !vec) return StoreTileDirect<OutT, kTileN>(p, w, n0, acc);
+  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  float* stage = reinterpret_cast<float*>(smem);
+  __syncthreads();  // every warpgroup's MMAs have read the ring
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = warpgroup * 64 + warp * 16 + h * 8 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < kTileN / 8; ++j) {
+      *reinterpret_cast<float2*>(stage + row * kPitch + 8 * j + (lane % 4) * 2) =
+          make_float2(acc[4 * j + 2 * h], acc[4 * j + 2 * h + 1]);
+    }
+  }
+  __syncthreads();
+  constexpr int kRuns = kTileN / kVec, kChunks = kTileM * kRuns;
+#pragma unroll 4
+  for (int c = threadIdx.x; c < kChunks; c += kThreads) {
+    const int row = c / kRuns, col = (c % kRuns) * kVec;
+    const int64_t gm = w.m0 + row, gn = n0 + col;
+    if (gm >= w.m_lim || gn >= p.n) continue;  // n is a multiple of 8: a run is in or out
+    StoreVec16(w.c + gm * p.ldc + gn, stage + row * kPitch + col, p.beta);
   }
 }
 
@@ -149,7 +226,7 @@ __device__ __forceinline__ Ring<S> MakeRing() {
 
 // One block a tile (grid x: column tiles, y: row tiles, z: groups).
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
-__global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p) {
+__global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p, bool staged) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kTileN = S::kTileN;
   const BlockWork<bf16, OutT> w = FindWork<bf16, OutT, kWeightGrad>(p, kTileM);
@@ -163,7 +240,7 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p)
   const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
   if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c
     const float zeros[kTileN / 2] = {};
-    StoreTile<OutT, kTileN>(p, w, n0, zeros);
+    StoreTile<OutT, kTileN>(p, w, n0, zeros, ring.a(0), staged);
     return;
   }
   float acc[kTileN / 2];  // the first MMA overwrites it (MmaStage)
@@ -189,7 +266,7 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p)
   }
   WgmmaWait<0>();
   CpAsyncWait<0>();
-  StoreTile<OutT, kTileN>(p, w, n0, acc);
+  StoreTile<OutT, kTileN>(p, w, n0, acc, ring.a(0), staged);
 #else
   __trap();  // launched only on sm_90 devices, from a build for sm_90a
 #endif
@@ -202,7 +279,10 @@ void Launch(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsign
   static const cudaError_t attr = AllowDynamicSmem(kernel, S::kSmemBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>((p.n + S::kTileN - 1) / S::kTileN), row_tiles, groups);
-  kernel<<<grid, kThreads, S::kSmemBytes, Stream(ctx)>>>(p);
+  // SCALEMOE_GROUPED_GEMM_EPILOGUE=direct: the stores straight from the
+  // registers (A/B timings, bench/grouped_gemm_check.sh).
+  static const bool staged = !EnvEquals("SCALEMOE_GROUPED_GEMM_EPILOGUE", "direct");
+  kernel<<<grid, kThreads, S::kSmemBytes, Stream(ctx)>>>(p, staged);
   SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaKernel");
 }
 
