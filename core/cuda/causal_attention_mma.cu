@@ -143,10 +143,20 @@ struct StreamSmem {
   static constexpr int kBytes = kStages + 4 * AttnRows<D>::kBytes;
 };
 
+// Blocks per SM that the forward and the d_q pass are compiled for. At D =
+// 64 they used 134-135 registers, and the driver's shared-memory carveout
+// (168 KB) held three 47 KB blocks: 3 warps a scheduler, latency-bound
+// (ncu, bench/RESULTS.md). 128 registers (a few spilled bytes) and the
+// largest carveout fit four (4 x 57.3 KB with the driver's 1 KB each, the
+// d_k/d_v pass's, in 228 KB). At D = 128, capping the registers spills ~1 KB
+// a thread: one block's bound, as before.
+template <int D>
+constexpr int kMinBlocks = D == 64 ? 4 : 1;
+
 // Block (query tile, h, b): out and lse of kTile queries. Tiles are taken
 // last first (the longest work starts first).
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     MmaForwardKernel(AttnDims d, float scale_log2, const bf16* __restrict__ q,
                      const bf16* __restrict__ k, const bf16* __restrict__ v, T* __restrict__ out,
                      float* __restrict__ lse) {
@@ -274,7 +284,7 @@ struct KvSmem {
 // group's query heads (in order) and, per head, the query tiles from the
 // key tile on (in order), 16 queries at a time.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     MmaBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ lse, const float* __restrict__ row_dot,
@@ -375,7 +385,7 @@ __global__ void __launch_bounds__(kThreads)
 // Block (query tile, h, b): d_q of kTile queries over the key tiles 0..tile
 // in order, 16 keys at a time. Tiles last first, as in the forward.
 template <typename T, int D>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     MmaBackwardQKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ row_dot,
@@ -477,7 +487,7 @@ void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, cons
                 const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
-  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D>, kBytes);
+  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D>, kBytes, true);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   MmaForwardKernel<T, D><<<grid, kThreads, kBytes, Stream(ctx)>>>(
@@ -498,7 +508,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AllowDynamicSmem(MmaBackwardKvKernel<T, D>, kKvBytes);
+  static const cudaError_t kv_attr = AllowDynamicSmem(MmaBackwardKvKernel<T, D>, kKvBytes, true);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   MmaBackwardKvKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
@@ -506,7 +516,7 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
 
   constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
-  static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes);
+  static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes, true);
   SM_CHECK_CUDA_CALL(ctx, q_attr, op);
   MmaBackwardQKernel<T, D>
       <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(

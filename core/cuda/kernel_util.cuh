@@ -168,9 +168,17 @@ inline cudaStream_t Stream(const ExecContext& ctx) {
 
 // Opts a kernel into more than 48 KB of dynamic shared memory, once per
 // kernel (callers keep the result in a static of their template instance).
+// max_carveout: ask for the largest shared-memory carveout (the rest of the
+// SM's 256 KB stays L1), where the driver's own choice would hold fewer
+// blocks than the registers allow.
 template <typename Kernel>
-cudaError_t AllowDynamicSmem(Kernel kernel, int bytes) {
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+cudaError_t AllowDynamicSmem(Kernel kernel, int bytes, bool max_carveout = false) {
+  cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+  if (e == cudaSuccess && max_carveout) {
+    e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared);
+  }
+  return e;
 }
 
 // Whether the environment variable `name` is set to `value` (the kernels'
