@@ -47,9 +47,8 @@ if [ -f datasets/default/manifest.json ]; then
   tiny_runs=$!
   # The same in both precisions with other seeds (BF16_SEEDS, default "7 11
   # 13"; empty: none), one chain per precision: one run's final loss
-  # scatters by ~2 % with the seed, so bf16 against fp32 is also compared
-  # as the means over every seed (scripts/seed_compare.py, reported, not
-  # checked).
+  # scatters by ~2 % with the seed, so bf16's final loss is checked against
+  # fp32's as the means over every seed (scripts/seed_compare.py, 1 %).
   for p in FP32 BF16; do
     (set +e
      for seed in ${BF16_SEEDS-7 11 13}; do
@@ -121,8 +120,10 @@ python3 scripts/hf_load_check.py "$work/export_tp" | tee "$work/hf_tp.json" || s
 # fp32 within 1e-3 at every logged step or within twice the CPU's own spread
 # (the same run on 2 CPU ranks: another summation order; the MoE's training
 # is chaotic, see scripts/curve_compare.py --noise), bf16 final train and val
-# loss within 1 % (the train loss as the mean of the last 5 logged steps:
-# one step's is one batch's, noisy by about as much; the metrics are kept as
+# loss within 1 % of fp32's, as the means over the seeds (the train loss as
+# the mean of the last 5 logged steps: one step's is one batch's, noisy by
+# about as much; the config's seed alone against the CPU is reported, not
+# checked, see above; the metrics are kept as
 # $build/tiny_cpu_{FP32,BF16}.metrics.jsonl; the GPU runs started with the
 # tests, above). TINY_CPU_REF and TINY_CPU_REF_2RANKS: CPU runs' directories
 # or metrics.jsonl to use instead of training them here.
@@ -145,14 +146,18 @@ if [ -f datasets/default/manifest.json ]; then
   done
   curve_fp32=$(python3 scripts/curve_compare.py "$ref" "$work/tiny_FP32" --max-abs 1e-3 \
     --noise "$ref2" --label fp32) || status=1
+  # bf16's 1 % is checked on the means over the seeds (below). The config's
+  # own seed alone is reported: one run's final loss scatters by ~2 % with
+  # the seed, and seed 1234's bf16 run ends 2.1 % above fp32 on the CPU too
+  # (bench/RESULTS.md, "tiny_cpu in bf16 against fp32: four seeds").
   curve_bf16=$(python3 scripts/curve_compare.py "$ref" "$work/tiny_BF16" --final-rel 0.01 \
-    --final-window 5 --label bf16) || status=1
+    --final-window 5 --label bf16) || curve_bf16+=" (one seed: reported, not checked)"
   # shellcheck disable=SC2086  # one pid per word
   wait $seed_runs || true
   shopt -s nullglob
   seeds_bf16=$(python3 scripts/seed_compare.py --label "bf16 vs fp32 on the GPU" --final-window 5 \
-    --ref "$work/tiny_FP32" "$work"/tiny_FP32_seed*/ \
-    --run "$work/tiny_BF16" "$work"/tiny_BF16_seed*/ 2>&1) || true
+    --final-rel 0.01 --ref "$work/tiny_FP32" "$work"/tiny_FP32_seed*/ \
+    --run "$work/tiny_BF16" "$work"/tiny_BF16_seed*/ 2>&1) || status=1
   shopt -u nullglob
   echo "$seeds_bf16"
   for p in FP32 BF16; do
