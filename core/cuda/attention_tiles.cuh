@@ -32,14 +32,14 @@ struct AttnRows {
   static constexpr int kBytes = kElems * 2;  // a multiple of 32: fragments stay aligned
 };
 
-// Rows [first, first + kAttnTile) of one head into s (all threads of the
-// block call it): `head` points at the head's element 0 of row 0, rows
-// `stride` elements apart; rows at or past `limit` are zero-filled.
-template <int D>
+// Rows [first, first + kAttnTile) of one head into s (all kThreads threads
+// of the block call it): `head` points at the head's element 0 of row 0,
+// rows `stride` elements apart; rows at or past `limit` are zero-filled.
+template <int D, int kThreads = kAttnThreads>
 __device__ __forceinline__ void LoadAttnTile(__nv_bfloat16* s, const __nv_bfloat16* head,
                                              int64_t stride, int64_t first, int64_t limit) {
   constexpr int kChunks = D / 8;
-  for (int c = threadIdx.x; c < kAttnTile * kChunks; c += kAttnThreads) {
+  for (int c = threadIdx.x; c < kAttnTile * kChunks; c += kThreads) {
     const int r = c / kChunks, col = (c % kChunks) * 8;
     const int64_t row = first + r;
     const bool valid = row < limit;

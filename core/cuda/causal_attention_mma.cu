@@ -153,15 +153,25 @@ struct StreamSmem {
 template <int D>
 constexpr int kMinBlocks = D == 64 ? 4 : 1;
 
+// The forward's warps: each holds kRows m16 blocks of the tile's query rows,
+// so kTile / (16 kRows) warps a block. kRows = 2 (two warps, 32 rows each,
+// as FlashAttention-2's forward): every K and V fragment read from shared
+// memory feeds two MMAs, and each warp has two independent chains. The
+// default at D = 64 (SCALEMOE_ATTENTION_FWD_ROWS=1 for one); at D = 128 the
+// doubled accumulators do not fit in the registers.
+template <int kRows>
+constexpr int kFwdThreads = kThreads / kRows;
+
 // Block (query tile, h, b): out and lse of kTile queries. Tiles are taken
 // last first (the longest work starts first).
-template <typename T, int D>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
+template <typename T, int D, int kRows>
+__global__ void __launch_bounds__(kFwdThreads<kRows>, kMinBlocks<D>)
     MmaForwardKernel(AttnDims d, float scale_log2, const bf16* __restrict__ q,
                      const bf16* __restrict__ k, const bf16* __restrict__ v, T* __restrict__ out,
                      float* __restrict__ lse) {
   using R = AttnRows<D>;
   using L = StreamSmem<D, 1>;
+  constexpr int kBlockThreads = kFwdThreads<kRows>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* q_s = reinterpret_cast<bf16*>(smem);
   bf16* stages = reinterpret_cast<bf16*>(smem + L::kStages);
@@ -177,22 +187,32 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * R::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadAttnTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D, kBlockThreads>(k_s, k + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D, kBlockThreads>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
   };
 
-  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D, kBlockThreads>(q_s, q + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   CpAsyncWait<0>();
   __syncthreads();
-  unsigned qf[D / 16][4];
+  // Row block r of this warp: the tile's rows [16 (kRows warp + r), + 16).
+  const int warp_row = warp * 16 * kRows;
+  unsigned qf[kRows][D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) LoadA(qf[kk], q_s, R::kLd, warp * 16, kk * 16);
-  float o[D / 8][4];
-  Zero(o);
-  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-  const int64_t row0 = q0 + warp * 16;
+  for (int r = 0; r < kRows; ++r) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) LoadA(qf[r][kk], q_s, R::kLd, warp_row + 16 * r, kk * 16);
+  }
+  float o[kRows][D / 8][4];
+  float m[kRows][2], l[kRows][2];
+#pragma unroll
+  for (int r = 0; r < kRows; ++r) {
+    Zero(o[r]);
+    m[r][0] = m[r][1] = -INFINITY;
+    l[r][0] = l[r][1] = 0.0f;
+  }
+  const int64_t row0 = q0 + warp_row;
 
   for (int j = 0; j <= tile; ++j) {
     const int stage = j & 1;
@@ -202,60 +222,72 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     __syncthreads();
     const bf16* k_s = stages + 2 * stage * R::kElems;
     const bf16* v_s = k_s + R::kElems;
-    // S = Q Kᵀ (16 x kTile per warp), in log2 units.
-    float s[kN8][4];
-    Zero(s);
+    // S = Q Kᵀ (16 x kTile per row block), in log2 units.
+    float s[kRows][kN8][4];
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) Zero(s[r]);
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
 #pragma unroll
       for (int nb = 0; nb < kTile / 16; ++nb) {
         unsigned kb[4];
         LoadBRows(kb, k_s, R::kLd, nb * 16, kk * 16);
-        MmaPair(s, nb, qf[kk], kb);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) MmaPair(s[r], nb, qf[r][kk], kb);
       }
     }
-    Scale(s, scale_log2);
-    if (ml::TileNeedsMask(tile, j)) {
-      ml::MaskTile<false>(s, lane, row0, static_cast<int64_t>(j) * kTile, d.t);
-    }
-    // The online softmax step: s becomes P, o and l are rescaled.
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const float factor = ml::OnlineStep(m[half], l[half], QuadMax(ml::LaneRowMax(s, half)));
-      l[half] += ml::ExpRow(s, half, m[half]);
+    for (int r = 0; r < kRows; ++r) {
+      Scale(s[r], scale_log2);
+      if (ml::TileNeedsMask(tile, j)) {
+        ml::MaskTile<false>(s[r], lane, row0 + 16 * r, static_cast<int64_t>(j) * kTile, d.t);
+      }
+      // The online softmax step: s becomes P, o and l are rescaled.
 #pragma unroll
-      for (int n = 0; n < D / 8; ++n) {
-        o[n][2 * half] *= factor;
-        o[n][2 * half + 1] *= factor;
+      for (int half = 0; half < 2; ++half) {
+        const float factor =
+            ml::OnlineStep(m[r][half], l[r][half], QuadMax(ml::LaneRowMax(s[r], half)));
+        l[r][half] += ml::ExpRow(s[r], half, m[r][half]);
+#pragma unroll
+        for (int n = 0; n < D / 8; ++n) {
+          o[r][n][2 * half] *= factor;
+          o[r][n][2 * half + 1] *= factor;
+        }
       }
     }
     // O += P V, P straight from the score registers.
 #pragma unroll
     for (int kb = 0; kb < kTile / 16; ++kb) {
-      unsigned pa[4];
-      CToA(pa, s, kb);
+      unsigned pa[kRows][4];
+#pragma unroll
+      for (int r = 0; r < kRows; ++r) CToA(pa[r], s[r], kb);
 #pragma unroll
       for (int nb = 0; nb < D / 16; ++nb) {
         unsigned vb[4];
         LoadBCols(vb, v_s, R::kLd, nb * 16, kb * 16);
-        MmaPair(o, nb, pa, vb);
+#pragma unroll
+        for (int r = 0; r < kRows; ++r) MmaPair(o[r], nb, pa[r], vb);
       }
     }
     __syncthreads();  // stage `stage` is reloaded next
   }
-  float inv[2];
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    l[half] = QuadSum(l[half]);
-    inv[half] = 1.0f / l[half];
-  }
-  StoreRows<T, D>(o, inv, out + q_head, q_stride, row0, d.t);
-  if (lane % 4 == 0) {
+  for (int r = 0; r < kRows; ++r) {
+    float inv[2];
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int64_t row = row0 + ml::CRow(lane, 2 * half);
-      if (row < d.t) {
-        lse[(static_cast<int64_t>(b) * d.h + h) * d.t + row] = (m[half] + log2f(l[half])) * kLn2;
+      l[r][half] = QuadSum(l[r][half]);
+      inv[half] = 1.0f / l[r][half];
+    }
+    StoreRows<T, D>(o[r], inv, out + q_head, q_stride, row0 + 16 * r, d.t);
+    if (lane % 4 == 0) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int64_t row = row0 + 16 * r + ml::CRow(lane, 2 * half);
+        if (row < d.t) {
+          lse[(static_cast<int64_t>(b) * d.h + h) * d.t + row] =
+              (m[r][half] + log2f(l[r][half])) * kLn2;
+        }
       }
     }
   }
@@ -482,18 +514,28 @@ AttnDims DimsOf(const Tensor& q, const Tensor& k) {
           static_cast<int>(k.dim(2))};
 }
 
-template <typename T, int D>
-void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
-                const Tensor& v, const Tensor& out, const Tensor& lse) {
+template <typename T, int D, int kRows>
+void LaunchForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
+                   const Tensor& v, const Tensor& out, const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
-  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D>, kBytes, true);
+  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D, kRows>, kBytes, true);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
-  MmaForwardKernel<T, D><<<grid, kThreads, kBytes, Stream(ctx)>>>(
+  MmaForwardKernel<T, D, kRows><<<grid, kFwdThreads<kRows>, kBytes, Stream(ctx)>>>(
       d, AttentionScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v),
       Ptr<T>(out), Ptr<float>(lse));
   SM_CHECK_LAUNCH(ctx, op, "MmaForwardKernel");
+}
+
+template <typename T, int D>
+void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
+                const Tensor& v, const Tensor& out, const Tensor& lse) {
+  static const bool one_row_block = EnvEquals("SCALEMOE_ATTENTION_FWD_ROWS", "1");
+  if constexpr (D == 64) {
+    if (!one_row_block) return LaunchForward<T, D, 2>(ctx, d, q, k, v, out, lse);
+  }
+  LaunchForward<T, D, 1>(ctx, d, q, k, v, out, lse);
 }
 
 // q, k, v, d_out: the bf16 operands; the gradients in T.
