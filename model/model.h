@@ -189,7 +189,8 @@ class MoeTransformer {
   ModelCounts Counts() const;
 
   // Logits [B*T, V] of the last Forward/Evaluate (tests, generation); under
-  // TP this rank's vocabulary shard [B*T, V/tp].
+  // TP this rank's vocabulary shard [B*T, V/tp]. Released (undefined) by the
+  // Backward that follows a Forward.
   const Tensor& logits() const { return logits_; }
 
  private:

@@ -86,6 +86,7 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
   RunResult r;
   for (const Batch& b : Batches(cfg, 2)) {
     r.losses.push_back(Must(model.Forward(ctx, b.tokens, b.targets)).total);
+    r.logits = model.logits().ToVector();  // the backward releases them
     Must(model.Backward(ctx, 0.5));
   }
   Must(model.FinishBackward(ctx));
@@ -95,7 +96,6 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
         SM_CHECK_OK(groups->edp->AllReduce(testing::HostCtx(), p->grad));
     }
   }
-  r.logits = model.logits().ToVector();
   for (const auto& p : registry.params()) r.grads[p->spec.name] = p->grad.ToVector();
   return r;
 }
