@@ -310,8 +310,8 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   Tensor d_x = ctx.Empty(shape, dt);
   if (is_last_stage()) {
     // The loss is taken: the logits go before the head's backward, which
-    // needs a bf16 copy of their gradient beside it (at micro-batch 256 of
-    // gpu_moe_125m the three were 16 GiB past the memory estimate's two).
+    // needs a bf16 copy of their gradient beside it (with the logits that
+    // was 2.5 logits' worth; the memory estimate counts two).
     logits_ = Tensor();
     Tensor d_logits = d_logits_;
     if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);

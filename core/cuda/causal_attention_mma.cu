@@ -143,13 +143,14 @@ struct StreamSmem {
   static constexpr int kBytes = kStages + 4 * AttnRows<D>::kBytes;
 };
 
-// Blocks per SM that the forward and the d_q pass are compiled for. At D =
-// 64 they used 134-135 registers, and the driver's shared-memory carveout
-// (168 KB) held three 47 KB blocks: 3 warps a scheduler, latency-bound
+// Blocks per SM that the three kernels are compiled for. At D = 64 they
+// used 134-135 registers, and the driver's shared-memory carveout (168-200
+// KB) held three blocks of 47-57 KB: 3 warps a scheduler, latency-bound
 // (ncu, bench/RESULTS.md). 128 registers (a few spilled bytes) and the
 // largest carveout fit four (4 x 57.3 KB with the driver's 1 KB each, the
-// d_k/d_v pass's, in 228 KB). At D = 128, capping the registers spills ~1 KB
-// a thread: one block's bound, as before.
+// d_k/d_v pass's, in 228 KB); the forward with two row blocks a warp has
+// half the threads and no register cap. At D = 128, capping the registers
+// spills ~1 KB a thread: one block's bound, as before.
 template <int D>
 constexpr int kMinBlocks = D == 64 ? 4 : 1;
 
