@@ -14,9 +14,15 @@
 // - backward: D = rowsum(d_out ⊙ out) first; block (key tile, kv head, b)
 //   sums dV = Pᵀ dO and dK = dSᵀ Q over the group's query heads and query
 //   tiles in order, 16 queries at a time from Sᵀ = K Qᵀ and dPᵀ = V dOᵀ;
-//   block (query tile, h, b) sums dQ = dS K over key tiles in order, 16
-//   keys at a time. No atomics: the same inputs give the same bits. Rows
-//   past T get lse = +inf in the backward, so their P is 0 unmasked.
+//   the d_k/d_v pass also stores dSᵀ (bf16, the operand the d_q product
+//   takes anyway) tile by tile, and block (query tile, h, b) sums dQ = dS K
+//   over key tiles in order, 16 keys at a time, from those tiles: one
+//   product instead of recomputing S, P and dP (three). The stored tiles
+//   take B·H·n(n+1)/2 tiles of 64 x 64 bf16 (n = T/64: 107 MB at B 8,
+//   H 12, T 1024), allocated per call. SCALEMOE_ATTENTION_DQ=recompute
+//   keeps the older d_q pass that recomputes them instead. No atomics: the
+//   same inputs give the same bits. Rows past T get lse = +inf in the
+//   backward, so their P is 0 unmasked.
 #include <cmath>
 #include <type_traits>
 
@@ -302,6 +308,17 @@ __device__ __forceinline__ void RowStats(const AttnDims& d, const float* lse, co
   di = t < d.t ? row_dot[i] : 0.0f;
 }
 
+// The stored dSᵀ of the backward: per (b, h), the tiles (query tile qt, key
+// tile kt <= qt) at qt (qt + 1) / 2 + kt, each kTile keys x kTile queries
+// row-major (so a d_q block reads its key tiles in one run).
+__host__ __device__ __forceinline__ int64_t DsTilePairs(const AttnDims& d) {
+  return static_cast<int64_t>(d.tiles()) * (d.tiles() + 1) / 2;
+}
+__device__ __forceinline__ int64_t DsTileOffset(const AttnDims& d, int b, int h, int qt, int kt) {
+  const int64_t pair = static_cast<int64_t>(qt) * (qt + 1) / 2 + kt;
+  return ((static_cast<int64_t>(b) * d.h + h) * DsTilePairs(d) + pair) * kTile * kTile;
+}
+
 // Shared memory of the d_k/d_v pass, in bytes: K, V, 2 stages x {Q, dO},
 // 2 stages x {lse·log2 e, D} [kTile].
 template <int D>
@@ -315,13 +332,15 @@ struct KvSmem {
 
 // Block (key tile, kv head, b): d_k and d_v of kTile keys, summed over the
 // group's query heads (in order) and, per head, the query tiles from the
-// key tile on (in order), 16 queries at a time.
-template <typename T, int D>
+// key tile on (in order), 16 queries at a time. kStoreDs: also dSᵀ into
+// ds_t (DsTileOffset) for the d_q pass.
+template <typename T, int D, bool kStoreDs>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     MmaBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ lse, const float* __restrict__ row_dot,
-                        const bf16* __restrict__ d_out, T* __restrict__ d_k, T* __restrict__ d_v) {
+                        const bf16* __restrict__ d_out, T* __restrict__ d_k, T* __restrict__ d_v,
+                        bf16* __restrict__ ds_t) {
   using R = AttnRows<D>;
   using L = KvSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -398,6 +417,16 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
       unsigned pa[4], dsa[4];
       CToA(pa, st, 0);
       CToA(dsa, dpt, 0);
+      if constexpr (kStoreDs) {
+        // dsa register r: dSᵀ[key ARow][queries ACol, ACol + 1] of this
+        // warp's 16 keys and the chunk's 16 queries, one 4-byte store.
+        bf16* tile = ds_t + DsTileOffset(d, b, kvh * group + s / per_head, qt, kt);
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+          const int row = warp * 16 + ml::ARow(lane, r), col = c * 16 + ml::ACol(lane, r, 0);
+          *reinterpret_cast<unsigned*>(tile + row * kTile + col) = dsa[r];
+        }
+      }
       // dV += Pᵀ dO, dK += dSᵀ Q over these 16 queries (the scale at the end).
 #pragma unroll
       for (int nb = 0; nb < D / 16; ++nb) {
@@ -508,6 +537,79 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
   StoreRows<T, D>(dq, factor, d_q + q_head, q_stride, row0, d.t);
 }
 
+// Shared memory of the d_q pass from stored dSᵀ, in bytes: 2 stages x
+// {dSᵀ tile (kTile x kTile, rows padded), K tile}.
+template <int D>
+struct DsKSmem {
+  static constexpr int kDsLd = kTile + kAttnPad;
+  static constexpr int kDsElems = kTile * kDsLd;
+  static constexpr int kStage = kDsElems + AttnRows<D>::kElems;  // elements
+  static constexpr int kBytes = 2 * kStage * 2;
+};
+
+// Block (query tile, h, b): d_q = dS K of kTile queries over the key tiles
+// 0..tile in order, 16 keys at a time, dS read from the d_k/d_v pass's
+// stored dSᵀ (ldmatrix.trans makes it the A operand). Tiles last first.
+template <typename T, int D>
+__global__ void __launch_bounds__(kThreads)
+    MmaBackwardDsKKernel(AttnDims d, float scale, const bf16* __restrict__ ds_t,
+                         const bf16* __restrict__ k, T* __restrict__ d_q) {
+  using R = AttnRows<D>;
+  using L = DsKSmem<D>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  bf16* stages = reinterpret_cast<bf16*>(smem);
+  const int warp = threadIdx.x / 32;
+
+  const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
+  const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
+  const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
+  const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const bf16* ds_row = ds_t + DsTileOffset(d, b, h, tile, 0);  // key tiles 0..tile follow
+  auto load = [&](int stage, int j) {
+    bf16* ds_s = stages + stage * L::kStage;
+    const bf16* src = ds_row + static_cast<int64_t>(j) * kTile * kTile;
+    constexpr int kChunks = kTile / 8;  // 16-byte chunks a row
+    for (int e = threadIdx.x; e < kTile * kChunks; e += kThreads) {
+      const int r = e / kChunks, col = (e % kChunks) * 8;
+      CpAsync16(ds_s + r * L::kDsLd + col, src + r * kTile + col, true);
+    }
+    LoadAttnTile<D>(ds_s + L::kDsElems, k + kv_head, kv_stride, static_cast<int64_t>(j) * kTile,
+                    d.t);
+  };
+
+  load(0, 0);
+  CpAsyncCommit();
+  float dq[D / 8][4];
+  Zero(dq);
+  for (int j = 0; j <= tile; ++j) {
+    const int stage = j & 1;
+    if (j < tile) load(stage ^ 1, j + 1);
+    CpAsyncCommit();
+    CpAsyncWait<1>();
+    __syncthreads();
+    const bf16* ds_s = stages + stage * L::kStage;
+    const bf16* k_s = ds_s + L::kDsElems;
+#pragma unroll
+    for (int c = 0; c < kTile / 16; ++c) {
+      // dS of the warp's 16 queries and keys c·16.. (dSᵀ(key, query) in shared memory).
+      unsigned dsa[4];
+      LoadFragmentA<false>(dsa, ds_s, L::kDsLd, warp * 16, c * 16);
+#pragma unroll
+      for (int nb = 0; nb < D / 16; ++nb) {
+        unsigned kb[4];
+        LoadBCols(kb, k_s, R::kLd, nb * 16, c * 16);
+        MmaPair(dq, nb, dsa, kb);
+      }
+    }
+    __syncthreads();  // stage `stage` is reloaded next
+  }
+  const float factor[2] = {scale, scale};
+  StoreRows<T, D>(dq, factor, d_q + q_head, q_stride,
+                  static_cast<int64_t>(tile) * kTile + warp * 16, d.t);
+}
+
 // ---------------------------------------------------------------- launchers
 
 AttnDims DimsOf(const Tensor& q, const Tensor& k) {
@@ -550,21 +652,39 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const bf16* dop = Ptr<const bf16>(d_out);
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
 
+  const dim3 kv_grid(static_cast<unsigned>(d.tiles()), d.kv, d.b);
+  const dim3 q_grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const cudaError_t kv_attr = AllowDynamicSmem(MmaBackwardKvKernel<T, D>, kKvBytes, true);
+  static const bool recompute_dq = EnvEquals("SCALEMOE_ATTENTION_DQ", "recompute");
+  if (recompute_dq) {
+    static const cudaError_t kv_attr =
+        AllowDynamicSmem(MmaBackwardKvKernel<T, D, false>, kKvBytes, true);
+    SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
+    MmaBackwardKvKernel<T, D, false><<<kv_grid, kThreads, kKvBytes, Stream(ctx)>>>(
+        d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), nullptr);
+    SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
+    constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
+    static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes, true);
+    SM_CHECK_CUDA_CALL(ctx, q_attr, op);
+    MmaBackwardQKernel<T, D><<<q_grid, kThreads, kQBytes, Stream(ctx)>>>(
+        d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
+    SM_CHECK_LAUNCH(ctx, op, "MmaBackwardQKernel");
+    return;
+  }
+  const Tensor ds_t =
+      ctx.Empty({static_cast<int64_t>(d.b) * d.h * DsTilePairs(d) * kTile * kTile}, DType::kBF16);
+  static const cudaError_t kv_attr =
+      AllowDynamicSmem(MmaBackwardKvKernel<T, D, true>, kKvBytes, true);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
-  MmaBackwardKvKernel<T, D>
-      <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
-          d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v));
+  MmaBackwardKvKernel<T, D, true><<<kv_grid, kThreads, kKvBytes, Stream(ctx)>>>(
+      d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), Ptr<bf16>(ds_t));
   SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
-
-  constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
-  static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes, true);
-  SM_CHECK_CUDA_CALL(ctx, q_attr, op);
-  MmaBackwardQKernel<T, D>
-      <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
-          d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
-  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardQKernel");
+  constexpr int kDsKBytes = DsKSmem<D>::kBytes;
+  static const cudaError_t dsk_attr = AllowDynamicSmem(MmaBackwardDsKKernel<T, D>, kDsKBytes, true);
+  SM_CHECK_CUDA_CALL(ctx, dsk_attr, op);
+  MmaBackwardDsKKernel<T, D><<<q_grid, kThreads, kDsKBytes, Stream(ctx)>>>(
+      d, scale, Ptr<const bf16>(ds_t), kp, Ptr<T>(d_q));
+  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardDsKKernel");
 }
 
 }  // namespace
