@@ -143,9 +143,12 @@ TEST_P(MoeLayerVariantTest, FoldAndPerTokenAgree) {
   }
 }
 
+// Against the baseline in the same mode (folded, or per token): the two
+// modes call the BLAS on different shapes, and OpenBLAS's Haswell/Zen
+// kernels round such products differently (FoldAndPerTokenAgree bounds that).
 TEST_P(MoeLayerVariantTest, InitEqualsSharedBaselineBitForBitInF64) {
   for (bool fold : {true, false}) {
-    LayerRig base(VariantConfig(kVariants[0], true));
+    LayerRig base(VariantConfig(kVariants[0], fold));
     LayerRig rig(VariantConfig(variant(), fold));
     const Tensor a = base.Output(), b = rig.Output();
     ASSERT_EQ(a.nbytes(), b.nbytes());
