@@ -34,6 +34,7 @@
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/row_reduce.cuh"
 
 namespace scalemoe::cuda {
 namespace {
@@ -276,19 +277,31 @@ __global__ void __launch_bounds__(kTcThreads)
   StoreRows<T, D>(o, stage_w, out + q_head, q_stride, q0 + warp * 16, d.t);
 }
 
-// D[b, h, t] = Σ_c d_out·out over the row, f32: one warp per row (b, t, h).
-template <typename T>
+// D[b, h, t] = Σ_c d_out·out over the row, f32: G lanes per row (b, t, h),
+// V elements a lane per load (16 bytes where the rows allow). One warp a
+// row of 64 took 26 µs on [8, 1024, 12, 64] bf16 (H200): shuffles, not
+// bytes, were its bound.
+template <typename T, int G, int V>
 __global__ void TcRowDotKernel(AttnDims d, int dim, const T* out, const T* d_out, float* row_dot) {
-  const int lane = threadIdx.x % 32;
-  const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  if (r >= static_cast<int64_t>(d.b) * d.t * d.h) return;  // warp-uniform
+  const int lane = static_cast<int>(threadIdx.x % G);
+  const int64_t r = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / G;
+  const bool ok = r < static_cast<int64_t>(d.b) * d.t * d.h;
+  float acc = 0.0f;
+  if (ok) {
+    const int64_t base = r * dim;
+    for (int c = lane * V; c < dim; c += G * V) {
+      Acc<T> o[V], g[V];
+      LoadPack<V>(out + base, c, V, o);
+      LoadPack<V>(d_out + base, c, V, g);
+#pragma unroll
+      for (int e = 0; e < V; ++e) acc += o[e] * g[e];
+    }
+  }
+  acc = GroupSum<G>(acc);  // every lane of the warp takes part
+  if (!ok || lane != 0) return;
   const int h = static_cast<int>(r % d.h);
   const int64_t t = (r / d.h) % d.t, b = r / (static_cast<int64_t>(d.h) * d.t);
-  const int64_t base = r * dim;
-  float acc = 0.0f;
-  for (int c = lane; c < dim; c += 32) acc += ToAcc(out[base + c]) * ToAcc(d_out[base + c]);
-  acc = WarpSum(acc);
-  if (lane == 0) row_dot[(b * d.h + h) * d.t + t] = acc;
+  row_dot[(b * d.h + h) * d.t + t] = acc;
 }
 
 // Shared memory of the d_k/d_v pass.
@@ -538,8 +551,6 @@ __global__ void __launch_bounds__(kTcThreads)
 
 // ---------------------------------------------------------------- launchers
 
-constexpr int kRowDotWarps = 8;
-
 AttnDims DimsOf(const Tensor& q, const Tensor& k) {
   return {static_cast<int>(q.dim(0)), static_cast<int>(q.dim(1)), static_cast<int>(q.dim(2)),
           static_cast<int>(k.dim(2))};
@@ -606,11 +617,28 @@ Tensor AttentionRowDot(const ExecContext& ctx, const Tensor& out, const Tensor& 
   const int dim = static_cast<int>(out.dim(3));
   const Tensor row_dot = ctx.Empty({d.b, d.h, d.t}, DType::kF32);
   const int64_t rows = static_cast<int64_t>(d.b) * d.t * d.h;
-  const unsigned blocks = static_cast<unsigned>((rows + kRowDotWarps - 1) / kRowDotWarps);
   auto launch = [&](auto tag) {
     using T = typename decltype(tag)::type;
-    TcRowDotKernel<T><<<blocks, kRowDotWarps * 32, 0, Stream(ctx)>>>(
-        d, dim, Ptr<const T>(out), Ptr<const T>(d_out), Ptr<float>(row_dot));
+    auto with_gv = [&](auto g, auto v) {
+      constexpr int G = decltype(g)::value, V = decltype(v)::value;
+      const auto blocks = static_cast<unsigned>((rows * G + kThreads - 1) / kThreads);
+      TcRowDotKernel<T, G, V><<<blocks, kThreads, 0, Stream(ctx)>>>(
+          d, dim, Ptr<const T>(out), Ptr<const T>(d_out), Ptr<float>(row_dot));
+    };
+    // The fewest of 8, 16, 32 lanes that cover a row in 16-byte packs.
+    constexpr int kV = kPack<T>;
+    if (dim % kV == 0 && AllAligned16({out.raw_data(), d_out.raw_data()})) {
+      const int packs = dim / kV;
+      if (packs <= 8) {
+        with_gv(std::integral_constant<int, 8>{}, std::integral_constant<int, kV>{});
+      } else if (packs <= 16) {
+        with_gv(std::integral_constant<int, 16>{}, std::integral_constant<int, kV>{});
+      } else {
+        with_gv(std::integral_constant<int, 32>{}, std::integral_constant<int, kV>{});
+      }
+    } else {
+      with_gv(std::integral_constant<int, 32>{}, std::integral_constant<int, 1>{});
+    }
   };
   if (out.dtype() == DType::kBF16) {
     launch(Tag<bf16>{});
