@@ -260,6 +260,25 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                              const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                              const Tensor& d_v, const AttentionOptions& options = {});
 
+// The CUDA backward on tensor cores stores dSᵀ for its d_q pass: per
+// sequence and query head, the causal pairs of 64 x 64 tiles in bf16
+// (core/cuda/causal_attention_mma.cu). It runs the batch in slices whose
+// tiles take at most kAttentionDsBudgetBytes; a sequence whose tiles alone
+// take more recomputes dS in the d_q pass instead (no scratch).
+inline constexpr int64_t kAttentionDsBudgetBytes = int64_t{1} << 30;
+// Bytes of one sequence's dSᵀ tiles: heads x n(n + 1)/2 tiles, n = ⌈T/64⌉.
+inline constexpr int64_t AttentionDsBytesPerSequence(int64_t seq_length, int64_t heads) {
+  const int64_t n = (seq_length + 63) / 64;
+  return heads * n * (n + 1) / 2 * 64 * 64 * 2;
+}
+// The scratch one backward call allocates for a micro-batch of `batch`.
+inline constexpr int64_t AttentionDsScratchBytes(int64_t batch, int64_t seq_length, int64_t heads) {
+  const int64_t per_sequence = AttentionDsBytesPerSequence(seq_length, heads);
+  if (per_sequence > kAttentionDsBudgetBytes) return 0;
+  const int64_t slice = kAttentionDsBudgetBytes / per_sequence;
+  return (batch < slice ? batch : slice) * per_sequence;
+}
+
 // out[n, :] = weight[tokens[n], :]; tokens int32 [N] with values in [0, V)
 // (SM_CHECK: callers validate data; on CUDA, which cannot check without a
 // host read, a bad id gives a NaN row here and adds nothing in the

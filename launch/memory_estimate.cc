@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_format.h"
+#include "core/ops.h"
 #include "parallel/pipeline_executor.h"
 #include "parallel/pipeline_schedule.h"
 
@@ -230,6 +231,19 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
                                             " x model.vocab_size=", Num(s.V), tp_text)
                              : std::string()),
            tokens * per_token * act + (bf16 ? tokens * s.V / s.tp * 2 : 0), 1);
+  // The GPU attention backward (bf16 operands) stores dSᵀ for its d_q pass
+  // while it runs: at most ops::kAttentionDsBudgetBytes (core/ops.h).
+  if (bf16) {
+    const double ds_bytes = static_cast<double>(ops::AttentionDsScratchBytes(
+        static_cast<int64_t>(s.B), static_cast<int64_t>(s.T), static_cast<int64_t>(s.H / s.tp)));
+    if (ds_bytes > 0) {
+      add_acts("attention backward's dS tiles",
+               absl::StrCat("train.micro_batch_size=", Num(s.B), " x model.num_heads=", Num(s.H),
+                            tp_text, " x the causal 64 x 64 tiles of model.seq_length=", Num(s.T),
+                            ", at most ", FormatBytes(ops::kAttentionDsBudgetBytes)),
+               ds_bytes, 1);
+    }
+  }
   std::sort(est.parts.begin(), est.parts.end(),
             [](const MemoryPart& a, const MemoryPart& b) { return a.bytes > b.bytes; });
   return est;

@@ -18,12 +18,15 @@
 //   takes anyway) tile by tile, and block (query tile, h, b) sums dQ = dS K
 //   over key tiles in order, 16 keys at a time, from those tiles: one
 //   product instead of recomputing S, P and dP (three). The stored tiles
-//   take B·H·n(n+1)/2 tiles of 64 x 64 bf16 (n = T/64: 107 MB at B 8,
-//   H 12, T 1024), allocated per call. SCALEMOE_ATTENTION_DQ=recompute
-//   keeps the older d_q pass that recomputes them instead. No atomics: the
-//   same inputs give the same bits. Rows past T get lse = +inf in the
-//   backward, so their P is 0 unmasked.
+//   take H·n(n+1)/2 tiles of 64 x 64 bf16 a sequence (n = T/64: 107 MB at
+//   B 8, H 12, T 1024), allocated per call, the batch in slices that fit
+//   ops::kAttentionDsBudgetBytes; past it, and under
+//   SCALEMOE_ATTENTION_DQ=recompute, the older d_q pass recomputes S, P
+//   and dP instead. No atomics: the same inputs give the same bits. Rows
+//   past T get lse = +inf in the backward, so their P is 0 unmasked.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <type_traits>
 
 #include "core/cuda/attention_launch.cuh"
@@ -159,6 +162,15 @@ struct StreamSmem {
 // spills ~1 KB a thread: one block's bound, as before.
 template <int D>
 constexpr int kMinBlocks = D == 64 ? 4 : 1;
+// The d_k/d_v pass at D = 64 keeps its warp's K and V fragments in
+// registers (32 more) and is compiled for 3 blocks an SM: on the H200 the
+// backward was 5-6 % faster than with 4 blocks reading them from shared
+// memory each time (the pass is bound by its shared-memory loads, not by
+// occupancy).
+template <int D>
+constexpr bool kKvInRegisters = D == 64;
+template <int D>
+constexpr int kKvMinBlocks = kKvInRegisters<D> ? 3 : kMinBlocks<D>;
 
 // The forward's warps: each holds kRows m16 blocks of the tile's query rows,
 // so kTile / (16 kRows) warps a block. kRows = 2 (two warps, 32 rows each,
@@ -309,8 +321,13 @@ __device__ __forceinline__ void RowStats(const AttnDims& d, const float* lse, co
 }
 
 // The stored dSᵀ of the backward: per (b, h), the tiles (query tile qt, key
-// tile kt <= qt) at qt (qt + 1) / 2 + kt, each kTile keys x kTile queries
-// row-major (so a d_q block reads its key tiles in one run).
+// tile kt <= qt) at qt (qt + 1) / 2 + kt (so a d_q block reads its key
+// tiles in one run). A tile is 16 chunks of 16 keys x 16 queries, chunk
+// (key block kb, query block qb) at kb·4 + qb, each the register image of
+// the d_k/d_v warp's A fragment of dSᵀ: lane l's four registers at l·8
+// elements. One 16-byte store a lane writes a chunk (512 contiguous bytes);
+// the d_q pass reads it back the same way and transposes the fragment with
+// movmatrix.
 __host__ __device__ __forceinline__ int64_t DsTilePairs(const AttnDims& d) {
   return static_cast<int64_t>(d.tiles()) * (d.tiles() + 1) / 2;
 }
@@ -335,7 +352,7 @@ struct KvSmem {
 // key tile on (in order), 16 queries at a time. kStoreDs: also dSᵀ into
 // ds_t (DsTileOffset) for the d_q pass.
 template <typename T, int D, bool kStoreDs>
-__global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
+__global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
     MmaBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ lse, const float* __restrict__ row_dot,
@@ -380,6 +397,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
   Zero(dk);
   Zero(dv);
   const int64_t key0 = k0 + warp * 16;
+  constexpr bool kKvRegs = kKvInRegisters<D>;
+  unsigned kf[kKvRegs ? D / 16 : 1][4], vf[kKvRegs ? D / 16 : 1][4];
+  if constexpr (kKvRegs) {
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      LoadA(kf[kk], k_s, R::kLd, warp * 16, kk * 16);
+      LoadA(vf[kk], v_s, R::kLd, warp * 16, kk * 16);
+    }
+  }
 
   for (int s = 0; s < steps; ++s) {
     const int stage = s & 1;
@@ -401,15 +427,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
       Zero(dpt);
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
-        // K and V fragments from shared memory each time: in registers too
-        // they spill at head dim 64 (ptxas) and do not fit at 128.
-        unsigned ka[4], va[4], qb[4], dob[4];
-        LoadA(ka, k_s, R::kLd, warp * 16, kk * 16);
-        LoadA(va, v_s, R::kLd, warp * 16, kk * 16);
+        unsigned qb[4], dob[4];
         LoadBRows(qb, q_s, R::kLd, c * 16, kk * 16);
         LoadBRows(dob, do_s, R::kLd, c * 16, kk * 16);
-        MmaPair(st, 0, ka, qb);
-        MmaPair(dpt, 0, va, dob);
+        if constexpr (kKvRegs) {
+          MmaPair(st, 0, kf[kk], qb);
+          MmaPair(dpt, 0, vf[kk], dob);
+        } else {
+          // K and V fragments from shared memory each time: at D = 128
+          // they do not fit in the registers.
+          unsigned ka[4], va[4];
+          LoadA(ka, k_s, R::kLd, warp * 16, kk * 16);
+          LoadA(va, v_s, R::kLd, warp * 16, kk * 16);
+          MmaPair(st, 0, ka, qb);
+          MmaPair(dpt, 0, va, dob);
+        }
       }
       Scale(st, scale_log2);
       if (mask) ml::MaskTile<true>(st, lane, key0, static_cast<int64_t>(qt) * kTile + c * 16, d.t);
@@ -418,14 +450,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
       CToA(pa, st, 0);
       CToA(dsa, dpt, 0);
       if constexpr (kStoreDs) {
-        // dsa register r: dSᵀ[key ARow][queries ACol, ACol + 1] of this
-        // warp's 16 keys and the chunk's 16 queries, one 4-byte store.
+        // Chunk (key block warp, query block c), as the fragment's image.
         bf16* tile = ds_t + DsTileOffset(d, b, kvh * group + s / per_head, qt, kt);
-#pragma unroll
-        for (int r = 0; r < 4; ++r) {
-          const int row = warp * 16 + ml::ARow(lane, r), col = c * 16 + ml::ACol(lane, r, 0);
-          *reinterpret_cast<unsigned*>(tile + row * kTile + col) = dsa[r];
-        }
+        *reinterpret_cast<uint4*>(tile + (warp * 4 + c) * 256 + lane * 8) =
+            make_uint4(dsa[0], dsa[1], dsa[2], dsa[3]);
       }
       // dV += Pᵀ dO, dK += dSᵀ Q over these 16 queries (the scale at the end).
 #pragma unroll
@@ -537,19 +565,42 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
   StoreRows<T, D>(dq, factor, d_q + q_head, q_stride, row0, d.t);
 }
 
-// Shared memory of the d_q pass from stored dSᵀ, in bytes: 2 stages x
-// {dSᵀ tile (kTile x kTile, rows padded), K tile}.
+// The 8 x 8 b16 matrix whose fragment (lane t: row t / 4, columns
+// 2 (t % 4), + 1) is a, transposed, in the same fragment layout.
+__device__ __forceinline__ unsigned MovMatrixTrans(unsigned a) {
+  unsigned d;
+  asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+  return d;
+}
+
+// The A fragment of dS (16 queries x 16 keys) from a stored chunk of dSᵀ:
+// register r of the chunk is dSᵀ's 8 x 8 block (key half r % 2, query half
+// r / 2); transposed it is dS's block (query half r / 2, key half r % 2),
+// which is register r of A with the two bits swapped.
+__device__ __forceinline__ void DsFragment(unsigned (&a)[4], const uint4& chunk) {
+  a[0] = MovMatrixTrans(chunk.x);
+  a[1] = MovMatrixTrans(chunk.z);
+  a[2] = MovMatrixTrans(chunk.y);
+  a[3] = MovMatrixTrans(chunk.w);
+}
+
+// Stages of the d_q pass's pipeline: a key tile's dSᵀ chunks (8 KB) and K
+// rows stream in kDsKStages - 1 tiles ahead. Its compute per tile is short
+// (32 MMAs a warp). On the moe_125m shape (H200, ncu) it took 72 µs with
+// one tile ahead and 68 µs with three, DRAM 40 % busy and 17 % occupancy
+// (3 blocks an SM): still latency-bound; more warps a block is the next
+// thing to try.
+constexpr int kDsKStages = 4;
 template <int D>
 struct DsKSmem {
-  static constexpr int kDsLd = kTile + kAttnPad;
-  static constexpr int kDsElems = kTile * kDsLd;
-  static constexpr int kStage = kDsElems + AttnRows<D>::kElems;  // elements
-  static constexpr int kBytes = 2 * kStage * 2;
+  static constexpr int kDsElems = kTile * kTile;
+  static constexpr int kStageElems = kDsElems + AttnRows<D>::kElems;
+  static constexpr int kBytes = kDsKStages * kStageElems * 2;
 };
 
 // Block (query tile, h, b): d_q = dS K of kTile queries over the key tiles
-// 0..tile in order, 16 keys at a time, dS read from the d_k/d_v pass's
-// stored dSᵀ (ldmatrix.trans makes it the A operand). Tiles last first.
+// 0..tile in order, 16 keys at a time, dS from the d_k/d_v pass's stored dSᵀ
+// chunks (DsFragment). Tiles last first.
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads)
     MmaBackwardDsKKernel(AttnDims d, float scale, const bf16* __restrict__ ds_t,
@@ -558,7 +609,7 @@ __global__ void __launch_bounds__(kThreads)
   using L = DsKSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
   bf16* stages = reinterpret_cast<bf16*>(smem);
-  const int warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32, lane = Lane();
 
   const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
@@ -567,35 +618,36 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
   const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
   const bf16* ds_row = ds_t + DsTileOffset(d, b, h, tile, 0);  // key tiles 0..tile follow
-  auto load = [&](int stage, int j) {
-    bf16* ds_s = stages + stage * L::kStage;
-    const bf16* src = ds_row + static_cast<int64_t>(j) * kTile * kTile;
-    constexpr int kChunks = kTile / 8;  // 16-byte chunks a row
-    for (int e = threadIdx.x; e < kTile * kChunks; e += kThreads) {
-      const int r = e / kChunks, col = (e % kChunks) * 8;
-      CpAsync16(ds_s + r * L::kDsLd + col, src + r * kTile + col, true);
+  auto load = [&](int j) {
+    bf16* stage = stages + (j % kDsKStages) * L::kStageElems;
+    const bf16* src = ds_row + static_cast<int64_t>(j) * L::kDsElems;
+    for (int e = threadIdx.x * 8; e < L::kDsElems; e += kThreads * 8) {
+      CpAsync16(stage + e, src + e, true);
     }
-    LoadAttnTile<D>(ds_s + L::kDsElems, k + kv_head, kv_stride, static_cast<int64_t>(j) * kTile,
+    LoadAttnTile<D>(stage + L::kDsElems, k + kv_head, kv_stride, static_cast<int64_t>(j) * kTile,
                     d.t);
   };
 
-  load(0, 0);
-  CpAsyncCommit();
+#pragma unroll
+  for (int j = 0; j < kDsKStages - 1; ++j) {
+    if (j <= tile) load(j);
+    CpAsyncCommit();  // empty groups too: the wait below counts groups
+  }
   float dq[D / 8][4];
   Zero(dq);
   for (int j = 0; j <= tile; ++j) {
-    const int stage = j & 1;
-    if (j < tile) load(stage ^ 1, j + 1);
+    if (j + kDsKStages - 1 <= tile) load(j + kDsKStages - 1);
     CpAsyncCommit();
-    CpAsyncWait<1>();
+    CpAsyncWait<kDsKStages - 1>();  // tile j's group is complete
     __syncthreads();
-    const bf16* ds_s = stages + stage * L::kStage;
-    const bf16* k_s = ds_s + L::kDsElems;
+    const bf16* stage = stages + (j % kDsKStages) * L::kStageElems;
+    const bf16* k_s = stage + L::kDsElems;
 #pragma unroll
     for (int c = 0; c < kTile / 16; ++c) {
-      // dS of the warp's 16 queries and keys c·16.. (dSᵀ(key, query) in shared memory).
+      // Chunk (key block c, query block warp): this lane's 16 bytes of it.
+      const uint4 chunk = *reinterpret_cast<const uint4*>(stage + (c * 4 + warp) * 256 + lane * 8);
       unsigned dsa[4];
-      LoadFragmentA<false>(dsa, ds_s, L::kDsLd, warp * 16, c * 16);
+      DsFragment(dsa, chunk);
 #pragma unroll
       for (int nb = 0; nb < D / 16; ++nb) {
         unsigned kb[4];
@@ -603,7 +655,7 @@ __global__ void __launch_bounds__(kThreads)
         MmaPair(dq, nb, dsa, kb);
       }
     }
-    __syncthreads();  // stage `stage` is reloaded next
+    __syncthreads();  // this stage is reloaded next
   }
   const float factor[2] = {scale, scale};
   StoreRows<T, D>(dq, factor, d_q + q_head, q_stride,
@@ -641,6 +693,17 @@ void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, cons
   LaunchForward<T, D, 1>(ctx, d, q, k, v, out, lse);
 }
 
+// The dSᵀ scratch budget: ops::kAttentionDsBudgetBytes, or
+// SCALEMOE_ATTENTION_DS_BUDGET_BYTES (bytes; the tests' small budgets run
+// several slices, and the d_q pass that recomputes dS, on small shapes).
+int64_t DsBudgetBytes() {
+  static const int64_t budget = [] {
+    const char* env = std::getenv("SCALEMOE_ATTENTION_DS_BUDGET_BYTES");
+    return env != nullptr ? std::max<int64_t>(0, std::atoll(env)) : ops::kAttentionDsBudgetBytes;
+  }();
+  return budget;
+}
+
 // q, k, v, d_out: the bf16 operands; the gradients in T.
 template <typename T, int D>
 void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
@@ -651,40 +714,56 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
   const bf16* dop = Ptr<const bf16>(d_out);
   const float *lp = Ptr<const float>(lse), *rp = Ptr<const float>(row_dot);
-
-  const dim3 kv_grid(static_cast<unsigned>(d.tiles()), d.kv, d.b);
-  const dim3 q_grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
   constexpr int kKvBytes = KvSmem<D>::kBytes;
-  static const bool recompute_dq = EnvEquals("SCALEMOE_ATTENTION_DQ", "recompute");
-  if (recompute_dq) {
+
+  static const bool recompute_env = EnvEquals("SCALEMOE_ATTENTION_DQ", "recompute");
+  const int64_t per_sequence = ops::AttentionDsBytesPerSequence(d.t, d.h);
+  const int64_t budget = DsBudgetBytes();
+  if (recompute_env || per_sequence > budget) {
     static const cudaError_t kv_attr =
         AllowDynamicSmem(MmaBackwardKvKernel<T, D, false>, kKvBytes, true);
     SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
-    MmaBackwardKvKernel<T, D, false><<<kv_grid, kThreads, kKvBytes, Stream(ctx)>>>(
-        d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), nullptr);
+    MmaBackwardKvKernel<T, D, false>
+        <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
+            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), nullptr);
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
     constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
     static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes, true);
     SM_CHECK_CUDA_CALL(ctx, q_attr, op);
-    MmaBackwardQKernel<T, D><<<q_grid, kThreads, kQBytes, Stream(ctx)>>>(
-        d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
+    MmaBackwardQKernel<T, D>
+        <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
+            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardQKernel");
     return;
   }
-  const Tensor ds_t =
-      ctx.Empty({static_cast<int64_t>(d.b) * d.h * DsTilePairs(d) * kTile * kTile}, DType::kBF16);
+
+  // Slices of whole sequences whose dSᵀ tiles fit the budget (core/ops.h):
+  // every operand's leading dim is the batch.
   static const cudaError_t kv_attr =
       AllowDynamicSmem(MmaBackwardKvKernel<T, D, true>, kKvBytes, true);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
-  MmaBackwardKvKernel<T, D, true><<<kv_grid, kThreads, kKvBytes, Stream(ctx)>>>(
-      d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), Ptr<bf16>(ds_t));
-  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
   constexpr int kDsKBytes = DsKSmem<D>::kBytes;
   static const cudaError_t dsk_attr = AllowDynamicSmem(MmaBackwardDsKKernel<T, D>, kDsKBytes, true);
   SM_CHECK_CUDA_CALL(ctx, dsk_attr, op);
-  MmaBackwardDsKKernel<T, D><<<q_grid, kThreads, kDsKBytes, Stream(ctx)>>>(
-      d, scale, Ptr<const bf16>(ds_t), kp, Ptr<T>(d_q));
-  SM_CHECK_LAUNCH(ctx, op, "MmaBackwardDsKKernel");
+  const int slice = static_cast<int>(std::min<int64_t>(d.b, budget / per_sequence));
+  const Tensor ds_t = ctx.Empty({slice * per_sequence / 2}, DType::kBF16);
+  const int64_t q_rows = static_cast<int64_t>(d.t) * d.h * D;  // a sequence of q, d_out, d_q
+  const int64_t kv_rows = static_cast<int64_t>(d.t) * d.kv * D;
+  const int64_t stats = static_cast<int64_t>(d.h) * d.t;  // of lse and row_dot
+  for (int b0 = 0; b0 < d.b; b0 += slice) {
+    AttnDims ds = d;
+    ds.b = std::min(slice, d.b - b0);
+    MmaBackwardKvKernel<T, D, true>
+        <<<dim3(static_cast<unsigned>(ds.tiles()), ds.kv, ds.b), kThreads, kKvBytes, Stream(ctx)>>>(
+            ds, scale, scale_log2, qp + b0 * q_rows, kp + b0 * kv_rows, vp + b0 * kv_rows,
+            lp + b0 * stats, rp + b0 * stats, dop + b0 * q_rows, Ptr<T>(d_k) + b0 * kv_rows,
+            Ptr<T>(d_v) + b0 * kv_rows, Ptr<bf16>(ds_t));
+    SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
+    MmaBackwardDsKKernel<T, D>
+        <<<dim3(static_cast<unsigned>(ds.tiles()), ds.h, ds.b), kThreads, kDsKBytes, Stream(ctx)>>>(
+            ds, scale, Ptr<const bf16>(ds_t), kp + b0 * kv_rows, Ptr<T>(d_q) + b0 * q_rows);
+    SM_CHECK_LAUNCH(ctx, op, "MmaBackwardDsKKernel");
+  }
 }
 
 }  // namespace

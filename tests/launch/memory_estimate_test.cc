@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/ops.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "launch/commands.h"
@@ -223,6 +224,35 @@ TEST(MemoryEstimateTest, TheBf16ResidualStreamHalvesTheStreamsActivations) {
   const double gib = 1024.0 * 1024 * 1024;
   EXPECT_GE(activations("configs/gpu_moe_125m.textproto", false).second, 16.71 * gib);
   EXPECT_GE(activations("configs/gpu_finegrained_64e.textproto", false).second, 15.85 * gib);
+}
+
+// The GPU attention backward's dSᵀ scratch (core/ops.h): per sequence and
+// head the causal 64 x 64 tile pairs in bf16, the batch in slices within
+// ops::kAttentionDsBudgetBytes, none when one sequence exceeds it (the d_q
+// pass recomputes dS then), none in fp32.
+TEST(MemoryEstimateTest, TheAttentionBackwardsDsScratchIsCountedWithinItsBudget) {
+  auto ds_bytes = [](const char* preset, const std::vector<std::string>& overrides) {
+    const MemoryEstimate est = EstimateMemory(Load(preset, overrides), ParallelLayout{});
+    for (const MemoryPart& part : est.parts) {
+      if (part.what == "attention backward's dS tiles") return part.bytes;
+    }
+    return 0.0;
+  };
+  const char* moe_125m = "configs/gpu_moe_125m.textproto";
+  // Micro-batch 8 x 12 heads x 136 tile pairs (T 1024) x 8 KB: 107 MB.
+  EXPECT_EQ(ds_bytes(moe_125m, {"train.micro_batch_size=8", "train.global_batch_size=8"}),
+            8.0 * 12 * 136 * 8192);
+  // Micro-batch 128 takes slices of 80 sequences (1 GiB / 13.4 MB).
+  EXPECT_EQ(ds_bytes(moe_125m, {"train.micro_batch_size=128", "train.global_batch_size=128"}),
+            80.0 * 12 * 136 * 8192);
+  EXPECT_LE(80.0 * 12 * 136 * 8192, ops::kAttentionDsBudgetBytes);
+  EXPECT_EQ(ds_bytes(moe_125m, {"train.micro_batch_size=8", "train.global_batch_size=8",
+                                "train.precision=FP32"}),
+            0.0);
+  // 32 heads x T 32768: 34 GB a sequence, over the budget: recomputed.
+  EXPECT_EQ(ds_bytes(kTinyCpu, With(kDense7b, {"model.seq_length=32768"})), 0.0);
+  // T 4096, 64 tiles: 545 MB, one sequence a slice.
+  EXPECT_EQ(ds_bytes(kTinyCpu, kDense7b), 32.0 * 2080 * 8192);
 }
 
 // inspect validated the 65536 x 65536 model and printed its counts, exit 0.
