@@ -266,10 +266,11 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
 // tiles take at most kAttentionDsBudgetBytes; a sequence whose tiles alone
 // take more recomputes dS in the d_q pass instead (no scratch).
 inline constexpr int64_t kAttentionDsBudgetBytes = int64_t{1} << 30;
+inline constexpr int64_t kAttentionDsTile = 64;  // the kernels' tile edge (kAttnTile)
 // Bytes of one sequence's dSᵀ tiles: heads x n(n + 1)/2 tiles, n = ⌈T/64⌉.
 inline constexpr int64_t AttentionDsBytesPerSequence(int64_t seq_length, int64_t heads) {
-  const int64_t n = (seq_length + 63) / 64;
-  return heads * n * (n + 1) / 2 * 64 * 64 * 2;
+  const int64_t n = (seq_length + kAttentionDsTile - 1) / kAttentionDsTile;
+  return heads * n * (n + 1) / 2 * kAttentionDsTile * kAttentionDsTile * 2;
 }
 // The scratch one backward call allocates for a micro-batch of `batch`.
 inline constexpr int64_t AttentionDsScratchBytes(int64_t batch, int64_t seq_length, int64_t heads) {

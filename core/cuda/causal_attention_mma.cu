@@ -328,6 +328,7 @@ __device__ __forceinline__ void RowStats(const AttnDims& d, const float* lse, co
 // elements. One 16-byte store a lane writes a chunk (512 contiguous bytes);
 // the d_q pass reads it back the same way and transposes the fragment with
 // movmatrix.
+static_assert(kTile == ops::kAttentionDsTile, "ops::AttentionDsBytesPerSequence sizes these tiles");
 __host__ __device__ __forceinline__ int64_t DsTilePairs(const AttnDims& d) {
   return static_cast<int64_t>(d.tiles()) * (d.tiles() + 1) / 2;
 }
@@ -746,7 +747,8 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   static const cudaError_t dsk_attr = AllowDynamicSmem(MmaBackwardDsKKernel<T, D>, kDsKBytes, true);
   SM_CHECK_CUDA_CALL(ctx, dsk_attr, op);
   const int slice = static_cast<int>(std::min<int64_t>(d.b, budget / per_sequence));
-  const Tensor ds_t = ctx.Empty({slice * per_sequence / 2}, DType::kBF16);
+  const Tensor ds_t =
+      ctx.Empty({static_cast<int64_t>(slice) * d.h * DsTilePairs(d) * kTile * kTile}, DType::kBF16);
   const int64_t q_rows = static_cast<int64_t>(d.t) * d.h * D;  // a sequence of q, d_out, d_q
   const int64_t kv_rows = static_cast<int64_t>(d.t) * d.kv * D;
   const int64_t stats = static_cast<int64_t>(d.h) * d.t;  // of lse and row_dot

@@ -619,26 +619,12 @@ Tensor AttentionRowDot(const ExecContext& ctx, const Tensor& out, const Tensor& 
   const int64_t rows = static_cast<int64_t>(d.b) * d.t * d.h;
   auto launch = [&](auto tag) {
     using T = typename decltype(tag)::type;
-    auto with_gv = [&](auto g, auto v) {
+    LaunchLaneGroups<T>(dim, {out.raw_data(), d_out.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       const auto blocks = static_cast<unsigned>((rows * G + kThreads - 1) / kThreads);
       TcRowDotKernel<T, G, V><<<blocks, kThreads, 0, Stream(ctx)>>>(
           d, dim, Ptr<const T>(out), Ptr<const T>(d_out), Ptr<float>(row_dot));
-    };
-    // The fewest of 8, 16, 32 lanes that cover a row in 16-byte packs.
-    constexpr int kV = kPack<T>;
-    if (dim % kV == 0 && AllAligned16({out.raw_data(), d_out.raw_data()})) {
-      const int packs = dim / kV;
-      if (packs <= 8) {
-        with_gv(std::integral_constant<int, 8>{}, std::integral_constant<int, kV>{});
-      } else if (packs <= 16) {
-        with_gv(std::integral_constant<int, 16>{}, std::integral_constant<int, kV>{});
-      } else {
-        with_gv(std::integral_constant<int, 32>{}, std::integral_constant<int, kV>{});
-      }
-    } else {
-      with_gv(std::integral_constant<int, 32>{}, std::integral_constant<int, 1>{});
-    }
+    });
   };
   if (out.dtype() == DType::kBF16) {
     launch(Tag<bf16>{});

@@ -115,4 +115,30 @@ inline unsigned RowBlocks(int64_t rows) {
   return static_cast<unsigned>(std::clamp<int64_t>(rows, 1, kMaxBlocks));
 }
 
+// For row kernels with a group of G lanes a row (scaled_rms_normalize.cu,
+// the attention's row dot in causal_attention_tc.cu): calls launch(G, V), V
+// a 16-byte pack where d and every row pointer allow it, else 1; G the
+// fewest of 8, 16, 32 lanes that cover a row's packs (32 lanes take several
+// packs each past 32 packs).
+template <typename T, typename Launch>
+void LaunchLaneGroups(int64_t d, std::initializer_list<const void*> ptrs, Launch&& launch) {
+  constexpr int kV = kPack<T>;
+  auto with_v = [&](auto v) {
+    constexpr int V = decltype(v)::value;
+    const int64_t packs = (d + V - 1) / V;
+    if (packs <= 8) {
+      launch(std::integral_constant<int, 8>{}, v);
+    } else if (packs <= 16) {
+      launch(std::integral_constant<int, 16>{}, v);
+    } else {
+      launch(std::integral_constant<int, 32>{}, v);
+    }
+  };
+  if (d % kV == 0 && AllAligned16(ptrs)) {
+    with_v(std::integral_constant<int, kV>{});
+  } else {
+    with_v(std::integral_constant<int, 1>{});
+  }
+}
+
 }  // namespace scalemoe::cuda

@@ -200,30 +200,6 @@ int64_t CheckRows(const ExecContext& ctx, const char* op, const Tensor& x, const
   return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
 }
 
-// Calls launch(G, V): V a 16-byte pack where d and every row pointer allow
-// it, else 1; G the fewest of 8, 16, 32 lanes that cover a row's packs (32
-// lanes take several packs each past 32 packs).
-template <typename T, typename Launch>
-void LaunchRows(int64_t d, std::initializer_list<const void*> ptrs, Launch&& launch) {
-  constexpr int kV = kPack<T>;
-  auto with_v = [&](auto v) {
-    constexpr int V = decltype(v)::value;
-    const int64_t packs = (d + V - 1) / V;
-    if (packs <= 8) {
-      launch(std::integral_constant<int, 8>{}, v);
-    } else if (packs <= 16) {
-      launch(std::integral_constant<int, 16>{}, v);
-    } else {
-      launch(std::integral_constant<int, 32>{}, v);
-    }
-  };
-  if (d % kV == 0 && AllAligned16(ptrs)) {
-    with_v(std::integral_constant<int, kV>{});
-  } else {
-    with_v(std::integral_constant<int, 1>{});
-  }
-}
-
 // Calls f(Tag<T>, Tag<O>): x's type, and io's (T, or bf16 for f32 x; the
 // checks above allow nothing else).
 template <typename F>
@@ -253,7 +229,7 @@ void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& g
   DispatchIo(x, y, [&](auto tag, auto io_tag) {
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
-    LaunchRows<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
+    LaunchLaneGroups<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       ScaledRmsNormalizeKernel<T, O, G, V>
           <<<GroupBlocks(rows, G, kMaxBlocks), kThreads, 0, Stream(ctx)>>>(
@@ -278,7 +254,7 @@ void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const T
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
     using A = Acc<T>;
-    LaunchRows<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
+    LaunchLaneGroups<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       const unsigned blocks = GroupBlocks(rows, G, kMaxPartials);
       const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
