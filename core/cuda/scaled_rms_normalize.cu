@@ -5,9 +5,10 @@
 // two-op sequence ran as four kernels and two dtype copies each way.
 //
 // A group of G = 8, 16 or 32 lanes per row (the fewest that cover a row in
-// 16-byte packs), several rows per warp; each lane keeps its packs in
-// registers between the row's sum and its outputs, so x (and d_y) are read
-// once. Math in A = Acc<T> (f32 for f32 and bf16, f64 for f64). O, the
+// 16-byte packs), several rows per warp and several rows in flight per
+// group; each lane keeps its packs in registers between the row's sum and
+// its outputs, so x (and d_y) are read once, and its γ columns for the
+// whole kernel. Math in A = Acc<T> (f32 for f32 and bf16, f64 for f64). O, the
 // type of y, d_y and d_x, is T or bf16 for f32 T (loaded in packs of the
 // same element count as x's).
 //
@@ -24,8 +25,22 @@
 namespace scalemoe::cuda {
 namespace {
 
-// Row partitions of the backward's d_gamma sums (one block each, at most).
-constexpr int64_t kMaxPartials = 512;
+// Rows each group of G lanes has in flight: a lane loads its packs of R
+// rows before the first row's sum. With one row (one 16-byte load a lane
+// outstanding) the forward moved 44 % of the DRAM bandwidth. Fewer with
+// G = 32, whose lanes hold the packs of rows up to 256 long.
+template <int G>
+constexpr int kForwardRows = G == 32 ? 2 : 4;
+template <int G>
+constexpr int kBackwardRows = G == 32 ? 1 : 2;
+// Row partitions of the backward's d_gamma sums (one block each, at most):
+// 4 blocks on each of an H100's or H200's 132 SMs, one wave
+// (__launch_bounds__ holds the kernel to 64 registers so that 4 fit; 2 and
+// 128 registers with G = 32). A constant, so that the partition, and with
+// it d_gamma's bits, do not depend on the device.
+constexpr int64_t kMaxPartials = 528;
+template <int G>
+constexpr int kBackwardBlocksPerSm = G == 32 ? 2 : 4;
 // Doubles of the backward's per-block scratch: (kThreads / G) groups × D
 // columns; D <= 8·V for G = 8, 16·V for G = 16, 256 for G = 32: at most
 // kThreads · 8 for every G and V.
@@ -38,55 +53,85 @@ constexpr int kPacksPerLane = G == 32
                                   ? (static_cast<int>(ops::kScaledRmsNormalizeMaxDim) / V + 31) / 32
                                   : 1;
 
-// Where this thread's group sits: its lane in the group, the first row it
-// visits and the stride, uniform over the warp (so every lane of a warp
-// runs the same iterations, as the shuffles need).
-template <int G>
+// Where this thread's group sits: its lane in the group and the rows it
+// visits. A warp takes R · (32 / G) adjacent rows an iteration, slot i
+// being rows base + i·(32 / G) + (the group within the warp), so that each
+// slot's loads cover adjacent rows; base is uniform over the warp (every
+// lane of a warp runs the same iterations, as the shuffles need).
+template <int G, int R>
 struct RowWalk {
-  int lane;
+  static constexpr int kPerWarp = 32 / G;
+  int lane, sub;
   int64_t first, stride;
   __device__ RowWalk() {
-    constexpr int kPerWarp = 32 / G;
     const int64_t warp = static_cast<int64_t>(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32;
     lane = static_cast<int>(threadIdx.x % G);
-    first = warp * kPerWarp + (threadIdx.x % 32) / G;
-    stride = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32) * kPerWarp;
+    sub = static_cast<int>((threadIdx.x % 32) / G);
+    first = warp * kPerWarp * R;
+    stride = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32) * kPerWarp * R;
+  }
+  __device__ int64_t Row(int64_t base, int i) const { return base + i * kPerWarp + sub; }
+  // First column of this lane's pack p.
+  template <int V>
+  __device__ int64_t Col(int p) const {
+    return (static_cast<int64_t>(p) * G + lane) * V;
   }
 };
 
+// This lane's γ columns (0 past d), loaded once: they are the same in every
+// row it visits.
+template <int G, int V, int P, typename A, typename Walk>
+__device__ __forceinline__ void LoadGamma(const Walk& w, int64_t d, const A* gamma, A (&g)[P][V]) {
+#pragma unroll
+  for (int p = 0; p < P; ++p) {
+    const int64_t j = w.template Col<V>(p);
+#pragma unroll
+    for (int k = 0; k < V; ++k) g[p][k] = j + k < d ? gamma[j + k] : A(0);
+  }
+}
+
 template <typename T, typename O, int G, int V>
-__global__ void ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x,
-                                         const Acc<T>* gamma, O* y, Acc<T>* rstd) {
+__global__ void __launch_bounds__(kThreads)
+    ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x, const Acc<T>* gamma,
+                             O* y, Acc<T>* rstd) {
   using A = Acc<T>;
-  constexpr int P = kPacksPerLane<G, V>;
-  const RowWalk<G> w;
-  // Warp-uniform bound: the last warp's groups past `rows` run with ok false.
-  const int64_t warp_rows = w.first - (threadIdx.x % 32) / G;
-  for (int64_t base = warp_rows; base < rows; base += w.stride) {
-    const int64_t r = base + (threadIdx.x % 32) / G;
-    const bool ok = r < rows;
-    A v[P][V];
-    A sq = 0;
+  constexpr int P = kPacksPerLane<G, V>, kRows = kForwardRows<G>;
+  const RowWalk<G, kRows> w;
+  A g[P][V];
+  LoadGamma<G, V, P>(w, d, gamma, g);
+  for (int64_t base = w.first; base < rows; base += w.stride) {
+    A v[kRows][P][V];
+    A sq[kRows];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
-      if (ok && j < d) {
-        LoadPack<V>(x + r * d, j, V, v[p]);
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t r = w.Row(base, i);
+      sq[i] = 0;
 #pragma unroll
-        for (int k = 0; k < V; ++k) sq += v[p][k] * v[p][k];
+      for (int p = 0; p < P; ++p) {
+        const int64_t j = w.template Col<V>(p);
+        if (r < rows && j < d) {
+          LoadPack<V>(x + r * d, j, V, v[i][p]);
+#pragma unroll
+          for (int k = 0; k < V; ++k) sq[i] += v[i][p][k] * v[i][p][k];
+        }
       }
     }
-    sq = GroupSum<G>(sq);
-    if (!ok) continue;
-    const A s = A(1) / sqrt(sq / static_cast<A>(d) + static_cast<A>(eps));
-    if (w.lane == 0) rstd[r] = s;
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
-      if (j < d) {
+    for (int i = 0; i < kRows; ++i) sq[i] = GroupSum<G>(sq[i]);
 #pragma unroll
-        for (int k = 0; k < V; ++k) v[p][k] = (v[p][k] * s) * gamma[j + k];
-        StorePack<V>(y + r * d, j, V, v[p]);
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t r = w.Row(base, i);
+      if (r >= rows) continue;
+      const A s = A(1) / sqrt(sq[i] / static_cast<A>(d) + static_cast<A>(eps));
+      if (w.lane == 0) rstd[r] = s;
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int64_t j = w.template Col<V>(p);
+        if (j < d) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) v[i][p][k] = (v[i][p][k] * s) * g[p][k];
+          StorePack<V>(y + r * d, j, V, v[i][p]);
+        }
       }
     }
   }
@@ -95,47 +140,66 @@ __global__ void ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, co
 // d_x of each row it visits, and the block's d_gamma partial row
 // partials[blockIdx.x, :] (f64).
 template <typename T, typename O, int G, int V>
-__global__ void ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x,
-                                                 const Acc<T>* rstd, const Acc<T>* gamma,
-                                                 const O* dy, O* dx, double* partials) {
+__global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
+    ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x, const Acc<T>* rstd,
+                                     const Acc<T>* gamma, const O* dy, O* dx, double* partials) {
   using A = Acc<T>;
-  constexpr int P = kPacksPerLane<G, V>;
+  constexpr int P = kPacksPerLane<G, V>, kRows = kBackwardRows<G>;
   __shared__ double scratch[kScratch];
-  const RowWalk<G> w;
+  const RowWalk<G, kRows> w;
+  A g[P][V];
+  LoadGamma<G, V, P>(w, d, gamma, g);
   double dg[P][V] = {};
-  const int64_t warp_rows = w.first - (threadIdx.x % 32) / G;
-  for (int64_t base = warp_rows; base < rows; base += w.stride) {
-    const int64_t r = base + (threadIdx.x % 32) / G;
-    const bool ok = r < rows;
-    const A s = ok ? rstd[r] : A(0);
-    A n[P][V], dn[P][V];
-    A dot = 0;
+  for (int64_t base = w.first; base < rows; base += w.stride) {
+    A n[kRows][P][V], dn[kRows][P][V], s[kRows], dot[kRows];
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
-      if (ok && j < d) {
-        A g[V];
-        LoadPack<V>(x + r * d, j, V, n[p]);
-        LoadPack<V>(dy + r * d, j, V, g);
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t r = w.Row(base, i);
+      s[i] = r < rows ? rstd[r] : A(0);
 #pragma unroll
-        for (int k = 0; k < V; ++k) {
-          n[p][k] *= s;
-          dn[p][k] = g[k] * gamma[j + k];
-          dg[p][k] += static_cast<double>(g[k] * n[p][k]);
-          dot += dn[p][k] * n[p][k];
+      for (int p = 0; p < P; ++p) {
+        const int64_t j = w.template Col<V>(p);
+        if (r < rows && j < d) {
+          LoadPack<V>(x + r * d, j, V, n[i][p]);
+          LoadPack<V>(dy + r * d, j, V, dn[i][p]);
         }
       }
     }
-    dot = GroupSum<G>(dot);
-    if (!ok) continue;
-    const A mean = dot / static_cast<A>(d);
+    // Rows in order, as one row in flight summed them (dg's order per lane).
 #pragma unroll
-    for (int p = 0; p < P; ++p) {
-      const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
-      if (j < d) {
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t r = w.Row(base, i);
+      dot[i] = 0;
 #pragma unroll
-        for (int k = 0; k < V; ++k) dn[p][k] = s * (dn[p][k] - n[p][k] * mean);
-        StorePack<V>(dx + r * d, j, V, dn[p]);
+      for (int p = 0; p < P; ++p) {
+        const int64_t j = w.template Col<V>(p);
+        if (r < rows && j < d) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) {
+            n[i][p][k] *= s[i];
+            const A gy = dn[i][p][k];
+            dn[i][p][k] = gy * g[p][k];
+            dg[p][k] += static_cast<double>(gy * n[i][p][k]);
+            dot[i] += dn[i][p][k] * n[i][p][k];
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) dot[i] = GroupSum<G>(dot[i]);
+#pragma unroll
+    for (int i = 0; i < kRows; ++i) {
+      const int64_t r = w.Row(base, i);
+      if (r >= rows) continue;
+      const A mean = dot[i] / static_cast<A>(d);
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+        const int64_t j = w.template Col<V>(p);
+        if (j < d) {
+#pragma unroll
+          for (int k = 0; k < V; ++k) dn[i][p][k] = s[i] * (dn[i][p][k] - n[i][p][k] * mean);
+          StorePack<V>(dx + r * d, j, V, dn[i][p]);
+        }
       }
     }
   }
@@ -144,7 +208,7 @@ __global__ void ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const 
   const int groups = static_cast<int>(blockDim.x / G);
 #pragma unroll
   for (int p = 0; p < P; ++p) {
-    const int64_t j = (static_cast<int64_t>(p) * G + w.lane) * V;
+    const int64_t j = w.template Col<V>(p);
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       if (j + k < d) scratch[group * d + j + k] = dg[p][k];
@@ -211,11 +275,25 @@ void DispatchIo(const Tensor& x, const Tensor& io, F&& f) {
   DispatchFloat(x, [&](auto tag) { f(tag, tag); });
 }
 
-// Blocks that give every group of G lanes a few rows (or every row a group).
-unsigned GroupBlocks(int64_t rows, int g, int64_t max_blocks) {
-  const int64_t groups_per_block = kThreads / g;
-  const int64_t want = (rows + 4 * groups_per_block - 1) / (4 * groups_per_block);
+// Blocks that give every group of G lanes at least one iteration of R rows,
+// at most max_blocks.
+unsigned GroupBlocks(int64_t rows, int g, int r, int64_t max_blocks) {
+  const int64_t rows_per_block = kThreads / g * r;
+  const int64_t want = (rows + rows_per_block - 1) / rows_per_block;
   return static_cast<unsigned>(std::clamp<int64_t>(want, 1, max_blocks));
+}
+
+// As many blocks of `kernel` as the device holds at once (the forward's rows
+// are independent: any grid gives the same bits, and one wave leaves no
+// partly filled second one).
+template <typename Kernel>
+int64_t ResidentBlocks(const ExecContext& ctx, const char* op, Kernel kernel) {
+  int sms = 0, per_sm = 0;
+  SM_CHECK_CUDA_CALL(
+      ctx, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device_ordinal()), op);
+  SM_CHECK_CUDA_CALL(
+      ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0), op);
+  return std::max<int64_t>(int64_t{sms} * per_sm, 1);
 }
 
 }  // namespace
@@ -231,10 +309,11 @@ void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& g
     using O = typename decltype(io_tag)::type;
     LaunchLaneGroups<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
-      ScaledRmsNormalizeKernel<T, O, G, V>
-          <<<GroupBlocks(rows, G, kMaxBlocks), kThreads, 0, Stream(ctx)>>>(
-              rows, d, eps, Ptr<const T>(x), Ptr<const Acc<T>>(gamma), Ptr<O>(y),
-              Ptr<Acc<T>>(rstd));
+      const auto kernel = ScaledRmsNormalizeKernel<T, O, G, V>;
+      const unsigned blocks =
+          GroupBlocks(rows, G, kForwardRows<G>, ResidentBlocks(ctx, op, kernel));
+      kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(
+          rows, d, eps, Ptr<const T>(x), Ptr<const Acc<T>>(gamma), Ptr<O>(y), Ptr<Acc<T>>(rstd));
     });
   });
   SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeKernel");
@@ -256,7 +335,7 @@ void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const T
     using A = Acc<T>;
     LaunchLaneGroups<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
-      const unsigned blocks = GroupBlocks(rows, G, kMaxPartials);
+      const unsigned blocks = GroupBlocks(rows, G, kBackwardRows<G>, kMaxPartials);
       const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
       ScaledRmsNormalizeBackwardKernel<T, O, G, V><<<blocks, kThreads, 0, Stream(ctx)>>>(
           rows, d, Ptr<const T>(x), Ptr<const A>(rstd), Ptr<const A>(gamma), Ptr<const O>(d_y),
