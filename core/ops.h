@@ -205,6 +205,21 @@ void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const T
                                 const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
                                 const Tensor& d_gamma);
 
+// ScaledRmsNormalize then Rope in one pass (the per-head q/k norms of DNP and
+// QK-norm, whose outputs RoPE rotates next): x [B, T, H, D] (D even), y the
+// same bits as ScaledRmsNormalize(x, γ, eps, y) followed by Rope(y, theta,
+// y), the norm's output rounded to y's dtype before it is rotated. The
+// rotation comes from rope_table = RopeTable(theta) with at least T
+// positions.
+void ScaledRmsNormalizeRope(const ExecContext& ctx, const Tensor& x, const Tensor& gamma,
+                            double eps, const Tensor& rope_table, const Tensor& y,
+                            const Tensor& rstd);
+// Its backward: the bits of RopeBackward(d_y, theta) into a copy of d_y's
+// dtype, then ScaledRmsNormalizeBackward on it. d_y is not written.
+void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                    const Tensor& gamma, const Tensor& rope_table,
+                                    const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma);
+
 // The residual add and the norm after it in one pass over the rows (Block:
 // the attention sublayer's residual, then the FFN's pre-norm): x += residual
 // in place, then RmsNormalize(x, eps, n, rstd) of the sum. The same bits as
@@ -232,6 +247,13 @@ void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tens
 void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
+
+// Rope's rotation as a table, table [2, T, D/2] (f32, or f64 for f64
+// tensors: the compute type): table[0, t, i] = cos(t · theta^(−2i/D)),
+// table[1, t, i] = its sin, the angle in f64 and each value rounded once,
+// the numbers Rope rotates by. Computed once per sequence length and reused
+// by ScaledRmsNormalizeRope.
+void RopeTable(const ExecContext& ctx, double theta, const Tensor& table);
 
 // How CausalAttention and its backward compute.
 struct AttentionOptions {

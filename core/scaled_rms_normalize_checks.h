@@ -40,4 +40,17 @@ inline int64_t CheckScaledRmsNormalizeArgs(
   return rows;
 }
 
+// ScaledRmsNormalizeRope's extra terms: x [B, T, H, D] (D even) and a rope
+// table [2, T', D/2] with T' >= T in StatDType(x).
+inline void CheckRopeTableArgs(const char* op, const Tensor& x, const Tensor& table) {
+  SM_CHECK_MSG(x.ndim() == 4 && x.dim(3) % 2 == 0, op, " x must be [B, T, H, D] with D even, got ",
+               x.DebugString());
+  const DType stat = StatDType(x.dtype());
+  SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.dim(1) >= x.dim(1) &&
+                   table.dim(2) == x.dim(3) / 2 && table.dtype() == stat,
+               op, " rope_table ", table.DebugString(), " for x ", x.DebugString(),
+               " (want [2, >= ", x.dim(1), ", ", x.dim(3) / 2, "] ", DTypeName(stat),
+               ", from RopeTable)");
+}
+
 }  // namespace scalemoe::ops

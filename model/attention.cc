@@ -30,6 +30,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   kv_heads_ = kv_heads / tp.size();
   head_dim_ = c / heads;
   rope_theta_ = m.rope_theta();
+  max_seq_ = m.seq_length();
   attention_options_.bf16_operands = Bf16Operands(cfg);
   const std::string p = absl::StrCat("layers.", layer, ".attn");
   // The γ's and head-norm scales see only this rank's heads.
@@ -128,7 +129,11 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
     Tensor y = lin;
     if (norm) {  // rounded to the attention's operand dtype on the norm's store
       y = ctx.Empty(lin.shape(), inner);
-      norm->Forward(ctx, lin, y);
+      // The norm applies RoPE too: in its own pass where it can.
+      ScaledRmsNorm::Rope args;
+      if (rope) args = {rope_theta_, RopeTable(ctx, dt, seq), batch, seq};
+      norm->Forward(ctx, lin, y, rope ? &args : nullptr);
+      rope = false;
     }
     y = y.View({batch, seq, heads, head_dim_});
     if (rope) ops::Rope(ctx, y, rope_theta_, y);
@@ -146,6 +151,16 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   return tp_.ReduceToRows(ctx, partial, out);
 }
 
+const Tensor& Attention::RopeTable(const ExecContext& ctx, DType dtype, int64_t seq) {
+  // Kept across steps (a CUDA graph captured after the first micro-batch
+  // reads it), so made once for the longest sequence the model takes.
+  if (!rope_table_.defined() || rope_table_.dtype() != dtype || rope_table_.dim(1) < seq) {
+    rope_table_ = ctx.Empty({2, std::max(seq, max_seq_), head_dim_ / 2}, dtype);
+    ops::RopeTable(ctx, rope_theta_, rope_table_);
+  }
+  return rope_table_;
+}
+
 Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                            const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
@@ -160,9 +175,8 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   Tensor d_v = ctx.Empty(v_.shape(), inner);
   ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
                                attention_options_);
-  auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope,
-                  GradMode mode) {
-    if (rope) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);
+  auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope, GradMode mode) {
+    if (rope && !norm) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);  // else the norm's
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
     if (norm) {  // computed in the activations' dtype, as its forward; d_lin
       // in the projection's GEMM dtype (ScaledLinear::output_dtype) unless a

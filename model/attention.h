@@ -63,11 +63,16 @@ class Attention {
   // (ScaledLinear::output_dtype), else the activations'. The per-head norms
   // (DNP, QK-norm) run in the master's dtype between the two.
   DType ActivationDType(DType activations) const;
+  // ops::RopeTable for at least seq positions in dtype (the per-head norms',
+  // which rotate their outputs), made on first use.
+  const Tensor& RopeTable(const ExecContext& ctx, DType dtype, int64_t seq);
 
   const TpRegion& tp_;
   DType dtype_ = DType::kF32;            // the master weights' (PrepareStep)
   int64_t heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's
   double rope_theta_;
+  int64_t max_seq_;                          // model.seq_length: the rope table's positions
+  Tensor rope_table_;                        // RopeTable's
   ops::AttentionOptions attention_options_;  // bf16 operands under train.precision BF16
   std::unique_ptr<BranchScales> scales_;  // branches q, k, v
   std::unique_ptr<ScaledLinear> q_proj_, k_proj_, v_proj_, o_proj_;

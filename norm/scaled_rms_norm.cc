@@ -35,29 +35,54 @@ bool ScaledRmsNorm::IoFits(DType io) const {
   return io == dtype_ || (io == DType::kBF16 && dtype_ == DType::kF32);
 }
 
-void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+Tensor ScaledRmsNorm::HeadsView(const Tensor& t) const {
+  const int64_t rows = t.numel() / dim_;
+  return t.View({rope_.batch, rope_.seq, rows / (rope_.batch * rope_.seq), dim_});
+}
+
+bool ScaledRmsNorm::TableFits() const {
+  return rope_.table.defined() && rope_.table.dtype() == dtype_ &&
+         rope_.table.dim(1) >= rope_.seq && rope_.table.dim(2) == dim_ / 2;
+}
+
+void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y,
+                            const Rope* rope) {
   SM_CHECK_MSG(x.numel() % dim_ == 0 && y.numel() == x.numel(), name_, ": x ", x.DebugString(),
                " y ", y.DebugString(), " for dim ", dim_);
   const int64_t rows = x.numel() / dim_;
+  rope_ = rope ? *rope : Rope{};
+  if (rope) {
+    SM_CHECK_MSG(
+        rope->batch > 0 && rope->seq > 0 && rows % (rope->batch * rope->seq) == 0 && dim_ % 2 == 0,
+        name_, ": RoPE over ", rope->batch, " x ", rope->seq, " tokens for ", x.DebugString(),
+        " of head dim ", dim_);
+  }
   rstd_ = ctx.Empty({rows}, dtype_);
   if (Fused(x, y.dtype())) {  // one pass; the backward recomputes n from x
     x_ = x.View({rows, dim_});
     n_ = Tensor();
+    if (rope && TableFits()) {
+      ops::ScaledRmsNormalizeRope(ctx, HeadsView(x), gamma_, eps_, rope_.table, HeadsView(y),
+                                  rstd_);
+      return;
+    }
     ops::ScaledRmsNormalize(ctx, x_, gamma_, eps_, y.View({rows, dim_}), rstd_);
-    return;
+  } else {
+    x_ = Tensor();
+    // In the master's dtype (bf16 activations are converted in and out).
+    const Tensor x2 = InDType(ctx, x.View({rows, dim_}), dtype_);
+    n_ = ctx.Empty({rows, dim_}, dtype_);
+    ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
+    if (!scale_) {
+      ops::Copy(ctx, n_, y);
+    } else {
+      const Tensor out =
+          y.dtype() == dtype_ ? y.View({rows, dim_}) : ctx.Empty({rows, dim_}, dtype_);
+      ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), out);
+      if (!out.SharesDataWith(y)) ops::Copy(ctx, out, y);
+    }
   }
-  x_ = Tensor();
-  // In the master's dtype (bf16 activations are converted in and out).
-  const Tensor x2 = InDType(ctx, x.View({rows, dim_}), dtype_);
-  n_ = ctx.Empty({rows, dim_}, dtype_);
-  ops::RmsNormalize(ctx, x2, eps_, n_, rstd_);
-  if (!scale_) {
-    ops::Copy(ctx, n_, y);
-    return;
-  }
-  const Tensor out = y.dtype() == dtype_ ? y.View({rows, dim_}) : ctx.Empty({rows, dim_}, dtype_);
-  ops::ScaleRowsCols(ctx, n_, Tensor(), gamma_.View({dim_}), out);
-  if (!out.SharesDataWith(y)) ops::Copy(ctx, out, y);
+  if (rope) ops::Rope(ctx, HeadsView(y), rope_.theta, HeadsView(y));
 }
 
 void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
@@ -65,15 +90,23 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
   SM_CHECK_MSG(d_y.numel() == rows * dim_ && d_x.numel() == rows * dim_, name_,
                ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString(), " for ", rows,
                " rows of ", dim_);
+  const bool rope = rope_.batch > 0;
   if (x_.defined()) {
     // The fused op takes d_y and d_x in one dtype: d_x's where it may.
     const DType io = IoFits(d_x.dtype()) ? d_x.dtype() : dtype_;
-    const Tensor d_y2 = InDType(ctx, d_y.View({rows, dim_}), io);
     const Tensor d_x2 = d_x.dtype() == io ? d_x.View({rows, dim_}) : ctx.Empty({rows, dim_}, io);
-    ops::ScaledRmsNormalizeBackward(ctx, x_, rstd_, gamma_, d_y2, d_x2, d_gamma_);
+    if (rope && TableFits() && d_y.dtype() == io) {
+      ops::ScaledRmsNormalizeRopeBackward(ctx, HeadsView(x_), rstd_, gamma_, rope_.table,
+                                          HeadsView(d_y), d_x2, d_gamma_);
+    } else {
+      if (rope) ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y));
+      const Tensor d_y2 = InDType(ctx, d_y.View({rows, dim_}), io);
+      ops::ScaledRmsNormalizeBackward(ctx, x_, rstd_, gamma_, d_y2, d_x2, d_gamma_);
+    }
     if (!d_x2.SharesDataWith(d_x)) ops::Copy(ctx, d_x2, d_x);
     return;
   }
+  if (rope) ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y));
   Tensor d_n = InDType(ctx, d_y.View({rows, dim_}), dtype_);
   if (scale_) {
     Tensor d_y2 = d_n;
@@ -94,6 +127,9 @@ void ScaledRmsNorm::VisitForwardCache(ForwardCacheStash& stash) {
   stash.Visit(x_);
   stash.Visit(n_);
   stash.Visit(rstd_);
+  stash.Visit(rope_.table);
+  stash.Visit(rope_.batch);
+  stash.Visit(rope_.seq);
 }
 
 }  // namespace scalemoe

@@ -35,9 +35,24 @@ class ScaledRmsNorm {
   ScaledRmsNorm(ParamRegistry& registry, const ScaleOptions& options, std::string name,
                 int64_t dim, double eps, ParamLayout layout = {});
 
+  // RoPE on the output (the per-head q and k norms): x holds `batch`
+  // sequences of `seq` tokens, each its heads' vectors of dim. table is
+  // ops::RopeTable(theta) (undefined, or shorter than seq: none), with
+  // which the rotation runs in the norm's own pass
+  // (ops::ScaledRmsNormalizeRope); else it runs as ops::Rope after it.
+  struct Rope {
+    double theta = 0;
+    Tensor table;
+    int64_t batch = 0, seq = 0;
+  };
+
   Status PrepareStep(const ExecContext& ctx, DType dtype);
-  // x, y: contiguous, numel a multiple of dim; y must not alias x.
-  void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  // x, y: contiguous, numel a multiple of dim; y must not alias x. With
+  // rope, y = Rope(norm(x)) (norm(x) rounded to y's dtype first).
+  void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y,
+               const Rope* rope = nullptr);
+  // After a Forward with rope, d_y is the rotated output's gradient (and may
+  // be overwritten with its inverse rotation).
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   Status FinishBackward(const ExecContext& ctx);
   // Moves this module's per-Forward members (and its children's) into or
@@ -53,6 +68,10 @@ class ScaledRmsNorm {
   // that dtype or bf16 for an f32 master.
   bool Fused(const Tensor& x, DType io) const;
   bool IoFits(DType io) const;
+  // rope_'s [B, T, H, dim] view of t (rows of dim).
+  Tensor HeadsView(const Tensor& t) const;
+  // Whether rope_'s table serves the fused op on x4.
+  bool TableFits() const;
 
   std::string name_;
   int64_t dim_;
@@ -64,6 +83,7 @@ class ScaledRmsNorm {
   Tensor x_;        // [R, dim] input of the last Forward when it ran fused
   Tensor n_;        // [R, dim] normalized input of the last Forward otherwise
   Tensor rstd_;     // [R]
+  Rope rope_;       // of the last Forward (batch 0: none)
 };
 
 }  // namespace scalemoe

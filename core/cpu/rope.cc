@@ -1,58 +1,94 @@
 // Rotary position embedding (rotate-half) and its backward (CPU, f32/f64;
 // bf16 computed in f32 and rounded on store, as the GPU does).
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/cpu/rope_rows.h"
 
 namespace scalemoe::cpu {
 namespace {
 
-// Rotates every head vector by +angle (sign 1) or −angle (sign −1); the
-// angle in f64, its cos/sin rounded to the compute type A.
-template <typename T>
-void Rotate(const T* x, T* out, int64_t b, int64_t t, int64_t h, int64_t d, double theta,
-            double sign) {
-  using A = Acc<T>;
+// cos and sin of pos · theta^(−2i/D) for pos < t, i < D/2: the angle in
+// f64, each value rounded once to A. cos_t, sin_t: [t, D/2].
+template <typename A>
+void FillTable(double theta, int64_t t, int64_t d, A* cos_t, A* sin_t) {
   const int64_t half = d / 2;
   std::vector<double> inv_freq(half);
   for (int64_t i = 0; i < half; ++i) {
     inv_freq[i] = std::pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
   }
-  std::vector<A> cos_t(half), sin_t(half);
   for (int64_t pos = 0; pos < t; ++pos) {
     for (int64_t i = 0; i < half; ++i) {
       const double angle = static_cast<double>(pos) * inv_freq[i];
-      cos_t[i] = static_cast<A>(std::cos(angle));
-      sin_t[i] = static_cast<A>(sign * std::sin(angle));
+      cos_t[pos * half + i] = static_cast<A>(std::cos(angle));
+      sin_t[pos * half + i] = static_cast<A>(std::sin(angle));
     }
+  }
+}
+
+// Rotates every head vector by +angle (sign 1) or −angle (sign −1), the
+// table's rows of D/2 per position (−sin rounded is −(sin rounded)).
+template <typename T>
+void Rotate(const T* x, T* out, int64_t b, int64_t t, int64_t h, int64_t d, const Acc<T>* cos_t,
+            const Acc<T>* sin_t, double sign) {
+  using A = Acc<T>;
+  const int64_t half = d / 2;
+  for (int64_t pos = 0; pos < t; ++pos) {
+    const A* c = cos_t + pos * half;
+    const A* sn = sin_t + pos * half;
     for (int64_t bi = 0; bi < b; ++bi) {
       for (int64_t hi = 0; hi < h; ++hi) {
         const int64_t base = ((bi * t + pos) * h + hi) * d;
         for (int64_t i = 0; i < half; ++i) {
+          const A s = sign > 0 ? sn[i] : -sn[i];
           const A x1 = static_cast<A>(x[base + i]), x2 = static_cast<A>(x[base + i + half]);
-          out[base + i] = T(x1 * cos_t[i] - x2 * sin_t[i]);
-          out[base + i + half] = T(x2 * cos_t[i] + x1 * sin_t[i]);
+          out[base + i] = T(x1 * c[i] - x2 * s);
+          out[base + i + half] = T(x2 * c[i] + x1 * s);
         }
       }
     }
   }
 }
 
+void CheckRopeArgs(const char* op, const Tensor& x, const Tensor& out) {
+  SM_CHECK_MSG(x.ndim() == 4 && x.is_contiguous() && x.device() == Device::kCPU, op,
+               " x must be [B, T, H, D], got ", x.DebugString());
+  SM_CHECK_MSG(x.dim(3) % 2 == 0, op, " head dim must be even, got ", x.DebugString());
+  SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous(), op,
+               " out ", out.DebugString());
+}
+
 void Run(const Tensor& x, double theta, const Tensor& out, double sign) {
-  SM_CHECK_MSG(x.ndim() == 4 && x.is_contiguous() && x.device() == Device::kCPU,
-               "Rope x must be [B, T, H, D], got ", x.DebugString());
-  SM_CHECK_MSG(x.dim(3) % 2 == 0, "Rope head dim must be even, got ", x.DebugString());
-  SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous(),
-               "Rope out ", out.DebugString());
+  CheckRopeArgs("Rope", x, out);
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
-    Rotate(x.data<T>(), out.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), theta, sign);
+    using A = Acc<T>;
+    const int64_t t = x.dim(1), d = x.dim(3);
+    std::vector<A> cos_t(t * (d / 2)), sin_t(t * (d / 2));
+    FillTable(theta, t, d, cos_t.data(), sin_t.data());
+    Rotate(x.data<T>(), out.data<T>(), x.dim(0), t, x.dim(2), d, cos_t.data(), sin_t.data(), sign);
   });
 }
 
 }  // namespace
+
+void RotateWithTable(const Tensor& x, const Tensor& table, double sign, const Tensor& out) {
+  CheckRopeArgs("Rope", x, out);
+  SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.dim(1) >= x.dim(1) &&
+                   table.dim(2) == x.dim(3) / 2 && table.dtype() == StatDType(x.dtype()) &&
+                   table.is_contiguous() && table.device() == Device::kCPU,
+               "Rope table ", table.DebugString(), " for x ", x.DebugString());
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    using A = Acc<T>;
+    const A* cos_t = table.data<A>();
+    Rotate(x.data<T>(), out.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), cos_t,
+           cos_t + table.dim(1) * table.dim(2), sign);
+  });
+}
 
 void Rope(const ExecContext&, const Tensor& x, double theta, const Tensor& out) {
   Run(x, theta, out, 1.0);
@@ -60,6 +96,21 @@ void Rope(const ExecContext&, const Tensor& x, double theta, const Tensor& out) 
 
 void RopeBackward(const ExecContext&, const Tensor& d_out, double theta, const Tensor& d_x) {
   Run(d_out, theta, d_x, -1.0);
+}
+
+void RopeTable(const ExecContext&, double theta, const Tensor& table) {
+  SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.is_contiguous() &&
+                   table.device() == Device::kCPU &&
+                   (table.dtype() == DType::kF32 || table.dtype() == DType::kF64),
+               "RopeTable table must be a contiguous f32 or f64 CPU [2, T, D/2], got ",
+               table.DebugString());
+  const int64_t t = table.dim(1), d = 2 * table.dim(2);
+  DispatchFloat(table, [&](auto zero) {
+    using A = decltype(zero);
+    if constexpr (!std::is_same_v<A, bf16>) {
+      FillTable(theta, t, d, table.data<A>(), table.data<A>() + t * (d / 2));
+    }
+  });
 }
 
 }  // namespace scalemoe::cpu

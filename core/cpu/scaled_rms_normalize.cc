@@ -11,6 +11,7 @@
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
 #include "core/cpu/rms_rows.h"
+#include "core/cpu/rope_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cpu {
@@ -99,6 +100,23 @@ void ScaledRmsNormalizeBackward(const ExecContext&, const Tensor& x, const Tenso
     Backward(x.data<T>(), rstd.data<Acc<T>>(), gamma.data<Acc<T>>(), d_y.data<T>(), d_x.data<T>(),
              d_gamma.data<Acc<T>>(), rows, d);
   });
+}
+
+void ScaledRmsNormalizeRope(const ExecContext& ctx, const Tensor& x, const Tensor& gamma,
+                            double eps, const Tensor& rope_table, const Tensor& y,
+                            const Tensor& rstd) {
+  ops::CheckRopeTableArgs("ScaledRmsNormalizeRope", x, rope_table);
+  ScaledRmsNormalize(ctx, x, gamma, eps, y, rstd);
+  RotateWithTable(y, rope_table, 1.0, y);
+}
+
+void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                    const Tensor& gamma, const Tensor& rope_table,
+                                    const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma) {
+  ops::CheckRopeTableArgs("ScaledRmsNormalizeRopeBackward", x, rope_table);
+  const Tensor d_n = Tensor::Empty(d_y.shape(), d_y.dtype());
+  RotateWithTable(d_y, rope_table, -1.0, d_n);
+  ScaledRmsNormalizeBackward(ctx, x, rstd, gamma, d_n, d_x, d_gamma);
 }
 
 }  // namespace scalemoe::cpu

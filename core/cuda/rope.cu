@@ -12,6 +12,7 @@
 // is read and written by one thread only, so out may alias x.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/rope_pair.cuh"
 
 namespace scalemoe::cuda {
 namespace {
@@ -71,10 +72,11 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
     Pack<T, V> o1, o2;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
-      const A c = cos_tab[it.col + k], s = sin_tab[it.col + k];
-      const A x1 = ToAcc(it.x1.v[k]), x2 = ToAcc(it.x2.v[k]);
-      o1.v[k] = FromAcc<T>(x1 * c - x2 * s);
-      o2.v[k] = FromAcc<T>(x2 * c + x1 * s);
+      A r1, r2;
+      RotatePair(ToAcc(it.x1.v[k]), ToAcc(it.x2.v[k]), cos_tab[it.col + k], sin_tab[it.col + k], r1,
+                 r2);
+      o1.v[k] = FromAcc<T>(r1);
+      o2.v[k] = FromAcc<T>(r2);
     }
     *reinterpret_cast<Pack<T, V>*>(out + it.base) = o1;
     *reinterpret_cast<Pack<T, V>*>(out + it.base + half) = o2;
@@ -87,12 +89,10 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
   for (int r = 0; r < kItemsInFlight; ++r) load(threadIdx.x + r * step, batch[r]);
 
   for (int j = threadIdx.x; j < cols; j += blockDim.x) {
-    const int64_t i = first_col + j;
-    const double inv_freq = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(d));
-    double sin_d, cos_d;
-    sincos(static_cast<double>(t) * inv_freq, &sin_d, &cos_d);
-    cos_tab[j] = static_cast<A>(cos_d);
-    sin_tab[j] = static_cast<A>(sign * sin_d);
+    A c, s;
+    RopeAngle(theta, t, first_col + j, d, c, s);
+    cos_tab[j] = c;
+    sin_tab[j] = sign > 0 ? s : -s;  // −(s rounded) is (−s) rounded
   }
   __syncthreads();
 
@@ -101,6 +101,16 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
     for (int r = 0; r < kItemsInFlight; ++r) rotate_store(batch[r]);
 #pragma unroll
     for (int r = 0; r < kItemsInFlight; ++r) load(q + (kItemsInFlight + r) * step, batch[r]);
+  }
+}
+
+// table [2, t_dim, half]: cos, then sin, of every position and pair column.
+template <typename A>
+__global__ void RopeTableKernel(int64_t t_dim, int64_t half, double theta, A* table) {
+  const int64_t n = t_dim * half;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < n;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    RopeAngle(theta, e / half, e % half, 2 * half, table[e], table[n + e]);
   }
 }
 
@@ -151,6 +161,25 @@ void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& o
 
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x) {
   Run(ctx, "RopeBackward", d_out, theta, -1.0, d_x);
+}
+
+void RopeTable(const ExecContext& ctx, double theta, const Tensor& table) {
+  constexpr const char* kOp = "RopeTable";
+  CheckOnDevice(ctx, table, kOp, "table");
+  SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.is_contiguous() &&
+                   (table.dtype() == DType::kF32 || table.dtype() == DType::kF64),
+               kOp, " table must be a contiguous f32 or f64 [2, T, D/2], got ",
+               table.DebugString());
+  const int64_t t = table.dim(1), half = table.dim(2);
+  if (t * half == 0) return;
+  if (table.dtype() == DType::kF32) {
+    RopeTableKernel<float>
+        <<<Blocks(t * half), kThreads, 0, Stream(ctx)>>>(t, half, theta, Ptr<float>(table));
+  } else {
+    RopeTableKernel<double>
+        <<<Blocks(t * half), kThreads, 0, Stream(ctx)>>>(t, half, theta, Ptr<double>(table));
+  }
+  SM_CHECK_LAUNCH(ctx, kOp, "RopeTableKernel");
 }
 
 }  // namespace scalemoe::cuda

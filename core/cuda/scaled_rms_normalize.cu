@@ -19,6 +19,7 @@
 // every run.
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/rope_pair.cuh"
 #include "core/cuda/row_reduce.cuh"
 #include "core/scaled_rms_normalize_checks.h"
 
@@ -28,11 +29,12 @@ namespace {
 // Rows each group of G lanes has in flight: a lane loads its packs of R
 // rows before the first row's sum. With one row (one 16-byte load a lane
 // outstanding) the forward moved 44 % of the DRAM bandwidth. Fewer with
-// G = 32, whose lanes hold the packs of rows up to 256 long.
+// G = 32, whose lanes hold the packs of rows up to 256 long, and in the
+// backward with packs of 8 (bf16 x), to stay within its 64 registers.
 template <int G>
 constexpr int kForwardRows = G == 32 ? 2 : 4;
-template <int G>
-constexpr int kBackwardRows = G == 32 ? 1 : 2;
+template <int G, int V>
+constexpr int kBackwardRows = G == 32 || V > 4 ? 1 : 2;
 // Row partitions of the backward's d_gamma sums (one block each, at most):
 // 4 blocks on each of an H100's or H200's 132 SMs, one wave
 // (__launch_bounds__ holds the kernel to 64 registers so that 4 fit; 2 and
@@ -90,17 +92,88 @@ __device__ __forceinline__ void LoadGamma(const Walk& w, int64_t d, const A* gam
   }
 }
 
-template <typename T, typename O, int G, int V>
+// What a kernel that rotates its rows (ScaledRmsNormalizeRope) needs: the
+// rope table [2, table_t, d/2] and the [B, T, H, D] shape that gives row r
+// its position (r / H) % T.
+template <typename A>
+struct RopeRows {
+  const A* table = nullptr;
+  int64_t t_dim = 1, h_dim = 1, table_t = 0;
+};
+
+template <typename A>
+RopeRows<A> MakeRopeRows(const Tensor& x, const Tensor& table) {
+  return {Ptr<const A>(table), x.dim(1), x.dim(2), table.dim(1)};
+}
+
+// Whether a group of G lanes in packs of V rotates its rows in registers:
+// one pack a lane (d / V <= G) and D/2 a multiple of V, so that a lane's
+// pack pairs with the pack of the lane D/(2V) away in its group.
+template <int G, int V>
+bool RotatesInRegisters(int64_t d) {
+  return V > 1 && (d / 2) % V == 0 && d / V <= G;
+}
+
+// Rotates this lane's pack v of row r (RotatesInRegisters) by +angle (sign
+// 1) or −angle (sign −1), the bits of Rope / RopeBackward on the same
+// values. Every lane of the warp calls it (the shuffle); a lane past the
+// row (j >= d) or a row past the end (ok false) gets values it will not
+// store.
+template <int G, int V, typename A>
+__device__ __forceinline__ void RotatePack(const RopeRows<A>& rope, int lane, int64_t d, int64_t r,
+                                           bool ok, bool forward, A (&v)[V]) {
+  const int half_packs = static_cast<int>(d / (2 * V));
+  const bool first = lane < half_packs;
+  A other[V];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    other[k] = __shfl_sync(0xffffffffu, v[k], first ? lane + half_packs : lane - half_packs, G);
+  }
+  if (lane >= 2 * half_packs) return;
+  const int64_t half = d / 2;
+  const int64_t pos = ok ? (r / rope.h_dim) % rope.t_dim : 0;
+  const int64_t col = static_cast<int64_t>(first ? lane : lane - half_packs) * V;
+  A c[V], s[V];
+  LoadPack<V>(rope.table, pos * half + col, V, c);
+  LoadPack<V>(rope.table, (rope.table_t + pos) * half + col, V, s);
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+    v[k] = RotateHalf(first, v[k], other[k], c[k], forward ? s[k] : -s[k]);
+}
+
+// x [rows, 2·half] rotated into out (may alias x) by the table, one thread a
+// pair: for the rows whose lanes cannot rotate in registers. The bits of
+// Rope (forward) or RopeBackward.
+template <typename O>
+__global__ void RotateRowsKernel(int64_t pairs, int64_t half, RopeRows<Acc<O>> rope, bool forward,
+                                 const O* x, O* out) {
+  using A = Acc<O>;
+  for (int64_t e = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; e < pairs;
+       e += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = e / half, i = e - row * half;
+    const int64_t pos = (row / rope.h_dim) % rope.t_dim;
+    const A c = rope.table[pos * half + i], s = rope.table[(rope.table_t + pos) * half + i];
+    const int64_t at = row * 2 * half + i;
+    A o1, o2;
+    RotatePair(ToAcc(x[at]), ToAcc(x[at + half]), c, forward ? s : -s, o1, o2);
+    out[at] = FromAcc<O>(o1);
+    out[at + half] = FromAcc<O>(o2);
+  }
+}
+
+// kRope: y rotated by rope (RotatesInRegisters), after one rounding to O
+// (the bits of the norm, then Rope on its stored output).
+template <typename T, typename O, int G, int V, bool kRope>
 __global__ void __launch_bounds__(kThreads)
     ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x, const Acc<T>* gamma,
-                             O* y, Acc<T>* rstd) {
+                             O* y, Acc<T>* rstd, RopeRows<Acc<T>> rope) {
   using A = Acc<T>;
   constexpr int P = kPacksPerLane<G, V>, kRows = kForwardRows<G>;
   const RowWalk<G, kRows> w;
   A g[P][V];
   LoadGamma<G, V, P>(w, d, gamma, g);
   for (int64_t base = w.first; base < rows; base += w.stride) {
-    A v[kRows][P][V];
+    A v[kRows][P][V] = {};
     A sq[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
@@ -121,17 +194,24 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = w.Row(base, i);
-      if (r >= rows) continue;
+      const bool ok = r < rows;
       const A s = A(1) / sqrt(sq[i] / static_cast<A>(d) + static_cast<A>(eps));
-      if (w.lane == 0) rstd[r] = s;
+      if (ok && w.lane == 0) rstd[r] = s;
+#pragma unroll
+      for (int p = 0; p < P; ++p) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[i][p][k] = (v[i][p][k] * s) * g[p][k];
+      }
+      if constexpr (kRope) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) v[i][0][k] = ToAcc(FromAcc<O>(v[i][0][k]));
+        RotatePack<G, V>(rope, w.lane, d, r, ok, true, v[i][0]);
+      }
+      if (!ok) continue;
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int64_t j = w.template Col<V>(p);
-        if (j < d) {
-#pragma unroll
-          for (int k = 0; k < V; ++k) v[i][p][k] = (v[i][p][k] * s) * g[p][k];
-          StorePack<V>(y + r * d, j, V, v[i][p]);
-        }
+        if (j < d) StorePack<V>(y + r * d, j, V, v[i][p]);
       }
     }
   }
@@ -139,19 +219,22 @@ __global__ void __launch_bounds__(kThreads)
 
 // d_x of each row it visits, and the block's d_gamma partial row
 // partials[blockIdx.x, :] (f64).
-template <typename T, typename O, int G, int V>
+// kRope: d_y rotated back by rope (RotatesInRegisters) and rounded to O
+// first (the bits of RopeBackward, then this backward on its output).
+template <typename T, typename O, int G, int V, bool kRope>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
     ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x, const Acc<T>* rstd,
-                                     const Acc<T>* gamma, const O* dy, O* dx, double* partials) {
+                                     const Acc<T>* gamma, const O* dy, O* dx, double* partials,
+                                     RopeRows<Acc<T>> rope) {
   using A = Acc<T>;
-  constexpr int P = kPacksPerLane<G, V>, kRows = kBackwardRows<G>;
+  constexpr int P = kPacksPerLane<G, V>, kRows = kBackwardRows<G, V>;
   __shared__ double scratch[kScratch];
   const RowWalk<G, kRows> w;
   A g[P][V];
   LoadGamma<G, V, P>(w, d, gamma, g);
   double dg[P][V] = {};
   for (int64_t base = w.first; base < rows; base += w.stride) {
-    A n[kRows][P][V], dn[kRows][P][V], s[kRows], dot[kRows];
+    A n[kRows][P][V], dn[kRows][P][V] = {}, s[kRows], dot[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = w.Row(base, i);
@@ -163,6 +246,15 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
           LoadPack<V>(x + r * d, j, V, n[i][p]);
           LoadPack<V>(dy + r * d, j, V, dn[i][p]);
         }
+      }
+    }
+    if constexpr (kRope) {
+#pragma unroll
+      for (int i = 0; i < kRows; ++i) {
+        const int64_t r = w.Row(base, i);
+        RotatePack<G, V>(rope, w.lane, d, r, r < rows, false, dn[i][0]);
+#pragma unroll
+        for (int k = 0; k < V; ++k) dn[i][0][k] = ToAcc(FromAcc<O>(dn[i][0][k]));
       }
     }
     // Rows in order, as one row in flight summed them (dg's order per lane).
@@ -296,50 +388,88 @@ int64_t ResidentBlocks(const ExecContext& ctx, const char* op, Kernel kernel) {
   return std::max<int64_t>(int64_t{sms} * per_sm, 1);
 }
 
-}  // namespace
+// x [rows, d] rotated into out by rope_table (RotateRowsKernel).
+void RotateRows(const ExecContext& ctx, const char* op, const Tensor& x4, const Tensor& table,
+                bool forward, const Tensor& x, const Tensor& out) {
+  const int64_t pairs = x.numel() / 2, half = x.dim(-1) / 2;
+  DispatchFloat(x, [&](auto tag) {
+    using O = typename decltype(tag)::type;
+    RotateRowsKernel<O><<<Blocks(pairs), kThreads, 0, Stream(ctx)>>>(
+        pairs, half, MakeRopeRows<Acc<O>>(x4, table), forward, Ptr<const O>(x), Ptr<O>(out));
+  });
+  SM_CHECK_LAUNCH(ctx, op, "RotateRowsKernel");
+}
 
-void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps,
-                        const Tensor& y, const Tensor& rstd) {
-  const char* op = "ScaledRmsNormalize";
-  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"y", &y}});
-  if (rows == 0) return;
-  const int64_t d = x.dim(-1);
+// ScaledRmsNormalize, then (rope_table non-null) the rotation: in the same
+// kernel where its lanes can (RotatesInRegisters), else by RotateRows on y.
+void RunForward(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& gamma,
+                double eps, const Tensor* rope_table, const Tensor& y, const Tensor& rstd) {
+  const int64_t d = x.dim(-1), rows = x.numel() / d;
+  bool rotated = rope_table == nullptr;
   DispatchIo(x, y, [&](auto tag, auto io_tag) {
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
+    using A = Acc<T>;
+    const RopeRows<A> rope = rope_table ? MakeRopeRows<A>(x, *rope_table) : RopeRows<A>{};
     LaunchLaneGroups<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
-      const auto kernel = ScaledRmsNormalizeKernel<T, O, G, V>;
-      const unsigned blocks =
-          GroupBlocks(rows, G, kForwardRows<G>, ResidentBlocks(ctx, op, kernel));
-      kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(
-          rows, d, eps, Ptr<const T>(x), Ptr<const Acc<T>>(gamma), Ptr<O>(y), Ptr<Acc<T>>(rstd));
+      const auto launch = [&](auto rope_tag) {
+        const auto kernel = ScaledRmsNormalizeKernel<T, O, G, V, decltype(rope_tag)::value>;
+        const unsigned blocks =
+            GroupBlocks(rows, G, kForwardRows<G>, ResidentBlocks(ctx, op, kernel));
+        kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(
+            rows, d, eps, Ptr<const T>(x), Ptr<const A>(gamma), Ptr<O>(y), Ptr<A>(rstd), rope);
+      };
+      if constexpr (V > 1) {
+        if (rope_table && RotatesInRegisters<G, V>(d)) {
+          launch(std::true_type{});
+          rotated = true;
+          return;
+        }
+      }
+      launch(std::false_type{});
     });
   });
   SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeKernel");
+  if (!rotated) RotateRows(ctx, op, x, *rope_table, true, y, y);
 }
 
-void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
-                                const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
-                                const Tensor& d_gamma) {
-  const char* op = "ScaledRmsNormalizeBackward";
-  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
-  CheckOnDevice(ctx, d_gamma, op, "d_gamma");
-  SM_CHECK_MSG(d_gamma.numel() == gamma.numel() && d_gamma.dtype() == gamma.dtype(), op,
-               " d_gamma ", d_gamma.DebugString(), " for gamma ", gamma.DebugString());
-  if (rows == 0) return;
-  const int64_t d = x.dim(-1);
+// ScaledRmsNormalizeBackward after (rope_table non-null) the inverse
+// rotation of d_y: in the same kernel where its lanes can, else by
+// RotateRows into a copy.
+void RunBackward(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& rstd,
+                 const Tensor& gamma, const Tensor* rope_table, const Tensor& d_y,
+                 const Tensor& d_x, const Tensor& d_gamma) {
+  const int64_t d = x.dim(-1), rows = x.numel() / d;
   DispatchIo(x, d_y, [&](auto tag, auto io_tag) {
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
     using A = Acc<T>;
+    const RopeRows<A> rope = rope_table ? MakeRopeRows<A>(x, *rope_table) : RopeRows<A>{};
     LaunchLaneGroups<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
-      const unsigned blocks = GroupBlocks(rows, G, kBackwardRows<G>, kMaxPartials);
+      const unsigned blocks = GroupBlocks(rows, G, kBackwardRows<G, V>, kMaxPartials);
       const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
-      ScaledRmsNormalizeBackwardKernel<T, O, G, V><<<blocks, kThreads, 0, Stream(ctx)>>>(
-          rows, d, Ptr<const T>(x), Ptr<const A>(rstd), Ptr<const A>(gamma), Ptr<const O>(d_y),
-          Ptr<O>(d_x), Ptr<double>(partials));
+      const auto launch = [&](auto rope_tag, const Tensor& dy) {
+        ScaledRmsNormalizeBackwardKernel<T, O, G, V, decltype(rope_tag)::value>
+            <<<blocks, kThreads, 0, Stream(ctx)>>>(rows, d, Ptr<const T>(x), Ptr<const A>(rstd),
+                                                   Ptr<const A>(gamma), Ptr<const O>(dy),
+                                                   Ptr<O>(d_x), Ptr<double>(partials), rope);
+      };
+      bool done = false;
+      if constexpr (V > 1) {
+        if (rope_table && RotatesInRegisters<G, V>(d)) {
+          launch(std::true_type{}, d_y);
+          done = true;
+        }
+      }
+      if (!done && rope_table) {
+        const Tensor d_n = ctx.Empty(d_y.shape(), d_y.dtype());
+        RotateRows(ctx, op, x, *rope_table, false, d_y, d_n);
+        launch(std::false_type{}, d_n);
+      } else if (!done) {
+        launch(std::false_type{}, d_y);
+      }
       SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeBackwardKernel");
       const auto finish_blocks = static_cast<unsigned>((d + kFinishCols - 1) / kFinishCols);
       AddPartialsKernel<A><<<finish_blocks, kFinishCols * kFinishSlices, 0, Stream(ctx)>>>(
@@ -347,6 +477,60 @@ void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const T
     });
   });
   SM_CHECK_LAUNCH(ctx, op, "AddPartialsKernel");
+}
+
+void CheckDGamma(const ExecContext& ctx, const char* op, const Tensor& gamma,
+                 const Tensor& d_gamma) {
+  CheckOnDevice(ctx, d_gamma, op, "d_gamma");
+  SM_CHECK_MSG(d_gamma.numel() == gamma.numel() && d_gamma.dtype() == gamma.dtype(), op,
+               " d_gamma ", d_gamma.DebugString(), " for gamma ", gamma.DebugString());
+}
+
+void CheckTable(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& table) {
+  CheckOnDevice(ctx, table, op, "rope_table");
+  SM_CHECK_MSG(table.is_contiguous(), op, " rope_table must be contiguous, got ",
+               table.DebugString());
+  ops::CheckRopeTableArgs(op, x, table);
+}
+
+}  // namespace
+
+void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps,
+                        const Tensor& y, const Tensor& rstd) {
+  const char* op = "ScaledRmsNormalize";
+  if (CheckRows(ctx, op, x, gamma, rstd, {{"y", &y}}) == 0) return;
+  RunForward(ctx, op, x, gamma, eps, nullptr, y, rstd);
+}
+
+void ScaledRmsNormalizeRope(const ExecContext& ctx, const Tensor& x, const Tensor& gamma,
+                            double eps, const Tensor& rope_table, const Tensor& y,
+                            const Tensor& rstd) {
+  const char* op = "ScaledRmsNormalizeRope";
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"y", &y}});
+  CheckTable(ctx, op, x, rope_table);
+  if (rows == 0) return;
+  RunForward(ctx, op, x, gamma, eps, &rope_table, y, rstd);
+}
+
+void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
+                                const Tensor& d_gamma) {
+  const char* op = "ScaledRmsNormalizeBackward";
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  CheckDGamma(ctx, op, gamma, d_gamma);
+  if (rows == 0) return;
+  RunBackward(ctx, op, x, rstd, gamma, nullptr, d_y, d_x, d_gamma);
+}
+
+void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
+                                    const Tensor& gamma, const Tensor& rope_table,
+                                    const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma) {
+  const char* op = "ScaledRmsNormalizeRopeBackward";
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  CheckDGamma(ctx, op, gamma, d_gamma);
+  CheckTable(ctx, op, x, rope_table);
+  if (rows == 0) return;
+  RunBackward(ctx, op, x, rstd, gamma, &rope_table, d_y, d_x, d_gamma);
 }
 
 }  // namespace scalemoe::cuda

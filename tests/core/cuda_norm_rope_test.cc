@@ -10,7 +10,8 @@
 // time) gives the same bits as on aligned tensors (16-byte packs). The fused
 // AddRmsNormalize and RmsNormalizeBackwardAdd give the same bits as the
 // GPU's two-op sequences. ScaledRmsNormalize (the per-head norms) and its
-// backward match the CPU, rerun to the same bits, aligned or not.
+// backward match the CPU, rerun to the same bits, aligned or not;
+// ScaledRmsNormalizeRope gives the bits of ScaledRmsNormalize then Rope.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -429,6 +430,103 @@ TEST_F(CudaNormRopeTest, RopeUnalignedIsThePackedPathBitForBit) {
         EXPECT_TRUE(testing::BitwiseEqual(Host(packed), Host(unaligned))) << what << " " << sign;
         EXPECT_TRUE(testing::BitwiseEqual(Host(packed), Host(in_place))) << what << " " << sign;
       }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// ScaledRmsNormalizeRope and its backward give the bits of the GPU's two-op
+// sequences (ScaledRmsNormalize then Rope; RopeBackward then
+// ScaledRmsNormalizeBackward), both where the norm's lanes rotate in
+// registers (head dims 64 and 128, 96 with its pairs 12 lanes apart, bf16
+// x's packs of 8) and where a second pass rotates (256: several packs a
+// lane; 6: no 16-byte pack; tensors off a 16-byte boundary), with a table
+// longer than the sequence; and match the CPU's. RopeTable holds the cos
+// and sin that Rope rotates by (a unit vector rotated gives them exactly).
+TEST_F(CudaNormRopeTest, ScaledRmsNormalizeRopeIsTheTwoOpsBitForBit) {
+  // [B, T, H, D]
+  const std::vector<Shape> shapes = {{2, 37, 3, 64}, {1, 300, 2, 128}, {2, 9, 5, 96},
+                                     {1, 7, 2, 256}, {2, 5, 3, 6},     {8, 64, 12, 64}};
+  constexpr double kTheta = 10000.0;
+  uint64_t seed = 5000;
+  for (const ScaledNormCase& c : kScaledNormCases) {
+    const DType stat = StatDType(c.x);
+    for (const Shape& shape : shapes) {
+      for (bool misaligned : {false, true}) {
+        ++seed;
+        const std::string what = absl::StrCat(DTypeName(c.x), " x, ", DTypeName(c.io), " out, ",
+                                              ShapeString(shape), misaligned ? " misaligned" : "");
+        const int64_t d = shape[3], rows = NumElements(shape) / d;
+        const Tensor x = RandomHost(shape, c.x, seed, 1, 1.5, 0.2);
+        const Tensor gamma = RandomHost({d}, stat, seed, 2, 0.5, 1.0);
+        const Tensor d_y = RandomHost(shape, c.io, seed, 3);
+        const Tensor d_gamma0 = RandomHost({d}, stat, seed, 4, 0.1);
+        const Tensor x_dev = misaligned ? Misaligned(ctx_, x) : Dev(x);
+        const Tensor d_y_dev = misaligned ? Misaligned(ctx_, d_y) : Dev(d_y);
+        Tensor table = Poisoned({2, shape[1] + 3, d / 2}, stat);
+        ops::RopeTable(ctx_, kTheta, table);
+
+        Tensor y = Poisoned(shape, c.io), rstd = Poisoned({rows}, stat);
+        ops::ScaledRmsNormalizeRope(ctx_, x_dev, Dev(gamma), 1e-5, table, y, rstd);
+        Tensor y_seq = Poisoned(shape, c.io), rstd_seq = Poisoned({rows}, stat);
+        ops::ScaledRmsNormalize(ctx_, x_dev, Dev(gamma), 1e-5, y_seq, rstd_seq);
+        ops::Rope(ctx_, y_seq, kTheta, y_seq);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(y), Host(y_seq))) << "y " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(rstd), Host(rstd_seq))) << "rstd " << what;
+
+        Tensor d_x = Poisoned(shape, c.io), d_gamma = Dev(d_gamma0);
+        ops::ScaledRmsNormalizeRopeBackward(ctx_, x_dev, rstd, Dev(gamma), table, d_y_dev, d_x,
+                                            d_gamma);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(d_y_dev), d_y)) << "d_y kept " << what;
+        Tensor d_n = Dev(d_y), d_x_seq = Poisoned(shape, c.io), d_gamma_seq = Dev(d_gamma0);
+        ops::RopeBackward(ctx_, d_n, kTheta, d_n);
+        ops::ScaledRmsNormalizeBackward(ctx_, x_dev, rstd, Dev(gamma), d_n, d_x_seq, d_gamma_seq);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(d_x), Host(d_x_seq))) << "d_x " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(d_gamma), Host(d_gamma_seq))) << "d_gamma " << what;
+
+        // The CPU's fused op, on its own table.
+        Tensor table_ref = Tensor::Empty({2, shape[1], d / 2}, DType::kF64);
+        ops::RopeTable(cpu_, kTheta, table_ref);
+        ExpectParity(Host(table).Narrow(1, 0, shape[1]).Clone(), table_ref, ParityTolerance(stat),
+                     "table " + what);
+        Tensor y_ref = Tensor::Empty(shape, DType::kF64),
+               rstd_ref = Tensor::Empty({rows}, DType::kF64);
+        ops::ScaledRmsNormalizeRope(cpu_, F64(x), F64(gamma), 1e-5, table_ref, y_ref, rstd_ref);
+        ExpectParity(Host(y), y_ref, ParityTolerance(c.io) * 2, "y vs CPU " + what);
+        Tensor d_x_ref = Tensor::Empty(shape, DType::kF64), d_gamma_ref = F64(d_gamma0).Clone();
+        ops::ScaledRmsNormalizeRopeBackward(cpu_, F64(x), rstd_ref, F64(gamma), table_ref, F64(d_y),
+                                            d_x_ref, d_gamma_ref);
+        ExpectParity(Host(d_x), d_x_ref, ParityTolerance(c.io) * 2, "d_x vs CPU " + what);
+        // The rotated d_y is rounded to its dtype (bf16 too) before the sums.
+        ExpectParity(Host(d_gamma), d_gamma_ref, ParityTolerance(c.io) * 2,
+                     "d_gamma vs CPU " + what);
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+TEST_F(CudaNormRopeTest, RopeTableIsWhatRopeRotatesBy) {
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    const int64_t t = 300, half = 64;
+    // x1 = 1, x2 = 0 in every pair: Rope gives (cos, sin) exactly.
+    std::vector<double> ones(t * 2 * half, 0.0);
+    for (int64_t pos = 0; pos < t; ++pos) {
+      for (int64_t i = 0; i < half; ++i) ones[pos * 2 * half + i] = 1.0;
+    }
+    const Tensor unit = Tensor::FromVector({1, t, 1, 2 * half}, ones, dtype);
+    Tensor rotated = Dev(unit);
+    ops::Rope(ctx_, rotated, 500000.0, rotated);
+    Tensor table = Poisoned({2, t, half}, dtype);
+    ops::RopeTable(ctx_, 500000.0, table);
+    const Tensor r = Host(rotated).View({t, 2, half});
+    const Tensor tab = Host(table);
+    for (int part : {0, 1}) {  // cos, then sin
+      EXPECT_TRUE(testing::BitwiseEqual(r.Narrow(1, part, 1).Clone().View({t, half}),
+                                        tab.Narrow(0, part, 1).Clone().View({t, half})))
+          << (part == 0 ? "cos " : "sin ") << DTypeName(dtype);
     }
   }
   const Status st = ctx_.status();

@@ -5,6 +5,7 @@
 // RmsNormalizeBackward — on random rows (one row, shorter than a pack, odd,
 // per-head 3-D, the longest allowed), f32, f64, bf16, and f32 x with bf16
 // outputs. Rows over 256 are refused with a message naming the other ops.
+// ScaledRmsNormalizeRope is ScaledRmsNormalize then Rope, bit for bit.
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -80,6 +81,47 @@ TEST(ScaledRmsNormalizeTest, IsTheTwoOpSequenceBitForBit) {
       EXPECT_TRUE(SameBits(d_x, d_x_seq)) << "d_x " << What(c, shape);
       EXPECT_TRUE(SameBits(d_gamma, d_gamma_seq)) << "d_gamma " << What(c, shape);
       EXPECT_FALSE(SameBits(d_gamma, d_gamma0)) << "d_gamma unchanged " << What(c, shape);
+    }
+  }
+}
+
+// ScaledRmsNormalizeRope: ScaledRmsNormalize then Rope, bit for bit (the
+// table longer than the sequence); its backward RopeBackward into a copy,
+// then ScaledRmsNormalizeBackward, leaving d_y as it was.
+TEST(ScaledRmsNormalizeTest, RopeIsNormThenRopeBitForBit) {
+  const ExecContext ctx;
+  uint64_t stream = 100;
+  constexpr double kTheta = 10000.0;
+  for (const Case& c : kCases) {
+    const DType stat = StatDType(c.x);
+    for (const Shape& shape : std::vector<Shape>{{2, 5, 3, 64}, {1, 9, 2, 6}, {1, 3, 1, 256}}) {
+      const int64_t d = shape[3], rows = NumElements(shape) / d;
+      const Tensor x = RandomTensor(shape, ++stream, 1.5, c.x, 0.2);
+      const Tensor gamma = RandomTensor({d}, ++stream, 0.5, stat, 1.0);
+      const Tensor d_y = RandomTensor(shape, ++stream, 1.0, c.io);
+      const Tensor d_gamma0 = RandomTensor({d}, ++stream, 0.1, stat);
+      Tensor table = Tensor::Empty({2, shape[1] + 2, d / 2}, stat);
+      ops::RopeTable(ctx, kTheta, table);
+
+      Tensor y_seq = Tensor::Empty(shape, c.io), rstd_seq = Tensor::Empty({rows}, stat);
+      ops::ScaledRmsNormalize(ctx, x, gamma, 1e-5, y_seq, rstd_seq);
+      ops::Rope(ctx, y_seq, kTheta, y_seq);
+      Tensor y = Tensor::Empty(shape, c.io), rstd = Tensor::Empty({rows}, stat);
+      ops::ScaledRmsNormalizeRope(ctx, x, gamma, 1e-5, table, y, rstd);
+      EXPECT_TRUE(SameBits(y, y_seq)) << "y " << What(c, shape);
+      EXPECT_TRUE(SameBits(rstd, rstd_seq)) << "rstd " << What(c, shape);
+
+      Tensor d_n = d_y.Clone();
+      ops::RopeBackward(ctx, d_n, kTheta, d_n);
+      Tensor d_x_seq = Tensor::Empty(shape, c.io), d_gamma_seq = d_gamma0.Clone();
+      ops::ScaledRmsNormalizeBackward(ctx, x, rstd, gamma, d_n, d_x_seq, d_gamma_seq);
+      const Tensor d_y_before = d_y.Clone();
+      Tensor d_x = Tensor::Empty(shape, c.io), d_gamma = d_gamma0.Clone();
+      ops::ScaledRmsNormalizeRopeBackward(ctx, x, rstd, gamma, table, d_y, d_x, d_gamma);
+      EXPECT_TRUE(SameBits(d_x, d_x_seq)) << "d_x " << What(c, shape);
+      EXPECT_TRUE(SameBits(d_gamma, d_gamma_seq)) << "d_gamma " << What(c, shape);
+      EXPECT_TRUE(SameBits(d_y, d_y_before)) << "d_y kept " << What(c, shape);
+      EXPECT_FALSE(SameBits(y, Tensor::Zeros(shape, c.io))) << What(c, shape);
     }
   }
 }
