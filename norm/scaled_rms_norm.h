@@ -13,7 +13,8 @@
 // converted in and out. With a γ and rows of at most 256 (the per-head
 // norms) it runs as one ops::ScaledRmsNormalize per direction on x in the
 // master's dtype, writing y (and d_x) in it or in bf16 directly, and keeps x
-// instead of n (the backward recomputes n).
+// instead of n (the backward recomputes n); with RoPE after it (q and k),
+// as ops::ScaledRmsNormalizeRope, which rotates in the same pass.
 #pragma once
 
 #include <memory>

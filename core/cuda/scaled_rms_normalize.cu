@@ -12,6 +12,12 @@
 // type of y, d_y and d_x, is T or bf16 for f32 T (loaded in packs of the
 // same element count as x's).
 //
+// ScaledRmsNormalizeRope (the per-head q/k norms, which RoPE rotates next)
+// rotates in the same kernel: a lane's pack pairs with the pack D/2 further
+// on, held by another lane of its group (a shuffle), the cos/sin from
+// RopeTable's table; rows whose lanes hold several packs, or tensors off a
+// 16-byte boundary, take a second pass (RotateRowsKernel) instead.
+//
 // d_gamma: each lane sums d_y·n of its columns over the rows its group
 // visits in f64; the block adds its groups in order into one partial row,
 // and a second kernel adds the partial rows in a fixed tree. The partition depends
