@@ -314,12 +314,11 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
     // was 2.5 logits' worth; the memory estimate counts two).
     logits_ = Tensor();
     Tensor d_logits = d_logits_;
-    if (loss_grad_scale != 1.0) ops::Scale(ctx, loss_grad_scale, d_logits);
     Tensor d_n = ctx.Empty(shape, dt);
     // The vocab-split head gives this rank's share of d n_final (all tokens),
-    // summed in the logits' dtype.
+    // summed in the logits' dtype. The loss scale rides on its GEMMs.
     const Tensor d_n_full = tp_.PartialFor(ctx, d_n, n, d_logits.dtype());
-    head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite);
+    head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite, loss_grad_scale);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
     d_logits_ = Tensor();

@@ -174,25 +174,29 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
 }
 
 void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
-                            GradMode mode) {
+                            GradMode mode, double grad_scale) {
   const bool accumulate = mode == GradMode::kAccumulate;
   const DType scale_dtype = weight_->value.dtype();
   Tensor d_raw = d_y;
-  if (per_token_u()) {
+  double alpha = grad_scale;  // on the GEMMs below
+  if (per_token_u()) {  // d_u sums d_y itself: scaled first
+    if (grad_scale != 1.0) ops::Scale(ctx, grad_scale, d_y);
+    alpha = 1.0;
     d_raw = ctx.Empty(d_y.shape(), scale_dtype);
     ops::ScaleRowsColsBackward(ctx, raw_, Tensor(), u_value_, InDType(ctx, d_y, scale_dtype), d_raw,
                                Tensor(), d_u_);
   }
   const Tensor d_gemm = InDType(ctx, d_raw, gemm_dtype_);
   // The weight's (or the folded weight's) gradient, accumulated over the step.
-  ops::Gemm(ctx, d_gemm, input_, GemmWeightGrad(), {.trans_a = ops::Trans::kYes, .beta = 1.0});
+  ops::Gemm(ctx, d_gemm, input_, GemmWeightGrad(),
+            {.trans_a = ops::Trans::kYes, .alpha = alpha, .beta = 1.0});
   const Tensor w = GemmWeight(ctx);
   if (!per_token_gamma()) {
-    ops::Gemm(ctx, d_gemm, w, d_x, {.beta = accumulate ? 1.0 : 0.0});
+    ops::Gemm(ctx, d_gemm, w, d_x, {.alpha = alpha, .beta = accumulate ? 1.0 : 0.0});
     return;
   }
   Tensor d_in = ctx.Empty(x_.shape(), scale_dtype);
-  ops::Gemm(ctx, d_gemm, w, d_in);
+  ops::Gemm(ctx, d_gemm, w, d_in, {.alpha = alpha});
   const Tensor x = InDType(ctx, x_, scale_dtype);
   if (!accumulate && d_x.dtype() == scale_dtype) {
     ops::ScaleRowsColsBackward(ctx, x, Tensor(), Gamma(), d_in, d_x, Tensor(), DGamma());

@@ -119,7 +119,11 @@ class ScaledLinear {
   Status PrepareStep(const ExecContext& ctx, DType dtype);
   // y [T, R] overwritten from x [T, C].
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y);
-  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, GradMode mode);
+  // The gradients of grad_scale · d_y: the scale rides on the GEMMs' alpha
+  // (the LM head's loss scale, which was a pass over the [T, vocab] d_y),
+  // or, with a per-token u, scales d_y in place first.
+  void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, GradMode mode,
+                double grad_scale = 1.0);
   // Once per step after the last Backward, before the owning BranchScales'
   // Backward.
   Status FinishBackward(const ExecContext& ctx);
