@@ -179,7 +179,8 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
   const DType scale_dtype = weight_->value.dtype();
   Tensor d_raw = d_y;
   double alpha = grad_scale;  // on the GEMMs below
-  if (per_token_u()) {  // d_u sums d_y itself: scaled first
+  if (per_token_u()) {
+    // d_u sums d_y itself: scaled first.
     if (grad_scale != 1.0) ops::Scale(ctx, grad_scale, d_y);
     alpha = 1.0;
     d_raw = ctx.Empty(d_y.shape(), scale_dtype);

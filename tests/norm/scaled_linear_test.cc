@@ -3,13 +3,16 @@
 // pre-scaled d_y gives them — d_x, dW (or dW_eff, unfolded) and the vectors'
 // gradients — with the vectors folded into the weight, and per token (where
 // the scale goes on d_y first, in place).
+#include "norm/scaled_linear.h"
+
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 
 #include "core/philox.h"
 #include "gtest/gtest.h"
 #include "norm/branch_scales.h"
-#include "norm/scaled_linear.h"
 #include "tests/testing/same_bits.h"
 #include "tests/testing/status_util.h"
 
@@ -34,8 +37,8 @@ struct Rig {
     const ScaleOptions so(sv);
     scales = std::make_unique<BranchScales>(registry, so, "gamma", ParamLayout{}, kCols,
                                             std::vector<BranchSpec>{{"gamma0", {}}}, true);
-    Param* w = registry.Create(
-        {"w", {kRows, kCols}, ParamRole::kLinear, InitSpec::Normal(1.0), {}});
+    Param* w =
+        registry.Create({"w", {kRows, kCols}, ParamRole::kLinear, InitSpec::Normal(1.0), {}});
     map = std::make_unique<ScaledLinear>(
         registry, w, scales.get(), 0,
         ScaledLinearOptions{.path = so.path(), .u_name = "u", .reparam = Sv::PLAIN});
