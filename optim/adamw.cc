@@ -1,6 +1,7 @@
 #include "optim/adamw.h"
 
 #include <utility>
+#include <vector>
 
 #include "core/host_values.h"
 
@@ -25,10 +26,26 @@ AdamW::AdamW(const AdamWOptions& options, const ParamGroups& groups, std::vector
     for (const FlatSegment& s : groups.SegmentsIn(piece.flat_begin, piece.flat_end)) {
       const ParamGroup& g = groups.group(s.group);
       if (g.rule != UpdateRule::kAdamW) continue;
-      rows.push_back(piece.offset + (s.begin - piece.flat_begin));
-      rows.push_back(piece.offset + (s.end - piece.flat_begin));
-      coefficients.push_back(g.lr_mult);
-      coefficients.push_back(g.EffectiveWeightDecay(options_.weight_decay));
+      const int64_t begin = piece.offset + (s.begin - piece.flat_begin);
+      const int64_t end = piece.offset + (s.end - piece.flat_begin);
+      // The update's chunks start at their row's first element: a row that
+      // starts off a kLineElements boundary (behind a scalar β, say) would
+      // put every chunk of the matrices in it off the memory lines, so its
+      // head up to the boundary goes as a row of its own (the same update
+      // per element either way).
+      const int64_t line = (begin + kLineElements - 1) / kLineElements * kLineElements;
+      const auto add = [&](int64_t row_begin, int64_t row_end) {
+        rows.push_back(row_begin);
+        rows.push_back(row_end);
+        coefficients.push_back(g.lr_mult);
+        coefficients.push_back(g.EffectiveWeightDecay(options_.weight_decay));
+      };
+      if (line > begin && line < end) {
+        add(begin, line);
+        add(line, end);
+      } else {
+        add(begin, end);
+      }
     }
   }
   num_segments_ = static_cast<int64_t>(rows.size() / 2);

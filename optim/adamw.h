@@ -41,6 +41,9 @@ struct AdamWOptions {
 
 class AdamW {
  public:
+  // 256 bytes of f32: the update's chunks of a row start on a multiple.
+  static constexpr int64_t kLineElements = 64;
+
   // Registry flat range [flat_begin, flat_end) held at element `offset` of
   // the stepped buffers.
   struct Piece {
@@ -64,6 +67,9 @@ class AdamW {
   void Step(const ExecContext& ctx, const Tensor& values, const Tensor& grads, double lr,
             const ops::StepControl& control);
 
+  // Rows of the update's segment table: one per run of one group, the
+  // head of a run that starts off a kLineElements boundary split off.
+  int64_t num_segments() const { return num_segments_; }
   const std::vector<Piece>& pieces() const { return pieces_; }
   int64_t length() const { return length_; }
   // The span of the pieces in flat indices (the range, for the first form).

@@ -152,5 +152,51 @@ TEST(AdamWTest, ShardStepsEqualTheWholeRangeStep) {
   }
 }
 
+// A matrix behind a scalar starts off a 256-byte line: its row's head up
+// to the line is a row of its own, and the update is the same, bit for bit,
+// as two optimizers that cut the range at that line.
+TEST(AdamWTest, ARowOffALineSplitsThereWithTheSameUpdate) {
+  auto make = [](ParamRegistry& reg) {
+    reg.Create({"beta", {1}, ParamRole::kOutputNormScale, InitSpec::Normal(1.0), {}});
+    reg.Create({"w", {8, 40}, ParamRole::kLinear, InitSpec::Normal(0.5), {}});
+    SM_CHECK_OK(reg.Materialize(7, DType::kF32, Device::kCPU));
+  };
+  ParamRegistry whole_reg, cut_reg;
+  make(whole_reg);
+  make(cut_reg);
+  const config::OptimizerConfig opt;
+  const ParamGroups whole_groups =
+      ParamGroups::Create(whole_reg, opt, ScaleVectorConfig::IWD).value();
+  const ParamGroups cut_groups = ParamGroups::Create(cut_reg, opt, ScaleVectorConfig::IWD).value();
+  const int64_t w_begin = whole_reg.Find("w")->flat_offset, total = whole_reg.total_local_numel();
+  ASSERT_GT(w_begin % AdamW::kLineElements, 0);
+  const int64_t line = AdamW::kLineElements;
+  ASSERT_LT(line, total);
+
+  const float w0 = whole_reg.flat_values().data<float>()[w_begin];
+  AdamW whole(kOptions, whole_groups, 0, total, DType::kF32);
+  EXPECT_EQ(whole.num_segments(), 3);  // β; w's head to the line; the rest
+  AdamW head(kOptions, cut_groups, 0, line, DType::kF32);
+  AdamW tail(kOptions, cut_groups, line, total, DType::kF32);
+  EXPECT_EQ(head.num_segments() + tail.num_segments(), 3);
+  for (int t = 1; t <= 3; ++t) {
+    std::vector<double> g(total);
+    for (int64_t i = 0; i < total; ++i) g[i] = std::sin(0.7 * i + 1.3 * t);
+    for (ParamRegistry* reg : {&whole_reg, &cut_reg}) {
+      Tensor(reg->flat_grads()).CopyFrom(Tensor::FromVector({total}, g, DType::kF64));
+    }
+    whole.Step(ExecContext::Cpu(), whole_reg.flat_values(), whole_reg.flat_grads(), kLr[t - 1],
+               TestControl(t));
+    head.Step(ExecContext::Cpu(), cut_reg.flat_values().Narrow(0, 0, line),
+              cut_reg.flat_grads().Narrow(0, 0, line), kLr[t - 1], TestControl(t));
+    tail.Step(ExecContext::Cpu(), cut_reg.flat_values().Narrow(0, line, total - line),
+              cut_reg.flat_grads().Narrow(0, line, total - line), kLr[t - 1], TestControl(t));
+  }
+  const float* a = whole_reg.flat_values().data<float>();
+  const float* b = cut_reg.flat_values().data<float>();
+  for (int64_t k = 0; k < total; ++k) ASSERT_EQ(a[k], b[k]) << k;
+  EXPECT_NE(a[w_begin], w0);  // the row's head was updated
+}
+
 }  // namespace
 }  // namespace scalemoe
