@@ -243,7 +243,8 @@ void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tens
 
 // Rotary position embedding, rotate-half convention: for each head vector of
 // x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
-// t · theta^(−2i/D). out may alias x. f32 or f64 (on CUDA also bf16).
+// t · theta^(−2i/D). out may alias x. f32, f64 or bf16 (computed in f32);
+// each output is x1·c − x2·s or x2·c + x1·s with both products rounded.
 void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
