@@ -120,6 +120,20 @@ bool RotatesInRegisters(int64_t d) {
   return V > 1 && (d / 2) % V == 0 && d / V <= G;
 }
 
+// launch(std::true_type{}) where `rotate`, else launch(std::false_type{}):
+// one-element packs never rotate in registers, so no rotating kernel is
+// made for them.
+template <int V, typename Launch>
+void LaunchRotatingIf(bool rotate, Launch&& launch) {
+  if constexpr (V > 1) {
+    if (rotate) {
+      launch(std::true_type{});
+      return;
+    }
+  }
+  launch(std::false_type{});
+}
+
 // Rotates this lane's pack v of row r (RotatesInRegisters) by +angle (sign
 // 1) or −angle (sign −1), the bits of Rope / RopeBackward on the same
 // values. Every lane of the warp calls it (the shuffle); a lane past the
@@ -426,14 +440,9 @@ void RunForward(const ExecContext& ctx, const char* op, const Tensor& x, const T
         kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(
             rows, d, eps, Ptr<const T>(x), Ptr<const A>(gamma), Ptr<O>(y), Ptr<A>(rstd), rope);
       };
-      if constexpr (V > 1) {
-        if (rope_table && RotatesInRegisters<G, V>(d)) {
-          launch(std::true_type{});
-          rotated = true;
-          return;
-        }
-      }
-      launch(std::false_type{});
+      const bool in_registers = rope_table && RotatesInRegisters<G, V>(d);
+      LaunchRotatingIf<V>(in_registers, launch);
+      rotated = rotated || in_registers;
     });
   });
   SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeKernel");
@@ -456,26 +465,18 @@ void RunBackward(const ExecContext& ctx, const char* op, const Tensor& x, const 
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       const unsigned blocks = GroupBlocks(rows, G, kBackwardRows<G, V>, kMaxPartials);
       const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
-      const auto launch = [&](auto rope_tag, const Tensor& dy) {
+      const bool in_registers = rope_table && RotatesInRegisters<G, V>(d);
+      Tensor dy = d_y;
+      if (rope_table && !in_registers) {
+        dy = ctx.Empty(d_y.shape(), d_y.dtype());
+        RotateRows(ctx, op, x, *rope_table, false, d_y, dy);
+      }
+      LaunchRotatingIf<V>(in_registers, [&](auto rope_tag) {
         ScaledRmsNormalizeBackwardKernel<T, O, G, V, decltype(rope_tag)::value>
             <<<blocks, kThreads, 0, Stream(ctx)>>>(rows, d, Ptr<const T>(x), Ptr<const A>(rstd),
                                                    Ptr<const A>(gamma), Ptr<const O>(dy),
                                                    Ptr<O>(d_x), Ptr<double>(partials), rope);
-      };
-      bool done = false;
-      if constexpr (V > 1) {
-        if (rope_table && RotatesInRegisters<G, V>(d)) {
-          launch(std::true_type{}, d_y);
-          done = true;
-        }
-      }
-      if (!done && rope_table) {
-        const Tensor d_n = ctx.Empty(d_y.shape(), d_y.dtype());
-        RotateRows(ctx, op, x, *rope_table, false, d_y, d_n);
-        launch(std::false_type{}, d_n);
-      } else if (!done) {
-        launch(std::false_type{}, d_y);
-      }
+      });
       SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeBackwardKernel");
       const auto finish_blocks = static_cast<unsigned>((d + kFinishCols - 1) / kFinishCols);
       AddPartialsKernel<A><<<finish_blocks, kFinishCols * kFinishSlices, 0, Stream(ctx)>>>(
