@@ -44,31 +44,33 @@ struct BlockWork {
   int64_t m0 = 0, m_lim = 0, k_len = 0;
 };
 
+// The work of row tile `y` of group `z` (weight grad; the forward's row
+// tiles run across the groups, z unused).
 template <typename T, typename OutT, bool kWeightGrad>
-__device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
+__device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y, int z) {
   BlockWork<T, OutT> w;
   if constexpr (kWeightGrad) {
-    const int g = blockIdx.z;
+    const int g = z;
     const int64_t r0 = p.offsets[g];
     w.valid = true;
     w.a = static_cast<const T*>(p.a) + r0 * p.lda;
     w.b = static_cast<const T*>(p.b) + r0 * p.ldb;
     w.c = reinterpret_cast<OutT*>(p.c_table[g]);
-    w.m0 = static_cast<int64_t>(blockIdx.y) * tile_m;
+    w.m0 = y * tile_m;
     w.m_lim = p.m;
     w.k_len = p.offsets[g + 1] - r0;
   } else {
-    // Row tile blockIdx.y of the concatenation of every group's row tiles.
+    // Row tile y of the concatenation of every group's row tiles.
     int64_t first_tile = 0;
     for (int g = 0; g < p.groups; ++g) {
       const int64_t r0 = p.offsets[g], rows = p.offsets[g + 1] - r0;
       const int64_t tiles = (rows + tile_m - 1) / tile_m;
-      if (blockIdx.y < first_tile + tiles) {
+      if (y < first_tile + tiles) {
         w.valid = true;
         w.a = static_cast<const T*>(p.a) + r0 * p.lda;
         w.b = reinterpret_cast<const T*>(p.b_table[g]);
         w.c = static_cast<OutT*>(p.c) + r0 * p.ldc;
-        w.m0 = (blockIdx.y - first_tile) * tile_m;
+        w.m0 = (y - first_tile) * tile_m;
         w.m_lim = rows;
         w.k_len = p.k;
         return w;
@@ -77,6 +79,12 @@ __device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
     }
   }
   return w;
+}
+
+// The work of this block (grid y: row tiles, z: groups).
+template <typename T, typename OutT, bool kWeightGrad>
+__device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
+  return FindWorkAt<T, OutT, kWeightGrad>(p, tile_m, blockIdx.y, blockIdx.z);
 }
 
 // c = acc + beta * c, rounded to OutT.

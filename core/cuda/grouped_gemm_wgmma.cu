@@ -16,113 +16,15 @@
 // The first wgmma kernel (128 x 128, waiting for its MMAs every stage) ran
 // at ~290 TFLOP/s on the H200; this one at 265-350 on gpu_moe_125m's shapes.
 // Fixed summation order and no atomics: the same bits on every run.
-#include "core/cuda/cp_async.cuh"
-#include "core/cuda/grouped_gemm_wgmma.cuh"
-#include "core/cuda/kernel_util.cuh"
-#include "core/cuda/mma_sync.cuh"
-#include "core/cuda/wgmma.cuh"
+// Since the persistent warp-specialized kernel (grouped_gemm_wgmma_ws.cu,
+// the same tiles and bits), this one runs the reductions shorter than 8 k
+// steps, and everything under SCALEMOE_GROUPED_GEMM=tile.
+#include "core/cuda/grouped_gemm_wgmma_tiles.cuh"
 
 namespace scalemoe::cuda::grouped_gemm {
 namespace {
 
-constexpr int kTileM = kWgmmaTileM, kTileK = 64, kThreads = 256;
-
-// A kernel configuration: the output tile's width and the ring's stages.
-// Measured on the H200 and not kept (bench/RESULTS.md): 128 x 128 tiles with
-// 3 stages and two blocks per SM, and persistent blocks running one ring
-// across their tiles (slower on gpu_finegrained_64e's short reductions).
-template <int kTileNArg, int kStagesArg>
-struct Shape {
-  static constexpr int kTileN = kTileNArg, kStages = kStagesArg;
-  static constexpr int kABytes = kTileM * kTileK * 2;
-  static constexpr int kBBytes = kTileN * kTileK * 2;
-  static constexpr int kStageBytes = kABytes + kBBytes;
-  static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + the 1024 alignment
-  static_assert(kStages >= 3, "a stage multiplied, one in flight, one loading");
-  static_assert(kSmemBytes <= 227 * 1024, "one block's shared memory on sm_90");
-  // The staged epilogue's f32 tile fits in the ring.
-  static_assert(kTileM * (kTileN + 8) * 4 <= kStages * kStageBytes, "the epilogue's stage");
-};
-using Wide = Shape<256, 4>;    // 128 x 256 tiles, 4 stages of 48 KB
-using Narrow = Shape<128, 6>;  // 128 x 128, 6 stages of 32 KB
-
-// Columns [mn0, mn0 + kMn) x k [k0, k0 + 64) of an operand into its
-// swizzled tile (core/cuda/wgmma.cuh); chunks of 8 past a limit are
-// zero-filled (both limits' contiguous dims are multiples of 8). kKMajor:
-// the element (mn, k) at base[mn * ld + k], else base[k * ld + mn].
-template <int kMn, bool kKMajor>
-__device__ __forceinline__ void LoadTile(unsigned char* tile, const bf16* base, int64_t ld,
-                                         int64_t mn0, int64_t k0, int64_t mn_lim, int64_t k_lim) {
-  constexpr int kChunks = kMn * kTileK / 8;
-  static_assert(kChunks % kThreads == 0, "every thread copies the same number of chunks");
-#pragma unroll
-  for (int it = 0; it < kChunks / kThreads; ++it) {
-    const int c = threadIdx.x + it * kThreads;
-    int64_t gmn, gk;
-    int offset;
-    if constexpr (kKMajor) {  // a smem row: one mn, 64 of k
-      const int row = c / 8, chunk = c % 8;
-      gmn = mn0 + row;
-      gk = k0 + chunk * 8;
-      offset = row * 128 + ((chunk ^ (row % 8)) * 16);
-    } else {  // a smem row: one k, 64 of mn; kMn / 64 blocks of 64 rows
-      constexpr int kChunksPerK = kMn / 8;
-      const int row = c / kChunksPerK, col = c % kChunksPerK, chunk = col % 8;
-      gmn = mn0 + col * 8;
-      gk = k0 + row;
-      offset = (col / 8) * 8192 + row * 128 + ((chunk ^ (row % 8)) * 16);
-    }
-    const bool valid = gmn < mn_lim && gk < k_lim;
-    const bf16* src = !valid ? base : kKMajor ? base + gmn * ld + gk : base + gk * ld + gmn;
-    CpAsync16(tile + offset, src, valid);
-  }
-}
-
-// The descriptor of k16 slice kk of an operand tile, from row (or column)
-// `mn0` of the tile (a multiple of 64).
-template <bool kKMajor>
-__device__ __forceinline__ uint64_t SliceDescriptor(const unsigned char* tile, int mn0, int kk) {
-  if constexpr (kKMajor) return WgmmaDescriptorKMajor(tile + mn0 * 128 + kk * 32);
-  return WgmmaDescriptorMnMajor(tile + (mn0 / 64) * 8192 + kk * 2048);
-}
-
-template <int kTileN, bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void Mma(float (&acc)[kTileN / 2], uint64_t a, uint64_t b,
-                                    int accumulate) {
-  constexpr int kTransA = kAKMajor ? 0 : 1, kTransB = kBKMajor ? 0 : 1;
-  if constexpr (kTileN == 256) {
-    WgmmaM64N256K16<kTransA, kTransB>(acc, a, b, accumulate);
-  } else {
-    WgmmaM64N128K16<kTransA, kTransB>(acc, a, b, accumulate);
-  }
-}
-
-// The accumulators of a 128 x kTileN tile into w.c's rows (beta as in p),
-// straight from the registers: each warp store writes 8 rows' 16 bytes.
-template <typename OutT, int kTileN>
-__device__ __forceinline__ void StoreTileDirect(const Problem& p, const BlockWork<bf16, OutT>& w,
-                                                int64_t n0, const float (&acc)[kTileN / 2]) {
-  const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
-  const bool pairs = p.ldc % 2 == 0 && reinterpret_cast<uintptr_t>(w.c) % (2 * sizeof(OutT)) == 0;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    const int64_t gm = w.m0 + warpgroup * 64 + warp * 16 + h * 8 + lane / 4;
-    if (gm >= w.m_lim) continue;
-    OutT* row = w.c + gm * p.ldc;
-    const int64_t col0 = n0 + (lane % 4) * 2;
-    // 64 columns at a time: few registers beyond the accumulators.
-#pragma unroll
-    for (int j0 = 0; j0 < kTileN / 8; j0 += 8) {
-      float v[8][2];
-#pragma unroll
-      for (int j = 0; j < 8; ++j) {
-        v[j][0] = acc[4 * (j0 + j) + 2 * h];
-        v[j][1] = acc[4 * (j0 + j) + 2 * h + 1];
-      }
-      StoreRowPairs(row, col0 + j0 * 8, p.n, pairs, p.beta, v);
-    }
-  }
-}
+constexpr int kThreads = 256;
 
 // The staged epilogue's row pitch in floats: kTileN + 8 keeps the
 // fragments' float2 writes free of bank conflicts (rows 8 words apart in
@@ -176,7 +78,7 @@ __device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16
                                           unsigned char* smem, bool staged) {
   constexpr int kVec = 16 / sizeof(OutT), kPitch = kStagePitch<kTileN>;
   const bool vec = p.ldc % kVec == 0 && reinterpret_cast<uintptr_t>(w.c) % 16 == 0;
-  if (!staged || !vec) return StoreTileDirect<OutT, kTileN>(p, w, n0, acc);
+  if (!staged || !vec) return StoreTileDirect<OutT, kTileN>(p, w, n0, acc, threadIdx.x / 128);
   const int warpgroup = threadIdx.x / 128, warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   float* stage = reinterpret_cast<float*>(smem);
   __syncthreads();  // every warpgroup's MMAs have read the ring
@@ -216,35 +118,6 @@ __device__ __forceinline__ void StoreTile(const Problem& p, const BlockWork<bf16
   }
 }
 
-// The k16 slices of one stage, multiplied into acc by this warpgroup; the
-// first stage of a tile (first) overwrites acc.
-template <typename S, bool kAKMajor, bool kBKMajor>
-__device__ __forceinline__ void MmaStage(float (&acc)[S::kTileN / 2], const unsigned char* a,
-                                         const unsigned char* b, bool first) {
-  const int warpgroup = threadIdx.x / 128;
-  WgmmaFence();
-#pragma unroll
-  for (int kk = 0; kk < kTileK / 16; ++kk) {
-    Mma<S::kTileN, kAKMajor, kBKMajor>(acc, SliceDescriptor<kAKMajor>(a, warpgroup * 64, kk),
-                                       SliceDescriptor<kBKMajor>(b, 0, kk),
-                                       kk > 0 || !first ? 1 : 0);
-  }
-  WgmmaCommit();
-}
-
-template <typename S>
-struct Ring {
-  unsigned char* smem;
-  __device__ unsigned char* a(int64_t i) const { return smem + (i % S::kStages) * S::kStageBytes; }
-  __device__ unsigned char* b(int64_t i) const { return a(i) + S::kABytes; }
-};
-
-template <typename S>
-__device__ __forceinline__ Ring<S> MakeRing() {
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  return Ring<S>{smem_raw + ((1024 - SmemAddress(smem_raw) % 1024) % 1024)};
-}
-
 // One block a tile (grid x: column tiles, y: row tiles, z: groups).
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
 __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p, bool staged) {
@@ -255,8 +128,10 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p,
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kTileN;
   const Ring<S> ring = MakeRing<S>();
   auto load = [&](int64_t t) {
-    LoadTile<kTileM, kAKMajor>(ring.a(t), w.a, p.lda, w.m0, t * kTileK, w.m_lim, w.k_len);
-    LoadTile<kTileN, kBKMajor>(ring.b(t), w.b, p.ldb, n0, t * kTileK, p.n, w.k_len);
+    LoadTile<kTileM, kAKMajor, kThreads>(ring.a(t), w.a, p.lda, w.m0, t * kTileK, w.m_lim, w.k_len,
+                                         threadIdx.x);
+    LoadTile<kTileN, kBKMajor, kThreads>(ring.b(t), w.b, p.ldb, n0, t * kTileK, p.n, w.k_len,
+                                         threadIdx.x);
   };
   const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
   if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c
@@ -280,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, 1) GroupedGemmWgmmaKernel(Problem p,
     // the MMAs of tile t - 2 (its wait_group 1 after t - 1): that stage is
     // free for tile t + kAhead.
     __syncthreads();
-    MmaStage<S, kAKMajor, kBKMajor>(acc, ring.a(t), ring.b(t), t == 0);
+    MmaStage<S, kAKMajor, kBKMajor>(acc, ring.a(t), ring.b(t), t == 0, threadIdx.x / 128);
     if (t + kAhead < k_tiles) load(t + kAhead);
     CpAsyncCommit();
     WgmmaWait<1>();  // the MMAs of tile t - 1 are done
@@ -328,6 +203,17 @@ bool UseWgmma() {
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 void RunWgmma(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
               const char* op) {
+  // The persistent warp-specialized kernel, unless SCALEMOE_GROUPED_GEMM=tile
+  // asks for this file's block-per-tile one (A/B timings), or the reduction
+  // is shorter than 8 k steps: at 4 (gpu_finegrained_64e's K = 256) the
+  // block-per-tile kernel was faster on the H200 (175 against 154 TFLOP/s),
+  // the ws kernel 1.09-1.20x faster at 12 and more (bench/RESULTS.md).
+  static const bool tile = EnvEquals("SCALEMOE_GROUPED_GEMM", "tile");
+  const bool long_reduction = kWeightGrad || p.k >= 8 * kTileK;
+  if (!tile && long_reduction &&
+      RunWgmmaWs<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, op)) {
+    return;
+  }
   if (p.n > 128) {
     Launch<OutT, kAKMajor, kBKMajor, kWeightGrad, Wide>(ctx, p, row_tiles, groups, op);
   } else {

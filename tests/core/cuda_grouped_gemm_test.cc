@@ -8,13 +8,14 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits. The binary is registered three
+// Every case also runs twice: the same bits. The binary is registered four
 // times (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
-// products on wgmma, with K-major and MN-major shared tiles, 128 x 256 or
-// 128 x 128 output tiles by the output's width, stores through shared
-// memory where c's rows are 16-byte aligned), wgmma storing straight from
-// the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and everything on
-// mma.sync (SCALEMOE_GROUPED_GEMM=mma).
+// products on the persistent warp-specialized wgmma kernel, with K-major and
+// MN-major shared tiles, 128 x 256 or 128 x 128 output tiles by the output's
+// width), the block-per-tile wgmma kernel (SCALEMOE_GROUPED_GEMM=tile; stores
+// through shared memory where c's rows are 16-byte aligned), the same
+// storing straight from the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct),
+// and everything on mma.sync (SCALEMOE_GROUPED_GEMM=mma).
 #include <string>
 #include <vector>
 
@@ -60,6 +61,11 @@ std::vector<Case> Cases() {
       // 64), into outputs at most 128 wide (its 128 x 128 tiles) and wider.
       {"long_reduction", {0, 900, 3}, 120, 1000},
       {"long_group_rows", {1100, 5}, 48, 112, 0, 2},
+      // On sm_90 the warp-specialized kernel takes the reductions of 512
+      // and more (x·Wᵀ over k above, d_y·W over n here; the weight
+      // gradients always), the block-per-tile one the shorter ones: both in
+      // one launch sequence, 8 past a multiple of the k step.
+      {"both_wgmma_kernels", {300, 0, 517}, 520, 136, 4, 0},
   };
 }
 
