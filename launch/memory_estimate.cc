@@ -215,22 +215,32 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
                         "train.recompute=",
                         config::TrainConfig::Recompute_Name(cfg.train().recompute()), ")"),
            kept_layers * tokens * per_token + boundaries * tokens * s.C * stream, act);
+  // The logits are fp32; their gradient is bf16 where the head's GEMMs take
+  // it as it is (BF16 on one TP rank, model/model.cc), else fp32: under BF16
+  // with TP the vocab-parallel loss's, which the head copies to bf16.
+  const bool bf16_d_logits = bf16 && s.tp == 1;
+  const bool d_logits_copy = bf16 && !bf16_d_logits;
   add_acts("logits and their gradient",
-           absl::StrCat(batch, " x 2 x model.vocab_size=", Num(s.V), tp_text),
-           tokens * 2 * s.V / s.tp, 4);
+           absl::StrCat(
+               batch, " x model.vocab_size=", Num(s.V), tp_text,
+               bf16_d_logits ? " x (4 + 2 bytes: fp32 logits, bf16 gradient)" : " x (4 + 4 bytes)"),
+           tokens * s.V / s.tp, bf16_d_logits ? 6 : 8);
   // Transients at the backward's peak, beside what is kept: the gradients of
-  // the layer whose backward runs (about one layer's activations again) and,
-  // under BF16, the head's bf16 copy of d_logits. Without them FULL's
-  // estimate was low by 8 % at micro-batch 8 (13.3 GiB against 14.34 on an
-  // H200; now 14.4) and put gpu_moe_125m's micro-batch 256, which ran out of
-  // the H200's 140 GiB, at 103 GiB (now 139: not yet measured again).
+  // the layer whose backward runs (about one layer's activations again) and
+  // the head's bf16 copy of an fp32 d_logits (BF16 with TP). Without them
+  // FULL's estimate was low by 8 % at micro-batch 8 (13.3 GiB against 14.34
+  // on an H200; then 14.4) and put gpu_moe_125m's micro-batch 256, which ran
+  // out of the H200's 140 GiB, at 103 GiB (then 139). Those peaks had an
+  // fp32 d_logits and its bf16 copy; the bf16 d_logits takes 4 bytes a logit
+  // off the estimate (1 GiB at micro-batch 8, 32 at 256) and 0.5 to 1 GiB
+  // off the peak at 8: not measured again.
   add_acts("backward working set",
            absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
                         " values per token (the running layer's gradients)",
-                        bf16 ? absl::StrCat(", and d_logits' bf16 copy: ", batch,
-                                            " x model.vocab_size=", Num(s.V), tp_text)
-                             : std::string()),
-           tokens * per_token * act + (bf16 ? tokens * s.V / s.tp * 2 : 0), 1);
+                        d_logits_copy ? absl::StrCat(", and d_logits' bf16 copy: ", batch,
+                                                     " x model.vocab_size=", Num(s.V), tp_text)
+                                      : std::string()),
+           tokens * per_token * act + (d_logits_copy ? tokens * s.V / s.tp * 2 : 0), 1);
   // The GPU attention backward (bf16 operands) stores dSᵀ for its d_q pass
   // while it runs: at most ops::kAttentionDsBudgetBytes (core/ops.h).
   if (bf16) {

@@ -252,7 +252,11 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
   SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
   head_->Forward(ctx, *n_full, logits_);
-  d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), dt) : Tensor();
+  // d_logits in the dtype the head's backward takes as it is (bf16 under
+  // BF16: the loss rounds the gradient once where the head copied it), but
+  // for the vocab-parallel loss, which keeps the logits' dtype.
+  const DType d_logits_dtype = vocab_loss_ ? dt : head_->copy_free_d_y_dtype();
+  d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), d_logits_dtype) : Tensor();
   keep_grad_ = keep_grad;
   const Tensor target_ids = ctx.ToDevice(targets).View({n});
   if (vocab_loss_) {
@@ -309,15 +313,16 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
   const DType master = registry_.flat_values().dtype(), dt = BoundaryDType();
   Tensor d_x = ctx.Empty(shape, dt);
   if (is_last_stage()) {
-    // The loss is taken: the logits go before the head's backward, which
-    // needs a bf16 copy of their gradient beside it (with the logits that
-    // was 2.5 logits' worth; the memory estimate counts two).
+    // The loss is taken: the logits go before the head's backward. Under
+    // BF16 d_logits is bf16 already, but for the vocab-parallel loss's f32
+    // one, which the head copies to bf16 beside it (launch/memory_estimate.cc
+    // counts what is kept and that copy).
     logits_ = Tensor();
     Tensor d_logits = d_logits_;
     Tensor d_n = ctx.Empty(shape, dt);
     // The vocab-split head gives this rank's share of d n_final (all tokens),
     // summed in the logits' dtype. The loss scale rides on its GEMMs.
-    const Tensor d_n_full = tp_.PartialFor(ctx, d_n, n, d_logits.dtype());
+    const Tensor d_n_full = tp_.PartialFor(ctx, d_n, n, master);
     head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite, loss_grad_scale);
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);

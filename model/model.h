@@ -223,7 +223,8 @@ class MoeTransformer {
   std::vector<Tensor> residuals_;  // L+1 tensors [rows, C]: block inputs and the last output
                                    // (L = this stage's layers; rows = tp_.Rows(B*T))
   Tensor n_final_, rstd_final_;    // final norm
-  Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits
+  Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits, in the head's
+                                   // copy_free_d_y_dtype (the logits' for vocab_loss_)
   bool keep_grad_ = false;         // the cache awaits its Backward
   // train.recompute FULL on a single stage: ForwardStage drops each block's
   // cache (keeping its input in residuals_), BackwardStage reruns the

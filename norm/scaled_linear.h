@@ -158,6 +158,11 @@ class ScaledLinear {
   // without a copy) unless a per-token u follows the GEMM (its op takes one
   // dtype for all). After PrepareStep.
   DType output_dtype(DType activations) const { return per_token_u() ? activations : gemm_dtype_; }
+  // The dtype Backward takes d_y in as it is, without a converted copy: the
+  // GEMMs' (bf16 with bf16 operands), or the master's when a per-token u
+  // scales d_y first. A caller that makes d_y itself (the LM head's loss
+  // gradient) may write it in this dtype. After PrepareStep.
+  DType copy_free_d_y_dtype() const { return per_token_u() ? weight_->value.dtype() : gemm_dtype_; }
   // Whether PrepareStep gives the GEMM a weight of its own (W_eff, or W's
   // bf16 copy) rather than W itself. After the BranchScales' Forward.
   bool forms_gemm_weight() const {

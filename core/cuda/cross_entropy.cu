@@ -1,16 +1,21 @@
 // CrossEntropy on the GPU, the contract of core/ops.h (core/cpu/
 // cross_entropy.cc is the reference): logits [N, V] (f32, f64 or bf16),
 // targets int32 [N], loss f64[1] = mean_n (log Σ_v exp(logits[n, v]) −
-// logits[n, targets[n]]), d_logits (if defined) = (softmax − onehot) / N.
+// logits[n, targets[n]]), d_logits (if defined) = (softmax − onehot) / N,
+// in the logits' dtype or in bf16 (the LM head's GEMMs read it so, without
+// the copy): computed alike, rounded once on store as ops::Copy rounds (to
+// nearest even; f64 through f32), so the same bits as a copy of the
+// logits-dtype gradient.
 //
 // A block per row and two passes over it. The op is bound by memory (each
 // logit read twice, each gradient written once), so the kernel keeps the
 // work per element small and the second read in L2:
-// - 16-byte packed loads and stores (4 f32, 2 f64 or 8 bf16). A row that
-//   does not start on 16 bytes (V not a multiple of the pack) takes the
-//   elements before its first boundary and its last (V − head) mod pack
-//   elements one at a time. Logits or d_logits not 16-byte aligned at all
-//   (a view) take the same kernel with packs of one element.
+// - 16-byte packed loads and stores (4 f32, 2 f64 or 8 bf16; a bf16
+//   d_logits of f32 or f64 logits takes the logits' packs, 8 or 4 bytes).
+//   A row that does not start on 16 bytes (V not a multiple of the pack)
+//   takes the elements before its first boundary and its last (V − head)
+//   mod pack elements one at a time. Logits or d_logits not 16-byte
+//   aligned at all (a view) take the same kernel with packs of one element.
 // - Pass 1: each thread keeps a running max and Σ exp(x − max) in the
 //   compute type (f32 for f32 and bf16, f64 for f64), rescaling its sum at
 //   most once per pack (when the pack raises the max); the threads' (max,
@@ -187,17 +192,29 @@ __device__ __forceinline__ void LoadValues(const T* p, Acc<T> (&out)[P]) {
   for (int k = 0; k < P; ++k) out[k] = ToAcc(pack.v[k]);
 }
 
+// A gradient value v of the logits' compute type stored as a D: rounded as
+// ops::Copy rounds (ConvertKernel: to D's compute type, then to D).
+template <typename D, typename A>
+__device__ __forceinline__ D StoreAs(A v) {
+  return FromAcc<D>(static_cast<Acc<D>>(v));
+}
+
 // Gradients are stored evict-first: the next kernel to read them comes after
-// the whole tensor, far more than L2 holds.
-template <typename T, int P>
-__device__ __forceinline__ void StoreValues(T* p, const Acc<T> (&in)[P]) {
-  Pack<T, P> pack;
+// the whole tensor, far more than L2 holds. A pack of P gradients in D (P
+// the logits' pack): 16 bytes, or 8 (f32 logits) or 4 (f64) in bf16.
+template <typename D, typename A, int P>
+__device__ __forceinline__ void StoreValues(D* p, const A (&in)[P]) {
+  Pack<D, P> pack;
 #pragma unroll
-  for (int k = 0; k < P; ++k) pack.v[k] = FromAcc<T>(in[k]);
+  for (int k = 0; k < P; ++k) pack.v[k] = StoreAs<D>(in[k]);
   if constexpr (sizeof(pack) == 16) {
     __stcs(reinterpret_cast<int4*>(p), *reinterpret_cast<const int4*>(&pack));
+  } else if constexpr (P > 1 && sizeof(pack) == 8) {
+    __stcs(reinterpret_cast<int2*>(p), *reinterpret_cast<const int2*>(&pack));
+  } else if constexpr (P > 1 && sizeof(pack) == 4) {
+    __stcs(reinterpret_cast<int*>(p), *reinterpret_cast<const int*>(&pack));
   } else {
-    *reinterpret_cast<Pack<T, P>*>(p) = pack;
+    *reinterpret_cast<Pack<D, P>*>(p) = pack;
   }
 }
 
@@ -241,10 +258,12 @@ __device__ __forceinline__ void ForEachPack(const T* first, int packs, F&& body)
   }
 }
 
-// P: elements per pack (16 bytes' worth, or 1 for unaligned tensors).
-template <typename T, int P>
+// T: the logits' type, D: d_logits' (T, or bf16). P: elements per pack
+// (16 bytes of logits, or 1 for unaligned tensors); d_logits' packs of P
+// elements then start on a multiple of their size too.
+template <typename T, typename D, int P>
 __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<T>)
-    CrossEntropyRowKernel(int64_t n, int v, const T* logits, const int32_t* targets, T* d_logits,
+    CrossEntropyRowKernel(int64_t n, int v, const T* logits, const int32_t* targets, D* d_logits,
                           double* row_loss) {
   using A = Acc<T>;
   const A scale = static_cast<A>(1.0 / static_cast<double>(n));
@@ -269,12 +288,12 @@ __global__ void __launch_bounds__(kMaxRowThreads, kMinBlocksPerSm<T>)
     if (d_logits == nullptr) continue;
 
     const Softmax<A> softmax(log_z);
-    T* d = d_logits + r * v;
+    D* d = d_logits + r * v;
     // p / N everywhere; the target's − 1 / N where its pack or element is
     // written (one thread's, so no second write).
     const auto write_one = [&](int j) {
       const A g = softmax(ToAcc(row[j])) * scale;
-      d[j] = FromAcc<T>(j == y ? g - scale : g);
+      d[j] = StoreAs<D>(j == y ? g - scale : g);
     };
     if (t < split.head) write_one(t);
     ForEachPack<true, T, P>(packed, split.packs, [&](int i, const A(&x)[P]) {
@@ -326,17 +345,28 @@ unsigned CrossEntropyBlocks(const ExecContext& ctx, Kernel kernel, int threads, 
   return static_cast<unsigned>(std::clamp<int64_t>(per_sm * sms, 1, std::min(n, kMaxBlocks)));
 }
 
-template <typename T, int P>
+template <typename T, typename D, int P>
 void LaunchCrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,
                         const Tensor& d_logits, const Tensor& row_loss) {
   const int64_t n = logits.dim(0), v = logits.dim(1);
-  const auto kernel = CrossEntropyRowKernel<T, P>;
+  const auto kernel = CrossEntropyRowKernel<T, D, P>;
   const int threads = RowBlockThreads(v);
   const unsigned blocks =
       CrossEntropyBlocks(ctx, kernel, threads, n, v * static_cast<int64_t>(sizeof(T)));
   kernel<<<blocks, threads, 0, Stream(ctx)>>>(n, static_cast<int>(v), Ptr<const T>(logits),
-                                              Ptr<const int32_t>(targets), Ptr<T>(d_logits),
+                                              Ptr<const int32_t>(targets), Ptr<D>(d_logits),
                                               Ptr<double>(row_loss));
+}
+
+// The kernel for 16-byte packs of logits if `packed`, else of one element.
+template <typename T, typename D>
+void PickCrossEntropyKernel(const ExecContext& ctx, bool packed, const Tensor& logits,
+                            const Tensor& targets, const Tensor& d_logits, const Tensor& row_loss) {
+  if (packed) {
+    LaunchCrossEntropy<T, D, kPack<T>>(ctx, logits, targets, d_logits, row_loss);
+  } else {
+    LaunchCrossEntropy<T, D, 1>(ctx, logits, targets, d_logits, row_loss);
+  }
 }
 
 }  // namespace
@@ -351,8 +381,11 @@ void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& ta
                targets.DebugString(), " for ", logits.DebugString());
   if (d_logits.defined()) {
     CheckOnDevice(ctx, d_logits, kOp, "d_logits");
-    SM_CHECK_MSG(d_logits.numel() == logits.numel() && d_logits.dtype() == logits.dtype(), kOp,
-                 " d_logits ", d_logits.DebugString(), " for ", logits.DebugString());
+    SM_CHECK_MSG(d_logits.numel() == logits.numel(), kOp, " d_logits ", d_logits.DebugString(),
+                 " must have the logits' size, for logits ", logits.DebugString());
+    SM_CHECK_MSG(d_logits.dtype() == logits.dtype() || d_logits.dtype() == DType::kBF16, kOp,
+                 " d_logits ", d_logits.DebugString(),
+                 " must be in the logits' dtype or bf16, for logits ", logits.DebugString());
   }
   CheckOnDevice(ctx, loss, kOp, "loss");
   SM_CHECK_MSG(loss.dtype() == DType::kF64 && loss.numel() == 1, kOp, " loss ", loss.DebugString(),
@@ -369,12 +402,13 @@ void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& ta
   const Tensor row_loss = ctx.Empty({n}, DType::kF64);
   const bool packed =
       AllAligned16({logits.raw_data(), d_logits.defined() ? d_logits.raw_data() : nullptr});
+  const bool bf16_grad = d_logits.defined() && d_logits.dtype() != logits.dtype();
   DispatchFloat(logits, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    if (packed) {
-      LaunchCrossEntropy<T, kPack<T>>(ctx, logits, targets, d_logits, row_loss);
+    if (bf16_grad) {
+      PickCrossEntropyKernel<T, __nv_bfloat16>(ctx, packed, logits, targets, d_logits, row_loss);
     } else {
-      LaunchCrossEntropy<T, 1>(ctx, logits, targets, d_logits, row_loss);
+      PickCrossEntropyKernel<T, T>(ctx, packed, logits, targets, d_logits, row_loss);
     }
   });
   SM_CHECK_LAUNCH(ctx, kOp, "CrossEntropyRowKernel");

@@ -6,7 +6,8 @@
 // of a shard's boundaries, f32, f64 and bf16. Outputs start as NaN; a NaN
 // never passes. CrossEntropy also meets rows at every 16-byte alignment (V
 // not a multiple of its pack; targets in a row's unpacked first and last
-// elements), views that start off a 16-byte boundary, and −inf logits. The
+// elements), views that start off a 16-byte boundary, −inf logits, and a
+// bf16 d_logits of f32 and f64 logits (the copied gradient's bits). The
 // embedding's lookup is a copy and its backward adds in the CPU's order, so
 // both match the CPU bit for bit (f32, f64), and the backward gives the
 // same bits on every run with many repeated ids.
@@ -308,6 +309,46 @@ TEST_F(CudaEmbeddingCeTest, CrossEntropyOfMinusInfLogitsMatchesCpu) {
                  absl::StrCat("loss ", DTypeName(dtype)));
     ExpectParity(Host(d_logits), d_ref, ParityTolerance(dtype),
                  absl::StrCat("d ", DTypeName(dtype)));
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// A bf16 d_logits of f32 or f64 logits (the LM head's under BF16) holds
+// the bits of the logits-dtype gradient copied to bf16 (ops::Copy: what the
+// head did before), at every row alignment and for views off a 16-byte
+// boundary (the unpacked kernel: the reference's d_logits is a view of the
+// same rows, so that both take it); the loss's bits do not change.
+TEST_F(CudaEmbeddingCeTest, CrossEntropyBf16GradientIsTheCopiedGradientBitForBit) {
+  struct Case {
+    int64_t n, v, first_logits, first_d;  // rows [first, first + n) of a [n + 1, v] tensor
+  };
+  std::vector<Case> cases;
+  for (const CeDims& d : kCeDims) cases.push_back({d.n, d.v, 0, 0});
+  for (const Case c : {Case{6, 1001, 1, 0}, Case{6, 1001, 0, 1}, Case{6, 1001, 1, 1}}) {
+    cases.push_back(c);
+  }
+  uint64_t seed = 600;
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    for (const Case& c : cases) {
+      ++seed;
+      const std::string what =
+          absl::StrCat(DTypeName(dtype), " N ", c.n, " V ", c.v, ", logits from row ",
+                       c.first_logits, ", d_logits from row ", c.first_d);
+      const Tensor logits =
+          Dev(RandomHost({c.n + 1, c.v}, dtype, seed, 1, 3.0)).Narrow(0, c.first_logits, c.n);
+      const Tensor targets = Dev(CeTargets(c.n, c.v, seed));
+      const Tensor d_wide = Poisoned({c.n + 1, c.v}, dtype).Narrow(0, c.first_d, c.n);
+      Tensor loss_wide = Poisoned({1}, DType::kF64);
+      ops::CrossEntropy(ctx_, logits, targets, d_wide, loss_wide);
+      Tensor want = Poisoned({c.n, c.v}, DType::kBF16);
+      ops::Copy(ctx_, d_wide, want);
+      const Tensor d_bf16 = Poisoned({c.n + 1, c.v}, DType::kBF16).Narrow(0, c.first_d, c.n);
+      Tensor loss = Poisoned({1}, DType::kF64);
+      ops::CrossEntropy(ctx_, logits, targets, d_bf16, loss);
+      EXPECT_TRUE(BitwiseEqual(Host(d_bf16), Host(want))) << what;
+      EXPECT_TRUE(BitwiseEqual(Host(loss), Host(loss_wide))) << what;
+    }
   }
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;

@@ -213,6 +213,46 @@ TEST(CrossEntropyTest, MatchesLogSoftmaxAndGradient) {
   EXPECT_LT(GradError(loss, logits, d), kGradTolerance);
 }
 
+// A bf16 d_logits (what the LM head's GEMMs read under BF16) holds the
+// gradient computed in the logits' dtype rounded once to bf16, to nearest
+// even, bit for bit: the bits ops::Copy of the f32 gradient gives (f64
+// through f32, as Copy converts). The loss does not change.
+TEST(CrossEntropyTest, Bf16GradientIsTheRoundedGradientBitForBit) {
+  const ExecContext ctx;
+  const int64_t n = 6, v = 37;
+  const Tensor targets = Ids({n}, {0, 36, 3, 17, 36, 5});
+  for (DType dtype : {DType::kF32, DType::kF64}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    const Tensor logits = RandomTensor({n, v}, 18, 3.0, dtype);
+    Tensor d_ref = Tensor::Empty({n, v}, dtype);
+    const double loss_ref = MeanCrossEntropy(ctx, logits, targets, d_ref);
+    Tensor copied = Tensor::Empty({n, v}, DType::kBF16);
+    ops::Copy(ctx, d_ref, copied);
+    Tensor d = Tensor::Empty({n, v}, DType::kBF16);
+    EXPECT_EQ(MeanCrossEntropy(ctx, logits, targets, d), loss_ref);
+    int rounded = 0;  // values bf16 cannot hold: the rounding is exercised
+    for (int64_t i = 0; i < n * v; ++i) {
+      const float f = static_cast<float>(d_ref.At(i));
+      const uint16_t want = bf16::FromFloat(f);
+      EXPECT_EQ(d.data<bf16>()[i].bits, want) << "element " << i << " of " << f;
+      EXPECT_EQ(copied.data<bf16>()[i].bits, want) << "element " << i;
+      rounded += static_cast<float>(bf16(f)) != f;
+    }
+    EXPECT_GT(rounded, n * v / 2);
+  }
+}
+
+// Only the logits' dtype or bf16 takes the gradient; the message names
+// d_logits and the rule.
+TEST(CrossEntropyDeathTest, GradientInAnotherDtypeIsRefused) {
+  const ExecContext ctx;
+  const Tensor logits = RandomTensor({2, 5}, 19, 1.0, DType::kF64);
+  Tensor loss = Tensor::Empty({1}, DType::kF64);
+  EXPECT_DEATH(
+      ops::CrossEntropy(ctx, logits, Ids({2}, {1, 4}), Tensor::Empty({2, 5}, DType::kF32), loss),
+      "d_logits .* must be in the logits' dtype or bf16");
+}
+
 TEST(CrossEntropyTest, LargeLogitsStayFinite) {
   const ExecContext ctx;
   Tensor logits = Tensor::FromVector({1, 3}, {1000.0, 0.0, -1000.0}, DType::kF32);

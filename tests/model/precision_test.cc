@@ -307,6 +307,28 @@ TEST(ModelPrecisionTest, Bf16KeepsTheAttentionActivationsInBf16) {
   }
 }
 
+// The loss's gradient d_logits, which the backward keeps, is in the dtype
+// the LM head's GEMMs read: bf16 under BF16 (the loss rounds it once, where
+// the head made a bf16 copy of an fp32 one), fp32 under FP32. The only
+// [N, V] tensor in the forward cache (the logits themselves are not kept).
+TEST(ModelPrecisionTest, TheLossWritesItsGradientInTheHeadsGemmDtype) {
+  for (auto precision : {config::TrainConfig::FP32, config::TrainConfig::BF16}) {
+    config::RunConfig cfg = testing::TinyConfig(4);
+    cfg.mutable_train()->set_precision(precision);
+    const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
+    const DType want = precision == config::TrainConfig::BF16 ? DType::kBF16 : DType::kF32;
+    int d_logits = 0;
+    stash.ForEachTensor([&](const Tensor& t) {
+      if (!t.defined() || t.ndim() != 2 || t.dim(0) != 10 || t.dim(1) != cfg.model().vocab_size()) {
+        return;
+      }
+      ++d_logits;
+      EXPECT_EQ(t.dtype(), want) << "d_logits " << t.DebugString();
+    });
+    EXPECT_EQ(d_logits, 1);
+  }
+}
+
 // The distinct [N, C] tensors of one dtype in a forward cache (views of
 // one buffer counted once).
 std::vector<Tensor> DistinctRows(const ForwardCacheStash& stash, int64_t c, DType dtype) {
