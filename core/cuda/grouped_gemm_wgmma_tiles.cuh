@@ -19,8 +19,10 @@ constexpr int kTileM = kWgmmaTileM, kTileK = 64;
 
 // A kernel configuration: the output tile's width and the ring's stages.
 // Measured on the H200 and not kept (bench/RESULTS.md): 128 x 128 tiles with
-// 3 stages and two blocks per SM, and persistent blocks running one ring
-// across their tiles (slower on gpu_finegrained_64e's short reductions).
+// 3 stages and two blocks per SM, and persistent blocks whose every thread
+// both loaded and multiplied, one ring across their tiles (slower on
+// gpu_finegrained_64e's short reductions; the persistent kernel that was
+// kept splits the two jobs between warpgroups, grouped_gemm_wgmma_ws.cu).
 template <int kTileNArg, int kStagesArg>
 struct Shape {
   static constexpr int kTileN = kTileNArg, kStages = kStagesArg;
