@@ -24,7 +24,7 @@ StatusOr<Tensor> MicroBatchGraph::Run(const Tensor& tokens, const Tensor& target
     // captured again after it.
     Invalidate();
     losses = RunEager(tokens, targets, loss_grad_scale);
-  } else if (graph_ && tokens.shape() == tokens_.shape() &&
+  } else if (graph_ && tokens.shape() == tokens_.shape() && loss_grad_scale == scale_ &&
              (known_[w] ? trace == trace_[w] : (w == 1 && trace.empty()))) {
     // Between micro-batches nothing is allocated (the step's losses are
     // summed in place): an empty trace there needs no capture of its own.
@@ -101,6 +101,7 @@ StatusOr<Tensor> MicroBatchGraph::Capture(const Tensor& tokens, const Tensor& ta
   if (!ran.ok()) return failed(ran);
   if (!graph.ok()) return failed(graph.status());
   graph_ = *std::move(graph);
+  scale_ = loss_grad_scale;
   losses_ = out->losses;
   ++stats_.captures;
   ++captures_in_a_row_;

@@ -13,7 +13,10 @@
 //   (core/allocator.h); when the trace differs from the one the capture
 //   followed, the micro-batch is captured again;
 // - an eager forward (evaluation, an op-timed step) replaces the model's
-//   caches: Invalidate() drops the graph and the next micro-batch captures.
+//   caches: Invalidate() drops the graph and the next micro-batch captures;
+// - the loss scale rides on the captured GEMMs as a constant (their alpha):
+//   a micro-batch with another scale captures again. (The train loop's
+//   scale, 1 / the accumulation, is the same for a whole run.)
 // The first micro-batch runs eagerly: the allocator then holds one
 // micro-batch's blocks, which the capture takes over without cudaMalloc.
 // The losses are the same bits as the eager path's
@@ -57,6 +60,7 @@ class MicroBatchGraph {
   std::unique_ptr<CudaGraph> graph_;
   Tensor tokens_, targets_;  // the graph's inputs on the device
   Tensor losses_;            // the graph's output
+  double scale_ = 0.0;       // the loss_grad_scale the graph was captured with
   bool warm_ = false;        // an eager micro-batch filled the allocator's cache
   // The allocations of the eager work before a step's first micro-batch
   // (0) and between micro-batches (1) that the graph was captured after;
