@@ -27,6 +27,9 @@
 #   CUDA_GRAPHS=1: ours with train.cuda_graphs (each micro-batch's forward
 #   and backward replayed as one CUDA graph; launch/micro_batch_graph.h);
 #   0: without
+#   TABLE_ONLY=1: run nothing; print the tables from the logs already in
+#   BUILD_DIR/gpu_bench (e.g. of a call cut short before its table, with
+#   the logs fetched back)
 #   OPS=1: also torch_reference.py --ops per preset (torch.matmul, SDPA,
 #   torch._grouped_mm, fused AdamW at the preset's shapes; issue 13's table).
 # Raw output: BUILD_DIR/gpu_bench/*.log and results.jsonl (one BENCH_JSON each).
@@ -52,91 +55,94 @@ torch_timeout=${TORCH_TIMEOUT:-240}
 check_filter=${CHECK_FILTER:-Variants/*}
 out="$build/gpu_bench"
 mkdir -p "$out"
-rm -f "$out"/*.log "$out/results.jsonl"
 start=$(date +%s)
 stamp() { echo "[gpu_bench +$(($(date +%s) - start))s] $*"; }
+check="not run (TABLE_ONLY=1: the table from the logs in $out)"
+if [ "${TABLE_ONLY:-0}" != 1 ]; then
+  rm -f "$out"/*.log "$out/results.jsonl"
 
-# The A/B of the preset comments: the shared-γ baseline.
-baseline_sets=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INPUT_ONLY
-  --set scale_vectors.reparam=PLAIN --set scale_vectors.decay_policy=NONE_1D)
-shape_sets=(--set train.micro_batch_size="$micro" --set train.global_batch_size="$global")
-ours_sets=()
-[ "${CUDA_GRAPHS:-1}" = 1 ] && ours_sets+=(--set train.cuda_graphs=true)
+  # The A/B of the preset comments: the shared-γ baseline.
+  baseline_sets=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INPUT_ONLY
+    --set scale_vectors.reparam=PLAIN --set scale_vectors.decay_policy=NONE_1D)
+  shape_sets=(--set train.micro_batch_size="$micro" --set train.global_batch_size="$global")
+  ours_sets=()
+  [ "${CUDA_GRAPHS:-1}" = 1 ] && ours_sets+=(--set train.cuda_graphs=true)
 
-have_torch=0
-if [ "${TORCH:-1}" = 0 ]; then
-  echo "gpu_bench: TORCH=0: the torch columns stay empty" >&2
-elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  have_torch=1
-else
-  echo "gpu_bench: no python3 with CUDA torch here: the torch columns stay empty" >&2
-fi
-
-torch_run() {  # preset variant steps warmup log
-  local preset=$1 variant=$2 sets=("${shape_sets[@]}")
-  [ "$variant" = baseline ] && sets+=("${baseline_sets[@]}")
-  timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$preset.textproto" \
-    "${sets[@]}" --steps "$3" --warmup "$4" --compile "$compile" --label "$preset/$variant" \
-    > "$5" 2>&1
-}
-
-prewarm_pid=
-if [ "$have_torch" = 1 ] && [ "$compile" != none ] && [ "${PREWARM:-1}" = 1 ]; then
-  (for p in $presets; do for v in baseline unified; do
-     torch_run "$p" "$v" 1 1 "$out/prewarm_${p}_$v.log" || true
-   done; done) &
-  prewarm_pid=$!
-  stamp "torch compile pre-warm started in the background"
-fi
-
-if [ "${SKIP_BUILD:-0}" = 1 ]; then
-  stamp "SKIP_BUILD=1: using the binaries in $build"
-else
-  stamp "building train_step_bench, scalemoe and model_cuda_model_test in $build"
-  cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null || exit 1
-  if ! cmake --build "$build" -j"$(nproc)" --target train_step_bench scalemoe \
-      model_cuda_model_test > "$out/build.log" 2>&1; then
-    grep -E "error" "$out/build.log" | head -20
-    exit 1
+  have_torch=0
+  if [ "${TORCH:-1}" = 0 ]; then
+    echo "gpu_bench: TORCH=0: the torch columns stay empty" >&2
+  elif python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+    have_torch=1
+  else
+    echo "gpu_bench: no python3 with CUDA torch here: the torch columns stay empty" >&2
   fi
-fi
-[ -n "$prewarm_pid" ] && wait "$prewarm_pid"
-stamp "built"
 
-check="not run"
-if timeout 180 "$build/tests/model/model_cuda_model_test" --gtest_filter="$check_filter" \
-    > "$out/check.log" 2>&1; then
-  check="passed"
-else
-  check="FAILED (see $out/check.log)"
-  tail -20 "$out/check.log"
-fi
-stamp "correctness check (model_cuda_model_test, $check_filter): $check"
+  torch_run() {  # preset variant steps warmup log
+    local preset=$1 variant=$2 sets=("${shape_sets[@]}")
+    [ "$variant" = baseline ] && sets+=("${baseline_sets[@]}")
+    timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$preset.textproto" \
+      "${sets[@]}" --steps "$3" --warmup "$4" --compile "$compile" --label "$preset/$variant" \
+      > "$5" 2>&1
+  }
 
-for p in $presets; do
-  for v in baseline unified; do
-    sets=("${shape_sets[@]}" "${ours_sets[@]}")
-    [ "$v" = baseline ] && sets+=("${baseline_sets[@]}")
-    log="$out/ours_${p}_$v.log"
-    timeout "$run_timeout" "$build/bench/train_step_bench" --config "configs/$p.textproto" \
-      "${sets[@]}" --steps "$steps" --warmup "$warmup" --profile-steps "$profile" \
-      --label "$p/$v" > "$log" 2>&1 || echo "gpu_bench: ours $p/$v failed: $(tail -3 "$log")" >&2
-    stamp "ours  $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
-    if [ "$have_torch" = 1 ]; then
-      log="$out/torch_${p}_$v.log"
-      torch_run "$p" "$v" "$steps" "$warmup" "$log" ||
-        echo "gpu_bench: torch $p/$v failed: $(tail -3 "$log")" >&2
-      stamp "torch $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
+  prewarm_pid=
+  if [ "$have_torch" = 1 ] && [ "$compile" != none ] && [ "${PREWARM:-1}" = 1 ]; then
+    (for p in $presets; do for v in baseline unified; do
+       torch_run "$p" "$v" 1 1 "$out/prewarm_${p}_$v.log" || true
+     done; done) &
+    prewarm_pid=$!
+    stamp "torch compile pre-warm started in the background"
+  fi
+
+  if [ "${SKIP_BUILD:-0}" = 1 ]; then
+    stamp "SKIP_BUILD=1: using the binaries in $build"
+  else
+    stamp "building train_step_bench, scalemoe and model_cuda_model_test in $build"
+    cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release "${extra[@]}" >/dev/null || exit 1
+    if ! cmake --build "$build" -j"$(nproc)" --target train_step_bench scalemoe \
+        model_cuda_model_test > "$out/build.log" 2>&1; then
+      grep -E "error" "$out/build.log" | head -20
+      exit 1
     fi
-  done
-done
-if [ "$have_torch" = 1 ] && [ "${OPS:-0}" = 1 ]; then  # issue 13's torch per-op table
+  fi
+  [ -n "$prewarm_pid" ] && wait "$prewarm_pid"
+  stamp "built"
+
+  check="not run"
+  if timeout 180 "$build/tests/model/model_cuda_model_test" --gtest_filter="$check_filter" \
+      > "$out/check.log" 2>&1; then
+    check="passed"
+  else
+    check="FAILED (see $out/check.log)"
+    tail -20 "$out/check.log"
+  fi
+  stamp "correctness check (model_cuda_model_test, $check_filter): $check"
+
   for p in $presets; do
-    timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$p.textproto" \
-      "${shape_sets[@]}" --ops > "$out/torch_ops_$p.log" 2>&1 || echo "gpu_bench: torch --ops $p failed" >&2
-    grep -v "^BENCH_OPS_JSON" "$out/torch_ops_$p.log"
+    for v in baseline unified; do
+      sets=("${shape_sets[@]}" "${ours_sets[@]}")
+      [ "$v" = baseline ] && sets+=("${baseline_sets[@]}")
+      log="$out/ours_${p}_$v.log"
+      timeout "$run_timeout" "$build/bench/train_step_bench" --config "configs/$p.textproto" \
+        "${sets[@]}" --steps "$steps" --warmup "$warmup" --profile-steps "$profile" \
+        --label "$p/$v" > "$log" 2>&1 || echo "gpu_bench: ours $p/$v failed: $(tail -3 "$log")" >&2
+      stamp "ours  $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
+      if [ "$have_torch" = 1 ]; then
+        log="$out/torch_${p}_$v.log"
+        torch_run "$p" "$v" "$steps" "$warmup" "$log" ||
+          echo "gpu_bench: torch $p/$v failed: $(tail -3 "$log")" >&2
+        stamp "torch $p/$v: $(grep -v BENCH_ "$log" | grep -m1 ' | ' | cut -c1-400)"
+      fi
+    done
   done
-fi
+  if [ "$have_torch" = 1 ] && [ "${OPS:-0}" = 1 ]; then  # issue 13's torch per-op table
+    for p in $presets; do
+      timeout "$torch_timeout" python3 bench/torch_reference.py --config "configs/$p.textproto" \
+        "${shape_sets[@]}" --ops > "$out/torch_ops_$p.log" 2>&1 || echo "gpu_bench: torch --ops $p failed" >&2
+      grep -v "^BENCH_OPS_JSON" "$out/torch_ops_$p.log"
+    done
+  fi
+fi  # TABLE_ONLY
 grep -h "^BENCH_JSON " "$out"/ours_*.log "$out"/torch_*.log 2>/dev/null | cut -c12- \
   > "$out/results.jsonl" || true
 
