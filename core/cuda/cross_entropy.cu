@@ -334,9 +334,8 @@ unsigned CrossEntropyBlocks(const ExecContext& ctx, Kernel kernel, int threads, 
                             int64_t row_bytes) {
   constexpr const char* kOp = "CrossEntropy";
   const int device = ctx.device_ordinal();
-  int sms = 0, l2_bytes = 0, resident = 0;
-  SM_CHECK_CUDA_CALL(ctx, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device),
-                     kOp);
+  const int sms = MultiprocessorCount(ctx, kOp);
+  int l2_bytes = 0, resident = 0;
   SM_CHECK_CUDA_CALL(ctx, cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device), kOp);
   SM_CHECK_CUDA_CALL(
       ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, threads, 0), kOp);

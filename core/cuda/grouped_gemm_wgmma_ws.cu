@@ -183,13 +183,6 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif
 }
 
-int MultiprocessorCount(const ExecContext& ctx, const char* op) {
-  int sms = 0;
-  SM_CHECK_CUDA_CALL(
-      ctx, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device_ordinal()), op);
-  return std::max(sms, 1);
-}
-
 // Whether ptxas gave the kernel the registers its hand-over counts on (a
 // different compiler might give fewer: the claim would then wait forever).
 template <typename Kernel>
@@ -211,7 +204,7 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
   space.col_tiles = (p.n + S::kTileN - 1) / S::kTileN;
   space.row_tiles = row_tiles;
   space.groups = kWeightGrad ? groups : 1;
-  const int64_t blocks = std::min<int64_t>(space.size(), MultiprocessorCount(ctx, op));
+  const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
   if (blocks <= 0) return true;
   kernel<<<static_cast<unsigned>(blocks), kWsThreads, S::kSmemBytes, Stream(ctx)>>>(p, space);
   SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaWsKernel");

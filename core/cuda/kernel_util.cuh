@@ -166,6 +166,12 @@ inline cudaStream_t Stream(const ExecContext& ctx) {
   return static_cast<cudaStream_t>(ctx.stream());
 }
 
+// A generic pointer into shared memory as the 32-bit shared address that
+// PTX's shared-memory operands take.
+__device__ __forceinline__ unsigned SmemAddress(const void* p) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
 // Opts a kernel into more than 48 KB of dynamic shared memory, once per
 // kernel (callers keep the result in a static of their template instance).
 // max_carveout: ask for the largest shared-memory carveout (the rest of the
@@ -209,6 +215,15 @@ inline void CheckCall(const ExecContext& ctx, cudaError_t err, const char* op, c
 }
 #define SM_CHECK_CUDA_CALL(ctx, expr, op) \
   ::scalemoe::cuda::CheckCall(ctx, (expr), op, #expr, __FILE__, __LINE__)
+
+// The device's SM count, for grids of one wave; 0 where the query failed
+// (recorded on ctx, naming op).
+inline int MultiprocessorCount(const ExecContext& ctx, const char* op) {
+  int sms = 0;
+  SM_CHECK_CUDA_CALL(
+      ctx, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device_ordinal()), op);
+  return sms;
+}
 
 // A contiguous tensor on the context's CUDA device.
 inline void CheckOnDevice(const ExecContext& ctx, const Tensor& t, const char* op,

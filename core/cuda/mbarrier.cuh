@@ -12,20 +12,18 @@
 
 #include <cstdint>
 
-namespace scalemoe::cuda {
+#include "core/cuda/kernel_util.cuh"
 
-__device__ __forceinline__ uint32_t SmemU32(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
+namespace scalemoe::cuda {
 
 // One thread initializes; the block syncs before anyone arrives.
 __device__ __forceinline__ void MbarrierInit(uint64_t* bar, uint32_t arrivals) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemU32(bar)), "r"(arrivals)
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(SmemAddress(bar)), "r"(arrivals)
                : "memory");
 }
 
 __device__ __forceinline__ void MbarrierArrive(uint64_t* bar) {
-  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(SmemU32(bar))
+  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(SmemAddress(bar))
                : "memory");
 }
 
@@ -33,14 +31,14 @@ __device__ __forceinline__ void MbarrierArrive(uint64_t* bar) {
 // arrival is one of the barrier's expected ones (.noinc): count the
 // producer threads in MbarrierInit.
 __device__ __forceinline__ void CpAsyncMbarrierArrive(uint64_t* bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(SmemU32(bar))
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(SmemAddress(bar))
                : "memory");
 }
 
 // Returns once the phase of parity `parity` has completed (acquire: the
 // writes released by its arrivals are visible).
 __device__ __forceinline__ void MbarrierWait(uint64_t* bar, uint32_t parity) {
-  const uint32_t addr = SmemU32(bar);
+  const uint32_t addr = SmemAddress(bar);
   uint32_t done = 0;
   do {
     asm volatile(

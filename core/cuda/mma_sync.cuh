@@ -16,11 +16,9 @@
 
 #include <cstdint>
 
-namespace scalemoe::cuda {
+#include "core/cuda/kernel_util.cuh"
 
-__device__ __forceinline__ unsigned SmemAddress(const void* p) {
-  return static_cast<unsigned>(__cvta_generic_to_shared(p));
-}
+namespace scalemoe::cuda {
 
 __device__ __forceinline__ void LdMatrixX4(unsigned (&r)[4], const void* row) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"

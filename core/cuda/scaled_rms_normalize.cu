@@ -400,9 +400,8 @@ unsigned GroupBlocks(int64_t rows, int g, int r, int64_t max_blocks) {
 // partly filled second one).
 template <typename Kernel>
 int64_t ResidentBlocks(const ExecContext& ctx, const char* op, Kernel kernel) {
-  int sms = 0, per_sm = 0;
-  SM_CHECK_CUDA_CALL(
-      ctx, cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx.device_ordinal()), op);
+  const int sms = MultiprocessorCount(ctx, op);
+  int per_sm = 0;
   SM_CHECK_CUDA_CALL(
       ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0), op);
   return std::max<int64_t>(int64_t{sms} * per_sm, 1);
