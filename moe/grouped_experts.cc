@@ -213,6 +213,28 @@ void GroupedExperts::StartForward(const ExecContext& ctx, const Tensor& x, int64
   h_ = ctx.Empty({m, f}, inner);
 }
 
+void GroupedExperts::ExpertGemm(const ExecContext& ctx, const Tensor& a, const ops::MatrixGroup& w,
+                                const Tensor& c, const ops::GroupedGemmOptions& options) const {
+  if (!DenseGemms()) {
+    ops::GroupedGemm(ctx, a, w, offsets_, c, options);
+    return;
+  }
+  if (rows_ == 0) return;  // rows outside every group are untouched
+  ops::Gemm(ctx, a.Narrow(0, 0, rows_), w.matrices[0], c.Narrow(0, 0, rows_),
+            {.trans_b = options.trans_b, .beta = options.beta});
+}
+
+void GroupedExperts::ExpertWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                                      const ops::MatrixGroup& grads) const {
+  if (!DenseGemms()) {
+    ops::GroupedGemmWeightGrad(ctx, a, b, offsets_, grads, 1.0);
+    return;
+  }
+  // K = 0 (no rows) leaves the gradient as it is (beta = 1).
+  ops::Gemm(ctx, a.Narrow(0, 0, rows_), b.Narrow(0, 0, rows_), grads.matrices[0],
+            {.trans_a = ops::Trans::kYes, .beta = 1.0});
+}
+
 void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   SM_CHECK_MSG(weights_[kGate].size() == options_.num_experts, options_.prefix,
                ": Forward before PrepareStep (the step's weights are not formed)");
@@ -221,15 +243,15 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   x_gemm_ = InDType(ctx, x, gemm);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   if (gate_up_packed_) {
-    ops::GroupedGemm(ctx, x_gemm_, gate_up_weights_, offsets_, gate_up_, xwt);
+    ExpertGemm(ctx, x_gemm_, gate_up_weights_, gate_up_, xwt);
     ops::SwiGluPacked(ctx, rows(gate_up_), rows(h_));
   } else {
-    ops::GroupedGemm(ctx, x_gemm_, weights_[kGate], offsets_, gate_, xwt);
-    ops::GroupedGemm(ctx, x_gemm_, weights_[kUp], offsets_, up_, xwt);
+    ExpertGemm(ctx, x_gemm_, weights_[kGate], gate_, xwt);
+    ExpertGemm(ctx, x_gemm_, weights_[kUp], up_, xwt);
     ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
   }
   h_gemm_ = InDType(ctx, h_, gemm);
-  ops::GroupedGemm(ctx, h_gemm_, weights_[kDown], offsets_, y, xwt);
+  ExpertGemm(ctx, h_gemm_, weights_[kDown], y, xwt);
   ZeroTail(ctx, y, rows_);
 }
 
@@ -266,15 +288,15 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   // gradient buffers (the folded weight's, turned into dW, dγ, du at
   // FinishBackward).
   const Tensor d_y_gemm = InDType(ctx, d_y, gemm);
-  ops::GroupedGemmWeightGrad(ctx, d_y_gemm, h_gemm_, offsets_, grads_[kDown], 1.0);
+  ExpertWeightGrad(ctx, d_y_gemm, h_gemm_, grads_[kDown]);
   Tensor d_h = ctx.Empty({m, f}, dt);
-  ops::GroupedGemm(ctx, d_y_gemm, weights_[kDown], offsets_, d_h, {.trans_b = ops::Trans::kNo});
+  ExpertGemm(ctx, d_y_gemm, weights_[kDown], d_h, {.trans_b = ops::Trans::kNo});
   if (gate_up_packed_) {
     // dt is the GEMMs' dtype here (the grouped path's F-wide activations).
     Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
     ops::SwiGluPackedBackward(ctx, rows(gate_up_), rows(d_h), rows(d_gate_up));
-    ops::GroupedGemmWeightGrad(ctx, d_gate_up, x_gemm_, offsets_, gate_up_grads_, 1.0);
-    ops::GroupedGemm(ctx, d_gate_up, gate_up_weights_, offsets_, d_x, {.trans_b = ops::Trans::kNo});
+    ExpertWeightGrad(ctx, d_gate_up, x_gemm_, gate_up_grads_);
+    ExpertGemm(ctx, d_gate_up, gate_up_weights_, d_x, {.trans_b = ops::Trans::kNo});
     ZeroTail(ctx, d_x, rows_);
     return;
   }
@@ -282,11 +304,10 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   Tensor d_up = ctx.Empty({m, f}, dt);
   ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
   const Tensor d_gate_gemm = InDType(ctx, d_gate, gemm), d_up_gemm = InDType(ctx, d_up, gemm);
-  ops::GroupedGemmWeightGrad(ctx, d_gate_gemm, x_gemm_, offsets_, grads_[kGate], 1.0);
-  ops::GroupedGemmWeightGrad(ctx, d_up_gemm, x_gemm_, offsets_, grads_[kUp], 1.0);
-  ops::GroupedGemm(ctx, d_gate_gemm, weights_[kGate], offsets_, d_x, {.trans_b = ops::Trans::kNo});
-  ops::GroupedGemm(ctx, d_up_gemm, weights_[kUp], offsets_, d_x,
-                   {.trans_b = ops::Trans::kNo, .beta = 1.0});
+  ExpertWeightGrad(ctx, d_gate_gemm, x_gemm_, grads_[kGate]);
+  ExpertWeightGrad(ctx, d_up_gemm, x_gemm_, grads_[kUp]);
+  ExpertGemm(ctx, d_gate_gemm, weights_[kGate], d_x, {.trans_b = ops::Trans::kNo});
+  ExpertGemm(ctx, d_up_gemm, weights_[kUp], d_x, {.trans_b = ops::Trans::kNo, .beta = 1.0});
   ZeroTail(ctx, d_x, rows_);
 }
 

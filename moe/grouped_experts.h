@@ -119,6 +119,18 @@ class GroupedExperts {
   void StartForward(const ExecContext& ctx, const Tensor& x, int64_t rows);
   void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  // The grouped path's GEMMs: c = a·op(W_e) + beta·c on each expert's rows,
+  // and dW_e += a_eᵀ·b_e. One expert whose rows the host knows (a shared
+  // expert: every token) runs them as one dense ops::Gemm on its rows:
+  // cuBLASLt splits the weight gradient's K (every token) over the SMs,
+  // which a grouped kernel's few output tiles cannot (64e's shared expert:
+  // 24 tiles on 132 SMs, 60-120 TFLOP/s). The CPU's grouped GEMM is that
+  // Gemm per group, so the CPU's bits do not change.
+  bool DenseGemms() const { return options_.num_experts == 1 && !counts_.empty(); }
+  void ExpertGemm(const ExecContext& ctx, const Tensor& a, const ops::MatrixGroup& w,
+                  const Tensor& c, const ops::GroupedGemmOptions& options) const;
+  void ExpertWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                        const ops::MatrixGroup& grads) const;
   // Refreshes the weight and gradient groups when a tensor moved (PrepareStep).
   void UpdateGroups(const ExecContext& ctx);
   // Gives the gate and up maps one [E, 2F, C] buffer for the GEMM weights

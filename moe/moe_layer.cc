@@ -272,9 +272,13 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
     shared_gather_ = ctx.Empty({num_shared_ * tokens}, DType::kI32);
     shared_slots_ = ctx.Empty({tokens, num_shared_}, DType::kI32);
     ops::TiledRowIndex(ctx, num_shared_, shared_gather_, shared_slots_);
-    Tensor x_sh = ctx.Empty({num_shared_ * tokens, hidden_}, n.dtype());
+    // One shared expert's tiled input is n itself: no copy.
+    Tensor x_sh = n;
+    if (num_shared_ > 1) {
+      x_sh = ctx.Empty({num_shared_ * tokens, hidden_}, n.dtype());
+      ops::GatherRows(ctx, n, shared_gather_, 1, x_sh);
+    }
     Tensor y_sh = ctx.Empty(x_sh.shape(), n.dtype());
-    ops::GatherRows(ctx, n, shared_gather_, 1, x_sh);
     shared_experts_->Forward(ctx, x_sh, std::vector<int64_t>(num_shared_, tokens), y_sh);
     ops::CombineSlots(ctx, y_sh, shared_slots_, Tensor(), out);
   }
@@ -320,9 +324,12 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);
   if (shared_experts_) {
     const int64_t rows = shared_gather_.numel();
-    Tensor d_y_sh = ctx.Empty({rows, hidden_}, dt);
+    Tensor d_y_sh = d_out;
+    if (num_shared_ > 1) {
+      d_y_sh = ctx.Empty({rows, hidden_}, dt);
+      ops::GatherRows(ctx, d_out, shared_gather_, 1, d_y_sh);
+    }
     Tensor d_x_sh = ctx.Empty({rows, hidden_}, dt);
-    ops::GatherRows(ctx, d_out, shared_gather_, 1, d_y_sh);
     shared_experts_->Backward(ctx, d_y_sh, d_x_sh);
     ops::CombineSlots(ctx, d_x_sh, shared_slots_, Tensor(), d_n);
   }

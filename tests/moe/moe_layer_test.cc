@@ -175,6 +175,16 @@ INSTANTIATE_TEST_SUITE_P(AllVariants, MoeLayerVariantTest,
                            return std::string(kVariants[info.param].name);
                          });
 
+// One shared expert runs on n itself and as dense GEMMs; two run on the
+// tiled copy of n as a grouped GEMM over two groups. Both paths' gradients.
+TEST(MoeLayerTest, TwoSharedExpertsGradientsMatchFiniteDifferences) {
+  config::RunConfig cfg = VariantConfig(kVariants[7], /*fold=*/true);
+  cfg.mutable_moe()->set_num_shared_experts(2);
+  LayerRig rig(cfg);
+  testing::PerturbScaleVectors(rig.registry, 11);
+  rig.CheckGradients();
+}
+
 TEST(MoeLayerTest, VariantsRegisterTheirOwnVectors) {
   LayerRig unified(VariantConfig(kVariants[7], true));
   EXPECT_NE(unified.registry.Find("layers.0.moe.router.gamma.alpha"), nullptr);
