@@ -4,10 +4,12 @@
 # the mma.sync kernel (SCALEMOE_GROUPED_GEMM=mma) and the block-per-tile
 # wgmma kernel (SCALEMOE_GROUPED_GEMM=tile, core/cuda/grouped_gemm_wgmma.cu),
 # that one also storing straight from the registers
-# (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), in one device call: builds the
-# grouped-GEMM parity test and bench/cuda_gemm_bench in BUILD_DIR (default
-# build-gpu, an already configured CUDA tree), runs the test's four
-# registrations (they must pass, not skip), then the bench four ways, and
+# (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and the warp-specialized kernel
+# with its epilogue through shared memory (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=
+# staged), in one device call: builds the grouped-GEMM parity test and
+# bench/cuda_gemm_bench in BUILD_DIR (default build-gpu, an already
+# configured CUDA tree), runs the test's five registrations (they must pass,
+# not skip), then the bench five ways, and
 # prints the grouped rows (gfwd, gdgrad, gwgrad: the trainer's three
 # products with device offsets) side by side.
 # usage: bench/grouped_gemm_check.sh      (JOBS, default 16)
@@ -15,15 +17,16 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
 . bench/kernel_check_util.sh
-build_and_test grouped_gemm '^core_cuda_grouped_gemm(_mma|_tile|_direct)?_test$' \
+build_and_test grouped_gemm '^core_cuda_grouped_gemm(_mma|_tile|_direct|_ws_staged)?_test$' \
   core_cuda_grouped_gemm_test cuda_gemm_bench
-paths="mma tile direct ws"
+paths="mma tile direct ws staged"
 for path in $paths; do
   case $path in
     mma) env=(SCALEMOE_GROUPED_GEMM=mma) ;;
     tile) env=(SCALEMOE_GROUPED_GEMM=tile) ;;
     direct) env=(SCALEMOE_GROUPED_GEMM=tile SCALEMOE_GROUPED_GEMM_EPILOGUE=direct) ;;
     ws) env=() ;;
+    staged) env=(SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=staged) ;;
   esac
   env "${env[@]}" timeout 120 "$build/bench/cuda_gemm_bench" > "$build/grouped_gemm_${path}_bench.tsv" ||
     status=1
@@ -33,13 +36,14 @@ awk -F'\t' 'FNR == 1 { file++; next } $3 ~ /^g/ {
     key = $1 " " $3; ms[key, file] = $8; tf[key, file] = $9
     if (!(key in seen)) { seen[key] = 1; order[n++] = key } }
   END {
-    printf "%-26s %8s %7s %8s %7s %8s %7s %8s %7s\n", "case form", "mma_ms", "TF/s", "tile_ms",
-           "TF/s", "direct", "TF/s", "ws_ms", "TF/s"
+    printf "%-26s %8s %7s %8s %7s %8s %7s %8s %7s %8s %7s\n", "case form", "mma_ms", "TF/s",
+           "tile_ms", "TF/s", "direct", "TF/s", "ws_ms", "TF/s", "staged", "TF/s"
     for (i = 0; i < n; ++i) {
       k = order[i]
-      printf "%-26s %8.4f %7.1f %8.4f %7.1f %8.4f %7.1f %8.4f %7.1f\n", k, ms[k, 1], tf[k, 1],
-             ms[k, 2], tf[k, 2], ms[k, 3], tf[k, 3], ms[k, 4], tf[k, 4]
+      printf "%-26s %8.4f %7.1f %8.4f %7.1f %8.4f %7.1f %8.4f %7.1f %8.4f %7.1f\n", k, ms[k, 1],
+             tf[k, 1], ms[k, 2], tf[k, 2], ms[k, 3], tf[k, 3], ms[k, 4], tf[k, 4], ms[k, 5], tf[k, 5]
     }
   }' "$build/grouped_gemm_mma_bench.tsv" "$build/grouped_gemm_tile_bench.tsv" \
-  "$build/grouped_gemm_direct_bench.tsv" "$build/grouped_gemm_ws_bench.tsv"
+  "$build/grouped_gemm_direct_bench.tsv" "$build/grouped_gemm_ws_bench.tsv" \
+  "$build/grouped_gemm_staged_bench.tsv"
 exit $status

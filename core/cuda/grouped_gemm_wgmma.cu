@@ -32,41 +32,6 @@ constexpr int kThreads = 256;
 template <int kTileN>
 constexpr int kStagePitch = kTileN + 8;
 
-// 16 bytes of c's old values, for StoreVec16 (untouched when beta is 0).
-template <typename OutT>
-__device__ __forceinline__ uint4 LoadVec16(const OutT* src) {
-  return *reinterpret_cast<const uint4*>(src);
-}
-
-// kVec outputs from f32 shared memory into c at dst (16 bytes): v + beta *
-// old (dst's values before), rounded once, as the direct store does.
-__device__ __forceinline__ void StoreVec16(float* dst, const float* v, float beta, uint4 old_raw) {
-  float4 x = *reinterpret_cast<const float4*>(v);
-  if (beta != 0.0f) {
-    const float4 old = *reinterpret_cast<const float4*>(&old_raw);
-    x.x += beta * old.x, x.y += beta * old.y, x.z += beta * old.z, x.w += beta * old.w;
-  }
-  *reinterpret_cast<float4*>(dst) = x;
-}
-__device__ __forceinline__ void StoreVec16(bf16* dst, const float* v, float beta, uint4 old_raw) {
-  float x[8];
-  *reinterpret_cast<float4*>(x) = *reinterpret_cast<const float4*>(v);
-  *reinterpret_cast<float4*>(x + 4) = *reinterpret_cast<const float4*>(v + 4);
-  if (beta != 0.0f) {
-    const auto* o = reinterpret_cast<const __nv_bfloat162*>(&old_raw);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const float2 b = __bfloat1622float2(o[i]);
-      x[2 * i] += beta * b.x, x[2 * i + 1] += beta * b.y;
-    }
-  }
-  uint4 out;
-  auto* ov = reinterpret_cast<__nv_bfloat162*>(&out);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) ov[i] = __floats2bfloat162_rn(x[2 * i], x[2 * i + 1]);
-  *reinterpret_cast<uint4*>(dst) = out;
-}
-
 // The same through shared memory (the ring, free once every MMA is done):
 // the f32 fragments are written there, then each thread stores whole
 // 16-byte runs of a row, so that a warp's store covers 512 contiguous bytes

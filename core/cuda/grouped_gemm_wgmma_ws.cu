@@ -90,6 +90,74 @@ struct OperandStream {
   }
 };
 
+// The epilogue staged through shared memory (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE
+// =staged; not yet measured): each multiplying warpgroup has a buffer of its
+// own beside the ring, which the loaders keep filling meanwhile, of 64 rows
+// by 128 columns (a 128 x 256 tile's in two passes). The f32 fragments go
+// there, then each thread stores 16-byte runs of a row, as the
+// block-per-tile kernel's staged epilogue does (the weight gradients' beta
+// = 1 loads then batch as runs too). The ring gives up a stage for it:
+// 3 of 48 KB (128 x 256) or 4 of 32 KB (128 x 128).
+constexpr int kPassCols = 128, kPassPitch = kPassCols + 8;  // + 8: no bank conflicts
+constexpr int kEpilogueBytes = kMultipliers / 128 * 64 * kPassPitch * 4;
+using WideStaged = Shape<256, 3>;
+using NarrowStaged = Shape<128, 4>;
+static_assert(WideStaged::kSmemBytes + kEpilogueBytes <= 227 * 1024 - 64 &&
+                  NarrowStaged::kSmemBytes + kEpilogueBytes <= 227 * 1024 - 64,
+              "the ring, the buffers and the barriers in one block's shared memory");
+
+// Syncs the 128 threads of one multiplying warpgroup (named barriers 1, 2).
+__device__ __forceinline__ void WarpgroupSync(int warpgroup) {
+  asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
+}
+
+// This warpgroup's 64 rows of the tile into c through `buf` (its own).
+template <typename OutT, int kTileN>
+__device__ __forceinline__ void StoreTileStaged(const Problem& p, const BlockWork<bf16, OutT>& w,
+                                                int64_t n0, const float (&acc)[kTileN / 2],
+                                                int warpgroup, float* buf) {
+  constexpr int kVec = 16 / sizeof(OutT);
+  const bool vec = p.ldc % kVec == 0 && reinterpret_cast<uintptr_t>(w.c) % 16 == 0;
+  if (!vec) return StoreTileDirect<OutT, kTileN>(p, w, n0, acc, warpgroup);
+  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  // Runs in batches whose old values are loaded before any is stored; 4 a
+  // batch (8 spilled at the multipliers' 224 registers).
+  constexpr int kRuns = kPassCols / kVec, kPerThread = 64 * kRuns / 128, kBatch = 4;
+  static_assert(kTileN % kPassCols == 0 && kPerThread % kBatch == 0, "whole passes and batches");
+#pragma unroll
+  for (int pass = 0; pass < kTileN / kPassCols; ++pass) {
+    WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp * 16 + h * 8 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < kPassCols / 8; ++j) {
+        const int jj = pass * (kPassCols / 8) + j;
+        *reinterpret_cast<float2*>(buf + row * kPassPitch + 8 * j + (lane % 4) * 2) =
+            make_float2(acc[4 * jj + 2 * h], acc[4 * jj + 2 * h + 1]);
+      }
+    }
+    WarpgroupSync(warpgroup);
+    for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+      uint4 old[kBatch];
+      OutT* dst[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int c = t + (b0 + i) * 128, row = c / kRuns, col = (c % kRuns) * kVec;
+        const int64_t gm = w.m0 + warpgroup * 64 + row, gn = n0 + pass * kPassCols + col;
+        // n is a multiple of 8: a run is all in or all out.
+        dst[i] = gm < w.m_lim && gn < p.n ? w.c + gm * p.ldc + gn : nullptr;
+        old[i] = dst[i] && p.beta != 0.0f ? LoadVec16(dst[i]) : uint4{};
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int c = t + (b0 + i) * 128, row = c / kRuns, col = (c % kRuns) * kVec;
+        if (dst[i]) StoreVec16(dst[i], buf + row * kPassPitch + col, p.beta, old[i]);
+      }
+    }
+  }
+}
+
 // The tiles one launch covers and where tile i's work is.
 struct TileSpace {
   int64_t col_tiles = 0;  // across n
@@ -113,7 +181,9 @@ __device__ __forceinline__ BlockWork<bf16, OutT> TileWork(const Problem& p, cons
   }
 }
 
-template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
+// kStaged: the epilogue through shared memory (above), else straight from
+// the registers.
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged>
 __global__ void __launch_bounds__(kWsThreads, 1)
     GroupedGemmWgmmaWsKernel(Problem p, TileSpace space) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -176,7 +246,13 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     }
     WgmmaWait<0>();
     if (lane == 0) MbarrierArrive(&empty[held]);
-    StoreTileDirect<OutT, kTileN>(p, w, n0, acc, warpgroup);
+    if constexpr (kStaged) {
+      float* buf = reinterpret_cast<float*>(ring.a(0) + S::kStages * S::kStageBytes) +
+                   warpgroup * 64 * kPassPitch;
+      StoreTileStaged<OutT, kTileN>(p, w, n0, acc, warpgroup, buf);
+    } else {
+      StoreTileDirect<OutT, kTileN>(p, w, n0, acc, warpgroup);
+    }
   }
 #else
   __trap();  // launched only on sm_90 devices, from a build for sm_90a
@@ -192,13 +268,14 @@ bool HasLaunchRegisters(Kernel kernel) {
          attributes.numRegs >= kLaunchRegisters;
 }
 
-template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged>
 bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
               const char* op) {
-  auto kernel = GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S>;
+  auto kernel = GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kStaged>;
+  constexpr int kBytes = S::kSmemBytes + (kStaged ? kEpilogueBytes : 0);
   static const bool fits = HasLaunchRegisters(kernel);
   if (!fits) return false;
-  static const cudaError_t attr = AllowDynamicSmem(kernel, S::kSmemBytes);
+  static const cudaError_t attr = AllowDynamicSmem(kernel, kBytes);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   TileSpace space;
   space.col_tiles = (p.n + S::kTileN - 1) / S::kTileN;
@@ -206,7 +283,7 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
   space.groups = kWeightGrad ? groups : 1;
   const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
   if (blocks <= 0) return true;
-  kernel<<<static_cast<unsigned>(blocks), kWsThreads, S::kSmemBytes, Stream(ctx)>>>(p, space);
+  kernel<<<static_cast<unsigned>(blocks), kWsThreads, kBytes, Stream(ctx)>>>(p, space);
   SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaWsKernel");
   return true;
 }
@@ -216,10 +293,23 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
                 const char* op) {
-  if (p.n > 128) {
-    return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, Wide>(ctx, p, row_tiles, groups, op);
+  // SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=staged: the epilogue through shared
+  // memory (A/B timings; bench/grouped_gemm_check.sh).
+  static const bool staged = EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "staged");
+  if (staged) {
+    if (p.n > 128) {
+      return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, WideStaged, true>(ctx, p, row_tiles,
+                                                                               groups, op);
+    }
+    return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, NarrowStaged, true>(ctx, p, row_tiles,
+                                                                               groups, op);
   }
-  return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, Narrow>(ctx, p, row_tiles, groups, op);
+  if (p.n > 128) {
+    return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, Wide, false>(ctx, p, row_tiles, groups,
+                                                                        op);
+  }
+  return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, Narrow, false>(ctx, p, row_tiles, groups,
+                                                                        op);
 }
 
 // The three products (forward, data gradient, weight gradient) into bf16 or f32.
