@@ -44,10 +44,21 @@ struct BlockWork {
   int64_t m0 = 0, m_lim = 0, k_len = 0;
 };
 
+// Where a walk through the forward's row tiles across the groups is: the
+// group it reached and that group's first row tile. A walk whose tiles come
+// in increasing order (the persistent kernel's) scans only the groups it
+// passed since its last lookup, not all of them from the first.
+struct GroupCursor {
+  int group = 0;
+  int64_t first_tile = 0;
+};
+
 // The work of row tile `y` of group `z` (weight grad; the forward's row
-// tiles run across the groups, z unused).
+// tiles run across the groups, z unused, from `cursor` on: y must not be
+// below the cursor's first tile).
 template <typename T, typename OutT, bool kWeightGrad>
-__device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y, int z) {
+__device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y, int z,
+                                         GroupCursor& cursor) {
   BlockWork<T, OutT> w;
   if constexpr (kWeightGrad) {
     const int g = z;
@@ -61,21 +72,21 @@ __device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y
     w.k_len = p.offsets[g + 1] - r0;
   } else {
     // Row tile y of the concatenation of every group's row tiles.
-    int64_t first_tile = 0;
-    for (int g = 0; g < p.groups; ++g) {
+    for (; cursor.group < p.groups; ++cursor.group) {
+      const int g = cursor.group;
       const int64_t r0 = p.offsets[g], rows = p.offsets[g + 1] - r0;
       const int64_t tiles = (rows + tile_m - 1) / tile_m;
-      if (y < first_tile + tiles) {
+      if (y < cursor.first_tile + tiles) {
         w.valid = true;
         w.a = static_cast<const T*>(p.a) + r0 * p.lda;
         w.b = reinterpret_cast<const T*>(p.b_table[g]);
         w.c = static_cast<OutT*>(p.c) + r0 * p.ldc;
-        w.m0 = (y - first_tile) * tile_m;
+        w.m0 = (y - cursor.first_tile) * tile_m;
         w.m_lim = rows;
         w.k_len = p.k;
         return w;
       }
-      first_tile += tiles;
+      cursor.first_tile += tiles;
     }
   }
   return w;
@@ -84,7 +95,8 @@ __device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y
 // The work of this block (grid y: row tiles, z: groups).
 template <typename T, typename OutT, bool kWeightGrad>
 __device__ BlockWork<T, OutT> FindWork(const Problem& p, int tile_m) {
-  return FindWorkAt<T, OutT, kWeightGrad>(p, tile_m, blockIdx.y, blockIdx.z);
+  GroupCursor from_the_first;
+  return FindWorkAt<T, OutT, kWeightGrad>(p, tile_m, blockIdx.y, blockIdx.z, from_the_first);
 }
 
 // c = acc + beta * c, rounded to OutT.

@@ -167,17 +167,19 @@ struct TileSpace {
 };
 
 // Tile `tile`'s rows and reduction, and its column tile in `col`. Column
-// tiles vary fastest: neighbouring blocks share a's row tile.
+// tiles vary fastest: neighbouring blocks share a's row tile. A block's
+// tiles come in increasing order: `cursor` carries its walk over the groups.
 template <typename OutT, bool kWeightGrad>
 __device__ __forceinline__ BlockWork<bf16, OutT> TileWork(const Problem& p, const TileSpace& s,
-                                                          int64_t tile, int64_t& col) {
+                                                          int64_t tile, int64_t& col,
+                                                          GroupCursor& cursor) {
   col = tile % s.col_tiles;
   const int64_t rest = tile / s.col_tiles;
   if constexpr (kWeightGrad) {
     return FindWorkAt<bf16, OutT, true>(p, kTileM, rest % s.row_tiles,
-                                        static_cast<int>(rest / s.row_tiles));
+                                        static_cast<int>(rest / s.row_tiles), cursor);
   } else {
-    return FindWorkAt<bf16, OutT, false>(p, kTileM, rest, 0);
+    return FindWorkAt<bf16, OutT, false>(p, kTileM, rest, 0, cursor);
   }
 }
 
@@ -198,6 +200,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   }
   __syncthreads();
   RingPosition<S::kStages> pos;
+  GroupCursor cursor;
   // The forward's valid row tiles are a prefix of its upper bound: once a
   // tile has no rows, neither has any later one of this block.
   if (threadIdx.x < kLoaders) {
@@ -205,7 +208,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     const int loader = threadIdx.x;
     for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x) {
       int64_t col;
-      const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad>(p, space, tile, col);
+      const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad>(p, space, tile, col, cursor);
       if (!w.valid) break;
       const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
       const OperandStream<kTileM, kAKMajor> a(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader);
@@ -226,7 +229,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   float acc[kTileN / 2];  // the first MMA of a tile overwrites it (MmaStage)
   for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x) {
     int64_t col;
-    const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad>(p, space, tile, col);
+    const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad>(p, space, tile, col, cursor);
     if (!w.valid) break;
     const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
     if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c
