@@ -25,8 +25,8 @@ for path in $paths; do
     mma) env=(SCALEMOE_GROUPED_GEMM=mma) ;;
     tile) env=(SCALEMOE_GROUPED_GEMM=tile) ;;
     direct) env=(SCALEMOE_GROUPED_GEMM=tile SCALEMOE_GROUPED_GEMM_EPILOGUE=direct) ;;
-    ws) env=() ;;
-    staged) env=(SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=staged) ;;
+    ws) env=(SCALEMOE_GROUPED_GEMM=ws) ;;  # every case, the short reductions too
+    staged) env=(SCALEMOE_GROUPED_GEMM=ws SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=staged) ;;
   esac
   env "${env[@]}" timeout 120 "$build/bench/cuda_gemm_bench" > "$build/grouped_gemm_${path}_bench.tsv" ||
     status=1

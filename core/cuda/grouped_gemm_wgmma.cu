@@ -173,8 +173,10 @@ void RunWgmma(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
   // is shorter than 8 k steps: at 4 (gpu_finegrained_64e's K = 256) the
   // block-per-tile kernel was faster on the H200 (175 against 154 TFLOP/s),
   // the ws kernel 1.09-1.20x faster at 12 and more (bench/RESULTS.md).
+  // SCALEMOE_GROUPED_GEMM=ws runs the ws kernel on the short ones too (A/B).
   static const bool tile = EnvEquals("SCALEMOE_GROUPED_GEMM", "tile");
-  const bool long_reduction = kWeightGrad || p.k >= 8 * kTileK;
+  static const bool ws = EnvEquals("SCALEMOE_GROUPED_GEMM", "ws");
+  const bool long_reduction = kWeightGrad || p.k >= 8 * kTileK || ws;
   if (!tile && long_reduction &&
       RunWgmmaWs<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, op)) {
     return;
