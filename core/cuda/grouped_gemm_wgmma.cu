@@ -17,8 +17,9 @@
 // at ~290 TFLOP/s on the H200; this one at 265-350 on gpu_moe_125m's shapes.
 // Fixed summation order and no atomics: the same bits on every run.
 // Since the persistent warp-specialized kernel (grouped_gemm_wgmma_ws.cu,
-// the same tiles and bits), this one runs the reductions shorter than 8 k
-// steps, and everything under SCALEMOE_GROUPED_GEMM=tile.
+// the same tiles and bits) this one runs only under
+// SCALEMOE_GROUPED_GEMM=tile, and where the ws kernel cannot (a build that
+// gave it too few registers).
 #include "core/cuda/grouped_gemm_wgmma_tiles.cuh"
 
 namespace scalemoe::cuda::grouped_gemm {
@@ -169,15 +170,11 @@ template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 void RunWgmma(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
               const char* op) {
   // The persistent warp-specialized kernel, unless SCALEMOE_GROUPED_GEMM=tile
-  // asks for this file's block-per-tile one (A/B timings), or the reduction
-  // is shorter than 8 k steps: at 4 (gpu_finegrained_64e's K = 256) the
-  // block-per-tile kernel was faster on the H200 (175 against 154 TFLOP/s),
-  // the ws kernel 1.09-1.20x faster at 12 and more (bench/RESULTS.md).
-  // SCALEMOE_GROUPED_GEMM=ws runs the ws kernel on the short ones too (A/B).
+  // asks for this file's block-per-tile one (A/B timings). With its staged
+  // epilogue and the group cursor it is faster on every expert shape on the
+  // H200, 64e's K = 256 included (293 against 175 TFLOP/s; bench/RESULTS.md).
   static const bool tile = EnvEquals("SCALEMOE_GROUPED_GEMM", "tile");
-  static const bool ws = EnvEquals("SCALEMOE_GROUPED_GEMM", "ws");
-  const bool long_reduction = kWeightGrad || p.k >= 8 * kTileK || ws;
-  if (!tile && long_reduction &&
+  if (!tile &&
       RunWgmmaWs<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, op)) {
     return;
   }

@@ -12,8 +12,8 @@
 // times (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
 // products on the persistent warp-specialized wgmma kernel, with K-major and
 // MN-major shared tiles, 128 x 256 or 128 x 128 output tiles by the output's
-// width), the same with its epilogue through shared memory
-// (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=staged), the block-per-tile wgmma kernel
+// width, its epilogue through shared memory), the same storing straight from
+// the registers (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct), the block-per-tile wgmma kernel
 // (SCALEMOE_GROUPED_GEMM=tile; stores through shared memory where c's rows are 16-byte aligned),
 // the same storing straight from the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and
 // everything on mma.sync (SCALEMOE_GROUPED_GEMM=mma).
