@@ -408,6 +408,14 @@ void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor
 // out[i] = x[indices[i] / divisor] (row gather; index < 0 gives a zero row).
 void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
                 const Tensor& out);
+// out[i] = weights[indices[i]] · x[indices[i] / divisor] (a zero row where
+// index < 0): a gather whose rows are scaled by per-slot weights, the MoE
+// combine's backward into the permuted rows (d_y_i = w_i · d_out[token_i]).
+// x [N, C], weights N · divisor values of x's dtype, or f32 for bf16 x (the
+// product in f32, rounded once). The bits of GatherRows then ScaleRowsCols
+// by the gathered weights, in one pass.
+void GatherScaledRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
+                      const Tensor& weights, const Tensor& out);
 // out[indices[i] / divisor] += weights[i] * y[i] (weights [M] may be
 // undefined = 1; index < 0 skipped). Accumulates.
 void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,

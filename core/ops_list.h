@@ -63,6 +63,7 @@
   X(void, ZLossShareBackward, (const ExecContext& ctx, const Tensor& logits, int64_t total_tokens, double coeff, double scale, const Tensor& d_logits), (ctx, logits, total_tokens, coeff, scale, d_logits), CUDA) \
   X(void, SortByExpert, (const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept, int num_experts, const Tensor& perm_slot, const Tensor& counts), (ctx, expert_ids, kept, num_experts, perm_slot, counts), CUDA) \
   X(void, GatherRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& out), (ctx, x, indices, divisor, out), CUDA) \
+  X(void, GatherScaledRows, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, x, indices, divisor, weights, out), CUDA) \
   X(void, ScatterAddRows, (const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor, const Tensor& weights, const Tensor& out), (ctx, y, indices, divisor, weights, out), CUDA) \
   X(void, GatheredRowDot, (const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor, const Tensor& y, const Tensor& out), (ctx, x, indices, divisor, y, out), CUDA) \
   X(void, Dot, (const ExecContext& ctx, const Tensor& x, const Tensor& y, const Tensor& out), (ctx, x, y, out), CUDA) \

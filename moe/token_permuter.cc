@@ -12,12 +12,6 @@ void TokenPermuter::Plan(const ExecContext& ctx, const Tensor& expert_ids, const
   ops::InvertRowIndex(ctx, perm_slot_, slot_row_);
 }
 
-Tensor TokenPermuter::RowWeights(const ExecContext& ctx, const Tensor& weights) const {
-  Tensor w = ctx.Empty({rows(), 1}, weights.dtype());
-  ops::GatherRows(ctx, weights.View({rows(), 1}), perm_slot_, 1, w);
-  return w.View({rows()});
-}
-
 void TokenPermuter::Permute(const ExecContext& ctx, const Tensor& n,
                             const Tensor& permuted) const {
   ops::GatherRows(ctx, n, perm_slot_, top_k_, permuted);
@@ -32,8 +26,7 @@ void TokenPermuter::UnpermuteBackward(const ExecContext& ctx, const Tensor& d_ou
                                       const Tensor& y, const Tensor& weights,
                                       const Tensor& d_y, const Tensor& d_weights) const {
   // d_y[i] = w_i · d_out[token_i]
-  ops::GatherRows(ctx, d_out, perm_slot_, top_k_, d_y);
-  ops::ScaleRowsCols(ctx, d_y, RowWeights(ctx, weights), Tensor(), d_y);
+  ops::GatherScaledRows(ctx, d_out, perm_slot_, top_k_, weights.View({rows()}), d_y);
   // d_w[t, j] = <d_out[t], y[row of (t, j)]>
   ops::SlotRowDot(ctx, d_out, slot_row_, y, d_weights);
 }

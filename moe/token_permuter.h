@@ -49,8 +49,6 @@ class TokenPermuter {
   }
 
  private:
-  Tensor RowWeights(const ExecContext& ctx, const Tensor& weights) const;  // [N*K]
-
   int num_experts_;
   int top_k_;
   Tensor perm_slot_;  // [N*K] i32: flat slot t*K+j of each permuted row, -1 past the end

@@ -96,6 +96,23 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
   });
 }
 
+void GatherScaledRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
+                      const Tensor& weights, const Tensor& out) {
+  SM_CHECK_MSG(ctx.device() == Device::kCPU, "GatherScaledRows: CUDA path not in this build");
+  SM_CHECK_MSG(weights.defined() && weights.numel() == x.dim(0) * divisor &&
+                   weights.is_contiguous() &&
+                   (weights.dtype() == x.dtype() ||
+                    (weights.dtype() == DType::kF32 && x.dtype() == DType::kBF16)),
+               "GatherScaledRows: weights ", weights.DebugString(), " for x ", x.DebugString(),
+               " and divisor ", divisor, " (x's dtype, or f32 for bf16 x)");
+  // The reference is the two passes it fuses: their bits by construction.
+  GatherRows(ctx, x, indices, divisor, out);
+  const int64_t m = out.dim(0);
+  Tensor row = Tensor::Empty({m, 1}, weights.dtype());
+  GatherRows(ctx, weights.View({weights.numel(), 1}), indices, 1, row);
+  ScaleRowsCols(ctx, out, row.View({m}), Tensor(), out);
+}
+
 void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,
                     const Tensor& weights, const Tensor& out) {
   SM_CHECK_MSG(ctx.device() == Device::kCPU, "ScatterAddRows: CUDA path not in this build");

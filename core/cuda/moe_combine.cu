@@ -2,7 +2,8 @@
 // core/ops.h and the arithmetic of core/cpu/moe_combine.cc: CombineSlots
 // (each token adds its own slots' rows in slot order, f32 accumulation for
 // bf16, rounded once) and SlotRowDot (the combine weights' gradient, one
-// warp's fixed butterfly per (token, slot)). One writer per output element:
+// warp per (token, slot): 16-byte loads where the rows allow, each lane's
+// partial sum, then a fixed butterfly). One writer per output element:
 // deterministic, no atomics. Rows out of [0, M) (the CPU SM_CHECKs them)
 // are skipped. bf16 rows also take f32 weights (CombineSlots) and give an
 // f32 out (SlotRowDot), the router's probabilities and their gradient.
@@ -47,8 +48,11 @@ __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
 }
 
 // One warp per (t, j): out[t, j] = <x[t], rows[slot_row[t, j]]>. O, out's
-// type, is T or f32 for bf16 T (the f32 sum stored unrounded).
-template <typename T, typename O>
+// type, is T or f32 for bf16 T (the f32 sum stored unrounded). Each lane
+// sums packs of V elements lane, lane + 32, ... (V > 1: 16-byte loads, which
+// need c % V == 0 and x and rows 16-byte aligned; the launcher checks), then
+// the warp's fixed butterfly.
+template <typename T, typename O, int V>
 __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* x,
                               const int32_t* slot_row, const T* rows, O* out) {
   using A = Acc<T>;
@@ -61,7 +65,13 @@ __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
     if (r >= 0 && r < m) {
       const T* xt = x + (p / k) * c;
       const T* y = rows + static_cast<int64_t>(r) * c;
-      for (int64_t i = lane; i < c; i += 32) acc += ToAcc(xt[i]) * ToAcc(y[i]);
+      for (int64_t i = lane * V; i < c; i += 32 * V) {
+        A xv[V], yv[V];
+        LoadPack<V>(xt, i, V, xv);
+        LoadPack<V>(y, i, V, yv);
+#pragma unroll
+        for (int q = 0; q < V; ++q) acc += xv[q] * yv[q];
+      }
     }
     acc = WarpSum(acc);
     if (lane == 0) out[p] = FromAcc<O>(acc);
@@ -135,8 +145,15 @@ void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
   const auto launch = [&](auto x_tag, auto out_tag) {
     using T = typename decltype(x_tag)::type;
     using O = typename decltype(out_tag)::type;
-    SlotDotKernel<T, O><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
-        n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows), Ptr<O>(out));
+    if (c % kPack<T> == 0 && AllAligned16({x.raw_data(), rows.raw_data()})) {
+      SlotDotKernel<T, O, kPack<T>><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
+          n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows),
+          Ptr<O>(out));
+    } else {
+      SlotDotKernel<T, O, 1><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
+          n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows),
+          Ptr<O>(out));
+    }
   };
   if (f32_out) {
     launch(Tag<__nv_bfloat16>{}, Tag<float>{});

@@ -1,6 +1,7 @@
 // Token permutation on the GPU, the contracts of core/ops.h and the
 // arithmetic of core/cpu/permute_rows.cc and topk_routing.cc (CapacityDrop):
-// SortByExpert, CapacityDrop, GatherRows, ScatterAddRows, GatheredRowDot.
+// SortByExpert, CapacityDrop, GatherRows, GatherScaledRows, ScatterAddRows,
+// GatheredRowDot.
 //
 // Everything that groups rows is a stable radix sort (CUB's
 // DeviceRadixSort, LSD and stable; its scratch from ctx.Empty) of
@@ -125,6 +126,32 @@ __global__ void GatherRowsKernel(int64_t m, int64_t words, int64_t x_rows, const
     U v{};
     if (r >= 0 && r < x_rows) v = x[r * words + j];
     out[e] = v;
+  }
+}
+
+// out row i = w[idx[i]] · x row idx[i] / divisor (zeros when the index is
+// negative or past x), V elements a thread: ScaleRowsCols's product (in the
+// compute type, rounded once) of GatherRows's row. W is T or f32 for bf16 T.
+template <typename T, typename W, int V>
+__global__ void GatherScaledRowsKernel(int64_t m, int64_t c, int64_t x_rows, const T* x,
+                                       const int32_t* idx, int divisor, const W* w, T* out) {
+  using A = Acc<T>;
+  const int64_t packs = c / V;
+  SM_GRID_STRIDE(e, m * packs) {
+    const int64_t i = e / packs, j = (e - i * packs) * V;
+    const int32_t index = idx[i];
+    const int64_t r = index < 0 ? -1 : index / divisor;
+    A v[V];
+    if (r >= 0 && r < x_rows) {
+      const A wi = ToAcc(w[index]);
+      LoadPack<V>(x + r * c, j, V, v);
+#pragma unroll
+      for (int q = 0; q < V; ++q) v[q] = wi * v[q];
+    } else {
+#pragma unroll
+      for (int q = 0; q < V; ++q) v[q] = A(0);
+    }
+    StorePack<V>(out + i * c, j, V, v);
   }
 }
 
@@ -342,6 +369,41 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
     launch(uint16_t{});  // bf16 rows of an odd width
   }
   SM_CHECK_LAUNCH(ctx, "GatherRows", "GatherRowsKernel");
+}
+
+void GatherScaledRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, int divisor,
+                      const Tensor& weights, const Tensor& out) {
+  const char* op = "GatherScaledRows";
+  CheckIndexed(ctx, op, out, indices, x, divisor);
+  CheckOnDevice(ctx, weights, op, "weights");
+  const bool f32_weights = weights.dtype() == DType::kF32 && x.dtype() == DType::kBF16;
+  SM_CHECK_MSG(
+      weights.numel() == x.dim(0) * divisor && (weights.dtype() == x.dtype() || f32_weights), op,
+      ": weights ", weights.DebugString(), " for x ", x.DebugString(), " and divisor ", divisor,
+      " (x's dtype, or f32 for bf16 x)");
+  const int64_t m = out.dim(0), c = out.dim(1);
+  if (m * c == 0) return;
+  const auto launch = [&](auto x_tag, auto w_tag) {
+    using T = typename decltype(x_tag)::type;
+    using W = typename decltype(w_tag)::type;
+    // 16-byte packs when every row of x and out starts on one.
+    if (c % kPack<T> == 0 && AllAligned16({x.raw_data(), out.raw_data()})) {
+      constexpr int V = kPack<T>;
+      GatherScaledRowsKernel<T, W, V><<<Blocks(m * c / V), kThreads, 0, Stream(ctx)>>>(
+          m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
+          Ptr<const W>(weights), Ptr<T>(out));
+    } else {
+      GatherScaledRowsKernel<T, W, 1><<<Blocks(m * c), kThreads, 0, Stream(ctx)>>>(
+          m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
+          Ptr<const W>(weights), Ptr<T>(out));
+    }
+  };
+  if (f32_weights) {
+    launch(Tag<__nv_bfloat16>{}, Tag<float>{});
+  } else {
+    DispatchFloat(x, [&](auto tag) { launch(tag, tag); });
+  }
+  SM_CHECK_LAUNCH(ctx, op, "GatherScaledRowsKernel");
 }
 
 void ScatterAddRows(const ExecContext& ctx, const Tensor& y, const Tensor& indices, int divisor,

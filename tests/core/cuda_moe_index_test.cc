@@ -1,5 +1,5 @@
 // GPU test: the MoE permutation, index and combine ops (SortByExpert,
-// GatherRows, ScatterAddRows, GatheredRowDot, InvertRowIndex, TiledRowIndex,
+// GatherRows, GatherScaledRows, ScatterAddRows, GatheredRowDot, InvertRowIndex, TiledRowIndex,
 // SourceToExpertOrder, SumSourceCounts, CountOffsets, CombineSlots, SlotRowDot) against
 // the CPU reference on fresh Philox data: one token, k = 1 and k = 8 with 64
 // experts, an expert with no token, every token on one expert, dropped
@@ -9,6 +9,7 @@
 // scatter-add is the same bits every run. CombineSlots off a 16-byte
 // boundary (one element at a time) gives the same bits as its 16-byte packs.
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -326,6 +327,45 @@ TEST_F(CudaMoeIndexTest, CombineSlotsAndSlotRowDotWithF32WeightsMatchCpu) {
     }
   }
   EXPECT_GE(same, total * 99 / 100) << "CombineSlots elements with the CPU's bits, of " << total;
+  ExpectOk();
+}
+
+// GatherScaledRows (the combine's backward into the permuted rows) gives
+// the CPU's bits: a gathered row times its slot's weight, one product and
+// one rounding an element, in f32, f64, bf16, and bf16 rows with the
+// router's f32 weights; dropped slots give zero rows. Off a 16-byte
+// boundary (one element at a time) too.
+TEST_F(CudaMoeIndexTest, GatherScaledRowsMatchesCpuBitForBit) {
+  const DType bf = DType::kBF16, f32 = DType::kF32, f64 = DType::kF64;
+  const std::pair<DType, DType> kDTypes[] = {{f32, f32}, {f64, f64}, {bf, bf}, {bf, f32}};
+  uint64_t seed = 1500;
+  for (auto [dtype, w_dtype] : kDTypes) {
+    for (const RouteShape& s : RouteShapes()) {
+      for (int64_t c : kCombineWidths) {
+        for (int drop : {0, 25}) {
+          ++seed;
+          const std::string what =
+              absl::StrCat(DTypeName(dtype), " rows, ", DTypeName(w_dtype), " weights, ",
+                           ShapeName(s), " C ", c, " drop ", drop);
+          const Tensor ids = RandomExpertIds(s, IdMode::kSkipLast, seed);
+          const Tensor perm = CpuPermSlot(cpu_, s, ids, RandomKept(s, drop, seed));
+          const int64_t m = s.n * s.k;
+          const Tensor x = RandomHost({s.n, c}, dtype, seed, 1);
+          const Tensor w = RandomHost({s.n, s.k}, w_dtype, seed, 2, 0.3, 0.2);
+          Tensor out = Poisoned({m, c}, dtype);
+          ops::GatherScaledRows(ctx_, Dev(x), Dev(perm), static_cast<int>(s.k), Dev(w), out);
+          Tensor out_ref = Tensor::Empty({m, c}, dtype);
+          ops::GatherScaledRows(cpu_, x, perm, static_cast<int>(s.k), w, out_ref);
+          const Tensor got = Host(out);
+          EXPECT_TRUE(testing::BitwiseEqual(got, out_ref)) << "GatherScaledRows " << what;
+          Tensor unaligned = Misaligned(ctx_, Tensor::Zeros({m, c}, dtype));
+          ops::GatherScaledRows(ctx_, Misaligned(ctx_, x), Dev(perm), static_cast<int>(s.k), Dev(w),
+                                unaligned);
+          EXPECT_TRUE(testing::BitwiseEqual(Host(unaligned), got)) << "unaligned " << what;
+        }
+      }
+    }
+  }
   ExpectOk();
 }
 

@@ -7,6 +7,7 @@
 // the step statistics and the expert-bias update.
 #include <cmath>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 #include "core/ops.h"
@@ -324,6 +325,34 @@ TEST(MoeOpsTest, CombineSlotsEqualsScatterOfPermutedRows) {
   Tensor d_w = Tensor::Empty({kN, kK}, DType::kF64);
   ops::SlotRowDot(kCtx, d_out, slot_row, y, d_w);
   EXPECT_EQ(d_w.ToVector(), d_w_scatter.ToVector());
+}
+
+// out[i] = w[perm[i]] · x[perm[i] / K], zero rows past the kept slots: the
+// combine's backward into the permuted rows, in f64, f32, and bf16 rows
+// with f32 weights (the f32 product rounded once).
+TEST(MoeOpsTest, GatherScaledRowsScalesEachGatheredRowByItsSlotWeight) {
+  constexpr int64_t kN = 3, kK = 2, kC = 5;
+  const Tensor perm = Ints({kN * kK}, {4, 0, 3, 5, 1, -1});
+  for (auto [x_dtype, w_dtype] :
+       {std::pair{DType::kF64, DType::kF64}, std::pair{DType::kF32, DType::kF32},
+        std::pair{DType::kBF16, DType::kF32}}) {
+    const Tensor x = testing::RandomTensor({kN, kC}, 61, 1.0, x_dtype);
+    const Tensor w = testing::RandomTensor({kN, kK}, 62, 1.0, w_dtype);
+    Tensor out = Tensor::Empty({kN * kK, kC}, x_dtype);
+    out.Fill(std::nan(""));
+    ops::GatherScaledRows(kCtx, x, perm, kK, w, out);
+    for (int64_t i = 0; i < kN * kK; ++i) {
+      const int64_t slot = static_cast<int64_t>(perm.At(i));
+      for (int64_t j = 0; j < kC; ++j) {
+        const double want = slot < 0 ? 0.0 : w.At(slot) * x.At(slot / kK * kC + j);
+        // f32 products, and a bf16 rounding of one: within half an ulp (2^-8 of it).
+        const double tol = x_dtype == DType::kF64   ? 0.0
+                           : x_dtype == DType::kF32 ? 1e-7 * std::abs(want)
+                                                    : std::ldexp(std::abs(want), -8);
+        EXPECT_NEAR(out.At(i * kC + j), want, tol) << DTypeName(x_dtype) << " row " << i;
+      }
+    }
+  }
 }
 
 TEST(MoeOpsTest, CombineSlotsInBf16AndF32) {
