@@ -55,6 +55,8 @@ __global__ void ColumnPartialsKernel(int64_t n, int64_t e, int64_t rows, const T
   const int64_t t1 = t0 + rows < n ? t0 + rows : n;
   for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
     double p = 0;
+    // Unrolled: the loads go out together, the adds stay in row order.
+#pragma unroll 8
     for (int64_t t = t0; t < t1; ++t) p += static_cast<double>(s[t * e + x]);
     partial[blockIdx.x * e + x] = p;
   }
@@ -68,6 +70,9 @@ __global__ void BalanceFinishKernel(int64_t e, int64_t chunks, const double* par
   double acc = 0;
   for (int64_t x = threadIdx.x; x < e; x += blockDim.x) {
     double p = 0;
+    // Unrolled: the loads go out together (one at a time, the 256 chunks
+    // of 8192 rows took ~30 us of latency), the adds stay in chunk order.
+#pragma unroll 16
     for (int64_t b = 0; b < chunks; ++b) p += partial[b * e + x];
     acc += f[x] * p / static_cast<double>(denom);
   }
@@ -79,6 +84,7 @@ __global__ void BalanceFinishKernel(int64_t e, int64_t chunks, const double* par
 template <typename T>
 __global__ void FinishSumKernel(int64_t count, const double* terms, double scale, T* loss) {
   double acc = 0;
+#pragma unroll 8
   for (int64_t i = threadIdx.x; i < count; i += blockDim.x) acc += terms[i];
   acc = BlockSum(acc);
   if (threadIdx.x == 0) loss[0] = static_cast<T>(scale * acc);
