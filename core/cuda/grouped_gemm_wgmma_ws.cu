@@ -91,13 +91,14 @@ struct OperandStream {
 };
 
 // The epilogue staged through shared memory (the default;
-// SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct stores from the registers): each multiplying warpgroup has a buffer of its
-// own beside the ring, which the loaders keep filling meanwhile, of 64 rows
-// by 128 columns (a 128 x 256 tile's in two passes). The f32 fragments go
-// there, then each thread stores 16-byte runs of a row, as the
-// block-per-tile kernel's staged epilogue does (the weight gradients' beta
-// = 1 loads then batch as runs too). The ring gives up a stage for it:
-// 3 of 48 KB (128 x 256) or 4 of 32 KB (128 x 128).
+// SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct stores from the registers): each
+// multiplying warpgroup has a buffer of its own beside the ring, which the
+// loaders keep filling meanwhile, of 64 rows by 128 columns (a 128 x 256
+// tile's in two passes). The f32 fragments go there, then each thread
+// stores 16-byte runs of a row, as the block-per-tile kernel's staged
+// epilogue does (the weight gradients' beta = 1 loads then batch as runs
+// too). The ring gives up a stage for it: 3 of 48 KB (128 x 256) or 4 of
+// 32 KB (128 x 128).
 constexpr int kPassCols = 128, kPassPitch = kPassCols + 8;  // + 8: no bank conflicts
 constexpr int kEpilogueBytes = kMultipliers / 128 * 64 * kPassPitch * 4;
 using WideStaged = Shape<256, 3>;
