@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <string>
+#include <type_traits>
 
 #include "core/context.h"
 #include "core/cuda/device_runtime.h"
@@ -109,6 +110,19 @@ inline bool AllAligned16(std::initializer_list<const void*> ptrs) {
     if (!Aligned16(p)) return false;
   }
   return true;
+}
+
+// A kernel's elements per access V: launch(std::integral_constant<int,
+// kPack<T>>) when rows of `width` elements of T split into 16-byte packs and
+// every pointer starts on one (so every row's packs are aligned), else
+// launch(std::integral_constant<int, 1>) (one element at a time).
+template <typename T, typename Launch>
+void LaunchPacked(int64_t width, std::initializer_list<const void*> ptrs, Launch&& launch) {
+  if (width % kPack<T> == 0 && AllAligned16(ptrs)) {
+    launch(std::integral_constant<int, kPack<T>>{});
+  } else {
+    launch(std::integral_constant<int, 1>{});
+  }
 }
 
 // out[0..count) = p[i..i+count) in the compute type (a single packed load

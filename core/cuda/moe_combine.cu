@@ -112,17 +112,12 @@ void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot
   const auto launch = [&](auto rows_tag, auto weights_tag) {
     using T = typename decltype(rows_tag)::type;
     using W = typename decltype(weights_tag)::type;
-    // 16-byte packs when every row of rows and out starts on one.
-    if (c % kPack<T> == 0 && AllAligned16({rows.raw_data(), out.raw_data()})) {
-      constexpr int V = kPack<T>;
+    LaunchPacked<T>(c, {rows.raw_data(), out.raw_data()}, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
       CombineKernel<T, W, V><<<Blocks(n * c / V), kThreads, 0, Stream(ctx)>>>(
           n, k, c, m, Ptr<const T>(rows), Ptr<const int32_t>(slot_row), Ptr<const W>(weights),
           Ptr<T>(out));
-    } else {
-      CombineKernel<T, W, 1><<<Blocks(n * c), kThreads, 0, Stream(ctx)>>>(
-          n, k, c, m, Ptr<const T>(rows), Ptr<const int32_t>(slot_row), Ptr<const W>(weights),
-          Ptr<T>(out));
-    }
+    });
   };
   if (f32_weights) {
     launch(Tag<__nv_bfloat16>{}, Tag<float>{});
@@ -145,15 +140,11 @@ void SlotRowDot(const ExecContext& ctx, const Tensor& x, const Tensor& slot_row,
   const auto launch = [&](auto x_tag, auto out_tag) {
     using T = typename decltype(x_tag)::type;
     using O = typename decltype(out_tag)::type;
-    if (c % kPack<T> == 0 && AllAligned16({x.raw_data(), rows.raw_data()})) {
-      SlotDotKernel<T, O, kPack<T>><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
+    LaunchPacked<T>(c, {x.raw_data(), rows.raw_data()}, [&](auto pack) {
+      SlotDotKernel<T, O, decltype(pack)::value><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
           n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows),
           Ptr<O>(out));
-    } else {
-      SlotDotKernel<T, O, 1><<<Blocks(n * k * 32), kThreads, 0, Stream(ctx)>>>(
-          n, k, c, m, Ptr<const T>(x), Ptr<const int32_t>(slot_row), Ptr<const T>(rows),
-          Ptr<O>(out));
-    }
+    });
   };
   if (f32_out) {
     launch(Tag<__nv_bfloat16>{}, Tag<float>{});

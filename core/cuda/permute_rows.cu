@@ -386,17 +386,12 @@ void GatherScaledRows(const ExecContext& ctx, const Tensor& x, const Tensor& ind
   const auto launch = [&](auto x_tag, auto w_tag) {
     using T = typename decltype(x_tag)::type;
     using W = typename decltype(w_tag)::type;
-    // 16-byte packs when every row of x and out starts on one.
-    if (c % kPack<T> == 0 && AllAligned16({x.raw_data(), out.raw_data()})) {
-      constexpr int V = kPack<T>;
+    LaunchPacked<T>(c, {x.raw_data(), out.raw_data()}, [&](auto pack) {
+      constexpr int V = decltype(pack)::value;
       GatherScaledRowsKernel<T, W, V><<<Blocks(m * c / V), kThreads, 0, Stream(ctx)>>>(
           m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
           Ptr<const W>(weights), Ptr<T>(out));
-    } else {
-      GatherScaledRowsKernel<T, W, 1><<<Blocks(m * c), kThreads, 0, Stream(ctx)>>>(
-          m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
-          Ptr<const W>(weights), Ptr<T>(out));
-    }
+    });
   };
   if (f32_weights) {
     launch(Tag<__nv_bfloat16>{}, Tag<float>{});

@@ -144,11 +144,7 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
                                                            Ptr<const T>(x), Ptr<T>(out));
     };
     // 16-byte packs when every head vector's halves start on a pack.
-    if (half % kPack<T> == 0 && AllAligned16({x.raw_data(), out.raw_data()})) {
-      launch(std::integral_constant<int, kPack<T>>{});
-    } else {
-      launch(std::integral_constant<int, 1>{});
-    }
+    LaunchPacked<T>(half, {x.raw_data(), out.raw_data()}, launch);
   });
   SM_CHECK_LAUNCH(ctx, op, "RopeKernel");
 }
