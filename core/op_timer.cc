@@ -164,6 +164,7 @@ const char* CategoryOf(const std::string& op) {
         "CombineSlots", "SlotRowDot"}},
       {"norms+elementwise",
        {"Copy",
+        "CopyHeads",
         "Axpy",
         "Scale",
         "Zero",

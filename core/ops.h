@@ -92,6 +92,11 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
 // y = x (same numel; any dtype to itself, and conversion among f32, f64
 // and bf16; f64 -> bf16 rounds through f32). CUDA: both on the device.
 void Copy(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+// y = x for head vectors of the same shape [..., H, D] (or [R, D]) and
+// dtype (any: the bits are copied), either of which may be token-strided
+// (core/head_rows.h): a slice of the q|k|v projection's output in or out
+// (model/attention.cc).
+void CopyHeads(const ExecContext& ctx, const Tensor& x, const Tensor& y);
 // y += alpha * x.
 void Axpy(const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y);
 // x *= alpha (alpha = 0 writes zeros, clearing NaN/Inf).
@@ -192,6 +197,10 @@ void RmsNormalizeBackward(const ExecContext& ctx, const Tensor& n, const Tensor&
 // on store. n is not stored: the backward recomputes it from x and rstd with
 // the same expression. The CPU gives the bits of RmsNormalize then
 // ScaleRowsCols(n, -, γ) run in StatDType(x), then one rounding to y.
+// x may also be [..., H, D] and token-strided (core/head_rows.h: the
+// q|k|v projection's slices), rows r = token·H + head; y, rstd and the
+// backward's d_y are contiguous with x's row count, the backward's d_x
+// (x's rows, its own layout) may be token-strided too.
 constexpr int64_t kScaledRmsNormalizeMaxDim = 256;
 void ScaledRmsNormalize(const ExecContext& ctx, const Tensor& x, const Tensor& gamma, double eps,
                         const Tensor& y, const Tensor& rstd);
@@ -245,6 +254,9 @@ void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tens
 // x [B, T, H, D] (D even) at position t, pairs (i, i + D/2) rotate by angle
 // t · theta^(−2i/D). out may alias x. f32, f64 or bf16 (computed in f32);
 // each output is x1·c − x2·s or x2·c + x1·s with both products rounded.
+// x and out have the same shape; either may be token-strided
+// (core/head_rows.h), each with its own stride (out of a slice of the
+// q|k|v projection's output into a tensor of its own, or back).
 void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
 // d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
 void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);

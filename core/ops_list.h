@@ -18,6 +18,7 @@
   X(void, GroupedGemm, (const ExecContext& ctx, const Tensor& a, const ::scalemoe::ops::MatrixGroup& b, const Tensor& offsets, const Tensor& c, const ::scalemoe::ops::GroupedGemmOptions& options), (ctx, a, b, offsets, c, options), CUDA) \
   X(void, GroupedGemmWeightGrad, (const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor& offsets, const ::scalemoe::ops::MatrixGroup& c, double beta), (ctx, a, b, offsets, c, beta), CUDA) \
   X(void, Copy, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), CUDA) \
+  X(void, CopyHeads, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), CUDA) \
   X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), CUDA) \
   X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), CUDA) \
   X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), CUDA) \

@@ -7,6 +7,7 @@
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
 #include "core/cpu/rope_rows.h"
+#include "core/head_rows.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -30,10 +31,12 @@ void FillTable(double theta, int64_t t, int64_t d, A* cos_t, A* sin_t) {
 }
 
 // Rotates every head vector by +angle (sign 1) or −angle (sign −1), the
-// table's rows of D/2 per position (−sin rounded is −(sin rounded)).
+// table's rows of D/2 per position (−sin rounded is −(sin rounded)). x and
+// out [B, T, H, D] with their tokens (b, t) x_stride and out_stride
+// elements apart (core/head_rows.h).
 template <typename T>
-void Rotate(const T* x, T* out, int64_t b, int64_t t, int64_t h, int64_t d, const Acc<T>* cos_t,
-            const Acc<T>* sin_t, double sign) {
+void Rotate(const T* x, int64_t x_stride, T* out, int64_t out_stride, int64_t b, int64_t t,
+            int64_t h, int64_t d, const Acc<T>* cos_t, const Acc<T>* sin_t, double sign) {
   using A = Acc<T>;
   const int64_t half = d / 2;
   for (int64_t pos = 0; pos < t; ++pos) {
@@ -41,42 +44,50 @@ void Rotate(const T* x, T* out, int64_t b, int64_t t, int64_t h, int64_t d, cons
     const A* sn = sin_t + pos * half;
     for (int64_t bi = 0; bi < b; ++bi) {
       for (int64_t hi = 0; hi < h; ++hi) {
-        const int64_t base = ((bi * t + pos) * h + hi) * d;
+        const T* xv = x + (bi * t + pos) * x_stride + hi * d;
+        T* ov = out + (bi * t + pos) * out_stride + hi * d;
         for (int64_t i = 0; i < half; ++i) {
           const A s = sign > 0 ? sn[i] : -sn[i];
-          const A x1 = static_cast<A>(x[base + i]), x2 = static_cast<A>(x[base + i + half]);
-          out[base + i] = T(x1 * c[i] - x2 * s);
-          out[base + i + half] = T(x2 * c[i] + x1 * s);
+          const A x1 = static_cast<A>(xv[i]), x2 = static_cast<A>(xv[i + half]);
+          ov[i] = T(x1 * c[i] - x2 * s);
+          ov[i + half] = T(x2 * c[i] + x1 * s);
         }
       }
     }
   }
 }
 
-void CheckRopeArgs(const char* op, const Tensor& x, const Tensor& out) {
-  SM_CHECK_MSG(x.ndim() == 4 && x.is_contiguous() && x.device() == Device::kCPU, op,
-               " x must be [B, T, H, D], got ", x.DebugString());
+// The token strides of x and out (either may be token-strided).
+struct RopeStrides {
+  int64_t x, out;
+};
+
+RopeStrides CheckRopeArgs(const char* op, const Tensor& x, const Tensor& out) {
+  SM_CHECK_MSG(x.ndim() == 4 && x.device() == Device::kCPU, op, " x must be [B, T, H, D], got ",
+               x.DebugString());
   SM_CHECK_MSG(x.dim(3) % 2 == 0, op, " head dim must be even, got ", x.DebugString());
-  SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype() && out.is_contiguous(), op,
-               " out ", out.DebugString());
+  SM_CHECK_MSG(out.shape() == x.shape() && out.dtype() == x.dtype() && out.device() == Device::kCPU,
+               op, " out ", out.DebugString(), " for x ", x.DebugString());
+  return {CheckHeadRows(x, op, "x").stride, CheckHeadRows(out, op, "out").stride};
 }
 
 void Run(const Tensor& x, double theta, const Tensor& out, double sign) {
-  CheckRopeArgs("Rope", x, out);
+  const RopeStrides strides = CheckRopeArgs("Rope", x, out);
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
     const int64_t t = x.dim(1), d = x.dim(3);
     std::vector<A> cos_t(t * (d / 2)), sin_t(t * (d / 2));
     FillTable(theta, t, d, cos_t.data(), sin_t.data());
-    Rotate(x.data<T>(), out.data<T>(), x.dim(0), t, x.dim(2), d, cos_t.data(), sin_t.data(), sign);
+    Rotate(x.data<T>(), strides.x, out.data<T>(), strides.out, x.dim(0), t, x.dim(2), d,
+           cos_t.data(), sin_t.data(), sign);
   });
 }
 
 }  // namespace
 
 void RotateWithTable(const Tensor& x, const Tensor& table, double sign, const Tensor& out) {
-  CheckRopeArgs("Rope", x, out);
+  const RopeStrides strides = CheckRopeArgs("Rope", x, out);
   SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.dim(1) >= x.dim(1) &&
                    table.dim(2) == x.dim(3) / 2 && table.dtype() == StatDType(x.dtype()) &&
                    table.is_contiguous() && table.device() == Device::kCPU,
@@ -85,8 +96,8 @@ void RotateWithTable(const Tensor& x, const Tensor& table, double sign, const Te
     using T = decltype(zero);
     using A = Acc<T>;
     const A* cos_t = table.data<A>();
-    Rotate(x.data<T>(), out.data<T>(), x.dim(0), x.dim(1), x.dim(2), x.dim(3), cos_t,
-           cos_t + table.dim(1) * table.dim(2), sign);
+    Rotate(x.data<T>(), strides.x, out.data<T>(), strides.out, x.dim(0), x.dim(1), x.dim(2),
+           x.dim(3), cos_t, cos_t + table.dim(1) * table.dim(2), sign);
   });
 }
 

@@ -12,33 +12,44 @@
 #include "core/cpu/float_types.h"
 #include "core/cpu/rms_rows.h"
 #include "core/cpu/rope_rows.h"
+#include "core/head_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cpu {
 namespace {
 
-// Rows of x [R, D], every tensor a contiguous CPU tensor, then the shared
-// checks (core/scaled_rms_normalize_checks.h).
+// Rows of x, every tensor a CPU tensor, contiguous but x and the
+// backward's d_x (head rows, core/head_rows.h: their layouts into x_rows
+// and dx_rows), then the shared checks (core/scaled_rms_normalize_checks.h).
 int64_t CheckRows(const char* op, const Tensor& x, const Tensor& gamma, const Tensor& rstd,
-                  std::initializer_list<std::pair<const char*, const Tensor*>> io) {
+                  std::initializer_list<std::pair<const char*, const Tensor*>> io, HeadRows& x_rows,
+                  const Tensor* d_x = nullptr, HeadRows* dx_rows = nullptr) {
   const auto check = [op](const char* what, const Tensor& t) {
     SM_CHECK_MSG(t.device() == Device::kCPU && t.is_contiguous(), op, " ", what,
                  " must be a contiguous CPU tensor, got ", t.DebugString());
   };
-  check("x", x);
+  SM_CHECK_MSG(x.device() == Device::kCPU, op, " x must be a CPU tensor, got ", x.DebugString());
+  x_rows = CheckHeadRows(x, op, "x");
   check("gamma", gamma);
   check("rstd", rstd);
-  for (const auto& [what, t] : io) check(what, *t);
+  for (const auto& [what, t] : io) {
+    if (t != d_x) check(what, *t);
+  }
+  if (d_x != nullptr) {
+    SM_CHECK_MSG(d_x->device() == Device::kCPU && d_x->dim(-1) == x.dim(-1), op, " d_x ",
+                 d_x->DebugString(), " for x ", x.DebugString());
+    *dx_rows = CheckHeadRows(*d_x, op, "d_x");
+  }
   return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
 }
 
-// O: y's type (T, or bf16 for f32 T).
+// O: y's type (T, or bf16 for f32 T). x's rows at xr.offset(r).
 template <typename T, typename O>
-void Forward(const T* x, const Acc<T>* gamma, double eps, O* y, Acc<T>* rstd, int64_t rows,
-             int64_t d) {
+void Forward(const T* x, const HeadRows& xr_at, const Acc<T>* gamma, double eps, O* y, Acc<T>* rstd,
+             int64_t rows, int64_t d) {
   using A = Acc<T>;
   for (int64_t r = 0; r < rows; ++r) {
-    const T* xr = x + r * d;
+    const T* xr = x + xr_at.offset(r);
     const A s = RowRstd(xr, d, eps);
     rstd[r] = s;
     for (int64_t j = 0; j < d; ++j) {
@@ -48,19 +59,21 @@ void Forward(const T* x, const Acc<T>* gamma, double eps, O* y, Acc<T>* rstd, in
   }
 }
 
+// x's rows at x_at.offset(r), d_x's at dx_at.offset(r).
 template <typename T, typename O>
-void Backward(const T* x, const Acc<T>* rstd, const Acc<T>* gamma, const O* dy, O* dx,
-              Acc<T>* d_gamma, int64_t rows, int64_t d) {
+void Backward(const T* x, const HeadRows& x_at, const Acc<T>* rstd, const Acc<T>* gamma,
+              const O* dy, O* dx, const HeadRows& dx_at, Acc<T>* d_gamma, int64_t rows, int64_t d) {
   using A = Acc<T>;
   std::vector<A> n(static_cast<size_t>(d)), dn(static_cast<size_t>(d));
   for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + x_at.offset(r);
     for (int64_t j = 0; j < d; ++j) {
-      n[j] = static_cast<A>(x[r * d + j]) * rstd[r];
+      n[j] = static_cast<A>(xr[j]) * rstd[r];
       const A g = static_cast<A>(dy[r * d + j]);
       dn[j] = g * gamma[j];    // ScaleRowsColsBackward's d_x
       d_gamma[j] += g * n[j];  // and its d_col
     }
-    RowBackward(n.data(), rstd[r], dn.data(), dx + r * d, d);
+    RowBackward(n.data(), rstd[r], dn.data(), dx + dx_at.offset(r), d);
   }
 }
 
@@ -68,37 +81,40 @@ void Backward(const T* x, const Acc<T>* rstd, const Acc<T>* gamma, const O* dy, 
 
 void ScaledRmsNormalize(const ExecContext&, const Tensor& x, const Tensor& gamma, double eps,
                         const Tensor& y, const Tensor& rstd) {
-  const int64_t rows = CheckRows("ScaledRmsNormalize", x, gamma, rstd, {{"y", &y}});
+  HeadRows xr;
+  const int64_t rows = CheckRows("ScaledRmsNormalize", x, gamma, rstd, {{"y", &y}}, xr);
   const int64_t d = x.dim(-1);
   if (y.dtype() != x.dtype()) {  // bf16 y for f32 x (CheckRows)
-    Forward(x.data<float>(), gamma.data<float>(), eps, y.data<bf16>(), rstd.data<float>(), rows, d);
+    Forward(x.data<float>(), xr, gamma.data<float>(), eps, y.data<bf16>(), rstd.data<float>(), rows,
+            d);
     return;
   }
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
-    Forward(x.data<T>(), gamma.data<Acc<T>>(), eps, y.data<T>(), rstd.data<Acc<T>>(), rows, d);
+    Forward(x.data<T>(), xr, gamma.data<Acc<T>>(), eps, y.data<T>(), rstd.data<Acc<T>>(), rows, d);
   });
 }
 
 void ScaledRmsNormalizeBackward(const ExecContext&, const Tensor& x, const Tensor& rstd,
                                 const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
                                 const Tensor& d_gamma) {
-  const int64_t rows =
-      CheckRows("ScaledRmsNormalizeBackward", x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  HeadRows xr, dxr;
+  const int64_t rows = CheckRows("ScaledRmsNormalizeBackward", x, gamma, rstd,
+                                 {{"d_y", &d_y}, {"d_x", &d_x}}, xr, &d_x, &dxr);
   SM_CHECK_MSG(d_gamma.device() == Device::kCPU && d_gamma.is_contiguous() &&
                    d_gamma.numel() == gamma.numel() && d_gamma.dtype() == gamma.dtype(),
                "ScaledRmsNormalizeBackward d_gamma ", d_gamma.DebugString(), " for gamma ",
                gamma.DebugString());
   const int64_t d = x.dim(-1);
   if (d_y.dtype() != x.dtype()) {  // bf16 d_y and d_x for f32 x (CheckRows)
-    Backward(x.data<float>(), rstd.data<float>(), gamma.data<float>(), d_y.data<bf16>(),
-             d_x.data<bf16>(), d_gamma.data<float>(), rows, d);
+    Backward(x.data<float>(), xr, rstd.data<float>(), gamma.data<float>(), d_y.data<bf16>(),
+             d_x.data<bf16>(), dxr, d_gamma.data<float>(), rows, d);
     return;
   }
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
-    Backward(x.data<T>(), rstd.data<Acc<T>>(), gamma.data<Acc<T>>(), d_y.data<T>(), d_x.data<T>(),
-             d_gamma.data<Acc<T>>(), rows, d);
+    Backward(x.data<T>(), xr, rstd.data<Acc<T>>(), gamma.data<Acc<T>>(), d_y.data<T>(),
+             d_x.data<T>(), dxr, d_gamma.data<Acc<T>>(), rows, d);
   });
 }
 

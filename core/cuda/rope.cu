@@ -8,11 +8,18 @@
 // A block owns one position t and a tile of up to kTileCols pair columns:
 // it computes their cos/sin once into shared memory, then rotates them in a
 // range of the B·H head vectors, 16 bytes of x1 and of x2 per access where
-// D/2 is a multiple of the pack (else one element at a time). Each element
-// is read and written by one thread only, so out may alias x.
+// D/2 and both token strides are multiples of the pack (else one element at
+// a time). x and out may each be token-strided (core/head_rows.h: q or k a
+// slice of the q|k|v projection's output), token b·T + t of each at its own
+// stride; only addresses differ, so the bits are those of contiguous
+// tensors. Each element is read and written by one thread only, so out may
+// alias x (with x's stride).
+#include <numeric>
+
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/rope_pair.cuh"
+#include "core/head_rows.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -31,19 +38,23 @@ constexpr int kItemsInFlight = 2;
 template <typename T, int V>
 struct RopeItem {
   bool valid = false;
-  int col = 0;       // first column within the block's tile
-  int64_t base = 0;  // element offset of its x1 columns
+  int col = 0;         // first column within the block's tile
+  int64_t x_at = 0;    // element offset of its x1 columns in x
+  int64_t out_at = 0;  // ... and in out
   Pack<T, V> x1, x2;
 };
 
 // grid.x: (t, column tile), tile fastest; grid.y: ranges of bh_per_block
 // head vectors bh = b·H + h. Items (head vector, pack) of a block go over
 // its threads, pack fastest (a warp covers adjacent 16-byte chunks of
-// adjacent heads). V = 1 or 16 / sizeof(T); V > 1 needs D/2 % V == 0 and x
-// and out 16-byte aligned (the launcher checks).
+// adjacent heads). Token b·T + t starts x_stride elements after the one
+// before in x, out_stride in out. V = 1 or 16 / sizeof(T); V > 1 needs
+// D/2 and both strides multiples of V and x and out 16-byte aligned (the
+// launcher checks).
 template <typename T, int V>
 __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64_t bh_per_block,
-                           int64_t d, double theta, double sign, const T* x, T* out) {
+                           int64_t d, int64_t x_stride, int64_t out_stride, double theta,
+                           double sign, const T* x, T* out) {
   using A = Acc<T>;
   __shared__ A cos_tab[kTileCols], sin_tab[kTileCols];
   const int64_t half = d / 2;
@@ -62,9 +73,11 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
     const int64_t bh = bh_first + q / packs;
     const int64_t b = bh / h_dim, h = bh - b * h_dim;
     it.col = static_cast<int>(q % packs) * V;
-    it.base = ((b * t_dim + t) * h_dim + h) * d + first_col + it.col;
-    it.x1 = *reinterpret_cast<const Pack<T, V>*>(x + it.base);
-    it.x2 = *reinterpret_cast<const Pack<T, V>*>(x + it.base + half);
+    const int64_t token = b * t_dim + t, in_token = h * d + first_col + it.col;
+    it.x_at = token * x_stride + in_token;
+    it.out_at = token * out_stride + in_token;
+    it.x1 = *reinterpret_cast<const Pack<T, V>*>(x + it.x_at);
+    it.x2 = *reinterpret_cast<const Pack<T, V>*>(x + it.x_at + half);
   };
   // The same expressions as the CPU reference, in A, each rounded to T once.
   auto rotate_store = [&](const RopeItem<T, V>& it) {
@@ -78,8 +91,8 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
       o1.v[k] = FromAcc<T>(r1);
       o2.v[k] = FromAcc<T>(r2);
     }
-    *reinterpret_cast<Pack<T, V>*>(out + it.base) = o1;
-    *reinterpret_cast<Pack<T, V>*>(out + it.base + half) = o2;
+    *reinterpret_cast<Pack<T, V>*>(out + it.out_at) = o1;
+    *reinterpret_cast<Pack<T, V>*>(out + it.out_at + half) = o2;
   };
 
   // The first loads go out before the f64 table work, to overlap it.
@@ -116,14 +129,31 @@ __global__ void RopeTableKernel(int64_t t_dim, int64_t half, double theta, A* ta
 
 // ---------------------------------------------------------------- launchers
 
+// The token stride of x [B, T, H, D] or of out (x's shape when
+// token-strided; any shape of x's numel when contiguous), on the device.
+int64_t CheckTokenStride(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& t,
+                         const char* what) {
+  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
+               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
+  if (t.is_contiguous()) return x.dim(2) * x.dim(3);
+  SM_CHECK_MSG(t.shape() == x.shape(), op, " token-strided ", what, " ", t.DebugString(), " for x ",
+               x.DebugString(), " (same shape)");
+  return CheckHeadRows(t, op, what).stride;
+}
+
 void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, double sign,
          const Tensor& out) {
-  CheckOnDevice(ctx, x, op, "x");
   SM_CHECK_MSG(x.ndim() == 4, op, " x must be [B, T, H, D], got ", x.DebugString());
   SM_CHECK_MSG(x.dim(3) % 2 == 0, op, " head dim must be even, got ", x.DebugString());
-  CheckOnDevice(ctx, out, op, "out");
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype(), op, " out ", out.DebugString(),
                " for x ", x.DebugString());
+  const int64_t x_stride = CheckTokenStride(ctx, op, x, x, "x");
+  const int64_t out_stride = CheckTokenStride(ctx, op, x, out, "out");
+  // In place needs the same layout: else a thread could overwrite elements
+  // that another has yet to read.
+  SM_CHECK_MSG(!x.SharesDataWith(out) || x_stride == out_stride, op, " out ", out.DebugString(),
+               " aliases x ", x.DebugString(), " with another token stride (", out_stride, " vs ",
+               x_stride, ")");
   const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
   const int64_t half = d / 2, bh = b * h;
   if (t * half == 0 || bh == 0) return;
@@ -140,11 +170,14 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
           std::max<int64_t>(kItemsInFlight * kThreads / packs, 1), (bh + 65534) / 65535);
       const dim3 grid(static_cast<unsigned>(t * tiles),
                       static_cast<unsigned>((bh + bh_per_block - 1) / bh_per_block));
-      RopeKernel<T, V><<<grid, kThreads, 0, Stream(ctx)>>>(t, h, bh, bh_per_block, d, theta, sign,
-                                                           Ptr<const T>(x), Ptr<T>(out));
+      RopeKernel<T, V><<<grid, kThreads, 0, Stream(ctx)>>>(t, h, bh, bh_per_block, d, x_stride,
+                                                           out_stride, theta, sign, Ptr<const T>(x),
+                                                           Ptr<T>(out));
     };
-    // 16-byte packs when every head vector's halves start on a pack.
-    LaunchPacked<T>(half, {x.raw_data(), out.raw_data()}, launch);
+    // 16-byte packs when every head vector's halves start on a pack: V
+    // divides D/2 and both token strides.
+    LaunchPacked<T>(std::gcd(half, std::gcd(x_stride, out_stride)), {x.raw_data(), out.raw_data()},
+                    launch);
   });
   SM_CHECK_LAUNCH(ctx, op, "RopeKernel");
 }

@@ -18,15 +18,24 @@
 // RopeTable's table; rows whose lanes hold several packs, or tensors off a
 // 16-byte boundary, take a second pass (RotateRowsKernel) instead.
 //
+// x, and the backward's d_x, may be token-strided (core/head_rows.h: q or
+// k a slice of the q|k|v projection's output): row r = token·H + head at
+// its RowStarts; y, rstd, d_y (and the rotated d_y's scratch) are
+// contiguous. Only addresses differ from contiguous tensors: the same bits
+// where the packing is the same.
+//
 // d_gamma: each lane sums d_y·n of its columns over the rows its group
 // visits in f64; the block adds its groups in order into one partial row,
 // and a second kernel adds the partial rows in a fixed tree. The partition depends
 // only on the shape and the packing (not on the device): the same bits on
 // every run.
+#include <cstdint>
+
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/rope_pair.cuh"
 #include "core/cuda/row_reduce.cuh"
+#include "core/head_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cuda {
@@ -60,6 +69,32 @@ template <int G, int V>
 constexpr int kPacksPerLane = G == 32
                                   ? (static_cast<int>(ops::kScaledRmsNormalizeMaxDim) / V + 31) / 32
                                   : 1;
+
+// Where row r of a tensor of rows of d starts (core/head_rows.h): token
+// r / heads at token · stride, head r % heads at head · d. A contiguous
+// tensor (and an [R, D] one) is heads = 1: one multiply. Else r < 2^31
+// (the launcher checks) is divided by a multiply and a shift (magic and
+// shift from MakeRowStarts; Granlund and Montgomery's round-up method,
+// exact for r, heads < 2^31): a division there cost the backward kernels
+// registers and spills (ptxas -v).
+struct RowStarts {
+  int64_t stride = 0, d = 0;
+  uint32_t heads = 1, magic = 0, shift = 0;
+  __device__ __forceinline__ int64_t operator()(int64_t r) const {
+    if (heads == 1) return r * stride;
+    const auto n = static_cast<uint32_t>(r);
+    const uint32_t token = (__umulhi(n, magic) + n) >> shift;
+    return token * stride + static_cast<int64_t>(n - token * heads) * d;
+  }
+};
+
+RowStarts MakeRowStarts(int64_t heads, int64_t stride, int64_t d) {
+  RowStarts s{stride, d, static_cast<uint32_t>(std::max<int64_t>(heads, 1))};  // 0: no rows
+  while ((uint64_t{1} << s.shift) < s.heads) ++s.shift;
+  constexpr uint64_t kOne = 1;
+  s.magic = static_cast<uint32_t>(((kOne << 32) * ((kOne << s.shift) - s.heads)) / s.heads + 1);
+  return s;
+}
 
 // Where this thread's group sits: its lane in the group and the rows it
 // visits. A warp takes R · (32 / G) adjacent rows an iteration, slot i
@@ -185,8 +220,8 @@ __global__ void RotateRowsKernel(int64_t pairs, int64_t half, RopeRows<Acc<O>> r
 // (the bits of the norm, then Rope on its stored output).
 template <typename T, typename O, int G, int V, bool kRope>
 __global__ void __launch_bounds__(kThreads)
-    ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x, const Acc<T>* gamma,
-                             O* y, Acc<T>* rstd, RopeRows<Acc<T>> rope) {
+    ScaledRmsNormalizeKernel(int64_t rows, int64_t d, double eps, const T* x, RowStarts x_rows,
+                             const Acc<T>* gamma, O* y, Acc<T>* rstd, RopeRows<Acc<T>> rope) {
   using A = Acc<T>;
   constexpr int P = kPacksPerLane<G, V>, kRows = kForwardRows<G>;
   const RowWalk<G, kRows> w;
@@ -198,12 +233,13 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = w.Row(base, i);
+      const T* x_row = x + x_rows(r);
       sq[i] = 0;
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int64_t j = w.template Col<V>(p);
         if (r < rows && j < d) {
-          LoadPack<V>(x + r * d, j, V, v[i][p]);
+          LoadPack<V>(x_row, j, V, v[i][p]);
 #pragma unroll
           for (int k = 0; k < V; ++k) sq[i] += v[i][p][k] * v[i][p][k];
         }
@@ -243,9 +279,9 @@ __global__ void __launch_bounds__(kThreads)
 // first (the bits of RopeBackward, then this backward on its output).
 template <typename T, typename O, int G, int V, bool kRope>
 __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
-    ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x, const Acc<T>* rstd,
-                                     const Acc<T>* gamma, const O* dy, O* dx, double* partials,
-                                     RopeRows<Acc<T>> rope) {
+    ScaledRmsNormalizeBackwardKernel(int64_t rows, int64_t d, const T* x, RowStarts x_rows,
+                                     const Acc<T>* rstd, const Acc<T>* gamma, const O* dy, O* dx,
+                                     RowStarts dx_rows, double* partials, RopeRows<Acc<T>> rope) {
   using A = Acc<T>;
   constexpr int P = kPacksPerLane<G, V>, kRows = kBackwardRows<G, V>;
   __shared__ double scratch[kScratch];
@@ -259,11 +295,12 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
     for (int i = 0; i < kRows; ++i) {
       const int64_t r = w.Row(base, i);
       s[i] = r < rows ? rstd[r] : A(0);
+      const T* x_row = x + x_rows(r);
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int64_t j = w.template Col<V>(p);
         if (r < rows && j < d) {
-          LoadPack<V>(x + r * d, j, V, n[i][p]);
+          LoadPack<V>(x_row, j, V, n[i][p]);
           LoadPack<V>(dy + r * d, j, V, dn[i][p]);
         }
       }
@@ -304,13 +341,14 @@ __global__ void __launch_bounds__(kThreads, kBackwardBlocksPerSm<G>)
       const int64_t r = w.Row(base, i);
       if (r >= rows) continue;
       const A mean = dot[i] / static_cast<A>(d);
+      O* dx_row = dx + dx_rows(r);
 #pragma unroll
       for (int p = 0; p < P; ++p) {
         const int64_t j = w.template Col<V>(p);
         if (j < d) {
 #pragma unroll
           for (int k = 0; k < V; ++k) dn[i][p][k] = s[i] * (dn[i][p][k] - n[i][p][k] * mean);
-          StorePack<V>(dx + r * d, j, V, dn[i][p]);
+          StorePack<V>(dx_row, j, V, dn[i][p]);
         }
       }
     }
@@ -364,15 +402,51 @@ __global__ void __launch_bounds__(kFinishCols* kFinishSlices)
 
 // ---------------------------------------------------------------- launchers
 
+// Where t's rows of d start, t on ctx's device: contiguous (any shape), or
+// head rows of d (core/head_rows.h; CheckOnDevice would ask for a
+// contiguous tensor).
+RowStarts CheckRowStarts(const ExecContext& ctx, const char* op, const Tensor& t, int64_t d,
+                         const char* what) {
+  if (t.is_contiguous()) {
+    CheckOnDevice(ctx, t, op, what);
+    return MakeRowStarts(1, d, d);
+  }
+  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
+               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
+  const HeadRows rows = CheckHeadRows(t, op, what);
+  SM_CHECK_MSG(rows.dim == d, op, " ", what, " ", t.DebugString(), " needs rows of ", d);
+  SM_CHECK_MSG(rows.heads == 1 || rows.rows() <= INT32_MAX, op, " token-strided ", what, " ",
+               t.DebugString(), " has more than 2^31 - 1 rows");
+  return MakeRowStarts(rows.heads, rows.stride, d);
+}
+
+// The start of t's second token (its rows' starts are t's start plus
+// multiples of d and of this): with the tensor's start and d, what decides
+// whether every row starts on a 16-byte pack (LaunchLaneGroups' pointers).
+// An address only, never read (past the end where t has one token).
+const void* SecondToken(const Tensor& t, const RowStarts& rows) {
+  return reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(t.raw_data()) +
+                                       rows.stride * DTypeSize(t.dtype()));
+}
+
 // Rows of x [R, D], every tensor on ctx's device, then the shared checks
-// (core/scaled_rms_normalize_checks.h).
+// (core/scaled_rms_normalize_checks.h). x and `strided` (one of io: the
+// backward's d_x) may be head rows, the other io tensors are contiguous.
 int64_t CheckRows(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& gamma,
                   const Tensor& rstd,
-                  std::initializer_list<std::pair<const char*, const Tensor*>> io) {
-  CheckOnDevice(ctx, x, op, "x");
+                  std::initializer_list<std::pair<const char*, const Tensor*>> io,
+                  const Tensor* strided = nullptr) {
+  const int64_t d = x.ndim() >= 1 ? x.dim(-1) : 0;
+  CheckRowStarts(ctx, op, x, d, "x");
   CheckOnDevice(ctx, gamma, op, "gamma");
   CheckOnDevice(ctx, rstd, op, "rstd");
-  for (const auto& [what, t] : io) CheckOnDevice(ctx, *t, op, what);
+  for (const auto& [what, t] : io) {
+    if (t == strided) {
+      CheckRowStarts(ctx, op, *t, d, what);
+    } else {
+      CheckOnDevice(ctx, *t, op, what);
+    }
+  }
   return ops::CheckScaledRmsNormalizeArgs(op, x, gamma, rstd, io);
 }
 
@@ -424,20 +498,24 @@ void RotateRows(const ExecContext& ctx, const char* op, const Tensor& x4, const 
 void RunForward(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& gamma,
                 double eps, const Tensor* rope_table, const Tensor& y, const Tensor& rstd) {
   const int64_t d = x.dim(-1), rows = x.numel() / d;
+  const RowStarts x_rows = CheckRowStarts(ctx, op, x, d, "x");
   bool rotated = rope_table == nullptr;
   DispatchIo(x, y, [&](auto tag, auto io_tag) {
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
     using A = Acc<T>;
     const RopeRows<A> rope = rope_table ? MakeRopeRows<A>(x, *rope_table) : RopeRows<A>{};
-    LaunchLaneGroups<T>(d, {x.raw_data(), y.raw_data()}, [&](auto g, auto v) {
+    const std::initializer_list<const void*> ptrs = {x.raw_data(), SecondToken(x, x_rows),
+                                                     y.raw_data()};
+    LaunchLaneGroups<T>(d, ptrs, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       const auto launch = [&](auto rope_tag) {
         const auto kernel = ScaledRmsNormalizeKernel<T, O, G, V, decltype(rope_tag)::value>;
         const unsigned blocks =
             GroupBlocks(rows, G, kForwardRows<G>, ResidentBlocks(ctx, op, kernel));
-        kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(
-            rows, d, eps, Ptr<const T>(x), Ptr<const A>(gamma), Ptr<O>(y), Ptr<A>(rstd), rope);
+        kernel<<<blocks, kThreads, 0, Stream(ctx)>>>(rows, d, eps, Ptr<const T>(x), x_rows,
+                                                     Ptr<const A>(gamma), Ptr<O>(y), Ptr<A>(rstd),
+                                                     rope);
       };
       const bool in_registers = rope_table && RotatesInRegisters<G, V>(d);
       LaunchRotatingIf<V>(in_registers, launch);
@@ -455,12 +533,17 @@ void RunBackward(const ExecContext& ctx, const char* op, const Tensor& x, const 
                  const Tensor& gamma, const Tensor* rope_table, const Tensor& d_y,
                  const Tensor& d_x, const Tensor& d_gamma) {
   const int64_t d = x.dim(-1), rows = x.numel() / d;
+  const RowStarts x_rows = CheckRowStarts(ctx, op, x, d, "x");
+  const RowStarts dx_rows = CheckRowStarts(ctx, op, d_x, d, "d_x");
   DispatchIo(x, d_y, [&](auto tag, auto io_tag) {
     using T = typename decltype(tag)::type;
     using O = typename decltype(io_tag)::type;
     using A = Acc<T>;
     const RopeRows<A> rope = rope_table ? MakeRopeRows<A>(x, *rope_table) : RopeRows<A>{};
-    LaunchLaneGroups<T>(d, {x.raw_data(), d_y.raw_data(), d_x.raw_data()}, [&](auto g, auto v) {
+    const std::initializer_list<const void*> ptrs = {x.raw_data(), SecondToken(x, x_rows),
+                                                     d_y.raw_data(), d_x.raw_data(),
+                                                     SecondToken(d_x, dx_rows)};
+    LaunchLaneGroups<T>(d, ptrs, [&](auto g, auto v) {
       constexpr int G = decltype(g)::value, V = decltype(v)::value;
       const unsigned blocks = GroupBlocks(rows, G, kBackwardRows<G, V>, kMaxPartials);
       const Tensor partials = ctx.Empty({static_cast<int64_t>(blocks), d}, DType::kF64);
@@ -472,9 +555,9 @@ void RunBackward(const ExecContext& ctx, const char* op, const Tensor& x, const 
       }
       LaunchRotatingIf<V>(in_registers, [&](auto rope_tag) {
         ScaledRmsNormalizeBackwardKernel<T, O, G, V, decltype(rope_tag)::value>
-            <<<blocks, kThreads, 0, Stream(ctx)>>>(rows, d, Ptr<const T>(x), Ptr<const A>(rstd),
-                                                   Ptr<const A>(gamma), Ptr<const O>(dy),
-                                                   Ptr<O>(d_x), Ptr<double>(partials), rope);
+            <<<blocks, kThreads, 0, Stream(ctx)>>>(
+                rows, d, Ptr<const T>(x), x_rows, Ptr<const A>(rstd), Ptr<const A>(gamma),
+                Ptr<const O>(dy), Ptr<O>(d_x), dx_rows, Ptr<double>(partials), rope);
       });
       SM_CHECK_LAUNCH(ctx, op, "ScaledRmsNormalizeBackwardKernel");
       const auto finish_blocks = static_cast<unsigned>((d + kFinishCols - 1) / kFinishCols);
@@ -522,7 +605,7 @@ void ScaledRmsNormalizeBackward(const ExecContext& ctx, const Tensor& x, const T
                                 const Tensor& gamma, const Tensor& d_y, const Tensor& d_x,
                                 const Tensor& d_gamma) {
   const char* op = "ScaledRmsNormalizeBackward";
-  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}}, &d_x);
   CheckDGamma(ctx, op, gamma, d_gamma);
   if (rows == 0) return;
   RunBackward(ctx, op, x, rstd, gamma, nullptr, d_y, d_x, d_gamma);
@@ -532,7 +615,7 @@ void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, con
                                     const Tensor& gamma, const Tensor& rope_table,
                                     const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma) {
   const char* op = "ScaledRmsNormalizeRopeBackward";
-  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}});
+  const int64_t rows = CheckRows(ctx, op, x, gamma, rstd, {{"d_y", &d_y}, {"d_x", &d_x}}, &d_x);
   CheckDGamma(ctx, op, gamma, d_gamma);
   CheckTable(ctx, op, x, rope_table);
   if (rows == 0) return;

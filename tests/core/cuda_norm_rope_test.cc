@@ -12,9 +12,16 @@
 // GPU's two-op sequences. ScaledRmsNormalize (the per-head norms) and its
 // backward match the CPU, rerun to the same bits, aligned or not;
 // ScaledRmsNormalizeRope gives the bits of ScaledRmsNormalize then Rope.
+// On token-strided head vectors (core/head_rows.h: slices of a fused q|k|v
+// buffer whose gaps hold NaN bits) Rope, RopeBackward, the scaled norms and
+// their backwards give the bits of the same calls on contiguous copies and
+// write nothing outside their slice.
+#include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/head_rows.h"
 #include "tests/core/cuda_test_util.h"
 
 namespace scalemoe {
@@ -527,6 +534,245 @@ TEST_F(CudaNormRopeTest, RopeTableIsWhatRopeRotatesBy) {
       EXPECT_TRUE(testing::BitwiseEqual(r.Narrow(1, part, 1).Clone().View({t, half}),
                                         tab.Narrow(0, part, 1).Clone().View({t, half})))
           << (part == 0 ? "cos " : "sin ") << DTypeName(dtype);
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// ---------------------------------------------------------------- token-strided heads
+
+// Head vectors as a slice of a wider buffer (core/head_rows.h): heads
+// [first, first + length) of a fused q|k|v buffer [B, T, H + 2·KV, D] (dim
+// 2), or columns of an [R, W] matrix (dim 1); `skip` elements come before
+// the buffer (1: off a 16-byte boundary). tests/core/cuda_copy_heads_test.cc
+// builds its buffers the same way.
+struct Layout {
+  Shape wide;
+  int dim = 2;
+  int64_t first = 0, length = 0, skip = 0;
+};
+
+Layout Heads(int64_t b, int64_t t, int64_t all_heads, int64_t first, int64_t heads, int64_t d,
+             int64_t skip = 0) {
+  return {{b, t, all_heads, d}, 2, first, heads, skip};
+}
+Layout Columns(int64_t r, int64_t w, int64_t first, int64_t d, int64_t skip = 0) {
+  return {{r, w}, 1, first, d, skip};
+}
+// Heads of [tokens, all_heads, D].
+Layout Rank3Heads(int64_t tokens, int64_t all_heads, int64_t first, int64_t heads, int64_t d) {
+  return {{tokens, all_heads, d}, 1, first, heads, 0};
+}
+
+// The same slice at the end of a buffer `extra` heads (columns) wider: a
+// second token stride.
+Layout Wider(const Layout& l, int64_t extra) {
+  Layout w = l;
+  w.wide[w.dim] += extra;
+  w.first = w.wide[w.dim] - w.length;
+  return w;
+}
+
+// The slice that `l` describes of flat (skip elements, then the buffer).
+Tensor SliceOf(const Layout& l, const Tensor& flat) {
+  return flat.Narrow(0, l.skip, NumElements(l.wide)).View(l.wide).Narrow(l.dim, l.first, l.length);
+}
+
+Shape SliceShape(const Layout& l) {
+  Shape s = l.wide;
+  s[l.dim] = l.length;
+  return s;
+}
+
+// A host buffer of NaN bits (0xFF bytes) with `values` (if defined) in its
+// slice.
+Tensor HostBuffer(const Layout& l, DType dtype, const Tensor& values = Tensor()) {
+  Tensor flat = Tensor::Empty({l.skip + NumElements(l.wide)}, dtype);
+  std::memset(flat.raw_data(), 0xFF, flat.nbytes());
+  if (values.defined()) SliceOf(l, flat).CopyFrom(values);
+  return flat;
+}
+
+// Whether the kernels' 16-byte packs fit every row of `view`: its start,
+// its rows and its token stride on 16 bytes.
+bool RowsOnPacks(const Tensor& view) {
+  const HeadRows rows = *HeadRowsOf(view);
+  const auto size = static_cast<int64_t>(DTypeSize(view.dtype()));
+  return reinterpret_cast<uintptr_t>(view.raw_data()) % 16 == 0 && rows.dim * size % 16 == 0 &&
+         rows.stride * size % 16 == 0;
+}
+
+// Rope and RopeBackward with token-strided x, out or both (q or k a slice
+// of a fused q|k|v buffer, out at a stride of its own), and in place on a
+// slice: the bits of the contiguous call on the same values, every other
+// element of both buffers untouched (NaN bits), and the CPU's values (f64
+// on the same inputs). Packed (aligned, D = 64 and 128) and one element at
+// a time (off a 16-byte boundary; D = 6 and 18); three heads; one token.
+TEST_F(CudaNormRopeTest, RopeOnTokenStridedHeadsIsTheContiguousBits) {
+  const std::vector<Layout> layouts = {Heads(2, 5, 8, 4, 2, 64),    Heads(1, 37, 8, 0, 4, 128),
+                                       Heads(2, 9, 8, 4, 2, 64, 1), Heads(2, 3, 12, 6, 3, 6),
+                                       Heads(3, 4, 5, 2, 1, 18, 1), Heads(1, 1, 8, 4, 2, 64)};
+  constexpr double kTheta = 500000.0;
+  uint64_t seed = 6000;
+  for (DType dtype : kFloats) {
+    for (const Layout& in : layouts) {
+      for (double sign : {1.0, -1.0}) {
+        ++seed;
+        const Layout out = Wider(in, 3);
+        const Shape shape = SliceShape(in);
+        const std::string what =
+            absl::StrCat(DTypeName(dtype), " ", ShapeString(shape), " of ", ShapeString(in.wide),
+                         in.skip ? " off 16 bytes" : "", sign > 0 ? " Rope" : " RopeBackward");
+        const auto rotate = [&](const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+          if (sign > 0) {
+            ops::Rope(ctx, x, kTheta, y);
+          } else {
+            ops::RopeBackward(ctx, x, kTheta, y);
+          }
+        };
+        const Tensor x = RandomHost(shape, dtype, seed, 1);
+        Tensor contiguous = Poisoned(shape, dtype);
+        rotate(ctx_, Dev(x), contiguous);
+        const Tensor want = Host(contiguous);
+        Tensor ref = Tensor::Empty(shape, DType::kF64);
+        rotate(cpu_, F64(x), ref);
+        ExpectParity(want, ref, ParityTolerance(dtype), what);
+
+        const Tensor src = HostBuffer(in, dtype, x), dst = HostBuffer(out, dtype);
+        Tensor src_want = src.Clone(), dst_want = dst.Clone();
+        SliceOf(in, src_want).CopyFrom(want);
+        SliceOf(out, dst_want).CopyFrom(want);
+        const Tensor src_dev = Dev(src);
+        Tensor got = Poisoned(shape, dtype);
+        rotate(ctx_, SliceOf(in, src_dev), got);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(got), want)) << "strided x, " << what;
+        Tensor dst_dev = Dev(dst);
+        rotate(ctx_, Dev(x), SliceOf(out, dst_dev));
+        EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "strided out, " << what;
+        dst_dev = Dev(dst);
+        rotate(ctx_, SliceOf(in, src_dev), SliceOf(out, dst_dev));
+        EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "both strided, " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src)) << "x's buffer kept, " << what;
+        rotate(ctx_, SliceOf(in, src_dev), SliceOf(in, src_dev));
+        EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src_want)) << "in place, " << what;
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// ScaledRmsNormalize, ScaledRmsNormalizeRope and their backwards with x and
+// d_x token-strided (slices of buffers of two widths; y, rstd and d_y
+// contiguous): the bits of the same calls on contiguous copies that take
+// the same path (16-byte packs, or one element at a time: off a 16-byte
+// boundary, D = 6, a stride off the pack), every other element of both
+// buffers untouched (NaN bits), and the CPU's values (f64 on the same
+// inputs, the tolerances of the contiguous tests above). Rank 4 with and
+// without the rotation (in registers: D = 64, 128; a second pass: D = 6,
+// 256, one element at a time), rank 2 (columns of an [R, W] matrix) and
+// rank 3 without it.
+TEST_F(CudaNormRopeTest, ScaledRmsNormalizeOnTokenStridedRowsIsTheContiguousBits) {
+  const std::vector<Layout> layouts = {
+      Heads(2, 37, 8, 4, 2, 64),    // k of H = 4, KV = 2
+      Heads(1, 20, 8, 0, 4, 128),   // q
+      Heads(2, 9, 12, 6, 3, 6),     // three heads of six
+      Heads(2, 5, 8, 4, 2, 64, 1),  // off a 16-byte boundary
+      Heads(1, 7, 4, 2, 1, 256),    // several packs a lane
+      Heads(4, 512, 8, 4, 2, 64),   // many blocks of d_gamma partials
+      Columns(300, 67, 5, 64),      // [R, D] at a stride off the pack
+      Columns(300, 192, 64, 64),    // ... and on it
+      Rank3Heads(6, 8, 2, 3, 64),   // [tokens, H, D]
+  };
+  constexpr double kTheta = 10000.0;
+  uint64_t seed = 7000;
+  for (const ScaledNormCase& c : kScaledNormCases) {
+    const DType stat = StatDType(c.x);
+    for (const Layout& xl : layouts) {
+      for (bool rope : {false, true}) {
+        if (rope && xl.wide.size() != 4) continue;
+        ++seed;
+        const Layout dxl = Wider(xl, 8);
+        const Shape shape = SliceShape(xl);
+        const int64_t d = shape.back(), rows = NumElements(shape) / d;
+        const std::string what = absl::StrCat(
+            DTypeName(c.x), " x, ", DTypeName(c.io), " out, ", ShapeString(shape), " of ",
+            ShapeString(xl.wide), xl.skip ? " off 16 bytes" : "", rope ? " with Rope" : "");
+        const Tensor x = RandomHost(shape, c.x, seed, 1, 1.5, 0.2);
+        const Tensor gamma = RandomHost({d}, stat, seed, 2, 0.5, 1.0);
+        const Tensor d_y = RandomHost(shape, c.io, seed, 3);
+        const Tensor d_gamma0 = RandomHost({d}, stat, seed, 4, 0.1);
+        const Tensor x_host = HostBuffer(xl, c.x, x), dx_host = HostBuffer(dxl, c.io);
+        const Tensor x_dev = Dev(x_host), dx_dev = Dev(dx_host);
+        const Tensor xs = SliceOf(xl, x_dev), dxs = SliceOf(dxl, dx_dev);
+        const bool packed = RowsOnPacks(xs);
+        ASSERT_EQ(RowsOnPacks(dxs), packed) << "the test's layouts, " << what;
+        const Tensor x_c = packed ? Dev(x) : Misaligned(ctx_, x);
+        const Tensor d_y_c = packed ? Dev(d_y) : Misaligned(ctx_, d_y);
+        Tensor table;
+        if (rope) {
+          table = Poisoned({2, shape[1] + 3, d / 2}, stat);
+          ops::RopeTable(ctx_, kTheta, table);
+        }
+        const auto forward = [&](const Tensor& in, const Tensor& y, const Tensor& rstd) {
+          if (rope) {
+            ops::ScaledRmsNormalizeRope(ctx_, in, Dev(gamma), 1e-5, table, y, rstd);
+          } else {
+            ops::ScaledRmsNormalize(ctx_, in, Dev(gamma), 1e-5, y, rstd);
+          }
+        };
+        const auto backward = [&](const Tensor& in, const Tensor& rstd, const Tensor& dy,
+                                  const Tensor& dx, const Tensor& dg) {
+          if (rope) {
+            ops::ScaledRmsNormalizeRopeBackward(ctx_, in, rstd, Dev(gamma), table, dy, dx, dg);
+          } else {
+            ops::ScaledRmsNormalizeBackward(ctx_, in, rstd, Dev(gamma), dy, dx, dg);
+          }
+        };
+        Tensor y = Poisoned(shape, c.io), rstd = Poisoned({rows}, stat);
+        forward(xs, y, rstd);
+        Tensor y_c = Poisoned(shape, c.io), rstd_c = Poisoned({rows}, stat);
+        forward(x_c, y_c, rstd_c);
+        const Tensor y_host = Host(y), rstd_host = Host(rstd);
+        EXPECT_TRUE(testing::BitwiseEqual(y_host, Host(y_c))) << "y " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(rstd_host, Host(rstd_c))) << "rstd " << what;
+
+        Tensor d_gamma = Dev(d_gamma0);
+        backward(xs, rstd, Dev(d_y), dxs, d_gamma);
+        Tensor d_x_c = Poisoned(shape, c.io), d_gamma_c = Dev(d_gamma0);
+        backward(x_c, rstd_c, d_y_c, d_x_c, d_gamma_c);
+        const Tensor d_x_want = Host(d_x_c), d_gamma_host = Host(d_gamma);
+        Tensor dx_buffer_want = dx_host.Clone();
+        SliceOf(dxl, dx_buffer_want).CopyFrom(d_x_want);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(dx_dev), dx_buffer_want)) << "d_x " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(d_gamma_host, Host(d_gamma_c))) << "d_gamma " << what;
+        EXPECT_TRUE(testing::BitwiseEqual(Host(x_dev), x_host)) << "x's buffer kept, " << what;
+
+        // The CPU in f64 on the same values.
+        Tensor y_ref = Tensor::Empty(shape, DType::kF64);
+        Tensor rstd_ref = Tensor::Empty({rows}, DType::kF64);
+        Tensor d_x_ref = Tensor::Empty(shape, DType::kF64), d_gamma_ref = F64(d_gamma0).Clone();
+        if (rope) {
+          Tensor table_ref = Tensor::Empty({2, shape[1], d / 2}, DType::kF64);
+          ops::RopeTable(cpu_, kTheta, table_ref);
+          ops::ScaledRmsNormalizeRope(cpu_, F64(x), F64(gamma), 1e-5, table_ref, y_ref, rstd_ref);
+          ops::ScaledRmsNormalizeRopeBackward(cpu_, F64(x), rstd_ref, F64(gamma), table_ref,
+                                              F64(d_y), d_x_ref, d_gamma_ref);
+        } else {
+          ops::ScaledRmsNormalize(cpu_, F64(x), F64(gamma), 1e-5, y_ref, rstd_ref);
+          ops::ScaledRmsNormalizeBackward(cpu_, F64(x), rstd_ref, F64(gamma), F64(d_y), d_x_ref,
+                                          d_gamma_ref);
+        }
+        // As the contiguous tests above: the rotation doubles the outputs'
+        // tolerance, and its rounded d_y puts d_gamma's at the io dtype's.
+        const double io_tol = ParityTolerance(c.io) * (rope ? 2 : 1);
+        ExpectParity(y_host, y_ref, io_tol, "y vs CPU " + what);
+        ExpectParity(rstd_host, rstd_ref, ParityTolerance(stat), "rstd vs CPU " + what);
+        ExpectParity(d_x_want, d_x_ref, io_tol, "d_x vs CPU " + what);
+        ExpectParity(d_gamma_host, d_gamma_ref, rope ? io_tol : ParityTolerance(stat),
+                     "d_gamma vs CPU " + what);
+      }
     }
   }
   const Status st = ctx_.status();
