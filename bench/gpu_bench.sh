@@ -27,6 +27,8 @@
 #   CUDA_GRAPHS=1: ours with train.cuda_graphs (each micro-batch's forward
 #   and backward replayed as one CUDA graph; launch/micro_batch_graph.h);
 #   0: without
+#   OURS_SETS="model.fuse_qkv=true ...": more --set flags for ours only
+#   (A/B runs of an execution switch; the variants' labels are unchanged)
 #   TABLE_ONLY=1: run nothing; print the tables from the logs already in
 #   BUILD_DIR/gpu_bench (e.g. of a call cut short before its table, with
 #   the logs fetched back)
@@ -67,6 +69,7 @@ if [ "${TABLE_ONLY:-0}" != 1 ]; then
   shape_sets=(--set train.micro_batch_size="$micro" --set train.global_batch_size="$global")
   ours_sets=()
   [ "${CUDA_GRAPHS:-1}" = 1 ] && ours_sets+=(--set train.cuda_graphs=true)
+  for s in ${OURS_SETS:-}; do ours_sets+=(--set "$s"); done
 
   have_torch=0
   if [ "${TORCH:-1}" = 0 ]; then

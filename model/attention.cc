@@ -31,6 +31,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   head_dim_ = c / heads;
   rope_theta_ = m.rope_theta();
   max_seq_ = m.seq_length();
+  fuse_qkv_ = m.fuse_qkv();
   attention_options_.bf16_operands = Bf16Operands(cfg);
   const std::string p = absl::StrCat("layers.", layer, ".attn");
   // The γ's and head-norm scales see only this rank's heads.
@@ -92,11 +93,66 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
 Status Attention::PrepareStep(const ExecContext& ctx, DType dtype) {
   dtype_ = dtype;
   SM_RETURN_IF_ERROR(scales_->Forward(ctx, dtype));
+  if (fuse_qkv_) ProvideQkvStorage(ctx);
   SM_RETURN_IF_ERROR(projections_->PrepareStep(ctx, dtype));
+  JoinQkv();
   for (ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
     if (n) SM_RETURN_IF_ERROR(n->PrepareStep(ctx, dtype));
   }
   return absl::OkStatus();
+}
+
+void Attention::ProvideQkvStorage(const ExecContext& ctx) {
+  if (qkv_storage_.defined()) return;
+  int64_t rows = 0;
+  for (const ScaledLinear* p : {q_proj_.get(), k_proj_.get(), v_proj_.get()}) {
+    // Maps that GEMM on W itself find it side by side already (the flat buffers).
+    if (!p->forms_gemm_weight()) return;
+    rows += p->out_features();
+  }
+  const DType gemm =
+      attention_options_.bf16_operands ? DType::kBF16 : q_proj_->weight()->value.dtype();
+  qkv_storage_ = ctx.Empty({rows, q_proj_->in_features()}, gemm);
+  int64_t first = 0;
+  for (ScaledLinear* p : {q_proj_.get(), k_proj_.get(), v_proj_.get()}) {
+    p->set_gemm_weight_storage(qkv_storage_.Narrow(0, first, p->out_features()));
+    first += p->out_features();
+  }
+}
+
+void Attention::JoinQkv() {
+  qkv_weight_ = qkv_grad_ = Tensor();
+  if (!fuse_qkv_) return;
+  const ScaledLinear &q = *q_proj_, &k = *k_proj_, &v = *v_proj_;
+  for (const ScaledLinear* p : {&q, &k, &v}) {
+    if (!p->external_gemm_ok() || p->gemm_dtype() != q.gemm_dtype()) return;
+  }
+  auto join = [](const Tensor& a, const Tensor& b, const Tensor& c) {
+    const Tensor ab = a.JoinRows(b);
+    return ab.defined() ? ab.JoinRows(c) : ab;
+  };
+  const Tensor w = join(q.effective_weight(), k.effective_weight(), v.effective_weight());
+  const Tensor g = join(q.gemm_weight_grad(), k.gemm_weight_grad(), v.gemm_weight_grad());
+  if (!w.defined() || !g.defined()) return;  // not side by side: three GEMMs
+  qkv_weight_ = w;
+  qkv_grad_ = g;
+}
+
+std::optional<Attention::QkvPlan> Attention::FusedQkvPlan(DType activations) const {
+  if (!qkv_weight_.defined()) return std::nullopt;
+  // q, k, v and their gradients in the GEMMs' dtype (no per-token u: the
+  // branches' gradients enter the GEMMs as they are).
+  const DType inner = ActivationDType(activations), gemm = q_proj_->gemm_dtype();
+  if (inner != gemm) return std::nullopt;
+  for (const ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
+    if (n && (!n->TakesHeadRows(dtype_, inner) || !n->TakesHeadRows(dtype_, gemm))) {
+      return std::nullopt;
+    }
+  }
+  // A per-head norm reads its projection in the master's dtype.
+  auto lin = [&](const ScaledRmsNorm* norm) { return norm ? dtype_ : inner; };
+  if (lin(q_norm_.get()) != lin(k_norm_.get())) return std::nullopt;
+  return QkvPlan{lin(q_norm_.get()), lin(v_norm_.get())};
 }
 
 DType Attention::ActivationDType(DType activations) const {
@@ -118,6 +174,11 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   // TP ranks; n may be bf16 (the residual stream's dtype).
   const DType dt = dtype_, inner = ActivationDType(n.dtype());
   const Tensor n_in = SharedGemmInput(ctx, n, {q_proj_.get(), k_proj_.get(), v_proj_.get()});
+  qkv_input_ = Tensor();
+  if (const std::optional<QkvPlan> plan = FusedQkvPlan(n.dtype())) {
+    ForwardFused(ctx, n_in, *plan, inner);
+    return AttendAndProject(ctx, out, tokens, dt, inner);
+  }
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
     // A per-head norm reads the projection in the activations' dtype (its
@@ -142,8 +203,53 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
   k_ = project(*k_proj_, k_norm_.get(), kv_heads_, true);
   v_ = project(*v_proj_, v_norm_.get(), kv_heads_, false);
-  lse_ = ctx.Empty({batch, heads_, seq}, inner == DType::kF64 ? DType::kF64 : DType::kF32);
-  attn_ = ctx.Empty({batch, seq, heads_, head_dim_}, inner);
+  return AttendAndProject(ctx, out, tokens, dt, inner);
+}
+
+void Attention::ForwardFused(const ExecContext& ctx, const Tensor& n_in, const QkvPlan& plan,
+                             DType inner) {
+  const int64_t tokens = batch_ * seq_, qk_heads = heads_ + kv_heads_;
+  const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
+  // One GEMM for the three, or for q and k with v's own after it (DNP: q
+  // and k in the master's dtype for their norms, v in the attention's).
+  const int64_t heads = plan.v_apart() ? qk_heads : qk_heads + kv_heads_;
+  Tensor qkv = ctx.Empty({tokens, heads * head_dim_}, plan.qk);
+  ops::Gemm(ctx, n_in, qkv_weight_.Narrow(0, 0, heads * head_dim_), qkv, xwt);
+  qkv_input_ = n_in;
+  const Tensor by_head = qkv.View({batch_, seq_, heads, head_dim_});
+  // Each branch's slice x into a tensor of its own: through its norm (RoPE
+  // in the same pass), else RoPE, else a copy (v). The three GEMMs' path
+  // runs the same ops on the same values.
+  auto branch = [&](ScaledRmsNorm* norm, const Tensor& x, bool rope) {
+    if (!norm && !rope && x.is_contiguous()) return x;  // v from its own GEMM
+    Tensor y = ctx.Empty(x.shape(), inner);
+    if (norm) {
+      ScaledRmsNorm::Rope args;
+      if (rope) args = {rope_theta_, RopeTable(ctx, dtype_, seq_), batch_, seq_};
+      norm->Forward(ctx, x, y, rope ? &args : nullptr);
+    } else if (rope) {
+      ops::Rope(ctx, x, rope_theta_, y);
+    } else {
+      ops::CopyHeads(ctx, x, y);
+    }
+    return y;
+  };
+  q_ = branch(q_norm_.get(), by_head.Narrow(2, 0, heads_), true);
+  k_ = branch(k_norm_.get(), by_head.Narrow(2, heads_, kv_heads_), true);
+  if (!plan.v_apart()) {
+    v_ = branch(v_norm_.get(), by_head.Narrow(2, qk_heads, kv_heads_), false);
+    return;
+  }
+  Tensor v = ctx.Empty({batch_, seq_, kv_heads_, head_dim_}, plan.v);
+  ops::Gemm(ctx, n_in, qkv_weight_.Narrow(0, qk_heads * head_dim_, kv_heads_ * head_dim_),
+            v.View({tokens, kv_heads_ * head_dim_}), xwt);
+  v_ = branch(v_norm_.get(), v, false);
+}
+
+Status Attention::AttendAndProject(const ExecContext& ctx, const Tensor& out, int64_t tokens,
+                                   DType dt, DType inner) {
+  lse_ = ctx.Empty({batch_, heads_, seq_}, inner == DType::kF64 ? DType::kF64 : DType::kF32);
+  attn_ = ctx.Empty({batch_, seq_, heads_, head_dim_}, inner);
   ops::CausalAttention(ctx, q_, k_, v_, attn_, lse_, attention_options_);
   // Row-parallel: this rank's heads give a partial sum of the output.
   const Tensor partial = tp_.PartialFor(ctx, out, tokens, dt);
@@ -186,10 +292,39 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
     }
     proj.Backward(ctx, d_lin, d_n, mode);
   };
-  back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
-  back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
-  back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
+  if (qkv_input_.defined()) {
+    BackwardFused(ctx, d_q, d_k, d_v, d_n);
+  } else {
+    back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
+    back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
+    back(*v_proj_, v_norm_.get(), d_v, false, GradMode::kAccumulate);
+  }
   return tp_.ReduceToRows(ctx, d_n, d_n_rows);
+}
+
+void Attention::BackwardFused(const ExecContext& ctx, const Tensor& d_q, const Tensor& d_k,
+                              const Tensor& d_v, const Tensor& d_n) {
+  const int64_t all_heads = heads_ + 2 * kv_heads_;
+  // The GEMMs' d_y, in their dtype: each branch's gradient into its slice.
+  Tensor d_qkv = ctx.Empty({batch_ * seq_, all_heads * head_dim_}, q_proj_->gemm_dtype());
+  const Tensor by_head = d_qkv.View({batch_, seq_, all_heads, head_dim_});
+  auto branch = [&](ScaledRmsNorm* norm, const Tensor& d_y, int64_t first, int64_t heads,
+                    bool rope) {
+    const Tensor d_x = by_head.Narrow(2, first, heads);
+    if (norm) {
+      norm->Backward(ctx, d_y, d_x);
+    } else if (rope) {
+      ops::RopeBackward(ctx, d_y, rope_theta_, d_x);
+    } else {
+      ops::CopyHeads(ctx, d_y, d_x);
+    }
+  };
+  branch(q_norm_.get(), d_q, 0, heads_, true);
+  branch(k_norm_.get(), d_k, heads_, kv_heads_, true);
+  branch(v_norm_.get(), d_v, heads_ + kv_heads_, kv_heads_, false);
+  // The three maps' weight gradients and d_n, each one GEMM.
+  ops::Gemm(ctx, d_qkv, qkv_input_, qkv_grad_, {.trans_a = ops::Trans::kYes, .beta = 1.0});
+  ops::Gemm(ctx, d_qkv, qkv_weight_, d_n);
 }
 
 Status Attention::FinishBackward(const ExecContext& ctx) {
@@ -202,7 +337,7 @@ Status Attention::FinishBackward(const ExecContext& ctx) {
 
 void Attention::VisitForwardCache(ForwardCacheStash& stash) {
   for (int64_t* size : {&batch_, &seq_}) stash.Visit(*size);
-  for (Tensor* t : {&q_, &k_, &v_, &attn_, &lse_}) stash.Visit(*t);
+  for (Tensor* t : {&q_, &k_, &v_, &attn_, &lse_, &qkv_input_}) stash.Visit(*t);
   for (ScaledLinear* l : {q_proj_.get(), k_proj_.get(), v_proj_.get(), o_proj_.get()}) {
     l->VisitForwardCache(stash);
   }

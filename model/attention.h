@@ -27,6 +27,7 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 
 #include "configs/scalemoe.pb.h"
 #include "core/forward_cache.h"
@@ -66,6 +67,35 @@ class Attention {
   // ops::RopeTable for at least seq positions in dtype (the per-head norms',
   // which rotate their outputs), made on first use.
   const Tensor& RopeTable(const ExecContext& ctx, DType dtype, int64_t seq);
+  // model.fuse_qkv: gives the q, k and v maps one buffer for their formed
+  // weights, side by side (before their PrepareStep).
+  void ProvideQkvStorage(const ExecContext& ctx);
+  // After their PrepareStep: qkv_weight_ and qkv_grad_, when the three's
+  // weights and gradients lie side by side and their GEMMs are one
+  // ([(H + 2·KV)·D, C]).
+  void JoinQkv();
+  // The dtypes the fused forward's GEMM writes q and k in and v in (a
+  // per-head norm's input in the master's dtype, else the attention's).
+  struct QkvPlan {
+    DType qk, v;
+    // v from a GEMM of its own (DNP's norms on q and k only), straight
+    // into the attention's dtype.
+    bool v_apart() const { return v != qk; }
+  };
+  // The plan for input activations of dtype `activations`, or nullopt when
+  // this forward runs three GEMMs: fuse_qkv off, the three not joined, q
+  // and k apart (a norm on one), or a norm that takes no token-strided
+  // input.
+  std::optional<QkvPlan> FusedQkvPlan(DType activations) const;
+  // The three GEMMs as one (model.fuse_qkv; v's apart per the plan): q, k
+  // and v from its output's slices; the backward's counterpart below (one
+  // GEMM for the weight gradient, one for d_n).
+  void ForwardFused(const ExecContext& ctx, const Tensor& n_in, const QkvPlan& plan, DType inner);
+  // The attention on q_, k_, v_ and the output projection into out.
+  Status AttendAndProject(const ExecContext& ctx, const Tensor& out, int64_t tokens, DType dt,
+                          DType inner);
+  void BackwardFused(const ExecContext& ctx, const Tensor& d_q, const Tensor& d_k,
+                     const Tensor& d_v, const Tensor& d_n);
 
   const TpRegion& tp_;
   DType dtype_ = DType::kF32;            // the master weights' (PrepareStep)
@@ -80,7 +110,12 @@ class Attention {
   // under MHA; k, v under GQA; o too where it matches).
   std::unique_ptr<ScaledLinearGroup> projections_;
   std::unique_ptr<ScaledRmsNorm> q_norm_, k_norm_, v_norm_;  // null when absent
+  bool fuse_qkv_;                                            // model.fuse_qkv
+  Tensor qkv_storage_;  // [(H + 2·KV)·D, C]: the three's formed weights (fuse_qkv_)
+  Tensor qkv_weight_;   // this step's three weights as one (JoinQkv; else undefined)
+  Tensor qkv_grad_;     // ... and their gradients
   // Forward cache.
+  Tensor qkv_input_;  // the fused GEMM's input (undefined when the forward ran three)
   int64_t batch_ = 0, seq_ = 0;
   Tensor q_, k_, v_;  // [B, T, *, D] attention inputs (after norm and RoPE)
   Tensor attn_;       // [B, T, H, D] attention output (the input of W_o)

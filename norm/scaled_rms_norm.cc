@@ -1,5 +1,6 @@
 #include "norm/scaled_rms_norm.h"
 
+#include "core/head_rows.h"
 #include "core/ops.h"
 #include "norm/scaled_linear.h"
 
@@ -27,8 +28,12 @@ Status ScaledRmsNorm::PrepareStep(const ExecContext& ctx, DType dtype) {
 }
 
 bool ScaledRmsNorm::Fused(const Tensor& x, DType io) const {
-  return scale_ != nullptr && dim_ <= ops::kScaledRmsNormalizeMaxDim && x.dtype() == dtype_ &&
-         x.is_contiguous() && IoFits(io);
+  return TakesHeadRows(x.dtype(), io) && HeadRowsOf(x).has_value();
+}
+
+bool ScaledRmsNorm::TakesHeadRows(DType x_dtype, DType io) const {
+  return scale_ != nullptr && dim_ <= ops::kScaledRmsNormalizeMaxDim && x_dtype == dtype_ &&
+         IoFits(io);
 }
 
 bool ScaledRmsNorm::IoFits(DType io) const {
@@ -37,7 +42,11 @@ bool ScaledRmsNorm::IoFits(DType io) const {
 
 Tensor ScaledRmsNorm::HeadsView(const Tensor& t) const {
   const int64_t rows = t.numel() / dim_;
-  return t.View({rope_.batch, rope_.seq, rows / (rope_.batch * rope_.seq), dim_});
+  const Shape shape = {rope_.batch, rope_.seq, rows / (rope_.batch * rope_.seq), dim_};
+  if (t.is_contiguous()) return t.View(shape);
+  SM_CHECK_MSG(t.shape() == shape, name_, ": token-strided ", t.DebugString(), " is not [",
+               rope_.batch, ", ", rope_.seq, ", H, ", dim_, "]");
+  return t;  // already the [B, T, H, dim] slice of a wider matrix
 }
 
 bool ScaledRmsNorm::TableFits() const {
@@ -58,8 +67,11 @@ void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tenso
         " of head dim ", dim_);
   }
   rstd_ = ctx.Empty({rows}, dtype_);
+  SM_CHECK_MSG(x.is_contiguous() || Fused(x, y.dtype()), name_, ": x ", x.DebugString(),
+               " is token-strided, which only the one-op path takes (TakesHeadRows)");
   if (Fused(x, y.dtype())) {  // one pass; the backward recomputes n from x
-    x_ = x.View({rows, dim_});
+    // A token-strided x (the q|k|v projection's slice) is kept as it is.
+    x_ = x.is_contiguous() ? x.View({rows, dim_}) : x;
     n_ = Tensor();
     if (rope && TableFits()) {
       ops::ScaledRmsNormalizeRope(ctx, HeadsView(x), gamma_, eps_, rope_.table, HeadsView(y),
@@ -91,10 +103,15 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
                ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString(), " for ", rows,
                " rows of ", dim_);
   const bool rope = rope_.batch > 0;
+  SM_CHECK_MSG(d_x.is_contiguous() || (x_.defined() && IoFits(d_x.dtype())), name_, ": d_x ",
+               d_x.DebugString(), " is token-strided, which only the one-op path takes");
   if (x_.defined()) {
-    // The fused op takes d_y and d_x in one dtype: d_x's where it may.
+    // The fused op takes d_y and d_x in one dtype: d_x's where it may (a
+    // token-strided d_x, a slice of the q|k|v GEMMs' input, as it is).
     const DType io = IoFits(d_x.dtype()) ? d_x.dtype() : dtype_;
-    const Tensor d_x2 = d_x.dtype() == io ? d_x.View({rows, dim_}) : ctx.Empty({rows, dim_}, io);
+    const Tensor d_x2 = d_x.dtype() != io     ? ctx.Empty({rows, dim_}, io)
+                        : d_x.is_contiguous() ? d_x.View({rows, dim_})
+                                              : d_x;
     if (rope && TableFits() && d_y.dtype() == io) {
       ops::ScaledRmsNormalizeRopeBackward(ctx, HeadsView(x_), rstd_, gamma_, rope_.table,
                                           HeadsView(d_y), d_x2, d_gamma_);

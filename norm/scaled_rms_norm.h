@@ -49,12 +49,20 @@ class ScaledRmsNorm {
 
   Status PrepareStep(const ExecContext& ctx, DType dtype);
   // x, y: contiguous, numel a multiple of dim; y must not alias x. With
-  // rope, y = Rope(norm(x)) (norm(x) rounded to y's dtype first).
+  // rope, y = Rope(norm(x)) (norm(x) rounded to y's dtype first). x may
+  // also be [B, T, H, dim] token-strided (core/head_rows.h: a slice of the
+  // q|k|v projection's output) where TakesHeadRows says so.
   void Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y,
                const Rope* rope = nullptr);
   // After a Forward with rope, d_y is the rotated output's gradient (and may
-  // be overwritten with its inverse rotation).
+  // be overwritten with its inverse rotation). d_x may be token-strided
+  // [B, T, H, dim] when the Forward's x was and d_x's dtype is io.
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
+  // Whether Forward takes a token-strided x of dtype x_dtype with outputs
+  // (y, d_y and d_x) of dtype io: the one-op path (a γ, rows of at most 256,
+  // x in the master's dtype, io that dtype or bf16 for an f32 master).
+  // After PrepareStep.
+  bool TakesHeadRows(DType x_dtype, DType io) const;
   Status FinishBackward(const ExecContext& ctx);
   // Moves this module's per-Forward members (and its children's) into or
   // out of `stash` (core/forward_cache.h).
@@ -81,7 +89,7 @@ class ScaledRmsNorm {
   std::unique_ptr<ScaleVector> scale_;  // null under mode NONE
   Tensor gamma_;    // [dim] effective γ of this step
   Tensor d_gamma_;  // [dim] accumulated over the step's micro-batches
-  Tensor x_;        // [R, dim] input of the last Forward when it ran fused
+  Tensor x_;        // [R, dim] (or token-strided) input of the last Forward when it ran fused
   Tensor n_;        // [R, dim] normalized input of the last Forward otherwise
   Tensor rstd_;     // [R]
   Rope rope_;       // of the last Forward (batch 0: none)

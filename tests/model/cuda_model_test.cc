@@ -7,7 +7,7 @@
 // presets with the CPU's routing forced: see their test). Two GPU
 // runs give the same bits. Tiny dense and MoE models over the scale-vector
 // variants (tests/model/variant_cases.h, head dim 16), both fold paths
-// and the per-token path; and the presets:
+// and the per-token path, and with model.fuse_qkv; and the presets:
 // tiny_cpu whole, gpu_moe_125m and gpu_finegrained_64e cut to their first
 // MoE layer, at their full widths, on 2 x 128 tokens.
 #include <algorithm>
@@ -87,6 +87,28 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
               c.name.c_str(), vs_cpu.cosine, vs_cpu.name.c_str(),
               testing::SmallestCosine(cpu, cpu_bf16).cosine);
   EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
+}
+
+// model.fuse_qkv on the GPU (q, k and v from one GEMM, their token-strided
+// slices through RoPE, the per-head norms and CopyHeads): fp32 equal to the
+// CPU's three GEMMs and repeating bit for bit; bf16 as close to the GPU's
+// three-GEMM bf16 run as two bf16 runs that sum in other orders.
+TEST_P(CudaModelTest, FusedQkvTracksThreeGemms) {
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig three = VariantConfig(c), one = three;
+  one.mutable_model()->set_fuse_qkv(true);
+  const Tensor values = StartValues(three);
+  const StepResult cpu = WholeModelStep(three, cpu_, values);
+  const StepResult gpu = WholeModelStep(one, ctx_, values);
+  const StepResult again = WholeModelStep(one, ctx_, values);
+  ExpectFp32Parity(cpu, gpu, again);
+  three.mutable_train()->set_precision(config::TrainConfig::BF16);
+  one.mutable_train()->set_precision(config::TrainConfig::BF16);
+  const testing::MinCosine bf16 = testing::SmallestCosine(WholeModelStep(three, ctx_, values),
+                                                          WholeModelStep(one, ctx_, values));
+  std::printf("%s: bf16 one q|k|v GEMM vs three, smallest cosine %.7f (%s)\n", c.name.c_str(),
+              bf16.cosine, bf16.name.c_str());
+  EXPECT_GE(bf16.cosine, 0.9999) << bf16.name;
 }
 
 INSTANTIATE_TEST_SUITE_P(Variants, CudaModelTest,

@@ -243,6 +243,20 @@ TEST(ModelTpTest, UnifiedMoeTp2SequenceParallel) {
 
 TEST(ModelTpTest, UnifiedMoeTp2Etp2) { ExpectTpEqualsOneRank(UnifiedMoe(), 2, 2); }
 
+// model.fuse_qkv: each rank's q|k|v GEMM over its own heads (one query
+// and one kv head a rank) equals one rank's: the shared γ, the unified MoE
+// model, and DNP's per-head q and k norms (the presets' unified strategy).
+TEST(ModelTpTest, FusedQkvTp2SequenceParallel) {
+  config::RunConfig dnp = UnifiedMoe();
+  dnp.mutable_scale_vectors()->set_placement(Sv::DUAL_NORMALIZED);
+  dnp.mutable_scale_vectors()->set_reparam(Sv::MAGNITUDE_DIRECTION);
+  for (config::RunConfig cfg : {DenseConfig(), UnifiedMoe(), dnp}) {
+    cfg.mutable_model()->set_fuse_qkv(true);
+    cfg.mutable_parallel()->set_sequence_parallel(true);
+    ExpectTpEqualsOneRank(cfg, 2);
+  }
+}
+
 // train.precision BF16: the bf16 residual stream crosses the TP regions (the
 // sequence-parallel gather in bf16, the partial sums added in f32 and
 // rounded once). Against the one-rank fp32 run (f32 master weights both),

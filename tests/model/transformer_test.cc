@@ -2,10 +2,14 @@
 // every scale-vector variant (dense and MoE), function preservation at init,
 // fold vs per-token paths, micro-batch accumulation, determinism, sandwich
 // norms, batch validation and the parameter counts.
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "core/op_timer.h"
 #include "gtest/gtest.h"
 #include "model/model.h"
 #include "tests/model/model_test_util.h"
@@ -209,6 +213,78 @@ TEST_P(ModelVariantTest, FusedGateUpAgreesWithSeparateGemms) {
   const std::vector<double> gb = b.registry->flat_grads().ToVector();
   ASSERT_EQ(ga.size(), gb.size());
   for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
+}
+
+// Gemm calls of one step (the op timer counts every ops:: call).
+int64_t GemmCalls(Built& b, const Tensor& tokens, const Tensor& targets, LossBreakdown* loss) {
+  op_timer::Collect();
+  op_timer::SetEnabled(true);
+  *loss = Step(b, tokens, targets);
+  op_timer::SetEnabled(false);
+  int64_t calls = 0;
+  for (const op_timer::OpTime& t : op_timer::Collect()) {
+    if (t.op == "Gemm") calls = t.calls;
+  }
+  return calls;
+}
+
+// q, k and v as one GEMM over their stacked weights (model.fuse_qkv)
+// against three: the same model, its loss and every gradient to f64
+// rounding (d_n sums the three in another order), in every layer (one
+// GEMM for three in the forward, the weight gradient and d_n: six fewer),
+// and with bf16 operands to their rounding.
+TEST_P(ModelVariantTest, FusedQkvAgreesWithSeparateGemms) {
+  for (const bool bf16 : {false, true}) {
+    config::RunConfig fused = Config(), separate = Config();
+    fused.mutable_model()->set_fuse_qkv(true);
+    if (bf16) {
+      fused.mutable_train()->set_precision(config::TrainConfig::BF16);
+      separate.mutable_train()->set_precision(config::TrainConfig::BF16);
+    }
+    const DType master = bf16 ? DType::kF32 : DType::kF64;
+    Built a = Build(fused, master), b = Build(separate, master);
+    testing::PerturbScaleVectors(*a.registry, 12);
+    testing::PerturbScaleVectors(*b.registry, 12);
+    const Tensor tokens = Tokens(5), targets = Tokens(6);
+    LossBreakdown la, lb;
+    const int64_t calls_a = GemmCalls(a, tokens, targets, &la);
+    const int64_t calls_b = GemmCalls(b, tokens, targets, &lb);
+    // Five fewer where v keeps a forward GEMM of its own (DNP's q and k
+    // norms read f32, v is bf16).
+    const int64_t layers = fused.model().num_layers();
+    EXPECT_TRUE(calls_b - calls_a == 6 * layers || (bf16 && calls_b - calls_a == 5 * layers))
+        << calls_b << " GEMMs against " << calls_a << ", bf16 " << bf16;
+    const std::vector<double> ga = a.registry->flat_grads().ToVector();
+    const std::vector<double> gb = b.registry->flat_grads().ToVector();
+    ASSERT_EQ(ga.size(), gb.size());
+    if (!bf16) {
+      EXPECT_NEAR(la.total, lb.total, 1e-12);
+      for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
+      continue;
+    }
+    // bf16: d_n's f32 sums in another order round into the bf16 residual
+    // stream's gradient a unit apart here and there (2^-8 relative), which
+    // this small model carries far. Each run against the fp32 one: one GEMM
+    // is no further from it than three are, give or take that rounding.
+    config::RunConfig exact = separate;
+    exact.mutable_train()->set_precision(config::TrainConfig::FP32);
+    Built c = Build(exact, master);
+    testing::PerturbScaleVectors(*c.registry, 12);
+    Step(c, tokens, targets);
+    const std::vector<double> gc = c.registry->flat_grads().ToVector();
+    auto distance = [&](const std::vector<double>& g) {
+      double diff = 0, norm = 0;
+      for (size_t i = 0; i < g.size(); ++i) {
+        diff += (g[i] - gc[i]) * (g[i] - gc[i]);
+        norm += gc[i] * gc[i];
+      }
+      return std::sqrt(diff / norm);
+    };
+    const double one = distance(ga), three = distance(gb);
+    std::printf("bf16 gradients against fp32: one q|k|v GEMM %.3g, three %.3g\n", one, three);
+    EXPECT_NEAR(la.total, lb.total, 1e-4 * std::abs(lb.total));
+    EXPECT_LE(one, 1.5 * three);
+  }
 }
 
 std::string VariantName(const ::testing::TestParamInfo<std::tuple<int, int>>& info) {
