@@ -18,23 +18,26 @@ namespace {
 
 constexpr int kTileM = kWgmmaTileM, kTileK = 64;
 
-// A kernel configuration: the output tile's width and the ring's stages.
+// A kernel configuration: the output tile's width and the ring's stages,
+// and the rows of a stage's A tile (the ping-pong kernel's are 64: each
+// multiplying warpgroup has tiles of its own, grouped_gemm_wgmma_pingpong.cu).
 // Measured on the H200 and not kept (bench/RESULTS.md): 128 x 128 tiles with
 // 3 stages and two blocks per SM, and persistent blocks whose every thread
 // both loaded and multiplied, one ring across their tiles (slower on
 // gpu_finegrained_64e's short reductions; the persistent kernel that was
 // kept splits the two jobs between warpgroups, grouped_gemm_wgmma_ws.cu).
-template <int kTileNArg, int kStagesArg>
+template <int kTileNArg, int kStagesArg, int kRowsArg = kTileM>
 struct Shape {
-  static constexpr int kTileN = kTileNArg, kStages = kStagesArg;
-  static constexpr int kABytes = kTileM * kTileK * 2;
+  static constexpr int kTileN = kTileNArg, kStages = kStagesArg, kRows = kRowsArg;
+  static constexpr int kABytes = kRows * kTileK * 2;
   static constexpr int kBBytes = kTileN * kTileK * 2;
   static constexpr int kStageBytes = kABytes + kBBytes;
   static constexpr int kSmemBytes = kStages * kStageBytes + 1024;  // + the 1024 alignment
+  static_assert(kRows % 64 == 0 && kStageBytes % 1024 == 0, "1024-aligned swizzled tiles");
   static_assert(kStages >= 3, "a stage multiplied, one in flight, one loading");
   static_assert(kSmemBytes <= 227 * 1024, "one block's shared memory on sm_90");
   // The staged epilogue's f32 tile fits in the ring.
-  static_assert(kTileM * (kTileN + 8) * 4 <= kStages * kStageBytes, "the epilogue's stage");
+  static_assert(kRows * (kTileN + 8) * 4 <= kStages * kStageBytes, "the epilogue's stage");
 };
 using Wide = Shape<256, 4>;    // 128 x 256 tiles, 4 stages of 48 KB
 using Narrow = Shape<128, 6>;  // 128 x 128, 6 stages of 32 KB
