@@ -8,12 +8,14 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits. The binary is registered five
+// Every case also runs twice: the same bits. The binary is registered seven
 // times (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
 // products on the persistent warp-specialized wgmma kernel, with K-major and
 // MN-major shared tiles, 128 x 256 or 128 x 128 output tiles by the output's
 // width, its epilogue through shared memory), the same storing straight from
-// the registers (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct), the block-per-tile wgmma kernel
+// the registers (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct), its ping-pong
+// schedule for the weight gradients (SCALEMOE_GROUPED_GEMM_WS_SCHEDULE=pingpong)
+// and for every product (=pingpong_all), the block-per-tile wgmma kernel
 // (SCALEMOE_GROUPED_GEMM=tile; stores through shared memory where c's rows are 16-byte aligned),
 // the same storing straight from the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and
 // everything on mma.sync (SCALEMOE_GROUPED_GEMM=mma).
@@ -45,6 +47,16 @@ struct Case {
 std::vector<Case> Cases() {
   std::vector<int64_t> many(64);
   for (int g = 0; g < 64; ++g) many[g] = (g * 37) % 23;  // zeros among them
+  // Weight gradients of more output tiles than twice an H200's 132 SMs, so
+  // that every persistent block walks several, some an odd number (the
+  // ping-pong kernel's second warpgroup gets tiles, and its ring wraps
+  // across both warpgroups' tiles): 100 groups of 0 to 70 rows (reductions
+  // of 0, 1 and 2 k steps; 500 tiles of 64 x 256), and 80 of 0 to 149 (up
+  // to 3 k steps; 320 tiles of 64 x 128). The forward x·Wᵀ has 212 and
+  // 132 tiles of 64 rows.
+  std::vector<int64_t> tiles_wide(100), tiles_narrow(80);
+  for (int g = 0; g < 100; ++g) tiles_wide[g] = (g * 37) % 71;
+  for (int g = 0; g < 80; ++g) tiles_narrow[g] = (g * 53) % 150;
   return {
       {"one_row", {0, 1, 0}, 24, 16},
       {"empty_groups", {0, 200, 0, 77, 0}, 64, 48},
@@ -67,6 +79,8 @@ std::vector<Case> Cases() {
       // gradients always), the block-per-tile one the shorter ones: both in
       // one launch sequence, 8 past a multiple of the k step.
       {"both_wgmma_kernels", {300, 0, 517}, 520, 136, 4, 0},
+      {"many_tiles_wide", tiles_wide, 264, 136},
+      {"many_tiles_narrow", tiles_narrow, 200, 120, 5, 3},
   };
 }
 
