@@ -18,15 +18,27 @@
 // the same TileWork calls, so their group cursors agree). A stage's "empty"
 // barrier thus counts the 4 warps of the warpgroup that owns it.
 //
-// No lock between the multipliers, and no deadlock: the first stage in the
-// ring's order that is not given back yet belongs to a warpgroup that has
-// given back all its earlier ones, so it waits for nothing but this stage's
-// copies, or, holding it (its MMAs in flight), for those of the next stage
-// in the order (the same tile's). Every stage before those two is free and
-// the ring has more than two: the loader fills both, the warpgroup gives
-// the first back, and so on. Nor does a wait ever meet a barrier two phases
-// on (which a parity cannot tell apart): a stage is loaded again only once
-// its owner has given it back, and given back only once loaded.
+// A parity wait cannot tell a barrier's phase k from k - 2: a multiplier
+// that skipped S or more stages ahead of the loader (S: the ring's) would
+// take a stage that still holds an older tile's copies for its own. So the
+// multipliers hand the walk over (CUTLASS's ping-pong orders its math
+// warpgroups the same way): a warpgroup starts tile j only once the other
+// has passed its wait for the last stage of tile j - 1 (at once if that
+// tile has none). Then every stage before tile j's first has had its
+// copies seen by its owner, and each barrier a multiplier waits for has
+// completed the phase before the one it waits for; none can be a phase
+// further on either, since a stage is loaded again only once its owner has
+// given it back. This orders the multiplications only: a warpgroup's
+// epilogue still overlaps the other's tile.
+//
+// No deadlock: the first stage in the ring's order that is not given back
+// yet is of a tile whose owner has been handed the walk (every stage of
+// the tiles before is given back: the hand-over came after their waits) and
+// has given back all its earlier stages, so it waits for nothing but this
+// stage's copies, or, holding it (its MMAs in flight), for those of the
+// next stage in the order (the same tile's). Every stage before those two
+// is free and the ring has more than two: the loader fills both, the
+// warpgroup gives the first back, and so on.
 //
 // Registers as in the cooperative kernel (48 for the loaders, 224 for the
 // multipliers). The staged epilogue (StoreTileStaged) goes through buffers
@@ -50,11 +62,12 @@ using PingpongNarrow = Shape<128, 9, kPingpongRows>;
 using PingpongWideStaged = Shape<256, 4, kPingpongRows>;
 using PingpongNarrowStaged = Shape<128, 7, kPingpongRows>;
 
-// The dynamic shared memory, beside the barriers (two of 8 bytes a stage).
+// The dynamic shared memory, beside the barriers (two of 8 bytes a stage,
+// and two more).
 template <typename S, bool kStaged>
 constexpr int kBlockSmemBytes = S::kSmemBytes + (kStaged ? kEpilogueBytes : 0);
 template <typename S, bool kStaged>
-constexpr bool kFits = kBlockSmemBytes<S, kStaged> + 16 * S::kStages <= 227 * 1024;
+constexpr bool kFits = kBlockSmemBytes<S, kStaged> + 16 * S::kStages + 16 <= 227 * 1024;
 static_assert(kFits<PingpongWide, false> && kFits<PingpongNarrow, false> &&
                   kFits<PingpongWideStaged, true> && kFits<PingpongNarrowStaged, true>,
               "the ring, the buffers and the barriers in one block's shared memory");
@@ -80,13 +93,14 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kTileN = S::kTileN, kRows = S::kRows;
   static_assert(kRows == 64, "a tile is one warpgroup's m64 MMAs");
-  __shared__ uint64_t full[S::kStages], empty[S::kStages];
+  __shared__ uint64_t full[S::kStages], empty[S::kStages], handed[2];
   const Ring<S> ring = MakeRing<S>();
   if (threadIdx.x == 0) {
     for (int s = 0; s < S::kStages; ++s) {
       MbarrierInit(&full[s], kLoaders);                // each loader's copies of the stage
       MbarrierInit(&empty[s], kMultipliers / 2 / 32);  // each warp of its tile's warpgroup
     }
+    for (int g = 0; g < 2; ++g) MbarrierInit(&handed[g], 1);  // the walk, to warpgroup g
   }
   __syncthreads();
   RingPosition<S::kStages> pos;
@@ -118,24 +132,37 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   }
   ClaimRegisters<kMultiplierRegisters>();
   const int warpgroup = (threadIdx.x - kLoaders) / 128, lane = threadIdx.x % 32;
-  float acc[kTileN / 2];       // the first MMA of a tile overwrites it (MmaStage)
-  bool mine = warpgroup == 0;  // whether tile j of the walk is this warpgroup's (j % 2)
-  for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x, mine = !mine) {
+  float acc[kTileN / 2];  // the first MMA of a tile overwrites it (MmaStage)
+  uint32_t handed_parity = 0;
+  // Hands the walk to the other warpgroup (one thread: its waits so far
+  // have seen the copies of every stage it has taken).
+  auto hand_over = [&] {
+    if (threadIdx.x % 128 == 0) MbarrierArrive(&handed[warpgroup ^ 1]);
+  };
+  // Tile j of the walk is warpgroup j % 2's.
+  int64_t j = 0;
+  for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x, ++j) {
     int64_t col;
     const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad, kRows>(p, space, tile, col, cursor);
     if (!w.valid) break;
     const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
-    if (!mine) {  // the other warpgroup's tile: past the stages the loader fills for it
+    if (j % 2 != warpgroup) {  // the other's tile: past the stages the loader fills for it
       pos.Skip(k_tiles > 0 ? k_tiles : 0);
       continue;
     }
+    if (j > 0) {  // the other has seen the copies of its tile j - 1
+      MbarrierWait(&handed[warpgroup], handed_parity);
+      handed_parity ^= 1;
+    }
     if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c, no stages
+      hand_over();
       ScaleTile<OutT, kTileN>(p, w, n0);
       continue;
     }
     int held = -1;  // the stage whose MMAs may still run
     for (int64_t t = 0; t < k_tiles; ++t) {
       MbarrierWait(&full[pos.stage], pos.parity);
+      if (t == k_tiles - 1) hand_over();
       FenceProxyAsyncShared();  // the copies, seen through the barrier, visible to wgmma
       MmaStage<S, kAKMajor, kBKMajor>(acc, ring.a(pos.stage), ring.b(pos.stage), t == 0, 0);
       WgmmaWait<1>();  // the MMAs of the stage before are done
