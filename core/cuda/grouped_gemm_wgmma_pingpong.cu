@@ -109,25 +109,7 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   // tile has no rows, neither has any later one of this block. Every party
   // stops at the same tile.
   if (threadIdx.x < kLoaders) {
-    ReleaseRegisters<kLoaderRegisters>();
-    const int loader = threadIdx.x;
-    for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x) {
-      int64_t col;
-      const BlockWork<bf16, OutT> w =
-          TileWork<OutT, kWeightGrad, kRows>(p, space, tile, col, cursor);
-      if (!w.valid) break;
-      const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
-      const OperandStream<kRows, kAKMajor> a(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader);
-      const OperandStream<kTileN, kBKMajor> b(w.b, p.ldb, n0, p.n, w.k_len, loader);
-      for (int64_t t = 0; t < k_tiles; ++t) {
-        MbarrierWait(&empty[pos.stage], pos.parity ^ 1);
-        a.Load(ring.a(pos.stage), t);
-        b.Load(ring.b(pos.stage), t);
-        CpAsyncMbarrierArrive(&full[pos.stage]);
-        pos.Advance();
-      }
-    }
-    CpAsyncWait<0>();  // nothing lands after its thread has exited
+    LoadWalk<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kRows>(p, space, ring, full, empty);
     return;
   }
   ClaimRegisters<kMultiplierRegisters>();

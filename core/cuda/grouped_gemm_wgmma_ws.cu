@@ -58,6 +58,9 @@ __global__ void __launch_bounds__(kWsThreads, 1)
   GroupCursor cursor;
   // The forward's valid row tiles are a prefix of its upper bound: once a
   // tile has no rows, neither has any later one of this block.
+  // (LoadWalk, grouped_gemm_wgmma_ws_parts.cuh, is this loop; the default
+  // kernel keeps its own copy until a GPU can time it again: through the
+  // function ptxas schedules 18 of these 24 kernels differently.)
   if (threadIdx.x < kLoaders) {
     ReleaseRegisters<kLoaderRegisters>();
     const int loader = threadIdx.x;

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "core/cuda/grouped_gemm_wgmma_tiles.cuh"
+#include "core/cuda/mbarrier.cuh"
 
 namespace scalemoe::cuda::grouped_gemm {
 namespace {
@@ -174,6 +175,38 @@ __device__ __forceinline__ BlockWork<bf16, OutT> TileWork(const Problem& p, cons
   } else {
     return FindWorkAt<bf16, OutT, false>(p, kRows, rest, 0, cursor);
   }
+}
+
+// The loaders' part of a block (its first warpgroup, this thread loader
+// `threadIdx.x` of them): the k steps of every tile of the block's walk (A
+// tiles of kRows rows), in order, into the ring, a stage once its "empty"
+// barrier says its last reader is done, completing its "full" barrier when
+// the copies land. The walk stops where TileWork finds no work, as the
+// multipliers' does.
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, int kRows>
+__device__ __forceinline__ void LoadWalk(const Problem& p, const TileSpace& space,
+                                         const Ring<S>& ring, uint64_t (&full)[S::kStages],
+                                         uint64_t (&empty)[S::kStages]) {
+  ReleaseRegisters<kLoaderRegisters>();
+  RingPosition<S::kStages> pos;
+  GroupCursor cursor;
+  const int loader = threadIdx.x;
+  for (int64_t tile = blockIdx.x; tile < space.size(); tile += gridDim.x) {
+    int64_t col;
+    const BlockWork<bf16, OutT> w = TileWork<OutT, kWeightGrad, kRows>(p, space, tile, col, cursor);
+    if (!w.valid) break;
+    const int64_t n0 = col * S::kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
+    const OperandStream<kRows, kAKMajor> a(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader);
+    const OperandStream<S::kTileN, kBKMajor> b(w.b, p.ldb, n0, p.n, w.k_len, loader);
+    for (int64_t t = 0; t < k_tiles; ++t) {
+      MbarrierWait(&empty[pos.stage], pos.parity ^ 1);
+      a.Load(ring.a(pos.stage), t);
+      b.Load(ring.b(pos.stage), t);
+      CpAsyncMbarrierArrive(&full[pos.stage]);
+      pos.Advance();
+    }
+  }
+  CpAsyncWait<0>();  // nothing lands after its thread has exited
 }
 
 // Whether ptxas gave the kernel the registers its hand-over counts on (a

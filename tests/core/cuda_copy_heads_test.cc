@@ -13,6 +13,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "tests/core/cuda_test_util.h"
+#include "tests/core/head_rows_test_util.h"
 
 namespace scalemoe {
 namespace {
@@ -23,48 +24,16 @@ using testing::RandomHost;
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
 
-// Head vectors as a slice of a wider buffer: heads [first, first + length)
-// of [B, T, heads, D] (dim 2), or columns of [R, W] (dim 1); a contiguous
-// tensor is the whole of its own buffer. `skip` elements come before the
-// buffer (1: off a 16-byte boundary).
-struct Layout {
-  Shape wide;
-  int dim = 2;
-  int64_t first = 0, length = 0, skip = 0;
-};
-
-Layout Contiguous(const Shape& shape, int64_t skip = 0) { return {shape, 0, 0, shape[0], skip}; }
-Layout Heads(int64_t b, int64_t t, int64_t all_heads, int64_t first, int64_t heads, int64_t d,
-             int64_t skip = 0) {
-  return {{b, t, all_heads, d}, 2, first, heads, skip};
-}
-Layout Columns(int64_t r, int64_t w, int64_t first, int64_t d, int64_t skip = 0) {
-  return {{r, w}, 1, first, d, skip};
-}
-// Heads of [tokens, all_heads, D].
-Layout Rank3Heads(int64_t tokens, int64_t all_heads, int64_t first, int64_t heads, int64_t d) {
-  return {{tokens, all_heads, d}, 1, first, heads, 0};
-}
-
-// The slice that `l` describes of flat (skip elements, then the buffer).
-Tensor SliceOf(const Layout& l, const Tensor& flat) {
-  return flat.Narrow(0, l.skip, NumElements(l.wide)).View(l.wide).Narrow(l.dim, l.first, l.length);
-}
-
-Shape SliceShape(const Layout& l) {
-  Shape s = l.wide;
-  s[l.dim] = l.length;
-  return s;
-}
-
-// A host buffer of NaN bits (0xFF bytes) with `values` (if defined) in its
-// slice.
-Tensor HostBuffer(const Layout& l, DType dtype, const Tensor& values = Tensor()) {
-  Tensor flat = Tensor::Empty({l.skip + NumElements(l.wide)}, dtype);
-  std::memset(flat.raw_data(), 0xFF, flat.nbytes());
-  if (values.defined()) SliceOf(l, flat).CopyFrom(values);
-  return flat;
-}
+// Slices of wider buffers: tests/core/head_rows_test_util.h.
+using testing::Columns;
+using testing::Contiguous;
+using testing::Heads;
+using testing::HostBuffer;
+using testing::Layout;
+using testing::Rank3Heads;
+using testing::SliceOf;
+using testing::SliceShape;
+using testing::Wider;
 
 struct CopyCase {
   const char* what;

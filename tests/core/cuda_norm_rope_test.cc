@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/head_rows.h"
 #include "tests/core/cuda_test_util.h"
+#include "tests/core/head_rows_test_util.h"
 
 namespace scalemoe {
 namespace {
@@ -542,57 +543,16 @@ TEST_F(CudaNormRopeTest, RopeTableIsWhatRopeRotatesBy) {
 
 // ---------------------------------------------------------------- token-strided heads
 
-// Head vectors as a slice of a wider buffer (core/head_rows.h): heads
-// [first, first + length) of a fused q|k|v buffer [B, T, H + 2·KV, D] (dim
-// 2), or columns of an [R, W] matrix (dim 1); `skip` elements come before
-// the buffer (1: off a 16-byte boundary). tests/core/cuda_copy_heads_test.cc
-// builds its buffers the same way.
-struct Layout {
-  Shape wide;
-  int dim = 2;
-  int64_t first = 0, length = 0, skip = 0;
-};
-
-Layout Heads(int64_t b, int64_t t, int64_t all_heads, int64_t first, int64_t heads, int64_t d,
-             int64_t skip = 0) {
-  return {{b, t, all_heads, d}, 2, first, heads, skip};
-}
-Layout Columns(int64_t r, int64_t w, int64_t first, int64_t d, int64_t skip = 0) {
-  return {{r, w}, 1, first, d, skip};
-}
-// Heads of [tokens, all_heads, D].
-Layout Rank3Heads(int64_t tokens, int64_t all_heads, int64_t first, int64_t heads, int64_t d) {
-  return {{tokens, all_heads, d}, 1, first, heads, 0};
-}
-
-// The same slice at the end of a buffer `extra` heads (columns) wider: a
-// second token stride.
-Layout Wider(const Layout& l, int64_t extra) {
-  Layout w = l;
-  w.wide[w.dim] += extra;
-  w.first = w.wide[w.dim] - w.length;
-  return w;
-}
-
-// The slice that `l` describes of flat (skip elements, then the buffer).
-Tensor SliceOf(const Layout& l, const Tensor& flat) {
-  return flat.Narrow(0, l.skip, NumElements(l.wide)).View(l.wide).Narrow(l.dim, l.first, l.length);
-}
-
-Shape SliceShape(const Layout& l) {
-  Shape s = l.wide;
-  s[l.dim] = l.length;
-  return s;
-}
-
-// A host buffer of NaN bits (0xFF bytes) with `values` (if defined) in its
-// slice.
-Tensor HostBuffer(const Layout& l, DType dtype, const Tensor& values = Tensor()) {
-  Tensor flat = Tensor::Empty({l.skip + NumElements(l.wide)}, dtype);
-  std::memset(flat.raw_data(), 0xFF, flat.nbytes());
-  if (values.defined()) SliceOf(l, flat).CopyFrom(values);
-  return flat;
-}
+// Slices of wider buffers: tests/core/head_rows_test_util.h.
+using testing::Columns;
+using testing::Contiguous;
+using testing::Heads;
+using testing::HostBuffer;
+using testing::Layout;
+using testing::Rank3Heads;
+using testing::SliceOf;
+using testing::SliceShape;
+using testing::Wider;
 
 // Whether the kernels' 16-byte packs fit every row of `view`: its start,
 // its rows and its token stride on 16 bytes.
