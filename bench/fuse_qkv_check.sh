@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
 . bench/kernel_check_util.sh
 build_and_test fuse_qkv '^(core_cuda_norm_rope|core_cuda_copy_heads|core_head_rows)_test$' \
-  core_cuda_norm_rope_test core_head_rows_test model_cuda_model_test train_step_bench
+  core_cuda_norm_rope_test core_cuda_copy_heads_test core_head_rows_test model_cuda_model_test \
+  train_step_bench
 SCALEMOE_REQUIRE_GPU=1 timeout 300 "$build/tests/model/model_cuda_model_test" \
   --gtest_filter='*FusedQkv*' > "$build/fuse_qkv_model_test.log" 2>&1 || status=1
 grep -E "^\[  (PASSED|FAILED) |cosine" "$build/fuse_qkv_model_test.log"
