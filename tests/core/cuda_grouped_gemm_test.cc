@@ -81,6 +81,11 @@ std::vector<Case> Cases() {
       {"both_wgmma_kernels", {300, 0, 517}, 520, 136, 4, 0},
       {"many_tiles_wide", tiles_wide, 264, 136},
       {"many_tiles_narrow", tiles_narrow, 200, 120, 5, 3},
+      // ... and with reductions of 5 to 8 k steps, more than the ping-pong
+      // ring's 4 stages: the weight gradient's 270 tiles of 64 x 256 (27 a
+      // group) give every block two or three, so a warpgroup skips more
+      // stages than the ring holds (the hand-over's case).
+      {"long_reductions_many_tiles", {260, 0, 333, 512, 300, 277, 450, 0, 389, 301}, 576, 768},
   };
 }
 
