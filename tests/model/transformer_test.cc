@@ -1,8 +1,8 @@
 // The whole model (MoeTransformer): f64 gradients w.r.t. every parameter for
 // every scale-vector variant (dense and MoE), function preservation at init,
-// fold vs per-token paths, micro-batch accumulation, determinism, sandwich
-// norms, batch validation and the parameter counts.
-#include <algorithm>
+// fold vs per-token paths, one GEMM for gate|up and for q|k|v against
+// separate ones, micro-batch accumulation, determinism, sandwich norms,
+// batch validation and the parameter counts.
 #include <cmath>
 #include <cstdio>
 #include <functional>
