@@ -36,10 +36,11 @@ bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, un
 
 // The same on the ping-pong kernel (core/cuda/grouped_gemm_wgmma_pingpong.cu;
 // RunWgmmaWs calls it under SCALEMOE_GROUPED_GEMM_WS_SCHEDULE=pingpong or
-// pingpong_all); false when it cannot run, having done nothing.
+// pingpong_all); false when it cannot run, having done nothing. staged:
+// the epilogue through shared memory (RunWgmmaWs's choice).
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaPingpong(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
-                      const char* op);
+                      bool staged, const char* op);
 
 // The row tile every GroupedGemm kernel on tensor cores uses.
 constexpr int kWgmmaTileM = 128;

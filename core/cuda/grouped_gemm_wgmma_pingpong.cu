@@ -185,10 +185,7 @@ bool LaunchPingpong(const ExecContext& ctx, const Problem& p, unsigned row_tiles
   space.row_tiles =
       kWeightGrad ? (p.m + S::kRows - 1) / S::kRows : int64_t{row_tiles} * (kTileM / S::kRows);
   space.groups = kWeightGrad ? groups : 1;
-  const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
-  if (blocks <= 0) return true;
-  kernel<<<static_cast<unsigned>(blocks), kWsThreads, kBytes, Stream(ctx)>>>(p, space);
-  SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaPingpongKernel");
+  LaunchOnSms(ctx, kernel, kBytes, p, space, op, "GroupedGemmWgmmaPingpongKernel");
   return true;
 }
 
@@ -196,10 +193,7 @@ bool LaunchPingpong(const ExecContext& ctx, const Problem& p, unsigned row_tiles
 
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaPingpong(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
-                      const char* op) {
-  // The epilogue through shared memory unless
-  // SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct, as in the cooperative kernel.
-  static const bool staged = !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
+                      bool staged, const char* op) {
   if (staged) {
     if (p.n > 128) {
       return LaunchPingpong<OutT, kAKMajor, kBKMajor, kWeightGrad, PingpongWideStaged, true>(
@@ -217,13 +211,13 @@ bool RunWgmmaPingpong(const ExecContext& ctx, const Problem& p, unsigned row_til
 }
 
 // The three products (forward, data gradient, weight gradient) into bf16 or f32.
-#define SM_INSTANTIATE(OutT)                                                                   \
-  template bool RunWgmmaPingpong<OutT, true, true, false>(const ExecContext&, const Problem&,  \
-                                                          unsigned, unsigned, const char*);    \
-  template bool RunWgmmaPingpong<OutT, true, false, false>(const ExecContext&, const Problem&, \
-                                                           unsigned, unsigned, const char*);   \
-  template bool RunWgmmaPingpong<OutT, false, false, true>(const ExecContext&, const Problem&, \
-                                                           unsigned, unsigned, const char*);
+#define SM_INSTANTIATE(OutT)                                                                       \
+  template bool RunWgmmaPingpong<OutT, true, true, false>(const ExecContext&, const Problem&,      \
+                                                          unsigned, unsigned, bool, const char*);  \
+  template bool RunWgmmaPingpong<OutT, true, false, false>(const ExecContext&, const Problem&,     \
+                                                           unsigned, unsigned, bool, const char*); \
+  template bool RunWgmmaPingpong<OutT, false, false, true>(const ExecContext&, const Problem&,     \
+                                                           unsigned, unsigned, bool, const char*);
 SM_INSTANTIATE(bf16)
 SM_INSTANTIATE(float)
 #undef SM_INSTANTIATE

@@ -135,10 +135,7 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
   space.col_tiles = (p.n + S::kTileN - 1) / S::kTileN;
   space.row_tiles = row_tiles;
   space.groups = kWeightGrad ? groups : 1;
-  const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
-  if (blocks <= 0) return true;
-  kernel<<<static_cast<unsigned>(blocks), kWsThreads, kBytes, Stream(ctx)>>>(p, space);
-  SM_CHECK_LAUNCH(ctx, op, "GroupedGemmWgmmaWsKernel");
+  LaunchOnSms(ctx, kernel, kBytes, p, space, op, "GroupedGemmWgmmaWsKernel");
   return true;
 }
 
@@ -151,18 +148,19 @@ bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, un
   // the ping-pong kernel (grouped_gemm_wgmma_pingpong.cu: each multiplying
   // warpgroup stores its own tiles while the other multiplies), and
   // =pingpong_all every product (A/B timings, bench/grouped_gemm_check.sh).
-  static const bool pingpong_all = EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong_all");
-  static const bool pingpong =
-      pingpong_all || EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong");
-  if ((kWeightGrad ? pingpong : pingpong_all) &&
-      RunWgmmaPingpong<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, op)) {
-    return true;
-  }
-  // The epilogue through shared memory, unless
+  // The epilogue through shared memory (both schedules), unless
   // SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct stores from the registers (A/B
   // timings; bench/grouped_gemm_check.sh): staged was 1.05-1.44x faster on
   // every expert shape on the H200 (bench/RESULTS.md).
   static const bool staged = !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
+  static const bool pingpong_all = EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong_all");
+  static const bool pingpong =
+      pingpong_all || EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong");
+  if ((kWeightGrad ? pingpong : pingpong_all) &&
+      RunWgmmaPingpong<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, staged,
+                                                              op)) {
+    return true;
+  }
   if (staged) {
     if (p.n > 128) {
       return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, WideStaged, true>(ctx, p, row_tiles,

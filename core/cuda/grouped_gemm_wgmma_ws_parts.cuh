@@ -209,6 +209,17 @@ __device__ __forceinline__ void LoadWalk(const Problem& p, const TileSpace& spac
   CpAsyncWait<0>();  // nothing lands after its thread has exited
 }
 
+// A persistent kernel of `bytes` of dynamic shared memory over `space`: one
+// block an SM, none beyond the tiles.
+template <typename Kernel>
+void LaunchOnSms(const ExecContext& ctx, Kernel kernel, int bytes, const Problem& p,
+                 const TileSpace& space, const char* op, const char* name) {
+  const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
+  if (blocks <= 0) return;
+  kernel<<<static_cast<unsigned>(blocks), kWsThreads, bytes, Stream(ctx)>>>(p, space);
+  SM_CHECK_LAUNCH(ctx, op, name);
+}
+
 // Whether ptxas gave the kernel the registers its hand-over counts on (a
 // different compiler might give fewer: the claim would then wait forever).
 template <typename Kernel>

@@ -33,7 +33,6 @@ using testing::Layout;
 using testing::Rank3Heads;
 using testing::SliceOf;
 using testing::SliceShape;
-using testing::Wider;
 
 struct CopyCase {
   const char* what;

@@ -545,7 +545,6 @@ TEST_F(CudaNormRopeTest, RopeTableIsWhatRopeRotatesBy) {
 
 // Slices of wider buffers: tests/core/head_rows_test_util.h.
 using testing::Columns;
-using testing::Contiguous;
 using testing::Heads;
 using testing::HostBuffer;
 using testing::Layout;
