@@ -44,15 +44,6 @@ __global__ void CopyHeadsKernel(int64_t tokens, int64_t width, int64_t x_stride,
 
 // ---------------------------------------------------------------- launcher
 
-// t's head rows, t on the device (core/head_rows.h; CheckOnDevice would ask
-// for a contiguous tensor).
-HeadRows CheckDeviceHeadRows(const ExecContext& ctx, const Tensor& t, const char* op,
-                             const char* what) {
-  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
-               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
-  return CheckHeadRows(t, op, what);
-}
-
 // Calls f(Tag<U>{}) with U the unsigned integer of t's element size.
 template <typename F>
 void DispatchBits(const Tensor& t, F&& f) {
@@ -77,8 +68,8 @@ void CopyHeads(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   constexpr const char* kOp = "CopyHeads";
   SM_CHECK_MSG(x.shape() == y.shape() && x.dtype() == y.dtype(), kOp, " y ", y.DebugString(),
                " for x ", x.DebugString(), " (same shape and dtype)");
-  const HeadRows xr = CheckDeviceHeadRows(ctx, x, kOp, "x");
-  const HeadRows yr = CheckDeviceHeadRows(ctx, y, kOp, "y");
+  const HeadRows xr = CheckHeadRowsOnDevice(ctx, x, kOp, "x");
+  const HeadRows yr = CheckHeadRowsOnDevice(ctx, y, kOp, "y");
   const int64_t width = xr.heads * xr.dim;
   if (xr.tokens == 0 || width == 0) return;
   if (x.raw_data() == y.raw_data() && xr.stride == yr.stride) return;  // the same elements

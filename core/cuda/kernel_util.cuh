@@ -19,6 +19,7 @@
 
 #include "core/context.h"
 #include "core/cuda/device_runtime.h"
+#include "core/head_rows.h"
 #include "core/tensor.h"
 
 namespace scalemoe::cuda {
@@ -245,6 +246,16 @@ inline void CheckOnDevice(const ExecContext& ctx, const Tensor& t, const char* o
   SM_CHECK_MSG(t.device() == Device::kCUDA && t.is_contiguous(), op, " ", what,
                " needs a contiguous CUDA tensor, got ", t.DebugString(), " (context on cuda:",
                ctx.device_ordinal(), ")");
+}
+
+// CheckOnDevice for the ops that take token-strided head vectors: t on the
+// context's CUDA device, contiguous or head rows (core/head_rows.h), and
+// its layout.
+inline HeadRows CheckHeadRowsOnDevice(const ExecContext& ctx, const Tensor& t, const char* op,
+                                      const char* what) {
+  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
+               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
+  return CheckHeadRows(t, op, what);
 }
 
 // ---------------------------------------------------------------- reductions

@@ -133,12 +133,13 @@ __global__ void RopeTableKernel(int64_t t_dim, int64_t half, double theta, A* ta
 // token-strided; any shape of x's numel when contiguous), on the device.
 int64_t CheckTokenStride(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& t,
                          const char* what) {
-  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
-               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
-  if (t.is_contiguous()) return x.dim(2) * x.dim(3);
+  if (t.is_contiguous()) {
+    CheckOnDevice(ctx, t, op, what);
+    return x.dim(2) * x.dim(3);
+  }
   SM_CHECK_MSG(t.shape() == x.shape(), op, " token-strided ", what, " ", t.DebugString(), " for x ",
                x.DebugString(), " (same shape)");
-  return CheckHeadRows(t, op, what).stride;
+  return CheckHeadRowsOnDevice(ctx, t, op, what).stride;
 }
 
 void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, double sign,

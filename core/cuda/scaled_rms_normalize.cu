@@ -411,9 +411,7 @@ RowStarts CheckRowStarts(const ExecContext& ctx, const char* op, const Tensor& t
     CheckOnDevice(ctx, t, op, what);
     return MakeRowStarts(1, d, d);
   }
-  SM_CHECK_MSG(t.device() == Device::kCUDA, op, " ", what, " needs a CUDA tensor, got ",
-               t.DebugString(), " (context on cuda:", ctx.device_ordinal(), ")");
-  const HeadRows rows = CheckHeadRows(t, op, what);
+  const HeadRows rows = CheckHeadRowsOnDevice(ctx, t, op, what);
   SM_CHECK_MSG(rows.dim == d, op, " ", what, " ", t.DebugString(), " needs rows of ", d);
   SM_CHECK_MSG(rows.heads == 1 || rows.rows() <= INT32_MAX, op, " token-strided ", what, " ",
                t.DebugString(), " has more than 2^31 - 1 rows");
