@@ -32,6 +32,7 @@ Attention::Attention(ParamRegistry& registry, const config::RunConfig& cfg, int 
   rope_theta_ = m.rope_theta();
   max_seq_ = m.seq_length();
   fuse_qkv_ = m.fuse_qkv();
+  fp32_head_norm_input_ = cfg.train().fp32_head_norm_input();
   attention_options_.bf16_operands = Bf16Operands(cfg);
   const std::string p = absl::StrCat("layers.", layer, ".attn");
   // The γ's and head-norm scales see only this rank's heads.
@@ -144,15 +145,19 @@ std::optional<Attention::QkvPlan> Attention::FusedQkvPlan(DType activations) con
   // branches' gradients enter the GEMMs as they are).
   const DType inner = ActivationDType(activations), gemm = q_proj_->gemm_dtype();
   if (inner != gemm) return std::nullopt;
+  const DType norm_in = HeadNormInputDType(inner);
   for (const ScaledRmsNorm* n : {q_norm_.get(), k_norm_.get(), v_norm_.get()}) {
-    if (n && (!n->TakesHeadRows(dtype_, inner) || !n->TakesHeadRows(dtype_, gemm))) {
+    if (n && (!n->TakesHeadRows(norm_in, inner) || !n->TakesHeadRows(norm_in, gemm))) {
       return std::nullopt;
     }
   }
-  // A per-head norm reads its projection in the master's dtype.
-  auto lin = [&](const ScaledRmsNorm* norm) { return norm ? dtype_ : inner; };
+  auto lin = [&](const ScaledRmsNorm* norm) { return norm ? HeadNormInputDType(inner) : inner; };
   if (lin(q_norm_.get()) != lin(k_norm_.get())) return std::nullopt;
   return QkvPlan{lin(q_norm_.get()), lin(v_norm_.get())};
+}
+
+DType Attention::HeadNormInputDType(DType inner) const {
+  return fp32_head_norm_input_ ? dtype_ : inner;
 }
 
 DType Attention::ActivationDType(DType activations) const {
@@ -181,11 +186,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
   }
   // Projection, then (optional) per-head norm, then RoPE (in place).
   auto project = [&](ScaledLinear& proj, ScaledRmsNorm* norm, int64_t heads, bool rope) {
-    // A per-head norm reads the projection in the activations' dtype (its
-    // γ's), and only its output is rounded: a bf16 input would turn the
-    // exact zero gradient of the β that the norm removes (DNP under OR)
-    // into bf16 rounding noise.
-    Tensor lin = ctx.Empty({tokens, heads * head_dim_}, norm ? dt : inner);
+    Tensor lin = ctx.Empty({tokens, heads * head_dim_}, norm ? HeadNormInputDType(inner) : inner);
     proj.Forward(ctx, n_in, lin);
     Tensor y = lin;
     if (norm) {  // rounded to the attention's operand dtype on the norm's store
@@ -210,8 +211,9 @@ void Attention::ForwardFused(const ExecContext& ctx, const Tensor& n_in, const Q
                              DType inner) {
   const int64_t tokens = batch_ * seq_, qk_heads = heads_ + kv_heads_;
   const ops::GemmOptions xwt{.trans_b = ops::Trans::kYes};
-  // One GEMM for the three, or for q and k with v's own after it (DNP: q
-  // and k in the master's dtype for their norms, v in the attention's).
+  // One GEMM for the three, or for q and k with v's own after it (DNP
+  // under fp32_head_norm_input: q and k in the master's dtype for their
+  // norms, v in the attention's).
   const int64_t heads = plan.v_apart() ? qk_heads : qk_heads + kv_heads_;
   Tensor qkv = ctx.Empty({tokens, heads * head_dim_}, plan.qk);
   ops::Gemm(ctx, n_in, qkv_weight_.Narrow(0, 0, heads * head_dim_), qkv, xwt);

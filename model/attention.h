@@ -64,6 +64,12 @@ class Attention {
   // (ScaledLinear::output_dtype), else the activations'. The per-head norms
   // (DNP, QK-norm) run in the master's dtype between the two.
   DType ActivationDType(DType activations) const;
+  // The dtype a per-head norm reads its projection in (and keeps for its
+  // backward), given the attention's `inner` dtype: the master's under
+  // train.fp32_head_norm_input, where only the norm's output is rounded (a
+  // bf16 input turns the exactly zero gradient of a β that the norm
+  // cancels, DNP under OR, into bf16 rounding noise); else `inner`.
+  DType HeadNormInputDType(DType inner) const;
   // ops::RopeTable for at least seq positions in dtype (the per-head norms',
   // which rotate their outputs), made on first use.
   const Tensor& RopeTable(const ExecContext& ctx, DType dtype, int64_t seq);
@@ -75,11 +81,12 @@ class Attention {
   // ([(H + 2·KV)·D, C]).
   void JoinQkv();
   // The dtypes the fused forward's GEMM writes q and k in and v in (a
-  // per-head norm's input in the master's dtype, else the attention's).
+  // per-head norm's input in HeadNormInputDType, else the attention's).
   struct QkvPlan {
     DType qk, v;
-    // v from a GEMM of its own (DNP's norms on q and k only), straight
-    // into the attention's dtype.
+    // v from a GEMM of its own (DNP's norms on q and k only, reading fp32
+    // under train.fp32_head_norm_input), straight into the attention's
+    // dtype.
     bool v_apart() const { return v != qk; }
   };
   // The plan for input activations of dtype `activations`, or nullopt when
@@ -111,6 +118,7 @@ class Attention {
   std::unique_ptr<ScaledLinearGroup> projections_;
   std::unique_ptr<ScaledRmsNorm> q_norm_, k_norm_, v_norm_;  // null when absent
   bool fuse_qkv_;                                            // model.fuse_qkv
+  bool fp32_head_norm_input_;                                // train.fp32_head_norm_input
   Tensor qkv_storage_;  // [(H + 2·KV)·D, C]: the three's formed weights (fuse_qkv_)
   Tensor qkv_weight_;   // this step's three weights as one (JoinQkv; else undefined)
   Tensor qkv_grad_;     // ... and their gradients

@@ -32,12 +32,13 @@ bool ScaledRmsNorm::Fused(const Tensor& x, DType io) const {
 }
 
 bool ScaledRmsNorm::TakesHeadRows(DType x_dtype, DType io) const {
-  return scale_ != nullptr && dim_ <= ops::kScaledRmsNormalizeMaxDim && x_dtype == dtype_ &&
-         IoFits(io);
+  return scale_ != nullptr && dim_ <= ops::kScaledRmsNormalizeMaxDim && IoFits(x_dtype, io);
 }
 
-bool ScaledRmsNorm::IoFits(DType io) const {
-  return io == dtype_ || (io == DType::kBF16 && dtype_ == DType::kF32);
+bool ScaledRmsNorm::IoFits(DType x_dtype, DType io) const {
+  constexpr DType kBF16 = DType::kBF16;
+  if (dtype_ == DType::kF32 && x_dtype == kBF16) return io == kBF16;  // computed in f32 inside
+  return x_dtype == dtype_ && (io == dtype_ || (io == kBF16 && dtype_ == DType::kF32));
 }
 
 Tensor ScaledRmsNorm::HeadsView(const Tensor& t) const {
@@ -103,12 +104,13 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
                ": gradient shapes ", d_y.DebugString(), " ", d_x.DebugString(), " for ", rows,
                " rows of ", dim_);
   const bool rope = rope_.batch > 0;
-  SM_CHECK_MSG(d_x.is_contiguous() || (x_.defined() && IoFits(d_x.dtype())), name_, ": d_x ",
-               d_x.DebugString(), " is token-strided, which only the one-op path takes");
+  SM_CHECK_MSG(d_x.is_contiguous() || (x_.defined() && IoFits(x_.dtype(), d_x.dtype())), name_,
+               ": d_x ", d_x.DebugString(), " is token-strided, which only the one-op path takes");
   if (x_.defined()) {
     // The fused op takes d_y and d_x in one dtype: d_x's where it may (a
-    // token-strided d_x, a slice of the q|k|v GEMMs' input, as it is).
-    const DType io = IoFits(d_x.dtype()) ? d_x.dtype() : dtype_;
+    // token-strided d_x, a slice of the q|k|v GEMMs' input, as it is), else
+    // x's (which always fits).
+    const DType io = IoFits(x_.dtype(), d_x.dtype()) ? d_x.dtype() : x_.dtype();
     const Tensor d_x2 = d_x.dtype() != io     ? ctx.Empty({rows, dim_}, io)
                         : d_x.is_contiguous() ? d_x.View({rows, dim_})
                                               : d_x;

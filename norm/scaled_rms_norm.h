@@ -12,7 +12,8 @@
 // dtype (the master's); x, y and the gradients may be bf16 activations,
 // converted in and out. With a γ and rows of at most 256 (the per-head
 // norms) it runs as one ops::ScaledRmsNormalize per direction on x in the
-// master's dtype, writing y (and d_x) in it or in bf16 directly, and keeps x
+// master's dtype (or bf16 for an f32 master: train.fp32_head_norm_input
+// off), writing y (and d_x) in it or in bf16 directly, and keeps x
 // instead of n (the backward recomputes n); with RoPE after it (q and k),
 // as ops::ScaledRmsNormalizeRope, which rotates in the same pass.
 #pragma once
@@ -60,8 +61,7 @@ class ScaledRmsNorm {
   void Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   // Whether Forward takes a token-strided x of dtype x_dtype with outputs
   // (y, d_y and d_x) of dtype io: the one-op path (a γ, rows of at most 256,
-  // x in the master's dtype, io that dtype or bf16 for an f32 master).
-  // After PrepareStep.
+  // IoFits). After PrepareStep.
   bool TakesHeadRows(DType x_dtype, DType io) const;
   Status FinishBackward(const ExecContext& ctx);
   // Moves this module's per-Forward members (and its children's) into or
@@ -73,10 +73,11 @@ class ScaledRmsNorm {
 
  private:
   // Whether ops::ScaledRmsNormalize serves x with outputs (y, or d_y and
-  // d_x) of dtype io: a γ, rows of at most 256, x in the master's dtype, io
-  // that dtype or bf16 for an f32 master.
+  // d_x) of dtype io: a γ, rows of at most 256, IoFits.
   bool Fused(const Tensor& x, DType io) const;
-  bool IoFits(DType io) const;
+  // x in the master's dtype with io that dtype or bf16 for an f32 master;
+  // or, for an f32 master, bf16 x with bf16 io (the op computes in f32).
+  bool IoFits(DType x_dtype, DType io) const;
   // rope_'s [B, T, H, dim] view of t (rows of dim).
   Tensor HeadsView(const Tensor& t) const;
   // Whether rope_'s table serves the fused op on x4.

@@ -89,6 +89,31 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
 }
 
+// train.fp32_head_norm_input off (the per-head norms read and keep their
+// projection in bf16), with three q, k, v GEMMs and with one: the GPU's bf16
+// run within bf16 bounds of the fp32 CPU run and as close to the CPU's bf16
+// run, under the same option, as the default's is.
+TEST_P(CudaModelTest, Bf16HeadNormInputTracksTheCpu) {
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig cfg = VariantConfig(c);
+  const Tensor values = StartValues(cfg);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
+  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+  cfg.mutable_train()->set_fp32_head_norm_input(false);
+  const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
+  for (bool fuse_qkv : {false, true}) {
+    SCOPED_TRACE(fuse_qkv ? "one q|k|v GEMM" : "three GEMMs");
+    cfg.mutable_model()->set_fuse_qkv(fuse_qkv);
+    const StepResult gpu = WholeModelStep(cfg, ctx_, values);
+    ExpectBf16Tracks(cpu, gpu);
+    const testing::MinCosine vs_cpu = testing::SmallestCosine(cpu_bf16, gpu);
+    std::printf("%s, bf16 head-norm input, %s: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s)\n",
+                c.name.c_str(), fuse_qkv ? "one q|k|v GEMM" : "three GEMMs", vs_cpu.cosine,
+                vs_cpu.name.c_str());
+    EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
+  }
+}
+
 // model.fuse_qkv on the GPU (q, k and v from one GEMM, their token-strided
 // slices through RoPE, the per-head norms and CopyHeads): fp32 equal to the
 // CPU's three GEMMs and repeating bit for bit; bf16 as close to the GPU's

@@ -206,7 +206,10 @@ TEST(ModelPrecisionTest, Bf16OperandsStayWithinBf16RoundingOfFp32) {
 // Every scale-vector variant the GPU check runs (tests/model/variant_cases.h)
 // under bf16 operands on the CPU against its fp32 run: the loss within 1%,
 // every gradient's cosine >= 0.999 — the bound the GPU's bf16 run is held
-// to, so a variant that misses it on the GPU misses it here first.
+// to, so a variant that misses it on the GPU misses it here first. Also
+// with train.fp32_head_norm_input off, which reads the per-head norms'
+// input in bf16: within the same bounds, and the same bits as on where a
+// variant has no per-head norm.
 TEST(ModelPrecisionTest, Bf16TracksFp32OnEveryScaleVectorVariant) {
   const ExecContext ctx;
   for (const testing::VariantCase& c : testing::VariantCases()) {
@@ -219,8 +222,17 @@ TEST(ModelPrecisionTest, Bf16TracksFp32OnEveryScaleVectorVariant) {
     EXPECT_NE(fp32.loss, bf16.loss);
     testing::ExpectBf16Tracks(fp32, bf16);
     const testing::MinCosine worst = testing::SmallestCosine(fp32, bf16);
-    std::printf("%s: smallest cosine %.6f (%s)\n", c.name.c_str(), worst.cosine,
-                worst.name.c_str());
+    cfg.mutable_train()->set_fp32_head_norm_input(false);
+    const testing::StepResult bf16_in = testing::WholeModelStep(cfg, ctx, values);
+    testing::ExpectBf16Tracks(fp32, bf16_in);
+    const testing::MinCosine worst_in = testing::SmallestCosine(fp32, bf16_in);
+    const bool head_norms =
+        cfg.model().qk_norm() || cfg.scale_vectors().placement() == SV::DUAL_NORMALIZED;
+    if (!head_norms) {
+      EXPECT_EQ(bf16_in.loss, bf16.loss);
+    }
+    std::printf("%s: smallest cosine %.6f (%s); bf16 head-norm input %.6f (%s)\n", c.name.c_str(),
+                worst.cosine, worst.name.c_str(), worst_in.cosine, worst_in.name.c_str());
   }
 }
 
@@ -305,6 +317,39 @@ TEST(ModelPrecisionTest, Bf16KeepsTheAttentionActivationsInBf16) {
       EXPECT_EQ(lse, cfg.model().num_layers());
     }
   }
+}
+
+// Under BF16 a per-head norm (DNP on q and k) keeps its input for the
+// backward: fp32 under train.fp32_head_norm_input (the projection's GEMM
+// writes fp32), bf16 with it off (the GEMM writes the attention's dtype).
+// Found in the forward cache as the [tokens x heads, head dim] tensors;
+// switching the option off frees exactly half of their bytes.
+TEST(ModelPrecisionTest, Bf16HeadNormInputIsFp32OrBf16AsConfigured) {
+  config::RunConfig base = testing::TinyConfig(4);
+  base.mutable_model()->set_hidden_size(20);  // head dim 10: no other cached tensor is 10 wide
+  base.mutable_scale_vectors()->set_placement(config::ScaleVectorConfig::DUAL_NORMALIZED);
+  base.mutable_train()->set_precision(config::TrainConfig::BF16);
+  const config::ModelConfig& m = base.model();
+  const int64_t tokens = 10, d = m.hidden_size() / m.num_heads();  // ForwardCacheOfOneStep's
+  const int64_t kv = m.num_kv_heads() > 0 ? m.num_kv_heads() : m.num_heads();
+  const int64_t head_rows = tokens * (m.num_heads() + kv);  // q's and k's rows, per layer
+  double bytes[2] = {0, 0};
+  for (bool fp32_input : {true, false}) {
+    SCOPED_TRACE(fp32_input ? "fp32 head-norm input" : "bf16 head-norm input");
+    config::RunConfig cfg = base;
+    cfg.mutable_train()->set_fp32_head_norm_input(fp32_input);
+    const ForwardCacheStash stash = ForwardCacheOfOneStep(cfg);
+    int64_t norm_rows = 0;
+    stash.ForEachTensor([&](const Tensor& t) {
+      if (!t.defined()) return;
+      bytes[fp32_input] += static_cast<double>(t.nbytes());
+      if (t.ndim() != 2 || t.dim(1) != d) return;
+      norm_rows += t.dim(0);
+      EXPECT_EQ(t.dtype(), fp32_input ? DType::kF32 : DType::kBF16) << t.DebugString();
+    });
+    EXPECT_EQ(norm_rows, m.num_layers() * head_rows);
+  }
+  EXPECT_EQ(bytes[1] - bytes[0], static_cast<double>(m.num_layers() * head_rows * d * 2));
 }
 
 // The loss's gradient d_logits, which the backward keeps, is in the dtype

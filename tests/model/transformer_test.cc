@@ -232,14 +232,20 @@ int64_t GemmCalls(Built& b, const Tensor& tokens, const Tensor& targets, LossBre
 // against three: the same model, its loss and every gradient to f64
 // rounding (d_n sums the three in another order), in every layer (one
 // GEMM for three in the forward, the weight gradient and d_n: six fewer),
-// and with bf16 operands to their rounding.
+// and with bf16 operands to their rounding, the per-head norms reading
+// their input in fp32 or in bf16 (train.fp32_head_norm_input).
 TEST_P(ModelVariantTest, FusedQkvAgreesWithSeparateGemms) {
-  for (const bool bf16 : {false, true}) {
+  struct Case {
+    bool bf16, fp32_head_norm_input;
+  };
+  for (const Case c : {Case{false, true}, Case{true, true}, Case{true, false}}) {
+    const bool bf16 = c.bf16;
+    SCOPED_TRACE(!bf16 ? "fp32" : c.fp32_head_norm_input ? "bf16" : "bf16, bf16 head-norm input");
     config::RunConfig fused = Config(), separate = Config();
     fused.mutable_model()->set_fuse_qkv(true);
-    if (bf16) {
-      fused.mutable_train()->set_precision(config::TrainConfig::BF16);
-      separate.mutable_train()->set_precision(config::TrainConfig::BF16);
+    for (config::RunConfig* cfg : {&fused, &separate}) {
+      if (bf16) cfg->mutable_train()->set_precision(config::TrainConfig::BF16);
+      cfg->mutable_train()->set_fp32_head_norm_input(c.fp32_head_norm_input);
     }
     const DType master = bf16 ? DType::kF32 : DType::kF64;
     Built a = Build(fused, master), b = Build(separate, master);
@@ -250,10 +256,11 @@ TEST_P(ModelVariantTest, FusedQkvAgreesWithSeparateGemms) {
     const int64_t calls_a = GemmCalls(a, tokens, targets, &la);
     const int64_t calls_b = GemmCalls(b, tokens, targets, &lb);
     // Five fewer where v keeps a forward GEMM of its own (DNP's q and k
-    // norms read f32, v is bf16).
+    // norms read f32, v is bf16); six when they read bf16.
     const int64_t layers = fused.model().num_layers();
-    EXPECT_TRUE(calls_b - calls_a == 6 * layers || (bf16 && calls_b - calls_a == 5 * layers))
-        << calls_b << " GEMMs against " << calls_a << ", bf16 " << bf16;
+    EXPECT_TRUE(calls_b - calls_a == 6 * layers ||
+                (bf16 && c.fp32_head_norm_input && calls_b - calls_a == 5 * layers))
+        << calls_b << " GEMMs against " << calls_a;
     const std::vector<double> ga = a.registry->flat_grads().ToVector();
     const std::vector<double> gb = b.registry->flat_grads().ToVector();
     ASSERT_EQ(ga.size(), gb.size());
