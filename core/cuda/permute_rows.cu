@@ -7,8 +7,14 @@
 // DeviceRadixSort, LSD and stable; its scratch from ctx.Empty) of
 // (key, flat index) pairs, so equal keys keep index order exactly like the
 // CPU's counting sort and stable_sort:
-// - SortByExpert sorts the kept slots by expert (dropped ones last);
-//   counts[e] are two binary searches in the sorted keys.
+// - SortByExpert is a counting sort over E + 1 bins (the experts, then the
+//   dropped slots) for E <= kCountingSortMaxExperts: per tile of slots a
+//   histogram, one scan of the (bin, tile) counts in bin-major order, then
+//   each tile places its slots in order (a warp's equal keys ranked by
+//   __match_any_sync, the warps before it by their counts in shared
+//   memory). More experts, or SCALEMOE_SORT_BY_EXPERT=radix, sort the kept
+//   slots by expert with CUB (dropped ones last), and counts[e] are two
+//   binary searches in the sorted keys. Both give the CPU's stable order.
 // - CapacityDrop sorts by priority (descending), then stably by expert: a
 //   slot's place in its expert's run is its rank, ties to the earlier slot.
 // - ScatterAddRows sorts the rows by destination, and each destination row
@@ -209,6 +215,150 @@ __global__ void GatheredDotKernel(int64_t m, int64_t c, int64_t x_rows, const T*
   }
 }
 
+// ---------------------------------------------------------------- SortByExpert's counting sort
+
+// A block counts and then places one tile of kSortItems x kSortThreads
+// slots: item j of thread t is slot tile_first + j·kSortThreads + t, so the
+// items of a chunk j are consecutive slots, lane order within a warp and
+// warp order within the block.
+constexpr int kSortThreads = 256;
+constexpr int kSortWarps = kSortThreads / 32;
+constexpr int kSortItems = 4;
+constexpr int64_t kSortTile = int64_t{kSortItems} * kSortThreads;
+constexpr int kScanThreads = 1024;
+// (1 + kSortWarps)·(E + 1) ints of shared memory stay within the default 48 KB.
+constexpr int kCountingSortMaxExperts = 1024;
+
+// The bin of slot i: its expert if kept and in range, else num_experts.
+__device__ __forceinline__ uint32_t SlotBin(int64_t i, int num_experts, const int32_t* ids,
+                                            const int32_t* kept) {
+  const int32_t id = ids[i];
+  const bool keep = kept[i] != 0 && id >= 0 && id < num_experts;
+  return keep ? static_cast<uint32_t>(id) : static_cast<uint32_t>(num_experts);
+}
+
+// The bins of this thread's items (kNoBin past m), loaded together.
+constexpr uint32_t kNoBin = 0xffffffffu;
+__device__ __forceinline__ void LoadTileBins(int64_t m, int num_experts, const int32_t* ids,
+                                             const int32_t* kept, uint32_t (&bins)[kSortItems]) {
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kSortTile + threadIdx.x;
+#pragma unroll
+  for (int j = 0; j < kSortItems; ++j) {
+    const int64_t i = first + int64_t{j} * kSortThreads;
+    bins[j] = i < m ? SlotBin(i, num_experts, ids, kept) : kNoBin;
+  }
+}
+
+// tile_counts[bin · tiles + tile] = the tile's slots in bin (E + 1 bins).
+// Dynamic shared memory: E + 1 ints.
+__global__ void TileBinCountsKernel(int64_t m, int num_experts, const int32_t* ids,
+                                    const int32_t* kept, int32_t* tile_counts) {
+  extern __shared__ int32_t hist[];
+  const int bins = num_experts + 1;
+  for (int x = threadIdx.x; x < bins; x += blockDim.x) hist[x] = 0;
+  uint32_t bin[kSortItems];
+  LoadTileBins(m, num_experts, ids, kept, bin);
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < kSortItems; ++j) {
+    if (bin[j] != kNoBin) atomicAdd(&hist[bin[j]], 1);
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < bins; x += blockDim.x) {
+    tile_counts[static_cast<int64_t>(x) * gridDim.x + blockIdx.x] = hist[x];
+  }
+}
+
+// One block of kScanThreads: counts [n] (bin-major (bin, tile) counts)
+// become their exclusive prefix sums in place, each thread scanning its
+// own stretch; then counts_out[e] = the run of bin e (e < E).
+__global__ void BinOffsetsKernel(int64_t n, int64_t tiles, int num_experts, int32_t* counts,
+                                 int64_t* counts_out) {
+  __shared__ int64_t warp_sums[kScanThreads / 32];
+  const int64_t per = (n + kScanThreads - 1) / kScanThreads;
+  const int64_t first = threadIdx.x * per;
+  const int64_t last = first + per < n ? first + per : n;
+  int64_t own = 0;
+  for (int64_t i = first; i < last; ++i) own += counts[i];
+  // Exclusive scan of the threads' sums: within each warp, then the warps'.
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  int64_t inclusive = own;
+#pragma unroll
+  for (int d = 1; d < 32; d *= 2) {
+    const int64_t up = __shfl_up_sync(0xffffffffu, inclusive, d);
+    if (lane >= d) inclusive += up;
+  }
+  if (lane == 31) warp_sums[warp] = inclusive;
+  __syncthreads();
+  if (warp == 0) {
+    int64_t w = warp_sums[lane];
+#pragma unroll
+    for (int d = 1; d < 32; d *= 2) {
+      const int64_t up = __shfl_up_sync(0xffffffffu, w, d);
+      if (lane >= d) w += up;
+    }
+    warp_sums[lane] = w;  // inclusive over the warps
+  }
+  __syncthreads();
+  int64_t running = inclusive - own + (warp > 0 ? warp_sums[warp - 1] : 0);
+  for (int64_t i = first; i < last; ++i) {
+    const int64_t c = counts[i];
+    counts[i] = static_cast<int32_t>(running);
+    running += c;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < num_experts; e += blockDim.x) {
+    counts_out[e] = static_cast<int64_t>(counts[(e + 1) * tiles]) - counts[e * tiles];
+  }
+}
+
+// Each tile's slots into their places: perm_slot[offset(bin, tile) + the
+// slot's rank among the tile's earlier slots of its bin] = the slot (−1
+// for the dropped bin). Chunk by chunk: a lane's rank among its warp's
+// equal bins from __match_any_sync, plus the counts of the warps before it
+// (warp_counts), plus the chunks before (next). Dynamic shared memory:
+// (1 + kSortWarps)·(E + 1) ints.
+__global__ void PlaceTileSlotsKernel(int64_t m, int num_experts, const int32_t* ids,
+                                     const int32_t* kept, const int32_t* offsets,
+                                     int32_t* perm_slot) {
+  extern __shared__ int32_t smem[];
+  const int bins = num_experts + 1;
+  int32_t* next = smem;                // [bins]: where the tile's next slot of each bin goes
+  int32_t* warp_counts = smem + bins;  // [kSortWarps][bins], zero between chunks
+  for (int x = threadIdx.x; x < bins; x += blockDim.x) {
+    next[x] = offsets[static_cast<int64_t>(x) * gridDim.x + blockIdx.x];
+    for (int w = 0; w < kSortWarps; ++w) warp_counts[w * bins + x] = 0;
+  }
+  uint32_t bin[kSortItems];
+  LoadTileBins(m, num_experts, ids, kept, bin);
+  __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const unsigned lanes_before = (1u << lane) - 1;
+  const int64_t first = static_cast<int64_t>(blockIdx.x) * kSortTile + threadIdx.x;
+#pragma unroll
+  for (int j = 0; j < kSortItems; ++j) {
+    const uint32_t b = bin[j];
+    // Past m a lane's kNoBin matches no slot's bin.
+    const unsigned peers = __match_any_sync(0xffffffffu, b);
+    const int rank = __popc(peers & lanes_before);
+    const bool leader = b != kNoBin && rank == 0;
+    if (leader) warp_counts[warp * bins + b] = __popc(peers);
+    __syncthreads();
+    if (b != kNoBin) {
+      int32_t pos = next[b] + rank;
+      for (int w = 0; w < warp; ++w) pos += warp_counts[w * bins + b];
+      const int64_t i = first + int64_t{j} * kSortThreads;
+      perm_slot[pos] = b < static_cast<uint32_t>(num_experts) ? static_cast<int32_t>(i) : -1;
+    }
+    __syncthreads();
+    if (leader) {
+      atomicAdd(&next[b], __popc(peers));
+      warp_counts[warp * bins + b] = 0;
+    }
+    __syncthreads();
+  }
+}
+
 #undef SM_GRID_STRIDE
 
 // ---------------------------------------------------------------- launchers
@@ -265,6 +415,30 @@ void CheckIndexed(const ExecContext& ctx, const char* op, const Tensor& rows, co
                table.DebugString(), " divisor ", divisor);
 }
 
+// SortByExpert's counting sort (m > 0 slots, E + 1 bins): the tiles'
+// counts, their offsets and the experts' counts, then the placing.
+void SortByExpertCounting(const ExecContext& ctx, const char* op, const Tensor& expert_ids,
+                          const Tensor& kept, int num_experts, const Tensor& perm_slot,
+                          const Tensor& counts) {
+  const int64_t m = expert_ids.numel(), bins = num_experts + 1;
+  const int64_t tiles = (m + kSortTile - 1) / kSortTile;
+  SM_CHECK_MSG(tiles * bins <= INT32_MAX, op, ": ", tiles, " tiles x ", bins,
+               " bins do not fit the sort's i32 scratch");
+  Tensor tile_counts = ctx.Empty({tiles * bins}, DType::kI32);
+  const auto grid = static_cast<unsigned>(tiles);
+  const int32_t *ids = Ptr<const int32_t>(expert_ids), *keep = Ptr<const int32_t>(kept);
+  TileBinCountsKernel<<<grid, kSortThreads, bins * sizeof(int32_t), Stream(ctx)>>>(
+      m, num_experts, ids, keep, Ptr<int32_t>(tile_counts));
+  SM_CHECK_LAUNCH(ctx, op, "TileBinCountsKernel");
+  BinOffsetsKernel<<<1, kScanThreads, 0, Stream(ctx)>>>(
+      tiles * bins, tiles, num_experts, Ptr<int32_t>(tile_counts), Ptr<int64_t>(counts));
+  SM_CHECK_LAUNCH(ctx, op, "BinOffsetsKernel");
+  PlaceTileSlotsKernel<<<grid, kSortThreads, (1 + kSortWarps) * bins * sizeof(int32_t),
+                         Stream(ctx)>>>(m, num_experts, ids, keep, Ptr<const int32_t>(tile_counts),
+                                        Ptr<int32_t>(perm_slot));
+  SM_CHECK_LAUNCH(ctx, op, "PlaceTileSlotsKernel");
+}
+
 }  // namespace
 
 void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
@@ -279,6 +453,12 @@ void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor
                    num_experts >= 1,
                op, ": ids ", expert_ids.DebugString(), " kept ", kept.DebugString(), " perm_slot ",
                perm_slot.DebugString(), " counts ", counts.DebugString());
+  SM_CHECK_MSG(m <= INT32_MAX, op, ": ", m, " slots do not fit perm_slot's i32 values");
+  static const bool radix = EnvEquals("SCALEMOE_SORT_BY_EXPERT", "radix");
+  if (m > 0 && num_experts <= kCountingSortMaxExperts && !radix) {
+    SortByExpertCounting(ctx, op, expert_ids, kept, num_experts, perm_slot, counts);
+    return;
+  }
   Tensor keys = ctx.Empty({m}, DType::kI32);
   Tensor values = ctx.Empty({m}, DType::kI32);
   if (m > 0) {

@@ -65,9 +65,17 @@ Tensor CpuSlotRow(const ExecContext& cpu, const RouteShape& s, int drop, uint64_
 
 class CudaMoeIndexTest : public testing::CudaMoeOpTest {};
 
+// The shapes of the other ops, and for the counting sort's tiles (1024
+// slots) many of them, a partial last one, 1024 experts (its most) and
+// 1500 (the radix path's).
 TEST_F(CudaMoeIndexTest, SortByExpertIsStableLikeCpu) {
   uint64_t seed = 1;
-  for (const RouteShape& s : RouteShapes()) {
+  std::vector<RouteShape> shapes = RouteShapes();
+  for (const RouteShape& s : {RouteShape{9000, 16, 2}, RouteShape{20000, 64, 8},
+                              RouteShape{3000, 1024, 2}, RouteShape{70, 1500, 3}}) {
+    shapes.push_back(s);
+  }
+  for (const RouteShape& s : shapes) {
     for (IdMode mode : kModes) {
       for (int drop : {0, 30, 100}) {
         ++seed;
