@@ -1,5 +1,7 @@
 #include "core/head_rows.h"
 
+#include "core/ops.h"
+
 namespace scalemoe {
 
 std::optional<HeadRows> HeadRowsOf(const Tensor& t) {
@@ -49,6 +51,21 @@ HeadRows CheckHeadRows(const Tensor& t, const char* op, const char* what) {
                "core/head_rows.h), got ",
                t.DebugString(), " with strides ", ShapeString(t.strides()));
   return *rows;
+}
+
+Tensor ContiguousHeads(const ExecContext& ctx, const Tensor& t) {
+  if (t.is_contiguous()) return t;
+  Tensor copy = ctx.Empty(t.shape(), t.dtype());
+  ops::CopyHeads(ctx, t, copy);
+  return copy;
+}
+
+Tensor ContiguousOutput(const ExecContext& ctx, const Tensor& t) {
+  return t.is_contiguous() ? t : ctx.Empty(t.shape(), t.dtype());
+}
+
+void CopyHeadsBack(const ExecContext& ctx, const Tensor& from, const Tensor& to) {
+  if (!from.SharesDataWith(to)) ops::CopyHeads(ctx, from, to);
 }
 
 }  // namespace scalemoe

@@ -13,14 +13,15 @@
 // (then H = 1 and stride = W).
 //
 // The ops that say so (Rope, RopeBackward, ScaledRmsNormalize(Rope) and
-// their backwards, CopyHeads) take such tensors; the rest ask for
-// contiguous ones. (CUDA's ScaledRmsNormalize kernels take at most 2^31 - 1
-// rows of a token-strided tensor of several heads.)
+// their backwards, CopyHeads, CausalAttention and its backward) take such
+// tensors; the rest ask for contiguous ones. (CUDA's ScaledRmsNormalize kernels take at most 2^31 -
+// 1 rows of a token-strided tensor of several heads.)
 #pragma once
 
 #include <cstdint>
 #include <optional>
 
+#include "core/context.h"
 #include "core/tensor.h"
 
 namespace scalemoe {
@@ -45,5 +46,15 @@ std::optional<HeadRows> HeadRowsOf(const Tensor& t);
 // HeadRowsOf(t), SM_CHECK-failing with `op` and `what` in the message when t
 // has no head-row layout.
 HeadRows CheckHeadRows(const Tensor& t, const char* op, const char* what);
+
+// For the paths of an op that take contiguous head vectors only (the
+// attention's kernels other than the mma.sync ones): t itself when
+// contiguous, else a contiguous copy (ops::CopyHeads; scratch from ctx).
+Tensor ContiguousHeads(const ExecContext& ctx, const Tensor& t);
+// For such a path's output t: t when contiguous, else an unwritten
+// contiguous tensor like it, whose values CopyHeadsBack then moves into t.
+Tensor ContiguousOutput(const ExecContext& ctx, const Tensor& t);
+// ops::CopyHeads(from, to) unless from is to (ContiguousOutput's t).
+void CopyHeadsBack(const ExecContext& ctx, const Tensor& from, const Tensor& to);
 
 }  // namespace scalemoe

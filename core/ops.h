@@ -283,7 +283,11 @@ struct AttentionOptions {
 // out [B, T, H, D] = softmax(q·kᵀ/√D over keys ≤ t) v, lse [B, H, T] (f32;
 // f64 when q is f64) = log Σ_{j≤t} exp(q_t·k_j/√D), the one thing the
 // backward needs besides the inputs and out: the [B, H, T, T] probabilities
-// are never stored. bf16 inputs compute in f32.
+// are never stored. bf16 inputs compute in f32. q, k and v (and the
+// backward's d_q, d_k, d_v) may be token-strided, each in its own layout
+// (core/head_rows.h: column slices of one q|k|v matrix); out, lse and
+// d_out are contiguous. CUDA's mma.sync kernels (bf16 operands) read and
+// write them where they lie; the other paths run on contiguous copies.
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& out, const Tensor& lse, const AttentionOptions& options = {});
 // d_q, d_k, d_v overwritten from d_out, the probabilities recomputed from q,

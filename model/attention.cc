@@ -219,21 +219,19 @@ void Attention::ForwardFused(const ExecContext& ctx, const Tensor& n_in, const Q
   ops::Gemm(ctx, n_in, qkv_weight_.Narrow(0, 0, heads * head_dim_), qkv, xwt);
   qkv_input_ = n_in;
   const Tensor by_head = qkv.View({batch_, seq_, heads, head_dim_});
-  // Each branch's slice x into a tensor of its own: through its norm (RoPE
-  // in the same pass), else RoPE, else a copy (v). The three GEMMs' path
-  // runs the same ops on the same values.
+  // Each branch's slice x: through its norm (RoPE in the same pass) into a
+  // tensor of its own; else rotated in place (q, k) or as it is (v), the
+  // attention reading the slice where it lies (ops::CausalAttention takes
+  // head rows). The three GEMMs' path runs the same ops on the same values.
   auto branch = [&](ScaledRmsNorm* norm, const Tensor& x, bool rope) {
-    if (!norm && !rope && x.is_contiguous()) return x;  // v from its own GEMM
-    Tensor y = ctx.Empty(x.shape(), inner);
-    if (norm) {
-      ScaledRmsNorm::Rope args;
-      if (rope) args = {rope_theta_, RopeTable(ctx, dtype_, seq_), batch_, seq_};
-      norm->Forward(ctx, x, y, rope ? &args : nullptr);
-    } else if (rope) {
-      ops::Rope(ctx, x, rope_theta_, y);
-    } else {
-      ops::CopyHeads(ctx, x, y);
+    if (!norm) {
+      if (rope) ops::Rope(ctx, x, rope_theta_, x);
+      return x;
     }
+    Tensor y = ctx.Empty(x.shape(), inner);
+    ScaledRmsNorm::Rope args;
+    if (rope) args = {rope_theta_, RopeTable(ctx, dtype_, seq_), batch_, seq_};
+    norm->Forward(ctx, x, y, rope ? &args : nullptr);
     return y;
   };
   q_ = branch(q_norm_.get(), by_head.Narrow(2, 0, heads_), true);
@@ -278,9 +276,19 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   const Tensor d_n = tp_.PartialFor(ctx, d_n_rows, tokens, dt);
   Tensor d_attn = ctx.Empty({tokens, heads_ * head_dim_}, inner);
   o_proj_->Backward(ctx, d_out, d_attn, GradMode::kOverwrite);
-  Tensor d_q = ctx.Empty(q_.shape(), inner);
-  Tensor d_k = ctx.Empty(k_.shape(), inner);
-  Tensor d_v = ctx.Empty(v_.shape(), inner);
+  // One GEMM's d_y for the three (model.fuse_qkv): a branch without a norm
+  // gets its gradient straight into its slice of it.
+  const int64_t all_heads = heads_ + 2 * kv_heads_;
+  const Tensor d_qkv = qkv_input_.defined()
+                           ? ctx.Empty({batch_, seq_, all_heads, head_dim_}, q_proj_->gemm_dtype())
+                           : Tensor();
+  auto grad_of = [&](const Tensor& x, ScaledRmsNorm* norm, int64_t first, int64_t heads) {
+    if (d_qkv.defined() && !norm) return d_qkv.Narrow(2, first, heads);
+    return ctx.Empty(x.shape(), inner);
+  };
+  const Tensor d_q = grad_of(q_, q_norm_.get(), 0, heads_);
+  const Tensor d_k = grad_of(k_, k_norm_.get(), heads_, kv_heads_);
+  const Tensor d_v = grad_of(v_, v_norm_.get(), heads_ + kv_heads_, kv_heads_);
   ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
                                attention_options_);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope, GradMode mode) {
@@ -294,8 +302,8 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
     }
     proj.Backward(ctx, d_lin, d_n, mode);
   };
-  if (qkv_input_.defined()) {
-    BackwardFused(ctx, d_q, d_k, d_v, d_n);
+  if (d_qkv.defined()) {
+    BackwardFused(ctx, d_q, d_k, d_v, d_qkv, d_n);
   } else {
     back(*q_proj_, q_norm_.get(), d_q, true, GradMode::kOverwrite);
     back(*k_proj_, k_norm_.get(), d_k, true, GradMode::kAccumulate);
@@ -305,28 +313,25 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
 }
 
 void Attention::BackwardFused(const ExecContext& ctx, const Tensor& d_q, const Tensor& d_k,
-                              const Tensor& d_v, const Tensor& d_n) {
-  const int64_t all_heads = heads_ + 2 * kv_heads_;
-  // The GEMMs' d_y, in their dtype: each branch's gradient into its slice.
-  Tensor d_qkv = ctx.Empty({batch_ * seq_, all_heads * head_dim_}, q_proj_->gemm_dtype());
-  const Tensor by_head = d_qkv.View({batch_, seq_, all_heads, head_dim_});
+                              const Tensor& d_v, const Tensor& d_qkv, const Tensor& d_n) {
+  // Each branch's gradient into its slice of d_qkv: through its norm, else
+  // (already there) the inverse rotation in place for q and k.
   auto branch = [&](ScaledRmsNorm* norm, const Tensor& d_y, int64_t first, int64_t heads,
                     bool rope) {
-    const Tensor d_x = by_head.Narrow(2, first, heads);
+    const Tensor d_x = d_qkv.Narrow(2, first, heads);
     if (norm) {
       norm->Backward(ctx, d_y, d_x);
     } else if (rope) {
-      ops::RopeBackward(ctx, d_y, rope_theta_, d_x);
-    } else {
-      ops::CopyHeads(ctx, d_y, d_x);
+      ops::RopeBackward(ctx, d_x, rope_theta_, d_x);
     }
   };
   branch(q_norm_.get(), d_q, 0, heads_, true);
   branch(k_norm_.get(), d_k, heads_, kv_heads_, true);
   branch(v_norm_.get(), d_v, heads_ + kv_heads_, kv_heads_, false);
   // The three maps' weight gradients and d_n, each one GEMM.
-  ops::Gemm(ctx, d_qkv, qkv_input_, qkv_grad_, {.trans_a = ops::Trans::kYes, .beta = 1.0});
-  ops::Gemm(ctx, d_qkv, qkv_weight_, d_n);
+  const Tensor d_y = d_qkv.View({batch_ * seq_, d_qkv.numel() / (batch_ * seq_)});
+  ops::Gemm(ctx, d_y, qkv_input_, qkv_grad_, {.trans_a = ops::Trans::kYes, .beta = 1.0});
+  ops::Gemm(ctx, d_y, qkv_weight_, d_n);
 }
 
 Status Attention::FinishBackward(const ExecContext& ctx) {

@@ -101,8 +101,11 @@ class Attention {
   // The attention on q_, k_, v_ and the output projection into out.
   Status AttendAndProject(const ExecContext& ctx, const Tensor& out, int64_t tokens, DType dt,
                           DType inner);
+  // d_qkv [B, T, H + 2·KV, D]: the one GEMM's d_y, of which d_q, d_k and
+  // d_v are the slices where no norm sits (the attention's backward wrote
+  // them there).
   void BackwardFused(const ExecContext& ctx, const Tensor& d_q, const Tensor& d_k,
-                     const Tensor& d_v, const Tensor& d_n);
+                     const Tensor& d_v, const Tensor& d_qkv, const Tensor& d_n);
 
   const TpRegion& tp_;
   DType dtype_ = DType::kF32;            // the master weights' (PrepareStep)
@@ -125,7 +128,9 @@ class Attention {
   // Forward cache.
   Tensor qkv_input_;  // the fused GEMM's input (undefined when the forward ran three)
   int64_t batch_ = 0, seq_ = 0;
-  Tensor q_, k_, v_;  // [B, T, *, D] attention inputs (after norm and RoPE)
+  // [B, T, *, D] attention inputs (after norm and RoPE); under fuse_qkv,
+  // where no norm sits, head-row slices of the one GEMM's output.
+  Tensor q_, k_, v_;
   Tensor attn_;       // [B, T, H, D] attention output (the input of W_o)
   Tensor lse_;        // [B, H, T] log-sum-exp of each query row's scores
 };

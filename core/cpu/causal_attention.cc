@@ -11,6 +11,7 @@
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
+#include "core/head_rows.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -151,8 +152,21 @@ void Backward(const Dims& d, const T* q, const T* k, const T* v, const T* out, c
 
 }  // namespace
 
-void CausalAttention(const ExecContext&, const Tensor& q, const Tensor& k, const Tensor& v,
-                     const Tensor& out, const Tensor& lse, const AttentionOptions&) {
+// Token-strided q, k, v (and d_q, d_k, d_v): the kernels below run on
+// contiguous copies (core/head_rows.h).
+bool Contiguous(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors) {
+    if (!t->is_contiguous()) return false;
+  }
+  return true;
+}
+
+void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
+                     const Tensor& out, const Tensor& lse, const AttentionOptions& options) {
+  if (!Contiguous({&q, &k, &v})) {
+    return cpu::CausalAttention(ctx, ContiguousHeads(ctx, q), ContiguousHeads(ctx, k),
+                                ContiguousHeads(ctx, v), out, lse, options);
+  }
   const Dims d = Check("CausalAttention", q, k, v, out, lse);
   DispatchFloat(q, [&](auto zero) {
     using T = decltype(zero);
@@ -160,10 +174,20 @@ void CausalAttention(const ExecContext&, const Tensor& q, const Tensor& k, const
   });
 }
 
-void CausalAttentionBackward(const ExecContext&, const Tensor& q, const Tensor& k, const Tensor& v,
-                             const Tensor& out, const Tensor& lse, const Tensor& d_out,
-                             const Tensor& d_q, const Tensor& d_k, const Tensor& d_v,
-                             const AttentionOptions&) {
+void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tensor& k,
+                             const Tensor& v, const Tensor& out, const Tensor& lse,
+                             const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
+                             const Tensor& d_v, const AttentionOptions& options) {
+  if (!Contiguous({&q, &k, &v, &d_q, &d_k, &d_v})) {
+    const Tensor dq = ContiguousOutput(ctx, d_q), dk = ContiguousOutput(ctx, d_k),
+                 dv = ContiguousOutput(ctx, d_v);
+    cpu::CausalAttentionBackward(ctx, ContiguousHeads(ctx, q), ContiguousHeads(ctx, k),
+                                 ContiguousHeads(ctx, v), out, lse, d_out, dq, dk, dv, options);
+    CopyHeadsBack(ctx, dq, d_q);
+    CopyHeadsBack(ctx, dk, d_k);
+    CopyHeadsBack(ctx, dv, d_v);
+    return;
+  }
   const char* op = "CausalAttentionBackward";
   const Dims d = Check(op, q, k, v, out, lse);
   for (const auto& [grad, like, what] :

@@ -30,6 +30,7 @@
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/row_reduce.cuh"
+#include "core/head_rows.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -457,12 +458,14 @@ __global__ void GenericBackwardQKernel(AttnDims d, Acc<T> scale, const T* q, con
 
 // ---------------------------------------------------------------- launchers
 
+// q, k and v may be head rows (core/head_rows.h); AttentionTakesHeadRows
+// says which paths read them so, the others run on contiguous copies.
 AttnDims CheckAttention(const ExecContext& ctx, const char* op, const Tensor& q, const Tensor& k,
                         const Tensor& v, const Tensor& out, const Tensor& lse) {
-  CheckOnDevice(ctx, q, op, "q");
+  CheckHeadRowsOnDevice(ctx, q, op, "q");
   SM_CHECK_MSG(q.ndim() == 4, op, " q must be [B, T, H, D], got ", q.DebugString());
   for (const auto& [t, what] : {std::pair{&k, "k"}, {&v, "v"}}) {
-    CheckOnDevice(ctx, *t, op, what);
+    CheckHeadRowsOnDevice(ctx, *t, op, what);
     SM_CHECK_MSG(t->ndim() == 4 && t->dim(0) == q.dim(0) && t->dim(1) == q.dim(1) &&
                      t->dim(3) == q.dim(3) && t->dim(2) == k.dim(2) && t->dtype() == q.dtype(),
                  op, " ", what, " ", t->DebugString(), " for q ", q.DebugString());
@@ -503,6 +506,23 @@ dim3 FlashGrid(const AttnDims& d, int heads) {
   return dim3(static_cast<unsigned>((d.t + Flash<D>::kRows - 1) / Flash<D>::kRows), heads, d.b);
 }
 
+// Whether the path these operands take reads them where they lie: all
+// contiguous, or the mma.sync kernels on bf16 head rows whose rows start
+// 16 bytes apart (cp.async); else the caller makes contiguous copies.
+bool AttentionTakesHeadRows(const AttentionOptions& options,
+                            std::initializer_list<const Tensor*> tensors) {
+  bool contiguous = true, mma_rows = true;
+  for (const Tensor* t : tensors) {
+    contiguous = contiguous && t->is_contiguous();
+    const HeadRows rows = CheckHeadRows(*t, "CausalAttention", "operand");
+    mma_rows = mma_rows && t->dtype() == DType::kBF16 && rows.stride % 8 == 0 &&
+               reinterpret_cast<uintptr_t>(t->raw_data()) % 16 == 0;
+  }
+  if (contiguous) return true;
+  const Tensor& q = **tensors.begin();
+  return options.bf16_operands && AttentionTcFits(q) && UseAttentionMma() && mma_rows;
+}
+
 }  // namespace
 
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -510,6 +530,10 @@ void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, c
   const char* op = "CausalAttention";
   const AttnDims d = CheckAttention(ctx, op, q, k, v, out, lse);
   if (q.numel() == 0) return;
+  if (!AttentionTakesHeadRows(options, {&q, &k, &v})) {
+    return cuda::CausalAttention(ctx, ContiguousHeads(ctx, q), ContiguousHeads(ctx, k),
+                                 ContiguousHeads(ctx, v), out, lse, options);
+  }
   if (options.bf16_operands && AttentionTcFits(q)) {
     if (UseAttentionMma()) {
       CausalAttentionMma(ctx, q, k, v, out, lse);
@@ -550,13 +574,24 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                              const Tensor& d_v, const AttentionOptions& options) {
   const char* op = "CausalAttentionBackward";
   const AttnDims d = CheckAttention(ctx, op, q, k, v, out, lse);
+  CheckOnDevice(ctx, d_out, op, "d_out");
   for (const auto& [grad, like, what] :
        {std::tuple{&d_out, &q, "d_out"}, {&d_q, &q, "d_q"}, {&d_k, &k, "d_k"}, {&d_v, &v, "d_v"}}) {
-    CheckOnDevice(ctx, *grad, op, what);
+    CheckHeadRowsOnDevice(ctx, *grad, op, what);
     SM_CHECK_MSG(grad->shape() == like->shape() && grad->dtype() == q.dtype(), op, " ", what, " ",
                  grad->DebugString(), " for ", like->DebugString());
   }
   if (q.numel() == 0) return;
+  if (!AttentionTakesHeadRows(options, {&q, &k, &v, &d_q, &d_k, &d_v})) {
+    const Tensor dq = ContiguousOutput(ctx, d_q), dk = ContiguousOutput(ctx, d_k),
+                 dv = ContiguousOutput(ctx, d_v);
+    cuda::CausalAttentionBackward(ctx, ContiguousHeads(ctx, q), ContiguousHeads(ctx, k),
+                                  ContiguousHeads(ctx, v), out, lse, d_out, dq, dk, dv, options);
+    CopyHeadsBack(ctx, dq, d_q);
+    CopyHeadsBack(ctx, dk, d_k);
+    CopyHeadsBack(ctx, dv, d_v);
+    return;
+  }
   if (options.bf16_operands && AttentionTcFits(q)) {
     if (UseAttentionMma()) {
       CausalAttentionBackwardMma(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);

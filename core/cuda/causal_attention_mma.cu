@@ -55,6 +55,24 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 __device__ __forceinline__ int Lane() { return static_cast<int>(threadIdx.x % 32); }
 
+// Elements from one token's row to the next in q, k and v (or in d_q, d_k
+// and d_v): H·D, KV·D and KV·D when contiguous, wider where they are column
+// slices of one q|k|v matrix (core/head_rows.h). out and d_out are
+// contiguous.
+struct TokenStrides {
+  int64_t q, k, v;
+};
+
+// The kernels come in two layouts: kStrided false for contiguous q, k, v
+// (and d_q, d_k, d_v), whose strides and head offsets follow from the dims
+// (the expressions the kernels were tuned with: that instantiation compiles
+// to the same code as before strides existed), true for TokenStrides' rows:
+// element 0 of head `head` of sequence b at HeadOffset.
+template <int D>
+__device__ __forceinline__ int64_t HeadOffset(const AttnDims& d, int b, int64_t stride, int head) {
+  return static_cast<int64_t>(b) * d.t * stride + static_cast<int64_t>(head) * D;
+}
+
 // ldmatrix loads of A (16 x 16 at (m0, k0)) and of two B n8 blocks (n0,
 // n0 + 8 over k0..k0 + 15) from a tile of row stride ld.
 __device__ __forceinline__ void LoadA(unsigned (&a)[4], const bf16* tile, int ld, int m0, int k0) {
@@ -183,11 +201,11 @@ constexpr int kFwdThreads = kThreads / kRows;
 
 // Block (query tile, h, b): out and lse of kTile queries. Tiles are taken
 // last first (the longest work starts first).
-template <typename T, int D, int kRows>
+template <typename T, int D, int kRows, bool kStrided>
 __global__ void __launch_bounds__(kFwdThreads<kRows>, kMinBlocks<D>)
     MmaForwardKernel(AttnDims d, float scale_log2, const bf16* __restrict__ q,
                      const bf16* __restrict__ k, const bf16* __restrict__ v, T* __restrict__ out,
-                     float* __restrict__ lse) {
+                     float* __restrict__ lse, TokenStrides in) {
   using R = AttnRows<D>;
   using L = StreamSmem<D, 1>;
   constexpr int kBlockThreads = kFwdThreads<kRows>;
@@ -199,18 +217,23 @@ __global__ void __launch_bounds__(kFwdThreads<kRows>, kMinBlocks<D>)
   const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
   const int64_t q0 = static_cast<int64_t>(tile) * kTile;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
-  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;  // out's (and a contiguous q's)
   const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
   const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
   const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const int64_t sq = kStrided ? in.q : q_stride, sk = kStrided ? in.k : kv_stride,
+                sv = kStrided ? in.v : kv_stride;
+  const int64_t q_at = kStrided ? HeadOffset<D>(d, b, sq, h) : q_head;
+  const int64_t k_at = kStrided ? HeadOffset<D>(d, b, sk, kvh) : kv_head;
+  const int64_t v_at = kStrided ? HeadOffset<D>(d, b, sv, kvh) : kv_head;
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * R::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadAttnTile<D, kBlockThreads>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadAttnTile<D, kBlockThreads>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D, kBlockThreads>(k_s, k + k_at, sk, first, d.t);
+    LoadAttnTile<D, kBlockThreads>(k_s + R::kElems, v + v_at, sv, first, d.t);
   };
 
-  LoadAttnTile<D, kBlockThreads>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D, kBlockThreads>(q_s, q + q_at, sq, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
   CpAsyncWait<0>();
@@ -352,13 +375,13 @@ struct KvSmem {
 // group's query heads (in order) and, per head, the query tiles from the
 // key tile on (in order), 16 queries at a time. kStoreDs: also dSᵀ into
 // ds_t (DsTileOffset) for the d_q pass.
-template <typename T, int D, bool kStoreDs>
+template <typename T, int D, bool kStoreDs, bool kStrided>
 __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
     MmaBackwardKvKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                         const bf16* __restrict__ k, const bf16* __restrict__ v,
                         const float* __restrict__ lse, const float* __restrict__ row_dot,
                         const bf16* __restrict__ d_out, T* __restrict__ d_k, T* __restrict__ d_v,
-                        bf16* __restrict__ ds_t) {
+                        bf16* __restrict__ ds_t, TokenStrides in, TokenStrides grad) {
   using R = AttnRows<D>;
   using L = KvSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -370,9 +393,10 @@ __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
 
   const int kt = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int group = d.group(), per_head = d.tiles() - kt, steps = group * per_head;
-  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;  // d_out's (and a contiguous q's)
   const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
   const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const int64_t sq = kStrided ? in.q : q_stride;
   const int64_t k0 = static_cast<int64_t>(kt) * kTile;
   // Step s: query head kvh·group + s / per_head, query tile kt + s % per_head.
   auto load_step = [&](int stage, int s) {
@@ -380,7 +404,7 @@ __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
     const int64_t t0 = static_cast<int64_t>(kt + s % per_head) * kTile;
     const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
     bf16* q_s = stages + 2 * stage * R::kElems;
-    LoadAttnTile<D>(q_s, q + q_head, q_stride, t0, d.t);
+    LoadAttnTile<D>(q_s, q + (kStrided ? HeadOffset<D>(d, b, sq, h) : q_head), sq, t0, d.t);
     LoadAttnTile<D>(q_s + R::kElems, d_out + q_head, q_stride, t0, d.t);
     float* st = stats + stage * 2 * kTile;
     for (int e = threadIdx.x; e < kTile; e += kThreads) {
@@ -388,8 +412,9 @@ __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
     }
   };
 
-  LoadAttnTile<D>(k_s, k + kv_head, kv_stride, k0, d.t);
-  LoadAttnTile<D>(v_s, v + kv_head, kv_stride, k0, d.t);
+  const int64_t sk = kStrided ? in.k : kv_stride, sv = kStrided ? in.v : kv_stride;
+  LoadAttnTile<D>(k_s, k + (kStrided ? HeadOffset<D>(d, b, sk, kvh) : kv_head), sk, k0, d.t);
+  LoadAttnTile<D>(v_s, v + (kStrided ? HeadOffset<D>(d, b, sv, kvh) : kv_head), sv, k0, d.t);
   load_step(0, 0);
   CpAsyncCommit();
   CpAsyncWait<0>();
@@ -469,18 +494,22 @@ __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
     __syncthreads();  // stage `stage` is reloaded next
   }
   const float k_factor[2] = {scale, scale}, v_factor[2] = {1.0f, 1.0f};
-  StoreRows<T, D>(dk, k_factor, d_k + kv_head, kv_stride, key0, d.t);
-  StoreRows<T, D>(dv, v_factor, d_v + kv_head, kv_stride, key0, d.t);
+  const int64_t gk = kStrided ? grad.k : kv_stride, gv = kStrided ? grad.v : kv_stride;
+  StoreRows<T, D>(dk, k_factor, d_k + (kStrided ? HeadOffset<D>(d, b, gk, kvh) : kv_head), gk, key0,
+                  d.t);
+  StoreRows<T, D>(dv, v_factor, d_v + (kStrided ? HeadOffset<D>(d, b, gv, kvh) : kv_head), gv, key0,
+                  d.t);
 }
 
 // Block (query tile, h, b): d_q of kTile queries over the key tiles 0..tile
 // in order, 16 keys at a time. Tiles last first, as in the forward.
-template <typename T, int D>
+template <typename T, int D, bool kStrided>
 __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     MmaBackwardQKernel(AttnDims d, float scale, float scale_log2, const bf16* __restrict__ q,
                        const bf16* __restrict__ k, const bf16* __restrict__ v,
                        const float* __restrict__ lse, const float* __restrict__ row_dot,
-                       const bf16* __restrict__ d_out, T* __restrict__ d_q) {
+                       const bf16* __restrict__ d_out, T* __restrict__ d_q, TokenStrides in,
+                       TokenStrides grad) {
   using R = AttnRows<D>;
   using L = StreamSmem<D, 2>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -492,18 +521,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
   const int tile = d.tiles() - 1 - static_cast<int>(blockIdx.x);
   const int64_t q0 = static_cast<int64_t>(tile) * kTile;
   const int h = blockIdx.y, b = blockIdx.z, kvh = h / d.group();
-  const int64_t q_stride = static_cast<int64_t>(d.h) * D;
+  const int64_t q_stride = static_cast<int64_t>(d.h) * D;  // d_out's (and a contiguous q's)
   const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
   const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
   const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const int64_t sq = kStrided ? in.q : q_stride, sk = kStrided ? in.k : kv_stride,
+                sv = kStrided ? in.v : kv_stride;
+  const int64_t k_at = kStrided ? HeadOffset<D>(d, b, sk, kvh) : kv_head;
+  const int64_t v_at = kStrided ? HeadOffset<D>(d, b, sv, kvh) : kv_head;
   auto load_kv = [&](int stage, int j) {
     bf16* k_s = stages + 2 * stage * R::kElems;
     const int64_t first = static_cast<int64_t>(j) * kTile;
-    LoadAttnTile<D>(k_s, k + kv_head, kv_stride, first, d.t);
-    LoadAttnTile<D>(k_s + R::kElems, v + kv_head, kv_stride, first, d.t);
+    LoadAttnTile<D>(k_s, k + k_at, sk, first, d.t);
+    LoadAttnTile<D>(k_s + R::kElems, v + v_at, sv, first, d.t);
   };
 
-  LoadAttnTile<D>(q_s, q + q_head, q_stride, q0, d.t);
+  LoadAttnTile<D>(q_s, q + (kStrided ? HeadOffset<D>(d, b, sq, h) : q_head), sq, q0, d.t);
   LoadAttnTile<D>(do_s, d_out + q_head, q_stride, q0, d.t);
   load_kv(0, 0);
   CpAsyncCommit();
@@ -563,7 +596,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
     __syncthreads();  // stage `stage` is reloaded next
   }
   const float factor[2] = {scale, scale};
-  StoreRows<T, D>(dq, factor, d_q + q_head, q_stride, row0, d.t);
+  const int64_t gq = kStrided ? grad.q : q_stride;
+  StoreRows<T, D>(dq, factor, d_q + (kStrided ? HeadOffset<D>(d, b, gq, h) : q_head), gq, row0,
+                  d.t);
 }
 
 // The 8 x 8 b16 matrix whose fragment (lane t: row t / 4, columns
@@ -602,10 +637,11 @@ struct DsKSmem {
 // Block (query tile, h, b): d_q = dS K of kTile queries over the key tiles
 // 0..tile in order, 16 keys at a time, dS from the d_k/d_v pass's stored dSᵀ
 // chunks (DsFragment). Tiles last first.
-template <typename T, int D>
+template <typename T, int D, bool kStrided>
 __global__ void __launch_bounds__(kThreads)
     MmaBackwardDsKKernel(AttnDims d, float scale, const bf16* __restrict__ ds_t,
-                         const bf16* __restrict__ k, T* __restrict__ d_q) {
+                         const bf16* __restrict__ k, T* __restrict__ d_q, TokenStrides in,
+                         TokenStrides grad) {
   using R = AttnRows<D>;
   using L = DsKSmem<D>;
   extern __shared__ __align__(128) unsigned char smem[];
@@ -618,6 +654,9 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t kv_stride = static_cast<int64_t>(d.kv) * D;
   const int64_t q_head = (static_cast<int64_t>(b) * d.t * d.h + h) * D;
   const int64_t kv_head = (static_cast<int64_t>(b) * d.t * d.kv + kvh) * D;
+  const int64_t gq = kStrided ? grad.q : q_stride, sk = kStrided ? in.k : kv_stride;
+  const int64_t dq_head = kStrided ? HeadOffset<D>(d, b, gq, h) : q_head;
+  const int64_t k_head = kStrided ? HeadOffset<D>(d, b, sk, kvh) : kv_head;
   const bf16* ds_row = ds_t + DsTileOffset(d, b, h, tile, 0);  // key tiles 0..tile follow
   auto load = [&](int j) {
     bf16* stage = stages + (j % kDsKStages) * L::kStageElems;
@@ -625,8 +664,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int e = threadIdx.x * 8; e < L::kDsElems; e += kThreads * 8) {
       CpAsync16(stage + e, src + e, true);
     }
-    LoadAttnTile<D>(stage + L::kDsElems, k + kv_head, kv_stride, static_cast<int64_t>(j) * kTile,
-                    d.t);
+    LoadAttnTile<D>(stage + L::kDsElems, k + k_head, sk, static_cast<int64_t>(j) * kTile, d.t);
   };
 
 #pragma unroll
@@ -659,8 +697,8 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // this stage is reloaded next
   }
   const float factor[2] = {scale, scale};
-  StoreRows<T, D>(dq, factor, d_q + q_head, q_stride,
-                  static_cast<int64_t>(tile) * kTile + warp * 16, d.t);
+  StoreRows<T, D>(dq, factor, d_q + dq_head, gq, static_cast<int64_t>(tile) * kTile + warp * 16,
+                  d.t);
 }
 
 // ---------------------------------------------------------------- launchers
@@ -670,28 +708,39 @@ AttnDims DimsOf(const Tensor& q, const Tensor& k) {
           static_cast<int>(k.dim(2))};
 }
 
-template <typename T, int D, int kRows>
-void LaunchForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
-                   const Tensor& v, const Tensor& out, const Tensor& lse) {
+// The token strides of three [B, T, heads, D] tensors (contiguous, or head
+// rows that causal_attention.cu's AttentionTakesHeadRows let through).
+TokenStrides StridesOf(const Tensor& q, const Tensor& k, const Tensor& v) {
+  const auto stride = [](const Tensor& t) {
+    return CheckHeadRows(t, "attention", "operand").stride;
+  };
+  return {stride(q), stride(k), stride(v)};
+}
+
+template <typename T, int D, int kRows, bool kStrided>
+void LaunchForward(const ExecContext& ctx, const AttnDims& d, const TokenStrides& in,
+                   const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                   const Tensor& lse) {
   const char* op = "CausalAttention";
   constexpr int kBytes = StreamSmem<D, 1>::kBytes;
-  static const cudaError_t attr = AllowDynamicSmem(MmaForwardKernel<T, D, kRows>, kBytes, true);
+  static const cudaError_t attr =
+      AllowDynamicSmem(MmaForwardKernel<T, D, kRows, kStrided>, kBytes, true);
   SM_CHECK_CUDA_CALL(ctx, attr, op);
   const dim3 grid(static_cast<unsigned>(d.tiles()), d.h, d.b);
-  MmaForwardKernel<T, D, kRows><<<grid, kFwdThreads<kRows>, kBytes, Stream(ctx)>>>(
+  MmaForwardKernel<T, D, kRows, kStrided><<<grid, kFwdThreads<kRows>, kBytes, Stream(ctx)>>>(
       d, AttentionScaleLog2(D), Ptr<const bf16>(q), Ptr<const bf16>(k), Ptr<const bf16>(v),
-      Ptr<T>(out), Ptr<float>(lse));
+      Ptr<T>(out), Ptr<float>(lse), in);
   SM_CHECK_LAUNCH(ctx, op, "MmaForwardKernel");
 }
 
-template <typename T, int D>
-void RunForward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
-                const Tensor& v, const Tensor& out, const Tensor& lse) {
+template <typename T, int D, bool kStrided>
+void RunForward(const ExecContext& ctx, const AttnDims& d, const TokenStrides& in, const Tensor& q,
+                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse) {
   static const bool one_row_block = EnvEquals("SCALEMOE_ATTENTION_FWD_ROWS", "1");
   if constexpr (D == 64) {
-    if (!one_row_block) return LaunchForward<T, D, 2>(ctx, d, q, k, v, out, lse);
+    if (!one_row_block) return LaunchForward<T, D, 2, kStrided>(ctx, d, in, q, k, v, out, lse);
   }
-  LaunchForward<T, D, 1>(ctx, d, q, k, v, out, lse);
+  LaunchForward<T, D, 1, kStrided>(ctx, d, in, q, k, v, out, lse);
 }
 
 // The dSᵀ scratch budget: ops::kAttentionDsBudgetBytes, or
@@ -706,10 +755,11 @@ int64_t DsBudgetBytes() {
 }
 
 // q, k, v, d_out: the bf16 operands; the gradients in T.
-template <typename T, int D>
-void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, const Tensor& k,
-                 const Tensor& v, const Tensor& lse, const Tensor& row_dot, const Tensor& d_out,
-                 const Tensor& d_q, const Tensor& d_k, const Tensor& d_v) {
+template <typename T, int D, bool kStrided>
+void RunBackward(const ExecContext& ctx, const AttnDims& d, const TokenStrides& in,
+                 const TokenStrides& grad, const Tensor& q, const Tensor& k, const Tensor& v,
+                 const Tensor& lse, const Tensor& row_dot, const Tensor& d_out, const Tensor& d_q,
+                 const Tensor& d_k, const Tensor& d_v) {
   const char* op = "CausalAttentionBackward";
   const float scale = 1.0f / std::sqrt(static_cast<float>(D)), scale_log2 = AttentionScaleLog2(D);
   const bf16 *qp = Ptr<const bf16>(q), *kp = Ptr<const bf16>(k), *vp = Ptr<const bf16>(v);
@@ -722,18 +772,20 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   const int64_t budget = DsBudgetBytes();
   if (recompute_env || per_sequence > budget) {
     static const cudaError_t kv_attr =
-        AllowDynamicSmem(MmaBackwardKvKernel<T, D, false>, kKvBytes, true);
+        AllowDynamicSmem(MmaBackwardKvKernel<T, D, false, kStrided>, kKvBytes, true);
     SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
-    MmaBackwardKvKernel<T, D, false>
+    MmaBackwardKvKernel<T, D, false, kStrided>
         <<<dim3(static_cast<unsigned>(d.tiles()), d.kv, d.b), kThreads, kKvBytes, Stream(ctx)>>>(
-            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), nullptr);
+            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_k), Ptr<T>(d_v), nullptr, in,
+            grad);
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
     constexpr int kQBytes = StreamSmem<D, 2>::kBytes;
-    static const cudaError_t q_attr = AllowDynamicSmem(MmaBackwardQKernel<T, D>, kQBytes, true);
+    static const cudaError_t q_attr =
+        AllowDynamicSmem(MmaBackwardQKernel<T, D, kStrided>, kQBytes, true);
     SM_CHECK_CUDA_CALL(ctx, q_attr, op);
-    MmaBackwardQKernel<T, D>
+    MmaBackwardQKernel<T, D, kStrided>
         <<<dim3(static_cast<unsigned>(d.tiles()), d.h, d.b), kThreads, kQBytes, Stream(ctx)>>>(
-            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q));
+            d, scale, scale_log2, qp, kp, vp, lp, rp, dop, Ptr<T>(d_q), in, grad);
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardQKernel");
     return;
   }
@@ -741,29 +793,32 @@ void RunBackward(const ExecContext& ctx, const AttnDims& d, const Tensor& q, con
   // Slices of whole sequences whose dSᵀ tiles fit the budget (core/ops.h):
   // every operand's leading dim is the batch.
   static const cudaError_t kv_attr =
-      AllowDynamicSmem(MmaBackwardKvKernel<T, D, true>, kKvBytes, true);
+      AllowDynamicSmem(MmaBackwardKvKernel<T, D, true, kStrided>, kKvBytes, true);
   SM_CHECK_CUDA_CALL(ctx, kv_attr, op);
   constexpr int kDsKBytes = DsKSmem<D>::kBytes;
-  static const cudaError_t dsk_attr = AllowDynamicSmem(MmaBackwardDsKKernel<T, D>, kDsKBytes, true);
+  static const cudaError_t dsk_attr =
+      AllowDynamicSmem(MmaBackwardDsKKernel<T, D, kStrided>, kDsKBytes, true);
   SM_CHECK_CUDA_CALL(ctx, dsk_attr, op);
   const int slice = static_cast<int>(std::min<int64_t>(d.b, budget / per_sequence));
   const Tensor ds_t =
       ctx.Empty({static_cast<int64_t>(slice) * d.h * DsTilePairs(d) * kTile * kTile}, DType::kBF16);
-  const int64_t q_rows = static_cast<int64_t>(d.t) * d.h * D;  // a sequence of q, d_out, d_q
-  const int64_t kv_rows = static_cast<int64_t>(d.t) * d.kv * D;
+  // Elements of one sequence in each operand (its token stride times T).
+  const auto seq = [&](int64_t token_stride) { return static_cast<int64_t>(d.t) * token_stride; };
+  const int64_t do_rows = seq(static_cast<int64_t>(d.h) * D);
   const int64_t stats = static_cast<int64_t>(d.h) * d.t;  // of lse and row_dot
   for (int b0 = 0; b0 < d.b; b0 += slice) {
     AttnDims ds = d;
     ds.b = std::min(slice, d.b - b0);
-    MmaBackwardKvKernel<T, D, true>
+    MmaBackwardKvKernel<T, D, true, kStrided>
         <<<dim3(static_cast<unsigned>(ds.tiles()), ds.kv, ds.b), kThreads, kKvBytes, Stream(ctx)>>>(
-            ds, scale, scale_log2, qp + b0 * q_rows, kp + b0 * kv_rows, vp + b0 * kv_rows,
-            lp + b0 * stats, rp + b0 * stats, dop + b0 * q_rows, Ptr<T>(d_k) + b0 * kv_rows,
-            Ptr<T>(d_v) + b0 * kv_rows, Ptr<bf16>(ds_t));
+            ds, scale, scale_log2, qp + b0 * seq(in.q), kp + b0 * seq(in.k), vp + b0 * seq(in.v),
+            lp + b0 * stats, rp + b0 * stats, dop + b0 * do_rows, Ptr<T>(d_k) + b0 * seq(grad.k),
+            Ptr<T>(d_v) + b0 * seq(grad.v), Ptr<bf16>(ds_t), in, grad);
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardKvKernel");
-    MmaBackwardDsKKernel<T, D>
+    MmaBackwardDsKKernel<T, D, kStrided>
         <<<dim3(static_cast<unsigned>(ds.tiles()), ds.h, ds.b), kThreads, kDsKBytes, Stream(ctx)>>>(
-            ds, scale, Ptr<const bf16>(ds_t), kp + b0 * kv_rows, Ptr<T>(d_q) + b0 * q_rows);
+            ds, scale, Ptr<const bf16>(ds_t), kp + b0 * seq(in.k), Ptr<T>(d_q) + b0 * seq(grad.q),
+            in, grad);
     SM_CHECK_LAUNCH(ctx, op, "MmaBackwardDsKKernel");
   }
 }
@@ -780,8 +835,16 @@ void CausalAttentionMma(const ExecContext& ctx, const Tensor& q, const Tensor& k
   const AttnDims d = DimsOf(q, k);
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v);
+  const TokenStrides in = StridesOf(qb, kb, vb);
+  const bool strided = !(qb.is_contiguous() && kb.is_contiguous() && vb.is_contiguous());
   DispatchAttention(q, [&](auto tag, auto dim) {
-    RunForward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, out, lse);
+    using T = typename decltype(tag)::type;
+    constexpr int D = decltype(dim)::value;
+    if (strided) {
+      RunForward<T, D, true>(ctx, d, in, qb, kb, vb, out, lse);
+    } else {
+      RunForward<T, D, false>(ctx, d, in, qb, kb, vb, out, lse);
+    }
   });
 }
 
@@ -793,9 +856,17 @@ void CausalAttentionBackwardMma(const ExecContext& ctx, const Tensor& q, const T
   const Tensor qb = AttentionBf16Operand(ctx, q), kb = AttentionBf16Operand(ctx, k);
   const Tensor vb = AttentionBf16Operand(ctx, v), dob = AttentionBf16Operand(ctx, d_out);
   const Tensor row_dot = AttentionRowDot(ctx, out, d_out, "CausalAttentionBackward");
+  const TokenStrides in = StridesOf(qb, kb, vb), grad = StridesOf(d_q, d_k, d_v);
+  bool strided = false;
+  for (const Tensor* t : {&qb, &kb, &vb, &d_q, &d_k, &d_v}) strided |= !t->is_contiguous();
   DispatchAttention(q, [&](auto tag, auto dim) {
-    RunBackward<typename decltype(tag)::type, decltype(dim)::value>(ctx, d, qb, kb, vb, lse,
-                                                                    row_dot, dob, d_q, d_k, d_v);
+    using T = typename decltype(tag)::type;
+    constexpr int D = decltype(dim)::value;
+    if (strided) {
+      RunBackward<T, D, true>(ctx, d, in, grad, qb, kb, vb, lse, row_dot, dob, d_q, d_k, d_v);
+    } else {
+      RunBackward<T, D, false>(ctx, d, in, grad, qb, kb, vb, lse, row_dot, dob, d_q, d_k, d_v);
+    }
   });
 }
 

@@ -10,7 +10,8 @@
 // 129) and T = 1024 too. The binary runs twice: with SCALEMOE_ATTENTION=wmma
 // on the WMMA kernels (core_cuda_attention_tc_test) and with =mma on the
 // mma.sync kernels of causal_attention_mma.cu, the default
-// (core_cuda_attention_tc_mma_test).
+// (core_cuda_attention_tc_mma_test). q, k, v, d_q, d_k and d_v as token-
+// strided slices of wider buffers give the bits of contiguous tensors.
 #include <cmath>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/cuda/causal_attention_mma.h"
 #include "tests/core/cuda_test_util.h"
+#include "tests/core/head_rows_test_util.h"
 
 namespace scalemoe {
 namespace {
@@ -186,6 +188,61 @@ TEST_F(CudaAttentionTcTest, OtherHeadDimsKeepTheExactKernels) {
   EXPECT_TRUE(testing::BitwiseEqual(Host(lse), Host(exact_lse)));
   const Status st = ctx_.status();
   EXPECT_TRUE(st.ok()) << st;
+}
+
+// q, k and v as head slices of one [B, T, H + 2·KV, D] buffer (the q|k|v
+// GEMM's output under model.fuse_qkv, core/head_rows.h), and the backward
+// writing d_q, d_k and d_v into slices of a buffer two heads wider (NaN bits
+// outside them): the bits of contiguous tensors, nothing outside the slices
+// written. bf16 takes the mma.sync kernels' token-strided instantiation
+// (the others copy to contiguous tensors first); f32 and WMMA the copies.
+TEST_F(CudaAttentionTcTest, TokenStridedOperandsGiveTheBitsOfContiguousOnes) {
+  using testing::Heads;
+  using testing::HostBuffer;
+  using testing::SliceOf;
+  for (DType dtype : {DType::kBF16, DType::kF32}) {
+    for (const Case& c : {Case{2, 130, 4, 2, 64}, Case{2, 70, 4, 1, 128}, Case{1, 64, 2, 2, 64}}) {
+      SCOPED_TRACE(c.Name(dtype));
+      const Inputs in = Make(c, 700 + c.t);
+      const Tensor q = Dev(As(in.q, dtype)), k = Dev(As(in.k, dtype)), v = Dev(As(in.v, dtype));
+      const Tensor d_out = Dev(As(in.d_out, dtype));
+      Tensor out = Poisoned(q.shape(), dtype), lse = Poisoned({c.b, c.h, c.t}, DType::kF32);
+      ops::CausalAttention(ctx_, q, k, v, out, lse, kBf16);
+      Tensor d_q = Poisoned(q.shape(), dtype), d_k = Poisoned(k.shape(), dtype),
+             d_v = Poisoned(v.shape(), dtype);
+      ops::CausalAttentionBackward(ctx_, q, k, v, out, lse, d_out, d_q, d_k, d_v, kBf16);
+
+      const int64_t all = c.h + 2 * c.kv;
+      const testing::Layout lq = Heads(c.b, c.t, all, 0, c.h, c.d),
+                            lk = Heads(c.b, c.t, all, c.h, c.kv, c.d),
+                            lv = Heads(c.b, c.t, all, c.h + c.kv, c.kv, c.d);
+      Tensor qkv_host = HostBuffer(lq, dtype, As(in.q, dtype));
+      SliceOf(lk, qkv_host).CopyFrom(As(in.k, dtype));
+      SliceOf(lv, qkv_host).CopyFrom(As(in.v, dtype));
+      const Tensor qkv = Dev(qkv_host);
+      const Tensor qs = SliceOf(lq, qkv), ks = SliceOf(lk, qkv), vs = SliceOf(lv, qkv);
+      Tensor out2 = Poisoned(q.shape(), dtype), lse2 = Poisoned({c.b, c.h, c.t}, DType::kF32);
+      ops::CausalAttention(ctx_, qs, ks, vs, out2, lse2, kBf16);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(out2), Host(out))) << "out";
+      EXPECT_TRUE(testing::BitwiseEqual(Host(lse2), Host(lse))) << "lse";
+
+      const testing::Layout gq = Heads(c.b, c.t, all + 2, 1, c.h, c.d),
+                            gk = Heads(c.b, c.t, all + 2, 1 + c.h, c.kv, c.d),
+                            gv = Heads(c.b, c.t, all + 2, 1 + c.h + c.kv, c.kv, c.d);
+      const Tensor grads_host = HostBuffer(gq, dtype);
+      const Tensor grads = Dev(grads_host);
+      ops::CausalAttentionBackward(ctx_, qs, ks, vs, out2, lse2, d_out, SliceOf(gq, grads),
+                                   SliceOf(gk, grads), SliceOf(gv, grads), kBf16);
+      Tensor want = grads_host.Clone();
+      SliceOf(gq, want).CopyFrom(Host(d_q));
+      SliceOf(gk, want).CopyFrom(Host(d_k));
+      SliceOf(gv, want).CopyFrom(Host(d_v));
+      EXPECT_TRUE(testing::BitwiseEqual(Host(grads), want)) << "d_q, d_k, d_v and the NaN around";
+      EXPECT_TRUE(testing::BitwiseEqual(Host(qkv), qkv_host)) << "q|k|v buffer untouched";
+      const Status st = ctx_.status();
+      EXPECT_TRUE(st.ok()) << st;
+    }
+  }
 }
 
 TEST_F(CudaAttentionTcTest, TwoRunsGiveTheSameBits) {

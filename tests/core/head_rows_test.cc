@@ -1,6 +1,7 @@
 // Token-strided head vectors (core/head_rows.h) on the CPU: which views have
 // the layout, and the ops that take them (CopyHeads, Rope and RopeBackward,
-// ScaledRmsNormalize(Rope) and their backwards) give the bits they give on
+// ScaledRmsNormalize(Rope) and their backwards, CausalAttention and its
+// backward) give the bits they give on
 // contiguous tensors of the same values, and write nothing outside their
 // slice of the wider matrix (kept NaN here).
 #include "core/head_rows.h"
@@ -195,6 +196,48 @@ TEST(HeadRowsTest, ScaledRmsNormalizeReadsXAndWritesDxInSlices) {
       EXPECT_TRUE(OutsideIsNaN(d_x.buf, 4, 3)) << what;
       EXPECT_TRUE(OutsideIsNaN(in.buf, 2, 3)) << what;
     }
+  }
+}
+
+// CausalAttention on q, k and v as slices of one [B, T, H + 2·KV, D]
+// buffer, and its backward writing d_q, d_k and d_v into slices of another:
+// the bits of contiguous tensors, nothing outside the slices written.
+TEST(HeadRowsTest, CausalAttentionReadsAndWritesSlices) {
+  const ExecContext ctx;
+  constexpr int64_t kB = 2, kT = 7, kH = 4, kKv = 2, kD = 8, kAll = kH + 2 * kKv;
+  for (const DType dtype : kDTypes) {
+    const std::string what = DTypeName(dtype);
+    const Tensor q = RandomTensor({kB, kT, kH, kD}, 30, 1.0, dtype);
+    const Tensor k = RandomTensor({kB, kT, kKv, kD}, 31, 1.0, dtype);
+    const Tensor v = RandomTensor({kB, kT, kKv, kD}, 32, 1.0, dtype);
+    const Tensor d_out = RandomTensor({kB, kT, kH, kD}, 33, 1.0, dtype);
+    const DType stat = dtype == DType::kF64 ? DType::kF64 : DType::kF32;
+    Tensor out = Tensor::Empty(q.shape(), dtype), lse = Tensor::Empty({kB, kH, kT}, stat);
+    ops::CausalAttention(ctx, q, k, v, out, lse);
+    Tensor d_q = Tensor::Empty(q.shape(), dtype), d_k = Tensor::Empty(k.shape(), dtype),
+           d_v = Tensor::Empty(v.shape(), dtype);
+    ops::CausalAttentionBackward(ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v);
+
+    Wide qkv = Slice(kB, kT, kAll, 0, kAll, kD, dtype);
+    const Tensor qs = qkv.buf.Narrow(2, 0, kH), ks = qkv.buf.Narrow(2, kH, kKv),
+                 vs = qkv.buf.Narrow(2, kH + kKv, kKv);
+    ops::CopyHeads(ctx, q, qs);
+    ops::CopyHeads(ctx, k, ks);
+    ops::CopyHeads(ctx, v, vs);
+    Tensor out2 = Tensor::Empty(q.shape(), dtype), lse2 = Tensor::Empty({kB, kH, kT}, stat);
+    ops::CausalAttention(ctx, qs, ks, vs, out2, lse2);
+    EXPECT_TRUE(SameBits(out2, out)) << what;
+    EXPECT_TRUE(SameBits(lse2, lse)) << what;
+    // The gradients into a wider buffer than the inputs: the slices leave
+    // a head of NaN on either side.
+    Wide grads = Slice(kB, kT, kAll + 2, 1, kAll, kD, dtype);
+    const Tensor dqs = grads.buf.Narrow(2, 1, kH), dks = grads.buf.Narrow(2, 1 + kH, kKv),
+                 dvs = grads.buf.Narrow(2, 1 + kH + kKv, kKv);
+    ops::CausalAttentionBackward(ctx, qs, ks, vs, out2, lse2, d_out, dqs, dks, dvs);
+    EXPECT_TRUE(SameBits(Dense(ctx, dqs), d_q)) << what;
+    EXPECT_TRUE(SameBits(Dense(ctx, dks), d_k)) << what;
+    EXPECT_TRUE(SameBits(Dense(ctx, dvs), d_v)) << what;
+    EXPECT_TRUE(OutsideIsNaN(grads.buf, 1, kAll)) << what;
   }
 }
 

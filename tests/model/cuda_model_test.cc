@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "core/op_timer.h"
 #include "launch/config.h"
 #include "model/model.h"
 #include "tests/core/cuda_test_util.h"
@@ -257,6 +258,44 @@ TEST_P(CudaPresetTest, Bf16WithTheCpuRoutingTracksTheFp32Cpu) {
       GetParam(), with.cosine, with.name.c_str(), without.cosine, without.name.c_str(),
       static_cast<long long>(testing::MovedAssignments(cpu.routing, own.routing)),
       static_cast<long long>(cpu.routing.size() * cpu.routing.front().numel()));
+}
+
+// model.fuse_qkv at the presets' full widths (head dim 64: the mma.sync
+// attention reads q, k and v where they lie), bf16, the per-head norms
+// reading fp32 and bf16, with the fp32 CPU run's routing forced on both:
+// one q|k|v GEMM as close to three as two bf16 runs that sum in other
+// orders, and no CopyHeads at head dims 64 and 128 (q, k and v, and their
+// gradients, are slices of the one GEMM's output and d_y).
+TEST_P(CudaPresetTest, Bf16FusedQkvTracksThreeGemmsWithoutCopies) {
+  const config::RunConfig fp32 = Preset(config::TrainConfig::FP32);
+  const Tensor values = StartValues(fp32);
+  const int vocab = fp32.model().vocab_size();
+  const StepResult cpu = WholeModelStep(fp32, cpu_, values, 128, vocab);
+  const int64_t head_dim = fp32.model().hidden_size() / fp32.model().num_heads();
+  for (bool fp32_input : {true, false}) {
+    SCOPED_TRACE(fp32_input ? "fp32 head-norm input" : "bf16 head-norm input");
+    config::RunConfig three = Preset(config::TrainConfig::BF16);
+    three.mutable_train()->set_fp32_head_norm_input(fp32_input);
+    config::RunConfig one = three;
+    one.mutable_model()->set_fuse_qkv(true);
+    const StepResult a = WholeModelStep(three, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
+    op_timer::Collect();
+    op_timer::SetEnabled(true);
+    const StepResult b = WholeModelStep(one, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
+    op_timer::SetEnabled(false);
+    int64_t copies = 0;
+    for (const op_timer::OpTime& t : op_timer::Collect()) {
+      if (t.op == "CopyHeads") copies += t.calls;
+    }
+    if (head_dim == 64 || head_dim == 128) {
+      EXPECT_EQ(copies, 0);
+    }
+    const testing::MinCosine worst = testing::SmallestCosine(a, b);
+    std::printf("%s, %s: bf16 one q|k|v GEMM vs three, smallest cosine %.7f (%s); %lld copies\n",
+                GetParam(), fp32_input ? "fp32 head-norm input" : "bf16 head-norm input",
+                worst.cosine, worst.name.c_str(), static_cast<long long>(copies));
+    EXPECT_GE(worst.cosine, 0.9999) << worst.name;
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,
