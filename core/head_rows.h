@@ -14,8 +14,9 @@
 //
 // The ops that say so (Rope, RopeBackward, ScaledRmsNormalize(Rope) and
 // their backwards, CopyHeads, CausalAttention and its backward) take such
-// tensors; the rest ask for contiguous ones. (CUDA's ScaledRmsNormalize kernels take at most 2^31 -
-// 1 rows of a token-strided tensor of several heads.)
+// tensors; the rest ask for contiguous ones. (CUDA's ScaledRmsNormalize
+// kernels take at most 2^31 - 1 rows of a token-strided tensor of several
+// heads.)
 #pragma once
 
 #include <cstdint>

@@ -150,9 +150,7 @@ void Backward(const Dims& d, const T* q, const T* k, const T* v, const T* out, c
   }
 }
 
-}  // namespace
-
-// Token-strided q, k, v (and d_q, d_k, d_v): the kernels below run on
+// Token-strided q, k, v (and d_q, d_k, d_v): the kernels above run on
 // contiguous copies (core/head_rows.h).
 bool Contiguous(std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors) {
@@ -160,6 +158,8 @@ bool Contiguous(std::initializer_list<const Tensor*> tensors) {
   }
   return true;
 }
+
+}  // namespace
 
 void CausalAttention(const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v,
                      const Tensor& out, const Tensor& lse, const AttentionOptions& options) {
