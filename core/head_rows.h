@@ -58,4 +58,19 @@ Tensor ContiguousOutput(const ExecContext& ctx, const Tensor& t);
 // ops::CopyHeads(from, to) unless from is to (ContiguousOutput's t).
 void CopyHeadsBack(const ExecContext& ctx, const Tensor& from, const Tensor& to);
 
+// run(q', k', v', d_q', d_k', d_v') on contiguous copies of q, k, v and
+// contiguous stand-ins for d_q, d_k, d_v, whose values then go into them:
+// the attention backward's path for kernels that take contiguous tensors.
+template <typename Run>
+void BackwardOnContiguousHeads(const ExecContext& ctx, const Tensor& q, const Tensor& k,
+                               const Tensor& v, const Tensor& d_q, const Tensor& d_k,
+                               const Tensor& d_v, Run&& run) {
+  const Tensor dq = ContiguousOutput(ctx, d_q), dk = ContiguousOutput(ctx, d_k),
+               dv = ContiguousOutput(ctx, d_v);
+  run(ContiguousHeads(ctx, q), ContiguousHeads(ctx, k), ContiguousHeads(ctx, v), dq, dk, dv);
+  CopyHeadsBack(ctx, dq, d_q);
+  CopyHeadsBack(ctx, dk, d_k);
+  CopyHeadsBack(ctx, dv, d_v);
+}
+
 }  // namespace scalemoe

@@ -179,13 +179,12 @@ void CausalAttentionBackward(const ExecContext& ctx, const Tensor& q, const Tens
                              const Tensor& d_out, const Tensor& d_q, const Tensor& d_k,
                              const Tensor& d_v, const AttentionOptions& options) {
   if (!Contiguous({&q, &k, &v, &d_q, &d_k, &d_v})) {
-    const Tensor dq = ContiguousOutput(ctx, d_q), dk = ContiguousOutput(ctx, d_k),
-                 dv = ContiguousOutput(ctx, d_v);
-    cpu::CausalAttentionBackward(ctx, ContiguousHeads(ctx, q), ContiguousHeads(ctx, k),
-                                 ContiguousHeads(ctx, v), out, lse, d_out, dq, dk, dv, options);
-    CopyHeadsBack(ctx, dq, d_q);
-    CopyHeadsBack(ctx, dk, d_k);
-    CopyHeadsBack(ctx, dv, d_v);
+    BackwardOnContiguousHeads(ctx, q, k, v, d_q, d_k, d_v,
+                              [&](const Tensor& q2, const Tensor& k2, const Tensor& v2,
+                                  const Tensor& dq, const Tensor& dk, const Tensor& dv) {
+                                cpu::CausalAttentionBackward(ctx, q2, k2, v2, out, lse, d_out, dq,
+                                                             dk, dv, options);
+                              });
     return;
   }
   const char* op = "CausalAttentionBackward";
