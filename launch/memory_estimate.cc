@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_format.h"
 #include "core/ops.h"
+#include "norm/scale_options.h"
 #include "parallel/pipeline_executor.h"
 #include "parallel/pipeline_schedule.h"
 
@@ -201,6 +202,25 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
       "attention log-sum-exp",
       absl::StrCat(Num(kept_layers), " layers x ", batch, " x model.num_heads=", Num(s.H), tp_text),
       kept_layers * tokens * s.H / s.tp, act);
+  // The per-head norms (DNP, QK-norm; model/attention.h) keep their input,
+  // and one rstd a head row: in fp32, or in bf16 under BF16 with
+  // train.fp32_head_norm_input off where they run as one op (a γ, head dims
+  // up to 256; else they keep their fp32 normalized rows).
+  const ScaleOptions so(cfg.scale_vectors());
+  const bool qk_norm = cfg.model().qk_norm();
+  const double normed_heads =
+      (so.NormalizedOutput(config::ScaleVectorConfig::Q) || qk_norm ? s.H : 0) +
+      (so.NormalizedOutput(config::ScaleVectorConfig::K) || qk_norm ? s.KV : 0) +
+      (so.NormalizedOutput(config::ScaleVectorConfig::V) ? s.KV : 0);
+  if (normed_heads > 0) {
+    const bool one_op = !so.none() && s.D <= ops::kScaledRmsNormalizeMaxDim;
+    const double input_bytes = bf16 && one_op && !cfg.train().fp32_head_norm_input() ? 2 : 4;
+    add_acts("per-head norms' inputs",
+             absl::StrCat(Num(kept_layers), " layers x ", batch, " x ", Num(normed_heads),
+                          " normed heads (DNP, model.qk_norm)", tp_text, " x (head dim ", Num(s.D),
+                          " x ", Num(input_bytes), " + 4 bytes: train.fp32_head_norm_input)"),
+             kept_layers * tokens * normed_heads / s.tp * (s.D * input_bytes + 4), 1);
+  }
   // Values per token and layer, weighted by their bytes relative to fp32.
   const double ffn = ffn_act / act;
   const double per_token =
