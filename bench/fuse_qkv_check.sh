@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
 . bench/kernel_check_util.sh
 tests='core_cuda_norm_rope|core_cuda_copy_heads|core_head_rows|core_cuda_moe_index'
-build_and_test fuse_qkv "^($tests|core_cuda_moe_index_radix)_test\$" \
+build_and_test fuse_qkv "^($tests|core_cuda_moe_index_counting)_test\$" \
   core_cuda_norm_rope_test core_cuda_copy_heads_test core_head_rows_test \
   core_cuda_attention_tc_test core_cuda_moe_index_test model_cuda_model_test train_step_bench
 # The attention on head-row slices: mma.sync (its strided kernels), with

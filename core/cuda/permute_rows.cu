@@ -7,14 +7,15 @@
 // DeviceRadixSort, LSD and stable; its scratch from ctx.Empty) of
 // (key, flat index) pairs, so equal keys keep index order exactly like the
 // CPU's counting sort and stable_sort:
-// - SortByExpert is a counting sort over E + 1 bins (the experts, then the
+// - SortByExpert sorts the kept slots by expert with CUB (dropped ones
+//   last), and counts[e] are two binary searches in the sorted keys. Under
+//   SCALEMOE_SORT_BY_EXPERT=counting (not yet run on a GPU, so not the
+//   default) it is a counting sort over E + 1 bins (the experts, then the
 //   dropped slots) for E <= kCountingSortMaxExperts: per tile of slots a
 //   histogram, one scan of the (bin, tile) counts in bin-major order, then
 //   each tile places its slots in order (a warp's equal keys ranked by
 //   __match_any_sync, the warps before it by their counts in shared
-//   memory). More experts, or SCALEMOE_SORT_BY_EXPERT=radix, sort the kept
-//   slots by expert with CUB (dropped ones last), and counts[e] are two
-//   binary searches in the sorted keys. Both give the CPU's stable order.
+//   memory). Both give the CPU's stable order.
 // - CapacityDrop sorts by priority (descending), then stably by expert: a
 //   slot's place in its expert's run is its rank, ties to the earlier slot.
 // - ScatterAddRows sorts the rows by destination, and each destination row
@@ -454,8 +455,8 @@ void SortByExpert(const ExecContext& ctx, const Tensor& expert_ids, const Tensor
                op, ": ids ", expert_ids.DebugString(), " kept ", kept.DebugString(), " perm_slot ",
                perm_slot.DebugString(), " counts ", counts.DebugString());
   SM_CHECK_MSG(m <= INT32_MAX, op, ": ", m, " slots do not fit perm_slot's i32 values");
-  static const bool radix = EnvEquals("SCALEMOE_SORT_BY_EXPERT", "radix");
-  if (m > 0 && num_experts <= kCountingSortMaxExperts && !radix) {
+  static const bool counting = EnvEquals("SCALEMOE_SORT_BY_EXPERT", "counting");
+  if (m > 0 && num_experts <= kCountingSortMaxExperts && counting) {
     SortByExpertCounting(ctx, op, expert_ids, kept, num_experts, perm_slot, counts);
     return;
   }

@@ -66,8 +66,9 @@ Tensor CpuSlotRow(const ExecContext& cpu, const RouteShape& s, int drop, uint64_
 class CudaMoeIndexTest : public testing::CudaMoeOpTest {};
 
 // The shapes of the other ops, and for the counting sort's tiles (1024
-// slots) many of them, a partial last one, 1024 experts (its most) and
-// 1500 (the radix path's).
+// slots; SCALEMOE_SORT_BY_EXPERT=counting, core_cuda_moe_index_counting_test)
+// many of them, a partial last one, 1024 experts (its most) and 1500 (which
+// it leaves to the radix sort).
 TEST_F(CudaMoeIndexTest, SortByExpertIsStableLikeCpu) {
   uint64_t seed = 1;
   std::vector<RouteShape> shapes = RouteShapes();
