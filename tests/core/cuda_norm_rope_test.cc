@@ -640,7 +640,7 @@ TEST_F(CudaNormRopeTest, ScaledRmsNormalizeOnTokenStridedRowsIsTheContiguousBits
       Heads(2, 5, 8, 4, 2, 64, 1),  // off a 16-byte boundary
       Heads(1, 7, 4, 2, 1, 256),    // several packs a lane
       Heads(4, 512, 8, 4, 2, 64),   // many blocks of d_gamma partials
-      Columns(300, 67, 5, 64),      // [R, D] at a stride off the pack
+      Columns(300, 71, 5, 64),      // [R, D] at a stride off the pack
       Columns(300, 192, 64, 64),    // ... and on it
       Rank3Heads(6, 8, 2, 3, 64),   // [tokens, H, D]
   };
