@@ -88,15 +88,31 @@ SM_LANE_FN float LaneRowMax(const float (&s)[kN8][4], int half) {
   return m;
 }
 
-// s <- exp2(s − m) on row half `half`; returns this lane's sum of them.
+// 2^x. On the GPU the bare MUFU instruction (ex2.approx.ftz): exp2f adds
+// three instructions a call to return results below 2^-126 as subnormals,
+// and a probability that small adds nothing to a bf16 P or an f32 row sum
+// (FlashAttention builds with fast math for the same instruction).
+SM_LANE_FN float Exp2(float x) {
+#if defined(__CUDA_ARCH__)
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+#else
+  return std::exp2(x);
+#endif
+}
+
+// s <- exp2(s · scale − m) on row half `half` (s raw Q Kᵀ, masked to −inf;
+// scale and m in log2 units: one FFMA an element instead of a scaling pass
+// and a subtraction); returns this lane's sum of them.
 template <int kN8>
-SM_LANE_FN float ExpRow(float (&s)[kN8][4], int half, float m) {
+SM_LANE_FN float ExpRow(float (&s)[kN8][4], int half, float scale, float m) {
   float sum = 0.0f;
   SM_LANE_UNROLL
   for (int j = 0; j < kN8; ++j) {
     SM_LANE_UNROLL
     for (int e = 2 * half; e < 2 * half + 2; ++e) {
-      s[j][e] = exp2f(s[j][e] - m);
+      s[j][e] = Exp2(std::fma(s[j][e], scale, -m));
       sum += s[j][e];
     }
   }
@@ -104,29 +120,30 @@ SM_LANE_FN float ExpRow(float (&s)[kN8][4], int half, float m) {
 }
 
 // One online-softmax step of a row: the running max m and lane-partial sum
-// l take a tile whose (quad-reduced) max is tile_max; returns the factor the
+// l take a tile whose (quad-reduced) max is tile_max (log2 units, the raw
+// max times the scale: the scale is positive); returns the factor the
 // row's earlier sum and output are scaled by. Every row sees key 0 in its
 // first tile, so m is finite after it and exp2(−inf − m) = 0 the first time.
 SM_LANE_FN float OnlineStep(float& m, float& l, float tile_max) {
   const float m_new = fmaxf(m, tile_max);
-  const float factor = exp2f(m - m_new);
+  const float factor = Exp2(m - m_new);
   m = m_new;
   l *= factor;
   return factor;
 }
 
-// The backward's element-wise step on S (log2 units, masked) and dP:
-// s <- P = exp2(s − lse·log2 e), dp <- dS = P ⊙ (dP − D). Rows past T carry
-// lse = +inf, so their P is 0 without a mask.
+// The backward's element-wise step on S (raw Q Kᵀ, masked to −inf) and dP:
+// s <- P = exp2(s · scale − lse·log2 e), dp <- dS = P ⊙ (dP − D), scale in
+// log2 units. Rows past T carry lse = +inf, so their P is 0 without a mask.
 // Statistics per row (S = Q Kᵀ, the d_q pass): lse2[CHalf(i)], di[CHalf(i)].
 template <int kN8>
-SM_LANE_FN void GradRows(float (&s)[kN8][4], float (&dp)[kN8][4], const float (&lse2)[2],
-                         const float (&di)[2]) {
+SM_LANE_FN void GradRows(float (&s)[kN8][4], float (&dp)[kN8][4], float scale,
+                         const float (&lse2)[2], const float (&di)[2]) {
   SM_LANE_UNROLL
   for (int j = 0; j < kN8; ++j) {
     SM_LANE_UNROLL
     for (int i = 0; i < 4; ++i) {
-      s[j][i] = exp2f(s[j][i] - lse2[CHalf(i)]);
+      s[j][i] = Exp2(std::fma(s[j][i], scale, -lse2[CHalf(i)]));
       dp[j][i] = s[j][i] * (dp[j][i] - di[CHalf(i)]);
     }
   }
@@ -134,14 +151,14 @@ SM_LANE_FN void GradRows(float (&s)[kN8][4], float (&dp)[kN8][4], const float (&
 // Statistics per column (Sᵀ = K Qᵀ, the d_k/d_v pass): columns col0 + ...
 // of a tile's lse2[] and di[].
 template <int kN8>
-SM_LANE_FN void GradColumns(float (&s)[kN8][4], float (&dp)[kN8][4], int lane, int col0,
-                            const float* lse2, const float* di) {
+SM_LANE_FN void GradColumns(float (&s)[kN8][4], float (&dp)[kN8][4], float scale, int lane,
+                            int col0, const float* lse2, const float* di) {
   SM_LANE_UNROLL
   for (int j = 0; j < kN8; ++j) {
     SM_LANE_UNROLL
     for (int i = 0; i < 4; ++i) {
       const int col = col0 + 8 * j + CCol(lane, i);
-      s[j][i] = exp2f(s[j][i] - lse2[col]);
+      s[j][i] = Exp2(std::fma(s[j][i], scale, -lse2[col]));
       dp[j][i] = s[j][i] * (dp[j][i] - di[col]);
     }
   }

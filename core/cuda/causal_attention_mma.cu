@@ -133,15 +133,6 @@ __device__ __forceinline__ void Zero(float (&c)[kN][4]) {
     for (int i = 0; i < 4; ++i) c[n][i] = 0.0f;
   }
 }
-template <int kN>
-__device__ __forceinline__ void Scale(float (&c)[kN][4], float factor) {
-#pragma unroll
-  for (int n = 0; n < kN; ++n) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) c[n][i] *= factor;
-  }
-}
-
 // A warp's 16 x D accumulators, row half h times factor[h], into rows
 // [first, first + 16) of a head (rows `stride` elements apart; rows at or
 // past `limit` skipped).
@@ -264,7 +255,8 @@ __global__ void __launch_bounds__(kFwdThreads<kRows>, kMinBlocks<D>)
     __syncthreads();
     const bf16* k_s = stages + 2 * stage * R::kElems;
     const bf16* v_s = k_s + R::kElems;
-    // S = Q Kᵀ (16 x kTile per row block), in log2 units.
+    // S = Q Kᵀ (16 x kTile per row block), unscaled: the scale is folded
+    // into the exponent (ml::ExpRow).
     float s[kRows][kN8][4];
 #pragma unroll
     for (int r = 0; r < kRows; ++r) Zero(s[r]);
@@ -280,16 +272,15 @@ __global__ void __launch_bounds__(kFwdThreads<kRows>, kMinBlocks<D>)
     }
 #pragma unroll
     for (int r = 0; r < kRows; ++r) {
-      Scale(s[r], scale_log2);
       if (ml::TileNeedsMask(tile, j)) {
         ml::MaskTile<false>(s[r], lane, row0 + 16 * r, static_cast<int64_t>(j) * kTile, d.t);
       }
       // The online softmax step: s becomes P, o and l are rescaled.
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const float factor =
-            ml::OnlineStep(m[r][half], l[r][half], QuadMax(ml::LaneRowMax(s[r], half)));
-        l[r][half] += ml::ExpRow(s[r], half, m[r][half]);
+        const float factor = ml::OnlineStep(m[r][half], l[r][half],
+                                            QuadMax(ml::LaneRowMax(s[r], half)) * scale_log2);
+        l[r][half] += ml::ExpRow(s[r], half, scale_log2, m[r][half]);
 #pragma unroll
         for (int n = 0; n < D / 8; ++n) {
           o[r][n][2 * half] *= factor;
@@ -469,9 +460,8 @@ __global__ void __launch_bounds__(kThreads, kKvMinBlocks<D>)
           MmaPair(dpt, 0, va, dob);
         }
       }
-      Scale(st, scale_log2);
       if (mask) ml::MaskTile<true>(st, lane, key0, static_cast<int64_t>(qt) * kTile + c * 16, d.t);
-      ml::GradColumns(st, dpt, lane, c * 16, lse2_s, di_s);  // Pᵀ, dSᵀ
+      ml::GradColumns(st, dpt, scale_log2, lane, c * 16, lse2_s, di_s);  // Pᵀ, dSᵀ
       unsigned pa[4], dsa[4];
       CToA(pa, st, 0);
       CToA(dsa, dpt, 0);
@@ -580,9 +570,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<D>)
         MmaPair(s, 0, qf[kk], kb);
         MmaPair(dp, 0, dof[kk], vb);
       }
-      Scale(s, scale_log2);
       if (mask) ml::MaskTile<false>(s, lane, row0, static_cast<int64_t>(j) * kTile + c * 16, d.t);
-      ml::GradRows(s, dp, lse2, di);  // P, dS
+      ml::GradRows(s, dp, scale_log2, lse2, di);  // P, dS
       unsigned dsa[4];
       CToA(dsa, dp, 0);
       // dQ += dS K over these 16 keys (the scale at the end).

@@ -278,11 +278,13 @@ TEST(AttentionMmaLaneTest, CToARepackingFeedsPV) {
 }
 
 // The forward's softmax for one warp's 16 queries (first query row0) over
-// key tiles 0..query tile: scores (log2 units) straight into C fragments,
+// key tiles 0..query tile: raw scores straight into C fragments, the scale
+// (log2 units) folded into the exponent,
 // the kernel's step order, P V through C -> A; against a direct softmax in
 // double over the visible keys.
 void ExpectOnlineSoftmaxMatches(int64_t t_len, int64_t row0, uint32_t seed) {
   constexpr int kTile = 64, kN8 = kTile / 8, kD = 16, kLd = kD + 8;
+  constexpr float kScale = 0.3f;  // log2 units, as the kernels' scale_log2
   const int query_tile = static_cast<int>(row0 / kTile);
   const int keys = (query_tile + 1) * kTile;
   std::mt19937 rng(seed);
@@ -312,10 +314,11 @@ void ExpectOnlineSoftmaxMatches(int64_t t_len, int64_t row0, uint32_t seed) {
         mx[t] = LaneRowMax(s[t].v, half);
       }
       QuadReduce(mx, /*max=*/true);
+      for (float& x : mx) x *= kScale;
       for (int t = 0; t < kLanes; ++t) {
         float(&st)[kN8][4] = s[t].v;
         const float factor = OnlineStep(m[t][half], l[t][half], mx[t]);
-        l[t][half] += ExpRow(st, half, m[t][half]);
+        l[t][half] += ExpRow(st, half, kScale, m[t][half]);
         for (auto& blk : o) {
           blk[t][2 * half] *= factor;
           blk[t][2 * half + 1] *= factor;
@@ -353,11 +356,13 @@ void ExpectOnlineSoftmaxMatches(int64_t t_len, int64_t row0, uint32_t seed) {
       ASSERT_TRUE(std::isfinite(lsum[half][t]) && lsum[half][t] > 0) << "row " << query;
       if (query >= t_len) continue;  // not written by the kernel
       double mx = -INFINITY;
-      for (int key = 0; key <= query; ++key) mx = std::fmax(mx, s_all[r * keys + key]);
+      for (int key = 0; key <= query; ++key) {
+        mx = std::fmax(mx, double{kScale} * s_all[r * keys + key]);
+      }
       double sum = 0;
       std::vector<double> want(kD, 0.0);
       for (int key = 0; key <= query; ++key) {
-        const double p = std::exp2(s_all[r * keys + key] - mx);
+        const double p = std::exp2(double{kScale} * s_all[r * keys + key] - mx);
         sum += p;
         for (int c = 0; c < kD; ++c) want[c] += p * v[key * kLd + c];
       }
@@ -462,11 +467,8 @@ void ExpectBackwardKvMatches(int64_t t_len, int kt, int qt, int warp, uint32_t s
     }
     std::vector<Lane2> s = ToLanes(st), dp = ToLanes(dpt);
     for (int t = 0; t < kLanes; ++t) {
-      for (auto& blk : s[t].v) {
-        for (float& x : blk) x *= scale_log2;
-      }
       if (TileNeedsMask(qt, kt)) MaskTile<true>(s[t].v, t, key0, t0 + c * 16, t_len);
-      GradColumns(s[t].v, dp[t].v, t, c * 16, q.lse2.data(), q.di.data());
+      GradColumns(s[t].v, dp[t].v, scale_log2, t, c * 16, q.lse2.data(), q.di.data());
     }
     const RegsA pa = CToARegs(FromLanes(s), 0), dsa = CToARegs(FromLanes(dp), 0);
     for (int nb = 0; nb < kBwdD / 16; ++nb) {
@@ -542,11 +544,8 @@ void ExpectBackwardQMatches(int64_t t_len, int qt, int kt, int warp, uint32_t se
         lse2[half] = q.lse2[r];
         di[half] = q.di[r];
       }
-      for (auto& blk : s[t].v) {
-        for (float& x : blk) x *= scale_log2;
-      }
       if (TileNeedsMask(qt, kt)) MaskTile<false>(s[t].v, t, row0, k0 + c * 16, t_len);
-      GradRows(s[t].v, dp[t].v, lse2, di);
+      GradRows(s[t].v, dp[t].v, scale_log2, lse2, di);
     }
     const RegsA dsa = CToARegs(FromLanes(dp), 0);
     for (int nb = 0; nb < kBwdD / 16; ++nb) {
