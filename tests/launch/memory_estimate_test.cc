@@ -228,10 +228,10 @@ TEST(MemoryEstimateTest, TheBf16ResidualStreamHalvesTheStreamsActivations) {
 
 // The per-head norms (DNP, QK-norm) keep their input and an rstd a head
 // row: gpu_moe_125m's unified strategy normalizes q and k (12 + 12 heads
-// of 64) in 12 layers, at fp32 input 4 bytes an element, at bf16 input
-// (train.fp32_head_norm_input off) 2 — the difference the CPU's allocator
-// measured (bench/RESULTS.md, Dec 5). The shared-γ baseline has none, and
-// model.qk_norm brings them back.
+// of 64) in 12 layers, at bf16 input (the preset's
+// train.fp32_head_norm_input: false) 2 bytes an element, at fp32 input 4 —
+// the difference the CPU's allocator measured (bench/RESULTS.md, Dec 5).
+// The shared-γ baseline has none, and model.qk_norm brings them back.
 TEST(MemoryEstimateTest, ThePerHeadNormsInputsAreCountedInTheirDtype) {
   const std::vector<std::string> shape = {"train.micro_batch_size=8", "train.global_batch_size=8"};
   const std::vector<std::string> baseline = {
@@ -247,12 +247,13 @@ TEST(MemoryEstimateTest, ThePerHeadNormsInputsAreCountedInTheirDtype) {
     return bytes;
   };
   const double rows = 12.0 * 8 * 1024 * (12 + 12);  // layers x tokens x normed heads
-  EXPECT_EQ(norm_bytes({}), rows * (64 * 4 + 4));
-  EXPECT_EQ(norm_bytes({"train.fp32_head_norm_input=false"}), rows * (64 * 2 + 4));
-  EXPECT_EQ(norm_bytes(With({"train.fp32_head_norm_input=false"}, {"train.precision=FP32"})),
-            rows * (64 * 4 + 4));
+  EXPECT_EQ(norm_bytes({}), rows * (64 * 2 + 4));
+  EXPECT_EQ(norm_bytes({"train.fp32_head_norm_input=true"}), rows * (64 * 4 + 4));
+  EXPECT_EQ(norm_bytes({"train.precision=FP32"}), rows * (64 * 4 + 4));
   EXPECT_EQ(norm_bytes(baseline), 0);
-  EXPECT_EQ(norm_bytes(With(baseline, {"model.qk_norm=true"})), rows * (64 * 4 + 4));
+  EXPECT_EQ(norm_bytes(With(baseline, {"model.qk_norm=true"})), rows * (64 * 2 + 4));
+  EXPECT_EQ(norm_bytes(With(baseline, {"model.qk_norm=true", "train.fp32_head_norm_input=true"})),
+            rows * (64 * 4 + 4));
 }
 
 // The GPU attention backward's dSᵀ scratch (core/ops.h): per sequence and
