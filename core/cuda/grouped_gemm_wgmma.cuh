@@ -34,14 +34,6 @@ template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
                 const char* op);
 
-// The same on the ping-pong kernel (core/cuda/grouped_gemm_wgmma_pingpong.cu;
-// RunWgmmaWs calls it under SCALEMOE_GROUPED_GEMM_WS_SCHEDULE=pingpong or
-// pingpong_all); false when it cannot run, having done nothing. staged:
-// the epilogue through shared memory (RunWgmmaWs's choice).
-template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
-bool RunWgmmaPingpong(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
-                      bool staged, const char* op);
-
 // The row tile every GroupedGemm kernel on tensor cores uses.
 constexpr int kWgmmaTileM = 128;
 

@@ -19,8 +19,7 @@ namespace {
 constexpr int kTileM = kWgmmaTileM, kTileK = 64;
 
 // A kernel configuration: the output tile's width and the ring's stages,
-// and the rows of a stage's A tile (the ping-pong kernel's are 64: each
-// multiplying warpgroup has tiles of its own, grouped_gemm_wgmma_pingpong.cu).
+// and the rows of a stage's A tile.
 // Measured on the H200 and not kept (bench/RESULTS.md): 128 x 128 tiles with
 // 3 stages and two blocks per SM, and persistent blocks whose every thread
 // both loaded and multiplied, one ring across their tiles (slower on

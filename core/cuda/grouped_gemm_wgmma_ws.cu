@@ -144,23 +144,11 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
                 const char* op) {
-  // SCALEMOE_GROUPED_GEMM_WS_SCHEDULE=pingpong runs the weight gradients on
-  // the ping-pong kernel (grouped_gemm_wgmma_pingpong.cu: each multiplying
-  // warpgroup stores its own tiles while the other multiplies), and
-  // =pingpong_all every product (A/B timings, bench/grouped_gemm_check.sh).
-  // The epilogue through shared memory (both schedules), unless
+  // The epilogue through shared memory, unless
   // SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct stores from the registers (A/B
   // timings; bench/grouped_gemm_check.sh): staged was 1.05-1.44x faster on
   // every expert shape on the H200 (bench/RESULTS.md).
   static const bool staged = !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
-  static const bool pingpong_all = EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong_all");
-  static const bool pingpong =
-      pingpong_all || EnvEquals("SCALEMOE_GROUPED_GEMM_WS_SCHEDULE", "pingpong");
-  if ((kWeightGrad ? pingpong : pingpong_all) &&
-      RunWgmmaPingpong<OutT, kAKMajor, kBKMajor, kWeightGrad>(ctx, p, row_tiles, groups, staged,
-                                                              op)) {
-    return true;
-  }
   if (staged) {
     if (p.n > 128) {
       return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, WideStaged, true>(ctx, p, row_tiles,

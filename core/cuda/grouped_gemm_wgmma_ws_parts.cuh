@@ -1,10 +1,9 @@
-// What the grouped GEMMs' two warp-specialized wgmma kernels share (sm_90a;
-// core/cuda/grouped_gemm_wgmma_ws.cu, whose multipliers share each tile,
-// and core/cuda/grouped_gemm_wgmma_pingpong.cu, whose multipliers take
-// alternate tiles): the block's warpgroups and their register hand-over,
-// the loaders' operand streams, the epilogue staged through shared memory
-// and the walk over the launch's tiles. Included by those two files only
-// (anonymous namespace).
+// The parts of the grouped GEMMs' persistent warp-specialized wgmma kernel
+// (sm_90a; core/cuda/grouped_gemm_wgmma_ws.cu, whose two multiplying
+// warpgroups share each tile): the block's warpgroups and their register
+// hand-over, the loaders' operand streams, the epilogue staged through
+// shared memory and the walk over the launch's tiles. Included by that
+// file only (anonymous namespace).
 #pragma once
 
 #include "core/cuda/grouped_gemm_wgmma_tiles.cuh"
@@ -96,10 +95,7 @@ constexpr int kPassPitch = kPassCols + 8;
 // each thread stores 16-byte runs of a row, as the block-per-tile kernel's
 // staged epilogue does (the weight gradients' beta = 1 loads then batch as
 // runs too). Where c's rows are not 16-byte aligned, the direct store.
-// kUnrollBatches: unroll the loop over a pass's batches (the ping-pong
-// kernel's 64-column passes spill registers without; the cooperative
-// kernel keeps the compiler's choice, the code that was measured).
-template <typename OutT, int kTileN, int kPassCols, bool kUnrollBatches = false>
+template <typename OutT, int kTileN, int kPassCols>
 __device__ __forceinline__ void StoreTileStaged(const Problem& p, const BlockWork<bf16, OutT>& w,
                                                 int64_t n0, const float (&acc)[kTileN / 2],
                                                 int row_block, int warpgroup, float* buf) {
@@ -142,12 +138,7 @@ __device__ __forceinline__ void StoreTileStaged(const Problem& p, const BlockWor
         if (dst[i]) StoreVec16(dst[i], buf + row * kPitch + col, p.beta, old[i]);
       }
     };
-    if constexpr (kUnrollBatches) {
-#pragma unroll
-      for (int b0 = 0; b0 < kPerThread; b0 += kBatch) batch(b0);
-    } else {
-      for (int b0 = 0; b0 < kPerThread; b0 += kBatch) batch(b0);
-    }
+    for (int b0 = 0; b0 < kPerThread; b0 += kBatch) batch(b0);
   }
 }
 

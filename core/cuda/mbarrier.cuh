@@ -60,15 +60,6 @@ struct RingPosition {
   __device__ __forceinline__ void Advance() {
     if (++stage == kStages) stage = 0, parity ^= 1;
   }
-  // Advance() `steps` times at once (steps >= 0): past stages that another
-  // consumer takes. A parity wait cannot tell phase k from k - 2: a skipping
-  // consumer must know the stage's previous phase complete before it waits
-  // (core/cuda/grouped_gemm_wgmma_pingpong.cu's hand-over).
-  __device__ __forceinline__ void Skip(int64_t steps) {
-    const int64_t s = stage + steps;
-    stage = static_cast<int>(s % kStages);
-    parity ^= static_cast<uint32_t>((s / kStages) & 1);
-  }
 };
 
 // Hands registers between a block's warpgroups (sm_90a): producers give

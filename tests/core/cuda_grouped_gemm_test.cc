@@ -8,14 +8,12 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits. The binary is registered seven
+// Every case also runs twice: the same bits. The binary is registered five
 // times (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
 // products on the persistent warp-specialized wgmma kernel, with K-major and
 // MN-major shared tiles, 128 x 256 or 128 x 128 output tiles by the output's
 // width, its epilogue through shared memory), the same storing straight from
-// the registers (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct), its ping-pong
-// schedule for the weight gradients (SCALEMOE_GROUPED_GEMM_WS_SCHEDULE=pingpong)
-// and for every product (=pingpong_all), the block-per-tile wgmma kernel
+// the registers (SCALEMOE_GROUPED_GEMM_WS_EPILOGUE=direct), the block-per-tile wgmma kernel
 // (SCALEMOE_GROUPED_GEMM=tile; stores through shared memory where c's rows are 16-byte aligned),
 // the same storing straight from the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and
 // everything on mma.sync (SCALEMOE_GROUPED_GEMM=mma).
@@ -48,9 +46,8 @@ std::vector<Case> Cases() {
   std::vector<int64_t> many(64);
   for (int g = 0; g < 64; ++g) many[g] = (g * 37) % 23;  // zeros among them
   // Weight gradients of more output tiles than twice an H200's 132 SMs, so
-  // that every persistent block walks several, some an odd number (the
-  // ping-pong kernel's second warpgroup gets tiles, and its ring wraps
-  // across both warpgroups' tiles): 100 groups of 0 to 70 rows (reductions
+  // that every persistent block walks several, some an odd number, its ring
+  // wrapping across tiles: 100 groups of 0 to 70 rows (reductions
   // of 0, 1 and 2 k steps; 500 tiles of 64 x 256), and 80 of 0 to 149 (up
   // to 3 k steps; 320 tiles of 64 x 128). The forward x·Wᵀ has 212 and
   // 132 tiles of 64 rows.
@@ -81,10 +78,9 @@ std::vector<Case> Cases() {
       {"both_wgmma_kernels", {300, 0, 517}, 520, 136, 4, 0},
       {"many_tiles_wide", tiles_wide, 264, 136},
       {"many_tiles_narrow", tiles_narrow, 200, 120, 5, 3},
-      // ... and with reductions of 5 to 8 k steps, more than the ping-pong
-      // ring's 4 stages: the weight gradient's 270 tiles of 64 x 256 (27 a
-      // group) give every block two or three, so a warpgroup skips more
-      // stages than the ring holds (the hand-over's case).
+      // ... and with reductions of 5 to 8 k steps, more than a ring of 4
+      // stages, over several tiles a block: the weight gradient's 270
+      // tiles of 64 x 256 (27 a group) give every block two or three.
       {"long_reductions_many_tiles", {260, 0, 333, 512, 300, 277, 450, 0, 389, 301}, 576, 768},
   };
 }

@@ -1,7 +1,6 @@
 # Compiles the grouped GEMM's wgmma kernels (core/cuda/grouped_gemm_wgmma.cu
-# and the warp-specialized grouped_gemm_wgmma_ws.cu and
-# grouped_gemm_wgmma_pingpong.cu) for sm_90a with ptxas'
-# report on, and fails when ptxas says it serialized wgmma instructions
+# and the warp-specialized grouped_gemm_wgmma_ws.cu) for sm_90a with
+# ptxas' report on, and fails when ptxas says it serialized wgmma instructions
 # (C7515: "wgmma.mma_async instructions are serialized ..."), which silently
 # costs the grouped GEMMs their pipelining, or when a kernel spills (the
 # warp-specialized loaders run on 48 registers). No GPU needed: the
@@ -15,7 +14,7 @@ foreach(dir IN LISTS includes)
   endif()
 endforeach()
 set(total 0)
-foreach(file grouped_gemm_wgmma.cu grouped_gemm_wgmma_ws.cu grouped_gemm_wgmma_pingpong.cu)
+foreach(file grouped_gemm_wgmma.cu grouped_gemm_wgmma_ws.cu)
   execute_process(
     COMMAND "${NVCC}" -std=c++17 -O3 -DNDEBUG -DSCALEMOE_CUDA=1 -DSCALEMOE_HAVE_SM90A=1
             "--generate-code=arch=compute_90a,code=[sm_90a]" -Xptxas -v "-I${SOURCE_DIR}"
