@@ -18,6 +18,7 @@
 // with bench/torch_matmul_bench.py's):
 //   case dtype form batch m n k ms tflops
 // usage: cuda_gemm_bench            time every case
+//        cuda_gemm_bench PREFIX     time the cases whose name starts with PREFIX
 //        cuda_gemm_bench --list     print the cases (name batch tokens in out)
 #include <cuda_runtime.h>
 
@@ -52,6 +53,8 @@ constexpr BenchCase kCases[] = {
     {"dense_up_64e", 1, 8192, 768, 2048},   // layer 0's gate/up
     {"dense_down_64e", 1, 8192, 2048, 768},
     {"lm_head", 1, 8192, 768, 32768},       // vocab 32768
+    {"router_125m", 1, 8192, 768, 16},      // 16 experts (the router stays f32)
+    {"router_64e", 1, 8192, 768, 64},       // 64 experts
     {"experts_up_125m", 16, 1024, 768, 1280},   // 16 experts, top-2
     {"experts_down_125m", 16, 1024, 1280, 768},
     {"experts_up_64e", 64, 1024, 768, 256},     // 64 experts, top-8
@@ -163,8 +166,10 @@ int Main(int argc, char** argv) {
   }
   StatusOr<ExecContext> ctx = ExecContext::Cuda(0);
   Check(ctx.status(), "ExecContext::Cuda(0)");
+  const std::string prefix = argc > 1 ? argv[1] : "";
   std::printf("case\tdtype\tform\tbatch\tm\tn\tk\tms\ttflops\n");
   for (const BenchCase& bc : kCases) {
+    if (std::string(bc.name).rfind(prefix, 0) != 0) continue;
     for (DType dtype : {DType::kBF16, DType::kF32}) {
       for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd,
                         Form::kGroupedDgrad, Form::kGroupedWgrad}) {

@@ -1,6 +1,7 @@
 # Sourced by the one-call kernel checks (bench/attention_mma_check.sh,
-# bench/grouped_gemm_check.sh): the build of their targets and the run of
-# their GPU parity tests, which must pass, not skip. Sets `status` (0 or 1)
+# bench/grouped_gemm_check.sh, bench/skinny_gemm_check.sh): the build of
+# their targets and the run of their GPU parity tests, which must pass, not
+# skip. Sets `status` (0 or 1)
 # and exits on a build error. Needs `build` (an already configured CUDA tree).
 
 # build_and_test NAME TEST_REGEX TARGET...: logs in $build/NAME_{build,ctest}.log.

@@ -14,7 +14,8 @@
 // the context's CudaLibraries per (dtypes, transposes, M, N, K, batch,
 // shared operands, pointer alignments); the workspace comes from
 // ctx.Workspace. Nothing here synchronises or allocates after the first call
-// with a shape.
+// with a shape. Under SCALEMOE_SKINNY_GEMM=1, f32 products with a side of at
+// most 64 run on core/cuda/skinny_gemm.cu's kernels instead.
 #include <cublasLt.h>
 #include <cuda_runtime.h>
 
@@ -28,6 +29,7 @@
 #include "core/cuda/cublaslt_api.h"
 #include "core/cuda/cuda_libraries.h"
 #include "core/cuda/cuda_ops.h"
+#include "core/cuda/skinny_gemm.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -300,6 +302,7 @@ void Gemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const Tensor
     }
     return;
   }
+  if (SkinnyGemm(ctx, a, b, c, o)) return;  // opt-in: SCALEMOE_SKINNY_GEMM=1
   const Status st = RunGemm(ctx, a, b, c, o, s);
   if (!st.ok()) {
     ctx.Fail(absl::Status(

@@ -3,13 +3,18 @@
 // shared), every transpose combination, alpha/beta (beta = 0 on a
 // NaN-poisoned c), 1-row and 1-column products, K not a multiple of 8,
 // empty dimensions, unaligned views; f32 (exact, no TF32), f64, bf16 -> bf16
-// and bf16 -> f32. References: f64 math on the same inputs for f32, f64 and
-// bf16 -> f32 outputs; the CPU bf16 path for bf16 outputs.
+// and bf16 -> f32; the f32 products with a side of at most 64 that
+// core/cuda/skinny_gemm.cu takes (the binary is registered again as
+// core_cuda_gemm_skinny_test with SCALEMOE_SKINNY_GEMM=1: every case it
+// takes then runs on its kernels). References: f64 math on the same inputs
+// for f32, f64 and bf16 -> f32 outputs; the CPU bf16 path for bf16 outputs.
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "core/cuda/cuda_libraries.h"
+#include "core/cuda/skinny_gemm.h"
 #include "tests/core/cuda_test_util.h"
 
 namespace scalemoe {
@@ -97,6 +102,45 @@ TEST_F(CudaGemmTest, TwoDimensionalMatchesCpuForEveryDtypeAndTranspose) {
         }
       }
     }
+  }
+}
+
+// The router's backward (16 or 64 experts over hidden 768; tokens cut to
+// 2,048 here) and the edges of the skinny kernels' tiles: M, K or N not a
+// multiple of 4, 16, 64, a K split into slices of unequal length. Under
+// SCALEMOE_SKINNY_GEMM=1 every case runs on those kernels (SkinnyGemmTakes),
+// else on cuBLASLt.
+TEST_F(CudaGemmTest, SkinnyF32ProductsMatchCpu) {
+  if (std::getenv("SCALEMOE_SKINNY_GEMM") != nullptr) {
+    ASSERT_TRUE(cuda::SkinnyGemmEnabled()) << "SCALEMOE_SKINNY_GEMM set, kernels not enabled";
+  }
+  const DTypes f32{DType::kF32, DType::kF32};
+  // d_W = d_logitsᵀ·x: a [K, M] (trans_a), M <= 64, K >= 512.
+  const std::vector<GemmCase> weight_grads = {
+      {0, 16, 768, 2048}, {0, 64, 768, 2048}, {0, 3, 100, 513},
+      {0, 17, 130, 1000}, {0, 64, 65, 4099},  {0, 1, 8, 512},
+  };
+  // d_x = d_logits·W: a [M, K], K <= 64.
+  const std::vector<GemmCase> data_grads = {
+      {0, 2048, 768, 16}, {0, 2048, 768, 64}, {0, 65, 70, 1},
+      {0, 130, 129, 33},  {0, 1, 4, 64},      {0, 100, 3, 5},
+  };
+  uint64_t seed = 40000;
+  for (const GemmCase& g : weight_grads) {
+    const ops::GemmOptions o{ops::Trans::kYes, ops::Trans::kNo};
+    ASSERT_TRUE(cuda::SkinnyGemmTakes(Tensor::Empty({g.k, g.m}, DType::kF32),
+                                      Tensor::Empty({g.k, g.n}, DType::kF32),
+                                      Tensor::Empty({g.m, g.n}, DType::kF32), o));
+    Check(g, f32, ops::Trans::kYes, ops::Trans::kNo, 1.0, 0.0, ++seed);
+    Check(g, f32, ops::Trans::kYes, ops::Trans::kNo, -0.5, 1.0, ++seed);
+  }
+  for (const GemmCase& g : data_grads) {
+    const ops::GemmOptions o{};
+    ASSERT_TRUE(cuda::SkinnyGemmTakes(Tensor::Empty({g.m, g.k}, DType::kF32),
+                                      Tensor::Empty({g.k, g.n}, DType::kF32),
+                                      Tensor::Empty({g.m, g.n}, DType::kF32), o));
+    Check(g, f32, ops::Trans::kNo, ops::Trans::kNo, 1.0, 0.0, ++seed);
+    Check(g, f32, ops::Trans::kNo, ops::Trans::kNo, 2.0, 0.5, ++seed);
   }
 }
 
