@@ -23,7 +23,9 @@
 namespace scalemoe::cuda {
 namespace {
 
-constexpr int kBlockThreads = 256;
+// Blocks of kernel_util's kThreads (256, as Blocks() counts them): the
+// kernels' thread maps below assume that many.
+static_assert(kThreads == 256, "64 columns x 4 row groups; 16 x 16 tiles of 4 x 4");
 constexpr int kMaxSide = 64;  // the skinny side: M (weight gradient) or K (data gradient)
 constexpr int kWCols = 64;    // weight gradient: output columns a block
 constexpr int kWChunk = 32;   // ... k rows staged at a time
@@ -35,7 +37,7 @@ constexpr int kMinWgradK = 512;
 // k ascending. Thread t: column n0 + t % 64 and kRows consecutive rows from
 // (t / 64)·kRows (4 row groups: M <= 4·kRows).
 template <int kRows>
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     WgradPartialsKernel(int64_t m, int64_t n, int64_t k, int64_t per, const float* __restrict__ a,
                         const float* __restrict__ b, float* __restrict__ part) {
   constexpr int kM = 4 * kRows;
@@ -47,11 +49,11 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int64_t k1 = k0 + per < k ? k0 + per : k;
   float acc[kRows] = {};
   for (int64_t kc = k0; kc < k1; kc += kWChunk) {
-    for (int i = t; i < kWChunk * kM; i += kBlockThreads) {
+    for (int i = t; i < kWChunk * kM; i += kThreads) {
       const int r = i / kM, c = i % kM;
       a_s[r][c] = kc + r < k1 && c < m ? a[(kc + r) * m + c] : 0.0f;
     }
-    for (int i = t; i < kWChunk * kWCols; i += kBlockThreads) {
+    for (int i = t; i < kWChunk * kWCols; i += kThreads) {
       const int r = i / kWCols, c = i % kWCols;
       b_s[r][c] = kc + r < k1 && n0 + c < n ? b[(kc + r) * n + n0 + c] : 0.0f;
     }
@@ -93,7 +95,7 @@ __global__ void WgradFinishKernel(int64_t size, int64_t slices, const float* __r
 // block's 64 rows and 64 columns; thread t: columns 4 (t % 16) .. + 3 and
 // rows 4 (t / 16) .. + 3. a is staged transposed (a_t[k][row]: a thread's
 // four rows one 16-byte load; + 4 keeps the rows 16-byte aligned).
-__global__ void __launch_bounds__(kBlockThreads)
+__global__ void __launch_bounds__(kThreads)
     DgradKernel(int64_t m, int64_t n, int64_t k, const float* __restrict__ a,
                 const float* __restrict__ b, float alpha, float beta, float* __restrict__ c) {
   constexpr int kPitch = kDRows + 4;
@@ -102,11 +104,11 @@ __global__ void __launch_bounds__(kBlockThreads)
   const int t = threadIdx.x, col0 = 4 * (t % 16), row0 = 4 * (t / 16);
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * kDRows;
   const int64_t n0 = static_cast<int64_t>(blockIdx.x) * kDCols;
-  for (int i = t; i < kDRows * kMaxSide; i += kBlockThreads) {
+  for (int i = t; i < kDRows * kMaxSide; i += kThreads) {
     const int r = i / kMaxSide, j = i % kMaxSide;
     a_t[j][r] = m0 + r < m && j < k ? a[(m0 + r) * k + j] : 0.0f;
   }
-  for (int i = t; i < kMaxSide * kDCols; i += kBlockThreads) {
+  for (int i = t; i < kMaxSide * kDCols; i += kThreads) {
     const int r = i / kDCols, j = i % kDCols;
     b_s[r][j] = r < k && n0 + j < n ? b[r * n + n0 + j] : 0.0f;
   }
@@ -169,14 +171,14 @@ bool SkinnyGemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const 
     const Tensor part = ctx.Empty({slices, m, n}, DType::kF32);
     const dim3 grid(static_cast<unsigned>(col_blocks), static_cast<unsigned>(slices));
     if (m <= 16) {
-      WgradPartialsKernel<4><<<grid, kBlockThreads, 0, Stream(ctx)>>>(
+      WgradPartialsKernel<4><<<grid, kThreads, 0, Stream(ctx)>>>(
           m, n, k, per, Ptr<const float>(a), Ptr<const float>(b), Ptr<float>(part));
     } else {
-      WgradPartialsKernel<16><<<grid, kBlockThreads, 0, Stream(ctx)>>>(
+      WgradPartialsKernel<16><<<grid, kThreads, 0, Stream(ctx)>>>(
           m, n, k, per, Ptr<const float>(a), Ptr<const float>(b), Ptr<float>(part));
     }
     SM_CHECK_LAUNCH(ctx, "Gemm", "WgradPartialsKernel");
-    WgradFinishKernel<<<Blocks(m * n), kBlockThreads, 0, Stream(ctx)>>>(
+    WgradFinishKernel<<<Blocks(m * n), kThreads, 0, Stream(ctx)>>>(
         m * n, slices, Ptr<const float>(part), alpha, beta, Ptr<float>(c));
     SM_CHECK_LAUNCH(ctx, "Gemm", "WgradFinishKernel");
     return true;
@@ -184,7 +186,7 @@ bool SkinnyGemm(const ExecContext& ctx, const Tensor& a, const Tensor& b, const 
   const int64_t k = a.dim(1);  // c = a b, a [M, K], b [K, N]
   const dim3 grid(static_cast<unsigned>((n + kDCols - 1) / kDCols),
                   static_cast<unsigned>((m + kDRows - 1) / kDRows));
-  DgradKernel<<<grid, kBlockThreads, 0, Stream(ctx)>>>(
+  DgradKernel<<<grid, kThreads, 0, Stream(ctx)>>>(
       m, n, k, Ptr<const float>(a), Ptr<const float>(b), alpha, beta, Ptr<float>(c));
   SM_CHECK_LAUNCH(ctx, "Gemm", "DgradKernel");
   return true;
