@@ -178,7 +178,8 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // moe/grouped_experts.h, model/attention.h), and so are the residual
   // stream, the norms' outputs and the MoE layer's permuted rows unless
   // train.fp32_residual_connection; the router keeps an fp32 copy of its
-  // input then. Statistics (rstd, log-sum-exp) and the logits are fp32.
+  // input then. Statistics (rstd, log-sum-exp) are fp32, and so are the
+  // logits unless train.fp32_logits is off.
   // Operand copies made per call and released are not counted.
   const bool bf16_stream = bf16 && !cfg.train().fp32_residual_connection();
   const double act = 4, ffn_act = bf16 ? 2 : 4, tokens = s.B * s.T;
@@ -235,16 +236,20 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
                         "train.recompute=",
                         config::TrainConfig::Recompute_Name(cfg.train().recompute()), ")"),
            kept_layers * tokens * per_token + boundaries * tokens * s.C * stream, act);
-  // The logits are fp32; their gradient is bf16 where the head's GEMMs take
-  // it as it is (BF16 on one TP rank, model/model.cc), else fp32: under BF16
-  // with TP the vocab-parallel loss's, which the head copies to bf16.
-  const bool bf16_d_logits = bf16 && s.tp == 1;
+  // The logits are fp32, or bf16 under BF16 with train.fp32_logits off.
+  // Their gradient is bf16 where the head's GEMMs take it as it is (BF16 on
+  // one TP rank, model/model.cc) or the logits are bf16, else fp32: under
+  // BF16 with TP and fp32 logits the vocab-parallel loss's, which the head
+  // copies to bf16.
+  const bool bf16_logits = bf16 && !cfg.train().fp32_logits();
+  const bool bf16_d_logits = bf16 && (s.tp == 1 || bf16_logits);
   const bool d_logits_copy = bf16 && !bf16_d_logits;
+  const double logit_bytes = bf16_logits ? 2 : 4, d_logit_bytes = bf16_d_logits ? 2 : 4;
   add_acts("logits and their gradient",
-           absl::StrCat(
-               batch, " x model.vocab_size=", Num(s.V), tp_text,
-               bf16_d_logits ? " x (4 + 2 bytes: fp32 logits, bf16 gradient)" : " x (4 + 4 bytes)"),
-           tokens * s.V / s.tp, bf16_d_logits ? 6 : 8);
+           absl::StrCat(batch, " x model.vocab_size=", Num(s.V), tp_text, " x (", Num(logit_bytes),
+                        " + ", Num(d_logit_bytes),
+                        " bytes: the logits, train.fp32_logits; their gradient)"),
+           tokens * s.V / s.tp, logit_bytes + d_logit_bytes);
   // Transients at the backward's peak, beside what is kept: the gradients of
   // the layer whose backward runs (about one layer's activations again) and
   // the head's bf16 copy of an fp32 d_logits (BF16 with TP). Without them

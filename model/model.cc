@@ -248,14 +248,17 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   n_final_ = ctx.Empty(rows, act);
   rstd_final_ = ctx.Empty({rows[0]}, StatDType(act));
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
-  logits_ = ctx.Empty({n, head_->out_features()}, dt);  // this rank's vocab shard
+  // This rank's vocab shard: in the master's dtype, or as the head's bf16
+  // GEMM writes it (train.fp32_logits off).
+  const DType logits_dtype = cfg_.train().fp32_logits() ? dt : head_->output_dtype(dt);
+  logits_ = ctx.Empty({n, head_->out_features()}, logits_dtype);
   StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
   SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
   head_->Forward(ctx, *n_full, logits_);
   // d_logits in the dtype the head's backward takes as it is (bf16 under
   // BF16: the loss rounds the gradient once where the head copied it), but
   // for the vocab-parallel loss, which keeps the logits' dtype.
-  const DType d_logits_dtype = vocab_loss_ ? dt : head_->copy_free_d_y_dtype();
+  const DType d_logits_dtype = vocab_loss_ ? logits_dtype : head_->copy_free_d_y_dtype();
   d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), d_logits_dtype) : Tensor();
   keep_grad_ = keep_grad;
   const Tensor target_ids = ctx.ToDevice(targets).View({n});

@@ -13,7 +13,8 @@
 // replaces the Forward cache (do not call it between Forward and Backward).
 // The parameter dtype (f32/f64) is the registry's; activations follow it,
 // except under train.precision BF16, where the residual stream and the
-// activations between sublayers are bf16 (BoundaryDType).
+// activations between sublayers are bf16 (BoundaryDType), and so are the
+// logits with train.fp32_logits off.
 //
 // Activation recomputation (train.recompute): NONE keeps every layer's
 // forward cache until Backward; FULL on a single stage keeps only each

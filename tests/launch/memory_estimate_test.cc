@@ -256,6 +256,40 @@ TEST(MemoryEstimateTest, ThePerHeadNormsInputsAreCountedInTheirDtype) {
             rows * (64 * 4 + 4));
 }
 
+// The logits and their gradient: fp32 logits with a bf16 gradient under
+// BF16 on one TP rank (the head's GEMMs read it as it is), bf16 both with
+// train.fp32_logits off; under TP the vocab-parallel loss keeps the logits'
+// dtype, so fp32 logits have an fp32 gradient and the head's bf16 copy of
+// it in the backward's working set, bf16 logits neither. fp32 both under
+// FP32, whatever train.fp32_logits says.
+TEST(MemoryEstimateTest, TheLogitsAreCountedInTheirDtype) {
+  struct Parts {
+    double logits = 0, working_set = 0;
+  };
+  auto parts = [](const std::vector<std::string>& sets, int tp) {
+    const MemoryEstimate est =
+        EstimateMemory(Load("configs/gpu_moe_125m.textproto",
+                            With({"train.micro_batch_size=8", "train.global_batch_size=8"}, sets)),
+                       ParallelLayout{.tp = tp, .etp = tp, .world = tp});
+    Parts p;
+    for (const MemoryPart& part : est.parts) {
+      if (part.what == "logits and their gradient") p.logits = part.bytes;
+      if (part.what == "backward working set") p.working_set = part.bytes;
+    }
+    return p;
+  };
+  const double logits = 8.0 * 1024 * 32768;  // tokens x vocabulary
+  EXPECT_EQ(parts({}, 1).logits, logits * (4 + 2));
+  EXPECT_EQ(parts({"train.fp32_logits=false"}, 1).logits, logits * (2 + 2));
+  EXPECT_EQ(parts({"train.precision=FP32"}, 1).logits, logits * (4 + 4));
+  EXPECT_EQ(parts({"train.precision=FP32", "train.fp32_logits=false"}, 1).logits, logits * (4 + 4));
+  // TP2: half the vocabulary a rank.
+  const Parts fp32_tp = parts({}, 2), bf16_tp = parts({"train.fp32_logits=false"}, 2);
+  EXPECT_EQ(fp32_tp.logits, logits / 2 * (4 + 4));
+  EXPECT_EQ(bf16_tp.logits, logits / 2 * (2 + 2));
+  EXPECT_EQ(fp32_tp.working_set - bf16_tp.working_set, logits / 2 * 2);  // d_logits' bf16 copy
+}
+
 // The GPU attention backward's dSᵀ scratch (core/ops.h): per sequence and
 // head the causal 64 x 64 tile pairs in bf16, the batch in slices within
 // ops::kAttentionDsBudgetBytes, none when one sequence exceeds it (the d_q

@@ -115,6 +115,25 @@ TEST_P(CudaModelTest, Bf16HeadNormInputTracksTheCpu) {
   }
 }
 
+// train.fp32_logits off (the head writes bf16 logits, the loss reads
+// them): the GPU's bf16 run within bf16 bounds of the fp32 CPU run and as
+// close to the CPU's bf16 run, under the same option, as the default's is.
+TEST_P(CudaModelTest, Bf16LogitsTrackTheCpu) {
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig cfg = VariantConfig(c);
+  const Tensor values = StartValues(cfg);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
+  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+  cfg.mutable_train()->set_fp32_logits(false);
+  const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
+  const StepResult gpu = WholeModelStep(cfg, ctx_, values);
+  ExpectBf16Tracks(cpu, gpu);
+  const testing::MinCosine vs_cpu = testing::SmallestCosine(cpu_bf16, gpu);
+  std::printf("%s, bf16 logits: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s)\n", c.name.c_str(),
+              vs_cpu.cosine, vs_cpu.name.c_str());
+  EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
+}
+
 // model.fuse_qkv on the GPU (q, k and v from one GEMM, their token-strided
 // slices through RoPE, the per-head norms and CopyHeads): fp32 equal to the
 // CPU's three GEMMs and repeating bit for bit; bf16 as close to the GPU's
@@ -249,6 +268,16 @@ TEST_P(CudaPresetTest, Bf16WithTheCpuRoutingTracksTheFp32Cpu) {
       WholeModelStep(bf16, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
   EXPECT_EQ(testing::MovedAssignments(cpu.routing, forced.routing), 0);
   ExpectBf16Tracks(cpu, forced);
+  // The logits in bf16 (train.fp32_logits off; the full vocabulary, the
+  // packed bf16 loss kernel): within the same bounds.
+  config::RunConfig bf16_logits = bf16;
+  bf16_logits.mutable_train()->set_fp32_logits(false);
+  const StepResult forced_bf16_logits =
+      WholeModelStep(bf16_logits, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
+  ExpectBf16Tracks(cpu, forced_bf16_logits);
+  std::printf("%s bf16 vs fp32 CPU, routing forced, bf16 logits: smallest cosine %.6f (%s)\n",
+              GetParam(), testing::SmallestCosine(cpu, forced_bf16_logits).cosine,
+              testing::SmallestCosine(cpu, forced_bf16_logits).name.c_str());
   const StepResult own = WholeModelStep(bf16, ctx_, values, 128, vocab);
   const testing::MinCosine with = testing::SmallestCosine(cpu, forced);
   const testing::MinCosine without = testing::SmallestCosine(cpu, own);

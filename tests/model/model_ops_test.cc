@@ -242,6 +242,28 @@ TEST(CrossEntropyTest, Bf16GradientIsTheRoundedGradientBitForBit) {
   }
 }
 
+// bf16 logits (the LM head's under train.fp32_logits off) are computed on
+// in f32, as their f32 widening is: the same loss bits (the statistics are
+// f64 either way) and the f32 widening's gradient rounded once to bf16.
+TEST(CrossEntropyTest, Bf16LogitsAreTheirF32WideningsLoss) {
+  const ExecContext ctx;
+  const int64_t n = 5, v = 41;
+  const Tensor targets = Ids({n}, {40, 0, 7, 7, 21});
+  Tensor logits = Tensor::Empty({n, v}, DType::kBF16);
+  ops::Copy(ctx, RandomTensor({n, v}, 20, 4.0, DType::kF32), logits);
+  Tensor widened = Tensor::Empty({n, v}, DType::kF32);
+  ops::Copy(ctx, logits, widened);
+  Tensor d_ref = Tensor::Empty({n, v}, DType::kF32);
+  const double loss_ref = MeanCrossEntropy(ctx, widened, targets, d_ref);
+  Tensor d = Tensor::Empty({n, v}, DType::kBF16);
+  EXPECT_EQ(MeanCrossEntropy(ctx, logits, targets, d), loss_ref);
+  EXPECT_EQ(MeanCrossEntropy(ctx, logits, targets, Tensor()), loss_ref);
+  for (int64_t i = 0; i < n * v; ++i) {
+    EXPECT_EQ(d.data<bf16>()[i].bits, bf16::FromFloat(static_cast<float>(d_ref.At(i))))
+        << "element " << i;
+  }
+}
+
 // Only the logits' dtype or bf16 takes the gradient; the message names
 // d_logits and the rule.
 TEST(CrossEntropyDeathTest, GradientInAnotherDtypeIsRefused) {

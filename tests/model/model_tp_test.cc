@@ -321,5 +321,15 @@ TEST(ModelTpTest, UnifiedMoeTp2SequenceParallelBf16) {
 
 TEST(ModelTpTest, UnifiedMoeTp2Etp2Bf16) { ExpectTpBf16TracksFp32(UnifiedMoe(), 2, 2); }
 
+// train.fp32_logits off: each rank's head writes its bf16 logits shard and
+// the vocab-parallel loss reads it (its gradient bf16, no copy); the same
+// bounds, against the one-rank bf16 run with bf16 logits.
+TEST(ModelTpTest, UnifiedMoeTp2SequenceParallelBf16Logits) {
+  config::RunConfig cfg = UnifiedMoe();
+  cfg.mutable_parallel()->set_sequence_parallel(true);
+  cfg.mutable_train()->set_fp32_logits(false);
+  ExpectTpBf16TracksFp32(cfg, 2);
+}
+
 }  // namespace
 }  // namespace scalemoe

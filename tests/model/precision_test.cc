@@ -8,6 +8,7 @@
 // it: bf16 is really used), and the router's logits do not depend on the precision.
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <vector>
 
@@ -33,6 +34,12 @@ Tensor Bf16(const Tensor& x) {
   Tensor out = Tensor::Empty(x.shape(), DType::kBF16);
   ops::Copy(ExecContext::Cpu(), x, out);
   return out;
+}
+
+// The same dtype, shape and bytes.
+bool SameBits(const Tensor& a, const Tensor& b) {
+  return a.dtype() == b.dtype() && a.shape() == b.shape() &&
+         std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
 }
 
 double MaxAbs(const std::vector<double>& v) {
@@ -371,6 +378,90 @@ TEST(ModelPrecisionTest, TheLossWritesItsGradientInTheHeadsGemmDtype) {
       EXPECT_EQ(t.dtype(), want) << "d_logits " << t.DebugString();
     });
     EXPECT_EQ(d_logits, 1);
+  }
+}
+
+// train.fp32_logits off under BF16: the LM head's GEMM writes the logits
+// in bf16, and they are the bits of the fp32 logits (the same GEMM, which
+// writes its f32 sums) rounded once. The loss is the cross-entropy of those
+// bf16 logits, and their gradient stays bf16. Under FP32 the option does
+// nothing: fp32 logits, the same loss bits.
+TEST(ModelPrecisionTest, Bf16LogitsAreTheFp32LogitsRoundedOnce) {
+  struct Run {
+    Tensor logits;
+    LossBreakdown loss;
+  };
+  const auto forward = [](const config::RunConfig& cfg) {
+    ParamRegistry registry;
+    MoeTransformer model(registry, cfg);
+    Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
+    testing::PerturbScaleVectors(registry, 5);
+    std::vector<int32_t> ids(10), next(10);
+    for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
+    const ExecContext ctx;
+    Must(model.PrepareStep(ctx));
+    Run r;
+    r.loss =
+        Must(model.Forward(ctx, Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU),
+                           Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU)));
+    r.logits = model.logits().Clone();
+    return r;
+  };
+  for (auto precision : {config::TrainConfig::FP32, config::TrainConfig::BF16}) {
+    const bool bf16 = precision == config::TrainConfig::BF16;
+    SCOPED_TRACE(bf16 ? "BF16" : "FP32");
+    config::RunConfig cfg = testing::TinyConfig(4);
+    cfg.mutable_train()->set_precision(precision);
+    const Run fp32_logits = forward(cfg);
+    cfg.mutable_train()->set_fp32_logits(false);
+    const Run off = forward(cfg);
+    EXPECT_EQ(fp32_logits.logits.dtype(), DType::kF32);
+    if (!bf16) {
+      EXPECT_EQ(off.logits.dtype(), DType::kF32);
+      EXPECT_TRUE(SameBits(off.logits, fp32_logits.logits));
+      EXPECT_EQ(off.loss.total, fp32_logits.loss.total);
+      continue;
+    }
+    ASSERT_EQ(off.logits.dtype(), DType::kBF16);
+    EXPECT_TRUE(SameBits(off.logits, Bf16(fp32_logits.logits)));
+    Tensor widened = Tensor::Empty(off.logits.shape(), DType::kF32);
+    ops::Copy(ExecContext::Cpu(), off.logits, widened);
+    EXPECT_FALSE(SameBits(widened, fp32_logits.logits))
+        << "the fp32 logits were bf16 values already: the test checks nothing";
+    // The loss is the bf16 logits' cross-entropy, not the fp32 ones'.
+    std::vector<int32_t> next(10);
+    for (int i = 0; i < 10; ++i) next[i] = (5 * i + 1) % 16;
+    const Tensor targets = Tensor::FromBlob(next.data(), {10}, DType::kI32, Device::kCPU);
+    Tensor ce = Tensor::Empty({1}, DType::kF64);
+    ops::CrossEntropy(ExecContext::Cpu(), off.logits, targets, Tensor(), ce);
+    EXPECT_EQ(off.loss.cross_entropy, ce.At(0));
+    EXPECT_NE(off.loss.cross_entropy, fp32_logits.loss.cross_entropy);
+    EXPECT_NEAR(off.loss.cross_entropy, fp32_logits.loss.cross_entropy,
+                1e-2 * fp32_logits.loss.cross_entropy);
+  }
+}
+
+// Every scale-vector variant with bf16 logits within the bounds the bf16
+// run is held to against its fp32 run (loss within 1%, every gradient's
+// cosine >= 0.999), as the GPU check holds its bf16 runs.
+TEST(ModelPrecisionTest, Bf16LogitsTrackFp32OnEveryScaleVectorVariant) {
+  const ExecContext ctx;
+  for (const testing::VariantCase& c : testing::VariantCases()) {
+    SCOPED_TRACE(c.name);
+    config::RunConfig cfg = testing::VariantConfig(c);
+    const Tensor values = testing::StartValues(cfg);
+    const testing::StepResult fp32 = testing::WholeModelStep(cfg, ctx, values);
+    cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+    const testing::StepResult bf16 = testing::WholeModelStep(cfg, ctx, values);
+    cfg.mutable_train()->set_fp32_logits(false);
+    const testing::StepResult bf16_logits = testing::WholeModelStep(cfg, ctx, values);
+    EXPECT_NE(bf16_logits.loss, bf16.loss);
+    testing::ExpectBf16Tracks(fp32, bf16_logits);
+    std::printf("%s: smallest cosine with fp32 logits %.6f (%s); bf16 logits %.6f (%s)\n",
+                c.name.c_str(), testing::SmallestCosine(fp32, bf16).cosine,
+                testing::SmallestCosine(fp32, bf16).name.c_str(),
+                testing::SmallestCosine(fp32, bf16_logits).cosine,
+                testing::SmallestCosine(fp32, bf16_logits).name.c_str());
   }
 }
 
