@@ -14,7 +14,8 @@
 # usage: bench/gpu_memory_bench.sh [PRESET]   (default gpu_moe_125m)
 #   STEPS=10 WARMUP=2: timed and warm-up steps per run; RUN_TIMEOUT=120
 #   DEVICE=CUDA: the PP2 part's train.device (CPU to try the script without
-#   a GPU)
+#   a GPU); SETS="a.b=v ...": more --set for the micro-batch parts (e.g.
+#   "train.loss_chunk_tokens=8192 train.fp32_logits=false")
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -26,6 +27,8 @@ run_timeout=${RUN_TIMEOUT:-120}
 out="$build/gpu_memory_bench"
 mkdir -p "$out"
 config="configs/$preset.textproto"
+extra=()
+for kv in ${SETS:-}; do extra+=(--set "$kv"); done
 gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
   awk '{printf "%d", $1 / 1024}')
 
@@ -40,7 +43,7 @@ print("| %s | %d | %.1f | %.0f | %.1f%% | %.2f | %s |" % (r["label"], r["micro_b
 check_config() {
   "$build/scalemoe" check-config --config "$config" --set train.micro_batch_size="$1" \
     --set train.global_batch_size="$1" --set train.recompute="$2" \
-    --set train.device_memory_gib="$gib"
+    --set train.device_memory_gib="$gib" "${extra[@]}"
 }
 
 # The memory estimate's GiB for a micro-batch and recompute.
@@ -54,7 +57,8 @@ bench() {  # label, recompute, micro-batch
   local label=$1 r=$2 b=$3
   timeout "$run_timeout" "$build/bench/train_step_bench" --config "$config" \
     --set train.recompute="$r" --set train.micro_batch_size="$b" --set train.global_batch_size="$b" \
-    --set train.device_memory_gib="$gib" --steps "$steps" --warmup "$warmup" --label "$label" \
+    --set train.device_memory_gib="$gib" "${extra[@]}" --steps "$steps" --warmup "$warmup" \
+    --label "$label" \
     > "$out/$label.log" 2>&1 || { echo "| $label | failed: $(tail -1 "$out/$label.log") |"; return; }
   grep "^BENCH_JSON " "$out/$label.log" | cut -c12- | python3 -c "$row_py" "$(estimate "$b" "$r")"
 }
@@ -67,7 +71,7 @@ largest() {  # recompute: the largest power-of-two multiple of 1 that fits
   fits $b "$1" && echo $b || echo 0
 }
 
-echo "== $preset on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) ($gib GiB)"
+echo "== $preset on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) ($gib GiB)${SETS:+, $SETS}"
 echo
 echo "| run | micro-batch | step ms (median) | tokens/s | MFU | peak GiB | estimated GiB |"
 echo "|---|---:|---:|---:|---:|---:|---:|"

@@ -89,6 +89,9 @@ void CheckTraining(const config::RunConfig& c, const ParallelLayout* layout, Con
   p.Check(t.max_consecutive_skips() >= 1, "train.max_consecutive_skips=",
           t.max_consecutive_skips(),
           " must be >= 1: the number of non-finite steps in a row that stops a SKIP run");
+  p.Check(t.loss_chunk_tokens() >= 0, "train.loss_chunk_tokens=", t.loss_chunk_tokens(),
+          " must be >= 0: 0 takes the LM head and its loss over the whole micro-batch, N over "
+          "at most N tokens at a time");
   p.Check(t.eval_interval() >= 0, "train.eval_interval=", t.eval_interval(),
           " must be >= 0: set 0 to disable evaluation");
   p.Check(t.eval_interval() == 0 || t.eval_batches() > 0, "train.eval_batches=", t.eval_batches(),

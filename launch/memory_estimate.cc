@@ -245,11 +245,20 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   const bool bf16_d_logits = bf16 && (s.tp == 1 || bf16_logits);
   const bool d_logits_copy = bf16 && !bf16_d_logits;
   const double logit_bytes = bf16_logits ? 2 : 4, d_logit_bytes = bf16_d_logits ? 2 : 4;
-  add_acts("logits and their gradient",
-           absl::StrCat(batch, " x model.vocab_size=", Num(s.V), tp_text, " x (", Num(logit_bytes),
-                        " + ", Num(d_logit_bytes),
-                        " bytes: the logits, train.fp32_logits; their gradient)"),
-           tokens * s.V / s.tp, logit_bytes + d_logit_bytes);
+  // train.loss_chunk_tokens: one chunk's at a time (model/model.h), and
+  // under sequence parallelism the head's gathered input is kept.
+  const double chunk = cfg.train().loss_chunk_tokens();
+  const bool chunked = chunk > 0 && chunk < tokens;
+  add_acts(
+      "logits and their gradient",
+      absl::StrCat(chunked ? absl::StrCat("train.loss_chunk_tokens=", Num(chunk)) : batch,
+                   " x model.vocab_size=", Num(s.V), tp_text, " x (", Num(logit_bytes), " + ",
+                   Num(d_logit_bytes), " bytes: the logits, train.fp32_logits; their gradient)"),
+      (chunked ? chunk : tokens) * s.V / s.tp, logit_bytes + d_logit_bytes);
+  if (chunked && s.tp > 1 && cfg.parallel().sequence_parallel()) {
+    add_acts("LM head's gathered input (train.loss_chunk_tokens, sequence parallel)",
+             absl::StrCat(batch, " x model.hidden_size=", Num(s.C)), tokens * s.C * stream, act);
+  }
   // Transients at the backward's peak, beside what is kept: the gradients of
   // the layer whose backward runs (about one layer's activations again) and
   // the head's bf16 copy of an fp32 d_logits (BF16 with TP). Without them
@@ -259,13 +268,16 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // fp32 d_logits and its bf16 copy; the bf16 d_logits takes 4 bytes a logit
   // off the estimate (1 GiB at micro-batch 8, 32 at 256) and 0.5 to 1 GiB
   // off the peak at 8: not measured again.
-  add_acts("backward working set",
-           absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
-                        " values per token (the running layer's gradients)",
-                        d_logits_copy ? absl::StrCat(", and d_logits' bf16 copy: ", batch,
-                                                     " x model.vocab_size=", Num(s.V), tp_text)
-                                      : std::string()),
-           tokens * per_token * act + (d_logits_copy ? tokens * s.V / s.tp * 2 : 0), 1);
+  add_acts(
+      "backward working set",
+      absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
+                   " values per token (the running layer's gradients)",
+                   d_logits_copy ? absl::StrCat(", and d_logits' bf16 copy: ",
+                                                chunked ? "train.loss_chunk_tokens" : batch,
+                                                " x model.vocab_size=", Num(s.V), tp_text)
+                                 : std::string()),
+      tokens * per_token * act + (d_logits_copy ? (chunked ? chunk : tokens) * s.V / s.tp * 2 : 0),
+      1);
   // The GPU attention backward (bf16 operands) stores dSᵀ for its d_q pass
   // while it runs: at most ops::kAttentionDsBudgetBytes (core/ops.h).
   if (bf16) {

@@ -248,20 +248,27 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   n_final_ = ctx.Empty(rows, act);
   rstd_final_ = ctx.Empty({rows[0]}, StatDType(act));
   ops::RmsNormalize(ctx, residuals_.back(), cfg_.model().norm_eps(), n_final_, rstd_final_);
-  // This rank's vocab shard: in the master's dtype, or as the head's bf16
-  // GEMM writes it (train.fp32_logits off).
-  const DType logits_dtype = cfg_.train().fp32_logits() ? dt : head_->output_dtype(dt);
-  logits_ = ctx.Empty({n, head_->out_features()}, logits_dtype);
   StatusOr<Tensor> n_full = tp_.ToFull(ctx, n_final_);
   SM_RETURN_IF_ERROR_CTX(n_full.status(), "lm head forward");
-  head_->Forward(ctx, *n_full, logits_);
-  // d_logits in the dtype the head's backward takes as it is (bf16 under
-  // BF16: the loss rounds the gradient once where the head copied it), but
-  // for the vocab-parallel loss, which keeps the logits' dtype.
-  const DType d_logits_dtype = vocab_loss_ ? logits_dtype : head_->copy_free_d_y_dtype();
-  d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), d_logits_dtype) : Tensor();
   keep_grad_ = keep_grad;
   const Tensor target_ids = ctx.ToDevice(targets).View({n});
+  const int64_t chunk = cfg_.train().loss_chunk_tokens();
+  head_input_ = target_ids_ = Tensor();
+  if (chunk > 0 && n > chunk) {
+    logits_ = d_logits_ = Tensor();
+    SM_RETURN_IF_ERROR(ChunkedHeadLoss(ctx, *n_full, target_ids, chunk, ce, Tensor(), 0.0));
+    if (keep_grad) {
+      head_input_ = *n_full;
+      target_ids_ = ctx.Empty({n}, DType::kI32);  // the caller's targets need not outlive this
+      ops::Copy(ctx, target_ids, target_ids_);
+    }
+    for (const Tensor& part : {ce, aux, z}) ops::Axpy(ctx, 1.0, part, total);
+    return out;
+  }
+  // This rank's vocab shard.
+  logits_ = ctx.Empty({n, head_->out_features()}, LogitsDType(dt));
+  head_->Forward(ctx, *n_full, logits_);
+  d_logits_ = keep_grad ? ctx.Empty(logits_.shape(), DLogitsDType(dt)) : Tensor();
   if (vocab_loss_) {
     SM_RETURN_IF_ERROR_CTX(vocab_loss_->Forward(ctx, logits_, target_ids, d_logits_, ce),
                            "vocab-parallel cross-entropy");
@@ -270,6 +277,51 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   }
   for (const Tensor& part : {ce, aux, z}) ops::Axpy(ctx, 1.0, part, total);
   return out;
+}
+
+DType MoeTransformer::LogitsDType(DType master) const {
+  // The master's dtype, or as the head's bf16 GEMM writes them.
+  return cfg_.train().fp32_logits() ? master : head_->output_dtype(master);
+}
+
+DType MoeTransformer::DLogitsDType(DType master) const {
+  // The dtype the head's backward takes as it is (bf16 under BF16: the loss
+  // rounds the gradient once where the head copied it), but for the
+  // vocab-parallel loss, which keeps the logits' dtype.
+  return vocab_loss_ ? LogitsDType(master) : head_->copy_free_d_y_dtype();
+}
+
+Status MoeTransformer::ChunkedHeadLoss(const ExecContext& ctx, const Tensor& x,
+                                       const Tensor& target_ids, int64_t chunk, const Tensor& ce,
+                                       const Tensor& d_x, double loss_grad_scale) {
+  const bool backward = d_x.defined();
+  const DType master = registry_.flat_values().dtype();
+  const int64_t n = x.dim(0), vocab = head_->out_features();
+  for (int64_t first = 0; first < n; first += chunk) {
+    const int64_t rows = std::min(chunk, n - first);
+    // Each chunk's loss is its rows' mean: the whole micro-batch's mean
+    // weighs it by its share of the rows, its gradient too.
+    const double share = static_cast<double>(rows) / static_cast<double>(n);
+    const Tensor logits = ctx.Empty({rows, vocab}, LogitsDType(master));
+    head_->Forward(ctx, x.Narrow(0, first, rows), logits);
+    const Tensor d_logits = backward ? ctx.Empty(logits.shape(), DLogitsDType(master)) : Tensor();
+    const Tensor loss = ctx.Empty({1}, DType::kF64);
+    const Tensor targets = target_ids.Narrow(0, first, rows);
+    if (vocab_loss_) {
+      SM_RETURN_IF_ERROR_CTX(vocab_loss_->Forward(ctx, logits, targets, d_logits, loss),
+                             "vocab-parallel cross-entropy, tokens [", first, ", ", first + rows,
+                             ")");
+    } else {
+      ops::CrossEntropy(ctx, logits, targets, d_logits, loss);
+    }
+    if (backward) {
+      head_->Backward(ctx, d_logits, d_x.Narrow(0, first, rows), GradMode::kOverwrite,
+                      loss_grad_scale * share);
+    } else {
+      ops::Axpy(ctx, share, loss, ce);
+    }
+  }
+  return absl::OkStatus();
 }
 
 LossBreakdown ReadLosses(const ExecContext& ctx, const Tensor& losses, int64_t tokens) {
@@ -321,12 +373,18 @@ StatusOr<Tensor> MoeTransformer::BackwardStage(const ExecContext& ctx, const Ten
     // one, which the head copies to bf16 beside it (launch/memory_estimate.cc
     // counts what is kept and that copy).
     logits_ = Tensor();
-    Tensor d_logits = d_logits_;
     Tensor d_n = ctx.Empty(shape, dt);
     // The vocab-split head gives this rank's share of d n_final (all tokens),
     // summed in the logits' dtype. The loss scale rides on its GEMMs.
     const Tensor d_n_full = tp_.PartialFor(ctx, d_n, n, master);
-    head_->Backward(ctx, d_logits, d_n_full, GradMode::kOverwrite, loss_grad_scale);
+    if (target_ids_.defined()) {  // the loss ran in chunks: their logits again
+      SM_RETURN_IF_ERROR(ChunkedHeadLoss(ctx, head_input_, target_ids_,
+                                         cfg_.train().loss_chunk_tokens(), Tensor(), d_n_full,
+                                         loss_grad_scale));
+      head_input_ = target_ids_ = Tensor();
+    } else {
+      head_->Backward(ctx, d_logits_, d_n_full, GradMode::kOverwrite, loss_grad_scale);
+    }
     SM_RETURN_IF_ERROR_CTX(tp_.ReduceToRows(ctx, d_n_full, d_n), "lm head backward");
     ops::RmsNormalizeBackward(ctx, n_final_, rstd_final_, d_n, d_x);
     d_logits_ = Tensor();
@@ -498,7 +556,9 @@ void MoeTransformer::VisitForwardCache(ForwardCacheStash& stash) {
   for (int64_t* size : {&batch_, &seq_}) stash.Visit(*size);
   stash.Visit(tokens_);
   stash.Visit(residuals_);
-  for (Tensor* t : {&n_final_, &rstd_final_, &d_logits_}) stash.Visit(*t);
+  for (Tensor* t : {&n_final_, &rstd_final_, &d_logits_, &head_input_, &target_ids_}) {
+    stash.Visit(*t);
+  }
   stash.Visit(keep_grad_);
   if (vocab_embedding_) vocab_embedding_->VisitForwardCache(stash);
   for (auto& block : blocks_) block->VisitForwardCache(stash);

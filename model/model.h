@@ -191,10 +191,25 @@ class MoeTransformer {
 
   // Logits [B*T, V] of the last Forward/Evaluate (tests, generation); under
   // TP this rank's vocabulary shard [B*T, V/tp]. Released (undefined) by the
-  // Backward that follows a Forward.
+  // Backward that follows a Forward. Undefined when the loss ran in chunks
+  // (train.loss_chunk_tokens): no chunk's logits outlive their loss.
   const Tensor& logits() const { return logits_; }
 
  private:
+  // train.loss_chunk_tokens: the LM head and its loss over x's rows (the
+  // head's input, all B*T tokens) a chunk of at most `chunk` rows at a
+  // time. Forward (d_x undefined): adds the mean loss into `ce` (each
+  // chunk's mean weighted by its share of the rows). Backward (d_x [B*T,
+  // C] defined, ce ignored): makes each chunk's logits again with their
+  // gradient and runs the head's backward of loss_grad_scale times it into
+  // d_x's rows.
+  Status ChunkedHeadLoss(const ExecContext& ctx, const Tensor& x, const Tensor& target_ids,
+                         int64_t chunk, const Tensor& ce, const Tensor& d_x,
+                         double loss_grad_scale);
+  // The logits' dtype (train.fp32_logits) and their gradient's, for master
+  // weights of `master`. After PrepareStep.
+  DType LogitsDType(DType master) const;
+  DType DLogitsDType(DType master) const;
   std::vector<MoeLayer*> MoeLayers() const;  // this stage's, in layer order
   // Sums the tp_partial_grad gradients of registry params [range) over (E)TP.
   Status SumPartialGrads(const ExecContext& ctx, std::pair<size_t, size_t> range) const;
@@ -226,6 +241,10 @@ class MoeTransformer {
   Tensor n_final_, rstd_final_;    // final norm
   Tensor logits_, d_logits_;       // [B*T, V]; d_logits_ of d(CE)/d logits, in the head's
                                    // copy_free_d_y_dtype (the logits' for vocab_loss_)
+  // The loss in chunks (train.loss_chunk_tokens), for the backward's second
+  // pass: the head's input [B*T, C] (n_final_ itself without TP) and a copy
+  // of the targets [B*T]; undefined otherwise.
+  Tensor head_input_, target_ids_;
   bool keep_grad_ = false;         // the cache awaits its Backward
   // train.recompute FULL on a single stage: ForwardStage drops each block's
   // cache (keeping its input in residuals_), BackwardStage reruns the

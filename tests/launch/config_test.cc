@@ -334,6 +334,7 @@ TEST(ValidateTest, EveryRuleNamesTheFieldAndTheFix) {
        {"train.global_batch_size=24 is not a multiple of train.micro_batch_size*dp=8*2=16"}},
       {{"train.max_consecutive_skips=0"}, 1, {"train.max_consecutive_skips=0 must be >= 1"}},
       {{"train.eval_interval=-1"}, 1, {"train.eval_interval=-1"}},
+      {{"train.loss_chunk_tokens=-4096"}, 1, {"train.loss_chunk_tokens=-4096 must be >= 0"}},
       {{"train.eval_batches=0"}, 1, {"train.eval_batches=0 must be > 0"}},
       {{"schedule.warmup_steps=301"},
        1,

@@ -290,6 +290,46 @@ TEST(MemoryEstimateTest, TheLogitsAreCountedInTheirDtype) {
   EXPECT_EQ(fp32_tp.working_set - bf16_tp.working_set, logits / 2 * 2);  // d_logits' bf16 copy
 }
 
+// train.loss_chunk_tokens: the logits and their gradient of one chunk, not
+// of the micro-batch (gpu_moe_125m at micro-batch 256: 48 GiB of fp32
+// logits and bf16 gradient, 1.5 GiB in chunks of 8192 tokens); no change
+// when a micro-batch has no more tokens than a chunk. Under TP with
+// sequence parallelism the head's gathered bf16 input is counted too.
+TEST(MemoryEstimateTest, TheLossInChunksCountsOneChunksLogits) {
+  auto estimate = [](const std::vector<std::string>& sets, ParallelLayout layout = {}) {
+    return EstimateMemory(Load("configs/gpu_moe_125m.textproto",
+                               With({"train.micro_batch_size=256", "train.global_batch_size=256",
+                                     "train.recompute=FULL"},
+                                    sets)),
+                          layout);
+  };
+  auto part = [](const MemoryEstimate& est, const std::string& what) {
+    double bytes = 0;
+    for (const MemoryPart& p : est.parts) {
+      if (p.what == what) bytes += p.bytes;
+    }
+    return bytes;
+  };
+  const std::string logits = "logits and their gradient";
+  const double vocab = 32768, gib = 1024.0 * 1024 * 1024;
+  const MemoryEstimate whole = estimate({}), chunked = estimate({"train.loss_chunk_tokens=8192"});
+  EXPECT_EQ(part(whole, logits), 256 * 1024 * vocab * 6);
+  EXPECT_EQ(part(whole, logits) / gib, 48);
+  EXPECT_EQ(part(chunked, logits), 8192 * vocab * 6);
+  EXPECT_EQ(whole.activation_bytes - chunked.activation_bytes, (256 * 1024 - 8192) * vocab * 6);
+  EXPECT_EQ(part(estimate({"train.micro_batch_size=8", "train.global_batch_size=8",
+                           "train.loss_chunk_tokens=8192"}),
+                 logits),
+            8192 * vocab * 6);
+  const std::string gathered =
+      "LM head's gathered input (train.loss_chunk_tokens, sequence parallel)";
+  const ParallelLayout tp2{.tp = 2, .etp = 2, .world = 2};
+  EXPECT_EQ(part(estimate({"train.loss_chunk_tokens=8192", "parallel.sequence_parallel=true"}, tp2),
+                 gathered),
+            256 * 1024 * 768 * 2);
+  EXPECT_EQ(part(estimate({"train.loss_chunk_tokens=8192"}, tp2), gathered), 0);
+}
+
 // The GPU attention backward's dSᵀ scratch (core/ops.h): per sequence and
 // head the causal 64 x 64 tile pairs in bf16, the batch in slices within
 // ops::kAttentionDsBudgetBytes, none when one sequence exceeds it (the d_q

@@ -72,6 +72,20 @@ TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
   ExpectFp32Parity(cpu, gpu, again);
 }
 
+// The LM head and its loss in chunks of 3 of the 10 tokens
+// (train.loss_chunk_tokens) on the GPU: fp32 equal to the CPU taking the
+// micro-batch at once, repeating bit for bit.
+TEST_P(CudaModelTest, Fp32ChunkedLossEqualsTheCpuWholeMicroBatch) {
+  const VariantCase c = VariantCases()[GetParam()];
+  config::RunConfig cfg = VariantConfig(c);
+  const Tensor values = StartValues(cfg);
+  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
+  cfg.mutable_train()->set_loss_chunk_tokens(3);
+  const StepResult gpu = WholeModelStep(cfg, ctx_, values);
+  const StepResult again = WholeModelStep(cfg, ctx_, values);
+  ExpectFp32Parity(cpu, gpu, again);
+}
+
 TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   const VariantCase c = VariantCases()[GetParam()];
   config::RunConfig cfg = VariantConfig(c);
@@ -278,6 +292,13 @@ TEST_P(CudaPresetTest, Bf16WithTheCpuRoutingTracksTheFp32Cpu) {
   std::printf("%s bf16 vs fp32 CPU, routing forced, bf16 logits: smallest cosine %.6f (%s)\n",
               GetParam(), testing::SmallestCosine(cpu, forced_bf16_logits).cosine,
               testing::SmallestCosine(cpu, forced_bf16_logits).name.c_str());
+  // The loss in chunks of 96 of the 256 tokens (train.loss_chunk_tokens):
+  // within the same bounds.
+  config::RunConfig chunked = bf16;
+  chunked.mutable_train()->set_loss_chunk_tokens(96);
+  const StepResult forced_chunked =
+      WholeModelStep(chunked, ctx_, values, 128, vocab, DType::kF32, cpu.routing);
+  ExpectBf16Tracks(cpu, forced_chunked);
   const StepResult own = WholeModelStep(bf16, ctx_, values, 128, vocab);
   const testing::MinCosine with = testing::SmallestCosine(cpu, forced);
   const testing::MinCosine without = testing::SmallestCosine(cpu, own);

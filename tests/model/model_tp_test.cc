@@ -86,7 +86,8 @@ RunResult RunStep(ParamRegistry& registry, const config::RunConfig& cfg,
   RunResult r;
   for (const Batch& b : Batches(cfg, 2)) {
     r.losses.push_back(Must(model.Forward(ctx, b.tokens, b.targets)).total);
-    r.logits = model.logits().ToVector();  // the backward releases them
+    // The backward releases them; a loss in chunks keeps none.
+    r.logits = model.logits().defined() ? model.logits().ToVector() : std::vector<double>();
     Must(model.Backward(ctx, 0.5));
   }
   Must(model.FinishBackward(ctx));
@@ -119,11 +120,13 @@ void OnTpRanks(config::RunConfig cfg, int tp, int etp, DType master, const RankC
   ASSERT_TRUE(status.ok()) << status;
 }
 
-// Runs `cfg` on one rank and on `tp` TP ranks (OnTpRanks) and compares
-// everything.
-void ExpectTpEqualsOneRank(const config::RunConfig& cfg, int tp, int etp = 1) {
+// Runs `cfg` on one rank (or `reference` when given) and on `tp` TP ranks
+// (OnTpRanks) and compares everything (the logits where the TP ranks keep
+// them).
+void ExpectTpEqualsOneRank(const config::RunConfig& cfg, int tp, int etp = 1,
+                           const config::RunConfig* reference = nullptr) {
   ParamRegistry ref_registry;
-  const RunResult ref = RunStep(ref_registry, cfg, nullptr, DType::kF64);
+  const RunResult ref = RunStep(ref_registry, reference ? *reference : cfg, nullptr, DType::kF64);
   const int64_t vocab = cfg.model().vocab_size(), n = 2 * cfg.model().seq_length();
   OnTpRanks(cfg, tp, etp, DType::kF64,
             [&](const RunResult& got, const ParamRegistry& registry, const ProcessGroups& g,
@@ -134,8 +137,12 @@ void ExpectTpEqualsOneRank(const config::RunConfig& cfg, int tp, int etp = 1) {
               }
               // Logits: this rank holds vocabulary columns [r*V/tp, (r+1)*V/tp).
               const int64_t shard = vocab / tp;
-              EXPECT_EQ(static_cast<int64_t>(got.logits.size()), n * shard) << where;
-              for (int64_t t = 0; t < n; ++t) {
+              const bool chunked = cfg.train().loss_chunk_tokens() > 0;
+              EXPECT_EQ(static_cast<int64_t>(got.logits.size()), chunked ? 0 : n * shard) << where;
+              if (chunked) {
+                ASSERT_FALSE(ref.logits.empty());
+              }
+              for (int64_t t = 0; t < n && !chunked; ++t) {
                 for (int64_t j = 0; j < shard; ++j) {
                   EXPECT_NEAR(got.logits[t * shard + j],
                               ref.logits[t * vocab + g.coords.tp * shard + j], 1e-12)
@@ -242,6 +249,18 @@ TEST(ModelTpTest, UnifiedMoeTp2SequenceParallel) {
 }
 
 TEST(ModelTpTest, UnifiedMoeTp2Etp2) { ExpectTpEqualsOneRank(UnifiedMoe(), 2, 2); }
+
+// The LM head and the vocab-parallel loss in chunks of 3 of the 8 tokens
+// (train.loss_chunk_tokens; the last chunk 2), under sequence parallelism
+// (the head's gathered input kept for the backward): equal to one rank
+// taking the whole micro-batch at once.
+TEST(ModelTpTest, ChunkedLossTp2SequenceParallel) {
+  config::RunConfig whole = UnifiedMoe();
+  whole.mutable_parallel()->set_sequence_parallel(true);
+  config::RunConfig chunked = whole;
+  chunked.mutable_train()->set_loss_chunk_tokens(3);
+  ExpectTpEqualsOneRank(chunked, 2, 1, &whole);
+}
 
 // model.fuse_qkv: each rank's q|k|v GEMM over its own heads (one query
 // and one kv head a rank) equals one rank's: the shared γ, the unified MoE

@@ -97,12 +97,13 @@ Reference WholeModel(const config::RunConfig& cfg, int m) {
 
 void ExpectPipelineMatches(int pp, int m, int v = 1,
                            config::TrainConfig::Recompute recompute = config::TrainConfig::NONE,
-                           Modules modules = Modules::kBasic) {
+                           Modules modules = Modules::kBasic, int loss_chunk_tokens = 0) {
   const int layers = std::max(4, pp * v);
   config::RunConfig cfg = modules == Modules::kEvery ? RichConfig(layers) : Config(layers);
   const Reference want = WholeModel(cfg, m);
   cfg.mutable_parallel()->set_virtual_stages(v);
   cfg.mutable_train()->set_recompute(recompute);
+  cfg.mutable_train()->set_loss_chunk_tokens(loss_chunk_tokens);
   std::mutex mu;
   std::map<std::string, std::vector<double>> got;
   MoeStatsByLayer got_moe;
@@ -201,6 +202,16 @@ TEST(PipelineModelStageTest, KeptActivationsInterleaved) {
 }
 TEST(PipelineModelStageTest, RecomputeInterleaved) {
   ExpectPipelineMatches(2, 4, 2, config::TrainConfig::FULL, Modules::kEvery);
+}
+// The loss in chunks of 3 of a micro-batch's 10 tokens
+// (train.loss_chunk_tokens; the head's input and the targets ride in the
+// stage's forward cache to the backward's second pass), against the whole
+// model taking the micro-batch at once.
+TEST(PipelineModelStageTest, ChunkedLossTwoStages) {
+  ExpectPipelineMatches(2, 3, 1, config::TrainConfig::NONE, Modules::kEvery, 3);
+}
+TEST(PipelineModelStageTest, ChunkedLossRecomputeInterleaved) {
+  ExpectPipelineMatches(2, 4, 2, config::TrainConfig::FULL, Modules::kEvery, 3);
 }
 
 TEST(PipelineModelStageTest, StagesHoldTheirLayersOnly) {

@@ -299,6 +299,47 @@ std::string VariantName(const ::testing::TestParamInfo<std::tuple<int, int>>& in
          (std::get<1>(info.param) > 0 ? "_moe" : "_dense");
 }
 
+// The LM head and its loss in chunks of tokens (train.loss_chunk_tokens:
+// 3 of 10 leaves a chunk of 1; 5 halves them) against the whole
+// micro-batch: the same losses and every gradient to f64 rounding (the
+// chunks' means weighted, the head's weight gradient summed over them),
+// over two micro-batches of loss_grad_scale 1/2; no logits are kept.
+TEST_P(ModelVariantTest, ChunkedLossAgreesWithTheWholeMicroBatch) {
+  const ExecContext ctx;
+  const Tensor t1 = Tokens(7), y1 = Tokens(8), t2 = Tokens(9), y2 = Tokens(10);
+  auto run = [&](int chunk, std::vector<double>* losses) {
+    config::RunConfig cfg = Config();
+    cfg.mutable_train()->set_loss_chunk_tokens(chunk);
+    Built b = Build(cfg, DType::kF64);
+    testing::PerturbScaleVectors(*b.registry, 14);
+    b.registry->ZeroGrads();
+    Must(b.model->PrepareStep(ctx));
+    for (const auto& [t, y] : {std::pair{t1, y1}, std::pair{t2, y2}}) {
+      const LossBreakdown l = Must(b.model->Forward(ctx, t, y));
+      losses->push_back(l.total);
+      losses->push_back(l.cross_entropy);
+      EXPECT_EQ(b.model->logits().defined(), chunk == 0);
+      Must(b.model->Backward(ctx, 0.5));
+    }
+    Must(b.model->FinishBackward(ctx));
+    losses->push_back(Must(b.model->Evaluate(ctx, t1, y1)).cross_entropy);
+    return b.registry->flat_grads().ToVector();
+  };
+  std::vector<double> whole_losses;
+  const std::vector<double> whole = run(0, &whole_losses);
+  for (int chunk : {3, 5}) {
+    SCOPED_TRACE(chunk);
+    std::vector<double> losses;
+    const std::vector<double> grads = run(chunk, &losses);
+    ASSERT_EQ(losses.size(), whole_losses.size());
+    for (size_t i = 0; i < losses.size(); ++i) {
+      EXPECT_NEAR(losses[i], whole_losses[i], 1e-14 * std::abs(whole_losses[i])) << i;
+    }
+    ASSERT_EQ(grads.size(), whole.size());
+    for (size_t i = 0; i < grads.size(); ++i) ASSERT_NEAR(grads[i], whole[i], 1e-13) << i;
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllVariants, ModelVariantTest,
                          ::testing::Combine(::testing::Range(0, 9), ::testing::Values(0, 4)),
                          VariantName);

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# train.fp32_logits and train.loss_chunk_tokens in one device call: builds
+# the GPU model tests, the cross-entropy's and bench/train_step_bench in
+# BUILD_DIR (default build-gpu, an already configured CUDA tree), runs the
+# tests that cover them (they must pass, not skip), then times each
+# preset's step (as configured: the unified strategy; micro-batch 8,
+# global 64, CUDA graphs) with fp32 logits, bf16 logits, and bf16 logits
+# in chunks of 4096 tokens, and prints medians and peak memory side by
+# side. With BIG=1 it then runs gpu_moe_125m at micro-batch 256 under
+# train.recompute FULL (which ran out of memory with whole fp32 logits)
+# with bf16 logits in chunks of 8192 tokens, for a few steps.
+# usage: bench/head_loss_check.sh      (JOBS, default 16; STEPS, default 20)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${BUILD_DIR:-build-gpu}
+. bench/kernel_check_util.sh
+build_and_test head_loss '^core_cuda_embedding_ce_test$' core_cuda_embedding_ce_test \
+  model_cuda_model_test train_step_bench
+SCALEMOE_REQUIRE_GPU=1 timeout 400 "$build/tests/model/model_cuda_model_test" \
+  --gtest_filter='*Logits*:*Chunked*:*Bf16WithTheCpuRouting*' > "$build/head_loss_model.log" 2>&1 ||
+  status=1
+grep -E "^\[  (PASSED|FAILED) |cosine" "$build/head_loss_model.log"
+rows=()
+for p in gpu_moe_125m gpu_finegrained_64e; do
+  for v in fp32 bf16 bf16_chunked; do
+    sets=(--set train.micro_batch_size=8 --set train.global_batch_size=64
+      --set train.cuda_graphs=true)
+    [ "$v" != fp32 ] && sets+=(--set train.fp32_logits=false)
+    [ "$v" = bf16_chunked ] && sets+=(--set train.loss_chunk_tokens=4096)
+    log="$build/head_loss_${p}_$v.log"
+    timeout 150 "$build/bench/train_step_bench" --config "configs/$p.textproto" "${sets[@]}" \
+      --steps "${STEPS:-20}" --warmup 3 --profile-steps 1 --label "$p/$v" > "$log" 2>&1 ||
+      { status=1; echo "failed: $(tail -3 "$log")"; }
+    grep -E "^\| (GEMM|embedding\+loss) " "$log" | sed "s#^#  $p/$v #"
+    rows+=("$log")
+  done
+done
+python3 - "${rows[@]}" <<'EOF'
+import json, sys
+runs = {}
+for path in sys.argv[1:]:
+    for line in open(path, errors="replace"):
+        if line.startswith("BENCH_JSON "):
+            r = json.loads(line[len("BENCH_JSON "):])
+            runs[r["label"]] = r
+print(f"\n{'preset/logits':28s} {'step ms':>9s} {'vs fp32':>8s} {'MFU':>6s} {'peak GiB':>9s}")
+for label, r in runs.items():
+    base = runs.get(label.rsplit("/", 1)[0] + "/fp32")
+    ratio = r["step_ms_median"] / base["step_ms_median"] if base else float("nan")
+    print(f"{label:28s} {r['step_ms_median']:9.2f} {ratio:8.3f} {100 * r['mfu']:5.1f}% "
+          f"{r['peak_gib']:9.2f}")
+EOF
+if [ "${BIG:-0}" = 1 ]; then
+  log="$build/head_loss_big.log"
+  timeout 240 "$build/bench/train_step_bench" --config configs/gpu_moe_125m.textproto \
+    --set train.micro_batch_size=256 --set train.global_batch_size=256 \
+    --set train.recompute=FULL --set train.fp32_logits=false --set train.loss_chunk_tokens=8192 \
+    --set train.device_memory_gib=140 --steps 3 --warmup 1 --label big > "$log" 2>&1 ||
+    { status=1; echo "micro-batch 256 FULL, chunked bf16 logits: $(tail -2 "$log")"; }
+  grep -E "^gpu_moe_125m|^big" "$log"
+fi
+exit $status
