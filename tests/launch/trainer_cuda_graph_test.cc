@@ -5,7 +5,8 @@
 // evaluation and every parameter of the final checkpoint — with two
 // micro-batches per step, an evaluation and checkpoints in between (each
 // evaluation drops the graph, which is captured again), in fp32 and bf16,
-// and with the fine-grained preset's shared expert and expert bias;
+// with the fine-grained preset's shared expert and expert bias, and with
+// bf16 logits and the loss in chunks;
 // the graphs were really replayed; and a quiet step with graphs reads
 // nothing on the host and calls cudaMalloc/cudaFree zero times.
 #include <cstdlib>
@@ -71,6 +72,9 @@ TEST_F(TrainerCudaGraphTest, ReplaysGiveTheEagerRunsBits) {
        {"train.precision=BF16", "moe.num_shared_experts=1", "moe.shared_expert_ffn_hidden_size=16",
         "moe.first_dense_layers=1", "moe.score_function=SIGMOID", "moe.normalize_topk=true",
         "moe.expert_bias=true", "moe.expert_bias_update_rate=0.01"}},
+      // bf16 logits, and the loss in chunks of 12 of a micro-batch's 32
+      // tokens: the backward's second pass inside the graph.
+      {"chunked", {"train.precision=BF16", "train.fp32_logits=false", "train.loss_chunk_tokens=12"}},
   };
   for (const Case& c : cases) {
     const char* precision = c.name;
