@@ -74,7 +74,8 @@ TEST_F(TrainerCudaGraphTest, ReplaysGiveTheEagerRunsBits) {
         "moe.expert_bias=true", "moe.expert_bias_update_rate=0.01"}},
       // bf16 logits, and the loss in chunks of 12 of a micro-batch's 32
       // tokens: the backward's second pass inside the graph.
-      {"chunked", {"train.precision=BF16", "train.fp32_logits=false", "train.loss_chunk_tokens=12"}},
+      {"chunked",
+       {"train.precision=BF16", "train.fp32_logits=false", "train.loss_chunk_tokens=12"}},
   };
   for (const Case& c : cases) {
     const char* precision = c.name;
