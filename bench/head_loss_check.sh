@@ -17,7 +17,7 @@ build=${BUILD_DIR:-build-gpu}
 build_and_test head_loss '^core_cuda_embedding_ce_test$' core_cuda_embedding_ce_test \
   model_cuda_model_test train_step_bench
 SCALEMOE_REQUIRE_GPU=1 timeout 400 "$build/tests/model/model_cuda_model_test" \
-  --gtest_filter='*Logits*:*Chunked*:*Bf16WithTheCpuRouting*' > "$build/head_loss_model.log" 2>&1 ||
+  --gtest_filter='*Bf16Options*:*Chunked*:*Bf16WithTheCpuRouting*' > "$build/head_loss_model.log" 2>&1 ||
   status=1
 grep -E "^\[  (PASSED|FAILED) |cosine" "$build/head_loss_model.log"
 rows=()
@@ -35,21 +35,15 @@ for p in gpu_moe_125m gpu_finegrained_64e; do
     rows+=("$log")
   done
 done
-python3 - "${rows[@]}" <<'EOF'
+grep -h "^BENCH_JSON " "${rows[@]}" | cut -c12- | python3 -c '
 import json, sys
-runs = {}
-for path in sys.argv[1:]:
-    for line in open(path, errors="replace"):
-        if line.startswith("BENCH_JSON "):
-            r = json.loads(line[len("BENCH_JSON "):])
-            runs[r["label"]] = r
-print(f"\n{'preset/logits':28s} {'step ms':>9s} {'vs fp32':>8s} {'MFU':>6s} {'peak GiB':>9s}")
+runs = {r["label"]: r for r in map(json.loads, sys.stdin)}
+print("\n%-28s %9s %8s %6s %9s" % ("preset/logits", "step ms", "vs fp32", "MFU", "peak GiB"))
 for label, r in runs.items():
     base = runs.get(label.rsplit("/", 1)[0] + "/fp32")
     ratio = r["step_ms_median"] / base["step_ms_median"] if base else float("nan")
-    print(f"{label:28s} {r['step_ms_median']:9.2f} {ratio:8.3f} {100 * r['mfu']:5.1f}% "
-          f"{r['peak_gib']:9.2f}")
-EOF
+    print("%-28s %9.2f %8.3f %5.1f%% %9.2f" % (label, r["step_ms_median"], ratio,
+                                               100 * r["mfu"], r["peak_gib"]))'
 if [ "${BIG:-0}" = 1 ]; then
   log="$build/head_loss_big.log"
   timeout 240 "$build/bench/train_step_bench" --config configs/gpu_moe_125m.textproto \

@@ -334,7 +334,8 @@ void EmbeddingBackward(const ExecContext& ctx, const Tensor& tokens, const Tenso
 // targets int32 [N]. If d_logits is defined it is overwritten with
 // d(mean loss)/d logits = (softmax − onehot) / N. loss f64[1] is overwritten
 // with the mean (a device scalar: read it with ExecContext::ToHost). Logits
-// f32, f64 or bf16 (computed on in f32); d_logits in their dtype or bf16.
+// f32, f64 or bf16 (bf16 computed on in f32); d_logits in their dtype or
+// bf16.
 // On CUDA a target outside [0, V) makes the loss and its gradient row NaN
 // where the CPU SM_CHECKs.
 void CrossEntropy(const ExecContext& ctx, const Tensor& logits, const Tensor& targets,

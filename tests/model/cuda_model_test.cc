@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -104,48 +105,42 @@ TEST_P(CudaModelTest, Bf16OperandsTrackTheFp32Cpu) {
   EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
 }
 
-// train.fp32_head_norm_input off (the per-head norms read and keep their
-// projection in bf16), with three q, k, v GEMMs and with one: the GPU's bf16
-// run within bf16 bounds of the fp32 CPU run and as close to the CPU's bf16
-// run, under the same option, as the default's is.
-TEST_P(CudaModelTest, Bf16HeadNormInputTracksTheCpu) {
+// The bf16 options, each on its own: train.fp32_head_norm_input off (the
+// per-head norms read and keep their projection in bf16) with three q, k,
+// v GEMMs and with one, and train.fp32_logits off (the head writes bf16
+// logits, the loss reads them). Under each, the GPU's bf16 run within bf16
+// bounds of the fp32 CPU run, and as close to the CPU's bf16 run under the
+// same option as the default's is.
+TEST_P(CudaModelTest, Bf16OptionsTrackTheCpu) {
   const VariantCase c = VariantCases()[GetParam()];
-  config::RunConfig cfg = VariantConfig(c);
-  const Tensor values = StartValues(cfg);
-  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
-  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
-  cfg.mutable_train()->set_fp32_head_norm_input(false);
-  const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
-  for (bool fuse_qkv : {false, true}) {
-    SCOPED_TRACE(fuse_qkv ? "one q|k|v GEMM" : "three GEMMs");
-    cfg.mutable_model()->set_fuse_qkv(fuse_qkv);
+  const config::RunConfig fp32 = VariantConfig(c);
+  const Tensor values = StartValues(fp32);
+  const StepResult cpu = WholeModelStep(fp32, cpu_, values);
+  using Apply = std::function<void(config::TrainConfig&, config::ModelConfig&)>;
+  const std::vector<std::pair<const char*, Apply>> options = {
+      {"bf16 head-norm input, three GEMMs",
+       [](config::TrainConfig& t, config::ModelConfig&) { t.set_fp32_head_norm_input(false); }},
+      {"bf16 head-norm input, one q|k|v GEMM",
+       [](config::TrainConfig& t, config::ModelConfig& m) {
+         t.set_fp32_head_norm_input(false);
+         m.set_fuse_qkv(true);
+       }},
+      {"bf16 logits",
+       [](config::TrainConfig& t, config::ModelConfig&) { t.set_fp32_logits(false); }},
+  };
+  for (const auto& [name, apply] : options) {
+    SCOPED_TRACE(name);
+    config::RunConfig cfg = fp32;
+    cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
+    apply(*cfg.mutable_train(), *cfg.mutable_model());
+    const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
     const StepResult gpu = WholeModelStep(cfg, ctx_, values);
     ExpectBf16Tracks(cpu, gpu);
     const testing::MinCosine vs_cpu = testing::SmallestCosine(cpu_bf16, gpu);
-    std::printf("%s, bf16 head-norm input, %s: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s)\n",
-                c.name.c_str(), fuse_qkv ? "one q|k|v GEMM" : "three GEMMs", vs_cpu.cosine,
-                vs_cpu.name.c_str());
+    std::printf("%s, %s: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s)\n", c.name.c_str(), name,
+                vs_cpu.cosine, vs_cpu.name.c_str());
     EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
   }
-}
-
-// train.fp32_logits off (the head writes bf16 logits, the loss reads
-// them): the GPU's bf16 run within bf16 bounds of the fp32 CPU run and as
-// close to the CPU's bf16 run, under the same option, as the default's is.
-TEST_P(CudaModelTest, Bf16LogitsTrackTheCpu) {
-  const VariantCase c = VariantCases()[GetParam()];
-  config::RunConfig cfg = VariantConfig(c);
-  const Tensor values = StartValues(cfg);
-  const StepResult cpu = WholeModelStep(cfg, cpu_, values);
-  cfg.mutable_train()->set_precision(config::TrainConfig::BF16);
-  cfg.mutable_train()->set_fp32_logits(false);
-  const StepResult cpu_bf16 = WholeModelStep(cfg, cpu_, values);
-  const StepResult gpu = WholeModelStep(cfg, ctx_, values);
-  ExpectBf16Tracks(cpu, gpu);
-  const testing::MinCosine vs_cpu = testing::SmallestCosine(cpu_bf16, gpu);
-  std::printf("%s, bf16 logits: bf16 GPU vs bf16 CPU smallest cosine %.7f (%s)\n", c.name.c_str(),
-              vs_cpu.cosine, vs_cpu.name.c_str());
-  EXPECT_GE(vs_cpu.cosine, 0.9999) << vs_cpu.name;
 }
 
 // model.fuse_qkv on the GPU (q, k and v from one GEMM, their token-strided
