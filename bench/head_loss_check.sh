@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # train.fp32_logits and train.loss_chunk_tokens in one device call: builds
-# the GPU model tests, the cross-entropy's and bench/train_step_bench in
-# BUILD_DIR (default build-gpu, an already configured CUDA tree), runs the
-# tests that cover them (they must pass, not skip), then times each
-# preset's step (as configured: the unified strategy; micro-batch 8,
-# global 64, CUDA graphs) with fp32 logits, bf16 logits, and bf16 logits
-# in chunks of 4096 tokens, and prints medians and peak memory side by
-# side. With BIG=1 it then runs gpu_moe_125m at micro-batch 256 under
-# train.recompute FULL (which ran out of memory with whole fp32 logits)
-# with bf16 logits in chunks of 8192 tokens, for a few steps.
+# the GPU model tests, the cross-entropy's, the CUDA graphs' trainer test
+# and bench/train_step_bench in BUILD_DIR (default build-gpu, an already
+# configured CUDA tree), runs the tests that cover them (they must pass,
+# not skip), then times each preset's step (as configured: the unified
+# strategy; micro-batch 8, global 64, CUDA graphs) with fp32 logits, bf16
+# logits, and bf16 logits in chunks of 4096 tokens, and prints medians and
+# peak memory side by side. With BIG=1 it then runs gpu_moe_125m at
+# micro-batch 256 under train.recompute FULL (which ran out of memory with
+# whole fp32 logits) with bf16 logits in chunks of 8192 tokens, for a few
+# steps.
 # usage: bench/head_loss_check.sh      (JOBS, default 16; STEPS, default 20)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu}
 . bench/kernel_check_util.sh
-build_and_test head_loss '^core_cuda_embedding_ce_test$' core_cuda_embedding_ce_test \
-  model_cuda_model_test train_step_bench
+build_and_test head_loss '^(core_cuda_embedding_ce|launch_trainer_cuda_graph)_test$' \
+  core_cuda_embedding_ce_test launch_trainer_cuda_graph_test model_cuda_model_test train_step_bench
 SCALEMOE_REQUIRE_GPU=1 timeout 400 "$build/tests/model/model_cuda_model_test" \
   --gtest_filter='*Bf16Options*:*Chunked*:*Bf16WithTheCpuRouting*' > "$build/head_loss_model.log" 2>&1 ||
   status=1
