@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "core/tensor.h"
 
 namespace scalemoe {
@@ -82,7 +83,10 @@ StatusOr<std::shared_ptr<Storage>> CachingAllocator::Allocate(size_t nbytes) {
       // Give the shared cache back and try once more before failing.
       ReleaseCache();
       fresh = source_->Allocate(rounded);
-      if (!fresh.ok()) return fresh.status();
+      if (!fresh.ok()) {
+        return absl::Status(fresh.status().code(),
+                            absl::StrCat(fresh.status().message(), "; ", InUseSummary()));
+      }
     }
     ptr = *fresh;
     std::lock_guard<std::mutex> lock(mu_);
@@ -93,6 +97,7 @@ StatusOr<std::shared_ptr<Storage>> CachingAllocator::Allocate(size_t nbytes) {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use_bytes += static_cast<int64_t>(rounded);
     stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
+    ++in_use_blocks_[rounded];
     if (tracing_ && pool == 0) trace_.push_back(ptr);
   }
   // The block keeps its allocator alive until it comes back.
@@ -111,6 +116,9 @@ void CachingAllocator::Release(void* ptr, size_t rounded, int pool) {
   (live == private_free_.end() ? free_ : live->second)[rounded].push_back(ptr);
   stats_.in_use_bytes -= static_cast<int64_t>(rounded);
   stats_.cached_bytes += static_cast<int64_t>(rounded);
+  if (auto it = in_use_blocks_.find(rounded); it != in_use_blocks_.end() && --it->second == 0) {
+    in_use_blocks_.erase(it);
+  }
 }
 
 void CachingAllocator::ReleaseCache() {
@@ -160,6 +168,35 @@ std::vector<void*> CachingAllocator::TakeTrace() {
   std::lock_guard<std::mutex> lock(mu_);
   tracing_ = false;
   return std::move(trace_);
+}
+
+std::string CachingAllocator::InUseSummary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t blocks = 0;
+  for (const auto& [size, count] : in_use_blocks_) blocks += count;
+  std::string largest;
+  int sizes = 0;
+  for (auto it = in_use_blocks_.rbegin(); it != in_use_blocks_.rend() && sizes < 6; ++it, ++sizes) {
+    absl::StrAppend(&largest, sizes > 0 ? ", " : "", it->second, " x ",
+                    FormatBytes(static_cast<double>(it->first)));
+  }
+  if (in_use_blocks_.size() > 6) absl::StrAppend(&largest, ", ...");
+  return absl::StrCat("in use ", FormatBytes(static_cast<double>(stats_.in_use_bytes)), " in ",
+                      blocks, " blocks",
+                      blocks > 0 ? absl::StrCat(" (the largest: ", largest, ")") : "", ", cached ",
+                      FormatBytes(static_cast<double>(stats_.cached_bytes)), ", peak ",
+                      FormatBytes(static_cast<double>(stats_.peak_in_use_bytes)));
+}
+
+std::string FormatBytes(double bytes) {
+  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  size_t unit = 0;
+  while (bytes >= 1024 && unit + 1 < std::size(kUnits)) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
+                   : absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
 }
 
 AllocatorStats CachingAllocator::stats() const {

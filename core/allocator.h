@@ -43,6 +43,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/dtype.h"
@@ -106,6 +107,10 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   void StartTrace();
   // The trace since StartTrace (blocks still in use); tracing stops.
   std::vector<void*> TakeTrace();
+  // What holds the memory, for an out-of-memory message: "in use 47.5 GiB
+  // in 1210 blocks (the largest: 1 x 32 GiB, 2 x 4 GiB, ...), cached 0 B,
+  // peak 47.5 GiB". A failed Allocate appends it to the source's message.
+  std::string InUseSummary() const;
 
  private:
   using FreeLists = std::map<size_t, std::vector<void*>>;  // rounded size -> cached blocks
@@ -121,10 +126,15 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   int active_pool_ = 0, last_pool_ = 0;
   bool tracing_ = false;
   std::vector<void*> trace_;
+  std::map<size_t, int64_t> in_use_blocks_;  // rounded size -> blocks handed out, not returned
   AllocatorStats stats_;
 };
 
 // The rounded size a request of nbytes occupies (cache key).
 size_t RoundAllocation(size_t nbytes);
+
+// "512 B", "3.4 MiB", "1.2 GiB", "7.3 TiB", "6.4e+03 PiB": the largest
+// binary unit the count reaches, three significant digits.
+std::string FormatBytes(double bytes);
 
 }  // namespace scalemoe

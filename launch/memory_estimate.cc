@@ -73,17 +73,6 @@ double StageZeroInFlight(const config::RunConfig& c, const ParallelLayout& l) {
 
 }  // namespace
 
-std::string FormatBytes(double bytes) {
-  static constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  size_t unit = 0;
-  while (bytes >= 1024 && unit + 1 < std::size(kUnits)) {
-    bytes /= 1024;
-    ++unit;
-  }
-  return unit == 0 ? absl::StrFormat("%.0f B", bytes)
-                   : absl::StrFormat("%.3g %s", bytes, kUnits[unit]);
-}
-
 std::string MemoryEstimate::Summary() const {
   return absl::StrFormat("%s per rank (weights %.3g, gradients %.3g, optimizer state %.3g, "
                          "activations %.3g GiB)",

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "configs/scalemoe.pb.h"
+#include "core/allocator.h"  // FormatBytes
 #include "core/config_problems.h"
 #include "launch/config.h"
 
@@ -91,8 +92,5 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
 // naming the fields and the fix.
 void ValidateSizes(const config::RunConfig& cfg, const ParallelLayout& layout,
                    ConfigProblems& problems);
-
-// "512 B", "3.4 MiB", "1.2 GiB", "7.3 TiB", "6.4e+03 PiB".
-std::string FormatBytes(double bytes);
 
 }  // namespace scalemoe

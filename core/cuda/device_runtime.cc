@@ -19,8 +19,10 @@ class DeviceSource : public BlockSource {
       (void)cudaGetLastError();  // out of memory is not sticky: clear it
       return absl::ResourceExhaustedError(absl::StrCat(
           "cudaMalloc of ", nbytes, " bytes on cuda:", ordinal_, " failed (",
-          cudaGetErrorString(err), "): lower train.micro_batch_size, turn on "
-          "train.recompute, or spread the model over more GPUs"));
+          cudaGetErrorString(err),
+          "): lower train.micro_batch_size, turn on "
+          "train.recompute (or train.loss_chunk_tokens where the logits are large), or spread "
+          "the model over more GPUs"));
     }
     return ptr;
   }

@@ -1,13 +1,20 @@
 // The execution seam on the CPU: the context's caching allocator reuses
-// blocks (a steady state makes no system allocations), poison mode fills
+// blocks (a steady state makes no system allocations) and names what holds
+// the memory when it runs out, poison mode fills
 // every block handed out, host reads are counted, and an op a device does
 // not implement is a Status on the context, never a silent fallback.
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <memory>
+#include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+#include "core/allocator.h"
 #include "core/context.h"
 #include "core/ops.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace scalemoe {
@@ -135,6 +142,58 @@ TEST(ContextTest, ABlockOfARetiredPoolReturnsToTheSharedCache) {
   kept = Tensor();
   Tensor reused = ctx.Empty({64}, DType::kF32);
   EXPECT_EQ(reused.raw_data(), block);
+}
+
+// Host blocks, at most `limit` bytes held at once: a device's memory.
+class LimitedHostSource : public BlockSource {
+ public:
+  explicit LimitedHostSource(size_t limit) : limit_(limit) {}
+  Device device() const override { return Device::kCPU; }
+  StatusOr<void*> Allocate(size_t nbytes) override {
+    if (held_ + nbytes > limit_) {
+      return absl::ResourceExhaustedError(absl::StrCat("no room for ", nbytes, " bytes"));
+    }
+    SM_ASSIGN_OR_RETURN(void* p, host_->Allocate(nbytes));
+    held_ += nbytes;
+    sizes_[p] = nbytes;
+    return p;
+  }
+  void Free(void* p) override {
+    held_ -= sizes_.at(p);
+    sizes_.erase(p);
+    host_->Free(p);
+  }
+  void Poison(void*, size_t) override {}
+
+ private:
+  std::unique_ptr<BlockSource> host_ = HostBlockSource();
+  size_t limit_, held_ = 0;
+  std::map<void*, size_t> sizes_;
+};
+
+// Out of memory after the cache went back: the source's message, then what
+// holds the memory (the blocks in use by size, largest first, the cache and
+// the peak), so that the user sees which tensors to shrink.
+TEST(ContextTest, OutOfMemoryNamesWhatIsInUse) {
+  constexpr size_t kMiB = size_t{1} << 20;
+  auto alloc = CachingAllocator::Create(std::make_unique<LimitedHostSource>(8 * kMiB), false);
+  std::vector<std::shared_ptr<Storage>> held;
+  for (size_t mib : {1, 4, 1, 1}) held.push_back(*alloc->Allocate(mib * kMiB));
+  { auto cached = alloc->Allocate(kMiB / 2); }  // cached, then given back by the failure
+  EXPECT_EQ(alloc->stats().cached_bytes, static_cast<int64_t>(kMiB / 2));
+  const Status failed = alloc->Allocate(2 * kMiB).status();
+  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(failed.message()),
+              ::testing::HasSubstr("no room for 2097152 bytes; in use 7 MiB in 4 blocks (the "
+                                   "largest: 1 x 4 MiB, 3 x 1 MiB), cached 0 B, peak 7.5 MiB"));
+  // Returned blocks leave the list; past six sizes it ends in "...".
+  held.erase(held.begin() + 1);
+  for (size_t kib : {1, 2, 3, 4, 5, 6}) held.push_back(*alloc->Allocate(kib * 1024));
+  EXPECT_EQ(alloc->InUseSummary(),
+            "in use 3.02 MiB in 9 blocks (the largest: 3 x 1 MiB, 1 x 6 KiB, 1 x 5 KiB, "
+            "1 x 4 KiB, 1 x 3 KiB, 1 x 2 KiB, ...), cached 4 MiB, peak 7.5 MiB");
+  held.clear();
+  EXPECT_EQ(alloc->InUseSummary(), "in use 0 B in 0 blocks, cached 7.02 MiB, peak 7.5 MiB");
 }
 
 TEST(ContextTest, HostEffectsRunAtOnce) {

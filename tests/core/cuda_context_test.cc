@@ -146,6 +146,24 @@ TEST_F(CudaContextTest, SteadyStateStepMakesNoCudaMallocAfterTheFirst) {
   EXPECT_TRUE(std::isfinite(t.At(0))) << t.At(0);
 }
 
+// cudaMalloc past the device's memory (1 PiB): a ResourceExhausted status
+// naming the request, the fix and what holds the memory (the 4 MiB block
+// kept here), not a sticky CUDA error: the context allocates and runs on.
+TEST_F(CudaContextTest, AnAllocationPastTheDeviceNamesWhatIsInUse) {
+  const Tensor kept = ctx_.Empty({int64_t{1} << 20}, DType::kF32);
+  const StatusOr<std::shared_ptr<Storage>> huge = ctx_.allocator().Allocate(size_t{1} << 50);
+  ASSERT_FALSE(huge.ok());
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kResourceExhausted);
+  const std::string message(huge.status().message());
+  for (const char* part : {"cudaMalloc of 1125899906842624 bytes on cuda:",
+                           "train.loss_chunk_tokens", "; in use ", " x 4 MiB"}) {
+    EXPECT_NE(message.find(part), std::string::npos) << part << " not in: " << message;
+  }
+  const Tensor after = ctx_.Zeros({16}, DType::kF32);
+  EXPECT_EQ(Host(after).At(15), 0.0);
+  EXPECT_TRUE(ctx_.status().ok()) << ctx_.status();
+}
+
 TEST_F(CudaContextTest, ACapturedGraphReplaysTheEagerWorkAndItsHostEffects) {
   const int64_t rows = 96, k = 64, cols = 80;
   const Tensor x = Dev(RandomHost({rows, k}, DType::kF32, 7, 1));
