@@ -29,6 +29,7 @@ mkdir -p "$out"
 config="configs/$preset.textproto"
 extra=()
 for kv in ${SETS:-}; do extra+=(--set "$kv"); done
+peaks=()  # what each run's caching allocator held at its peak
 gib=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -1 |
   awk '{printf "%d", $1 / 1024}')
 
@@ -61,6 +62,7 @@ bench() {  # label, recompute, micro-batch
     --label "$label" \
     > "$out/$label.log" 2>&1 || { echo "| $label | failed: $(tail -1 "$out/$label.log") |"; return; }
   grep "^BENCH_JSON " "$out/$label.log" | cut -c12- | python3 -c "$row_py" "$(estimate "$b" "$r")"
+  peaks+=("$label: $(grep "^allocator peak" "$out/$label.log")")
 }
 
 fits() { check_config "$1" "$2" > /dev/null 2>&1; }  # micro-batch, recompute
@@ -84,6 +86,8 @@ for r in NONE FULL; do
   echo "| (memory estimate: largest power-of-two micro-batch with recompute $r: $b) | | | | | | |"
   [ "$b" -gt 0 ] && bench "largest_${r}_mb$b" "$r" "$b"
 done
+echo
+printf '%s\n' "${peaks[@]}"
 
 if [ -f datasets/default/manifest.json ]; then
   echo

@@ -25,6 +25,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/synthetic_dataset.h"
+#include "core/allocator.h"
 #include "core/op_timer.h"
 #include "launch/config.h"
 #include "launch/flags.h"
@@ -48,7 +49,9 @@ constexpr char kUsage[] =
     "  --profile-steps P  P further steps with the op timer on: a table per op\n"
     "                     category (default 0 = none)\n"
     "  --label NAME       names the run in the output (default: the preset name)\n"
-    "  Prints one result line and one line starting BENCH_JSON.\n";
+    "  Prints one result line, what the caching allocator held at its peak\n"
+    "  (\"allocator peak ...\": block sizes and counts) and one line starting\n"
+    "  BENCH_JSON.\n";
 
 int Fail(const std::string& message) {
   std::fprintf(stderr, "train_step_bench: %s\n", message.c_str());
@@ -280,6 +283,7 @@ int Main(int argc, char** argv) {
 
   StepClock clock;
   int64_t device_used = 0, alloc_peak = 0;
+  std::string peak_blocks;
   TrainOptions options;
   options.config = cfg;
   options.run_dir = (std::filesystem::path(data_dir) / "run").string();
@@ -289,6 +293,7 @@ int Main(int argc, char** argv) {
     if (done == *warmup + *steps) {
       device_used = DeviceUsedBytes(&ctx);
       alloc_peak = ctx.allocator_stats().peak_in_use_bytes;
+      peak_blocks = ctx.allocator().PeakSummary();
       if (*profile > 0) op_timer::SetEnabled(true);
     }
     if (done == total && *profile > 0) {
@@ -357,6 +362,7 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(result->cuda_graph_captures),
                 static_cast<long long>(result->cuda_graph_eager));
   }
+  std::printf("allocator %s\n", peak_blocks.c_str());
   std::printf("BENCH_JSON %s\n", record.dump().c_str());
   if (*profile > 0)
     PrintProfile(label, op_timer::Collect(), static_cast<int>(*profile), profile_ms, median);

@@ -96,8 +96,11 @@ StatusOr<std::shared_ptr<Storage>> CachingAllocator::Allocate(size_t nbytes) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     stats_.in_use_bytes += static_cast<int64_t>(rounded);
-    stats_.peak_in_use_bytes = std::max(stats_.peak_in_use_bytes, stats_.in_use_bytes);
     ++in_use_blocks_[rounded];
+    if (stats_.in_use_bytes > stats_.peak_in_use_bytes) {
+      stats_.peak_in_use_bytes = stats_.in_use_bytes;
+      peak_blocks_ = in_use_blocks_;  // a new peak: the first step's, rarely later
+    }
     if (tracing_ && pool == 0) trace_.push_back(ptr);
   }
   // The block keeps its allocator alive until it comes back.
@@ -170,22 +173,36 @@ std::vector<void*> CachingAllocator::TakeTrace() {
   return std::move(trace_);
 }
 
-std::string CachingAllocator::InUseSummary() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  int64_t blocks = 0;
-  for (const auto& [size, count] : in_use_blocks_) blocks += count;
-  std::string largest;
+namespace {
+
+// "47.5 GiB in 1210 blocks (the largest: 1 x 32 GiB, 2 x 4 GiB, ...)": the
+// six largest sizes.
+std::string DescribeBlocks(int64_t bytes, const std::map<size_t, int64_t>& blocks) {
+  int64_t count = 0;
+  for (const auto& [size, n] : blocks) count += n;
+  std::string out = absl::StrCat(FormatBytes(static_cast<double>(bytes)), " in ", count, " blocks");
+  if (count == 0) return out;
   int sizes = 0;
-  for (auto it = in_use_blocks_.rbegin(); it != in_use_blocks_.rend() && sizes < 6; ++it, ++sizes) {
-    absl::StrAppend(&largest, sizes > 0 ? ", " : "", it->second, " x ",
+  for (auto it = blocks.rbegin(); it != blocks.rend() && sizes < 6; ++it, ++sizes) {
+    absl::StrAppend(&out, sizes > 0 ? ", " : " (the largest: ", it->second, " x ",
                     FormatBytes(static_cast<double>(it->first)));
   }
-  if (in_use_blocks_.size() > 6) absl::StrAppend(&largest, ", ...");
-  return absl::StrCat("in use ", FormatBytes(static_cast<double>(stats_.in_use_bytes)), " in ",
-                      blocks, " blocks",
-                      blocks > 0 ? absl::StrCat(" (the largest: ", largest, ")") : "", ", cached ",
+  absl::StrAppend(&out, blocks.size() > 6 ? ", ...)" : ")");
+  return out;
+}
+
+}  // namespace
+
+std::string CachingAllocator::InUseSummary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return absl::StrCat("in use ", DescribeBlocks(stats_.in_use_bytes, in_use_blocks_), ", cached ",
                       FormatBytes(static_cast<double>(stats_.cached_bytes)), ", peak ",
                       FormatBytes(static_cast<double>(stats_.peak_in_use_bytes)));
+}
+
+std::string CachingAllocator::PeakSummary() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return absl::StrCat("peak ", DescribeBlocks(stats_.peak_in_use_bytes, peak_blocks_));
 }
 
 std::string FormatBytes(double bytes) {

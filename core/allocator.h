@@ -111,6 +111,10 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   // in 1210 blocks (the largest: 1 x 32 GiB, 2 x 4 GiB, ...), cached 0 B,
   // peak 47.5 GiB". A failed Allocate appends it to the source's message.
   std::string InUseSummary() const;
+  // The blocks in use when the peak was reached, the same way: "peak 20.1
+  // GiB in 830 blocks (the largest: ...)" (where the memory estimate's
+  // parts can be checked against a run).
+  std::string PeakSummary() const;
 
  private:
   using FreeLists = std::map<size_t, std::vector<void*>>;  // rounded size -> cached blocks
@@ -126,7 +130,9 @@ class CachingAllocator : public std::enable_shared_from_this<CachingAllocator> {
   int active_pool_ = 0, last_pool_ = 0;
   bool tracing_ = false;
   std::vector<void*> trace_;
-  std::map<size_t, int64_t> in_use_blocks_;  // rounded size -> blocks handed out, not returned
+  using BlockCounts = std::map<size_t, int64_t>;  // rounded size -> blocks
+  BlockCounts in_use_blocks_;                     // handed out, not returned
+  BlockCounts peak_blocks_;                       // in_use_blocks_ at the peak
   AllocatorStats stats_;
 };
 

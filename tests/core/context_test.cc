@@ -194,6 +194,9 @@ TEST(ContextTest, OutOfMemoryNamesWhatIsInUse) {
             "1 x 4 KiB, 1 x 3 KiB, 1 x 2 KiB, ...), cached 4 MiB, peak 7.5 MiB");
   held.clear();
   EXPECT_EQ(alloc->InUseSummary(), "in use 0 B in 0 blocks, cached 7.02 MiB, peak 7.5 MiB");
+  // What was in use at the peak: the four blocks and the one cached after.
+  EXPECT_EQ(alloc->PeakSummary(),
+            "peak 7.5 MiB in 5 blocks (the largest: 1 x 4 MiB, 3 x 1 MiB, 1 x 512 KiB)");
 }
 
 TEST(ContextTest, HostEffectsRunAtOnce) {
