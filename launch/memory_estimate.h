@@ -28,7 +28,8 @@
 //                top_k·(2·C + 4·Fe/etp) + 4·S·Fs + 2·E (MoE); plus the
 //                logits and their gradient (2·V/tp per token, fp32; the
 //                gradient bf16 under BF16 without TP, both bf16 under BF16
-//                with train.fp32_logits off).
+//                with train.fp32_logits off; one chunk's tokens' with
+//                train.loss_chunk_tokens).
 //                train.recompute NONE keeps that per in-flight micro-batch:
 //                under pipeline parallelism one chunk's layers per (chunk,
 //                micro-batch) the first stage holds at its peak (min(pp,
