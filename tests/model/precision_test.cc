@@ -400,19 +400,19 @@ TEST(ModelPrecisionTest, Bf16LogitsAreTheFp32LogitsRoundedOnce) {
     Tensor logits;
     LossBreakdown loss;
   };
-  const auto forward = [](const config::RunConfig& cfg) {
+  std::vector<int32_t> ids(10), next(10);
+  for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
+  const Tensor tokens = Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const Tensor targets = Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU);
+  const auto forward = [&](const config::RunConfig& cfg) {
     ParamRegistry registry;
     MoeTransformer model(registry, cfg);
     Must(registry.Materialize(cfg.train().seed(), DType::kF32, Device::kCPU));
     testing::PerturbScaleVectors(registry, 5);
-    std::vector<int32_t> ids(10), next(10);
-    for (int i = 0; i < 10; ++i) ids[i] = (7 * i + 3) % 16, next[i] = (5 * i + 1) % 16;
     const ExecContext ctx;
     Must(model.PrepareStep(ctx));
     Run r;
-    r.loss =
-        Must(model.Forward(ctx, Tensor::FromBlob(ids.data(), {2, 5}, DType::kI32, Device::kCPU),
-                           Tensor::FromBlob(next.data(), {2, 5}, DType::kI32, Device::kCPU)));
+    r.loss = Must(model.Forward(ctx, tokens, targets));
     r.logits = model.logits().Clone();
     return r;
   };
@@ -438,11 +438,8 @@ TEST(ModelPrecisionTest, Bf16LogitsAreTheFp32LogitsRoundedOnce) {
     EXPECT_FALSE(SameBits(widened, fp32_logits.logits))
         << "the fp32 logits were bf16 values already: the test checks nothing";
     // The loss is the bf16 logits' cross-entropy, not the fp32 ones'.
-    std::vector<int32_t> next(10);
-    for (int i = 0; i < 10; ++i) next[i] = (5 * i + 1) % 16;
-    const Tensor targets = Tensor::FromBlob(next.data(), {10}, DType::kI32, Device::kCPU);
     Tensor ce = Tensor::Empty({1}, DType::kF64);
-    ops::CrossEntropy(ExecContext::Cpu(), off.logits, targets, Tensor(), ce);
+    ops::CrossEntropy(ExecContext::Cpu(), off.logits, targets.View({10}), Tensor(), ce);
     EXPECT_EQ(off.loss.cross_entropy, ce.At(0));
     EXPECT_NE(off.loss.cross_entropy, fp32_logits.loss.cross_entropy);
     EXPECT_NEAR(off.loss.cross_entropy, fp32_logits.loss.cross_entropy,
