@@ -9,7 +9,10 @@
 // tokens an expert sees when routing is balanced (tokens · top_k / experts):
 // in bf16 twice, as a strided batch through cuBLASLt (forms fwd, dgrad,
 // wgrad) and as the trainer runs them, row-stacked through ops::GroupedGemm
-// and ops::GroupedGemmWeightGrad with device offsets (gfwd, gdgrad, gwgrad).
+// and ops::GroupedGemmWeightGrad with device offsets (gfwd, gdgrad, gwgrad),
+// and for the experts' first GEMMs once more with their input rows read
+// through a shuffled token permutation (ops::GroupedGemmGathered and
+// ops::GroupedGemmWeightGradGathered, moe.fuse_permute: gxfwd, gxwgrad).
 //
 // Timing: CUDA events around kInner back-to-back calls, rotating over
 // kSets input sets (so that repeated runs do not just hit L2), kSamples
@@ -23,9 +26,12 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -63,11 +69,24 @@ constexpr BenchCase kCases[] = {
 
 constexpr int kSets = 3, kWarmup = 3, kInner = 4, kSamples = 25;
 
-enum class Form { kFwd, kDgrad, kWgrad, kGroupedFwd, kGroupedDgrad, kGroupedWgrad };
+enum class Form {
+  kFwd,
+  kDgrad,
+  kWgrad,
+  kGroupedFwd,
+  kGroupedDgrad,
+  kGroupedWgrad,
+  kGatheredFwd,
+  kGatheredWgrad
+};
 const char* FormName(Form f) {
-  constexpr const char* kNames[] = {"fwd", "dgrad", "wgrad", "gfwd", "gdgrad", "gwgrad"};
+  constexpr const char* kNames[] = {"fwd",    "dgrad",  "wgrad", "gfwd",
+                                    "gdgrad", "gwgrad", "gxfwd", "gxwgrad"};
   return kNames[static_cast<int>(f)];
 }
+// The gathered forms read the input through the permutation of the
+// experts' first GEMMs: only the up projections (input = hidden).
+bool Gathered(Form f) { return f >= Form::kGatheredFwd; }
 bool Grouped(Form f) { return f >= Form::kGroupedFwd; }
 
 using bench::Check;
@@ -113,10 +132,13 @@ double TimeCase(const ExecContext& ctx, const BenchCase& bc, DType dtype, Form f
 struct GroupedSet {
   Tensor x, y, dx, offsets;
   ops::MatrixGroup w, dw;
+  Tensor tokens, rows;  // gathered forms: x = tokens[rows[i] / top_k]
 };
+constexpr int64_t kTokens = 8192;  // a micro-batch: rows = kTokens · top_k
 
 double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
   const int64_t rows = bc.batch * bc.tokens;
+  const int top_k = static_cast<int>(rows / kTokens);
   std::vector<int64_t> offsets;
   for (int64_t e = 0; e <= bc.batch; ++e) offsets.push_back(e * bc.tokens);
   std::vector<GroupedSet> sets;
@@ -127,6 +149,15 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
     set.y = RandomDevice(ctx, {rows, bc.out}, DType::kBF16, base + 3, 1.0);
     set.dx = ctx.Empty({rows, bc.in}, DType::kBF16);
     set.offsets = TableToDevice(ctx, {bc.batch + 1}, offsets);
+    if (Gathered(form)) {
+      std::vector<int32_t> slots(rows);
+      std::iota(slots.begin(), slots.end(), 0);
+      std::shuffle(slots.begin(), slots.end(), std::mt19937_64(base + 5));
+      Tensor host = Tensor::Empty({rows}, DType::kI32);
+      std::copy(slots.begin(), slots.end(), host.data<int32_t>());
+      set.rows = ctx.ToDevice(host);
+      set.tokens = RandomDevice(ctx, {kTokens, bc.in}, DType::kBF16, base + 2, 1.0);
+    }
     std::vector<Tensor> w, dw;
     for (int64_t e = 0; e < bc.batch; ++e) {
       w.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kBF16, base + 10 + 2 * e, 0.02));
@@ -147,6 +178,13 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
         break;
       case Form::kGroupedWgrad:
         ops::GroupedGemmWeightGrad(ctx, s.y, s.x, s.offsets, s.dw, 1.0);
+        break;
+      case Form::kGatheredFwd:
+        ops::GroupedGemmGathered(ctx, s.tokens, s.rows, top_k, s.w, s.offsets, s.y,
+                                 {.trans_b = ops::Trans::kYes});
+        break;
+      case Form::kGatheredWgrad:
+        ops::GroupedGemmWeightGradGathered(ctx, s.y, s.tokens, s.rows, top_k, s.offsets, s.dw, 1.0);
         break;
       default:
         break;
@@ -171,14 +209,17 @@ int Main(int argc, char** argv) {
   for (const BenchCase& bc : kCases) {
     if (std::string(bc.name).rfind(prefix, 0) != 0) continue;
     for (DType dtype : {DType::kBF16, DType::kF32}) {
-      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd,
-                        Form::kGroupedDgrad, Form::kGroupedWgrad}) {
+      for (Form form :
+           {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd, Form::kGroupedDgrad,
+            Form::kGroupedWgrad, Form::kGatheredFwd, Form::kGatheredWgrad}) {
         if (Grouped(form) && (bc.batch == 1 || dtype != DType::kBF16)) continue;
+        if (Gathered(form) && std::string(bc.name).rfind("experts_up", 0) != 0) continue;
         // The product's M x N x K for this form.
         int64_t m = bc.tokens, n = bc.out, k = bc.in;  // fwd: [M, K] x [K, N]
         if (form == Form::kDgrad || form == Form::kGroupedDgrad)
           std::swap(n, k);                                          // [M, N] x [N, K]
-        if (form == Form::kWgrad || form == Form::kGroupedWgrad) {  // [N, M] x [M, K]
+        if (form == Form::kWgrad || form == Form::kGroupedWgrad ||
+            form == Form::kGatheredWgrad) {  // [N, M] x [M, K]
           m = bc.out;
           n = bc.in;
           k = bc.tokens;

@@ -150,7 +150,9 @@ std::vector<OpTime> Collect() {
 const char* CategoryOf(const std::string& op) {
   static const auto* categories = new std::map<std::string, std::set<std::string>>{
       {"GEMM", {"Gemm"}},
-      {"expert GEMM", {"GroupedGemm", "GroupedGemmWeightGrad"}},
+      {"expert GEMM",
+       {"GroupedGemm", "GroupedGemmWeightGrad", "GroupedGemmGathered",
+        "GroupedGemmWeightGradGathered"}},
       {"attention", {"CausalAttention", "CausalAttentionBackward"}},
       {"routing",
        {"RouterScores", "RouterScoresBackward", "TopKRouting", "TopKRoutingBackward",

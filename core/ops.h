@@ -84,6 +84,19 @@ void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
 // without rows gets beta * c_g).
 void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
                            const Tensor& offsets, const MatrixGroup& c, double beta);
+// The two with the row-stacked operand's rows gathered as GatherRows
+// gathers them (row i = x[rows[i] / divisor], a zero row where rows[i] <
+// 0), without the gathered copy in memory: the MoE permutation read by the
+// first expert GEMM (GroupedGemmGathered: a; ...WeightGradGathered: b).
+// rows int32 [M]. The bits of GatherRows then the plain op. CUDA: the
+// persistent wgmma kernel gathers in its loads (sm_90); elsewhere a copy
+// is gathered first.
+void GroupedGemmGathered(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                         const MatrixGroup& b, const Tensor& offsets, const Tensor& c,
+                         const GroupedGemmOptions& options);
+void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, const Tensor& x,
+                                   const Tensor& rows, int divisor, const Tensor& offsets,
+                                   const MatrixGroup& c, double beta);
 
 // ---------------------------------------------------------------- elementwise
 

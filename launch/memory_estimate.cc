@@ -212,12 +212,18 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
              kept_layers * tokens * normed_heads / s.tp * (s.D * input_bytes + 4), 1);
   }
   // Values per token and layer, weighted by their bytes relative to fp32.
+  // An MoE layer keeps its K permuted output rows, and its K permuted input
+  // rows unless moe.fuse_permute reads them through the permutation (no EP,
+  // ETP or capacity: moe/moe_layer.h).
   const double ffn = ffn_act / act;
+  const bool fused_permute =
+      cfg.moe().fuse_permute() && s.ep == 1 && s.etp == 1 && cfg.moe().capacity_factor() == 0;
+  const double permuted_rows = fused_permute ? 1 : 2;
   const double per_token =
       10 * s.C * stream + 2 * (s.H + 2 * s.KV) * s.D / s.tp * ffn +
       (s.dense_layers * 4 * ffn * s.F / s.tp +
-       s.moe_layers * (s.K * (2 * s.C * stream + 4 * ffn * s.Fe / s.etp) + (bf16_stream ? s.C : 0) +
-                       4 * ffn * s.S * s.Fs + 2 * s.E)) /
+       s.moe_layers * (s.K * (permuted_rows * s.C * stream + 4 * ffn * s.Fe / s.etp) +
+                       (bf16_stream ? s.C : 0) + 4 * ffn * s.S * s.Fs + 2 * s.E)) /
           s.L;
   add_acts("layer activations",
            absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),

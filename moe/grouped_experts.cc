@@ -151,7 +151,7 @@ void GroupedExperts::Forward(const ExecContext& ctx, const Tensor& x,
   for (int64_t t : counts) rows += t;
   SM_CHECK_MSG(rows <= x.dim(0), options_.prefix, ": ", rows, " expert rows in an input of ",
                x.dim(0));
-  StartForward(ctx, x, rows);
+  StartForward(ctx, x, x.dim(0), rows);
   counts_ = counts;
   if (Grouped()) {
     // The experts' row offsets, read by the kernels on the device; uploaded
@@ -190,16 +190,39 @@ void GroupedExperts::ForwardAllRows(const ExecContext& ctx, const Tensor& x, con
   SM_CHECK_MSG(offsets.numel() == options_.num_experts + 1 && offsets.dtype() == DType::kI64,
                options_.prefix, ": offsets ", offsets.DebugString(), " for ", options_.num_experts,
                " experts");
-  StartForward(ctx, x, x.dim(0));
+  StartForward(ctx, x, x.dim(0), x.dim(0));
   counts_.clear();
   offsets_ = offsets;
   ForwardGrouped(ctx, x, y);
 }
 
-void GroupedExperts::StartForward(const ExecContext& ctx, const Tensor& x, int64_t rows) {
-  const int64_t m = x.dim(0), f = local_ffn_;
+void GroupedExperts::ForwardAllRowsGathered(const ExecContext& ctx, const Tensor& n,
+                                            const Tensor& rows, int divisor, const Tensor& offsets,
+                                            const Tensor& y) {
+  SM_CHECK_MSG(Grouped(), options_.prefix, ": ForwardAllRowsGathered needs the grouped path");
+  SM_CHECK_MSG(offsets.numel() == options_.num_experts + 1 && offsets.dtype() == DType::kI64,
+               options_.prefix, ": offsets ", offsets.DebugString(), " for ", options_.num_experts,
+               " experts");
+  SM_CHECK_MSG(n.ndim() == 2 && y.ndim() == 2 && y.dim(1) == n.dim(1) &&
+                   rows.dtype() == DType::kI32 && rows.numel() == y.dim(0) && divisor >= 1,
+               options_.prefix, ": n ", n.DebugString(), " gathered by rows ", rows.DebugString(),
+               " / ", divisor, " into y ", y.DebugString());
+  const int64_t m = y.dim(0);
+  StartForward(ctx, n, m, m);
+  counts_.clear();
+  offsets_ = offsets;
+  gather_rows_ = rows;
+  gather_divisor_ = divisor;
+  ForwardGrouped(ctx, n, y);
+}
+
+void GroupedExperts::StartForward(const ExecContext& ctx, const Tensor& x, int64_t m,
+                                  int64_t rows) {
+  const int64_t f = local_ffn_;
   x_ = x;
+  m_ = m;
   rows_ = rows;
+  gather_rows_ = Tensor();
   // The grouped path's F-wide intermediates are in the GEMMs' dtype (bf16
   // under bf16 operands: written by the GEMMs, read by them without a copy).
   const bool grouped = Grouped();
@@ -235,6 +258,27 @@ void GroupedExperts::ExpertWeightGrad(const ExecContext& ctx, const Tensor& a, c
             {.trans_a = ops::Trans::kYes, .beta = 1.0});
 }
 
+void GroupedExperts::InputGemm(const ExecContext& ctx, const ops::MatrixGroup& w,
+                               const Tensor& c) const {
+  if (!gather_rows_.defined()) {
+    ExpertGemm(ctx, x_gemm_, w, c, {.trans_b = ops::Trans::kYes});
+    return;
+  }
+  // Gathered only on the device-offsets path: never DenseGemms().
+  ops::GroupedGemmGathered(ctx, x_gemm_, gather_rows_, static_cast<int>(gather_divisor_), w,
+                           offsets_, c, {.trans_b = ops::Trans::kYes});
+}
+
+void GroupedExperts::InputWeightGrad(const ExecContext& ctx, const Tensor& d,
+                                     const ops::MatrixGroup& grads) const {
+  if (!gather_rows_.defined()) {
+    ExpertWeightGrad(ctx, d, x_gemm_, grads);
+    return;
+  }
+  ops::GroupedGemmWeightGradGathered(ctx, d, x_gemm_, gather_rows_,
+                                     static_cast<int>(gather_divisor_), offsets_, grads, 1.0);
+}
+
 void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   SM_CHECK_MSG(weights_[kGate].size() == options_.num_experts, options_.prefix,
                ": Forward before PrepareStep (the step's weights are not formed)");
@@ -243,11 +287,11 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   x_gemm_ = InDType(ctx, x, gemm);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   if (gate_up_packed_) {
-    ExpertGemm(ctx, x_gemm_, gate_up_weights_, gate_up_, xwt);
+    InputGemm(ctx, gate_up_weights_, gate_up_);
     ops::SwiGluPacked(ctx, rows(gate_up_), rows(h_));
   } else {
-    ExpertGemm(ctx, x_gemm_, weights_[kGate], gate_, xwt);
-    ExpertGemm(ctx, x_gemm_, weights_[kUp], up_, xwt);
+    InputGemm(ctx, weights_[kGate], gate_);
+    InputGemm(ctx, weights_[kUp], up_);
     ops::SwiGlu(ctx, rows(gate_), rows(up_), rows(h_));
   }
   h_gemm_ = InDType(ctx, h_, gemm);
@@ -256,8 +300,11 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
 }
 
 void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
-  const int64_t m = x_.dim(0), f = local_ffn_;
-  SM_CHECK(d_y.shape() == x_.shape() && d_x.shape() == x_.shape());
+  const int64_t m = m_, f = local_ffn_;
+  const Shape rows_shape{m_, x_.dim(1)};
+  SM_CHECK_MSG(d_y.shape() == rows_shape && d_x.shape() == rows_shape, options_.prefix, ": d_y ",
+               d_y.DebugString(), " and d_x ", d_x.DebugString(), " for ", ShapeString(rows_shape),
+               " rows");
   if (Grouped()) {
     BackwardGrouped(ctx, d_y, d_x);
     return;
@@ -281,7 +328,7 @@ void GroupedExperts::Backward(const ExecContext& ctx, const Tensor& d_y, const T
 }
 
 void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
-  const int64_t m = x_.dim(0), f = local_ffn_;
+  const int64_t m = m_, f = local_ffn_;
   const DType gemm = x_gemm_.dtype(), dt = h_.dtype();
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
   // Weight gradients accumulate over the step (beta = 1), in the GEMMs'
@@ -295,7 +342,7 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
     // dt is the GEMMs' dtype here (the grouped path's F-wide activations).
     Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
     ops::SwiGluPackedBackward(ctx, rows(gate_up_), rows(d_h), rows(d_gate_up));
-    ExpertWeightGrad(ctx, d_gate_up, x_gemm_, gate_up_grads_);
+    InputWeightGrad(ctx, d_gate_up, gate_up_grads_);
     ExpertGemm(ctx, d_gate_up, gate_up_weights_, d_x, {.trans_b = ops::Trans::kNo});
     ZeroTail(ctx, d_x, rows_);
     return;
@@ -304,8 +351,8 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   Tensor d_up = ctx.Empty({m, f}, dt);
   ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
   const Tensor d_gate_gemm = InDType(ctx, d_gate, gemm), d_up_gemm = InDType(ctx, d_up, gemm);
-  ExpertWeightGrad(ctx, d_gate_gemm, x_gemm_, grads_[kGate]);
-  ExpertWeightGrad(ctx, d_up_gemm, x_gemm_, grads_[kUp]);
+  InputWeightGrad(ctx, d_gate_gemm, grads_[kGate]);
+  InputWeightGrad(ctx, d_up_gemm, grads_[kUp]);
   ExpertGemm(ctx, d_gate_gemm, weights_[kGate], d_x, {.trans_b = ops::Trans::kNo});
   ExpertGemm(ctx, d_up_gemm, weights_[kUp], d_x, {.trans_b = ops::Trans::kNo, .beta = 1.0});
   ZeroTail(ctx, d_x, rows_);
@@ -317,11 +364,14 @@ Status GroupedExperts::FinishBackward(const ExecContext& ctx) {
 }
 
 void GroupedExperts::VisitForwardCache(ForwardCacheStash& stash) {
-  for (Tensor* t : {&x_, &gate_, &up_, &gate_up_, &h_, &offsets_, &x_gemm_, &h_gemm_}) {
+  for (Tensor* t :
+       {&x_, &gate_, &up_, &gate_up_, &h_, &offsets_, &x_gemm_, &h_gemm_, &gather_rows_}) {
     stash.Visit(*t);
   }
   stash.Visit(counts_);
+  stash.Visit(m_);
   stash.Visit(rows_);
+  stash.Visit(gather_divisor_);
   for (Expert& e : experts_) {
     for (auto& proj : e.proj) proj->VisitForwardCache(stash);
   }

@@ -94,6 +94,14 @@ class GroupedExperts {
   // reads_device_offsets().
   void ForwardAllRows(const ExecContext& ctx, const Tensor& x, const Tensor& offsets,
                       const Tensor& y);
+  // ForwardAllRows on x = GatherRows(n, rows, divisor) without x in memory:
+  // n [N, C], rows i32 [M] (the permutation: x's row i is n[rows[i] /
+  // divisor]), y [M, C]. The first GEMMs, forward and weight gradient,
+  // gather the rows (ops::GroupedGemmGathered): the same bits as
+  // ForwardAllRows on the gathered x. rows must stay unchanged until the
+  // Backward.
+  void ForwardAllRowsGathered(const ExecContext& ctx, const Tensor& n, const Tensor& rows,
+                              int divisor, const Tensor& offsets, const Tensor& y);
   // Whether ForwardAllRows may be used: the grouped path (below).
   bool reads_device_offsets() const { return Grouped(); }
   // d_x [M, C] overwritten from d_y [M, C] (rows past Σ counts are zero).
@@ -114,9 +122,15 @@ class GroupedExperts {
   // GEMM (ScaledLinear::external_gemm_ok: the fold, or no scale vectors);
   // otherwise one ScaledLinear call per expert.
   bool Grouped() const;
-  // Forward's common start: the cache of x, Σ counts = rows, and the F-wide
+  // Forward's common start: the cache of x (the gather's source when
+  // gathered), M = m input rows, Σ counts = rows, and the F-wide
   // intermediates over all M rows.
-  void StartForward(const ExecContext& ctx, const Tensor& x, int64_t rows);
+  void StartForward(const ExecContext& ctx, const Tensor& x, int64_t m, int64_t rows);
+  // The first GEMMs' input: x_gemm_'s rows, or those gathered by
+  // gather_rows_ (ForwardAllRowsGathered): c = x·W_eᵀ, and dW_e += d_eᵀ·x_e.
+  void InputGemm(const ExecContext& ctx, const ops::MatrixGroup& w, const Tensor& c) const;
+  void InputWeightGrad(const ExecContext& ctx, const Tensor& d,
+                       const ops::MatrixGroup& grads) const;
   void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   // The grouped path's GEMMs: c = a·op(W_e) + beta·c on each expert's rows,
@@ -154,7 +168,10 @@ class GroupedExperts {
   Tensor gate_up_storage_;  // [E, 2F, C]: the maps' own GEMM weights (when they form them)
   ops::MatrixGroup gate_up_weights_, gate_up_grads_;  // [2F, C] per expert
   // Forward cache over all M rows.
-  Tensor x_;                  // [M, C]
+  Tensor x_;            // [M, C]; gathered: the source [N, C]
+  int64_t m_ = 0;       // M
+  Tensor gather_rows_;  // ForwardAllRowsGathered's rows i32 [M]; else undefined
+  int64_t gather_divisor_ = 1;
   Tensor gate_, up_, h_;      // [M, F]; grouped: in the GEMMs' dtype (bf16 under bf16 operands)
   Tensor gate_up_;            // [M, 2F] instead of gate_ and up_ when gate_up_packed_
   std::vector<int64_t> counts_;

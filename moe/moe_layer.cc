@@ -39,6 +39,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
       num_experts_(cfg.moe().num_experts()),
       top_k_(cfg.moe().top_k()),
       num_shared_(cfg.moe().num_shared_experts()),
+      fuse_permute_(cfg.moe().fuse_permute()),
       num_local_(num_experts_) {
   const config::MoEConfig& moe = cfg.moe();
   const ScaleOptions so(cfg.scale_vectors());
@@ -250,18 +251,25 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
   // its logits decide the routing.
   SM_RETURN_IF_ERROR(router_->Forward(ctx, InDType(ctx, n, dtype_)));
   SM_RETURN_IF_ERROR(PlanCounts(ctx));
-  Tensor permuted_x = ctx.Empty({tokens * top_k_, hidden_}, n.dtype());
-  permuter_->Permute(ctx, n, permuted_x);
-  permuted_y_ = ctx.Empty(permuted_x.shape(), n.dtype());
-  if (dispatcher_) {
-    const Shape rows{dispatcher_->received_rows(), hidden_};
-    Tensor expert_x = ctx.Empty(rows, n.dtype());
-    Tensor expert_y = ctx.Empty(rows, n.dtype());
-    SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
-    SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, expert_counts_, expert_y));
-    SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, expert_y, permuted_y_));
+  permuted_y_ = ctx.Empty({tokens * top_k_, hidden_}, n.dtype());
+  if (fuse_permute_ && expert_offsets_.defined()) {
+    // moe.fuse_permute: the first expert GEMMs read the permuted rows from n
+    // through the permutation; no permuted copy is written.
+    experts_->ForwardAllRowsGathered(ctx, n, permuter_->perm_slot(), top_k_, expert_offsets_,
+                                     permuted_y_);
   } else {
-    SM_RETURN_IF_ERROR(RunExperts(ctx, permuted_x, expert_counts_, permuted_y_));
+    Tensor permuted_x = ctx.Empty(permuted_y_.shape(), n.dtype());
+    permuter_->Permute(ctx, n, permuted_x);
+    if (dispatcher_) {
+      const Shape rows{dispatcher_->received_rows(), hidden_};
+      Tensor expert_x = ctx.Empty(rows, n.dtype());
+      Tensor expert_y = ctx.Empty(rows, n.dtype());
+      SM_RETURN_IF_ERROR(dispatcher_->Dispatch(ctx, permuted_x, expert_x));
+      SM_RETURN_IF_ERROR(RunExperts(ctx, expert_x, expert_counts_, expert_y));
+      SM_RETURN_IF_ERROR(dispatcher_->Combine(ctx, expert_y, permuted_y_));
+    } else {
+      SM_RETURN_IF_ERROR(RunExperts(ctx, permuted_x, expert_counts_, permuted_y_));
+    }
   }
   ops::Zero(ctx, out);
   permuter_->Unpermute(ctx, permuted_y_, router_->weights(), out);

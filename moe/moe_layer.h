@@ -227,6 +227,10 @@ class MoeLayer {
   int num_experts_;      // E
   int top_k_;            // K
   int num_shared_;       // S
+  // moe.fuse_permute: where the experts read device offsets (no EP, ETP or
+  // capacity), their first GEMMs gather the permuted rows from n
+  // (GroupedExperts::ForwardAllRowsGathered) instead of a permuted copy.
+  bool fuse_permute_ = false;
   Communicator* ep_ = nullptr;   // EP group when EP > 1, else null (single-rank path)
   Communicator* tp_ = nullptr;   // TP group when TP > 1 (splits the micro-batch's tokens)
   Communicator* etp_ = nullptr;  // ETP group when ETP > 1 (splits the routed experts' F)

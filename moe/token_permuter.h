@@ -29,6 +29,9 @@ class TokenPermuter {
   void Plan(const ExecContext& ctx, const Tensor& expert_ids, const Tensor& kept,
             const Tensor& counts);
   int64_t rows() const { return perm_slot_.numel(); }  // N*K
+  // [N*K] i32: the flat slot t*K+j of each permuted row (-1 past the kept
+  // ones): Permute's row i is n[perm_slot[i] / K].
+  const Tensor& perm_slot() const { return perm_slot_; }
 
   void Permute(const ExecContext& ctx, const Tensor& n, const Tensor& permuted) const;
   // out [N, C] accumulated (+=) from y [N*K, C] and weights [N, K].

@@ -54,4 +54,27 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   }
 }
 
+// The gathered forms: the gather, then the plain op (their bits by
+// construction; the CUDA kernels that gather in their loads are checked
+// against these).
+void GroupedGemmGathered(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                         const MatrixGroup& b, const Tensor& offsets, const Tensor& c,
+                         const GroupedGemmOptions& o) {
+  SM_CHECK_MSG(x.ndim() == 2 && rows.ndim() == 1, "GroupedGemmGathered: x ", x.DebugString(),
+               " must be [N, K] and rows ", rows.DebugString(), " [M]");
+  const Tensor a = Tensor::Empty({rows.numel(), x.dim(1)}, x.dtype());
+  GatherRows(ctx, x, rows, divisor, a);
+  cpu::GroupedGemm(ctx, a, b, offsets, c, o);
+}
+
+void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, const Tensor& x,
+                                   const Tensor& rows, int divisor, const Tensor& offsets,
+                                   const MatrixGroup& c, double beta) {
+  SM_CHECK_MSG(x.ndim() == 2 && rows.ndim() == 1, "GroupedGemmWeightGradGathered: x ",
+               x.DebugString(), " must be [N, K] and rows ", rows.DebugString(), " [M]");
+  const Tensor b = Tensor::Empty({rows.numel(), x.dim(1)}, x.dtype());
+  GatherRows(ctx, x, rows, divisor, b);
+  cpu::GroupedGemmWeightGrad(ctx, a, b, offsets, c, beta);
+}
+
 }  // namespace scalemoe::cpu

@@ -9,6 +9,10 @@
 // - GroupedGemmWeightGrad: A_g = (the group's rows of a)ᵀ, B_g = the same
 //   rows of b, C_g = the group's output matrix; grid z = the group, the
 //   reduction runs over the group's rows.
+// - GroupedGemmGathered and GroupedGemmWeightGradGathered: the same with
+//   a's (b's) rows read through a row index, on sm_90 by the persistent
+//   wgmma kernel's loaders (core/cuda/grouped_gemm_wgmma_ws_gather.cu);
+//   elsewhere the rows are gathered into a copy first.
 // Kernels: bf16 inputs on tensor cores when every contiguous dim is a
 // multiple of 8 and every input pointer 16-byte aligned — on wgmma on sm_90
 // devices (core/cuda/grouped_gemm_wgmma.cu, all three products), elsewhere
@@ -19,6 +23,7 @@
 
 #include "core/cuda/cp_async.cuh"
 #include "core/cuda/cuda_ops.h"
+#include "core/cuda/grouped_gemm.h"
 #include "core/cuda/grouped_gemm_problem.cuh"
 #include "core/cuda/grouped_gemm_wgmma.cuh"
 #include "core/cuda/kernel_util.cuh"
@@ -297,27 +302,28 @@ bool TensorCoresFit(DType in, std::initializer_list<int64_t> inner_dims,
 
 }  // namespace
 
-void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
-                 const Tensor& offsets, const Tensor& c, const GroupedGemmOptions& o) {
-  const char* op = "GroupedGemm";
-  CheckOnDevice(ctx, a, op, "a");
-  CheckOnDevice(ctx, c, op, "c");
-  CheckGroup(ctx, b, op);
-  CheckOffsets(ctx, offsets, b.size(), op);
-  const bool trans = o.trans_b == Trans::kYes;
-  SM_CHECK_MSG(a.ndim() == 2 && c.ndim() == 2 && a.dim(0) == c.dim(0) &&
-                   (b.size() == 0 || (trans ? b.cols : b.rows) == a.dim(1)) &&
-                   (b.size() == 0 || (trans ? b.rows : b.cols) == c.dim(1)) &&
-                   (b.size() == 0 || b.dtype == a.dtype()),
-               op, ": a ", a.DebugString(), " x group of ", b.size(), " [", b.rows, ", ", b.cols,
-               "]", trans ? "ᵀ" : "", " -> c ", c.DebugString());
-  const int64_t m = a.dim(0), k = a.dim(1), n = c.dim(1);
-  if (b.size() == 0 || m == 0 || n == 0) return;
+namespace {
+
+// GroupedGemm's launch for a [m, k] at `a` (checked by the caller), or
+// nothing to do (valid false).
+struct ForwardLaunch {
+  bool valid = false;
   Problem p;
-  p.a = a.raw_data();
+  Launch launch;
+  bool trans = true;
+};
+ForwardLaunch PrepareForward(const void* a, DType a_dtype, int64_t m, int64_t k,
+                             const MatrixGroup& b, const Tensor& offsets, const Tensor& c,
+                             const GroupedGemmOptions& o, const char* op) {
+  ForwardLaunch f;
+  f.trans = o.trans_b == Trans::kYes;
+  const int64_t n = c.dim(1);
+  if (b.size() == 0 || m == 0 || n == 0) return f;
+  Problem& p = f.p;
+  p.a = a;
   p.lda = k;
   p.b_table = static_cast<const int64_t*>(b.addresses.raw_data());
-  p.ldb = trans ? k : n;
+  p.ldb = f.trans ? k : n;
   p.c = c.raw_data();
   p.ldc = n;
   p.offsets = static_cast<const int64_t*>(offsets.raw_data());
@@ -325,42 +331,124 @@ void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
   p.n = n;
   p.k = k;
   p.beta = static_cast<float>(o.beta);
-  const bool tc = TensorCoresFit(a.dtype(), {k, n}, {a.raw_data()}, &b);
+  const bool tc = TensorCoresFit(a_dtype, {k, n}, {a}, &b);
   const int tile = tc ? kTileM : kSimtTile;
   // Every group's row tiles: at most ceil(M / tile) + G of them.
   const int64_t row_tiles = (m + tile - 1) / tile + b.size();
   SM_CHECK_MSG(row_tiles <= 65535, op, ": ", m, " rows in ", b.size(),
                " groups exceed one launch's row tiles");
-  const Launch launch{dim3(1, static_cast<unsigned>(row_tiles), 1), tc};
+  f.launch = Launch{dim3(1, static_cast<unsigned>(row_tiles), 1), tc};
+  f.valid = true;
+  return f;
+}
+
+// The checks of GroupedGemm for a of `a_shape`.
+void CheckForward(const ExecContext& ctx, const Shape& a_shape, DType a_dtype, const MatrixGroup& b,
+                  const Tensor& offsets, const Tensor& c, const GroupedGemmOptions& o,
+                  const char* op) {
+  CheckOnDevice(ctx, c, op, "c");
+  CheckGroup(ctx, b, op);
+  CheckOffsets(ctx, offsets, b.size(), op);
+  const bool trans = o.trans_b == Trans::kYes;
+  SM_CHECK_MSG(a_shape.size() == 2 && c.ndim() == 2 && a_shape[0] == c.dim(0) &&
+                   (b.size() == 0 || (trans ? b.cols : b.rows) == a_shape[1]) &&
+                   (b.size() == 0 || (trans ? b.rows : b.cols) == c.dim(1)) &&
+                   (b.size() == 0 || b.dtype == a_dtype),
+               op, ": a ", ShapeString(a_shape), " x group of ", b.size(), " [", b.rows, ", ",
+               b.cols, "]", trans ? "ᵀ" : "", " -> c ", c.DebugString());
+}
+
+// The gather of a gathered op's operand: x [N, K] contiguous, rows i32 [m].
+void CheckGather(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                 int64_t m, const char* op) {
+  CheckOnDevice(ctx, x, op, "x");
+  CheckOnDevice(ctx, rows, op, "rows");
+  SM_CHECK_MSG(x.ndim() == 2 && x.is_contiguous() && rows.dtype() == DType::kI32 &&
+                   rows.ndim() == 1 && rows.numel() == m && rows.is_contiguous() && divisor >= 1,
+               op, ": x ", x.DebugString(), " (contiguous [N, K]) gathered by rows ",
+               rows.DebugString(), " (i32 [", m, "]) / ", divisor);
+}
+
+}  // namespace
+
+void GroupedGemm(const ExecContext& ctx, const Tensor& a, const MatrixGroup& b,
+                 const Tensor& offsets, const Tensor& c, const GroupedGemmOptions& o) {
+  const char* op = "GroupedGemm";
+  CheckOnDevice(ctx, a, op, "a");
+  CheckForward(ctx, a.shape(), a.dtype(), b, offsets, c, o, op);
+  const ForwardLaunch f =
+      PrepareForward(a.raw_data(), a.dtype(), a.dim(0), a.dim(1), b, offsets, c, o, op);
+  if (!f.valid) return;
   DispatchInOut(a.dtype(), c.dtype(), op, [&](auto in, auto out) {
     using T = typename decltype(in)::type;
     using OutT = typename decltype(out)::type;
-    if (trans) {
-      Run<T, OutT, true, true, false>(ctx, p, launch, op);
+    if (f.trans) {
+      Run<T, OutT, true, true, false>(ctx, f.p, f.launch, op);
     } else {
-      Run<T, OutT, true, false, false>(ctx, p, launch, op);
+      Run<T, OutT, true, false, false>(ctx, f.p, f.launch, op);
     }
   });
 }
 
-void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
-                           const Tensor& offsets, const MatrixGroup& c, double beta) {
-  const char* op = "GroupedGemmWeightGrad";
+bool GroupedGemmOnWgmma() { return UseWgmma(); }
+bool GroupedGemmGathersInLoads() { return UseWgmma() && WsGathers(); }
+
+void GroupedGemmGathered(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                         const MatrixGroup& b, const Tensor& offsets, const Tensor& c,
+                         const GroupedGemmOptions& o) {
+  const char* op = "GroupedGemmGathered";
+  const int64_t m = c.ndim() == 2 ? c.dim(0) : -1;
+  CheckGather(ctx, x, rows, divisor, m, op);
+  CheckForward(ctx, {m, x.dim(1)}, x.dtype(), b, offsets, c, o, op);
+  const ForwardLaunch f =
+      PrepareForward(x.raw_data(), x.dtype(), m, x.dim(1), b, offsets, c, o, op);
+  if (!f.valid) return;
+  bool fused = false;
+  if (f.launch.tensor_cores && f.trans && UseWgmma()) {
+    const RowGather gather{static_cast<const int32_t*>(rows.raw_data()), divisor};
+    DispatchInOut(x.dtype(), c.dtype(), op, [&](auto in, auto out) {
+      using T = typename decltype(in)::type;
+      using OutT = typename decltype(out)::type;
+      if constexpr (std::is_same_v<T, bf16>) {
+        fused = RunWgmmaWsGathered<OutT, true, true, false>(ctx, f.p, gather, f.launch.grid.y,
+                                                            f.launch.grid.z, op);
+      }
+    });
+  }
+  if (fused) return;
+  const Tensor a = ctx.Empty({m, x.dim(1)}, x.dtype());
+  GatherRows(ctx, x, rows, divisor, a);
+  cuda::GroupedGemm(ctx, a, b, offsets, c, o);
+}
+
+namespace {
+
+// GroupedGemmWeightGrad's checks, Problem and launch for a and b (b of
+// `b_shape` at `b_data`).
+struct WeightGradLaunch {
+  bool valid = false;
+  Problem p;
+  Launch launch;
+};
+WeightGradLaunch PrepareWeightGrad(const ExecContext& ctx, const Tensor& a, const void* b_data,
+                                   const Shape& b_shape, DType b_dtype, const Tensor& offsets,
+                                   const MatrixGroup& c, double beta, const char* op) {
   CheckOnDevice(ctx, a, op, "a");
-  CheckOnDevice(ctx, b, op, "b");
   CheckGroup(ctx, c, op);
   CheckOffsets(ctx, offsets, c.size(), op);
-  SM_CHECK_MSG(a.ndim() == 2 && b.ndim() == 2 && a.dim(0) == b.dim(0) && a.dtype() == b.dtype() &&
-                   (c.size() == 0 || (c.rows == a.dim(1) && c.cols == b.dim(1))),
-               op, ": a ", a.DebugString(), "ᵀ x b ", b.DebugString(), " -> group of ", c.size(),
-               " [", c.rows, ", ", c.cols, "]");
-  const int64_t n_out = a.dim(1), k_out = b.dim(1);
-  if (c.size() == 0 || n_out == 0 || k_out == 0) return;
+  SM_CHECK_MSG(a.ndim() == 2 && b_shape.size() == 2 && a.dim(0) == b_shape[0] &&
+                   a.dtype() == b_dtype &&
+                   (c.size() == 0 || (c.rows == a.dim(1) && c.cols == b_shape[1])),
+               op, ": a ", a.DebugString(), "ᵀ x b ", ShapeString(b_shape), " -> group of ",
+               c.size(), " [", c.rows, ", ", c.cols, "]");
+  WeightGradLaunch l;
+  const int64_t n_out = a.dim(1), k_out = b_shape[1];
+  if (c.size() == 0 || n_out == 0 || k_out == 0) return l;
   SM_CHECK_MSG(c.size() <= 65535, op, ": ", c.size(), " groups exceed one launch");
-  Problem p;
+  Problem& p = l.p;
   p.a = a.raw_data();
   p.lda = n_out;
-  p.b = b.raw_data();
+  p.b = b_data;
   p.ldb = k_out;
   p.c_table = static_cast<const int64_t*>(c.addresses.raw_data());
   p.ldc = k_out;
@@ -369,16 +457,56 @@ void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor
   p.m = n_out;
   p.n = k_out;
   p.beta = static_cast<float>(beta);
-  const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b.raw_data()}, nullptr);
+  const bool tc = TensorCoresFit(a.dtype(), {n_out, k_out}, {a.raw_data(), b_data}, nullptr);
   const int tile = tc ? kTileM : kSimtTile;
-  const Launch launch{
+  l.launch = Launch{
       dim3(1, static_cast<unsigned>((n_out + tile - 1) / tile), static_cast<unsigned>(c.size())),
       tc};
+  l.valid = true;
+  return l;
+}
+
+}  // namespace
+
+void GroupedGemmWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,
+                           const Tensor& offsets, const MatrixGroup& c, double beta) {
+  const char* op = "GroupedGemmWeightGrad";
+  CheckOnDevice(ctx, b, op, "b");
+  const WeightGradLaunch l =
+      PrepareWeightGrad(ctx, a, b.raw_data(), b.shape(), b.dtype(), offsets, c, beta, op);
+  if (!l.valid) return;
   DispatchInOut(a.dtype(), c.dtype, op, [&](auto in, auto out) {
     using T = typename decltype(in)::type;
     using OutT = typename decltype(out)::type;
-    Run<T, OutT, false, false, true>(ctx, p, launch, op);
+    Run<T, OutT, false, false, true>(ctx, l.p, l.launch, op);
   });
+}
+
+void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, const Tensor& x,
+                                   const Tensor& rows, int divisor, const Tensor& offsets,
+                                   const MatrixGroup& c, double beta) {
+  const char* op = "GroupedGemmWeightGradGathered";
+  const int64_t m = a.ndim() == 2 ? a.dim(0) : -1;
+  CheckGather(ctx, x, rows, divisor, m, op);
+  const WeightGradLaunch l =
+      PrepareWeightGrad(ctx, a, x.raw_data(), {m, x.dim(1)}, x.dtype(), offsets, c, beta, op);
+  if (!l.valid) return;
+  bool fused = false;
+  if (l.launch.tensor_cores && UseWgmma()) {
+    const RowGather gather{static_cast<const int32_t*>(rows.raw_data()), divisor};
+    DispatchInOut(a.dtype(), c.dtype, op, [&](auto in, auto out) {
+      using T = typename decltype(in)::type;
+      using OutT = typename decltype(out)::type;
+      if constexpr (std::is_same_v<T, bf16>) {
+        fused = RunWgmmaWsGathered<OutT, false, false, true>(ctx, l.p, gather, l.launch.grid.y,
+                                                             l.launch.grid.z, op);
+      }
+    });
+  }
+  if (fused) return;
+  const Tensor b = ctx.Empty({m, x.dim(1)}, x.dtype());
+  GatherRows(ctx, x, rows, divisor, b);
+  cuda::GroupedGemmWeightGrad(ctx, a, b, offsets, c, beta);
 }
 
 }  // namespace scalemoe::cuda

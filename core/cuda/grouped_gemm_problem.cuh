@@ -33,6 +33,16 @@ struct Problem {
   float beta = 0.0f;
 };
 
+// The row-stacked operand's rows read from another matrix, as GatherRows
+// reads them (ops::GroupedGemmGathered): its row i is row rows[i] /
+// divisor of that matrix (rows[i] >= 0 on every row of a group). Only the
+// persistent wgmma kernel takes it (the forward's a, the weight
+// gradient's b); null rows: no gather.
+struct RowGather {
+  const int32_t* rows = nullptr;
+  int divisor = 1;
+};
+
 // The part of the product one block computes: rows [m0, m0 + tile) of C_g
 // (below m_lim), columns from blockIdx.x, the reduction over [0, k_len).
 template <typename T, typename OutT>
@@ -42,6 +52,7 @@ struct BlockWork {
   const T* b = nullptr;
   OutT* c = nullptr;
   int64_t m0 = 0, m_lim = 0, k_len = 0;
+  int64_t r0 = 0;  // the group's first row of the row-stacked operands
 };
 
 // Where a walk through the forward's row tiles across the groups is: the
@@ -70,6 +81,7 @@ __device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y
     w.m0 = y * tile_m;
     w.m_lim = p.m;
     w.k_len = p.offsets[g + 1] - r0;
+    w.r0 = r0;
   } else {
     // Row tile y of the concatenation of every group's row tiles.
     for (; cursor.group < p.groups; ++cursor.group) {
@@ -84,6 +96,7 @@ __device__ BlockWork<T, OutT> FindWorkAt(const Problem& p, int tile_m, int64_t y
         w.m0 = (y - cursor.first_tile) * tile_m;
         w.m_lim = rows;
         w.k_len = p.k;
+        w.r0 = r0;
         return w;
       }
       cursor.first_tile += tiles;

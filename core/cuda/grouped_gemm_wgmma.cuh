@@ -34,6 +34,19 @@ template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
                 const char* op);
 
+// The persistent kernel with the row-stacked operand gathered (`gather`:
+// the forward's a, <OutT, true, true, false>, or the weight gradient's b,
+// <OutT, false, false, true>; p.a or p.b is then the source matrix); false
+// when it cannot run (RunWgmmaWs's reasons, SCALEMOE_GROUPED_GEMM=tile, the
+// direct epilogue), having done nothing: the caller then gathers a copy.
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
+bool RunWgmmaWsGathered(const ExecContext& ctx, const Problem& p, const RowGather& gather,
+                        unsigned row_tiles, unsigned groups, const char* op);
+
+// Whether RunWgmmaWsGathered runs (on an sm_90 device): the default
+// kernel and epilogue, and registers enough for its hand-over.
+bool WsGathers();
+
 // The row tile every GroupedGemm kernel on tensor cores uses.
 constexpr int kWgmmaTileM = 128;
 

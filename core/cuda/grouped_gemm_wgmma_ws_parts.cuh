@@ -78,6 +78,106 @@ struct OperandStream {
   }
 };
 
+// OperandStream<kMn, true> of an operand whose rows are gathered
+// (RowGather: the forward's a): the same chunks in the same places, each
+// row read from the source row its index names. The source rows are found
+// once per output tile (-1: past the group's rows, zero-filled). `rows`
+// points at the index of the group's first row.
+template <int kMn>
+struct GatheredRowStream {
+  using Plain = OperandStream<kMn, true>;
+  static constexpr int kIters = Plain::kIters, kRowStep = Plain::kRowStep;
+  const bf16* base;  // the source
+  int64_t ld;
+  int64_t k_room;  // > 0 if its k column is in at k step 0
+  int32_t src_row[kIters];
+  int row0, col;
+
+  __device__ __forceinline__ GatheredRowStream(const bf16* x, int64_t x_ld, const int32_t* rows,
+                                               int divisor, int64_t mn0, int64_t mn_lim,
+                                               int64_t k_lim, int loader)
+      : base(x), ld(x_ld) {
+    row0 = loader / Plain::kChunksPerRow;
+    col = loader % Plain::kChunksPerRow;
+    k_room = k_lim - col * 8;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int64_t m = mn0 + row0 + it * kRowStep;
+      const int32_t index = m < mn_lim ? __ldg(rows + m) : -1;
+      src_row[it] = index < 0 ? -1 : index / divisor;
+    }
+  }
+
+  __device__ __forceinline__ void Load(unsigned char* tile, int64_t t) const {
+    const int64_t k_left = k_room - t * kTileK;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      const int row = row0 + it * kRowStep;
+      const int offset = row * 128 + ((col ^ (row % 8)) * 16);
+      const bool valid = src_row[it] >= 0 && k_left > 0;
+      const bf16* q = valid ? base + src_row[it] * ld + col * 8 + t * kTileK : base;
+      CpAsync16(tile + offset, q, valid);
+    }
+  }
+};
+
+// OperandStream<kMn, false> of an operand whose rows, the reduction's, are
+// gathered (RowGather: the weight gradient's b): the same chunks in the
+// same places, each k row read from the source row its index names, the
+// indices read at every k step. `rows` points at the index of the group's
+// first row.
+template <int kMn>
+struct GatheredKStream {
+  using Plain = OperandStream<kMn, false>;
+  static constexpr int kIters = Plain::kIters, kRowStep = Plain::kRowStep;
+  const bf16* base;      // the source (an address for the zero-fills)
+  const bf16* col_base;  // its column of this loader's chunks
+  const int32_t* rows;   // the index of this loader's first k row
+  int64_t ld;
+  int64_t mn_room;  // > 0 if its columns are in
+  int64_t k_room;   // k rows left from its first
+  int divisor, row0, col;
+
+  __device__ __forceinline__ GatheredKStream(const bf16* x, int64_t x_ld, const int32_t* group_rows,
+                                             int row_divisor, int64_t mn0, int64_t mn_lim,
+                                             int64_t k_lim, int loader)
+      : base(x), ld(x_ld), divisor(row_divisor) {
+    row0 = loader / Plain::kChunksPerRow;
+    col = loader % Plain::kChunksPerRow;
+    col_base = x + mn0 + col * 8;
+    rows = group_rows + row0;
+    mn_room = mn_lim - (mn0 + col * 8);
+    k_room = k_lim - row0;
+  }
+
+  __device__ __forceinline__ void Load(unsigned char* tile, int64_t t) const {
+    const int32_t* r = rows + t * kTileK;
+    const int64_t k_left = k_room - t * kTileK;
+    // A batch's indices all loaded before its first copy waits on one; 8 a
+    // batch (all 16 of the 256-wide tile at once spilled 24 bytes at the
+    // loaders' 48 registers; 8 or 4 spill 4).
+    constexpr int kBatch = kIters < 8 ? kIters : 8;
+    static_assert(kIters % kBatch == 0, "whole batches");
+#pragma unroll
+    for (int b0 = 0; b0 < kIters; b0 += kBatch) {
+      int32_t index[kBatch];
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int it = b0 + i;
+        index[i] = mn_room > 0 && it * kRowStep < k_left ? __ldg(r + it * kRowStep) : -1;
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int row = row0 + (b0 + i) * kRowStep;
+        const int offset = (col / 8) * 8192 + row * 128 + (((col % 8) ^ (row % 8)) * 16);
+        const bool valid = index[i] >= 0;
+        const bf16* q = valid ? col_base + static_cast<int64_t>(index[i] / divisor) * ld : base;
+        CpAsync16(tile + offset, q, valid);
+      }
+    }
+  }
+};
+
 // Syncs the 128 threads of one multiplying warpgroup (named barriers 1, 2).
 __device__ __forceinline__ void WarpgroupSync(int warpgroup) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
@@ -200,14 +300,48 @@ __device__ __forceinline__ void LoadWalk(const Problem& p, const TileSpace& spac
   CpAsyncWait<0>();  // nothing lands after its thread has exited
 }
 
+// The loaders' k steps of one output tile (w, columns from n0) whose
+// row-stacked operand is gathered (the forward's a, the weight gradient's
+// b): the loop of LoadWalk on the gathering streams.
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
+__device__ __forceinline__ void LoadGatheredTile(const Problem& p, const RowGather& gather,
+                                                 const BlockWork<bf16, OutT>& w, int64_t n0,
+                                                 int64_t k_tiles, int loader, const Ring<S>& ring,
+                                                 uint64_t (&full)[S::kStages],
+                                                 uint64_t (&empty)[S::kStages],
+                                                 RingPosition<S::kStages>& pos) {
+  static_assert(kWeightGrad ? !kBKMajor : kAKMajor,
+                "the gathered operand's rows are a's m or b's k");
+  auto steps = [&](const auto& a, const auto& b) {
+    for (int64_t t = 0; t < k_tiles; ++t) {
+      MbarrierWait(&empty[pos.stage], pos.parity ^ 1);
+      a.Load(ring.a(pos.stage), t);
+      b.Load(ring.b(pos.stage), t);
+      CpAsyncMbarrierArrive(&full[pos.stage]);
+      pos.Advance();
+    }
+  };
+  const int32_t* rows = gather.rows + w.r0;
+  if constexpr (kWeightGrad) {
+    steps(OperandStream<kTileM, kAKMajor>(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader),
+          GatheredKStream<S::kTileN>(static_cast<const bf16*>(p.b), p.ldb, rows, gather.divisor, n0,
+                                     p.n, w.k_len, loader));
+  } else {
+    steps(GatheredRowStream<kTileM>(static_cast<const bf16*>(p.a), p.lda, rows, gather.divisor,
+                                    w.m0, w.m_lim, w.k_len, loader),
+          OperandStream<S::kTileN, kBKMajor>(w.b, p.ldb, n0, p.n, w.k_len, loader));
+  }
+}
+
 // A persistent kernel of `bytes` of dynamic shared memory over `space`: one
 // block an SM, none beyond the tiles.
 template <typename Kernel>
 void LaunchOnSms(const ExecContext& ctx, Kernel kernel, int bytes, const Problem& p,
-                 const TileSpace& space, const char* op, const char* name) {
+                 const TileSpace& space, const RowGather& gather, const char* op,
+                 const char* name) {
   const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
   if (blocks <= 0) return;
-  kernel<<<static_cast<unsigned>(blocks), kWsThreads, bytes, Stream(ctx)>>>(p, space);
+  kernel<<<static_cast<unsigned>(blocks), kWsThreads, bytes, Stream(ctx)>>>(p, space, gather);
   SM_CHECK_LAUNCH(ctx, op, name);
 }
 

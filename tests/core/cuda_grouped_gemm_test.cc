@@ -8,7 +8,9 @@
 // untouched), several tiles each way, beta = 0 on NaN-poisoned outputs and beta = 1 accumulation
 // (weight gradients: into outputs off 16-byte alignment).
 // References: f64 math on the same inputs (bf16 -> bf16: the CPU bf16 path).
-// Every case also runs twice: the same bits. The binary is registered five
+// Every case also runs twice: the same bits. The gathered ops (the rows of
+// the row-stacked operand read through an index) give the bits of the
+// gathered copy's products. The binary is registered five
 // times (tests/core/CMakeLists.txt): the default kernels (on sm_90 all three
 // products on the persistent warp-specialized wgmma kernel, with K-major and
 // MN-major shared tiles, 128 x 256 or 128 x 128 output tiles by the output's
@@ -17,10 +19,16 @@
 // (SCALEMOE_GROUPED_GEMM=tile; stores through shared memory where c's rows are 16-byte aligned),
 // the same storing straight from the registers (SCALEMOE_GROUPED_GEMM_EPILOGUE=direct), and
 // everything on mma.sync (SCALEMOE_GROUPED_GEMM=mma).
+#include <algorithm>
+#include <cstdlib>
+#include <iostream>
+#include <numeric>
+#include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/cuda/grouped_gemm.h"
 #include "tests/core/cuda_test_util.h"
 
 namespace scalemoe {
@@ -165,6 +173,55 @@ class CudaGroupedGemmTest : public CudaOpTest {
     }
   }
 
+  // The gathered ops against GatherRows then the plain op on the GPU, bit
+  // for bit: x [T, K] (T source rows), rows [M] a shuffle of the slots
+  // t·divisor + j inside the groups (the MoE's permutation) and -1 outside.
+  // Forward c = gather(x)·W_gᵀ [M, N]; weight gradient c_g = d_gᵀ·gather(x)_g.
+  void CheckGathered(const Case& c, DTypes d, int divisor, double beta, uint64_t seed) {
+    const std::vector<int64_t> off = Offsets(c);
+    const int64_t g = static_cast<int64_t>(c.counts.size()), m = off.back() + c.tail;
+    const int64_t tokens = std::max<int64_t>(1, (m + divisor - 1) / divisor);
+    std::vector<int32_t> slots(tokens * divisor);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), std::mt19937_64(seed));
+    Tensor rows = Tensor::Empty({m}, DType::kI32);
+    for (int64_t i = 0; i < m; ++i) {
+      const bool inside = i >= off.front() && i < off.back();
+      rows.data<int32_t>()[i] = inside ? slots[i - off.front()] : -1;
+    }
+    const Tensor x = Dev(RandomHost({tokens, c.k}, d.in, seed, 1));
+    const Tensor rows_dev = Dev(rows), offsets = Dev(OffsetsTensor(off));
+    const Tensor gathered = ctx_.Empty({m, c.k}, d.in);
+    ops::GatherRows(ctx_, x, rows_dev, divisor, gathered);
+    const std::string what = absl::StrCat(c.name, " gathered by ", divisor, " ", DTypeName(d.in),
+                                          "->", DTypeName(d.out), " beta ", beta);
+
+    const ops::MatrixGroup w =
+        ops::MakeMatrixGroup(ctx_, Devs(RandomMatrices(g, c.n, c.k, d.in, seed)));
+    const Tensor c0 = RandomHost({m, c.n}, d.out, seed, 2);
+    const Tensor fused = beta == 0 ? Poisoned({m, c.n}, d.out) : Dev(c0);
+    const Tensor plain = beta == 0 ? Poisoned({m, c.n}, d.out) : Dev(c0);
+    const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes, .beta = beta};
+    ops::GroupedGemmGathered(ctx_, x, rows_dev, divisor, w, offsets, fused, xwt);
+    ops::GroupedGemm(ctx_, gathered, w, offsets, plain, xwt);
+    EXPECT_TRUE(BitwiseEqual(Host(fused), Host(plain))) << what << ": x·Wᵀ";
+
+    const Tensor d_y = Dev(RandomHost({m, c.n}, d.in, seed, 3));
+    const std::vector<Tensor> g0 = RandomMatrices(g, c.n, c.k, d.out, seed + 1);
+    std::vector<Tensor> grads[2];  // fused, plain
+    for (std::vector<Tensor>& out : grads) {
+      for (const Tensor& t : g0) out.push_back(beta == 0 ? Poisoned(t.shape(), d.out) : Dev(t));
+    }
+    ops::GroupedGemmWeightGradGathered(ctx_, d_y, x, rows_dev, divisor, offsets,
+                                       ops::MakeMatrixGroup(ctx_, grads[0]), beta);
+    ops::GroupedGemmWeightGrad(ctx_, d_y, gathered, offsets, ops::MakeMatrixGroup(ctx_, grads[1]),
+                               beta);
+    for (int64_t i = 0; i < g; ++i) {
+      EXPECT_TRUE(BitwiseEqual(Host(grads[0][i]), Host(grads[1][i])))
+          << what << ": weight grad group " << i << " (" << c.counts[i] << " rows)";
+    }
+  }
+
   // c_g = a_gᵀ b_g (+ beta c_g): a [M, N], b [M, K], c_g [N, K].
   void CheckWeightGrad(const Case& c, DTypes d, double beta, uint64_t seed) {
     const std::vector<int64_t> off = Offsets(c);
@@ -230,6 +287,31 @@ TEST_F(CudaGroupedGemmTest, WeightGradMatchesCpu) {
   for (const Case& c : Cases()) {
     for (DTypes d : kGemmDTypes) {
       for (double beta : {0.0, 1.0}) CheckWeightGrad(c, d, beta, ++seed);
+    }
+  }
+}
+
+// The permutation read by the grouped GEMMs (ops::GroupedGemmGathered,
+// ops::GroupedGemmWeightGradGathered: moe.fuse_permute) gives the bits of
+// the gathered copy's products, for the MoE's top-k of 2 and 8. Under the
+// default kernels on a wgmma device the kernel's loads must gather (not a
+// copy first); the other registrations check the copy path.
+TEST_F(CudaGroupedGemmTest, GatheredEqualsGatherThenPlain) {
+  const bool defaults = std::getenv("SCALEMOE_GROUPED_GEMM") == nullptr &&
+                        std::getenv("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE") == nullptr;
+  if (defaults && cuda::GroupedGemmOnWgmma()) {
+    EXPECT_TRUE(cuda::GroupedGemmGathersInLoads())
+        << "the wgmma kernels run but the gathered ops copy first";
+  }
+  std::cout << "gathered ops: "
+            << (cuda::GroupedGemmGathersInLoads() ? "in the kernel's loads" : "a copy first")
+            << "\n";
+  uint64_t seed = 4000;
+  for (const Case& c : Cases()) {
+    for (DTypes d : kGemmDTypes) {
+      for (int divisor : {2, 8}) {
+        for (double beta : {0.0, 1.0}) CheckGathered(c, d, divisor, beta, ++seed);
+      }
     }
   }
 }

@@ -1,7 +1,7 @@
 // The CPU grouped GEMMs (the reference the CUDA kernels are checked against)
 // against naive loops: each group's rows times its own matrix, rows outside
-// every group untouched, a group without rows scaled by beta, and bad
-// offsets rejected.
+// every group untouched, a group without rows scaled by beta, the gathered
+// forms' rows read through their index, and bad offsets rejected.
 #include <vector>
 
 #include "core/ops.h"
@@ -86,6 +86,64 @@ TEST_F(GroupedGemmTest, WeightGradSumsEachGroupsRows) {
         EXPECT_NEAR(c[g].data<double>()[i * k + j], s + 0.5 * c0[g].data<double>()[i * k + j],
                     1e-12)
             << "group " << g;
+      }
+    }
+  }
+}
+
+// The gathered forms read row i of the row-stacked operand from x[rows[i] /
+// divisor] (the MoE permutation, slot t·K + j of token t): against naive
+// loops over the gathered rows, the forward x·W_gᵀ and the weight gradient
+// d_gᵀ·x_g.
+TEST_F(GroupedGemmTest, GatheredOpsReadTheRowsThroughTheIndex) {
+  const std::vector<int64_t> off{1, 4, 4, 7};  // row 0 and 7 outside; group 1 empty
+  const int64_t m = 8, tokens = 4, k = 3, n = 2;
+  const int divisor = 2;
+  const std::vector<int32_t> slots{-1, 5, 0, 7, 2, 3, 6, -1};
+  Tensor rows = Tensor::Empty({m}, DType::kI32);
+  for (int64_t i = 0; i < m; ++i) rows.data<int32_t>()[i] = slots[i];
+  const Tensor x = Random({tokens, k}, 5);
+  auto gathered = [&](int64_t r, int64_t q) {
+    return x.data<double>()[(slots[r] / divisor) * k + q];
+  };
+  auto group_of = [&](int64_t r) {
+    for (int g = 0; g < 3; ++g) {
+      if (r >= off[g] && r < off[g + 1]) return g;
+    }
+    return -1;
+  };
+  std::vector<Tensor> w;
+  for (int g = 0; g < 3; ++g) w.push_back(Random({n, k}, 30 + g));
+  const Tensor c0 = Random({m, n}, 6);
+  Tensor c = c0.Clone();
+  ops::GroupedGemmGathered(ctx_, x, rows, divisor, ops::MakeMatrixGroup(ctx_, w), Offsets(off), c,
+                           {.trans_b = ops::Trans::kYes, .beta = 1.0});
+  for (int64_t r = 0; r < m; ++r) {
+    const int g = group_of(r);
+    for (int64_t j = 0; j < n; ++j) {
+      double want = c0.data<double>()[r * n + j];
+      if (g >= 0) {
+        for (int64_t q = 0; q < k; ++q) want += gathered(r, q) * w[g].data<double>()[j * k + q];
+      }
+      EXPECT_NEAR(c.data<double>()[r * n + j], want, 1e-12) << "row " << r << " col " << j;
+    }
+  }
+
+  const Tensor d = Random({m, n}, 7);
+  std::vector<Tensor> grads;
+  for (int g = 0; g < 3; ++g) grads.push_back(Random({n, k}, 40 + g));
+  std::vector<Tensor> g0;
+  for (const Tensor& t : grads) g0.push_back(t.Clone());
+  ops::GroupedGemmWeightGradGathered(ctx_, d, x, rows, divisor, Offsets(off),
+                                     ops::MakeMatrixGroup(ctx_, grads), 1.0);
+  for (int g = 0; g < 3; ++g) {
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t q = 0; q < k; ++q) {
+        double want = g0[g].data<double>()[i * k + q];
+        for (int64_t r = off[g]; r < off[g + 1]; ++r) {
+          want += d.data<double>()[r * n + i] * gathered(r, q);
+        }
+        EXPECT_NEAR(grads[g].data<double>()[i * k + q], want, 1e-12) << "group " << g;
       }
     }
   }

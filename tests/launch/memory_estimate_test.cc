@@ -226,6 +226,25 @@ TEST(MemoryEstimateTest, TheBf16ResidualStreamHalvesTheStreamsActivations) {
   EXPECT_GE(activations("configs/gpu_finegrained_64e.textproto", false).second, 15.85 * gib);
 }
 
+// moe.fuse_permute: an MoE layer no longer holds its K permuted input rows
+// (bf16, C wide) — 8,192 tokens x 2 x 768 x 2 bytes on gpu_moe_125m at
+// micro-batch 8 in each of the 12 kept layers and in the one the backward
+// works on — except where its experts cannot read the permutation
+// (capacity drops here).
+TEST(MemoryEstimateTest, TheFusedPermutationKeepsNoPermutedInput) {
+  auto activations = [](std::vector<std::string> sets) {
+    return EstimateMemory(
+               Load("configs/gpu_moe_125m.textproto",
+                    With({"train.micro_batch_size=8", "train.global_batch_size=8"}, sets)),
+               ParallelLayout{})
+        .activation_bytes;
+  };
+  EXPECT_EQ(activations({}) - activations({"moe.fuse_permute=true"}),
+            (12.0 + 1) * 8192 * 2 * 768 * 2);
+  EXPECT_EQ(activations({"moe.capacity_factor=1.25"}),
+            activations({"moe.capacity_factor=1.25", "moe.fuse_permute=true"}));
+}
+
 // The per-head norms (DNP, QK-norm) keep their input and an rstd a head
 // row: gpu_moe_125m's unified strategy normalizes q and k (12 + 12 heads
 // of 64) in 12 layers, at bf16 input (the preset's

@@ -343,6 +343,39 @@ TEST_P(CudaPresetTest, Bf16FusedQkvTracksThreeGemmsWithoutCopies) {
   }
 }
 
+// moe.fuse_permute at the presets' full widths, bf16: the experts' first
+// GEMMs reading the permutation through its index (on sm_90 in the grouped
+// kernel's loads) give the bits of the permuted copy's, loss and every
+// gradient, with the gathered GEMMs in the step and one GatherRows fewer a
+// MoE layer.
+TEST_P(CudaPresetTest, Bf16FusedPermuteGivesTheSameBits) {
+  const config::RunConfig copied = Preset(config::TrainConfig::BF16);
+  config::RunConfig fused = copied;
+  fused.mutable_moe()->set_fuse_permute(true);
+  const Tensor values = StartValues(copied);
+  const int vocab = copied.model().vocab_size();
+  std::map<std::string, int64_t> calls[2];
+  StepResult step[2];
+  const config::RunConfig* cfgs[2] = {&fused, &copied};
+  for (int i = 0; i < 2; ++i) {
+    op_timer::Collect();
+    op_timer::SetEnabled(true);
+    step[i] = WholeModelStep(*cfgs[i], ctx_, values, 128, vocab);
+    op_timer::SetEnabled(false);
+    for (const op_timer::OpTime& t : op_timer::Collect()) calls[i][t.op] = t.calls;
+  }
+  EXPECT_EQ(step[0].loss, step[1].loss);
+  ASSERT_EQ(step[0].grads.size(), step[1].grads.size());
+  for (size_t i = 0; i < step[0].grads.size(); ++i) {
+    EXPECT_TRUE(testing::BitwiseEqual(step[0].grads[i], step[1].grads[i])) << step[0].names[i];
+  }
+  EXPECT_GT(calls[0]["GroupedGemmGathered"], 0);
+  EXPECT_GT(calls[0]["GroupedGemmWeightGradGathered"], 0);
+  EXPECT_EQ(calls[0]["GatherRows"],
+            calls[1]["GatherRows"] -
+                calls[0]["GroupedGemmGathered"] / (fused.moe().fuse_gate_up() ? 1 : 2));
+}
+
 INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,
                          ::testing::Values("tiny_cpu", "gpu_moe_125m", "gpu_finegrained_64e"),
                          [](const auto& info) { return std::string(info.param); });

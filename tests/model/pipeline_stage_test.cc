@@ -97,13 +97,15 @@ Reference WholeModel(const config::RunConfig& cfg, int m) {
 
 void ExpectPipelineMatches(int pp, int m, int v = 1,
                            config::TrainConfig::Recompute recompute = config::TrainConfig::NONE,
-                           Modules modules = Modules::kBasic, int loss_chunk_tokens = 0) {
+                           Modules modules = Modules::kBasic, int loss_chunk_tokens = 0,
+                           bool fuse_permute = false) {
   const int layers = std::max(4, pp * v);
   config::RunConfig cfg = modules == Modules::kEvery ? RichConfig(layers) : Config(layers);
   const Reference want = WholeModel(cfg, m);
   cfg.mutable_parallel()->set_virtual_stages(v);
   cfg.mutable_train()->set_recompute(recompute);
   cfg.mutable_train()->set_loss_chunk_tokens(loss_chunk_tokens);
+  cfg.mutable_moe()->set_fuse_permute(fuse_permute);
   std::mutex mu;
   std::map<std::string, std::vector<double>> got;
   MoeStatsByLayer got_moe;
@@ -212,6 +214,15 @@ TEST(PipelineModelStageTest, ChunkedLossTwoStages) {
 }
 TEST(PipelineModelStageTest, ChunkedLossRecomputeInterleaved) {
   ExpectPipelineMatches(2, 4, 2, config::TrainConfig::FULL, Modules::kEvery, 3);
+}
+// The permutation read by the experts' first GEMMs (moe.fuse_permute; the
+// permutation's index rides in the forward cache to the weight gradient),
+// against the whole model's permuted copy.
+TEST(PipelineModelStageTest, FusedPermuteTwoStages) {
+  ExpectPipelineMatches(2, 3, 1, config::TrainConfig::NONE, Modules::kBasic, 0, true);
+}
+TEST(PipelineModelStageTest, FusedPermuteRecomputeInterleaved) {
+  ExpectPipelineMatches(2, 4, 2, config::TrainConfig::FULL, Modules::kBasic, 0, true);
 }
 
 TEST(PipelineModelStageTest, StagesHoldTheirLayersOnly) {

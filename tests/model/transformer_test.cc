@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -213,6 +214,44 @@ TEST_P(ModelVariantTest, FusedGateUpAgreesWithSeparateGemms) {
   const std::vector<double> gb = b.registry->flat_grads().ToVector();
   ASSERT_EQ(ga.size(), gb.size());
   for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
+}
+
+// The permutation read by the experts' first GEMMs through its index
+// (moe.fuse_permute) against the permuted copy: the same bits, fp32 and
+// bf16, with one GatherRows fewer and its GEMMs gathered in every MoE layer.
+TEST_P(ModelVariantTest, FusedPermuteGivesTheSameBits) {
+  if (Config().moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
+  for (const bool bf16 : {false, true}) {
+    SCOPED_TRACE(bf16 ? "bf16" : "fp32");
+    config::RunConfig fused = Config(), copied = Config();
+    fused.mutable_moe()->set_fuse_permute(true);
+    for (config::RunConfig* cfg : {&fused, &copied}) {
+      if (bf16) cfg->mutable_train()->set_precision(config::TrainConfig::BF16);
+    }
+    Built a = Build(fused, DType::kF32), b = Build(copied, DType::kF32);
+    testing::PerturbScaleVectors(*a.registry, 12);
+    testing::PerturbScaleVectors(*b.registry, 12);
+    const Tensor tokens = Tokens(5), targets = Tokens(6);
+    std::map<std::string, int64_t> calls[2];
+    LossBreakdown loss[2];
+    Built* built[2] = {&a, &b};
+    for (int i = 0; i < 2; ++i) {
+      op_timer::Collect();
+      op_timer::SetEnabled(true);
+      loss[i] = Step(*built[i], tokens, targets);
+      op_timer::SetEnabled(false);
+      for (const op_timer::OpTime& t : op_timer::Collect()) calls[i][t.op] = t.calls;
+    }
+    EXPECT_EQ(loss[0].total, loss[1].total);
+    EXPECT_EQ(a.registry->flat_grads().ToVector(), b.registry->flat_grads().ToVector());
+    const int64_t moe_layers = static_cast<int64_t>(a.model->MoeLayerIndices().size());
+    ASSERT_GT(moe_layers, 0);
+    EXPECT_EQ(calls[0]["GatherRows"], calls[1]["GatherRows"] - moe_layers);
+    EXPECT_EQ(calls[0]["GroupedGemmGathered"], calls[1]["GroupedGemm"] - calls[0]["GroupedGemm"]);
+    EXPECT_EQ(calls[0]["GroupedGemmWeightGradGathered"],
+              calls[1]["GroupedGemmWeightGrad"] - calls[0]["GroupedGemmWeightGrad"]);
+    EXPECT_GE(calls[0]["GroupedGemmGathered"], moe_layers);
+  }
 }
 
 // Gemm calls of one step (the op timer counts every ops:: call).
