@@ -12,7 +12,11 @@
 // and ops::GroupedGemmWeightGrad with device offsets (gfwd, gdgrad, gwgrad),
 // and for the experts' first GEMMs once more with their input rows read
 // through a shuffled token permutation (ops::GroupedGemmGathered and
-// ops::GroupedGemmWeightGradGathered, moe.fuse_permute: gxfwd, gxwgrad).
+// ops::GroupedGemmWeightGradGathered, moe.fuse_permute: gxfwd, gxwgrad),
+// and as the stacked gate|up product [2F, C] (F = the case's out) followed
+// by ops::SwiGluPacked (gglu) against ops::GroupedGemmSwiGlu, SwiGLU in the
+// product's epilogue (moe.fuse_swiglu: gswiglu); their TFLOP/s count the
+// product's FLOPs.
 //
 // Timing: CUDA events around kInner back-to-back calls, rotating over
 // kSets input sets (so that repeated runs do not just hit L2), kSamples
@@ -77,16 +81,20 @@ enum class Form {
   kGroupedDgrad,
   kGroupedWgrad,
   kGatheredFwd,
-  kGatheredWgrad
+  kGatheredWgrad,
+  kGateUpThenSwiGlu,
+  kGateUpSwiGlu
 };
 const char* FormName(Form f) {
-  constexpr const char* kNames[] = {"fwd",    "dgrad",  "wgrad", "gfwd",
-                                    "gdgrad", "gwgrad", "gxfwd", "gxwgrad"};
+  constexpr const char* kNames[] = {"fwd",    "dgrad", "wgrad",   "gfwd", "gdgrad",
+                                    "gwgrad", "gxfwd", "gxwgrad", "gglu", "gswiglu"};
   return kNames[static_cast<int>(f)];
 }
-// The gathered forms read the input through the permutation of the
-// experts' first GEMMs: only the up projections (input = hidden).
-bool Gathered(Form f) { return f >= Form::kGatheredFwd; }
+// The gathered and SwiGLU forms are the experts' first GEMMs: only the up
+// projections (input = hidden).
+bool FirstGemmOnly(Form f) { return f >= Form::kGatheredFwd; }
+bool Gathered(Form f) { return f == Form::kGatheredFwd || f == Form::kGatheredWgrad; }
+bool GateUp(Form f) { return f == Form::kGateUpThenSwiGlu || f == Form::kGateUpSwiGlu; }
 bool Grouped(Form f) { return f >= Form::kGroupedFwd; }
 
 using bench::Check;
@@ -133,6 +141,7 @@ struct GroupedSet {
   Tensor x, y, dx, offsets;
   ops::MatrixGroup w, dw;
   Tensor tokens, rows;  // gathered forms: x = tokens[rows[i] / top_k]
+  Tensor gate_up, h;    // gate|up forms: W [2F, C], gate_up [rows, 2F], h [rows, F]
 };
 constexpr int64_t kTokens = 8192;  // a micro-batch: rows = kTokens · top_k
 
@@ -159,8 +168,13 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
       set.tokens = RandomDevice(ctx, {kTokens, bc.in}, DType::kBF16, base + 2, 1.0);
     }
     std::vector<Tensor> w, dw;
+    const int64_t w_rows = GateUp(form) ? 2 * bc.out : bc.out;
+    if (GateUp(form)) {
+      set.gate_up = ctx.Empty({rows, 2 * bc.out}, DType::kBF16);
+      set.h = ctx.Empty({rows, bc.out}, DType::kBF16);
+    }
     for (int64_t e = 0; e < bc.batch; ++e) {
-      w.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kBF16, base + 10 + 2 * e, 0.02));
+      w.push_back(RandomDevice(ctx, {w_rows, bc.in}, DType::kBF16, base + 10 + 2 * e, 0.02));
       dw.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kF32, base + 11 + 2 * e, 1.0));
     }
     set.w = ops::MakeMatrixGroup(ctx, std::move(w));
@@ -186,6 +200,13 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
       case Form::kGatheredWgrad:
         ops::GroupedGemmWeightGradGathered(ctx, s.y, s.tokens, s.rows, top_k, s.offsets, s.dw, 1.0);
         break;
+      case Form::kGateUpThenSwiGlu:
+        ops::GroupedGemm(ctx, s.x, s.w, s.offsets, s.gate_up, {.trans_b = ops::Trans::kYes});
+        ops::SwiGluPacked(ctx, s.gate_up, s.h);
+        break;
+      case Form::kGateUpSwiGlu:
+        ops::GroupedGemmSwiGlu(ctx, s.x, Tensor(), 1, s.w, s.offsets, s.gate_up, s.h);
+        break;
       default:
         break;
     }
@@ -209,11 +230,11 @@ int Main(int argc, char** argv) {
   for (const BenchCase& bc : kCases) {
     if (std::string(bc.name).rfind(prefix, 0) != 0) continue;
     for (DType dtype : {DType::kBF16, DType::kF32}) {
-      for (Form form :
-           {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd, Form::kGroupedDgrad,
-            Form::kGroupedWgrad, Form::kGatheredFwd, Form::kGatheredWgrad}) {
+      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd,
+                        Form::kGroupedDgrad, Form::kGroupedWgrad, Form::kGatheredFwd,
+                        Form::kGatheredWgrad, Form::kGateUpThenSwiGlu, Form::kGateUpSwiGlu}) {
         if (Grouped(form) && (bc.batch == 1 || dtype != DType::kBF16)) continue;
-        if (Gathered(form) && std::string(bc.name).rfind("experts_up", 0) != 0) continue;
+        if (FirstGemmOnly(form) && std::string(bc.name).rfind("experts_up", 0) != 0) continue;
         // The product's M x N x K for this form.
         int64_t m = bc.tokens, n = bc.out, k = bc.in;  // fwd: [M, K] x [K, N]
         if (form == Form::kDgrad || form == Form::kGroupedDgrad)
@@ -224,6 +245,7 @@ int Main(int argc, char** argv) {
           n = bc.in;
           k = bc.tokens;
         }
+        if (GateUp(form)) n = 2 * bc.out;  // the stacked gate|up product
         const double ms =
             Grouped(form) ? TimeGroupedCase(*ctx, bc, form) : TimeCase(*ctx, bc, dtype, form);
         const double tflops = 2.0 * bc.batch * m * n * k / (ms * 1e-3) / 1e12;

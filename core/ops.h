@@ -97,6 +97,16 @@ void GroupedGemmGathered(const ExecContext& ctx, const Tensor& x, const Tensor& 
 void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, const Tensor& x,
                                    const Tensor& rows, int divisor, const Tensor& offsets,
                                    const MatrixGroup& c, double beta);
+// The experts' gate|up forward and its SwiGLU in one: gate_up = x·W_gᵀ
+// over the stacked [2F, C] weights (GroupedGemm with trans_b, beta 0; x's
+// rows gathered as GroupedGemmGathered's when rows is defined, else x [M,
+// C] itself) and h = SwiGluPacked(gate_up) [M, F]. Every one of the M rows
+// must lie in a group. The bits of the two ops. CUDA: on sm_90, bf16, F a
+// multiple of 128, the persistent wgmma kernel's epilogue computes h from
+// its tile (no second pass over gate_up); elsewhere the two ops.
+void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                       const MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up,
+                       const Tensor& h);
 
 // ---------------------------------------------------------------- elementwise
 

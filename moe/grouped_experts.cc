@@ -286,7 +286,11 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
   x_gemm_ = InDType(ctx, x, gemm);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
-  if (gate_up_packed_) {
+  if (gate_up_packed_ && options_.fuse_swiglu && counts_.empty()) {
+    // Every row in a group (ForwardAllRows*): one op, SwiGLU in its epilogue.
+    ops::GroupedGemmSwiGlu(ctx, x_gemm_, gather_rows_, static_cast<int>(gather_divisor_),
+                           gate_up_weights_, offsets_, gate_up_, h_);
+  } else if (gate_up_packed_) {
     InputGemm(ctx, gate_up_weights_, gate_up_);
     ops::SwiGluPacked(ctx, rows(gate_up_), rows(h_));
   } else {

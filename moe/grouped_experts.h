@@ -69,6 +69,9 @@ struct ExpertGroupOptions {
   bool bf16_operands = false;  // ScaledLinearOptions::bf16_operands
   // moe.fuse_gate_up: gate and up as one GEMM where their tensors allow.
   bool fuse_gate_up = true;
+  // moe.fuse_swiglu: with gate and up as one GEMM and every row in a group
+  // (ForwardAllRows*), SwiGLU in that GEMM (ops::GroupedGemmSwiGlu).
+  bool fuse_swiglu = false;
 };
 
 class GroupedExperts {

@@ -143,6 +143,7 @@ MoeLayer::MoeLayer(ParamRegistry& registry, const config::RunConfig& cfg, int la
   opts.ffn_split_group = etp_;
   opts.bf16_operands = Bf16Operands(cfg);
   opts.fuse_gate_up = cfg.moe().fuse_gate_up();
+  opts.fuse_swiglu = cfg.moe().fuse_swiglu();
   opts.gate_gamma = expert_gate;
   opts.up_gamma = expert_up;
   experts_ = std::make_unique<GroupedExperts>(registry, so, opts);

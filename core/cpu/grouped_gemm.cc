@@ -77,4 +77,16 @@ void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, cons
   cpu::GroupedGemmWeightGrad(ctx, a, b, offsets, c, beta);
 }
 
+void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                       const MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up,
+                       const Tensor& h) {
+  const GroupedGemmOptions xwt{.trans_b = Trans::kYes};
+  if (rows.defined()) {
+    cpu::GroupedGemmGathered(ctx, x, rows, divisor, b, offsets, gate_up, xwt);
+  } else {
+    cpu::GroupedGemm(ctx, x, b, offsets, gate_up, xwt);
+  }
+  SwiGluPacked(ctx, gate_up, h);
+}
+
 }  // namespace scalemoe::cpu

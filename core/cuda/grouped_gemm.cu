@@ -421,6 +421,45 @@ void GroupedGemmGathered(const ExecContext& ctx, const Tensor& x, const Tensor& 
   cuda::GroupedGemm(ctx, a, b, offsets, c, o);
 }
 
+bool GroupedGemmSwiGluInEpilogue() { return UseWgmma() && WsSwiGlus(); }
+
+void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
+                       const MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up,
+                       const Tensor& h) {
+  const char* op = "GroupedGemmSwiGlu";
+  const GroupedGemmOptions xwt{.trans_b = Trans::kYes};
+  const int64_t m = gate_up.ndim() == 2 ? gate_up.dim(0) : -1;
+  if (rows.defined()) CheckGather(ctx, x, rows, divisor, m, op);
+  if (!rows.defined()) CheckOnDevice(ctx, x, op, "x");
+  const Shape a_shape{m, x.ndim() == 2 ? x.dim(1) : -1};
+  CheckForward(ctx, a_shape, x.dtype(), b, offsets, gate_up, xwt, op);
+  CheckOnDevice(ctx, h, op, "h");
+  const int64_t f = gate_up.dim(1) / 2;
+  SM_CHECK_MSG(gate_up.dim(1) % 2 == 0 && h.ndim() == 2 && h.dim(0) == m && h.dim(1) == f &&
+                   h.dtype() == gate_up.dtype() && gate_up.is_contiguous() && h.is_contiguous(),
+               op, ": h ", h.DebugString(), " for gate_up ", gate_up.DebugString(),
+               " (want [M, F] of [M, 2F])");
+  const ForwardLaunch l =
+      PrepareForward(x.raw_data(), x.dtype(), m, a_shape[1], b, offsets, gate_up, xwt, op);
+  if (!l.valid) return;
+  // The epilogue's tiles: 128 gate and 128 up features, bf16 16-byte rows.
+  const bool fits = l.launch.tensor_cores && x.dtype() == DType::kBF16 &&
+                    gate_up.dtype() == DType::kBF16 && f % 128 == 0 &&
+                    AllAligned16({gate_up.raw_data(), h.raw_data()});
+  if (fits && UseWgmma()) {
+    const RowGather gather{rows.defined() ? static_cast<const int32_t*>(rows.raw_data()) : nullptr,
+                           divisor};
+    const SwiGluOut swiglu{static_cast<bf16*>(h.raw_data()), f, f};
+    if (RunWgmmaWsSwiGlu(ctx, l.p, gather, swiglu, l.launch.grid.y, op)) return;
+  }
+  if (rows.defined()) {
+    cuda::GroupedGemmGathered(ctx, x, rows, divisor, b, offsets, gate_up, xwt);
+  } else {
+    cuda::GroupedGemm(ctx, x, b, offsets, gate_up, xwt);
+  }
+  SwiGluPacked(ctx, gate_up, h);
+}
+
 namespace {
 
 // GroupedGemmWeightGrad's checks, Problem and launch for a and b (b of

@@ -14,4 +14,10 @@ bool GroupedGemmOnWgmma();
 // Otherwise they gather a copy first, then run the plain op.
 bool GroupedGemmGathersInLoads();
 
+// Whether ops::GroupedGemmSwiGlu computes h in the grouped kernel's
+// epilogue on this device for bf16 (F a multiple of 128): sm_90 with the
+// persistent kernel and its staged epilogue. Otherwise GroupedGemm, then
+// SwiGluPacked.
+bool GroupedGemmSwiGluInEpilogue();
+
 }  // namespace scalemoe::cuda

@@ -43,6 +43,16 @@ struct RowGather {
   int divisor = 1;
 };
 
+// The experts' gate|up forward with SwiGLU in its epilogue
+// (ops::GroupedGemmSwiGlu): c [rows, 2F] is gate | up, and h [rows, F] (row-
+// stacked like c) gets SwiGLU of each row's two halves. Only the persistent
+// wgmma kernel takes it; null h: a plain product.
+struct SwiGluOut {
+  bf16* h = nullptr;
+  int64_t ldh = 0;
+  int64_t f = 0;  // F: c's up half starts at column f
+};
+
 // The part of the product one block computes: rows [m0, m0 + tile) of C_g
 // (below m_lim), columns from blockIdx.x, the reduction over [0, k_len).
 template <typename T, typename OutT>

@@ -47,6 +47,16 @@ bool RunWgmmaWsGathered(const ExecContext& ctx, const Problem& p, const RowGathe
 // kernel and epilogue, and registers enough for its hand-over.
 bool WsGathers();
 
+// The experts' gate|up forward x·Wᵀ into bf16 c = gate | up [rows, 2F]
+// with h = SwiGLU(gate, up) in the persistent kernel's epilogue (`swiglu`;
+// a's rows gathered when gather.rows is set); p.n = 2F with F a multiple
+// of 128, beta 0, c and h in 16-byte rows. False when it cannot run
+// (RunWgmmaWsGathered's reasons), having done nothing.
+bool RunWgmmaWsSwiGlu(const ExecContext& ctx, const Problem& p, const RowGather& gather,
+                      const SwiGluOut& swiglu, unsigned row_tiles, const char* op);
+// Whether RunWgmmaWsSwiGlu runs (on an sm_90 device).
+bool WsSwiGlus();
+
 // The row tile every GroupedGemm kernel on tensor cores uses.
 constexpr int kWgmmaTileM = 128;
 

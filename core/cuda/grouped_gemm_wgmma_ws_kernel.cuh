@@ -28,6 +28,8 @@
 // (anonymous namespace).
 #pragma once
 
+#include <type_traits>
+
 #include "core/cuda/grouped_gemm_wgmma_ws_parts.cuh"
 #include "core/cuda/mbarrier.cuh"
 
@@ -51,11 +53,14 @@ static_assert(WideStaged::kSmemBytes + kEpilogueBytes <= 227 * 1024 - 64 &&
 // kStaged: the epilogue through shared memory (above), else straight from
 // the registers. kGather: the row-stacked operand's rows come through
 // `gather` (the forward's a, the weight gradient's b; the loaders' only
-// change).
+// change). kSwiGlu: the experts' gate|up forward, each 128 x 256 tile 128
+// gate and the same 128 up features, with SwiGLU into `swiglu.h` in the
+// epilogue (StoreTileSwiGlu; with kStaged).
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged,
-          bool kGather = false>
+          bool kGather = false, bool kSwiGlu = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
-    GroupedGemmWgmmaWsKernel(Problem p, TileSpace space, RowGather gather) {
+    GroupedGemmWgmmaWsKernel(Problem p, TileSpace space, RowGather gather, SwiGluOut swiglu) {
+  static_assert(!kSwiGlu || (kStaged && std::is_same_v<OutT, bf16>), "SwiGLU: bf16, staged");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kTileN = S::kTileN;
   __shared__ uint64_t full[S::kStages], empty[S::kStages];
@@ -82,10 +87,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
       const BlockWork<bf16, OutT> w =
           TileWork<OutT, kWeightGrad, kTileM>(p, space, tile, col, cursor);
       if (!w.valid) break;
-      const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
-      if constexpr (kGather) {
-        LoadGatheredTile<OutT, kAKMajor, kBKMajor, kWeightGrad, S>(p, gather, w, n0, k_tiles,
-                                                                   loader, ring, full, empty, pos);
+      const int64_t n0 = col * (kSwiGlu ? kTileN / 2 : kTileN);
+      const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
+      if constexpr (kGather || kSwiGlu) {
+        LoadVariantTile<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kGather, kSwiGlu>(
+            p, gather, swiglu, w, n0, k_tiles, loader, ring, full, empty, pos);
         continue;
       }
       const OperandStream<kTileM, kAKMajor> a(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader);
@@ -109,7 +115,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     const BlockWork<bf16, OutT> w =
         TileWork<OutT, kWeightGrad, kTileM>(p, space, tile, col, cursor);
     if (!w.valid) break;
-    const int64_t n0 = col * kTileN, k_tiles = (w.k_len + kTileK - 1) / kTileK;
+    const int64_t n0 = col * (kSwiGlu ? kTileN / 2 : kTileN);
+    const int64_t k_tiles = (w.k_len + kTileK - 1) / kTileK;
     if (k_tiles <= 0) {  // a weight gradient's empty group: c = 0 + beta c
       const float zeros[kTileN / 2] = {};
       StoreTileDirect<OutT, kTileN>(p, w, n0, zeros, warpgroup);
@@ -130,7 +137,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
     if constexpr (kStaged) {
       float* buf = reinterpret_cast<float*>(ring.a(0) + S::kStages * S::kStageBytes) +
                    warpgroup * 64 * kPassPitch<kPassCols>;
-      StoreTileStaged<OutT, kTileN, kPassCols>(p, w, n0, acc, warpgroup, warpgroup, buf);
+      if constexpr (kSwiGlu) {
+        StoreTileSwiGlu<kPassCols>(p, swiglu, w, n0, acc, warpgroup, warpgroup, buf);
+      } else {
+        StoreTileStaged<OutT, kTileN, kPassCols>(p, w, n0, acc, warpgroup, warpgroup, buf);
+      }
     } else {
       StoreTileDirect<OutT, kTileN>(p, w, n0, acc, warpgroup);
     }
@@ -141,11 +152,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 }
 
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged,
-          bool kGather = false>
+          bool kGather = false, bool kSwiGlu = false>
 bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
-              const char* op, const RowGather& gather = {}) {
+              const char* op, const RowGather& gather = {}, const SwiGluOut& swiglu = {}) {
   auto kernel =
-      GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kStaged, kGather>;
+      GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kStaged, kGather, kSwiGlu>;
   constexpr int kBytes = S::kSmemBytes + (kStaged ? kEpilogueBytes : 0);
   static const bool fits = HasLaunchRegisters(kernel);
   if (!fits) return false;
@@ -155,7 +166,7 @@ bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsi
   space.col_tiles = (p.n + S::kTileN - 1) / S::kTileN;
   space.row_tiles = row_tiles;
   space.groups = kWeightGrad ? groups : 1;
-  LaunchOnSms(ctx, kernel, kBytes, p, space, gather, op, "GroupedGemmWgmmaWsKernel");
+  LaunchOnSms(ctx, kernel, kBytes, p, space, gather, swiglu, op, "GroupedGemmWgmmaWsKernel");
   return true;
 }
 

@@ -178,6 +178,45 @@ struct GatheredKStream {
   }
 };
 
+// OperandStream<256, true> over the experts' stacked gate|up weights [2F,
+// C] for the SwiGLU epilogue: the tile's rows 0-127 are W rows n0 + r (gate
+// features), rows 128-255 W rows F + n0 + r - 128 (the same up features),
+// all in (n0 + 128 <= F).
+struct GateUpRowStream {
+  using Plain = OperandStream<256, true>;
+  static constexpr int kIters = Plain::kIters, kRowStep = Plain::kRowStep;
+  static_assert(kIters * kRowStep == 256 && kIters % 2 == 0,
+                "the up half from iteration kIters / 2");
+  const bf16* base;  // an address for the zero-fills
+  const bf16* src;   // this loader's first chunk at k step 0
+  int64_t it_step;   // elements from one of its chunks to the next
+  int64_t up_step;   // ... and the extra step into the up half
+  int64_t k_room;    // > 0 if its k column is in at k step 0
+  int row0, col;
+
+  __device__ __forceinline__ GateUpRowStream(const bf16* w, int64_t ld, int64_t n0, int64_t f,
+                                             int64_t k_lim, int loader)
+      : base(w), it_step(kRowStep * ld), up_step((f - 128) * ld) {
+    row0 = loader / Plain::kChunksPerRow;
+    col = loader % Plain::kChunksPerRow;
+    src = w + (n0 + row0) * ld + col * 8;
+    k_room = k_lim - col * 8;
+  }
+
+  __device__ __forceinline__ void Load(unsigned char* tile, int64_t t) const {
+    const bf16* q = src + t * kTileK;
+    const bool valid = k_room - t * kTileK > 0;
+#pragma unroll
+    for (int it = 0; it < kIters; ++it) {
+      if (it == kIters / 2) q += up_step;
+      const int row = row0 + it * kRowStep;
+      const int offset = row * 128 + ((col ^ (row % 8)) * 16);
+      CpAsync16(tile + offset, valid ? q : base, valid);
+      q += it_step;
+    }
+  }
+};
+
 // Syncs the 128 threads of one multiplying warpgroup (named barriers 1, 2).
 __device__ __forceinline__ void WarpgroupSync(int warpgroup) {
   asm volatile("bar.sync %0, 128;\n" ::"r"(1 + warpgroup) : "memory");
@@ -242,6 +281,62 @@ __device__ __forceinline__ void StoreTileStaged(const Problem& p, const BlockWor
   }
 }
 
+// h = g·σ(g)·u of one accumulator pair, as SwiGluPacked computes it from
+// the bf16 gate and up the product stores (core/cuda/swiglu.cu): the same
+// rounding of each, the same f32 operations in the same order.
+__device__ __forceinline__ float SwiGluOfAcc(float gate_acc, float up_acc) {
+  const float g = __bfloat162float(__float2bfloat16_rn(gate_acc));
+  const float u = __bfloat162float(__float2bfloat16_rn(up_acc));
+  return g * (1.0f / (1.0f + expf(-g))) * u;
+}
+
+// The SwiGLU epilogue of a 128 x 256 gate|up tile (GateUpRowStream's): the
+// 64 rows this warpgroup holds, through `buf` (as StoreTileStaged) in three
+// passes of 128 columns: the gate half into c's columns n0.., the up half
+// into c's columns F + n0.., then h = SwiGLU of the pair into h's columns
+// n0... bf16 c and h, beta 0, 16-byte rows (the launcher checks).
+template <int kPassCols>
+__device__ __forceinline__ void StoreTileSwiGlu(const Problem& p, const SwiGluOut& sw,
+                                                const BlockWork<bf16, bf16>& w, int64_t n0,
+                                                const float (&acc)[128], int row_block,
+                                                int warpgroup, float* buf) {
+  static_assert(kPassCols == 128, "a pass is one half of the tile");
+  constexpr int kVec = 8, kPitch = kPassPitch<kPassCols>, kHalf = kPassCols / 8;
+  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  constexpr int kRuns = kPassCols / kVec, kPerThread = 64 * kRuns / 128;
+  bf16* const h_rows = sw.h + w.r0 * sw.ldh;
+#pragma unroll
+  for (int pass = 0; pass < 3; ++pass) {
+    WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = warp * 16 + half * 8 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < kHalf; ++j) {
+        const int g = 4 * j + 2 * half, u = 4 * (j + kHalf) + 2 * half;
+        float2 v;
+        if (pass == 0) {
+          v = make_float2(acc[g], acc[g + 1]);
+        } else if (pass == 1) {
+          v = make_float2(acc[u], acc[u + 1]);
+        } else {
+          v = make_float2(SwiGluOfAcc(acc[g], acc[u]), SwiGluOfAcc(acc[g + 1], acc[u + 1]));
+        }
+        *reinterpret_cast<float2*>(buf + row * kPitch + 8 * j + (lane % 4) * 2) = v;
+      }
+    }
+    WarpgroupSync(warpgroup);
+    bf16* const out = pass == 2 ? h_rows : w.c;
+    const int64_t ld = pass == 2 ? sw.ldh : p.ldc, col0 = pass == 1 ? sw.f + n0 : n0;
+#pragma unroll
+    for (int i = 0; i < kPerThread; ++i) {
+      const int c = t + i * 128, row = c / kRuns, col = (c % kRuns) * kVec;
+      const int64_t gm = w.m0 + row_block * 64 + row;
+      if (gm < w.m_lim) StoreVec16(out + gm * ld + col0 + col, buf + row * kPitch + col, 0.0f, {});
+    }
+  }
+}
+
 // The tiles one launch covers and where tile i's work is.
 struct TileSpace {
   int64_t col_tiles = 0;  // across n
@@ -300,18 +395,20 @@ __device__ __forceinline__ void LoadWalk(const Problem& p, const TileSpace& spac
   CpAsyncWait<0>();  // nothing lands after its thread has exited
 }
 
-// The loaders' k steps of one output tile (w, columns from n0) whose
-// row-stacked operand is gathered (the forward's a, the weight gradient's
-// b): the loop of LoadWalk on the gathering streams.
-template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S>
-__device__ __forceinline__ void LoadGatheredTile(const Problem& p, const RowGather& gather,
-                                                 const BlockWork<bf16, OutT>& w, int64_t n0,
-                                                 int64_t k_tiles, int loader, const Ring<S>& ring,
-                                                 uint64_t (&full)[S::kStages],
-                                                 uint64_t (&empty)[S::kStages],
-                                                 RingPosition<S::kStages>& pos) {
-  static_assert(kWeightGrad ? !kBKMajor : kAKMajor,
-                "the gathered operand's rows are a's m or b's k");
+// The loaders' k steps of one output tile (w, columns from n0) of the
+// kernel's variants: the row-stacked operand gathered (kGather: the
+// forward's a, the weight gradient's b) and the forward's gate|up tile for
+// the SwiGLU epilogue (kSwiGlu: b's rows from both halves). The loop of
+// LoadWalk on those streams.
+template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kGather,
+          bool kSwiGlu>
+__device__ __forceinline__ void LoadVariantTile(
+    const Problem& p, const RowGather& gather, const SwiGluOut& swiglu,
+    const BlockWork<bf16, OutT>& w, int64_t n0, int64_t k_tiles, int loader, const Ring<S>& ring,
+    uint64_t (&full)[S::kStages], uint64_t (&empty)[S::kStages], RingPosition<S::kStages>& pos) {
+  static_assert(kWeightGrad ? !kBKMajor && kGather && !kSwiGlu : kAKMajor,
+                "the gathered operand's rows are a's m or b's k; SwiGLU only in the forward");
+  static_assert(!kSwiGlu || (kBKMajor && S::kTileN == 256), "SwiGLU: x·Wᵀ on 128 x 256 tiles");
   auto steps = [&](const auto& a, const auto& b) {
     for (int64_t t = 0; t < k_tiles; ++t) {
       MbarrierWait(&empty[pos.stage], pos.parity ^ 1);
@@ -327,9 +424,21 @@ __device__ __forceinline__ void LoadGatheredTile(const Problem& p, const RowGath
           GatheredKStream<S::kTileN>(static_cast<const bf16*>(p.b), p.ldb, rows, gather.divisor, n0,
                                      p.n, w.k_len, loader));
   } else {
-    steps(GatheredRowStream<kTileM>(static_cast<const bf16*>(p.a), p.lda, rows, gather.divisor,
-                                    w.m0, w.m_lim, w.k_len, loader),
-          OperandStream<S::kTileN, kBKMajor>(w.b, p.ldb, n0, p.n, w.k_len, loader));
+    auto b_stream = [&] {
+      if constexpr (kSwiGlu) {
+        return GateUpRowStream(w.b, p.ldb, n0, swiglu.f, w.k_len, loader);
+      } else {
+        return OperandStream<S::kTileN, kBKMajor>(w.b, p.ldb, n0, p.n, w.k_len, loader);
+      }
+    };
+    if constexpr (kGather) {
+      steps(GatheredRowStream<kTileM>(static_cast<const bf16*>(p.a), p.lda, rows, gather.divisor,
+                                      w.m0, w.m_lim, w.k_len, loader),
+            b_stream());
+    } else {
+      steps(OperandStream<kTileM, kAKMajor>(w.a, p.lda, w.m0, w.m_lim, w.k_len, loader),
+            b_stream());
+    }
   }
 }
 
@@ -337,11 +446,12 @@ __device__ __forceinline__ void LoadGatheredTile(const Problem& p, const RowGath
 // block an SM, none beyond the tiles.
 template <typename Kernel>
 void LaunchOnSms(const ExecContext& ctx, Kernel kernel, int bytes, const Problem& p,
-                 const TileSpace& space, const RowGather& gather, const char* op,
-                 const char* name) {
+                 const TileSpace& space, const RowGather& gather, const SwiGluOut& swiglu,
+                 const char* op, const char* name) {
   const int64_t blocks = std::min<int64_t>(space.size(), std::max(MultiprocessorCount(ctx, op), 1));
   if (blocks <= 0) return;
-  kernel<<<static_cast<unsigned>(blocks), kWsThreads, bytes, Stream(ctx)>>>(p, space, gather);
+  kernel<<<static_cast<unsigned>(blocks), kWsThreads, bytes, Stream(ctx)>>>(p, space, gather,
+                                                                            swiglu);
   SM_CHECK_LAUNCH(ctx, op, name);
 }
 

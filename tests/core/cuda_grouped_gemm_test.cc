@@ -222,6 +222,42 @@ class CudaGroupedGemmTest : public CudaOpTest {
     }
   }
 
+  // GroupedGemmSwiGlu against GroupedGemm (or GroupedGemmGathered) then
+  // SwiGluPacked, bit for bit: the experts' stacked [2F, C] weights, every
+  // row in a group; gathered through a shuffled top-2 permutation or not.
+  void CheckSwiGlu(const std::vector<int64_t>& counts, int64_t f, int64_t c_in, bool gathered,
+                   uint64_t seed) {
+    std::vector<int64_t> off{0};
+    for (int64_t n : counts) off.push_back(off.back() + n);
+    const int64_t g = static_cast<int64_t>(counts.size()), m = off.back();
+    const std::string what =
+        absl::StrCat("F ", f, " C ", c_in, " rows ", m, gathered ? " gathered" : "");
+    const int divisor = 2;
+    const int64_t tokens = std::max<int64_t>(1, (m + divisor - 1) / divisor);
+    std::vector<int32_t> slots(tokens * divisor);
+    std::iota(slots.begin(), slots.end(), 0);
+    std::shuffle(slots.begin(), slots.end(), std::mt19937_64(seed));
+    Tensor rows = Tensor::Empty({m}, DType::kI32);
+    std::copy(slots.begin(), slots.begin() + m, rows.data<int32_t>());
+    const Tensor x = Dev(RandomHost({gathered ? tokens : m, c_in}, DType::kBF16, seed, 1));
+    const Tensor rows_dev = gathered ? Dev(rows) : Tensor(), offsets = Dev(OffsetsTensor(off));
+    const ops::MatrixGroup w =
+        ops::MakeMatrixGroup(ctx_, Devs(RandomMatrices(g, 2 * f, c_in, DType::kBF16, seed)));
+    const Tensor gate_up = Poisoned({m, 2 * f}, DType::kBF16), h = Poisoned({m, f}, DType::kBF16);
+    ops::GroupedGemmSwiGlu(ctx_, x, rows_dev, divisor, w, offsets, gate_up, h);
+    const Tensor gate_up_ref = Poisoned({m, 2 * f}, DType::kBF16);
+    const Tensor h_ref = Poisoned({m, f}, DType::kBF16);
+    const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
+    if (gathered) {
+      ops::GroupedGemmGathered(ctx_, x, rows_dev, divisor, w, offsets, gate_up_ref, xwt);
+    } else {
+      ops::GroupedGemm(ctx_, x, w, offsets, gate_up_ref, xwt);
+    }
+    ops::SwiGluPacked(ctx_, gate_up_ref, h_ref);
+    EXPECT_TRUE(BitwiseEqual(Host(gate_up), Host(gate_up_ref))) << what << ": gate_up";
+    EXPECT_TRUE(BitwiseEqual(Host(h), Host(h_ref))) << what << ": h";
+  }
+
   // c_g = a_gᵀ b_g (+ beta c_g): a [M, N], b [M, K], c_g [N, K].
   void CheckWeightGrad(const Case& c, DTypes d, double beta, uint64_t seed) {
     const std::vector<int64_t> off = Offsets(c);
@@ -313,6 +349,34 @@ TEST_F(CudaGroupedGemmTest, GatheredEqualsGatherThenPlain) {
         for (double beta : {0.0, 1.0}) CheckGathered(c, d, divisor, beta, ++seed);
       }
     }
+  }
+}
+
+// The experts' gate|up forward with SwiGLU in the grouped kernel's epilogue
+// (ops::GroupedGemmSwiGlu, moe.fuse_swiglu): the bits of GroupedGemm then
+// SwiGluPacked, for the presets' F (1280, 256), F = 128 (one tile pair), and
+// F = 40 and 200 (not multiples of 128: the two ops), gathered or not, over
+// groups of uneven rows (empty ones among them) and enough tiles that every
+// persistent block walks several. Under the default kernels on a wgmma
+// device the epilogue must compute h.
+TEST_F(CudaGroupedGemmTest, SwiGluEqualsGemmThenSwiGluPacked) {
+  const bool defaults = std::getenv("SCALEMOE_GROUPED_GEMM") == nullptr &&
+                        std::getenv("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE") == nullptr;
+  if (defaults && cuda::GroupedGemmOnWgmma()) {
+    EXPECT_TRUE(cuda::GroupedGemmSwiGluInEpilogue())
+        << "the wgmma kernels run but SwiGLU runs as a second op";
+  }
+  std::cout << "gate|up SwiGLU: "
+            << (cuda::GroupedGemmSwiGluInEpilogue() ? "in the epilogue" : "a second op") << "\n";
+  std::vector<int64_t> uneven(40);
+  for (int g = 0; g < 40; ++g) uneven[g] = (g * 37) % 300;  // zeros among them
+  uint64_t seed = 5000;
+  for (const bool gathered : {false, true}) {
+    CheckSwiGlu({1, 0, 129, 300}, 1280, 768, gathered, ++seed);
+    CheckSwiGlu(uneven, 256, 768, gathered, ++seed);
+    CheckSwiGlu({64, 0, 200}, 128, 136, gathered, ++seed);
+    CheckSwiGlu({70, 3}, 40, 64, gathered, ++seed);
+    CheckSwiGlu({130, 0, 5}, 200, 96, gathered, ++seed);
   }
 }
 

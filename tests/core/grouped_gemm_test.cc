@@ -2,6 +2,7 @@
 // against naive loops: each group's rows times its own matrix, rows outside
 // every group untouched, a group without rows scaled by beta, the gathered
 // forms' rows read through their index, and bad offsets rejected.
+#include <cmath>
 #include <vector>
 
 #include "core/ops.h"
@@ -144,6 +145,44 @@ TEST_F(GroupedGemmTest, GatheredOpsReadTheRowsThroughTheIndex) {
           want += d.data<double>()[r * n + i] * gathered(r, q);
         }
         EXPECT_NEAR(grads[g].data<double>()[i * k + q], want, 1e-12) << "group " << g;
+      }
+    }
+  }
+}
+
+// The gate|up forward with its SwiGLU (GroupedGemmSwiGlu): gate_up = the
+// rows (gathered or not) times each group's stacked [2F, C] weights, h =
+// g·σ(g)·u of each row's halves.
+TEST_F(GroupedGemmTest, SwiGluFormsGateUpAndItsActivation) {
+  const std::vector<int64_t> off{0, 3, 3, 6};  // every row in a group; group 1 empty
+  const int64_t m = 6, k = 3, f = 2;
+  const std::vector<int32_t> slots{5, 0, 4, 2, 3, 1};
+  Tensor rows = Tensor::Empty({m}, DType::kI32);
+  for (int64_t i = 0; i < m; ++i) rows.data<int32_t>()[i] = slots[i];
+  const Tensor tokens = Random({3, k}, 8), x = Random({m, k}, 9);
+  std::vector<Tensor> w;
+  for (int g = 0; g < 3; ++g) w.push_back(Random({2 * f, k}, 50 + g));
+  for (const bool gathered : {false, true}) {
+    SCOPED_TRACE(gathered ? "gathered" : "rows as they are");
+    Tensor gate_up = Tensor::Empty({m, 2 * f}, DType::kF64), h = Tensor::Empty({m, f}, DType::kF64);
+    ops::GroupedGemmSwiGlu(ctx_, gathered ? tokens : x, gathered ? rows : Tensor(), 2,
+                           ops::MakeMatrixGroup(ctx_, w), Offsets(off), gate_up, h);
+    for (int64_t r = 0; r < m; ++r) {
+      const int g = r < 3 ? 0 : 2;
+      auto in = [&](int64_t q) {
+        return gathered ? tokens.data<double>()[(slots[r] / 2) * k + q]
+                        : x.data<double>()[r * k + q];
+      };
+      for (int64_t j = 0; j < 2 * f; ++j) {
+        double want = 0;
+        for (int64_t q = 0; q < k; ++q) want += in(q)*w[g].data<double>()[j * k + q];
+        EXPECT_NEAR(gate_up.data<double>()[r * 2 * f + j], want, 1e-12) << "row " << r;
+      }
+      for (int64_t j = 0; j < f; ++j) {
+        const double gv = gate_up.data<double>()[r * 2 * f + j];
+        const double uv = gate_up.data<double>()[r * 2 * f + f + j];
+        EXPECT_NEAR(h.data<double>()[r * f + j], gv / (1 + std::exp(-gv)) * uv, 1e-12)
+            << "row " << r;
       }
     }
   }

@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/op_timer.h"
@@ -343,37 +344,47 @@ TEST_P(CudaPresetTest, Bf16FusedQkvTracksThreeGemmsWithoutCopies) {
   }
 }
 
-// moe.fuse_permute at the presets' full widths, bf16: the experts' first
-// GEMMs reading the permutation through its index (on sm_90 in the grouped
-// kernel's loads) give the bits of the permuted copy's, loss and every
-// gradient, with the gathered GEMMs in the step and one GatherRows fewer a
-// MoE layer.
-TEST_P(CudaPresetTest, Bf16FusedPermuteGivesTheSameBits) {
-  const config::RunConfig copied = Preset(config::TrainConfig::BF16);
-  config::RunConfig fused = copied;
-  fused.mutable_moe()->set_fuse_permute(true);
-  const Tensor values = StartValues(copied);
-  const int vocab = copied.model().vocab_size();
-  std::map<std::string, int64_t> calls[2];
-  StepResult step[2];
-  const config::RunConfig* cfgs[2] = {&fused, &copied};
-  for (int i = 0; i < 2; ++i) {
+// moe.fuse_permute and moe.fuse_swiglu at the presets' full widths, bf16,
+// each and both: the experts' first GEMMs reading the permutation through
+// its index (on sm_90 in the grouped kernel's loads), and SwiGLU in the
+// gate|up GEMM's epilogue (on sm_90), give the bits of the permuted copy
+// and the SwiGluPacked pass, loss and every gradient, with the fused ops in
+// the step in place of the ones they replace.
+TEST_P(CudaPresetTest, Bf16FusedPermuteAndSwiGluGiveTheSameBits) {
+  const config::RunConfig plain = Preset(config::TrainConfig::BF16);
+  const Tensor values = StartValues(plain);
+  const int vocab = plain.model().vocab_size();
+  auto run = [&](const config::RunConfig& cfg, std::map<std::string, int64_t>& calls) {
     op_timer::Collect();
     op_timer::SetEnabled(true);
-    step[i] = WholeModelStep(*cfgs[i], ctx_, values, 128, vocab);
+    StepResult r = WholeModelStep(cfg, ctx_, values, 128, vocab);
     op_timer::SetEnabled(false);
-    for (const op_timer::OpTime& t : op_timer::Collect()) calls[i][t.op] = t.calls;
+    for (const op_timer::OpTime& t : op_timer::Collect()) calls[t.op] = t.calls;
+    return r;
+  };
+  std::map<std::string, int64_t> base_calls;
+  const StepResult base = run(plain, base_calls);
+  for (const auto& [permute, swiglu] : {std::pair{true, false}, {false, true}, {true, true}}) {
+    SCOPED_TRACE(std::string(permute ? "fuse_permute " : "") + (swiglu ? "fuse_swiglu" : ""));
+    config::RunConfig cfg = plain;
+    cfg.mutable_moe()->set_fuse_permute(permute);
+    cfg.mutable_moe()->set_fuse_swiglu(swiglu);
+    std::map<std::string, int64_t> calls;
+    const StepResult fused = run(cfg, calls);
+    EXPECT_EQ(fused.loss, base.loss);
+    ASSERT_EQ(fused.grads.size(), base.grads.size());
+    for (size_t i = 0; i < base.grads.size(); ++i) {
+      EXPECT_TRUE(testing::BitwiseEqual(fused.grads[i], base.grads[i])) << base.names[i];
+    }
+    if (permute) {
+      EXPECT_GT(calls["GroupedGemmWeightGradGathered"], 0);
+      EXPECT_LT(calls["GatherRows"], base_calls["GatherRows"]);
+    }
+    if (swiglu) {
+      EXPECT_GT(calls["GroupedGemmSwiGlu"], 0);
+      EXPECT_EQ(calls["SwiGluPacked"], base_calls["SwiGluPacked"] - calls["GroupedGemmSwiGlu"]);
+    }
   }
-  EXPECT_EQ(step[0].loss, step[1].loss);
-  ASSERT_EQ(step[0].grads.size(), step[1].grads.size());
-  for (size_t i = 0; i < step[0].grads.size(); ++i) {
-    EXPECT_TRUE(testing::BitwiseEqual(step[0].grads[i], step[1].grads[i])) << step[0].names[i];
-  }
-  EXPECT_GT(calls[0]["GroupedGemmGathered"], 0);
-  EXPECT_GT(calls[0]["GroupedGemmWeightGradGathered"], 0);
-  EXPECT_EQ(calls[0]["GatherRows"],
-            calls[1]["GatherRows"] -
-                calls[0]["GroupedGemmGathered"] / (fused.moe().fuse_gate_up() ? 1 : 2));
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, CudaPresetTest,

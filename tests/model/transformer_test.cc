@@ -216,41 +216,81 @@ TEST_P(ModelVariantTest, FusedGateUpAgreesWithSeparateGemms) {
   for (size_t i = 0; i < ga.size(); ++i) ASSERT_NEAR(ga[i], gb[i], 1e-11) << i;
 }
 
-// The permutation read by the experts' first GEMMs through its index
-// (moe.fuse_permute) against the permuted copy: the same bits, fp32 and
-// bf16, with one GatherRows fewer and its GEMMs gathered in every MoE layer.
-TEST_P(ModelVariantTest, FusedPermuteGivesTheSameBits) {
-  if (Config().moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
+// One step of `b` with the op timer on: its loss, and the calls of each op.
+std::map<std::string, int64_t> OpCalls(Built& b, const Tensor& tokens, const Tensor& targets,
+                                       LossBreakdown* loss) {
+  op_timer::Collect();
+  op_timer::SetEnabled(true);
+  *loss = Step(b, tokens, targets);
+  op_timer::SetEnabled(false);
+  std::map<std::string, int64_t> calls;
+  for (const op_timer::OpTime& t : op_timer::Collect()) calls[t.op] = t.calls;
+  return calls;
+}
+
+// A MoE option that changes how the experts run, not what they compute:
+// `set` on against off, fp32 and bf16, the same loss and gradients bit for
+// bit; `check` sees both steps' op calls (on, off).
+void ExpectSameBits(const config::RunConfig& base,
+                    const std::function<void(config::RunConfig&)>& set,
+                    const std::function<void(std::map<std::string, int64_t>&,
+                                             std::map<std::string, int64_t>&, int64_t)>& check) {
   for (const bool bf16 : {false, true}) {
     SCOPED_TRACE(bf16 ? "bf16" : "fp32");
-    config::RunConfig fused = Config(), copied = Config();
-    fused.mutable_moe()->set_fuse_permute(true);
-    for (config::RunConfig* cfg : {&fused, &copied}) {
+    config::RunConfig on = base, off = base;
+    set(on);
+    for (config::RunConfig* cfg : {&on, &off}) {
       if (bf16) cfg->mutable_train()->set_precision(config::TrainConfig::BF16);
     }
-    Built a = Build(fused, DType::kF32), b = Build(copied, DType::kF32);
+    Built a = Build(on, DType::kF32), b = Build(off, DType::kF32);
     testing::PerturbScaleVectors(*a.registry, 12);
     testing::PerturbScaleVectors(*b.registry, 12);
     const Tensor tokens = Tokens(5), targets = Tokens(6);
-    std::map<std::string, int64_t> calls[2];
-    LossBreakdown loss[2];
-    Built* built[2] = {&a, &b};
-    for (int i = 0; i < 2; ++i) {
-      op_timer::Collect();
-      op_timer::SetEnabled(true);
-      loss[i] = Step(*built[i], tokens, targets);
-      op_timer::SetEnabled(false);
-      for (const op_timer::OpTime& t : op_timer::Collect()) calls[i][t.op] = t.calls;
-    }
-    EXPECT_EQ(loss[0].total, loss[1].total);
+    LossBreakdown la, lb;
+    std::map<std::string, int64_t> calls_on = OpCalls(a, tokens, targets, &la);
+    std::map<std::string, int64_t> calls_off = OpCalls(b, tokens, targets, &lb);
+    EXPECT_EQ(la.total, lb.total);
     EXPECT_EQ(a.registry->flat_grads().ToVector(), b.registry->flat_grads().ToVector());
     const int64_t moe_layers = static_cast<int64_t>(a.model->MoeLayerIndices().size());
     ASSERT_GT(moe_layers, 0);
-    EXPECT_EQ(calls[0]["GatherRows"], calls[1]["GatherRows"] - moe_layers);
-    EXPECT_EQ(calls[0]["GroupedGemmGathered"], calls[1]["GroupedGemm"] - calls[0]["GroupedGemm"]);
-    EXPECT_EQ(calls[0]["GroupedGemmWeightGradGathered"],
-              calls[1]["GroupedGemmWeightGrad"] - calls[0]["GroupedGemmWeightGrad"]);
-    EXPECT_GE(calls[0]["GroupedGemmGathered"], moe_layers);
+    check(calls_on, calls_off, moe_layers);
+  }
+}
+
+// The permutation read by the experts' first GEMMs through its index
+// (moe.fuse_permute) against the permuted copy: the same bits, with one
+// GatherRows fewer and its GEMMs gathered in every MoE layer.
+TEST_P(ModelVariantTest, FusedPermuteGivesTheSameBits) {
+  if (Config().moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
+  ExpectSameBits(
+      Config(), [](config::RunConfig& c) { c.mutable_moe()->set_fuse_permute(true); },
+      [](auto& on, auto& off, int64_t moe_layers) {
+        EXPECT_EQ(on["GatherRows"], off["GatherRows"] - moe_layers);
+        EXPECT_EQ(on["GroupedGemmGathered"], off["GroupedGemm"] - on["GroupedGemm"]);
+        EXPECT_EQ(on["GroupedGemmWeightGradGathered"],
+                  off["GroupedGemmWeightGrad"] - on["GroupedGemmWeightGrad"]);
+        EXPECT_GE(on["GroupedGemmGathered"], moe_layers);
+      });
+}
+
+// SwiGLU in the experts' gate|up GEMM (moe.fuse_swiglu) against the
+// SwiGluPacked pass after it, alone and with moe.fuse_permute: the same
+// bits, one op for the two in every MoE layer (gate and up are one GEMM in
+// every variant).
+TEST_P(ModelVariantTest, FusedSwiGluGivesTheSameBits) {
+  if (Config().moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
+  for (const bool permute : {false, true}) {
+    SCOPED_TRACE(permute ? "with moe.fuse_permute" : "alone");
+    config::RunConfig base = Config();
+    base.mutable_moe()->set_fuse_permute(permute);
+    ExpectSameBits(
+        base, [](config::RunConfig& c) { c.mutable_moe()->set_fuse_swiglu(true); },
+        [](auto& on, auto& off, int64_t moe_layers) {
+          EXPECT_EQ(on["GroupedGemmSwiGlu"], moe_layers);
+          EXPECT_EQ(on["GroupedGemmSwiGlu"], off["SwiGluPacked"] - on["SwiGluPacked"]);
+          EXPECT_EQ(on["GroupedGemmSwiGlu"] + on["GroupedGemm"] + on["GroupedGemmGathered"],
+                    off["GroupedGemm"] + off["GroupedGemmGathered"]);
+        });
   }
 }
 

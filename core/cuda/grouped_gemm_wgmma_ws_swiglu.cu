@@ -1,0 +1,42 @@
+// The experts' gate|up forward with SwiGLU in the epilogue
+// (ops::GroupedGemmSwiGlu) on the persistent warp-specialized wgmma kernel
+// (core/cuda/grouped_gemm_wgmma_ws_kernel.cuh): each 128 x 256 tile takes
+// 128 gate features and the same 128 up features (GateUpRowStream), so
+// every thread holds both inputs of its h elements, and the epilogue stores
+// gate | up and then h (StoreTileSwiGlu). Its own translation unit, as the
+// gathering kernels have (the plain kernels' code stays as it was).
+#include "core/cuda/grouped_gemm_wgmma.cuh"
+#include "core/cuda/grouped_gemm_wgmma_ws_kernel.cuh"
+
+namespace scalemoe::cuda::grouped_gemm {
+
+namespace {
+// Only the default kernel takes the epilogue: under SCALEMOE_GROUPED_GEMM=tile
+// or the direct epilogue (A/B timings) the caller runs SwiGluPacked after.
+bool SwiGluKernelSelected() {
+  static const bool ws = !EnvEquals("SCALEMOE_GROUPED_GEMM", "tile") &&
+                         !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
+  return ws;
+}
+}  // namespace
+
+bool WsSwiGlus() {
+  return SwiGluKernelSelected() &&
+         HasLaunchRegisters(
+             GroupedGemmWgmmaWsKernel<bf16, true, true, false, WideStaged, true, false, true>) &&
+         HasLaunchRegisters(
+             GroupedGemmWgmmaWsKernel<bf16, true, true, false, WideStaged, true, true, true>);
+}
+
+bool RunWgmmaWsSwiGlu(const ExecContext& ctx, const Problem& p, const RowGather& gather,
+                      const SwiGluOut& swiglu, unsigned row_tiles, const char* op) {
+  if (!SwiGluKernelSelected()) return false;
+  if (gather.rows != nullptr) {
+    return LaunchWs<bf16, true, true, false, WideStaged, true, true, true>(ctx, p, row_tiles, 1, op,
+                                                                           gather, swiglu);
+  }
+  return LaunchWs<bf16, true, true, false, WideStaged, true, false, true>(ctx, p, row_tiles, 1, op,
+                                                                          gather, swiglu);
+}
+
+}  // namespace scalemoe::cuda::grouped_gemm
