@@ -15,8 +15,10 @@
 // ops::GroupedGemmWeightGradGathered, moe.fuse_permute: gxfwd, gxwgrad),
 // and as the stacked gate|up product [2F, C] (F = the case's out) followed
 // by ops::SwiGluPacked (gglu) against ops::GroupedGemmSwiGlu, SwiGLU in the
-// product's epilogue (moe.fuse_swiglu: gswiglu); their TFLOP/s count the
-// product's FLOPs.
+// product's epilogue (moe.fuse_swiglu: gswiglu); and for the down
+// projections the data gradient into d_h followed by
+// ops::SwiGluPackedBackward (gdglu) against ops::GroupedGemmSwiGluBackward
+// (gdswiglu). Their TFLOP/s count the product's FLOPs.
 //
 // Timing: CUDA events around kInner back-to-back calls, rotating over
 // kSets input sets (so that repeated runs do not just hit L2), kSamples
@@ -83,16 +85,20 @@ enum class Form {
   kGatheredFwd,
   kGatheredWgrad,
   kGateUpThenSwiGlu,
-  kGateUpSwiGlu
+  kGateUpSwiGlu,
+  kDgradThenSwiGluBackward,
+  kDgradSwiGluBackward
 };
 const char* FormName(Form f) {
-  constexpr const char* kNames[] = {"fwd",    "dgrad", "wgrad",   "gfwd", "gdgrad",
-                                    "gwgrad", "gxfwd", "gxwgrad", "gglu", "gswiglu"};
+  constexpr const char* kNames[] = {"fwd",   "dgrad",   "wgrad", "gfwd",    "gdgrad", "gwgrad",
+                                    "gxfwd", "gxwgrad", "gglu",  "gswiglu", "gdglu",  "gdswiglu"};
   return kNames[static_cast<int>(f)];
 }
 // The gathered and SwiGLU forms are the experts' first GEMMs: only the up
 // projections (input = hidden).
-bool FirstGemmOnly(Form f) { return f >= Form::kGatheredFwd; }
+bool FirstGemmOnly(Form f) { return f >= Form::kGatheredFwd && f <= Form::kGateUpSwiGlu; }
+// The SwiGLU backward forms are the down projections' data gradients.
+bool DownOnly(Form f) { return f >= Form::kDgradThenSwiGluBackward; }
 bool Gathered(Form f) { return f == Form::kGatheredFwd || f == Form::kGatheredWgrad; }
 bool GateUp(Form f) { return f == Form::kGateUpThenSwiGlu || f == Form::kGateUpSwiGlu; }
 bool Grouped(Form f) { return f >= Form::kGroupedFwd; }
@@ -173,6 +179,10 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
       set.gate_up = ctx.Empty({rows, 2 * bc.out}, DType::kBF16);
       set.h = ctx.Empty({rows, bc.out}, DType::kBF16);
     }
+    if (DownOnly(form)) {  // the forward's gate|up of the down projection's F = in
+      set.gate_up = RandomDevice(ctx, {rows, 2 * bc.in}, DType::kBF16, base + 6, 1.0);
+      set.h = ctx.Empty({rows, 2 * bc.in}, DType::kBF16);  // d_gate_up
+    }
     for (int64_t e = 0; e < bc.batch; ++e) {
       w.push_back(RandomDevice(ctx, {w_rows, bc.in}, DType::kBF16, base + 10 + 2 * e, 0.02));
       dw.push_back(RandomDevice(ctx, {bc.out, bc.in}, DType::kF32, base + 11 + 2 * e, 1.0));
@@ -207,6 +217,13 @@ double TimeGroupedCase(const ExecContext& ctx, const BenchCase& bc, Form form) {
       case Form::kGateUpSwiGlu:
         ops::GroupedGemmSwiGlu(ctx, s.x, Tensor(), 1, s.w, s.offsets, s.gate_up, s.h);
         break;
+      case Form::kDgradThenSwiGluBackward:
+        ops::GroupedGemm(ctx, s.y, s.w, s.offsets, s.dx, {.trans_b = ops::Trans::kNo});
+        ops::SwiGluPackedBackward(ctx, s.gate_up, s.dx, s.h);
+        break;
+      case Form::kDgradSwiGluBackward:
+        ops::GroupedGemmSwiGluBackward(ctx, s.y, s.w, s.offsets, s.gate_up, s.h);
+        break;
       default:
         break;
     }
@@ -230,14 +247,16 @@ int Main(int argc, char** argv) {
   for (const BenchCase& bc : kCases) {
     if (std::string(bc.name).rfind(prefix, 0) != 0) continue;
     for (DType dtype : {DType::kBF16, DType::kF32}) {
-      for (Form form : {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd,
-                        Form::kGroupedDgrad, Form::kGroupedWgrad, Form::kGatheredFwd,
-                        Form::kGatheredWgrad, Form::kGateUpThenSwiGlu, Form::kGateUpSwiGlu}) {
+      for (Form form :
+           {Form::kFwd, Form::kDgrad, Form::kWgrad, Form::kGroupedFwd, Form::kGroupedDgrad,
+            Form::kGroupedWgrad, Form::kGatheredFwd, Form::kGatheredWgrad, Form::kGateUpThenSwiGlu,
+            Form::kGateUpSwiGlu, Form::kDgradThenSwiGluBackward, Form::kDgradSwiGluBackward}) {
         if (Grouped(form) && (bc.batch == 1 || dtype != DType::kBF16)) continue;
         if (FirstGemmOnly(form) && std::string(bc.name).rfind("experts_up", 0) != 0) continue;
+        if (DownOnly(form) && std::string(bc.name).rfind("experts_down", 0) != 0) continue;
         // The product's M x N x K for this form.
         int64_t m = bc.tokens, n = bc.out, k = bc.in;  // fwd: [M, K] x [K, N]
-        if (form == Form::kDgrad || form == Form::kGroupedDgrad)
+        if (form == Form::kDgrad || form == Form::kGroupedDgrad || DownOnly(form))
           std::swap(n, k);                                          // [M, N] x [N, K]
         if (form == Form::kWgrad || form == Form::kGroupedWgrad ||
             form == Form::kGatheredWgrad) {  // [N, M] x [M, K]

@@ -3,11 +3,12 @@
 # grouped GEMMs' parity test, the model test, bench/cuda_gemm_bench and
 # bench/train_step_bench in BUILD_DIR (default build-gpu, an already
 # configured CUDA tree), runs the grouped GEMMs' default and mma.sync
-# registrations (the gathered ops and the SwiGLU epilogue must give the bits
+# registrations (the gathered ops and the SwiGLU epilogues must give the bits
 # of the unfused ops; under the default kernels in the kernel itself) and
 # the presets' bit-for-bit model test (they must pass, not skip), times the
-# experts' up projections plain and fused (gfwd against gxfwd, gwgrad
-# against gxwgrad, gglu against gswiglu), then each preset's step for
+# experts' up and down projections plain and fused (gfwd against gxfwd,
+# gwgrad against gxwgrad, gglu against gswiglu, gdglu against gdswiglu),
+# then each preset's step for
 # VARIANTS (default: the shared-γ baseline; "baseline unified" for both) with
 # neither option, each, and both, and prints the medians and peak memory
 # side by side, with each run's "expert GEMM", "permutation" and
@@ -23,14 +24,16 @@ grep -h -E "gathered ops:|gate\|up SwiGLU:" "$build"/Testing/Temporary/LastTest.
 SCALEMOE_REQUIRE_GPU=1 timeout 300 "$build/tests/model/model_cuda_model_test" \
   --gtest_filter='*FusedPermuteAndSwiGlu*' > "$build/moe_fusion_model_test.log" 2>&1 || status=1
 grep -E "^\[  (PASSED|FAILED) |Failure" "$build/moe_fusion_model_test.log"
-timeout 300 "$build/bench/cuda_gemm_bench" experts_up > "$build/moe_fusion_gemm.tsv" || status=1
+{ timeout 200 "$build/bench/cuda_gemm_bench" experts_up &&
+  timeout 200 "$build/bench/cuda_gemm_bench" experts_down | tail -n +2; } \
+  > "$build/moe_fusion_gemm.tsv" || status=1
 # Rows: case dtype form batch m n k ms tflops.
 awk -F'\t' '$3 ~ /^g/ { ms[$1, $3] = $8; tf[$1, $3] = $9; cases[$1] = 1 }
   END {
     printf "%-18s %-8s %-8s %9s %9s %8s %8s\n", "case", "plain", "fused", "plain_ms", "fused_ms",
            "TFLOP/s", "fused"
-    split("gfwd gxfwd gwgrad gxwgrad gglu gswiglu", f, " ")
-    for (c in cases) for (i = 1; i < 6; i += 2)
+    split("gfwd gxfwd gwgrad gxwgrad gglu gswiglu gdglu gdswiglu", f, " ")
+    for (c in cases) for (i = 1; i < 8; i += 2) if ((c, f[i + 1]) in ms)
       printf "%-18s %-8s %-8s %9.4f %9.4f %8.1f %8.1f\n", c, f[i], f[i + 1], ms[c, f[i]],
              ms[c, f[i + 1]], tf[c, f[i]], tf[c, f[i + 1]]
   }' "$build/moe_fusion_gemm.tsv"

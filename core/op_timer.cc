@@ -152,7 +152,7 @@ const char* CategoryOf(const std::string& op) {
       {"GEMM", {"Gemm"}},
       {"expert GEMM",
        {"GroupedGemm", "GroupedGemmWeightGrad", "GroupedGemmGathered",
-        "GroupedGemmWeightGradGathered", "GroupedGemmSwiGlu"}},
+        "GroupedGemmWeightGradGathered", "GroupedGemmSwiGlu", "GroupedGemmSwiGluBackward"}},
       {"attention", {"CausalAttention", "CausalAttentionBackward"}},
       {"routing",
        {"RouterScores", "RouterScoresBackward", "TopKRouting", "TopKRoutingBackward",

@@ -107,6 +107,15 @@ void GroupedGemmWeightGradGathered(const ExecContext& ctx, const Tensor& a, cons
 void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor,
                        const MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up,
                        const Tensor& h);
+// Its backward through the down projection: d_h = d_y·W_g (GroupedGemm
+// without trans_b: d_y [M, C], W_g [C, F]) and d_gate_up [M, 2F] =
+// SwiGluPackedBackward(gate_up, d_h), d_h never kept. Every one of the M
+// rows in a group. The bits of the two ops with d_h in gate_up's dtype.
+// CUDA: on sm_90, bf16, the persistent wgmma kernel's epilogue turns its d_h
+// tile into d_gate_up; elsewhere the two ops.
+void GroupedGemmSwiGluBackward(const ExecContext& ctx, const Tensor& d_y, const MatrixGroup& b,
+                               const Tensor& offsets, const Tensor& gate_up,
+                               const Tensor& d_gate_up);
 
 // ---------------------------------------------------------------- elementwise
 

@@ -20,6 +20,7 @@
   X(void, GroupedGemmGathered, (const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor, const ::scalemoe::ops::MatrixGroup& b, const Tensor& offsets, const Tensor& c, const ::scalemoe::ops::GroupedGemmOptions& options), (ctx, x, rows, divisor, b, offsets, c, options), CUDA) \
   X(void, GroupedGemmWeightGradGathered, (const ExecContext& ctx, const Tensor& a, const Tensor& x, const Tensor& rows, int divisor, const Tensor& offsets, const ::scalemoe::ops::MatrixGroup& c, double beta), (ctx, a, x, rows, divisor, offsets, c, beta), CUDA) \
   X(void, GroupedGemmSwiGlu, (const ExecContext& ctx, const Tensor& x, const Tensor& rows, int divisor, const ::scalemoe::ops::MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up, const Tensor& h), (ctx, x, rows, divisor, b, offsets, gate_up, h), CUDA) \
+  X(void, GroupedGemmSwiGluBackward, (const ExecContext& ctx, const Tensor& d_y, const ::scalemoe::ops::MatrixGroup& b, const Tensor& offsets, const Tensor& gate_up, const Tensor& d_gate_up), (ctx, d_y, b, offsets, gate_up, d_gate_up), CUDA) \
   X(void, Copy, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), CUDA) \
   X(void, CopyHeads, (const ExecContext& ctx, const Tensor& x, const Tensor& y), (ctx, x, y), CUDA) \
   X(void, Axpy, (const ExecContext& ctx, double alpha, const Tensor& x, const Tensor& y), (ctx, alpha, x, y), CUDA) \

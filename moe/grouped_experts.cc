@@ -286,7 +286,7 @@ void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, con
   const ops::GroupedGemmOptions xwt{.trans_b = ops::Trans::kYes};
   x_gemm_ = InDType(ctx, x, gemm);
   const auto rows = [&](const Tensor& t) { return t.Narrow(0, 0, rows_); };
-  if (gate_up_packed_ && options_.fuse_swiglu && counts_.empty()) {
+  if (FusedSwiGlu()) {
     // Every row in a group (ForwardAllRows*): one op, SwiGLU in its epilogue.
     ops::GroupedGemmSwiGlu(ctx, x_gemm_, gather_rows_, static_cast<int>(gather_divisor_),
                            gate_up_weights_, offsets_, gate_up_, h_);
@@ -340,6 +340,16 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   // FinishBackward).
   const Tensor d_y_gemm = InDType(ctx, d_y, gemm);
   ExpertWeightGrad(ctx, d_y_gemm, h_gemm_, grads_[kDown]);
+  if (FusedSwiGlu()) {
+    // d_h only inside the down projection's data gradient: its epilogue
+    // forms d_gate_up (dt is the GEMMs' dtype on the grouped path).
+    Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
+    ops::GroupedGemmSwiGluBackward(ctx, d_y_gemm, weights_[kDown], offsets_, gate_up_, d_gate_up);
+    InputWeightGrad(ctx, d_gate_up, gate_up_grads_);
+    ExpertGemm(ctx, d_gate_up, gate_up_weights_, d_x, {.trans_b = ops::Trans::kNo});
+    ZeroTail(ctx, d_x, rows_);
+    return;
+  }
   Tensor d_h = ctx.Empty({m, f}, dt);
   ExpertGemm(ctx, d_y_gemm, weights_[kDown], d_h, {.trans_b = ops::Trans::kNo});
   if (gate_up_packed_) {

@@ -70,7 +70,9 @@ struct ExpertGroupOptions {
   // moe.fuse_gate_up: gate and up as one GEMM where their tensors allow.
   bool fuse_gate_up = true;
   // moe.fuse_swiglu: with gate and up as one GEMM and every row in a group
-  // (ForwardAllRows*), SwiGLU in that GEMM (ops::GroupedGemmSwiGlu).
+  // (ForwardAllRows*), SwiGLU in that GEMM (ops::GroupedGemmSwiGlu) and its
+  // backward in the down projection's data gradient
+  // (ops::GroupedGemmSwiGluBackward).
   bool fuse_swiglu = false;
 };
 
@@ -144,6 +146,9 @@ class GroupedExperts {
   // 24 tiles on 132 SMs, 60-120 TFLOP/s). The CPU's grouped GEMM is that
   // Gemm per group, so the CPU's bits do not change.
   bool DenseGemms() const { return options_.num_experts == 1 && !counts_.empty(); }
+  // moe.fuse_swiglu applies to this Forward (and its Backward): gate and up
+  // as one GEMM, and every row in a group (ForwardAllRows*).
+  bool FusedSwiGlu() const { return gate_up_packed_ && options_.fuse_swiglu && counts_.empty(); }
   void ExpertGemm(const ExecContext& ctx, const Tensor& a, const ops::MatrixGroup& w,
                   const Tensor& c, const ops::GroupedGemmOptions& options) const;
   void ExpertWeightGrad(const ExecContext& ctx, const Tensor& a, const Tensor& b,

@@ -89,4 +89,14 @@ void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& ro
   SwiGluPacked(ctx, gate_up, h);
 }
 
+void GroupedGemmSwiGluBackward(const ExecContext& ctx, const Tensor& d_y, const MatrixGroup& b,
+                               const Tensor& offsets, const Tensor& gate_up,
+                               const Tensor& d_gate_up) {
+  SM_CHECK_MSG(gate_up.ndim() == 2 && gate_up.dim(1) % 2 == 0,
+               "GroupedGemmSwiGluBackward: gate_up ", gate_up.DebugString(), " (want [M, 2F])");
+  const Tensor d_h = Tensor::Empty({gate_up.dim(0), gate_up.dim(1) / 2}, gate_up.dtype());
+  cpu::GroupedGemm(ctx, d_y, b, offsets, d_h, {.trans_b = Trans::kNo});
+  SwiGluPackedBackward(ctx, gate_up, d_h, d_gate_up);
+}
+
 }  // namespace scalemoe::cpu

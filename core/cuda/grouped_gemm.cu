@@ -460,6 +460,43 @@ void GroupedGemmSwiGlu(const ExecContext& ctx, const Tensor& x, const Tensor& ro
   SwiGluPacked(ctx, gate_up, h);
 }
 
+bool GroupedGemmSwiGluGradInEpilogue() { return UseWgmma() && WsSwiGluGrads(); }
+
+void GroupedGemmSwiGluBackward(const ExecContext& ctx, const Tensor& d_y, const MatrixGroup& b,
+                               const Tensor& offsets, const Tensor& gate_up,
+                               const Tensor& d_gate_up) {
+  const char* op = "GroupedGemmSwiGluBackward";
+  CheckOnDevice(ctx, d_y, op, "d_y");
+  CheckOnDevice(ctx, gate_up, op, "gate_up");
+  CheckOnDevice(ctx, d_gate_up, op, "d_gate_up");
+  SM_CHECK_MSG(gate_up.ndim() == 2 && gate_up.dim(1) % 2 == 0 && gate_up.is_contiguous() &&
+                   d_gate_up.shape() == gate_up.shape() && d_gate_up.dtype() == gate_up.dtype() &&
+                   d_gate_up.is_contiguous(),
+               op, ": gate_up ", gate_up.DebugString(), " and d_gate_up ", d_gate_up.DebugString(),
+               " (want one [M, 2F])");
+  const int64_t m = gate_up.dim(0), f = gate_up.dim(1) / 2;
+  const GroupedGemmOptions dw{.trans_b = Trans::kNo};
+  // d_h: the product's output in the two-op path (the fused kernel only
+  // reads its shape; a cached block either way).
+  const Tensor d_h = ctx.Empty({m, f}, gate_up.dtype());
+  CheckForward(ctx, d_y.shape(), d_y.dtype(), b, offsets, d_h, dw, op);
+  const ForwardLaunch l =
+      PrepareForward(d_y.raw_data(), d_y.dtype(), m, d_y.dim(1), b, offsets, d_h, dw, op);
+  if (!l.valid) return;
+  const bool fits = l.launch.tensor_cores && d_y.dtype() == DType::kBF16 &&
+                    gate_up.dtype() == DType::kBF16 &&
+                    AllAligned16({gate_up.raw_data(), d_gate_up.raw_data()});
+  if (fits && UseWgmma()) {
+    SwiGluOut swiglu;
+    swiglu.f = f;
+    swiglu.gate_up = static_cast<const bf16*>(gate_up.raw_data());
+    swiglu.d_gate_up = static_cast<bf16*>(d_gate_up.raw_data());
+    if (RunWgmmaWsSwiGluGrad(ctx, l.p, swiglu, l.launch.grid.y, op)) return;
+  }
+  cuda::GroupedGemm(ctx, d_y, b, offsets, d_h, dw);
+  SwiGluPackedBackward(ctx, gate_up, d_h, d_gate_up);
+}
+
 namespace {
 
 // GroupedGemmWeightGrad's checks, Problem and launch for a and b (b of

@@ -19,5 +19,7 @@ bool GroupedGemmGathersInLoads();
 // persistent kernel and its staged epilogue. Otherwise GroupedGemm, then
 // SwiGluPacked.
 bool GroupedGemmSwiGluInEpilogue();
+// The same for ops::GroupedGemmSwiGluBackward (any F a multiple of 8).
+bool GroupedGemmSwiGluGradInEpilogue();
 
 }  // namespace scalemoe::cuda

@@ -43,14 +43,18 @@ struct RowGather {
   int divisor = 1;
 };
 
-// The experts' gate|up forward with SwiGLU in its epilogue
-// (ops::GroupedGemmSwiGlu): c [rows, 2F] is gate | up, and h [rows, F] (row-
-// stacked like c) gets SwiGLU of each row's two halves. Only the persistent
-// wgmma kernel takes it; null h: a plain product.
+// SwiGLU in the experts' GEMM epilogues (only the persistent wgmma kernel
+// takes it). The gate|up forward (ops::GroupedGemmSwiGlu): c [rows, 2F] is
+// gate | up, and h [rows, F] (row-stacked like c) gets SwiGLU of each row's
+// two halves. The down projection's data gradient
+// (ops::GroupedGemmSwiGluBackward): the product is d_h, and d_gate_up
+// [rows, 2F] gets SwiGLU's backward from it and the forward's gate_up.
 struct SwiGluOut {
   bf16* h = nullptr;
   int64_t ldh = 0;
-  int64_t f = 0;  // F: c's up half starts at column f
+  int64_t f = 0;  // F: the up half starts at column f of c / gate_up
+  const bf16* gate_up = nullptr;
+  bf16* d_gate_up = nullptr;
 };
 
 // The part of the product one block computes: rows [m0, m0 + tile) of C_g

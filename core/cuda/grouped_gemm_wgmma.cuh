@@ -56,6 +56,14 @@ bool RunWgmmaWsSwiGlu(const ExecContext& ctx, const Problem& p, const RowGather&
                       const SwiGluOut& swiglu, unsigned row_tiles, const char* op);
 // Whether RunWgmmaWsSwiGlu runs (on an sm_90 device).
 bool WsSwiGlus();
+// The down projection's data gradient d_h = d_y·W_g (p: GroupedGemm's,
+// trans_b no; c unused) with d_gate_up = SwiGLU's backward of d_h and the
+// forward's gate_up in the persistent kernel's epilogue (`swiglu`'s
+// gate_up, d_gate_up, f = p.n); beta 0, 16-byte rows. False when it cannot
+// run, having done nothing.
+bool RunWgmmaWsSwiGluGrad(const ExecContext& ctx, const Problem& p, const SwiGluOut& swiglu,
+                          unsigned row_tiles, const char* op);
+bool WsSwiGluGrads();
 
 // The row tile every GroupedGemm kernel on tensor cores uses.
 constexpr int kWgmmaTileM = 128;

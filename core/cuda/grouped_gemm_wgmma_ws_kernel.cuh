@@ -55,12 +55,15 @@ static_assert(WideStaged::kSmemBytes + kEpilogueBytes <= 227 * 1024 - 64 &&
 // `gather` (the forward's a, the weight gradient's b; the loaders' only
 // change). kSwiGlu: the experts' gate|up forward, each 128 x 256 tile 128
 // gate and the same 128 up features, with SwiGLU into `swiglu.h` in the
-// epilogue (StoreTileSwiGlu; with kStaged).
+// epilogue (StoreTileSwiGlu; with kStaged). kSwiGluGrad: the down
+// projection's data gradient d_h, turned into d_gate_up by SwiGLU's
+// backward in the epilogue (StoreTileSwiGluGrad; with kStaged).
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged,
-          bool kGather = false, bool kSwiGlu = false>
+          bool kGather = false, bool kSwiGlu = false, bool kSwiGluGrad = false>
 __global__ void __launch_bounds__(kWsThreads, 1)
     GroupedGemmWgmmaWsKernel(Problem p, TileSpace space, RowGather gather, SwiGluOut swiglu) {
-  static_assert(!kSwiGlu || (kStaged && std::is_same_v<OutT, bf16>), "SwiGLU: bf16, staged");
+  static_assert(!(kSwiGlu || kSwiGluGrad) || (kStaged && std::is_same_v<OutT, bf16>),
+                "SwiGLU: bf16, staged");
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int kTileN = S::kTileN;
   __shared__ uint64_t full[S::kStages], empty[S::kStages];
@@ -139,6 +142,8 @@ __global__ void __launch_bounds__(kWsThreads, 1)
                    warpgroup * 64 * kPassPitch<kPassCols>;
       if constexpr (kSwiGlu) {
         StoreTileSwiGlu<kPassCols>(p, swiglu, w, n0, acc, warpgroup, warpgroup, buf);
+      } else if constexpr (kSwiGluGrad) {
+        StoreTileSwiGluGrad<kTileN, kPassCols>(p, swiglu, w, n0, acc, warpgroup, warpgroup, buf);
       } else {
         StoreTileStaged<OutT, kTileN, kPassCols>(p, w, n0, acc, warpgroup, warpgroup, buf);
       }
@@ -152,11 +157,11 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 }
 
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged,
-          bool kGather = false, bool kSwiGlu = false>
+          bool kGather = false, bool kSwiGlu = false, bool kSwiGluGrad = false>
 bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,
               const char* op, const RowGather& gather = {}, const SwiGluOut& swiglu = {}) {
-  auto kernel =
-      GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kStaged, kGather, kSwiGlu>;
+  auto kernel = GroupedGemmWgmmaWsKernel<OutT, kAKMajor, kBKMajor, kWeightGrad, S, kStaged, kGather,
+                                         kSwiGlu, kSwiGluGrad>;
   constexpr int kBytes = S::kSmemBytes + (kStaged ? kEpilogueBytes : 0);
   static const bool fits = HasLaunchRegisters(kernel);
   if (!fits) return false;

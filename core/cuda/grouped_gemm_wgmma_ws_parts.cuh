@@ -8,6 +8,7 @@
 
 #include "core/cuda/grouped_gemm_wgmma_tiles.cuh"
 #include "core/cuda/mbarrier.cuh"
+#include "core/cuda/swiglu_math.cuh"
 
 namespace scalemoe::cuda::grouped_gemm {
 namespace {
@@ -287,7 +288,7 @@ __device__ __forceinline__ void StoreTileStaged(const Problem& p, const BlockWor
 __device__ __forceinline__ float SwiGluOfAcc(float gate_acc, float up_acc) {
   const float g = __bfloat162float(__float2bfloat16_rn(gate_acc));
   const float u = __bfloat162float(__float2bfloat16_rn(up_acc));
-  return g * (1.0f / (1.0f + expf(-g))) * u;
+  return SwiGluOf(g, u);
 }
 
 // The SwiGLU epilogue of a 128 x 256 gate|up tile (GateUpRowStream's): the
@@ -333,6 +334,79 @@ __device__ __forceinline__ void StoreTileSwiGlu(const Problem& p, const SwiGluOu
       const int c = t + i * 128, row = c / kRuns, col = (c % kRuns) * kVec;
       const int64_t gm = w.m0 + row_block * 64 + row;
       if (gm < w.m_lim) StoreVec16(out + gm * ld + col0 + col, buf + row * kPitch + col, 0.0f, {});
+    }
+  }
+}
+
+// The SwiGLU backward epilogue of the down projection's data gradient
+// (ops::GroupedGemmSwiGluBackward): the tile is d_h (rows x F columns from
+// n0), never stored; from each 16-byte run of it (rounded to bf16, as d_h
+// would be stored) and the same run of the forward's gate and up, this
+// writes the runs of d_gate and d_up into d_gate_up, with SwiGluPackedBackward's
+// expressions. Through `buf` in passes of kPassCols columns as
+// StoreTileStaged; gate and up loaded 4 runs at a time before any is used
+// (their latency, as the weight gradients' old values). bf16, beta 0,
+// 16-byte rows (the launcher checks).
+template <int kTileN, int kPassCols>
+__device__ __forceinline__ void StoreTileSwiGluGrad(const Problem& p, const SwiGluOut& sw,
+                                                    const BlockWork<bf16, bf16>& w, int64_t n0,
+                                                    const float (&acc)[kTileN / 2], int row_block,
+                                                    int warpgroup, float* buf) {
+  constexpr int kVec = 8, kPitch = kPassPitch<kPassCols>;
+  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  constexpr int kRuns = kPassCols / kVec, kPerThread = 64 * kRuns / 128, kBatch = 4;
+  static_assert(kTileN % kPassCols == 0 && kPerThread % kBatch == 0, "whole passes and batches");
+  const int64_t ld = 2 * sw.f;
+  const bf16* const gate_rows = sw.gate_up + w.r0 * ld;
+  bf16* const grad_rows = sw.d_gate_up + w.r0 * ld;
+#pragma unroll
+  for (int pass = 0; pass < kTileN / kPassCols; ++pass) {
+    WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp * 16 + h * 8 + lane / 4;
+#pragma unroll
+      for (int j = 0; j < kPassCols / 8; ++j) {
+        const int jj = pass * (kPassCols / 8) + j;
+        *reinterpret_cast<float2*>(buf + row * kPitch + 8 * j + (lane % 4) * 2) =
+            make_float2(acc[4 * jj + 2 * h], acc[4 * jj + 2 * h + 1]);
+      }
+    }
+    WarpgroupSync(warpgroup);
+    for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+      uint4 g_raw[kBatch], u_raw[kBatch];
+      int64_t at[kBatch];  // the run's offset in gate_up's rows; -1: out
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        const int c = t + (b0 + i) * 128, row = c / kRuns, col = (c % kRuns) * kVec;
+        const int64_t gm = w.m0 + row_block * 64 + row, gn = n0 + pass * kPassCols + col;
+        at[i] = gm < w.m_lim && gn < p.n ? gm * ld + gn : -1;  // n: a multiple of 8
+        g_raw[i] = at[i] >= 0 ? *reinterpret_cast<const uint4*>(gate_rows + at[i]) : uint4{};
+        u_raw[i] = at[i] >= 0 ? *reinterpret_cast<const uint4*>(gate_rows + at[i] + sw.f) : uint4{};
+      }
+#pragma unroll
+      for (int i = 0; i < kBatch; ++i) {
+        if (at[i] < 0) continue;
+        const int c = t + (b0 + i) * 128, row = c / kRuns, col = (c % kRuns) * kVec;
+        const float* dh = buf + row * kPitch + col;
+        const auto* g2 = reinterpret_cast<const __nv_bfloat162*>(&g_raw[i]);
+        const auto* u2 = reinterpret_cast<const __nv_bfloat162*>(&u_raw[i]);
+        uint4 dg_raw, du_raw;
+        auto* dg2 = reinterpret_cast<__nv_bfloat162*>(&dg_raw);
+        auto* du2 = reinterpret_cast<__nv_bfloat162*>(&du_raw);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const float2 g = __bfloat1622float2(g2[e]), u = __bfloat1622float2(u2[e]);
+          const float2 d = __bfloat1622float2(__floats2bfloat162_rn(dh[2 * e], dh[2 * e + 1]));
+          float dg_lo, du_lo, dg_hi, du_hi;
+          SwiGluGradOf(g.x, u.x, d.x, dg_lo, du_lo);
+          SwiGluGradOf(g.y, u.y, d.y, dg_hi, du_hi);
+          dg2[e] = __floats2bfloat162_rn(dg_lo, dg_hi);
+          du2[e] = __floats2bfloat162_rn(du_lo, du_hi);
+        }
+        *reinterpret_cast<uint4*>(grad_rows + at[i]) = dg_raw;
+        *reinterpret_cast<uint4*>(grad_rows + at[i] + sw.f) = du_raw;
+      }
     }
   }
 }

@@ -1,19 +1,17 @@
 // SwiGLU and its backward on the GPU (f32/f64/bf16; f32 math for f32 and
-// bf16, f64 for f64), the same formulas as core/cpu/swiglu.cc:
-//   h = g·σ(g)·u;  d_u = d_h·g·σ(g);  d_g = d_h·u·σ(g)·(1 + g·(1 − σ(g))).
+// bf16, f64 for f64), the same formulas as core/cpu/swiglu.cc (their
+// expressions in core/cuda/swiglu_math.cuh).
 // One pass over the inputs; 16-byte packs where every pointer allows. The
 // packed forms read gate and up from one [N, 2F] row (the experts' stacked
 // gate|up GEMM writes them so).
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
+#include "core/cuda/swiglu_math.cuh"
 
 namespace scalemoe::cuda {
 namespace {
 
 // ---------------------------------------------------------------- kernels
-
-__device__ __forceinline__ float Sigmoid(float g) { return 1.0f / (1.0f + expf(-g)); }
-__device__ __forceinline__ double Sigmoid(double g) { return 1.0 / (1.0 + exp(-g)); }
 
 // Element i of h (and d_h) reads gate[at] and up[at]: at = i, or in the
 // packed layout (rows of gate | up, up = gate + F) at = r·2F + c for row
@@ -32,7 +30,7 @@ __global__ void SwiGluKernel(int64_t n, int64_t f, const T* gate, const T* up, T
     LoadPack<V>(gate, at, count, g);
     LoadPack<V>(up, at, count, u);
 #pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = g[k] * Sigmoid(g[k]) * u[k];
+    for (int k = 0; k < V; ++k) out[k] = SwiGluOf(g[k], u[k]);
     StorePack<V>(h, i, count, out);
   });
 }
@@ -48,11 +46,7 @@ __global__ void SwiGluBackwardKernel(int64_t n, int64_t f, const T* gate, const 
     LoadPack<V>(up, at, count, u);
     LoadPack<V>(d_h, i, count, dh);
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const A s = Sigmoid(g[k]);
-      du[k] = dh[k] * (g[k] * s);
-      dg[k] = dh[k] * u[k] * s * (A(1) + g[k] * (A(1) - s));
-    }
+    for (int k = 0; k < V; ++k) SwiGluGradOf(g[k], u[k], dh[k], dg[k], du[k]);
     StorePack<V>(d_gate, at, count, dg);
     StorePack<V>(d_up, at, count, du);
   });

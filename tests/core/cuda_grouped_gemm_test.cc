@@ -256,6 +256,19 @@ class CudaGroupedGemmTest : public CudaOpTest {
     ops::SwiGluPacked(ctx_, gate_up_ref, h_ref);
     EXPECT_TRUE(BitwiseEqual(Host(gate_up), Host(gate_up_ref))) << what << ": gate_up";
     EXPECT_TRUE(BitwiseEqual(Host(h), Host(h_ref))) << what << ": h";
+    // The backward through the down projection (W_g [C, F]) from this
+    // gate_up, against the product into d_h then SwiGluPackedBackward.
+    if (gathered) return;
+    const Tensor d_y = Dev(RandomHost({m, c_in}, DType::kBF16, seed, 4));
+    const ops::MatrixGroup w_down =
+        ops::MakeMatrixGroup(ctx_, Devs(RandomMatrices(g, c_in, f, DType::kBF16, seed + 1)));
+    const Tensor d_gate_up = Poisoned({m, 2 * f}, DType::kBF16);
+    ops::GroupedGemmSwiGluBackward(ctx_, d_y, w_down, offsets, gate_up_ref, d_gate_up);
+    const Tensor d_h = Poisoned({m, f}, DType::kBF16);
+    const Tensor d_gate_up_ref = Poisoned({m, 2 * f}, DType::kBF16);
+    ops::GroupedGemm(ctx_, d_y, w_down, offsets, d_h, {.trans_b = ops::Trans::kNo});
+    ops::SwiGluPackedBackward(ctx_, gate_up_ref, d_h, d_gate_up_ref);
+    EXPECT_TRUE(BitwiseEqual(Host(d_gate_up), Host(d_gate_up_ref))) << what << ": d_gate_up";
   }
 
   // c_g = a_gᵀ b_g (+ beta c_g): a [M, N], b [M, K], c_g [N, K].
@@ -354,8 +367,11 @@ TEST_F(CudaGroupedGemmTest, GatheredEqualsGatherThenPlain) {
 
 // The experts' gate|up forward with SwiGLU in the grouped kernel's epilogue
 // (ops::GroupedGemmSwiGlu, moe.fuse_swiglu): the bits of GroupedGemm then
-// SwiGluPacked, for the presets' F (1280, 256), F = 128 (one tile pair), and
-// F = 40 and 200 (not multiples of 128: the two ops), gathered or not, over
+// SwiGluPacked, and its backward through the down projection
+// (ops::GroupedGemmSwiGluBackward) the bits of the product into d_h then
+// SwiGluPackedBackward, for the presets' F (1280, 256), F = 128 (one tile
+// pair; the backward on 128-wide tiles), and F = 40 and 200 (not multiples
+// of 128: the forward's two ops; the backward's tile edges), gathered or not, over
 // groups of uneven rows (empty ones among them) and enough tiles that every
 // persistent block walks several. Under the default kernels on a wgmma
 // device the epilogue must compute h.
@@ -365,6 +381,8 @@ TEST_F(CudaGroupedGemmTest, SwiGluEqualsGemmThenSwiGluPacked) {
   if (defaults && cuda::GroupedGemmOnWgmma()) {
     EXPECT_TRUE(cuda::GroupedGemmSwiGluInEpilogue())
         << "the wgmma kernels run but SwiGLU runs as a second op";
+    EXPECT_TRUE(cuda::GroupedGemmSwiGluGradInEpilogue())
+        << "the wgmma kernels run but SwiGLU's backward runs as a second op";
   }
   std::cout << "gate|up SwiGLU: "
             << (cuda::GroupedGemmSwiGluInEpilogue() ? "in the epilogue" : "a second op") << "\n";

@@ -188,6 +188,34 @@ TEST_F(GroupedGemmTest, SwiGluFormsGateUpAndItsActivation) {
   }
 }
 
+// Its backward through the down projection (GroupedGemmSwiGluBackward):
+// d_h = d_y·W_g of each group's [C, F] weights, then d_gate = d_h·u·σ'…,
+// d_up = d_h·g·σ(g) from the forward's gate|up rows.
+TEST_F(GroupedGemmTest, SwiGluBackwardFormsGateUpsGradient) {
+  const std::vector<int64_t> off{0, 2, 2, 5};  // every row in a group; group 1 empty
+  const int64_t m = 5, c = 3, f = 2;
+  const Tensor d_y = Random({m, c}, 11), gate_up = Random({m, 2 * f}, 12);
+  std::vector<Tensor> w;
+  for (int g = 0; g < 3; ++g) w.push_back(Random({c, f}, 60 + g));
+  Tensor d_gate_up = Tensor::Empty({m, 2 * f}, DType::kF64);
+  ops::GroupedGemmSwiGluBackward(ctx_, d_y, ops::MakeMatrixGroup(ctx_, w), Offsets(off), gate_up,
+                                 d_gate_up);
+  for (int64_t r = 0; r < m; ++r) {
+    const int g = r < 2 ? 0 : 2;
+    for (int64_t j = 0; j < f; ++j) {
+      double dh = 0;
+      for (int64_t q = 0; q < c; ++q)
+        dh += d_y.data<double>()[r * c + q] * w[g].data<double>()[q * f + j];
+      const double gv = gate_up.data<double>()[r * 2 * f + j];
+      const double uv = gate_up.data<double>()[r * 2 * f + f + j];
+      const double s = 1 / (1 + std::exp(-gv));
+      EXPECT_NEAR(d_gate_up.data<double>()[r * 2 * f + j], dh * uv * s * (1 + gv * (1 - s)), 1e-12)
+          << "row " << r;
+      EXPECT_NEAR(d_gate_up.data<double>()[r * 2 * f + f + j], dh * gv * s, 1e-12) << "row " << r;
+    }
+  }
+}
+
 TEST_F(GroupedGemmTest, RejectsOffsetsPastTheRows) {
   const Tensor a = Random({4, 2}, 1), c = Random({4, 2}, 2);
   const ops::MatrixGroup w = ops::MakeMatrixGroup(ctx_, {Random({2, 2}, 3)});

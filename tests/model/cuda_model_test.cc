@@ -347,9 +347,9 @@ TEST_P(CudaPresetTest, Bf16FusedQkvTracksThreeGemmsWithoutCopies) {
 // moe.fuse_permute and moe.fuse_swiglu at the presets' full widths, bf16,
 // each and both: the experts' first GEMMs reading the permutation through
 // its index (on sm_90 in the grouped kernel's loads), and SwiGLU in the
-// gate|up GEMM's epilogue (on sm_90), give the bits of the permuted copy
-// and the SwiGluPacked pass, loss and every gradient, with the fused ops in
-// the step in place of the ones they replace.
+// gate|up GEMM's epilogue and its backward in the down projection's (on
+// sm_90), give the bits of the permuted copy and the SwiGluPacked passes, loss and every gradient,
+// with the fused ops in the step in place of the ones they replace.
 TEST_P(CudaPresetTest, Bf16FusedPermuteAndSwiGluGiveTheSameBits) {
   const config::RunConfig plain = Preset(config::TrainConfig::BF16);
   const Tensor values = StartValues(plain);
@@ -383,6 +383,9 @@ TEST_P(CudaPresetTest, Bf16FusedPermuteAndSwiGluGiveTheSameBits) {
     if (swiglu) {
       EXPECT_GT(calls["GroupedGemmSwiGlu"], 0);
       EXPECT_EQ(calls["SwiGluPacked"], base_calls["SwiGluPacked"] - calls["GroupedGemmSwiGlu"]);
+      EXPECT_EQ(calls["GroupedGemmSwiGluBackward"], calls["GroupedGemmSwiGlu"]);
+      EXPECT_EQ(calls["SwiGluPackedBackward"],
+                base_calls["SwiGluPackedBackward"] - calls["GroupedGemmSwiGluBackward"]);
     }
   }
 }

@@ -273,10 +273,10 @@ TEST_P(ModelVariantTest, FusedPermuteGivesTheSameBits) {
       });
 }
 
-// SwiGLU in the experts' gate|up GEMM (moe.fuse_swiglu) against the
-// SwiGluPacked pass after it, alone and with moe.fuse_permute: the same
-// bits, one op for the two in every MoE layer (gate and up are one GEMM in
-// every variant).
+// SwiGLU in the experts' gate|up GEMM and its backward in the down
+// projection's data gradient (moe.fuse_swiglu) against the SwiGluPacked
+// passes, alone and with moe.fuse_permute: the same bits, one op for two in
+// every MoE layer both ways (gate and up are one GEMM in every variant).
 TEST_P(ModelVariantTest, FusedSwiGluGivesTheSameBits) {
   if (Config().moe().num_experts() == 0) GTEST_SKIP() << "dense: no experts";
   for (const bool permute : {false, true}) {
@@ -288,7 +288,12 @@ TEST_P(ModelVariantTest, FusedSwiGluGivesTheSameBits) {
         [](auto& on, auto& off, int64_t moe_layers) {
           EXPECT_EQ(on["GroupedGemmSwiGlu"], moe_layers);
           EXPECT_EQ(on["GroupedGemmSwiGlu"], off["SwiGluPacked"] - on["SwiGluPacked"]);
-          EXPECT_EQ(on["GroupedGemmSwiGlu"] + on["GroupedGemm"] + on["GroupedGemmGathered"],
+          EXPECT_EQ(on["GroupedGemmSwiGluBackward"], moe_layers);
+          EXPECT_EQ(on["GroupedGemmSwiGluBackward"],
+                    off["SwiGluPackedBackward"] - on["SwiGluPackedBackward"]);
+          // The forward's gate|up product and the backward's d_h product.
+          EXPECT_EQ(on["GroupedGemmSwiGlu"] + on["GroupedGemmSwiGluBackward"] + on["GroupedGemm"] +
+                        on["GroupedGemmGathered"],
                     off["GroupedGemm"] + off["GroupedGemmGathered"]);
         });
   }
