@@ -10,18 +10,8 @@
 
 namespace scalemoe::cuda::grouped_gemm {
 
-namespace {
-// Only the default kernel gathers: under SCALEMOE_GROUPED_GEMM=tile or the
-// direct epilogue (A/B timings) the caller gathers a copy.
-bool GatherKernelSelected() {
-  static const bool ws = !EnvEquals("SCALEMOE_GROUPED_GEMM", "tile") &&
-                         !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
-  return ws;
-}
-}  // namespace
-
 bool WsGathers() {
-  return GatherKernelSelected() &&
+  return VariantKernelsSelected() &&
          HasLaunchRegisters(
              GroupedGemmWgmmaWsKernel<bf16, true, true, false, WideStaged, true, true>) &&
          HasLaunchRegisters(
@@ -31,7 +21,7 @@ bool WsGathers() {
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad>
 bool RunWgmmaWsGathered(const ExecContext& ctx, const Problem& p, const RowGather& gather,
                         unsigned row_tiles, unsigned groups, const char* op) {
-  if (!GatherKernelSelected()) return false;
+  if (!VariantKernelsSelected()) return false;
   if (p.n > 128) {
     return LaunchWs<OutT, kAKMajor, kBKMajor, kWeightGrad, WideStaged, true, true>(
         ctx, p, row_tiles, groups, op, gather);

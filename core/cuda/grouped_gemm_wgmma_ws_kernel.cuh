@@ -156,6 +156,15 @@ __global__ void __launch_bounds__(kWsThreads, 1)
 #endif
 }
 
+// Whether the variants' kernels (gathering, SwiGLU) may run: only the
+// default kernel and epilogue have them; under SCALEMOE_GROUPED_GEMM=tile or
+// the direct epilogue (A/B timings) their callers run the unfused ops.
+inline bool VariantKernelsSelected() {
+  static const bool ws = !EnvEquals("SCALEMOE_GROUPED_GEMM", "tile") &&
+                         !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
+  return ws;
+}
+
 template <typename OutT, bool kAKMajor, bool kBKMajor, bool kWeightGrad, typename S, bool kStaged,
           bool kGather = false, bool kSwiGlu = false, bool kSwiGluGrad = false>
 bool LaunchWs(const ExecContext& ctx, const Problem& p, unsigned row_tiles, unsigned groups,

@@ -13,18 +13,8 @@
 
 namespace scalemoe::cuda::grouped_gemm {
 
-namespace {
-// Only the default kernel takes the epilogue: under SCALEMOE_GROUPED_GEMM=tile
-// or the direct epilogue (A/B timings) the caller runs SwiGluPacked after.
-bool SwiGluKernelSelected() {
-  static const bool ws = !EnvEquals("SCALEMOE_GROUPED_GEMM", "tile") &&
-                         !EnvEquals("SCALEMOE_GROUPED_GEMM_WS_EPILOGUE", "direct");
-  return ws;
-}
-}  // namespace
-
 bool WsSwiGlus() {
-  return SwiGluKernelSelected() &&
+  return VariantKernelsSelected() &&
          HasLaunchRegisters(
              GroupedGemmWgmmaWsKernel<bf16, true, true, false, WideStaged, true, false, true>) &&
          HasLaunchRegisters(
@@ -33,7 +23,7 @@ bool WsSwiGlus() {
 
 bool RunWgmmaWsSwiGlu(const ExecContext& ctx, const Problem& p, const RowGather& gather,
                       const SwiGluOut& swiglu, unsigned row_tiles, const char* op) {
-  if (!SwiGluKernelSelected()) return false;
+  if (!VariantKernelsSelected()) return false;
   if (gather.rows != nullptr) {
     return LaunchWs<bf16, true, true, false, WideStaged, true, true, true>(ctx, p, row_tiles, 1, op,
                                                                            gather, swiglu);
@@ -43,7 +33,7 @@ bool RunWgmmaWsSwiGlu(const ExecContext& ctx, const Problem& p, const RowGather&
 }
 
 bool WsSwiGluGrads() {
-  return SwiGluKernelSelected() &&
+  return VariantKernelsSelected() &&
          HasLaunchRegisters(GroupedGemmWgmmaWsKernel<bf16, true, false, false, WideStaged, true,
                                                      false, false, true>) &&
          HasLaunchRegisters(GroupedGemmWgmmaWsKernel<bf16, true, false, false, NarrowStaged, true,
@@ -52,7 +42,7 @@ bool WsSwiGluGrads() {
 
 bool RunWgmmaWsSwiGluGrad(const ExecContext& ctx, const Problem& p, const SwiGluOut& swiglu,
                           unsigned row_tiles, const char* op) {
-  if (!SwiGluKernelSelected()) return false;
+  if (!VariantKernelsSelected()) return false;
   if (p.n > 128) {
     return LaunchWs<bf16, true, false, false, WideStaged, true, false, false, true>(
         ctx, p, row_tiles, 1, op, {}, swiglu);
