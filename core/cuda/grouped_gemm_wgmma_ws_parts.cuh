@@ -228,6 +228,36 @@ __device__ __forceinline__ void WarpgroupSync(int warpgroup) {
 template <int kPassCols>
 constexpr int kPassPitch = kPassCols + 8;
 
+// Pass `pass` of the staged epilogues into `buf` (pitch kPassPitch), once
+// the warpgroup's last reads of buf are done; on return the whole
+// warpgroup sees it. The pass holds fragment columns jj = pass · kPassCols
+// / 8 + j of this warpgroup's 64 rows; value(jj, h) gives the pair of row
+// half h (rows +0 / +8) there: the accumulators acc[4 jj + 2 h] and
+// acc[4 jj + 2 h + 1] for a plain tile (AccPair). The SwiGLU epilogues
+// use it; StoreTileStaged keeps its own copy of the loop, since through
+// this function ptxas compiled 9 of the plain kernels differently, until a
+// GPU can time them.
+template <int kPassCols, typename Value>
+__device__ __forceinline__ void StagePass(int pass, int warpgroup, float* buf, const Value& value) {
+  constexpr int kPitch = kPassPitch<kPassCols>;
+  const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
+  WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    const int row = warp * 16 + h * 8 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < kPassCols / 8; ++j) {
+      *reinterpret_cast<float2*>(buf + row * kPitch + 8 * j + (lane % 4) * 2) =
+          value(pass * (kPassCols / 8) + j, h);
+    }
+  }
+  WarpgroupSync(warpgroup);
+}
+template <int kAcc>
+__device__ __forceinline__ float2 AccPair(const float (&acc)[kAcc], int jj, int h) {
+  return make_float2(acc[4 * jj + 2 * h], acc[4 * jj + 2 * h + 1]);
+}
+
 // The epilogue staged through shared memory: the 64 rows of a tile that
 // this thread's warpgroup holds (rows 64 * row_block of the tile at w.m0)
 // into c through `buf`, the warpgroup's own buffer of 64 rows by kPassCols
@@ -303,30 +333,18 @@ __device__ __forceinline__ void StoreTileSwiGlu(const Problem& p, const SwiGluOu
                                                 int warpgroup, float* buf) {
   static_assert(kPassCols == 128, "a pass is one half of the tile");
   constexpr int kVec = 8, kPitch = kPassPitch<kPassCols>, kHalf = kPassCols / 8;
-  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  const int t = threadIdx.x % 128;
   constexpr int kRuns = kPassCols / kVec, kPerThread = 64 * kRuns / 128;
   bf16* const h_rows = sw.h + w.r0 * sw.ldh;
 #pragma unroll
   for (int pass = 0; pass < 3; ++pass) {
-    WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = warp * 16 + half * 8 + lane / 4;
-#pragma unroll
-      for (int j = 0; j < kHalf; ++j) {
-        const int g = 4 * j + 2 * half, u = 4 * (j + kHalf) + 2 * half;
-        float2 v;
-        if (pass == 0) {
-          v = make_float2(acc[g], acc[g + 1]);
-        } else if (pass == 1) {
-          v = make_float2(acc[u], acc[u + 1]);
-        } else {
-          v = make_float2(SwiGluOfAcc(acc[g], acc[u]), SwiGluOfAcc(acc[g + 1], acc[u + 1]));
-        }
-        *reinterpret_cast<float2*>(buf + row * kPitch + 8 * j + (lane % 4) * 2) = v;
-      }
-    }
-    WarpgroupSync(warpgroup);
+    // Passes 0 and 1 hold the gate and the up columns as they are; pass 2
+    // their SwiGLU, from the gate (jj - 2 kHalf) and up (jj - kHalf) pairs.
+    StagePass<kPassCols>(pass, warpgroup, buf, [&](int jj, int h) {
+      if (jj < 2 * kHalf) return AccPair(acc, jj, h);
+      const int g = 4 * (jj - 2 * kHalf) + 2 * h, u = g + 4 * kHalf;
+      return make_float2(SwiGluOfAcc(acc[g], acc[u]), SwiGluOfAcc(acc[g + 1], acc[u + 1]));
+    });
     bf16* const out = pass == 2 ? h_rows : w.c;
     const int64_t ld = pass == 2 ? sw.ldh : p.ldc, col0 = pass == 1 ? sw.f + n0 : n0;
 #pragma unroll
@@ -353,7 +371,7 @@ __device__ __forceinline__ void StoreTileSwiGluGrad(const Problem& p, const SwiG
                                                     const float (&acc)[kTileN / 2], int row_block,
                                                     int warpgroup, float* buf) {
   constexpr int kVec = 8, kPitch = kPassPitch<kPassCols>;
-  const int t = threadIdx.x % 128, warp = t / 32, lane = t % 32;
+  const int t = threadIdx.x % 128;
   constexpr int kRuns = kPassCols / kVec, kPerThread = 64 * kRuns / 128, kBatch = 4;
   static_assert(kTileN % kPassCols == 0 && kPerThread % kBatch == 0, "whole passes and batches");
   const int64_t ld = 2 * sw.f;
@@ -361,18 +379,7 @@ __device__ __forceinline__ void StoreTileSwiGluGrad(const Problem& p, const SwiG
   bf16* const grad_rows = sw.d_gate_up + w.r0 * ld;
 #pragma unroll
   for (int pass = 0; pass < kTileN / kPassCols; ++pass) {
-    WarpgroupSync(warpgroup);  // the last pass's (or tile's) reads of buf are done
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = warp * 16 + h * 8 + lane / 4;
-#pragma unroll
-      for (int j = 0; j < kPassCols / 8; ++j) {
-        const int jj = pass * (kPassCols / 8) + j;
-        *reinterpret_cast<float2*>(buf + row * kPitch + 8 * j + (lane % 4) * 2) =
-            make_float2(acc[4 * jj + 2 * h], acc[4 * jj + 2 * h + 1]);
-      }
-    }
-    WarpgroupSync(warpgroup);
+    StagePass<kPassCols>(pass, warpgroup, buf, [&](int jj, int h) { return AccPair(acc, jj, h); });
     for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
       uint4 g_raw[kBatch], u_raw[kBatch];
       int64_t at[kBatch];  // the run's offset in gate_up's rows; -1: out
