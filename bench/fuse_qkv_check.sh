@@ -35,17 +35,13 @@ baseline=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INPUT_ON
 rows=()
 for p in gpu_moe_125m gpu_finegrained_64e; do
   for v in ${VARIANTS:-baseline unified unified_bf16in}; do
-    sets=(--set train.micro_batch_size=8 --set train.global_batch_size=64
-      --set train.cuda_graphs=true)
+    sets=()
     [ "$v" = baseline ] && sets+=("${baseline[@]}")
     [ "$v" = unified_bf16in ] && sets+=(--set train.fp32_head_norm_input=false)
     for fuse in false true; do
       log="$build/fuse_qkv_${p}_${v}_$fuse.log"
-      timeout 150 "$build/bench/train_step_bench" --config "configs/$p.textproto" "${sets[@]}" \
-        --set model.fuse_qkv=$fuse --steps "${STEPS:-20}" --warmup 3 --profile-steps 1 \
-        --label "$p/$v/$fuse" > "$log" 2>&1 || { status=1; echo "failed: $(tail -3 "$log")"; }
-      grep -E "^\| (GEMM|attention|norms\+elementwise|permutation) " "$log" |
-        sed "s#^#  $p/$v fuse_qkv=$fuse #"
+      time_step "$log" "$p/$v/$fuse" "$p" 'GEMM|attention|norms\+elementwise|permutation' \
+        "${sets[@]}" --set model.fuse_qkv=$fuse
       rows+=("$log")
     done
   done

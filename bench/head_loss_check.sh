@@ -24,15 +24,11 @@ grep -E "^\[  (PASSED|FAILED) |cosine" "$build/head_loss_model.log"
 rows=()
 for p in gpu_moe_125m gpu_finegrained_64e; do
   for v in fp32 bf16 bf16_chunked; do
-    sets=(--set train.micro_batch_size=8 --set train.global_batch_size=64
-      --set train.cuda_graphs=true)
+    sets=()
     [ "$v" != fp32 ] && sets+=(--set train.fp32_logits=false)
     [ "$v" = bf16_chunked ] && sets+=(--set train.loss_chunk_tokens=4096)
     log="$build/head_loss_${p}_$v.log"
-    timeout 150 "$build/bench/train_step_bench" --config "configs/$p.textproto" "${sets[@]}" \
-      --steps "${STEPS:-20}" --warmup 3 --profile-steps 1 --label "$p/$v" > "$log" 2>&1 ||
-      { status=1; echo "failed: $(tail -3 "$log")"; }
-    grep -E "^\| (GEMM|embedding\+loss) " "$log" | sed "s#^#  $p/$v #"
+    time_step "$log" "$p/$v" "$p" 'GEMM|embedding\+loss' "${sets[@]}"
     rows+=("$log")
   done
 done

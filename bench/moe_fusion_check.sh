@@ -42,20 +42,15 @@ baseline=(--set scale_vectors.mode=SHARED --set scale_vectors.placement=INPUT_ON
 rows=()
 for p in gpu_moe_125m gpu_finegrained_64e; do
   for v in ${VARIANTS:-baseline}; do
-    sets=(--set train.micro_batch_size=8 --set train.global_batch_size=64
-      --set train.cuda_graphs=true)
+    sets=()
     [ "$v" = baseline ] && sets+=("${baseline[@]}")
     for fusion in none permute swiglu both; do
       permute=false swiglu=false
       [ $fusion = permute ] || [ $fusion = both ] && permute=true
       [ $fusion = swiglu ] || [ $fusion = both ] && swiglu=true
       log="$build/moe_fusion_${p}_${v}_$fusion.log"
-      timeout 150 "$build/bench/train_step_bench" --config "configs/$p.textproto" "${sets[@]}" \
-        --set moe.fuse_permute=$permute --set moe.fuse_swiglu=$swiglu --steps "${STEPS:-20}" \
-        --warmup 3 --profile-steps 1 --label "$p/$v/$fusion" > "$log" 2>&1 ||
-        { status=1; echo "failed: $(tail -3 "$log")"; }
-      grep -E "^\| (expert GEMM|permutation|norms\+elementwise) " "$log" |
-        sed "s#^#  $p/$v $fusion #"
+      time_step "$log" "$p/$v/$fusion" "$p" 'expert GEMM|permutation|norms\+elementwise' \
+        "${sets[@]}" --set moe.fuse_permute=$permute --set moe.fuse_swiglu=$swiglu
       rows+=("$log")
     done
   done
