@@ -199,6 +199,9 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   // per micro-batch on the GPU, none on the CPU).
   tokens_ = ctx.ToDevice(tokens).View({n});
   residuals_.assign(blocks_.size() + 1, Tensor());
+  // The last evaluation's logits (a training forward's go in its backward):
+  // released before this forward allocates its own.
+  logits_ = Tensor();
   if (is_first_stage()) {
     // Looked up (and summed over the vocab shards) in the table's dtype.
     Tensor embedded = ctx.Empty(rows, dt);
@@ -232,10 +235,13 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
       ops::Copy(ctx, moe->losses(), layer_losses);
       ops::Axpy(ctx, 1.0, layer_losses, out.losses.Narrow(0, kAuxLoss, 2));
     }
-    if (keep_grad && recompute_layers_) {
-      ForwardCacheStash dropped;  // rebuilt by BackwardStage's rerun
+    if (!keep_grad || recompute_layers_) {
+      // Evaluation keeps no block's activations (no backward reads them);
+      // under FULL recomputation BackwardStage's rerun rebuilds them.
+      ForwardCacheStash dropped;
       blocks_[l]->VisitForwardCache(dropped);
     }
+    if (!keep_grad) residuals_[l] = Tensor();  // only the last one is read on
   }
   const Tensor total = out.losses.Narrow(0, kTotalLoss, 1);
   if (!is_last_stage()) {

@@ -142,7 +142,8 @@ class MoeTransformer {
   // This stage's part. tokens/targets as for Forward (every stage reads
   // them: B and T, the embedding on the first stage, the loss on the last);
   // input: the previous stage's output [B*T, C] (ignored on the first
-  // stage). keep_grad = false: no Backward may follow (evaluation).
+  // stage). keep_grad = false: no Backward may follow (evaluation), and no
+  // block's activations are kept, whatever train.recompute says.
   StatusOr<StageOutput> ForwardStage(const ExecContext& ctx, const Tensor& tokens,
                                      const Tensor& targets, const Tensor& input, bool keep_grad);
   // Backward of the last ForwardStage: d_output is the gradient of its

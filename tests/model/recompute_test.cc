@@ -94,5 +94,41 @@ TEST(RecomputeTest, FullRecomputeMatchesKeptActivations) {
   EXPECT_LT(full.kept_bytes, kept.kept_bytes);
 }
 
+// An evaluation forward (no backward follows) keeps no block's
+// activations, whatever train.recompute says: less stays in use after it
+// than after FULL's training forward (which keeps each block's input and the
+// head's), far less than after NONE's, and the next training step is the
+// same as without it.
+TEST(RecomputeTest, EvaluationKeepsNoActivations) {
+  const config::RunConfig cfg = Config(config::TrainConfig::NONE);
+  ParamRegistry registry;
+  MoeTransformer model(registry, cfg);
+  SM_CHECK_OK(registry.Materialize(cfg.train().seed(), DType::kF64, Device::kCPU));
+  const ExecContext ctx;
+  const int64_t before = ctx.allocator_stats().in_use_bytes;
+  Must(model.PrepareStep(ctx));
+  const double eval_loss = Must(model.Evaluate(ctx, Tokens(0), Tokens(50))).total;
+  const int64_t eval_kept = ctx.allocator_stats().in_use_bytes - before;
+
+  registry.ZeroGrads();
+  const double train_loss = Must(model.Forward(ctx, Tokens(0), Tokens(50))).total;
+  EXPECT_EQ(train_loss, eval_loss);
+  const int64_t train_kept = ctx.allocator_stats().in_use_bytes - before;
+  Must(model.Backward(ctx, 1.0 / 2));
+  const double second = Must(model.Forward(ctx, Tokens(1), Tokens(51))).total;
+  Must(model.Backward(ctx, 1.0 / 2));
+  Must(model.FinishBackward(ctx));
+
+  const Step full = RunStep(config::TrainConfig::FULL);
+  const Step kept = RunStep(config::TrainConfig::NONE);
+  EXPECT_LT(eval_kept, full.kept_bytes);
+  EXPECT_LT(2 * eval_kept, train_kept);
+  // The evaluation changed nothing the training step reads.
+  EXPECT_EQ(std::vector<double>({train_loss, second}), kept.losses);
+  for (const auto& p : registry.params()) {
+    EXPECT_EQ(p->grad.ToVector(), kept.grads.at(p->spec.name)) << p->spec.name;
+  }
+}
+
 }  // namespace
 }  // namespace scalemoe
