@@ -75,14 +75,19 @@ TEST_P(CudaModelTest, Fp32StepEqualsTheCpuAndRepeatsBitForBit) {
 }
 
 // The LM head and its loss in chunks of 3 of the 10 tokens
-// (train.loss_chunk_tokens) on the GPU: fp32 equal to the CPU taking the
-// micro-batch at once, repeating bit for bit.
-TEST_P(CudaModelTest, Fp32ChunkedLossEqualsTheCpuWholeMicroBatch) {
+// (train.loss_chunk_tokens) on the GPU: fp32 equal to the CPU's chunked
+// run, repeating bit for bit. Against the CPU's whole micro-batch the
+// magnitude-direction betas differ by more: in fp32 the CPU's own chunked
+// and whole runs differ by up to 9e-6 of their norm there (they cancel
+// most of their sum), and on the GPU the first (dnp) betas differed by
+// 1.6e-5 (Dec 5). The chunking itself is exact to f64 rounding
+// (transformer_test's ChunkedLossAgreesWithTheWholeMicroBatch).
+TEST_P(CudaModelTest, Fp32ChunkedLossEqualsTheCpu) {
   const VariantCase c = VariantCases()[GetParam()];
   config::RunConfig cfg = VariantConfig(c);
+  cfg.mutable_train()->set_loss_chunk_tokens(3);
   const Tensor values = StartValues(cfg);
   const StepResult cpu = WholeModelStep(cfg, cpu_, values);
-  cfg.mutable_train()->set_loss_chunk_tokens(3);
   const StepResult gpu = WholeModelStep(cfg, ctx_, values);
   const StepResult again = WholeModelStep(cfg, ctx_, values);
   ExpectFp32Parity(cpu, gpu, again);
