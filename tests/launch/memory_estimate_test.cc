@@ -288,7 +288,9 @@ TEST(MemoryEstimateTest, TheLogitsAreCountedInTheirDtype) {
   auto parts = [](const std::vector<std::string>& sets, int tp) {
     const MemoryEstimate est =
         EstimateMemory(Load("configs/gpu_moe_125m.textproto",
-                            With({"train.micro_batch_size=8", "train.global_batch_size=8"}, sets)),
+                            With({"train.micro_batch_size=8", "train.global_batch_size=8",
+                                  "train.fp32_logits=true"},  // the preset's are bf16
+                                 sets)),
                        ParallelLayout{.tp = tp, .etp = tp, .world = tp});
     Parts p;
     for (const MemoryPart& part : est.parts) {
@@ -318,7 +320,7 @@ TEST(MemoryEstimateTest, TheLossInChunksCountsOneChunksLogits) {
   auto estimate = [](const std::vector<std::string>& sets, ParallelLayout layout = {}) {
     return EstimateMemory(Load("configs/gpu_moe_125m.textproto",
                                With({"train.micro_batch_size=256", "train.global_batch_size=256",
-                                     "train.recompute=FULL"},
+                                     "train.recompute=FULL", "train.fp32_logits=true"},
                                     sets)),
                           layout);
   };
