@@ -49,7 +49,8 @@ constexpr char kUsage[] =
     "  --profile-steps P  P further steps with the op timer on: a table per op\n"
     "                     category (default 0 = none)\n"
     "  --label NAME       names the run in the output (default: the preset name)\n"
-    "  Prints one result line, what the caching allocator held at its peak\n"
+    "  Prints one result line (with the system allocations and host reads of the\n"
+    "  timed steps), what the caching allocator held at its peak\n"
     "  (\"allocator peak ...\": block sizes and counts) and one line starting\n"
     "  BENCH_JSON.\n";
 
@@ -284,13 +285,28 @@ int Main(int argc, char** argv) {
   StepClock clock;
   int64_t device_used = 0, alloc_peak = 0;
   std::string peak_blocks;
+  // System allocations (cudaMalloc/cudaFree; malloc/free on the CPU) and
+  // host reads over the timed steps: the trainer's quiet_step_* fields come
+  // from the last quiet step, which is an op-timed one when --profile-steps
+  // is given (eager, after the graphs' replays).
+  auto system_calls = [](const ExecContext& ctx) {
+    const AllocatorStats s = ctx.allocator_stats();
+    return s.system_allocs + s.system_frees;
+  };
+  int64_t timed_system_calls = 0, timed_host_reads = 0;
   TrainOptions options;
   options.config = cfg;
   options.run_dir = (std::filesystem::path(data_dir) / "run").string();
   options.quiet = true;
   options.on_step_queued = [&](int64_t done, const ExecContext& ctx) {
     if (done >= *warmup && done <= *warmup + *steps) clock.Mark(ctx);
+    if (done == *warmup) {
+      timed_system_calls = -system_calls(ctx);
+      timed_host_reads = -ctx.counters().host_reads.load();
+    }
     if (done == *warmup + *steps) {
+      timed_system_calls += system_calls(ctx);
+      timed_host_reads += ctx.counters().host_reads.load();
       device_used = DeviceUsedBytes(&ctx);
       alloc_peak = ctx.allocator_stats().peak_in_use_bytes;
       peak_blocks = ctx.allocator().PeakSummary();
@@ -324,12 +340,14 @@ int Main(int argc, char** argv) {
   std::printf(
       "%s | %s %s | micro %d x global %lld x seq %lld | step %.2f ms (p10 %.2f, p90 %.2f; %lld "
       "steps) | %.0f tokens/s | %.1f TFLOP/s | MFU %.1f%% of %.0f bf16%s | peak %.2f GiB "
-      "(device), caching allocator %.2f GiB\n",
+      "(device), caching allocator %.2f GiB | timed steps: %lld system allocations, %lld host "
+      "reads\n",
       label.c_str(), result->device.c_str(), precision.c_str(), train.micro_batch_size(),
       static_cast<long long>(global_batch), static_cast<long long>(seq), median, p10, p90,
       static_cast<long long>(*steps), tokens_per_s, tflops, 100 * mfu, kH100DenseBf16Tflops,
       train.precision() == config::TrainConfig::BF16 ? "" : " (peak is bf16's: fp32 run)", peak_gib,
-      alloc_peak / kGiB);
+      alloc_peak / kGiB, static_cast<long long>(timed_system_calls),
+      static_cast<long long>(timed_host_reads));
   const nlohmann::json record = {{"impl", "scalemoe"},
                                  {"label", label},
                                  {"preset", cfg.name()},
@@ -353,6 +371,8 @@ int Main(int argc, char** argv) {
                                  {"allocator_peak_gib", alloc_peak / kGiB},
                                  {"quiet_step_host_reads", result->quiet_step_host_reads},
                                  {"quiet_step_system_allocs", result->quiet_step_system_allocs},
+                                 {"timed_steps_system_allocs", timed_system_calls},
+                                 {"timed_steps_host_reads", timed_host_reads},
                                  {"cuda_graphs", train.cuda_graphs()},
                                  {"cuda_graph_replays", result->cuda_graph_replays},
                                  {"cuda_graph_captures", result->cuda_graph_captures}};
