@@ -218,13 +218,17 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   const double ffn = ffn_act / act;
   const bool fused_permute =
       cfg.moe().fuse_permute() && s.ep == 1 && s.etp == 1 && cfg.moe().capacity_factor() == 0;
-  const double permuted_rows = fused_permute ? 1 : 2;
-  const double per_token =
-      10 * s.C * stream + 2 * (s.H + 2 * s.KV) * s.D / s.tp * ffn +
-      (s.dense_layers * 4 * ffn * s.F / s.tp +
-       s.moe_layers * (s.K * (permuted_rows * s.C * stream + 4 * ffn * s.Fe / s.etp) +
-                       (bf16_stream ? s.C : 0) + 4 * ffn * s.S * s.Fs + 2 * s.E)) /
-          s.L;
+  const auto values_per_token = [&](double permuted_rows) {
+    return 10 * s.C * stream + 2 * (s.H + 2 * s.KV) * s.D / s.tp * ffn +
+           (s.dense_layers * 4 * ffn * s.F / s.tp +
+            s.moe_layers * (s.K * (permuted_rows * s.C * stream + 4 * ffn * s.Fe / s.etp) +
+                            (bf16_stream ? s.C : 0) + 4 * ffn * s.S * s.Fs + 2 * s.E)) /
+               s.L;
+  };
+  const double per_token = values_per_token(fused_permute ? 1 : 2);
+  // The layer whose backward runs: its weight gradient gathers the permuted
+  // input again under moe.fuse_permute (moe/grouped_experts.h, InputRows).
+  const double working_per_token = values_per_token(2);
   add_acts("layer activations",
            absl::StrCat(Num(kept_layers), " layers x ", batch, " x ~", Num(std::round(per_token)),
                         " fp32-sized values per token (model.hidden_size, ffn sizes, moe.top_k; "
@@ -263,16 +267,16 @@ MemoryEstimate EstimateMemory(const config::RunConfig& cfg, const ParallelLayout
   // fp32 d_logits and its bf16 copy; the bf16 d_logits takes 4 bytes a logit
   // off the estimate (1 GiB at micro-batch 8, 32 at 256) and 0.5 to 1 GiB
   // off the peak at 8: not measured again.
-  add_acts(
-      "backward working set",
-      absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(per_token)),
-                   " values per token (the running layer's gradients)",
-                   d_logits_copy ? absl::StrCat(", and d_logits' bf16 copy: ",
-                                                chunked ? "train.loss_chunk_tokens" : batch,
-                                                " x model.vocab_size=", Num(s.V), tp_text)
-                                 : std::string()),
-      tokens * per_token * act + (d_logits_copy ? (chunked ? chunk : tokens) * s.V / s.tp * 2 : 0),
-      1);
+  add_acts("backward working set",
+           absl::StrCat("1 layer x ", batch, " x ~", Num(std::round(working_per_token)),
+                        " values per token (the running layer's gradients)",
+                        d_logits_copy ? absl::StrCat(", and d_logits' bf16 copy: ",
+                                                     chunked ? "train.loss_chunk_tokens" : batch,
+                                                     " x model.vocab_size=", Num(s.V), tp_text)
+                                      : std::string()),
+           tokens * working_per_token * act +
+               (d_logits_copy ? (chunked ? chunk : tokens) * s.V / s.tp * 2 : 0),
+           1);
   // The GPU attention backward (bf16 operands) stores dSᵀ for its d_q pass
   // while it runs: at most ops::kAttentionDsBudgetBytes (core/ops.h).
   if (bf16) {

@@ -269,14 +269,11 @@ void GroupedExperts::InputGemm(const ExecContext& ctx, const ops::MatrixGroup& w
                            offsets_, c, {.trans_b = ops::Trans::kYes});
 }
 
-void GroupedExperts::InputWeightGrad(const ExecContext& ctx, const Tensor& d,
-                                     const ops::MatrixGroup& grads) const {
-  if (!gather_rows_.defined()) {
-    ExpertWeightGrad(ctx, d, x_gemm_, grads);
-    return;
-  }
-  ops::GroupedGemmWeightGradGathered(ctx, d, x_gemm_, gather_rows_,
-                                     static_cast<int>(gather_divisor_), offsets_, grads, 1.0);
+Tensor GroupedExperts::InputRows(const ExecContext& ctx) const {
+  if (!gather_rows_.defined()) return x_gemm_;
+  Tensor rows = ctx.Empty({m_, x_gemm_.dim(1)}, x_gemm_.dtype());
+  ops::GatherRows(ctx, x_gemm_, gather_rows_, static_cast<int>(gather_divisor_), rows);
+  return rows;
 }
 
 void GroupedExperts::ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
@@ -345,7 +342,7 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
     // forms d_gate_up (dt is the GEMMs' dtype on the grouped path).
     Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
     ops::GroupedGemmSwiGluBackward(ctx, d_y_gemm, weights_[kDown], offsets_, gate_up_, d_gate_up);
-    InputWeightGrad(ctx, d_gate_up, gate_up_grads_);
+    ExpertWeightGrad(ctx, d_gate_up, InputRows(ctx), gate_up_grads_);
     ExpertGemm(ctx, d_gate_up, gate_up_weights_, d_x, {.trans_b = ops::Trans::kNo});
     ZeroTail(ctx, d_x, rows_);
     return;
@@ -356,7 +353,7 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
     // dt is the GEMMs' dtype here (the grouped path's F-wide activations).
     Tensor d_gate_up = ctx.Empty({m, 2 * f}, dt);
     ops::SwiGluPackedBackward(ctx, rows(gate_up_), rows(d_h), rows(d_gate_up));
-    InputWeightGrad(ctx, d_gate_up, gate_up_grads_);
+    ExpertWeightGrad(ctx, d_gate_up, InputRows(ctx), gate_up_grads_);
     ExpertGemm(ctx, d_gate_up, gate_up_weights_, d_x, {.trans_b = ops::Trans::kNo});
     ZeroTail(ctx, d_x, rows_);
     return;
@@ -365,8 +362,9 @@ void GroupedExperts::BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, 
   Tensor d_up = ctx.Empty({m, f}, dt);
   ops::SwiGluBackward(ctx, rows(gate_), rows(up_), rows(d_h), rows(d_gate), rows(d_up));
   const Tensor d_gate_gemm = InDType(ctx, d_gate, gemm), d_up_gemm = InDType(ctx, d_up, gemm);
-  InputWeightGrad(ctx, d_gate_gemm, grads_[kGate]);
-  InputWeightGrad(ctx, d_up_gemm, grads_[kUp]);
+  const Tensor x_rows = InputRows(ctx);
+  ExpertWeightGrad(ctx, d_gate_gemm, x_rows, grads_[kGate]);
+  ExpertWeightGrad(ctx, d_up_gemm, x_rows, grads_[kUp]);
   ExpertGemm(ctx, d_gate_gemm, weights_[kGate], d_x, {.trans_b = ops::Trans::kNo});
   ExpertGemm(ctx, d_up_gemm, weights_[kUp], d_x, {.trans_b = ops::Trans::kNo, .beta = 1.0});
   ZeroTail(ctx, d_x, rows_);

@@ -132,10 +132,12 @@ class GroupedExperts {
   // intermediates over all M rows.
   void StartForward(const ExecContext& ctx, const Tensor& x, int64_t m, int64_t rows);
   // The first GEMMs' input: x_gemm_'s rows, or those gathered by
-  // gather_rows_ (ForwardAllRowsGathered): c = x·W_eᵀ, and dW_e += d_eᵀ·x_e.
+  // gather_rows_ (ForwardAllRowsGathered): c = x·W_eᵀ. The backward's
+  // dW_e += d_eᵀ·x_e reads InputRows: x_gemm_, or a copy gathered for it
+  // (ops::GroupedGemmWeightGradGathered took 2.4x the plain weight gradient
+  // on the H200, bench/RESULTS.md Dec 5; the copy is one GatherRows).
   void InputGemm(const ExecContext& ctx, const ops::MatrixGroup& w, const Tensor& c) const;
-  void InputWeightGrad(const ExecContext& ctx, const Tensor& d,
-                       const ops::MatrixGroup& grads) const;
+  Tensor InputRows(const ExecContext& ctx) const;
   void ForwardGrouped(const ExecContext& ctx, const Tensor& x, const Tensor& y);
   void BackwardGrouped(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x);
   // The grouped path's GEMMs: c = a·op(W_e) + beta·c on each expert's rows,
