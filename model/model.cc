@@ -261,7 +261,7 @@ StatusOr<StageOutput> MoeTransformer::ForwardStage(const ExecContext& ctx, const
   const int64_t chunk = cfg_.train().loss_chunk_tokens();
   head_input_ = target_ids_ = Tensor();
   if (chunk > 0 && n > chunk) {
-    logits_ = d_logits_ = Tensor();
+    d_logits_ = Tensor();  // logits_ went at the start
     SM_RETURN_IF_ERROR(ChunkedHeadLoss(ctx, *n_full, target_ids, chunk, ce, Tensor(), 0.0));
     if (keep_grad) {
       head_input_ = *n_full;
