@@ -23,7 +23,8 @@ namespace scalemoe::testing {
 
 struct StepResult {
   double loss = 0;
-  std::vector<Tensor> grads;  // host copies, per parameter
+  std::vector<Tensor> grads;   // host copies, per parameter
+  std::vector<Tensor> values;  // host copies of the values the step ran from
   std::vector<std::string> names;
   std::vector<Tensor> routing;  // host copies of each MoE layer's expert_ids [B*T, K]
 };
@@ -68,6 +69,7 @@ inline StepResult WholeModelStep(const config::RunConfig& cfg, const ExecContext
   Must(ctx.status());
   for (const auto& p : registry.params()) {
     r.grads.push_back(ctx.ToHost(p->grad).Clone());
+    r.values.push_back(ctx.ToHost(p->value).Clone());
     r.names.push_back(p->spec.name);
   }
   for (const Tensor& layer_ids : model.RoutedExperts()) {
