@@ -167,7 +167,8 @@ if rows:
     print(f"micro-batch {r0['micro_batch']}, global batch {r0['global_batch']}, seq "
           f"{r0['seq_length']}; median of {r0['steps']} steps after {r0['warmup']} warm-up; "
           "MFU = Megatron FLOPs / 989 TFLOP/s; peak: ours = device memory used "
-          "(cudaMemGetInfo, minus the CUDA context), torch = max_memory_reserved")
+          "(cudaMemGetInfo after the timed steps, minus the CUDA context; at least the "
+          "caching allocator's peak), torch = max_memory_reserved")
 
 def f(r, key, fmt):
     return format(r[key], fmt) if r and key in r else "-"

@@ -334,7 +334,11 @@ int Main(int argc, char** argv) {
   const double tokens_per_s = tokens_per_step / (median * 1e-3);
   const double tflops = flops.flops_per_token * tokens_per_s * 1e-12;
   const double mfu = tflops / kH100DenseBf16Tflops;
-  const double peak_gib = cuda ? (device_used - used_before) / kGiB : 0;
+  // The device reading comes after the timed steps. When the allocator gave
+  // its cache back inside them (a cudaMalloc failed: system allocations),
+  // it can be below what the steps held; its own peak in use bounds that.
+  const double peak_gib =
+      cuda ? std::max<double>(device_used - used_before, alloc_peak) / kGiB : 0;
   const std::string precision = config::TrainConfig::Precision_Name(train.precision());
 
   std::printf(
