@@ -2,6 +2,10 @@
 // DNP / QK-norm op) and of ops::Rope on the GPU presets' q and k shapes, as
 // the model runs them under train.precision BF16: x in fp32 (the
 // projection's output), y, d_y and d_x in bf16; and with every tensor fp32.
+// Rope in place on a contiguous tensor, computing its cos/sin (rope) or
+// reading RopeTable's (rope_table), and with the table on q as the model
+// holds it, a slice of the fused q|k|v output (rope_qkv_table: token stride
+// 3·H·D).
 // The figure of merit is the DRAM traffic each call must move (x, the
 // outputs, d_y and rstd; d_gamma's partial rows are not counted) over its
 // time.
@@ -74,6 +78,15 @@ int Main() {
       const Tensor y4 = y.View({c.b, c.t, c.h, c.d});
       const double rope = Us(*ctx, "Rope", [&] { ops::Rope(*ctx, y4, 10000.0, y4); });
       Print(c, "rope", io_name, rope, 2 * io_bytes);
+      const Tensor table = ctx->Empty({2, c.t, c.d / 2}, StatDType(io));
+      ops::RopeTable(*ctx, 10000.0, table);
+      const double rope_table =
+          Us(*ctx, "Rope table", [&] { ops::Rope(*ctx, y4, 10000.0, y4, table); });
+      Print(c, "rope_table", io_name, rope_table, 2 * io_bytes);
+      const Tensor q = ctx->Empty({c.b, c.t, 3 * c.h, c.d}, io).Narrow(2, 0, c.h);
+      const double rope_qkv =
+          Us(*ctx, "Rope q|k|v table", [&] { ops::Rope(*ctx, q, 10000.0, q, table); });
+      Print(c, "rope_qkv_table", io_name, rope_qkv, 2 * io_bytes);
     }
     ctx->allocator().ReleaseCache();
   }

@@ -289,9 +289,15 @@ void RmsNormalizeBackwardAdd(const ExecContext& ctx, const Tensor& n, const Tens
 // x and out have the same shape; either may be token-strided
 // (core/head_rows.h), each with its own stride (out of a slice of the
 // q|k|v projection's output into a tensor of its own, or back).
-void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out);
-// d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out.
-void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x);
+// table, if defined, is RopeTable(theta)'s for at least T positions
+// ([2, >= T, D/2] contiguous, f32 for f32 and bf16 x, f64 for f64 x, on x's
+// device): cos and sin come from it instead of being computed per call (the
+// same bits; on CUDA a kernel that is bound by memory bandwidth alone).
+void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out,
+          const Tensor& table = Tensor());
+// d_x = Rᵀ d_out (the inverse rotation); d_x may alias d_out. table as Rope's.
+void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x,
+                  const Tensor& table = Tensor());
 
 // Rope's rotation as a table, table [2, T, D/2] (f32, or f64 for f64
 // tensors: the compute type): table[0, t, i] = cos(t · theta^(−2i/D)),

@@ -43,8 +43,8 @@
   X(void, ScaledRmsNormalizeRopeBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& rstd, const Tensor& gamma, const Tensor& rope_table, const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma), (ctx, x, rstd, gamma, rope_table, d_y, d_x, d_gamma), CUDA) \
   X(void, AddRmsNormalize, (const ExecContext& ctx, const Tensor& residual, const Tensor& x, double eps, const Tensor& n, const Tensor& rstd), (ctx, residual, x, eps, n, rstd), CUDA) \
   X(void, RmsNormalizeBackwardAdd, (const ExecContext& ctx, const Tensor& n, const Tensor& rstd, const Tensor& d_n, const Tensor& d_res, const Tensor& d_x), (ctx, n, rstd, d_n, d_res, d_x), CUDA) \
-  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out), (ctx, x, theta, out), CUDA) \
-  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x), (ctx, d_out, theta, d_x), CUDA) \
+  X(void, Rope, (const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out, const Tensor& table), (ctx, x, theta, out, table), CUDA) \
+  X(void, RopeBackward, (const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x, const Tensor& table), (ctx, d_out, theta, d_x, table), CUDA) \
   X(void, RopeTable, (const ExecContext& ctx, double theta, const Tensor& table), (ctx, theta, table), CUDA) \
   X(void, CausalAttention, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const ::scalemoe::ops::AttentionOptions& options), (ctx, q, k, v, out, lse, options), CUDA) \
   X(void, CausalAttentionBackward, (const ExecContext& ctx, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse, const Tensor& d_out, const Tensor& d_q, const Tensor& d_k, const Tensor& d_v, const ::scalemoe::ops::AttentionOptions& options), (ctx, q, k, v, out, lse, d_out, d_q, d_k, d_v, options), CUDA) \

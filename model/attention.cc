@@ -198,7 +198,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
       rope = false;
     }
     y = y.View({batch, seq, heads, head_dim_});
-    if (rope) ops::Rope(ctx, y, rope_theta_, y);
+    if (rope) ops::Rope(ctx, y, rope_theta_, y, RopeTable(ctx, StatDType(y.dtype()), seq));
     return y;
   };
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
@@ -225,7 +225,7 @@ void Attention::ForwardFused(const ExecContext& ctx, const Tensor& n_in, const Q
   // head rows). The three GEMMs' path runs the same ops on the same values.
   auto branch = [&](ScaledRmsNorm* norm, const Tensor& x, bool rope) {
     if (!norm) {
-      if (rope) ops::Rope(ctx, x, rope_theta_, x);
+      if (rope) ops::Rope(ctx, x, rope_theta_, x, RopeTable(ctx, StatDType(x.dtype()), seq_));
       return x;
     }
     Tensor y = ctx.Empty(x.shape(), inner);
@@ -292,7 +292,9 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
                                attention_options_);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope, GradMode mode) {
-    if (rope && !norm) ops::RopeBackward(ctx, d_y, rope_theta_, d_y);  // else the norm's
+    if (rope && !norm) {  // else the norm's
+      ops::RopeBackward(ctx, d_y, rope_theta_, d_y, RopeTable(ctx, StatDType(d_y.dtype()), seq_));
+    }
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
     if (norm) {  // computed in the activations' dtype, as its forward; d_lin
       // in the projection's GEMM dtype (ScaledLinear::output_dtype) unless a
@@ -322,7 +324,7 @@ void Attention::BackwardFused(const ExecContext& ctx, const Tensor& d_q, const T
     if (norm) {
       norm->Backward(ctx, d_y, d_x);
     } else if (rope) {
-      ops::RopeBackward(ctx, d_x, rope_theta_, d_x);
+      ops::RopeBackward(ctx, d_x, rope_theta_, d_x, RopeTable(ctx, StatDType(d_x.dtype()), seq_));
     }
   };
   branch(q_norm_.get(), d_q, 0, heads_, true);

@@ -70,8 +70,9 @@ class Attention {
   // bf16 input turns the exactly zero gradient of a β that the norm
   // cancels, DNP under OR, into bf16 rounding noise); else `inner`.
   DType HeadNormInputDType(DType inner) const;
-  // ops::RopeTable for at least seq positions in dtype (the per-head norms',
-  // which rotate their outputs), made on first use.
+  // ops::RopeTable for at least seq positions in dtype (for the per-head
+  // norms, which rotate their outputs, and for ops::Rope on q and k without
+  // them), made on first use.
   const Tensor& RopeTable(const ExecContext& ctx, DType dtype, int64_t seq);
   // model.fuse_qkv: gives the q, k and v maps one buffer for their formed
   // weights, side by side (before their PrepareStep).

@@ -1,5 +1,7 @@
 // Rotary position embedding (rotate-half) and its backward (CPU, f32/f64;
-// bf16 computed in f32 and rounded on store, as the GPU does).
+// bf16 computed in f32 and rounded on store, as the GPU does). With a
+// table (RopeTable's) the rotation reads cos and sin from it; without one it
+// fills its own with the same FillTable, so both give the same bits.
 #include <cmath>
 #include <type_traits>
 #include <vector>
@@ -8,6 +10,7 @@
 #include "core/cpu/float_types.h"
 #include "core/cpu/rope_rows.h"
 #include "core/head_rows.h"
+#include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cpu {
 namespace {
@@ -71,8 +74,30 @@ RopeStrides CheckRopeArgs(const char* op, const Tensor& x, const Tensor& out) {
   return {CheckHeadRows(x, op, "x").stride, CheckHeadRows(out, op, "out").stride};
 }
 
-void Run(const Tensor& x, double theta, const Tensor& out, double sign) {
-  const RopeStrides strides = CheckRopeArgs("Rope", x, out);
+// out = x rotated by the cos and sin of table [2, T' >= T, D/2] (RopeTable's
+// rows, in Acc of x's dtype).
+void RotateByTable(const char* op, const Tensor& x, const Tensor& table, double sign,
+                   const Tensor& out) {
+  const RopeStrides strides = CheckRopeArgs(op, x, out);
+  ops::CheckRopeTableArgs(op, x, table);
+  SM_CHECK_MSG(table.is_contiguous() && table.device() == Device::kCPU, op,
+               " rope_table must be a contiguous CPU tensor, got ", table.DebugString());
+  DispatchFloat(x, [&](auto zero) {
+    using T = decltype(zero);
+    using A = Acc<T>;
+    const A* cos_t = table.data<A>();
+    Rotate(x.data<T>(), strides.x, out.data<T>(), strides.out, x.dim(0), x.dim(1), x.dim(2),
+           x.dim(3), cos_t, cos_t + table.dim(1) * table.dim(2), sign);
+  });
+}
+
+void Run(const char* op, const Tensor& x, double theta, const Tensor& table, const Tensor& out,
+         double sign) {
+  if (table.defined()) {
+    RotateByTable(op, x, table, sign, out);
+    return;
+  }
+  const RopeStrides strides = CheckRopeArgs(op, x, out);
   DispatchFloat(x, [&](auto zero) {
     using T = decltype(zero);
     using A = Acc<T>;
@@ -87,26 +112,17 @@ void Run(const Tensor& x, double theta, const Tensor& out, double sign) {
 }  // namespace
 
 void RotateWithTable(const Tensor& x, const Tensor& table, double sign, const Tensor& out) {
-  const RopeStrides strides = CheckRopeArgs("Rope", x, out);
-  SM_CHECK_MSG(table.ndim() == 3 && table.dim(0) == 2 && table.dim(1) >= x.dim(1) &&
-                   table.dim(2) == x.dim(3) / 2 && table.dtype() == StatDType(x.dtype()) &&
-                   table.is_contiguous() && table.device() == Device::kCPU,
-               "Rope table ", table.DebugString(), " for x ", x.DebugString());
-  DispatchFloat(x, [&](auto zero) {
-    using T = decltype(zero);
-    using A = Acc<T>;
-    const A* cos_t = table.data<A>();
-    Rotate(x.data<T>(), strides.x, out.data<T>(), strides.out, x.dim(0), x.dim(1), x.dim(2),
-           x.dim(3), cos_t, cos_t + table.dim(1) * table.dim(2), sign);
-  });
+  RotateByTable("Rope", x, table, sign, out);
 }
 
-void Rope(const ExecContext&, const Tensor& x, double theta, const Tensor& out) {
-  Run(x, theta, out, 1.0);
+void Rope(const ExecContext&, const Tensor& x, double theta, const Tensor& out,
+          const Tensor& table) {
+  Run("Rope", x, theta, table, out, 1.0);
 }
 
-void RopeBackward(const ExecContext&, const Tensor& d_out, double theta, const Tensor& d_x) {
-  Run(d_out, theta, d_x, -1.0);
+void RopeBackward(const ExecContext&, const Tensor& d_out, double theta, const Tensor& d_x,
+                  const Tensor& table) {
+  Run("RopeBackward", d_out, theta, table, d_x, -1.0);
 }
 
 void RopeTable(const ExecContext&, double theta, const Tensor& table) {

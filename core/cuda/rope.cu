@@ -14,12 +14,18 @@
 // stride; only addresses differ, so the bits are those of contiguous
 // tensors. Each element is read and written by one thread only, so out may
 // alias x (with x's stride).
+// With a table (RopeTable's, the same cos/sin bits) there is no per-call
+// angle work: RopeFromTableKernel gives each thread one pack of x1 and its
+// x2 partner, reading cos/sin from the table (L2-resident), so it is bound
+// by memory bandwidth alone.
+#include <limits>
 #include <numeric>
 
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 #include "core/cuda/rope_pair.cuh"
 #include "core/head_rows.h"
+#include "core/scaled_rms_normalize_checks.h"
 
 namespace scalemoe::cuda {
 namespace {
@@ -117,6 +123,65 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
   }
 }
 
+// V values of the table from p, in 16-byte loads where V of them fill
+// whole ones (p then on 16 bytes: the launcher checks).
+template <int V, typename A>
+__device__ __forceinline__ void LoadTableRow(const A* p, A (&out)[V]) {
+  constexpr int kW = 16 / sizeof(A);
+  if constexpr (V % kW == 0) {
+#pragma unroll
+    for (int k = 0; k < V; k += kW) {
+      const Pack<A, kW> pack = *reinterpret_cast<const Pack<A, kW>*>(p + k);
+#pragma unroll
+      for (int j = 0; j < kW; ++j) out[k + j] = pack.v[j];
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) out[k] = p[k];
+  }
+}
+
+// One item a thread, grid-stride: an item is V columns of x1 and the
+// matching V of x2 (D/2 further) of one head vector, items in (token, head,
+// pack) order so a warp reads adjacent 16-byte chunks. Token b·T + t at
+// x_stride / out_stride elements; its cos and sin from rows t and
+// table_t + t of table [2, table_t, half]. No shared memory and no
+// synchronization: each thread loads, rotates and stores. 32-bit index
+// math (64-bit division is emulated, and the kernel has little else to
+// do): items < 2^31, the launcher checks. V as RopeKernel's (the table
+// then on 16 bytes too).
+template <typename T, int V>
+__global__ void RopeFromTableKernel(unsigned items, unsigned packs, unsigned h_dim, unsigned t_dim,
+                                    int64_t half, int64_t x_stride, int64_t out_stride,
+                                    int64_t table_t, bool forward, const Acc<T>* __restrict__ table,
+                                    const T* x, T* out) {
+  using A = Acc<T>;
+  for (unsigned e = blockIdx.x * blockDim.x + threadIdx.x; e < items; e += gridDim.x * blockDim.x) {
+    const unsigned row = e / packs;  // token · H + head
+    const unsigned col = (e - row * packs) * V;
+    const unsigned token = row / h_dim;
+    const unsigned t = token % t_dim;
+    const int64_t in_token = (row - token * h_dim) * 2 * half + col;
+    const int64_t x_at = token * x_stride + in_token, out_at = token * out_stride + in_token;
+    const Pack<T, V> x1 = *reinterpret_cast<const Pack<T, V>*>(x + x_at);
+    const Pack<T, V> x2 = *reinterpret_cast<const Pack<T, V>*>(x + x_at + half);
+    A c[V], s[V];
+    LoadTableRow<V>(table + t * half + col, c);
+    LoadTableRow<V>(table + (table_t + t) * half + col, s);
+    // RopeKernel's arithmetic, so its bits.
+    Pack<T, V> o1, o2;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      A r1, r2;
+      RotatePair(ToAcc(x1.v[k]), ToAcc(x2.v[k]), c[k], forward ? s[k] : -s[k], r1, r2);
+      o1.v[k] = FromAcc<T>(r1);
+      o2.v[k] = FromAcc<T>(r2);
+    }
+    *reinterpret_cast<Pack<T, V>*>(out + out_at) = o1;
+    *reinterpret_cast<Pack<T, V>*>(out + out_at + half) = o2;
+  }
+}
+
 // table [2, t_dim, half]: cos, then sin, of every position and pair column.
 template <typename A>
 __global__ void RopeTableKernel(int64_t t_dim, int64_t half, double theta, A* table) {
@@ -142,8 +207,34 @@ int64_t CheckTokenStride(const ExecContext& ctx, const char* op, const Tensor& x
   return CheckHeadRowsOnDevice(ctx, t, op, what).stride;
 }
 
+// Rope or RopeBackward (sign) by table's cos and sin: RopeFromTableKernel.
+void RunFromTable(const ExecContext& ctx, const char* op, const Tensor& x, int64_t x_stride,
+                  const Tensor& out, int64_t out_stride, const Tensor& table, double sign) {
+  CheckOnDevice(ctx, table, op, "rope_table");
+  ops::CheckRopeTableArgs(op, x, table);
+  const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), half = x.dim(3) / 2;
+  if (b * t * h * half == 0) return;
+  SM_CHECK_MSG(b * t * h * half <= std::numeric_limits<int>::max(), op, " x ", x.DebugString(),
+               " has more pairs than one launch covers");
+  DispatchFloat(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const auto launch = [&](auto pack_tag) {
+      constexpr int V = decltype(pack_tag)::value;
+      const int64_t items = b * t * h * (half / V);
+      RopeFromTableKernel<T, V><<<Blocks(items), kThreads, 0, Stream(ctx)>>>(
+          static_cast<unsigned>(items), static_cast<unsigned>(half / V), static_cast<unsigned>(h),
+          static_cast<unsigned>(t), half, x_stride, out_stride, table.dim(1), sign > 0,
+          Ptr<const Acc<T>>(table), Ptr<const T>(x), Ptr<T>(out));
+    };
+    // As Run's; the table's rows then start on 16 bytes too.
+    LaunchPacked<T>(std::gcd(half, std::gcd(x_stride, out_stride)),
+                    {x.raw_data(), out.raw_data(), table.raw_data()}, launch);
+  });
+  SM_CHECK_LAUNCH(ctx, op, "RopeFromTableKernel");
+}
+
 void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, double sign,
-         const Tensor& out) {
+         const Tensor& out, const Tensor& table) {
   SM_CHECK_MSG(x.ndim() == 4, op, " x must be [B, T, H, D], got ", x.DebugString());
   SM_CHECK_MSG(x.dim(3) % 2 == 0, op, " head dim must be even, got ", x.DebugString());
   SM_CHECK_MSG(out.numel() == x.numel() && out.dtype() == x.dtype(), op, " out ", out.DebugString(),
@@ -155,6 +246,10 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
   SM_CHECK_MSG(!x.SharesDataWith(out) || x_stride == out_stride, op, " out ", out.DebugString(),
                " aliases x ", x.DebugString(), " with another token stride (", out_stride, " vs ",
                x_stride, ")");
+  if (table.defined()) {
+    RunFromTable(ctx, op, x, x_stride, out, out_stride, table, sign);
+    return;
+  }
   const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), d = x.dim(3);
   const int64_t half = d / 2, bh = b * h;
   if (t * half == 0 || bh == 0) return;
@@ -185,12 +280,14 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
 
 }  // namespace
 
-void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out) {
-  Run(ctx, "Rope", x, theta, 1.0, out);
+void Rope(const ExecContext& ctx, const Tensor& x, double theta, const Tensor& out,
+          const Tensor& table) {
+  Run(ctx, "Rope", x, theta, 1.0, out, table);
 }
 
-void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x) {
-  Run(ctx, "RopeBackward", d_out, theta, -1.0, d_x);
+void RopeBackward(const ExecContext& ctx, const Tensor& d_out, double theta, const Tensor& d_x,
+                  const Tensor& table) {
+  Run(ctx, "RopeBackward", d_out, theta, -1.0, d_x, table);
 }
 
 void RopeTable(const ExecContext& ctx, double theta, const Tensor& table) {

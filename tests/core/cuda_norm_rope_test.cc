@@ -15,7 +15,9 @@
 // On token-strided head vectors (core/head_rows.h: slices of a fused q|k|v
 // buffer whose gaps hold NaN bits) Rope, RopeBackward, the scaled norms and
 // their backwards give the bits of the same calls on contiguous copies and
-// write nothing outside their slice.
+// write nothing outside their slice. Rope and RopeBackward with RopeTable's
+// table give the bits they give without one (and the CPU's on that table);
+// a table of another shape, dtype or device is refused by name.
 #include <cstdint>
 #include <cstring>
 #include <vector>
@@ -541,6 +543,75 @@ TEST_F(CudaNormRopeTest, RopeTableIsWhatRopeRotatesBy) {
   EXPECT_TRUE(st.ok()) << st;
 }
 
+// With RopeTable's table (longer than the sequence): the bits of the
+// table-less kernel, out of place, in place and off a 16-byte boundary (one
+// element at a time, as are D = 2, 6 and 18 of kRopeShapes), and the CPU's
+// bits on the same table (the same products and roundings).
+TEST_F(CudaNormRopeTest, RopeWithATableIsTheTablelessBits) {
+  constexpr double kTheta = 500000.0;
+  uint64_t seed = 8000;
+  for (DType dtype : kFloats) {
+    for (const Shape& shape : kRopeShapes) {
+      ++seed;
+      const Tensor x = RandomHost(shape, dtype, seed, 1);
+      Tensor table = Poisoned({2, shape[1] + 3, shape[3] / 2}, StatDType(dtype));
+      ops::RopeTable(ctx_, kTheta, table);
+      for (double sign : {1.0, -1.0}) {
+        const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape),
+                                              sign > 0 ? " Rope" : " RopeBackward");
+        const auto rotate = [&](const ExecContext& ctx, const Tensor& in, const Tensor& out,
+                                const Tensor& tab) {
+          if (sign > 0) {
+            ops::Rope(ctx, in, kTheta, out, tab);
+          } else {
+            ops::RopeBackward(ctx, in, kTheta, out, tab);
+          }
+        };
+        Tensor computed = Poisoned(shape, dtype);
+        rotate(ctx_, Dev(x), computed, Tensor());
+        const Tensor want = Host(computed);
+        Tensor got = Poisoned(shape, dtype);
+        rotate(ctx_, Dev(x), got, table);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(got), want)) << what;
+        Tensor in_place = Dev(x);
+        rotate(ctx_, in_place, in_place, table);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(in_place), want)) << "in place, " << what;
+        Tensor unaligned = Misaligned(ctx_, Host(Poisoned(shape, dtype)));
+        rotate(ctx_, Misaligned(ctx_, x), unaligned, table);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(unaligned), want)) << "off 16 bytes, " << what;
+        Tensor cpu = Tensor::Empty(shape, dtype);
+        rotate(cpu_, x, cpu, Host(table));
+        EXPECT_TRUE(testing::BitwiseEqual(cpu, want)) << "CPU, " << what;
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// A table that is not RopeTable's for x fails the check, naming the op, the
+// table and what it must be: too few positions, another D/2, another dtype
+// (bf16 x computes in f32), on the host.
+using CudaNormRopeDeathTest = CudaNormRopeTest;
+
+TEST_F(CudaNormRopeDeathTest, RopeRefusesAnotherTable) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");  // the CUDA runtime's threads
+  const Shape shape{2, 5, 3, 64};
+  const Tensor x = Dev(RandomHost(shape, DType::kF32, 1, 1));
+  const Tensor out = Poisoned(shape, DType::kF32);
+  EXPECT_DEATH(ops::Rope(ctx_, x, 1e4, out, Poisoned({2, 4, 32}, DType::kF32)),
+               "Rope rope_table f32\\[2, 4, 32\\].*want \\[2, >= 5, 32\\] f32");
+  EXPECT_DEATH(ops::RopeBackward(ctx_, x, 1e4, out, Poisoned({2, 5, 64}, DType::kF32)),
+               "RopeBackward rope_table f32\\[2, 5, 64\\].*want \\[2, >= 5, 32\\] f32");
+  EXPECT_DEATH(ops::Rope(ctx_, x, 1e4, out, Poisoned({2, 5, 32}, DType::kF64)),
+               "Rope rope_table f64\\[2, 5, 32\\].*want .* f32");
+  const Tensor xb = Dev(RandomHost(shape, DType::kBF16, 1, 1));
+  EXPECT_DEATH(ops::Rope(ctx_, xb, 1e4, xb, Poisoned({2, 5, 32}, DType::kBF16)),
+               "Rope rope_table bf16\\[2, 5, 32\\].*want .* f32");
+  EXPECT_DEATH(ops::Rope(ctx_, x, 1e4, out, Tensor::Zeros({2, 5, 32}, DType::kF32)),
+               "Rope rope_table needs a contiguous CUDA tensor");
+}
+
 // ---------------------------------------------------------------- token-strided heads
 
 // Slices of wider buffers: tests/core/head_rows_test_util.h.
@@ -564,10 +635,11 @@ bool RowsOnPacks(const Tensor& view) {
 
 // Rope and RopeBackward with token-strided x, out or both (q or k a slice
 // of a fused q|k|v buffer, out at a stride of its own), and in place on a
-// slice: the bits of the contiguous call on the same values, every other
-// element of both buffers untouched (NaN bits), and the CPU's values (f64
-// on the same inputs). Packed (aligned, D = 64 and 128) and one element at
-// a time (off a 16-byte boundary; D = 6 and 18); three heads; one token.
+// slice, without and with RopeTable's table: the bits of the contiguous
+// call without one on the same values, every other element of both buffers
+// untouched (NaN bits), and the CPU's values (f64 on the same inputs).
+// Packed (aligned, D = 64 and 128) and one element at a time (off a 16-byte
+// boundary; D = 6 and 18); three heads; one token.
 TEST_F(CudaNormRopeTest, RopeOnTokenStridedHeadsIsTheContiguousBits) {
   const std::vector<Layout> layouts = {Heads(2, 5, 8, 4, 2, 64),    Heads(1, 37, 8, 0, 4, 128),
                                        Heads(2, 9, 8, 4, 2, 64, 1), Heads(2, 3, 12, 6, 3, 6),
@@ -583,38 +655,44 @@ TEST_F(CudaNormRopeTest, RopeOnTokenStridedHeadsIsTheContiguousBits) {
         const std::string what =
             absl::StrCat(DTypeName(dtype), " ", ShapeString(shape), " of ", ShapeString(in.wide),
                          in.skip ? " off 16 bytes" : "", sign > 0 ? " Rope" : " RopeBackward");
-        const auto rotate = [&](const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+        const auto rotate = [&](const ExecContext& ctx, const Tensor& x, const Tensor& y,
+                                const Tensor& table) {
           if (sign > 0) {
-            ops::Rope(ctx, x, kTheta, y);
+            ops::Rope(ctx, x, kTheta, y, table);
           } else {
-            ops::RopeBackward(ctx, x, kTheta, y);
+            ops::RopeBackward(ctx, x, kTheta, y, table);
           }
         };
         const Tensor x = RandomHost(shape, dtype, seed, 1);
         Tensor contiguous = Poisoned(shape, dtype);
-        rotate(ctx_, Dev(x), contiguous);
+        rotate(ctx_, Dev(x), contiguous, Tensor());
         const Tensor want = Host(contiguous);
         Tensor ref = Tensor::Empty(shape, DType::kF64);
-        rotate(cpu_, F64(x), ref);
+        rotate(cpu_, F64(x), ref, Tensor());
         ExpectParity(want, ref, ParityTolerance(dtype), what);
 
         const Tensor src = HostBuffer(in, dtype, x), dst = HostBuffer(out, dtype);
         Tensor src_want = src.Clone(), dst_want = dst.Clone();
         SliceOf(in, src_want).CopyFrom(want);
         SliceOf(out, dst_want).CopyFrom(want);
-        const Tensor src_dev = Dev(src);
-        Tensor got = Poisoned(shape, dtype);
-        rotate(ctx_, SliceOf(in, src_dev), got);
-        EXPECT_TRUE(testing::BitwiseEqual(Host(got), want)) << "strided x, " << what;
-        Tensor dst_dev = Dev(dst);
-        rotate(ctx_, Dev(x), SliceOf(out, dst_dev));
-        EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "strided out, " << what;
-        dst_dev = Dev(dst);
-        rotate(ctx_, SliceOf(in, src_dev), SliceOf(out, dst_dev));
-        EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "both strided, " << what;
-        EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src)) << "x's buffer kept, " << what;
-        rotate(ctx_, SliceOf(in, src_dev), SliceOf(in, src_dev));
-        EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src_want)) << "in place, " << what;
+        Tensor table = Poisoned({2, shape[1], shape[3] / 2}, StatDType(dtype));
+        ops::RopeTable(ctx_, kTheta, table);
+        for (const Tensor& tab : {Tensor(), table}) {
+          const std::string how = absl::StrCat(what, tab.defined() ? " with a table" : "");
+          const Tensor src_dev = Dev(src);
+          Tensor got = Poisoned(shape, dtype);
+          rotate(ctx_, SliceOf(in, src_dev), got, tab);
+          EXPECT_TRUE(testing::BitwiseEqual(Host(got), want)) << "strided x, " << how;
+          Tensor dst_dev = Dev(dst);
+          rotate(ctx_, Dev(x), SliceOf(out, dst_dev), tab);
+          EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "strided out, " << how;
+          dst_dev = Dev(dst);
+          rotate(ctx_, SliceOf(in, src_dev), SliceOf(out, dst_dev), tab);
+          EXPECT_TRUE(testing::BitwiseEqual(Host(dst_dev), dst_want)) << "both strided, " << how;
+          EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src)) << "x's buffer kept, " << how;
+          rotate(ctx_, SliceOf(in, src_dev), SliceOf(in, src_dev), tab);
+          EXPECT_TRUE(testing::BitwiseEqual(Host(src_dev), src_want)) << "in place, " << how;
+        }
       }
     }
   }

@@ -3,7 +3,8 @@
 // ScaledRmsNormalize(Rope) and their backwards, CausalAttention and its
 // backward) give the bits they give on
 // contiguous tensors of the same values, and write nothing outside their
-// slice of the wider matrix (kept NaN here).
+// slice of the wider matrix (kept NaN here). Rope and RopeBackward give the
+// same bits with RopeTable's table as without one.
 #include "core/head_rows.h"
 
 #include <cmath>
@@ -138,6 +139,36 @@ TEST(HeadRowsTest, RopeReadsAndWritesSlices) {
   }
 }
 
+// With RopeTable's table (longer than the sequence): the bits of the calls
+// without one, contiguous, from a slice into a slice and in place.
+TEST(HeadRowsTest, RopeWithATableIsTheTablelessBits) {
+  const ExecContext ctx;
+  for (const DType dtype : kDTypes) {
+    const Tensor x = RandomTensor({2, 5, 3, 8}, 3, 1.0, dtype);
+    Tensor ref = Tensor::Empty(x.shape(), dtype), d_ref = Tensor::Empty(x.shape(), dtype);
+    ops::Rope(ctx, x, kTheta, ref);
+    ops::RopeBackward(ctx, x, kTheta, d_ref);
+    const Tensor table = Tensor::Empty({2, 7, 4}, StatDType(dtype));
+    ops::RopeTable(ctx, kTheta, table);
+    const std::string what = DTypeName(dtype);
+
+    Tensor out = Tensor::Empty(x.shape(), dtype), d_x = Tensor::Empty(x.shape(), dtype);
+    ops::Rope(ctx, x, kTheta, out, table);
+    ops::RopeBackward(ctx, x, kTheta, d_x, table);
+    EXPECT_TRUE(SameBits(out, ref)) << what;
+    EXPECT_TRUE(SameBits(d_x, d_ref)) << what;
+    Wide in = Slice(2, 5, 9, 4, 3, 8, dtype);
+    ops::CopyHeads(ctx, x, in.view);
+    Wide back = Slice(2, 5, 9, 1, 3, 8, dtype);
+    ops::RopeBackward(ctx, in.view, kTheta, back.view, table);  // slice to slice
+    EXPECT_TRUE(SameBits(Dense(ctx, back.view), d_ref)) << what;
+    EXPECT_TRUE(OutsideIsNaN(back.buf, 1, 3)) << what;
+    ops::Rope(ctx, in.view, kTheta, in.view, table);  // in place
+    EXPECT_TRUE(SameBits(Dense(ctx, in.view), ref)) << what;
+    EXPECT_TRUE(OutsideIsNaN(in.buf, 4, 3)) << what;
+  }
+}
+
 struct NormCase {
   DType x, io;
 };
@@ -250,6 +281,16 @@ TEST(HeadRowsDeathTest, OtherViewsAreRefusedByName) {
   const Tensor tokens = t.Narrow(1, 0, 2);
   EXPECT_DEATH(ops::Rope(ctx, tokens, kTheta, Tensor::Empty(tokens.shape(), DType::kF32)),
                "Rope x needs head rows");
+}
+
+TEST(HeadRowsDeathTest, RopeRefusesATableNotForX) {
+  const ExecContext ctx;
+  const Tensor x = RandomTensor({2, 3, 4, 8}, 7, 1.0, DType::kF32);
+  const Tensor out = Tensor::Empty(x.shape(), DType::kF32);
+  EXPECT_DEATH(ops::Rope(ctx, x, kTheta, out, Tensor::Empty({2, 2, 4}, DType::kF32)),
+               "Rope rope_table f32\\[2, 2, 4\\].*want \\[2, >= 3, 4\\] f32");
+  EXPECT_DEATH(ops::RopeBackward(ctx, x, kTheta, out, Tensor::Empty({2, 3, 4}, DType::kF64)),
+               "RopeBackward rope_table f64\\[2, 3, 4\\].*want \\[2, >= 3, 4\\] f32");
 }
 
 }  // namespace
