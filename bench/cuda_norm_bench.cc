@@ -4,8 +4,8 @@
 // projection's output), y, d_y and d_x in bf16; and with every tensor fp32.
 // Rope in place on a contiguous tensor, computing its cos/sin (rope) or
 // reading RopeTable's (rope_table), and with the table on q as the model
-// holds it, a slice of the fused q|k|v output (rope_qkv_table: token stride
-// 3·H·D).
+// holds it, a slice of the fused q|k|v output (token stride 3·H·D), with
+// and without the table (rope_qkv_table, rope_qkv).
 // The figure of merit is the DRAM traffic each call must move (x, the
 // outputs, d_y and rstd; d_gamma's partial rows are not counted) over its
 // time.
@@ -84,6 +84,9 @@ int Main() {
           Us(*ctx, "Rope table", [&] { ops::Rope(*ctx, y4, 10000.0, y4, table); });
       Print(c, "rope_table", io_name, rope_table, 2 * io_bytes);
       const Tensor q = ctx->Empty({c.b, c.t, 3 * c.h, c.d}, io).Narrow(2, 0, c.h);
+      const double rope_qkv_angles =
+          Us(*ctx, "Rope q|k|v", [&] { ops::Rope(*ctx, q, 10000.0, q); });
+      Print(c, "rope_qkv", io_name, rope_qkv_angles, 2 * io_bytes);
       const double rope_qkv =
           Us(*ctx, "Rope q|k|v table", [&] { ops::Rope(*ctx, q, 10000.0, q, table); });
       Print(c, "rope_qkv_table", io_name, rope_qkv, 2 * io_bytes);
