@@ -12,7 +12,7 @@
 #
 # usage: bench/gpu_bench.sh [ABSL_PREFIX]     (as scripts/gpu_check.sh)
 # environment (defaults sized for <= 9 minutes on an H200, build included):
-#   PRESETS="gpu_moe_125m gpu_finegrained_64e"   MICRO_BATCH=8  GLOBAL_BATCH=64
+#   PRESETS="gpu_moe_125m gpu_finegrained_64e"   MICRO_BATCH=16 (the presets')  GLOBAL_BATCH=64
 #   STEPS=20 (timed, >= 20 for the issue's figures)  WARMUP=3  PROFILE_STEPS=2
 #   TORCH_COMPILE=block|model|none  BUILD_DIR=build-gpu
 #   RUN_TIMEOUT=150, TORCH_TIMEOUT=240: seconds one run of ours / of torch may take
@@ -46,7 +46,7 @@ if [ -n "${1:-}" ]; then
 fi
 build=${BUILD_DIR:-build-gpu}
 presets=${PRESETS:-gpu_moe_125m gpu_finegrained_64e}
-micro=${MICRO_BATCH:-8}
+micro=${MICRO_BATCH:-16}
 global=${GLOBAL_BATCH:-64}
 steps=${STEPS:-20}
 warmup=${WARMUP:-3}
