@@ -24,11 +24,13 @@ inline std::string ShapeName(const RouteShape& s) {
 }
 
 // One token; k = 1 and k = 8 with 64 experts; k = E; rows wider than a
-// warp; 32768 assignments (the radix sorts' multi-block path).
+// warp; 32768 assignments (the radix sorts' multi-block path); k = 12
+// (CombineSlots' slots in two chunks of 8).
 inline const std::vector<RouteShape>& RouteShapes() {
   static const std::vector<RouteShape> shapes = {
       {1, 8, 2},     {1, 64, 8}, {37, 16, 1}, {256, 64, 8},  {1000, 64, 1},
       {513, 128, 4}, {5, 1, 1},  {33, 6, 6},  {300, 200, 3}, {4096, 64, 8},
+      {70, 32, 12},
   };
   return shapes;
 }
