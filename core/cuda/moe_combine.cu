@@ -66,11 +66,15 @@ __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
   }
 }
 
+// Packs of each row a lane of SlotDotKernel loads before it sums them.
+constexpr int kDotPacksInFlight = 4;
+
 // One warp per (t, j): out[t, j] = <x[t], rows[slot_row[t, j]]>. O, out's
 // type, is T or f32 for bf16 T (the f32 sum stored unrounded). Each lane
 // sums packs of V elements lane, lane + 32, ... (V > 1: 16-byte loads, which
-// need c % V == 0 and x and rows 16-byte aligned; the launcher checks), then
-// the warp's fixed butterfly.
+// need c % V == 0 and x and rows 16-byte aligned; the launcher checks),
+// kDotPacksInFlight of them loaded at a time and summed in order, then the
+// warp's fixed butterfly.
 template <typename T, typename O, int V>
 __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* x,
                               const int32_t* slot_row, const T* rows, O* out) {
@@ -84,12 +88,21 @@ __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
     if (r >= 0 && r < m) {
       const T* xt = x + (p / k) * c;
       const T* y = rows + static_cast<int64_t>(r) * c;
-      for (int64_t i = lane * V; i < c; i += 32 * V) {
-        A xv[V], yv[V];
-        LoadPack<V>(xt, i, V, xv);
-        LoadPack<V>(y, i, V, yv);
+      for (int64_t i0 = lane * V; i0 < c; i0 += kDotPacksInFlight * 32 * V) {
+        Pack<T, V> xv[kDotPacksInFlight], yv[kDotPacksInFlight];
 #pragma unroll
-        for (int q = 0; q < V; ++q) acc += xv[q] * yv[q];
+        for (int q = 0; q < kDotPacksInFlight; ++q) {
+          const int64_t i = i0 + q * 32 * V;
+          if (i >= c) continue;
+          xv[q] = *reinterpret_cast<const Pack<T, V>*>(xt + i);
+          yv[q] = *reinterpret_cast<const Pack<T, V>*>(y + i);
+        }
+#pragma unroll
+        for (int q = 0; q < kDotPacksInFlight; ++q) {
+          if (i0 + q * 32 * V >= c) continue;
+#pragma unroll
+          for (int v = 0; v < V; ++v) acc += ToAcc(xv[q].v[v]) * ToAcc(yv[q].v[v]);
+        }
       }
     }
     acc = WarpSum(acc);
