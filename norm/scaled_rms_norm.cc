@@ -55,6 +55,10 @@ bool ScaledRmsNorm::TableFits() const {
          rope_.table.dim(1) >= rope_.seq && rope_.table.dim(2) == dim_ / 2;
 }
 
+Tensor ScaledRmsNorm::RopeTableFor(const Tensor& t) const {
+  return TableFits() && rope_.table.dtype() == StatDType(t.dtype()) ? rope_.table : Tensor();
+}
+
 void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y,
                             const Rope* rope) {
   SM_CHECK_MSG(x.numel() % dim_ == 0 && y.numel() == x.numel(), name_, ": x ", x.DebugString(),
@@ -95,7 +99,7 @@ void ScaledRmsNorm::Forward(const ExecContext& ctx, const Tensor& x, const Tenso
       if (!out.SharesDataWith(y)) ops::Copy(ctx, out, y);
     }
   }
-  if (rope) ops::Rope(ctx, HeadsView(y), rope_.theta, HeadsView(y));
+  if (rope) ops::Rope(ctx, HeadsView(y), rope_.theta, HeadsView(y), RopeTableFor(y));
 }
 
 void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x) {
@@ -118,14 +122,16 @@ void ScaledRmsNorm::Backward(const ExecContext& ctx, const Tensor& d_y, const Te
       ops::ScaledRmsNormalizeRopeBackward(ctx, HeadsView(x_), rstd_, gamma_, rope_.table,
                                           HeadsView(d_y), d_x2, d_gamma_);
     } else {
-      if (rope) ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y));
+      if (rope) {
+        ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y), RopeTableFor(d_y));
+      }
       const Tensor d_y2 = InDType(ctx, d_y.View({rows, dim_}), io);
       ops::ScaledRmsNormalizeBackward(ctx, x_, rstd_, gamma_, d_y2, d_x2, d_gamma_);
     }
     if (!d_x2.SharesDataWith(d_x)) ops::Copy(ctx, d_x2, d_x);
     return;
   }
-  if (rope) ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y));
+  if (rope) ops::RopeBackward(ctx, HeadsView(d_y), rope_.theta, HeadsView(d_y), RopeTableFor(d_y));
   Tensor d_n = InDType(ctx, d_y.View({rows, dim_}), dtype_);
   if (scale_) {
     Tensor d_y2 = d_n;

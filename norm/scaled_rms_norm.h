@@ -82,6 +82,9 @@ class ScaledRmsNorm {
   Tensor HeadsView(const Tensor& t) const;
   // Whether rope_'s table serves the fused op on x4.
   bool TableFits() const;
+  // The rope table for ops::Rope on t where it fits t's compute dtype (the
+  // same bits, no angles computed per call), else none.
+  Tensor RopeTableFor(const Tensor& t) const;
 
   std::string name_;
   int64_t dim_;

@@ -1,7 +1,11 @@
-// ScaledRmsNorm: forward semantics, f64 gradients (every reparam), mode NONE.
+// ScaledRmsNorm: forward semantics, f64 gradients (every reparam), mode NONE,
+// RoPE outside the fused op with and without the table.
+#include "norm/scaled_rms_norm.h"
+
+#include <cstring>
+
 #include "core/ops.h"
 #include "gtest/gtest.h"
-#include "norm/scaled_rms_norm.h"
 #include "tests/testing/gradcheck.h"
 #include "tests/testing/status_util.h"
 
@@ -85,6 +89,68 @@ TEST(ScaledRmsNormTest, ModeNoneHasNoParametersAndOnlyNormalizes) {
   norm.Forward(ctx, x, y);
   EXPECT_NEAR(y.At(0), std::sqrt(1.5), 1e-14);
   EXPECT_NEAR(y.At(2), -std::sqrt(1.5), 1e-14);
+}
+
+// RoPE after the norm in its own op (the paths the fused norm + RoPE does
+// not take: no γ under mode NONE, a head dim past the fused op's) reads the
+// rope table where it fits: the same bits as without one, forward and
+// backward (y, d_x and d_γ).
+TEST(ScaledRmsNormTest, RopeOutsideTheFusedOpGivesTheTablelessBits) {
+  constexpr double kTheta = 10000.0;
+  constexpr int64_t kBatch = 2, kSeq = 5, kHeads = 3;
+  struct Case {
+    config::ScaleVectorConfig::Mode mode;
+    int64_t dim;
+  };
+  for (const Case c : {Case{config::ScaleVectorConfig::NONE, 8},
+                       Case{config::ScaleVectorConfig::SHARED, 2 * 136}}) {
+    SCOPED_TRACE(c.dim);
+    ASSERT_GT(c.dim,
+              c.mode == config::ScaleVectorConfig::NONE ? 0 : ops::kScaledRmsNormalizeMaxDim);
+    const ExecContext ctx;
+    const int64_t rows = kBatch * kSeq * kHeads;
+    const Tensor x = RandomTensor({rows, c.dim}, 5, 1.0, DType::kF32);
+    const Tensor d_y = RandomTensor({rows, c.dim}, 6, 1.0, DType::kF32);
+    Tensor table = Tensor::Empty({2, kSeq + 3, c.dim / 2}, DType::kF32);
+    ops::RopeTable(ctx, kTheta, table);
+    // y, d_x and the flat gradients of one forward and backward.
+    auto run = [&](const Tensor& rope_table) {
+      config::ScaleVectorConfig cfg;
+      cfg.set_mode(c.mode);
+      ParamRegistry registry;
+      ScaledRmsNorm norm(registry, ScaleOptions(cfg), "q_norm", c.dim, 1e-6);
+      Must(registry.Materialize(1, DType::kF32, Device::kCPU));
+      registry.ZeroGrads();
+      Must(norm.PrepareStep(ctx, DType::kF32));
+      const ScaledRmsNorm::Rope rope{kTheta, rope_table, kBatch, kSeq};
+      Tensor y = Tensor::Empty({rows, c.dim}, DType::kF32);
+      norm.Forward(ctx, x, y, &rope);
+      Tensor d_x = Tensor::Empty({rows, c.dim}, DType::kF32);
+      norm.Backward(ctx, d_y.Clone(), d_x);
+      Must(norm.FinishBackward(ctx));
+      std::vector<Tensor> out = {y, d_x};
+      const Tensor grads = registry.flat_grads();
+      if (grads.defined() && grads.numel() > 0) out.push_back(grads.Clone());
+      return out;
+    };
+    const std::vector<Tensor> with = run(table), without = run(Tensor());
+    ASSERT_EQ(with.size(), without.size());
+    EXPECT_EQ(with.size(), c.mode == config::ScaleVectorConfig::NONE ? 2u : 3u);
+    for (size_t i = 0; i < with.size(); ++i) {
+      ASSERT_EQ(with[i].nbytes(), without[i].nbytes());
+      EXPECT_EQ(std::memcmp(with[i].raw_data(), without[i].raw_data(), with[i].nbytes()), 0) << i;
+    }
+    // The rotation took place: y differs from the norm alone.
+    config::ScaleVectorConfig cfg;
+    cfg.set_mode(c.mode);
+    ParamRegistry registry;
+    ScaledRmsNorm plain(registry, ScaleOptions(cfg), "q_norm", c.dim, 1e-6);
+    Must(registry.Materialize(1, DType::kF32, Device::kCPU));
+    Must(plain.PrepareStep(ctx, DType::kF32));
+    Tensor y_plain = Tensor::Empty({rows, c.dim}, DType::kF32);
+    plain.Forward(ctx, x, y_plain);
+    EXPECT_NE(std::memcmp(with[0].raw_data(), y_plain.raw_data(), y_plain.nbytes()), 0);
+  }
 }
 
 }  // namespace
