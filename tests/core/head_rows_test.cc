@@ -115,57 +115,42 @@ TEST(HeadRowsTest, CopyHeadsInAndOutOfASlice) {
   }
 }
 
-TEST(HeadRowsTest, RopeReadsAndWritesSlices) {
+// Rope and RopeBackward from a slice, into a slice and in place: the bits
+// of the contiguous calls; and so with RopeTable's table (longer than the
+// sequence), contiguous too.
+TEST(HeadRowsTest, RopeReadsAndWritesSlicesWithAndWithoutATable) {
   const ExecContext ctx;
   for (const DType dtype : kDTypes) {
     const Tensor x = RandomTensor({2, 5, 3, 8}, 2, 1.0, dtype);
     Tensor ref = Tensor::Empty(x.shape(), dtype), d_ref = Tensor::Empty(x.shape(), dtype);
     ops::Rope(ctx, x, kTheta, ref);
     ops::RopeBackward(ctx, x, kTheta, d_ref);
-    const std::string what = DTypeName(dtype);
-
-    Wide in = Slice(2, 5, 9, 4, 3, 8, dtype);
-    ops::CopyHeads(ctx, x, in.view);
-    Tensor out = Tensor::Empty(x.shape(), dtype);
-    ops::Rope(ctx, in.view, kTheta, out);  // slice in
-    EXPECT_TRUE(SameBits(out, ref)) << what;
-    Wide back = Slice(2, 5, 9, 1, 3, 8, dtype);
-    ops::RopeBackward(ctx, x, kTheta, back.view);  // slice out
-    EXPECT_TRUE(SameBits(Dense(ctx, back.view), d_ref)) << what;
-    EXPECT_TRUE(OutsideIsNaN(back.buf, 1, 3)) << what;
-    ops::Rope(ctx, in.view, kTheta, in.view);  // in place
-    EXPECT_TRUE(SameBits(Dense(ctx, in.view), ref)) << what;
-    EXPECT_TRUE(OutsideIsNaN(in.buf, 4, 3)) << what;
-  }
-}
-
-// With RopeTable's table (longer than the sequence): the bits of the calls
-// without one, contiguous, from a slice into a slice and in place.
-TEST(HeadRowsTest, RopeWithATableIsTheTablelessBits) {
-  const ExecContext ctx;
-  for (const DType dtype : kDTypes) {
-    const Tensor x = RandomTensor({2, 5, 3, 8}, 3, 1.0, dtype);
-    Tensor ref = Tensor::Empty(x.shape(), dtype), d_ref = Tensor::Empty(x.shape(), dtype);
-    ops::Rope(ctx, x, kTheta, ref);
-    ops::RopeBackward(ctx, x, kTheta, d_ref);
-    const Tensor table = Tensor::Empty({2, 7, 4}, StatDType(dtype));
+    Tensor table = Tensor::Empty({2, 7, 4}, StatDType(dtype));
     ops::RopeTable(ctx, kTheta, table);
-    const std::string what = DTypeName(dtype);
+    for (const Tensor& by : {Tensor(), table}) {
+      const std::string what = absl::StrCat(DTypeName(dtype), by.defined() ? ", table" : "");
+      Tensor out = Tensor::Empty(x.shape(), dtype), d_x = Tensor::Empty(x.shape(), dtype);
+      ops::Rope(ctx, x, kTheta, out, by);
+      ops::RopeBackward(ctx, x, kTheta, d_x, by);
+      EXPECT_TRUE(SameBits(out, ref)) << what;
+      EXPECT_TRUE(SameBits(d_x, d_ref)) << what;
 
-    Tensor out = Tensor::Empty(x.shape(), dtype), d_x = Tensor::Empty(x.shape(), dtype);
-    ops::Rope(ctx, x, kTheta, out, table);
-    ops::RopeBackward(ctx, x, kTheta, d_x, table);
-    EXPECT_TRUE(SameBits(out, ref)) << what;
-    EXPECT_TRUE(SameBits(d_x, d_ref)) << what;
-    Wide in = Slice(2, 5, 9, 4, 3, 8, dtype);
-    ops::CopyHeads(ctx, x, in.view);
-    Wide back = Slice(2, 5, 9, 1, 3, 8, dtype);
-    ops::RopeBackward(ctx, in.view, kTheta, back.view, table);  // slice to slice
-    EXPECT_TRUE(SameBits(Dense(ctx, back.view), d_ref)) << what;
-    EXPECT_TRUE(OutsideIsNaN(back.buf, 1, 3)) << what;
-    ops::Rope(ctx, in.view, kTheta, in.view, table);  // in place
-    EXPECT_TRUE(SameBits(Dense(ctx, in.view), ref)) << what;
-    EXPECT_TRUE(OutsideIsNaN(in.buf, 4, 3)) << what;
+      Wide in = Slice(2, 5, 9, 4, 3, 8, dtype);
+      ops::CopyHeads(ctx, x, in.view);
+      ops::Rope(ctx, in.view, kTheta, out, by);  // slice in
+      EXPECT_TRUE(SameBits(out, ref)) << what;
+      Wide back = Slice(2, 5, 9, 1, 3, 8, dtype);
+      ops::RopeBackward(ctx, x, kTheta, back.view, by);  // slice out
+      EXPECT_TRUE(SameBits(Dense(ctx, back.view), d_ref)) << what;
+      EXPECT_TRUE(OutsideIsNaN(back.buf, 1, 3)) << what;
+      Wide across = Slice(2, 5, 9, 1, 3, 8, dtype);
+      ops::RopeBackward(ctx, in.view, kTheta, across.view, by);  // slice to slice
+      EXPECT_TRUE(SameBits(Dense(ctx, across.view), d_ref)) << what;
+      EXPECT_TRUE(OutsideIsNaN(across.buf, 1, 3)) << what;
+      ops::Rope(ctx, in.view, kTheta, in.view, by);  // in place
+      EXPECT_TRUE(SameBits(Dense(ctx, in.view), ref)) << what;
+      EXPECT_TRUE(OutsideIsNaN(in.buf, 4, 3)) << what;
+    }
   }
 }
 
