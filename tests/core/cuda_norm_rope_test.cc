@@ -39,6 +39,17 @@ using testing::RandomHost;
 
 constexpr DType kFloats[] = {DType::kF32, DType::kF64, DType::kBF16};
 
+// Rope (sign > 0) or RopeBackward (sign < 0) of in into out, by table when
+// it is defined.
+void RotateBy(const ExecContext& ctx, double theta, double sign, const Tensor& in,
+              const Tensor& out, const Tensor& table) {
+  if (sign > 0) {
+    ops::Rope(ctx, in, theta, out, table);
+  } else {
+    ops::RopeBackward(ctx, in, theta, out, table);
+  }
+}
+
 // x shapes: rows of the last dim. One token; odd hidden sizes, shorter than
 // a pack; per-head rows; not a multiple of a pack (warp path); the block
 // path (rows over 1024), unpacked and packed.
@@ -560,12 +571,8 @@ TEST_F(CudaNormRopeTest, RopeWithATableIsTheTablelessBits) {
         const std::string what = absl::StrCat(DTypeName(dtype), " x ", ShapeString(shape),
                                               sign > 0 ? " Rope" : " RopeBackward");
         const auto rotate = [&](const ExecContext& ctx, const Tensor& in, const Tensor& out,
-                                const Tensor& tab) {
-          if (sign > 0) {
-            ops::Rope(ctx, in, kTheta, out, tab);
-          } else {
-            ops::RopeBackward(ctx, in, kTheta, out, tab);
-          }
+                                const Tensor& table) {
+          RotateBy(ctx, kTheta, sign, in, out, table);
         };
         Tensor computed = Poisoned(shape, dtype);
         rotate(ctx_, Dev(x), computed, Tensor());
@@ -655,13 +662,9 @@ TEST_F(CudaNormRopeTest, RopeOnTokenStridedHeadsIsTheContiguousBits) {
         const std::string what =
             absl::StrCat(DTypeName(dtype), " ", ShapeString(shape), " of ", ShapeString(in.wide),
                          in.skip ? " off 16 bytes" : "", sign > 0 ? " Rope" : " RopeBackward");
-        const auto rotate = [&](const ExecContext& ctx, const Tensor& x, const Tensor& y,
+        const auto rotate = [&](const ExecContext& ctx, const Tensor& in, const Tensor& out,
                                 const Tensor& table) {
-          if (sign > 0) {
-            ops::Rope(ctx, x, kTheta, y, table);
-          } else {
-            ops::RopeBackward(ctx, x, kTheta, y, table);
-          }
+          RotateBy(ctx, kTheta, sign, in, out, table);
         };
         const Tensor x = RandomHost(shape, dtype, seed, 1);
         Tensor contiguous = Poisoned(shape, dtype);
