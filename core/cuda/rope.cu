@@ -210,7 +210,7 @@ int64_t CheckTokenStride(const ExecContext& ctx, const char* op, const Tensor& x
 // Rope or RopeBackward (sign) by table's cos and sin: RopeFromTableKernel.
 void RunFromTable(const ExecContext& ctx, const char* op, const Tensor& x, int64_t x_stride,
                   const Tensor& out, int64_t out_stride, const Tensor& table, double sign) {
-  CheckOnDevice(ctx, table, op, "rope_table");
+  CheckOnDevice(ctx, table, op, "rope_table");  // a contiguous CUDA tensor
   ops::CheckRopeTableArgs(op, x, table);
   const int64_t b = x.dim(0), t = x.dim(1), h = x.dim(2), half = x.dim(3) / 2;
   if (b * t * h * half == 0) return;
