@@ -10,8 +10,6 @@
 // CombineSlots moves 16-byte packs of a row (8 bf16, 4 f32, 2 f64) when the
 // width is a multiple of the pack and rows and out are 16-byte aligned, else
 // single elements; either way each element gets the same sum.
-#include <type_traits>
-
 #include "core/cuda/cuda_ops.h"
 #include "core/cuda/kernel_util.cuh"
 
@@ -20,18 +18,12 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
-// Slots whose rows a thread loads before it adds them, S = 2, 4 or 8 (the
-// fewest that hold top-k, at most 8: registers): one slot at a time (its
-// index, then its row, then the add) moved ~1.9 TB/s on an H100 (64e's 8
-// slots of 65,536 rows: 52 us a call).
-//
 // Thread per V columns of a token: out[t, i..i+V) += Σ_j w[t, j]·rows[r_j, i..i+V),
 // each element's sum in slot order from its out value, rounded once. W, the
 // weights' type, is T or f32 for bf16 T (loaded unrounded). V = 1 or
 // 16 / sizeof(T); V > 1 needs c % V == 0 and rows and out 16-byte aligned
-// (the launcher checks), so every row's packs are aligned. The slots go in
-// chunks of S: their loads first, then their adds in order.
-template <typename T, typename W, int V, int S>
+// (the launcher checks), so every row's packs are aligned.
+template <typename T, typename W, int V>
 __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* rows,
                               const int32_t* slot_row, const W* w, T* out) {
   using A = Acc<T>;
@@ -42,39 +34,24 @@ __global__ void CombineKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
     const int64_t t = e / packs, i = (e - t * packs) * V;
     A acc[V];
     LoadPack<V>(out + t * c, i, V, acc);
-    for (int64_t j0 = 0; j0 < k; j0 += S) {
-      Pack<T, V> y[S];
-      A wj[S];
-      bool ok[S];
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t r = slot_row[t * k + j];
+      if (r < 0 || r >= m) continue;
+      const A wj = w ? ToAcc(w[t * k + j]) : A(1);
+      A y[V];
+      LoadPack<V>(rows + static_cast<int64_t>(r) * c, i, V, y);
 #pragma unroll
-      for (int q = 0; q < S; ++q) {
-        const int64_t j = j0 + q;
-        const int32_t r = j < k ? slot_row[t * k + j] : -1;
-        ok[q] = r >= 0 && r < m;
-        if (!ok[q]) continue;
-        wj[q] = w ? ToAcc(w[t * k + j]) : A(1);
-        y[q] = *reinterpret_cast<const Pack<T, V>*>(rows + static_cast<int64_t>(r) * c + i);
-      }
-#pragma unroll
-      for (int q = 0; q < S; ++q) {
-        if (!ok[q]) continue;
-#pragma unroll
-        for (int v = 0; v < V; ++v) acc[v] += wj[q] * ToAcc(y[q].v[v]);
-      }
+      for (int v = 0; v < V; ++v) acc[v] += wj * y[v];
     }
     StorePack<V>(out + t * c, i, V, acc);
   }
 }
 
-// Packs of each row a lane of SlotDotKernel loads before it sums them.
-constexpr int kDotPacksInFlight = 4;
-
 // One warp per (t, j): out[t, j] = <x[t], rows[slot_row[t, j]]>. O, out's
 // type, is T or f32 for bf16 T (the f32 sum stored unrounded). Each lane
 // sums packs of V elements lane, lane + 32, ... (V > 1: 16-byte loads, which
-// need c % V == 0 and x and rows 16-byte aligned; the launcher checks),
-// kDotPacksInFlight of them loaded at a time and summed in order, then the
-// warp's fixed butterfly.
+// need c % V == 0 and x and rows 16-byte aligned; the launcher checks), then
+// the warp's fixed butterfly.
 template <typename T, typename O, int V>
 __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const T* x,
                               const int32_t* slot_row, const T* rows, O* out) {
@@ -88,21 +65,12 @@ __global__ void SlotDotKernel(int64_t n, int64_t k, int64_t c, int64_t m, const 
     if (r >= 0 && r < m) {
       const T* xt = x + (p / k) * c;
       const T* y = rows + static_cast<int64_t>(r) * c;
-      for (int64_t i0 = lane * V; i0 < c; i0 += kDotPacksInFlight * 32 * V) {
-        Pack<T, V> xv[kDotPacksInFlight], yv[kDotPacksInFlight];
+      for (int64_t i = lane * V; i < c; i += 32 * V) {
+        A xv[V], yv[V];
+        LoadPack<V>(xt, i, V, xv);
+        LoadPack<V>(y, i, V, yv);
 #pragma unroll
-        for (int q = 0; q < kDotPacksInFlight; ++q) {
-          const int64_t i = i0 + q * 32 * V;
-          if (i >= c) continue;
-          xv[q] = *reinterpret_cast<const Pack<T, V>*>(xt + i);
-          yv[q] = *reinterpret_cast<const Pack<T, V>*>(y + i);
-        }
-#pragma unroll
-        for (int q = 0; q < kDotPacksInFlight; ++q) {
-          if (i0 + q * 32 * V >= c) continue;
-#pragma unroll
-          for (int v = 0; v < V; ++v) acc += ToAcc(xv[q].v[v]) * ToAcc(yv[q].v[v]);
-        }
+        for (int q = 0; q < V; ++q) acc += xv[q] * yv[q];
       }
     }
     acc = WarpSum(acc);
@@ -146,19 +114,9 @@ void CombineSlots(const ExecContext& ctx, const Tensor& rows, const Tensor& slot
     using W = typename decltype(weights_tag)::type;
     LaunchPacked<T>(c, {rows.raw_data(), out.raw_data()}, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      const auto combine = [&](auto slots) {
-        CombineKernel<T, W, V, decltype(slots)::value>
-            <<<Blocks(n * c / V), kThreads, 0, Stream(ctx)>>>(n, k, c, m, Ptr<const T>(rows),
-                                                              Ptr<const int32_t>(slot_row),
-                                                              Ptr<const W>(weights), Ptr<T>(out));
-      };
-      if (k <= 2) {
-        combine(std::integral_constant<int, 2>{});
-      } else if (k <= 4) {
-        combine(std::integral_constant<int, 4>{});
-      } else {
-        combine(std::integral_constant<int, 8>{});
-      }
+      CombineKernel<T, W, V><<<Blocks(n * c / V), kThreads, 0, Stream(ctx)>>>(
+          n, k, c, m, Ptr<const T>(rows), Ptr<const int32_t>(slot_row), Ptr<const W>(weights),
+          Ptr<T>(out));
     });
   };
   if (f32_weights) {

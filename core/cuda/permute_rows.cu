@@ -120,80 +120,45 @@ __global__ void CapacityKeepKernel(int64_t m, int num_experts, int64_t capacity,
   }
 }
 
-// Items (a word or a pack of a row) a thread has in flight: its index
-// loads go out together, then its row loads, then its stores. One item at a
-// time (a dependent index load, then the row's) moved ~1.9 TB/s on an H100
-// (GatherRows of 64e's 65,536 rows: 52 us a call).
-constexpr int kGatherItems = 4;
-
 // out row i = x row idx[i] / divisor (zeros when the index is negative or
 // past x), moved in words of U (16 bytes where the rows allow): a copy of
-// bits, whatever the rows' dtype. I, the items' index type: u32 where
-// m·words fits (64-bit division is emulated), else i64.
-template <typename U, typename I>
-__global__ void GatherRowsKernel(I total, I words, int64_t x_rows, const U* x, const int32_t* idx,
-                                 int divisor, U* out) {
-  const I step = static_cast<I>(gridDim.x) * blockDim.x;
-  for (I base = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; base < total;
-       base += kGatherItems * step) {
-    U v[kGatherItems];
-#pragma unroll
-    for (int q = 0; q < kGatherItems; ++q) {
-      const I e = base + q * step;
-      v[q] = U{};
-      if (e >= total) continue;
-      const I i = e / words, j = e - i * words;
-      const int32_t index = idx[i];
-      const int64_t r = index < 0 ? -1 : index / divisor;
-      if (r >= 0 && r < x_rows) v[q] = x[r * static_cast<int64_t>(words) + j];
-    }
-#pragma unroll
-    for (int q = 0; q < kGatherItems; ++q) {
-      const I e = base + q * step;
-      if (e < total) out[e] = v[q];
-    }
+// bits, whatever the rows' dtype.
+template <typename U>
+__global__ void GatherRowsKernel(int64_t m, int64_t words, int64_t x_rows, const U* x,
+                                 const int32_t* idx, int divisor, U* out) {
+  SM_GRID_STRIDE(e, m * words) {
+    const int64_t i = e / words, j = e - i * words;
+    const int32_t index = idx[i];
+    const int64_t r = index < 0 ? -1 : index / divisor;
+    U v{};
+    if (r >= 0 && r < x_rows) v = x[r * words + j];
+    out[e] = v;
   }
 }
 
 // out row i = w[idx[i]] · x row idx[i] / divisor (zeros when the index is
-// negative or past x), V elements an item, kGatherItems items a thread in
-// flight: ScaleRowsCols's product (in the compute type, rounded once) of
-// GatherRows's row. W is T or f32 for bf16 T. I as GatherRowsKernel's.
-template <typename T, typename W, int V, typename I>
-__global__ void GatherScaledRowsKernel(I total, I packs, int64_t x_rows, const T* x,
+// negative or past x), V elements a thread: ScaleRowsCols's product (in the
+// compute type, rounded once) of GatherRows's row. W is T or f32 for bf16 T.
+template <typename T, typename W, int V>
+__global__ void GatherScaledRowsKernel(int64_t m, int64_t c, int64_t x_rows, const T* x,
                                        const int32_t* idx, int divisor, const W* w, T* out) {
   using A = Acc<T>;
-  const I step = static_cast<I>(gridDim.x) * blockDim.x;
-  const int64_t c = static_cast<int64_t>(packs) * V;
-  for (I base = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; base < total;
-       base += kGatherItems * step) {
-    Pack<T, V> v[kGatherItems];
-    A wi[kGatherItems];
-    bool ok[kGatherItems];
+  const int64_t packs = c / V;
+  SM_GRID_STRIDE(e, m * packs) {
+    const int64_t i = e / packs, j = (e - i * packs) * V;
+    const int32_t index = idx[i];
+    const int64_t r = index < 0 ? -1 : index / divisor;
+    A v[V];
+    if (r >= 0 && r < x_rows) {
+      const A wi = ToAcc(w[index]);
+      LoadPack<V>(x + r * c, j, V, v);
 #pragma unroll
-    for (int q = 0; q < kGatherItems; ++q) {
-      const I e = base + q * step;
-      ok[q] = false;
-      if (e >= total) continue;
-      const I i = e / packs, j = (e - i * packs) * V;
-      const int32_t index = idx[i];
-      const int64_t r = index < 0 ? -1 : index / divisor;
-      if (r >= 0 && r < x_rows) {
-        ok[q] = true;
-        wi[q] = ToAcc(w[index]);
-        v[q] = *reinterpret_cast<const Pack<T, V>*>(x + r * c + j);
-      }
+      for (int q = 0; q < V; ++q) v[q] = wi * v[q];
+    } else {
+#pragma unroll
+      for (int q = 0; q < V; ++q) v[q] = A(0);
     }
-#pragma unroll
-    for (int q = 0; q < kGatherItems; ++q) {
-      const I e = base + q * step;
-      if (e >= total) continue;
-      const I i = e / packs, j = (e - i * packs) * V;
-      A o[V];
-#pragma unroll
-      for (int k = 0; k < V; ++k) o[k] = ok[q] ? wi[q] * ToAcc(v[q].v[k]) : A(0);
-      StorePack<V>(out + static_cast<int64_t>(i) * c, j, V, o);
-    }
+    StorePack<V>(out + i * c, j, V, v);
   }
 }
 
@@ -569,18 +534,9 @@ void GatherRows(const ExecContext& ctx, const Tensor& x, const Tensor& indices, 
   auto launch = [&](auto word) {
     using U = decltype(word);
     const int64_t words = row_bytes / static_cast<int64_t>(sizeof(U));
-    const int64_t total = m * words;
-    const unsigned blocks = Blocks((total + kGatherItems - 1) / kGatherItems);
-    const auto* from = static_cast<const U*>(x.raw_data());
-    auto* to = static_cast<U*>(out.raw_data());
-    if (total <= INT32_MAX) {
-      GatherRowsKernel<U, uint32_t><<<blocks, kThreads, 0, Stream(ctx)>>>(
-          static_cast<uint32_t>(total), static_cast<uint32_t>(words), x.dim(0), from,
-          Ptr<const int32_t>(indices), divisor, to);
-    } else {
-      GatherRowsKernel<U, int64_t><<<blocks, kThreads, 0, Stream(ctx)>>>(
-          total, words, x.dim(0), from, Ptr<const int32_t>(indices), divisor, to);
-    }
+    GatherRowsKernel<U><<<Blocks(m * words), kThreads, 0, Stream(ctx)>>>(
+        m, words, x.dim(0), static_cast<const U*>(x.raw_data()), Ptr<const int32_t>(indices),
+        divisor, static_cast<U*>(out.raw_data()));
   };
   const auto aligned = [&](int64_t n) {
     return row_bytes % n == 0 && reinterpret_cast<uintptr_t>(x.raw_data()) % n == 0 &&
@@ -613,17 +569,9 @@ void GatherScaledRows(const ExecContext& ctx, const Tensor& x, const Tensor& ind
     using W = typename decltype(w_tag)::type;
     LaunchPacked<T>(c, {x.raw_data(), out.raw_data()}, [&](auto pack) {
       constexpr int V = decltype(pack)::value;
-      const int64_t total = m * (c / V);
-      const unsigned blocks = Blocks((total + kGatherItems - 1) / kGatherItems);
-      if (total <= INT32_MAX) {
-        GatherScaledRowsKernel<T, W, V, uint32_t><<<blocks, kThreads, 0, Stream(ctx)>>>(
-            static_cast<uint32_t>(total), static_cast<uint32_t>(c / V), x.dim(0), Ptr<const T>(x),
-            Ptr<const int32_t>(indices), divisor, Ptr<const W>(weights), Ptr<T>(out));
-      } else {
-        GatherScaledRowsKernel<T, W, V, int64_t><<<blocks, kThreads, 0, Stream(ctx)>>>(
-            total, c / V, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
-            Ptr<const W>(weights), Ptr<T>(out));
-      }
+      GatherScaledRowsKernel<T, W, V><<<Blocks(m * c / V), kThreads, 0, Stream(ctx)>>>(
+          m, c, x.dim(0), Ptr<const T>(x), Ptr<const int32_t>(indices), divisor,
+          Ptr<const W>(weights), Ptr<T>(out));
     });
   };
   if (f32_weights) {
