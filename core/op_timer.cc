@@ -149,7 +149,7 @@ std::vector<OpTime> Collect() {
 
 const char* CategoryOf(const std::string& op) {
   static const auto* categories = new std::map<std::string, std::set<std::string>>{
-      {"GEMM", {"Gemm"}},
+      {"GEMM", {"Gemm", "SplitBf16", "AddParts"}},
       {"expert GEMM",
        {"GroupedGemm", "GroupedGemmWeightGrad", "GroupedGemmGathered",
         "GroupedGemmWeightGradGathered", "GroupedGemmSwiGlu", "GroupedGemmSwiGluBackward"}},

@@ -141,6 +141,23 @@ void Zero(const ExecContext& ctx, const Tensor& x);
 // backends (CUDA: a fixed-order tree, the same bits on every run).
 void Sum(const ExecContext& ctx, const Tensor& x, const Tensor& out);
 
+// An f32 tensor as three bf16 parts, for exact f32 products on bf16 tensor
+// cores (the router's GEMMs under train.precision BF16:
+// norm/scaled_linear.h): hi = bf16(v), mid = bf16(v − hi), lo = bf16(v −
+// hi − mid), each rounded to nearest even; hi + mid + lo = v exactly (the
+// differences are exact in f32, and 3 × 8 bits cover f32's 24) unless a
+// part falls below bf16's normal range. x f32 [R, C], out bf16 [R, 3·reps·C]
+// with out[r, (p·reps + q)·C + c] = part p of x[r, c] for every q < reps
+// (reps >= 1): each part's block repeated, so that one GEMM over the
+// repeated blocks pairs every part of one operand with every part of the
+// other. Contiguous tensors.
+void SplitBf16(const ExecContext& ctx, const Tensor& x, int64_t reps, const Tensor& out);
+// out = beta·out + (x_0 + x_1 + ... + x_{P−1}) where x_p = x[:, p·C : (p+1)·C]
+// (the parts summed in order, then added to beta·out), in f32: x f32
+// [R, P·C], out f32 [R, C], beta 0 (out's contents ignored) or 1.
+// Contiguous tensors.
+void AddParts(const ExecContext& ctx, const Tensor& x, double beta, const Tensor& out);
+
 // ---------------------------------------------------------------- scale vectors
 // The fold of SCALE_VECTORS.md ("Cost"): W_eff = diag(row) · W · diag(col).
 // Shapes: x, out [R, C] or batched [B, R, C]; row [R] / [B, R]; col [C] /

@@ -27,6 +27,8 @@
   X(void, Scale, (const ExecContext& ctx, double alpha, const Tensor& x), (ctx, alpha, x), CUDA) \
   X(void, Zero, (const ExecContext& ctx, const Tensor& x), (ctx, x), CUDA) \
   X(void, Sum, (const ExecContext& ctx, const Tensor& x, const Tensor& out), (ctx, x, out), CUDA) \
+  X(void, SplitBf16, (const ExecContext& ctx, const Tensor& x, int64_t reps, const Tensor& out), (ctx, x, reps, out), CUDA) \
+  X(void, AddParts, (const ExecContext& ctx, const Tensor& x, double beta, const Tensor& out), (ctx, x, beta, out), CUDA) \
   X(void, ScaleRowsCols, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& out), (ctx, x, row, col, out), CUDA) \
   X(void, ScaleRowsColsBackward, (const ExecContext& ctx, const Tensor& x, const Tensor& row, const Tensor& col, const Tensor& d_out, const Tensor& d_x, const Tensor& d_row, const Tensor& d_col), (ctx, x, row, col, d_out, d_x, d_row, d_col), CUDA) \
   X(void, ScaleRowsColsGroup, (const ExecContext& ctx, const ::scalemoe::ops::MatrixGroup& x, const ::scalemoe::ops::MatrixGroup& row, const ::scalemoe::ops::MatrixGroup& col, const ::scalemoe::ops::MatrixGroup& out), (ctx, x, row, col, out), CUDA) \

@@ -248,9 +248,11 @@ Status MoeLayer::Forward(const ExecContext& ctx, const Tensor& n, const Tensor& 
   const int64_t tokens = n.dim(0);
   n_ = n;
   forward_assignments_ = tokens * top_k_;
-  // The router reads n in the master's dtype (a copy of bf16 activations):
-  // its logits decide the routing.
-  SM_RETURN_IF_ERROR(router_->Forward(ctx, InDType(ctx, n, dtype_)));
+  // The router's logits decide the routing: it reads n in the master's
+  // dtype, a copy of bf16 activations unless it takes them as they are
+  // (its f32 products on bf16 parts).
+  const bool router_bf16 = router_->takes_bf16_input() && n.dtype() == DType::kBF16;
+  SM_RETURN_IF_ERROR(router_->Forward(ctx, router_bf16 ? n : InDType(ctx, n, dtype_)));
   SM_RETURN_IF_ERROR(PlanCounts(ctx));
   permuted_y_ = ctx.Empty({tokens * top_k_, hidden_}, n.dtype());
   if (fuse_permute_ && expert_offsets_.defined()) {
@@ -326,8 +328,11 @@ Status MoeLayer::Backward(const ExecContext& ctx, const Tensor& d_out, const Ten
   } else {
     SM_RETURN_IF_ERROR(RunExpertsBackward(ctx, d_permuted_y, d_permuted_x));
   }
-  // The router's d_n in its own dtype, then the rows' gradients added in.
-  const Tensor d_n_router = d_n.dtype() == dtype_ ? d_n : ctx.Empty(d_n.shape(), dtype_);
+  // The router's d_n in its own dtype (or bf16 where it took bf16 n), then
+  // the rows' gradients added in.
+  const bool router_bf16 = router_->takes_bf16_input() && d_n.dtype() == DType::kBF16;
+  const Tensor d_n_router =
+      d_n.dtype() == dtype_ || router_bf16 ? d_n : ctx.Empty(d_n.shape(), dtype_);
   router_->Backward(ctx, d_weights, loss_grad_scale, d_n_router);
   if (!d_n_router.SharesDataWith(d_n)) ops::Copy(ctx, d_n_router, d_n);
   permuter_->PermuteBackward(ctx, d_permuted_x, d_n);

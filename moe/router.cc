@@ -34,7 +34,7 @@ Router::Router(ParamRegistry& registry, const config::RunConfig& cfg, int layer,
                     : ops::ScoreFunction::kSoftmax),
       weight_(CreateWeight(registry, cfg, layer, prefix)),
       linear_(registry, weight_, gamma_scales, gamma_branch,
-              {.path = ScaleOptions(cfg.scale_vectors()).path()}) {
+              {.path = ScaleOptions(cfg.scale_vectors()).path(), .bf16_parts = Bf16Operands(cfg)}) {
   if (cfg_.expert_bias()) {
     ParamSpec spec;
     spec.name = prefix + ".router.expert_bias";
@@ -55,7 +55,8 @@ Status Router::Forward(const ExecContext& ctx, const Tensor& n) {
   const int64_t tokens = n.dim(0);
   const int64_t e = cfg_.num_experts();
   const int k = cfg_.top_k();
-  const DType dt = n.dtype();
+  // The master's dtype: n may be bf16 (takes_bf16_input), the logits never.
+  const DType dt = weight_->value.dtype();
   logits_ = ctx.Empty({tokens, e}, dt);
   scores_ = ctx.Empty({tokens, e}, dt);
   if (forced_ids_.defined() && forced_ids_.dim(0) != tokens) {

@@ -58,8 +58,14 @@ class Router {
 
   // After the γ's BranchScales' Forward; `dtype` is the activations'.
   Status PrepareStep(const ExecContext& ctx, DType dtype);
-  // Fails when a token-group all-reduce (TP) fails.
+  // n in the master's dtype, or bf16 where takes_bf16_input(); the logits
+  // are in the master's either way. Fails when a token-group all-reduce
+  // (TP) fails.
   Status Forward(const ExecContext& ctx, const Tensor& n);
+  // Whether Forward takes bf16 activations as they are, and Backward then
+  // writes a bf16 d_n (train.precision BF16: the router's f32 products on
+  // bf16 parts, norm/scaled_linear.h). After PrepareStep.
+  bool takes_bf16_input() const { return linear_.takes_bf16_input(); }
   // d_weights [N, K]: gradient of the main loss w.r.t. the combine weights.
   // The aux/z losses' gradients are added scaled by loss_grad_scale.
   void Backward(const ExecContext& ctx, const Tensor& d_weights, double loss_grad_scale,

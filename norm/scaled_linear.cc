@@ -12,7 +12,8 @@ ScaledLinear::ScaledLinear(ParamRegistry& registry, Param* weight, const BranchS
       fold_(options.path != ScalePath::kPerToken),
       just_in_time_(options.path == ScalePath::kFoldJustInTime),
       shared_weight_grad_(options.shared_weight_grad),
-      bf16_operands_(options.bf16_operands) {
+      bf16_operands_(options.bf16_operands),
+      bf16_parts_(options.bf16_parts) {
   SM_CHECK_MSG(weight_ != nullptr && weight_->spec.shape.size() == 2,
                "ScaledLinear needs a 2-D weight");
   if (scales_ != nullptr) scales_->AddFoldTarget(branch_, weight_->spec.name);
@@ -92,6 +93,10 @@ Status ScaledLinear::PrepareBuffers(const ExecContext& ctx, DType dtype) {
   }
   const Tensor& w = weight_->value;
   gemm_dtype_ = bf16_operands_ ? DType::kBF16 : w.dtype();
+  if (UsesParts() && !w_parts_.defined()) {
+    w_parts_ = ctx.Empty({3 * out_features(), in_features()}, DType::kBF16);
+    w_parts_rep_ = ctx.Empty({9 * out_features(), in_features()}, DType::kBF16);
+  }
   if (!folded()) {
     if (gemm_dtype_ != w.dtype()) {
       if (!w_copy_.defined()) w_copy_ = OwnGemmWeight(ctx);
@@ -124,6 +129,14 @@ void ScaledLinear::FormGemmWeight(const ExecContext& ctx) const {
   } else if (CopiesWeight()) {
     ops::Copy(ctx, weight_->value, w_copy_);
   }
+  if (UsesParts()) FormWeightParts(ctx);
+}
+
+void ScaledLinear::FormWeightParts(const ExecContext& ctx) const {
+  const Tensor& w = effective_weight();
+  const int64_t n = w.numel(), rows = 3 * out_features();
+  ops::SplitBf16(ctx, w.View({1, n}), 1, w_parts_.View({1, 3 * n}));
+  for (int64_t i = 0; i < 3; ++i) ops::Copy(ctx, w_parts_, w_parts_rep_.Narrow(0, i * rows, rows));
 }
 
 void ScaledLinear::FormWeight(const ExecContext& ctx, const Tensor& out) const {
@@ -148,6 +161,10 @@ Tensor ScaledLinear::GemmWeight(const ExecContext& ctx) const {
 void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
   x_ = x;
   input_ = x;
+  if (UsesParts() && x.dtype() == DType::kBF16) {
+    ForwardParts(ctx, x, y);
+    return;
+  }
   // The per-token scalings run in the vectors' (the master's) dtype, on a
   // copy of bf16 activations: γ ⊙ x is rounded once, as in the fold.
   const DType scale_dtype = weight_->value.dtype();
@@ -176,6 +193,10 @@ void ScaledLinear::Forward(const ExecContext& ctx, const Tensor& x, const Tensor
 void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
                             GradMode mode, double grad_scale) {
   const bool accumulate = mode == GradMode::kAccumulate;
+  if (UsesParts() && input_.dtype() == DType::kBF16) {
+    BackwardParts(ctx, d_y, d_x, accumulate, grad_scale);
+    return;
+  }
   const DType scale_dtype = weight_->value.dtype();
   Tensor d_raw = d_y;
   double alpha = grad_scale;  // on the GEMMs below
@@ -206,6 +227,49 @@ void ScaledLinear::Backward(const ExecContext& ctx, const Tensor& d_y, const Ten
   // d_in becomes the part (ScaleRowsColsBackward's d_x may alias its d_out).
   ops::ScaleRowsColsBackward(ctx, x, Tensor(), Gamma(), d_in, d_in, Tensor(), DGamma());
   AddInto(ctx, d_in, d_x, accumulate);
+}
+
+namespace {
+
+// Token chunks of the parts' weight gradient: one [3R, C] product per chunk
+// of at least 512 tokens (a batched GEMM), then the chunks added in order.
+// One product over all tokens is a handful of output tiles, too few to fill
+// a GPU. A function of the token count only: the same bits on every device.
+int64_t TokenChunks(int64_t tokens) {
+  int64_t chunks = 1;
+  while (chunks < 64 && tokens % (2 * chunks) == 0 && tokens / (2 * chunks) >= 512) chunks *= 2;
+  return chunks;
+}
+
+}  // namespace
+
+void ScaledLinear::ForwardParts(const ExecContext& ctx, const Tensor& x, const Tensor& y) {
+  SM_CHECK_MSG(x.ndim() == 2 && y.dtype() == DType::kF32, "ScaledLinear (bf16 parts): x ",
+               x.DebugString(), " y ", y.DebugString(), " (want [T, C] into f32 [T, R])");
+  // y = x·(hi + mid + lo)ᵀ: one bf16 GEMM into the parts' column blocks, then their sum.
+  Tensor y_parts = ctx.Empty({x.dim(0), 3 * out_features()}, DType::kF32);
+  ops::Gemm(ctx, x, w_parts_, y_parts, {.trans_b = ops::Trans::kYes});
+  ops::AddParts(ctx, y_parts, 0.0, y);
+}
+
+void ScaledLinear::BackwardParts(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x,
+                                 bool accumulate, double alpha) {
+  const int64_t tokens = d_y.dim(0), r = out_features(), c = in_features();
+  SM_CHECK_MSG(d_y.dtype() == DType::kF32 && d_y.ndim() == 2 && d_y.dim(1) == r,
+               "ScaledLinear (bf16 parts): d_y ", d_y.DebugString(), " (want f32 [T, ", r, "])");
+  // dW (or dW_eff) += α·d_yᵀ·x over d_y's parts, a product per token chunk.
+  Tensor d_parts = ctx.Empty({tokens, 3 * r}, DType::kBF16);
+  ops::SplitBf16(ctx, d_y, 1, d_parts);
+  const int64_t chunks = TokenChunks(tokens), rows = tokens / chunks;
+  Tensor partial = ctx.Empty({chunks, 3 * r, c}, DType::kF32);
+  ops::Gemm(ctx, d_parts.View({chunks, rows, 3 * r}), input_.View({chunks, rows, c}), partial,
+            {.trans_a = ops::Trans::kYes, .alpha = alpha});
+  ops::AddParts(ctx, partial.View({1, chunks * 3 * r * c}), 1.0, GemmWeightGrad().View({1, r * c}));
+  // d_x = α·Σ_{p,q} d_p·W_q: d_y's parts, each repeated thrice, against
+  // W's three parts three times over (block b pairs d_{b/3} with W_{b%3}).
+  Tensor d_rep = ctx.Empty({tokens, 9 * r}, DType::kBF16);
+  ops::SplitBf16(ctx, d_y, 3, d_rep);
+  ops::Gemm(ctx, d_rep, w_parts_rep_, d_x, {.alpha = alpha, .beta = accumulate ? 1.0 : 0.0});
 }
 
 Status ScaledLinear::FinishBackward(const ExecContext& ctx) {

@@ -82,6 +82,15 @@ struct ScaledLinearOptions {
   bool shared_weight_grad = false;
   // The GEMMs' operands are bf16 copies (see "Precision" above).
   bool bf16_operands = false;
+  // The map stays f32 (the router: its logits decide the routing) but its
+  // GEMMs run on bf16 tensor cores: a bf16 x enters them as it is, and W
+  // (W_eff when folded) and d_y as ops::SplitBf16's three parts, so every
+  // product is exact and only the f32 accumulation rounds, as in an f32
+  // GEMM. No f32 copy of x is made or kept. Only where the token path is
+  // the one GEMM on a weight formed once per step (external_gemm_ok) and
+  // the master is f32 without bf16_operands; else (and for an f32 x) the
+  // f32 GEMMs run as before.
+  bool bf16_parts = false;
 };
 
 // Whether `cfg` asks for bf16 GEMM operands (train.precision BF16).
@@ -152,6 +161,9 @@ class ScaledLinear {
   const Tensor& gemm_weight_grad() const { return GemmWeightGrad(); }
   // Whether Forward's GEMM reads x itself (in its dtype): no per-token γ.
   bool gemm_reads_x() const { return !per_token_gamma(); }
+  // Whether Forward takes a bf16 x as it is and Backward may write a bf16
+  // d_x (ScaledLinearOptions::bf16_parts in effect). After PrepareStep.
+  bool takes_bf16_input() const { return UsesParts(); }
   // The dtype Forward may write y in (and Backward read d_y in) when the
   // activations are `activations`: the GEMM's (bf16 with bf16 operands: the
   // GEMM writes it directly, and a bf16 d_y enters the backward GEMMs
@@ -190,6 +202,18 @@ class ScaledLinear {
   bool FoldsOncePerStep() const { return folded() && !just_in_time_; }
   // Whether PrepareStep copies an unfolded W into the GEMM's dtype.
   bool CopiesWeight() const { return !folded() && gemm_dtype_ != weight_->value.dtype(); }
+  // bf16_parts in effect: see ScaledLinearOptions::bf16_parts.
+  bool UsesParts() const {
+    return bf16_parts_ && !bf16_operands_ && external_gemm_ok() &&
+           weight_->value.dtype() == DType::kF32;
+  }
+  // The GEMM weight's parts (w_parts_, w_parts_rep_, allocated by
+  // PrepareBuffers) from effective_weight().
+  void FormWeightParts(const ExecContext& ctx) const;
+  // Forward and Backward on the parts, for a bf16 x.
+  void ForwardParts(const ExecContext& ctx, const Tensor& x, const Tensor& y);
+  void BackwardParts(const ExecContext& ctx, const Tensor& d_y, const Tensor& d_x, bool accumulate,
+                     double alpha);
   // FinishBackward of a folded map: dW_eff into dW, du and dγ.
   void Unfold(const ExecContext& ctx);
   // FinishBackward's last part: du into u's parameters.
@@ -215,6 +239,7 @@ class ScaledLinear {
   DType gemm_dtype_ = DType::kF32;  // of this step (PrepareStep)
   bool shared_weight_grad_;
   bool bf16_operands_;
+  bool bf16_parts_;
   std::unique_ptr<ScaleVector> u_;  // null when there is no output side
   Tensor undefined_;
   Tensor u_value_;   // [R] effective u of this step
@@ -223,6 +248,9 @@ class ScaledLinear {
   Tensor w_copy_;    // [R, C] bf16 copy of W (unfolded bf16 operands only)
   Tensor weight_storage_;  // the caller's place for w_eff_ or w_copy_ (may be undefined)
   Tensor d_w_eff_;   // [R, C] folded gradient (W's dtype), shared_weight_grad only
+  // bf16_parts: the GEMM weight's parts, [3R, C] (hi's rows, mid's, lo's),
+  // and the same three times over, [9R, C], for d_x's one GEMM.
+  Tensor w_parts_, w_parts_rep_;
   // Forward cache.
   Tensor x_;      // the input
   Tensor input_;  // the GEMM's input: γ ⊙ x per token, else x (bf16 copy with bf16 operands)

@@ -449,6 +449,84 @@ TEST(Bf16OpsDeathTest, ScaleRowsColsTakesF32VectorsOnlyForBf16X) {
       "row and col take x's dtype\\)");
 }
 
+// Each f32 value splits into three bf16 parts that add up to it exactly,
+// the largest first, each block repeated `reps` times in its place.
+TEST(Bf16PartsTest, SplitBf16PartsAddUpToTheValueExactly) {
+  const ExecContext ctx;
+  Tensor x = RandomTensor({5, 7}, 301, 0.02, DType::kF32);
+  x.data<float>()[0] = 1.0f + 0x1p-23f;  // bits only mid and lo can hold
+  x.data<float>()[1] = -3.0f * 0x1p-20f;
+  x.data<float>()[2] = 0.0f;
+  for (int64_t reps : {1, 3}) {
+    Tensor out = Tensor::Empty({5, 3 * reps * 7}, DType::kBF16);
+    ops::SplitBf16(ctx, x, reps, out);
+    int nonzero_lo = 0;
+    for (int64_t r = 0; r < 5; ++r) {
+      for (int64_t c = 0; c < 7; ++c) {
+        const double v = x.At(r * 7 + c);
+        double part[3];
+        for (int64_t p = 0; p < 3; ++p) {
+          part[p] = out.At(r * 3 * reps * 7 + p * reps * 7 + c);
+          for (int64_t q = 1; q < reps; ++q) {
+            EXPECT_EQ(out.At(r * 3 * reps * 7 + (p * reps + q) * 7 + c), part[p])
+                << "repeat " << q << " of part " << p;
+          }
+        }
+        EXPECT_EQ(part[0] + part[1] + part[2], v) << "row " << r << " col " << c;
+        EXPECT_EQ(part[0], static_cast<double>(static_cast<float>(bf16(static_cast<float>(v)))));
+        EXPECT_LE(std::abs(part[1]), std::abs(part[0]) / 128);
+        EXPECT_LE(std::abs(part[2]), std::abs(part[1]) / 128);
+        nonzero_lo += part[2] != 0;
+      }
+    }
+    EXPECT_GT(nonzero_lo, 10) << "f32 values of 24 bits need all three parts";
+  }
+}
+
+// A bf16 GEMM over the parts is the f32 product: every partial product is
+// exact, only the f32 accumulation rounds.
+TEST(Bf16PartsTest, GemmOverThePartsIsTheF32Product) {
+  const ExecContext ctx;
+  const Tensor x = RandomTensor({9, 40}, 302, 1.0, DType::kBF16);
+  const Tensor w = RandomTensor({6, 40}, 303, 0.02, DType::kF32);
+  Tensor w3 = Tensor::Empty({1, 3 * 6 * 40}, DType::kBF16);
+  ops::SplitBf16(ctx, w.View({1, 6 * 40}), 1, w3);
+  Tensor y3 = Tensor::Empty({9, 18}, DType::kF32);
+  ops::Gemm(ctx, x, w3.View({18, 40}), y3, {.trans_b = ops::Trans::kYes});
+  // y3's columns are the parts' blocks (hi's 6, mid's, lo's): AddParts'.
+  Tensor y = Tensor::Empty({9, 6}, DType::kF32);
+  ops::AddParts(ctx, y3, 0.0, y);
+  Tensor ref = Tensor::Empty({9, 6}, DType::kF64);
+  ops::Gemm(ctx, As(x, DType::kF64), As(w, DType::kF64), ref, {.trans_b = ops::Trans::kYes});
+  ExpectClose(y, ref, 0, 1e-6, "x · (hi + mid + lo)ᵀ");
+}
+
+TEST(Bf16PartsTest, AddPartsSumsThePartsInOrderThenAddsThemToOut) {
+  const ExecContext ctx;
+  // Parts 1, 2^24, −2^24: in order (1 + 2^24) rounds to 2^24, so the sum
+  // is 0, not 1; then out + 0.
+  Tensor x = Tensor::FromVector({1, 6}, {1, 5, 0x1p24, -2, -0x1p24, 0.5}, DType::kF32);
+  Tensor out = Tensor::FromVector({1, 2}, {7, -1}, DType::kF32);
+  ops::AddParts(ctx, x, 1.0, out);
+  EXPECT_EQ(out.At(0), 7.0);
+  EXPECT_EQ(out.At(1), -1 + 5 - 2 + 0.5);
+  Tensor fresh = Tensor::FromVector({1, 2}, {std::nan(""), 3}, DType::kF32);
+  ops::AddParts(ctx, x, 0.0, fresh);
+  EXPECT_EQ(fresh.At(0), 0.0);
+  EXPECT_EQ(fresh.At(1), 5 - 2 + 0.5);
+}
+
+TEST(Bf16PartsDeathTest, ShapesAndDTypesAreChecked) {
+  const ExecContext ctx;
+  const Tensor x = RandomTensor({2, 4}, 304, 1.0, DType::kF32);
+  EXPECT_DEATH(ops::SplitBf16(ctx, x, 1, Tensor::Empty({2, 8}, DType::kBF16)),
+               "want f32 \\[R, C\\] into bf16 \\[R, 3·reps·C\\]");
+  EXPECT_DEATH(ops::SplitBf16(ctx, x, 0, Tensor::Empty({2, 0}, DType::kBF16)), "reps >= 1");
+  EXPECT_DEATH(ops::AddParts(ctx, x, 1.0, Tensor::Empty({2, 3}, DType::kF32)),
+               "want f32 \\[R, P·C\\] into f32 \\[R, C\\]");
+  EXPECT_DEATH(ops::AddParts(ctx, x, 0.5, Tensor::Empty({2, 2}, DType::kF32)), "beta 0 or 1");
+}
+
 TEST(SumTest, WritesTheSumIntoAOneElementTensor) {
   const ExecContext ctx;
   Tensor x = Tensor::FromVector({2, 2}, {1.5, -4, 0.25, 1e-3}, DType::kF32);

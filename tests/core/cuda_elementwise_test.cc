@@ -1,8 +1,7 @@
 // GPU test: the elementwise ops (Copy, Axpy, Scale, Zero, Sum, SwiGlu,
-// SwiGluBackward and their packed forms) against the CPU reference on fresh Philox data, for f32,
-// f64 and bf16, sizes that do and do not fill whole 16-byte packs, and
-// views one element into their buffer (the unpacked path). Outputs that
-// must be overwritten start as NaN.
+// SwiGluBackward and their packed forms, SplitBf16, AddParts) against the CPU reference on fresh
+// Philox data, for f32, f64 and bf16, sizes that do and do not fill whole 16-byte packs, and views
+// one element into their buffer (the unpacked path). Outputs that must be overwritten start as NaN.
 #include <cmath>
 #include <utility>
 #include <vector>
@@ -233,6 +232,35 @@ TEST_F(CudaElementwiseTest, SwiGluPackedMatchesCpuAndHalves) {
         EXPECT_EQ(Host(h).ToVector(), Host(h_halves).ToVector()) << what;
         EXPECT_EQ(d_gu_host.Narrow(1, 0, f).Clone().ToVector(), Host(dg).ToVector()) << what;
         EXPECT_EQ(d_gu_host.Narrow(1, f, f).Clone().ToVector(), Host(du).ToVector()) << what;
+      }
+    }
+  }
+  const Status st = ctx_.status();
+  EXPECT_TRUE(st.ok()) << st;
+}
+
+// SplitBf16 and AddParts: the CPU's bits (exact splits, sums in order),
+// on a router's shapes and on odd ones.
+TEST_F(CudaElementwiseTest, SplitBf16AndAddPartsAreTheCpuBits) {
+  uint64_t seed = 900;
+  for (auto [rows, cols] : {std::pair<int64_t, int64_t>{1, 1}, {7, 13}, {16, 768}, {4099, 64}}) {
+    for (int64_t reps : {1, 3}) {
+      const std::string what = absl::StrCat(rows, " x ", cols, " reps ", reps);
+      const Tensor x = RandomHost({rows, cols}, DType::kF32, ++seed, 1, 0.02);
+      Tensor parts = Poisoned({rows, 3 * reps * cols}, DType::kBF16);
+      ops::SplitBf16(ctx_, Dev(x), reps, parts);
+      Tensor parts_ref = Tensor::Empty({rows, 3 * reps * cols}, DType::kBF16);
+      ops::SplitBf16(cpu_, x, reps, parts_ref);
+      EXPECT_TRUE(testing::BitwiseEqual(Host(parts), parts_ref)) << "SplitBf16 " << what;
+      for (double beta : {0.0, 1.0}) {
+        const Tensor sums = RandomHost({rows, 3 * reps * cols}, DType::kF32, seed, 2);
+        const Tensor out = RandomHost({rows, cols}, DType::kF32, seed, 3);
+        Tensor out_dev = beta == 0 ? Poisoned({rows, cols}, DType::kF32) : Dev(out);
+        ops::AddParts(ctx_, Dev(sums), beta, out_dev);
+        Tensor out_ref = out.Clone();
+        ops::AddParts(cpu_, sums, beta, out_ref);
+        EXPECT_TRUE(testing::BitwiseEqual(Host(out_dev), out_ref))
+            << "AddParts " << what << " beta " << beta;
       }
     }
   }

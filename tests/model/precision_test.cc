@@ -5,7 +5,9 @@
 // gradients, scale vectors, statistics and the router stay fp32. Checked three ways: one
 // ScaledLinear equals the same ops on explicitly rounded operands (both paths, forward and
 // backward), the whole model stays within bf16 rounding of its fp32 run (and is not identical to
-// it: bf16 is really used), and the router's logits do not depend on the precision.
+// it: bf16 is really used), and the router's logits stay the f32 map (its bits for an f32 input;
+// f32 accumulation of exact products for a bf16 one).
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -483,7 +485,8 @@ TEST(ModelPrecisionTest, Bf16MapsOfOneInputShareOneCopy) {
 // outputs are bf16 themselves and the GEMMs read them without a copy: per
 // dense layer its input, the two norm outputs and the attention's output,
 // plus the last block's output and the final norm's; no fp32 [N, C]
-// activation is kept at all (the norms' rstd are fp32 [N] vectors).
+// activation is kept at all (the norms' rstd are fp32 [N] vectors), the
+// router's input included (its f32 products run on bf16 parts).
 TEST(ModelPrecisionTest, Bf16KeepsTheResidualStreamInBf16) {
   for (int experts : {0, 4}) {
     SCOPED_TRACE(experts ? "moe" : "dense");
@@ -497,10 +500,10 @@ TEST(ModelPrecisionTest, Bf16KeepsTheResidualStreamInBf16) {
       EXPECT_EQ(bf16_rows, 4u * layers + 2);
       EXPECT_EQ(f32_rows, 0u);
     } else {
-      // The MoE layers add their permuted rows (bf16) and the router's
-      // fp32 copy of its input, one per MoE layer.
+      // The MoE layers add their permuted rows (bf16); the router reads
+      // its bf16 input as it is.
       EXPECT_GT(bf16_rows, 4u * layers + 2);
-      EXPECT_EQ(f32_rows, static_cast<size_t>(layers));
+      EXPECT_EQ(f32_rows, 0u);
     }
     int rstd = 0;
     stash.ForEachTensor([&](const Tensor& t) {
@@ -514,9 +517,15 @@ TEST(ModelPrecisionTest, Bf16KeepsTheResidualStreamInBf16) {
   }
 }
 
+// The router's map stays f32 under BF16: an f32 input gives the FP32 run's
+// bits, and a bf16 one (taken as it is, the weight on three bf16 parts)
+// the f32 logits of the same values up to f32 accumulation.
 TEST(ModelPrecisionTest, TheRouterKeepsFp32Operands) {
-  std::vector<double> logits[2];
-  for (int run = 0; run < 2; ++run) {
+  const Tensor x_bf16 = RandomTensor({10, 8}, 4, 1.0, DType::kBF16);
+  Tensor x = Tensor::Empty(x_bf16.shape(), DType::kF32);
+  x.CopyFrom(x_bf16);
+  std::vector<double> logits[3];
+  for (int run = 0; run < 3; ++run) {
     config::RunConfig cfg = testing::TinyConfig(4);
     cfg.mutable_train()->set_precision(run == 0 ? config::TrainConfig::FP32
                                                 : config::TrainConfig::BF16);
@@ -525,11 +534,18 @@ TEST(ModelPrecisionTest, TheRouterKeepsFp32Operands) {
     Must(registry.Materialize(9, DType::kF32, Device::kCPU));
     const ExecContext ctx;
     Must(router.PrepareStep(ctx, DType::kF32));
-    Must(router.Forward(ctx, RandomTensor({10, 8}, 4, 1.0, DType::kF32)));
+    EXPECT_EQ(router.takes_bf16_input(), run != 0);
+    Must(router.Forward(ctx, run == 2 ? x_bf16 : x));
     EXPECT_EQ(router.logits().dtype(), DType::kF32);
     logits[run] = router.logits().ToVector();
   }
   EXPECT_EQ(logits[0], logits[1]);
+  double max_abs = 0;
+  for (double v : logits[0]) max_abs = std::max(max_abs, std::abs(v));
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    EXPECT_NEAR(logits[2][i], logits[0][i], 1e-6 * max_abs) << "logit " << i;
+    EXPECT_NE(logits[2][i], 0.0);
+  }
 }
 
 }  // namespace

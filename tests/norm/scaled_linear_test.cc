@@ -2,7 +2,8 @@
 // its GEMMs' alpha): the gradients of grad_scale · d_y, as a Backward of the
 // pre-scaled d_y gives them — d_x, dW (or dW_eff, unfolded) and the vectors'
 // gradients — with the vectors folded into the weight, and per token (where
-// the scale goes on d_y first, in place).
+// the scale goes on d_y first, in place). And ScaledLinearOptions::bf16_parts
+// (the router's f32 map on bf16 GEMMs): the f32 map's output and gradients.
 #include "norm/scaled_linear.h"
 
 #include <algorithm>
@@ -30,7 +31,7 @@ struct Rig {
   std::unique_ptr<BranchScales> scales;
   std::unique_ptr<ScaledLinear> map;
 
-  explicit Rig(bool fold) {
+  explicit Rig(bool fold, bool bf16_parts = false) {
     Sv sv;
     sv.set_mode(Sv::PER_BRANCH);
     sv.set_fold_into_weights(fold);
@@ -41,7 +42,8 @@ struct Rig {
         registry.Create({"w", {kRows, kCols}, ParamRole::kLinear, InitSpec::Normal(1.0), {}});
     map = std::make_unique<ScaledLinear>(
         registry, w, scales.get(), 0,
-        ScaledLinearOptions{.path = so.path(), .u_name = "u", .reparam = Sv::PLAIN});
+        ScaledLinearOptions{
+            .path = so.path(), .u_name = "u", .reparam = Sv::PLAIN, .bf16_parts = bf16_parts});
     Must(registry.Materialize(5, DType::kF32, Device::kCPU));
     int64_t stream = 0;
     for (const auto& p : registry.params()) {  // vectors away from 1
@@ -54,13 +56,17 @@ struct Rig {
     registry.ZeroGrads();
   }
 
-  // Forward on x, then Backward of d_y with grad_scale; returns d_x.
-  Tensor Run(const ExecContext& ctx, const Tensor& x, const Tensor& d_y, double grad_scale) {
+  // Forward on x, then Backward of d_y with grad_scale; returns d_x (in
+  // d_x_dtype), and y where asked.
+  Tensor Run(const ExecContext& ctx, const Tensor& x, const Tensor& d_y, double grad_scale,
+             DType d_x_dtype = DType::kF32, Tensor* y_out = nullptr) {
+    const int64_t tokens = x.dim(0);
     Must(scales->Forward(ctx, DType::kF32));
     Must(map->PrepareStep(ctx, DType::kF32));
-    Tensor y = Tensor::Empty({kTokens, kRows}, DType::kF32);
+    Tensor y = Tensor::Empty({tokens, kRows}, DType::kF32);
     map->Forward(ctx, x, y);
-    Tensor d_x = Tensor::Empty({kTokens, kCols}, DType::kF32);
+    if (y_out != nullptr) *y_out = y;
+    Tensor d_x = Tensor::Empty({tokens, kCols}, d_x_dtype);
     map->Backward(ctx, d_y, d_x, GradMode::kOverwrite, grad_scale);
     Must(map->FinishBackward(ctx));
     Must(scales->Backward(ctx));
@@ -110,6 +116,41 @@ TEST(ScaledLinearTest, GradScaleGivesTheGradientsOfTheScaledOutputGradient) {
     const Tensor d_x_unscaled = unscaled.Run(ctx, x, d_y.Clone(), 1.0);
     EXPECT_FALSE(testing::SameBits(d_x_unscaled, d_x)) << what;
   }
+}
+
+// bf16_parts: a bf16 x on the GEMM weight's three bf16 parts gives the f32
+// map of the same (bf16-exact) x — y, d_x and every parameter's gradient —
+// up to f32 accumulation; per token (no one GEMM) it stays the f32 map.
+TEST(ScaledLinearTest, Bf16PartsAreTheF32MapOfABf16Input) {
+  const ExecContext ctx;
+  for (int64_t tokens : {kTokens, int64_t{2048}}) {  // 2048: four token chunks in dW
+    Tensor x = Random({tokens, kCols}, 3);
+    Tensor x_bf16 = Tensor::Empty(x.shape(), DType::kBF16);
+    x_bf16.CopyFrom(x);
+    x.CopyFrom(x_bf16);  // the same values in f32
+    const Tensor d_y = Random({tokens, kRows}, 4);
+    Rig parts(true, true), f32(true);
+    Tensor y, y_ref;
+    const Tensor d_x = parts.Run(ctx, x_bf16, d_y, 0.3, DType::kF32, &y);
+    const Tensor d_x_ref = f32.Run(ctx, x, d_y, 0.3, DType::kF32, &y_ref);
+    ASSERT_TRUE(ctx.status().ok());
+    const std::string what = " of " + std::to_string(tokens) + " tokens";
+    EXPECT_TRUE(parts.map->takes_bf16_input());
+    ExpectNear(y, y_ref, "y" + what);
+    ExpectNear(d_x, d_x_ref, "d_x" + what);
+    ExpectNear(parts.registry.flat_grads(), f32.registry.flat_grads(), "gradients" + what);
+    // A bf16 d_x is the f32 one rounded once (within one rounding of it).
+    Rig parts_bf16(true, true);
+    const Tensor d_x_bf16 = parts_bf16.Run(ctx, x_bf16, d_y, 0.3, DType::kBF16);
+    for (int64_t i = 0; i < d_x.numel(); ++i) {
+      ASSERT_LE(std::abs(d_x_bf16.At(i) - d_x_ref.At(i)), std::abs(d_x_ref.At(i)) / 256 + 1e-12)
+          << "bf16 d_x element " << i << what;
+    }
+  }
+  Rig per_token(false, true);
+  Must(per_token.scales->Forward(ctx, DType::kF32));
+  Must(per_token.map->PrepareStep(ctx, DType::kF32));
+  EXPECT_FALSE(per_token.map->takes_bf16_input()) << "per-token γ: no one GEMM to split";
 }
 
 }  // namespace
