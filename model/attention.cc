@@ -198,7 +198,7 @@ Status Attention::Forward(const ExecContext& ctx, const Tensor& n_rows, int64_t 
       rope = false;
     }
     y = y.View({batch, seq, heads, head_dim_});
-    if (rope) ops::Rope(ctx, y, rope_theta_, y, RopeTable(ctx, StatDType(y.dtype()), seq));
+    if (rope) RotateInPlace(ctx, y, seq, true);
     return y;
   };
   q_ = project(*q_proj_, q_norm_.get(), heads_, true);
@@ -225,7 +225,7 @@ void Attention::ForwardFused(const ExecContext& ctx, const Tensor& n_in, const Q
   // head rows). The three GEMMs' path runs the same ops on the same values.
   auto branch = [&](ScaledRmsNorm* norm, const Tensor& x, bool rope) {
     if (!norm) {
-      if (rope) ops::Rope(ctx, x, rope_theta_, x, RopeTable(ctx, StatDType(x.dtype()), seq_));
+      if (rope) RotateInPlace(ctx, x, seq_, true);
       return x;
     }
     Tensor y = ctx.Empty(x.shape(), inner);
@@ -267,6 +267,15 @@ const Tensor& Attention::RopeTable(const ExecContext& ctx, DType dtype, int64_t 
   return rope_table_;
 }
 
+void Attention::RotateInPlace(const ExecContext& ctx, const Tensor& x, int64_t seq, bool forward) {
+  const Tensor& table = RopeTable(ctx, StatDType(x.dtype()), seq);
+  if (forward) {
+    ops::Rope(ctx, x, rope_theta_, x, table);
+  } else {
+    ops::RopeBackward(ctx, x, rope_theta_, x, table);
+  }
+}
+
 Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
                            const Tensor& d_n_rows) {
   const int64_t tokens = batch_ * seq_;
@@ -292,9 +301,7 @@ Status Attention::Backward(const ExecContext& ctx, const Tensor& d_out_rows,
   ops::CausalAttentionBackward(ctx, q_, k_, v_, attn_, lse_, d_attn.View(q_.shape()), d_q, d_k, d_v,
                                attention_options_);
   auto back = [&](ScaledLinear& proj, ScaledRmsNorm* norm, Tensor d_y, bool rope, GradMode mode) {
-    if (rope && !norm) {  // else the norm's
-      ops::RopeBackward(ctx, d_y, rope_theta_, d_y, RopeTable(ctx, StatDType(d_y.dtype()), seq_));
-    }
+    if (rope && !norm) RotateInPlace(ctx, d_y, seq_, false);  // else the norm's
     Tensor d_lin = d_y.View({tokens, d_y.numel() / tokens});
     if (norm) {  // computed in the activations' dtype, as its forward; d_lin
       // in the projection's GEMM dtype (ScaledLinear::output_dtype) unless a
@@ -324,7 +331,7 @@ void Attention::BackwardFused(const ExecContext& ctx, const Tensor& d_q, const T
     if (norm) {
       norm->Backward(ctx, d_y, d_x);
     } else if (rope) {
-      ops::RopeBackward(ctx, d_x, rope_theta_, d_x, RopeTable(ctx, StatDType(d_x.dtype()), seq_));
+      RotateInPlace(ctx, d_x, seq_, false);
     }
   };
   branch(q_norm_.get(), d_q, 0, heads_, true);

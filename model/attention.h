@@ -74,6 +74,9 @@ class Attention {
   // norms, which rotate their outputs, and for ops::Rope on q and k without
   // them), made on first use.
   const Tensor& RopeTable(const ExecContext& ctx, DType dtype, int64_t seq);
+  // x [B, seq, H, D] rotated in place by RoPE (forward) or its inverse
+  // (the backward), cos and sin from RopeTable in x's compute dtype.
+  void RotateInPlace(const ExecContext& ctx, const Tensor& x, int64_t seq, bool forward);
   // model.fuse_qkv: gives the q, k and v maps one buffer for their formed
   // weights, side by side (before their PrepareStep).
   void ProvideQkvStorage(const ExecContext& ctx);

@@ -123,24 +123,6 @@ __global__ void RopeKernel(int64_t t_dim, int64_t h_dim, int64_t bh_count, int64
   }
 }
 
-// V values of the table from p, in 16-byte loads where V of them fill
-// whole ones (p then on 16 bytes: the launcher checks).
-template <int V, typename A>
-__device__ __forceinline__ void LoadTableRow(const A* p, A (&out)[V]) {
-  constexpr int kW = 16 / sizeof(A);
-  if constexpr (V % kW == 0) {
-#pragma unroll
-    for (int k = 0; k < V; k += kW) {
-      const Pack<A, kW> pack = *reinterpret_cast<const Pack<A, kW>*>(p + k);
-#pragma unroll
-      for (int j = 0; j < kW; ++j) out[k + j] = pack.v[j];
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < V; ++k) out[k] = p[k];
-  }
-}
-
 // One item a thread, grid-stride: an item is V columns of x1 and the
 // matching V of x2 (D/2 further) of one head vector, items in (token, head,
 // pack) order so a warp reads adjacent 16-byte chunks. Token b·T + t at
@@ -166,8 +148,8 @@ __global__ void RopeFromTableKernel(unsigned items, unsigned packs, unsigned h_d
     const Pack<T, V> x1 = *reinterpret_cast<const Pack<T, V>*>(x + x_at);
     const Pack<T, V> x2 = *reinterpret_cast<const Pack<T, V>*>(x + x_at + half);
     A c[V], s[V];
-    LoadTableRow<V>(table + t * half + col, c);
-    LoadTableRow<V>(table + (table_t + t) * half + col, s);
+    LoadPack<V>(table, t * half + col, V, c);
+    LoadPack<V>(table, (table_t + t) * half + col, V, s);
     // RopeKernel's arithmetic, so its bits.
     Pack<T, V> o1, o2;
 #pragma unroll
@@ -194,6 +176,20 @@ __global__ void RopeTableKernel(int64_t t_dim, int64_t half, double theta, A* ta
 
 // ---------------------------------------------------------------- launchers
 
+// launch(Tag<T>, V) for x's element type T and the pack both kernels take:
+// 16-byte packs where every head vector's halves start on one (V divides
+// D/2 and both token strides, every pointer on 16 bytes: the table's rows
+// then too), else one element at a time.
+template <typename Launch>
+void DispatchPacks(const Tensor& x, int64_t half, int64_t x_stride, int64_t out_stride,
+                   std::initializer_list<const void*> ptrs, Launch&& launch) {
+  DispatchFloat(x, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    LaunchPacked<T>(std::gcd(half, std::gcd(x_stride, out_stride)), ptrs,
+                    [&](auto pack_tag) { launch(tag, pack_tag); });
+  });
+}
+
 // The token stride of x [B, T, H, D] or of out (x's shape when
 // token-strided; any shape of x's numel when contiguous), on the device.
 int64_t CheckTokenStride(const ExecContext& ctx, const char* op, const Tensor& x, const Tensor& t,
@@ -216,20 +212,17 @@ void RunFromTable(const ExecContext& ctx, const char* op, const Tensor& x, int64
   if (b * t * h * half == 0) return;
   SM_CHECK_MSG(b * t * h * half <= std::numeric_limits<int>::max(), op, " x ", x.DebugString(),
                " has more pairs than one launch covers");
-  DispatchFloat(x, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const auto launch = [&](auto pack_tag) {
-      constexpr int V = decltype(pack_tag)::value;
-      const int64_t items = b * t * h * (half / V);
-      RopeFromTableKernel<T, V><<<Blocks(items), kThreads, 0, Stream(ctx)>>>(
-          static_cast<unsigned>(items), static_cast<unsigned>(half / V), static_cast<unsigned>(h),
-          static_cast<unsigned>(t), half, x_stride, out_stride, table.dim(1), sign > 0,
-          Ptr<const Acc<T>>(table), Ptr<const T>(x), Ptr<T>(out));
-    };
-    // As Run's; the table's rows then start on 16 bytes too.
-    LaunchPacked<T>(std::gcd(half, std::gcd(x_stride, out_stride)),
-                    {x.raw_data(), out.raw_data(), table.raw_data()}, launch);
-  });
+  DispatchPacks(x, half, x_stride, out_stride, {x.raw_data(), out.raw_data(), table.raw_data()},
+                [&](auto tag, auto pack_tag) {
+                  using T = typename decltype(tag)::type;
+                  constexpr int V = decltype(pack_tag)::value;
+                  const int64_t items = b * t * h * (half / V);
+                  RopeFromTableKernel<T, V><<<Blocks(items), kThreads, 0, Stream(ctx)>>>(
+                      static_cast<unsigned>(items), static_cast<unsigned>(half / V),
+                      static_cast<unsigned>(h), static_cast<unsigned>(t), half, x_stride,
+                      out_stride, table.dim(1), sign > 0, Ptr<const Acc<T>>(table), Ptr<const T>(x),
+                      Ptr<T>(out));
+                });
   SM_CHECK_LAUNCH(ctx, op, "RopeFromTableKernel");
 }
 
@@ -256,25 +249,20 @@ void Run(const ExecContext& ctx, const char* op, const Tensor& x, double theta, 
   const int64_t tiles = (half + kTileCols - 1) / kTileCols;
   SM_CHECK_MSG(t * tiles < (int64_t{1} << 31), op, " x ", x.DebugString(),
                " has more positions than one launch covers");
-  DispatchFloat(x, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const auto launch = [&](auto pack_tag) {
-      constexpr int V = decltype(pack_tag)::value;
-      // About kItemsInFlight items per thread; at most 65535 head ranges.
-      const int64_t packs = std::min<int64_t>(half, kTileCols) / V;
-      const int64_t bh_per_block = std::max<int64_t>(
-          std::max<int64_t>(kItemsInFlight * kThreads / packs, 1), (bh + 65534) / 65535);
-      const dim3 grid(static_cast<unsigned>(t * tiles),
-                      static_cast<unsigned>((bh + bh_per_block - 1) / bh_per_block));
-      RopeKernel<T, V><<<grid, kThreads, 0, Stream(ctx)>>>(t, h, bh, bh_per_block, d, x_stride,
-                                                           out_stride, theta, sign, Ptr<const T>(x),
-                                                           Ptr<T>(out));
-    };
-    // 16-byte packs when every head vector's halves start on a pack: V
-    // divides D/2 and both token strides.
-    LaunchPacked<T>(std::gcd(half, std::gcd(x_stride, out_stride)), {x.raw_data(), out.raw_data()},
-                    launch);
-  });
+  DispatchPacks(
+      x, half, x_stride, out_stride, {x.raw_data(), out.raw_data()}, [&](auto tag, auto pack_tag) {
+        using T = typename decltype(tag)::type;
+        constexpr int V = decltype(pack_tag)::value;
+        // About kItemsInFlight items per thread; at most 65535 head ranges.
+        const int64_t packs = std::min<int64_t>(half, kTileCols) / V;
+        const int64_t bh_per_block = std::max<int64_t>(
+            std::max<int64_t>(kItemsInFlight * kThreads / packs, 1), (bh + 65534) / 65535);
+        const dim3 grid(static_cast<unsigned>(t * tiles),
+                        static_cast<unsigned>((bh + bh_per_block - 1) / bh_per_block));
+        RopeKernel<T, V><<<grid, kThreads, 0, Stream(ctx)>>>(t, h, bh, bh_per_block, d, x_stride,
+                                                             out_stride, theta, sign,
+                                                             Ptr<const T>(x), Ptr<T>(out));
+      });
   SM_CHECK_LAUNCH(ctx, op, "RopeKernel");
 }
 
