@@ -13,6 +13,9 @@
 # usage: bench/gpu_bench.sh [ABSL_PREFIX]     (as scripts/gpu_check.sh)
 # environment (defaults sized for <= 9 minutes on an H200, build included):
 #   PRESETS="gpu_moe_125m gpu_finegrained_64e"   MICRO_BATCH=16 (the presets')  GLOBAL_BATCH=64
+#   (the presets train at 256: GLOBAL_BATCH=256 spreads the per-step work,
+#   AdamW over all 620M parameters, over 4x the tokens; about 8 minutes
+#   without the build, so SKIP_BUILD=1 after a build in one device call)
 #   STEPS=20 (timed, >= 20 for the issue's figures)  WARMUP=3  PROFILE_STEPS=2
 #   TORCH_COMPILE=block|model|none  BUILD_DIR=build-gpu
 #   RUN_TIMEOUT=150, TORCH_TIMEOUT=240: seconds one run of ours / of torch may take
