@@ -43,7 +43,8 @@
 // but for the logits, the per-head norms' inputs and fp32 residual
 // streams). Per-token scalings by γ and u run in the master's dtype. The
 // master W, its gradient and optimizer state, γ and u stay fp32. The
-// router keeps fp32 operands (its logits decide the routing).
+// router's map stays fp32 (its logits decide the routing): on exact bf16
+// parts of its operands (ScaledLinearOptions::bf16_parts).
 //
 // Names: construction records in the parameters' ParamSpec which weight γ
 // and u fold into (ScaleVectorInfo::folds_into), for the export.
