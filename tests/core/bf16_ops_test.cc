@@ -454,8 +454,8 @@ TEST(Bf16OpsDeathTest, ScaleRowsColsTakesF32VectorsOnlyForBf16X) {
 TEST(Bf16PartsTest, SplitBf16PartsAddUpToTheValueExactly) {
   const ExecContext ctx;
   Tensor x = RandomTensor({5, 7}, 301, 0.02, DType::kF32);
-  x.data<float>()[0] = 1.0f + 0x1p-23f;  // bits only mid and lo can hold
-  x.data<float>()[1] = -3.0f * 0x1p-20f;
+  x.data<float>()[0] = 1.0f + 0x1p-23f;  // hi 1, mid 2^-23: a bit below hi's
+  x.data<float>()[1] = -3.0f * 0x1p-20f;  // a bf16 itself: mid and lo 0
   x.data<float>()[2] = 0.0f;
   for (int64_t reps : {1, 3}) {
     Tensor out = Tensor::Empty({5, 3 * reps * 7}, DType::kBF16);
