@@ -8,7 +8,6 @@
 
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
-#include "core/cpu/rope_rows.h"
 #include "core/head_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
@@ -110,10 +109,6 @@ void Run(const char* op, const Tensor& x, double theta, const Tensor& table, con
 }
 
 }  // namespace
-
-void RotateWithTable(const Tensor& x, const Tensor& table, double sign, const Tensor& out) {
-  RotateByTable("Rope", x, table, sign, out);
-}
 
 void Rope(const ExecContext&, const Tensor& x, double theta, const Tensor& out,
           const Tensor& table) {

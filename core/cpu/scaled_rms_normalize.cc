@@ -11,7 +11,6 @@
 #include "core/cpu/cpu_ops.h"
 #include "core/cpu/float_types.h"
 #include "core/cpu/rms_rows.h"
-#include "core/cpu/rope_rows.h"
 #include "core/head_rows.h"
 #include "core/scaled_rms_normalize_checks.h"
 
@@ -123,7 +122,7 @@ void ScaledRmsNormalizeRope(const ExecContext& ctx, const Tensor& x, const Tenso
                             const Tensor& rstd) {
   ops::CheckRopeTableArgs("ScaledRmsNormalizeRope", x, rope_table);
   ScaledRmsNormalize(ctx, x, gamma, eps, y, rstd);
-  RotateWithTable(y, rope_table, 1.0, y);
+  Rope(ctx, y, /*theta=*/0.0, y, rope_table);  // theta is the table's; unread with one
 }
 
 void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, const Tensor& rstd,
@@ -131,7 +130,7 @@ void ScaledRmsNormalizeRopeBackward(const ExecContext& ctx, const Tensor& x, con
                                     const Tensor& d_y, const Tensor& d_x, const Tensor& d_gamma) {
   ops::CheckRopeTableArgs("ScaledRmsNormalizeRopeBackward", x, rope_table);
   const Tensor d_n = Tensor::Empty(d_y.shape(), d_y.dtype());
-  RotateWithTable(d_y, rope_table, -1.0, d_n);
+  RopeBackward(ctx, d_y, /*theta=*/0.0, d_n, rope_table);  // as in the forward
   ScaledRmsNormalizeBackward(ctx, x, rstd, gamma, d_n, d_x, d_gamma);
 }
 
