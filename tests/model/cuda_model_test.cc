@@ -61,10 +61,9 @@ double TermSize(const StepResult& r, size_t i) {
   const std::string alpha = name.substr(0, name.size() - kBeta.size()) + ".alpha";
   const auto it = std::find(r.names.begin(), r.names.end(), alpha);
   if (it == r.names.end()) return own;
+  if (r.values[i].numel() != 1 || r.values[i].At(0) == 0) return own;
   const size_t a = it - r.names.begin();
-  const double beta = std::abs(r.values[i].At(0));
-  if (r.values[i].numel() != 1 || beta == 0) return own;
-  return std::max(own, Norm(r.values[a]) * Norm(r.grads[a]) / beta);
+  return std::max(own, Norm(r.values[a]) * Norm(r.grads[a]) / std::abs(r.values[i].At(0)));
 }
 
 // fp32 on the GPU equals the CPU (loss and every gradient within 1e-5 of

@@ -2,11 +2,10 @@
 // RoPE outside the fused op with and without the table.
 #include "norm/scaled_rms_norm.h"
 
-#include <cstring>
-
 #include "core/ops.h"
 #include "gtest/gtest.h"
 #include "tests/testing/gradcheck.h"
+#include "tests/testing/same_bits.h"
 #include "tests/testing/status_util.h"
 
 using scalemoe::testing::Must;
@@ -136,10 +135,8 @@ TEST(ScaledRmsNormTest, RopeOutsideTheFusedOpGivesTheTablelessBits) {
     const std::vector<Tensor> with = run(table), without = run(Tensor());
     ASSERT_EQ(with.size(), without.size());
     EXPECT_EQ(with.size(), c.mode == config::ScaleVectorConfig::NONE ? 2u : 3u);
-    for (size_t i = 0; i < with.size(); ++i) {
-      ASSERT_EQ(with[i].nbytes(), without[i].nbytes());
-      EXPECT_EQ(std::memcmp(with[i].raw_data(), without[i].raw_data(), with[i].nbytes()), 0) << i;
-    }
+    for (size_t i = 0; i < with.size(); ++i)
+      EXPECT_TRUE(testing::SameBits(with[i], without[i])) << i;
     // The rotation took place: y differs from the norm alone.
     config::ScaleVectorConfig cfg;
     cfg.set_mode(c.mode);
@@ -149,7 +146,7 @@ TEST(ScaledRmsNormTest, RopeOutsideTheFusedOpGivesTheTablelessBits) {
     Must(plain.PrepareStep(ctx, DType::kF32));
     Tensor y_plain = Tensor::Empty({rows, c.dim}, DType::kF32);
     plain.Forward(ctx, x, y_plain);
-    EXPECT_NE(std::memcmp(with[0].raw_data(), y_plain.raw_data(), y_plain.nbytes()), 0);
+    EXPECT_FALSE(testing::SameBits(with[0], y_plain));
   }
 }
 
